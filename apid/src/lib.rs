@@ -1,0 +1,246 @@
+//! apid: the node's only network entry point.
+//!
+//! It asks init (over init's Unix socket) how to serve, then serves
+//! `MachineService` over TLS on TCP. In **maintenance mode** (no config yet)
+//! it uses a self-signed certificate, asks for no client certificate and
+//! forwards only `Version` and `ApplyConfig` — whose signature init checks
+//! against the trusted key. Once configured it requires a client certificate that chains
+//! to the config's CA, reads the caller's role from it and forwards only the
+//! calls that role may make. apid holds no privileged logic and writes no
+//! disk: every call is init's to carry out.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use machinery::api::{
+    self, NodeMode,
+    init_service_client::InitServiceClient,
+    machine_service_client::MachineServiceClient,
+    machine_service_server::{MachineService, MachineServiceServer},
+};
+use machinery::roles::{Role, Rpc, role_from_cert_der};
+use tonic::transport::{Channel, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApidError {
+    #[error("connecting to init at {path}: {source}")]
+    Init {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+    #[error("asking init for TLS material: {0}")]
+    Tls(Status),
+    #[error("listen address {0:?} from init is not host:port")]
+    Listen(String),
+    #[error("installing the SIGTERM handler: {0}")]
+    Signal(std::io::Error),
+    #[error("serving on {addr}: {source}")]
+    Serve {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Connects to init's Unix socket, retrying while init starts up.
+pub async fn connect_init(path: &Path) -> Result<Channel, ApidError> {
+    let mut attempt = 0;
+    loop {
+        let p = path.to_path_buf();
+        let result = Endpoint::from_static("http://init.sock")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let p = p.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await;
+        match result {
+            Ok(ch) => return Ok(ch),
+            Err(source) if attempt >= 50 => {
+                return Err(ApidError::Init {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The TCP-facing `MachineService`: authorise, then forward to init.
+#[derive(Clone)]
+pub struct Gateway {
+    init: MachineServiceClient<Channel>,
+    mode: NodeMode,
+}
+
+impl Gateway {
+    pub fn new(init: Channel, mode: NodeMode) -> Self {
+        Gateway {
+            init: MachineServiceClient::new(init),
+            mode,
+        }
+    }
+
+    /// Who is calling and whether they may make this call.
+    fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<(), Status> {
+        if self.mode != NodeMode::Configured {
+            if matches!(rpc, Rpc::ApplyConfig | Rpc::Version) {
+                tracing::info!(rpc = rpc.name(), "maintenance mode call");
+                return Ok(());
+            }
+            return Err(Status::failed_precondition(format!(
+                "this node is in maintenance mode: it accepts only apply-config and version until a config is applied, not {}",
+                rpc.name()
+            )));
+        }
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        let role =
+            role_from_cert_der(leaf).map_err(|e| Status::permission_denied(e.to_string()))?;
+        let who = machinery::pki::cert_info_der(leaf)
+            .map(|i| i.common_name)
+            .unwrap_or_default();
+        if !role.may_call(rpc) {
+            tracing::warn!(rpc = rpc.name(), %role, who, "refused");
+            return Err(Status::permission_denied(format!(
+                "role {role} may not call {}: it needs the {} role{}",
+                rpc.name(),
+                rpc.minimum_role(),
+                if rpc.minimum_role() == Role::Admin {
+                    ""
+                } else {
+                    " or above"
+                }
+            )));
+        }
+        tracing::info!(rpc = rpc.name(), %role, who, "call");
+        Ok(())
+    }
+}
+
+/// Authorises and forwards one call to init.
+macro_rules! forward {
+    ($self:ident, $req:ident, $rpc:expr, $method:ident) => {{
+        $self.authorize(&$req, $rpc)?;
+        $self
+            .init
+            .clone()
+            .$method(Request::new($req.into_inner()))
+            .await
+    }};
+}
+
+#[tonic::async_trait]
+impl MachineService for Gateway {
+    async fn version(
+        &self,
+        req: Request<api::VersionRequest>,
+    ) -> Result<Response<api::VersionResponse>, Status> {
+        forward!(self, req, Rpc::Version, version)
+    }
+    async fn apply_config(
+        &self,
+        req: Request<api::ApplyConfigRequest>,
+    ) -> Result<Response<api::ApplyConfigResponse>, Status> {
+        forward!(self, req, Rpc::ApplyConfig, apply_config)
+    }
+    async fn get_config(
+        &self,
+        req: Request<api::GetConfigRequest>,
+    ) -> Result<Response<api::GetConfigResponse>, Status> {
+        forward!(self, req, Rpc::GetConfig, get_config)
+    }
+    async fn reboot(
+        &self,
+        req: Request<api::RebootRequest>,
+    ) -> Result<Response<api::RebootResponse>, Status> {
+        forward!(self, req, Rpc::Reboot, reboot)
+    }
+    async fn shutdown(
+        &self,
+        req: Request<api::ShutdownRequest>,
+    ) -> Result<Response<api::ShutdownResponse>, Status> {
+        forward!(self, req, Rpc::Shutdown, shutdown)
+    }
+    async fn service_list(
+        &self,
+        req: Request<api::ServiceListRequest>,
+    ) -> Result<Response<api::ServiceListResponse>, Status> {
+        forward!(self, req, Rpc::ServiceList, service_list)
+    }
+    async fn service_restart(
+        &self,
+        req: Request<api::ServiceRestartRequest>,
+    ) -> Result<Response<api::ServiceRestartResponse>, Status> {
+        forward!(self, req, Rpc::ServiceRestart, service_restart)
+    }
+    type LogsStream = Streaming<api::LogLine>;
+    async fn logs(
+        &self,
+        req: Request<api::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        forward!(self, req, Rpc::Logs, logs)
+    }
+    type DmesgStream = Streaming<api::DmesgRecord>;
+    async fn dmesg(
+        &self,
+        req: Request<api::DmesgRequest>,
+    ) -> Result<Response<Self::DmesgStream>, Status> {
+        forward!(self, req, Rpc::Dmesg, dmesg)
+    }
+    type EventsStream = Streaming<api::Event>;
+    async fn events(
+        &self,
+        req: Request<api::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        forward!(self, req, Rpc::Events, events)
+    }
+}
+
+/// Runs apid until SIGTERM (then finishes in-flight calls and returns).
+pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
+    let channel = connect_init(init_socket).await?;
+    let tls = InitServiceClient::new(channel.clone())
+        .apid_tls(api::ApidTlsRequest {})
+        .await
+        .map_err(ApidError::Tls)?
+        .into_inner();
+    let mode = NodeMode::try_from(tls.mode).unwrap_or(NodeMode::Maintenance);
+    let mut tls_config =
+        ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+    if mode == NodeMode::Configured {
+        tls_config =
+            tls_config.client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
+    }
+    let addr: std::net::SocketAddr = tls
+        .listen_address
+        .parse()
+        .map_err(|_| ApidError::Listen(tls.listen_address.clone()))?;
+    let serve_err = |source| ApidError::Serve {
+        addr: tls.listen_address.clone(),
+        source,
+    };
+    tracing::info!(?mode, %addr, "serving the machine API");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ApidError::Signal)?;
+    Server::builder()
+        .tls_config(tls_config)
+        .map_err(serve_err)?
+        .add_service(MachineServiceServer::new(Gateway::new(channel, mode)))
+        .serve_with_shutdown(addr, async move {
+            sigterm.recv().await;
+            tracing::info!("SIGTERM: finishing in-flight calls");
+        })
+        .await
+        .map_err(serve_err)
+}

@@ -1,0 +1,149 @@
+//! Plinth's PID 1, as a library. `run_host` runs it in **host mode**: an
+//! ordinary process whose state directory stands in for the STATE partition.
+//! The real PID 1 (mounts, slots, reboot(2)) plugs in behind the same
+//! traits: [`power::Power`], [`kmsg::KernelLog`].
+
+pub mod journal;
+pub mod kmsg;
+pub mod machine;
+pub mod power;
+pub mod store;
+pub mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use machinery::api::{
+    init_service_server::InitServiceServer, machine_service_server::MachineServiceServer,
+};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+
+use crate::journal::Journal;
+use crate::machine::{InitApi, Machine, NodeSettings, PowerAction};
+use crate::power::Power;
+use crate::store::ConfigStore;
+use crate::supervisor::{ServiceSpec, Supervisor, event};
+
+/// Where init's Unix socket lives, relative to the state directory.
+pub const SOCKET: &str = "run/init.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("reading the trusted config-signing key {path}: {source}")]
+    TrustedKeyRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    TrustedKey {
+        path: PathBuf,
+        source: machinery::signing::KeyError,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Supervisor(#[from] supervisor::SupervisorError),
+    #[error("making the maintenance-mode certificate: {0}")]
+    Pki(#[from] machinery::pki::PkiError),
+    #[error("{op} {path}: {source}")]
+    Socket {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("becoming the child subreaper: {0}")]
+    Subreaper(nix::errno::Errno),
+}
+
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    pub state_dir: PathBuf,
+    /// PEM public key that configs must be signed with.
+    pub trusted_key: PathBuf,
+    /// The apid binary to supervise.
+    pub apid: PathBuf,
+    pub settings: NodeSettings,
+}
+
+fn socket_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InitError {
+    let path = path.to_path_buf();
+    move |source| InitError::Socket { op, path, source }
+}
+
+/// Runs init in host mode until a shutdown (returns) or a reboot (re-execs).
+pub async fn run_host(opts: HostOptions) -> Result<(), InitError> {
+    // Orphans of our services are re-parented to us, and reaped.
+    nix::sys::prctl::set_child_subreaper(true).map_err(InitError::Subreaper)?;
+    let pem =
+        std::fs::read_to_string(&opts.trusted_key).map_err(|source| InitError::TrustedKeyRead {
+            path: opts.trusted_key.clone(),
+            source,
+        })?;
+    let trusted = machinery::signing::verifying_key_from_pem(&pem).map_err(|source| {
+        InitError::TrustedKey {
+            path: opts.trusted_key.clone(),
+            source,
+        }
+    })?;
+
+    let events = Arc::new(Journal::new(1000));
+    let supervisor = Supervisor::start(events.clone(), Some(opts.state_dir.join("logs")))?;
+    let store = ConfigStore::open(&opts.state_dir.join("config"), trusted)?;
+    let (power_tx, mut power_rx) = mpsc::channel(4);
+    let machine = Machine::boot(
+        store,
+        supervisor.clone(),
+        events.clone(),
+        Arc::new(kmsg::Kmsg::default()),
+        power_tx,
+        opts.settings.clone(),
+    )?;
+
+    let socket = opts.state_dir.join(SOCKET);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(socket_err("create directory", dir))?;
+    }
+    match std::fs::remove_file(&socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(socket_err("remove stale socket", &socket)(e));
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(&socket).map_err(socket_err("bind", &socket))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(socket_err("chmod", &socket))?;
+    }
+    let api = InitApi(machine);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MachineServiceServer::new(api.clone()))
+            .add_service(InitServiceServer::new(api))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+
+    supervisor.add(ServiceSpec {
+        name: "apid".into(),
+        program: opts.apid.clone(),
+        args: vec!["--init-socket".into(), socket.display().to_string()],
+        env: std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect(),
+    });
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(socket_err("install SIGTERM handler for", &socket))?;
+    let action = tokio::select! {
+        a = power_rx.recv() => a.unwrap_or(PowerAction::PowerOff),
+        _ = sigterm.recv() => PowerAction::PowerOff,
+        _ = tokio::signal::ctrl_c() => PowerAction::PowerOff,
+    };
+    event(&events, "power", format!("{action:?}: stopping services"));
+    supervisor.stop_all().await;
+    let _ = std::fs::remove_file(&socket);
+    let power = power::HostPower;
+    match action {
+        PowerAction::Reboot => power.reboot(),
+        PowerAction::PowerOff => Ok(()),
+    }
+}

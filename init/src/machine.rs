@@ -1,0 +1,612 @@
+//! init's side of the machine API, served on its Unix socket: the work
+//! behind every RPC that apid forwards, and the config lifecycle.
+//!
+//! Applying a config is planned in memory first (verify the signature,
+//! validate, check the version, compute the diff and whether a reboot is
+//! needed) and only then written, in one atomic rename.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use machinery::api::{self, ApplyMode, NodeMode, machine_service_server::MachineService};
+use machinery::config::{self, MachineConfig};
+use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::InitError;
+use crate::journal::Journal;
+use crate::kmsg::KernelLog;
+use crate::store::{ConfigStore, Signed, Slot, VerifyFailure};
+use crate::supervisor::{Supervisor, SupervisorError, event};
+
+/// What the main loop does once the RPC has answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    Reboot,
+    PowerOff,
+}
+
+/// Settings that do not come from the machine config.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSettings {
+    /// Overrides where apid listens (host mode, tests).
+    pub api_listen: Option<String>,
+    /// Extra names for apid's serving certificate.
+    pub extra_sans: Vec<String>,
+}
+
+struct TryState {
+    id: u64,
+    deadline: Instant,
+}
+
+struct State {
+    active: Option<Signed>,
+    staged_version: u64,
+    trying: Option<TryState>,
+    next_try_id: u64,
+}
+
+pub struct Machine {
+    store: ConfigStore,
+    state: Mutex<State>,
+    supervisor: Supervisor,
+    events: Arc<Journal<api::Event>>,
+    kernel_log: Arc<dyn KernelLog>,
+    power: mpsc::Sender<PowerAction>,
+    settings: NodeSettings,
+    started: Instant,
+    maintenance_cert: machinery::pki::CertKey,
+}
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn status_from_verify(e: VerifyFailure) -> Status {
+    match e {
+        VerifyFailure::Signature(_) => Status::permission_denied(e.to_string()),
+        VerifyFailure::NotUtf8(_) | VerifyFailure::Invalid(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl From<SupervisorError> for Status {
+    fn from(e: SupervisorError) -> Self {
+        match e {
+            SupervisorError::Unknown(_) => Status::not_found(e.to_string()),
+            SupervisorError::Signal(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl Machine {
+    /// Loads the stored config: a `try` left pending by a reboot is reverted,
+    /// a staged config is promoted.
+    pub fn boot(
+        store: ConfigStore,
+        supervisor: Supervisor,
+        events: Arc<Journal<api::Event>>,
+        kernel_log: Arc<dyn KernelLog>,
+        power: mpsc::Sender<PowerAction>,
+        settings: NodeSettings,
+    ) -> Result<Arc<Machine>, InitError> {
+        if store.load(Slot::Previous)?.is_some() {
+            store.promote(Slot::Previous, Slot::Active)?;
+            event(&events, "config", "a `try` config was not confirmed before the reboot: reverted to the previous config".into());
+        }
+        if let Some(staged) = store.load(Slot::Staged)? {
+            store.promote(Slot::Staged, Slot::Active)?;
+            event(
+                &events,
+                "config",
+                format!(
+                    "staged config version {} is now applied",
+                    staged.config.version
+                ),
+            );
+        }
+        let active = store.load(Slot::Active)?;
+        match &active {
+            Some(s) => event(
+                &events,
+                "config",
+                format!("config version {} loaded", s.config.version),
+            ),
+            None => event(
+                &events,
+                "config",
+                "no config: maintenance mode, waiting for apply-config".into(),
+            ),
+        }
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        names.extend(settings.extra_sans.iter().cloned());
+        let maintenance_cert = machinery::pki::self_signed_server(&names)?;
+        Ok(Arc::new(Machine {
+            store,
+            state: Mutex::new(State {
+                active,
+                staged_version: 0,
+                trying: None,
+                next_try_id: 1,
+            }),
+            supervisor,
+            events,
+            kernel_log,
+            power,
+            settings,
+            started: Instant::now(),
+            maintenance_cert,
+        }))
+    }
+
+    /// apid must pick up new TLS material and listen address.
+    fn reload_apid(&self) {
+        if let Err(e) = self.supervisor.restart("apid") {
+            tracing::warn!("cannot restart apid: {e}");
+        }
+    }
+
+    async fn apply(
+        self: &Arc<Self>,
+        req: api::ApplyConfigRequest,
+    ) -> Result<api::ApplyConfigResponse, Status> {
+        let mode = ApplyMode::try_from(req.mode)
+            .map_err(|_| Status::invalid_argument(format!("unknown apply mode {}", req.mode)))?;
+        let new = self
+            .store
+            .verify("config", &req.config, &req.signature)
+            .map_err(status_from_verify)?;
+        let mut st = self.state.lock().await;
+        let current = st.active.as_ref().map(|s| &s.config);
+        let current_version = current.map_or(0, |c| c.version);
+        let diff = config::diff(current, &new.config);
+        let reboot_fields = current
+            .map(|c| config::reboot_required(c, &new.config))
+            .unwrap_or_default();
+        let v = new.config.version;
+
+        // Re-applying the very config on trial confirms it.
+        if st.trying.is_some()
+            && st.active.as_ref().is_some_and(|a| a.bytes == new.bytes)
+            && mode != ApplyMode::Try
+        {
+            if req.dry_run {
+                return Ok(api::ApplyConfigResponse {
+                    diff,
+                    summary: format!("would confirm config version {v}"),
+                    reboot_required: false,
+                    applied_version: v,
+                });
+            }
+            self.store.clear(Slot::Previous).map_err(internal)?;
+            st.trying = None;
+            event(
+                &self.events,
+                "config",
+                format!("config version {v} confirmed"),
+            );
+            return Ok(api::ApplyConfigResponse {
+                diff,
+                summary: format!("config version {v} confirmed; it stays applied"),
+                reboot_required: false,
+                applied_version: v,
+            });
+        }
+        let floor = current_version.max(st.staged_version);
+        if v <= floor {
+            return Err(Status::failed_precondition(format!(
+                "config version {v} is not newer than version {floor} already on the node: refusing a replayed or stale config (raise `version` and sign again)"
+            )));
+        }
+        let needs_reboot = !reboot_fields.is_empty();
+        let live_impossible = || {
+            format!(
+                "these changes need a reboot: {}; apply with --mode reboot, auto or staged",
+                reboot_fields.join(", ")
+            )
+        };
+        match mode {
+            ApplyMode::NoReboot | ApplyMode::Try if needs_reboot => {
+                return Err(Status::failed_precondition(live_impossible()));
+            }
+            ApplyMode::Try if current.is_none() => {
+                return Err(Status::failed_precondition(
+                    "--mode try needs an applied config to return to; this node has none yet",
+                ));
+            }
+            _ => {}
+        }
+        let reboot = match mode {
+            ApplyMode::Reboot => true,
+            ApplyMode::Auto => needs_reboot,
+            _ => false,
+        };
+        let summary = match mode {
+            ApplyMode::Staged => {
+                format!("config version {v} staged; it applies at the next reboot")
+            }
+            ApplyMode::Try => format!(
+                "config version {v} applied on trial: it reverts to version {current_version} in {}s unless confirmed by applying it again",
+                req.try_timeout_seconds
+            ),
+            _ if reboot => format!("config version {v} applied; rebooting"),
+            _ => format!("config version {v} applied without a reboot"),
+        };
+        if req.dry_run {
+            return Ok(api::ApplyConfigResponse {
+                diff,
+                summary: format!("dry run, nothing changed; otherwise: {summary}"),
+                reboot_required: reboot,
+                applied_version: current_version,
+            });
+        }
+        let apid_changed = current.is_none_or(|c| apid_inputs(c) != apid_inputs(&new.config));
+
+        match mode {
+            ApplyMode::Staged => {
+                self.store.save(Slot::Staged, &new).map_err(internal)?;
+                st.staged_version = v;
+            }
+            ApplyMode::Try => {
+                let timeout = Duration::from_secs(u64::from(req.try_timeout_seconds.max(1)));
+                if st.trying.is_none()
+                    && let Some(prev) = &st.active
+                {
+                    self.store.save(Slot::Previous, prev).map_err(internal)?;
+                }
+                self.store.save(Slot::Active, &new).map_err(internal)?;
+                let id = st.next_try_id;
+                st.next_try_id += 1;
+                st.trying = Some(TryState {
+                    id,
+                    deadline: Instant::now() + timeout,
+                });
+                st.active = Some(new);
+                let me = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    me.revert_try(id).await;
+                });
+            }
+            _ => {
+                self.store.save(Slot::Active, &new).map_err(internal)?;
+                // A newer config ends a pending trial and any staged one.
+                self.store.clear(Slot::Previous).map_err(internal)?;
+                self.store.clear(Slot::Staged).map_err(internal)?;
+                st.trying = None;
+                st.staged_version = 0;
+                st.active = Some(new);
+            }
+        }
+        event(&self.events, "config", summary.clone());
+        drop(st);
+        if reboot {
+            let _ = self.power.send(PowerAction::Reboot).await;
+        } else if mode != ApplyMode::Staged && apid_changed {
+            self.reload_apid();
+        }
+        Ok(api::ApplyConfigResponse {
+            diff,
+            summary,
+            reboot_required: reboot,
+            applied_version: v,
+        })
+    }
+
+    async fn revert_try(&self, id: u64) {
+        let mut st = self.state.lock().await;
+        if st.trying.as_ref().map(|t| t.id) != Some(id) {
+            return;
+        }
+        let result = self.store.load(Slot::Previous).and_then(|prev| {
+            self.store.promote(Slot::Previous, Slot::Active)?;
+            Ok(prev)
+        });
+        match result {
+            Ok(prev) => {
+                let v = prev.as_ref().map_or(0, |p| p.config.version);
+                let changed = match (&st.active, &prev) {
+                    (Some(a), Some(p)) => apid_inputs(&a.config) != apid_inputs(&p.config),
+                    _ => true,
+                };
+                st.active = prev;
+                st.trying = None;
+                event(
+                    &self.events,
+                    "config",
+                    format!("trial not confirmed in time: reverted to config version {v}"),
+                );
+                drop(st);
+                if changed {
+                    self.reload_apid();
+                }
+            }
+            Err(e) => event(
+                &self.events,
+                "config",
+                format!("cannot revert the trial config: {e}"),
+            ),
+        }
+    }
+
+    async fn apid_tls(&self) -> Result<api::ApidTlsResponse, Status> {
+        let st = self.state.lock().await;
+        let listen = |port: u16| {
+            self.settings
+                .api_listen
+                .clone()
+                .unwrap_or_else(|| format!("0.0.0.0:{port}"))
+        };
+        let Some(active) = &st.active else {
+            return Ok(api::ApidTlsResponse {
+                mode: NodeMode::Maintenance as i32,
+                cert_pem: self.maintenance_cert.cert_pem.clone(),
+                key_pem: self.maintenance_cert.key_pem.clone(),
+                client_ca_pem: String::new(),
+                listen_address: listen(config::DEFAULT_API_PORT),
+            });
+        };
+        let c = &active.config;
+        let serving = match (&c.api.cert, &c.api.key, &c.api.ca_key) {
+            (Some(cert), Some(key), _) => machinery::pki::CertKey {
+                cert_pem: cert.clone(),
+                key_pem: key.clone(),
+            },
+            (_, _, Some(ca_key)) => {
+                let ca = machinery::pki::CertKey {
+                    cert_pem: c.api.ca_cert.clone(),
+                    key_pem: ca_key.clone(),
+                };
+                machinery::pki::issue_server(
+                    &ca,
+                    &c.machine.hostname,
+                    &serving_names(c, &self.settings),
+                )
+                .map_err(internal)?
+            }
+            // Validation guarantees one of the two.
+            _ => {
+                return Err(Status::internal(
+                    "the config has no serving certificate and no CA key",
+                ));
+            }
+        };
+        Ok(api::ApidTlsResponse {
+            mode: NodeMode::Configured as i32,
+            cert_pem: serving.cert_pem,
+            key_pem: serving.key_pem,
+            client_ca_pem: c.api.ca_cert.clone(),
+            listen_address: listen(c.api.port),
+        })
+    }
+}
+
+/// What apid's TLS and listener are made from: apid restarts only when
+/// these change, so an unrelated change does not drop connections.
+fn apid_inputs(c: &MachineConfig) -> (&config::Api, &str, &[config::Interface]) {
+    (&c.api, &c.machine.hostname, &c.machine.network.interfaces)
+}
+
+/// Names and addresses apid's issued certificate is valid for.
+fn serving_names(c: &MachineConfig, settings: &NodeSettings) -> Vec<String> {
+    let mut names = vec![
+        c.machine.hostname.clone(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ];
+    for iface in &c.machine.network.interfaces {
+        for a in &iface.addresses {
+            if let Some((ip, _)) = a.split_once('/') {
+                names.push(ip.to_string());
+            }
+        }
+    }
+    names.extend(c.api.cert_sans.iter().cloned());
+    names.extend(settings.extra_sans.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Turns a broadcast follower into a gRPC stream, after the backlog.
+fn follow<T: Clone + Send + 'static>(
+    backlog: Vec<T>,
+    rx: Option<broadcast::Receiver<T>>,
+) -> Stream_<T> {
+    let (tx, out) = mpsc::channel::<Result<T, Status>>(256);
+    tokio::spawn(async move {
+        for item in backlog {
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut rx) = rx else { return };
+        loop {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Ok(item) => if tx.send(Ok(item)).await.is_err() { return },
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(Status::data_loss(format!("the follower fell behind and {n} entries were skipped")))).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
+}
+
+/// The `MachineService` init serves on its Unix socket.
+#[derive(Clone)]
+pub struct InitApi(pub Arc<Machine>);
+
+#[tonic::async_trait]
+impl MachineService for InitApi {
+    async fn version(
+        &self,
+        _: Request<api::VersionRequest>,
+    ) -> Result<Response<api::VersionResponse>, Status> {
+        let m = &self.0;
+        let st = m.state.lock().await;
+        let active = st.active.as_ref().map(|s| &s.config);
+        Ok(Response::new(api::VersionResponse {
+            plinth_version: machinery::VERSION.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            mode: if active.is_some() {
+                NodeMode::Configured
+            } else {
+                NodeMode::Maintenance
+            } as i32,
+            config_version: active.map_or(0, |c| c.version),
+            hostname: active.map_or_else(String::new, |c| c.machine.hostname.clone()),
+            uptime_seconds: m.started.elapsed().as_secs(),
+            staged_config_version: st.staged_version,
+            try_seconds_left: st.trying.as_ref().map_or(0, |t| {
+                t.deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+            }),
+        }))
+    }
+
+    async fn apply_config(
+        &self,
+        req: Request<api::ApplyConfigRequest>,
+    ) -> Result<Response<api::ApplyConfigResponse>, Status> {
+        let result = self.0.apply(req.into_inner()).await;
+        if let Err(e) = &result {
+            event(
+                &self.0.events,
+                "config",
+                format!("apply-config refused: {}", e.message()),
+            );
+        }
+        result.map(Response::new)
+    }
+
+    async fn get_config(
+        &self,
+        _: Request<api::GetConfigRequest>,
+    ) -> Result<Response<api::GetConfigResponse>, Status> {
+        let st = self.0.state.lock().await;
+        let active = st
+            .active
+            .as_ref()
+            .ok_or_else(|| Status::not_found("this node has no config yet (maintenance mode)"))?;
+        Ok(Response::new(api::GetConfigResponse {
+            config: active.bytes.clone(),
+            version: active.config.version,
+        }))
+    }
+
+    async fn reboot(
+        &self,
+        _: Request<api::RebootRequest>,
+    ) -> Result<Response<api::RebootResponse>, Status> {
+        event(&self.0.events, "power", "reboot requested".into());
+        self.0
+            .power
+            .send(PowerAction::Reboot)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(api::RebootResponse {}))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<api::ShutdownRequest>,
+    ) -> Result<Response<api::ShutdownResponse>, Status> {
+        event(&self.0.events, "power", "shutdown requested".into());
+        self.0
+            .power
+            .send(PowerAction::PowerOff)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(api::ShutdownResponse {}))
+    }
+
+    async fn service_list(
+        &self,
+        _: Request<api::ServiceListRequest>,
+    ) -> Result<Response<api::ServiceListResponse>, Status> {
+        Ok(Response::new(api::ServiceListResponse {
+            services: self.0.supervisor.list(),
+        }))
+    }
+
+    async fn service_restart(
+        &self,
+        req: Request<api::ServiceRestartRequest>,
+    ) -> Result<Response<api::ServiceRestartResponse>, Status> {
+        let name = req.into_inner().name;
+        self.0.supervisor.restart(&name)?;
+        event(
+            &self.0.events,
+            "service",
+            format!("{name}: restart requested"),
+        );
+        Ok(Response::new(api::ServiceRestartResponse {}))
+    }
+
+    type LogsStream = Stream_<api::LogLine>;
+    async fn logs(
+        &self,
+        req: Request<api::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let req = req.into_inner();
+        let (backlog, rx) = self
+            .0
+            .supervisor
+            .logs(&req.service, req.tail_lines as usize)?;
+        Ok(Response::new(follow(backlog, req.follow.then_some(rx))))
+    }
+
+    type DmesgStream = Stream_<api::DmesgRecord>;
+    async fn dmesg(
+        &self,
+        req: Request<api::DmesgRequest>,
+    ) -> Result<Response<Self::DmesgStream>, Status> {
+        let rx = self
+            .0
+            .kernel_log
+            .records(req.into_inner().follow)
+            .map_err(|e| Status::unavailable(format!("cannot read the kernel log: {e}")))?;
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Ok,
+        ))))
+    }
+
+    type EventsStream = Stream_<api::Event>;
+    async fn events(
+        &self,
+        req: Request<api::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let req = req.into_inner();
+        let (backlog, rx) = self.0.events.tail_and_follow(req.tail_events as usize);
+        Ok(Response::new(follow(backlog, req.follow.then_some(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl api::init_service_server::InitService for InitApi {
+    async fn apid_tls(
+        &self,
+        _: Request<api::ApidTlsRequest>,
+    ) -> Result<Response<api::ApidTlsResponse>, Status> {
+        self.0.apid_tls().await.map(Response::new)
+    }
+}

@@ -1,0 +1,55 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Plinth's init. In this release it runs in host mode: an ordinary
+/// process with a state directory standing in for the STATE partition.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Directory standing in for the STATE partition.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// PEM public key that machine configs must be signed with.
+    #[arg(long)]
+    trusted_key: PathBuf,
+    /// apid binary (default: `apid` next to this binary).
+    #[arg(long)]
+    apid: Option<PathBuf>,
+    /// Where apid listens, overriding the config's port (e.g. 127.0.0.1:50000).
+    #[arg(long)]
+    api_listen: Option<String>,
+    /// Extra DNS name or IP for apid's certificate (repeatable).
+    #[arg(long = "cert-san")]
+    cert_sans: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let apid = args.apid.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("apid")))
+            .unwrap_or_else(|| "apid".into())
+    });
+    let opts = init::HostOptions {
+        state_dir: args.state_dir,
+        trusted_key: args.trusted_key,
+        apid,
+        settings: init::machine::NodeSettings {
+            api_listen: args.api_listen,
+            extra_sans: args.cert_sans,
+        },
+    };
+    if let Err(e) = init::run_host(opts).await {
+        eprintln!("plinth-init: {e}");
+        std::process::exit(1);
+    }
+}

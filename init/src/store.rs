@@ -1,0 +1,227 @@
+//! The stored machine config on STATE (in host mode: the state directory).
+//!
+//! Each config is kept as one signed envelope (see `machinery::signing`):
+//! the exact bytes the operator signed plus the signature, so init re-verifies
+//! it at every start. Writes go to a temporary file, are fsynced, renamed
+//! over the old file and the directory is fsynced: a crash leaves either the
+//! old config or the new one, never half of one.
+//!
+//! | file             | what                                                   |
+//! |------------------|--------------------------------------------------------|
+//! | `config.signed`  | the applied config                                     |
+//! | `staged.signed`  | a config applied with `--mode staged`, for next boot   |
+//! | `previous.signed`| the config a `--mode try` apply returns to             |
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use machinery::config::MachineConfig;
+use machinery::signing::{self, Purpose, VerifyingKey};
+
+/// A config that was verified and validated, with the bytes it came from.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub config: MachineConfig,
+    pub bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Active,
+    Staged,
+    Previous,
+}
+
+impl Slot {
+    fn file(self) -> &'static str {
+        match self {
+            Slot::Active => "config.signed",
+            Slot::Staged => "staged.signed",
+            Slot::Previous => "previous.signed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ConfigStore {
+    dir: PathBuf,
+    trusted: VerifyingKey,
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { op, path, source }
+}
+
+impl ConfigStore {
+    pub fn open(dir: &Path, trusted: VerifyingKey) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+        Ok(ConfigStore {
+            dir: dir.to_path_buf(),
+            trusted,
+        })
+    }
+
+    pub fn trusted_key(&self) -> &VerifyingKey {
+        &self.trusted
+    }
+
+    pub fn path(&self, slot: Slot) -> PathBuf {
+        self.dir.join(slot.file())
+    }
+
+    /// Verifies `bytes` against the trusted key and validates it.
+    pub fn verify(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        signature: &[u8],
+    ) -> Result<Signed, VerifyFailure> {
+        signing::verify(Purpose::Config, &self.trusted, bytes, signature)
+            .map_err(VerifyFailure::Signature)?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| VerifyFailure::NotUtf8(e.valid_up_to()))?;
+        let config = MachineConfig::parse(name, text).map_err(VerifyFailure::Invalid)?;
+        Ok(Signed {
+            config,
+            bytes: bytes.to_vec(),
+            signature: signature.to_vec(),
+        })
+    }
+
+    /// Loads and re-verifies a stored config; `None` when the slot is empty.
+    pub fn load(&self, slot: Slot) -> Result<Option<Signed>, StoreError> {
+        let path = self.path(slot);
+        let raw = match fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let (bytes, sig) = signing::envelope_decode(&raw).map_err(|e| corrupt(e.to_string()))?;
+        self.verify(&path.display().to_string(), &bytes, &sig)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Writes a config into a slot atomically.
+    pub fn save(&self, slot: Slot, signed: &Signed) -> Result<(), StoreError> {
+        let path = self.path(slot);
+        let tmp = self.dir.join(format!(".{}.tmp", slot.file()));
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&signing::envelope_encode(&signed.bytes, &signed.signature))
+            .map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
+        self.sync_dir()
+    }
+
+    /// Moves the config in `from` to `to` (replacing it) atomically.
+    pub fn promote(&self, from: Slot, to: Slot) -> Result<(), StoreError> {
+        let src = self.path(from);
+        fs::rename(&src, self.path(to)).map_err(io("rename", &src))?;
+        self.sync_dir()
+    }
+
+    pub fn clear(&self, slot: Slot) -> Result<(), StoreError> {
+        let path = self.path(slot);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory", &self.dir))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyFailure {
+    #[error("refused: {0}")]
+    Signature(signing::VerifyError),
+    #[error("the config is not UTF-8 text (invalid byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("{0}")]
+    Invalid(machinery::config::Diagnostics),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use machinery::signing::SigningKey;
+
+    pub(crate) fn config_text(version: u64) -> String {
+        let ca = machinery::pki::generate_ca("t").unwrap();
+        format!(
+            "version = {version}\n[machine]\nhostname = \"n1\"\n[cluster]\nname = \"demo\"\nrole = \"controlplane\"\n[api]\nca_cert = \"\"\"{}\"\"\"\nca_key = \"\"\"{}\"\"\"\n",
+            ca.cert_pem, ca.key_pem
+        )
+    }
+
+    #[test]
+    fn save_load_promote_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let store = ConfigStore::open(dir.path(), key.verifying_key()).unwrap();
+        assert!(store.load(Slot::Active).unwrap().is_none());
+        let text = config_text(1);
+        let sig = signing::sign(Purpose::Config, &key, text.as_bytes());
+        let signed = store.verify("x", text.as_bytes(), &sig).unwrap();
+        store.save(Slot::Staged, &signed).unwrap();
+        store.promote(Slot::Staged, Slot::Active).unwrap();
+        let back = store.load(Slot::Active).unwrap().unwrap();
+        assert_eq!(back.bytes, text.as_bytes());
+        assert!(store.load(Slot::Staged).unwrap().is_none());
+        store.clear(Slot::Active).unwrap();
+        assert!(store.load(Slot::Active).unwrap().is_none());
+        // No temporary files are left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn tampered_file_on_disk_is_reported_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let store = ConfigStore::open(dir.path(), key.verifying_key()).unwrap();
+        let text = config_text(1);
+        let sig = signing::sign(Purpose::Config, &key, text.as_bytes());
+        store
+            .save(
+                Slot::Active,
+                &store.verify("x", text.as_bytes(), &sig).unwrap(),
+            )
+            .unwrap();
+        let p = store.path(Slot::Active);
+        let tampered = String::from_utf8(fs::read(&p).unwrap())
+            .unwrap()
+            .replace("hostname = \"n1\"", "hostname = \"n2\"");
+        fs::write(&p, tampered).unwrap();
+        let err = store.load(Slot::Active).unwrap_err().to_string();
+        assert!(
+            err.contains("config.signed") && err.contains("does not match"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,1112 @@
+//! The machine config: one TOML document per node, signed by the operator.
+//!
+//! [`MachineConfig::parse`] is the only way from untrusted text to a config:
+//! it reports **every** problem it finds at once, each with file, line,
+//! column, field path and, where one helps, a hint. Syntax errors come first
+//! (the parser recovers and keeps going); then each section is decoded on
+//! its own, so an unknown key in `[machine]` does not hide a wrong type in
+//! `[cluster]`; then the semantic checks run over whatever decoded.
+//!
+//! Defaults (what an omitted key means) are on each field below and in
+//! `docs/machine-config.md`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+
+use ipnet::IpNet;
+use serde::de::{DeserializeOwned, IntoDeserializer as _};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// The `kind` every machine config carries.
+pub const KIND: &str = "MachineConfig";
+/// Port apid listens on unless `api.port` says otherwise.
+pub const DEFAULT_API_PORT: u16 = 50000;
+/// Port of the Kubernetes API server on control-plane nodes.
+pub const KUBE_API_PORT: u16 = 6443;
+/// Services a config may enable; `apid` is always on. containerd and the
+/// orchestrator join this list when init learns to run them.
+pub const SERVICE_CATALOGUE: &[&str] = &["apid"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Monotonically increasing: a node refuses a config whose version is
+    /// not greater than the one it has.
+    pub version: u64,
+    /// Always `"MachineConfig"`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    pub machine: Machine,
+    pub cluster: Cluster,
+    pub api: Api,
+    #[serde(default)]
+    pub services: Services,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// RFC 1123 host name.
+    pub hostname: String,
+    /// NTP servers. Default: none (the node keeps the hardware clock).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ntp: Vec<String>,
+    #[serde(default)]
+    pub network: Network,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Default: none, which means DHCP on every interface that has a link.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// DNS servers (IP addresses). Default: those DHCP offers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    /// Default: false.
+    #[serde(default)]
+    pub dhcp: bool,
+    /// Static addresses in CIDR form, e.g. `10.0.0.5/24`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Default: what the driver sets (1500 on Ethernet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Destination in CIDR form; `0.0.0.0/0` for the default route.
+    pub to: String,
+    /// Gateway IP address.
+    pub via: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Controlplane,
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datastore {
+    #[default]
+    Sqlite,
+    Etcd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// DNS-1123 label.
+    pub name: String,
+    pub role: Role,
+    /// `https://host:6443` of the control plane. Required on workers;
+    /// on a control-plane node it defaults to its own first address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Default: `sqlite`.
+    #[serde(default)]
+    pub datastore: Datastore,
+    /// Default: `10.244.0.0/16`.
+    #[serde(default = "default_pod_cidr")]
+    pub pod_cidr: String,
+    /// Default: `10.96.0.0/12`.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
+    /// Shared secret a node presents to join; required on workers,
+    /// at least 16 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// PEM certificate of the CA that client certificates must chain to.
+    pub ca_cert: String,
+    /// PEM key of that CA. When present (and `cert`/`key` are not), the
+    /// node issues its own serving certificate from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
+    /// PEM serving certificate and key for apid, issued by the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Extra names and addresses for the issued serving certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cert_sans: Vec<String>,
+    /// Default: 50000.
+    #[serde(default = "default_api_port")]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Services {
+    /// Default: `["apid"]`. Must include apid. Known: [`SERVICE_CATALOGUE`].
+    #[serde(default = "default_services")]
+    pub enable: Vec<String>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            enable: default_services(),
+        }
+    }
+}
+
+fn default_kind() -> String {
+    KIND.to_string()
+}
+fn default_pod_cidr() -> String {
+    "10.244.0.0/16".to_string()
+}
+fn default_service_cidr() -> String {
+    "10.96.0.0/12".to_string()
+}
+fn default_api_port() -> u16 {
+    DEFAULT_API_PORT
+}
+fn default_services() -> Vec<String> {
+    vec!["apid".to_string()]
+}
+
+/// One problem found in a config, located in its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted field path, e.g. `machine.network.interfaces[1].name`.
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, " {}:", self.path)?;
+        }
+        write!(f, " {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " — {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a config; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} problem{} in the config:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+impl MachineConfig {
+    /// Parses and validates `text`; `file` names it in diagnostics.
+    pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
+        let (root, syntax) = DeTable::parse_recoverable(text);
+        let mut cx = Checker {
+            file,
+            text,
+            root: root.get_ref(),
+            diags: Vec::new(),
+        };
+        if !syntax.is_empty() {
+            for e in syntax {
+                let at = e.span().map_or(0, |s| s.start);
+                cx.push_at(at, "", e.message().trim_end().to_string(), None);
+            }
+            return Err(Diagnostics(cx.diags));
+        }
+        let doc = cx.decode(root.get_ref());
+        if let Some(doc) = &doc {
+            cx.check(doc);
+        }
+        match doc {
+            Some(doc) if cx.diags.is_empty() => Ok(doc),
+            _ => {
+                cx.diags.sort_by_key(|d| (d.line, d.column));
+                Err(Diagnostics(cx.diags))
+            }
+        }
+    }
+
+    /// The config as TOML, as `osctl gen config` writes it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialize: {e}\n"))
+    }
+
+    /// The Kubernetes API endpoint: the configured one, or on a control
+    /// plane its own first static address.
+    pub fn kube_endpoint(&self) -> Option<String> {
+        self.cluster.endpoint.clone().or_else(|| {
+            let first = self
+                .machine
+                .network
+                .interfaces
+                .iter()
+                .flat_map(|i| i.addresses.iter())
+                .find_map(|a| a.parse::<IpNet>().ok())?;
+            Some(format!("https://{}:{KUBE_API_PORT}", first.addr()))
+        })
+    }
+
+    /// This config with every secret replaced by a short digest, so diffs
+    /// and logs show that a secret changed without showing it.
+    pub fn redacted(&self) -> MachineConfig {
+        use sha2::Digest as _;
+        let hide = |s: &String| {
+            let d = sha2::Sha256::digest(s.as_bytes());
+            format!(
+                "(secret, sha256 {:02x}{:02x}{:02x}{:02x}…)",
+                d[0], d[1], d[2], d[3]
+            )
+        };
+        let mut c = self.clone();
+        c.api.ca_key = c.api.ca_key.as_ref().map(hide);
+        c.api.key = c.api.key.as_ref().map(hide);
+        c.cluster.token = c.cluster.token.as_ref().map(hide);
+        c
+    }
+}
+
+/// A new random join token: 32 hexadecimal characters.
+pub fn generate_token() -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Fields whose change needs a reboot to take effect.
+pub fn reboot_required(old: &MachineConfig, new: &MachineConfig) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.cluster.role != new.cluster.role {
+        v.push("cluster.role");
+    }
+    if old.cluster.datastore != new.cluster.datastore {
+        v.push("cluster.datastore");
+    }
+    if old.cluster.pod_cidr != new.cluster.pod_cidr {
+        v.push("cluster.pod_cidr");
+    }
+    if old.cluster.service_cidr != new.cluster.service_cidr {
+        v.push("cluster.service_cidr");
+    }
+    v
+}
+
+/// A unified diff of two configs with their secrets redacted.
+pub fn diff(old: Option<&MachineConfig>, new: &MachineConfig) -> String {
+    let old_text = old.map(|c| c.redacted().to_toml()).unwrap_or_default();
+    let new_text = new.redacted().to_toml();
+    similar::TextDiff::from_lines(&old_text, &new_text)
+        .unified_diff()
+        .context_radius(2)
+        .header("stored", "new")
+        .to_string()
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    root: &'a DeTable<'a>,
+    diags: Vec<Diagnostic>,
+}
+
+enum Seg<'p> {
+    Key(&'p str),
+    Index(usize),
+}
+
+fn parse_path(path: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (key, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !key.is_empty() {
+            out.push(Seg::Key(key));
+        }
+        for idx in rest.split('[') {
+            if let Ok(i) = idx.trim_end_matches(']').parse() {
+                out.push(Seg::Index(i));
+            }
+        }
+    }
+    out
+}
+
+impl Checker<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    fn push_at(&mut self, offset: usize, path: &str, message: String, hint: Option<String>) {
+        let (line, column) = self.position(offset);
+        self.diags.push(Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            path: path.to_string(),
+            message,
+            hint,
+        });
+    }
+
+    /// The source span of the value at `path`, or of its nearest ancestor
+    /// present in the document (a defaulted field has no span of its own).
+    fn span_of(&self, path: &str) -> Range<usize> {
+        let mut best = 0..0;
+        let mut table = Some(self.root);
+        let mut array = None;
+        for seg in parse_path(path) {
+            let next: Option<&Spanned<DeValue<'_>>> = match (seg, table, array) {
+                (Seg::Key(k), Some(t), _) => t.get(k),
+                (Seg::Index(i), _, Some(a)) => {
+                    let a: &toml::de::DeArray<'_> = a;
+                    a.iter().nth(i)
+                }
+                _ => None,
+            };
+            let Some(v) = next else { break };
+            best = v.span();
+            table = v.get_ref().as_table();
+            array = v.get_ref().as_array();
+        }
+        best
+    }
+
+    fn error(&mut self, path: &str, message: impl Into<String>, hint: Option<String>) {
+        let at = self.span_of(path).start;
+        self.push_at(at, path, message.into(), hint);
+    }
+
+    /// Decodes the document section by section so each section's first
+    /// structural error is reported, not just the document's first.
+    fn decode(&mut self, root: &DeTable<'_>) -> Option<MachineConfig> {
+        const TOP: &[&str] = &["version", "kind", "machine", "cluster", "api", "services"];
+        for (k, _) in root.iter() {
+            if !TOP.contains(&k.get_ref().as_ref()) {
+                let name = k.get_ref().to_string();
+                let hint = suggest(&name, TOP);
+                self.push_at(k.span().start, &name, format!("unknown key `{name}`"), hint);
+            }
+        }
+        let version: Option<u64> = self.section(root, "version", true);
+        let kind: Option<String> = self.section(root, "kind", false);
+        let machine: Option<Machine> = self.section(root, "machine", true);
+        let cluster: Option<Cluster> = self.section(root, "cluster", true);
+        let api: Option<Api> = self.section(root, "api", true);
+        let services: Option<Services> = self.section(root, "services", false);
+        Some(MachineConfig {
+            version: version?,
+            kind: kind.unwrap_or_else(default_kind),
+            machine: machine?,
+            cluster: cluster?,
+            api: api?,
+            services: services.unwrap_or_default(),
+        })
+    }
+
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        root: &DeTable<'_>,
+        key: &str,
+        required: bool,
+    ) -> Option<T> {
+        let Some(value) = root.get(key) else {
+            if required {
+                self.push_at(0, key, format!("missing required `{key}`"), None);
+            }
+            return None;
+        };
+        let mut owned = value.clone();
+        owned.get_mut().make_owned();
+        let span = owned.span();
+        match T::deserialize(owned.into_deserializer()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let at = e.span().unwrap_or(span).start;
+                let (message, hint) = describe_serde_error(e.message());
+                let path = self.path_at(key, at);
+                self.push_at(at, &path, message, hint);
+                None
+            }
+        }
+    }
+
+    /// Best field path for an error at `offset` inside section `key`: the
+    /// deepest key whose span holds the offset.
+    fn path_at(&self, key: &str, offset: usize) -> String {
+        fn walk(v: &Spanned<DeValue<'_>>, offset: usize, path: &mut String) {
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    for (k, child) in t.iter() {
+                        let within =
+                            |s: Range<usize>| s.start <= offset && offset < s.end.max(s.start + 1);
+                        if within(child.span()) || within(k.span()) {
+                            path.push('.');
+                            path.push_str(k.get_ref());
+                            walk(child, offset, path);
+                            return;
+                        }
+                    }
+                }
+                DeValue::Array(a) => {
+                    for (i, child) in a.iter().enumerate() {
+                        let s = child.span();
+                        if s.start <= offset && offset < s.end {
+                            path.push_str(&format!("[{i}]"));
+                            walk(child, offset, path);
+                            return;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut path = key.to_string();
+        if let Some(v) = self.root.get(key) {
+            walk(v, offset, &mut path);
+        }
+        path
+    }
+
+    fn check(&mut self, c: &MachineConfig) {
+        if c.version == 0 {
+            self.error(
+                "version",
+                "must be 1 or more",
+                Some("versions start at 1 and grow with every change".into()),
+            );
+        }
+        if c.kind != KIND {
+            self.error(
+                "kind",
+                format!("{:?} is not a machine config", c.kind),
+                Some(format!("use kind = \"{KIND}\"")),
+            );
+        }
+        self.check_machine(&c.machine);
+        self.check_cluster(c);
+        self.check_api(&c.api);
+        self.check_services(&c.services);
+    }
+
+    fn check_machine(&mut self, m: &Machine) {
+        if let Err(e) = Hostname::try_from(m.hostname.as_str()) {
+            self.error("machine.hostname", e, None);
+        }
+        for (i, s) in m.ntp.iter().enumerate() {
+            if s.trim().is_empty() || s.contains(char::is_whitespace) {
+                self.error(
+                    &format!("machine.ntp[{i}]"),
+                    format!("{s:?} is not a host name or address"),
+                    None,
+                );
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, iface) in m.network.interfaces.iter().enumerate() {
+            let p = format!("machine.network.interfaces[{i}]");
+            if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains(['/', ' ']) {
+                self.error(
+                    &format!("{p}.name"),
+                    format!(
+                        "{:?} is not a valid interface name (1–15 characters, no '/' or spaces)",
+                        iface.name
+                    ),
+                    None,
+                );
+            } else if !names.insert(iface.name.as_str()) {
+                self.error(
+                    &format!("{p}.name"),
+                    format!("interface {:?} is configured twice", iface.name),
+                    Some("merge the two entries into one".into()),
+                );
+            }
+            if !iface.dhcp && iface.addresses.is_empty() {
+                self.error(
+                    &p,
+                    format!("interface {:?} has no address", iface.name),
+                    Some("set dhcp = true or add addresses = [\"10.0.0.5/24\"]".into()),
+                );
+            }
+            for (j, a) in iface.addresses.iter().enumerate() {
+                if let Err((msg, hint)) = parse_cidr(a, true) {
+                    self.error(&format!("{p}.addresses[{j}]"), msg, hint);
+                }
+            }
+            if let Some(mtu) = iface.mtu
+                && !(68..=9216).contains(&mtu)
+            {
+                self.error(
+                    &format!("{p}.mtu"),
+                    format!("{mtu} is out of range"),
+                    Some("an MTU is between 68 and 9216".into()),
+                );
+            }
+        }
+        for (i, r) in m.network.routes.iter().enumerate() {
+            let p = format!("machine.network.routes[{i}]");
+            if let Err((msg, hint)) = parse_cidr(&r.to, false) {
+                self.error(&format!("{p}.to"), msg, hint);
+            }
+            if r.via.parse::<IpAddr>().is_err() {
+                self.error(
+                    &format!("{p}.via"),
+                    format!("{:?} is not an IP address", r.via),
+                    None,
+                );
+            }
+            if let Some(ifn) = &r.interface
+                && !m.network.interfaces.iter().any(|x| &x.name == ifn)
+            {
+                let known: Vec<&str> = m
+                    .network
+                    .interfaces
+                    .iter()
+                    .map(|x| x.name.as_str())
+                    .collect();
+                self.error(
+                    &format!("{p}.interface"),
+                    format!("no interface named {ifn:?} is configured"),
+                    suggest(ifn, &known),
+                );
+            }
+        }
+        for (i, ns) in m.network.nameservers.iter().enumerate() {
+            if ns.parse::<IpAddr>().is_err() {
+                self.error(
+                    &format!("machine.network.nameservers[{i}]"),
+                    format!("{ns:?} is not an IP address"),
+                    Some("name servers are given by address, e.g. \"1.1.1.1\"".into()),
+                );
+            }
+        }
+    }
+
+    fn check_cluster(&mut self, c: &MachineConfig) {
+        let cl = &c.cluster;
+        if !is_dns1123_label(&cl.name) {
+            self.error("cluster.name", format!("{:?} is not a DNS-1123 label", cl.name), Some("use lower-case letters, digits and '-', at most 63 characters, starting and ending with a letter or digit".into()));
+        }
+        match &cl.endpoint {
+            Some(ep) => {
+                if let Err((msg, hint)) = check_endpoint(ep) {
+                    self.error("cluster.endpoint", msg, hint);
+                }
+            }
+            None if cl.role == Role::Worker => {
+                self.error(
+                    "cluster",
+                    "a worker needs `endpoint`, the control plane it joins",
+                    Some("add endpoint = \"https://<control-plane address>:6443\"".into()),
+                );
+            }
+            None => {}
+        }
+        if cl.role == Role::Worker {
+            match &cl.token {
+                None => self.error(
+                    "cluster",
+                    "a worker needs `token` to join the cluster",
+                    Some("copy the token from the control plane's config".into()),
+                ),
+                Some(t) if t.len() < 16 => self.error(
+                    "cluster.token",
+                    "is too short: a join token has at least 16 characters",
+                    None,
+                ),
+                Some(_) => {}
+            }
+            if cl.datastore == Datastore::Etcd {
+                self.error(
+                    "cluster.datastore",
+                    "only a control-plane node runs a datastore",
+                    Some("remove `datastore` from a worker's config".into()),
+                );
+            }
+        }
+        let pod = parse_cidr(&cl.pod_cidr, false)
+            .map_err(|(m, h)| self.error("cluster.pod_cidr", m, h))
+            .ok();
+        let svc = parse_cidr(&cl.service_cidr, false)
+            .map_err(|(m, h)| self.error("cluster.service_cidr", m, h))
+            .ok();
+        if let (Some(p), Some(s)) = (pod, svc)
+            && overlaps(&p, &s)
+        {
+            self.error("cluster.service_cidr", format!("{s} overlaps the pod network {p}"), Some("pick disjoint ranges, e.g. pod_cidr = \"10.244.0.0/16\" and service_cidr = \"10.96.0.0/12\"".into()));
+        }
+        for (i, iface) in c.machine.network.interfaces.iter().enumerate() {
+            for (j, a) in iface.addresses.iter().enumerate() {
+                let Ok(net) = a.parse::<IpNet>() else {
+                    continue;
+                };
+                for (name, cluster_net) in [("pod_cidr", pod), ("service_cidr", svc)] {
+                    if let Some(cn) = cluster_net
+                        && overlaps(&net.trunc(), &cn)
+                    {
+                        self.error(
+                            &format!("machine.network.interfaces[{i}].addresses[{j}]"),
+                            format!("{a} overlaps cluster.{name} {cn}"),
+                            Some("node addresses and cluster networks must not overlap".into()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_api(&mut self, api: &Api) {
+        if let Err(e) = crate::pki::check_ca_cert(&api.ca_cert) {
+            self.error("api.ca_cert", e.to_string(), None);
+        }
+        if let Some(k) = &api.ca_key
+            && let Err(e) = crate::pki::check_key(k)
+        {
+            self.error("api.ca_key", e.to_string(), None);
+        }
+        match (&api.cert, &api.key) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::pki::check_cert(cert) {
+                    self.error("api.cert", e.to_string(), None);
+                }
+                if let Err(e) = crate::pki::check_key(key) {
+                    self.error("api.key", e.to_string(), None);
+                }
+            }
+            (Some(_), None) => self.error(
+                "api.cert",
+                "is set without `key`",
+                Some("give both cert and key, or neither".into()),
+            ),
+            (None, Some(_)) => self.error(
+                "api.key",
+                "is set without `cert`",
+                Some("give both cert and key, or neither".into()),
+            ),
+            (None, None) if api.ca_key.is_none() => self.error(
+                "api",
+                "the node has no way to get a serving certificate",
+                Some("set `ca_key` (the node issues its own) or `cert` and `key`".into()),
+            ),
+            (None, None) => {}
+        }
+        for (i, san) in api.cert_sans.iter().enumerate() {
+            if san.parse::<IpAddr>().is_err() && Hostname::try_from(san.as_str()).is_err() {
+                self.error(
+                    &format!("api.cert_sans[{i}]"),
+                    format!("{san:?} is neither an IP address nor a DNS name"),
+                    None,
+                );
+            }
+        }
+        if api.port == 0 {
+            self.error(
+                "api.port",
+                "0 is not a port",
+                Some(format!("the default is {DEFAULT_API_PORT}")),
+            );
+        }
+    }
+
+    fn check_services(&mut self, s: &Services) {
+        let mut seen = HashSet::new();
+        for (i, name) in s.enable.iter().enumerate() {
+            let p = format!("services.enable[{i}]");
+            if !SERVICE_CATALOGUE.contains(&name.as_str()) {
+                self.error(
+                    &p,
+                    format!("unknown service {name:?}"),
+                    suggest(name, SERVICE_CATALOGUE).or_else(|| {
+                        Some(format!("known services: {}", SERVICE_CATALOGUE.join(", ")))
+                    }),
+                );
+            } else if !seen.insert(name.as_str()) {
+                self.error(&p, format!("{name:?} is listed twice"), None);
+            }
+        }
+        if !s.enable.iter().any(|n| n == "apid") {
+            self.error(
+                "services.enable",
+                "must include \"apid\": it is the node's only management interface",
+                None,
+            );
+        }
+    }
+}
+
+/// A valid RFC 1123 host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hostname(String);
+
+impl TryFrom<&str> for Hostname {
+    type Error = String;
+    fn try_from(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if ok {
+            Ok(Hostname(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?} is not a valid host name (letters, digits and '-', dot-separated labels of at most 63 characters)"
+            ))
+        }
+    }
+}
+
+impl Hostname {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+type Problem = (String, Option<String>);
+
+fn parse_cidr(s: &str, host_address: bool) -> Result<IpNet, Problem> {
+    match s.parse::<IpNet>() {
+        Ok(n) if !host_address && n.trunc() != n => Err((
+            format!("{s:?} has host bits set"),
+            Some(format!("did you mean \"{}\"?", n.trunc())),
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(ip) => Err((
+                format!("{s:?} has no prefix length"),
+                Some(format!(
+                    "did you mean \"{ip}/{}\"?",
+                    if ip.is_ipv4() { 24 } else { 64 }
+                )),
+            )),
+            Err(_) => Err((format!("{s:?} is not a CIDR (address/prefix)"), None)),
+        },
+    }
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn check_endpoint(ep: &str) -> Result<(), Problem> {
+    let hint_for = |host: &str| Some(format!("did you mean \"https://{host}:{KUBE_API_PORT}\"?"));
+    let Some((scheme, rest)) = ep.split_once("://") else {
+        return Err((
+            format!("{ep:?} is not a URL"),
+            hint_for(ep.trim_end_matches('/')),
+        ));
+    };
+    let uri: http::Uri = ep
+        .parse()
+        .map_err(|_| (format!("{ep:?} is not a URL"), None))?;
+    let host = uri.host().unwrap_or(rest);
+    if scheme != "https" {
+        return Err((format!("{ep:?} must use https"), hint_for(host)));
+    }
+    if host.is_empty() {
+        return Err((format!("{ep:?} has no host"), None));
+    }
+    if uri.port_u16().is_none() {
+        return Err((format!("{ep:?} has no port"), hint_for(host)));
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err((format!("{ep:?} must not have a path"), hint_for(host)));
+    }
+    Ok(())
+}
+
+/// "did you mean …?" for a misspelt name, when one is close.
+pub fn suggest(word: &str, candidates: &[&str]) -> Option<String> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+/// Turns serde's messages into ours, with a hint for misspelt keys and
+/// enum values ("unknown field `hostnme`, expected one of …").
+fn describe_serde_error(msg: &str) -> Problem {
+    let msg = msg.trim_end();
+    for (prefix, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        if let Some(rest) = msg.strip_prefix(prefix)
+            && let Some((word, tail)) = rest.split_once('`')
+        {
+            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+            let hint = suggest(word, &expected).or_else(|| {
+                (!expected.is_empty()).then(|| format!("expected one of: {}", expected.join(", ")))
+            });
+            return (format!("unknown {what} `{word}`"), hint);
+        }
+    }
+    (msg.to_string(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca() -> (String, String) {
+        let ca = crate::pki::generate_ca("test").unwrap();
+        (ca.cert_pem, ca.key_pem)
+    }
+
+    fn valid_text() -> String {
+        let (cert, key) = ca();
+        format!(
+            r#"version = 3
+
+[machine]
+hostname = "node-1"
+
+[[machine.network.interfaces]]
+name = "eth0"
+addresses = ["10.0.0.5/24"]
+
+[[machine.network.routes]]
+to = "0.0.0.0/0"
+via = "10.0.0.1"
+
+[cluster]
+name = "demo"
+role = "controlplane"
+
+[api]
+ca_cert = """{cert}"""
+ca_key = """{key}"""
+"#
+        )
+    }
+
+    fn errors(text: &str) -> Vec<Diagnostic> {
+        MachineConfig::parse("node.toml", text).unwrap_err().0
+    }
+
+    #[test]
+    fn valid_config_parses_with_defaults() {
+        let c = MachineConfig::parse("node.toml", &valid_text()).unwrap();
+        assert_eq!(c.version, 3);
+        assert_eq!(c.cluster.datastore, Datastore::Sqlite);
+        assert_eq!(c.cluster.pod_cidr, "10.244.0.0/16");
+        assert_eq!(c.api.port, DEFAULT_API_PORT);
+        assert_eq!(c.services.enable, vec!["apid"]);
+        assert_eq!(c.kube_endpoint().as_deref(), Some("https://10.0.0.5:6443"));
+        // What gen config writes parses back to the same config.
+        assert_eq!(MachineConfig::parse("x", &c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn endpoint_without_scheme_gets_the_documented_hint() {
+        let text = valid_text().replace(
+            "role = \"controlplane\"",
+            "role = \"controlplane\"\nendpoint = \"10.0.0.5\"",
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "cluster.endpoint");
+        assert_eq!((e[0].line, e[0].column), (17, 12));
+        assert_eq!(
+            e[0].to_string(),
+            "node.toml:17:12 cluster.endpoint: \"10.0.0.5\" is not a URL — did you mean \"https://10.0.0.5:6443\"?"
+        );
+    }
+
+    #[test]
+    fn reports_every_structural_error_at_once() {
+        let text = valid_text()
+            .replace("hostname = \"node-1\"", "hostnme = \"node-1\"")
+            .replace("role = \"controlplane\"", "role = \"controlplan\"")
+            .replace("version = 3", "version = 3\nextra = 1");
+        let e = errors(&text);
+        let paths: Vec<&str> = e.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["extra", "machine.hostnme", "cluster.role"],
+            "{e:#?}"
+        );
+        assert_eq!(e[1].hint.as_deref(), Some("did you mean `hostname`?"));
+        assert_eq!(e[2].message, "unknown value `controlplan`");
+        assert_eq!(e[2].hint.as_deref(), Some("did you mean `controlplane`?"));
+    }
+
+    #[test]
+    fn reports_every_semantic_error_at_once() {
+        let text = valid_text()
+            .replace("role = \"controlplane\"", "role = \"worker\"\npod_cidr = \"10.96.0.0/16\"")
+            .replace("name = \"eth0\"", "name = \"eth0\"\nmtu = 20")
+            .replace("[[machine.network.routes]]", "[[machine.network.interfaces]]\nname = \"eth0\"\ndhcp = true\n\n[[machine.network.routes]]")
+            .replace("via = \"10.0.0.1\"", "via = \"gateway\"");
+        let e = errors(&text);
+        let msgs: Vec<String> = e.iter().map(|d| d.to_string()).collect();
+        let has = |s: &str| msgs.iter().any(|m| m.contains(s));
+        assert!(has("interfaces[0].mtu: 20 is out of range"), "{msgs:#?}");
+        assert!(
+            has("interfaces[1].name: interface \"eth0\" is configured twice"),
+            "{msgs:#?}"
+        );
+        assert!(
+            has("routes[0].via: \"gateway\" is not an IP address"),
+            "{msgs:#?}"
+        );
+        assert!(has("a worker needs `endpoint`"), "{msgs:#?}");
+        assert!(has("a worker needs `token`"), "{msgs:#?}");
+        assert!(
+            has("cluster.service_cidr: 10.96.0.0/12 overlaps the pod network 10.96.0.0/16"),
+            "{msgs:#?}"
+        );
+        assert_eq!(e.len(), 6, "{msgs:#?}");
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let e = errors("version = 1\n[machine\nhostname = \"x\"\n");
+        assert!(!e.is_empty());
+        assert_eq!(e[0].line, 2);
+    }
+
+    #[test]
+    fn missing_sections_and_bad_types() {
+        let e = errors("version = \"one\"\n");
+        let paths: Vec<&str> = e.iter().map(|d| d.path.as_str()).collect();
+        assert!(
+            paths.contains(&"version")
+                && paths.contains(&"machine")
+                && paths.contains(&"cluster")
+                && paths.contains(&"api"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn cidr_hints() {
+        assert_eq!(
+            parse_cidr("10.0.0.5", true).unwrap_err().1.as_deref(),
+            Some("did you mean \"10.0.0.5/24\"?")
+        );
+        assert_eq!(
+            parse_cidr("10.244.1.0/16", false).unwrap_err().1.as_deref(),
+            Some("did you mean \"10.244.0.0/16\"?")
+        );
+        assert!(parse_cidr("10.0.0.5/24", true).is_ok());
+    }
+
+    #[test]
+    fn endpoint_checks() {
+        assert!(check_endpoint("https://10.0.0.5:6443").is_ok());
+        assert!(check_endpoint("https://cp.example:6443/").is_ok());
+        assert_eq!(
+            check_endpoint("http://cp:6443").unwrap_err().1.as_deref(),
+            Some("did you mean \"https://cp:6443\"?")
+        );
+        assert!(
+            check_endpoint("https://cp")
+                .unwrap_err()
+                .0
+                .contains("no port")
+        );
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(Hostname::try_from("node-1.lan").is_ok());
+        for bad in ["", "-a", "a-", "a_b", "a..b", &"x".repeat(64)] {
+            assert!(Hostname::try_from(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn diff_redacts_secrets_and_reboot_fields() {
+        let a = MachineConfig::parse("a", &valid_text()).unwrap();
+        let mut b = a.clone();
+        b.version = 4;
+        b.cluster.pod_cidr = "10.200.0.0/16".into();
+        b.api.ca_key = Some("other".into());
+        let d = diff(Some(&a), &b);
+        assert!(
+            d.contains("-version = 3") && d.contains("+version = 4"),
+            "{d}"
+        );
+        assert!(!d.contains("PRIVATE KEY"), "{d}");
+        assert!(d.contains("(secret, sha256"), "{d}");
+        assert_eq!(reboot_required(&a, &b), vec!["cluster.pod_cidr"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,400}") {
+            let _ = MachineConfig::parse("fuzz.toml", &text);
+        }
+
+        #[test]
+        fn parse_never_panics_on_mutated_valid_config(pos in 0usize..2000, byte in proptest::num::u8::ANY) {
+            let mut bytes = valid_text().into_bytes();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                let _ = MachineConfig::parse("fuzz.toml", &text);
+            }
+        }
+    }
+}

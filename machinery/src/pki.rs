@@ -1,0 +1,247 @@
+//! X.509 for the machine API: the cluster CA, client certificates that
+//! carry a role, and apid's serving certificates. Pure computation (the only
+//! outside input is the system's random source for keys).
+//!
+//! Keys are ECDSA P-256: every TLS stack, kubectl included, speaks it.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use crate::roles::Role;
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct CertKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("not a PEM certificate (expected \"-----BEGIN CERTIFICATE-----\")")]
+    NotPem,
+    #[error("the certificate cannot be parsed: {0}")]
+    Parse(String),
+    #[error("the certificate is not a CA (its basic constraints do not allow issuing)")]
+    NotCa,
+    #[error(
+        "not a PEM private key, or not one this node supports (ECDSA P-256/P-384, ed25519, RSA): {0}"
+    )]
+    Key(String),
+    #[error("cannot issue the certificate: {0}")]
+    Issue(String),
+}
+
+fn issue_err(e: rcgen::Error) -> PkiError {
+    PkiError::Issue(e.to_string())
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = OffsetDateTime::now_utc();
+    // A little slack for clocks that disagree.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + lifetime;
+}
+
+/// Ten years: the lifetime of a CA made by `osctl gen keys`.
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// One year: client and serving certificates.
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+pub fn generate_ca(name: &str) -> Result<CertKey, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "plinth");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, CA_LIFETIME);
+    let key = KeyPair::generate().map_err(issue_err)?;
+    let cert = params.self_signed(&key).map_err(issue_err)?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn leaf(
+    ca: &CertKey,
+    mut params: CertificateParams,
+    lifetime: Duration,
+) -> Result<CertKey, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::Key(e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(issue_err)?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, lifetime);
+    let key = KeyPair::generate().map_err(issue_err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(issue_err)?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A client certificate for the machine API: CN = who, O = the role.
+pub fn issue_client(
+    ca: &CertKey,
+    who: &str,
+    role: Role,
+    lifetime: Duration,
+) -> Result<CertKey, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, who);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, role.organization());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    leaf(ca, params, lifetime)
+}
+
+/// A serving certificate for a node, valid for `names` (DNS names or IPs).
+pub fn issue_server(ca: &CertKey, hostname: &str, names: &[String]) -> Result<CertKey, PkiError> {
+    let mut params = CertificateParams::new(names.to_vec()).map_err(issue_err)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, hostname);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf(ca, params, LEAF_LIFETIME)
+}
+
+/// The throw-away certificate a node in maintenance mode serves.
+pub fn self_signed_server(names: &[String]) -> Result<CertKey, PkiError> {
+    let mut params = CertificateParams::new(names.to_vec()).map_err(issue_err)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "plinth maintenance");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut params, LEAF_LIFETIME);
+    let key = KeyPair::generate().map_err(issue_err)?;
+    let cert = params.self_signed(&key).map_err(issue_err)?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.trim_start().as_bytes())
+        .map_err(|_| PkiError::NotPem)?;
+    if p.label != "CERTIFICATE" {
+        return Err(PkiError::NotPem);
+    }
+    Ok(p.contents)
+}
+
+/// What a person needs to know about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub is_ca: bool,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Whether the certificate is valid at `unix` seconds.
+    pub fn valid_at(&self, unix: i64) -> bool {
+        self.not_before <= unix && unix <= self.not_after
+    }
+}
+
+pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, PkiError> {
+    let (_, c) = X509Certificate::from_der(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let names = |attrs: Vec<&x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        attrs
+            .into_iter()
+            .filter_map(|a| a.as_str().ok().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let subject = c.subject();
+    Ok(CertInfo {
+        subject: subject.to_string(),
+        issuer: c.issuer().to_string(),
+        common_name: names(subject.iter_common_name().collect())
+            .into_iter()
+            .next()
+            .unwrap_or_default(),
+        organizations: names(subject.iter_organization().collect()),
+        is_ca: c.is_ca(),
+        not_before: c.validity().not_before.timestamp(),
+        not_after: c.validity().not_after.timestamp(),
+    })
+}
+
+pub fn cert_info(pem: &str) -> Result<CertInfo, PkiError> {
+    cert_info_der(&pem_to_der(pem)?)
+}
+
+pub fn check_cert(pem: &str) -> Result<CertInfo, PkiError> {
+    cert_info(pem)
+}
+
+pub fn check_ca_cert(pem: &str) -> Result<CertInfo, PkiError> {
+    let info = cert_info(pem)?;
+    if !info.is_ca {
+        return Err(PkiError::NotCa);
+    }
+    Ok(info)
+}
+
+pub fn check_key(pem: &str) -> Result<(), PkiError> {
+    KeyPair::from_pem(pem)
+        .map(|_| ())
+        .map_err(|e| PkiError::Key(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_issues_client_with_role_and_server_with_names() {
+        let ca = generate_ca("demo").unwrap();
+        let ca_info = check_ca_cert(&ca.cert_pem).unwrap();
+        assert!(ca_info.is_ca);
+        let c = issue_client(&ca, "alice", Role::Reader, LEAF_LIFETIME).unwrap();
+        let info = cert_info(&c.cert_pem).unwrap();
+        assert_eq!(info.common_name, "alice");
+        assert_eq!(info.issuer, ca_info.subject);
+        assert_eq!(
+            crate::roles::role_from_cert_der(&pem_to_der(&c.cert_pem).unwrap()).unwrap(),
+            Role::Reader
+        );
+        assert!(matches!(check_ca_cert(&c.cert_pem), Err(PkiError::NotCa)));
+        let s = issue_server(&ca, "n1", &["127.0.0.1".into(), "n1.lan".into()]).unwrap();
+        check_key(&s.key_pem).unwrap();
+        assert!(!cert_info(&s.cert_pem).unwrap().is_ca);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(matches!(cert_info("hello"), Err(PkiError::NotPem)));
+        assert!(
+            check_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err()
+        );
+    }
+}

@@ -1,0 +1,636 @@
+//! osctl: the operator CLI for Plinth nodes.
+//!
+//! Exit codes: 0 success; 1 failure; 2 bad usage; 3 invalid config (nothing
+//! was sent); 4 refused by the node (signature, role, version, mode);
+//! 5 node unreachable or TLS refused.
+
+pub mod clientconfig;
+pub mod connect;
+mod generate;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use machinery::api::{self, ApplyMode, machine_service_client::MachineServiceClient};
+use machinery::config::MachineConfig;
+use machinery::signing::{self, Purpose};
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+use crate::clientconfig::{ClientConfig, Context};
+use crate::connect::{Credentials, LocalChecks};
+use crate::output::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "osctl",
+    version,
+    about = "Operate Plinth nodes",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Target nodes (comma-separated or repeated); default: the context's.
+    #[arg(short, long, global = true, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Where to connect, when it differs from the node address.
+    #[arg(short, long, global = true, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Context of the client config to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Client config file (default: $OSCTLCONFIG or ~/.plinth/osctlconfig).
+    #[arg(long, global = true)]
+    pub osctlconfig: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Talk to a node in maintenance mode: no client certificate, and the
+    /// node's self-signed certificate is not checked.
+    #[arg(short, long, global = true)]
+    pub insecure: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate keys, certificates and configs.
+    #[command(subcommand)]
+    Gen(generate::GenCommand),
+    /// Check a machine config and print every problem found.
+    Validate {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// Sign a machine config into an envelope file (for offline signing).
+    Sign {
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Signing key (PKCS#8 PEM); default: the context's signing_key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Output file (default: FILE.signed).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sign and apply a machine config (TOML, or an envelope from `sign`).
+    ApplyConfig {
+        #[arg(short, long)]
+        file: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+        /// For --mode try: how long before the node reverts (e.g. 1m).
+        #[arg(long, default_value = "1m")]
+        timeout: humantime::Duration,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Signing key (PKCS#8 PEM); default: the context's signing_key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print the node's config as applied.
+    GetConfig,
+    /// Plinth version and node state.
+    Version,
+    /// List the node's services.
+    Services,
+    /// Act on one service.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// A service's logs.
+    Logs {
+        service: String,
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+    /// The kernel log.
+    Dmesg {
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Node events: services starting and stopping, configs applied.
+    Events {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+    /// Reboot the node.
+    Reboot,
+    /// Stop the node's services and power it off.
+    Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Restart a service now.
+    Restart { name: String },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum Mode {
+    Auto,
+    NoReboot,
+    Reboot,
+    Staged,
+    Try,
+}
+
+impl From<Mode> for ApplyMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Auto => ApplyMode::Auto,
+            Mode::NoReboot => ApplyMode::NoReboot,
+            Mode::Reboot => ApplyMode::Reboot,
+            Mode::Staged => ApplyMode::Staged,
+            Mode::Try => ApplyMode::Try,
+        }
+    }
+}
+
+/// A failure, with the exit code a script can test.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Failure::Other(_) => 1,
+            Failure::Invalid(_) => 3,
+            Failure::Refused(_) => 4,
+            Failure::Unreachable(_) => 5,
+        })
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(format!("{e:#}"))
+    }
+}
+
+impl From<connect::ConnectError> for Failure {
+    fn from(e: connect::ConnectError) -> Self {
+        match e {
+            connect::ConnectError::Connect { .. } => Failure::Unreachable(e.to_string()),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+/// Every message in an error's source chain, joined, without repeats.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
+}
+
+/// A TLS or connection failure in words a person can act on.
+pub fn explain_transport(e: &(dyn std::error::Error + 'static)) -> String {
+    let raw = chain(e);
+    let lower = raw.to_lowercase();
+    let known = [
+        (
+            "unknownca",
+            "the node does not trust your client certificate: it was issued by another CA than the node's",
+        ),
+        (
+            "certificateexpired",
+            "the node refused your client certificate: it has expired",
+        ),
+        (
+            "certificaterequired",
+            "the node requires a client certificate (it has a config): set crt and key in your osctlconfig context",
+        ),
+        ("badcertificate", "the node refused your client certificate"),
+        (
+            "unknownissuer",
+            "the node's certificate is not signed by your context's CA (a node in maintenance mode needs --insecure)",
+        ),
+        (
+            "notvalidforname",
+            "the node's certificate is not valid for the address you used",
+        ),
+        (
+            "connection refused",
+            "connection refused: is the node up, and is the port right?",
+        ),
+    ];
+    match known.iter().find(|(k, _)| lower.contains(k)) {
+        Some((_, friendly)) => format!("{friendly} ({raw})"),
+        None => raw,
+    }
+}
+
+/// A gRPC error from a node, classified.
+fn from_status(node: &str, s: tonic::Status) -> Failure {
+    use tonic::Code;
+    let msg = if s.message().is_empty() {
+        s.code().description().to_string()
+    } else {
+        s.message().to_string()
+    };
+    let transport = std::error::Error::source(&s).map(explain_transport);
+    let text = format!("{node}: {}", transport.clone().unwrap_or(msg));
+    match s.code() {
+        Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition => {
+            Failure::Refused(text)
+        }
+        Code::InvalidArgument => Failure::Invalid(text),
+        Code::Unavailable | Code::Unknown if transport.is_some() => Failure::Unreachable(text),
+        _ => Failure::Other(text),
+    }
+}
+
+/// What a command runs against: the resolved context and targets.
+struct Session {
+    global: Global,
+    context: Context,
+}
+
+impl Session {
+    fn open(global: Global) -> Result<Session, Failure> {
+        let (path, explicit) = match &global.osctlconfig {
+            Some(p) => (p.clone(), true),
+            None => (clientconfig::default_path().unwrap_or_default(), false),
+        };
+        let cfg = ClientConfig::load(&path, explicit).map_err(|e| Failure::Other(e.to_string()))?;
+        let context = cfg
+            .context(global.context.as_deref(), &path)
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        Ok(Session { global, context })
+    }
+
+    /// (node name, address to connect to) pairs.
+    fn targets(&self) -> Result<Vec<(String, String)>, Failure> {
+        let nodes = if self.global.nodes.is_empty() {
+            &self.context.nodes
+        } else {
+            &self.global.nodes
+        };
+        let endpoints = if self.global.endpoints.is_empty() {
+            &self.context.endpoints
+        } else {
+            &self.global.endpoints
+        };
+        match (nodes.as_slice(), endpoints.as_slice()) {
+            ([], []) => Err(Failure::Other("no node given: use -n NODE, or set nodes in your osctlconfig context".into())),
+            ([], eps) => Ok(eps.iter().map(|e| (e.clone(), e.clone())).collect()),
+            (ns, []) => Ok(ns.iter().map(|n| (n.clone(), n.clone())).collect()),
+            ([n], [e]) => Ok(vec![(n.clone(), e.clone())]),
+            (ns, [e]) if ns.iter().all(|n| n == e) => Ok(vec![(e.clone(), e.clone())]),
+            _ => Err(Failure::Other(
+                "reaching several nodes through an endpoint is not supported yet: give each node with -n and no -e".into(),
+            )),
+        }
+    }
+
+    fn credentials(&self) -> Result<Credentials, Failure> {
+        if self.global.insecure {
+            return Ok(Credentials::Insecure);
+        }
+        let c = &self.context;
+        match (&c.ca, &c.crt, &c.key) {
+            (Some(ca), Some(crt), Some(key)) => Ok(Credentials::Mutual { ca: ca.clone(), crt: crt.clone(), key: key.clone() }),
+            _ => Err(Failure::Other(
+                "no client certificate: set ca, crt and key in your osctlconfig context (see `osctl gen keys`), or use --insecure for a node in maintenance mode".into(),
+            )),
+        }
+    }
+
+    async fn client(&self, addr: &str) -> Result<MachineServiceClient<Channel>, Failure> {
+        Ok(connect::connect(addr, &self.credentials()?, LocalChecks::On).await?)
+    }
+
+    /// Classifies a failed call; a dropped connection is diagnosed.
+    async fn failure(&self, node: &str, addr: &str, s: tonic::Status) -> Failure {
+        let dropped = std::error::Error::source(&s).is_some()
+            && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown);
+        if dropped
+            && let Ok(creds) = self.credentials()
+            && let Some(why) = connect::diagnose(addr, &creds, LocalChecks::On).await
+        {
+            return Failure::Unreachable(format!("{node}: {why}"));
+        }
+        from_status(node, s)
+    }
+
+    fn signing_key(&self, flag: Option<&PathBuf>) -> Result<signing::SigningKey, Failure> {
+        let path = flag.or(self.context.signing_key.as_ref()).ok_or_else(|| {
+            Failure::Other("no signing key: pass --key ops.key, or set signing_key in your osctlconfig context".into())
+        })?;
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| Failure::Other(format!("reading {}: {e}", path.display())))?;
+        signing::signing_key_from_pem(&pem)
+            .map_err(|e| Failure::Other(format!("{}: {e}", path.display())))
+    }
+
+    /// Runs `f` against every target; reports each failure and returns the
+    /// last one, so one bad node does not hide the others' answers.
+    async fn each<T, F, Fut>(&self, f: F) -> Result<Vec<(String, T)>, Failure>
+    where
+        F: Fn(String, MachineServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let targets = self.targets()?;
+        let many = targets.len() > 1;
+        let mut ok = Vec::new();
+        let mut failed = None;
+        for (node, addr) in targets {
+            let result = match self.client(&addr).await {
+                Ok(client) => match f(node.clone(), client).await {
+                    Ok(v) => Ok(v),
+                    Err(s) => Err(self.failure(&node, &addr, s).await),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => ok.push((node, v)),
+                Err(e) if many => {
+                    eprintln!("error: {e}");
+                    failed = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match failed {
+            Some(e) if ok.is_empty() => Err(e),
+            _ => Ok(ok),
+        }
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure::Other(format!("reading {}: {e}", path.display())))
+}
+
+/// Validates a config file locally; the diagnostics are the error.
+fn validate_file(path: &PathBuf, bytes: &[u8]) -> Result<MachineConfig, Failure> {
+    let name = path.display().to_string();
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Failure::Invalid(format!("{name}: not UTF-8 text: {e}")))?;
+    MachineConfig::parse(&name, text).map_err(|d| Failure::Invalid(d.to_string()))
+}
+
+/// The config bytes and signature to send: an envelope as it is, a TOML
+/// file validated and signed here.
+fn config_and_signature(
+    session: &Session,
+    file: &PathBuf,
+    key: Option<&PathBuf>,
+) -> Result<(Vec<u8>, Vec<u8>), Failure> {
+    let bytes = read_file(file)?;
+    if bytes.starts_with(b"plinth-signed v1\n") {
+        return signing::envelope_decode(&bytes)
+            .map_err(|e| Failure::Invalid(format!("{}: {e}", file.display())));
+    }
+    validate_file(file, &bytes)?;
+    let key = session.signing_key(key)?;
+    let sig = signing::sign(Purpose::Config, &key, &bytes);
+    Ok((bytes, sig))
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let fmt = cli.global.output;
+    match cli.command {
+        Command::Gen(cmd) => generate::run(cmd, fmt),
+        Command::Validate { file } => {
+            let bytes = read_file(&file)?;
+            let c = validate_file(&file, &bytes)?;
+            match fmt {
+                Format::Json => output::json(
+                    &serde_json::json!({"file": file, "valid": true, "version": c.version}),
+                ),
+                Format::Table => println!("{}: valid (version {})", file.display(), c.version),
+            }
+            Ok(())
+        }
+        Command::Sign { file, key, out } => {
+            let session = Session::open(cli.global)?;
+            let bytes = read_file(&file)?;
+            validate_file(&file, &bytes)?;
+            let key = session.signing_key(key.as_ref())?;
+            let sig = signing::sign(Purpose::Config, &key, &bytes);
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.signed", file.display())));
+            std::fs::write(&out, signing::envelope_encode(&bytes, &sig))
+                .map_err(|e| Failure::Other(format!("writing {}: {e}", out.display())))?;
+            println!(
+                "signed {} with key {} → {}",
+                file.display(),
+                signing::key_id(&key.verifying_key()),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::ApplyConfig {
+            file,
+            mode,
+            timeout,
+            dry_run,
+            key,
+        } => {
+            let session = Session::open(cli.global)?;
+            let (config, signature) = config_and_signature(&session, &file, key.as_ref())?;
+            let req = api::ApplyConfigRequest {
+                config,
+                signature,
+                mode: ApplyMode::from(mode) as i32,
+                try_timeout_seconds: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
+                dry_run,
+            };
+            let results = session
+                .each(|_, mut c| {
+                    let req = req.clone();
+                    async move { c.apply_config(req).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            for (node, r) in results {
+                match fmt {
+                    Format::Json => output::json(&serde_json::json!({
+                        "node": node, "summary": r.summary, "diff": r.diff,
+                        "reboot_required": r.reboot_required, "applied_version": r.applied_version,
+                    })),
+                    Format::Table => {
+                        if dry_run {
+                            print!("{}", r.diff);
+                        }
+                        println!("{node}: {}", r.summary);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::GetConfig => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| async move {
+                    c.get_config(api::GetConfigRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+            for (node, r) in results {
+                let text = String::from_utf8_lossy(&r.config);
+                match fmt {
+                    Format::Json => output::json(
+                        &serde_json::json!({"node": node, "version": r.version, "config": text}),
+                    ),
+                    Format::Table => print!("{text}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Version => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| async move {
+                    c.version(api::VersionRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+            output::version(fmt, &results);
+            Ok(())
+        }
+        Command::Services => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| async move {
+                    c.service_list(api::ServiceListRequest {})
+                        .await
+                        .map(|r| r.into_inner().services)
+                })
+                .await?;
+            output::services(fmt, &results);
+            Ok(())
+        }
+        Command::Service(ServiceCommand::Restart { name }) => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| {
+                    let name = name.clone();
+                    async move {
+                        c.service_restart(api::ServiceRestartRequest { name })
+                            .await
+                            .map(|_| ())
+                    }
+                })
+                .await?;
+            for (node, ()) in results {
+                println!("{node}: {name} restarting");
+            }
+            Ok(())
+        }
+        Command::Logs {
+            service,
+            follow,
+            tail,
+        } => {
+            let session = Session::open(cli.global)?;
+            let targets = session.targets()?;
+            let prefix = targets.len() > 1;
+            for (node, addr) in targets {
+                let mut c = session.client(&addr).await?;
+                let req = api::LogsRequest {
+                    service: service.clone(),
+                    follow,
+                    tail_lines: tail,
+                };
+                let mut stream = match c.logs(req).await {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => return Err(session.failure(&node, &addr, s).await),
+                };
+                while let Some(item) = stream.next().await {
+                    let line = item.map_err(|s| from_status(&node, s))?;
+                    output::log_line(fmt, prefix.then_some(node.as_str()), &line);
+                }
+            }
+            Ok(())
+        }
+        Command::Dmesg { follow } => {
+            let session = Session::open(cli.global)?;
+            for (node, addr) in session.targets()? {
+                let mut c = session.client(&addr).await?;
+                let mut stream = match c.dmesg(api::DmesgRequest { follow }).await {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => return Err(session.failure(&node, &addr, s).await),
+                };
+                while let Some(item) = stream.next().await {
+                    output::dmesg(fmt, &item.map_err(|s| from_status(&node, s))?);
+                }
+            }
+            Ok(())
+        }
+        Command::Events { follow, tail } => {
+            let session = Session::open(cli.global)?;
+            for (node, addr) in session.targets()? {
+                let mut c = session.client(&addr).await?;
+                let mut stream = match c
+                    .events(api::EventsRequest {
+                        tail_events: tail,
+                        follow,
+                    })
+                    .await
+                {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => return Err(session.failure(&node, &addr, s).await),
+                };
+                while let Some(item) = stream.next().await {
+                    output::event(fmt, &node, &item.map_err(|s| from_status(&node, s))?);
+                }
+            }
+            Ok(())
+        }
+        Command::Reboot => power(cli.global, true).await,
+        Command::Shutdown => power(cli.global, false).await,
+    }
+}
+
+async fn power(global: Global, reboot: bool) -> Result<(), Failure> {
+    let session = Session::open(global)?;
+    let results = session
+        .each(|_, mut c| async move {
+            if reboot {
+                c.reboot(api::RebootRequest {}).await.map(|_| ())
+            } else {
+                c.shutdown(api::ShutdownRequest {}).await.map(|_| ())
+            }
+        })
+        .await?;
+    for (node, ()) in results {
+        println!(
+            "{node}: {}",
+            if reboot { "rebooting" } else { "shutting down" }
+        );
+    }
+    Ok(())
+}

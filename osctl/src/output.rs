@@ -1,0 +1,216 @@
+//! Human tables by default, JSON for scripts (`-o json`).
+
+use clap::ValueEnum;
+use comfy_table::{Table as Comfy, presets::NOTHING};
+use machinery::api::{self, NodeMode, ServiceState};
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// A borderless table with a header row, like kubectl's.
+pub struct Table(Comfy);
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        let mut t = Comfy::new();
+        t.load_preset(NOTHING).set_header(header.to_vec());
+        Table(t)
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.0.add_row(cells);
+    }
+
+    pub fn print(&self) {
+        for line in self.0.to_string().lines() {
+            println!("{}", line.trim_end());
+        }
+    }
+}
+
+pub fn json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", secs / 86400, (secs % 86400) / 3600),
+    }
+}
+
+fn mode_name(m: i32) -> &'static str {
+    match NodeMode::try_from(m) {
+        Ok(NodeMode::Maintenance) => "maintenance",
+        Ok(NodeMode::Configured) => "configured",
+        _ => "unknown",
+    }
+}
+
+fn state_name(s: i32) -> &'static str {
+    match ServiceState::try_from(s) {
+        Ok(ServiceState::Starting) => "starting",
+        Ok(ServiceState::Running) => "running",
+        Ok(ServiceState::Backoff) => "backoff",
+        Ok(ServiceState::Stopping) => "stopping",
+        Ok(ServiceState::Stopped) => "stopped",
+        _ => "unknown",
+    }
+}
+
+pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
+    match fmt {
+        Format::Json => json(&serde_json::Value::Array(
+            results
+                .iter()
+                .map(|(node, v)| {
+                    serde_json::json!({
+                        "node": node, "plinth_version": v.plinth_version, "arch": v.arch,
+                        "mode": mode_name(v.mode), "config_version": v.config_version,
+                        "hostname": v.hostname, "uptime_seconds": v.uptime_seconds,
+                        "staged_config_version": v.staged_config_version,
+                        "try_seconds_left": v.try_seconds_left,
+                    })
+                })
+                .collect(),
+        )),
+        Format::Table => {
+            let mut t = Table::new(&[
+                "NODE", "PLINTH", "ARCH", "MODE", "CONFIG", "HOSTNAME", "UPTIME",
+            ]);
+            for (node, v) in results {
+                let mut config = if v.config_version == 0 {
+                    "-".to_string()
+                } else {
+                    v.config_version.to_string()
+                };
+                if v.staged_config_version > 0 {
+                    config.push_str(&format!(" (staged {})", v.staged_config_version));
+                }
+                if v.try_seconds_left > 0 {
+                    config.push_str(&format!(" (trial, {}s left)", v.try_seconds_left));
+                }
+                t.row(vec![
+                    node.clone(),
+                    v.plinth_version.clone(),
+                    v.arch.clone(),
+                    mode_name(v.mode).into(),
+                    config,
+                    if v.hostname.is_empty() {
+                        "-".into()
+                    } else {
+                        v.hostname.clone()
+                    },
+                    duration(v.uptime_seconds),
+                ]);
+            }
+            t.print();
+        }
+    }
+}
+
+pub fn services(fmt: Format, results: &[(String, Vec<api::ServiceInfo>)]) {
+    match fmt {
+        Format::Json => json(&serde_json::Value::Array(
+            results
+                .iter()
+                .flat_map(|(node, list)| {
+                    list.iter().map(move |s| {
+                        serde_json::json!({
+                            "node": node, "name": s.name, "state": state_name(s.state), "pid": s.pid,
+                            "restarts": s.restarts, "uptime_seconds": s.uptime_seconds, "last_exit": s.last_exit,
+                        })
+                    })
+                })
+                .collect(),
+        )),
+        Format::Table => {
+            let mut t = Table::new(&["NODE", "SERVICE", "STATE", "PID", "RESTARTS", "UPTIME", "LAST EXIT"]);
+            for (node, list) in results {
+                for s in list {
+                    t.row(vec![
+                        node.clone(),
+                        s.name.clone(),
+                        state_name(s.state).into(),
+                        if s.pid == 0 { "-".into() } else { s.pid.to_string() },
+                        s.restarts.to_string(),
+                        if s.uptime_seconds == 0 && s.pid == 0 { "-".into() } else { duration(s.uptime_seconds) },
+                        if s.last_exit.is_empty() { "-".into() } else { s.last_exit.clone() },
+                    ]);
+                }
+            }
+            t.print();
+        }
+    }
+}
+
+fn timestamp(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn log_line(fmt: Format, node: Option<&str>, l: &api::LogLine) {
+    match fmt {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"node": node, "time": timestamp(l.timestamp_ms), "stream": l.stream, "line": l.line})
+        ),
+        Format::Table => match node {
+            Some(n) => println!("{n}: {}", l.line),
+            None => println!("{}", l.line),
+        },
+    }
+}
+
+pub fn dmesg(fmt: Format, r: &api::DmesgRecord) {
+    match fmt {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"priority": r.priority, "sequence": r.sequence, "timestamp_us": r.timestamp_us, "message": r.message})
+        ),
+        Format::Table => println!(
+            "[{:>5}.{:06}] {}",
+            r.timestamp_us / 1_000_000,
+            r.timestamp_us % 1_000_000,
+            r.message
+        ),
+    }
+}
+
+pub fn event(fmt: Format, node: &str, e: &api::Event) {
+    match fmt {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"node": node, "time": timestamp(e.timestamp_ms), "kind": e.kind, "message": e.message})
+        ),
+        Format::Table => println!(
+            "{}  {node}  {:<8} {}",
+            timestamp(e.timestamp_ms),
+            e.kind,
+            e.message
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(125), "2m5s");
+        assert_eq!(duration(7300), "2h1m");
+        assert_eq!(duration(90000), "1d1h");
+    }
+}
