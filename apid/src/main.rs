@@ -21,6 +21,10 @@ async fn main() {
         .with_ansi(false)
         .init();
     let args = Args::parse();
+    // apid is init's child: if init dies, apid must not linger holding the port.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+        eprintln!("apid: cannot ask to die with init: {e}");
+    }
     if let Err(e) = apid::run(&args.init_socket).await {
         eprintln!("apid: {e}");
         std::process::exit(1);

@@ -203,18 +203,17 @@ pub async fn connect(
 /// client's certificate after the client considers the handshake done, so
 /// its alert ("unknown CA", "certificate expired") reaches only the first
 /// read — which the gRPC stack swallows as "connection closed". After such a
-/// failure this opens one plain TLS connection, sends the HTTP/2 preface and
-/// reads, to find the alert.
+/// failure this opens one plain TLS connection and reads, to find the alert.
+/// (It sends nothing: unread data would make the server's close a reset,
+/// which can overtake the alert.)
 pub async fn diagnose(addr: &str, creds: &Credentials, checks: LocalChecks) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
     let (host, port) = host_port(addr).ok()?;
     let name = server_name(addr, &host).ok()?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(creds, checks).ok()?));
     let probe = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
         let mut tls = connector.connect(name, tcp).await?;
-        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-        tls.flush().await?;
         let mut buf = [0u8; 64];
         tls.read(&mut buf).await.map(|_| ())
     };

@@ -223,6 +223,11 @@ pub fn explain_transport(e: &(dyn std::error::Error + 'static)) -> String {
             "unknownca",
             "the node does not trust your client certificate: it was issued by another CA than the node's",
         ),
+        // The node found a CA of the same name whose signature does not match.
+        (
+            "decrypterror",
+            "the node does not trust your client certificate: it was issued by another CA than the node's (one with the same name)",
+        ),
         (
             "certificateexpired",
             "the node refused your client certificate: it has expired",
@@ -266,7 +271,7 @@ fn from_status(node: &str, s: tonic::Status) -> Failure {
             Failure::Refused(text)
         }
         Code::InvalidArgument => Failure::Invalid(text),
-        Code::Unavailable | Code::Unknown if transport.is_some() => Failure::Unreachable(text),
+        _ if transport.is_some() => Failure::Unreachable(text),
         _ => Failure::Other(text),
     }
 }
@@ -333,8 +338,7 @@ impl Session {
 
     /// Classifies a failed call; a dropped connection is diagnosed.
     async fn failure(&self, node: &str, addr: &str, s: tonic::Status) -> Failure {
-        let dropped = std::error::Error::source(&s).is_some()
-            && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown);
+        let dropped = std::error::Error::source(&s).is_some();
         if dropped
             && let Ok(creds) = self.credentials()
             && let Some(why) = connect::diagnose(addr, &creds, LocalChecks::On).await

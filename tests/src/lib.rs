@@ -1,0 +1,269 @@
+//! Test harness shared by the end-to-end tests and benchmarks: finds the
+//! built binaries, runs `osctl` as a user would, and starts nodes — in host
+//! mode here (init + apid as processes over a state directory).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// The directory holding the workspace's binaries (`target/debug` when the
+/// tests run in the dev profile). The README's test command builds them
+/// first (`cargo build --bins`): a test binary cannot safely run cargo.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    for b in ["osctl", "plinth-init", "apid"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: build the binaries first with `cargo build --workspace --bins` (the README's test command does)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The result of one `osctl` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(self) -> anyhow::Result<Run> {
+        if self.code != 0 {
+            bail!(
+                "osctl failed with {}: {}{}",
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("osctl output is not JSON: {}", self.stdout))
+    }
+}
+
+/// Runs osctl with `OSCTLCONFIG` pointing at `config`.
+pub fn osctl(config: &Path, args: &[&str]) -> Run {
+    let out = Command::new(bin("osctl"))
+        .args(args)
+        .env("OSCTLCONFIG", config)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running osctl");
+    Run::from(out)
+}
+
+/// An operator's secrets from `osctl gen keys`, in a temporary directory.
+pub struct Operator {
+    pub dir: tempfile::TempDir,
+}
+
+impl Operator {
+    pub fn new() -> anyhow::Result<Operator> {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().to_str().context("utf-8 temp dir")?;
+        osctl(
+            Path::new("/nonexistent"),
+            &["gen", "keys", "--out", out, "--cluster", "demo"],
+        )
+        .ok()?;
+        Ok(Operator { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn osctlconfig(&self) -> PathBuf {
+        self.path("osctlconfig")
+    }
+
+    /// Writes a node config with `osctl gen config` and returns its path.
+    pub fn gen_config(&self, name: &str, version: u64) -> anyhow::Result<PathBuf> {
+        let out = self.path(name);
+        let v = version.to_string();
+        osctl(
+            &self.osctlconfig(),
+            &[
+                "gen",
+                "config",
+                "--cluster",
+                "demo",
+                "--role",
+                "controlplane",
+                "--hostname",
+                "n1",
+                "--address",
+                "10.0.0.5/24",
+                "--gateway",
+                "10.0.0.1",
+                "--token",
+                "0123456789abcdef0123",
+                "--secrets",
+                self.dir.path().to_str().context("utf-8")?,
+                "--config-version",
+                &v,
+                "--out",
+                out.to_str().context("utf-8")?,
+            ],
+        )
+        .ok()?;
+        Ok(out)
+    }
+}
+
+/// A node in host mode: plinth-init (which starts apid) over a state
+/// directory, with apid on a free loopback port.
+pub struct HostNode {
+    pub state: tempfile::TempDir,
+    pub trusted_key: PathBuf,
+    pub port: u16,
+    init: Option<Child>,
+}
+
+impl HostNode {
+    pub fn start(trusted_key: &Path) -> anyhow::Result<HostNode> {
+        let mut node = HostNode {
+            state: tempfile::tempdir()?,
+            trusted_key: trusted_key.to_path_buf(),
+            port: free_port(),
+            init: None,
+        };
+        node.boot()?;
+        Ok(node)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn init_pid(&self) -> Option<u32> {
+        self.init.as_ref().map(Child::id)
+    }
+
+    /// Starts init and waits until apid answers `version` (in either mode).
+    pub fn boot(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("init.log"))?;
+        let child = Command::new(bin("plinth-init"))
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--trusted-key")
+            .arg(&self.trusted_key)
+            .arg("--api-listen")
+            .arg(self.addr())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting plinth-init")?;
+        self.init = Some(child);
+        self.wait_answering()
+    }
+
+    /// Waits until apid answers at all: insecurely in maintenance mode, or
+    /// refusing an anonymous client once configured.
+    pub fn wait_answering(&self) -> anyhow::Result<()> {
+        let addr = self.addr();
+        wait_for("apid to answer", Duration::from_secs(20), || {
+            let r = osctl(
+                Path::new("/nonexistent"),
+                &["-n", &addr, "--insecure", "version"],
+            );
+            (r.code == 0
+                || r.stderr.contains("client certificate")
+                || r.stderr.contains("maintenance"))
+            .then_some(())
+        })
+        .with_context(|| self.log())
+    }
+
+    /// The init (and apid) output so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("init.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for init to stop its services and exit.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.init.take().context("node is not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let pid = child.id();
+        wait_for("init to exit", Duration::from_secs(30), || {
+            child.try_wait().ok().flatten()
+        })
+        .with_context(|| format!("init {pid} did not exit"))
+    }
+
+    /// Waits for init to exit on its own (after a shutdown request).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.init.as_mut().context("node is not running")?;
+        let status = wait_for("init to exit", timeout, || child.try_wait().ok().flatten())?;
+        self.init = None;
+        Ok(status)
+    }
+}
+
+impl Drop for HostNode {
+    fn drop(&mut self) {
+        if self.init.is_some() {
+            let _ = self.stop();
+        }
+    }
+}

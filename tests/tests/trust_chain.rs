@@ -1,0 +1,600 @@
+//! The trust chain end to end, in host mode: the real osctl binary over
+//! mutual TLS on 127.0.0.1 to the real apid, forwarding to the real init.
+
+use std::path::Path;
+use std::time::Duration;
+
+use machinery::api::{self, ApplyMode};
+use machinery::signing::{self, Purpose};
+use osctl::connect::{self, Credentials, LocalChecks};
+use plinth_tests::{HostNode, Operator, osctl, wait_for};
+
+/// A node with config version 1 applied, and the operator who applied it.
+fn configured_node() -> anyhow::Result<(Operator, HostNode, std::path::PathBuf)> {
+    let op = Operator::new()?;
+    let node = HostNode::start(&op.path("ops.pub"))?;
+    let cfg = op.gen_config("node.toml", 1)?;
+    let addr = node.addr();
+    osctl(
+        &op.osctlconfig(),
+        &[
+            "-n",
+            &addr,
+            "--insecure",
+            "apply-config",
+            "-f",
+            cfg.to_str().unwrap(),
+        ],
+    )
+    .ok()?;
+    wait_configured(&op, &node)?;
+    Ok((op, node, cfg))
+}
+
+fn wait_configured(op: &Operator, node: &HostNode) -> anyhow::Result<()> {
+    let addr = node.addr();
+    wait_for(
+        "the node to serve mutual TLS with its config",
+        Duration::from_secs(20),
+        || {
+            let r = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "version"]);
+            (r.code == 0 && r.json().ok()?[0]["mode"] == "configured").then_some(())
+        },
+    )
+}
+
+fn apid_pid(op: &Operator, node: &HostNode) -> u64 {
+    let r = osctl(
+        &op.osctlconfig(),
+        &["-n", &node.addr(), "-o", "json", "services"],
+    );
+    let v = r.json().unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "apid")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap()
+}
+
+fn stored_config(op: &Operator, node: &HostNode) -> String {
+    osctl(&op.osctlconfig(), &["-n", &node.addr(), "get-config"])
+        .ok()
+        .unwrap()
+        .stdout
+}
+
+fn mutual(op: &Operator, crt: &str, key: &str) -> Credentials {
+    Credentials::Mutual {
+        ca: op.path("ca.crt"),
+        crt: op.path(crt),
+        key: op.path(key),
+    }
+}
+
+#[test]
+fn gen_keys_config_apply_get_round_trip() -> anyhow::Result<()> {
+    let op = Operator::new()?;
+    let node = HostNode::start(&op.path("ops.pub"))?;
+    let addr = node.addr();
+    let cfgpath = op.osctlconfig();
+
+    // Maintenance mode: version answers insecurely, nothing else does.
+    let v = osctl(
+        &cfgpath,
+        &["-n", &addr, "--insecure", "-o", "json", "version"],
+    )
+    .ok()?
+    .json()?;
+    assert_eq!(v[0]["mode"], "maintenance");
+    assert_eq!(v[0]["config_version"], 0);
+    let r = osctl(&cfgpath, &["-n", &addr, "--insecure", "services"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("maintenance mode"), "{r:?}");
+
+    let cfg = op.gen_config("node.toml", 1)?;
+    osctl(&cfgpath, &["validate", "-f", cfg.to_str().unwrap()]).ok()?;
+    let dry = osctl(
+        &cfgpath,
+        &[
+            "-n",
+            &addr,
+            "--insecure",
+            "apply-config",
+            "--dry-run",
+            "-f",
+            cfg.to_str().unwrap(),
+        ],
+    )
+    .ok()?;
+    assert!(dry.stdout.contains("+hostname = \"n1\""), "{dry:?}");
+    assert!(dry.stdout.contains("dry run, nothing changed"), "{dry:?}");
+    let applied = osctl(
+        &cfgpath,
+        &[
+            "-n",
+            &addr,
+            "--insecure",
+            "apply-config",
+            "-f",
+            cfg.to_str().unwrap(),
+        ],
+    )
+    .ok()?;
+    assert!(
+        applied.stdout.contains("config version 1 applied"),
+        "{applied:?}"
+    );
+    wait_configured(&op, &node)?;
+
+    // The node hands back the exact bytes that were signed.
+    assert_eq!(stored_config(&op, &node), std::fs::read_to_string(&cfg)?);
+    let v = osctl(&cfgpath, &["-n", &addr, "-o", "json", "version"])
+        .ok()?
+        .json()?;
+    assert_eq!(
+        (v[0]["config_version"].as_u64(), v[0]["hostname"].as_str()),
+        (Some(1), Some("n1"))
+    );
+
+    // Human table and JSON for services; apid runs.
+    let table = osctl(&cfgpath, &["-n", &addr, "services"]).ok()?.stdout;
+    assert!(
+        table.lines().next().unwrap().contains("SERVICE")
+            && table.contains("apid")
+            && table.contains("running"),
+        "{table}"
+    );
+    assert!(apid_pid(&op, &node) > 0);
+
+    // apid's log records the calls it forwarded.
+    let logs = osctl(&cfgpath, &["-n", &addr, "logs", "apid"]).ok()?.stdout;
+    assert!(logs.contains("rpc=\"ServiceList\""), "{logs}");
+    let tail = osctl(&cfgpath, &["-n", &addr, "logs", "apid", "--tail", "1"])
+        .ok()?
+        .stdout;
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+
+    // dmesg reads the kernel log: a line we write there comes back.
+    let marker = format!("plinth-test-marker-{}", node.port);
+    std::fs::write("/dev/kmsg", format!("{marker}\n"))?;
+    let dmesg = osctl(&cfgpath, &["-n", &addr, "dmesg"]).ok()?.stdout;
+    assert!(
+        dmesg.contains(&marker),
+        "marker missing from dmesg ({} lines)",
+        dmesg.lines().count()
+    );
+
+    let events = osctl(&cfgpath, &["-n", &addr, "events"]).ok()?.stdout;
+    assert!(events.contains("config version 1 applied"), "{events}");
+    Ok(())
+}
+
+#[test]
+fn logs_follow_streams_new_lines() -> anyhow::Result<()> {
+    let (op, node, _) = configured_node()?;
+    let mut follower = std::process::Command::new(plinth_tests::bin("osctl"))
+        .args(["-n", &node.addr(), "logs", "-f", "apid", "--tail", "1"])
+        .env("OSCTLCONFIG", op.osctlconfig())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // Each call below makes apid log a line, which the follower must see.
+    std::thread::sleep(Duration::from_millis(500));
+    osctl(&op.osctlconfig(), &["-n", &node.addr(), "version"]).ok()?;
+    std::thread::sleep(Duration::from_millis(500));
+    follower.kill()?;
+    let out = follower.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rpc=\"Version\""), "{text}");
+    Ok(())
+}
+
+#[test]
+fn bad_inputs_are_refused_and_change_nothing() -> anyhow::Result<()> {
+    let (op, node, cfg) = configured_node()?;
+    let addr = node.addr();
+    let cfgpath = op.osctlconfig();
+    let before = stored_config(&op, &node);
+    let pid = apid_pid(&op, &node);
+    let v2 = op.gen_config("node2.toml", 2)?;
+    let v2s = v2.to_str().unwrap();
+
+    // Signed by another key.
+    let other = Operator::new()?;
+    let r = osctl(
+        &cfgpath,
+        &[
+            "-n",
+            &addr,
+            "apply-config",
+            "-f",
+            v2s,
+            "--key",
+            other.path("ops.key").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("signed by key") && r.stderr.contains("only trusts key"),
+        "{r:?}"
+    );
+
+    // A byte changed after signing.
+    let signed = op.path("node2.toml.signed");
+    osctl(
+        &cfgpath,
+        &["sign", "-f", v2s, "--out", signed.to_str().unwrap()],
+    )
+    .ok()?;
+    let tampered = String::from_utf8(std::fs::read(&signed)?)?
+        .replace("hostname = \"n1\"", "hostname = \"n9\"");
+    std::fs::write(&signed, tampered)?;
+    let r = osctl(
+        &cfgpath,
+        &["-n", &addr, "apply-config", "-f", signed.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("changed after signing"), "{r:?}");
+
+    // Replay of the applied config.
+    let r = osctl(
+        &cfgpath,
+        &["-n", &addr, "apply-config", "-f", cfg.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("is not newer than version 1"), "{r:?}");
+
+    // Invalid TOML, unknown keys, semantic errors: osctl refuses before sending…
+    let text = std::fs::read_to_string(&v2)?;
+    for (name, bad, expect) in [
+        (
+            "syntax.toml",
+            text.replace("[cluster]", "[cluster"),
+            "unclosed table",
+        ),
+        (
+            "unknown.toml",
+            text.replace("hostname = \"n1\"", "hostname = \"n1\"\nhostnme = \"x\""),
+            "unknown key `hostnme`",
+        ),
+        (
+            "semantic.toml",
+            text.replace("role = \"controlplane\"", "role = \"worker\"")
+                .replace(
+                    "pod_cidr = \"10.244.0.0/16\"",
+                    "pod_cidr = \"10.96.0.0/16\"",
+                ),
+            "overlaps the pod network",
+        ),
+    ] {
+        let p = op.path(name);
+        std::fs::write(&p, &bad)?;
+        let r = osctl(
+            &cfgpath,
+            &["-n", &addr, "apply-config", "-f", p.to_str().unwrap()],
+        );
+        assert_eq!(r.code, 3, "{name}: {r:?}");
+        assert!(
+            r.stderr.contains(expect) && r.stderr.contains(name),
+            "{name}: {r:?}"
+        );
+    }
+
+    // …and the node refuses them too, and an unsigned config, when sent raw.
+    let rt = tokio::runtime::Runtime::new()?;
+    let admin = mutual(&op, "admin.crt", "admin.key");
+    let key = signing::signing_key_from_pem(&std::fs::read_to_string(op.path("ops.key"))?)?;
+    rt.block_on(async {
+        let mut c = connect::connect(&addr, &admin, LocalChecks::On).await?;
+        let unsigned = api::ApplyConfigRequest {
+            config: text.clone().into_bytes(),
+            ..Default::default()
+        };
+        let e = c.apply_config(unsigned).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("not signed"), "{e:?}");
+        let unknown = text.replace("[cluster]", "[clustr]");
+        let req = api::ApplyConfigRequest {
+            signature: signing::sign(Purpose::Config, &key, unknown.as_bytes()),
+            config: unknown.into_bytes(),
+            mode: ApplyMode::Auto as i32,
+            ..Default::default()
+        };
+        let e = c.apply_config(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("unknown key `clustr`")
+                && e.message().contains("did you mean `cluster`?"),
+            "{e:?}"
+        );
+        anyhow::Ok(())
+    })?;
+
+    // A reader may read but not apply.
+    let reader = osctl(
+        Path::new("/nonexistent"),
+        &[
+            "gen",
+            "cert",
+            "--name",
+            "bob",
+            "--role",
+            "reader",
+            "--ca-dir",
+            op.dir.path().to_str().unwrap(),
+            "--out",
+            op.dir.path().to_str().unwrap(),
+        ],
+    );
+    reader.ok()?;
+    let reader_cfg = op.path("reader.osctlconfig");
+    std::fs::write(
+        &reader_cfg,
+        "[contexts.r]\nca = \"ca.crt\"\ncrt = \"bob.crt\"\nkey = \"bob.key\"\nsigning_key = \"ops.key\"\n",
+    )?;
+    osctl(&reader_cfg, &["-n", &addr, "version"]).ok()?;
+    let r = osctl(&reader_cfg, &["-n", &addr, "apply-config", "-f", v2s]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("role reader may not call ApplyConfig"),
+        "{r:?}"
+    );
+
+    // A certificate from another CA.
+    let other_cfg = op.path("other.osctlconfig");
+    std::fs::write(
+        &other_cfg,
+        format!(
+            "[contexts.o]\nca = \"ca.crt\"\ncrt = \"{0}/admin.crt\"\nkey = \"{0}/admin.key\"\n",
+            other.dir.path().display()
+        ),
+    )?;
+    let r = osctl(&other_cfg, &["-n", &addr, "version"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stderr.contains("issued by another CA"), "{r:?}");
+
+    // An expired certificate: osctl itself says so; sent anyway, the node refuses it.
+    osctl(
+        Path::new("/nonexistent"),
+        &[
+            "gen",
+            "cert",
+            "--name",
+            "old",
+            "--role",
+            "admin",
+            "--valid-for",
+            "1s",
+            "--ca-dir",
+            op.dir.path().to_str().unwrap(),
+            "--out",
+            op.dir.path().to_str().unwrap(),
+        ],
+    )
+    .ok()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let old_cfg = op.path("old.osctlconfig");
+    std::fs::write(
+        &old_cfg,
+        "[contexts.o]\nca = \"ca.crt\"\ncrt = \"old.crt\"\nkey = \"old.key\"\n",
+    )?;
+    let r = osctl(&old_cfg, &["-n", &addr, "version"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("old.crt expired on"),
+        "{r:?}"
+    );
+    let old = mutual(&op, "old.crt", "old.key");
+    let no_cert = Credentials::Insecure;
+    rt.block_on(async {
+        let mut c = connect::connect(&addr, &old, LocalChecks::Off).await?;
+        c.version(api::VersionRequest {}).await.unwrap_err();
+        let why = connect::diagnose(&addr, &old, LocalChecks::Off)
+            .await
+            .unwrap_or_default();
+        assert!(why.contains("expired"), "{why}");
+        // No client certificate at all.
+        let mut c = connect::connect(&addr, &no_cert, LocalChecks::On).await?;
+        c.version(api::VersionRequest {}).await.unwrap_err();
+        let why = connect::diagnose(&addr, &no_cert, LocalChecks::On)
+            .await
+            .unwrap_or_default();
+        assert!(why.contains("requires a client certificate"), "{why}");
+        anyhow::Ok(())
+    })?;
+    let r = osctl(&cfgpath, &["-n", &addr, "--insecure", "version"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stderr.contains("requires a client certificate"), "{r:?}");
+
+    // Nothing changed: same config, same apid process.
+    assert_eq!(stored_config(&op, &node), before);
+    assert_eq!(apid_pid(&op, &node), pid);
+    Ok(())
+}
+
+#[test]
+fn config_survives_an_init_restart_and_a_reboot() -> anyhow::Result<()> {
+    let (op, mut node, cfg) = configured_node()?;
+    let expected = std::fs::read_to_string(&cfg)?;
+    let status = node.stop()?;
+    assert!(status.success(), "init exited with {status}");
+    node.boot()?;
+    wait_configured(&op, &node)?;
+    assert_eq!(stored_config(&op, &node), expected);
+
+    // Reboot: init stops its services and starts afresh over the same state.
+    let pid = node.init_pid();
+    osctl(&op.osctlconfig(), &["-n", &node.addr(), "reboot"]).ok()?;
+    wait_for("the node to come back", Duration::from_secs(20), || {
+        let r = osctl(
+            &op.osctlconfig(),
+            &["-n", &node.addr(), "-o", "json", "version"],
+        );
+        let v = r.json().ok()?;
+        (v[0]["uptime_seconds"].as_u64()? < 5 && v[0]["mode"] == "configured").then_some(())
+    })?;
+    assert_eq!(
+        node.init_pid(),
+        pid,
+        "a host-mode reboot re-executes init in place"
+    );
+    assert_eq!(stored_config(&op, &node), expected);
+    let events = osctl(&op.osctlconfig(), &["-n", &node.addr(), "events"])
+        .ok()?
+        .stdout;
+    assert!(events.contains("config version 1 loaded"), "{events}");
+    Ok(())
+}
+
+#[test]
+fn apid_killed_is_restarted() -> anyhow::Result<()> {
+    let (op, node, _) = configured_node()?;
+    let pid = apid_pid(&op, &node);
+    let services = osctl(
+        &op.osctlconfig(),
+        &["-n", &node.addr(), "-o", "json", "services"],
+    )
+    .json()?;
+    let restarts = services[0]["restarts"].as_u64().unwrap_or(0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let v = wait_for("apid to come back", Duration::from_secs(20), || {
+        let r = osctl(
+            &op.osctlconfig(),
+            &["-n", &node.addr(), "-o", "json", "services"],
+        );
+        let v = r.json().ok()?;
+        let apid = v.as_array()?.iter().find(|s| s["name"] == "apid")?.clone();
+        (apid["state"] == "running" && apid["pid"].as_u64()? != pid).then_some(apid)
+    })?;
+    assert_eq!(v["restarts"].as_u64(), Some(restarts + 1));
+    assert_eq!(v["last_exit"], "killed by SIGKILL");
+    Ok(())
+}
+
+#[test]
+fn apply_modes_staged_try_and_no_reboot() -> anyhow::Result<()> {
+    let (op, mut node, cfg) = configured_node()?;
+    let addr = node.addr();
+    let c = op.osctlconfig();
+    let v1 = std::fs::read_to_string(&cfg)?;
+    let text = |v: u64| v1.replace("version = 1", &format!("version = {v}"));
+
+    // no-reboot refuses a change that needs a reboot; auto would reboot.
+    let p = op.path("cidr.toml");
+    std::fs::write(&p, text(2).replace("10.244.0.0/16", "10.200.0.0/16"))?;
+    let r = osctl(
+        &c,
+        &[
+            "-n",
+            &addr,
+            "apply-config",
+            "-f",
+            p.to_str().unwrap(),
+            "--mode",
+            "no-reboot",
+        ],
+    );
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("need a reboot: cluster.pod_cidr"),
+        "{r:?}"
+    );
+
+    // try: applied, then reverted when not confirmed in time.
+    let p = op.path("try.toml");
+    std::fs::write(&p, text(2).replace("10.0.0.1", "10.0.0.254"))?;
+    osctl(
+        &c,
+        &[
+            "-n",
+            &addr,
+            "apply-config",
+            "-f",
+            p.to_str().unwrap(),
+            "--mode",
+            "try",
+            "--timeout",
+            "2s",
+        ],
+    )
+    .ok()?;
+    assert!(stored_config(&op, &node).contains("10.0.0.254"));
+    wait_for("the trial to revert", Duration::from_secs(10), || {
+        (stored_config(&op, &node) == v1).then_some(())
+    })?;
+
+    // try, then confirmed by applying the same config again.
+    osctl(
+        &c,
+        &[
+            "-n",
+            &addr,
+            "apply-config",
+            "-f",
+            p.to_str().unwrap(),
+            "--mode",
+            "try",
+            "--timeout",
+            "3s",
+        ],
+    )
+    .ok()?;
+    let r = osctl(
+        &c,
+        &["-n", &addr, "apply-config", "-f", p.to_str().unwrap()],
+    )
+    .ok()?;
+    assert!(r.stdout.contains("confirmed"), "{r:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(stored_config(&op, &node).contains("10.0.0.254"));
+
+    // staged: the node keeps its config until the next boot.
+    let p = op.path("staged.toml");
+    std::fs::write(&p, text(3).replace("10.0.0.1", "10.0.0.253"))?;
+    osctl(
+        &c,
+        &[
+            "-n",
+            &addr,
+            "apply-config",
+            "-f",
+            p.to_str().unwrap(),
+            "--mode",
+            "staged",
+        ],
+    )
+    .ok()?;
+    let v = osctl(&c, &["-n", &addr, "-o", "json", "version"])
+        .ok()?
+        .json()?;
+    assert_eq!(
+        (
+            v[0]["config_version"].as_u64(),
+            v[0]["staged_config_version"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+    node.stop()?;
+    node.boot()?;
+    wait_configured(&op, &node)?;
+    assert!(stored_config(&op, &node).contains("version = 3"));
+    Ok(())
+}
+
+#[test]
+fn shutdown_stops_services_and_exits() -> anyhow::Result<()> {
+    let (op, mut node, _) = configured_node()?;
+    let apid = apid_pid(&op, &node);
+    let r = osctl(&op.osctlconfig(), &["-n", &node.addr(), "shutdown"]).ok()?;
+    assert!(r.stdout.contains("shutting down"), "{r:?}");
+    let status = node.wait_exit(Duration::from_secs(30))?;
+    assert!(status.success(), "{status}");
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(apid as i32), None).is_err(),
+        "apid outlived init"
+    );
+    Ok(())
+}
