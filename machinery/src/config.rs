@@ -402,14 +402,11 @@ impl Checker<'_> {
     fn span_of(&self, path: &str) -> Range<usize> {
         let mut best = 0..0;
         let mut table = Some(self.root);
-        let mut array = None;
+        let mut array: Option<&toml::de::DeArray<'_>> = None;
         for seg in parse_path(path) {
             let next: Option<&Spanned<DeValue<'_>>> = match (seg, table, array) {
                 (Seg::Key(k), Some(t), _) => t.get(k),
-                (Seg::Index(i), _, Some(a)) => {
-                    let a: &toml::de::DeArray<'_> = a;
-                    a.iter().nth(i)
-                }
+                (Seg::Index(i), _, Some(a)) => a.get(i),
                 _ => None,
             };
             let Some(v) = next else { break };

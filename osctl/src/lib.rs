@@ -9,7 +9,7 @@ pub mod connect;
 mod generate;
 mod output;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -393,12 +393,12 @@ impl Session {
     }
 }
 
-fn read_file(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::Other(format!("reading {}: {e}", path.display())))
 }
 
 /// Validates a config file locally; the diagnostics are the error.
-fn validate_file(path: &PathBuf, bytes: &[u8]) -> Result<MachineConfig, Failure> {
+fn validate_file(path: &Path, bytes: &[u8]) -> Result<MachineConfig, Failure> {
     let name = path.display().to_string();
     let text = std::str::from_utf8(bytes)
         .map_err(|e| Failure::Invalid(format!("{name}: not UTF-8 text: {e}")))?;
@@ -409,7 +409,7 @@ fn validate_file(path: &PathBuf, bytes: &[u8]) -> Result<MachineConfig, Failure>
 /// file validated and signed here.
 fn config_and_signature(
     session: &Session,
-    file: &PathBuf,
+    file: &Path,
     key: Option<&PathBuf>,
 ) -> Result<(Vec<u8>, Vec<u8>), Failure> {
     let bytes = read_file(file)?;
