@@ -2,6 +2,7 @@
 //! validation, signing, the machine API, roles and PKI.
 
 pub mod config;
+pub mod layout;
 pub mod pki;
 pub mod roles;
 pub mod signing;

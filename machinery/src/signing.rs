@@ -28,7 +28,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signer as _, Verifier as _};
+use ed25519_dalek::Signer as _;
 use sha2::{Digest as _, Sha256};
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -165,7 +165,7 @@ pub fn verify(
     }
     let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| VerifyError::BadSignature)?;
     trusted
-        .verify(&message(purpose, payload), &sig)
+        .verify_strict(&message(purpose, payload), &sig)
         .map_err(|_| VerifyError::BadSignature)
 }
 

@@ -1,0 +1,91 @@
+//! The disk and file layout: the contract between image-builder, which
+//! writes images, and init, which boots them.
+//!
+//! GPT partitions, found by label (`PARTNAME=` in
+//! `/sys/class/block/*/uevent`):
+//!
+//! | label       | content                                                   |
+//! |-------------|-----------------------------------------------------------|
+//! | `EFI`       | FAT: systemd-boot and one UKI per slot (`plinth-a.efi`…)  |
+//! | `ROOT-A`    | read-only root image (squashfs) of slot A                  |
+//! | `ROOT-B`    | read-only root image of slot B                            |
+//! | `STATE`     | ext4, small: machine config, node identity, boot state    |
+//! | `EPHEMERAL` | ext4, the rest of the disk: /var                          |
+
+/// Partition labels.
+pub const EFI: &str = "EFI";
+pub const ROOT_A: &str = "ROOT-A";
+pub const ROOT_B: &str = "ROOT-B";
+pub const STATE: &str = "STATE";
+pub const EPHEMERAL: &str = "EPHEMERAL";
+
+/// A root slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    /// The GPT label of this slot's root partition.
+    pub fn root_label(self) -> &'static str {
+        match self {
+            Slot::A => ROOT_A,
+            Slot::B => ROOT_B,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// The slot named on a kernel command line (`plinth.slot=a`).
+    pub fn from_cmdline(cmdline: &str) -> Option<Slot> {
+        cmdline.split_whitespace().find_map(|w| match w.strip_prefix(CMDLINE_SLOT)? {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        })
+    }
+}
+
+/// Kernel command-line key naming the slot a boot entry belongs to.
+pub const CMDLINE_SLOT: &str = "plinth.slot=";
+
+/// In the initramfs: where the board's kernel modules are, in load order
+/// (`modules/order` lists the file names, one per line).
+pub const INITRAMFS_MODULES: &str = "/lib/modules/plinth";
+/// In the root image: binaries and the config-signing key baked in.
+pub const ROOT_APID: &str = "/usr/bin/apid";
+pub const ROOT_INIT: &str = "/usr/bin/plinth-init";
+pub const ROOT_TRUSTED_KEY: &str = "/etc/plinth/trusted-key.pub";
+/// In the root image: the image manifest (versions, sha256 of every part).
+pub const ROOT_MANIFEST: &str = "/etc/plinth/manifest.json";
+/// In the root image: the board config the image was built for.
+pub const ROOT_BOARD: &str = "/etc/plinth/board.toml";
+/// Mount points, once switched into the root image.
+pub const MOUNT_STATE: &str = "/system/state";
+pub const MOUNT_EPHEMERAL: &str = "/var";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_from_cmdline() {
+        assert_eq!(Slot::from_cmdline("console=ttyS0 plinth.slot=b quiet"), Some(Slot::B));
+        assert_eq!(Slot::from_cmdline("plinth.slot=c"), None);
+        assert_eq!(Slot::from_cmdline("console=ttyS0"), None);
+        assert_eq!(Slot::A.other().root_label(), "ROOT-B");
+    }
+}
