@@ -3,12 +3,17 @@
 //! The real PID 1 (mounts, slots, reboot(2)) plugs in behind the same
 //! traits: [`power::Power`], [`kmsg::KernelLog`].
 
+pub mod boot;
+pub mod dhcp;
 pub mod journal;
 pub mod kmsg;
 pub mod machine;
+pub mod net;
+pub mod pid1;
 pub mod power;
 pub mod store;
 pub mod supervisor;
+pub mod system;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,25 +76,62 @@ fn socket_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> I
     move |source| InitError::Socket { op, path, source }
 }
 
+/// What both modes need to serve: where state lives and what to trust.
+#[derive(Clone)]
+struct Core {
+    state_dir: PathBuf,
+    trusted_key: PathBuf,
+    apid: PathBuf,
+    settings: NodeSettings,
+    log_dir: PathBuf,
+}
+
 /// Runs init in host mode until a shutdown (returns) or a reboot (re-execs).
 pub async fn run_host(opts: HostOptions) -> Result<(), InitError> {
     // Orphans of our services are re-parented to us, and reaped.
     nix::sys::prctl::set_child_subreaper(true).map_err(InitError::Subreaper)?;
+    let core = Core {
+        log_dir: opts.state_dir.join("logs"),
+        state_dir: opts.state_dir,
+        trusted_key: opts.trusted_key,
+        apid: opts.apid,
+        settings: opts.settings,
+    };
+    let (action, _) = serve(core, Bring::Nothing).await?;
+    match action {
+        PowerAction::Reboot => power::HostPower.reboot(),
+        PowerAction::PowerOff => Ok(()),
+    }
+}
+
+/// What to bring up once the stored config is known.
+enum Bring {
+    Nothing,
+    /// PID 1: the network, from the config (DHCP in maintenance mode).
+    Network,
+}
+
+/// Loads the config, serves the machine API, supervises apid, and returns
+/// the power action requested once every service has stopped.
+async fn serve(
+    core: Core,
+    bring: Bring,
+) -> Result<(PowerAction, Arc<Journal<machinery::api::Event>>), InitError> {
     let pem =
-        std::fs::read_to_string(&opts.trusted_key).map_err(|source| InitError::TrustedKeyRead {
-            path: opts.trusted_key.clone(),
+        std::fs::read_to_string(&core.trusted_key).map_err(|source| InitError::TrustedKeyRead {
+            path: core.trusted_key.clone(),
             source,
         })?;
     let trusted = machinery::signing::verifying_key_from_pem(&pem).map_err(|source| {
         InitError::TrustedKey {
-            path: opts.trusted_key.clone(),
+            path: core.trusted_key.clone(),
             source,
         }
     })?;
 
     let events = Arc::new(Journal::new(1000));
-    let supervisor = Supervisor::start(events.clone(), Some(opts.state_dir.join("logs")))?;
-    let store = ConfigStore::open(&opts.state_dir.join("config"), trusted)?;
+    let supervisor = Supervisor::start(events.clone(), Some(core.log_dir.clone()))?;
+    let store = ConfigStore::open(&core.state_dir.join("config"), trusted)?;
     let (power_tx, mut power_rx) = mpsc::channel(4);
     let machine = Machine::boot(
         store,
@@ -97,10 +139,19 @@ pub async fn run_host(opts: HostOptions) -> Result<(), InitError> {
         events.clone(),
         Arc::new(kmsg::Kmsg::default()),
         power_tx,
-        opts.settings.clone(),
+        core.settings.clone(),
     )?;
+    if let Bring::Network = bring {
+        let network = machine.active_network().await;
+        match net::configure(network.as_ref()).await {
+            Ok(report) => report
+                .into_iter()
+                .for_each(|line| event(&events, "network", line)),
+            Err(e) => event(&events, "network", format!("network bring-up failed: {e}")),
+        }
+    }
 
-    let socket = opts.state_dir.join(SOCKET);
+    let socket = core.state_dir.join(SOCKET);
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(socket_err("create directory", dir))?;
     }
@@ -126,24 +177,27 @@ pub async fn run_host(opts: HostOptions) -> Result<(), InitError> {
 
     supervisor.add(ServiceSpec {
         name: "apid".into(),
-        program: opts.apid.clone(),
+        program: core.apid.clone(),
         args: vec!["--init-socket".into(), socket.display().to_string()],
         env: std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect(),
     });
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(socket_err("install SIGTERM handler for", &socket))?;
-    let action = tokio::select! {
-        a = power_rx.recv() => a.unwrap_or(PowerAction::PowerOff),
-        _ = sigterm.recv() => PowerAction::PowerOff,
-        _ = tokio::signal::ctrl_c() => PowerAction::PowerOff,
+    let action = match bring {
+        // PID 1 takes orders only from the API.
+        Bring::Network => power_rx.recv().await.unwrap_or(PowerAction::Reboot),
+        Bring::Nothing => {
+            let mut sigterm =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(socket_err("install SIGTERM handler for", &socket))?;
+            tokio::select! {
+                a = power_rx.recv() => a.unwrap_or(PowerAction::PowerOff),
+                _ = sigterm.recv() => PowerAction::PowerOff,
+                _ = tokio::signal::ctrl_c() => PowerAction::PowerOff,
+            }
+        }
     };
     event(&events, "power", format!("{action:?}: stopping services"));
     supervisor.stop_all().await;
     let _ = std::fs::remove_file(&socket);
-    let power = power::HostPower;
-    match action {
-        PowerAction::Reboot => power.reboot(),
-        PowerAction::PowerOff => Ok(()),
-    }
+    Ok((action, events))
 }

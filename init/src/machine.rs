@@ -149,6 +149,16 @@ impl Machine {
         }))
     }
 
+    /// The applied config's network section, if a config is applied.
+    pub async fn active_network(&self) -> Option<config::Network> {
+        self.state
+            .lock()
+            .await
+            .active
+            .as_ref()
+            .map(|s| s.config.machine.network.clone())
+    }
+
     /// apid must pick up new TLS material and listen address.
     fn reload_apid(&self) {
         if let Err(e) = self.supervisor.restart("apid") {

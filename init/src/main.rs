@@ -2,8 +2,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// Plinth's init. In this release it runs in host mode: an ordinary
-/// process with a state directory standing in for the STATE partition.
+/// Plinth's init. As PID 1 it boots the machine and takes no arguments;
+/// otherwise it runs in host mode: an ordinary process with a state
+/// directory standing in for the STATE partition.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
@@ -24,8 +25,15 @@ struct Args {
     cert_sans: Vec<String>,
 }
 
+fn main() {
+    if init::pid1::is_pid1() {
+        init::pid1::run();
+    }
+    host();
+}
+
 #[tokio::main]
-async fn main() {
+async fn host() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

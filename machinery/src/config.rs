@@ -335,6 +335,11 @@ pub fn reboot_required(old: &MachineConfig, new: &MachineConfig) -> Vec<&'static
     if old.cluster.service_cidr != new.cluster.service_cidr {
         v.push("cluster.service_cidr");
     }
+    // init configures the network at boot; live reconfiguration is not
+    // there yet.
+    if old.machine.network != new.machine.network {
+        v.push("machine.network");
+    }
     v
 }
 

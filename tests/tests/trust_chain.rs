@@ -505,7 +505,13 @@ fn apply_modes_staged_try_and_no_reboot() -> anyhow::Result<()> {
 
     // try: applied, then reverted when not confirmed in time.
     let p = op.path("try.toml");
-    std::fs::write(&p, text(2).replace("10.0.0.1", "10.0.0.254"))?;
+    std::fs::write(
+        &p,
+        text(2).replace(
+            "hostname = \"n1\"",
+            "hostname = \"n1\"\nntp = [\"time.example\"]",
+        ),
+    )?;
     osctl(
         &c,
         &[
@@ -521,7 +527,7 @@ fn apply_modes_staged_try_and_no_reboot() -> anyhow::Result<()> {
         ],
     )
     .ok()?;
-    assert!(stored_config(&op, &node).contains("10.0.0.254"));
+    assert!(stored_config(&op, &node).contains("time.example"));
     wait_for("the trial to revert", Duration::from_secs(10), || {
         (stored_config(&op, &node) == v1).then_some(())
     })?;
@@ -549,11 +555,17 @@ fn apply_modes_staged_try_and_no_reboot() -> anyhow::Result<()> {
     .ok()?;
     assert!(r.stdout.contains("confirmed"), "{r:?}");
     std::thread::sleep(Duration::from_secs(4));
-    assert!(stored_config(&op, &node).contains("10.0.0.254"));
+    assert!(stored_config(&op, &node).contains("time.example"));
 
     // staged: the node keeps its config until the next boot.
     let p = op.path("staged.toml");
-    std::fs::write(&p, text(3).replace("10.0.0.1", "10.0.0.253"))?;
+    std::fs::write(
+        &p,
+        text(3).replace(
+            "hostname = \"n1\"",
+            "hostname = \"n1\"\nntp = [\"other.example\"]",
+        ),
+    )?;
     osctl(
         &c,
         &[

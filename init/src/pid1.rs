@@ -1,0 +1,177 @@
+//! init as the real PID 1: early mounts, modules, the slot's root, STATE and
+//! EPHEMERAL, the network, then the same service core as host mode. PID 1
+//! never exits and never panics on bad input: a boot that cannot go on is
+//! logged to the console and ends in a reboot, which lets the boot loader
+//! fall back.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use machinery::layout;
+
+use crate::boot::{self, Formatted};
+use crate::machine::{NodeSettings, PowerAction};
+use crate::system::{Linux, System};
+use crate::{Bring, Core};
+
+/// How long PID 1 waits for a disk partition to appear.
+const PARTITION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Writes each log record to the kernel log (and so to the console).
+struct Kmsg(Mutex<Option<std::fs::File>>);
+
+impl std::io::Write for &Kmsg {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/kmsg")
+                .ok();
+        }
+        match f.as_mut() {
+            Some(file) => {
+                // One record per write; "<6>" is the info level.
+                let text = String::from_utf8_lossy(buf);
+                let _ = file.write_all(format!("<6>plinth: {}", text.trim_end()).as_bytes());
+            }
+            None => {
+                let _ = std::io::stderr().write_all(buf);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+static KMSG: Kmsg = Kmsg(Mutex::new(None));
+
+fn setup_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(|| &KMSG)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Mounts the root image of this boot's slot and switches into it.
+fn enter_root(sys: &dyn System) -> Result<layout::Slot, boot::BootError> {
+    for failure in boot::load_modules(sys, Path::new(layout::INITRAMFS_MODULES))? {
+        tracing::warn!("{failure}");
+    }
+    let slot = boot::slot(sys)?;
+    let dev = boot::mount_root(sys, slot, PARTITION_TIMEOUT)?;
+    tracing::info!("slot {}: root image {}", slot.name(), dev.display());
+    boot::switch_into_root(sys)?;
+    Ok(slot)
+}
+
+/// Mounts STATE and EPHEMERAL; where one fails the node keeps going on a
+/// tmpfs (it stays reachable, and says what is wrong).
+fn mount_data(sys: &dyn System) -> PathBuf {
+    for (label, target) in [
+        (layout::STATE, layout::MOUNT_STATE),
+        (layout::EPHEMERAL, layout::MOUNT_EPHEMERAL),
+    ] {
+        match boot::mount_data_partition(sys, label, Path::new(target), PARTITION_TIMEOUT) {
+            Ok(Formatted::New) => {
+                tracing::info!("{label}: created a filesystem (first boot), mounted at {target}")
+            }
+            Ok(Formatted::Existing) => tracing::info!("{label}: mounted at {target}"),
+            Err(e) => {
+                tracing::error!(
+                    "{label}: {e}; using a tmpfs at {target}: nothing there survives a reboot"
+                );
+                let _ = sys.mkdir_all(Path::new(target));
+                let _ = sys.mount(
+                    "tmpfs",
+                    Path::new(target),
+                    "tmpfs",
+                    nix::mount::MsFlags::MS_NOSUID,
+                    "mode=0755",
+                );
+            }
+        }
+    }
+    PathBuf::from(layout::MOUNT_STATE)
+}
+
+/// Stops at nothing: unmounts what it can and reboots or powers off.
+fn finish(sys: &dyn System, action: PowerAction) -> ! {
+    for e in boot::unmount_data(sys) {
+        tracing::warn!("{e}");
+    }
+    sys.sync();
+    let mode = match action {
+        PowerAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+        PowerAction::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+    };
+    loop {
+        let Err(e) = nix::sys::reboot::reboot(mode);
+        tracing::error!("reboot(2) failed: {e}; retrying");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// PID 1's whole life.
+pub fn run() -> ! {
+    let sys = Linux;
+    if let Err(e) = boot::early_mounts(&sys) {
+        let _ = writeln!(std::io::stderr(), "plinth-init: early mounts: {e}");
+    }
+    setup_logging();
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("PID 1 caught a panic: {info}")
+    }));
+    tracing::info!("Plinth {} starting", machinery::VERSION);
+    if let Err(e) = enter_root(&sys) {
+        tracing::error!("cannot boot: {e}; rebooting in 10 s so the boot loader can fall back");
+        std::thread::sleep(Duration::from_secs(10));
+        finish(&sys, PowerAction::Reboot);
+    }
+    let state_dir = mount_data(&sys);
+    let core = Core {
+        log_dir: PathBuf::from(layout::MOUNT_EPHEMERAL).join("log"),
+        state_dir,
+        trusted_key: PathBuf::from(layout::ROOT_TRUSTED_KEY),
+        apid: PathBuf::from(layout::ROOT_APID),
+        settings: NodeSettings::default(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}; rebooting");
+            finish(&sys, PowerAction::Reboot);
+        }
+    };
+    let action = loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(crate::serve(core.clone(), Bring::Network))
+        })) {
+            Ok(Ok((action, _))) => break action,
+            Ok(Err(e)) => {
+                tracing::error!("init cannot serve: {e}; rebooting in 10 s");
+                std::thread::sleep(Duration::from_secs(10));
+                break PowerAction::Reboot;
+            }
+            Err(_) => tracing::error!("init's service loop panicked; starting it again"),
+        }
+    };
+    drop(runtime);
+    finish(&sys, action)
+}
+
+/// Whether this process is PID 1.
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}

@@ -1,0 +1,285 @@
+//! The system calls PID 1 makes while it boots, behind a small trait so the
+//! boot sequence is unit-tested with a recording fake ([`Recorder`]) and
+//! proved for real in QEMU.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct SysError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+pub type SysResult<T> = Result<T, SysError>;
+
+fn sys_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SysError {
+    let path = path.to_path_buf();
+    move |source| SysError { op, path, source }
+}
+
+fn errno(e: nix::errno::Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+pub trait System: Send + Sync {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: &str,
+    ) -> SysResult<()>;
+    /// Moves a mount (`mount --move`).
+    fn move_mount(&self, from: &Path, to: &Path) -> SysResult<()>;
+    fn umount(&self, target: &Path) -> SysResult<()>;
+    /// Makes `new_root` the root (`switch_root` without deleting anything).
+    fn switch_root(&self, new_root: &Path) -> SysResult<()>;
+    fn mkdir_all(&self, path: &Path) -> SysResult<()>;
+    fn read_to_string(&self, path: &Path) -> SysResult<String>;
+    fn read_dir(&self, path: &Path) -> SysResult<Vec<String>>;
+    /// Bytes at `offset` of a file or block device.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> SysResult<Vec<u8>>;
+    /// Loads a kernel module from a file; an already loaded one is fine.
+    fn load_module(&self, path: &Path) -> SysResult<()>;
+    /// Runs a program to completion (mke2fs); fails unless it exits 0.
+    fn run(&self, program: &Path, args: &[&str]) -> SysResult<()>;
+    fn sync(&self);
+}
+
+/// The real thing.
+#[derive(Debug, Default)]
+pub struct Linux;
+
+impl System for Linux {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: &str,
+    ) -> SysResult<()> {
+        nix::mount::mount(
+            Some(source),
+            target,
+            Some(fstype),
+            flags,
+            (!data.is_empty()).then_some(data),
+        )
+        .map_err(|e| sys_err("mount", target)(errno(e)))
+    }
+
+    fn move_mount(&self, from: &Path, to: &Path) -> SysResult<()> {
+        nix::mount::mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(|e| sys_err("move mount to", to)(errno(e)))
+    }
+
+    fn umount(&self, target: &Path) -> SysResult<()> {
+        nix::mount::umount2(target, nix::mount::MntFlags::empty())
+            .map_err(|e| sys_err("unmount", target)(errno(e)))
+    }
+
+    fn switch_root(&self, new_root: &Path) -> SysResult<()> {
+        let e = |op| move |err| sys_err(op, new_root)(errno(err));
+        nix::unistd::chdir(new_root).map_err(e("chdir"))?;
+        nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(e("move to /"))?;
+        nix::unistd::chroot(".").map_err(e("chroot"))?;
+        nix::unistd::chdir("/").map_err(e("chdir /"))
+    }
+
+    fn mkdir_all(&self, path: &Path) -> SysResult<()> {
+        std::fs::create_dir_all(path).map_err(sys_err("create directory", path))
+    }
+
+    fn read_to_string(&self, path: &Path) -> SysResult<String> {
+        std::fs::read_to_string(path).map_err(sys_err("read", path))
+    }
+
+    fn read_dir(&self, path: &Path) -> SysResult<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .map_err(sys_err("list", path))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> SysResult<Vec<u8>> {
+        let mut f = File::open(path).map_err(sys_err("open", path))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(sys_err("seek", path))?;
+        let mut buf = vec![0; len];
+        f.read_exact(&mut buf).map_err(sys_err("read", path))?;
+        Ok(buf)
+    }
+
+    fn load_module(&self, path: &Path) -> SysResult<()> {
+        use nix::kmod::{ModuleInitFlags, finit_module};
+        let file = File::open(path).map_err(sys_err("open module", path))?;
+        let compressed = path
+            .extension()
+            .is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
+        // MODULE_INIT_COMPRESSED_FILE (Linux 5.17+): the kernel decompresses.
+        let flags = if compressed {
+            ModuleInitFlags::from_bits_retain(4)
+        } else {
+            ModuleInitFlags::empty()
+        };
+        let params = CString::default();
+        match finit_module(&file, &params, flags) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+            Err(e) => Err(sys_err("load module", path)(errno(e))),
+        }
+    }
+
+    fn run(&self, program: &Path, args: &[&str]) -> SysResult<()> {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map_err(sys_err("run", program))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let msg = format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Err(sys_err("run", program)(std::io::Error::other(msg)))
+        }
+    }
+
+    fn sync(&self) {
+        nix::unistd::sync();
+    }
+}
+
+/// A fake for unit tests: records every call, serves scripted files.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub calls: std::sync::Mutex<Vec<String>>,
+    pub files: std::sync::Mutex<std::collections::BTreeMap<PathBuf, Vec<u8>>>,
+    /// Paths whose operations fail.
+    pub failing: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+#[cfg(test)]
+impl Recorder {
+    pub fn file(&self, path: &str, content: impl Into<Vec<u8>>) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(PathBuf::from(path), content.into());
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn record(&self, call: String, path: &Path) -> SysResult<()> {
+        self.calls.lock().unwrap().push(call);
+        if self.failing.lock().unwrap().iter().any(|p| p == path) {
+            return Err(sys_err("fake", path)(std::io::Error::other(
+                "injected failure",
+            )));
+        }
+        Ok(())
+    }
+
+    fn get(&self, path: &Path) -> SysResult<Vec<u8>> {
+        self.files
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .ok_or_else(|| {
+                sys_err("read", path)(std::io::Error::from(std::io::ErrorKind::NotFound))
+            })
+    }
+}
+
+#[cfg(test)]
+impl System for Recorder {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: &str,
+    ) -> SysResult<()> {
+        let ro = if flags.contains(MsFlags::MS_RDONLY) {
+            " ro"
+        } else {
+            ""
+        };
+        let data = if data.is_empty() {
+            String::new()
+        } else {
+            format!(" {data}")
+        };
+        self.record(
+            format!("mount {source} {} {fstype}{ro}{data}", target.display()),
+            target,
+        )
+    }
+    fn move_mount(&self, from: &Path, to: &Path) -> SysResult<()> {
+        self.record(format!("move {} {}", from.display(), to.display()), to)
+    }
+    fn umount(&self, target: &Path) -> SysResult<()> {
+        self.record(format!("umount {}", target.display()), target)
+    }
+    fn switch_root(&self, new_root: &Path) -> SysResult<()> {
+        self.record(format!("switch_root {}", new_root.display()), new_root)
+    }
+    fn mkdir_all(&self, path: &Path) -> SysResult<()> {
+        self.record(format!("mkdir {}", path.display()), path)
+    }
+    fn read_to_string(&self, path: &Path) -> SysResult<String> {
+        Ok(String::from_utf8_lossy(&self.get(path)?).into_owned())
+    }
+    fn read_dir(&self, path: &Path) -> SysResult<Vec<String>> {
+        let files = self.files.lock().unwrap();
+        let mut names: Vec<String> = files
+            .keys()
+            .filter_map(|p| {
+                p.strip_prefix(path)
+                    .ok()?
+                    .components()
+                    .next()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            })
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> SysResult<Vec<u8>> {
+        let data = self.get(path)?;
+        let start = (offset as usize).min(data.len());
+        let mut out = data[start..].to_vec();
+        out.resize(len, 0);
+        Ok(out)
+    }
+    fn load_module(&self, path: &Path) -> SysResult<()> {
+        self.record(format!("load {}", path.display()), path)
+    }
+    fn run(&self, program: &Path, args: &[&str]) -> SysResult<()> {
+        self.record(
+            format!("run {} {}", program.display(), args.join(" ")),
+            program,
+        )
+    }
+    fn sync(&self) {
+        self.calls.lock().unwrap().push("sync".into());
+    }
+}
