@@ -119,12 +119,33 @@ fn finish(sys: &dyn System, action: PowerAction) -> ! {
     }
 }
 
+/// Makes sure fds 0–2 are open (on the console, else /dev/null): when the
+/// initramfs has no /dev/console the kernel starts PID 1 without them, and
+/// the next files opened would take their numbers.
+fn ensure_stdio() {
+    use std::os::fd::IntoRawFd as _;
+    for fd in 0..3 {
+        if Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+            continue;
+        }
+        let console = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console");
+        match console.or_else(|_| std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")) {
+            // The lowest free number is taken: this one. Kept open for good.
+            Ok(f) => {
+                let _ = f.into_raw_fd();
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// PID 1's whole life.
 pub fn run() -> ! {
     let sys = Linux;
     if let Err(e) = boot::early_mounts(&sys) {
         let _ = writeln!(std::io::stderr(), "plinth-init: early mounts: {e}");
     }
+    ensure_stdio();
     setup_logging();
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("PID 1 caught a panic: {info}")
