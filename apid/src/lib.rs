@@ -26,10 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Debug, thiserror::Error)]
 pub enum ApidError {
     #[error("connecting to init at {path}: {source}")]
-    Init {
-        path: PathBuf,
-        source: tonic::transport::Error,
-    },
+    Init { path: PathBuf, source: tonic::transport::Error },
     #[error("asking init for TLS material: {0}")]
     Tls(Status),
     #[error("listen address {0:?} from init is not host:port")]
@@ -37,10 +34,7 @@ pub enum ApidError {
     #[error("installing the SIGTERM handler: {0}")]
     Signal(std::io::Error),
     #[error("serving on {addr}: {source}")]
-    Serve {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    Serve { addr: String, source: tonic::transport::Error },
 }
 
 /// Connects to init's Unix socket, retrying while init starts up.
@@ -51,18 +45,13 @@ pub async fn connect_init(path: &Path) -> Result<Channel, ApidError> {
         let result = Endpoint::from_static("http://init.sock")
             .connect_with_connector(tower::service_fn(move |_| {
                 let p = p.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-                }
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
             }))
             .await;
         match result {
             Ok(ch) => return Ok(ch),
             Err(source) if attempt >= 50 => {
-                return Err(ApidError::Init {
-                    path: path.to_path_buf(),
-                    source,
-                });
+                return Err(ApidError::Init { path: path.to_path_buf(), source });
             }
             Err(_) => {
                 attempt += 1;
@@ -81,10 +70,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(init: Channel, mode: NodeMode) -> Self {
-        Gateway {
-            init: MachineServiceClient::new(init),
-            mode,
-        }
+        Gateway { init: MachineServiceClient::new(init), mode }
     }
 
     /// Who is calling and whether they may make this call.
@@ -99,28 +85,17 @@ impl Gateway {
                 rpc.name()
             )));
         }
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
-        let role =
-            role_from_cert_der(leaf).map_err(|e| Status::permission_denied(e.to_string()))?;
-        let who = machinery::pki::cert_info_der(leaf)
-            .map(|i| i.common_name)
-            .unwrap_or_default();
+        let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        let role = role_from_cert_der(leaf).map_err(|e| Status::permission_denied(e.to_string()))?;
+        let who = machinery::pki::cert_info_der(leaf).map(|i| i.common_name).unwrap_or_default();
         if !role.may_call(rpc) {
             tracing::warn!(rpc = rpc.name(), %role, who, "refused");
             return Err(Status::permission_denied(format!(
                 "role {role} may not call {}: it needs the {} role{}",
                 rpc.name(),
                 rpc.minimum_role(),
-                if rpc.minimum_role() == Role::Admin {
-                    ""
-                } else {
-                    " or above"
-                }
+                if rpc.minimum_role() == Role::Admin { "" } else { " or above" }
             )));
         }
         tracing::info!(rpc = rpc.name(), %role, who, "call");
@@ -132,20 +107,13 @@ impl Gateway {
 macro_rules! forward {
     ($self:ident, $req:ident, $rpc:expr, $method:ident) => {{
         $self.authorize(&$req, $rpc)?;
-        $self
-            .init
-            .clone()
-            .$method(Request::new($req.into_inner()))
-            .await
+        $self.init.clone().$method(Request::new($req.into_inner())).await
     }};
 }
 
 #[tonic::async_trait]
 impl MachineService for Gateway {
-    async fn version(
-        &self,
-        req: Request<api::VersionRequest>,
-    ) -> Result<Response<api::VersionResponse>, Status> {
+    async fn version(&self, req: Request<api::VersionRequest>) -> Result<Response<api::VersionResponse>, Status> {
         forward!(self, req, Rpc::Version, version)
     }
     async fn apply_config(
@@ -160,16 +128,10 @@ impl MachineService for Gateway {
     ) -> Result<Response<api::GetConfigResponse>, Status> {
         forward!(self, req, Rpc::GetConfig, get_config)
     }
-    async fn reboot(
-        &self,
-        req: Request<api::RebootRequest>,
-    ) -> Result<Response<api::RebootResponse>, Status> {
+    async fn reboot(&self, req: Request<api::RebootRequest>) -> Result<Response<api::RebootResponse>, Status> {
         forward!(self, req, Rpc::Reboot, reboot)
     }
-    async fn shutdown(
-        &self,
-        req: Request<api::ShutdownRequest>,
-    ) -> Result<Response<api::ShutdownResponse>, Status> {
+    async fn shutdown(&self, req: Request<api::ShutdownRequest>) -> Result<Response<api::ShutdownResponse>, Status> {
         forward!(self, req, Rpc::Shutdown, shutdown)
     }
     async fn service_list(
@@ -185,24 +147,15 @@ impl MachineService for Gateway {
         forward!(self, req, Rpc::ServiceRestart, service_restart)
     }
     type LogsStream = Streaming<api::LogLine>;
-    async fn logs(
-        &self,
-        req: Request<api::LogsRequest>,
-    ) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(&self, req: Request<api::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         forward!(self, req, Rpc::Logs, logs)
     }
     type DmesgStream = Streaming<api::DmesgRecord>;
-    async fn dmesg(
-        &self,
-        req: Request<api::DmesgRequest>,
-    ) -> Result<Response<Self::DmesgStream>, Status> {
+    async fn dmesg(&self, req: Request<api::DmesgRequest>) -> Result<Response<Self::DmesgStream>, Status> {
         forward!(self, req, Rpc::Dmesg, dmesg)
     }
     type EventsStream = Streaming<api::Event>;
-    async fn events(
-        &self,
-        req: Request<api::EventsRequest>,
-    ) -> Result<Response<Self::EventsStream>, Status> {
+    async fn events(&self, req: Request<api::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         forward!(self, req, Rpc::Events, events)
     }
 }
@@ -216,24 +169,18 @@ pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
         .map_err(ApidError::Tls)?
         .into_inner();
     let mode = NodeMode::try_from(tls.mode).unwrap_or(NodeMode::Maintenance);
-    let mut tls_config =
-        ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
     if mode == NodeMode::Configured {
-        tls_config =
-            tls_config.client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
+        tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
     }
-    let addr: std::net::SocketAddr = tls
-        .listen_address
-        .parse()
-        .map_err(|_| ApidError::Listen(tls.listen_address.clone()))?;
-    let serve_err = |source| ApidError::Serve {
-        addr: tls.listen_address.clone(),
-        source,
-    };
+    let addr: std::net::SocketAddr =
+        tls.listen_address.parse().map_err(|_| ApidError::Listen(tls.listen_address.clone()))?;
+    let serve_err = |source| ApidError::Serve { addr: tls.listen_address.clone(), source };
     tracing::info!(?mode, %addr, "serving the machine API");
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(ApidError::Signal)?;
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(ApidError::Signal)?;
     Server::builder()
+        .tcp_nodelay(true)
         .tls_config(tls_config)
         .map_err(serve_err)?
         .add_service(MachineServiceServer::new(Gateway::new(channel, mode)))

@@ -37,13 +37,7 @@ pub fn early_mounts(sys: &dyn System) -> Result<(), BootError> {
     for (src, target, fstype, flags, data) in [
         ("proc", "/proc", "proc", nsnd | MsFlags::MS_NOEXEC, ""),
         ("sysfs", "/sys", "sysfs", nsnd | MsFlags::MS_NOEXEC, ""),
-        (
-            "devtmpfs",
-            "/dev",
-            "devtmpfs",
-            MsFlags::MS_NOSUID,
-            "mode=0755",
-        ),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
         ("tmpfs", "/run", "tmpfs", nsnd, "mode=0755"),
     ] {
         sys.mkdir_all(Path::new(target))?;
@@ -55,9 +49,7 @@ pub fn early_mounts(sys: &dyn System) -> Result<(), BootError> {
 /// The slot this boot belongs to, from `/proc/cmdline`.
 pub fn slot(sys: &dyn System) -> Result<Slot, BootError> {
     let cmdline = sys.read_to_string(Path::new("/proc/cmdline"))?;
-    Slot::from_cmdline(&cmdline).ok_or(BootError::NoSlot {
-        cmdline: cmdline.trim().to_string(),
-    })
+    Slot::from_cmdline(&cmdline).ok_or(BootError::NoSlot { cmdline: cmdline.trim().to_string() })
 }
 
 /// Loads the modules listed in `<dir>/order`, in order. A module that fails
@@ -78,33 +70,20 @@ pub fn find_partition(sys: &dyn System, label: &str) -> Option<PathBuf> {
     let base = Path::new("/sys/class/block");
     sys.read_dir(base).ok()?.into_iter().find_map(|name| {
         let uevent = sys.read_to_string(&base.join(&name).join("uevent")).ok()?;
-        let field = |key: &str| {
-            uevent
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(str::to_string)
-        };
-        (field("PARTNAME=")? == label)
-            .then(|| Path::new("/dev").join(field("DEVNAME=").unwrap_or(name)))
+        let field = |key: &str| uevent.lines().find_map(|l| l.strip_prefix(key)).map(str::to_string);
+        (field("PARTNAME=")? == label).then(|| Path::new("/dev").join(field("DEVNAME=").unwrap_or(name)))
     })
 }
 
 /// Waits for a partition to appear: block devices are probed asynchronously.
-pub fn wait_partition(
-    sys: &dyn System,
-    label: &str,
-    timeout: Duration,
-) -> Result<PathBuf, BootError> {
+pub fn wait_partition(sys: &dyn System, label: &str, timeout: Duration) -> Result<PathBuf, BootError> {
     let start = Instant::now();
     loop {
         if let Some(dev) = find_partition(sys, label) {
             return Ok(dev);
         }
         if start.elapsed() >= timeout {
-            return Err(BootError::NoPartition {
-                label: label.to_string(),
-                waited: timeout,
-            });
+            return Err(BootError::NoPartition { label: label.to_string(), waited: timeout });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -114,13 +93,7 @@ pub fn wait_partition(
 pub fn mount_root(sys: &dyn System, slot: Slot, timeout: Duration) -> Result<PathBuf, BootError> {
     let dev = wait_partition(sys, slot.root_label(), timeout)?;
     sys.mkdir_all(Path::new(SYSROOT))?;
-    sys.mount(
-        &dev.to_string_lossy(),
-        Path::new(SYSROOT),
-        "squashfs",
-        MsFlags::MS_RDONLY,
-        "",
-    )?;
+    sys.mount(&dev.to_string_lossy(), Path::new(SYSROOT), "squashfs", MsFlags::MS_RDONLY, "")?;
     Ok(dev)
 }
 
@@ -158,30 +131,18 @@ pub fn mount_data_partition(
     let formatted = if has_ext4(sys, &dev)? {
         Formatted::Existing
     } else {
-        sys.run(
-            Path::new(MKE2FS),
-            &["-t", "ext4", "-q", "-F", "-L", label, &dev_s],
-        )?;
+        sys.run(Path::new(MKE2FS), &["-t", "ext4", "-q", "-F", "-L", label, &dev_s])?;
         Formatted::New
     };
     sys.mkdir_all(target)?;
-    sys.mount(
-        &dev_s,
-        target,
-        "ext4",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        "",
-    )?;
+    sys.mount(&dev_s, target, "ext4", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "")?;
     Ok(formatted)
 }
 
 /// Unmounts the data partitions (best effort: report, do not stop).
 pub fn unmount_data(sys: &dyn System) -> Vec<SysError> {
     sys.sync();
-    [layout::MOUNT_EPHEMERAL, layout::MOUNT_STATE]
-        .into_iter()
-        .filter_map(|m| sys.umount(Path::new(m)).err())
-        .collect()
+    [layout::MOUNT_EPHEMERAL, layout::MOUNT_STATE].into_iter().filter_map(|m| sys.umount(Path::new(m)).err()).collect()
 }
 
 #[cfg(test)]
@@ -191,33 +152,23 @@ mod tests {
 
     fn disk(sys: &Recorder) {
         sys.file("/proc/cmdline", "console=ttyS0 plinth.slot=b\n");
-        for (i, label) in ["EFI", "ROOT-A", "ROOT-B", "STATE", "EPHEMERAL"]
-            .iter()
-            .enumerate()
-        {
+        for (i, label) in ["EFI", "ROOT-A", "ROOT-B", "STATE", "EPHEMERAL"].iter().enumerate() {
             let n = i + 1;
-            sys.file(&format!("/sys/class/block/vda{n}/uevent"), format!("MAJOR=254\nMINOR={n}\nDEVNAME=vda{n}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={label}\n"));
+            sys.file(
+                &format!("/sys/class/block/vda{n}/uevent"),
+                format!("MAJOR=254\nMINOR={n}\nDEVNAME=vda{n}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={label}\n"),
+            );
         }
-        sys.file(
-            "/sys/class/block/vda/uevent",
-            "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n",
-        );
+        sys.file("/sys/class/block/vda/uevent", "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n");
     }
 
     #[test]
     fn boots_the_slot_named_on_the_command_line() {
         let sys = Recorder::default();
         disk(&sys);
-        sys.file(
-            "/lib/modules/plinth/order",
-            "virtio.ko\n# comment\n\nvirtio_blk.ko\n",
-        );
+        sys.file("/lib/modules/plinth/order", "virtio.ko\n# comment\n\nvirtio_blk.ko\n");
         early_mounts(&sys).unwrap();
-        assert!(
-            load_modules(&sys, Path::new("/lib/modules/plinth"))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(load_modules(&sys, Path::new("/lib/modules/plinth")).unwrap().is_empty());
         let slot = slot(&sys).unwrap();
         assert_eq!(slot, Slot::B);
         let dev = mount_root(&sys, slot, Duration::ZERO).unwrap();
@@ -263,12 +214,7 @@ mod tests {
     fn missing_partition_and_slot_are_named() {
         let sys = Recorder::default();
         sys.file("/proc/cmdline", "console=ttyS0");
-        assert!(
-            slot(&sys)
-                .unwrap_err()
-                .to_string()
-                .contains("plinth.slot=a")
-        );
+        assert!(slot(&sys).unwrap_err().to_string().contains("plinth.slot=a"));
         let e = mount_root(&sys, Slot::A, Duration::ZERO).unwrap_err();
         assert!(e.to_string().contains("ROOT-A"), "{e}");
     }
@@ -283,8 +229,7 @@ mod tests {
         ext4[1081] = 0xEF;
         sys.file("/dev/vda5", ext4);
         assert_eq!(
-            mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO)
-                .unwrap(),
+            mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO).unwrap(),
             Formatted::New
         );
         assert_eq!(

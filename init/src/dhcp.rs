@@ -30,17 +30,9 @@ pub struct Lease {
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
     #[error("DHCP on {iface}: {op}: {source}")]
-    Io {
-        iface: String,
-        op: &'static str,
-        source: std::io::Error,
-    },
+    Io { iface: String, op: &'static str, source: std::io::Error },
     #[error("DHCP on {iface}: no {what} after {tries} tries")]
-    NoAnswer {
-        iface: String,
-        what: &'static str,
-        tries: u32,
-    },
+    NoAnswer { iface: String, what: &'static str, tries: u32 },
     #[error("DHCP on {iface}: the server refused the request (NAK)")]
     Refused { iface: String },
 }
@@ -136,33 +128,18 @@ pub fn parse(p: &[u8], xid: u32) -> Option<Reply> {
 }
 
 fn socket(iface: &str) -> Result<tokio::net::UdpSocket, DhcpError> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
-    };
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt};
     let io = |op| {
         let iface = iface.to_string();
-        move |e: nix::errno::Errno| DhcpError::Io {
-            iface,
-            op,
-            source: std::io::Error::from_raw_os_error(e as i32),
-        }
+        move |e: nix::errno::Errno| DhcpError::Io { iface, op, source: std::io::Error::from_raw_os_error(e as i32) }
     };
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .map_err(io("socket"))?;
+    let fd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
+        .map_err(io("socket"))?;
     setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(io("SO_REUSEADDR"))?;
     setsockopt(&fd, sockopt::Broadcast, &true).map_err(io("SO_BROADCAST"))?;
-    setsockopt(&fd, sockopt::BindToDevice, &std::ffi::OsString::from(iface))
-        .map_err(io("SO_BINDTODEVICE"))?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)),
-    )
-    .map_err(io("bind :68"))?;
+    setsockopt(&fd, sockopt::BindToDevice, &std::ffi::OsString::from(iface)).map_err(io("SO_BINDTODEVICE"))?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)))
+        .map_err(io("bind :68"))?;
     tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)).map_err(|source| DhcpError::Io {
         iface: iface.to_string(),
         op: "register socket",
@@ -182,13 +159,11 @@ async fn exchange(
     const TRIES: u32 = 4;
     let mut buf = vec![0u8; 1500];
     for attempt in 0..TRIES {
-        sock.send_to(packet, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67))
-            .await
-            .map_err(|source| DhcpError::Io {
-                iface: iface.to_string(),
-                op: "send",
-                source,
-            })?;
+        sock.send_to(packet, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)).await.map_err(|source| DhcpError::Io {
+            iface: iface.to_string(),
+            op: "send",
+            source,
+        })?;
         let wait = Duration::from_secs(2 << attempt.min(3));
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
@@ -197,11 +172,7 @@ async fn exchange(
             }
         }
     }
-    Err(DhcpError::NoAnswer {
-        iface: iface.to_string(),
-        what,
-        tries: TRIES,
-    })
+    Err(DhcpError::NoAnswer { iface: iface.to_string(), what, tries: TRIES })
 }
 
 /// Obtains a lease on `iface` (which must be up).
@@ -221,9 +192,7 @@ pub async fn acquire(iface: &str, mac: [u8; 6]) -> Result<Lease, DhcpError> {
     )
     .await?;
     if ack.kind == NAK {
-        return Err(DhcpError::Refused {
-            iface: iface.to_string(),
-        });
+        return Err(DhcpError::Refused { iface: iface.to_string() });
     }
     Ok(ack.lease)
 }
@@ -283,16 +252,8 @@ mod tests {
         assert!(parse(&[0u8; 100], 7).is_none());
         let mut truncated = reply(7, ACK);
         truncated.truncate(250);
-        assert!(
-            parse(&truncated, 7).is_none(),
-            "an option cut short is refused"
-        );
-        let request = request(
-            7,
-            &MAC,
-            Ipv4Addr::new(10, 0, 2, 15),
-            Ipv4Addr::new(10, 0, 2, 2),
-        );
+        assert!(parse(&truncated, 7).is_none(), "an option cut short is refused");
+        let request = request(7, &MAC, Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 2));
         assert!(parse(&request, 7).is_none(), "a request is not a reply");
     }
 }

@@ -17,11 +17,7 @@ pub struct Journal<T: Clone> {
 impl<T: Clone> Journal<T> {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Journal {
-            ring: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
-            capacity,
-            tx,
-        }
+        Journal { ring: Mutex::new(VecDeque::with_capacity(capacity.min(1024))), capacity, tx }
     }
 
     pub fn push(&self, entry: T) {
@@ -38,15 +34,8 @@ impl<T: Clone> Journal<T> {
     /// for everything pushed after them.
     pub fn tail_and_follow(&self, tail: usize) -> (Vec<T>, broadcast::Receiver<T>) {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let skip = if tail == 0 {
-            0
-        } else {
-            ring.len().saturating_sub(tail)
-        };
-        (
-            ring.iter().skip(skip).cloned().collect(),
-            self.tx.subscribe(),
-        )
+        let skip = if tail == 0 { 0 } else { ring.len().saturating_sub(tail) };
+        (ring.iter().skip(skip).cloned().collect(), self.tx.subscribe())
     }
 }
 

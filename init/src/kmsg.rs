@@ -25,9 +25,7 @@ pub struct Kmsg {
 
 impl Default for Kmsg {
     fn default() -> Self {
-        Kmsg {
-            path: "/dev/kmsg".into(),
-        }
+        Kmsg { path: "/dev/kmsg".into() }
     }
 }
 
@@ -37,13 +35,9 @@ impl KernelLog for Kmsg {
             .read(true)
             .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
             .open(&self.path)
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("open {}: {e}", self.path.display()))
-            })?;
+            .map_err(|e| std::io::Error::new(e.kind(), format!("open {}: {e}", self.path.display())))?;
         let (tx, rx) = mpsc::channel(256);
-        std::thread::Builder::new()
-            .name("dmesg".into())
-            .spawn(move || pump(file, follow, &tx))?;
+        std::thread::Builder::new().name("dmesg".into()).spawn(move || pump(file, follow, &tx))?;
         Ok(rx)
     }
 }
@@ -88,12 +82,7 @@ pub fn parse_record(raw: &[u8]) -> Option<DmesgRecord> {
     let sequence = fields.next()?.parse().ok()?;
     let timestamp_us = fields.next()?.parse().ok()?;
     let message = rest.lines().next().unwrap_or("").to_string();
-    Some(DmesgRecord {
-        priority: prio & 7,
-        sequence,
-        timestamp_us,
-        message,
-    })
+    Some(DmesgRecord { priority: prio & 7, sequence, timestamp_us, message })
 }
 
 #[cfg(test)]
@@ -102,9 +91,7 @@ mod tests {
 
     #[test]
     fn parses_records() {
-        let r =
-            parse_record(b"6,339,5140900,-;NET: Registered protocol family 10\n SUBSYSTEM=net\n")
-                .unwrap();
+        let r = parse_record(b"6,339,5140900,-;NET: Registered protocol family 10\n SUBSYSTEM=net\n").unwrap();
         assert_eq!((r.priority, r.sequence, r.timestamp_us), (6, 339, 5140900));
         assert_eq!(r.message, "NET: Registered protocol family 10");
         // Facility bits are dropped from the priority.

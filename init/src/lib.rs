@@ -18,9 +18,7 @@ pub mod system;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use machinery::api::{
-    init_service_server::InitServiceServer, machine_service_server::MachineServiceServer,
-};
+use machinery::api::{init_service_server::InitServiceServer, machine_service_server::MachineServiceServer};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
@@ -36,15 +34,9 @@ pub const SOCKET: &str = "run/init.sock";
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("reading the trusted config-signing key {path}: {source}")]
-    TrustedKeyRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    TrustedKeyRead { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    TrustedKey {
-        path: PathBuf,
-        source: machinery::signing::KeyError,
-    },
+    TrustedKey { path: PathBuf, source: machinery::signing::KeyError },
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
@@ -52,11 +44,7 @@ pub enum InitError {
     #[error("making the maintenance-mode certificate: {0}")]
     Pki(#[from] machinery::pki::PkiError),
     #[error("{op} {path}: {source}")]
-    Socket {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Socket { op: &'static str, path: PathBuf, source: std::io::Error },
     #[error("becoming the child subreaper: {0}")]
     Subreaper(nix::errno::Errno),
 }
@@ -113,21 +101,11 @@ enum Bring {
 
 /// Loads the config, serves the machine API, supervises apid, and returns
 /// the power action requested once every service has stopped.
-async fn serve(
-    core: Core,
-    bring: Bring,
-) -> Result<(PowerAction, Arc<Journal<machinery::api::Event>>), InitError> {
-    let pem =
-        std::fs::read_to_string(&core.trusted_key).map_err(|source| InitError::TrustedKeyRead {
-            path: core.trusted_key.clone(),
-            source,
-        })?;
-    let trusted = machinery::signing::verifying_key_from_pem(&pem).map_err(|source| {
-        InitError::TrustedKey {
-            path: core.trusted_key.clone(),
-            source,
-        }
-    })?;
+async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<machinery::api::Event>>), InitError> {
+    let pem = std::fs::read_to_string(&core.trusted_key)
+        .map_err(|source| InitError::TrustedKeyRead { path: core.trusted_key.clone(), source })?;
+    let trusted = machinery::signing::verifying_key_from_pem(&pem)
+        .map_err(|source| InitError::TrustedKey { path: core.trusted_key.clone(), source })?;
 
     let events = Arc::new(Journal::new(1000));
     let supervisor = Supervisor::start(events.clone(), Some(core.log_dir.clone()))?;
@@ -144,9 +122,7 @@ async fn serve(
     if let Bring::Network = bring {
         let network = machine.active_network().await;
         match net::configure(network.as_ref()).await {
-            Ok(report) => report
-                .into_iter()
-                .for_each(|line| event(&events, "network", line)),
+            Ok(report) => report.into_iter().for_each(|line| event(&events, "network", line)),
             Err(e) => event(&events, "network", format!("network bring-up failed: {e}")),
         }
     }
@@ -186,9 +162,8 @@ async fn serve(
         // PID 1 takes orders only from the API.
         Bring::Network => power_rx.recv().await.unwrap_or(PowerAction::Reboot),
         Bring::Nothing => {
-            let mut sigterm =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .map_err(socket_err("install SIGTERM handler for", &socket))?;
+            let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(socket_err("install SIGTERM handler for", &socket))?;
             tokio::select! {
                 a = power_rx.recv() => a.unwrap_or(PowerAction::PowerOff),
                 _ = sigterm.recv() => PowerAction::PowerOff,

@@ -66,9 +66,7 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 fn status_from_verify(e: VerifyFailure) -> Status {
     match e {
         VerifyFailure::Signature(_) => Status::permission_denied(e.to_string()),
-        VerifyFailure::NotUtf8(_) | VerifyFailure::Invalid(_) => {
-            Status::invalid_argument(e.to_string())
-        }
+        VerifyFailure::NotUtf8(_) | VerifyFailure::Invalid(_) => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -98,47 +96,27 @@ impl Machine {
     ) -> Result<Arc<Machine>, InitError> {
         if store.load(Slot::Previous)?.is_some() {
             store.promote(Slot::Previous, Slot::Active)?;
-            event(&events, "config", "a `try` config was not confirmed before the reboot: reverted to the previous config".into());
-        }
-        if let Some(staged) = store.load(Slot::Staged)? {
-            store.promote(Slot::Staged, Slot::Active)?;
             event(
                 &events,
                 "config",
-                format!(
-                    "staged config version {} is now applied",
-                    staged.config.version
-                ),
+                "a `try` config was not confirmed before the reboot: reverted to the previous config".into(),
             );
+        }
+        if let Some(staged) = store.load(Slot::Staged)? {
+            store.promote(Slot::Staged, Slot::Active)?;
+            event(&events, "config", format!("staged config version {} is now applied", staged.config.version));
         }
         let active = store.load(Slot::Active)?;
         match &active {
-            Some(s) => event(
-                &events,
-                "config",
-                format!("config version {} loaded", s.config.version),
-            ),
-            None => event(
-                &events,
-                "config",
-                "no config: maintenance mode, waiting for apply-config".into(),
-            ),
+            Some(s) => event(&events, "config", format!("config version {} loaded", s.config.version)),
+            None => event(&events, "config", "no config: maintenance mode, waiting for apply-config".into()),
         }
-        let mut names = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         names.extend(settings.extra_sans.iter().cloned());
         let maintenance_cert = machinery::pki::self_signed_server(&names)?;
         Ok(Arc::new(Machine {
             store,
-            state: Mutex::new(State {
-                active,
-                staged_version: 0,
-                trying: None,
-                next_try_id: 1,
-            }),
+            state: Mutex::new(State { active, staged_version: 0, trying: None, next_try_id: 1 }),
             supervisor,
             events,
             kernel_log,
@@ -151,12 +129,7 @@ impl Machine {
 
     /// The applied config's network section, if a config is applied.
     pub async fn active_network(&self) -> Option<config::Network> {
-        self.state
-            .lock()
-            .await
-            .active
-            .as_ref()
-            .map(|s| s.config.machine.network.clone())
+        self.state.lock().await.active.as_ref().map(|s| s.config.machine.network.clone())
     }
 
     /// apid must pick up new TLS material and listen address.
@@ -166,30 +139,19 @@ impl Machine {
         }
     }
 
-    async fn apply(
-        self: &Arc<Self>,
-        req: api::ApplyConfigRequest,
-    ) -> Result<api::ApplyConfigResponse, Status> {
+    async fn apply(self: &Arc<Self>, req: api::ApplyConfigRequest) -> Result<api::ApplyConfigResponse, Status> {
         let mode = ApplyMode::try_from(req.mode)
             .map_err(|_| Status::invalid_argument(format!("unknown apply mode {}", req.mode)))?;
-        let new = self
-            .store
-            .verify("config", &req.config, &req.signature)
-            .map_err(status_from_verify)?;
+        let new = self.store.verify("config", &req.config, &req.signature).map_err(status_from_verify)?;
         let mut st = self.state.lock().await;
         let current = st.active.as_ref().map(|s| &s.config);
         let current_version = current.map_or(0, |c| c.version);
         let diff = config::diff(current, &new.config);
-        let reboot_fields = current
-            .map(|c| config::reboot_required(c, &new.config))
-            .unwrap_or_default();
+        let reboot_fields = current.map(|c| config::reboot_required(c, &new.config)).unwrap_or_default();
         let v = new.config.version;
 
         // Re-applying the very config on trial confirms it.
-        if st.trying.is_some()
-            && st.active.as_ref().is_some_and(|a| a.bytes == new.bytes)
-            && mode != ApplyMode::Try
-        {
+        if st.trying.is_some() && st.active.as_ref().is_some_and(|a| a.bytes == new.bytes) && mode != ApplyMode::Try {
             if req.dry_run {
                 return Ok(api::ApplyConfigResponse {
                     diff,
@@ -200,11 +162,7 @@ impl Machine {
             }
             self.store.clear(Slot::Previous).map_err(internal)?;
             st.trying = None;
-            event(
-                &self.events,
-                "config",
-                format!("config version {v} confirmed"),
-            );
+            event(&self.events, "config", format!("config version {v} confirmed"));
             return Ok(api::ApplyConfigResponse {
                 diff,
                 summary: format!("config version {v} confirmed; it stays applied"),
@@ -277,10 +235,7 @@ impl Machine {
                 self.store.save(Slot::Active, &new).map_err(internal)?;
                 let id = st.next_try_id;
                 st.next_try_id += 1;
-                st.trying = Some(TryState {
-                    id,
-                    deadline: Instant::now() + timeout,
-                });
+                st.trying = Some(TryState { id, deadline: Instant::now() + timeout });
                 st.active = Some(new);
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -305,12 +260,7 @@ impl Machine {
         } else if mode != ApplyMode::Staged && apid_changed {
             self.reload_apid();
         }
-        Ok(api::ApplyConfigResponse {
-            diff,
-            summary,
-            reboot_required: reboot,
-            applied_version: v,
-        })
+        Ok(api::ApplyConfigResponse { diff, summary, reboot_required: reboot, applied_version: v })
     }
 
     async fn revert_try(&self, id: u64) {
@@ -331,32 +281,19 @@ impl Machine {
                 };
                 st.active = prev;
                 st.trying = None;
-                event(
-                    &self.events,
-                    "config",
-                    format!("trial not confirmed in time: reverted to config version {v}"),
-                );
+                event(&self.events, "config", format!("trial not confirmed in time: reverted to config version {v}"));
                 drop(st);
                 if changed {
                     self.reload_apid();
                 }
             }
-            Err(e) => event(
-                &self.events,
-                "config",
-                format!("cannot revert the trial config: {e}"),
-            ),
+            Err(e) => event(&self.events, "config", format!("cannot revert the trial config: {e}")),
         }
     }
 
     async fn apid_tls(&self) -> Result<api::ApidTlsResponse, Status> {
         let st = self.state.lock().await;
-        let listen = |port: u16| {
-            self.settings
-                .api_listen
-                .clone()
-                .unwrap_or_else(|| format!("0.0.0.0:{port}"))
-        };
+        let listen = |port: u16| self.settings.api_listen.clone().unwrap_or_else(|| format!("0.0.0.0:{port}"));
         let Some(active) = &st.active else {
             return Ok(api::ApidTlsResponse {
                 mode: NodeMode::Maintenance as i32,
@@ -368,27 +305,15 @@ impl Machine {
         };
         let c = &active.config;
         let serving = match (&c.api.cert, &c.api.key, &c.api.ca_key) {
-            (Some(cert), Some(key), _) => machinery::pki::CertKey {
-                cert_pem: cert.clone(),
-                key_pem: key.clone(),
-            },
+            (Some(cert), Some(key), _) => machinery::pki::CertKey { cert_pem: cert.clone(), key_pem: key.clone() },
             (_, _, Some(ca_key)) => {
-                let ca = machinery::pki::CertKey {
-                    cert_pem: c.api.ca_cert.clone(),
-                    key_pem: ca_key.clone(),
-                };
-                machinery::pki::issue_server(
-                    &ca,
-                    &c.machine.hostname,
-                    &serving_names(c, &self.settings),
-                )
-                .map_err(internal)?
+                let ca = machinery::pki::CertKey { cert_pem: c.api.ca_cert.clone(), key_pem: ca_key.clone() };
+                machinery::pki::issue_server(&ca, &c.machine.hostname, &serving_names(c, &self.settings))
+                    .map_err(internal)?
             }
             // Validation guarantees one of the two.
             _ => {
-                return Err(Status::internal(
-                    "the config has no serving certificate and no CA key",
-                ));
+                return Err(Status::internal("the config has no serving certificate and no CA key"));
             }
         };
         Ok(api::ApidTlsResponse {
@@ -409,12 +334,7 @@ fn apid_inputs(c: &MachineConfig) -> (&config::Api, &str, &[config::Interface]) 
 
 /// Names and addresses apid's issued certificate is valid for.
 fn serving_names(c: &MachineConfig, settings: &NodeSettings) -> Vec<String> {
-    let mut names = vec![
-        c.machine.hostname.clone(),
-        "localhost".into(),
-        "127.0.0.1".into(),
-        "::1".into(),
-    ];
+    let mut names = vec![c.machine.hostname.clone(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
     for iface in &c.machine.network.interfaces {
         for a in &iface.addresses {
             if let Some((ip, _)) = a.split_once('/') {
@@ -430,10 +350,7 @@ fn serving_names(c: &MachineConfig, settings: &NodeSettings) -> Vec<String> {
 }
 
 /// Turns a broadcast follower into a gRPC stream, after the backlog.
-fn follow<T: Clone + Send + 'static>(
-    backlog: Vec<T>,
-    rx: Option<broadcast::Receiver<T>>,
-) -> Stream_<T> {
+fn follow<T: Clone + Send + 'static>(backlog: Vec<T>, rx: Option<broadcast::Receiver<T>>) -> Stream_<T> {
     let (tx, out) = mpsc::channel::<Result<T, Status>>(256);
     tokio::spawn(async move {
         for item in backlog {
@@ -465,30 +382,22 @@ pub struct InitApi(pub Arc<Machine>);
 
 #[tonic::async_trait]
 impl MachineService for InitApi {
-    async fn version(
-        &self,
-        _: Request<api::VersionRequest>,
-    ) -> Result<Response<api::VersionResponse>, Status> {
+    async fn version(&self, _: Request<api::VersionRequest>) -> Result<Response<api::VersionResponse>, Status> {
         let m = &self.0;
         let st = m.state.lock().await;
         let active = st.active.as_ref().map(|s| &s.config);
         Ok(Response::new(api::VersionResponse {
             plinth_version: machinery::VERSION.to_string(),
             arch: std::env::consts::ARCH.to_string(),
-            mode: if active.is_some() {
-                NodeMode::Configured
-            } else {
-                NodeMode::Maintenance
-            } as i32,
+            mode: if active.is_some() { NodeMode::Configured } else { NodeMode::Maintenance } as i32,
             config_version: active.map_or(0, |c| c.version),
             hostname: active.map_or_else(String::new, |c| c.machine.hostname.clone()),
             uptime_seconds: m.started.elapsed().as_secs(),
             staged_config_version: st.staged_version,
-            try_seconds_left: st.trying.as_ref().map_or(0, |t| {
-                t.deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_secs()
-            }),
+            try_seconds_left: st
+                .trying
+                .as_ref()
+                .map_or(0, |t| t.deadline.saturating_duration_since(Instant::now()).as_secs()),
         }))
     }
 
@@ -498,53 +407,27 @@ impl MachineService for InitApi {
     ) -> Result<Response<api::ApplyConfigResponse>, Status> {
         let result = self.0.apply(req.into_inner()).await;
         if let Err(e) = &result {
-            event(
-                &self.0.events,
-                "config",
-                format!("apply-config refused: {}", e.message()),
-            );
+            event(&self.0.events, "config", format!("apply-config refused: {}", e.message()));
         }
         result.map(Response::new)
     }
 
-    async fn get_config(
-        &self,
-        _: Request<api::GetConfigRequest>,
-    ) -> Result<Response<api::GetConfigResponse>, Status> {
+    async fn get_config(&self, _: Request<api::GetConfigRequest>) -> Result<Response<api::GetConfigResponse>, Status> {
         let st = self.0.state.lock().await;
-        let active = st
-            .active
-            .as_ref()
-            .ok_or_else(|| Status::not_found("this node has no config yet (maintenance mode)"))?;
-        Ok(Response::new(api::GetConfigResponse {
-            config: active.bytes.clone(),
-            version: active.config.version,
-        }))
+        let active =
+            st.active.as_ref().ok_or_else(|| Status::not_found("this node has no config yet (maintenance mode)"))?;
+        Ok(Response::new(api::GetConfigResponse { config: active.bytes.clone(), version: active.config.version }))
     }
 
-    async fn reboot(
-        &self,
-        _: Request<api::RebootRequest>,
-    ) -> Result<Response<api::RebootResponse>, Status> {
+    async fn reboot(&self, _: Request<api::RebootRequest>) -> Result<Response<api::RebootResponse>, Status> {
         event(&self.0.events, "power", "reboot requested".into());
-        self.0
-            .power
-            .send(PowerAction::Reboot)
-            .await
-            .map_err(internal)?;
+        self.0.power.send(PowerAction::Reboot).await.map_err(internal)?;
         Ok(Response::new(api::RebootResponse {}))
     }
 
-    async fn shutdown(
-        &self,
-        _: Request<api::ShutdownRequest>,
-    ) -> Result<Response<api::ShutdownResponse>, Status> {
+    async fn shutdown(&self, _: Request<api::ShutdownRequest>) -> Result<Response<api::ShutdownResponse>, Status> {
         event(&self.0.events, "power", "shutdown requested".into());
-        self.0
-            .power
-            .send(PowerAction::PowerOff)
-            .await
-            .map_err(internal)?;
+        self.0.power.send(PowerAction::PowerOff).await.map_err(internal)?;
         Ok(Response::new(api::ShutdownResponse {}))
     }
 
@@ -552,9 +435,7 @@ impl MachineService for InitApi {
         &self,
         _: Request<api::ServiceListRequest>,
     ) -> Result<Response<api::ServiceListResponse>, Status> {
-        Ok(Response::new(api::ServiceListResponse {
-            services: self.0.supervisor.list(),
-        }))
+        Ok(Response::new(api::ServiceListResponse { services: self.0.supervisor.list() }))
     }
 
     async fn service_restart(
@@ -563,48 +444,29 @@ impl MachineService for InitApi {
     ) -> Result<Response<api::ServiceRestartResponse>, Status> {
         let name = req.into_inner().name;
         self.0.supervisor.restart(&name)?;
-        event(
-            &self.0.events,
-            "service",
-            format!("{name}: restart requested"),
-        );
+        event(&self.0.events, "service", format!("{name}: restart requested"));
         Ok(Response::new(api::ServiceRestartResponse {}))
     }
 
     type LogsStream = Stream_<api::LogLine>;
-    async fn logs(
-        &self,
-        req: Request<api::LogsRequest>,
-    ) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(&self, req: Request<api::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let req = req.into_inner();
-        let (backlog, rx) = self
-            .0
-            .supervisor
-            .logs(&req.service, req.tail_lines as usize)?;
+        let (backlog, rx) = self.0.supervisor.logs(&req.service, req.tail_lines as usize)?;
         Ok(Response::new(follow(backlog, req.follow.then_some(rx))))
     }
 
     type DmesgStream = Stream_<api::DmesgRecord>;
-    async fn dmesg(
-        &self,
-        req: Request<api::DmesgRequest>,
-    ) -> Result<Response<Self::DmesgStream>, Status> {
+    async fn dmesg(&self, req: Request<api::DmesgRequest>) -> Result<Response<Self::DmesgStream>, Status> {
         let rx = self
             .0
             .kernel_log
             .records(req.into_inner().follow)
             .map_err(|e| Status::unavailable(format!("cannot read the kernel log: {e}")))?;
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            Ok,
-        ))))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok))))
     }
 
     type EventsStream = Stream_<api::Event>;
-    async fn events(
-        &self,
-        req: Request<api::EventsRequest>,
-    ) -> Result<Response<Self::EventsStream>, Status> {
+    async fn events(&self, req: Request<api::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         let req = req.into_inner();
         let (backlog, rx) = self.0.events.tail_and_follow(req.tail_events as usize);
         Ok(Response::new(follow(backlog, req.follow.then_some(rx))))
@@ -613,10 +475,7 @@ impl MachineService for InitApi {
 
 #[tonic::async_trait]
 impl api::init_service_server::InitService for InitApi {
-    async fn apid_tls(
-        &self,
-        _: Request<api::ApidTlsRequest>,
-    ) -> Result<Response<api::ApidTlsResponse>, Status> {
+    async fn apid_tls(&self, _: Request<api::ApidTlsRequest>) -> Result<Response<api::ApidTlsResponse>, Status> {
         self.0.apid_tls().await.map(Response::new)
     }
 }

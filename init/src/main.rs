@@ -35,26 +35,18 @@ fn main() {
 #[tokio::main]
 async fn host() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let apid = args.apid.unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("apid")))
-            .unwrap_or_else(|| "apid".into())
+        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("apid"))).unwrap_or_else(|| "apid".into())
     });
     let opts = init::HostOptions {
         state_dir: args.state_dir,
         trusted_key: args.trusted_key,
         apid,
-        settings: init::machine::NodeSettings {
-            api_listen: args.api_listen,
-            extra_sans: args.cert_sans,
-        },
+        settings: init::machine::NodeSettings { api_listen: args.api_listen, extra_sans: args.cert_sans },
     };
     if let Err(e) = init::run_host(opts).await {
         eprintln!("plinth-init: {e}");

@@ -17,11 +17,7 @@ pub enum NetError {
     #[error("opening a netlink socket: {0}")]
     Socket(std::io::Error),
     #[error("{op} {iface}: {source}")]
-    Netlink {
-        op: &'static str,
-        iface: String,
-        source: rtnetlink::Error,
-    },
+    Netlink { op: &'static str, iface: String, source: rtnetlink::Error },
     #[error("interface {0:?} is configured but does not exist on this machine")]
     NoSuchInterface(String),
     #[error(transparent)]
@@ -61,13 +57,7 @@ fn nl(op: &'static str, iface: &str) -> impl FnOnce(rtnetlink::Error) -> NetErro
 }
 
 async fn links(h: &Handle) -> Result<Vec<Link>, NetError> {
-    let msgs: Vec<LinkMessage> = h
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("list links", "*"))?;
+    let msgs: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(nl("list links", "*"))?;
     Ok(msgs.iter().map(link).collect())
 }
 
@@ -76,36 +66,20 @@ async fn up(h: &Handle, l: &Link, mtu: Option<u32>) -> Result<(), NetError> {
     if let Some(mtu) = mtu {
         b = b.mtu(mtu);
     }
-    h.link()
-        .set(b.build())
-        .execute()
-        .await
-        .map_err(nl("bring up", &l.name))
+    h.link().set(b.build()).execute().await.map_err(nl("bring up", &l.name))
 }
 
 async fn add_address(h: &Handle, l: &Link, net: IpNet) -> Result<(), NetError> {
-    match h
-        .address()
-        .add(l.index, net.addr(), net.prefix_len())
-        .execute()
-        .await
-    {
+    match h.address().add(l.index, net.addr(), net.prefix_len()).execute().await {
         // Already there (a restarted init on a live system): fine.
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -nix::libc::EEXIST => Ok(()),
         r => r.map_err(nl("add address to", &l.name)),
     }
 }
 
-async fn add_route(
-    h: &Handle,
-    dest: IpNet,
-    via: IpAddr,
-    oif: Option<&Link>,
-) -> Result<(), NetError> {
+async fn add_route(h: &Handle, dest: IpNet, via: IpAddr, oif: Option<&Link>) -> Result<(), NetError> {
     let (IpNet::V4(dest), IpAddr::V4(via)) = (dest, via) else {
-        return Err(NetError::Address(format!(
-            "{dest} via {via}: only IPv4 routes are supported yet"
-        )));
+        return Err(NetError::Address(format!("{dest} via {via}: only IPv4 routes are supported yet")));
     };
     let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
         .destination_prefix(dest.addr(), dest.prefix_len())
@@ -128,13 +102,7 @@ async fn dhcp_on(h: &Handle, l: &Link) -> Result<String, NetError> {
         .map_err(|_| NetError::Address(lease.address.to_string()))?;
     add_address(h, l, net).await?;
     if let Some(router) = lease.router {
-        add_route(
-            h,
-            "0.0.0.0/0".parse().expect("literal"),
-            IpAddr::V4(router),
-            Some(l),
-        )
-        .await?;
+        add_route(h, "0.0.0.0/0".parse().expect("literal"), IpAddr::V4(router), Some(l)).await?;
     }
     let dns: Vec<String> = lease.dns.iter().map(ToString::to_string).collect();
     Ok(format!(
@@ -143,11 +111,7 @@ async fn dhcp_on(h: &Handle, l: &Link) -> Result<String, NetError> {
         lease.server,
         lease.lease_seconds,
         lease.router.map_or("-".into(), |r| r.to_string()),
-        if dns.is_empty() {
-            "-".into()
-        } else {
-            dns.join(" ")
-        }
+        if dns.is_empty() { "-".into() } else { dns.join(" ") }
     ))
 }
 
@@ -187,14 +151,8 @@ pub async fn configure(network: Option<&Network>) -> Result<Vec<String>, NetErro
             }
             for r in &n.routes {
                 let dest: IpNet = r.to.parse().map_err(|_| NetError::Address(r.to.clone()))?;
-                let via: IpAddr = r
-                    .via
-                    .parse()
-                    .map_err(|_| NetError::Address(r.via.clone()))?;
-                let oif = r
-                    .interface
-                    .as_ref()
-                    .and_then(|n| all.iter().find(|l| &l.name == n));
+                let via: IpAddr = r.via.parse().map_err(|_| NetError::Address(r.via.clone()))?;
+                let oif = r.interface.as_ref().and_then(|n| all.iter().find(|l| &l.name == n));
                 add_route(&h, dest, via, oif).await?;
                 report.push(format!("route {dest} via {via}"));
             }

@@ -26,10 +26,7 @@ impl std::io::Write for &Kmsg {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
-            *f = std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/kmsg")
-                .ok();
+            *f = std::fs::OpenOptions::new().write(true).open("/dev/kmsg").ok();
         }
         match f.as_mut() {
             Some(file) => {
@@ -75,27 +72,16 @@ fn enter_root(sys: &dyn System) -> Result<layout::Slot, boot::BootError> {
 /// Mounts STATE and EPHEMERAL; where one fails the node keeps going on a
 /// tmpfs (it stays reachable, and says what is wrong).
 fn mount_data(sys: &dyn System) -> PathBuf {
-    for (label, target) in [
-        (layout::STATE, layout::MOUNT_STATE),
-        (layout::EPHEMERAL, layout::MOUNT_EPHEMERAL),
-    ] {
+    for (label, target) in [(layout::STATE, layout::MOUNT_STATE), (layout::EPHEMERAL, layout::MOUNT_EPHEMERAL)] {
         match boot::mount_data_partition(sys, label, Path::new(target), PARTITION_TIMEOUT) {
             Ok(Formatted::New) => {
                 tracing::info!("{label}: created a filesystem (first boot), mounted at {target}")
             }
             Ok(Formatted::Existing) => tracing::info!("{label}: mounted at {target}"),
             Err(e) => {
-                tracing::error!(
-                    "{label}: {e}; using a tmpfs at {target}: nothing there survives a reboot"
-                );
+                tracing::error!("{label}: {e}; using a tmpfs at {target}: nothing there survives a reboot");
                 let _ = sys.mkdir_all(Path::new(target));
-                let _ = sys.mount(
-                    "tmpfs",
-                    Path::new(target),
-                    "tmpfs",
-                    nix::mount::MsFlags::MS_NOSUID,
-                    "mode=0755",
-                );
+                let _ = sys.mount("tmpfs", Path::new(target), "tmpfs", nix::mount::MsFlags::MS_NOSUID, "mode=0755");
             }
         }
     }
@@ -147,9 +133,7 @@ pub fn run() -> ! {
     }
     ensure_stdio();
     setup_logging();
-    std::panic::set_hook(Box::new(|info| {
-        tracing::error!("PID 1 caught a panic: {info}")
-    }));
+    std::panic::set_hook(Box::new(|info| tracing::error!("PID 1 caught a panic: {info}")));
     tracing::info!("Plinth {} starting", machinery::VERSION);
     if let Err(e) = enter_root(&sys) {
         tracing::error!("cannot boot: {e}; rebooting in 10 s so the boot loader can fall back");
@@ -164,11 +148,7 @@ pub fn run() -> ! {
         apid: PathBuf::from(layout::ROOT_APID),
         settings: NodeSettings::default(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}; rebooting");

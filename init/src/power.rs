@@ -15,10 +15,7 @@ impl Power for HostPower {
     fn reboot(&self) -> ! {
         use std::os::unix::process::CommandExt as _;
         let args: Vec<String> = std::env::args().collect();
-        let err = std::process::Command::new("/proc/self/exe")
-            .arg0(&args[0])
-            .args(&args[1..])
-            .exec();
+        let err = std::process::Command::new("/proc/self/exe").arg0(&args[0]).args(&args[1..]).exec();
         tracing::error!("re-executing init failed: {err}; exiting instead");
         std::process::exit(1)
     }

@@ -30,11 +30,7 @@ pub struct Signed {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -70,10 +66,7 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreErro
 impl ConfigStore {
     pub fn open(dir: &Path, trusted: VerifyingKey) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-        Ok(ConfigStore {
-            dir: dir.to_path_buf(),
-            trusted,
-        })
+        Ok(ConfigStore { dir: dir.to_path_buf(), trusted })
     }
 
     pub fn trusted_key(&self) -> &VerifyingKey {
@@ -85,22 +78,11 @@ impl ConfigStore {
     }
 
     /// Verifies `bytes` against the trusted key and validates it.
-    pub fn verify(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        signature: &[u8],
-    ) -> Result<Signed, VerifyFailure> {
-        signing::verify(Purpose::Config, &self.trusted, bytes, signature)
-            .map_err(VerifyFailure::Signature)?;
-        let text =
-            std::str::from_utf8(bytes).map_err(|e| VerifyFailure::NotUtf8(e.valid_up_to()))?;
+    pub fn verify(&self, name: &str, bytes: &[u8], signature: &[u8]) -> Result<Signed, VerifyFailure> {
+        signing::verify(Purpose::Config, &self.trusted, bytes, signature).map_err(VerifyFailure::Signature)?;
+        let text = std::str::from_utf8(bytes).map_err(|e| VerifyFailure::NotUtf8(e.valid_up_to()))?;
         let config = MachineConfig::parse(name, text).map_err(VerifyFailure::Invalid)?;
-        Ok(Signed {
-            config,
-            bytes: bytes.to_vec(),
-            signature: signature.to_vec(),
-        })
+        Ok(Signed { config, bytes: bytes.to_vec(), signature: signature.to_vec() })
     }
 
     /// Loads and re-verifies a stored config; `None` when the slot is empty.
@@ -111,14 +93,9 @@ impl ConfigStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("read", &path)(e)),
         };
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: path.clone(),
-            reason,
-        };
+        let corrupt = |reason: String| StoreError::Corrupt { path: path.clone(), reason };
         let (bytes, sig) = signing::envelope_decode(&raw).map_err(|e| corrupt(e.to_string()))?;
-        self.verify(&path.display().to_string(), &bytes, &sig)
-            .map(Some)
-            .map_err(|e| corrupt(e.to_string()))
+        self.verify(&path.display().to_string(), &bytes, &sig).map(Some).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Writes a config into a slot atomically.
@@ -126,8 +103,7 @@ impl ConfigStore {
         let path = self.path(slot);
         let tmp = self.dir.join(format!(".{}.tmp", slot.file()));
         let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&signing::envelope_encode(&signed.bytes, &signed.signature))
-            .map_err(io("write", &tmp))?;
+        f.write_all(&signing::envelope_encode(&signed.bytes, &signed.signature)).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
@@ -151,9 +127,7 @@ impl ConfigStore {
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", &self.dir))
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("fsync directory", &self.dir))
     }
 }
 
@@ -207,21 +181,12 @@ mod tests {
         let store = ConfigStore::open(dir.path(), key.verifying_key()).unwrap();
         let text = config_text(1);
         let sig = signing::sign(Purpose::Config, &key, text.as_bytes());
-        store
-            .save(
-                Slot::Active,
-                &store.verify("x", text.as_bytes(), &sig).unwrap(),
-            )
-            .unwrap();
+        store.save(Slot::Active, &store.verify("x", text.as_bytes(), &sig).unwrap()).unwrap();
         let p = store.path(Slot::Active);
-        let tampered = String::from_utf8(fs::read(&p).unwrap())
-            .unwrap()
-            .replace("hostname = \"n1\"", "hostname = \"n2\"");
+        let tampered =
+            String::from_utf8(fs::read(&p).unwrap()).unwrap().replace("hostname = \"n1\"", "hostname = \"n2\"");
         fs::write(&p, tampered).unwrap();
         let err = store.load(Slot::Active).unwrap_err().to_string();
-        assert!(
-            err.contains("config.signed") && err.contains("does not match"),
-            "{err}"
-        );
+        assert!(err.contains("config.signed") && err.contains("does not match"), "{err}");
     }
 }

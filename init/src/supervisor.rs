@@ -84,18 +84,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 pub fn event(events: &Journal<Event>, kind: &str, message: String) {
     tracing::info!(kind, "{message}");
-    events.push(Event {
-        timestamp_ms: now_ms(),
-        kind: kind.to_string(),
-        message,
-    });
+    events.push(Event { timestamp_ms: now_ms(), kind: kind.to_string(), message });
 }
 
 fn describe(status: &WaitStatus) -> String {
@@ -117,16 +111,9 @@ pub enum SupervisorError {
 impl Supervisor {
     /// Creates the supervisor (and, once per process, the reaper). Must run
     /// inside a tokio runtime, before any child is spawned.
-    pub fn start(
-        events: Arc<Journal<Event>>,
-        log_dir: Option<PathBuf>,
-    ) -> Result<Self, SupervisorError> {
+    pub fn start(events: Arc<Journal<Event>>, log_dir: Option<PathBuf>) -> Result<Self, SupervisorError> {
         reaper()?;
-        let inner = Arc::new(Inner {
-            services: Mutex::new(Vec::new()),
-            events,
-            log_dir,
-        });
+        let inner = Arc::new(Inner { services: Mutex::new(Vec::new()), events, log_dir });
         Ok(Supervisor { inner })
     }
 
@@ -135,20 +122,12 @@ impl Supervisor {
         let log_file = self.inner.log_dir.as_ref().and_then(|d| {
             let path = d.join(format!("{}.log", spec.name));
             std::fs::create_dir_all(d)
-                .and_then(|_| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                })
+                .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(&path))
                 .map_err(|e| tracing::warn!("cannot open {}: {e}", path.display()))
                 .ok()
                 .map(Mutex::new)
         });
-        let (desired, _) = watch::channel(Desired {
-            running: true,
-            restart_generation: 0,
-        });
+        let (desired, _) = watch::channel(Desired { running: true, restart_generation: 0 });
         let svc = Arc::new(Service {
             spec,
             status: Mutex::new(Status {
@@ -233,44 +212,32 @@ static REAPER: OnceLock<Result<Mutex<ExitWaiters>, String>> = OnceLock::new();
 fn reaper() -> Result<&'static Mutex<ExitWaiters>, SupervisorError> {
     let table = REAPER.get_or_init(|| {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("reaper".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
+        let spawned = std::thread::Builder::new().name("reaper".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return ready_tx.send(Err(e.to_string())).unwrap_or(()),
+            };
+            rt.block_on(async move {
+                let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+                    Ok(s) => s,
                     Err(e) => return ready_tx.send(Err(e.to_string())).unwrap_or(()),
                 };
-                rt.block_on(async move {
-                    let mut sigchld =
-                        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-                        {
-                            Ok(s) => s,
-                            Err(e) => return ready_tx.send(Err(e.to_string())).unwrap_or(()),
-                        };
-                    let _ = ready_tx.send(Ok(()));
-                    loop {
-                        if let Some(Ok(table)) = REAPER.get() {
-                            reap(table);
-                        }
-                        // A signal can be missed between reaps; look again soon anyway.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), sigchld.recv()).await;
+                let _ = ready_tx.send(Ok(()));
+                loop {
+                    if let Some(Ok(table)) = REAPER.get() {
+                        reap(table);
                     }
-                });
+                    // A signal can be missed between reaps; look again soon anyway.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sigchld.recv()).await;
+                }
             });
-        match spawned
-            .map_err(|e| e.to_string())
-            .and_then(|_| ready_rx.recv().map_err(|e| e.to_string()))
-        {
+        });
+        match spawned.map_err(|e| e.to_string()).and_then(|_| ready_rx.recv().map_err(|e| e.to_string())) {
             Ok(Ok(())) => Ok(Mutex::new(HashMap::new())),
             Ok(Err(e)) | Err(e) => Err(e),
         }
     });
-    table
-        .as_ref()
-        .map_err(|e| SupervisorError::Signal(std::io::Error::other(e.clone())))
+    table.as_ref().map_err(|e| SupervisorError::Signal(std::io::Error::other(e.clone())))
 }
 
 /// Reaps every child that has exited; owned pids go to their waiters.
@@ -333,23 +300,13 @@ fn capture(svc: Arc<Service>, stream: &'static str, pipe: impl Read + Send + 'st
     std::thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut buf = Vec::new();
-        while reader
-            .read_until(b'\n', &mut buf)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {
-            let line = String::from_utf8_lossy(&buf)
-                .trim_end_matches(['\n', '\r'])
-                .to_string();
+        while reader.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
+            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
             buf.clear();
             if let Some(f) = &svc.log_file {
                 let _ = writeln!(lock(f), "{line}");
             }
-            svc.logs.push(LogLine {
-                timestamp_ms: now_ms(),
-                stream: stream.to_string(),
-                line,
-            });
+            svc.logs.push(LogLine { timestamp_ms: now_ms(), stream: stream.to_string(), line });
         }
     });
 }
@@ -362,8 +319,7 @@ async fn terminate(pid: u32, exit: &mut oneshot::Receiver<WaitStatus>) -> WaitSt
         Ok(Ok(status)) => status,
         _ => {
             let _ = kill(pid_t, Signal::SIGKILL);
-            exit.await
-                .unwrap_or(WaitStatus::Signaled(pid_t, Signal::SIGKILL, false))
+            exit.await.unwrap_or(WaitStatus::Signaled(pid_t, Signal::SIGKILL, false))
         }
     }
 }
@@ -398,11 +354,7 @@ async fn run_service(inner: Arc<Inner>, svc: Arc<Service>) {
                     s.pid = pid;
                     s.started = Some(started);
                 });
-                event(
-                    &inner.events,
-                    "service",
-                    format!("{name}: started (pid {pid})"),
-                );
+                event(&inner.events, "service", format!("{name}: started (pid {pid})"));
                 let (status, requested) = loop {
                     tokio::select! {
                         status = &mut exit => break (status.ok(), false),
@@ -436,11 +388,7 @@ async fn run_service(inner: Arc<Inner>, svc: Arc<Service>) {
                 s.state = ServiceState::Backoff;
                 s.restarts += 1;
             });
-            event(
-                &inner.events,
-                "service",
-                format!("{name}: restarting in {}s", backoff.as_secs()),
-            );
+            event(&inner.events, "service", format!("{name}: restarting in {}s", backoff.as_secs()));
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = desired.changed() => {}
@@ -463,18 +411,9 @@ mod tests {
         }
     }
 
-    async fn wait_for(
-        sup: &Supervisor,
-        name: &str,
-        f: impl Fn(&ServiceInfo) -> bool,
-    ) -> ServiceInfo {
+    async fn wait_for(sup: &Supervisor, name: &str, f: impl Fn(&ServiceInfo) -> bool) -> ServiceInfo {
         for _ in 0..200 {
-            if let Some(s) = sup
-                .list()
-                .into_iter()
-                .find(|s| s.name == name)
-                .filter(|s| f(s))
-            {
+            if let Some(s) = sup.list().into_iter().find(|s| s.name == name).filter(|s| f(s)) {
                 return s;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -489,18 +428,8 @@ mod tests {
         let s = wait_for(&sup, "crashy", |s| s.restarts >= 1).await;
         assert_eq!(s.last_exit, "exit status 3");
         let (lines, _) = sup.logs("crashy", 0).unwrap();
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.line == "hello" && l.stream == "stdout"),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.line == "oops" && l.stream == "stderr"),
-            "{lines:?}"
-        );
+        assert!(lines.iter().any(|l| l.line == "hello" && l.stream == "stdout"), "{lines:?}");
+        assert!(lines.iter().any(|l| l.line == "oops" && l.stream == "stderr"), "{lines:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,39 +438,21 @@ mod tests {
         sup.add(sh("sleeper", "exec sleep 1000"));
         let first = wait_for(&sup, "sleeper", |s| s.state == ServiceState::Running as i32).await;
         sup.restart("sleeper").unwrap();
-        let second = wait_for(&sup, "sleeper", |s| {
-            s.state == ServiceState::Running as i32 && s.pid != first.pid
-        })
-        .await;
+        let second = wait_for(&sup, "sleeper", |s| s.state == ServiceState::Running as i32 && s.pid != first.pid).await;
         assert_eq!(second.restarts, 1);
         assert_eq!(second.last_exit, "killed by SIGTERM");
         sup.stop_all().await;
         let s = wait_for(&sup, "sleeper", |s| s.state == ServiceState::Stopped as i32).await;
         assert_eq!(s.pid, 0);
-        assert!(
-            kill(Pid::from_raw(second.pid as i32), None).is_err(),
-            "process still alive"
-        );
-        assert!(matches!(
-            sup.restart("nope"),
-            Err(SupervisorError::Unknown(_))
-        ));
+        assert!(kill(Pid::from_raw(second.pid as i32), None).is_err(), "process still alive");
+        assert!(matches!(sup.restart("nope"), Err(SupervisorError::Unknown(_))));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn missing_program_backs_off() {
         let sup = Supervisor::start(Arc::new(Journal::new(100)), None).unwrap();
-        sup.add(ServiceSpec {
-            name: "ghost".into(),
-            program: "/nonexistent/ghost".into(),
-            args: vec![],
-            env: vec![],
-        });
+        sup.add(ServiceSpec { name: "ghost".into(), program: "/nonexistent/ghost".into(), args: vec![], env: vec![] });
         let s = wait_for(&sup, "ghost", |s| s.state == ServiceState::Backoff as i32).await;
-        assert!(
-            s.last_exit.contains("cannot start /nonexistent/ghost"),
-            "{}",
-            s.last_exit
-        );
+        assert!(s.last_exit.contains("cannot start /nonexistent/ghost"), "{}", s.last_exit);
     }
 }

@@ -29,14 +29,7 @@ fn errno(e: nix::errno::Errno) -> std::io::Error {
 }
 
 pub trait System: Send + Sync {
-    fn mount(
-        &self,
-        source: &str,
-        target: &Path,
-        fstype: &str,
-        flags: MsFlags,
-        data: &str,
-    ) -> SysResult<()>;
+    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MsFlags, data: &str) -> SysResult<()>;
     /// Moves a mount (`mount --move`).
     fn move_mount(&self, from: &Path, to: &Path) -> SysResult<()>;
     fn umount(&self, target: &Path) -> SysResult<()>;
@@ -59,22 +52,9 @@ pub trait System: Send + Sync {
 pub struct Linux;
 
 impl System for Linux {
-    fn mount(
-        &self,
-        source: &str,
-        target: &Path,
-        fstype: &str,
-        flags: MsFlags,
-        data: &str,
-    ) -> SysResult<()> {
-        nix::mount::mount(
-            Some(source),
-            target,
-            Some(fstype),
-            flags,
-            (!data.is_empty()).then_some(data),
-        )
-        .map_err(|e| sys_err("mount", target)(errno(e)))
+    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MsFlags, data: &str) -> SysResult<()> {
+        nix::mount::mount(Some(source), target, Some(fstype), flags, (!data.is_empty()).then_some(data))
+            .map_err(|e| sys_err("mount", target)(errno(e)))
     }
 
     fn move_mount(&self, from: &Path, to: &Path) -> SysResult<()> {
@@ -83,15 +63,13 @@ impl System for Linux {
     }
 
     fn umount(&self, target: &Path) -> SysResult<()> {
-        nix::mount::umount2(target, nix::mount::MntFlags::empty())
-            .map_err(|e| sys_err("unmount", target)(errno(e)))
+        nix::mount::umount2(target, nix::mount::MntFlags::empty()).map_err(|e| sys_err("unmount", target)(errno(e)))
     }
 
     fn switch_root(&self, new_root: &Path) -> SysResult<()> {
         let e = |op| move |err| sys_err(op, new_root)(errno(err));
         nix::unistd::chdir(new_root).map_err(e("chdir"))?;
-        nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(e("move to /"))?;
+        nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(e("move to /"))?;
         nix::unistd::chroot(".").map_err(e("chroot"))?;
         nix::unistd::chdir("/").map_err(e("chdir /"))
     }
@@ -115,8 +93,7 @@ impl System for Linux {
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> SysResult<Vec<u8>> {
         let mut f = File::open(path).map_err(sys_err("open", path))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(sys_err("seek", path))?;
+        f.seek(SeekFrom::Start(offset)).map_err(sys_err("seek", path))?;
         let mut buf = vec![0; len];
         f.read_exact(&mut buf).map_err(sys_err("read", path))?;
         Ok(buf)
@@ -125,15 +102,9 @@ impl System for Linux {
     fn load_module(&self, path: &Path) -> SysResult<()> {
         use nix::kmod::{ModuleInitFlags, finit_module};
         let file = File::open(path).map_err(sys_err("open module", path))?;
-        let compressed = path
-            .extension()
-            .is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
+        let compressed = path.extension().is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
         // MODULE_INIT_COMPRESSED_FILE (Linux 5.17+): the kernel decompresses.
-        let flags = if compressed {
-            ModuleInitFlags::from_bits_retain(4)
-        } else {
-            ModuleInitFlags::empty()
-        };
+        let flags = if compressed { ModuleInitFlags::from_bits_retain(4) } else { ModuleInitFlags::empty() };
         let params = CString::default();
         match finit_module(&file, &params, flags) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
@@ -142,18 +113,11 @@ impl System for Linux {
     }
 
     fn run(&self, program: &Path, args: &[&str]) -> SysResult<()> {
-        let out = std::process::Command::new(program)
-            .args(args)
-            .output()
-            .map_err(sys_err("run", program))?;
+        let out = std::process::Command::new(program).args(args).output().map_err(sys_err("run", program))?;
         if out.status.success() {
             Ok(())
         } else {
-            let msg = format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            let msg = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
             Err(sys_err("run", program)(std::io::Error::other(msg)))
         }
     }
@@ -176,10 +140,7 @@ pub struct Recorder {
 #[cfg(test)]
 impl Recorder {
     pub fn file(&self, path: &str, content: impl Into<Vec<u8>>) {
-        self.files
-            .lock()
-            .unwrap()
-            .insert(PathBuf::from(path), content.into());
+        self.files.lock().unwrap().insert(PathBuf::from(path), content.into());
     }
 
     pub fn calls(&self) -> Vec<String> {
@@ -189,9 +150,7 @@ impl Recorder {
     fn record(&self, call: String, path: &Path) -> SysResult<()> {
         self.calls.lock().unwrap().push(call);
         if self.failing.lock().unwrap().iter().any(|p| p == path) {
-            return Err(sys_err("fake", path)(std::io::Error::other(
-                "injected failure",
-            )));
+            return Err(sys_err("fake", path)(std::io::Error::other("injected failure")));
         }
         Ok(())
     }
@@ -202,36 +161,16 @@ impl Recorder {
             .unwrap()
             .get(path)
             .cloned()
-            .ok_or_else(|| {
-                sys_err("read", path)(std::io::Error::from(std::io::ErrorKind::NotFound))
-            })
+            .ok_or_else(|| sys_err("read", path)(std::io::Error::from(std::io::ErrorKind::NotFound)))
     }
 }
 
 #[cfg(test)]
 impl System for Recorder {
-    fn mount(
-        &self,
-        source: &str,
-        target: &Path,
-        fstype: &str,
-        flags: MsFlags,
-        data: &str,
-    ) -> SysResult<()> {
-        let ro = if flags.contains(MsFlags::MS_RDONLY) {
-            " ro"
-        } else {
-            ""
-        };
-        let data = if data.is_empty() {
-            String::new()
-        } else {
-            format!(" {data}")
-        };
-        self.record(
-            format!("mount {source} {} {fstype}{ro}{data}", target.display()),
-            target,
-        )
+    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MsFlags, data: &str) -> SysResult<()> {
+        let ro = if flags.contains(MsFlags::MS_RDONLY) { " ro" } else { "" };
+        let data = if data.is_empty() { String::new() } else { format!(" {data}") };
+        self.record(format!("mount {source} {} {fstype}{ro}{data}", target.display()), target)
     }
     fn move_mount(&self, from: &Path, to: &Path) -> SysResult<()> {
         self.record(format!("move {} {}", from.display(), to.display()), to)
@@ -253,11 +192,7 @@ impl System for Recorder {
         let mut names: Vec<String> = files
             .keys()
             .filter_map(|p| {
-                p.strip_prefix(path)
-                    .ok()?
-                    .components()
-                    .next()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                p.strip_prefix(path).ok()?.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
             })
             .collect();
         names.dedup();
@@ -274,10 +209,7 @@ impl System for Recorder {
         self.record(format!("load {}", path.display()), path)
     }
     fn run(&self, program: &Path, args: &[&str]) -> SysResult<()> {
-        self.record(
-            format!("run {} {}", program.display(), args.join(" ")),
-            program,
-        )
+        self.record(format!("run {} {}", program.display(), args.join(" ")), program)
     }
     fn sync(&self) {
         self.calls.lock().unwrap().push("sync".into());

@@ -172,9 +172,7 @@ pub struct Services {
 
 impl Default for Services {
     fn default() -> Self {
-        Services {
-            enable: default_services(),
-        }
+        Services { enable: default_services() }
     }
 }
 
@@ -227,11 +225,7 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(
-            f,
-            "{n} problem{} in the config:",
-            if n == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "{n} problem{} in the config:", if n == 1 { "" } else { "s" })?;
         for (i, d) in self.0.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
@@ -248,12 +242,7 @@ impl MachineConfig {
     /// Parses and validates `text`; `file` names it in diagnostics.
     pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
         let (root, syntax) = DeTable::parse_recoverable(text);
-        let mut cx = Checker {
-            file,
-            text,
-            root: root.get_ref(),
-            diags: Vec::new(),
-        };
+        let mut cx = Checker { file, text, root: root.get_ref(), diags: Vec::new() };
         if !syntax.is_empty() {
             for e in syntax {
                 let at = e.span().map_or(0, |s| s.start);
@@ -300,10 +289,7 @@ impl MachineConfig {
         use sha2::Digest as _;
         let hide = |s: &String| {
             let d = sha2::Sha256::digest(s.as_bytes());
-            format!(
-                "(secret, sha256 {:02x}{:02x}{:02x}{:02x}…)",
-                d[0], d[1], d[2], d[3]
-            )
+            format!("(secret, sha256 {:02x}{:02x}{:02x}{:02x}…)", d[0], d[1], d[2], d[3])
         };
         let mut c = self.clone();
         c.api.ca_key = c.api.ca_key.as_ref().map(hide);
@@ -454,12 +440,7 @@ impl Checker<'_> {
         })
     }
 
-    fn section<T: DeserializeOwned>(
-        &mut self,
-        root: &DeTable<'_>,
-        key: &str,
-        required: bool,
-    ) -> Option<T> {
+    fn section<T: DeserializeOwned>(&mut self, root: &DeTable<'_>, key: &str, required: bool) -> Option<T> {
         let Some(value) = root.get(key) else {
             if required {
                 self.push_at(0, key, format!("missing required `{key}`"), None);
@@ -488,8 +469,7 @@ impl Checker<'_> {
             match v.get_ref() {
                 DeValue::Table(t) => {
                     for (k, child) in t.iter() {
-                        let within =
-                            |s: Range<usize>| s.start <= offset && offset < s.end.max(s.start + 1);
+                        let within = |s: Range<usize>| s.start <= offset && offset < s.end.max(s.start + 1);
                         if within(child.span()) || within(k.span()) {
                             path.push('.');
                             path.push_str(k.get_ref());
@@ -520,18 +500,10 @@ impl Checker<'_> {
 
     fn check(&mut self, c: &MachineConfig) {
         if c.version == 0 {
-            self.error(
-                "version",
-                "must be 1 or more",
-                Some("versions start at 1 and grow with every change".into()),
-            );
+            self.error("version", "must be 1 or more", Some("versions start at 1 and grow with every change".into()));
         }
         if c.kind != KIND {
-            self.error(
-                "kind",
-                format!("{:?} is not a machine config", c.kind),
-                Some(format!("use kind = \"{KIND}\"")),
-            );
+            self.error("kind", format!("{:?} is not a machine config", c.kind), Some(format!("use kind = \"{KIND}\"")));
         }
         self.check_machine(&c.machine);
         self.check_cluster(c);
@@ -545,11 +517,7 @@ impl Checker<'_> {
         }
         for (i, s) in m.ntp.iter().enumerate() {
             if s.trim().is_empty() || s.contains(char::is_whitespace) {
-                self.error(
-                    &format!("machine.ntp[{i}]"),
-                    format!("{s:?} is not a host name or address"),
-                    None,
-                );
+                self.error(&format!("machine.ntp[{i}]"), format!("{s:?} is not a host name or address"), None);
             }
         }
         let mut names = HashSet::new();
@@ -558,10 +526,7 @@ impl Checker<'_> {
             if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains(['/', ' ']) {
                 self.error(
                     &format!("{p}.name"),
-                    format!(
-                        "{:?} is not a valid interface name (1–15 characters, no '/' or spaces)",
-                        iface.name
-                    ),
+                    format!("{:?} is not a valid interface name (1–15 characters, no '/' or spaces)", iface.name),
                     None,
                 );
             } else if !names.insert(iface.name.as_str()) {
@@ -599,21 +564,12 @@ impl Checker<'_> {
                 self.error(&format!("{p}.to"), msg, hint);
             }
             if r.via.parse::<IpAddr>().is_err() {
-                self.error(
-                    &format!("{p}.via"),
-                    format!("{:?} is not an IP address", r.via),
-                    None,
-                );
+                self.error(&format!("{p}.via"), format!("{:?} is not an IP address", r.via), None);
             }
             if let Some(ifn) = &r.interface
                 && !m.network.interfaces.iter().any(|x| &x.name == ifn)
             {
-                let known: Vec<&str> = m
-                    .network
-                    .interfaces
-                    .iter()
-                    .map(|x| x.name.as_str())
-                    .collect();
+                let known: Vec<&str> = m.network.interfaces.iter().map(|x| x.name.as_str()).collect();
                 self.error(
                     &format!("{p}.interface"),
                     format!("no interface named {ifn:?} is configured"),
@@ -659,11 +615,9 @@ impl Checker<'_> {
                     "a worker needs `token` to join the cluster",
                     Some("copy the token from the control plane's config".into()),
                 ),
-                Some(t) if t.len() < 16 => self.error(
-                    "cluster.token",
-                    "is too short: a join token has at least 16 characters",
-                    None,
-                ),
+                Some(t) if t.len() < 16 => {
+                    self.error("cluster.token", "is too short: a join token has at least 16 characters", None)
+                }
                 Some(_) => {}
             }
             if cl.datastore == Datastore::Etcd {
@@ -674,16 +628,19 @@ impl Checker<'_> {
                 );
             }
         }
-        let pod = parse_cidr(&cl.pod_cidr, false)
-            .map_err(|(m, h)| self.error("cluster.pod_cidr", m, h))
-            .ok();
-        let svc = parse_cidr(&cl.service_cidr, false)
-            .map_err(|(m, h)| self.error("cluster.service_cidr", m, h))
-            .ok();
+        let pod = parse_cidr(&cl.pod_cidr, false).map_err(|(m, h)| self.error("cluster.pod_cidr", m, h)).ok();
+        let svc = parse_cidr(&cl.service_cidr, false).map_err(|(m, h)| self.error("cluster.service_cidr", m, h)).ok();
         if let (Some(p), Some(s)) = (pod, svc)
             && overlaps(&p, &s)
         {
-            self.error("cluster.service_cidr", format!("{s} overlaps the pod network {p}"), Some("pick disjoint ranges, e.g. pod_cidr = \"10.244.0.0/16\" and service_cidr = \"10.96.0.0/12\"".into()));
+            self.error(
+                "cluster.service_cidr",
+                format!("{s} overlaps the pod network {p}"),
+                Some(
+                    "pick disjoint ranges, e.g. pod_cidr = \"10.244.0.0/16\" and service_cidr = \"10.96.0.0/12\""
+                        .into(),
+                ),
+            );
         }
         for (i, iface) in c.machine.network.interfaces.iter().enumerate() {
             for (j, a) in iface.addresses.iter().enumerate() {
@@ -723,16 +680,12 @@ impl Checker<'_> {
                     self.error("api.key", e.to_string(), None);
                 }
             }
-            (Some(_), None) => self.error(
-                "api.cert",
-                "is set without `key`",
-                Some("give both cert and key, or neither".into()),
-            ),
-            (None, Some(_)) => self.error(
-                "api.key",
-                "is set without `cert`",
-                Some("give both cert and key, or neither".into()),
-            ),
+            (Some(_), None) => {
+                self.error("api.cert", "is set without `key`", Some("give both cert and key, or neither".into()))
+            }
+            (None, Some(_)) => {
+                self.error("api.key", "is set without `cert`", Some("give both cert and key, or neither".into()))
+            }
             (None, None) if api.ca_key.is_none() => self.error(
                 "api",
                 "the node has no way to get a serving certificate",
@@ -750,11 +703,7 @@ impl Checker<'_> {
             }
         }
         if api.port == 0 {
-            self.error(
-                "api.port",
-                "0 is not a port",
-                Some(format!("the default is {DEFAULT_API_PORT}")),
-            );
+            self.error("api.port", "0 is not a port", Some(format!("the default is {DEFAULT_API_PORT}")));
         }
     }
 
@@ -766,20 +715,15 @@ impl Checker<'_> {
                 self.error(
                     &p,
                     format!("unknown service {name:?}"),
-                    suggest(name, SERVICE_CATALOGUE).or_else(|| {
-                        Some(format!("known services: {}", SERVICE_CATALOGUE.join(", ")))
-                    }),
+                    suggest(name, SERVICE_CATALOGUE)
+                        .or_else(|| Some(format!("known services: {}", SERVICE_CATALOGUE.join(", ")))),
                 );
             } else if !seen.insert(name.as_str()) {
                 self.error(&p, format!("{name:?} is listed twice"), None);
             }
         }
         if !s.enable.iter().any(|n| n == "apid") {
-            self.error(
-                "services.enable",
-                "must include \"apid\": it is the node's only management interface",
-                None,
-            );
+            self.error("services.enable", "must include \"apid\": it is the node's only management interface", None);
         }
     }
 }
@@ -819,8 +763,7 @@ impl Hostname {
 fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -829,18 +772,14 @@ type Problem = (String, Option<String>);
 
 fn parse_cidr(s: &str, host_address: bool) -> Result<IpNet, Problem> {
     match s.parse::<IpNet>() {
-        Ok(n) if !host_address && n.trunc() != n => Err((
-            format!("{s:?} has host bits set"),
-            Some(format!("did you mean \"{}\"?", n.trunc())),
-        )),
+        Ok(n) if !host_address && n.trunc() != n => {
+            Err((format!("{s:?} has host bits set"), Some(format!("did you mean \"{}\"?", n.trunc()))))
+        }
         Ok(n) => Ok(n),
         Err(_) => match s.parse::<IpAddr>() {
             Ok(ip) => Err((
                 format!("{s:?} has no prefix length"),
-                Some(format!(
-                    "did you mean \"{ip}/{}\"?",
-                    if ip.is_ipv4() { 24 } else { 64 }
-                )),
+                Some(format!("did you mean \"{ip}/{}\"?", if ip.is_ipv4() { 24 } else { 64 })),
             )),
             Err(_) => Err((format!("{s:?} is not a CIDR (address/prefix)"), None)),
         },
@@ -854,14 +793,9 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 fn check_endpoint(ep: &str) -> Result<(), Problem> {
     let hint_for = |host: &str| Some(format!("did you mean \"https://{host}:{KUBE_API_PORT}\"?"));
     let Some((scheme, rest)) = ep.split_once("://") else {
-        return Err((
-            format!("{ep:?} is not a URL"),
-            hint_for(ep.trim_end_matches('/')),
-        ));
+        return Err((format!("{ep:?} is not a URL"), hint_for(ep.trim_end_matches('/'))));
     };
-    let uri: http::Uri = ep
-        .parse()
-        .map_err(|_| (format!("{ep:?} is not a URL"), None))?;
+    let uri: http::Uri = ep.parse().map_err(|_| (format!("{ep:?} is not a URL"), None))?;
     let host = uri.host().unwrap_or(rest);
     if scheme != "https" {
         return Err((format!("{ep:?} must use https"), hint_for(host)));
@@ -897,9 +831,8 @@ fn describe_serde_error(msg: &str) -> Problem {
             && let Some((word, tail)) = rest.split_once('`')
         {
             let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            let hint = suggest(word, &expected).or_else(|| {
-                (!expected.is_empty()).then(|| format!("expected one of: {}", expected.join(", ")))
-            });
+            let hint = suggest(word, &expected)
+                .or_else(|| (!expected.is_empty()).then(|| format!("expected one of: {}", expected.join(", "))));
             return (format!("unknown {what} `{word}`"), hint);
         }
     }
@@ -961,10 +894,7 @@ ca_key = """{key}"""
 
     #[test]
     fn endpoint_without_scheme_gets_the_documented_hint() {
-        let text = valid_text().replace(
-            "role = \"controlplane\"",
-            "role = \"controlplane\"\nendpoint = \"10.0.0.5\"",
-        );
+        let text = valid_text().replace("role = \"controlplane\"", "role = \"controlplane\"\nendpoint = \"10.0.0.5\"");
         let e = errors(&text);
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].path, "cluster.endpoint");
@@ -983,11 +913,7 @@ ca_key = """{key}"""
             .replace("version = 3", "version = 3\nextra = 1");
         let e = errors(&text);
         let paths: Vec<&str> = e.iter().map(|d| d.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            vec!["extra", "machine.hostnme", "cluster.role"],
-            "{e:#?}"
-        );
+        assert_eq!(paths, vec!["extra", "machine.hostnme", "cluster.role"], "{e:#?}");
         assert_eq!(e[1].hint.as_deref(), Some("did you mean `hostname`?"));
         assert_eq!(e[2].message, "unknown value `controlplan`");
         assert_eq!(e[2].hint.as_deref(), Some("did you mean `controlplane`?"));
@@ -998,26 +924,20 @@ ca_key = """{key}"""
         let text = valid_text()
             .replace("role = \"controlplane\"", "role = \"worker\"\npod_cidr = \"10.96.0.0/16\"")
             .replace("name = \"eth0\"", "name = \"eth0\"\nmtu = 20")
-            .replace("[[machine.network.routes]]", "[[machine.network.interfaces]]\nname = \"eth0\"\ndhcp = true\n\n[[machine.network.routes]]")
+            .replace(
+                "[[machine.network.routes]]",
+                "[[machine.network.interfaces]]\nname = \"eth0\"\ndhcp = true\n\n[[machine.network.routes]]",
+            )
             .replace("via = \"10.0.0.1\"", "via = \"gateway\"");
         let e = errors(&text);
         let msgs: Vec<String> = e.iter().map(|d| d.to_string()).collect();
         let has = |s: &str| msgs.iter().any(|m| m.contains(s));
         assert!(has("interfaces[0].mtu: 20 is out of range"), "{msgs:#?}");
-        assert!(
-            has("interfaces[1].name: interface \"eth0\" is configured twice"),
-            "{msgs:#?}"
-        );
-        assert!(
-            has("routes[0].via: \"gateway\" is not an IP address"),
-            "{msgs:#?}"
-        );
+        assert!(has("interfaces[1].name: interface \"eth0\" is configured twice"), "{msgs:#?}");
+        assert!(has("routes[0].via: \"gateway\" is not an IP address"), "{msgs:#?}");
         assert!(has("a worker needs `endpoint`"), "{msgs:#?}");
         assert!(has("a worker needs `token`"), "{msgs:#?}");
-        assert!(
-            has("cluster.service_cidr: 10.96.0.0/12 overlaps the pod network 10.96.0.0/16"),
-            "{msgs:#?}"
-        );
+        assert!(has("cluster.service_cidr: 10.96.0.0/12 overlaps the pod network 10.96.0.0/16"), "{msgs:#?}");
         assert_eq!(e.len(), 6, "{msgs:#?}");
     }
 
@@ -1043,10 +963,7 @@ ca_key = """{key}"""
 
     #[test]
     fn cidr_hints() {
-        assert_eq!(
-            parse_cidr("10.0.0.5", true).unwrap_err().1.as_deref(),
-            Some("did you mean \"10.0.0.5/24\"?")
-        );
+        assert_eq!(parse_cidr("10.0.0.5", true).unwrap_err().1.as_deref(), Some("did you mean \"10.0.0.5/24\"?"));
         assert_eq!(
             parse_cidr("10.244.1.0/16", false).unwrap_err().1.as_deref(),
             Some("did you mean \"10.244.0.0/16\"?")
@@ -1062,12 +979,7 @@ ca_key = """{key}"""
             check_endpoint("http://cp:6443").unwrap_err().1.as_deref(),
             Some("did you mean \"https://cp:6443\"?")
         );
-        assert!(
-            check_endpoint("https://cp")
-                .unwrap_err()
-                .0
-                .contains("no port")
-        );
+        assert!(check_endpoint("https://cp").unwrap_err().0.contains("no port"));
     }
 
     #[test]
@@ -1086,10 +998,7 @@ ca_key = """{key}"""
         b.cluster.pod_cidr = "10.200.0.0/16".into();
         b.api.ca_key = Some("other".into());
         let d = diff(Some(&a), &b);
-        assert!(
-            d.contains("-version = 3") && d.contains("+version = 4"),
-            "{d}"
-        );
+        assert!(d.contains("-version = 3") && d.contains("+version = 4"), "{d}");
         assert!(!d.contains("PRIVATE KEY"), "{d}");
         assert!(d.contains("(secret, sha256"), "{d}");
         assert_eq!(reboot_required(&a, &b), vec!["cluster.pod_cidr"]);

@@ -51,13 +51,11 @@ impl Slot {
 
     /// The slot named on a kernel command line (`plinth.slot=a`).
     pub fn from_cmdline(cmdline: &str) -> Option<Slot> {
-        cmdline
-            .split_whitespace()
-            .find_map(|w| match w.strip_prefix(CMDLINE_SLOT)? {
-                "a" => Some(Slot::A),
-                "b" => Some(Slot::B),
-                _ => None,
-            })
+        cmdline.split_whitespace().find_map(|w| match w.strip_prefix(CMDLINE_SLOT)? {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        })
     }
 }
 
@@ -85,10 +83,7 @@ mod tests {
 
     #[test]
     fn slot_from_cmdline() {
-        assert_eq!(
-            Slot::from_cmdline("console=ttyS0 plinth.slot=b quiet"),
-            Some(Slot::B)
-        );
+        assert_eq!(Slot::from_cmdline("console=ttyS0 plinth.slot=b quiet"), Some(Slot::B));
         assert_eq!(Slot::from_cmdline("plinth.slot=c"), None);
         assert_eq!(Slot::from_cmdline("console=ttyS0"), None);
         assert_eq!(Slot::A.other().root_label(), "ROOT-B");

@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
@@ -30,9 +29,7 @@ pub enum PkiError {
     Parse(String),
     #[error("the certificate is not a CA (its basic constraints do not allow issuing)")]
     NotCa,
-    #[error(
-        "not a PEM private key, or not one this node supports (ECDSA P-256/P-384, ed25519, RSA): {0}"
-    )]
+    #[error("not a PEM private key, or not one this node supports (ECDSA P-256/P-384, ed25519, RSA): {0}")]
     Key(String),
     #[error("cannot issue the certificate: {0}")]
     Issue(String),
@@ -58,58 +55,32 @@ pub fn generate_ca(name: &str) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "plinth");
+    params.distinguished_name.push(DnType::OrganizationName, "plinth");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     validity(&mut params, CA_LIFETIME);
     let key = KeyPair::generate().map_err(issue_err)?;
     let cert = params.self_signed(&key).map_err(issue_err)?;
-    Ok(CertKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
-fn leaf(
-    ca: &CertKey,
-    mut params: CertificateParams,
-    lifetime: Duration,
-) -> Result<CertKey, PkiError> {
+fn leaf(ca: &CertKey, mut params: CertificateParams, lifetime: Duration) -> Result<CertKey, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::Key(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(issue_err)?;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, lifetime);
     let key = KeyPair::generate().map_err(issue_err)?;
     let cert = params.signed_by(&key, &issuer).map_err(issue_err)?;
-    Ok(CertKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// A client certificate for the machine API: CN = who, O = the role.
-pub fn issue_client(
-    ca: &CertKey,
-    who: &str,
-    role: Role,
-    lifetime: Duration,
-) -> Result<CertKey, PkiError> {
+pub fn issue_client(ca: &CertKey, who: &str, role: Role, lifetime: Duration) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, who);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, role.organization());
+    params.distinguished_name.push(DnType::OrganizationName, role.organization());
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     leaf(ca, params, lifetime)
 }
@@ -127,23 +98,17 @@ pub fn issue_server(ca: &CertKey, hostname: &str, names: &[String]) -> Result<Ce
 pub fn self_signed_server(names: &[String]) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::new(names.to_vec()).map_err(issue_err)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "plinth maintenance");
+    params.distinguished_name.push(DnType::CommonName, "plinth maintenance");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     validity(&mut params, LEAF_LIFETIME);
     let key = KeyPair::generate().map_err(issue_err)?;
     let cert = params.self_signed(&key).map_err(issue_err)?;
-    Ok(CertKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// The DER of the first certificate in a PEM text.
 pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.trim_start().as_bytes())
-        .map_err(|_| PkiError::NotPem)?;
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.trim_start().as_bytes()).map_err(|_| PkiError::NotPem)?;
     if p.label != "CERTIFICATE" {
         return Err(PkiError::NotPem);
     }
@@ -172,19 +137,13 @@ impl CertInfo {
 pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, PkiError> {
     let (_, c) = X509Certificate::from_der(der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let names = |attrs: Vec<&x509_parser::x509::AttributeTypeAndValue<'_>>| {
-        attrs
-            .into_iter()
-            .filter_map(|a| a.as_str().ok().map(str::to_string))
-            .collect::<Vec<_>>()
+        attrs.into_iter().filter_map(|a| a.as_str().ok().map(str::to_string)).collect::<Vec<_>>()
     };
     let subject = c.subject();
     Ok(CertInfo {
         subject: subject.to_string(),
         issuer: c.issuer().to_string(),
-        common_name: names(subject.iter_common_name().collect())
-            .into_iter()
-            .next()
-            .unwrap_or_default(),
+        common_name: names(subject.iter_common_name().collect()).into_iter().next().unwrap_or_default(),
         organizations: names(subject.iter_organization().collect()),
         is_ca: c.is_ca(),
         not_before: c.validity().not_before.timestamp(),
@@ -209,9 +168,7 @@ pub fn check_ca_cert(pem: &str) -> Result<CertInfo, PkiError> {
 }
 
 pub fn check_key(pem: &str) -> Result<(), PkiError> {
-    KeyPair::from_pem(pem)
-        .map(|_| ())
-        .map_err(|e| PkiError::Key(e.to_string()))
+    KeyPair::from_pem(pem).map(|_| ()).map_err(|e| PkiError::Key(e.to_string()))
 }
 
 #[cfg(test)]
@@ -227,10 +184,7 @@ mod tests {
         let info = cert_info(&c.cert_pem).unwrap();
         assert_eq!(info.common_name, "alice");
         assert_eq!(info.issuer, ca_info.subject);
-        assert_eq!(
-            crate::roles::role_from_cert_der(&pem_to_der(&c.cert_pem).unwrap()).unwrap(),
-            Role::Reader
-        );
+        assert_eq!(crate::roles::role_from_cert_der(&pem_to_der(&c.cert_pem).unwrap()).unwrap(), Role::Reader);
         assert!(matches!(check_ca_cert(&c.cert_pem), Err(PkiError::NotCa)));
         let s = issue_server(&ca, "n1", &["127.0.0.1".into(), "n1.lan".into()]).unwrap();
         check_key(&s.key_pem).unwrap();
@@ -240,8 +194,6 @@ mod tests {
     #[test]
     fn garbage_is_refused() {
         assert!(matches!(cert_info("hello"), Err(PkiError::NotPem)));
-        assert!(
-            check_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err()
-        );
+        assert!(check_key("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
     }
 }

@@ -163,15 +163,9 @@ mod tests {
         assert!(!Role::Operator.may_call(Rpc::Shutdown));
         for rpc in Rpc::ALL {
             assert!(Role::Admin.may_call(rpc));
-            assert_eq!(
-                Rpc::from_path(&format!("/plinth.machine.v1.MachineService/{}", rpc.name())),
-                Some(rpc)
-            );
+            assert_eq!(Rpc::from_path(&format!("/plinth.machine.v1.MachineService/{}", rpc.name())), Some(rpc));
         }
-        assert_eq!(
-            Rpc::from_path("/plinth.machine.v1.InitService/ApidTls"),
-            None
-        );
+        assert_eq!(Rpc::from_path("/plinth.machine.v1.InitService/ApidTls"), None);
     }
 
     #[test]

@@ -55,9 +55,7 @@ const ENVELOPE_MAGIC: &str = "plinth-signed v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error(
-        "not an ed25519 private key in PKCS#8 PEM form (expected \"-----BEGIN PRIVATE KEY-----\"): {0}"
-    )]
+    #[error("not an ed25519 private key in PKCS#8 PEM form (expected \"-----BEGIN PRIVATE KEY-----\"): {0}")]
     Private(String),
     #[error("not an ed25519 public key in PEM form (expected \"-----BEGIN PUBLIC KEY-----\"): {0}")]
     Public(String),
@@ -77,9 +75,7 @@ pub enum VerifyError {
     Malformed(usize),
     #[error("signed by key {signer}, but this node only trusts key {trusted}")]
     UnknownKey { signer: String, trusted: String },
-    #[error(
-        "the signature does not match the content: it was changed after signing, or the signature is corrupt"
-    )]
+    #[error("the signature does not match the content: it was changed after signing, or the signature is corrupt")]
     BadSignature,
 }
 
@@ -144,12 +140,7 @@ pub fn sign(purpose: Purpose, key: &SigningKey, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Verifies a detached signature made by [`sign`] against the trusted key.
-pub fn verify(
-    purpose: Purpose,
-    trusted: &VerifyingKey,
-    payload: &[u8],
-    detached: &[u8],
-) -> Result<(), VerifyError> {
+pub fn verify(purpose: Purpose, trusted: &VerifyingKey, payload: &[u8], detached: &[u8]) -> Result<(), VerifyError> {
     if detached.is_empty() {
         return Err(VerifyError::Unsigned);
     }
@@ -158,26 +149,17 @@ pub fn verify(
     }
     let (fp, sig) = detached.split_at(32);
     if fp != fingerprint_bytes(trusted) {
-        return Err(VerifyError::UnknownKey {
-            signer: format_fingerprint(fp),
-            trusted: key_id(trusted),
-        });
+        return Err(VerifyError::UnknownKey { signer: format_fingerprint(fp), trusted: key_id(trusted) });
     }
     let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| VerifyError::BadSignature)?;
-    trusted
-        .verify_strict(&message(purpose, payload), &sig)
-        .map_err(|_| VerifyError::BadSignature)
+    trusted.verify_strict(&message(purpose, payload), &sig).map_err(|_| VerifyError::BadSignature)
 }
 
 /// Wraps a payload and its detached signature into one envelope.
 pub fn envelope_encode(payload: &[u8], detached: &[u8]) -> Vec<u8> {
     let (fp, sig) = detached.split_at(detached.len().min(32));
-    let mut out = format!(
-        "{ENVELOPE_MAGIC}\nkey: {}\nsignature: {}\n\n",
-        format_fingerprint(fp),
-        B64.encode(sig)
-    )
-    .into_bytes();
+    let mut out =
+        format!("{ENVELOPE_MAGIC}\nkey: {}\nsignature: {}\n\n", format_fingerprint(fp), B64.encode(sig)).into_bytes();
     out.extend_from_slice(payload);
     out
 }
@@ -188,31 +170,25 @@ pub fn envelope_decode(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), EnvelopeError
         .windows(2)
         .position(|w| w == b"\n\n")
         .ok_or_else(|| EnvelopeError::Header("no blank line ends the header".into()))?;
-    let header = std::str::from_utf8(&bytes[..sep])
-        .map_err(|_| EnvelopeError::Header("header is not UTF-8".into()))?;
+    let header = std::str::from_utf8(&bytes[..sep]).map_err(|_| EnvelopeError::Header("header is not UTF-8".into()))?;
     let mut lines = header.lines();
     if lines.next() != Some(ENVELOPE_MAGIC) {
         return Err(EnvelopeError::Magic);
     }
     let mut field = |name: &str| -> Result<Vec<u8>, EnvelopeError> {
-        let line = lines
-            .next()
-            .ok_or_else(|| EnvelopeError::Header(format!("missing \"{name}:\" line")))?;
+        let line = lines.next().ok_or_else(|| EnvelopeError::Header(format!("missing \"{name}:\" line")))?;
         let value = line
             .strip_prefix(name)
             .and_then(|r| r.strip_prefix(": "))
-            .ok_or_else(|| {
-                EnvelopeError::Header(format!("expected \"{name}: …\", found {line:?}"))
-            })?;
+            .ok_or_else(|| EnvelopeError::Header(format!("expected \"{name}: …\", found {line:?}")))?;
         let value = if name == "key" {
-            value.strip_prefix("SHA256:").ok_or_else(|| {
-                EnvelopeError::Header("key must be a fingerprint \"SHA256:…\"".into())
-            })?
+            value
+                .strip_prefix("SHA256:")
+                .ok_or_else(|| EnvelopeError::Header("key must be a fingerprint \"SHA256:…\"".into()))?
         } else {
             value
         };
-        B64.decode(value)
-            .map_err(|e| EnvelopeError::Header(format!("{name}: not base64: {e}")))
+        B64.decode(value).map_err(|e| EnvelopeError::Header(format!("{name}: not base64: {e}")))
     };
     let mut detached = field("key")?;
     detached.extend(field("signature")?);
@@ -240,33 +216,15 @@ mod tests {
         let k = key(1);
         let trusted = k.verifying_key();
         let sig = sign(Purpose::Config, &k, b"abc");
-        assert_eq!(
-            verify(Purpose::Config, &trusted, b"abc", &[]),
-            Err(VerifyError::Unsigned)
-        );
-        assert_eq!(
-            verify(Purpose::Config, &trusted, b"abc", &sig[..10]),
-            Err(VerifyError::Malformed(10))
-        );
-        assert_eq!(
-            verify(Purpose::Config, &trusted, b"abd", &sig),
-            Err(VerifyError::BadSignature)
-        );
-        assert_eq!(
-            verify(Purpose::Bundle, &trusted, b"abc", &sig),
-            Err(VerifyError::BadSignature)
-        );
+        assert_eq!(verify(Purpose::Config, &trusted, b"abc", &[]), Err(VerifyError::Unsigned));
+        assert_eq!(verify(Purpose::Config, &trusted, b"abc", &sig[..10]), Err(VerifyError::Malformed(10)));
+        assert_eq!(verify(Purpose::Config, &trusted, b"abd", &sig), Err(VerifyError::BadSignature));
+        assert_eq!(verify(Purpose::Bundle, &trusted, b"abc", &sig), Err(VerifyError::BadSignature));
         let other = sign(Purpose::Config, &key(2), b"abc");
-        assert!(matches!(
-            verify(Purpose::Config, &trusted, b"abc", &other),
-            Err(VerifyError::UnknownKey { .. })
-        ));
+        assert!(matches!(verify(Purpose::Config, &trusted, b"abc", &other), Err(VerifyError::UnknownKey { .. })));
         let mut flipped = sig.clone();
         flipped[40] ^= 1;
-        assert_eq!(
-            verify(Purpose::Config, &trusted, b"abc", &flipped),
-            Err(VerifyError::BadSignature)
-        );
+        assert_eq!(verify(Purpose::Config, &trusted, b"abc", &flipped), Err(VerifyError::BadSignature));
     }
 
     #[test]
@@ -278,14 +236,8 @@ mod tests {
         let pubpem = verifying_key_to_pem(&k.verifying_key()).unwrap();
         assert!(pubpem.starts_with("-----BEGIN PUBLIC KEY-----"));
         assert_eq!(verifying_key_from_pem(&pubpem).unwrap(), k.verifying_key());
-        assert!(matches!(
-            verifying_key_from_pem(&pem),
-            Err(KeyError::Public(_))
-        ));
-        assert!(matches!(
-            signing_key_from_pem(&pubpem),
-            Err(KeyError::Private(_))
-        ));
+        assert!(matches!(verifying_key_from_pem(&pem), Err(KeyError::Public(_))));
+        assert!(matches!(signing_key_from_pem(&pubpem), Err(KeyError::Private(_))));
     }
 
     #[test]
@@ -298,10 +250,7 @@ mod tests {
         assert_eq!(p, payload);
         assert_eq!(s, sig);
         assert_eq!(envelope_decode(b"hello\n\nx"), Err(EnvelopeError::Magic));
-        assert!(matches!(
-            envelope_decode(b"plinth-signed v1\nkey: nope\n\n"),
-            Err(EnvelopeError::Header(_))
-        ));
+        assert!(matches!(envelope_decode(b"plinth-signed v1\nkey: nope\n\n"), Err(EnvelopeError::Header(_))));
     }
 
     proptest::proptest! {

@@ -49,21 +49,11 @@ pub struct Context {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientConfigError {
     #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("{path}: no context named {name:?} (known: {known})")]
-    NoContext {
-        path: PathBuf,
-        name: String,
-        known: String,
-    },
+    NoContext { path: PathBuf, name: String, known: String },
 }
 
 /// Where the client config is looked for when no flag names it.
@@ -84,29 +74,15 @@ impl ClientConfig {
                 return Ok(ClientConfig::default());
             }
             Err(source) => {
-                return Err(ClientConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
+                return Err(ClientConfigError::Read { path: path.to_path_buf(), source });
             }
         };
         let mut cfg: ClientConfig =
-            toml::from_str(&text).map_err(|source| ClientConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            toml::from_str(&text).map_err(|source| ClientConfigError::Parse { path: path.to_path_buf(), source })?;
         // Relative paths are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
         for ctx in cfg.contexts.values_mut() {
-            for p in [
-                &mut ctx.ca,
-                &mut ctx.crt,
-                &mut ctx.key,
-                &mut ctx.signing_key,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for p in [&mut ctx.ca, &mut ctx.crt, &mut ctx.key, &mut ctx.signing_key].into_iter().flatten() {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }
@@ -122,14 +98,11 @@ impl ClientConfig {
         if name.is_empty() {
             return Ok(self.contexts.values().next().cloned().unwrap_or_default());
         }
-        self.contexts
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ClientConfigError::NoContext {
-                path: path.to_path_buf(),
-                name: name.to_string(),
-                known: self.contexts.keys().cloned().collect::<Vec<_>>().join(", "),
-            })
+        self.contexts.get(name).cloned().ok_or_else(|| ClientConfigError::NoContext {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            known: self.contexts.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 
     pub fn to_toml(&self) -> String {
@@ -145,21 +118,17 @@ mod tests {
     fn relative_paths_resolve_against_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("osctlconfig");
-        std::fs::write(&path, "context = \"a\"\n[contexts.a]\nnodes = [\"n1\"]\nca = \"ca.crt\"\ncrt = \"/abs/admin.crt\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "context = \"a\"\n[contexts.a]\nnodes = [\"n1\"]\nca = \"ca.crt\"\ncrt = \"/abs/admin.crt\"\n",
+        )
+        .unwrap();
         let cfg = ClientConfig::load(&path, true).unwrap();
         let ctx = cfg.context(None, &path).unwrap();
         assert_eq!(ctx.ca.unwrap(), dir.path().join("ca.crt"));
         assert_eq!(ctx.crt.unwrap(), PathBuf::from("/abs/admin.crt"));
-        assert!(matches!(
-            cfg.context(Some("b"), &path),
-            Err(ClientConfigError::NoContext { .. })
-        ));
-        assert!(
-            ClientConfig::load(&dir.path().join("missing"), false)
-                .unwrap()
-                .contexts
-                .is_empty()
-        );
+        assert!(matches!(cfg.context(Some("b"), &path), Err(ClientConfigError::NoContext { .. })));
+        assert!(ClientConfig::load(&dir.path().join("missing"), false).unwrap().contexts.is_empty());
         assert!(ClientConfig::load(&dir.path().join("missing"), true).is_err());
     }
 }

@@ -28,10 +28,7 @@ pub enum Credentials {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Pem { path: PathBuf, reason: String },
     #[error("your client certificate {path} {reason}; issue a new one with `osctl gen cert`")]
@@ -45,10 +42,7 @@ pub enum ConnectError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ConnectError> {
-    std::fs::read(path).map_err(|source| ConnectError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| ConnectError::Read { path: path.to_path_buf(), source })
 }
 
 /// Splits `host[:port]` (IPv6 in brackets) and adds the default port.
@@ -81,8 +75,7 @@ pub enum LocalChecks {
 
 fn tls_config(creds: &Credentials, checks: LocalChecks) -> Result<ClientConfig, ConnectError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let mut config = match creds {
         Credentials::Insecure => builder
             .dangerous()
@@ -91,14 +84,8 @@ fn tls_config(creds: &Credentials, checks: LocalChecks) -> Result<ClientConfig, 
         Credentials::Mutual { ca, crt, key } => {
             let mut roots = rustls::RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(&read(ca)?) {
-                let c = c.map_err(|e| ConnectError::Pem {
-                    path: ca.clone(),
-                    reason: e.to_string(),
-                })?;
-                roots.add(c).map_err(|e| ConnectError::Pem {
-                    path: ca.clone(),
-                    reason: e.to_string(),
-                })?;
+                let c = c.map_err(|e| ConnectError::Pem { path: ca.clone(), reason: e.to_string() })?;
+                roots.add(c).map_err(|e| ConnectError::Pem { path: ca.clone(), reason: e.to_string() })?;
             }
             let crt_pem = read(crt)?;
             if checks == LocalChecks::On {
@@ -106,18 +93,10 @@ fn tls_config(creds: &Credentials, checks: LocalChecks) -> Result<ClientConfig, 
             }
             let chain = CertificateDer::pem_slice_iter(&crt_pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ConnectError::Pem {
-                    path: crt.clone(),
-                    reason: e.to_string(),
-                })?;
-            let key_der =
-                PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| ConnectError::Pem {
-                    path: key.clone(),
-                    reason: e.to_string(),
-                })?;
-            builder
-                .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key_der)?
+                .map_err(|e| ConnectError::Pem { path: crt.clone(), reason: e.to_string() })?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
+                .map_err(|e| ConnectError::Pem { path: key.clone(), reason: e.to_string() })?;
+            builder.with_root_certificates(roots).with_client_auth_cert(chain, key_der)?
         }
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -127,30 +106,20 @@ fn tls_config(creds: &Credentials, checks: LocalChecks) -> Result<ClientConfig, 
 /// Catches an expired or not-yet-valid client certificate before the node
 /// has to refuse it, with a message that names the file.
 fn check_own_cert(path: &Path, pem: &[u8]) -> Result<(), ConnectError> {
-    let own = |reason: String| ConnectError::OwnCert {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let info =
-        machinery::pki::cert_info(&String::from_utf8_lossy(pem)).map_err(|e| own(e.to_string()))?;
+    let own = |reason: String| ConnectError::OwnCert { path: path.to_path_buf(), reason };
+    let info = machinery::pki::cert_info(&String::from_utf8_lossy(pem)).map_err(|e| own(e.to_string()))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let date = |t: i64| {
         time::OffsetDateTime::from_unix_timestamp(t)
             .ok()
-            .and_then(|d| {
-                d.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+            .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
             .unwrap_or_else(|| t.to_string())
     };
     if now > info.not_after {
         return Err(own(format!("expired on {}", date(info.not_after))));
     }
     if now < info.not_before {
-        return Err(own(format!(
-            "is not valid before {}",
-            date(info.not_before)
-        )));
+        return Err(own(format!("is not valid before {}", date(info.not_before))));
     }
     Ok(())
 }
@@ -173,11 +142,7 @@ pub async fn connect(
     // The connector does TLS itself, so tonic sees a plain-HTTP/2 URI.
     let channel = Endpoint::from_shared(format!(
         "http://{}",
-        if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            target.clone()
-        }
+        if host.contains(':') { format!("[{host}]:{port}") } else { target.clone() }
     ))
     .map_err(|_| ConnectError::Address(addr.to_string()))?
     .connect_timeout(std::time::Duration::from_secs(10))
@@ -187,15 +152,14 @@ pub async fn connect(
         let target = target.clone();
         async move {
             let tcp = tokio::net::TcpStream::connect(&target).await?;
+            // Small gRPC frames must not wait out Nagle + delayed ACK.
+            tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     }))
     .await
-    .map_err(|e| ConnectError::Connect {
-        addr: display,
-        reason: crate::explain_transport(&e),
-    })?;
+    .map_err(|e| ConnectError::Connect { addr: display, reason: crate::explain_transport(&e) })?;
     Ok(MachineServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
@@ -246,12 +210,7 @@ impl ServerCertVerifier for AcceptAnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -260,12 +219,7 @@ impl ServerCertVerifier for AcceptAnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

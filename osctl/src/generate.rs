@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use machinery::config::{
-    Api, Cluster, Datastore, Interface, Machine, MachineConfig, Network, Role as NodeRole, Route,
-    Services,
+    Api, Cluster, Datastore, Interface, Machine, MachineConfig, Network, Role as NodeRole, Route, Services,
 };
 use machinery::pki::{self, CertKey};
 use machinery::roles::Role;
@@ -83,9 +82,7 @@ fn parse_role(s: &str) -> Result<NodeRole, String> {
     match s {
         "controlplane" => Ok(NodeRole::Controlplane),
         "worker" => Ok(NodeRole::Worker),
-        _ => Err(format!(
-            "unknown role {s:?}: expected controlplane or worker"
-        )),
+        _ => Err(format!("unknown role {s:?}: expected controlplane or worker")),
     }
 }
 
@@ -106,65 +103,39 @@ fn write(path: &Path, content: &str, private: bool, force: bool) -> Result<(), F
         opts.create_new(true);
     }
     let mut f = opts.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => Failure::Other(format!(
-            "{} exists: pass --force to replace it",
-            path.display()
-        )),
+        std::io::ErrorKind::AlreadyExists => {
+            Failure::Other(format!("{} exists: pass --force to replace it", path.display()))
+        }
         _ => Failure::Other(format!("writing {}: {e}", path.display())),
     })?;
-    f.write_all(content.as_bytes())
-        .map_err(|e| Failure::Other(format!("writing {}: {e}", path.display())))
+    f.write_all(content.as_bytes()).map_err(|e| Failure::Other(format!("writing {}: {e}", path.display())))
 }
 
 fn read_ca(dir: &Path) -> Result<CertKey, Failure> {
     let read = |name: &str| {
         let p = dir.join(name);
-        std::fs::read_to_string(&p).map_err(|e| {
-            Failure::Other(format!(
-                "reading {}: {e} (run `osctl gen keys` first)",
-                p.display()
-            ))
-        })
+        std::fs::read_to_string(&p)
+            .map_err(|e| Failure::Other(format!("reading {}: {e} (run `osctl gen keys` first)", p.display())))
     };
-    Ok(CertKey {
-        cert_pem: read("ca.crt")?,
-        key_pem: read("ca.key")?,
-    })
+    Ok(CertKey { cert_pem: read("ca.crt")?, key_pem: read("ca.key")? })
 }
 
 pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
     match cmd {
-        GenCommand::Keys {
-            out,
-            cluster,
-            force,
-        } => {
-            std::fs::create_dir_all(&out)
-                .map_err(|e| other(format!("creating {}: {e}", out.display())))?;
+        GenCommand::Keys { out, cluster, force } => {
+            std::fs::create_dir_all(&out).map_err(|e| other(format!("creating {}: {e}", out.display())))?;
             let signing_key = signing::generate_signing_key().map_err(other)?;
             let ca = pki::generate_ca(&cluster).map_err(other)?;
-            let admin =
-                pki::issue_client(&ca, "admin", Role::Admin, pki::LEAF_LIFETIME).map_err(other)?;
+            let admin = pki::issue_client(&ca, "admin", Role::Admin, pki::LEAF_LIFETIME).map_err(other)?;
             let files: [(&str, String, bool); 6] = [
-                (
-                    "ops.key",
-                    signing::signing_key_to_pem(&signing_key).map_err(other)?,
-                    true,
-                ),
-                (
-                    "ops.pub",
-                    signing::verifying_key_to_pem(&signing_key.verifying_key()).map_err(other)?,
-                    false,
-                ),
+                ("ops.key", signing::signing_key_to_pem(&signing_key).map_err(other)?, true),
+                ("ops.pub", signing::verifying_key_to_pem(&signing_key.verifying_key()).map_err(other)?, false),
                 ("ca.crt", ca.cert_pem.clone(), false),
                 ("ca.key", ca.key_pem.clone(), true),
                 ("admin.crt", admin.cert_pem, false),
                 ("admin.key", admin.key_pem, true),
             ];
-            let mut cfg = ClientConfig {
-                context: cluster.clone(),
-                ..Default::default()
-            };
+            let mut cfg = ClientConfig { context: cluster.clone(), ..Default::default() };
             cfg.contexts.insert(
                 cluster.clone(),
                 Context {
@@ -181,9 +152,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
             write(&out.join("osctlconfig"), &cfg.to_toml(), false, force)?;
             let id = signing::key_id(&signing_key.verifying_key());
             match fmt {
-                Format::Json => {
-                    output::json(&serde_json::json!({"dir": out, "signing_key_id": id}))
-                }
+                Format::Json => output::json(&serde_json::json!({"dir": out, "signing_key_id": id})),
                 Format::Table => {
                     println!(
                         "wrote ops.key ops.pub ca.crt ca.key admin.crt admin.key osctlconfig to {}",
@@ -195,21 +164,12 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
             }
             Ok(())
         }
-        GenCommand::Cert {
-            name,
-            role,
-            ca_dir,
-            out,
-            valid_for,
-        } => {
+        GenCommand::Cert { name, role, ca_dir, out, valid_for } => {
             let ca = read_ca(&ca_dir)?;
             let c = pki::issue_client(&ca, &name, role, *valid_for).map_err(other)?;
             write(&out.join(format!("{name}.crt")), &c.cert_pem, false, false)?;
             write(&out.join(format!("{name}.key")), &c.key_pem, true, false)?;
-            println!(
-                "wrote {name}.crt and {name}.key (role {role}) to {}",
-                out.display()
-            );
+            println!("wrote {name}.crt and {name}.key (role {role}) to {}", out.display());
             Ok(())
         }
         GenCommand::Config {
@@ -248,11 +208,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
             let config = MachineConfig {
                 version: config_version,
                 kind: machinery::config::KIND.into(),
-                machine: Machine {
-                    hostname,
-                    ntp: vec![],
-                    network,
-                },
+                machine: Machine { hostname, ntp: vec![], network },
                 cluster: Cluster {
                     name: cluster,
                     role,
@@ -274,8 +230,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
             };
             let text = config.to_toml();
             // What we write must be what a node accepts.
-            MachineConfig::parse("generated config", &text)
-                .map_err(|d| Failure::Invalid(d.to_string()))?;
+            MachineConfig::parse("generated config", &text).map_err(|d| Failure::Invalid(d.to_string()))?;
             match out {
                 Some(path) => {
                     write(&path, &text, true, true)?;

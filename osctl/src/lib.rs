@@ -24,12 +24,7 @@ use crate::connect::{Credentials, LocalChecks};
 use crate::output::Format;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "osctl",
-    version,
-    about = "Operate Plinth nodes",
-    propagate_version = true
-)]
+#[command(name = "osctl", version, about = "Operate Plinth nodes", propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -219,19 +214,13 @@ pub fn explain_transport(e: &(dyn std::error::Error + 'static)) -> String {
     let raw = chain(e);
     let lower = raw.to_lowercase();
     let known = [
-        (
-            "unknownca",
-            "the node does not trust your client certificate: it was issued by another CA than the node's",
-        ),
+        ("unknownca", "the node does not trust your client certificate: it was issued by another CA than the node's"),
         // The node found a CA of the same name whose signature does not match.
         (
             "decrypterror",
             "the node does not trust your client certificate: it was issued by another CA than the node's (one with the same name)",
         ),
-        (
-            "certificateexpired",
-            "the node refused your client certificate: it has expired",
-        ),
+        ("certificateexpired", "the node refused your client certificate: it has expired"),
         (
             "certificaterequired",
             "the node requires a client certificate (it has a config): set crt and key in your osctlconfig context",
@@ -241,14 +230,8 @@ pub fn explain_transport(e: &(dyn std::error::Error + 'static)) -> String {
             "unknownissuer",
             "the node's certificate is not signed by your context's CA (a node in maintenance mode needs --insecure)",
         ),
-        (
-            "notvalidforname",
-            "the node's certificate is not valid for the address you used",
-        ),
-        (
-            "connection refused",
-            "connection refused: is the node up, and is the port right?",
-        ),
+        ("notvalidforname", "the node's certificate is not valid for the address you used"),
+        ("connection refused", "connection refused: is the node up, and is the port right?"),
     ];
     match known.iter().find(|(k, _)| lower.contains(k)) {
         Some((_, friendly)) => format!("{friendly} ({raw})"),
@@ -259,17 +242,11 @@ pub fn explain_transport(e: &(dyn std::error::Error + 'static)) -> String {
 /// A gRPC error from a node, classified.
 fn from_status(node: &str, s: tonic::Status) -> Failure {
     use tonic::Code;
-    let msg = if s.message().is_empty() {
-        s.code().description().to_string()
-    } else {
-        s.message().to_string()
-    };
+    let msg = if s.message().is_empty() { s.code().description().to_string() } else { s.message().to_string() };
     let transport = std::error::Error::source(&s).map(explain_transport);
     let text = format!("{node}: {}", transport.clone().unwrap_or(msg));
     match s.code() {
-        Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition => {
-            Failure::Refused(text)
-        }
+        Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition => Failure::Refused(text),
         Code::InvalidArgument => Failure::Invalid(text),
         _ if transport.is_some() => Failure::Unreachable(text),
         _ => Failure::Other(text),
@@ -289,32 +266,25 @@ impl Session {
             None => (clientconfig::default_path().unwrap_or_default(), false),
         };
         let cfg = ClientConfig::load(&path, explicit).map_err(|e| Failure::Other(e.to_string()))?;
-        let context = cfg
-            .context(global.context.as_deref(), &path)
-            .map_err(|e| Failure::Other(e.to_string()))?;
+        let context = cfg.context(global.context.as_deref(), &path).map_err(|e| Failure::Other(e.to_string()))?;
         Ok(Session { global, context })
     }
 
     /// (node name, address to connect to) pairs.
     fn targets(&self) -> Result<Vec<(String, String)>, Failure> {
-        let nodes = if self.global.nodes.is_empty() {
-            &self.context.nodes
-        } else {
-            &self.global.nodes
-        };
-        let endpoints = if self.global.endpoints.is_empty() {
-            &self.context.endpoints
-        } else {
-            &self.global.endpoints
-        };
+        let nodes = if self.global.nodes.is_empty() { &self.context.nodes } else { &self.global.nodes };
+        let endpoints = if self.global.endpoints.is_empty() { &self.context.endpoints } else { &self.global.endpoints };
         match (nodes.as_slice(), endpoints.as_slice()) {
-            ([], []) => Err(Failure::Other("no node given: use -n NODE, or set nodes in your osctlconfig context".into())),
+            ([], []) => {
+                Err(Failure::Other("no node given: use -n NODE, or set nodes in your osctlconfig context".into()))
+            }
             ([], eps) => Ok(eps.iter().map(|e| (e.clone(), e.clone())).collect()),
             (ns, []) => Ok(ns.iter().map(|n| (n.clone(), n.clone())).collect()),
             ([n], [e]) => Ok(vec![(n.clone(), e.clone())]),
             (ns, [e]) if ns.iter().all(|n| n == e) => Ok(vec![(e.clone(), e.clone())]),
             _ => Err(Failure::Other(
-                "reaching several nodes through an endpoint is not supported yet: give each node with -n and no -e".into(),
+                "reaching several nodes through an endpoint is not supported yet: give each node with -n and no -e"
+                    .into(),
             )),
         }
     }
@@ -352,10 +322,9 @@ impl Session {
         let path = flag.or(self.context.signing_key.as_ref()).ok_or_else(|| {
             Failure::Other("no signing key: pass --key ops.key, or set signing_key in your osctlconfig context".into())
         })?;
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| Failure::Other(format!("reading {}: {e}", path.display())))?;
-        signing::signing_key_from_pem(&pem)
-            .map_err(|e| Failure::Other(format!("{}: {e}", path.display())))
+        let pem =
+            std::fs::read_to_string(path).map_err(|e| Failure::Other(format!("reading {}: {e}", path.display())))?;
+        signing::signing_key_from_pem(&pem).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))
     }
 
     /// Runs `f` against every target; reports each failure and returns the
@@ -400,22 +369,16 @@ fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
 /// Validates a config file locally; the diagnostics are the error.
 fn validate_file(path: &Path, bytes: &[u8]) -> Result<MachineConfig, Failure> {
     let name = path.display().to_string();
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| Failure::Invalid(format!("{name}: not UTF-8 text: {e}")))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| Failure::Invalid(format!("{name}: not UTF-8 text: {e}")))?;
     MachineConfig::parse(&name, text).map_err(|d| Failure::Invalid(d.to_string()))
 }
 
 /// The config bytes and signature to send: an envelope as it is, a TOML
 /// file validated and signed here.
-fn config_and_signature(
-    session: &Session,
-    file: &Path,
-    key: Option<&PathBuf>,
-) -> Result<(Vec<u8>, Vec<u8>), Failure> {
+fn config_and_signature(session: &Session, file: &Path, key: Option<&PathBuf>) -> Result<(Vec<u8>, Vec<u8>), Failure> {
     let bytes = read_file(file)?;
     if bytes.starts_with(b"plinth-signed v1\n") {
-        return signing::envelope_decode(&bytes)
-            .map_err(|e| Failure::Invalid(format!("{}: {e}", file.display())));
+        return signing::envelope_decode(&bytes).map_err(|e| Failure::Invalid(format!("{}: {e}", file.display())));
     }
     validate_file(file, &bytes)?;
     let key = session.signing_key(key)?;
@@ -431,9 +394,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let bytes = read_file(&file)?;
             let c = validate_file(&file, &bytes)?;
             match fmt {
-                Format::Json => output::json(
-                    &serde_json::json!({"file": file, "valid": true, "version": c.version}),
-                ),
+                Format::Json => output::json(&serde_json::json!({"file": file, "valid": true, "version": c.version})),
                 Format::Table => println!("{}: valid (version {})", file.display(), c.version),
             }
             Ok(())
@@ -455,13 +416,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::ApplyConfig {
-            file,
-            mode,
-            timeout,
-            dry_run,
-            key,
-        } => {
+        Command::ApplyConfig { file, mode, timeout, dry_run, key } => {
             let session = Session::open(cli.global)?;
             let (config, signature) = config_and_signature(&session, &file, key.as_ref())?;
             let req = api::ApplyConfigRequest {
@@ -496,18 +451,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::GetConfig => {
             let session = Session::open(cli.global)?;
             let results = session
-                .each(|_, mut c| async move {
-                    c.get_config(api::GetConfigRequest {})
-                        .await
-                        .map(|r| r.into_inner())
-                })
+                .each(|_, mut c| async move { c.get_config(api::GetConfigRequest {}).await.map(|r| r.into_inner()) })
                 .await?;
             for (node, r) in results {
                 let text = String::from_utf8_lossy(&r.config);
                 match fmt {
-                    Format::Json => output::json(
-                        &serde_json::json!({"node": node, "version": r.version, "config": text}),
-                    ),
+                    Format::Json => {
+                        output::json(&serde_json::json!({"node": node, "version": r.version, "config": text}))
+                    }
                     Format::Table => print!("{text}"),
                 }
             }
@@ -516,11 +467,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Version => {
             let session = Session::open(cli.global)?;
             let results = session
-                .each(|_, mut c| async move {
-                    c.version(api::VersionRequest {})
-                        .await
-                        .map(|r| r.into_inner())
-                })
+                .each(|_, mut c| async move { c.version(api::VersionRequest {}).await.map(|r| r.into_inner()) })
                 .await?;
             output::version(fmt, &results);
             Ok(())
@@ -529,9 +476,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let session = Session::open(cli.global)?;
             let results = session
                 .each(|_, mut c| async move {
-                    c.service_list(api::ServiceListRequest {})
-                        .await
-                        .map(|r| r.into_inner().services)
+                    c.service_list(api::ServiceListRequest {}).await.map(|r| r.into_inner().services)
                 })
                 .await?;
             output::services(fmt, &results);
@@ -542,11 +487,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let results = session
                 .each(|_, mut c| {
                     let name = name.clone();
-                    async move {
-                        c.service_restart(api::ServiceRestartRequest { name })
-                            .await
-                            .map(|_| ())
-                    }
+                    async move { c.service_restart(api::ServiceRestartRequest { name }).await.map(|_| ()) }
                 })
                 .await?;
             for (node, ()) in results {
@@ -554,21 +495,13 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Logs {
-            service,
-            follow,
-            tail,
-        } => {
+        Command::Logs { service, follow, tail } => {
             let session = Session::open(cli.global)?;
             let targets = session.targets()?;
             let prefix = targets.len() > 1;
             for (node, addr) in targets {
                 let mut c = session.client(&addr).await?;
-                let req = api::LogsRequest {
-                    service: service.clone(),
-                    follow,
-                    tail_lines: tail,
-                };
+                let req = api::LogsRequest { service: service.clone(), follow, tail_lines: tail };
                 let mut stream = match c.logs(req).await {
                     Ok(r) => r.into_inner(),
                     Err(s) => return Err(session.failure(&node, &addr, s).await),
@@ -598,13 +531,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let session = Session::open(cli.global)?;
             for (node, addr) in session.targets()? {
                 let mut c = session.client(&addr).await?;
-                let mut stream = match c
-                    .events(api::EventsRequest {
-                        tail_events: tail,
-                        follow,
-                    })
-                    .await
-                {
+                let mut stream = match c.events(api::EventsRequest { tail_events: tail, follow }).await {
                     Ok(r) => r.into_inner(),
                     Err(s) => return Err(session.failure(&node, &addr, s).await),
                 };
@@ -631,10 +558,7 @@ async fn power(global: Global, reboot: bool) -> Result<(), Failure> {
         })
         .await?;
     for (node, ()) in results {
-        println!(
-            "{node}: {}",
-            if reboot { "rebooting" } else { "shutting down" }
-        );
+        println!("{node}: {}", if reboot { "rebooting" } else { "shutting down" });
     }
     Ok(())
 }

@@ -80,15 +80,9 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                 .collect(),
         )),
         Format::Table => {
-            let mut t = Table::new(&[
-                "NODE", "PLINTH", "ARCH", "MODE", "CONFIG", "HOSTNAME", "UPTIME",
-            ]);
+            let mut t = Table::new(&["NODE", "PLINTH", "ARCH", "MODE", "CONFIG", "HOSTNAME", "UPTIME"]);
             for (node, v) in results {
-                let mut config = if v.config_version == 0 {
-                    "-".to_string()
-                } else {
-                    v.config_version.to_string()
-                };
+                let mut config = if v.config_version == 0 { "-".to_string() } else { v.config_version.to_string() };
                 if v.staged_config_version > 0 {
                     config.push_str(&format!(" (staged {})", v.staged_config_version));
                 }
@@ -101,11 +95,7 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                     v.arch.clone(),
                     mode_name(v.mode).into(),
                     config,
-                    if v.hostname.is_empty() {
-                        "-".into()
-                    } else {
-                        v.hostname.clone()
-                    },
+                    if v.hostname.is_empty() { "-".into() } else { v.hostname.clone() },
                     duration(v.uptime_seconds),
                 ]);
             }
@@ -152,10 +142,7 @@ pub fn services(fmt: Format, results: &[(String, Vec<api::ServiceInfo>)]) {
 fn timestamp(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -178,12 +165,9 @@ pub fn dmesg(fmt: Format, r: &api::DmesgRecord) {
             "{}",
             serde_json::json!({"priority": r.priority, "sequence": r.sequence, "timestamp_us": r.timestamp_us, "message": r.message})
         ),
-        Format::Table => println!(
-            "[{:>5}.{:06}] {}",
-            r.timestamp_us / 1_000_000,
-            r.timestamp_us % 1_000_000,
-            r.message
-        ),
+        Format::Table => {
+            println!("[{:>5}.{:06}] {}", r.timestamp_us / 1_000_000, r.timestamp_us % 1_000_000, r.message)
+        }
     }
 }
 
@@ -193,12 +177,7 @@ pub fn event(fmt: Format, node: &str, e: &api::Event) {
             "{}",
             serde_json::json!({"node": node, "time": timestamp(e.timestamp_ms), "kind": e.kind, "message": e.message})
         ),
-        Format::Table => println!(
-            "{}  {node}  {:<8} {}",
-            timestamp(e.timestamp_ms),
-            e.kind,
-            e.message
-        ),
+        Format::Table => println!("{}  {node}  {:<8} {}", timestamp(e.timestamp_ms), e.kind, e.message),
     }
 }
 

@@ -6,15 +6,13 @@ use std::time::{Duration, Instant};
 use machinery::api;
 use machinery::signing::{self, Purpose};
 use osctl::connect::{self, Credentials, LocalChecks};
-use plinth_tests::{HostNode, Operator, osctl, wait_for};
+use plinth_tests::{Operator, osctl};
 
 fn rss_kib(pid: u64) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -25,32 +23,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let op = Operator::new()?;
-    let node = HostNode::start(&op.path("ops.pub"))?;
+    let (node, cfg) = plinth_tests::configured_node(&op)?;
     let addr = node.addr();
-    let cfg = op.gen_config("node.toml", 1)?;
-    osctl(
-        &op.osctlconfig(),
-        &[
-            "-n",
-            &addr,
-            "--insecure",
-            "apply-config",
-            "-f",
-            cfg.to_str().unwrap(),
-        ],
-    )
-    .ok()?;
-    wait_for("configured", Duration::from_secs(20), || {
-        osctl(&op.osctlconfig(), &["-n", &addr, "version"])
-            .ok()
-            .ok()
-    })?;
 
     // Idle: let the node settle, then read RSS.
     std::thread::sleep(Duration::from_secs(2));
-    let services = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "services"])
-        .ok()?
-        .json()?;
+    let services = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "services"]).ok()?.json()?;
     let apid = services[0]["pid"].as_u64().unwrap_or(0);
     let init = u64::from(node.init_pid().unwrap_or(0));
     let (init_rss, apid_rss) = (rss_kib(init), rss_kib(apid));
@@ -64,11 +42,7 @@ fn main() -> anyhow::Result<()> {
     // ApplyConfig round trips: sign, send over mTLS, verify, validate, fsync, answer.
     let text = std::fs::read_to_string(&cfg)?;
     let key = signing::signing_key_from_pem(&std::fs::read_to_string(op.path("ops.key"))?)?;
-    let creds = Credentials::Mutual {
-        ca: op.path("ca.crt"),
-        crt: op.path("admin.crt"),
-        key: op.path("admin.key"),
-    };
+    let creds = Credentials::Mutual { ca: op.path("ca.crt"), crt: op.path("admin.crt"), key: op.path("admin.key") };
     let rt = tokio::runtime::Runtime::new()?;
     let samples = rt.block_on(async {
         let mut c = connect::connect(&addr, &creds, LocalChecks::On).await?;

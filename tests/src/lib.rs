@@ -14,11 +14,7 @@ use anyhow::{Context as _, bail};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test binary>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
     for b in ["osctl", "plinth-init", "apid"] {
         assert!(
             dir.join(b).exists(),
@@ -35,18 +31,11 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -78,19 +67,13 @@ impl Run {
 
     pub fn ok(self) -> anyhow::Result<Run> {
         if self.code != 0 {
-            bail!(
-                "osctl failed with {}: {}{}",
-                self.code,
-                self.stdout,
-                self.stderr
-            );
+            bail!("osctl failed with {}: {}{}", self.code, self.stdout, self.stderr);
         }
         Ok(self)
     }
 
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
-        serde_json::from_str(&self.stdout)
-            .with_context(|| format!("osctl output is not JSON: {}", self.stdout))
+        serde_json::from_str(&self.stdout).with_context(|| format!("osctl output is not JSON: {}", self.stdout))
     }
 }
 
@@ -114,11 +97,7 @@ impl Operator {
     pub fn new() -> anyhow::Result<Operator> {
         let dir = tempfile::tempdir()?;
         let out = dir.path().to_str().context("utf-8 temp dir")?;
-        osctl(
-            Path::new("/nonexistent"),
-            &["gen", "keys", "--out", out, "--cluster", "demo"],
-        )
-        .ok()?;
+        osctl(Path::new("/nonexistent"), &["gen", "keys", "--out", out, "--cluster", "demo"]).ok()?;
         Ok(Operator { dir })
     }
 
@@ -164,6 +143,29 @@ impl Operator {
     }
 }
 
+/// Applies a config with `osctl apply-config -f FILE EXTRA…` as the operator.
+pub fn apply(op: &Operator, node: &HostNode, file: &Path, extra: &[&str]) -> Run {
+    let addr = node.addr();
+    let mut args = vec!["-n", addr.as_str(), "apply-config", "-f", file.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    osctl(&op.osctlconfig(), &args)
+}
+
+/// A host-mode node with config `node.toml` (version 1) applied through
+/// maintenance mode, answering over mutual TLS.
+pub fn configured_node(op: &Operator) -> anyhow::Result<(HostNode, PathBuf)> {
+    let node = HostNode::start(&op.path("ops.pub"))?;
+    let cfg = op.gen_config("node.toml", 1)?;
+    apply(op, &node, &cfg, &["--insecure"]).ok()?;
+    let addr = node.addr();
+    wait_for("the node to serve mutual TLS with its config", Duration::from_secs(20), || {
+        let r = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "version"]);
+        (r.code == 0 && r.json().ok()?[0]["mode"] == "configured").then_some(())
+    })
+    .with_context(|| node.log())?;
+    Ok((node, cfg))
+}
+
 /// A node in host mode: plinth-init (which starts apid) over a state
 /// directory, with apid on a free loopback port.
 pub struct HostNode {
@@ -195,10 +197,7 @@ impl HostNode {
 
     /// Starts init and waits until apid answers `version` (in either mode).
     pub fn boot(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.state.path().join("init.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state.path().join("init.log"))?;
         let child = Command::new(bin("plinth-init"))
             .arg("--state-dir")
             .arg(self.state.path())
@@ -220,14 +219,8 @@ impl HostNode {
     pub fn wait_answering(&self) -> anyhow::Result<()> {
         let addr = self.addr();
         wait_for("apid to answer", Duration::from_secs(20), || {
-            let r = osctl(
-                Path::new("/nonexistent"),
-                &["-n", &addr, "--insecure", "version"],
-            );
-            (r.code == 0
-                || r.stderr.contains("client certificate")
-                || r.stderr.contains("maintenance"))
-            .then_some(())
+            let r = osctl(Path::new("/nonexistent"), &["-n", &addr, "--insecure", "version"]);
+            (r.code == 0 || r.stderr.contains("client certificate") || r.stderr.contains("maintenance")).then_some(())
         })
         .with_context(|| self.log())
     }
@@ -240,15 +233,10 @@ impl HostNode {
     /// Sends SIGTERM and waits for init to stop its services and exit.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.init.take().context("node is not running")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
         let pid = child.id();
-        wait_for("init to exit", Duration::from_secs(30), || {
-            child.try_wait().ok().flatten()
-        })
-        .with_context(|| format!("init {pid} did not exit"))
+        wait_for("init to exit", Duration::from_secs(30), || child.try_wait().ok().flatten())
+            .with_context(|| format!("init {pid} did not exit"))
     }
 
     /// Waits for init to exit on its own (after a shutdown request).

@@ -7,70 +7,35 @@ use std::time::Duration;
 use machinery::api::{self, ApplyMode};
 use machinery::signing::{self, Purpose};
 use osctl::connect::{self, Credentials, LocalChecks};
-use plinth_tests::{HostNode, Operator, osctl, wait_for};
+use plinth_tests::{HostNode, Operator, apply, osctl, wait_for};
 
 /// A node with config version 1 applied, and the operator who applied it.
 fn configured_node() -> anyhow::Result<(Operator, HostNode, std::path::PathBuf)> {
     let op = Operator::new()?;
-    let node = HostNode::start(&op.path("ops.pub"))?;
-    let cfg = op.gen_config("node.toml", 1)?;
-    let addr = node.addr();
-    osctl(
-        &op.osctlconfig(),
-        &[
-            "-n",
-            &addr,
-            "--insecure",
-            "apply-config",
-            "-f",
-            cfg.to_str().unwrap(),
-        ],
-    )
-    .ok()?;
-    wait_configured(&op, &node)?;
+    let (node, cfg) = plinth_tests::configured_node(&op)?;
     Ok((op, node, cfg))
 }
 
 fn wait_configured(op: &Operator, node: &HostNode) -> anyhow::Result<()> {
     let addr = node.addr();
-    wait_for(
-        "the node to serve mutual TLS with its config",
-        Duration::from_secs(20),
-        || {
-            let r = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "version"]);
-            (r.code == 0 && r.json().ok()?[0]["mode"] == "configured").then_some(())
-        },
-    )
+    wait_for("the node to serve mutual TLS with its config", Duration::from_secs(20), || {
+        let r = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "version"]);
+        (r.code == 0 && r.json().ok()?[0]["mode"] == "configured").then_some(())
+    })
 }
 
 fn apid_pid(op: &Operator, node: &HostNode) -> u64 {
-    let r = osctl(
-        &op.osctlconfig(),
-        &["-n", &node.addr(), "-o", "json", "services"],
-    );
+    let r = osctl(&op.osctlconfig(), &["-n", &node.addr(), "-o", "json", "services"]);
     let v = r.json().unwrap_or_else(|e| panic!("{e}: {r:?}"));
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "apid")
-        .unwrap()["pid"]
-        .as_u64()
-        .unwrap()
+    v.as_array().unwrap().iter().find(|s| s["name"] == "apid").unwrap()["pid"].as_u64().unwrap()
 }
 
 fn stored_config(op: &Operator, node: &HostNode) -> String {
-    osctl(&op.osctlconfig(), &["-n", &node.addr(), "get-config"])
-        .ok()
-        .unwrap()
-        .stdout
+    osctl(&op.osctlconfig(), &["-n", &node.addr(), "get-config"]).ok().unwrap().stdout
 }
 
 fn mutual(op: &Operator, crt: &str, key: &str) -> Credentials {
-    Credentials::Mutual {
-        ca: op.path("ca.crt"),
-        crt: op.path(crt),
-        key: op.path(key),
-    }
+    Credentials::Mutual { ca: op.path("ca.crt"), crt: op.path(crt), key: op.path(key) }
 }
 
 #[test]
@@ -81,12 +46,7 @@ fn gen_keys_config_apply_get_round_trip() -> anyhow::Result<()> {
     let cfgpath = op.osctlconfig();
 
     // Maintenance mode: version answers insecurely, nothing else does.
-    let v = osctl(
-        &cfgpath,
-        &["-n", &addr, "--insecure", "-o", "json", "version"],
-    )
-    .ok()?
-    .json()?;
+    let v = osctl(&cfgpath, &["-n", &addr, "--insecure", "-o", "json", "version"]).ok()?.json()?;
     assert_eq!(v[0]["mode"], "maintenance");
     assert_eq!(v[0]["config_version"], 0);
     let r = osctl(&cfgpath, &["-n", &addr, "--insecure", "services"]);
@@ -95,55 +55,23 @@ fn gen_keys_config_apply_get_round_trip() -> anyhow::Result<()> {
 
     let cfg = op.gen_config("node.toml", 1)?;
     osctl(&cfgpath, &["validate", "-f", cfg.to_str().unwrap()]).ok()?;
-    let dry = osctl(
-        &cfgpath,
-        &[
-            "-n",
-            &addr,
-            "--insecure",
-            "apply-config",
-            "--dry-run",
-            "-f",
-            cfg.to_str().unwrap(),
-        ],
-    )
-    .ok()?;
+    let dry =
+        osctl(&cfgpath, &["-n", &addr, "--insecure", "apply-config", "--dry-run", "-f", cfg.to_str().unwrap()]).ok()?;
     assert!(dry.stdout.contains("+hostname = \"n1\""), "{dry:?}");
     assert!(dry.stdout.contains("dry run, nothing changed"), "{dry:?}");
-    let applied = osctl(
-        &cfgpath,
-        &[
-            "-n",
-            &addr,
-            "--insecure",
-            "apply-config",
-            "-f",
-            cfg.to_str().unwrap(),
-        ],
-    )
-    .ok()?;
-    assert!(
-        applied.stdout.contains("config version 1 applied"),
-        "{applied:?}"
-    );
+    let applied = osctl(&cfgpath, &["-n", &addr, "--insecure", "apply-config", "-f", cfg.to_str().unwrap()]).ok()?;
+    assert!(applied.stdout.contains("config version 1 applied"), "{applied:?}");
     wait_configured(&op, &node)?;
 
     // The node hands back the exact bytes that were signed.
     assert_eq!(stored_config(&op, &node), std::fs::read_to_string(&cfg)?);
-    let v = osctl(&cfgpath, &["-n", &addr, "-o", "json", "version"])
-        .ok()?
-        .json()?;
-    assert_eq!(
-        (v[0]["config_version"].as_u64(), v[0]["hostname"].as_str()),
-        (Some(1), Some("n1"))
-    );
+    let v = osctl(&cfgpath, &["-n", &addr, "-o", "json", "version"]).ok()?.json()?;
+    assert_eq!((v[0]["config_version"].as_u64(), v[0]["hostname"].as_str()), (Some(1), Some("n1")));
 
     // Human table and JSON for services; apid runs.
     let table = osctl(&cfgpath, &["-n", &addr, "services"]).ok()?.stdout;
     assert!(
-        table.lines().next().unwrap().contains("SERVICE")
-            && table.contains("apid")
-            && table.contains("running"),
+        table.lines().next().unwrap().contains("SERVICE") && table.contains("apid") && table.contains("running"),
         "{table}"
     );
     assert!(apid_pid(&op, &node) > 0);
@@ -151,20 +79,14 @@ fn gen_keys_config_apply_get_round_trip() -> anyhow::Result<()> {
     // apid's log records the calls it forwarded.
     let logs = osctl(&cfgpath, &["-n", &addr, "logs", "apid"]).ok()?.stdout;
     assert!(logs.contains("rpc=\"ServiceList\""), "{logs}");
-    let tail = osctl(&cfgpath, &["-n", &addr, "logs", "apid", "--tail", "1"])
-        .ok()?
-        .stdout;
+    let tail = osctl(&cfgpath, &["-n", &addr, "logs", "apid", "--tail", "1"]).ok()?.stdout;
     assert_eq!(tail.lines().count(), 1, "{tail}");
 
     // dmesg reads the kernel log: a line we write there comes back.
     let marker = format!("plinth-test-marker-{}", node.port);
     std::fs::write("/dev/kmsg", format!("{marker}\n"))?;
     let dmesg = osctl(&cfgpath, &["-n", &addr, "dmesg"]).ok()?.stdout;
-    assert!(
-        dmesg.contains(&marker),
-        "marker missing from dmesg ({} lines)",
-        dmesg.lines().count()
-    );
+    assert!(dmesg.contains(&marker), "marker missing from dmesg ({} lines)", dmesg.lines().count());
 
     let events = osctl(&cfgpath, &["-n", &addr, "events"]).ok()?.stdout;
     assert!(events.contains("config version 1 applied"), "{events}");
@@ -202,57 +124,29 @@ fn bad_inputs_are_refused_and_change_nothing() -> anyhow::Result<()> {
 
     // Signed by another key.
     let other = Operator::new()?;
-    let r = osctl(
-        &cfgpath,
-        &[
-            "-n",
-            &addr,
-            "apply-config",
-            "-f",
-            v2s,
-            "--key",
-            other.path("ops.key").to_str().unwrap(),
-        ],
-    );
+    let r =
+        osctl(&cfgpath, &["-n", &addr, "apply-config", "-f", v2s, "--key", other.path("ops.key").to_str().unwrap()]);
     assert_eq!(r.code, 4, "{r:?}");
-    assert!(
-        r.stderr.contains("signed by key") && r.stderr.contains("only trusts key"),
-        "{r:?}"
-    );
+    assert!(r.stderr.contains("signed by key") && r.stderr.contains("only trusts key"), "{r:?}");
 
     // A byte changed after signing.
     let signed = op.path("node2.toml.signed");
-    osctl(
-        &cfgpath,
-        &["sign", "-f", v2s, "--out", signed.to_str().unwrap()],
-    )
-    .ok()?;
-    let tampered = String::from_utf8(std::fs::read(&signed)?)?
-        .replace("hostname = \"n1\"", "hostname = \"n9\"");
+    osctl(&cfgpath, &["sign", "-f", v2s, "--out", signed.to_str().unwrap()]).ok()?;
+    let tampered = String::from_utf8(std::fs::read(&signed)?)?.replace("hostname = \"n1\"", "hostname = \"n9\"");
     std::fs::write(&signed, tampered)?;
-    let r = osctl(
-        &cfgpath,
-        &["-n", &addr, "apply-config", "-f", signed.to_str().unwrap()],
-    );
+    let r = apply(&op, &node, &signed, &[]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("changed after signing"), "{r:?}");
 
     // Replay of the applied config.
-    let r = osctl(
-        &cfgpath,
-        &["-n", &addr, "apply-config", "-f", cfg.to_str().unwrap()],
-    );
+    let r = apply(&op, &node, &cfg, &[]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("is not newer than version 1"), "{r:?}");
 
     // Invalid TOML, unknown keys, semantic errors: osctl refuses before sending…
     let text = std::fs::read_to_string(&v2)?;
     for (name, bad, expect) in [
-        (
-            "syntax.toml",
-            text.replace("[cluster]", "[cluster"),
-            "unclosed table",
-        ),
+        ("syntax.toml", text.replace("[cluster]", "[cluster"), "unclosed table"),
         (
             "unknown.toml",
             text.replace("hostname = \"n1\"", "hostname = \"n1\"\nhostnme = \"x\""),
@@ -261,24 +155,15 @@ fn bad_inputs_are_refused_and_change_nothing() -> anyhow::Result<()> {
         (
             "semantic.toml",
             text.replace("role = \"controlplane\"", "role = \"worker\"")
-                .replace(
-                    "pod_cidr = \"10.244.0.0/16\"",
-                    "pod_cidr = \"10.96.0.0/16\"",
-                ),
+                .replace("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"10.96.0.0/16\""),
             "overlaps the pod network",
         ),
     ] {
         let p = op.path(name);
         std::fs::write(&p, &bad)?;
-        let r = osctl(
-            &cfgpath,
-            &["-n", &addr, "apply-config", "-f", p.to_str().unwrap()],
-        );
+        let r = apply(&op, &node, &p, &[]);
         assert_eq!(r.code, 3, "{name}: {r:?}");
-        assert!(
-            r.stderr.contains(expect) && r.stderr.contains(name),
-            "{name}: {r:?}"
-        );
+        assert!(r.stderr.contains(expect) && r.stderr.contains(name), "{name}: {r:?}");
     }
 
     // …and the node refuses them too, and an unsigned config, when sent raw.
@@ -287,10 +172,7 @@ fn bad_inputs_are_refused_and_change_nothing() -> anyhow::Result<()> {
     let key = signing::signing_key_from_pem(&std::fs::read_to_string(op.path("ops.key"))?)?;
     rt.block_on(async {
         let mut c = connect::connect(&addr, &admin, LocalChecks::On).await?;
-        let unsigned = api::ApplyConfigRequest {
-            config: text.clone().into_bytes(),
-            ..Default::default()
-        };
+        let unsigned = api::ApplyConfigRequest { config: text.clone().into_bytes(), ..Default::default() };
         let e = c.apply_config(unsigned).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("not signed"), "{e:?}");
@@ -304,8 +186,7 @@ fn bad_inputs_are_refused_and_change_nothing() -> anyhow::Result<()> {
         let e = c.apply_config(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(
-            e.message().contains("unknown key `clustr`")
-                && e.message().contains("did you mean `cluster`?"),
+            e.message().contains("unknown key `clustr`") && e.message().contains("did you mean `cluster`?"),
             "{e:?}"
         );
         anyhow::Ok(())
@@ -336,10 +217,7 @@ fn bad_inputs_are_refused_and_change_nothing() -> anyhow::Result<()> {
     osctl(&reader_cfg, &["-n", &addr, "version"]).ok()?;
     let r = osctl(&reader_cfg, &["-n", &addr, "apply-config", "-f", v2s]);
     assert_eq!(r.code, 4, "{r:?}");
-    assert!(
-        r.stderr.contains("role reader may not call ApplyConfig"),
-        "{r:?}"
-    );
+    assert!(r.stderr.contains("role reader may not call ApplyConfig"), "{r:?}");
 
     // A certificate from another CA.
     let other_cfg = op.path("other.osctlconfig");
@@ -375,30 +253,20 @@ fn bad_inputs_are_refused_and_change_nothing() -> anyhow::Result<()> {
     .ok()?;
     std::thread::sleep(Duration::from_secs(2));
     let old_cfg = op.path("old.osctlconfig");
-    std::fs::write(
-        &old_cfg,
-        "[contexts.o]\nca = \"ca.crt\"\ncrt = \"old.crt\"\nkey = \"old.key\"\n",
-    )?;
+    std::fs::write(&old_cfg, "[contexts.o]\nca = \"ca.crt\"\ncrt = \"old.crt\"\nkey = \"old.key\"\n")?;
     let r = osctl(&old_cfg, &["-n", &addr, "version"]);
-    assert!(
-        r.code != 0 && r.stderr.contains("old.crt expired on"),
-        "{r:?}"
-    );
+    assert!(r.code != 0 && r.stderr.contains("old.crt expired on"), "{r:?}");
     let old = mutual(&op, "old.crt", "old.key");
     let no_cert = Credentials::Insecure;
     rt.block_on(async {
         let mut c = connect::connect(&addr, &old, LocalChecks::Off).await?;
         c.version(api::VersionRequest {}).await.unwrap_err();
-        let why = connect::diagnose(&addr, &old, LocalChecks::Off)
-            .await
-            .unwrap_or_default();
+        let why = connect::diagnose(&addr, &old, LocalChecks::Off).await.unwrap_or_default();
         assert!(why.contains("expired"), "{why}");
         // No client certificate at all.
         let mut c = connect::connect(&addr, &no_cert, LocalChecks::On).await?;
         c.version(api::VersionRequest {}).await.unwrap_err();
-        let why = connect::diagnose(&addr, &no_cert, LocalChecks::On)
-            .await
-            .unwrap_or_default();
+        let why = connect::diagnose(&addr, &no_cert, LocalChecks::On).await.unwrap_or_default();
         assert!(why.contains("requires a client certificate"), "{why}");
         anyhow::Ok(())
     })?;
@@ -426,22 +294,13 @@ fn config_survives_an_init_restart_and_a_reboot() -> anyhow::Result<()> {
     let pid = node.init_pid();
     osctl(&op.osctlconfig(), &["-n", &node.addr(), "reboot"]).ok()?;
     wait_for("the node to come back", Duration::from_secs(20), || {
-        let r = osctl(
-            &op.osctlconfig(),
-            &["-n", &node.addr(), "-o", "json", "version"],
-        );
+        let r = osctl(&op.osctlconfig(), &["-n", &node.addr(), "-o", "json", "version"]);
         let v = r.json().ok()?;
         (v[0]["uptime_seconds"].as_u64()? < 5 && v[0]["mode"] == "configured").then_some(())
     })?;
-    assert_eq!(
-        node.init_pid(),
-        pid,
-        "a host-mode reboot re-executes init in place"
-    );
+    assert_eq!(node.init_pid(), pid, "a host-mode reboot re-executes init in place");
     assert_eq!(stored_config(&op, &node), expected);
-    let events = osctl(&op.osctlconfig(), &["-n", &node.addr(), "events"])
-        .ok()?
-        .stdout;
+    let events = osctl(&op.osctlconfig(), &["-n", &node.addr(), "events"]).ok()?.stdout;
     assert!(events.contains("config version 1 loaded"), "{events}");
     Ok(())
 }
@@ -450,21 +309,11 @@ fn config_survives_an_init_restart_and_a_reboot() -> anyhow::Result<()> {
 fn apid_killed_is_restarted() -> anyhow::Result<()> {
     let (op, node, _) = configured_node()?;
     let pid = apid_pid(&op, &node);
-    let services = osctl(
-        &op.osctlconfig(),
-        &["-n", &node.addr(), "-o", "json", "services"],
-    )
-    .json()?;
+    let services = osctl(&op.osctlconfig(), &["-n", &node.addr(), "-o", "json", "services"]).json()?;
     let restarts = services[0]["restarts"].as_u64().unwrap_or(0);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
     let v = wait_for("apid to come back", Duration::from_secs(20), || {
-        let r = osctl(
-            &op.osctlconfig(),
-            &["-n", &node.addr(), "-o", "json", "services"],
-        );
+        let r = osctl(&op.osctlconfig(), &["-n", &node.addr(), "-o", "json", "services"]);
         let v = r.json().ok()?;
         let apid = v.as_array()?.iter().find(|s| s["name"] == "apid")?.clone();
         (apid["state"] == "running" && apid["pid"].as_u64()? != pid).then_some(apid)
@@ -485,110 +334,30 @@ fn apply_modes_staged_try_and_no_reboot() -> anyhow::Result<()> {
     // no-reboot refuses a change that needs a reboot; auto would reboot.
     let p = op.path("cidr.toml");
     std::fs::write(&p, text(2).replace("10.244.0.0/16", "10.200.0.0/16"))?;
-    let r = osctl(
-        &c,
-        &[
-            "-n",
-            &addr,
-            "apply-config",
-            "-f",
-            p.to_str().unwrap(),
-            "--mode",
-            "no-reboot",
-        ],
-    );
+    let r = apply(&op, &node, &p, &["--mode", "no-reboot"]);
     assert_eq!(r.code, 4, "{r:?}");
-    assert!(
-        r.stderr.contains("need a reboot: cluster.pod_cidr"),
-        "{r:?}"
-    );
+    assert!(r.stderr.contains("need a reboot: cluster.pod_cidr"), "{r:?}");
 
     // try: applied, then reverted when not confirmed in time.
     let p = op.path("try.toml");
-    std::fs::write(
-        &p,
-        text(2).replace(
-            "hostname = \"n1\"",
-            "hostname = \"n1\"\nntp = [\"time.example\"]",
-        ),
-    )?;
-    osctl(
-        &c,
-        &[
-            "-n",
-            &addr,
-            "apply-config",
-            "-f",
-            p.to_str().unwrap(),
-            "--mode",
-            "try",
-            "--timeout",
-            "2s",
-        ],
-    )
-    .ok()?;
+    std::fs::write(&p, text(2).replace("hostname = \"n1\"", "hostname = \"n1\"\nntp = [\"time.example\"]"))?;
+    apply(&op, &node, &p, &["--mode", "try", "--timeout", "2s"]).ok()?;
     assert!(stored_config(&op, &node).contains("time.example"));
-    wait_for("the trial to revert", Duration::from_secs(10), || {
-        (stored_config(&op, &node) == v1).then_some(())
-    })?;
+    wait_for("the trial to revert", Duration::from_secs(10), || (stored_config(&op, &node) == v1).then_some(()))?;
 
     // try, then confirmed by applying the same config again.
-    osctl(
-        &c,
-        &[
-            "-n",
-            &addr,
-            "apply-config",
-            "-f",
-            p.to_str().unwrap(),
-            "--mode",
-            "try",
-            "--timeout",
-            "3s",
-        ],
-    )
-    .ok()?;
-    let r = osctl(
-        &c,
-        &["-n", &addr, "apply-config", "-f", p.to_str().unwrap()],
-    )
-    .ok()?;
+    apply(&op, &node, &p, &["--mode", "try", "--timeout", "3s"]).ok()?;
+    let r = apply(&op, &node, &p, &[]).ok()?;
     assert!(r.stdout.contains("confirmed"), "{r:?}");
     std::thread::sleep(Duration::from_secs(4));
     assert!(stored_config(&op, &node).contains("time.example"));
 
     // staged: the node keeps its config until the next boot.
     let p = op.path("staged.toml");
-    std::fs::write(
-        &p,
-        text(3).replace(
-            "hostname = \"n1\"",
-            "hostname = \"n1\"\nntp = [\"other.example\"]",
-        ),
-    )?;
-    osctl(
-        &c,
-        &[
-            "-n",
-            &addr,
-            "apply-config",
-            "-f",
-            p.to_str().unwrap(),
-            "--mode",
-            "staged",
-        ],
-    )
-    .ok()?;
-    let v = osctl(&c, &["-n", &addr, "-o", "json", "version"])
-        .ok()?
-        .json()?;
-    assert_eq!(
-        (
-            v[0]["config_version"].as_u64(),
-            v[0]["staged_config_version"].as_u64()
-        ),
-        (Some(2), Some(3))
-    );
+    std::fs::write(&p, text(3).replace("hostname = \"n1\"", "hostname = \"n1\"\nntp = [\"other.example\"]"))?;
+    apply(&op, &node, &p, &["--mode", "staged"]).ok()?;
+    let v = osctl(&c, &["-n", &addr, "-o", "json", "version"]).ok()?.json()?;
+    assert_eq!((v[0]["config_version"].as_u64(), v[0]["staged_config_version"].as_u64()), (Some(2), Some(3)));
     node.stop()?;
     node.boot()?;
     wait_configured(&op, &node)?;
@@ -604,9 +373,6 @@ fn shutdown_stops_services_and_exits() -> anyhow::Result<()> {
     assert!(r.stdout.contains("shutting down"), "{r:?}");
     let status = node.wait_exit(Duration::from_secs(30))?;
     assert!(status.success(), "{status}");
-    assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(apid as i32), None).is_err(),
-        "apid outlived init"
-    );
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(apid as i32), None).is_err(), "apid outlived init");
     Ok(())
 }
