@@ -1,6 +1,7 @@
 //! Plinth's shared contract. No I/O beyond parsing: config types and
 //! validation, signing, the machine API, roles and PKI.
 
+pub mod board;
 pub mod config;
 pub mod layout;
 pub mod pki;

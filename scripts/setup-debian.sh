@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building images and booting them in QEMU need on Debian 12.
+# Idempotent. QEMU comes from bookworm-backports: plain bookworm's 7.2 would
+# replace the machine's qemu-utils 10 (see docs and ENVIRONMENT notes).
+set -euo pipefail
+[ "$(id -u)" -eq 0 ] || { echo "run as root (it installs packages)" >&2; exit 1; }
+src=/etc/apt/sources.list.d/plinth-backports.sources
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  cat > "$src" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+need=()
+for p in qemu-system-x86 ovmf systemd-boot-efi binutils squashfs-tools dosfstools mtools e2fsprogs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+echo "ready: $(qemu-system-x86_64 --version | head -1)"
