@@ -255,3 +255,23 @@ impl Drop for HostNode {
         }
     }
 }
+
+/// Builds a `qemu-x86_64` image that trusts `op`'s signing key, from the
+/// static binaries `scripts/build-static.sh` made (the README's test command
+/// builds them first).
+pub fn build_image(op: &Operator, out: &Path) -> anyhow::Result<()> {
+    let target = bin_dir().parent().context("target dir")?.to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace")?;
+    let cache =
+        std::env::var_os("HOME").map_or_else(|| target.join("plinth-cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let opts = image_builder::BuildOptions {
+        board: "qemu-x86_64".into(),
+        board_dir: workspace.join("board-configs"),
+        trust_key: op.path("ops.pub"),
+        bin_dir: target.join("x86_64-unknown-linux-gnu/release"),
+        out: out.to_path_buf(),
+        cache_dir: cache,
+    };
+    image_builder::build(&opts).with_context(|| format!("building {}", out.display()))?;
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Boots Plinth disk images in QEMU: a copy-on-write overlay per VM, OVMF
+//! with per-VM variables, virtio disk/network/RNG, the serial console in a
+//! file, and apid's port forwarded to a free port on 127.0.0.1. TCG unless
+//! `PLINTH_QEMU_ACCEL=kvm` (KVM does not run guests on our build machines).
+//! Tests and the `qemu` CLI use this same code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use machinery::config::DEFAULT_API_PORT;
+use serde::{Deserialize, Serialize};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{tool} is missing: install {package} (scripts/setup-debian.sh installs everything)")]
+    Missing { tool: String, package: String },
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("VM {name}: {what} did not happen within {timeout:?}; serial log: {serial}")]
+    Timeout { name: String, what: String, timeout: Duration, serial: PathBuf },
+    #[error("VM {name} exited ({status}); serial log: {serial}")]
+    Exited { name: String, status: String, serial: PathBuf },
+    #[error("no VM named {0} is recorded")]
+    Unknown(String),
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+    let path = path.to_path_buf();
+    move |source| VmError::Io { op, path, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub image: PathBuf,
+    pub name: String,
+    pub memory_mib: u32,
+    /// Where this VM's overlay, firmware variables and serial log live.
+    pub dir: PathBuf,
+}
+
+/// What `qemu up` records so `qemu down` can find the VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub name: String,
+    pub pid: u32,
+    pub api: String,
+    pub serial: PathBuf,
+}
+
+/// A running VM. Dropping it kills QEMU unless [`Vm::detach`] was called.
+pub struct Vm {
+    pub name: String,
+    pub dir: PathBuf,
+    pub api_port: u16,
+    pub serial: PathBuf,
+    opts: VmOptions,
+    child: Option<Child>,
+}
+
+fn free_port() -> Result<u16, VmError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(io("bind", Path::new("127.0.0.1:0")))
+}
+
+fn require(path: &str, package: &str) -> Result<(), VmError> {
+    let found = if path.starts_with('/') {
+        Path::new(path).exists()
+    } else {
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(path).is_file()))
+    };
+    if found { Ok(()) } else { Err(VmError::Missing { tool: path.into(), package: package.into() }) }
+}
+
+impl Vm {
+    /// Creates the overlay (first start only) and boots the VM.
+    pub fn start(opts: VmOptions) -> Result<Vm, VmError> {
+        require("qemu-system-x86_64", "qemu-system-x86 (from bookworm-backports)")?;
+        require("qemu-img", "qemu-utils")?;
+        require(OVMF_CODE, "ovmf")?;
+        std::fs::create_dir_all(&opts.dir).map_err(io("create", &opts.dir))?;
+        let overlay = opts.dir.join("disk.qcow2");
+        let vars = opts.dir.join("OVMF_VARS.fd");
+        if !overlay.exists() {
+            let image = std::fs::canonicalize(&opts.image).map_err(io("find image", &opts.image))?;
+            let out = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&image)
+                .arg(&overlay)
+                .output()
+                .map_err(io("run qemu-img for", &overlay))?;
+            if !out.status.success() {
+                return Err(VmError::Command {
+                    what: "qemu-img create".into(),
+                    detail: String::from_utf8_lossy(&out.stderr).into(),
+                });
+            }
+            std::fs::copy(OVMF_VARS, &vars).map_err(io("copy firmware variables to", &vars))?;
+        }
+        let mut vm = Vm {
+            name: opts.name.clone(),
+            dir: opts.dir.clone(),
+            api_port: free_port()?,
+            serial: opts.dir.join("serial.log"),
+            opts,
+            child: None,
+        };
+        vm.boot()?;
+        Ok(vm)
+    }
+
+    /// Starts QEMU over the existing overlay (again, after a power cut).
+    pub fn boot(&mut self) -> Result<(), VmError> {
+        use std::os::unix::process::CommandExt as _;
+        let accel = std::env::var("PLINTH_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let d = &self.dir;
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-name",
+            &self.name,
+            "-accel",
+            &accel,
+            "-machine",
+            "q35",
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args(["-m", &format!("{}M", self.opts.memory_mib)])
+        .arg("-serial")
+        .arg(format!("file:{}", self.serial.display()))
+        .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
+        .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
+        .args(["-drive", &format!("file={},format=qcow2,if=virtio", d.join("disk.qcow2").display())])
+        .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{DEFAULT_API_PORT}", self.api_port)])
+        .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("qemu.stderr")).map_err(io("create", &d.join("qemu.stderr")))?)
+        // Not in the terminal's process group: ^C on a test or CLI does
+        // not reach the VM; `qemu down` or Drop stops it.
+        .process_group(0);
+        let child = cmd.spawn().map_err(io("start", Path::new("qemu-system-x86_64")))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn api_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The serial console so far.
+    pub fn serial_log(&self) -> String {
+        std::fs::read(&self.serial).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    fn check_alive(&mut self) -> Result<(), VmError> {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            self.child = None;
+            return Err(VmError::Exited {
+                name: self.name.clone(),
+                status: status.to_string(),
+                serial: self.serial.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until the serial console shows `needle` `count` times in all
+    /// (count boots, say).
+    pub fn wait_for_serial(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<(), VmError> {
+        let start = Instant::now();
+        loop {
+            if self.serial_log().matches(needle).count() >= count {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if start.elapsed() > timeout {
+                return Err(VmError::Timeout {
+                    name: self.name.clone(),
+                    what: format!("{needle:?} on the console"),
+                    timeout,
+                    serial: self.serial.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until apid answers through the port forward (in maintenance
+    /// mode, or refusing an anonymous client once configured).
+    pub fn wait_for_api(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("start runtime for", &self.dir))?;
+        let start = Instant::now();
+        let addr = self.api_addr();
+        loop {
+            let answered = rt.block_on(async {
+                use osctl::connect::{Credentials, LocalChecks, connect, diagnose};
+                let Ok(mut c) = connect(&addr, &Credentials::Insecure, LocalChecks::On).await else { return false };
+                match c.version(machinery::api::VersionRequest {}).await {
+                    Ok(_) => true,
+                    Err(_) => diagnose(&addr, &Credentials::Insecure, LocalChecks::On)
+                        .await
+                        .is_some_and(|why| why.contains("client certificate")),
+                }
+            });
+            if answered {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if start.elapsed() > timeout {
+                return Err(VmError::Timeout {
+                    name: self.name.clone(),
+                    what: "the API to answer".into(),
+                    timeout,
+                    serial: self.serial.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Pulls the plug: SIGKILL, no shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for QEMU to exit by itself (the guest powered off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let start = Instant::now();
+        while let Some(c) = self.child.as_mut() {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(VmError::Timeout {
+                    name: self.name.clone(),
+                    what: "power-off".into(),
+                    timeout,
+                    serial: self.serial.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Leaves QEMU running after this value is dropped; returns its record.
+    pub fn detach(mut self) -> Record {
+        let pid = self.child.take().map_or(0, |c| c.id());
+        Record { name: self.name.clone(), pid, api: self.api_addr(), serial: self.serial.clone() }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where `qemu up` keeps its VMs.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".plinth/vms"), |h| PathBuf::from(h).join(".plinth/vms"))
+}
+
+pub fn save_record(dir: &Path, r: &Record) -> Result<(), VmError> {
+    let path = dir.join("vm.json");
+    std::fs::write(&path, serde_json::to_string_pretty(r).unwrap_or_default()).map_err(io("write", &path))
+}
+
+pub fn load_record(state_dir: &Path, name: &str) -> Result<Record, VmError> {
+    let path = state_dir.join(name).join("vm.json");
+    let text = std::fs::read_to_string(&path).map_err(|_| VmError::Unknown(name.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| VmError::Io { op: "parse", path, source: std::io::Error::other(e) })
+}
+
+/// Stops a recorded VM (SIGTERM to QEMU) and forgets it.
+pub fn down(state_dir: &Path, name: &str) -> Result<(), VmError> {
+    let r = load_record(state_dir, name)?;
+    let pid = nix::unistd::Pid::from_raw(r.pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let dir = state_dir.join(name);
+    std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
+}

@@ -1,0 +1,66 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Boots Plinth images in QEMU.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Where VMs are kept (default: ~/.plinth/vms).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot a VM from an image (copy-on-write) and wait until its API answers.
+    Up {
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long, default_value = "n1")]
+        name: String,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u32,
+    },
+    /// Stop a VM and delete its overlay.
+    Down {
+        #[arg(long, default_value = "n1")]
+        name: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let state = cli.state_dir.unwrap_or_else(plinth_qemu::default_state_dir);
+    match cli.command {
+        Cmd::Up { image, name, memory } => {
+            let dir = state.join(&name);
+            if dir.join("vm.json").exists() {
+                anyhow::bail!("a VM named {name} exists: `qemu down --name {name}` first");
+            }
+            let mut vm = plinth_qemu::Vm::start(plinth_qemu::VmOptions {
+                image,
+                name: name.clone(),
+                memory_mib: memory,
+                dir: dir.clone(),
+            })?;
+            eprintln!("booting {name} (serial log: {})…", vm.serial.display());
+            vm.wait_for_api(Duration::from_secs(180))?;
+            let record = vm.detach();
+            plinth_qemu::save_record(&dir, &record)?;
+            println!("{name} is up; its API is at {}", record.api);
+            println!("  osctl -n {} --insecure version", record.api);
+            println!("  osctl -n {} --insecure apply-config -f node.toml", record.api);
+            println!("stop it with: qemu down --name {name}");
+        }
+        Cmd::Down { name } => {
+            plinth_qemu::down(&state, &name)?;
+            println!("{name} stopped");
+        }
+    }
+    Ok(())
+}
