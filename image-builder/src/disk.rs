@@ -46,7 +46,7 @@ pub struct Part<'a> {
 }
 
 /// Where a partition landed.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Placed {
     pub label: String,
     pub offset: u64,

@@ -13,6 +13,8 @@ use crate::tools::{require, run};
 /// An extracted kernel package.
 #[derive(Debug)]
 pub struct Extracted {
+    /// The downloaded package.
+    pub deb: PathBuf,
     pub vmlinuz: PathBuf,
     /// `lib/modules/<release>/kernel`.
     pub modules_dir: PathBuf,
@@ -34,7 +36,15 @@ pub fn fetch(k: &Kernel, arch: &str, cache: &Path) -> Result<Extracted, BuildErr
     let deb = cache.join(format!("{}_{}_{arch}.deb", k.package, k.version.replace(':', "%3a")));
     if !deb.exists() {
         let apt = require("apt-get", "apt")?;
-        run(Command::new(apt).current_dir(cache).arg("download").arg(format!("{}={}", k.package, k.version)))?;
+        run(Command::new(apt).current_dir(cache).arg("download").arg(format!("{}={}", k.package, k.version))).map_err(
+            |e| {
+                BuildError::Package(format!(
+                    "{e}\n(is the version still in the archive? `apt-get update`, or pin the version \
+                     `apt-cache policy {}` shows)",
+                    k.package
+                ))
+            },
+        )?;
     }
     let sum = sha256_file(&deb)?;
     if sum != k.sha256 {
@@ -42,10 +52,17 @@ pub fn fetch(k: &Kernel, arch: &str, cache: &Path) -> Result<Extracted, BuildErr
     }
     let root = cache.join(format!("{}_{}", k.package, k.version));
     if !root.join("boot").exists() {
-        let tmp = cache.join(".extract");
+        // A private directory, renamed into place: builds running side by
+        // side (tests do) never see a half-extracted tree.
+        let tmp = cache.join(format!(".extract-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         run(Command::new(require("dpkg-deb", "dpkg")?).arg("-x").arg(&deb).arg(&tmp))?;
-        std::fs::rename(&tmp, &root).map_err(|e| BuildError::io("rename", &root, e))?;
+        if let Err(e) = std::fs::rename(&tmp, &root) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !root.join("boot").exists() {
+                return Err(BuildError::io("rename", &root, e));
+            }
+        }
     }
     let find = |dir: &Path, prefix: &str| -> Result<PathBuf, BuildError> {
         std::fs::read_dir(dir)
@@ -56,7 +73,7 @@ pub fn fetch(k: &Kernel, arch: &str, cache: &Path) -> Result<Extracted, BuildErr
     };
     let vmlinuz = find(&root.join("boot"), "vmlinuz-")?;
     let modules_dir = find(&root.join("lib/modules"), "")?.join("kernel");
-    Ok(Extracted { vmlinuz, modules_dir, deb_sha256: sum })
+    Ok(Extracted { deb, vmlinuz, modules_dir, deb_sha256: sum })
 }
 
 /// Finds `<name>.ko` (or compressed) below the package's module tree.

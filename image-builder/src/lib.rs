@@ -2,21 +2,24 @@
 //! operator's config-signing key into a bootable GPT disk image.
 //!
 //! Steps: fetch the board's kernel package → build the initramfs (cpio, in
-//! Rust) → build the root image (mksquashfs) → build slot A's Unified Kernel
-//! Image (objcopy over systemd's EFI stub) → build the EFI system partition
-//! (fatfs) with systemd-boot → lay out the GPT (gpt crate) → write the
-//! manifest. Nothing needs root or loop devices.
+//! Rust) → build each slot's Unified Kernel Image (objcopy over systemd's
+//! EFI stub) → build the root image (mksquashfs), which carries the
+//! manifest of everything before it → build the EFI system partition
+//! (fatfs) with systemd-boot → lay out the GPT (gpt crate) with the root
+//! image in both slots → write the manifest next to the image. Nothing
+//! needs root or loop devices. `image-builder/IMAGE.md` says why.
 
 pub mod cpio;
 pub mod disk;
 pub mod kernel;
 pub mod tools;
+pub mod uki;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use machinery::board::Board;
+use machinery::board::{Arch, Board, BootMethod};
 use machinery::layout::{self, Slot};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,8 @@ pub enum BuildError {
     Gpt(String),
     #[error("{what} is {size} bytes, its partition holds {room}: raise its size in the board config")]
     TooBig { what: String, size: u64, room: u64 },
+    #[error("board {board}: {what} images are not built yet ({why})")]
+    Unsupported { board: String, what: String, why: &'static str },
 }
 
 impl BuildError {
@@ -65,18 +70,29 @@ pub struct BuildOptions {
     pub cache_dir: PathBuf,
 }
 
-/// What was built, with the sha256 of every part.
-#[derive(Debug, serde::Serialize)]
+/// What was built, with the sha256 of every part. The root image carries
+/// the parts that exist before it (at `layout::ROOT_MANIFEST`, without
+/// `partitions`); the copy next to the image adds the root and EFI
+/// partition images, the image itself and where each partition is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub plinth_version: String,
     pub board: String,
+    pub arch: String,
     pub kernel_package: String,
     pub kernel_version: String,
     pub parts: Vec<PartSum>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<disk::Placed>,
 }
 
-#[derive(Debug, serde::Serialize)]
+impl Manifest {
+    pub fn part(&self, name: &str) -> Option<&PartSum> {
+        self.parts.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PartSum {
     pub name: String,
     pub size: u64,
@@ -104,13 +120,11 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), BuildError> {
 
 /// Loads a board by name from `board_dir`, or from a path.
 pub fn load_board(name: &str, board_dir: &Path) -> Result<Board, BuildError> {
-    let path = if name.ends_with(".toml") { PathBuf::from(name) } else { board_dir.join(format!("{name}.toml")) };
-    let text = std::fs::read_to_string(&path).map_err(|e| BuildError::io("read board config", &path, e))?;
-    Ok(Board::parse(&path.display().to_string(), &text)?)
+    Ok(load_board_text(name, board_dir)?.0)
 }
 
-/// The root image's file tree (relative path → source file and mode).
-fn root_tree(opts: &BuildOptions, board_text: &str, stage: &Path) -> Result<(), BuildError> {
+/// Stages the root image's file tree in `stage`.
+fn root_tree(opts: &BuildOptions, board_text: &str, manifest: &Manifest, stage: &Path) -> Result<(), BuildError> {
     for d in ["proc", "sys", "dev", "run", "var", "tmp", "system/state", "etc/plinth"] {
         std::fs::create_dir_all(stage.join(d)).map_err(|e| BuildError::io("create", &stage.join(d), e))?;
     }
@@ -120,8 +134,8 @@ fn root_tree(opts: &BuildOptions, board_text: &str, stage: &Path) -> Result<(), 
     copy(&opts.trust_key, &rel(layout::ROOT_TRUSTED_KEY), 0o644)?;
     write(&rel(layout::ROOT_BOARD), board_text.as_bytes())?;
     write(&rel("/etc/os-release"), os_release().as_bytes())?;
-    let manifest = serde_json::json!({"plinth_version": machinery::VERSION, "board": opts.board});
-    write(&rel(layout::ROOT_MANIFEST), manifest.to_string().as_bytes())?;
+    let json = serde_json::to_string_pretty(manifest).unwrap_or_default();
+    write(&rel(layout::ROOT_MANIFEST), json.as_bytes())?;
     // mke2fs creates STATE and EPHEMERAL on first boot; it comes with the
     // exact libraries it links, and nothing else.
     let mke2fs = tools::require("mke2fs", "e2fsprogs")?;
@@ -139,51 +153,85 @@ fn os_release() -> String {
     )
 }
 
-/// Builds slot `slot`'s UKI from systemd's EFI stub.
-fn uki(stub: &Path, vmlinuz: &Path, initrd: &Path, cmdline: &str, work: &Path, out: &Path) -> Result<(), BuildError> {
-    let osrel = work.join("os-release");
-    let cmd = work.join("cmdline");
-    write(&osrel, os_release().as_bytes())?;
-    write(&cmd, cmdline.as_bytes())?;
-    let objcopy = tools::require("objcopy", "binutils")?;
-    let section = |name: &str, file: &Path, vma: &str| {
-        [
-            "--add-section".to_string(),
-            format!("{name}={}", file.display()),
-            "--change-section-vma".to_string(),
-            format!("{name}={vma}"),
-        ]
-    };
-    let mut c = Command::new(objcopy);
-    c.args(section(".osrel", &osrel, "0x20000"))
-        .args(section(".cmdline", &cmd, "0x30000"))
-        .args(section(".linux", vmlinuz, "0x2000000"))
-        .args(section(".initrd", initrd, "0x3000000"))
-        .arg(stub)
-        .arg(out);
-    tools::run(&mut c)
+/// Progress on stderr: a bar on a terminal, plain lines otherwise (CI logs).
+struct Progress {
+    bar: Option<ProgressBar>,
+    n: u64,
+    total: u64,
+    start: std::time::Instant,
 }
 
-fn step(pb: &ProgressBar, msg: &str) {
-    pb.set_message(msg.to_string());
-    pb.inc(1);
+impl Progress {
+    fn new(total: u64) -> Progress {
+        use std::io::IsTerminal as _;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let pb = ProgressBar::new(total).with_style(
+                ProgressStyle::with_template("[{pos}/{len}] {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            pb.enable_steady_tick(std::time::Duration::from_millis(200));
+            pb
+        });
+        Progress { bar, n: 0, total, start: std::time::Instant::now() }
+    }
+
+    fn step(&mut self, msg: &str) {
+        self.n += 1;
+        match &self.bar {
+            Some(pb) => {
+                pb.set_message(msg.to_string());
+                pb.inc(1);
+            }
+            None if std::env::var_os("PLINTH_QUIET").is_none() => {
+                eprintln!("[{}/{}] {msg} ({:.1} s)", self.n, self.total, self.start.elapsed().as_secs_f64())
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self, msg: String) {
+        match &self.bar {
+            Some(pb) => pb.finish_with_message(msg),
+            None if std::env::var_os("PLINTH_QUIET").is_none() => {
+                eprintln!("{msg} in {:.1} s", self.start.elapsed().as_secs_f64())
+            }
+            None => {}
+        }
+    }
 }
 
-/// Builds the image; returns its manifest (also written next to it).
+/// Builds the image; returns its manifest (also written next to it, as
+/// `<image>.manifest.json`).
 pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
-    let board = load_board(&opts.board, &opts.board_dir)?;
-    let board_text = toml_text(&board);
-    let pb = ProgressBar::new(8).with_style(
-        ProgressStyle::with_template("[{pos}/{len}] {msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    let (board, board_text) = load_board_text(&opts.board, &opts.board_dir)?;
+    match (board.boot, board.arch) {
+        (BootMethod::UefiUki, Arch::X86_64) => {}
+        (BootMethod::RpiFirmware, _) => {
+            return Err(BuildError::Unsupported {
+                board: board.name,
+                what: "rpi-firmware".into(),
+                why: "the Raspberry Pi issue adds them; Rust has no aarch64 target on our build machines",
+            });
+        }
+        (BootMethod::UefiUki, Arch::Aarch64) => {
+            return Err(BuildError::Unsupported {
+                board: board.name,
+                what: "aarch64 UEFI".into(),
+                why: "it needs aarch64 binaries and systemd-boot-efi:arm64",
+            });
+        }
+    }
+    let mut progress = Progress::new(7);
 
     // Check the inputs and the tools first: fail before minutes of work.
     for b in ["plinth-init", "apid"] {
         let p = opts.bin_dir.join(b);
         if !p.exists() {
-            return Err(BuildError::io("find", &p, std::io::Error::from(std::io::ErrorKind::NotFound)));
+            return Err(BuildError::io(
+                "find (build it with scripts/build-static.sh)",
+                &p,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         if !tools::is_static(&p)? {
             return Err(BuildError::NotStatic { path: p });
@@ -193,25 +241,143 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     machinery::signing::verifying_key_from_pem(&key)
         .map_err(|e| BuildError::TrustKey(opts.trust_key.clone(), e.to_string()))?;
     let mksquashfs = tools::require("mksquashfs", "squashfs-tools")?;
-    let stub = tools::require("/usr/lib/systemd/boot/efi/linuxx64.efi.stub", "systemd-boot-efi")?;
+    let stub = tools::require(uki::STUB_X64, "systemd-boot-efi")?;
     let sdboot = tools::require("/usr/lib/systemd/boot/efi/systemd-bootx64.efi", "systemd-boot-efi")?;
     tools::require("objcopy", "binutils")?;
+    tools::require("mke2fs", "e2fsprogs")?;
+    tools::require("dpkg-deb", "dpkg")?;
 
-    step(&pb, &format!("fetching {} {}", board.kernel.package, board.kernel.version));
+    progress.step(&format!("fetching {} {}", board.kernel.package, board.kernel.version));
     let k = kernel::fetch(&board.kernel, board.arch.debian(), &opts.cache_dir.join("kernel"))?;
 
     let work = tempfile::tempdir().map_err(|e| BuildError::io("create temp dir in", &std::env::temp_dir(), e))?;
     let w = work.path();
 
-    step(&pb, "building the initramfs");
+    progress.step(&format!("building the initramfs ({} modules)", board.kernel.modules.len()));
+    let initrd = w.join("initrd.cpio");
+    write(&initrd, &cpio::archive(&initramfs_entries(opts, &board, &k)?))?;
+
+    progress.step("building the unified kernel images (slots A and B)");
+    let osrel = w.join("os-release");
+    write(&osrel, os_release().as_bytes())?;
+    let mut ukis = Vec::new();
+    for slot in [Slot::A, Slot::B] {
+        let cmdline = w.join(format!("cmdline-{}", slot.name()));
+        write(&cmdline, board.cmdline_for(slot).as_bytes())?;
+        let out = w.join(slot.uki_name());
+        let parts =
+            uki::UkiParts { stub: &stub, os_release: &osrel, cmdline: &cmdline, linux: &k.vmlinuz, initrd: &initrd };
+        uki::build(&parts, &out)?;
+        ukis.push((slot, out));
+    }
+
+    let board_file = w.join("board.toml");
+    write(&board_file, board_text.as_bytes())?;
+    let mut manifest = Manifest {
+        plinth_version: machinery::VERSION.to_string(),
+        board: board.name.clone(),
+        arch: board.arch.debian().to_string(),
+        kernel_package: board.kernel.package.clone(),
+        kernel_version: board.kernel.version.clone(),
+        parts: vec![
+            sum("kernel.deb", &k.deb)?,
+            sum("vmlinuz", &k.vmlinuz)?,
+            sum("initramfs", &initrd)?,
+            sum(Slot::A.uki_name(), &ukis[0].1)?,
+            sum(Slot::B.uki_name(), &ukis[1].1)?,
+            sum("systemd-bootx64.efi", &sdboot)?,
+            sum("plinth-init", &opts.bin_dir.join("plinth-init"))?,
+            sum("apid", &opts.bin_dir.join("apid"))?,
+            sum("trusted-key.pub", &opts.trust_key)?,
+            sum("board.toml", &board_file)?,
+        ],
+        partitions: Vec::new(),
+    };
+
+    progress.step("building the root image (squashfs, zstd)");
+    let stage = w.join("root");
+    root_tree(opts, &board_text, &manifest, &stage)?;
+    let root_img = w.join("root.squashfs");
+    tools::run(Command::new(mksquashfs).arg(&stage).arg(&root_img).args([
+        "-comp",
+        "zstd",
+        "-all-root",
+        "-noappend",
+        "-quiet",
+        "-no-progress",
+    ]))?;
+
+    progress.step("building the EFI system partition (systemd-boot)");
+    let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io("read", p, e));
+    let sdboot_bytes = read(&sdboot)?;
+    let uki_bytes = [read(&ukis[0].1)?, read(&ukis[1].1)?];
+    let loader_conf = format!("default {}\ntimeout 0\nconsole-mode keep\neditor no\n", Slot::A.uki_name());
+    let in_fat = |p: &str| p.trim_start_matches('/').to_string();
+    let paths = [
+        in_fat(layout::EFI_BOOT_LOADER),
+        format!("{}/{}", in_fat(layout::EFI_LINUX_DIR), Slot::A.uki_name()),
+        format!("{}/{}", in_fat(layout::EFI_LINUX_DIR), Slot::B.uki_name()),
+        in_fat(layout::EFI_LOADER_CONF),
+    ];
+    let efi = disk::fat_image(
+        board.partitions.efi,
+        &[
+            (&paths[0], &sdboot_bytes),
+            (&paths[1], &uki_bytes[0]),
+            (&paths[2], &uki_bytes[1]),
+            (&paths[3], loader_conf.as_bytes()),
+        ],
+    )?;
+    let efi_img = w.join("efi.img");
+    write(&efi_img, &efi)?;
+
+    progress.step("laying out the GPT disk image");
+    let p = &board.partitions;
+    manifest.partitions = disk::write_gpt(
+        &opts.out,
+        &[
+            disk::Part { label: layout::EFI, esp: true, size_mib: p.efi, content: Some(&efi_img) },
+            // Both slots start with the same root: a fresh node has a
+            // bootable fallback, and an upgrade overwrites the other one.
+            disk::Part { label: layout::ROOT_A, esp: false, size_mib: p.root, content: Some(&root_img) },
+            disk::Part { label: layout::ROOT_B, esp: false, size_mib: p.root, content: Some(&root_img) },
+            // init creates STATE's and EPHEMERAL's filesystems on first boot.
+            disk::Part { label: layout::STATE, esp: false, size_mib: p.state, content: None },
+            disk::Part { label: layout::EPHEMERAL, esp: false, size_mib: p.ephemeral_min, content: None },
+        ],
+    )?;
+
+    progress.step("writing the manifest");
+    manifest.parts.push(sum("root.squashfs", &root_img)?);
+    manifest.parts.push(sum("efi.img", &efi_img)?);
+    manifest.parts.push(sum("image", &opts.out)?);
+    let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    write(&manifest_path(&opts.out), json.as_bytes())?;
+    let size = manifest.part("image").map_or(0, |p| p.size);
+    progress.finish(format!("built {} ({} MiB, {})", opts.out.display(), size >> 20, board.name));
+    Ok(manifest)
+}
+
+/// Where the manifest of an image is written: `<image>.manifest.json`.
+pub fn manifest_path(image: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.manifest.json", image.display()))
+}
+
+/// The initramfs: `/init` (plinth-init), `/dev/console`, and the board's
+/// modules with their `order` file. Nothing else: no shell, no tools.
+pub fn initramfs_entries(
+    opts: &BuildOptions,
+    board: &Board,
+    k: &kernel::Extracted,
+) -> Result<Vec<cpio::Entry>, BuildError> {
+    let init = opts.bin_dir.join("plinth-init");
     let mut entries = vec![
         cpio::Entry::Dir { path: "dev".into() },
         cpio::Entry::CharDev { path: "dev/console".into(), major: 5, minor: 1 },
         cpio::Entry::File {
             path: "init".into(),
             mode: 0o755,
-            data: std::fs::read(opts.bin_dir.join("plinth-init"))
-                .map_err(|e| BuildError::io("read", &opts.bin_dir.join("plinth-init"), e))?,
+            data: std::fs::read(&init).map_err(|e| BuildError::io("read", &init, e))?,
         },
     ];
     let mods = layout::INITRAMFS_MODULES.trim_start_matches('/');
@@ -230,80 +396,13 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         order.push('\n');
     }
     entries.push(cpio::Entry::File { path: format!("{mods}/order"), mode: 0o644, data: order.into_bytes() });
-    let initrd = w.join("initrd.cpio");
-    write(&initrd, &cpio::archive(&entries))?;
-
-    step(&pb, "building the root image (squashfs, zstd)");
-    let stage = w.join("root");
-    root_tree(opts, &board_text, &stage)?;
-    let root_img = w.join("root.squashfs");
-    tools::run(Command::new(mksquashfs).arg(&stage).arg(&root_img).args([
-        "-comp",
-        "zstd",
-        "-all-root",
-        "-noappend",
-        "-quiet",
-        "-no-progress",
-    ]))?;
-
-    step(&pb, "building the unified kernel image for slot A");
-    let uki_a = w.join("plinth-a.efi");
-    uki(&stub, &k.vmlinuz, &initrd, &board.cmdline_for(Slot::A), w, &uki_a)?;
-
-    step(&pb, "building the EFI system partition (systemd-boot)");
-    let sdboot_bytes = std::fs::read(&sdboot).map_err(|e| BuildError::io("read", &sdboot, e))?;
-    let uki_bytes = std::fs::read(&uki_a).map_err(|e| BuildError::io("read", &uki_a, e))?;
-    let loader_conf = b"default plinth-a.efi\ntimeout 0\nconsole-mode keep\neditor no\n";
-    let efi = disk::fat_image(
-        board.partitions.efi,
-        &[
-            ("EFI/BOOT/BOOTX64.EFI", &sdboot_bytes),
-            ("EFI/Linux/plinth-a.efi", &uki_bytes),
-            ("loader/loader.conf", loader_conf),
-        ],
-    )?;
-    let efi_img = w.join("efi.img");
-    write(&efi_img, &efi)?;
-
-    step(&pb, "laying out the GPT disk image");
-    let p = &board.partitions;
-    let placed = disk::write_gpt(
-        &opts.out,
-        &[
-            disk::Part { label: layout::EFI, esp: true, size_mib: p.efi, content: Some(&efi_img) },
-            disk::Part { label: layout::ROOT_A, esp: false, size_mib: p.root, content: Some(&root_img) },
-            // Slot B stays empty until the first upgrade writes it.
-            disk::Part { label: layout::ROOT_B, esp: false, size_mib: p.root, content: None },
-            // init creates STATE's and EPHEMERAL's filesystems on first boot.
-            disk::Part { label: layout::STATE, esp: false, size_mib: p.state, content: None },
-            disk::Part { label: layout::EPHEMERAL, esp: false, size_mib: p.ephemeral_min, content: None },
-        ],
-    )?;
-
-    step(&pb, "writing the manifest");
-    let manifest = Manifest {
-        plinth_version: machinery::VERSION.to_string(),
-        board: board.name.clone(),
-        kernel_package: board.kernel.package.clone(),
-        kernel_version: board.kernel.version.clone(),
-        parts: vec![
-            PartSum { name: "kernel.deb".into(), size: 0, sha256: k.deb_sha256.clone() },
-            sum("vmlinuz", &k.vmlinuz)?,
-            sum("initramfs", &initrd)?,
-            sum("root-a.squashfs", &root_img)?,
-            sum("plinth-a.efi", &uki_a)?,
-            sum("systemd-bootx64.efi", &sdboot)?,
-            sum("plinth-init", &opts.bin_dir.join("plinth-init"))?,
-            sum("apid", &opts.bin_dir.join("apid"))?,
-        ],
-        partitions: placed,
-    };
-    let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
-    write(&PathBuf::from(format!("{}.manifest.json", opts.out.display())), json.as_bytes())?;
-    pb.finish_with_message(format!("built {}", opts.out.display()));
-    Ok(manifest)
+    Ok(entries)
 }
 
-fn toml_text(board: &Board) -> String {
-    toml::to_string_pretty(board).unwrap_or_default()
+/// Loads a board by name from `board_dir`, or from a path; returns it with
+/// the file's text (baked into the root image as it is).
+pub fn load_board_text(name: &str, board_dir: &Path) -> Result<(Board, String), BuildError> {
+    let path = if name.ends_with(".toml") { PathBuf::from(name) } else { board_dir.join(format!("{name}.toml")) };
+    let text = std::fs::read_to_string(&path).map_err(|e| BuildError::io("read board config", &path, e))?;
+    Ok((Board::parse(&path.display().to_string(), &text)?, text))
 }

@@ -42,7 +42,14 @@ fn main() -> anyhow::Result<()> {
     });
     let opts = image_builder::BuildOptions { board, board_dir, trust_key, bin_dir, out, cache_dir };
     let m = image_builder::build(&opts).map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
-    let size: u64 = m.partitions.iter().map(|p| p.size).sum();
-    eprintln!("{} MiB image for {} ({} {})", size / (1024 * 1024) + 2, m.board, m.kernel_package, m.kernel_version);
+    println!("{}", opts.out.display());
+    eprintln!(
+        "{} for {}: {} {}; manifest {}",
+        opts.out.display(),
+        m.board,
+        m.kernel_package,
+        m.kernel_version,
+        image_builder::manifest_path(&opts.out).display()
+    );
     Ok(())
 }

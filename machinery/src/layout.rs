@@ -11,6 +11,14 @@
 //! | `ROOT-B`    | read-only root image of slot B                            |
 //! | `STATE`     | ext4, small: machine config, node identity, boot state    |
 //! | `EPHEMERAL` | ext4, the rest of the disk: /var                          |
+//!
+//! In that order, each 1 MiB aligned. image-builder writes `EFI` and both
+//! root slots (the same root image, so a fresh node has a bootable fallback)
+//! and leaves `STATE` and `EPHEMERAL` zeroed: init creates their ext4
+//! filesystems on first boot, and only on a partition without an ext4
+//! superblock. That keeps the image small and sparse, needs no mkfs on the
+//! build host, and lets the partition first grown to the real disk's size be
+//! formatted at its final size.
 
 /// Partition labels.
 pub const EFI: &str = "EFI";
@@ -56,6 +64,25 @@ impl Slot {
             "b" => Some(Slot::B),
             _ => None,
         })
+    }
+}
+
+/// On the EFI partition (FAT, paths from its root): systemd-boot as the
+/// removable-media boot loader, its config, and the directory of Unified
+/// Kernel Images, one per slot ([`Slot::uki_name`]).
+pub const EFI_BOOT_LOADER: &str = "/EFI/BOOT/BOOTX64.EFI";
+pub const EFI_LOADER_CONF: &str = "/loader/loader.conf";
+pub const EFI_LINUX_DIR: &str = "/EFI/Linux";
+
+impl Slot {
+    /// The file name of this slot's UKI in [`EFI_LINUX_DIR`], without boot
+    /// counters (systemd-boot counts tries in `plinth-a+3.efi` →
+    /// `plinth-a+2-1.efi`; renaming back to this name commits the slot).
+    pub fn uki_name(self) -> &'static str {
+        match self {
+            Slot::A => "plinth-a.efi",
+            Slot::B => "plinth-b.efi",
+        }
     }
 }
 
