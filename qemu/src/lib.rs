@@ -1,8 +1,12 @@
 //! Boots Plinth disk images in QEMU: a copy-on-write overlay per VM, OVMF
-//! with per-VM variables, virtio disk/network/RNG, the serial console in a
-//! file, and apid's port forwarded to a free port on 127.0.0.1. TCG unless
-//! `PLINTH_QEMU_ACCEL=kvm` (KVM does not run guests on our build machines).
-//! Tests and the `qemu` CLI use this same code.
+//! with per-VM variables, virtio disk/network/RNG, an i6300esb watchdog,
+//! the serial console in a file, and apid's port forwarded to a free port
+//! on 127.0.0.1. TCG unless `PLINTH_QEMU_ACCEL=kvm` (KVM does not run guests
+//! on our build machines). Tests and the `qemu` CLI use this same code.
+//!
+//! A guest reboot stays in the same QEMU process (no `-no-reboot`: `osctl
+//! reboot` and A/B fallbacks must come back up on the same disk and port);
+//! a guest power-off ends it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,13 +48,22 @@ pub struct VmOptions {
     pub dir: PathBuf,
 }
 
-/// What `qemu up` records so `qemu down` can find the VM.
+/// What `qemu up` records (`<state dir>/<name>/vm.json`) so `qemu down`
+/// can find the VM, and a person its files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub name: String,
     pub pid: u32,
+    /// apid's address on the host (`127.0.0.1:<port>`).
     pub api: String,
+    /// Guest port → host port forwards.
+    #[serde(default)]
+    pub ports: Vec<(u16, u16)>,
     pub serial: PathBuf,
+    #[serde(default)]
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub image: PathBuf,
 }
 
 /// A running VM. Dropping it kills QEMU unless [`Vm::detach`] was called.
@@ -181,15 +194,26 @@ impl Vm {
         Ok(())
     }
 
+    /// Waits until the serial console shows `needle`.
+    pub fn wait_for_serial(&mut self, needle: &str, timeout: Duration) -> Result<(), VmError> {
+        self.wait_for_serial_count(needle, 1, timeout)
+    }
+
     /// Waits until the serial console shows `needle` `count` times in all
     /// (count boots, say).
-    pub fn wait_for_serial(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<(), VmError> {
+    pub fn wait_for_serial_count(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<(), VmError> {
         let start = Instant::now();
         loop {
             if self.serial_log().matches(needle).count() >= count {
                 return Ok(());
             }
-            self.check_alive()?;
+            if let Err(e) = self.check_alive() {
+                // The guest may have printed it and powered off at once.
+                if self.serial_log().matches(needle).count() >= count {
+                    return Ok(());
+                }
+                return Err(e);
+            }
             if start.elapsed() > timeout {
                 return Err(VmError::Timeout {
                     name: self.name.clone(),
@@ -198,7 +222,7 @@ impl Vm {
                     serial: self.serial.clone(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -246,6 +270,24 @@ impl Vm {
         }
     }
 
+    /// Stops QEMU cleanly (SIGTERM: it flushes the overlay and exits; the
+    /// guest gets no shutdown), or kills it after `timeout`.
+    pub fn stop(&mut self, timeout: Duration) {
+        if let Some(c) = self.child.as_mut() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < timeout {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.kill();
+    }
+
     /// Waits for QEMU to exit by itself (the guest powered off).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
         let start = Instant::now();
@@ -270,7 +312,15 @@ impl Vm {
     /// Leaves QEMU running after this value is dropped; returns its record.
     pub fn detach(mut self) -> Record {
         let pid = self.child.take().map_or(0, |c| c.id());
-        Record { name: self.name.clone(), pid, api: self.api_addr(), serial: self.serial.clone() }
+        Record {
+            name: self.name.clone(),
+            pid,
+            api: self.api_addr(),
+            ports: vec![(DEFAULT_API_PORT, self.api_port)],
+            serial: self.serial.clone(),
+            dir: self.dir.clone(),
+            image: self.opts.image.clone(),
+        }
     }
 }
 
@@ -296,11 +346,39 @@ pub fn load_record(state_dir: &Path, name: &str) -> Result<Record, VmError> {
     serde_json::from_str(&text).map_err(|e| VmError::Io { op: "parse", path, source: std::io::Error::other(e) })
 }
 
-/// Stops a recorded VM (SIGTERM to QEMU) and forgets it.
+/// The recorded VMs in `state_dir`.
+pub fn list(state_dir: &Path) -> Vec<Record> {
+    let mut v: Vec<Record> = std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| load_record(state_dir, &e.file_name().to_string_lossy()).ok())
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// Whether `pid` is still a QEMU process (and not a recycled pid).
+fn is_qemu(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+}
+
+/// Stops a recorded VM (SIGTERM to QEMU, SIGKILL after 10 s) and deletes
+/// its directory (overlay, firmware variables, serial log).
 pub fn down(state_dir: &Path, name: &str) -> Result<(), VmError> {
+    use nix::sys::signal::{Signal, kill};
     let r = load_record(state_dir, name)?;
-    let pid = nix::unistd::Pid::from_raw(r.pid as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    if r.pid != 0 && is_qemu(r.pid) {
+        let pid = nix::unistd::Pid::from_raw(r.pid as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let start = Instant::now();
+        while is_qemu(r.pid) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if is_qemu(r.pid) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
     let dir = state_dir.join(name);
     std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
 }

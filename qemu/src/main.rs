@@ -22,8 +22,8 @@ enum Cmd {
         image: PathBuf,
         #[arg(long, default_value = "n1")]
         name: String,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 256)]
+        /// Guest memory, e.g. 256M or 1G.
+        #[arg(long, default_value = "256M", value_parser = parse_memory)]
         memory: u32,
     },
     /// Stop a VM and delete its overlay.
@@ -31,6 +31,19 @@ enum Cmd {
         #[arg(long, default_value = "n1")]
         name: String,
     },
+    /// List the recorded VMs.
+    List,
+}
+
+/// "256M", "1G" or a plain number of MiB.
+fn parse_memory(s: &str) -> Result<u32, String> {
+    let t = s.trim_end_matches("iB").trim_end_matches('B');
+    let (n, mult) = match t.chars().last() {
+        Some('G' | 'g') => (&t[..t.len() - 1], 1024),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    n.parse::<u32>().map(|v| v * mult).map_err(|_| format!("{s:?} is not a memory size like 256M or 1G"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,11 +68,17 @@ fn main() -> anyhow::Result<()> {
             println!("{name} is up; its API is at {}", record.api);
             println!("  osctl -n {} --insecure version", record.api);
             println!("  osctl -n {} --insecure apply-config -f node.toml", record.api);
+            println!("QEMU pid {}, serial log {}, files in {}", record.pid, record.serial.display(), dir.display());
             println!("stop it with: qemu down --name {name}");
         }
         Cmd::Down { name } => {
             plinth_qemu::down(&state, &name)?;
             println!("{name} stopped");
+        }
+        Cmd::List => {
+            for r in plinth_qemu::list(&state) {
+                println!("{}\tpid {}\tapi {}\t{}", r.name, r.pid, r.api, r.serial.display());
+            }
         }
     }
     Ok(())

@@ -1,0 +1,116 @@
+//! The boot chain under TCG, without Plinth's init: OVMF → systemd-boot →
+//! the slot A UKI (kernel + our cpio initramfs) → a tiny static PID 1
+//! (`fixtures/marker_init.rs`) that loads the board's modules, finds the
+//! partition labelled ROOT-A in sysfs, prints a marker and powers off.
+//! The real init is proved by `tests/tests/image.rs`; this test pins down
+//! what image-builder and the qemu crate own, and how long the chain takes.
+//!
+//! Needs QEMU, OVMF, the image tools and network access to Debian's archive
+//! (or the kernel in ~/.cache/plinth): scripts/setup-debian.sh. Without
+//! them it skips, except with CI=true, where it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use plinth_qemu::{OVMF_CODE, Vm, VmOptions};
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// `None` when everything is there; otherwise what is missing.
+fn missing() -> Option<String> {
+    let tools = ["qemu-system-x86_64", "qemu-img", "objcopy", "mksquashfs", "rustc", "apt-get", "dpkg-deb"];
+    let files = [OVMF_CODE, image_builder::uki::STUB_X64];
+    let gone: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !on_path(t))
+        .chain(files.iter().copied().filter(|f| !Path::new(f).exists()))
+        .collect();
+    (!gone.is_empty()).then(|| gone.join(", "))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Compiles the fixture init, statically, as both binaries an image needs.
+fn fixture_bins(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/marker_init.rs");
+    let out = Command::new("rustc")
+        .args(["--edition", "2024", "-O", "-C", "target-feature=+crt-static", "-C", "strip=symbols", "-o"])
+        .arg(bin.join("plinth-init"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rustc {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
+    std::fs::copy(bin.join("plinth-init"), bin.join("apid")).unwrap();
+    bin
+}
+
+fn trust_key(dir: &Path) -> PathBuf {
+    let key = machinery::signing::generate_signing_key().unwrap();
+    let pem = machinery::signing::verifying_key_to_pem(&key.verifying_key()).unwrap();
+    let path = dir.join("ops.pub");
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+#[test]
+fn uefi_systemd_boot_uki_and_initramfs_reach_pid1_which_finds_root_a() {
+    if let Some(what) = missing() {
+        assert!(std::env::var("CI").is_err(), "CI: missing {what}: run scripts/setup-debian.sh");
+        eprintln!("skipped: missing {what} (scripts/setup-debian.sh installs them)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cache =
+        std::env::var_os("HOME").map_or_else(|| work.path().join("cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let image = work.path().join("plinth.img");
+    let opts = image_builder::BuildOptions {
+        board: "qemu-x86_64".into(),
+        board_dir: workspace().join("board-configs"),
+        trust_key: trust_key(work.path()),
+        bin_dir: fixture_bins(work.path()),
+        out: image.clone(),
+        cache_dir: cache,
+    };
+    let t = Instant::now();
+    let manifest = image_builder::build(&opts).unwrap();
+    let build = t.elapsed();
+
+    let t = Instant::now();
+    let mut vm =
+        Vm::start(VmOptions { image, name: "chain".into(), memory_mib: 256, dir: work.path().join("vm") }).unwrap();
+    vm.wait_for_serial("fixture-init: PLINTH-", Duration::from_secs(180)).unwrap();
+    let boot = t.elapsed();
+    let log = vm.serial_log();
+    assert!(log.contains("PLINTH-FIXTURE-OK PARTNAME=ROOT-A is vda2"), "{log}");
+    let modules = opts_modules(&opts);
+    assert!(log.contains(&format!("fixture-init: {modules} modules loaded")), "{log}");
+    assert!(!log.contains("finit_module"), "a module failed to load: {log}");
+    assert!(log.contains("fixture-init: cmdline: console=ttyS0 plinth.slot=a"), "{log}");
+    // The fixture powers off: QEMU exits by itself.
+    vm.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(log.contains("reboot: Power down") || vm.serial_log().contains("reboot: Power down"));
+
+    let size = manifest.part("image").unwrap().size;
+    let uptime = log.split("uptime ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?");
+    eprintln!(
+        "image {} MiB (root {} KiB, initramfs {} KiB) built in {:.1} s; marker after {:.1} s wall under TCG \
+         (guest uptime {uptime} s)",
+        size >> 20,
+        manifest.part("root.squashfs").unwrap().size >> 10,
+        manifest.part("initramfs").unwrap().size >> 10,
+        build.as_secs_f64(),
+        boot.as_secs_f64()
+    );
+}
+
+fn opts_modules(opts: &image_builder::BuildOptions) -> usize {
+    image_builder::load_board(&opts.board, &opts.board_dir).unwrap().kernel.modules.len()
+}
