@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command: builds the binaries the end-to-end tests drive, then
-# runs every test in the workspace.
+# The test command: installs what the tests need (QEMU, OVMF, image tools),
+# builds the binaries the end-to-end tests drive (host binaries, and the
+# static ones that go into images), then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup-debian.sh
+scripts/build-static.sh
 cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -19,7 +19,7 @@ use crate::InitError;
 use crate::journal::Journal;
 use crate::kmsg::KernelLog;
 use crate::store::{ConfigStore, Signed, Slot, VerifyFailure};
-use crate::supervisor::{Supervisor, SupervisorError, event};
+use crate::supervisor::{Supervisor, SupervisorError, event, proc_field, rss_kib};
 
 /// What the main loop does once the RPC has answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,6 +398,9 @@ impl MachineService for InitApi {
                 .trying
                 .as_ref()
                 .map_or(0, |t| t.deadline.saturating_duration_since(Instant::now()).as_secs()),
+            memory_total_kib: proc_field("/proc/meminfo", "MemTotal:"),
+            memory_available_kib: proc_field("/proc/meminfo", "MemAvailable:"),
+            init_rss_kib: rss_kib("/proc/self/status"),
         }))
     }
 

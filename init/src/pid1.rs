@@ -6,7 +6,6 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use machinery::layout;
@@ -19,24 +18,22 @@ use crate::{Bring, Core};
 /// How long PID 1 waits for a disk partition to appear.
 const PARTITION_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Writes each log record to the kernel log (and so to the console).
-struct Kmsg(Mutex<Option<std::fs::File>>);
+/// Writes each log record to the kernel log (and so to the console),
+/// opening `/dev/kmsg` per record: PID 1 logs little, and no descriptor or
+/// lock is shared between the threads that log.
+struct Kmsg;
 
-impl std::io::Write for &Kmsg {
+impl std::io::Write for Kmsg {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = std::fs::OpenOptions::new().write(true).open("/dev/kmsg").ok();
-        }
-        match f.as_mut() {
-            Some(file) => {
-                // One record per write; "<6>" is the info level.
-                let text = String::from_utf8_lossy(buf);
-                let _ = file.write_all(format!("<6>plinth: {}", text.trim_end()).as_bytes());
-            }
-            None => {
-                let _ = std::io::stderr().write_all(buf);
-            }
+        let text = String::from_utf8_lossy(buf);
+        // One record per write; "<6>" is the info level. The newline ends
+        // the record: without it the kernel holds it open for continuation
+        // and readers (and the console) see it only when the next one comes.
+        let record = format!("<6>plinth: {}\n", text.trim_end());
+        let written =
+            std::fs::OpenOptions::new().write(true).open("/dev/kmsg").and_then(|mut f| f.write_all(record.as_bytes()));
+        if let Err(e) = written {
+            let _ = writeln!(std::io::stderr(), "plinth (kmsg: {e}): {}", text.trim_end());
         }
         Ok(buf.len())
     }
@@ -46,12 +43,10 @@ impl std::io::Write for &Kmsg {
     }
 }
 
-static KMSG: Kmsg = Kmsg(Mutex::new(None));
-
 fn setup_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(|| &KMSG)
+        .with_writer(|| Kmsg)
         .without_time()
         .with_ansi(false)
         .try_init();

@@ -176,6 +176,7 @@ impl Supervisor {
                     restarts: st.restarts,
                     uptime_seconds: st.started.map_or(0, |t| t.elapsed().as_secs()),
                     last_exit: st.last_exit.clone(),
+                    rss_kib: if st.pid == 0 { 0 } else { rss_kib(&format!("/proc/{}/status", st.pid)) },
                 }
             })
             .collect()
@@ -238,6 +239,19 @@ fn reaper() -> Result<&'static Mutex<ExitWaiters>, SupervisorError> {
         }
     });
     table.as_ref().map_err(|e| SupervisorError::Signal(std::io::Error::other(e.clone())))
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` file, in KiB (0 when unreadable).
+pub fn rss_kib(status_path: &str) -> u64 {
+    proc_field(status_path, "VmRSS:")
+}
+
+/// A `Name:   123 kB` field of a /proc file.
+pub fn proc_field(path: &str, name: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Reaps every child that has exited; owned pids go to their waiters.

@@ -75,6 +75,9 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                         "hostname": v.hostname, "uptime_seconds": v.uptime_seconds,
                         "staged_config_version": v.staged_config_version,
                         "try_seconds_left": v.try_seconds_left,
+                        "memory_total_kib": v.memory_total_kib,
+                        "memory_available_kib": v.memory_available_kib,
+                        "init_rss_kib": v.init_rss_kib,
                     })
                 })
                 .collect(),
@@ -114,13 +117,14 @@ pub fn services(fmt: Format, results: &[(String, Vec<api::ServiceInfo>)]) {
                         serde_json::json!({
                             "node": node, "name": s.name, "state": state_name(s.state), "pid": s.pid,
                             "restarts": s.restarts, "uptime_seconds": s.uptime_seconds, "last_exit": s.last_exit,
+                            "rss_kib": s.rss_kib,
                         })
                     })
                 })
                 .collect(),
         )),
         Format::Table => {
-            let mut t = Table::new(&["NODE", "SERVICE", "STATE", "PID", "RESTARTS", "UPTIME", "LAST EXIT"]);
+            let mut t = Table::new(&["NODE", "SERVICE", "STATE", "PID", "RESTARTS", "UPTIME", "RSS", "LAST EXIT"]);
             for (node, list) in results {
                 for s in list {
                     t.row(vec![
@@ -130,6 +134,7 @@ pub fn services(fmt: Format, results: &[(String, Vec<api::ServiceInfo>)]) {
                         if s.pid == 0 { "-".into() } else { s.pid.to_string() },
                         s.restarts.to_string(),
                         if s.uptime_seconds == 0 && s.pid == 0 { "-".into() } else { duration(s.uptime_seconds) },
+                        if s.rss_kib == 0 { "-".into() } else { format!("{:.1}Mi", s.rss_kib as f64 / 1024.0) },
                         if s.last_exit.is_empty() { "-".into() } else { s.last_exit.clone() },
                     ]);
                 }

@@ -166,6 +166,18 @@ pub fn configured_node(op: &Operator) -> anyhow::Result<(HostNode, PathBuf)> {
     Ok((node, cfg))
 }
 
+impl Operator {
+    /// Writes a DHCP node config (what a VM on QEMU's user network needs).
+    pub fn gen_dhcp_config(&self, name: &str, hostname: &str) -> anyhow::Result<PathBuf> {
+        let out = self.path(name);
+        let secrets = self.dir.path().to_str().context("utf-8")?;
+        let args = ["gen", "config", "--cluster", "demo", "--role", "controlplane", "--hostname", hostname];
+        let rest = ["--secrets", secrets, "--out", out.to_str().context("utf-8")?];
+        osctl(&self.osctlconfig(), &[&args[..], &rest[..]].concat()).ok()?;
+        Ok(out)
+    }
+}
+
 /// A node in host mode: plinth-init (which starts apid) over a state
 /// directory, with apid on a free loopback port.
 pub struct HostNode {
