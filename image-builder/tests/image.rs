@@ -1,0 +1,180 @@
+//! Builds a real qemu-x86_64 image (Debian's kernel, fixture binaries in
+//! place of plinth-init and apid) and reads every layer of it back: the
+//! GPT, the FAT EFI partition, both UKIs and their sections, the cpio
+//! initramfs inside them, both squashfs roots and the manifests.
+//!
+//! Needs the image tools and Debian's archive (or the kernel in
+//! ~/.cache/plinth): scripts/setup-debian.sh. Without them it skips, except
+//! with CI=true, where it fails.
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use image_builder::{BuildOptions, Manifest, cpio, uki};
+use machinery::layout::{self, Slot};
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn missing() -> Option<String> {
+    let gone: Vec<&str> = ["objcopy", "mksquashfs", "unsquashfs", "rustc", "apt-get", "dpkg-deb"]
+        .into_iter()
+        .filter(|t| !on_path(t))
+        .chain([uki::STUB_X64].into_iter().filter(|f| !Path::new(f).exists()))
+        .collect();
+    (!gone.is_empty()).then(|| gone.join(", "))
+}
+
+/// A static program standing in for plinth-init and apid.
+fn fixture_bins(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let src = dir.join("main.rs");
+    std::fs::write(&src, "fn main() { println!(\"fixture\"); }\n").unwrap();
+    let out = Command::new("rustc")
+        .args(["-O", "-C", "target-feature=+crt-static", "-C", "strip=symbols", "-o"])
+        .arg(bin.join("plinth-init"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::copy(bin.join("plinth-init"), bin.join("apid")).unwrap();
+    bin
+}
+
+fn slice(img: &mut std::fs::File, offset: u64, len: u64) -> Vec<u8> {
+    let mut buf = vec![0; len as usize];
+    img.seek(SeekFrom::Start(offset)).unwrap();
+    img.read_exact(&mut buf).unwrap();
+    buf
+}
+
+fn fat_file(fs: &fatfs::FileSystem<std::io::Cursor<Vec<u8>>>, path: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    fs.root_dir().open_file(path).unwrap_or_else(|e| panic!("{path}: {e}")).read_to_end(&mut v).unwrap();
+    v
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    image_builder::kernel::hex(&sha2::Sha256::digest(b))
+}
+
+#[test]
+fn every_layer_of_a_built_image_reads_back() {
+    if let Some(what) = missing() {
+        assert!(std::env::var("CI").is_err(), "CI: missing {what}: run scripts/setup-debian.sh");
+        eprintln!("skipped: missing {what} (scripts/setup-debian.sh installs them)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let key = machinery::signing::generate_signing_key().unwrap();
+    let pem = machinery::signing::verifying_key_to_pem(&key.verifying_key()).unwrap();
+    std::fs::write(w.join("ops.pub"), &pem).unwrap();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cache = std::env::var_os("HOME").map_or_else(|| w.join("cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let opts = BuildOptions {
+        board: "qemu-x86_64".into(),
+        board_dir: workspace.join("board-configs"),
+        trust_key: w.join("ops.pub"),
+        bin_dir: fixture_bins(w),
+        out: w.join("plinth.img"),
+        cache_dir: cache,
+    };
+    let built = image_builder::build(&opts).unwrap();
+    let board = image_builder::load_board(&opts.board, &opts.board_dir).unwrap();
+    let init_bytes = std::fs::read(opts.bin_dir.join("plinth-init")).unwrap();
+
+    // The manifest next to the image is the one returned, and matches it.
+    let text = std::fs::read_to_string(image_builder::manifest_path(&opts.out)).unwrap();
+    let manifest: Manifest = serde_json::from_str(&text).unwrap();
+    let img_sum = image_builder::kernel::sha256_file(&opts.out).unwrap();
+    assert_eq!(manifest.part("image").unwrap().sha256, img_sum);
+    assert_eq!(built.part("image").unwrap().sha256, img_sum);
+
+    // GPT: the five labels in order, 1 MiB aligned, the board's sizes.
+    let disk = gpt::GptConfig::new().open(&opts.out).unwrap();
+    let lb = gpt::disk::LogicalBlockSize::Lb512;
+    let parts: Vec<_> = disk.partitions().values().cloned().collect();
+    let labels: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(labels, [layout::EFI, layout::ROOT_A, layout::ROOT_B, layout::STATE, layout::EPHEMERAL]);
+    let mib = |p: &gpt::partition::Partition| p.bytes_len(lb).unwrap() >> 20;
+    let b = &board.partitions;
+    assert_eq!(parts.iter().map(mib).collect::<Vec<_>>(), [b.efi, b.root, b.root, b.state, b.ephemeral_min]);
+    assert!(parts.iter().all(|p| p.first_lba % 2048 == 0), "1 MiB aligned");
+    assert_eq!(parts[0].part_type_guid, gpt::partition_types::EFI);
+    assert!(parts[1..].iter().all(|p| p.part_type_guid == gpt::partition_types::LINUX_FS));
+    let at = |i: usize| (parts[i].bytes_start(lb).unwrap(), parts[i].bytes_len(lb).unwrap());
+    let mut img = std::fs::File::open(&opts.out).unwrap();
+
+    // EFI: systemd-boot, loader.conf, one UKI per slot.
+    let (off, len) = at(0);
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(slice(&mut img, off, len)), fatfs::FsOptions::new()).unwrap();
+    let sdboot = std::fs::read("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").unwrap();
+    assert_eq!(fat_file(&fs, layout::EFI_BOOT_LOADER.trim_start_matches('/')), sdboot);
+    let conf = String::from_utf8(fat_file(&fs, layout::EFI_LOADER_CONF.trim_start_matches('/'))).unwrap();
+    assert!(conf.lines().any(|l| l == "default plinth-a.efi"), "{conf}");
+    for slot in [Slot::A, Slot::B] {
+        let path = format!("{}/{}", layout::EFI_LINUX_DIR.trim_start_matches('/'), slot.uki_name());
+        let uki_bytes = fat_file(&fs, &path);
+        assert_eq!(sha256_hex(&uki_bytes), manifest.part(slot.uki_name()).unwrap().sha256);
+        let pe = uki::parse_pe(&uki_bytes).unwrap();
+        let cmdline = String::from_utf8(pe.data(&uki_bytes, ".cmdline").unwrap().to_vec()).unwrap();
+        assert_eq!(cmdline, board.cmdline_for(slot));
+        assert!(String::from_utf8_lossy(pe.data(&uki_bytes, ".osrel").unwrap()).contains("ID=plinth"));
+        // The initramfs: /init, /dev/console, the modules and their order.
+        let entries = cpio::read(pe.data(&uki_bytes, ".initrd").unwrap()).unwrap();
+        let get = |p: &str| entries.iter().find(|e| e.path == p);
+        assert_eq!(get("init").unwrap().data, init_bytes);
+        assert_eq!(get("dev/console").unwrap().rdev, (5, 1));
+        let mods = layout::INITRAMFS_MODULES.trim_start_matches('/');
+        let order = String::from_utf8(get(&format!("{mods}/order")).unwrap().data.clone()).unwrap();
+        let want: Vec<String> = board.kernel.modules.iter().map(|m| format!("{m}.ko")).collect();
+        assert_eq!(order.lines().collect::<Vec<_>>(), want);
+        for m in &want {
+            assert!(get(&format!("{mods}/{m}")).unwrap().data.starts_with(b"\x7fELF"), "{m}");
+        }
+        let files = entries.iter().filter(|e| e.mode & 0o170000 == 0o100000).count();
+        assert_eq!(files, 1 + want.len() + 1, "init, the modules and order; nothing else");
+    }
+
+    // Both root slots hold the same squashfs.
+    let (a_off, a_len) = at(1);
+    let (b_off, b_len) = at(2);
+    let root_size = manifest.part("root.squashfs").unwrap().size;
+    assert!(root_size <= a_len && root_size <= b_len);
+    let root_a = slice(&mut img, a_off, root_size);
+    assert_eq!(&root_a[..4], b"hsqs");
+    assert_eq!(root_a, slice(&mut img, b_off, root_size));
+    let sq = w.join("root.squashfs");
+    std::fs::write(&sq, &root_a).unwrap();
+    let out = Command::new("unsquashfs").arg("-d").arg(w.join("root")).arg(&sq).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = |p: &str| w.join("root").join(p.trim_start_matches('/'));
+    assert_eq!(std::fs::read(root(layout::ROOT_INIT)).unwrap(), init_bytes);
+    assert!(root(layout::ROOT_APID).is_file());
+    assert_eq!(std::fs::read_to_string(root(layout::ROOT_TRUSTED_KEY)).unwrap(), pem);
+    let board_text = std::fs::read_to_string(opts.board_dir.join("qemu-x86_64.toml")).unwrap();
+    assert_eq!(std::fs::read_to_string(root(layout::ROOT_BOARD)).unwrap(), board_text, "the board file as it is");
+    assert!(std::fs::read_to_string(root("/etc/os-release")).unwrap().contains("ID=plinth"));
+    for d in ["/proc", "/sys", "/dev", "/run", "/var", "/tmp", layout::MOUNT_STATE] {
+        assert!(root(d).is_dir(), "{d}");
+        assert_eq!(std::fs::read_dir(root(d)).unwrap().count(), 0, "{d} is an empty mount point");
+    }
+    // The root's manifest covers every part built before it.
+    let inner: Manifest = serde_json::from_str(&std::fs::read_to_string(root(layout::ROOT_MANIFEST)).unwrap()).unwrap();
+    for p in &inner.parts {
+        assert_eq!(manifest.part(&p.name).map(|q| &q.sha256), Some(&p.sha256), "{}", p.name);
+    }
+    assert_eq!(inner.part("plinth-init").unwrap().sha256, sha256_hex(&init_bytes));
+    assert!(inner.part("kernel.deb").is_some() && inner.part("root.squashfs").is_none());
+
+    // STATE and EPHEMERAL are left for init to format: zeroed.
+    for i in [3, 4] {
+        let (off, _) = at(i);
+        assert!(slice(&mut img, off, 1 << 20).iter().all(|&b| b == 0), "{}", parts[i].name);
+    }
+}
