@@ -134,6 +134,9 @@ fn root_tree(opts: &BuildOptions, board_text: &str, manifest: &Manifest, stage: 
     copy(&opts.trust_key, &rel(layout::ROOT_TRUSTED_KEY), 0o644)?;
     write(&rel(layout::ROOT_BOARD), board_text.as_bytes())?;
     write(&rel("/etc/os-release"), os_release().as_bytes())?;
+    // init writes the name servers it learns to /run (the root is read-only).
+    std::os::unix::fs::symlink("/run/resolv.conf", rel("/etc/resolv.conf"))
+        .map_err(|e| BuildError::io("link", &rel("/etc/resolv.conf"), e))?;
     let json = serde_json::to_string_pretty(manifest).unwrap_or_default();
     write(&rel(layout::ROOT_MANIFEST), json.as_bytes())?;
     // mke2fs creates STATE and EPHEMERAL on first boot; it comes with the

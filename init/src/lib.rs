@@ -122,7 +122,13 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
     if let Bring::Network = bring {
         let network = machine.active_network().await;
         match net::configure(network.as_ref()).await {
-            Ok(report) => report.into_iter().for_each(|line| event(&events, "network", line)),
+            Ok(done) => {
+                done.report.into_iter().for_each(|line| event(&events, "network", line));
+                // The root image links /etc/resolv.conf here.
+                if let Err(e) = std::fs::write("/run/resolv.conf", net::resolv_conf(&done.nameservers)) {
+                    event(&events, "network", format!("writing /run/resolv.conf: {e}"));
+                }
+            }
             Err(e) => event(&events, "network", format!("network bring-up failed: {e}")),
         }
     }

@@ -93,9 +93,31 @@ async fn add_route(h: &Handle, dest: IpNet, via: IpAddr, oif: Option<&Link>) -> 
     }
 }
 
-async fn dhcp_on(h: &Handle, l: &Link) -> Result<String, NetError> {
+/// What bring-up did, and the name servers it learnt.
+#[derive(Debug, Default)]
+pub struct Configured {
+    pub report: Vec<String>,
+    pub nameservers: Vec<IpAddr>,
+}
+
+/// `resolv.conf` for the name servers (at most three, as libc reads).
+pub fn resolv_conf(nameservers: &[IpAddr]) -> String {
+    nameservers.iter().take(3).map(|ns| format!("nameserver {ns}\n")).collect()
+}
+
+async fn dhcp_on(h: &Handle, l: &Link, out: &mut Configured) {
+    match dhcp_lease(h, l).await {
+        Ok((line, dns)) => {
+            out.report.push(line);
+            out.nameservers.extend(dns);
+        }
+        Err(e) => out.report.push(e.to_string()),
+    }
+}
+
+async fn dhcp_lease(h: &Handle, l: &Link) -> Result<(String, Vec<IpAddr>), NetError> {
     let Some(mac) = l.mac else {
-        return Ok(format!("{}: no MAC address, no DHCP", l.name));
+        return Ok((format!("{}: no MAC address, no DHCP", l.name), Vec::new()));
     };
     let lease = dhcp::acquire(&l.name, mac).await?;
     let net = IpNet::new(IpAddr::V4(lease.address), lease.prefix)
@@ -105,23 +127,24 @@ async fn dhcp_on(h: &Handle, l: &Link) -> Result<String, NetError> {
         add_route(h, "0.0.0.0/0".parse().expect("literal"), IpAddr::V4(router), Some(l)).await?;
     }
     let dns: Vec<String> = lease.dns.iter().map(ToString::to_string).collect();
-    Ok(format!(
+    let line = format!(
         "{}: DHCP lease {net} from {} for {}s, router {}, DNS {}",
         l.name,
         lease.server,
         lease.lease_seconds,
         lease.router.map_or("-".into(), |r| r.to_string()),
         if dns.is_empty() { "-".into() } else { dns.join(" ") }
-    ))
+    );
+    Ok((line, lease.dns.iter().map(|d| IpAddr::V4(*d)).collect()))
 }
 
 /// Brings the network up; returns one line per action for the event log.
 /// A failing interface is reported and the others still come up.
-pub async fn configure(network: Option<&Network>) -> Result<Vec<String>, NetError> {
+pub async fn configure(network: Option<&Network>) -> Result<Configured, NetError> {
     let (conn, h, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
     tokio::spawn(conn);
     let all = links(&h).await?;
-    let mut report = Vec::new();
+    let mut out = Configured::default();
     for l in all.iter().filter(|l| l.loopback) {
         up(&h, l, None).await?;
     }
@@ -130,23 +153,23 @@ pub async fn configure(network: Option<&Network>) -> Result<Vec<String>, NetErro
         None => {
             for l in all.iter().filter(|l| !l.loopback && l.mac.is_some()) {
                 up(&h, l, None).await?;
-                report.push(dhcp_on(&h, l).await.unwrap_or_else(|e| e.to_string()));
+                dhcp_on(&h, l, &mut out).await;
             }
         }
         Some(n) => {
             for iface in &n.interfaces {
                 let Some(l) = all.iter().find(|l| l.name == iface.name) else {
-                    report.push(NetError::NoSuchInterface(iface.name.clone()).to_string());
+                    out.report.push(NetError::NoSuchInterface(iface.name.clone()).to_string());
                     continue;
                 };
                 up(&h, l, iface.mtu).await?;
                 for a in &iface.addresses {
                     let net: IpNet = a.parse().map_err(|_| NetError::Address(a.clone()))?;
                     add_address(&h, l, net).await?;
-                    report.push(format!("{}: address {net}", l.name));
+                    out.report.push(format!("{}: address {net}", l.name));
                 }
                 if iface.dhcp {
-                    report.push(dhcp_on(&h, l).await.unwrap_or_else(|e| e.to_string()));
+                    dhcp_on(&h, l, &mut out).await;
                 }
             }
             for r in &n.routes {
@@ -154,9 +177,25 @@ pub async fn configure(network: Option<&Network>) -> Result<Vec<String>, NetErro
                 let via: IpAddr = r.via.parse().map_err(|_| NetError::Address(r.via.clone()))?;
                 let oif = r.interface.as_ref().and_then(|n| all.iter().find(|l| &l.name == n));
                 add_route(&h, dest, via, oif).await?;
-                report.push(format!("route {dest} via {via}"));
+                out.report.push(format!("route {dest} via {via}"));
             }
         }
     }
-    Ok(report)
+    // Configured name servers win over those DHCP offered.
+    if let Some(n) = network.filter(|n| !n.nameservers.is_empty()) {
+        out.nameservers = n.nameservers.iter().filter_map(|s| s.parse().ok()).collect();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_keeps_three() {
+        let ns: Vec<IpAddr> =
+            ["10.0.2.3", "1.1.1.1", "9.9.9.9", "8.8.8.8"].iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(resolv_conf(&ns), "nameserver 10.0.2.3\nnameserver 1.1.1.1\nnameserver 9.9.9.9\n");
+    }
 }
