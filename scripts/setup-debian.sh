@@ -15,7 +15,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 need=()
-for p in qemu-system-x86 ovmf systemd-boot-efi binutils squashfs-tools dosfstools mtools e2fsprogs; do
+for p in qemu-system-x86 ovmf systemd-boot-efi binutils squashfs-tools zstd dosfstools mtools e2fsprogs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

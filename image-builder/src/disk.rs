@@ -93,8 +93,15 @@ pub fn write_gpt(out: &Path, parts: &[Part<'_>]) -> Result<Vec<Placed>, BuildErr
         if data.len() as u64 > at.size {
             return Err(BuildError::TooBig { what: p.label.to_string(), size: data.len() as u64, room: at.size });
         }
-        file.seek(SeekFrom::Start(at.offset)).map_err(|e| BuildError::io("seek", out, e))?;
-        file.write_all(&data).map_err(|e| BuildError::io("write", out, e))?;
+        // Zero blocks are skipped: the file is fresh (zeros), and stays sparse.
+        for (i, chunk) in data.chunks(64 * 1024).enumerate() {
+            if chunk.iter().all(|&b| b == 0) {
+                continue;
+            }
+            file.seek(SeekFrom::Start(at.offset + (i * 64 * 1024) as u64))
+                .map_err(|e| BuildError::io("seek", out, e))?;
+            file.write_all(chunk).map_err(|e| BuildError::io("write", out, e))?;
+        }
     }
     file.sync_all().map_err(|e| BuildError::io("fsync", out, e))?;
     Ok(placed)

@@ -249,6 +249,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     tools::require("objcopy", "binutils")?;
     tools::require("mke2fs", "e2fsprogs")?;
     tools::require("dpkg-deb", "dpkg")?;
+    let zstd = tools::require("zstd", "zstd")?;
 
     progress.step(&format!("fetching {} {}", board.kernel.package, board.kernel.version));
     let k = kernel::fetch(&board.kernel, board.arch.debian(), &opts.cache_dir.join("kernel"))?;
@@ -257,8 +258,12 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     let w = work.path();
 
     progress.step(&format!("building the initramfs ({} modules)", board.kernel.modules.len()));
-    let initrd = w.join("initrd.cpio");
-    write(&initrd, &cpio::archive(&initramfs_entries(opts, &board, &k)?))?;
+    let cpio_file = w.join("initrd.cpio");
+    write(&cpio_file, &cpio::archive(&initramfs_entries(opts, &board, &k)?))?;
+    // zstd (the kernel has CONFIG_RD_ZSTD): 8 MiB → 3 MiB, so two UKIs and
+    // an upgrade's third fit the EFI partition with room to spare.
+    let initrd = w.join("initrd.cpio.zst");
+    tools::run(Command::new(&zstd).args(["-q", "-f", "-10"]).arg(&cpio_file).arg("-o").arg(&initrd))?;
 
     progress.step("building the unified kernel images (slots A and B)");
     let osrel = w.join("os-release");

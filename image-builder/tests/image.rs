@@ -19,7 +19,7 @@ fn on_path(tool: &str) -> bool {
 }
 
 fn missing() -> Option<String> {
-    let gone: Vec<&str> = ["objcopy", "mksquashfs", "unsquashfs", "rustc", "apt-get", "dpkg-deb"]
+    let gone: Vec<&str> = ["objcopy", "mksquashfs", "unsquashfs", "zstd", "rustc", "apt-get", "dpkg-deb"]
         .into_iter()
         .filter(|t| !on_path(t))
         .chain([uki::STUB_X64].into_iter().filter(|f| !Path::new(f).exists()))
@@ -55,6 +55,22 @@ fn fat_file(fs: &fatfs::FileSystem<std::io::Cursor<Vec<u8>>>, path: &str) -> Vec
     let mut v = Vec::new();
     fs.root_dir().open_file(path).unwrap_or_else(|e| panic!("{path}: {e}")).read_to_end(&mut v).unwrap();
     v
+}
+
+fn unzstd(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let feed = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &data));
+    let out = child.wait_with_output().unwrap();
+    feed.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -126,7 +142,9 @@ fn every_layer_of_a_built_image_reads_back() {
         assert_eq!(cmdline, board.cmdline_for(slot));
         assert!(String::from_utf8_lossy(pe.data(&uki_bytes, ".osrel").unwrap()).contains("ID=plinth"));
         // The initramfs: /init, /dev/console, the modules and their order.
-        let entries = cpio::read(pe.data(&uki_bytes, ".initrd").unwrap()).unwrap();
+        let initrd = pe.data(&uki_bytes, ".initrd").unwrap();
+        assert_eq!(&initrd[..4], b"\x28\xb5\x2f\xfd", "zstd compressed");
+        let entries = cpio::read(&unzstd(initrd)).unwrap();
         let get = |p: &str| entries.iter().find(|e| e.path == p);
         assert_eq!(get("init").unwrap().data, init_bytes);
         assert_eq!(get("dev/console").unwrap().rdev, (5, 1));
