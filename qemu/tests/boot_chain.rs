@@ -1,7 +1,8 @@
 //! The boot chain under TCG, without Plinth's init: OVMF → systemd-boot →
-//! the slot A UKI (kernel + our cpio initramfs) → a tiny static PID 1
+//! slot A's UKI (kernel + our cpio initramfs) → a tiny static PID 1
 //! (`fixtures/marker_init.rs`) that loads the board's modules, finds the
-//! partition labelled ROOT-A in sysfs, prints a marker and powers off.
+//! partition labelled ROOT-A in sysfs, prints a marker and powers off; then
+//! the same with slot B's entry made the default (ROOT-B).
 //! The real init is proved by `tests/tests/image.rs`; this test pins down
 //! what image-builder and the qemu crate own, and how long the chain takes.
 //!
@@ -61,7 +62,7 @@ fn trust_key(dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn uefi_systemd_boot_uki_and_initramfs_reach_pid1_which_finds_root_a() {
+fn uefi_systemd_boot_and_each_slots_uki_reach_pid1_which_finds_its_root() {
     if let Some(what) = missing() {
         assert!(std::env::var("CI").is_err(), "CI: missing {what}: run scripts/setup-debian.sh");
         eprintln!("skipped: missing {what} (scripts/setup-debian.sh installs them)");
@@ -109,6 +110,52 @@ fn uefi_systemd_boot_uki_and_initramfs_reach_pid1_which_finds_root_a() {
         build.as_secs_f64(),
         boot.as_secs_f64()
     );
+
+    // Slot B's entry: make it systemd-boot's default, boot a fresh VM.
+    set_loader_default(&opts.out, machinery::layout::Slot::B.uki_name());
+    let mut vm = Vm::start(VmOptions {
+        image: opts.out.clone(),
+        name: "chain-b".into(),
+        memory_mib: 256,
+        dir: work.path().join("vm-b"),
+    })
+    .unwrap();
+    vm.wait_for_serial("fixture-init: PLINTH-", Duration::from_secs(180)).unwrap();
+    let log = vm.serial_log();
+    assert!(log.contains("PLINTH-FIXTURE-OK PARTNAME=ROOT-B is vda3"), "{log}");
+    assert!(log.contains("fixture-init: cmdline: console=ttyS0 plinth.slot=b"), "{log}");
+    vm.wait_exit(Duration::from_secs(30)).unwrap();
+}
+
+/// Rewrites `default` in the image's loader.conf (in place, through fatfs).
+fn set_loader_default(image: &Path, entry: &str) {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let disk = gpt::GptConfig::new().open(image).unwrap();
+    let lb = gpt::disk::LogicalBlockSize::Lb512;
+    let efi = disk.partitions().values().find(|p| p.name == machinery::layout::EFI).unwrap().clone();
+    let (off, len) = (efi.bytes_start(lb).unwrap(), efi.bytes_len(lb).unwrap());
+    let mut f = std::fs::File::options().read(true).write(true).open(image).unwrap();
+    let mut buf = vec![0; len as usize];
+    f.seek(SeekFrom::Start(off)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    let mut cur = std::io::Cursor::new(buf);
+    {
+        let fs = fatfs::FileSystem::new(&mut cur, fatfs::FsOptions::new()).unwrap();
+        let path = machinery::layout::EFI_LOADER_CONF.trim_start_matches('/');
+        let mut conf = String::new();
+        fs.root_dir().open_file(path).unwrap().read_to_string(&mut conf).unwrap();
+        let conf: String = conf
+            .lines()
+            .map(|l| if l.starts_with("default ") { format!("default {entry}\n") } else { format!("{l}\n") })
+            .collect();
+        let mut file = fs.root_dir().create_file(path).unwrap();
+        file.truncate().unwrap();
+        file.write_all(conf.as_bytes()).unwrap();
+        drop(file);
+        fs.unmount().unwrap();
+    }
+    f.seek(SeekFrom::Start(off)).unwrap();
+    f.write_all(cur.get_ref()).unwrap();
 }
 
 fn opts_modules(opts: &image_builder::BuildOptions) -> usize {
