@@ -97,3 +97,72 @@ pub fn find_module(modules_dir: &Path, name: &str) -> Result<PathBuf, BuildError
         BuildError::Package(format!("module {name:?} is not in {} (built in, or misspelt?)", modules_dir.display()))
     })
 }
+
+/// The kernel's name for a module file name (`virtio-rng.ko` → `virtio_rng`).
+pub fn module_name(file: &str) -> String {
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// A module's dependencies, from the `depends=` string of its `.modinfo`
+/// section (NUL-separated `key=value` strings; no ELF parsing needed).
+pub fn module_depends(ko: &[u8]) -> Vec<String> {
+    ko.split(|&b| b == 0)
+        .filter_map(|s| s.strip_prefix(b"depends="))
+        .flat_map(|d| String::from_utf8_lossy(d).split(',').map(str::to_string).collect::<Vec<_>>())
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect()
+}
+
+/// Modules built into the kernel (`modules.builtin` beside `kernel/`).
+pub fn builtin_modules(modules_dir: &Path) -> std::collections::BTreeSet<String> {
+    let path = modules_dir.parent().map(|p| p.join("modules.builtin")).unwrap_or_default();
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .map(module_name)
+        .collect()
+}
+
+/// Checks a load order: each module's dependencies must be built in or
+/// loaded before it (`finit_module` does not resolve them). `modules` is
+/// (file name, contents) in load order; the error is (module, dependency).
+pub fn check_order(
+    builtin: &std::collections::BTreeSet<String>,
+    modules: &[(String, &[u8])],
+) -> Result<(), (String, String)> {
+    let mut loaded = builtin.clone();
+    for (file, data) in modules {
+        let name = module_name(file);
+        if let Some(missing) = module_depends(data).into_iter().find(|d| !loaded.contains(d)) {
+            return Err((name, missing));
+        }
+        loaded.insert(name);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depends_and_order() {
+        let ko = |deps: &str| format!("\x7fELF...\0license=GPL\0depends={deps}\0name=x\0").into_bytes();
+        assert_eq!(module_depends(&ko("net_failover,virtio")), ["net_failover", "virtio"]);
+        assert!(module_depends(&ko("")).is_empty());
+        assert_eq!(module_name("virtio-rng.ko"), "virtio_rng");
+        let builtin: std::collections::BTreeSet<String> = ["ext4".to_string()].into();
+        let (failover, net_failover, virtio_net) = (ko(""), ko("failover"), ko("net_failover,ext4"));
+        let good = [("failover.ko".to_string(), &failover[..]), ("net_failover.ko".into(), &net_failover[..])];
+        assert!(
+            check_order(&builtin, &[good[0].clone(), good[1].clone(), ("virtio_net.ko".into(), &virtio_net)]).is_ok()
+        );
+        assert_eq!(
+            check_order(&builtin, &[("virtio_net.ko".into(), &virtio_net), good[0].clone()]),
+            Err(("virtio_net".into(), "net_failover".into()))
+        );
+    }
+}

@@ -46,6 +46,10 @@ pub enum BuildError {
     Gpt(String),
     #[error("{what} is {size} bytes, its partition holds {room}: raise its size in the board config")]
     TooBig { what: String, size: u64, room: u64 },
+    #[error(
+        "board {board}: kernel.modules: {module} needs {needs}, which is neither built in nor listed before it: add it earlier"
+    )]
+    ModuleOrder { board: String, module: String, needs: String },
     #[error("board {board}: {what} images are not built yet ({why})")]
     Unsupported { board: String, what: String, why: &'static str },
 }
@@ -395,13 +399,20 @@ pub fn initramfs_entries(
         entries.push(cpio::Entry::Dir { path: prefix.clone() });
     }
     let mut order = String::new();
+    let mut files = Vec::new();
     for m in &board.kernel.modules {
         let src = kernel::find_module(&k.modules_dir, m)?;
         let file = src.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let data = std::fs::read(&src).map_err(|e| BuildError::io("read", &src, e))?;
-        entries.push(cpio::Entry::File { path: format!("{mods}/{file}"), mode: 0o644, data });
         order.push_str(&file);
         order.push('\n');
+        files.push((file, data));
+    }
+    let order_check: Vec<(String, &[u8])> = files.iter().map(|(f, d)| (f.clone(), d.as_slice())).collect();
+    kernel::check_order(&kernel::builtin_modules(&k.modules_dir), &order_check)
+        .map_err(|(module, needs)| BuildError::ModuleOrder { board: board.name.clone(), module, needs })?;
+    for (file, data) in files {
+        entries.push(cpio::Entry::File { path: format!("{mods}/{file}"), mode: 0o644, data });
     }
     entries.push(cpio::Entry::File { path: format!("{mods}/order"), mode: 0o644, data: order.into_bytes() });
     Ok(entries)

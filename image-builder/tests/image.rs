@@ -178,6 +178,7 @@ fn every_layer_of_a_built_image_reads_back() {
     let board_text = std::fs::read_to_string(opts.board_dir.join("qemu-x86_64.toml")).unwrap();
     assert_eq!(std::fs::read_to_string(root(layout::ROOT_BOARD)).unwrap(), board_text, "the board file as it is");
     assert!(std::fs::read_to_string(root("/etc/os-release")).unwrap().contains("ID=plinth"));
+    assert_eq!(std::fs::read_link(root("/etc/resolv.conf")).unwrap(), Path::new("/run/resolv.conf"));
     for d in ["/proc", "/sys", "/dev", "/run", "/var", "/tmp", layout::MOUNT_STATE] {
         assert!(root(d).is_dir(), "{d}");
         assert_eq!(std::fs::read_dir(root(d)).unwrap().count(), 0, "{d} is an empty mount point");
@@ -195,4 +196,40 @@ fn every_layer_of_a_built_image_reads_back() {
         let (off, _) = at(i);
         assert!(slice(&mut img, off, 1 << 20).iter().all(|&b| b == 0), "{}", parts[i].name);
     }
+}
+
+#[test]
+fn a_module_listed_before_its_dependency_is_refused() {
+    if let Some(what) = missing() {
+        assert!(std::env::var("CI").is_err(), "CI: missing {what}: run scripts/setup-debian.sh");
+        eprintln!("skipped: missing {what} (scripts/setup-debian.sh installs them)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(workspace.join("board-configs/qemu-x86_64.toml")).unwrap();
+    let swapped = text
+        .replace("\"failover\", \"net_failover\", \"virtio_net\"", "\"failover\", \"virtio_net\", \"net_failover\"");
+    assert_ne!(swapped, text, "the board lists failover, net_failover, virtio_net");
+    let board = w.join("qemu-x86_64.toml");
+    std::fs::write(&board, swapped).unwrap();
+    let key = machinery::signing::generate_signing_key().unwrap();
+    std::fs::write(w.join("ops.pub"), machinery::signing::verifying_key_to_pem(&key.verifying_key()).unwrap()).unwrap();
+    let cache = std::env::var_os("HOME").map_or_else(|| w.join("cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let opts = BuildOptions {
+        board: board.display().to_string(),
+        board_dir: w.to_path_buf(),
+        trust_key: w.join("ops.pub"),
+        bin_dir: fixture_bins(w),
+        out: w.join("plinth.img"),
+        cache_dir: cache,
+    };
+    let e = image_builder::build(&opts).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "board qemu-x86_64: kernel.modules: virtio_net needs net_failover, which is neither built in nor listed \
+         before it: add it earlier"
+    );
+    assert!(!opts.out.exists(), "nothing written");
 }
