@@ -73,7 +73,54 @@ pub struct Vm {
     pub api_port: u16,
     pub serial: PathBuf,
     opts: VmOptions,
+    disk: Disk,
     child: Option<Child>,
+}
+
+/// How the VM's disk is attached: virtio by default; the others stand in
+/// for real machines' NVMe, SATA and USB sticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Disk {
+    #[default]
+    Virtio,
+    Nvme,
+    /// SATA through an ICH9 AHCI controller.
+    Ahci,
+    /// A USB stick (usb-storage) on an xHCI controller.
+    Usb,
+}
+
+impl std::str::FromStr for Disk {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Disk, String> {
+        match s {
+            "virtio" => Ok(Disk::Virtio),
+            "nvme" => Ok(Disk::Nvme),
+            "ahci" | "sata" => Ok(Disk::Ahci),
+            "usb" => Ok(Disk::Usb),
+            _ => Err(format!("{s:?}: the disk is virtio, nvme, ahci or usb")),
+        }
+    }
+}
+
+impl Disk {
+    fn args(self, file: &Path) -> Vec<String> {
+        let drive = |iface: &str| format!("file={},format=qcow2,if={iface}", file.display());
+        let none = format!("{},id=d0", drive("none"));
+        match self {
+            Disk::Virtio => vec!["-drive".into(), drive("virtio")],
+            Disk::Nvme => vec!["-drive".into(), none, "-device".into(), "nvme,drive=d0,serial=plinth".into()],
+            Disk::Ahci => vec!["-drive".into(), none, "-device".into(), "ide-hd,drive=d0,bus=ide.0".into()],
+            Disk::Usb => vec![
+                "-drive".into(),
+                none,
+                "-device".into(),
+                "qemu-xhci,id=xhci".into(),
+                "-device".into(),
+                "usb-storage,drive=d0,bus=xhci.0,removable=on".into(),
+            ],
+        }
+    }
 }
 
 fn free_port() -> Result<u16, VmError> {
@@ -95,6 +142,11 @@ fn require(path: &str, package: &str) -> Result<(), VmError> {
 impl Vm {
     /// Creates the overlay (first start only) and boots the VM.
     pub fn start(opts: VmOptions) -> Result<Vm, VmError> {
+        Vm::start_with(opts, Disk::Virtio)
+    }
+
+    /// [`Vm::start`] with the disk attached another way.
+    pub fn start_with(opts: VmOptions, disk: Disk) -> Result<Vm, VmError> {
         require("qemu-system-x86_64", "qemu-system-x86 (from bookworm-backports)")?;
         require("qemu-img", "qemu-utils")?;
         require(OVMF_CODE, "ovmf")?;
@@ -123,6 +175,7 @@ impl Vm {
             api_port: free_port()?,
             serial: opts.dir.join("serial.log"),
             opts,
+            disk,
             child: None,
         };
         vm.boot()?;
@@ -153,7 +206,7 @@ impl Vm {
         .arg(format!("file:{}", self.serial.display()))
         .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
         .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
-        .args(["-drive", &format!("file={},format=qcow2,if=virtio", d.join("disk.qcow2").display())])
+        .args(self.disk.args(&d.join("disk.qcow2")))
         .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{DEFAULT_API_PORT}", self.api_port)])
         .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"])
         .stdin(Stdio::null())

@@ -25,6 +25,9 @@ enum Cmd {
         /// Guest memory, e.g. 256M or 1G.
         #[arg(long, default_value = "256M", value_parser = parse_memory)]
         memory: u32,
+        /// How the disk is attached: virtio, nvme, ahci or usb.
+        #[arg(long, default_value = "virtio")]
+        disk: plinth_qemu::Disk,
     },
     /// Stop a VM and delete its overlay.
     Down {
@@ -50,17 +53,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let state = cli.state_dir.unwrap_or_else(plinth_qemu::default_state_dir);
     match cli.command {
-        Cmd::Up { image, name, memory } => {
+        Cmd::Up { image, name, memory, disk } => {
             let dir = state.join(&name);
             if dir.join("vm.json").exists() {
                 anyhow::bail!("a VM named {name} exists: `qemu down --name {name}` first");
             }
-            let mut vm = plinth_qemu::Vm::start(plinth_qemu::VmOptions {
-                image,
-                name: name.clone(),
-                memory_mib: memory,
-                dir: dir.clone(),
-            })?;
+            let opts = plinth_qemu::VmOptions { image, name: name.clone(), memory_mib: memory, dir: dir.clone() };
+            let mut vm = plinth_qemu::Vm::start_with(opts, disk)?;
             eprintln!("booting {name} (serial log: {})…", vm.serial.display());
             vm.wait_for_api(Duration::from_secs(180))?;
             let record = vm.detach();
