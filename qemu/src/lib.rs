@@ -435,3 +435,40 @@ pub fn down(state_dir: &Path, name: &str) -> Result<(), VmError> {
     let dir = state_dir.join(name);
     std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_parse_and_attach() {
+        assert_eq!("nvme".parse::<Disk>(), Ok(Disk::Nvme));
+        assert_eq!("sata".parse::<Disk>(), Ok(Disk::Ahci));
+        assert!("floppy".parse::<Disk>().unwrap_err().contains("virtio, nvme, ahci or usb"));
+        let f = Path::new("/vm/disk.qcow2");
+        assert_eq!(Disk::Virtio.args(f), ["-drive", "file=/vm/disk.qcow2,format=qcow2,if=virtio"]);
+        let usb = Disk::Usb.args(f).join(" ");
+        assert!(usb.contains("if=none,id=d0") && usb.contains("usb-storage,drive=d0"), "{usb}");
+    }
+
+    #[test]
+    fn records_round_trip_and_list() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Record {
+            name: "n1".into(),
+            pid: 0,
+            api: "127.0.0.1:1234".into(),
+            ports: vec![(50000, 1234)],
+            serial: d.path().join("n1/serial.log"),
+            dir: d.path().join("n1"),
+            image: "plinth.img".into(),
+        };
+        std::fs::create_dir_all(&r.dir).unwrap();
+        save_record(&r.dir, &r).unwrap();
+        assert_eq!(load_record(d.path(), "n1").unwrap().ports, [(50000, 1234)]);
+        assert_eq!(list(d.path()).len(), 1);
+        assert!(matches!(load_record(d.path(), "n2"), Err(VmError::Unknown(_))));
+        down(d.path(), "n1").unwrap();
+        assert!(list(d.path()).is_empty());
+    }
+}
