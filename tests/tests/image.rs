@@ -5,12 +5,20 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use machinery::api;
 use osctl::connect::{self, Credentials, LocalChecks};
 use plinth_qemu::{Vm, VmOptions};
 use plinth_tests::{Operator, build_image, osctl, wait_for};
 
 const BOOT: Duration = Duration::from_secs(240);
+
+/// The end of a serial log, for failure messages.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    format!("serial console, last lines:\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
+}
 
 #[test]
 fn image_boots_takes_a_signed_config_and_keeps_it_across_a_reboot() -> anyhow::Result<()> {
@@ -79,11 +87,9 @@ fn image_boots_takes_a_signed_config_and_keeps_it_across_a_reboot() -> anyhow::R
     assert!(dmesg.contains("DHCP lease"), "{dmesg}");
 
     // Reboot: the same config comes back from STATE.
-    let before = configured().and_then(|v| v[0]["uptime_seconds"].as_u64()).unwrap_or(0);
     osctl(&c, &["-n", &addr, "reboot"]).ok()?;
-    let v = wait_for("the node back after its reboot", BOOT, || {
-        configured().filter(|v| v[0]["uptime_seconds"].as_u64().is_some_and(|u| u < before))
-    })?;
+    vm.wait_for_serial_count("Plinth 0.1.0 starting", 2, BOOT)?;
+    let v = wait_for("the node back after its reboot", BOOT, configured).with_context(|| tail(&vm.serial_log()))?;
     assert_eq!(v[0]["config_version"].as_u64(), Some(1));
     assert_eq!(vm.serial_log().matches("Plinth 0.1.0 starting").count(), 2, "one reboot, two boots");
     assert_eq!(osctl(&c, &["-n", &addr, "get-config"]).ok()?.stdout.as_bytes(), text.as_slice());
