@@ -122,6 +122,12 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), BuildError> {
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io("chmod", to, e))
 }
 
+/// Where downloaded packages are kept unless told otherwise:
+/// `~/.cache/plinth` (`./.cache/plinth` without a home).
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".cache/plinth"), |h| PathBuf::from(h).join(".cache/plinth"))
+}
+
 /// Loads a board by name from `board_dir`, or from a path.
 pub fn load_board(name: &str, board_dir: &Path) -> Result<Board, BuildError> {
     Ok(load_board_text(name, board_dir)?.0)

@@ -36,10 +36,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let Cmd::Build { board, trust_key, out, bin_dir, board_dir, cache_dir } = Cli::parse().command;
-    let cache_dir = cache_dir.unwrap_or_else(|| {
-        std::env::var_os("HOME")
-            .map_or_else(|| PathBuf::from(".cache/plinth"), |h| PathBuf::from(h).join(".cache/plinth"))
-    });
+    let cache_dir = cache_dir.unwrap_or_else(image_builder::default_cache_dir);
     let opts = image_builder::BuildOptions { board, board_dir, trust_key, bin_dir, out, cache_dir };
     let m = image_builder::build(&opts).map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
     println!("{}", opts.out.display());

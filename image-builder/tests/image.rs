@@ -91,7 +91,7 @@ fn every_layer_of_a_built_image_reads_back() {
     let pem = machinery::signing::verifying_key_to_pem(&key.verifying_key()).unwrap();
     std::fs::write(w.join("ops.pub"), &pem).unwrap();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cache = std::env::var_os("HOME").map_or_else(|| w.join("cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let cache = image_builder::default_cache_dir();
     let opts = BuildOptions {
         board: "qemu-x86_64".into(),
         board_dir: workspace.join("board-configs"),
@@ -216,7 +216,7 @@ fn a_module_listed_before_its_dependency_is_refused() {
     std::fs::write(&board, swapped).unwrap();
     let key = machinery::signing::generate_signing_key().unwrap();
     std::fs::write(w.join("ops.pub"), machinery::signing::verifying_key_to_pem(&key.verifying_key()).unwrap()).unwrap();
-    let cache = std::env::var_os("HOME").map_or_else(|| w.join("cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let cache = image_builder::default_cache_dir();
     let opts = BuildOptions {
         board: board.display().to_string(),
         board_dir: w.to_path_buf(),

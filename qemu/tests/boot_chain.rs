@@ -69,8 +69,7 @@ fn uefi_systemd_boot_and_each_slots_uki_reach_pid1_which_finds_its_root() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let cache =
-        std::env::var_os("HOME").map_or_else(|| work.path().join("cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let cache = image_builder::default_cache_dir();
     let image = work.path().join("plinth.img");
     let opts = image_builder::BuildOptions {
         board: "qemu-x86_64".into(),
@@ -168,8 +167,7 @@ fn the_x86_64_uefi_board_boots_from_nvme_sata_and_usb() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let cache =
-        std::env::var_os("HOME").map_or_else(|| work.path().join("cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let cache = image_builder::default_cache_dir();
     let image = work.path().join("x86.img");
     let opts = image_builder::BuildOptions {
         board: "x86_64-uefi".into(),

@@ -13,8 +13,7 @@ use plinth_tests::{Operator, build_image, osctl, wait_for};
 fn guest_time(c: &std::path::Path, addr: &str, needle: &str) -> f64 {
     let out = osctl(c, &["-n", addr, "-o", "json", "dmesg"]).stdout;
     out.lines()
-        .filter(|l| l.contains(needle))
-        .next_back()
+        .rfind(|l| l.contains(needle))
         .and_then(|rec| serde_json::from_str::<serde_json::Value>(rec).ok()?["timestamp_us"].as_u64())
         .map_or(f64::NAN, |us| us as f64 / 1e6)
 }

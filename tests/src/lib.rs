@@ -274,8 +274,7 @@ impl Drop for HostNode {
 pub fn build_image(op: &Operator, out: &Path) -> anyhow::Result<()> {
     let target = bin_dir().parent().context("target dir")?.to_path_buf();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace")?;
-    let cache =
-        std::env::var_os("HOME").map_or_else(|| target.join("plinth-cache"), |h| Path::new(&h).join(".cache/plinth"));
+    let cache = image_builder::default_cache_dir();
     let opts = image_builder::BuildOptions {
         board: "qemu-x86_64".into(),
         board_dir: workspace.join("board-configs"),
