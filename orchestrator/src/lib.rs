@@ -1,1 +1,15 @@
+//! Plinth's embedded control plane: a Kubernetes-compatible API server over
+//! a revisioned SQLite store.
+
+pub mod discovery;
+pub mod errors;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod resources;
+pub mod selector;
+pub mod server;
+pub mod smp;
 pub mod store;
+pub mod table;
+pub mod validation;

@@ -1,0 +1,232 @@
+//! Discovery documents (`/version`, `/api`, `/apis`, group-version resource
+//! lists) and the minimal OpenAPI v3 documents kubectl needs to leave
+//! validation to the server (`fieldValidation=Strict`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery,
+    ServerAddressByClientCIDR,
+};
+use serde_json::{Value, json};
+
+use crate::resources::{GROUPS, RESOURCES, ResourceType};
+
+/// The Kubernetes version the API server presents.
+pub const MAJOR: &str = "1";
+pub const MINOR: &str = "33";
+
+pub fn version() -> Value {
+    json!({"major": MAJOR, "minor": MINOR, "gitVersion": format!("v{MAJOR}.{MINOR}.0-plinth.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "", "gitTreeState": "clean", "buildDate": "", "goVersion": "none (Rust)", "compiler": "rustc",
+        "platform": format!("linux/{}", if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" })})
+}
+
+fn with_type<T: serde::Serialize>(v: T, kind: &str, api_version: &str) -> Value {
+    let mut j = serde_json::to_value(v).unwrap_or_default();
+    j["kind"] = kind.into();
+    j["apiVersion"] = api_version.into();
+    j
+}
+
+pub fn api_versions(server_address: &str) -> Value {
+    let mut j = with_type(
+        APIVersions {
+            versions: vec!["v1".into()],
+            server_address_by_client_cidrs: vec![ServerAddressByClientCIDR {
+                client_cidr: "0.0.0.0/0".into(),
+                server_address: server_address.into(),
+            }],
+        },
+        "APIVersions",
+        "v1",
+    );
+    j.as_object_mut().map(|m| m.remove("apiVersion"));
+    j
+}
+
+fn group(name: &str) -> APIGroup {
+    let gv = GroupVersionForDiscovery { group_version: format!("{name}/v1"), version: "v1".into() };
+    APIGroup {
+        name: name.into(),
+        preferred_version: Some(gv.clone()),
+        server_address_by_client_cidrs: None,
+        versions: vec![gv],
+    }
+}
+
+pub fn api_group_list() -> Value {
+    with_type(APIGroupList { groups: GROUPS.iter().map(|g| group(g)).collect() }, "APIGroupList", "v1")
+}
+
+pub fn api_group(name: &str) -> Option<Value> {
+    GROUPS.contains(&name).then(|| with_type(group(name), "APIGroup", "v1"))
+}
+
+const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn resource(rt: &ResourceType) -> APIResource {
+    APIResource {
+        name: rt.plural.into(),
+        singular_name: rt.singular.into(),
+        namespaced: rt.namespaced,
+        kind: rt.kind.into(),
+        verbs: strings(VERBS),
+        short_names: (!rt.short_names.is_empty()).then(|| strings(rt.short_names)),
+        categories: (!rt.categories.is_empty()).then(|| strings(rt.categories)),
+        storage_version_hash: None,
+        group: None,
+        version: None,
+    }
+}
+
+fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
+    let (kind, group, version, verbs): (&str, Option<&str>, Option<&str>, &[&str]) = match sub {
+        "scale" => ("Scale", Some("autoscaling"), Some("v1"), &["get", "patch", "update"]),
+        "binding" => ("Binding", None, None, &["create"]),
+        _ => (rt.kind, None, None, &["get", "patch", "update"]),
+    };
+    APIResource {
+        name: format!("{}/{sub}", rt.plural),
+        singular_name: String::new(),
+        namespaced: rt.namespaced,
+        kind: kind.into(),
+        verbs: strings(verbs),
+        group: group.map(str::to_string),
+        version: version.map(str::to_string),
+        short_names: None,
+        categories: None,
+        storage_version_hash: None,
+    }
+}
+
+/// The `APIResourceList` of a group version ("" for core).
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let rts: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    if rts.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for rt in &rts {
+        resources.push(resource(rt));
+        for sub in rt.subresources {
+            resources.push(subresource(rt, sub));
+        }
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(with_type(APIResourceList { group_version: gv, resources }, "APIResourceList", "v1"))
+}
+
+/// The group versions that have OpenAPI v3 documents, as URL paths.
+fn openapi_paths() -> Vec<String> {
+    let mut v = vec!["api/v1".to_string()];
+    v.extend(GROUPS.iter().map(|g| format!("apis/{g}/v1")));
+    v
+}
+
+/// A stable tag for this build's documents (clients cache by it).
+fn hash() -> String {
+    format!("plinth{}{MINOR}", env!("CARGO_PKG_VERSION").replace('.', ""))
+}
+
+pub fn openapi_v3_index() -> Value {
+    let paths: serde_json::Map<String, Value> = openapi_paths()
+        .into_iter()
+        .map(|p| {
+            let url = format!("/openapi/v3/{p}?hash={}", hash());
+            (p, json!({"serverRelativeURL": url}))
+        })
+        .collect();
+    json!({"paths": paths})
+}
+
+/// The OpenAPI v3 document of one group version (`api/v1`, `apis/apps/v1`):
+/// for each kind, its PATCH operation with the group-version-kind and the
+/// `fieldValidation` parameter, and a schema naming the kind.
+pub fn openapi_v3(path: &str) -> Option<Value> {
+    let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return None,
+    };
+    let rts: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    if rts.is_empty() {
+        return None;
+    }
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    for rt in rts {
+        let gvk = json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]);
+        let scope = if rt.namespaced { "/namespaces/{namespace}" } else { "" };
+        let url = format!("/{path}{scope}/{}/{{name}}", rt.plural);
+        let schema_name = schema_name(rt);
+        let op = |verb: &str| {
+            json!({"operationId": format!("{verb}{}", rt.kind), "x-kubernetes-action": verb,
+                "x-kubernetes-group-version-kind": gvk[0],
+                "parameters": [
+                    {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                    {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}],
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}}}})
+        };
+        paths.insert(url, json!({"patch": op("patch"), "put": op("put")}));
+        let collection = format!("/{path}{scope}/{}", rt.plural);
+        paths.insert(collection, json!({"post": op("post")}));
+        schemas.insert(
+            schema_name,
+            json!({"type": "object", "x-kubernetes-group-version-kind": gvk,
+                "description": format!("{} (schema served by the API server: fieldValidation=Strict)", rt.kind)}),
+        );
+    }
+    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v{MAJOR}.{MINOR}.0")},
+        "paths": paths, "components": {"schemas": schemas}}))
+}
+
+fn schema_name(rt: &ResourceType) -> String {
+    let group = match rt.group {
+        "" => "core",
+        "discovery.k8s.io" => "discovery",
+        "coordination.k8s.io" => "coordination",
+        g => g,
+    };
+    format!("io.k8s.api.{group}.{}.{}", rt.version, rt.kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_lists_short_names_categories_and_scale() {
+        let apps = resource_list("apps", "v1").unwrap();
+        let res = apps["resources"].as_array().unwrap();
+        let dep = res.iter().find(|r| r["name"] == "deployments").unwrap();
+        assert_eq!(dep["shortNames"], json!(["deploy"]));
+        assert_eq!(dep["categories"], json!(["all"]));
+        let scale = res.iter().find(|r| r["name"] == "deployments/scale").unwrap();
+        assert_eq!((scale["group"].as_str(), scale["kind"].as_str()), (Some("autoscaling"), Some("Scale")));
+        let core = resource_list("", "v1").unwrap();
+        assert_eq!(core["groupVersion"], "v1");
+        assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/binding"));
+        assert!(resource_list("nope", "v1").is_none());
+        assert_eq!(api_group_list()["groups"][0]["preferredVersion"]["groupVersion"], "apps/v1");
+    }
+
+    #[test]
+    fn openapi_v3_has_patch_with_field_validation() {
+        let idx = openapi_v3_index();
+        assert!(
+            idx["paths"]["apis/apps/v1"]["serverRelativeURL"]
+                .as_str()
+                .unwrap()
+                .starts_with("/openapi/v3/apis/apps/v1?hash=")
+        );
+        let doc = openapi_v3("apis/apps/v1").unwrap();
+        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        assert!(openapi_v3("api/v1").unwrap()["paths"]["/api/v1/nodes/{name}"].is_object());
+    }
+}

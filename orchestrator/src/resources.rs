@@ -1,0 +1,223 @@
+//! The resource types the API server serves: names and discovery facts,
+//! the k8s-openapi type each one decodes through, and its storage keys.
+
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+/// One served resource.
+#[derive(Debug)]
+pub struct ResourceType {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Served subresources: "status", "scale", "binding".
+    pub subresources: &'static [&'static str],
+    /// Field selector fields beyond metadata.name/namespace.
+    pub fields: &'static [&'static str],
+    /// Decodes through the typed struct and encodes back: checks types and
+    /// drops what the type does not know.
+    pub roundtrip: fn(Value) -> Result<Value, String>,
+}
+
+fn roundtrip<K: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {
+    let typed: K = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+impl ResourceType {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// The URL prefix of this resource's group version.
+    pub fn gv_path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The storage key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!("/registry/{}/{ns}/{name}", self.plural),
+            None => format!("/registry/{}/{name}", self.plural),
+        }
+    }
+
+    /// The key prefix of a collection (all namespaces when `None`).
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!("/registry/{}/{ns}/", self.plural),
+            None => format!("/registry/{}/", self.plural),
+        }
+    }
+
+    pub fn has_status(&self) -> bool {
+        self.subresources.contains(&"status")
+    }
+}
+
+const ALL: &[&str] = &["all"];
+const NONE: &[&str] = &[];
+const POD_FIELDS: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+macro_rules! rt {
+    ($group:expr, $kind:literal, $ty:ty, $plural:literal, $singular:literal, $ns:expr, $short:expr, $cat:expr, $sub:expr, $fields:expr) => {
+        ResourceType {
+            group: $group,
+            version: "v1",
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $ns,
+            short_names: $short,
+            categories: $cat,
+            subresources: $sub,
+            fields: $fields,
+            roundtrip: roundtrip::<$ty>,
+        }
+    };
+}
+
+pub static RESOURCES: &[ResourceType] = &[
+    rt!(
+        "",
+        "Namespace",
+        core::Namespace,
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        NONE,
+        &["status"],
+        &["status.phase"]
+    ),
+    rt!("", "Pod", core::Pod, "pods", "pod", true, &["po"], ALL, &["status", "binding"], POD_FIELDS),
+    rt!("", "Node", core::Node, "nodes", "node", false, &["no"], NONE, &["status"], &["spec.unschedulable"]),
+    rt!("", "Service", core::Service, "services", "service", true, &["svc"], ALL, &["status"], NONE),
+    rt!("", "Endpoints", core::Endpoints, "endpoints", "endpoints", true, &["ep"], NONE, NONE, NONE),
+    rt!("", "ConfigMap", core::ConfigMap, "configmaps", "configmap", true, &["cm"], NONE, NONE, NONE),
+    rt!("", "Secret", core::Secret, "secrets", "secret", true, NONE, NONE, NONE, &["type"]),
+    rt!(
+        "",
+        "ServiceAccount",
+        core::ServiceAccount,
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!("", "Event", core::Event, "events", "event", true, &["ev"], NONE, NONE, EVENT_FIELDS),
+    rt!(
+        "apps",
+        "Deployment",
+        apps::Deployment,
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        ALL,
+        &["status", "scale"],
+        NONE
+    ),
+    rt!(
+        "apps",
+        "ReplicaSet",
+        apps::ReplicaSet,
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        ALL,
+        &["status", "scale"],
+        &["status.replicas"]
+    ),
+    rt!("apps", "DaemonSet", apps::DaemonSet, "daemonsets", "daemonset", true, &["ds"], ALL, &["status"], NONE),
+    rt!("batch", "Job", batch::Job, "jobs", "job", true, NONE, ALL, &["status"], &["status.successful"]),
+    rt!(
+        "discovery.k8s.io",
+        "EndpointSlice",
+        discovery::EndpointSlice,
+        "endpointslices",
+        "endpointslice",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!("coordination.k8s.io", "Lease", coordination::Lease, "leases", "lease", true, NONE, NONE, NONE, NONE),
+];
+
+/// The served API groups other than core, in discovery order.
+pub const GROUPS: &[&str] = &["apps", "batch", "discovery.k8s.io", "coordination.k8s.io"];
+
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+pub fn by_kind(kind: &str) -> Option<&'static ResourceType> {
+    RESOURCES.iter().find(|r| r.kind == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_lookup() {
+        let pods = find("", "v1", "pods").unwrap();
+        assert_eq!(pods.key(Some("default"), "p"), "/registry/pods/default/p");
+        assert_eq!(pods.prefix(None), "/registry/pods/");
+        let ns = by_kind("Namespace").unwrap();
+        assert_eq!(ns.key(Some("ignored"), "kube-system"), "/registry/namespaces/kube-system");
+        assert_eq!(by_kind("Deployment").unwrap().api_version(), "apps/v1");
+        assert!(find("apps", "v1", "pods").is_none());
+    }
+
+    #[test]
+    fn roundtrip_checks_types() {
+        let cm = by_kind("ConfigMap").unwrap();
+        let ok = (cm.roundtrip)(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a"}, "data": {"k": "v"}, "bogus": 1}))
+        .unwrap();
+        assert!(ok.get("bogus").is_none());
+        assert!(
+            (cm.roundtrip)(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": 1}})).is_err()
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! Label selectors (`a=b,c!=d,e in (f,g),h notin (i),j,!k`) and field
+//! selectors (`spec.nodeName=n1,status.phase!=Failed`), parsed once and
+//! matched against objects.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+impl Requirement {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Requirement::Equals(k, v) => labels.get(k) == Some(v),
+            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
+            Requirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
+            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::NotExists(k) => !labels.contains_key(k),
+        }
+    }
+}
+
+/// A parsed label selector; empty matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(pub Vec<Requirement>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unable to parse requirement: {0}")]
+pub struct SelectorError(pub String);
+
+/// Splits on commas that are not inside parentheses.
+fn terms(s: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect()
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+}
+
+fn valid_value(v: &str) -> bool {
+    v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn set(s: &str) -> Option<Vec<String>> {
+    let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
+    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+}
+
+impl LabelSelector {
+    pub fn parse(s: &str) -> Result<LabelSelector, SelectorError> {
+        let mut reqs = Vec::new();
+        for t in terms(s) {
+            let err = || SelectorError(t.to_string());
+            let req = if let Some(k) = t.strip_prefix('!') {
+                Requirement::NotExists(k.trim().to_string())
+            } else if let Some((k, v)) = t.split_once("!=") {
+                Requirement::NotEquals(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+                Requirement::Equals(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = t.split_once(" notin ") {
+                Requirement::NotIn(k.trim().into(), set(v).ok_or_else(err)?)
+            } else if let Some((k, v)) = t.split_once(" in ") {
+                Requirement::In(k.trim().into(), set(v).ok_or_else(err)?)
+            } else {
+                Requirement::Exists(t.to_string())
+            };
+            let (key, values): (&str, Vec<&str>) = match &req {
+                Requirement::Equals(k, v) | Requirement::NotEquals(k, v) => (k, vec![v]),
+                Requirement::In(k, vs) | Requirement::NotIn(k, vs) => (k, vs.iter().map(String::as_str).collect()),
+                Requirement::Exists(k) | Requirement::NotExists(k) => (k, vec![]),
+            };
+            if !valid_key(key) || !values.iter().all(|v| valid_value(v)) {
+                return Err(err());
+            }
+            reqs.push(req);
+        }
+        Ok(LabelSelector(reqs))
+    }
+
+    /// From a `metav1.LabelSelector` (matchLabels + matchExpressions).
+    pub fn from_json(sel: &Value) -> LabelSelector {
+        let mut reqs = Vec::new();
+        if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
+            for (k, v) in m {
+                reqs.push(Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()));
+            }
+        }
+        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            match e.get("operator").and_then(Value::as_str) {
+                Some("In") => reqs.push(Requirement::In(key, values)),
+                Some("NotIn") => reqs.push(Requirement::NotIn(key, values)),
+                Some("Exists") => reqs.push(Requirement::Exists(key)),
+                Some("DoesNotExist") => reqs.push(Requirement::NotExists(key)),
+                // An unknown operator matches nothing, as upstream's conversion error does.
+                _ => reqs.push(Requirement::In(key, vec![])),
+            }
+        }
+        LabelSelector(reqs)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|r| r.matches(labels))
+    }
+
+    /// Matches an object's `metadata.labels`.
+    pub fn matches_object(&self, obj: &Value) -> bool {
+        self.is_empty() || self.matches(&labels_of(obj))
+    }
+}
+
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r {
+                Requirement::Equals(k, v) => format!("{k}={v}"),
+                Requirement::NotEquals(k, v) => format!("{k}!={v}"),
+                Requirement::In(k, vs) => format!("{k} in ({})", vs.join(",")),
+                Requirement::NotIn(k, vs) => format!("{k} notin ({})", vs.join(",")),
+                Requirement::Exists(k) => k.clone(),
+                Requirement::NotExists(k) => format!("!{k}"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
+    obj.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// A parsed field selector: terms `path=value` / `path!=value`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSelector(pub Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    /// Parses and checks each field against `supported` (plus
+    /// `metadata.name` and `metadata.namespace`, always allowed).
+    pub fn parse(s: &str, supported: &[&str]) -> Result<FieldSelector, SelectorError> {
+        let mut out = Vec::new();
+        for t in terms(s) {
+            let (field, eq, value) = if let Some((f, v)) = t.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+                (f, true, v)
+            } else {
+                return Err(SelectorError(format!("invalid selector: '{t}'; can't understand '{t}'")));
+            };
+            let field = field.trim();
+            if !(field == "metadata.name" || field == "metadata.namespace" || supported.contains(&field)) {
+                return Err(SelectorError(format!("field label not supported: {field}")));
+            }
+            out.push((field.to_string(), eq, value.trim().to_string()));
+        }
+        Ok(FieldSelector(out))
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.0.iter().all(|(field, eq, want)| {
+            let got = field_value(obj, field);
+            (got == *want) == *eq
+        })
+    }
+}
+
+/// The string form of a dotted field in an object ("" when absent).
+pub fn field_value(obj: &Value, field: &str) -> String {
+    let mut v = obj;
+    for part in field.split('.') {
+        match v.get(part) {
+            Some(next) => v = next,
+            None => return String::new(),
+        }
+    }
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn label_selector_operators() {
+        let s = LabelSelector::parse("app=web,tier!=db,env in (prod, staging),track notin (canary),release,!legacy")
+            .unwrap();
+        assert_eq!(s.0.len(), 6);
+        assert!(s.matches(&labels(&[("app", "web"), ("env", "prod"), ("release", "1")])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("env", "dev"), ("release", "1")])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("env", "prod"), ("release", "1"), ("legacy", "y")])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("env", "prod")])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("env", "prod"), ("release", "1"), ("tier", "db")])));
+        assert!(LabelSelector::parse("").unwrap().matches(&labels(&[])));
+        assert!(LabelSelector::parse("a in b").is_err());
+        assert!(LabelSelector::parse("a=b c").is_err());
+        assert_eq!(s.to_string(), "app=web,tier!=db,env in (prod,staging),track notin (canary),release,!legacy");
+    }
+
+    #[test]
+    fn label_selector_from_json() {
+        let s = LabelSelector::from_json(&json!({"matchLabels": {"app": "a"},
+            "matchExpressions": [{"key": "t", "operator": "NotIn", "values": ["x"]}]}));
+        assert!(s.matches(&labels(&[("app", "a")])));
+        assert!(!s.matches(&labels(&[("app", "a"), ("t", "x")])));
+    }
+
+    #[test]
+    fn field_selector_with_not_equals_and_several_terms() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"nodeName": "n1"},
+            "status": {"phase": "Running"}});
+        let ok = |s| FieldSelector::parse(s, &["spec.nodeName", "status.phase"]).unwrap().matches(&pod);
+        assert!(ok("spec.nodeName=n1,status.phase!=Succeeded,status.phase!=Failed"));
+        assert!(!ok("spec.nodeName=n1,status.phase!=Running"));
+        assert!(ok("metadata.name==p"));
+        assert!(ok("spec.nodeName!="));
+        assert!(!ok("spec.nodeName="));
+        assert_eq!(
+            FieldSelector::parse("spec.bogus=1", &[]).unwrap_err(),
+            SelectorError("field label not supported: spec.bogus".into())
+        );
+    }
+}

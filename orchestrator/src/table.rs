@@ -1,0 +1,627 @@
+//! `meta.k8s.io/v1` Table responses, with upstream's columns (from
+//! kubernetes/pkg/printers/internalversion/printers.go) for the kinds
+//! `kubectl get` shows most.
+
+use serde_json::{Value, json};
+
+use crate::registry::parse_time;
+use crate::resources::ResourceType;
+
+/// (name, type, priority, description)
+type Column = (&'static str, &'static str, u8, &'static str);
+
+fn columns(kind: &str) -> Vec<Column> {
+    let name: Column = ("Name", "string", 0, "Name must be unique within a namespace.");
+    let age: Column = (
+        "Age",
+        "string",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
+    let containers: Column = ("Containers", "string", 1, "Names of each container in the template.");
+    let images: Column = ("Images", "string", 1, "Images referenced by each container in the template.");
+    let selector: Column = ("Selector", "string", 1, "Label selector for pods.");
+    match kind {
+        "Pod" => vec![
+            name,
+            ("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
+            ("Status", "string", 0, "The aggregate status of the containers in this pod."),
+            ("Restarts", "string", 0, "The number of times the containers in this pod have been restarted."),
+            age,
+            ("IP", "string", 1, "IP address allocated to the pod."),
+            ("Node", "string", 1, "Name of the node this pod is assigned to."),
+            ("Nominated Node", "string", 1, "Name of the node this pod is nominated to run on."),
+            ("Readiness Gates", "string", 1, "Readiness gates of this pod."),
+        ],
+        "Deployment" => vec![
+            name,
+            ("Ready", "string", 0, "Number of the pod with ready state"),
+            (
+                "Up-to-date",
+                "string",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            (
+                "Available",
+                "string",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            age,
+            containers,
+            images,
+            selector,
+        ],
+        "ReplicaSet" => vec![
+            name,
+            ("Desired", "integer", 0, "Replicas is the number of desired replicas."),
+            ("Current", "integer", 0, "Replicas is the most recently observed number of replicas."),
+            ("Ready", "integer", 0, "The number of ready replicas for this replica set."),
+            age,
+            containers,
+            images,
+            selector,
+        ],
+        "DaemonSet" => vec![
+            name,
+            ("Desired", "integer", 0, "The total number of nodes that should be running the daemon pod."),
+            (
+                "Current",
+                "integer",
+                0,
+                "The number of nodes that are running at least one daemon pod and are supposed to run the daemon pod.",
+            ),
+            (
+                "Ready",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            ("Up-to-date", "integer", 0, "The total number of nodes that are running updated daemon pod."),
+            (
+                "Available",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available.",
+            ),
+            (
+                "Node Selector",
+                "string",
+                0,
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+            ),
+            age,
+            containers,
+            images,
+            selector,
+        ],
+        "Job" => vec![
+            name,
+            ("Status", "string", 0, "Status of the job."),
+            (
+                "Completions",
+                "string",
+                0,
+                "The desired number of successfully finished pods the job should be run with.",
+            ),
+            ("Duration", "string", 0, "Time required to complete the job."),
+            age,
+            containers,
+            images,
+            selector,
+        ],
+        "Service" => vec![
+            name,
+            ("Type", "string", 0, "The type of service."),
+            ("Cluster-IP", "string", 0, "IP address of the service."),
+            ("External-IP", "string", 0, "External IP addresses of the service."),
+            ("Port(s)", "string", 0, "The ports exposed by the service."),
+            age,
+            (
+                "Selector",
+                "string",
+                1,
+                "Route service traffic to pods with label keys and values matching this selector.",
+            ),
+        ],
+        "Node" => vec![
+            name,
+            ("Status", "string", 0, "The status of the node"),
+            ("Roles", "string", 0, "The roles of the node"),
+            age,
+            ("Version", "string", 0, "Kubelet Version reported by the node."),
+            ("Internal-IP", "string", 1, "List of internal IPs in the node."),
+            ("External-IP", "string", 1, "List of external IPs in the node."),
+            ("OS-Image", "string", 1, "OS Image reported by the node."),
+            ("Kernel-Version", "string", 1, "Kernel Version reported by the node."),
+            ("Container-Runtime", "string", 1, "Container Runtime Version reported by the node."),
+        ],
+        "Namespace" => vec![name, ("Status", "string", 0, "The status of the namespace"), age],
+        "ConfigMap" => vec![name, ("Data", "string", 0, "Data contains the configuration data."), age],
+        "Secret" => vec![
+            name,
+            ("Type", "string", 0, "The type of the secret"),
+            ("Data", "string", 0, "The number of entries in the secret"),
+            age,
+        ],
+        "ServiceAccount" => vec![
+            name,
+            (
+                "Secrets",
+                "string",
+                0,
+                "Secrets is the list of secrets allowed to be used by pods running using this ServiceAccount.",
+            ),
+            age,
+        ],
+        "Endpoints" => vec![name, ("Endpoints", "string", 0, "Endpoints of the service"), age],
+        "EndpointSlice" => vec![
+            name,
+            ("AddressType", "string", 0, "The IP protocol for this slice"),
+            ("Ports", "string", 0, "The ports exposed by this slice"),
+            ("Endpoints", "string", 0, "Addresses of the endpoints"),
+            age,
+        ],
+        "Lease" => vec![name, ("Holder", "string", 0, "The holder of the lease"), age],
+        "Event" => vec![
+            ("Last Seen", "string", 0, "Time since the event was last seen"),
+            ("Type", "string", 0, "Type of this event (Normal, Warning), new types could be added in the future."),
+            ("Reason", "string", 0, "A short, machine understandable string that gives the reason for this event."),
+            ("Object", "string", 0, "The object this Event is about."),
+            ("Subobject", "string", 1, "The subobject this Event is about."),
+            ("Source", "string", 1, "The component reporting this event."),
+            ("Message", "string", 0, "A human-readable description of the status of this operation."),
+            ("First Seen", "string", 1, "Time since the event was first seen"),
+            ("Count", "string", 1, "The number of times this event has occurred."),
+            ("Name", "string", 1, "Name of this event."),
+        ],
+        _ => vec![
+            name,
+            (
+                "Created At",
+                "date",
+                0,
+                "CreationTimestamp is a timestamp representing the server time when this object was created.",
+            ),
+        ],
+    }
+}
+
+/// Upstream's `duration.HumanDuration`.
+pub fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    let (m, h) = (s / 60, s / 3600);
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        if h % 24 == 0 { format!("{}d", h / 24) } else { format!("{}d{}h", h / 24, h % 24) }
+    } else if h < 24 * 365 * 2 {
+        format!("{}d", h / 24)
+    } else if h < 24 * 365 * 8 {
+        let y = h / (24 * 365);
+        let d = (h % (24 * 365)) / 24;
+        if d == 0 { format!("{y}y") } else { format!("{y}y{d}d") }
+    } else {
+        format!("{}y", h / (24 * 365))
+    }
+}
+
+fn age_of(t: Option<&str>, now: i64) -> String {
+    t.and_then(parse_time).map_or_else(|| "<unknown>".into(), |t| human_duration(now - t))
+}
+
+fn s<'a>(o: &'a Value, p: &str) -> &'a str {
+    o.pointer(p).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn i(o: &Value, p: &str) -> i64 {
+    o.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn template_columns(o: &Value) -> (String, String, String) {
+    let cs = o.pointer("/spec/template/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();
+    let images: Vec<&str> = cs.iter().map(|c| s(c, "/image")).collect();
+    let sel = o
+        .pointer("/spec/selector")
+        .map(|sel| crate::selector::LabelSelector::from_json(sel).to_string())
+        .unwrap_or_default();
+    (names.join(","), images.join(","), sel)
+}
+
+fn or_none(v: String) -> String {
+    if v.is_empty() { "<none>".into() } else { v }
+}
+
+fn pod_status(o: &Value) -> String {
+    let mut reason = s(o, "/status/reason").to_string();
+    if reason.is_empty() {
+        reason = s(o, "/status/phase").to_string();
+    }
+    for c in o.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            reason = r.into();
+        } else if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str) {
+            reason = r.into();
+        }
+    }
+    if o.pointer("/metadata/deletionTimestamp").is_some() {
+        reason = "Terminating".into();
+    }
+    reason
+}
+
+fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
+    let name = json!(s(o, "/metadata/name"));
+    let age = json!(age_of(o.pointer("/metadata/creationTimestamp").and_then(Value::as_str), now));
+    match kind {
+        "Pod" => {
+            let cs = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+            let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let ready = cs.iter().filter(|c| c["ready"] == true).count();
+            let restarts: i64 = cs.iter().map(|c| i(c, "/restartCount")).sum();
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(pod_status(o)),
+                json!(restarts),
+                age,
+                json!(or_none(s(o, "/status/podIP").into())),
+                json!(or_none(s(o, "/spec/nodeName").into())),
+                json!(or_none(s(o, "/status/nominatedNodeName").into())),
+                json!("<none>"),
+            ]
+        }
+        "Deployment" => {
+            let (c, im, sel) = template_columns(o);
+            vec![
+                name,
+                json!(format!("{}/{}", i(o, "/status/readyReplicas"), i(o, "/spec/replicas"))),
+                json!(i(o, "/status/updatedReplicas")),
+                json!(i(o, "/status/availableReplicas")),
+                age,
+                json!(c),
+                json!(im),
+                json!(sel),
+            ]
+        }
+        "ReplicaSet" => {
+            let (c, im, sel) = template_columns(o);
+            vec![
+                name,
+                json!(i(o, "/spec/replicas")),
+                json!(i(o, "/status/replicas")),
+                json!(i(o, "/status/readyReplicas")),
+                age,
+                json!(c),
+                json!(im),
+                json!(sel),
+            ]
+        }
+        "DaemonSet" => {
+            let (c, im, sel) = template_columns(o);
+            let ns = o.pointer("/spec/template/spec/nodeSelector").and_then(Value::as_object).map(|m| {
+                m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+            });
+            vec![
+                name,
+                json!(i(o, "/status/desiredNumberScheduled")),
+                json!(i(o, "/status/currentNumberScheduled")),
+                json!(i(o, "/status/numberReady")),
+                json!(i(o, "/status/updatedNumberScheduled")),
+                json!(i(o, "/status/numberAvailable")),
+                json!(or_none(ns.unwrap_or_default())),
+                age,
+                json!(c),
+                json!(im),
+                json!(sel),
+            ]
+        }
+        "Job" => {
+            let (c, im, sel) = template_columns(o);
+            let conds = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let has = |t: &str| conds.iter().any(|c| c["type"] == t && c["status"] == "True");
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if o.pointer("/metadata/deletionTimestamp").is_some() {
+                "Terminating"
+            } else if o.pointer("/spec/suspend") == Some(&json!(true)) {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let start = o.pointer("/status/startTime").and_then(Value::as_str).and_then(parse_time);
+            let end = o.pointer("/status/completionTime").and_then(Value::as_str).and_then(parse_time).unwrap_or(now);
+            vec![
+                name,
+                json!(status),
+                json!(format!(
+                    "{}/{}",
+                    i(o, "/status/succeeded"),
+                    o.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1)
+                )),
+                json!(start.map_or(String::new(), |s| human_duration(end - s))),
+                age,
+                json!(c),
+                json!(im),
+                json!(sel),
+            ]
+        }
+        "Service" => {
+            let ports: Vec<String> = o
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let node = p.get("nodePort").and_then(Value::as_i64).map_or(String::new(), |n| format!(":{n}"));
+                    format!("{}{node}/{}", i(p, "/port"), p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"))
+                })
+                .collect();
+            let ext: Vec<String> = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.get("ip").or(i.get("hostname")).and_then(Value::as_str).map(str::to_string))
+                .chain(
+                    o.pointer("/spec/externalIPs")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_string)),
+                )
+                .collect();
+            let ty = s(o, "/spec/type");
+            let ext = if !ext.is_empty() {
+                ext.join(",")
+            } else if ty == "LoadBalancer" {
+                "<pending>".into()
+            } else if ty == "ExternalName" {
+                s(o, "/spec/externalName").into()
+            } else {
+                "<none>".into()
+            };
+            let sel = o.pointer("/spec/selector").and_then(Value::as_object).map(|m| {
+                m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+            });
+            vec![
+                name,
+                json!(ty),
+                json!(or_none(s(o, "/spec/clusterIP").into())),
+                json!(ext),
+                json!(or_none(ports.join(","))),
+                age,
+                json!(or_none(sel.unwrap_or_default())),
+            ]
+        }
+        "Node" => {
+            let conds = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut status =
+                match conds.iter().find(|c| c["type"] == "Ready").map(|c| c["status"].as_str().unwrap_or_default()) {
+                    Some("True") => "Ready".to_string(),
+                    _ => "NotReady".to_string(),
+                };
+            if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
+                status.push_str(",SchedulingDisabled");
+            }
+            let roles: Vec<&str> = o
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect();
+            let addr = |t: &str| {
+                o.pointer("/status/addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["type"] == t)
+                    .map_or("<none>".to_string(), |a| s(a, "/address").to_string())
+            };
+            vec![
+                name,
+                json!(status),
+                json!(or_none(roles.join(","))),
+                age,
+                json!(s(o, "/status/nodeInfo/kubeletVersion")),
+                json!(addr("InternalIP")),
+                json!(addr("ExternalIP")),
+                json!(or_none(s(o, "/status/nodeInfo/osImage").into())),
+                json!(or_none(s(o, "/status/nodeInfo/kernelVersion").into())),
+                json!(or_none(s(o, "/status/nodeInfo/containerRuntimeVersion").into())),
+            ]
+        }
+        "Namespace" => vec![name, json!(s(o, "/status/phase")), age],
+        "ConfigMap" => {
+            let n = ["data", "binaryData"]
+                .iter()
+                .map(|f| o.get(*f).and_then(Value::as_object).map_or(0, |m| m.len()))
+                .sum::<usize>();
+            vec![name, json!(n), age]
+        }
+        "Secret" => vec![
+            name,
+            json!(s(o, "/type")),
+            json!(o.get("data").and_then(Value::as_object).map_or(0, |m| m.len())),
+            age,
+        ],
+        "ServiceAccount" => vec![name, json!(o.get("secrets").and_then(Value::as_array).map_or(0, Vec::len)), age],
+        "Endpoints" => {
+            let mut eps = Vec::new();
+            for ss in o.get("subsets").and_then(Value::as_array).into_iter().flatten() {
+                for a in ss.get("addresses").and_then(Value::as_array).into_iter().flatten() {
+                    for p in ss.get("ports").and_then(Value::as_array).into_iter().flatten() {
+                        eps.push(format!("{}:{}", s(a, "/ip"), i(p, "/port")));
+                    }
+                }
+            }
+            let shown = if eps.len() > 3 {
+                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+            } else {
+                eps.join(",")
+            };
+            vec![name, json!(or_none(shown)), age]
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = o
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| i(p, "/port").to_string())
+                .collect();
+            let addrs: Vec<String> = o
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e.get("addresses").and_then(Value::as_array).cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            vec![
+                name,
+                json!(s(o, "/addressType")),
+                json!(or_none(ports.join(","))),
+                json!(or_none(addrs.join(","))),
+                age,
+            ]
+        }
+        "Lease" => vec![name, json!(s(o, "/spec/holderIdentity")), age],
+        "Event" => {
+            let last = o.get("lastTimestamp").and_then(Value::as_str).or(o.get("eventTime").and_then(Value::as_str));
+            let first = o.get("firstTimestamp").and_then(Value::as_str).or(last);
+            let obj = format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"));
+            vec![
+                json!(age_of(last, now)),
+                json!(s(o, "/type")),
+                json!(s(o, "/reason")),
+                json!(obj),
+                json!(s(o, "/involvedObject/fieldPath")),
+                json!(s(o, "/source/component")),
+                json!(s(o, "/message")),
+                json!(age_of(first, now)),
+                json!(o.get("count").and_then(Value::as_i64).unwrap_or(1)),
+                name,
+            ]
+        }
+        _ => vec![name, o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)],
+    }
+}
+
+/// What `includeObject` asks rows to carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+fn row(rt: &ResourceType, o: &Value, include: IncludeObject, now: i64) -> Value {
+    let object = match include {
+        IncludeObject::None => Value::Null,
+        IncludeObject::Object => o.clone(),
+        IncludeObject::Metadata => {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+        }
+    };
+    json!({"cells": cells(rt.kind, o, now), "object": object})
+}
+
+fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn column_definitions(rt: &ResourceType) -> Value {
+    let cols: Vec<Value> = columns(rt.kind)
+        .into_iter()
+        .map(|(name, ty, priority, description)| {
+            let format = if name == "Name" { "name" } else { "" };
+            json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+        })
+        .collect();
+    Value::Array(cols)
+}
+
+/// A Table of `items`; `columns` false leaves out the column definitions
+/// (later events of a watch).
+pub fn table(rt: &ResourceType, items: &[Value], include: IncludeObject, meta: Value, with_columns: bool) -> Value {
+    let now = now_secs();
+    let mut t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
+        "rows": items.iter().map(|o| row(rt, o, include, now)).collect::<Vec<_>>()});
+    t["columnDefinitions"] = if with_columns { column_definitions(rt) } else { json!([]) };
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::by_kind;
+
+    #[test]
+    fn human_durations_like_upstream() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(119), "119s");
+        assert_eq!(human_duration(125), "2m5s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(3 * 3600 + 120), "3h2m");
+        assert_eq!(human_duration(30 * 3600), "30h");
+        assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
+        assert_eq!(human_duration(30 * 86400), "30d");
+    }
+
+    #[test]
+    fn pod_and_deployment_rows() {
+        let pod = json!({"metadata": {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.1.0.5", "containerStatuses": [{"ready": true, "restartCount": 2},
+                {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let t = table(by_kind("Pod").unwrap(), &[pod], IncludeObject::Metadata, json!({}), true);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "p");
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "CrashLoopBackOff");
+        assert_eq!(cells[3], 3);
+        assert_eq!(cells[5], "10.1.0.5");
+        assert_eq!(t["columnDefinitions"][1]["name"], "Ready");
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1"}]}}},
+            "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
+        let t = table(by_kind("Deployment").unwrap(), &[d], IncludeObject::None, json!({}), false);
+        assert_eq!(t["rows"][0]["cells"], json!(["web", "2/3", 3, 2, "<unknown>", "nginx", "nginx:1", "app=web"]));
+        assert_eq!(t["columnDefinitions"], json!([]));
+    }
+
+    #[test]
+    fn service_node_namespace_configmap_rows() {
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.96.0.5",
+            "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}], "selector": {"app": "a"}}});
+        let c = cells("Service", &svc, 0);
+        assert_eq!(c[1..5], [json!("NodePort"), json!("10.96.0.5"), json!("<none>"), json!("80:30080/TCP")]);
+        let node = json!({"metadata": {"name": "n", "labels": {"node-role.kubernetes.io/control-plane": ""}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "nodeInfo": {"kubeletVersion": "v1.33.0"}}});
+        let c = cells("Node", &node, 0);
+        assert_eq!(c[1..3], [json!("Ready"), json!("control-plane")]);
+        assert_eq!(
+            cells("Namespace", &json!({"metadata": {"name": "x"}, "status": {"phase": "Active"}}), 0)[1],
+            "Active"
+        );
+        assert_eq!(cells("ConfigMap", &json!({"metadata": {"name": "x"}, "data": {"a": "1", "b": "2"}}), 0)[1], 2);
+    }
+}

@@ -1,0 +1,439 @@
+//! Defaulting and validation as upstream does for the fields clients read:
+//! names (DNS-1123), required fields, selectors matching templates, and
+//! immutable fields. Works on the JSON after it decoded through its type.
+
+use serde_json::{Map, Value, json};
+
+use crate::selector::LabelSelector;
+
+/// Field path → message, as `Status.details.causes`.
+pub type Causes = Vec<(String, String)>;
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+fn label_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+pub fn is_dns1123_label(s: &str) -> bool {
+    label_ok(s)
+}
+
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(label_ok)
+}
+
+/// Checks a name for a resource: services and namespaces need a label,
+/// the rest a subdomain.
+pub fn check_name(kind: &str, name: &str) -> Option<String> {
+    let label = matches!(kind, "Namespace" | "Service");
+    if name.is_empty() {
+        return Some("Required value: name or generateName is required".into());
+    }
+    let (ok, msg) =
+        if label { (is_dns1123_label(name), LABEL_MSG) } else { (is_dns1123_subdomain(name), SUBDOMAIN_MSG) };
+    (!ok).then(|| format!("Invalid value: \"{name}\": {msg}"))
+}
+
+fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !v.get(key).is_some_and(Value::is_object) {
+        v[key] = json!({});
+    }
+    v[key].as_object_mut().expect("just made an object")
+}
+
+fn default(m: &mut Map<String, Value>, key: &str, value: Value) {
+    m.entry(key.to_string()).or_insert(value);
+}
+
+fn image_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') {
+        "IfNotPresent"
+    } else if !last.contains(':') || last.ends_with(":latest") {
+        "Always"
+    } else {
+        "IfNotPresent"
+    }
+}
+
+/// Upstream's pod spec defaults.
+pub fn default_pod_spec(spec: &mut Value) {
+    let m = match spec.as_object_mut() {
+        Some(m) => m,
+        None => return,
+    };
+    default(m, "restartPolicy", "Always".into());
+    default(m, "terminationGracePeriodSeconds", 30.into());
+    default(m, "dnsPolicy", "ClusterFirst".into());
+    default(m, "securityContext", json!({}));
+    default(m, "schedulerName", "default-scheduler".into());
+    default(m, "enableServiceLinks", true.into());
+    if m.contains_key("serviceAccountName") {
+        let sa = m["serviceAccountName"].clone();
+        default(m, "serviceAccount", sa);
+    }
+    for list in ["containers", "initContainers"] {
+        for c in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(c) = c.as_object_mut() else { continue };
+            let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+            default(c, "imagePullPolicy", image_pull_policy(&image).into());
+            default(c, "terminationMessagePath", "/dev/termination-log".into());
+            default(c, "terminationMessagePolicy", "File".into());
+            default(c, "resources", json!({}));
+            for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(p) = p.as_object_mut() {
+                    default(p, "protocol", "TCP".into());
+                }
+            }
+            for e in c.get_mut("env").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(fr) = e.pointer_mut("/valueFrom/fieldRef").and_then(Value::as_object_mut) {
+                    default(fr, "apiVersion", "v1".into());
+                }
+            }
+        }
+    }
+}
+
+fn default_template(spec: &mut Value) {
+    if let Some(t) = spec.get_mut("template") {
+        if !t.get("spec").is_some_and(Value::is_object) {
+            t["spec"] = json!({});
+        }
+        default_pod_spec(&mut t["spec"]);
+        obj(t, "metadata");
+    }
+}
+
+/// The QoS class of a pod spec: Guaranteed, Burstable or BestEffort.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers = spec.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut any = false;
+    let mut all_guaranteed = !containers.is_empty();
+    for c in &containers {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        any |= req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty());
+        let full =
+            |m: Option<&Map<String, Value>>| m.is_some_and(|m| m.contains_key("cpu") && m.contains_key("memory"));
+        let eq = match (req, lim) {
+            (Some(r), Some(l)) => r.iter().all(|(k, v)| l.get(k) == Some(v)),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        all_guaranteed &= full(lim) && eq;
+    }
+    if all_guaranteed {
+        "Guaranteed"
+    } else if any {
+        "Burstable"
+    } else {
+        "BestEffort"
+    }
+}
+
+/// Defaults for `kind` (after the object decoded through its type).
+pub fn apply_defaults(kind: &str, o: &mut Value) {
+    match kind {
+        "Pod" => {
+            let spec = if o.get("spec").is_some_and(Value::is_object) { &mut o["spec"] } else { return };
+            default_pod_spec(spec);
+            let qos = qos_class(&o["spec"]);
+            let status = obj(o, "status");
+            default(status, "phase", "Pending".into());
+            default(status, "qosClass", qos.into());
+        }
+        "Deployment" => {
+            let spec = obj(o, "spec");
+            default(spec, "replicas", 1.into());
+            default(spec, "revisionHistoryLimit", 10.into());
+            default(spec, "progressDeadlineSeconds", 600.into());
+            let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
+            if let Some(s) = strategy.as_object_mut() {
+                default(s, "type", "RollingUpdate".into());
+                if s["type"] == "RollingUpdate" {
+                    let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
+                    if let Some(ru) = ru.as_object_mut() {
+                        default(ru, "maxSurge", "25%".into());
+                        default(ru, "maxUnavailable", "25%".into());
+                    }
+                }
+            }
+            default_template(&mut o["spec"]);
+        }
+        "ReplicaSet" => {
+            default(obj(o, "spec"), "replicas", 1.into());
+            default_template(&mut o["spec"]);
+        }
+        "DaemonSet" => {
+            let spec = obj(o, "spec");
+            default(spec, "revisionHistoryLimit", 10.into());
+            default(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+            default_template(&mut o["spec"]);
+        }
+        "Job" => {
+            let spec = obj(o, "spec");
+            default(spec, "completions", 1.into());
+            default(spec, "parallelism", 1.into());
+            default(spec, "backoffLimit", 6.into());
+            default(spec, "completionMode", "NonIndexed".into());
+            default(spec, "suspend", false.into());
+            default_template(&mut o["spec"]);
+        }
+        "Service" => {
+            let spec = obj(o, "spec");
+            default(spec, "type", "ClusterIP".into());
+            default(spec, "sessionAffinity", "None".into());
+            if spec["type"] != "ExternalName" {
+                default(spec, "ipFamilies", json!(["IPv4"]));
+                default(spec, "ipFamilyPolicy", "SingleStack".into());
+                default(spec, "internalTrafficPolicy", "Cluster".into());
+            }
+            for p in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(p) = p.as_object_mut() {
+                    default(p, "protocol", "TCP".into());
+                    let port = p.get("port").cloned().unwrap_or(Value::Null);
+                    default(p, "targetPort", port);
+                }
+            }
+            obj(o, "status").entry("loadBalancer").or_insert_with(|| json!({}));
+        }
+        "Namespace" => {
+            let name = o.pointer("/metadata/name").cloned().unwrap_or_default();
+            let labels = obj(&mut o["metadata"], "labels");
+            labels.insert("kubernetes.io/metadata.name".into(), name);
+            default(obj(o, "spec"), "finalizers", json!(["kubernetes"]));
+            default(obj(o, "status"), "phase", "Active".into());
+        }
+        "Secret" => {
+            default(o.as_object_mut().expect("objects are maps"), "type", "Opaque".into());
+        }
+        _ => {}
+    }
+}
+
+fn check_containers(spec: &Value, path: &str, causes: &mut Causes) {
+    let containers = spec.get("containers").and_then(Value::as_array);
+    match containers {
+        None => causes.push((format!("{path}.containers"), "Required value".into())),
+        Some(cs) if cs.is_empty() => causes.push((format!("{path}.containers"), "Required value".into())),
+        Some(cs) => {
+            let mut seen = std::collections::HashSet::new();
+            for (i, c) in cs.iter().enumerate() {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+                let at = format!("{path}.containers[{i}]");
+                if name.is_empty() {
+                    causes.push((format!("{at}.name"), "Required value".into()));
+                } else if !is_dns1123_label(name) {
+                    causes.push((format!("{at}.name"), format!("Invalid value: \"{name}\": {LABEL_MSG}")));
+                } else if !seen.insert(name) {
+                    causes.push((format!("{at}.name"), format!("Duplicate value: \"{name}\"")));
+                }
+                if c.get("image").and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
+                    causes.push((format!("{at}.image"), "Required value".into()));
+                }
+                for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                    let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+                    if !(1..=65535).contains(&port) {
+                        causes.push((
+                            format!("{at}.ports[{j}].containerPort"),
+                            format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_workload(o: &Value, causes: &mut Causes, needs_selector: bool) {
+    let selector = o.pointer("/spec/selector");
+    let labels = o.pointer("/spec/template/metadata/labels").cloned().unwrap_or(json!({}));
+    match selector {
+        None if needs_selector => causes.push(("spec.selector".into(), "Required value".into())),
+        Some(sel) => {
+            let s = LabelSelector::from_json(sel);
+            if s.is_empty() {
+                causes.push((
+                    "spec.selector".into(),
+                    "Invalid value: {}: empty selector is invalid for deployment".into(),
+                ));
+            } else if !s.matches_object(&json!({"metadata": {"labels": labels}})) {
+                causes.push((
+                    "spec.template.metadata.labels".into(),
+                    format!("Invalid value: {labels}: `selector` does not match template `labels`"),
+                ));
+            }
+        }
+        None => {}
+    }
+    match o.pointer("/spec/template/spec") {
+        Some(spec) => check_containers(spec, "spec.template.spec", causes),
+        None => causes.push(("spec.template.spec.containers".into(), "Required value".into())),
+    }
+    for f in ["replicas", "parallelism", "completions"] {
+        if o.pointer(&format!("/spec/{f}")).and_then(Value::as_i64).is_some_and(|r| r < 0) {
+            causes.push((format!("spec.{f}"), "Invalid value: must be greater than or equal to 0".into()));
+        }
+    }
+}
+
+/// Validation of a whole object of `kind` (after defaulting).
+pub fn validate(kind: &str, o: &Value) -> Causes {
+    let mut causes = Causes::new();
+    let name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    if let Some(m) = check_name(kind, name) {
+        causes.push(("metadata.name".into(), m));
+    }
+    for (k, _) in o.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten() {
+        let (prefix, n) = k.rsplit_once('/').unwrap_or(("", k));
+        let ok_name = !n.is_empty()
+            && n.len() <= 63
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok_name || (!prefix.is_empty() && !is_dns1123_subdomain(prefix)) {
+            causes.push((
+                "metadata.labels".into(),
+                format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'"),
+            ));
+        }
+    }
+    match kind {
+        "Pod" => match o.get("spec") {
+            Some(spec) => check_containers(spec, "spec", &mut causes),
+            None => causes.push(("spec.containers".into(), "Required value".into())),
+        },
+        "Deployment" | "ReplicaSet" | "DaemonSet" => check_workload(o, &mut causes, true),
+        "Job" => {
+            check_workload(o, &mut causes, false);
+            let rp = o.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str).unwrap_or_default();
+            if rp != "OnFailure" && rp != "Never" {
+                causes.push((
+                    "spec.template.spec.restartPolicy".into(),
+                    format!("Unsupported value: \"{rp}\": supported values: \"OnFailure\", \"Never\""),
+                ));
+            }
+        }
+        "Service" => {
+            let ty = o.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+            let headless = o.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+            let ports = o.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+            if ports.is_empty() && ty != "ExternalName" && !headless {
+                causes.push(("spec.ports".into(), "Required value".into()));
+            }
+            for (i, p) in ports.iter().enumerate() {
+                let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+                if !(1..=65535).contains(&port) {
+                    causes.push((
+                        format!("spec.ports[{i}].port"),
+                        format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+                    ));
+                }
+                if ports.len() > 1 && p.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    causes.push((format!("spec.ports[{i}].name"), "Required value".into()));
+                }
+            }
+        }
+        "ConfigMap" | "Secret" => {
+            for field in ["data", "binaryData", "stringData"] {
+                for (k, _) in o.get(field).and_then(Value::as_object).into_iter().flatten() {
+                    let ok = !k.is_empty()
+                        && k.len() <= 253
+                        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                    if !ok {
+                        causes.push((
+                            format!("{field}[{k}]"),
+                            format!("Invalid value: \"{k}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.'"),
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+/// Fields that may not change on update.
+pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
+    let mut causes = Causes::new();
+    let immutable: &[&str] = match kind {
+        "Deployment" | "ReplicaSet" | "DaemonSet" => &["/spec/selector"],
+        "Service" => &["/spec/clusterIP"],
+        "Job" => &["/spec/selector", "/spec/completions"],
+        "Pod" => &["/spec/containers/0/name"],
+        _ => &[],
+    };
+    for p in immutable {
+        if old.pointer(p) != new.pointer(p) && !(kind == "Service" && new.pointer(p).is_none()) {
+            let field = p.trim_start_matches('/').replace('/', ".");
+            causes.push((field, "Invalid value: field is immutable".into()));
+        }
+    }
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_dns1123_subdomain("web.example-1"));
+        assert!(!is_dns1123_subdomain("Web"));
+        assert!(!is_dns1123_subdomain("a..b"));
+        assert!(!is_dns1123_label("a.b"));
+        assert!(check_name("Service", "a.b").is_some());
+        assert!(check_name("ConfigMap", "a.b").is_none());
+        assert!(check_name("Pod", "-x").unwrap().starts_with("Invalid value: \"-x\": a lowercase RFC 1123 subdomain"));
+    }
+
+    #[test]
+    fn deployment_defaults_and_selector_check() {
+        let mut d = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx",
+            "ports": [{"containerPort": 80}]}]}}}});
+        apply_defaults("Deployment", &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!((c["imagePullPolicy"].as_str(), c["ports"][0]["protocol"].as_str()), (Some("Always"), Some("TCP")));
+        assert!(validate("Deployment", &d).is_empty());
+        d["spec"]["template"]["metadata"]["labels"]["app"] = "other".into();
+        assert_eq!(validate("Deployment", &d)[0].0, "spec.template.metadata.labels");
+        let mut bad = json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c"}]}});
+        apply_defaults("Pod", &mut bad);
+        assert_eq!(validate("Pod", &bad), vec![("spec.containers[0].image".to_string(), "Required value".to_string())]);
+        assert_eq!(bad["status"]["qosClass"], "BestEffort");
+    }
+
+    #[test]
+    fn service_defaults_ports_and_immutable_cluster_ip() {
+        let mut s = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}});
+        apply_defaults("Service", &mut s);
+        assert_eq!(s["spec"]["ports"][0], json!({"port": 80, "protocol": "TCP", "targetPort": 80}));
+        assert!(validate("Service", &s).is_empty());
+        let old = json!({"spec": {"clusterIP": "10.96.0.10"}});
+        assert_eq!(validate_update("Service", &old, &json!({"spec": {"clusterIP": "10.96.0.11"}})).len(), 1);
+        assert!(validate("Service", &json!({"metadata": {"name": "x"}, "spec": {}}))[0].0 == "spec.ports");
+    }
+
+    #[test]
+    fn qos() {
+        let g = json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
+        assert_eq!(qos_class(&g), "Guaranteed");
+        let b = json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]});
+        assert_eq!(qos_class(&b), "Burstable");
+    }
+}

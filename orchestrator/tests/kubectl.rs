@@ -1,0 +1,189 @@
+//! The API server driven by a real kubectl (see common::kubectl for where
+//! it comes from): apply, get, describe, watch, scale, patch, server-side
+//! apply, authorization and upstream-shaped errors.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{APP, Server};
+
+#[test]
+fn apply_get_describe_scale_delete() {
+    let Some(s) = Server::start() else { return };
+    let out = s.apply(APP, &[]);
+    for line in ["configmap/web-config created", "deployment.apps/web created", "service/web created"] {
+        assert!(out.contains(line), "{out}");
+    }
+    // A second apply changes nothing.
+    let again = s.apply(APP, &[]);
+    assert_eq!(again.matches("unchanged").count(), 3, "{again}");
+
+    let get = s.ok(&["get", "deploy,svc,cm"]);
+    assert!(get.contains("deployment.apps/web"), "{get}");
+    assert!(get.contains("READY") && get.contains("UP-TO-DATE"), "upstream's columns: {get}");
+    assert!(get.contains("service/web") && get.contains("10.96."), "{get}");
+    assert!(get.contains("configmap/web-config"), "{get}");
+
+    let yaml = s.ok(&["get", "deployment", "web", "-o", "yaml"]);
+    for want in [
+        "kind: Deployment",
+        "uid:",
+        "resourceVersion:",
+        "generation: 1",
+        "maxSurge: 25%",
+        "imagePullPolicy: IfNotPresent",
+    ] {
+        assert!(yaml.contains(want), "missing {want:?} in\n{yaml}");
+    }
+    let describe = s.ok(&["describe", "deployment", "web"]);
+    assert!(describe.contains("Replicas:") && describe.contains("nginx:1.25"), "{describe}");
+    let describe = s.ok(&["describe", "service", "web"]);
+    assert!(describe.contains("10.96."), "{describe}");
+
+    // Change the manifest: configured; scale through the scale subresource.
+    let out = s.apply(&APP.replace("replicas: 2", "replicas: 3"), &[]);
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(s.ok(&["scale", "deployment", "web", "--replicas=5"]).contains("scaled"));
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]), "5 3");
+
+    // Label and field selectors.
+    let by_label = s.ok(&["get", "deploy", "-l", "app=web", "-o", "name"]);
+    assert_eq!(by_label.trim(), "deployment.apps/web");
+    assert!(s.ok(&["get", "deploy", "-l", "app!=web", "-o", "name"]).trim().is_empty());
+    let by_field =
+        s.ok(&["get", "cm", "--field-selector", "metadata.name!=web-config,metadata.namespace=default", "-o", "name"]);
+    assert!(!by_field.contains("web-config"), "{by_field}");
+
+    let out = s.ok(&["delete", "-f", s.dir.path().join("manifest-0.yaml").to_str().unwrap()]);
+    assert!(out.contains("deleted"), "{out}");
+    let err = s.fails(&["get", "deployment", "web"]);
+    assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
+}
+
+#[test]
+fn watch_receives_events() {
+    let Some(s) = Server::start() else { return };
+    let mut w = s
+        .cmd(&s.kubeconfig(), &["get", "configmaps", "-w", "--output-watch-events", "--request-timeout=20s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(w.stdout.take().unwrap()).lines();
+    // The watch is established once kubectl printed nothing for an empty
+    // list; create until the event shows (the create may race the watch).
+    std::thread::sleep(Duration::from_millis(500));
+    s.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched}\ndata: {a: b}\n", &[]);
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("watched") {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("ADDED") && l.contains("watched")), "{seen:?}");
+    s.ok(&["label", "configmap", "watched", "x=y"]);
+    let next = lines.next().unwrap().unwrap();
+    assert!(next.contains("MODIFIED") && next.contains("watched"), "{next}");
+    let _ = w.kill();
+    let _ = w.wait();
+
+    // sendInitialEvents (kubectl 1.35's rollout status / wait): the current
+    // state, then a bookmark that ends the initial events.
+    let raw = s.ok(&["get", "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"]);
+    let events: Vec<serde_json::Value> = raw.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0]["type"], "ADDED");
+    let end = events.iter().find(|e| e["type"] == "BOOKMARK").expect("a bookmark");
+    assert_eq!(end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+}
+
+#[test]
+fn authorization_and_errors_are_upstream_shaped() {
+    let Some(s) = Server::start() else { return };
+    let ro = s.read_only_kubeconfig();
+    let out = s.cmd(&ro, &["get", "namespaces", "-o", "name"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/default"));
+    let out = s.cmd(&ro, &["create", "namespace", "x", "-o", "name", "--dry-run=server"]).output().unwrap();
+    assert!(!out.status.success());
+    let out = s.cmd(&ro, &["delete", "configmap", "kube-root", "--ignore-not-found"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Forbidden") && err.contains("User \"viewer\" cannot delete resource \"configmaps\""),
+        "{err}"
+    );
+
+    let bad_name = s.dir.path().join("bad.yaml");
+    std::fs::write(&bad_name, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n").unwrap();
+    let err = s.fails(&["apply", "-f", bad_name.to_str().unwrap()]);
+    assert!(err.contains("is invalid") && err.contains("metadata.name: Invalid value: \"Bad_Name\""), "{err}");
+
+    let unknown = s.dir.path().join("unknown.yaml");
+    std::fs::write(&unknown, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\nbogus: 1\n").unwrap();
+    let err = s.fails(&["apply", "-f", unknown.to_str().unwrap()]);
+    assert!(err.contains("unknown field \"bogus\""), "{err}");
+
+    let missing = s.dir.path().join("missing.yaml");
+    std::fs::write(&missing, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c}]}}}\n").unwrap();
+    let err = s.fails(&["apply", "-f", missing.to_str().unwrap()]);
+    assert!(err.contains("spec.template.spec.containers[0].image: Required value"), "{err}");
+
+    let err = s.fails(&["get", "pod", "nope"]);
+    assert!(err.contains("pods \"nope\" not found"), "{err}");
+
+    // A stale resourceVersion on update: 409.
+    s.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n", &[]);
+    let yaml = s.ok(&["get", "cm", "c", "-o", "yaml"]);
+    s.ok(&["label", "cm", "c", "x=1"]);
+    let stale = s.dir.path().join("stale.yaml");
+    std::fs::write(&stale, yaml.replace("a: b", "a: changed")).unwrap();
+    let err = s.fails(&["replace", "-f", stale.to_str().unwrap()]);
+    assert!(err.contains("the object has been modified"), "{err}");
+}
+
+#[test]
+fn server_side_apply_and_patches() {
+    let Some(s) = Server::start() else { return };
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: '1', b: '2'}\n";
+    let out = s.apply(cm, &["--server-side"]);
+    assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+    let mf =
+        s.ok(&["get", "cm", "ssa", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[0].manager}"]);
+    assert_eq!(mf, "kubectl");
+    // Another manager changing a's value conflicts unless forced.
+    let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: 'x'}\n";
+    let f = s.dir.path().join("other.yaml");
+    std::fs::write(&f, other).unwrap();
+    let err = s.fails(&["apply", "--server-side", "--field-manager=other", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("conflict") && err.contains(".data.a"), "{err}");
+    s.ok(&["apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", f.to_str().unwrap()]);
+    assert_eq!(s.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}{.data.b}"]), "x2");
+
+    s.ok(&["patch", "cm", "ssa", "--type=merge", "-p", r#"{"data":{"c":"3"}}"#]);
+    s.ok(&["patch", "cm", "ssa", "--type=json", "-p", r#"[{"op":"remove","path":"/data/b"}]"#]);
+    assert_eq!(s.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data}"]), r#"{"a":"x","c":"3"}"#);
+
+    s.apply(APP, &[]);
+    s.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.26"}]}}}}"#,
+    ]);
+    let c = s.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].name}",
+    ]);
+    assert_eq!(c, "nginx:1.26 GREETING", "strategic merge keeps the env of the container merged by name");
+    s.ok(&["set", "env", "deploy/web", "EXTRA=1"]);
+    let env = s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env[*].name}"]);
+    assert_eq!(env, "GREETING EXTRA");
+}
