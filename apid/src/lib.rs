@@ -154,6 +154,19 @@ impl MachineService for Gateway {
     async fn dmesg(&self, req: Request<api::DmesgRequest>) -> Result<Response<Self::DmesgStream>, Status> {
         forward!(self, req, Rpc::Dmesg, dmesg)
     }
+    async fn upgrade(
+        &self,
+        req: Request<Streaming<api::UpgradeChunk>>,
+    ) -> Result<Response<api::UpgradeResponse>, Status> {
+        self.authorize(&req, Rpc::Upgrade)?;
+        // Passed through as it arrives; a broken upload ends the stream
+        // early, and init refuses the truncated bundle.
+        let chunks = tokio_stream::StreamExt::map_while(req.into_inner(), Result::ok);
+        self.init.clone().upgrade(Request::new(chunks)).await
+    }
+    async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
+        forward!(self, req, Rpc::Rollback, rollback)
+    }
     type EventsStream = Streaming<api::Event>;
     async fn events(&self, req: Request<api::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         forward!(self, req, Rpc::Events, events)

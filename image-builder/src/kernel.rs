@@ -26,9 +26,7 @@ pub fn sha256_file(path: &Path) -> Result<String, BuildError> {
     Ok(hex(&Sha256::digest(&data)))
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use machinery::bundle::hex;
 
 /// Downloads (unless cached), checks and extracts the board's kernel.
 pub fn fetch(k: &Kernel, arch: &str, cache: &Path) -> Result<Extracted, BuildError> {

@@ -20,7 +20,9 @@ use std::process::Command;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use machinery::board::{Arch, Board, BootMethod};
+use machinery::bundle::{self, BundleManifest, BundlePart};
 use machinery::layout::{self, Slot};
+use machinery::slots::{self, BootState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -72,6 +74,9 @@ pub struct BuildOptions {
     pub bin_dir: PathBuf,
     pub out: PathBuf,
     pub cache_dir: PathBuf,
+    /// The Plinth version stamped into the root (os-release, manifest):
+    /// what the node reports once booted, and what upgrades compare.
+    pub version: String,
 }
 
 /// What was built, with the sha256 of every part. The root image carries
@@ -143,7 +148,7 @@ fn root_tree(opts: &BuildOptions, board_text: &str, manifest: &Manifest, stage: 
     copy(&opts.bin_dir.join("apid"), &rel(layout::ROOT_APID), 0o755)?;
     copy(&opts.trust_key, &rel(layout::ROOT_TRUSTED_KEY), 0o644)?;
     write(&rel(layout::ROOT_BOARD), board_text.as_bytes())?;
-    write(&rel("/etc/os-release"), os_release().as_bytes())?;
+    write(&rel("/etc/os-release"), os_release(&opts.version).as_bytes())?;
     // init writes the name servers it learns to /run (the root is read-only).
     std::os::unix::fs::symlink("/run/resolv.conf", rel("/etc/resolv.conf"))
         .map_err(|e| BuildError::io("link", &rel("/etc/resolv.conf"), e))?;
@@ -159,11 +164,16 @@ fn root_tree(opts: &BuildOptions, board_text: &str, manifest: &Manifest, stage: 
     Ok(())
 }
 
-fn os_release() -> String {
+fn os_release(version: &str) -> String {
     format!(
-        "NAME=Plinth\nID=plinth\nVERSION_ID={v}\nPRETTY_NAME=\"Plinth {v}\"\nHOME_URL=\"https://example.invalid/plinth\"\n",
-        v = machinery::VERSION
+        "NAME=Plinth\nID=plinth\nVERSION_ID={version}\nPRETTY_NAME=\"Plinth {version}\"\nHOME_URL=\"https://example.invalid/plinth\"\n"
     )
+}
+
+/// The UKI's os-release names no version: systemd-boot would order entries
+/// by it, and the slots' order must come from their file names alone.
+fn uki_os_release() -> String {
+    "NAME=Plinth\nID=plinth\nPRETTY_NAME=\"Plinth\"\n".to_string()
 }
 
 /// Progress on stderr: a bar on a terminal, plain lines otherwise (CI logs).
@@ -213,9 +223,19 @@ impl Progress {
     }
 }
 
-/// Builds the image; returns its manifest (also written next to it, as
-/// `<image>.manifest.json`).
-pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
+/// What an image and a bundle are both made of.
+struct Parts {
+    board: Board,
+    manifest: Manifest,
+    /// Slot A's UKI; slot B's is the same with `plinth.slot=b`.
+    uki_a: Vec<u8>,
+    root_img: PathBuf,
+    sdboot: PathBuf,
+}
+
+/// Checks the inputs and the tools, then builds the kernel, initramfs, UKI
+/// and root image in `w`. `steps` is how many more steps the caller adds.
+fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result<Parts, BuildError> {
     let (board, board_text) = load_board_text(&opts.board, &opts.board_dir)?;
     match (board.boot, board.arch) {
         (BootMethod::UefiUki, Arch::X86_64) => {}
@@ -234,8 +254,6 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
             });
         }
     }
-    let mut progress = Progress::new(7);
-
     // Check the inputs and the tools first: fail before minutes of work.
     for b in ["plinth-init", "apid"] {
         let p = opts.bin_dir.join(b);
@@ -264,9 +282,6 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     progress.step(&format!("fetching {} {}", board.kernel.package, board.kernel.version));
     let k = kernel::fetch(&board.kernel, board.arch.debian(), &opts.cache_dir.join("kernel"))?;
 
-    let work = tempfile::tempdir().map_err(|e| BuildError::io("create temp dir in", &std::env::temp_dir(), e))?;
-    let w = work.path();
-
     progress.step(&format!("building the initramfs ({} modules)", board.kernel.modules.len()));
     let cpio_file = w.join("initrd.cpio");
     write(&cpio_file, &cpio::archive(&initramfs_entries(opts, &board, &k)?))?;
@@ -275,24 +290,21 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     let initrd = w.join("initrd.cpio.zst");
     tools::run(Command::new(&zstd).args(["-q", "-f", "-10"]).arg(&cpio_file).arg("-o").arg(&initrd))?;
 
-    progress.step("building the unified kernel images (slots A and B)");
+    progress.step("building the unified kernel image");
     let osrel = w.join("os-release");
-    write(&osrel, os_release().as_bytes())?;
-    let mut ukis = Vec::new();
-    for slot in [Slot::A, Slot::B] {
-        let cmdline = w.join(format!("cmdline-{}", slot.name()));
-        write(&cmdline, board.cmdline_for(slot).as_bytes())?;
-        let out = w.join(slot.uki_name());
-        let parts =
-            uki::UkiParts { stub: &stub, os_release: &osrel, cmdline: &cmdline, linux: &k.vmlinuz, initrd: &initrd };
-        uki::build(&parts, &out)?;
-        ukis.push((slot, out));
-    }
+    write(&osrel, uki_os_release().as_bytes())?;
+    let cmdline = w.join("cmdline");
+    write(&cmdline, board.cmdline_for(Slot::A).as_bytes())?;
+    let uki_file = w.join("uki.efi");
+    let parts =
+        uki::UkiParts { stub: &stub, os_release: &osrel, cmdline: &cmdline, linux: &k.vmlinuz, initrd: &initrd };
+    uki::build(&parts, &uki_file)?;
+    let uki_a = std::fs::read(&uki_file).map_err(|e| BuildError::io("read", &uki_file, e))?;
 
     let board_file = w.join("board.toml");
     write(&board_file, board_text.as_bytes())?;
-    let mut manifest = Manifest {
-        plinth_version: machinery::VERSION.to_string(),
+    let manifest = Manifest {
+        plinth_version: opts.version.clone(),
         board: board.name.clone(),
         arch: board.arch.debian().to_string(),
         kernel_package: board.kernel.package.clone(),
@@ -301,8 +313,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
             sum("kernel.deb", &k.deb)?,
             sum("vmlinuz", &k.vmlinuz)?,
             sum("initramfs", &initrd)?,
-            sum(Slot::A.uki_name(), &ukis[0].1)?,
-            sum(Slot::B.uki_name(), &ukis[1].1)?,
+            sum("uki", &uki_file)?,
             sum("systemd-bootx64.efi", &sdboot)?,
             sum("plinth-init", &opts.bin_dir.join("plinth-init"))?,
             sum("apid", &opts.bin_dir.join("apid"))?,
@@ -324,26 +335,42 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         "-quiet",
         "-no-progress",
     ]))?;
+    Ok(Parts { board, manifest, uki_a, root_img, sdboot })
+}
+
+fn work_dir() -> Result<tempfile::TempDir, BuildError> {
+    tempfile::tempdir().map_err(|e| BuildError::io("create temp dir in", &std::env::temp_dir(), e))
+}
+
+/// Builds the image; returns its manifest (also written next to it, as
+/// `<image>.manifest.json`).
+pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
+    let mut progress = Progress::new(7);
+    let work = work_dir()?;
+    let w = work.path();
+    let Parts { board, mut manifest, uki_a, root_img, sdboot } = build_parts(opts, w, &mut progress)?;
 
     progress.step("building the EFI system partition (systemd-boot)");
-    let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io("read", p, e));
-    let sdboot_bytes = read(&sdboot)?;
-    let uki_bytes = [read(&ukis[0].1)?, read(&ukis[1].1)?];
-    let loader_conf = format!("default {}\ntimeout 0\nconsole-mode keep\neditor no\n", Slot::A.uki_name());
-    let in_fat = |p: &str| p.trim_start_matches('/').to_string();
-    let paths = [
-        in_fat(layout::EFI_BOOT_LOADER),
-        format!("{}/{}", in_fat(layout::EFI_LINUX_DIR), Slot::A.uki_name()),
-        format!("{}/{}", in_fat(layout::EFI_LINUX_DIR), Slot::B.uki_name()),
-        in_fat(layout::EFI_LOADER_CONF),
-    ];
+    let sdboot_bytes = std::fs::read(&sdboot).map_err(|e| BuildError::io("read", &sdboot, e))?;
+    let mut uki_b = uki_a.clone();
+    machinery::pe::set_uki_slot(&mut uki_b, Slot::B)
+        .map_err(|e| BuildError::Tool { what: "setting slot B in the UKI".into(), detail: e.into() })?;
+    // A fresh image: A preferred, B its committed fallback (the same root).
+    let fresh = BootState::fresh();
+    let entry = |slot: Slot| {
+        let name = slots::sdboot::file_name(slot, fresh.get(slot)).unwrap_or_default();
+        format!("{}/{name}", layout::EFI_LINUX_DIR.trim_start_matches('/'))
+    };
+    let (entry_a, entry_b) = (entry(Slot::A), entry(Slot::B));
+    let boot_loader = layout::EFI_BOOT_LOADER.trim_start_matches('/');
+    let loader_conf_path = layout::EFI_LOADER_CONF.trim_start_matches('/');
     let efi = disk::fat_image(
         board.partitions.efi,
         &[
-            (&paths[0], &sdboot_bytes),
-            (&paths[1], &uki_bytes[0]),
-            (&paths[2], &uki_bytes[1]),
-            (&paths[3], loader_conf.as_bytes()),
+            (boot_loader, &sdboot_bytes),
+            (&entry_a, &uki_a),
+            (&entry_b, &uki_b),
+            (loader_conf_path, LOADER_CONF.as_bytes()),
         ],
     )?;
     let efi_img = w.join("efi.img");
@@ -373,6 +400,49 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     write(&manifest_path(&opts.out), json.as_bytes())?;
     let size = manifest.part("image").map_or(0, |p| p.size);
     progress.finish(format!("built {} ({} MiB, {})", opts.out.display(), size >> 20, board.name));
+    Ok(manifest)
+}
+
+/// systemd-boot's config: no menu; the first good `plinth-*` entry in its
+/// order boots (see `machinery::slots`).
+pub const LOADER_CONF: &str = "default plinth-*\ntimeout 0\nconsole-mode keep\neditor no\n";
+
+/// Builds a signed upgrade bundle (`.osb`, see `machinery::bundle`) at
+/// `opts.out`: the same parts as an image's slot, signed with `key`.
+pub fn bundle(opts: &BuildOptions, key: &machinery::signing::SigningKey) -> Result<BundleManifest, BuildError> {
+    use std::io::Write as _;
+    let mut progress = Progress::new(5);
+    let work = work_dir()?;
+    let parts = build_parts(opts, work.path(), &mut progress)?;
+    progress.step("signing and writing the bundle");
+    let root = std::fs::read(&parts.root_img).map_err(|e| BuildError::io("read", &parts.root_img, e))?;
+    let digest = |b: &[u8]| kernel::hex(&<sha2::Sha256 as sha2::Digest>::digest(b));
+    let manifest = BundleManifest {
+        version: opts.version.clone(),
+        board: parts.board.name.clone(),
+        arch: parts.manifest.arch.clone(),
+        kernel_version: parts.manifest.kernel_version.clone(),
+        parts: vec![
+            BundlePart { name: bundle::PART_UKI.into(), size: parts.uki_a.len() as u64, sha256: digest(&parts.uki_a) },
+            BundlePart { name: bundle::PART_ROOT.into(), size: root.len() as u64, sha256: digest(&root) },
+        ],
+    };
+    let header = bundle::Header::sign(manifest.clone(), key);
+    let tmp = PathBuf::from(format!("{}.tmp", opts.out.display()));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| BuildError::io("create", &tmp, e))?;
+    for chunk in [&header.encode()[..], &parts.uki_a, &root] {
+        f.write_all(chunk).map_err(|e| BuildError::io("write", &tmp, e))?;
+    }
+    f.sync_all().map_err(|e| BuildError::io("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, &opts.out).map_err(|e| BuildError::io("rename into place", &opts.out, e))?;
+    let size = std::fs::metadata(&opts.out).map_or(0, |m| m.len());
+    progress.finish(format!(
+        "bundle {} ({} MiB, {} {})",
+        opts.out.display(),
+        size >> 20,
+        parts.board.name,
+        opts.version
+    ));
     Ok(manifest)
 }
 

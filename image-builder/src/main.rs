@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-/// Builds bootable Plinth disk images.
+/// Builds bootable Plinth disk images and signed upgrade bundles.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -10,43 +10,105 @@ struct Cli {
     command: Cmd,
 }
 
+/// What an image and a bundle are built from.
+#[derive(Args)]
+struct Common {
+    /// Board name (board-configs/<name>.toml) or a board file.
+    #[arg(long)]
+    board: String,
+    /// Output file.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// The Plinth version stamped into the root (what the node reports, and
+    /// what upgrades compare).
+    #[arg(long = "plinth-version", default_value = machinery::VERSION)]
+    version: String,
+    /// Static plinth-init and apid (scripts/build-static.sh builds them).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/x86_64-unknown-linux-gnu/release"))]
+    bin_dir: PathBuf,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../board-configs"))]
+    board_dir: PathBuf,
+    /// Downloaded packages are kept here (default: ~/.cache/plinth).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Build a raw GPT disk image for a board.
     Build {
-        /// Board name (board-configs/<name>.toml) or a board file.
-        #[arg(long)]
-        board: String,
+        #[command(flatten)]
+        common: Common,
         /// The operator's config-signing public key (from `osctl gen keys`).
         #[arg(long)]
         trust_key: PathBuf,
-        /// Output image.
-        #[arg(short, long)]
-        out: PathBuf,
-        /// Static plinth-init and apid (scripts/build-static.sh builds them).
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/x86_64-unknown-linux-gnu/release"))]
-        bin_dir: PathBuf,
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../board-configs"))]
-        board_dir: PathBuf,
-        /// Downloaded packages are kept here (default: ~/.cache/plinth).
+    },
+    /// Build a signed A/B upgrade bundle (.osb) for a board.
+    Bundle {
+        #[command(flatten)]
+        common: Common,
+        /// The operator's signing key (PEM, from `osctl gen keys`).
         #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        key: PathBuf,
+        /// The config-signing public key baked into the new root (default:
+        /// the public half of --key).
+        #[arg(long)]
+        trust_key: Option<PathBuf>,
     },
 }
 
+fn options(c: Common, trust_key: PathBuf) -> image_builder::BuildOptions {
+    image_builder::BuildOptions {
+        board: c.board,
+        board_dir: c.board_dir,
+        trust_key,
+        bin_dir: c.bin_dir,
+        out: c.out,
+        cache_dir: c.cache_dir.unwrap_or_else(image_builder::default_cache_dir),
+        version: c.version,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let Cmd::Build { board, trust_key, out, bin_dir, board_dir, cache_dir } = Cli::parse().command;
-    let cache_dir = cache_dir.unwrap_or_else(image_builder::default_cache_dir);
-    let opts = image_builder::BuildOptions { board, board_dir, trust_key, bin_dir, out, cache_dir };
-    let m = image_builder::build(&opts).map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
-    println!("{}", opts.out.display());
-    eprintln!(
-        "{} for {}: {} {}; manifest {}",
-        opts.out.display(),
-        m.board,
-        m.kernel_package,
-        m.kernel_version,
-        image_builder::manifest_path(&opts.out).display()
-    );
+    match Cli::parse().command {
+        Cmd::Build { common, trust_key } => {
+            let opts = options(common, trust_key);
+            let m = image_builder::build(&opts).map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
+            println!("{}", opts.out.display());
+            eprintln!(
+                "{} for {}: {} {}; manifest {}",
+                opts.out.display(),
+                m.board,
+                m.kernel_package,
+                m.kernel_version,
+                image_builder::manifest_path(&opts.out).display()
+            );
+        }
+        Cmd::Bundle { common, key, trust_key } => {
+            let pem = std::fs::read_to_string(&key).map_err(|e| anyhow::anyhow!("reading {}: {e}", key.display()))?;
+            let signing = machinery::signing::signing_key_from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            // The public half, baked into the new root, unless told otherwise.
+            let work = tempfile::tempdir()?;
+            let trust_key = match trust_key {
+                Some(k) => k,
+                None => {
+                    let p = work.path().join("trusted-key.pub");
+                    std::fs::write(&p, machinery::signing::verifying_key_to_pem(&signing.verifying_key())?)?;
+                    p
+                }
+            };
+            let opts = options(common, trust_key);
+            let m = image_builder::bundle(&opts, &signing).map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
+            println!("{}", opts.out.display());
+            eprintln!(
+                "{}: Plinth {} for {}, {} MiB of payload",
+                opts.out.display(),
+                m.version,
+                m.board,
+                m.payload_size() >> 20
+            );
+        }
+    }
     Ok(())
 }

@@ -1,92 +1,18 @@
 //! Unified Kernel Images: systemd's EFI stub with the os-release, the
 //! command line, the kernel and the initramfs added as PE sections by
-//! objcopy (what `ukify` does, without Python). Also a small PE section
-//! table reader, to place the sections after the stub's own and to check
-//! the result.
+//! objcopy (what `ukify` does, without Python), placed after the stub's own
+//! sections with `machinery::pe`.
 
 use std::path::Path;
 use std::process::Command;
+
+use machinery::pe::parse_pe;
 
 use crate::BuildError;
 use crate::tools;
 
 /// systemd-boot-efi's stub for x86-64.
 pub const STUB_X64: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
-
-/// One section of a PE image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Section {
-    pub name: String,
-    /// Relative virtual address.
-    pub vma: u64,
-    /// Size in memory.
-    pub size: u64,
-    /// Where its bytes are in the file, and how many.
-    pub file_offset: u64,
-    pub file_size: u64,
-}
-
-/// A parsed PE (32 or 32+) image: its size in memory and its sections.
-#[derive(Debug, Clone)]
-pub struct Pe {
-    pub size_of_image: u64,
-    pub sections: Vec<Section>,
-}
-
-impl Pe {
-    pub fn section(&self, name: &str) -> Option<&Section> {
-        self.sections.iter().find(|s| s.name == name)
-    }
-
-    /// The bytes of a section.
-    pub fn data<'a>(&self, image: &'a [u8], name: &str) -> Option<&'a [u8]> {
-        let s = self.section(name)?;
-        // In the file a section is padded to the file alignment; the
-        // virtual size is what was added.
-        let len = s.size.min(s.file_size) as usize;
-        image.get(s.file_offset as usize..s.file_offset as usize + len)
-    }
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Reads the section table of a PE image; `None` if it is not one.
-pub fn parse_pe(image: &[u8]) -> Option<Pe> {
-    if image.get(..2)? != b"MZ" {
-        return None;
-    }
-    let pe = u32_at(image, 0x3c)? as usize;
-    if image.get(pe..pe + 4)? != b"PE\0\0" {
-        return None;
-    }
-    let coff = pe + 4;
-    let nsections = u16_at(image, coff + 2)? as usize;
-    let opt_size = u16_at(image, coff + 16)? as usize;
-    let opt = coff + 20;
-    // SizeOfImage is at the same offset in PE32 and PE32+.
-    let size_of_image = u32_at(image, opt + 56)? as u64;
-    let table = opt + opt_size;
-    let mut sections = Vec::with_capacity(nsections);
-    for i in 0..nsections {
-        let h = table + i * 40;
-        let raw = image.get(h..h + 8)?;
-        let name = String::from_utf8_lossy(raw).trim_end_matches('\0').to_string();
-        sections.push(Section {
-            name,
-            size: u32_at(image, h + 8)? as u64,
-            vma: u32_at(image, h + 12)? as u64,
-            file_size: u32_at(image, h + 16)? as u64,
-            file_offset: u32_at(image, h + 20)? as u64,
-        });
-    }
-    Some(Pe { size_of_image, sections })
-}
 
 /// What goes into a UKI.
 #[derive(Debug)]
@@ -134,13 +60,6 @@ pub fn build(parts: &UkiParts<'_>, out: &Path) -> Result<(), BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parse_pe_refuses_what_is_not_pe() {
-        assert!(parse_pe(b"").is_none());
-        assert!(parse_pe(b"MZ").is_none());
-        assert!(parse_pe(&[b'M', b'Z', 0, 0, 0, 0, 0, 0]).is_none());
-    }
 
     /// Needs binutils and systemd-boot-efi (scripts/setup-debian.sh); with
     /// CI=true their absence is a failure.

@@ -99,6 +99,7 @@ fn every_layer_of_a_built_image_reads_back() {
         bin_dir: fixture_bins(w),
         out: w.join("plinth.img"),
         cache_dir: cache,
+        version: machinery::VERSION.to_string(),
     };
     let built = image_builder::build(&opts).unwrap();
     let board = image_builder::load_board(&opts.board, &opts.board_dir).unwrap();
@@ -132,12 +133,18 @@ fn every_layer_of_a_built_image_reads_back() {
     let sdboot = std::fs::read("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").unwrap();
     assert_eq!(fat_file(&fs, layout::EFI_BOOT_LOADER.trim_start_matches('/')), sdboot);
     let conf = String::from_utf8(fat_file(&fs, layout::EFI_LOADER_CONF.trim_start_matches('/'))).unwrap();
-    assert!(conf.lines().any(|l| l == "default plinth-a.efi"), "{conf}");
+    assert_eq!(conf, image_builder::LOADER_CONF);
+    // A fresh image: A preferred, B its committed fallback.
+    let fresh = machinery::slots::BootState::fresh();
     for slot in [Slot::A, Slot::B] {
-        let path = format!("{}/{}", layout::EFI_LINUX_DIR.trim_start_matches('/'), slot.uki_name());
+        let name = machinery::slots::sdboot::file_name(slot, fresh.get(slot)).unwrap();
+        let path = format!("{}/{name}", layout::EFI_LINUX_DIR.trim_start_matches('/'));
         let uki_bytes = fat_file(&fs, &path);
-        assert_eq!(sha256_hex(&uki_bytes), manifest.part(slot.uki_name()).unwrap().sha256);
-        let pe = uki::parse_pe(&uki_bytes).unwrap();
+        // The manifest's UKI is slot A's; B's differs in the slot byte only.
+        let mut expected = uki_bytes.clone();
+        machinery::pe::set_uki_slot(&mut expected, Slot::A).unwrap();
+        assert_eq!(sha256_hex(&expected), manifest.part("uki").unwrap().sha256, "{name}");
+        let pe = machinery::pe::parse_pe(&uki_bytes).unwrap();
         let cmdline = String::from_utf8(pe.data(&uki_bytes, ".cmdline").unwrap().to_vec()).unwrap();
         assert_eq!(cmdline, board.cmdline_for(slot));
         assert!(String::from_utf8_lossy(pe.data(&uki_bytes, ".osrel").unwrap()).contains("ID=plinth"));
@@ -224,6 +231,7 @@ fn a_module_listed_before_its_dependency_is_refused() {
         bin_dir: fixture_bins(w),
         out: w.join("plinth.img"),
         cache_dir: cache,
+        version: machinery::VERSION.to_string(),
     };
     let e = image_builder::build(&opts).unwrap_err().to_string();
     assert_eq!(

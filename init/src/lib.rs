@@ -5,6 +5,7 @@
 
 pub mod boot;
 pub mod dhcp;
+pub mod disk;
 pub mod journal;
 pub mod kmsg;
 pub mod machine;
@@ -14,6 +15,7 @@ pub mod power;
 pub mod store;
 pub mod supervisor;
 pub mod system;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,6 +113,7 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
     let supervisor = Supervisor::start(events.clone(), Some(core.log_dir.clone()))?;
     let store = ConfigStore::open(&core.state_dir.join("config"), trusted)?;
     let (power_tx, mut power_rx) = mpsc::channel(4);
+    let slots = core.settings.slots.clone().map(|s| Arc::new(upgrade::Slots::new(s, trusted, events.clone())));
     let machine = Machine::boot(
         store,
         supervisor.clone(),
@@ -118,6 +121,7 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         Arc::new(kmsg::Kmsg::default()),
         power_tx,
         core.settings.clone(),
+        slots,
     )?;
     if let Bring::Network = bring {
         let network = machine.active_network().await;
@@ -149,7 +153,7 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(socket_err("chmod", &socket))?;
     }
-    let api = InitApi(machine);
+    let api = InitApi(machine.clone());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(MachineServiceServer::new(api.clone()))
@@ -163,6 +167,7 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         args: vec!["--init-socket".into(), socket.display().to_string()],
         env: std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect(),
     });
+    machine.gate_trial();
 
     let action = match bring {
         // PID 1 takes orders only from the API.

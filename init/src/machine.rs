@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use machinery::api::{self, ApplyMode, NodeMode, machine_service_server::MachineService};
 use machinery::config::{self, MachineConfig};
+use machinery::slots::View;
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -20,6 +21,7 @@ use crate::journal::Journal;
 use crate::kmsg::KernelLog;
 use crate::store::{ConfigStore, Signed, Slot, VerifyFailure};
 use crate::supervisor::{Supervisor, SupervisorError, event, proc_field, rss_kib};
+use crate::upgrade::{self, Slots};
 
 /// What the main loop does once the RPC has answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct NodeSettings {
     pub api_listen: Option<String>,
     /// Extra names for apid's serving certificate.
     pub extra_sans: Vec<String>,
+    /// The A/B disk, when the node has one (PID 1, or host mode with --disk).
+    pub slots: Option<crate::upgrade::SlotSettings>,
 }
 
 struct TryState {
@@ -59,6 +63,7 @@ pub struct Machine {
     settings: NodeSettings,
     started: Instant,
     maintenance_cert: machinery::pki::CertKey,
+    slots: Option<Arc<Slots>>,
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -93,6 +98,7 @@ impl Machine {
         kernel_log: Arc<dyn KernelLog>,
         power: mpsc::Sender<PowerAction>,
         settings: NodeSettings,
+        slots: Option<Arc<Slots>>,
     ) -> Result<Arc<Machine>, InitError> {
         if store.load(Slot::Previous)?.is_some() {
             store.promote(Slot::Previous, Slot::Active)?;
@@ -124,6 +130,7 @@ impl Machine {
             settings,
             started: Instant::now(),
             maintenance_cert,
+            slots,
         }))
     }
 
@@ -387,7 +394,7 @@ impl MachineService for InitApi {
         let st = m.state.lock().await;
         let active = st.active.as_ref().map(|s| &s.config);
         Ok(Response::new(api::VersionResponse {
-            plinth_version: machinery::VERSION.to_string(),
+            plinth_version: m.settings.slots.as_ref().map_or(machinery::VERSION, |s| s.version.as_str()).to_string(),
             arch: std::env::consts::ARCH.to_string(),
             mode: if active.is_some() { NodeMode::Configured } else { NodeMode::Maintenance } as i32,
             config_version: active.map_or(0, |c| c.version),
@@ -401,6 +408,7 @@ impl MachineService for InitApi {
             memory_total_kib: proc_field("/proc/meminfo", "MemTotal:"),
             memory_available_kib: proc_field("/proc/meminfo", "MemAvailable:"),
             init_rss_kib: rss_kib("/proc/self/status"),
+            slots: m.slots.as_ref().map(|s| s.infos()).unwrap_or_default(),
         }))
     }
 
@@ -468,11 +476,107 @@ impl MachineService for InitApi {
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok))))
     }
 
+    async fn upgrade(
+        &self,
+        req: Request<tonic::Streaming<api::UpgradeChunk>>,
+    ) -> Result<Response<api::UpgradeResponse>, Status> {
+        let slots = self.0.slots()?;
+        let result = slots.upgrade(req.into_inner()).await;
+        match result {
+            Ok((resp, reboot)) => {
+                if reboot {
+                    self.0.power.send(PowerAction::Reboot).await.map_err(internal)?;
+                }
+                Ok(Response::new(resp))
+            }
+            Err(e) => {
+                event(&self.0.events, "upgrade", e.message().to_string());
+                Err(e)
+            }
+        }
+    }
+
+    async fn rollback(&self, _: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
+        let slots = self.0.slots()?;
+        let target = tokio::task::block_in_place(|| slots.rollback())?;
+        let summary = format!("slot {} boots next; rebooting into it", target.name());
+        event(&self.0.events, "upgrade", format!("rollback: {summary}"));
+        self.0.power.send(PowerAction::Reboot).await.map_err(internal)?;
+        Ok(Response::new(api::RollbackResponse { slot: target.name().into(), summary }))
+    }
+
     type EventsStream = Stream_<api::Event>;
     async fn events(&self, req: Request<api::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         let req = req.into_inner();
         let (backlog, rx) = self.0.events.tail_and_follow(req.tail_events as usize);
         Ok(Response::new(follow(backlog, req.follow.then_some(rx))))
+    }
+}
+
+impl Machine {
+    fn slots(&self) -> Result<&Arc<Slots>, Status> {
+        self.slots.as_ref().ok_or_else(|| {
+            Status::unimplemented("this node has no A/B boot disk (host mode without --disk): nothing to upgrade")
+        })
+    }
+
+    /// At boot: commits a slot on trial once the services have run for
+    /// [`upgrade::HEALTHY_FOR`] without a restart; otherwise reboots after
+    /// [`upgrade::HEALTH_TIMEOUT`] and the boot loader falls back.
+    pub fn gate_trial(self: &Arc<Self>) {
+        let Some(slots) = self.slots.clone() else { return };
+        let (this, other) = match slots.boot_view() {
+            Ok(v) => v,
+            Err(e) => {
+                event(&self.events, "upgrade", format!("cannot read the boot state: {e}"));
+                return;
+            }
+        };
+        let booted = slots.booted().name();
+        if other == View::Failed {
+            event(
+                &self.events,
+                "upgrade",
+                format!(
+                    "slot {} failed its trial boot: the boot loader fell back to slot {booted}",
+                    slots.booted().other().name()
+                ),
+            );
+        }
+        if this != View::TrialBooted {
+            return;
+        }
+        event(&self.events, "upgrade", format!("slot {booted} is on trial: committing it once the node is healthy"));
+        let me = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + upgrade::HEALTH_TIMEOUT;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let services = me.supervisor.list();
+                let healthy = !services.is_empty()
+                    && services.iter().all(|s| {
+                        s.state == api::ServiceState::Running as i32
+                            && s.restarts == 0
+                            && s.uptime_seconds >= upgrade::HEALTHY_FOR.as_secs()
+                    });
+                if healthy {
+                    match tokio::task::block_in_place(|| slots.commit()) {
+                        Ok(()) => event(&me.events, "upgrade", format!("slot {booted} is healthy: committed")),
+                        Err(e) => event(&me.events, "upgrade", format!("cannot commit slot {booted}: {e}")),
+                    }
+                    return;
+                }
+            }
+            event(
+                &me.events,
+                "upgrade",
+                format!(
+                    "slot {booted} did not become healthy in {:?}: rebooting to fall back",
+                    upgrade::HEALTH_TIMEOUT
+                ),
+            );
+            let _ = me.power.send(PowerAction::Reboot).await;
+        });
     }
 }
 

@@ -23,6 +23,13 @@ struct Args {
     /// Extra DNS name or IP for apid's certificate (repeatable).
     #[arg(long = "cert-san")]
     cert_sans: Vec<String>,
+    /// A Plinth disk image standing in for the boot disk: enables A/B
+    /// upgrades and rollback on it (init plays the boot loader at start).
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// The board the --disk image was built for.
+    #[arg(long, default_value = "qemu-x86_64")]
+    board: String,
 }
 
 fn main() {
@@ -42,11 +49,28 @@ async fn host() {
     let apid = args.apid.unwrap_or_else(|| {
         std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("apid"))).unwrap_or_else(|| "apid".into())
     });
+    let slots = match args.disk {
+        None => None,
+        Some(disk) => match init::upgrade::simulate_boot_loader(&disk) {
+            Ok(booted) => Some(init::upgrade::SlotSettings {
+                disk,
+                booted,
+                board: args.board,
+                version: machinery::VERSION.to_string(),
+                record: args.state_dir.join("slots.json"),
+                stage_dir: args.state_dir.join("upgrade"),
+            }),
+            Err(e) => {
+                eprintln!("plinth-init: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
     let opts = init::HostOptions {
         state_dir: args.state_dir,
         trusted_key: args.trusted_key,
         apid,
-        settings: init::machine::NodeSettings { api_listen: args.api_listen, extra_sans: args.cert_sans },
+        settings: init::machine::NodeSettings { api_listen: args.api_listen, extra_sans: args.cert_sans, slots },
     };
     if let Err(e) = init::run_host(opts).await {
         eprintln!("plinth-init: {e}");

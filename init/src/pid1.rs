@@ -52,8 +52,9 @@ fn setup_logging() {
         .try_init();
 }
 
-/// Mounts the root image of this boot's slot and switches into it.
-fn enter_root(sys: &dyn System) -> Result<layout::Slot, boot::BootError> {
+/// Mounts the root image of this boot's slot and switches into it; returns
+/// the slot and its root partition's device.
+fn enter_root(sys: &dyn System) -> Result<(layout::Slot, PathBuf), boot::BootError> {
     for failure in boot::load_modules(sys, Path::new(layout::INITRAMFS_MODULES))? {
         tracing::warn!("{failure}");
     }
@@ -61,7 +62,7 @@ fn enter_root(sys: &dyn System) -> Result<layout::Slot, boot::BootError> {
     let dev = boot::mount_root(sys, slot, PARTITION_TIMEOUT)?;
     tracing::info!("slot {}: root image {}", slot.name(), dev.display());
     boot::switch_into_root(sys)?;
-    Ok(slot)
+    Ok((slot, dev))
 }
 
 /// Mounts STATE and EPHEMERAL; where one fails the node keeps going on a
@@ -130,18 +131,31 @@ pub fn run() -> ! {
     setup_logging();
     std::panic::set_hook(Box::new(|info| tracing::error!("PID 1 caught a panic: {info}")));
     tracing::info!("Plinth {} starting", machinery::VERSION);
-    if let Err(e) = enter_root(&sys) {
-        tracing::error!("cannot boot: {e}; rebooting in 10 s so the boot loader can fall back");
-        std::thread::sleep(Duration::from_secs(10));
-        finish(&sys, PowerAction::Reboot);
-    }
+    let (slot, root_dev) = match enter_root(&sys) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot boot: {e}; rebooting in 10 s so the boot loader can fall back");
+            std::thread::sleep(Duration::from_secs(10));
+            finish(&sys, PowerAction::Reboot);
+        }
+    };
     let state_dir = mount_data(&sys);
+    let (board, version) = crate::upgrade::running_image();
+    tracing::info!("Plinth {version} for {board}, slot {}", slot.name());
+    let slots = crate::upgrade::disk_of(&root_dev).map(|disk| crate::upgrade::SlotSettings {
+        disk,
+        booted: slot,
+        board,
+        version,
+        record: state_dir.join("slots.json"),
+        stage_dir: PathBuf::from(layout::MOUNT_EPHEMERAL).join("lib/plinth/upgrade"),
+    });
     let core = Core {
         log_dir: PathBuf::from(layout::MOUNT_EPHEMERAL).join("log"),
         state_dir,
         trusted_key: PathBuf::from(layout::ROOT_TRUSTED_KEY),
         apid: PathBuf::from(layout::ROOT_APID),
-        settings: NodeSettings::default(),
+        settings: NodeSettings { slots, ..NodeSettings::default() },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -150,6 +164,7 @@ pub fn run() -> ! {
             finish(&sys, PowerAction::Reboot);
         }
     };
+    runtime.spawn(pet_watchdog());
     let action = loop {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             runtime.block_on(crate::serve(core.clone(), Bring::Network))
@@ -165,6 +180,30 @@ pub fn run() -> ! {
     };
     drop(runtime);
     finish(&sys, action)
+}
+
+/// How often init pets the watchdog; its timeout (softdog: 60 s, i6300esb:
+/// 30 s) resets the machine if init stops doing so.
+const WATCHDOG_PET: Duration = Duration::from_secs(5);
+
+/// Pets `/dev/watchdog` from the async runtime, so a stuck runtime stops
+/// petting and the machine resets (a trial boot then falls back). Without
+/// a watchdog device, says so once.
+async fn pet_watchdog() {
+    let mut dev = match std::fs::OpenOptions::new().write(true).open("/dev/watchdog") {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("no watchdog (/dev/watchdog: {e}): a hung boot is not reset");
+            return;
+        }
+    };
+    tracing::info!("watchdog armed: init pets it every {WATCHDOG_PET:?}");
+    loop {
+        if let Err(e) = dev.write_all(b"p") {
+            tracing::warn!("petting the watchdog: {e}");
+        }
+        tokio::time::sleep(WATCHDOG_PET).await;
+    }
 }
 
 /// Whether this process is PID 1.

@@ -6,7 +6,7 @@
 //!
 //! | label       | content                                                   |
 //! |-------------|-----------------------------------------------------------|
-//! | `EFI`       | FAT: systemd-boot and one UKI per slot (`plinth-a.efi`…)  |
+//! | `EFI`       | FAT: systemd-boot and one UKI per slot (`plinth-2-a.efi`…)|
 //! | `ROOT-A`    | read-only root image (squashfs) of slot A                  |
 //! | `ROOT-B`    | read-only root image of slot B                            |
 //! | `STATE`     | ext4, small: machine config, node identity, boot state    |
@@ -69,22 +69,10 @@ impl Slot {
 
 /// On the EFI partition (FAT, paths from its root): systemd-boot as the
 /// removable-media boot loader, its config, and the directory of Unified
-/// Kernel Images, one per slot ([`Slot::uki_name`]).
+/// Kernel Images, one per slot, named by `slots::sdboot::file_name`.
 pub const EFI_BOOT_LOADER: &str = "/EFI/BOOT/BOOTX64.EFI";
 pub const EFI_LOADER_CONF: &str = "/loader/loader.conf";
 pub const EFI_LINUX_DIR: &str = "/EFI/Linux";
-
-impl Slot {
-    /// The file name of this slot's UKI in [`EFI_LINUX_DIR`], without boot
-    /// counters (systemd-boot counts tries in `plinth-a+3.efi` →
-    /// `plinth-a+2-1.efi`; renaming back to this name commits the slot).
-    pub fn uki_name(self) -> &'static str {
-        match self {
-            Slot::A => "plinth-a.efi",
-            Slot::B => "plinth-b.efi",
-        }
-    }
-}
 
 /// Kernel command-line key naming the slot a boot entry belongs to.
 pub const CMDLINE_SLOT: &str = "plinth.slot=";

@@ -83,10 +83,12 @@ pub enum Rpc {
     Logs,
     Dmesg,
     Events,
+    Upgrade,
+    Rollback,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 10] = [
+    pub const ALL: [Rpc; 12] = [
         Rpc::Version,
         Rpc::ApplyConfig,
         Rpc::GetConfig,
@@ -97,13 +99,15 @@ impl Rpc {
         Rpc::Logs,
         Rpc::Dmesg,
         Rpc::Events,
+        Rpc::Upgrade,
+        Rpc::Rollback,
     ];
 
     pub fn minimum_role(self) -> Role {
         match self {
             Rpc::Version | Rpc::ServiceList | Rpc::Logs | Rpc::Dmesg | Rpc::Events => Role::Reader,
             Rpc::GetConfig | Rpc::ServiceRestart | Rpc::Reboot => Role::Operator,
-            Rpc::ApplyConfig | Rpc::Shutdown => Role::Admin,
+            Rpc::ApplyConfig | Rpc::Shutdown | Rpc::Upgrade | Rpc::Rollback => Role::Admin,
         }
     }
 
@@ -119,6 +123,8 @@ impl Rpc {
             Rpc::Logs => "Logs",
             Rpc::Dmesg => "Dmesg",
             Rpc::Events => "Events",
+            Rpc::Upgrade => "Upgrade",
+            Rpc::Rollback => "Rollback",
         }
     }
 

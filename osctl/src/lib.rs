@@ -122,6 +122,21 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         tail: u32,
     },
+    /// Install a signed upgrade bundle (.osb) into the slot that is not
+    /// running; the node boots it once and keeps it only if it is healthy.
+    Upgrade {
+        /// The bundle (`image-builder bundle`).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Write and arm the slot; boot it at the next reboot.
+        #[arg(long, visible_alias = "no-reboot")]
+        stage: bool,
+        /// Install a bundle older than the running version.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    /// Boot the other (committed) slot again.
+    Rollback,
     /// Reboot the node.
     Reboot,
     /// Stop the node's services and power it off.
@@ -541,6 +556,24 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Upgrade { bundle, stage, allow_downgrade } => {
+            upgrade(cli.global, &bundle, stage, allow_downgrade).await
+        }
+        Command::Rollback => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| async move { c.rollback(api::RollbackRequest {}).await.map(|r| r.into_inner()) })
+                .await?;
+            for (node, r) in results {
+                match fmt {
+                    Format::Json => {
+                        output::json(&serde_json::json!({"node": node, "slot": r.slot, "summary": r.summary}))
+                    }
+                    Format::Table => println!("{node}: {}", r.summary),
+                }
+            }
+            Ok(())
+        }
         Command::Reboot => power(cli.global, true).await,
         Command::Shutdown => power(cli.global, false).await,
     }
@@ -559,6 +592,61 @@ async fn power(global: Global, reboot: bool) -> Result<(), Failure> {
         .await?;
     for (node, ()) in results {
         println!("{node}: {}", if reboot { "rebooting" } else { "shutting down" });
+    }
+    Ok(())
+}
+
+/// Chunks of the bundle on the wire.
+const UPGRADE_CHUNK: usize = 1 << 20;
+
+/// Streams a bundle to each node with a progress bar.
+async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bool) -> Result<(), Failure> {
+    use tokio::io::AsyncReadExt as _;
+    let fmt = global.output;
+    let session = Session::open(global)?;
+    let size =
+        std::fs::metadata(bundle).map_err(|e| Failure::Other(format!("reading {}: {e}", bundle.display())))?.len();
+    for (node, addr) in session.targets()? {
+        let mut c = session.client(&addr).await?;
+        let mut file = tokio::fs::File::open(bundle)
+            .await
+            .map_err(|e| Failure::Other(format!("opening {}: {e}", bundle.display())))?;
+        let bar = output::progress(size, &format!("{node}: uploading"));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let opts = api::UpgradeOptions { stage, allow_downgrade, size };
+        let _ = tx.send(api::UpgradeChunk { chunk: Some(api::upgrade_chunk::Chunk::Options(opts)) }).await;
+        let reader_bar = bar.clone();
+        let path = bundle.to_path_buf();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; UPGRADE_CHUNK];
+            loop {
+                let n = file.read(&mut buf).await.map_err(|e| format!("reading {}: {e}", path.display()))?;
+                if n == 0 {
+                    return Ok::<(), String>(());
+                }
+                let chunk = api::UpgradeChunk { chunk: Some(api::upgrade_chunk::Chunk::Data(buf[..n].to_vec())) };
+                if tx.send(chunk).await.is_err() {
+                    return Ok(());
+                }
+                reader_bar.inc(n as u64);
+            }
+        });
+        let t = std::time::Instant::now();
+        let result = c.upgrade(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+        bar.finish_and_clear();
+        reader.await.map_err(|e| Failure::Other(e.to_string()))?.map_err(Failure::Other)?;
+        let r = match result {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(session.failure(&node, &addr, s).await),
+        };
+        match fmt {
+            Format::Json => output::json(&serde_json::json!({
+                "node": node, "slot": r.slot, "version": r.version, "summary": r.summary,
+                "rebooting": r.rebooting, "write_seconds": r.write_seconds,
+                "seconds": t.elapsed().as_secs_f64(), "bytes": size,
+            })),
+            Format::Table => println!("{node}: {}", r.summary),
+        }
     }
     Ok(())
 }

@@ -78,6 +78,10 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                         "memory_total_kib": v.memory_total_kib,
                         "memory_available_kib": v.memory_available_kib,
                         "init_rss_kib": v.init_rss_kib,
+                        "slots": v.slots.iter().map(|s| serde_json::json!({
+                            "name": s.name, "version": s.version, "state": s.state,
+                            "booted": s.booted, "next_boot": s.next_boot,
+                        })).collect::<Vec<_>>(),
                     })
                 })
                 .collect(),
@@ -103,8 +107,32 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                 ]);
             }
             t.print();
+            slots(results);
         }
     }
+}
+
+/// The A/B slots of each node that has them.
+fn slots(results: &[(String, api::VersionResponse)]) {
+    if results.iter().all(|(_, v)| v.slots.is_empty()) {
+        return;
+    }
+    println!();
+    let mut t = Table::new(&["NODE", "SLOT", "VERSION", "STATE", "BOOTED", "NEXT BOOT"]);
+    for (node, v) in results {
+        for s in &v.slots {
+            let mark = |b: bool| if b { "*".to_string() } else { String::new() };
+            t.row(vec![
+                node.clone(),
+                s.name.clone(),
+                if s.version.is_empty() { "-".into() } else { s.version.clone() },
+                s.state.clone(),
+                mark(s.booted),
+                mark(s.next_boot),
+            ]);
+        }
+    }
+    t.print();
 }
 
 pub fn services(fmt: Format, results: &[(String, Vec<api::ServiceInfo>)]) {
@@ -184,6 +212,20 @@ pub fn event(fmt: Format, node: &str, e: &api::Event) {
         ),
         Format::Table => println!("{}  {node}  {:<8} {}", timestamp(e.timestamp_ms), e.kind, e.message),
     }
+}
+
+/// A byte progress bar on stderr when it is a terminal (hidden otherwise,
+/// so scripts and CI logs stay clean).
+pub fn progress(total: u64, msg: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let style =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    indicatif::ProgressBar::new(total).with_style(style).with_message(msg.to_string())
 }
 
 #[cfg(test)]

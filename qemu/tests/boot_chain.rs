@@ -78,6 +78,7 @@ fn uefi_systemd_boot_and_each_slots_uki_reach_pid1_which_finds_its_root() {
         bin_dir: fixture_bins(work.path()),
         out: image.clone(),
         cache_dir: cache,
+        version: machinery::VERSION.to_string(),
     };
     let t = Instant::now();
     let manifest = image_builder::build(&opts).unwrap();
@@ -110,8 +111,9 @@ fn uefi_systemd_boot_and_each_slots_uki_reach_pid1_which_finds_its_root() {
         boot.as_secs_f64()
     );
 
-    // Slot B's entry: make it systemd-boot's default, boot a fresh VM.
-    set_loader_default(&opts.out, machinery::layout::Slot::B.uki_name());
+    // Make slot B the preferred entry (as a rollback from A would) and boot
+    // a fresh VM: systemd-boot must pick it by the entries' names alone.
+    prefer_slot_b(&opts.out);
     let mut vm = Vm::start(VmOptions {
         image: opts.out.clone(),
         name: "chain-b".into(),
@@ -126,35 +128,18 @@ fn uefi_systemd_boot_and_each_slots_uki_reach_pid1_which_finds_its_root() {
     vm.wait_exit(Duration::from_secs(30)).unwrap();
 }
 
-/// Rewrites `default` in the image's loader.conf (in place, through fatfs).
-fn set_loader_default(image: &Path, entry: &str) {
-    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-    let disk = gpt::GptConfig::new().open(image).unwrap();
-    let lb = gpt::disk::LogicalBlockSize::Lb512;
-    let efi = disk.partitions().values().find(|p| p.name == machinery::layout::EFI).unwrap().clone();
-    let (off, len) = (efi.bytes_start(lb).unwrap(), efi.bytes_len(lb).unwrap());
-    let mut f = std::fs::File::options().read(true).write(true).open(image).unwrap();
-    let mut buf = vec![0; len as usize];
-    f.seek(SeekFrom::Start(off)).unwrap();
-    f.read_exact(&mut buf).unwrap();
-    let mut cur = std::io::Cursor::new(buf);
-    {
-        let fs = fatfs::FileSystem::new(&mut cur, fatfs::FsOptions::new()).unwrap();
-        let path = machinery::layout::EFI_LOADER_CONF.trim_start_matches('/');
-        let mut conf = String::new();
-        fs.root_dir().open_file(path).unwrap().read_to_string(&mut conf).unwrap();
-        let conf: String = conf
-            .lines()
-            .map(|l| if l.starts_with("default ") { format!("default {entry}\n") } else { format!("{l}\n") })
-            .collect();
-        let mut file = fs.root_dir().create_file(path).unwrap();
-        file.truncate().unwrap();
-        file.write_all(conf.as_bytes()).unwrap();
-        drop(file);
-        fs.unmount().unwrap();
-    }
-    f.seek(SeekFrom::Start(off)).unwrap();
-    f.write_all(cur.get_ref()).unwrap();
+/// Renames the image's boot entries so that B comes first, through the
+/// same code init uses on a node.
+fn prefer_slot_b(image: &Path) {
+    use machinery::layout::Slot;
+    let disk = init::disk::Disk::open(image).unwrap();
+    let efi = disk.efi().unwrap();
+    let old = efi.state().unwrap();
+    let mut new = old;
+    assert_eq!(new.rollback(Slot::A), Ok(Slot::B));
+    efi.apply(&old, &new).unwrap();
+    assert_eq!(efi.state().unwrap().next_boot(), Some(Slot::B));
+    efi.close().unwrap();
 }
 
 /// The generic x86-64 board's kernel finds its root on the disks real
@@ -176,6 +161,7 @@ fn the_x86_64_uefi_board_boots_from_nvme_sata_and_usb() {
         bin_dir: fixture_bins(work.path()),
         out: image.clone(),
         cache_dir: cache,
+        version: machinery::VERSION.to_string(),
     };
     image_builder::build(&opts).unwrap();
     for (disk, dev) in [(Disk::Nvme, "nvme0n1p2"), (Disk::Ahci, "sda2"), (Disk::Usb, "sda2")] {

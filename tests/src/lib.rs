@@ -154,7 +154,12 @@ pub fn apply(op: &Operator, node: &HostNode, file: &Path, extra: &[&str]) -> Run
 /// A host-mode node with config `node.toml` (version 1) applied through
 /// maintenance mode, answering over mutual TLS.
 pub fn configured_node(op: &Operator) -> anyhow::Result<(HostNode, PathBuf)> {
-    let node = HostNode::start(&op.path("ops.pub"))?;
+    configured_node_on(op, None)
+}
+
+/// [`configured_node`] with an image file standing in for its boot disk.
+pub fn configured_node_on(op: &Operator, disk: Option<&Path>) -> anyhow::Result<(HostNode, PathBuf)> {
+    let node = HostNode::start_on(&op.path("ops.pub"), disk)?;
     let cfg = op.gen_config("node.toml", 1)?;
     apply(op, &node, &cfg, &["--insecure"]).ok()?;
     let addr = node.addr();
@@ -184,15 +189,22 @@ pub struct HostNode {
     pub state: tempfile::TempDir,
     pub trusted_key: PathBuf,
     pub port: u16,
+    /// An image file standing in for the boot disk (A/B upgrades).
+    pub disk: Option<PathBuf>,
     init: Option<Child>,
 }
 
 impl HostNode {
     pub fn start(trusted_key: &Path) -> anyhow::Result<HostNode> {
+        HostNode::start_on(trusted_key, None)
+    }
+
+    pub fn start_on(trusted_key: &Path, disk: Option<&Path>) -> anyhow::Result<HostNode> {
         let mut node = HostNode {
             state: tempfile::tempdir()?,
             trusted_key: trusted_key.to_path_buf(),
             port: free_port(),
+            disk: disk.map(Path::to_path_buf),
             init: None,
         };
         node.boot()?;
@@ -210,7 +222,11 @@ impl HostNode {
     /// Starts init and waits until apid answers `version` (in either mode).
     pub fn boot(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state.path().join("init.log"))?;
-        let child = Command::new(bin("plinth-init"))
+        let mut cmd = Command::new(bin("plinth-init"));
+        if let Some(disk) = &self.disk {
+            cmd.arg("--disk").arg(disk);
+        }
+        let child = cmd
             .arg("--state-dir")
             .arg(self.state.path())
             .arg("--trusted-key")
@@ -251,6 +267,18 @@ impl HostNode {
             .with_context(|| format!("init {pid} did not exit"))
     }
 
+    /// Kills init (SIGKILL: no orderly stop, as a crash would); apid follows
+    /// it (parent-death signal).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.init.take().context("node is not running")?;
+        child.kill()?;
+        child.wait()?;
+        let addr = self.addr();
+        wait_for("apid to go away", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(&addr).is_err().then_some(())
+        })
+    }
+
     /// Waits for init to exit on its own (after a shutdown request).
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let child = self.init.as_mut().context("node is not running")?;
@@ -272,17 +300,41 @@ impl Drop for HostNode {
 /// static binaries `scripts/build-static.sh` made (the README's test command
 /// builds them first).
 pub fn build_image(op: &Operator, out: &Path) -> anyhow::Result<()> {
-    let target = bin_dir().parent().context("target dir")?.to_path_buf();
+    let opts = build_options(op, out, machinery::VERSION)?;
+    image_builder::build(&opts).with_context(|| format!("building {}", out.display()))?;
+    Ok(())
+}
+
+/// What [`build_image`] and [`build_bundle`] build from.
+pub fn build_options(op: &Operator, out: &Path, version: &str) -> anyhow::Result<image_builder::BuildOptions> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace")?;
-    let cache = image_builder::default_cache_dir();
-    let opts = image_builder::BuildOptions {
+    Ok(image_builder::BuildOptions {
         board: "qemu-x86_64".into(),
         board_dir: workspace.join("board-configs"),
         trust_key: op.path("ops.pub"),
-        bin_dir: target.join("x86_64-unknown-linux-gnu/release"),
+        bin_dir: static_bin_dir()?,
         out: out.to_path_buf(),
-        cache_dir: cache,
-    };
-    image_builder::build(&opts).with_context(|| format!("building {}", out.display()))?;
+        cache_dir: image_builder::default_cache_dir(),
+        version: version.to_string(),
+    })
+}
+
+/// Where scripts/build-static.sh puts the binaries that go into images.
+pub fn static_bin_dir() -> anyhow::Result<PathBuf> {
+    let target = bin_dir().parent().context("target dir")?.to_path_buf();
+    Ok(target.join("x86_64-unknown-linux-gnu/release"))
+}
+
+/// Builds a signed upgrade bundle of Plinth `version` for `qemu-x86_64`,
+/// signed with the operator's key.
+pub fn build_bundle(op: &Operator, out: &Path, version: &str) -> anyhow::Result<()> {
+    bundle_with(&build_options(op, out, version)?, op)
+}
+
+/// Builds a bundle from `opts`, signed with the operator's key.
+pub fn bundle_with(opts: &image_builder::BuildOptions, op: &Operator) -> anyhow::Result<()> {
+    let pem = std::fs::read_to_string(op.path("ops.key"))?;
+    let key = machinery::signing::signing_key_from_pem(&pem)?;
+    image_builder::bundle(opts, &key).with_context(|| format!("building {}", opts.out.display()))?;
     Ok(())
 }

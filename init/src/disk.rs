@@ -1,0 +1,308 @@
+//! The boot disk as one file: its GPT partitions by label, each a window
+//! of bytes, and the EFI partition's boot entries read and renamed through
+//! `fatfs` — no mounts, no kernel FAT driver. PID 1 opens the real disk
+//! (`/dev/vda`); host mode and tests open an image file the same way.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use machinery::layout::{self, Slot};
+use machinery::slots::{BootState, sdboot};
+use sha2::{Digest as _, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{path}: reading the partition table: {detail}")]
+    Gpt { path: PathBuf, detail: String },
+    #[error("{path}: no partition labelled {label}")]
+    NoPartition { path: PathBuf, label: String },
+    #[error("{path}: EFI partition: {op}: {source}")]
+    Fat { path: PathBuf, op: String, source: std::io::Error },
+    #[error("{path}: EFI partition: {what} needs {need} bytes, {free} are free")]
+    EfiFull { path: PathBuf, what: String, need: u64, free: u64 },
+    #[error("{path}: {what} reads back with sha256 {found}, {expected} was written: the disk did not keep it")]
+    ReadBack { path: PathBuf, what: String, expected: String, found: String },
+}
+
+/// One partition: where it is on the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub label: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+pub struct Disk {
+    path: PathBuf,
+    file: File,
+    partitions: Vec<Partition>,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk").field("path", &self.path).field("partitions", &self.partitions).finish()
+    }
+}
+
+impl Disk {
+    /// Opens a disk (or image file) for reading and writing.
+    pub fn open(path: &Path) -> Result<Disk, DiskError> {
+        let gpt_err = |e: &dyn std::fmt::Display| DiskError::Gpt { path: path.to_path_buf(), detail: e.to_string() };
+        let table = gpt::GptConfig::new().writable(false).open(path).map_err(|e| gpt_err(&e))?;
+        let lb = gpt::disk::LogicalBlockSize::Lb512;
+        let partitions = table
+            .partitions()
+            .values()
+            .map(|p| {
+                Ok(Partition {
+                    label: p.name.clone(),
+                    offset: p.bytes_start(lb).map_err(|e| gpt_err(&e))?,
+                    size: p.bytes_len(lb).map_err(|e| gpt_err(&e))?,
+                })
+            })
+            .collect::<Result<Vec<_>, DiskError>>()?;
+        let file = File::options().read(true).write(true).open(path).map_err(|source| DiskError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Disk { path: path.to_path_buf(), file, partitions })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn partition(&self, label: &str) -> Result<&Partition, DiskError> {
+        self.partitions
+            .iter()
+            .find(|p| p.label == label)
+            .ok_or_else(|| DiskError::NoPartition { path: self.path.clone(), label: label.to_string() })
+    }
+
+    fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+        move |source| DiskError::Io { op, path: self.path.clone(), source }
+    }
+
+    /// Writes `data` at `at` bytes into partition `label` (bounds checked).
+    pub fn write_at(&self, label: &str, at: u64, data: &[u8]) -> Result<(), DiskError> {
+        let p = self.partition(label)?;
+        if at + data.len() as u64 > p.size {
+            return Err(DiskError::Io {
+                op: "write past the end of a partition on",
+                path: self.path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::WriteZero),
+            });
+        }
+        self.file.write_all_at(data, p.offset + at).map_err(self.io("write"))
+    }
+
+    /// Flushes what was written to the device, then drops it from the page
+    /// cache so that a read-back comes from the disk.
+    pub fn sync(&self) -> Result<(), DiskError> {
+        self.file.sync_all().map_err(self.io("fsync"))?;
+        // Best effort: on a regular file the advice changes nothing.
+        let _ = nix::fcntl::posix_fadvise(&self.file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+        Ok(())
+    }
+
+    /// sha256 of the first `len` bytes of partition `label`.
+    pub fn hash(&self, label: &str, len: u64) -> Result<String, DiskError> {
+        let p = self.partition(label)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], p.offset + done).map_err(self.io("read"))?;
+            h.update(&buf[..n]);
+            done += n as u64;
+        }
+        Ok(machinery::bundle::hex(&h.finalize()))
+    }
+
+    /// The EFI partition's file system.
+    pub fn efi(&self) -> Result<Efi<'_>, DiskError> {
+        let p = self.partition(layout::EFI)?.clone();
+        let window = Window { file: &self.file, start: p.offset, len: p.size, pos: 0 };
+        let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new()).map_err(|source| DiskError::Fat {
+            path: self.path.clone(),
+            op: "open".into(),
+            source,
+        })?;
+        Ok(Efi { fs, path: &self.path })
+    }
+}
+
+/// A partition as a stream of its own bytes (positioned reads and writes).
+struct Window<'a> {
+    file: &'a File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Window<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Window<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+        }
+        let n = self.file.write_at(&buf[..n], self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Window<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
+    }
+}
+
+/// The EFI system partition: systemd-boot's entries, one UKI per slot.
+pub struct Efi<'a> {
+    fs: fatfs::FileSystem<Window<'a>>,
+    path: &'a Path,
+}
+
+/// Where a new UKI is written before it is renamed into place: not a
+/// `.efi`, so the boot loader never sees a half-written one.
+const TEMP_ENTRY: &str = "plinth-new.tmp";
+
+impl<'a> Efi<'a> {
+    fn fat_err(&self, op: String) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+        move |source| DiskError::Fat { path: self.path.to_path_buf(), op, source }
+    }
+
+    fn linux_dir(&self) -> Result<fatfs::Dir<'_, Window<'a>>, DiskError> {
+        let dir = layout::EFI_LINUX_DIR.trim_start_matches('/');
+        self.fs.root_dir().open_dir(dir).map_err(self.fat_err(format!("open {dir}")))
+    }
+
+    /// The file names in `/EFI/Linux`.
+    pub fn entries(&self) -> Result<Vec<String>, DiskError> {
+        let dir = self.linux_dir()?;
+        let mut names = Vec::new();
+        for e in dir.iter() {
+            let e = e.map_err(self.fat_err("list /EFI/Linux".into()))?;
+            if e.is_file() {
+                names.push(e.file_name());
+            }
+        }
+        Ok(names)
+    }
+
+    /// The boot state the entries describe.
+    pub fn state(&self) -> Result<BootState, DiskError> {
+        let names = self.entries()?;
+        Ok(sdboot::from_names(names.iter().map(String::as_str)))
+    }
+
+    /// Renames and removes entries to turn `old` into `new`, in the order
+    /// `sdboot::steps` gives.
+    pub fn apply(&self, old: &BootState, new: &BootState) -> Result<(), DiskError> {
+        let dir = self.linux_dir()?;
+        for step in sdboot::steps(old, new) {
+            match step {
+                sdboot::Step::Remove(name) => dir.remove(&name).map_err(self.fat_err(format!("remove {name}")))?,
+                sdboot::Step::Rename { from, to } => {
+                    dir.rename(&from, &dir, &to).map_err(self.fat_err(format!("rename {from} to {to}")))?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes free on the partition.
+    pub fn free(&self) -> Result<u64, DiskError> {
+        let s = self.fs.stats().map_err(self.fat_err("read the free space".into()))?;
+        Ok(u64::from(s.free_clusters()) * u64::from(s.cluster_size()))
+    }
+
+    /// Writes `data` as the next entry under a temporary name (not seen by
+    /// the boot loader) and reads it back; [`Efi::commit_entry`] names it.
+    pub fn stage_entry(&self, data: &[u8]) -> Result<(), DiskError> {
+        let dir = self.linux_dir()?;
+        let _ = dir.remove(TEMP_ENTRY);
+        let free = self.free()?;
+        if data.len() as u64 > free {
+            return Err(DiskError::EfiFull {
+                path: self.path.to_path_buf(),
+                what: "the new boot entry".into(),
+                need: data.len() as u64,
+                free,
+            });
+        }
+        let mut f = dir.create_file(TEMP_ENTRY).map_err(self.fat_err(format!("create {TEMP_ENTRY}")))?;
+        f.truncate().map_err(self.fat_err(format!("truncate {TEMP_ENTRY}")))?;
+        f.write_all(data).map_err(self.fat_err(format!("write {TEMP_ENTRY}")))?;
+        f.flush().map_err(self.fat_err(format!("flush {TEMP_ENTRY}")))?;
+        drop(f);
+        let mut back = Vec::with_capacity(data.len());
+        dir.open_file(TEMP_ENTRY)
+            .and_then(|mut f| f.read_to_end(&mut back))
+            .map_err(self.fat_err(format!("read back {TEMP_ENTRY}")))?;
+        let (expected, found) = (hex_sha(data), hex_sha(&back));
+        if expected != found {
+            return Err(DiskError::ReadBack {
+                path: self.path.to_path_buf(),
+                what: format!("EFI/Linux/{TEMP_ENTRY}"),
+                expected,
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives the staged entry its name: from here the boot loader sees it.
+    pub fn commit_entry(&self, name: &str) -> Result<(), DiskError> {
+        let dir = self.linux_dir()?;
+        dir.rename(TEMP_ENTRY, &dir, name).map_err(self.fat_err(format!("rename {TEMP_ENTRY} to {name}")))
+    }
+
+    /// Flushes the file system and closes it.
+    pub fn close(self) -> Result<(), DiskError> {
+        let path = self.path.to_path_buf();
+        self.fs.unmount().map_err(|source| DiskError::Fat { path, op: "unmount".into(), source })
+    }
+
+    /// The UKI of `slot`'s entry, if it has one.
+    pub fn read_entry(&self, slot: Slot) -> Result<Option<Vec<u8>>, DiskError> {
+        let state = self.state()?;
+        let Some(name) = sdboot::file_name(slot, state.get(slot)) else { return Ok(None) };
+        let mut out = Vec::new();
+        self.linux_dir()?
+            .open_file(&name)
+            .and_then(|mut f| f.read_to_end(&mut out))
+            .map_err(self.fat_err(format!("read {name}")))?;
+        Ok(Some(out))
+    }
+}
+
+pub fn hex_sha(data: &[u8]) -> String {
+    machinery::bundle::hex(&Sha256::digest(data))
+}
