@@ -1,6 +1,7 @@
 //! Plinth's embedded control plane: a Kubernetes-compatible API server over
 //! a revisioned SQLite store.
 
+pub mod controllers;
 pub mod discovery;
 pub mod errors;
 pub mod patch;

@@ -28,6 +28,9 @@ enum Command {
         /// fsync every write (an acknowledged write survives power loss); off: survives a crash only.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         fsync: bool,
+        /// Run the controllers and the scheduler (off: a bare API server).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        controllers: bool,
     },
 }
 
@@ -36,10 +39,10 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PLINTH_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let Command::Server { data_dir, listen, ca_cert, ca_key, fsync } = Cli::parse().command;
+    let Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers } = Cli::parse().command;
     let durability =
         if fsync { orchestrator::store::Durability::Full } else { orchestrator::store::Durability::Normal };
-    let cfg = orchestrator::server::Config { data_dir, listen, ca_cert, ca_key, durability };
+    let cfg = orchestrator::server::Config { data_dir, listen, ca_cert, ca_key, durability, controllers };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let running = orchestrator::server::start(cfg).await?;

@@ -738,6 +738,19 @@ impl Registry {
         Ok(success(rt, name, &uid))
     }
 
+    /// Removes a terminating namespace once it is empty (the namespace
+    /// controller calls this).
+    pub fn finalize_namespace(&self, name: &str) -> Result<(), ApiError> {
+        let rt = by_kind("Namespace").expect("namespaces are served");
+        let n = self.get(rt, None, name)?;
+        if n.pointer("/metadata/deletionTimestamp").is_none() || !finalizers_of(&n).is_empty() {
+            return Ok(());
+        }
+        let rev: i64 = meta_str(&n, "resourceVersion").and_then(|r| r.parse().ok()).unwrap_or(0);
+        self.store.delete(&rt.key(None, name), Some(rev)).map_err(|e| ApiError::from_store(rt, name, e))?;
+        Ok(())
+    }
+
     /// Creates the namespaces and objects every cluster has.
     pub fn bootstrap(&self, api_address: &str) -> Result<(), ApiError> {
         let ns = by_kind("Namespace").expect("served");

@@ -38,6 +38,8 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     pub ca_key: Option<PathBuf>,
     pub durability: Durability,
+    /// Run the controllers and the scheduler in this process.
+    pub controllers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +159,9 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     pki::write_private(&read_only_kubeconfig, &pki::kubeconfig(&url, &ca, &viewer, "viewer"))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ca, address)?));
     let state = Arc::new(State { registry: registry.clone(), address: format!("{host}:{}", address.port()) });
+    if cfg.controllers {
+        crate::controllers::spawn_all(registry.clone());
+    }
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
     Ok(Running { address, admin_kubeconfig, read_only_kubeconfig, registry, task })
 }

@@ -180,3 +180,99 @@ spec:
   - port: 80
     targetPort: 80
 "#;
+
+/// A stand-in for the kubelet (as upstream's kubemark): registers a Node,
+/// renews its Lease, reports the pods bound to it Running and Ready, and
+/// removes pods being deleted. Runs kubectl from a thread until dropped.
+pub struct HollowNode {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HollowNode {
+    pub fn start(s: &Server, name: &str, lease_seconds: u32) -> HollowNode {
+        let node = format!(
+            r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"kubernetes.io/hostname":"{name}","kubernetes.io/os":"linux","kubernetes.io/arch":"amd64"}}}},
+            "status":{{"capacity":{{"cpu":"4","memory":"8Gi","pods":"110"}},"allocatable":{{"cpu":"4","memory":"8Gi","pods":"110"}},
+            "addresses":[{{"type":"InternalIP","address":"192.168.0.10"}},{{"type":"Hostname","address":"{name}"}}],
+            "daemonEndpoints":{{"kubeletEndpoint":{{"Port":10250}}}},
+            "nodeInfo":{{"kubeletVersion":"v1.33.0-hollow","osImage":"Plinth","kernelVersion":"6.1","containerRuntimeVersion":"containerd://1.6","architecture":"amd64","operatingSystem":"linux","machineID":"","systemUUID":"","bootID":"","kubeProxyVersion":""}},
+            "conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"kubelet is posting ready status"}}]}}}}"#
+        );
+        let f = s.dir.path().join(format!("node-{name}.json"));
+        std::fs::write(&f, node).unwrap();
+        s.ok(&["create", "-f", f.to_str().unwrap()]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kubectl, kubeconfig, name, flag) = (s.kubectl.clone(), s.kubeconfig(), name.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let k = |args: &[&str]| {
+                Command::new(&kubectl).args(args).env("KUBECONFIG", &kubeconfig).stderr(Stdio::null()).output().unwrap()
+            };
+            let mut n = 0u32;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = time_now();
+                let lease = format!(
+                    r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}","namespace":"kube-node-lease"}},"spec":{{"holderIdentity":"{name}","leaseDurationSeconds":{lease_seconds},"renewTime":"{t}"}}}}"#
+                );
+                let lf = std::env::temp_dir().join(format!("lease-{name}-{}.json", std::process::id()));
+                std::fs::write(&lf, lease).unwrap();
+                k(&["apply", "-f", lf.to_str().unwrap()]);
+                let out = k(&["get", "pods", "-A", "--field-selector", &format!("spec.nodeName={name}"), "-o", "json"]);
+                let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                for p in list["items"].as_array().into_iter().flatten() {
+                    let (pns, pname) =
+                        (p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap());
+                    if p["metadata"].get("deletionTimestamp").is_some() {
+                        k(&["delete", "pod", "-n", pns, pname, "--grace-period=0", "--force", "--wait=false"]);
+                    } else if p["status"]["phase"] != "Running" {
+                        n += 1;
+                        let containers: Vec<serde_json::Value> = p["spec"]["containers"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|c| serde_json::json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": true, "started": true,
+                                "restartCount": 0, "containerID": format!("containerd://hollow{n}"), "state": {"running": {"startedAt": t}}}))
+                            .collect();
+                        let cond =
+                            |ty: &str| serde_json::json!({"type": ty, "status": "True", "lastTransitionTime": t});
+                        let status = serde_json::json!({"status": {"phase": "Running", "podIP": format!("10.244.0.{}", n % 250 + 2),
+                            "podIPs": [{"ip": format!("10.244.0.{}", n % 250 + 2)}], "hostIP": "192.168.0.10", "startTime": t,
+                            "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("ContainersReady"), cond("Ready"), cond("PodScheduled")],
+                            "containerStatuses": containers}});
+                        k(&[
+                            "patch",
+                            "pod",
+                            "-n",
+                            pns,
+                            pname,
+                            "--subresource=status",
+                            "--type=merge",
+                            "-p",
+                            &status.to_string(),
+                        ]);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        HollowNode { stop, thread: Some(thread) }
+    }
+
+    /// Stops heartbeats and pod updates (the node "dies").
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for HollowNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn time_now() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap()
+}

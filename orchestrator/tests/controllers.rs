@@ -1,0 +1,113 @@
+//! Controllers and the scheduler driven by a real kubectl, with a hollow
+//! node standing in for the kubelet: rollout status, scale, image update,
+//! rollout undo, endpoints, garbage collection, namespace cascade, and a
+//! node whose lease lapses.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{APP, HollowNode, Server};
+
+const T: Duration = Duration::from_secs(60);
+
+fn running_pods(out: &str) -> usize {
+    out.lines().filter(|l| l.contains("Running")).count()
+}
+
+#[test]
+fn deployment_rollout_scale_undo_and_gc() {
+    let Some(s) = Server::start() else { return };
+    let _node = HollowNode::start(&s, "hollow-1", 40);
+    s.apply(APP, &[]);
+    let out = s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = s.wait_for(&["get", "pods", "-l", "app=web", "--no-headers"], T, |o| running_pods(o) == 2);
+    assert!(pods.contains("1/1"), "{pods}");
+    let wide = s.ok(&["get", "pods", "-l", "app=web", "-o", "wide"]);
+    assert!(wide.contains("hollow-1") && wide.contains("10.244.0."), "scheduled and reported: {wide}");
+    // Endpoints and EndpointSlices follow the ready pods.
+    s.wait_for(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[0].addresses[*].ip}"], T, |o| {
+        o.split(' ').count() == 2
+    });
+    let slices = s.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "jsonpath={.items[0].endpoints[*].conditions.ready}",
+    ]);
+    assert_eq!(slices, "true true");
+    let describe = s.ok(&["describe", "deployment", "web"]);
+    assert!(describe.contains("ScalingReplicaSet") && describe.contains("NewReplicaSetAvailable"), "{describe}");
+
+    s.ok(&["scale", "deployment", "web", "--replicas=3"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    s.wait_for(&["get", "pods", "-l", "app=web", "--no-headers"], T, |o| running_pods(o) == 3);
+
+    // A new template rolls out through a second ReplicaSet.
+    s.ok(&["set", "image", "deployment/web", "nginx=nginx:1.26"]);
+    let out = s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let rs = s.ok(&["get", "rs", "-l", "app=web", "--no-headers"]);
+    assert_eq!(rs.lines().count(), 2, "{rs}");
+    let history = s.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains("1 ") && history.contains("2 "), "{history}");
+    s.wait_for(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"], T, |o| {
+        o.split(' ').filter(|i| *i == "nginx:1.26").count() == 3 && !o.contains("1.25")
+    });
+
+    // Undo: back to the first template, as revision 3.
+    s.ok(&["rollout", "undo", "deployment/web"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let image = s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]);
+    assert_eq!(image, "nginx:1.25");
+    let rev =
+        s.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"]);
+    assert_eq!(rev, "3");
+
+    // Deleting the deployment takes its ReplicaSets and pods with it.
+    s.ok(&["delete", "deployment", "web"]);
+    s.wait_for(&["get", "rs,pods", "-l", "app=web", "--no-headers", "--ignore-not-found"], T, |o| o.trim().is_empty());
+}
+
+#[test]
+fn namespace_deletion_cascades() {
+    let Some(s) = Server::start() else { return };
+    let _node = HollowNode::start(&s, "hollow-1", 40);
+    s.ok(&["create", "namespace", "team", "--dry-run=client", "-o", "yaml"]);
+    s.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n", &[]);
+    s.apply(APP, &["-n", "team"]);
+    s.ok(&["rollout", "status", "deployment/web", "-n", "team", "--timeout=60s"]);
+    let out = s.ok(&["delete", "namespace", "team", "--timeout=60s"]);
+    assert!(out.contains("deleted"), "{out}");
+    let err = s.fails(&["get", "namespace", "team"]);
+    assert!(err.contains("not found"), "{err}");
+    assert!(s.ok(&["get", "pods", "-A", "--no-headers"]).trim().is_empty());
+}
+
+#[test]
+fn lapsed_lease_makes_node_unknown_and_pods_wait() {
+    let Some(s) = Server::start() else { return };
+    let mut node = HollowNode::start(&s, "hollow-1", 2);
+    s.wait_for(&["get", "nodes", "--no-headers"], T, |o| o.contains(" Ready "));
+    node.stop();
+    s.wait_for(
+        &["get", "node", "hollow-1", "-o", "jsonpath={.status.conditions[0].status} {.spec.taints[*].key}"],
+        T,
+        |o| o.starts_with("Unknown") && o.contains("node.kubernetes.io/unreachable"),
+    );
+    assert!(s.ok(&["get", "nodes", "--no-headers"]).contains("NotReady"));
+    s.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: waiting}\nspec: {containers: [{name: c, image: busybox}]}\n",
+        &[],
+    );
+    let events = s.wait_for(
+        &["get", "events", "--field-selector", "involvedObject.name=waiting,reason=FailedScheduling"],
+        T,
+        |o| o.contains("FailedScheduling"),
+    );
+    assert!(events.contains("0/1 nodes are available"), "{events}");
+    assert!(s.ok(&["get", "pod", "waiting", "--no-headers"]).contains("Pending"));
+}
