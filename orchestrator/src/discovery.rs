@@ -184,6 +184,34 @@ pub fn openapi_v3(path: &str) -> Option<Value> {
         "paths": paths, "components": {"schemas": schemas}}))
 }
 
+/// Appends a length-delimited protobuf field.
+fn pb_field(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    let mut varint = |mut v: u64| {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    };
+    varint(u64::from(tag) << 3 | 2);
+    varint(bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// `/openapi/v2` as kubectl ≤1.28 reads it (gnostic's OpenAPIv2 Document
+/// in protobuf): swagger, info and empty paths. With no schemas, kubectl's
+/// client-side apply falls back to its built-in patch metadata.
+pub fn openapi_v2_protobuf() -> Vec<u8> {
+    let mut info = Vec::new();
+    pb_field(&mut info, 1, b"Kubernetes");
+    pb_field(&mut info, 2, format!("v{MAJOR}.{MINOR}.0").as_bytes());
+    let mut doc = Vec::new();
+    pb_field(&mut doc, 1, b"2.0");
+    pb_field(&mut doc, 2, &info);
+    pb_field(&mut doc, 8, &[]);
+    doc
+}
+
 fn schema_name(rt: &ResourceType) -> String {
     let group = match rt.group {
         "" => "core",
@@ -212,6 +240,14 @@ mod tests {
         assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/binding"));
         assert!(resource_list("nope", "v1").is_none());
         assert_eq!(api_group_list()["groups"][0]["preferredVersion"]["groupVersion"], "apps/v1");
+    }
+
+    #[test]
+    fn openapi_v2_protobuf_is_a_gnostic_document() {
+        let pb = openapi_v2_protobuf();
+        assert_eq!(&pb[..5], b"\x0a\x032.0");
+        assert_eq!(pb[5], 0x12);
+        assert_eq!(&pb[pb.len() - 2..], &[0x42, 0x00]);
     }
 
     #[test]

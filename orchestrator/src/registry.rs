@@ -951,4 +951,37 @@ mod tests {
         let sel = ListOptions { labels: LabelSelector::parse("i in (1,3)").unwrap(), ..Default::default() };
         assert_eq!(r.list(cm, None, &sel).unwrap().items.len(), 2);
     }
+
+    #[tokio::test]
+    async fn watch_filters_by_selector_and_compacted_revisions_are_gone() {
+        let (_d, r) = registry();
+        let cm = by_kind("ConfigMap").unwrap();
+        let o = WriteOptions::default();
+        let from = r.store.current_revision().unwrap();
+        let mut w = r
+            .watch(cm, Some("default"), from, LabelSelector::parse("app=a").unwrap(), FieldSelector::default())
+            .unwrap();
+        r.create(cm, Some("default"), json!({"metadata": {"name": "x", "labels": {"app": "b"}}}), &o).unwrap();
+        r.create(cm, Some("default"), json!({"metadata": {"name": "y", "labels": {"app": "a"}}}), &o).unwrap();
+        let e = w.next().await.unwrap();
+        assert_eq!((e.kind, name_of(&e.object)), ("ADDED", "y"));
+        r.modify(cm, Some("default"), "x", Part::Main, &o, |v| {
+            v["metadata"]["labels"]["app"] = "a".into();
+            Ok(true)
+        })
+        .unwrap();
+        let e = w.next().await.unwrap();
+        assert_eq!((e.kind, name_of(&e.object)), ("ADDED", "x"), "started matching");
+        r.modify(cm, Some("default"), "y", Part::Main, &o, |v| {
+            v["metadata"]["labels"]["app"] = "c".into();
+            Ok(true)
+        })
+        .unwrap();
+        let e = w.next().await.unwrap();
+        assert_eq!((e.kind, name_of(&e.object)), ("DELETED", "y"), "stopped matching");
+        r.store.compact(r.store.current_revision().unwrap()).unwrap();
+        let gone = r.watch(cm, None, from, LabelSelector::default(), FieldSelector::default()).err().unwrap();
+        let e = ApiError::from_store(cm, "", gone);
+        assert_eq!((e.code, e.reason), (410, "Expired"));
+    }
 }

@@ -75,6 +75,42 @@ impl hyper::body::Body for Body {
             Body::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b)))),
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Full(b) => http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Stream(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+/// History kept by compaction (as kine: the newest 1,000 revisions), and
+/// how often it runs.
+const KEEP_REVISIONS: i64 = 1000;
+const COMPACT_EVERY: Duration = Duration::from_secs(300);
+
+/// Compacts the store periodically; watches from before the kept window
+/// get 410 Gone and re-list.
+fn spawn_compactor(registry: Arc<Registry>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COMPACT_EVERY);
+        loop {
+            tick.tick().await;
+            let reg = registry.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let target = reg.store.current_revision()? - KEEP_REVISIONS;
+                if target > 0 { reg.store.compact(target) } else { Ok(()) }
+            })
+            .await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!("compaction: {e}");
+            }
+        }
+    });
 }
 
 /// An authenticated client.
@@ -162,6 +198,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     if cfg.controllers {
         crate::controllers::spawn_all(registry.clone());
     }
+    spawn_compactor(registry.clone());
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
     Ok(Running { address, admin_kubeconfig, read_only_kubeconfig, registry, task })
 }
@@ -359,7 +396,11 @@ async fn non_resource(state: &State, segs: &[&str]) -> Option<Result<Response<Bo
         ["apis", g, v] => found(discovery::resource_list(g, v)),
         ["openapi", "v3"] => found(Some(discovery::openapi_v3_index())),
         ["openapi", "v3", rest @ ..] => found(discovery::openapi_v3(&rest.join("/"))),
-        ["openapi", "v2"] => found(None),
+        ["openapi", "v2"] => {
+            let mut r = Response::new(Body::Full(Some(Bytes::from(discovery::openapi_v2_protobuf()))));
+            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+            Some(Ok(r))
+        }
         [] => found(Some(
             json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v3", "/readyz", "/version"]}),
         )),

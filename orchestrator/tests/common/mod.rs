@@ -36,6 +36,7 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub address: String,
     pub kubectl: PathBuf,
+    manifests: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Server {
@@ -67,7 +68,7 @@ impl Server {
             .find_map(|w| w.strip_prefix("https://"))
             .unwrap_or_else(|| panic!("the server did not start: {line:?}"))
             .to_string();
-        Server { child, dir, address, kubectl }
+        Server { child, dir, address, kubectl, manifests: Default::default() }
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -108,10 +109,10 @@ impl Server {
         String::from_utf8(out.stderr).unwrap()
     }
 
-    /// Applies YAML given as text.
+    /// Applies YAML given as text (kept as DATA-DIR/manifest-N.yaml, N
+    /// counting this server's applies from 0).
     pub fn apply(&self, yaml: &str, extra: &[&str]) -> String {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.manifests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = self.dir.path().join(format!("manifest-{n}.yaml"));
         std::fs::write(&f, yaml).unwrap();
         let mut args = vec!["apply", "-f", f.to_str().unwrap()];

@@ -1,0 +1,33 @@
+//! apply / get / delete with every kubectl build this machine has: the
+//! PyPI one (1.37, required under CI) and the pinned 1.27–1.33 builds
+//! where present (they need /openapi/v2 in protobuf, ≥1.28 /openapi/v3).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{APP, Server};
+
+#[test]
+fn apply_get_delete_with_each_kubectl() {
+    let Some(main) = common::kubectl() else { return };
+    let mut builds = vec![main];
+    for minor in 27..=33 {
+        let p = PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"));
+        if p.is_file() && !builds.contains(&p) {
+            builds.push(p);
+        }
+    }
+    for kubectl in builds {
+        let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl.clone());
+        let which = kubectl.display().to_string();
+        let out = s.apply(APP, &[]);
+        assert_eq!(out.matches("created").count(), 3, "{which}: {out}");
+        let out = s.apply(APP, &[]);
+        assert_eq!(out.matches("unchanged").count(), 3, "{which}: {out}");
+        let get = s.ok(&["get", "deploy", "web"]);
+        assert!(get.contains("UP-TO-DATE"), "{which}: {get}");
+        let out = s.ok(&["delete", "-f", s.dir.path().join("manifest-0.yaml").to_str().unwrap()]);
+        assert_eq!(out.matches("deleted").count(), 3, "{which}: {out}");
+    }
+}
