@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod errors;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod selector;

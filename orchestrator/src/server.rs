@@ -540,12 +540,20 @@ async fn route(
         _ => IncludeObject::Metadata,
     };
     let ct = content_type(headers);
-    if !body.is_empty()
-        && matches!(verb, "create" | "update")
-        && !(ct.is_empty() || ct == "application/json" || ct == "*/*")
-    {
-        return Err(unsupported_media(&ct));
-    }
+    // kubectl ≥1.32 creates some kinds with protobuf bodies.
+    let body = if ct == "application/vnd.kubernetes.protobuf" && verb == "create" && t.sub.is_none() {
+        let obj =
+            crate::protobuf::decode(&body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
+        Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+    } else {
+        if !body.is_empty()
+            && matches!(verb, "create" | "update")
+            && !(ct.is_empty() || ct == "application/json" || ct == "*/*")
+        {
+            return Err(unsupported_media(&ct));
+        }
+        body
+    };
     match (verb, t.name, t.sub) {
         ("get", Some(name), sub) => {
             let o = reg.get(rt, ns, name)?;

@@ -187,3 +187,36 @@ fn server_side_apply_and_patches() {
     let env = s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env[*].name}"]);
     assert_eq!(env, "GREETING EXTRA");
 }
+
+/// kubectl ≥1.32 sends protobuf bodies for these `create` commands.
+#[test]
+fn imperative_create_commands() {
+    let Some(s) = Server::start() else { return };
+    s.ok(&["create", "namespace", "team"]);
+    s.ok(&["create", "configmap", "c1", "--from-literal=a=b", "-n", "team"]);
+    s.ok(&["create", "secret", "generic", "s1", "--from-literal=p=q", "-n", "team"]);
+    s.ok(&["create", "deployment", "d1", "--image=nginx:1.25", "--port=80", "--replicas=2", "-n", "team"]);
+    s.ok(&["create", "service", "clusterip", "d1", "--tcp=80:8080", "-n", "team"]);
+    assert_eq!(s.ok(&["get", "cm", "c1", "-n", "team", "-o", "jsonpath={.data.a}"]), "b");
+    assert_eq!(s.ok(&["get", "secret", "s1", "-n", "team", "-o", "jsonpath={.data.p}"]), "cQ==");
+    let d = s.ok(&[
+        "get",
+        "deploy",
+        "d1",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.strategy.type}",
+    ]);
+    assert_eq!(d, "2 80 RollingUpdate");
+    let svc = s.ok(&[
+        "get",
+        "svc",
+        "d1",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.app}",
+    ]);
+    assert_eq!(svc, "80 8080 d1");
+}

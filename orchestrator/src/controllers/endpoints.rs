@@ -109,7 +109,15 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
                     "nodeName": p.pointer("/spec/nodeName"), "targetRef": {"kind": "Pod", "namespace": ns, "name": name_of(p), "uid": uid_of(p)}})
             })
             .collect();
-        let slice_ports: Vec<Value> = ep_ports.clone();
+        // kubectl describe dereferences every slice port's name: always set it.
+        let slice_ports: Vec<Value> = ep_ports
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p["name"] = p.get("name").cloned().unwrap_or(json!(""));
+                p
+            })
+            .collect();
         let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{svc_name}-{}", &uid_of(&svc)[..5]), "namespace": ns,
                 "labels": {"kubernetes.io/service-name": svc_name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},

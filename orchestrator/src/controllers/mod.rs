@@ -12,6 +12,7 @@ mod nodes;
 mod replicaset;
 mod scheduler;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,37 @@ use crate::errors::ApiError;
 use crate::registry::{ListOptions, Registry, WriteOptions, name_of, namespace_of, new_uid, now, uid_of};
 use crate::resources::{ResourceType, by_kind};
 use crate::selector::LabelSelector;
+
+/// What changed since the last pass.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    /// Resource names (plurals) with writes.
+    pub resources: HashSet<String>,
+    /// A delete, or a write of an object being deleted.
+    pub deletion: bool,
+    /// The pass is the periodic one (time-based rules, and a safety net).
+    pub periodic: bool,
+    /// Run everything (the first pass, and after a lagged watch).
+    pub all: bool,
+}
+
+impl Changes {
+    fn note(&mut self, e: &crate::store::Event) {
+        if let Some(plural) = e.kv.key.strip_prefix("/registry/").and_then(|k| k.split('/').next()) {
+            self.resources.insert(plural.to_string());
+        }
+        if e.kind == crate::store::EventKind::Delete || e.kv.value.windows(19).any(|w| w == b"\"deletionTimestamp\"") {
+            self.deletion = true;
+        }
+    }
+
+    fn any(&self, plurals: &[&str]) -> bool {
+        self.all || plurals.iter().any(|p| self.resources.contains(*p))
+    }
+}
+
+/// How often the periodic pass runs.
+const PERIOD: Duration = Duration::from_secs(2);
 
 /// Starts the controllers; they run until the runtime stops.
 pub fn spawn_all(reg: Arc<Registry>) -> tokio::task::JoinHandle<()> {
@@ -35,24 +67,35 @@ pub fn spawn_all(reg: Arc<Registry>) -> tokio::task::JoinHandle<()> {
                     continue;
                 }
             };
+            let mut changes = Changes { all: true, ..Default::default() };
+            let mut periods = 0u64;
             loop {
-                let r = reg.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || reconcile_all(&r)).await {
+                let (r, c) = (reg.clone(), std::mem::take(&mut changes));
+                if let Err(e) = tokio::task::spawn_blocking(move || reconcile_all(&r, &c)).await {
                     tracing::warn!("controllers: pass panicked: {e}");
                 }
-                let woke = tokio::select! {
-                    e = watch.next() => e.map(|_| ()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => Ok(()),
-                };
-                if woke.is_err() {
-                    break; // lagged: watch again from now
+                tokio::select! {
+                    e = watch.next() => match e {
+                        Ok(e) => changes.note(&e),
+                        Err(_) => break, // lagged: watch again from now, and run everything
+                    },
+                    _ = tokio::time::sleep(PERIOD) => {
+                        periods += 1;
+                        changes.periodic = true;
+                        // Every 30 s, a full pass as a safety net.
+                        changes.all = periods.is_multiple_of(15);
+                        continue;
+                    }
                 }
                 // Let a burst of writes settle into one pass.
                 let settle = tokio::time::sleep(Duration::from_millis(20));
                 tokio::pin!(settle);
                 loop {
                     tokio::select! {
-                        e = watch.next() => if e.is_err() { break },
+                        e = watch.next() => match e {
+                            Ok(e) => changes.note(&e),
+                            Err(_) => break,
+                        },
                         _ = &mut settle => break,
                     }
                 }
@@ -63,18 +106,22 @@ pub fn spawn_all(reg: Arc<Registry>) -> tokio::task::JoinHandle<()> {
 
 type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 
-/// One pass of every reconciler.
-pub fn reconcile_all(reg: &Registry) {
-    let passes: [(&str, Reconciler); 7] = [
-        ("deployment", deployment::reconcile),
-        ("replicaset", replicaset::reconcile),
-        ("scheduler", scheduler::reconcile),
-        ("endpoints", endpoints::reconcile),
-        ("node-lifecycle", nodes::reconcile),
-        ("namespace", gc::reconcile_namespaces),
-        ("garbage-collector", gc::reconcile),
+/// One pass of the reconcilers that `changes` concern.
+pub fn reconcile_all(reg: &Registry, changes: &Changes) {
+    let c = changes;
+    let passes: [(&str, bool, Reconciler); 7] = [
+        ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
+        ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
+        ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
+        ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
+        ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),
+        ("namespace", c.all || c.deletion || c.any(&["namespaces"]), gc::reconcile_namespaces),
+        ("garbage-collector", c.all || c.deletion, gc::reconcile),
     ];
-    for (name, pass) in passes {
+    for (name, wanted, pass) in passes {
+        if !wanted {
+            continue;
+        }
         let span = tracing::debug_span!("reconcile", controller = name);
         let _e = span.enter();
         if let Err(e) = pass(reg) {

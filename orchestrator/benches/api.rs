@@ -1,0 +1,205 @@
+//! API server benchmark: starts the `orchestrator` binary (fsync on, as
+//! shipped), measures its idle RSS, then drives it over HTTPS with client
+//! certificates from several keep-alive connections: creates/s, gets/s,
+//! merge patches/s with latency percentiles, list latency, and RSS with
+//! 1,000 pods (controllers running; no node, so they stay Pending).
+//! `cargo bench -p orchestrator --bench api`
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader as TokioBufReader};
+use tokio_rustls::client::TlsStream;
+
+const CONNECTIONS: usize = 8;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn kubeconfig_field(text: &str, field: &str) -> Vec<u8> {
+    let line = text.lines().find_map(|l| l.trim().strip_prefix(&format!("{field}: "))).expect("field in kubeconfig");
+    base64::engine::general_purpose::STANDARD.decode(line).unwrap()
+}
+
+fn client_config(kubeconfig: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&kubeconfig_field(kubeconfig, "certificate-authority-data")).unwrap())
+        .unwrap();
+    let cert = CertificateDer::from_pem_slice(&kubeconfig_field(kubeconfig, "client-certificate-data")).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(&kubeconfig_field(kubeconfig, "client-key-data")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![cert], key)
+            .unwrap(),
+    )
+}
+
+/// One keep-alive HTTP/1.1 connection (responses carry Content-Length).
+struct Conn(TokioBufReader<TlsStream<tokio::net::TcpStream>>);
+
+impl Conn {
+    async fn open(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Conn {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        Conn(TokioBufReader::new(tls))
+    }
+
+    async fn call(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let s = self.0.get_mut();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        s.flush().await.unwrap();
+        let mut line = String::new();
+        self.0.read_line(&mut line).await.unwrap();
+        let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.0.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut buf = vec![0; len];
+        self.0.read_exact(&mut buf).await.unwrap();
+        (code, buf)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
+}
+
+type Req = fn(usize) -> (&'static str, String, &'static str, Vec<u8>);
+
+/// Runs `total` requests made by `req(i)`, spread over the connections;
+/// returns them with (requests/s, p50, p99).
+async fn run(conns: Vec<Conn>, total: usize, req: Req) -> (Vec<Conn>, f64, Duration, Duration) {
+    let start = Instant::now();
+    let per = total / conns.len();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut c)| {
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                for i in n * per..(n + 1) * per {
+                    let (m, path, ct, body) = req(i);
+                    let t = Instant::now();
+                    let (code, resp) = c.call(m, &path, ct, &body).await;
+                    assert!(code < 300, "{m} {path}: {code} {}", String::from_utf8_lossy(&resp));
+                    lat.push(t.elapsed());
+                }
+                (c, lat)
+            })
+        })
+        .collect();
+    let (mut conns, mut all) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (c, lat) = t.await.unwrap();
+        conns.push(c);
+        all.extend(lat);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    (conns, all.len() as f64 / secs, percentile(&all, 0.5), percentile(&all, 0.99))
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["server", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("https://")).unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = rss_kib(pid);
+    let kubeconfig = std::fs::read_to_string(dir.path().join("admin.kubeconfig")).unwrap();
+    let cfg = client_config(&kubeconfig);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut conns: Vec<Conn> = Vec::new();
+        for _ in 0..CONNECTIONS {
+            conns.push(Conn::open(&addr, cfg.clone()).await);
+        }
+        let n = 2000;
+        let create = |i: usize| {
+            let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i}","labels":{{"bench":"yes"}}}},"data":{{"k":"{}"}}}}"#, "x".repeat(512));
+            ("POST", "/api/v1/namespaces/default/configmaps".to_string(), "application/json", body.into_bytes())
+        };
+        let (conns, rate, p50, p99) = run(conns, n, create).await;
+        println!("create ConfigMap (512 B, fsync):  {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        let get = |i: usize| ("GET", format!("/api/v1/namespaces/default/configmaps/cm-{i}"), "application/json", Vec::new());
+        let (conns, rate, p50, p99) = run(conns, n, get).await;
+        println!("get ConfigMap:                   {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        let patch = |i: usize| {
+            ("PATCH", format!("/api/v1/namespaces/default/configmaps/cm-{i}"), "application/merge-patch+json", br#"{"data":{"p":"1"}}"#.to_vec())
+        };
+        let (conns, rate, p50, p99) = run(conns, n, patch).await;
+        println!("merge-patch ConfigMap (fsync):   {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        let mut c = Conn::open(&addr, cfg.clone()).await;
+        for (label, path) in [
+            ("list 2,000 ConfigMaps", "/api/v1/namespaces/default/configmaps"),
+            ("list first page (limit=500)", "/api/v1/namespaces/default/configmaps?limit=500"),
+            ("list by label (2,000 match)", "/api/v1/configmaps?labelSelector=bench%3Dyes"),
+        ] {
+            let mut lat = Vec::new();
+            for _ in 0..10 {
+                let t = Instant::now();
+                let (code, body) = c.call("GET", path, "application/json", &[]).await;
+                assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+                lat.push(t.elapsed());
+            }
+            lat.sort();
+            println!("{label:<32} p50 {:>9.2?}   p99 {:>9.2?}", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        }
+        let after_cms = rss_kib(pid);
+        let pod = |i: usize| {
+            let body = format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"pod-{i}","labels":{{"app":"bench"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36","resources":{{"requests":{{"cpu":"10m","memory":"16Mi"}}}}}}]}}}}"#);
+            ("POST", "/api/v1/namespaces/default/pods".to_string(), "application/json", body.into_bytes())
+        };
+        let (_conns, rate, p50, p99) = run(conns, 1000, pod).await;
+        println!("create Pod (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        println!("RSS idle:                        {:>7.1} MiB", idle as f64 / 1024.0);
+        println!("RSS after 2,000 ConfigMaps:      {:>7.1} MiB", after_cms as f64 / 1024.0);
+        println!("RSS with 1,000 pods (settled):   {:>7.1} MiB", rss_kib(pid) as f64 / 1024.0);
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
