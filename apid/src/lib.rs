@@ -164,6 +164,12 @@ impl MachineService for Gateway {
         let chunks = tokio_stream::StreamExt::map_while(req.into_inner(), Result::ok);
         self.init.clone().upgrade(Request::new(chunks)).await
     }
+    async fn upgrade_resume(
+        &self,
+        req: Request<api::UpgradeResumeRequest>,
+    ) -> Result<Response<api::UpgradeResumeResponse>, Status> {
+        forward!(self, req, Rpc::UpgradeResume, upgrade_resume)
+    }
     async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
         forward!(self, req, Rpc::Rollback, rollback)
     }

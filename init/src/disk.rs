@@ -244,7 +244,8 @@ impl<'a> Efi<'a> {
     }
 
     /// Writes `data` as the next entry under a temporary name (not seen by
-    /// the boot loader) and reads it back; [`Efi::commit_entry`] names it.
+    /// the boot loader); [`Efi::verify_staged`] reads it back (after a
+    /// [`Disk::sync`]) and [`Efi::commit_entry`] names it.
     pub fn stage_entry(&self, data: &[u8]) -> Result<(), DiskError> {
         let dir = self.linux_dir()?;
         let _ = dir.remove(TEMP_ENTRY);
@@ -261,7 +262,12 @@ impl<'a> Efi<'a> {
         f.truncate().map_err(self.fat_err(format!("truncate {TEMP_ENTRY}")))?;
         f.write_all(data).map_err(self.fat_err(format!("write {TEMP_ENTRY}")))?;
         f.flush().map_err(self.fat_err(format!("flush {TEMP_ENTRY}")))?;
-        drop(f);
+        Ok(())
+    }
+
+    /// Reads the staged entry back and compares it with what was written.
+    pub fn verify_staged(&self, data: &[u8]) -> Result<(), DiskError> {
+        let dir = self.linux_dir()?;
         let mut back = Vec::with_capacity(data.len());
         dir.open_file(TEMP_ENTRY)
             .and_then(|mut f| f.read_to_end(&mut back))

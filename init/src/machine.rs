@@ -496,6 +496,14 @@ impl MachineService for InitApi {
         }
     }
 
+    async fn upgrade_resume(
+        &self,
+        req: Request<api::UpgradeResumeRequest>,
+    ) -> Result<Response<api::UpgradeResumeResponse>, Status> {
+        let offset = self.0.slots()?.staged_offset(&req.into_inner().manifest_sha256);
+        Ok(Response::new(api::UpgradeResumeResponse { offset }))
+    }
+
     async fn rollback(&self, _: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
         let slots = self.0.slots()?;
         let target = tokio::task::block_in_place(|| slots.rollback())?;

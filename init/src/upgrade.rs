@@ -14,7 +14,7 @@
 //!    old slot (the new one has no entry), after it the boot loader tries the
 //!    new slot once and falls back by itself.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,12 +103,43 @@ impl Record {
     }
 }
 
-/// A payload part staged on EPHEMERAL.
+/// A payload part in the staged payload file.
 struct Staged {
     name: String,
-    path: PathBuf,
+    offset: u64,
     size: u64,
     sha256: String,
+}
+
+/// In the stage directory: the payload as it arrives, and the sha256 of
+/// the manifest it belongs to (what a resumed upload must match).
+const STAGED_PAYLOAD: &str = "payload.partial";
+const STAGED_ID: &str = "manifest.sha256";
+
+/// Checks each part of the staged payload against the signed manifest.
+fn staged_parts(payload: &Path, m: &BundleManifest) -> Result<Vec<Staged>, Status> {
+    let file = std::fs::File::open(payload).map_err(io_status("open", payload))?;
+    let mut parts = Vec::new();
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for p in &m.parts {
+        let mut hash = Sha256::new();
+        let mut done = 0u64;
+        while done < p.size {
+            let n = (p.size - done).min(buf.len() as u64) as usize;
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf[..n], offset + done)
+                .map_err(io_status("read", payload))?;
+            hash.update(&buf[..n]);
+            done += n as u64;
+        }
+        let found = bundle::hex(&hash.finalize());
+        if found != p.sha256 {
+            return Err(refused(BundleError::Hash { name: p.name.clone(), expected: p.sha256.clone(), found }));
+        }
+        parts.push(Staged { name: p.name.clone(), offset, size: p.size, sha256: found });
+        offset += p.size;
+    }
+    Ok(parts)
 }
 
 impl Slots {
@@ -178,6 +209,9 @@ impl Slots {
         let mut new = old;
         new.commit(self.settings.booted);
         efi.apply(&old, &new)?;
+        efi.close()?;
+        // A commit lost to a power cut would fail the slot at its next boot.
+        disk.sync()?;
         let mut r = self.record();
         r.set(self.settings.booted, &self.settings.version);
         let _ = self.save_record(&r);
@@ -192,7 +226,20 @@ impl Slots {
         let mut new = old;
         let target = new.rollback(self.settings.booted).map_err(|e| Status::failed_precondition(e.to_string()))?;
         efi.apply(&old, &new).map_err(disk_status)?;
+        efi.close().map_err(disk_status)?;
+        disk.sync().map_err(disk_status)?;
         Ok(target)
+    }
+
+    /// Payload bytes already staged for the bundle whose manifest has this
+    /// sha256 (an interrupted upload of it can resume there), else 0.
+    pub fn staged_offset(&self, manifest_sha256: &str) -> u64 {
+        let dir = &self.settings.stage_dir;
+        let id = std::fs::read_to_string(dir.join(STAGED_ID)).unwrap_or_default();
+        if id.trim() != manifest_sha256 || manifest_sha256.is_empty() {
+            return 0;
+        }
+        std::fs::metadata(dir.join(STAGED_PAYLOAD)).map_or(0, |m| m.len())
     }
 
     /// Receives, checks and installs a bundle; returns the answer and whether
@@ -206,7 +253,6 @@ impl Slots {
             Some(Chunk::Options(o)) => o,
             _ => return Err(Status::invalid_argument("an upgrade starts with a message carrying its options")),
         };
-        let mut received = 0u64;
 
         // 1. The signed header.
         let mut buf = Vec::new();
@@ -224,59 +270,65 @@ impl Slots {
         m.check_for(&self.settings.board, &self.settings.version, opts.allow_downgrade).map_err(refused)?;
         let target = self.settings.booted.other();
         self.check_room(m, target)?;
-        event(&self.events, "upgrade", format!("receiving Plinth {} for slot {}", m.version, target.name()));
 
-        // 2. Stage the payload, hashing each part.
+        // 2. Stage the payload on EPHEMERAL (appending to what an interrupted
+        // upload of the same bundle left), then check every part's hash.
         let started = Instant::now();
-        let dir = &self.settings.stage_dir;
-        std::fs::create_dir_all(dir).map_err(io_status("create", dir))?;
+        let dir = self.settings.stage_dir.clone();
+        let id = bundle::hex(&Sha256::digest(&header.manifest_bytes));
+        let payload_path = dir.join(STAGED_PAYLOAD);
+        let resumed = opts.resume_offset;
+        if resumed > 0 && self.staged_offset(&id) < resumed {
+            return Err(Status::failed_precondition(format!(
+                "cannot resume at byte {resumed}: this node holds {} bytes of that bundle; upload it again from the start",
+                self.staged_offset(&id)
+            )));
+        }
+        let mut file = tokio::task::block_in_place(|| -> std::io::Result<std::fs::File> {
+            std::fs::create_dir_all(&dir)?;
+            if resumed == 0 {
+                let _ = std::fs::remove_file(dir.join(STAGED_ID));
+                std::fs::write(dir.join(STAGED_ID), &id)?;
+            }
+            let f = std::fs::OpenOptions::new().create(true).write(true).truncate(resumed == 0).open(&payload_path)?;
+            f.set_len(resumed)?;
+            Ok(f)
+        })
+        .map_err(io_status("stage the bundle in", &dir))?;
+        file.seek(std::io::SeekFrom::End(0)).map_err(io_status("seek", &payload_path))?;
+        let total = m.payload_size();
+        let mut have = resumed;
         let mut pending = buf.split_off(used);
-        let mut staged = Vec::new();
-        for part in &m.parts {
-            let path = dir.join(format!("{}.part", part.name));
-            let mut file = std::fs::File::create(&path).map_err(io_status("create", &path))?;
-            let mut hash = Sha256::new();
-            let mut written = 0u64;
-            while written < part.size {
-                if pending.is_empty() {
-                    pending = next_data(&mut chunks).await?.ok_or_else(|| {
-                        refused(BundleError::Truncated { got: received + written, expected: m.payload_size() })
-                    })?;
+        loop {
+            if !pending.is_empty() {
+                if have + pending.len() as u64 > total {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(refused(BundleError::Trailing(have + pending.len() as u64 - total)));
                 }
-                let take = (part.size - written).min(pending.len() as u64) as usize;
-                let rest = pending.split_off(take);
-                hash.update(&pending);
-                tokio::task::block_in_place(|| file.write_all(&pending)).map_err(io_status("write", &path))?;
-                written += take as u64;
-                pending = rest;
+                tokio::task::block_in_place(|| file.write_all(&pending)).map_err(io_status("write", &payload_path))?;
+                have += pending.len() as u64;
             }
-            received += written;
-            let found = bundle::hex(&hash.finalize());
-            if found != part.sha256 {
-                let _ = std::fs::remove_dir_all(dir);
-                return Err(refused(BundleError::Hash {
-                    name: part.name.clone(),
-                    expected: part.sha256.clone(),
-                    found,
-                }));
+            match next_data(&mut chunks).await? {
+                Some(d) => pending = d,
+                None => break,
             }
-            tokio::task::block_in_place(|| file.sync_all()).map_err(io_status("fsync", &path))?;
-            staged.push(Staged { name: part.name.clone(), path, size: part.size, sha256: found });
         }
-        let mut trailing = pending.len() as u64;
-        while let Some(d) = next_data(&mut chunks).await? {
-            trailing += d.len() as u64;
-        }
-        if trailing > 0 {
-            let _ = std::fs::remove_dir_all(dir);
-            return Err(refused(BundleError::Trailing(trailing)));
+        tokio::task::block_in_place(|| file.sync_all()).map_err(io_status("fsync", &payload_path))?;
+        if have < total {
+            return Err(Status::failed_precondition(format!(
+                "upgrade refused: {}; the {have} bytes received are kept: run the upgrade again to resume",
+                BundleError::Truncated { got: have, expected: total }
+            )));
         }
         let upload = started.elapsed();
+        let parts = tokio::task::block_in_place(|| staged_parts(&payload_path, m)).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
 
         // 3 and 4. Write the other slot, read it back, arm its trial.
         let t = Instant::now();
-        let result = tokio::task::block_in_place(|| self.install(&staged, target));
-        let _ = std::fs::remove_dir_all(dir);
+        let result = tokio::task::block_in_place(|| self.install(&payload_path, &parts, target));
+        let _ = std::fs::remove_dir_all(&dir);
         result?;
         let mut r = self.record();
         r.set(target, &m.version);
@@ -285,11 +337,12 @@ impl Slots {
         let write = t.elapsed();
         let reboot = !opts.stage;
         let summary = format!(
-            "Plinth {} written to slot {} in {:.1} s (received in {:.1} s) and armed for one trial boot; {}",
+            "Plinth {} written to slot {} in {:.1} s (received in {:.1} s{}) and armed for one trial boot; {}",
             m.version,
             target.name(),
             write.as_secs_f64(),
             upload.as_secs_f64(),
+            if resumed > 0 { format!(", resumed at byte {resumed}") } else { String::new() },
             if reboot { "rebooting into it" } else { "it boots at the next reboot" }
         );
         event(&self.events, "upgrade", summary.clone());
@@ -300,6 +353,7 @@ impl Slots {
                 summary,
                 rebooting: reboot,
                 write_seconds: write.as_secs_f64(),
+                resumed_from: resumed,
             },
             reboot,
         ))
@@ -328,7 +382,7 @@ impl Slots {
     }
 
     /// Writes the staged parts to `target` (blocking).
-    fn install(&self, staged: &[Staged], target: Slot) -> Result<(), Status> {
+    fn install(&self, payload: &Path, staged: &[Staged], target: Slot) -> Result<(), Status> {
         let disk = self.disk()?;
         let part = |name: &str| {
             staged.iter().find(|s| s.name == name).ok_or_else(|| Status::internal(format!("{name} was not staged")))
@@ -342,15 +396,20 @@ impl Slots {
             cleared.clear(target, self.settings.booted).map_err(|e| Status::internal(e.to_string()))?;
             efi.apply(&old, &cleared).map_err(disk_status)?;
         }
+        // On the disk before the root is touched: without the flush the
+        // kernel may write root blocks back before the entry's removal.
+        disk.sync().map_err(disk_status)?;
+        tracing::info!("upgrade: slot {}: boot entry removed, writing its root", target.name());
         let label = target.root_label();
-        let mut f = std::fs::File::open(&root.path).map_err(io_status("open", &root.path))?;
+        let f = std::fs::File::open(payload).map_err(io_status("open", payload))?;
+        let read_part = |s: &Staged, at: u64, buf: &mut [u8]| {
+            std::os::unix::fs::FileExt::read_exact_at(&f, buf, s.offset + at).map_err(io_status("read", payload))
+        };
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0u64;
-        loop {
-            let n = f.read(&mut buf).map_err(io_status("read", &root.path))?;
-            if n == 0 {
-                break;
-            }
+        while at < root.size {
+            let n = (root.size - at).min(buf.len() as u64) as usize;
+            read_part(root, at, &mut buf[..n])?;
             disk.write_at(label, at, &buf[..n]).map_err(disk_status)?;
             at += n as u64;
         }
@@ -364,15 +423,21 @@ impl Slots {
                 found: back,
             }));
         }
-        let mut image = std::fs::read(&uki.path).map_err(io_status("read", &uki.path))?;
+        tracing::info!("upgrade: slot {}: root written and read back", target.name());
+        let mut image = vec![0u8; uki.size as usize];
+        read_part(uki, 0, &mut image)?;
         machinery::pe::set_uki_slot(&mut image, target)
             .map_err(|e| Status::failed_precondition(format!("upgrade refused: the bundle's UKI: {e}")))?;
         let efi = disk.efi().map_err(disk_status)?;
         efi.stage_entry(&image).map_err(disk_status)?;
+        disk.sync().map_err(disk_status)?;
+        efi.verify_staged(&image).map_err(disk_status)?;
+        tracing::info!("upgrade: slot {}: boot entry staged, arming", target.name());
         let cleared = efi.state().map_err(disk_status)?;
         let mut armed = cleared;
         armed.arm_trial(target, TRIAL_TRIES);
         efi.apply(&cleared, &armed).map_err(disk_status)?;
+        disk.sync().map_err(disk_status)?;
         let name = sdboot::file_name(target, armed.get(target)).unwrap_or_default();
         efi.commit_entry(&name).map_err(disk_status)?;
         efi.close().map_err(disk_status)?;

@@ -148,6 +148,21 @@ impl Header {
     }
 }
 
+/// The identity of a bundle (sha256 of its manifest bytes, hex) and the
+/// length of its header, read without verifying anything: what a client
+/// needs to ask a node how much of the bundle it already holds.
+pub fn identify(bytes: &[u8]) -> Option<(String, usize)> {
+    if !bytes.starts_with(MAGIC) {
+        return None;
+    }
+    let len = bytes.get(MAGIC.len()..MAGIC.len() + 4)?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let start = MAGIC.len() + 4;
+    let manifest = bytes.get(start..start + len.min(MAX_MANIFEST))?;
+    let id = hex(&<sha2::Sha256 as sha2::Digest>::digest(manifest));
+    Some((id, start + len + signing::DETACHED_LEN))
+}
+
 impl BundleManifest {
     /// Whether this node may install the bundle: same board, and not older
     /// than what runs unless a downgrade is asked for.
@@ -228,6 +243,10 @@ mod tests {
         assert_eq!(used, len);
         assert_eq!(parsed.manifest, manifest());
         assert_eq!(parsed.manifest.payload_size(), 8);
+        let (id, header_len) = identify(&bytes).unwrap();
+        assert_eq!(header_len, len);
+        assert_eq!(id, hex(&<sha2::Sha256 as sha2::Digest>::digest(&parsed.manifest_bytes)));
+        assert_eq!(identify(b"PK\x03\x04"), None);
     }
 
     #[test]

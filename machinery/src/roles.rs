@@ -84,11 +84,12 @@ pub enum Rpc {
     Dmesg,
     Events,
     Upgrade,
+    UpgradeResume,
     Rollback,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 12] = [
+    pub const ALL: [Rpc; 13] = [
         Rpc::Version,
         Rpc::ApplyConfig,
         Rpc::GetConfig,
@@ -100,6 +101,7 @@ impl Rpc {
         Rpc::Dmesg,
         Rpc::Events,
         Rpc::Upgrade,
+        Rpc::UpgradeResume,
         Rpc::Rollback,
     ];
 
@@ -107,7 +109,7 @@ impl Rpc {
         match self {
             Rpc::Version | Rpc::ServiceList | Rpc::Logs | Rpc::Dmesg | Rpc::Events => Role::Reader,
             Rpc::GetConfig | Rpc::ServiceRestart | Rpc::Reboot => Role::Operator,
-            Rpc::ApplyConfig | Rpc::Shutdown | Rpc::Upgrade | Rpc::Rollback => Role::Admin,
+            Rpc::ApplyConfig | Rpc::Shutdown | Rpc::Upgrade | Rpc::UpgradeResume | Rpc::Rollback => Role::Admin,
         }
     }
 
@@ -124,6 +126,7 @@ impl Rpc {
             Rpc::Dmesg => "Dmesg",
             Rpc::Events => "Events",
             Rpc::Upgrade => "Upgrade",
+            Rpc::UpgradeResume => "UpgradeResume",
             Rpc::Rollback => "Rollback",
         }
     }

@@ -599,33 +599,50 @@ async fn power(global: Global, reboot: bool) -> Result<(), Failure> {
 /// Chunks of the bundle on the wire.
 const UPGRADE_CHUNK: usize = 1 << 20;
 
-/// Streams a bundle to each node with a progress bar.
+/// Streams a bundle to each node with a progress bar, resuming where an
+/// interrupted upload of the same bundle stopped.
 async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bool) -> Result<(), Failure> {
-    use tokio::io::AsyncReadExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     let fmt = global.output;
     let session = Session::open(global)?;
-    let size =
-        std::fs::metadata(bundle).map_err(|e| Failure::Other(format!("reading {}: {e}", bundle.display())))?.len();
+    let read_err = |e: std::io::Error| Failure::Other(format!("reading {}: {e}", bundle.display()));
+    let size = std::fs::metadata(bundle).map_err(read_err)?.len();
+    let mut head = vec![0u8; (machinery::bundle::MAX_MANIFEST + 4096).min(size as usize)];
+    std::io::Read::read_exact(&mut std::fs::File::open(bundle).map_err(read_err)?, &mut head).map_err(read_err)?;
+    // Not a bundle: send it anyway, the node says what is wrong with it.
+    let (id, header_len) = machinery::bundle::identify(&head).unwrap_or_else(|| (String::new(), 0));
     for (node, addr) in session.targets()? {
         let mut c = session.client(&addr).await?;
-        let mut file = tokio::fs::File::open(bundle)
-            .await
-            .map_err(|e| Failure::Other(format!("opening {}: {e}", bundle.display())))?;
+        let offset = match c.upgrade_resume(api::UpgradeResumeRequest { manifest_sha256: id.clone() }).await {
+            Ok(r) => r.into_inner().offset.min(size.saturating_sub(header_len as u64)),
+            Err(s) => return Err(session.failure(&node, &addr, s).await),
+        };
+        if offset > 0 && fmt == Format::Table {
+            eprintln!("{node}: resuming: the node holds {} MiB of this bundle", offset >> 20);
+        }
+        let mut file = tokio::fs::File::open(bundle).await.map_err(read_err)?;
         let bar = output::progress(size, &format!("{node}: uploading"));
+        bar.set_position(offset);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let opts = api::UpgradeOptions { stage, allow_downgrade, size };
+        let opts = api::UpgradeOptions { stage, allow_downgrade, size, resume_offset: offset };
         let _ = tx.send(api::UpgradeChunk { chunk: Some(api::upgrade_chunk::Chunk::Options(opts)) }).await;
         let reader_bar = bar.clone();
-        let path = bundle.to_path_buf();
+        let header = head[..header_len.min(head.len())].to_vec();
         let reader = tokio::spawn(async move {
+            let send = |data: Vec<u8>| api::UpgradeChunk { chunk: Some(api::upgrade_chunk::Chunk::Data(data)) };
+            if offset > 0 {
+                if tx.send(send(header.clone())).await.is_err() {
+                    return Ok(());
+                }
+                file.seek(std::io::SeekFrom::Start(header.len() as u64 + offset)).await?;
+            }
             let mut buf = vec![0u8; UPGRADE_CHUNK];
             loop {
-                let n = file.read(&mut buf).await.map_err(|e| format!("reading {}: {e}", path.display()))?;
+                let n = file.read(&mut buf).await?;
                 if n == 0 {
-                    return Ok::<(), String>(());
+                    return Ok::<(), std::io::Error>(());
                 }
-                let chunk = api::UpgradeChunk { chunk: Some(api::upgrade_chunk::Chunk::Data(buf[..n].to_vec())) };
-                if tx.send(chunk).await.is_err() {
+                if tx.send(send(buf[..n].to_vec())).await.is_err() {
                     return Ok(());
                 }
                 reader_bar.inc(n as u64);
@@ -634,7 +651,7 @@ async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bo
         let t = std::time::Instant::now();
         let result = c.upgrade(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
         bar.finish_and_clear();
-        reader.await.map_err(|e| Failure::Other(e.to_string()))?.map_err(Failure::Other)?;
+        reader.await.map_err(|e| Failure::Other(e.to_string()))?.map_err(read_err)?;
         let r = match result {
             Ok(r) => r.into_inner(),
             Err(s) => return Err(session.failure(&node, &addr, s).await),
@@ -642,7 +659,7 @@ async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bo
         match fmt {
             Format::Json => output::json(&serde_json::json!({
                 "node": node, "slot": r.slot, "version": r.version, "summary": r.summary,
-                "rebooting": r.rebooting, "write_seconds": r.write_seconds,
+                "rebooting": r.rebooting, "write_seconds": r.write_seconds, "resumed_from": r.resumed_from,
                 "seconds": t.elapsed().as_secs_f64(), "bytes": size,
             })),
             Format::Table => println!("{node}: {}", r.summary),

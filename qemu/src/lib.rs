@@ -208,7 +208,7 @@ impl Vm {
         .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
         .args(self.disk.args(&d.join("disk.qcow2")))
         .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{DEFAULT_API_PORT}", self.api_port)])
-        .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"])
+        .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci", "-device", "i6300esb"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(d.join("qemu.stderr")).map_err(io("create", &d.join("qemu.stderr")))?)

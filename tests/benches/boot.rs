@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::from_str(&std::fs::read_to_string(work.path().join("plinth.img.manifest.json"))?)?;
     for part in manifest["parts"].as_array().into_iter().flatten() {
         let name = part["name"].as_str().unwrap_or_default();
-        if ["root-a.squashfs", "initramfs", "plinth-a.efi", "vmlinuz"].contains(&name) {
+        if ["root.squashfs", "initramfs", "uki", "vmlinuz"].contains(&name) {
             println!("{name}: {:.1} MiB", part["size"].as_u64().unwrap_or(0) as f64 / 1048576.0);
         }
     }

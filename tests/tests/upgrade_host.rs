@@ -50,8 +50,9 @@ fn bad_bundles(op: &Operator, good: &Path, dir: &Path) -> anyhow::Result<Vec<(&'
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("unsigned", with(&unsigned, &payload), "not signed"),
         ("signed by another key", with(&foreign, &payload), "only trusts key"),
-        ("truncated", with(&header, &payload[..payload.len() - 4096]), "truncated"),
         ("corrupted in transit", with(&header, &corrupted), "corrupted in transit"),
+        // Kept on the node: the good upload below resumes from it.
+        ("truncated", with(&header, &payload[..payload.len() - 4096]), "run the upgrade again to resume"),
         ("for another board", with(&resign(&|m| m.board = "rpi4".into()), &payload), "is for board rpi4"),
         ("a downgrade", with(&resign(&|m| m.version = "0.0.1".into()), &payload), "--allow-downgrade"),
         ("not a bundle", b"PK\x03\x04 a zip file".to_vec(), "not a Plinth upgrade bundle"),
@@ -105,7 +106,9 @@ fn host_node_refuses_bad_bundles_then_upgrades_commits_falls_back_and_rolls_back
         (r["slot"].as_str(), r["version"].as_str(), r["rebooting"].as_bool()),
         (Some("b"), Some("0.2.0"), Some(false))
     );
-    let (header, _) = split(&op, &good)?;
+    let (header, payload) = split(&op, &good)?;
+    // It resumed where the truncated upload of the same bundle stopped.
+    assert_eq!(r["resumed_from"].as_u64(), Some(payload.len() as u64 - 4096), "{r}");
     let root = header.manifest.part("root").context("root part")?;
     let disk = init::disk::Disk::open(&image)?;
     assert_eq!(disk.hash("ROOT-B", root.size)?, root.sha256, "slot B holds the bundle's root");
