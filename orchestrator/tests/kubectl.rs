@@ -220,3 +220,68 @@ fn imperative_create_commands() {
     ]);
     assert_eq!(svc, "80 8080 d1");
 }
+
+#[test]
+fn foreign_certificates_and_oversized_bodies_are_refused() {
+    let Some(s) = Server::start() else { return };
+    // A client certificate from another CA: the TLS handshake fails.
+    let other = orchestrator::pki::generate_ca("other").unwrap();
+    let client = orchestrator::pki::issue_client(&other, "mallory", orchestrator::pki::ADMIN_GROUP).unwrap();
+    let ca = orchestrator::pki::CertKey {
+        cert_pem: std::fs::read_to_string(s.dir.path().join("ca.crt")).unwrap(),
+        key_pem: String::new(),
+    };
+    let path = s.dir.path().join("mallory.kubeconfig");
+    std::fs::write(&path, orchestrator::pki::kubeconfig(&format!("https://{}", s.address), &ca, &client, "mallory"))
+        .unwrap();
+    let out = s.cmd(&path, &["get", "namespaces"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && (err.contains("tls") || err.contains("certificate")), "{err}");
+
+    // A body over 3 MiB: 413, and nothing stored.
+    let big = s.dir.path().join("big.txt");
+    std::fs::write(&big, "a".repeat(4 << 20)).unwrap();
+    let err = s.fails(&["create", "configmap", "big", &format!("--from-file={}", big.display())]);
+    assert!(err.contains("RequestEntityTooLarge") || err.contains("too large"), "{err}");
+    assert!(s.fails(&["get", "configmap", "big"]).contains("not found"));
+}
+
+/// Writes acknowledged to kubectl survive a SIGKILL of the server (the
+/// store fsyncs before answering); the restarted server serves them.
+#[test]
+fn kill_9_loses_no_acknowledged_write() {
+    let Some(kubectl) = common::kubectl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().to_path_buf();
+    let mut s = Server::start_in_fsync(dir, kubectl.clone());
+    let mut acked = Vec::new();
+    for i in 0..15 {
+        let name = format!("c{i}");
+        if s.run(&["create", "configmap", &name, "--from-literal=i=1"]).status.success() {
+            acked.push(name);
+        }
+    }
+    // Kill while a burst of writes is in flight.
+    let burst: Vec<_> = (15..25)
+        .map(|i| {
+            s.cmd(&s.kubeconfig(), &["create", "configmap", &format!("c{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    for mut b in burst {
+        let _ = b.wait();
+    }
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    drop(s);
+    assert_eq!(dir.path(), keep);
+    let s = Server::start_in_fsync(dir, kubectl);
+    let names = s.ok(&["get", "configmaps", "-o", "name"]);
+    for n in acked {
+        assert!(names.contains(&format!("configmap/{n}\n")), "acknowledged {n} was lost:\n{names}");
+    }
+}

@@ -53,11 +53,21 @@ impl Server {
         Some(Server::start_in(dir, kubectl))
     }
 
+    /// A server without fsync (faster; the tests do not cut the power).
     pub fn start_in(dir: tempfile::TempDir, kubectl: PathBuf) -> Server {
+        Server::spawn(dir, kubectl, false)
+    }
+
+    /// A server as shipped: every acknowledged write fsynced.
+    pub fn start_in_fsync(dir: tempfile::TempDir, kubectl: PathBuf) -> Server {
+        Server::spawn(dir, kubectl, true)
+    }
+
+    fn spawn(dir: tempfile::TempDir, kubectl: PathBuf, fsync: bool) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
             .args(["server", "--data-dir"])
             .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0", "--fsync", "false"])
+            .args(["--listen", "127.0.0.1:0", "--fsync", if fsync { "true" } else { "false" }])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
