@@ -111,3 +111,31 @@ fn lapsed_lease_makes_node_unknown_and_pods_wait() {
     assert!(events.contains("0/1 nodes are available"), "{events}");
     assert!(s.ok(&["get", "pod", "waiting", "--no-headers"]).contains("Pending"));
 }
+
+#[test]
+fn jobs_complete_and_daemonsets_cover_nodes() {
+    let Some(s) = Server::start() else { return };
+    let _node = HollowNode::start(&s, "hollow-1", 40);
+    s.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: once}\nspec:\n  completions: 2\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox, command: [\"true\"]}]\n",
+        &[],
+    );
+    let out = s.ok(&["wait", "--for=condition=complete", "job/once", "--timeout=60s"]);
+    assert!(out.contains("condition met"), "{out}");
+    let job = s.ok(&["get", "job", "once", "--no-headers"]);
+    assert!(job.contains("Complete") && job.contains("2/2"), "{job}");
+
+    s.apply(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      containers: [{name: c, image: busybox:1}]\n",
+        &[],
+    );
+    let out = s.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    s.ok(&["set", "image", "daemonset/agent", "c=busybox:2"]);
+    s.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    s.wait_for(&["get", "pods", "-l", "app=agent", "-o", "jsonpath={.items[*].spec.containers[0].image}"], T, |o| {
+        o == "busybox:2"
+    });
+    let ds = s.ok(&["get", "ds", "agent", "--no-headers"]);
+    assert!(ds.starts_with("agent ") && ds.split_whitespace().nth(1) == Some("1"), "{ds}");
+}

@@ -11,6 +11,7 @@ mod gc;
 mod nodes;
 mod replicaset;
 mod scheduler;
+mod workloads;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -109,9 +110,11 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 7] = [
+    let passes: [(&str, bool, Reconciler); 9] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
+        ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
+        ("daemonset", c.periodic || c.any(&["daemonsets", "pods", "nodes"]), workloads::reconcile_daemonsets),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
         ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),

@@ -60,7 +60,7 @@ fn node_ready(n: &Value) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
-fn tolerates(pod: &Value, taint: &Value) -> bool {
+pub(crate) fn tolerates(pod: &Value, taint: &Value) -> bool {
     pod.pointer("/spec/tolerations").and_then(Value::as_array).into_iter().flatten().any(|t| {
         let key_ok = match t.get("key").and_then(Value::as_str) {
             None | Some("") => t.get("operator").and_then(Value::as_str) == Some("Exists"),

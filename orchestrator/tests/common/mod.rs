@@ -235,7 +235,25 @@ impl HollowNode {
                         (p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap());
                     if p["metadata"].get("deletionTimestamp").is_some() {
                         k(&["delete", "pod", "-n", pns, pname, "--grace-period=0", "--force", "--wait=false"]);
-                    } else if p["status"]["phase"] != "Running" {
+                    } else if p["status"]["phase"] == "Running" && p["spec"]["restartPolicy"] != "Always" {
+                        // A run-to-completion pod: its command exits 0.
+                        let done = serde_json::json!({"status": {"phase": "Succeeded", "conditions": [
+                            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": t}],
+                            "containerStatuses": p["status"]["containerStatuses"].as_array().unwrap().iter().map(|c| serde_json::json!({
+                                "name": c["name"], "image": c["image"], "imageID": "", "ready": false, "started": false, "restartCount": 0,
+                                "containerID": c["containerID"], "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": t, "finishedAt": t}}})).collect::<Vec<_>>()}});
+                        k(&[
+                            "patch",
+                            "pod",
+                            "-n",
+                            pns,
+                            pname,
+                            "--subresource=status",
+                            "--type=merge",
+                            "-p",
+                            &done.to_string(),
+                        ]);
+                    } else if p["status"]["phase"] == "Pending" {
                         n += 1;
                         let containers: Vec<serde_json::Value> = p["spec"]["containers"]
                             .as_array()
