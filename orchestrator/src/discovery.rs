@@ -53,12 +53,17 @@ fn group(name: &str) -> APIGroup {
     }
 }
 
+/// The group of SelfSubjectAccessReview (`kubectl auth can-i`), answered
+/// by the authorizer and never stored.
+pub const AUTHORIZATION_GROUP: &str = "authorization.k8s.io";
+
 pub fn api_group_list() -> Value {
-    with_type(APIGroupList { groups: GROUPS.iter().map(|g| group(g)).collect() }, "APIGroupList", "v1")
+    let groups = GROUPS.iter().chain([&AUTHORIZATION_GROUP]).map(|g| group(g)).collect();
+    with_type(APIGroupList { groups }, "APIGroupList", "v1")
 }
 
 pub fn api_group(name: &str) -> Option<Value> {
-    GROUPS.contains(&name).then(|| with_type(group(name), "APIGroup", "v1"))
+    (GROUPS.contains(&name) || name == AUTHORIZATION_GROUP).then(|| with_type(group(name), "APIGroup", "v1"))
 }
 
 const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
@@ -104,6 +109,18 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
 
 /// The `APIResourceList` of a group version ("" for core).
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if group == AUTHORIZATION_GROUP && version == "v1" {
+        let review = APIResource {
+            name: "selfsubjectaccessreviews".into(),
+            singular_name: "selfsubjectaccessreview".into(),
+            namespaced: false,
+            kind: "SelfSubjectAccessReview".into(),
+            verbs: strings(&["create"]),
+            ..Default::default()
+        };
+        let list = APIResourceList { group_version: format!("{group}/{version}"), resources: vec![review] };
+        return Some(with_type(list, "APIResourceList", "v1"));
+    }
     let rts: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
     if rts.is_empty() {
         return None;

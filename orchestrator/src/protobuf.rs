@@ -14,7 +14,9 @@ pub enum ProtobufError {
     NoMagic,
     #[error("malformed protobuf: {0}")]
     Malformed(&'static str),
-    #[error("protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service and Deployment, not {0}")]
+    #[error(
+        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment and SelfSubjectAccessReview, not {0}"
+    )]
     Unsupported(String),
 }
 
@@ -113,6 +115,20 @@ const SERVICE_SPEC: &[Field] = &[
     Field(10, "externalName", Str, false),
 ];
 const NAMESPACE_SPEC: &[Field] = &[Field(1, "finalizers", Str, true)];
+const RESOURCE_ATTRIBUTES: &[Field] = &[
+    Field(1, "namespace", Str, false),
+    Field(2, "verb", Str, false),
+    Field(3, "group", Str, false),
+    Field(4, "version", Str, false),
+    Field(5, "resource", Str, false),
+    Field(6, "subresource", Str, false),
+    Field(7, "name", Str, false),
+];
+const NON_RESOURCE_ATTRIBUTES: &[Field] = &[Field(1, "path", Str, false), Field(2, "verb", Str, false)];
+const ACCESS_REVIEW_SPEC: &[Field] = &[
+    Field(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
+    Field(2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES), false),
+];
 
 /// Pointer fields, where a zero value is meant.
 const POINTERS: &[&str] =
@@ -137,6 +153,7 @@ fn top_level(kind: &str) -> Option<&'static [Field]> {
         ],
         "Service" => &[META, Field(2, "spec", Msg(SERVICE_SPEC), false)],
         "Deployment" => &[META, Field(2, "spec", Msg(DEPLOYMENT_SPEC), false)],
+        "SelfSubjectAccessReview" => &[META, Field(2, "spec", Msg(ACCESS_REVIEW_SPEC), false)],
         _ => return None,
     })
 }

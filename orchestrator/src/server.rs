@@ -462,11 +462,32 @@ fn verb(method: &Method, t: &Target<'_>, q: &[(String, String)]) -> &'static str
     }
 }
 
+/// The authorization rule: admins do everything, read-only users get,
+/// list and watch, nobody else anything.
+fn allowed(user: &User, verb: &str) -> bool {
+    user.groups.iter().any(|g| g == ADMIN_GROUP)
+        || (user.groups.iter().any(|g| g == READ_ONLY_GROUP) && matches!(verb, "get" | "list" | "watch"))
+}
+
+/// POST selfsubjectaccessreviews: what `kubectl auth can-i` asks.
+fn access_review(user: &User, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let mut review = parse_json(body)?;
+    let verb = review
+        .pointer("/spec/resourceAttributes/verb")
+        .or(review.pointer("/spec/nonResourceAttributes/verb"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let ok = allowed(user, &verb) || (verb == "get" && review.pointer("/spec/nonResourceAttributes").is_some());
+    let reason = if ok { "allowed by the plinth authorizer" } else { "" };
+    review["status"] = json!({"allowed": ok, "reason": reason});
+    review["kind"] = "SelfSubjectAccessReview".into();
+    review["apiVersion"] = "authorization.k8s.io/v1".into();
+    Ok(respond(201, &review, &[]))
+}
+
 fn authorize(user: &User, verb: &str, t: &Target<'_>) -> Result<(), ApiError> {
-    if user.groups.iter().any(|g| g == ADMIN_GROUP) {
-        return Ok(());
-    }
-    if user.groups.iter().any(|g| g == READ_ONLY_GROUP) && matches!(verb, "get" | "list" | "watch") {
+    if allowed(user, verb) {
         return Ok(());
     }
     let resource = match t.sub {
@@ -517,6 +538,16 @@ async fn route(
         && let Some(r) = non_resource(state, &segs).await
     {
         return r;
+    }
+    if method == Method::POST && segs == ["apis", discovery::AUTHORIZATION_GROUP, "v1", "selfsubjectaccessreviews"] {
+        let review = if content_type(headers) == "application/vnd.kubernetes.protobuf" {
+            let obj = crate::protobuf::decode(&body)
+                .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
+            Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+        } else {
+            body
+        };
+        return access_review(user, &review);
     }
     let t = parse_target(&segs)
         .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;

@@ -75,6 +75,15 @@ pub fn default_pod_spec(spec: &mut Value) {
     default(m, "securityContext", json!({}));
     default(m, "schedulerName", "default-scheduler".into());
     default(m, "enableServiceLinks", true.into());
+    // As upstream's DefaultTolerationSeconds admission: 5 minutes on a lost node.
+    let tolerations = m.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(ts) = tolerations.as_array_mut() {
+        for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+            if !ts.iter().any(|t| t["key"] == key) {
+                ts.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
     if m.contains_key("serviceAccountName") {
         let sa = m["serviceAccountName"].clone();
         default(m, "serviceAccount", sa);

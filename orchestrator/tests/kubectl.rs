@@ -117,6 +117,16 @@ fn authorization_and_errors_are_upstream_shaped() {
         "{err}"
     );
 
+    // kubectl auth can-i asks the authorizer through SelfSubjectAccessReview.
+    let can = |kc: &std::path::Path, verb: &str| {
+        String::from_utf8(s.cmd(kc, &["auth", "can-i", verb, "pods"]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!((can(&ro, "list").as_str(), can(&ro, "delete").as_str()), ("yes", "no"));
+    assert_eq!(can(&s.kubeconfig(), "delete"), "yes");
+
     let bad_name = s.dir.path().join("bad.yaml");
     std::fs::write(&bad_name, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n").unwrap();
     let err = s.fails(&["apply", "-f", bad_name.to_str().unwrap()]);
