@@ -84,10 +84,9 @@ pub fn default_pod_spec(spec: &mut Value) {
             }
         }
     }
-    if m.contains_key("serviceAccountName") {
-        let sa = m["serviceAccountName"].clone();
-        default(m, "serviceAccount", sa);
-    }
+    default(m, "serviceAccountName", "default".into());
+    let sa = m["serviceAccountName"].clone();
+    default(m, "serviceAccount", sa);
     for list in ["containers", "initContainers"] {
         for c in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
             let Some(c) = c.as_object_mut() else { continue };

@@ -203,6 +203,11 @@ fn server_side_apply_and_patches() {
 fn imperative_create_commands() {
     let Some(s) = Server::start() else { return };
     s.ok(&["create", "namespace", "team"]);
+    s.wait_for(
+        &["get", "serviceaccount", "default", "-n", "team", "-o", "name"],
+        std::time::Duration::from_secs(20),
+        |o| o.trim() == "serviceaccount/default",
+    );
     s.ok(&["create", "configmap", "c1", "--from-literal=a=b", "-n", "team"]);
     s.ok(&["create", "secret", "generic", "s1", "--from-literal=p=q", "-n", "team"]);
     s.ok(&["create", "deployment", "d1", "--image=nginx:1.25", "--port=80", "--replicas=2", "-n", "team"]);

@@ -64,7 +64,11 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
             .filter_map(|r| by_uid.get(r["uid"].as_str().unwrap_or_default()).copied())
             .filter(|owner| owner_scope_ok(owner, ns))
             .collect();
-        if live.is_empty() {
+        // An owner of a kind this server does not serve cannot be checked:
+        // its dependents stay (upstream's collector does the same).
+        let unknown_owner =
+            rs.iter().any(|r| crate::resources::by_kind(r["kind"].as_str().unwrap_or_default()).is_none());
+        if live.is_empty() && !unknown_owner {
             if !is_deleting(o) {
                 delete(reg, rt, o, Propagation::Background)?;
             }
@@ -128,4 +132,34 @@ pub fn reconcile_namespaces(reg: &Registry) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Durability, SqliteStore};
+    use std::sync::Arc;
+
+    #[test]
+    fn orphans_go_unknown_owners_stay_foreground_waits() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(Arc::new(SqliteStore::open(&d.path().join("db"), Durability::Normal).unwrap()));
+        reg.bootstrap("127.0.0.1:6443").unwrap();
+        let cm = crate::resources::by_kind("ConfigMap").unwrap();
+        let o = WriteOptions::default();
+        let owned = |name: &str, kind: &str, uid: &str| json!({"metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": kind, "name": "x", "uid": uid}]}});
+        reg.create(cm, Some("default"), owned("orphan", "ConfigMap", "gone"), &o).unwrap();
+        reg.create(cm, Some("default"), owned("widget", "Widget", "unknown"), &o).unwrap();
+        let parent = reg.create(cm, Some("default"), json!({"metadata": {"name": "parent"}}), &o).unwrap().object;
+        reg.create(cm, Some("default"), owned("child", "ConfigMap", uid_of(&parent)), &o).unwrap();
+        let fg = DeleteOptions { propagation: Some(Propagation::Foreground), ..Default::default() };
+        reg.delete(cm, Some("default"), "parent", &fg).unwrap();
+        for _ in 0..3 {
+            reconcile(&reg).unwrap();
+        }
+        let exists = |n: &str| reg.get(cm, Some("default"), n).is_ok();
+        assert!(!exists("orphan"));
+        assert!(exists("widget"));
+        assert!(!exists("child") && !exists("parent"), "foreground: the child first, then the parent");
+    }
 }

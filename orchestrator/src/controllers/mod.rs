@@ -11,6 +11,7 @@ mod gc;
 mod nodes;
 mod replicaset;
 mod scheduler;
+mod serviceaccounts;
 mod workloads;
 
 use std::collections::HashSet;
@@ -110,7 +111,7 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 9] = [
+    let passes: [(&str, bool, Reconciler); 10] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
@@ -118,6 +119,7 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
         ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),
+        ("serviceaccount", c.any(&["namespaces", "serviceaccounts"]), serviceaccounts::reconcile),
         ("namespace", c.all || c.deletion || c.any(&["namespaces"]), gc::reconcile_namespaces),
         ("garbage-collector", c.all || c.deletion, gc::reconcile),
     ];
