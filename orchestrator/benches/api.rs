@@ -95,6 +95,41 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Starts a watch and returns a task that sends the arrival time of
+    /// every event (one chunk each) until the connection closes.
+    async fn watch(mut self, path: String, tx: tokio::sync::mpsc::UnboundedSender<Instant>) {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n");
+        self.0.get_mut().write_all(head.as_bytes()).await.unwrap();
+        self.0.get_mut().flush().await.unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.0.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+        }
+        loop {
+            line.clear();
+            if self.0.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let size = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+            if size == 0 {
+                return;
+            }
+            let mut chunk = vec![0; size + 2];
+            if self.0.read_exact(&mut chunk).await.is_err() {
+                return;
+            }
+            if tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p) as usize]
 }
@@ -189,6 +224,33 @@ fn main() {
             println!("{label:<32} p50 {:>9.2?}   p99 {:>9.2?}", percentile(&lat, 0.5), percentile(&lat, 0.99));
         }
         let after_cms = rss_kib(pid);
+
+        // Watch latency: 1,000 watchers of the namespace's ConfigMaps, one
+        // patch at a time, time from sending it to each watcher's event.
+        const WATCHERS: usize = 1000;
+        let (_, list) = c.call("GET", "/api/v1/namespaces/default/configmaps?limit=1", "application/json", &[]).await;
+        let rv = serde_json::from_slice::<serde_json::Value>(&list).unwrap()["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..WATCHERS {
+            let w = Conn::open(&addr, cfg.clone()).await;
+            let path = format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&fieldSelector=metadata.name%3Dcm-0");
+            tokio::spawn(w.watch(path, tx.clone()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let with_watchers = rss_kib(pid);
+        let mut lat = Vec::new();
+        for i in 0..20 {
+            let body = format!(r#"{{"data":{{"w":"{i}"}}}}"#);
+            let sent = Instant::now();
+            let (code, _) = c.call("PATCH", "/api/v1/namespaces/default/configmaps/cm-0", "application/merge-patch+json", body.as_bytes()).await;
+            assert_eq!(code, 200);
+            for _ in 0..WATCHERS {
+                let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("an event").unwrap();
+                lat.push(got.saturating_duration_since(sent));
+            }
+        }
+        lat.sort();
+        println!("watch latency, {WATCHERS} watchers:     p50 {:>9.2?}   p99 {:>9.2?}   (patch sent → event read)", percentile(&lat, 0.5), percentile(&lat, 0.99));
         let pod = |i: usize| {
             let body = format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"pod-{i}","labels":{{"app":"bench"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36","resources":{{"requests":{{"cpu":"10m","memory":"16Mi"}}}}}}]}}}}"#);
             ("POST", "/api/v1/namespaces/default/pods".to_string(), "application/json", body.into_bytes())
@@ -198,6 +260,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         println!("RSS idle:                        {:>7.1} MiB", idle as f64 / 1024.0);
         println!("RSS after 2,000 ConfigMaps:      {:>7.1} MiB", after_cms as f64 / 1024.0);
+        println!("RSS with 1,000 open watches:     {:>7.1} MiB", with_watchers as f64 / 1024.0);
         println!("RSS with 1,000 pods (settled):   {:>7.1} MiB", rss_kib(pid) as f64 / 1024.0);
     });
     let _ = child.kill();
