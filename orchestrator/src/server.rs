@@ -237,8 +237,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
                 let user = user.clone();
                 async move { Ok::<_, Infallible>(handle(state, user, req).await) }
             });
-            if let Err(e) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), service)
+                .await
             {
                 tracing::debug!(%peer, "connection: {e}");
             }
