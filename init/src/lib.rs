@@ -123,6 +123,9 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         core.settings.clone(),
         slots,
     )?;
+    // The trial's clock starts now: a boot that hangs later (the network,
+    // a service) still ends in a fallback.
+    machine.gate_trial();
     if let Bring::Network = bring {
         let network = machine.active_network().await;
         match net::configure(network.as_ref()).await {
@@ -167,7 +170,6 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         args: vec!["--init-socket".into(), socket.display().to_string()],
         env: std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect(),
     });
-    machine.gate_trial();
 
     let action = match bring {
         // PID 1 takes orders only from the API.

@@ -530,7 +530,7 @@ impl Machine {
 
     /// At boot: commits a slot on trial once the services have run for
     /// [`upgrade::HEALTHY_FOR`] without a restart; otherwise reboots after
-    /// [`upgrade::HEALTH_TIMEOUT`] and the boot loader falls back.
+    /// its health timeout and the boot loader falls back.
     pub fn gate_trial(self: &Arc<Self>) {
         let Some(slots) = self.slots.clone() else { return };
         let (this, other) = match slots.boot_view() {
@@ -557,7 +557,8 @@ impl Machine {
         event(&self.events, "upgrade", format!("slot {booted} is on trial: committing it once the node is healthy"));
         let me = self.clone();
         tokio::spawn(async move {
-            let deadline = Instant::now() + upgrade::HEALTH_TIMEOUT;
+            let timeout = slots.health_timeout();
+            let deadline = Instant::now() + timeout;
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let services = me.supervisor.list();
@@ -578,10 +579,7 @@ impl Machine {
             event(
                 &me.events,
                 "upgrade",
-                format!(
-                    "slot {booted} did not become healthy in {:?}: rebooting to fall back",
-                    upgrade::HEALTH_TIMEOUT
-                ),
+                format!("slot {booted} did not become healthy in {timeout:?}: rebooting to fall back"),
             );
             let _ = me.power.send(PowerAction::Reboot).await;
         });

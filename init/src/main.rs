@@ -30,6 +30,9 @@ struct Args {
     /// The board the --disk image was built for.
     #[arg(long, default_value = "qemu-x86_64")]
     board: String,
+    /// How long a slot on trial has to become healthy (e.g. 2m).
+    #[arg(long, default_value = "2m")]
+    health_timeout: humantime::Duration,
 }
 
 fn main() {
@@ -59,6 +62,7 @@ async fn host() {
                 version: machinery::VERSION.to_string(),
                 record: args.state_dir.join("slots.json"),
                 stage_dir: args.state_dir.join("upgrade"),
+                health_timeout: args.health_timeout.into(),
             }),
             Err(e) => {
                 eprintln!("plinth-init: {e}");

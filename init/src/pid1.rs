@@ -139,7 +139,9 @@ pub fn run() -> ! {
             finish(&sys, PowerAction::Reboot);
         }
     };
+    let mut watchdog = Watchdog::open();
     let state_dir = mount_data(&sys);
+    watchdog.pet();
     let (board, version) = crate::upgrade::running_image();
     tracing::info!("Plinth {version} for {board}, slot {}", slot.name());
     let slots = crate::upgrade::disk_of(&root_dev).map(|disk| crate::upgrade::SlotSettings {
@@ -149,6 +151,7 @@ pub fn run() -> ! {
         version,
         record: state_dir.join("slots.json"),
         stage_dir: PathBuf::from(layout::MOUNT_EPHEMERAL).join("lib/plinth/upgrade"),
+        health_timeout: crate::upgrade::HEALTH_TIMEOUT,
     });
     let core = Core {
         log_dir: PathBuf::from(layout::MOUNT_EPHEMERAL).join("log"),
@@ -164,7 +167,7 @@ pub fn run() -> ! {
             finish(&sys, PowerAction::Reboot);
         }
     };
-    runtime.spawn(pet_watchdog());
+    runtime.spawn(watchdog.keep_petting());
     let action = loop {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             runtime.block_on(crate::serve(core.clone(), Bring::Network))
@@ -186,23 +189,39 @@ pub fn run() -> ! {
 /// 30 s) resets the machine if init stops doing so.
 const WATCHDOG_PET: Duration = Duration::from_secs(5);
 
-/// Pets `/dev/watchdog` from the async runtime, so a stuck runtime stops
-/// petting and the machine resets (a trial boot then falls back). Without
-/// a watchdog device, says so once.
-async fn pet_watchdog() {
-    let mut dev = match std::fs::OpenOptions::new().write(true).open("/dev/watchdog") {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!("no watchdog (/dev/watchdog: {e}): a hung boot is not reset");
-            return;
+/// The watchdog device, opened (and so armed) as soon as the root is
+/// mounted: from then on a boot that stops making progress for the
+/// driver's timeout resets the machine (a trial boot then falls back).
+struct Watchdog(Option<std::fs::File>);
+
+impl Watchdog {
+    fn open() -> Watchdog {
+        match std::fs::OpenOptions::new().write(true).open("/dev/watchdog") {
+            Ok(f) => {
+                tracing::info!("watchdog armed: init pets it every {WATCHDOG_PET:?}");
+                Watchdog(Some(f))
+            }
+            Err(e) => {
+                tracing::warn!("no watchdog (/dev/watchdog: {e}): a hung boot is not reset");
+                Watchdog(None)
+            }
         }
-    };
-    tracing::info!("watchdog armed: init pets it every {WATCHDOG_PET:?}");
-    loop {
-        if let Err(e) = dev.write_all(b"p") {
+    }
+
+    fn pet(&mut self) {
+        if let Some(dev) = &mut self.0
+            && let Err(e) = dev.write_all(b"p")
+        {
             tracing::warn!("petting the watchdog: {e}");
         }
-        tokio::time::sleep(WATCHDOG_PET).await;
+    }
+
+    /// Pets from the async runtime, so a stuck runtime stops petting.
+    async fn keep_petting(mut self) {
+        loop {
+            self.pet();
+            tokio::time::sleep(WATCHDOG_PET).await;
+        }
     }
 }
 

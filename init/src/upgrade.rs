@@ -50,6 +50,9 @@ pub struct SlotSettings {
     pub record: PathBuf,
     /// Where a bundle is staged while it arrives (on EPHEMERAL).
     pub stage_dir: PathBuf,
+    /// How long a slot on trial has to become healthy before init gives up
+    /// and reboots (the boot loader then falls back).
+    pub health_timeout: Duration,
 }
 
 pub struct Slots {
@@ -149,6 +152,10 @@ impl Slots {
 
     pub fn booted(&self) -> Slot {
         self.settings.booted
+    }
+
+    pub fn health_timeout(&self) -> Duration {
+        self.settings.health_timeout
     }
 
     fn record(&self) -> Record {
@@ -445,8 +452,7 @@ impl Slots {
     }
 }
 
-/// How long a slot on trial has to become healthy before init gives up and
-/// reboots (the boot loader then falls back).
+/// The default [`SlotSettings::health_timeout`].
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the services must have run without a restart.
 pub const HEALTHY_FOR: Duration = Duration::from_secs(10);

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use machinery::bundle::{BundleManifest, Header};
 
 /// The directory holding the workspace's binaries (`target/debug` when the
 /// tests run in the dev profile). The README's test command builds them
@@ -191,6 +192,8 @@ pub struct HostNode {
     pub port: u16,
     /// An image file standing in for the boot disk (A/B upgrades).
     pub disk: Option<PathBuf>,
+    /// More arguments for plinth-init (e.g. `--apid`, `--health-timeout`).
+    pub extra_args: Vec<String>,
     init: Option<Child>,
 }
 
@@ -205,6 +208,7 @@ impl HostNode {
             trusted_key: trusted_key.to_path_buf(),
             port: free_port(),
             disk: disk.map(Path::to_path_buf),
+            extra_args: Vec::new(),
             init: None,
         };
         node.boot()?;
@@ -221,11 +225,18 @@ impl HostNode {
 
     /// Starts init and waits until apid answers `version` (in either mode).
     pub fn boot(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_answering()
+    }
+
+    /// Starts init without waiting for anything.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state.path().join("init.log"))?;
         let mut cmd = Command::new(bin("plinth-init"));
         if let Some(disk) = &self.disk {
             cmd.arg("--disk").arg(disk);
         }
+        cmd.args(&self.extra_args);
         let child = cmd
             .arg("--state-dir")
             .arg(self.state.path())
@@ -239,7 +250,7 @@ impl HostNode {
             .spawn()
             .context("starting plinth-init")?;
         self.init = Some(child);
-        self.wait_answering()
+        Ok(())
     }
 
     /// Waits until apid answers at all: insecurely in maintenance mode, or
@@ -337,4 +348,53 @@ pub fn bundle_with(opts: &image_builder::BuildOptions, op: &Operator) -> anyhow:
     let key = machinery::signing::signing_key_from_pem(&pem)?;
     image_builder::bundle(opts, &key).with_context(|| format!("building {}", opts.out.display()))?;
     Ok(())
+}
+
+/// The good bundle split into its signed header and payload.
+pub fn split_bundle(op: &Operator, bundle: &Path) -> anyhow::Result<(Header, Vec<u8>)> {
+    let bytes = std::fs::read(bundle)?;
+    let pem = std::fs::read_to_string(op.path("ops.pub"))?;
+    let trusted = machinery::signing::verifying_key_from_pem(&pem)?;
+    let (h, used) = Header::parse(&bytes, &trusted)?.context("a whole header")?;
+    Ok((h, bytes[used..].to_vec()))
+}
+
+/// Bad bundles made from a good one, each with what the refusal must say.
+pub fn bad_bundles(
+    op: &Operator,
+    good: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vec<(&'static str, PathBuf, &'static str)>> {
+    let (header, payload) = split_bundle(op, good)?;
+    let key = machinery::signing::signing_key_from_pem(&std::fs::read_to_string(op.path("ops.key"))?)?;
+    let resign = |f: &dyn Fn(&mut BundleManifest)| {
+        let mut m = header.manifest.clone();
+        f(&mut m);
+        Header::sign(m, &key)
+    };
+    let with = |h: &Header, payload: &[u8]| [h.encode(), payload.to_vec()].concat();
+    let mut unsigned = header.clone();
+    unsigned.signature = vec![0; machinery::signing::DETACHED_LEN];
+    let other = machinery::signing::generate_signing_key()?;
+    let foreign = Header::sign(header.manifest.clone(), &other);
+    let mut corrupted = payload.clone();
+    let mid = corrupted.len() / 2;
+    corrupted[mid] ^= 0x40;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("unsigned", with(&unsigned, &payload), "not signed"),
+        ("signed by another key", with(&foreign, &payload), "only trusts key"),
+        ("corrupted in transit", with(&header, &corrupted), "corrupted in transit"),
+        // Kept on the node: the good upload below resumes from it.
+        ("truncated", with(&header, &payload[..payload.len() - 4096]), "run the upgrade again to resume"),
+        ("for another board", with(&resign(&|m| m.board = "rpi4".into()), &payload), "is for board rpi4"),
+        ("a downgrade", with(&resign(&|m| m.version = "0.0.1".into()), &payload), "--allow-downgrade"),
+        ("not a bundle", b"PK\x03\x04 a zip file".to_vec(), "not a Plinth upgrade bundle"),
+    ];
+    let mut out = Vec::new();
+    for (i, (name, bytes, want)) in cases.into_iter().enumerate() {
+        let p = dir.join(format!("bad-{i}.osb"));
+        std::fs::write(&p, bytes)?;
+        out.push((name, p, want));
+    }
+    Ok(out)
 }

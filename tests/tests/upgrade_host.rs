@@ -4,12 +4,13 @@
 //! state machine runs in seconds. QEMU proves the same on a real boot
 //! loader (tests/upgrade_qemu.rs).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use machinery::bundle::{BundleManifest, Header};
-use plinth_tests::{Operator, build_bundle, build_image, configured_node_on, osctl, wait_for};
+use plinth_tests::{
+    Operator, bad_bundles, build_bundle, build_image, configured_node_on, osctl, split_bundle, wait_for,
+};
 
 /// What must not change when a bundle is refused: both roots and the boot
 /// entries.
@@ -19,51 +20,6 @@ fn snapshot(image: &Path) -> anyhow::Result<(String, String, Vec<String>)> {
     let mut entries = disk.efi()?.entries()?;
     entries.sort();
     Ok((disk.hash("ROOT-A", len)?, disk.hash("ROOT-B", len)?, entries))
-}
-
-/// The good bundle split into its signed header and payload.
-fn split(op: &Operator, bundle: &Path) -> anyhow::Result<(Header, Vec<u8>)> {
-    let bytes = std::fs::read(bundle)?;
-    let pem = std::fs::read_to_string(op.path("ops.pub"))?;
-    let trusted = machinery::signing::verifying_key_from_pem(&pem)?;
-    let (h, used) = Header::parse(&bytes, &trusted)?.context("a whole header")?;
-    Ok((h, bytes[used..].to_vec()))
-}
-
-/// Bad bundles made from a good one, each with what the refusal must say.
-fn bad_bundles(op: &Operator, good: &Path, dir: &Path) -> anyhow::Result<Vec<(&'static str, PathBuf, &'static str)>> {
-    let (header, payload) = split(op, good)?;
-    let key = machinery::signing::signing_key_from_pem(&std::fs::read_to_string(op.path("ops.key"))?)?;
-    let resign = |f: &dyn Fn(&mut BundleManifest)| {
-        let mut m = header.manifest.clone();
-        f(&mut m);
-        Header::sign(m, &key)
-    };
-    let with = |h: &Header, payload: &[u8]| [h.encode(), payload.to_vec()].concat();
-    let mut unsigned = header.clone();
-    unsigned.signature = vec![0; machinery::signing::DETACHED_LEN];
-    let other = machinery::signing::generate_signing_key()?;
-    let foreign = Header::sign(header.manifest.clone(), &other);
-    let mut corrupted = payload.clone();
-    let mid = corrupted.len() / 2;
-    corrupted[mid] ^= 0x40;
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("unsigned", with(&unsigned, &payload), "not signed"),
-        ("signed by another key", with(&foreign, &payload), "only trusts key"),
-        ("corrupted in transit", with(&header, &corrupted), "corrupted in transit"),
-        // Kept on the node: the good upload below resumes from it.
-        ("truncated", with(&header, &payload[..payload.len() - 4096]), "run the upgrade again to resume"),
-        ("for another board", with(&resign(&|m| m.board = "rpi4".into()), &payload), "is for board rpi4"),
-        ("a downgrade", with(&resign(&|m| m.version = "0.0.1".into()), &payload), "--allow-downgrade"),
-        ("not a bundle", b"PK\x03\x04 a zip file".to_vec(), "not a Plinth upgrade bundle"),
-    ];
-    let mut out = Vec::new();
-    for (i, (name, bytes, want)) in cases.into_iter().enumerate() {
-        let p = dir.join(format!("bad-{i}.osb"));
-        std::fs::write(&p, bytes)?;
-        out.push((name, p, want));
-    }
-    Ok(out)
 }
 
 fn slot<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -106,7 +62,7 @@ fn host_node_refuses_bad_bundles_then_upgrades_commits_falls_back_and_rolls_back
         (r["slot"].as_str(), r["version"].as_str(), r["rebooting"].as_bool()),
         (Some("b"), Some("0.2.0"), Some(false))
     );
-    let (header, payload) = split(&op, &good)?;
+    let (header, payload) = split_bundle(&op, &good)?;
     // It resumed where the truncated upload of the same bundle stopped.
     assert_eq!(r["resumed_from"].as_u64(), Some(payload.len() as u64 - 4096), "{r}");
     let root = header.manifest.part("root").context("root part")?;
@@ -163,5 +119,29 @@ fn host_node_refuses_bad_bundles_then_upgrades_commits_falls_back_and_rolls_back
     let r = osctl(&c, &["-n", &addr, "rollback"]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("no committed boot entry"), "{r:?}");
+
+    // A trial whose service crash-loops: the health gate gives up, init
+    // reboots, and the next start is on A again.
+    let crashing = work.path().join("plinth-0.4.0.osb");
+    build_bundle(&op, &crashing, "0.4.0")?;
+    osctl(&c, &["-n", &addr, "upgrade", "--bundle", crashing.to_str().context("utf-8")?, "--stage"]).ok()?;
+    node.stop()?;
+    node.extra_args = ["--apid", "/bin/false", "--health-timeout", "5s"].map(String::from).to_vec();
+    node.spawn()?;
+    wait_for("the health gate to give up and init to restart", Duration::from_secs(60), || {
+        let log = node.log();
+        let at = log.find("slot b did not become healthy in 5s: rebooting to fall back")?;
+        log[at..].contains("loaded").then_some(())
+    })
+    .with_context(|| node.log())?;
+    node.stop()?;
+    node.extra_args.clear();
+    node.boot()?;
+    let v = version()?;
+    assert_eq!(
+        (slot(&v, "b")["state"].as_str(), slot(&v, "a")["booted"].as_bool()),
+        (Some("failed"), Some(true)),
+        "{v}"
+    );
     Ok(())
 }

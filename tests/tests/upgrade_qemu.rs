@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use machinery::api;
 use osctl::connect::{self, Credentials, LocalChecks};
 use plinth_qemu::{Vm, VmOptions};
-use plinth_tests::{Operator, build_bundle, build_image, build_options, bundle_with, osctl, static_bin_dir, wait_for};
+use plinth_tests::{
+    Operator, bad_bundles, build_bundle, build_image, build_options, bundle_with, osctl, static_bin_dir, wait_for,
+};
 
 const BOOT: Duration = Duration::from_secs(240);
 
@@ -97,9 +99,20 @@ fn qemu_upgrade_a_to_b_and_back_rollback_and_a_broken_bundle_rolls_back_by_itsel
     opts.bin_dir = broken_bins;
     bundle_with(&opts, &op)?;
 
+    let bad = bad_bundles(&op, &bundles[0], w)?;
     let node = Node::boot(op, image, w)?;
     let v = node.wait_version("slots", |v| slot(v, "a")["booted"] == true)?;
     assert_eq!(v[0]["plinth_version"], machinery::VERSION);
+
+    // Bad bundles are refused, saying why, and leave both slots as they were
+    // (host-mode tests hash the partitions: tests/upgrade_host.rs).
+    for (name, bundle, want) in bad {
+        let r = node.osctl(&["upgrade", "--bundle", bundle.to_str().context("utf-8")?]);
+        assert_ne!(r.code, 0, "{name}: {r:?}");
+        assert!(r.stderr.contains(want), "{name}: expected {want:?} in {r:?}");
+        let after = node.osctl(&["-o", "json", "version"]).ok()?.json()?;
+        assert_eq!(after[0]["slots"], v[0]["slots"], "{name}: the slots changed");
+    }
 
     // A → B.
     let r = node.upgrade(&bundles[0], &[])?;
