@@ -3,4 +3,4 @@
 # crt-static), into target/x86_64-unknown-linux-gnu/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu -p plinth-init -p apid
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu -p plinth-init -p apid -p orchestrator

@@ -16,6 +16,7 @@ mkdir -p "$out"
 up=$("$bin/qemu" up --image "$out/plinth.img" --name n1 --memory 256)
 echo "$up"
 api=$(echo "$up" | sed -n 's/.*its API is at \(.*\)$/\1/p')
+kube=$(echo "$up" | sed -n 's/.*kubeconfig --server \(https:[^ ]*\).*/\1/p')
 [ -f "$out/node.toml" ] || "$bin/osctl" gen config --cluster demo --role controlplane --hostname n1 --secrets "$out/keys" --out "$out/node.toml"
 cat <<MSG
 
@@ -25,5 +26,8 @@ Next:
   osctl -n $api version
   osctl -n $api services
   osctl -n $api logs apid
+Then kubectl (the control plane starts once the config is applied):
+  osctl -n $api kubeconfig --server $kube --out $out/kubeconfig
+  kubectl --kubeconfig $out/kubeconfig get namespaces
 Stop the VM with: qemu down --name n1
 MSG

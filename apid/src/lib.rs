@@ -170,6 +170,12 @@ impl MachineService for Gateway {
     ) -> Result<Response<api::UpgradeResumeResponse>, Status> {
         forward!(self, req, Rpc::UpgradeResume, upgrade_resume)
     }
+    async fn kubeconfig(
+        &self,
+        req: Request<api::KubeconfigRequest>,
+    ) -> Result<Response<api::KubeconfigResponse>, Status> {
+        forward!(self, req, Rpc::Kubeconfig, kubeconfig)
+    }
     async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
         forward!(self, req, Rpc::Rollback, rollback)
     }

@@ -70,7 +70,7 @@ pub struct BuildOptions {
     pub board_dir: PathBuf,
     /// The operator's config-signing public key (PEM), baked into the root.
     pub trust_key: PathBuf,
-    /// Where the static `plinth-init` and `apid` are.
+    /// Where the static `plinth-init`, `apid` and `orchestrator` are.
     pub bin_dir: PathBuf,
     pub out: PathBuf,
     pub cache_dir: PathBuf,
@@ -144,8 +144,9 @@ fn root_tree(opts: &BuildOptions, board_text: &str, manifest: &Manifest, stage: 
         std::fs::create_dir_all(stage.join(d)).map_err(|e| BuildError::io("create", &stage.join(d), e))?;
     }
     let rel = |p: &str| stage.join(p.trim_start_matches('/'));
-    copy(&opts.bin_dir.join("plinth-init"), &rel(layout::ROOT_INIT), 0o755)?;
-    copy(&opts.bin_dir.join("apid"), &rel(layout::ROOT_APID), 0o755)?;
+    for (name, path) in layout::IMAGE_BINARIES {
+        copy(&opts.bin_dir.join(name), &rel(path), 0o755)?;
+    }
     copy(&opts.trust_key, &rel(layout::ROOT_TRUSTED_KEY), 0o644)?;
     write(&rel(layout::ROOT_BOARD), board_text.as_bytes())?;
     write(&rel("/etc/os-release"), os_release(&opts.version).as_bytes())?;
@@ -255,7 +256,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
         }
     }
     // Check the inputs and the tools first: fail before minutes of work.
-    for b in ["plinth-init", "apid"] {
+    for (b, _) in layout::IMAGE_BINARIES {
         let p = opts.bin_dir.join(b);
         if !p.exists() {
             return Err(BuildError::io(
@@ -317,6 +318,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
             sum("systemd-bootx64.efi", &sdboot)?,
             sum("plinth-init", &opts.bin_dir.join("plinth-init"))?,
             sum("apid", &opts.bin_dir.join("apid"))?,
+            sum("orchestrator", &opts.bin_dir.join("orchestrator"))?,
             sum("trusted-key.pub", &opts.trust_key)?,
             sum("board.toml", &board_file)?,
         ],

@@ -41,6 +41,7 @@ fn fixture_bins(dir: &Path) -> PathBuf {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::copy(bin.join("plinth-init"), bin.join("apid")).unwrap();
+    std::fs::copy(bin.join("plinth-init"), bin.join("orchestrator")).unwrap();
     bin
 }
 

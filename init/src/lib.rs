@@ -126,6 +126,7 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
     // The trial's clock starts now: a boot that hangs later (the network,
     // a service) still ends in a fallback.
     machine.gate_trial();
+    machine.start_cluster_services().await;
     if let Bring::Network = bring {
         let network = machine.active_network().await;
         match net::configure(network.as_ref()).await {

@@ -20,7 +20,7 @@ use crate::InitError;
 use crate::journal::Journal;
 use crate::kmsg::KernelLog;
 use crate::store::{ConfigStore, Signed, Slot, VerifyFailure};
-use crate::supervisor::{Supervisor, SupervisorError, event, proc_field, rss_kib};
+use crate::supervisor::{ServiceSpec, Supervisor, SupervisorError, event, proc_field, rss_kib};
 use crate::upgrade::{self, Slots};
 
 /// What the main loop does once the RPC has answered.
@@ -39,7 +39,22 @@ pub struct NodeSettings {
     pub extra_sans: Vec<String>,
     /// The A/B disk, when the node has one (PID 1, or host mode with --disk).
     pub slots: Option<crate::upgrade::SlotSettings>,
+    /// The control plane, run on a `controlplane` node.
+    pub orchestrator: Option<OrchestratorSettings>,
 }
+
+/// How init runs the orchestrator.
+#[derive(Debug, Clone)]
+pub struct OrchestratorSettings {
+    pub program: std::path::PathBuf,
+    /// Its store, CA and admin kubeconfig.
+    pub data_dir: std::path::PathBuf,
+    /// host:port of the Kubernetes API.
+    pub listen: String,
+}
+
+/// The service name of the control plane.
+pub const ORCHESTRATOR: &str = "orchestrator";
 
 struct TryState {
     id: u64,
@@ -137,6 +152,68 @@ impl Machine {
     /// The applied config's network section, if a config is applied.
     pub async fn active_network(&self) -> Option<config::Network> {
         self.state.lock().await.active.as_ref().map(|s| s.config.machine.network.clone())
+    }
+
+    /// Starts the services the applied config asks for that are not running
+    /// yet: the control plane on a `controlplane` node.
+    pub async fn start_cluster_services(&self) {
+        let Some(o) = &self.settings.orchestrator else { return };
+        let api = {
+            let st = self.state.lock().await;
+            match &st.active {
+                Some(a) if a.config.cluster.role == config::Role::Controlplane => a.config.api.clone(),
+                _ => return,
+            }
+        };
+        if self.supervisor.list().iter().any(|s| s.name == ORCHESTRATOR) {
+            return;
+        }
+        let mut args = vec![
+            "server".to_string(),
+            "--data-dir".into(),
+            o.data_dir.display().to_string(),
+            "--listen".into(),
+            o.listen.clone(),
+        ];
+        // The cluster CA of the config issues the Kubernetes client
+        // certificates too, when the config carries its key.
+        if let Some(key) = &api.ca_key {
+            let (cert_path, key_path) = (o.data_dir.join("ca.crt"), o.data_dir.join("ca.key"));
+            let written = std::fs::create_dir_all(&o.data_dir)
+                .and_then(|_| crate::store::write_private(&cert_path, api.ca_cert.as_bytes()))
+                .and_then(|_| crate::store::write_private(&key_path, key.as_bytes()));
+            match written {
+                Ok(()) => args.extend([
+                    "--ca-cert".into(),
+                    cert_path.display().to_string(),
+                    "--ca-key".into(),
+                    key_path.display().to_string(),
+                ]),
+                Err(e) => event(&self.events, "service", format!("writing the cluster CA for the orchestrator: {e}")),
+            }
+        }
+        self.supervisor.add(ServiceSpec {
+            name: ORCHESTRATOR.into(),
+            program: o.program.clone(),
+            args,
+            env: std::env::vars().filter(|(k, _)| k == "PLINTH_LOG").collect(),
+        });
+    }
+
+    /// The admin kubeconfig the control plane wrote.
+    fn kubeconfig(&self) -> Result<Vec<u8>, Status> {
+        let o = self.settings.orchestrator.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this node runs no control plane (no orchestrator on this node)")
+        })?;
+        if !self.supervisor.list().iter().any(|s| s.name == ORCHESTRATOR) {
+            return Err(Status::failed_precondition(
+                "this node runs no control plane: its config's cluster.role is not controlplane, or no config is applied",
+            ));
+        }
+        let path = o.data_dir.join("admin.kubeconfig");
+        std::fs::read(&path).map_err(|e| {
+            Status::unavailable(format!("{}: {e} (the control plane is still starting? try again)", path.display()))
+        })
     }
 
     /// apid must pick up new TLS material and listen address.
@@ -264,8 +341,11 @@ impl Machine {
         drop(st);
         if reboot {
             let _ = self.power.send(PowerAction::Reboot).await;
-        } else if mode != ApplyMode::Staged && apid_changed {
-            self.reload_apid();
+        } else if mode != ApplyMode::Staged {
+            if apid_changed {
+                self.reload_apid();
+            }
+            self.start_cluster_services().await;
         }
         Ok(api::ApplyConfigResponse { diff, summary, reboot_required: reboot, applied_version: v })
     }
@@ -502,6 +582,13 @@ impl MachineService for InitApi {
     ) -> Result<Response<api::UpgradeResumeResponse>, Status> {
         let offset = self.0.slots()?.staged_offset(&req.into_inner().manifest_sha256);
         Ok(Response::new(api::UpgradeResumeResponse { offset }))
+    }
+
+    async fn kubeconfig(
+        &self,
+        _: Request<api::KubeconfigRequest>,
+    ) -> Result<Response<api::KubeconfigResponse>, Status> {
+        Ok(Response::new(api::KubeconfigResponse { kubeconfig: self.0.kubeconfig()? }))
     }
 
     async fn rollback(&self, _: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {

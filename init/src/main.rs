@@ -30,6 +30,13 @@ struct Args {
     /// The board the --disk image was built for.
     #[arg(long, default_value = "qemu-x86_64")]
     board: String,
+    /// The orchestrator binary: run as the control plane when the config's
+    /// cluster.role is controlplane (data under STATE-DIR/orchestrator).
+    #[arg(long)]
+    orchestrator: Option<PathBuf>,
+    /// Where the Kubernetes API listens.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    kube_listen: String,
     /// How long a slot on trial has to become healthy (e.g. 2m).
     #[arg(long, default_value = "2m")]
     health_timeout: humantime::Duration,
@@ -70,11 +77,21 @@ async fn host() {
             }
         },
     };
+    let orchestrator = args.orchestrator.map(|program| init::machine::OrchestratorSettings {
+        program,
+        data_dir: args.state_dir.join("orchestrator"),
+        listen: args.kube_listen,
+    });
     let opts = init::HostOptions {
         state_dir: args.state_dir,
         trusted_key: args.trusted_key,
         apid,
-        settings: init::machine::NodeSettings { api_listen: args.api_listen, extra_sans: args.cert_sans, slots },
+        settings: init::machine::NodeSettings {
+            api_listen: args.api_listen,
+            extra_sans: args.cert_sans,
+            slots,
+            orchestrator,
+        },
     };
     if let Err(e) = init::run_host(opts).await {
         eprintln!("plinth-init: {e}");

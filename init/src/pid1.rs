@@ -11,7 +11,7 @@ use std::time::Duration;
 use machinery::layout;
 
 use crate::boot::{self, Formatted};
-use crate::machine::{NodeSettings, PowerAction};
+use crate::machine::{NodeSettings, OrchestratorSettings, PowerAction};
 use crate::system::{Linux, System};
 use crate::{Bring, Core};
 
@@ -158,7 +158,15 @@ pub fn run() -> ! {
         state_dir,
         trusted_key: PathBuf::from(layout::ROOT_TRUSTED_KEY),
         apid: PathBuf::from(layout::ROOT_APID),
-        settings: NodeSettings { slots, ..NodeSettings::default() },
+        settings: NodeSettings {
+            slots,
+            orchestrator: Path::new(layout::ROOT_ORCHESTRATOR).exists().then(|| OrchestratorSettings {
+                program: PathBuf::from(layout::ROOT_ORCHESTRATOR),
+                data_dir: PathBuf::from(layout::ORCHESTRATOR_DATA),
+                listen: format!("0.0.0.0:{}", layout::KUBE_API_PORT),
+            }),
+            ..NodeSettings::default()
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,

@@ -131,6 +131,16 @@ impl ConfigStore {
     }
 }
 
+/// Writes a file readable by root only, atomically (temp, fsync, rename).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyFailure {
     #[error("refused: {0}")]

@@ -164,14 +164,7 @@ impl Slots {
 
     fn save_record(&self, r: &Record) -> Result<(), Status> {
         let path = &self.settings.record;
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(r).unwrap_or_default())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(io_status("write", path))
+        crate::store::write_private(path, &serde_json::to_vec(r).unwrap_or_default()).map_err(io_status("write", path))
     }
 
     fn disk(&self) -> Result<Disk, Status> {

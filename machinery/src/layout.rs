@@ -83,6 +83,12 @@ pub const INITRAMFS_MODULES: &str = "/lib/modules/plinth";
 /// In the root image: binaries and the config-signing key baked in.
 pub const ROOT_APID: &str = "/usr/bin/apid";
 pub const ROOT_INIT: &str = "/usr/bin/plinth-init";
+/// The control plane (and, later, the kubelet).
+pub const ROOT_ORCHESTRATOR: &str = "/usr/bin/orchestrator";
+/// Our static binaries an image carries, by file name in the build's
+/// binary directory, with where they go in the root.
+pub const IMAGE_BINARIES: [(&str, &str); 3] =
+    [("plinth-init", ROOT_INIT), ("apid", ROOT_APID), ("orchestrator", ROOT_ORCHESTRATOR)];
 pub const ROOT_TRUSTED_KEY: &str = "/etc/plinth/trusted-key.pub";
 /// In the root image: the image manifest (versions, sha256 of every part).
 pub const ROOT_MANIFEST: &str = "/etc/plinth/manifest.json";
@@ -91,6 +97,11 @@ pub const ROOT_BOARD: &str = "/etc/plinth/board.toml";
 /// Mount points, once switched into the root image.
 pub const MOUNT_STATE: &str = "/system/state";
 pub const MOUNT_EPHEMERAL: &str = "/var";
+/// On EPHEMERAL: the orchestrator's data (its SQLite store, its CA and the
+/// admin kubeconfig it writes).
+pub const ORCHESTRATOR_DATA: &str = "/var/lib/plinth/orchestrator";
+/// The Kubernetes API port on a control-plane node.
+pub const KUBE_API_PORT: u16 = 6443;
 
 #[cfg(test)]
 mod tests {

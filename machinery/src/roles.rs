@@ -86,10 +86,11 @@ pub enum Rpc {
     Upgrade,
     UpgradeResume,
     Rollback,
+    Kubeconfig,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 13] = [
+    pub const ALL: [Rpc; 14] = [
         Rpc::Version,
         Rpc::ApplyConfig,
         Rpc::GetConfig,
@@ -103,13 +104,16 @@ impl Rpc {
         Rpc::Upgrade,
         Rpc::UpgradeResume,
         Rpc::Rollback,
+        Rpc::Kubeconfig,
     ];
 
     pub fn minimum_role(self) -> Role {
         match self {
             Rpc::Version | Rpc::ServiceList | Rpc::Logs | Rpc::Dmesg | Rpc::Events => Role::Reader,
             Rpc::GetConfig | Rpc::ServiceRestart | Rpc::Reboot => Role::Operator,
-            Rpc::ApplyConfig | Rpc::Shutdown | Rpc::Upgrade | Rpc::UpgradeResume | Rpc::Rollback => Role::Admin,
+            Rpc::ApplyConfig | Rpc::Shutdown | Rpc::Upgrade | Rpc::UpgradeResume | Rpc::Rollback | Rpc::Kubeconfig => {
+                Role::Admin
+            }
         }
     }
 
@@ -128,6 +132,7 @@ impl Rpc {
             Rpc::Upgrade => "Upgrade",
             Rpc::UpgradeResume => "UpgradeResume",
             Rpc::Rollback => "Rollback",
+            Rpc::Kubeconfig => "Kubeconfig",
         }
     }
 

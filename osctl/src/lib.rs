@@ -137,6 +137,16 @@ pub enum Command {
     },
     /// Boot the other (committed) slot again.
     Rollback,
+    /// An admin kubeconfig for the node's Kubernetes API (printed, or
+    /// written to --out).
+    Kubeconfig {
+        /// The API server URL in the kubeconfig (default: https://NODE:6443).
+        #[arg(long)]
+        server: Option<String>,
+        /// Write it to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Reboot the node.
     Reboot,
     /// Stop the node's services and power it off.
@@ -574,6 +584,27 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Kubeconfig { server, out } => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| async move { c.kubeconfig(api::KubeconfigRequest {}).await.map(|r| r.into_inner()) })
+                .await?;
+            for (node, r) in results {
+                let host = node.rsplit_once(':').map_or(node.as_str(), |(h, _)| h);
+                let url =
+                    server.clone().unwrap_or_else(|| format!("https://{host}:{}", machinery::layout::KUBE_API_PORT));
+                let text = with_server(&String::from_utf8_lossy(&r.kubeconfig), &url);
+                match &out {
+                    Some(path) => {
+                        write_private(path, text.as_bytes())
+                            .map_err(|e| Failure::Other(format!("writing {}: {e}", path.display())))?;
+                        eprintln!("{node}: kubeconfig for {url} written to {}", path.display());
+                    }
+                    None => print!("{text}"),
+                }
+            }
+            Ok(())
+        }
         Command::Reboot => power(cli.global, true).await,
         Command::Shutdown => power(cli.global, false).await,
     }
@@ -666,4 +697,31 @@ async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bo
         }
     }
     Ok(())
+}
+
+/// A kubeconfig with every cluster's `server:` set to `url`.
+fn with_server(kubeconfig: &str, url: &str) -> String {
+    kubeconfig
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("server:") {
+            Some(_) => format!("{}server: {url}\n", &l[..l.len() - l.trim_start().len()]),
+            None => format!("{l}\n"),
+        })
+        .collect()
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kubeconfig_server_is_rewritten_keeping_indentation() {
+        let kc = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: AAAA\n    server: https://0.0.0.0:6443\n  name: plinth\n";
+        let out = super::with_server(kc, "https://127.0.0.1:40000");
+        assert_eq!(out, kc.replace("https://0.0.0.0:6443", "https://127.0.0.1:40000"));
+    }
 }

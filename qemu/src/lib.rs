@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use machinery::config::DEFAULT_API_PORT;
+use machinery::layout::KUBE_API_PORT;
 use serde::{Deserialize, Serialize};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -71,6 +72,8 @@ pub struct Vm {
     pub name: String,
     pub dir: PathBuf,
     pub api_port: u16,
+    /// Host port forwarded to the guest's Kubernetes API (6443).
+    pub kube_port: u16,
     pub serial: PathBuf,
     opts: VmOptions,
     disk: Disk,
@@ -173,6 +176,7 @@ impl Vm {
             name: opts.name.clone(),
             dir: opts.dir.clone(),
             api_port: free_port()?,
+            kube_port: free_port()?,
             serial: opts.dir.join("serial.log"),
             opts,
             disk,
@@ -207,7 +211,13 @@ impl Vm {
         .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
         .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
         .args(self.disk.args(&d.join("disk.qcow2")))
-        .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{DEFAULT_API_PORT}", self.api_port)])
+        .args([
+            "-netdev",
+            &format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{DEFAULT_API_PORT},hostfwd=tcp:127.0.0.1:{}-:{KUBE_API_PORT}",
+                self.api_port, self.kube_port
+            ),
+        ])
         .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci", "-device", "i6300esb"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -222,6 +232,11 @@ impl Vm {
 
     pub fn api_addr(&self) -> String {
         format!("127.0.0.1:{}", self.api_port)
+    }
+
+    /// The guest's Kubernetes API as seen from the host.
+    pub fn kube_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.kube_port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -369,7 +384,7 @@ impl Vm {
             name: self.name.clone(),
             pid,
             api: self.api_addr(),
-            ports: vec![(DEFAULT_API_PORT, self.api_port)],
+            ports: vec![(DEFAULT_API_PORT, self.api_port), (KUBE_API_PORT, self.kube_port)],
             serial: self.serial.clone(),
             dir: self.dir.clone(),
             image: self.opts.image.clone(),

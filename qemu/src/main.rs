@@ -67,6 +67,11 @@ fn main() -> anyhow::Result<()> {
             println!("{name} is up; its API is at {}", record.api);
             println!("  osctl -n {} --insecure version", record.api);
             println!("  osctl -n {} --insecure apply-config -f node.toml", record.api);
+            if let Some((_, kube)) = record.ports.iter().find(|(guest, _)| *guest == machinery::layout::KUBE_API_PORT) {
+                println!("then, once configured as a control plane, point kubectl at it:");
+                println!("  osctl -n {} kubeconfig --server https://127.0.0.1:{kube} --out kubeconfig", record.api);
+                println!("  kubectl --kubeconfig kubeconfig get nodes,namespaces");
+            }
             println!("QEMU pid {}, serial log {}, files in {}", record.pid, record.serial.display(), dir.display());
             println!("stop it with: qemu down --name {name}");
         }

