@@ -15,10 +15,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, W
 fn python() -> Option<std::path::PathBuf> {
     let kubectl = common::kubectl()?;
     let py = kubectl.parent()?.join("python3");
-    let has_client = std::process::Command::new(&py)
-        .args(["-c", "import kubernetes"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let has_client =
+        std::process::Command::new(&py).args(["-c", "import kubernetes"]).status().is_ok_and(|s| s.success());
     if !has_client {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("CI: the Python kubernetes client is missing from {}: run scripts/setup-debian.sh", py.display());
@@ -113,9 +111,7 @@ fn kube_rs_creates_watches_patches_and_applies() {
         // Watch from the created version while a merge patch changes it.
         let wp = WatchParams::default().labels("app=rs").timeout(20);
         let mut events = Box::pin(cms.watch(&wp, &rv).await.unwrap());
-        cms.patch("rs", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"b": "2"}})))
-            .await
-            .unwrap();
+        cms.patch("rs", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"b": "2"}}))).await.unwrap();
         let ev = tokio::time::timeout(Duration::from_secs(20), futures_util::StreamExt::next(&mut events))
             .await
             .expect("a watch event")
@@ -140,13 +136,8 @@ fn kube_rs_creates_watches_patches_and_applies() {
         }
         let applied = cms.patch("rs", &PatchParams::apply("tool-a").force(), &Patch::Apply(&apply)).await.unwrap();
         assert_eq!(applied.data.as_ref().and_then(|d| d.get("a")).map(String::as_str), Some("from-apply"));
-        let managers: Vec<String> = applied
-            .metadata
-            .managed_fields
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|m| m.manager)
-            .collect();
+        let managers: Vec<String> =
+            applied.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
         assert!(managers.iter().any(|m| m == "tool-a"), "{managers:?}");
 
         let list = cms.list(&ListParams::default().labels("app=rs")).await.unwrap();
