@@ -367,6 +367,10 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
+fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
+    serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
+}
+
 fn write_options(q: &[(String, String)]) -> Result<WriteOptions, ApiError> {
     let validation = match param(q, "fieldValidation") {
         None | Some("") | Some("Warn") => FieldValidation::Warn,
@@ -580,13 +584,17 @@ async fn route(
             crate::protobuf::decode(&body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
         Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
     } else {
-        if !body.is_empty()
-            && matches!(verb, "create" | "update")
-            && !(ct.is_empty() || ct == "application/json" || ct == "*/*")
-        {
-            return Err(unsupported_media(&ct));
+        if !body.is_empty() && matches!(verb, "create" | "update") && ct == "application/yaml" {
+            Bytes::from(serde_json::to_vec(&parse_yaml(&body)?).unwrap_or_default())
+        } else {
+            if !body.is_empty()
+                && matches!(verb, "create" | "update")
+                && !(ct.is_empty() || ct == "application/json" || ct == "*/*")
+            {
+                return Err(unsupported_media(&ct));
+            }
+            body
         }
-        body
     };
     match (verb, t.name, t.sub) {
         ("get", Some(name), sub) => {
@@ -639,7 +647,8 @@ async fn route(
             Ok(respond(200, &w.object, &w.warnings))
         }
         ("patch", Some(name), sub) => {
-            let p = parse_json(&body)?;
+            // Server-side apply bodies are YAML (JSON is YAML too).
+            let p = if ct == "application/apply-patch+yaml" { parse_yaml(&body)? } else { parse_json(&body)? };
             let opts = write_options(q)?;
             let force = flag(q, "force");
             let w = patch::patch(reg, rt, ns, name, sub, &ct, &p, &opts, force)?;

@@ -154,3 +154,52 @@ fn kube_rs_creates_watches_patches_and_applies() {
         }
     });
 }
+
+/// YAML bodies, as `curl --data-binary @cm.yaml -H 'Content-Type:
+/// application/yaml'` sends them: created; malformed YAML is a 400 Status
+/// and stores nothing.
+#[test]
+fn yaml_bodies_are_accepted_and_malformed_ones_refused() {
+    let Some(server) = common::Server::start() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let client = kube::Client::try_from(cfg).unwrap();
+        let post = |body: &str, ct: &str, method: &str, path: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", ct)
+                .body(body.as_bytes().to_vec())
+                .unwrap()
+        };
+        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v # a comment\n";
+        let path = "/api/v1/namespaces/default/configmaps";
+        client.request_text(post(yaml, "application/yaml", "POST", path)).await.unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let got = cms.get("from-yaml").await.unwrap();
+        assert_eq!(got.data.unwrap().get("k").map(String::as_str), Some("v"));
+
+        // Server-side apply with a YAML body.
+        let apply = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n  x: \"1\"\n";
+        let ssa = format!("{path}/applied?fieldManager=yaml-test");
+        client.request_text(post(apply, "application/apply-patch+yaml", "PATCH", &ssa)).await.unwrap();
+        assert!(cms.get("applied").await.is_ok());
+
+        let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: [unclosed\n";
+        match client.request_text(post(bad, "application/yaml", "POST", path)).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!((e.code, e.reason.as_str()), (400, "BadRequest"), "{e:?}");
+                assert!(e.message.contains("not valid YAML"), "{e:?}");
+            }
+            other => panic!("malformed YAML: {other:?}"),
+        }
+        let names: Vec<String> =
+            cms.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
+        assert!(
+            names.iter().all(|n| ["from-yaml", "applied", "kube-root-ca.crt"].contains(&n.as_str())),
+            "nothing else was stored: {names:?}"
+        );
+    });
+}

@@ -34,17 +34,18 @@ fn main() -> anyhow::Result<()> {
         .ok()?
         .json()?;
     let answered = t.elapsed();
-    let write = r[0]["write_seconds"].as_f64().unwrap_or(f64::NAN);
+    let write = r["write_seconds"].as_f64().unwrap_or(f64::NAN);
     let upload = answered.as_secs_f64() - write;
-    wait_for("slot b committed", Duration::from_secs(300), || {
+    let slot_b = |state: Option<&str>| {
         version().filter(|v| {
-            v[0]["slots"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| s["name"] == "b" && s["booted"] == true && s["state"] == "committed")
+            v[0]["slots"].as_array().into_iter().flatten().any(|s| {
+                s["name"] == "b" && s["booted"] == true && state.is_none_or(|st| s["state"] == st)
+            })
         })
-    })?;
+    };
+    wait_for("the node back on slot b", Duration::from_secs(300), || slot_b(None))?;
+    let back = t.elapsed();
+    wait_for("slot b committed", Duration::from_secs(300), || slot_b(Some("committed")))?;
     let total = t.elapsed();
     println!(
         "upload: {:.1} s ({:.1} MiB/s, staged on EPHEMERAL and hashed as it arrives)",
@@ -52,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         size as f64 / 1048576.0 / upload
     );
     println!("slot write and read-back: {write:.2} s");
+    println!("reboot into slot b → API answering: {:.1} s", (back - answered).as_secs_f64());
     println!("upgrade end to end (upload → reboot → trial boot → committed): {:.1} s", total.as_secs_f64());
     println!("  of which the health gate holds {} s", init::upgrade::HEALTHY_FOR.as_secs());
     vm.stop(Duration::from_secs(10));
