@@ -368,7 +368,8 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
-    serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
+    serde_norway::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
 }
 
 fn write_options(q: &[(String, String)]) -> Result<WriteOptions, ApiError> {
