@@ -90,14 +90,19 @@ fn python_kubernetes_client_creates_watches_patches_and_sees_errors() {
     assert!(stdout.contains("python client: ok"), "{stdout}");
 }
 
+/// A kube-rs client from the server's admin kubeconfig.
+async fn kube_client(server: &common::Server) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
 #[test]
 fn kube_rs_creates_watches_patches_and_applies() {
     let Some(server) = common::Server::start() else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-        let client = kube::Client::try_from(cfg).unwrap();
+        let client = kube_client(&server).await;
         let cms: Api<ConfigMap> = Api::namespaced(client, "default");
 
         let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({
@@ -163,9 +168,7 @@ fn yaml_bodies_are_accepted_and_malformed_ones_refused() {
     let Some(server) = common::Server::start() else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-        let client = kube::Client::try_from(cfg).unwrap();
+        let client = kube_client(&server).await;
         let post = |body: &str, ct: &str, method: &str, path: &str| {
             http::Request::builder()
                 .method(method)

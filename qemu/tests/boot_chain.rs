@@ -62,25 +62,36 @@ fn trust_key(dir: &Path) -> PathBuf {
     path
 }
 
+/// Whether QEMU, OVMF and the image tools are here; with CI=true their
+/// absence is a failure.
+fn tools_ready() -> bool {
+    let Some(what) = missing() else { return true };
+    assert!(std::env::var("CI").is_err(), "CI: missing {what}: run scripts/setup-debian.sh");
+    eprintln!("skipped: missing {what} (scripts/setup-debian.sh installs them)");
+    false
+}
+
+/// Build options for `board` with the fixture binaries, into `image`.
+fn fixture_options(work: &Path, board: &str, image: &Path) -> image_builder::BuildOptions {
+    image_builder::BuildOptions {
+        board: board.into(),
+        board_dir: workspace().join("board-configs"),
+        trust_key: trust_key(work),
+        bin_dir: fixture_bins(work),
+        out: image.to_path_buf(),
+        cache_dir: image_builder::default_cache_dir(),
+        version: machinery::VERSION.to_string(),
+    }
+}
+
 #[test]
 fn uefi_systemd_boot_and_each_slots_uki_reach_pid1_which_finds_its_root() {
-    if let Some(what) = missing() {
-        assert!(std::env::var("CI").is_err(), "CI: missing {what}: run scripts/setup-debian.sh");
-        eprintln!("skipped: missing {what} (scripts/setup-debian.sh installs them)");
+    if !tools_ready() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let cache = image_builder::default_cache_dir();
     let image = work.path().join("plinth.img");
-    let opts = image_builder::BuildOptions {
-        board: "qemu-x86_64".into(),
-        board_dir: workspace().join("board-configs"),
-        trust_key: trust_key(work.path()),
-        bin_dir: fixture_bins(work.path()),
-        out: image.clone(),
-        cache_dir: cache,
-        version: machinery::VERSION.to_string(),
-    };
+    let opts = fixture_options(work.path(), "qemu-x86_64", &image);
     let t = Instant::now();
     let manifest = image_builder::build(&opts).unwrap();
     let build = t.elapsed();
@@ -147,23 +158,12 @@ fn prefer_slot_b(image: &Path) {
 /// machines boot from: NVMe, SATA (AHCI) and a USB stick.
 #[test]
 fn the_x86_64_uefi_board_boots_from_nvme_sata_and_usb() {
-    if let Some(what) = missing() {
-        assert!(std::env::var("CI").is_err(), "CI: missing {what}: run scripts/setup-debian.sh");
-        eprintln!("skipped: missing {what} (scripts/setup-debian.sh installs them)");
+    if !tools_ready() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let cache = image_builder::default_cache_dir();
     let image = work.path().join("x86.img");
-    let opts = image_builder::BuildOptions {
-        board: "x86_64-uefi".into(),
-        board_dir: workspace().join("board-configs"),
-        trust_key: trust_key(work.path()),
-        bin_dir: fixture_bins(work.path()),
-        out: image.clone(),
-        cache_dir: cache,
-        version: machinery::VERSION.to_string(),
-    };
+    let opts = fixture_options(work.path(), "x86_64-uefi", &image);
     image_builder::build(&opts).unwrap();
     for (disk, dev) in [(Disk::Nvme, "nvme0n1p2"), (Disk::Ahci, "sda2"), (Disk::Usb, "sda2")] {
         let t = Instant::now();
