@@ -38,9 +38,11 @@ fn main() -> anyhow::Result<()> {
     let upload = answered.as_secs_f64() - write;
     let slot_b = |state: Option<&str>| {
         version().filter(|v| {
-            v[0]["slots"].as_array().into_iter().flatten().any(|s| {
-                s["name"] == "b" && s["booted"] == true && state.is_none_or(|st| s["state"] == st)
-            })
+            v[0]["slots"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["name"] == "b" && s["booted"] == true && state.is_none_or(|st| s["state"] == st))
         })
     };
     wait_for("the node back on slot b", Duration::from_secs(300), || slot_b(None))?;
