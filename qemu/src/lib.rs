@@ -398,6 +398,14 @@ impl Drop for Vm {
     }
 }
 
+/// Serialises the VMs of one process (tests run in parallel threads): two
+/// TCG guests with two vCPUs each on a two-core machine starve each other
+/// into RCU stalls and boots of minutes. Hold the guard while a VM runs.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Where `qemu up` keeps its VMs.
 pub fn default_state_dir() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from(".plinth/vms"), |h| PathBuf::from(h).join(".plinth/vms"))

@@ -89,6 +89,7 @@ fn uefi_systemd_boot_and_each_slots_uki_reach_pid1_which_finds_its_root() {
     if !tools_ready() {
         return;
     }
+    let _one = plinth_qemu::one_at_a_time();
     let work = tempfile::tempdir().unwrap();
     let image = work.path().join("plinth.img");
     let opts = fixture_options(work.path(), "qemu-x86_64", &image);
@@ -161,6 +162,7 @@ fn the_x86_64_uefi_board_boots_from_nvme_sata_and_usb() {
     if !tools_ready() {
         return;
     }
+    let _one = plinth_qemu::one_at_a_time();
     let work = tempfile::tempdir().unwrap();
     let image = work.path().join("x86.img");
     let opts = fixture_options(work.path(), "x86_64-uefi", &image);

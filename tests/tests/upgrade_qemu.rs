@@ -79,6 +79,7 @@ impl Node {
 
 #[test]
 fn qemu_upgrade_a_to_b_and_back_rollback_and_a_broken_bundle_rolls_back_by_itself() -> anyhow::Result<()> {
+    let _one = plinth_qemu::one_at_a_time();
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
@@ -169,6 +170,7 @@ async fn stream_bundle(addr: String, creds: Credentials, bundle: PathBuf, sent: 
 
 #[test]
 fn qemu_power_cuts_during_an_upgrade_leave_the_node_on_its_old_slot() -> anyhow::Result<()> {
+    let _one = plinth_qemu::one_at_a_time();
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();

@@ -215,6 +215,8 @@ impl HollowNode {
         s.ok(&["create", "-f", f.to_str().unwrap()]);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (kubectl, kubeconfig, name, flag) = (s.kubectl.clone(), s.kubeconfig(), name.to_string(), stop.clone());
+        // In the server's temporary directory: removed with it.
+        let lf = s.dir.path().join(format!("lease-{name}.json"));
         let thread = std::thread::spawn(move || {
             let k = |args: &[&str]| {
                 Command::new(&kubectl).args(args).env("KUBECONFIG", &kubeconfig).stderr(Stdio::null()).output().unwrap()
@@ -225,7 +227,6 @@ impl HollowNode {
                 let lease = format!(
                     r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}","namespace":"kube-node-lease"}},"spec":{{"holderIdentity":"{name}","leaseDurationSeconds":{lease_seconds},"renewTime":"{t}"}}}}"#
                 );
-                let lf = std::env::temp_dir().join(format!("lease-{name}-{}.json", std::process::id()));
                 std::fs::write(&lf, lease).unwrap();
                 k(&["apply", "-f", lf.to_str().unwrap()]);
                 let out = k(&["get", "pods", "-A", "--field-selector", &format!("spec.nodeName={name}"), "-o", "json"]);
