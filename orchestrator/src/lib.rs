@@ -2,8 +2,10 @@
 //! a revisioned SQLite store.
 
 pub mod controllers;
+pub mod cri;
 pub mod discovery;
 pub mod errors;
+pub mod kubelet;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;

@@ -1,0 +1,749 @@
+//! The kubelet: registers this machine as a Node, heartbeats its Lease,
+//! and runs the pods bound to it through the container runtime (CRI).
+//!
+//! One loop relists the runtime every second (as upstream's PLEG) and
+//! follows a watch of the node's pods; a pod whose object or runtime state
+//! changed, or whose timer (back-off, retry) is due, is synced by its own
+//! task: volumes, sandbox (with CNI), image pulls, containers in order,
+//! restarts with back-off, then its status written when it changed. Pods
+//! being deleted are stopped within their grace period and removed; the
+//! sandboxes of pods that no longer exist are removed. Everything the loop
+//! needs to decide is read back from the runtime (attempt numbers, exit
+//! times), so a restarted kubelet adopts running containers.
+
+pub mod cni;
+pub mod node;
+pub mod pod;
+pub mod volumes;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash as _, Hasher as _};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::cri::{Cri, CriError, v1};
+use crate::errors::ApiError;
+use crate::registry::{DeleteOptions, ListOptions, Part, Registry, WriteOptions};
+use crate::resources::{ResourceType, by_kind};
+use crate::selector::FieldSelector;
+use pod::{Observed, Waiting, str_at};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    /// containerd's socket (CRI).
+    pub cri_socket: PathBuf,
+    /// Pod volumes and logs live under here.
+    pub dir: PathBuf,
+    /// Where the runtime reads CNI configs; the kubelet writes its own there.
+    pub cni_conf_dir: PathBuf,
+    pub pod_cidr: String,
+    pub bridge: String,
+    /// The node's address (default: the address of the default route).
+    pub node_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error(transparent)]
+    Cri(#[from] CriError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+fn rt(kind: &str) -> &'static ResourceType {
+    by_kind(kind).expect("a kind the server serves")
+}
+
+/// What the kubelet remembers of a pod between syncs (all else is read back).
+#[derive(Default)]
+struct PodMemory {
+    /// The pod's resourceVersion and runtime digest at the last sync.
+    seen: Option<(String, u64)>,
+    in_flight: bool,
+    /// A back-off or retry ends then: sync again.
+    due: Option<Instant>,
+    /// Container name → why it is not running (pull errors, back-off, config errors).
+    waiting: HashMap<String, Waiting>,
+    /// Container name → failed pulls in a row, and when the next may start.
+    pulls: HashMap<String, (u32, Instant)>,
+}
+
+pub struct Kubelet {
+    cfg: Config,
+    reg: Arc<Registry>,
+    cri: Cri,
+    host_ip: String,
+    pods: Mutex<HashMap<String, PodMemory>>,
+}
+
+/// Reads ConfigMaps and Secrets for env and volumes from the registry.
+struct RegistryLookup<'a>(&'a Registry);
+
+impl pod::Lookup for RegistryLookup<'_> {
+    fn data(&self, kind: &str, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.0.get(rt(kind), Some(namespace), name).ok().map(|o| pod::object_data(kind, &o))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("a registry call does not panic")
+}
+
+/// Starts the kubelet: connects to the runtime, writes the CNI config,
+/// registers the node and runs the sync loop, lease and node status in the background.
+pub async fn start(cfg: Config, reg: Arc<Registry>) -> Result<Arc<Kubelet>, KubeletError> {
+    let cri = Cri::connect(&cfg.cri_socket, Duration::from_secs(30)).await?;
+    for d in [cfg.dir.join("pods"), cfg.dir.join("logs")] {
+        std::fs::create_dir_all(&d).map_err(|source| KubeletError::Io { op: "create", path: d.clone(), source })?;
+    }
+    cni::write_config(&cfg).map_err(|(path, source)| KubeletError::Io { op: "write", path, source })?;
+    let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
+    let k = Arc::new(Kubelet { cfg, reg, cri, host_ip, pods: Mutex::new(HashMap::new()) });
+    node::register(&k).await?;
+    tokio::spawn(node::heartbeat(k.clone()));
+    tokio::spawn(k.clone().run());
+    Ok(k)
+}
+
+impl Kubelet {
+    pub fn node_name(&self) -> &str {
+        &self.cfg.node_name
+    }
+
+    fn node_selector(&self) -> FieldSelector {
+        FieldSelector::parse(&format!("spec.nodeName={}", self.cfg.node_name), rt("Pod").fields)
+            .expect("spec.nodeName is a pod field")
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut watch = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if watch.is_none() {
+                let reg = self.reg.clone();
+                let sel = self.node_selector();
+                watch = blocking(move || {
+                    let rev = reg.store.current_revision().ok()?;
+                    reg.watch(rt("Pod"), None, rev, Default::default(), sel).ok()
+                })
+                .await;
+            }
+            tokio::select! {
+                ev = async { watch.as_mut().expect("set above").next().await }, if watch.is_some() => {
+                    if ev.is_err() {
+                        watch = None;
+                    }
+                    // Let a burst of changes settle into one pass.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.pass().await {
+                tracing::warn!("kubelet pass: {e}");
+            }
+        }
+    }
+
+    /// One relist: syncs the pods that changed or are due, removes orphans.
+    async fn pass(self: &Arc<Self>) -> Result<(), KubeletError> {
+        let reg = self.reg.clone();
+        let opts = ListOptions { fields: self.node_selector(), ..Default::default() };
+        let pods = blocking(move || reg.list(rt("Pod"), None, &opts)).await?.items;
+        let (sandboxes, containers) = self.relist().await?;
+        let mut digests: HashMap<&str, std::collections::hash_map::DefaultHasher> = HashMap::new();
+        for s in &sandboxes {
+            let h = digests.entry(s.labels.get(pod::LABEL_POD_UID).map_or("", String::as_str)).or_default();
+            (&s.id, s.state).hash(h);
+        }
+        for c in &containers {
+            let h = digests.entry(c.labels.get(pod::LABEL_POD_UID).map_or("", String::as_str)).or_default();
+            (&c.id, c.state).hash(h);
+        }
+        let now = Instant::now();
+        let mut to_sync = Vec::new();
+        {
+            let mut mem = self.pods.lock().expect("not poisoned");
+            let live: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
+            mem.retain(|uid, m| live.contains(uid.as_str()) || m.in_flight);
+            for p in &pods {
+                let uid = str_at(p, "/metadata/uid");
+                let digest = digests.get(uid).map_or(0, |h| h.finish());
+                let seen = (str_at(p, "/metadata/resourceVersion").to_string(), digest);
+                let m = mem.entry(uid.to_string()).or_default();
+                let due = m.due.is_some_and(|d| d <= now);
+                if !m.in_flight && (m.seen.as_ref() != Some(&seen) || due) {
+                    m.seen = Some(seen);
+                    m.in_flight = true;
+                    m.due = None;
+                    to_sync.push(p.clone());
+                }
+            }
+            for s in &sandboxes {
+                let uid = s.labels.get(pod::LABEL_POD_UID).cloned().unwrap_or_default();
+                if !live.contains(uid.as_str()) && !mem.get(&uid).is_some_and(|m| m.in_flight) {
+                    mem.entry(uid.clone()).or_default().in_flight = true;
+                    to_sync.push(json!({"metadata": {"uid": uid, "orphan": true}}));
+                }
+            }
+        }
+        for p in to_sync {
+            let k = self.clone();
+            tokio::spawn(async move {
+                let uid = str_at(&p, "/metadata/uid").to_string();
+                let span = tracing::debug_span!("sync pod", pod = %str_at(&p, "/metadata/name"), %uid);
+                let _e = span.enter();
+                let result = if p.pointer("/metadata/orphan").is_some() {
+                    k.remove_pod(&uid).await
+                } else if p.pointer("/metadata/deletionTimestamp").is_some() {
+                    k.terminate(&p).await
+                } else {
+                    k.sync_pod(&p).await
+                };
+                let failed = result.is_err();
+                if let Err(e) = result {
+                    tracing::warn!(pod = %str_at(&p, "/metadata/name"), "sync: {e}");
+                }
+                let mut mem = k.pods.lock().expect("not poisoned");
+                if let Some(m) = mem.get_mut(&uid) {
+                    m.in_flight = false;
+                    if failed && m.due.is_none() {
+                        m.due = Some(Instant::now() + Duration::from_secs(2));
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn relist(&self) -> Result<(Vec<v1::PodSandbox>, Vec<v1::Container>), KubeletError> {
+        let managed = HashMap::from([(pod::LABEL_MANAGED.to_string(), "true".to_string())]);
+        let sandboxes = self
+            .cri
+            .runtime
+            .clone()
+            .list_pod_sandbox(v1::ListPodSandboxRequest {
+                filter: Some(v1::PodSandboxFilter { label_selector: managed.clone(), ..Default::default() }),
+            })
+            .await
+            .map_err(CriError::call("ListPodSandbox"))?
+            .into_inner()
+            .items;
+        let containers = self.list_containers(managed).await?;
+        Ok((sandboxes, containers))
+    }
+
+    async fn list_containers(&self, labels: HashMap<String, String>) -> Result<Vec<v1::Container>, KubeletError> {
+        Ok(self
+            .cri
+            .runtime
+            .clone()
+            .list_containers(v1::ListContainersRequest {
+                filter: Some(v1::ContainerFilter { label_selector: labels, ..Default::default() }),
+            })
+            .await
+            .map_err(CriError::call("ListContainers"))?
+            .into_inner()
+            .containers)
+    }
+
+    async fn sandboxes_of(&self, uid: &str) -> Result<Vec<v1::PodSandbox>, KubeletError> {
+        let labels = HashMap::from([(pod::LABEL_POD_UID.to_string(), uid.to_string())]);
+        Ok(self
+            .cri
+            .runtime
+            .clone()
+            .list_pod_sandbox(v1::ListPodSandboxRequest {
+                filter: Some(v1::PodSandboxFilter { label_selector: labels, ..Default::default() }),
+            })
+            .await
+            .map_err(CriError::call("ListPodSandbox"))?
+            .into_inner()
+            .items)
+    }
+
+    fn remember(&self, uid: &str, f: impl FnOnce(&mut PodMemory)) {
+        f(self.pods.lock().expect("not poisoned").entry(uid.to_string()).or_default());
+    }
+
+    fn log_dir(&self, p: &Value) -> PathBuf {
+        self.cfg.dir.join("logs").join(pod::pod_dir_name(p))
+    }
+
+    /// Stops and removes every sandbox of a pod (its containers with them), its volumes and logs.
+    async fn remove_pod(&self, uid: &str) -> Result<(), KubeletError> {
+        for s in self.sandboxes_of(uid).await? {
+            self.remove_sandbox(&s.id).await?;
+        }
+        volumes::remove(&self.cfg.dir, uid).map_err(|e| KubeletError::Io {
+            op: "remove volumes",
+            path: volumes::pod_volumes_dir(&self.cfg.dir, uid),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if let Some(d) = pod_log_dir_of(&self.cfg.dir.join("logs"), uid) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<(), KubeletError> {
+        let mut rs = self.cri.runtime.clone();
+        let r = rs.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await;
+        if let Err(s) = r.map_err(CriError::call("StopPodSandbox"))
+            && !s.is_not_found()
+        {
+            return Err(s.into());
+        }
+        let r = rs.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() }).await;
+        match r.map_err(CriError::call("RemovePodSandbox")) {
+            Err(s) if !s.is_not_found() => Err(s.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A pod being deleted: SIGTERM its containers, SIGKILL after the grace
+    /// period, remove the sandbox, then delete the object for good.
+    async fn terminate(&self, p: &Value) -> Result<(), KubeletError> {
+        let uid = str_at(p, "/metadata/uid").to_string();
+        let grace = pod::grace_period(p, Some(()));
+        let labels = HashMap::from([(pod::LABEL_POD_UID.to_string(), uid.clone())]);
+        let mut stops = tokio::task::JoinSet::new();
+        for c in self.list_containers(labels).await? {
+            if c.state == v1::ContainerState::ContainerRunning as i32 {
+                let mut rs = self.cri.runtime.clone();
+                stops.spawn(async move {
+                    rs.stop_container(v1::StopContainerRequest { container_id: c.id, timeout: grace }).await
+                });
+            }
+        }
+        while let Some(r) = stops.join_next().await {
+            if let Ok(Err(s)) = r {
+                tracing::debug!("stop container: {s}");
+            }
+        }
+        self.remove_pod(&uid).await?;
+        let (reg, ns, name) =
+            (self.reg.clone(), str_at(p, "/metadata/namespace").to_string(), str_at(p, "/metadata/name").to_string());
+        let opts = DeleteOptions { grace_period: Some(0), precondition_uid: Some(uid), ..Default::default() };
+        match blocking(move || reg.delete(rt("Pod"), Some(&ns), &name, &opts)).await {
+            Err(e) if e.code != 404 && e.code != 409 => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The runtime's view of a pod's containers in one sandbox, newest attempt first per name.
+    async fn observe(&self, sandbox: &str) -> Result<HashMap<String, Vec<Observed>>, KubeletError> {
+        let list = self
+            .cri
+            .runtime
+            .clone()
+            .list_containers(v1::ListContainersRequest {
+                filter: Some(v1::ContainerFilter { pod_sandbox_id: sandbox.to_string(), ..Default::default() }),
+            })
+            .await
+            .map_err(CriError::call("ListContainers"))?
+            .into_inner()
+            .containers;
+        let mut out: HashMap<String, Vec<Observed>> = HashMap::new();
+        for c in list {
+            let r = self
+                .cri
+                .runtime
+                .clone()
+                .container_status(v1::ContainerStatusRequest { container_id: c.id.clone(), verbose: false })
+                .await;
+            let Some(s) = r.ok().and_then(|r| r.into_inner().status) else { continue };
+            let name = s.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            out.entry(name).or_default().push(Observed::from_status(&s));
+        }
+        for v in out.values_mut() {
+            v.sort_by(|a, b| b.attempt.cmp(&a.attempt).then(b.created_at.cmp(&a.created_at)));
+        }
+        Ok(out)
+    }
+
+    /// Makes sure the image is present under the container's pull policy; returns its reference.
+    async fn ensure_image(&self, uid: &str, c: &Value) -> Result<String, Waiting> {
+        let image = str_at(c, "/image").to_string();
+        let name = str_at(c, "/name").to_string();
+        let spec = v1::ImageSpec { image: image.clone(), ..Default::default() };
+        let mut is = self.cri.images.clone();
+        let present = is
+            .image_status(v1::ImageStatusRequest { image: Some(spec.clone()), verbose: false })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().image)
+            .map(|i| i.id);
+        let policy = pod::pull_policy(c);
+        match (policy, present) {
+            ("Never", None) => {
+                return Err(Waiting {
+                    reason: "ErrImageNeverPull".into(),
+                    message: format!("Container image \"{image}\" is not present with pull policy of Never"),
+                });
+            }
+            ("Never" | "IfNotPresent", Some(id)) => return Ok(id),
+            _ => {}
+        }
+        let backoff = self.pods.lock().expect("not poisoned").get(uid).and_then(|m| m.pulls.get(&name).copied());
+        if let Some((n, until)) = backoff
+            && Instant::now() < until
+        {
+            return Err(Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: format!("Back-off pulling image \"{image}\" (failed {n} times)"),
+            });
+        }
+        match is.pull_image(v1::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None }).await {
+            Ok(r) => {
+                self.remember(uid, |m| {
+                    m.pulls.remove(&name);
+                });
+                Ok(r.into_inner().image_ref)
+            }
+            Err(s) => {
+                let n = backoff.map_or(1, |(n, _)| n + 1);
+                let delay = Duration::from_secs(pod::backoff_seconds(n));
+                self.remember(uid, |m| {
+                    m.pulls.insert(name.clone(), (n, Instant::now() + delay));
+                    m.due = Some(Instant::now() + delay);
+                });
+                Err(Waiting {
+                    reason: "ErrImagePull".into(),
+                    message: format!("failed to pull image \"{image}\": {}", s.message()),
+                })
+            }
+        }
+    }
+
+    /// Pull, create and start one attempt of a container.
+    async fn start_container(
+        &self,
+        p: &Value,
+        c: &Value,
+        sandbox_id: &str,
+        sandbox_cfg: &v1::PodSandboxConfig,
+        attempt: u32,
+        vols: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), Waiting> {
+        let uid = str_at(p, "/metadata/uid");
+        let image = self.ensure_image(uid, c).await?;
+        let config_err = |e: pod::ConfigError| Waiting { reason: "CreateContainerConfigError".into(), message: e.0 };
+        let reg = self.reg.clone();
+        let (pc, cc) = (p.clone(), c.clone());
+        let env = blocking(move || pod::environment(&pc, &cc, &RegistryLookup(&reg))).await.map_err(config_err)?;
+        let mounts = volumes::mounts(c, vols).map_err(config_err)?;
+        let config = pod::container_config(p, c, &image, attempt, &env, mounts).map_err(config_err)?;
+        let mut rs = self.cri.runtime.clone();
+        let create_err =
+            |s: tonic::Status| Waiting { reason: "CreateContainerError".into(), message: s.message().to_string() };
+        let id = rs
+            .create_container(v1::CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.to_string(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_cfg.clone()),
+            })
+            .await
+            .map_err(create_err)?
+            .into_inner()
+            .container_id;
+        if let Err(s) = rs.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
+            // A container that cannot start (bad command…) is reported as exited by the runtime; keep it.
+            tracing::debug!("start container {id}: {}", s.message());
+        }
+        Ok(())
+    }
+
+    async fn sync_pod(&self, p: &Value) -> Result<(), KubeletError> {
+        let uid = str_at(p, "/metadata/uid").to_string();
+        let phase = str_at(p, "/status/phase");
+        let sandboxes = self.sandboxes_of(&uid).await?;
+        if phase == "Succeeded" || phase == "Failed" {
+            for s in sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32) {
+                let mut rs = self.cri.runtime.clone();
+                let r = rs.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+                r.map_err(CriError::call("StopPodSandbox"))?;
+            }
+            return Ok(());
+        }
+        let reg = self.reg.clone();
+        let (pc, dir) = (p.clone(), self.cfg.dir.clone());
+        let vols = blocking(move || volumes::prepare(&dir, &pc, &RegistryLookup(&reg))).await;
+        let vols = match vols {
+            Ok(v) => v,
+            Err(e) => {
+                let w =
+                    Waiting { reason: "ContainerCreating".into(), message: format!("MountVolume.SetUp failed: {e}") };
+                return self.write_status(p, None, &HashMap::new(), &all_waiting(p, w)).await;
+            }
+        };
+        let attempt = sandboxes.iter().filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1)).max().unwrap_or(0);
+        let ready = sandboxes
+            .iter()
+            .filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32)
+            .max_by_key(|s| s.created_at);
+        let log_dir = self.log_dir(p);
+        let sandbox_cfg = pod::sandbox_config(
+            p,
+            &log_dir.to_string_lossy(),
+            ready.and_then(|s| s.metadata.as_ref()).map_or(attempt, |m| m.attempt),
+        );
+        let sandbox_id = match ready {
+            Some(s) => s.id.clone(),
+            None => {
+                for s in &sandboxes {
+                    self.remove_sandbox(&s.id).await?;
+                }
+                std::fs::create_dir_all(&log_dir).map_err(|source| KubeletError::Io {
+                    op: "create",
+                    path: log_dir.clone(),
+                    source,
+                })?;
+                let r = self
+                    .cri
+                    .runtime
+                    .clone()
+                    .run_pod_sandbox(v1::RunPodSandboxRequest {
+                        config: Some(sandbox_cfg.clone()),
+                        runtime_handler: String::new(),
+                    })
+                    .await;
+                match r {
+                    Ok(r) => r.into_inner().pod_sandbox_id,
+                    Err(s) => {
+                        let w = Waiting {
+                            reason: "ContainerCreating".into(),
+                            message: format!("failed to create pod sandbox: {}", s.message()),
+                        };
+                        self.remember(&uid, |m| m.due = Some(Instant::now() + Duration::from_secs(5)));
+                        return self.write_status(p, None, &HashMap::new(), &all_waiting(p, w)).await;
+                    }
+                }
+            }
+        };
+        let observed = self.observe(&sandbox_id).await?;
+        let policy = match str_at(p, "/spec/restartPolicy") {
+            "" => "Always",
+            r => r,
+        };
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        let now_ns = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+        let mut due: Option<Duration> = None;
+        let mut init_done = true;
+        let init: Vec<&Value> =
+            p.pointer("/spec/initContainers").and_then(Value::as_array).into_iter().flatten().collect();
+        let apps: Vec<&Value> = p.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().collect();
+        for (is_init, c) in init.iter().map(|c| (true, *c)).chain(apps.iter().map(|c| (false, *c))) {
+            if !is_init && !init_done {
+                break;
+            }
+            let name = str_at(c, "/name").to_string();
+            let history = observed.get(&name).map(Vec::as_slice).unwrap_or_default();
+            let latest = history.first();
+            let start_attempt = match latest {
+                None => Some(0),
+                Some(o) if o.state == v1::ContainerState::ContainerExited => {
+                    let succeeded_init = is_init && o.exit_code == 0;
+                    let restart = !succeeded_init
+                        && pod::should_restart(
+                            if is_init && policy == "Always" { "OnFailure" } else { policy },
+                            o.exit_code,
+                        );
+                    if restart {
+                        let wait =
+                            if o.attempt == 0 { 0 } else { pod::backoff_seconds(o.attempt) as i64 * 1_000_000_000 };
+                        let left = o.finished_at + wait - now_ns;
+                        if left > 0 {
+                            let msg = format!(
+                                "back-off {}s restarting failed container={name} pod={}_{}({uid})",
+                                wait / 1_000_000_000,
+                                str_at(p, "/metadata/name"),
+                                str_at(p, "/metadata/namespace")
+                            );
+                            waiting.insert(name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message: msg });
+                            let d = Duration::from_nanos(left as u64);
+                            due = Some(due.map_or(d, |x| x.min(d)));
+                            None
+                        } else {
+                            Some(o.attempt + 1)
+                        }
+                    } else {
+                        None
+                    }
+                }
+                Some(o) if o.state == v1::ContainerState::ContainerCreated => {
+                    // Created but never started (an earlier sync was cut short): start it now.
+                    let mut rs = self.cri.runtime.clone();
+                    if let Err(s) = rs.start_container(v1::StartContainerRequest { container_id: o.id.clone() }).await {
+                        tracing::debug!("start container {}: {}", o.id, s.message());
+                    }
+                    None
+                }
+                Some(_) => None,
+            };
+            if let Some(attempt) = start_attempt
+                && let Err(w) = self.start_container(p, c, &sandbox_id, &sandbox_cfg, attempt, &vols).await
+            {
+                if w.reason != "ImagePullBackOff" && w.reason != "ErrImagePull" {
+                    due = Some(due.map_or(Duration::from_secs(2), |x| x.min(Duration::from_secs(2))));
+                }
+                waiting.insert(name.clone(), w);
+            }
+            // Older attempts beyond the previous one are of no more use (logs --previous needs one).
+            for old in history.iter().skip(2) {
+                let mut rs = self.cri.runtime.clone();
+                let _ = rs.remove_container(v1::RemoveContainerRequest { container_id: old.id.clone() }).await;
+            }
+            if is_init {
+                let done = latest.is_some_and(|o| o.state == v1::ContainerState::ContainerExited && o.exit_code == 0)
+                    && start_attempt.is_none();
+                init_done &= done;
+            }
+        }
+        if let Some(d) = due {
+            self.remember(&uid, |m| m.due = Some(Instant::now() + d));
+        }
+        self.remember(&uid, |m| m.waiting = waiting.clone());
+        // Read back what the starts did, for the status.
+        let observed = self.observe(&sandbox_id).await?;
+        let status = self
+            .cri
+            .runtime
+            .clone()
+            .pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.clone(), verbose: false })
+            .await
+            .map_err(CriError::call("PodSandboxStatus"))?
+            .into_inner()
+            .status;
+        let ip = status.and_then(|s| s.network).map(|n| n.ip).filter(|ip| !ip.is_empty());
+        let ip = if p.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+            Some(self.host_ip.clone())
+        } else {
+            ip
+        };
+        self.write_status(p, ip, &observed, &waiting).await
+    }
+
+    /// Computes the pod's status and writes it when it differs.
+    async fn write_status(
+        &self,
+        p: &Value,
+        ip: Option<String>,
+        observed: &HashMap<String, Vec<Observed>>,
+        waiting: &HashMap<String, Waiting>,
+    ) -> Result<(), KubeletError> {
+        let statuses = |field: &str| -> Vec<Value> {
+            p.pointer(&format!("/spec/{field}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let name = str_at(c, "/name");
+                    let h = observed.get(name).map(Vec::as_slice).unwrap_or_default();
+                    let running = h.first().is_some_and(|o| o.state == v1::ContainerState::ContainerRunning);
+                    pod::container_status(
+                        c,
+                        h.first(),
+                        h.get(1),
+                        waiting.get(name),
+                        running && !waiting.contains_key(name),
+                    )
+                })
+                .collect()
+        };
+        let init = statuses("initContainers");
+        let apps = statuses("containers");
+        let init_done = init.iter().all(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0));
+        let policy = str_at(p, "/spec/restartPolicy");
+        let init_failed = policy == "Never"
+            && init
+                .iter()
+                .any(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64).is_some_and(|c| c != 0));
+        let apps: Vec<Value> = if init_done {
+            apps
+        } else {
+            apps.into_iter()
+                .map(|mut s| {
+                    if s.get("containerID").is_none() {
+                        s["state"] = json!({"waiting": {"reason": "PodInitializing"}});
+                    }
+                    s
+                })
+                .collect()
+        };
+        let phase = if init_failed { "Failed" } else { pod::phase(p, &apps, init_done) };
+        let all_ready = !apps.is_empty() && apps.iter().all(|s| s["ready"] == true);
+        let now = crate::registry::now();
+        let conditions = json!([
+            pod::condition(p, "PodReadyToStartContainers", ip.is_some(), None, &now),
+            pod::condition(p, "Initialized", init_done, Some("ContainersNotInitialized"), &now),
+            pod::condition(p, "Ready", all_ready, Some("ContainersNotReady"), &now),
+            pod::condition(p, "ContainersReady", all_ready, Some("ContainersNotReady"), &now),
+            pod::condition(p, "PodScheduled", true, None, &now),
+        ]);
+        let host_ip = self.host_ip.clone();
+        let qos = pod::qos_class(p);
+        let (reg, ns, name) =
+            (self.reg.clone(), str_at(p, "/metadata/namespace").to_string(), str_at(p, "/metadata/name").to_string());
+        let uid = str_at(p, "/metadata/uid").to_string();
+        let r = blocking(move || {
+            reg.modify(rt("Pod"), Some(&ns), &name, Part::Status, &WriteOptions::default(), |o| {
+                if str_at(o, "/metadata/uid") != uid || o.pointer("/metadata/deletionTimestamp").is_some() {
+                    return Ok(false);
+                }
+                let old = o.get("status").cloned().unwrap_or(json!({}));
+                let mut s = json!({
+                    "phase": phase,
+                    "conditions": conditions,
+                    "hostIP": host_ip,
+                    "hostIPs": [{"ip": host_ip}],
+                    "startTime": old.get("startTime").cloned().unwrap_or_else(|| now.clone().into()),
+                    "qosClass": qos,
+                    "containerStatuses": apps,
+                });
+                if let Some(ip) = &ip {
+                    s["podIP"] = ip.clone().into();
+                    s["podIPs"] = json!([{"ip": ip}]);
+                }
+                if !init.is_empty() {
+                    s["initContainerStatuses"] = json!(init);
+                }
+                if s == old {
+                    return Ok(false);
+                }
+                o["status"] = s;
+                Ok(true)
+            })
+        })
+        .await;
+        match r {
+            Err(e) if e.code != 404 => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn all_waiting(p: &Value, w: Waiting) -> HashMap<String, Waiting> {
+    ["/spec/initContainers", "/spec/containers"]
+        .iter()
+        .flat_map(|f| p.pointer(f).and_then(Value::as_array).cloned().unwrap_or_default())
+        .map(|c| (str_at(&c, "/name").to_string(), w.clone()))
+        .collect()
+}
+
+/// The log directory of a pod by uid (`<ns>_<name>_<uid>`).
+fn pod_log_dir_of(logs: &std::path::Path, uid: &str) -> Option<PathBuf> {
+    std::fs::read_dir(logs)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("_{uid}")))
+}

@@ -1,0 +1,192 @@
+//! The kubelet against a real containerd (runc, CNI bridge) and the real
+//! control plane, driven with the real kubectl. Needs root and Debian's
+//! containerd, runc, containernetworking-plugins, umoci, skopeo,
+//! busybox-static and gcc (scripts/setup-debian.sh); skipped without them
+//! unless CI=true.
+
+mod common;
+mod kubelet_support;
+
+use std::time::Duration;
+
+use kubelet_support::{BUSYBOX, Cluster};
+
+const READY: Duration = Duration::from_secs(60);
+
+/// Three replicas serve, over the pod network, a page an init container
+/// assembled in an emptyDir from a configMap volume and an env var taken
+/// from the configMap; a fourth pod fetches it from a replica (pod to pod).
+#[test]
+fn deployment_replicas_become_ready_with_ips_volumes_and_network() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: site}}
+data: {{index.html: "hello from a configMap\n", who: "plinth"}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      volumes:
+      - {{name: www, emptyDir: {{}}}}
+      - {{name: site, configMap: {{name: site}}}}
+      initContainers:
+      - name: assemble
+        image: {BUSYBOX}
+        imagePullPolicy: Never
+        command: [sh, -c, 'cat /site/index.html > /www/index.html && echo "by $WHO on $NODE" >> /www/index.html']
+        env:
+        - {{name: WHO, valueFrom: {{configMapKeyRef: {{name: site, key: who}}}}}}
+        - {{name: NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}
+        volumeMounts:
+        - {{name: www, mountPath: /www}}
+        - {{name: site, mountPath: /site, readOnly: true}}
+      containers:
+      - name: httpd
+        image: {BUSYBOX}
+        imagePullPolicy: Never
+        command: [httpd, -f, -p, "8080", -h, /www]
+        ports: [{{containerPort: 8080}}]
+        volumeMounts: [{{name: www, mountPath: /www}}]
+"#
+    ));
+    c.wait_for(&["get", "deployment", "web", "-o", "jsonpath={.status.readyReplicas}"], READY, |s| s == "3");
+    let ips = c.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"]);
+    let ips: Vec<&str> = ips.split_whitespace().collect();
+    assert_eq!(ips.len(), 3, "{ips:?}");
+    let prefix = c.containerd.pod_cidr.rsplit_once('.').unwrap().0;
+    for ip in &ips {
+        assert!(ip.starts_with(prefix), "{ip} is in {}", c.containerd.pod_cidr);
+        let page = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&page.stdout), "hello from a configMap\nby plinth on node-1\n", "from {ip}");
+    }
+    assert!(kubelet_support::nat_rules(&c.containerd.bridge).contains(&format!("{}/32", ips[0])));
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3);
+    // Pod to pod: a run-once pod fetches the page from the first replica and succeeds.
+    c.ok(&[
+        "run",
+        "fetch",
+        "--image",
+        BUSYBOX,
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        "--",
+        "wget",
+        "-q",
+        "-O-",
+        &format!("http://{}:8080/", ips[0]),
+    ]);
+    c.wait_for(&["get", "pod", "fetch", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Succeeded");
+    let statuses = c.pod_field("fetch", ".status.containerStatuses[0].state.terminated.reason");
+    assert_eq!(statuses, "Completed");
+    // A finished pod's sandbox is stopped: its address and masquerade rule are released.
+    let (uid, ip) = (c.pod_field("fetch", ".metadata.uid"), c.pod_field("fetch", ".status.podIP"));
+    let start = std::time::Instant::now();
+    while c.containerd.sandboxes().iter().any(|(_, u, ready)| *u == uid && *ready) {
+        assert!(start.elapsed() < READY, "the finished pod's sandbox was not stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!kubelet_support::nat_rules(&c.containerd.bridge).contains(&format!("{ip}/32")));
+    assert!(!c.kubelet_dir().join("ipam").read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy() == ip));
+}
+
+/// A container that exits at once is restarted with back-off and shows
+/// CrashLoopBackOff; a deleted pod's sandbox, network namespace and IP go
+/// away, and the container saw SIGTERM first.
+#[test]
+fn crash_loop_back_off_and_deleted_pod_cleanup() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    c.ok(&["run", "crash", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sh", "-c", "echo boom; exit 3"]);
+    let trap = "trap 'echo TERM > /data/got-term; exit 0' TERM; while true; do sleep 0.2; done";
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: graceful}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes: [{{name: data, hostPath: {{path: "{host}", type: DirectoryOrCreate}}}}]
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [sh, -c, "{trap}"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+"#,
+        host = c.data.path().join("graceful").display()
+    ));
+    c.wait_for(&["get", "pod", "graceful", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    let uid = c.pod_field("graceful", ".metadata.uid");
+    assert!(c.containerd.sandboxes().iter().any(|(_, u, ready)| *u == uid && *ready));
+    let netns_before = c.containerd.netns_count();
+    let started = std::time::Instant::now();
+    c.ok(&["delete", "pod", "graceful", "--wait=true"]);
+    assert!(started.elapsed() < Duration::from_secs(15), "SIGTERM ended it well before the grace period");
+    assert_eq!(std::fs::read_to_string(c.data.path().join("graceful/got-term")).unwrap(), "TERM\n");
+    assert!(!c.containerd.sandboxes().iter().any(|(_, u, _)| *u == uid), "the sandbox was removed");
+    assert_eq!(c.containerd.netns_count(), netns_before - 1, "its network namespace too");
+    assert!(!c.kubelet_dir().join("pods").join(&uid).exists(), "and its volumes directory");
+
+    let out = c.wait_for(
+        &[
+            "get",
+            "pod",
+            "crash",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].restartCount}",
+        ],
+        READY,
+        |s| {
+            s.starts_with("CrashLoopBackOff")
+                && s.split(' ').nth(1).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 2)
+        },
+    );
+    assert!(out.starts_with("CrashLoopBackOff"));
+    assert_eq!(c.pod_field("crash", ".status.containerStatuses[0].lastState.terminated.exitCode"), "3");
+    assert_eq!(c.pod_field("crash", ".status.phase"), "Running");
+    let listed = c.ok(&["get", "pod", "crash"]);
+    assert!(listed.contains("CrashLoopBackOff"), "{listed}");
+}
+
+/// Killing the kubelet (with the control plane: one process) leaves the
+/// containers running; the restarted kubelet adopts them instead of
+/// starting new ones.
+#[test]
+fn kubelet_restart_adopts_running_containers() {
+    let Some(mut c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    c.ok(&["run", "steady", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sleep", "3600"]);
+    c.wait_for(&["get", "pod", "steady", "-o", "jsonpath={.status.containerStatuses[0].ready}"], READY, |s| {
+        s == "true"
+    });
+    let before = c.pod_field("steady", ".status.containerStatuses[0].containerID");
+    let ip = c.pod_field("steady", ".status.podIP");
+    c.kill_server();
+    c.start_server();
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    // Several relists of the restarted kubelet.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(c.pod_field("steady", ".status.containerStatuses[0].containerID"), before);
+    assert_eq!(c.pod_field("steady", ".status.containerStatuses[0].restartCount"), "0");
+    assert_eq!(c.pod_field("steady", ".status.podIP"), ip);
+    assert_eq!(c.containerd.sandboxes().len(), 1);
+    // And it still manages them: a delete stops the pod.
+    c.ok(&["delete", "pod", "steady", "--grace-period=1", "--wait=true"]);
+    assert!(c.containerd.sandboxes().is_empty());
+}

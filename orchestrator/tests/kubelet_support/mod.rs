@@ -1,0 +1,481 @@
+//! Test support for the kubelet: a private containerd (own root, state,
+//! socket and CNI config directory under a temporary directory; CRI with
+//! cgroupfs, runc and `restrict_oom_score_adj`), a busybox and a pause
+//! image built once from Debian's busybox-static and a static C program
+//! (umoci + skopeo, imported with ctr), and the control plane with the
+//! kubelet in one `orchestrator server --kubelet` process.
+//!
+//! Everything is removed on drop, even when a test fails: the pod
+//! sandboxes through CRI (which releases IPs, iptables rules and network
+//! namespaces), the shims, containerd, mounts under the directory, and the
+//! CNI bridge.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BUSYBOX: &str = "docker.io/library/busybox:plinth";
+pub const PAUSE: &str = "localhost/plinth/pause:1";
+
+const TOOLS: &[&str] = &["containerd", "runc", "ctr", "umoci", "skopeo", "gcc", "ip"];
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Whether the kubelet tests can run here; under CI=true a missing piece is a failure.
+pub fn available() -> bool {
+    let mut missing: Vec<String> = TOOLS.iter().filter(|t| !which(t)).map(|t| t.to_string()).collect();
+    for f in ["/bin/busybox", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/portmap"] {
+        if !Path::new(f).exists() {
+            missing.push(f.to_string());
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("kubelet tests need {missing:?} (run scripts/setup-debian.sh as root)");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An OCI archive of one image built with umoci from a root filesystem filled by `fill`.
+fn build_image(work: &Path, name: &str, reference: &str, config: &[&str], fill: impl FnOnce(&Path)) -> PathBuf {
+    let layout = work.join(format!("{name}-layout"));
+    let bundle = work.join(format!("{name}-bundle"));
+    let image = format!("{}:{name}", layout.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    fill(&bundle.join("rootfs"));
+    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+    run(Command::new("umoci").args(["config", "--image", &image]).args(config));
+    let archive = work.join(format!("{name}.tar"));
+    run(Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{image}"))
+        .arg(format!("oci-archive:{}:{reference}", archive.display())));
+    archive
+}
+
+const PAUSE_C: &str = r#"
+#include <signal.h>
+#include <unistd.h>
+static void quit(int s) { (void)s; _exit(0); }
+int main(void) {
+  signal(SIGINT, quit);
+  signal(SIGTERM, quit);
+  for (;;) pause();
+}
+"#;
+
+/// The busybox and pause image archives, built once per machine under the target directory.
+pub fn images() -> &'static [PathBuf; 2] {
+    static IMAGES: OnceLock<[PathBuf; 2]> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubelet-images-v1");
+        let out = [dir.join("busybox.tar"), dir.join("pause.tar")];
+        if out.iter().all(|p| p.is_file()) {
+            return out;
+        }
+        let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let busybox = build_image(
+            work.path(),
+            "busybox",
+            BUSYBOX,
+            &["--config.cmd", "sh", "--config.env", "PATH=/bin"],
+            |root| {
+                let bin = root.join("bin");
+                std::fs::create_dir_all(&bin).unwrap();
+                std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+                let list = run(Command::new("/bin/busybox").arg("--list"));
+                for applet in list.lines().filter(|a| *a != "busybox") {
+                    std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+                }
+                for d in ["tmp", "etc", "proc", "sys", "dev"] {
+                    std::fs::create_dir_all(root.join(d)).unwrap();
+                }
+            },
+        );
+        let src = work.path().join("pause.c");
+        std::fs::write(&src, PAUSE_C).unwrap();
+        let bin = work.path().join("pause");
+        run(Command::new("gcc").args(["-static", "-Os", "-o"]).arg(&bin).arg(&src));
+        let pause = build_image(work.path(), "pause", PAUSE, &["--config.entrypoint", "/pause"], |root| {
+            std::fs::copy(&bin, root.join("pause")).unwrap();
+        });
+        // Another test binary may have built them meanwhile: a rename onto an existing directory fails, harmlessly.
+        let staged = work.path().join("out");
+        std::fs::create_dir_all(&staged).unwrap();
+        std::fs::rename(busybox, staged.join("busybox.tar")).unwrap();
+        std::fs::rename(pause, staged.join("pause.tar")).unwrap();
+        let _ = std::fs::rename(&staged, &dir);
+        out
+    })
+}
+
+/// A private containerd, stopped and cleaned up on drop.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub cni_dir: PathBuf,
+    pub bridge: String,
+    pub pod_cidr: String,
+    child: Child,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let images = images();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let bridge = format!("plk{}x{n}", pid % 100_000);
+        let pod_cidr = format!("10.{}.{}.0/24", 100 + pid % 100, (pid / 100 % 25) * 10 + n % 10);
+        let dir = tempfile::Builder::new().prefix("plinth-ctd").tempdir().unwrap();
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let cni_dir = d.join("cni");
+        std::fs::create_dir_all(&cni_dir).unwrap();
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+"#,
+            d = d.display(),
+            cni = cni_dir.display()
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Containerd { dir, socket, cni_dir, bridge, pod_cidr, child };
+        let start = Instant::now();
+        while !c.socket.exists() {
+            assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start: {}", c.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for archive in images {
+            c.ctr(&["images", "import", archive.to_str().unwrap()]);
+        }
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> String {
+        run(Command::new("ctr").arg("--address").arg(&self.socket).args(["--namespace", "k8s.io"]).args(args))
+    }
+
+    /// The CRI pod sandboxes, as (id, pod uid, ready).
+    pub fn sandboxes(&self) -> Vec<(String, String, bool)> {
+        let socket = self.socket.clone();
+        rt().block_on(async move {
+            let cri = orchestrator::cri::Cri::connect(&socket, Duration::from_secs(5)).await.unwrap();
+            let items = cri
+                .runtime
+                .clone()
+                .list_pod_sandbox(orchestrator::cri::v1::ListPodSandboxRequest { filter: None })
+                .await
+                .unwrap()
+                .into_inner()
+                .items;
+            items
+                .into_iter()
+                .map(|s| {
+                    let uid = s.metadata.map(|m| m.uid).unwrap_or_default();
+                    (s.id, uid, s.state == orchestrator::cri::v1::PodSandboxState::SandboxReady as i32)
+                })
+                .collect()
+        })
+    }
+
+    /// Network namespaces containerd holds (under its state directory).
+    pub fn netns_count(&self) -> usize {
+        let dir = self.dir.path().join("state/io.containerd.grpc.v1.cri/netns");
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    fn remove_all_sandboxes(&self) {
+        let socket = self.socket.clone();
+        rt().block_on(async move {
+            let Ok(cri) = orchestrator::cri::Cri::connect(&socket, Duration::from_secs(2)).await else { return };
+            let mut rs = cri.runtime.clone();
+            let Ok(list) = rs.list_pod_sandbox(orchestrator::cri::v1::ListPodSandboxRequest { filter: None }).await
+            else {
+                return;
+            };
+            for s in list.into_inner().items {
+                let _ = rs
+                    .stop_pod_sandbox(orchestrator::cri::v1::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() })
+                    .await;
+                let _ = rs
+                    .remove_pod_sandbox(orchestrator::cri::v1::RemovePodSandboxRequest { pod_sandbox_id: s.id })
+                    .await;
+            }
+        });
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Processes whose command line mentions `needle` (the shims of this containerd).
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && pid != std::process::id() as i32 {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Unmounts what is left mounted under `dir` (rootfs, shm, netns, tmpfs volumes), deepest first.
+fn unmount_under(dir: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(dir)).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The nat POSTROUTING rules the CNI bridge plugin made for this test's network.
+pub fn nat_rules(bridge: &str) -> String {
+    let out = Command::new("iptables").args(["-t", "nat", "-S", "POSTROUTING"]).output().unwrap();
+    let net = format!("plinth-{bridge}\\\"");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&net)).collect::<Vec<_>>().join("\n")
+}
+
+/// Removes masquerade rules of this network a torn-down sandbox left behind
+/// (containerd aborts a CNI DEL whose caller went away, as a killed kubelet does).
+fn remove_nat_rules(bridge: &str) {
+    let net = format!("plinth-{bridge}\"");
+    loop {
+        let out =
+            Command::new("iptables").args(["-t", "nat", "-L", "POSTROUTING", "-n", "--line-numbers"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Some(line) = text.lines().find(|l| l.contains(&net)) else { return };
+        let mut f = line.split_whitespace();
+        let (num, chain) = (f.next().unwrap_or_default(), f.next().unwrap_or_default());
+        let deleted =
+            Command::new("iptables").args(["-t", "nat", "-D", "POSTROUTING", num]).status().is_ok_and(|s| s.success());
+        if chain.starts_with("CNI-") {
+            let _ = Command::new("iptables").args(["-t", "nat", "-F", chain]).status();
+            let _ = Command::new("iptables").args(["-t", "nat", "-X", chain]).status();
+        }
+        if !deleted {
+            return;
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.remove_all_sandboxes();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        for pid in processes_mentioning(&dir) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        unmount_under(&dir);
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        remove_nat_rules(&self.bridge);
+    }
+}
+
+/// The control plane with the kubelet in one process, over a private containerd.
+pub struct Cluster {
+    // Dropped first: the pods go before their volumes' directory.
+    pub containerd: Containerd,
+    pub kubectl: PathBuf,
+    pub data: tempfile::TempDir,
+    pub node: String,
+    server: Option<Child>,
+    manifests: AtomicU32,
+}
+
+impl Cluster {
+    pub fn start() -> Option<Cluster> {
+        if !available() {
+            return None;
+        }
+        let kubectl = super::common::kubectl()?;
+        let containerd = Containerd::start();
+        let data = tempfile::Builder::new().prefix("plinth-kubelet").tempdir().unwrap();
+        let mut c =
+            Cluster { kubectl, data, node: "node-1".into(), server: None, containerd, manifests: AtomicU32::new(0) };
+        c.start_server();
+        Some(c)
+    }
+
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.data.path().join("kubelet")
+    }
+
+    /// Starts (or restarts) `orchestrator server --kubelet` on the same data directory.
+    pub fn start_server(&mut self) {
+        let ctd = &self.containerd;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["server", "--listen", "127.0.0.1:0", "--fsync", "false", "--kubelet", "--node-name", &self.node])
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--cri-socket")
+            .arg(&ctd.socket)
+            .arg("--cni-conf-dir")
+            .arg(&ctd.cni_dir)
+            .args(["--pod-cidr", &ctd.pod_cidr, "--cni-bridge", &ctd.bridge])
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.data.path().join("server.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "the server did not start: {line:?} {}", self.server_log());
+        self.server = Some(child);
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().map_or(0, Child::id)
+    }
+
+    /// Kills the process (as a crash would): the containers keep running in their shims.
+    pub fn kill_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.kubectl)
+            .args(args)
+            .env("KUBECONFIG", self.data.path().join("admin.kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn apply(&self, yaml: &str) -> String {
+        let n = self.manifests.fetch_add(1, Ordering::Relaxed);
+        let f = self.data.path().join(format!("manifest-{n}.yaml"));
+        std::fs::write(&f, yaml).unwrap();
+        self.ok(&["apply", "-f", f.to_str().unwrap()])
+    }
+
+    /// Polls kubectl until stdout satisfies `pred`; on time-out panics with the server's log tail.
+    pub fn wait_for(&self, args: &[&str], timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.run(args);
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && pred(&s) {
+                return s;
+            }
+            if start.elapsed() > timeout {
+                let log = self.server_log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "timed out waiting on kubectl {args:?}; last output:\n{s}{}\nserver log (newest first):\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A pod's field by JSONPath.
+    pub fn pod_field(&self, name: &str, path: &str) -> String {
+        self.ok(&["get", "pod", name, "-o", &format!("jsonpath={{{path}}}")])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_server();
+        self.containerd.remove_all_sandboxes();
+        unmount_under(&self.data.path().to_string_lossy());
+    }
+}
