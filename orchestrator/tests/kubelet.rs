@@ -190,3 +190,59 @@ fn kubelet_restart_adopts_running_containers() {
     c.ok(&["delete", "pod", "steady", "--grace-period=1", "--wait=true"]);
     assert!(c.containerd.sandboxes().is_empty());
 }
+
+/// A failing exec liveness probe restarts the container; an httpGet
+/// readiness probe holds Ready back until it answers; a tcpSocket liveness
+/// probe that keeps succeeding restarts nothing.
+#[test]
+fn probes_drive_restarts_and_readiness() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: liveness}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [sh, -c, "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 3600"]
+    livenessProbe: {{exec: {{command: [cat, /tmp/healthy]}}, periodSeconds: 1, failureThreshold: 2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: readiness}}
+spec:
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [sh, -c, "mkdir -p /www; httpd -p 8080 -h /www; sleep 4; echo ok > /www/ready.html; sleep 3600"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{httpGet: {{path: /ready.html, port: http}}, periodSeconds: 1}}
+    livenessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1, initialDelaySeconds: 1}}
+"#
+    ));
+    c.wait_for(&["get", "pod", "readiness", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    assert_eq!(
+        c.pod_field("readiness", ".status.containerStatuses[0].ready"),
+        "false",
+        "not ready before the page exists"
+    );
+    c.wait_for(
+        &["get", "pod", "readiness", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"],
+        READY,
+        |s| s == "True",
+    );
+    c.wait_for(&["get", "pod", "liveness", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"], READY, |s| {
+        s.parse::<u32>().is_ok_and(|n| n >= 1)
+    });
+    assert!(
+        c.pod_field("liveness", ".status.containerStatuses[0].lastState.terminated.exitCode").parse::<i32>().unwrap()
+            > 128
+    );
+    assert_eq!(c.pod_field("readiness", ".status.containerStatuses[0].restartCount"), "0");
+}

@@ -14,6 +14,7 @@
 pub mod cni;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -82,6 +83,8 @@ pub struct Kubelet {
     cri: Cri,
     host_ip: String,
     pods: Mutex<HashMap<String, PodMemory>>,
+    /// Container id → what its probes found.
+    probes: Mutex<HashMap<String, probe::Results>>,
 }
 
 /// Reads ConfigMaps and Secrets for env and volumes from the registry.
@@ -106,7 +109,7 @@ pub async fn start(cfg: Config, reg: Arc<Registry>) -> Result<Arc<Kubelet>, Kube
     }
     cni::write_config(&cfg).map_err(|(path, source)| KubeletError::Io { op: "write", path, source })?;
     let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
-    let k = Arc::new(Kubelet { cfg, reg, cri, host_ip, pods: Mutex::new(HashMap::new()) });
+    let k = Arc::new(Kubelet { cfg, reg, cri, host_ip, pods: Mutex::default(), probes: Mutex::default() });
     node::register(&k).await?;
     tokio::spawn(node::heartbeat(k.clone()));
     tokio::spawn(k.clone().run());
@@ -168,6 +171,18 @@ impl Kubelet {
             let h = digests.entry(c.labels.get(pod::LABEL_POD_UID).map_or("", String::as_str)).or_default();
             (&c.id, c.state).hash(h);
         }
+        let running: HashSet<&str> = containers
+            .iter()
+            .filter(|c| c.state == v1::ContainerState::ContainerRunning as i32)
+            .map(|c| c.id.as_str())
+            .collect();
+        let exited: HashSet<&str> =
+            containers.iter().filter(|c| !running.contains(c.id.as_str())).map(|c| c.id.as_str()).collect();
+        let live_uids: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
+        self.probes
+            .lock()
+            .expect("not poisoned")
+            .retain(|id, r| !exited.contains(id.as_str()) && live_uids.contains(r.uid.as_str()));
         let now = Instant::now();
         let mut to_sync = Vec::new();
         {
@@ -268,6 +283,55 @@ impl Kubelet {
             .map_err(CriError::call("ListPodSandbox"))?
             .into_inner()
             .items)
+    }
+
+    pub fn probe_results(&self, container_id: &str) -> probe::Results {
+        self.probes.lock().expect("not poisoned").get(container_id).cloned().unwrap_or_default()
+    }
+
+    /// Records a probe's finding; a change makes the pod's next sync due at once.
+    pub fn set_probe_result(&self, uid: &str, container_id: &str, f: impl FnOnce(&mut probe::Results)) {
+        let changed = {
+            let mut probes = self.probes.lock().expect("not poisoned");
+            let r = probes.entry(container_id.to_string()).or_default();
+            let before = (r.ready, r.started);
+            f(r);
+            before != (r.ready, r.started)
+        };
+        if changed {
+            self.remember(uid, |m| m.due = Some(Instant::now()));
+        }
+    }
+
+    /// Starts the probe tasks of a running container once.
+    fn ensure_probes(self: &Arc<Self>, p: &Value, c: &Value, container_id: &str, ip: &str) {
+        let kinds = probe::kinds(c);
+        {
+            let mut probes = self.probes.lock().expect("not poisoned");
+            let r = probes.entry(container_id.to_string()).or_default();
+            if r.running {
+                return;
+            }
+            r.running = true;
+            r.uid = str_at(p, "/metadata/uid").to_string();
+            // Without a startup probe the container counts as started, without readiness as ready.
+            r.started = !kinds.iter().any(|(k, _)| *k == probe::Kind::Startup);
+            r.ready = !kinds.iter().any(|(k, _)| *k == probe::Kind::Readiness);
+        }
+        let uid = str_at(p, "/metadata/uid").to_string();
+        let grace = pod::grace_period(p, None);
+        for (kind, spec) in kinds {
+            let target = probe::Probe {
+                uid: uid.clone(),
+                container_id: container_id.to_string(),
+                kind,
+                container: c.clone(),
+                spec,
+                pod_ip: ip.to_string(),
+                grace,
+            };
+            tokio::spawn(probe::run(self.clone(), target));
+        }
     }
 
     fn remember(&self, uid: &str, f: impl FnOnce(&mut PodMemory)) {
@@ -462,7 +526,7 @@ impl Kubelet {
         Ok(())
     }
 
-    async fn sync_pod(&self, p: &Value) -> Result<(), KubeletError> {
+    async fn sync_pod(self: &Arc<Self>, p: &Value) -> Result<(), KubeletError> {
         let uid = str_at(p, "/metadata/uid").to_string();
         let phase = str_at(p, "/status/phase");
         let sandboxes = self.sandboxes_of(&uid).await?;
@@ -629,6 +693,14 @@ impl Kubelet {
         } else {
             ip
         };
+        if let Some(ip) = &ip {
+            for c in &apps {
+                let latest = observed.get(str_at(c, "/name")).and_then(|h| h.first());
+                if let Some(o) = latest.filter(|o| o.state == v1::ContainerState::ContainerRunning) {
+                    self.ensure_probes(p, c, &o.id, ip);
+                }
+            }
+        }
         self.write_status(p, ip, &observed, &waiting).await
     }
 
@@ -648,14 +720,11 @@ impl Kubelet {
                 .map(|c| {
                     let name = str_at(c, "/name");
                     let h = observed.get(name).map(Vec::as_slice).unwrap_or_default();
-                    let running = h.first().is_some_and(|o| o.state == v1::ContainerState::ContainerRunning);
-                    pod::container_status(
-                        c,
-                        h.first(),
-                        h.get(1),
-                        waiting.get(name),
-                        running && !waiting.contains_key(name),
-                    )
+                    let running = h.first().filter(|o| o.state == v1::ContainerState::ContainerRunning);
+                    let probes = running.map(|o| self.probe_results(&o.id)).unwrap_or_default();
+                    let ready = running.is_some() && probes.ready && probes.started && !waiting.contains_key(name);
+                    let started = running.is_some() && probes.started;
+                    pod::container_status(c, h.first(), h.get(1), waiting.get(name), ready, started)
                 })
                 .collect()
         };

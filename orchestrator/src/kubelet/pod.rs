@@ -557,6 +557,7 @@ pub fn container_status(
     previous: Option<&Observed>,
     waiting: Option<&Waiting>,
     ready: bool,
+    started: bool,
 ) -> Value {
     let name = str_at(spec, "/name");
     let mut s = json!({
@@ -565,7 +566,7 @@ pub fn container_status(
         "imageID": latest.map(|o| o.image_ref.clone()).unwrap_or_default(),
         "restartCount": latest.map_or(0, |o| o.attempt),
         "ready": ready,
-        "started": latest.is_some_and(|o| o.state == v1::ContainerState::ContainerRunning),
+        "started": started,
         "lastState": previous.map_or(json!({}), state_json),
     });
     if let Some(o) = latest {
