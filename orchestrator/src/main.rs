@@ -61,6 +61,9 @@ struct KubeletArgs {
     /// The node's address (default: the address of the default route).
     #[arg(long)]
     node_ip: Option<std::net::IpAddr>,
+    /// The kubelet's HTTPS endpoint (container logs for the API server).
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    kubelet_listen: SocketAddr,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         pod_cidr: kubelet.pod_cidr,
         bridge: kubelet.cni_bridge,
         node_ip: kubelet.node_ip,
+        listen: kubelet.kubelet_listen,
     });
     let durability =
         if fsync { orchestrator::store::Durability::Full } else { orchestrator::store::Durability::Normal };
@@ -87,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let running = orchestrator::server::start(cfg).await?;
         if let Some(k) = kubelet_cfg {
-            orchestrator::kubelet::start(k, running.registry.clone()).await?;
+            orchestrator::kubelet::start(k, running.registry.clone(), &running.ca).await?;
         }
         println!("listening on https://{} (admin kubeconfig: {})", running.address, running.admin_kubeconfig.display());
         running.task.await?;

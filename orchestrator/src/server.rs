@@ -123,6 +123,8 @@ pub struct User {
 pub struct State {
     pub registry: Arc<Registry>,
     pub address: String,
+    /// TLS to kubelets (the cluster CA, a client certificate in the admin group), for `pods/log`.
+    pub kubelet_client: Arc<rustls::ClientConfig>,
 }
 
 /// A running server.
@@ -131,7 +133,27 @@ pub struct Running {
     pub admin_kubeconfig: PathBuf,
     pub read_only_kubeconfig: PathBuf,
     pub registry: Arc<Registry>,
+    /// The cluster CA (a kubelet in this process issues its serving certificate from it).
+    pub ca: pki::CertKey,
     pub task: tokio::task::JoinHandle<()>,
+}
+
+/// The API server's client side towards kubelets: trusts the cluster CA, presents an admin certificate.
+fn kubelet_client(ca: &pki::CertKey) -> Result<rustls::ClientConfig, ServerError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let cert = pki::issue_client(ca, "kube-apiserver-kubelet-client", ADMIN_GROUP)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).map_err(|e| tls(&e))?];
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| tls(&e))
 }
 
 fn tls_config(ca: &pki::CertKey, addr: SocketAddr) -> Result<rustls::ServerConfig, ServerError> {
@@ -194,13 +216,17 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     let read_only_kubeconfig = dir.join("read-only.kubeconfig");
     pki::write_private(&read_only_kubeconfig, &pki::kubeconfig(&url, &ca, &viewer, "viewer"))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ca, address)?));
-    let state = Arc::new(State { registry: registry.clone(), address: format!("{host}:{}", address.port()) });
+    let state = Arc::new(State {
+        registry: registry.clone(),
+        address: format!("{host}:{}", address.port()),
+        kubelet_client: Arc::new(kubelet_client(&ca)?),
+    });
     if cfg.controllers {
         crate::controllers::spawn_all(registry.clone());
     }
     spawn_compactor(registry.clone());
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
-    Ok(Running { address, admin_kubeconfig, read_only_kubeconfig, registry, task })
+    Ok(Running { address, admin_kubeconfig, read_only_kubeconfig, registry, ca, task })
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<State>) {
@@ -598,6 +624,7 @@ async fn route(
         }
     };
     match (verb, t.name, t.sub) {
+        ("get", Some(name), Some("log")) => pod_log(state, ns, name, q).await,
         ("get", Some(name), sub) => {
             let o = reg.get(rt, ns, name)?;
             if sub == Some("scale") {
@@ -681,6 +708,109 @@ async fn route(
             format!("the server does not allow this method on the requested resource ({verb})"),
         )),
     }
+}
+
+/// `pods/{name}/log`: proxied to the kubelet of the pod's node (`/containerLogs/...`), streamed back.
+async fn pod_log(
+    state: &State,
+    ns: Option<&str>,
+    name: &str,
+    q: &[(String, String)],
+) -> Result<Response<Body>, ApiError> {
+    let reg = &state.registry;
+    let ns = ns.unwrap_or("default");
+    let pod = reg.get(resources::by_kind("Pod").expect("served"), Some(ns), name)?;
+    let names: Vec<&str> = ["/spec/initContainers", "/spec/containers"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match param(q, "container").filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(&c) => c.to_string(),
+        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        None => {
+            let apps: Vec<&str> = pod
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            match apps.as_slice() {
+                [one] => one.to_string(),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "a container name must be specified for pod {name}, choose one of: [{}]",
+                        apps.join(" ")
+                    )));
+                }
+            }
+        }
+    };
+    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled"
+        )));
+    }
+    let node = reg.get(resources::by_kind("Node").expect("served"), None, node_name)?;
+    let ip = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("Get \"https://{ip}:{port}/containerLogs/{ns}/{name}/{container}\": {e}"),
+        )
+    };
+    let forwarded: Vec<String> = ["follow", "tailLines", "timestamps", "previous", "sinceSeconds"]
+        .iter()
+        .filter_map(|k| param(q, k).filter(|v| !v.is_empty()).map(|v| format!("{k}={v}")))
+        .collect();
+    let uri = format!("/containerLogs/{ns}/{name}/{container}?{}", forwarded.join("&"));
+    let tcp = tokio::net::TcpStream::connect((ip.as_str(), port as u16)).await.map_err(|e| unreachable(&e))?;
+    let server_name = rustls::pki_types::ServerName::try_from(ip.clone()).map_err(|e| unreachable(&e))?;
+    let tls = tokio_rustls::TlsConnector::from(state.kubelet_client.clone())
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(&e))?;
+    tokio::spawn(conn);
+    let req = Request::get(&uri)
+        .header(header::HOST, format!("{ip}:{port}"))
+        .body(Body::Full(None))
+        .map_err(|e| unreachable(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if status != StatusCode::OK {
+        let text = read_body(body).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+        return Err(ApiError::bad_request(text));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        use hyper::body::Body as _;
+        while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            if let Ok(data) = frame.into_data()
+                && tx.send(data).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(Body::Stream(rx));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    Ok(r)
 }
 
 fn list_options(rt: &ResourceType, q: &[(String, String)]) -> Result<ListOptions, ApiError> {

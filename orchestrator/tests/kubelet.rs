@@ -162,6 +162,8 @@ spec:
     assert_eq!(c.pod_field("crash", ".status.phase"), "Running");
     let listed = c.ok(&["get", "pod", "crash"]);
     assert!(listed.contains("CrashLoopBackOff"), "{listed}");
+    assert_eq!(c.ok(&["logs", "crash"]), "boom\n");
+    assert_eq!(c.ok(&["logs", "crash", "--previous"]), "boom\n");
 }
 
 /// Killing the kubelet (with the control plane: one process) leaves the
@@ -245,4 +247,58 @@ spec:
             > 128
     );
     assert_eq!(c.pod_field("readiness", ".status.containerStatuses[0].restartCount"), "0");
+}
+
+/// `kubectl logs` through the API server's proxy to the kubelet's HTTPS
+/// endpoint: whole logs, --tail, --timestamps, -c, and -f following new lines.
+#[test]
+fn kubectl_logs_and_follow() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: talker}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [sh, -c, "echo one; echo two >&2; echo three; while sleep 0.5; do echo tick; done"]
+  - name: side
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [sh, -c, "echo from the side; sleep 3600"]
+"#
+    ));
+    c.wait_for(&["get", "pod", "talker", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    let all = c.wait_for(&["logs", "talker", "-c", "main"], READY, |s| s.contains("tick"));
+    // stdout and stderr are separate pipes: their relative order is not kept (as upstream).
+    assert!(["one\n", "two\n", "three\n", "tick\n"].iter().all(|l| all.contains(l)), "{all}");
+    assert_eq!(c.ok(&["logs", "talker", "-c", "side"]), "from the side\n");
+    assert_eq!(c.ok(&["logs", "talker", "-c", "main", "--tail", "1"]), "tick\n");
+    let stamped = c.ok(&["logs", "talker", "-c", "side", "--timestamps"]);
+    assert!(stamped.ends_with("Z from the side\n") && stamped.starts_with("20"), "{stamped}");
+    let err = c.run(&["get", "--raw", "/api/v1/namespaces/default/pods/talker/log"]);
+    assert!(
+        String::from_utf8_lossy(&err.stderr)
+            .contains("a container name must be specified for pod talker, choose one of: [main side]")
+    );
+    // -f: lines written after the request arrive.
+    let mut follow = std::process::Command::new(&c.kubectl)
+        .args(["logs", "-f", "talker", "-c", "main", "--tail", "1"])
+        .env("KUBECONFIG", c.data.path().join("admin.kubeconfig"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        assert_eq!(lines.next().unwrap().unwrap(), "tick");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1000), "new lines were streamed as written");
+    let _ = follow.kill();
+    let _ = follow.wait();
 }

@@ -12,9 +12,11 @@
 //! times), so a restarted kubelet adopts running containers.
 
 pub mod cni;
+pub mod logs;
 pub mod node;
 pub mod pod;
 pub mod probe;
+pub mod server;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -47,6 +49,8 @@ pub struct Config {
     pub bridge: String,
     /// The node's address (default: the address of the default route).
     pub node_ip: Option<IpAddr>,
+    /// The kubelet's HTTPS endpoint (logs for the API server).
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,8 @@ pub struct Kubelet {
     pods: Mutex<HashMap<String, PodMemory>>,
     /// Container id → what its probes found.
     probes: Mutex<HashMap<String, probe::Results>>,
+    /// The port of the HTTPS endpoint, once bound.
+    port: std::sync::atomic::AtomicU16,
 }
 
 /// Reads ConfigMaps and Secrets for env and volumes from the registry.
@@ -102,14 +108,25 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Starts the kubelet: connects to the runtime, writes the CNI config,
 /// registers the node and runs the sync loop, lease and node status in the background.
-pub async fn start(cfg: Config, reg: Arc<Registry>) -> Result<Arc<Kubelet>, KubeletError> {
+pub async fn start(cfg: Config, reg: Arc<Registry>, ca: &crate::pki::CertKey) -> Result<Arc<Kubelet>, KubeletError> {
     let cri = Cri::connect(&cfg.cri_socket, Duration::from_secs(30)).await?;
     for d in [cfg.dir.join("pods"), cfg.dir.join("logs")] {
         std::fs::create_dir_all(&d).map_err(|source| KubeletError::Io { op: "create", path: d.clone(), source })?;
     }
     cni::write_config(&cfg).map_err(|(path, source)| KubeletError::Io { op: "write", path, source })?;
     let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
-    let k = Arc::new(Kubelet { cfg, reg, cri, host_ip, pods: Mutex::default(), probes: Mutex::default() });
+    let listen = cfg.listen;
+    let k = Arc::new(Kubelet {
+        cfg,
+        reg,
+        cri,
+        host_ip,
+        pods: Mutex::default(),
+        probes: Mutex::default(),
+        port: Default::default(),
+    });
+    let bound = server::start(k.clone(), listen, ca).await?;
+    k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
     node::register(&k).await?;
     tokio::spawn(node::heartbeat(k.clone()));
     tokio::spawn(k.clone().run());

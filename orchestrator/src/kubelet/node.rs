@@ -149,7 +149,7 @@ async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
         "capacity": capacity(k),
         "allocatable": capacity(k),
         "addresses": [{"type": "InternalIP", "address": k.host_ip}, {"type": "Hostname", "address": hostname()}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": k.port.load(std::sync::atomic::Ordering::Relaxed)}},
         "nodeInfo": {
             "machineID": read("/etc/machine-id"),
             "systemUUID": read("/sys/class/dmi/id/product_uuid"),

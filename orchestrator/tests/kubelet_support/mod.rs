@@ -385,6 +385,7 @@ impl Cluster {
             .arg("--cni-conf-dir")
             .arg(&ctd.cni_dir)
             .args(["--pod-cidr", &ctd.pod_cidr, "--cni-bridge", &ctd.bridge])
+            .args(["--node-ip", "127.0.0.1", "--kubelet-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(
                 std::fs::OpenOptions::new()
