@@ -15,5 +15,6 @@ pub mod selector;
 pub mod server;
 pub mod smp;
 pub mod store;
+pub mod streaming;
 pub mod table;
 pub mod validation;

@@ -267,6 +267,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(%peer, "connection: {e}");
@@ -293,6 +294,12 @@ fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path().ends_with("/exec") && req.headers().contains_key(header::UPGRADE) {
+        return match crate::streaming::exec(state, user, req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = parse_query(parts.uri.query().unwrap_or_default());
@@ -311,7 +318,7 @@ pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming
     }
 }
 
-async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     use hyper::body::Body as _;
     let mut buf = Vec::new();
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -349,7 +356,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_query(q: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -359,11 +366,11 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
-fn flag(q: &[(String, String)], k: &str) -> bool {
+pub(crate) fn flag(q: &[(String, String)], k: &str) -> bool {
     matches!(param(q, k), Some("1" | "true" | "True"))
 }
 
@@ -498,7 +505,7 @@ fn verb(method: &Method, t: &Target<'_>, q: &[(String, String)]) -> &'static str
 
 /// The authorization rule: admins do everything, read-only users get,
 /// list and watch, nobody else anything.
-fn allowed(user: &User, verb: &str) -> bool {
+pub(crate) fn allowed(user: &User, verb: &str) -> bool {
     user.groups.iter().any(|g| g == ADMIN_GROUP)
         || (user.groups.iter().any(|g| g == READ_ONLY_GROUP) && matches!(verb, "get" | "list" | "watch"))
 }
@@ -624,7 +631,7 @@ async fn route(
         }
     };
     match (verb, t.name, t.sub) {
-        ("get", Some(name), Some("log")) => pod_log(state, ns, name, q).await,
+        ("get", Some(name), Some("log")) => crate::streaming::pod_log(state, ns, name, q).await,
         ("get", Some(name), sub) => {
             let o = reg.get(rt, ns, name)?;
             if sub == Some("scale") {
@@ -708,109 +715,6 @@ async fn route(
             format!("the server does not allow this method on the requested resource ({verb})"),
         )),
     }
-}
-
-/// `pods/{name}/log`: proxied to the kubelet of the pod's node (`/containerLogs/...`), streamed back.
-async fn pod_log(
-    state: &State,
-    ns: Option<&str>,
-    name: &str,
-    q: &[(String, String)],
-) -> Result<Response<Body>, ApiError> {
-    let reg = &state.registry;
-    let ns = ns.unwrap_or("default");
-    let pod = reg.get(resources::by_kind("Pod").expect("served"), Some(ns), name)?;
-    let names: Vec<&str> = ["/spec/initContainers", "/spec/containers"]
-        .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    let container = match param(q, "container").filter(|c| !c.is_empty()) {
-        Some(c) if names.contains(&c) => c.to_string(),
-        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
-        None => {
-            let apps: Vec<&str> = pod
-                .pointer("/spec/containers")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c["name"].as_str())
-                .collect();
-            match apps.as_slice() {
-                [one] => one.to_string(),
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "a container name must be specified for pod {name}, choose one of: [{}]",
-                        apps.join(" ")
-                    )));
-                }
-            }
-        }
-    };
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
-    if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled"
-        )));
-    }
-    let node = reg.get(resources::by_kind("Node").expect("served"), None, node_name)?;
-    let ip = node
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
-    let unreachable = |e: &dyn std::fmt::Display| {
-        ApiError::new(
-            500,
-            "InternalError",
-            format!("Get \"https://{ip}:{port}/containerLogs/{ns}/{name}/{container}\": {e}"),
-        )
-    };
-    let forwarded: Vec<String> = ["follow", "tailLines", "timestamps", "previous", "sinceSeconds"]
-        .iter()
-        .filter_map(|k| param(q, k).filter(|v| !v.is_empty()).map(|v| format!("{k}={v}")))
-        .collect();
-    let uri = format!("/containerLogs/{ns}/{name}/{container}?{}", forwarded.join("&"));
-    let tcp = tokio::net::TcpStream::connect((ip.as_str(), port as u16)).await.map_err(|e| unreachable(&e))?;
-    let server_name = rustls::pki_types::ServerName::try_from(ip.clone()).map_err(|e| unreachable(&e))?;
-    let tls = tokio_rustls::TlsConnector::from(state.kubelet_client.clone())
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(&e))?;
-    tokio::spawn(conn);
-    let req = Request::get(&uri)
-        .header(header::HOST, format!("{ip}:{port}"))
-        .body(Body::Full(None))
-        .map_err(|e| unreachable(&e))?;
-    let resp = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    if status != StatusCode::OK {
-        let text = read_body(body).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
-        return Err(ApiError::bad_request(text));
-    }
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(async move {
-        use hyper::body::Body as _;
-        while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            if let Ok(data) = frame.into_data()
-                && tx.send(data).await.is_err()
-            {
-                return;
-            }
-        }
-    });
-    let mut r = Response::new(Body::Stream(rx));
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
-    Ok(r)
 }
 
 fn list_options(rt: &ResourceType, q: &[(String, String)]) -> Result<ListOptions, ApiError> {

@@ -249,10 +249,11 @@ spec:
     assert_eq!(c.pod_field("readiness", ".status.containerStatuses[0].restartCount"), "0");
 }
 
-/// `kubectl logs` through the API server's proxy to the kubelet's HTTPS
-/// endpoint: whole logs, --tail, --timestamps, -c, and -f following new lines.
+/// `kubectl logs` and `kubectl exec` through the API server's proxy to the
+/// kubelet's HTTPS endpoint: whole logs, --tail, --timestamps, -c, -f
+/// following new lines; exec's output, stderr and exit code (WebSocket v5).
 #[test]
-fn kubectl_logs_and_follow() {
+fn kubectl_logs_and_exec() {
     let Some(c) = Cluster::start() else { return };
     c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     c.apply(&format!(
@@ -301,4 +302,12 @@ spec:
     assert!(started.elapsed() >= Duration::from_millis(1000), "new lines were streamed as written");
     let _ = follow.kill();
     let _ = follow.wait();
+
+    assert_eq!(c.ok(&["exec", "talker", "-c", "side", "--", "sh", "-c", "echo $((6 * 7)); hostname"]), "42\ntalker\n");
+    let failed = c.run(&["exec", "talker", "-c", "side", "--", "sh", "-c", "echo oops >&2; exit 3"]);
+    assert_eq!(failed.status.code(), Some(3), "{failed:?}");
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("oops"));
+    let interactive = c.run(&["exec", "-i", "talker", "-c", "side", "--", "cat"]);
+    assert!(!interactive.status.success());
+    assert!(String::from_utf8_lossy(&interactive.stderr).contains("not supported"), "{interactive:?}");
 }

@@ -92,26 +92,20 @@ fn text(code: StatusCode, s: String) -> Response<Body> {
     r
 }
 
-fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_string(), v.to_string())
-        })
-        .collect()
-}
-
 async fn handle(k: Arc<Kubelet>, admin: bool, req: Request<Incoming>) -> Response<Body> {
     if !admin {
         return text(StatusCode::FORBIDDEN, "Forbidden: the kubelet API is for the API server\n".into());
     }
     let path = req.uri().path().to_string();
-    let q = parse_query(req.uri().query().unwrap_or_default());
+    let q = crate::server::parse_query(req.uri().query().unwrap_or_default());
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),
         ["containerLogs", ns, pod, container] => container_logs(k, ns, pod, container, Options::from_query(&q)).await,
+        ["exec-sync", ns, pod, container] => {
+            let cmd: Vec<String> = q.iter().filter(|(n, _)| n == "command").map(|(_, v)| v.clone()).collect();
+            exec_sync(&k, ns, pod, container, cmd).await
+        }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n".into()),
     }
 }
@@ -214,4 +208,47 @@ async fn container_logs(k: Arc<Kubelet>, ns: &str, pod: &str, container: &str, o
     let mut r = Response::new(Body::Stream(rx));
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     r
+}
+
+/// Runs a command in a running container to completion (CRI ExecSync): the
+/// non-interactive `kubectl exec`. Answers JSON with base64 stdout/stderr and the exit code.
+async fn exec_sync(k: &Kubelet, ns: &str, pod: &str, container: &str, cmd: Vec<String>) -> Response<Body> {
+    use base64::Engine as _;
+    if cmd.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "you must specify at least 1 command\n".into());
+    }
+    let labels = HashMap::from([
+        (super::pod::LABEL_POD_NAMESPACE.to_string(), ns.to_string()),
+        (super::pod::LABEL_POD_NAME.to_string(), pod.to_string()),
+        (LABEL_CONTAINER_NAME.to_string(), container.to_string()),
+    ]);
+    let list = k
+        .cri
+        .runtime
+        .clone()
+        .list_containers(v1::ListContainersRequest {
+            filter: Some(v1::ContainerFilter {
+                label_selector: labels,
+                state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
+                ..Default::default()
+            }),
+        })
+        .await;
+    let Some(id) =
+        list.ok().and_then(|l| l.into_inner().containers.into_iter().max_by_key(|c| c.created_at)).map(|c| c.id)
+    else {
+        return text(StatusCode::NOT_FOUND, format!("container \"{container}\" in pod \"{pod}\" is not running\n"));
+    };
+    let r = k.cri.runtime.clone().exec_sync(v1::ExecSyncRequest { container_id: id, cmd, timeout: 0 }).await;
+    match r {
+        Ok(r) => {
+            let r = r.into_inner();
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let body = serde_json::json!({"stdout": b64.encode(&r.stdout), "stderr": b64.encode(&r.stderr), "exitCode": r.exit_code});
+            let mut resp = text(StatusCode::OK, body.to_string());
+            resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(s) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", s.message())),
+    }
 }
