@@ -64,6 +64,9 @@ struct KubeletArgs {
     /// The kubelet's HTTPS endpoint (container logs for the API server).
     #[arg(long, default_value = "0.0.0.0:10250")]
     kubelet_listen: SocketAddr,
+    /// OCI image archives (*.tar) imported into containerd at start: images without a registry.
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         bridge: kubelet.cni_bridge,
         node_ip: kubelet.node_ip,
         listen: kubelet.kubelet_listen,
+        image_dir: kubelet.image_dir,
     });
     let durability =
         if fsync { orchestrator::store::Durability::Full } else { orchestrator::store::Durability::Normal };

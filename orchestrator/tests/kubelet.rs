@@ -311,3 +311,33 @@ spec:
     assert!(!interactive.status.success());
     assert!(String::from_utf8_lossy(&interactive.stderr).contains("not supported"), "{interactive:?}");
 }
+
+/// Air gap: containerd starts without the busybox image; the kubelet
+/// imports it from --image-dir, so an IfNotPresent pod runs without a
+/// registry. Image faults show upstream's reasons: a missing image with
+/// pull policy Never is ErrImageNeverPull, an unreachable registry
+/// ErrImagePull then ImagePullBackOff; the other pods are not disturbed.
+#[test]
+fn air_gapped_images_and_image_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(archive) = kubelet_support::available().then(|| kubelet_support::images()[0].clone()) else { return };
+    std::fs::copy(&archive, dir.path().join("busybox.tar")).unwrap();
+    std::fs::write(dir.path().join("broken.tar"), b"not an archive").unwrap();
+    let Some(c) = Cluster::start_with(false, &["--image-dir", dir.path().to_str().unwrap()]) else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    c.ok(&["run", "offline", "--image", BUSYBOX, "--image-pull-policy=IfNotPresent", "--", "sleep", "3600"]);
+    c.ok(&["run", "never", "--image", "example.invalid/absent:1", "--image-pull-policy=Never", "--", "true"]);
+    c.ok(&["run", "unreachable", "--image", "127.0.0.1:9/nothing:1", "--image-pull-policy=Always", "--", "true"]);
+    c.wait_for(&["get", "pod", "offline", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    let reason = "jsonpath={.status.containerStatuses[0].state.waiting.reason}";
+    c.wait_for(&["get", "pod", "never", "-o", reason], READY, |s| s == "ErrImageNeverPull");
+    // ErrImagePull after a failed pull, ImagePullBackOff while waiting for the next.
+    c.wait_for(&["get", "pod", "unreachable", "-o", reason], READY, |s| s == "ErrImagePull" || s == "ImagePullBackOff");
+    c.wait_for(&["get", "pod", "unreachable", "-o", reason], READY, |s| s == "ImagePullBackOff");
+    assert!(
+        c.pod_field("unreachable", ".status.containerStatuses[0].state.waiting.message")
+            .contains("127.0.0.1:9/nothing:1")
+    );
+    assert_eq!(c.pod_field("offline", ".status.containerStatuses[0].restartCount"), "0");
+    assert!(c.server_log().contains("broken.tar"), "the broken archive is reported");
+}

@@ -12,6 +12,7 @@
 //! times), so a restarted kubelet adopts running containers.
 
 pub mod cni;
+pub mod images;
 pub mod logs;
 pub mod node;
 pub mod pod;
@@ -51,6 +52,8 @@ pub struct Config {
     pub node_ip: Option<IpAddr>,
     /// The kubelet's HTTPS endpoint (logs for the API server).
     pub listen: std::net::SocketAddr,
+    /// OCI archives to import into the runtime at start (air-gapped images).
+    pub image_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +117,12 @@ pub async fn start(cfg: Config, reg: Arc<Registry>, ca: &crate::pki::CertKey) ->
         std::fs::create_dir_all(&d).map_err(|source| KubeletError::Io { op: "create", path: d.clone(), source })?;
     }
     cni::write_config(&cfg).map_err(|(path, source)| KubeletError::Io { op: "write", path, source })?;
+    // A bad archive is reported and skipped: the node still runs what it can.
+    if let Some(dir) = &cfg.image_dir
+        && let Err(e) = images::import_dir(dir, &cfg.cri_socket, &cfg.dir).await
+    {
+        tracing::warn!("air-gapped images: {e}");
+    }
     let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
     let listen = cfg.listen;
     let k = Arc::new(Kubelet {

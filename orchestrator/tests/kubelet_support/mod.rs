@@ -149,8 +149,14 @@ pub struct Containerd {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Containerd {
+    /// A containerd with the pause and busybox images imported.
     pub fn start() -> Containerd {
-        let images = images();
+        Containerd::start_with(true)
+    }
+
+    /// A containerd with the pause image, and busybox only if `busybox`.
+    pub fn start_with(busybox: bool) -> Containerd {
+        let images = if busybox { &images()[..] } else { &images()[1..] };
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let bridge = format!("plk{}x{n}", pid % 100_000);
@@ -353,18 +359,32 @@ pub struct Cluster {
     pub node: String,
     server: Option<Child>,
     manifests: AtomicU32,
+    extra_args: Vec<String>,
 }
 
 impl Cluster {
     pub fn start() -> Option<Cluster> {
+        Cluster::start_with(true, &[])
+    }
+
+    /// `busybox`: whether containerd has the busybox image before the kubelet starts; `args`: more server flags.
+    pub fn start_with(busybox: bool, args: &[&str]) -> Option<Cluster> {
         if !available() {
             return None;
         }
         let kubectl = super::common::kubectl()?;
-        let containerd = Containerd::start();
+        let containerd = Containerd::start_with(busybox);
         let data = tempfile::Builder::new().prefix("plinth-kubelet").tempdir().unwrap();
-        let mut c =
-            Cluster { kubectl, data, node: "node-1".into(), server: None, containerd, manifests: AtomicU32::new(0) };
+        let extra_args = args.iter().map(|a| a.to_string()).collect();
+        let mut c = Cluster {
+            kubectl,
+            data,
+            node: "node-1".into(),
+            server: None,
+            containerd,
+            manifests: AtomicU32::new(0),
+            extra_args,
+        };
         c.start_server();
         Some(c)
     }
@@ -386,6 +406,8 @@ impl Cluster {
             .arg(&ctd.cni_dir)
             .args(["--pod-cidr", &ctd.pod_cidr, "--cni-bridge", &ctd.bridge])
             .args(["--node-ip", "127.0.0.1", "--kubelet-listen", "127.0.0.1:0"])
+            .args(&self.extra_args)
+            .env("PLINTH_LOG", "orchestrator=info")
             .stdout(Stdio::piped())
             .stderr(
                 std::fs::OpenOptions::new()
