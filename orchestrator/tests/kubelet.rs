@@ -259,10 +259,24 @@ fn kubectl_logs_and_exec() {
     c.apply(&format!(
         r#"
 apiVersion: v1
+kind: ConfigMap
+metadata: {{name: talk}}
+data: {{key: v1}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: talk-secret}}
+stringData: {{password: hunter2}}
+---
+apiVersion: v1
 kind: Pod
-metadata: {{name: talker}}
+metadata: {{name: talker, labels: {{tier: chat}}}}
 spec:
   terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: cfg, configMap: {{name: talk}}}}
+  - {{name: sec, secret: {{secretName: talk-secret}}}}
+  - {{name: info, downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}}}
   containers:
   - name: main
     image: {BUSYBOX}
@@ -272,6 +286,10 @@ spec:
     image: {BUSYBOX}
     imagePullPolicy: Never
     command: [sh, -c, "echo from the side; sleep 3600"]
+    volumeMounts:
+    - {{name: cfg, mountPath: /cfg}}
+    - {{name: sec, mountPath: /sec, readOnly: true}}
+    - {{name: info, mountPath: /info}}
 "#
     ));
     c.wait_for(&["get", "pod", "talker", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
@@ -307,6 +325,13 @@ spec:
     let failed = c.run(&["exec", "talker", "-c", "side", "--", "sh", "-c", "echo oops >&2; exit 3"]);
     assert_eq!(failed.status.code(), Some(3), "{failed:?}");
     assert!(String::from_utf8_lossy(&failed.stderr).contains("oops"));
+    // configMap, secret and downwardAPI volumes; a changed configMap reaches the running container.
+    let read = |f: &str| c.ok(&["exec", "talker", "-c", "side", "--", "cat", f]);
+    assert_eq!(read("/cfg/key"), "v1");
+    assert_eq!(read("/sec/password"), "hunter2");
+    assert_eq!(read("/info/labels"), "tier=\"chat\"");
+    c.ok(&["patch", "configmap", "talk", "-p", r#"{"data":{"key":"v2"}}"#]);
+    c.wait_for(&["exec", "talker", "-c", "side", "--", "cat", "/cfg/key"], READY, |s| s == "v2");
     let interactive = c.run(&["exec", "-i", "talker", "-c", "side", "--", "cat"]);
     assert!(!interactive.status.success());
     assert!(String::from_utf8_lossy(&interactive.stderr).contains("not supported"), "{interactive:?}");

@@ -78,8 +78,7 @@ struct PodMemory {
     in_flight: bool,
     /// A back-off or retry ends then: sync again.
     due: Option<Instant>,
-    /// Container name → why it is not running (pull errors, back-off, config errors).
-    waiting: HashMap<String, Waiting>,
+    namespace: String,
     /// Container name → failed pulls in a row, and when the next may start.
     pulls: HashMap<String, (u32, Instant)>,
 }
@@ -152,28 +151,42 @@ impl Kubelet {
             .expect("spec.nodeName is a pod field")
     }
 
+    /// Watches from now: the node's pods, or all ConfigMaps or Secrets (their volumes are kept up to date).
+    async fn watch(&self, kind: &'static str) -> Option<crate::registry::ObjectWatch> {
+        let reg = self.reg.clone();
+        let sel = if kind == "Pod" { self.node_selector() } else { FieldSelector::default() };
+        blocking(move || {
+            let rev = reg.store.current_revision().ok()?;
+            reg.watch(rt(kind), None, rev, Default::default(), sel).ok()
+        })
+        .await
+    }
+
     async fn run(self: Arc<Self>) {
-        let mut watch = None;
+        let (mut pods, mut config_maps, mut secrets) = (None, None, None);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        async fn next(w: &mut Option<crate::registry::ObjectWatch>) -> Option<Value> {
+            let r = w.as_mut().expect("guarded").next().await;
+            if r.is_err() {
+                // Compacted or closed: watch again from now on the next turn.
+                *w = None;
+            }
+            r.ok().map(|e| e.object)
+        }
         loop {
-            if watch.is_none() {
-                let reg = self.reg.clone();
-                let sel = self.node_selector();
-                watch = blocking(move || {
-                    let rev = reg.store.current_revision().ok()?;
-                    reg.watch(rt("Pod"), None, rev, Default::default(), sel).ok()
-                })
-                .await;
+            for (w, kind) in [(&mut pods, "Pod"), (&mut config_maps, "ConfigMap"), (&mut secrets, "Secret")] {
+                if w.is_none() {
+                    *w = self.watch(kind).await;
+                }
             }
             tokio::select! {
-                ev = async { watch.as_mut().expect("set above").next().await }, if watch.is_some() => {
-                    if ev.is_err() {
-                        watch = None;
-                    }
+                _ = next(&mut pods), if pods.is_some() => {
                     // Let a burst of changes settle into one pass.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                o = next(&mut config_maps), if config_maps.is_some() => self.namespace_due(o),
+                o = next(&mut secrets), if secrets.is_some() => self.namespace_due(o),
                 _ = tick.tick() => {}
             }
             if let Err(e) = self.pass().await {
@@ -220,6 +233,7 @@ impl Kubelet {
                 let digest = digests.get(uid).map_or(0, |h| h.finish());
                 let seen = (str_at(p, "/metadata/resourceVersion").to_string(), digest);
                 let m = mem.entry(uid.to_string()).or_default();
+                m.namespace = str_at(p, "/metadata/namespace").to_string();
                 let due = m.due.is_some_and(|d| d <= now);
                 if !m.in_flight && (m.seen.as_ref() != Some(&seen) || due) {
                     m.seen = Some(seen);
@@ -309,6 +323,15 @@ impl Kubelet {
             .map_err(CriError::call("ListPodSandbox"))?
             .into_inner()
             .items)
+    }
+
+    /// A ConfigMap or Secret changed: the pods of its namespace sync again (volumes, as upstream, follow it).
+    fn namespace_due(&self, changed: Option<Value>) {
+        let Some(ns) = changed.as_ref().map(|o| str_at(o, "/metadata/namespace")) else { return };
+        let now = Instant::now();
+        for m in self.pods.lock().expect("not poisoned").values_mut().filter(|m| m.namespace == ns) {
+            m.due = Some(now);
+        }
     }
 
     pub fn probe_results(&self, container_id: &str) -> probe::Results {
@@ -701,7 +724,6 @@ impl Kubelet {
         if let Some(d) = due {
             self.remember(&uid, |m| m.due = Some(Instant::now() + d));
         }
-        self.remember(&uid, |m| m.waiting = waiting.clone());
         // Read back what the starts did, for the status.
         let observed = self.observe(&sandbox_id).await?;
         let status = self
