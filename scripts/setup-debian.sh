@@ -27,7 +27,7 @@ fi
 # The kubelet's tests: containerd (CRI) with runc and the CNI plugins, and the
 # tools that build their busybox and pause images without a registry.
 kneed=()
-for p in containerd runc containernetworking-plugins iptables umoci skopeo busybox-static gcc libc6-dev; do
+for p in containerd runc containernetworking-plugins iptables umoci skopeo busybox-static gcc libc6-dev docker-registry; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || kneed+=("$p")
 done
 if [ ${#kneed[@]} -gt 0 ]; then

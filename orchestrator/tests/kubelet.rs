@@ -342,6 +342,7 @@ spec:
 /// registry. Image faults show upstream's reasons: a missing image with
 /// pull policy Never is ErrImageNeverPull, an unreachable registry
 /// ErrImagePull then ImagePullBackOff; the other pods are not disturbed.
+/// Then a real pull from a local registry, and OOMKilled under a memory limit.
 #[test]
 fn air_gapped_images_and_image_faults() {
     let dir = tempfile::tempdir().unwrap();

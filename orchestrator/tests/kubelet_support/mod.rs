@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 pub const BUSYBOX: &str = "docker.io/library/busybox:plinth";
 pub const PAUSE: &str = "localhost/plinth/pause:1";
 
-const TOOLS: &[&str] = &["containerd", "runc", "ctr", "umoci", "skopeo", "gcc", "ip"];
+const TOOLS: &[&str] =
+    &["containerd", "runc", "ctr", "umoci", "skopeo", "gcc", "ip", "iptables", "curl", "docker-registry"];
 
 fn which(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -492,6 +493,56 @@ impl Cluster {
     /// A pod's field by JSONPath.
     pub fn pod_field(&self, name: &str, path: &str) -> String {
         self.ok(&["get", "pod", name, "-o", &format!("jsonpath={{{path}}}")])
+    }
+}
+
+/// Debian's docker-registry on a free 127.0.0.1 port (plain HTTP), killed on drop.
+pub struct Registry {
+    pub address: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { address, child, _dir: dir }
+    }
+
+    /// Pushes the busybox image as `<address>/<name>`; returns that reference.
+    pub fn push_busybox(&self, name: &str) -> String {
+        let reference = format!("{}/{name}", self.address);
+        run(Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", images()[0].display()))
+            .arg(format!("docker://{reference}")));
+        reference
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
