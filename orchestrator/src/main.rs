@@ -1,13 +1,15 @@
 //! `orchestrator server --data-dir DIR [--kubelet]`: Plinth's control plane
-//! on a host, with the kubelet in the same process on a control-plane node.
+//! on a host, with the kubelet in the same process on a control-plane node;
+//! `orchestrator kubelet --kubeconfig F`: the kubelet alone, on a worker.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use orchestrator::kubelet::{self, api::Api, server::Identity};
 
 #[derive(Parser)]
-#[command(version, about = "Plinth's embedded control plane (a Kubernetes-compatible API server)")]
+#[command(version, about = "Plinth's embedded control plane (a Kubernetes-compatible API server) and kubelet")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,22 +34,30 @@ enum Command {
         /// Run the controllers and the scheduler (off: a bare API server).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         controllers: bool,
+        /// Also run the kubelet: this machine becomes a node running pods through containerd.
+        #[arg(long)]
+        kubelet: bool,
         #[command(flatten)]
-        kubelet: KubeletArgs,
+        node: NodeArgs,
+    },
+    /// Runs the kubelet alone against a remote API server (a worker node).
+    Kubelet {
+        /// The API server and this node's client certificate (embedded data).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
     },
 }
 
 #[derive(Args)]
-struct KubeletArgs {
-    /// Also run the kubelet: this machine becomes a node running pods through containerd.
-    #[arg(long)]
-    kubelet: bool,
+struct NodeArgs {
     /// The node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     cri_socket: PathBuf,
-    /// Pod volumes and logs (default: DATA-DIR/kubelet).
+    /// Pod volumes and logs (default: DATA-DIR/kubelet with `server`, /var/lib/plinth/kubelet alone).
     #[arg(long)]
     kubelet_dir: Option<PathBuf>,
     /// Where containerd's CRI plugin reads CNI configs.
@@ -61,7 +71,7 @@ struct KubeletArgs {
     /// The node's address (default: the address of the default route).
     #[arg(long)]
     node_ip: Option<std::net::IpAddr>,
-    /// The kubelet's HTTPS endpoint (container logs for the API server).
+    /// The kubelet's HTTPS endpoint (container logs and exec for the API server).
     #[arg(long, default_value = "0.0.0.0:10250")]
     kubelet_listen: SocketAddr,
     /// OCI image archives (*.tar) imported into containerd at start: images without a registry.
@@ -69,36 +79,56 @@ struct KubeletArgs {
     image_dir: Option<PathBuf>,
 }
 
+impl NodeArgs {
+    fn config(self, default_dir: PathBuf) -> kubelet::Config {
+        kubelet::Config {
+            node_name: self.node_name.unwrap_or_else(|| {
+                nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "node".into())
+            }),
+            cri_socket: self.cri_socket,
+            dir: self.kubelet_dir.unwrap_or(default_dir),
+            cni_conf_dir: self.cni_conf_dir,
+            pod_cidr: self.pod_cidr,
+            bridge: self.cni_bridge,
+            node_ip: self.node_ip,
+            listen: self.kubelet_listen,
+            image_dir: self.image_dir,
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PLINTH_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet } = Cli::parse().command;
-    let kubelet_cfg = kubelet.kubelet.then(|| orchestrator::kubelet::Config {
-        node_name: kubelet.node_name.unwrap_or_else(|| {
-            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "node".into())
-        }),
-        cri_socket: kubelet.cri_socket,
-        dir: kubelet.kubelet_dir.unwrap_or_else(|| data_dir.join("kubelet")),
-        cni_conf_dir: kubelet.cni_conf_dir,
-        pod_cidr: kubelet.pod_cidr,
-        bridge: kubelet.cni_bridge,
-        node_ip: kubelet.node_ip,
-        listen: kubelet.kubelet_listen,
-        image_dir: kubelet.image_dir,
-    });
-    let durability =
-        if fsync { orchestrator::store::Durability::Full } else { orchestrator::store::Durability::Normal };
-    let cfg = orchestrator::server::Config { data_dir, listen, ca_cert, ca_key, durability, controllers };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async {
-        let running = orchestrator::server::start(cfg).await?;
-        if let Some(k) = kubelet_cfg {
-            orchestrator::kubelet::start(k, running.registry.clone(), &running.ca).await?;
+    match Cli::parse().command {
+        Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, node } => {
+            let durability =
+                if fsync { orchestrator::store::Durability::Full } else { orchestrator::store::Durability::Normal };
+            let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
+            let cfg = orchestrator::server::Config { data_dir, listen, ca_cert, ca_key, durability, controllers };
+            rt.block_on(async {
+                let running = orchestrator::server::start(cfg).await?;
+                if let Some(k) = node {
+                    let identity = Identity::IssuedBy(running.ca.clone());
+                    kubelet::start(k, Api::Local(running.registry.clone()), identity).await?;
+                }
+                let kubeconfig = running.admin_kubeconfig.display();
+                println!("listening on https://{} (admin kubeconfig: {kubeconfig})", running.address);
+                running.task.await?;
+                Ok(())
+            })
         }
-        println!("listening on https://{} (admin kubeconfig: {})", running.address, running.admin_kubeconfig.display());
-        running.task.await?;
-        Ok(())
-    })
+        Command::Kubelet { kubeconfig, node } => rt.block_on(async {
+            let remote = kubelet::api::Remote::from_kubeconfig(&kubeconfig)?;
+            let identity = Identity::SelfSigned { ca_pem: remote.ca_pem.clone() };
+            let k =
+                kubelet::start(node.config("/var/lib/plinth/kubelet".into()), Api::Remote(remote), identity).await?;
+            println!("kubelet {} running", k.node_name());
+            std::future::pending::<()>().await;
+            Ok(())
+        }),
+    }
 }

@@ -96,6 +96,17 @@ pub fn issue_server(ca: &CertKey, names: &[String]) -> Result<CertKey, PkiError>
     leaf(ca, params)
 }
 
+/// A self-signed serving certificate for `names` (a worker's kubelet, which holds no CA key).
+pub fn self_signed_server(names: &[String]) -> Result<CertKey, PkiError> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name = dn("kubelet", &[]);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut params, LEAF_LIFETIME);
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
 /// Reads the CA from `cert`/`key`, or generates one there if neither exists.
 pub fn load_or_generate_ca(cert: &Path, key: &Path) -> Result<CertKey, PkiError> {
     if !cert.exists() && !key.exists() {

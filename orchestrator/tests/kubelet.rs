@@ -367,3 +367,53 @@ fn air_gapped_images_and_image_faults() {
     assert_eq!(c.pod_field("offline", ".status.containerStatuses[0].restartCount"), "0");
     assert!(c.server_log().contains("broken.tar"), "the broken archive is reported");
 }
+
+/// A worker: `orchestrator kubelet --kubeconfig` in its own process talks
+/// to `orchestrator server` over HTTPS (lists, watches, status writes,
+/// lease), serves a self-signed endpoint the API server proxies logs and
+/// exec to, and cleans up deleted pods.
+#[test]
+fn worker_kubelet_over_https() {
+    let Some(c) = Cluster::start_split() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    assert_eq!(
+        c.ok(&["get", "lease", "-n", "kube-node-lease", &c.node, "-o", "jsonpath={.spec.holderIdentity}"]),
+        c.node
+    );
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: worker}}
+data: {{greeting: "hello worker"}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: echo}}}}
+  template:
+    metadata: {{labels: {{app: echo}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      volumes: [{{name: cfg, configMap: {{name: worker}}}}]
+      containers:
+      - name: main
+        image: {BUSYBOX}
+        imagePullPolicy: Never
+        command: [sh, -c, "cat /cfg/greeting; echo; sleep 3600"]
+        env: [{{name: GREETING, valueFrom: {{configMapKeyRef: {{name: worker, key: greeting}}}}}}]
+        volumeMounts: [{{name: cfg, mountPath: /cfg}}]
+"#
+    ));
+    c.wait_for(&["get", "deployment", "echo", "-o", "jsonpath={.status.readyReplicas}"], READY, |s| s == "2");
+    let pods = c.ok(&["get", "pods", "-l", "app=echo", "-o", "jsonpath={.items[*].metadata.name}"]);
+    let pod = pods.split_whitespace().next().unwrap().to_string();
+    assert_eq!(c.wait_for(&["logs", &pod], READY, |s| !s.is_empty()), "hello worker\n");
+    assert_eq!(c.ok(&["exec", &pod, "--", "sh", "-c", "echo $GREETING"]), "hello worker\n");
+    let uid = c.pod_field(&pod, ".metadata.uid");
+    c.ok(&["delete", "pod", &pod, "--wait=true"]);
+    assert!(!c.containerd.sandboxes().iter().any(|(_, u, _)| *u == uid));
+    c.wait_for(&["get", "deployment", "echo", "-o", "jsonpath={.status.readyReplicas}"], READY, |s| s == "2");
+}

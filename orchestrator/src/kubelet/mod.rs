@@ -11,6 +11,7 @@
 //! needs to decide is read back from the runtime (attempt numbers, exit
 //! times), so a restarted kubelet adopts running containers.
 
+pub mod api;
 pub mod cni;
 pub mod images;
 pub mod logs;
@@ -32,9 +33,7 @@ use tokio::time::Instant;
 
 use crate::cri::{Cri, CriError, v1};
 use crate::errors::ApiError;
-use crate::registry::{DeleteOptions, ListOptions, Part, Registry, WriteOptions};
-use crate::resources::{ResourceType, by_kind};
-use crate::selector::FieldSelector;
+use crate::registry::Part;
 use pod::{Observed, Waiting, str_at};
 
 #[derive(Debug, Clone)]
@@ -66,10 +65,6 @@ pub enum KubeletError {
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
 }
 
-fn rt(kind: &str) -> &'static ResourceType {
-    by_kind(kind).expect("a kind the server serves")
-}
-
 /// What the kubelet remembers of a pod between syncs (all else is read back).
 #[derive(Default)]
 struct PodMemory {
@@ -85,7 +80,7 @@ struct PodMemory {
 
 pub struct Kubelet {
     cfg: Config,
-    reg: Arc<Registry>,
+    api: api::Api,
     cri: Cri,
     host_ip: String,
     pods: Mutex<HashMap<String, PodMemory>>,
@@ -95,22 +90,54 @@ pub struct Kubelet {
     port: std::sync::atomic::AtomicU16,
 }
 
-/// Reads ConfigMaps and Secrets for env and volumes from the registry.
-struct RegistryLookup<'a>(&'a Registry);
+/// The ConfigMaps and Secrets a pod refers to (env and volumes), fetched before a sync.
+struct Prefetched(HashMap<(&'static str, String), Option<Data>>);
 
-impl pod::Lookup for RegistryLookup<'_> {
-    fn data(&self, kind: &str, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        self.0.get(rt(kind), Some(namespace), name).ok().map(|o| pod::object_data(kind, &o))
+/// The decoded data of a ConfigMap or Secret.
+type Data = BTreeMap<String, Vec<u8>>;
+
+impl pod::Lookup for Prefetched {
+    fn data(&self, kind: &str, _namespace: &str, name: &str) -> Option<Data> {
+        self.0.iter().find(|((k, n), _)| *k == kind && n == name).and_then(|(_, d)| d.clone())
     }
 }
 
+/// The names of the ConfigMaps and Secrets a pod refers to.
+fn references(p: &Value) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut add = |kind: &'static str, v: Option<&Value>| {
+        if let Some(n) = v.and_then(Value::as_str).filter(|n| !n.is_empty())
+            && !out.iter().any(|(k, x)| *k == kind && x == n)
+        {
+            out.push((kind, n.to_string()));
+        }
+    };
+    for field in ["/spec/initContainers", "/spec/containers"] {
+        for c in p.pointer(field).and_then(Value::as_array).into_iter().flatten() {
+            for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+                add("ConfigMap", e.pointer("/valueFrom/configMapKeyRef/name"));
+                add("Secret", e.pointer("/valueFrom/secretKeyRef/name"));
+            }
+            for e in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+                add("ConfigMap", e.pointer("/configMapRef/name"));
+                add("Secret", e.pointer("/secretRef/name"));
+            }
+        }
+    }
+    for v in p.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+        add("ConfigMap", v.pointer("/configMap/name"));
+        add("Secret", v.pointer("/secret/secretName"));
+    }
+    out
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("a registry call does not panic")
+    tokio::task::spawn_blocking(f).await.expect("file work does not panic")
 }
 
 /// Starts the kubelet: connects to the runtime, writes the CNI config,
 /// registers the node and runs the sync loop, lease and node status in the background.
-pub async fn start(cfg: Config, reg: Arc<Registry>, ca: &crate::pki::CertKey) -> Result<Arc<Kubelet>, KubeletError> {
+pub async fn start(cfg: Config, api: api::Api, identity: server::Identity) -> Result<Arc<Kubelet>, KubeletError> {
     let cri = Cri::connect(&cfg.cri_socket, Duration::from_secs(30)).await?;
     for d in [cfg.dir.join("pods"), cfg.dir.join("logs")] {
         std::fs::create_dir_all(&d).map_err(|source| KubeletError::Io { op: "create", path: d.clone(), source })?;
@@ -126,14 +153,14 @@ pub async fn start(cfg: Config, reg: Arc<Registry>, ca: &crate::pki::CertKey) ->
     let listen = cfg.listen;
     let k = Arc::new(Kubelet {
         cfg,
-        reg,
+        api,
         cri,
         host_ip,
         pods: Mutex::default(),
         probes: Mutex::default(),
         port: Default::default(),
     });
-    let bound = server::start(k.clone(), listen, ca).await?;
+    let bound = server::start(k.clone(), listen, identity).await?;
     k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
     node::register(&k).await?;
     tokio::spawn(node::heartbeat(k.clone()));
@@ -146,33 +173,42 @@ impl Kubelet {
         &self.cfg.node_name
     }
 
-    fn node_selector(&self) -> FieldSelector {
-        FieldSelector::parse(&format!("spec.nodeName={}", self.cfg.node_name), rt("Pod").fields)
-            .expect("spec.nodeName is a pod field")
+    fn node_selector(&self) -> String {
+        format!("spec.nodeName={}", self.cfg.node_name)
     }
 
     /// Watches from now: the node's pods, or all ConfigMaps or Secrets (their volumes are kept up to date).
-    async fn watch(&self, kind: &'static str) -> Option<crate::registry::ObjectWatch> {
-        let reg = self.reg.clone();
-        let sel = if kind == "Pod" { self.node_selector() } else { FieldSelector::default() };
-        blocking(move || {
-            let rev = reg.store.current_revision().ok()?;
-            reg.watch(rt(kind), None, rev, Default::default(), sel).ok()
-        })
-        .await
+    async fn watch(&self, kind: &'static str) -> Option<api::Watch> {
+        let sel = if kind == "Pod" { self.node_selector() } else { String::new() };
+        self.api.watch(kind, &sel).await
+    }
+
+    /// Fetches what a pod refers to (a missing object is recorded as missing).
+    async fn prefetch(&self, p: &Value) -> Result<Prefetched, KubeletError> {
+        let ns = str_at(p, "/metadata/namespace");
+        let mut out = HashMap::new();
+        for (kind, name) in references(p) {
+            let data = match self.api.get(kind, Some(ns), &name).await {
+                Ok(o) => Some(pod::object_data(kind, &o)),
+                Err(e) if e.code == 404 => None,
+                Err(e) => return Err(e.into()),
+            };
+            out.insert((kind, name), data);
+        }
+        Ok(Prefetched(out))
     }
 
     async fn run(self: Arc<Self>) {
         let (mut pods, mut config_maps, mut secrets) = (None, None, None);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        async fn next(w: &mut Option<crate::registry::ObjectWatch>) -> Option<Value> {
+        async fn next(w: &mut Option<api::Watch>) -> Option<Value> {
             let r = w.as_mut().expect("guarded").next().await;
-            if r.is_err() {
+            if r.is_none() {
                 // Compacted or closed: watch again from now on the next turn.
                 *w = None;
             }
-            r.ok().map(|e| e.object)
+            r
         }
         loop {
             for (w, kind) in [(&mut pods, "Pod"), (&mut config_maps, "ConfigMap"), (&mut secrets, "Secret")] {
@@ -197,9 +233,7 @@ impl Kubelet {
 
     /// One relist: syncs the pods that changed or are due, removes orphans.
     async fn pass(self: &Arc<Self>) -> Result<(), KubeletError> {
-        let reg = self.reg.clone();
-        let opts = ListOptions { fields: self.node_selector(), ..Default::default() };
-        let pods = blocking(move || reg.list(rt("Pod"), None, &opts)).await?.items;
+        let pods = self.api.list("Pod", &self.node_selector()).await?;
         let (sandboxes, containers) = self.relist().await?;
         let mut digests: HashMap<&str, std::collections::hash_map::DefaultHasher> = HashMap::new();
         for s in &sandboxes {
@@ -443,10 +477,8 @@ impl Kubelet {
             }
         }
         self.remove_pod(&uid).await?;
-        let (reg, ns, name) =
-            (self.reg.clone(), str_at(p, "/metadata/namespace").to_string(), str_at(p, "/metadata/name").to_string());
-        let opts = DeleteOptions { grace_period: Some(0), precondition_uid: Some(uid), ..Default::default() };
-        match blocking(move || reg.delete(rt("Pod"), Some(&ns), &name, &opts)).await {
+        let (ns, name) = (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"));
+        match self.api.delete_now("Pod", Some(ns), name, &uid).await {
             Err(e) if e.code != 404 && e.code != 409 => Err(e.into()),
             _ => Ok(()),
         }
@@ -550,9 +582,11 @@ impl Kubelet {
         let uid = str_at(p, "/metadata/uid");
         let image = self.ensure_image(uid, c).await?;
         let config_err = |e: pod::ConfigError| Waiting { reason: "CreateContainerConfigError".into(), message: e.0 };
-        let reg = self.reg.clone();
-        let (pc, cc) = (p.clone(), c.clone());
-        let env = blocking(move || pod::environment(&pc, &cc, &RegistryLookup(&reg))).await.map_err(config_err)?;
+        let refs = self
+            .prefetch(p)
+            .await
+            .map_err(|e| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() })?;
+        let env = pod::environment(p, c, &refs).map_err(config_err)?;
         let mounts = volumes::mounts(c, vols).map_err(config_err)?;
         let config = pod::container_config(p, c, &image, attempt, &env, mounts).map_err(config_err)?;
         let mut rs = self.cri.runtime.clone();
@@ -587,9 +621,9 @@ impl Kubelet {
             }
             return Ok(());
         }
-        let reg = self.reg.clone();
+        let refs = self.prefetch(p).await?;
         let (pc, dir) = (p.clone(), self.cfg.dir.clone());
-        let vols = blocking(move || volumes::prepare(&dir, &pc, &RegistryLookup(&reg))).await;
+        let vols = blocking(move || volumes::prepare(&dir, &pc, &refs)).await;
         let vols = match vols {
             Ok(v) => v,
             Err(e) => {
@@ -808,13 +842,13 @@ impl Kubelet {
         ]);
         let host_ip = self.host_ip.clone();
         let qos = pod::qos_class(p);
-        let (reg, ns, name) =
-            (self.reg.clone(), str_at(p, "/metadata/namespace").to_string(), str_at(p, "/metadata/name").to_string());
+        let (ns, name) = (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"));
         let uid = str_at(p, "/metadata/uid").to_string();
-        let r = blocking(move || {
-            reg.modify(rt("Pod"), Some(&ns), &name, Part::Status, &WriteOptions::default(), |o| {
+        let r = self
+            .api
+            .modify("Pod", Some(ns), name, Part::Status, move |o| {
                 if str_at(o, "/metadata/uid") != uid || o.pointer("/metadata/deletionTimestamp").is_some() {
-                    return Ok(false);
+                    return false;
                 }
                 let old = o.get("status").cloned().unwrap_or(json!({}));
                 let mut s = json!({
@@ -834,13 +868,12 @@ impl Kubelet {
                     s["initContainerStatuses"] = json!(init);
                 }
                 if s == old {
-                    return Ok(false);
+                    return false;
                 }
                 o["status"] = s;
-                Ok(true)
+                true
             })
-        })
-        .await;
+            .await;
         match r {
             Err(e) if e.code != 404 => Err(e.into()),
             _ => Ok(()),

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Kubelet, KubeletError, blocking, rt};
+use super::{Kubelet, KubeletError};
 use crate::cri::v1;
-use crate::registry::{Part, WriteOptions, now};
+use crate::registry::{Part, now};
 
 pub const LEASE_SECONDS: i64 = 40;
 const RENEW: Duration = Duration::from_secs(10);
@@ -117,33 +117,31 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
             "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": arch()}},
         "spec": {"podCIDR": k.cfg.pod_cidr, "podCIDRs": [k.cfg.pod_cidr]},
     });
-    let reg = k.reg.clone();
-    let (n, cidr) = (name.clone(), k.cfg.pod_cidr.clone());
-    blocking(move || match reg.get(rt("Node"), None, &n) {
-        Ok(_) => reg
-            .modify(rt("Node"), None, &n, Part::Main, &WriteOptions::default(), |o| {
-                let changed = o.pointer("/spec/podCIDR").and_then(Value::as_str) != Some(&cidr);
-                o["spec"]["podCIDR"] = cidr.clone().into();
-                o["spec"]["podCIDRs"] = json!([cidr]);
-                Ok(changed)
-            })
-            .map(|_| ()),
-        Err(e) if e.code == 404 => reg.create(rt("Node"), None, node, &WriteOptions::default()).map(|_| ()),
-        Err(e) => Err(e),
-    })
-    .await?;
+    match k.api.get("Node", None, &name).await {
+        Ok(_) => {
+            let cidr = k.cfg.pod_cidr.clone();
+            k.api
+                .modify("Node", None, &name, Part::Main, move |o| {
+                    let changed = o.pointer("/spec/podCIDR").and_then(Value::as_str) != Some(&cidr);
+                    o["spec"]["podCIDR"] = cidr.clone().into();
+                    o["spec"]["podCIDRs"] = json!([cidr]);
+                    changed
+                })
+                .await?
+        }
+        Err(e) if e.code == 404 => {
+            k.api.create("Node", None, node).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     post_status(k).await?;
     renew_lease(k).await
 }
 
 async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
     let version = k.cri.version().await.unwrap_or_default();
-    let reg = k.reg.clone();
     let name = k.cfg.node_name.clone();
-    let old = {
-        let (reg, name) = (reg.clone(), name.clone());
-        blocking(move || reg.get(rt("Node"), None, &name)).await?
-    };
+    let old = k.api.get("Node", None, &name).await?;
     let conds = conditions(k, &old).await;
     let status = json!({
         "capacity": capacity(k),
@@ -164,20 +162,18 @@ async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
         },
         "conditions": conds,
     });
-    blocking(move || {
-        reg.modify(rt("Node"), None, &name, Part::Status, &WriteOptions::default(), |o| {
+    k.api
+        .modify("Node", None, &name, Part::Status, move |o| {
             o["status"] = status.clone();
-            Ok(true)
+            true
         })
-    })
-    .await?;
+        .await?;
     Ok(())
 }
 
 /// Whether the posted conditions differ (ignoring heartbeat times) from what holds now.
 async fn status_changed(k: &Kubelet) -> Result<bool, KubeletError> {
-    let (reg, name) = (k.reg.clone(), k.cfg.node_name.clone());
-    let old = blocking(move || reg.get(rt("Node"), None, &name)).await?;
+    let old = k.api.get("Node", None, &k.cfg.node_name).await?;
     let new = conditions(k, &old).await;
     let key = |v: &Value| -> Vec<(String, String)> {
         v.as_array()
@@ -190,35 +186,35 @@ async fn status_changed(k: &Kubelet) -> Result<bool, KubeletError> {
 }
 
 async fn renew_lease(k: &Kubelet) -> Result<(), KubeletError> {
-    let (reg, name) = (k.reg.clone(), k.cfg.node_name.clone());
-    blocking(move || {
-        let t = time::OffsetDateTime::now_utc();
-        let micros = t.replace_nanosecond(t.microsecond() * 1000).unwrap_or(t);
-        let renew = micros.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let node_uid = reg.get(rt("Node"), None, &name)?["metadata"]["uid"].clone();
-        let ns = Some("kube-node-lease");
-        match reg.get(rt("Lease"), ns, &name) {
-            Err(e) if e.code == 404 => {
-                let lease = json!({
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": name, "namespace": "kube-node-lease", "ownerReferences": [
-                        {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}]},
-                    "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": renew},
-                });
-                reg.create(rt("Lease"), ns, lease, &WriteOptions::default()).map(|_| ())
-            }
-            Err(e) => Err(e),
-            Ok(_) => reg
-                .modify(rt("Lease"), ns, &name, Part::Main, &WriteOptions::default(), |l| {
-                    l["spec"]["renewTime"] = renew.clone().into();
-                    l["spec"]["holderIdentity"] = name.clone().into();
-                    l["spec"]["leaseDurationSeconds"] = LEASE_SECONDS.into();
-                    Ok(true)
-                })
-                .map(|_| ()),
+    let name = k.cfg.node_name.clone();
+    let t = time::OffsetDateTime::now_utc();
+    let micros = t.replace_nanosecond(t.microsecond() * 1000).unwrap_or(t);
+    let renew = micros.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let ns = Some("kube-node-lease");
+    match k.api.get("Lease", ns, &name).await {
+        Err(e) if e.code == 404 => {
+            let node_uid = k.api.get("Node", None, &name).await?["metadata"]["uid"].clone();
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": "kube-node-lease", "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}]},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": renew},
+            });
+            k.api.create("Lease", ns, lease).await?;
         }
-    })
-    .await?;
+        Err(e) => return Err(e.into()),
+        Ok(_) => {
+            let holder = name.clone();
+            k.api
+                .modify("Lease", ns, &name, Part::Main, move |l| {
+                    l["spec"]["renewTime"] = renew.clone().into();
+                    l["spec"]["holderIdentity"] = holder.clone().into();
+                    l["spec"]["leaseDurationSeconds"] = LEASE_SECONDS.into();
+                    true
+                })
+                .await?
+        }
+    }
     Ok(())
 }
 

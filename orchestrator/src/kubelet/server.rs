@@ -23,14 +23,27 @@ use crate::cri::v1;
 use crate::pki::{self, ADMIN_GROUP, CertKey};
 use crate::server::Body;
 
-fn tls_config(ca: &CertKey, names: &[String]) -> Result<rustls::ServerConfig, String> {
+/// The kubelet's TLS identity: a serving certificate issued by the cluster
+/// CA (in the control plane's process, which holds the CA), or self-signed
+/// (a worker; the API server does not verify kubelet serving certificates,
+/// as upstream without `--kubelet-certificate-authority`). Clients are
+/// verified against the cluster CA either way.
+pub enum Identity {
+    IssuedBy(CertKey),
+    SelfSigned { ca_pem: String },
+}
+
+fn tls_config(identity: &Identity, names: &[String]) -> Result<rustls::ServerConfig, String> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let s = |e: &dyn std::fmt::Display| e.to_string();
-    let serving = pki::issue_server(ca, names).map_err(|e| s(&e))?;
+    let (serving, ca_pem) = match identity {
+        Identity::IssuedBy(ca) => (pki::issue_server(ca, names).map_err(|e| s(&e))?, ca.cert_pem.as_str()),
+        Identity::SelfSigned { ca_pem } => (pki::self_signed_server(names).map_err(|e| s(&e))?, ca_pem.as_str()),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|e| s(&e))?).map_err(|e| s(&e))?;
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| s(&e))?).map_err(|e| s(&e))?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| s(&e))?;
@@ -47,12 +60,12 @@ fn tls_config(ca: &CertKey, names: &[String]) -> Result<rustls::ServerConfig, St
 }
 
 /// Binds the endpoint; returns the bound address (the port goes into the Node's daemonEndpoints).
-pub async fn start(k: Arc<Kubelet>, listen: SocketAddr, ca: &CertKey) -> Result<SocketAddr, KubeletError> {
+pub async fn start(k: Arc<Kubelet>, listen: SocketAddr, identity: Identity) -> Result<SocketAddr, KubeletError> {
     let io =
         |source: std::io::Error| KubeletError::Io { op: "listen", path: PathBuf::from(listen.to_string()), source };
     let mut names = vec![k.cfg.node_name.clone(), k.host_ip.clone(), "localhost".into(), "127.0.0.1".into()];
     names.dedup();
-    let tls = tls_config(ca, &names).map_err(|e| io(std::io::Error::other(e)))?;
+    let tls = tls_config(&identity, &names).map_err(|e| io(std::io::Error::other(e)))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(io)?;
     let addr = listener.local_addr().map_err(io)?;

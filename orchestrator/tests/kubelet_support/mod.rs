@@ -361,6 +361,9 @@ pub struct Cluster {
     server: Option<Child>,
     manifests: AtomicU32,
     extra_args: Vec<String>,
+    /// Control plane and kubelet as two processes (a worker node).
+    split: bool,
+    kubelet: Option<Child>,
 }
 
 impl Cluster {
@@ -368,8 +371,21 @@ impl Cluster {
         Cluster::start_with(true, &[])
     }
 
+    /// `orchestrator server` and `orchestrator kubelet --kubeconfig` as two processes (a worker node).
+    pub fn start_split() -> Option<Cluster> {
+        let mut c = Cluster::start_with_processes(true, &[], true)?;
+        c.start_server();
+        Some(c)
+    }
+
     /// `busybox`: whether containerd has the busybox image before the kubelet starts; `args`: more server flags.
     pub fn start_with(busybox: bool, args: &[&str]) -> Option<Cluster> {
+        let mut c = Cluster::start_with_processes(busybox, args, false)?;
+        c.start_server();
+        Some(c)
+    }
+
+    fn start_with_processes(busybox: bool, args: &[&str], split: bool) -> Option<Cluster> {
         if !available() {
             return None;
         }
@@ -377,7 +393,7 @@ impl Cluster {
         let containerd = Containerd::start_with(busybox);
         let data = tempfile::Builder::new().prefix("plinth-kubelet").tempdir().unwrap();
         let extra_args = args.iter().map(|a| a.to_string()).collect();
-        let mut c = Cluster {
+        Some(Cluster {
             kubectl,
             data,
             node: "node-1".into(),
@@ -385,53 +401,71 @@ impl Cluster {
             containerd,
             manifests: AtomicU32::new(0),
             extra_args,
-        };
-        c.start_server();
-        Some(c)
+            split,
+            kubelet: None,
+        })
     }
 
     pub fn kubelet_dir(&self) -> PathBuf {
         self.data.path().join("kubelet")
     }
 
-    /// Starts (or restarts) `orchestrator server --kubelet` on the same data directory.
+    /// Starts (or restarts) `orchestrator server --kubelet` on the same data directory; in a split
+    /// cluster, `orchestrator server` and a worker's `orchestrator kubelet --kubeconfig` (two processes).
     pub fn start_server(&mut self) {
+        let log =
+            || std::fs::OpenOptions::new().create(true).append(true).open(self.data.path().join("server.log")).unwrap();
+        let first_line = |child: &mut Child| {
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            line
+        };
         let ctd = &self.containerd;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-            .args(["server", "--listen", "127.0.0.1:0", "--fsync", "false", "--kubelet", "--node-name", &self.node])
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .arg("--cri-socket")
-            .arg(&ctd.socket)
-            .arg("--cni-conf-dir")
-            .arg(&ctd.cni_dir)
-            .args(["--pod-cidr", &ctd.pod_cidr, "--cni-bridge", &ctd.bridge])
-            .args(["--node-ip", "127.0.0.1", "--kubelet-listen", "127.0.0.1:0"])
-            .args(&self.extra_args)
-            .env("PLINTH_LOG", "orchestrator=info")
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.data.path().join("server.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let node_args = |c: &mut Command| {
+            c.args(["--node-name", &self.node])
+                .arg("--kubelet-dir")
+                .arg(self.data.path().join("kubelet"))
+                .arg("--cri-socket")
+                .arg(&ctd.socket)
+                .arg("--cni-conf-dir")
+                .arg(&ctd.cni_dir)
+                .args(["--pod-cidr", &ctd.pod_cidr, "--cni-bridge", &ctd.bridge])
+                .args(["--node-ip", "127.0.0.1", "--kubelet-listen", "127.0.0.1:0"])
+                .args(&self.extra_args)
+                .env("PLINTH_LOG", "orchestrator=info")
+                .stdout(Stdio::piped())
+                .stderr(log());
+        };
+        let mut server = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        server.args(["server", "--listen", "127.0.0.1:0", "--fsync", "false"]).arg("--data-dir").arg(self.data.path());
+        if self.split {
+            server.stdout(Stdio::piped()).stderr(log());
+        } else {
+            server.arg("--kubelet");
+            node_args(&mut server);
+        }
+        let mut child = server.spawn().unwrap();
+        let line = first_line(&mut child);
         assert!(line.contains("listening on"), "the server did not start: {line:?} {}", self.server_log());
         self.server = Some(child);
+        if self.split {
+            let mut kubelet = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+            kubelet.arg("kubelet").arg("--kubeconfig").arg(self.data.path().join("admin.kubeconfig"));
+            node_args(&mut kubelet);
+            let mut child = kubelet.spawn().unwrap();
+            let line = first_line(&mut child);
+            assert!(line.contains("running"), "the kubelet did not start: {line:?} {}", self.server_log());
+            self.kubelet = Some(child);
+        }
     }
 
     pub fn server_pid(&self) -> u32 {
         self.server.as_ref().map_or(0, Child::id)
     }
 
-    /// Kills the process (as a crash would): the containers keep running in their shims.
+    /// Kills the process(es) (as a crash would): the containers keep running in their shims.
     pub fn kill_server(&mut self) {
-        if let Some(mut c) = self.server.take() {
+        for mut c in [self.kubelet.take(), self.server.take()].into_iter().flatten() {
             let _ = c.kill();
             let _ = c.wait();
         }
