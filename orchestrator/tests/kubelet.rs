@@ -162,6 +162,9 @@ spec:
     assert_eq!(c.pod_field("crash", ".status.phase"), "Running");
     let listed = c.ok(&["get", "pod", "crash"]);
     assert!(listed.contains("CrashLoopBackOff"), "{listed}");
+    let reasons = c.event_reasons("crash");
+    assert!(["Pulled", "Created", "Started", "BackOff"].iter().all(|r| reasons.contains(r)), "{reasons}");
+    assert!(c.event_reasons("graceful").contains("Killing"));
     assert_eq!(c.ok(&["logs", "crash"]), "boom\n");
     assert_eq!(c.ok(&["logs", "crash", "--previous"]), "boom\n");
 }
@@ -247,6 +250,8 @@ spec:
             > 128
     );
     assert_eq!(c.pod_field("readiness", ".status.containerStatuses[0].restartCount"), "0");
+    let reasons = c.event_reasons("liveness");
+    assert!(reasons.contains("Unhealthy") && reasons.contains("Killing"), "{reasons}");
 }
 
 /// `kubectl logs` and `kubectl exec` through the API server's proxy to the
@@ -366,6 +371,8 @@ fn air_gapped_images_and_image_faults() {
     );
     assert_eq!(c.pod_field("offline", ".status.containerStatuses[0].restartCount"), "0");
     assert!(c.server_log().contains("broken.tar"), "the broken archive is reported");
+    assert!(c.event_reasons("unreachable").contains("Failed"));
+    assert!(c.event_reasons("never").contains("ErrImageNeverPull"));
 }
 
 /// A worker: `orchestrator kubelet --kubeconfig` in its own process talks

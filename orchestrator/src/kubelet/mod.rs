@@ -74,6 +74,8 @@ struct PodMemory {
     /// A back-off or retry ends then: sync again.
     due: Option<Instant>,
     namespace: String,
+    /// Events already reported for this pod (a retried failure is reported once).
+    reported: HashSet<String>,
     /// Container name → failed pulls in a row, and when the next may start.
     pulls: HashMap<String, (u32, Instant)>,
 }
@@ -368,6 +370,40 @@ impl Kubelet {
         }
     }
 
+    /// Records an Event about a pod (in the background: a sync does not wait for it).
+    pub fn event(&self, ns: &str, pod: &str, uid: &str, ty: &str, reason: &str, message: &str) {
+        let t = crate::registry::now();
+        let suffix = &crate::registry::new_uid().replace('-', "")[..16];
+        let e = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{pod}.{suffix}"), "namespace": ns},
+            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": pod, "uid": uid},
+            "reason": reason, "message": message, "type": ty,
+            "source": {"component": "kubelet", "host": self.cfg.node_name},
+            "firstTimestamp": t, "lastTimestamp": t, "count": 1,
+            "reportingComponent": "kubelet", "reportingInstance": self.cfg.node_name,
+        });
+        let (api, ns) = (self.api.clone(), ns.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = api.create("Event", Some(&ns), e).await {
+                tracing::debug!("event: {e}");
+            }
+        });
+    }
+
+    /// An Event about `p`; with `once`, only the first time this pod sees the same reason and message.
+    fn event_for(&self, p: &Value, ty: &str, reason: &str, message: &str, once: bool) {
+        let uid = str_at(p, "/metadata/uid");
+        if once {
+            let key = format!("{reason}\n{message}");
+            let mut pods = self.pods.lock().expect("not poisoned");
+            if !pods.entry(uid.to_string()).or_default().reported.insert(key) {
+                return;
+            }
+        }
+        self.event(str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"), uid, ty, reason, message);
+    }
+
     pub fn probe_results(&self, container_id: &str) -> probe::Results {
         self.probes.lock().expect("not poisoned").get(container_id).cloned().unwrap_or_default()
     }
@@ -405,6 +441,8 @@ impl Kubelet {
         let grace = pod::grace_period(p, None);
         for (kind, spec) in kinds {
             let target = probe::Probe {
+                namespace: str_at(p, "/metadata/namespace").to_string(),
+                pod: str_at(p, "/metadata/name").to_string(),
                 uid: uid.clone(),
                 container_id: container_id.to_string(),
                 kind,
@@ -465,6 +503,8 @@ impl Kubelet {
         let mut stops = tokio::task::JoinSet::new();
         for c in self.list_containers(labels).await? {
             if c.state == v1::ContainerState::ContainerRunning as i32 {
+                let name = c.labels.get(pod::LABEL_CONTAINER_NAME).cloned().unwrap_or_default();
+                self.event_for(p, "Normal", "Killing", &format!("Stopping container {name}"), false);
                 let mut rs = self.cri.runtime.clone();
                 stops.spawn(async move {
                     rs.stop_container(v1::StopContainerRequest { container_id: c.id, timeout: grace }).await
@@ -516,7 +556,8 @@ impl Kubelet {
     }
 
     /// Makes sure the image is present under the container's pull policy; returns its reference.
-    async fn ensure_image(&self, uid: &str, c: &Value) -> Result<String, Waiting> {
+    async fn ensure_image(&self, p: &Value, c: &Value) -> Result<String, Waiting> {
+        let uid = str_at(p, "/metadata/uid");
         let image = str_at(c, "/image").to_string();
         let name = str_at(c, "/name").to_string();
         let spec = v1::ImageSpec { image: image.clone(), ..Default::default() };
@@ -535,7 +576,16 @@ impl Kubelet {
                     message: format!("Container image \"{image}\" is not present with pull policy of Never"),
                 });
             }
-            ("Never" | "IfNotPresent", Some(id)) => return Ok(id),
+            ("Never" | "IfNotPresent", Some(id)) => {
+                self.event_for(
+                    p,
+                    "Normal",
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                    false,
+                );
+                return Ok(id);
+            }
             _ => {}
         }
         let backoff = self.pods.lock().expect("not poisoned").get(uid).and_then(|m| m.pulls.get(&name).copied());
@@ -552,6 +602,7 @@ impl Kubelet {
                 self.remember(uid, |m| {
                     m.pulls.remove(&name);
                 });
+                self.event_for(p, "Normal", "Pulled", &format!("Successfully pulled image \"{image}\""), false);
                 Ok(r.into_inner().image_ref)
             }
             Err(s) => {
@@ -561,10 +612,15 @@ impl Kubelet {
                     m.pulls.insert(name.clone(), (n, Instant::now() + delay));
                     m.due = Some(Instant::now() + delay);
                 });
-                Err(Waiting {
-                    reason: "ErrImagePull".into(),
-                    message: format!("failed to pull image \"{image}\": {}", s.message()),
-                })
+                let message = format!("failed to pull image \"{image}\": {}", s.message());
+                self.event_for(
+                    p,
+                    "Warning",
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": {}", s.message()),
+                    false,
+                );
+                Err(Waiting { reason: "ErrImagePull".into(), message })
             }
         }
     }
@@ -579,9 +635,19 @@ impl Kubelet {
         attempt: u32,
         vols: &BTreeMap<String, PathBuf>,
     ) -> Result<(), Waiting> {
-        let uid = str_at(p, "/metadata/uid");
-        let image = self.ensure_image(uid, c).await?;
-        let config_err = |e: pod::ConfigError| Waiting { reason: "CreateContainerConfigError".into(), message: e.0 };
+        let image = match self.ensure_image(p, c).await {
+            Ok(i) => i,
+            Err(w) => {
+                if w.reason == "ErrImageNeverPull" {
+                    self.event_for(p, "Warning", "ErrImageNeverPull", &w.message, true);
+                }
+                return Err(w);
+            }
+        };
+        let config_err = |e: pod::ConfigError| {
+            self.event_for(p, "Warning", "Failed", &format!("Error: {}", e.0), true);
+            Waiting { reason: "CreateContainerConfigError".into(), message: e.0 }
+        };
         let refs = self
             .prefetch(p)
             .await
@@ -602,9 +668,12 @@ impl Kubelet {
             .map_err(create_err)?
             .into_inner()
             .container_id;
-        if let Err(s) = rs.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
+        let name = str_at(c, "/name");
+        self.event_for(p, "Normal", "Created", &format!("Created container {name}"), false);
+        match rs.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
+            Ok(_) => self.event_for(p, "Normal", "Started", &format!("Started container {name}"), false),
             // A container that cannot start (bad command…) is reported as exited by the runtime; keep it.
-            tracing::debug!("start container {id}: {}", s.message());
+            Err(s) => self.event_for(p, "Warning", "Failed", &format!("Error: {}", s.message()), false),
         }
         Ok(())
     }
@@ -629,6 +698,7 @@ impl Kubelet {
             Err(e) => {
                 let w =
                     Waiting { reason: "ContainerCreating".into(), message: format!("MountVolume.SetUp failed: {e}") };
+                self.event_for(p, "Warning", "FailedMount", &w.message, true);
                 return self.write_status(p, None, &HashMap::new(), &all_waiting(p, w)).await;
             }
         };
@@ -670,6 +740,7 @@ impl Kubelet {
                             reason: "ContainerCreating".into(),
                             message: format!("failed to create pod sandbox: {}", s.message()),
                         };
+                        self.event_for(p, "Warning", "FailedCreatePodSandBox", &w.message, true);
                         self.remember(&uid, |m| m.due = Some(Instant::now() + Duration::from_secs(5)));
                         return self.write_status(p, None, &HashMap::new(), &all_waiting(p, w)).await;
                     }
@@ -715,6 +786,8 @@ impl Kubelet {
                                 str_at(p, "/metadata/name"),
                                 str_at(p, "/metadata/namespace")
                             );
+                            let text = format!("Back-off restarting failed container {name} (restart {})", o.attempt);
+                            self.event_for(p, "Warning", "BackOff", &text, true);
                             waiting.insert(name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message: msg });
                             let d = Duration::from_nanos(left as u64);
                             due = Some(due.map_or(d, |x| x.min(d)));

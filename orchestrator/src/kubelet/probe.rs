@@ -184,7 +184,9 @@ pub(crate) async fn run_network(action: &Action, timeout: Duration) -> Result<()
 
 /// One probe of one running container.
 pub struct Probe {
-    /// The pod's uid.
+    /// The pod's namespace, name and uid.
+    pub namespace: String,
+    pub pod: String,
     pub uid: String,
     pub container_id: String,
     pub kind: Kind,
@@ -198,7 +200,13 @@ pub struct Probe {
 
 /// Probes one container until it stops running.
 pub async fn run(k: Arc<Kubelet>, p: Probe) {
-    let Probe { uid, container_id, kind, container, spec: probe, pod_ip, grace } = p;
+    let Probe { namespace, pod, uid, container_id, kind, container, spec: probe, pod_ip, grace } = p;
+    let name = str_at(&container, "/name").to_string();
+    let what = match kind {
+        Kind::Liveness => "Liveness",
+        Kind::Readiness => "Readiness",
+        Kind::Startup => "Startup",
+    };
     let action = action(&container, &probe, &pod_ip);
     let period = Duration::from_secs(seconds(&probe, "periodSeconds", 10, 1));
     let timeout = Duration::from_secs(seconds(&probe, "timeoutSeconds", 1, 1));
@@ -243,11 +251,16 @@ pub async fn run(k: Arc<Kubelet>, p: Probe) {
                 successes = 0;
                 failures += 1;
                 tracing::debug!(container = %container_id, ?kind, "probe failed: {why}");
+                if failures == failure_needed {
+                    k.event(&namespace, &pod, &uid, "Warning", "Unhealthy", &format!("{what} probe failed: {why}"));
+                }
                 if failures >= failure_needed {
                     match kind {
                         Kind::Readiness => k.set_probe_result(&uid, &container_id, |r| r.ready = false),
                         Kind::Liveness | Kind::Startup => {
-                            tracing::info!(container = %container_id, "{} failed ({why}), will be restarted", kind.field());
+                            let text =
+                                format!("Container {name} failed {} probe, will be restarted", what.to_lowercase());
+                            k.event(&namespace, &pod, &uid, "Normal", "Killing", &text);
                             let mut rs = k.cri.runtime.clone();
                             let stop = v1::StopContainerRequest { container_id: container_id.clone(), timeout: grace };
                             if let Err(s) = rs.stop_container(stop).await {

@@ -528,6 +528,12 @@ impl Cluster {
         }
     }
 
+    /// The reasons of the events about a pod, oldest first.
+    pub fn event_reasons(&self, pod: &str) -> String {
+        let path = format!("jsonpath={{range .items[?(@.involvedObject.name==\"{pod}\")]}}{{.reason}} {{end}}");
+        self.ok(&["get", "events", "--sort-by=.metadata.creationTimestamp", "-o", &path])
+    }
+
     /// A pod's field by JSONPath.
     pub fn pod_field(&self, name: &str, path: &str) -> String {
         self.ok(&["get", "pod", name, "-o", &format!("jsonpath={{{path}}}")])
