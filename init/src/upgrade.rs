@@ -491,13 +491,9 @@ pub fn simulate_boot_loader(disk: &Path) -> Result<Slot, DiskError> {
     let d = Disk::open(disk)?;
     let efi = d.efi()?;
     let old = efi.state()?;
-    let slot = old.next_boot().unwrap_or(Slot::A);
     let mut new = old;
-    if let machinery::slots::Status::Trial { left, done } = old.get(slot).status {
-        new.slots[usize::from(slot == Slot::B)].status =
-            machinery::slots::Status::Trial { left: left.saturating_sub(1), done: done + 1 };
-        efi.apply(&old, &new)?;
-    }
+    let slot = new.power_on().unwrap_or(Slot::A);
+    efi.apply(&old, &new)?;
     efi.close()?;
     Ok(slot)
 }

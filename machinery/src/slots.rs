@@ -116,6 +116,17 @@ impl BootState {
             .map(|(_, _, slot)| slot)
     }
 
+    /// What the boot loader does at power-on: pick the slot to boot and,
+    /// if it is on trial, count one try. `None` when nothing is bootable.
+    pub fn power_on(&mut self) -> Option<Slot> {
+        let slot = self.next_boot()?;
+        if let Status::Trial { left, done } = self.get(slot).status {
+            let counted = Status::Trial { left: left.saturating_sub(1), done: done + 1 };
+            self.set(slot, SlotBoot { status: counted, ..self.get(slot) });
+        }
+        Some(slot)
+    }
+
     /// How `slot` looks from the `booted` one.
     pub fn view(&self, slot: Slot, booted: Slot) -> View {
         match self.get(slot).status {
@@ -327,16 +338,8 @@ mod tests {
     use super::sdboot::{self, Step};
     use super::*;
 
-    /// What systemd-boot does at boot: pick, count a try down.
     fn boot(state: &mut BootState) -> Slot {
-        let slot = state.next_boot().expect("something boots");
-        if let Status::Trial { left, done } = state.get(slot).status {
-            state.set(
-                slot,
-                SlotBoot { status: Status::Trial { left: left.saturating_sub(1), done: done + 1 }, ..state.get(slot) },
-            );
-        }
-        slot
+        state.power_on().expect("something boots")
     }
 
     #[test]

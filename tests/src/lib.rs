@@ -49,6 +49,11 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Run> {
     Ok(Run::from(out))
 }
 
+/// One slot of `osctl -o json version`'s first node (`Null` if absent).
+pub fn slot<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v[0]["slots"].as_array().and_then(|s| s.iter().find(|s| s["name"] == name)).unwrap_or(&serde_json::Value::Null)
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")

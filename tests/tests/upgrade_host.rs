@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use plinth_tests::{
-    Operator, bad_bundles, build_bundle, build_image, configured_node_on, osctl, split_bundle, wait_for,
+    Operator, bad_bundles, build_bundle, build_image, configured_node_on, osctl, slot, split_bundle, wait_for,
 };
 
 /// What must not change when a bundle is refused: both roots and the boot
@@ -25,10 +25,6 @@ fn snapshot(image: &Path) -> anyhow::Result<(String, String, Vec<String>)> {
 /// B failed its trial; A runs.
 fn fell_back_to_a(v: &serde_json::Value) {
     assert_eq!((slot(v, "b")["state"].as_str(), slot(v, "a")["booted"].as_bool()), (Some("failed"), Some(true)), "{v}");
-}
-
-fn slot<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    v[0]["slots"].as_array().and_then(|s| s.iter().find(|s| s["name"] == name)).unwrap_or(&serde_json::Value::Null)
 }
 
 #[test]

@@ -11,7 +11,7 @@ use machinery::api;
 use osctl::connect::{self, Credentials, LocalChecks};
 use plinth_qemu::{Vm, VmOptions};
 use plinth_tests::{
-    Operator, bad_bundles, build_bundle, build_image, build_options, bundle_with, osctl, static_bin_dir, wait_for,
+    Operator, bad_bundles, build_bundle, build_image, build_options, bundle_with, osctl, slot, static_bin_dir, wait_for,
 };
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -19,10 +19,6 @@ const BOOT: Duration = Duration::from_secs(240);
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     format!("serial console, last lines:\n{}", lines[lines.len().saturating_sub(60)..].join("\n"))
-}
-
-fn slot<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    v[0]["slots"].as_array().and_then(|s| s.iter().find(|s| s["name"] == name)).unwrap_or(&serde_json::Value::Null)
 }
 
 /// A booted, configured node in QEMU.
