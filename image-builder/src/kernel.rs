@@ -74,26 +74,23 @@ pub fn fetch(k: &Kernel, arch: &str, cache: &Path) -> Result<Extracted, BuildErr
     Ok(Extracted { deb, vmlinuz, modules_dir, deb_sha256: sum })
 }
 
-/// Finds `<name>.ko` (or compressed) below the package's module tree.
-pub fn find_module(modules_dir: &Path, name: &str) -> Result<PathBuf, BuildError> {
-    fn walk(dir: &Path, name: &str) -> Option<PathBuf> {
-        for e in std::fs::read_dir(dir).ok()?.flatten() {
+/// The package's module files by module name (`virtio_rng` → `…/virtio-rng.ko`).
+pub fn module_index(modules_dir: &Path) -> std::collections::BTreeMap<String, PathBuf> {
+    fn walk(dir: &Path, out: &mut std::collections::BTreeMap<String, PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
             if p.is_dir() {
-                if let Some(found) = walk(&p, name) {
-                    return Some(found);
-                }
+                walk(&p, out);
             } else if let Some(f) = p.file_name().map(|f| f.to_string_lossy().into_owned())
-                && [".ko", ".ko.xz", ".ko.zst"].iter().any(|ext| f == format!("{name}{ext}"))
+                && [".ko", ".ko.xz", ".ko.zst"].iter().any(|ext| f.ends_with(ext))
             {
-                return Some(p);
+                out.insert(module_name(&f), p);
             }
         }
-        None
     }
-    walk(modules_dir, name).ok_or_else(|| {
-        BuildError::Package(format!("module {name:?} is not in {} (built in, or misspelt?)", modules_dir.display()))
-    })
+    let mut out = std::collections::BTreeMap::new();
+    walk(modules_dir, &mut out);
+    out
 }
 
 /// The kernel's name for a module file name (`virtio-rng.ko` → `virtio_rng`).
@@ -124,22 +121,44 @@ pub fn builtin_modules(modules_dir: &Path) -> std::collections::BTreeSet<String>
         .collect()
 }
 
-/// Checks a load order: each module's dependencies must be built in or
-/// loaded before it (`finit_module` does not resolve them). `modules` is
-/// (file name, contents) in load order; the error is (module, dependency).
-pub fn check_order(
+/// A module file: its name and contents.
+pub type ModuleFile = (String, Vec<u8>);
+/// Reads a module by name (`None`: the kernel package has no such module).
+pub type ReadModule<'r> = &'r dyn Fn(&str) -> Option<ModuleFile>;
+
+/// The load order of `wanted` (module names, in order) with every
+/// dependency before the module needing it (`finit_module` does not
+/// resolve them), built-in ones and repeats left out. `read` gives a
+/// module's file name and contents; the error is (module, what it lacks).
+pub fn load_order<'a>(
     builtin: &std::collections::BTreeSet<String>,
-    modules: &[(String, &[u8])],
-) -> Result<(), (String, String)> {
-    let mut loaded = builtin.clone();
-    for (file, data) in modules {
-        let name = module_name(file);
-        if let Some(missing) = module_depends(data).into_iter().find(|d| !loaded.contains(d)) {
-            return Err((name, missing));
+    wanted: impl IntoIterator<Item = &'a String>,
+    read: ReadModule,
+) -> Result<Vec<ModuleFile>, (String, String)> {
+    fn visit(
+        name: &str,
+        needed_by: &str,
+        builtin: &std::collections::BTreeSet<String>,
+        read: ReadModule,
+        seen: &mut std::collections::BTreeSet<String>,
+        out: &mut Vec<ModuleFile>,
+    ) -> Result<(), (String, String)> {
+        let name = name.replace('-', "_");
+        if builtin.contains(&name) || !seen.insert(name.clone()) {
+            return Ok(());
         }
-        loaded.insert(name);
+        let (file, data) = read(&name).ok_or_else(|| (needed_by.to_string(), name.clone()))?;
+        for dep in module_depends(&data) {
+            visit(&dep, &name, builtin, read, seen, out)?;
+        }
+        out.push((file, data));
+        Ok(())
     }
-    Ok(())
+    let (mut seen, mut out) = (std::collections::BTreeSet::new(), Vec::new());
+    for m in wanted {
+        visit(m, "the board", builtin, read, &mut seen, &mut out)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -153,14 +172,29 @@ mod tests {
         assert!(module_depends(&ko("")).is_empty());
         assert_eq!(module_name("virtio-rng.ko"), "virtio_rng");
         let builtin: std::collections::BTreeSet<String> = ["ext4".to_string()].into();
-        let (failover, net_failover, virtio_net) = (ko(""), ko("failover"), ko("net_failover,ext4"));
-        let good = [("failover.ko".to_string(), &failover[..]), ("net_failover.ko".into(), &net_failover[..])];
-        assert!(
-            check_order(&builtin, &[good[0].clone(), good[1].clone(), ("virtio_net.ko".into(), &virtio_net)]).is_ok()
+        let modules: std::collections::BTreeMap<&str, Vec<u8>> = [
+            ("failover", ko("")),
+            ("net_failover", ko("failover")),
+            ("virtio_net", ko("net_failover,ext4")),
+            ("virtio_rng", ko("")),
+            ("broken", ko("missing_one")),
+        ]
+        .into();
+        let read = |n: &str| modules.get(n).map(|d| (format!("{}.ko", n.replace('_', "-")), d.clone()));
+        let names = |v: Vec<ModuleFile>| v.into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        // Dependencies come first, each module once, built-ins never.
+        let wanted = ["virtio-rng".to_string(), "virtio_net".into(), "failover".into()];
+        assert_eq!(
+            names(load_order(&builtin, &wanted, &read).unwrap()),
+            ["virtio-rng.ko", "failover.ko", "net-failover.ko", "virtio-net.ko"]
         );
         assert_eq!(
-            check_order(&builtin, &[("virtio_net.ko".into(), &virtio_net), good[0].clone()]),
-            Err(("virtio_net".into(), "net_failover".into()))
+            load_order(&builtin, &["broken".to_string()], &read).unwrap_err(),
+            ("broken".to_string(), "missing_one".to_string())
+        );
+        assert_eq!(
+            load_order(&builtin, &["nope".to_string()], &read).unwrap_err(),
+            ("the board".to_string(), "nope".to_string())
         );
     }
 }

@@ -12,6 +12,8 @@
 pub mod cpio;
 pub mod disk;
 pub mod kernel;
+pub mod oci;
+pub mod runtime;
 pub mod tools;
 pub mod uki;
 
@@ -49,11 +51,13 @@ pub enum BuildError {
     #[error("{what} is {size} bytes, its partition holds {room}: raise its size in the board config")]
     TooBig { what: String, size: u64, room: u64 },
     #[error(
-        "board {board}: kernel.modules: {module} needs {needs}, which is neither built in nor listed before it: add it earlier"
+        "board {board}: kernel modules: {module} needs {needs}, which is neither built in nor a module file of the kernel package (misspelt?)"
     )]
-    ModuleOrder { board: String, module: String, needs: String },
+    Module { board: String, module: String, needs: String },
     #[error("board {board}: {what} images are not built yet ({why})")]
     Unsupported { board: String, what: String, why: &'static str },
+    #[error("--preload-image {path}: {why}")]
+    Preload { path: PathBuf, why: String },
 }
 
 impl BuildError {
@@ -77,6 +81,9 @@ pub struct BuildOptions {
     /// The Plinth version stamped into the root (os-release, manifest):
     /// what the node reports once booted, and what upgrades compare.
     pub version: String,
+    /// OCI image archives (files, or directories of `*.tar`) baked into the
+    /// root and imported into containerd at boot: pods without a registry.
+    pub preload_images: Vec<PathBuf>,
 }
 
 /// What was built, with the sha256 of every part. The root image carries
@@ -113,18 +120,44 @@ fn sum(name: &str, path: &Path) -> Result<PartSum, BuildError> {
     Ok(PartSum { name: name.to_string(), size, sha256: kernel::sha256_file(path)? })
 }
 
-fn write(path: &Path, data: &[u8]) -> Result<(), BuildError> {
+pub(crate) fn write(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| BuildError::io("create", d, e))?;
     }
     std::fs::write(path, data).map_err(|e| BuildError::io("write", path, e))
 }
 
-fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), BuildError> {
+/// Copies a file (its content, following links); returns its size.
+pub(crate) fn copy(from: &Path, to: &Path, mode: u32) -> Result<u64, BuildError> {
     use std::os::unix::fs::PermissionsExt as _;
     let data = std::fs::read(from).map_err(|e| BuildError::io("read", from, e))?;
     write(to, &data)?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io("chmod", to, e))
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io("chmod", to, e))?;
+    Ok(data.len() as u64)
+}
+
+/// The archives `--preload-image` names: files as given, directories'
+/// `*.tar` in name order; each checked to be an image archive.
+pub fn preload_archives(paths: &[PathBuf]) -> Result<Vec<PathBuf>, BuildError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| BuildError::io("read", p, e))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "tar"))
+                .collect();
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    for a in &out {
+        oci::check_archive(a)?;
+    }
+    Ok(out)
 }
 
 /// Where downloaded packages are kept unless told otherwise:
@@ -139,7 +172,14 @@ pub fn load_board(name: &str, board_dir: &Path) -> Result<Board, BuildError> {
 }
 
 /// Stages the root image's file tree in `stage`.
-fn root_tree(opts: &BuildOptions, board_text: &str, manifest: &Manifest, stage: &Path) -> Result<(), BuildError> {
+fn root_tree(
+    opts: &BuildOptions,
+    board: &Board,
+    board_text: &str,
+    manifest: &Manifest,
+    preloads: &[PathBuf],
+    stage: &Path,
+) -> Result<(), BuildError> {
     for d in ["proc", "sys", "dev", "run", "var", "tmp", "system/state", "etc/plinth"] {
         std::fs::create_dir_all(stage.join(d)).map_err(|e| BuildError::io("create", &stage.join(d), e))?;
     }
@@ -150,11 +190,26 @@ fn root_tree(opts: &BuildOptions, board_text: &str, manifest: &Manifest, stage: 
     copy(&opts.trust_key, &rel(layout::ROOT_TRUSTED_KEY), 0o644)?;
     write(&rel(layout::ROOT_BOARD), board_text.as_bytes())?;
     write(&rel("/etc/os-release"), os_release(&opts.version).as_bytes())?;
+    // containerd copies it into every pod sandbox.
+    write(&rel("/etc/hosts"), b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")?;
     // init writes the name servers it learns to /run (the root is read-only).
     std::os::unix::fs::symlink("/run/resolv.conf", rel("/etc/resolv.conf"))
         .map_err(|e| BuildError::io("link", &rel("/etc/resolv.conf"), e))?;
     let json = serde_json::to_string_pretty(manifest).unwrap_or_default();
     write(&rel(layout::ROOT_MANIFEST), json.as_bytes())?;
+    runtime::stage(stage, board.arch)?;
+    // The pod sandbox image first, then the preloaded ones, each under a
+    // name of its own (two `busybox.tar` from different directories).
+    let images = rel(layout::ROOT_IMAGES);
+    let pause_bin = opts.bin_dir.join(layout::PAUSE_BINARY);
+    let pause = std::fs::read(&pause_bin).map_err(|e| BuildError::io("read", &pause_bin, e))?;
+    let archive = oci::single_binary_image(&pause, "pause", layout::PAUSE_IMAGE, board.arch)
+        .map_err(|e| BuildError::io("write the pause image for", &pause_bin, e))?;
+    write(&images.join(layout::PAUSE_ARCHIVE), &archive)?;
+    for (i, a) in preloads.iter().enumerate() {
+        let name = a.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        copy(a, &images.join(format!("{}-{name}", i + 1)), 0o644)?;
+    }
     // mke2fs creates STATE and EPHEMERAL on first boot; it comes with the
     // exact libraries it links, and nothing else.
     let mke2fs = tools::require("mke2fs", "e2fsprogs")?;
@@ -256,7 +311,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
         }
     }
     // Check the inputs and the tools first: fail before minutes of work.
-    for (b, _) in layout::IMAGE_BINARIES {
+    for b in layout::IMAGE_BINARIES.iter().map(|(b, _)| *b).chain([layout::PAUSE_BINARY]) {
         let p = opts.bin_dir.join(b);
         if !p.exists() {
             return Err(BuildError::io(
@@ -279,11 +334,13 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
     tools::require("mke2fs", "e2fsprogs")?;
     tools::require("dpkg-deb", "dpkg")?;
     let zstd = tools::require("zstd", "zstd")?;
+    runtime::require()?;
+    let preloads = preload_archives(&opts.preload_images)?;
 
     progress.step(&format!("fetching {} {}", board.kernel.package, board.kernel.version));
     let k = kernel::fetch(&board.kernel, board.arch.debian(), &opts.cache_dir.join("kernel"))?;
 
-    progress.step(&format!("building the initramfs ({} modules)", board.kernel.modules.len()));
+    progress.step("building the initramfs (init and the kernel modules)");
     let cpio_file = w.join("initrd.cpio");
     write(&cpio_file, &cpio::archive(&initramfs_entries(opts, &board, &k)?))?;
     // zstd (the kernel has CONFIG_RD_ZSTD): 8 MiB → 3 MiB, so two UKIs and
@@ -304,7 +361,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
 
     let board_file = w.join("board.toml");
     write(&board_file, board_text.as_bytes())?;
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         plinth_version: opts.version.clone(),
         board: board.name.clone(),
         arch: board.arch.debian().to_string(),
@@ -319,15 +376,20 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
             sum("plinth-init", &opts.bin_dir.join("plinth-init"))?,
             sum("apid", &opts.bin_dir.join("apid"))?,
             sum("orchestrator", &opts.bin_dir.join("orchestrator"))?,
+            sum(layout::PAUSE_BINARY, &opts.bin_dir.join(layout::PAUSE_BINARY))?,
             sum("trusted-key.pub", &opts.trust_key)?,
             sum("board.toml", &board_file)?,
         ],
         partitions: Vec::new(),
     };
+    for a in &preloads {
+        let name = a.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        manifest.parts.push(sum(&format!("preload/{name}"), a)?);
+    }
 
     progress.step("building the root image (squashfs, zstd)");
     let stage = w.join("root");
-    root_tree(opts, &board_text, &manifest, &stage)?;
+    root_tree(opts, &board, &board_text, &manifest, &preloads, &stage)?;
     let root_img = w.join("root.squashfs");
     tools::run(Command::new(mksquashfs).arg(&stage).arg(&root_img).args([
         "-comp",
@@ -476,19 +538,15 @@ pub fn initramfs_entries(
         prefix = if prefix.is_empty() { d.to_string() } else { format!("{prefix}/{d}") };
         entries.push(cpio::Entry::Dir { path: prefix.clone() });
     }
-    let mut order = String::new();
-    let mut files = Vec::new();
-    for m in &board.kernel.modules {
-        let src = kernel::find_module(&k.modules_dir, m)?;
-        let file = src.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let data = std::fs::read(&src).map_err(|e| BuildError::io("read", &src, e))?;
-        order.push_str(&file);
-        order.push('\n');
-        files.push((file, data));
-    }
-    let order_check: Vec<(String, &[u8])> = files.iter().map(|(f, d)| (f.clone(), d.as_slice())).collect();
-    kernel::check_order(&kernel::builtin_modules(&k.modules_dir), &order_check)
-        .map_err(|(module, needs)| BuildError::ModuleOrder { board: board.name.clone(), module, needs })?;
+    let index = kernel::module_index(&k.modules_dir);
+    let read = |name: &str| {
+        let path = index.get(name)?;
+        Some((path.file_name()?.to_string_lossy().into_owned(), std::fs::read(path).ok()?))
+    };
+    let wanted = board.kernel.modules.iter().chain(&board.kernel.runtime_modules);
+    let files = kernel::load_order(&kernel::builtin_modules(&k.modules_dir), wanted, &read)
+        .map_err(|(module, needs)| BuildError::Module { board: board.name.clone(), module, needs })?;
+    let order: String = files.iter().map(|(f, _)| format!("{f}\n")).collect();
     for (file, data) in files {
         entries.push(cpio::Entry::File { path: format!("{mods}/{file}"), mode: 0o644, data });
     }

@@ -23,7 +23,8 @@ struct Common {
     /// what upgrades compare).
     #[arg(long = "plinth-version", default_value = machinery::VERSION)]
     version: String,
-    /// Static plinth-init and apid (scripts/build-static.sh builds them).
+    /// Static plinth-init, apid, orchestrator and plinth-pause
+    /// (scripts/build-static.sh builds them).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/x86_64-unknown-linux-gnu/release"))]
     bin_dir: PathBuf,
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../board-configs"))]
@@ -31,6 +32,12 @@ struct Common {
     /// Downloaded packages are kept here (default: ~/.cache/plinth).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// An OCI image archive (`skopeo copy … oci-archive:FILE:NAME`, or
+    /// `docker save`), or a directory of them (`*.tar`), to bake in: it is
+    /// imported into containerd at boot, so pods run it without a registry.
+    /// Repeatable.
+    #[arg(long = "preload-image", value_name = "ARCHIVE|DIR")]
+    preload_images: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +73,7 @@ fn options(c: Common, trust_key: PathBuf) -> image_builder::BuildOptions {
         out: c.out,
         cache_dir: c.cache_dir.unwrap_or_else(image_builder::default_cache_dir),
         version: c.version,
+        preload_images: c.preload_images,
     }
 }
 

@@ -42,6 +42,7 @@ fn fixture_bins(dir: &Path) -> PathBuf {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::copy(bin.join("plinth-init"), bin.join("apid")).unwrap();
     std::fs::copy(bin.join("plinth-init"), bin.join("orchestrator")).unwrap();
+    std::fs::copy(bin.join("plinth-init"), bin.join("plinth-pause")).unwrap();
     bin
 }
 
@@ -108,6 +109,7 @@ fn every_layer_of_a_built_image_reads_back() {
         out: w.join("plinth.img"),
         cache_dir: cache,
         version: machinery::VERSION.to_string(),
+        preload_images: Vec::new(),
     };
     let built = image_builder::build(&opts).unwrap();
     let board = image_builder::load_board(&opts.board, &opts.board_dir).unwrap();
@@ -165,13 +167,24 @@ fn every_layer_of_a_built_image_reads_back() {
         assert_eq!(get("dev/console").unwrap().rdev, (5, 1));
         let mods = layout::INITRAMFS_MODULES.trim_start_matches('/');
         let order = String::from_utf8(get(&format!("{mods}/order")).unwrap().data.clone()).unwrap();
-        let want: Vec<String> = board.kernel.modules.iter().map(|m| format!("{m}.ko")).collect();
-        assert_eq!(order.lines().collect::<Vec<_>>(), want);
-        for m in &want {
-            assert!(get(&format!("{mods}/{m}")).unwrap().data.starts_with(b"\x7fELF"), "{m}");
+        let order: Vec<&str> = order.lines().collect();
+        let names: Vec<String> = order.iter().map(|f| image_builder::kernel::module_name(f)).collect();
+        // The board's boot modules first, in its order; then the runtime's,
+        // each after the modules it depends on.
+        let boot: Vec<String> = board.kernel.modules.iter().map(|m| m.replace('-', "_")).collect();
+        assert_eq!(names[..boot.len()], boot[..]);
+        for m in &board.kernel.runtime_modules {
+            assert!(names.contains(&m.replace('-', "_")), "{m} is loaded");
+        }
+        for (i, f) in order.iter().enumerate() {
+            let data = &get(&format!("{mods}/{f}")).unwrap().data;
+            assert!(data.starts_with(b"\x7fELF"), "{f}");
+            for dep in image_builder::kernel::module_depends(data) {
+                assert!(!names[i..].contains(&dep), "{f} needs {dep}, loaded after it");
+            }
         }
         let files = entries.iter().filter(|e| e.mode & 0o170000 == 0o100000).count();
-        assert_eq!(files, 1 + want.len() + 1, "init, the modules and order; nothing else");
+        assert_eq!(files, 1 + order.len() + 1, "init, the modules and order; nothing else");
     }
 
     // Both root slots hold the same squashfs.
@@ -198,6 +211,21 @@ fn every_layer_of_a_built_image_reads_back() {
         assert!(root(d).is_dir(), "{d}");
         assert_eq!(std::fs::read_dir(root(d)).unwrap().count(), 0, "{d} is an empty mount point");
     }
+    // The container runtime, with the libraries it links and its config.
+    for (p, _) in image_builder::runtime::PROGRAMS {
+        assert!(root(p).is_file(), "{p}");
+    }
+    assert!(root("/lib64/ld-linux-x86-64.so.2").is_file());
+    assert_eq!(std::fs::read_link(root("/usr/sbin/iptables")).unwrap(), Path::new("xtables-nft-multi"));
+    assert_eq!(
+        std::fs::read_to_string(root(layout::ROOT_CONTAINERD_CONFIG)).unwrap(),
+        image_builder::runtime::containerd_config()
+    );
+    let images: Vec<String> = std::fs::read_dir(root(layout::ROOT_IMAGES))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(images, [layout::PAUSE_ARCHIVE], "the pause image, and no preloads asked for");
     // The root's manifest covers every part built before it.
     let inner: Manifest = serde_json::from_str(&std::fs::read_to_string(root(layout::ROOT_MANIFEST)).unwrap()).unwrap();
     for p in &inner.parts {
@@ -214,7 +242,7 @@ fn every_layer_of_a_built_image_reads_back() {
 }
 
 #[test]
-fn a_module_listed_before_its_dependency_is_refused() {
+fn a_misspelt_module_or_a_bad_preload_archive_is_refused_before_anything_is_written() {
     if !tools_ready() {
         return;
     }
@@ -222,15 +250,14 @@ fn a_module_listed_before_its_dependency_is_refused() {
     let w = work.path();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let text = std::fs::read_to_string(workspace.join("board-configs/qemu-x86_64.toml")).unwrap();
-    let swapped = text
-        .replace("\"failover\", \"net_failover\", \"virtio_net\"", "\"failover\", \"virtio_net\", \"net_failover\"");
-    assert_ne!(swapped, text, "the board lists failover, net_failover, virtio_net");
+    let misspelt = text.replace("\"xt_comment\"", "\"xt_coment\"");
+    assert_ne!(misspelt, text, "the board lists xt_comment");
     let board = w.join("qemu-x86_64.toml");
-    std::fs::write(&board, swapped).unwrap();
+    std::fs::write(&board, misspelt).unwrap();
     let key = machinery::signing::generate_signing_key().unwrap();
     std::fs::write(w.join("ops.pub"), machinery::signing::verifying_key_to_pem(&key.verifying_key()).unwrap()).unwrap();
     let cache = image_builder::default_cache_dir();
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         board: board.display().to_string(),
         board_dir: w.to_path_buf(),
         trust_key: w.join("ops.pub"),
@@ -238,12 +265,21 @@ fn a_module_listed_before_its_dependency_is_refused() {
         out: w.join("plinth.img"),
         cache_dir: cache,
         version: machinery::VERSION.to_string(),
+        preload_images: Vec::new(),
     };
     let e = image_builder::build(&opts).unwrap_err().to_string();
     assert_eq!(
         e,
-        "board qemu-x86_64: kernel.modules: virtio_net needs net_failover, which is neither built in nor listed \
-         before it: add it earlier"
+        "board qemu-x86_64: kernel modules: the board needs xt_coment, which is neither built in nor a module file \
+         of the kernel package (misspelt?)"
     );
+    assert!(!opts.out.exists(), "nothing written");
+
+    std::fs::write(&board, &text).unwrap();
+    let notes = w.join("notes.tar");
+    std::fs::write(&notes, "not an image archive").unwrap();
+    opts.preload_images = vec![notes.clone()];
+    let e = image_builder::build(&opts).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("--preload-image {}: ", notes.display())), "{e}");
     assert!(!opts.out.exists(), "nothing written");
 }

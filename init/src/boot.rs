@@ -46,6 +46,34 @@ pub fn early_mounts(sys: &dyn System) -> Result<(), BootError> {
     Ok(())
 }
 
+/// What containers need once in the root: the unified cgroup hierarchy
+/// (with its controllers handed down: runc places each container below the
+/// root), and tmpfs on /tmp and /dev/shm. Returns what failed; the node
+/// still boots and serves its API without them.
+pub fn runtime_mounts(sys: &dyn System) -> Vec<SysError> {
+    let nsnd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mut failed = Vec::new();
+    for (src, target, fstype, flags, data) in [
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nsnd | MsFlags::MS_NOEXEC, "nsdelegate"),
+        ("tmpfs", "/tmp", "tmpfs", nsnd, "mode=1777"),
+        ("shm", "/dev/shm", "tmpfs", nsnd, "mode=1777"),
+    ] {
+        if let Err(e) =
+            sys.mkdir_all(Path::new(target)).and_then(|_| sys.mount(src, Path::new(target), fstype, flags, data))
+        {
+            failed.push(e);
+        }
+    }
+    // One at a time: a controller this kernel lacks does not stop the others.
+    let control = Path::new("/sys/fs/cgroup/cgroup.subtree_control");
+    for c in ["cpuset", "cpu", "io", "memory", "hugetlb", "pids"] {
+        if let Err(e) = sys.write(control, format!("+{c}").as_bytes()) {
+            failed.push(e);
+        }
+    }
+    failed
+}
+
 /// The slot this boot belongs to, from `/proc/cmdline`.
 pub fn slot(sys: &dyn System) -> Result<Slot, BootError> {
     let cmdline = sys.read_to_string(Path::new("/proc/cmdline"))?;
@@ -208,6 +236,22 @@ mod tests {
         assert_eq!(failures.len(), 1);
         assert!(failures[0].to_string().contains("/m/a.ko"));
         assert_eq!(sys.calls(), ["load /m/a.ko", "load /m/b.ko"]);
+    }
+
+    #[test]
+    fn containers_get_cgroup2_and_every_controller_the_kernel_has() {
+        let sys = Recorder::default();
+        let control = "/sys/fs/cgroup/cgroup.subtree_control";
+        sys.failing.lock().unwrap().push(control.into());
+        let failures = runtime_mounts(&sys);
+        let calls = sys.calls();
+        assert_eq!(calls[..2], ["mkdir /sys/fs/cgroup", "mount cgroup2 /sys/fs/cgroup cgroup2 nsdelegate"]);
+        assert!(calls.contains(&"mount tmpfs /tmp tmpfs mode=1777".to_string()), "{calls:?}");
+        // Each controller is asked for on its own: one missing does not stop the others.
+        let asked: Vec<&String> = calls.iter().filter(|c| c.starts_with("write")).collect();
+        assert_eq!(asked.len(), 6);
+        assert_eq!(asked[3], &format!("write {control} +memory"));
+        assert_eq!(failures.len(), 6);
     }
 
     #[test]

@@ -126,7 +126,6 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
     // The trial's clock starts now: a boot that hangs later (the network,
     // a service) still ends in a fallback.
     machine.gate_trial();
-    machine.start_cluster_services().await;
     if let Bring::Network = bring {
         let network = machine.active_network().await;
         match net::configure(network.as_ref()).await {
@@ -140,6 +139,8 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
             Err(e) => event(&events, "network", format!("network bring-up failed: {e}")),
         }
     }
+    // After the network: the API's certificate names the node's addresses.
+    machine.start_cluster_services().await;
 
     let socket = core.state_dir.join(SOCKET);
     if let Some(dir) = socket.parent() {

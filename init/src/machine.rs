@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use machinery::api::{self, ApplyMode, NodeMode, machine_service_server::MachineService};
 use machinery::config::{self, MachineConfig};
+use machinery::layout;
 use machinery::slots::View;
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_stream::Stream;
@@ -51,10 +52,26 @@ pub struct OrchestratorSettings {
     pub data_dir: std::path::PathBuf,
     /// host:port of the Kubernetes API.
     pub listen: String,
+    /// The kubelet and its container runtime, where the node has them.
+    pub kubelet: Option<KubeletSettings>,
 }
 
-/// The service name of the control plane.
+/// The container runtime init runs for the kubelet, and where the kubelet
+/// finds what it needs (paths from `machinery::layout` in an image).
+#[derive(Debug, Clone)]
+pub struct KubeletSettings {
+    pub containerd: std::path::PathBuf,
+    pub containerd_config: std::path::PathBuf,
+    pub cri_socket: std::path::PathBuf,
+    pub cni_conf_dir: std::path::PathBuf,
+    /// Image archives imported into containerd when the kubelet starts.
+    pub image_dir: std::path::PathBuf,
+}
+
+/// The service name of the control plane (and of the kubelet with it).
 pub const ORCHESTRATOR: &str = "orchestrator";
+/// The service name of the container runtime.
+pub const CONTAINERD: &str = "containerd";
 
 struct TryState {
     id: u64,
@@ -155,19 +172,28 @@ impl Machine {
     }
 
     /// Starts the services the applied config asks for that are not running
-    /// yet: the control plane on a `controlplane` node.
+    /// yet: on a `controlplane` node containerd, then the control plane
+    /// with the kubelet in the same process.
     pub async fn start_cluster_services(&self) {
         let Some(o) = &self.settings.orchestrator else { return };
-        let api = {
+        let (api, cluster, names) = {
             let st = self.state.lock().await;
             match &st.active {
-                Some(a) if a.config.cluster.role == config::Role::Controlplane => a.config.api.clone(),
+                Some(a) if a.config.cluster.role == config::Role::Controlplane => {
+                    (a.config.api.clone(), a.config.cluster.clone(), kube_serving_names(&a.config, &self.settings))
+                }
                 _ => return,
             }
         };
         if self.supervisor.list().iter().any(|s| s.name == ORCHESTRATOR) {
             return;
         }
+        let env = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
+            std::env::vars()
+                .filter(|(k, _)| k == "PLINTH_LOG")
+                .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect()
+        };
         let mut args = vec![
             "server".to_string(),
             "--data-dir".into(),
@@ -175,6 +201,9 @@ impl Machine {
             "--listen".into(),
             o.listen.clone(),
         ];
+        for n in names {
+            args.extend(["--cert-san".into(), n]);
+        }
         // The cluster CA of the config issues the Kubernetes client
         // certificates too, when the config carries its key.
         if let Some(key) = &api.ca_key {
@@ -192,12 +221,82 @@ impl Machine {
                 Err(e) => event(&self.events, "service", format!("writing the cluster CA for the orchestrator: {e}")),
             }
         }
+        if let Some(k) = &o.kubelet {
+            self.supervisor.add(ServiceSpec {
+                name: CONTAINERD.into(),
+                program: k.containerd.clone(),
+                args: vec!["--config".into(), k.containerd_config.display().to_string()],
+                env: env(&[("PATH", layout::SERVICE_PATH)]),
+            });
+            let hostname = self.state.lock().await.active.as_ref().map(|a| a.config.machine.hostname.clone());
+            args.extend([
+                "--kubelet".into(),
+                "--cri-socket".into(),
+                k.cri_socket.display().to_string(),
+                "--cni-conf-dir".into(),
+                k.cni_conf_dir.display().to_string(),
+                "--image-dir".into(),
+                k.image_dir.display().to_string(),
+                "--pod-cidr".into(),
+                node_pod_cidr(&cluster.pod_cidr),
+            ]);
+            if let Some(h) = hostname {
+                args.extend(["--node-name".into(), h]);
+            }
+        }
         self.supervisor.add(ServiceSpec {
             name: ORCHESTRATOR.into(),
             program: o.program.clone(),
             args,
-            env: std::env::vars().filter(|(k, _)| k == "PLINTH_LOG").collect(),
+            env: env(&[("PATH", layout::SERVICE_PATH)]),
         });
+    }
+
+    /// Where the pods running before an upgrade are recorded, when this
+    /// node runs the kubelet with the control plane.
+    fn pods_before_upgrade(&self) -> Option<std::path::PathBuf> {
+        let o = self.settings.orchestrator.as_ref().filter(|o| o.kubelet.is_some())?;
+        self.supervisor
+            .list()
+            .iter()
+            .any(|s| s.name == ORCHESTRATOR)
+            .then(|| o.data_dir.join("pods-before-upgrade.json"))
+    }
+
+    /// Runs `orchestrator health` for this node with `args`: Ok when the
+    /// node is back at work (or runs no kubelet), else what is missing.
+    async fn orchestrator_health(&self, args: &[String]) -> Result<String, String> {
+        let Some(o) = self.settings.orchestrator.as_ref().filter(|o| o.kubelet.is_some()) else {
+            return Ok(String::new());
+        };
+        let node = match &self.state.lock().await.active {
+            Some(a) if a.config.cluster.role == config::Role::Controlplane => a.config.machine.hostname.clone(),
+            _ => return Ok(String::new()),
+        };
+        let out = tokio::process::Command::new(&o.program)
+            .arg("health")
+            .arg("--kubeconfig")
+            .arg(o.data_dir.join("admin.kubeconfig"))
+            .args(["--node", &node])
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| format!("{}: {e}", o.program.display()))?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let said = said.trim().to_string();
+        if out.status.success() { Ok(said) } else { Err(said) }
+    }
+
+    /// Before an upgrade's reboot: records the pods running now, which the
+    /// trial boot must run again before it is committed.
+    async fn record_pods(&self) {
+        let Some(file) = self.pods_before_upgrade() else { return };
+        let args = ["--record".to_string(), file.display().to_string()];
+        match self.orchestrator_health(&args).await {
+            Ok(said) if !said.is_empty() => event(&self.events, "upgrade", said),
+            Ok(_) => {}
+            Err(e) => event(&self.events, "upgrade", format!("cannot record the running pods: {e}")),
+        }
     }
 
     /// The admin kubeconfig the control plane wrote.
@@ -436,6 +535,46 @@ fn serving_names(c: &MachineConfig, settings: &NodeSettings) -> Vec<String> {
     names
 }
 
+/// Names and addresses the Kubernetes API's serving certificate is valid
+/// for: apid's, the addresses the node has now (DHCP), and the host of the
+/// cluster endpoint.
+fn kube_serving_names(c: &MachineConfig, settings: &NodeSettings) -> Vec<String> {
+    let mut names = serving_names(c, settings);
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(sa) = a.address else { continue };
+            let ip = sa
+                .as_sockaddr_in()
+                .map(|s| std::net::IpAddr::V4(s.ip()))
+                .or_else(|| sa.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())));
+            if let Some(ip) = ip
+                .filter(|ip| !ip.is_loopback() && !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()))
+            {
+                names.push(ip.to_string());
+            }
+        }
+    }
+    let endpoint_host = c.cluster.endpoint.as_deref().and_then(|e| {
+        let rest = e.split_once("://").map_or(e, |(_, r)| r);
+        let host = rest.split('/').next()?;
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        Some(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    });
+    names.extend(endpoint_host.filter(|h| !h.is_empty()));
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// This node's pod network: the first /24 of the cluster's pod CIDR (one
+/// node per control plane until nodes are handed CIDRs of their own).
+fn node_pod_cidr(cluster: &str) -> String {
+    match cluster.parse::<ipnet::Ipv4Net>() {
+        Ok(net) if net.prefix_len() <= 24 => format!("{}/24", net.network()),
+        _ => cluster.to_string(),
+    }
+}
+
 /// Turns a broadcast follower into a gRPC stream, after the backlog.
 fn follow<T: Clone + Send + 'static>(backlog: Vec<T>, rx: Option<broadcast::Receiver<T>>) -> Stream_<T> {
     let (tx, out) = mpsc::channel::<Result<T, Status>>(256);
@@ -565,6 +704,7 @@ impl MachineService for InitApi {
         match result {
             Ok((resp, reboot)) => {
                 if reboot {
+                    self.0.record_pods().await;
                     self.0.power.send(PowerAction::Reboot).await.map_err(internal)?;
                 }
                 Ok(Response::new(resp))
@@ -646,16 +786,40 @@ impl Machine {
         tokio::spawn(async move {
             let timeout = slots.health_timeout();
             let deadline = Instant::now() + timeout;
+            let mut last = String::from("services not running yet");
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let services = me.supervisor.list();
-                let healthy = !services.is_empty()
+                let services_ok = !services.is_empty()
                     && services.iter().all(|s| {
                         s.state == api::ServiceState::Running as i32
                             && s.restarts == 0
                             && s.uptime_seconds >= upgrade::HEALTHY_FOR.as_secs()
                     });
+                if !services_ok {
+                    last = "a service is not running, or restarted".into();
+                }
+                let healthy = services_ok;
+                // The cluster too: the node Ready, and the pods it ran
+                // before the upgrade running again.
+                let healthy = healthy && {
+                    let expect = me.pods_before_upgrade();
+                    let mut args = Vec::new();
+                    if let Some(f) = expect.as_ref().filter(|f| f.exists()) {
+                        args = vec!["--expect".to_string(), f.display().to_string()];
+                    }
+                    match me.orchestrator_health(&args).await {
+                        Ok(_) => true,
+                        Err(why) => {
+                            last = why;
+                            false
+                        }
+                    }
+                };
                 if healthy {
+                    if let Some(f) = me.pods_before_upgrade() {
+                        let _ = std::fs::remove_file(f);
+                    }
                     match tokio::task::block_in_place(|| slots.commit()) {
                         Ok(()) => event(&me.events, "upgrade", format!("slot {booted} is healthy: committed")),
                         Err(e) => event(&me.events, "upgrade", format!("cannot commit slot {booted}: {e}")),
@@ -666,7 +830,7 @@ impl Machine {
             event(
                 &me.events,
                 "upgrade",
-                format!("slot {booted} did not become healthy in {timeout:?}: rebooting to fall back"),
+                format!("slot {booted} did not become healthy in {timeout:?} ({last}): rebooting to fall back"),
             );
             let _ = me.power.send(PowerAction::Reboot).await;
         });

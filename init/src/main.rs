@@ -81,6 +81,7 @@ async fn host() {
         program,
         data_dir: args.state_dir.join("orchestrator"),
         listen: args.kube_listen,
+        kubelet: None,
     });
     let opts = init::HostOptions {
         state_dir: args.state_dir,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use machinery::layout;
 
 use crate::boot::{self, Formatted};
-use crate::machine::{NodeSettings, OrchestratorSettings, PowerAction};
+use crate::machine::{KubeletSettings, NodeSettings, OrchestratorSettings, PowerAction};
 use crate::system::{Linux, System};
 use crate::{Bring, Core};
 
@@ -62,6 +62,9 @@ fn enter_root(sys: &dyn System) -> Result<(layout::Slot, PathBuf), boot::BootErr
     let dev = boot::mount_root(sys, slot, PARTITION_TIMEOUT)?;
     tracing::info!("slot {}: root image {}", slot.name(), dev.display());
     boot::switch_into_root(sys)?;
+    for failure in boot::runtime_mounts(sys) {
+        tracing::warn!("for containers: {failure}");
+    }
     Ok((slot, dev))
 }
 
@@ -164,6 +167,13 @@ pub fn run() -> ! {
                 program: PathBuf::from(layout::ROOT_ORCHESTRATOR),
                 data_dir: PathBuf::from(layout::ORCHESTRATOR_DATA),
                 listen: format!("0.0.0.0:{}", layout::KUBE_API_PORT),
+                kubelet: Path::new(layout::ROOT_CONTAINERD).exists().then(|| KubeletSettings {
+                    containerd: PathBuf::from(layout::ROOT_CONTAINERD),
+                    containerd_config: PathBuf::from(layout::ROOT_CONTAINERD_CONFIG),
+                    cri_socket: PathBuf::from(layout::CONTAINERD_SOCKET),
+                    cni_conf_dir: PathBuf::from(layout::CNI_CONF_DIR),
+                    image_dir: PathBuf::from(layout::ROOT_IMAGES),
+                }),
             }),
             ..NodeSettings::default()
         },

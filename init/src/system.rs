@@ -37,6 +37,8 @@ pub trait System: Send + Sync {
     fn switch_root(&self, new_root: &Path) -> SysResult<()>;
     fn mkdir_all(&self, path: &Path) -> SysResult<()>;
     fn read_to_string(&self, path: &Path) -> SysResult<String>;
+    /// Writes a kernel control file (`/sys`, `/proc/sys`) in one write.
+    fn write(&self, path: &Path, data: &[u8]) -> SysResult<()>;
     fn read_dir(&self, path: &Path) -> SysResult<Vec<String>>;
     /// Bytes at `offset` of a file or block device.
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> SysResult<Vec<u8>>;
@@ -80,6 +82,15 @@ impl System for Linux {
 
     fn read_to_string(&self, path: &Path) -> SysResult<String> {
         std::fs::read_to_string(path).map_err(sys_err("read", path))
+    }
+
+    fn write(&self, path: &Path, data: &[u8]) -> SysResult<()> {
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(data))
+            .map_err(sys_err("write", path))
     }
 
     fn read_dir(&self, path: &Path) -> SysResult<Vec<String>> {
@@ -186,6 +197,9 @@ impl System for Recorder {
     }
     fn read_to_string(&self, path: &Path) -> SysResult<String> {
         Ok(String::from_utf8_lossy(&self.get(path)?).into_owned())
+    }
+    fn write(&self, path: &Path, data: &[u8]) -> SysResult<()> {
+        self.record(format!("write {} {}", path.display(), String::from_utf8_lossy(data)), path)
     }
     fn read_dir(&self, path: &Path) -> SysResult<Vec<String>> {
         let files = self.files.lock().unwrap();

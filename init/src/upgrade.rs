@@ -445,8 +445,10 @@ impl Slots {
     }
 }
 
-/// The default [`SlotSettings::health_timeout`].
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(120);
+/// The default [`SlotSettings::health_timeout`]: room for the kubelet to
+/// start the node's pods again on a small board (a hung boot is reset by
+/// the watchdog sooner).
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the services must have run without a restart.
 pub const HEALTHY_FOR: Duration = Duration::from_secs(10);
 

@@ -17,6 +17,7 @@
 //! version = "6.1.187-1"
 //! sha256 = "…"                 # of the .deb
 //! modules = ["virtio_ring", …] # loaded by init, in this order
+//! runtime_modules = ["overlay", …] # for containerd and CNI, after those
 //! devicetrees = []             # rpi-firmware: DTBs from the kernel package
 //!
 //! [firmware]                   # rpi-firmware only
@@ -72,6 +73,14 @@ impl Arch {
         }
     }
 
+    /// Debian's multiarch triple (`/usr/lib/<triple>/…`).
+    pub fn multiarch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu",
+            Arch::Aarch64 => "aarch64-linux-gnu",
+        }
+    }
+
     /// The UEFI removable-media boot path's file name (`BOOTX64.EFI`).
     pub fn efi_boot_file(self) -> &'static str {
         match self {
@@ -100,9 +109,14 @@ pub struct Kernel {
     pub version: String,
     /// sha256 of the `.deb`.
     pub sha256: String,
-    /// Modules loaded by init, in this order (names without `.ko`).
+    /// Modules loaded by init, in this order (names without `.ko`); each
+    /// module's dependencies are added before it.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Modules the container runtime needs (overlayfs, bridge, veth,
+    /// netfilter for the CNI plugins' NAT), loaded after `modules`.
+    #[serde(default)]
+    pub runtime_modules: Vec<String>,
     /// Device trees to put on the boot partition, relative to the package's
     /// `usr/lib/linux-image-<release>/` (e.g. `broadcom/bcm2711-rpi-4-b.dtb`).
     #[serde(default)]
@@ -185,17 +199,20 @@ impl Board {
         check_package(&board.kernel.package, &board.kernel.version, &board.kernel.sha256, "kernel")
             .map_err(|(field, message)| err(&field, message))?;
         let mut seen = std::collections::BTreeSet::new();
-        for (i, m) in board.kernel.modules.iter().enumerate() {
-            if m.is_empty() || m.ends_with(".ko") || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
-            {
-                return Err(err(
-                    &format!("kernel.modules[{i}]"),
-                    format!("{m:?} is not a module name (like virtio_blk, without .ko)"),
-                ));
-            }
-            // The kernel treats - and _ alike in module names.
-            if !seen.insert(m.replace('-', "_")) {
-                return Err(err(&format!("kernel.modules[{i}]"), format!("{m:?} is listed twice")));
+        let lists = [("modules", &board.kernel.modules), ("runtime_modules", &board.kernel.runtime_modules)];
+        for (list, modules) in lists {
+            for (i, m) in modules.iter().enumerate() {
+                let field = format!("kernel.{list}[{i}]");
+                if m.is_empty()
+                    || m.ends_with(".ko")
+                    || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                {
+                    return Err(err(&field, format!("{m:?} is not a module name (like virtio_blk, without .ko)")));
+                }
+                // The kernel treats - and _ alike in module names.
+                if !seen.insert(m.replace('-', "_")) {
+                    return Err(err(&field, format!("{m:?} is listed twice")));
+                }
             }
         }
         for (i, d) in board.kernel.devicetrees.iter().enumerate() {
@@ -380,6 +397,8 @@ ephemeral_min = 1024
         assert_eq!(field(&GOOD.replace("quiet", "console=tty0")), "cmdline");
         assert_eq!(field(&GOOD.replace("\"virtio\"", "\"virtio.ko\"")), "kernel.modules[0]");
         assert_eq!(field(&GOOD.replace("\"virtio\"", "\"virtio_blk\"")), "kernel.modules[1]");
+        let runtime = GOOD.replace("modules = [", "runtime_modules = [\"overlay\", \"virtio\"]\nmodules = [");
+        assert_eq!(field(&runtime), "kernel.runtime_modules[1]");
         assert_eq!(field(&GOOD.replace("linux-image-6.1.0-53", "Linux Image")), "kernel.package");
         assert_eq!(field(&GOOD.replace("6.1.187-1", "")), "kernel.version");
         assert_eq!(field(&GOOD.replace("name = \"test\"", "name = \"a b\"")), "name");

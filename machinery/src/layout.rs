@@ -83,12 +83,40 @@ pub const INITRAMFS_MODULES: &str = "/lib/modules/plinth";
 /// In the root image: binaries and the config-signing key baked in.
 pub const ROOT_APID: &str = "/usr/bin/apid";
 pub const ROOT_INIT: &str = "/usr/bin/plinth-init";
-/// The control plane (and, later, the kubelet).
+/// The control plane and the kubelet.
 pub const ROOT_ORCHESTRATOR: &str = "/usr/bin/orchestrator";
 /// Our static binaries an image carries, by file name in the build's
 /// binary directory, with where they go in the root.
 pub const IMAGE_BINARIES: [(&str, &str); 3] =
     [("plinth-init", ROOT_INIT), ("apid", ROOT_APID), ("orchestrator", ROOT_ORCHESTRATOR)];
+/// Our pod sandbox ("pause") program, by file name in the build's binary
+/// directory; the image carries it only inside [`PAUSE_ARCHIVE`].
+pub const PAUSE_BINARY: &str = "plinth-pause";
+/// The container runtime in the root image (Debian's containerd, runc and
+/// CNI plugins, with the shared libraries they link).
+pub const ROOT_CONTAINERD: &str = "/usr/bin/containerd";
+/// containerd's config, written by image-builder: CRI with runc and the
+/// cgroupfs driver, state under /run, images and snapshots on EPHEMERAL.
+pub const ROOT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// containerd's CRI socket.
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// containerd's images, snapshots and containers (on EPHEMERAL).
+pub const CONTAINERD_ROOT: &str = "/var/lib/containerd";
+/// Where the CNI plugins are, in the root image.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// Where the kubelet writes its CNI network config and containerd reads it
+/// (on EPHEMERAL: the root is read-only).
+pub const CNI_CONF_DIR: &str = "/var/lib/plinth/cni";
+/// In the root image: OCI image archives imported into containerd when the
+/// kubelet starts (the pod sandbox image, and the images given to
+/// `image-builder --preload-image`): pods run without a registry.
+pub const ROOT_IMAGES: &str = "/usr/share/plinth/images";
+/// The pod sandbox image's archive in [`ROOT_IMAGES`], and its name.
+pub const PAUSE_ARCHIVE: &str = "0-pause.tar";
+pub const PAUSE_IMAGE: &str = "localhost/plinth/pause:1";
+/// The executable search path of the services init runs (containerd finds
+/// runc and its shim, the CNI plugins find iptables, the kubelet ctr).
+pub const SERVICE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 pub const ROOT_TRUSTED_KEY: &str = "/etc/plinth/trusted-key.pub";
 /// In the root image: the image manifest (versions, sha256 of every part).
 pub const ROOT_MANIFEST: &str = "/etc/plinth/manifest.json";

@@ -5,6 +5,7 @@ pub mod controllers;
 pub mod cri;
 pub mod discovery;
 pub mod errors;
+pub mod health;
 pub mod kubelet;
 pub mod patch;
 pub mod pki;

@@ -1,6 +1,7 @@
 //! `orchestrator server --data-dir DIR [--kubelet]`: Plinth's control plane
 //! on a host, with the kubelet in the same process on a control-plane node;
-//! `orchestrator kubelet --kubeconfig F`: the kubelet alone, on a worker.
+//! `orchestrator kubelet --kubeconfig F`: the kubelet alone, on a worker;
+//! `orchestrator health`: whether a node is back at work (upgrade health gate).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,8 +38,27 @@ enum Command {
         /// Also run the kubelet: this machine becomes a node running pods through containerd.
         #[arg(long)]
         kubelet: bool,
+        /// Another name or address for the API's serving certificate (repeatable).
+        #[arg(long = "cert-san", value_name = "NAME")]
+        cert_sans: Vec<String>,
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// Whether NODE is back at work: exits 0 when its Node is Ready and the
+    /// pods of --expect are running and ready again, 1 (saying what is not)
+    /// otherwise; --record writes the pods running and ready now.
+    Health {
+        /// An admin kubeconfig (embedded data).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        node: String,
+        /// Write the node's running, ready pods here (JSON) and exit.
+        #[arg(long, conflicts_with = "expect")]
+        record: Option<PathBuf>,
+        /// The pods that must be running and ready again (from --record).
+        #[arg(long)]
+        expect: Option<PathBuf>,
     },
     /// Runs the kubelet alone against a remote API server (a worker node).
     Kubelet {
@@ -104,11 +124,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match Cli::parse().command {
-        Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, node } => {
+        Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, cert_sans, node } => {
             let durability =
                 if fsync { orchestrator::store::Durability::Full } else { orchestrator::store::Durability::Normal };
             let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
-            let cfg = orchestrator::server::Config { data_dir, listen, ca_cert, ca_key, durability, controllers };
+            let cfg =
+                orchestrator::server::Config { data_dir, listen, ca_cert, ca_key, durability, controllers, cert_sans };
             rt.block_on(async {
                 let running = orchestrator::server::start(cfg).await?;
                 if let Some(k) = node {
@@ -121,6 +142,31 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Health { kubeconfig, node, record, expect } => rt.block_on(async {
+            use orchestrator::health;
+            let api = Api::Remote(kubelet::api::Remote::from_kubeconfig(&kubeconfig)?);
+            if let Some(path) = record {
+                let pods = health::ready_pods(&api, &node).await?;
+                std::fs::write(&path, serde_json::to_vec(&pods)?)
+                    .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
+                println!("{} running pods recorded in {}", pods.len(), path.display());
+                return Ok(());
+            }
+            let expected: Vec<health::PodRef> = match &expect {
+                Some(path) => {
+                    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+                    serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                }
+                None => Vec::new(),
+            };
+            let missing = health::not_ready(&api, &node, &expected).await?;
+            if missing.is_empty() {
+                println!("node {node} is Ready and its {} pods are running", expected.len());
+                return Ok(());
+            }
+            println!("{}", missing.join("; "));
+            std::process::exit(1);
+        }),
         Command::Kubelet { kubeconfig, node } => rt.block_on(async {
             let remote = kubelet::api::Remote::from_kubeconfig(&kubeconfig)?;
             let identity = Identity::SelfSigned { ca_pem: remote.ca_pem.clone() };

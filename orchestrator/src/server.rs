@@ -40,6 +40,9 @@ pub struct Config {
     pub durability: Durability,
     /// Run the controllers and the scheduler in this process.
     pub controllers: bool,
+    /// More names and addresses for the serving certificate (the node's
+    /// host name and LAN addresses, a load balancer's name).
+    pub cert_sans: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +201,7 @@ fn kubelet_client(ca: &pki::CertKey) -> Result<rustls::ClientConfig, ServerError
         .map_err(|e| tls(&e))
 }
 
-fn tls_config(ca: &pki::CertKey, addr: SocketAddr) -> Result<rustls::ServerConfig, ServerError> {
+fn tls_config(ca: &pki::CertKey, addr: SocketAddr, extra: &[String]) -> Result<rustls::ServerConfig, ServerError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
@@ -210,9 +213,12 @@ fn tls_config(ca: &pki::CertKey, addr: SocketAddr) -> Result<rustls::ServerConfi
         "127.0.0.1".into(),
         "10.96.0.1".into(),
     ];
-    if !addr.ip().is_unspecified() && !names.contains(&addr.ip().to_string()) {
+    if !addr.ip().is_unspecified() {
         names.push(addr.ip().to_string());
     }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
     let serving = pki::issue_server(ca, &names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -257,7 +263,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     let viewer = pki::issue_client(&ca, "viewer", READ_ONLY_GROUP)?;
     let read_only_kubeconfig = dir.join("read-only.kubeconfig");
     pki::write_private(&read_only_kubeconfig, &pki::kubeconfig(&url, &ca, &viewer, "viewer"))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ca, address)?));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ca, address, &cfg.cert_sans)?));
     let state = Arc::new(State {
         registry: registry.clone(),
         address: format!("{host}:{}", address.port()),

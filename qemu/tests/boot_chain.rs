@@ -51,6 +51,7 @@ fn fixture_bins(dir: &Path) -> PathBuf {
     assert!(out.status.success(), "rustc {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
     std::fs::copy(bin.join("plinth-init"), bin.join("apid")).unwrap();
     std::fs::copy(bin.join("plinth-init"), bin.join("orchestrator")).unwrap();
+    std::fs::copy(bin.join("plinth-init"), bin.join("plinth-pause")).unwrap();
     bin
 }
 
@@ -81,6 +82,7 @@ fn fixture_options(work: &Path, board: &str, image: &Path) -> image_builder::Bui
         out: image.to_path_buf(),
         cache_dir: image_builder::default_cache_dir(),
         version: machinery::VERSION.to_string(),
+        preload_images: Vec::new(),
     }
 }
 

@@ -2,6 +2,8 @@
 //! built binaries, runs `osctl` as a user would, and starts nodes — in host
 //! mode here (init + apid as processes over a state directory).
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -351,7 +353,36 @@ pub fn build_options(op: &Operator, out: &Path, version: &str) -> anyhow::Result
         out: out.to_path_buf(),
         cache_dir: image_builder::default_cache_dir(),
         version: version.to_string(),
+        preload_images: Vec::new(),
     })
+}
+
+/// The busybox image the journey's pods run, as Kubernetes names it.
+pub const BUSYBOX: &str = "docker.io/library/busybox:plinth";
+
+/// An OCI archive of [`BUSYBOX`]: Debian's busybox-static with a link per
+/// applet in /bin (what `--preload-image` bakes into an image).
+pub fn busybox_archive(dir: &Path) -> anyhow::Result<PathBuf> {
+    use image_builder::oci::{Entry, ImageSpec};
+    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (apt install busybox-static)")?;
+    let list = Command::new("/bin/busybox").arg("--list").output().context("busybox --list")?;
+    let mut entries: Vec<Entry> =
+        ["bin", "etc", "tmp", "proc", "sys", "dev"].iter().map(|d| Entry::Dir { path: d.to_string() }).collect();
+    entries.push(Entry::File { path: "bin/busybox".into(), mode: 0o755, data: busybox });
+    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
+        entries.push(Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
+    }
+    let spec = ImageSpec {
+        reference: BUSYBOX.into(),
+        arch: machinery::board::Arch::X86_64,
+        entries,
+        entrypoint: Vec::new(),
+        cmd: vec!["sh".into()],
+        env: vec!["PATH=/bin".into()],
+    };
+    let path = dir.join("busybox.tar");
+    std::fs::write(&path, image_builder::oci::archive(&spec)?)?;
+    Ok(path)
 }
 
 /// Where scripts/build-static.sh puts the binaries that go into images.

@@ -92,6 +92,7 @@ fn qemu_upgrade_a_to_b_and_back_rollback_and_a_broken_bundle_rolls_back_by_itsel
     std::fs::copy(bins.join("apid"), broken_bins.join("apid"))?;
     std::fs::copy(bins.join("apid"), broken_bins.join("plinth-init"))?;
     std::fs::copy(bins.join("orchestrator"), broken_bins.join("orchestrator"))?;
+    std::fs::copy(bins.join("plinth-pause"), broken_bins.join("plinth-pause"))?;
     let broken = w.join("plinth-0.4.0-broken.osb");
     let mut opts = build_options(&op, &broken, "0.4.0")?;
     opts.bin_dir = broken_bins;

@@ -1,0 +1,73 @@
+//! Benchmark (not a test): the single-node cluster in QEMU (TCG). Prints
+//! the time from power-on to the Node Ready and to the web Deployment
+//! (2 busybox pods) Ready, guest RAM in use (MemTotal − MemAvailable) idle
+//! and with the Deployment, and the RSS of each service init runs. Guest
+//! memory: PLINTH_JOURNEY_MEMORY_MIB (default 512). Run with
+//! `bench/journey.sh`, which also finds the smallest memory that works.
+
+use std::time::{Duration, Instant};
+
+use plinth_tests::cluster::ClusterNode;
+use plinth_tests::{Operator, build_options, busybox_archive};
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn footprint(node: &ClusterNode, when: &str) -> anyhow::Result<()> {
+    // Let start-up work settle: the figure is the steady state.
+    std::thread::sleep(Duration::from_secs(15));
+    let v = node.version().ok_or_else(|| anyhow::anyhow!("no answer from the node"))?;
+    let total = v[0]["memory_total_kib"].as_u64().unwrap_or(0);
+    let used = total - v[0]["memory_available_kib"].as_u64().unwrap_or(0);
+    println!("{when}: guest RAM in use {:.1} MiB of {:.1} MiB", mib(used), mib(total));
+    let services = node.osctl(&["-o", "json", "services"]).ok()?.json()?;
+    let mut ours = mib(v[0]["init_rss_kib"].as_u64().unwrap_or(0));
+    println!("  init RSS {ours:.1} MiB");
+    for s in services.as_array().into_iter().flatten() {
+        let name = s["name"].as_str().unwrap_or("?");
+        let rss = mib(s["rss_kib"].as_u64().unwrap_or(0));
+        println!("  {name} RSS {rss:.1} MiB");
+        if name != "containerd" {
+            ours += rss;
+        }
+    }
+    println!("  Plinth's own processes (init, apid, orchestrator) together: {ours:.1} MiB RSS");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let memory = std::env::var("PLINTH_JOURNEY_MEMORY_MIB").ok().and_then(|m| m.parse().ok()).unwrap_or(512);
+    let op = Operator::new()?;
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let image = w.join("plinth.img");
+    let mut opts = build_options(&op, &image, machinery::VERSION)?;
+    opts.preload_images = vec![busybox_archive(w)?];
+    let t = Instant::now();
+    image_builder::build(&opts)?;
+    println!("image build with busybox preloaded (kernel cached): {:.1} s", t.elapsed().as_secs_f64());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("plinth.img.manifest.json"))?)?;
+    for part in manifest["parts"].as_array().into_iter().flatten() {
+        if part["name"] == "root.squashfs" {
+            println!("root.squashfs: {:.1} MiB", part["size"].as_u64().unwrap_or(0) as f64 / 1048576.0);
+        }
+    }
+
+    let node = ClusterNode::boot(&op, image, w, "bench", memory)?;
+    println!(
+        "guest memory {memory} MiB: power-on → Node Ready {:.1} s wall clock under TCG (includes applying the config)",
+        node.to_ready.as_secs_f64()
+    );
+    footprint(&node, "Node Ready, no pods")?;
+    let t = Instant::now();
+    node.deploy_web(w)?;
+    println!(
+        "kubectl apply → Deployment (2 pods) Ready {:.1} s; power-on → Deployment Ready {:.1} s",
+        t.elapsed().as_secs_f64(),
+        node.powered_on.elapsed().as_secs_f64()
+    );
+    footprint(&node, "with the Deployment")?;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The whole journey on one node in QEMU, through the public interfaces
+//! only: an image with busybox preloaded, a signed config applied with
+//! osctl, the kubeconfig from osctl, a Deployment + Service + ConfigMap with
+//! real kubectl (rollout status, logs, exec, one pod reaching the other),
+//! an A/B upgrade after which the same Deployment is Ready again with no
+//! user action, and a rollback after which it is too.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use plinth_tests::cluster::{ClusterNode, tail};
+use plinth_tests::{Operator, build_options, bundle_with, busybox_archive, slot, wait_for};
+
+/// Guest memory (MiB); `bench/journey.sh --min-memory` lowers it.
+fn memory_mib() -> u32 {
+    std::env::var("PLINTH_JOURNEY_MEMORY_MIB").ok().and_then(|m| m.parse().ok()).unwrap_or(512)
+}
+
+#[test]
+fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Result<()> {
+    let _one = plinth_qemu::one_at_a_time();
+    let op = Operator::new()?;
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let busybox = busybox_archive(w)?;
+    let image = w.join("plinth.img");
+    let mut opts = build_options(&op, &image, machinery::VERSION)?;
+    opts.preload_images = vec![busybox.clone()];
+    image_builder::build(&opts)?;
+    let bundle = w.join("plinth-0.2.0.osb");
+    let mut bundle_opts = build_options(&op, &bundle, "0.2.0")?;
+    bundle_opts.preload_images = vec![busybox];
+    bundle_with(&bundle_opts, &op)?;
+
+    let node = ClusterNode::boot(&op, image, w, "jnode", memory_mib())?;
+    let services = node.osctl(&["-o", "json", "services"]).ok()?.json()?;
+    for name in ["apid", "containerd", "orchestrator"] {
+        let s = services.as_array().into_iter().flatten().find(|s| s["name"] == name);
+        assert_eq!(s.map(|s| &s["state"]), Some(&serde_json::json!("running")), "{name}: {services}");
+    }
+
+    // The workload: busybox from the image's preloaded archive, no registry.
+    node.deploy_web(w)?;
+    let before = node.web_pods()?;
+    assert_eq!(before.len(), 2, "{before:?}");
+    let logs = node.kubectl(&["logs", &format!("pod/{}", before[0].0)])?.ok()?;
+    assert!(logs.stdout.contains("serving: hello from a configmap"), "{logs:?}");
+    let exec = node.kubectl(&["exec", &before[0].0, "--", "cat", "/config/greeting"])?.ok()?;
+    assert_eq!(exec.stdout, "hello from a configmap");
+    // Pod to pod over the node's bridge.
+    let url = format!("http://{}:8080/", before[1].1);
+    let got = node.kubectl(&["exec", &before[0].0, "--", "wget", "-q", "-O", "-", &url])?.ok()?;
+    assert_eq!(got.stdout, "hello from a configmap", "{url}");
+    let svc = node.kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])?.ok()?;
+    assert!(svc.stdout.starts_with("10.96."), "{svc:?}");
+
+    // The upgrade: the node reboots into slot B, which is committed only
+    // once the node is Ready and both pods run again, by themselves.
+    let r = node.osctl(&["-o", "json", "upgrade", "--bundle", bundle.to_str().context("utf-8")?]).ok()?.json()?;
+    assert_eq!(r["slot"], "b", "{r}");
+    let committed = |name: &'static str, version: &'static str| {
+        move |v: &serde_json::Value| {
+            let s = slot(v, name);
+            s["booted"] == true && s["state"] == "committed" && v[0]["plinth_version"] == version
+        }
+    };
+    let on_b = committed("b", "0.2.0");
+    wait_for("slot b committed", Duration::from_secs(900), || node.version().filter(|v| on_b(v)))
+        .with_context(|| tail(&node.vm.serial_log()))?;
+    let events = node.osctl(&["events"]).ok()?.stdout;
+    assert!(events.contains("2 running pods recorded"), "{events}");
+    assert!(events.contains("slot b is healthy: committed"), "{events}");
+    node.wait_web("after the upgrade")?;
+    let after = node.web_pods()?;
+    let names = |p: &[(String, String)]| p.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before), "the same pods run again");
+    let exec = node.kubectl(&["exec", &after[1].0, "--", "cat", "/config/greeting"])?.ok()?;
+    assert_eq!(exec.stdout, "hello from a configmap");
+
+    // The rollback: slot A again, and the Deployment with it.
+    node.osctl(&["rollback"]).ok()?;
+    let on_a = committed("a", machinery::VERSION);
+    wait_for("slot a back", Duration::from_secs(600), || node.version().filter(|v| on_a(v)))
+        .with_context(|| tail(&node.vm.serial_log()))?;
+    node.wait_web("after the rollback")?;
+    assert_eq!(names(&node.web_pods()?), names(&before));
+    Ok(())
+}
