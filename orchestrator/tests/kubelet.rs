@@ -105,6 +105,45 @@ spec:
     assert!(!c.kubelet_dir().join("ipam").read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy() == ip));
 }
 
+/// Two pods on the node get distinct addresses from the pod CIDR, each sees
+/// its own address on its eth0, and each reaches the other by pod IP: a
+/// TCP listener in one pod answers a client that `kubectl exec` runs in
+/// the other, in both directions.
+#[test]
+fn two_pods_get_distinct_ips_and_reach_each_other() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    // Each pod serves its own name over HTTP on 8080 (busybox httpd) and can run clients.
+    let serve = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
+    for name in ["left", "right"] {
+        c.ok(&["run", name, "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sh", "-c", serve]);
+    }
+    for name in ["left", "right"] {
+        c.wait_for(&["get", "pod", name, "-o", "jsonpath={.status.containerStatuses[0].ready}"], READY, |s| {
+            s == "true"
+        });
+    }
+    let (left, right) = (c.pod_field("left", ".status.podIP"), c.pod_field("right", ".status.podIP"));
+    assert_ne!(left, right, "each pod has its own address");
+    let prefix = format!("{}.", c.containerd.pod_cidr.rsplit_once('.').unwrap().0);
+    for (name, ip) in [("left", &left), ("right", &right)] {
+        assert!(ip.starts_with(&prefix), "{name}'s {ip} is in {}", c.containerd.pod_cidr);
+        assert_eq!(c.pod_field(name, ".status.podIPs[0].ip"), *ip);
+        // The address in the status is the one on the pod's interface.
+        let addr = c.ok(&["exec", name, "--", "ip", "-4", "-o", "addr", "show", "eth0"]);
+        assert!(addr.contains(&format!(" {ip}/")), "{name}: {addr}");
+    }
+    for (from, to, ip) in [("left", "right", &right), ("right", "left", &left)] {
+        let page = c.ok(&["exec", from, "--", "wget", "-q", "-T", "5", "-O-", &format!("http://{ip}:8080/")]);
+        assert_eq!(page, format!("{to}\n"), "{from} fetched from {to} at {ip}");
+    }
+    // A raw TCP round trip as well: nc listens in one pod, the other connects to its pod IP.
+    c.ok(&["exec", "right", "--", "sh", "-c", "nc -l -p 9000 > /tmp/got 2>&1 < /dev/null & sleep 0.2"]);
+    let sent = c.run(&["exec", "left", "--", "sh", "-c", &format!("echo ping from left | nc -w 2 {right} 9000")]);
+    assert!(sent.status.success(), "{sent:?}");
+    c.wait_for(&["exec", "right", "--", "cat", "/tmp/got"], READY, |s| s == "ping from left\n");
+}
+
 /// A container that exits at once is restarted with back-off and shows
 /// CrashLoopBackOff; a deleted pod's sandbox, network namespace and IP go
 /// away, and the container saw SIGTERM first.
