@@ -13,12 +13,14 @@
 
 pub mod api;
 pub mod cni;
+pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod node;
 pub mod pod;
 pub mod probe;
 pub mod server;
+pub mod spdy;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
