@@ -567,6 +567,74 @@ fn air_gapped_images_and_image_faults() {
     assert!(c.event_reasons("never").contains("ErrImageNeverPull"));
 }
 
+/// imagePullSecrets: a registry on 127.0.0.1 that wants a password
+/// (Debian's docker-registry with htpasswd). A pod with a
+/// `kubernetes.io/dockerconfigjson` Secret made by `kubectl create secret
+/// docker-registry` pulls and runs; without it, or with a wrong password,
+/// the pull is refused (ErrImagePull, then ImagePullBackOff); a missing
+/// Secret is reported as an event.
+#[test]
+fn image_pull_secrets_authenticate_to_a_registry() {
+    use kubelet_support::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};
+    let Some(c) = Cluster::start() else { return };
+    let registry = Registry::start_with_auth();
+    let image = registry.push_busybox("private/busybox:1");
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    let server = format!("--docker-server={}", registry.address);
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &server,
+        &format!("--docker-username={REGISTRY_USER}"),
+        &format!("--docker-password={REGISTRY_PASSWORD}"),
+    ]);
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "badcred",
+        &server,
+        "--docker-username=alice",
+        "--docker-password=nope",
+    ]);
+    assert_eq!(c.ok(&["get", "secret", "regcred", "-o", "jsonpath={.type}"]), "kubernetes.io/dockerconfigjson");
+    let pod = |name: &str, secrets: &[&str]| {
+        let list: Vec<String> = secrets.iter().map(|s| format!("{{name: {s}}}")).collect();
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  imagePullSecrets: [{}]
+  containers:
+  - {{name: main, image: "{image}", imagePullPolicy: Always, command: [sleep, "3600"]}}
+"#,
+            list.join(", ")
+        )
+    };
+    // A wrong credential first, then the right one: each is tried in turn.
+    c.apply(&pod("private", &["missing", "badcred", "regcred"]));
+    c.apply(&pod("anonymous", &[]));
+    c.apply(&pod("wrong", &["badcred"]));
+    c.wait_for(&["get", "pod", "private", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    let reason = "jsonpath={.status.containerStatuses[0].state.waiting.reason}";
+    for name in ["anonymous", "wrong"] {
+        c.wait_for(&["get", "pod", name, "-o", reason], READY, |s| s == "ImagePullBackOff");
+        let message = c.pod_field(name, ".status.containerStatuses[0].state.waiting.message");
+        assert!(message.contains(&image), "{name}: {message}");
+    }
+    assert!(
+        c.pod_field("anonymous", ".status.containerStatuses[0].state.waiting.message").contains("Back-off pulling")
+    );
+    let reasons = c.event_reasons("private");
+    assert!(reasons.contains("FailedToRetrieveImagePullSecret") && reasons.contains("Pulled"), "{reasons}");
+    assert_eq!(c.ok(&["exec", "private", "--", "echo", "pulled with a password"]), "pulled with a password\n");
+}
+
 /// A worker: `orchestrator kubelet --kubeconfig` in its own process talks
 /// to `orchestrator server` over HTTPS (lists, watches, status writes,
 /// lease), serves a self-signed endpoint the API server proxies logs and
