@@ -93,6 +93,7 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
         "binding" => ("Binding", None, None, &["create"]),
         "exec" => ("PodExecOptions", None, None, &["create", "get"]),
         "attach" => ("PodAttachOptions", None, None, &["create", "get"]),
+        "portforward" => ("PodPortForwardOptions", None, None, &["create", "get"]),
         "log" => (rt.kind, None, None, &["get"]),
         _ => (rt.kind, None, None, &["get", "patch", "update"]),
     };

@@ -132,7 +132,7 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["po"],
         ALL,
-        &["status", "binding", "log", "exec", "attach"],
+        &["status", "binding", "log", "exec", "attach", "portforward"],
         POD_FIELDS
     ),
     rt!("", "Node", core::Node, "nodes", "node", false, &["no"], NONE, &["status"], &["spec.unschedulable"]),

@@ -4,7 +4,9 @@
 //! `pods/attach` as WebSocket upgrades (`v5.channel.k8s.io` /
 //! `v4.channel.k8s.io`, what current kubectl and client libraries speak)
 //! forwarded to the kubelet and then piped byte for byte: the kubelet
-//! terminates the channel protocol (`kubelet::exec`).
+//! terminates the channel protocol (`kubelet::exec`). `pods/portforward`
+//! (kubectl ≥1.31: SPDY tunnelled in a WebSocket) is unwrapped here and
+//! carried to the kubelet's SPDY upgrade, which reaches containerd.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,13 +54,22 @@ fn target(state: &State, ns: &str, name: &str, container: Option<&str>) -> Resul
             }
         },
     };
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
-    if node_name.is_empty() {
+    if pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty() {
         return Err(ApiError::bad_request(format!(
             "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled"
         )));
     }
-    let node = reg.get(resources::by_kind("Node").expect("served"), None, node_name)?;
+    let (ip, port) = kubelet_of(state, &pod, name)?;
+    Ok(Target { ip, port, container })
+}
+
+/// The address of the kubelet of a pod's node (its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`).
+fn kubelet_of(state: &State, pod: &Value, name: &str) -> Result<(String, u16), ApiError> {
+    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!("pod \"{name}\" is not scheduled to a node yet")));
+    }
+    let node = state.registry.get(resources::by_kind("Node").expect("served"), None, node_name)?;
     let ip = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -69,7 +80,7 @@ fn target(state: &State, ns: &str, name: &str, container: Option<&str>) -> Resul
         .unwrap_or_default()
         .to_string();
     let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
-    Ok(Target { ip, port: port as u16, container })
+    Ok((ip, port as u16))
 }
 
 /// Sends one request to a kubelet over HTTPS (the connection allows an upgrade).
@@ -249,6 +260,116 @@ pub async fn exec(state: Arc<State>, user: Option<User>, req: Request<Incoming>)
         };
         let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(kubelet)).await;
     });
+    Ok(response)
+}
+
+/// The WebSocket subprotocol of kubectl ≥1.31's port-forward: SPDY/3.1 tunnelled in binary messages.
+const PORT_FORWARD_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// `pods/{name}/portforward` with `Upgrade: websocket` (kubectl ≥1.31): the
+/// kubelet's `/portForward/…` is upgraded to SPDY first (it reaches the
+/// runtime before agreeing); then this end answers kubectl's WebSocket and
+/// carries the SPDY bytes, each binary message's payload one piece of the
+/// stream in either direction. The SPDY session itself is kubectl's with
+/// containerd's streaming server.
+pub async fn port_forward(
+    state: Arc<State>,
+    user: Option<User>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
+
+    let user = user.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
+    let segs: Vec<String> = req.uri().path().split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let (ns, name) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, "portforward"] => (ns.to_string(), name.to_string()),
+        _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+    };
+    if !allowed(&user, "create") {
+        return Err(ApiError::forbidden(format!(
+            "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"{ns}\"",
+            user.name
+        )));
+    }
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == PORT_FORWARD_PROTOCOL);
+    if !websocket || !offered {
+        return Err(ApiError::bad_request(format!(
+            "port-forward needs a WebSocket with subprotocol {PORT_FORWARD_PROTOCOL} (kubectl 1.31 or newer; SPDY is not served)"
+        )));
+    }
+    let pod = state.registry.get(resources::by_kind("Pod").expect("served"), Some(&ns), &name)?;
+    let (ip, port) = kubelet_of(&state, &pod, &name)?;
+    let t = Target { ip, port, container: String::new() };
+    let up = Request::builder()
+        .method("POST")
+        .uri(format!("/portForward/{ns}/{name}"))
+        .header(header::HOST, format!("{}:{}", t.ip, t.port))
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", crate::kubelet::portforward::PROTOCOL)
+        .body(Body::Full(None))
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let resp = kubelet_send(&state, &t, up).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(refused(resp).await);
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let accept = websocket_accept(key);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(kubelet)) = tokio::join!(hyper::upgrade::on(req), hyper::upgrade::on(resp)) else {
+            return;
+        };
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(kubelet));
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(Message::Binary(b))) => {
+                        if wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                n = rd.read(&mut buf) => match n {
+                    Ok(n) if n > 0 => {
+                        if ws.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+            }
+        }
+        let _ = wr.shutdown().await;
+        let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+    });
+    let mut response = Response::new(Body::Full(None));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(PORT_FORWARD_PROTOCOL));
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
     Ok(response)
 }
 

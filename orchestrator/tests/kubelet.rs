@@ -480,6 +480,66 @@ spec:
     c.wait_for(&["get", "pod", "echoer", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Succeeded");
 }
 
+/// `kubectl port-forward` (kubectl ≥1.31 tunnels SPDY in a WebSocket to the
+/// API server; the kubelet carries it to containerd's streaming server):
+/// several connections through one session reach the pod's port, a
+/// megabyte arrives whole, and a second forwarded port works alongside.
+#[test]
+fn kubectl_port_forward() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    let serve = "mkdir -p /www && echo forwarded > /www/index.html && \
+                 dd if=/dev/urandom of=/www/big bs=1024 count=1024 2>/dev/null && md5sum /www/big > /www/big.md5 && \
+                 (nc -ll -p 9000 -e echo pong &) ; exec httpd -f -p 8080 -h /www";
+    c.ok(&["run", "web", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sh", "-c", serve]);
+    c.wait_for(&["get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].ready}"], READY, |s| s == "true");
+    c.wait_for(&["exec", "web", "--", "cat", "/www/big.md5"], READY, |s| s.contains("/www/big"));
+    let mut pf = std::process::Command::new(&c.kubectl)
+        .args(["port-forward", "pod/web", ":8080", ":9000"])
+        .env("KUBECONFIG", c.data.path().join("admin.kubeconfig"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "Forwarding from 127.0.0.1:PORT -> 8080", then the same for [::1] and for 9000.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(pf.stdout.take().unwrap()));
+    let mut local = std::collections::HashMap::new();
+    while local.len() < 2 {
+        let line = lines.next().expect("kubectl port-forward printed its ports").unwrap();
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+            let (port, remote) = rest.split_once(" -> ").unwrap();
+            local.insert(remote.to_string(), port.to_string());
+        }
+    }
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "10", &format!("http://127.0.0.1:{}/{path}", local["8080"])])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {path}: {out:?}");
+        out.stdout
+    };
+    for _ in 0..3 {
+        assert_eq!(curl("index.html"), b"forwarded\n");
+    }
+    let big = curl("big");
+    assert_eq!(big.len(), 1024 * 1024);
+    let sum = std::process::Command::new("md5sum").arg(write(&c, "big", &big)).output().unwrap();
+    let remote = String::from_utf8(curl("big.md5")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sum.stdout).split(' ').next(),
+        remote.split(' ').next(),
+        "the megabyte arrived unchanged"
+    );
+    let mut tcp = std::net::TcpStream::connect(format!("127.0.0.1:{}", local["9000"])).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
+    assert_eq!(answer, "pong\n");
+    let _ = pf.kill();
+    let _ = pf.wait();
+}
+
 fn write(c: &Cluster, name: &str, data: &[u8]) -> std::path::PathBuf {
     let p = c.data.path().join(name);
     std::fs::write(&p, data).unwrap();

@@ -19,6 +19,7 @@ pub mod images;
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod portforward;
 pub mod probe;
 pub mod server;
 pub mod spdy;

@@ -1,6 +1,7 @@
 //! The kubelet's HTTPS endpoint (10250): `GET /containerLogs/{ns}/{pod}/{container}`
 //! for the API server's `pods/log` proxy, and the WebSocket upgrades of
-//! `/exec/…` and `/attach/…` (module `exec`) it pipes `pods/exec` and `pods/attach` to. TLS with a serving certificate
+//! `/exec/…` and `/attach/…` (module `exec`) and `/portForward/…` (module
+//! `portforward`) it pipes `pods/exec`, `pods/attach` and `pods/portforward` to. TLS with a serving certificate
 //! from the cluster CA; clients must present a certificate of that CA in the
 //! admin group (the API server's kubelet client).
 
@@ -123,6 +124,10 @@ async fn handle(k: Arc<Kubelet>, admin: bool, req: Request<Incoming>) -> Respons
             let opts = super::exec::Options::from_query(*kind == "attach", &q);
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
             super::exec::serve(k, &ns, &pod, &container, opts, req).await
+        }
+        ["portForward", ns, pod] => {
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            super::portforward::serve(k, &ns, &pod, req).await
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n".into()),
     }
