@@ -698,7 +698,7 @@ spec:
 /// A worker: `orchestrator kubelet --kubeconfig` in its own process talks
 /// to `orchestrator server` over HTTPS (lists, watches, status writes,
 /// lease), serves a self-signed endpoint the API server proxies logs and
-/// exec to, and cleans up deleted pods.
+/// exec (with stdin) to, and cleans up deleted pods.
 #[test]
 fn worker_kubelet_over_https() {
     let Some(c) = Cluster::start_split() else { return };
@@ -739,6 +739,8 @@ spec:
     let pod = pods.split_whitespace().next().unwrap().to_string();
     assert_eq!(c.wait_for(&["logs", &pod], READY, |s| !s.is_empty()), "hello worker\n");
     assert_eq!(c.ok(&["exec", &pod, "--", "sh", "-c", "echo $GREETING"]), "hello worker\n");
+    let piped = c.run_with_stdin(&["exec", "-i", &pod, "--", "cat"], b"through the worker\n");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "through the worker\n", "{piped:?}");
     let uid = c.pod_field(&pod, ".metadata.uid");
     c.ok(&["delete", "pod", &pod, "--wait=true"]);
     assert!(!c.containerd.sandboxes().iter().any(|(_, u, _)| *u == uid));
