@@ -91,6 +91,10 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
     let (kind, group, version, verbs): (&str, Option<&str>, Option<&str>, &[&str]) = match sub {
         "scale" => ("Scale", Some("autoscaling"), Some("v1"), &["get", "patch", "update"]),
         "binding" => ("Binding", None, None, &["create"]),
+        "exec" => ("PodExecOptions", None, None, &["create", "get"]),
+        "attach" => ("PodAttachOptions", None, None, &["create", "get"]),
+        "portforward" => ("PodPortForwardOptions", None, None, &["create", "get"]),
+        "log" => (rt.kind, None, None, &["get"]),
         _ => (rt.kind, None, None, &["get", "patch", "update"]),
     };
     APIResource {

@@ -123,7 +123,18 @@ pub static RESOURCES: &[ResourceType] = &[
         &["status"],
         &["status.phase"]
     ),
-    rt!("", "Pod", core::Pod, "pods", "pod", true, &["po"], ALL, &["status", "binding", "log"], POD_FIELDS),
+    rt!(
+        "",
+        "Pod",
+        core::Pod,
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        ALL,
+        &["status", "binding", "log", "exec", "attach", "portforward"],
+        POD_FIELDS
+    ),
     rt!("", "Node", core::Node, "nodes", "node", false, &["no"], NONE, &["status"], &["spec.unschedulable"]),
     rt!("", "Service", core::Service, "services", "service", true, &["svc"], ALL, &["status"], NONE),
     rt!("", "Endpoints", core::Endpoints, "endpoints", "endpoints", true, &["ep"], NONE, NONE, NONE),

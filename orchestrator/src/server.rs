@@ -342,7 +342,14 @@ fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Response<Body> {
-    if req.uri().path().ends_with("/exec") && req.headers().contains_key(header::UPGRADE) {
+    let path = req.uri().path();
+    if path.ends_with("/portforward") && req.headers().contains_key(header::UPGRADE) {
+        return match crate::streaming::port_forward(state, user, req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+    }
+    if (path.ends_with("/exec") || path.ends_with("/attach")) && req.headers().contains_key(header::UPGRADE) {
         return match crate::streaming::exec(state, user, req).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
@@ -680,6 +687,7 @@ async fn route(
     };
     match (verb, t.name, t.sub) {
         ("get", Some(name), Some("log")) => crate::streaming::pod_log(state, ns, name, q).await,
+        (_, Some(_), Some("exec" | "attach" | "portforward")) => Err(ApiError::bad_request("Upgrade request required")),
         ("get", Some(name), sub) => {
             let o = reg.get(rt, ns, name)?;
             if sub == Some("scale") {

@@ -1,12 +1,12 @@
 //! The API server's streaming subresources, proxied to the kubelet of the
 //! pod's node over HTTPS (cluster CA, an admin client certificate):
-//! `pods/log` (streamed as the kubelet writes it) and `pods/exec` over a
-//! WebSocket with the `v5.channel.k8s.io`/`v4.channel.k8s.io` framing that
-//! current kubectl and client libraries speak. Exec is non-interactive:
-//! the command runs to completion in the container (the kubelet's
-//! `/exec-sync`, CRI ExecSync), then its stdout, stderr and exit status
-//! are sent on channels 1, 2 and 3; stdin and tty are refused with a
-//! status message.
+//! `pods/log` (streamed as the kubelet writes it), and `pods/exec` and
+//! `pods/attach` as WebSocket upgrades (`v5.channel.k8s.io` /
+//! `v4.channel.k8s.io`, what current kubectl and client libraries speak)
+//! forwarded to the kubelet and then piped byte for byte: the kubelet
+//! terminates the channel protocol (`kubelet::exec`). `pods/portforward`
+//! (kubectl ≥1.31: SPDY tunnelled in a WebSocket) is unwrapped here and
+//! carried to the kubelet's SPDY upgrade, which reaches containerd.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,8 +16,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::errors::ApiError;
@@ -55,13 +54,22 @@ fn target(state: &State, ns: &str, name: &str, container: Option<&str>) -> Resul
             }
         },
     };
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
-    if node_name.is_empty() {
+    if pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty() {
         return Err(ApiError::bad_request(format!(
             "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled"
         )));
     }
-    let node = reg.get(resources::by_kind("Node").expect("served"), None, node_name)?;
+    let (ip, port) = kubelet_of(state, &pod, name)?;
+    Ok(Target { ip, port, container })
+}
+
+/// The address of the kubelet of a pod's node (its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`).
+fn kubelet_of(state: &State, pod: &Value, name: &str) -> Result<(String, u16), ApiError> {
+    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!("pod \"{name}\" is not scheduled to a node yet")));
+    }
+    let node = state.registry.get(resources::by_kind("Node").expect("served"), None, node_name)?;
     let ip = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -72,11 +80,12 @@ fn target(state: &State, ns: &str, name: &str, container: Option<&str>) -> Resul
         .unwrap_or_default()
         .to_string();
     let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
-    Ok(Target { ip, port: port as u16, container })
+    Ok((ip, port as u16))
 }
 
-/// One request to a kubelet; a non-200 answer becomes a 400 carrying the kubelet's message (as upstream).
-async fn kubelet_request(state: &State, t: &Target, method: &str, uri: &str) -> Result<Incoming, ApiError> {
+/// Sends one request to a kubelet over HTTPS (the connection allows an upgrade).
+async fn kubelet_send(state: &State, t: &Target, req: Request<Body>) -> Result<Response<Incoming>, ApiError> {
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let fail = |e: &dyn std::fmt::Display| {
         ApiError::new(500, "InternalError", format!("{method} \"https://{}:{}{uri}\": {e}", t.ip, t.port))
     };
@@ -87,17 +96,27 @@ async fn kubelet_request(state: &State, t: &Target, method: &str, uri: &str) -> 
         .await
         .map_err(|e| fail(&e))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| fail(&e))?;
-    tokio::spawn(conn);
+    tokio::spawn(conn.with_upgrades());
+    sender.send_request(req).await.map_err(|e| fail(&e))
+}
+
+/// The kubelet's message in a refused request, as upstream: a 400 carrying it.
+async fn refused(resp: Response<Incoming>) -> ApiError {
+    let text = read_body(resp.into_body()).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    ApiError::bad_request(text.unwrap_or_default())
+}
+
+/// One request to a kubelet; a non-200 answer becomes a 400 carrying the kubelet's message (as upstream).
+async fn kubelet_request(state: &State, t: &Target, method: &str, uri: &str) -> Result<Incoming, ApiError> {
     let req = Request::builder()
         .method(method)
         .uri(uri)
         .header(header::HOST, format!("{}:{}", t.ip, t.port))
         .body(Body::Full(None))
-        .map_err(|e| fail(&e))?;
-    let resp = sender.send_request(req).await.map_err(|e| fail(&e))?;
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let resp = kubelet_send(state, t, req).await?;
     if resp.status() != StatusCode::OK {
-        let text = read_body(resp.into_body()).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
-        return Err(ApiError::bad_request(text.unwrap_or_default()));
+        return Err(refused(resp).await);
     }
     Ok(resp.into_body())
 }
@@ -145,8 +164,8 @@ pub async fn pod_log(
     Ok(r)
 }
 
-/// The channel protocols offered, best first.
-const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The channel protocols the kubelet speaks, best first.
+const PROTOCOLS: [&str; 2] = crate::kubelet::exec::PROTOCOLS;
 
 /// `Sec-WebSocket-Accept` for a client's key (RFC 6455).
 pub fn websocket_accept(key: &str) -> String {
@@ -157,54 +176,46 @@ pub fn websocket_accept(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-/// One unmasked binary frame (server to client), `channel` first.
-pub fn frame(channel: u8, data: &[u8]) -> Vec<u8> {
-    let len = data.len() + 1;
-    let mut f = vec![0x82];
-    match len {
-        0..=125 => f.push(len as u8),
-        126..=65535 => {
-            f.push(126);
-            f.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            f.push(127);
-            f.extend_from_slice(&(len as u64).to_be_bytes());
+/// The kubelet's query for `pods/exec` or `pods/attach` (upstream's names: input, output, error, tty).
+fn kubelet_query(q: &[(String, String)], exec: bool) -> String {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if exec {
+        pairs.extend(q.iter().filter(|(k, _)| k == "command").map(|(_, v)| ("command", v.as_str())));
+    }
+    for (theirs, ours) in [("stdin", "input"), ("stdout", "output"), ("stderr", "error"), ("tty", "tty")] {
+        if flag(q, theirs) {
+            pairs.push((ours, "1"));
         }
     }
-    f.push(channel);
-    f.extend_from_slice(data);
-    f
+    encode_query(&pairs)
 }
 
-/// The status sent on the error channel (3) when the command has ended.
-pub fn exit_status(cmd: &[String], code: i64) -> Value {
-    if code == 0 {
-        return json!({"metadata": {}, "status": "Success"});
-    }
-    json!({
-        "metadata": {}, "status": "Failure",
-        "message": format!("command terminated with non-zero exit code: error executing command {cmd:?}, exit code {code}"),
-        "reason": "NonZeroExitCode",
-        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
-    })
-}
-
-/// `pods/{name}/exec` with `Upgrade: websocket`.
+/// `pods/{name}/exec` and `pods/{name}/attach` with `Upgrade: websocket`:
+/// the upgrade goes to the pod's kubelet (`/exec/…`, `/attach/…`) with
+/// kubectl's key and subprotocols; once the kubelet switches protocols,
+/// so does this answer, and the two connections are piped together. The
+/// kubelet speaks the channel protocol; a refusal before the switch
+/// reaches kubectl as a Status.
 pub async fn exec(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let user = user.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
     let segs: Vec<String> = req.uri().path().split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
-    let (ns, name) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, "exec"] => (ns.to_string(), name.to_string()),
+    let (ns, name, sub) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach")] => {
+            (ns.to_string(), name.to_string(), sub.to_string())
+        }
         _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     };
     if !allowed(&user, "create") {
         return Err(ApiError::forbidden(format!(
-            "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"{ns}\"",
+            "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/{sub}\" in API group \"\" in the namespace \"{ns}\"",
             user.name
         )));
     }
-    let q = parse_query(req.uri().query().unwrap_or_default());
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let offered: Vec<String> = req
         .headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -212,68 +223,153 @@ pub async fn exec(state: Arc<State>, user: Option<User>, req: Request<Incoming>)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
         .collect();
-    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+    if !websocket || !PROTOCOLS.iter().any(|p| offered.iter().any(|o| o == *p)) {
         return Err(ApiError::bad_request(format!(
-            "none of the offered WebSocket subprotocols {offered:?} is supported (want one of {PROTOCOLS:?})"
+            "none of the offered WebSocket subprotocols {offered:?} is supported (want one of {PROTOCOLS:?}; SPDY is not served)"
         )));
+    }
+    let q = parse_query(req.uri().query().unwrap_or_default());
+    let t = target(&state, &ns, &name, param(&q, "container"))?;
+    let uri = format!("/{sub}/{ns}/{name}/{}?{}", t.container, kubelet_query(&q, sub == "exec"));
+    let mut up = Request::builder()
+        .method("GET")
+        .uri(&uri)
+        .header(header::HOST, format!("{}:{}", t.ip, t.port))
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_PROTOCOL, offered.join(", "));
+    if let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) {
+        up = up.header(header::SEC_WEBSOCKET_KEY, key);
+    }
+    let up = up.body(Body::Full(None)).map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let resp = kubelet_send(&state, &t, up).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(refused(resp).await);
+    }
+    let mut response = Response::new(Body::Full(None));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for h in [header::UPGRADE, header::CONNECTION, header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_ACCEPT] {
+        if let Some(v) = resp.headers().get(&h) {
+            response.headers_mut().insert(h, v.clone());
+        }
+    }
+    tokio::spawn(async move {
+        let (Ok(client), Ok(kubelet)) = tokio::join!(hyper::upgrade::on(req), hyper::upgrade::on(resp)) else {
+            return;
+        };
+        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(kubelet)).await;
+    });
+    Ok(response)
+}
+
+/// The WebSocket subprotocol of kubectl ≥1.31's port-forward: SPDY/3.1 tunnelled in binary messages.
+const PORT_FORWARD_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// `pods/{name}/portforward` with `Upgrade: websocket` (kubectl ≥1.31): the
+/// kubelet's `/portForward/…` is upgraded to SPDY first (it reaches the
+/// runtime before agreeing); then this end answers kubectl's WebSocket and
+/// carries the SPDY bytes, each binary message's payload one piece of the
+/// stream in either direction. The SPDY session itself is kubectl's with
+/// containerd's streaming server.
+pub async fn port_forward(
+    state: Arc<State>,
+    user: Option<User>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
+
+    let user = user.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
+    let segs: Vec<String> = req.uri().path().split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let (ns, name) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, "portforward"] => (ns.to_string(), name.to_string()),
+        _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     };
+    if !allowed(&user, "create") {
+        return Err(ApiError::forbidden(format!(
+            "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"{ns}\"",
+            user.name
+        )));
+    }
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == PORT_FORWARD_PROTOCOL);
+    if !websocket || !offered {
+        return Err(ApiError::bad_request(format!(
+            "port-forward needs a WebSocket with subprotocol {PORT_FORWARD_PROTOCOL} (kubectl 1.31 or newer; SPDY is not served)"
+        )));
+    }
+    let pod = state.registry.get(resources::by_kind("Pod").expect("served"), Some(&ns), &name)?;
+    let (ip, port) = kubelet_of(&state, &pod, &name)?;
+    let t = Target { ip, port, container: String::new() };
+    let up = Request::builder()
+        .method("POST")
+        .uri(format!("/portForward/{ns}/{name}"))
+        .header(header::HOST, format!("{}:{}", t.ip, t.port))
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", crate::kubelet::portforward::PROTOCOL)
+        .body(Body::Full(None))
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let resp = kubelet_send(&state, &t, up).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(refused(resp).await);
+    }
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let accept = websocket_accept(key);
-    let t = target(&state, &ns, &name, param(&q, "container"))?;
-    let cmd: Vec<String> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
-    let interactive = flag(&q, "stdin") || flag(&q, "tty");
+    tokio::spawn(async move {
+        let (Ok(client), Ok(kubelet)) = tokio::join!(hyper::upgrade::on(req), hyper::upgrade::on(resp)) else {
+            return;
+        };
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(kubelet));
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(Message::Binary(b))) => {
+                        if wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                n = rd.read(&mut buf) => match n {
+                    Ok(n) if n > 0 => {
+                        if ws.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+            }
+        }
+        let _ = wr.shutdown().await;
+        let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+    });
     let mut response = Response::new(Body::Full(None));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
-    h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(protocol));
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(PORT_FORWARD_PROTOCOL));
     if let Ok(v) = header::HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    tokio::spawn(async move {
-        let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
-        let mut io = TokioIo::new(upgraded);
-        let mut out = Vec::new();
-        let status = if interactive {
-            json!({"metadata": {}, "status": "Failure", "reason": "BadRequest",
-                   "message": "interactive exec (stdin or tty) is not supported by this kubelet yet; run the command without -i/-t"})
-        } else {
-            let pairs: Vec<(&str, &str)> = cmd.iter().map(|c| ("command", c.as_str())).collect();
-            let uri = format!("/exec-sync/{ns}/{name}/{}?{}", t.container, encode_query(&pairs));
-            match kubelet_request(&state, &t, "POST", &uri).await {
-                Ok(body) => {
-                    let r: Value =
-                        read_body(body).await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-                    let b64 = |f: &str| {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(r[f].as_str().unwrap_or_default())
-                            .unwrap_or_default()
-                    };
-                    for (channel, field) in [(1u8, "stdout"), (2, "stderr")] {
-                        let data = b64(field);
-                        if !data.is_empty() {
-                            out.extend(frame(channel, &data));
-                        }
-                    }
-                    exit_status(&cmd, r["exitCode"].as_i64().unwrap_or(-1))
-                }
-                Err(e) => json!({"metadata": {}, "status": "Failure", "reason": e.reason, "message": e.message}),
-            }
-        };
-        out.extend(frame(3, status.to_string().as_bytes()));
-        out.extend([0x88, 0x02, 0x03, 0xe8]);
-        if io.write_all(&out).await.is_err() {
-            return;
-        }
-        let _ = io.flush().await;
-        // Let the client read and answer the close before the connection goes.
-        let mut sink = [0u8; 512];
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-            while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
-        })
-        .await;
-    });
     Ok(response)
 }
 
@@ -285,15 +381,19 @@ mod tests {
     fn websocket_pieces() {
         // RFC 6455's example.
         assert_eq!(websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert_eq!(frame(1, b"hi"), [0x82, 3, 1, b'h', b'i']);
-        let big = frame(2, &[0u8; 300]);
-        assert_eq!(&big[..5], &[0x82, 126, 1, 45, 2]);
-        assert_eq!(exit_status(&["true".into()], 0)["status"], "Success");
-        let s = exit_status(&["sh".into()], 3);
-        assert_eq!(
-            (s["reason"].as_str(), s["details"]["causes"][0]["message"].as_str()),
-            (Some("NonZeroExitCode"), Some("3"))
-        );
         assert_eq!(encode_query(&[("command", "a b/c")]), "command=a%20b%2Fc");
+        let q: Vec<(String, String)> = [
+            ("command", "sh"),
+            ("command", "-c"),
+            ("stdin", "true"),
+            ("stdout", "true"),
+            ("tty", "false"),
+            ("container", "c"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(kubelet_query(&q, true), "command=sh&command=-c&input=1&output=1");
+        assert_eq!(kubelet_query(&q, false), "input=1&output=1");
     }
 }

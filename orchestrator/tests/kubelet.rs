@@ -105,6 +105,46 @@ spec:
     assert!(!c.kubelet_dir().join("ipam").read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy() == ip));
 }
 
+/// Two pods on the node get distinct addresses from the pod CIDR, each sees
+/// its own address on its eth0, and each reaches the other by pod IP: a
+/// TCP listener in one pod answers a client that `kubectl exec` runs in
+/// the other, in both directions.
+#[test]
+fn two_pods_get_distinct_ips_and_reach_each_other() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    // Each pod serves its own name over HTTP on 8080 (busybox httpd) and can run clients.
+    let serve = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
+    for name in ["left", "right"] {
+        c.ok(&["run", name, "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sh", "-c", serve]);
+    }
+    for name in ["left", "right"] {
+        c.wait_for(&["get", "pod", name, "-o", "jsonpath={.status.containerStatuses[0].ready}"], READY, |s| {
+            s == "true"
+        });
+    }
+    let (left, right) = (c.pod_field("left", ".status.podIP"), c.pod_field("right", ".status.podIP"));
+    assert_ne!(left, right, "each pod has its own address");
+    let prefix = format!("{}.", c.containerd.pod_cidr.rsplit_once('.').unwrap().0);
+    for (name, ip) in [("left", &left), ("right", &right)] {
+        assert!(ip.starts_with(&prefix), "{name}'s {ip} is in {}", c.containerd.pod_cidr);
+        assert_eq!(c.pod_field(name, ".status.podIPs[0].ip"), *ip);
+        // The address in the status is the one on the pod's interface.
+        let addr = c.ok(&["exec", name, "--", "ip", "-4", "-o", "addr", "show", "eth0"]);
+        assert!(addr.contains(&format!(" {ip}/")), "{name}: {addr}");
+    }
+    for (from, to, ip) in [("left", "right", &right), ("right", "left", &left)] {
+        // (busybox-static wget crashes with -T.)
+        let page = c.ok(&["exec", from, "--", "wget", "-q", "-O-", &format!("http://{ip}:8080/")]);
+        assert_eq!(page, format!("{to}\n"), "{from} fetched from {to} at {ip}");
+    }
+    // A raw TCP round trip as well: nc listens in one pod, the other connects to its pod IP.
+    c.ok(&["exec", "right", "--", "sh", "-c", "nc -l -p 9000 > /tmp/got 2>&1 < /dev/null & sleep 0.2"]);
+    let sent = c.run(&["exec", "left", "--", "sh", "-c", &format!("echo ping from left | nc -w 2 {right} 9000")]);
+    assert!(sent.status.success(), "{sent:?}");
+    c.wait_for(&["exec", "right", "--", "cat", "/tmp/got"], READY, |s| s == "ping from left\n");
+}
+
 /// A container that exits at once is restarted with back-off and shows
 /// CrashLoopBackOff; a deleted pod's sandbox, network namespace and IP go
 /// away, and the container saw SIGTERM first.
@@ -337,9 +377,221 @@ spec:
     assert_eq!(read("/info/labels"), "tier=\"chat\"");
     c.ok(&["patch", "configmap", "talk", "-p", r#"{"data":{"key":"v2"}}"#]);
     c.wait_for(&["exec", "talker", "-c", "side", "--", "cat", "/cfg/key"], READY, |s| s == "v2");
-    let interactive = c.run(&["exec", "-i", "talker", "-c", "side", "--", "cat"]);
-    assert!(!interactive.status.success());
-    assert!(String::from_utf8_lossy(&interactive.stderr).contains("not supported"), "{interactive:?}");
+}
+
+/// Interactive `kubectl exec` and `kubectl attach` through the API server,
+/// the kubelet and containerd's streaming server: piped stdin reaches the
+/// command and its end closes the command's stdin (`cat`, `sh` reading a
+/// script, 300 KB through `wc`); `-it` under a pseudo-terminal gets a
+/// terminal of the client's size (the resize channel) and the exit code;
+/// `attach -i` talks to a running container's stdin.
+#[test]
+fn interactive_exec_and_attach() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: shell}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: main, image: {BUSYBOX}, imagePullPolicy: Never, command: [sleep, "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echoer}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    stdin: true
+    command: [sh, -c, 'while read line; do echo "got $line"; if [ "$line" = quit ]; then exit 0; fi; done']
+"#
+    ));
+    for pod in ["shell", "echoer"] {
+        c.wait_for(&["get", "pod", pod, "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    }
+    // -i with a pipe: the end of kubectl's input closes the command's stdin, so `cat` ends.
+    let out = c.run_with_stdin(&["exec", "-i", "shell", "--", "cat"], b"hello\nworld\n");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nworld\n");
+    let out = c.run_with_stdin(&["exec", "-i", "shell", "--", "sh"], b"echo $((1 + 2))\necho oops >&2\nexit 4\n");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops"), "{out:?}");
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = c.run_with_stdin(&["exec", "-i", "shell", "--", "wc", "-c"], &big);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300000");
+    let out = c.run_with_stdin(&["exec", "-i", "shell", "--", "md5sum"], &big);
+    let local = std::process::Command::new("md5sum")
+        .stdin(std::fs::File::open(write(&c, "big", &big)).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).split(' ').next(),
+        String::from_utf8_lossy(&local.stdout).split(' ').next()
+    );
+
+    // -it on a pseudo-terminal of 33 rows and 101 columns: the remote terminal has that size.
+    let (code, screen) =
+        with_pty(&c, &["exec", "-it", "shell", "--", "sh"], "stty size; tty; echo $((40 + 2)); exit 3\r");
+    assert_eq!(code, Some(3), "{screen}");
+    assert!(screen.contains("33 101"), "the size came over the resize channel: {screen}");
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("42"), "{screen}");
+
+    // attach -i: lines go to the running container's stdin, its answers come back.
+    let mut attach = std::process::Command::new(&c.kubectl)
+        .args(["attach", "-i", "echoer"])
+        .env("KUBECONFIG", c.data.path().join("admin.kubeconfig"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = attach.stdin.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(attach.stdout.take().unwrap()));
+    // The first line may be written before the attachment is made: repeat it until it is answered.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.by_ref() {
+            if tx.send(l.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    loop {
+        std::io::Write::write_all(&mut input, b"hello\n").unwrap();
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+            assert_eq!(l, "got hello");
+            break;
+        }
+        assert!(started.elapsed() < READY, "attach never answered");
+    }
+    std::io::Write::write_all(&mut input, b"quit\n").unwrap();
+    let status = attach.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    c.wait_for(&["get", "pod", "echoer", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Succeeded");
+}
+
+/// `kubectl port-forward` (kubectl ≥1.31 tunnels SPDY in a WebSocket to the
+/// API server; the kubelet carries it to containerd's streaming server):
+/// several connections through one session reach the pod's port, a
+/// megabyte arrives whole, and a second forwarded port works alongside.
+#[test]
+fn kubectl_port_forward() {
+    let Some(c) = Cluster::start() else { return };
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    let serve = "mkdir -p /www && echo forwarded > /www/index.html && \
+                 dd if=/dev/urandom of=/www/big bs=1024 count=1024 2>/dev/null && md5sum /www/big > /www/big.md5 && \
+                 (nc -ll -p 9000 -e echo pong &) ; exec httpd -f -p 8080 -h /www";
+    c.ok(&["run", "web", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sh", "-c", serve]);
+    c.wait_for(&["get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].ready}"], READY, |s| s == "true");
+    c.wait_for(&["exec", "web", "--", "cat", "/www/big.md5"], READY, |s| s.contains("/www/big"));
+    let mut pf = std::process::Command::new(&c.kubectl)
+        .args(["port-forward", "pod/web", ":8080", ":9000"])
+        .env("KUBECONFIG", c.data.path().join("admin.kubeconfig"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "Forwarding from 127.0.0.1:PORT -> 8080", then the same for [::1] and for 9000.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(pf.stdout.take().unwrap()));
+    let mut local = std::collections::HashMap::new();
+    while local.len() < 2 {
+        let line = lines.next().expect("kubectl port-forward printed its ports").unwrap();
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+            let (port, remote) = rest.split_once(" -> ").unwrap();
+            local.insert(remote.to_string(), port.to_string());
+        }
+    }
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "10", &format!("http://127.0.0.1:{}/{path}", local["8080"])])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {path}: {out:?}");
+        out.stdout
+    };
+    for _ in 0..3 {
+        assert_eq!(curl("index.html"), b"forwarded\n");
+    }
+    let big = curl("big");
+    assert_eq!(big.len(), 1024 * 1024);
+    let sum = std::process::Command::new("md5sum").arg(write(&c, "big", &big)).output().unwrap();
+    let remote = String::from_utf8(curl("big.md5")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sum.stdout).split(' ').next(),
+        remote.split(' ').next(),
+        "the megabyte arrived unchanged"
+    );
+    let mut tcp = std::net::TcpStream::connect(format!("127.0.0.1:{}", local["9000"])).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
+    assert_eq!(answer, "pong\n");
+    let _ = pf.kill();
+    let _ = pf.wait();
+}
+
+fn write(c: &Cluster, name: &str, data: &[u8]) -> std::path::PathBuf {
+    let p = c.data.path().join(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+/// Runs kubectl on a new pseudo-terminal (33×101), types `input` once the
+/// remote shell prompts, and returns kubectl's exit code and all it printed.
+fn with_pty(c: &Cluster, args: &[&str], input: &str) -> (Option<i32>, String) {
+    use std::io::{Read as _, Write as _};
+    let size = nix::pty::Winsize { ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let slave = |fd: &std::os::fd::OwnedFd| std::process::Stdio::from(fd.try_clone().unwrap());
+    let mut child = std::process::Command::new(&c.kubectl)
+        .args(args)
+        .env("KUBECONFIG", c.data.path().join("admin.kubeconfig"))
+        .stdin(slave(&pty.slave))
+        .stdout(slave(&pty.slave))
+        .stderr(slave(&pty.slave))
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut reader = master.try_clone().unwrap();
+    let seen = screen.clone();
+    // Reading ends with EIO once kubectl, the last holder of the terminal, has gone.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let started = std::time::Instant::now();
+    while !screen.lock().unwrap().contains("# ") {
+        assert!(started.elapsed() < READY, "no prompt: {}", screen.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    master.write_all(input.as_bytes()).unwrap();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(started.elapsed() < READY, "kubectl did not end: {}", screen.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let s = screen.lock().unwrap().clone();
+    (code, s)
 }
 
 /// Air gap: containerd starts without the busybox image; the kubelet
@@ -375,10 +627,78 @@ fn air_gapped_images_and_image_faults() {
     assert!(c.event_reasons("never").contains("ErrImageNeverPull"));
 }
 
+/// imagePullSecrets: a registry on 127.0.0.1 that wants a password
+/// (Debian's docker-registry with htpasswd). A pod with a
+/// `kubernetes.io/dockerconfigjson` Secret made by `kubectl create secret
+/// docker-registry` pulls and runs; without it, or with a wrong password,
+/// the pull is refused (ErrImagePull, then ImagePullBackOff); a missing
+/// Secret is reported as an event.
+#[test]
+fn image_pull_secrets_authenticate_to_a_registry() {
+    use kubelet_support::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};
+    let Some(c) = Cluster::start() else { return };
+    let registry = Registry::start_with_auth();
+    let image = registry.push_busybox("private/busybox:1");
+    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
+    let server = format!("--docker-server={}", registry.address);
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &server,
+        &format!("--docker-username={REGISTRY_USER}"),
+        &format!("--docker-password={REGISTRY_PASSWORD}"),
+    ]);
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "badcred",
+        &server,
+        "--docker-username=alice",
+        "--docker-password=nope",
+    ]);
+    assert_eq!(c.ok(&["get", "secret", "regcred", "-o", "jsonpath={.type}"]), "kubernetes.io/dockerconfigjson");
+    let pod = |name: &str, secrets: &[&str]| {
+        let list: Vec<String> = secrets.iter().map(|s| format!("{{name: {s}}}")).collect();
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  imagePullSecrets: [{}]
+  containers:
+  - {{name: main, image: "{image}", imagePullPolicy: Always, command: [sleep, "3600"]}}
+"#,
+            list.join(", ")
+        )
+    };
+    // A wrong credential first, then the right one: each is tried in turn.
+    c.apply(&pod("private", &["missing", "badcred", "regcred"]));
+    c.apply(&pod("anonymous", &[]));
+    c.apply(&pod("wrong", &["badcred"]));
+    c.wait_for(&["get", "pod", "private", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    let reason = "jsonpath={.status.containerStatuses[0].state.waiting.reason}";
+    for name in ["anonymous", "wrong"] {
+        c.wait_for(&["get", "pod", name, "-o", reason], READY, |s| s == "ImagePullBackOff");
+        let message = c.pod_field(name, ".status.containerStatuses[0].state.waiting.message");
+        assert!(message.contains(&image), "{name}: {message}");
+    }
+    assert!(
+        c.pod_field("anonymous", ".status.containerStatuses[0].state.waiting.message").contains("Back-off pulling")
+    );
+    let reasons = c.event_reasons("private");
+    assert!(reasons.contains("FailedToRetrieveImagePullSecret") && reasons.contains("Pulled"), "{reasons}");
+    assert_eq!(c.ok(&["exec", "private", "--", "echo", "pulled with a password"]), "pulled with a password\n");
+}
+
 /// A worker: `orchestrator kubelet --kubeconfig` in its own process talks
 /// to `orchestrator server` over HTTPS (lists, watches, status writes,
 /// lease), serves a self-signed endpoint the API server proxies logs and
-/// exec to, and cleans up deleted pods.
+/// exec (with stdin) to, and cleans up deleted pods.
 #[test]
 fn worker_kubelet_over_https() {
     let Some(c) = Cluster::start_split() else { return };
@@ -419,6 +739,8 @@ spec:
     let pod = pods.split_whitespace().next().unwrap().to_string();
     assert_eq!(c.wait_for(&["logs", &pod], READY, |s| !s.is_empty()), "hello worker\n");
     assert_eq!(c.ok(&["exec", &pod, "--", "sh", "-c", "echo $GREETING"]), "hello worker\n");
+    let piped = c.run_with_stdin(&["exec", "-i", &pod, "--", "cat"], b"through the worker\n");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "through the worker\n", "{piped:?}");
     let uid = c.pod_field(&pod, ".metadata.uid");
     c.ok(&["delete", "pod", &pod, "--wait=true"]);
     assert!(!c.containerd.sandboxes().iter().any(|(_, u, _)| *u == uid));

@@ -13,12 +13,16 @@
 
 pub mod api;
 pub mod cni;
+pub mod credentials;
+pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod portforward;
 pub mod probe;
 pub mod server;
+pub mod spdy;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -597,7 +601,19 @@ impl Kubelet {
                 message: format!("Back-off pulling image \"{image}\" (failed {n} times)"),
             });
         }
-        match is.pull_image(v1::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None }).await {
+        // Each matching credential in turn, anonymous when none matches (as upstream).
+        let auths = self.pull_credentials(p, &image).await;
+        let attempts: Vec<Option<v1::AuthConfig>> =
+            if auths.is_empty() { vec![None] } else { auths.into_iter().map(Some).collect() };
+        let mut pulled = Err(tonic::Status::invalid_argument("no pull attempted"));
+        for auth in attempts {
+            pulled =
+                is.pull_image(v1::PullImageRequest { image: Some(spec.clone()), auth, sandbox_config: None }).await;
+            if pulled.is_ok() {
+                break;
+            }
+        }
+        match pulled {
             Ok(r) => {
                 self.remember(uid, |m| {
                     m.pulls.remove(&name);
@@ -623,6 +639,30 @@ impl Kubelet {
                 Err(Waiting { reason: "ErrImagePull".into(), message })
             }
         }
+    }
+
+    /// The credentials of the pod's imagePullSecrets for `image`; a Secret that
+    /// cannot be read is reported and skipped (as upstream).
+    async fn pull_credentials(&self, p: &Value, image: &str) -> Vec<v1::AuthConfig> {
+        let ns = str_at(p, "/metadata/namespace");
+        let mut secrets = Vec::new();
+        for s in p.pointer("/spec/imagePullSecrets").and_then(Value::as_array).into_iter().flatten() {
+            let Some(name) = s.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else { continue };
+            match self.api.get("Secret", Some(ns), name).await {
+                Ok(o) => secrets.push(pod::object_data("Secret", &o)),
+                Err(e) => self.event_for(
+                    p,
+                    "Warning",
+                    "FailedToRetrieveImagePullSecret",
+                    &format!(
+                        "Unable to retrieve some image pull secrets ({name}); attempting to pull the image may not succeed: {}",
+                        e.message
+                    ),
+                    true,
+                ),
+            }
+        }
+        credentials::for_image(image, &secrets)
     }
 
     /// Pull, create and start one attempt of a container.

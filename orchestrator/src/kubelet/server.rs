@@ -1,5 +1,7 @@
 //! The kubelet's HTTPS endpoint (10250): `GET /containerLogs/{ns}/{pod}/{container}`
-//! for the API server's `pods/log` proxy. TLS with a serving certificate
+//! for the API server's `pods/log` proxy, and the WebSocket upgrades of
+//! `/exec/…` and `/attach/…` (module `exec`) and `/portForward/…` (module
+//! `portforward`) it pipes `pods/exec`, `pods/attach` and `pods/portforward` to. TLS with a serving certificate
 //! from the cluster CA; clients must present a certificate of that CA in the
 //! admin group (the API server's kubelet client).
 
@@ -91,7 +93,10 @@ pub async fn start(k: Arc<Kubelet>, listen: SocketAddr, identity: Identity) -> R
                     let k = k.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(k, admin, req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
@@ -115,9 +120,14 @@ async fn handle(k: Arc<Kubelet>, admin: bool, req: Request<Incoming>) -> Respons
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),
         ["containerLogs", ns, pod, container] => container_logs(k, ns, pod, container, Options::from_query(&q)).await,
-        ["exec-sync", ns, pod, container] => {
-            let cmd: Vec<String> = q.iter().filter(|(n, _)| n == "command").map(|(_, v)| v.clone()).collect();
-            exec_sync(&k, ns, pod, container, cmd).await
+        [kind @ ("exec" | "attach"), ns, pod, container] => {
+            let opts = super::exec::Options::from_query(*kind == "attach", &q);
+            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+            super::exec::serve(k, &ns, &pod, &container, opts, req).await
+        }
+        ["portForward", ns, pod] => {
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            super::portforward::serve(k, &ns, &pod, req).await
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n".into()),
     }
@@ -223,13 +233,8 @@ async fn container_logs(k: Arc<Kubelet>, ns: &str, pod: &str, container: &str, o
     r
 }
 
-/// Runs a command in a running container to completion (CRI ExecSync): the
-/// non-interactive `kubectl exec`. Answers JSON with base64 stdout/stderr and the exit code.
-async fn exec_sync(k: &Kubelet, ns: &str, pod: &str, container: &str, cmd: Vec<String>) -> Response<Body> {
-    use base64::Engine as _;
-    if cmd.is_empty() {
-        return text(StatusCode::BAD_REQUEST, "you must specify at least 1 command\n".into());
-    }
+/// The id of the newest running attempt of a pod's container.
+pub(super) async fn running_container(k: &Kubelet, ns: &str, pod: &str, container: &str) -> Option<String> {
     let labels = HashMap::from([
         (super::pod::LABEL_POD_NAMESPACE.to_string(), ns.to_string()),
         (super::pod::LABEL_POD_NAME.to_string(), pod.to_string()),
@@ -247,21 +252,5 @@ async fn exec_sync(k: &Kubelet, ns: &str, pod: &str, container: &str, cmd: Vec<S
             }),
         })
         .await;
-    let Some(id) =
-        list.ok().and_then(|l| l.into_inner().containers.into_iter().max_by_key(|c| c.created_at)).map(|c| c.id)
-    else {
-        return text(StatusCode::NOT_FOUND, format!("container \"{container}\" in pod \"{pod}\" is not running\n"));
-    };
-    let r = k.cri.runtime.clone().exec_sync(v1::ExecSyncRequest { container_id: id, cmd, timeout: 0 }).await;
-    match r {
-        Ok(r) => {
-            let r = r.into_inner();
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let body = serde_json::json!({"stdout": b64.encode(&r.stdout), "stderr": b64.encode(&r.stderr), "exitCode": r.exit_code});
-            let mut resp = text(StatusCode::OK, body.to_string());
-            resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-            resp
-        }
-        Err(s) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", s.message())),
-    }
+    list.ok().and_then(|l| l.into_inner().containers.into_iter().max_by_key(|c| c.created_at)).map(|c| c.id)
 }

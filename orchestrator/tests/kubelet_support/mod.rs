@@ -488,6 +488,25 @@ impl Cluster {
             .unwrap()
     }
 
+    /// kubectl with `input` on its standard input (then closed).
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new(&self.kubectl)
+            .args(args)
+            .env("KUBECONFIG", self.data.path().join("admin.kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        out
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
@@ -540,6 +559,11 @@ impl Cluster {
     }
 }
 
+pub const REGISTRY_USER: &str = "alice";
+pub const REGISTRY_PASSWORD: &str = "s3cret";
+/// bcrypt of REGISTRY_PASSWORD (cost 5), the only hash docker-registry's htpasswd accepts.
+const REGISTRY_PASSWORD_BCRYPT: &str = "$2b$05$plinthplinthplinthplieAF3ohfCMO5/LNV9b393bm4leP63EUzK";
+
 /// Debian's docker-registry on a free 127.0.0.1 port (plain HTTP), killed on drop.
 pub struct Registry {
     pub address: String,
@@ -549,13 +573,27 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_with(false)
+    }
+
+    /// A registry that requires basic authentication as `REGISTRY_USER`/`REGISTRY_PASSWORD` (htpasswd).
+    pub fn start_with_auth() -> Registry {
+        Registry::start_with(true)
+    }
+
+    fn start_with(auth: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let address = format!("127.0.0.1:{port}");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
             dir.path().join("data").display()
         );
+        if auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{REGISTRY_USER}:{REGISTRY_PASSWORD_BCRYPT}\n")).unwrap();
+            config.push_str(&format!("auth:\n  htpasswd:\n    realm: plinth\n    path: {}\n", htpasswd.display()));
+        }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -572,11 +610,12 @@ impl Registry {
         Registry { address, child, _dir: dir }
     }
 
-    /// Pushes the busybox image as `<address>/<name>`; returns that reference.
+    /// Pushes the busybox image as `<address>/<name>` (with the test credentials); returns that reference.
     pub fn push_busybox(&self, name: &str) -> String {
         let reference = format!("{}/{name}", self.address);
+        let creds = format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}");
         run(Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", &creds])
             .arg(format!("oci-archive:{}", images()[0].display()))
             .arg(format!("docker://{reference}")));
         reference
