@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# From a fresh Debian 12 machine to a Plinth node booted in QEMU, in
-# maintenance mode, waiting for `osctl apply-config`.
-#   PLINTH_OUT (default _out/node): keys, image and config live here.
+# From a fresh Debian 12 machine to a one-node Plinth cluster in QEMU: builds
+# the image, boots it, applies a signed control-plane config with osctl,
+# fetches the admin kubeconfig, waits for the node to be Ready, and prints
+# the commands to use it with osctl and kubectl.
+#   PLINTH_OUT (default _out/node): keys, image, config and kubeconfig.
+#   PLINTH_PRELOAD: OCI image archives or directories to bake in (`:`-separated).
+#   --maintenance: stop after booting, in maintenance mode (no config applied).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${PLINTH_OUT:-$PWD/_out/node}
@@ -9,25 +13,48 @@ scripts/setup-debian.sh
 scripts/build-static.sh
 cargo build --release --workspace --bins
 bin=$PWD/target/release
+kubectl=${PLINTH_KUBECTL:-${HOME:-/root}/.cache/plinth/kubectl-venv/bin/kubectl}
 mkdir -p "$out"
 [ -f "$out/keys/ops.key" ] || "$bin/osctl" gen keys --out "$out/keys" --cluster demo
-"$bin/image-builder" build --board qemu-x86_64 --trust-key "$out/keys/ops.pub" -o "$out/plinth.img"
+preload=()
+IFS=: read -ra extra <<< "${PLINTH_PRELOAD:-}"
+for p in "${extra[@]}"; do [ -n "$p" ] && preload+=(--preload-image "$p"); done
+"$bin/image-builder" build --board qemu-x86_64 --trust-key "$out/keys/ops.pub" -o "$out/plinth.img" "${preload[@]}"
 "$bin/qemu" down --name n1 >/dev/null 2>&1 || true
-up=$("$bin/qemu" up --image "$out/plinth.img" --name n1 --memory 256)
-echo "$up"
+up=$("$bin/qemu" up --image "$out/plinth.img" --name n1 --memory 512)
 api=$(echo "$up" | sed -n 's/.*its API is at \(.*\)$/\1/p')
 kube=$(echo "$up" | sed -n 's/.*kubeconfig --server \(https:[^ ]*\).*/\1/p')
 [ -f "$out/node.toml" ] || "$bin/osctl" gen config --cluster demo --role controlplane --hostname n1 --secrets "$out/keys" --out "$out/node.toml"
-cat <<MSG
+export OSCTLCONFIG=$out/keys/osctlconfig
+if [ "${1:-}" = "--maintenance" ]; then
+  echo "$up"
+  cat <<MSG
 
 Next:
-  export OSCTLCONFIG=$out/keys/osctlconfig PATH=$bin:\$PATH
+  export OSCTLCONFIG=$OSCTLCONFIG PATH=$bin:\$PATH
   osctl -n $api --insecure apply-config -f $out/node.toml
-  osctl -n $api version
-  osctl -n $api services
-  osctl -n $api logs apid
-Then kubectl (the control plane starts once the config is applied):
   osctl -n $api kubeconfig --server $kube --out $out/kubeconfig
-  kubectl --kubeconfig $out/kubeconfig get namespaces
+Stop the VM with: qemu down --name n1
+MSG
+  exit 0
+fi
+"$bin/osctl" -n "$api" --insecure apply-config -f "$out/node.toml"
+echo "waiting for the control plane and the node to be Ready (a minute or two under TCG)…"
+for _ in $(seq 1 120); do
+  "$bin/osctl" -n "$api" kubeconfig --server "$kube" --out "$out/kubeconfig" >/dev/null 2>&1 && break
+  sleep 2
+done
+for _ in $(seq 1 120); do
+  [ "$("$kubectl" --kubeconfig "$out/kubeconfig" get node n1 -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] && break
+  sleep 2
+done
+"$kubectl" --kubeconfig "$out/kubeconfig" get nodes -o wide
+cat <<MSG
+
+Node n1 is up in QEMU (osctl API $api, Kubernetes API $kube).
+  export OSCTLCONFIG=$OSCTLCONFIG KUBECONFIG=$out/kubeconfig PATH=$bin:$(dirname "$kubectl"):\$PATH
+  kubectl get nodes,pods -A
+  osctl -n $api services
+Images baked in with PLINTH_PRELOAD=busybox.tar run with imagePullPolicy: IfNotPresent.
 Stop the VM with: qemu down --name n1
 MSG

@@ -172,84 +172,33 @@ impl Machine {
     }
 
     /// Starts the services the applied config asks for that are not running
-    /// yet: on a `controlplane` node containerd, then the control plane
-    /// with the kubelet in the same process.
+    /// yet: containerd and the orchestrator — on a `controlplane` node the
+    /// control plane with the kubelet in the same process, on a `worker`
+    /// the kubelet alone, joined to the cluster endpoint.
     pub async fn start_cluster_services(&self) {
         let Some(o) = &self.settings.orchestrator else { return };
-        let (api, cluster, names) = {
-            let st = self.state.lock().await;
-            match &st.active {
-                Some(a) if a.config.cluster.role == config::Role::Controlplane => {
-                    (a.config.api.clone(), a.config.cluster.clone(), kube_serving_names(&a.config, &self.settings))
-                }
-                _ => return,
-            }
-        };
+        let Some(config) = self.state.lock().await.active.as_ref().map(|a| a.config.clone()) else { return };
         if self.supervisor.list().iter().any(|s| s.name == ORCHESTRATOR) {
             return;
         }
-        let env = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
-            std::env::vars()
-                .filter(|(k, _)| k == "PLINTH_LOG")
-                .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect()
-        };
-        let mut args = vec![
-            "server".to_string(),
-            "--data-dir".into(),
-            o.data_dir.display().to_string(),
-            "--listen".into(),
-            o.listen.clone(),
-        ];
-        for n in names {
-            args.extend(["--cert-san".into(), n]);
-        }
-        // The cluster CA of the config issues the Kubernetes client
-        // certificates too, when the config carries its key.
-        if let Some(key) = &api.ca_key {
+        // The config's CA issues the Kubernetes certificates too (a worker's
+        // client certificate), when the config carries its key.
+        let mut ca_files = None;
+        if let Some(key) = &config.api.ca_key {
             let (cert_path, key_path) = (o.data_dir.join("ca.crt"), o.data_dir.join("ca.key"));
             let written = std::fs::create_dir_all(&o.data_dir)
-                .and_then(|_| crate::store::write_private(&cert_path, api.ca_cert.as_bytes()))
+                .and_then(|_| crate::store::write_private(&cert_path, config.api.ca_cert.as_bytes()))
                 .and_then(|_| crate::store::write_private(&key_path, key.as_bytes()));
             match written {
-                Ok(()) => args.extend([
-                    "--ca-cert".into(),
-                    cert_path.display().to_string(),
-                    "--ca-key".into(),
-                    key_path.display().to_string(),
-                ]),
+                Ok(()) => ca_files = Some((cert_path, key_path)),
                 Err(e) => event(&self.events, "service", format!("writing the cluster CA for the orchestrator: {e}")),
             }
         }
-        if let Some(k) = &o.kubelet {
-            self.supervisor.add(ServiceSpec {
-                name: CONTAINERD.into(),
-                program: k.containerd.clone(),
-                args: vec!["--config".into(), k.containerd_config.display().to_string()],
-                env: env(&[("PATH", layout::SERVICE_PATH)]),
-            });
-            let hostname = self.state.lock().await.active.as_ref().map(|a| a.config.machine.hostname.clone());
-            args.extend([
-                "--kubelet".into(),
-                "--cri-socket".into(),
-                k.cri_socket.display().to_string(),
-                "--cni-conf-dir".into(),
-                k.cni_conf_dir.display().to_string(),
-                "--image-dir".into(),
-                k.image_dir.display().to_string(),
-                "--pod-cidr".into(),
-                node_pod_cidr(&cluster.pod_cidr),
-            ]);
-            if let Some(h) = hostname {
-                args.extend(["--node-name".into(), h]);
-            }
+        let names = kube_serving_names(&config, &self.settings);
+        match cluster_services(&config, o, &names, ca_files.as_ref()) {
+            Ok(specs) => specs.into_iter().for_each(|s| self.supervisor.add(s)),
+            Err(why) => event(&self.events, "service", why),
         }
-        self.supervisor.add(ServiceSpec {
-            name: ORCHESTRATOR.into(),
-            program: o.program.clone(),
-            args,
-            env: env(&[("PATH", layout::SERVICE_PATH)]),
-        });
     }
 
     /// Where the pods running before an upgrade are recorded, when this
@@ -300,11 +249,18 @@ impl Machine {
     }
 
     /// The admin kubeconfig the control plane wrote.
-    fn kubeconfig(&self) -> Result<Vec<u8>, Status> {
+    async fn kubeconfig(&self) -> Result<Vec<u8>, Status> {
         let o = self.settings.orchestrator.as_ref().ok_or_else(|| {
             Status::failed_precondition("this node runs no control plane (no orchestrator on this node)")
         })?;
-        if !self.supervisor.list().iter().any(|s| s.name == ORCHESTRATOR) {
+        let controlplane = self
+            .state
+            .lock()
+            .await
+            .active
+            .as_ref()
+            .is_some_and(|a| a.config.cluster.role == config::Role::Controlplane);
+        if !controlplane || !self.supervisor.list().iter().any(|s| s.name == ORCHESTRATOR) {
             return Err(Status::failed_precondition(
                 "this node runs no control plane: its config's cluster.role is not controlplane, or no config is applied",
             ));
@@ -566,13 +522,97 @@ fn kube_serving_names(c: &MachineConfig, settings: &NodeSettings) -> Vec<String>
     names
 }
 
-/// This node's pod network: the first /24 of the cluster's pod CIDR (one
-/// node per control plane until nodes are handed CIDRs of their own).
-fn node_pod_cidr(cluster: &str) -> String {
+/// This node's pod network: a /24 of the cluster's pod CIDR — the first
+/// on the control plane, on a worker one picked by its host name (until
+/// the control plane hands out node CIDRs).
+fn node_pod_cidr(cluster: &str, role: config::Role, hostname: &str) -> String {
     match cluster.parse::<ipnet::Ipv4Net>() {
-        Ok(net) if net.prefix_len() <= 24 => format!("{}/24", net.network()),
+        Ok(net) if net.prefix_len() <= 24 => {
+            let count = 1u64 << (24 - net.prefix_len());
+            let index = match role {
+                config::Role::Controlplane => 0,
+                // FNV-1a: stable across builds and architectures.
+                config::Role::Worker if count > 1 => {
+                    let h =
+                        hostname.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+                    1 + h % (count - 1)
+                }
+                config::Role::Worker => 0,
+            };
+            let base = u32::from(net.network()) as u64 + (index << 8);
+            format!("{}/24", std::net::Ipv4Addr::from(base as u32))
+        }
         _ => cluster.to_string(),
     }
+}
+
+/// The services a config asks for: containerd when the node has the
+/// kubelet, and the orchestrator (`server [--kubelet]` on a control plane,
+/// `kubelet --server` on a worker). `ca_files`: the cluster CA written for
+/// the orchestrator. The error says why a worker cannot join.
+fn cluster_services(
+    c: &MachineConfig,
+    o: &OrchestratorSettings,
+    cert_sans: &[String],
+    ca_files: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<Vec<ServiceSpec>, String> {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k == "PLINTH_LOG")
+        .chain([("PATH".to_string(), layout::SERVICE_PATH.to_string())])
+        .collect();
+    let ca_args = |(cert, key): &(std::path::PathBuf, std::path::PathBuf)| {
+        ["--ca-cert".to_string(), cert.display().to_string(), "--ca-key".into(), key.display().to_string()]
+    };
+    let mut args: Vec<String> = match c.cluster.role {
+        config::Role::Controlplane => {
+            let mut a = vec!["server".into(), "--data-dir".into(), o.data_dir.display().to_string()];
+            a.extend(["--listen".into(), o.listen.clone()]);
+            for n in cert_sans {
+                a.extend(["--cert-san".into(), n.clone()]);
+            }
+            a.extend(ca_files.into_iter().flat_map(ca_args));
+            a
+        }
+        config::Role::Worker => {
+            if o.kubelet.is_none() {
+                return Ok(Vec::new());
+            }
+            let endpoint = c.cluster.endpoint.clone().ok_or("a worker needs cluster.endpoint")?;
+            let ca = ca_files.ok_or(
+                "this worker cannot join: its config carries no api.ca_key to issue its client certificate \
+                 (joining by cluster.token is not built yet)",
+            )?;
+            let mut a = vec!["kubelet".into(), "--server".into(), endpoint];
+            a.extend(ca_args(ca));
+            a
+        }
+    };
+    let mut specs = Vec::new();
+    if let Some(k) = &o.kubelet {
+        specs.push(ServiceSpec {
+            name: CONTAINERD.into(),
+            program: k.containerd.clone(),
+            args: vec!["--config".into(), k.containerd_config.display().to_string()],
+            env: env.clone(),
+        });
+        if c.cluster.role == config::Role::Controlplane {
+            args.push("--kubelet".into());
+        }
+        args.extend([
+            "--node-name".into(),
+            c.machine.hostname.clone(),
+            "--cri-socket".into(),
+            k.cri_socket.display().to_string(),
+            "--cni-conf-dir".into(),
+            k.cni_conf_dir.display().to_string(),
+            "--image-dir".into(),
+            k.image_dir.display().to_string(),
+            "--pod-cidr".into(),
+            node_pod_cidr(&c.cluster.pod_cidr, c.cluster.role, &c.machine.hostname),
+        ]);
+    }
+    specs.push(ServiceSpec { name: ORCHESTRATOR.into(), program: o.program.clone(), args, env });
+    Ok(specs)
 }
 
 /// Turns a broadcast follower into a gRPC stream, after the backlog.
@@ -728,7 +768,7 @@ impl MachineService for InitApi {
         &self,
         _: Request<api::KubeconfigRequest>,
     ) -> Result<Response<api::KubeconfigResponse>, Status> {
-        Ok(Response::new(api::KubeconfigResponse { kubeconfig: self.0.kubeconfig()? }))
+        Ok(Response::new(api::KubeconfigResponse { kubeconfig: self.0.kubeconfig().await? }))
     }
 
     async fn rollback(&self, _: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
@@ -787,6 +827,8 @@ impl Machine {
             let timeout = slots.health_timeout();
             let deadline = Instant::now() + timeout;
             let mut last = String::from("services not running yet");
+            // Status written from now on is this boot's.
+            let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let services = me.supervisor.list();
@@ -802,14 +844,17 @@ impl Machine {
                 let healthy = services_ok;
                 // The cluster too: the node Ready, and the pods it ran
                 // before the upgrade running again.
+                let mut cluster = String::new();
                 let healthy = healthy && {
-                    let expect = me.pods_before_upgrade();
-                    let mut args = Vec::new();
-                    if let Some(f) = expect.as_ref().filter(|f| f.exists()) {
-                        args = vec!["--expect".to_string(), f.display().to_string()];
+                    let mut args = vec!["--since".to_string(), since.to_string()];
+                    if let Some(f) = me.pods_before_upgrade().filter(|f| f.exists()) {
+                        args.extend(["--expect".to_string(), f.display().to_string()]);
                     }
                     match me.orchestrator_health(&args).await {
-                        Ok(_) => true,
+                        Ok(said) => {
+                            cluster = said;
+                            true
+                        }
                         Err(why) => {
                             last = why;
                             false
@@ -820,8 +865,9 @@ impl Machine {
                     if let Some(f) = me.pods_before_upgrade() {
                         let _ = std::fs::remove_file(f);
                     }
+                    let how = if cluster.is_empty() { String::new() } else { format!(" ({cluster})") };
                     match tokio::task::block_in_place(|| slots.commit()) {
-                        Ok(()) => event(&me.events, "upgrade", format!("slot {booted} is healthy: committed")),
+                        Ok(()) => event(&me.events, "upgrade", format!("slot {booted} is healthy{how}: committed")),
                         Err(e) => event(&me.events, "upgrade", format!("cannot commit slot {booted}: {e}")),
                     }
                     return;
@@ -841,5 +887,87 @@ impl Machine {
 impl api::init_service_server::InitService for InitApi {
     async fn apid_tls(&self, _: Request<api::ApidTlsRequest>) -> Result<Response<api::ApidTlsResponse>, Status> {
         self.0.apid_tls().await.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(kubelet: bool) -> OrchestratorSettings {
+        OrchestratorSettings {
+            program: "/usr/bin/orchestrator".into(),
+            data_dir: "/var/lib/plinth/orchestrator".into(),
+            listen: "0.0.0.0:6443".into(),
+            kubelet: kubelet.then(|| KubeletSettings {
+                containerd: layout::ROOT_CONTAINERD.into(),
+                containerd_config: layout::ROOT_CONTAINERD_CONFIG.into(),
+                cri_socket: layout::CONTAINERD_SOCKET.into(),
+                cni_conf_dir: layout::CNI_CONF_DIR.into(),
+                image_dir: layout::ROOT_IMAGES.into(),
+            }),
+        }
+    }
+
+    fn config(role: &str, extra: &str) -> MachineConfig {
+        let ca = machinery::pki::generate_ca("t").unwrap();
+        let text = format!(
+            "version = 1\n[machine]\nhostname = \"n1\"\n[cluster]\nname = \"demo\"\nrole = \"{role}\"\n{extra}\n\
+             [api]\nca_cert = \"\"\"{}\"\"\"\nca_key = \"\"\"{}\"\"\"\n",
+            ca.cert_pem, ca.key_pem
+        );
+        MachineConfig::parse("node.toml", &text).unwrap()
+    }
+
+    fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        args.iter().position(|a| a == flag).map(|i| args[i + 1].as_str())
+    }
+
+    #[test]
+    fn a_control_plane_runs_containerd_and_the_server_with_its_kubelet() {
+        let ca = ("/d/ca.crt".into(), "/d/ca.key".into());
+        let specs =
+            cluster_services(&config("controlplane", ""), &settings(true), &["10.0.2.15".into()], Some(&ca)).unwrap();
+        assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), [CONTAINERD, ORCHESTRATOR]);
+        assert_eq!(specs[0].args, ["--config", layout::ROOT_CONTAINERD_CONFIG]);
+        let a = &specs[1].args;
+        assert_eq!(a[0], "server");
+        assert!(a.contains(&"--kubelet".to_string()), "{a:?}");
+        assert_eq!(arg(a, "--cert-san"), Some("10.0.2.15"));
+        assert_eq!(arg(a, "--ca-key"), Some("/d/ca.key"));
+        assert_eq!(arg(a, "--node-name"), Some("n1"));
+        assert_eq!(arg(a, "--pod-cidr"), Some("10.244.0.0/24"));
+        assert_eq!(arg(a, "--cri-socket"), Some(layout::CONTAINERD_SOCKET));
+        // Both find runc, the shim, the CNI plugins, iptables and ctr on PATH.
+        assert!(specs.iter().all(|s| s.env.contains(&("PATH".into(), layout::SERVICE_PATH.into()))));
+        // Without the runtime in the image (host mode): the control plane alone.
+        let specs = cluster_services(&config("controlplane", ""), &settings(false), &[], None).unwrap();
+        assert_eq!(specs.len(), 1);
+        assert!(!specs[0].args.contains(&"--kubelet".to_string()));
+    }
+
+    #[test]
+    fn a_worker_runs_the_kubelet_alone_joined_to_the_endpoint() {
+        let endpoint = "endpoint = \"https://10.0.0.1:6443\"\ntoken = \"0123456789abcdef0123\"";
+        let c = config("worker", endpoint);
+        let ca = ("/d/ca.crt".into(), "/d/ca.key".into());
+        let specs = cluster_services(&c, &settings(true), &[], Some(&ca)).unwrap();
+        let a = &specs[1].args;
+        assert_eq!((a[0].as_str(), arg(a, "--server")), ("kubelet", Some("https://10.0.0.1:6443")));
+        assert!(!a.contains(&"--kubelet".to_string()) && !a.contains(&"--listen".to_string()));
+        let cidr = arg(a, "--pod-cidr").unwrap();
+        assert!(cidr.starts_with("10.244.") && cidr.ends_with(".0/24") && cidr != "10.244.0.0/24", "{cidr}");
+        // Without the CA key it cannot get a client certificate: said, nothing started.
+        let e = cluster_services(&c, &settings(true), &[], None).unwrap_err();
+        assert!(e.contains("api.ca_key"), "{e}");
+    }
+
+    #[test]
+    fn node_pod_cidrs() {
+        assert_eq!(node_pod_cidr("10.244.0.0/16", config::Role::Controlplane, "a"), "10.244.0.0/24");
+        let w = node_pod_cidr("10.244.0.0/16", config::Role::Worker, "w1");
+        assert_eq!(w, node_pod_cidr("10.244.0.0/16", config::Role::Worker, "w1"), "stable");
+        assert_ne!(w, node_pod_cidr("10.244.0.0/16", config::Role::Worker, "w2"));
+        assert_eq!(node_pod_cidr("10.9.8.0/24", config::Role::Worker, "w1"), "10.9.8.0/24");
     }
 }

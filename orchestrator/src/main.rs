@@ -59,12 +59,24 @@ enum Command {
         /// The pods that must be running and ready again (from --record).
         #[arg(long)]
         expect: Option<PathBuf>,
+        /// Only count the Node's heartbeats and containers' starts from
+        /// this time on (Unix seconds; the boot, after a reboot).
+        #[arg(long)]
+        since: Option<i64>,
     },
     /// Runs the kubelet alone against a remote API server (a worker node).
     Kubelet {
         /// The API server and this node's client certificate (embedded data).
+        #[arg(long, required_unless_present = "server")]
+        kubeconfig: Option<PathBuf>,
+        /// Or the API server's URL, with the cluster CA that issues this
+        /// node's client certificate (`system:node:NAME`).
+        #[arg(long, conflicts_with = "kubeconfig", requires_all = ["ca_cert", "ca_key"])]
+        server: Option<String>,
         #[arg(long)]
-        kubeconfig: PathBuf,
+        ca_cert: Option<PathBuf>,
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -142,7 +154,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Health { kubeconfig, node, record, expect } => rt.block_on(async {
+        Command::Health { kubeconfig, node, record, expect, since } => rt.block_on(async {
             use orchestrator::health;
             let api = Api::Remote(kubelet::api::Remote::from_kubeconfig(&kubeconfig)?);
             if let Some(path) = record {
@@ -159,7 +171,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => Vec::new(),
             };
-            let missing = health::not_ready(&api, &node, &expected).await?;
+            let missing = health::not_ready(&api, &node, &expected, since).await?;
             if missing.is_empty() {
                 println!("node {node} is Ready and its {} pods are running", expected.len());
                 return Ok(());
@@ -167,11 +179,25 @@ fn main() -> anyhow::Result<()> {
             println!("{}", missing.join("; "));
             std::process::exit(1);
         }),
-        Command::Kubelet { kubeconfig, node } => rt.block_on(async {
+        Command::Kubelet { kubeconfig, server, ca_cert, ca_key, node } => rt.block_on(async {
+            let cfg = node.config("/var/lib/plinth/kubelet".into());
+            let kubeconfig = match (kubeconfig, server, ca_cert, ca_key) {
+                (Some(k), ..) => k,
+                (None, Some(server), Some(cert), Some(key)) => {
+                    // Workers act with the admin group until a Node authorizer exists.
+                    use orchestrator::pki;
+                    let ca = pki::load_ca(&cert, &key)?;
+                    let user = format!("system:node:{}", cfg.node_name);
+                    let client = pki::issue_client(&ca, &user, pki::ADMIN_GROUP)?;
+                    let path = cfg.dir.join("kubelet.kubeconfig");
+                    pki::write_private(&path, &pki::kubeconfig(&server, &ca, &client, &user))?;
+                    path
+                }
+                _ => anyhow::bail!("give --kubeconfig, or --server with --ca-cert and --ca-key"),
+            };
             let remote = kubelet::api::Remote::from_kubeconfig(&kubeconfig)?;
             let identity = Identity::SelfSigned { ca_pem: remote.ca_pem.clone() };
-            let k =
-                kubelet::start(node.config("/var/lib/plinth/kubelet".into()), Api::Remote(remote), identity).await?;
+            let k = kubelet::start(cfg, Api::Remote(remote), identity).await?;
             println!("kubelet {} running", k.node_name());
             std::future::pending::<()>().await;
             Ok(())

@@ -115,6 +115,11 @@ pub fn load_or_generate_ca(cert: &Path, key: &Path) -> Result<CertKey, PkiError>
         write_private(key, &ca.key_pem)?;
         return Ok(ca);
     }
+    load_ca(cert, key)
+}
+
+/// Reads a CA's certificate and key (PEM).
+pub fn load_ca(cert: &Path, key: &Path) -> Result<CertKey, PkiError> {
     let cert_pem = std::fs::read_to_string(cert).map_err(io("read", cert))?;
     let key_pem = std::fs::read_to_string(key).map_err(io("read", key))?;
     KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Key { path: key.to_path_buf(), reason: e.to_string() })?;

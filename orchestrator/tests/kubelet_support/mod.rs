@@ -375,7 +375,7 @@ impl Cluster {
         Cluster::start_with(true, &[])
     }
 
-    /// `orchestrator server` and `orchestrator kubelet --kubeconfig` as two processes (a worker node).
+    /// `orchestrator server` and `orchestrator kubelet --server` as two processes (a worker node).
     pub fn start_split() -> Option<Cluster> {
         let mut c = Cluster::start_with_processes(true, &[], true)?;
         c.start_server();
@@ -415,7 +415,7 @@ impl Cluster {
     }
 
     /// Starts (or restarts) `orchestrator server --kubelet` on the same data directory; in a split
-    /// cluster, `orchestrator server` and a worker's `orchestrator kubelet --kubeconfig` (two processes).
+    /// cluster, `orchestrator server` and a worker's `orchestrator kubelet --server` (two processes).
     pub fn start_server(&mut self) {
         let log =
             || std::fs::OpenOptions::new().create(true).append(true).open(self.data.path().join("server.log")).unwrap();
@@ -454,7 +454,12 @@ impl Cluster {
         self.server = Some(child);
         if self.split {
             let mut kubelet = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-            kubelet.arg("kubelet").arg("--kubeconfig").arg(self.data.path().join("admin.kubeconfig"));
+            // As init starts a worker: the endpoint and the cluster CA, which
+            // issues the node's client certificate.
+            let url = line.split_whitespace().find(|w| w.starts_with("https://")).expect("the server's URL");
+            kubelet.args(["kubelet", "--server", url]);
+            kubelet.arg("--ca-cert").arg(self.data.path().join("ca.crt"));
+            kubelet.arg("--ca-key").arg(self.data.path().join("ca.key"));
             node_args(&mut kubelet);
             let mut child = kubelet.spawn().unwrap();
             let line = first_line(&mut child);
