@@ -190,17 +190,24 @@ fn kubelet_query(q: &[(String, String)], exec: bool) -> String {
     encode_query(&pairs)
 }
 
-/// `pods/{name}/exec` and `pods/{name}/attach` with `Upgrade: websocket`:
-/// the upgrade goes to the pod's kubelet (`/exec/…`, `/attach/…`) with
-/// kubectl's key and subprotocols; once the kubelet switches protocols,
-/// so does this answer, and the two connections are piped together. The
-/// kubelet speaks the channel protocol; a refusal before the switch
-/// reaches kubectl as a Status.
-pub async fn exec(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// A pod subresource asked for with an upgrade: where, and what was offered.
+struct Upgrade {
+    ns: String,
+    name: String,
+    sub: String,
+    /// `Upgrade: websocket`.
+    websocket: bool,
+    /// The WebSocket subprotocols offered.
+    offered: Vec<String>,
+}
+
+/// Parses `/api/v1/namespaces/NS/pods/NAME/SUB` for one of `subs` and
+/// checks that the user may create it.
+fn upgrade_request(user: Option<User>, req: &Request<Incoming>, subs: &[&str]) -> Result<Upgrade, ApiError> {
     let user = user.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
-    let segs: Vec<String> = req.uri().path().split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
-    let (ns, name, sub) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach")] => {
+    let segs: Vec<&str> = req.uri().path().split('/').filter(|s| !s.is_empty()).collect();
+    let (ns, name, sub) = match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, sub] if subs.contains(sub) => {
             (ns.to_string(), name.to_string(), sub.to_string())
         }
         _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
@@ -216,13 +223,39 @@ pub async fn exec(state: Arc<State>, user: Option<User>, req: Request<Incoming>)
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let offered: Vec<String> = req
+    let offered = req
         .headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
         .collect();
+    Ok(Upgrade { ns, name, sub, websocket, offered })
+}
+
+/// The 101 answer that accepts a WebSocket with `protocol`; `accept` is
+/// [`websocket_accept`] of the client's key.
+pub fn switching_protocols(protocol: &'static str, accept: &str) -> Response<Body> {
+    let mut response = Response::new(Body::Full(None));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(protocol));
+    if let Ok(v) = header::HeaderValue::from_str(accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
+}
+
+/// `pods/{name}/exec` and `pods/{name}/attach` with `Upgrade: websocket`:
+/// the upgrade goes to the pod's kubelet (`/exec/…`, `/attach/…`) with
+/// kubectl's key and subprotocols; once the kubelet switches protocols,
+/// so does this answer, and the two connections are piped together. The
+/// kubelet speaks the channel protocol; a refusal before the switch
+/// reaches kubectl as a Status.
+pub async fn exec(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let Upgrade { ns, name, sub, websocket, offered } = upgrade_request(user, &req, &["exec", "attach"])?;
     if !websocket || !PROTOCOLS.iter().any(|p| offered.iter().any(|o| o == *p)) {
         return Err(ApiError::bad_request(format!(
             "none of the offered WebSocket subprotocols {offered:?} is supported (want one of {PROTOCOLS:?}; SPDY is not served)"
@@ -281,31 +314,8 @@ pub async fn port_forward(
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
-
-    let user = user.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
-    let segs: Vec<String> = req.uri().path().split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
-    let (ns, name) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, "portforward"] => (ns.to_string(), name.to_string()),
-        _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
-    };
-    if !allowed(&user, "create") {
-        return Err(ApiError::forbidden(format!(
-            "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"{ns}\"",
-            user.name
-        )));
-    }
-    let websocket = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let offered = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == PORT_FORWARD_PROTOCOL);
+    let Upgrade { ns, name, websocket, offered, .. } = upgrade_request(user, &req, &["portforward"])?;
+    let offered = offered.iter().any(|p| p == PORT_FORWARD_PROTOCOL);
     if !websocket || !offered {
         return Err(ApiError::bad_request(format!(
             "port-forward needs a WebSocket with subprotocol {PORT_FORWARD_PROTOCOL} (kubectl 1.31 or newer; SPDY is not served)"
@@ -361,16 +371,7 @@ pub async fn port_forward(
         let _ = wr.shutdown().await;
         let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
     });
-    let mut response = Response::new(Body::Full(None));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
-    h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(PORT_FORWARD_PROTOCOL));
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    Ok(response)
+    Ok(switching_protocols(PORT_FORWARD_PROTOCOL, &accept))
 }
 
 #[cfg(test)]

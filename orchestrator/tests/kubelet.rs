@@ -19,7 +19,6 @@ const READY: Duration = Duration::from_secs(60);
 #[test]
 fn deployment_replicas_become_ready_with_ips_volumes_and_network() {
     let Some(c) = Cluster::start() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     c.apply(&format!(
         r#"
 apiVersion: v1
@@ -112,7 +111,6 @@ spec:
 #[test]
 fn two_pods_get_distinct_ips_and_reach_each_other() {
     let Some(c) = Cluster::start() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     // Each pod serves its own name over HTTP on 8080 (busybox httpd) and can run clients.
     let serve = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
     for name in ["left", "right"] {
@@ -151,7 +149,6 @@ fn two_pods_get_distinct_ips_and_reach_each_other() {
 #[test]
 fn crash_loop_back_off_and_deleted_pod_cleanup() {
     let Some(c) = Cluster::start() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     c.ok(&["run", "crash", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sh", "-c", "echo boom; exit 3"]);
     let trap = "trap 'echo TERM > /data/got-term; exit 0' TERM; while true; do sleep 0.2; done";
     c.apply(&format!(
@@ -215,7 +212,6 @@ spec:
 #[test]
 fn kubelet_restart_adopts_running_containers() {
     let Some(mut c) = Cluster::start() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     c.ok(&["run", "steady", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sleep", "3600"]);
     c.wait_for(&["get", "pod", "steady", "-o", "jsonpath={.status.containerStatuses[0].ready}"], READY, |s| {
         s == "true"
@@ -224,7 +220,6 @@ fn kubelet_restart_adopts_running_containers() {
     let ip = c.pod_field("steady", ".status.podIP");
     c.kill_server();
     c.start_server();
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     // Several relists of the restarted kubelet.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(c.pod_field("steady", ".status.containerStatuses[0].containerID"), before);
@@ -242,7 +237,6 @@ fn kubelet_restart_adopts_running_containers() {
 #[test]
 fn probes_drive_restarts_and_readiness() {
     let Some(c) = Cluster::start() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     c.apply(&format!(
         r#"
 apiVersion: v1
@@ -300,7 +294,6 @@ spec:
 #[test]
 fn kubectl_logs_and_exec() {
     let Some(c) = Cluster::start() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     c.apply(&format!(
         r#"
 apiVersion: v1
@@ -388,7 +381,6 @@ spec:
 #[test]
 fn interactive_exec_and_attach() {
     let Some(c) = Cluster::start() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     c.apply(&format!(
         r#"
 apiVersion: v1
@@ -487,7 +479,6 @@ spec:
 #[test]
 fn kubectl_port_forward() {
     let Some(c) = Cluster::start() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     let serve = "mkdir -p /www && echo forwarded > /www/index.html && \
                  dd if=/dev/urandom of=/www/big bs=1024 count=1024 2>/dev/null && md5sum /www/big > /www/big.md5 && \
                  (nc -ll -p 9000 -e echo pong &) ; exec httpd -f -p 8080 -h /www";
@@ -607,7 +598,6 @@ fn air_gapped_images_and_image_faults() {
     std::fs::copy(&archive, dir.path().join("busybox.tar")).unwrap();
     std::fs::write(dir.path().join("broken.tar"), b"not an archive").unwrap();
     let Some(c) = Cluster::start_with(false, &["--image-dir", dir.path().to_str().unwrap()]) else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     c.ok(&["run", "offline", "--image", BUSYBOX, "--image-pull-policy=IfNotPresent", "--", "sleep", "3600"]);
     c.ok(&["run", "never", "--image", "example.invalid/absent:1", "--image-pull-policy=Never", "--", "true"]);
     c.ok(&["run", "unreachable", "--image", "127.0.0.1:9/nothing:1", "--image-pull-policy=Always", "--", "true"]);
@@ -639,7 +629,6 @@ fn image_pull_secrets_authenticate_to_a_registry() {
     let Some(c) = Cluster::start() else { return };
     let registry = Registry::start_with_auth();
     let image = registry.push_busybox("private/busybox:1");
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     let server = format!("--docker-server={}", registry.address);
     c.ok(&[
         "create",
@@ -702,7 +691,6 @@ spec:
 #[test]
 fn worker_kubelet_over_https() {
     let Some(c) = Cluster::start_split() else { return };
-    c.wait_for(&["get", "node", &c.node], READY, |s| s.contains(" Ready "));
     assert_eq!(
         c.ok(&["get", "lease", "-n", "kube-node-lease", &c.node, "-o", "jsonpath={.spec.holderIdentity}"]),
         c.node

@@ -151,16 +151,7 @@ pub async fn serve(
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         bridge(ws, &url, &opts, v5).await;
     });
-    let mut r = Response::new(Body::Full(None));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
-    h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(protocol));
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
+    crate::streaming::switching_protocols(protocol, &accept)
 }
 
 fn fail(what: &str, url: &str, err: impl std::fmt::Display) -> String {

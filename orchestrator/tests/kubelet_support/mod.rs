@@ -379,14 +379,22 @@ impl Cluster {
     pub fn start_split() -> Option<Cluster> {
         let mut c = Cluster::start_with_processes(true, &[], true)?;
         c.start_server();
+        c.wait_node_ready();
         Some(c)
     }
 
     /// `busybox`: whether containerd has the busybox image before the kubelet starts; `args`: more server flags.
+    /// Returns once the Node is Ready.
     pub fn start_with(busybox: bool, args: &[&str]) -> Option<Cluster> {
         let mut c = Cluster::start_with_processes(busybox, args, false)?;
         c.start_server();
+        c.wait_node_ready();
         Some(c)
+    }
+
+    /// Waits for the kubelet's Node to be Ready: every test starts there.
+    fn wait_node_ready(&self) {
+        self.wait_for(&["get", "node", &self.node], Duration::from_secs(60), |s| s.contains(" Ready "));
     }
 
     fn start_with_processes(busybox: bool, args: &[&str], split: bool) -> Option<Cluster> {
