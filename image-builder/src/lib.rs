@@ -538,20 +538,26 @@ pub fn initramfs_entries(
         prefix = if prefix.is_empty() { d.to_string() } else { format!("{prefix}/{d}") };
         entries.push(cpio::Entry::Dir { path: prefix.clone() });
     }
-    let index = kernel::module_index(&k.modules_dir);
-    let read = |name: &str| {
-        let path = index.get(name)?;
-        Some((path.file_name()?.to_string_lossy().into_owned(), std::fs::read(path).ok()?))
-    };
-    let wanted = board.kernel.modules.iter().chain(&board.kernel.runtime_modules);
-    let files = kernel::load_order(&kernel::builtin_modules(&k.modules_dir), wanted, &read)
-        .map_err(|(module, needs)| BuildError::Module { board: board.name.clone(), module, needs })?;
+    let files = module_order(board, k)?;
     let order: String = files.iter().map(|(f, _)| format!("{f}\n")).collect();
     for (file, data) in files {
         entries.push(cpio::Entry::File { path: format!("{mods}/{file}"), mode: 0o644, data });
     }
     entries.push(cpio::Entry::File { path: format!("{mods}/order"), mode: 0o644, data: order.into_bytes() });
     Ok(entries)
+}
+
+/// The modules the initramfs carries, in load order: the board's boot
+/// modules, then the container runtime's, each after its dependencies.
+pub fn module_order(board: &Board, k: &kernel::Extracted) -> Result<Vec<kernel::ModuleFile>, BuildError> {
+    let index = kernel::module_index(&k.modules_dir);
+    let read = |name: &str| {
+        let path = index.get(name)?;
+        Some((path.file_name()?.to_string_lossy().into_owned(), std::fs::read(path).ok()?))
+    };
+    let wanted = board.kernel.modules.iter().chain(&board.kernel.runtime_modules);
+    kernel::load_order(&kernel::builtin_modules(&k.modules_dir), wanted, &read)
+        .map_err(|(module, needs)| BuildError::Module { board: board.name.clone(), module, needs })
 }
 
 /// Loads a board by name from `board_dir`, or from a path; returns it with

@@ -186,6 +186,10 @@ fn the_x86_64_uefi_board_boots_from_nvme_sata_and_usb() {
     }
 }
 
+/// How many modules the image's initramfs loads (the board's, with the
+/// runtime's and their dependencies).
 fn opts_modules(opts: &image_builder::BuildOptions) -> usize {
-    image_builder::load_board(&opts.board, &opts.board_dir).unwrap().kernel.modules.len()
+    let board = image_builder::load_board(&opts.board, &opts.board_dir).unwrap();
+    let k = image_builder::kernel::fetch(&board.kernel, board.arch.debian(), &opts.cache_dir.join("kernel")).unwrap();
+    image_builder::module_order(&board, &k).unwrap().len()
 }

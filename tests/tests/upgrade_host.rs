@@ -126,8 +126,9 @@ fn host_node_refuses_bad_bundles_then_upgrades_commits_falls_back_and_rolls_back
     node.spawn()?;
     wait_for("the health gate to give up and init to restart", Duration::from_secs(60), || {
         let log = node.log();
-        let at = log
-            .find("slot b did not become healthy in 5s (a service is not running, or restarted): rebooting to fall back")?;
+        let at = log.find(
+            "slot b did not become healthy in 5s (a service is not running, or restarted): rebooting to fall back",
+        )?;
         log[at..].contains("loaded").then_some(())
     })
     .with_context(|| node.log())?;

@@ -119,7 +119,10 @@ fn qemu_upgrade_a_to_b_and_back_rollback_and_a_broken_bundle_rolls_back_by_itsel
     node.wait_committed("b", "0.2.0")?;
     assert!(node.vm.serial_log().contains("slot b: root image"), "booted from ROOT-B");
     let events = node.osctl(&["events"]).ok()?.stdout;
-    assert!(events.contains("slot b is healthy: committed"), "{events}");
+    assert!(
+        events.contains("slot b is healthy (node unode is Ready and its 0 pods are running): committed"),
+        "{events}"
+    );
 
     // B → A.
     let r = node.upgrade(&bundles[1], &[])?;
