@@ -82,6 +82,10 @@ struct PodMemory {
     reported: HashSet<String>,
     /// Container name → failed pulls in a row, and when the next may start.
     pulls: HashMap<String, (u32, Instant)>,
+    /// Failed sandbox creations in a row, and until when the pod is left
+    /// alone for them (unless its spec changes or it is deleted): the
+    /// kubelet's own status write must not trigger the next attempt.
+    sandbox_failures: (u32, Option<(Instant, i64)>),
 }
 
 pub struct Kubelet {
@@ -275,7 +279,11 @@ impl Kubelet {
                 let m = mem.entry(uid.to_string()).or_default();
                 m.namespace = str_at(p, "/metadata/namespace").to_string();
                 let due = m.due.is_some_and(|d| d <= now);
-                if !m.in_flight && (m.seen.as_ref() != Some(&seen) || due) {
+                let generation = p.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                let held = m.sandbox_failures.1.is_some_and(|(until, g)| {
+                    now < until && g == generation && p.pointer("/metadata/deletionTimestamp").is_none()
+                });
+                if !m.in_flight && !held && (m.seen.as_ref() != Some(&seen) || due) {
                     m.seen = Some(seen);
                     m.in_flight = true;
                     m.due = None;
@@ -774,14 +782,23 @@ impl Kubelet {
                     })
                     .await;
                 match r {
-                    Ok(r) => r.into_inner().pod_sandbox_id,
+                    Ok(r) => {
+                        self.remember(&uid, |m| m.sandbox_failures = (0, None));
+                        r.into_inner().pod_sandbox_id
+                    }
                     Err(s) => {
                         let w = Waiting {
                             reason: "ContainerCreating".into(),
                             message: format!("failed to create pod sandbox: {}", s.message()),
                         };
                         self.event_for(p, "Warning", "FailedCreatePodSandBox", &w.message, true);
-                        self.remember(&uid, |m| m.due = Some(Instant::now() + Duration::from_secs(5)));
+                        let generation = p.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                        self.remember(&uid, |m| {
+                            m.sandbox_failures.0 += 1;
+                            let until = Instant::now() + pod::sandbox_backoff(m.sandbox_failures.0);
+                            m.sandbox_failures.1 = Some((until, generation));
+                            m.due = Some(until);
+                        });
                         return self.write_status(p, None, &HashMap::new(), &all_waiting(p, w)).await;
                     }
                 }

@@ -471,6 +471,13 @@ pub fn backoff_seconds(restarts: u32) -> u64 {
     (10u64 << restarts.min(5).saturating_sub(1).min(5)).min(300)
 }
 
+/// Back-off after `failures` failed sandbox creations in a row: 1 s
+/// doubling to 5 min (the first failures are often the runtime still
+/// loading its CNI config).
+pub fn sandbox_backoff(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_secs((1u64 << failures.clamp(1, 10).saturating_sub(1)).min(300))
+}
+
 /// Whether a container that exited with `exit_code` is started again under `policy`.
 pub fn should_restart(policy: &str, exit_code: i32) -> bool {
     match policy {
@@ -745,6 +752,8 @@ mod tests {
         assert_eq!(pull_policy(&json!({"image": "busybox:1.36"})), "IfNotPresent");
         assert_eq!(pull_policy(&json!({"image": "b:1", "imagePullPolicy": "Never"})), "Never");
         assert_eq!([1, 2, 3, 6, 9].map(backoff_seconds), [10, 20, 40, 160, 160].map(|s: u64| s.min(300)));
+        let secs = |n: u32| sandbox_backoff(n).as_secs();
+        assert_eq!([0, 1, 2, 3, 8, 9, 10, 40].map(secs), [1, 1, 2, 4, 128, 256, 300, 300]);
         assert!(!should_restart("Never", 1) && should_restart("OnFailure", 1) && !should_restart("OnFailure", 0));
         assert!(should_restart("Always", 0));
     }
