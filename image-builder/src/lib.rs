@@ -127,13 +127,12 @@ pub(crate) fn write(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     std::fs::write(path, data).map_err(|e| BuildError::io("write", path, e))
 }
 
-/// Copies a file (its content, following links); returns its size.
-pub(crate) fn copy(from: &Path, to: &Path, mode: u32) -> Result<u64, BuildError> {
+/// Copies a file (its content, following links).
+pub(crate) fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), BuildError> {
     use std::os::unix::fs::PermissionsExt as _;
     let data = std::fs::read(from).map_err(|e| BuildError::io("read", from, e))?;
     write(to, &data)?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io("chmod", to, e))?;
-    Ok(data.len() as u64)
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(|e| BuildError::io("chmod", to, e))
 }
 
 /// The archives `--preload-image` names: files as given, directories'

@@ -76,19 +76,14 @@ pub fn require() -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Copies the runtime into the root tree at `stage`; returns the bytes copied.
-pub fn stage(stage: &Path, arch: Arch) -> Result<u64, BuildError> {
+/// Copies the runtime into the root tree at `stage`.
+pub fn stage(stage: &Path, arch: Arch) -> Result<(), BuildError> {
     let rel = |p: &Path| stage.join(p.strip_prefix("/").unwrap_or(p));
     let mut libraries = BTreeSet::new();
-    let mut bytes = 0;
-    let mut put = |from: &Path, to: &Path, mode: u32| -> Result<(), BuildError> {
-        bytes += crate::copy(from, to, mode)?;
-        Ok(())
-    };
     for (path, package) in PROGRAMS {
         let program = tools::require(path, package)?;
         libraries.extend(tools::shared_libraries(&program)?);
-        put(&program, &rel(Path::new(path)), 0o755)?;
+        crate::copy(&program, &rel(Path::new(path)), 0o755)?;
     }
     for name in IPTABLES_NAMES {
         let link = rel(&Path::new("/usr/sbin").join(name));
@@ -100,16 +95,15 @@ pub fn stage(stage: &Path, arch: Arch) -> Result<u64, BuildError> {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "so") {
             libraries.extend(tools::shared_libraries(&p)?);
-            put(&p, &rel(&p), 0o644)?;
+            crate::copy(&p, &rel(&p), 0o644)?;
         }
     }
     for lib in libraries {
         if !rel(&lib).exists() {
-            put(&lib, &rel(&lib), 0o755)?;
+            crate::copy(&lib, &rel(&lib), 0o755)?;
         }
     }
-    crate::write(&rel(Path::new(layout::ROOT_CONTAINERD_CONFIG)), containerd_config().as_bytes())?;
-    Ok(bytes)
+    crate::write(&rel(Path::new(layout::ROOT_CONTAINERD_CONFIG)), containerd_config().as_bytes())
 }
 
 #[cfg(test)]

@@ -218,19 +218,23 @@ fn upgrade_request(user: Option<User>, req: &Request<Incoming>, subs: &[&str]) -
             user.name
         )));
     }
-    let websocket = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let offered = req
-        .headers()
+    let (websocket, offered) = (is_websocket(req.headers()), offered_subprotocols(req.headers()));
+    Ok(Upgrade { ns, name, sub, websocket, offered })
+}
+
+/// Whether a request asks for `Upgrade: websocket`.
+pub fn is_websocket(headers: &header::HeaderMap) -> bool {
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The WebSocket subprotocols a request offers, in its order.
+pub fn offered_subprotocols(headers: &header::HeaderMap) -> Vec<String> {
+    headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
-        .collect();
-    Ok(Upgrade { ns, name, sub, websocket, offered })
+        .collect()
 }
 
 /// The 101 answer that accepts a WebSocket with `protocol`; `accept` is

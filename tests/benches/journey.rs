@@ -37,7 +37,7 @@ fn footprint(node: &ClusterNode, when: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let memory = std::env::var("PLINTH_JOURNEY_MEMORY_MIB").ok().and_then(|m| m.parse().ok()).unwrap_or(512);
+    let memory = plinth_tests::cluster::journey_memory_mib();
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();

@@ -63,6 +63,12 @@ spec:
   - {port: 80, targetPort: 8080}
 "#;
 
+/// Guest memory (MiB) of the whole-journey test and its benchmark:
+/// `PLINTH_JOURNEY_MEMORY_MIB`, default 512 (`bench/journey.sh --min-memory` lowers it).
+pub fn journey_memory_mib() -> u32 {
+    std::env::var("PLINTH_JOURNEY_MEMORY_MIB").ok().and_then(|m| m.parse().ok()).unwrap_or(512)
+}
+
 /// The end of a serial log, for failure messages.
 pub fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();

@@ -10,15 +10,10 @@ use anyhow::Context as _;
 use machinery::api;
 use osctl::connect::{self, Credentials, LocalChecks};
 use plinth_qemu::{Vm, VmOptions};
+use plinth_tests::cluster::tail;
 use plinth_tests::{Operator, build_image, kubectl, osctl, wait_for};
 
 const BOOT: Duration = Duration::from_secs(240);
-
-/// The end of a serial log, for failure messages.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    format!("serial console, last lines:\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
-}
 
 #[test]
 fn image_boots_takes_a_signed_config_and_keeps_it_across_a_reboot() -> anyhow::Result<()> {

@@ -8,13 +8,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use plinth_tests::cluster::{ClusterNode, tail};
+use plinth_tests::cluster::{ClusterNode, journey_memory_mib, tail};
 use plinth_tests::{Operator, build_options, bundle_with, busybox_archive, slot, wait_for};
-
-/// Guest memory (MiB); `bench/journey.sh --min-memory` lowers it.
-fn memory_mib() -> u32 {
-    std::env::var("PLINTH_JOURNEY_MEMORY_MIB").ok().and_then(|m| m.parse().ok()).unwrap_or(512)
-}
 
 #[test]
 fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Result<()> {
@@ -32,7 +27,7 @@ fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Res
     bundle_opts.preload_images = vec![busybox];
     bundle_with(&bundle_opts, &op)?;
 
-    let node = ClusterNode::boot(&op, image, w, "jnode", memory_mib())?;
+    let node = ClusterNode::boot(&op, image, w, "jnode", journey_memory_mib())?;
     let services = node.osctl(&["-o", "json", "services"]).ok()?.json()?;
     for name in ["apid", "containerd", "orchestrator"] {
         let s = services.as_array().into_iter().flatten().find(|s| s["name"] == name);

@@ -10,16 +10,12 @@ use anyhow::Context as _;
 use machinery::api;
 use osctl::connect::{self, Credentials, LocalChecks};
 use plinth_qemu::{Vm, VmOptions};
+use plinth_tests::cluster::tail;
 use plinth_tests::{
     Operator, bad_bundles, build_bundle, build_image, build_options, bundle_with, osctl, slot, static_bin_dir, wait_for,
 };
 
 const BOOT: Duration = Duration::from_secs(240);
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    format!("serial console, last lines:\n{}", lines[lines.len().saturating_sub(60)..].join("\n"))
-}
 
 /// A booted, configured node in QEMU.
 struct Node {

@@ -85,21 +85,10 @@ pub async fn serve(
     opts: Options,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let websocket = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !websocket {
+    if !crate::streaming::is_websocket(req.headers()) {
         return text(StatusCode::BAD_REQUEST, "Upgrade request required (WebSocket)\n".into());
     }
-    let offered: Vec<String> = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
-        .collect();
+    let offered = crate::streaming::offered_subprotocols(req.headers());
     let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
         return text(
             StatusCode::BAD_REQUEST,
