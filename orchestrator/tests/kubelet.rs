@@ -231,6 +231,72 @@ fn kubelet_restart_adopts_running_containers() {
     assert!(c.containerd.sandboxes().is_empty());
 }
 
+/// Faults each show upstream's reason and leave the rest of the node alone:
+/// a pod asking for more memory than the node has is Unschedulable; a CNI
+/// plugin that answers garbage fails the sandbox (FailedCreatePodSandBox,
+/// retried with back-off until the plugin is mended); containerd killed
+/// turns the Node NotReady ("container runtime is down") and, restarted,
+/// Ready again with every container as it was.
+#[test]
+fn runtime_faults_are_reported_and_contained() {
+    let Some(mut c) = Cluster::start() else { return };
+    fn container(c: &Cluster, pod: &str) -> (String, String) {
+        let status = ".status.containerStatuses[0]";
+        (c.pod_field(pod, &format!("{status}.containerID")), c.pod_field(pod, &format!("{status}.restartCount")))
+    }
+    c.ok(&["run", "steady", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sleep", "3600"]);
+    c.wait_for(&["get", "pod", "steady", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    let steady = container(&c, "steady");
+
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: big}}
+spec:
+  containers:
+  - {{name: main, image: {BUSYBOX}, imagePullPolicy: Never, resources: {{requests: {{memory: 64Ti}}}}}}
+"#
+    ));
+    let scheduled = r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].reason}"#;
+    c.wait_for(&["get", "pod", "big", "-o", scheduled], READY, |s| s == "Unschedulable");
+    let why = c.pod_field("big", r#".status.conditions[?(@.type=="PodScheduled")].message"#);
+    assert!(why.contains("Insufficient memory"), "{why}");
+    assert!(c.event_reasons("big").contains("FailedScheduling"));
+
+    c.containerd.swap_cni_plugin(
+        "bridge",
+        Some(r#"[ "$CNI_COMMAND" = ADD ] || exec /usr/lib/cni/bridge; echo '{"cniVersion": "1.0.0", "ips": 7}'"#),
+    );
+    c.ok(&["run", "unlucky", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sleep", "3600"]);
+    let events = "jsonpath={.items[*].reason}";
+    let selector = "involvedObject.name=unlucky";
+    c.wait_for(&["get", "events", "--field-selector", selector, "-o", events], READY, |s| {
+        s.contains("FailedCreatePodSandBox")
+    });
+    let messages = c.ok(&["get", "events", "--field-selector", selector, "-o", "jsonpath={.items[*].message}"]);
+    assert!(messages.contains("failed to create pod sandbox") && messages.contains("bridge"), "{messages}");
+    assert_eq!(c.pod_field("unlucky", ".status.phase"), "Pending");
+    assert_eq!(c.pod_field("unlucky", ".status.containerStatuses[0].state.waiting.reason"), "ContainerCreating");
+    c.containerd.swap_cni_plugin("bridge", None);
+    c.wait_for(&["get", "pod", "unlucky", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    assert_eq!(container(&c, "steady"), steady, "the running pod was not disturbed");
+    let unlucky = container(&c, "unlucky");
+
+    let ready =
+        r#"jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].message}"#;
+    c.containerd.kill();
+    let down = c.wait_for(&["get", "node", &c.node, "-o", ready], READY, |s| s.starts_with("False"));
+    assert!(down.contains("container runtime is down"), "{down}");
+    c.containerd.restart();
+    c.wait_for(&["get", "node", &c.node, "-o", ready], READY, |s| s.starts_with("True"));
+    // Several relists against the restarted runtime.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!((container(&c, "steady"), container(&c, "unlucky")), (steady, unlucky), "no container was restarted");
+    assert_eq!(c.ok(&["exec", "unlucky", "--", "echo", "still here"]), "still here\n");
+    assert_eq!(c.pod_field("big", ".spec.nodeName"), "", "still waiting for a node that fits");
+}
+
 /// A failing exec liveness probe restarts the container; an httpGet
 /// readiness probe holds Ready back until it answers; a tcpSocket liveness
 /// probe that keeps succeeding restarts nothing.

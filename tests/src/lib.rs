@@ -75,6 +75,18 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Waits for `osctl events` (run by `events`) to contain `want`: an event
+/// follows the state change it reports by a moment, so a test that has seen
+/// the change must still wait for the event.
+pub fn wait_event(mut events: impl FnMut() -> Run, want: &str) -> anyhow::Result<()> {
+    let mut last = String::new();
+    wait_for(&format!("the event {want:?}"), Duration::from_secs(10), || {
+        last = events().ok().ok()?.stdout;
+        last.contains(want).then_some(())
+    })
+    .with_context(|| format!("events so far:\n{last}"))
+}
+
 /// The result of one `osctl` run.
 #[derive(Debug)]
 pub struct Run {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use plinth_tests::cluster::{ClusterNode, journey_memory_mib, tail};
-use plinth_tests::{Operator, build_options, bundle_with, busybox_archive, slot, wait_for};
+use plinth_tests::{Operator, build_options, bundle_with, busybox_archive, slot, wait_event, wait_for};
 
 #[test]
 fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Result<()> {
@@ -62,8 +62,7 @@ fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Res
     let on_b = committed("b", "0.2.0");
     wait_for("slot b committed", Duration::from_secs(900), || node.version().filter(|v| on_b(v)))
         .with_context(|| tail(&node.vm.serial_log()))?;
-    let events = node.osctl(&["events"]).ok()?.stdout;
-    assert!(events.contains("slot b is healthy (node jnode is Ready and its 2 pods are running"), "{events}");
+    wait_event(|| node.osctl(&["events"]), "slot b is healthy (node jnode is Ready and its 2 pods are running")?;
     node.wait_web("after the upgrade")?;
     let after = node.web_pods()?;
     let names = |p: &[(String, String)]| p.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use plinth_tests::{
-    Operator, bad_bundles, build_bundle, build_image, configured_node_on, osctl, slot, split_bundle, wait_for,
+    Operator, bad_bundles, build_bundle, build_image, configured_node_on, osctl, slot, split_bundle, wait_event,
+    wait_for,
 };
 
 /// What must not change when a bundle is refused: both roots and the boot
@@ -83,8 +84,7 @@ fn host_node_refuses_bad_bundles_then_upgrades_commits_falls_back_and_rolls_back
     })
     .with_context(|| node.log())?;
     assert_eq!(committed[0]["config_version"], 1, "the config survives the upgrade");
-    let events = osctl(&c, &["-n", &addr, "events"]).ok()?.stdout;
-    assert!(events.contains("slot b is healthy: committed"), "{events}");
+    wait_event(|| osctl(&c, &["-n", &addr, "events"]), "slot b is healthy: committed")?;
 
     // Rollback: A (committed) boots again; init restarts itself as a host
     // node's reboot.

@@ -12,7 +12,8 @@ use osctl::connect::{self, Credentials, LocalChecks};
 use plinth_qemu::{Vm, VmOptions};
 use plinth_tests::cluster::tail;
 use plinth_tests::{
-    Operator, bad_bundles, build_bundle, build_image, build_options, bundle_with, osctl, slot, static_bin_dir, wait_for,
+    Operator, bad_bundles, build_bundle, build_image, build_options, bundle_with, osctl, slot, static_bin_dir,
+    wait_event, wait_for,
 };
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -114,11 +115,10 @@ fn qemu_upgrade_a_to_b_and_back_rollback_and_a_broken_bundle_rolls_back_by_itsel
     assert_eq!((r["slot"].as_str(), r["rebooting"].as_bool()), (Some("b"), Some(true)), "{r}");
     node.wait_committed("b", "0.2.0")?;
     assert!(node.vm.serial_log().contains("slot b: root image"), "booted from ROOT-B");
-    let events = node.osctl(&["events"]).ok()?.stdout;
-    assert!(
-        events.contains("slot b is healthy (node unode is Ready and its 0 pods are running): committed"),
-        "{events}"
-    );
+    wait_event(
+        || node.osctl(&["events"]),
+        "slot b is healthy (node unode is Ready and its 0 pods are running): committed",
+    )?;
 
     // B → A.
     let r = node.upgrade(&bundles[1], &[])?;

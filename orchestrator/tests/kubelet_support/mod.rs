@@ -142,6 +142,8 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub cni_dir: PathBuf,
+    /// The CNI plugins containerd runs: links to Debian's, which a test may swap.
+    pub cni_bin: PathBuf,
     pub bridge: String,
     pub pod_cidr: String,
     child: Child,
@@ -167,6 +169,12 @@ impl Containerd {
         let socket = d.join("containerd.sock");
         let cni_dir = d.join("cni");
         std::fs::create_dir_all(&cni_dir).unwrap();
+        let cni_bin = d.join("cni-bin");
+        std::fs::create_dir_all(&cni_bin).unwrap();
+        for plugin in std::fs::read_dir(DEBIAN_CNI).unwrap() {
+            let plugin = plugin.unwrap();
+            std::os::unix::fs::symlink(plugin.path(), cni_bin.join(plugin.file_name())).unwrap();
+        }
         let config = format!(
             r#"version = 2
 root = "{d}/root"
@@ -185,31 +193,46 @@ state = "{d}/state"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{bin}"
     conf_dir = "{cni}"
 "#,
             d = d.display(),
+            bin = cni_bin.display(),
             cni = cni_dir.display()
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let c = Containerd { dir, socket, cni_dir, bridge, pod_cidr, child };
-        let start = Instant::now();
-        while !c.socket.exists() {
-            assert!(start.elapsed() < Duration::from_secs(20), "containerd did not start: {}", c.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_containerd(d, &socket);
+        let c = Containerd { dir, socket, cni_dir, cni_bin, bridge, pod_cidr, child };
         for archive in images {
             c.ctr(&["images", "import", archive.to_str().unwrap()]);
         }
         c
+    }
+
+    /// Kills containerd (SIGKILL: the shims, and so the containers, live on).
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::fs::remove_file(&self.socket).unwrap();
+    }
+
+    /// Starts containerd again on the same root, state and socket.
+    pub fn restart(&mut self) {
+        self.child = spawn_containerd(self.dir.path(), &self.socket);
+    }
+
+    /// Replaces the CNI `plugin` with a shell script `body` (the CNI
+    /// environment and stdin are the script's), or with Debian's again when `None`.
+    pub fn swap_cni_plugin(&self, plugin: &str, body: Option<&str>) {
+        let staged = self.cni_bin.join(format!(".{plugin}.new"));
+        match body {
+            Some(body) => {
+                std::fs::write(&staged, format!("#!/bin/sh\n{body}\n")).unwrap();
+                std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            }
+            None => std::os::unix::fs::symlink(Path::new(DEBIAN_CNI).join(plugin), &staged).unwrap(),
+        }
+        std::fs::rename(&staged, self.cni_bin.join(plugin)).unwrap();
     }
 
     pub fn pid(&self) -> u32 {
@@ -272,6 +295,31 @@ state = "{d}/state"
             }
         });
     }
+}
+
+/// Where Debian's containernetworking-plugins are.
+const DEBIAN_CNI: &str = "/usr/lib/cni";
+
+/// Starts containerd with the config in `dir`, its log appended to `dir`/containerd.log;
+/// returns once its socket exists.
+fn spawn_containerd(dir: &Path, socket: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("containerd.log")).unwrap();
+    let mut child = Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !socket.exists() {
+        if start.elapsed() > Duration::from_secs(20) || child.try_wait().unwrap().is_some() {
+            let log = std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+            panic!("containerd did not start: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 fn rt() -> tokio::runtime::Runtime {
