@@ -10,6 +10,7 @@ pub mod kubelet;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
+pub mod proxy;
 pub mod registry;
 pub mod resources;
 pub mod selector;

@@ -109,6 +109,9 @@ struct NodeArgs {
     /// OCI image archives (*.tar) imported into containerd at start: images without a registry.
     #[arg(long)]
     image_dir: Option<PathBuf>,
+    /// Don't route Services' cluster IPs and node ports to their endpoints (iptables rules, as kube-proxy).
+    #[arg(long)]
+    disable_service_proxy: bool,
 }
 
 impl NodeArgs {
@@ -125,6 +128,7 @@ impl NodeArgs {
             node_ip: self.node_ip,
             listen: self.kubelet_listen,
             image_dir: self.image_dir,
+            service_proxy: !self.disable_service_proxy,
         }
     }
 }

@@ -81,8 +81,12 @@ pub struct Written {
     pub created: bool,
 }
 
+/// Where node ports are given out from (upstream's default range).
+const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+
 pub struct Registry {
     pub store: Arc<dyn Store>,
+    /// Held while a Service's cluster IP or node ports are given out.
     service_ips: Mutex<()>,
 }
 
@@ -422,6 +426,66 @@ impl Registry {
             .ok_or_else(|| ApiError::internal("the service IP range 10.96.0.0/16 is full"))
     }
 
+    /// Gives each port of a NodePort or LoadBalancer Service a node port:
+    /// the one asked for if it is free, the one the port had (`current`),
+    /// or the first free one in 30000–32767. A ClusterIP Service has none.
+    /// Callers hold `service_ips`.
+    fn assign_node_ports(&self, rt: &ResourceType, svc: &mut Value, current: Option<&Value>) -> Result<(), ApiError> {
+        let wants = matches!(svc.pointer("/spec/type").and_then(Value::as_str), Some("NodePort" | "LoadBalancer"));
+        let (ns, name) = (namespace_of(svc).unwrap_or_default().to_string(), name_of(svc).to_string());
+        let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) else { return Ok(()) };
+        if !wants {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                p.remove("nodePort");
+            }
+            return Ok(());
+        }
+        let mut taken: std::collections::HashSet<i64> = self
+            .list(rt, None, &ListOptions::default())?
+            .items
+            .iter()
+            .filter(|o| (namespace_of(o).unwrap_or_default(), name_of(o)) != (ns.as_str(), name.as_str()))
+            .flat_map(|o| o.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default())
+            .filter_map(|p| p["nodePort"].as_i64())
+            .collect();
+        let old: Vec<Value> =
+            current.and_then(|c| c.pointer("/spec/ports")).and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut causes = Vec::new();
+        for (i, p) in ports.iter_mut().enumerate() {
+            let field = format!("spec.ports[{i}].nodePort");
+            match p["nodePort"].as_i64().filter(|n| *n != 0) {
+                Some(n) if !NODE_PORTS.contains(&n) => causes.push((
+                    field,
+                    format!(
+                        "Invalid value: {n}: provided port is not in the valid range. The range of valid ports is {}-{}",
+                        NODE_PORTS.start(),
+                        NODE_PORTS.end()
+                    ),
+                )),
+                Some(n) if !taken.insert(n) => {
+                    causes.push((field, format!("Invalid value: {n}: provided port is already allocated")));
+                }
+                Some(_) => {}
+                None => {
+                    let had = old
+                        .iter()
+                        .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
+                        .and_then(|o| o["nodePort"].as_i64())
+                        .filter(|n| !taken.contains(n));
+                    let n = had
+                        .or_else(|| NODE_PORTS.clone().find(|n| !taken.contains(n)))
+                        .ok_or_else(|| ApiError::internal("the node port range 30000-32767 is full"))?;
+                    taken.insert(n);
+                    p["nodePort"] = n.into();
+                }
+            }
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(rt, &name, causes));
+        }
+        Ok(())
+    }
+
     pub fn create(
         &self,
         rt: &ResourceType,
@@ -499,6 +563,7 @@ impl Registry {
             } else if obj.pointer("/spec/clusterIPs").is_none() {
                 obj["spec"]["clusterIPs"] = json!([obj["spec"]["clusterIP"].clone()]);
             }
+            self.assign_node_ports(rt, &mut obj, None)?;
         }
         if opts.dry_run {
             return Ok(Written { object: obj, warnings, created: true });
@@ -601,12 +666,17 @@ impl Registry {
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, name, causes));
         }
-        if rt.kind == "Service" && new.pointer("/spec/clusterIP").is_none() {
-            for f in ["clusterIP", "clusterIPs"] {
-                if let Some(v) = current.pointer(&format!("/spec/{f}")) {
-                    new["spec"][f] = v.clone();
+        let _ip_lock;
+        if rt.kind == "Service" && part == Part::Main {
+            if new.pointer("/spec/clusterIP").is_none() {
+                for f in ["clusterIP", "clusterIPs"] {
+                    if let Some(v) = current.pointer(&format!("/spec/{f}")) {
+                        new["spec"][f] = v.clone();
+                    }
                 }
             }
+            _ip_lock = self.service_ips.lock().unwrap_or_else(|e| e.into_inner());
+            self.assign_node_ports(rt, &mut new, Some(&current))?;
         }
         if let Some(g) = current.pointer("/metadata/generation").and_then(Value::as_i64)
             && spec_part(&current) != spec_part(&new)
@@ -895,6 +965,42 @@ mod tests {
         spec["spec"]["replicas"] = 2.into();
         let g = r.update(dep, Some("default"), "web", spec, Part::Main, &WriteOptions::default()).unwrap().object;
         assert_eq!(g["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn node_ports_are_given_kept_refused_when_taken_and_dropped_for_cluster_ip() {
+        let (_d, r) = registry();
+        let svc = by_kind("Service").unwrap();
+        let w = WriteOptions::default();
+        let body = |name: &str, ty: &str, node_port: Option<i64>| {
+            let mut port = json!({"port": 80});
+            if let Some(n) = node_port {
+                port["nodePort"] = n.into();
+            }
+            json!({"metadata": {"name": name}, "spec": {"type": ty, "selector": {"app": name}, "ports": [port]}})
+        };
+        let a = r.create(svc, Some("default"), body("a", "NodePort", None), &w).unwrap().object;
+        assert_eq!(a["spec"]["ports"][0]["nodePort"], 30000);
+        let b = r.create(svc, Some("default"), body("b", "NodePort", Some(30001)), &w).unwrap().object;
+        assert_eq!(b["spec"]["ports"][0]["nodePort"], 30001);
+        let e = r.create(svc, Some("default"), body("c", "LoadBalancer", Some(30001)), &w).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("spec.ports[0].nodePort: Invalid value: 30001: provided port is already allocated"));
+        let e = r.create(svc, Some("default"), body("c", "NodePort", Some(80)), &w).unwrap_err();
+        assert!(e.message.contains("The range of valid ports is 30000-32767"), "{}", e.message);
+        let c = r.create(svc, Some("default"), body("c", "LoadBalancer", None), &w).unwrap().object;
+        assert_eq!(c["spec"]["ports"][0]["nodePort"], 30002);
+        // An update without the node port keeps it; a change to ClusterIP drops it.
+        let mut again = a.clone();
+        again["spec"]["ports"][0].as_object_mut().unwrap().remove("nodePort");
+        let kept = r.update(svc, Some("default"), "a", again.clone(), Part::Main, &w).unwrap().object;
+        assert_eq!(kept["spec"]["ports"][0]["nodePort"], 30000);
+        again["spec"]["type"] = "ClusterIP".into();
+        again["metadata"]["resourceVersion"] = kept["metadata"]["resourceVersion"].clone();
+        let plain = r.update(svc, Some("default"), "a", again, Part::Main, &w).unwrap().object;
+        assert!(plain["spec"]["ports"][0].get("nodePort").is_none(), "{plain}");
+        let d = r.create(svc, Some("default"), body("d", "NodePort", Some(30000)), &w).unwrap().object;
+        assert_eq!(d["spec"]["ports"][0]["nodePort"], 30000, "freed by the change to ClusterIP");
     }
 
     #[test]

@@ -143,6 +143,74 @@ fn two_pods_get_distinct_ips_and_reach_each_other() {
     c.wait_for(&["exec", "right", "--", "cat", "/tmp/got"], READY, |s| s == "ping from left\n");
 }
 
+/// Services, as kube-proxy routes them: a NodePort Service's cluster IP
+/// reaches both ready pods (each in turn, also the pod asking: hairpin),
+/// from a pod and from the node; its node port answers on the node's
+/// addresses; a deleted Service leaves no rule behind.
+#[test]
+fn services_route_cluster_ips_and_node_ports_to_ready_endpoints() {
+    let Some(c) = Cluster::start() else { return };
+    let serve = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
+    for name in ["left", "right"] {
+        c.ok(&[
+            "run",
+            name,
+            "--labels",
+            "app=echo",
+            "--image",
+            BUSYBOX,
+            "--image-pull-policy=Never",
+            "--",
+            "sh",
+            "-c",
+            serve,
+        ]);
+    }
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  type: NodePort
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#,
+    );
+    c.wait_for(&["get", "endpoints", "echo", "-o", "jsonpath={.subsets[*].addresses[*].ip}"], READY, |s| {
+        s.split_whitespace().count() == 2
+    });
+    let ip = c.ok(&["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    let node_port = c.ok(&["get", "service", "echo", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    assert!(node_port.parse::<u16>().is_ok_and(|n| (30000..=32767).contains(&n)), "{node_port}");
+    assert!(c.ok(&["get", "service", "echo"]).contains(&format!("80:{node_port}/TCP")));
+
+    // From a pod: 24 connections reach both pods (a miss has odds of 2⁻²³).
+    let fetch = format!("for i in $(seq 24); do wget -q -O- http://{ip}/; done");
+    let got = c.wait_for(&["exec", "left", "--", "sh", "-c", &fetch], READY, |s| s.lines().count() == 24);
+    let answered: std::collections::BTreeSet<&str> = got.lines().collect();
+    assert_eq!(answered, ["left", "right"].into(), "{got}");
+    // From the node, to the cluster IP and to the node port on the bridge's address.
+    let gateway = format!("{}.1", c.containerd.pod_cidr.rsplit_once('.').unwrap().0);
+    for url in [format!("http://{ip}/"), format!("http://{gateway}:{node_port}/")] {
+        let out = std::process::Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
+        let page = String::from_utf8_lossy(&out.stdout);
+        assert!(page == "left\n" || page == "right\n", "{url}: {out:?}");
+    }
+
+    c.ok(&["delete", "service", "echo"]);
+    let rules = || {
+        let out = std::process::Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let start = std::time::Instant::now();
+    while rules().contains(&format!("{ip}/32")) {
+        assert!(start.elapsed() < READY, "the deleted service's rules stayed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!rules().contains(&format!("--dport {node_port}")));
+}
+
 /// A container that exits at once is restarted with back-off and shows
 /// CrashLoopBackOff; a deleted pod's sandbox, network namespace and IP go
 /// away, and the container saw SIGTERM first.

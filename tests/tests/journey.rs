@@ -48,6 +48,10 @@ fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Res
     assert_eq!(got.stdout, "hello from a configmap", "{url}");
     let svc = node.kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])?.ok()?;
     assert!(svc.stdout.starts_with("10.96."), "{svc:?}");
+    // Through the Service's cluster IP (the node's service proxy).
+    let url = format!("http://{}/", svc.stdout);
+    let got = node.kubectl(&["exec", &before[0].0, "--", "wget", "-q", "-O", "-", &url])?.ok()?;
+    assert_eq!(got.stdout, "hello from a configmap", "{url}");
 
     // The upgrade: the node reboots into slot B, which is committed only
     // once the node is Ready and both pods run again, by themselves.

@@ -57,6 +57,8 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// OCI archives to import into the runtime at start (air-gapped images).
     pub image_dir: Option<PathBuf>,
+    /// Routes Services' cluster IPs and node ports to their endpoints (`crate::proxy`).
+    pub service_proxy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +160,9 @@ pub async fn start(cfg: Config, api: api::Api, identity: server::Identity) -> Re
         && let Err(e) = images::import_dir(dir, &cfg.cri_socket, &cfg.dir).await
     {
         tracing::warn!("air-gapped images: {e}");
+    }
+    if cfg.service_proxy {
+        tokio::spawn(crate::proxy::run_forever(api.clone(), crate::proxy::Chains::new(&cfg.bridge)));
     }
     let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
     let listen = cfg.listen;

@@ -693,6 +693,10 @@ impl Drop for Registry {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_server();
+        let chains = orchestrator::proxy::Chains::new(&self.containerd.bridge);
+        if let Err(e) = rt().block_on(orchestrator::proxy::cleanup(&chains)) {
+            eprintln!("remove the service proxy's rules: {e}");
+        }
         self.containerd.remove_all_sandboxes();
         unmount_under(&self.data.path().to_string_lossy());
     }
