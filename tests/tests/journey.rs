@@ -50,7 +50,10 @@ fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Res
     assert!(svc.stdout.starts_with("10.96."), "{svc:?}");
     // Through the Service's cluster IP (the node's service proxy).
     let url = format!("http://{}/", svc.stdout);
-    let got = node.kubectl(&["exec", &before[0].0, "--", "wget", "-q", "-O", "-", &url])?.ok()?;
+    let got = node
+        .kubectl(&["exec", &before[0].0, "--", "wget", "-q", "-O", "-", &url])?
+        .ok()
+        .with_context(|| tail(&node.osctl(&["logs", "orchestrator"]).stdout))?;
     assert_eq!(got.stdout, "hello from a configmap", "{url}");
 
     // The upgrade: the node reboots into slot B, which is committed only
