@@ -4,6 +4,7 @@
 pub mod controllers;
 pub mod cri;
 pub mod discovery;
+pub mod dns;
 pub mod errors;
 pub mod health;
 pub mod kubelet;

@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::process::Stdio;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -161,7 +162,12 @@ fn portals(services: &[Value], endpoints: &[Value]) -> Vec<Portal> {
 /// The `iptables-restore --noflush` input that makes the nat table's
 /// chains of this node say exactly `portals`, deleting `existing` chains
 /// of ours that are no longer wanted.
-fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String>) -> String {
+fn restore_input(
+    chains: &Chains,
+    portals: &[Portal],
+    existing: &BTreeSet<String>,
+    dns: Option<std::net::SocketAddrV4>,
+) -> String {
     let mut rules = String::new();
     let mut wanted = BTreeSet::from([chains.services(), chains.node_ports(), chains.postrouting()]);
     let mut add = |rule: String| {
@@ -172,6 +178,12 @@ fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String
     add(format!("-A {post} -m mark ! --mark {MASQ_MARK} -j RETURN"));
     add(format!("-A {post} -j MARK --xor-mark 0x4000"));
     add(format!("-A {post} -m comment --comment \"plinth service traffic requiring SNAT\" -j MASQUERADE"));
+    if let Some(local) = dns {
+        let ip = crate::dns::CLUSTER_DNS_IP;
+        add(format!(
+            "-A {services} -d {ip}/32 -p udp -m udp --dport 53 -m comment --comment \"cluster DNS (this node)\" -j DNAT --to-destination {local}"
+        ));
+    }
     for p in portals.iter().filter(|p| !p.endpoints.is_empty()) {
         let (key, proto) = (&p.key, &p.protocol);
         let svc = chains.service(key);
@@ -271,13 +283,24 @@ async fn ensure_jumps(chains: &Chains) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Makes the node's rules match the cluster's Services and Endpoints now.
-/// Returns the input applied, which `last` skips re-applying.
-async fn sync(api: &Api, chains: &Chains, last: &str) -> Result<String, ProxyError> {
+/// The node's cluster DNS: the zone the responder answers from, and where
+/// it listens (10.96.0.10:53 is DNATed there).
+#[derive(Clone)]
+pub struct ClusterDns {
+    pub zone: Arc<RwLock<crate::dns::Zone>>,
+    pub local: std::net::SocketAddrV4,
+}
+
+/// Makes the node's rules (and DNS zone) match the cluster's Services and
+/// Endpoints now. Returns the input applied, which `last` skips re-applying.
+async fn sync(api: &Api, chains: &Chains, dns: Option<&ClusterDns>, last: &str) -> Result<String, ProxyError> {
     let services = api.list("Service", "").await?;
     let endpoints = api.list("Endpoints", "").await?;
+    if let Some(d) = dns {
+        *d.zone.write().unwrap_or_else(|e| e.into_inner()) = crate::dns::Zone::new(&services, &endpoints);
+    }
     let existing = existing_chains(chains).await?;
-    let input = restore_input(chains, &portals(&services, &endpoints), &existing);
+    let input = restore_input(chains, &portals(&services, &endpoints), &existing, dns.map(|d| d.local));
     if input != last {
         run("iptables-restore", &["-w", "--noflush"], Some(&input)).await?;
         ensure_jumps(chains).await?;
@@ -288,7 +311,7 @@ async fn sync(api: &Api, chains: &Chains, last: &str) -> Result<String, ProxyErr
 /// Keeps the node's service rules in step with the cluster, for ever:
 /// after every change to a Service or Endpoints (a burst settles first),
 /// and every 30 s. A failure is logged and retried.
-pub async fn run_forever(api: Api, chains: Chains) {
+pub async fn run_forever(api: Api, chains: Chains, dns: Option<ClusterDns>) {
     let (mut services, mut endpoints): (Option<Watch>, Option<Watch>) = (None, None);
     let mut last = String::new();
     let mut tick = tokio::time::interval(RESYNC);
@@ -304,7 +327,7 @@ pub async fn run_forever(api: Api, chains: Chains) {
                 *w = api.watch(kind, "").await;
             }
         }
-        match sync(&api, &chains, &last).await {
+        match sync(&api, &chains, dns.as_ref(), &last).await {
             Ok(applied) => last = applied,
             Err(e) => {
                 tracing::warn!("service proxy: {e}");
@@ -384,7 +407,7 @@ mod tests {
     fn endpoints_share_connections_evenly_and_hairpins_are_masqueraded() {
         let chains = Chains::new("plinth0");
         let p = portals(&[web(None)], &[web_endpoints(&["10.1.0.2", "10.1.0.3", "10.1.0.4"])]);
-        let input = restore_input(&chains, &p, &BTreeSet::new());
+        let input = restore_input(&chains, &p, &BTreeSet::new(), None);
         let probabilities: Vec<&str> =
             input.lines().filter_map(|l| l.split("--probability ").nth(1)).map(|r| &r[..12]).collect();
         assert_eq!(probabilities, ["0.3333333333", "0.5000000000"], "{input}");
@@ -398,7 +421,8 @@ mod tests {
     #[test]
     fn node_ports_mark_for_masquerade_and_lead_to_the_service() {
         let chains = Chains::new("plinth0");
-        let input = restore_input(&chains, &portals(&[web(Some(30080))], &[web_endpoints(&["10.1.0.2"])]), &[].into());
+        let input =
+            restore_input(&chains, &portals(&[web(Some(30080))], &[web_endpoints(&["10.1.0.2"])]), &[].into(), None);
         let node_port: Vec<&str> = input.lines().filter(|l| l.contains("--dport 30080")).collect();
         assert_eq!(node_port.len(), 2, "{input}");
         assert!(node_port[0].ends_with("-j MARK --set-xmark 0x4000/0x4000"));
@@ -410,15 +434,26 @@ mod tests {
     #[test]
     fn a_service_without_endpoints_or_gone_leaves_no_chain_behind() {
         let chains = Chains::new("plinth0");
-        let with = restore_input(&chains, &portals(&[web(None)], &[web_endpoints(&["10.1.0.2"])]), &[].into());
+        let with = restore_input(&chains, &portals(&[web(None)], &[web_endpoints(&["10.1.0.2"])]), &[].into(), None);
         let existing: BTreeSet<String> =
             with.lines().filter_map(|l| l.strip_prefix(':')).map(|l| l.split(' ').next().unwrap().into()).collect();
-        let without = restore_input(&chains, &portals(&[web(None)], &[web_endpoints(&[])]), &existing);
+        let without = restore_input(&chains, &portals(&[web(None)], &[web_endpoints(&[])]), &existing, None);
         let deleted: BTreeSet<String> =
             without.lines().filter_map(|l| l.strip_prefix("-X ")).map(String::from).collect();
         let gone = [chains.service("default/web:http"), chains.endpoint("default/web:http", "10.1.0.2:8080")];
         assert_eq!(deleted, gone.into());
         assert!(!without.contains("10.96.0.7"), "{without}");
+    }
+
+    #[test]
+    fn cluster_dns_is_sent_to_this_nodes_responder() {
+        let chains = Chains::new("plinth0");
+        let local = "10.244.0.1:53".parse().unwrap();
+        let input = restore_input(&chains, &[], &BTreeSet::new(), Some(local));
+        let rule = input.lines().find(|l| l.contains("10.96.0.10/32")).expect(&input);
+        assert!(rule.starts_with(&format!("-A {} ", chains.services())), "{rule}");
+        assert!(rule.contains("-p udp -m udp --dport 53") && rule.ends_with("-j DNAT --to-destination 10.244.0.1:53"));
+        assert!(!restore_input(&chains, &[], &BTreeSet::new(), None).contains("10.96.0.10"));
     }
 
     #[test]

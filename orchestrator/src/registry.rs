@@ -410,7 +410,7 @@ impl Registry {
         Ok(())
     }
 
-    /// The next free ClusterIP in 10.96.0.0/16 (.1 is the API server's).
+    /// The next free ClusterIP in 10.96.0.0/16 (.1 is the API server's, .10 the cluster DNS's).
     fn allocate_cluster_ip(&self) -> Result<String, ApiError> {
         let svc = by_kind("Service").expect("services are served");
         let used: std::collections::HashSet<String> = self
@@ -838,6 +838,17 @@ impl Registry {
         let kubernetes = json!({"metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": port}]}});
         match self.create(svc, Some("default"), kubernetes, &WriteOptions::default()) {
+            Err(e) if e.reason == "AlreadyExists" => {}
+            r => {
+                r?;
+            }
+        }
+        // Cluster DNS: every kubelet answers at this address (crate::dns); the
+        // Service reserves it and shows it, as kube-dns does in k3s.
+        let kube_dns = json!({"metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+            "spec": {"clusterIP": crate::dns::CLUSTER_DNS_IP.to_string(), "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
+        match self.create(svc, Some("kube-system"), kube_dns, &WriteOptions::default()) {
             Err(e) if e.reason == "AlreadyExists" => {}
             r => {
                 r?;

@@ -146,7 +146,8 @@ fn two_pods_get_distinct_ips_and_reach_each_other() {
 /// Services, as kube-proxy routes them: a NodePort Service's cluster IP
 /// reaches both ready pods (each in turn, also the pod asking: hairpin),
 /// from a pod and from the node; its node port answers on the node's
-/// addresses; a deleted Service leaves no rule behind.
+/// addresses; pods resolve Services by name through the cluster DNS; a
+/// deleted Service leaves no rule behind.
 #[test]
 fn services_route_cluster_ips_and_node_ports_to_ready_endpoints() {
     let Some(c) = Cluster::start() else { return };
@@ -197,6 +198,21 @@ spec:
         let page = String::from_utf8_lossy(&out.stdout);
         assert!(page == "left\n" || page == "right\n", "{url}: {out:?}");
     }
+
+    // Cluster DNS: pods resolve through the node's responder at 10.96.0.10.
+    let resolv = c.ok(&["exec", "left", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+    let found = c.ok(&["exec", "left", "--", "nslookup", "echo.default.svc.cluster.local"]);
+    assert!(found.contains(&format!("Address: {ip}")), "{found}");
+    let api = c.ok(&["exec", "left", "--", "nslookup", "kubernetes.default.svc.cluster.local"]);
+    assert!(api.contains("Address: 10.96.0.1"), "{api}");
+    let missing = c.run(&["exec", "left", "--", "nslookup", "nope.default.svc.cluster.local"]);
+    let said = String::from_utf8_lossy(&missing.stdout).into_owned() + &String::from_utf8_lossy(&missing.stderr);
+    assert!(said.contains("NXDOMAIN"), "{said}");
+    let kube_dns = c.ok(&["get", "service", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(kube_dns, "10.96.0.10");
 
     c.ok(&["delete", "service", "echo"]);
     let rules = || {

@@ -55,6 +55,9 @@ fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Res
         .ok()
         .with_context(|| tail(&node.osctl(&["logs", "orchestrator"]).stdout))?;
     assert_eq!(got.stdout, "hello from a configmap", "{url}");
+    // And by name, through the node's cluster DNS.
+    let found = node.kubectl(&["exec", &before[0].0, "--", "nslookup", "web.default.svc.cluster.local"])?.ok()?;
+    assert!(found.stdout.contains(&format!("Address: {}", svc.stdout)), "{found:?}");
 
     // The upgrade: the node reboots into slot B, which is committed only
     // once the node is Ready and both pods run again, by themselves.

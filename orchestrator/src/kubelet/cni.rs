@@ -32,6 +32,15 @@ pub fn config(cfg: &Config) -> Value {
     })
 }
 
+/// The pod network's gateway (the bridge's address): host-local gives it
+/// the CIDR's first address.
+pub fn gateway(pod_cidr: &str) -> Option<std::net::Ipv4Addr> {
+    let (net, len) = pod_cidr.split_once('/')?;
+    let (net, len): (std::net::Ipv4Addr, u32) = (net.parse().ok()?, len.parse().ok()?);
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    (len < 31).then(|| std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
+}
+
 /// Writes the config (atomically: the runtime watches the directory).
 pub fn write_config(cfg: &Config) -> Result<(), (PathBuf, std::io::Error)> {
     let dir = &cfg.cni_conf_dir;
@@ -44,4 +53,15 @@ pub fn write_config(cfg: &Config) -> Result<(), (PathBuf, std::io::Error)> {
     }
     std::fs::write(&tmp, text).map_err(|e| (tmp.clone(), e))?;
     std::fs::rename(&tmp, &path).map_err(|e| (path.clone(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_gateway_is_the_first_address() {
+        assert_eq!(super::gateway("10.244.3.0/24"), Some("10.244.3.1".parse().unwrap()));
+        assert_eq!(super::gateway("10.244.3.77/16"), Some("10.244.0.1".parse().unwrap()));
+        assert_eq!(super::gateway("10.244.3.0/32"), None);
+        assert_eq!(super::gateway("nonsense"), None);
+    }
 }

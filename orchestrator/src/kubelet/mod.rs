@@ -95,6 +95,8 @@ pub struct Kubelet {
     api: api::Api,
     cri: Cri,
     host_ip: String,
+    /// The cluster DNS pods are pointed at (ClusterFirst), when this node answers it.
+    cluster_dns: Option<std::net::Ipv4Addr>,
     pods: Mutex<HashMap<String, PodMemory>>,
     /// Container id → what its probes found.
     probes: Mutex<HashMap<String, probe::Results>>,
@@ -147,6 +149,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("file work does not panic")
 }
 
+/// Starts the node's DNS responder on the pod network's gateway; `None`
+/// (pods then use the node's resolver) when it cannot listen there.
+fn start_cluster_dns(cfg: &Config) -> Option<crate::proxy::ClusterDns> {
+    let local = std::net::SocketAddrV4::new(cni::gateway(&cfg.pod_cidr)?, 53);
+    match crate::dns::bind(local.into()) {
+        Ok(socket) => {
+            let zone = Arc::default();
+            tokio::spawn(crate::dns::serve(socket, Arc::clone(&zone), crate::dns::node_upstream()));
+            Some(crate::proxy::ClusterDns { zone, local })
+        }
+        Err(e) => {
+            tracing::warn!("cluster DNS: listen on {local}: {e}");
+            None
+        }
+    }
+}
+
 /// Starts the kubelet: connects to the runtime, writes the CNI config,
 /// registers the node and runs the sync loop, lease and node status in the background.
 pub async fn start(cfg: Config, api: api::Api, identity: server::Identity) -> Result<Arc<Kubelet>, KubeletError> {
@@ -161,8 +180,10 @@ pub async fn start(cfg: Config, api: api::Api, identity: server::Identity) -> Re
     {
         tracing::warn!("air-gapped images: {e}");
     }
+    let cluster_dns = if cfg.service_proxy { start_cluster_dns(&cfg) } else { None };
     if cfg.service_proxy {
-        tokio::spawn(crate::proxy::run_forever(api.clone(), crate::proxy::Chains::new(&cfg.bridge)));
+        let chains = crate::proxy::Chains::new(&cfg.bridge);
+        tokio::spawn(crate::proxy::run_forever(api.clone(), chains, cluster_dns.clone()));
     }
     let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
     let listen = cfg.listen;
@@ -171,6 +192,7 @@ pub async fn start(cfg: Config, api: api::Api, identity: server::Identity) -> Re
         api,
         cri,
         host_ip,
+        cluster_dns: cluster_dns.map(|_| crate::dns::CLUSTER_DNS_IP),
         pods: Mutex::default(),
         probes: Mutex::default(),
         port: Default::default(),
@@ -761,10 +783,12 @@ impl Kubelet {
             .filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32)
             .max_by_key(|s| s.created_at);
         let log_dir = self.log_dir(p);
+        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let sandbox_cfg = pod::sandbox_config(
             p,
             &log_dir.to_string_lossy(),
             ready.and_then(|s| s.metadata.as_ref()).map_or(attempt, |m| m.attempt),
+            pod::dns_config(p, self.cluster_dns, &resolv_conf),
         );
         let sandbox_id = match ready {
             Some(s) => s.id.clone(),

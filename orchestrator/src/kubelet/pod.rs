@@ -62,8 +62,85 @@ fn namespace_options(pod: &Value) -> v1::NamespaceOption {
     }
 }
 
-/// The sandbox config of a pod; `attempt` counts sandboxes made for it.
-pub fn sandbox_config(pod: &Value, log_directory: &str, attempt: u32) -> v1::PodSandboxConfig {
+/// resolv.conf's settings as CRI carries them.
+pub fn parse_resolv_conf(text: &str) -> v1::DnsConfig {
+    let mut c = v1::DnsConfig::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let list = match words.next() {
+            Some("nameserver") => &mut c.servers,
+            Some("search") => &mut c.searches,
+            Some("options") => &mut c.options,
+            _ => continue,
+        };
+        list.extend(words.map(str::to_string));
+    }
+    c
+}
+
+/// The pod's resolver settings, as upstream's `dnsPolicy` has them:
+/// ClusterFirst (the default) names the cluster DNS with the namespace's
+/// search path, when the node has one and the pod is not on the host's
+/// network (ClusterFirstWithHostNet: even then); Default leaves the
+/// node's resolv.conf (`None`: the runtime copies it); None starts empty.
+/// `spec.dnsConfig` adds servers, searches and options (replacing an
+/// option of the same name) to any of them.
+pub fn dns_config(
+    pod: &Value,
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    node_resolv_conf: &str,
+) -> Option<v1::DnsConfig> {
+    let host_network = pod.pointer("/spec/hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+    let policy = match str_at(pod, "/spec/dnsPolicy") {
+        "" => "ClusterFirst",
+        p => p,
+    };
+    let domain = crate::dns::CLUSTER_DOMAIN;
+    let ns = str_at(pod, "/metadata/namespace");
+    let mut cfg = match (policy, cluster_dns) {
+        ("ClusterFirst", Some(_)) if host_network => None,
+        ("ClusterFirst" | "ClusterFirstWithHostNet", Some(ip)) => Some(v1::DnsConfig {
+            servers: vec![ip.to_string()],
+            searches: vec![format!("{ns}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()],
+            options: vec!["ndots:5".into()],
+        }),
+        ("None", _) => Some(v1::DnsConfig::default()),
+        _ => None,
+    };
+    if let Some(extra) = pod.pointer("/spec/dnsConfig").filter(|e| e.is_object()) {
+        let c = cfg.get_or_insert_with(|| parse_resolv_conf(node_resolv_conf));
+        let strings =
+            |path: &str| arr(extra, path).iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>();
+        for s in strings("/nameservers") {
+            if !c.servers.contains(&s) {
+                c.servers.push(s);
+            }
+        }
+        for s in strings("/searches") {
+            if !c.searches.contains(&s) {
+                c.searches.push(s);
+            }
+        }
+        for o in arr(extra, "/options") {
+            let name = str_at(o, "/name");
+            c.options.retain(|have| have.split(':').next() != Some(name));
+            c.options.push(match o.get("value").and_then(Value::as_str) {
+                Some(v) => format!("{name}:{v}"),
+                None => name.to_string(),
+            });
+        }
+    }
+    cfg
+}
+
+/// The sandbox config of a pod; `attempt` counts sandboxes made for it,
+/// `dns` is its resolver settings ([`dns_config`]).
+pub fn sandbox_config(
+    pod: &Value,
+    log_directory: &str,
+    attempt: u32,
+    dns: Option<v1::DnsConfig>,
+) -> v1::PodSandboxConfig {
     let mut labels = string_map(pod.pointer("/metadata/labels"));
     labels.extend(base_labels(pod));
     let hostname = match str_at(pod, "/spec/hostname") {
@@ -96,6 +173,7 @@ pub fn sandbox_config(pod: &Value, log_directory: &str, attempt: u32) -> v1::Pod
         }),
         hostname: hostname.to_string(),
         log_directory: log_directory.to_string(),
+        dns_config: dns,
         port_mappings,
         labels,
         annotations: string_map(pod.pointer("/metadata/annotations")),
@@ -724,9 +802,40 @@ mod tests {
     }
 
     #[test]
+    fn dns_follows_the_pod_dns_policy() {
+        let dns = Some(std::net::Ipv4Addr::new(10, 96, 0, 10));
+        let node = "nameserver 192.0.2.53\nsearch lan\noptions edns0\n";
+        let pod = |spec: Value| json!({"metadata": {"namespace": "shop"}, "spec": spec});
+        let c = dns_config(&pod(json!({})), dns, node).unwrap();
+        assert_eq!(c.servers, ["10.96.0.10"]);
+        assert_eq!(c.searches, ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
+        assert_eq!(c.options, ["ndots:5"]);
+        assert_eq!(dns_config(&pod(json!({})), None, node), None, "no cluster DNS: the node's");
+        assert_eq!(dns_config(&pod(json!({"hostNetwork": true})), dns, node), None);
+        let host_net = json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"});
+        assert_eq!(dns_config(&pod(host_net), dns, node).unwrap().servers, ["10.96.0.10"]);
+        assert_eq!(dns_config(&pod(json!({"dnsPolicy": "Default"})), dns, node), None);
+        let custom = json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.1.1.1"], "searches": ["a.example"],
+                            "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}});
+        let c = dns_config(&pod(custom), dns, node).unwrap();
+        assert_eq!(
+            (c.servers, c.searches, c.options),
+            (
+                vec!["1.1.1.1".to_string()],
+                vec!["a.example".to_string()],
+                vec!["ndots:2".to_string(), "edns0".to_string()]
+            )
+        );
+        let added = json!({"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}});
+        assert_eq!(dns_config(&pod(added), dns, node).unwrap().options, ["ndots:1"], "replaces ndots:5");
+        let on_node = json!({"dnsPolicy": "Default", "dnsConfig": {"searches": ["b.example"]}});
+        assert_eq!(dns_config(&pod(on_node), dns, node).unwrap().searches, ["lan", "b.example"]);
+    }
+
+    #[test]
     fn sandbox_and_container_configs() {
         let p = pod();
-        let s = sandbox_config(&p, "/var/log/pods/x", 1);
+        let s = sandbox_config(&p, "/var/log/pods/x", 1, None);
         assert_eq!(s.metadata.as_ref().unwrap().uid, "u-1");
         assert_eq!(s.labels[LABEL_POD_UID], "u-1");
         assert_eq!(s.labels["app"], "web");
