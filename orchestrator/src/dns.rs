@@ -8,9 +8,9 @@
 //! `1-2-3-4.ns.pod.cluster.local` the address written in the name. Other
 //! names go to the node's own resolver (its /etc/resolv.conf) and back.
 //!
-//! The responder listens on the pod network's gateway address, bound
-//! before the bridge exists (IP_FREEBIND); the service proxy DNATs
-//! 10.96.0.10:53 there, so each node answers its own pods.
+//! The responder listens (UDP and TCP) on the pod network's gateway
+//! address, bound before the bridge exists (IP_FREEBIND); the service
+//! proxy DNATs 10.96.0.10:53 there, so each node answers its own pods.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -28,6 +28,8 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 const TTL: u32 = 5;
 /// How long a forwarded query may take.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a TCP connection may wait for its next query.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// One Service as DNS sees it.
 #[derive(Debug, Default, PartialEq)]
@@ -196,29 +198,72 @@ pub fn upstream(resolv_conf: &str) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
 }
 
-/// Binds UDP `addr`, even before the address is on an interface
-/// (IP_FREEBIND: the CNI bridge gets its address with the first pod).
-pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, setsockopt, socket, sockopt};
+/// A socket of `kind` bound to `addr`, even before the address is on an
+/// interface (IP_FREEBIND: the CNI bridge gets its address with the first pod).
+fn bind_free(addr: SocketAddr, kind: nix::sys::socket::SockType) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockaddrStorage, setsockopt, socket, sockopt};
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = socket(family, kind, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::IpFreebind, &true)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr))?;
-    tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
+    Ok(fd)
 }
 
-/// Relays a query to the upstream resolver and returns its reply.
-async fn forward(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+/// The responder's sockets: UDP and TCP on the same address.
+pub struct Sockets {
+    pub udp: tokio::net::UdpSocket,
+    pub tcp: tokio::net::TcpListener,
+}
+
+/// Binds UDP and TCP `addr` (see [`bind_free`]).
+pub fn bind(addr: SocketAddr) -> std::io::Result<Sockets> {
+    use nix::sys::socket::{Backlog, SockType, listen};
+    let udp = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(bind_free(addr, SockType::Datagram)?))?;
+    // The port UDP got (the one asked for, unless 0).
+    let tcp = bind_free(udp.local_addr()?, SockType::Stream)?;
+    listen(&tcp, Backlog::new(64).map_err(std::io::Error::from)?)?;
+    let tcp = tokio::net::TcpListener::from_std(std::net::TcpListener::from(tcp))?;
+    Ok(Sockets { udp, tcp })
+}
+
+/// Relays a query to the upstream resolver over UDP, or over TCP (the
+/// asker's transport: an answer too big for UDP comes whole over TCP).
+async fn forward(upstream: SocketAddr, query: &[u8], tcp: bool) -> std::io::Result<Vec<u8>> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from {upstream}"));
+    if tcp {
+        let exchange = async {
+            let mut conn = tokio::net::TcpStream::connect(upstream).await?;
+            write_framed(&mut conn, query).await?;
+            read_framed(&mut conn).await
+        };
+        return tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await.map_err(|_| timed_out())?;
+    }
     let local: SocketAddr = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
     let socket = tokio::net::UdpSocket::bind(local).await?;
     socket.connect(upstream).await?;
     socket.send(query).await?;
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from {upstream}")))??;
+    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf)).await.map_err(|_| timed_out())??;
     buf.truncate(n);
     Ok(buf)
+}
+
+/// Reads one TCP DNS message (two bytes of length, then the message).
+async fn read_framed(conn: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len).await?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+async fn write_framed(conn: &mut tokio::net::TcpStream, message: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let len = u16::try_from(message.len()).map_err(|_| std::io::Error::other("a DNS message over 64 KiB"))?;
+    conn.write_all(&len.to_be_bytes()).await?;
+    conn.write_all(message).await
 }
 
 /// Where names outside the cluster go, asked at each query (the node's
@@ -230,13 +275,54 @@ pub fn node_upstream() -> Upstream {
     Arc::new(|| upstream(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()))
 }
 
-/// Answers queries on `socket` for ever: the cluster's names from `zone`,
-/// the rest through `upstream` (SERVFAIL when there is none or it is silent).
-pub async fn serve(socket: tokio::net::UdpSocket, zone: Arc<RwLock<Zone>>, upstream: Upstream) {
-    let socket = Arc::new(socket);
+/// The reply to one query: from the zone, else from upstream, else SERVFAIL.
+async fn respond(zone: &RwLock<Zone>, upstream: &Upstream, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+    let local = answer(&zone.read().unwrap_or_else(|e| e.into_inner()), query);
+    if local.is_some() {
+        return local;
+    }
+    let Some(up) = upstream() else { return server_failure(query) };
+    match forward(up, query, tcp).await {
+        Ok(reply) => Some(reply),
+        Err(e) => {
+            tracing::debug!("cluster DNS: forward to {up}: {e}");
+            server_failure(query)
+        }
+    }
+}
+
+/// Answers queries for ever, over UDP and TCP: the cluster's names from
+/// `zone`, the rest through `upstream` (SERVFAIL when there is none or it
+/// is silent).
+pub async fn serve(sockets: Sockets, zone: Arc<RwLock<Zone>>, upstream: Upstream) {
+    let Sockets { udp, tcp } = sockets;
+    let (tcp_zone, tcp_upstream) = (zone.clone(), upstream.clone());
+    tokio::spawn(async move {
+        loop {
+            let mut conn = match tcp.accept().await {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    tracing::warn!("cluster DNS: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (zone, upstream) = (tcp_zone.clone(), tcp_upstream.clone());
+            tokio::spawn(async move {
+                // Queries in turn until the asker closes or idles.
+                while let Ok(Ok(query)) = tokio::time::timeout(TCP_IDLE, read_framed(&mut conn)).await {
+                    let Some(reply) = respond(&zone, &upstream, &query, true).await else { return };
+                    if write_framed(&mut conn, &reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let udp = Arc::new(udp);
     let mut buf = vec![0u8; 4096];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
+        let (n, from) = match udp.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cluster DNS: receive: {e}");
@@ -245,23 +331,10 @@ pub async fn serve(socket: tokio::net::UdpSocket, zone: Arc<RwLock<Zone>>, upstr
             }
         };
         let query = buf[..n].to_vec();
-        let local = answer(&zone.read().unwrap_or_else(|e| e.into_inner()), &query);
-        let socket = socket.clone();
-        let upstream = if local.is_none() { upstream() } else { None };
+        let (udp, zone, upstream) = (udp.clone(), zone.clone(), upstream.clone());
         tokio::spawn(async move {
-            let reply = match (local, upstream) {
-                (Some(reply), _) => Some(reply),
-                (None, Some(up)) => match forward(up, &query).await {
-                    Ok(reply) => Some(reply),
-                    Err(e) => {
-                        tracing::debug!("cluster DNS: forward to {up}: {e}");
-                        server_failure(&query)
-                    }
-                },
-                (None, None) => server_failure(&query),
-            };
-            if let Some(reply) = reply
-                && let Err(e) = socket.send_to(&reply, from).await
+            if let Some(reply) = respond(&zone, &upstream, &query, false).await
+                && let Err(e) = udp.send_to(&reply, from).await
             {
                 tracing::debug!("cluster DNS: reply to {from}: {e}");
             }
@@ -350,38 +423,57 @@ mod tests {
         assert_eq!(upstream("search lan\n"), None);
     }
 
+    /// A stand-in upstream's answer: 192.0.2.1 for anything.
+    fn upstream_reply(query: &[u8]) -> Vec<u8> {
+        let mut reply = Packet::parse(query).unwrap().into_reply();
+        reply.answers.push(ResourceRecord::new(
+            Name::new_unchecked("example.org"),
+            CLASS::IN,
+            60,
+            RData::A(A { address: Ipv4Addr::new(192, 0, 2, 1).into() }),
+        ));
+        reply.build_bytes_vec().unwrap()
+    }
+
+    fn first_address(reply: &[u8]) -> Ipv4Addr {
+        let reply = Packet::parse(reply).unwrap();
+        let RData::A(a) = &reply.answers[0].rdata else { panic!("{reply:?}") };
+        Ipv4Addr::from(a.address)
+    }
+
     #[tokio::test]
-    async fn the_responder_answers_and_forwards_over_udp() {
-        // A stand-in upstream answering every query with 192.0.2.1.
-        let up = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    async fn the_responder_answers_and_forwards_over_udp_and_tcp() {
+        let Sockets { udp: up, tcp: up_tcp } = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let up_addr = up.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = up.recv_from(&mut buf).await {
-                let mut reply = Packet::parse(&buf[..n]).unwrap().into_reply();
-                reply.answers.push(ResourceRecord::new(
-                    Name::new_unchecked("example.org"),
-                    CLASS::IN,
-                    60,
-                    RData::A(A { address: Ipv4Addr::new(192, 0, 2, 1).into() }),
-                ));
-                up.send_to(&reply.build_bytes_vec().unwrap(), from).await.unwrap();
+                up.send_to(&upstream_reply(&buf[..n]), from).await.unwrap();
             }
         });
-        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let at = socket.local_addr().unwrap();
-        tokio::spawn(serve(socket, Arc::new(RwLock::new(zone())), Arc::new(move || Some(up_addr))));
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = up_tcp.accept().await {
+                let query = read_framed(&mut conn).await.unwrap();
+                write_framed(&mut conn, &upstream_reply(&query)).await.unwrap();
+            }
+        });
+        let sockets = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = sockets.udp.local_addr().unwrap();
+        assert_eq!(sockets.tcp.local_addr().unwrap(), at, "one address for both");
+        tokio::spawn(serve(sockets, Arc::new(RwLock::new(zone())), Arc::new(move || Some(up_addr))));
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut buf = [0u8; 512];
+        let mut conn = tokio::net::TcpStream::connect(at).await.unwrap();
         for (name, want) in [
             ("web.default.svc.cluster.local", Ipv4Addr::new(10, 96, 0, 7)),
             ("example.org", Ipv4Addr::new(192, 0, 2, 1)),
         ] {
             client.send_to(&query(name, TYPE::A), at).await.unwrap();
             let n = client.recv(&mut buf).await.unwrap();
-            let reply = Packet::parse(&buf[..n]).unwrap();
-            let RData::A(a) = &reply.answers[0].rdata else { panic!("{reply:?}") };
-            assert_eq!(Ipv4Addr::from(a.address), want, "{name}");
+            assert_eq!(first_address(&buf[..n]), want, "{name} over UDP");
+            // Two queries on one TCP connection.
+            write_framed(&mut conn, &query(name, TYPE::A)).await.unwrap();
+            assert_eq!(first_address(&read_framed(&mut conn).await.unwrap()), want, "{name} over TCP");
         }
     }
 }

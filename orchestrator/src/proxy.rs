@@ -162,12 +162,7 @@ fn portals(services: &[Value], endpoints: &[Value]) -> Vec<Portal> {
 /// The `iptables-restore --noflush` input that makes the nat table's
 /// chains of this node say exactly `portals`, deleting `existing` chains
 /// of ours that are no longer wanted.
-fn restore_input(
-    chains: &Chains,
-    portals: &[Portal],
-    existing: &BTreeSet<String>,
-    dns: Option<std::net::SocketAddrV4>,
-) -> String {
+fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String>, dns: Option<&ClusterDns>) -> String {
     let mut rules = String::new();
     let mut wanted = BTreeSet::from([chains.services(), chains.node_ports(), chains.postrouting()]);
     let mut add = |rule: String| {
@@ -178,11 +173,17 @@ fn restore_input(
     add(format!("-A {post} -m mark ! --mark {MASQ_MARK} -j RETURN"));
     add(format!("-A {post} -j MARK --xor-mark 0x4000"));
     add(format!("-A {post} -m comment --comment \"plinth service traffic requiring SNAT\" -j MASQUERADE"));
-    if let Some(local) = dns {
-        let ip = crate::dns::CLUSTER_DNS_IP;
-        add(format!(
-            "-A {services} -d {ip}/32 -p udp -m udp --dport 53 -m comment --comment \"cluster DNS (this node)\" -j DNAT --to-destination {local}"
-        ));
+    if let Some(d) = dns {
+        let (ip, local) = (crate::dns::CLUSTER_DNS_IP, d.local);
+        // This node's pods, and the node itself (hostNetwork pods): each
+        // node's pods ask their own node, even with several on one host.
+        for from in [format!("-s {}", d.pod_cidr), "-m addrtype --src-type LOCAL".to_string()] {
+            for proto in ["udp", "tcp"] {
+                add(format!(
+                    "-A {services} {from} -d {ip}/32 -p {proto} -m {proto} --dport 53 -m comment --comment \"cluster DNS (this node)\" -j DNAT --to-destination {local}"
+                ));
+            }
+        }
     }
     for p in portals.iter().filter(|p| !p.endpoints.is_empty()) {
         let (key, proto) = (&p.key, &p.protocol);
@@ -289,6 +290,8 @@ async fn ensure_jumps(chains: &Chains) -> Result<(), ProxyError> {
 pub struct ClusterDns {
     pub zone: Arc<RwLock<crate::dns::Zone>>,
     pub local: std::net::SocketAddrV4,
+    /// The node's pod CIDR: whose queries this node answers.
+    pub pod_cidr: String,
 }
 
 /// Makes the node's rules (and DNS zone) match the cluster's Services and
@@ -300,7 +303,7 @@ async fn sync(api: &Api, chains: &Chains, dns: Option<&ClusterDns>, last: &str) 
         *d.zone.write().unwrap_or_else(|e| e.into_inner()) = crate::dns::Zone::new(&services, &endpoints);
     }
     let existing = existing_chains(chains).await?;
-    let input = restore_input(chains, &portals(&services, &endpoints), &existing, dns.map(|d| d.local));
+    let input = restore_input(chains, &portals(&services, &endpoints), &existing, dns);
     if input != last {
         run("iptables-restore", &["-w", "--noflush"], Some(&input)).await?;
         ensure_jumps(chains).await?;
@@ -448,11 +451,20 @@ mod tests {
     #[test]
     fn cluster_dns_is_sent_to_this_nodes_responder() {
         let chains = Chains::new("plinth0");
-        let local = "10.244.0.1:53".parse().unwrap();
-        let input = restore_input(&chains, &[], &BTreeSet::new(), Some(local));
-        let rule = input.lines().find(|l| l.contains("10.96.0.10/32")).expect(&input);
-        assert!(rule.starts_with(&format!("-A {} ", chains.services())), "{rule}");
-        assert!(rule.contains("-p udp -m udp --dport 53") && rule.ends_with("-j DNAT --to-destination 10.244.0.1:53"));
+        let dns = ClusterDns {
+            zone: Arc::default(),
+            local: "10.244.0.1:53".parse().unwrap(),
+            pod_cidr: "10.244.0.0/24".into(),
+        };
+        let input = restore_input(&chains, &[], &BTreeSet::new(), Some(&dns));
+        let rules: Vec<&str> = input.lines().filter(|l| l.contains("10.96.0.10/32")).collect();
+        assert_eq!(rules.len(), 4, "{input}");
+        for (i, rule) in rules.iter().enumerate() {
+            let (from, proto) = (["-s 10.244.0.0/24", "--src-type LOCAL"][i / 2], ["udp", "tcp"][i % 2]);
+            assert!(rule.starts_with(&format!("-A {} ", chains.services())) && rule.contains(from), "{rule}");
+            assert!(rule.contains(&format!("-p {proto} -m {proto} --dport 53")), "{rule}");
+            assert!(rule.ends_with("-j DNAT --to-destination 10.244.0.1:53"), "{rule}");
+        }
         assert!(!restore_input(&chains, &[], &BTreeSet::new(), None).contains("10.96.0.10"));
     }
 

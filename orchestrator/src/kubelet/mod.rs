@@ -154,10 +154,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn start_cluster_dns(cfg: &Config) -> Option<crate::proxy::ClusterDns> {
     let local = std::net::SocketAddrV4::new(cni::gateway(&cfg.pod_cidr)?, 53);
     match crate::dns::bind(local.into()) {
-        Ok(socket) => {
+        Ok(sockets) => {
             let zone = Arc::default();
-            tokio::spawn(crate::dns::serve(socket, Arc::clone(&zone), crate::dns::node_upstream()));
-            Some(crate::proxy::ClusterDns { zone, local })
+            tokio::spawn(crate::dns::serve(sockets, Arc::clone(&zone), crate::dns::node_upstream()));
+            Some(crate::proxy::ClusterDns { zone, local, pod_cidr: cfg.pod_cidr.clone() })
         }
         Err(e) => {
             tracing::warn!("cluster DNS: listen on {local}: {e}");
