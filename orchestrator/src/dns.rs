@@ -21,6 +21,8 @@ use serde_json::Value;
 use simple_dns::rdata::{A, RData, SRV};
 use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
+use crate::kubelet::pod::str_at;
+
 /// The `kube-dns` Service's cluster IP: what pods' resolv.conf names.
 pub const CLUSTER_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -44,10 +46,6 @@ struct ServiceRecords {
 #[derive(Debug, Default)]
 pub struct Zone {
     services: BTreeMap<(String, String), ServiceRecords>,
-}
-
-fn str_at<'a>(v: &'a Value, path: &str) -> &'a str {
-    v.pointer(path).and_then(Value::as_str).unwrap_or_default()
 }
 
 impl Zone {

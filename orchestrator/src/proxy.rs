@@ -24,6 +24,7 @@ use sha1::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::kubelet::api::{Api, Watch};
+use crate::kubelet::pod::str_at;
 
 /// The mark of connections to masquerade (kube-proxy's bit).
 const MASQ_MARK: &str = "0x4000/0x4000";
@@ -101,10 +102,6 @@ struct Portal {
     node_port: Option<i64>,
     /// Ready endpoints as `ip:port`, sorted.
     endpoints: Vec<String>,
-}
-
-fn str_at<'a>(v: &'a Value, path: &str) -> &'a str {
-    v.pointer(path).and_then(Value::as_str).unwrap_or_default()
 }
 
 /// The portals of the given Services, with their addresses from the
