@@ -188,10 +188,10 @@ fn server_failure(query: &[u8]) -> Option<Vec<u8>> {
 
 /// The first name server in a resolv.conf that is not the cluster DNS itself.
 pub fn upstream(resolv_conf: &str) -> Option<SocketAddr> {
-    resolv_conf
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+    crate::kubelet::pod::parse_resolv_conf(resolv_conf)
+        .servers
+        .iter()
+        .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
         .find(|ip| *ip != CLUSTER_DNS_IP)
         .map(|ip| SocketAddr::new(ip, 53))
 }

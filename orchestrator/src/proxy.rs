@@ -216,13 +216,19 @@ fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String
         "-A {services} -m addrtype --dst-type LOCAL -m comment --comment \"plinth node ports\" -j {node_ports}"
     ));
     let stale: Vec<&String> = existing.iter().filter(|c| !wanted.contains(*c)).collect();
+    restore_text(wanted.iter().chain(stale.iter().copied()), &rules, &stale)
+}
+
+/// An `iptables-restore --noflush` input for the nat table: `declared`
+/// chains created or flushed (declaring does both), then `rules`, then the
+/// `deleted` chains removed (flushed first, so nothing refers to them).
+fn restore_text<'a>(declared: impl Iterator<Item = &'a String>, rules: &str, deleted: &[&String]) -> String {
     let mut out = String::from("*nat\n");
-    // Declaring a chain creates or flushes it.
-    for c in wanted.iter().chain(stale.iter().copied()) {
+    for c in declared {
         let _ = writeln!(out, ":{c} - [0:0]");
     }
-    out.push_str(&rules);
-    for c in stale {
+    out.push_str(rules);
+    for c in deleted {
         let _ = writeln!(out, "-X {c}");
     }
     out.push_str("COMMIT\n");
@@ -353,14 +359,7 @@ pub async fn cleanup(chains: &Chains) -> Result<(), ProxyError> {
     if existing.is_empty() {
         return Ok(());
     }
-    let mut input = String::from("*nat\n");
-    for c in &existing {
-        let _ = writeln!(input, ":{c} - [0:0]");
-    }
-    for c in &existing {
-        let _ = writeln!(input, "-X {c}");
-    }
-    input.push_str("COMMIT\n");
+    let input = restore_text(existing.iter(), "", &existing.iter().collect::<Vec<_>>());
     run("iptables-restore", &["-w", "--noflush"], Some(&input)).await.map(|_| ())
 }
 

@@ -35,10 +35,8 @@ pub fn config(cfg: &Config) -> Value {
 /// The pod network's gateway (the bridge's address): host-local gives it
 /// the CIDR's first address.
 pub fn gateway(pod_cidr: &str) -> Option<std::net::Ipv4Addr> {
-    let (net, len) = pod_cidr.split_once('/')?;
-    let (net, len): (std::net::Ipv4Addr, u32) = (net.parse().ok()?, len.parse().ok()?);
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    (len < 31).then(|| std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
+    let net = pod_cidr.parse::<ipnet::Ipv4Net>().ok().filter(|n| n.prefix_len() < 31)?;
+    net.hosts().next()
 }
 
 /// Writes the config (atomically: the runtime watches the directory).

@@ -783,12 +783,11 @@ impl Kubelet {
             .filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32)
             .max_by_key(|s| s.created_at);
         let log_dir = self.log_dir(p);
-        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let sandbox_cfg = pod::sandbox_config(
             p,
             &log_dir.to_string_lossy(),
             ready.and_then(|s| s.metadata.as_ref()).map_or(attempt, |m| m.attempt),
-            pod::dns_config(p, self.cluster_dns, &resolv_conf),
+            pod::dns_config(p, self.cluster_dns, || std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
         );
         let sandbox_id = match ready {
             Some(s) => s.id.clone(),

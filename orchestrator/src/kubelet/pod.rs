@@ -84,11 +84,12 @@ pub fn parse_resolv_conf(text: &str) -> v1::DnsConfig {
 /// network (ClusterFirstWithHostNet: even then); Default leaves the
 /// node's resolv.conf (`None`: the runtime copies it); None starts empty.
 /// `spec.dnsConfig` adds servers, searches and options (replacing an
-/// option of the same name) to any of them.
+/// option of the same name) to any of them; `node_resolv_conf` is read
+/// only when it adds to the node's settings.
 pub fn dns_config(
     pod: &Value,
     cluster_dns: Option<std::net::Ipv4Addr>,
-    node_resolv_conf: &str,
+    node_resolv_conf: impl FnOnce() -> String,
 ) -> Option<v1::DnsConfig> {
     let host_network = pod.pointer("/spec/hostNetwork").and_then(Value::as_bool).unwrap_or(false);
     let policy = match str_at(pod, "/spec/dnsPolicy") {
@@ -108,7 +109,7 @@ pub fn dns_config(
         _ => None,
     };
     if let Some(extra) = pod.pointer("/spec/dnsConfig").filter(|e| e.is_object()) {
-        let c = cfg.get_or_insert_with(|| parse_resolv_conf(node_resolv_conf));
+        let c = cfg.get_or_insert_with(|| parse_resolv_conf(&node_resolv_conf()));
         let strings =
             |path: &str| arr(extra, path).iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>();
         for s in strings("/nameservers") {
@@ -804,7 +805,7 @@ mod tests {
     #[test]
     fn dns_follows_the_pod_dns_policy() {
         let dns = Some(std::net::Ipv4Addr::new(10, 96, 0, 10));
-        let node = "nameserver 192.0.2.53\nsearch lan\noptions edns0\n";
+        let node = || "nameserver 192.0.2.53\nsearch lan\noptions edns0\n".to_string();
         let pod = |spec: Value| json!({"metadata": {"namespace": "shop"}, "spec": spec});
         let c = dns_config(&pod(json!({})), dns, node).unwrap();
         assert_eq!(c.servers, ["10.96.0.10"]);
