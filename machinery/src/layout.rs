@@ -20,8 +20,34 @@
 //! build host, and lets the partition first grown to the real disk's size be
 //! formatted at its final size.
 
+//! Raspberry Pi images (`boot = "rpi-firmware"`, and `arm64-virt`, whose
+//! boot files the QEMU harness reads as the Pi firmware would) have no `EFI`
+//! partition; the firmware reads `autoboot.txt` from the first FAT
+//! partition, then boots the partition it names (`tryboot_a_b=1`):
+//!
+//! | # | label       | content                                               |
+//! |---|-------------|-------------------------------------------------------|
+//! | 1 | `BOOT`      | FAT: `autoboot.txt` only (one sector: the A/B state)  |
+//! | 2 | `BOOT-A`    | FAT: firmware, `config.txt`, `cmdline.txt` (slot a), kernel, initramfs, DTBs |
+//! | 3 | `BOOT-B`    | the same for slot b                                   |
+//! | 4…7 | `ROOT-A`, `ROOT-B`, `STATE`, `EPHEMERAL` | as above               |
+
 /// Partition labels.
 pub const EFI: &str = "EFI";
+/// Raspberry Pi: the FAT partition the firmware reads `autoboot.txt` from.
+pub const RPI_AUTOBOOT: &str = "BOOT";
+pub const BOOT_A: &str = "BOOT-A";
+pub const BOOT_B: &str = "BOOT-B";
+/// Raspberry Pi: the partition numbers (1-based, as `boot_partition=` counts
+/// them) of `BOOT-A` and `BOOT-B`.
+pub const RPI_BOOT_PARTITIONS: (u32, u32) = (2, 3);
+/// On the `BOOT` partition: the firmware's A/B file.
+pub const RPI_AUTOBOOT_TXT: &str = "/autoboot.txt";
+/// On a slot's boot partition: the kernel command line (`plinth.slot=` in it).
+pub const RPI_CMDLINE_TXT: &str = "/cmdline.txt";
+/// On the first FAT partition (`EFI`, or `BOOT` on a Pi): a signed machine
+/// config put there by `osctl image flash --config`, adopted at first boot.
+pub const SEED_CONFIG: &str = "/plinth/config.signed";
 pub const ROOT_A: &str = "ROOT-A";
 pub const ROOT_B: &str = "ROOT-B";
 pub const STATE: &str = "STATE";
@@ -40,6 +66,14 @@ impl Slot {
         match self {
             Slot::A => ROOT_A,
             Slot::B => ROOT_B,
+        }
+    }
+
+    /// The label of this slot's boot partition (Raspberry Pi layout).
+    pub fn boot_label(self) -> &'static str {
+        match self {
+            Slot::A => BOOT_A,
+            Slot::B => BOOT_B,
         }
     }
 
@@ -120,6 +154,10 @@ pub const SERVICE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 pub const ROOT_TRUSTED_KEY: &str = "/etc/plinth/trusted-key.pub";
 /// In the root image: the image manifest (versions, sha256 of every part).
 pub const ROOT_MANIFEST: &str = "/etc/plinth/manifest.json";
+/// In the root image: when the image was built (Unix seconds, decimal, one
+/// line; `SOURCE_DATE_EPOCH` when set). init's clock floor on boards with no
+/// real-time clock.
+pub const ROOT_BUILD_TIME: &str = "/etc/plinth/build-time";
 /// In the root image: the board config the image was built for.
 pub const ROOT_BOARD: &str = "/etc/plinth/board.toml";
 /// Mount points, once switched into the root image.
