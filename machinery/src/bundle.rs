@@ -27,6 +27,11 @@ pub const MAX_MANIFEST: usize = 64 * 1024;
 /// Part names.
 pub const PART_UKI: &str = "uki";
 pub const PART_ROOT: &str = "root";
+/// Raspberry Pi layout: the whole `BOOT-A` FAT partition image (firmware,
+/// `config.txt`, kernel, initramfs, DTBs, `cmdline.txt` naming slot a); a
+/// node writes it into the target slot's boot partition and sets the slot
+/// in its `cmdline.txt`. Such a bundle carries `boot` instead of `uki`.
+pub const PART_BOOT: &str = "boot";
 
 /// What a bundle carries, signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
