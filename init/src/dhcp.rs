@@ -1,6 +1,9 @@
 //! A minimal DHCPv4 client (RFC 2131): DISCOVER → OFFER → REQUEST → ACK on
 //! one interface, asking for the broadcast flag so replies reach an
-//! interface that has no address yet.
+//! interface that has no address yet; then the lease's life (§4.4.5):
+//! renewed from T1 (half the lease) by a REQUEST unicast to its server,
+//! rebound from T2 (7/8) by a broadcast one, given up at its end
+//! ([`phase`], [`renew`]). `net::keep_lease` runs that loop.
 //!
 //! Hand-written rather than a crate: the available DHCP crates pull a DNS
 //! library along, and the four messages PID 1 needs are a few hundred bytes
@@ -37,6 +40,55 @@ pub enum DhcpError {
     Refused { iface: String },
 }
 
+/// Where a lease is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before T1: nothing to do.
+    Bound,
+    /// T1 to T2: ask the server that granted it.
+    Renewing,
+    /// T2 to the end: ask any server.
+    Rebinding,
+    /// Over: the address must go.
+    Expired,
+}
+
+/// A lease with no lease-time option is treated as an hour long (servers
+/// must send one; the guess errs towards asking again soon).
+const DEFAULT_LEASE: u32 = 3600;
+
+fn lease_length(lease_seconds: u32) -> Option<Duration> {
+    match lease_seconds {
+        u32::MAX => None, // infinite
+        0 => Some(Duration::from_secs(DEFAULT_LEASE.into())),
+        s => Some(Duration::from_secs(s.into())),
+    }
+}
+
+/// The phase of a lease of `lease_seconds`, `elapsed` after it was granted,
+/// and how long until the next phase begins (`None`: never).
+pub fn phase(lease_seconds: u32, elapsed: Duration) -> (Phase, Option<Duration>) {
+    let Some(len) = lease_length(lease_seconds) else { return (Phase::Bound, None) };
+    let (t1, t2) = (len / 2, len * 7 / 8);
+    let until = |t: Duration| Some(t - elapsed);
+    if elapsed < t1 {
+        (Phase::Bound, until(t1))
+    } else if elapsed < t2 {
+        (Phase::Renewing, until(t2))
+    } else if elapsed < len {
+        (Phase::Rebinding, until(len))
+    } else {
+        (Phase::Expired, None)
+    }
+}
+
+/// How long to wait for an answer before asking again while renewing or
+/// rebinding: half the time left in the phase (RFC 2131 §4.4.5), at least
+/// a second and at most a minute.
+pub fn retransmit(left_in_phase: Duration) -> Duration {
+    (left_in_phase / 2).clamp(Duration::from_secs(1), Duration::from_secs(60)).min(left_in_phase)
+}
+
 fn header(xid: u32, mac: &[u8; 6]) -> Vec<u8> {
     let mut p = vec![0u8; 236];
     p[0] = 1; // BOOTREQUEST
@@ -71,6 +123,19 @@ pub fn request(xid: u32, mac: &[u8; 6], offered: Ipv4Addr, server: Ipv4Addr) -> 
     option(&mut p, 53, &[REQUEST]);
     option(&mut p, 50, &offered.octets());
     option(&mut p, 54, &server.octets());
+    option(&mut p, 55, &WANTED);
+    p.push(255);
+    p
+}
+
+/// A REQUEST extending the lease on `held` (RENEWING or REBINDING, §4.3.2):
+/// `ciaddr` set, no requested-address or server-identifier option, no
+/// broadcast flag (the interface has its address).
+pub fn renewal(xid: u32, mac: &[u8; 6], held: Ipv4Addr) -> Vec<u8> {
+    let mut p = header(xid, mac);
+    p[10] = 0;
+    p[12..16].copy_from_slice(&held.octets());
+    option(&mut p, 53, &[REQUEST]);
     option(&mut p, 55, &WANTED);
     p.push(255);
     p
@@ -147,24 +212,26 @@ fn socket(iface: &str) -> Result<tokio::net::UdpSocket, DhcpError> {
     })
 }
 
-/// Sends `packet` and waits for a reply of one of `kinds`, retrying.
+/// Sends `packet` to `to` and waits for a reply of one of `kinds`, once
+/// per entry of `waits` (how long each try waits).
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     sock: &tokio::net::UdpSocket,
     iface: &str,
     packet: &[u8],
+    to: Ipv4Addr,
     xid: u32,
     kinds: &[u8],
     what: &'static str,
+    waits: &[Duration],
 ) -> Result<Reply, DhcpError> {
-    const TRIES: u32 = 4;
     let mut buf = vec![0u8; 1500];
-    for attempt in 0..TRIES {
-        sock.send_to(packet, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)).await.map_err(|source| DhcpError::Io {
+    for &wait in waits {
+        sock.send_to(packet, SocketAddrV4::new(to, 67)).await.map_err(|source| DhcpError::Io {
             iface: iface.to_string(),
             op: "send",
             source,
         })?;
-        let wait = Duration::from_secs(2 << attempt.min(3));
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
             if let Some(reply) = parse(&buf[..n], xid).filter(|r| kinds.contains(&r.kind)) {
@@ -172,29 +239,55 @@ async fn exchange(
             }
         }
     }
-    Err(DhcpError::NoAnswer { iface: iface.to_string(), what, tries: TRIES })
+    Err(DhcpError::NoAnswer { iface: iface.to_string(), what, tries: waits.len() as u32 })
 }
 
-/// Obtains a lease on `iface` (which must be up).
-pub async fn acquire(iface: &str, mac: [u8; 6]) -> Result<Lease, DhcpError> {
-    let sock = socket(iface)?;
+fn new_xid() -> u32 {
     let mut seed = [0u8; 4];
     let _ = getrandom::fill(&mut seed);
-    let xid = u32::from_ne_bytes(seed);
-    let offer = exchange(&sock, iface, &discover(xid, &mac), xid, &[OFFER], "offer").await?;
-    let ack = exchange(
-        &sock,
-        iface,
-        &request(xid, &mac, offer.lease.address, offer.lease.server),
-        xid,
-        &[ACK, NAK],
-        "acknowledgement",
-    )
-    .await?;
+    u32::from_ne_bytes(seed)
+}
+
+/// Obtains a lease on `iface` (which must be up), asking `tries` times
+/// (waits of 2, 4, 8, 16 s).
+pub async fn acquire(iface: &str, mac: [u8; 6], tries: u32) -> Result<Lease, DhcpError> {
+    let sock = socket(iface)?;
+    let xid = new_xid();
+    let waits: Vec<Duration> = (0..tries).map(|attempt| Duration::from_secs(2 << attempt.min(3))).collect();
+    let bcast = Ipv4Addr::BROADCAST;
+    let offer = exchange(&sock, iface, &discover(xid, &mac), bcast, xid, &[OFFER], "offer", &waits).await?;
+    let req = request(xid, &mac, offer.lease.address, offer.lease.server);
+    let ack = exchange(&sock, iface, &req, bcast, xid, &[ACK, NAK], "acknowledgement", &waits).await?;
     if ack.kind == NAK {
         return Err(DhcpError::Refused { iface: iface.to_string() });
     }
     Ok(ack.lease)
+}
+
+/// Asks to extend `held` once: unicast to its server while renewing,
+/// broadcast while rebinding; waits `wait` for the answer. `Ok` is the
+/// extended (or changed) lease; `Refused` means the address must go.
+pub async fn renew(
+    iface: &str,
+    mac: [u8; 6],
+    held: &Lease,
+    rebinding: bool,
+    wait: Duration,
+) -> Result<Lease, DhcpError> {
+    let sock = socket(iface)?;
+    let xid = new_xid();
+    let to = if rebinding { Ipv4Addr::BROADCAST } else { held.server };
+    let ack =
+        exchange(&sock, iface, &renewal(xid, &mac, held.address), to, xid, &[ACK, NAK], "renewal", &[wait]).await?;
+    if ack.kind == NAK {
+        return Err(DhcpError::Refused { iface: iface.to_string() });
+    }
+    let mut lease = ack.lease;
+    // A renewal's reply may leave out what did not change.
+    if lease.address.is_unspecified() {
+        lease.address = held.address;
+    }
+    Ok(lease)
 }
 
 #[cfg(test)]
@@ -244,6 +337,33 @@ mod tests {
                 lease_seconds: 86400,
             }
         );
+    }
+
+    #[test]
+    fn renewal_layout() {
+        let p = renewal(9, &MAC, Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(p[10], 0, "no broadcast flag: the interface has its address");
+        assert_eq!(&p[12..16], &[10, 0, 2, 15], "ciaddr");
+        assert_eq!(&p[240..243], &[53, 1, REQUEST]);
+        // Neither the requested address (50) nor the server id (54).
+        let codes: Vec<u8> = p[243..].chunks(1).map(|c| c[0]).collect();
+        assert_eq!(&codes[..2], &[55, 5]);
+    }
+
+    #[test]
+    fn lease_phases_follow_t1_t2_and_the_end() {
+        let s = Duration::from_secs;
+        assert_eq!(phase(800, s(0)), (Phase::Bound, Some(s(400))));
+        assert_eq!(phase(800, s(399)), (Phase::Bound, Some(s(1))));
+        assert_eq!(phase(800, s(400)), (Phase::Renewing, Some(s(300))));
+        assert_eq!(phase(800, s(700)), (Phase::Rebinding, Some(s(100))));
+        assert_eq!(phase(800, s(800)), (Phase::Expired, None));
+        assert_eq!(phase(u32::MAX, s(1 << 40)), (Phase::Bound, None), "infinite");
+        assert_eq!(phase(0, s(0)), (Phase::Bound, Some(s(1800))), "no lease time: an hour");
+        assert_eq!(retransmit(s(300)), s(60));
+        assert_eq!(retransmit(s(10)), s(5));
+        assert_eq!(retransmit(s(1)), s(1));
+        assert_eq!(retransmit(Duration::from_millis(300)), Duration::from_millis(300));
     }
 
     #[test]

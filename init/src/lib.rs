@@ -101,6 +101,13 @@ enum Bring {
     Network,
 }
 
+/// The root image links /etc/resolv.conf to /run/resolv.conf.
+fn write_resolv_conf(events: &Journal<machinery::api::Event>, nameservers: &[std::net::IpAddr]) {
+    if let Err(e) = std::fs::write("/run/resolv.conf", net::resolv_conf(nameservers)) {
+        event(events, "network", format!("writing /run/resolv.conf: {e}"));
+    }
+}
+
 /// Loads the config, serves the machine API, supervises apid, and returns
 /// the power action requested once every service has stopped.
 async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<machinery::api::Event>>), InitError> {
@@ -131,9 +138,18 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         match net::configure(network.as_ref()).await {
             Ok(done) => {
                 done.report.into_iter().for_each(|line| event(&events, "network", line));
-                // The root image links /etc/resolv.conf here.
-                if let Err(e) = std::fs::write("/run/resolv.conf", net::resolv_conf(&done.nameservers)) {
-                    event(&events, "network", format!("writing /run/resolv.conf: {e}"));
+                write_resolv_conf(&events, &done.nameservers);
+                // Leases are kept from now on; configured name servers win
+                // over those a lease brings.
+                let fixed_dns = network.as_ref().is_some_and(|n| !n.nameservers.is_empty());
+                for d in done.dhcp {
+                    let events = events.clone();
+                    tokio::spawn(net::keep_lease(d, move |line, dns| {
+                        event(&events, "network", line);
+                        if !fixed_dns && !dns.is_empty() {
+                            write_resolv_conf(&events, &dns);
+                        }
+                    }));
                 }
             }
             Err(e) => event(&events, "network", format!("network bring-up failed: {e}")),

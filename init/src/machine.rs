@@ -186,7 +186,8 @@ impl Machine {
         let mut ca_files = None;
         if let Some(key) = &config.api.ca_key {
             let (cert_path, key_path) = (o.data_dir.join("ca.crt"), o.data_dir.join("ca.key"));
-            let written = std::fs::create_dir_all(&o.data_dir)
+            // 0700: the CA key, the store and the admin kubeconfig live here.
+            let written = crate::store::private_dir(&o.data_dir)
                 .and_then(|_| crate::store::write_private(&cert_path, config.api.ca_cert.as_bytes()))
                 .and_then(|_| crate::store::write_private(&key_path, key.as_bytes()));
             match written {
@@ -686,7 +687,10 @@ impl MachineService for InitApi {
         let st = self.0.state.lock().await;
         let active =
             st.active.as_ref().ok_or_else(|| Status::not_found("this node has no config yet (maintenance mode)"))?;
-        Ok(Response::new(api::GetConfigResponse { config: active.bytes.clone(), version: active.config.version }))
+        // Never the secrets (CA key, serving key, join token): whoever may
+        // read the config must not be able to mint certificates from it.
+        let config = active.config.redacted().to_toml().into_bytes();
+        Ok(Response::new(api::GetConfigResponse { config, version: active.config.version }))
     }
 
     async fn reboot(&self, _: Request<api::RebootRequest>) -> Result<Response<api::RebootResponse>, Status> {

@@ -65,7 +65,7 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreErro
 
 impl ConfigStore {
     pub fn open(dir: &Path, trusted: VerifyingKey) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+        private_dir(dir).map_err(io("create directory (0700)", dir))?;
         Ok(ConfigStore { dir: dir.to_path_buf(), trusted })
     }
 
@@ -102,7 +102,7 @@ impl ConfigStore {
     pub fn save(&self, slot: Slot, signed: &Signed) -> Result<(), StoreError> {
         let path = self.path(slot);
         let tmp = self.dir.join(format!(".{}.tmp", slot.file()));
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        let mut f = create_private(&tmp).map_err(io("create (0600)", &tmp))?;
         f.write_all(&signing::envelope_encode(&signed.bytes, &signed.signature)).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
         drop(f);
@@ -132,13 +132,38 @@ impl ConfigStore {
 }
 
 /// Writes a file readable by root only, atomically (temp, fsync, rename).
+/// The directory is synced after the rename, so the new name survives a
+/// power cut.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = create_private(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    fs::rename(&tmp, path)
+    drop(f);
+    fs::rename(&tmp, path)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// A new file only root may read (0600, whatever the umask). A leftover
+/// temporary file from a crash is removed first: it would keep its mode.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(path)
+}
+
+/// A directory only root may enter (0700), created if missing and narrowed
+/// if it exists with a wider mode.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +207,31 @@ mod tests {
         assert!(store.load(Slot::Active).unwrap().is_none());
         // No temporary files are left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stored_configs_and_private_files_are_root_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let store = ConfigStore::open(&dir, key.verifying_key()).unwrap();
+        assert_eq!(mode(&dir), 0o700, "the state directory is narrowed");
+        // A leftover world-readable temporary file from a crash.
+        let leftover = dir.join(".config.signed.tmp");
+        fs::write(&leftover, "old").unwrap();
+        fs::set_permissions(&leftover, fs::Permissions::from_mode(0o644)).unwrap();
+        let text = config_text(1);
+        let sig = signing::sign(Purpose::Config, &key, text.as_bytes());
+        store.save(Slot::Active, &store.verify("x", text.as_bytes(), &sig).unwrap()).unwrap();
+        assert_eq!(mode(&store.path(Slot::Active)), 0o600);
+        let k = dir.join("ca.key");
+        fs::write(k.with_extension("tmp"), "old").unwrap();
+        write_private(&k, b"secret").unwrap();
+        assert_eq!((mode(&k), fs::read(&k).unwrap()), (0o600, b"secret".to_vec()));
     }
 
     #[test]

@@ -666,18 +666,41 @@ impl Checker<'_> {
         if let Err(e) = crate::pki::check_ca_cert(&api.ca_cert) {
             self.error("api.ca_cert", e.to_string(), None);
         }
-        if let Some(k) = &api.ca_key
-            && let Err(e) = crate::pki::check_key(k)
-        {
-            self.error("api.ca_key", e.to_string(), None);
+        if let Some(k) = &api.ca_key {
+            match crate::pki::check_key(k) {
+                Err(e) => self.error("api.ca_key", e.to_string(), None),
+                Ok(()) => {
+                    if let Err(e @ crate::pki::PkiError::KeyMismatch) = crate::pki::check_key_matches(&api.ca_cert, k) {
+                        self.error(
+                            "api.ca_key",
+                            format!("{e} (api.ca_cert)"),
+                            Some("take ca_cert and ca_key from the same `osctl gen keys` output".into()),
+                        );
+                    }
+                }
+            }
         }
         match (&api.cert, &api.key) {
             (Some(cert), Some(key)) => {
-                if let Err(e) = crate::pki::check_cert(cert) {
-                    self.error("api.cert", e.to_string(), None);
-                }
-                if let Err(e) = crate::pki::check_key(key) {
-                    self.error("api.key", e.to_string(), None);
+                let cert_ok = match crate::pki::check_cert(cert) {
+                    Err(e) => {
+                        self.error("api.cert", e.to_string(), None);
+                        false
+                    }
+                    Ok(_) => true,
+                };
+                match crate::pki::check_key(key) {
+                    Err(e) => self.error("api.key", e.to_string(), None),
+                    Ok(()) if cert_ok => {
+                        if let Err(e) = crate::pki::check_key_matches(cert, key) {
+                            self.error(
+                                "api.key",
+                                format!("{e} (api.cert)"),
+                                Some("give the key api.cert was issued for".into()),
+                            );
+                        }
+                    }
+                    Ok(()) => {}
                 }
             }
             (Some(_), None) => {
@@ -939,6 +962,18 @@ ca_key = """{key}"""
         assert!(has("a worker needs `token`"), "{msgs:#?}");
         assert!(has("cluster.service_cidr: 10.96.0.0/12 overlaps the pod network 10.96.0.0/16"), "{msgs:#?}");
         assert_eq!(e.len(), 6, "{msgs:#?}");
+    }
+
+    #[test]
+    fn ca_key_of_another_ca_is_refused() {
+        let (_, other_key) = ca();
+        let text = valid_text();
+        let start = text.find("ca_key = \"\"\"").unwrap();
+        let text = format!("{}ca_key = \"\"\"{other_key}\"\"\"\n", &text[..start]);
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].path, "api.ca_key");
+        assert!(e[0].message.contains("not the certificate's"), "{}", e[0]);
     }
 
     #[test]

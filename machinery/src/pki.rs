@@ -33,6 +33,8 @@ pub enum PkiError {
     Key(String),
     #[error("cannot issue the certificate: {0}")]
     Issue(String),
+    #[error("the private key is not the certificate's: it belongs to another key pair")]
+    KeyMismatch,
 }
 
 fn issue_err(e: rcgen::Error) -> PkiError {
@@ -171,6 +173,21 @@ pub fn check_key(pem: &str) -> Result<(), PkiError> {
     KeyPair::from_pem(pem).map(|_| ()).map_err(|e| PkiError::Key(e.to_string()))
 }
 
+/// Checks that `key_pem` is the private key of the certificate `cert_pem`
+/// (their public keys are the same): a CA key that does not sign for its
+/// CA certificate would issue certificates nobody trusts.
+pub fn check_key_matches(cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+    let der = pem_to_der(cert_pem)?;
+    let (_, c) = X509Certificate::from_der(&der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::Key(e.to_string()))?;
+    // The public key's bits, without the algorithm's parameters (encoded
+    // differently by different tools).
+    if rcgen::PublicKeyData::der_bytes(&key) != &*c.public_key().subject_public_key.data {
+        return Err(PkiError::KeyMismatch);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +206,17 @@ mod tests {
         let s = issue_server(&ca, "n1", &["127.0.0.1".into(), "n1.lan".into()]).unwrap();
         check_key(&s.key_pem).unwrap();
         assert!(!cert_info(&s.cert_pem).unwrap().is_ca);
+    }
+
+    #[test]
+    fn key_must_belong_to_its_certificate() {
+        let ca = generate_ca("demo").unwrap();
+        let other = generate_ca("other").unwrap();
+        check_key_matches(&ca.cert_pem, &ca.key_pem).unwrap();
+        assert!(matches!(check_key_matches(&ca.cert_pem, &other.key_pem), Err(PkiError::KeyMismatch)));
+        let s = issue_server(&ca, "n1", &[]).unwrap();
+        check_key_matches(&s.cert_pem, &s.key_pem).unwrap();
+        assert!(matches!(check_key_matches(&s.cert_pem, &ca.key_pem), Err(PkiError::KeyMismatch)));
     }
 
     #[test]
