@@ -66,16 +66,24 @@ pub async fn connect_init(path: &Path) -> Result<Channel, ApidError> {
 pub struct Gateway {
     init: MachineServiceClient<Channel>,
     mode: NodeMode,
+    /// Whether TLS asks for client certificates of a CA.
+    client_certs: bool,
 }
 
 impl Gateway {
-    pub fn new(init: Channel, mode: NodeMode) -> Self {
-        Gateway { init: MachineServiceClient::new(init), mode }
+    pub fn new(init: Channel, mode: NodeMode, client_certs: bool) -> Self {
+        Gateway { init: MachineServiceClient::new(init), mode, client_certs }
     }
 
     /// Who is calling and whether they may make this call.
     fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<(), Status> {
-        if self.mode != NodeMode::Configured {
+        if self.mode == NodeMode::Safe && !self.client_certs && rpc != Rpc::Version {
+            return Err(Status::failed_precondition(format!(
+                "this node is in safe mode with no record of its trust: it answers only version, not {} (see its console)",
+                rpc.name()
+            )));
+        }
+        if self.mode == NodeMode::Maintenance {
             if matches!(rpc, Rpc::ApplyConfig | Rpc::Version) {
                 tracing::info!(rpc = rpc.name(), "maintenance mode call");
                 return Ok(());
@@ -195,7 +203,9 @@ pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
         .into_inner();
     let mode = NodeMode::try_from(tls.mode).unwrap_or(NodeMode::Maintenance);
     let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-    if mode == NodeMode::Configured {
+    // Configured, and safe mode with the last configured boot's trust.
+    let client_certs = mode != NodeMode::Maintenance && !tls.client_ca_pem.is_empty();
+    if client_certs {
         tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
     }
     let addr: std::net::SocketAddr =
@@ -208,7 +218,7 @@ pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
         .tcp_nodelay(true)
         .tls_config(tls_config)
         .map_err(serve_err)?
-        .add_service(MachineServiceServer::new(Gateway::new(channel, mode)))
+        .add_service(MachineServiceServer::new(Gateway::new(channel, mode, client_certs)))
         .serve_with_shutdown(addr, async move {
             sigterm.recv().await;
             tracing::info!("SIGTERM: finishing in-flight calls");

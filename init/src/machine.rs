@@ -83,6 +83,15 @@ struct State {
     staged_version: u64,
     trying: Option<TryState>,
     next_try_id: u64,
+    /// No config could be read at boot: safe mode, until one is applied.
+    safe: Option<Safe>,
+}
+
+/// Safe mode: why, and the last configured boot's trust (if recorded).
+#[derive(Debug, Clone)]
+struct Safe {
+    reason: String,
+    trust: Option<crate::store::Trust>,
 }
 
 pub struct Machine {
@@ -132,29 +141,97 @@ impl Machine {
         settings: NodeSettings,
         slots: Option<Arc<Slots>>,
     ) -> Result<Arc<Machine>, InitError> {
-        if store.load(Slot::Previous)?.is_some() {
-            store.promote(Slot::Previous, Slot::Active)?;
-            event(
-                &events,
-                "config",
-                "a `try` config was not confirmed before the reboot: reverted to the previous config".into(),
-            );
+        // A stored config that cannot be read never stops the boot (that
+        // would reboot for ever): it is reported and set aside.
+        let unreadable = |what: &str, e: &dyn std::fmt::Display| {
+            event(&events, "config", format!("the {what} config cannot be used: {e}"));
+        };
+        match store.load(Slot::Previous) {
+            Ok(Some(_)) => {
+                store.promote(Slot::Previous, Slot::Active)?;
+                event(
+                    &events,
+                    "config",
+                    "a `try` config was not confirmed before the reboot: reverted to the previous config".into(),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                unreadable("previous (try)", &e);
+                store.clear(Slot::Previous)?;
+            }
         }
-        if let Some(staged) = store.load(Slot::Staged)? {
-            store.promote(Slot::Staged, Slot::Active)?;
-            event(&events, "config", format!("staged config version {} is now applied", staged.config.version));
+        match store.load(Slot::Staged) {
+            Ok(Some(staged)) => {
+                store.promote(Slot::Staged, Slot::Active)?;
+                event(&events, "config", format!("staged config version {} is now applied", staged.config.version));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                unreadable("staged", &e);
+                store.clear(Slot::Staged)?;
+            }
         }
-        let active = store.load(Slot::Active)?;
+        let (active, safe) = match store.load(Slot::Active) {
+            Ok(active) => (active, None),
+            Err(e) => {
+                unreadable("stored", &e);
+                match store.load(Slot::LastGood) {
+                    Ok(Some(good)) => {
+                        event(
+                            &events,
+                            "config",
+                            format!("running the last good config (version {}) instead", good.config.version),
+                        );
+                        store.save(Slot::Active, &good)?;
+                        (Some(good), None)
+                    }
+                    last => {
+                        if let Err(e2) = &last {
+                            unreadable("last good", e2);
+                        }
+                        let trust = store.load_trust().unwrap_or_else(|e| {
+                            unreadable("trust record of the", &e);
+                            None
+                        });
+                        let reason = format!("the stored config cannot be used ({e}) and there is no good copy");
+                        event(
+                            &events,
+                            "config",
+                            format!(
+                                "safe mode: {reason}; the machine API {}; apply a config to recover",
+                                if trust.is_some() {
+                                    "keeps its certificates and requires client certificates of the cluster CA"
+                                } else {
+                                    "has no record of its trust and answers only `version`"
+                                }
+                            ),
+                        );
+                        (None, Some(Safe { reason, trust }))
+                    }
+                }
+            }
+        };
         match &active {
-            Some(s) => event(&events, "config", format!("config version {} loaded", s.config.version)),
-            None => event(&events, "config", "no config: maintenance mode, waiting for apply-config".into()),
+            Some(s) => {
+                event(&events, "config", format!("config version {} loaded", s.config.version));
+                // The copy a damaged config.signed falls back to.
+                let same = matches!(store.load(Slot::LastGood), Ok(Some(g)) if g.bytes == s.bytes);
+                if !same && let Err(e) = store.save(Slot::LastGood, s) {
+                    event(&events, "config", format!("keeping a copy of the config: {e}"));
+                }
+            }
+            None if safe.is_none() => {
+                event(&events, "config", "no config: maintenance mode, waiting for apply-config".into())
+            }
+            None => {}
         }
         let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         names.extend(settings.extra_sans.iter().cloned());
         let maintenance_cert = machinery::pki::self_signed_server(&names)?;
         Ok(Arc::new(Machine {
             store,
-            state: Mutex::new(State { active, staged_version: 0, trying: None, next_try_id: 1 }),
+            state: Mutex::new(State { active, staged_version: 0, trying: None, next_try_id: 1, safe }),
             supervisor,
             events,
             kernel_log,
@@ -285,7 +362,11 @@ impl Machine {
         let new = self.store.verify("config", &req.config, &req.signature).map_err(status_from_verify)?;
         let mut st = self.state.lock().await;
         let current = st.active.as_ref().map(|s| &s.config);
-        let current_version = current.map_or(0, |c| c.version);
+        // In safe mode the last configured boot's version is the floor.
+        let current_version = current.map_or_else(
+            || st.safe.as_ref().and_then(|s| s.trust.as_ref()).map_or(0, |t| t.config_version),
+            |c| c.version,
+        );
         let diff = config::diff(current, &new.config);
         let reboot_fields = current.map(|c| config::reboot_required(c, &new.config)).unwrap_or_default();
         let v = new.config.version;
@@ -390,7 +471,12 @@ impl Machine {
                 self.store.clear(Slot::Staged).map_err(internal)?;
                 st.trying = None;
                 st.staged_version = 0;
+                // The copy a damaged config.signed falls back to.
+                if let Err(e) = self.store.save(Slot::LastGood, &new) {
+                    event(&self.events, "config", format!("keeping a copy of the config: {e}"));
+                }
                 st.active = Some(new);
+                st.safe = None;
             }
         }
         event(&self.events, "config", summary.clone());
@@ -437,6 +523,25 @@ impl Machine {
     async fn apid_tls(&self) -> Result<api::ApidTlsResponse, Status> {
         let st = self.state.lock().await;
         let listen = |port: u16| self.settings.api_listen.clone().unwrap_or_else(|| format!("0.0.0.0:{port}"));
+        if let (None, Some(safe)) = (&st.active, &st.safe) {
+            return Ok(match &safe.trust {
+                Some(t) => api::ApidTlsResponse {
+                    mode: NodeMode::Safe as i32,
+                    cert_pem: t.cert_pem.clone(),
+                    key_pem: t.key_pem.clone(),
+                    client_ca_pem: t.client_ca_pem.clone(),
+                    listen_address: t.listen_address.clone(),
+                },
+                // No trust to check clients against: apid answers only Version.
+                None => api::ApidTlsResponse {
+                    mode: NodeMode::Safe as i32,
+                    cert_pem: self.maintenance_cert.cert_pem.clone(),
+                    key_pem: self.maintenance_cert.key_pem.clone(),
+                    client_ca_pem: String::new(),
+                    listen_address: listen(config::DEFAULT_API_PORT),
+                },
+            });
+        }
         let Some(active) = &st.active else {
             return Ok(api::ApidTlsResponse {
                 mode: NodeMode::Maintenance as i32,
@@ -459,12 +564,22 @@ impl Machine {
                 return Err(Status::internal("the config has no serving certificate and no CA key"));
             }
         };
-        Ok(api::ApidTlsResponse {
-            mode: NodeMode::Configured as i32,
+        let trust = crate::store::Trust {
             cert_pem: serving.cert_pem,
             key_pem: serving.key_pem,
             client_ca_pem: c.api.ca_cert.clone(),
             listen_address: listen(c.api.port),
+            config_version: c.version,
+        };
+        if let Err(e) = self.store.save_trust(&trust) {
+            event(&self.events, "config", format!("recording the machine API's trust for safe mode: {e}"));
+        }
+        Ok(api::ApidTlsResponse {
+            mode: NodeMode::Configured as i32,
+            cert_pem: trust.cert_pem,
+            key_pem: trust.key_pem,
+            client_ca_pem: trust.client_ca_pem,
+            listen_address: trust.listen_address,
         })
     }
 }
@@ -656,7 +771,12 @@ impl MachineService for InitApi {
         Ok(Response::new(api::VersionResponse {
             plinth_version: m.settings.slots.as_ref().map_or(machinery::VERSION, |s| s.version.as_str()).to_string(),
             arch: std::env::consts::ARCH.to_string(),
-            mode: if active.is_some() { NodeMode::Configured } else { NodeMode::Maintenance } as i32,
+            mode: match (active, &st.safe) {
+                (Some(_), _) => NodeMode::Configured,
+                (None, Some(_)) => NodeMode::Safe,
+                (None, None) => NodeMode::Maintenance,
+            } as i32,
+            safe_reason: st.safe.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
             config_version: active.map_or(0, |c| c.version),
             hostname: active.map_or_else(String::new, |c| c.machine.hostname.clone()),
             uptime_seconds: m.started.elapsed().as_secs(),

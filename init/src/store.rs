@@ -11,6 +11,8 @@
 //! | `config.signed`  | the applied config                                     |
 //! | `staged.signed`  | a config applied with `--mode staged`, for next boot   |
 //! | `previous.signed`| the config a `--mode try` apply returns to             |
+//! | `last-good.signed`| the config the last boot loaded: the fallback when `config.signed` cannot be read |
+//! | `trust.json`     | apid's TLS of the last configured boot (0600): safe mode's trust |
 
 use std::fs::{self, File};
 use std::io::Write as _;
@@ -40,6 +42,8 @@ pub enum Slot {
     Active,
     Staged,
     Previous,
+    /// A copy of the config the last boot loaded.
+    LastGood,
 }
 
 impl Slot {
@@ -48,9 +52,27 @@ impl Slot {
             Slot::Active => "config.signed",
             Slot::Staged => "staged.signed",
             Slot::Previous => "previous.signed",
+            Slot::LastGood => "last-good.signed",
         }
     }
 }
+
+/// What apid served with in the last configured boot: in safe mode (no
+/// config can be read) it serves with the same certificates and still asks
+/// for client certificates of the same CA, instead of falling open into
+/// maintenance mode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Trust {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: String,
+    pub listen_address: String,
+    /// The config version then: a config applied in safe mode must be
+    /// newer, as always.
+    pub config_version: u64,
+}
+
+const TRUST_FILE: &str = "trust.json";
 
 #[derive(Debug)]
 pub struct ConfigStore {
@@ -123,6 +145,28 @@ impl ConfigStore {
             Ok(()) => self.sync_dir(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// Records apid's TLS material of a configured boot (when it changed).
+    pub fn save_trust(&self, t: &Trust) -> Result<(), StoreError> {
+        let path = self.dir.join(TRUST_FILE);
+        if self.load_trust().ok().flatten().as_ref() == Some(t) {
+            return Ok(());
+        }
+        let json =
+            serde_json::to_vec(t).map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        write_private(&path, &json).map_err(io("write", &path))
+    }
+
+    pub fn load_trust(&self) -> Result<Option<Trust>, StoreError> {
+        let path = self.dir.join(TRUST_FILE);
+        match fs::read(&path) {
+            Ok(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
         }
     }
 

@@ -48,6 +48,7 @@ fn mode_name(m: i32) -> &'static str {
     match NodeMode::try_from(m) {
         Ok(NodeMode::Maintenance) => "maintenance",
         Ok(NodeMode::Configured) => "configured",
+        Ok(NodeMode::Safe) => "safe",
         _ => "unknown",
     }
 }
@@ -78,6 +79,7 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                         "memory_total_kib": v.memory_total_kib,
                         "memory_available_kib": v.memory_available_kib,
                         "init_rss_kib": v.init_rss_kib,
+                        "safe_reason": v.safe_reason,
                         "slots": v.slots.iter().map(|s| serde_json::json!({
                             "name": s.name, "version": s.version, "state": s.state,
                             "booted": s.booted, "next_boot": s.next_boot,
@@ -107,6 +109,9 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                 ]);
             }
             t.print();
+            for (node, v) in results.iter().filter(|(_, v)| !v.safe_reason.is_empty()) {
+                eprintln!("{node} is in safe mode: {}", v.safe_reason);
+            }
             slots(results);
         }
     }

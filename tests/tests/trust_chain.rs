@@ -386,3 +386,59 @@ fn shutdown_stops_services_and_exits() -> anyhow::Result<()> {
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(apid as i32), None).is_err(), "apid outlived init");
     Ok(())
 }
+
+/// Flips one bit in the middle of a file, as a failing card would.
+fn flip_a_bit(path: &Path) -> anyhow::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x04;
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+#[test]
+fn a_damaged_config_falls_back_and_never_opens_the_node() -> anyhow::Result<()> {
+    let (op, mut node, cfg) = configured_node()?;
+    let expected = redacted(&std::fs::read_to_string(&cfg)?);
+    let dir = node.state.path().join("config");
+    let addr = node.addr();
+
+    // One flipped bit in the stored config: the copy the last boot kept
+    // takes its place, and the node comes back configured.
+    node.stop()?;
+    flip_a_bit(&dir.join("config.signed"))?;
+    node.boot()?;
+    wait_configured(&op, &node).map_err(|e| anyhow::anyhow!("{e}: {}", node.log()))?;
+    assert_eq!(stored_config(&op, &node), expected);
+    let events = osctl(&op.osctlconfig(), &["-n", &addr, "events"]).ok()?.stdout;
+    assert!(events.contains("the stored config cannot be used"), "{events}");
+    assert!(events.contains("running the last good config (version 1) instead"), "{events}");
+
+    // Both copies damaged: safe mode — the same certificates, client
+    // certificates still required, no maintenance mode, no exit (on a
+    // board: no reboot loop).
+    node.stop()?;
+    flip_a_bit(&dir.join("config.signed"))?;
+    flip_a_bit(&dir.join("last-good.signed"))?;
+    node.boot()?;
+    let v = wait_for("safe mode", Duration::from_secs(20), || {
+        let r = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "version"]);
+        let v = r.json().ok()?;
+        (v[0]["mode"] == "safe").then_some(v)
+    })?;
+    assert!(v[0]["safe_reason"].as_str().is_some_and(|r| r.contains("config.signed")), "{v}");
+    let pid = node.init_pid().expect("init runs");
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "init is still running");
+    let anonymous = osctl(&op.osctlconfig(), &["-n", &addr, "--insecure", "apply-config", "-f", cfg.to_str().unwrap()]);
+    assert_ne!(anonymous.code, 0, "safe mode is not maintenance mode: {anonymous:?}");
+    // The same config again is refused as stale; a newer one recovers.
+    let stale = apply(&op, &node, &cfg, &[]);
+    assert_eq!(stale.code, 4, "{stale:?}");
+    let v2 = op.path("v2.toml");
+    std::fs::write(&v2, std::fs::read_to_string(&cfg)?.replace("version = 1", "version = 2"))?;
+    apply(&op, &node, &v2, &[]).ok()?;
+    wait_configured(&op, &node)?;
+    let v = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "version"]).ok()?.json()?;
+    assert_eq!((v[0]["mode"].as_str(), v[0]["config_version"].as_u64()), (Some("configured"), Some(2)), "{v}");
+    Ok(())
+}
