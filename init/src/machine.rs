@@ -144,7 +144,18 @@ impl Machine {
             store.promote(Slot::Staged, Slot::Active)?;
             event(&events, "config", format!("staged config version {} is now applied", staged.config.version));
         }
-        let active = store.load(Slot::Active)?;
+        let mut active = store.load(Slot::Active)?;
+        if active.is_none()
+            && let Some(s) = &settings.slots
+        {
+            active = crate::seed::adopt(&s.disk, &store).unwrap_or_else(|e| {
+                event(&events, "config", format!("seed config not adopted, staying in maintenance mode: {e}"));
+                None
+            });
+            if let Some(a) = &active {
+                event(&events, "config", format!("config version {} adopted from the seed config", a.config.version));
+            }
+        }
         match &active {
             Some(s) => event(&events, "config", format!("config version {} loaded", s.config.version)),
             None => event(&events, "config", "no config: maintenance mode, waiting for apply-config".into()),
