@@ -219,7 +219,9 @@ pub fn event(fmt: Format, node: &str, e: &api::Event) {
 /// `image flash --list`: the disks, and why some cannot be flashed.
 pub fn disks(fmt: Format, disks: &[crate::flash::DiskInfo]) {
     let note = |d: &crate::flash::DiskInfo| {
-        if !d.in_use.is_empty() {
+        if d.system {
+            format!("system disk: {}", d.in_use.join("; "))
+        } else if !d.in_use.is_empty() {
             format!("in use: {}", d.in_use.join("; "))
         } else if d.size > crate::flash::MAX_SIZE {
             "bigger than 256 GiB (--force)".to_string()
@@ -236,7 +238,7 @@ pub fn disks(fmt: Format, disks: &[crate::flash::DiskInfo]) {
                 .map(|d| {
                     serde_json::json!({
                         "device": format!("/dev/{}", d.name), "size": d.size, "removable": d.removable,
-                        "transport": d.transport, "model": d.model, "in_use": d.in_use,
+                        "transport": d.transport, "model": d.model, "in_use": d.in_use, "system": d.system,
                         "candidate": d.in_use.is_empty() && d.is_removable_media() && d.size <= crate::flash::MAX_SIZE,
                     })
                 })

@@ -24,6 +24,8 @@ pub struct DiskInfo {
     pub model: String,
     /// Why it must not be flashed (mounted, the running system), if so.
     pub in_use: Vec<String>,
+    /// The running system is on it (the root filesystem, or swap).
+    pub system: bool,
 }
 
 impl DiskInfo {
@@ -38,7 +40,7 @@ impl DiskInfo {
 pub struct Use {
     /// The whole disk.
     pub disk: String,
-    /// What uses it, in words: `/ (the running system) on vda`, `/boot on sda1`.
+    /// What uses it, in words: `/ is on vda`, `sda1 is mounted on /boot`.
     pub what: String,
     /// The running system lives on it (the root filesystem, or swap).
     pub system: bool,
@@ -141,7 +143,7 @@ impl Host {
             let Some(dev) = numbers.get(*number) else { continue };
             let target = unescape(target);
             if target == "/" {
-                add(dev, format!("/ (the running system) is on {dev}"), true);
+                add(dev, format!("/ is on {dev}"), true);
             } else {
                 add(dev, format!("{dev} is mounted on {target}"), false);
             }
@@ -208,9 +210,10 @@ impl Host {
             "unknown"
         };
         let part = |f: &str| read_trim(&dir.join("device").join(f)).unwrap_or_default();
+        // virtio's "vendor" is a PCI id (0x1af4), not a name.
         let model = [part("vendor"), part("model"), part("name")]
             .into_iter()
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && !s.starts_with("0x"))
             .collect::<Vec<_>>()
             .join(" ");
         Some(DiskInfo {
@@ -220,6 +223,7 @@ impl Host {
             transport: transport.to_string(),
             model,
             in_use: uses.iter().filter(|u| u.disk == name).map(|u| u.what.clone()).collect(),
+            system: uses.iter().any(|u| u.disk == name && u.system),
         })
     }
 
@@ -320,7 +324,8 @@ pub(crate) mod tests {
         assert_eq!(sda.transport, "sata");
         assert_eq!(sda.in_use, ["sda1 is mounted on /boot", "swap is on sda2"]);
         assert!(!sda.is_removable_media());
-        assert_eq!(list[3].in_use, ["/ (the running system) is on vda"]);
+        assert_eq!(list[3].in_use, ["/ is on vda"]);
+        assert!(list[3].system && sda.system && !mmc.system && !sdb.system);
     }
 
     #[test]
