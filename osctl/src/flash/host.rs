@@ -348,6 +348,10 @@ pub(crate) mod tests {
         std::fs::create_dir_all(host.sys.join("class/block/sdb1/holders/dm-0")).unwrap();
         assert_eq!(host.disks_of("dm-0").into_iter().collect::<Vec<_>>(), ["sdb"]);
         assert_eq!(host.holders("sdb"), ["dm-0"]);
+        let err = crate::flash::check_disk(&host, "sdb", false).unwrap_err().to_string();
+        assert!(err.contains("in use by /dev/dm-0 (LVM, LUKS or RAID)"), "{err}");
+        let err = crate::flash::check_disk(&host, "dm-0", true).unwrap_err().to_string();
+        assert!(err.contains("device-mapper or RAID device built on /dev/sdb"), "{err}");
     }
 
     #[test]

@@ -108,6 +108,14 @@ pub fn check_disk(host: &Host, name: &str, force: bool) -> Result<DiskInfo, Flas
     if let Some(disk) = host.parent_disk(name) {
         return Err(refuse(format!("it is a partition of /dev/{disk}: flash the whole device, --device /dev/{disk}")));
     }
+    let beneath = host.disks_of(name);
+    if !beneath.contains(name) {
+        let disks: Vec<String> = beneath.iter().map(|d| format!("/dev/{d}")).collect();
+        return Err(refuse(format!(
+            "it is a device-mapper or RAID device built on {}: flash a disk itself",
+            disks.join(", ")
+        )));
+    }
     let uses = host.uses();
     let mine: Vec<_> = uses.iter().filter(|u| u.disk == name).collect();
     if let Some(u) = mine.iter().find(|u| u.system) {
@@ -295,7 +303,7 @@ fn write_image(plan: &Plan, dev: &File, bar: &indicatif::ProgressBar) -> Result<
         whole.update(&buf[..n]);
         chunks.push(Sha256::digest(&buf[..n]).into());
         at += n as u64;
-        if at % SYNC_EVERY == 0 {
+        if at.is_multiple_of(SYNC_EVERY) {
             dev.sync_data().map_err(|source| FlashError::Write { device: plan.device.clone(), at, source })?;
         }
         bar.set_position(at);
