@@ -113,11 +113,8 @@ impl Image {
             (Some(n), _) => n,
             (None, Some(m)) => m.size,
             // A zstd stream that does not say how big it is: measure it.
-            (None, None) => {
-                let mut r = Image { path: path.to_path_buf(), format, size: 0, manifest: None }.reader()?;
-                std::io::copy(&mut r, &mut std::io::sink())
-                    .map_err(|e| bad(format!("truncated or damaged zstd data: {e}")))?
-            }
+            (None, None) => std::io::copy(&mut decoder(path, format)?, &mut std::io::sink())
+                .map_err(|e| bad(format!("truncated or damaged zstd data: {e}")))?,
         };
         if size == 0 {
             return Err(bad("it is empty".into()));
@@ -128,14 +125,18 @@ impl Image {
     /// The image's bytes, decompressed as they stream; corruption shows as
     /// a read error (both formats check their own checksums).
     pub fn reader(&self) -> Result<Box<dyn Read + Send>, FlashError> {
-        let io = |source| FlashError::Io { op: "read", path: self.path.clone(), source };
-        let file = BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?);
-        Ok(match self.format {
-            Format::Raw => Box::new(file),
-            Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io)?),
-            Format::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
-        })
+        decoder(&self.path, self.format)
     }
+}
+
+fn decoder(path: &Path, format: Format) -> Result<Box<dyn Read + Send>, FlashError> {
+    let io = |source| FlashError::Io { op: "read", path: path.to_path_buf(), source };
+    let file = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
+    Ok(match format {
+        Format::Raw => Box::new(file),
+        Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io)?),
+        Format::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
+    })
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -168,7 +169,8 @@ fn zstd_content_size(mut r: impl Read + Seek, len: u64) -> Result<Option<u64>, S
     let mut total = Some(0u64);
     let mut frames = 0;
     let truncated = |at: u64, what: &str| format!("truncated or damaged zstd data: {what} at byte {at} of {len}");
-    let read = |r: &mut dyn ReadSeek, pos: &mut u64, buf: &mut [u8], what: &str| {
+    // Reads `buf` at `pos` and moves on, or says where the file ended.
+    let read = |r: &mut dyn Read, pos: &mut u64, buf: &mut [u8], what: &str| {
         r.read_exact(buf).map_err(|_| truncated(*pos, what))?;
         *pos += buf.len() as u64;
         Ok::<(), String>(())
@@ -236,9 +238,6 @@ fn zstd_content_size(mut r: impl Read + Seek, len: u64) -> Result<Option<u64>, S
     }
     Ok(total)
 }
-
-trait ReadSeek: Read + Seek {}
-impl<T: Read + Seek> ReadSeek for T {}
 
 /// Seeks `n` bytes on; `Err(where the file ends)` when it ends first.
 fn skip(r: &mut impl Seek, pos: u64, n: u64, len: u64) -> Result<u64, u64> {
