@@ -9,6 +9,7 @@
 //! image in both slots → write the manifest next to the image. Nothing
 //! needs root or loop devices. `image-builder/IMAGE.md` says why.
 
+pub mod compress;
 pub mod cpio;
 pub mod disk;
 pub mod kernel;

@@ -49,6 +49,9 @@ enum Cmd {
         /// The operator's config-signing public key (from `osctl gen keys`).
         #[arg(long)]
         trust_key: PathBuf,
+        /// Also write the image compressed, as it is published: OUT.zst or OUT.xz.
+        #[arg(long, value_enum)]
+        compress: Option<image_builder::compress::Compression>,
     },
     /// Build a signed A/B upgrade bundle (.osb) for a board.
     Bundle {
@@ -79,10 +82,15 @@ fn options(c: Common, trust_key: PathBuf) -> image_builder::BuildOptions {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Build { common, trust_key } => {
+        Cmd::Build { common, trust_key, compress } => {
             let opts = options(common, trust_key);
             let m = image_builder::build(&opts).map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
             println!("{}", opts.out.display());
+            if let Some(how) = compress {
+                let out = image_builder::compress::compress(&opts.out, how)
+                    .map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
+                println!("{}", out.display());
+            }
             eprintln!(
                 "{} for {}: {} {}; manifest {}",
                 opts.out.display(),

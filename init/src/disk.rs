@@ -125,6 +125,12 @@ impl Disk {
         Ok(machinery::bundle::hex(&h.finalize()))
     }
 
+    /// Partition `label` as a stream of its own bytes (for fatfs).
+    pub fn window(&self, label: &str) -> Result<Window<'_>, DiskError> {
+        let p = self.partition(label)?;
+        Ok(Window { file: &self.file, start: p.offset, len: p.size, pos: 0 })
+    }
+
     /// The EFI partition's file system.
     pub fn efi(&self) -> Result<Efi<'_>, DiskError> {
         let p = self.partition(layout::EFI)?.clone();
@@ -139,7 +145,7 @@ impl Disk {
 }
 
 /// A partition as a stream of its own bytes (positioned reads and writes).
-struct Window<'a> {
+pub struct Window<'a> {
     file: &'a File,
     start: u64,
     len: u64,

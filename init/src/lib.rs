@@ -12,6 +12,7 @@ pub mod machine;
 pub mod net;
 pub mod pid1;
 pub mod power;
+pub mod seed;
 pub mod store;
 pub mod supervisor;
 pub mod system;

@@ -172,7 +172,7 @@ impl Machine {
                 store.clear(Slot::Staged)?;
             }
         }
-        let (active, safe) = match store.load(Slot::Active) {
+        let (mut active, safe) = match store.load(Slot::Active) {
             Ok(active) => (active, None),
             Err(e) => {
                 unreadable("stored", &e);
@@ -212,6 +212,20 @@ impl Machine {
                 }
             }
         };
+        // First boot of a flashed card: the signed config `osctl image
+        // flash --config` put on the boot partition (never in safe mode).
+        if active.is_none()
+            && safe.is_none()
+            && let Some(s) = &settings.slots
+        {
+            active = crate::seed::adopt(&s.disk, &store).unwrap_or_else(|e| {
+                event(&events, "config", format!("seed config not adopted, staying in maintenance mode: {e}"));
+                None
+            });
+            if let Some(a) = &active {
+                event(&events, "config", format!("config version {} adopted from the seed config", a.config.version));
+            }
+        }
         match &active {
             Some(s) => {
                 event(&events, "config", format!("config version {} loaded", s.config.version));

@@ -1,11 +1,13 @@
 //! osctl: the operator CLI for Plinth nodes.
 //!
 //! Exit codes: 0 success; 1 failure; 2 bad usage; 3 invalid config (nothing
-//! was sent); 4 refused by the node (signature, role, version, mode);
-//! 5 node unreachable or TLS refused.
+//! was sent or written); 4 refused by the node (signature, role, version,
+//! mode) or by `image flash`'s checks (nothing written); 5 node unreachable
+//! or TLS refused.
 
 pub mod clientconfig;
 pub mod connect;
+pub mod flash;
 mod generate;
 mod output;
 
@@ -151,6 +153,48 @@ pub enum Command {
     Reboot,
     /// Stop the node's services and power it off.
     Shutdown,
+    /// Work with disk images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Write an image to an SD card or USB stick, verify it, and optionally
+    /// put a signed config on it for the first boot (docs/flashing.md).
+    Flash(FlashArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FlashArgs {
+    /// The image (`image-builder build`): `.img`, `.img.zst` or `.img.xz`.
+    #[arg(long, required_unless_present = "list")]
+    pub image: Option<PathBuf>,
+    /// The whole SD card or USB stick: /dev/sdX, /dev/mmcblkN, /dev/disk/by-id/….
+    #[arg(long, required_unless_present = "list")]
+    pub device: Option<PathBuf>,
+    /// A machine config for the node's first boot: TOML (validated and
+    /// signed with the context's key) or an envelope from `osctl sign`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Signing key for --config (PKCS#8 PEM); default: the context's.
+    #[arg(long, requires = "config")]
+    pub key: Option<PathBuf>,
+    /// Refuse an image not built for this board (from its manifest).
+    #[arg(long)]
+    pub board: Option<String>,
+    /// Flash a disk that is not removable or is bigger than 256 GiB.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask before overwriting the device.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// List the disks that could take an image, and why others cannot.
+    #[arg(long, conflicts_with_all = ["image", "device", "config", "board"])]
+    pub list: bool,
+    /// Tests only: --device is a regular file standing in for a disk.
+    #[arg(long, hide = true)]
+    pub device_is_file: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,6 +228,8 @@ impl From<Mode> for ApplyMode {
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
     Refused(String),
@@ -197,6 +243,7 @@ impl Failure {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Failure::Other(_) => 1,
+            Failure::Usage(_) => 2,
             Failure::Invalid(_) => 3,
             Failure::Refused(_) => 4,
             Failure::Unreachable(_) => 5,
@@ -215,6 +262,16 @@ impl From<connect::ConnectError> for Failure {
         match e {
             connect::ConnectError::Connect { .. } => Failure::Unreachable(e.to_string()),
             other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<flash::FlashError> for Failure {
+    fn from(e: flash::FlashError) -> Self {
+        match e {
+            flash::FlashError::Usage(_) => Failure::Usage(e.to_string()),
+            e if e.is_refusal() => Failure::Refused(e.to_string()),
+            e => Failure::Other(e.to_string()),
         }
     }
 }
@@ -607,6 +664,100 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Reboot => power(cli.global, true).await,
         Command::Shutdown => power(cli.global, false).await,
+        Command::Image(ImageCommand::Flash(args)) => image_flash(cli.global, &args),
+    }
+}
+
+/// The envelope `image flash --config` puts on the device: a TOML config
+/// validated and signed here, or an envelope whose config is validated.
+fn seed_envelope(global: Global, file: &Path, key: Option<&PathBuf>) -> Result<(Vec<u8>, MachineConfig), Failure> {
+    let bytes = read_file(file)?;
+    if bytes.starts_with(b"plinth-signed v1\n") {
+        let (config, _) =
+            signing::envelope_decode(&bytes).map_err(|e| Failure::Invalid(format!("{}: {e}", file.display())))?;
+        let parsed = validate_file(file, &config)?;
+        return Ok((bytes, parsed));
+    }
+    let parsed = validate_file(file, &bytes)?;
+    let key = Session::open(global)?.signing_key(key)?;
+    let sig = signing::sign(Purpose::Config, &key, &bytes);
+    Ok((signing::envelope_encode(&bytes, &sig), parsed))
+}
+
+fn image_flash(global: Global, args: &FlashArgs) -> Result<(), Failure> {
+    let fmt = global.output;
+    let host = flash::Host::real();
+    if args.list {
+        output::disks(fmt, &host.list());
+        return Ok(());
+    }
+    let (Some(image), Some(device)) = (&args.image, &args.device) else {
+        return Err(Failure::Usage("--image and --device are required (or --list)".into()));
+    };
+    let seed = args.config.as_ref().map(|c| seed_envelope(global, c, args.key.as_ref())).transpose()?;
+    let plan = flash::plan(&host, image, device, args.board.as_deref(), args.force, args.device_is_file)?;
+    if !args.yes {
+        confirm(&plan)?;
+    }
+    let report = flash::execute(&plan, seed.as_ref().map(|(env, _)| env.as_slice()))?;
+    match fmt {
+        Format::Json => output::json(&serde_json::to_value(&report).unwrap_or_default()),
+        Format::Table => {
+            let mib = report.bytes as f64 / (1 << 20) as f64;
+            println!(
+                "wrote {} ({:.0} MiB, {}) to {} in {:.1}s ({:.0} MiB/s), read back and verified in {:.1}s",
+                report.image.display(),
+                mib,
+                report.format,
+                report.device.display(),
+                report.write_seconds,
+                mib / report.write_seconds.max(0.001),
+                report.verify_seconds
+            );
+            if let (Some(at), Some((_, c))) = (&report.seed, &seed) {
+                println!(
+                    "config version {} for {} put at {at}: the node adopts it at first boot",
+                    c.version, c.machine.hostname
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks before overwriting a device (on a terminal; elsewhere --yes is needed).
+fn confirm(plan: &flash::Plan) -> Result<(), Failure> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Usage(format!(
+            "not asking on a non-interactive input: pass --yes to overwrite {}",
+            plan.device.display()
+        )));
+    }
+    let what = plan
+        .disk
+        .as_ref()
+        .map(|d| {
+            format!(
+                " ({}, {} MiB, {})",
+                if d.model.is_empty() { "no model" } else { &d.model },
+                d.size >> 20,
+                d.transport
+            )
+        })
+        .unwrap_or_default();
+    eprint!(
+        "Write {} ({} MiB) to {}{what}? Everything on it is lost. [y/N] ",
+        plan.image.path.display(),
+        plan.image.size >> 20,
+        plan.device.display()
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    match answer.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err(Failure::Other("not confirmed: nothing was written".into())),
     }
 }
 

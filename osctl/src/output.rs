@@ -221,6 +221,59 @@ pub fn event(fmt: Format, node: &str, e: &api::Event) {
 
 /// A byte progress bar on stderr when it is a terminal (hidden otherwise,
 /// so scripts and CI logs stay clean).
+/// `image flash --list`: the disks, and why some cannot be flashed.
+pub fn disks(fmt: Format, disks: &[crate::flash::DiskInfo]) {
+    let note = |d: &crate::flash::DiskInfo| {
+        if d.system {
+            format!("system disk: {}", d.in_use.join("; "))
+        } else if !d.in_use.is_empty() {
+            format!("in use: {}", d.in_use.join("; "))
+        } else if d.size > crate::flash::MAX_SIZE {
+            "bigger than 256 GiB (--force)".to_string()
+        } else if !d.is_removable_media() {
+            "not removable (--force)".to_string()
+        } else {
+            "candidate".to_string()
+        }
+    };
+    match fmt {
+        Format::Json => json(&serde_json::Value::Array(
+            disks
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "device": format!("/dev/{}", d.name), "size": d.size, "removable": d.removable,
+                        "transport": d.transport, "model": d.model, "in_use": d.in_use, "system": d.system,
+                        "candidate": d.in_use.is_empty() && d.is_removable_media() && d.size <= crate::flash::MAX_SIZE,
+                    })
+                })
+                .collect(),
+        )),
+        Format::Table => {
+            let mut t = Table::new(&["DEVICE", "SIZE", "TRANSPORT", "REMOVABLE", "MODEL", "NOTE"]);
+            for d in disks {
+                t.row(vec![
+                    format!("/dev/{}", d.name),
+                    size(d.size),
+                    d.transport.clone(),
+                    if d.removable { "yes" } else { "no" }.to_string(),
+                    d.model.clone(),
+                    note(d),
+                ]);
+            }
+            t.print();
+        }
+    }
+}
+
+/// Bytes as a person reads a disk's size.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b => format!("{} MiB", b >> 20),
+    }
+}
+
 pub fn progress(total: u64, msg: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal as _;
     if !std::io::stderr().is_terminal() {
