@@ -5,8 +5,8 @@
 //!
 //! Consulted only at a boot with no stored config. The seed is checked as
 //! ApplyConfig checks a config (`ConfigStore::verify`: the signature
-//! against the trusted key, then validation; then a version above the
-//! none applied), stored on STATE, and only then removed from the FAT, so
+//! against the trusted key, then validation, which holds `version` to 1 or
+//! more: above the none applied), stored on STATE, and only then removed from the FAT, so
 //! a card with a stale seed cannot apply it again once the node has moved
 //! on. A seed that does not verify is reported and left alone: the node
 //! stays in maintenance mode.
@@ -29,8 +29,6 @@ pub enum SeedError {
     Envelope { label: String, file: &'static str, why: String },
     #[error("{label}:{file}: {source}")]
     Verify { label: String, file: &'static str, source: VerifyFailure },
-    #[error("{label}:{file}: config version 0 is not newer than the none applied: raise `version` and sign again")]
-    Version { label: String, file: &'static str },
     #[error("{label}:{file}: storing it on STATE: {source}")]
     Store { label: String, file: &'static str, source: StoreError },
 }
@@ -77,9 +75,6 @@ pub fn adopt_from<S: Read + Write + Seek>(
         file,
         source,
     })?;
-    if signed.config.version == 0 {
-        return Err(SeedError::Version { label: label.to_string(), file });
-    }
     store.save(Slot::Active, &signed).map_err(|source| SeedError::Store { label: label.to_string(), file, source })?;
     // Stored: from here on the node has a config, and the seed goes.
     fs.root_dir().remove(file.trim_start_matches('/')).map_err(fat_err("remove"))?;
