@@ -342,7 +342,7 @@ impl Slots {
         let write = t.elapsed();
         let reboot = !opts.stage;
         let summary = format!(
-            "Plinth {} written to slot {} in {:.1} s (received in {:.1} s{}) and armed for one trial boot; {}",
+            "Plinth {} written to slot {} in {:.1} s (received in {:.1} s{}) and armed for a trial boot; {}",
             m.version,
             target.name(),
             write.as_secs_f64(),
