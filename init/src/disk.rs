@@ -1,7 +1,11 @@
 //! The boot disk as one file: its GPT partitions by label, each a window
-//! of bytes, and the EFI partition's boot entries read and renamed through
-//! `fatfs` — no mounts, no kernel FAT driver. PID 1 opens the real disk
-//! (`/dev/vda`); host mode and tests open an image file the same way.
+//! of bytes, the EFI partition's boot entries read and renamed through
+//! `fatfs`, and the Raspberry Pi's FAT files (`autoboot.txt` rewritten in
+//! place, `cmdline.txt`) — no mounts, no kernel FAT driver. PID 1 opens the
+//! real disk (`/dev/vda`); host mode and tests open an image file the same
+//! way.
+
+use std::cell::Cell;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,6 +30,14 @@ pub enum DiskError {
     EfiFull { path: PathBuf, what: String, need: u64, free: u64 },
     #[error("{path}: {what} reads back with sha256 {found}, {expected} was written: the disk did not keep it")]
     ReadBack { path: PathBuf, what: String, expected: String, found: String },
+    #[error("{path}: partition {label}: {op}: {source}")]
+    PartFat { path: PathBuf, label: String, op: String, source: std::io::Error },
+    #[error("{path}: partition {label}: {detail}")]
+    BootFile { path: PathBuf, label: String, detail: String },
+    #[error(transparent)]
+    Slot(#[from] machinery::slots::SlotError),
+    #[error("{path}: {source}")]
+    Record { path: PathBuf, source: std::io::Error },
 }
 
 /// One partition: where it is on the disk.
@@ -128,13 +140,13 @@ impl Disk {
     /// Partition `label` as a stream of its own bytes (for fatfs).
     pub fn window(&self, label: &str) -> Result<Window<'_>, DiskError> {
         let p = self.partition(label)?;
-        Ok(Window { file: &self.file, start: p.offset, len: p.size, pos: 0 })
+        Ok(Window { file: &self.file, start: p.offset, len: p.size, pos: 0, read_at: None })
     }
 
     /// The EFI partition's file system.
     pub fn efi(&self) -> Result<Efi<'_>, DiskError> {
         let p = self.partition(layout::EFI)?.clone();
-        let window = Window { file: &self.file, start: p.offset, len: p.size, pos: 0 };
+        let window = Window { file: &self.file, start: p.offset, len: p.size, pos: 0, read_at: None };
         let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new()).map_err(|source| DiskError::Fat {
             path: self.path.clone(),
             op: "open".into(),
@@ -144,16 +156,140 @@ impl Disk {
     }
 }
 
+/// A boot file found on a FAT partition, for writing in place: its bytes
+/// and where its data starts on the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPlace {
+    pub bytes: Vec<u8>,
+    pub offset: u64,
+}
+
+impl Disk {
+    fn part_fat_err(&self, label: &str, op: String) -> impl FnOnce(std::io::Error) -> DiskError {
+        let (path, label) = (self.path.clone(), label.to_string());
+        move |source| DiskError::PartFat { path, label, op, source }
+    }
+
+    fn fat_fs<'a>(
+        &'a self,
+        label: &str,
+        read_at: Option<&'a Cell<u64>>,
+    ) -> Result<fatfs::FileSystem<Window<'a>>, DiskError> {
+        let p = self.partition(label)?;
+        let window = Window { file: &self.file, start: p.offset, len: p.size, pos: 0, read_at };
+        fatfs::FileSystem::new(window, fatfs::FsOptions::new()).map_err(self.part_fat_err(label, "open FAT".into()))
+    }
+
+    /// Reads a file of exactly `len` bytes (one sector) on FAT partition
+    /// `label`, and finds where its data is on the disk: the position of
+    /// fatfs's read of it, checked against the raw bytes there. Writing
+    /// there later changes the file without touching its directory entry.
+    pub fn find_in_place(&self, label: &str, file: &str, len: usize) -> Result<InPlace, DiskError> {
+        let at = Cell::new(0);
+        let fs = self.fat_fs(label, Some(&at))?;
+        let name = file.trim_start_matches('/');
+        let mut f = fs.root_dir().open_file(name).map_err(self.part_fat_err(label, format!("open {name}")))?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(self.part_fat_err(label, format!("read {name}")))?;
+        let boot_file = |detail: String| DiskError::BootFile { path: self.path.clone(), label: label.into(), detail };
+        if bytes.len() != len {
+            return Err(boot_file(format!(
+                "{name} is {} bytes, not {len}: it cannot be rewritten in place (an image not built for A/B?)",
+                bytes.len()
+            )));
+        }
+        // One read of a sector-sized file starting in its first cluster.
+        f.seek(SeekFrom::Start(0)).map_err(self.part_fat_err(label, format!("seek {name}")))?;
+        let mut first = vec![0u8; len];
+        f.read_exact(&mut first).map_err(self.part_fat_err(label, format!("read {name}")))?;
+        let offset = at.get();
+        let mut raw = vec![0u8; len];
+        self.file.read_exact_at(&mut raw, offset).map_err(self.io("read"))?;
+        if raw != bytes || !offset.is_multiple_of(512) {
+            return Err(boot_file(format!("{name}: its data is not one aligned sector at byte {offset}")));
+        }
+        Ok(InPlace { bytes, offset })
+    }
+
+    /// Overwrites a file found by [`Disk::find_in_place`] with bytes of the
+    /// same length, and flushes it to the device.
+    pub fn write_in_place(&self, at: &InPlace, bytes: &[u8]) -> Result<(), DiskError> {
+        if bytes.len() != at.bytes.len() {
+            return Err(DiskError::Io {
+                op: "write a file in place (the length changed) on",
+                path: self.path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        self.file.write_all_at(bytes, at.offset).map_err(self.io("write"))?;
+        self.file.sync_data().map_err(self.io("fsync"))
+    }
+
+    /// Reads a whole file from FAT partition `label`.
+    pub fn read_fat_file(&self, label: &str, file: &str) -> Result<Vec<u8>, DiskError> {
+        let fs = self.fat_fs(label, None)?;
+        let name = file.trim_start_matches('/');
+        let mut out = Vec::new();
+        fs.root_dir()
+            .open_file(name)
+            .and_then(|mut f| f.read_to_end(&mut out))
+            .map_err(self.part_fat_err(label, format!("read {name}")))?;
+        Ok(out)
+    }
+
+    /// Sets `plinth.slot=` in the `cmdline.txt` of FAT partition `label`,
+    /// in place (same length), and reads it back.
+    pub fn set_cmdline_slot(&self, label: &str, slot: Slot) -> Result<(), DiskError> {
+        let name = layout::RPI_CMDLINE_TXT.trim_start_matches('/');
+        let boot_file = |detail: String| DiskError::BootFile { path: self.path.clone(), label: label.into(), detail };
+        let text = String::from_utf8(self.read_fat_file(label, name)?)
+            .map_err(|_| boot_file(format!("{name} is not text")))?;
+        let at = text
+            .find(layout::CMDLINE_SLOT)
+            .map(|i| i + layout::CMDLINE_SLOT.len())
+            .filter(|&i| matches!(text.as_bytes().get(i..i + 2), Some([b'a' | b'b', b' ' | b'\n' | b'\r' | b'\t'])))
+            .ok_or_else(|| {
+                boot_file(format!("{name} has no {}a or {}b", layout::CMDLINE_SLOT, layout::CMDLINE_SLOT))
+            })?;
+        let mut new = text.into_bytes();
+        new[at] = slot.name().as_bytes()[0];
+        {
+            let fs = self.fat_fs(label, None)?;
+            let mut f = fs.root_dir().open_file(name).map_err(self.part_fat_err(label, format!("open {name}")))?;
+            f.write_all(&new).map_err(self.part_fat_err(label, format!("write {name}")))?;
+            f.flush().map_err(self.part_fat_err(label, format!("flush {name}")))?;
+            drop(f);
+            fs.unmount().map_err(self.part_fat_err(label, "unmount".into()))?;
+        }
+        self.sync()?;
+        let back = String::from_utf8_lossy(&self.read_fat_file(label, name)?).into_owned();
+        if Slot::from_cmdline(&back) != Some(slot) {
+            return Err(boot_file(format!("{name} reads back without {}{}", layout::CMDLINE_SLOT, slot.name())));
+        }
+        Ok(())
+    }
+
+    /// Whether the disk has the Raspberry Pi layout (`BOOT`, `BOOT-A`, `BOOT-B`).
+    pub fn is_rpi(&self) -> bool {
+        [layout::RPI_AUTOBOOT, layout::BOOT_A, layout::BOOT_B].iter().all(|l| self.partition(l).is_ok())
+    }
+}
+
 /// A partition as a stream of its own bytes (positioned reads and writes).
 pub struct Window<'a> {
     file: &'a File,
     start: u64,
     len: u64,
     pos: u64,
+    /// When set, where on the disk the last read started.
+    read_at: Option<&'a Cell<u64>>,
 }
 
 impl Read for Window<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(at) = self.read_at {
+            at.set(self.start + self.pos);
+        }
         let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
         let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
         self.pos += n as u64;

@@ -4,15 +4,18 @@
 //! traits: [`power::Power`], [`kmsg::KernelLog`].
 
 pub mod boot;
+pub mod clock;
 pub mod dhcp;
 pub mod disk;
 pub mod journal;
 pub mod kmsg;
+pub mod loader;
 pub mod machine;
 pub mod net;
 pub mod pid1;
 pub mod power;
 pub mod seed;
+pub mod sntp;
 pub mod store;
 pub mod supervisor;
 pub mod system;
@@ -81,6 +84,7 @@ struct Core {
 pub async fn run_host(opts: HostOptions) -> Result<(), InitError> {
     // Orphans of our services are re-parented to us, and reaped.
     nix::sys::prctl::set_child_subreaper(true).map_err(InitError::Subreaper)?;
+    let disk = opts.settings.slots.as_ref().map(|s| s.disk.clone());
     let core = Core {
         log_dir: opts.state_dir.join("logs"),
         state_dir: opts.state_dir,
@@ -91,6 +95,14 @@ pub async fn run_host(opts: HostOptions) -> Result<(), InitError> {
     let (action, _) = serve(core, Bring::Nothing).await?;
     match action {
         PowerAction::Reboot => power::HostPower.reboot(),
+        PowerAction::Tryboot => {
+            // The firmware's one-shot flag, for the next start's stand-in.
+            if let Some(disk) = disk {
+                let flag = loader::tryboot_flag(&disk);
+                std::fs::write(&flag, b"").map_err(socket_err("write the tryboot flag", &flag))?;
+            }
+            power::HostPower.reboot()
+        }
         PowerAction::PowerOff => Ok(()),
     }
 }
@@ -118,6 +130,12 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         .map_err(|source| InitError::TrustedKey { path: core.trusted_key.clone(), source })?;
 
     let events = Arc::new(Journal::new(1000));
+    // Before anything checks a certificate: the clock's floor.
+    let clock = core.settings.clock_floor.as_ref().map(|build_time| {
+        let k = clock::Keeper::new(Arc::new(clock::SystemClock), core.state_dir.join(clock::SAVED), events.clone());
+        k.apply_floor(build_time);
+        Arc::new(k)
+    });
     let supervisor = Supervisor::start(events.clone(), Some(core.log_dir.clone()))?;
     let store = ConfigStore::open(&core.state_dir.join("config"), trusted)?;
     let (power_tx, mut power_rx) = mpsc::channel(4);
@@ -129,8 +147,9 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         Arc::new(kmsg::Kmsg::default()),
         power_tx,
         core.settings.clone(),
-        slots,
+        machine::Hardware { slots: slots.clone(), clock: clock.clone() },
     )?;
+    machine.clock_floor_from_ca().await;
     // The trial's clock starts now: a boot that hangs later (the network,
     // a service) still ends in a fallback.
     machine.gate_trial();
@@ -151,6 +170,9 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
                             write_resolv_conf(&events, &dns);
                         }
                     }));
+                }
+                if let Some(clock) = &clock {
+                    tokio::spawn(clock.clone().keep(machine.ntp_servers().await, done.nameservers.clone()));
                 }
             }
             Err(e) => event(&events, "network", format!("network bring-up failed: {e}")),
@@ -206,5 +228,23 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
     event(&events, "power", format!("{action:?}: stopping services"));
     supervisor.stop_all().await;
     let _ = std::fs::remove_file(&socket);
+    if let Some(Err(e)) = clock.as_ref().map(|c| c.save()) {
+        event(&events, "clock", e.to_string());
+    }
+    let action = match (action, &slots) {
+        // A Pi with a trial armed: count the try, then reboot into it.
+        (PowerAction::Reboot, Some(slots)) => match tokio::task::block_in_place(|| slots.prepare_reboot()) {
+            Ok(machinery::slots::rpi::Reboot::Tryboot) => {
+                event(&events, "upgrade", format!("rebooting into slot {}'s trial", slots.booted().other().name()));
+                PowerAction::Tryboot
+            }
+            Ok(machinery::slots::rpi::Reboot::Normal) => PowerAction::Reboot,
+            Err(e) => {
+                event(&events, "upgrade", format!("cannot launch the armed trial: {e}; a plain reboot"));
+                PowerAction::Reboot
+            }
+        },
+        (a, _) => a,
+    };
     Ok((action, events))
 }

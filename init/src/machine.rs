@@ -13,6 +13,7 @@ use machinery::api::{self, ApplyMode, NodeMode, machine_service_server::MachineS
 use machinery::config::{self, MachineConfig};
 use machinery::layout;
 use machinery::slots::View;
+use machinery::slots::rpi::AtBoot;
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -28,6 +29,9 @@ use crate::upgrade::{self, Slots};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerAction {
     Reboot,
+    /// Reboot into the armed trial slot (a Raspberry Pi's `"0 tryboot"`);
+    /// only the end of `serve` turns a [`PowerAction::Reboot`] into this.
+    Tryboot,
     PowerOff,
 }
 
@@ -38,10 +42,21 @@ pub struct NodeSettings {
     pub api_listen: Option<String>,
     /// Extra names for apid's serving certificate.
     pub extra_sans: Vec<String>,
+    /// PID 1: keep the clock, with the image's build time here as its
+    /// first floor (`layout::ROOT_BUILD_TIME`).
+    pub clock_floor: Option<std::path::PathBuf>,
     /// The A/B disk, when the node has one (PID 1, or host mode with --disk).
     pub slots: Option<crate::upgrade::SlotSettings>,
     /// The control plane, run on a `controlplane` node.
     pub orchestrator: Option<OrchestratorSettings>,
+}
+
+/// What PID 1 (or host mode's stand-ins) gives the machine besides its
+/// config: the A/B disk, and the clock it keeps.
+#[derive(Default)]
+pub struct Hardware {
+    pub slots: Option<Arc<Slots>>,
+    pub clock: Option<Arc<crate::clock::Keeper>>,
 }
 
 /// How init runs the orchestrator.
@@ -105,6 +120,8 @@ pub struct Machine {
     started: Instant,
     maintenance_cert: machinery::pki::CertKey,
     slots: Option<Arc<Slots>>,
+    /// PID 1 keeps the clock (no real-time clock on some boards).
+    clock: Option<Arc<crate::clock::Keeper>>,
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -139,8 +156,9 @@ impl Machine {
         kernel_log: Arc<dyn KernelLog>,
         power: mpsc::Sender<PowerAction>,
         settings: NodeSettings,
-        slots: Option<Arc<Slots>>,
+        hardware: Hardware,
     ) -> Result<Arc<Machine>, InitError> {
+        let Hardware { slots, clock } = hardware;
         // A stored config that cannot be read never stops the boot (that
         // would reboot for ever): it is reported and set aside.
         let unreadable = |what: &str, e: &dyn std::fmt::Display| {
@@ -254,7 +272,26 @@ impl Machine {
             started: Instant::now(),
             maintenance_cert,
             slots,
+            clock,
         }))
+    }
+
+    /// Raises the clock to the applied config's CA's notBefore (PID 1):
+    /// before the orchestrator or apid checks a certificate it issued.
+    pub async fn clock_floor_from_ca(&self) {
+        let st = self.state.lock().await;
+        if let (Some(clock), Some(active)) = (&self.clock, &st.active) {
+            clock.raise_to_ca(&active.config.api.ca_cert);
+        }
+    }
+
+    /// The NTP servers of the applied config (the default without one).
+    pub async fn ntp_servers(&self) -> Vec<String> {
+        let st = self.state.lock().await;
+        st.active.as_ref().map_or_else(
+            || config::DEFAULT_NTP.iter().map(|s| s.to_string()).collect(),
+            |a| a.config.machine.ntp_servers(),
+        )
     }
 
     /// The applied config's network section, if a config is applied.
@@ -566,6 +603,10 @@ impl Machine {
             });
         };
         let c = &active.config;
+        // Before apid checks a client certificate: not before its CA.
+        if let Some(clock) = &self.clock {
+            clock.raise_to_ca(&c.api.ca_cert);
+        }
         let serving = match (&c.api.cert, &c.api.key, &c.api.ca_key) {
             (Some(cert), Some(key), _) => machinery::pki::CertKey { cert_pem: cert.clone(), key_pem: key.clone() },
             (_, _, Some(ca_key)) => {
@@ -933,11 +974,40 @@ impl Machine {
         })
     }
 
-    /// At boot: commits a slot on trial once the services have run for
-    /// [`upgrade::HEALTHY_FOR`] without a restart; otherwise reboots after
-    /// its health timeout and the boot loader falls back.
+    /// At boot: finishes what a power cut interrupted (on a Pi, launches a
+    /// cut-off trial again while it has tries), then commits a slot on
+    /// trial once the services have run for [`upgrade::HEALTHY_FOR`]
+    /// without a restart; otherwise marks the trial failed and reboots
+    /// after its health timeout, and the boot loader falls back.
     pub fn gate_trial(self: &Arc<Self>) {
         let Some(slots) = self.slots.clone() else { return };
+        let booted = slots.booted().name();
+        match tokio::task::block_in_place(|| slots.at_boot()) {
+            Ok(AtBoot::Relaunch { slot, left, done }) => {
+                event(
+                    &self.events,
+                    "upgrade",
+                    format!(
+                        "slot {}'s trial boot ended without a commit (power cut, crash or watchdog; {done} tried, \
+                         {left} left): launching it again",
+                        slot.name()
+                    ),
+                );
+                let _ = self.power.try_send(PowerAction::Reboot);
+                return;
+            }
+            Ok(AtBoot::Stray) => {
+                event(
+                    &self.events,
+                    "upgrade",
+                    format!("slot {booted} is neither committed nor on trial: rebooting into the committed slot"),
+                );
+                let _ = self.power.try_send(PowerAction::Reboot);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => event(&self.events, "upgrade", format!("cannot settle the boot state: {e}")),
+        }
         let (this, other) = match slots.boot_view() {
             Ok(v) => v,
             Err(e) => {
@@ -945,7 +1015,6 @@ impl Machine {
                 return;
             }
         };
-        let booted = slots.booted().name();
         if other == View::Failed {
             event(
                 &self.events,
@@ -1010,6 +1079,9 @@ impl Machine {
                     }
                     return;
                 }
+            }
+            if let Err(e) = tokio::task::block_in_place(|| slots.give_up()) {
+                event(&me.events, "upgrade", format!("cannot mark slot {booted}'s trial failed: {e}"));
             }
             event(
                 &me.events,

@@ -61,16 +61,8 @@ async fn host() {
     });
     let slots = match args.disk {
         None => None,
-        Some(disk) => match init::upgrade::simulate_boot_loader(&disk) {
-            Ok(booted) => Some(init::upgrade::SlotSettings {
-                disk,
-                booted,
-                board: args.board,
-                version: machinery::VERSION.to_string(),
-                record: args.state_dir.join("slots.json"),
-                stage_dir: args.state_dir.join("upgrade"),
-                health_timeout: args.health_timeout.into(),
-            }),
+        Some(disk) => match init::upgrade::host_slots(disk, &args.state_dir, args.board, args.health_timeout.into()) {
+            Ok(slots) => Some(slots),
             Err(e) => {
                 eprintln!("plinth-init: {e}");
                 std::process::exit(1);
@@ -92,6 +84,8 @@ async fn host() {
             extra_sans: args.cert_sans,
             slots,
             orchestrator,
+            // Host mode never sets the host's clock.
+            clock_floor: None,
         },
     };
     if let Err(e) = init::run_host(opts).await {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use machinery::layout;
+use machinery::slots::rpi;
 
 use crate::boot::{self, Formatted};
 use crate::machine::{KubeletSettings, NodeSettings, OrchestratorSettings, PowerAction};
@@ -96,12 +97,40 @@ fn finish(sys: &dyn System, action: PowerAction) -> ! {
     let mode = match action {
         PowerAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
         PowerAction::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+        PowerAction::Tryboot => {
+            if let Err(e) = reboot_tryboot() {
+                tracing::error!("reboot(2) with {:?} failed: {e}; a plain reboot falls back", rpi::TRYBOOT_REBOOT_ARG);
+            }
+            nix::sys::reboot::RebootMode::RB_AUTOBOOT
+        }
     };
     loop {
         let Err(e) = nix::sys::reboot::reboot(mode);
         tracing::error!("reboot(2) failed: {e}; retrying");
         std::thread::sleep(Duration::from_secs(5));
     }
+}
+
+/// `reboot(2)` with `LINUX_REBOOT_CMD_RESTART2` and
+/// [`rpi::TRYBOOT_REBOOT_ARG`]: the Raspberry Pi firmware's one-shot
+/// tryboot (nix has no RESTART2). Returns only on failure.
+#[allow(unsafe_code)]
+fn reboot_tryboot() -> nix::Result<()> {
+    use nix::libc;
+    let arg = std::ffi::CString::new(rpi::TRYBOOT_REBOOT_ARG).map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: the reboot syscall with its two magic numbers, a command and
+    // a pointer to a NUL-terminated string that outlives the call; the
+    // kernel only reads it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_reboot,
+            libc::LINUX_REBOOT_MAGIC1,
+            libc::LINUX_REBOOT_MAGIC2,
+            libc::LINUX_REBOOT_CMD_RESTART2,
+            arg.as_ptr(),
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
 }
 
 /// Makes sure fds 0–2 are open (on the console, else /dev/null): when the
@@ -148,6 +177,9 @@ pub fn run() -> ! {
     let (board, version) = crate::upgrade::running_image();
     tracing::info!("Plinth {version} for {board}, slot {}", slot.name());
     let slots = crate::upgrade::disk_of(&root_dev).map(|disk| crate::upgrade::SlotSettings {
+        loader: crate::disk::Disk::open(&disk).map_or(crate::loader::Loader::SdBoot, |d| {
+            crate::loader::Loader::detect(&d, &state_dir.join(crate::upgrade::TRIAL_RECORD))
+        }),
         disk,
         booted: slot,
         board,
@@ -175,6 +207,7 @@ pub fn run() -> ! {
                     image_dir: PathBuf::from(layout::ROOT_IMAGES),
                 }),
             }),
+            clock_floor: Some(PathBuf::from(layout::ROOT_BUILD_TIME)),
             ..NodeSettings::default()
         },
     };

@@ -8,11 +8,12 @@
 //! 2. the payload is staged on EPHEMERAL while each part is hashed: a
 //!    truncated or corrupted bundle is refused with both slots untouched;
 //! 3. only then is the other slot's boot entry removed, its root written
-//!    and read back, its UKI written and read back under a temporary name;
-//! 4. the running slot is demoted and the new entry renamed into place with
-//!    one try (`machinery::slots`): a power cut before this step boots the
-//!    old slot (the new one has no entry), after it the boot loader tries the
-//!    new slot once and falls back by itself.
+//!    and read back, its boot files written and read back where the boot
+//!    loader does not see them (a UKI under a temporary name; a Pi's boot
+//!    partition, no longer named by `autoboot.txt`);
+//! 4. the new slot is armed for a trial (`crate::loader`): a power cut
+//!    before this step boots the old slot, after it the new slot is tried
+//!    and, unless it commits, the boot loader falls back by itself.
 
 use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -23,23 +24,24 @@ use machinery::api::{self, upgrade_chunk::Chunk};
 use machinery::bundle::{self, BundleError, BundleManifest, Header};
 use machinery::layout::{self, Slot};
 use machinery::signing::VerifyingKey;
-use machinery::slots::{BootState, View, sdboot};
+use machinery::slots::rpi::{AtBoot, Reboot};
+use machinery::slots::{BootState, View};
 use sha2::{Digest as _, Sha256};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::Status;
 
 use crate::disk::{Disk, DiskError};
 use crate::journal::Journal;
+use crate::loader::Loader;
 use crate::supervisor::event;
-
-/// Tries a new slot gets: one boot.
-const TRIAL_TRIES: u32 = 1;
 
 /// Where the node's disk is and what it runs.
 #[derive(Debug, Clone)]
 pub struct SlotSettings {
     /// The whole boot disk (`/dev/vda`), or an image file in host mode.
     pub disk: PathBuf,
+    /// Its boot loader.
+    pub loader: Loader,
     /// The slot this boot runs from.
     pub booted: Slot,
     /// The board the running image was built for.
@@ -72,6 +74,7 @@ fn refused(e: BundleError) -> Status {
 fn disk_status(e: DiskError) -> Status {
     match e {
         DiskError::EfiFull { .. } => Status::resource_exhausted(e.to_string()),
+        DiskError::Slot(_) => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
@@ -173,7 +176,7 @@ impl Slots {
 
     /// The boot state on disk.
     pub fn state(&self) -> Result<BootState, DiskError> {
-        Disk::open(&self.settings.disk)?.efi()?.state()
+        self.settings.loader.state(&Disk::open(&self.settings.disk)?)
     }
 
     /// Both slots, for `version`.
@@ -204,14 +207,7 @@ impl Slots {
     /// Commits the slot on trial that is running.
     pub fn commit(&self) -> Result<(), DiskError> {
         let disk = Disk::open(&self.settings.disk)?;
-        let efi = disk.efi()?;
-        let old = efi.state()?;
-        let mut new = old;
-        new.commit(self.settings.booted);
-        efi.apply(&old, &new)?;
-        efi.close()?;
-        // A commit lost to a power cut would fail the slot at its next boot.
-        disk.sync()?;
+        self.settings.loader.commit(&disk, self.settings.booted)?;
         let mut r = self.record();
         r.set(self.settings.booted, &self.settings.version);
         let _ = self.save_record(&r);
@@ -220,15 +216,24 @@ impl Slots {
 
     /// Makes the other, committed slot the one that boots.
     pub fn rollback(&self) -> Result<Slot, Status> {
-        let disk = self.disk()?;
-        let efi = disk.efi().map_err(disk_status)?;
-        let old = efi.state().map_err(disk_status)?;
-        let mut new = old;
-        let target = new.rollback(self.settings.booted).map_err(|e| Status::failed_precondition(e.to_string()))?;
-        efi.apply(&old, &new).map_err(disk_status)?;
-        efi.close().map_err(disk_status)?;
-        disk.sync().map_err(disk_status)?;
-        Ok(target)
+        self.settings.loader.rollback(&self.disk()?, self.settings.booted).map_err(disk_status)
+    }
+
+    /// The slot on trial did not become healthy: do not try it again.
+    pub fn give_up(&self) -> Result<(), DiskError> {
+        self.settings.loader.give_up(&Disk::open(&self.settings.disk)?, self.settings.booted)
+    }
+
+    /// Just before a reboot: whether it must launch a trial (a Pi's
+    /// tryboot), the try counted first.
+    pub fn prepare_reboot(&self) -> Result<Reboot, DiskError> {
+        self.settings.loader.prepare_reboot(&Disk::open(&self.settings.disk)?, self.settings.booted)
+    }
+
+    /// At boot, before the health gate: what this boot is, once what a
+    /// power cut interrupted is finished.
+    pub fn at_boot(&self) -> Result<AtBoot, DiskError> {
+        self.settings.loader.at_boot(&Disk::open(&self.settings.disk)?, self.settings.booted)
     }
 
     /// Payload bytes already staged for the bundle whose manifest has this
@@ -337,7 +342,7 @@ impl Slots {
         let write = t.elapsed();
         let reboot = !opts.stage;
         let summary = format!(
-            "Plinth {} written to slot {} in {:.1} s (received in {:.1} s{}) and armed for one trial boot; {}",
+            "Plinth {} written to slot {} in {:.1} s (received in {:.1} s{}) and armed for a trial boot; {}",
             m.version,
             target.name(),
             write.as_secs_f64(),
@@ -361,18 +366,20 @@ impl Slots {
 
     /// Refuses a bundle whose parts cannot fit, before anything is kept.
     fn check_room(&self, m: &BundleManifest, target: Slot) -> Result<(), Status> {
+        let boot_part = self.settings.loader.boot_part();
+        let carried = m.boot_part().map_err(refused)?;
+        if carried != boot_part {
+            return Err(refused(BundleError::BootMethod { bundle: carried, node: boot_part }));
+        }
         for p in &m.parts {
-            if p.name != bundle::PART_UKI && p.name != bundle::PART_ROOT {
+            if p.name != boot_part && p.name != bundle::PART_ROOT {
                 return Err(refused(BundleError::Manifest(format!("unknown part {:?}", p.name))));
             }
         }
         let disk = self.disk()?;
         let root = disk.partition(target.root_label()).map_err(disk_status)?.size;
-        let efi = disk.efi().map_err(disk_status)?;
-        // The target's old entry makes room when it is removed.
-        let old_entry = efi.read_entry(target).map_err(disk_status)?.map_or(0, |u| u.len() as u64);
-        let efi_room = efi.free().map_err(disk_status)? + old_entry;
-        for (name, room) in [(bundle::PART_ROOT, root), (bundle::PART_UKI, efi_room)] {
+        let boot_room = self.settings.loader.room(&disk, target).map_err(disk_status)?;
+        for (name, room) in [(bundle::PART_ROOT, root), (boot_part, boot_room)] {
             let size = m.part(name).map_or(0, |p| p.size);
             if size > room {
                 return Err(refused(BundleError::TooBig { name: name.into(), size, room }));
@@ -384,64 +391,34 @@ impl Slots {
     /// Writes the staged parts to `target` (blocking).
     fn install(&self, payload: &Path, staged: &[Staged], target: Slot) -> Result<(), Status> {
         let disk = self.disk()?;
+        let loader = &self.settings.loader;
         let part = |name: &str| {
             staged.iter().find(|s| s.name == name).ok_or_else(|| Status::internal(format!("{name} was not staged")))
         };
-        let (root, uki) = (part(bundle::PART_ROOT)?, part(bundle::PART_UKI)?);
+        let (root, boot) = (part(bundle::PART_ROOT)?, part(loader.boot_part())?);
         // The other slot loses its entry before its root is overwritten.
-        {
-            let efi = disk.efi().map_err(disk_status)?;
-            let old = efi.state().map_err(disk_status)?;
-            let mut cleared = old;
-            cleared.clear(target, self.settings.booted).map_err(|e| Status::internal(e.to_string()))?;
-            efi.apply(&old, &cleared).map_err(disk_status)?;
-        }
-        // On the disk before the root is touched: without the flush the
-        // kernel may write root blocks back before the entry's removal.
-        disk.sync().map_err(disk_status)?;
+        loader.clear(&disk, target, self.settings.booted).map_err(disk_status)?;
         tracing::info!("upgrade: slot {}: boot entry removed, writing its root", target.name());
-        let label = target.root_label();
         let f = std::fs::File::open(payload).map_err(io_status("open", payload))?;
-        let read_part = |s: &Staged, at: u64, buf: &mut [u8]| {
-            std::os::unix::fs::FileExt::read_exact_at(&f, buf, s.offset + at).map_err(io_status("read", payload))
+        let reader = |s: &Staged| {
+            let (f, offset) = (&f, s.offset);
+            move |at: u64, buf: &mut [u8]| {
+                std::os::unix::fs::FileExt::read_exact_at(f, buf, offset + at).map_err(|source| DiskError::Io {
+                    op: "read the staged bundle",
+                    path: payload.to_path_buf(),
+                    source,
+                })
+            }
         };
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = 0u64;
-        while at < root.size {
-            let n = (root.size - at).min(buf.len() as u64) as usize;
-            read_part(root, at, &mut buf[..n])?;
-            disk.write_at(label, at, &buf[..n]).map_err(disk_status)?;
-            at += n as u64;
-        }
-        disk.sync().map_err(disk_status)?;
-        let back = disk.hash(label, root.size).map_err(disk_status)?;
-        if back != root.sha256 {
-            return Err(disk_status(DiskError::ReadBack {
-                path: disk.path().to_path_buf(),
-                what: label.into(),
-                expected: root.sha256.clone(),
-                found: back,
-            }));
-        }
+        crate::loader::copy_verified(&disk, target.root_label(), root.size, &root.sha256, &mut reader(root))
+            .map_err(disk_status)?;
         tracing::info!("upgrade: slot {}: root written and read back", target.name());
-        let mut image = vec![0u8; uki.size as usize];
-        read_part(uki, 0, &mut image)?;
-        machinery::pe::set_uki_slot(&mut image, target)
-            .map_err(|e| Status::failed_precondition(format!("upgrade refused: the bundle's UKI: {e}")))?;
-        let efi = disk.efi().map_err(disk_status)?;
-        efi.stage_entry(&image).map_err(disk_status)?;
-        disk.sync().map_err(disk_status)?;
-        efi.verify_staged(&image).map_err(disk_status)?;
-        tracing::info!("upgrade: slot {}: boot entry staged, arming", target.name());
-        let cleared = efi.state().map_err(disk_status)?;
-        let mut armed = cleared;
-        armed.arm_trial(target, TRIAL_TRIES);
-        efi.apply(&cleared, &armed).map_err(disk_status)?;
-        disk.sync().map_err(disk_status)?;
-        let name = sdboot::file_name(target, armed.get(target)).unwrap_or_default();
-        efi.commit_entry(&name).map_err(disk_status)?;
-        efi.close().map_err(disk_status)?;
-        disk.sync().map_err(disk_status)
+        loader.write_boot(&disk, target, boot.size, &boot.sha256, &mut reader(boot)).map_err(|e| match e {
+            DiskError::BootFile { .. } => Status::failed_precondition(format!("upgrade refused: {e}")),
+            e => disk_status(e),
+        })?;
+        tracing::info!("upgrade: slot {}: boot files written and read back, arming", target.name());
+        loader.arm(&disk, target).map_err(disk_status)
     }
 }
 
@@ -487,15 +464,27 @@ pub fn running_image() -> (String, String) {
     (board, version)
 }
 
-/// Host mode has no boot loader: do what systemd-boot does at power-on
-/// (pick the entry, count a try down) and return the slot "booted".
-pub fn simulate_boot_loader(disk: &Path) -> Result<Slot, DiskError> {
-    let d = Disk::open(disk)?;
-    let efi = d.efi()?;
-    let old = efi.state()?;
-    let mut new = old;
-    let slot = new.power_on().unwrap_or(Slot::A);
-    efi.apply(&old, &new)?;
-    efi.close()?;
-    Ok(slot)
+/// On STATE: the Raspberry Pi's trial record (`machinery::slots::rpi::Record`).
+pub const TRIAL_RECORD: &str = "boot-trial";
+
+/// Host mode: the slots of an image file standing in for the boot disk,
+/// once init has played the boot loader's part at power-on.
+pub fn host_slots(
+    disk: PathBuf,
+    state_dir: &Path,
+    board: String,
+    health_timeout: Duration,
+) -> Result<SlotSettings, DiskError> {
+    let booted = crate::loader::simulate_power_on(&disk)?;
+    let loader = Loader::detect(&Disk::open(&disk)?, &state_dir.join(TRIAL_RECORD));
+    Ok(SlotSettings {
+        disk,
+        loader,
+        booted,
+        board,
+        version: machinery::VERSION.to_string(),
+        record: state_dir.join("slots.json"),
+        stage_dir: state_dir.join("upgrade"),
+        health_timeout,
+    })
 }

@@ -64,6 +64,17 @@ impl BundleManifest {
     pub fn payload_size(&self) -> u64 {
         self.parts.iter().map(|p| p.size).sum()
     }
+
+    /// The part carrying the boot files: [`PART_UKI`] (UEFI) or
+    /// [`PART_BOOT`] (Raspberry Pi), exactly one of them.
+    pub fn boot_part(&self) -> Result<&'static str, BundleError> {
+        match (self.part(PART_UKI), self.part(PART_BOOT)) {
+            (Some(_), None) => Ok(PART_UKI),
+            (None, Some(_)) => Ok(PART_BOOT),
+            (None, None) => Err(BundleError::NoBootPart),
+            (Some(_), Some(_)) => Err(BundleError::TwoBootParts),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,6 +95,12 @@ pub enum BundleError {
     Downgrade { bundle: String, running: String },
     #[error("the bundle has no {0:?} part")]
     MissingPart(&'static str),
+    #[error("the bundle has no {PART_UKI:?} or {PART_BOOT:?} part (its boot files)")]
+    NoBootPart,
+    #[error("the bundle carries both a {PART_UKI:?} and a {PART_BOOT:?} part: it is for one boot method")]
+    TwoBootParts,
+    #[error("the bundle's boot files are a {bundle:?} part, this node boots from a {node:?} part (another board?)")]
+    BootMethod { bundle: &'static str, node: &'static str },
     #[error("part {name}: {size} bytes do not fit its {room}-byte place on this node")]
     TooBig { name: String, size: u64, room: u64 },
     #[error("part {name}: sha256 is {found}, the signed manifest says {expected} (corrupted in transit?)")]
@@ -143,11 +160,10 @@ impl Header {
         signing::verify(Purpose::Bundle, trusted, manifest_bytes, signature)?;
         let manifest: BundleManifest =
             serde_json::from_slice(manifest_bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
-        for name in [PART_UKI, PART_ROOT] {
-            if manifest.part(name).is_none() {
-                return Err(BundleError::MissingPart(name));
-            }
+        if manifest.part(PART_ROOT).is_none() {
+            return Err(BundleError::MissingPart(PART_ROOT));
         }
+        manifest.boot_part()?;
         let header = Header { manifest, manifest_bytes: manifest_bytes.to_vec(), signature: signature.to_vec() };
         Ok(Some((header, end)))
     }
@@ -282,6 +298,26 @@ mod tests {
             Header::parse(&Header::sign(m, &key).encode(), &trusted).unwrap_err(),
             BundleError::MissingPart(PART_ROOT)
         );
+    }
+
+    #[test]
+    fn a_bundle_carries_one_boot_part() {
+        let key = signing::generate_signing_key().unwrap();
+        let trusted = key.verifying_key();
+        let parse = |m: BundleManifest| Header::parse(&Header::sign(m, &key).encode(), &trusted).map(|h| h.is_some());
+        assert_eq!(manifest().boot_part(), Ok(PART_UKI));
+        // A Pi bundle: its boot partition instead of a UKI.
+        let mut pi = manifest();
+        pi.parts[0].name = PART_BOOT.into();
+        assert_eq!(pi.boot_part(), Ok(PART_BOOT));
+        assert_eq!(parse(pi.clone()), Ok(true));
+        let mut both = pi.clone();
+        both.parts.push(BundlePart { name: PART_UKI.into(), size: 1, sha256: "22".into() });
+        assert_eq!(parse(both), Err(BundleError::TwoBootParts));
+        let mut neither = pi;
+        neither.parts.remove(0);
+        let e = parse(neither).unwrap_err();
+        assert_eq!(e.to_string(), "the bundle has no \"uki\" or \"boot\" part (its boot files)");
     }
 
     #[test]

@@ -52,11 +52,22 @@ pub struct MachineConfig {
 pub struct Machine {
     /// RFC 1123 host name.
     pub hostname: String,
-    /// NTP servers. Default: none (the node keeps the hardware clock).
+    /// NTP servers (host names or addresses, SNTP on port 123). Default:
+    /// [`DEFAULT_NTP`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ntp: Vec<String>,
     #[serde(default)]
     pub network: Network,
+}
+
+/// The NTP servers a node asks when its config names none.
+pub const DEFAULT_NTP: &[&str] = &["pool.ntp.org"];
+
+impl Machine {
+    /// The NTP servers to ask: the config's, else [`DEFAULT_NTP`].
+    pub fn ntp_servers(&self) -> Vec<String> {
+        if self.ntp.is_empty() { DEFAULT_NTP.iter().map(|s| s.to_string()).collect() } else { self.ntp.clone() }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -911,6 +922,10 @@ ca_key = """{key}"""
         assert_eq!(c.api.port, DEFAULT_API_PORT);
         assert_eq!(c.services.enable, vec!["apid"]);
         assert_eq!(c.kube_endpoint().as_deref(), Some("https://10.0.0.5:6443"));
+        assert_eq!(c.machine.ntp_servers(), ["pool.ntp.org"], "the default NTP server");
+        let mut own = c.machine.clone();
+        own.ntp = vec!["10.0.0.1".into()];
+        assert_eq!(own.ntp_servers(), ["10.0.0.1"]);
         // What gen config writes parses back to the same config.
         assert_eq!(MachineConfig::parse("x", &c.to_toml()).unwrap(), c);
     }

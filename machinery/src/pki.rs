@@ -66,12 +66,19 @@ pub fn generate_ca(name: &str) -> Result<CertKey, PkiError> {
     Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
+/// A leaf's validity starts at its CA's: a node without a real-time clock
+/// keeps its clock at least at the notBefore of the CA it trusts, so a
+/// certificate issued later is never "not valid yet" there (the CA vouches
+/// for it from then on anyway).
 fn leaf(ca: &CertKey, mut params: CertificateParams, lifetime: Duration) -> Result<CertKey, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::Key(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(issue_err)?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, lifetime);
+    let ca_start = OffsetDateTime::from_unix_timestamp(cert_info(&ca.cert_pem)?.not_before)
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    params.not_before = params.not_before.min(ca_start);
     let key = KeyPair::generate().map_err(issue_err)?;
     let cert = params.signed_by(&key, &issuer).map_err(issue_err)?;
     Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
@@ -206,6 +213,10 @@ mod tests {
         let s = issue_server(&ca, "n1", &["127.0.0.1".into(), "n1.lan".into()]).unwrap();
         check_key(&s.key_pem).unwrap();
         assert!(!cert_info(&s.cert_pem).unwrap().is_ca);
+        // Leaves start when their CA does (a clockless node's floor).
+        assert_eq!(info.not_before, ca_info.not_before);
+        assert_eq!(cert_info(&s.cert_pem).unwrap().not_before, ca_info.not_before);
+        assert!(info.not_after < ca_info.not_after);
     }
 
     #[test]
