@@ -240,14 +240,14 @@ fn imperative_create_commands() {
 fn foreign_certificates_and_oversized_bodies_are_refused() {
     let Some(s) = Server::start() else { return };
     // A client certificate from another CA: the TLS handshake fails.
-    let other = orchestrator::pki::generate_ca("other").unwrap();
-    let client = orchestrator::pki::issue_client(&other, "mallory", orchestrator::pki::ADMIN_GROUP).unwrap();
-    let ca = orchestrator::pki::CertKey {
+    let other = orch_http::pki::generate_ca("other").unwrap();
+    let client = orch_http::pki::issue_client(&other, "mallory", orch_http::pki::ADMIN_GROUP).unwrap();
+    let ca = orch_http::pki::CertKey {
         cert_pem: std::fs::read_to_string(s.dir.path().join("ca.crt")).unwrap(),
         key_pem: String::new(),
     };
     let path = s.dir.path().join("mallory.kubeconfig");
-    std::fs::write(&path, orchestrator::pki::kubeconfig(&format!("https://{}", s.address), &ca, &client, "mallory"))
+    std::fs::write(&path, orch_http::pki::kubeconfig(&format!("https://{}", s.address), &ca, &client, "mallory"))
         .unwrap();
     let out = s.cmd(&path, &["get", "namespaces"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
