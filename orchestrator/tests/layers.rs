@@ -175,7 +175,8 @@ fn no_import_circles_between_files() {
     dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
     for src in dirs {
         if let Some(c) = circle(&file_graph(&src)) {
-            problems.push(format!("{}: {}", src.display(), c.join(".rs → ")));
+            let files: Vec<String> = c.iter().map(|f| format!("{f}.rs")).collect();
+            problems.push(format!("{}: {}", src.display(), files.join(" → ")));
         }
     }
     assert!(problems.is_empty(), "import circles:\n{}", problems.join("\n"));
