@@ -4,9 +4,10 @@
 //! revision history pruning, and the status and conditions
 //! `kubectl rollout status` reads.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
 
-use crate::{controller_ref, event, int, is_deleting, list_all, owned_by, rt, set_condition};
+use crate::{controller_ref, decode, event, int, is_deleting, list_all, owned_by, reference, rt, set_condition};
 use orch_apimachinery::errors::ApiError;
 use orch_apimachinery::registry::{
     DeleteOptions, Part, Registry, WriteOptions, name_of, namespace_of, parse_time, uid_of,
@@ -70,7 +71,14 @@ fn scale(reg: &Registry, d: &Value, rs: &Value, to: i64, replicas: i64, surge: i
     })?;
     let dir = if to > from { "up" } else { "down" };
     let msg = format!("Scaled {dir} replica set {} from {from} to {to}", name_of(rs));
-    event(reg, d, "Normal", "ScalingReplicaSet", &msg, "deployment-controller");
+    event(
+        reg,
+        &reference(&decode::<Deployment>(d.clone())?),
+        "Normal",
+        "ScalingReplicaSet",
+        &msg,
+        "deployment-controller",
+    );
     Ok(())
 }
 
@@ -149,7 +157,14 @@ fn sync(reg: &Registry, d: &Value, all_rs: &[Value]) -> Result<(), ApiError> {
         };
         if initial > 0 {
             let msg = format!("Scaled up replica set {} from 0 to {initial}", name_of(&created));
-            event(reg, d, "Normal", "ScalingReplicaSet", &msg, "deployment-controller");
+            event(
+                reg,
+                &reference(&decode::<Deployment>(d.clone())?),
+                "Normal",
+                "ScalingReplicaSet",
+                &msg,
+                "deployment-controller",
+            );
         }
         let msg = format!("Created new replica set \"{}\"", name_of(&created));
         return write_status(reg, d, &owned, Some(&created), ("True", "NewReplicaSetCreated", &msg));

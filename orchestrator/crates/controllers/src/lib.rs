@@ -18,10 +18,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::{Metadata, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{ListOptions, Registry, WriteOptions, name_of, namespace_of, new_uid, now, uid_of};
+use orch_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, name_of, new_uid, now, uid_of};
 use orch_apimachinery::resources::{ResourceType, by_kind};
 use orch_apimachinery::selector::LabelSelector;
 
@@ -146,6 +151,55 @@ pub(crate) fn list_all(reg: &Registry, kind: &str) -> Result<Vec<Value>, ApiErro
     Ok(reg.list(rt(kind), None, &ListOptions::default())?.items)
 }
 
+/// Every object of a kind, typed. The registry stores only what the type
+/// knows (it decodes each write through it), so each one decodes.
+pub(crate) fn list_typed<K: Resource + DeserializeOwned>(reg: &Registry) -> Result<Vec<K>, ApiError> {
+    list_all(reg, K::KIND)?.into_iter().map(decode).collect()
+}
+
+pub(crate) fn decode<K: Resource + DeserializeOwned>(o: Value) -> Result<K, ApiError> {
+    serde_json::from_value(o).map_err(|e| ApiError::internal(format!("decoding a stored {}: {e}", K::KIND)))
+}
+
+/// Changes one object as its type, retrying on conflicts like
+/// [`Registry::modify`]; `f` says whether it changed anything.
+pub(crate) fn modify_typed<K: Resource + DeserializeOwned + Serialize>(
+    reg: &Registry,
+    ns: Option<&str>,
+    name: &str,
+    part: Part,
+    mut f: impl FnMut(&mut K) -> bool,
+) -> Result<(), ApiError> {
+    reg.modify(rt(K::KIND), ns, name, part, &WriteOptions::default(), |o| {
+        let mut typed: K = decode(o.take())?;
+        let changed = f(&mut typed);
+        *o = serde_json::to_value(&typed)
+            .map_err(|e| ApiError::internal(format!("encoding {} {name}: {e}", K::KIND)))?;
+        Ok(changed)
+    })?;
+    Ok(())
+}
+
+/// Now, as a typed timestamp, in whole seconds (as [`now`]).
+pub(crate) fn time_now() -> Time {
+    let seconds = time::OffsetDateTime::now_utc().unix_timestamp();
+    Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap_or_default())
+}
+
+/// What an Event's `involvedObject` says about a typed object.
+pub(crate) fn reference<K: Resource + Metadata<Ty = ObjectMeta>>(o: &K) -> ObjectReference {
+    let m = o.metadata();
+    ObjectReference {
+        api_version: Some(K::API_VERSION.to_string()),
+        kind: Some(K::KIND.to_string()),
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        uid: m.uid.clone(),
+        resource_version: m.resource_version.clone(),
+        field_path: None,
+    }
+}
+
 pub(crate) fn is_deleting(o: &Value) -> bool {
     o.pointer("/metadata/deletionTimestamp").is_some()
 }
@@ -177,13 +231,20 @@ pub(crate) fn int(o: &Value, p: &str) -> i64 {
     o.pointer(p).and_then(Value::as_i64).unwrap_or(0)
 }
 
-/// Records a core/v1 Event about `obj`.
-pub(crate) fn event(reg: &Registry, obj: &Value, ty: &str, reason: &str, message: &str, component: &str) {
-    let ns = namespace_of(obj).unwrap_or("default").to_string();
+/// Records a core/v1 Event about the object `involved` refers to.
+pub(crate) fn event(
+    reg: &Registry,
+    involved: &ObjectReference,
+    ty: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    let ns = involved.namespace.as_deref().unwrap_or("default").to_string();
+    let name = involved.name.as_deref().unwrap_or_default();
     let t = now();
-    let e = json!({"metadata": {"name": format!("{}.{}", name_of(obj), &new_uid().replace('-', "")[..16]), "namespace": ns},
-        "involvedObject": {"kind": obj["kind"], "namespace": namespace_of(obj), "name": name_of(obj), "uid": uid_of(obj),
-            "apiVersion": obj["apiVersion"], "resourceVersion": obj["metadata"]["resourceVersion"]},
+    let e = json!({"metadata": {"name": format!("{name}.{}", &new_uid().replace('-', "")[..16]), "namespace": ns},
+        "involvedObject": involved,
         "reason": reason, "message": message, "type": ty, "source": {"component": component},
         "firstTimestamp": t, "lastTimestamp": t, "count": 1, "reportingComponent": component, "reportingInstance": component});
     if let Err(e) = reg.create(rt("Event"), Some(&ns), e, &WriteOptions::default()) {

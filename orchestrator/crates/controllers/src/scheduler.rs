@@ -4,11 +4,15 @@
 //! the least allocated; unschedulable pods get a PodScheduled=False
 //! condition and a FailedScheduling event.
 
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
-use crate::{event, list_all, pod_active, rt, set_condition};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{Part, Registry, WriteOptions, name_of, namespace_of};
+use orch_apimachinery::registry::{Part, Registry, WriteOptions};
+use serde_json::json;
+
+use crate::{event, list_typed, reference, rt, set_condition};
 
 /// A quantity ("100m", "1.5", "128Mi", "1G", "2e3") in base units.
 pub fn parse_quantity(q: &str) -> Option<f64> {
@@ -34,68 +38,73 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
     Some(n * m)
 }
 
-fn quantity(v: &Value) -> f64 {
-    match v {
-        Value::String(s) => parse_quantity(s).unwrap_or(0.0),
-        Value::Number(n) => n.as_f64().unwrap_or(0.0),
-        _ => 0.0,
-    }
+fn quantity(q: &Quantity) -> f64 {
+    parse_quantity(&q.0).unwrap_or(0.0)
 }
 
-/// A pod's requests: (cpu cores, memory bytes).
-fn requests(pod: &Value) -> (f64, f64) {
+/// A pod's requests (its limits where it sets no requests): (cpu cores, memory bytes).
+fn requests(pod: &Pod) -> (f64, f64) {
     let mut cpu = 0.0;
     let mut mem = 0.0;
-    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
-        let r = c.pointer("/resources/requests").or(c.pointer("/resources/limits"));
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        let r = c.resources.as_ref().and_then(|r| r.requests.as_ref().or(r.limits.as_ref()));
         cpu += r.and_then(|r| r.get("cpu")).map_or(0.0, quantity);
         mem += r.and_then(|r| r.get("memory")).map_or(0.0, quantity);
     }
     (cpu, mem)
 }
 
-fn node_ready(n: &Value) -> bool {
-    n.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+pub(crate) fn node_ready(n: &Node) -> bool {
+    let conditions = n.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-pub(crate) fn tolerates(pod: &Value, taint: &Value) -> bool {
-    pod.pointer("/spec/tolerations").and_then(Value::as_array).into_iter().flatten().any(|t| {
-        let key_ok = match t.get("key").and_then(Value::as_str) {
-            None | Some("") => t.get("operator").and_then(Value::as_str) == Some("Exists"),
-            Some(k) => taint["key"] == k,
+/// Whether `taint` is one that keeps new pods off (NoSchedule, NoExecute)
+/// and none of `tolerations` tolerates it.
+pub(crate) fn repels(tolerations: &[Toleration], taint: &Taint) -> bool {
+    matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute") && !tolerates(tolerations, taint)
+}
+
+fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let exists = t.operator.as_deref() == Some("Exists");
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => exists,
+            Some(k) => taint.key == k,
         };
-        let value_ok = t.get("operator").and_then(Value::as_str) == Some("Exists")
-            || t.get("value").and_then(Value::as_str).unwrap_or_default()
-                == taint["value"].as_str().unwrap_or_default();
-        let effect_ok = t.get("effect").and_then(Value::as_str).is_none_or(|e| e.is_empty() || taint["effect"] == e);
+        let value_ok = exists || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
+        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || taint.effect == e);
         key_ok && value_ok && effect_ok
     })
 }
 
+/// Whether a node carries every label of a node selector.
+pub(crate) fn selected(node_selector: Option<&BTreeMap<String, String>>, node: &Node) -> bool {
+    let labels = node.metadata.labels.as_ref();
+    node_selector.is_none_or(|sel| sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v)))
+}
+
 /// Why `node` cannot take `pod`, or its score (higher is better).
-fn fit(pod: &Value, node: &Value, on_node: &[&Value]) -> Result<f64, &'static str> {
+fn fit(pod: &Pod, node: &Node, on_node: &[&Pod]) -> Result<f64, &'static str> {
+    let spec = pod.spec.as_ref();
     if !node_ready(node) {
         return Err("node(s) were not ready");
     }
-    if node.pointer("/spec/unschedulable") == Some(&json!(true)) {
+    let node_spec = node.spec.as_ref();
+    if node_spec.and_then(|s| s.unschedulable) == Some(true) {
         return Err("node(s) were unschedulable");
     }
-    for t in node.pointer("/spec/taints").and_then(Value::as_array).into_iter().flatten() {
-        if matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute")) && !tolerates(pod, t) {
-            return Err("node(s) had untolerated taint(s)");
-        }
+    let tolerations = spec.and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
+    if node_spec.and_then(|s| s.taints.as_deref()).unwrap_or_default().iter().any(|t| repels(tolerations, t)) {
+        return Err("node(s) had untolerated taint(s)");
     }
-    if let Some(sel) = pod.pointer("/spec/nodeSelector").and_then(Value::as_object)
-        && !sel.iter().all(|(k, v)| node.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
-    {
+    if !selected(spec.and_then(|s| s.node_selector.as_ref()), node) {
         return Err("node(s) didn't match Pod's node affinity/selector");
     }
-    let alloc = node.pointer("/status/allocatable").cloned().unwrap_or(json!({}));
-    let (cpu_cap, mem_cap) =
-        (alloc.get("cpu").map_or(f64::MAX, quantity), alloc.get("memory").map_or(f64::MAX, quantity));
-    let pods_cap = alloc.get("pods").map_or(110.0, quantity);
+    let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let capacity = |name: &str, default: f64| alloc.and_then(|a| a.get(name)).map_or(default, quantity);
+    let (cpu_cap, mem_cap) = (capacity("cpu", f64::MAX), capacity("memory", f64::MAX));
+    let pods_cap = capacity("pods", 110.0);
     let (mut cpu, mut mem) = requests(pod);
     for p in on_node {
         let (c, m) = requests(p);
@@ -115,50 +124,45 @@ fn fit(pod: &Value, node: &Value, on_node: &[&Value]) -> Result<f64, &'static st
     Ok((free(cpu, cpu_cap) + free(mem, mem_cap)) / 2.0)
 }
 
+/// Not being deleted and not finished.
+fn active(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    p.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+fn node_name(p: &Pod) -> Option<&str> {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+}
+
 pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
-    let pods = list_all(reg, "Pod")?;
-    let nodes = list_all(reg, "Node")?;
-    let mut assigned: Vec<(String, Value)> = pods
-        .iter()
-        .filter(|p| pod_active(p))
-        .filter_map(|p| {
-            p.pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .map(|n| (n.to_string(), p.clone()))
-        })
-        .collect();
+    let pods: Vec<Pod> = list_typed(reg)?;
+    let nodes: Vec<Node> = list_typed(reg)?;
+    let mut assigned: Vec<(String, &Pod)> =
+        pods.iter().filter(|p| active(p)).filter_map(|p| Some((node_name(p)?.to_string(), p))).collect();
     for pod in &pods {
-        let pending = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty)
-            && pod_active(pod)
-            && pod.pointer("/spec/schedulerName").and_then(Value::as_str).unwrap_or("default-scheduler")
-                == "default-scheduler";
-        if !pending {
+        let scheduler = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or("default-scheduler");
+        if node_name(pod).is_some() || !active(pod) || scheduler != "default-scheduler" {
             continue;
         }
         let mut best: Option<(f64, &str)> = None;
-        let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
         for n in &nodes {
-            let name = name_of(n);
-            let on: Vec<&Value> = assigned.iter().filter(|(nn, _)| nn == name).map(|(_, p)| p).collect();
+            let name = n.metadata.name.as_deref().unwrap_or_default();
+            let on: Vec<&Pod> = assigned.iter().filter(|(nn, _)| nn == name).map(|(_, p)| *p).collect();
             match fit(pod, n, &on) {
                 Ok(score) if best.is_none_or(|(b, _)| score > b) => best = Some((score, name)),
                 Ok(_) => {}
                 Err(r) => *reasons.entry(r).or_default() += 1,
             }
         }
-        let ns = namespace_of(pod);
+        let ns = pod.metadata.namespace.as_deref();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
         match best {
             Some((_, node)) => {
-                orch_apimachinery::patch::bind(
-                    reg,
-                    ns,
-                    name_of(pod),
-                    &json!({"target": {"kind": "Node", "name": node}}),
-                )?;
-                let msg = format!("Successfully assigned {}/{} to {node}", ns.unwrap_or_default(), name_of(pod));
-                event(reg, pod, "Normal", "Scheduled", &msg, "default-scheduler");
-                assigned.push((node.to_string(), pod.clone()));
+                orch_apimachinery::patch::bind(reg, ns, name, &json!({"target": {"kind": "Node", "name": node}}))?;
+                let msg = format!("Successfully assigned {}/{name} to {node}", ns.unwrap_or_default());
+                event(reg, &reference(pod), "Normal", "Scheduled", &msg, "default-scheduler");
+                assigned.push((node.to_string(), pod));
             }
             None => {
                 let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
@@ -167,19 +171,19 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
                 } else {
                     format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", "))
                 };
-                let conds = pod.pointer("/status/conditions").cloned().unwrap_or(json!([]));
-                let already = conds
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "PodScheduled" && c["message"] == msg.as_str());
+                let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+                let already =
+                    conditions.iter().any(|c| c.type_ == "PodScheduled" && c.message.as_deref() == Some(msg.as_str()));
                 if !already {
+                    // The condition list is written as JSON through `set_condition`,
+                    // which every controller shares (upstream's transition-time rule).
+                    let conds = serde_json::to_value(conditions).map_err(|e| ApiError::internal(e.to_string()))?;
                     let new = set_condition(&conds, "PodScheduled", "False", "Unschedulable", &msg, false);
-                    reg.modify(rt("Pod"), ns, name_of(pod), Part::Status, &WriteOptions::default(), |o| {
+                    reg.modify(rt("Pod"), ns, name, Part::Status, &WriteOptions::default(), |o| {
                         o["status"]["conditions"] = new.clone();
                         Ok(true)
                     })?;
-                    event(reg, pod, "Warning", "FailedScheduling", &msg, "default-scheduler");
+                    event(reg, &reference(pod), "Warning", "FailedScheduling", &msg, "default-scheduler");
                 }
             }
         }
@@ -191,13 +195,24 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
+    use serde_json::Value;
+
+    fn typed<K: serde::de::DeserializeOwned>(v: &Value) -> K {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    fn fit(pod: &Value, node: &Value, on_node: &[&Value]) -> Result<f64, &'static str> {
+        let on: Vec<Pod> = on_node.iter().map(|p| typed(p)).collect();
+        super::fit(&typed(pod), &typed(node), &on.iter().collect::<Vec<_>>())
+    }
+
     fn node(name: &str, cpu: &str, taint: Option<Value>) -> Value {
         json!({"metadata": {"name": name, "labels": {"disk": "ssd"}}, "spec": {"taints": taint.into_iter().collect::<Vec<_>>()},
             "status": {"allocatable": {"cpu": cpu, "memory": "1Gi", "pods": "10"}, "conditions": [{"type": "Ready", "status": "True"}]}})
     }
 
     fn pod(cpu: &str) -> Value {
-        json!({"spec": {"containers": [{"resources": {"requests": {"cpu": cpu, "memory": "100Mi"}}}]}})
+        json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "100Mi"}}}]}})
     }
 
     #[test]

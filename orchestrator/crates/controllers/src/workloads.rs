@@ -2,12 +2,14 @@
 //! after `backoffLimit` failures) and DaemonSet (one pod per Ready node the
 //! template fits, replaced one at a time when the template changes).
 
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, PodSpec};
 use serde_json::{Value, json};
 
 use crate::deployment::template_hash;
 use crate::replicaset::{pod_available, pod_from_template};
-use crate::scheduler::tolerates;
-use crate::{int, is_deleting, list_all, owned_by, pod_active, pod_ready, rt, set_condition};
+use crate::scheduler::{node_ready, repels, selected};
+use crate::{decode, int, is_deleting, list_all, list_typed, owned_by, pod_active, pod_ready, rt, set_condition};
 use orch_apimachinery::errors::ApiError;
 use orch_apimachinery::registry::{DeleteOptions, Part, Registry, WriteOptions, name_of, namespace_of, now, uid_of};
 
@@ -111,32 +113,31 @@ pub fn reconcile_jobs(reg: &Registry) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn node_fits(ds: &Value, node: &Value) -> bool {
-    let ready = node
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-    let selector_ok = ds
-        .pointer("/spec/template/spec/nodeSelector")
-        .and_then(Value::as_object)
-        .is_none_or(|sel| sel.iter().all(|(k, v)| node.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)));
-    let pod = json!({"spec": ds["spec"]["template"]["spec"]});
-    let taints_ok = node
-        .pointer("/spec/taints")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .all(|t| !matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute")) || tolerates(&pod, t));
-    ready && selector_ok && taints_ok
+/// Whether a DaemonSet's pods belong on `node`: Ready, selected, no taint
+/// its template does not tolerate.
+fn node_fits(template: Option<&PodSpec>, node: &Node) -> bool {
+    let tolerations = template.and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
+    node_ready(node)
+        && selected(template.and_then(|s| s.node_selector.as_ref()), node)
+        && !taints.iter().any(|t| repels(tolerations, t))
+}
+
+fn node_name(n: &Node) -> &str {
+    n.metadata.name.as_deref().unwrap_or_default()
 }
 
 const REVISION_LABEL: &str = "controller-revision-hash";
 
 pub fn reconcile_daemonsets(reg: &Registry) -> Result<(), ApiError> {
     let pods = list_all(reg, "Pod")?;
-    let nodes = list_all(reg, "Node")?;
+    let nodes: Vec<Node> = list_typed(reg)?;
     let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
     for ds in list_all(reg, "DaemonSet")? {
+        // The template is hashed and copied as stored JSON (`template_hash`,
+        // `pod_from_template`); its scheduling fields are read typed.
+        let typed: DaemonSet = decode(ds.clone())?;
+        let template = typed.spec.as_ref().and_then(|s| s.template.spec.as_ref());
         if is_deleting(&ds) {
             continue;
         }
@@ -146,13 +147,13 @@ pub fn reconcile_daemonsets(reg: &Registry) -> Result<(), ApiError> {
             .iter()
             .filter(|p| namespace_of(p) == ns && owned_by(p, uid_of(&ds)).is_some() && pod_active(p))
             .collect();
-        let eligible: Vec<&Value> = nodes.iter().filter(|n| node_fits(&ds, n)).collect();
+        let eligible: Vec<&Node> = nodes.iter().filter(|n| node_fits(template, n)).collect();
         let mut outdated_budget = int(&ds, "/spec/updateStrategy/rollingUpdate/maxUnavailable").max(1);
         for node in &eligible {
-            let on: Vec<&&Value> = owned.iter().filter(|p| p["spec"]["nodeName"] == name_of(node)).collect();
+            let on: Vec<&&Value> = owned.iter().filter(|p| p["spec"]["nodeName"] == node_name(node)).collect();
             if on.is_empty() {
                 let mut pod = pod_from_template(&ds);
-                pod["spec"]["nodeName"] = name_of(node).into();
+                pod["spec"]["nodeName"] = node_name(node).into();
                 pod["metadata"]["labels"][REVISION_LABEL] = hash.clone().into();
                 reg.create(rt("Pod"), ns, pod, &WriteOptions::default())?;
             } else if on.iter().all(|p| p["metadata"]["labels"][REVISION_LABEL] != hash.as_str()) && outdated_budget > 0
@@ -165,12 +166,12 @@ pub fn reconcile_daemonsets(reg: &Registry) -> Result<(), ApiError> {
         }
         // Pods on nodes that no longer qualify go.
         for p in &owned {
-            if !eligible.iter().any(|n| p["spec"]["nodeName"] == name_of(n)) {
+            if !eligible.iter().any(|n| p["spec"]["nodeName"] == node_name(n)) {
                 reg.delete(rt("Pod"), ns, name_of(p), &DeleteOptions::default())?;
             }
         }
         let on_eligible: Vec<&&Value> =
-            owned.iter().filter(|p| eligible.iter().any(|n| p["spec"]["nodeName"] == name_of(n))).collect();
+            owned.iter().filter(|p| eligible.iter().any(|n| p["spec"]["nodeName"] == node_name(n))).collect();
         let min_ready = int(&ds, "/spec/minReadySeconds");
         let mut status = json!({
             "desiredNumberScheduled": eligible.len(),
