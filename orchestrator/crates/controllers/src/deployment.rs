@@ -56,6 +56,13 @@ fn template_without_hash(rs: &Value) -> Value {
     t
 }
 
+/// A ScalingReplicaSet Event about the Deployment `d`.
+fn scaling_event(reg: &Registry, d: &Value, msg: &str) -> Result<(), ApiError> {
+    let involved = reference(&decode::<Deployment>(d.clone())?);
+    event(reg, &involved, "Normal", "ScalingReplicaSet", msg, "deployment-controller");
+    Ok(())
+}
+
 fn scale(reg: &Registry, d: &Value, rs: &Value, to: i64, replicas: i64, surge: i64) -> Result<(), ApiError> {
     let from = int(rs, "/spec/replicas");
     if from == to {
@@ -71,14 +78,7 @@ fn scale(reg: &Registry, d: &Value, rs: &Value, to: i64, replicas: i64, surge: i
     })?;
     let dir = if to > from { "up" } else { "down" };
     let msg = format!("Scaled {dir} replica set {} from {from} to {to}", name_of(rs));
-    event(
-        reg,
-        &reference(&decode::<Deployment>(d.clone())?),
-        "Normal",
-        "ScalingReplicaSet",
-        &msg,
-        "deployment-controller",
-    );
+    scaling_event(reg, d, &msg)?;
     Ok(())
 }
 
@@ -157,14 +157,7 @@ fn sync(reg: &Registry, d: &Value, all_rs: &[Value]) -> Result<(), ApiError> {
         };
         if initial > 0 {
             let msg = format!("Scaled up replica set {} from 0 to {initial}", name_of(&created));
-            event(
-                reg,
-                &reference(&decode::<Deployment>(d.clone())?),
-                "Normal",
-                "ScalingReplicaSet",
-                &msg,
-                "deployment-controller",
-            );
+            scaling_event(reg, d, &msg)?;
         }
         let msg = format!("Created new replica set \"{}\"", name_of(&created));
         return write_status(reg, d, &owned, Some(&created), ("True", "NewReplicaSetCreated", &msg));
