@@ -11,14 +11,17 @@ use std::path::{Path, PathBuf};
 /// Each crate and the orchestrator crates it may use; anything else is a
 /// backwards or sideways import. Keep in step with ARCHITECTURE.md.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("orch-store", &[]),
-    ("orch-apimachinery", &["orch-store"]),
-    ("orch-http", &["orch-apimachinery"]),
-    ("orch-controllers", &["orch-apimachinery", "orch-store"]),
-    ("orch-apiserver", &["orch-apimachinery", "orch-http", "orch-store"]),
-    ("orch-client", &["orch-apimachinery", "orch-http"]),
-    ("orch-node-net", &["orch-apimachinery", "orch-client"]),
-    ("orch-kubelet", &["orch-apimachinery", "orch-client", "orch-http", "orch-node-net"]),
+    ("orchestrator-store", &[]),
+    ("orchestrator-apimachinery", &["orchestrator-store"]),
+    ("orchestrator-http", &["orchestrator-apimachinery"]),
+    ("orchestrator-controllers", &["orchestrator-apimachinery", "orchestrator-store"]),
+    ("orchestrator-apiserver", &["orchestrator-apimachinery", "orchestrator-http", "orchestrator-store"]),
+    ("orchestrator-client", &["orchestrator-apimachinery", "orchestrator-http"]),
+    ("orchestrator-node-net", &["orchestrator-apimachinery", "orchestrator-client"]),
+    (
+        "orchestrator-kubelet",
+        &["orchestrator-apimachinery", "orchestrator-client", "orchestrator-http", "orchestrator-node-net"],
+    ),
 ];
 
 fn crates_dir() -> PathBuf {
@@ -29,7 +32,7 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// The package name and the `orch-*` dependencies of a Cargo.toml.
+/// The package name and the `orchestrator-*` dependencies of a Cargo.toml.
 fn manifest_edges(text: &str) -> (String, BTreeSet<String>) {
     let mut name = String::new();
     let mut deps = BTreeSet::new();
@@ -39,7 +42,7 @@ fn manifest_edges(text: &str) -> (String, BTreeSet<String>) {
             section = line.to_string();
         } else if section == "[package]" && line.starts_with("name") {
             name = line.split('"').nth(1).unwrap_or_default().to_string();
-        } else if section.contains("dependencies") && line.starts_with("orch-") {
+        } else if section.contains("dependencies") && line.starts_with("orchestrator-") {
             let dep = line.split(['.', '=', ' ']).next().unwrap_or_default();
             deps.insert(dep.to_string());
         }
@@ -78,9 +81,10 @@ fn crates_use_only_the_layers_below() {
 
 #[test]
 fn the_check_sees_a_backwards_edge() {
-    let (name, deps) =
-        manifest_edges("[package]\nname = \"orch-store\"\n\n[dev-dependencies]\norch-kubelet.workspace = true\n");
-    assert_eq!(name, "orch-store");
+    let (name, deps) = manifest_edges(
+        "[package]\nname = \"orchestrator-store\"\n\n[dev-dependencies]\norchestrator-kubelet.workspace = true\n",
+    );
+    assert_eq!(name, "orchestrator-store");
     assert_eq!(forbidden(&name, &deps).len(), 1);
 }
 

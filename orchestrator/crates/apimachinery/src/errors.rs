@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, StatusCause, StatusDetails};
 
 use crate::resources::ResourceType;
-use orch_store::StoreError;
+use orchestrator_store::StoreError;
 
 /// An error answered to a client: HTTP code, `reason`, message, details.
 #[derive(Debug, Clone, PartialEq)]

@@ -391,7 +391,7 @@ fn server_side_apply(
 mod tests {
     use super::*;
     use crate::registry::FieldValidation;
-    use orch_store::{Durability, SqliteStore};
+    use orchestrator_store::{Durability, SqliteStore};
     use std::sync::Arc;
 
     fn registry() -> (tempfile::TempDir, Registry) {

@@ -13,7 +13,7 @@ use crate::errors::{ApiError, success};
 use crate::resources::{ResourceType, by_kind};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validation;
-use orch_store::{EventKind, Store, StoreError, Watch};
+use orchestrator_store::{EventKind, Store, StoreError, Watch};
 
 /// What `fieldValidation` asks for unknown fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -931,7 +931,7 @@ pub fn record_manager(new: &mut Value, manager: &str, operation: &str, api_versi
 mod tests {
     use super::*;
     use crate::resources::by_kind;
-    use orch_store::{Durability, SqliteStore};
+    use orchestrator_store::{Durability, SqliteStore};
 
     fn registry() -> (tempfile::TempDir, Registry) {
         let d = tempfile::tempdir().unwrap();

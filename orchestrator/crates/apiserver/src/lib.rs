@@ -18,18 +18,18 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use orch_apimachinery::discovery;
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::patch;
-use orch_apimachinery::registry::{
+use orchestrator_apimachinery::discovery;
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::patch;
+use orchestrator_apimachinery::registry::{
     DeleteOptions, FieldValidation, ListOptions, Part, Propagation, Registry, WriteOptions,
 };
-use orch_apimachinery::resources::{self, ResourceType};
-use orch_apimachinery::selector::{FieldSelector, LabelSelector};
-use orch_apimachinery::table::{self, IncludeObject};
-use orch_http::pki::{self, ADMIN_GROUP, READ_ONLY_GROUP};
-use orch_http::{Body, flag, param, parse_query, read_body};
-use orch_store::{Durability, SqliteStore, StoreError};
+use orchestrator_apimachinery::resources::{self, ResourceType};
+use orchestrator_apimachinery::selector::{FieldSelector, LabelSelector};
+use orchestrator_apimachinery::table::{self, IncludeObject};
+use orchestrator_http::pki::{self, ADMIN_GROUP, READ_ONLY_GROUP};
+use orchestrator_http::{Body, flag, param, parse_query, read_body};
+use orchestrator_store::{Durability, SqliteStore, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -502,8 +502,8 @@ fn authorize(user: &User, verb: &str, t: &Target<'_>) -> Result<(), ApiError> {
         None => "at the cluster scope".into(),
     };
     let what = match t.name {
-        Some(n) => format!("{} \"{n}\"", orch_apimachinery::errors::qualified(t.rt)),
-        None => orch_apimachinery::errors::qualified(t.rt),
+        Some(n) => format!("{} \"{n}\"", orchestrator_apimachinery::errors::qualified(t.rt)),
+        None => orchestrator_apimachinery::errors::qualified(t.rt),
     };
     let mut e = ApiError::forbidden(format!(
         "{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
@@ -544,7 +544,7 @@ async fn route(
     }
     if method == Method::POST && segs == ["apis", discovery::AUTHORIZATION_GROUP, "v1", "selfsubjectaccessreviews"] {
         let review = if content_type(headers) == "application/vnd.kubernetes.protobuf" {
-            let obj = orch_apimachinery::protobuf::decode(&body)
+            let obj = orchestrator_apimachinery::protobuf::decode(&body)
                 .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
             Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
         } else {
@@ -576,7 +576,7 @@ async fn route(
     let ct = content_type(headers);
     // kubectl ≥1.32 creates some kinds with protobuf bodies.
     let body = if ct == "application/vnd.kubernetes.protobuf" && verb == "create" && t.sub.is_none() {
-        let obj = orch_apimachinery::protobuf::decode(&body)
+        let obj = orchestrator_apimachinery::protobuf::decode(&body)
             .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
         Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
     } else {
@@ -662,8 +662,8 @@ async fn route(
             let mut items = Vec::new();
             for o in list.items {
                 let (ons, name) = (
-                    orch_apimachinery::registry::namespace_of(&o).map(str::to_string),
-                    orch_apimachinery::registry::name_of(&o).to_string(),
+                    orchestrator_apimachinery::registry::namespace_of(&o).map(str::to_string),
+                    orchestrator_apimachinery::registry::name_of(&o).to_string(),
                 );
                 match reg.delete(rt, ons.as_deref(), &name, &opts) {
                     Ok(_) => items.push(o),

@@ -18,9 +18,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::resources;
-use orch_http::{
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::resources;
+use orchestrator_http::{
     Body, EXEC_PROTOCOLS, PORT_FORWARD_PROTOCOL, flag, is_websocket, offered_subprotocols, param, parse_query,
     read_body, switching_protocols, websocket_accept,
 };

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Api;
-use orch_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::errors::ApiError;
 
 /// A pod by namespace and name: the same object after a reboot (its
 /// containers are new, the pod is not).
@@ -22,7 +22,7 @@ fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
 }
 
 fn time_at(v: &Value, ptr: &str) -> Option<i64> {
-    orch_apimachinery::registry::parse_time(v.pointer(ptr)?.as_str()?)
+    orchestrator_apimachinery::registry::parse_time(v.pointer(ptr)?.as_str()?)
 }
 
 /// A Node Ready, by a heartbeat at or after `since` (Unix seconds) when
@@ -107,7 +107,7 @@ mod tests {
                 "containerStatuses": [{"name": "c", "state": {"running": {"startedAt": started}}}],
             }})
         };
-        let boot = orch_apimachinery::registry::parse_time("2026-12-01T10:00:00Z");
+        let boot = orchestrator_apimachinery::registry::parse_time("2026-12-01T10:00:00Z");
         assert!(pod_ready(&pod("Running", "True", "2026-12-01T10:00:05Z"), boot));
         // The status the last boot left behind is not this boot's.
         assert!(!pod_ready(&pod("Running", "True", "2026-12-01T09:59:00Z"), boot));

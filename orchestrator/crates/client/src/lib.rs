@@ -17,11 +17,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{DeleteOptions, ListOptions, ObjectWatch, Part, Registry, WriteOptions};
-use orch_apimachinery::resources::{ResourceType, by_kind};
-use orch_apimachinery::selector::FieldSelector;
-use orch_http::Body;
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{DeleteOptions, ListOptions, ObjectWatch, Part, Registry, WriteOptions};
+use orchestrator_apimachinery::resources::{ResourceType, by_kind};
+use orchestrator_apimachinery::selector::FieldSelector;
+use orchestrator_http::Body;
 
 fn rt(kind: &str) -> &'static ResourceType {
     by_kind(kind).expect("a kind the server serves")
@@ -135,7 +135,7 @@ impl Remote {
     async fn call(&self, method: Method, uri: &str, body: Option<&Value>) -> Result<Value, ApiError> {
         let resp = self.send(method, uri, body).await?;
         let status = resp.status();
-        let bytes = orch_http::read_body(resp.into_body()).await?;
+        let bytes = orchestrator_http::read_body(resp.into_body()).await?;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(v);

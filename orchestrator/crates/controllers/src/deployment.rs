@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
 
 use crate::{controller_ref, decode, event, int, is_deleting, list_all, owned_by, reference, rt, set_condition};
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{
     DeleteOptions, Part, Registry, WriteOptions, name_of, namespace_of, parse_time, uid_of,
 };
 
@@ -317,7 +317,7 @@ fn write_status(
     } else {
         let mut c = set_condition(&conds, "Progressing", progressing.0, progressing.1, progressing.2, true);
         if progress {
-            let t = orch_apimachinery::registry::now();
+            let t = orchestrator_apimachinery::registry::now();
             for x in c.as_array_mut().into_iter().flatten().filter(|x| x["type"] == "Progressing") {
                 x["lastUpdateTime"] = t.clone().into();
             }

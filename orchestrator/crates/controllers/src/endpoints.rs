@@ -5,9 +5,9 @@
 use serde_json::{Value, json};
 
 use crate::{controller_ref, is_deleting, list_all, pod_ready, rt};
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{Part, Registry, WriteOptions, name_of, namespace_of, uid_of};
-use orch_apimachinery::selector::LabelSelector;
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{Part, Registry, WriteOptions, name_of, namespace_of, uid_of};
+use orchestrator_apimachinery::selector::LabelSelector;
 
 fn target_port(port: &Value, pod: Option<&Value>) -> i64 {
     match port.get("targetPort") {

@@ -8,11 +8,11 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 
 use crate::{is_deleting, list_all};
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{
     DeleteOptions, Part, Propagation, Registry, WriteOptions, name_of, namespace_of, uid_of,
 };
-use orch_apimachinery::resources::{RESOURCES, ResourceType};
+use orchestrator_apimachinery::resources::{RESOURCES, ResourceType};
 
 fn finalizers(o: &Value) -> Vec<String> {
     o.pointer("/metadata/finalizers")
@@ -46,7 +46,7 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
     // One revision for every list: an owner created after one list and
     // its dependent before the next must not look orphaned.
     let at = reg.store.current_revision().map_err(|e| ApiError::internal(e.to_string()))?;
-    let snapshot = orch_apimachinery::registry::ListOptions { exact_revision: Some(at), ..Default::default() };
+    let snapshot = orchestrator_apimachinery::registry::ListOptions { exact_revision: Some(at), ..Default::default() };
     let mut all: Vec<(&'static ResourceType, Value)> = Vec::new();
     for rt in RESOURCES.iter().filter(|r| r.kind != "Event") {
         for o in reg.list(rt, None, &snapshot)?.items {
@@ -68,8 +68,9 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
             .collect();
         // An owner of a kind this server does not serve cannot be checked:
         // its dependents stay (upstream's collector does the same).
-        let unknown_owner =
-            rs.iter().any(|r| orch_apimachinery::resources::by_kind(r["kind"].as_str().unwrap_or_default()).is_none());
+        let unknown_owner = rs
+            .iter()
+            .any(|r| orchestrator_apimachinery::resources::by_kind(r["kind"].as_str().unwrap_or_default()).is_none());
         if live.is_empty() && !unknown_owner {
             if !is_deleting(o) {
                 delete(reg, rt, o, Propagation::Background)?;
@@ -139,7 +140,7 @@ pub fn reconcile_namespaces(reg: &Registry) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orch_store::{Durability, SqliteStore};
+    use orchestrator_store::{Durability, SqliteStore};
     use std::sync::Arc;
 
     #[test]
@@ -147,7 +148,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let reg = Registry::new(Arc::new(SqliteStore::open(&d.path().join("db"), Durability::Normal).unwrap()));
         reg.bootstrap("127.0.0.1:6443").unwrap();
-        let cm = orch_apimachinery::resources::by_kind("ConfigMap").unwrap();
+        let cm = orchestrator_apimachinery::resources::by_kind("ConfigMap").unwrap();
         let o = WriteOptions::default();
         let owned = |name: &str, kind: &str, uid: &str| json!({"metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": kind, "name": "x", "uid": uid}]}});
         reg.create(cm, Some("default"), owned("orphan", "ConfigMap", "gone"), &o).unwrap();

@@ -25,10 +25,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, name_of, new_uid, now, uid_of};
-use orch_apimachinery::resources::{ResourceType, by_kind};
-use orch_apimachinery::selector::LabelSelector;
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, name_of, new_uid, now, uid_of};
+use orchestrator_apimachinery::resources::{ResourceType, by_kind};
+use orchestrator_apimachinery::selector::LabelSelector;
 
 /// What changed since the last pass.
 #[derive(Debug, Default, Clone)]
@@ -44,11 +44,13 @@ pub struct Changes {
 }
 
 impl Changes {
-    fn note(&mut self, e: &orch_store::Event) {
+    fn note(&mut self, e: &orchestrator_store::Event) {
         if let Some(plural) = e.kv.key.strip_prefix("/registry/").and_then(|k| k.split('/').next()) {
             self.resources.insert(plural.to_string());
         }
-        if e.kind == orch_store::EventKind::Delete || e.kv.value.windows(19).any(|w| w == b"\"deletionTimestamp\"") {
+        if e.kind == orchestrator_store::EventKind::Delete
+            || e.kv.value.windows(19).any(|w| w == b"\"deletionTimestamp\"")
+        {
             self.deletion = true;
         }
     }

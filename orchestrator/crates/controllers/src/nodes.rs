@@ -6,8 +6,8 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{Part, Registry};
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{Part, Registry};
 
 use crate::{list_typed, modify_typed, time_now};
 

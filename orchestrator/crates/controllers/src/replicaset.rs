@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 
 use crate::{controller_ref, int, is_deleting, list_all, owned_by, pod_active, pod_ready, rt, selector_of};
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{
     DeleteOptions, Part, Registry, WriteOptions, name_of, namespace_of, parse_time, uid_of,
 };
 

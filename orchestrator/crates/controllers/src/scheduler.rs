@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{Part, Registry, WriteOptions};
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{Part, Registry, WriteOptions};
 use serde_json::json;
 
 use crate::{event, list_typed, reference, rt, set_condition};
@@ -159,7 +159,12 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         match best {
             Some((_, node)) => {
-                orch_apimachinery::patch::bind(reg, ns, name, &json!({"target": {"kind": "Node", "name": node}}))?;
+                orchestrator_apimachinery::patch::bind(
+                    reg,
+                    ns,
+                    name,
+                    &json!({"target": {"kind": "Node", "name": node}}),
+                )?;
                 let msg = format!("Successfully assigned {}/{name} to {node}", ns.unwrap_or_default());
                 event(reg, &reference(pod), "Normal", "Scheduled", &msg, "default-scheduler");
                 assigned.push((node.to_string(), pod));

@@ -3,8 +3,8 @@
 use serde_json::json;
 
 use crate::{is_deleting, list_all, rt};
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{Registry, WriteOptions, name_of};
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{Registry, WriteOptions, name_of};
 
 pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
     for ns in list_all(reg, "Namespace")? {

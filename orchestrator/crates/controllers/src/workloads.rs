@@ -10,8 +10,10 @@ use crate::deployment::template_hash;
 use crate::replicaset::{pod_available, pod_from_template};
 use crate::scheduler::{node_ready, repels, selected};
 use crate::{decode, int, is_deleting, list_all, list_typed, owned_by, pod_active, pod_ready, rt, set_condition};
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::{DeleteOptions, Part, Registry, WriteOptions, name_of, namespace_of, now, uid_of};
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{
+    DeleteOptions, Part, Registry, WriteOptions, name_of, namespace_of, now, uid_of,
+};
 
 fn phase(p: &Value) -> &str {
     p.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default()

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use hyper::body::Incoming;
-use orch_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::errors::ApiError;
 use tokio::sync::mpsc;
 
 /// The channel protocols of exec and attach the kubelet speaks, best first.

@@ -25,7 +25,7 @@ use crate::Kubelet;
 use crate::cri::v1;
 use crate::pod::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
 use crate::spdy;
-use orch_http::{Body, EXEC_PROTOCOLS};
+use orchestrator_http::{Body, EXEC_PROTOCOLS};
 
 /// What was asked for: exec (with its command) or attach, and which streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +83,10 @@ pub async fn serve(
     opts: Options,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    if !orch_http::is_websocket(req.headers()) {
+    if !orchestrator_http::is_websocket(req.headers()) {
         return text(StatusCode::BAD_REQUEST, "Upgrade request required (WebSocket)\n".into());
     }
-    let offered = orch_http::offered_subprotocols(req.headers());
+    let offered = orchestrator_http::offered_subprotocols(req.headers());
     let Some(protocol) = EXEC_PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -131,14 +131,14 @@ pub async fn serve(
         Err(s) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", s.message())),
     };
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let accept = orch_http::websocket_accept(key);
+    let accept = orchestrator_http::websocket_accept(key);
     let v5 = *protocol == EXEC_PROTOCOLS[0];
     tokio::spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         bridge(ws, &url, &opts, v5).await;
     });
-    orch_http::switching_protocols(protocol, &accept)
+    orchestrator_http::switching_protocols(protocol, &accept)
 }
 
 fn fail(what: &str, url: &str, err: impl std::fmt::Display) -> String {
@@ -185,7 +185,7 @@ async fn session(ws: &mut Ws, url: &str, opts: &Options, v5: bool) -> Result<(),
     let resp = sender.send_request(req).await.map_err(|x| fail("POST", url, x))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = resp.status();
-        let body = orch_http::read_body(resp.into_body()).await.unwrap_or_default();
+        let body = orchestrator_http::read_body(resp.into_body()).await.unwrap_or_default();
         return Err(format!("{status}: {}", String::from_utf8_lossy(&body).trim()));
     }
     let io = TokioIo::new(hyper::upgrade::on(resp).await.map_err(|x| fail("upgrade", url, x))?);

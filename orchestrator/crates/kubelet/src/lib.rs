@@ -36,9 +36,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::cri::{Cri, CriError, v1};
-use orch_apimachinery::errors::ApiError;
-use orch_apimachinery::registry::Part;
-use orch_apimachinery::registry::str_at;
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::Part;
+use orchestrator_apimachinery::registry::str_at;
 use pod::{Observed, Waiting};
 
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// OCI archives to import into the runtime at start (air-gapped images).
     pub image_dir: Option<PathBuf>,
-    /// Routes Services' cluster IPs and node ports to their endpoints (`orch_node_net::proxy`).
+    /// Routes Services' cluster IPs and node ports to their endpoints (`orchestrator_node_net::proxy`).
     pub service_proxy: bool,
 }
 
@@ -93,7 +93,7 @@ struct PodMemory {
 
 pub struct Kubelet {
     cfg: Config,
-    api: orch_client::Api,
+    api: orchestrator_client::Api,
     cri: Cri,
     host_ip: String,
     /// The cluster DNS pods are pointed at (ClusterFirst), when this node answers it.
@@ -152,13 +152,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Starts the node's DNS responder on the pod network's gateway; `None`
 /// (pods then use the node's resolver) when it cannot listen there.
-fn start_cluster_dns(cfg: &Config) -> Option<orch_node_net::proxy::ClusterDns> {
+fn start_cluster_dns(cfg: &Config) -> Option<orchestrator_node_net::proxy::ClusterDns> {
     let local = std::net::SocketAddrV4::new(cni::gateway(&cfg.pod_cidr)?, 53);
-    match orch_node_net::dns::bind(local.into()) {
+    match orchestrator_node_net::dns::bind(local.into()) {
         Ok(sockets) => {
             let zone = Arc::default();
-            tokio::spawn(orch_node_net::dns::serve(sockets, Arc::clone(&zone), orch_node_net::dns::node_upstream()));
-            Some(orch_node_net::proxy::ClusterDns { zone, local, pod_cidr: cfg.pod_cidr.clone() })
+            tokio::spawn(orchestrator_node_net::dns::serve(
+                sockets,
+                Arc::clone(&zone),
+                orchestrator_node_net::dns::node_upstream(),
+            ));
+            Some(orchestrator_node_net::proxy::ClusterDns { zone, local, pod_cidr: cfg.pod_cidr.clone() })
         }
         Err(e) => {
             tracing::warn!("cluster DNS: listen on {local}: {e}");
@@ -171,7 +175,7 @@ fn start_cluster_dns(cfg: &Config) -> Option<orch_node_net::proxy::ClusterDns> {
 /// registers the node and runs the sync loop, lease and node status in the background.
 pub async fn start(
     cfg: Config,
-    api: orch_client::Api,
+    api: orchestrator_client::Api,
     identity: server::Identity,
 ) -> Result<Arc<Kubelet>, KubeletError> {
     let cri = Cri::connect(&cfg.cri_socket, Duration::from_secs(30)).await?;
@@ -187,8 +191,8 @@ pub async fn start(
     }
     let cluster_dns = if cfg.service_proxy { start_cluster_dns(&cfg) } else { None };
     if cfg.service_proxy {
-        let chains = orch_node_net::proxy::Chains::new(&cfg.bridge);
-        tokio::spawn(orch_node_net::proxy::run_forever(api.clone(), chains, cluster_dns.clone()));
+        let chains = orchestrator_node_net::proxy::Chains::new(&cfg.bridge);
+        tokio::spawn(orchestrator_node_net::proxy::run_forever(api.clone(), chains, cluster_dns.clone()));
     }
     let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
     let listen = cfg.listen;
@@ -197,7 +201,7 @@ pub async fn start(
         api,
         cri,
         host_ip,
-        cluster_dns: cluster_dns.map(|_| orch_apimachinery::cluster::CLUSTER_DNS_IP),
+        cluster_dns: cluster_dns.map(|_| orchestrator_apimachinery::cluster::CLUSTER_DNS_IP),
         pods: Mutex::default(),
         probes: Mutex::default(),
         port: Default::default(),
@@ -220,7 +224,7 @@ impl Kubelet {
     }
 
     /// Watches from now: the node's pods, or all ConfigMaps or Secrets (their volumes are kept up to date).
-    async fn watch(&self, kind: &'static str) -> Option<orch_client::Watch> {
+    async fn watch(&self, kind: &'static str) -> Option<orchestrator_client::Watch> {
         let sel = if kind == "Pod" { self.node_selector() } else { String::new() };
         self.api.watch(kind, &sel).await
     }
@@ -244,7 +248,7 @@ impl Kubelet {
         let (mut pods, mut config_maps, mut secrets) = (None, None, None);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        async fn next(w: &mut Option<orch_client::Watch>) -> Option<Value> {
+        async fn next(w: &mut Option<orchestrator_client::Watch>) -> Option<Value> {
             let r = w.as_mut().expect("guarded").next().await;
             if r.is_none() {
                 // Compacted or closed: watch again from now on the next turn.
@@ -416,8 +420,8 @@ impl Kubelet {
 
     /// Records an Event about a pod (in the background: a sync does not wait for it).
     pub fn event(&self, ns: &str, pod: &str, uid: &str, ty: &str, reason: &str, message: &str) {
-        let t = orch_apimachinery::registry::now();
-        let suffix = &orch_apimachinery::registry::new_uid().replace('-', "")[..16];
+        let t = orchestrator_apimachinery::registry::now();
+        let suffix = &orchestrator_apimachinery::registry::new_uid().replace('-', "")[..16];
         let e = json!({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": format!("{pod}.{suffix}"), "namespace": ns},
@@ -995,7 +999,7 @@ impl Kubelet {
         };
         let phase = if init_failed { "Failed" } else { pod::phase(p, &apps, init_done) };
         let all_ready = !apps.is_empty() && apps.iter().all(|s| s["ready"] == true);
-        let now = orch_apimachinery::registry::now();
+        let now = orchestrator_apimachinery::registry::now();
         let conditions = json!([
             pod::condition(p, "PodReadyToStartContainers", ip.is_some(), None, &now),
             pod::condition(p, "Initialized", init_done, Some("ContainersNotInitialized"), &now),

@@ -48,7 +48,7 @@ pub fn parse_line(line: &str) -> Option<Entry<'_>> {
 }
 
 fn seconds_of(time: &str) -> i64 {
-    orch_apimachinery::registry::parse_time(time).unwrap_or(0)
+    orchestrator_apimachinery::registry::parse_time(time).unwrap_or(0)
 }
 
 /// Renders complete CRI log text as kubectl shows it (partials joined), applying since/tail/timestamps.
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn renders_with_options() {
-        let now = orch_apimachinery::registry::parse_time("2026-11-23T09:00:25Z").unwrap();
+        let now = orchestrator_apimachinery::registry::parse_time("2026-11-23T09:00:25Z").unwrap();
         assert_eq!(render(LOG, &Options::default(), now), ["one\n", "two\n", "three\n"]);
         assert_eq!(render(LOG, &Options { tail_lines: Some(2), ..Default::default() }, now), ["two\n", "three\n"]);
         assert_eq!(render(LOG, &Options { since_seconds: Some(10), ..Default::default() }, now), ["three\n"]);

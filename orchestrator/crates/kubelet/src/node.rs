@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::cri::v1;
 use crate::{Kubelet, KubeletError};
-use orch_apimachinery::registry::{Part, now};
+use orchestrator_apimachinery::registry::{Part, now};
 
 pub const LEASE_SECONDS: i64 = 40;
 const RENEW: Duration = Duration::from_secs(10);
@@ -155,7 +155,7 @@ async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
             "kernelVersion": read("/proc/sys/kernel/osrelease"),
             "osImage": os_image(),
             "containerRuntimeVersion": version,
-            "kubeletVersion": orch_apimachinery::discovery::version()["gitVersion"],
+            "kubeletVersion": orchestrator_apimachinery::discovery::version()["gitVersion"],
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
             "architecture": arch(),

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use orch_apimachinery::registry::str_at;
+use orchestrator_apimachinery::registry::str_at;
 
 use crate::cri::v1;
 
@@ -78,7 +78,7 @@ pub fn dns_config(
         "" => "ClusterFirst",
         p => p,
     };
-    let domain = orch_apimachinery::cluster::CLUSTER_DOMAIN;
+    let domain = orchestrator_apimachinery::cluster::CLUSTER_DOMAIN;
     let ns = str_at(pod, "/metadata/namespace");
     let mut cfg = match (policy, cluster_dns) {
         ("ClusterFirst", Some(_)) if host_network => None,
@@ -92,7 +92,7 @@ pub fn dns_config(
     };
     if let Some(extra) = pod.pointer("/spec/dnsConfig").filter(|e| e.is_object()) {
         let c = cfg.get_or_insert_with(|| {
-            let node = orch_node_net::dns::parse_resolv_conf(&node_resolv_conf());
+            let node = orchestrator_node_net::dns::parse_resolv_conf(&node_resolv_conf());
             v1::DnsConfig { servers: node.servers, searches: node.searches, options: node.options }
         });
         let strings =
@@ -587,7 +587,7 @@ impl Observed {
 
 pub fn time_of_nanos(ns: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .map(orch_apimachinery::registry::format_time)
+        .map(orchestrator_apimachinery::registry::format_time)
         .unwrap_or_default()
 }
 

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use crate::Kubelet;
 use crate::cri::v1;
 use crate::pod::{LABEL_POD_NAME, LABEL_POD_NAMESPACE};
-use orch_http::{Body, PORT_FORWARD_PROTOCOL};
+use orchestrator_http::{Body, PORT_FORWARD_PROTOCOL};
 
 fn text(code: StatusCode, s: String) -> Response<Body> {
     let mut r = Response::new(Body::Full(Some(Bytes::from(s))));
@@ -70,7 +70,7 @@ async fn upgrade_runtime(url: &str) -> Result<hyper::upgrade::Upgraded, String> 
     let resp = sender.send_request(req).await.map_err(|e| fail("POST", &e))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = resp.status();
-        let body = orch_http::read_body(resp.into_body()).await.unwrap_or_default();
+        let body = orchestrator_http::read_body(resp.into_body()).await.unwrap_or_default();
         return Err(format!("{status}: {}", String::from_utf8_lossy(&body).trim()));
     }
     hyper::upgrade::on(resp).await.map_err(|e| fail("upgrade", &e))

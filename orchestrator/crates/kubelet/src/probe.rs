@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::Kubelet;
 use crate::cri::v1;
-use orch_apimachinery::registry::str_at;
+use orchestrator_apimachinery::registry::str_at;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

@@ -22,8 +22,8 @@ use crate::cri::v1;
 use crate::logs::{self, Options};
 use crate::pod::{LABEL_CONTAINER_NAME, LABEL_POD_UID};
 use crate::{Kubelet, KubeletError};
-use orch_http::Body;
-use orch_http::pki::{self, ADMIN_GROUP, CertKey};
+use orchestrator_http::Body;
+use orchestrator_http::pki::{self, ADMIN_GROUP, CertKey};
 
 /// The kubelet's TLS identity: a serving certificate issued by the cluster
 /// CA (in the control plane's process, which holds the CA), or self-signed
@@ -115,7 +115,7 @@ async fn handle(k: Arc<Kubelet>, admin: bool, req: Request<Incoming>) -> Respons
         return text(StatusCode::FORBIDDEN, "Forbidden: the kubelet API is for the API server\n".into());
     }
     let path = req.uri().path().to_string();
-    let q = orch_http::parse_query(req.uri().query().unwrap_or_default());
+    let q = orchestrator_http::parse_query(req.uri().query().unwrap_or_default());
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),

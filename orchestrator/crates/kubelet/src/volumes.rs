@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use orch_apimachinery::registry::str_at;
+use orchestrator_apimachinery::registry::str_at;
 
 use crate::cri::v1;
 use crate::pod::{ConfigError, Lookup, field_ref};

@@ -21,9 +21,9 @@ use serde_json::Value;
 use simple_dns::rdata::{A, RData, SRV};
 use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
-use orch_apimachinery::registry::str_at;
+use orchestrator_apimachinery::registry::str_at;
 
-pub use orch_apimachinery::cluster::{CLUSTER_DNS_IP, CLUSTER_DOMAIN};
+pub use orchestrator_apimachinery::cluster::{CLUSTER_DNS_IP, CLUSTER_DOMAIN};
 /// How long answers may be cached (CoreDNS's default for the cluster zone).
 const TTL: u32 = 5;
 /// How long a forwarded query may take.

@@ -23,8 +23,8 @@ use serde_json::Value;
 use sha1::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 
-use orch_apimachinery::registry::str_at;
-use orch_client::{Api, Watch};
+use orchestrator_apimachinery::registry::str_at;
+use orchestrator_client::{Api, Watch};
 
 /// The mark of connections to masquerade (kube-proxy's bit).
 const MASQ_MARK: &str = "0x4000/0x4000";
@@ -171,7 +171,7 @@ fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String
     add(format!("-A {post} -j MARK --xor-mark 0x4000"));
     add(format!("-A {post} -m comment --comment \"plinth service traffic requiring SNAT\" -j MASQUERADE"));
     if let Some(d) = dns {
-        let (ip, local) = (orch_apimachinery::cluster::CLUSTER_DNS_IP, d.local);
+        let (ip, local) = (orchestrator_apimachinery::cluster::CLUSTER_DNS_IP, d.local);
         // This node's pods, and the node itself (hostNetwork pods): each
         // node's pods ask their own node, even with several on one host.
         for from in [format!("-s {}", d.pod_cidr), "-m addrtype --src-type LOCAL".to_string()] {
@@ -242,7 +242,7 @@ pub enum ProxyError {
     #[error("{program} failed: {stderr}")]
     Failed { program: &'static str, stderr: String },
     #[error(transparent)]
-    Api(#[from] orch_apimachinery::errors::ApiError),
+    Api(#[from] orchestrator_apimachinery::errors::ApiError),
 }
 
 async fn run(program: &'static str, args: &[&str], input: Option<&str>) -> Result<String, ProxyError> {
