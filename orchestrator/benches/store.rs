@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orchestrator::store::{Durability, SqliteStore, Store};
+use orchestrator_store::{Durability, SqliteStore, Store};
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");

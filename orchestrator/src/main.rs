@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use orchestrator::kubelet::{self, api::Api, server::Identity};
+use orchestrator_client::Api;
+use orchestrator_kubelet::{self as kubelet, server::Identity};
 
 #[derive(Parser)]
 #[command(version, about = "Plinth's embedded control plane (a Kubernetes-compatible API server) and kubelet")]
@@ -147,12 +148,14 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, cert_sans, node } => {
             let durability =
-                if fsync { orchestrator::store::Durability::Full } else { orchestrator::store::Durability::Normal };
+                if fsync { orchestrator_store::Durability::Full } else { orchestrator_store::Durability::Normal };
             let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
-            let cfg =
-                orchestrator::server::Config { data_dir, listen, ca_cert, ca_key, durability, controllers, cert_sans };
+            let cfg = orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans };
             rt.block_on(async {
-                let running = orchestrator::server::start(cfg).await?;
+                let running = orchestrator_apiserver::start(cfg).await?;
+                if controllers {
+                    orchestrator_controllers::spawn_all(running.registry.clone());
+                }
                 if let Some(k) = node {
                     let identity = Identity::IssuedBy(running.ca.clone());
                     kubelet::start(k, Api::Local(running.registry.clone()), identity).await?;
@@ -164,8 +167,8 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Health { kubeconfig, node, record, expect, since } => rt.block_on(async {
-            use orchestrator::health;
-            let api = Api::Remote(kubelet::api::Remote::from_kubeconfig(&kubeconfig)?);
+            use orchestrator_client::health;
+            let api = Api::Remote(orchestrator_client::Remote::from_kubeconfig(&kubeconfig)?);
             if let Some(path) = record {
                 let pods = health::ready_pods(&api, &node).await?;
                 std::fs::write(&path, serde_json::to_vec(&pods)?)
@@ -194,7 +197,7 @@ fn main() -> anyhow::Result<()> {
                 (Some(k), ..) => k,
                 (None, Some(server), Some(cert), Some(key)) => {
                     // Workers act with the admin group until a Node authorizer exists.
-                    use orchestrator::pki;
+                    use orchestrator_http::pki;
                     let ca = pki::load_ca(&cert, &key)?;
                     let user = format!("system:node:{}", cfg.node_name);
                     let client = pki::issue_client(&ca, &user, pki::ADMIN_GROUP)?;
@@ -204,7 +207,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => anyhow::bail!("give --kubeconfig, or --server with --ca-cert and --ca-key"),
             };
-            let remote = kubelet::api::Remote::from_kubeconfig(&kubeconfig)?;
+            let remote = orchestrator_client::Remote::from_kubeconfig(&kubeconfig)?;
             let identity = Identity::SelfSigned { ca_pem: remote.ca_pem.clone() };
             let k = kubelet::start(cfg, Api::Remote(remote), identity).await?;
             println!("kubelet {} running", k.node_name());

@@ -240,15 +240,18 @@ fn imperative_create_commands() {
 fn foreign_certificates_and_oversized_bodies_are_refused() {
     let Some(s) = Server::start() else { return };
     // A client certificate from another CA: the TLS handshake fails.
-    let other = orchestrator::pki::generate_ca("other").unwrap();
-    let client = orchestrator::pki::issue_client(&other, "mallory", orchestrator::pki::ADMIN_GROUP).unwrap();
-    let ca = orchestrator::pki::CertKey {
+    let other = orchestrator_http::pki::generate_ca("other").unwrap();
+    let client = orchestrator_http::pki::issue_client(&other, "mallory", orchestrator_http::pki::ADMIN_GROUP).unwrap();
+    let ca = orchestrator_http::pki::CertKey {
         cert_pem: std::fs::read_to_string(s.dir.path().join("ca.crt")).unwrap(),
         key_pem: String::new(),
     };
     let path = s.dir.path().join("mallory.kubeconfig");
-    std::fs::write(&path, orchestrator::pki::kubeconfig(&format!("https://{}", s.address), &ca, &client, "mallory"))
-        .unwrap();
+    std::fs::write(
+        &path,
+        orchestrator_http::pki::kubeconfig(&format!("https://{}", s.address), &ca, &client, "mallory"),
+    )
+    .unwrap();
     let out = s.cmd(&path, &["get", "namespaces"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && (err.contains("tls") || err.contains("certificate")), "{err}");

@@ -251,11 +251,11 @@ state = "{d}/state"
     pub fn sandboxes(&self) -> Vec<(String, String, bool)> {
         let socket = self.socket.clone();
         rt().block_on(async move {
-            let cri = orchestrator::cri::Cri::connect(&socket, Duration::from_secs(5)).await.unwrap();
+            let cri = orchestrator_kubelet::cri::Cri::connect(&socket, Duration::from_secs(5)).await.unwrap();
             let items = cri
                 .runtime
                 .clone()
-                .list_pod_sandbox(orchestrator::cri::v1::ListPodSandboxRequest { filter: None })
+                .list_pod_sandbox(orchestrator_kubelet::cri::v1::ListPodSandboxRequest { filter: None })
                 .await
                 .unwrap()
                 .into_inner()
@@ -264,7 +264,7 @@ state = "{d}/state"
                 .into_iter()
                 .map(|s| {
                     let uid = s.metadata.map(|m| m.uid).unwrap_or_default();
-                    (s.id, uid, s.state == orchestrator::cri::v1::PodSandboxState::SandboxReady as i32)
+                    (s.id, uid, s.state == orchestrator_kubelet::cri::v1::PodSandboxState::SandboxReady as i32)
                 })
                 .collect()
         })
@@ -279,18 +279,23 @@ state = "{d}/state"
     fn remove_all_sandboxes(&self) {
         let socket = self.socket.clone();
         rt().block_on(async move {
-            let Ok(cri) = orchestrator::cri::Cri::connect(&socket, Duration::from_secs(2)).await else { return };
+            let Ok(cri) = orchestrator_kubelet::cri::Cri::connect(&socket, Duration::from_secs(2)).await else {
+                return;
+            };
             let mut rs = cri.runtime.clone();
-            let Ok(list) = rs.list_pod_sandbox(orchestrator::cri::v1::ListPodSandboxRequest { filter: None }).await
+            let Ok(list) =
+                rs.list_pod_sandbox(orchestrator_kubelet::cri::v1::ListPodSandboxRequest { filter: None }).await
             else {
                 return;
             };
             for s in list.into_inner().items {
                 let _ = rs
-                    .stop_pod_sandbox(orchestrator::cri::v1::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() })
+                    .stop_pod_sandbox(orchestrator_kubelet::cri::v1::StopPodSandboxRequest {
+                        pod_sandbox_id: s.id.clone(),
+                    })
                     .await;
                 let _ = rs
-                    .remove_pod_sandbox(orchestrator::cri::v1::RemovePodSandboxRequest { pod_sandbox_id: s.id })
+                    .remove_pod_sandbox(orchestrator_kubelet::cri::v1::RemovePodSandboxRequest { pod_sandbox_id: s.id })
                     .await;
             }
         });
@@ -693,8 +698,8 @@ impl Drop for Registry {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_server();
-        let chains = orchestrator::proxy::Chains::new(&self.containerd.bridge);
-        if let Err(e) = rt().block_on(orchestrator::proxy::cleanup(&chains)) {
+        let chains = orchestrator_node_net::proxy::Chains::new(&self.containerd.bridge);
+        if let Err(e) = rt().block_on(orchestrator_node_net::proxy::cleanup(&chains)) {
             eprintln!("remove the service proxy's rules: {e}");
         }
         self.containerd.remove_all_sandboxes();

@@ -1,0 +1,186 @@
+//! API errors, shaped as Kubernetes `Status` objects.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, StatusCause, StatusDetails};
+
+use crate::resources::ResourceType;
+use orchestrator_store::StoreError;
+
+/// An error answered to a client: HTTP code, `reason`, message, details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Box<StatusDetails>>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.reason, self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// `deployments.apps` / `pods`: how upstream names a resource in messages.
+pub fn qualified(rt: &ResourceType) -> String {
+    if rt.group.is_empty() { rt.plural.to_string() } else { format!("{}.{}", rt.plural, rt.group) }
+}
+
+fn details(rt: &ResourceType, name: &str) -> Option<Box<StatusDetails>> {
+    Some(Box::new(StatusDetails {
+        name: Some(name.to_string()),
+        group: Some(rt.group.to_string()).filter(|g| !g.is_empty()),
+        kind: Some(rt.plural.to_string()),
+        ..Default::default()
+    }))
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { code, reason, message: message.into(), details: None }
+    }
+
+    pub fn not_found(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError {
+            details: details(rt, name),
+            ..ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(rt)))
+        }
+    }
+
+    pub fn already_exists(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError {
+            details: details(rt, name),
+            ..ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(rt)))
+        }
+    }
+
+    pub fn conflict(rt: &ResourceType, name: &str, why: &str) -> ApiError {
+        ApiError {
+            details: details(rt, name),
+            ..ApiError::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on {} \"{name}\": {why}", qualified(rt)),
+            )
+        }
+    }
+
+    pub fn modified(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError::conflict(
+            rt,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+
+    /// 422 with one cause per (field, message).
+    pub fn invalid(rt: &ResourceType, name: &str, causes: Vec<(String, String)>) -> ApiError {
+        let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        let summary = if summary.len() == 1 { summary[0].clone() } else { format!("[{}]", summary.join(", ")) };
+        let mut d = *details(rt, name).unwrap_or_default();
+        d.kind = Some(rt.kind.to_string());
+        d.causes = Some(
+            causes
+                .into_iter()
+                .map(|(field, message)| StatusCause {
+                    reason: Some(
+                        if message.starts_with("Required") { "FieldValueRequired" } else { "FieldValueInvalid" }.into(),
+                    ),
+                    message: Some(message),
+                    field: Some(field),
+                })
+                .collect(),
+        );
+        let kind = if rt.group.is_empty() { rt.kind.to_string() } else { format!("{}.{}", rt.kind, rt.group) };
+        ApiError {
+            details: Some(Box::new(d)),
+            ..ApiError::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"))
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "BadRequest", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(403, "Forbidden", message)
+    }
+
+    pub fn gone(message: impl Into<String>) -> ApiError {
+        ApiError::new(410, "Expired", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, "InternalError", message)
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            code: Some(self.code.into()),
+            details: self.details.as_deref().cloned(),
+            message: Some(self.message.clone()),
+            metadata: ListMeta::default(),
+            reason: Some(self.reason.to_string()),
+            status: Some("Failure".into()),
+        }
+    }
+
+    /// The Status as JSON, with kind and apiVersion.
+    pub fn to_json(&self) -> serde_json::Value {
+        status_json(self.status())
+    }
+
+    /// Maps a store error on one object of `rt`.
+    pub fn from_store(rt: &ResourceType, name: &str, e: StoreError) -> ApiError {
+        match e {
+            StoreError::AlreadyExists { .. } => ApiError::already_exists(rt, name),
+            StoreError::NotFound { .. } => ApiError::not_found(rt, name),
+            StoreError::Conflict { .. } => ApiError::modified(rt, name),
+            StoreError::Compacted { requested, compacted } => {
+                ApiError::gone(format!("too old resource version: {requested} ({compacted})"))
+            }
+            StoreError::Lagged(_) => ApiError::gone("the watch fell behind; re-list and watch again"),
+            e => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// A `Status` serialised with its kind and apiVersion.
+pub fn status_json(s: Status) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    v["kind"] = "Status".into();
+    v["apiVersion"] = "v1".into();
+    v
+}
+
+/// A `Status` of success for an immediate delete.
+pub fn success(rt: &ResourceType, name: &str, uid: &str) -> serde_json::Value {
+    let mut d = *details(rt, name).unwrap_or_default();
+    d.uid = Some(uid.to_string());
+    status_json(Status {
+        details: Some(d),
+        status: Some("Success".into()),
+        metadata: ListMeta::default(),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::by_kind;
+
+    #[test]
+    fn invalid_has_causes_and_upstream_message() {
+        let rt = by_kind("Deployment").unwrap();
+        let e = ApiError::invalid(rt, "Bad", vec![("metadata.name".into(), "Invalid value: \"Bad\": no".into())]);
+        let j = e.to_json();
+        assert_eq!(j["kind"], "Status");
+        assert_eq!(j["code"], 422);
+        assert_eq!(j["message"], "Deployment.apps \"Bad\" is invalid: metadata.name: Invalid value: \"Bad\": no");
+        assert_eq!(j["details"]["causes"][0]["field"], "metadata.name");
+        let nf = ApiError::not_found(by_kind("Pod").unwrap(), "p").to_json();
+        assert_eq!((nf["reason"].as_str(), nf["message"].as_str()), (Some("NotFound"), Some("pods \"p\" not found")));
+    }
+}

@@ -1,0 +1,16 @@
+//! Kubernetes object semantics over the store: the registry (decode,
+//! defaulting, validation, versions, finalizers, watches), patches,
+//! selectors, Status errors, the served kinds, discovery and Tables. Used by
+//! the API server, the controllers and, through the client, the kubelet.
+
+pub mod cluster;
+pub mod discovery;
+pub mod errors;
+pub mod patch;
+pub mod protobuf;
+pub mod registry;
+pub mod resources;
+pub mod selector;
+pub mod smp;
+pub mod table;
+pub mod validation;

@@ -1,0 +1,882 @@
+//! The HTTPS transport: TLS with client certificates (CN = user, O =
+//! groups), authorization (admin / read-only), and the translation of
+//! Kubernetes REST requests into [`Registry`] calls. Watches stream
+//! newline-delimited JSON events from a task per watch.
+
+mod streaming;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use orchestrator_apimachinery::discovery;
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::patch;
+use orchestrator_apimachinery::registry::{
+    DeleteOptions, FieldValidation, ListOptions, Part, Propagation, Registry, WriteOptions,
+};
+use orchestrator_apimachinery::resources::{self, ResourceType};
+use orchestrator_apimachinery::selector::{FieldSelector, LabelSelector};
+use orchestrator_apimachinery::table::{self, IncludeObject};
+use orchestrator_http::pki::{self, ADMIN_GROUP, READ_ONLY_GROUP};
+use orchestrator_http::{Body, flag, param, parse_query, read_body};
+use orchestrator_store::{Durability, SqliteStore, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    pub durability: Durability,
+    /// More names and addresses for the serving certificate (the node's
+    /// host name and LAN addresses, a load balancer's name).
+    pub cert_sans: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("bootstrap objects: {0}")]
+    Bootstrap(ApiError),
+}
+
+/// History kept by compaction (as kine: the newest 1,000 revisions), and
+/// how often it runs.
+const KEEP_REVISIONS: i64 = 1000;
+const COMPACT_EVERY: Duration = Duration::from_secs(300);
+
+/// Compacts the store periodically; watches from before the kept window
+/// get 410 Gone and re-list.
+fn spawn_compactor(registry: Arc<Registry>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COMPACT_EVERY);
+        loop {
+            tick.tick().await;
+            let reg = registry.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let target = reg.store.current_revision()? - KEEP_REVISIONS;
+                if target > 0 { reg.store.compact(target) } else { Ok(()) }
+            })
+            .await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!("compaction: {e}");
+            }
+        }
+    });
+}
+
+/// An authenticated client.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+pub struct State {
+    pub registry: Arc<Registry>,
+    pub address: String,
+    /// TLS to kubelets (the cluster CA, a client certificate in the admin group), for `pods/log`.
+    pub kubelet_client: Arc<rustls::ClientConfig>,
+}
+
+/// A running server.
+pub struct Running {
+    pub address: SocketAddr,
+    pub admin_kubeconfig: PathBuf,
+    pub read_only_kubeconfig: PathBuf,
+    pub registry: Arc<Registry>,
+    /// The cluster CA (a kubelet in this process issues its serving certificate from it).
+    pub ca: pki::CertKey,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Kubelet serving certificates are not verified (as upstream without
+/// `--kubelet-certificate-authority`): a worker's kubelet holds no CA key and
+/// serves a self-signed certificate. The kubelet verifies *us* (our client
+/// certificate against the cluster CA), which is what guards its API.
+#[derive(Debug)]
+struct AnyKubeletCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyKubeletCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The API server's client side towards kubelets: an admin client certificate from the cluster CA.
+fn kubelet_client(ca: &pki::CertKey) -> Result<rustls::ClientConfig, ServerError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let cert = pki::issue_client(ca, "kube-apiserver-kubelet-client", ADMIN_GROUP)?;
+    let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).map_err(|e| tls(&e))?];
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyKubeletCert(provider)))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| tls(&e))
+}
+
+fn tls_config(ca: &pki::CertKey, addr: SocketAddr, extra: &[String]) -> Result<rustls::ServerConfig, ServerError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let mut names = vec![
+        "localhost".to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "127.0.0.1".into(),
+        "10.96.0.1".into(),
+    ];
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    let serving = pki::issue_server(ca, &names)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(&e))?;
+    let chain = vec![CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).map_err(|e| tls(&e))?];
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Opens the store, prepares certificates and kubeconfigs, binds and
+/// serves in the background.
+pub async fn start(cfg: Config) -> Result<Running, ServerError> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| pki::PkiError::Io { op: "create", path: dir.clone(), source })?;
+    let ca = pki::load_or_generate_ca(
+        &cfg.ca_cert.clone().unwrap_or_else(|| dir.join("ca.crt")),
+        &cfg.ca_key.clone().unwrap_or_else(|| dir.join("ca.key")),
+    )?;
+    let store = SqliteStore::open(&dir.join("state.db"), cfg.durability)?;
+    let registry = Arc::new(Registry::new(Arc::new(store)));
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: cfg.listen, source })?;
+    let address = listener.local_addr().map_err(|source| ServerError::Listen { addr: cfg.listen, source })?;
+    let host = if address.ip().is_unspecified() { "127.0.0.1".to_string() } else { address.ip().to_string() };
+    let url = format!("https://{host}:{}", address.port());
+    registry.bootstrap(&format!("{host}:{}", address.port())).map_err(ServerError::Bootstrap)?;
+    let admin = pki::issue_client(&ca, "admin", ADMIN_GROUP)?;
+    let admin_kubeconfig = dir.join("admin.kubeconfig");
+    pki::write_private(&admin_kubeconfig, &pki::kubeconfig(&url, &ca, &admin, "admin"))?;
+    let viewer = pki::issue_client(&ca, "viewer", READ_ONLY_GROUP)?;
+    let read_only_kubeconfig = dir.join("read-only.kubeconfig");
+    pki::write_private(&read_only_kubeconfig, &pki::kubeconfig(&url, &ca, &viewer, "viewer"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ca, address, &cfg.cert_sans)?));
+    let state = Arc::new(State {
+        registry: registry.clone(),
+        address: format!("{host}:{}", address.port()),
+        kubelet_client: Arc::new(kubelet_client(&ca)?),
+    });
+    spawn_compactor(registry.clone());
+    let task = tokio::spawn(accept_loop(listener, acceptor, state));
+    Ok(Running { address, admin_kubeconfig, read_only_kubeconfig, registry, ca, task })
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<State>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| pki::user_of_cert(c))
+                .map(|(name, groups)| User { name, groups });
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                let user = user.clone();
+                async move { Ok::<_, Infallible>(handle(state, user, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
+                .await
+            {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}
+
+fn respond(code: u16, body: &Value, warnings: &[String]) -> Response<Body> {
+    let mut r = Response::new(Body::Full(Some(Bytes::from(serde_json::to_vec(body).unwrap_or_default()))));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::Value::String(w.clone()));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            r.headers_mut().append("warning", v);
+        }
+    }
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    respond(e.code, &e.to_json(), &[])
+}
+
+pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path.ends_with("/portforward") && req.headers().contains_key(header::UPGRADE) {
+        return match streaming::port_forward(state, user, req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+    }
+    if (path.ends_with("/exec") || path.ends_with("/attach")) && req.headers().contains_key(header::UPGRADE) {
+        return match streaming::exec(state, user, req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+    }
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parse_query(parts.uri.query().unwrap_or_default());
+    let span = tracing::debug_span!("request", method = %parts.method, %path);
+    let _enter = span.enter();
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    match route(&state, user.as_ref(), &parts.method, &parts.headers, &path, &query, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(code = e.code, "{}", e.message);
+            error_response(&e)
+        }
+    }
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().unwrap_or_default().contains("as=Table"))
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
+        .unwrap_or_default()
+}
+
+fn unsupported_media(ct: &str) -> ApiError {
+    ApiError::new(
+        415,
+        "UnsupportedMediaType",
+        format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct:?})"
+        ),
+    )
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
+    serde_norway::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
+}
+
+fn write_options(q: &[(String, String)]) -> Result<WriteOptions, ApiError> {
+    let validation = match param(q, "fieldValidation") {
+        None | Some("") | Some("Warn") => FieldValidation::Warn,
+        Some("Strict") => FieldValidation::Strict,
+        Some("Ignore") => FieldValidation::Ignore,
+        Some(v) => {
+            return Err(ApiError::bad_request(format!("fieldValidation {v:?} is not one of Ignore, Warn, Strict")));
+        }
+    };
+    Ok(WriteOptions {
+        dry_run: param(q, "dryRun") == Some("All"),
+        validation,
+        field_manager: param(q, "fieldManager").filter(|m| !m.is_empty()).map(str::to_string),
+    })
+}
+
+/// The non-resource paths every authenticated user may read.
+async fn non_resource(state: &State, segs: &[&str]) -> Option<Result<Response<Body>, ApiError>> {
+    let found = |v: Option<Value>| {
+        Some(
+            v.map(|v| respond(200, &v, &[]))
+                .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        )
+    };
+    match segs {
+        ["api"] => found(Some(discovery::api_versions(&state.address))),
+        ["apis"] => found(Some(discovery::api_group_list())),
+        ["apis", g] => found(discovery::api_group(g)),
+        ["api", v] => found(discovery::resource_list("", v)),
+        ["apis", g, v] => found(discovery::resource_list(g, v)),
+        ["openapi", "v3"] => found(Some(discovery::openapi_v3_index())),
+        ["openapi", "v3", rest @ ..] => found(discovery::openapi_v3(&rest.join("/"))),
+        ["openapi", "v2"] => {
+            let mut r = Response::new(Body::Full(Some(Bytes::from(discovery::openapi_v2_protobuf()))));
+            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+            Some(Ok(r))
+        }
+        [] => found(Some(
+            json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v3", "/readyz", "/version"]}),
+        )),
+        _ => None,
+    }
+}
+
+fn text(code: u16, s: &str) -> Response<Body> {
+    let mut r = Response::new(Body::Full(Some(Bytes::from(s.to_string()))));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A parsed resource request.
+struct Target<'a> {
+    rt: &'static ResourceType,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+    sub: Option<&'a str>,
+}
+
+fn parse_target<'a>(segs: &[&'a str]) -> Option<Target<'a>> {
+    let (group, version, rest) = match segs {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    if rest.is_empty() || rest.len() > 5 {
+        return None;
+    }
+    if rest[0] == "namespaces"
+        && rest.len() >= 3
+        && let Some(rt) = resources::find(group, version, rest[2]).filter(|r| r.namespaced)
+    {
+        if rest.len() > 5 {
+            return None;
+        }
+        return Some(Target { rt, namespace: Some(rest[1]), name: rest.get(3).copied(), sub: rest.get(4).copied() });
+    }
+    if rest.len() > 3 {
+        return None;
+    }
+    let rt = resources::find(group, version, rest[0])?;
+    Some(Target { rt, namespace: None, name: rest.get(1).copied(), sub: rest.get(2).copied() })
+}
+
+fn verb(method: &Method, t: &Target<'_>, q: &[(String, String)]) -> &'static str {
+    match (method.as_str(), t.name.is_some()) {
+        ("GET", true) => "get",
+        ("GET", false) if flag(q, "watch") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+/// The authorization rule: admins do everything, read-only users get,
+/// list and watch, nobody else anything.
+pub(crate) fn allowed(user: &User, verb: &str) -> bool {
+    user.groups.iter().any(|g| g == ADMIN_GROUP)
+        || (user.groups.iter().any(|g| g == READ_ONLY_GROUP) && matches!(verb, "get" | "list" | "watch"))
+}
+
+/// POST selfsubjectaccessreviews: what `kubectl auth can-i` asks.
+fn access_review(user: &User, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let mut review = parse_json(body)?;
+    let verb = review
+        .pointer("/spec/resourceAttributes/verb")
+        .or(review.pointer("/spec/nonResourceAttributes/verb"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let ok = allowed(user, &verb) || (verb == "get" && review.pointer("/spec/nonResourceAttributes").is_some());
+    let reason = if ok { "allowed by the plinth authorizer" } else { "" };
+    review["status"] = json!({"allowed": ok, "reason": reason});
+    review["kind"] = "SelfSubjectAccessReview".into();
+    review["apiVersion"] = "authorization.k8s.io/v1".into();
+    Ok(respond(201, &review, &[]))
+}
+
+fn authorize(user: &User, verb: &str, t: &Target<'_>) -> Result<(), ApiError> {
+    if allowed(user, verb) {
+        return Ok(());
+    }
+    let resource = match t.sub {
+        Some(s) => format!("{}/{s}", t.rt.plural),
+        None => t.rt.plural.to_string(),
+    };
+    let scope = match t.namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".into(),
+    };
+    let what = match t.name {
+        Some(n) => format!("{} \"{n}\"", orchestrator_apimachinery::errors::qualified(t.rt)),
+        None => orchestrator_apimachinery::errors::qualified(t.rt),
+    };
+    let mut e = ApiError::forbidden(format!(
+        "{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
+        user.name, t.rt.group
+    ));
+    e.details = Some(Box::new(k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails {
+        name: t.name.map(str::to_string),
+        group: Some(t.rt.group.to_string()).filter(|g| !g.is_empty()),
+        kind: Some(t.rt.plural.to_string()),
+        ..Default::default()
+    }));
+    Err(e)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route(
+    state: &Arc<State>,
+    user: Option<&User>,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+    q: &[(String, String)],
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["version"] => return Ok(respond(200, &discovery::version(), &[])),
+        ["healthz" | "livez" | "readyz", ..] => return Ok(text(200, "ok")),
+        _ => {}
+    }
+    let Some(user) = user else {
+        return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
+    };
+    if method == Method::GET
+        && let Some(r) = non_resource(state, &segs).await
+    {
+        return r;
+    }
+    if method == Method::POST && segs == ["apis", discovery::AUTHORIZATION_GROUP, "v1", "selfsubjectaccessreviews"] {
+        let review = if content_type(headers) == "application/vnd.kubernetes.protobuf" {
+            let obj = orchestrator_apimachinery::protobuf::decode(&body)
+                .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
+            Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+        } else {
+            body
+        };
+        return access_review(user, &review);
+    }
+    let t = parse_target(&segs)
+        .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
+    let verb = verb(method, &t, q);
+    authorize(user, verb, &t)?;
+    let reg = &state.registry;
+    let rt = t.rt;
+    let ns = t.namespace;
+    if rt.namespaced && ns.is_none() && t.name.is_some() {
+        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+    }
+    if let Some(sub) = t.sub
+        && !rt.subresources.contains(&sub)
+    {
+        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+    }
+    let table = wants_table(headers);
+    let include = match param(q, "includeObject") {
+        Some("None") => IncludeObject::None,
+        Some("Object") => IncludeObject::Object,
+        _ => IncludeObject::Metadata,
+    };
+    let ct = content_type(headers);
+    // kubectl ≥1.32 creates some kinds with protobuf bodies.
+    let body = if ct == "application/vnd.kubernetes.protobuf" && verb == "create" && t.sub.is_none() {
+        let obj = orchestrator_apimachinery::protobuf::decode(&body)
+            .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
+        Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+    } else {
+        if !body.is_empty() && matches!(verb, "create" | "update") && ct == "application/yaml" {
+            Bytes::from(serde_json::to_vec(&parse_yaml(&body)?).unwrap_or_default())
+        } else {
+            if !body.is_empty()
+                && matches!(verb, "create" | "update")
+                && !(ct.is_empty() || ct == "application/json" || ct == "*/*")
+            {
+                return Err(unsupported_media(&ct));
+            }
+            body
+        }
+    };
+    match (verb, t.name, t.sub) {
+        ("get", Some(name), Some("log")) => streaming::pod_log(state, ns, name, q).await,
+        (_, Some(_), Some("exec" | "attach" | "portforward")) => Err(ApiError::bad_request("Upgrade request required")),
+        ("get", Some(name), sub) => {
+            let o = reg.get(rt, ns, name)?;
+            if sub == Some("scale") {
+                return Ok(respond(200, &patch::scale_of(&o), &[]));
+            }
+            if table && sub.is_none() {
+                let meta = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
+                return Ok(respond(200, &table::table(rt, &[o], include, meta, true), &[]));
+            }
+            Ok(respond(200, &o, &[]))
+        }
+        ("list", None, None) => {
+            let opts = list_options(rt, q)?;
+            let r = reg.list(rt, ns, &opts)?;
+            let mut meta = json!({"resourceVersion": r.revision.to_string()});
+            if let Some(c) = &r.continue_token {
+                meta["continue"] = c.clone().into();
+            }
+            if table {
+                return Ok(respond(200, &table::table(rt, &r.items, include, meta, true), &[]));
+            }
+            let list = json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": r.items});
+            Ok(respond(200, &list, &[]))
+        }
+        ("watch", None, None) => watch(state, rt, ns, q, table, include),
+        ("create", None, None) => {
+            let o = parse_json(&body)?;
+            let w = reg.create(rt, ns, o, &write_options(q)?)?;
+            Ok(respond(201, &w.object, &w.warnings))
+        }
+        ("create", Some(name), Some("binding")) => {
+            let b = parse_json(&body)?;
+            patch::bind(reg, ns, name, &b)?;
+            Ok(respond(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                &[],
+            ))
+        }
+        ("update", Some(name), sub) => {
+            let o = parse_json(&body)?;
+            let opts = write_options(q)?;
+            let w = match sub {
+                Some("scale") => patch::update_scale(reg, rt, ns, name, &o, &opts)?,
+                Some("status") => reg.update(rt, ns, name, o, Part::Status, &opts)?,
+                _ => reg.update(rt, ns, name, o, Part::Main, &opts)?,
+            };
+            Ok(respond(200, &w.object, &w.warnings))
+        }
+        ("patch", Some(name), sub) => {
+            // Server-side apply bodies are YAML (JSON is YAML too).
+            let p = if ct == "application/apply-patch+yaml" { parse_yaml(&body)? } else { parse_json(&body)? };
+            let opts = write_options(q)?;
+            let force = flag(q, "force");
+            let w = patch::patch(reg, rt, ns, name, sub, &ct, &p, &opts, force)?;
+            Ok(respond(if w.created { 201 } else { 200 }, &w.object, &w.warnings))
+        }
+        ("delete", Some(name), None) => {
+            let opts = delete_options(q, &body)?;
+            Ok(respond(200, &reg.delete(rt, ns, name, &opts)?, &[]))
+        }
+        ("deletecollection", None, None) => {
+            let opts = delete_options(q, &body)?;
+            let list = reg.list(rt, ns, &list_options(rt, q)?)?;
+            let mut items = Vec::new();
+            for o in list.items {
+                let (ons, name) = (
+                    orchestrator_apimachinery::registry::namespace_of(&o).map(str::to_string),
+                    orchestrator_apimachinery::registry::name_of(&o).to_string(),
+                );
+                match reg.delete(rt, ons.as_deref(), &name, &opts) {
+                    Ok(_) => items.push(o),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let list = json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {}, "items": items});
+            Ok(respond(200, &list, &[]))
+        }
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({verb})"),
+        )),
+    }
+}
+
+fn list_options(rt: &ResourceType, q: &[(String, String)]) -> Result<ListOptions, ApiError> {
+    let labels = LabelSelector::parse(param(q, "labelSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(param(q, "fieldSelector").unwrap_or_default(), rt.fields)
+        .map_err(|e| ApiError::bad_request(e.0))?;
+    let limit = match param(q, "limit") {
+        Some(l) if !l.is_empty() => {
+            l.parse().map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?
+        }
+        _ => 0,
+    };
+    let exact = match (param(q, "resourceVersion"), param(q, "resourceVersionMatch")) {
+        (Some(rv), Some("Exact")) => {
+            Some(rv.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion {rv:?} is not a number")))?)
+        }
+        _ => None,
+    };
+    Ok(ListOptions {
+        labels,
+        fields,
+        limit,
+        continue_token: param(q, "continue").filter(|c| !c.is_empty()).map(str::to_string),
+        exact_revision: exact,
+    })
+}
+
+fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let b: Value = if body.is_empty() { json!({}) } else { parse_json(body)? };
+    let policy = b.get("propagationPolicy").and_then(Value::as_str).or(param(q, "propagationPolicy"));
+    let propagation = match policy {
+        None | Some("") => None,
+        Some("Background") => Some(Propagation::Background),
+        Some("Foreground") => Some(Propagation::Foreground),
+        Some("Orphan") => Some(Propagation::Orphan),
+        Some(p) => {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy {p:?} is not one of Background, Foreground, Orphan"
+            )));
+        }
+    };
+    let propagation = propagation.or(match b.get("orphanDependents").and_then(Value::as_bool) {
+        Some(true) => Some(Propagation::Orphan),
+        _ => None,
+    });
+    let grace = b
+        .get("gracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .or(param(q, "gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    Ok(DeleteOptions {
+        propagation,
+        grace_period: grace,
+        precondition_uid: b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
+        precondition_rv: b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
+        dry_run: b.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"))
+            || param(q, "dryRun") == Some("All"),
+    })
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn bookmark(rt: &ResourceType, rev: i64, initial_end: bool) -> Value {
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta})
+}
+
+fn watch(
+    state: &Arc<State>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    q: &[(String, String)],
+    as_table: bool,
+    include: IncludeObject,
+) -> Result<Response<Body>, ApiError> {
+    let opts = list_options(rt, q)?;
+    let rv = param(q, "resourceVersion").unwrap_or_default();
+    let send_initial = flag(q, "sendInitialEvents");
+    let bookmarks = flag(q, "allowWatchBookmarks");
+    let timeout = param(q, "timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800).clamp(1, 3600);
+    let reg = state.registry.clone();
+    // Initial state: when asked, or when no revision is given (upstream's
+    // "start at most recent" sends the current objects as ADDED first).
+    let (initial, from) = if send_initial || rv.is_empty() || rv == "0" {
+        let all = ListOptions { labels: opts.labels.clone(), fields: opts.fields.clone(), ..Default::default() };
+        let r = reg.list(rt, ns, &all)?;
+        (Some(r.items), r.revision)
+    } else {
+        (None, rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("resourceVersion {rv:?} is not a number")))?)
+    };
+    let watch = reg.watch(rt, ns, from, opts.labels.clone(), opts.fields.clone());
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let ns_owned = ns.map(str::to_string);
+    tokio::spawn(async move {
+        let _ns = ns_owned;
+        let mut first_table = true;
+        let mut render = |o: &Value| -> Value {
+            if as_table {
+                let meta = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
+                let t = table::table(rt, std::slice::from_ref(o), include, meta, first_table);
+                first_table = false;
+                t
+            } else {
+                o.clone()
+            }
+        };
+        let mut watch = match watch {
+            Ok(w) => w,
+            Err(e) => {
+                let e = ApiError::from_store(rt, "", e);
+                let _ = tx.send(event_line("ERROR", &e.to_json())).await;
+                return;
+            }
+        };
+        for o in initial.into_iter().flatten() {
+            if tx.send(event_line("ADDED", &render(&o))).await.is_err() {
+                return;
+            }
+        }
+        if send_initial && bookmarks && tx.send(event_line("BOOKMARK", &bookmark(rt, from, true))).await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        let mut last = from;
+        loop {
+            tokio::select! {
+                e = watch.next() => match e {
+                    Ok(ev) => {
+                        last = ev.object["metadata"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()).unwrap_or(last);
+                        if tx.send(event_line(ev.kind, &render(&ev.object))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let e = ApiError::from_store(rt, "", e);
+                        let _ = tx.send(event_line("ERROR", &e.to_json())).await;
+                        return;
+                    }
+                },
+                _ = tick.tick(), if bookmarks => {
+                    if tx.send(event_line("BOOKMARK", &bookmark(rt, last, false))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let mut r = Response::new(Body::Stream(rx));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache, private"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_targets() {
+        let q = parse_query("labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch=1");
+        assert_eq!(param(&q, "labelSelector"), Some("app=web,tier in (a)"));
+        assert!(flag(&q, "watch"));
+        let t = parse_target(&["apis", "apps", "v1", "namespaces", "d", "deployments", "web", "scale"]).unwrap();
+        assert_eq!((t.rt.kind, t.namespace, t.name, t.sub), ("Deployment", Some("d"), Some("web"), Some("scale")));
+        let t = parse_target(&["api", "v1", "namespaces", "d", "status"]).unwrap();
+        assert_eq!((t.rt.kind, t.namespace, t.name, t.sub), ("Namespace", None, Some("d"), Some("status")));
+        let t = parse_target(&["api", "v1", "pods"]).unwrap();
+        assert_eq!((t.rt.kind, t.namespace, t.name), ("Pod", None, None));
+        assert!(parse_target(&["api", "v1", "bogus"]).is_none());
+    }
+
+    #[test]
+    fn read_only_users_may_only_read() {
+        let t = parse_target(&["api", "v1", "namespaces", "d", "pods"]).unwrap();
+        let viewer = User { name: "v".into(), groups: vec![READ_ONLY_GROUP.into()] };
+        assert!(authorize(&viewer, "list", &t).is_ok());
+        let e = authorize(&viewer, "create", &t).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert_eq!(
+            e.message,
+            "pods is forbidden: User \"v\" cannot create resource \"pods\" in API group \"\" in the namespace \"d\""
+        );
+        let nobody = User { name: "n".into(), groups: vec![] };
+        assert!(authorize(&nobody, "get", &t).is_err());
+        let admin = User { name: "a".into(), groups: vec![ADMIN_GROUP.into()] };
+        assert!(authorize(&admin, "delete", &t).is_ok());
+    }
+}

@@ -1,0 +1,337 @@
+//! How the kubelet reaches the API: in the same process (a control-plane
+//! node: calls on the [`Registry`]), or over HTTPS with a kubeconfig's
+//! client certificate (a worker node). Both offer the few calls the
+//! kubelet makes: get, list by field selector, create, read-modify-write
+//! with conflict retries, delete, and watch.
+
+pub mod health;
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{DeleteOptions, ListOptions, ObjectWatch, Part, Registry, WriteOptions};
+use orchestrator_apimachinery::resources::{ResourceType, by_kind};
+use orchestrator_apimachinery::selector::FieldSelector;
+use orchestrator_http::Body;
+
+fn rt(kind: &str) -> &'static ResourceType {
+    by_kind(kind).expect("a kind the server serves")
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("a registry call does not panic")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    #[error("read {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{path}: {what}")]
+    Invalid { path: std::path::PathBuf, what: String },
+}
+
+/// An API server over HTTPS: its address, the TLS set-up from a kubeconfig.
+#[derive(Clone)]
+pub struct Remote {
+    host: String,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    /// The cluster CA (PEM), which also signs the API server's client certificate towards kubelets.
+    pub ca_pem: String,
+}
+
+impl Remote {
+    /// Reads the first cluster and user of a kubeconfig (embedded certificate data).
+    pub fn from_kubeconfig(path: &Path) -> Result<Remote, KubeconfigError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let text =
+            std::fs::read_to_string(path).map_err(|source| KubeconfigError::Read { path: path.into(), source })?;
+        let bad = |what: &str| KubeconfigError::Invalid { path: path.into(), what: what.to_string() };
+        let doc: Value = serde_norway::from_str(&text).map_err(|e| bad(&format!("not YAML: {e}")))?;
+        let field = |ptr: &str| -> Result<String, KubeconfigError> {
+            doc.pointer(ptr).and_then(Value::as_str).map(str::to_string).ok_or_else(|| bad(&format!("missing {ptr}")))
+        };
+        let decode = |ptr: &str| -> Result<Vec<u8>, KubeconfigError> {
+            base64::engine::general_purpose::STANDARD
+                .decode(field(ptr)?)
+                .map_err(|_| bad(&format!("{ptr} is not base64")))
+        };
+        let server = field("/clusters/0/cluster/server")?;
+        let authority =
+            server.strip_prefix("https://").ok_or_else(|| bad("clusters[0].cluster.server is not https://"))?;
+        let authority = authority.trim_end_matches('/');
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h.trim_matches(['[', ']']).to_string(), p.parse().map_err(|_| bad("bad server port"))?),
+            None => (authority.to_string(), 443),
+        };
+        let ca = decode("/clusters/0/cluster/certificate-authority-data")?;
+        let cert = decode("/users/0/user/client-certificate-data")?;
+        let key = decode("/users/0/user/client-key-data")?;
+        let tls_err = |e: &dyn std::fmt::Display| bad(&format!("certificates: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(&ca).map_err(|e| tls_err(&e))?).map_err(|e| tls_err(&e))?;
+        let chain = vec![CertificateDer::from_pem_slice(&cert).map_err(|e| tls_err(&e))?];
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| tls_err(&e))?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err(&e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| tls_err(&e))?;
+        Ok(Remote { host, port, tls: Arc::new(tls), ca_pem: String::from_utf8_lossy(&ca).into_owned() })
+    }
+
+    fn path(kind: &str, ns: Option<&str>, name: Option<&str>, sub: Option<&str>) -> String {
+        let r = rt(kind);
+        let mut p = r.gv_path();
+        if let Some(ns) = ns.filter(|_| r.namespaced) {
+            p.push_str(&format!("/namespaces/{ns}"));
+        }
+        p.push_str(&format!("/{}", r.plural));
+        for s in [name, sub].into_iter().flatten() {
+            p.push_str(&format!("/{s}"));
+        }
+        p
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
+        let fail = |e: &dyn std::fmt::Display| {
+            ApiError::new(503, "ServiceUnavailable", format!("{method} https://{}:{}{uri}: {e}", self.host, self.port))
+        };
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| fail(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| fail(&e))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| fail(&e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| fail(&e))?;
+        tokio::spawn(conn);
+        let body = body.map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default()));
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(header::HOST, format!("{}:{}", self.host, self.port))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .body(Body::Full(body))
+            .map_err(|e| fail(&e))?;
+        sender.send_request(req).await.map_err(|e| fail(&e))
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<&Value>) -> Result<Value, ApiError> {
+        let resp = self.send(method, uri, body).await?;
+        let status = resp.status();
+        let bytes = orchestrator_http::read_body(resp.into_body()).await?;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(v);
+        }
+        const REASONS: [&str; 10] = [
+            "NotFound",
+            "AlreadyExists",
+            "Conflict",
+            "Invalid",
+            "BadRequest",
+            "Forbidden",
+            "Unauthorized",
+            "Gone",
+            "MethodNotAllowed",
+            "InternalError",
+        ];
+        let reason = REASONS.into_iter().find(|r| v["reason"] == *r).unwrap_or("Unknown");
+        let message =
+            v["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        Err(ApiError::new(status.as_u16(), reason, message))
+    }
+}
+
+/// The API, in process or remote.
+#[derive(Clone)]
+pub enum Api {
+    Local(Arc<Registry>),
+    Remote(Remote),
+}
+
+/// A watch's events (objects; the kind of event does not matter to the kubelet: it relists).
+pub enum Watch {
+    Local(ObjectWatch),
+    Remote(mpsc::Receiver<Value>),
+}
+
+impl Watch {
+    /// The next changed object; `None` when the watch ended (watch again).
+    pub async fn next(&mut self) -> Option<Value> {
+        match self {
+            Watch::Local(w) => w.next().await.ok().map(|e| e.object),
+            Watch::Remote(rx) => rx.recv().await,
+        }
+    }
+}
+
+fn query(field_selector: &str) -> String {
+    field_selector.replace('=', "%3D").replace(',', "%2C")
+}
+
+impl Api {
+    pub async fn get(&self, kind: &'static str, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        match self {
+            Api::Local(reg) => {
+                let (reg, ns, name) = (reg.clone(), ns.map(str::to_string), name.to_string());
+                blocking(move || reg.get(rt(kind), ns.as_deref(), &name)).await
+            }
+            Api::Remote(r) => r.call(Method::GET, &Remote::path(kind, ns, Some(name), None), None).await,
+        }
+    }
+
+    /// All objects of a kind (all namespaces) matching a field selector such as `spec.nodeName=n1`.
+    pub async fn list(&self, kind: &'static str, field_selector: &str) -> Result<Vec<Value>, ApiError> {
+        match self {
+            Api::Local(reg) => {
+                let fields = FieldSelector::parse(field_selector, rt(kind).fields)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let reg = reg.clone();
+                let opts = ListOptions { fields, ..Default::default() };
+                Ok(blocking(move || reg.list(rt(kind), None, &opts)).await?.items)
+            }
+            Api::Remote(r) => {
+                let uri = format!("{}?fieldSelector={}", Remote::path(kind, None, None, None), query(field_selector));
+                let list = r.call(Method::GET, &uri, None).await?;
+                Ok(list["items"].as_array().cloned().unwrap_or_default())
+            }
+        }
+    }
+
+    pub async fn create(&self, kind: &'static str, ns: Option<&str>, obj: Value) -> Result<Value, ApiError> {
+        match self {
+            Api::Local(reg) => {
+                let (reg, ns) = (reg.clone(), ns.map(str::to_string));
+                blocking(move || reg.create(rt(kind), ns.as_deref(), obj, &WriteOptions::default()).map(|w| w.object))
+                    .await
+            }
+            Api::Remote(r) => r.call(Method::POST, &Remote::path(kind, ns, None, None), Some(&obj)).await,
+        }
+    }
+
+    /// Reads, changes with `f` (false: nothing to change), writes; retries on conflicts.
+    pub async fn modify(
+        &self,
+        kind: &'static str,
+        ns: Option<&str>,
+        name: &str,
+        part: Part,
+        f: impl FnMut(&mut Value) -> bool + Send + 'static,
+    ) -> Result<(), ApiError> {
+        match self {
+            Api::Local(reg) => {
+                let (reg, ns, name) = (reg.clone(), ns.map(str::to_string), name.to_string());
+                let mut f = f;
+                blocking(move || {
+                    reg.modify(rt(kind), ns.as_deref(), &name, part, &WriteOptions::default(), |o| Ok(f(o))).map(|_| ())
+                })
+                .await
+            }
+            Api::Remote(r) => {
+                let mut f = f;
+                let sub = (part == Part::Status).then_some("status");
+                for _ in 0..8 {
+                    let mut o = r.call(Method::GET, &Remote::path(kind, ns, Some(name), None), None).await?;
+                    if !f(&mut o) {
+                        return Ok(());
+                    }
+                    match r.call(Method::PUT, &Remote::path(kind, ns, Some(name), sub), Some(&o)).await {
+                        Err(e) if e.code == 409 => continue,
+                        r => return r.map(|_| ()),
+                    }
+                }
+                Err(ApiError::new(409, "Conflict", format!("{kind} {name}: too many conflicting writes")))
+            }
+        }
+    }
+
+    /// Deletes at once (grace period 0), only the object with `uid`.
+    pub async fn delete_now(
+        &self,
+        kind: &'static str,
+        ns: Option<&str>,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ApiError> {
+        match self {
+            Api::Local(reg) => {
+                let (reg, ns, name) = (reg.clone(), ns.map(str::to_string), name.to_string());
+                let opts = DeleteOptions {
+                    grace_period: Some(0),
+                    precondition_uid: Some(uid.to_string()),
+                    ..Default::default()
+                };
+                blocking(move || reg.delete(rt(kind), ns.as_deref(), &name, &opts).map(|_| ())).await
+            }
+            Api::Remote(r) => {
+                let body = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+                r.call(Method::DELETE, &Remote::path(kind, ns, Some(name), None), Some(&body)).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Watches a kind (all namespaces) from now on, filtered by a field selector.
+    pub async fn watch(&self, kind: &'static str, field_selector: &str) -> Option<Watch> {
+        match self {
+            Api::Local(reg) => {
+                let fields = FieldSelector::parse(field_selector, rt(kind).fields).ok()?;
+                let reg = reg.clone();
+                blocking(move || {
+                    let rev = reg.store.current_revision().ok()?;
+                    reg.watch(rt(kind), None, rev, Default::default(), fields).ok()
+                })
+                .await
+                .map(Watch::Local)
+            }
+            Api::Remote(r) => {
+                // From the current revision: a list's resourceVersion, then the watch.
+                let path = Remote::path(kind, None, None, None);
+                let list = r
+                    .call(Method::GET, &format!("{path}?limit=1&fieldSelector={}", query(field_selector)), None)
+                    .await
+                    .ok()?;
+                let rv = list.pointer("/metadata/resourceVersion").and_then(Value::as_str)?.to_string();
+                let uri = format!("{path}?watch=1&resourceVersion={rv}&fieldSelector={}", query(field_selector));
+                let resp = r.send(Method::GET, &uri, None).await.ok()?;
+                if resp.status() != StatusCode::OK {
+                    return None;
+                }
+                let mut body = resp.into_body();
+                let (tx, rx) = mpsc::channel(64);
+                tokio::spawn(async move {
+                    use hyper::body::Body as _;
+                    let mut buf = Vec::new();
+                    while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                        let Ok(data) = frame.into_data() else { continue };
+                        buf.extend_from_slice(&data);
+                        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=i).collect();
+                            let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+                            if ev["type"] == "ERROR" || tx.send(ev["object"].clone()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+                Some(Watch::Remote(rx))
+            }
+        }
+    }
+}

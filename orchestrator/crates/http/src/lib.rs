@@ -1,0 +1,153 @@
+//! HTTP plumbing shared by the API server and the kubelet, owned by
+//! neither: the response body, request bodies and queries, the WebSocket
+//! handshake, and the names of the streaming protocols both ends speak.
+//! `pki` holds the cluster's certificates and kubeconfigs.
+
+pub mod pki;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use hyper::body::Incoming;
+use orchestrator_apimachinery::errors::ApiError;
+use tokio::sync::mpsc;
+
+/// The channel protocols of exec and attach the kubelet speaks, best first.
+pub const EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// The SPDY subprotocol of the kubelet's port-forward upgrade.
+pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+
+/// Request bodies above this size are refused (as upstream's 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The response body: all at once, or a stream of chunks (watches).
+pub enum Body {
+    Full(Option<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match &mut *self {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(http_body::Frame::data(b)))),
+            Body::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Full(b) => http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Stream(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+pub async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+    use hyper::body::Body as _;
+    let mut buf = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > MAX_BODY {
+                return Err(ApiError::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728"));
+            }
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+pub fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+pub fn flag(q: &[(String, String)], k: &str) -> bool {
+    matches!(param(q, k), Some("1" | "true" | "True"))
+}
+
+/// `Sec-WebSocket-Accept` for a client's key (RFC 6455).
+pub fn websocket_accept(key: &str) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(key.trim().as_bytes());
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// Whether a request asks for `Upgrade: websocket`.
+pub fn is_websocket(headers: &header::HeaderMap) -> bool {
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The WebSocket subprotocols a request offers, in its order.
+pub fn offered_subprotocols(headers: &header::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+        .collect()
+}
+
+/// The 101 answer that accepts a WebSocket with `protocol`; `accept` is
+/// [`websocket_accept`] of the client's key.
+pub fn switching_protocols(protocol: &'static str, accept: &str) -> Response<Body> {
+    let mut response = Response::new(Body::Full(None));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(protocol));
+    if let Ok(v) = header::HeaderValue::from_str(accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
+}

@@ -1,0 +1,1066 @@
+//! The kubelet: registers this machine as a Node, heartbeats its Lease,
+//! and runs the pods bound to it through the container runtime (CRI).
+//!
+//! One loop relists the runtime every second (as upstream's PLEG) and
+//! follows a watch of the node's pods; a pod whose object or runtime state
+//! changed, or whose timer (back-off, retry) is due, is synced by its own
+//! task: volumes, sandbox (with CNI), image pulls, containers in order,
+//! restarts with back-off, then its status written when it changed. Pods
+//! being deleted are stopped within their grace period and removed; the
+//! sandboxes of pods that no longer exist are removed. Everything the loop
+//! needs to decide is read back from the runtime (attempt numbers, exit
+//! times), so a restarted kubelet adopts running containers.
+
+pub mod cni;
+pub mod credentials;
+pub mod cri;
+pub mod exec;
+pub mod images;
+pub mod logs;
+pub mod node;
+pub mod pod;
+pub mod portforward;
+pub mod probe;
+pub mod server;
+pub mod spdy;
+pub mod volumes;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash as _, Hasher as _};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::cri::{Cri, CriError, v1};
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::Part;
+use orchestrator_apimachinery::registry::str_at;
+use pod::{Observed, Waiting};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    /// containerd's socket (CRI).
+    pub cri_socket: PathBuf,
+    /// Pod volumes and logs live under here.
+    pub dir: PathBuf,
+    /// Where the runtime reads CNI configs; the kubelet writes its own there.
+    pub cni_conf_dir: PathBuf,
+    pub pod_cidr: String,
+    pub bridge: String,
+    /// The node's address (default: the address of the default route).
+    pub node_ip: Option<IpAddr>,
+    /// The kubelet's HTTPS endpoint (logs for the API server).
+    pub listen: std::net::SocketAddr,
+    /// OCI archives to import into the runtime at start (air-gapped images).
+    pub image_dir: Option<PathBuf>,
+    /// Routes Services' cluster IPs and node ports to their endpoints (`orchestrator_node_net::proxy`).
+    pub service_proxy: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error(transparent)]
+    Cri(#[from] CriError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+/// What the kubelet remembers of a pod between syncs (all else is read back).
+#[derive(Default)]
+struct PodMemory {
+    /// The pod's resourceVersion and runtime digest at the last sync.
+    seen: Option<(String, u64)>,
+    in_flight: bool,
+    /// A back-off or retry ends then: sync again.
+    due: Option<Instant>,
+    namespace: String,
+    /// Events already reported for this pod (a retried failure is reported once).
+    reported: HashSet<String>,
+    /// Container name → failed pulls in a row, and when the next may start.
+    pulls: HashMap<String, (u32, Instant)>,
+    /// Failed sandbox creations in a row, and until when the pod is left
+    /// alone for them (unless its spec changes or it is deleted): the
+    /// kubelet's own status write must not trigger the next attempt.
+    sandbox_failures: (u32, Option<(Instant, i64)>),
+}
+
+pub struct Kubelet {
+    cfg: Config,
+    api: orchestrator_client::Api,
+    cri: Cri,
+    host_ip: String,
+    /// The cluster DNS pods are pointed at (ClusterFirst), when this node answers it.
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    pods: Mutex<HashMap<String, PodMemory>>,
+    /// Container id → what its probes found.
+    probes: Mutex<HashMap<String, probe::Results>>,
+    /// The port of the HTTPS endpoint, once bound.
+    port: std::sync::atomic::AtomicU16,
+}
+
+/// The ConfigMaps and Secrets a pod refers to (env and volumes), fetched before a sync.
+struct Prefetched(HashMap<(&'static str, String), Option<Data>>);
+
+/// The decoded data of a ConfigMap or Secret.
+type Data = BTreeMap<String, Vec<u8>>;
+
+impl pod::Lookup for Prefetched {
+    fn data(&self, kind: &str, _namespace: &str, name: &str) -> Option<Data> {
+        self.0.iter().find(|((k, n), _)| *k == kind && n == name).and_then(|(_, d)| d.clone())
+    }
+}
+
+/// The names of the ConfigMaps and Secrets a pod refers to.
+fn references(p: &Value) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut add = |kind: &'static str, v: Option<&Value>| {
+        if let Some(n) = v.and_then(Value::as_str).filter(|n| !n.is_empty())
+            && !out.iter().any(|(k, x)| *k == kind && x == n)
+        {
+            out.push((kind, n.to_string()));
+        }
+    };
+    for field in ["/spec/initContainers", "/spec/containers"] {
+        for c in p.pointer(field).and_then(Value::as_array).into_iter().flatten() {
+            for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+                add("ConfigMap", e.pointer("/valueFrom/configMapKeyRef/name"));
+                add("Secret", e.pointer("/valueFrom/secretKeyRef/name"));
+            }
+            for e in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+                add("ConfigMap", e.pointer("/configMapRef/name"));
+                add("Secret", e.pointer("/secretRef/name"));
+            }
+        }
+    }
+    for v in p.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+        add("ConfigMap", v.pointer("/configMap/name"));
+        add("Secret", v.pointer("/secret/secretName"));
+    }
+    out
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("file work does not panic")
+}
+
+/// Starts the node's DNS responder on the pod network's gateway; `None`
+/// (pods then use the node's resolver) when it cannot listen there.
+fn start_cluster_dns(cfg: &Config) -> Option<orchestrator_node_net::proxy::ClusterDns> {
+    let local = std::net::SocketAddrV4::new(cni::gateway(&cfg.pod_cidr)?, 53);
+    match orchestrator_node_net::dns::bind(local.into()) {
+        Ok(sockets) => {
+            let zone = Arc::default();
+            tokio::spawn(orchestrator_node_net::dns::serve(
+                sockets,
+                Arc::clone(&zone),
+                orchestrator_node_net::dns::node_upstream(),
+            ));
+            Some(orchestrator_node_net::proxy::ClusterDns { zone, local, pod_cidr: cfg.pod_cidr.clone() })
+        }
+        Err(e) => {
+            tracing::warn!("cluster DNS: listen on {local}: {e}");
+            None
+        }
+    }
+}
+
+/// Starts the kubelet: connects to the runtime, writes the CNI config,
+/// registers the node and runs the sync loop, lease and node status in the background.
+pub async fn start(
+    cfg: Config,
+    api: orchestrator_client::Api,
+    identity: server::Identity,
+) -> Result<Arc<Kubelet>, KubeletError> {
+    let cri = Cri::connect(&cfg.cri_socket, Duration::from_secs(30)).await?;
+    for d in [cfg.dir.join("pods"), cfg.dir.join("logs")] {
+        std::fs::create_dir_all(&d).map_err(|source| KubeletError::Io { op: "create", path: d.clone(), source })?;
+    }
+    cni::write_config(&cfg).map_err(|(path, source)| KubeletError::Io { op: "write", path, source })?;
+    // A bad archive is reported and skipped: the node still runs what it can.
+    if let Some(dir) = &cfg.image_dir
+        && let Err(e) = images::import_dir(dir, &cfg.cri_socket, &cfg.dir).await
+    {
+        tracing::warn!("air-gapped images: {e}");
+    }
+    let cluster_dns = if cfg.service_proxy { start_cluster_dns(&cfg) } else { None };
+    if cfg.service_proxy {
+        let chains = orchestrator_node_net::proxy::Chains::new(&cfg.bridge);
+        tokio::spawn(orchestrator_node_net::proxy::run_forever(api.clone(), chains, cluster_dns.clone()));
+    }
+    let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
+    let listen = cfg.listen;
+    let k = Arc::new(Kubelet {
+        cfg,
+        api,
+        cri,
+        host_ip,
+        cluster_dns: cluster_dns.map(|_| orchestrator_apimachinery::cluster::CLUSTER_DNS_IP),
+        pods: Mutex::default(),
+        probes: Mutex::default(),
+        port: Default::default(),
+    });
+    let bound = server::start(k.clone(), listen, identity).await?;
+    k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
+    node::register(&k).await?;
+    tokio::spawn(node::heartbeat(k.clone()));
+    tokio::spawn(k.clone().run());
+    Ok(k)
+}
+
+impl Kubelet {
+    pub fn node_name(&self) -> &str {
+        &self.cfg.node_name
+    }
+
+    fn node_selector(&self) -> String {
+        format!("spec.nodeName={}", self.cfg.node_name)
+    }
+
+    /// Watches from now: the node's pods, or all ConfigMaps or Secrets (their volumes are kept up to date).
+    async fn watch(&self, kind: &'static str) -> Option<orchestrator_client::Watch> {
+        let sel = if kind == "Pod" { self.node_selector() } else { String::new() };
+        self.api.watch(kind, &sel).await
+    }
+
+    /// Fetches what a pod refers to (a missing object is recorded as missing).
+    async fn prefetch(&self, p: &Value) -> Result<Prefetched, KubeletError> {
+        let ns = str_at(p, "/metadata/namespace");
+        let mut out = HashMap::new();
+        for (kind, name) in references(p) {
+            let data = match self.api.get(kind, Some(ns), &name).await {
+                Ok(o) => Some(pod::object_data(kind, &o)),
+                Err(e) if e.code == 404 => None,
+                Err(e) => return Err(e.into()),
+            };
+            out.insert((kind, name), data);
+        }
+        Ok(Prefetched(out))
+    }
+
+    async fn run(self: Arc<Self>) {
+        let (mut pods, mut config_maps, mut secrets) = (None, None, None);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        async fn next(w: &mut Option<orchestrator_client::Watch>) -> Option<Value> {
+            let r = w.as_mut().expect("guarded").next().await;
+            if r.is_none() {
+                // Compacted or closed: watch again from now on the next turn.
+                *w = None;
+            }
+            r
+        }
+        loop {
+            for (w, kind) in [(&mut pods, "Pod"), (&mut config_maps, "ConfigMap"), (&mut secrets, "Secret")] {
+                if w.is_none() {
+                    *w = self.watch(kind).await;
+                }
+            }
+            tokio::select! {
+                _ = next(&mut pods), if pods.is_some() => {
+                    // Let a burst of changes settle into one pass.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                o = next(&mut config_maps), if config_maps.is_some() => self.namespace_due(o),
+                o = next(&mut secrets), if secrets.is_some() => self.namespace_due(o),
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.pass().await {
+                tracing::warn!("kubelet pass: {e}");
+            }
+        }
+    }
+
+    /// One relist: syncs the pods that changed or are due, removes orphans.
+    async fn pass(self: &Arc<Self>) -> Result<(), KubeletError> {
+        let pods = self.api.list("Pod", &self.node_selector()).await?;
+        let (sandboxes, containers) = self.relist().await?;
+        let mut digests: HashMap<&str, std::collections::hash_map::DefaultHasher> = HashMap::new();
+        for s in &sandboxes {
+            let h = digests.entry(s.labels.get(pod::LABEL_POD_UID).map_or("", String::as_str)).or_default();
+            (&s.id, s.state).hash(h);
+        }
+        for c in &containers {
+            let h = digests.entry(c.labels.get(pod::LABEL_POD_UID).map_or("", String::as_str)).or_default();
+            (&c.id, c.state).hash(h);
+        }
+        let running: HashSet<&str> = containers
+            .iter()
+            .filter(|c| c.state == v1::ContainerState::ContainerRunning as i32)
+            .map(|c| c.id.as_str())
+            .collect();
+        let exited: HashSet<&str> =
+            containers.iter().filter(|c| !running.contains(c.id.as_str())).map(|c| c.id.as_str()).collect();
+        let live_uids: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
+        self.probes
+            .lock()
+            .expect("not poisoned")
+            .retain(|id, r| !exited.contains(id.as_str()) && live_uids.contains(r.uid.as_str()));
+        let now = Instant::now();
+        let mut to_sync = Vec::new();
+        {
+            let mut mem = self.pods.lock().expect("not poisoned");
+            let live: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
+            mem.retain(|uid, m| live.contains(uid.as_str()) || m.in_flight);
+            for p in &pods {
+                let uid = str_at(p, "/metadata/uid");
+                let digest = digests.get(uid).map_or(0, |h| h.finish());
+                let seen = (str_at(p, "/metadata/resourceVersion").to_string(), digest);
+                let m = mem.entry(uid.to_string()).or_default();
+                m.namespace = str_at(p, "/metadata/namespace").to_string();
+                let due = m.due.is_some_and(|d| d <= now);
+                let generation = p.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                let held = m.sandbox_failures.1.is_some_and(|(until, g)| {
+                    now < until && g == generation && p.pointer("/metadata/deletionTimestamp").is_none()
+                });
+                if !m.in_flight && !held && (m.seen.as_ref() != Some(&seen) || due) {
+                    m.seen = Some(seen);
+                    m.in_flight = true;
+                    m.due = None;
+                    to_sync.push(p.clone());
+                }
+            }
+            for s in &sandboxes {
+                let uid = s.labels.get(pod::LABEL_POD_UID).cloned().unwrap_or_default();
+                if !live.contains(uid.as_str()) && !mem.get(&uid).is_some_and(|m| m.in_flight) {
+                    mem.entry(uid.clone()).or_default().in_flight = true;
+                    to_sync.push(json!({"metadata": {"uid": uid, "orphan": true}}));
+                }
+            }
+        }
+        for p in to_sync {
+            let k = self.clone();
+            tokio::spawn(async move {
+                let uid = str_at(&p, "/metadata/uid").to_string();
+                let span = tracing::debug_span!("sync pod", pod = %str_at(&p, "/metadata/name"), %uid);
+                let _e = span.enter();
+                let result = if p.pointer("/metadata/orphan").is_some() {
+                    k.remove_pod(&uid).await
+                } else if p.pointer("/metadata/deletionTimestamp").is_some() {
+                    k.terminate(&p).await
+                } else {
+                    k.sync_pod(&p).await
+                };
+                let failed = result.is_err();
+                if let Err(e) = result {
+                    tracing::warn!(pod = %str_at(&p, "/metadata/name"), "sync: {e}");
+                }
+                let mut mem = k.pods.lock().expect("not poisoned");
+                if let Some(m) = mem.get_mut(&uid) {
+                    m.in_flight = false;
+                    if failed && m.due.is_none() {
+                        m.due = Some(Instant::now() + Duration::from_secs(2));
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn relist(&self) -> Result<(Vec<v1::PodSandbox>, Vec<v1::Container>), KubeletError> {
+        let managed = HashMap::from([(pod::LABEL_MANAGED.to_string(), "true".to_string())]);
+        let sandboxes = self
+            .cri
+            .runtime
+            .clone()
+            .list_pod_sandbox(v1::ListPodSandboxRequest {
+                filter: Some(v1::PodSandboxFilter { label_selector: managed.clone(), ..Default::default() }),
+            })
+            .await
+            .map_err(CriError::call("ListPodSandbox"))?
+            .into_inner()
+            .items;
+        let containers = self.list_containers(managed).await?;
+        Ok((sandboxes, containers))
+    }
+
+    async fn list_containers(&self, labels: HashMap<String, String>) -> Result<Vec<v1::Container>, KubeletError> {
+        Ok(self
+            .cri
+            .runtime
+            .clone()
+            .list_containers(v1::ListContainersRequest {
+                filter: Some(v1::ContainerFilter { label_selector: labels, ..Default::default() }),
+            })
+            .await
+            .map_err(CriError::call("ListContainers"))?
+            .into_inner()
+            .containers)
+    }
+
+    async fn sandboxes_of(&self, uid: &str) -> Result<Vec<v1::PodSandbox>, KubeletError> {
+        let labels = HashMap::from([(pod::LABEL_POD_UID.to_string(), uid.to_string())]);
+        Ok(self
+            .cri
+            .runtime
+            .clone()
+            .list_pod_sandbox(v1::ListPodSandboxRequest {
+                filter: Some(v1::PodSandboxFilter { label_selector: labels, ..Default::default() }),
+            })
+            .await
+            .map_err(CriError::call("ListPodSandbox"))?
+            .into_inner()
+            .items)
+    }
+
+    /// A ConfigMap or Secret changed: the pods of its namespace sync again (volumes, as upstream, follow it).
+    fn namespace_due(&self, changed: Option<Value>) {
+        let Some(ns) = changed.as_ref().map(|o| str_at(o, "/metadata/namespace")) else { return };
+        let now = Instant::now();
+        for m in self.pods.lock().expect("not poisoned").values_mut().filter(|m| m.namespace == ns) {
+            m.due = Some(now);
+        }
+    }
+
+    /// Records an Event about a pod (in the background: a sync does not wait for it).
+    pub fn event(&self, ns: &str, pod: &str, uid: &str, ty: &str, reason: &str, message: &str) {
+        let t = orchestrator_apimachinery::registry::now();
+        let suffix = &orchestrator_apimachinery::registry::new_uid().replace('-', "")[..16];
+        let e = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{pod}.{suffix}"), "namespace": ns},
+            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": pod, "uid": uid},
+            "reason": reason, "message": message, "type": ty,
+            "source": {"component": "kubelet", "host": self.cfg.node_name},
+            "firstTimestamp": t, "lastTimestamp": t, "count": 1,
+            "reportingComponent": "kubelet", "reportingInstance": self.cfg.node_name,
+        });
+        let (api, ns) = (self.api.clone(), ns.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = api.create("Event", Some(&ns), e).await {
+                tracing::debug!("event: {e}");
+            }
+        });
+    }
+
+    /// An Event about `p`; with `once`, only the first time this pod sees the same reason and message.
+    fn event_for(&self, p: &Value, ty: &str, reason: &str, message: &str, once: bool) {
+        let uid = str_at(p, "/metadata/uid");
+        if once {
+            let key = format!("{reason}\n{message}");
+            let mut pods = self.pods.lock().expect("not poisoned");
+            if !pods.entry(uid.to_string()).or_default().reported.insert(key) {
+                return;
+            }
+        }
+        self.event(str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"), uid, ty, reason, message);
+    }
+
+    pub fn probe_results(&self, container_id: &str) -> probe::Results {
+        self.probes.lock().expect("not poisoned").get(container_id).cloned().unwrap_or_default()
+    }
+
+    /// Records a probe's finding; a change makes the pod's next sync due at once.
+    pub fn set_probe_result(&self, uid: &str, container_id: &str, f: impl FnOnce(&mut probe::Results)) {
+        let changed = {
+            let mut probes = self.probes.lock().expect("not poisoned");
+            let r = probes.entry(container_id.to_string()).or_default();
+            let before = (r.ready, r.started);
+            f(r);
+            before != (r.ready, r.started)
+        };
+        if changed {
+            self.remember(uid, |m| m.due = Some(Instant::now()));
+        }
+    }
+
+    /// Starts the probe tasks of a running container once.
+    fn ensure_probes(self: &Arc<Self>, p: &Value, c: &Value, container_id: &str, ip: &str) {
+        let kinds = probe::kinds(c);
+        {
+            let mut probes = self.probes.lock().expect("not poisoned");
+            let r = probes.entry(container_id.to_string()).or_default();
+            if r.running {
+                return;
+            }
+            r.running = true;
+            r.uid = str_at(p, "/metadata/uid").to_string();
+            // Without a startup probe the container counts as started, without readiness as ready.
+            r.started = !kinds.iter().any(|(k, _)| *k == probe::Kind::Startup);
+            r.ready = !kinds.iter().any(|(k, _)| *k == probe::Kind::Readiness);
+        }
+        let uid = str_at(p, "/metadata/uid").to_string();
+        let grace = pod::grace_period(p, None);
+        for (kind, spec) in kinds {
+            let target = probe::Probe {
+                namespace: str_at(p, "/metadata/namespace").to_string(),
+                pod: str_at(p, "/metadata/name").to_string(),
+                uid: uid.clone(),
+                container_id: container_id.to_string(),
+                kind,
+                container: c.clone(),
+                spec,
+                pod_ip: ip.to_string(),
+                grace,
+            };
+            tokio::spawn(probe::run(self.clone(), target));
+        }
+    }
+
+    fn remember(&self, uid: &str, f: impl FnOnce(&mut PodMemory)) {
+        f(self.pods.lock().expect("not poisoned").entry(uid.to_string()).or_default());
+    }
+
+    fn log_dir(&self, p: &Value) -> PathBuf {
+        self.cfg.dir.join("logs").join(pod::pod_dir_name(p))
+    }
+
+    /// Stops and removes every sandbox of a pod (its containers with them), its volumes and logs.
+    async fn remove_pod(&self, uid: &str) -> Result<(), KubeletError> {
+        for s in self.sandboxes_of(uid).await? {
+            self.remove_sandbox(&s.id).await?;
+        }
+        volumes::remove(&self.cfg.dir, uid).map_err(|e| KubeletError::Io {
+            op: "remove volumes",
+            path: volumes::pod_volumes_dir(&self.cfg.dir, uid),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if let Some(d) = pod_log_dir_of(&self.cfg.dir.join("logs"), uid) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<(), KubeletError> {
+        let mut rs = self.cri.runtime.clone();
+        let r = rs.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await;
+        if let Err(s) = r.map_err(CriError::call("StopPodSandbox"))
+            && !s.is_not_found()
+        {
+            return Err(s.into());
+        }
+        let r = rs.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() }).await;
+        match r.map_err(CriError::call("RemovePodSandbox")) {
+            Err(s) if !s.is_not_found() => Err(s.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A pod being deleted: SIGTERM its containers, SIGKILL after the grace
+    /// period, remove the sandbox, then delete the object for good.
+    async fn terminate(&self, p: &Value) -> Result<(), KubeletError> {
+        let uid = str_at(p, "/metadata/uid").to_string();
+        let grace = pod::grace_period(p, Some(()));
+        let labels = HashMap::from([(pod::LABEL_POD_UID.to_string(), uid.clone())]);
+        let mut stops = tokio::task::JoinSet::new();
+        for c in self.list_containers(labels).await? {
+            if c.state == v1::ContainerState::ContainerRunning as i32 {
+                let name = c.labels.get(pod::LABEL_CONTAINER_NAME).cloned().unwrap_or_default();
+                self.event_for(p, "Normal", "Killing", &format!("Stopping container {name}"), false);
+                let mut rs = self.cri.runtime.clone();
+                stops.spawn(async move {
+                    rs.stop_container(v1::StopContainerRequest { container_id: c.id, timeout: grace }).await
+                });
+            }
+        }
+        while let Some(r) = stops.join_next().await {
+            if let Ok(Err(s)) = r {
+                tracing::debug!("stop container: {s}");
+            }
+        }
+        self.remove_pod(&uid).await?;
+        let (ns, name) = (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"));
+        match self.api.delete_now("Pod", Some(ns), name, &uid).await {
+            Err(e) if e.code != 404 && e.code != 409 => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The runtime's view of a pod's containers in one sandbox, newest attempt first per name.
+    async fn observe(&self, sandbox: &str) -> Result<HashMap<String, Vec<Observed>>, KubeletError> {
+        let list = self
+            .cri
+            .runtime
+            .clone()
+            .list_containers(v1::ListContainersRequest {
+                filter: Some(v1::ContainerFilter { pod_sandbox_id: sandbox.to_string(), ..Default::default() }),
+            })
+            .await
+            .map_err(CriError::call("ListContainers"))?
+            .into_inner()
+            .containers;
+        let mut out: HashMap<String, Vec<Observed>> = HashMap::new();
+        for c in list {
+            let r = self
+                .cri
+                .runtime
+                .clone()
+                .container_status(v1::ContainerStatusRequest { container_id: c.id.clone(), verbose: false })
+                .await;
+            let Some(s) = r.ok().and_then(|r| r.into_inner().status) else { continue };
+            let name = s.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            out.entry(name).or_default().push(Observed::from_status(&s));
+        }
+        for v in out.values_mut() {
+            v.sort_by(|a, b| b.attempt.cmp(&a.attempt).then(b.created_at.cmp(&a.created_at)));
+        }
+        Ok(out)
+    }
+
+    /// Makes sure the image is present under the container's pull policy; returns its reference.
+    async fn ensure_image(&self, p: &Value, c: &Value) -> Result<String, Waiting> {
+        let uid = str_at(p, "/metadata/uid");
+        let image = str_at(c, "/image").to_string();
+        let name = str_at(c, "/name").to_string();
+        let spec = v1::ImageSpec { image: image.clone(), ..Default::default() };
+        let mut is = self.cri.images.clone();
+        let present = is
+            .image_status(v1::ImageStatusRequest { image: Some(spec.clone()), verbose: false })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().image)
+            .map(|i| i.id);
+        let policy = pod::pull_policy(c);
+        match (policy, present) {
+            ("Never", None) => {
+                return Err(Waiting {
+                    reason: "ErrImageNeverPull".into(),
+                    message: format!("Container image \"{image}\" is not present with pull policy of Never"),
+                });
+            }
+            ("Never" | "IfNotPresent", Some(id)) => {
+                self.event_for(
+                    p,
+                    "Normal",
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                    false,
+                );
+                return Ok(id);
+            }
+            _ => {}
+        }
+        let backoff = self.pods.lock().expect("not poisoned").get(uid).and_then(|m| m.pulls.get(&name).copied());
+        if let Some((n, until)) = backoff
+            && Instant::now() < until
+        {
+            return Err(Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: format!("Back-off pulling image \"{image}\" (failed {n} times)"),
+            });
+        }
+        // Each matching credential in turn, anonymous when none matches (as upstream).
+        let auths = self.pull_credentials(p, &image).await;
+        let attempts: Vec<Option<v1::AuthConfig>> =
+            if auths.is_empty() { vec![None] } else { auths.into_iter().map(Some).collect() };
+        let mut pulled = Err(tonic::Status::invalid_argument("no pull attempted"));
+        for auth in attempts {
+            pulled =
+                is.pull_image(v1::PullImageRequest { image: Some(spec.clone()), auth, sandbox_config: None }).await;
+            if pulled.is_ok() {
+                break;
+            }
+        }
+        match pulled {
+            Ok(r) => {
+                self.remember(uid, |m| {
+                    m.pulls.remove(&name);
+                });
+                self.event_for(p, "Normal", "Pulled", &format!("Successfully pulled image \"{image}\""), false);
+                Ok(r.into_inner().image_ref)
+            }
+            Err(s) => {
+                let n = backoff.map_or(1, |(n, _)| n + 1);
+                let delay = Duration::from_secs(pod::backoff_seconds(n));
+                self.remember(uid, |m| {
+                    m.pulls.insert(name.clone(), (n, Instant::now() + delay));
+                    m.due = Some(Instant::now() + delay);
+                });
+                let message = format!("failed to pull image \"{image}\": {}", s.message());
+                self.event_for(
+                    p,
+                    "Warning",
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": {}", s.message()),
+                    false,
+                );
+                Err(Waiting { reason: "ErrImagePull".into(), message })
+            }
+        }
+    }
+
+    /// The credentials of the pod's imagePullSecrets for `image`; a Secret that
+    /// cannot be read is reported and skipped (as upstream).
+    async fn pull_credentials(&self, p: &Value, image: &str) -> Vec<v1::AuthConfig> {
+        let ns = str_at(p, "/metadata/namespace");
+        let mut secrets = Vec::new();
+        for s in p.pointer("/spec/imagePullSecrets").and_then(Value::as_array).into_iter().flatten() {
+            let Some(name) = s.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else { continue };
+            match self.api.get("Secret", Some(ns), name).await {
+                Ok(o) => secrets.push(pod::object_data("Secret", &o)),
+                Err(e) => self.event_for(
+                    p,
+                    "Warning",
+                    "FailedToRetrieveImagePullSecret",
+                    &format!(
+                        "Unable to retrieve some image pull secrets ({name}); attempting to pull the image may not succeed: {}",
+                        e.message
+                    ),
+                    true,
+                ),
+            }
+        }
+        credentials::for_image(image, &secrets)
+    }
+
+    /// Pull, create and start one attempt of a container.
+    async fn start_container(
+        &self,
+        p: &Value,
+        c: &Value,
+        sandbox_id: &str,
+        sandbox_cfg: &v1::PodSandboxConfig,
+        attempt: u32,
+        vols: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), Waiting> {
+        let image = match self.ensure_image(p, c).await {
+            Ok(i) => i,
+            Err(w) => {
+                if w.reason == "ErrImageNeverPull" {
+                    self.event_for(p, "Warning", "ErrImageNeverPull", &w.message, true);
+                }
+                return Err(w);
+            }
+        };
+        let config_err = |e: pod::ConfigError| {
+            self.event_for(p, "Warning", "Failed", &format!("Error: {}", e.0), true);
+            Waiting { reason: "CreateContainerConfigError".into(), message: e.0 }
+        };
+        let refs = self
+            .prefetch(p)
+            .await
+            .map_err(|e| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() })?;
+        let env = pod::environment(p, c, &refs).map_err(config_err)?;
+        let mounts = volumes::mounts(c, vols).map_err(config_err)?;
+        let config = pod::container_config(p, c, &image, attempt, &env, mounts).map_err(config_err)?;
+        let mut rs = self.cri.runtime.clone();
+        let create_err =
+            |s: tonic::Status| Waiting { reason: "CreateContainerError".into(), message: s.message().to_string() };
+        let id = rs
+            .create_container(v1::CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.to_string(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_cfg.clone()),
+            })
+            .await
+            .map_err(create_err)?
+            .into_inner()
+            .container_id;
+        let name = str_at(c, "/name");
+        self.event_for(p, "Normal", "Created", &format!("Created container {name}"), false);
+        match rs.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
+            Ok(_) => self.event_for(p, "Normal", "Started", &format!("Started container {name}"), false),
+            // A container that cannot start (bad command…) is reported as exited by the runtime; keep it.
+            Err(s) => self.event_for(p, "Warning", "Failed", &format!("Error: {}", s.message()), false),
+        }
+        Ok(())
+    }
+
+    async fn sync_pod(self: &Arc<Self>, p: &Value) -> Result<(), KubeletError> {
+        let uid = str_at(p, "/metadata/uid").to_string();
+        let phase = str_at(p, "/status/phase");
+        let sandboxes = self.sandboxes_of(&uid).await?;
+        if phase == "Succeeded" || phase == "Failed" {
+            for s in sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32) {
+                let mut rs = self.cri.runtime.clone();
+                let r = rs.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+                r.map_err(CriError::call("StopPodSandbox"))?;
+            }
+            return Ok(());
+        }
+        let refs = self.prefetch(p).await?;
+        let (pc, dir) = (p.clone(), self.cfg.dir.clone());
+        let vols = blocking(move || volumes::prepare(&dir, &pc, &refs)).await;
+        let vols = match vols {
+            Ok(v) => v,
+            Err(e) => {
+                let w =
+                    Waiting { reason: "ContainerCreating".into(), message: format!("MountVolume.SetUp failed: {e}") };
+                self.event_for(p, "Warning", "FailedMount", &w.message, true);
+                return self.write_status(p, None, &HashMap::new(), &all_waiting(p, w)).await;
+            }
+        };
+        let attempt = sandboxes.iter().filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1)).max().unwrap_or(0);
+        let ready = sandboxes
+            .iter()
+            .filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32)
+            .max_by_key(|s| s.created_at);
+        let log_dir = self.log_dir(p);
+        let sandbox_cfg = pod::sandbox_config(
+            p,
+            &log_dir.to_string_lossy(),
+            ready.and_then(|s| s.metadata.as_ref()).map_or(attempt, |m| m.attempt),
+            pod::dns_config(p, self.cluster_dns, || std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+        );
+        let sandbox_id = match ready {
+            Some(s) => s.id.clone(),
+            None => {
+                for s in &sandboxes {
+                    self.remove_sandbox(&s.id).await?;
+                }
+                std::fs::create_dir_all(&log_dir).map_err(|source| KubeletError::Io {
+                    op: "create",
+                    path: log_dir.clone(),
+                    source,
+                })?;
+                let r = self
+                    .cri
+                    .runtime
+                    .clone()
+                    .run_pod_sandbox(v1::RunPodSandboxRequest {
+                        config: Some(sandbox_cfg.clone()),
+                        runtime_handler: String::new(),
+                    })
+                    .await;
+                match r {
+                    Ok(r) => {
+                        self.remember(&uid, |m| m.sandbox_failures = (0, None));
+                        r.into_inner().pod_sandbox_id
+                    }
+                    Err(s) => {
+                        let w = Waiting {
+                            reason: "ContainerCreating".into(),
+                            message: format!("failed to create pod sandbox: {}", s.message()),
+                        };
+                        self.event_for(p, "Warning", "FailedCreatePodSandBox", &w.message, true);
+                        let generation = p.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                        self.remember(&uid, |m| {
+                            m.sandbox_failures.0 += 1;
+                            let until = Instant::now() + pod::sandbox_backoff(m.sandbox_failures.0);
+                            m.sandbox_failures.1 = Some((until, generation));
+                            m.due = Some(until);
+                        });
+                        return self.write_status(p, None, &HashMap::new(), &all_waiting(p, w)).await;
+                    }
+                }
+            }
+        };
+        let observed = self.observe(&sandbox_id).await?;
+        let policy = match str_at(p, "/spec/restartPolicy") {
+            "" => "Always",
+            r => r,
+        };
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        let now_ns = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+        let mut due: Option<Duration> = None;
+        let mut init_done = true;
+        let init: Vec<&Value> =
+            p.pointer("/spec/initContainers").and_then(Value::as_array).into_iter().flatten().collect();
+        let apps: Vec<&Value> = p.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().collect();
+        for (is_init, c) in init.iter().map(|c| (true, *c)).chain(apps.iter().map(|c| (false, *c))) {
+            if !is_init && !init_done {
+                break;
+            }
+            let name = str_at(c, "/name").to_string();
+            let history = observed.get(&name).map(Vec::as_slice).unwrap_or_default();
+            let latest = history.first();
+            let start_attempt = match latest {
+                None => Some(0),
+                Some(o) if o.state == v1::ContainerState::ContainerExited => {
+                    let succeeded_init = is_init && o.exit_code == 0;
+                    let restart = !succeeded_init
+                        && pod::should_restart(
+                            if is_init && policy == "Always" { "OnFailure" } else { policy },
+                            o.exit_code,
+                        );
+                    if restart {
+                        let wait =
+                            if o.attempt == 0 { 0 } else { pod::backoff_seconds(o.attempt) as i64 * 1_000_000_000 };
+                        let left = o.finished_at + wait - now_ns;
+                        if left > 0 {
+                            let msg = format!(
+                                "back-off {}s restarting failed container={name} pod={}_{}({uid})",
+                                wait / 1_000_000_000,
+                                str_at(p, "/metadata/name"),
+                                str_at(p, "/metadata/namespace")
+                            );
+                            let text = format!("Back-off restarting failed container {name} (restart {})", o.attempt);
+                            self.event_for(p, "Warning", "BackOff", &text, true);
+                            waiting.insert(name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message: msg });
+                            let d = Duration::from_nanos(left as u64);
+                            due = Some(due.map_or(d, |x| x.min(d)));
+                            None
+                        } else {
+                            Some(o.attempt + 1)
+                        }
+                    } else {
+                        None
+                    }
+                }
+                Some(o) if o.state == v1::ContainerState::ContainerCreated => {
+                    // Created but never started (an earlier sync was cut short): start it now.
+                    let mut rs = self.cri.runtime.clone();
+                    if let Err(s) = rs.start_container(v1::StartContainerRequest { container_id: o.id.clone() }).await {
+                        tracing::debug!("start container {}: {}", o.id, s.message());
+                    }
+                    None
+                }
+                Some(_) => None,
+            };
+            if let Some(attempt) = start_attempt
+                && let Err(w) = self.start_container(p, c, &sandbox_id, &sandbox_cfg, attempt, &vols).await
+            {
+                if w.reason != "ImagePullBackOff" && w.reason != "ErrImagePull" {
+                    due = Some(due.map_or(Duration::from_secs(2), |x| x.min(Duration::from_secs(2))));
+                }
+                waiting.insert(name.clone(), w);
+            }
+            // Older attempts beyond the previous one are of no more use (logs --previous needs one).
+            for old in history.iter().skip(2) {
+                let mut rs = self.cri.runtime.clone();
+                let _ = rs.remove_container(v1::RemoveContainerRequest { container_id: old.id.clone() }).await;
+            }
+            if is_init {
+                let done = latest.is_some_and(|o| o.state == v1::ContainerState::ContainerExited && o.exit_code == 0)
+                    && start_attempt.is_none();
+                init_done &= done;
+            }
+        }
+        if let Some(d) = due {
+            self.remember(&uid, |m| m.due = Some(Instant::now() + d));
+        }
+        // Read back what the starts did, for the status.
+        let observed = self.observe(&sandbox_id).await?;
+        let status = self
+            .cri
+            .runtime
+            .clone()
+            .pod_sandbox_status(v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.clone(), verbose: false })
+            .await
+            .map_err(CriError::call("PodSandboxStatus"))?
+            .into_inner()
+            .status;
+        let ip = status.and_then(|s| s.network).map(|n| n.ip).filter(|ip| !ip.is_empty());
+        let ip = if p.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+            Some(self.host_ip.clone())
+        } else {
+            ip
+        };
+        if let Some(ip) = &ip {
+            for c in &apps {
+                let latest = observed.get(str_at(c, "/name")).and_then(|h| h.first());
+                if let Some(o) = latest.filter(|o| o.state == v1::ContainerState::ContainerRunning) {
+                    self.ensure_probes(p, c, &o.id, ip);
+                }
+            }
+        }
+        self.write_status(p, ip, &observed, &waiting).await
+    }
+
+    /// Computes the pod's status and writes it when it differs.
+    async fn write_status(
+        &self,
+        p: &Value,
+        ip: Option<String>,
+        observed: &HashMap<String, Vec<Observed>>,
+        waiting: &HashMap<String, Waiting>,
+    ) -> Result<(), KubeletError> {
+        let statuses = |field: &str| -> Vec<Value> {
+            p.pointer(&format!("/spec/{field}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let name = str_at(c, "/name");
+                    let h = observed.get(name).map(Vec::as_slice).unwrap_or_default();
+                    let running = h.first().filter(|o| o.state == v1::ContainerState::ContainerRunning);
+                    let probes = running.map(|o| self.probe_results(&o.id)).unwrap_or_default();
+                    let ready = running.is_some() && probes.ready && probes.started && !waiting.contains_key(name);
+                    let started = running.is_some() && probes.started;
+                    pod::container_status(c, h.first(), h.get(1), waiting.get(name), ready, started)
+                })
+                .collect()
+        };
+        let init = statuses("initContainers");
+        let apps = statuses("containers");
+        let init_done = init.iter().all(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0));
+        let policy = str_at(p, "/spec/restartPolicy");
+        let init_failed = policy == "Never"
+            && init
+                .iter()
+                .any(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64).is_some_and(|c| c != 0));
+        let apps: Vec<Value> = if init_done {
+            apps
+        } else {
+            apps.into_iter()
+                .map(|mut s| {
+                    if s.get("containerID").is_none() {
+                        s["state"] = json!({"waiting": {"reason": "PodInitializing"}});
+                    }
+                    s
+                })
+                .collect()
+        };
+        let phase = if init_failed { "Failed" } else { pod::phase(p, &apps, init_done) };
+        let all_ready = !apps.is_empty() && apps.iter().all(|s| s["ready"] == true);
+        let now = orchestrator_apimachinery::registry::now();
+        let conditions = json!([
+            pod::condition(p, "PodReadyToStartContainers", ip.is_some(), None, &now),
+            pod::condition(p, "Initialized", init_done, Some("ContainersNotInitialized"), &now),
+            pod::condition(p, "Ready", all_ready, Some("ContainersNotReady"), &now),
+            pod::condition(p, "ContainersReady", all_ready, Some("ContainersNotReady"), &now),
+            pod::condition(p, "PodScheduled", true, None, &now),
+        ]);
+        let host_ip = self.host_ip.clone();
+        let qos = pod::qos_class(p);
+        let (ns, name) = (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"));
+        let uid = str_at(p, "/metadata/uid").to_string();
+        let r = self
+            .api
+            .modify("Pod", Some(ns), name, Part::Status, move |o| {
+                if str_at(o, "/metadata/uid") != uid || o.pointer("/metadata/deletionTimestamp").is_some() {
+                    return false;
+                }
+                let old = o.get("status").cloned().unwrap_or(json!({}));
+                let mut s = json!({
+                    "phase": phase,
+                    "conditions": conditions,
+                    "hostIP": host_ip,
+                    "hostIPs": [{"ip": host_ip}],
+                    "startTime": old.get("startTime").cloned().unwrap_or_else(|| now.clone().into()),
+                    "qosClass": qos,
+                    "containerStatuses": apps,
+                });
+                if let Some(ip) = &ip {
+                    s["podIP"] = ip.clone().into();
+                    s["podIPs"] = json!([{"ip": ip}]);
+                }
+                if !init.is_empty() {
+                    s["initContainerStatuses"] = json!(init);
+                }
+                if s == old {
+                    return false;
+                }
+                o["status"] = s;
+                true
+            })
+            .await;
+        match r {
+            Err(e) if e.code != 404 => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn all_waiting(p: &Value, w: Waiting) -> HashMap<String, Waiting> {
+    ["/spec/initContainers", "/spec/containers"]
+        .iter()
+        .flat_map(|f| p.pointer(f).and_then(Value::as_array).cloned().unwrap_or_default())
+        .map(|c| (str_at(&c, "/name").to_string(), w.clone()))
+        .collect()
+}
+
+/// The log directory of a pod by uid (`<ns>_<name>_<uid>`).
+fn pod_log_dir_of(logs: &std::path::Path, uid: &str) -> Option<PathBuf> {
+    std::fs::read_dir(logs)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("_{uid}")))
+}

@@ -1,0 +1,874 @@
+//! Pure translations between a Pod (JSON, as the registry holds it) and the
+//! CRI: sandbox and container configs, environment resolution, restart
+//! decisions and the pod status computed from what the runtime reports. No
+//! I/O here; `mod.rs` does the calls.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use orchestrator_apimachinery::registry::str_at;
+
+use crate::cri::v1;
+
+/// Labels the kubelet puts on sandboxes and containers (upstream's names).
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+/// Marks objects this kubelet manages (other clients of the runtime are left alone).
+pub const LABEL_MANAGED: &str = "io.plinth.kubelet";
+
+fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
+    v.pointer(ptr).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+}
+
+fn strings(v: &Value, ptr: &str) -> Vec<String> {
+    arr(v, ptr).iter().filter_map(Value::as_str).map(str::to_string).collect()
+}
+
+/// The directory name of a pod's files and logs: `<ns>_<name>_<uid>`.
+pub fn pod_dir_name(pod: &Value) -> String {
+    format!("{}_{}_{}", str_at(pod, "/metadata/namespace"), str_at(pod, "/metadata/name"), str_at(pod, "/metadata/uid"))
+}
+
+fn base_labels(pod: &Value) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_POD_NAME.to_string(), str_at(pod, "/metadata/name").to_string()),
+        (LABEL_POD_NAMESPACE.to_string(), str_at(pod, "/metadata/namespace").to_string()),
+        (LABEL_POD_UID.to_string(), str_at(pod, "/metadata/uid").to_string()),
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+    ])
+}
+
+fn string_map(v: Option<&Value>) -> HashMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+fn namespace_options(pod: &Value) -> v1::NamespaceOption {
+    let host = |f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_bool).unwrap_or(false);
+    let mode = |h: bool, otherwise: v1::NamespaceMode| if h { v1::NamespaceMode::Node } else { otherwise } as i32;
+    let shared_pid = host("shareProcessNamespace");
+    v1::NamespaceOption {
+        network: mode(host("hostNetwork"), v1::NamespaceMode::Pod),
+        pid: mode(host("hostPID"), if shared_pid { v1::NamespaceMode::Pod } else { v1::NamespaceMode::Container }),
+        ipc: mode(host("hostIPC"), v1::NamespaceMode::Pod),
+        ..Default::default()
+    }
+}
+
+/// The pod's resolver settings, as upstream's `dnsPolicy` has them:
+/// ClusterFirst (the default) names the cluster DNS with the namespace's
+/// search path, when the node has one and the pod is not on the host's
+/// network (ClusterFirstWithHostNet: even then); Default leaves the
+/// node's resolv.conf (`None`: the runtime copies it); None starts empty.
+/// `spec.dnsConfig` adds servers, searches and options (replacing an
+/// option of the same name) to any of them; `node_resolv_conf` is read
+/// only when it adds to the node's settings.
+pub fn dns_config(
+    pod: &Value,
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    node_resolv_conf: impl FnOnce() -> String,
+) -> Option<v1::DnsConfig> {
+    let host_network = pod.pointer("/spec/hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+    let policy = match str_at(pod, "/spec/dnsPolicy") {
+        "" => "ClusterFirst",
+        p => p,
+    };
+    let domain = orchestrator_apimachinery::cluster::CLUSTER_DOMAIN;
+    let ns = str_at(pod, "/metadata/namespace");
+    let mut cfg = match (policy, cluster_dns) {
+        ("ClusterFirst", Some(_)) if host_network => None,
+        ("ClusterFirst" | "ClusterFirstWithHostNet", Some(ip)) => Some(v1::DnsConfig {
+            servers: vec![ip.to_string()],
+            searches: vec![format!("{ns}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()],
+            options: vec!["ndots:5".into()],
+        }),
+        ("None", _) => Some(v1::DnsConfig::default()),
+        _ => None,
+    };
+    if let Some(extra) = pod.pointer("/spec/dnsConfig").filter(|e| e.is_object()) {
+        let c = cfg.get_or_insert_with(|| {
+            let node = orchestrator_node_net::dns::parse_resolv_conf(&node_resolv_conf());
+            v1::DnsConfig { servers: node.servers, searches: node.searches, options: node.options }
+        });
+        let strings =
+            |path: &str| arr(extra, path).iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>();
+        for s in strings("/nameservers") {
+            if !c.servers.contains(&s) {
+                c.servers.push(s);
+            }
+        }
+        for s in strings("/searches") {
+            if !c.searches.contains(&s) {
+                c.searches.push(s);
+            }
+        }
+        for o in arr(extra, "/options") {
+            let name = str_at(o, "/name");
+            c.options.retain(|have| have.split(':').next() != Some(name));
+            c.options.push(match o.get("value").and_then(Value::as_str) {
+                Some(v) => format!("{name}:{v}"),
+                None => name.to_string(),
+            });
+        }
+    }
+    cfg
+}
+
+/// The sandbox config of a pod; `attempt` counts sandboxes made for it,
+/// `dns` is its resolver settings ([`dns_config`]).
+pub fn sandbox_config(
+    pod: &Value,
+    log_directory: &str,
+    attempt: u32,
+    dns: Option<v1::DnsConfig>,
+) -> v1::PodSandboxConfig {
+    let mut labels = string_map(pod.pointer("/metadata/labels"));
+    labels.extend(base_labels(pod));
+    let hostname = match str_at(pod, "/spec/hostname") {
+        "" => str_at(pod, "/metadata/name"),
+        h => h,
+    };
+    let mut port_mappings = Vec::new();
+    for c in arr(pod, "/spec/containers") {
+        for p in arr(c, "/ports") {
+            let Some(host_port) = p.get("hostPort").and_then(Value::as_i64).filter(|p| *p > 0) else { continue };
+            let protocol = match p.get("protocol").and_then(Value::as_str) {
+                Some("UDP") => v1::Protocol::Udp,
+                Some("SCTP") => v1::Protocol::Sctp,
+                _ => v1::Protocol::Tcp,
+            };
+            port_mappings.push(v1::PortMapping {
+                protocol: protocol as i32,
+                container_port: p.get("containerPort").and_then(Value::as_i64).unwrap_or(0) as i32,
+                host_port: host_port as i32,
+                host_ip: p.get("hostIP").and_then(Value::as_str).unwrap_or_default().to_string(),
+            });
+        }
+    }
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: str_at(pod, "/metadata/name").to_string(),
+            uid: str_at(pod, "/metadata/uid").to_string(),
+            namespace: str_at(pod, "/metadata/namespace").to_string(),
+            attempt,
+        }),
+        hostname: hostname.to_string(),
+        log_directory: log_directory.to_string(),
+        dns_config: dns,
+        port_mappings,
+        labels,
+        annotations: string_map(pod.pointer("/metadata/annotations")),
+        linux: Some(v1::LinuxPodSandboxConfig {
+            security_context: Some(v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(namespace_options(pod)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Objects the environment and volumes refer to, fetched by the caller.
+pub trait Lookup {
+    /// A ConfigMap's or Secret's data, decoded (Secrets are base64 in the API).
+    fn data(&self, kind: &str, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+}
+
+/// `data` (and `binaryData`) of a ConfigMap, `data` of a Secret, decoded.
+pub fn object_data(kind: &str, o: &Value) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let Some(d) = o.get("data").and_then(Value::as_object) {
+        for (k, v) in d {
+            let s = v.as_str().unwrap_or_default();
+            let bytes = if kind == "Secret" { b64.decode(s).unwrap_or_default() } else { s.as_bytes().to_vec() };
+            out.insert(k.clone(), bytes);
+        }
+    }
+    if kind == "ConfigMap"
+        && let Some(d) = o.get("binaryData").and_then(Value::as_object)
+    {
+        for (k, v) in d {
+            out.insert(k.clone(), b64.decode(v.as_str().unwrap_or_default()).unwrap_or_default());
+        }
+    }
+    if kind == "Secret"
+        && let Some(d) = o.get("stringData").and_then(Value::as_object)
+    {
+        for (k, v) in d {
+            out.insert(k.clone(), v.as_str().unwrap_or_default().as_bytes().to_vec());
+        }
+    }
+    out
+}
+
+/// A container that cannot be created from its spec (upstream's `CreateContainerConfigError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The value of a `fieldRef` (downward API), as upstream supports them.
+pub fn field_ref(pod: &Value, path: &str) -> Result<String, ConfigError> {
+    let bracket = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix("['"))
+            .and_then(|r| r.strip_suffix("']"))
+            .map(str::to_string)
+    };
+    if let Some(k) = bracket("metadata.labels") {
+        return Ok(str_at(pod, &format!("/metadata/labels/{}", k.replace('~', "~0").replace('/', "~1"))).to_string());
+    }
+    if let Some(k) = bracket("metadata.annotations") {
+        let ptr = format!("/metadata/annotations/{}", k.replace('~', "~0").replace('/', "~1"));
+        return Ok(str_at(pod, &ptr).to_string());
+    }
+    let ptr = match path {
+        "metadata.name" => "/metadata/name",
+        "metadata.namespace" => "/metadata/namespace",
+        "metadata.uid" => "/metadata/uid",
+        "spec.nodeName" => "/spec/nodeName",
+        "spec.serviceAccountName" => "/spec/serviceAccountName",
+        "status.podIP" => "/status/podIP",
+        "status.hostIP" => "/status/hostIP",
+        "metadata.labels" | "metadata.annotations" => {
+            let m = pod.pointer(&format!("/{}", path.replace('.', "/"))).and_then(Value::as_object);
+            let lines: Vec<String> = m
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", Value::String(v.as_str().unwrap_or_default().into())))
+                .collect();
+            return Ok(lines.join("\n"));
+        }
+        _ => return Err(ConfigError(format!("unsupported fieldRef fieldPath {path:?}"))),
+    };
+    Ok(str_at(pod, ptr).to_string())
+}
+
+/// The value of a `resourceFieldRef` (limits/requests of a container), in the divisor's units (default 1).
+fn resource_ref(container: &Value, resource: &str) -> Result<String, ConfigError> {
+    let ptr = format!("/resources/{}", resource.replacen('.', "/", 1));
+    let q = str_at(container, &ptr);
+    if resource.ends_with("cpu") {
+        // Whole cores, rounded up, as upstream's default divisor of 1.
+        let m = if q.is_empty() { 0 } else { parse_cpu_millis(q)? };
+        return Ok(m.div_ceil(1000).max(if q.is_empty() { 0 } else { 1 }).to_string());
+    }
+    if q.is_empty() { Ok("0".into()) } else { parse_bytes(q).map(|b| b.to_string()) }
+}
+
+fn env_source(
+    pod: &Value,
+    container: &Value,
+    source: &Value,
+    lookup: &dyn Lookup,
+) -> Result<Option<String>, ConfigError> {
+    let ns = str_at(pod, "/metadata/namespace");
+    for (field, kind) in [("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")] {
+        if let Some(r) = source.get(field) {
+            let (name, key) = (str_at(r, "/name"), str_at(r, "/key"));
+            let optional = r.get("optional").and_then(Value::as_bool).unwrap_or(false);
+            let value = lookup.data(kind, ns, name).map(|d| d.get(key).cloned());
+            return match value {
+                Some(Some(v)) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+                _ if optional => Ok(None),
+                None => Err(ConfigError(format!("{} {name:?} not found", kind.to_lowercase()))),
+                Some(None) => Err(ConfigError(format!("couldn't find key {key} in {kind} {ns}/{name}"))),
+            };
+        }
+    }
+    if let Some(r) = source.get("fieldRef") {
+        return field_ref(pod, str_at(r, "/fieldPath")).map(Some);
+    }
+    if let Some(r) = source.get("resourceFieldRef") {
+        return resource_ref(container, str_at(r, "/resource")).map(Some);
+    }
+    Ok(None)
+}
+
+/// Expands `$(VAR)` references to earlier variables, as upstream (`$$` escapes).
+pub fn expand(s: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A container's environment: `envFrom` first, then `env` (later wins), with `$(VAR)` expansion.
+pub fn environment(pod: &Value, container: &Value, lookup: &dyn Lookup) -> Result<Vec<(String, String)>, ConfigError> {
+    let ns = str_at(pod, "/metadata/namespace");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        env.retain(|(n, _)| *n != k);
+        env.push((k, v));
+    };
+    for from in arr(container, "/envFrom") {
+        let prefix = str_at(from, "/prefix");
+        for (field, kind) in [("configMapRef", "ConfigMap"), ("secretRef", "Secret")] {
+            let Some(r) = from.get(field) else { continue };
+            let name = str_at(r, "/name");
+            match lookup.data(kind, ns, name) {
+                Some(d) => {
+                    for (k, v) in d {
+                        set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
+                    }
+                }
+                None if r.get("optional").and_then(Value::as_bool).unwrap_or(false) => {}
+                None => return Err(ConfigError(format!("{} {name:?} not found", kind.to_lowercase()))),
+            }
+        }
+    }
+    for e in arr(container, "/env") {
+        let name = str_at(e, "/name").to_string();
+        let value = match e.get("valueFrom") {
+            Some(src) => match env_source(pod, container, src, lookup)? {
+                Some(v) => v,
+                None => continue,
+            },
+            None => expand(str_at(e, "/value"), &env),
+        };
+        set(&mut env, name, value);
+    }
+    Ok(env)
+}
+
+/// CPU quantity in millicores ("500m", "2", "0.5").
+pub fn parse_cpu_millis(q: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError(format!("invalid CPU quantity {q:?}"));
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse().map_err(|_| bad());
+    }
+    let f: f64 = q.parse().map_err(|_| bad())?;
+    Ok((f * 1000.0).ceil() as u64)
+}
+
+/// A byte quantity ("64Mi", "1G", "128974848", "129e6").
+pub fn parse_bytes(q: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError(format!("invalid memory quantity {q:?}"));
+    const SUFFIXES: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    for (s, mult) in SUFFIXES {
+        if let Some(n) = q.strip_suffix(s) {
+            let f: f64 = n.parse().map_err(|_| bad())?;
+            return Ok((f * mult).ceil() as u64);
+        }
+    }
+    if let Some(m) = q.strip_suffix('m') {
+        let f: f64 = m.parse().map_err(|_| bad())?;
+        return Ok((f / 1000.0).ceil() as u64);
+    }
+    let f: f64 = q.parse().map_err(|_| bad())?;
+    Ok(f.ceil() as u64)
+}
+
+/// Requests and limits as cgroup settings (cgroupfs: shares, CFS quota, memory limit).
+pub fn linux_resources(container: &Value) -> Result<v1::LinuxContainerResources, ConfigError> {
+    let get = |p: &str| Some(str_at(container, p)).filter(|s| !s.is_empty());
+    let limit_cpu = get("/resources/limits/cpu").map(parse_cpu_millis).transpose()?;
+    let req_cpu = get("/resources/requests/cpu").map(parse_cpu_millis).transpose()?.or(limit_cpu);
+    let limit_mem = get("/resources/limits/memory").map(parse_bytes).transpose()?;
+    // Upstream: shares = millis * 1024 / 1000, at least 2.
+    let shares = req_cpu.map_or(2, |m| (m * 1024 / 1000).max(2)) as i64;
+    let period = 100_000i64;
+    Ok(v1::LinuxContainerResources {
+        cpu_shares: shares,
+        cpu_period: if limit_cpu.is_some() { period } else { 0 },
+        cpu_quota: limit_cpu.map_or(0, |m| (m as i64 * period / 1000).max(1000)),
+        memory_limit_in_bytes: limit_mem.map_or(0, |b| b as i64),
+        ..Default::default()
+    })
+}
+
+/// The pod's QoS class, as upstream computes it.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers = arr(pod, "/spec/containers").iter().chain(arr(pod, "/spec/initContainers"));
+    let (mut any, mut guaranteed) = (false, true);
+    for c in containers {
+        for r in ["cpu", "memory"] {
+            let req = str_at(c, &format!("/resources/requests/{r}"));
+            let lim = str_at(c, &format!("/resources/limits/{r}"));
+            any |= !req.is_empty() || !lim.is_empty();
+            guaranteed &= !lim.is_empty() && (req.is_empty() || req == lim);
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+fn security_context(pod: &Value, container: &Value) -> v1::LinuxContainerSecurityContext {
+    let sc = |f: &str| {
+        container.pointer(&format!("/securityContext/{f}")).or(pod.pointer(&format!("/spec/securityContext/{f}")))
+    };
+    let int = |f: &str| sc(f).and_then(Value::as_i64).map(|value| v1::Int64Value { value });
+    let caps = |f: &str| strings(container, &format!("/securityContext/capabilities/{f}"));
+    let (add, drop) = (caps("add"), caps("drop"));
+    v1::LinuxContainerSecurityContext {
+        privileged: container.pointer("/securityContext/privileged").and_then(Value::as_bool).unwrap_or(false),
+        run_as_user: int("runAsUser"),
+        run_as_group: int("runAsGroup"),
+        readonly_rootfs: container
+            .pointer("/securityContext/readOnlyRootFilesystem")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        capabilities: (!add.is_empty() || !drop.is_empty()).then(|| v1::Capability {
+            add_capabilities: add.iter().map(|c| format!("CAP_{}", c.trim_start_matches("CAP_"))).collect(),
+            drop_capabilities: drop.iter().map(|c| format!("CAP_{}", c.trim_start_matches("CAP_"))).collect(),
+            ..Default::default()
+        }),
+        supplemental_groups: arr(pod, "/spec/securityContext/supplementalGroups")
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect(),
+        namespace_options: Some(namespace_options(pod)),
+        ..Default::default()
+    }
+}
+
+/// The config of one container attempt. `image` is the resolved image reference.
+pub fn container_config(
+    pod: &Value,
+    container: &Value,
+    image: &str,
+    attempt: u32,
+    env: &[(String, String)],
+    mounts: Vec<v1::Mount>,
+) -> Result<v1::ContainerConfig, ConfigError> {
+    let name = str_at(container, "/name");
+    let mut labels = base_labels(pod);
+    labels.insert(LABEL_CONTAINER_NAME.into(), name.to_string());
+    let annotations = HashMap::from([
+        ("io.kubernetes.container.restartCount".to_string(), attempt.to_string()),
+        ("io.kubernetes.pod.terminationGracePeriod".to_string(), grace_period(pod, None).to_string()),
+    ]);
+    let exp = |v: Vec<String>| v.iter().map(|s| expand(s, env)).collect();
+    Ok(v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata { name: name.to_string(), attempt }),
+        image: Some(v1::ImageSpec { image: image.to_string(), ..Default::default() }),
+        command: exp(strings(container, "/command")),
+        args: exp(strings(container, "/args")),
+        working_dir: str_at(container, "/workingDir").to_string(),
+        envs: env.iter().map(|(key, value)| v1::KeyValue { key: key.clone(), value: value.clone() }).collect(),
+        mounts,
+        labels,
+        annotations,
+        log_path: format!("{name}/{attempt}.log"),
+        stdin: container.get("stdin").and_then(Value::as_bool).unwrap_or(false),
+        stdin_once: container.get("stdinOnce").and_then(Value::as_bool).unwrap_or(false),
+        tty: container.get("tty").and_then(Value::as_bool).unwrap_or(false),
+        linux: Some(v1::LinuxContainerConfig {
+            resources: Some(linux_resources(container)?),
+            security_context: Some(security_context(pod, container)),
+        }),
+        ..Default::default()
+    })
+}
+
+/// The grace period of a pod's termination: the deletion's, else the spec's, else 30 s.
+pub fn grace_period(pod: &Value, deleting: Option<()>) -> i64 {
+    let spec = pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+    match deleting {
+        Some(()) => pod.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(spec),
+        None => spec,
+    }
+}
+
+/// `imagePullPolicy`, defaulted as upstream (Always for `:latest` or no tag).
+pub fn pull_policy(container: &Value) -> &str {
+    match str_at(container, "/imagePullPolicy") {
+        "" => {
+            let image = str_at(container, "/image");
+            let last = image.rsplit('/').next().unwrap_or(image);
+            if image.contains('@') || last.contains(':') && !last.ends_with(":latest") {
+                "IfNotPresent"
+            } else {
+                "Always"
+            }
+        }
+        p => p,
+    }
+}
+
+/// Back-off before restarting a container that exited `restarts` times: 10 s doubling to 5 min.
+pub fn backoff_seconds(restarts: u32) -> u64 {
+    (10u64 << restarts.min(5).saturating_sub(1).min(5)).min(300)
+}
+
+/// Back-off after `failures` failed sandbox creations in a row: 1 s
+/// doubling to 5 min (the first failures are often the runtime still
+/// loading its CNI config).
+pub fn sandbox_backoff(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_secs((1u64 << failures.clamp(1, 10).saturating_sub(1)).min(300))
+}
+
+/// Whether a container that exited with `exit_code` is started again under `policy`.
+pub fn should_restart(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => exit_code != 0,
+        _ => true,
+    }
+}
+
+/// What the runtime says about one container attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub id: String,
+    pub attempt: u32,
+    pub state: v1::ContainerState,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub image: String,
+    pub image_ref: String,
+}
+
+impl Observed {
+    pub fn from_status(s: &v1::ContainerStatus) -> Observed {
+        Observed {
+            id: s.id.clone(),
+            attempt: s.metadata.as_ref().map_or(0, |m| m.attempt),
+            state: v1::ContainerState::try_from(s.state).unwrap_or(v1::ContainerState::ContainerUnknown),
+            created_at: s.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            exit_code: s.exit_code,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            image: s.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
+            image_ref: s.image_ref.clone(),
+        }
+    }
+}
+
+pub fn time_of_nanos(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .map(orchestrator_apimachinery::registry::format_time)
+        .unwrap_or_default()
+}
+
+fn state_json(o: &Observed) -> Value {
+    match o.state {
+        v1::ContainerState::ContainerRunning => json!({"running": {"startedAt": time_of_nanos(o.started_at)}}),
+        v1::ContainerState::ContainerExited => {
+            let reason = match o.reason.as_str() {
+                "" if o.exit_code == 0 => "Completed",
+                "" => "Error",
+                r => r,
+            };
+            let mut t = json!({
+                "exitCode": o.exit_code,
+                "reason": reason,
+                "startedAt": time_of_nanos(o.started_at),
+                "finishedAt": time_of_nanos(o.finished_at),
+                "containerID": format!("containerd://{}", o.id),
+            });
+            if !o.message.is_empty() {
+                t["message"] = o.message.clone().into();
+            }
+            json!({"terminated": t})
+        }
+        _ => json!({"waiting": {"reason": "ContainerCreating"}}),
+    }
+}
+
+/// Why a container is not running, when the kubelet knows (pull errors, back-off, config errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub reason: String,
+    pub message: String,
+}
+
+/// The status of one container: its newest attempt, the one before, and the kubelet's waiting reason.
+pub fn container_status(
+    spec: &Value,
+    latest: Option<&Observed>,
+    previous: Option<&Observed>,
+    waiting: Option<&Waiting>,
+    ready: bool,
+    started: bool,
+) -> Value {
+    let name = str_at(spec, "/name");
+    let mut s = json!({
+        "name": name,
+        "image": str_at(spec, "/image"),
+        "imageID": latest.map(|o| o.image_ref.clone()).unwrap_or_default(),
+        "restartCount": latest.map_or(0, |o| o.attempt),
+        "ready": ready,
+        "started": started,
+        "lastState": previous.map_or(json!({}), state_json),
+    });
+    if let Some(o) = latest {
+        s["containerID"] = format!("containerd://{}", o.id).into();
+    }
+    s["state"] = match (waiting, latest) {
+        (Some(w), _) => {
+            // A container waiting for its restart shows the last run as lastState.
+            if let Some(o) = latest.filter(|o| o.state == v1::ContainerState::ContainerExited) {
+                s["lastState"] = state_json(o);
+            }
+            json!({"waiting": {"reason": w.reason, "message": w.message}})
+        }
+        (None, Some(o)) => state_json(o),
+        (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
+    };
+    s
+}
+
+/// The pod phase from its containers' statuses (upstream's `getPhase`).
+pub fn phase(pod: &Value, statuses: &[Value], init_done: bool) -> &'static str {
+    if !init_done {
+        return "Pending";
+    }
+    let policy = str_at(pod, "/spec/restartPolicy");
+    let (mut running, mut waiting, mut succeeded, mut failed, mut unknown) = (0, 0, 0, 0, 0);
+    for s in statuses {
+        if s.pointer("/state/running").is_some() {
+            running += 1;
+        } else if let Some(t) = s.pointer("/state/terminated") {
+            if t["exitCode"].as_i64() == Some(0) { succeeded += 1 } else { failed += 1 }
+        } else if s.pointer("/state/waiting").is_some() {
+            if s.pointer("/lastState/terminated").is_some() { running += 1 } else { waiting += 1 }
+        } else {
+            unknown += 1;
+        }
+    }
+    let total = statuses.len();
+    if unknown > 0 || total == 0 || waiting > 0 {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    if succeeded + failed == total {
+        return match policy {
+            "Always" | "" => "Running",
+            "OnFailure" if failed > 0 => "Running",
+            _ if failed > 0 => "Failed",
+            _ => "Succeeded",
+        };
+    }
+    "Pending"
+}
+
+/// Keeps a condition's lastTransitionTime while its status stays the same.
+pub fn condition(old: &Value, kind: &str, ok: bool, reason: Option<&str>, now: &str) -> Value {
+    let status = if ok { "True" } else { "False" };
+    let prev = arr(old, "/status/conditions").iter().find(|c| c["type"] == kind);
+    let since = match prev {
+        Some(p) if p["status"] == status => p.get("lastTransitionTime").cloned().unwrap_or(Value::Null),
+        _ => now.into(),
+    };
+    let mut c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+    if let Some(r) = reason.filter(|_| !ok) {
+        c["reason"] = r.into();
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Objects(Vec<(String, String, Value)>);
+
+    impl Lookup for Objects {
+        fn data(&self, kind: &str, _ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+            self.0.iter().find(|(k, n, _)| k == kind && n == name).map(|(k, _, o)| object_data(k, o))
+        }
+    }
+
+    fn pod() -> Value {
+        json!({
+            "metadata": {"name": "web-1", "namespace": "default", "uid": "u-1", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox:1", "ports": [{"containerPort": 80, "hostPort": 8080}]}]},
+            "status": {"podIP": "10.0.0.5"}
+        })
+    }
+
+    #[test]
+    fn environment_resolves_sources_in_order() {
+        let objects = Objects(vec![
+            ("ConfigMap".into(), "cm".into(), json!({"data": {"A": "from-cm", "B": "b"}})),
+            ("Secret".into(), "s".into(), json!({"data": {"pw": "aHVudGVyMg=="}})),
+        ]);
+        let c = json!({
+            "name": "c",
+            "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+            "env": [
+                {"name": "X", "value": "x"},
+                {"name": "Y", "value": "$(X)-y $$(X) $(NOPE)"},
+                {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k", "optional": true}}},
+            ]
+        });
+        let env = environment(&pod(), &c, &objects).unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("CM_A"), Some("from-cm"));
+        assert_eq!(get("Y"), Some("x-y $(X) $(NOPE)"));
+        assert_eq!(get("PW"), Some("hunter2"));
+        assert_eq!(get("POD"), Some("web-1"));
+        assert_eq!(get("APP"), Some("web"));
+        assert_eq!(get("IP"), Some("10.0.0.5"));
+        assert_eq!(get("OPT"), None);
+        let missing =
+            json!({"name": "c", "env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "zz"}}}]});
+        assert_eq!(
+            environment(&pod(), &missing, &objects).unwrap_err().0,
+            "couldn't find key zz in ConfigMap default/cm"
+        );
+    }
+
+    #[test]
+    fn quantities_and_resources() {
+        assert_eq!(parse_cpu_millis("250m").unwrap(), 250);
+        assert_eq!(parse_cpu_millis("1.5").unwrap(), 1500);
+        assert_eq!(parse_bytes("64Mi").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1G").unwrap(), 1_000_000_000);
+        assert_eq!(parse_bytes("129e6").unwrap(), 129_000_000);
+        assert!(parse_bytes("lots").is_err());
+        let c = json!({"resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "500m", "memory": "32Mi"}}});
+        let r = linux_resources(&c).unwrap();
+        assert_eq!(
+            (r.cpu_shares, r.cpu_quota, r.cpu_period, r.memory_limit_in_bytes),
+            (256, 50_000, 100_000, 32 << 20)
+        );
+        let r = linux_resources(&json!({})).unwrap();
+        assert_eq!((r.cpu_shares, r.cpu_quota, r.memory_limit_in_bytes), (2, 0, 0));
+        assert_eq!(qos_class(&pod()), "BestEffort");
+        let g = json!({"spec": {"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        assert_eq!(qos_class(&g), "Guaranteed");
+        let b = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}});
+        assert_eq!(qos_class(&b), "Burstable");
+    }
+
+    #[test]
+    fn dns_follows_the_pod_dns_policy() {
+        let dns = Some(std::net::Ipv4Addr::new(10, 96, 0, 10));
+        let node = || "nameserver 192.0.2.53\nsearch lan\noptions edns0\n".to_string();
+        let pod = |spec: Value| json!({"metadata": {"namespace": "shop"}, "spec": spec});
+        let c = dns_config(&pod(json!({})), dns, node).unwrap();
+        assert_eq!(c.servers, ["10.96.0.10"]);
+        assert_eq!(c.searches, ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
+        assert_eq!(c.options, ["ndots:5"]);
+        assert_eq!(dns_config(&pod(json!({})), None, node), None, "no cluster DNS: the node's");
+        assert_eq!(dns_config(&pod(json!({"hostNetwork": true})), dns, node), None);
+        let host_net = json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"});
+        assert_eq!(dns_config(&pod(host_net), dns, node).unwrap().servers, ["10.96.0.10"]);
+        assert_eq!(dns_config(&pod(json!({"dnsPolicy": "Default"})), dns, node), None);
+        let custom = json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.1.1.1"], "searches": ["a.example"],
+                            "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}});
+        let c = dns_config(&pod(custom), dns, node).unwrap();
+        assert_eq!(
+            (c.servers, c.searches, c.options),
+            (
+                vec!["1.1.1.1".to_string()],
+                vec!["a.example".to_string()],
+                vec!["ndots:2".to_string(), "edns0".to_string()]
+            )
+        );
+        let added = json!({"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}});
+        assert_eq!(dns_config(&pod(added), dns, node).unwrap().options, ["ndots:1"], "replaces ndots:5");
+        let on_node = json!({"dnsPolicy": "Default", "dnsConfig": {"searches": ["b.example"]}});
+        assert_eq!(dns_config(&pod(on_node), dns, node).unwrap().searches, ["lan", "b.example"]);
+    }
+
+    #[test]
+    fn sandbox_and_container_configs() {
+        let p = pod();
+        let s = sandbox_config(&p, "/var/log/pods/x", 1, None);
+        assert_eq!(s.metadata.as_ref().unwrap().uid, "u-1");
+        assert_eq!(s.labels[LABEL_POD_UID], "u-1");
+        assert_eq!(s.labels["app"], "web");
+        assert_eq!(s.port_mappings[0].host_port, 8080);
+        let ns = s.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
+        assert_eq!(ns.network, v1::NamespaceMode::Pod as i32);
+        let c = json!({"name": "c", "command": ["sh", "-c"], "args": ["echo $(A)"], "workingDir": "/w",
+                       "securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_ADMIN"]}}});
+        let cfg = container_config(&p, &c, "sha256:abc", 2, &[("A".into(), "1".into())], vec![]).unwrap();
+        assert_eq!(cfg.args, vec!["echo 1"]);
+        assert_eq!(cfg.log_path, "c/2.log");
+        assert_eq!(cfg.labels[LABEL_CONTAINER_NAME], "c");
+        let sc = cfg.linux.unwrap().security_context.unwrap();
+        assert_eq!(sc.run_as_user.unwrap().value, 1000);
+        assert_eq!(sc.capabilities.unwrap().add_capabilities, vec!["CAP_NET_ADMIN"]);
+    }
+
+    #[test]
+    fn policies() {
+        assert_eq!(pull_policy(&json!({"image": "busybox"})), "Always");
+        assert_eq!(pull_policy(&json!({"image": "busybox:latest"})), "Always");
+        assert_eq!(pull_policy(&json!({"image": "localhost:5000/busybox"})), "Always");
+        assert_eq!(pull_policy(&json!({"image": "busybox:1.36"})), "IfNotPresent");
+        assert_eq!(pull_policy(&json!({"image": "b:1", "imagePullPolicy": "Never"})), "Never");
+        assert_eq!([1, 2, 3, 6, 9].map(backoff_seconds), [10, 20, 40, 160, 160].map(|s: u64| s.min(300)));
+        let secs = |n: u32| sandbox_backoff(n).as_secs();
+        assert_eq!([0, 1, 2, 3, 8, 9, 10, 40].map(secs), [1, 1, 2, 4, 128, 256, 300, 300]);
+        assert!(!should_restart("Never", 1) && should_restart("OnFailure", 1) && !should_restart("OnFailure", 0));
+        assert!(should_restart("Always", 0));
+    }
+
+    #[test]
+    fn phases() {
+        let running = json!({"state": {"running": {}}});
+        let done = json!({"state": {"terminated": {"exitCode": 0}}});
+        let failed = json!({"state": {"terminated": {"exitCode": 1}}});
+        let crash =
+            json!({"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1}}});
+        let creating = json!({"state": {"waiting": {"reason": "ContainerCreating"}}});
+        let p = |policy: &str| json!({"spec": {"restartPolicy": policy}});
+        assert_eq!(phase(&p("Always"), std::slice::from_ref(&running), true), "Running");
+        assert_eq!(phase(&p("Always"), &[crash], true), "Running");
+        assert_eq!(phase(&p("Always"), &[creating], true), "Pending");
+        assert_eq!(phase(&p("Never"), std::slice::from_ref(&done), true), "Succeeded");
+        assert_eq!(phase(&p("Never"), &[done, failed], true), "Failed");
+        assert_eq!(phase(&p("Never"), &[running], false), "Pending");
+    }
+}

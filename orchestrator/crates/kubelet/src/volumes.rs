@@ -1,0 +1,261 @@
+//! Pod volumes on the node: emptyDir (disk or tmpfs), hostPath, configMap,
+//! secret and downwardAPI (files written atomically and rewritten when the
+//! object changes), under `<kubelet-dir>/pods/<uid>/volumes/<name>`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use orchestrator_apimachinery::registry::str_at;
+
+use crate::cri::v1;
+use crate::pod::{ConfigError, Lookup, field_ref};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("mount tmpfs on {path}: {source}")]
+    Mount { path: PathBuf, source: nix::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VolumeError + 'a {
+    move |source| VolumeError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// The directory of a pod's volumes.
+pub fn pod_volumes_dir(kubelet_dir: &Path, uid: &str) -> PathBuf {
+    kubelet_dir.join("pods").join(uid).join("volumes")
+}
+
+/// Writes `files` into `dir` so that the set changes at once: a new
+/// timestamped directory, then the `..data` symlink swapped (as upstream's
+/// AtomicWriter), with per-key symlinks through `..data`.
+fn write_atomic(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let data_link = dir.join("..data");
+    if let Ok(current) = std::fs::read_link(&data_link) {
+        let cur = dir.join(&current);
+        let same = files.iter().all(|(k, v)| std::fs::read(cur.join(k)).is_ok_and(|b| b == *v))
+            && std::fs::read_dir(&cur).map(|d| d.count()).unwrap_or(0) == files.len();
+        if same {
+            return Ok(());
+        }
+    }
+    let stamp = format!("..{}", time::OffsetDateTime::now_utc().unix_timestamp_nanos());
+    let new = dir.join(&stamp);
+    std::fs::create_dir_all(&new).map_err(io("create", &new))?;
+    for (k, v) in files {
+        let f = new.join(k);
+        if let Some(parent) = f.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
+        std::fs::write(&f, v).map_err(io("write", &f))?;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &f))?;
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp).map_err(io("symlink", &tmp))?;
+    let old = std::fs::read_link(&data_link).ok();
+    std::fs::rename(&tmp, &data_link).map_err(io("rename", &data_link))?;
+    for k in files.keys() {
+        let top = k.split('/').next().unwrap_or(k);
+        let link = dir.join(top);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(top), &link).map_err(io("symlink", &link))?;
+        }
+    }
+    if let Some(old) = old.filter(|o| *o != Path::new(&stamp)) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
+
+fn projected_items(source: &Value, data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    match source.get("items").and_then(Value::as_array) {
+        Some(items) => items
+            .iter()
+            .filter_map(|i| Some((str_at(i, "/path").to_string(), data.get(str_at(i, "/key"))?.clone())))
+            .collect(),
+        None => data,
+    }
+}
+
+/// Prepares (or refreshes) every volume of a pod; returns the host path of each by name.
+pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
+    let uid = str_at(pod, "/metadata/uid");
+    let ns = str_at(pod, "/metadata/namespace");
+    let base = pod_volumes_dir(kubelet_dir, uid);
+    let mut out = BTreeMap::new();
+    for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+        let name = str_at(v, "/name");
+        let dir = base.join(name);
+        let mode = |s: &Value| s.get("defaultMode").and_then(Value::as_u64).unwrap_or(0o644) as u32;
+        if let Some(e) = v.get("emptyDir") {
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+                if str_at(e, "/medium") == "Memory" {
+                    let size = Some(str_at(e, "/sizeLimit")).filter(|s| !s.is_empty()).map(crate::pod::parse_bytes);
+                    let opts = match size.transpose()? {
+                        Some(b) => format!("mode=0777,size={b}"),
+                        None => "mode=0777".to_string(),
+                    };
+                    nix::mount::mount(
+                        Some("tmpfs"),
+                        &dir,
+                        Some("tmpfs"),
+                        nix::mount::MsFlags::empty(),
+                        Some(opts.as_str()),
+                    )
+                    .map_err(|source| VolumeError::Mount { path: dir.clone(), source })?;
+                } else {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                        .map_err(io("chmod", &dir))?;
+                }
+            }
+            out.insert(name.to_string(), dir);
+        } else if let Some(h) = v.get("hostPath") {
+            let path = PathBuf::from(str_at(h, "/path"));
+            match str_at(h, "/type") {
+                "DirectoryOrCreate" => std::fs::create_dir_all(&path).map_err(io("create", &path))?,
+                "FileOrCreate" if !path.exists() => {
+                    std::fs::write(&path, b"").map_err(io("create", &path))?;
+                }
+                "Directory" if !path.is_dir() => {
+                    return Err(ConfigError(format!(
+                        "hostPath type check failed: {} is not a directory",
+                        path.display()
+                    ))
+                    .into());
+                }
+                "File" if !path.is_file() => {
+                    return Err(
+                        ConfigError(format!("hostPath type check failed: {} is not a file", path.display())).into()
+                    );
+                }
+                _ => {}
+            }
+            out.insert(name.to_string(), path);
+        } else if let Some((kind, src, key)) = [("ConfigMap", "configMap", "name"), ("Secret", "secret", "secretName")]
+            .into_iter()
+            .find_map(|(k, f, key)| v.get(f).map(|s| (k, s, key)))
+        {
+            let obj = str_at(src, &format!("/{key}"));
+            let optional = src.get("optional").and_then(Value::as_bool).unwrap_or(false);
+            let data = match lookup.data(kind, ns, obj) {
+                Some(d) => d,
+                None if optional => BTreeMap::new(),
+                None => {
+                    return Err(ConfigError(format!("{} {obj:?} not found", kind.to_lowercase())).into());
+                }
+            };
+            write_atomic(&dir, &projected_items(src, data), mode(src))?;
+            out.insert(name.to_string(), dir);
+        } else if let Some(d) = v.get("downwardAPI") {
+            let mut files = BTreeMap::new();
+            for i in d.get("items").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(f) = i.pointer("/fieldRef/fieldPath").and_then(Value::as_str) {
+                    files.insert(str_at(i, "/path").to_string(), field_ref(pod, f)?.into_bytes());
+                }
+            }
+            write_atomic(&dir, &files, mode(d))?;
+            out.insert(name.to_string(), dir);
+        } else {
+            return Err(ConfigError(format!("volume {name:?}: this kind of volume is not supported")).into());
+        }
+    }
+    Ok(out)
+}
+
+/// The CRI mounts of a container's `volumeMounts`.
+pub fn mounts(container: &Value, volumes: &BTreeMap<String, PathBuf>) -> Result<Vec<v1::Mount>, ConfigError> {
+    let mut out = Vec::new();
+    for m in container.get("volumeMounts").and_then(Value::as_array).into_iter().flatten() {
+        let name = str_at(m, "/name");
+        let host = volumes.get(name).ok_or_else(|| ConfigError(format!("unable to find volume {name:?}")))?;
+        let sub = str_at(m, "/subPath");
+        if sub.split('/').any(|c| c == "..") || sub.starts_with('/') {
+            return Err(ConfigError(format!("subPath {sub:?} must be a relative path without '..'")));
+        }
+        let host_path = if sub.is_empty() { host.clone() } else { host.join(sub) };
+        out.push(v1::Mount {
+            container_path: str_at(m, "/mountPath").to_string(),
+            host_path: host_path.to_string_lossy().into_owned(),
+            readonly: m.get("readOnly").and_then(Value::as_bool).unwrap_or(false),
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
+/// Removes a pod's volumes (unmounting memory-backed emptyDirs first). hostPath volumes are not touched.
+pub fn remove(kubelet_dir: &Path, uid: &str) -> Result<(), VolumeError> {
+    let base = pod_volumes_dir(kubelet_dir, uid);
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            // Memory emptyDirs are tmpfs mounts: a failing unmount means "not a mount point".
+            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let pod_dir = kubelet_dir.join("pods").join(uid);
+    match std::fs::remove_dir_all(&pod_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(VolumeError::Io { op: "remove", path: pod_dir, source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::object_data;
+    use serde_json::json;
+
+    struct One(Value);
+    impl Lookup for One {
+        fn data(&self, kind: &str, _: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+            (name == "cm").then(|| object_data(kind, &self.0))
+        }
+    }
+
+    #[test]
+    fn config_map_volumes_are_written_and_updated_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = json!({"metadata": {"uid": "u", "namespace": "d", "name": "p", "labels": {"a": "b"}}, "spec": {"volumes": [
+            {"name": "cfg", "configMap": {"name": "cm"}},
+            {"name": "some", "configMap": {"name": "cm", "items": [{"key": "k2", "path": "sub/two"}]}},
+            {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            {"name": "scratch", "emptyDir": {}},
+        ]}});
+        let v = prepare(dir.path(), &pod, &One(json!({"data": {"k1": "v1", "k2": "v2"}}))).unwrap();
+        assert_eq!(std::fs::read_to_string(v["cfg"].join("k1")).unwrap(), "v1");
+        assert_eq!(std::fs::read_to_string(v["some"].join("sub/two")).unwrap(), "v2");
+        assert!(!v["some"].join("k1").exists());
+        assert_eq!(std::fs::read_to_string(v["info"].join("labels")).unwrap(), "a=\"b\"");
+        assert!(v["scratch"].is_dir());
+        prepare(dir.path(), &pod, &One(json!({"data": {"k1": "new", "k2": "v2"}}))).unwrap();
+        assert_eq!(std::fs::read_to_string(v["cfg"].join("k1")).unwrap(), "new");
+        let stamps = std::fs::read_dir(&v["cfg"])
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("..1"))
+            .count();
+        assert_eq!(stamps, 1, "the old generation is removed");
+        let c = json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true}, {"name": "scratch", "mountPath": "/s", "subPath": "x"}]});
+        let m = mounts(&c, &v).unwrap();
+        assert!(m[0].readonly && m[1].host_path.ends_with("scratch/x"));
+        assert!(
+            mounts(&json!({"volumeMounts": [{"name": "cfg", "mountPath": "/x", "subPath": "../../etc"}]}), &v).is_err()
+        );
+        let missing = json!({"metadata": {"uid": "u2", "namespace": "d"}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}});
+        assert!(prepare(dir.path(), &missing, &One(json!({}))).is_err());
+        remove(dir.path(), "u").unwrap();
+        assert!(!dir.path().join("pods/u").exists());
+    }
+}

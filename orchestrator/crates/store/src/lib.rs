@@ -1,0 +1,553 @@
+//! The control plane's revisioned key/value store, in the style of k3s'
+//! kine: one append-only SQLite table where every write is a new row, the
+//! row id is the revision (Kubernetes' `resourceVersion`), deletes append
+//! tombstones, and `UNIQUE(name, prev_revision)` is the compare-and-swap.
+//!
+//! Writes go through one connection under a mutex, in `BEGIN IMMEDIATE`
+//! transactions, and publish their event on a broadcast channel before the
+//! lock is released: watchers see every change, in order, with no gaps and
+//! no polling. A watch from the past replays rows from the table first.
+//! Durability: WAL with `synchronous=FULL` by default — an acknowledged
+//! write survives a power cut; `Durability::Normal` trades that for speed.
+//! The [`Store`] trait is what an etcd back-end implements later.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use tokio::sync::broadcast;
+
+/// One key's current value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// A change; for a delete, `kv` is the deleted value at the tombstone's
+/// revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    pub prev: Option<KeyValue>,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    pub items: Vec<KeyValue>,
+    /// The revision the list was read at (pass it back to continue).
+    pub revision: i64,
+    /// More items remain after the last one.
+    pub more: bool,
+}
+
+/// A watch: the replayed past, then live events after it.
+pub struct Watch {
+    pub backlog: Vec<Event>,
+    pub live: broadcast::Receiver<Event>,
+    /// Live events at or below this revision are already in the backlog.
+    pub replayed_to: i64,
+    pub prefix: String,
+}
+
+impl Watch {
+    /// The next event for this watch's prefix; `Lagged` means the watcher
+    /// fell behind and must re-list (the API server answers 410).
+    pub async fn next(&mut self) -> Result<Event, StoreError> {
+        if !self.backlog.is_empty() {
+            return Ok(self.backlog.remove(0));
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(e) if e.kv.mod_revision > self.replayed_to && e.kv.key.starts_with(&self.prefix) => return Ok(e),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => return Err(StoreError::Lagged(n)),
+                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key}: already exists")]
+    AlreadyExists { key: String },
+    #[error("{key}: not found")]
+    NotFound { key: String },
+    #[error("{key}: modified concurrently (expected revision {expected}, found {found})")]
+    Conflict { key: String, expected: i64, found: i64 },
+    #[error("revision {requested} has been compacted (oldest available: {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("the watcher fell {0} events behind: re-list and watch again")]
+    Lagged(u64),
+    #[error("the store is closed")]
+    Closed,
+    #[error("{op} on {path}: {source}")]
+    Sqlite { op: &'static str, path: PathBuf, source: rusqlite::Error },
+}
+
+/// A revisioned key/value store.
+pub trait Store: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Keys starting with `prefix`, in key order, after `start_after`, at
+    /// most `limit` (0: all), as of `revision` (`None`: now).
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: Option<i64>,
+    ) -> Result<ListPage, StoreError>;
+    /// Returns the new revision.
+    fn create(&self, key: &str, value: &[u8]) -> Result<i64, StoreError>;
+    /// Replaces the value if the key's revision is `expected`.
+    fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64, StoreError>;
+    /// Deletes (if at `expected`, when given); returns the tombstone's revision.
+    fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64, StoreError>;
+    /// Events for keys under `prefix` strictly after revision `from`.
+    fn watch(&self, prefix: &str, from: i64) -> Result<Watch, StoreError>;
+    /// Forgets history at or below `revision` (current values stay).
+    fn compact(&self, revision: i64) -> Result<(), StoreError>;
+    fn current_revision(&self) -> Result<i64, StoreError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: an acknowledged write survives power loss.
+    Full,
+    /// `synchronous=NORMAL`: survives a crash of the process, not of the machine.
+    Normal,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kine (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL,
+  created INTEGER NOT NULL,
+  deleted INTEGER NOT NULL,
+  create_revision INTEGER NOT NULL,
+  prev_revision INTEGER NOT NULL,
+  lease INTEGER NOT NULL DEFAULT 0,
+  value BLOB,
+  old_value BLOB
+);
+CREATE INDEX IF NOT EXISTS kine_name_index ON kine (name);
+CREATE INDEX IF NOT EXISTS kine_name_id_index ON kine (name, id);
+CREATE INDEX IF NOT EXISTS kine_id_deleted_index ON kine (id, deleted);
+CREATE INDEX IF NOT EXISTS kine_prev_revision_index ON kine (prev_revision);
+CREATE UNIQUE INDEX IF NOT EXISTS kine_name_prev_revision_uindex ON kine (name, prev_revision);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+/// The SQLite implementation.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    events: broadcast::Sender<Event>,
+}
+
+/// The newest row of a key at or below a revision: (id, deleted, create_revision, value).
+type Row = (i64, bool, i64, Vec<u8>);
+
+fn latest(conn: &Connection, key: &str, at: i64) -> rusqlite::Result<Option<Row>> {
+    conn.query_row(
+        "SELECT id, deleted, create_revision, value FROM kine WHERE name = ?1 AND id <= ?2 ORDER BY id DESC LIMIT 1",
+        params![key, at],
+        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?, r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default())),
+    )
+    .optional()
+}
+
+fn kv(key: &str, row: &Row) -> KeyValue {
+    KeyValue { key: key.to_string(), value: row.3.clone(), create_revision: row.2, mod_revision: row.0 }
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        let err = |op| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Sqlite { op, path, source }
+        };
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        let open = || -> Result<Connection, StoreError> {
+            let c = Connection::open(path).map_err(err("open"))?;
+            c.busy_timeout(std::time::Duration::from_secs(5)).map_err(err("set busy timeout"))?;
+            c.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};"))
+                .map_err(err("set pragmas"))?;
+            Ok(c)
+        };
+        let writer = open()?;
+        writer.execute_batch(SCHEMA).map_err(err("create schema"))?;
+        let reader = open()?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(SqliteStore { path: path.to_path_buf(), writer: Mutex::new(writer), reader: Mutex::new(reader), events })
+    }
+
+    fn sql(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite { op, path: self.path.clone(), source }
+    }
+
+    fn compacted(conn: &Connection) -> rusqlite::Result<i64> {
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = 'compact_rev'", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Appends one row for `key` after checking `check` against its current
+    /// row; publishes the event while still holding the writer.
+    fn write(
+        &self,
+        key: &str,
+        value: Option<&[u8]>,
+        check: impl FnOnce(Option<&Row>) -> Result<(), StoreError>,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sql("begin"))?;
+        let current = latest(&tx, key, i64::MAX).map_err(self.sql("read"))?.filter(|r| !r.1);
+        check(current.as_ref())?;
+        let (created, create_rev, prev_rev, old) = match &current {
+            Some(r) => (0, r.2, r.0, Some(r.3.clone())),
+            None => (1, 0, latest(&tx, key, i64::MAX).map_err(self.sql("read"))?.map_or(0, |r| r.0), None),
+        };
+        let deleted = value.is_none();
+        tx.execute(
+            "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, value, old_value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![key, created, deleted as i64, create_rev, prev_rev, value.map(<[u8]>::to_vec).or(old.clone()), old],
+        )
+        .map_err(self.sql("insert"))?;
+        let rev = tx.last_insert_rowid();
+        if created == 1 {
+            tx.execute("UPDATE kine SET create_revision = ?1 WHERE id = ?1", params![rev])
+                .map_err(self.sql("update"))?;
+        }
+        tx.commit().map_err(self.sql("commit"))?;
+        let create_revision = if created == 1 { rev } else { create_rev };
+        let prev = current.as_ref().map(|r| kv(key, r));
+        let event = Event {
+            kind: if deleted { EventKind::Delete } else { EventKind::Put },
+            kv: KeyValue {
+                key: key.to_string(),
+                value: value.map(<[u8]>::to_vec).or(old).unwrap_or_default(),
+                create_revision,
+                mod_revision: rev,
+            },
+            prev,
+        };
+        let _ = self.events.send(event);
+        Ok(rev)
+    }
+}
+
+impl Store for SqliteStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(latest(&conn, key, i64::MAX).map_err(self.sql("get"))?.filter(|r| !r.1).map(|r| kv(key, &r)))
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: Option<i64>,
+    ) -> Result<ListPage, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let current: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM kine", [], |r| r.get(0)).map_err(self.sql("list"))?;
+        let at = revision.unwrap_or(current);
+        let compacted = Self::compacted(&conn).map_err(self.sql("list"))?;
+        if revision.is_some() && at < compacted {
+            return Err(StoreError::Compacted { requested: at, compacted });
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT k.name, k.id, k.create_revision, k.value FROM kine k
+                 JOIN (SELECT name, MAX(id) AS id FROM kine WHERE id <= ?1 AND name >= ?2 AND name > ?3 GROUP BY name) m ON k.id = m.id
+                 WHERE k.deleted = 0 AND substr(k.name, 1, ?4) = ?2 ORDER BY k.name LIMIT ?5",
+            )
+            .map_err(self.sql("list"))?;
+        let fetch = if limit == 0 { -1 } else { limit as i64 + 1 };
+        let mut items: Vec<KeyValue> = stmt
+            .query_map(params![at, prefix, start_after.unwrap_or(""), prefix.chars().count() as i64, fetch], |r| {
+                Ok(KeyValue {
+                    key: r.get(0)?,
+                    mod_revision: r.get(1)?,
+                    create_revision: r.get(2)?,
+                    value: r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
+                })
+            })
+            .map_err(self.sql("list"))?
+            .collect::<Result<_, _>>()
+            .map_err(self.sql("list"))?;
+        let more = limit > 0 && items.len() > limit;
+        items.truncate(if limit == 0 { items.len() } else { limit });
+        Ok(ListPage { items, revision: at, more })
+    }
+
+    fn create(&self, key: &str, value: &[u8]) -> Result<i64, StoreError> {
+        self.write(key, Some(value), |cur| match cur {
+            Some(_) => Err(StoreError::AlreadyExists { key: key.to_string() }),
+            None => Ok(()),
+        })
+    }
+
+    fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64, StoreError> {
+        self.write(key, Some(value), |cur| match cur {
+            None => Err(StoreError::NotFound { key: key.to_string() }),
+            Some(r) if r.0 != expected => Err(StoreError::Conflict { key: key.to_string(), expected, found: r.0 }),
+            Some(_) => Ok(()),
+        })
+    }
+
+    fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64, StoreError> {
+        self.write(key, None, |cur| match (cur, expected) {
+            (None, _) => Err(StoreError::NotFound { key: key.to_string() }),
+            (Some(r), Some(e)) if r.0 != e => {
+                Err(StoreError::Conflict { key: key.to_string(), expected: e, found: r.0 })
+            }
+            _ => Ok(()),
+        })
+    }
+
+    fn watch(&self, prefix: &str, from: i64) -> Result<Watch, StoreError> {
+        // Subscribe under the writer lock, then read the past up to the
+        // current revision: nothing falls between the two.
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.events.subscribe();
+        let compacted = Self::compacted(&writer).map_err(self.sql("watch"))?;
+        if from < compacted {
+            return Err(StoreError::Compacted { requested: from, compacted });
+        }
+        let mut stmt = writer
+            .prepare_cached(
+                "SELECT name, id, deleted, create_revision, value, old_value, prev_revision FROM kine
+                 WHERE id > ?1 AND substr(name, 1, ?2) = ?3 ORDER BY id",
+            )
+            .map_err(self.sql("watch"))?;
+        let backlog: Vec<Event> = stmt
+            .query_map(params![from, prefix.chars().count() as i64, prefix], |r| {
+                let key: String = r.get(0)?;
+                let id: i64 = r.get(1)?;
+                let deleted = r.get::<_, i64>(2)? != 0;
+                let create_revision: i64 = r.get(3)?;
+                let value = r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default();
+                let old = r.get::<_, Option<Vec<u8>>>(5)?;
+                let prev_revision: i64 = r.get(6)?;
+                let prev = old.filter(|_| prev_revision > 0).map(|v| KeyValue {
+                    key: key.clone(),
+                    value: v,
+                    create_revision,
+                    mod_revision: prev_revision,
+                });
+                Ok(Event {
+                    kind: if deleted { EventKind::Delete } else { EventKind::Put },
+                    kv: KeyValue { key, value, create_revision, mod_revision: id },
+                    prev,
+                })
+            })
+            .map_err(self.sql("watch"))?
+            .collect::<Result<_, _>>()
+            .map_err(self.sql("watch"))?;
+        let replayed_to: i64 =
+            writer.query_row("SELECT COALESCE(MAX(id), 0) FROM kine", [], |r| r.get(0)).map_err(self.sql("watch"))?;
+        Ok(Watch { backlog, live, replayed_to, prefix: prefix.to_string() })
+    }
+
+    fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sql("begin"))?;
+        // Superseded rows at or below the target, and tombstones there.
+        tx.execute(
+            "DELETE FROM kine WHERE id <= ?1 AND (deleted = 1 OR id IN
+               (SELECT k.id FROM kine k WHERE k.id <= ?1 AND EXISTS
+                 (SELECT 1 FROM kine n WHERE n.name = k.name AND n.id > k.id AND n.id <= ?1)))",
+            params![revision],
+        )
+        .map_err(self.sql("compact"))?;
+        tx.execute("INSERT INTO meta (key, value) VALUES ('compact_rev', ?1) ON CONFLICT(key) DO UPDATE SET value = MAX(value, ?1)", params![revision])
+            .map_err(self.sql("compact"))?;
+        tx.commit().map_err(self.sql("commit"))
+    }
+
+    fn current_revision(&self) -> Result<i64, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM kine", [], |r| r.get(0)).map_err(self.sql("read revision"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.db"), Durability::Normal).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn create_get_update_conflict_delete() {
+        let (_d, s) = store();
+        let r1 = s.create("/pods/a", b"1").unwrap();
+        assert!(matches!(s.create("/pods/a", b"x"), Err(StoreError::AlreadyExists { .. })));
+        let got = s.get("/pods/a").unwrap().unwrap();
+        assert_eq!((got.value.as_slice(), got.create_revision, got.mod_revision), (&b"1"[..], r1, r1));
+        let r2 = s.update("/pods/a", b"2", r1).unwrap();
+        assert!(r2 > r1);
+        assert!(
+            matches!(s.update("/pods/a", b"3", r1), Err(StoreError::Conflict { expected, found, .. }) if expected == r1 && found == r2)
+        );
+        assert!(matches!(s.delete("/pods/a", Some(r1)), Err(StoreError::Conflict { .. })));
+        let r3 = s.delete("/pods/a", Some(r2)).unwrap();
+        assert!(s.get("/pods/a").unwrap().is_none());
+        assert!(matches!(s.update("/pods/a", b"4", r3), Err(StoreError::NotFound { .. })));
+        // Re-created after a delete: a new create revision.
+        let r4 = s.create("/pods/a", b"5").unwrap();
+        assert_eq!(s.get("/pods/a").unwrap().unwrap().create_revision, r4);
+        assert_eq!(s.current_revision().unwrap(), r4);
+    }
+
+    #[test]
+    fn list_with_prefix_limit_continue_and_past_revision() {
+        let (_d, s) = store();
+        for i in 0..5 {
+            s.create(&format!("/pods/ns/p{i}"), format!("{i}").as_bytes()).unwrap();
+        }
+        s.create("/services/ns/s", b"s").unwrap();
+        let page = s.list("/pods/", None, 2, None).unwrap();
+        assert_eq!(page.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), ["/pods/ns/p0", "/pods/ns/p1"]);
+        assert!(page.more);
+        let next = s.list("/pods/", Some("/pods/ns/p1"), 10, Some(page.revision)).unwrap();
+        assert_eq!(next.items.len(), 3);
+        assert!(!next.more);
+        let at = s.current_revision().unwrap();
+        let p0 = s.get("/pods/ns/p0").unwrap().unwrap();
+        s.update("/pods/ns/p0", b"changed", p0.mod_revision).unwrap();
+        s.delete("/pods/ns/p1", None).unwrap();
+        let old = s.list("/pods/", None, 0, Some(at)).unwrap();
+        assert_eq!(old.items.len(), 5);
+        assert_eq!(old.items[0].value, b"0");
+        let now = s.list("/pods/", None, 0, None).unwrap();
+        assert_eq!(now.items.len(), 4);
+        assert_eq!(now.items[0].value, b"changed");
+    }
+
+    #[tokio::test]
+    async fn watch_replays_the_past_then_follows_without_gaps() {
+        let (_d, s) = store();
+        let r1 = s.create("/pods/a", b"1").unwrap();
+        s.create("/other/x", b"x").unwrap();
+        let r2 = s.update("/pods/a", b"2", r1).unwrap();
+        let mut w = s.watch("/pods/", 0).unwrap();
+        let e = w.next().await.unwrap();
+        assert_eq!((e.kind, e.kv.mod_revision), (EventKind::Put, r1));
+        let e = w.next().await.unwrap();
+        assert_eq!((e.kv.mod_revision, e.prev.unwrap().value), (r2, b"1".to_vec()));
+        let r3 = s.delete("/pods/a", None).unwrap();
+        let e = w.next().await.unwrap();
+        assert_eq!((e.kind, e.kv.mod_revision, e.kv.value.as_slice()), (EventKind::Delete, r3, &b"2"[..]));
+        // From now: only what follows.
+        let mut w2 = s.watch("/pods/", r3).unwrap();
+        let r4 = s.create("/pods/b", b"b").unwrap();
+        assert_eq!(w2.next().await.unwrap().kv.mod_revision, r4);
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_current_values_and_refuses_old_watches() {
+        let (_d, s) = store();
+        let r1 = s.create("/k", b"1").unwrap();
+        let r2 = s.update("/k", b"2", r1).unwrap();
+        let r3 = s.create("/gone", b"g").unwrap();
+        s.delete("/gone", Some(r3)).unwrap();
+        s.compact(r2 + 2).unwrap();
+        assert_eq!(s.get("/k").unwrap().unwrap().value, b"2");
+        assert!(s.get("/gone").unwrap().is_none());
+        assert!(matches!(s.watch("/", r1), Err(StoreError::Compacted { .. })));
+        assert!(matches!(s.list("/", None, 0, Some(r1)), Err(StoreError::Compacted { .. })));
+        assert!(s.watch("/", r2 + 2).is_ok());
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let rev = {
+            let s = SqliteStore::open(&path, Durability::Full).unwrap();
+            s.create("/a", b"1").unwrap();
+            s.create("/b", b"2").unwrap()
+        };
+        let s = SqliteStore::open(&path, Durability::Full).unwrap();
+        assert_eq!(s.current_revision().unwrap(), rev);
+        assert!(s.create("/c", b"3").unwrap() > rev);
+        assert_eq!(s.get("/a").unwrap().unwrap().value, b"1");
+    }
+
+    #[test]
+    fn concurrent_writers_never_both_win() {
+        let (_d, s) = store();
+        let s = std::sync::Arc::new(s);
+        let r = s.create("/cas", b"0").unwrap();
+        let wins: usize = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || s.update("/cas", format!("{i}").as_bytes(), r).is_ok())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap() as usize)
+            .sum();
+        assert_eq!(wins, 1);
+    }
+
+    /// A child process writes and prints each acknowledged revision, and is
+    /// killed with SIGKILL mid-stream: every acknowledged write must be there.
+    #[test]
+    fn kill_9_loses_no_acknowledged_write() {
+        if let Ok(path) = std::env::var("PLINTH_STORE_CRASH_CHILD") {
+            let s = SqliteStore::open(Path::new(&path), Durability::Full).unwrap();
+            for i in 0.. {
+                let rev = s.create(&format!("/k/{i:06}"), b"v").unwrap();
+                println!("{i} {rev}");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::kill_9_loses_no_acknowledged_write", "--nocapture", "--test-threads=1"])
+            .env("PLINTH_STORE_CRASH_CHILD", &path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut acked = Vec::new();
+        let mut line = String::new();
+        while acked.len() < 200 && std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0 {
+            if let Some((i, _)) = line.trim().split_once(' ').and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b))) {
+                acked.push(i);
+            }
+            line.clear();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(acked.len() >= 200, "the child acknowledged only {} writes", acked.len());
+        let s = SqliteStore::open(&path, Durability::Full).unwrap();
+        for i in acked {
+            assert!(s.get(&format!("/k/{i:06}")).unwrap().is_some(), "acknowledged write {i} was lost");
+        }
+    }
+}
