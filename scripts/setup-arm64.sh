@@ -22,10 +22,12 @@ tarball_sha256=d0362b043f95357af0fa696863ae24633935bd849efaa0d61649192c6965dd46
 cache="${HOME:-/root}/.cache/plinth"
 src="$cache/rust-src-$rust_version"
 
+# The std source must be the compiler's own version. Another rustc still
+# builds and runs everything for x86_64: say so, and leave arm64 out.
 have=$(rustc --version | awk '{print $2}')
 if [ "$have" != "$rust_version" ]; then
-  echo "rustc $have: the aarch64 build needs rustc $rust_version, the version whose std source is pinned here (scripts/setup-arm64.sh)" >&2
-  exit 1
+  echo "arm64: skipped: the std source pinned here is for rustc $rust_version, this is rustc $have (arm64 builds need rustc $rust_version: rustup toolchain install $rust_version)" >&2
+  exit 0
 fi
 
 # Cross linker, aarch64 C library, qemu-user (from bookworm-backports like the
