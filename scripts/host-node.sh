@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${PLINTH_OUT:-$PWD/_out/host-node}
 port=${PLINTH_PORT:-50000}
-cargo build --release --workspace --bins
-bin=$PWD/target/release
+scripts/build-static.sh
+bin=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release
 mkdir -p "$out"
 if [ ! -f "$out/keys/ops.key" ]; then
   "$bin/osctl" gen keys --out "$out/keys" --cluster demo

@@ -10,16 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${PLINTH_OUT:-$PWD/_out/node}
 scripts/setup-debian.sh
+# One build: the static release set (the image's binaries and the host
+# tools osctl, image-builder and qemu; static glibc binaries run here too).
 scripts/build-static.sh
-cargo build --release --workspace --bins
-bin=$PWD/target/release
+bin=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release
 kubectl=${PLINTH_KUBECTL:-${HOME:-/root}/.cache/plinth/kubectl-venv/bin/kubectl}
 mkdir -p "$out"
 [ -f "$out/keys/ops.key" ] || "$bin/osctl" gen keys --out "$out/keys" --cluster demo
 preload=()
 IFS=: read -ra extra <<< "${PLINTH_PRELOAD:-}"
 for p in "${extra[@]}"; do [ -n "$p" ] && preload+=(--preload-image "$p"); done
-"$bin/image-builder" build --board qemu-x86_64 --trust-key "$out/keys/ops.pub" -o "$out/plinth.img" "${preload[@]}"
+"$bin/image-builder" build --board qemu-x86_64 --bin-dir "$bin" --trust-key "$out/keys/ops.pub" -o "$out/plinth.img" "${preload[@]}"
 "$bin/qemu" down --name n1 >/dev/null 2>&1 || true
 up=$("$bin/qemu" up --image "$out/plinth.img" --name n1 --memory 512)
 api=$(echo "$up" | sed -n 's/.*its API is at \(.*\)$/\1/p')

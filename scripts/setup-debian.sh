@@ -3,6 +3,7 @@
 # Idempotent. QEMU comes from bookworm-backports: plain bookworm's 7.2 would
 # replace the machine's qemu-utils 10 (see docs and ENVIRONMENT notes).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "run as root (it installs packages)" >&2; exit 1; }
 src=/etc/apt/sources.list.d/plinth-backports.sources
 if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
@@ -43,4 +44,6 @@ if [ ! -x "$kvenv/bin/kubectl" ]; then
 fi
 # The Python client, for the orchestrator's client tests (same venv).
 "$kvenv/bin/python" -c "import kubernetes" 2>/dev/null || "$kvenv/bin/pip" install -q "kubernetes==37.0.2"
+# The arm64 toolchain: cross linker, qemu-user, the pinned std source.
+scripts/setup-arm64.sh
 echo "ready: $(qemu-system-x86_64 --version | head -1), kubectl $("$kvenv/bin/kubectl" version --client -o json | grep -m1 gitVersion)"

@@ -11,21 +11,36 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use machinery::bundle::{BundleManifest, Header};
 
-/// The directory holding the workspace's binaries (`target/debug` when the
-/// tests run in the dev profile). The README's test command builds them
-/// first (`cargo build --bins`): a test binary cannot safely run cargo.
+/// The directory holding the binaries the tests drive (`osctl`,
+/// `plinth-init`, `apid`): the static release set `scripts/build-static.sh`
+/// builds into `target/x86_64-unknown-linux-gnu/release`, the same binaries
+/// that go into images and that `scripts/run-node.sh` runs on the host, so
+/// the README's commands compile each crate once per profile.
+/// `PLINTH_BIN_DIR` points elsewhere (e.g. `target/debug` after `cargo build
+/// --bins`). A test binary cannot safely run cargo: the README's test
+/// command builds them first.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test binary>
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    let dir = std::env::var_os("PLINTH_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| static_dir(&target_dir()));
     for b in ["osctl", "plinth-init", "apid"] {
         assert!(
             dir.join(b).exists(),
-            "{} is missing: build the binaries first with `cargo build --workspace --bins` (the README's test command does)",
+            "{} is missing: build the binaries first with scripts/build-static.sh (the README's test command does)",
             dir.join(b).display()
         );
     }
     dir
+}
+
+/// Cargo's target directory, from this test binary's path
+/// (`<target>/<profile>/deps/<test binary>`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors().nth(3).expect("<target>/<profile>/deps/<test binary>").to_path_buf()
+}
+
+/// Where scripts/build-static.sh puts the x86_64 binaries, under `target`.
+fn static_dir(target: &Path) -> PathBuf {
+    target.join("x86_64-unknown-linux-gnu/release")
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -399,8 +414,7 @@ pub fn busybox_archive(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Where scripts/build-static.sh puts the binaries that go into images.
 pub fn static_bin_dir() -> anyhow::Result<PathBuf> {
-    let target = bin_dir().parent().context("target dir")?.to_path_buf();
-    Ok(target.join("x86_64-unknown-linux-gnu/release"))
+    Ok(static_dir(&target_dir()))
 }
 
 /// Builds a signed upgrade bundle of Plinth `version` for `qemu-x86_64`,
