@@ -182,14 +182,16 @@ pub fn disable_unemulated_nodes(dtb: &Path) -> Result<Vec<String>, FirmwareError
     Ok(disabled)
 }
 
-/// How a boot ended, from the serial console it printed.
+/// How a boot ended, from the serial console it printed (QEMU, run with
+/// `-no-reboot`, exits on every guest reset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
     /// `reboot(2)` with `"0 tryboot"`: the next boot is the trial slot's.
     Tryboot,
-    /// Any other restart (also a panic's `panic=10` reset).
+    /// Any other reset: a reboot, a panic's `panic=10`, the watchdog
+    /// (which prints nothing).
     Reboot,
-    /// Power off, or nothing printed (QEMU killed).
+    /// The guest powered off.
     Off,
 }
 
@@ -197,10 +199,10 @@ pub enum Ending {
 pub fn ending(log: &str) -> Ending {
     if log.contains(TRYBOOT_RESTART) {
         Ending::Tryboot
-    } else if log.contains("reboot: Restarting system") || log.contains("Rebooting in") {
-        Ending::Reboot
-    } else {
+    } else if log.contains("reboot: Power down") {
         Ending::Off
+    } else {
+        Ending::Reboot
     }
 }
 
@@ -221,5 +223,6 @@ mod tests {
         assert_eq!(ending("[ 9.1] reboot: Restarting system\n"), Ending::Reboot);
         assert_eq!(ending("Kernel panic …\nRebooting in 10 seconds..\n"), Ending::Reboot);
         assert_eq!(ending("[ 9.1] reboot: Power down\n"), Ending::Off);
+        assert_eq!(ending("[ 40.2] plinth: init stopped petting the watchdog\n"), Ending::Reboot, "a watchdog reset");
     }
 }

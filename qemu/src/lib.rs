@@ -438,7 +438,9 @@ impl Vm {
             && let Ok(Some(status)) = c.try_wait()
         {
             self.child = None;
-            if self.machine.pi_layout() && self.supervised {
+            // QEMU exits 0 on a guest reset (-no-reboot) and on power-off;
+            // a QEMU that failed is not a reboot.
+            if self.machine.pi_layout() && self.supervised && status.success() {
                 // The guest rebooted: play the firmware and boot again.
                 match firmware::ending(&self.this_boot_log()) {
                     firmware::Ending::Tryboot => {
@@ -529,8 +531,10 @@ impl Vm {
         }
     }
 
-    /// Pulls the plug: SIGKILL, no shutdown.
+    /// Pulls the plug: SIGKILL, no shutdown (the Pi's one-shot tryboot
+    /// flag does not survive it either).
     pub fn kill(&mut self) {
+        self.tryboot = false;
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
