@@ -16,14 +16,17 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 need=()
-for p in qemu-system-x86 ovmf systemd-boot-efi binutils squashfs-tools zstd dosfstools mtools e2fsprogs python3-venv; do
+for p in qemu-system-x86 qemu-system-arm ovmf systemd-boot-efi binutils squashfs-tools zstd dosfstools mtools e2fsprogs python3-venv device-tree-compiler; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  # arm64 guests (-M virt, -M raspi4b) need QEMU 10's qemu-system-arm too.
+  apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-system-arm qemu-utils >/dev/null
+  rest=()
+  for p in "${need[@]}"; do case $p in qemu-system-*) ;; *) rest+=("$p") ;; esac; done
+  [ ${#rest[@]} -eq 0 ] || apt-get install -y -qq "${rest[@]}" >/dev/null
 fi
 # The kubelet's tests: containerd (CRI) with runc and the CNI plugins, and the
 # tools that build their busybox and pause images without a registry.

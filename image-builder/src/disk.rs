@@ -9,12 +9,35 @@ use crate::BuildError;
 
 const MIB: u64 = 1024 * 1024;
 
-/// Builds a FAT filesystem of `size_mib` holding `files` (path → bytes;
-/// directories are created as needed).
-pub fn fat_image(size_mib: u64, files: &[(&str, &[u8])]) -> Result<Vec<u8>, BuildError> {
-    let fat = |e: std::io::Error| BuildError::Fat(e.to_string());
+/// Which FAT a partition gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fat {
+    /// The EFI system partition: whatever fits its size (FAT16 at 64 MiB).
+    Efi,
+    /// FAT32, as the Raspberry Pi's `start*.elf` expects in a GPT partition
+    /// (older firmware assumes FAT32 there).
+    Fat32,
+    /// The smallest FAT that fits (the Pi's `autoboot.txt` partition, read
+    /// by the EEPROM boot loader, which reads FAT12/16/32).
+    Small,
+}
+
+/// Builds a FAT filesystem of `size_mib` labelled `label` holding `files`
+/// (path → bytes; directories are created as needed).
+pub fn fat_image(size_mib: u64, label: &str, kind: Fat, files: &[(&str, &[u8])]) -> Result<Vec<u8>, BuildError> {
+    let fat = |e: std::io::Error| BuildError::Fat(format!("{label}: {e}"));
     let mut cur = Cursor::new(vec![0u8; (size_mib * MIB) as usize]);
-    fatfs::format_volume(&mut cur, fatfs::FormatVolumeOptions::new().volume_label(*b"EFI        ")).map_err(fat)?;
+    let mut name = [b' '; 11];
+    for (d, s) in name.iter_mut().zip(label.bytes().map(|b| b.to_ascii_uppercase())) {
+        *d = s;
+    }
+    let mut opts = fatfs::FormatVolumeOptions::new().volume_label(name);
+    opts = match kind {
+        Fat::Efi => opts,
+        Fat::Fat32 => opts.fat_type(fatfs::FatType::Fat32),
+        Fat::Small => opts.fat_type(if size_mib <= 16 { fatfs::FatType::Fat12 } else { fatfs::FatType::Fat16 }),
+    };
+    fatfs::format_volume(&mut cur, opts).map_err(fat)?;
     {
         let fs = fatfs::FileSystem::new(&mut cur, fatfs::FsOptions::new()).map_err(fat)?;
         for (path, data) in files {
@@ -36,10 +59,22 @@ pub fn fat_image(size_mib: u64, files: &[(&str, &[u8])]) -> Result<Vec<u8>, Buil
     Ok(cur.into_inner())
 }
 
+/// A partition's GPT type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// EFI system partition.
+    Esp,
+    /// Microsoft basic data: a FAT partition the Raspberry Pi boot loader
+    /// reads (it accepts basic data and ESP types in a GPT).
+    Fat,
+    /// Linux filesystem data.
+    Linux,
+}
+
 /// One partition to lay out: its GPT label, type, size and content.
 pub struct Part<'a> {
     pub label: &'a str,
-    pub esp: bool,
+    pub kind: Kind,
     pub size_mib: u64,
     /// Written at the partition's start; `None` leaves it zeroed.
     pub content: Option<&'a Path>,
@@ -74,7 +109,11 @@ pub fn write_gpt(out: &Path, parts: &[Part<'_>]) -> Result<Vec<Placed>, BuildErr
     let mut disk =
         gpt::GptConfig::new().writable(true).logical_block_size(lb).create_from_device(file, None).map_err(gpt_err)?;
     for p in parts {
-        let kind = if p.esp { gpt::partition_types::EFI } else { gpt::partition_types::LINUX_FS };
+        let kind = match p.kind {
+            Kind::Esp => gpt::partition_types::EFI,
+            Kind::Fat => gpt::partition_types::BASIC,
+            Kind::Linux => gpt::partition_types::LINUX_FS,
+        };
         disk.add_partition(p.label, p.size_mib * MIB, kind, 0, Some(MIB / 512)).map_err(gpt_err)?;
     }
     let placed: Vec<Placed> = disk
@@ -120,9 +159,9 @@ mod tests {
         let placed = write_gpt(
             &img,
             &[
-                Part { label: "EFI", esp: true, size_mib: 2, content: None },
-                Part { label: "ROOT-A", esp: false, size_mib: 3, content: Some(&content) },
-                Part { label: "STATE", esp: false, size_mib: 1, content: None },
+                Part { label: "EFI", kind: Kind::Esp, size_mib: 2, content: None },
+                Part { label: "ROOT-A", kind: Kind::Linux, size_mib: 3, content: Some(&content) },
+                Part { label: "STATE", kind: Kind::Linux, size_mib: 1, content: None },
             ],
         )
         .unwrap();
@@ -136,13 +175,19 @@ mod tests {
         let at = placed[1].offset as usize;
         assert_eq!(&bytes[at..at + 16], b"root image bytes");
         assert_eq!(&bytes[510..512], &[0x55, 0xAA], "protective MBR");
-        let too_big = write_gpt(&img, &[Part { label: "X", esp: false, size_mib: 1, content: Some(&img) }]);
+        let too_big = write_gpt(&img, &[Part { label: "X", kind: Kind::Linux, size_mib: 1, content: Some(&img) }]);
         assert!(matches!(too_big, Err(BuildError::TooBig { .. })));
     }
 
     #[test]
     fn fat_holds_the_files() {
-        let img = fat_image(33, &[("EFI/BOOT/BOOTX64.EFI", b"boot"), ("loader/loader.conf", b"default x\n")]).unwrap();
+        let img = fat_image(
+            33,
+            "EFI",
+            Fat::Efi,
+            &[("EFI/BOOT/BOOTX64.EFI", b"boot"), ("loader/loader.conf", b"default x\n")],
+        )
+        .unwrap();
         let fs = fatfs::FileSystem::new(Cursor::new(img), fatfs::FsOptions::new()).unwrap();
         let mut s = String::new();
         std::io::Read::read_to_string(&mut fs.root_dir().open_file("loader/loader.conf").unwrap(), &mut s).unwrap();

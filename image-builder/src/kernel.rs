@@ -18,6 +18,9 @@ pub struct Extracted {
     pub vmlinuz: PathBuf,
     /// `lib/modules/<release>/kernel`.
     pub modules_dir: PathBuf,
+    /// The package's root: device trees are under
+    /// `usr/lib/linux-image-<release>/`.
+    pub root: PathBuf,
     pub deb_sha256: String,
 }
 
@@ -28,11 +31,38 @@ pub fn sha256_file(path: &Path) -> Result<String, BuildError> {
 
 pub use machinery::bundle::hex;
 
+/// The build host's Debian architecture: its kernels come from the host's
+/// own apt sources.
+pub const HOST_ARCH: &str = "amd64";
+
+impl Extracted {
+    /// A device tree of the package (`broadcom/bcm2711-rpi-4-b.dtb`).
+    pub fn devicetree(&self, rel: &str) -> Result<PathBuf, BuildError> {
+        let lib = self.root.join("usr/lib");
+        let dir = std::fs::read_dir(&lib)
+            .map_err(|e| BuildError::io("list", &lib, e))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("linux-image-")))
+            .ok_or_else(|| {
+                BuildError::Package(format!("no device trees (usr/lib/linux-image-*) in {}", self.deb.display()))
+            })?;
+        let path = dir.join(rel);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(BuildError::Package(format!("{}: no device tree {rel} in {}", self.deb.display(), dir.display())))
+        }
+    }
+}
+
 /// Downloads (unless cached), checks and extracts the board's kernel.
 pub fn fetch(k: &Kernel, arch: &str, cache: &Path) -> Result<Extracted, BuildError> {
     std::fs::create_dir_all(cache).map_err(|e| BuildError::io("create", cache, e))?;
     let deb = cache.join(format!("{}_{}_{arch}.deb", k.package, k.version.replace(':', "%3a")));
-    if !deb.exists() {
+    let deb = if deb.exists() {
+        deb
+    } else if arch == HOST_ARCH {
         let apt = require("apt-get", "apt")?;
         run(Command::new(apt).current_dir(cache).arg("download").arg(format!("{}={}", k.package, k.version))).map_err(
             |e| {
@@ -43,7 +73,12 @@ pub fn fetch(k: &Kernel, arch: &str, cache: &Path) -> Result<Extracted, BuildErr
                 ))
             },
         )?;
-    }
+        deb
+    } else {
+        // Another architecture: through a private apt state, nothing
+        // changes on the host.
+        crate::apt::Apt::new(cache.parent().unwrap_or(cache), arch).download(&k.package, &k.version, cache)?
+    };
     let sum = sha256_file(&deb)?;
     if sum != k.sha256 {
         return Err(BuildError::Checksum { path: deb, expected: k.sha256.clone(), found: sum });
@@ -71,7 +106,7 @@ pub fn fetch(k: &Kernel, arch: &str, cache: &Path) -> Result<Extracted, BuildErr
     };
     let vmlinuz = find(&root.join("boot"), "vmlinuz-")?;
     let modules_dir = find(&root.join("lib/modules"), "")?.join("kernel");
-    Ok(Extracted { deb, vmlinuz, modules_dir, deb_sha256: sum })
+    Ok(Extracted { deb, vmlinuz, modules_dir, root, deb_sha256: sum })
 }
 
 /// The package's module files by module name (`virtio_rng` → `…/virtio-rng.ko`).

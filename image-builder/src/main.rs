@@ -23,10 +23,11 @@ struct Common {
     /// what upgrades compare).
     #[arg(long = "plinth-version", default_value = machinery::VERSION)]
     version: String,
-    /// Static plinth-init, apid, orchestrator and plinth-pause
-    /// (scripts/build-static.sh builds them).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/x86_64-unknown-linux-gnu/release"))]
-    bin_dir: PathBuf,
+    /// Static plinth-init, apid, orchestrator and plinth-pause for the
+    /// board's architecture (scripts/build-static.sh builds them; default:
+    /// $PLINTH_BIN_DIR, else target/<x86_64|aarch64>-unknown-linux-gnu/release).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../board-configs"))]
     board_dir: PathBuf,
     /// Downloaded packages are kept here (default: ~/.cache/plinth).
@@ -67,23 +68,27 @@ enum Cmd {
     },
 }
 
-fn options(c: Common, trust_key: PathBuf) -> image_builder::BuildOptions {
-    image_builder::BuildOptions {
+fn options(c: Common, trust_key: PathBuf) -> anyhow::Result<image_builder::BuildOptions> {
+    let bin_dir = match c.bin_dir.or_else(|| std::env::var_os("PLINTH_BIN_DIR").map(PathBuf::from)) {
+        Some(d) => d,
+        None => image_builder::default_bin_dir(image_builder::load_board(&c.board, &c.board_dir)?.arch),
+    };
+    Ok(image_builder::BuildOptions {
         board: c.board,
         board_dir: c.board_dir,
         trust_key,
-        bin_dir: c.bin_dir,
+        bin_dir,
         out: c.out,
         cache_dir: c.cache_dir.unwrap_or_else(image_builder::default_cache_dir),
         version: c.version,
         preload_images: c.preload_images,
-    }
+    })
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Build { common, trust_key, compress } => {
-            let opts = options(common, trust_key);
+            let opts = options(common, trust_key)?;
             let m = image_builder::build(&opts).map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
             println!("{}", opts.out.display());
             if let Some(how) = compress {
@@ -114,7 +119,7 @@ fn main() -> anyhow::Result<()> {
                     p
                 }
             };
-            let opts = options(common, trust_key);
+            let opts = options(common, trust_key)?;
             let m = image_builder::bundle(&opts, &signing).map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
             println!("{}", opts.out.display());
             eprintln!(

@@ -3,14 +3,16 @@
 //! runc, the CNI plugins of the kubelet's network, iptables (nftables
 //! backend) with its extensions for the plugins' NAT rules, the shared
 //! libraries all of them link — nothing else — and containerd's config.
-//! Copied from the build host's packages: the build downloads nothing more.
+//! Copied from the build host's packages for an image of the host's
+//! architecture; for another architecture, from the same Debian packages
+//! for it ([`crate::userland`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use machinery::board::Arch;
 use machinery::layout;
 
+use crate::userland::Userland;
 use crate::{BuildError, tools};
 
 /// Programs copied to the same path in the root, with their Debian package.
@@ -32,8 +34,8 @@ const IPTABLES_NAMES: &[&str] =
     &["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"];
 
 /// iptables loads its match and target extensions from here at run time.
-fn xtables_dir(arch: Arch) -> PathBuf {
-    PathBuf::from(format!("/usr/lib/{}/xtables", arch.multiarch()))
+fn xtables_dir(u: &Userland) -> String {
+    format!("/usr/lib/{}/xtables", u.arch().multiarch())
 }
 
 /// containerd's config: CRI with runc and the cgroupfs driver (init is the
@@ -68,8 +70,12 @@ state = "/run/containerd"
     )
 }
 
-/// Checks that the host has every program (naming the package to install).
-pub fn require() -> Result<(), BuildError> {
+/// Checks that the host has every program (naming the package to
+/// install); an image for another architecture downloads them instead.
+pub fn require(u: &Userland) -> Result<(), BuildError> {
+    if u.arch().debian() != crate::kernel::HOST_ARCH {
+        return Ok(());
+    }
     for (path, package) in PROGRAMS {
         tools::require(path, package)?;
     }
@@ -77,30 +83,32 @@ pub fn require() -> Result<(), BuildError> {
 }
 
 /// Copies the runtime into the root tree at `stage`.
-pub fn stage(stage: &Path, arch: Arch) -> Result<(), BuildError> {
+pub fn stage(stage: &Path, u: &Userland) -> Result<(), BuildError> {
     let rel = |p: &Path| stage.join(p.strip_prefix("/").unwrap_or(p));
     let mut libraries = BTreeSet::new();
     for (path, package) in PROGRAMS {
-        let program = tools::require(path, package)?;
-        libraries.extend(tools::shared_libraries(&program)?);
+        let program = u.file(path, package)?;
+        libraries.extend(u.libraries(&program)?);
         crate::copy(&program, &rel(Path::new(path)), 0o755)?;
     }
     for name in IPTABLES_NAMES {
         let link = rel(&Path::new("/usr/sbin").join(name));
         std::os::unix::fs::symlink("xtables-nft-multi", &link).map_err(|e| BuildError::io("link", &link, e))?;
     }
-    let ext = xtables_dir(arch);
+    let ext_path = xtables_dir(u);
+    let ext = u.dir(&ext_path, "iptables")?;
     let entries = std::fs::read_dir(&ext).map_err(|e| BuildError::io("read (apt install iptables)", &ext, e))?;
     for e in entries.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "so") {
-            libraries.extend(tools::shared_libraries(&p)?);
-            crate::copy(&p, &rel(&p), 0o644)?;
+            libraries.extend(u.libraries(&p)?);
+            let at = PathBuf::from(&ext_path).join(e.file_name());
+            crate::copy(&p, &rel(&at), 0o644)?;
         }
     }
     for lib in libraries {
-        if !rel(&lib).exists() {
-            crate::copy(&lib, &rel(&lib), 0o755)?;
+        if !rel(&lib.at).exists() {
+            crate::copy(&lib.from, &rel(&lib.at), 0o755)?;
         }
     }
     crate::write(&rel(Path::new(layout::ROOT_CONTAINERD_CONFIG)), containerd_config().as_bytes())

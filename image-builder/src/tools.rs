@@ -46,7 +46,10 @@ pub fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>, BuildError> {
     Ok(text.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from)).collect())
 }
 
-/// Whether a program is statically linked (ldd finds no libraries).
+/// Whether a program is statically linked: no program interpreter and no
+/// shared libraries in its ELF headers (`readelf` reads any architecture's,
+/// where `ldd` only knows the host's).
 pub fn is_static(program: &Path) -> Result<bool, BuildError> {
-    Ok(shared_libraries(program)?.is_empty())
+    let (needed, interp) = crate::userland::elf_dependencies(program)?;
+    Ok(needed.is_empty() && interp.is_none())
 }

@@ -20,8 +20,8 @@
 //! runtime_modules = ["overlay", …] # for containerd and CNI, after those
 //! devicetrees = []             # rpi-firmware: DTBs from the kernel package
 //!
-//! [firmware]                   # rpi-firmware only
-//! package = "raspi-firmware"
+//! [firmware]                   # rpi-firmware only; package, version, sha256
+//! package = "raspi-firmware"   # and files: all or none (Pi 5: EEPROM; QEMU)
 //! version = "…"
 //! sha256 = "…"
 //! files = ["start4.elf", "fixup4.dat"]
@@ -123,20 +123,35 @@ pub struct Kernel {
     pub devicetrees: Vec<String>,
 }
 
-/// Boot firmware from a Debian package, pinned like the kernel.
+/// What the Raspberry Pi firmware reads (`rpi-firmware` boards): the
+/// firmware files from a Debian package, pinned like the kernel, and the
+/// `config.txt` lines. A Pi 5 keeps its firmware in the EEPROM and
+/// `arm64-virt` has none (the QEMU harness plays the firmware): they name
+/// no package and no files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Firmware {
-    pub package: String,
-    pub version: String,
-    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Files from the package's firmware directory, copied to the boot
     /// partition's top level.
+    #[serde(default)]
     pub files: Vec<String>,
     /// Lines of `config.txt` (the kernel, initramfs and cmdline lines are
     /// added by image-builder).
     #[serde(default)]
     pub config: Vec<String>,
+}
+
+impl Firmware {
+    /// The pinned firmware package, when the board has one.
+    pub fn pin(&self) -> Option<(&str, &str, &str)> {
+        Some((self.package.as_deref()?, self.version.as_deref()?, self.sha256.as_deref()?))
+    }
 }
 
 /// Partition sizes in MiB. EPHEMERAL gets at least `ephemeral_min`, and on
@@ -243,13 +258,37 @@ impl Board {
                 if board.arch != Arch::Aarch64 {
                     return Err(err("arch", "rpi-firmware boards are aarch64 (Plinth boots Pis 64-bit only)".into()));
                 }
-                if board.kernel.devicetrees.is_empty() {
-                    return Err(err("kernel.devicetrees", "the Pi firmware needs the board's device tree".into()));
-                }
-                check_package(&fw.package, &fw.version, &fw.sha256, "firmware")
-                    .map_err(|(field, message)| err(&field, message))?;
-                if fw.files.is_empty() {
-                    return Err(err("firmware.files", "list the firmware files (start4.elf, fixup4.dat…)".into()));
+                match (&fw.package, &fw.version, &fw.sha256) {
+                    (Some(package), Some(version), Some(sha256)) => {
+                        check_package(package, version, sha256, "firmware")
+                            .map_err(|(field, message)| err(&field, message))?;
+                        if fw.files.is_empty() {
+                            return Err(err(
+                                "firmware.files",
+                                "list the firmware files (start4.elf, fixup4.dat…)".into(),
+                            ));
+                        }
+                        // The GPU firmware loads the device tree itself.
+                        if board.kernel.devicetrees.is_empty() {
+                            return Err(err(
+                                "kernel.devicetrees",
+                                "the Pi firmware needs the board's device tree".into(),
+                            ));
+                        }
+                    }
+                    (None, None, None) if fw.files.is_empty() => {}
+                    (None, None, None) => {
+                        return Err(err(
+                            "firmware.package",
+                            "firmware.files come from a package: pin package, version and sha256".into(),
+                        ));
+                    }
+                    _ => {
+                        return Err(err(
+                            "firmware",
+                            "pin the firmware package with all of package, version and sha256, or none of them (firmware in EEPROM)".into(),
+                        ));
+                    }
                 }
                 for (i, f) in fw.files.iter().enumerate() {
                     if !is_relative_path(f) {
@@ -426,6 +465,21 @@ ephemeral_min = 1024
         assert_eq!(field(&RPI.replace("\"enable_uart=1\"", "\"kernel=vmlinuz\"")), "firmware.config[1]");
         assert_eq!(field(&RPI.replace("\"arm_64bit=1\"", "\"arm_64bit\"")), "firmware.config[0]");
         assert_eq!(field(&RPI.replace("0094ced4", "0094CED4")), "firmware.sha256");
+        // Firmware in EEPROM (Pi 5) or none (QEMU): no package, no files.
+        let no_package = RPI
+            .replace("package = \"raspi-firmware\"\n", "")
+            .replace("version = \"1.20220830+ds-1\"\n", "")
+            .replace("sha256 = \"0094ced47a7fbb6a220ff83e7b43aa637a5d8f6802461e2e4e474597fb796f62\"\n", "");
+        assert_eq!(field(&no_package), "firmware.package", "files without a package");
+        let eeprom = no_package.replace("files = [\"start4.elf\", \"fixup4.dat\"]\n", "");
+        let b = Board::parse("x.toml", &eeprom).unwrap();
+        assert_eq!(b.firmware.as_ref().and_then(Firmware::pin), None);
+        let b =
+            Board::parse("x.toml", &eeprom.replace("devicetrees = [\"broadcom/bcm2711-rpi-4-b.dtb\"]", "")).unwrap();
+        assert!(b.kernel.devicetrees.is_empty(), "QEMU builds its own device tree");
+        assert_eq!(field(&RPI.replace("version = \"1.20220830+ds-1\"\n", "")), "firmware");
+        let pi = Board::parse("x.toml", RPI).unwrap();
+        assert_eq!(pi.firmware.as_ref().and_then(Firmware::pin).map(|p| p.0), Some("raspi-firmware"));
     }
 
     #[test]
@@ -442,6 +496,6 @@ ephemeral_min = 1024
             }
         }
         names.sort();
-        assert_eq!(names, ["qemu-x86_64", "rpi4", "x86_64-uefi"]);
+        assert_eq!(names, ["arm64-virt", "qemu-x86_64", "rpi4", "x86_64-uefi"]);
     }
 }

@@ -7,6 +7,17 @@
 //! A guest reboot stays in the same QEMU process (no `-no-reboot`: `osctl
 //! reboot` and A/B fallbacks must come back up on the same disk and port);
 //! a guest power-off ends it.
+//!
+//! arm64 images with the Raspberry Pi's layout (`arm64-virt` under
+//! `-M virt -cpu cortex-a72`, `rpi4` under `-M raspi4b`) boot with the
+//! harness as their firmware ([`firmware`]): before each boot it reads
+//! `autoboot.txt` and the chosen slot's boot partition from a raw copy of
+//! the image and passes `-kernel -initrd -dtb -append`; QEMU runs with
+//! `-no-reboot` and the harness starts it again after each guest reboot
+//! (the `[tryboot]` slot after a `"0 tryboot"` reboot), so upgrades and
+//! rollbacks run as on a Pi. The machine follows the image's manifest.
+
+pub mod firmware;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +29,10 @@ use serde::{Deserialize, Serialize};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// A Pi-layout VM's disk: a sparse raw copy of the image.
+pub const RAW_DISK: &str = "disk.raw";
+/// The device tree the Pi 4B's firmware picks (upstream name).
+pub const RASPI4B_DTB: &str = "bcm2711-rpi-4-b.dtb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -67,6 +82,38 @@ pub struct Record {
     pub image: PathBuf,
 }
 
+/// The QEMU machine an image boots on, from its manifest's board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// x86-64 q35 with OVMF (UEFI images).
+    Q35,
+    /// `-M virt -cpu cortex-a72`: arm64 images (`arm64-virt`).
+    Virt,
+    /// `-M raspi4b -m 2G`: the `rpi4` image's own kernel, DTB and
+    /// initramfs (QEMU emulates no Ethernet on it).
+    Raspi4b,
+}
+
+impl Machine {
+    /// The machine for an image: its manifest (`<image>.manifest.json`)
+    /// names the board and architecture; no manifest means x86-64.
+    pub fn for_image(image: &Path) -> Machine {
+        let manifest = PathBuf::from(format!("{}.manifest.json", image.display()));
+        let Ok(text) = std::fs::read_to_string(manifest) else { return Machine::Q35 };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        match (v["board"].as_str(), v["arch"].as_str()) {
+            (Some("rpi4"), _) => Machine::Raspi4b,
+            (_, Some("arm64")) => Machine::Virt,
+            _ => Machine::Q35,
+        }
+    }
+
+    /// Whether the harness plays the Raspberry Pi firmware for it.
+    pub fn pi_layout(self) -> bool {
+        self != Machine::Q35
+    }
+}
+
 /// A running VM. Dropping it kills QEMU unless [`Vm::detach`] was called.
 pub struct Vm {
     pub name: String,
@@ -78,6 +125,16 @@ pub struct Vm {
     opts: VmOptions,
     disk: Disk,
     child: Option<Child>,
+    pub machine: Machine,
+    /// Pi layout: QEMU exits on a guest reboot and the harness boots the
+    /// next slot (off for a VM that outlives this process: `qemu up`).
+    supervised: bool,
+    /// Pi layout: the next boot is a tryboot (the trial slot).
+    tryboot: bool,
+    /// The serial log's length when the current boot started.
+    serial_mark: u64,
+    /// The slot the harness booted last (Pi layout).
+    pub booted_slot: Option<machinery::layout::Slot>,
 }
 
 /// How the VM's disk is attached: virtio by default; the others stand in
@@ -150,27 +207,84 @@ impl Vm {
 
     /// [`Vm::start`] with the disk attached another way.
     pub fn start_with(opts: VmOptions, disk: Disk) -> Result<Vm, VmError> {
-        require("qemu-system-x86_64", "qemu-system-x86 (from bookworm-backports)")?;
+        Vm::start_inner(opts, disk, true)
+    }
+
+    /// Starts a VM that outlives this process (`qemu up`): on a Pi-layout
+    /// image QEMU resets in place on a guest reboot and boots the same
+    /// slot's files again, as no harness is left to play the firmware.
+    pub fn start_standalone(opts: VmOptions, disk: Disk) -> Result<Vm, VmError> {
+        Vm::start_inner(opts, disk, false)
+    }
+
+    fn start_inner(mut opts: VmOptions, disk: Disk, supervised: bool) -> Result<Vm, VmError> {
+        let machine = Machine::for_image(&opts.image);
+        if machine.pi_layout() {
+            require("qemu-system-aarch64", "qemu-system-arm (from bookworm-backports)")?;
+        } else {
+            require("qemu-system-x86_64", "qemu-system-x86 (from bookworm-backports)")?;
+            require(OVMF_CODE, "ovmf")?;
+        }
         require("qemu-img", "qemu-utils")?;
-        require(OVMF_CODE, "ovmf")?;
+        if machine == Machine::Raspi4b {
+            require("fdtput", "device-tree-compiler")?;
+            // The only size QEMU's raspi4b accepts.
+            opts.memory_mib = 2048;
+        }
         std::fs::create_dir_all(&opts.dir).map_err(io("create", &opts.dir))?;
-        let overlay = opts.dir.join("disk.qcow2");
-        let vars = opts.dir.join("OVMF_VARS.fd");
-        if !overlay.exists() {
-            let image = std::fs::canonicalize(&opts.image).map_err(io("find image", &opts.image))?;
-            let out = Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                .arg(&image)
-                .arg(&overlay)
-                .output()
-                .map_err(io("run qemu-img for", &overlay))?;
-            if !out.status.success() {
-                return Err(VmError::Command {
-                    what: "qemu-img create".into(),
-                    detail: String::from_utf8_lossy(&out.stderr).into(),
-                });
+        let image = std::fs::canonicalize(&opts.image).map_err(io("find image", &opts.image))?;
+        let qemu_img = |args: &[&str], what: &str| -> Result<(), VmError> {
+            let out = Command::new("qemu-img").args(args).output().map_err(io("run qemu-img for", &opts.dir))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(VmError::Command { what: what.into(), detail: String::from_utf8_lossy(&out.stderr).into() })
             }
-            std::fs::copy(OVMF_VARS, &vars).map_err(io("copy firmware variables to", &vars))?;
+        };
+        if machine.pi_layout() {
+            // A raw copy (sparse): the harness reads the boot partitions
+            // the guest writes, as the firmware reads the card.
+            let raw = opts.dir.join(RAW_DISK);
+            if !raw.exists() {
+                let out = Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(&image)
+                    .arg(&raw)
+                    .output()
+                    .map_err(io("copy the image to", &raw))?;
+                if !out.status.success() {
+                    return Err(VmError::Command {
+                        what: format!("cp {} {}", image.display(), raw.display()),
+                        detail: String::from_utf8_lossy(&out.stderr).into(),
+                    });
+                }
+                if machine == Machine::Raspi4b {
+                    // An SD card's size is a power of two for QEMU.
+                    let len = std::fs::metadata(&raw).map_err(io("stat", &raw))?.len();
+                    let size = len.next_power_of_two().to_string();
+                    qemu_img(&["resize", "-q", "-f", "raw", &raw.to_string_lossy(), &size], "qemu-img resize")?;
+                }
+            }
+        } else {
+            let overlay = opts.dir.join("disk.qcow2");
+            let vars = opts.dir.join("OVMF_VARS.fd");
+            if !overlay.exists() {
+                qemu_img(
+                    &[
+                        "create",
+                        "-q",
+                        "-f",
+                        "qcow2",
+                        "-F",
+                        "raw",
+                        "-b",
+                        &image.to_string_lossy(),
+                        &overlay.to_string_lossy(),
+                    ],
+                    "qemu-img create",
+                )?;
+                std::fs::copy(OVMF_VARS, &vars).map_err(io("copy firmware variables to", &vars))?;
+            }
         }
         let mut vm = Vm {
             name: opts.name.clone(),
@@ -181,51 +295,115 @@ impl Vm {
             opts,
             disk,
             child: None,
+            machine,
+            supervised,
+            tryboot: false,
+            serial_mark: 0,
+            booted_slot: None,
         };
         vm.boot()?;
         Ok(vm)
     }
 
-    /// Starts QEMU over the existing overlay (again, after a power cut).
+    /// Starts QEMU over the existing disk (again, after a power cut or, on
+    /// a Pi-layout image, a guest reboot).
     pub fn boot(&mut self) -> Result<(), VmError> {
         use std::os::unix::process::CommandExt as _;
         let accel = std::env::var("PLINTH_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
-        let d = &self.dir;
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-name",
-            &self.name,
-            "-accel",
-            &accel,
-            "-machine",
-            "q35",
-            "-smp",
-            "2",
-            "-nodefaults",
-            "-display",
-            "none",
-        ])
-        .args(["-m", &format!("{}M", self.opts.memory_mib)])
-        .arg("-serial")
-        .arg(format!("file:{}", self.serial.display()))
-        .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
-        .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
-        .args(self.disk.args(&d.join("disk.qcow2")))
-        .args([
-            "-netdev",
-            &format!(
-                "user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{DEFAULT_API_PORT},hostfwd=tcp:127.0.0.1:{}-:{KUBE_API_PORT}",
-                self.api_port, self.kube_port
-            ),
-        ])
-        .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci", "-device", "i6300esb"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(d.join("qemu.stderr")).map_err(io("create", &d.join("qemu.stderr")))?)
-        // Not in the terminal's process group: ^C on a test or CLI does
-        // not reach the VM; `qemu down` or Drop stops it.
-        .process_group(0);
-        let child = cmd.spawn().map_err(io("start", Path::new("qemu-system-x86_64")))?;
+        let d = self.dir.clone();
+        let net = format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{DEFAULT_API_PORT},hostfwd=tcp:127.0.0.1:{}-:{KUBE_API_PORT}",
+            self.api_port, self.kube_port
+        );
+        let mut cmd;
+        if self.machine.pi_layout() {
+            let raw = d.join(RAW_DISK);
+            let dtb = (self.machine == Machine::Raspi4b).then_some(RASPI4B_DTB);
+            let files = firmware::load(&raw, self.tryboot, dtb, &d)
+                .map_err(|e| VmError::Command { what: "reading the boot partitions".into(), detail: e.to_string() })?;
+            self.booted_slot = Some(files.slot);
+            self.serial_mark = std::fs::metadata(&self.serial).map_or(0, |m| m.len());
+            cmd = Command::new("qemu-system-aarch64");
+            cmd.args(["-name", &self.name, "-accel", &accel, "-nodefaults", "-display", "none"])
+                .args(["-m", &format!("{}M", self.opts.memory_mib)])
+                .args(["-chardev", &format!("file,id=ser0,path={},append=on", self.serial.display())])
+                .arg("-kernel")
+                .arg(&files.kernel)
+                .args(["-append", &files.cmdline]);
+            if self.supervised {
+                cmd.arg("-no-reboot");
+            }
+            if let Some(initrd) = &files.initrd {
+                cmd.arg("-initrd").arg(initrd);
+            }
+            if let Some(dtb) = &files.dtb {
+                firmware::disable_unemulated_nodes(dtb).map_err(|e| VmError::Command {
+                    what: "adjusting the device tree for QEMU".into(),
+                    detail: e.to_string(),
+                })?;
+                cmd.arg("-dtb").arg(dtb);
+            }
+            let drive = |iface: &str| format!("file={},format=raw,if={iface}", raw.display());
+            match self.machine {
+                Machine::Raspi4b => {
+                    // serial0 is the PL011 (Bluetooth on a Pi), serial1 the
+                    // mini UART the board's console is on.
+                    cmd.args(["-M", "raspi4b", "-serial", "null", "-serial", "chardev:ser0"])
+                        .args(["-drive", &drive("sd")])
+                        .args(["-netdev", &net, "-device", "usb-net,netdev=n0"]);
+                }
+                _ => {
+                    cmd.args(["-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-serial", "chardev:ser0"])
+                        .args(["-drive", &drive("virtio")])
+                        .args(["-netdev", &net])
+                        .args([
+                            "-device",
+                            "virtio-net-pci,netdev=n0",
+                            "-device",
+                            "virtio-rng-pci",
+                            "-device",
+                            "i6300esb",
+                        ]);
+                }
+            }
+        } else {
+            cmd = Command::new("qemu-system-x86_64");
+            cmd.args([
+                "-name",
+                &self.name,
+                "-accel",
+                &accel,
+                "-machine",
+                "q35",
+                "-smp",
+                "2",
+                "-nodefaults",
+                "-display",
+                "none",
+            ])
+            .args(["-m", &format!("{}M", self.opts.memory_mib)])
+            .arg("-serial")
+            .arg(format!("file:{}", self.serial.display()))
+            .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
+            .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
+            .args(self.disk.args(&d.join("disk.qcow2")))
+            .args(["-netdev", &net])
+            .args([
+                "-device",
+                "virtio-net-pci,netdev=n0",
+                "-device",
+                "virtio-rng-pci",
+                "-device",
+                "i6300esb",
+            ]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("qemu.stderr")).map_err(io("create", &d.join("qemu.stderr")))?)
+            // Not in the terminal's process group: ^C on a test or CLI does
+            // not reach the VM; `qemu down` or Drop stops it.
+            .process_group(0);
+        let child = cmd.spawn().map_err(io("start", Path::new(cmd.get_program())))?;
         self.child = Some(child);
         Ok(())
     }
@@ -248,11 +426,34 @@ impl Vm {
         std::fs::read(&self.serial).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
+    /// The serial output of the current boot.
+    fn this_boot_log(&self) -> String {
+        let log = std::fs::read(&self.serial).unwrap_or_default();
+        let from = (self.serial_mark as usize).min(log.len());
+        String::from_utf8_lossy(&log[from..]).into_owned()
+    }
+
     fn check_alive(&mut self) -> Result<(), VmError> {
         if let Some(c) = self.child.as_mut()
             && let Ok(Some(status)) = c.try_wait()
         {
             self.child = None;
+            // QEMU exits 0 on a guest reset (-no-reboot) and on power-off;
+            // a QEMU that failed is not a reboot.
+            if self.machine.pi_layout() && self.supervised && status.success() {
+                // The guest rebooted: play the firmware and boot again.
+                match firmware::ending(&self.this_boot_log()) {
+                    firmware::Ending::Tryboot => {
+                        self.tryboot = true;
+                        return self.boot();
+                    }
+                    firmware::Ending::Reboot => {
+                        self.tryboot = false;
+                        return self.boot();
+                    }
+                    firmware::Ending::Off => {}
+                }
+            }
             return Err(VmError::Exited {
                 name: self.name.clone(),
                 status: status.to_string(),
@@ -330,8 +531,10 @@ impl Vm {
         }
     }
 
-    /// Pulls the plug: SIGKILL, no shutdown.
+    /// Pulls the plug: SIGKILL, no shutdown (the Pi's one-shot tryboot
+    /// flag does not survive it either).
     pub fn kill(&mut self) {
+        self.tryboot = false;
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -359,9 +562,10 @@ impl Vm {
     /// Waits for QEMU to exit by itself (the guest powered off).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
         let start = Instant::now();
-        while let Some(c) = self.child.as_mut() {
-            if let Ok(Some(_)) = c.try_wait() {
-                self.child = None;
+        while self.child.is_some() {
+            // A reboot on a Pi-layout VM starts QEMU again; only a power
+            // off ends it.
+            if self.check_alive().is_err() || self.child.is_none() {
                 return Ok(());
             }
             if start.elapsed() > timeout {

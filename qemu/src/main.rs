@@ -16,7 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Boot a VM from an image (copy-on-write) and wait until its API answers.
+    /// Boot a VM from an image (copy-on-write; the machine follows the
+    /// image: q35 + OVMF, or for arm64 images -M virt / -M raspi4b with the
+    /// boot files read from the image) and wait until its API answers.
     Up {
         #[arg(long)]
         image: PathBuf,
@@ -59,7 +61,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("a VM named {name} exists: `qemu down --name {name}` first");
             }
             let opts = plinth_qemu::VmOptions { image, name: name.clone(), memory_mib: memory, dir: dir.clone() };
-            let mut vm = plinth_qemu::Vm::start_with(opts, disk)?;
+            let mut vm = plinth_qemu::Vm::start_standalone(opts, disk)?;
             eprintln!("booting {name} (serial log: {})…", vm.serial.display());
             vm.wait_for_api(Duration::from_secs(180))?;
             let record = vm.detach();

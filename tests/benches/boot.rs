@@ -1,12 +1,14 @@
 //! Benchmark (not a test): a Plinth image booted in QEMU. Prints image and
 //! root sizes, time to the API (guest uptime from the kernel log, and
 //! wall clock), guest RAM in use and the RSS of init and apid, idle in
-//! maintenance mode and after a config. Run with `bench/boot.sh`.
+//! maintenance mode and after a config. Run with `bench/boot.sh`
+//! (`--board arm64-virt`: the arm64 image under `-M virt`, from the static
+//! aarch64 binaries; `PLINTH_BENCH_BOARD` carries the board here).
 
 use std::time::{Duration, Instant};
 
 use plinth_qemu::{Vm, VmOptions};
-use plinth_tests::{Operator, build_image, osctl, wait_for};
+use plinth_tests::{Operator, build_options, osctl, wait_for};
 
 /// Guest uptime (s) of the newest kernel-log record containing `needle`,
 /// read through the API (the console may print records late).
@@ -41,20 +43,32 @@ fn main() -> anyhow::Result<()> {
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let image = work.path().join("plinth.img");
+    let board = std::env::var("PLINTH_BENCH_BOARD").unwrap_or_else(|_| "qemu-x86_64".into());
+    let mut opts = build_options(&op, &image, machinery::VERSION)?;
+    let memory_mib = if board == "qemu-x86_64" {
+        256
+    } else {
+        opts.board = board.clone();
+        opts.bin_dir = std::env::var_os("PLINTH_BIN_DIR_AARCH64")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| image_builder::default_bin_dir(machinery::board::Arch::Aarch64));
+        512
+    };
+    println!("board {board}, guest memory {memory_mib} MiB");
     let t = Instant::now();
-    build_image(&op, &image)?;
+    image_builder::build(&opts)?;
     println!("image build (kernel cached): {:.1} s", t.elapsed().as_secs_f64());
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(work.path().join("plinth.img.manifest.json"))?)?;
     for part in manifest["parts"].as_array().into_iter().flatten() {
         let name = part["name"].as_str().unwrap_or_default();
-        if ["root.squashfs", "initramfs", "uki", "vmlinuz"].contains(&name) {
+        if ["root.squashfs", "initramfs", "uki", "vmlinuz", "boot-a.img", "image"].contains(&name) {
             println!("{name}: {:.1} MiB", part["size"].as_u64().unwrap_or(0) as f64 / 1048576.0);
         }
     }
 
     let t = Instant::now();
-    let mut vm = Vm::start(VmOptions { image, name: "bench".into(), memory_mib: 256, dir: work.path().join("vm") })?;
+    let mut vm = Vm::start(VmOptions { image, name: "bench".into(), memory_mib, dir: work.path().join("vm") })?;
     vm.wait_for_api(Duration::from_secs(240))?;
     let wall = t.elapsed();
     let c = op.osctlconfig();

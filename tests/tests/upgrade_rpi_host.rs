@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use image_builder::disk::{Part, fat_image, write_gpt};
+use image_builder::disk::{Fat, Kind, Part, fat_image, write_gpt};
 use machinery::bundle::{self, BundleManifest, BundlePart, Header};
 use machinery::layout::{self, Slot};
 use machinery::slots::rpi;
@@ -25,7 +25,8 @@ fn sha(data: &[u8]) -> String {
 fn boot_fat(version: &str) -> anyhow::Result<Vec<u8>> {
     let cmdline = b"console=ttyAMA0 plinth.slot=a rootwait\n";
     let config = format!("# plinth {version}\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n");
-    Ok(fat_image(4, &[("cmdline.txt", cmdline), ("config.txt", config.as_bytes())])?)
+    let files: [(&str, &[u8]); 2] = [("cmdline.txt", cmdline), ("config.txt", config.as_bytes())];
+    Ok(fat_image(4, "BOOT-A", Fat::Fat32, &files)?)
 }
 
 fn root(version: &str) -> Vec<u8> {
@@ -38,21 +39,21 @@ fn root(version: &str) -> Vec<u8> {
 fn pi_disk(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let autoboot = rpi::autoboot_txt(&machinery::slots::BootState::fresh(), Slot::A, layout::RPI_BOOT_PARTITIONS);
     let (boot, slot_boot, root_img) = (dir.join("boot.fat"), dir.join("boot-a.fat"), dir.join("root.img"));
-    std::fs::write(&boot, fat_image(1, &[("autoboot.txt", autoboot.as_bytes())])?)?;
+    std::fs::write(&boot, fat_image(1, "BOOT", Fat::Small, &[("autoboot.txt", autoboot.as_bytes())])?)?;
     std::fs::write(&slot_boot, boot_fat("0.1.0")?)?;
     std::fs::write(&root_img, root("0.1.0"))?;
     let out = dir.join("pi.img");
-    let p = |label, size_mib, content| Part { label, esp: false, size_mib, content };
+    let p = |label, kind, size_mib, content| Part { label, kind, size_mib, content };
     write_gpt(
         &out,
         &[
-            p(layout::RPI_AUTOBOOT, 2, Some(&boot)),
-            p(layout::BOOT_A, 8, Some(&slot_boot)),
-            p(layout::BOOT_B, 8, Some(&slot_boot)),
-            p(layout::ROOT_A, 8, Some(&root_img)),
-            p(layout::ROOT_B, 8, Some(&root_img)),
-            p(layout::STATE, 1, None),
-            p(layout::EPHEMERAL, 1, None),
+            p(layout::RPI_AUTOBOOT, Kind::Fat, 2, Some(&boot)),
+            p(layout::BOOT_A, Kind::Fat, 8, Some(&slot_boot)),
+            p(layout::BOOT_B, Kind::Fat, 8, Some(&slot_boot)),
+            p(layout::ROOT_A, Kind::Linux, 8, Some(&root_img)),
+            p(layout::ROOT_B, Kind::Linux, 8, Some(&root_img)),
+            p(layout::STATE, Kind::Linux, 1, None),
+            p(layout::EPHEMERAL, Kind::Linux, 1, None),
         ],
     )?;
     init::disk::Disk::open(&out)?.set_cmdline_slot(layout::BOOT_B, Slot::B)?;
