@@ -24,5 +24,6 @@ if [ "${CI:-}" != true ] && ! (. scripts/arm64-env.sh); then
   arch=x86_64
 fi
 step scripts/build-static.sh --arch "$arch"
-step cargo test --workspace "$@"
+# --no-fail-fast: one run reports every failing test binary, not the first.
+step cargo test --workspace --no-fail-fast "$@"
 if [ "$arch" = all ]; then step scripts/test-arm64.sh; fi
