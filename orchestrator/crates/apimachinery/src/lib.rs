@@ -13,4 +13,5 @@ pub mod resources;
 pub mod selector;
 pub mod smp;
 pub mod table;
+pub mod typed;
 pub mod validation;

@@ -17,6 +17,18 @@ pub enum Requirement {
 }
 
 impl Requirement {
+    /// A `matchExpressions` entry.
+    fn of_expression(key: String, operator: Option<&str>, values: Vec<String>) -> Requirement {
+        match operator {
+            Some("In") => Requirement::In(key, values),
+            Some("NotIn") => Requirement::NotIn(key, values),
+            Some("Exists") => Requirement::Exists(key),
+            Some("DoesNotExist") => Requirement::NotExists(key),
+            // An unknown operator matches nothing, as upstream's conversion error does.
+            _ => Requirement::In(key, vec![]),
+        }
+    }
+
     fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         match self {
             Requirement::Equals(k, v) => labels.get(k) == Some(v),
@@ -114,14 +126,18 @@ impl LabelSelector {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                 .unwrap_or_default();
-            match e.get("operator").and_then(Value::as_str) {
-                Some("In") => reqs.push(Requirement::In(key, values)),
-                Some("NotIn") => reqs.push(Requirement::NotIn(key, values)),
-                Some("Exists") => reqs.push(Requirement::Exists(key)),
-                Some("DoesNotExist") => reqs.push(Requirement::NotExists(key)),
-                // An unknown operator matches nothing, as upstream's conversion error does.
-                _ => reqs.push(Requirement::In(key, vec![])),
-            }
+            reqs.push(Requirement::of_expression(key, e.get("operator").and_then(Value::as_str), values));
+        }
+        LabelSelector(reqs)
+    }
+
+    /// From a typed `metav1.LabelSelector`, as [`LabelSelector::from_json`].
+    pub fn from_typed(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> LabelSelector {
+        let labels = sel.match_labels.iter().flatten();
+        let mut reqs: Vec<Requirement> = labels.map(|(k, v)| Requirement::Equals(k.clone(), v.clone())).collect();
+        for e in sel.match_expressions.iter().flatten() {
+            let values = e.values.clone().unwrap_or_default();
+            reqs.push(Requirement::of_expression(e.key.clone(), Some(&e.operator), values));
         }
         LabelSelector(reqs)
     }

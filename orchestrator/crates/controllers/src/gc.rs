@@ -5,39 +5,58 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde_json::Value;
 
-use crate::{is_deleting, list_all};
+use crate::{is_deleting, list_typed, name, uid};
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{
-    DeleteOptions, Part, Propagation, Registry, WriteOptions, name_of, namespace_of, uid_of,
-};
-use orchestrator_apimachinery::resources::{RESOURCES, ResourceType};
+use orchestrator_apimachinery::registry::{DeleteOptions, ListOptions, Part, Propagation, Registry, WriteOptions};
+use orchestrator_apimachinery::resources::{RESOURCES, ResourceType, by_kind};
+use orchestrator_apimachinery::typed::{change_as, decode};
 
-fn finalizers(o: &Value) -> Vec<String> {
-    o.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
+fn finalizers(m: &ObjectMeta) -> &[String] {
+    m.finalizers.as_deref().unwrap_or_default()
 }
 
-fn refs(o: &Value) -> Vec<Value> {
-    o.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default()
+fn refs(m: &ObjectMeta) -> &[OwnerReference] {
+    m.owner_references.as_deref().unwrap_or_default()
 }
 
-fn delete(reg: &Registry, rt: &ResourceType, o: &Value, propagation: Propagation) -> Result<(), ApiError> {
+/// The metadata of every object of a kind: the collector works on any
+/// kind, so it reads only what all share.
+fn metadata_of(
+    reg: &Registry,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    opts: &ListOptions,
+) -> Result<Vec<ObjectMeta>, ApiError> {
+    let items = reg.list(rt, ns, opts)?.items;
+    let what = format!("metadata of a {}", rt.kind);
+    items.into_iter().map(|mut o| decode(o["metadata"].take(), &what)).collect()
+}
+
+fn delete(reg: &Registry, rt: &ResourceType, m: &ObjectMeta, propagation: Propagation) -> Result<(), ApiError> {
     let opts = DeleteOptions { propagation: Some(propagation), ..Default::default() };
-    match reg.delete(rt, namespace_of(o), name_of(o), &opts) {
+    match reg.delete(rt, m.namespace.as_deref(), name(m), &opts) {
         Err(e) if e.code == 404 => Ok(()),
         r => r.map(|_| ()),
     }
 }
 
-fn remove_finalizer(reg: &Registry, rt: &ResourceType, o: &Value, f: &str) -> Result<(), ApiError> {
-    reg.modify(rt, namespace_of(o), name_of(o), Part::Main, &WriteOptions::default(), |cur| {
-        let fs: Vec<String> = finalizers(cur).into_iter().filter(|x| x != f).collect();
-        cur["metadata"]["finalizers"] = json!(fs);
-        Ok(true)
+/// Changes the metadata of a stored object of any kind.
+fn modify_metadata(
+    reg: &Registry,
+    rt: &ResourceType,
+    m: &ObjectMeta,
+    f: impl Fn(&mut ObjectMeta),
+) -> Result<(), ApiError> {
+    let what = format!("metadata of {} {}", rt.kind, name(m));
+    reg.modify(rt, m.namespace.as_deref(), name(m), Part::Main, &WriteOptions::default(), |cur: &mut Value| {
+        change_as(&mut cur["metadata"], &what, |meta: &mut ObjectMeta| {
+            f(meta);
+            true
+        })
     })
     .map(|_| ())
 }
@@ -46,31 +65,27 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
     // One revision for every list: an owner created after one list and
     // its dependent before the next must not look orphaned.
     let at = reg.store.current_revision().map_err(|e| ApiError::internal(e.to_string()))?;
-    let snapshot = orchestrator_apimachinery::registry::ListOptions { exact_revision: Some(at), ..Default::default() };
-    let mut all: Vec<(&'static ResourceType, Value)> = Vec::new();
+    let snapshot = ListOptions { exact_revision: Some(at), ..Default::default() };
+    let mut all: Vec<(&'static ResourceType, ObjectMeta)> = Vec::new();
     for rt in RESOURCES.iter().filter(|r| r.kind != "Event") {
-        for o in reg.list(rt, None, &snapshot)?.items {
-            all.push((rt, o));
-        }
+        all.extend(metadata_of(reg, rt, None, &snapshot)?.into_iter().map(|m| (rt, m)));
     }
-    let by_uid: HashMap<String, &Value> = all.iter().map(|(_, o)| (uid_of(o).to_string(), o)).collect();
-    let mut has_dependents: HashSet<String> = HashSet::new();
+    let by_uid: HashMap<&str, &ObjectMeta> = all.iter().map(|(_, m)| (uid(m), m)).collect();
+    let mut has_dependents: HashSet<&str> = HashSet::new();
     for (rt, o) in &all {
         let rs = refs(o);
         if rs.is_empty() {
             continue;
         }
-        let ns = namespace_of(o);
-        let live: Vec<&Value> = rs
+        let ns = o.namespace.as_deref();
+        let live: Vec<&ObjectMeta> = rs
             .iter()
-            .filter_map(|r| by_uid.get(r["uid"].as_str().unwrap_or_default()).copied())
+            .filter_map(|r| by_uid.get(r.uid.as_str()).copied())
             .filter(|owner| owner_scope_ok(owner, ns))
             .collect();
         // An owner of a kind this server does not serve cannot be checked:
         // its dependents stay (upstream's collector does the same).
-        let unknown_owner = rs
-            .iter()
-            .any(|r| orchestrator_apimachinery::resources::by_kind(r["kind"].as_str().unwrap_or_default()).is_none());
+        let unknown_owner = rs.iter().any(|r| by_kind(&r.kind).is_none());
         if live.is_empty() && !unknown_owner {
             if !is_deleting(o) {
                 delete(reg, rt, o, Propagation::Background)?;
@@ -78,14 +93,12 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
             continue;
         }
         for owner in &live {
-            has_dependents.insert(uid_of(owner).to_string());
+            has_dependents.insert(uid(owner));
             let fs = finalizers(owner);
             if is_deleting(owner) && fs.iter().any(|f| f == "orphan") {
-                let owner_uid = uid_of(owner).to_string();
-                reg.modify(rt, ns, name_of(o), Part::Main, &WriteOptions::default(), |cur| {
-                    let kept: Vec<Value> = refs(cur).into_iter().filter(|r| r["uid"] != owner_uid.as_str()).collect();
-                    cur["metadata"]["ownerReferences"] = json!(kept);
-                    Ok(true)
+                modify_metadata(reg, rt, o, |m| {
+                    let kept = refs(m).iter().filter(|r| r.uid != uid(owner)).cloned().collect();
+                    m.owner_references = Some(kept);
                 })?;
             } else if is_deleting(owner) && fs.iter().any(|f| f == "foregroundDeletion") && !is_deleting(o) {
                 delete(reg, rt, o, Propagation::Foreground)?;
@@ -94,12 +107,14 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
     }
     // Owners waiting for their dependents.
     for (rt, o) in &all {
-        if !is_deleting(o) || has_dependents.contains(uid_of(o)) {
+        if !is_deleting(o) || has_dependents.contains(uid(o)) {
             continue;
         }
         for f in ["foregroundDeletion", "orphan"] {
             if finalizers(o).iter().any(|x| x == f) {
-                remove_finalizer(reg, rt, o, f)?;
+                modify_metadata(reg, rt, o, |m| {
+                    m.finalizers = Some(finalizers(m).iter().filter(|x| *x != f).cloned().collect());
+                })?;
             }
         }
     }
@@ -108,22 +123,22 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
 
 /// A namespaced dependent may only be owned from its namespace or by a
 /// cluster-scoped owner.
-fn owner_scope_ok(owner: &Value, dependent_ns: Option<&str>) -> bool {
-    match namespace_of(owner) {
+fn owner_scope_ok(owner: &ObjectMeta, dependent_ns: Option<&str>) -> bool {
+    match owner.namespace.as_deref() {
         None => true,
         Some(ns) => Some(ns) == dependent_ns,
     }
 }
 
 pub fn reconcile_namespaces(reg: &Registry) -> Result<(), ApiError> {
-    for n in list_all(reg, "Namespace")? {
-        if !is_deleting(&n) {
+    for n in list_typed::<Namespace>(reg)? {
+        if !is_deleting(&n.metadata) {
             continue;
         }
-        let ns = name_of(&n).to_string();
+        let ns = name(&n.metadata);
         let mut remaining = 0;
         for rt in RESOURCES.iter().filter(|r| r.namespaced) {
-            for o in reg.list(rt, Some(&ns), &Default::default())?.items {
+            for o in metadata_of(reg, rt, Some(ns), &ListOptions::default())? {
                 remaining += 1;
                 if !is_deleting(&o) {
                     delete(reg, rt, &o, Propagation::Background)?;
@@ -131,7 +146,7 @@ pub fn reconcile_namespaces(reg: &Registry) -> Result<(), ApiError> {
             }
         }
         if remaining == 0 {
-            reg.finalize_namespace(&ns)?;
+            reg.finalize_namespace(ns)?;
         }
     }
     Ok(())
@@ -140,7 +155,9 @@ pub fn reconcile_namespaces(reg: &Registry) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orchestrator_apimachinery::registry::uid_of;
     use orchestrator_store::{Durability, SqliteStore};
+    use serde_json::json;
     use std::sync::Arc;
 
     #[test]

@@ -18,17 +18,19 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::apps::v1::DeploymentCondition;
+use k8s_openapi::api::batch::v1::JobCondition;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::{Metadata, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, name_of, new_uid, now, uid_of};
+use orchestrator_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, new_uid};
 use orchestrator_apimachinery::resources::{ResourceType, by_kind};
 use orchestrator_apimachinery::selector::LabelSelector;
+use orchestrator_apimachinery::typed;
 
 /// What changed since the last pass.
 #[derive(Debug, Default, Clone)]
@@ -149,22 +151,17 @@ pub(crate) fn rt(kind: &str) -> &'static ResourceType {
     by_kind(kind).expect("a served kind")
 }
 
-pub(crate) fn list_all(reg: &Registry, kind: &str) -> Result<Vec<Value>, ApiError> {
-    Ok(reg.list(rt(kind), None, &ListOptions::default())?.items)
-}
-
 /// Every object of a kind, typed. The registry stores only what the type
 /// knows (it decodes each write through it), so each one decodes.
 pub(crate) fn list_typed<K: Resource + DeserializeOwned>(reg: &Registry) -> Result<Vec<K>, ApiError> {
-    list_all(reg, K::KIND)?.into_iter().map(decode).collect()
-}
-
-pub(crate) fn decode<K: Resource + DeserializeOwned>(o: Value) -> Result<K, ApiError> {
-    serde_json::from_value(o).map_err(|e| ApiError::internal(format!("decoding a stored {}: {e}", K::KIND)))
+    let items = reg.list(rt(K::KIND), None, &ListOptions::default())?.items;
+    items.into_iter().map(|o| typed::decode(o, K::KIND)).collect()
 }
 
 /// Changes one object as its type, retrying on conflicts like
-/// [`Registry::modify`]; `f` says whether it changed anything.
+/// [`Registry::modify`]; `f` says whether it changed anything. Only what `f`
+/// changed is written ([`typed::change_as`]), so fields the type does not
+/// know survive.
 pub(crate) fn modify_typed<K: Resource + DeserializeOwned + Serialize>(
     reg: &Registry,
     ns: Option<&str>,
@@ -172,14 +169,19 @@ pub(crate) fn modify_typed<K: Resource + DeserializeOwned + Serialize>(
     part: Part,
     mut f: impl FnMut(&mut K) -> bool,
 ) -> Result<(), ApiError> {
-    reg.modify(rt(K::KIND), ns, name, part, &WriteOptions::default(), |o| {
-        let mut typed: K = decode(o.take())?;
-        let changed = f(&mut typed);
-        *o = serde_json::to_value(&typed)
-            .map_err(|e| ApiError::internal(format!("encoding {} {name}: {e}", K::KIND)))?;
-        Ok(changed)
-    })?;
+    let what = format!("{} {name}", K::KIND);
+    reg.modify(rt(K::KIND), ns, name, part, &WriteOptions::default(), |o| typed::change_as(o, &what, &mut f))?;
     Ok(())
+}
+
+/// Creates a typed object; returns it as stored.
+pub(crate) fn create_typed<K: Resource + DeserializeOwned + Serialize>(
+    reg: &Registry,
+    ns: Option<&str>,
+    o: &K,
+) -> Result<K, ApiError> {
+    let written = reg.create(rt(K::KIND), ns, typed::encode(o, K::KIND)?, &WriteOptions::default())?;
+    typed::decode(written.object, K::KIND)
 }
 
 /// Now, as a typed timestamp, in whole seconds (as [`now`]).
@@ -202,35 +204,60 @@ pub(crate) fn reference<K: Resource + Metadata<Ty = ObjectMeta>>(o: &K) -> Objec
     }
 }
 
-pub(crate) fn is_deleting(o: &Value) -> bool {
-    o.pointer("/metadata/deletionTimestamp").is_some()
+pub(crate) fn name(m: &ObjectMeta) -> &str {
+    m.name.as_deref().unwrap_or_default()
 }
 
-pub(crate) fn owned_by<'a>(o: &'a Value, uid: &str) -> Option<&'a Value> {
-    o.pointer("/metadata/ownerReferences").and_then(Value::as_array)?.iter().find(|r| r["uid"] == uid)
+pub(crate) fn uid(m: &ObjectMeta) -> &str {
+    m.uid.as_deref().unwrap_or_default()
 }
 
-pub(crate) fn controller_ref(owner: &Value) -> Value {
-    json!({"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": name_of(owner), "uid": uid_of(owner),
-        "controller": true, "blockOwnerDeletion": true})
+pub(crate) fn is_deleting(m: &ObjectMeta) -> bool {
+    m.deletion_timestamp.is_some()
 }
 
-pub(crate) fn selector_of(o: &Value) -> LabelSelector {
-    o.pointer("/spec/selector").map(LabelSelector::from_json).unwrap_or_default()
+pub(crate) fn owned_by(m: &ObjectMeta, owner_uid: &str) -> bool {
+    m.owner_references.iter().flatten().any(|r| r.uid == owner_uid)
 }
 
-pub(crate) fn pod_ready(p: &Value) -> bool {
-    p.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+/// The reference a controller puts on what it creates.
+pub(crate) fn controller_ref<K: Resource + Metadata<Ty = ObjectMeta>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::API_VERSION.to_string(),
+        kind: K::KIND.to_string(),
+        name: name(owner.metadata()).to_string(),
+        uid: uid(owner.metadata()).to_string(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
 }
 
-pub(crate) fn pod_active(p: &Value) -> bool {
-    !is_deleting(p) && !matches!(p.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+pub(crate) fn selector_of(s: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>) -> LabelSelector {
+    s.map(LabelSelector::from_typed).unwrap_or_default()
 }
 
-pub(crate) fn int(o: &Value, p: &str) -> i64 {
-    o.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+fn conditions(p: &Pod) -> &[PodCondition] {
+    p.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default()
+}
+
+pub(crate) fn ready_condition(p: &Pod) -> Option<&PodCondition> {
+    conditions(p).iter().find(|c| c.type_ == "Ready")
+}
+
+pub(crate) fn pod_ready(p: &Pod) -> bool {
+    ready_condition(p).is_some_and(|c| c.status == "True")
+}
+
+pub(crate) fn phase(p: &Pod) -> &str {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
+}
+
+pub(crate) fn pod_active(p: &Pod) -> bool {
+    !is_deleting(&p.metadata) && !matches!(phase(p), "Succeeded" | "Failed")
+}
+
+pub(crate) fn node_name(p: &Pod) -> Option<&str> {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref())
 }
 
 /// Records a core/v1 Event about the object `involved` refers to.
@@ -244,44 +271,108 @@ pub(crate) fn event(
 ) {
     let ns = involved.namespace.as_deref().unwrap_or("default").to_string();
     let name = involved.name.as_deref().unwrap_or_default();
-    let t = now();
-    let e = json!({"metadata": {"name": format!("{name}.{}", &new_uid().replace('-', "")[..16]), "namespace": ns},
-        "involvedObject": involved,
-        "reason": reason, "message": message, "type": ty, "source": {"component": component},
-        "firstTimestamp": t, "lastTimestamp": t, "count": 1, "reportingComponent": component, "reportingInstance": component});
-    if let Err(e) = reg.create(rt("Event"), Some(&ns), e, &WriteOptions::default()) {
+    let t = time_now();
+    let e = Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}.{}", &new_uid().replace('-', "")[..16])),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: involved.clone(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(ty.into()),
+        source: Some(EventSource { component: Some(component.into()), host: None }),
+        first_timestamp: Some(t.clone()),
+        last_timestamp: Some(t),
+        count: Some(1),
+        reporting_component: Some(component.into()),
+        reporting_instance: Some(component.into()),
+        ..Default::default()
+    };
+    if let Err(e) = create_typed(reg, Some(&ns), &e) {
         tracing::debug!("event: {e}");
     }
 }
 
-/// Sets a condition of `type` in `status.conditions`, keeping its
-/// transition time when the status does not change. Returns the new list.
-pub(crate) fn set_condition(
-    conds: &Value,
+/// A status condition: Deployment, Job and Pod conditions share these fields.
+pub(crate) trait Condition: Default {
+    fn type_(&self) -> &str;
+    fn status(&self) -> &str;
+    fn reason(&self) -> Option<&str>;
+    fn message(&self) -> Option<&str>;
+    fn set(&mut self, ty: &str, status: &str, reason: &str, message: &str);
+    fn transition(&mut self) -> &mut Option<Time>;
+    /// `lastUpdateTime`, for the kinds that have one.
+    fn update(&mut self) -> Option<&mut Option<Time>>;
+}
+
+macro_rules! condition {
+    ($ty:ty, |$c:ident| $update:expr) => {
+        impl Condition for $ty {
+            fn type_(&self) -> &str {
+                &self.type_
+            }
+            fn status(&self) -> &str {
+                &self.status
+            }
+            fn reason(&self) -> Option<&str> {
+                self.reason.as_deref()
+            }
+            fn message(&self) -> Option<&str> {
+                self.message.as_deref()
+            }
+            fn set(&mut self, ty: &str, status: &str, reason: &str, message: &str) {
+                self.type_ = ty.into();
+                self.status = status.into();
+                self.reason = Some(reason.into());
+                self.message = Some(message.into());
+            }
+            fn transition(&mut self) -> &mut Option<Time> {
+                &mut self.last_transition_time
+            }
+            fn update(&mut self) -> Option<&mut Option<Time>> {
+                let $c = self;
+                $update
+            }
+        }
+    };
+}
+condition!(DeploymentCondition, |c| Some(&mut c.last_update_time));
+condition!(JobCondition, |_c| None);
+condition!(PodCondition, |_c| None);
+
+/// Sets a condition of `type`, keeping its transition time when the status
+/// does not change (and its update time when nothing changes).
+pub(crate) fn set_condition<C: Condition>(
+    list: &mut Vec<C>,
     ty: &str,
     status: &str,
     reason: &str,
     message: &str,
     update_time: bool,
-) -> Value {
-    let mut list: Vec<Value> = conds.as_array().cloned().unwrap_or_default();
-    let t = now();
-    let existing = list.iter().position(|c| c["type"] == ty);
-    let mut c = json!({"type": ty, "status": status, "reason": reason, "message": message, "lastTransitionTime": t});
-    if update_time {
-        c["lastUpdateTime"] = t.clone().into();
+) {
+    let t = time_now();
+    let mut c = C::default();
+    c.set(ty, status, reason, message);
+    *c.transition() = Some(t.clone());
+    if update_time && let Some(u) = c.update() {
+        *u = Some(t);
     }
-    if let Some(i) = existing {
-        let old = &list[i];
-        if old["status"] == status {
-            c["lastTransitionTime"] = old["lastTransitionTime"].clone();
-            if old["reason"] == reason && old["message"] == message && update_time {
-                c["lastUpdateTime"] = old["lastUpdateTime"].clone();
+    match list.iter_mut().find(|c| c.type_() == ty) {
+        Some(old) => {
+            if old.status() == status {
+                *c.transition() = old.transition().clone();
+                let same = old.reason() == Some(reason) && old.message() == Some(message);
+                if same
+                    && update_time
+                    && let (Some(u), Some(old_u)) = (c.update(), old.update())
+                {
+                    *u = old_u.clone();
+                }
             }
+            *old = c;
         }
-        list[i] = c;
-    } else {
-        list.push(c);
+        None => list.push(c),
     }
-    Value::Array(list)
 }

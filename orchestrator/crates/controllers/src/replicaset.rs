@@ -1,77 +1,90 @@
 //! ReplicaSet: keeps `spec.replicas` active pods from the template, owned by
 //! the set, and reports replicas / ready / available in its status.
 
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
-use crate::{controller_ref, int, is_deleting, list_all, owned_by, pod_active, pod_ready, rt, selector_of};
-use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{
-    DeleteOptions, Part, Registry, WriteOptions, name_of, namespace_of, parse_time, uid_of,
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, Resource};
+
+use crate::{
+    controller_ref, create_typed, is_deleting, list_typed, modify_typed, name, node_name, owned_by, pod_active,
+    pod_ready, ready_condition, rt, selector_of, uid,
 };
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{DeleteOptions, Part, Registry};
 
 /// A pod from a template, owned by `owner`.
-pub(crate) fn pod_from_template(owner: &Value) -> Value {
-    let t = &owner["spec"]["template"];
-    let mut meta = t.get("metadata").cloned().unwrap_or(json!({}));
-    meta["generateName"] = format!("{}-", name_of(owner)).into();
-    meta["namespace"] = namespace_of(owner).into();
-    meta["ownerReferences"] = json!([controller_ref(owner)]);
-    if let Some(m) = meta.as_object_mut() {
-        m.remove("name");
-        m.remove("creationTimestamp");
-    }
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]})
+pub(crate) fn pod_from_template<K: Resource + Metadata<Ty = ObjectMeta>>(
+    owner: &K,
+    template: Option<&PodTemplateSpec>,
+) -> Pod {
+    let mut meta = template.and_then(|t| t.metadata.clone()).unwrap_or_default();
+    meta.generate_name = Some(format!("{}-", name(owner.metadata())));
+    meta.namespace = owner.metadata().namespace.clone();
+    meta.owner_references = Some(vec![controller_ref(owner)]);
+    meta.name = None;
+    meta.creation_timestamp = None;
+    Pod { metadata: meta, spec: template.and_then(|t| t.spec.clone()), status: None }
+}
+
+/// The labels of an object (none: an empty map).
+pub(crate) fn labels(m: &ObjectMeta) -> &BTreeMap<String, String> {
+    static NONE: BTreeMap<String, String> = BTreeMap::new();
+    m.labels.as_ref().unwrap_or(&NONE)
+}
+
+/// A count for a status field that is left out when zero.
+pub(crate) fn nonzero(n: i64) -> Option<i32> {
+    (n != 0).then_some(n as i32)
 }
 
 /// Ready for at least `min_ready` seconds.
-pub(crate) fn pod_available(p: &Value, min_ready: i64, now: i64) -> bool {
+pub(crate) fn pod_available(p: &Pod, min_ready: i64, now: i64) -> bool {
     if !pod_ready(p) {
         return false;
     }
     if min_ready == 0 {
         return true;
     }
-    let since = p
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .and_then(|c| c["lastTransitionTime"].as_str())
-        .and_then(parse_time)
-        .unwrap_or(now);
+    let since = ready_condition(p).and_then(|c| c.last_transition_time.as_ref()).map_or(now, |t| t.0.as_second());
     now - since >= min_ready
 }
 
 /// Which pods to remove first: unscheduled, then not ready, then newest.
-fn deletion_rank(p: &Value) -> (bool, bool, std::cmp::Reverse<String>) {
-    let scheduled = p.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let created = p.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_string();
+fn deletion_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<i64>) {
+    let scheduled = node_name(p).is_some_and(|n| !n.is_empty());
+    let created = p.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
     (scheduled, pod_ready(p), std::cmp::Reverse(created))
 }
 
 pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
-    let pods = list_all(reg, "Pod")?;
+    let pods: Vec<Pod> = list_typed(reg)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    for rs in list_all(reg, "ReplicaSet")? {
-        let ns = namespace_of(&rs).map(str::to_string);
-        let (uid, name) = (uid_of(&rs).to_string(), name_of(&rs).to_string());
-        let selector = selector_of(&rs);
-        let owned: Vec<&Value> = pods
+    for rs in list_typed::<ReplicaSet>(reg)? {
+        let ns = rs.metadata.namespace.as_deref();
+        let spec = rs.spec.as_ref();
+        let selector = selector_of(spec.map(|s| &s.selector));
+        let owned: Vec<&Pod> = pods
             .iter()
-            .filter(|p| namespace_of(p) == ns.as_deref() && owned_by(p, &uid).is_some() && selector.matches_object(p))
+            .filter(|p| p.metadata.namespace.as_deref() == ns && owned_by(&p.metadata, uid(&rs.metadata)))
+            .filter(|p| selector.matches(labels(&p.metadata)))
             .collect();
-        let active: Vec<&Value> = owned.iter().copied().filter(|p| pod_active(p)).collect();
-        let want = int(&rs, "/spec/replicas");
-        if !is_deleting(&rs) {
+        let active: Vec<&Pod> = owned.iter().copied().filter(|p| pod_active(p)).collect();
+        let want = spec.and_then(|s| s.replicas).map_or(0, i64::from);
+        let template = spec.and_then(|s| s.template.as_ref());
+        if !is_deleting(&rs.metadata) {
             let diff = want - active.len() as i64;
             if diff > 0 {
                 for _ in 0..diff.min(100) {
-                    reg.create(rt("Pod"), ns.as_deref(), pod_from_template(&rs), &WriteOptions::default())?;
+                    create_typed(reg, ns, &pod_from_template(&rs, template))?;
                 }
             } else if diff < 0 {
                 let mut victims = active.clone();
                 victims.sort_by_key(|p| deletion_rank(p));
                 for p in victims.into_iter().take((-diff) as usize) {
-                    match reg.delete(rt("Pod"), ns.as_deref(), name_of(p), &DeleteOptions::default()) {
+                    match reg.delete(rt(Pod::KIND), ns, name(&p.metadata), &DeleteOptions::default()) {
                         Err(e) if e.code == 404 => {}
                         r => {
                             r?;
@@ -80,27 +93,24 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
                 }
             }
         }
-        let min_ready = int(&rs, "/spec/minReadySeconds");
-        let labels_match = active.iter().filter(|p| {
-            rs.pointer("/spec/template/metadata/labels")
-                .and_then(Value::as_object)
-                .is_none_or(|l| l.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v))
-        });
-        let status = json!({
-            "replicas": active.len(),
-            "fullyLabeledReplicas": labels_match.count(),
-            "readyReplicas": active.iter().filter(|p| pod_ready(p)).count(),
-            "availableReplicas": active.iter().filter(|p| pod_available(p, min_ready, now)).count(),
-            "observedGeneration": rs["metadata"]["generation"],
-        });
-        let mut status = status;
-        if let Some(m) = status.as_object_mut() {
-            m.retain(|k, v| k == "replicas" || v.as_i64() != Some(0));
-        }
-        if rs.get("status") != Some(&status) {
-            reg.modify(rt("ReplicaSet"), ns.as_deref(), &name, Part::Status, &WriteOptions::default(), |o| {
-                o["status"] = status.clone();
-                Ok(true)
+        let min_ready = spec.and_then(|s| s.min_ready_seconds).map_or(0, i64::from);
+        let template_labels = template.and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.as_ref());
+        let labels_match = active
+            .iter()
+            .filter(|p| template_labels.is_none_or(|l| l.iter().all(|(k, v)| labels(&p.metadata).get(k) == Some(v))));
+        let count = |f: &dyn Fn(&Pod) -> bool| nonzero(active.iter().filter(|p| f(p)).count() as i64);
+        let status = ReplicaSetStatus {
+            replicas: active.len() as i32,
+            fully_labeled_replicas: nonzero(labels_match.count() as i64),
+            ready_replicas: count(&pod_ready),
+            available_replicas: count(&|p| pod_available(p, min_ready, now)),
+            observed_generation: rs.metadata.generation.filter(|g| *g != 0),
+            ..Default::default()
+        };
+        if rs.status.as_ref() != Some(&status) {
+            modify_typed(reg, ns, name(&rs.metadata), Part::Status, |o: &mut ReplicaSet| {
+                o.status = Some(status.clone());
+                true
             })?;
         }
     }

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{Part, Registry, WriteOptions};
+use orchestrator_apimachinery::registry::{Part, Registry};
 use serde_json::json;
 
-use crate::{event, list_typed, reference, rt, set_condition};
+use crate::{event, list_typed, modify_typed, reference, set_condition};
 
 /// A quantity ("100m", "1.5", "128Mi", "1G", "2e3") in base units.
 pub fn parse_quantity(q: &str) -> Option<f64> {
@@ -159,6 +159,7 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         match best {
             Some((_, node)) => {
+                // `bind` takes a Binding as the subresource receives it: JSON.
                 orchestrator_apimachinery::patch::bind(
                     reg,
                     ns,
@@ -180,13 +181,10 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
                 let already =
                     conditions.iter().any(|c| c.type_ == "PodScheduled" && c.message.as_deref() == Some(msg.as_str()));
                 if !already {
-                    // The condition list is written as JSON through `set_condition`,
-                    // which every controller shares (upstream's transition-time rule).
-                    let conds = serde_json::to_value(conditions).map_err(|e| ApiError::internal(e.to_string()))?;
-                    let new = set_condition(&conds, "PodScheduled", "False", "Unschedulable", &msg, false);
-                    reg.modify(rt("Pod"), ns, name, Part::Status, &WriteOptions::default(), |o| {
-                        o["status"]["conditions"] = new.clone();
-                        Ok(true)
+                    modify_typed(reg, ns, name, Part::Status, |p: &mut Pod| {
+                        let conds = p.status.get_or_insert_default().conditions.get_or_insert_default();
+                        set_condition(conds, "PodScheduled", "False", "Unschedulable", &msg, false);
+                        true
                     })?;
                     event(reg, &reference(pod), "Warning", "FailedScheduling", &msg, "default-scheduler");
                 }

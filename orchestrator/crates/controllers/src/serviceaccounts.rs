@@ -1,21 +1,26 @@
 //! Every active namespace has a `default` ServiceAccount (pods default to it).
 
-use serde_json::json;
+use k8s_openapi::Resource;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::{is_deleting, list_all, rt};
+use crate::{create_typed, is_deleting, list_typed, name, rt};
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{Registry, WriteOptions, name_of};
+use orchestrator_apimachinery::registry::Registry;
 
 pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
-    for ns in list_all(reg, "Namespace")? {
-        if is_deleting(&ns) {
+    for ns in list_typed::<Namespace>(reg)? {
+        if is_deleting(&ns.metadata) {
             continue;
         }
-        let name = name_of(&ns);
-        match reg.get(rt("ServiceAccount"), Some(name), "default") {
+        let ns = name(&ns.metadata);
+        match reg.get(rt(ServiceAccount::KIND), Some(ns), "default") {
             Err(e) if e.code == 404 => {
-                let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
-                match reg.create(rt("ServiceAccount"), Some(name), sa, &WriteOptions::default()) {
+                let sa = ServiceAccount {
+                    metadata: ObjectMeta { name: Some("default".into()), ..Default::default() },
+                    ..Default::default()
+                };
+                match create_typed(reg, Some(ns), &sa) {
                     Err(e) if e.code != 409 && e.code != 403 => return Err(e),
                     _ => {}
                 }

@@ -2,115 +2,90 @@
 //! after `backoffLimit` failures) and DaemonSet (one pod per Ready node the
 //! template fits, replaced one at a time when the template changes).
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, PodSpec};
-use serde_json::{Value, json};
+use k8s_openapi::Resource;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::batch::v1::{Job, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::deployment::template_hash;
-use crate::replicaset::{pod_available, pod_from_template};
+use crate::replicaset::{labels, nonzero, pod_available, pod_from_template};
 use crate::scheduler::{node_ready, repels, selected};
-use crate::{decode, int, is_deleting, list_all, list_typed, owned_by, pod_active, pod_ready, rt, set_condition};
-use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{
-    DeleteOptions, Part, Registry, WriteOptions, name_of, namespace_of, now, uid_of,
+use crate::{
+    create_typed, is_deleting, list_typed, modify_typed, name, node_name, owned_by, phase, pod_active, pod_ready, rt,
+    set_condition, time_now, uid,
 };
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{DeleteOptions, Part, Registry};
 
-fn phase(p: &Value) -> &str {
-    p.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default()
-}
-
-fn write_status(reg: &Registry, kind: &str, o: &Value, status: Value) -> Result<(), ApiError> {
-    if o.get("status") == Some(&status) {
-        return Ok(());
-    }
-    reg.modify(rt(kind), namespace_of(o), name_of(o), Part::Status, &WriteOptions::default(), |cur| {
-        cur["status"] = status.clone();
-        Ok(true)
-    })
-    .map(|_| ())
+fn delete_pod(reg: &Registry, p: &Pod) -> Result<(), ApiError> {
+    reg.delete(rt(Pod::KIND), p.metadata.namespace.as_deref(), name(&p.metadata), &DeleteOptions::default()).map(|_| ())
 }
 
 pub fn reconcile_jobs(reg: &Registry) -> Result<(), ApiError> {
-    let pods = list_all(reg, "Pod")?;
-    for job in list_all(reg, "Job")? {
-        if is_deleting(&job) {
+    let pods: Vec<Pod> = list_typed(reg)?;
+    for job in list_typed::<Job>(reg)? {
+        if is_deleting(&job.metadata) {
             continue;
         }
-        let ns = namespace_of(&job);
-        let owned: Vec<&Value> =
-            pods.iter().filter(|p| namespace_of(p) == ns && owned_by(p, uid_of(&job)).is_some()).collect();
+        let ns = job.metadata.namespace.as_deref();
+        let owned: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == ns && owned_by(&p.metadata, uid(&job.metadata)))
+            .collect();
         let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as i64;
         let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as i64;
-        let active: Vec<&&Value> = owned.iter().filter(|p| pod_active(p)).collect();
-        let completions = job.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
-        let parallelism = job.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1);
-        let backoff = job.pointer("/spec/backoffLimit").and_then(Value::as_i64).unwrap_or(6);
-        let suspended = job.pointer("/spec/suspend") == Some(&json!(true));
-        let old = job.get("status").cloned().unwrap_or(json!({}));
-        let mut conds = old.get("conditions").cloned().unwrap_or(json!([]));
-        let finished = conds
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True");
-        let mut status = json!({"startTime": old.get("startTime").cloned().unwrap_or(json!(now())), "active": active.len(),
-            "succeeded": succeeded, "failed": failed, "ready": active.iter().filter(|p| pod_ready(p)).count(),
-            "terminating": 0, "uncountedTerminatedPods": {}});
+        let active: Vec<&Pod> = owned.iter().copied().filter(|p| pod_active(p)).collect();
+        let spec = job.spec.as_ref();
+        let completions = spec.and_then(|s| s.completions).map_or(1, i64::from);
+        let parallelism = spec.and_then(|s| s.parallelism).map_or(1, i64::from);
+        let backoff = spec.and_then(|s| s.backoff_limit).map_or(6, i64::from);
+        let suspended = spec.and_then(|s| s.suspend) == Some(true);
+        let old = job.status.clone().unwrap_or_default();
+        let mut conds = old.conditions.clone().unwrap_or_default();
+        let finished = conds.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
+        let mut status = JobStatus {
+            start_time: old.start_time.clone().or_else(|| Some(time_now())),
+            active: nonzero(active.len() as i64),
+            succeeded: nonzero(succeeded),
+            failed: nonzero(failed),
+            ready: Some(active.iter().filter(|p| pod_ready(p)).count() as i32),
+            terminating: Some(0),
+            uncounted_terminated_pods: Some(UncountedTerminatedPods::default()),
+            ..Default::default()
+        };
         if !finished {
             if succeeded >= completions {
-                conds = set_condition(
-                    &conds,
-                    "SuccessCriteriaMet",
-                    "True",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                    false,
-                );
-                conds = set_condition(
-                    &conds,
-                    "Complete",
-                    "True",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                    false,
-                );
-                status["completionTime"] = now().into();
+                let msg = "Reached expected number of succeeded pods";
+                set_condition(&mut conds, "SuccessCriteriaMet", "True", "CompletionsReached", msg, false);
+                set_condition(&mut conds, "Complete", "True", "CompletionsReached", msg, false);
+                status.completion_time = Some(time_now());
             } else if failed > backoff {
-                conds = set_condition(
-                    &conds,
-                    "FailureTarget",
-                    "True",
-                    "BackoffLimitExceeded",
-                    "Job has reached the specified backoff limit",
-                    false,
-                );
-                conds = set_condition(
-                    &conds,
-                    "Failed",
-                    "True",
-                    "BackoffLimitExceeded",
-                    "Job has reached the specified backoff limit",
-                    false,
-                );
+                let msg = "Job has reached the specified backoff limit";
+                set_condition(&mut conds, "FailureTarget", "True", "BackoffLimitExceeded", msg, false);
+                set_condition(&mut conds, "Failed", "True", "BackoffLimitExceeded", msg, false);
                 for p in &active {
-                    let _ = reg.delete(rt("Pod"), ns, name_of(p), &DeleteOptions::default());
+                    let _ = delete_pod(reg, p);
                 }
             } else if !suspended {
                 let want = parallelism.min(completions - succeeded) - active.len() as i64;
+                let template = spec.map(|s| &s.template);
                 for _ in 0..want.max(0) {
-                    reg.create(rt("Pod"), ns, pod_from_template(&job), &WriteOptions::default())?;
+                    create_typed(reg, ns, &pod_from_template(&job, template))?;
                 }
             }
-        } else if let Some(t) = old.get("completionTime") {
-            status["completionTime"] = t.clone();
+        } else {
+            status.completion_time = old.completion_time.clone();
         }
-        if conds.as_array().is_some_and(|c| !c.is_empty()) {
-            status["conditions"] = conds;
+        if !conds.is_empty() {
+            status.conditions = Some(conds);
         }
-        if let Some(m) = status.as_object_mut() {
-            m.retain(|k, v| !(matches!(k.as_str(), "active" | "succeeded" | "failed") && v.as_i64() == Some(0)));
+        if job.status.as_ref() != Some(&status) {
+            modify_typed(reg, ns, name(&job.metadata), Part::Status, |o: &mut Job| {
+                o.status = Some(status.clone());
+                true
+            })?;
         }
-        write_status(reg, "Job", &job, status)?;
     }
     Ok(())
 }
@@ -125,68 +100,79 @@ fn node_fits(template: Option<&PodSpec>, node: &Node) -> bool {
         && !taints.iter().any(|t| repels(tolerations, t))
 }
 
-fn node_name(n: &Node) -> &str {
-    n.metadata.name.as_deref().unwrap_or_default()
-}
-
 const REVISION_LABEL: &str = "controller-revision-hash";
 
 pub fn reconcile_daemonsets(reg: &Registry) -> Result<(), ApiError> {
-    let pods = list_all(reg, "Pod")?;
+    let pods: Vec<Pod> = list_typed(reg)?;
     let nodes: Vec<Node> = list_typed(reg)?;
     let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
-    for ds in list_all(reg, "DaemonSet")? {
-        // The template is hashed and copied as stored JSON (`template_hash`,
-        // `pod_from_template`); its scheduling fields are read typed.
-        let typed: DaemonSet = decode(ds.clone())?;
-        let template = typed.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        if is_deleting(&ds) {
+    for ds in list_typed::<DaemonSet>(reg)? {
+        if is_deleting(&ds.metadata) {
             continue;
         }
-        let ns = namespace_of(&ds);
-        let hash = template_hash(&ds["spec"]["template"]);
-        let owned: Vec<&Value> = pods
+        let Some(spec) = ds.spec.as_ref() else { continue };
+        let ns = ds.metadata.namespace.as_deref();
+        let hash = template_hash(&spec.template);
+        let current = |p: &Pod| labels(&p.metadata).get(REVISION_LABEL) == Some(&hash);
+        let owned: Vec<&Pod> = pods
             .iter()
-            .filter(|p| namespace_of(p) == ns && owned_by(p, uid_of(&ds)).is_some() && pod_active(p))
+            .filter(|p| p.metadata.namespace.as_deref() == ns && owned_by(&p.metadata, uid(&ds.metadata)))
+            .filter(|p| pod_active(p))
             .collect();
-        let eligible: Vec<&Node> = nodes.iter().filter(|n| node_fits(template, n)).collect();
-        let mut outdated_budget = int(&ds, "/spec/updateStrategy/rollingUpdate/maxUnavailable").max(1);
+        let eligible: Vec<&str> = nodes
+            .iter()
+            .filter(|n| node_fits(spec.template.spec.as_ref(), n))
+            .map(|n| n.metadata.name.as_deref().unwrap_or_default())
+            .collect();
+        let on_node = |p: &Pod, node: &str| node_name(p) == Some(node);
+        // A number only: a percentage counts as one, as before.
+        let budget = spec.update_strategy.as_ref().and_then(|u| u.rolling_update.as_ref());
+        let mut outdated_budget = match budget.and_then(|r| r.max_unavailable.as_ref()) {
+            Some(IntOrString::Int(n)) => i64::from(*n),
+            _ => 0,
+        }
+        .max(1);
         for node in &eligible {
-            let on: Vec<&&Value> = owned.iter().filter(|p| p["spec"]["nodeName"] == node_name(node)).collect();
+            let on: Vec<&&Pod> = owned.iter().filter(|p| on_node(p, node)).collect();
             if on.is_empty() {
-                let mut pod = pod_from_template(&ds);
-                pod["spec"]["nodeName"] = node_name(node).into();
-                pod["metadata"]["labels"][REVISION_LABEL] = hash.clone().into();
-                reg.create(rt("Pod"), ns, pod, &WriteOptions::default())?;
-            } else if on.iter().all(|p| p["metadata"]["labels"][REVISION_LABEL] != hash.as_str()) && outdated_budget > 0
-            {
+                let mut pod = pod_from_template(&ds, Some(&spec.template));
+                pod.spec.get_or_insert_default().node_name = Some(node.to_string());
+                pod.metadata.labels.get_or_insert_default().insert(REVISION_LABEL.into(), hash.clone());
+                create_typed(reg, ns, &pod)?;
+            } else if on.iter().all(|p| !current(p)) && outdated_budget > 0 {
                 outdated_budget -= 1;
                 for p in on {
-                    reg.delete(rt("Pod"), ns, name_of(p), &DeleteOptions::default())?;
+                    delete_pod(reg, p)?;
                 }
             }
         }
         // Pods on nodes that no longer qualify go.
         for p in &owned {
-            if !eligible.iter().any(|n| p["spec"]["nodeName"] == node_name(n)) {
-                reg.delete(rt("Pod"), ns, name_of(p), &DeleteOptions::default())?;
+            if !eligible.iter().any(|n| on_node(p, n)) {
+                delete_pod(reg, p)?;
             }
         }
-        let on_eligible: Vec<&&Value> =
-            owned.iter().filter(|p| eligible.iter().any(|n| p["spec"]["nodeName"] == node_name(n))).collect();
-        let min_ready = int(&ds, "/spec/minReadySeconds");
-        let mut status = json!({
-            "desiredNumberScheduled": eligible.len(),
-            "currentNumberScheduled": on_eligible.len(),
-            "numberMisscheduled": owned.len() - on_eligible.len(),
-            "numberReady": on_eligible.iter().filter(|p| pod_ready(p)).count(),
-            "updatedNumberScheduled": on_eligible.iter().filter(|p| p["metadata"]["labels"][REVISION_LABEL] == hash.as_str()).count(),
-            "numberAvailable": on_eligible.iter().filter(|p| pod_available(p, min_ready, now_s)).count(),
-            "observedGeneration": ds["metadata"]["generation"],
-        });
-        let unavailable = eligible.len() as i64 - status["numberAvailable"].as_i64().unwrap_or(0);
-        status["numberUnavailable"] = unavailable.max(0).into();
-        write_status(reg, "DaemonSet", &ds, status)?;
+        let on_eligible: Vec<&&Pod> = owned.iter().filter(|p| eligible.iter().any(|n| on_node(p, n))).collect();
+        let min_ready = spec.min_ready_seconds.map_or(0, i64::from);
+        let count = |f: &dyn Fn(&Pod) -> bool| on_eligible.iter().filter(|p| f(p)).count() as i32;
+        let available = count(&|p| pod_available(p, min_ready, now_s));
+        let status = DaemonSetStatus {
+            desired_number_scheduled: eligible.len() as i32,
+            current_number_scheduled: on_eligible.len() as i32,
+            number_misscheduled: (owned.len() - on_eligible.len()) as i32,
+            number_ready: count(&pod_ready),
+            updated_number_scheduled: Some(count(&current)),
+            number_available: Some(available),
+            number_unavailable: Some((eligible.len() as i32 - available).max(0)),
+            observed_generation: ds.metadata.generation,
+            ..Default::default()
+        };
+        if ds.status.as_ref() != Some(&status) {
+            modify_typed(reg, ns, name(&ds.metadata), Part::Status, |o: &mut DaemonSet| {
+                o.status = Some(status.clone());
+                true
+            })?;
+        }
     }
     Ok(())
 }
