@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::replicaset::nonzero;
 use crate::{
     controller_ref, create_typed, event, is_deleting, list_typed, modify_typed, name, owned_by, reference, rt,
-    set_condition, time_now, uid,
+    set_condition, time_now, uid, write_status,
 };
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{DeleteOptions, Part, Registry};
@@ -218,7 +218,7 @@ fn sync(reg: &Registry, d: &Deployment, all_rs: &[ReplicaSet]) -> Result<(), Api
             scaling_event(reg, d, &format!("Scaled up replica set {created_name} from 0 to {initial}"));
         }
         let msg = format!("Created new replica set \"{created_name}\"");
-        return write_status(reg, d, &owned, Some(&created), ("True", "NewReplicaSetCreated", &msg));
+        return update_status(reg, d, &owned, Some(&created), ("True", "NewReplicaSetCreated", &msg));
     };
     let new_rev = if revision(new_rs) < max_rev || revision(new_rs) == 0 {
         // Rolled back to an old template: it becomes the newest revision.
@@ -289,10 +289,10 @@ fn sync(reg: &Registry, d: &Deployment, all_rs: &[ReplicaSet]) -> Result<(), Api
         }
     }
     let msg = format!("ReplicaSet \"{}\" is progressing.", name(&new_rs.metadata));
-    write_status(reg, d, &owned, Some(new_rs), ("True", "ReplicaSetUpdated", &msg))
+    update_status(reg, d, &owned, Some(new_rs), ("True", "ReplicaSetUpdated", &msg))
 }
 
-fn write_status(
+fn update_status(
     reg: &Registry,
     d: &Deployment,
     owned: &[&ReplicaSet],
@@ -361,13 +361,7 @@ fn write_status(
         conditions: Some(conds),
         ..Default::default()
     };
-    if d.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    modify_typed(reg, d.metadata.namespace.as_deref(), name(&d.metadata), Part::Status, |o: &mut Deployment| {
-        o.status = Some(status.clone());
-        true
-    })
+    write_status(reg, d, d.status.as_ref(), status, |o: &mut Deployment| &mut o.status)
 }
 
 #[cfg(test)]

@@ -174,6 +174,29 @@ pub(crate) fn modify_typed<K: Resource + DeserializeOwned + Serialize>(
     Ok(())
 }
 
+/// Writes `status` into the status subresource of `o` unless `current`
+/// (its status as read) is the same; `field` is the status field of `K`.
+pub(crate) fn write_status<K, S>(
+    reg: &Registry,
+    o: &K,
+    current: Option<&S>,
+    status: S,
+    field: impl Fn(&mut K) -> &mut Option<S>,
+) -> Result<(), ApiError>
+where
+    K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Serialize,
+    S: PartialEq + Clone,
+{
+    if current == Some(&status) {
+        return Ok(());
+    }
+    let m = o.metadata();
+    modify_typed(reg, m.namespace.as_deref(), name(m), Part::Status, |k: &mut K| {
+        *field(k) = Some(status.clone());
+        true
+    })
+}
+
 /// Creates a typed object; returns it as stored.
 pub(crate) fn create_typed<K: Resource + DeserializeOwned + Serialize>(
     reg: &Registry,

@@ -9,11 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 
 use crate::{
-    controller_ref, create_typed, is_deleting, list_typed, modify_typed, name, node_name, owned_by, pod_active,
-    pod_ready, ready_condition, rt, selector_of, uid,
+    controller_ref, create_typed, is_deleting, list_typed, name, node_name, owned_by, pod_active, pod_ready,
+    ready_condition, rt, selector_of, uid, write_status,
 };
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{DeleteOptions, Part, Registry};
+use orchestrator_apimachinery::registry::{DeleteOptions, Registry};
 
 /// A pod from a template, owned by `owner`.
 pub(crate) fn pod_from_template<K: Resource + Metadata<Ty = ObjectMeta>>(
@@ -107,12 +107,7 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
             observed_generation: rs.metadata.generation.filter(|g| *g != 0),
             ..Default::default()
         };
-        if rs.status.as_ref() != Some(&status) {
-            modify_typed(reg, ns, name(&rs.metadata), Part::Status, |o: &mut ReplicaSet| {
-                o.status = Some(status.clone());
-                true
-            })?;
-        }
+        write_status(reg, &rs, rs.status.as_ref(), status, |o: &mut ReplicaSet| &mut o.status)?;
     }
     Ok(())
 }

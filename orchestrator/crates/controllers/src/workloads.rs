@@ -12,11 +12,11 @@ use crate::deployment::template_hash;
 use crate::replicaset::{labels, nonzero, pod_available, pod_from_template};
 use crate::scheduler::{node_ready, repels, selected};
 use crate::{
-    create_typed, is_deleting, list_typed, modify_typed, name, node_name, owned_by, phase, pod_active, pod_ready, rt,
-    set_condition, time_now, uid,
+    create_typed, is_deleting, list_typed, name, node_name, owned_by, phase, pod_active, pod_ready, rt, set_condition,
+    time_now, uid, write_status,
 };
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{DeleteOptions, Part, Registry};
+use orchestrator_apimachinery::registry::{DeleteOptions, Registry};
 
 fn delete_pod(reg: &Registry, p: &Pod) -> Result<(), ApiError> {
     reg.delete(rt(Pod::KIND), p.metadata.namespace.as_deref(), name(&p.metadata), &DeleteOptions::default()).map(|_| ())
@@ -80,12 +80,7 @@ pub fn reconcile_jobs(reg: &Registry) -> Result<(), ApiError> {
         if !conds.is_empty() {
             status.conditions = Some(conds);
         }
-        if job.status.as_ref() != Some(&status) {
-            modify_typed(reg, ns, name(&job.metadata), Part::Status, |o: &mut Job| {
-                o.status = Some(status.clone());
-                true
-            })?;
-        }
+        write_status(reg, &job, job.status.as_ref(), status, |o: &mut Job| &mut o.status)?;
     }
     Ok(())
 }
@@ -167,12 +162,7 @@ pub fn reconcile_daemonsets(reg: &Registry) -> Result<(), ApiError> {
             observed_generation: ds.metadata.generation,
             ..Default::default()
         };
-        if ds.status.as_ref() != Some(&status) {
-            modify_typed(reg, ns, name(&ds.metadata), Part::Status, |o: &mut DaemonSet| {
-                o.status = Some(status.clone());
-                true
-            })?;
-        }
+        write_status(reg, &ds, ds.status.as_ref(), status, |o: &mut DaemonSet| &mut o.status)?;
     }
     Ok(())
 }
