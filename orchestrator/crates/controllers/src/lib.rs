@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, new_uid};
+use orchestrator_apimachinery::registry::{Part, Registry, WriteOptions, new_uid};
 use orchestrator_apimachinery::resources::{ResourceType, by_kind};
 use orchestrator_apimachinery::selector::LabelSelector;
 use orchestrator_apimachinery::typed;
@@ -153,9 +153,10 @@ pub(crate) fn rt(kind: &str) -> &'static ResourceType {
 
 /// Every object of a kind, typed. The registry stores only what the type
 /// knows (it decodes each write through it), so each one decodes.
-pub(crate) fn list_typed<K: Resource + DeserializeOwned>(reg: &Registry) -> Result<Vec<K>, ApiError> {
-    let items = reg.list(rt(K::KIND), None, &ListOptions::default())?.items;
-    items.into_iter().map(|o| typed::decode(o, K::KIND)).collect()
+pub(crate) fn list_typed<K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned>(
+    reg: &Registry,
+) -> Result<Vec<K>, ApiError> {
+    typed::list(reg, rt(K::KIND), None)
 }
 
 /// Changes one object as its type, retrying on conflicts like
