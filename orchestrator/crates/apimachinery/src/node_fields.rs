@@ -189,10 +189,11 @@ pub fn validate_service(o: &Value) -> Causes {
     let mut names = std::collections::HashSet::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let at = format!("spec.ports[{i}]");
-        if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
-            if push(&mut causes, format!("{at}.name"), port_name(name)).is_some() && !names.insert(name) {
-                causes.push((format!("{at}.name"), format!("Duplicate value: \"{name}\"")));
-            }
+        if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty())
+            && push(&mut causes, format!("{at}.name"), port_name(name)).is_some()
+            && !names.insert(name)
+        {
+            causes.push((format!("{at}.name"), format!("Duplicate value: \"{name}\"")));
         }
         push(&mut causes, format!("{at}.protocol"), Protocol::of(p.protocol.as_deref()));
         push(&mut causes, format!("{at}.port"), port_number(p.port));

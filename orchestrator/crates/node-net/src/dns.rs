@@ -17,11 +17,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use simple_dns::rdata::{A, RData, SRV};
 use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
-use orchestrator_apimachinery::registry::str_at;
+use orchestrator_apimachinery::node_fields::{Protocol, port_number};
 
 pub use orchestrator_apimachinery::cluster::{CLUSTER_DNS_IP, CLUSTER_DOMAIN};
 /// How long answers may be cached (CoreDNS's default for the cluster zone).
@@ -47,32 +48,34 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// The zone for these Services and their Endpoints.
-    pub fn new(services: &[Value], endpoints: &[Value]) -> Zone {
+    /// The zone for these Services and their Endpoints. Ports whose
+    /// protocol or number does not parse get no SRV record; addresses that
+    /// are not IPv4 none either.
+    pub fn new(services: &[Service], endpoints: &[Endpoints]) -> Zone {
+        fn key_of(m: &ObjectMeta) -> (String, String) {
+            (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+        }
         let mut zone = Zone::default();
         for svc in services {
-            let key = (str_at(svc, "/metadata/namespace").to_string(), str_at(svc, "/metadata/name").to_string());
-            let addresses = match str_at(svc, "/spec/clusterIP") {
+            let key = key_of(&svc.metadata);
+            let Some(spec) = &svc.spec else { continue };
+            let addresses = match spec.cluster_ip.as_deref().unwrap_or_default() {
                 "None" => endpoints
                     .iter()
-                    .filter(|e| (str_at(e, "/metadata/namespace"), str_at(e, "/metadata/name")) == (&key.0, &key.1))
-                    .flat_map(|e| e["subsets"].as_array().cloned().unwrap_or_default())
-                    .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|a| a["ip"].as_str()?.parse().ok())
+                    .filter(|e| key_of(&e.metadata) == key)
+                    .flat_map(|e| e.subsets.iter().flatten())
+                    .flat_map(|s| s.addresses.iter().flatten())
+                    .filter_map(|a| a.ip.parse().ok())
                     .collect(),
                 ip => ip.parse().into_iter().collect(),
             };
-            let ports = svc
-                .pointer("/spec/ports")
-                .and_then(Value::as_array)
-                .into_iter()
+            let ports = spec
+                .ports
+                .iter()
                 .flatten()
                 .filter_map(|p| {
-                    let protocol = match str_at(p, "/protocol") {
-                        "" => "tcp".to_string(),
-                        other => other.to_ascii_lowercase(),
-                    };
-                    Some((str_at(p, "/name").to_string(), protocol, u16::try_from(p["port"].as_i64()?).ok()?))
+                    let protocol = Protocol::of(p.protocol.as_deref()).ok()?;
+                    Some((p.name.clone().unwrap_or_default(), protocol.lower().to_string(), port_number(p.port).ok()?))
                 })
                 .collect();
             zone.services.insert(key, ServiceRecords { addresses, ports });
@@ -365,7 +368,7 @@ pub async fn serve(sockets: Sockets, zone: Arc<RwLock<Zone>>, upstream: Upstream
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn zone() -> Zone {
         let web = json!({"metadata": {"namespace": "default", "name": "web"},
@@ -375,7 +378,8 @@ mod tests {
         let db_endpoints = json!({"metadata": {"namespace": "data", "name": "db"},
             "subsets": [{"addresses": [{"ip": "10.244.0.5"}, {"ip": "10.244.0.6"}],
                          "notReadyAddresses": [{"ip": "10.244.0.7"}]}]});
-        Zone::new(&[web, db], &[db_endpoints])
+        let typed = |v: Value| serde_json::from_value(v).unwrap();
+        Zone::new(&[typed(web), typed(db)], &[serde_json::from_value(db_endpoints).unwrap()])
     }
 
     fn query(name: &str, qtype: TYPE) -> Vec<u8> {
