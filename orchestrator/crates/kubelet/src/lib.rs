@@ -58,6 +58,8 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// OCI archives to import into the runtime at start (air-gapped images).
     pub image_dir: Option<PathBuf>,
+    /// When container logs are rotated (upstream's defaults: 10 MiB × 5 files).
+    pub log_rotation: logs::Rotation,
     /// Routes Services' cluster IPs and node ports to their endpoints (`orchestrator_node_net::proxy`).
     pub service_proxy: bool,
 }
@@ -210,6 +212,7 @@ pub async fn start(
     k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
     node::register(&k).await?;
     tokio::spawn(node::heartbeat(k.clone()));
+    tokio::spawn(logs::rotate_forever(k.clone()));
     tokio::spawn(k.clone().run());
     Ok(k)
 }
