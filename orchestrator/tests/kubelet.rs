@@ -546,7 +546,7 @@ spec:
     command: [sh, -c, "i=0; while true; do for j in $(seq 500); do i=$((i+1)); echo line-$i; done; sleep 1; done"]
 "#
     ));
-    c.wait_for(&["get", "pod", "chatty", "-o", "jsonpath={{.status.phase}}"], READY, |s| s == "Running");
+    c.wait_for(&["get", "pod", "chatty", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
     // Three rotations (one per 10 s check) push the first lines out.
     let all = c.wait_for(&["logs", "chatty"], Duration::from_secs(90), |s| !s.is_empty() && !s.starts_with("line-1\n"));
     let numbers: Vec<u64> =
