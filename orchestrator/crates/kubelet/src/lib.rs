@@ -475,7 +475,14 @@ impl Kubelet {
 
     /// Starts the probe tasks of a running container once.
     fn ensure_probes(self: &Arc<Self>, p: &Value, c: &Value, container_id: &str, ip: &str) {
-        let kinds = probe::kinds(c);
+        let c: k8s_openapi::api::core::v1::Container = match serde_json::from_value(c.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(container = %container_id, "probes: the container spec does not decode: {e}");
+                return;
+            }
+        };
+        let kinds = probe::kinds(&c);
         {
             let mut probes = self.probes.lock().expect("not poisoned");
             let r = probes.entry(container_id.to_string()).or_default();
