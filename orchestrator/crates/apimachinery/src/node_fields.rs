@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::api::core::v1::{Endpoints, KeyToPath, Service, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, Endpoints, KeyToPath, Service, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
@@ -272,6 +272,26 @@ fn check_path(path: &str, field: &str, causes: &mut Causes) {
     }
 }
 
+/// The files a configMap, secret and downwardAPI source (of a volume or a
+/// projection at `at`) write.
+fn check_files(
+    at: &str,
+    config_map: Option<&Option<Vec<KeyToPath>>>,
+    secret: Option<&Option<Vec<KeyToPath>>>,
+    downward: Option<&Option<Vec<DownwardAPIVolumeFile>>>,
+    causes: &mut Causes,
+) {
+    if let Some(items) = config_map {
+        check_items(items, &format!("{at}.configMap"), causes);
+    }
+    if let Some(items) = secret {
+        check_items(items, &format!("{at}.secret"), causes);
+    }
+    for (k, f) in downward.into_iter().flatten().flatten().enumerate() {
+        check_path(&f.path, &format!("{at}.downwardAPI.items[{k}].path"), causes);
+    }
+}
+
 /// A pod spec's volumes (names as DNS labels, projected files' paths and
 /// keys) and its containers' `subPath`s; `at` is the spec's field path.
 pub fn validate_pod_volumes(spec: &Value, at: &str) -> Causes {
@@ -283,26 +303,12 @@ pub fn validate_pod_volumes(spec: &Value, at: &str) -> Causes {
         if !is_dns1123_label(&v.name) {
             causes.push((format!("{vat}.name"), format!("Invalid value: \"{}\": {LABEL_MSG}", v.name.escape_debug())));
         }
-        if let Some(c) = &v.config_map {
-            check_items(&c.items, &format!("{vat}.configMap"), &mut causes);
-        }
-        if let Some(s) = &v.secret {
-            check_items(&s.items, &format!("{vat}.secret"), &mut causes);
-        }
-        for (k, f) in v.downward_api.iter().flat_map(|d| d.items.iter().flatten()).enumerate() {
-            check_path(&f.path, &format!("{vat}.downwardAPI.items[{k}].path"), &mut causes);
-        }
+        let (config_map, secret) = (v.config_map.as_ref().map(|c| &c.items), v.secret.as_ref().map(|s| &s.items));
+        check_files(&vat, config_map, secret, v.downward_api.as_ref().map(|d| &d.items), &mut causes);
         for (j, s) in v.projected.iter().flat_map(|p| p.sources.iter().flatten()).enumerate() {
             let sat = format!("{vat}.projected.sources[{j}]");
-            if let Some(c) = &s.config_map {
-                check_items(&c.items, &format!("{sat}.configMap"), &mut causes);
-            }
-            if let Some(c) = &s.secret {
-                check_items(&c.items, &format!("{sat}.secret"), &mut causes);
-            }
-            for (k, f) in s.downward_api.iter().flat_map(|d| d.items.iter().flatten()).enumerate() {
-                check_path(&f.path, &format!("{sat}.downwardAPI.items[{k}].path"), &mut causes);
-            }
+            let (config_map, secret) = (s.config_map.as_ref().map(|c| &c.items), s.secret.as_ref().map(|s| &s.items));
+            check_files(&sat, config_map, secret, s.downward_api.as_ref().map(|d| &d.items), &mut causes);
             if let Some(t) = &s.service_account_token {
                 check_path(&t.path, &format!("{sat}.serviceAccountToken.path"), &mut causes);
             }

@@ -219,6 +219,7 @@ pub(crate) fn typed<T: serde::de::DeserializeOwned>(kind: &str, items: Vec<Value
     items
         .into_iter()
         .filter_map(|o| {
+            // Names an object that does not decode: there is no type to read them from.
             let at = format!(
                 "{}/{}",
                 o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default(),
