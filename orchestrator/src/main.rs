@@ -113,6 +113,12 @@ struct NodeArgs {
     /// Don't route Services' cluster IPs and node ports to their endpoints (iptables rules, as kube-proxy).
     #[arg(long)]
     disable_service_proxy: bool,
+    /// A container's log file is rotated once over this many bytes (upstream's `--container-log-max-size`, 10Mi).
+    #[arg(long, default_value_t = kubelet::logs::MAX_LOG_SIZE)]
+    container_log_max_size: u64,
+    /// Log files kept per container, the one being written included (upstream's `--container-log-max-files`).
+    #[arg(long, default_value_t = kubelet::logs::MAX_LOG_FILES as u64, value_parser = clap::value_parser!(u64).range(2..))]
+    container_log_max_files: u64,
 }
 
 impl NodeArgs {
@@ -130,6 +136,10 @@ impl NodeArgs {
             listen: self.kubelet_listen,
             image_dir: self.image_dir,
             service_proxy: !self.disable_service_proxy,
+            log_rotation: kubelet::logs::Rotation {
+                max_size: self.container_log_max_size,
+                max_files: usize::try_from(self.container_log_max_files).unwrap_or(usize::MAX),
+            },
         }
     }
 }

@@ -303,3 +303,54 @@ fn kill_9_loses_no_acknowledged_write() {
         assert!(names.contains(&format!("configmap/{n}\n")), "acknowledged {n} was lost:\n{names}");
     }
 }
+
+/// Fields that become iptables rules or file names on every node are
+/// refused at admission (422 naming the field) and nothing is stored:
+/// a newline in a Service's port name, `protocol: FOO`, an Endpoints
+/// address that is not an IP, a volume item path and a ConfigMap key
+/// leading out of the pod's volume directory.
+#[test]
+fn hostile_service_endpoints_and_volume_fields_are_refused() {
+    let Some(s) = Server::start() else { return };
+    let cases = [
+        (
+            "service/evil",
+            r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "evil"},
+                "spec": {"ports": [{"name": "a\n-A PREROUTING -j ACCEPT", "port": 80}]}}"#,
+            "spec.ports[0].name: Invalid value: \"a\\n-A PREROUTING -j ACCEPT\"",
+        ),
+        (
+            "service/foo",
+            r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "foo"},
+                "spec": {"ports": [{"port": 80, "protocol": "FOO"}]}}"#,
+            "spec.ports[0].protocol: Unsupported value: \"FOO\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
+        ),
+        (
+            "endpoints/evil",
+            r#"{"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "evil"},
+                "subsets": [{"addresses": [{"ip": "10.0.0.1 -j ACCEPT"}], "ports": [{"port": 80}]}]}"#,
+            "subsets[0].addresses[0].ip: Invalid value: \"10.0.0.1 -j ACCEPT\": must be a valid IP address",
+        ),
+        (
+            "pod/escape",
+            r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "escape"},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                         "volumes": [{"name": "v", "configMap": {"name": "c", "items": [{"key": "k", "path": "../../etc/x"}]}}]}}"#,
+            "spec.volumes[0].configMap.items[0].path: Invalid value: \"../../etc/x\": must not contain '..'",
+        ),
+        (
+            "configmap/dots",
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dots"}, "data": {"..": "x"}}"#,
+            "data[..]: Invalid value: \"..\": must not be '..'",
+        ),
+    ];
+    for (i, (object, json, want)) in cases.iter().enumerate() {
+        let f = s.dir.path().join(format!("hostile-{i}.json"));
+        std::fs::write(&f, json).unwrap();
+        let err = s.fails(&["create", "-f", f.to_str().unwrap()]);
+        assert!(err.contains("is invalid") && err.contains(want), "{object}: {err}");
+        let (kind, name) = object.split_once('/').unwrap();
+        let err = s.fails(&["get", kind, name]);
+        assert!(err.contains("not found"), "{object} was stored: {err}");
+    }
+}

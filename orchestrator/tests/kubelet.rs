@@ -522,6 +522,51 @@ spec:
     c.wait_for(&["exec", "talker", "-c", "side", "--", "cat", "/cfg/key"], READY, |s| s == "v2");
 }
 
+/// A container writing more than `--container-log-max-size` has its log
+/// rotated: at most `--container-log-max-files` files stay on disk, and
+/// `kubectl logs` (whole, `--tail`, `--limit-bytes`) still shows the
+/// newest lines, in order, with no line lost inside what is kept.
+#[test]
+fn container_logs_are_rotated_and_bounded() {
+    let Some(c) = Cluster::start_with(true, &["--container-log-max-size", "20000", "--container-log-max-files", "3"])
+    else {
+        return;
+    };
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: chatty}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [sh, -c, "i=0; while true; do for j in $(seq 500); do i=$((i+1)); echo line-$i; done; sleep 1; done"]
+"#
+    ));
+    c.wait_for(&["get", "pod", "chatty", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    // Three rotations (one per 10 s check) push the first lines out.
+    let all = c.wait_for(&["logs", "chatty"], Duration::from_secs(90), |s| !s.is_empty() && !s.starts_with("line-1\n"));
+    let numbers: Vec<u64> =
+        all.lines().map(|l| l.strip_prefix("line-").and_then(|n| n.parse().ok()).expect("a line-N")).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "lines in order, none missing in what is kept");
+    let log_dir = std::fs::read_dir(c.kubelet_dir().join("logs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("default_chatty_"))
+        .expect("the pod's log directory")
+        .path()
+        .join("main");
+    let files: Vec<String> =
+        std::fs::read_dir(&log_dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(files.len() <= 3 && files.iter().any(|f| f.starts_with("0.log.")), "{files:?}");
+    let last: u64 = c.ok(&["logs", "chatty", "--tail", "1"]).trim().strip_prefix("line-").unwrap().parse().unwrap();
+    assert!(last >= *numbers.last().unwrap(), "the newest line: {last}");
+    assert_eq!(c.ok(&["logs", "chatty", "--limit-bytes", "5"]), all[..5]);
+}
+
 /// Interactive `kubectl exec` and `kubectl attach` through the API server,
 /// the kubelet and containerd's streaming server: piped stdin reaches the
 /// command and its end closes the command's stdin (`cat`, `sh` reading a

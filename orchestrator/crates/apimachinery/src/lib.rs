@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod discovery;
 pub mod errors;
+pub mod node_fields;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;

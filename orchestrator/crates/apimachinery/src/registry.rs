@@ -360,7 +360,8 @@ impl Registry {
         }
         let mut out = out;
         validation::apply_defaults(rt.kind, &mut out);
-        let causes = validation::validate(rt.kind, &out);
+        let mut causes = validation::validate(rt.kind, &out);
+        causes.extend(crate::node_fields::validate(rt.kind, &out));
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, &name, causes));
         }

@@ -1,6 +1,7 @@
 //! Defaulting and validation as upstream does for the fields clients read:
 //! names (DNS-1123), required fields, selectors matching templates, and
 //! immutable fields. Works on the JSON after it decoded through its type.
+//! What a node turns into rules and file names is checked in `node_fields`.
 
 use serde_json::{Map, Value, json};
 
@@ -9,8 +10,8 @@ use crate::selector::LabelSelector;
 /// Field path → message, as `Status.details.causes`.
 pub type Causes = Vec<(String, String)>;
 
-const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+pub(crate) const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+pub(crate) const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 
 fn label_ok(s: &str) -> bool {
     let b = s.as_bytes();
@@ -341,30 +342,8 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
                 causes.push(("spec.ports".into(), "Required value".into()));
             }
             for (i, p) in ports.iter().enumerate() {
-                let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
-                if !(1..=65535).contains(&port) {
-                    causes.push((
-                        format!("spec.ports[{i}].port"),
-                        format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
-                    ));
-                }
                 if ports.len() > 1 && p.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
                     causes.push((format!("spec.ports[{i}].name"), "Required value".into()));
-                }
-            }
-        }
-        "ConfigMap" | "Secret" => {
-            for field in ["data", "binaryData", "stringData"] {
-                for (k, _) in o.get(field).and_then(Value::as_object).into_iter().flatten() {
-                    let ok = !k.is_empty()
-                        && k.len() <= 253
-                        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                    if !ok {
-                        causes.push((
-                            format!("{field}[{k}]"),
-                            format!("Invalid value: \"{k}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.'"),
-                        ));
-                    }
                 }
             }
         }

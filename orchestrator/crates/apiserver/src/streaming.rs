@@ -146,7 +146,7 @@ pub async fn pod_log(
 ) -> Result<Response<Body>, ApiError> {
     let ns = ns.unwrap_or("default");
     let t = target(state, ns, name, param(q, "container"))?;
-    let forwarded: Vec<(&str, &str)> = ["follow", "tailLines", "timestamps", "previous", "sinceSeconds"]
+    let forwarded: Vec<(&str, &str)> = ["follow", "tailLines", "timestamps", "previous", "sinceSeconds", "limitBytes"]
         .iter()
         .filter_map(|k| param(q, k).filter(|v| !v.is_empty()).map(|v| (*k, v)))
         .collect();

@@ -58,6 +58,8 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// OCI archives to import into the runtime at start (air-gapped images).
     pub image_dir: Option<PathBuf>,
+    /// When container logs are rotated (upstream's defaults: 10 MiB × 5 files).
+    pub log_rotation: logs::Rotation,
     /// Routes Services' cluster IPs and node ports to their endpoints (`orchestrator_node_net::proxy`).
     pub service_proxy: bool,
 }
@@ -210,6 +212,7 @@ pub async fn start(
     k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
     node::register(&k).await?;
     tokio::spawn(node::heartbeat(k.clone()));
+    tokio::spawn(logs::rotate_forever(k.clone()));
     tokio::spawn(k.clone().run());
     Ok(k)
 }
@@ -472,7 +475,14 @@ impl Kubelet {
 
     /// Starts the probe tasks of a running container once.
     fn ensure_probes(self: &Arc<Self>, p: &Value, c: &Value, container_id: &str, ip: &str) {
-        let kinds = probe::kinds(c);
+        let c: k8s_openapi::api::core::v1::Container = match serde_json::from_value(c.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(container = %container_id, "probes: the container spec does not decode: {e}");
+                return;
+            }
+        };
+        let kinds = probe::kinds(&c);
         {
             let mut probes = self.probes.lock().expect("not poisoned");
             let r = probes.entry(container_id.to_string()).or_default();

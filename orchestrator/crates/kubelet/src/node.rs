@@ -6,11 +6,21 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::cri::v1;
 use crate::{Kubelet, KubeletError};
-use orchestrator_apimachinery::registry::{Part, now};
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::Part;
 
 pub const LEASE_SECONDS: i64 = 40;
 const RENEW: Duration = Duration::from_secs(10);
@@ -52,12 +62,19 @@ fn hostname() -> String {
 }
 
 /// Capacity and allocatable: CPUs, memory, pods, and the kubelet directory's disk.
-fn capacity(k: &Kubelet) -> Value {
+fn capacity(k: &Kubelet) -> BTreeMap<String, Quantity> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mem = meminfo_kib("MemTotal");
     let disk = nix::sys::statvfs::statvfs(&k.cfg.dir).map_or(0, |s| s.blocks() * s.fragment_size());
-    json!({"cpu": cpus.to_string(), "memory": format!("{mem}Ki"), "pods": MAX_PODS.to_string(),
-           "ephemeral-storage": format!("{}Ki", disk / 1024)})
+    [
+        ("cpu", cpus.to_string()),
+        ("memory", format!("{mem}Ki")),
+        ("pods", MAX_PODS.to_string()),
+        ("ephemeral-storage", format!("{}Ki", disk / 1024)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), Quantity(v)))
+    .collect()
 }
 
 fn arch() -> &'static str {
@@ -76,51 +93,91 @@ async fn runtime_ready(k: &Kubelet) -> (bool, String) {
     }
 }
 
+/// Now, to the second (a condition's times, as upstream's `Time`).
+fn now_seconds() -> Timestamp {
+    Timestamp::from_second(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Now, to the microsecond (a Lease's `MicroTime`).
+fn now_micros() -> Timestamp {
+    let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+    Timestamp::from_microsecond(i64::try_from(micros).unwrap_or_default()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The Node as stored (typed), for its conditions and uid.
+async fn stored_node(k: &Kubelet) -> Result<Node, KubeletError> {
+    let o = k.api.get("Node", None, &k.cfg.node_name).await?;
+    serde_json::from_value(o).map_err(|e| ApiError::internal(format!("Node {}: {e}", k.cfg.node_name)).into())
+}
+
+fn stored_conditions(node: &Node) -> &[NodeCondition] {
+    node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default()
+}
+
 /// Conditions, keeping transition times while a status stays.
-async fn conditions(k: &Kubelet, old: &Value) -> Value {
+async fn conditions(k: &Kubelet, old: &[NodeCondition]) -> Vec<NodeCondition> {
     let (ready, msg) = runtime_ready(k).await;
     let avail = meminfo_kib("MemAvailable");
     let disk_low = nix::sys::statvfs::statvfs(&k.cfg.dir)
         .is_ok_and(|s| s.blocks() > 0 && (s.blocks_available() as f64 / s.blocks() as f64) < 0.1);
-    let t = now();
+    let t = Time(now_seconds());
     let cond = |kind: &str, status: bool, reason: &str, message: &str| {
         let s = if status { "True" } else { "False" };
         let since = old
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|c| c["type"] == kind && c["status"] == s))
-            .and_then(|c| c.get("lastTransitionTime").cloned())
-            .unwrap_or_else(|| t.clone().into());
-        json!({"type": kind, "status": s, "reason": reason, "message": message,
-               "lastHeartbeatTime": t, "lastTransitionTime": since})
+            .iter()
+            .find(|c| c.type_ == kind && c.status == s)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| t.clone());
+        NodeCondition {
+            type_: kind.to_string(),
+            status: s.to_string(),
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+            last_heartbeat_time: Some(t.clone()),
+            last_transition_time: Some(since),
+        }
     };
-    json!([
+    vec![
         cond(
             "MemoryPressure",
             avail < 100 * 1024,
             "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available"
+            "kubelet has sufficient memory available",
         ),
         cond("DiskPressure", disk_low, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
         cond("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
         cond("Ready", ready, if ready { "KubeletReady" } else { "KubeletNotReady" }, &msg),
-    ])
+    ]
 }
 
 /// Creates the Node (or takes over an existing one) and posts its status.
 pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
     let name = k.cfg.node_name.clone();
-    let node = json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": arch(),
-            "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": arch()}},
-        "spec": {"podCIDR": k.cfg.pod_cidr, "podCIDRs": [k.cfg.pod_cidr]},
-    });
+    let labels = [
+        ("kubernetes.io/hostname", name.as_str()),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", arch()),
+        ("beta.kubernetes.io/os", "linux"),
+        ("beta.kubernetes.io/arch", arch()),
+    ];
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: Some(k.cfg.pod_cidr.clone()),
+            pod_cidrs: Some(vec![k.cfg.pod_cidr.clone()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     match k.api.get("Node", None, &name).await {
         Ok(_) => {
             let cidr = k.cfg.pod_cidr.clone();
             k.api
+                // A change to two fields of a stored object: a patch on its JSON, which keeps the rest.
                 .modify("Node", None, &name, Part::Main, move |o| {
                     let changed = o.pointer("/spec/podCIDR").and_then(Value::as_str) != Some(&cidr);
                     o["spec"]["podCIDR"] = cidr.clone().into();
@@ -130,7 +187,7 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
                 .await?
         }
         Err(e) if e.code == 404 => {
-            k.api.create("Node", None, node).await?;
+            k.api.create("Node", None, to_json(&node)?).await?;
         }
         Err(e) => return Err(e.into()),
     }
@@ -138,33 +195,54 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
     renew_lease(k).await
 }
 
+fn to_json(o: &impl serde::Serialize) -> Result<Value, KubeletError> {
+    serde_json::to_value(o).map_err(|e| ApiError::internal(format!("encode: {e}")).into())
+}
+
 async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
     let version = k.cri.version().await.unwrap_or_default();
     let name = k.cfg.node_name.clone();
-    let old = k.api.get("Node", None, &name).await?;
-    let conds = conditions(k, &old).await;
-    let status = json!({
-        "capacity": capacity(k),
-        "allocatable": capacity(k),
-        "addresses": [{"type": "InternalIP", "address": k.host_ip}, {"type": "Hostname", "address": hostname()}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": k.port.load(std::sync::atomic::Ordering::Relaxed)}},
-        "nodeInfo": {
-            "machineID": read("/etc/machine-id"),
-            "systemUUID": read("/sys/class/dmi/id/product_uuid"),
-            "bootID": read("/proc/sys/kernel/random/boot_id"),
-            "kernelVersion": read("/proc/sys/kernel/osrelease"),
-            "osImage": os_image(),
-            "containerRuntimeVersion": version,
-            "kubeletVersion": orchestrator_apimachinery::discovery::version()["gitVersion"],
-            "kubeProxyVersion": "",
-            "operatingSystem": "linux",
-            "architecture": arch(),
-        },
-        "conditions": conds,
-    });
+    let old = stored_node(k).await?;
+    let conds = conditions(k, stored_conditions(&old)).await;
+    let address = |type_: &str, address: &str| NodeAddress { type_: type_.into(), address: address.into() };
+    let status = NodeStatus {
+        capacity: Some(capacity(k)),
+        allocatable: Some(capacity(k)),
+        addresses: Some(vec![address("InternalIP", &k.host_ip), address("Hostname", &hostname())]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(k.port.load(std::sync::atomic::Ordering::Relaxed)),
+            }),
+        }),
+        node_info: Some(NodeSystemInfo {
+            machine_id: read("/etc/machine-id"),
+            system_uuid: read("/sys/class/dmi/id/product_uuid"),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            kernel_version: read("/proc/sys/kernel/osrelease"),
+            os_image: os_image(),
+            container_runtime_version: version,
+            kubelet_version: orchestrator_apimachinery::discovery::version()["gitVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            kube_proxy_version: String::new(),
+            operating_system: "linux".into(),
+            architecture: arch().into(),
+            ..Default::default()
+        }),
+        conditions: Some(conds),
+        ..Default::default()
+    };
+    let status = to_json(&status)?;
     k.api
         .modify("Node", None, &name, Part::Status, move |o| {
-            o["status"] = status.clone();
+            // The kubelet's fields replace theirs; any other field of the stored status stays.
+            if !o.get("status").is_some_and(Value::is_object) {
+                o["status"] = json!({});
+            }
+            for (field, value) in status.as_object().into_iter().flatten() {
+                o["status"][field] = value.clone();
+            }
             true
         })
         .await?;
@@ -173,16 +251,13 @@ async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
 
 /// Whether the posted conditions differ (ignoring heartbeat times) from what holds now.
 async fn status_changed(k: &Kubelet) -> Result<bool, KubeletError> {
-    let old = k.api.get("Node", None, &k.cfg.node_name).await?;
-    let new = conditions(k, &old).await;
-    let key = |v: &Value| -> Vec<(String, String)> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| (c["type"].as_str().unwrap_or_default().into(), c["status"].as_str().unwrap_or_default().into()))
-            .collect()
+    let old = stored_node(k).await?;
+    let old = stored_conditions(&old);
+    let new = conditions(k, old).await;
+    let key = |cs: &[NodeCondition]| -> Vec<(String, String)> {
+        cs.iter().map(|c| (c.type_.clone(), c.status.clone())).collect()
     };
-    Ok(key(&new) != key(old.pointer("/status/conditions").unwrap_or(&Value::Null)))
+    Ok(key(&new) != key(old))
 }
 
 async fn renew_lease(k: &Kubelet) -> Result<(), KubeletError> {
@@ -193,19 +268,34 @@ async fn renew_lease(k: &Kubelet) -> Result<(), KubeletError> {
     let ns = Some("kube-node-lease");
     match k.api.get("Lease", ns, &name).await {
         Err(e) if e.code == 404 => {
-            let node_uid = k.api.get("Node", None, &name).await?["metadata"]["uid"].clone();
-            let lease = json!({
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": name, "namespace": "kube-node-lease", "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}]},
-                "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": renew},
-            });
-            k.api.create("Lease", ns, lease).await?;
+            let node_uid = stored_node(k).await?.metadata.uid.unwrap_or_default();
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: ns.map(str::to_string),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Node".into(),
+                        name: name.clone(),
+                        uid: node_uid,
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.clone()),
+                    lease_duration_seconds: Some(LEASE_SECONDS as i32),
+                    renew_time: Some(MicroTime(now_micros())),
+                    ..Default::default()
+                }),
+            };
+            k.api.create("Lease", ns, to_json(&lease)?).await?;
         }
         Err(e) => return Err(e.into()),
         Ok(_) => {
             let holder = name.clone();
             k.api
+                // Three fields of the stored Lease: a patch on its JSON, which keeps the rest.
                 .modify("Lease", ns, &name, Part::Main, move |l| {
                     l["spec"]["renewTime"] = renew.clone().into();
                     l["spec"]["holderIdentity"] = holder.clone().into();

@@ -8,28 +8,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{Container, Probe as ProbeSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::Kubelet;
 use crate::cri::v1;
-use orchestrator_apimachinery::registry::str_at;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Liveness,
     Readiness,
     Startup,
-}
-
-impl Kind {
-    fn field(self) -> &'static str {
-        match self {
-            Kind::Liveness => "livenessProbe",
-            Kind::Readiness => "readinessProbe",
-            Kind::Startup => "startupProbe",
-        }
-    }
 }
 
 /// What the probes of one running container found so far.
@@ -52,62 +42,48 @@ pub enum Action {
     Unsupported(String),
 }
 
-fn port_of(container: &Value, p: &Value) -> Option<u16> {
+fn port_of(container: &Container, p: &IntOrString) -> Option<u16> {
     match p {
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Value::String(name) => container
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => container
+            .ports
+            .iter()
             .flatten()
-            .find(|cp| cp["name"] == name.as_str())
-            .and_then(|cp| cp["containerPort"].as_u64())
-            .and_then(|n| u16::try_from(n).ok())
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .and_then(|cp| u16::try_from(cp.container_port).ok())
             .or_else(|| name.parse().ok()),
-        _ => None,
     }
 }
 
 /// The action of a probe spec, for a pod at `pod_ip`.
-pub fn action(container: &Value, probe: &Value, pod_ip: &str) -> Action {
-    if let Some(cmd) = probe.pointer("/exec/command").and_then(Value::as_array) {
-        return Action::Exec(cmd.iter().filter_map(Value::as_str).map(str::to_string).collect());
+pub fn action(container: &Container, probe: &ProbeSpec, pod_ip: &str) -> Action {
+    if let Some(cmd) = probe.exec.as_ref().and_then(|e| e.command.clone()) {
+        return Action::Exec(cmd);
     }
-    let host = |h: &Value| match str_at(h, "/host") {
-        "" => pod_ip.to_string(),
-        h => h.to_string(),
-    };
-    if let Some(h) = probe.get("httpGet") {
-        if str_at(h, "/scheme") == "HTTPS" {
+    let host = |h: &Option<String>| h.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
+    if let Some(h) = &probe.http_get {
+        if h.scheme.as_deref() == Some("HTTPS") {
             return Action::Unsupported("httpGet with scheme HTTPS is not supported".into());
         }
-        let Some(port) = h.get("port").and_then(|p| port_of(container, p)) else {
-            return Action::Unsupported(format!("httpGet port {} is not a port of the container", h["port"]));
+        let Some(port) = port_of(container, &h.port) else {
+            return Action::Unsupported(format!("httpGet port {:?} is not a port of the container", h.port));
         };
-        let path = match str_at(h, "/path") {
-            "" => "/".to_string(),
-            p => p.to_string(),
-        };
-        let headers = h
-            .get("httpHeaders")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|x| (str_at(x, "/name").to_string(), str_at(x, "/value").to_string()))
-            .collect();
-        return Action::Http { host: host(h), port, path, headers };
+        let path = h.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_string());
+        let headers = h.http_headers.iter().flatten().map(|x| (x.name.clone(), x.value.clone())).collect();
+        return Action::Http { host: host(&h.host), port, path, headers };
     }
-    if let Some(t) = probe.get("tcpSocket") {
-        return match t.get("port").and_then(|p| port_of(container, p)) {
-            Some(port) => Action::Tcp { host: host(t), port },
-            None => Action::Unsupported(format!("tcpSocket port {} is not a port of the container", t["port"])),
+    if let Some(t) = &probe.tcp_socket {
+        return match port_of(container, &t.port) {
+            Some(port) => Action::Tcp { host: host(&t.host), port },
+            None => Action::Unsupported(format!("tcpSocket port {:?} is not a port of the container", t.port)),
         };
     }
     Action::Unsupported("only exec, httpGet and tcpSocket probes are supported".into())
 }
 
-fn seconds(probe: &Value, field: &str, default: u64, min: u64) -> u64 {
-    probe.get(field).and_then(Value::as_u64).unwrap_or(default).max(min)
+/// A probe's timing field in seconds, `default` when unset, at least `min`.
+fn seconds(field: Option<i32>, default: u64, min: u64) -> u64 {
+    field.and_then(|s| u64::try_from(s).ok()).unwrap_or(default).max(min)
 }
 
 /// Runs a probe once: Ok on success, Err with the reason.
@@ -191,8 +167,8 @@ pub struct Probe {
     pub container_id: String,
     pub kind: Kind,
     /// The container's spec (named ports) and the probe's.
-    pub container: Value,
-    pub spec: Value,
+    pub container: Container,
+    pub spec: ProbeSpec,
     pub pod_ip: String,
     /// The grace period of a stop after a failed liveness or startup probe.
     pub grace: i64,
@@ -201,18 +177,18 @@ pub struct Probe {
 /// Probes one container until it stops running.
 pub async fn run(k: Arc<Kubelet>, p: Probe) {
     let Probe { namespace, pod, uid, container_id, kind, container, spec: probe, pod_ip, grace } = p;
-    let name = str_at(&container, "/name").to_string();
+    let name = container.name.clone();
     let what = match kind {
         Kind::Liveness => "Liveness",
         Kind::Readiness => "Readiness",
         Kind::Startup => "Startup",
     };
     let action = action(&container, &probe, &pod_ip);
-    let period = Duration::from_secs(seconds(&probe, "periodSeconds", 10, 1));
-    let timeout = Duration::from_secs(seconds(&probe, "timeoutSeconds", 1, 1));
-    let success_needed = seconds(&probe, "successThreshold", 1, 1);
-    let failure_needed = seconds(&probe, "failureThreshold", 3, 1);
-    tokio::time::sleep(Duration::from_secs(seconds(&probe, "initialDelaySeconds", 0, 0))).await;
+    let period = Duration::from_secs(seconds(probe.period_seconds, 10, 1));
+    let timeout = Duration::from_secs(seconds(probe.timeout_seconds, 1, 1));
+    let success_needed = seconds(probe.success_threshold, 1, 1);
+    let failure_needed = seconds(probe.failure_threshold, 3, 1);
+    tokio::time::sleep(Duration::from_secs(seconds(probe.initial_delay_seconds, 0, 0))).await;
     let (mut successes, mut failures) = (0u64, 0u64);
     loop {
         let running = k
@@ -278,11 +254,15 @@ pub async fn run(k: Arc<Kubelet>, p: Probe) {
 }
 
 /// The probe kinds a container has, in the order they matter.
-pub fn kinds(container: &Value) -> Vec<(Kind, Value)> {
-    [Kind::Startup, Kind::Liveness, Kind::Readiness]
-        .into_iter()
-        .filter_map(|k| container.get(k.field()).filter(|p| p.is_object()).map(|p| (k, p.clone())))
-        .collect()
+pub fn kinds(container: &Container) -> Vec<(Kind, ProbeSpec)> {
+    [
+        (Kind::Startup, &container.startup_probe),
+        (Kind::Liveness, &container.liveness_probe),
+        (Kind::Readiness, &container.readiness_probe),
+    ]
+    .into_iter()
+    .filter_map(|(k, p)| p.clone().map(|p| (k, p)))
+    .collect()
 }
 
 #[cfg(test)]
@@ -290,26 +270,30 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn actions_from_specs() {
-        let c = json!({"ports": [{"name": "http", "containerPort": 8080}]});
+        let c: Container = typed(json!({"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}));
         assert_eq!(
-            action(&c, &json!({"httpGet": {"port": "http", "path": "/healthz"}}), "10.0.0.2"),
+            action(&c, &typed(json!({"httpGet": {"port": "http", "path": "/healthz"}})), "10.0.0.2"),
             Action::Http { host: "10.0.0.2".into(), port: 8080, path: "/healthz".into(), headers: vec![] }
         );
         assert_eq!(
-            action(&c, &json!({"tcpSocket": {"port": 81}}), "10.0.0.2"),
+            action(&c, &typed(json!({"tcpSocket": {"port": 81}})), "10.0.0.2"),
             Action::Tcp { host: "10.0.0.2".into(), port: 81 }
         );
         assert_eq!(
-            action(&c, &json!({"exec": {"command": ["cat", "/ok"]}}), "x"),
+            action(&c, &typed(json!({"exec": {"command": ["cat", "/ok"]}})), "x"),
             Action::Exec(vec!["cat".into(), "/ok".into()])
         );
-        assert!(matches!(action(&c, &json!({"httpGet": {"port": "nope"}}), "x"), Action::Unsupported(_)));
-        assert!(matches!(action(&c, &json!({"grpc": {"port": 1}}), "x"), Action::Unsupported(_)));
-        let kinds = kinds(
-            &json!({"readinessProbe": {"tcpSocket": {"port": 1}}, "livenessProbe": {"exec": {"command": ["true"]}}}),
-        );
+        assert!(matches!(action(&c, &typed(json!({"httpGet": {"port": "nope"}})), "x"), Action::Unsupported(_)));
+        assert!(matches!(action(&c, &typed(json!({"grpc": {"port": 1}})), "x"), Action::Unsupported(_)));
+        let kinds = kinds(&typed(
+            json!({"name": "c", "readinessProbe": {"tcpSocket": {"port": 1}}, "livenessProbe": {"exec": {"command": ["true"]}}}),
+        ));
         assert_eq!(kinds.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![Kind::Liveness, Kind::Readiness]);
     }
 

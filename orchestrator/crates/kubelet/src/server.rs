@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio::io::AsyncSeekExt as _;
 use tokio::sync::mpsc;
 
 use crate::cri::v1;
@@ -177,58 +177,141 @@ async fn container_logs(k: Arc<Kubelet>, ns: &str, pod: &str, container: &str, o
         }
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut f = match tokio::fs::File::open(&file).await {
+    let f = match tokio::fs::File::open(&file).await {
         Ok(f) => f,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("open {}: {e}\n", file.display())),
     };
-    let mut buf = Vec::new();
-    if let Err(e) = f.read_to_end(&mut buf).await {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("read {}: {e}\n", file.display()));
-    }
-    // Only whole lines now; a line being written is picked up by the follow loop.
-    let whole = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let first: String = logs::render(&String::from_utf8_lossy(&buf[..whole]), &opts, now).concat();
-    if !opts.follow || opts.previous {
-        return text(StatusCode::OK, first);
-    }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let container = container.to_string();
     tokio::spawn(async move {
-        if tx.send(Bytes::from(first)).await.is_err() {
-            return;
+        let mut out = Output { tx, buf: Vec::new(), left: opts.limit_bytes };
+        if let Err(e) = stream(&k, &file, f, &opts, now, &uid, &container, &mut out).await {
+            tracing::debug!("logs of {}: {e}", file.display());
         }
-        let mut offset = whole as u64;
-        let mut rest = String::new();
-        let follow_opts = Options { timestamps: opts.timestamps, ..Default::default() };
-        let mut idle = 0u32;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = tx.closed() => return,
-            }
-            let mut chunk = Vec::new();
-            if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() || f.read_to_end(&mut chunk).await.is_err() {
-                return;
-            }
-            offset += chunk.len() as u64;
-            rest.push_str(&String::from_utf8_lossy(&chunk));
-            if let Some(i) = rest.rfind('\n') {
-                let out: String = logs::render(&rest[..=i], &follow_opts, 0).concat();
-                rest.drain(..=i);
-                if tx.send(Bytes::from(out)).await.is_err() {
-                    return;
-                }
-                idle = 0;
-            } else {
-                idle += 1;
-                // Every second without output: stop once the container has.
-                if idle.is_multiple_of(10) && !running(&k, &uid, &container).await {
-                    return;
-                }
-            }
-        }
+        out.flush().await;
     });
     let mut r = Response::new(Body::Stream(rx));
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     r
+}
+
+/// Where rendered log lines go: to the response in chunks, until the client
+/// leaves or `limitBytes` is reached.
+struct Output {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+    left: Option<u64>,
+}
+
+impl Output {
+    /// Whether to go on (false: the client is gone or the byte limit reached).
+    async fn line(&mut self, line: &str) -> bool {
+        let mut bytes = line.as_bytes();
+        if let Some(left) = self.left {
+            bytes = &bytes[..bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX))];
+            self.left = Some(left - bytes.len() as u64);
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= 32 * 1024 && !self.flush().await {
+            return false;
+        }
+        self.left != Some(0)
+    }
+
+    async fn flush(&mut self) -> bool {
+        self.buf.is_empty() || self.tx.send(Bytes::from(std::mem::take(&mut self.buf))).await.is_ok()
+    }
+}
+
+/// Reads whole lines of `f` from where it is, rendering each into `out`
+/// (through `tail` when set); returns the bytes consumed (a last line
+/// without its newline is left for later) and whether to go on.
+async fn read_lines(
+    f: &mut tokio::fs::File,
+    r: &mut logs::Renderer,
+    tail: &mut logs::Tail,
+    out: &mut Output,
+) -> std::io::Result<(u64, bool)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut reader = tokio::io::BufReader::new(f);
+    let (mut consumed, mut raw) = (0u64, Vec::new());
+    loop {
+        raw.clear();
+        let n = reader.read_until(b'\n', &mut raw).await?;
+        if n == 0 || raw.last() != Some(&b'\n') {
+            return Ok((consumed, true));
+        }
+        consumed += n as u64;
+        if let Some(line) = r.line(&String::from_utf8_lossy(&raw)).and_then(|l| tail.push(l))
+            && !out.line(&line).await
+        {
+            return Ok((consumed, false));
+        }
+    }
+}
+
+/// A container's log as kubectl asked: the rotated files of the attempt
+/// and `current` (opened as `f`), a line at a time (`tailLines` holds only
+/// that many), then, with `follow`, what is written next — across
+/// rotations — until the container stops or the client leaves.
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    k: &Kubelet,
+    current: &std::path::Path,
+    mut f: tokio::fs::File,
+    opts: &Options,
+    now: i64,
+    uid: &str,
+    container: &str,
+    out: &mut Output,
+) -> std::io::Result<()> {
+    let mut r = logs::Renderer::new(opts, now);
+    let mut tail = logs::Tail::new(opts.tail_lines);
+    for older in logs::segments(current).iter().filter(|p| p.as_path() != current) {
+        let Ok(mut old) = tokio::fs::File::open(older).await else { continue };
+        if !read_lines(&mut old, &mut r, &mut tail, out).await?.1 {
+            return Ok(());
+        }
+    }
+    let (mut offset, go_on) = read_lines(&mut f, &mut r, &mut tail, out).await?;
+    for line in tail.into_lines() {
+        if !out.line(&line).await {
+            return Ok(());
+        }
+    }
+    if !go_on || !opts.follow || opts.previous || !out.flush().await {
+        return Ok(());
+    }
+    let follow_opts = Options { timestamps: opts.timestamps, ..Default::default() };
+    let mut r = logs::Renderer::new(&follow_opts, 0);
+    let mut idle = 0u32;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = out.tx.closed() => return Ok(()),
+        }
+        f.seek(std::io::SeekFrom::Start(offset)).await?;
+        let (n, go_on) = read_lines(&mut f, &mut r, &mut logs::Tail::new(None), out).await?;
+        if !go_on || !out.flush().await {
+            return Ok(());
+        }
+        offset += n;
+        if n > 0 {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        // Rotated: what was left in the old file is read; go on in the new one.
+        if let (Ok(now), Ok(ours)) = (tokio::fs::metadata(current).await, f.metadata().await)
+            && std::os::unix::fs::MetadataExt::ino(&now) != std::os::unix::fs::MetadataExt::ino(&ours)
+        {
+            f = tokio::fs::File::open(current).await?;
+            offset = 0;
+            continue;
+        }
+        // Every second without output: stop once the container has.
+        if idle.is_multiple_of(10) && !running(k, uid, container).await {
+            return Ok(());
+        }
+    }
 }

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod};
 use serde_json::Value;
 
-use orchestrator_apimachinery::registry::str_at;
+use orchestrator_apimachinery::node_fields;
+use orchestrator_apimachinery::validation::is_dns1123_label;
 
 use crate::cri::v1;
 use crate::pod::{ConfigError, Lookup, field_ref};
@@ -75,31 +77,39 @@ fn write_atomic(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> Res
     Ok(())
 }
 
-fn projected_items(source: &Value, data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
-    match source.get("items").and_then(Value::as_array) {
-        Some(items) => items
-            .iter()
-            .filter_map(|i| Some((str_at(i, "/path").to_string(), data.get(str_at(i, "/key"))?.clone())))
-            .collect(),
+fn projected_items(items: Option<&[KeyToPath]>, data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    match items {
+        Some(items) => items.iter().filter_map(|i| Some((i.path.clone(), data.get(&i.key)?.clone()))).collect(),
         None => data,
     }
 }
 
+/// A volume file name (a key, an item's path) that stays inside the volume.
+fn file_name(volume: &str, name: &str) -> Result<(), ConfigError> {
+    node_fields::volume_path(name).map_err(|e| ConfigError(format!("volume {volume:?}: file {e}")))
+}
+
 /// Prepares (or refreshes) every volume of a pod; returns the host path of each by name.
+/// Names and file paths are checked again here (as at admission), so an
+/// object stored some other way still writes nothing outside the pod's volume directory.
 pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
-    let uid = str_at(pod, "/metadata/uid");
-    let ns = str_at(pod, "/metadata/namespace");
+    let typed: Pod = serde_json::from_value(pod.clone()).map_err(|e| ConfigError(format!("pod: {e}")))?;
+    let uid = typed.metadata.uid.as_deref().unwrap_or_default();
+    let ns = typed.metadata.namespace.as_deref().unwrap_or_default();
     let base = pod_volumes_dir(kubelet_dir, uid);
     let mut out = BTreeMap::new();
-    for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
-        let name = str_at(v, "/name");
+    for v in typed.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let name = v.name.as_str();
+        if !is_dns1123_label(name) {
+            return Err(ConfigError(format!("volume name {name:?} is not a DNS label")).into());
+        }
         let dir = base.join(name);
-        let mode = |s: &Value| s.get("defaultMode").and_then(Value::as_u64).unwrap_or(0o644) as u32;
-        if let Some(e) = v.get("emptyDir") {
+        let mode = |m: Option<i32>| m.and_then(|m| u32::try_from(m).ok()).unwrap_or(0o644);
+        if let Some(e) = &v.empty_dir {
             if !dir.exists() {
                 std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-                if str_at(e, "/medium") == "Memory" {
-                    let size = Some(str_at(e, "/sizeLimit")).filter(|s| !s.is_empty()).map(crate::pod::parse_bytes);
+                if e.medium.as_deref() == Some("Memory") {
+                    let size = e.size_limit.as_ref().map(|q| crate::pod::parse_bytes(&q.0));
                     let opts = match size.transpose()? {
                         Some(b) => format!("mode=0777,size={b}"),
                         None => "mode=0777".to_string(),
@@ -119,9 +129,9 @@ pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<B
                 }
             }
             out.insert(name.to_string(), dir);
-        } else if let Some(h) = v.get("hostPath") {
-            let path = PathBuf::from(str_at(h, "/path"));
-            match str_at(h, "/type") {
+        } else if let Some(h) = &v.host_path {
+            let path = PathBuf::from(&h.path);
+            match h.type_.as_deref().unwrap_or_default() {
                 "DirectoryOrCreate" => std::fs::create_dir_all(&path).map_err(io("create", &path))?,
                 "FileOrCreate" if !path.exists() => {
                     std::fs::write(&path, b"").map_err(io("create", &path))?;
@@ -141,29 +151,45 @@ pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<B
                 _ => {}
             }
             out.insert(name.to_string(), path);
-        } else if let Some((kind, src, key)) = [("ConfigMap", "configMap", "name"), ("Secret", "secret", "secretName")]
-            .into_iter()
-            .find_map(|(k, f, key)| v.get(f).map(|s| (k, s, key)))
+        } else if let Some((kind, obj, items, optional, default_mode)) = v
+            .config_map
+            .as_ref()
+            .map(|c| ("ConfigMap", c.name.as_str(), c.items.as_deref(), c.optional, c.default_mode))
+            .or_else(|| {
+                v.secret.as_ref().map(|s| {
+                    (
+                        "Secret",
+                        s.secret_name.as_deref().unwrap_or_default(),
+                        s.items.as_deref(),
+                        s.optional,
+                        s.default_mode,
+                    )
+                })
+            })
         {
-            let obj = str_at(src, &format!("/{key}"));
-            let optional = src.get("optional").and_then(Value::as_bool).unwrap_or(false);
             let data = match lookup.data(kind, ns, obj) {
                 Some(d) => d,
-                None if optional => BTreeMap::new(),
+                None if optional.unwrap_or(false) => BTreeMap::new(),
                 None => {
                     return Err(ConfigError(format!("{} {obj:?} not found", kind.to_lowercase())).into());
                 }
             };
-            write_atomic(&dir, &projected_items(src, data), mode(src))?;
+            let files = projected_items(items, data);
+            for f in files.keys() {
+                file_name(name, f)?;
+            }
+            write_atomic(&dir, &files, mode(default_mode))?;
             out.insert(name.to_string(), dir);
-        } else if let Some(d) = v.get("downwardAPI") {
+        } else if let Some(d) = &v.downward_api {
             let mut files = BTreeMap::new();
-            for i in d.get("items").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(f) = i.pointer("/fieldRef/fieldPath").and_then(Value::as_str) {
-                    files.insert(str_at(i, "/path").to_string(), field_ref(pod, f)?.into_bytes());
+            for i in d.items.iter().flatten() {
+                if let Some(f) = &i.field_ref {
+                    // The downward API names a field by its path: a string by design.
+                    file_name(name, &i.path)?;
+                    files.insert(i.path.clone(), field_ref(pod, &f.field_path)?.into_bytes());
                 }
             }
-            write_atomic(&dir, &files, mode(d))?;
+            write_atomic(&dir, &files, mode(d.default_mode))?;
             out.insert(name.to_string(), dir);
         } else {
             return Err(ConfigError(format!("volume {name:?}: this kind of volume is not supported")).into());
@@ -174,19 +200,22 @@ pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<B
 
 /// The CRI mounts of a container's `volumeMounts`.
 pub fn mounts(container: &Value, volumes: &BTreeMap<String, PathBuf>) -> Result<Vec<v1::Mount>, ConfigError> {
+    let c: Container = serde_json::from_value(container.clone()).map_err(|e| ConfigError(format!("container: {e}")))?;
     let mut out = Vec::new();
-    for m in container.get("volumeMounts").and_then(Value::as_array).into_iter().flatten() {
-        let name = str_at(m, "/name");
+    for m in c.volume_mounts.iter().flatten() {
+        let name = &m.name;
         let host = volumes.get(name).ok_or_else(|| ConfigError(format!("unable to find volume {name:?}")))?;
-        let sub = str_at(m, "/subPath");
-        if sub.split('/').any(|c| c == "..") || sub.starts_with('/') {
-            return Err(ConfigError(format!("subPath {sub:?} must be a relative path without '..'")));
-        }
-        let host_path = if sub.is_empty() { host.clone() } else { host.join(sub) };
+        let sub = m.sub_path.as_deref().unwrap_or_default();
+        let host_path = if sub.is_empty() {
+            host.clone()
+        } else {
+            node_fields::volume_path(sub).map_err(|e| ConfigError(format!("subPath: {e}")))?;
+            host.join(sub)
+        };
         out.push(v1::Mount {
-            container_path: str_at(m, "/mountPath").to_string(),
+            container_path: m.mount_path.clone(),
             host_path: host_path.to_string_lossy().into_owned(),
-            readonly: m.get("readOnly").and_then(Value::as_bool).unwrap_or(false),
+            readonly: m.read_only.unwrap_or(false),
             ..Default::default()
         });
     }
@@ -222,6 +251,49 @@ mod tests {
         fn data(&self, kind: &str, _: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
             (name == "cm").then(|| object_data(kind, &self.0))
         }
+    }
+
+    /// Stored objects whose item paths, keys or volume names lead out of
+    /// the volume are refused before anything is written.
+    #[test]
+    fn paths_out_of_the_volume_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = |volume: Value| json!({"metadata": {"uid": "u", "namespace": "d"}, "spec": {"volumes": [volume]}});
+        let cases = [
+            (
+                json!({"name": "c", "configMap": {"name": "cm", "items": [{"key": "k", "path": "../../etc/x"}]}}),
+                json!({"data": {"k": "pwned"}}),
+            ),
+            (
+                json!({"name": "c", "configMap": {"name": "cm", "items": [{"key": "k", "path": "../../../../../etc/x"}]}}),
+                json!({"data": {"k": "pwned"}}),
+            ),
+            (json!({"name": "c", "configMap": {"name": "cm"}}), json!({"data": {"..": "pwned"}})),
+            (json!({"name": "..", "configMap": {"name": "cm"}}), json!({"data": {"x": "pwned"}})),
+            (
+                json!({"name": "c", "downwardAPI": {"items": [{"path": "/etc/x", "fieldRef": {"fieldPath": "metadata.name"}}]}}),
+                json!({}),
+            ),
+        ];
+        for (volume, data) in cases {
+            let e = prepare(dir.path(), &pod(volume.clone()), &One(data)).unwrap_err();
+            assert!(matches!(e, VolumeError::Config(_)), "{volume}: {e}");
+        }
+        let written: Vec<String> = walk(dir.path());
+        assert!(written.iter().all(|f| !f.ends_with("/x") && !f.contains("pwned")), "{written:?}");
+        assert!(!dir.path().join("etc").exists() && !dir.path().join("pods/u/volumes/etc").exists());
+    }
+
+    fn walk(d: &Path) -> Vec<String> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|e| {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() { walk(&p) } else { vec![p.display().to_string()] }
+            })
+            .collect()
     }
 
     #[test]

@@ -17,11 +17,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use simple_dns::rdata::{A, RData, SRV};
 use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 
-use orchestrator_apimachinery::registry::str_at;
+use orchestrator_apimachinery::node_fields::{Protocol, port_number};
 
 pub use orchestrator_apimachinery::cluster::{CLUSTER_DNS_IP, CLUSTER_DOMAIN};
 /// How long answers may be cached (CoreDNS's default for the cluster zone).
@@ -30,6 +31,12 @@ const TTL: u32 = 5;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a TCP connection may wait for its next query.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// At most this many queries are relayed upstream at once (each holds one
+/// socket); a query beyond it is answered SERVFAIL at once, so a pod
+/// cannot spend the process' open files.
+pub const MAX_FORWARDS: usize = 64;
+/// At most this many askers' TCP connections are served at once; more are closed.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
 
 /// One Service as DNS sees it.
 #[derive(Debug, Default, PartialEq)]
@@ -47,32 +54,34 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// The zone for these Services and their Endpoints.
-    pub fn new(services: &[Value], endpoints: &[Value]) -> Zone {
+    /// The zone for these Services and their Endpoints. Ports whose
+    /// protocol or number does not parse get no SRV record; addresses that
+    /// are not IPv4 none either.
+    pub fn new(services: &[Service], endpoints: &[Endpoints]) -> Zone {
+        fn key_of(m: &ObjectMeta) -> (String, String) {
+            (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+        }
         let mut zone = Zone::default();
         for svc in services {
-            let key = (str_at(svc, "/metadata/namespace").to_string(), str_at(svc, "/metadata/name").to_string());
-            let addresses = match str_at(svc, "/spec/clusterIP") {
+            let key = key_of(&svc.metadata);
+            let Some(spec) = &svc.spec else { continue };
+            let addresses = match spec.cluster_ip.as_deref().unwrap_or_default() {
                 "None" => endpoints
                     .iter()
-                    .filter(|e| (str_at(e, "/metadata/namespace"), str_at(e, "/metadata/name")) == (&key.0, &key.1))
-                    .flat_map(|e| e["subsets"].as_array().cloned().unwrap_or_default())
-                    .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|a| a["ip"].as_str()?.parse().ok())
+                    .filter(|e| key_of(&e.metadata) == key)
+                    .flat_map(|e| e.subsets.iter().flatten())
+                    .flat_map(|s| s.addresses.iter().flatten())
+                    .filter_map(|a| a.ip.parse().ok())
                     .collect(),
                 ip => ip.parse().into_iter().collect(),
             };
-            let ports = svc
-                .pointer("/spec/ports")
-                .and_then(Value::as_array)
-                .into_iter()
+            let ports = spec
+                .ports
+                .iter()
                 .flatten()
                 .filter_map(|p| {
-                    let protocol = match str_at(p, "/protocol") {
-                        "" => "tcp".to_string(),
-                        other => other.to_ascii_lowercase(),
-                    };
-                    Some((str_at(p, "/name").to_string(), protocol, u16::try_from(p["port"].as_i64()?).ok()?))
+                    let protocol = Protocol::of(p.protocol.as_deref()).ok()?;
+                    Some((p.name.clone().unwrap_or_default(), protocol.lower().to_string(), port_number(p.port).ok()?))
                 })
                 .collect();
             zone.services.insert(key, ServiceRecords { addresses, ports });
@@ -295,13 +304,26 @@ pub fn node_upstream() -> Upstream {
     Arc::new(|| upstream(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()))
 }
 
-/// The reply to one query: from the zone, else from upstream, else SERVFAIL.
-async fn respond(zone: &RwLock<Zone>, upstream: &Upstream, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
-    let local = answer(&zone.read().unwrap_or_else(|e| e.into_inner()), query);
+/// What a responder shares between its queries.
+struct Shared {
+    zone: Arc<RwLock<Zone>>,
+    upstream: Upstream,
+    /// One permit per query being relayed ([`MAX_FORWARDS`]).
+    forwards: tokio::sync::Semaphore,
+}
+
+/// The reply to one query: from the zone, else from upstream, else SERVFAIL
+/// (also when [`MAX_FORWARDS`] queries are already being relayed).
+async fn respond(shared: &Shared, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+    let local = answer(&shared.zone.read().unwrap_or_else(|e| e.into_inner()), query);
     if local.is_some() {
         return local;
     }
-    let Some(up) = upstream() else { return server_failure(query) };
+    let Some(up) = (shared.upstream)() else { return server_failure(query) };
+    let Ok(_permit) = shared.forwards.try_acquire() else {
+        tracing::debug!("cluster DNS: {MAX_FORWARDS} queries already relayed; SERVFAIL");
+        return server_failure(query);
+    };
     match forward(up, query, tcp).await {
         Ok(reply) => Some(reply),
         Err(e) => {
@@ -316,7 +338,9 @@ async fn respond(zone: &RwLock<Zone>, upstream: &Upstream, query: &[u8], tcp: bo
 /// is silent).
 pub async fn serve(sockets: Sockets, zone: Arc<RwLock<Zone>>, upstream: Upstream) {
     let Sockets { udp, tcp } = sockets;
-    let (tcp_zone, tcp_upstream) = (zone.clone(), upstream.clone());
+    let shared = Arc::new(Shared { zone, upstream, forwards: tokio::sync::Semaphore::new(MAX_FORWARDS) });
+    let tcp_shared = shared.clone();
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let mut conn = match tcp.accept().await {
@@ -327,11 +351,16 @@ pub async fn serve(sockets: Sockets, zone: Arc<RwLock<Zone>>, upstream: Upstream
                     continue;
                 }
             };
-            let (zone, upstream) = (tcp_zone.clone(), tcp_upstream.clone());
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tracing::debug!("cluster DNS: {MAX_TCP_CONNECTIONS} TCP connections open; closing a new one");
+                continue;
+            };
+            let shared = tcp_shared.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 // Queries in turn until the asker closes or idles.
                 while let Ok(Ok(query)) = tokio::time::timeout(TCP_IDLE, read_framed(&mut conn)).await {
-                    let Some(reply) = respond(&zone, &upstream, &query, true).await else { return };
+                    let Some(reply) = respond(&shared, &query, true).await else { return };
                     if write_framed(&mut conn, &reply).await.is_err() {
                         return;
                     }
@@ -351,9 +380,9 @@ pub async fn serve(sockets: Sockets, zone: Arc<RwLock<Zone>>, upstream: Upstream
             }
         };
         let query = buf[..n].to_vec();
-        let (udp, zone, upstream) = (udp.clone(), zone.clone(), upstream.clone());
+        let (udp, shared) = (udp.clone(), shared.clone());
         tokio::spawn(async move {
-            if let Some(reply) = respond(&zone, &upstream, &query, false).await
+            if let Some(reply) = respond(&shared, &query, false).await
                 && let Err(e) = udp.send_to(&reply, from).await
             {
                 tracing::debug!("cluster DNS: reply to {from}: {e}");
@@ -365,7 +394,7 @@ pub async fn serve(sockets: Sockets, zone: Arc<RwLock<Zone>>, upstream: Upstream
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn zone() -> Zone {
         let web = json!({"metadata": {"namespace": "default", "name": "web"},
@@ -375,7 +404,8 @@ mod tests {
         let db_endpoints = json!({"metadata": {"namespace": "data", "name": "db"},
             "subsets": [{"addresses": [{"ip": "10.244.0.5"}, {"ip": "10.244.0.6"}],
                          "notReadyAddresses": [{"ip": "10.244.0.7"}]}]});
-        Zone::new(&[web, db], &[db_endpoints])
+        let typed = |v: Value| serde_json::from_value(v).unwrap();
+        Zone::new(&[typed(web), typed(db)], &[serde_json::from_value(db_endpoints).unwrap()])
     }
 
     fn query(name: &str, qtype: TYPE) -> Vec<u8> {
@@ -495,5 +525,38 @@ mod tests {
             write_framed(&mut conn, &query(name, TYPE::A)).await.unwrap();
             assert_eq!(first_address(&read_framed(&mut conn).await.unwrap()), want, "{name} over TCP");
         }
+    }
+
+    fn open_files() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// A flood of queries for outside names towards a silent upstream
+    /// holds at most MAX_FORWARDS sockets; the rest are answered SERVFAIL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_forwarded_queries_holds_a_bounded_number_of_sockets() {
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let sockets = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let at = sockets.udp.local_addr().unwrap();
+        tokio::spawn(serve(sockets, Arc::new(RwLock::new(zone())), Arc::new(move || Some(silent_addr))));
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let before = open_files();
+        let flood = 4 * MAX_FORWARDS;
+        for i in 0..flood {
+            client.send_to(&query(&format!("n{i}.example.org"), TYPE::A), at).await.unwrap();
+        }
+        // Let the responder take them all in (well within the upstream timeout).
+        tokio::time::sleep(UPSTREAM_TIMEOUT / 6).await;
+        let grown = open_files().saturating_sub(before);
+        assert!(grown <= MAX_FORWARDS + 8, "{flood} forwarded queries opened {grown} files");
+        // Those beyond the bound were refused (the others wait for the silent upstream).
+        let mut buf = [0u8; 512];
+        for _ in 0..flood - MAX_FORWARDS {
+            let n =
+                tokio::time::timeout(UPSTREAM_TIMEOUT / 2, client.recv(&mut buf)).await.expect("a SERVFAIL").unwrap();
+            assert_eq!(Packet::parse(&buf[..n]).unwrap().rcode(), RCODE::ServerFailure);
+        }
+        drop(silent);
     }
 }

@@ -19,11 +19,14 @@ use std::process::Stdio;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{EndpointPort, Endpoints, Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 use sha1::Digest as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use tokio::io::AsyncWriteExt as _;
 
-use orchestrator_apimachinery::registry::str_at;
+use orchestrator_apimachinery::node_fields::{self, Protocol};
 use orchestrator_client::{Api, Watch};
 
 /// The mark of connections to masquerade (kube-proxy's bit).
@@ -91,69 +94,140 @@ impl Chains {
     }
 }
 
-/// One port of a Service and where it leads.
+/// One port of a Service and where it leads: typed, validated values
+/// only, so nothing read from an object can add a word to a rule.
 #[derive(Debug, PartialEq)]
 struct Portal {
-    /// `namespace/name:port` (the port's name, or its number when unnamed).
+    /// `namespace/name:port` (the port's name, or its number when unnamed),
+    /// all DNS labels: safe inside a quoted comment.
     key: String,
-    protocol: String,
-    cluster_ip: String,
-    port: i64,
-    node_port: Option<i64>,
-    /// Ready endpoints as `ip:port`, sorted.
-    endpoints: Vec<String>,
+    protocol: Protocol,
+    cluster_ip: Ipv4Addr,
+    port: u16,
+    node_port: Option<u16>,
+    /// Ready endpoints, sorted.
+    endpoints: Vec<SocketAddrV4>,
 }
 
-/// The portals of the given Services, with their addresses from the
-/// Endpoints of the same name. Headless and ExternalName services have none.
-fn portals(services: &[Value], endpoints: &[Value]) -> Vec<Portal> {
-    let by_name: BTreeMap<(&str, &str), &Value> =
-        endpoints.iter().map(|e| ((str_at(e, "/metadata/namespace"), str_at(e, "/metadata/name")), e)).collect();
-    let mut out = Vec::new();
-    for svc in services {
-        let (ns, name) = (str_at(svc, "/metadata/namespace"), str_at(svc, "/metadata/name"));
-        let cluster_ip = str_at(svc, "/spec/clusterIP");
-        if cluster_ip.is_empty() || cluster_ip == "None" || str_at(svc, "/spec/type") == "ExternalName" {
+/// Why a Service port gets no rules (logged; the other services keep theirs).
+fn check<T>(r: Result<T, String>, what: &str) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// The addresses of `port_name`/`protocol` in these subsets: the IPv4
+/// addresses of ready endpoints with a valid target port; anything else is
+/// skipped with a warning naming the Endpoints.
+fn ready_endpoints(ep: &Endpoints, port_name: &str, protocol: Protocol) -> BTreeSet<SocketAddrV4> {
+    let mut out = BTreeSet::new();
+    let who = format!(
+        "Endpoints {}/{}",
+        ep.metadata.namespace.as_deref().unwrap_or(""),
+        ep.metadata.name.as_deref().unwrap_or("")
+    );
+    for subset in ep.subsets.iter().flatten() {
+        let subset_ports = subset.ports.as_deref().unwrap_or_default();
+        let name_of = |p: &EndpointPort| p.name.clone().unwrap_or_default();
+        let Some(target) = subset_ports
+            .iter()
+            .find(|sp| name_of(sp) == port_name && Protocol::of(sp.protocol.as_deref()) == Ok(protocol))
+            .or_else(|| subset_ports.iter().find(|sp| name_of(sp) == port_name))
+        else {
             continue;
-        }
-        let ports = svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten();
-        for p in ports {
-            let port_name = str_at(p, "/name");
-            let port = p["port"].as_i64().unwrap_or(0);
-            let protocol = match str_at(p, "/protocol") {
-                "" => "TCP",
-                other => other,
-            };
-            let mut addresses = BTreeSet::new();
-            let subsets = by_name.get(&(ns, name)).and_then(|e| e["subsets"].as_array()).into_iter().flatten();
-            for subset in subsets {
-                let subset_ports = subset["ports"].as_array().map(Vec::as_slice).unwrap_or_default();
-                let Some(target) = subset_ports
-                    .iter()
-                    .find(|sp| {
-                        str_at(sp, "/name") == port_name && str_at(sp, "/protocol").eq_ignore_ascii_case(protocol)
-                    })
-                    .or_else(|| subset_ports.iter().find(|sp| str_at(sp, "/name") == port_name))
-                    .and_then(|sp| sp["port"].as_i64())
-                else {
-                    continue;
-                };
-                for a in subset["addresses"].as_array().into_iter().flatten() {
-                    addresses.insert(format!("{}:{target}", str_at(a, "/ip")));
-                }
+        };
+        let target = match node_fields::port_number(target.port) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("service proxy: skipping {who} port {port_name:?}: port: {e}");
+                continue;
             }
-            let label = if port_name.is_empty() { port.to_string() } else { port_name.to_string() };
-            out.push(Portal {
-                key: format!("{ns}/{name}:{label}"),
-                protocol: protocol.to_ascii_lowercase(),
-                cluster_ip: cluster_ip.to_string(),
-                port,
-                node_port: p["nodePort"].as_i64().filter(|n| *n > 0),
-                endpoints: addresses.into_iter().collect(),
-            });
+        };
+        for a in subset.addresses.iter().flatten() {
+            match node_fields::ip_address(&a.ip) {
+                Ok(IpAddr::V4(ip)) => {
+                    out.insert(SocketAddrV4::new(ip, target));
+                }
+                Ok(IpAddr::V6(_)) => {}
+                Err(e) => tracing::warn!("service proxy: skipping an address of {who}: ip: {e}"),
+            }
         }
     }
     out
+}
+
+/// One Service port's portal, or why it has none.
+fn portal(svc: &Service, p: &ServicePort, by_name: &BTreeMap<(&str, &str), &Endpoints>) -> Result<Portal, String> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    check(node_fields::port_name(ns), "metadata.namespace")?;
+    check(node_fields::port_name(name), "metadata.name")?;
+    let spec = svc.spec.as_ref().ok_or("no spec")?;
+    let port_name = p.name.as_deref().unwrap_or_default();
+    if !port_name.is_empty() {
+        check(node_fields::port_name(port_name), "port name")?;
+    }
+    let protocol = check(Protocol::of(p.protocol.as_deref()), "protocol")?;
+    let port = check(node_fields::port_number(p.port), "port")?;
+    let node_port =
+        p.node_port.filter(|n| *n > 0).map(|n| check(node_fields::port_number(n), "nodePort")).transpose()?;
+    let cluster_ip = match check(node_fields::ip_address(spec.cluster_ip.as_deref().unwrap_or_default()), "clusterIP")?
+    {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => return Err(format!("clusterIP: {ip} is IPv6 (the proxy writes IPv4 rules)")),
+    };
+    let endpoints = by_name.get(&(ns, name)).map(|e| ready_endpoints(e, port_name, protocol)).unwrap_or_default();
+    let label = if port_name.is_empty() { port.to_string() } else { port_name.to_string() };
+    Ok(Portal {
+        key: format!("{ns}/{name}:{label}"),
+        protocol,
+        cluster_ip,
+        port,
+        node_port,
+        endpoints: endpoints.into_iter().collect(),
+    })
+}
+
+/// The portals of the given Services, with their addresses from the
+/// Endpoints of the same name. Headless and ExternalName services have
+/// none; a port with a field that does not parse is skipped and logged.
+fn portals(services: &[Service], endpoints: &[Endpoints]) -> Vec<Portal> {
+    fn key(m: &ObjectMeta) -> (&str, &str) {
+        (m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default())
+    }
+    let by_name: BTreeMap<(&str, &str), &Endpoints> = endpoints.iter().map(|e| (key(&e.metadata), e)).collect();
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let cluster_ip = spec.cluster_ip.as_deref().unwrap_or_default();
+        if cluster_ip.is_empty() || cluster_ip == "None" || spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            match portal(svc, p, &by_name) {
+                Ok(portal) => out.push(portal),
+                Err(e) => {
+                    let (ns, name) = key(&svc.metadata);
+                    tracing::warn!("service proxy: skipping Service {ns:?}/{name:?} spec.ports[{i}]: {e}");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Objects of a kind as typed values; one that does not decode is logged and skipped.
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(kind: &str, items: Vec<Value>) -> Vec<T> {
+    items
+        .into_iter()
+        .filter_map(|o| {
+            // Names an object that does not decode: there is no type to read them from.
+            let at = format!(
+                "{}/{}",
+                o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default(),
+                o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+            );
+            serde_json::from_value(o).map_err(|e| tracing::warn!("service proxy: skipping {kind} {at:?}: {e}")).ok()
+        })
+        .collect()
 }
 
 /// The `iptables-restore --noflush` input that makes the nat table's
@@ -183,7 +257,7 @@ fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String
         }
     }
     for p in portals.iter().filter(|p| !p.endpoints.is_empty()) {
-        let (key, proto) = (&p.key, &p.protocol);
+        let (key, proto) = (&p.key, p.protocol.lower());
         let svc = chains.service(key);
         wanted.insert(svc.clone());
         let matches = format!("-p {proto} -m {proto} --dport");
@@ -198,7 +272,8 @@ fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String
         }
         let n = p.endpoints.len();
         for (i, address) in p.endpoints.iter().enumerate() {
-            let ep = chains.endpoint(key, address);
+            let address = address.to_string();
+            let ep = chains.endpoint(key, &address);
             wanted.insert(ep.clone());
             // Each endpoint in turn takes its share of what the ones before left.
             let pick = if i + 1 < n {
@@ -207,8 +282,7 @@ fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String
                 String::new()
             };
             add(format!("-A {svc} -m comment --comment \"{key} -> {address}\"{pick} -j {ep}"));
-            let ip = address.rsplit_once(':').map_or(address.as_str(), |(ip, _)| ip);
-            add(format!("-A {ep} -s {ip}/32 -j MARK --set-xmark {MASQ_MARK}"));
+            add(format!("-A {ep} -s {}/32 -j MARK --set-xmark {MASQ_MARK}", p.endpoints[i].ip()));
             add(format!("-A {ep} -p {proto} -m {proto} -j DNAT --to-destination {address}"));
         }
     }
@@ -300,8 +374,8 @@ pub struct ClusterDns {
 /// Makes the node's rules (and DNS zone) match the cluster's Services and
 /// Endpoints now. Returns the input applied, which `last` skips re-applying.
 async fn sync(api: &Api, chains: &Chains, dns: Option<&ClusterDns>, last: &str) -> Result<String, ProxyError> {
-    let services = api.list("Service", "").await?;
-    let endpoints = api.list("Endpoints", "").await?;
+    let services: Vec<Service> = typed("Service", api.list("Service", "").await?);
+    let endpoints: Vec<Endpoints> = typed("Endpoints", api.list("Endpoints", "").await?);
     if let Some(d) = dns {
         *d.zone.write().unwrap_or_else(|e| e.into_inner()) = crate::dns::Zone::new(&services, &endpoints);
     }
@@ -384,20 +458,65 @@ mod tests {
                             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]})
     }
 
+    fn svcs(v: Vec<Value>) -> Vec<Service> {
+        typed("Service", v)
+    }
+
+    fn eps(v: Vec<Value>) -> Vec<Endpoints> {
+        typed("Endpoints", v)
+    }
+
+    /// Objects that reached the store without admission (an older server,
+    /// a restored backup): their bad ports and addresses get no rules, the
+    /// good ones keep theirs, and no field adds a line or a word to a rule.
+    #[test]
+    fn fields_of_a_malicious_stored_object_never_reach_the_rules() {
+        let chains = Chains::new("plinth0");
+        let evil = json!({"metadata": {"namespace": "default", "name": "evil"},
+            "spec": {"clusterIP": "10.96.0.8", "ports": [
+                {"name": "a\n-A PREROUTING -j ACCEPT", "port": 80},
+                {"name": "foo", "port": 81, "protocol": "FOO"},
+                {"name": "big", "port": 70000},
+                {"name": "ok", "port": 82, "protocol": "UDP", "nodePort": 99999}]}});
+        let bad_ip = json!({"metadata": {"namespace": "default", "name": "badip"},
+            "spec": {"clusterIP": "10.96.0.9/0 -j ACCEPT\n-A X", "ports": [{"port": 80}]}});
+        let quote = json!({"metadata": {"namespace": "default\" -j ACCEPT #", "name": "q"},
+            "spec": {"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}});
+        let evil_endpoints = json!({"metadata": {"namespace": "default", "name": "web"},
+            "subsets": [{"addresses": [{"ip": "10.1.0.2"}, {"ip": "10.1.0.3 -j ACCEPT\n-A X"}],
+                         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]});
+        let services = svcs(vec![evil, bad_ip, quote, web(None)]);
+        let p = portals(&services, &eps(vec![evil_endpoints]));
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["default/web:http"], "only the well-formed port: {p:?}");
+        assert_eq!(p[0].endpoints, ["10.1.0.2:8080".parse::<SocketAddrV4>().unwrap()]);
+        let input = restore_input(&chains, &p, &BTreeSet::new(), None);
+        for word in ["ACCEPT", "FOO", "-A X", "10.96.0.8", "10.96.0.9", "10.1.0.3", "70000", "99999"] {
+            assert!(!input.contains(word), "{word} reached the rules:\n{input}");
+        }
+        for line in input.lines() {
+            assert!(
+                line == "*nat" || line == "COMMIT" || line.starts_with(":PL-") || line.starts_with("-A PL-"),
+                "{line}"
+            );
+        }
+    }
+
     #[test]
     fn portals_pair_service_ports_with_ready_endpoints() {
         let headless = json!({"metadata": {"namespace": "default", "name": "h"},
                               "spec": {"clusterIP": "None", "ports": [{"port": 1}]}});
-        let got = portals(&[web(Some(30080)), headless], &[web_endpoints(&["10.1.0.3", "10.1.0.2"])]);
+        let got =
+            portals(&svcs(vec![web(Some(30080)), headless]), &eps(vec![web_endpoints(&["10.1.0.3", "10.1.0.2"])]));
         assert_eq!(
             got,
             vec![Portal {
                 key: "default/web:http".into(),
-                protocol: "tcp".into(),
-                cluster_ip: "10.96.0.7".into(),
+                protocol: Protocol::Tcp,
+                cluster_ip: Ipv4Addr::new(10, 96, 0, 7),
                 port: 80,
                 node_port: Some(30080),
-                endpoints: vec!["10.1.0.2:8080".into(), "10.1.0.3:8080".into()],
+                endpoints: vec!["10.1.0.2:8080".parse().unwrap(), "10.1.0.3:8080".parse().unwrap()],
             }]
         );
     }
@@ -405,7 +524,7 @@ mod tests {
     #[test]
     fn endpoints_share_connections_evenly_and_hairpins_are_masqueraded() {
         let chains = Chains::new("plinth0");
-        let p = portals(&[web(None)], &[web_endpoints(&["10.1.0.2", "10.1.0.3", "10.1.0.4"])]);
+        let p = portals(&svcs(vec![web(None)]), &eps(vec![web_endpoints(&["10.1.0.2", "10.1.0.3", "10.1.0.4"])]));
         let input = restore_input(&chains, &p, &BTreeSet::new(), None);
         let probabilities: Vec<&str> =
             input.lines().filter_map(|l| l.split("--probability ").nth(1)).map(|r| &r[..12]).collect();
@@ -420,8 +539,12 @@ mod tests {
     #[test]
     fn node_ports_mark_for_masquerade_and_lead_to_the_service() {
         let chains = Chains::new("plinth0");
-        let input =
-            restore_input(&chains, &portals(&[web(Some(30080))], &[web_endpoints(&["10.1.0.2"])]), &[].into(), None);
+        let input = restore_input(
+            &chains,
+            &portals(&svcs(vec![web(Some(30080))]), &eps(vec![web_endpoints(&["10.1.0.2"])])),
+            &[].into(),
+            None,
+        );
         let node_port: Vec<&str> = input.lines().filter(|l| l.contains("--dport 30080")).collect();
         assert_eq!(node_port.len(), 2, "{input}");
         assert!(node_port[0].ends_with("-j MARK --set-xmark 0x4000/0x4000"));
@@ -433,10 +556,16 @@ mod tests {
     #[test]
     fn a_service_without_endpoints_or_gone_leaves_no_chain_behind() {
         let chains = Chains::new("plinth0");
-        let with = restore_input(&chains, &portals(&[web(None)], &[web_endpoints(&["10.1.0.2"])]), &[].into(), None);
+        let with = restore_input(
+            &chains,
+            &portals(&svcs(vec![web(None)]), &eps(vec![web_endpoints(&["10.1.0.2"])])),
+            &[].into(),
+            None,
+        );
         let existing: BTreeSet<String> =
             with.lines().filter_map(|l| l.strip_prefix(':')).map(|l| l.split(' ').next().unwrap().into()).collect();
-        let without = restore_input(&chains, &portals(&[web(None)], &[web_endpoints(&[])]), &existing, None);
+        let without =
+            restore_input(&chains, &portals(&svcs(vec![web(None)]), &eps(vec![web_endpoints(&[])])), &existing, None);
         let deleted: BTreeSet<String> =
             without.lines().filter_map(|l| l.strip_prefix("-X ")).map(String::from).collect();
         let gone = [chains.service("default/web:http"), chains.endpoint("default/web:http", "10.1.0.2:8080")];
