@@ -23,7 +23,7 @@ pub const EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
 pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
 /// Request bodies above this size are refused (as upstream's 3 MiB).
-pub const MAX_BODY: usize = 3 * 1024 * 1024;
+pub const MAX_BODY: usize = orchestrator_apimachinery::decode::MAX_REQUEST_BYTES;
 
 /// The response body: all at once, or a stream of chunks (watches).
 pub enum Body {
@@ -57,15 +57,22 @@ impl hyper::body::Body for Body {
     }
 }
 
+/// Reads a request body of at most [`MAX_BODY`] bytes: one announced as
+/// larger is refused before a byte of it is read, one that grows larger
+/// as soon as it does (413 either way).
 pub async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     use hyper::body::Body as _;
-    let mut buf = Vec::new();
+    let announced = body.size_hint().exact().unwrap_or(0);
+    if announced > MAX_BODY as u64 {
+        return Err(orchestrator_apimachinery::decode::body_too_large());
+    }
+    let mut buf = Vec::with_capacity(announced as usize);
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > MAX_BODY {
-                return Err(ApiError::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728"));
+                return Err(orchestrator_apimachinery::decode::body_too_large());
             }
         }
     }
