@@ -57,16 +57,14 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// Reads a request body of at most [`MAX_BODY`] bytes: one announced as
-/// larger is refused before a byte of it is read, one that grows larger
-/// as soon as it does (413 either way).
+/// Reads a request body of at most [`MAX_BODY`] bytes, growing with what
+/// arrives (not with what is announced); 413 as soon as it passes the
+/// limit. A body announced as larger is still read up to the limit, as
+/// upstream does: clients such as kubectl report a closed connection, not
+/// the 413, when the answer comes before they have sent their body.
 pub async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     use hyper::body::Body as _;
-    let announced = body.size_hint().exact().unwrap_or(0);
-    if announced > MAX_BODY as u64 {
-        return Err(orchestrator_apimachinery::decode::body_too_large());
-    }
-    let mut buf = Vec::with_capacity(announced as usize);
+    let mut buf = Vec::new();
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
