@@ -155,7 +155,11 @@ fn deeply_nested_yaml_is_refused_and_others_are_served_meanwhile() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let admin = client(&server.kubeconfig()).await;
-        let deep = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\ndata: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\ndata: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         let send = |admin: kube::Client, body: String| async move {
             let req = http::Request::builder()
                 .method("POST")
@@ -199,8 +203,9 @@ fn objects_blown_up_by_patches_or_aliases_are_refused_and_nothing_is_stored() {
         }))
         .unwrap();
         let created = cms.create(&PostParams::default(), &cm).await.unwrap();
-        let ops: Vec<serde_json::Value> =
-            (0..40).map(|i| serde_json::json!({"op": "copy", "from": "/data/a", "path": format!("/data/b{i}")})).collect();
+        let ops: Vec<serde_json::Value> = (0..40)
+            .map(|i| serde_json::json!({"op": "copy", "from": "/data/a", "path": format!("/data/b{i}")}))
+            .collect();
         let ops = serde_json::Value::Array(ops);
         assert!(ops.to_string().len() < 2200, "the patch is small");
         let req = http::Request::builder()
@@ -210,7 +215,9 @@ fn objects_blown_up_by_patches_or_aliases_are_refused_and_nothing_is_stored() {
             .body(ops.to_string().into_bytes())
             .unwrap();
         match admin.request_text(req).await {
-            Err(kube::Error::Api(e)) => assert_eq!((e.code, e.reason.as_str()), (413, "RequestEntityTooLarge"), "{e:?}"),
+            Err(kube::Error::Api(e)) => {
+                assert_eq!((e.code, e.reason.as_str()), (413, "RequestEntityTooLarge"), "{e:?}")
+            }
             other => panic!("a patch making a 2.5 MiB object: {:?}", other.map(|o| o.len())),
         }
         let after = cms.get("seed").await.unwrap();
@@ -284,9 +291,11 @@ fn old_revision_watches_neither_hold_writes_nor_memory() {
             watches.push(s);
         }
         let p = serde_json::json!({"data": {"n": "after"}});
-        let wrote =
-            tokio::time::timeout(Duration::from_secs(10), cms.patch("history", &PatchParams::default(), &Patch::Merge(&p)))
-                .await;
+        let wrote = tokio::time::timeout(
+            Duration::from_secs(10),
+            cms.patch("history", &PatchParams::default(), &Patch::Merge(&p)),
+        )
+        .await;
         assert!(matches!(wrote, Ok(Ok(_))), "a write during four old watches: {wrote:?}");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss = rss_mib(server.child.id());

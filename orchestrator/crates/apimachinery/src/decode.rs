@@ -253,8 +253,8 @@ mod tests {
         let bomb = format!(
             "l0: &l0 \"{}\"\nl1: &l1 [{}]\nl2: [{}]\n",
             "x".repeat(64 * 1024),
-            vec!["*l0"; 10].join(", "),
-            vec!["*l1"; 10].join(", ")
+            ["*l0"; 10].join(", "),
+            ["*l1"; 10].join(", ")
         );
         let e = yaml(bomb.as_bytes()).unwrap_err();
         assert_eq!((e.code, e.reason), (413, "RequestEntityTooLarge"), "{}", e.message);

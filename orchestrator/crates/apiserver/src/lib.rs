@@ -531,7 +531,8 @@ pub(crate) fn allowed(user: &User, verb: &str, group: &str, resource: &str) -> b
 /// are credentials, and reading them would raise a viewer to whatever
 /// they unlock) and RBAC objects.
 fn hidden_from_view(group: &str, resource: &str) -> bool {
-    (group.is_empty() && matches!(resource, "secrets" | "serviceaccounts/token")) || group == "rbac.authorization.k8s.io"
+    (group.is_empty() && matches!(resource, "secrets" | "serviceaccounts/token"))
+        || group == "rbac.authorization.k8s.io"
 }
 
 /// POST selfsubjectaccessreviews: what `kubectl auth can-i` asks.

@@ -230,9 +230,12 @@ fn read_page(conn: &Connection, prefix: &str, after: i64, to: i64) -> rusqlite::
         let old = r.get::<_, Option<Vec<u8>>>(5)?;
         let prev_revision: i64 = r.get(6)?;
         bytes += value.len() + old.as_ref().map_or(0, Vec::len);
-        let prev = old
-            .filter(|_| prev_revision > 0)
-            .map(|v| KeyValue { key: key.clone(), value: v, create_revision, mod_revision: prev_revision });
+        let prev = old.filter(|_| prev_revision > 0).map(|v| KeyValue {
+            key: key.clone(),
+            value: v,
+            create_revision,
+            mod_revision: prev_revision,
+        });
         page.push(Event {
             kind: if deleted { EventKind::Delete } else { EventKind::Put },
             kv: KeyValue { key, value, create_revision, mod_revision: id },
@@ -424,8 +427,11 @@ impl Store for SqliteStore {
         let (reader, path, key_prefix) = (self.reader.clone(), self.path.clone(), prefix.to_string());
         let pager: Pager = Box::new(move |after| {
             let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-            read_page(&conn, &key_prefix, after, replayed_to)
-                .map_err(|source| StoreError::Sqlite { op: "replay a watch", path: path.clone(), source })?
+            read_page(&conn, &key_prefix, after, replayed_to).map_err(|source| StoreError::Sqlite {
+                op: "replay a watch",
+                path: path.clone(),
+                source,
+            })?
         });
         Ok(Watch::new(prefix, from, replayed_to, pager, live))
     }
