@@ -66,6 +66,16 @@ fn tls(server: &common::Server, kubeconfig: Option<&Path>) -> tokio_rustls::TlsC
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
+/// A request with a body of a given content type.
+fn raw(method: &str, path: &str, content_type: &str, body: String) -> http::Request<Vec<u8>> {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", content_type)
+        .body(body.into_bytes())
+        .unwrap()
+}
+
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 async fn connect(server: &common::Server, tls: &tokio_rustls::TlsConnector) -> std::io::Result<Tls> {
@@ -161,13 +171,7 @@ fn deeply_nested_yaml_is_refused_and_others_are_served_meanwhile() {
             "]".repeat(100_000)
         );
         let send = |admin: kube::Client, body: String| async move {
-            let req = http::Request::builder()
-                .method("POST")
-                .uri("/api/v1/namespaces/default/configmaps")
-                .header("content-type", "application/yaml")
-                .body(body.into_bytes())
-                .unwrap();
-            admin.request_text(req).await
+            admin.request_text(raw("POST", "/api/v1/namespaces/default/configmaps", "application/yaml", body)).await
         };
         let a = tokio::spawn(tokio::time::timeout(Duration::from_secs(30), send(admin.clone(), deep.clone())));
         let b = tokio::spawn(tokio::time::timeout(Duration::from_secs(30), send(admin.clone(), deep)));
@@ -208,12 +212,8 @@ fn objects_blown_up_by_patches_or_aliases_are_refused_and_nothing_is_stored() {
             .collect();
         let ops = serde_json::Value::Array(ops);
         assert!(ops.to_string().len() < 2200, "the patch is small");
-        let req = http::Request::builder()
-            .method("PATCH")
-            .uri("/api/v1/namespaces/default/configmaps/seed")
-            .header("content-type", "application/json-patch+json")
-            .body(ops.to_string().into_bytes())
-            .unwrap();
+        let req =
+            raw("PATCH", "/api/v1/namespaces/default/configmaps/seed", "application/json-patch+json", ops.to_string());
         match admin.request_text(req).await {
             Err(kube::Error::Api(e)) => {
                 assert_eq!((e.code, e.reason.as_str()), (413, "RequestEntityTooLarge"), "{e:?}")
@@ -243,12 +243,7 @@ fn objects_blown_up_by_patches_or_aliases_are_refused_and_nothing_is_stored() {
         }
         laughs.push_str("data: {a: *l11}\n");
         assert!(laughs.len() < 2048);
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("/api/v1/namespaces/default/configmaps")
-            .header("content-type", "application/yaml")
-            .body(laughs.into_bytes())
-            .unwrap();
+        let req = raw("POST", "/api/v1/namespaces/default/configmaps", "application/yaml", laughs);
         let r = tokio::time::timeout(Duration::from_secs(30), admin.request_text(req)).await.expect("answered");
         match r {
             Err(kube::Error::Api(e)) => assert!((400..500).contains(&e.code), "{e:?}"),
