@@ -434,6 +434,17 @@ async fn run_service(inner: Arc<Inner>, svc: Arc<Service>) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn services_inherit_a_raised_open_file_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // PID 1's starting point: a low soft limit.
+        setrlimit(Resource::RLIMIT_NOFILE, 1024.min(hard), hard).unwrap();
+        raise_open_file_limit(Some(hard));
+        let out = Command::new("/bin/sh").args(["-c", "ulimit -n"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hard.to_string());
+    }
+
     fn sh(name: &str, script: &str) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
