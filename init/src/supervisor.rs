@@ -113,6 +113,7 @@ impl Supervisor {
     /// inside a tokio runtime, before any child is spawned.
     pub fn start(events: Arc<Journal<Event>>, log_dir: Option<PathBuf>) -> Result<Self, SupervisorError> {
         reaper()?;
+        raise_open_file_limit(std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()));
         let inner = Arc::new(Inner { services: Mutex::new(Vec::new()), events, log_dir });
         Ok(Supervisor { inner })
     }
@@ -277,6 +278,23 @@ fn reap(children: &Mutex<ExitWaiters>) {
     }
 }
 
+/// Raises the open-file limit services inherit: the kernel starts PID 1
+/// at 1,024 (soft) / 4,096 (hard), too few for an API server's
+/// connections or containerd. As root, soft and hard go to the kernel's
+/// `nr_open` (what systemd's `LimitNOFILE=infinity` means); otherwise the
+/// soft limit goes to the hard one. A failure is logged; services then
+/// keep the old limit.
+fn raise_open_file_limit(nr_open: Option<u64>) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let wanted = nr_open.unwrap_or(hard).max(hard);
+    let raised = setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted)
+        .or_else(|_| if soft < hard { setrlimit(Resource::RLIMIT_NOFILE, hard, hard) } else { Ok(()) });
+    if let Err(e) = raised {
+        tracing::warn!("raising the open-file limit from {soft}/{hard}: {e}");
+    }
+}
+
 fn set(svc: &Service, f: impl FnOnce(&mut Status)) {
     f(&mut lock(&svc.status));
     // Wake stop_all(), which waits on this channel.
@@ -415,6 +433,17 @@ async fn run_service(inner: Arc<Inner>, svc: Arc<Service>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_inherit_a_raised_open_file_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // PID 1's starting point: a low soft limit.
+        setrlimit(Resource::RLIMIT_NOFILE, 1024.min(hard), hard).unwrap();
+        raise_open_file_limit(Some(hard));
+        let out = Command::new("/bin/sh").args(["-c", "ulimit -n"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hard.to_string());
+    }
 
     fn sh(name: &str, script: &str) -> ServiceSpec {
         ServiceSpec {

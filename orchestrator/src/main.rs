@@ -144,6 +144,18 @@ impl NodeArgs {
     }
 }
 
+/// The soft open-file limit up to the hard one: a service of PID 1 starts
+/// with 1,024, fewer than the API server's connection budgets need.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("raising the open-file limit from {soft} to {hard}: {e}");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         // Warnings by default: they are how a node says what it cannot do.
@@ -154,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match Cli::parse().command {
         Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, cert_sans, node } => {

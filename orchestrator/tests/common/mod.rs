@@ -63,8 +63,20 @@ impl Server {
         Server::spawn(dir, kubectl, true)
     }
 
+    /// A server started with a soft open-file limit of `soft` (PID 1 gives
+    /// its services 1,024), through util-linux `prlimit`.
+    pub fn start_with_nofile(dir: tempfile::TempDir, kubectl: PathBuf, soft: u64) -> Server {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={soft}:")).arg("--").arg(env!("CARGO_BIN_EXE_orchestrator"));
+        Server::spawn_command(cmd, dir, kubectl, false)
+    }
+
     fn spawn(dir: tempfile::TempDir, kubectl: PathBuf, fsync: bool) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        Server::spawn_command(Command::new(env!("CARGO_BIN_EXE_orchestrator")), dir, kubectl, fsync)
+    }
+
+    fn spawn_command(mut cmd: Command, dir: tempfile::TempDir, kubectl: PathBuf, fsync: bool) -> Server {
+        let mut child = cmd
             .args(["server", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0", "--fsync", if fsync { "true" } else { "false" }])

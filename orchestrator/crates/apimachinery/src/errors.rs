@@ -111,6 +111,11 @@ impl ApiError {
         ApiError::new(410, "Expired", message)
     }
 
+    /// 413: a body or an object over the limits (upstream's reason).
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(413, "RequestEntityTooLarge", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", message)
     }
@@ -141,6 +146,8 @@ impl ApiError {
                 ApiError::gone(format!("too old resource version: {requested} ({compacted})"))
             }
             StoreError::Lagged(_) => ApiError::gone("the watch fell behind; re-list and watch again"),
+            // What kubectl sees from upstream when etcd refuses a value.
+            StoreError::TooLarge { .. } => ApiError::too_large("etcdserver: request is too large"),
             e => ApiError::internal(e.to_string()),
         }
     }

@@ -1,9 +1,10 @@
 //! Kubernetes object semantics over the store: the registry (decode,
 //! defaulting, validation, versions, finalizers, watches), patches,
-//! selectors, Status errors, the served kinds, discovery and Tables. Used by
+//! selectors, bounded request decoding, Status errors, the served kinds, discovery and Tables. Used by
 //! the API server, the controllers and, through the client, the kubelet.
 
 pub mod cluster;
+pub mod decode;
 pub mod discovery;
 pub mod errors;
 pub mod node_fields;

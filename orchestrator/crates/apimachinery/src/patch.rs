@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::decode::MAX_REQUEST_BYTES;
 use crate::errors::ApiError;
 use crate::registry::{Part, Registry, WriteOptions, Written, fields_v1, now};
 use crate::resources::{ResourceType, by_kind};
@@ -89,13 +90,60 @@ pub fn bind(reg: &Registry, ns: Option<&str>, name: &str, binding: &Value) -> Re
     Ok(())
 }
 
+/// Upstream's bounds on a JSON patch: at most this many operations, and
+/// values copied within the document at most [`MAX_REQUEST_BYTES`] in all
+/// (a 2 KB patch of `copy` operations can otherwise double an object forty
+/// times before anything checks its size).
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+fn json_patch_bounded(target: &mut Value, ops: &json_patch::Patch) -> Result<(), ApiError> {
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::too_large(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.0.len()
+        )));
+    }
+    let mut copied = 0usize;
+    for op in &ops.0 {
+        if let json_patch::PatchOperation::Copy(c) = op
+            && let Some(v) = target.pointer(c.from.as_str())
+        {
+            copied += serialized_len(v, MAX_REQUEST_BYTES - copied.min(MAX_REQUEST_BYTES));
+            if copied > MAX_REQUEST_BYTES {
+                return Err(ApiError::too_large(format!(
+                    "Unable to apply patch: the values copied exceed {MAX_REQUEST_BYTES} bytes: Request entity too large: limit is {MAX_REQUEST_BYTES}"
+                )));
+            }
+        }
+        json_patch::patch(target, std::slice::from_ref(op))
+            .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The length of `v` as JSON, counted up to just past `limit`.
+fn serialized_len(v: &Value, limit: usize) -> usize {
+    struct Count(usize, usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            if self.0 > self.1 { Err(std::io::ErrorKind::FileTooLarge.into()) } else { Ok(b.len()) }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0, limit);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 fn apply_patch(kind: &str, content_type: &str, target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     match content_type {
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(target, &ops)
-                .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}")))
+            json_patch_bounded(target, &ops)
         }
         "application/merge-patch+json" => {
             if !patch.is_object() {
@@ -403,6 +451,22 @@ mod tests {
 
     fn opts(manager: &str) -> WriteOptions {
         WriteOptions { field_manager: Some(manager.into()), validation: FieldValidation::Strict, dry_run: false }
+    }
+
+    #[test]
+    fn json_patches_that_copy_past_the_limit_are_refused() {
+        let mut doc = json!({"data": {"a": "x".repeat(1 << 20)}});
+        let ops: Vec<Value> =
+            (0..4).map(|i| json!({"op": "copy", "from": "/data/a", "path": format!("/data/b{i}")})).collect();
+        let e = apply_patch("ConfigMap", "application/json-patch+json", &mut doc, &Value::Array(ops)).unwrap_err();
+        assert_eq!((e.code, e.reason), (413, "RequestEntityTooLarge"), "{}", e.message);
+        let many: Vec<Value> = (0..10_001).map(|_| json!({"op": "test", "path": "/data", "value": {}})).collect();
+        let e = apply_patch("ConfigMap", "application/json-patch+json", &mut doc, &Value::Array(many)).unwrap_err();
+        assert_eq!(e.code, 413, "{}", e.message);
+        let mut small = json!({"a": {"b": 1}});
+        let ops = json!([{"op": "copy", "from": "/a", "path": "/c"}, {"op": "add", "path": "/c/d", "value": 2}]);
+        apply_patch("ConfigMap", "application/json-patch+json", &mut small, &ops).unwrap();
+        assert_eq!(small, json!({"a": {"b": 1}, "c": {"b": 1, "d": 2}}));
     }
 
     #[test]

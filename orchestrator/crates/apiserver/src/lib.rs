@@ -2,7 +2,14 @@
 //! groups), authorization (admin / read-only), and the translation of
 //! Kubernetes REST requests into [`Registry`] calls. Watches stream
 //! newline-delimited JSON events from a task per watch.
+//!
+//! Against hostile clients: connections are budgeted (`connections`); the
+//! TLS handshake, the headers and the body each have a deadline; a client
+//! is authenticated (its certificate, at the TLS layer) before any body is
+//! read; bodies are read up to 3 MiB and YAML is parsed off the async
+//! threads within depth and size bounds (`decode`).
 
+mod connections;
 mod streaming;
 
 use std::convert::Infallible;
@@ -18,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use orchestrator_apimachinery::decode;
 use orchestrator_apimachinery::discovery;
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::patch;
@@ -62,6 +70,13 @@ pub enum ServerError {
 const KEEP_REVISIONS: i64 = 1000;
 const COMPACT_EVERY: Duration = Duration::from_secs(300);
 
+/// Deadlines, as upstream's: a TLS handshake (Go's `TLSHandshakeTimeout`,
+/// 10 s), a request's headers (kube-apiserver's `ReadHeaderTimeout`, 32 s)
+/// and its body (the 60 s `--request-timeout`).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(32);
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Compacts the store periodically; watches from before the kept window
 /// get 410 Gone and re-list.
 fn spawn_compactor(registry: Arc<Registry>) {
@@ -94,6 +109,7 @@ pub struct State {
     pub address: String,
     /// TLS to kubelets (the cluster CA, a client certificate in the admin group), for `pods/log`.
     pub kubelet_client: Arc<rustls::ClientConfig>,
+    connections: Arc<connections::Budgets>,
 }
 
 /// A running server.
@@ -234,6 +250,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         registry: registry.clone(),
         address: format!("{host}:{}", address.port()),
         kubelet_client: Arc::new(kubelet_client(&ca)?),
+        connections: Arc::default(),
     });
     spawn_compactor(registry.clone());
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
@@ -253,14 +270,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        let mut ticket = state.connections.admit(peer.ip());
+        let evicted = ticket.evicted.clone();
+        let serve = async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake: {e}");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake: no handshake within {HANDSHAKE_TIMEOUT:?}");
+                    return;
+                }
             };
             let user = tls
                 .get_ref()
@@ -269,6 +291,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
                 .and_then(|c| c.first())
                 .and_then(|c| pki::user_of_cert(c))
                 .map(|(name, groups)| User { name, groups });
+            if user.is_some() && !ticket.authenticate() {
+                tracing::warn!(%peer, "closed: over the budget of authenticated connections");
+                return;
+            }
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let user = user.clone();
@@ -276,12 +302,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades()
                 .await
             {
                 tracing::debug!(%peer, "connection: {e}");
+            }
+            drop(ticket);
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serve => {}
+                () = evicted.notified() => tracing::debug!(%peer, "closed: the oldest anonymous connection, to make room"),
             }
         });
     }
@@ -306,6 +339,11 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
+    // Anonymous clients get the public paths and otherwise a 401, before
+    // any body of theirs is read.
+    if user.is_none() && !is_public(path) {
+        return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+    }
     if path.ends_with("/portforward") && req.headers().contains_key(header::UPGRADE) {
         return match streaming::port_forward(state, user, req).await {
             Ok(r) => r,
@@ -323,9 +361,13 @@ pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming
     let query = parse_query(parts.uri.query().unwrap_or_default());
     let span = tracing::debug_span!("request", method = %parts.method, %path);
     let _enter = span.enter();
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(e) => return error_response(&e),
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return error_response(&e),
+        Err(_) => {
+            let e = ApiError::new(408, "Timeout", format!("the request body was not received within {BODY_TIMEOUT:?}"));
+            return error_response(&e);
+        }
     };
     match route(&state, user.as_ref(), &parts.method, &parts.headers, &path, &query, body).await {
         Ok(r) => r,
@@ -334,6 +376,12 @@ pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming
             error_response(&e)
         }
     }
+}
+
+/// The paths anyone may read (probes and the version).
+fn is_public(path: &str) -> bool {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    matches!(first, "version" | "healthz" | "livez" | "readyz")
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
@@ -359,12 +407,16 @@ fn unsupported_media(ct: &str) -> ApiError {
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    decode::json(body)
 }
 
-fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
-    serde_norway::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
+/// YAML bodies are parsed on the blocking pool: bounded work, but not
+/// work for the threads that serve every other request.
+async fn parse_yaml(body: &Bytes) -> Result<Value, ApiError> {
+    let body = body.clone();
+    tokio::task::spawn_blocking(move || decode::yaml(&body))
+        .await
+        .map_err(|e| ApiError::internal(format!("parsing a YAML body: {e}")))?
 }
 
 fn write_options(q: &[(String, String)]) -> Result<WriteOptions, ApiError> {
@@ -465,11 +517,22 @@ fn verb(method: &Method, t: &Target<'_>, q: &[(String, String)]) -> &'static str
     }
 }
 
-/// The authorization rule: admins do everything, read-only users get,
-/// list and watch, nobody else anything.
-pub(crate) fn allowed(user: &User, verb: &str) -> bool {
+/// The authorization rule: admins do everything; read-only users get,
+/// list and watch what upstream's aggregated `view` role allows; nobody
+/// else anything. `resource` is the plural, with `/subresource` if any.
+pub(crate) fn allowed(user: &User, verb: &str, group: &str, resource: &str) -> bool {
     user.groups.iter().any(|g| g == ADMIN_GROUP)
-        || (user.groups.iter().any(|g| g == READ_ONLY_GROUP) && matches!(verb, "get" | "list" | "watch"))
+        || (user.groups.iter().any(|g| g == READ_ONLY_GROUP)
+            && matches!(verb, "get" | "list" | "watch")
+            && !hidden_from_view(group, resource))
+}
+
+/// What upstream's `view` leaves out: Secrets and token requests (they
+/// are credentials, and reading them would raise a viewer to whatever
+/// they unlock) and RBAC objects.
+fn hidden_from_view(group: &str, resource: &str) -> bool {
+    (group.is_empty() && matches!(resource, "secrets" | "serviceaccounts/token"))
+        || group == "rbac.authorization.k8s.io"
 }
 
 /// POST selfsubjectaccessreviews: what `kubectl auth can-i` asks.
@@ -481,7 +544,14 @@ fn access_review(user: &User, body: &[u8]) -> Result<Response<Body>, ApiError> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let ok = allowed(user, &verb) || (verb == "get" && review.pointer("/spec/nonResourceAttributes").is_some());
+    let attr = |field: &str| review.pointer(&format!("/spec/resourceAttributes/{field}")).and_then(Value::as_str);
+    let group = attr("group").unwrap_or_default();
+    let resource = match (attr("resource").unwrap_or_default(), attr("subresource").filter(|s| !s.is_empty())) {
+        (r, Some(sub)) => format!("{r}/{sub}"),
+        (r, None) => r.to_string(),
+    };
+    let ok = allowed(user, &verb, group, &resource)
+        || (verb == "get" && review.pointer("/spec/nonResourceAttributes").is_some());
     let reason = if ok { "allowed by the plinth authorizer" } else { "" };
     review["status"] = json!({"allowed": ok, "reason": reason});
     review["kind"] = "SelfSubjectAccessReview".into();
@@ -490,13 +560,13 @@ fn access_review(user: &User, body: &[u8]) -> Result<Response<Body>, ApiError> {
 }
 
 fn authorize(user: &User, verb: &str, t: &Target<'_>) -> Result<(), ApiError> {
-    if allowed(user, verb) {
-        return Ok(());
-    }
     let resource = match t.sub {
         Some(s) => format!("{}/{s}", t.rt.plural),
         None => t.rt.plural.to_string(),
     };
+    if allowed(user, verb, t.rt.group, &resource) {
+        return Ok(());
+    }
     let scope = match t.namespace {
         Some(ns) => format!("in the namespace \"{ns}\""),
         None => "at the cluster scope".into(),
@@ -581,7 +651,7 @@ async fn route(
         Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
     } else {
         if !body.is_empty() && matches!(verb, "create" | "update") && ct == "application/yaml" {
-            Bytes::from(serde_json::to_vec(&parse_yaml(&body)?).unwrap_or_default())
+            Bytes::from(serde_json::to_vec(&parse_yaml(&body).await?).unwrap_or_default())
         } else {
             if !body.is_empty()
                 && matches!(verb, "create" | "update")
@@ -646,7 +716,7 @@ async fn route(
         }
         ("patch", Some(name), sub) => {
             // Server-side apply bodies are YAML (JSON is YAML too).
-            let p = if ct == "application/apply-patch+yaml" { parse_yaml(&body)? } else { parse_json(&body)? };
+            let p = if ct == "application/apply-patch+yaml" { parse_yaml(&body).await? } else { parse_json(&body)? };
             let opts = write_options(q)?;
             let force = flag(q, "force");
             let w = patch::patch(reg, rt, ns, name, sub, &ct, &p, &opts, force)?;
@@ -873,6 +943,11 @@ mod tests {
         assert_eq!(
             e.message,
             "pods is forbidden: User \"v\" cannot create resource \"pods\" in API group \"\" in the namespace \"d\""
+        );
+        let secrets = parse_target(&["api", "v1", "namespaces", "d", "secrets"]).unwrap();
+        assert_eq!(
+            authorize(&viewer, "list", &secrets).unwrap_err().message,
+            "secrets is forbidden: User \"v\" cannot list resource \"secrets\" in API group \"\" in the namespace \"d\""
         );
         let nobody = User { name: "n".into(), groups: vec![] };
         assert!(authorize(&nobody, "get", &t).is_err());

@@ -204,7 +204,7 @@ fn upgrade_request(user: Option<User>, req: &Request<Incoming>, subs: &[&str]) -
         }
         _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     };
-    if !allowed(&user, "create") {
+    if !allowed(&user, "create", "", &format!("pods/{sub}")) {
         return Err(ApiError::forbidden(format!(
             "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/{sub}\" in API group \"\" in the namespace \"{ns}\"",
             user.name

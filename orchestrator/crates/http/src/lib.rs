@@ -23,7 +23,7 @@ pub const EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
 pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
 /// Request bodies above this size are refused (as upstream's 3 MiB).
-pub const MAX_BODY: usize = 3 * 1024 * 1024;
+pub const MAX_BODY: usize = orchestrator_apimachinery::decode::MAX_REQUEST_BYTES;
 
 /// The response body: all at once, or a stream of chunks (watches).
 pub enum Body {
@@ -57,6 +57,11 @@ impl hyper::body::Body for Body {
     }
 }
 
+/// Reads a request body of at most [`MAX_BODY`] bytes, growing with what
+/// arrives (not with what is announced); 413 as soon as it passes the
+/// limit. A body announced as larger is still read up to the limit, as
+/// upstream does: clients such as kubectl report a closed connection, not
+/// the 413, when the answer comes before they have sent their body.
 pub async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     use hyper::body::Body as _;
     let mut buf = Vec::new();
@@ -65,7 +70,7 @@ pub async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > MAX_BODY {
-                return Err(ApiError::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728"));
+                return Err(orchestrator_apimachinery::decode::body_too_large());
             }
         }
     }

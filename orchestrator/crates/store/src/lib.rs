@@ -6,13 +6,18 @@
 //! Writes go through one connection under a mutex, in `BEGIN IMMEDIATE`
 //! transactions, and publish their event on a broadcast channel before the
 //! lock is released: watchers see every change, in order, with no gaps and
-//! no polling. A watch from the past replays rows from the table first.
+//! no polling. A watch from the past replays rows from the table first, a
+//! page at a time through the reader connection: the writer lock is held
+//! only to subscribe and read the current revision, and a watch holds one
+//! page in memory however old its start.
+//! Values are at most [`MAX_VALUE_BYTES`] (etcd's default request limit).
 //! Durability: WAL with `synchronous=FULL` by default — an acknowledged
 //! write survives a power cut; `Durability::Normal` trades that for speed.
 //! The [`Store`] trait is what an etcd back-end implements later.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use tokio::sync::broadcast;
@@ -51,21 +56,45 @@ pub struct ListPage {
     pub more: bool,
 }
 
-/// A watch: the replayed past, then live events after it.
+/// The largest value stored, as etcd's default `--max-request-bytes`
+/// (1.5 MiB): Kubernetes objects above it are refused, whatever built them.
+pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
+
+/// Reads the past of a watch one page at a time: the events after the
+/// given revision, in order, up to the watch's `replayed_to`; empty when
+/// there are no more.
+pub type Pager = Box<dyn FnMut(i64) -> Result<Vec<Event>, StoreError> + Send>;
+
+/// A watch: the past, read in pages, then live events after it.
 pub struct Watch {
-    pub backlog: Vec<Event>,
-    pub live: broadcast::Receiver<Event>,
-    /// Live events at or below this revision are already in the backlog.
-    pub replayed_to: i64,
-    pub prefix: String,
+    page: VecDeque<Event>,
+    pager: Pager,
+    /// The last revision replayed so far.
+    cursor: i64,
+    live: broadcast::Receiver<Event>,
+    /// Live events at or below this revision are part of the replayed past.
+    replayed_to: i64,
+    prefix: String,
 }
 
 impl Watch {
+    /// A watch of `prefix` replaying the past after `from` up to
+    /// `replayed_to` through `pager`, then following `live`.
+    pub fn new(prefix: &str, from: i64, replayed_to: i64, pager: Pager, live: broadcast::Receiver<Event>) -> Watch {
+        Watch { page: VecDeque::new(), pager, cursor: from, live, replayed_to, prefix: prefix.to_string() }
+    }
+
     /// The next event for this watch's prefix; `Lagged` means the watcher
-    /// fell behind and must re-list (the API server answers 410).
+    /// fell behind (more than the live channel holds arrived while it
+    /// replayed or read slowly) and must re-list (the API server answers 410).
     pub async fn next(&mut self) -> Result<Event, StoreError> {
-        if !self.backlog.is_empty() {
-            return Ok(self.backlog.remove(0));
+        while self.page.is_empty() && self.cursor < self.replayed_to {
+            let page = (self.pager)(self.cursor)?;
+            self.cursor = page.last().map_or(self.replayed_to, |e| e.kv.mod_revision);
+            self.page.extend(page);
+        }
+        if let Some(e) = self.page.pop_front() {
+            return Ok(e);
         }
         loop {
             match self.live.recv().await {
@@ -92,6 +121,8 @@ pub enum StoreError {
     Lagged(u64),
     #[error("the store is closed")]
     Closed,
+    #[error("{key}: the value is {size} bytes, over the limit of {limit}")]
+    TooLarge { key: String, size: usize, limit: usize },
     #[error("{op} on {path}: {source}")]
     Sqlite { op: &'static str, path: PathBuf, source: rusqlite::Error },
 }
@@ -153,7 +184,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    /// Reads, and the pages of watches replaying the past.
+    reader: Arc<Mutex<Connection>>,
     events: broadcast::Sender<Event>,
 }
 
@@ -167,6 +199,50 @@ fn latest(conn: &Connection, key: &str, at: i64) -> rusqlite::Result<Option<Row>
         |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?, r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default())),
     )
     .optional()
+}
+
+/// At most this many events, or about this many bytes, per page of a
+/// watch's replayed past.
+const PAGE_EVENTS: i64 = 256;
+const PAGE_BYTES: usize = 1024 * 1024;
+
+/// The events under `prefix` after revision `after` up to `to`, one page;
+/// compacted history is an error, not a silent gap.
+fn read_page(conn: &Connection, prefix: &str, after: i64, to: i64) -> rusqlite::Result<Result<Vec<Event>, StoreError>> {
+    let compacted = SqliteStore::compacted(conn)?;
+    if after < compacted {
+        return Ok(Err(StoreError::Compacted { requested: after, compacted }));
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, id, deleted, create_revision, value, old_value, prev_revision FROM kine
+         WHERE id > ?1 AND id <= ?2 AND substr(name, 1, ?3) = ?4 ORDER BY id LIMIT ?5",
+    )?;
+    let mut rows = stmt.query(params![after, to, prefix.chars().count() as i64, prefix, PAGE_EVENTS])?;
+    let (mut page, mut bytes) = (Vec::new(), 0);
+    while bytes < PAGE_BYTES
+        && let Some(r) = rows.next()?
+    {
+        let key: String = r.get(0)?;
+        let id: i64 = r.get(1)?;
+        let deleted = r.get::<_, i64>(2)? != 0;
+        let create_revision: i64 = r.get(3)?;
+        let value = r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default();
+        let old = r.get::<_, Option<Vec<u8>>>(5)?;
+        let prev_revision: i64 = r.get(6)?;
+        bytes += value.len() + old.as_ref().map_or(0, Vec::len);
+        let prev = old.filter(|_| prev_revision > 0).map(|v| KeyValue {
+            key: key.clone(),
+            value: v,
+            create_revision,
+            mod_revision: prev_revision,
+        });
+        page.push(Event {
+            kind: if deleted { EventKind::Delete } else { EventKind::Put },
+            kv: KeyValue { key, value, create_revision, mod_revision: id },
+            prev,
+        });
+    }
+    Ok(Ok(page))
 }
 
 fn kv(key: &str, row: &Row) -> KeyValue {
@@ -194,7 +270,12 @@ impl SqliteStore {
         writer.execute_batch(SCHEMA).map_err(err("create schema"))?;
         let reader = open()?;
         let (events, _) = broadcast::channel(4096);
-        Ok(SqliteStore { path: path.to_path_buf(), writer: Mutex::new(writer), reader: Mutex::new(reader), events })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            reader: Arc::new(Mutex::new(reader)),
+            events,
+        })
     }
 
     fn sql(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
@@ -216,6 +297,9 @@ impl SqliteStore {
         value: Option<&[u8]>,
         check: impl FnOnce(Option<&Row>) -> Result<(), StoreError>,
     ) -> Result<i64, StoreError> {
+        if let Some(v) = value.filter(|v| v.len() > MAX_VALUE_BYTES) {
+            return Err(StoreError::TooLarge { key: key.to_string(), size: v.len(), limit: MAX_VALUE_BYTES });
+        }
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sql("begin"))?;
         let current = latest(&tx, key, i64::MAX).map_err(self.sql("read"))?.filter(|r| !r.1);
@@ -325,47 +409,31 @@ impl Store for SqliteStore {
     }
 
     fn watch(&self, prefix: &str, from: i64) -> Result<Watch, StoreError> {
-        // Subscribe under the writer lock, then read the past up to the
-        // current revision: nothing falls between the two.
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let live = self.events.subscribe();
-        let compacted = Self::compacted(&writer).map_err(self.sql("watch"))?;
-        if from < compacted {
-            return Err(StoreError::Compacted { requested: from, compacted });
-        }
-        let mut stmt = writer
-            .prepare_cached(
-                "SELECT name, id, deleted, create_revision, value, old_value, prev_revision FROM kine
-                 WHERE id > ?1 AND substr(name, 1, ?2) = ?3 ORDER BY id",
-            )
-            .map_err(self.sql("watch"))?;
-        let backlog: Vec<Event> = stmt
-            .query_map(params![from, prefix.chars().count() as i64, prefix], |r| {
-                let key: String = r.get(0)?;
-                let id: i64 = r.get(1)?;
-                let deleted = r.get::<_, i64>(2)? != 0;
-                let create_revision: i64 = r.get(3)?;
-                let value = r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default();
-                let old = r.get::<_, Option<Vec<u8>>>(5)?;
-                let prev_revision: i64 = r.get(6)?;
-                let prev = old.filter(|_| prev_revision > 0).map(|v| KeyValue {
-                    key: key.clone(),
-                    value: v,
-                    create_revision,
-                    mod_revision: prev_revision,
-                });
-                Ok(Event {
-                    kind: if deleted { EventKind::Delete } else { EventKind::Put },
-                    kv: KeyValue { key, value, create_revision, mod_revision: id },
-                    prev,
-                })
-            })
-            .map_err(self.sql("watch"))?
-            .collect::<Result<_, _>>()
-            .map_err(self.sql("watch"))?;
-        let replayed_to: i64 =
-            writer.query_row("SELECT COALESCE(MAX(id), 0) FROM kine", [], |r| r.get(0)).map_err(self.sql("watch"))?;
-        Ok(Watch { backlog, live, replayed_to, prefix: prefix.to_string() })
+        // Subscribe and read the current revision under the writer lock:
+        // every later write is live, every earlier one is in the past the
+        // pager reads, without the lock, a page at a time.
+        let (live, replayed_to) = {
+            let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let live = self.events.subscribe();
+            let compacted = Self::compacted(&writer).map_err(self.sql("watch"))?;
+            if from < compacted {
+                return Err(StoreError::Compacted { requested: from, compacted });
+            }
+            let current: i64 = writer
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM kine", [], |r| r.get(0))
+                .map_err(self.sql("watch"))?;
+            (live, current)
+        };
+        let (reader, path, key_prefix) = (self.reader.clone(), self.path.clone(), prefix.to_string());
+        let pager: Pager = Box::new(move |after| {
+            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            read_page(&conn, &key_prefix, after, replayed_to).map_err(|source| StoreError::Sqlite {
+                op: "replay a watch",
+                path: path.clone(),
+                source,
+            })?
+        });
+        Ok(Watch::new(prefix, from, replayed_to, pager, live))
     }
 
     fn compact(&self, revision: i64) -> Result<(), StoreError> {
@@ -465,6 +533,37 @@ mod tests {
         let mut w2 = s.watch("/pods/", r3).unwrap();
         let r4 = s.create("/pods/b", b"b").unwrap();
         assert_eq!(w2.next().await.unwrap().kv.mod_revision, r4);
+    }
+
+    /// A watch from the start pages through a long past without the
+    /// writer lock: writes go on between its pages, and it sees every
+    /// event once, in order, the new ones after the old.
+    #[tokio::test]
+    async fn a_long_past_is_replayed_in_pages_while_writes_go_on() {
+        let (_d, s) = store();
+        let mut rev = s.create("/pods/a", &[b'x'; 8192]).unwrap();
+        for _ in 0..600 {
+            rev = s.update("/pods/a", &[b'y'; 8192], rev).unwrap();
+        }
+        let mut w = s.watch("/pods/", 0).unwrap();
+        let first = w.next().await.unwrap().kv.mod_revision;
+        let during = s.create("/pods/b", b"b").unwrap();
+        let mut seen = vec![first];
+        while seen.last() != Some(&during) {
+            seen.push(w.next().await.unwrap().kv.mod_revision);
+        }
+        assert_eq!(seen.len(), 602, "every write once");
+        assert!(seen.windows(2).all(|p| p[0] < p[1]), "in order");
+    }
+
+    #[test]
+    fn values_over_the_limit_are_refused() {
+        let (_d, s) = store();
+        let big = vec![b'x'; MAX_VALUE_BYTES + 1];
+        assert!(matches!(s.create("/big", &big), Err(StoreError::TooLarge { .. })));
+        let r = s.create("/big", &big[..MAX_VALUE_BYTES]).unwrap();
+        assert!(matches!(s.update("/big", &big, r), Err(StoreError::TooLarge { .. })));
+        assert_eq!(s.current_revision().unwrap(), r, "nothing written");
     }
 
     #[tokio::test]
