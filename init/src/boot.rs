@@ -277,7 +277,11 @@ pub fn mount_data_partition(
                 )],
             };
             let mut attempts = vec![vec!["-p".to_string()]];
-            attempts.extend(backups.iter().map(|(b, s)| ["-y", "-b", &b.to_string(), "-B", &s.to_string()].map(String::from).to_vec()));
+            attempts.extend(
+                backups
+                    .iter()
+                    .map(|(b, s)| ["-y", "-b", &b.to_string(), "-B", &s.to_string()].map(String::from).to_vec()),
+            );
             if backups.is_empty() {
                 attempts.push(vec!["-y".into()]);
             }
@@ -422,7 +426,10 @@ mod tests {
         disk(&sys);
         sys.file("/dev/vda4", layout::fresh_marker("STATE").to_vec());
         sys.file("/dev/vda5", vec![0u8; 4096]);
-        assert_eq!(mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO).unwrap(), Mounted::New);
+        assert_eq!(
+            mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO).unwrap(),
+            Mounted::New
+        );
         assert_eq!(mount_data_partition(&sys, "EPHEMERAL", Path::new("/var"), Duration::ZERO).unwrap(), Mounted::New);
         assert_eq!(
             sys.calls(),

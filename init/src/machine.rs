@@ -292,12 +292,7 @@ fn last_trust(
 }
 
 /// Enters safe mode, saying why and with what trust (on the console too).
-fn safe_mode(
-    events: &Journal<api::Event>,
-    reason: String,
-    trust: Option<crate::store::Trust>,
-    recover: &str,
-) -> Safe {
+fn safe_mode(events: &Journal<api::Event>, reason: String, trust: Option<crate::store::Trust>, recover: &str) -> Safe {
     let api = if trust.is_some() {
         "keeps its certificates and requires client certificates of the cluster CA"
     } else {
@@ -735,7 +730,12 @@ impl Machine {
             cluster_id: c.cluster.id.clone(),
         };
         // On STATE, and a copy outside it (a STATE that cannot be read).
-        let stores = self.store.as_ref().map(ConfigStore::trust_path).into_iter().chain(self.settings.storage.trust_copy.clone());
+        let stores = self
+            .store
+            .as_ref()
+            .map(ConfigStore::trust_path)
+            .into_iter()
+            .chain(self.settings.storage.trust_copy.clone());
         for path in stores {
             if let Err(e) = crate::store::save_trust_at(&path, &trust) {
                 event(&self.events, "config", format!("recording the machine API's trust for safe mode: {e}"));
