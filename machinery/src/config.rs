@@ -1016,6 +1016,20 @@ ca_key = """{key}"""
     }
 
     #[test]
+    fn cluster_ids_are_checked_and_derived_from_the_ca() {
+        let (cert, _) = ca();
+        let id = cluster_id_of_ca(&cert);
+        assert_eq!((id.len(), id.starts_with("c-")), (26, true));
+        assert_eq!(id, cluster_id_of_ca(&format!("{cert}\n")), "the same CA, the same id");
+        assert_ne!(id, cluster_id_of_ca(&ca().0));
+        let with = |id: &str| valid_text().replacen("[cluster]\n", &format!("[cluster]\nid = {id:?}\n"), 1);
+        let c = MachineConfig::parse("node.toml", &with(&id)).unwrap();
+        assert_eq!(c.cluster.id.as_deref(), Some(id.as_str()));
+        let e = errors(&with("two words"));
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "cluster.id"), "{e:#?}");
+    }
+
+    #[test]
     fn syntax_errors_are_located() {
         let e = errors("version = 1\n[machine\nhostname = \"x\"\n");
         assert!(!e.is_empty());
