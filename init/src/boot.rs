@@ -228,7 +228,7 @@ pub enum Mounted {
 fn fsck_said(code: i32) -> &'static str {
     match code {
         0 => "no errors",
-        1 | 2 | 3 => "errors corrected",
+        1..=3 => "errors corrected",
         4..=7 => "errors left uncorrected",
         8 => "operational error (no usable superblock?)",
         _ => "failed",

@@ -539,5 +539,18 @@ fn a_node_refuses_a_config_of_another_cluster() -> anyhow::Result<()> {
     let v = wait_mode(&op, &node, "safe", false)?;
     let why = v[0]["safe_reason"].as_str().unwrap_or_default();
     assert!(why.contains(&ours) && why.contains(theirs), "{v}");
+
+    // STATE wiped of its configs (a blank STATE formatted, files lost):
+    // the trust record says the node was configured: safe mode, not open.
+    node.stop()?;
+    for f in ["config.signed", "last-good.signed"] {
+        std::fs::remove_file(node.state.path().join("config").join(f))?;
+    }
+    node.boot()?;
+    let v = wait_mode(&op, &node, "safe", false)?;
+    assert!(v[0]["safe_reason"].as_str().is_some_and(|r| r.contains("configured before")), "{v}");
+    let r =
+        osctl(&op.osctlconfig(), &["-n", &node.addr(), "--insecure", "apply-config", "-f", other.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{r:?}");
     Ok(())
 }
