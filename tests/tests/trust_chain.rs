@@ -457,6 +457,18 @@ fn wait_mode(op: &Operator, node: &HostNode, mode: &str, insecure: bool) -> anyh
     .map_err(|e| anyhow::anyhow!("{e}: {}", node.log()))
 }
 
+/// Waits for safe mode (seen with the admin's certificate, or insecurely
+/// when the node trusts no client), checks its reason, and that an
+/// anonymous apply-config of `cfg` is refused.
+fn safe_and_closed(op: &Operator, node: &HostNode, insecure: bool, why: &str, cfg: &Path) -> anyhow::Result<()> {
+    let v = wait_mode(op, node, "safe", insecure)?;
+    assert!(v[0]["safe_reason"].as_str().is_some_and(|r| r.contains(why)), "{v}");
+    let anonymous =
+        osctl(&op.osctlconfig(), &["-n", &node.addr(), "--insecure", "apply-config", "-f", cfg.to_str().unwrap()]);
+    assert_ne!(anonymous.code, 0, "safe mode is not maintenance mode: {anonymous:?}");
+    Ok(())
+}
+
 #[test]
 fn a_state_that_cannot_be_read_is_safe_mode_with_the_kept_trust() -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -479,11 +491,7 @@ fn a_state_that_cannot_be_read_is_safe_mode_with_the_kept_trust() -> anyhow::Res
     std::fs::remove_dir_all(&config)?;
     std::fs::write(&config, b"\x00\x13garbage")?;
     node.boot()?;
-    let v = wait_mode(&op, &node, "safe", false)?;
-    assert!(v[0]["safe_reason"].as_str().is_some_and(|r| r.contains("STATE cannot be read")), "{v}");
-    let anonymous =
-        osctl(&op.osctlconfig(), &["-n", &node.addr(), "--insecure", "apply-config", "-f", cfg.to_str().unwrap()]);
-    assert_ne!(anonymous.code, 0, "safe mode is not maintenance mode: {anonymous:?}");
+    safe_and_closed(&op, &node, false, "STATE cannot be read", &cfg)?;
     // An admin reads what happened, and learns why no config is taken.
     let events = osctl(&op.osctlconfig(), &["-n", &node.addr(), "events"]).ok()?.stdout;
     assert!(events.contains("safe mode: STATE cannot be read"), "{events}");
@@ -497,11 +505,7 @@ fn a_state_that_cannot_be_read_is_safe_mode_with_the_kept_trust() -> anyhow::Res
     node.stop()?;
     std::fs::remove_file(&copy)?;
     node.boot()?;
-    let v = wait_mode(&op, &node, "safe", true)?;
-    assert!(v[0]["safe_reason"].as_str().is_some_and(|r| r.contains("STATE cannot be read")), "{v}");
-    let anonymous =
-        osctl(&op.osctlconfig(), &["-n", &node.addr(), "--insecure", "apply-config", "-f", v2.to_str().unwrap()]);
-    assert_ne!(anonymous.code, 0, "{anonymous:?}");
+    safe_and_closed(&op, &node, true, "STATE cannot be read", &v2)?;
     assert!(node.log().contains("trusts no client"), "said on the console");
     Ok(())
 }
@@ -547,10 +551,6 @@ fn a_node_refuses_a_config_of_another_cluster() -> anyhow::Result<()> {
         std::fs::remove_file(node.state.path().join("config").join(f))?;
     }
     node.boot()?;
-    let v = wait_mode(&op, &node, "safe", false)?;
-    assert!(v[0]["safe_reason"].as_str().is_some_and(|r| r.contains("configured before")), "{v}");
-    let r =
-        osctl(&op.osctlconfig(), &["-n", &node.addr(), "--insecure", "apply-config", "-f", other.to_str().unwrap()]);
-    assert_ne!(r.code, 0, "{r:?}");
+    safe_and_closed(&op, &node, false, "configured before", &other)?;
     Ok(())
 }
