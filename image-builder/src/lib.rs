@@ -233,14 +233,16 @@ fn root_tree(
         let name = a.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         copy(a, &images.join(format!("{}-{name}", i + 1)), 0o644)?;
     }
-    // mke2fs creates STATE and EPHEMERAL on first boot; it comes with the
-    // exact libraries it links, and nothing else.
-    let mke2fs = userland.file("/usr/sbin/mke2fs", "e2fsprogs")?;
-    copy(&mke2fs, &rel("/usr/sbin/mke2fs"), 0o755)?;
-    for lib in userland.libraries(&mke2fs)? {
-        let at = stage.join(lib.at.strip_prefix("/").unwrap_or(&lib.at));
-        if !at.exists() {
-            copy(&lib.from, &at, 0o755)?;
+    // mke2fs creates STATE and EPHEMERAL on first boot, e2fsck repairs
+    // them; they come with the exact libraries they link, and nothing else.
+    for program in ["/usr/sbin/mke2fs", "/usr/sbin/e2fsck"] {
+        let file = userland.file(program, "e2fsprogs")?;
+        copy(&file, &rel(program), 0o755)?;
+        for lib in userland.libraries(&file)? {
+            let at = stage.join(lib.at.strip_prefix("/").unwrap_or(&lib.at));
+            if !at.exists() {
+                copy(&lib.from, &at, 0o755)?;
+            }
         }
     }
     Ok(())
@@ -692,12 +694,20 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     }
     // Both slots start with the same root: a fresh node has a bootable
     // fallback, and an upgrade overwrites the other one. init creates
-    // STATE's and EPHEMERAL's filesystems on first boot.
+    // STATE's and EPHEMERAL's filesystems on first boot, where it finds the
+    // fresh-install marker (a flashed card's old data there is overwritten
+    // by the image's zeros and the marker alike).
     let linux = |label, size_mib, content| disk::Part { label, kind: disk::Kind::Linux, size_mib, content };
+    let mut markers = Vec::new();
+    for label in [layout::STATE, layout::EPHEMERAL] {
+        let path = w.join(format!("{label}.marker"));
+        write(&path, &layout::fresh_marker(label))?;
+        markers.push(path);
+    }
     gpt.push(linux(layout::ROOT_A, p.root, Some(root_img.as_path())));
     gpt.push(linux(layout::ROOT_B, p.root, Some(root_img.as_path())));
-    gpt.push(linux(layout::STATE, p.state, None));
-    gpt.push(linux(layout::EPHEMERAL, p.ephemeral_min, None));
+    gpt.push(linux(layout::STATE, p.state, Some(markers[0].as_path())));
+    gpt.push(linux(layout::EPHEMERAL, p.ephemeral_min, Some(markers[1].as_path())));
     let mut manifest = parts.manifest.clone();
     manifest.partitions = disk::write_gpt(&opts.out, &gpt)?;
 

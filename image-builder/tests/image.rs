@@ -234,11 +234,17 @@ fn every_layer_of_a_built_image_reads_back() {
     assert_eq!(inner.part("plinth-init").unwrap().sha256, sha256_hex(&init_bytes));
     assert!(inner.part("kernel.deb").is_some() && inner.part("root.squashfs").is_none());
 
-    // STATE and EPHEMERAL are left for init to format: zeroed.
+    // STATE and EPHEMERAL are left for init to format: zeroed but for the
+    // fresh-install marker, which init formats.
     for i in [3, 4] {
         let (off, _) = at(i);
-        assert!(slice(&mut img, off, 1 << 20).iter().all(|&b| b == 0), "{}", parts[i].name);
+        let head = slice(&mut img, off, 1 << 20);
+        let m = layout::FRESH_MARKER_LEN;
+        assert_eq!(layout::read_fresh_marker(&head[..m], &parts[i].name), layout::Marker::Fresh, "{}", parts[i].name);
+        assert!(head[m..].iter().all(|&b| b == 0), "{}", parts[i].name);
     }
+    // e2fsck repairs them, with the libraries it links.
+    assert!(root("/usr/sbin/e2fsck").exists() && root("/usr/sbin/mke2fs").exists());
 }
 
 #[test]

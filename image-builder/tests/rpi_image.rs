@@ -173,6 +173,13 @@ fn the_rpi4_image_and_bundle_follow_the_raspberry_pi_boot_rules() {
         buf
     };
 
+    // STATE and EPHEMERAL carry the fresh-install marker, as on UEFI boards.
+    for (i, label) in [(5, layout::STATE), (6, layout::EPHEMERAL)] {
+        let head = partition(i);
+        assert_eq!(layout::read_fresh_marker(&head[..layout::FRESH_MARKER_LEN], label), layout::Marker::Fresh);
+        assert!(head[layout::FRESH_MARKER_LEN..1 << 20].iter().all(|&b| b == 0), "{label}");
+    }
+
     // autoboot.txt: on partition 1, under 512 bytes, tryboot A/B to BOOT-A.
     let boot = fat(partition(0));
     let autoboot = String::from_utf8(fat_file(&boot, "autoboot.txt")).unwrap();

@@ -12,8 +12,9 @@ use crate::system::{SysError, System};
 
 /// Where the root image is mounted before init switches into it.
 pub const SYSROOT: &str = "/sysroot";
-/// The filesystem maker shipped in the root image.
+/// The filesystem maker and checker shipped in the root image.
 pub const MKE2FS: &str = "/usr/sbin/mke2fs";
+pub const E2FSCK: &str = "/usr/sbin/e2fsck";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -29,6 +30,15 @@ pub enum BootError {
         layout::CMDLINE_SLOT
     )]
     NoSlot { cmdline: String },
+    #[error(
+        "{label} ({}) holds {why}: it is not blank and not an ext4 filesystem, so it is not formatted (nothing on it is touched)",
+        dev.display()
+    )]
+    NotBlank { label: String, dev: PathBuf, why: String },
+    #[error("creating the filesystem of {label} ({}): mke2fs exited with {code}", dev.display())]
+    Format { label: String, dev: PathBuf, code: i32 },
+    #[error("{label} ({}) does not mount, even after repair: {}", dev.display(), tried.join("; "))]
+    Unmountable { label: String, dev: PathBuf, tried: Vec<String> },
 }
 
 /// /proc, /sys, /dev (devtmpfs) and /run.
@@ -134,37 +144,169 @@ pub fn switch_into_root(sys: &dyn System) -> Result<(), BootError> {
     Ok(())
 }
 
-fn has_ext4(sys: &dyn System, dev: &Path) -> Result<bool, BootError> {
-    // The ext2/3/4 superblock starts at 1024; its magic 0xEF53 at +56.
-    Ok(sys.read_at(dev, 1024 + 56, 2)? == [0x53, 0xEF])
+/// The ext2/3/4 superblock's magic 0xEF53, at +56 of a superblock.
+const EXT4_MAGIC: [u8; 2] = [0x53, 0xEF];
+const EXT4_MAGIC_AT: u64 = 56;
+/// The primary superblock's offset in the partition.
+const PRIMARY_SUPERBLOCK: u64 = 1024;
+/// The region that must be all zeros for a partition without the
+/// fresh-install marker to count as blank: the first MiB, where ext4's
+/// primary superblock and the headers of other filesystems, RAID and LVM
+/// live.
+pub const BLANK_REGION: usize = 1 << 20;
+/// The first backup superblock (block number, block size) of an ext4 made
+/// with mke2fs' defaults, per block size: group 1's first block.
+const USUAL_BACKUPS: [(u64, u32); 3] = [(8193, 1024), (16384, 2048), (32768, 4096)];
+
+/// What a data partition holds, judged before anything is written to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// Zeros in the whole [`BLANK_REGION`], and no superblock anywhere.
+    Blank,
+    /// Plinth's fresh-install marker (`layout::fresh_marker`) for this
+    /// partition, and no superblock anywhere.
+    Fresh,
+    /// An ext4: its primary superblock's magic is there (`primary`), or
+    /// only backups' — each as (block number, block size) for `e2fsck -b`.
+    Ext4 { primary: bool, backups: Vec<(u64, u32)> },
+    /// Anything else: never formatted.
+    Other(String),
 }
 
-/// Whether [`mount_data_partition`] had to create the filesystem.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Formatted {
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+/// Reads what the data partition `dev` labelled `label` holds.
+pub fn classify(sys: &dyn System, dev: &Path, label: &str) -> Result<Content, BootError> {
+    let head = sys.read_at(dev, 0, BLANK_REGION)?;
+    let sb = &head[PRIMARY_SUPERBLOCK as usize..];
+    let primary = sb[EXT4_MAGIC_AT as usize..][..2] == EXT4_MAGIC;
+    // Where backups are: from the primary superblock when it is there
+    // (first data block + blocks per group, in its block size), else where
+    // mke2fs puts the first one for each block size.
+    let mut candidates = Vec::new();
+    if primary && le32(sb, 24) <= 6 {
+        candidates.push((le32(sb, 20) + le32(sb, 32), 1024u32 << le32(sb, 24)));
+    }
+    candidates.extend(USUAL_BACKUPS);
+    let mut backups = Vec::new();
+    for (block, size) in candidates {
+        // A partition too small for this group has no backup there.
+        let found = sys.read_at(dev, block * u64::from(size) + EXT4_MAGIC_AT, 2).is_ok_and(|m| m == EXT4_MAGIC);
+        if found && !backups.contains(&(block, size)) {
+            backups.push((block, size));
+        }
+    }
+    if primary || !backups.is_empty() {
+        return Ok(Content::Ext4 { primary, backups });
+    }
+    Ok(match layout::read_fresh_marker(&head[..layout::FRESH_MARKER_LEN], label) {
+        layout::Marker::Fresh => Content::Fresh,
+        layout::Marker::Foreign(why) => Content::Other(why),
+        layout::Marker::Absent => match head.iter().position(|&b| b != 0) {
+            None => Content::Blank,
+            Some(at) => Content::Other(format!(
+                "data at byte {at} of its first MiB, no ext4 superblock (primary or backup) and no fresh-install marker"
+            )),
+        },
+    })
+}
+
+/// What [`mount_data_partition`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mounted {
+    /// The filesystem there mounted as it was.
     Existing,
+    /// A blank or freshly installed partition: its filesystem was created.
     New,
+    /// It did not mount at first; these steps (in order) repaired it.
+    Repaired(Vec<String>),
 }
 
-/// Mounts STATE or EPHEMERAL, creating its ext4 filesystem on first boot.
-/// Only a partition with no ext4 superblock at all is formatted.
+/// What an `e2fsck` exit code means.
+fn fsck_said(code: i32) -> &'static str {
+    match code {
+        0 => "no errors",
+        1..=3 => "errors corrected",
+        4..=7 => "errors left uncorrected",
+        8 => "operational error (no usable superblock?)",
+        _ => "failed",
+    }
+}
+
+/// Mounts STATE or EPHEMERAL. Formats it only when it is blank or holds
+/// the fresh-install marker; an ext4 that does not mount is checked
+/// (`e2fsck -p`), then repaired from its backup superblocks (`e2fsck -y
+/// -b`), mounting again after each step. Anything else is left untouched
+/// and reported.
 pub fn mount_data_partition(
     sys: &dyn System,
     label: &str,
     target: &Path,
     timeout: Duration,
-) -> Result<Formatted, BootError> {
+) -> Result<Mounted, BootError> {
     let dev = wait_partition(sys, label, timeout)?;
-    let dev_s = dev.to_string_lossy();
-    let formatted = if has_ext4(sys, &dev)? {
-        Formatted::Existing
-    } else {
-        sys.run(Path::new(MKE2FS), &["-t", "ext4", "-q", "-F", "-L", label, &dev_s])?;
-        Formatted::New
-    };
-    sys.mkdir_all(target)?;
-    sys.mount(&dev_s, target, "ext4", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "")?;
-    Ok(formatted)
+    let dev_s = dev.to_string_lossy().into_owned();
+    let mount = || sys.mount(&dev_s, target, "ext4", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "");
+    match classify(sys, &dev, label)? {
+        Content::Other(why) => Err(BootError::NotBlank { label: label.into(), dev, why }),
+        content @ (Content::Blank | Content::Fresh) => {
+            let code = sys.run(Path::new(MKE2FS), &["-t", "ext4", "-q", "-F", "-L", label, &dev_s])?;
+            if code != 0 {
+                return Err(BootError::Format { label: label.into(), dev, code });
+            }
+            // The marker lives in the first sector, which ext4 leaves alone:
+            // cleared once the filesystem is there, so that only a
+            // partition never formatted ever holds it.
+            if content == Content::Fresh {
+                sys.write_at(&dev, 0, &[0; layout::FRESH_MARKER_LEN])?;
+            }
+            sys.mkdir_all(target)?;
+            mount()?;
+            Ok(Mounted::New)
+        }
+        Content::Ext4 { primary, backups } => {
+            sys.mkdir_all(target)?;
+            let mut done = match mount() {
+                Ok(()) => return Ok(Mounted::Existing),
+                Err(e) => vec![format!(
+                    "mount failed ({}; primary superblock {})",
+                    e.source,
+                    if primary { "present" } else { "damaged" }
+                )],
+            };
+            let mut attempts = vec![vec!["-p".to_string()]];
+            attempts.extend(
+                backups
+                    .iter()
+                    .map(|(b, s)| ["-y", "-b", &b.to_string(), "-B", &s.to_string()].map(String::from).to_vec()),
+            );
+            if backups.is_empty() {
+                attempts.push(vec!["-y".into()]);
+            }
+            for mut args in attempts {
+                args.push(dev_s.clone());
+                let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+                let step = format!("e2fsck {}", argv.join(" "));
+                match sys.run(Path::new(E2FSCK), &argv) {
+                    Ok(code) => done.push(format!("{step}: exit {code}, {}", fsck_said(code))),
+                    Err(e) => {
+                        done.push(format!("{step}: {e}"));
+                        continue;
+                    }
+                }
+                match mount() {
+                    Ok(()) => {
+                        done.push("mounted".into());
+                        return Ok(Mounted::Repaired(done));
+                    }
+                    Err(e) => done.push(format!("mount failed ({})", e.source)),
+                }
+            }
+            Err(BootError::Unmountable { label: label.into(), dev, tried: done })
+        }
+    }
 }
 
 /// Unmounts the data partitions (best effort: report, do not stop).
@@ -263,32 +405,118 @@ mod tests {
         assert!(e.to_string().contains("ROOT-A"), "{e}");
     }
 
+    /// An ext4 of 1 KiB blocks as mke2fs lays it out: the primary
+    /// superblock at 1024 and group 1's backup at block 8193.
+    fn ext4(primary: bool) -> Vec<u8> {
+        let mut d = vec![0u8; 8194 * 1024];
+        for at in [1024, 8193 * 1024] {
+            d[at + 56..at + 58].copy_from_slice(&EXT4_MAGIC);
+            d[at + 20] = 1; // first data block
+            d[at + 33] = 0x20; // 8192 blocks per group
+        }
+        if !primary {
+            d[1024 + 56] ^= 0x01;
+        }
+        d
+    }
+
     #[test]
-    fn formats_only_a_blank_partition() {
+    fn formats_only_a_blank_or_fresh_partition() {
         let sys = Recorder::default();
         disk(&sys);
-        sys.file("/dev/vda4", vec![0u8; 4096]);
-        let mut ext4 = vec![0u8; 4096];
-        ext4[1080] = 0x53;
-        ext4[1081] = 0xEF;
-        sys.file("/dev/vda5", ext4);
+        sys.file("/dev/vda4", layout::fresh_marker("STATE").to_vec());
+        sys.file("/dev/vda5", vec![0u8; 4096]);
         assert_eq!(
             mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO).unwrap(),
-            Formatted::New
+            Mounted::New
         );
-        assert_eq!(
-            mount_data_partition(&sys, "EPHEMERAL", Path::new("/var"), Duration::ZERO).unwrap(),
-            Formatted::Existing
-        );
+        assert_eq!(mount_data_partition(&sys, "EPHEMERAL", Path::new("/var"), Duration::ZERO).unwrap(), Mounted::New);
         assert_eq!(
             sys.calls(),
             [
                 "run /usr/sbin/mke2fs -t ext4 -q -F -L STATE /dev/vda4",
+                "write_at /dev/vda4 0 512 bytes",
                 "mkdir /system/state",
                 "mount /dev/vda4 /system/state ext4",
+                "run /usr/sbin/mke2fs -t ext4 -q -F -L EPHEMERAL /dev/vda5",
                 "mkdir /var",
                 "mount /dev/vda5 /var ext4",
             ]
         );
+        // The marker is gone: a later damage to the filesystem is never
+        // taken for a fresh install.
+        assert_eq!(classify(&sys, Path::new("/dev/vda4"), "STATE").unwrap(), Content::Blank);
+        // An existing ext4 is mounted as it is.
+        sys.file("/dev/vda4", ext4(true));
+        assert_eq!(
+            mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO).unwrap(),
+            Mounted::Existing
+        );
+    }
+
+    #[test]
+    fn never_formats_a_partition_that_holds_anything_else() {
+        let sys = Recorder::default();
+        disk(&sys);
+        // One flipped bit in the primary superblock's magic: still an ext4
+        // (its backup says so), repaired, never formatted.
+        sys.file("/dev/vda4", ext4(false));
+        assert_eq!(
+            classify(&sys, Path::new("/dev/vda4"), "STATE").unwrap(),
+            Content::Ext4 { primary: false, backups: vec![(8193, 1024)] }
+        );
+        // Something that is not ours, or another partition's marker.
+        let mut data = vec![0u8; 4096];
+        data[3000] = 7;
+        sys.file("/dev/vda5", data);
+        let e = mount_data_partition(&sys, "EPHEMERAL", Path::new("/var"), Duration::ZERO).unwrap_err();
+        assert!(e.to_string().contains("byte 3000") && e.to_string().contains("not formatted"), "{e}");
+        sys.file("/dev/vda5", layout::fresh_marker("STATE").to_vec());
+        let e = mount_data_partition(&sys, "EPHEMERAL", Path::new("/var"), Duration::ZERO).unwrap_err();
+        assert!(e.to_string().contains("marker of partition \"STATE\""), "{e}");
+        let _ = mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO);
+        assert!(!sys.calls().iter().any(|c| c.contains("mke2fs") || c.starts_with("write")), "{:?}", sys.calls());
+    }
+
+    #[test]
+    fn an_ext4_that_does_not_mount_is_repaired_from_its_backup_superblock() {
+        let sys = Recorder::default();
+        disk(&sys);
+        sys.file("/dev/vda4", ext4(false));
+        let mount = "mount /dev/vda4 /system/state ext4";
+        sys.outcome(mount, &[1, 1]);
+        sys.outcome("run /usr/sbin/e2fsck -p /dev/vda4", &[8]);
+        sys.outcome("run /usr/sbin/e2fsck -y -b 8193 -B 1024 /dev/vda4", &[1]);
+        let Mounted::Repaired(steps) =
+            mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO).unwrap()
+        else {
+            panic!("not repaired: {:?}", sys.calls())
+        };
+        assert_eq!(steps.len(), 5, "{steps:?}");
+        assert!(steps[0].contains("primary superblock damaged"), "{steps:?}");
+        assert_eq!(steps[1], "e2fsck -p /dev/vda4: exit 8, operational error (no usable superblock?)");
+        assert_eq!(steps[3], "e2fsck -y -b 8193 -B 1024 /dev/vda4: exit 1, errors corrected");
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /system/state",
+                mount,
+                "run /usr/sbin/e2fsck -p /dev/vda4",
+                mount,
+                "run /usr/sbin/e2fsck -y -b 8193 -B 1024 /dev/vda4",
+                mount,
+            ]
+        );
+        // Beyond repair: reported with every step tried, still not formatted.
+        let sys = Recorder::default();
+        disk(&sys);
+        sys.file("/dev/vda4", ext4(true));
+        sys.outcome(mount, &[1, 1, 1]);
+        sys.outcome("run /usr/sbin/e2fsck -p /dev/vda4", &[4]);
+        sys.outcome("run /usr/sbin/e2fsck -y -b 8193 -B 1024 /dev/vda4", &[4]);
+        let e = mount_data_partition(&sys, "STATE", Path::new("/system/state"), Duration::ZERO).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("does not mount, even after repair") && e.contains("-b 8193"), "{e}");
+        assert!(!sys.calls().iter().any(|c| c.contains("mke2fs")));
     }
 }

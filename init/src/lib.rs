@@ -137,7 +137,12 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
         Arc::new(k)
     });
     let supervisor = Supervisor::start(events.clone(), Some(core.log_dir.clone()))?;
-    let store = ConfigStore::open(&core.state_dir.join("config"), trusted)?;
+    // A STATE that cannot be read (PID 1 could not mount it; its config
+    // directory cannot be opened) is safe mode, never a stop.
+    let store = match &core.settings.storage.state_lost {
+        Some(why) => Err(why.clone()),
+        None => ConfigStore::open(&core.state_dir.join("config"), trusted).map_err(|e| e.to_string()),
+    };
     let (power_tx, mut power_rx) = mpsc::channel(4);
     let slots = core.settings.slots.clone().map(|s| Arc::new(upgrade::Slots::new(s, trusted, events.clone())));
     let machine = Machine::boot(

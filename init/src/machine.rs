@@ -49,6 +49,21 @@ pub struct NodeSettings {
     pub slots: Option<crate::upgrade::SlotSettings>,
     /// The control plane, run on a `controlplane` node.
     pub orchestrator: Option<OrchestratorSettings>,
+    /// What PID 1 found of its data partitions.
+    pub storage: Storage,
+}
+
+/// What PID 1 found of STATE and EPHEMERAL, and where the copy of the
+/// machine API's trust is kept (host mode: all well; no copy unless asked).
+#[derive(Debug, Clone, Default)]
+pub struct Storage {
+    /// Why STATE could not be mounted (nothing was formatted): safe mode.
+    pub state_lost: Option<String>,
+    /// What was done to the partitions, reported as events (repairs, a
+    /// tmpfs in place of EPHEMERAL).
+    pub notes: Vec<String>,
+    /// The copy of the trust record outside STATE (`layout::TRUST_COPY`).
+    pub trust_copy: Option<std::path::PathBuf>,
 }
 
 /// What PID 1 (or host mode's stand-ins) gives the machine besides its
@@ -110,7 +125,8 @@ struct Safe {
 }
 
 pub struct Machine {
-    store: ConfigStore,
+    /// `None` when STATE cannot be read (safe mode, no config accepted).
+    store: Option<ConfigStore>,
     state: Mutex<State>,
     supervisor: Supervisor,
     events: Arc<Journal<api::Event>>,
@@ -146,11 +162,166 @@ impl From<SupervisorError> for Status {
     }
 }
 
+/// Reads the stored configs at boot: a `try` left pending by a reboot is
+/// reverted, a staged config is promoted; a damaged config falls back to
+/// the last good copy, then to safe mode; with none, the seed config (a
+/// flashed card's first boot) or maintenance mode — unless the node was
+/// configured before (a trust record), or the config is of another cluster
+/// than the one the node belonged to: safe mode.
+fn load_config(
+    store: &ConfigStore,
+    events: &Journal<api::Event>,
+    settings: &NodeSettings,
+) -> Result<(Option<Signed>, Option<Safe>), InitError> {
+    // A stored config that cannot be read never stops the boot (that
+    // would reboot for ever): it is reported and set aside.
+    let unreadable = |what: &str, e: &dyn std::fmt::Display| {
+        event(events, "config", format!("the {what} config cannot be used: {e}"));
+    };
+    match store.load(Slot::Previous) {
+        Ok(Some(_)) => {
+            store.promote(Slot::Previous, Slot::Active)?;
+            event(
+                events,
+                "config",
+                "a `try` config was not confirmed before the reboot: reverted to the previous config".into(),
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            unreadable("previous (try)", &e);
+            store.clear(Slot::Previous)?;
+        }
+    }
+    match store.load(Slot::Staged) {
+        Ok(Some(staged)) => {
+            store.promote(Slot::Staged, Slot::Active)?;
+            event(events, "config", format!("staged config version {} is now applied", staged.config.version));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            unreadable("staged", &e);
+            store.clear(Slot::Staged)?;
+        }
+    }
+    let trust = last_trust(Some(store), events, settings);
+    const RECOVER: &str = "apply a config to recover";
+    let (mut active, mut safe) = match store.load(Slot::Active) {
+        Ok(active) => (active, None),
+        Err(e) => {
+            unreadable("stored", &e);
+            match store.load(Slot::LastGood) {
+                Ok(Some(good)) => {
+                    event(
+                        events,
+                        "config",
+                        format!("running the last good config (version {}) instead", good.config.version),
+                    );
+                    store.save(Slot::Active, &good)?;
+                    (Some(good), None)
+                }
+                last => {
+                    if let Err(e2) = &last {
+                        unreadable("last good", e2);
+                    }
+                    let reason = format!("the stored config cannot be used ({e}) and there is no good copy");
+                    (None, Some(safe_mode(events, reason, trust.clone(), RECOVER)))
+                }
+            }
+        }
+    };
+    // First boot of a flashed card: the signed config `osctl image
+    // flash --config` put on the boot partition (never in safe mode).
+    if active.is_none()
+        && safe.is_none()
+        && let Some(s) = &settings.slots
+    {
+        active = crate::seed::adopt(&s.disk, store).unwrap_or_else(|e| {
+            event(events, "config", format!("seed config not adopted, staying in maintenance mode: {e}"));
+            None
+        });
+        if let Some(a) = &active {
+            event(events, "config", format!("config version {} adopted from the seed config", a.config.version));
+        }
+    }
+    let pinned = trust.as_ref().and_then(|t| t.cluster_id.as_deref());
+    if let Some(a) = &active
+        && let Err(why) = same_cluster(pinned, &a.config)
+    {
+        let reason = format!("the stored config version {} is refused: {why}", a.config.version);
+        return Ok((None, Some(safe_mode(events, reason, trust, RECOVER))));
+    }
+    match &active {
+        Some(s) => {
+            event(events, "config", format!("config version {} loaded", s.config.version));
+            // The copy a damaged config.signed falls back to.
+            let same = matches!(store.load(Slot::LastGood), Ok(Some(g)) if g.bytes == s.bytes);
+            if !same && let Err(e) = store.save(Slot::LastGood, s) {
+                event(events, "config", format!("keeping a copy of the config: {e}"));
+            }
+        }
+        // No config, but this node was configured before (its STATE lost
+        // its files, or was blank and formatted): never maintenance mode.
+        None if safe.is_none() && trust.is_some() => {
+            let reason = "no stored config, but this node was configured before (its trust record is kept)".into();
+            safe = Some(safe_mode(events, reason, trust, RECOVER));
+        }
+        None if safe.is_none() => {
+            event(events, "config", "no config: maintenance mode, waiting for apply-config".into())
+        }
+        None => {}
+    }
+    Ok((active, safe))
+}
+
+/// The last configured boot's trust: STATE's record, else its copy on
+/// EPHEMERAL.
+fn last_trust(
+    store: Option<&ConfigStore>,
+    events: &Journal<api::Event>,
+    settings: &NodeSettings,
+) -> Option<crate::store::Trust> {
+    let unreadable = |e: crate::store::StoreError| {
+        event(events, "config", format!("the trust record cannot be used: {e}"));
+        None
+    };
+    let on_state = store.and_then(|s| s.load_trust().unwrap_or_else(unreadable));
+    on_state.or_else(|| {
+        settings.storage.trust_copy.as_deref().and_then(|p| crate::store::load_trust_at(p).unwrap_or_else(unreadable))
+    })
+}
+
+/// Enters safe mode, saying why and with what trust (on the console too).
+fn safe_mode(events: &Journal<api::Event>, reason: String, trust: Option<crate::store::Trust>, recover: &str) -> Safe {
+    let api = if trust.is_some() {
+        "keeps its certificates and requires client certificates of the cluster CA"
+    } else {
+        "has no record of its trust: it trusts no client and answers only `version`"
+    };
+    event(events, "config", format!("safe mode: {reason}; the machine API {api}; {recover}"));
+    Safe { reason, trust }
+}
+
+/// Refuses a config of another cluster than the one the node belongs to
+/// (`pinned`, from the first applied config that carried a `cluster.id`).
+fn same_cluster(pinned: Option<&str>, new: &MachineConfig) -> Result<(), String> {
+    match (pinned, new.cluster.id.as_deref()) {
+        (Some(p), Some(n)) if p != n => {
+            Err(format!("it is a config of cluster {n:?}, and this node belongs to cluster {p:?}"))
+        }
+        (Some(p), None) => Err(format!(
+            "it carries no cluster.id, and this node belongs to cluster {p:?} (add id = {p:?} to [cluster])"
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Machine {
     /// Loads the stored config: a `try` left pending by a reboot is reverted,
-    /// a staged config is promoted.
+    /// a staged config is promoted. `store` is the config store on STATE, or
+    /// why STATE cannot be read: then the node comes up in safe mode.
     pub fn boot(
-        store: ConfigStore,
+        store: Result<ConfigStore, String>,
         supervisor: Supervisor,
         events: Arc<Journal<api::Event>>,
         kernel_log: Arc<dyn KernelLog>,
@@ -159,105 +330,25 @@ impl Machine {
         hardware: Hardware,
     ) -> Result<Arc<Machine>, InitError> {
         let Hardware { slots, clock } = hardware;
-        // A stored config that cannot be read never stops the boot (that
-        // would reboot for ever): it is reported and set aside.
-        let unreadable = |what: &str, e: &dyn std::fmt::Display| {
-            event(&events, "config", format!("the {what} config cannot be used: {e}"));
-        };
-        match store.load(Slot::Previous) {
-            Ok(Some(_)) => {
-                store.promote(Slot::Previous, Slot::Active)?;
-                event(
+        for note in &settings.storage.notes {
+            event(&events, "storage", note.clone());
+        }
+        let (store, active, safe) = match store {
+            Ok(store) => {
+                let (active, safe) = load_config(&store, &events, &settings)?;
+                (Some(store), active, safe)
+            }
+            Err(why) => {
+                let trust = last_trust(None, &events, &settings);
+                let safe = safe_mode(
                     &events,
-                    "config",
-                    "a `try` config was not confirmed before the reboot: reverted to the previous config".into(),
+                    format!("STATE cannot be read ({why})"),
+                    trust,
+                    "no config is accepted until STATE is repaired or the disk replaced",
                 );
-            }
-            Ok(None) => {}
-            Err(e) => {
-                unreadable("previous (try)", &e);
-                store.clear(Slot::Previous)?;
-            }
-        }
-        match store.load(Slot::Staged) {
-            Ok(Some(staged)) => {
-                store.promote(Slot::Staged, Slot::Active)?;
-                event(&events, "config", format!("staged config version {} is now applied", staged.config.version));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                unreadable("staged", &e);
-                store.clear(Slot::Staged)?;
-            }
-        }
-        let (mut active, safe) = match store.load(Slot::Active) {
-            Ok(active) => (active, None),
-            Err(e) => {
-                unreadable("stored", &e);
-                match store.load(Slot::LastGood) {
-                    Ok(Some(good)) => {
-                        event(
-                            &events,
-                            "config",
-                            format!("running the last good config (version {}) instead", good.config.version),
-                        );
-                        store.save(Slot::Active, &good)?;
-                        (Some(good), None)
-                    }
-                    last => {
-                        if let Err(e2) = &last {
-                            unreadable("last good", e2);
-                        }
-                        let trust = store.load_trust().unwrap_or_else(|e| {
-                            unreadable("trust record of the", &e);
-                            None
-                        });
-                        let reason = format!("the stored config cannot be used ({e}) and there is no good copy");
-                        event(
-                            &events,
-                            "config",
-                            format!(
-                                "safe mode: {reason}; the machine API {}; apply a config to recover",
-                                if trust.is_some() {
-                                    "keeps its certificates and requires client certificates of the cluster CA"
-                                } else {
-                                    "has no record of its trust and answers only `version`"
-                                }
-                            ),
-                        );
-                        (None, Some(Safe { reason, trust }))
-                    }
-                }
+                (None, None, Some(safe))
             }
         };
-        // First boot of a flashed card: the signed config `osctl image
-        // flash --config` put on the boot partition (never in safe mode).
-        if active.is_none()
-            && safe.is_none()
-            && let Some(s) = &settings.slots
-        {
-            active = crate::seed::adopt(&s.disk, &store).unwrap_or_else(|e| {
-                event(&events, "config", format!("seed config not adopted, staying in maintenance mode: {e}"));
-                None
-            });
-            if let Some(a) = &active {
-                event(&events, "config", format!("config version {} adopted from the seed config", a.config.version));
-            }
-        }
-        match &active {
-            Some(s) => {
-                event(&events, "config", format!("config version {} loaded", s.config.version));
-                // The copy a damaged config.signed falls back to.
-                let same = matches!(store.load(Slot::LastGood), Ok(Some(g)) if g.bytes == s.bytes);
-                if !same && let Err(e) = store.save(Slot::LastGood, s) {
-                    event(&events, "config", format!("keeping a copy of the config: {e}"));
-                }
-            }
-            None if safe.is_none() => {
-                event(&events, "config", "no config: maintenance mode, waiting for apply-config".into())
-            }
-            None => {}
-        }
         let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         names.extend(settings.extra_sans.iter().cloned());
         let maintenance_cert = machinery::pki::self_signed_server(&names)?;
@@ -410,8 +501,18 @@ impl Machine {
     async fn apply(self: &Arc<Self>, req: api::ApplyConfigRequest) -> Result<api::ApplyConfigResponse, Status> {
         let mode = ApplyMode::try_from(req.mode)
             .map_err(|_| Status::invalid_argument(format!("unknown apply mode {}", req.mode)))?;
-        let new = self.store.verify("config", &req.config, &req.signature).map_err(status_from_verify)?;
         let mut st = self.state.lock().await;
+        let store = self.store(st.safe.as_ref())?;
+        let new = store.verify("config", &req.config, &req.signature).map_err(status_from_verify)?;
+        // Once a config with a cluster.id is applied, the node is that
+        // cluster's (in safe mode: as its trust record says).
+        let pinned = match (&st.active, &st.safe) {
+            (Some(a), _) => a.config.cluster.id.clone(),
+            (None, Some(safe)) => safe.trust.as_ref().and_then(|t| t.cluster_id.clone()),
+            (None, None) => None,
+        };
+        same_cluster(pinned.as_deref(), &new.config)
+            .map_err(|why| Status::failed_precondition(format!("refusing this config: {why}")))?;
         let current = st.active.as_ref().map(|s| &s.config);
         // In safe mode the last configured boot's version is the floor.
         let current_version = current.map_or_else(
@@ -432,7 +533,7 @@ impl Machine {
                     applied_version: v,
                 });
             }
-            self.store.clear(Slot::Previous).map_err(internal)?;
+            store.clear(Slot::Previous).map_err(internal)?;
             st.trying = None;
             event(&self.events, "config", format!("config version {v} confirmed"));
             return Ok(api::ApplyConfigResponse {
@@ -494,7 +595,7 @@ impl Machine {
 
         match mode {
             ApplyMode::Staged => {
-                self.store.save(Slot::Staged, &new).map_err(internal)?;
+                store.save(Slot::Staged, &new).map_err(internal)?;
                 st.staged_version = v;
             }
             ApplyMode::Try => {
@@ -502,9 +603,9 @@ impl Machine {
                 if st.trying.is_none()
                     && let Some(prev) = &st.active
                 {
-                    self.store.save(Slot::Previous, prev).map_err(internal)?;
+                    store.save(Slot::Previous, prev).map_err(internal)?;
                 }
-                self.store.save(Slot::Active, &new).map_err(internal)?;
+                store.save(Slot::Active, &new).map_err(internal)?;
                 let id = st.next_try_id;
                 st.next_try_id += 1;
                 st.trying = Some(TryState { id, deadline: Instant::now() + timeout });
@@ -516,14 +617,14 @@ impl Machine {
                 });
             }
             _ => {
-                self.store.save(Slot::Active, &new).map_err(internal)?;
+                store.save(Slot::Active, &new).map_err(internal)?;
                 // A newer config ends a pending trial and any staged one.
-                self.store.clear(Slot::Previous).map_err(internal)?;
-                self.store.clear(Slot::Staged).map_err(internal)?;
+                store.clear(Slot::Previous).map_err(internal)?;
+                store.clear(Slot::Staged).map_err(internal)?;
                 st.trying = None;
                 st.staged_version = 0;
                 // The copy a damaged config.signed falls back to.
-                if let Err(e) = self.store.save(Slot::LastGood, &new) {
+                if let Err(e) = store.save(Slot::LastGood, &new) {
                     event(&self.events, "config", format!("keeping a copy of the config: {e}"));
                 }
                 st.active = Some(new);
@@ -548,8 +649,9 @@ impl Machine {
         if st.trying.as_ref().map(|t| t.id) != Some(id) {
             return;
         }
-        let result = self.store.load(Slot::Previous).and_then(|prev| {
-            self.store.promote(Slot::Previous, Slot::Active)?;
+        let Some(store) = &self.store else { return };
+        let result = store.load(Slot::Previous).and_then(|prev| {
+            store.promote(Slot::Previous, Slot::Active)?;
             Ok(prev)
         });
         match result {
@@ -625,9 +727,19 @@ impl Machine {
             client_ca_pem: c.api.ca_cert.clone(),
             listen_address: listen(c.api.port),
             config_version: c.version,
+            cluster_id: c.cluster.id.clone(),
         };
-        if let Err(e) = self.store.save_trust(&trust) {
-            event(&self.events, "config", format!("recording the machine API's trust for safe mode: {e}"));
+        // On STATE, and a copy outside it (a STATE that cannot be read).
+        let stores = self
+            .store
+            .as_ref()
+            .map(ConfigStore::trust_path)
+            .into_iter()
+            .chain(self.settings.storage.trust_copy.clone());
+        for path in stores {
+            if let Err(e) = crate::store::save_trust_at(&path, &trust) {
+                event(&self.events, "config", format!("recording the machine API's trust for safe mode: {e}"));
+            }
         }
         Ok(api::ApidTlsResponse {
             mode: NodeMode::Configured as i32,
@@ -968,6 +1080,15 @@ impl MachineService for InitApi {
 }
 
 impl Machine {
+    fn store(&self, safe: Option<&Safe>) -> Result<&ConfigStore, Status> {
+        self.store.as_ref().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "{}: a config applied now would not survive a reboot; repair STATE or replace the disk (osctl events, osctl dmesg)",
+                safe.map_or("STATE cannot be read", |s| s.reason.as_str())
+            ))
+        })
+    }
+
     fn slots(&self) -> Result<&Arc<Slots>, Status> {
         self.slots.as_ref().ok_or_else(|| {
             Status::unimplemented("this node has no A/B boot disk (host mode without --disk): nothing to upgrade")
@@ -1048,7 +1169,11 @@ impl Machine {
                 if !services_ok {
                     last = "a service is not running, or restarted".into();
                 }
-                let healthy = services_ok;
+                // A slot that cannot read STATE is not one to commit.
+                if me.store.is_none() {
+                    last = "STATE cannot be read".into();
+                }
+                let healthy = services_ok && me.store.is_some();
                 // The cluster too: the node Ready, and the pods it ran
                 // before the upgrade running again.
                 let mut cluster = String::new();

@@ -40,6 +40,10 @@ struct Args {
     /// How long a slot on trial has to become healthy (e.g. 2m).
     #[arg(long, default_value = "2m")]
     health_timeout: humantime::Duration,
+    /// Where to keep the copy of the machine API's trust that outlives a
+    /// STATE-DIR that cannot be read (a node keeps it on EPHEMERAL).
+    #[arg(long)]
+    trust_copy: Option<PathBuf>,
 }
 
 fn main() {
@@ -86,6 +90,7 @@ async fn host() {
             orchestrator,
             // Host mode never sets the host's clock.
             clock_floor: None,
+            storage: init::machine::Storage { trust_copy: args.trust_copy, ..Default::default() },
         },
     };
     if let Err(e) = init::run_host(opts).await {

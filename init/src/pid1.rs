@@ -11,8 +11,8 @@ use std::time::Duration;
 use machinery::layout;
 use machinery::slots::rpi;
 
-use crate::boot::{self, Formatted};
-use crate::machine::{KubeletSettings, NodeSettings, OrchestratorSettings, PowerAction};
+use crate::boot::{self, Mounted};
+use crate::machine::{KubeletSettings, NodeSettings, OrchestratorSettings, PowerAction, Storage};
 use crate::system::{Linux, System};
 use crate::{Bring, Core};
 
@@ -69,23 +69,31 @@ fn enter_root(sys: &dyn System) -> Result<(layout::Slot, PathBuf), boot::BootErr
     Ok((slot, dev))
 }
 
-/// Mounts STATE and EPHEMERAL; where one fails the node keeps going on a
-/// tmpfs (it stays reachable, and says what is wrong).
-fn mount_data(sys: &dyn System) -> PathBuf {
+/// Mounts STATE and EPHEMERAL (formatting only a blank or freshly
+/// installed partition, repairing an ext4 that does not mount). A STATE
+/// that still cannot be mounted is left as it is: a tmpfs holds this
+/// boot's socket and the node comes up in safe mode with the trust kept on
+/// EPHEMERAL. EPHEMERAL holds nothing trust depends on: a tmpfs replaces it.
+fn mount_data(sys: &dyn System) -> Storage {
+    let mut storage = Storage { trust_copy: Some(PathBuf::from(layout::TRUST_COPY)), ..Storage::default() };
     for (label, target) in [(layout::STATE, layout::MOUNT_STATE), (layout::EPHEMERAL, layout::MOUNT_EPHEMERAL)] {
         match boot::mount_data_partition(sys, label, Path::new(target), PARTITION_TIMEOUT) {
-            Ok(Formatted::New) => {
-                tracing::info!("{label}: created a filesystem (first boot), mounted at {target}")
-            }
-            Ok(Formatted::Existing) => tracing::info!("{label}: mounted at {target}"),
+            Ok(Mounted::New) => tracing::info!("{label}: created a filesystem (first boot), mounted at {target}"),
+            Ok(Mounted::Existing) => tracing::info!("{label}: mounted at {target}"),
+            Ok(Mounted::Repaired(steps)) => storage.notes.push(format!("{label}: repaired: {}", steps.join("; "))),
             Err(e) => {
-                tracing::error!("{label}: {e}; using a tmpfs at {target}: nothing there survives a reboot");
+                storage.notes.push(if label == layout::STATE {
+                    storage.state_lost = Some(e.to_string());
+                    format!("{e}; safe mode with the last known trust (the tmpfs at {target} keeps nothing)")
+                } else {
+                    format!("{e}; using a tmpfs at {target}: nothing there survives a reboot")
+                });
                 let _ = sys.mkdir_all(Path::new(target));
                 let _ = sys.mount("tmpfs", Path::new(target), "tmpfs", nix::mount::MsFlags::MS_NOSUID, "mode=0755");
             }
         }
     }
-    PathBuf::from(layout::MOUNT_STATE)
+    storage
 }
 
 /// Stops at nothing: unmounts what it can and reboots or powers off.
@@ -172,7 +180,8 @@ pub fn run() -> ! {
         }
     };
     let mut watchdog = Watchdog::open();
-    let state_dir = mount_data(&sys);
+    let storage = mount_data(&sys);
+    let state_dir = PathBuf::from(layout::MOUNT_STATE);
     watchdog.pet();
     let (board, version) = crate::upgrade::running_image();
     tracing::info!("Plinth {version} for {board}, slot {}", slot.name());
@@ -208,6 +217,7 @@ pub fn run() -> ! {
                 }),
             }),
             clock_floor: Some(PathBuf::from(layout::ROOT_BUILD_TIME)),
+            storage,
             ..NodeSettings::default()
         },
     };

@@ -12,7 +12,7 @@
 //! | `staged.signed`  | a config applied with `--mode staged`, for next boot   |
 //! | `previous.signed`| the config a `--mode try` apply returns to             |
 //! | `last-good.signed`| the config the last boot loaded: the fallback when `config.signed` cannot be read |
-//! | `trust.json`     | apid's TLS of the last configured boot (0600): safe mode's trust |
+//! | `trust.json`     | apid's TLS of the last configured boot (0600): safe mode's trust; a copy lives on EPHEMERAL (`layout::TRUST_COPY`) for a STATE that cannot be read |
 
 use std::fs::{self, File};
 use std::io::Write as _;
@@ -70,6 +70,34 @@ pub struct Trust {
     /// The config version then: a config applied in safe mode must be
     /// newer, as always.
     pub config_version: u64,
+    /// The cluster the node belonged to (`cluster.id`): in safe mode a
+    /// config of another cluster is refused, as always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+}
+
+/// Writes a trust record (0600, in a 0700 directory) unless it holds
+/// the same already.
+pub fn save_trust_at(path: &Path, t: &Trust) -> Result<(), StoreError> {
+    if load_trust_at(path).ok().flatten().as_ref() == Some(t) {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(t).map_err(|e| StoreError::Corrupt { path: path.into(), reason: e.to_string() })?;
+    if let Some(dir) = path.parent() {
+        private_dir(dir).map_err(io("create directory (0700)", dir))?;
+    }
+    write_private(path, &json).map_err(io("write", path))
+}
+
+/// Reads a trust record; `None` when there is none.
+pub fn load_trust_at(path: &Path) -> Result<Option<Trust>, StoreError> {
+    match fs::read(path) {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { path: path.into(), reason: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", path)(e)),
+    }
 }
 
 const TRUST_FILE: &str = "trust.json";
@@ -148,26 +176,14 @@ impl ConfigStore {
         }
     }
 
-    /// Records apid's TLS material of a configured boot (when it changed).
-    pub fn save_trust(&self, t: &Trust) -> Result<(), StoreError> {
-        let path = self.dir.join(TRUST_FILE);
-        if self.load_trust().ok().flatten().as_ref() == Some(t) {
-            return Ok(());
-        }
-        let json =
-            serde_json::to_vec(t).map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-        write_private(&path, &json).map_err(io("write", &path))
+    /// Where apid's TLS material of the last configured boot is recorded
+    /// ([`save_trust_at`]).
+    pub fn trust_path(&self) -> PathBuf {
+        self.dir.join(TRUST_FILE)
     }
 
     pub fn load_trust(&self) -> Result<Option<Trust>, StoreError> {
-        let path = self.dir.join(TRUST_FILE);
-        match fs::read(&path) {
-            Ok(raw) => serde_json::from_slice(&raw)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("read", &path)(e)),
-        }
+        load_trust_at(&self.trust_path())
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {

@@ -44,8 +44,11 @@ pub trait System: Send + Sync {
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> SysResult<Vec<u8>>;
     /// Loads a kernel module from a file; an already loaded one is fine.
     fn load_module(&self, path: &Path) -> SysResult<()>;
-    /// Runs a program to completion (mke2fs); fails unless it exits 0.
-    fn run(&self, program: &Path, args: &[&str]) -> SysResult<()>;
+    /// Writes bytes at `offset` of a block device (or file), then syncs it.
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> SysResult<()>;
+    /// Runs a program to completion (mke2fs, e2fsck) and returns its exit
+    /// code; fails when it cannot be started or is killed by a signal.
+    fn run(&self, program: &Path, args: &[&str]) -> SysResult<i32>;
     fn sync(&self);
 }
 
@@ -123,14 +126,18 @@ impl System for Linux {
         }
     }
 
-    fn run(&self, program: &Path, args: &[&str]) -> SysResult<()> {
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> SysResult<()> {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(path).map_err(sys_err("open for writing", path))?;
+        f.write_all_at(data, offset).and_then(|_| f.sync_all()).map_err(sys_err("write", path))
+    }
+
+    fn run(&self, program: &Path, args: &[&str]) -> SysResult<i32> {
         let out = std::process::Command::new(program).args(args).output().map_err(sys_err("run", program))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            let msg = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-            Err(sys_err("run", program)(std::io::Error::other(msg)))
+        for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+            tracing::info!("{}: {line}", program.display());
         }
+        out.status.code().ok_or_else(|| sys_err("run", program)(std::io::Error::other(out.status.to_string())))
     }
 
     fn sync(&self) {
@@ -146,6 +153,9 @@ pub struct Recorder {
     pub files: std::sync::Mutex<std::collections::BTreeMap<PathBuf, Vec<u8>>>,
     /// Paths whose operations fail.
     pub failing: std::sync::Mutex<Vec<PathBuf>>,
+    /// Scripted results by call (as recorded): each call takes the next;
+    /// 0 is success, another value a failure (a program's exit code).
+    pub outcomes: std::sync::Mutex<std::collections::BTreeMap<String, std::collections::VecDeque<i32>>>,
 }
 
 #[cfg(test)]
@@ -158,9 +168,19 @@ impl Recorder {
         self.calls.lock().unwrap().clone()
     }
 
+    /// Scripts the results of the next calls recorded as `call`.
+    pub fn outcome(&self, call: &str, results: &[i32]) {
+        self.outcomes.lock().unwrap().entry(call.to_string()).or_default().extend(results);
+    }
+
+    fn scripted(&self, call: &str) -> i32 {
+        self.outcomes.lock().unwrap().get_mut(call).and_then(|q| q.pop_front()).unwrap_or(0)
+    }
+
     fn record(&self, call: String, path: &Path) -> SysResult<()> {
+        let code = self.scripted(&call);
         self.calls.lock().unwrap().push(call);
-        if self.failing.lock().unwrap().iter().any(|p| p == path) {
+        if code != 0 || self.failing.lock().unwrap().iter().any(|p| p == path) {
             return Err(sys_err("fake", path)(std::io::Error::other("injected failure")));
         }
         Ok(())
@@ -222,8 +242,25 @@ impl System for Recorder {
     fn load_module(&self, path: &Path) -> SysResult<()> {
         self.record(format!("load {}", path.display()), path)
     }
-    fn run(&self, program: &Path, args: &[&str]) -> SysResult<()> {
-        self.record(format!("run {} {}", program.display(), args.join(" ")), program)
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> SysResult<()> {
+        self.record(format!("write_at {} {offset} {} bytes", path.display(), data.len()), path)?;
+        let mut files = self.files.lock().unwrap();
+        let file = files.entry(path.to_path_buf()).or_default();
+        let end = offset as usize + data.len();
+        if file.len() < end {
+            file.resize(end, 0);
+        }
+        file[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+    fn run(&self, program: &Path, args: &[&str]) -> SysResult<i32> {
+        let call = format!("run {} {}", program.display(), args.join(" "));
+        let code = self.scripted(&call);
+        self.calls.lock().unwrap().push(call);
+        if self.failing.lock().unwrap().iter().any(|p| p == program) {
+            return Err(sys_err("fake", program)(std::io::Error::other("injected failure")));
+        }
+        Ok(code)
     }
     fn sync(&self) {
         self.calls.lock().unwrap().push("sync".into());

@@ -131,6 +131,12 @@ pub enum Datastore {
 pub struct Cluster {
     /// DNS-1123 label.
     pub name: String,
+    /// The cluster's identity (`osctl gen config` derives it from the
+    /// cluster CA: [`cluster_id_of_ca`]). The first applied config that
+    /// carries one pins it: the node then refuses configs of any other
+    /// cluster, and configs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub role: Role,
     /// `https://host:6443` of the control plane. Required on workers;
     /// on a control-plane node it defaults to its own first address.
@@ -308,6 +314,15 @@ impl MachineConfig {
         c.cluster.token = c.cluster.token.as_ref().map(hide);
         c
     }
+}
+
+/// The cluster identity `osctl gen config` writes: from the cluster CA's
+/// certificate, so every config made from the same secrets carries the
+/// same one (`c-` and 24 hexadecimal characters of its sha256).
+pub fn cluster_id_of_ca(ca_cert_pem: &str) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(ca_cert_pem.trim().as_bytes());
+    format!("c-{}", d[..12].iter().map(|x| format!("{x:02x}")).collect::<String>())
 }
 
 /// A new random join token: 32 hexadecimal characters.
@@ -601,6 +616,15 @@ impl Checker<'_> {
 
     fn check_cluster(&mut self, c: &MachineConfig) {
         let cl = &c.cluster;
+        if let Some(id) = &cl.id
+            && (id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)))
+        {
+            self.error(
+                "cluster.id",
+                format!("{id:?} is not a cluster identity"),
+                Some("use 1 to 64 letters, digits, '-', '.' or '_' (osctl gen config writes one)".into()),
+            );
+        }
         if !is_dns1123_label(&cl.name) {
             self.error("cluster.name", format!("{:?} is not a DNS-1123 label", cl.name), Some("use lower-case letters, digits and '-', at most 63 characters, starting and ending with a letter or digit".into()));
         }
@@ -989,6 +1013,20 @@ ca_key = """{key}"""
         assert_eq!(e.len(), 1, "{e:#?}");
         assert_eq!(e[0].path, "api.ca_key");
         assert!(e[0].message.contains("not the certificate's"), "{}", e[0]);
+    }
+
+    #[test]
+    fn cluster_ids_are_checked_and_derived_from_the_ca() {
+        let (cert, _) = ca();
+        let id = cluster_id_of_ca(&cert);
+        assert_eq!((id.len(), id.starts_with("c-")), (26, true));
+        assert_eq!(id, cluster_id_of_ca(&format!("{cert}\n")), "the same CA, the same id");
+        assert_ne!(id, cluster_id_of_ca(&ca().0));
+        let with = |id: &str| valid_text().replacen("[cluster]\n", &format!("[cluster]\nid = {id:?}\n"), 1);
+        let c = MachineConfig::parse("node.toml", &with(&id)).unwrap();
+        assert_eq!(c.cluster.id.as_deref(), Some(id.as_str()));
+        let e = errors(&with("two words"));
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "cluster.id"), "{e:#?}");
     }
 
     #[test]

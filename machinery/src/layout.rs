@@ -14,11 +14,14 @@
 //!
 //! In that order, each 1 MiB aligned. image-builder writes `EFI` and both
 //! root slots (the same root image, so a fresh node has a bootable fallback)
-//! and leaves `STATE` and `EPHEMERAL` zeroed: init creates their ext4
-//! filesystems on first boot, and only on a partition without an ext4
-//! superblock. That keeps the image small and sparse, needs no mkfs on the
-//! build host, and lets the partition first grown to the real disk's size be
-//! formatted at its final size.
+//! and leaves `STATE` and `EPHEMERAL` zeroed but for the fresh-install
+//! marker ([`fresh_marker`]) in their first sector: init creates their ext4
+//! filesystems on first boot, and only on a partition that holds that
+//! marker or nothing but zeros — never on one that holds anything else (a
+//! damaged filesystem is repaired or left alone, not replaced). That keeps
+//! the image small and sparse, needs no mkfs on the build host, and lets the
+//! partition first grown to the real disk's size be formatted at its final
+//! size.
 
 //! Raspberry Pi images (`boot = "rpi-firmware"`, and `arm64-virt`, whose
 //! boot files the QEMU harness reads as the Pi firmware would) have no `EFI`
@@ -166,12 +169,83 @@ pub const MOUNT_EPHEMERAL: &str = "/var";
 /// On EPHEMERAL: the orchestrator's data (its SQLite store, its CA and the
 /// admin kubeconfig it writes).
 pub const ORCHESTRATOR_DATA: &str = "/var/lib/plinth/orchestrator";
+/// On EPHEMERAL: a copy of the machine API's trust (apid's serving
+/// certificate and key, the client CA certificate, the cluster id; 0600 in
+/// a 0700 directory), kept apart from STATE so that a STATE that cannot be
+/// read still leaves safe mode with the last known trust.
+pub const TRUST_COPY: &str = "/var/lib/plinth/trust/trust.json";
 /// The Kubernetes API port on a control-plane node.
 pub const KUBE_API_PORT: u16 = 6443;
+
+/// The fresh-install marker: the first sector of `STATE` and `EPHEMERAL`
+/// in a new image. Its magic, a version (little-endian u32) and the
+/// partition's label (NUL-padded); the rest of the sector is zero.
+pub const FRESH_MAGIC: &[u8; 16] = b"PLINTH-FRESH-FS\0";
+pub const FRESH_VERSION: u32 = 1;
+pub const FRESH_MARKER_LEN: usize = 512;
+/// Where the label sits in the marker, and its room.
+const FRESH_LABEL: std::ops::Range<usize> = 20..52;
+
+/// The fresh-install marker image-builder writes at the start of the data
+/// partition labelled `label`: init may format a partition that holds it.
+pub fn fresh_marker(label: &str) -> [u8; FRESH_MARKER_LEN] {
+    let mut m = [0u8; FRESH_MARKER_LEN];
+    m[..16].copy_from_slice(FRESH_MAGIC);
+    m[16..20].copy_from_slice(&FRESH_VERSION.to_le_bytes());
+    let room = &mut m[FRESH_LABEL];
+    let n = label.len().min(room.len());
+    room[..n].copy_from_slice(&label.as_bytes()[..n]);
+    m
+}
+
+/// What a partition's first sector says about the fresh-install marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    /// No marker (no magic).
+    Absent,
+    /// This partition's marker, of the version this build writes.
+    Fresh,
+    /// Our magic, but another version or another partition's label: not
+    /// formatted (it is not what this build wrote there).
+    Foreign(String),
+}
+
+/// Reads the marker in `sector` (the partition's first bytes) for `label`.
+pub fn read_fresh_marker(sector: &[u8], label: &str) -> Marker {
+    if sector.len() < FRESH_MARKER_LEN || &sector[..16] != FRESH_MAGIC {
+        return Marker::Absent;
+    }
+    let version = u32::from_le_bytes([sector[16], sector[17], sector[18], sector[19]]);
+    let named = &sector[FRESH_LABEL];
+    let named = String::from_utf8_lossy(&named[..named.iter().position(|&b| b == 0).unwrap_or(named.len())]);
+    if version != FRESH_VERSION {
+        Marker::Foreign(format!("fresh-install marker version {version} (this build knows {FRESH_VERSION})"))
+    } else if named != label {
+        Marker::Foreign(format!("fresh-install marker of partition {named:?}"))
+    } else if sector[FRESH_LABEL.end..FRESH_MARKER_LEN].iter().any(|&b| b != 0) {
+        Marker::Foreign("fresh-install marker followed by data in its sector".into())
+    } else {
+        Marker::Fresh
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_marker_round_trip() {
+        let m = fresh_marker(STATE);
+        assert_eq!(read_fresh_marker(&m, STATE), Marker::Fresh);
+        assert!(matches!(read_fresh_marker(&m, EPHEMERAL), Marker::Foreign(w) if w.contains("\"STATE\"")));
+        assert_eq!(read_fresh_marker(&[0; 512], STATE), Marker::Absent);
+        let mut v2 = m;
+        v2[16] = 2;
+        assert!(matches!(read_fresh_marker(&v2, STATE), Marker::Foreign(w) if w.contains("version 2")));
+        let mut dirty = m;
+        dirty[300] = 1;
+        assert!(matches!(read_fresh_marker(&dirty, STATE), Marker::Foreign(_)));
+    }
 
     #[test]
     fn slot_from_cmdline() {

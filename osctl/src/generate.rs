@@ -66,6 +66,10 @@ pub enum GenCommand {
         /// Join token (default: a new random one).
         #[arg(long)]
         token: Option<String>,
+        /// The cluster's identity (default: derived from the cluster CA,
+        /// the same for every config made from these secrets).
+        #[arg(long)]
+        cluster_id: Option<String>,
         /// Directory holding ca.crt and ca.key from `gen keys`.
         #[arg(long, default_value = ".")]
         secrets: PathBuf,
@@ -181,6 +185,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
             interface,
             endpoint,
             token,
+            cluster_id,
             secrets,
             config_version,
             out,
@@ -211,6 +216,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                 machine: Machine { hostname, ntp: vec![], network },
                 cluster: Cluster {
                     name: cluster,
+                    id: Some(cluster_id.unwrap_or_else(|| machinery::config::cluster_id_of_ca(&ca.cert_pem))),
                     role,
                     endpoint,
                     datastore: Datastore::default(),

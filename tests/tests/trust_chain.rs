@@ -442,3 +442,115 @@ fn a_damaged_config_falls_back_and_never_opens_the_node() -> anyhow::Result<()> 
     assert_eq!((v[0]["mode"].as_str(), v[0]["config_version"].as_u64()), (Some("configured"), Some(2)), "{v}");
     Ok(())
 }
+
+/// `version` as the operator's admin sees it, once it answers `mode`.
+fn wait_mode(op: &Operator, node: &HostNode, mode: &str, insecure: bool) -> anyhow::Result<serde_json::Value> {
+    let addr = node.addr();
+    wait_for(mode, Duration::from_secs(20), || {
+        let mut args = vec!["-n", addr.as_str(), "-o", "json", "version"];
+        if insecure {
+            args.insert(0, "--insecure");
+        }
+        let v = osctl(&op.osctlconfig(), &args).json().ok()?;
+        (v[0]["mode"] == mode).then_some(v)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {}", node.log()))
+}
+
+/// Waits for safe mode (seen with the admin's certificate, or insecurely
+/// when the node trusts no client), checks its reason, and that an
+/// anonymous apply-config of `cfg` is refused.
+fn safe_and_closed(op: &Operator, node: &HostNode, insecure: bool, why: &str, cfg: &Path) -> anyhow::Result<()> {
+    let v = wait_mode(op, node, "safe", insecure)?;
+    assert!(v[0]["safe_reason"].as_str().is_some_and(|r| r.contains(why)), "{v}");
+    let anonymous =
+        osctl(&op.osctlconfig(), &["-n", &node.addr(), "--insecure", "apply-config", "-f", cfg.to_str().unwrap()]);
+    assert_ne!(anonymous.code, 0, "safe mode is not maintenance mode: {anonymous:?}");
+    Ok(())
+}
+
+#[test]
+fn a_state_that_cannot_be_read_is_safe_mode_with_the_kept_trust() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (op, mut node, cfg) = configured_node()?;
+    // The copy of the trust, outside STATE (a node keeps it on EPHEMERAL).
+    let ephemeral = tempfile::tempdir()?;
+    let copy = ephemeral.path().join("trust/trust.json");
+    node.stop()?;
+    node.extra_args = vec!["--trust-copy".into(), copy.display().to_string()];
+    node.boot()?;
+    wait_configured(&op, &node)?;
+    let mode = std::fs::metadata(&copy)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the copy holds apid's serving key");
+    assert!(!std::fs::read_to_string(&copy)?.contains(&std::fs::read_to_string(op.path("ca.key"))?.trim().to_string()));
+
+    // STATE's files cannot be read (as a card failing there would): init
+    // neither stops nor opens up; it serves with the kept trust.
+    node.stop()?;
+    let config = node.state.path().join("config");
+    std::fs::remove_dir_all(&config)?;
+    std::fs::write(&config, b"\x00\x13garbage")?;
+    node.boot()?;
+    safe_and_closed(&op, &node, false, "STATE cannot be read", &cfg)?;
+    // An admin reads what happened, and learns why no config is taken.
+    let events = osctl(&op.osctlconfig(), &["-n", &node.addr(), "events"]).ok()?.stdout;
+    assert!(events.contains("safe mode: STATE cannot be read"), "{events}");
+    let v2 = op.path("v2.toml");
+    std::fs::write(&v2, std::fs::read_to_string(&cfg)?.replace("version = 1", "version = 2"))?;
+    let refused = apply(&op, &node, &v2, &[]);
+    assert_eq!(refused.code, 4, "{refused:?}");
+    assert!(refused.stderr.contains("would not survive a reboot"), "{refused:?}");
+
+    // Neither STATE nor the copy: still safe mode, trusting nobody.
+    node.stop()?;
+    std::fs::remove_file(&copy)?;
+    node.boot()?;
+    safe_and_closed(&op, &node, true, "STATE cannot be read", &v2)?;
+    assert!(node.log().contains("trusts no client"), "said on the console");
+    Ok(())
+}
+
+#[test]
+fn a_node_refuses_a_config_of_another_cluster() -> anyhow::Result<()> {
+    let (op, mut node, cfg) = configured_node()?;
+    let text = std::fs::read_to_string(&cfg)?;
+    let ours = machinery::config::MachineConfig::parse("node.toml", &text)
+        .unwrap()
+        .cluster
+        .id
+        .expect("gen config sets cluster.id");
+    let theirs = "c-0123456789abcdef01234567";
+    let other = op.path("other.toml");
+    std::fs::write(&other, text.replace("version = 1", "version = 2").replace(&ours, theirs))?;
+    let r = apply(&op, &node, &other, &[]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains(&ours) && r.stderr.contains(theirs), "both ids named: {r:?}");
+    let bare = op.path("bare.toml");
+    std::fs::write(&bare, text.replace("version = 1", "version = 2").replace(&format!("id = \"{ours}\"\n"), ""))?;
+    let r = apply(&op, &node, &bare, &[]);
+    assert!(r.code == 4 && r.stderr.contains("carries no cluster.id"), "{r:?}");
+
+    // At boot too: another cluster's signed config put on STATE.
+    node.stop()?;
+    let key = signing::signing_key_from_pem(&std::fs::read_to_string(op.path("ops.key"))?)?;
+    let theirs_text = std::fs::read_to_string(&other)?;
+    let sig = signing::sign(Purpose::Config, &key, theirs_text.as_bytes());
+    std::fs::write(
+        node.state.path().join("config/config.signed"),
+        signing::envelope_encode(theirs_text.as_bytes(), &sig),
+    )?;
+    node.boot()?;
+    let v = wait_mode(&op, &node, "safe", false)?;
+    let why = v[0]["safe_reason"].as_str().unwrap_or_default();
+    assert!(why.contains(&ours) && why.contains(theirs), "{v}");
+
+    // STATE wiped of its configs (a blank STATE formatted, files lost):
+    // the trust record says the node was configured: safe mode, not open.
+    node.stop()?;
+    for f in ["config.signed", "last-good.signed"] {
+        std::fs::remove_file(node.state.path().join("config").join(f))?;
+    }
+    node.boot()?;
+    safe_and_closed(&op, &node, false, "configured before", &other)?;
+    Ok(())
+}
