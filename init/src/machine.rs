@@ -1025,6 +1025,13 @@ impl Machine {
                 ),
             );
         }
+        if this == View::Committed {
+            match tokio::task::block_in_place(|| slots.raise_floor()) {
+                Ok(Some(floor)) => event(&self.events, "upgrade", format!("security floor raised to {floor}")),
+                Ok(None) => {}
+                Err(e) => event(&self.events, "upgrade", format!("cannot raise the security floor: {e}")),
+            }
+        }
         if this != View::TrialBooted {
             return;
         }

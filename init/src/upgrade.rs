@@ -3,8 +3,8 @@
 //! on trial once the node is healthy; roll back on request.
 //!
 //! The order is what makes it safe:
-//! 1. the signed header is verified, and the board and version checked,
-//!    before any byte is kept;
+//! 1. the signed header is verified, and the board, the security floor and
+//!    the version checked, before any byte is kept;
 //! 2. the payload is staged on EPHEMERAL while each part is hashed: a
 //!    truncated or corrupted bundle is refused with both slots untouched;
 //! 3. only then is the other slot's boot entry removed, its root written
@@ -48,8 +48,13 @@ pub struct SlotSettings {
     pub board: String,
     /// The running Plinth version.
     pub version: String,
+    /// The running image's security version (its root manifest's).
+    pub security_version: u64,
     /// Record of the version written to each slot (on STATE).
     pub record: PathBuf,
+    /// The security floor (on STATE): the highest security version this
+    /// node has committed; no bundle or rollback below it.
+    pub floor: PathBuf,
     /// Where a bundle is staged while it arrives (on EPHEMERAL).
     pub stage_dir: PathBuf,
     /// How long a slot on trial has to become healthy before init gives up
@@ -90,13 +95,18 @@ fn io_status(op: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Status {
     }
 }
 
-/// The versions written to each slot, kept on STATE.
+/// The version and security version written to each slot, kept on STATE.
+/// A slot written by a release that knew no security version has 0.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Record {
     #[serde(default)]
     a: String,
     #[serde(default)]
     b: String,
+    #[serde(default)]
+    security_a: u64,
+    #[serde(default)]
+    security_b: u64,
 }
 
 impl Record {
@@ -104,9 +114,27 @@ impl Record {
         if slot == Slot::A { &self.a } else { &self.b }
     }
 
-    fn set(&mut self, slot: Slot, v: &str) {
-        *(if slot == Slot::A { &mut self.a } else { &mut self.b }) = v.to_string();
+    fn security(&self, slot: Slot) -> u64 {
+        if slot == Slot::A { self.security_a } else { self.security_b }
     }
+
+    fn set(&mut self, slot: Slot, v: &str, security: u64) {
+        let (version, sec) =
+            if slot == Slot::A { (&mut self.a, &mut self.security_a) } else { (&mut self.b, &mut self.security_b) };
+        *version = v.to_string();
+        *sec = security;
+    }
+
+    /// No upgrade ever ran (no record on STATE): both slots hold the image
+    /// that was flashed, the running one.
+    fn factory(version: &str, security: u64) -> Record {
+        Record { a: version.into(), b: version.into(), security_a: security, security_b: security }
+    }
+}
+
+/// Reads the slot record; `None` when there is none (a fresh node).
+fn read_record(path: &Path) -> Option<Record> {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// A payload part in the staged payload file.
@@ -162,7 +190,46 @@ impl Slots {
     }
 
     fn record(&self) -> Record {
-        std::fs::read(&self.settings.record).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        let s = &self.settings;
+        if !s.record.exists() {
+            return Record::factory(&s.version, s.security_version);
+        }
+        read_record(&s.record).unwrap_or_default()
+    }
+
+    /// The security floor. None stored: 0 (nothing committed since it
+    /// existed). Unreadable: the running slot's security version, which is
+    /// never below the floor (nothing below it is installed or rolled back
+    /// to), and which the next committed boot stores again.
+    pub fn floor(&self) -> u64 {
+        let path = &self.settings.floor;
+        match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Ok(t) if t.trim().parse::<u64>().is_ok() => t.trim().parse().unwrap_or_default(),
+            other => {
+                let why = other.map_or_else(|e| e.to_string(), |t| format!("{:?} is not a number", t.trim()));
+                tracing::warn!("{}: {why}: using the running security version as the floor", path.display());
+                self.settings.security_version
+            }
+        }
+    }
+
+    /// Raises the floor to the running slot's security version, which is
+    /// committed; returns the new floor when it rose. Written as the rest
+    /// of STATE: temporary file, fsync, rename, directory fsync, 0600.
+    pub fn raise_floor(&self) -> Result<Option<u64>, DiskError> {
+        let running = self.settings.security_version;
+        let path = &self.settings.floor;
+        let stored = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        if stored.is_some_and(|f| f >= running) {
+            return Ok(None);
+        }
+        crate::store::write_private(path, format!("{running}\n").as_bytes()).map_err(|source| DiskError::Io {
+            op: "write the security floor",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(running))
     }
 
     fn save_record(&self, r: &Record) -> Result<(), Status> {
@@ -209,13 +276,26 @@ impl Slots {
         let disk = Disk::open(&self.settings.disk)?;
         self.settings.loader.commit(&disk, self.settings.booted)?;
         let mut r = self.record();
-        r.set(self.settings.booted, &self.settings.version);
+        r.set(self.settings.booted, &self.settings.version, self.settings.security_version);
         let _ = self.save_record(&r);
-        Ok(())
+        self.raise_floor().map(|_| ())
     }
 
-    /// Makes the other, committed slot the one that boots.
+    /// Makes the other, committed slot the one that boots, unless its
+    /// security version is below the floor.
     pub fn rollback(&self) -> Result<Slot, Status> {
+        let other = self.settings.booted.other();
+        let (record, floor) = (self.record(), self.floor());
+        let security = record.security(other);
+        if security < floor {
+            let version = record.get(other);
+            return Err(Status::failed_precondition(format!(
+                "rollback refused: slot {} holds Plinth {} at security version {security}, below this node's \
+                 security floor {floor} (the highest security version it has committed)",
+                other.name(),
+                if version.is_empty() { "(unknown version)" } else { version },
+            )));
+        }
         self.settings.loader.rollback(&self.disk()?, self.settings.booted).map_err(disk_status)
     }
 
@@ -272,7 +352,7 @@ impl Slots {
             }
         };
         let m = &header.manifest;
-        m.check_for(&self.settings.board, &self.settings.version, opts.allow_downgrade).map_err(refused)?;
+        m.check_for(&self.settings.board, &self.settings.version, self.floor(), opts.allow_downgrade).map_err(refused)?;
         let target = self.settings.booted.other();
         self.check_room(m, target)?;
 
@@ -336,8 +416,8 @@ impl Slots {
         let _ = std::fs::remove_dir_all(&dir);
         result?;
         let mut r = self.record();
-        r.set(target, &m.version);
-        r.set(self.settings.booted, &self.settings.version);
+        r.set(target, &m.version, m.security_version);
+        r.set(self.settings.booted, &self.settings.version, self.settings.security_version);
         self.save_record(&r)?;
         let write = t.elapsed();
         let reboot = !opts.stage;
@@ -450,19 +530,27 @@ pub fn disk_of(partition: &Path) -> Option<PathBuf> {
     Some(Path::new("/dev").join(parent))
 }
 
-/// The board and version of the running image, from its root.
-pub fn running_image() -> (String, String) {
+/// The board, version and security version of the running image, from
+/// its root (an image made before security versions existed has 0).
+pub fn running_image() -> (String, String, u64) {
     let board = std::fs::read_to_string(layout::ROOT_BOARD)
         .ok()
         .and_then(|t| machinery::board::Board::parse(layout::ROOT_BOARD, &t).ok())
         .map_or_else(String::new, |b| b.name);
-    let version = std::fs::read(layout::ROOT_MANIFEST)
+    let manifest = std::fs::read(layout::ROOT_MANIFEST)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("plinth_version")?.as_str().map(str::to_string))
-        .unwrap_or_else(|| machinery::VERSION.to_string());
-    (board, version)
+        .unwrap_or_default();
+    let version = manifest
+        .get("plinth_version")
+        .and_then(|v| v.as_str())
+        .map_or_else(|| machinery::VERSION.to_string(), str::to_string);
+    let security = manifest.get("security_version").and_then(|v| v.as_u64()).unwrap_or(0);
+    (board, version, security)
 }
+
+/// On STATE: the security floor (decimal, one line).
+pub const SECURITY_FLOOR: &str = "security-floor";
 
 /// On STATE: the Raspberry Pi's trial record (`machinery::slots::rpi::Record`).
 pub const TRIAL_RECORD: &str = "boot-trial";
@@ -477,13 +565,19 @@ pub fn host_slots(
 ) -> Result<SlotSettings, DiskError> {
     let booted = crate::loader::simulate_power_on(&disk)?;
     let loader = Loader::detect(&Disk::open(&disk)?, &state_dir.join(TRIAL_RECORD));
+    let record = state_dir.join("slots.json");
+    // One binary plays every slot: the security version is the one the
+    // upgrade wrote to the booted slot, else this build's.
+    let security_version = read_record(&record).map_or(machinery::SECURITY_VERSION, |r| r.security(booted));
     Ok(SlotSettings {
         disk,
         loader,
         booted,
         board,
         version: machinery::VERSION.to_string(),
-        record: state_dir.join("slots.json"),
+        security_version,
+        record,
+        floor: state_dir.join(SECURITY_FLOOR),
         stage_dir: state_dir.join("upgrade"),
         health_timeout,
     })

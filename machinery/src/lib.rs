@@ -21,3 +21,9 @@ pub mod api {
 
 /// The Plinth release this build belongs to.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The security version of this build (image-builder's default for
+/// `--security-version`): raise it in a release that fixes a vulnerability,
+/// and a node that committed it refuses every older-security bundle and
+/// rollback (`bundle::BundleManifest::check_for`).
+pub const SECURITY_VERSION: u64 = 1;

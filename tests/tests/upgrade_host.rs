@@ -13,6 +13,19 @@ use plinth_tests::{
     wait_for,
 };
 
+/// `good`'s payload under a manifest re-signed with another version and
+/// security version (the operator's key): what a release with that
+/// security version would be, without building one.
+fn resigned(op: &Operator, good: &Path, out: &Path, version: &str, security: u64) -> anyhow::Result<()> {
+    let (header, payload) = split_bundle(op, good)?;
+    let key = machinery::signing::signing_key_from_pem(&std::fs::read_to_string(op.path("ops.key"))?)?;
+    let mut m = header.manifest;
+    m.version = version.into();
+    m.security_version = security;
+    std::fs::write(out, [machinery::bundle::Header::sign(m, &key).encode(), payload].concat())?;
+    Ok(())
+}
+
 /// What must not change when a bundle is refused: both roots and the boot
 /// entries.
 fn snapshot(image: &Path) -> anyhow::Result<(String, String, Vec<String>)> {
@@ -138,3 +151,73 @@ fn host_node_refuses_bad_bundles_then_upgrades_commits_falls_back_and_rolls_back
     fell_back_to_a(&version()?);
     Ok(())
 }
+
+#[test]
+fn a_security_floor_refuses_older_bundles_and_rollbacks_whatever_the_client_asks() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let op = Operator::new()?;
+    let work = tempfile::tempdir()?;
+    let image = work.path().join("plinth.img");
+    build_image(&op, &image)?;
+    let built = work.path().join("built.osb");
+    build_bundle(&op, &built, "0.2.0")?;
+    let path = |name: &str| work.path().join(name);
+    // Security versions: the image's, the fix's, and one in between.
+    let (image_sec, fixed_sec, between) =
+        (machinery::SECURITY_VERSION, machinery::SECURITY_VERSION + 2, machinery::SECURITY_VERSION + 1);
+    let fixed = path("plinth-0.2.0-fixed.osb");
+    resigned(&op, &built, &fixed, "0.2.0", fixed_sec)?;
+    let (mut node, _) = configured_node_on(&op, Some(&image))?;
+    let c = op.osctlconfig();
+    let addr = node.addr();
+    let version = || osctl(&c, &["-n", &addr, "-o", "json", "version"]).ok()?.json();
+    let upgrade = |bundle: &Path, extra: &[&str]| {
+        let mut args = vec!["-n", addr.as_str(), "upgrade", "--bundle", bundle.to_str().unwrap_or_default()];
+        args.extend_from_slice(extra);
+        osctl(&c, &args)
+    };
+
+    // The release that fixes a vulnerability is installed and committed:
+    // its security version is the node's floor from now on.
+    upgrade(&fixed, &["--stage"]).ok()?;
+    node.stop()?;
+    node.boot()?;
+    wait_for("slot B committed", Duration::from_secs(60), || {
+        let v = version().ok()?;
+        (slot(&v, "b")["state"] == "committed" && slot(&v, "b")["booted"] == true).then_some(())
+    })
+    .with_context(|| node.log())?;
+    let floor = node.state.path().join("security-floor");
+    assert_eq!(std::fs::read_to_string(&floor)?.trim(), fixed_sec.to_string());
+    assert_eq!(std::fs::metadata(&floor)?.permissions().mode() & 0o777, 0o600, "the floor is root's alone");
+
+    // Slot A still holds the vulnerable release: no rollback into it.
+    let before = snapshot(&image)?;
+    let r = osctl(&c, &["-n", &addr, "rollback"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let want = format!("security version {image_sec}, below this node's security floor {fixed_sec}");
+    assert!(r.stderr.contains(&want), "expected {want:?} in {r:?}");
+    assert_eq!(snapshot(&image)?, before, "a refused rollback changes nothing");
+    assert_eq!(slot(&version()?, "b")["next_boot"], true);
+
+    // A bundle below the floor is refused, --allow-downgrade or not.
+    let vulnerable = path("plinth-0.1.5-vulnerable.osb");
+    resigned(&op, &built, &vulnerable, "0.1.5", between)?;
+    let want = format!("version 0.1.5 at security version {between}, below this node's security floor {fixed_sec}");
+    for extra in [&[][..], &["--allow-downgrade"][..]] {
+        let r = upgrade(&vulnerable, extra);
+        assert_ne!(r.code, 0, "{extra:?}: {r:?}");
+        assert!(r.stderr.contains(&want), "{extra:?}: expected {want:?} in {r:?}");
+        assert_eq!(snapshot(&image)?, before, "{extra:?}: the disk changed");
+    }
+
+    // An older version at the floor is a downgrade the operator may ask for.
+    let older = path("plinth-0.1.9-fixed.osb");
+    resigned(&op, &built, &older, "0.1.9", fixed_sec)?;
+    let r = upgrade(&older, &["--stage"]);
+    assert!(r.stderr.contains("pass --allow-downgrade"), "{r:?}");
+    upgrade(&older, &["--stage", "--allow-downgrade"]).ok()?;
+    assert_eq!(slot(&version()?, "a")["state"], "trial pending");
+    Ok(())
+}
+
