@@ -203,17 +203,20 @@ pub fn identify(bytes: &[u8]) -> Option<(String, usize)> {
     Some((id, start + len + signing::DETACHED_LEN))
 }
 
+/// The manifest at the front of `bytes`, parsed without verifying its
+/// signature: what a client needs to ask a node which parts it already
+/// holds (the node verifies the signed one before it uses any of it).
+pub fn unverified_manifest(bytes: &[u8]) -> Option<BundleManifest> {
+    let (_, header_len) = identify(bytes)?;
+    let start = MAGIC.len() + 4;
+    serde_json::from_slice(bytes.get(start..header_len - signing::DETACHED_LEN)?).ok()
+}
+
 impl BundleManifest {
     /// Whether this node may install the bundle: same board, a security
     /// version at or above the node's `floor` (always), and not older than
     /// what runs unless a downgrade is asked for.
-    pub fn check_for(
-        &self,
-        board: &str,
-        running: &str,
-        floor: u64,
-        allow_downgrade: bool,
-    ) -> Result<(), BundleError> {
+    pub fn check_for(&self, board: &str, running: &str, floor: u64, allow_downgrade: bool) -> Result<(), BundleError> {
         if self.board != board {
             return Err(BundleError::WrongBoard { bundle: self.board.clone(), node: board.to_string() });
         }
@@ -302,6 +305,8 @@ mod tests {
         assert_eq!(header_len, len);
         assert_eq!(id, hex(&<sha2::Sha256 as sha2::Digest>::digest(&parsed.manifest_bytes)));
         assert_eq!(identify(b"PK\x03\x04"), None);
+        assert_eq!(unverified_manifest(&bytes), Some(manifest()));
+        assert_eq!(unverified_manifest(&bytes[..len - 1]), None);
     }
 
     #[test]
