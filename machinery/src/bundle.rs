@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(id, hex(&<sha2::Sha256 as sha2::Digest>::digest(&parsed.manifest_bytes)));
         assert_eq!(identify(b"PK\x03\x04"), None);
         assert_eq!(unverified_manifest(&bytes), Some(manifest()));
-        assert_eq!(unverified_manifest(&bytes[..len - 1]), None);
+        assert_eq!(unverified_manifest(&bytes[..MAGIC.len() + 10]), None, "a cut manifest");
     }
 
     #[test]
