@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     }
     let apid = bins.join("apid");
     let mut changed = std::fs::read(&apid)?;
-    changed.extend((0..65536u32).map(|i| (i * 2654435761u32 >> 24) as u8));
+    changed.extend((0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
     std::fs::write(&apid, changed)?;
     opts.bin_dir = bins;
     bundle_with(&opts, &op)?;
