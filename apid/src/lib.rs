@@ -43,6 +43,8 @@ pub async fn connect_init(path: &Path) -> Result<Channel, ApidError> {
     loop {
         let p = path.to_path_buf();
         let result = Endpoint::from_static("http://init.sock")
+            .initial_stream_window_size(machinery::H2_STREAM_WINDOW)
+            .initial_connection_window_size(machinery::H2_CONNECTION_WINDOW)
             .connect_with_connector(tower::service_fn(move |_| {
                 let p = p.clone();
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
@@ -221,6 +223,8 @@ pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(ApidError::Signal)?;
     Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(machinery::H2_STREAM_WINDOW)
+        .initial_connection_window_size(machinery::H2_CONNECTION_WINDOW)
         .tls_config(tls_config)
         .map_err(serve_err)?
         .add_service(MachineServiceServer::new(Gateway::new(channel, mode, client_certs)))

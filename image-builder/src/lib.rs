@@ -90,6 +90,10 @@ pub struct BuildOptions {
     /// The Plinth version stamped into the root (os-release, manifest):
     /// what the node reports once booted, and what upgrades compare.
     pub version: String,
+    /// The security version signed into a bundle and stamped into the
+    /// root's manifest (`machinery::SECURITY_VERSION` unless told): a node
+    /// that commits it never installs or boots a lower one again.
+    pub security_version: u64,
     /// OCI image archives (files, or directories of `*.tar`) baked into the
     /// root and imported into containerd at boot: pods without a registry.
     pub preload_images: Vec<PathBuf>,
@@ -106,6 +110,10 @@ pub struct Manifest {
     pub arch: String,
     pub kernel_package: String,
     pub kernel_version: String,
+    /// What the node's security floor becomes once this image is committed
+    /// (`machinery::bundle::BundleManifest::security_version`).
+    #[serde(default)]
+    pub security_version: u64,
     pub parts: Vec<PartSum>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<disk::Placed>,
@@ -539,6 +547,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
         arch: board.arch.debian().to_string(),
         kernel_package: board.kernel.package.clone(),
         kernel_version: board.kernel.version.clone(),
+        security_version: opts.security_version,
         parts: sums,
         partitions: Vec::new(),
     };
@@ -760,6 +769,7 @@ pub fn bundle(opts: &BuildOptions, key: &machinery::signing::SigningKey) -> Resu
         board: parts.board.name.clone(),
         arch: parts.manifest.arch.clone(),
         kernel_version: parts.manifest.kernel_version.clone(),
+        security_version: opts.security_version,
         parts: vec![
             BundlePart { name: boot_part.into(), size: boot.len() as u64, sha256: digest(&boot) },
             BundlePart { name: bundle::PART_ROOT.into(), size: root.len() as u64, sha256: digest(&root) },
@@ -775,11 +785,12 @@ pub fn bundle(opts: &BuildOptions, key: &machinery::signing::SigningKey) -> Resu
     std::fs::rename(&tmp, &opts.out).map_err(|e| BuildError::io("rename into place", &opts.out, e))?;
     let size = std::fs::metadata(&opts.out).map_or(0, |m| m.len());
     progress.finish(format!(
-        "bundle {} ({} MiB, {} {})",
+        "bundle {} ({} MiB, {} {}, security version {})",
         opts.out.display(),
         size >> 20,
         parts.board.name,
-        opts.version
+        opts.version,
+        opts.security_version
     ));
     Ok(manifest)
 }

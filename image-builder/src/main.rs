@@ -23,6 +23,11 @@ struct Common {
     /// what upgrades compare).
     #[arg(long = "plinth-version", default_value = machinery::VERSION)]
     version: String,
+    /// The security version: a node that commits it refuses every bundle
+    /// and rollback below it. Raise it in a release that fixes a
+    /// vulnerability (default: this build's machinery::SECURITY_VERSION).
+    #[arg(long, default_value_t = machinery::SECURITY_VERSION)]
+    security_version: u64,
     /// Static plinth-init, apid, orchestrator and plinth-pause for the
     /// board's architecture (scripts/build-static.sh builds them; default:
     /// $PLINTH_BIN_DIR, else target/<x86_64|aarch64>-unknown-linux-gnu/release).
@@ -81,6 +86,7 @@ fn options(c: Common, trust_key: PathBuf) -> anyhow::Result<image_builder::Build
         out: c.out,
         cache_dir: c.cache_dir.unwrap_or_else(image_builder::default_cache_dir),
         version: c.version,
+        security_version: c.security_version,
         preload_images: c.preload_images,
     })
 }

@@ -109,6 +109,7 @@ fn every_layer_of_a_built_image_reads_back() {
         out: w.join("plinth.img"),
         cache_dir: cache,
         version: machinery::VERSION.to_string(),
+        security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
     };
     let built = image_builder::build(&opts).unwrap();
@@ -271,6 +272,7 @@ fn a_misspelt_module_or_a_bad_preload_archive_is_refused_before_anything_is_writ
         out: w.join("plinth.img"),
         cache_dir: cache,
         version: machinery::VERSION.to_string(),
+        security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
     };
     let e = image_builder::build(&opts).unwrap_err().to_string();

@@ -140,6 +140,7 @@ fn the_rpi4_image_and_bundle_follow_the_raspberry_pi_boot_rules() {
         out: w.join("rpi4.img"),
         cache_dir: image_builder::default_cache_dir(),
         version: machinery::VERSION.to_string(),
+        security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
     };
     let board = image_builder::load_board("rpi4", &opts.board_dir).unwrap();

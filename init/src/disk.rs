@@ -113,6 +113,20 @@ impl Disk {
         self.file.write_all_at(data, p.offset + at).map_err(self.io("write"))
     }
 
+    /// Reads `buf.len()` bytes at `at` bytes into partition `label` (bounds
+    /// checked).
+    pub fn read_at(&self, label: &str, at: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let p = self.partition(label)?;
+        if at + buf.len() as u64 > p.size {
+            return Err(DiskError::Io {
+                op: "read past the end of a partition on",
+                path: self.path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            });
+        }
+        self.file.read_exact_at(buf, p.offset + at).map_err(self.io("read"))
+    }
+
     /// Flushes what was written to the device, then drops it from the page
     /// cache so that a read-back comes from the disk.
     pub fn sync(&self) -> Result<(), DiskError> {

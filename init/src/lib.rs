@@ -205,6 +205,8 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
     let api = InitApi(machine.clone());
     tokio::spawn(
         tonic::transport::Server::builder()
+            .initial_stream_window_size(machinery::H2_STREAM_WINDOW)
+            .initial_connection_window_size(machinery::H2_CONNECTION_WINDOW)
             .add_service(MachineServiceServer::new(api.clone()))
             .add_service(InitServiceServer::new(api))
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),

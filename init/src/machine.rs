@@ -1051,8 +1051,11 @@ impl MachineService for InitApi {
         &self,
         req: Request<api::UpgradeResumeRequest>,
     ) -> Result<Response<api::UpgradeResumeResponse>, Status> {
-        let offset = self.0.slots()?.staged_offset(&req.into_inner().manifest_sha256);
-        Ok(Response::new(api::UpgradeResumeResponse { offset }))
+        let req = req.into_inner();
+        let slots = self.0.slots()?;
+        let local_parts = tokio::task::block_in_place(|| slots.local_parts(&req.parts));
+        let offset = slots.staged_offset(&crate::upgrade::stage_id(&req.manifest_sha256, &local_parts));
+        Ok(Response::new(api::UpgradeResumeResponse { offset, local_parts }))
     }
 
     async fn kubeconfig(
@@ -1145,6 +1148,13 @@ impl Machine {
                     slots.booted().other().name()
                 ),
             );
+        }
+        if this == View::Committed {
+            match tokio::task::block_in_place(|| slots.raise_floor()) {
+                Ok(Some(floor)) => event(&self.events, "upgrade", format!("security floor raised to {floor}")),
+                Ok(None) => {}
+                Err(e) => event(&self.events, "upgrade", format!("cannot raise the security floor: {e}")),
+            }
         }
         if this != View::TrialBooted {
             return;

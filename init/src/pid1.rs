@@ -183,7 +183,7 @@ pub fn run() -> ! {
     let storage = mount_data(&sys);
     let state_dir = PathBuf::from(layout::MOUNT_STATE);
     watchdog.pet();
-    let (board, version) = crate::upgrade::running_image();
+    let (board, version, security_version) = crate::upgrade::running_image();
     tracing::info!("Plinth {version} for {board}, slot {}", slot.name());
     let slots = crate::upgrade::disk_of(&root_dev).map(|disk| crate::upgrade::SlotSettings {
         loader: crate::disk::Disk::open(&disk).map_or(crate::loader::Loader::SdBoot, |d| {
@@ -193,7 +193,9 @@ pub fn run() -> ! {
         booted: slot,
         board,
         version,
+        security_version,
         record: state_dir.join("slots.json"),
+        floor: state_dir.join(crate::upgrade::SECURITY_FLOOR),
         stage_dir: PathBuf::from(layout::MOUNT_EPHEMERAL).join("lib/plinth/upgrade"),
         health_timeout: crate::upgrade::HEALTH_TIMEOUT,
     });

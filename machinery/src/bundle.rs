@@ -2,6 +2,11 @@
 //! check everything it can before it writes a byte and hash the payload as
 //! it streams past.
 //!
+//! The manifest's `security_version` is the rollback floor: a node keeps
+//! the highest security version it has committed and refuses any bundle
+//! below it, whatever the client asks (`allow_downgrade` only allows an
+//! older *version* at the same or a higher security version).
+//!
 //! ```text
 //! "plinth-osb v1\n"           14 bytes, the magic
 //! manifest length             4 bytes, big endian (at most 64 KiB)
@@ -43,7 +48,16 @@ pub struct BundleManifest {
     pub board: String,
     pub arch: String,
     pub kernel_version: String,
+    /// Raised by a release that fixes a vulnerability: a node that
+    /// committed security version N never installs or boots one below N.
+    /// Absent (0) in bundles made before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub security_version: u64,
     pub parts: Vec<BundlePart>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +107,11 @@ pub enum BundleError {
         "the bundle holds version {bundle}, older than the running {running}: pass --allow-downgrade to install it"
     )]
     Downgrade { bundle: String, running: String },
+    #[error(
+        "the bundle holds version {version} at security version {security}, below this node's security floor {floor} \
+         (the highest security version it has committed): it is refused even with --allow-downgrade"
+    )]
+    BelowFloor { version: String, security: u64, floor: u64 },
     #[error("the bundle has no {0:?} part")]
     MissingPart(&'static str),
     #[error("the bundle has no {PART_UKI:?} or {PART_BOOT:?} part (its boot files)")]
@@ -184,12 +203,29 @@ pub fn identify(bytes: &[u8]) -> Option<(String, usize)> {
     Some((id, start + len + signing::DETACHED_LEN))
 }
 
+/// The manifest at the front of `bytes`, parsed without verifying its
+/// signature: what a client needs to ask a node which parts it already
+/// holds (the node verifies the signed one before it uses any of it).
+pub fn unverified_manifest(bytes: &[u8]) -> Option<BundleManifest> {
+    let (_, header_len) = identify(bytes)?;
+    let start = MAGIC.len() + 4;
+    serde_json::from_slice(bytes.get(start..header_len - signing::DETACHED_LEN)?).ok()
+}
+
 impl BundleManifest {
-    /// Whether this node may install the bundle: same board, and not older
-    /// than what runs unless a downgrade is asked for.
-    pub fn check_for(&self, board: &str, running: &str, allow_downgrade: bool) -> Result<(), BundleError> {
+    /// Whether this node may install the bundle: same board, a security
+    /// version at or above the node's `floor` (always), and not older than
+    /// what runs unless a downgrade is asked for.
+    pub fn check_for(&self, board: &str, running: &str, floor: u64, allow_downgrade: bool) -> Result<(), BundleError> {
         if self.board != board {
             return Err(BundleError::WrongBoard { bundle: self.board.clone(), node: board.to_string() });
+        }
+        if self.security_version < floor {
+            return Err(BundleError::BelowFloor {
+                version: self.version.clone(),
+                security: self.security_version,
+                floor,
+            });
         }
         if !allow_downgrade && compare_versions(&self.version, running) == Ordering::Less {
             return Err(BundleError::Downgrade { bundle: self.version.clone(), running: running.to_string() });
@@ -243,6 +279,7 @@ mod tests {
             board: "qemu-x86_64".into(),
             arch: "amd64".into(),
             kernel_version: "6.1".into(),
+            security_version: 2,
             parts: vec![
                 BundlePart { name: PART_UKI.into(), size: 3, sha256: "00".into() },
                 BundlePart { name: PART_ROOT.into(), size: 5, sha256: "11".into() },
@@ -268,6 +305,8 @@ mod tests {
         assert_eq!(header_len, len);
         assert_eq!(id, hex(&<sha2::Sha256 as sha2::Digest>::digest(&parsed.manifest_bytes)));
         assert_eq!(identify(b"PK\x03\x04"), None);
+        assert_eq!(unverified_manifest(&bytes), Some(manifest()));
+        assert_eq!(unverified_manifest(&bytes[..MAGIC.len() + 10]), None, "a cut manifest");
     }
 
     #[test]
@@ -323,11 +362,33 @@ mod tests {
     #[test]
     fn board_and_downgrade_checks() {
         let m = manifest();
-        assert!(m.check_for("qemu-x86_64", "0.1.0", false).is_ok());
-        assert!(m.check_for("qemu-x86_64", "0.2.0", false).is_ok(), "the same version reinstalls");
-        assert!(matches!(m.check_for("rpi4", "0.1.0", false), Err(BundleError::WrongBoard { .. })));
-        assert!(matches!(m.check_for("qemu-x86_64", "0.10.0", false), Err(BundleError::Downgrade { .. })));
-        assert!(m.check_for("qemu-x86_64", "0.10.0", true).is_ok());
+        assert!(m.check_for("qemu-x86_64", "0.1.0", 0, false).is_ok());
+        assert!(m.check_for("qemu-x86_64", "0.2.0", 2, false).is_ok(), "the same version reinstalls");
+        assert!(matches!(m.check_for("rpi4", "0.1.0", 0, false), Err(BundleError::WrongBoard { .. })));
+        assert!(matches!(m.check_for("qemu-x86_64", "0.10.0", 0, false), Err(BundleError::Downgrade { .. })));
+        assert!(m.check_for("qemu-x86_64", "0.10.0", 2, true).is_ok(), "an older version at the floor");
+    }
+
+    #[test]
+    fn below_the_security_floor_is_refused_whatever_the_client_asks() {
+        let m = manifest();
+        for allow_downgrade in [false, true] {
+            let e = m.check_for("qemu-x86_64", "0.1.0", 3, allow_downgrade).unwrap_err();
+            assert_eq!(e, BundleError::BelowFloor { version: "0.2.0".into(), security: 2, floor: 3 });
+            let text = e.to_string();
+            assert!(text.contains("security version 2") && text.contains("security floor 3"), "{text}");
+        }
+    }
+
+    #[test]
+    fn bundles_without_a_security_version_still_parse_and_stay_readable_by_older_nodes() {
+        let key = signing::generate_signing_key().unwrap();
+        let mut m = manifest();
+        m.security_version = 0;
+        let header = Header::sign(m.clone(), &key);
+        assert!(!String::from_utf8_lossy(&header.manifest_bytes).contains("security_version"));
+        let (parsed, _) = Header::parse(&header.encode(), &key.verifying_key()).unwrap().unwrap();
+        assert_eq!(parsed.manifest.security_version, 0);
     }
 
     #[test]

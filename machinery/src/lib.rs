@@ -21,3 +21,19 @@ pub mod api {
 
 /// The Plinth release this build belongs to.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// HTTP/2 flow-control windows of the machine API (osctl, apid and init's
+/// socket, both ends): h2's default 64 KiB lets one stream carry 64 KiB per
+/// round trip, a few MB/s on a link with milliseconds of latency; an
+/// upgrade's 1 MiB chunks need several in flight.
+pub const H2_STREAM_WINDOW: u32 = 8 << 20;
+pub const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// The security version of this build (image-builder's default for
+/// `--security-version`): raise it in a release that fixes a vulnerability,
+/// and a node that committed it refuses every older-security bundle and
+/// rollback (`bundle::BundleManifest::check_for`). At 0 the manifest omits
+/// the field, so releases made before the floor existed (which refuse
+/// unknown manifest fields) can still install this one: the first release
+/// that raises it must be installed from a floor-aware one.
+pub const SECURITY_VERSION: u64 = 0;

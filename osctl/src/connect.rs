@@ -146,6 +146,8 @@ pub async fn connect(
     ))
     .map_err(|_| ConnectError::Address(addr.to_string()))?
     .connect_timeout(std::time::Duration::from_secs(10))
+    .initial_stream_window_size(machinery::H2_STREAM_WINDOW)
+    .initial_connection_window_size(machinery::H2_CONNECTION_WINDOW)
     .connect_with_connector(tower::service_fn(move |_| {
         let connector = connector.clone();
         let server_name = server_name.clone();

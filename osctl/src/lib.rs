@@ -781,8 +781,38 @@ async fn power(global: Global, reboot: bool) -> Result<(), Failure> {
 /// Chunks of the bundle on the wire.
 const UPGRADE_CHUNK: usize = 1 << 20;
 
-/// Streams a bundle to each node with a progress bar, resuming where an
-/// interrupted upload of the same bundle stopped.
+/// The byte ranges (start, length) of a bundle file to send: the header,
+/// then each part the node does not hold (`local`), in manifest order,
+/// less the first `offset` payload bytes the node already staged. Without
+/// a manifest (not a bundle), the whole file: the node says what is wrong.
+fn upload_ranges(
+    size: u64,
+    header_len: u64,
+    parts: &[machinery::bundle::BundlePart],
+    local: &[String],
+    offset: u64,
+) -> Vec<(u64, u64)> {
+    if parts.is_empty() {
+        return vec![(0, size)];
+    }
+    let mut ranges = vec![(0, header_len)];
+    let (mut at, mut skip) = (header_len, offset);
+    for p in parts {
+        if !local.contains(&p.name) {
+            let skipped = skip.min(p.size);
+            skip -= skipped;
+            if skipped < p.size {
+                ranges.push((at + skipped, p.size - skipped));
+            }
+        }
+        at += p.size;
+    }
+    ranges
+}
+
+/// Streams a bundle to each node with a progress bar (rate and ETA),
+/// sending only the parts the node's running slot does not hold and
+/// resuming where an interrupted upload of the same bundle stopped.
 async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bool) -> Result<(), Failure> {
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     let fmt = global.output;
@@ -793,42 +823,59 @@ async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bo
     std::io::Read::read_exact(&mut std::fs::File::open(bundle).map_err(read_err)?, &mut head).map_err(read_err)?;
     // Not a bundle: send it anyway, the node says what is wrong with it.
     let (id, header_len) = machinery::bundle::identify(&head).unwrap_or_else(|| (String::new(), 0));
+    let parts = machinery::bundle::unverified_manifest(&head).map(|m| m.parts).unwrap_or_default();
+    let digests: Vec<api::PartDigest> = parts
+        .iter()
+        .map(|p| api::PartDigest { name: p.name.clone(), size: p.size, sha256: p.sha256.clone() })
+        .collect();
     for (node, addr) in session.targets()? {
         let mut c = session.client(&addr).await?;
-        let offset = match c.upgrade_resume(api::UpgradeResumeRequest { manifest_sha256: id.clone() }).await {
-            Ok(r) => r.into_inner().offset.min(size.saturating_sub(header_len as u64)),
+        let ask = api::UpgradeResumeRequest { manifest_sha256: id.clone(), parts: digests.clone() };
+        let (offset, local) = match c.upgrade_resume(ask).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                (r.offset.min(size.saturating_sub(header_len as u64)), r.local_parts)
+            }
             Err(s) => return Err(session.failure(&node, &addr, s).await),
         };
-        if offset > 0 && fmt == Format::Table {
-            eprintln!("{node}: resuming: the node holds {} MiB of this bundle", offset >> 20);
+        if fmt == Format::Table {
+            if !local.is_empty() {
+                eprintln!("{node}: the running slot holds {}: not sent", local.join(", "));
+            }
+            if offset > 0 {
+                eprintln!("{node}: resuming: the node holds {} MiB of this bundle", offset >> 20);
+            }
         }
+        let ranges = upload_ranges(size, header_len as u64, &parts, &local, offset);
+        let sent: u64 = ranges.iter().map(|r| r.1).sum();
         let mut file = tokio::fs::File::open(bundle).await.map_err(read_err)?;
-        let bar = output::progress(size, &format!("{node}: uploading"));
-        bar.set_position(offset);
+        let bar = output::progress(sent, &format!("{node}: uploading"));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let opts = api::UpgradeOptions { stage, allow_downgrade, size, resume_offset: offset };
+        let opts =
+            api::UpgradeOptions { stage, allow_downgrade, size, resume_offset: offset, local_parts: local.clone() };
         let _ = tx.send(api::UpgradeChunk { chunk: Some(api::upgrade_chunk::Chunk::Options(opts)) }).await;
         let reader_bar = bar.clone();
-        let header = head[..header_len.min(head.len())].to_vec();
         let reader = tokio::spawn(async move {
             let send = |data: Vec<u8>| api::UpgradeChunk { chunk: Some(api::upgrade_chunk::Chunk::Data(data)) };
-            if offset > 0 {
-                if tx.send(send(header.clone())).await.is_err() {
-                    return Ok(());
-                }
-                file.seek(std::io::SeekFrom::Start(header.len() as u64 + offset)).await?;
-            }
             let mut buf = vec![0u8; UPGRADE_CHUNK];
-            loop {
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok::<(), std::io::Error>(());
+            for (start, len) in ranges {
+                file.seek(std::io::SeekFrom::Start(start)).await?;
+                let mut left = len;
+                while left > 0 {
+                    let n = file.read(&mut buf[..left.min(UPGRADE_CHUNK as u64) as usize]).await?;
+                    if n == 0 {
+                        // A truncated bundle: the node says so, and keeps
+                        // what came for a resume.
+                        return Ok(());
+                    }
+                    if tx.send(send(buf[..n].to_vec())).await.is_err() {
+                        return Ok(());
+                    }
+                    reader_bar.inc(n as u64);
+                    left -= n as u64;
                 }
-                if tx.send(send(buf[..n].to_vec())).await.is_err() {
-                    return Ok(());
-                }
-                reader_bar.inc(n as u64);
             }
+            Ok::<(), std::io::Error>(())
         });
         let t = std::time::Instant::now();
         let result = c.upgrade(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
@@ -842,7 +889,7 @@ async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bo
             Format::Json => output::json(&serde_json::json!({
                 "node": node, "slot": r.slot, "version": r.version, "summary": r.summary,
                 "rebooting": r.rebooting, "write_seconds": r.write_seconds, "resumed_from": r.resumed_from,
-                "seconds": t.elapsed().as_secs_f64(), "bytes": size,
+                "local_parts": r.local_parts, "seconds": t.elapsed().as_secs_f64(), "bytes": size, "sent_bytes": sent,
             })),
             Format::Table => println!("{node}: {}", r.summary),
         }
@@ -869,6 +916,21 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_upload_sends_the_header_and_the_parts_the_node_lacks_from_the_resume_offset() {
+        let part = |name: &str, size| machinery::bundle::BundlePart { name: name.into(), size, sha256: String::new() };
+        let parts = [part("uki", 10), part("root", 100)];
+        let local = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::upload_ranges(150, 40, &parts, &[], 0), [(0, 40), (40, 10), (50, 100)]);
+        assert_eq!(super::upload_ranges(150, 40, &parts, &local(&["uki"]), 0), [(0, 40), (50, 100)]);
+        assert_eq!(super::upload_ranges(150, 40, &parts, &local(&["uki", "root"]), 0), [(0, 40)]);
+        // Resumed: the offset counts only the parts that are sent.
+        assert_eq!(super::upload_ranges(150, 40, &parts, &local(&["uki"]), 30), [(0, 40), (80, 70)]);
+        assert_eq!(super::upload_ranges(150, 40, &parts, &[], 15), [(0, 40), (55, 95)]);
+        // Not a bundle: all of it.
+        assert_eq!(super::upload_ranges(7, 0, &[], &[], 0), [(0, 7)]);
+    }
+
     #[test]
     fn kubeconfig_server_is_rewritten_keeping_indentation() {
         let kc = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: AAAA\n    server: https://0.0.0.0:6443\n  name: plinth\n";

@@ -92,6 +92,7 @@ fn build(dir: &Path, board: &str, bin_dir: PathBuf) -> PathBuf {
         out: dir.join(format!("{board}.img")),
         cache_dir: image_builder::default_cache_dir(),
         version: machinery::VERSION.to_string(),
+        security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
     };
     image_builder::build(&opts).unwrap();

@@ -82,6 +82,7 @@ fn fixture_options(work: &Path, board: &str, image: &Path) -> image_builder::Bui
         out: image.to_path_buf(),
         cache_dir: image_builder::default_cache_dir(),
         version: machinery::VERSION.to_string(),
+        security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
     }
 }

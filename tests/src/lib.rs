@@ -380,6 +380,7 @@ pub fn build_options(op: &Operator, out: &Path, version: &str) -> anyhow::Result
         out: out.to_path_buf(),
         cache_dir: image_builder::default_cache_dir(),
         version: version.to_string(),
+        security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
     })
 }

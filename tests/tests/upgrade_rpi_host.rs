@@ -69,6 +69,7 @@ fn pi_bundle(op: &Operator, out: &Path, version: &str) -> anyhow::Result<()> {
         board: "qemu-x86_64".into(),
         arch: "arm64".into(),
         kernel_version: "6.1".into(),
+        security_version: machinery::SECURITY_VERSION,
         parts: vec![part(bundle::PART_BOOT, &boot), part(bundle::PART_ROOT, &root)],
     };
     let key = machinery::signing::signing_key_from_pem(&std::fs::read_to_string(op.path("ops.key"))?)?;
