@@ -20,6 +20,7 @@ use machinery::api::{
     machine_service_server::{MachineService, MachineServiceServer},
 };
 use machinery::roles::{Role, Rpc, role_from_cert_der};
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -35,6 +36,8 @@ pub enum ApidError {
     Signal(std::io::Error),
     #[error("serving on {addr}: {source}")]
     Serve { addr: String, source: tonic::transport::Error },
+    #[error("listening on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
 }
 
 /// Connects to init's Unix socket, retrying while init starts up.
@@ -218,9 +221,16 @@ pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
     let addr: std::net::SocketAddr =
         tls.listen_address.parse().map_err(|_| ApidError::Listen(tls.listen_address.clone()))?;
     let serve_err = |source| ApidError::Serve { addr: tls.listen_address.clone(), source };
-    tracing::info!(?mode, %addr, "serving the machine API");
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(ApidError::Signal)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApidError::Bind { addr: tls.listen_address.clone(), source })?;
+    tracing::info!(?mode, %addr, "serving the machine API");
+    // For the boot's record (`osctl boot-times`); serving does not depend on it.
+    if let Err(e) = InitServiceClient::new(channel.clone()).apid_serving(api::ApidServingRequest {}).await {
+        tracing::warn!("telling init that apid serves: {}", e.message());
+    }
     Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(machinery::H2_STREAM_WINDOW)
@@ -228,7 +238,7 @@ pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
         .tls_config(tls_config)
         .map_err(serve_err)?
         .add_service(MachineServiceServer::new(Gateway::new(channel, mode, client_certs)))
-        .serve_with_shutdown(addr, async move {
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             sigterm.recv().await;
             tracing::info!("SIGTERM: finishing in-flight calls");
         })

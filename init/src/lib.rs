@@ -16,6 +16,7 @@ pub mod pid1;
 pub mod power;
 pub mod seed;
 pub mod sntp;
+pub mod steps;
 pub mod store;
 pub mod supervisor;
 pub mod system;
@@ -36,6 +37,8 @@ use crate::supervisor::{ServiceSpec, Supervisor, event};
 
 /// Where init's Unix socket lives, relative to the state directory.
 pub const SOCKET: &str = "run/init.sock";
+/// Host mode: where the boot steps are recorded, relative to the state directory.
+pub const BOOT_STEPS: &str = "run/boot-steps";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -84,6 +87,11 @@ struct Core {
 pub async fn run_host(opts: HostOptions) -> Result<(), InitError> {
     // Orphans of our services are re-parented to us, and reaped.
     nix::sys::prctl::set_child_subreaper(true).map_err(InitError::Subreaper)?;
+    // This run's steps only (an image's /run starts empty each boot).
+    if let Some(steps) = &opts.settings.boot_steps {
+        let path = steps.path();
+        steps.clear().map_err(socket_err("remove the last run's boot steps", path))?;
+    }
     let disk = opts.settings.slots.as_ref().map(|s| s.disk.clone());
     let core = Core {
         log_dir: opts.state_dir.join("logs"),
@@ -158,33 +166,6 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
     // The trial's clock starts now: a boot that hangs later (the network,
     // a service) still ends in a fallback.
     machine.gate_trial();
-    if let Bring::Network = bring {
-        let network = machine.active_network().await;
-        match net::configure(network.as_ref()).await {
-            Ok(done) => {
-                done.report.into_iter().for_each(|line| event(&events, "network", line));
-                write_resolv_conf(&events, &done.nameservers);
-                // Leases are kept from now on; configured name servers win
-                // over those a lease brings.
-                let fixed_dns = network.as_ref().is_some_and(|n| !n.nameservers.is_empty());
-                for d in done.dhcp {
-                    let events = events.clone();
-                    tokio::spawn(net::keep_lease(d, move |line, dns| {
-                        event(&events, "network", line);
-                        if !fixed_dns && !dns.is_empty() {
-                            write_resolv_conf(&events, &dns);
-                        }
-                    }));
-                }
-                if let Some(clock) = &clock {
-                    tokio::spawn(clock.clone().keep(machine.ntp_servers().await, done.nameservers.clone()));
-                }
-            }
-            Err(e) => event(&events, "network", format!("network bring-up failed: {e}")),
-        }
-    }
-    // After the network: the API's certificate names the node's addresses.
-    machine.start_cluster_services().await;
 
     let socket = core.state_dir.join(SOCKET);
     if let Some(dir) = socket.parent() {
@@ -212,12 +193,47 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
 
-    supervisor.add(ServiceSpec {
+    // apid listens on every address: it needs none of the network.
+    machine.supervise(ServiceSpec {
         name: "apid".into(),
         program: core.apid.clone(),
         args: vec!["--init-socket".into(), socket.display().to_string()],
         env: std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect(),
     });
+    // containerd starts now, the orchestrator once the network is up.
+    let m = machine.clone();
+    tokio::spawn(async move { m.start_cluster_services().await });
+
+    if let Bring::Network = bring {
+        let network = machine.active_network().await;
+        match net::configure(network.as_ref()).await {
+            Ok(done) => {
+                if let Some(steps) = &core.settings.boot_steps {
+                    steps.record(machinery::boot_steps::NETWORK);
+                }
+                done.report.into_iter().for_each(|line| event(&events, "network", line));
+                write_resolv_conf(&events, &done.nameservers);
+                // Leases are kept from now on; configured name servers win
+                // over those a lease brings.
+                let fixed_dns = network.as_ref().is_some_and(|n| !n.nameservers.is_empty());
+                for d in done.dhcp {
+                    let events = events.clone();
+                    tokio::spawn(net::keep_lease(d, move |line, dns| {
+                        event(&events, "network", line);
+                        if !fixed_dns && !dns.is_empty() {
+                            write_resolv_conf(&events, &dns);
+                        }
+                    }));
+                }
+                if let Some(clock) = &clock {
+                    tokio::spawn(clock.clone().keep(machine.ntp_servers().await, done.nameservers.clone()));
+                }
+            }
+            Err(e) => event(&events, "network", format!("network bring-up failed: {e}")),
+        }
+    }
+    // The API server's certificate names the node's addresses: it waits for this.
+    machine.network_is_up();
 
     let action = match bring {
         // PID 1 takes orders only from the API.

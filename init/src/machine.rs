@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use machinery::api::{self, ApplyMode, NodeMode, machine_service_server::MachineService};
 use machinery::config::{self, MachineConfig};
-use machinery::layout;
 use machinery::slots::View;
 use machinery::slots::rpi::AtBoot;
-use tokio::sync::{Mutex, broadcast, mpsc};
+use machinery::{boot_steps, layout};
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -51,6 +51,9 @@ pub struct NodeSettings {
     pub orchestrator: Option<OrchestratorSettings>,
     /// What PID 1 found of its data partitions.
     pub storage: Storage,
+    /// Where this boot's steps are recorded (its services get the path in
+    /// `machinery::boot_steps::ENV`).
+    pub boot_steps: Option<crate::steps::StepLog>,
 }
 
 /// What PID 1 found of STATE and EPHEMERAL, and where the copy of the
@@ -138,6 +141,10 @@ pub struct Machine {
     slots: Option<Arc<Slots>>,
     /// PID 1 keeps the clock (no real-time clock on some boards).
     clock: Option<Arc<crate::clock::Keeper>>,
+    /// Whether the network is up (or there is none to bring up).
+    network_up: watch::Sender<bool>,
+    /// Held while the cluster services are being started: one caller at a time.
+    cluster_starting: Mutex<()>,
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -364,7 +371,43 @@ impl Machine {
             maintenance_cert,
             slots,
             clock,
+            network_up: watch::Sender::new(false),
+            cluster_starting: Mutex::new(()),
         }))
+    }
+
+    /// The network is up: the orchestrator may start.
+    pub fn network_is_up(&self) {
+        self.network_up.send_replace(true);
+    }
+
+    /// Supervises `spec`, telling it where this boot's steps are recorded.
+    pub fn supervise(&self, mut spec: ServiceSpec) {
+        if let Some(steps) = &self.settings.boot_steps {
+            spec.env.push((boot_steps::ENV.into(), steps.path().display().to_string()));
+        }
+        self.supervisor.add(spec);
+    }
+
+    fn supervises(&self, name: &str) -> bool {
+        self.supervisor.list().iter().any(|s| s.name == name)
+    }
+
+    /// Records the containerd step once its socket accepts a connection.
+    fn watch_containerd(&self, socket: std::path::PathBuf) {
+        let Some(steps) = self.settings.boot_steps.clone() else { return };
+        tokio::spawn(async move {
+            // As long as the kubelet waits for it, and then some.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while tokio::net::UnixStream::connect(&socket).await.is_err() {
+                if Instant::now() >= deadline {
+                    tracing::warn!("containerd's socket {} did not answer in 120 s", socket.display());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            steps.record(boot_steps::CONTAINERD);
+        });
     }
 
     /// Raises the clock to the applied config's CA's notBefore (PID 1):
@@ -397,7 +440,8 @@ impl Machine {
     pub async fn start_cluster_services(&self) {
         let Some(o) = &self.settings.orchestrator else { return };
         let Some(config) = self.state.lock().await.active.as_ref().map(|a| a.config.clone()) else { return };
-        if self.supervisor.list().iter().any(|s| s.name == ORCHESTRATOR) {
+        let _one = self.cluster_starting.lock().await;
+        if self.supervises(ORCHESTRATOR) {
             return;
         }
         // The config's CA issues the Kubernetes certificates too (a worker's
@@ -414,9 +458,27 @@ impl Machine {
                 Err(e) => event(&self.events, "service", format!("writing the cluster CA for the orchestrator: {e}")),
             }
         }
+        // containerd needs neither the network nor the API server: it starts
+        // now, while the network comes up.
+        match cluster_services(&config, o, &[], ca_files.as_ref()) {
+            Ok(specs) => {
+                for s in specs.into_iter().filter(|s| s.name == CONTAINERD && !self.supervises(CONTAINERD)) {
+                    self.supervise(s);
+                    if let Some(k) = &o.kubelet {
+                        self.watch_containerd(k.cri_socket.clone());
+                    }
+                }
+            }
+            Err(why) => {
+                event(&self.events, "service", why);
+                return;
+            }
+        }
+        // The API server's certificate names the addresses the node has.
+        let _ = self.network_up.subscribe().wait_for(|up| *up).await;
         let names = kube_serving_names(&config, &self.settings);
         match cluster_services(&config, o, &names, ca_files.as_ref()) {
-            Ok(specs) => specs.into_iter().for_each(|s| self.supervisor.add(s)),
+            Ok(specs) => specs.into_iter().filter(|s| s.name != CONTAINERD).for_each(|s| self.supervise(s)),
             Err(why) => event(&self.events, "service", why),
         }
     }
@@ -639,7 +701,9 @@ impl Machine {
             if apid_changed {
                 self.reload_apid();
             }
-            self.start_cluster_services().await;
+            // Not awaited: the orchestrator may wait for the network.
+            let me = self.clone();
+            tokio::spawn(async move { me.start_cluster_services().await });
         }
         Ok(api::ApplyConfigResponse { diff, summary, reboot_required: reboot, applied_version: v })
     }
@@ -956,6 +1020,14 @@ impl MachineService for InitApi {
             memory_available_kib: proc_field("/proc/meminfo", "MemAvailable:"),
             init_rss_kib: rss_kib("/proc/self/status"),
             slots: m.slots.as_ref().map(|s| s.infos()).unwrap_or_default(),
+            boot_id: crate::steps::boot_id(),
+            boot_steps: m.settings.boot_steps.as_ref().map_or_else(Vec::new, |steps| {
+                // Version answers in every mode: a damaged record is logged, not fatal.
+                steps.read().unwrap_or_else(|e| {
+                    tracing::warn!("{e}");
+                    Vec::new()
+                })
+            }),
         }))
     }
 
@@ -1232,6 +1304,16 @@ impl Machine {
 impl api::init_service_server::InitService for InitApi {
     async fn apid_tls(&self, _: Request<api::ApidTlsRequest>) -> Result<Response<api::ApidTlsResponse>, Status> {
         self.0.apid_tls().await.map(Response::new)
+    }
+
+    async fn apid_serving(
+        &self,
+        _: Request<api::ApidServingRequest>,
+    ) -> Result<Response<api::ApidServingResponse>, Status> {
+        if let Some(steps) = &self.0.settings.boot_steps {
+            steps.record(boot_steps::APID);
+        }
+        Ok(Response::new(api::ApidServingResponse {}))
     }
 }
 

@@ -79,6 +79,7 @@ async fn host() {
         listen: args.kube_listen,
         kubelet: None,
     });
+    let boot_steps = init::steps::StepLog::new(args.state_dir.join(init::BOOT_STEPS));
     let opts = init::HostOptions {
         state_dir: args.state_dir,
         trusted_key: args.trusted_key,
@@ -91,6 +92,7 @@ async fn host() {
             // Host mode never sets the host's clock.
             clock_floor: None,
             storage: init::machine::Storage { trust_copy: args.trust_copy, ..Default::default() },
+            boot_steps: Some(boot_steps),
         },
     };
     if let Err(e) = init::run_host(opts).await {

@@ -8,11 +8,12 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use machinery::layout;
 use machinery::slots::rpi;
+use machinery::{boot_steps, layout};
 
 use crate::boot::{self, Mounted};
 use crate::machine::{KubeletSettings, NodeSettings, OrchestratorSettings, PowerAction, Storage};
+use crate::steps::StepLog;
 use crate::system::{Linux, System};
 use crate::{Bring, Core};
 
@@ -55,14 +56,16 @@ fn setup_logging() {
 
 /// Mounts the root image of this boot's slot and switches into it; returns
 /// the slot and its root partition's device.
-fn enter_root(sys: &dyn System) -> Result<(layout::Slot, PathBuf), boot::BootError> {
+fn enter_root(sys: &dyn System, steps: &StepLog) -> Result<(layout::Slot, PathBuf), boot::BootError> {
     for failure in boot::load_modules(sys, Path::new(layout::INITRAMFS_MODULES))? {
         tracing::warn!("{failure}");
     }
+    steps.record(boot_steps::MODULES);
     let slot = boot::slot(sys)?;
     let dev = boot::mount_root(sys, slot, PARTITION_TIMEOUT)?;
     tracing::info!("slot {}: root image {}", slot.name(), dev.display());
     boot::switch_into_root(sys)?;
+    steps.record(boot_steps::ROOT);
     for failure in boot::runtime_mounts(sys) {
         tracing::warn!("for containers: {failure}");
     }
@@ -163,6 +166,8 @@ fn ensure_stdio() {
 
 /// PID 1's whole life.
 pub fn run() -> ! {
+    // The kernel's part of the boot ends here.
+    let started = crate::steps::since_boot();
     let sys = Linux;
     if let Err(e) = boot::early_mounts(&sys) {
         let _ = writeln!(std::io::stderr(), "plinth-init: early mounts: {e}");
@@ -171,7 +176,10 @@ pub fn run() -> ! {
     setup_logging();
     std::panic::set_hook(Box::new(|info| tracing::error!("PID 1 caught a panic: {info}")));
     tracing::info!("Plinth {} starting", machinery::VERSION);
-    let (slot, root_dev) = match enter_root(&sys) {
+    // On /run, which the switch into the root carries along.
+    let steps = StepLog::new(layout::BOOT_STEPS);
+    steps.record_at(boot_steps::PID1, started);
+    let (slot, root_dev) = match enter_root(&sys, &steps) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot boot: {e}; rebooting in 10 s so the boot loader can fall back");
@@ -182,6 +190,7 @@ pub fn run() -> ! {
     let mut watchdog = Watchdog::open();
     let storage = mount_data(&sys);
     let state_dir = PathBuf::from(layout::MOUNT_STATE);
+    steps.record(boot_steps::DATA);
     watchdog.pet();
     let (board, version, security_version) = crate::upgrade::running_image();
     tracing::info!("Plinth {version} for {board}, slot {}", slot.name());
@@ -220,6 +229,7 @@ pub fn run() -> ! {
             }),
             clock_floor: Some(PathBuf::from(layout::ROOT_BUILD_TIME)),
             storage,
+            boot_steps: Some(steps),
             ..NodeSettings::default()
         },
     };

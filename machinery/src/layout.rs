@@ -135,6 +135,9 @@ pub const ROOT_CONTAINERD: &str = "/usr/bin/containerd";
 /// containerd's config, written by image-builder: CRI with runc and the
 /// cgroupfs driver, state under /run, images and snapshots on EPHEMERAL.
 pub const ROOT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// Where a node's boot steps are appended (`boot_steps`): on /run, which
+/// PID 1 mounts first and carries into the root, so it is new each boot.
+pub const BOOT_STEPS: &str = "/run/plinth/boot-steps";
 /// containerd's CRI socket.
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// containerd's images, snapshots and containers (on EPHEMERAL).

@@ -3,6 +3,7 @@
 //! format and the A/B slot state machine.
 
 pub mod board;
+pub mod boot_steps;
 pub mod bundle;
 pub mod config;
 pub mod layout;

@@ -156,15 +156,63 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The tracing target of a boot step the crates reach (field `step`, e.g.
+/// the kubelet's first Ready status).
+const BOOT_STEP: &str = "boot_step";
+
+/// Appends the boot steps logged under [`BOOT_STEP`] to the file init names
+/// in `PLINTH_BOOT_STEPS` (`machinery::boot_steps`: `<step> <µs since boot>`).
+struct BootSteps(PathBuf);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BootSteps {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Step(Option<String>);
+        impl tracing::field::Visit for Step {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "step" {
+                    self.0 = Some(value.to_string());
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut step = Step(None);
+        event.record(&mut step);
+        let Some(name) = step.0 else { return };
+        record_step(&self.0, &name);
+    }
+}
+
+fn record_step(path: &std::path::Path, name: &str) {
+    use std::io::Write as _;
+    let at = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from);
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{name} {}\n", at.as_micros()).as_bytes()));
+    if let Err(e) = written {
+        eprintln!("recording boot step {name} in {}: {e}", path.display());
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // Warnings by default: they are how a node says what it cannot do.
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PLINTH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    use tracing_subscriber::prelude::*;
+    // Warnings by default: they are how a node says what it cannot do.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLINTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let steps = std::env::var_os("PLINTH_BOOT_STEPS").map(|p| {
+        BootSteps(PathBuf::from(p))
+            .with_filter(tracing_subscriber::filter::Targets::new().with_target(BOOT_STEP, tracing::Level::INFO))
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
         )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with(steps)
         .init();
     raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -176,6 +224,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans };
             rt.block_on(async {
                 let running = orchestrator_apiserver::start(cfg).await?;
+                tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");
                 if controllers {
                     orchestrator_controllers::spawn_all(running.registry.clone());
                 }

@@ -98,6 +98,9 @@ pub enum Command {
     GetConfig,
     /// Plinth version and node state.
     Version,
+    /// This boot's steps (kernel → PID 1 → … → Node Ready), timed on the
+    /// node's own clock since the kernel started.
+    BootTimes,
     /// List the node's services.
     Services,
     /// Act on one service.
@@ -546,12 +549,15 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Version => {
+        command @ (Command::Version | Command::BootTimes) => {
             let session = Session::open(cli.global)?;
             let results = session
                 .each(|_, mut c| async move { c.version(api::VersionRequest {}).await.map(|r| r.into_inner()) })
                 .await?;
-            output::version(fmt, &results);
+            match command {
+                Command::BootTimes => output::boot_times(fmt, &results),
+                _ => output::version(fmt, &results),
+            }
             Ok(())
         }
         Command::Services => {

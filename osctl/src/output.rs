@@ -80,6 +80,8 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                         "memory_available_kib": v.memory_available_kib,
                         "init_rss_kib": v.init_rss_kib,
                         "safe_reason": v.safe_reason,
+                        "boot_id": v.boot_id,
+                        "boot_steps": boot_steps_json(&v.boot_steps),
                         "slots": v.slots.iter().map(|s| serde_json::json!({
                             "name": s.name, "version": s.version, "state": s.state,
                             "booted": s.booted, "next_boot": s.next_boot,
@@ -113,6 +115,45 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                 eprintln!("{node} is in safe mode: {}", v.safe_reason);
             }
             slots(results);
+        }
+    }
+}
+
+fn boot_steps_json(steps: &[api::BootStep]) -> serde_json::Value {
+    steps.iter().map(|s| serde_json::json!({"name": s.name, "since_boot_us": s.since_boot_us})).collect()
+}
+
+/// This boot's steps on each node, timed on the node's own clock.
+pub fn boot_times(fmt: Format, results: &[(String, api::VersionResponse)]) {
+    match fmt {
+        Format::Json => json(&serde_json::Value::Array(
+            results
+                .iter()
+                .map(|(node, v)| {
+                    serde_json::json!({"node": node, "boot_id": v.boot_id, "steps": boot_steps_json(&v.boot_steps)})
+                })
+                .collect(),
+        )),
+        Format::Table => {
+            let mut t = Table::new(&["NODE", "STEP", "SINCE BOOT", "AFTER PREVIOUS", "WHAT"]);
+            for (node, v) in results {
+                let mut previous = 0;
+                for s in &v.boot_steps {
+                    let secs = |us: u64| format!("{:.3}s", us as f64 / 1e6);
+                    t.row(vec![
+                        node.clone(),
+                        s.name.clone(),
+                        secs(s.since_boot_us),
+                        format!("+{}", secs(s.since_boot_us.saturating_sub(previous))),
+                        machinery::boot_steps::describe(&s.name).unwrap_or("-").into(),
+                    ]);
+                    previous = s.since_boot_us;
+                }
+            }
+            t.print();
+            for (node, v) in results {
+                eprintln!("{node}: boot {}", v.boot_id);
+            }
         }
     }
 }

@@ -1,13 +1,17 @@
 //! Benchmark (not a test): the single-node cluster in QEMU (TCG). Prints
 //! the time from power-on to the Node Ready and to the web Deployment
 //! (2 busybox pods) Ready, guest RAM in use (MemTotal − MemAvailable) idle
-//! and with the Deployment, and the RSS of each service init runs. Guest
+//! and with the Deployment, the RSS of each service init runs, and each
+//! step of a reboot with the Deployment on the node's own clock (kernel →
+//! PID 1 → … → Node Ready → first pod Running; the new boot told apart by
+//! its boot id; a missing step fails the run). Guest
 //! memory: PLINTH_JOURNEY_MEMORY_MIB (default 512). Run with
 //! `bench/journey.sh`, which also finds the smallest memory that works.
 
 use std::time::{Duration, Instant};
 
-use plinth_tests::cluster::ClusterNode;
+use plinth_tests::boot;
+use plinth_tests::cluster::{BOOT, ClusterNode};
 use plinth_tests::{Operator, build_options, busybox_archive};
 
 fn mib(kib: u64) -> f64 {
@@ -69,5 +73,23 @@ fn main() -> anyhow::Result<()> {
         node.powered_on.elapsed().as_secs_f64()
     );
     footprint(&node, "with the Deployment")?;
+
+    let before = boot::Boot::from_version(&node.version().ok_or_else(|| anyhow::anyhow!("no answer from the node"))?)?;
+    let t = Instant::now();
+    node.osctl(&["reboot"]).ok()?;
+    let mut want = boot::TO_NODE_READY.to_vec();
+    want.push(machinery::boot_steps::FIRST_POD_RUNNING);
+    let reboot =
+        boot::wait_boot("the first pod Running after a reboot", BOOT, Some(&before.id), &want, || node.version())?;
+    reboot.print(
+        &format!(
+            "reboot with the Deployment; wall clock reboot → first pod Running {:.1} s",
+            t.elapsed().as_secs_f64()
+        ),
+        &want,
+        machinery::boot_steps::PID1,
+        machinery::boot_steps::NODE_READY,
+    )?;
+    node.wait_web("after the reboot")?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! built binaries, runs `osctl` as a user would, and starts nodes — in host
 //! mode here (init + apid as processes over a state directory).
 
+pub mod boot;
 pub mod cluster;
 
 use std::path::{Path, PathBuf};

@@ -554,3 +554,42 @@ fn a_node_refuses_a_config_of_another_cluster() -> anyhow::Result<()> {
     safe_and_closed(&op, &node, false, "configured before", &other)?;
     Ok(())
 }
+
+#[test]
+fn boot_steps_are_this_runs_and_apid_reports_serving() -> anyhow::Result<()> {
+    let op = Operator::new()?;
+    let mut node = HostNode::start(&op.path("ops.pub"))?;
+    let (c, addr) = (op.osctlconfig(), node.addr());
+    let steps = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v[0]["boot_steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (s["name"].as_str().unwrap_or_default().to_string(), s["since_boot_us"].as_u64().unwrap_or(0)))
+            .collect()
+    };
+    // Maintenance mode: version (and so boot-times) answers, with the
+    // kernel's boot id and the step apid reports once it listens.
+    let v = wait_for("apid's boot step", Duration::from_secs(20), || {
+        let v = osctl(&c, &["-n", &addr, "--insecure", "-o", "json", "version"]).json().ok()?;
+        steps(&v).iter().any(|(n, _)| n == "apid").then_some(v)
+    })?;
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    assert_eq!(v[0]["boot_id"], boot_id.trim());
+    let first = steps(&v);
+    assert!(first.iter().all(|(_, us)| *us > 0), "{first:?}");
+    let table = osctl(&c, &["-n", &addr, "--insecure", "boot-times"]).ok()?;
+    assert!(table.stdout.contains("apid serving the machine API"), "{table:?}");
+
+    // A new run of init records its own steps, not the last run's.
+    node.stop()?;
+    node.boot()?;
+    let again = wait_for("apid's boot step after a restart", Duration::from_secs(20), || {
+        let v = osctl(&c, &["-n", &addr, "--insecure", "-o", "json", "version"]).json().ok()?;
+        let s = steps(&v);
+        s.iter().any(|(n, _)| n == "apid").then_some(s)
+    })?;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(again[0].1 > first[0].1, "the step is the new run's: {again:?} after {first:?}");
+    Ok(())
+}

@@ -1051,6 +1051,9 @@ impl Kubelet {
                 true
             })
             .await;
+        if r.is_ok() && phase == "Running" {
+            node::boot_step(&node::FIRST_POD_RUNNING, "first-pod-running");
+        }
         match r {
             Err(e) if e.code != 404 => Err(e.into()),
             _ => Ok(()),

@@ -2,11 +2,11 @@
 //! and its heartbeat: the Lease renewed every 10 s, the status re-posted
 //! when a condition changes and at least every minute.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
@@ -25,6 +25,22 @@ use orchestrator_apimachinery::registry::Part;
 pub const LEASE_SECONDS: i64 = 40;
 const RENEW: Duration = Duration::from_secs(10);
 const STATUS_EVERY: Duration = Duration::from_secs(60);
+/// Until the node is first Ready, how often its status is checked: Ready
+/// is reported as soon as it holds, not at the next heartbeat.
+const UNTIL_READY: Duration = Duration::from_millis(100);
+
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+static READY: AtomicBool = AtomicBool::new(false);
+pub(crate) static FIRST_POD_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Logs a boot step (tracing target `boot_step`, field `step`) the first
+/// time this process reaches it; the orchestrator binary records it for
+/// init (`osctl boot-times`).
+pub(crate) fn boot_step(reached: &AtomicBool, step: &'static str) {
+    if !reached.swap(true, Ordering::Relaxed) {
+        tracing::info!(target: "boot_step", step, "boot step reached");
+    }
+}
 const MAX_PODS: u32 = 110;
 
 /// The address of the default route's interface (no packet is sent), else loopback.
@@ -191,8 +207,11 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
         }
         Err(e) => return Err(e.into()),
     }
-    post_status(k).await?;
-    renew_lease(k).await
+    boot_step(&REGISTERED, "node-registered");
+    // The lease first: a lease left stale by a reboot would have the node
+    // lifecycle controller turn the Ready just posted into Unknown.
+    renew_lease(k).await?;
+    post_status(k).await
 }
 
 fn to_json(o: &impl serde::Serialize) -> Result<Value, KubeletError> {
@@ -204,6 +223,7 @@ async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
     let name = k.cfg.node_name.clone();
     let old = stored_node(k).await?;
     let conds = conditions(k, stored_conditions(&old)).await;
+    let ready = conds.iter().any(|c| c.type_ == "Ready" && c.status == "True");
     let address = |type_: &str, address: &str| NodeAddress { type_: type_.into(), address: address.into() };
     let status = NodeStatus {
         capacity: Some(capacity(k)),
@@ -246,6 +266,9 @@ async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
             true
         })
         .await?;
+    if ready {
+        boot_step(&READY, "node-ready");
+    }
     Ok(())
 }
 
@@ -308,15 +331,19 @@ async fn renew_lease(k: &Kubelet) -> Result<(), KubeletError> {
     Ok(())
 }
 
-/// Renews the lease every 10 s; re-posts the node status when it changed or a minute passed.
+/// Renews the lease every 10 s; re-posts the node status when it changed
+/// (checked every 100 ms until the node is first Ready) or a minute passed.
 pub async fn heartbeat(k: Arc<Kubelet>) {
-    let mut tick = tokio::time::interval(RENEW);
-    tick.tick().await;
-    let mut posted = tokio::time::Instant::now();
+    let mut renewed = tokio::time::Instant::now();
+    let mut posted = renewed;
     loop {
-        tick.tick().await;
-        if let Err(e) = renew_lease(&k).await {
-            tracing::warn!("renew the node lease: {e}");
+        let ready = READY.load(Ordering::Relaxed);
+        tokio::time::sleep(if ready { RENEW } else { UNTIL_READY }).await;
+        if renewed.elapsed() >= RENEW {
+            if let Err(e) = renew_lease(&k).await {
+                tracing::warn!("renew the node lease: {e}");
+            }
+            renewed = tokio::time::Instant::now();
         }
         let due = posted.elapsed() >= STATUS_EVERY;
         match status_changed(&k).await {
