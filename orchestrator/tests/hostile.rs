@@ -92,6 +92,13 @@ async fn connect(server: &common::Server, tls: &tokio_rustls::TlsConnector) -> s
 #[test]
 fn stalled_uploads_and_connections_leave_admins_in_and_memory_bounded() {
     let Some(kubectl) = common::kubectl() else { return };
+    // The flood's ~1,300 client sockets live in this process: its soft
+    // open-file limit (1,024 on a fresh login) goes up to the hard one.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 4096 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise this test's open-file limit");
+    }
     let server = common::Server::start_with_nofile(tempfile::tempdir().unwrap(), kubectl, 1024);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
