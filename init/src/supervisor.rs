@@ -356,6 +356,20 @@ async fn terminate(pid: u32, exit: &mut oneshot::Receiver<WaitStatus>) -> WaitSt
     }
 }
 
+/// Waits until what is wanted of the service changes; false when nobody
+/// can change it any more. [`set`] also wakes the channel (for
+/// `stop_all`) without changing it: those wake-ups are skipped, or a
+/// stopped or backing-off service would spin.
+async fn next_desired(desired: &mut watch::Receiver<Desired>) -> bool {
+    let seen = *desired.borrow_and_update();
+    while desired.changed().await.is_ok() {
+        if *desired.borrow_and_update() != seen {
+            return true;
+        }
+    }
+    false
+}
+
 async fn run_service(inner: Arc<Inner>, svc: Arc<Service>) {
     let name = svc.spec.name.clone();
     let mut desired = svc.desired.subscribe();
@@ -365,7 +379,7 @@ async fn run_service(inner: Arc<Inner>, svc: Arc<Service>) {
         let want = *desired.borrow_and_update();
         if !want.running {
             set(&svc, |s| s.state = ServiceState::Stopped);
-            if desired.changed().await.is_err() {
+            if !next_desired(&mut desired).await {
                 return;
             }
             continue;
@@ -423,7 +437,7 @@ async fn run_service(inner: Arc<Inner>, svc: Arc<Service>) {
             event(&inner.events, "service", format!("{name}: restarting in {}s", backoff.as_secs()));
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = desired.changed() => {}
+                _ = next_desired(&mut desired) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -441,8 +455,9 @@ mod tests {
         // PID 1's starting point: a low soft limit.
         setrlimit(Resource::RLIMIT_NOFILE, 1024.min(hard), hard).unwrap();
         raise_open_file_limit(Some(hard));
-        let out = Command::new("/bin/sh").args(["-c", "ulimit -n"]).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hard.to_string());
+        // Children inherit the limit (POSIX); a child is not spawned here, as
+        // another test's supervisor would reap it.
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, hard);
     }
 
     fn sh(name: &str, script: &str) -> ServiceSpec {
@@ -497,5 +512,10 @@ mod tests {
         sup.add(ServiceSpec { name: "ghost".into(), program: "/nonexistent/ghost".into(), args: vec![], env: vec![] });
         let s = wait_for(&sup, "ghost", |s| s.state == ServiceState::Backoff as i32).await;
         assert!(s.last_exit.contains("cannot start /nonexistent/ghost"), "{}", s.last_exit);
+        // It waits out its back-off (1 s, then 2 s): no more than one
+        // further attempt in the next half second, not a spin.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let later = sup.list().into_iter().find(|s| s.name == "ghost").unwrap();
+        assert!(later.restarts <= s.restarts + 1, "{} attempts in 0.5 s after {}", later.restarts, s.restarts);
     }
 }
