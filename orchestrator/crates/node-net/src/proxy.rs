@@ -27,6 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use tokio::io::AsyncWriteExt as _;
 
 use orchestrator_apimachinery::node_fields::{self, Protocol};
+use orchestrator_apimachinery::registry;
 use orchestrator_client::{Api, Watch};
 
 /// The mark of connections to masquerade (kube-proxy's bit).
@@ -220,11 +221,7 @@ pub(crate) fn typed<T: serde::de::DeserializeOwned>(kind: &str, items: Vec<Value
         .into_iter()
         .filter_map(|o| {
             // Names an object that does not decode: there is no type to read them from.
-            let at = format!(
-                "{}/{}",
-                o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default(),
-                o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
-            );
+            let at = format!("{}/{}", registry::namespace_of(&o).unwrap_or_default(), registry::name_of(&o));
             serde_json::from_value(o).map_err(|e| tracing::warn!("service proxy: skipping {kind} {at:?}: {e}")).ok()
         })
         .collect()
