@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -39,6 +40,7 @@ use crate::cri::{Cri, CriError, v1};
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::Part;
 use orchestrator_apimachinery::registry::str_at;
+use orchestrator_apimachinery::typed;
 use pod::{Observed, Waiting};
 
 #[derive(Debug, Clone)]
@@ -748,7 +750,7 @@ impl Kubelet {
             .map_err(|e| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() })?;
         let env = pod::environment(p, c, &refs).map_err(config_err)?;
         let mounts = volumes::mounts(c, vols).map_err(config_err)?;
-        let config = pod::container_config(p, c, &image, attempt, &env, mounts).map_err(config_err)?;
+        let config = pod::container_config(p, c, sandbox_cfg, &image, attempt, &env, mounts).map_err(config_err)?;
         let mut rs = self.cri.runtime.clone();
         let create_err =
             |s: tonic::Status| Waiting { reason: "CreateContainerError".into(), message: s.message().to_string() };
@@ -802,11 +804,12 @@ impl Kubelet {
             .filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32)
             .max_by_key(|s| s.created_at);
         let log_dir = self.log_dir(p);
+        let typed_pod: Pod = typed::decode(p.clone(), "Pod")?;
         let sandbox_cfg = pod::sandbox_config(
-            p,
+            &typed_pod,
             &log_dir.to_string_lossy(),
             ready.and_then(|s| s.metadata.as_ref()).map_or(attempt, |m| m.attempt),
-            pod::dns_config(p, self.cluster_dns, || std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+            pod::dns_config(&typed_pod, self.cluster_dns, || std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
         );
         let sandbox_id = match ready {
             Some(s) => s.id.clone(),

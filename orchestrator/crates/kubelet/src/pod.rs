@@ -1,11 +1,14 @@
-//! Pure translations between a Pod (JSON, as the registry holds it) and the
-//! CRI: sandbox and container configs, environment resolution, restart
+//! Pure translations between a Pod and the CRI (the sandbox config and DNS
+//! settings from the typed `Pod`; the rest still from the JSON the registry
+//! holds): sandbox and container configs, environment resolution, restart
 //! decisions and the pod status computed from what the runtime reports. No
 //! I/O here; `mod.rs` does the calls.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use serde_json::{Value, json};
 
 use orchestrator_apimachinery::registry::str_at;
@@ -33,29 +36,36 @@ pub fn pod_dir_name(pod: &Value) -> String {
     format!("{}_{}_{}", str_at(pod, "/metadata/namespace"), str_at(pod, "/metadata/name"), str_at(pod, "/metadata/uid"))
 }
 
-fn base_labels(pod: &Value) -> HashMap<String, String> {
+fn base_labels(name: &str, namespace: &str, uid: &str) -> HashMap<String, String> {
     HashMap::from([
-        (LABEL_POD_NAME.to_string(), str_at(pod, "/metadata/name").to_string()),
-        (LABEL_POD_NAMESPACE.to_string(), str_at(pod, "/metadata/namespace").to_string()),
-        (LABEL_POD_UID.to_string(), str_at(pod, "/metadata/uid").to_string()),
+        (LABEL_POD_NAME.to_string(), name.to_string()),
+        (LABEL_POD_NAMESPACE.to_string(), namespace.to_string()),
+        (LABEL_POD_UID.to_string(), uid.to_string()),
         (LABEL_MANAGED.to_string(), "true".to_string()),
     ])
 }
 
-fn string_map(v: Option<&Value>) -> HashMap<String, String> {
-    v.and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default()
+/// A typed pod's spec, or the empty spec (all defaults) when it has none.
+fn spec_of(pod: &Pod) -> Cow<'_, PodSpec> {
+    pod.spec.as_ref().map_or_else(|| Cow::Owned(PodSpec::default()), Cow::Borrowed)
 }
 
-fn namespace_options(pod: &Value) -> v1::NamespaceOption {
-    let host = |f: &str| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_bool).unwrap_or(false);
+fn sandbox_namespaces(sandbox: &v1::PodSandboxConfig) -> Option<v1::NamespaceOption> {
+    sandbox.linux.as_ref()?.security_context.as_ref()?.namespace_options.clone()
+}
+
+fn or_empty(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or_default()
+}
+
+fn namespace_options(spec: &PodSpec) -> v1::NamespaceOption {
+    let host = |f: Option<bool>| f.unwrap_or(false);
     let mode = |h: bool, otherwise: v1::NamespaceMode| if h { v1::NamespaceMode::Node } else { otherwise } as i32;
-    let shared_pid = host("shareProcessNamespace");
+    let shared_pid = host(spec.share_process_namespace);
     v1::NamespaceOption {
-        network: mode(host("hostNetwork"), v1::NamespaceMode::Pod),
-        pid: mode(host("hostPID"), if shared_pid { v1::NamespaceMode::Pod } else { v1::NamespaceMode::Container }),
-        ipc: mode(host("hostIPC"), v1::NamespaceMode::Pod),
+        network: mode(host(spec.host_network), v1::NamespaceMode::Pod),
+        pid: mode(host(spec.host_pid), if shared_pid { v1::NamespaceMode::Pod } else { v1::NamespaceMode::Container }),
+        ipc: mode(host(spec.host_ipc), v1::NamespaceMode::Pod),
         ..Default::default()
     }
 }
@@ -69,17 +79,18 @@ fn namespace_options(pod: &Value) -> v1::NamespaceOption {
 /// option of the same name) to any of them; `node_resolv_conf` is read
 /// only when it adds to the node's settings.
 pub fn dns_config(
-    pod: &Value,
+    pod: &Pod,
     cluster_dns: Option<std::net::Ipv4Addr>,
     node_resolv_conf: impl FnOnce() -> String,
 ) -> Option<v1::DnsConfig> {
-    let host_network = pod.pointer("/spec/hostNetwork").and_then(Value::as_bool).unwrap_or(false);
-    let policy = match str_at(pod, "/spec/dnsPolicy") {
+    let spec = spec_of(pod);
+    let host_network = spec.host_network.unwrap_or(false);
+    let policy = match or_empty(&spec.dns_policy) {
         "" => "ClusterFirst",
         p => p,
     };
     let domain = orchestrator_apimachinery::cluster::CLUSTER_DOMAIN;
-    let ns = str_at(pod, "/metadata/namespace");
+    let ns = or_empty(&pod.metadata.namespace);
     let mut cfg = match (policy, cluster_dns) {
         ("ClusterFirst", Some(_)) if host_network => None,
         ("ClusterFirst" | "ClusterFirstWithHostNet", Some(ip)) => Some(v1::DnsConfig {
@@ -90,27 +101,25 @@ pub fn dns_config(
         ("None", _) => Some(v1::DnsConfig::default()),
         _ => None,
     };
-    if let Some(extra) = pod.pointer("/spec/dnsConfig").filter(|e| e.is_object()) {
+    if let Some(extra) = &spec.dns_config {
         let c = cfg.get_or_insert_with(|| {
             let node = orchestrator_node_net::dns::parse_resolv_conf(&node_resolv_conf());
             v1::DnsConfig { servers: node.servers, searches: node.searches, options: node.options }
         });
-        let strings =
-            |path: &str| arr(extra, path).iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>();
-        for s in strings("/nameservers") {
-            if !c.servers.contains(&s) {
-                c.servers.push(s);
+        for s in extra.nameservers.iter().flatten() {
+            if !c.servers.contains(s) {
+                c.servers.push(s.clone());
             }
         }
-        for s in strings("/searches") {
-            if !c.searches.contains(&s) {
-                c.searches.push(s);
+        for s in extra.searches.iter().flatten() {
+            if !c.searches.contains(s) {
+                c.searches.push(s.clone());
             }
         }
-        for o in arr(extra, "/options") {
-            let name = str_at(o, "/name");
+        for o in extra.options.iter().flatten() {
+            let name = or_empty(&o.name);
             c.options.retain(|have| have.split(':').next() != Some(name));
-            c.options.push(match o.get("value").and_then(Value::as_str) {
+            c.options.push(match o.value.as_deref() {
                 Some(v) => format!("{name}:{v}"),
                 None => name.to_string(),
             });
@@ -122,39 +131,39 @@ pub fn dns_config(
 /// The sandbox config of a pod; `attempt` counts sandboxes made for it,
 /// `dns` is its resolver settings ([`dns_config`]).
 pub fn sandbox_config(
-    pod: &Value,
+    pod: &Pod,
     log_directory: &str,
     attempt: u32,
     dns: Option<v1::DnsConfig>,
 ) -> v1::PodSandboxConfig {
-    let mut labels = string_map(pod.pointer("/metadata/labels"));
-    labels.extend(base_labels(pod));
-    let hostname = match str_at(pod, "/spec/hostname") {
-        "" => str_at(pod, "/metadata/name"),
+    let (meta, spec) = (&pod.metadata, spec_of(pod));
+    let (name, namespace, uid) = (or_empty(&meta.name), or_empty(&meta.namespace), or_empty(&meta.uid));
+    let mut labels: HashMap<String, String> = meta.labels.clone().unwrap_or_default().into_iter().collect();
+    labels.extend(base_labels(name, namespace, uid));
+    let hostname = match or_empty(&spec.hostname) {
+        "" => name,
         h => h,
     };
     let mut port_mappings = Vec::new();
-    for c in arr(pod, "/spec/containers") {
-        for p in arr(c, "/ports") {
-            let Some(host_port) = p.get("hostPort").and_then(Value::as_i64).filter(|p| *p > 0) else { continue };
-            let protocol = match p.get("protocol").and_then(Value::as_str) {
-                Some("UDP") => v1::Protocol::Udp,
-                Some("SCTP") => v1::Protocol::Sctp,
-                _ => v1::Protocol::Tcp,
-            };
-            port_mappings.push(v1::PortMapping {
-                protocol: protocol as i32,
-                container_port: p.get("containerPort").and_then(Value::as_i64).unwrap_or(0) as i32,
-                host_port: host_port as i32,
-                host_ip: p.get("hostIP").and_then(Value::as_str).unwrap_or_default().to_string(),
-            });
-        }
+    for p in spec.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
+        let Some(host_port) = p.host_port.filter(|p| *p > 0) else { continue };
+        let protocol = match p.protocol.as_deref() {
+            Some("UDP") => v1::Protocol::Udp,
+            Some("SCTP") => v1::Protocol::Sctp,
+            _ => v1::Protocol::Tcp,
+        };
+        port_mappings.push(v1::PortMapping {
+            protocol: protocol as i32,
+            container_port: p.container_port,
+            host_port,
+            host_ip: or_empty(&p.host_ip).to_string(),
+        });
     }
     v1::PodSandboxConfig {
         metadata: Some(v1::PodSandboxMetadata {
-            name: str_at(pod, "/metadata/name").to_string(),
-            uid: str_at(pod, "/metadata/uid").to_string(),
-            namespace: str_at(pod, "/metadata/namespace").to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+            namespace: namespace.to_string(),
             attempt,
         }),
         hostname: hostname.to_string(),
@@ -162,10 +171,10 @@ pub fn sandbox_config(
         dns_config: dns,
         port_mappings,
         labels,
-        annotations: string_map(pod.pointer("/metadata/annotations")),
+        annotations: meta.annotations.clone().unwrap_or_default().into_iter().collect(),
         linux: Some(v1::LinuxPodSandboxConfig {
             security_context: Some(v1::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespace_options(pod)),
+                namespace_options: Some(namespace_options(&spec)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -437,7 +446,12 @@ pub fn qos_class(pod: &Value) -> &'static str {
     }
 }
 
-fn security_context(pod: &Value, container: &Value) -> v1::LinuxContainerSecurityContext {
+/// `namespaces` are the sandbox's: a container joins its pod's namespaces.
+fn security_context(
+    pod: &Value,
+    container: &Value,
+    namespaces: Option<v1::NamespaceOption>,
+) -> v1::LinuxContainerSecurityContext {
     let sc = |f: &str| {
         container.pointer(&format!("/securityContext/{f}")).or(pod.pointer(&format!("/spec/securityContext/{f}")))
     };
@@ -461,7 +475,7 @@ fn security_context(pod: &Value, container: &Value) -> v1::LinuxContainerSecurit
             .iter()
             .filter_map(Value::as_i64)
             .collect(),
-        namespace_options: Some(namespace_options(pod)),
+        namespace_options: namespaces,
         ..Default::default()
     }
 }
@@ -470,13 +484,18 @@ fn security_context(pod: &Value, container: &Value) -> v1::LinuxContainerSecurit
 pub fn container_config(
     pod: &Value,
     container: &Value,
+    sandbox: &v1::PodSandboxConfig,
     image: &str,
     attempt: u32,
     env: &[(String, String)],
     mounts: Vec<v1::Mount>,
 ) -> Result<v1::ContainerConfig, ConfigError> {
     let name = str_at(container, "/name");
-    let mut labels = base_labels(pod);
+    let mut labels = base_labels(
+        str_at(pod, "/metadata/name"),
+        str_at(pod, "/metadata/namespace"),
+        str_at(pod, "/metadata/uid"),
+    );
     labels.insert(LABEL_CONTAINER_NAME.into(), name.to_string());
     let annotations = HashMap::from([
         ("io.kubernetes.container.restartCount".to_string(), attempt.to_string()),
@@ -499,7 +518,7 @@ pub fn container_config(
         tty: container.get("tty").and_then(Value::as_bool).unwrap_or(false),
         linux: Some(v1::LinuxContainerConfig {
             resources: Some(linux_resources(container)?),
-            security_context: Some(security_context(pod, container)),
+            security_context: Some(security_context(pod, container, sandbox_namespaces(sandbox))),
         }),
         ..Default::default()
     })
@@ -722,6 +741,10 @@ mod tests {
         }
     }
 
+    fn typed(pod: Value) -> Pod {
+        serde_json::from_value(pod).unwrap()
+    }
+
     fn pod() -> Value {
         json!({
             "metadata": {"name": "web-1", "namespace": "default", "uid": "u-1", "labels": {"app": "web"}},
@@ -793,7 +816,7 @@ mod tests {
     fn dns_follows_the_pod_dns_policy() {
         let dns = Some(std::net::Ipv4Addr::new(10, 96, 0, 10));
         let node = || "nameserver 192.0.2.53\nsearch lan\noptions edns0\n".to_string();
-        let pod = |spec: Value| json!({"metadata": {"namespace": "shop"}, "spec": spec});
+        let pod = |spec: Value| typed(json!({"metadata": {"namespace": "shop"}, "spec": spec}));
         let c = dns_config(&pod(json!({})), dns, node).unwrap();
         assert_eq!(c.servers, ["10.96.0.10"]);
         assert_eq!(c.searches, ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
@@ -823,22 +846,23 @@ mod tests {
     #[test]
     fn sandbox_and_container_configs() {
         let p = pod();
-        let s = sandbox_config(&p, "/var/log/pods/x", 1, None);
+        let s = sandbox_config(&typed(p.clone()), "/var/log/pods/x", 1, None);
         assert_eq!(s.metadata.as_ref().unwrap().uid, "u-1");
         assert_eq!(s.labels[LABEL_POD_UID], "u-1");
         assert_eq!(s.labels["app"], "web");
         assert_eq!(s.port_mappings[0].host_port, 8080);
-        let ns = s.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
+        let ns = sandbox_namespaces(&s).unwrap();
         assert_eq!(ns.network, v1::NamespaceMode::Pod as i32);
         let c = json!({"name": "c", "command": ["sh", "-c"], "args": ["echo $(A)"], "workingDir": "/w",
                        "securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_ADMIN"]}}});
-        let cfg = container_config(&p, &c, "sha256:abc", 2, &[("A".into(), "1".into())], vec![]).unwrap();
+        let cfg = container_config(&p, &c, &s, "sha256:abc", 2, &[("A".into(), "1".into())], vec![]).unwrap();
         assert_eq!(cfg.args, vec!["echo 1"]);
         assert_eq!(cfg.log_path, "c/2.log");
         assert_eq!(cfg.labels[LABEL_CONTAINER_NAME], "c");
         let sc = cfg.linux.unwrap().security_context.unwrap();
         assert_eq!(sc.run_as_user.unwrap().value, 1000);
         assert_eq!(sc.capabilities.unwrap().add_capabilities, vec!["CAP_NET_ADMIN"]);
+        assert_eq!(sc.namespace_options, Some(ns), "the container joins the sandbox's namespaces");
     }
 
     #[test]
