@@ -809,7 +809,9 @@ impl Kubelet {
             &typed_pod,
             &log_dir.to_string_lossy(),
             ready.and_then(|s| s.metadata.as_ref()).map_or(attempt, |m| m.attempt),
-            pod::dns_config(&typed_pod, self.cluster_dns, || std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+            pod::dns_config(&typed_pod, self.cluster_dns, || {
+                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+            }),
         );
         let sandbox_id = match ready {
             Some(s) => s.id.clone(),

@@ -491,11 +491,8 @@ pub fn container_config(
     mounts: Vec<v1::Mount>,
 ) -> Result<v1::ContainerConfig, ConfigError> {
     let name = str_at(container, "/name");
-    let mut labels = base_labels(
-        str_at(pod, "/metadata/name"),
-        str_at(pod, "/metadata/namespace"),
-        str_at(pod, "/metadata/uid"),
-    );
+    let mut labels =
+        base_labels(str_at(pod, "/metadata/name"), str_at(pod, "/metadata/namespace"), str_at(pod, "/metadata/uid"));
     labels.insert(LABEL_CONTAINER_NAME.into(), name.to_string());
     let annotations = HashMap::from([
         ("io.kubernetes.container.restartCount".to_string(), attempt.to_string()),
