@@ -367,6 +367,17 @@ mod tests {
         out.extend_from_slice(bytes);
     }
 
+    /// A `k8s\0` + runtime.Unknown body of a v1 kind.
+    fn envelope(kind: &[u8], raw: &[u8]) -> Vec<u8> {
+        let mut tm = Vec::new();
+        field(&mut tm, 1, b"v1");
+        field(&mut tm, 2, kind);
+        let mut body = b"k8s\0".to_vec();
+        field(&mut body, 1, &tm);
+        field(&mut body, 2, raw);
+        body
+    }
+
     #[test]
     fn decodes_a_configmap_envelope() {
         let mut meta = Vec::new();
@@ -377,12 +388,7 @@ mod tests {
         let mut raw = Vec::new();
         field(&mut raw, 1, &meta);
         field(&mut raw, 2, &entry);
-        let mut tm = Vec::new();
-        field(&mut tm, 1, b"v1");
-        field(&mut tm, 2, b"ConfigMap");
-        let mut body = b"k8s\0".to_vec();
-        field(&mut body, 1, &tm);
-        field(&mut body, 2, &raw);
+        let body = envelope(b"ConfigMap", &raw);
         assert_eq!(
             decode(&body).unwrap(),
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"k": "v"}})
@@ -405,12 +411,7 @@ mod tests {
         field(&mut raw, 2, &pre);
         field(&mut raw, 4, b"Foreground");
         field(&mut raw, 5, b"All");
-        let mut tm = Vec::new();
-        field(&mut tm, 1, b"v1");
-        field(&mut tm, 2, b"DeleteOptions");
-        let mut body = b"k8s\0".to_vec();
-        field(&mut body, 1, &tm);
-        field(&mut body, 2, &raw);
+        let body = envelope(b"DeleteOptions", &raw);
         assert_eq!(
             decode(&body).unwrap(),
             json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
