@@ -189,3 +189,33 @@ fn yaml_bodies_are_accepted_and_malformed_ones_refused() {
         );
     });
 }
+
+/// `Accept` as upstream negotiates it: client-go's "protobuf, else JSON"
+/// is answered in JSON; a list with nothing the server produces gets a
+/// 406 NotAcceptable Status.
+#[test]
+fn accept_lists_fall_back_to_json_or_get_406() {
+    let Some(server) = common::Server::start() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = kube_client(&server).await;
+        let get = |accept: &str| {
+            http::Request::builder()
+                .uri("/api/v1/namespaces/default/configmaps")
+                .header("accept", accept)
+                .body(Vec::new())
+                .unwrap()
+        };
+        let list = client.request_text(get("application/vnd.kubernetes.protobuf, application/json")).await.unwrap();
+        assert!(list.contains("\"kind\":\"ConfigMapList\""), "{list}");
+        for refused in ["application/vnd.kubernetes.protobuf", "application/json;q=0, application/yaml"] {
+            match client.request_text(get(refused)).await {
+                Err(kube::Error::Api(e)) => {
+                    assert_eq!((e.code, e.reason.as_str()), (406, "NotAcceptable"), "{e:?}");
+                    assert!(e.message.starts_with("only the following media types are accepted"), "{e:?}");
+                }
+                other => panic!("Accept {refused:?}: {other:?}"),
+            }
+        }
+    });
+}
