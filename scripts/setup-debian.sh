@@ -47,6 +47,9 @@ if [ ! -x "$kvenv/bin/kubectl" ]; then
 fi
 # The Python client, for the orchestrator's client tests (same venv).
 "$kvenv/bin/python" -c "import kubernetes" 2>/dev/null || "$kvenv/bin/pip" install -q "kubernetes==37.0.2"
+# helm for the orchestrator's helm test: Helm's Go SDK (the library the helm
+# CLI is built on, with `helm create`) as PyPI's manylinux wheel, same venv.
+"$kvenv/bin/python" -c "import helm_python" 2>/dev/null || "$kvenv/bin/pip" install -q "helm-python-sdk==0.2.2"
 # The arm64 toolchain: cross linker, qemu-user, the pinned std source.
 scripts/setup-arm64.sh
 echo "ready: $(qemu-system-x86_64 --version | head -1), kubectl $("$kvenv/bin/kubectl" version --client -o json | grep -m1 gitVersion)"

