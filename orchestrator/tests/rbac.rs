@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Server;
@@ -21,13 +21,13 @@ fn kubeconfig_for(s: &Server, user: &str, group: &str) -> PathBuf {
 }
 
 /// Runs kubectl as the user of `kc`: (success, stdout, stderr).
-fn as_user(s: &Server, kc: &PathBuf, args: &[&str]) -> (bool, String, String) {
+fn as_user(s: &Server, kc: &Path, args: &[&str]) -> (bool, String, String) {
     let out = s.cmd(kc, args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 /// Bindings reach the authorizer through its watch: waits until `args` succeed.
-fn until_allowed(s: &Server, kc: &PathBuf, args: &[&str]) -> String {
+fn until_allowed(s: &Server, kc: &Path, args: &[&str]) -> String {
     let start = Instant::now();
     loop {
         let (ok, out, err) = as_user(s, kc, args);
@@ -39,11 +39,24 @@ fn until_allowed(s: &Server, kc: &PathBuf, args: &[&str]) -> String {
     }
 }
 
-fn refused(s: &Server, kc: &PathBuf, args: &[&str]) -> String {
+fn refused(s: &Server, kc: &Path, args: &[&str]) -> String {
     let (ok, out, err) = as_user(s, kc, args);
     assert!(!ok, "kubectl {args:?} should be refused: {out}");
     assert!(err.contains("Forbidden") || err.contains("forbidden"), "{err}");
     err
+}
+
+/// Applies a Role `name` in `ns` with `rules` (YAML flow list) and binds it to User `user`.
+fn role_for_user(s: &Server, ns: &str, name: &str, rules: &str, user: &str) {
+    s.apply(
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {name}, namespace: {ns}}}\nrules: {rules}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {user}-{name}, namespace: {ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}\n\
+             subjects: [{{kind: User, name: {user}, apiGroup: rbac.authorization.k8s.io}}]\n"
+        ),
+        &[],
+    );
 }
 
 #[test]
@@ -203,24 +216,13 @@ subjects: [{kind: User, name: mo, apiGroup: rbac.authorization.k8s.io}]
 fn escalation_is_refused() {
     let Some(s) = Server::start() else { return };
     s.ok(&["create", "namespace", "team"]);
-    s.apply(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: rbac-manager, namespace: team}
-rules:
-- apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-- {apiGroups: [""], resources: ["pods"], verbs: ["get", "list"]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: bob-manages, namespace: team}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: rbac-manager}
-subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
-"#,
-        &[],
+    role_for_user(
+        &s,
+        "team",
+        "rbac-manager",
+        r#"[{apiGroups: ["rbac.authorization.k8s.io"], resources: ["roles", "rolebindings"],
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]}, {apiGroups: [""], resources: ["pods"], verbs: ["get", "list"]}]"#,
+        "bob",
     );
     let bob = kubeconfig_for(&s, "bob", "");
     let held = s.dir.path().join("held.yaml");
@@ -266,20 +268,12 @@ subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
 #[test]
 fn access_reviews_and_impersonation() {
     let Some(s) = Server::start() else { return };
-    s.apply(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: pod-reader, namespace: default}
-rules: [{apiGroups: [""], resources: ["pods"], verbs: ["get", "list"]}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: alice-reads, namespace: default}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
-subjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]
-"#,
-        &[],
+    role_for_user(
+        &s,
+        "default",
+        "pod-reader",
+        r#"[{apiGroups: [""], resources: ["pods"], verbs: ["get", "list"]}]"#,
+        "alice",
     );
     let alice = kubeconfig_for(&s, "alice", "");
     until_allowed(&s, &alice, &["get", "pods"]);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use orchestrator_apimachinery::errors::ApiError;
 
 use crate::User;
-use crate::rbac::{AUTHENTICATED, Attributes, Rbac};
+use crate::rbac::{AUTHENTICATED, Attributes, Rbac, strings};
 
 const SA_PREFIX: &str = "system:serviceaccount:";
 
@@ -124,11 +124,7 @@ fn answer(rbac: &Rbac, user: &User, group: &str, resource: &str, kind: &str, bod
         "SelfSubjectAccessReview" => decision(rbac, user, &review_attributes(&spec)?),
         "SubjectAccessReview" => {
             let name = spec.get("user").and_then(Value::as_str).unwrap_or_default().to_string();
-            let groups: Vec<String> = spec
-                .get("groups")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
-                .unwrap_or_default();
+            let groups = strings(&spec, "groups");
             if name.is_empty() && groups.is_empty() {
                 return Err(ApiError::new(
                     422,
