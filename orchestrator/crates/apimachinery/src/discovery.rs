@@ -114,15 +114,16 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
 /// The `APIResourceList` of a group version ("" for core).
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if group == AUTHORIZATION_GROUP && version == "v1" {
-        let review = APIResource {
-            name: "selfsubjectaccessreviews".into(),
-            singular_name: "selfsubjectaccessreview".into(),
+        let review = |kind: &str| APIResource {
+            name: format!("{}s", kind.to_lowercase()),
+            singular_name: kind.to_lowercase(),
             namespaced: false,
-            kind: "SelfSubjectAccessReview".into(),
+            kind: kind.into(),
             verbs: strings(&["create"]),
             ..Default::default()
         };
-        let list = APIResourceList { group_version: format!("{group}/{version}"), resources: vec![review] };
+        let resources = ["SelfSubjectAccessReview", "SelfSubjectRulesReview", "SubjectAccessReview"].map(review);
+        let list = APIResourceList { group_version: format!("{group}/{version}"), resources: resources.into() };
         return Some(with_type(list, "APIResourceList", "v1"));
     }
     let rts: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();

@@ -17,7 +17,7 @@ pub enum ProtobufError {
     #[error("malformed protobuf: {0}")]
     Malformed(&'static str),
     #[error(
-        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, SelfSubjectAccessReview and DeleteOptions, not {0}"
+        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, the RBAC kinds, the access reviews and DeleteOptions, not {0}"
     )]
     Unsupported(String),
 }
@@ -144,6 +144,30 @@ const ACCESS_REVIEW_SPEC: &[Field] = &[
     Field(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
     Field(2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES), false),
 ];
+const SUBJECT_ACCESS_REVIEW_SPEC: &[Field] = &[
+    Field(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
+    Field(2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES), false),
+    Field(3, "user", Str, false),
+    Field(4, "groups", Str, true),
+    Field(6, "uid", Str, false),
+];
+const RULES_REVIEW_SPEC: &[Field] = &[Field(1, "namespace", Str, false)];
+// rbac.authorization.k8s.io/v1 (`kubectl create role|clusterrole|rolebinding|clusterrolebinding`).
+const POLICY_RULE: &[Field] = &[
+    Field(1, "verbs", Str, true),
+    Field(2, "apiGroups", Str, true),
+    Field(3, "resources", Str, true),
+    Field(4, "resourceNames", Str, true),
+    Field(5, "nonResourceURLs", Str, true),
+];
+const SUBJECT: &[Field] = &[
+    Field(1, "kind", Str, false),
+    Field(2, "apiGroup", Str, false),
+    Field(3, "name", Str, false),
+    Field(4, "namespace", Str, false),
+];
+const ROLE_REF: &[Field] =
+    &[Field(1, "apiGroup", Str, false), Field(2, "kind", Str, false), Field(3, "name", Str, false)];
 
 /// Pointer fields, where a zero value is meant.
 const POINTERS: &[&str] = &[
@@ -177,6 +201,13 @@ fn top_level(kind: &str) -> Option<&'static [Field]> {
         "Deployment" => &[META, Field(2, "spec", Msg(DEPLOYMENT_SPEC), false)],
         "SelfSubjectAccessReview" => &[META, Field(2, "spec", Msg(ACCESS_REVIEW_SPEC), false)],
         "DeleteOptions" => DELETE_OPTIONS,
+        "SubjectAccessReview" => &[META, Field(2, "spec", Msg(SUBJECT_ACCESS_REVIEW_SPEC), false)],
+        "SelfSubjectRulesReview" => &[META, Field(2, "spec", Msg(RULES_REVIEW_SPEC), false)],
+        "SelfSubjectReview" => &[META],
+        "Role" | "ClusterRole" => &[META, Field(2, "rules", Msg(POLICY_RULE), true)],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            &[META, Field(2, "subjects", Msg(SUBJECT), true), Field(3, "roleRef", Msg(ROLE_REF), false)]
+        }
         _ => return None,
     })
 }

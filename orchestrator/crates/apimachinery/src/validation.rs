@@ -37,6 +37,16 @@ pub fn check_name(kind: &str, name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("Required value: name or generateName is required".into());
     }
+    // RBAC names are path segments (upstream's `ValidateRBACName`): `system:...` is valid.
+    if matches!(kind, "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding") {
+        return match name {
+            "." | ".." => Some(format!("Invalid value: \"{name}\": may not be '{name}'")),
+            _ => ["/", "%"]
+                .iter()
+                .find(|c| name.contains(*c))
+                .map(|c| format!("Invalid value: \"{name}\": may not contain '{c}'")),
+        };
+    }
     let (ok, msg) =
         if label { (is_dns1123_label(name), LABEL_MSG) } else { (is_dns1123_subdomain(name), SUBDOMAIN_MSG) };
     (!ok).then(|| format!("Invalid value: \"{name}\": {msg}"))

@@ -1,5 +1,5 @@
 //! The HTTPS transport: TLS with client certificates (CN = user, O =
-//! groups), authorization (admin / read-only), and the translation of
+//! groups), impersonation and RBAC authorization (`rbac`, `access`), and the translation of
 //! Kubernetes REST requests into [`Registry`] calls. Watches stream
 //! newline-delimited JSON events from a task per watch.
 //!
@@ -9,8 +9,10 @@
 //! read; bodies are read up to 3 MiB and YAML is parsed off the async
 //! threads within depth and size bounds (`decode`).
 
+mod access;
 mod connections;
 mod negotiate;
+pub mod rbac;
 mod streaming;
 
 use std::convert::Infallible;
@@ -111,6 +113,7 @@ pub struct State {
     /// TLS to kubelets (the cluster CA, a client certificate in the admin group), for `pods/log`.
     pub kubelet_client: Arc<rustls::ClientConfig>,
     connections: Arc<connections::Budgets>,
+    rbac: Arc<rbac::Rbac>,
 }
 
 /// A running server.
@@ -240,6 +243,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     let host = if address.ip().is_unspecified() { "127.0.0.1".to_string() } else { address.ip().to_string() };
     let url = format!("https://{host}:{}", address.port());
     registry.bootstrap(&format!("{host}:{}", address.port())).map_err(ServerError::Bootstrap)?;
+    let rbac = rbac::Rbac::start(registry.clone()).map_err(ServerError::Bootstrap)?;
     let admin = pki::issue_client(&ca, "admin", ADMIN_GROUP)?;
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     pki::write_private(&admin_kubeconfig, &pki::kubeconfig(&url, &ca, &admin, "admin"))?;
@@ -252,6 +256,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         address: format!("{host}:{}", address.port()),
         kubelet_client: Arc::new(kubelet_client(&ca)?),
         connections: Arc::default(),
+        rbac,
     });
     spawn_compactor(registry.clone());
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
@@ -291,7 +296,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| pki::user_of_cert(c))
-                .map(|(name, groups)| User { name, groups });
+                .map(|(name, groups)| access::authenticated(name, groups));
             if user.is_some() && !ticket.authenticate() {
                 tracing::warn!(%peer, "closed: over the budget of authenticated connections");
                 return;
@@ -345,6 +350,10 @@ pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming
     if user.is_none() && !is_public(path) {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     }
+    let user = match access::impersonate(&state.rbac, user, req.headers()) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
     if path.ends_with("/portforward") && req.headers().contains_key(header::UPGRADE) {
         return match streaming::port_forward(state, user, req).await {
             Ok(r) => r,
@@ -518,54 +527,26 @@ fn verb(method: &Method, t: &Target<'_>, q: &[(String, String)]) -> &'static str
     }
 }
 
-/// The authorization rule: admins do everything; read-only users get,
-/// list and watch what upstream's aggregated `view` role allows; nobody
-/// else anything. `resource` is the plural, with `/subresource` if any.
-pub(crate) fn allowed(user: &User, verb: &str, group: &str, resource: &str) -> bool {
-    user.groups.iter().any(|g| g == ADMIN_GROUP)
-        || (user.groups.iter().any(|g| g == READ_ONLY_GROUP)
-            && matches!(verb, "get" | "list" | "watch")
-            && !hidden_from_view(group, resource))
+/// Whether the RBAC rules let `user` do `verb` on `resource` (the plural,
+/// with `/subresource` if any).
+pub(crate) fn allowed(
+    state: &State,
+    user: &User,
+    verb: &str,
+    ns: Option<&str>,
+    group: &str,
+    resource: &str,
+    name: Option<&str>,
+) -> bool {
+    state.rbac.allows(user, &rbac::Attributes::resource(verb, ns, group, resource, name))
 }
 
-/// What upstream's `view` leaves out: Secrets and token requests (they
-/// are credentials, and reading them would raise a viewer to whatever
-/// they unlock) and RBAC objects.
-fn hidden_from_view(group: &str, resource: &str) -> bool {
-    (group.is_empty() && matches!(resource, "secrets" | "serviceaccounts/token"))
-        || group == "rbac.authorization.k8s.io"
-}
-
-/// POST selfsubjectaccessreviews: what `kubectl auth can-i` asks.
-fn access_review(user: &User, body: &[u8]) -> Result<Response<Body>, ApiError> {
-    let mut review = parse_json(body)?;
-    let verb = review
-        .pointer("/spec/resourceAttributes/verb")
-        .or(review.pointer("/spec/nonResourceAttributes/verb"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let attr = |field: &str| review.pointer(&format!("/spec/resourceAttributes/{field}")).and_then(Value::as_str);
-    let group = attr("group").unwrap_or_default();
-    let resource = match (attr("resource").unwrap_or_default(), attr("subresource").filter(|s| !s.is_empty())) {
-        (r, Some(sub)) => format!("{r}/{sub}"),
-        (r, None) => r.to_string(),
-    };
-    let ok = allowed(user, &verb, group, &resource)
-        || (verb == "get" && review.pointer("/spec/nonResourceAttributes").is_some());
-    let reason = if ok { "allowed by the plinth authorizer" } else { "" };
-    review["status"] = json!({"allowed": ok, "reason": reason});
-    review["kind"] = "SelfSubjectAccessReview".into();
-    review["apiVersion"] = "authorization.k8s.io/v1".into();
-    Ok(respond(201, &review, &[]))
-}
-
-fn authorize(user: &User, verb: &str, t: &Target<'_>) -> Result<(), ApiError> {
+fn authorize(state: &State, user: &User, verb: &str, t: &Target<'_>) -> Result<(), ApiError> {
     let resource = match t.sub {
         Some(s) => format!("{}/{s}", t.rt.plural),
         None => t.rt.plural.to_string(),
     };
-    if allowed(user, verb, t.rt.group, &resource) {
+    if allowed(state, user, verb, t.namespace, t.rt.group, &resource, t.name) {
         return Ok(());
     }
     let scope = match t.namespace {
@@ -608,25 +589,33 @@ async fn route(
     let Some(user) = user else {
         return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
     };
-    if method == Method::GET
-        && let Some(r) = non_resource(state, &segs).await
-    {
-        return r;
+    let target = parse_target(&segs);
+    if method == Method::GET && target.is_none() {
+        let path = format!("/{}", segs.join("/"));
+        if !state.rbac.allows(user, &rbac::Attributes::non_resource("get", &path)) {
+            return Err(ApiError::forbidden(format!("forbidden: User {:?} cannot get path {path:?}", user.name)));
+        }
+        if let Some(r) = non_resource(state, &segs).await {
+            return r;
+        }
     }
-    if method == Method::POST && segs == ["apis", discovery::AUTHORIZATION_GROUP, "v1", "selfsubjectaccessreviews"] {
+    if method == Method::POST
+        && let ["apis", group, "v1", resource] = segs.as_slice()
+    {
         let review = if content_type(headers) == "application/vnd.kubernetes.protobuf" {
             let obj = orchestrator_apimachinery::protobuf::decode(&body)
                 .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
             Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
         } else {
-            body
+            body.clone()
         };
-        return access_review(user, &review);
+        if let Some(r) = access::review(&state.rbac, user, group, resource, &review) {
+            return r.map(|v| respond(201, &v, &[]));
+        }
     }
-    let t = parse_target(&segs)
-        .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
+    let t = target.ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
     let verb = verb(method, &t, q);
-    authorize(user, verb, &t)?;
+    authorize(state, user, verb, &t)?;
     // pods/log answers text/plain whatever the request accepts, as upstream.
     if t.sub != Some("log") {
         negotiate::check_accept(headers)?;
@@ -704,6 +693,7 @@ async fn route(
         ("watch", None, None) => watch(state, rt, ns, q, table, include),
         ("create", None, None) => {
             let o = parse_json(&body)?;
+            state.rbac.check_write(user, rt, ns, &o)?;
             let w = reg.create(rt, ns, o, &write_options(q)?)?;
             Ok(respond(201, &w.object, &w.warnings))
         }
@@ -718,6 +708,7 @@ async fn route(
         }
         ("update", Some(name), sub) => {
             let o = parse_json(&body)?;
+            state.rbac.check_write(user, rt, ns, &o)?;
             let opts = write_options(q)?;
             let w = match sub {
                 Some("scale") => patch::update_scale(reg, rt, ns, name, &o, &opts)?,
@@ -731,6 +722,11 @@ async fn route(
             let p = if ct == "application/apply-patch+yaml" { parse_yaml(&body).await? } else { parse_json(&body)? };
             let opts = write_options(q)?;
             let force = flag(q, "force");
+            if rt.group == resources::RBAC_GROUP {
+                let dry = WriteOptions { dry_run: true, ..opts.clone() };
+                let after = patch::patch(reg, rt, ns, name, sub, &ct, &p, &dry, force)?;
+                state.rbac.check_write(user, rt, ns, &after.object)?;
+            }
             let w = patch::patch(reg, rt, ns, name, sub, &ct, &p, &opts, force)?;
             Ok(respond(if w.created { 201 } else { 200 }, &w.object, &w.warnings))
         }
@@ -943,27 +939,5 @@ mod tests {
         let t = parse_target(&["api", "v1", "pods"]).unwrap();
         assert_eq!((t.rt.kind, t.namespace, t.name), ("Pod", None, None));
         assert!(parse_target(&["api", "v1", "bogus"]).is_none());
-    }
-
-    #[test]
-    fn read_only_users_may_only_read() {
-        let t = parse_target(&["api", "v1", "namespaces", "d", "pods"]).unwrap();
-        let viewer = User { name: "v".into(), groups: vec![READ_ONLY_GROUP.into()] };
-        assert!(authorize(&viewer, "list", &t).is_ok());
-        let e = authorize(&viewer, "create", &t).unwrap_err();
-        assert_eq!(e.code, 403);
-        assert_eq!(
-            e.message,
-            "pods is forbidden: User \"v\" cannot create resource \"pods\" in API group \"\" in the namespace \"d\""
-        );
-        let secrets = parse_target(&["api", "v1", "namespaces", "d", "secrets"]).unwrap();
-        assert_eq!(
-            authorize(&viewer, "list", &secrets).unwrap_err().message,
-            "secrets is forbidden: User \"v\" cannot list resource \"secrets\" in API group \"\" in the namespace \"d\""
-        );
-        let nobody = User { name: "n".into(), groups: vec![] };
-        assert!(authorize(&nobody, "get", &t).is_err());
-        let admin = User { name: "a".into(), groups: vec![ADMIN_GROUP.into()] };
-        assert!(authorize(&admin, "delete", &t).is_ok());
     }
 }

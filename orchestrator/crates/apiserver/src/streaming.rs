@@ -195,7 +195,12 @@ struct Upgrade {
 
 /// Parses `/api/v1/namespaces/NS/pods/NAME/SUB` for one of `subs` and
 /// checks that the user may create it.
-fn upgrade_request(user: Option<User>, req: &Request<Incoming>, subs: &[&str]) -> Result<Upgrade, ApiError> {
+fn upgrade_request(
+    state: &State,
+    user: Option<User>,
+    req: &Request<Incoming>,
+    subs: &[&str],
+) -> Result<Upgrade, ApiError> {
     let user = user.ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
     let segs: Vec<&str> = req.uri().path().split('/').filter(|s| !s.is_empty()).collect();
     let (ns, name, sub) = match segs.as_slice() {
@@ -204,7 +209,7 @@ fn upgrade_request(user: Option<User>, req: &Request<Incoming>, subs: &[&str]) -
         }
         _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     };
-    if !allowed(&user, "create", "", &format!("pods/{sub}")) {
+    if !allowed(state, &user, "create", Some(&ns), "", &format!("pods/{sub}"), Some(&name)) {
         return Err(ApiError::forbidden(format!(
             "pods \"{name}\" is forbidden: User \"{}\" cannot create resource \"pods/{sub}\" in API group \"\" in the namespace \"{ns}\"",
             user.name
@@ -221,7 +226,7 @@ fn upgrade_request(user: Option<User>, req: &Request<Incoming>, subs: &[&str]) -
 /// kubelet speaks the channel protocol; a refusal before the switch
 /// reaches kubectl as a Status.
 pub async fn exec(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let Upgrade { ns, name, sub, websocket, offered } = upgrade_request(user, &req, &["exec", "attach"])?;
+    let Upgrade { ns, name, sub, websocket, offered } = upgrade_request(&state, user, &req, &["exec", "attach"])?;
     if !websocket || !EXEC_PROTOCOLS.iter().any(|p| offered.iter().any(|o| o == *p)) {
         return Err(ApiError::bad_request(format!(
             "none of the offered WebSocket subprotocols {offered:?} is supported (want one of {EXEC_PROTOCOLS:?}; SPDY is not served)"
@@ -280,7 +285,7 @@ pub async fn port_forward(
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
-    let Upgrade { ns, name, websocket, offered, .. } = upgrade_request(user, &req, &["portforward"])?;
+    let Upgrade { ns, name, websocket, offered, .. } = upgrade_request(&state, user, &req, &["portforward"])?;
     let offered = offered.iter().any(|p| p == WEBSOCKET_PORT_FORWARD_PROTOCOL);
     if !websocket || !offered {
         return Err(ApiError::bad_request(format!(

@@ -1,0 +1,154 @@
+//! Impersonation (`Impersonate-User`/`-Group` headers, authorized by the
+//! `impersonate` verb) and the access reviews answered from the RBAC
+//! rules: SelfSubjectAccessReview, SubjectAccessReview,
+//! SelfSubjectRulesReview and SelfSubjectReview (`kubectl auth whoami`).
+
+use http::HeaderMap;
+use serde_json::{Value, json};
+
+use orchestrator_apimachinery::errors::ApiError;
+
+use crate::User;
+use crate::rbac::{AUTHENTICATED, Attributes, Rbac, strings};
+
+const SA_PREFIX: &str = "system:serviceaccount:";
+
+/// The groups every authenticated user has, added to `groups` (less
+/// empty ones: a certificate with an empty O).
+pub fn authenticated(name: String, mut groups: Vec<String>) -> User {
+    groups.retain(|g| !g.is_empty());
+    if let Some((ns, _)) = name.strip_prefix(SA_PREFIX).and_then(|r| r.split_once(':')) {
+        for g in ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")] {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
+    if name != "system:anonymous" && !groups.iter().any(|g| g == AUTHENTICATED) {
+        groups.push(AUTHENTICATED.into());
+    }
+    User { name, groups }
+}
+
+fn header_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect()
+}
+
+/// The user a request acts as: the authenticated one, or the one it
+/// impersonates when it may (upstream's impersonation filter).
+pub fn impersonate(rbac: &Rbac, user: Option<User>, headers: &HeaderMap) -> Result<Option<User>, ApiError> {
+    let names = header_values(headers, "impersonate-user");
+    let groups = header_values(headers, "impersonate-group");
+    if names.is_empty() {
+        if !groups.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "requested [{}] without impersonating a user",
+                groups.iter().map(|g| format!("Impersonate-Group={g}")).collect::<Vec<_>>().join(" ")
+            )));
+        }
+        return Ok(user);
+    }
+    let Some(user) = user else { return Ok(None) };
+    let name = names[0];
+    let (mut checks, ns) = match name.strip_prefix(SA_PREFIX).and_then(|r| r.split_once(':')) {
+        Some((ns, sa)) => (vec![("serviceaccounts", sa)], Some(ns)),
+        None => (vec![("users", name)], None),
+    };
+    checks.extend(groups.iter().map(|g| ("groups", *g)));
+    for (resource, target) in checks {
+        let ns = if resource == "serviceaccounts" { ns } else { None };
+        if !rbac.allows(&user, &Attributes::resource("impersonate", ns, "", resource, Some(target))) {
+            let scope = match ns {
+                Some(ns) => format!("in the namespace {ns:?}"),
+                None => "at the cluster scope".into(),
+            };
+            return Err(ApiError::forbidden(format!(
+                "{resource} {target:?} is forbidden: User {:?} cannot impersonate resource {resource:?} in API group \"\" {scope}",
+                user.name
+            )));
+        }
+    }
+    Ok(Some(authenticated(name.to_string(), groups.iter().map(|g| g.to_string()).collect())))
+}
+
+/// The attributes a review's spec asks about.
+fn review_attributes(spec: &Value) -> Result<Attributes, ApiError> {
+    let s = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).unwrap_or_default().to_string();
+    if let Some(r) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
+        let resource = match s(r, "subresource").as_str() {
+            "" => s(r, "resource"),
+            sub => format!("{}/{sub}", s(r, "resource")),
+        };
+        let (ns, name) = (s(r, "namespace"), s(r, "name"));
+        return Ok(Attributes::resource(&s(r, "verb"), Some(&ns), &s(r, "group"), &resource, Some(&name)));
+    }
+    if let Some(n) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
+        return Ok(Attributes::non_resource(&s(n, "verb"), &s(n, "path")));
+    }
+    Err(ApiError::new(
+        422,
+        "Invalid",
+        "spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+    ))
+}
+
+fn forbidden_create(user: &User, group: &str, resource: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "{resource}.{group} is forbidden: User {:?} cannot create resource {resource:?} in API group {group:?} at the cluster scope",
+        user.name
+    ))
+}
+
+/// Answers `POST /apis/<group>/v1/<resource>` for the review kinds; `None`
+/// for other resources.
+pub fn review(rbac: &Rbac, user: &User, group: &str, resource: &str, body: &[u8]) -> Option<Result<Value, ApiError>> {
+    let kind = match (group, resource) {
+        ("authorization.k8s.io", "selfsubjectaccessreviews") => "SelfSubjectAccessReview",
+        ("authorization.k8s.io", "subjectaccessreviews") => "SubjectAccessReview",
+        ("authorization.k8s.io", "selfsubjectrulesreviews") => "SelfSubjectRulesReview",
+        ("authentication.k8s.io", "selfsubjectreviews") => "SelfSubjectReview",
+        _ => return None,
+    };
+    Some(answer(rbac, user, group, resource, kind, body))
+}
+
+fn answer(rbac: &Rbac, user: &User, group: &str, resource: &str, kind: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if !rbac.allows(user, &Attributes::resource("create", None, group, resource, None)) {
+        return Err(forbidden_create(user, group, resource));
+    }
+    let mut review: Value = if body.is_empty() { json!({}) } else { orchestrator_apimachinery::decode::json(body)? };
+    review["kind"] = kind.into();
+    review["apiVersion"] = format!("{group}/v1").into();
+    let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
+    review["status"] = match kind {
+        "SelfSubjectAccessReview" => decision(rbac, user, &review_attributes(&spec)?),
+        "SubjectAccessReview" => {
+            let name = spec.get("user").and_then(Value::as_str).unwrap_or_default().to_string();
+            let groups = strings(&spec, "groups");
+            if name.is_empty() && groups.is_empty() {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "SubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.user: Invalid value: \"\": at least one of user or group must be specified",
+                ));
+            }
+            decision(rbac, &User { name, groups }, &review_attributes(&spec)?)
+        }
+        "SelfSubjectRulesReview" => {
+            let ns = spec.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
+            let rules = rbac.rules_for(user, ns);
+            let (urls, resources): (Vec<_>, Vec<_>) = rules.iter().partition(|r| !r.non_resource_urls.is_empty());
+            json!({
+                "resourceRules": resources.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+                "nonResourceRules": urls.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+                "incomplete": false,
+            })
+        }
+        _ => json!({"userInfo": {"username": user.name, "groups": user.groups}}),
+    };
+    Ok(review)
+}
+
+fn decision(rbac: &Rbac, user: &User, a: &Attributes) -> Value {
+    if rbac.allows(user, a) { json!({"allowed": true, "reason": "RBAC: allowed"}) } else { json!({"allowed": false}) }
+}
