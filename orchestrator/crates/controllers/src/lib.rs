@@ -5,6 +5,7 @@
 //! only differences (the registry skips no-op updates), so a pass whose
 //! writes cause another pass converges.
 
+mod cronjob;
 mod deployment;
 mod endpoints;
 mod gc;
@@ -120,10 +121,11 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 10] = [
+    let passes: [(&str, bool, Reconciler); 11] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
+        ("cronjob", c.periodic || c.any(&["cronjobs", "jobs"]), cronjob::reconcile),
         ("daemonset", c.periodic || c.any(&["daemonsets", "pods", "nodes"]), workloads::reconcile_daemonsets),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
