@@ -350,7 +350,8 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 name,
                 json!(s(o, "/spec/schedule")),
                 json!(or_none(s(o, "/spec/timeZone").to_string())),
-                json!(o.pointer("/spec/suspend") == Some(&json!(true))),
+                // Upstream prints the flag as a word.
+                json!(if o.pointer("/spec/suspend") == Some(&json!(true)) { "True" } else { "False" }),
                 json!(active),
                 json!(last.map_or_else(|| "<none>".into(), |t| age_of(Some(t), now))),
                 age,
