@@ -178,15 +178,8 @@ fn job_for(cj: &CronJob, template: &Option<ObjectMeta>, spec: Option<JobSpec>, d
 mod tests {
     use super::*;
     use orchestrator_apimachinery::registry::WriteOptions;
-    use orchestrator_store::{Durability, SqliteStore};
+    use crate::test_registry as registry;
     use serde_json::json;
-    use std::sync::Arc;
-
-    fn registry(d: &tempfile::TempDir) -> Registry {
-        let reg = Registry::new(Arc::new(SqliteStore::open(&d.path().join("db"), Durability::Normal).unwrap()));
-        reg.bootstrap("127.0.0.1:6443").unwrap();
-        reg
-    }
 
     fn cronjob(reg: &Registry, name: &str, extra: serde_json::Value) -> Timestamp {
         let mut spec = json!({"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": {"spec": {

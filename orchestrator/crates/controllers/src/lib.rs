@@ -149,6 +149,15 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     }
 }
 
+/// A bootstrapped registry over a store in `d`, for the controllers' tests.
+#[cfg(test)]
+pub(crate) fn test_registry(d: &tempfile::TempDir) -> Registry {
+    let store = orchestrator_store::SqliteStore::open(&d.path().join("db"), orchestrator_store::Durability::Normal);
+    let reg = Registry::new(Arc::new(store.expect("a store in a temporary directory")));
+    reg.bootstrap("127.0.0.1:6443").expect("bootstrap");
+    reg
+}
+
 pub(crate) fn rt(kind: &str) -> &'static ResourceType {
     by_kind(kind).expect("a served kind")
 }

@@ -208,15 +208,8 @@ mod tests {
     use crate::modify_typed;
     use jiff::{SignedDuration, Timestamp};
     use orchestrator_apimachinery::registry::{Part, WriteOptions};
-    use orchestrator_store::{Durability, SqliteStore};
+    use crate::test_registry as registry;
     use serde_json::json;
-    use std::sync::Arc;
-
-    fn registry(d: &tempfile::TempDir) -> Registry {
-        let reg = Registry::new(Arc::new(SqliteStore::open(&d.path().join("db"), Durability::Normal).unwrap()));
-        reg.bootstrap("127.0.0.1:6443").unwrap();
-        reg
-    }
 
     fn job(reg: &Registry, name: &str, spec: serde_json::Value) {
         let mut o = json!({"metadata": {"name": name}, "spec": {"template": {"spec": {
