@@ -9,6 +9,7 @@ mod cronjob;
 mod deployment;
 mod endpoints;
 mod gc;
+mod indexed;
 mod nodes;
 mod replicaset;
 mod scheduler;

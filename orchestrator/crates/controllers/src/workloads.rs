@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::deployment::template_hash;
+use crate::indexed;
 use crate::replicaset::{labels, nonzero, pod_available, pod_from_template};
 use crate::scheduler::{node_ready, repels, selected};
 use crate::{
@@ -61,7 +62,7 @@ pub fn reconcile_jobs_at(reg: &Registry, now: jiff::Timestamp) -> Result<(), Api
             .iter()
             .filter(|p| p.metadata.namespace.as_deref() == ns && owned_by(&p.metadata, uid(&job.metadata)))
             .collect();
-        let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as i64;
+        let pods_succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as i64;
         let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as i64;
         let active: Vec<&Pod> = owned.iter().copied().filter(|p| pod_active(p)).collect();
         let spec = job.spec.as_ref();
@@ -69,6 +70,8 @@ pub fn reconcile_jobs_at(reg: &Registry, now: jiff::Timestamp) -> Result<(), Api
         let parallelism = spec.and_then(|s| s.parallelism).map_or(1, i64::from);
         let backoff = spec.and_then(|s| s.backoff_limit).map_or(6, i64::from);
         let suspended = spec.and_then(|s| s.suspend) == Some(true);
+        let done_indexes = indexed::is_indexed(&job).then(|| indexed::completed(&owned, completions));
+        let succeeded = done_indexes.as_ref().map_or(pods_succeeded, |d| d.len() as i64);
         let old = job.status.clone().unwrap_or_default();
         let mut conds = old.conditions.clone().unwrap_or_default();
         let finished = conds.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
@@ -78,7 +81,8 @@ pub fn reconcile_jobs_at(reg: &Registry, now: jiff::Timestamp) -> Result<(), Api
         let mut status = JobStatus {
             start_time: Some(start),
             active: nonzero(active.len() as i64),
-            succeeded: nonzero(succeeded),
+            succeeded: nonzero(pods_succeeded),
+            completed_indexes: done_indexes.as_ref().map(indexed::format),
             failed: nonzero(failed),
             ready: Some(active.iter().filter(|p| pod_ready(p)).count() as i32),
             terminating: Some(0),
@@ -105,8 +109,16 @@ pub fn reconcile_jobs_at(reg: &Registry, now: jiff::Timestamp) -> Result<(), Api
             } else if !suspended {
                 let want = parallelism.min(completions - succeeded) - active.len() as i64;
                 let template = spec.map(|s| &s.template);
-                for _ in 0..want.max(0) {
-                    create_typed(reg, ns, &pod_from_template(&job, template))?;
+                if let Some(done) = &done_indexes {
+                    let running: Vec<i64> = active.iter().filter_map(|p| indexed::index_of(p)).collect();
+                    let missing = (0..completions).filter(|i| !done.contains(i) && !running.contains(i));
+                    for i in missing.take(want.max(0) as usize) {
+                        create_typed(reg, ns, &indexed::pod(&job, i))?;
+                    }
+                } else {
+                    for _ in 0..want.max(0) {
+                        create_typed(reg, ns, &pod_from_template(&job, template))?;
+                    }
                 }
             }
         } else {
@@ -267,6 +279,34 @@ mod tests {
         reconcile_jobs_at(&reg, now + SignedDuration::from_secs(31)).unwrap();
         assert_eq!(failed_reason(&reg, "slow").as_deref(), Some("DeadlineExceeded"));
         assert!(pods_of(&reg, "slow").is_empty(), "the running pod is deleted");
+    }
+
+    #[test]
+    fn indexed_jobs_run_each_index_once() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = registry(&d);
+        let now = Timestamp::now();
+        job(&reg, "idx", json!({"completionMode": "Indexed", "completions": 3, "parallelism": 2}));
+        reconcile_jobs_at(&reg, now).unwrap();
+        let index = |p: &Pod| {
+            let env = &p.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap()[0];
+            assert_eq!(env.name, "JOB_COMPLETION_INDEX");
+            env.value.clone().unwrap()
+        };
+        let mut first: Vec<String> = pods_of(&reg, "idx").iter().map(index).collect();
+        first.sort();
+        assert_eq!(first, ["0", "1"]);
+        end_pods(&reg, "idx", "Succeeded");
+        reconcile_jobs_at(&reg, now).unwrap();
+        let j = get(&reg, "idx").unwrap();
+        assert_eq!(j.status.as_ref().unwrap().completed_indexes.as_deref(), Some("0-1"));
+        let third: Vec<String> = pods_of(&reg, "idx").iter().filter(|p| pod_active(p)).map(index).collect();
+        assert_eq!(third, ["2"]);
+        end_pods(&reg, "idx", "Succeeded");
+        reconcile_jobs_at(&reg, now).unwrap();
+        let st = get(&reg, "idx").unwrap().status.unwrap();
+        assert_eq!(st.completed_indexes.as_deref(), Some("0-2"));
+        assert!(st.conditions.unwrap().iter().any(|c| c.type_ == "Complete" && c.status == "True"));
     }
 
     #[test]
