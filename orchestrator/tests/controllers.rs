@@ -1,7 +1,8 @@
 //! Controllers and the scheduler driven by a real kubectl, with a hollow
 //! node standing in for the kubelet: rollout status, scale, image update,
-//! rollout undo, endpoints, garbage collection, namespace cascade, and a
-//! node whose lease lapses.
+//! rollout undo, endpoints, garbage collection, namespace cascade, a
+//! node whose lease lapses, and CronJobs (the firing itself is proved in
+//! the controller's tests, whose clock is a parameter).
 
 mod common;
 
@@ -138,4 +139,49 @@ fn jobs_complete_and_daemonsets_cover_nodes() {
     });
     let ds = s.ok(&["get", "ds", "agent", "--no-headers"]);
     assert!(ds.starts_with("agent ") && ds.split_whitespace().nth(1) == Some("1"), "{ds}");
+}
+
+#[test]
+fn cronjobs_validate_list_and_start_jobs_by_hand() {
+    let Some(s) = Server::start() else { return };
+    let cj = |name: &str, schedule: &str, tz: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: {name}}}\nspec:\n  schedule: \"{schedule}\"\n{tz}  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{{name: c, image: busybox, command: [\"true\"]}}]\n"
+        )
+    };
+    s.apply(&cj("nightly", "0 3 * * *", "  timeZone: Europe/Paris\n"), &[]);
+    let row = s.ok(&["get", "cj", "nightly", "--no-headers"]);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..6], &["nightly", "0", "3", "*", "*", "*"], "{row}");
+    assert_eq!(&cols[6..10], &["Europe/Paris", "False", "0", "<none>"], "{row}");
+    let defaults = s.ok(&[
+        "get",
+        "cronjob",
+        "nightly",
+        "-o",
+        "jsonpath={.spec.concurrencyPolicy} {.spec.successfulJobsHistoryLimit} {.spec.failedJobsHistoryLimit}",
+    ]);
+    assert_eq!(defaults, "Allow 3 1");
+
+    // kubectl ≥1.32 posts the Job as protobuf, which the server does not
+    // take for Jobs yet (issue 14 item 6): the Job kubectl makes from the
+    // CronJob goes through apply.
+    let job = s.ok(&["create", "job", "by-hand", "--from=cronjob/nightly", "--dry-run=client", "-o", "yaml"]);
+    assert!(job.contains("cronjob.kubernetes.io/instantiate: manual"), "{job}");
+    let out = s.apply(&job, &[]);
+    assert!(out.contains("job.batch/by-hand created"), "{out}");
+    let owner = s.ok(&["get", "job", "by-hand", "-o", "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}"]);
+    assert_eq!(owner, "CronJob/nightly");
+
+    for (name, schedule, tz, want) in [
+        ("few", "* * *", "", "spec.schedule: Invalid value: \"* * *\": expected exactly 5 fields, found 3: [* * *]"),
+        ("tz-in", "CRON_TZ=UTC 0 * * * *", "", "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"),
+        ("mars", "0 * * * *", "  timeZone: Mars/Olympus\n", "spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus"),
+    ] {
+        let f = s.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&f, cj(name, schedule, tz)).unwrap();
+        let err = s.fails(&["apply", "-f", f.to_str().unwrap()]);
+        assert!(err.contains(want), "{name}: {err}");
+    }
+    assert!(s.fails(&["get", "cj", "mars"]).contains("NotFound"));
 }

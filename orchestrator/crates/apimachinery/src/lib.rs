@@ -12,6 +12,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod registry;
 pub mod resources;
+pub mod schedule;
 pub mod selector;
 pub mod smp;
 pub mod table;

@@ -181,6 +181,8 @@ pub static RESOURCES: &[ResourceType] = &[
     ),
     rt!("apps", "DaemonSet", apps::DaemonSet, "daemonsets", "daemonset", true, &["ds"], ALL, &["status"], NONE),
     rt!("batch", "Job", batch::Job, "jobs", "job", true, NONE, ALL, &["status"], &["status.successful"]),
+    // Workloads (issue 14 item 1).
+    rt!("batch", "CronJob", batch::CronJob, "cronjobs", "cronjob", true, &["cj"], ALL, &["status"], NONE),
     rt!(
         "discovery.k8s.io",
         "EndpointSlice",

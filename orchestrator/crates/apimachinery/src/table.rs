@@ -96,6 +96,18 @@ fn columns(kind: &str) -> Vec<Column> {
             images,
             selector,
         ],
+        "CronJob" => vec![
+            name,
+            ("Schedule", "string", 0, "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron."),
+            ("Timezone", "string", 0, "The time zone name for the given schedule."),
+            ("Suspend", "boolean", 0, "This flag tells the controller to suspend subsequent executions."),
+            ("Active", "integer", 0, "A list of pointers to currently running jobs."),
+            ("Last Schedule", "string", 0, "Information when was the last time the job was successfully scheduled."),
+            age,
+            containers,
+            images,
+            selector,
+        ],
         "Job" => vec![
             name,
             ("Status", "string", 0, "Status of the job."),
@@ -327,6 +339,25 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 json!(c),
                 json!(im),
                 json!(sel),
+            ]
+        }
+        "CronJob" => {
+            let job = o.pointer("/spec/jobTemplate").cloned().unwrap_or_default();
+            let (c, im, sel) = template_columns(&job);
+            let active = o.pointer("/status/active").and_then(Value::as_array).map_or(0, Vec::len);
+            let last = o.pointer("/status/lastScheduleTime").and_then(Value::as_str);
+            vec![
+                name,
+                json!(s(o, "/spec/schedule")),
+                json!(or_none(s(o, "/spec/timeZone").to_string())),
+                // Upstream prints the flag as a word.
+                json!(if o.pointer("/spec/suspend") == Some(&json!(true)) { "True" } else { "False" }),
+                json!(active),
+                json!(last.map_or_else(|| "<none>".into(), |t| age_of(Some(t), now))),
+                age,
+                json!(c),
+                json!(im),
+                json!(or_none(sel)),
             ]
         }
         "Job" => {

@@ -209,6 +209,19 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
             default(spec, "suspend", false.into());
             default_template(&mut o["spec"]);
         }
+        "CronJob" => {
+            let spec = obj(o, "spec");
+            default(spec, "concurrencyPolicy", "Allow".into());
+            default(spec, "suspend", false.into());
+            default(spec, "successfulJobsHistoryLimit", 3.into());
+            default(spec, "failedJobsHistoryLimit", 1.into());
+            obj(&mut o["spec"], "jobTemplate");
+            let job = obj(&mut o["spec"]["jobTemplate"], "spec");
+            default(job, "backoffLimit", 6.into());
+            default(job, "completionMode", "NonIndexed".into());
+            default(job, "suspend", false.into());
+            default_template(&mut o["spec"]["jobTemplate"]["spec"]);
+        }
         "Service" => {
             let spec = obj(o, "spec");
             default(spec, "type", "ClusterIP".into());
@@ -342,6 +355,26 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
                     "spec.template.spec.restartPolicy".into(),
                     format!("Unsupported value: \"{rp}\": supported values: \"OnFailure\", \"Never\""),
                 ));
+            }
+        }
+        "CronJob" => {
+            let schedule = o.pointer("/spec/schedule").and_then(Value::as_str).unwrap_or_default();
+            let tz = o.pointer("/spec/timeZone").and_then(Value::as_str);
+            if schedule.is_empty() {
+                causes.push(("spec.schedule".into(), "Required value".into()));
+            } else if let Err((field, m)) = crate::schedule::Schedule::parse(schedule, tz) {
+                causes.push((field.into(), m));
+            }
+            let policy = o.pointer("/spec/concurrencyPolicy").and_then(Value::as_str).unwrap_or_default();
+            if !["Allow", "Forbid", "Replace"].contains(&policy) {
+                causes.push((
+                    "spec.concurrencyPolicy".into(),
+                    format!("Unsupported value: \"{policy}\": supported values: \"Allow\", \"Forbid\", \"Replace\""),
+                ));
+            }
+            match o.pointer("/spec/jobTemplate/spec/template/spec") {
+                Some(spec) => check_containers(spec, "spec.jobTemplate.spec.template.spec", &mut causes),
+                None => causes.push(("spec.jobTemplate.spec.template.spec.containers".into(), "Required value".into())),
             }
         }
         "Service" => {

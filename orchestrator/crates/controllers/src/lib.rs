@@ -5,9 +5,11 @@
 //! only differences (the registry skips no-op updates), so a pass whose
 //! writes cause another pass converges.
 
+mod cronjob;
 mod deployment;
 mod endpoints;
 mod gc;
+mod indexed;
 mod nodes;
 mod replicaset;
 mod scheduler;
@@ -120,10 +122,11 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 10] = [
+    let passes: [(&str, bool, Reconciler); 11] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
+        ("cronjob", c.periodic || c.any(&["cronjobs", "jobs"]), cronjob::reconcile),
         ("daemonset", c.periodic || c.any(&["daemonsets", "pods", "nodes"]), workloads::reconcile_daemonsets),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
@@ -145,6 +148,15 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
             }
         }
     }
+}
+
+/// A bootstrapped registry over a store in `d`, for the controllers' tests.
+#[cfg(test)]
+pub(crate) fn test_registry(d: &tempfile::TempDir) -> Registry {
+    let store = orchestrator_store::SqliteStore::open(&d.path().join("db"), orchestrator_store::Durability::Normal);
+    let reg = Registry::new(Arc::new(store.expect("a store in a temporary directory")));
+    reg.bootstrap("127.0.0.1:6443").expect("bootstrap");
+    reg
 }
 
 pub(crate) fn rt(kind: &str) -> &'static ResourceType {
