@@ -438,6 +438,15 @@ impl Vm {
         String::from_utf8_lossy(&log[from..]).into_owned()
     }
 
+    /// Plays the firmware between a test's polls: a Pi-layout VM whose
+    /// guest rebooted (QEMU runs it with `-no-reboot`) is booted again, on
+    /// the `[tryboot]` slot after a tryboot. An error when QEMU is gone
+    /// otherwise (a power-off, a failure). Waits in this crate call it; a
+    /// caller that waits on the guest some other way (osctl, kubectl) must.
+    pub fn supervise(&mut self) -> Result<(), VmError> {
+        self.check_alive()
+    }
+
     fn check_alive(&mut self) -> Result<(), VmError> {
         if let Some(c) = self.child.as_mut()
             && let Ok(Some(status)) = c.try_wait()

@@ -16,7 +16,7 @@ use plinth_tests::cluster::{BOOT, ClusterNode};
 use plinth_tests::footprint::{self, mib};
 use plinth_tests::{Operator, boot, build_options_for, busybox_archive};
 
-fn print_footprint(node: &ClusterNode, when: &str) -> anyhow::Result<()> {
+fn print_footprint(node: &mut ClusterNode, when: &str) -> anyhow::Result<()> {
     // Let start-up work settle: the figure is the steady state.
     std::thread::sleep(Duration::from_secs(15));
     let v = node.version().ok_or_else(|| anyhow::anyhow!("no answer from the node"))?;
@@ -54,13 +54,13 @@ fn main() -> anyhow::Result<()> {
         println!("{name}: {:.1} MiB", size as f64 / 1048576.0);
     }
 
-    let node = ClusterNode::boot(&op, image, w, "bench", memory)?;
+    let mut node = ClusterNode::boot(&op, image, w, "bench", memory)?;
     println!("power-on → API (apid, maintenance mode) {:.1} s wall clock under TCG", node.to_api.as_secs_f64());
     println!(
         "guest memory {memory} MiB: power-on → Node Ready {:.1} s wall clock under TCG (includes applying the config)",
         node.to_ready.as_secs_f64()
     );
-    print_footprint(&node, "Node Ready, no pods")?;
+    print_footprint(&mut node, "Node Ready, no pods")?;
     let t = Instant::now();
     node.deploy_web(w)?;
     println!(
@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         node.powered_on.elapsed().as_secs_f64()
     );
-    print_footprint(&node, "with the Deployment")?;
+    print_footprint(&mut node, "with the Deployment")?;
 
     let before = boot::Boot::from_version(&node.version().ok_or_else(|| anyhow::anyhow!("no answer from the node"))?)?;
     let t = Instant::now();

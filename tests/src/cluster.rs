@@ -142,8 +142,11 @@ impl ClusterNode {
         kubectl(&self.kubeconfig, args)
     }
 
-    /// `osctl version` as JSON, when the node answers.
-    pub fn version(&self) -> Option<serde_json::Value> {
+    /// `osctl version` as JSON, when the node answers. Every wait for a
+    /// reboot polls this: it also lets the harness boot a Pi-layout VM
+    /// again after its guest rebooted ([`Vm::supervise`]).
+    pub fn version(&mut self) -> Option<serde_json::Value> {
+        self.vm.supervise().ok()?;
         self.osctl(&["-o", "json", "version"]).json().ok()
     }
 

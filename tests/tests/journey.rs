@@ -12,6 +12,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use machinery::layout::Slot;
+use plinth_qemu::firmware::TRYBOOT_RESTART;
 use plinth_tests::cluster::{ClusterNode, journey_memory_mib, tail};
 use plinth_tests::{Operator, build_options_for, bundle_with, busybox_archive, slot, wait_event, wait_for};
 
@@ -43,7 +45,7 @@ fn journey(board: &str, hostname: &str) -> anyhow::Result<()> {
 
     let _one = plinth_qemu::one_at_a_time();
     let started = std::time::Instant::now();
-    let node = ClusterNode::boot(&op, image, w, hostname, journey_memory_mib())?;
+    let mut node = ClusterNode::boot(&op, image, w, hostname, journey_memory_mib())?;
     let runs = match arch {
         machinery::board::Arch::X86_64 => "x86_64",
         machinery::board::Arch::Aarch64 => "aarch64",
@@ -93,6 +95,11 @@ fn journey(board: &str, hostname: &str) -> anyhow::Result<()> {
     let on_b = committed("b", "0.2.0");
     wait_for("slot b committed", Duration::from_secs(900), || node.version().filter(|v| on_b(v)))
         .with_context(|| tail(&node.vm.serial_log()))?;
+    if node.vm.machine.pi_layout() {
+        // The harness played the Pi firmware: B's boot files, after a tryboot.
+        assert_eq!(node.vm.booted_slot, Some(Slot::B));
+        assert!(node.vm.serial_log().contains(TRYBOOT_RESTART), "{}", tail(&node.vm.serial_log()));
+    }
     let healthy = format!("slot b is healthy (node {hostname} is Ready and its 2 pods are running");
     wait_event(|| node.osctl(&["events"]), &healthy)?;
     node.wait_web("after the upgrade")?;
@@ -109,6 +116,9 @@ fn journey(board: &str, hostname: &str) -> anyhow::Result<()> {
         .with_context(|| tail(&node.vm.serial_log()))?;
     node.wait_web("after the rollback")?;
     assert_eq!(names(&node.web_pods()?), names(&before));
+    if node.vm.machine.pi_layout() {
+        assert_eq!(node.vm.booted_slot, Some(Slot::A), "autoboot.txt names A again");
+    }
     eprintln!("{board}: power-on → rolled back {:.0} s wall", started.elapsed().as_secs_f64());
     Ok(())
 }
