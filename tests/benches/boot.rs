@@ -68,13 +68,17 @@ fn main() -> anyhow::Result<()> {
     let cfg = op.gen_dhcp_config("node.toml", "bench")?;
     let cfgs = cfg.to_str().unwrap_or_default();
     osctl(&c, &["-n", &addr, "--insecure", "apply-config", "-f", cfgs]).ok()?;
-    let version = || osctl(&c, &["-n", &addr, "-o", "json", "version"]).json().ok();
+    // Polling the VM too: a Pi-layout guest's reboot needs the harness.
+    let mut version = || {
+        vm.supervise().ok()?;
+        osctl(&c, &["-n", &addr, "-o", "json", "version"]).json().ok()
+    };
     let configured = boot::wait_boot(
         "the Node Ready after the config",
         Duration::from_secs(300),
         None,
         boot::TO_NODE_READY,
-        version,
+        &mut version,
     )?;
     if configured.id != first.id {
         anyhow::bail!("the node rebooted while the config was applied (boot {} → {})", first.id, configured.id);
@@ -93,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         Duration::from_secs(300),
         Some(&first.id),
         boot::TO_NODE_READY,
-        version,
+        &mut version,
     )?;
     let wall = t.elapsed();
     reboot.print(
