@@ -8,7 +8,8 @@ if [ "${1:-}" = "--board" ]; then board="${2:?--board needs a name}"; fi
 scripts/setup-debian.sh
 case "$board" in
   qemu-x86_64) scripts/build-static.sh ;;
-  arm64-virt) scripts/build-static.sh --arch arm64 ;;
+  # osctl on the host is the x86_64 static one: both sets.
+  arm64-virt) scripts/build-static.sh --arch all ;;
   *) echo "bench/boot.sh: --board is qemu-x86_64 or arm64-virt, not $board" >&2; exit 2 ;;
 esac
 cargo build --release --workspace --bins

@@ -153,33 +153,76 @@ pub fn load(disk: &Path, tryboot: bool, dtb_name: Option<&str>, out: &Path) -> R
     Ok(BootFiles { slot, kernel, initrd, dtb, cmdline })
 }
 
+/// Runs an fdt tool (`fdtget`, `fdtput`) on `dtb`; its output.
+fn fdt(dtb: &Path, tool: &str, args: &[&str]) -> Result<String, FirmwareError> {
+    let out = std::process::Command::new(tool).args(args).output().map_err(|source| FirmwareError::Io {
+        op: "run (apt install device-tree-compiler)",
+        path: PathBuf::from(tool),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(FirmwareError::Disk {
+            path: dtb.to_path_buf(),
+            what: format!("{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The device tree nodes QEMU's `raspi4b` does not emulate and a Debian
 /// kernel faults on (a synchronous external abort in the l2-intc, then the
 /// HDMI i2c): every `/soc` node at `0x7ef…`. Disabled in the harness's copy
 /// of the DTB only — never in the image a real Pi boots.
 pub fn disable_unemulated_nodes(dtb: &Path) -> Result<Vec<String>, FirmwareError> {
-    let run = |tool: &str, args: &[&str]| -> Result<String, FirmwareError> {
-        let out = std::process::Command::new(tool).args(args).output().map_err(|source| FirmwareError::Io {
-            op: "run (apt install device-tree-compiler)",
-            path: PathBuf::from(tool),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(FirmwareError::Disk {
-                path: dtb.to_path_buf(),
-                what: format!("{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
     let file = dtb.to_string_lossy();
     let mut disabled = Vec::new();
-    for n in run("fdtget", &["-l", &file, "/soc"])?.lines().filter(|n| n.contains("@7ef")) {
+    for n in fdt(dtb, "fdtget", &["-l", &file, "/soc"])?.lines().filter(|n| n.contains("@7ef")) {
         let node = format!("/soc/{n}");
-        run("fdtput", &["-t", "s", &file, &node, "status", "disabled"])?;
+        fdt(dtb, "fdtput", &["-t", "s", &file, &node, "status", "disabled"])?;
         disabled.push(node);
     }
     Ok(disabled)
+}
+
+/// The Pi 4's USB-C port: a DesignWare OTG controller (dwc2) that the
+/// upstream device tree makes a USB device (`dr_mode = "peripheral"`).
+pub const DWC2_NODE: &str = "/soc/usb@7e980000";
+/// The Arasan SDHCI (the Pi 4's Wi-Fi SDIO). QEMU's raspi4b attaches its SD
+/// card here, not to emmc2 (the Pi 4's SD slot).
+pub const ARASAN_NODE: &str = "/soc/mmc@7e300000";
+/// The power manager's watchdog: QEMU's resets the machine as soon as it is
+/// started instead of counting down, so the first pet is a reset.
+pub const PM_WATCHDOG_NODE: &str = "/soc/watchdog@7e100000";
+
+/// The harness's copy of `bcm2711-rpi-4-b.dtb` made bootable under QEMU's
+/// raspi4b (the image keeps the real one): [`DWC2_NODE`] in host mode, as
+/// QEMU has no Ethernet (GENET) and no PCIe and its only way out is a
+/// `usb-net` on that controller; [`ARASAN_NODE`] without its `mmc-pwrseq`
+/// (the Wi-Fi power sequence drives a GPIO of the firmware's expander,
+/// which QEMU does not emulate, so the SD card would never appear);
+/// [`PM_WATCHDOG_NODE`] disabled; then [`disable_unemulated_nodes`].
+/// Returns the nodes disabled.
+pub fn adjust_for_raspi4b(dtb: &Path) -> Result<Vec<String>, FirmwareError> {
+    let file = dtb.to_string_lossy();
+    fdt(dtb, "fdtput", &["-t", "s", &file, DWC2_NODE, "dr_mode", "host"])?;
+    fdt(dtb, "fdtput", &["-d", &file, ARASAN_NODE, "mmc-pwrseq"])?;
+    fdt(dtb, "fdtput", &["-t", "s", &file, PM_WATCHDOG_NODE, "status", "disabled"])?;
+    let mut disabled = vec![PM_WATCHDOG_NODE.to_string()];
+    disabled.extend(disable_unemulated_nodes(dtb)?);
+    Ok(disabled)
+}
+
+/// The console QEMU's raspi4b can carry: the PL011 (`ttyAMA0`). A real Pi
+/// 4's console is the mini UART on GPIO 14/15 (`ttyS1`, the `rpi4`
+/// board's), but QEMU's mini UART raises its interrupt without end once
+/// the 8250 driver opens it (a soft lockup in `serial8250_do_startup`), so
+/// the harness points the kernel's `console=` at the PL011 instead.
+pub const RASPI4B_CONSOLE: &str = "console=ttyAMA0,115200";
+
+/// `cmdline` with its `console=` arguments replaced by [`RASPI4B_CONSOLE`].
+pub fn raspi4b_cmdline(cmdline: &str) -> String {
+    let rest = cmdline.split_whitespace().filter(|a| !a.starts_with("console="));
+    std::iter::once(RASPI4B_CONSOLE).chain(rest).collect::<Vec<_>>().join(" ")
 }
 
 /// How a boot ended, from the serial console it printed (QEMU, run with
@@ -215,6 +258,12 @@ mod tests {
         let c = "# x\n[all]\narm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\ncmdline=cmdline.txt\n";
         assert_eq!(config_files(c), ("vmlinuz".into(), Some("initrd.img".into()), "cmdline.txt".into()));
         assert_eq!(config_files("arm_64bit=1\n"), ("kernel8.img".into(), None, "cmdline.txt".into()));
+    }
+
+    #[test]
+    fn raspi4b_boots_with_the_pl011_console() {
+        let c = "console=ttyS1,115200 plinth.slot=b panic=10 printk.devkmsg=on";
+        assert_eq!(raspi4b_cmdline(c), "console=ttyAMA0,115200 plinth.slot=b panic=10 printk.devkmsg=on");
     }
 
     #[test]

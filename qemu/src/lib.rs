@@ -328,8 +328,12 @@ impl Vm {
                 .args(["-m", &format!("{}M", self.opts.memory_mib)])
                 .args(["-chardev", &format!("file,id=ser0,path={},append=on", self.serial.display())])
                 .arg("-kernel")
-                .arg(&files.kernel)
-                .args(["-append", &files.cmdline]);
+                .arg(&files.kernel);
+            if self.machine == Machine::Raspi4b {
+                cmd.args(["-append", &firmware::raspi4b_cmdline(&files.cmdline)]);
+            } else {
+                cmd.args(["-append", &files.cmdline]);
+            }
             if self.supervised {
                 cmd.arg("-no-reboot");
             }
@@ -337,7 +341,7 @@ impl Vm {
                 cmd.arg("-initrd").arg(initrd);
             }
             if let Some(dtb) = &files.dtb {
-                firmware::disable_unemulated_nodes(dtb).map_err(|e| VmError::Command {
+                firmware::adjust_for_raspi4b(dtb).map_err(|e| VmError::Command {
                     what: "adjusting the device tree for QEMU".into(),
                     detail: e.to_string(),
                 })?;
@@ -347,8 +351,9 @@ impl Vm {
             match self.machine {
                 Machine::Raspi4b => {
                     // serial0 is the PL011 (Bluetooth on a Pi), serial1 the
-                    // mini UART the board's console is on.
-                    cmd.args(["-M", "raspi4b", "-serial", "null", "-serial", "chardev:ser0"])
+                    // mini UART the board's console is on; QEMU's mini UART
+                    // cannot carry it (firmware::RASPI4B_CONSOLE).
+                    cmd.args(["-M", "raspi4b", "-serial", "chardev:ser0", "-serial", "null"])
                         .args(["-drive", &drive("sd")])
                         .args(["-netdev", &net, "-device", "usb-net,netdev=n0"]);
                 }
@@ -431,6 +436,15 @@ impl Vm {
         let log = std::fs::read(&self.serial).unwrap_or_default();
         let from = (self.serial_mark as usize).min(log.len());
         String::from_utf8_lossy(&log[from..]).into_owned()
+    }
+
+    /// Plays the firmware between a test's polls: a Pi-layout VM whose
+    /// guest rebooted (QEMU runs it with `-no-reboot`) is booted again, on
+    /// the `[tryboot]` slot after a tryboot. An error when QEMU is gone
+    /// otherwise (a power-off, a failure). Waits in this crate call it; a
+    /// caller that waits on the guest some other way (osctl, kubectl) must.
+    pub fn supervise(&mut self) -> Result<(), VmError> {
+        self.check_alive()
     }
 
     fn check_alive(&mut self) -> Result<(), VmError> {

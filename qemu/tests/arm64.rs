@@ -1,22 +1,19 @@
 //! arm64 images with the Raspberry Pi's layout under the harness-as-
 //! firmware: the slot choice from `autoboot.txt` (normal and tryboot
-//! boots) on a real `arm64-virt` image, and that image booting to its API
-//! under `-M virt` (TCG) with the real aarch64 plinth-init and apid.
-//!
-//! The boot test needs the static aarch64 binaries
-//! (`scripts/build-static.sh --arch arm64`, or `PLINTH_BIN_DIR_AARCH64`);
-//! both need the image tools and Debian's archive (or ~/.cache/plinth).
-//! They skip without them, except with CI=true, where they fail.
+//! boots) on a real `arm64-virt` image. The image tools and Debian's
+//! archive (or ~/.cache/plinth) are needed; without them the test skips,
+//! except with CI=true, where it fails. Booting arm64 images with the real
+//! aarch64 binaries is in the plinth-tests crate: the whole journey under
+//! `-M virt` (tests/journey.rs) and the `rpi4` image under `-M raspi4b`
+//! (tests/raspi4b.rs).
 
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use machinery::board::Arch;
 use machinery::layout::{self, Slot};
 use machinery::slots;
-use plinth_qemu::{Machine, Vm, VmOptions, firmware};
+use plinth_qemu::{Machine, firmware};
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -30,23 +27,6 @@ fn ready(tools: &[&str]) -> bool {
     assert!(std::env::var("CI").is_err(), "CI: missing {gone:?}: run scripts/setup-debian.sh");
     eprintln!("skipped: missing {gone:?}");
     false
-}
-
-/// The static aarch64 binaries, if built.
-fn aarch64_bins() -> Option<PathBuf> {
-    let dir = std::env::var_os("PLINTH_BIN_DIR_AARCH64")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| image_builder::default_bin_dir(Arch::Aarch64));
-    if dir.join("plinth-init").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI: no aarch64 binaries in {}: scripts/build-static.sh --arch arm64",
-        dir.display()
-    );
-    eprintln!("skipped: no aarch64 binaries in {} (scripts/build-static.sh --arch arm64)", dir.display());
-    None
 }
 
 /// exit(0) for aarch64: stands in for our binaries where nothing runs them.
@@ -154,25 +134,4 @@ fn the_harness_boots_the_slot_autoboot_txt_names() {
     write_autoboot(&image, "[all]\n");
     let e = firmware::load(&image, false, None, &out).unwrap_err().to_string();
     assert!(e.contains("autoboot.txt names no boot partition"), "{e}");
-}
-
-#[test]
-fn an_arm64_virt_image_boots_to_its_api() {
-    if !ready(&["mksquashfs", "zstd", "apt-get", "dpkg-deb", "readelf", "qemu-system-aarch64", "qemu-img"]) {
-        return;
-    }
-    let Some(bins) = aarch64_bins() else { return };
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let image = build(w, "arm64-virt", bins);
-    let _one = plinth_qemu::one_at_a_time();
-    let started = std::time::Instant::now();
-    let mut vm = Vm::start(VmOptions { image, name: "arm64".into(), memory_mib: 512, dir: w.join("vm") }).unwrap();
-    assert_eq!(vm.machine, Machine::Virt);
-    vm.wait_for_api(Duration::from_secs(300)).unwrap();
-    assert_eq!(vm.booted_slot, Some(Slot::A));
-    let log = vm.serial_log();
-    assert!(log.contains("plinth.slot=a"), "cmdline.txt of BOOT-A");
-    eprintln!("arm64-virt: API after {:.1} s wall", started.elapsed().as_secs_f64());
-    vm.stop(Duration::from_secs(10));
 }

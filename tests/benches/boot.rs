@@ -10,12 +10,8 @@
 use std::time::{Duration, Instant};
 
 use plinth_qemu::{Vm, VmOptions};
-use plinth_tests::boot;
-use plinth_tests::{Operator, build_options, osctl};
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
+use plinth_tests::footprint::{self, mib};
+use plinth_tests::{Operator, boot, build_options_for, osctl};
 
 fn memory(c: &std::path::Path, addr: &str, insecure: bool) -> anyhow::Result<String> {
     let mut args = vec!["-n", addr, "-o", "json", "version"];
@@ -23,13 +19,12 @@ fn memory(c: &std::path::Path, addr: &str, insecure: bool) -> anyhow::Result<Str
         args.push("--insecure");
     }
     let v = osctl(c, &args).ok()?.json()?;
-    let kib = |field: &str| v[0][field].as_u64().ok_or_else(|| anyhow::anyhow!("osctl version has no {field}: {v}"));
-    let (total, available) = (kib("memory_total_kib")?, kib("memory_available_kib")?);
+    let (used, total) = footprint::guest_ram(&v)?;
     Ok(format!(
         "guest RAM in use {:.1} MiB of {:.1} MiB, init RSS {:.1} MiB",
-        mib(total.saturating_sub(available)),
+        mib(used),
         mib(total),
-        mib(kib("init_rss_kib")?)
+        mib(footprint::init_rss(&v)?)
     ))
 }
 
@@ -38,26 +33,15 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let image = work.path().join("plinth.img");
     let board = std::env::var("PLINTH_BENCH_BOARD").unwrap_or_else(|_| "qemu-x86_64".into());
-    let mut opts = build_options(&op, &image, machinery::VERSION)?;
+    let opts = build_options_for(&op, &image, machinery::VERSION, &board)?;
     // The configured node runs containerd and the control plane: 512 MiB.
     let memory_mib = 512;
-    if board != "qemu-x86_64" {
-        opts.board = board.clone();
-        opts.bin_dir = std::env::var_os("PLINTH_BIN_DIR_AARCH64")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| image_builder::default_bin_dir(machinery::board::Arch::Aarch64));
-    }
     println!("board {board}, guest memory {memory_mib} MiB");
     let t = Instant::now();
-    image_builder::build(&opts)?;
+    let manifest = image_builder::build(&opts)?;
     println!("image build (kernel cached): {:.1} s", t.elapsed().as_secs_f64());
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(work.path().join("plinth.img.manifest.json"))?)?;
-    for part in manifest["parts"].as_array().into_iter().flatten() {
-        let name = part["name"].as_str().unwrap_or_default();
-        if ["root.squashfs", "initramfs", "uki", "vmlinuz", "boot-a.img", "image"].contains(&name) {
-            println!("{name}: {:.1} MiB", part["size"].as_u64().unwrap_or(0) as f64 / 1048576.0);
-        }
+    for (name, size) in footprint::image_sizes(&manifest)? {
+        println!("{name}: {:.1} MiB", size as f64 / 1048576.0);
     }
 
     let t = Instant::now();
@@ -84,13 +68,17 @@ fn main() -> anyhow::Result<()> {
     let cfg = op.gen_dhcp_config("node.toml", "bench")?;
     let cfgs = cfg.to_str().unwrap_or_default();
     osctl(&c, &["-n", &addr, "--insecure", "apply-config", "-f", cfgs]).ok()?;
-    let version = || osctl(&c, &["-n", &addr, "-o", "json", "version"]).json().ok();
+    // Polling the VM too: a Pi-layout guest's reboot needs the harness.
+    let mut version = || {
+        vm.supervise().ok()?;
+        osctl(&c, &["-n", &addr, "-o", "json", "version"]).json().ok()
+    };
     let configured = boot::wait_boot(
         "the Node Ready after the config",
         Duration::from_secs(300),
         None,
         boot::TO_NODE_READY,
-        version,
+        &mut version,
     )?;
     if configured.id != first.id {
         anyhow::bail!("the node rebooted while the config was applied (boot {} → {})", first.id, configured.id);
@@ -109,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         Duration::from_secs(300),
         Some(&first.id),
         boot::TO_NODE_READY,
-        version,
+        &mut version,
     )?;
     let wall = t.elapsed();
     reboot.print(
@@ -123,8 +111,8 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     println!("configured, idle: {}", memory(&c, &addr, false)?);
     let services = osctl(&c, &["-n", &addr, "-o", "json", "services"]).ok()?.json()?;
-    for s in services.as_array().into_iter().flatten() {
-        println!("  {} RSS {:.1} MiB", s["name"].as_str().unwrap_or("?"), mib(s["rss_kib"].as_u64().unwrap_or(0)));
+    for (name, rss) in footprint::service_rss(&services)? {
+        println!("  {name} RSS {:.1} MiB", mib(rss));
     }
     Ok(())
 }

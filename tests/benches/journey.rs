@@ -5,32 +5,28 @@
 //! step of a reboot with the Deployment on the node's own clock (kernel →
 //! PID 1 → … → Node Ready → first pod Running; the new boot told apart by
 //! its boot id; a missing step fails the run). Guest
-//! memory: PLINTH_JOURNEY_MEMORY_MIB (default 512). Run with
-//! `bench/journey.sh`, which also finds the smallest memory that works.
+//! memory: PLINTH_JOURNEY_MEMORY_MIB (default 512); board:
+//! PLINTH_BENCH_BOARD (`qemu-x86_64`, or `arm64-virt` under `-M virt`).
+//! Run with `bench/journey.sh [--board arm64-virt]`, which also finds the
+//! smallest memory that works.
 
 use std::time::{Duration, Instant};
 
-use plinth_tests::boot;
 use plinth_tests::cluster::{BOOT, ClusterNode};
-use plinth_tests::{Operator, build_options, busybox_archive};
+use plinth_tests::footprint::{self, mib};
+use plinth_tests::{Operator, boot, build_options_for, busybox_archive};
 
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-fn footprint(node: &ClusterNode, when: &str) -> anyhow::Result<()> {
+fn print_footprint(node: &mut ClusterNode, when: &str) -> anyhow::Result<()> {
     // Let start-up work settle: the figure is the steady state.
     std::thread::sleep(Duration::from_secs(15));
     let v = node.version().ok_or_else(|| anyhow::anyhow!("no answer from the node"))?;
-    let total = v[0]["memory_total_kib"].as_u64().unwrap_or(0);
-    let used = total - v[0]["memory_available_kib"].as_u64().unwrap_or(0);
+    let (used, total) = footprint::guest_ram(&v)?;
     println!("{when}: guest RAM in use {:.1} MiB of {:.1} MiB", mib(used), mib(total));
     let services = node.osctl(&["-o", "json", "services"]).ok()?.json()?;
-    let mut ours = mib(v[0]["init_rss_kib"].as_u64().unwrap_or(0));
+    let mut ours = mib(footprint::init_rss(&v)?);
     println!("  init RSS {ours:.1} MiB");
-    for s in services.as_array().into_iter().flatten() {
-        let name = s["name"].as_str().unwrap_or("?");
-        let rss = mib(s["rss_kib"].as_u64().unwrap_or(0));
+    for (name, rss) in footprint::service_rss(&services)? {
+        let rss = mib(rss);
         println!("  {name} RSS {rss:.1} MiB");
         if name != "containerd" {
             ours += rss;
@@ -46,25 +42,25 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let w = work.path();
     let image = w.join("plinth.img");
-    let mut opts = build_options(&op, &image, machinery::VERSION)?;
-    opts.preload_images = vec![busybox_archive(w)?];
+    let board = std::env::var("PLINTH_BENCH_BOARD").unwrap_or_else(|_| "qemu-x86_64".into());
+    let mut opts = build_options_for(&op, &image, machinery::VERSION, &board)?;
+    let arch = image_builder::load_board(&board, &opts.board_dir)?.arch;
+    opts.preload_images = vec![busybox_archive(w, arch)?];
+    println!("board {board}, guest memory {memory} MiB");
     let t = Instant::now();
-    image_builder::build(&opts)?;
+    let manifest = image_builder::build(&opts)?;
     println!("image build with busybox preloaded (kernel cached): {:.1} s", t.elapsed().as_secs_f64());
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(w.join("plinth.img.manifest.json"))?)?;
-    for part in manifest["parts"].as_array().into_iter().flatten() {
-        if part["name"] == "root.squashfs" {
-            println!("root.squashfs: {:.1} MiB", part["size"].as_u64().unwrap_or(0) as f64 / 1048576.0);
-        }
+    for (name, size) in footprint::image_sizes(&manifest)? {
+        println!("{name}: {:.1} MiB", size as f64 / 1048576.0);
     }
 
-    let node = ClusterNode::boot(&op, image, w, "bench", memory)?;
+    let mut node = ClusterNode::boot(&op, image, w, "bench", memory)?;
+    println!("power-on → API (apid, maintenance mode) {:.1} s wall clock under TCG", node.to_api.as_secs_f64());
     println!(
         "guest memory {memory} MiB: power-on → Node Ready {:.1} s wall clock under TCG (includes applying the config)",
         node.to_ready.as_secs_f64()
     );
-    footprint(&node, "Node Ready, no pods")?;
+    print_footprint(&mut node, "Node Ready, no pods")?;
     let t = Instant::now();
     node.deploy_web(w)?;
     println!(
@@ -72,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         node.powered_on.elapsed().as_secs_f64()
     );
-    footprint(&node, "with the Deployment")?;
+    print_footprint(&mut node, "with the Deployment")?;
 
     let before = boot::Boot::from_version(&node.version().ok_or_else(|| anyhow::anyhow!("no answer from the node"))?)?;
     let t = Instant::now();

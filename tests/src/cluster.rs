@@ -84,6 +84,8 @@ pub struct ClusterNode {
     pub hostname: String,
     /// When QEMU was started.
     pub powered_on: Instant,
+    /// How long from power-on to apid answering (maintenance mode).
+    pub to_api: Duration,
     /// How long from power-on to the Node Ready.
     pub to_ready: Duration,
 }
@@ -95,6 +97,7 @@ impl ClusterNode {
         let powered_on = Instant::now();
         let mut vm = Vm::start(VmOptions { image, name: hostname.into(), memory_mib, dir: dir.join("vm") })?;
         vm.wait_for_api(BOOT)?;
+        let to_api = powered_on.elapsed();
         let addr = vm.api_addr();
         let osctlconfig = op.osctlconfig();
         let cfg = op.gen_dhcp_config(&format!("{hostname}.toml"), hostname)?;
@@ -107,6 +110,7 @@ impl ClusterNode {
             kubeconfig,
             hostname: hostname.into(),
             powered_on,
+            to_api,
             to_ready: Duration::ZERO,
         };
         wait_for("mutual TLS with the config", Duration::from_secs(60), || {
@@ -138,8 +142,11 @@ impl ClusterNode {
         kubectl(&self.kubeconfig, args)
     }
 
-    /// `osctl version` as JSON, when the node answers.
-    pub fn version(&self) -> Option<serde_json::Value> {
+    /// `osctl version` as JSON, when the node answers. Every wait for a
+    /// reboot polls this: it also lets the harness boot a Pi-layout VM
+    /// again after its guest rebooted ([`Vm::supervise`]).
+    pub fn version(&mut self) -> Option<serde_json::Value> {
+        self.vm.supervise().ok()?;
         self.osctl(&["-o", "json", "version"]).json().ok()
     }
 

@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod cluster;
+pub mod footprint;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -372,12 +373,24 @@ pub fn build_image(op: &Operator, out: &Path) -> anyhow::Result<()> {
 
 /// What [`build_image`] and [`build_bundle`] build from.
 pub fn build_options(op: &Operator, out: &Path, version: &str) -> anyhow::Result<image_builder::BuildOptions> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace")?;
+    build_options_for(op, out, version, "qemu-x86_64")
+}
+
+/// [`build_options`] for `board`, from the static binaries of its
+/// architecture.
+pub fn build_options_for(
+    op: &Operator,
+    out: &Path,
+    version: &str,
+    board: &str,
+) -> anyhow::Result<image_builder::BuildOptions> {
+    let board_dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace")?.join("board-configs");
+    let arch = image_builder::load_board(board, &board_dir)?.arch;
     Ok(image_builder::BuildOptions {
-        board: "qemu-x86_64".into(),
-        board_dir: workspace.join("board-configs"),
+        board: board.into(),
+        board_dir,
         trust_key: op.path("ops.pub"),
-        bin_dir: static_bin_dir()?,
+        bin_dir: static_bin_dir_for(arch)?,
         out: out.to_path_buf(),
         cache_dir: image_builder::default_cache_dir(),
         version: version.to_string(),
@@ -389,11 +402,15 @@ pub fn build_options(op: &Operator, out: &Path, version: &str) -> anyhow::Result
 /// The busybox image the journey's pods run, as Kubernetes names it.
 pub const BUSYBOX: &str = "docker.io/library/busybox:plinth";
 
-/// An OCI archive of [`BUSYBOX`]: Debian's busybox-static with a link per
-/// applet in /bin (what `--preload-image` bakes into an image).
-pub fn busybox_archive(dir: &Path) -> anyhow::Result<PathBuf> {
+/// An OCI archive of [`BUSYBOX`] for `arch`: Debian's busybox-static (the
+/// host's, or the same package for `arch` through image-builder's private
+/// apt state) with a link per applet in /bin (what `--preload-image` bakes
+/// into an image). The applets are the host's busybox's: the same package.
+pub fn busybox_archive(dir: &Path, arch: machinery::board::Arch) -> anyhow::Result<PathBuf> {
     use image_builder::oci::{Entry, ImageSpec};
-    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (apt install busybox-static)")?;
+    let program = image_builder::userland::Userland::for_arch(arch, &image_builder::default_cache_dir())
+        .file("/bin/busybox", "busybox-static")?;
+    let busybox = std::fs::read(&program).with_context(|| format!("{} (busybox-static)", program.display()))?;
     let list = Command::new("/bin/busybox").arg("--list").output().context("busybox --list")?;
     let mut entries: Vec<Entry> =
         ["bin", "etc", "tmp", "proc", "sys", "dev"].iter().map(|d| Entry::Dir { path: d.to_string() }).collect();
@@ -403,7 +420,7 @@ pub fn busybox_archive(dir: &Path) -> anyhow::Result<PathBuf> {
     }
     let spec = ImageSpec {
         reference: BUSYBOX.into(),
-        arch: machinery::board::Arch::X86_64,
+        arch,
         entries,
         entrypoint: Vec::new(),
         cmd: vec!["sh".into()],
@@ -417,6 +434,26 @@ pub fn busybox_archive(dir: &Path) -> anyhow::Result<PathBuf> {
 /// Where scripts/build-static.sh puts the binaries that go into images.
 pub fn static_bin_dir() -> anyhow::Result<PathBuf> {
     Ok(static_dir(&target_dir()))
+}
+
+/// Where scripts/build-static.sh puts the image binaries for `arch`
+/// (`--arch arm64`: `<target>/aarch64-unknown-linux-gnu/release`), or
+/// `PLINTH_BIN_DIR_AARCH64` for aarch64.
+pub fn static_bin_dir_for(arch: machinery::board::Arch) -> anyhow::Result<PathBuf> {
+    use machinery::board::Arch;
+    let dir = match (arch, std::env::var_os("PLINTH_BIN_DIR_AARCH64")) {
+        (Arch::X86_64, _) => return static_bin_dir(),
+        (Arch::Aarch64, Some(d)) => PathBuf::from(d),
+        (Arch::Aarch64, None) => target_dir().join("aarch64-unknown-linux-gnu/release"),
+    };
+    if !dir.join("plinth-init").is_file() {
+        bail!(
+            "{} has no plinth-init: build the aarch64 binaries with scripts/build-static.sh --arch arm64 (the README's \
+             test command does)",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// Builds a signed upgrade bundle of Plinth `version` for `qemu-x86_64`,

@@ -3,31 +3,54 @@
 //! osctl, the kubeconfig from osctl, a Deployment + Service + ConfigMap with
 //! real kubectl (rollout status, logs, exec, one pod reaching the other),
 //! an A/B upgrade after which the same Deployment is Ready again with no
-//! user action, and a rollback after which it is too.
+//! user action, and a rollback after which it is too. The same journey
+//! runs on x86-64 (`qemu-x86_64`: q35, UEFI, systemd-boot) and on arm64
+//! (`arm64-virt`: `qemu-system-aarch64 -M virt` under TCG, the Pi's
+//! `autoboot.txt` tryboot A/B with the harness as firmware, aarch64
+//! binaries and an arm64 busybox).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use machinery::layout::Slot;
+use plinth_qemu::firmware::TRYBOOT_RESTART;
 use plinth_tests::cluster::{ClusterNode, journey_memory_mib, tail};
-use plinth_tests::{Operator, build_options, bundle_with, busybox_archive, slot, wait_event, wait_for};
+use plinth_tests::{Operator, build_options_for, bundle_with, busybox_archive, slot, wait_event, wait_for};
 
 #[test]
 fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Result<()> {
-    let _one = plinth_qemu::one_at_a_time();
+    journey("qemu-x86_64", "jnode")
+}
+
+#[test]
+fn arm64_virt_image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Result<()> {
+    journey("arm64-virt", "anode")
+}
+
+/// The journey on an image for `board`, its node named `hostname`.
+fn journey(board: &str, hostname: &str) -> anyhow::Result<()> {
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
-    let busybox = busybox_archive(w)?;
     let image = w.join("plinth.img");
-    let mut opts = build_options(&op, &image, machinery::VERSION)?;
+    let mut opts = build_options_for(&op, &image, machinery::VERSION, board)?;
+    let arch = image_builder::load_board(board, &opts.board_dir)?.arch;
+    let busybox = busybox_archive(w, arch)?;
     opts.preload_images = vec![busybox.clone()];
     image_builder::build(&opts)?;
     let bundle = w.join("plinth-0.2.0.osb");
-    let mut bundle_opts = build_options(&op, &bundle, "0.2.0")?;
+    let mut bundle_opts = build_options_for(&op, &bundle, "0.2.0", board)?;
     bundle_opts.preload_images = vec![busybox];
     bundle_with(&bundle_opts, &op)?;
 
-    let node = ClusterNode::boot(&op, image, w, "jnode", journey_memory_mib())?;
+    let _one = plinth_qemu::one_at_a_time();
+    let started = std::time::Instant::now();
+    let mut node = ClusterNode::boot(&op, image, w, hostname, journey_memory_mib())?;
+    let runs = match arch {
+        machinery::board::Arch::X86_64 => "x86_64",
+        machinery::board::Arch::Aarch64 => "aarch64",
+    };
+    assert_eq!(node.version().map(|v| v[0]["arch"].clone()), Some(runs.into()), "{board} runs {runs} binaries");
     let services = node.osctl(&["-o", "json", "services"]).ok()?.json()?;
     for name in ["apid", "containerd", "orchestrator"] {
         let s = services.as_array().into_iter().flatten().find(|s| s["name"] == name);
@@ -72,7 +95,13 @@ fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Res
     let on_b = committed("b", "0.2.0");
     wait_for("slot b committed", Duration::from_secs(900), || node.version().filter(|v| on_b(v)))
         .with_context(|| tail(&node.vm.serial_log()))?;
-    wait_event(|| node.osctl(&["events"]), "slot b is healthy (node jnode is Ready and its 2 pods are running")?;
+    if node.vm.machine.pi_layout() {
+        // The harness played the Pi firmware: B's boot files, after a tryboot.
+        assert_eq!(node.vm.booted_slot, Some(Slot::B));
+        assert!(node.vm.serial_log().contains(TRYBOOT_RESTART), "{}", tail(&node.vm.serial_log()));
+    }
+    let healthy = format!("slot b is healthy (node {hostname} is Ready and its 2 pods are running");
+    wait_event(|| node.osctl(&["events"]), &healthy)?;
     node.wait_web("after the upgrade")?;
     let after = node.web_pods()?;
     let names = |p: &[(String, String)]| p.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
@@ -87,5 +116,9 @@ fn image_to_kubectl_workloads_through_an_upgrade_and_a_rollback() -> anyhow::Res
         .with_context(|| tail(&node.vm.serial_log()))?;
     node.wait_web("after the rollback")?;
     assert_eq!(names(&node.web_pods()?), names(&before));
+    if node.vm.machine.pi_layout() {
+        assert_eq!(node.vm.booted_slot, Some(Slot::A), "autoboot.txt names A again");
+    }
+    eprintln!("{board}: power-on → rolled back {:.0} s wall", started.elapsed().as_secs_f64());
     Ok(())
 }
