@@ -170,13 +170,24 @@ fn cronjobs_validate_list_and_start_jobs_by_hand() {
     assert!(job.contains("cronjob.kubernetes.io/instantiate: manual"), "{job}");
     let out = s.apply(&job, &[]);
     assert!(out.contains("job.batch/by-hand created"), "{out}");
-    let owner = s.ok(&["get", "job", "by-hand", "-o", "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}"]);
+    let owner = s.ok(&[
+        "get",
+        "job",
+        "by-hand",
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+    ]);
     assert_eq!(owner, "CronJob/nightly");
 
     for (name, schedule, tz, want) in [
         ("few", "* * *", "", "spec.schedule: Invalid value: \"* * *\": expected exactly 5 fields, found 3: [* * *]"),
         ("tz-in", "CRON_TZ=UTC 0 * * * *", "", "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"),
-        ("mars", "0 * * * *", "  timeZone: Mars/Olympus\n", "spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus"),
+        (
+            "mars",
+            "0 * * * *",
+            "  timeZone: Mars/Olympus\n",
+            "spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus",
+        ),
     ] {
         let f = s.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&f, cj(name, schedule, tz)).unwrap();

@@ -27,7 +27,9 @@ impl Schedule {
         if schedule.contains("TZ") {
             return Err((
                 "spec.schedule",
-                format!("Invalid value: \"{schedule}\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"),
+                format!(
+                    "Invalid value: \"{schedule}\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+                ),
             ));
         }
         let pattern = if schedule.trim().eq_ignore_ascii_case("@midnight") { "@daily" } else { schedule.trim() };
@@ -39,9 +41,8 @@ impl Schedule {
             ));
         }
         let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).build();
-        let cron = parser
-            .parse(pattern)
-            .map_err(|e| ("spec.schedule", format!("Invalid value: \"{schedule}\": {e}")))?;
+        let cron =
+            parser.parse(pattern).map_err(|e| ("spec.schedule", format!("Invalid value: \"{schedule}\": {e}")))?;
         Ok(Schedule { cron, zone })
     }
 
@@ -95,7 +96,10 @@ mod tests {
     #[test]
     fn bad_schedules_and_zones_name_the_field() {
         let e = Schedule::parse("* * *", None).unwrap_err();
-        assert_eq!(e, ("spec.schedule", "Invalid value: \"* * *\": expected exactly 5 fields, found 3: [* * *]".into()));
+        assert_eq!(
+            e,
+            ("spec.schedule", "Invalid value: \"* * *\": expected exactly 5 fields, found 3: [* * *]".into())
+        );
         assert_eq!(Schedule::parse("61 * * * *", None).unwrap_err().0, "spec.schedule");
         assert_eq!(Schedule::parse("0 0 * * * *", None).unwrap_err().0, "spec.schedule");
         let e = Schedule::parse("CRON_TZ=UTC 0 * * * *", None).unwrap_err();

@@ -12,7 +12,9 @@ use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job, JobSpec};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-use crate::{controller_ref, create_typed, event, is_deleting, list_typed, name, owned_by, reference, rt, uid, write_status};
+use crate::{
+    controller_ref, create_typed, event, is_deleting, list_typed, name, owned_by, reference, rt, uid, write_status,
+};
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{DeleteOptions, Propagation, Registry};
 use orchestrator_apimachinery::schedule::Schedule;
@@ -177,8 +179,8 @@ fn job_for(cj: &CronJob, template: &Option<ObjectMeta>, spec: Option<JobSpec>, d
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orchestrator_apimachinery::registry::WriteOptions;
     use crate::test_registry as registry;
+    use orchestrator_apimachinery::registry::WriteOptions;
     use serde_json::json;
 
     fn cronjob(reg: &Registry, name: &str, extra: serde_json::Value) -> Timestamp {
@@ -199,16 +201,22 @@ mod tests {
 
     fn finish(reg: &Registry, job: &Job, ty: &str) {
         let n = name(&job.metadata);
-        crate::modify_typed(reg, Some("default"), n, orchestrator_apimachinery::registry::Part::Status, |j: &mut Job| {
-            let s = j.status.get_or_insert_default();
-            s.completion_time = Some(crate::time_now());
-            s.conditions = Some(vec![k8s_openapi::api::batch::v1::JobCondition {
-                type_: ty.into(),
-                status: "True".into(),
-                ..Default::default()
-            }]);
-            true
-        })
+        crate::modify_typed(
+            reg,
+            Some("default"),
+            n,
+            orchestrator_apimachinery::registry::Part::Status,
+            |j: &mut Job| {
+                let s = j.status.get_or_insert_default();
+                s.completion_time = Some(crate::time_now());
+                s.conditions = Some(vec![k8s_openapi::api::batch::v1::JobCondition {
+                    type_: ty.into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]);
+                true
+            },
+        )
         .unwrap();
     }
 
@@ -217,11 +225,9 @@ mod tests {
     }
 
     fn cj_status(reg: &Registry, name: &str) -> CronJobStatus {
-        let o: CronJob = orchestrator_apimachinery::typed::decode(
-            reg.get(rt("CronJob"), Some("default"), name).unwrap(),
-            "CronJob",
-        )
-        .unwrap();
+        let o: CronJob =
+            orchestrator_apimachinery::typed::decode(reg.get(rt("CronJob"), Some("default"), name).unwrap(), "CronJob")
+                .unwrap();
         o.status.unwrap_or_default()
     }
 

@@ -218,9 +218,9 @@ pub fn reconcile_daemonsets(reg: &Registry) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use crate::modify_typed;
+    use crate::test_registry as registry;
     use jiff::{SignedDuration, Timestamp};
     use orchestrator_apimachinery::registry::{Part, WriteOptions};
-    use crate::test_registry as registry;
     use serde_json::json;
 
     fn job(reg: &Registry, name: &str, spec: serde_json::Value) {
