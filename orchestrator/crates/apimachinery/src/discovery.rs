@@ -56,14 +56,18 @@ fn group(name: &str) -> APIGroup {
 /// The group of SelfSubjectAccessReview (`kubectl auth can-i`), answered
 /// by the authorizer and never stored.
 pub const AUTHORIZATION_GROUP: &str = "authorization.k8s.io";
+/// The group of TokenReview, TokenRequest and SelfSubjectReview, answered
+/// by the authenticators and never stored.
+pub const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
 
 pub fn api_group_list() -> Value {
-    let groups = GROUPS.iter().chain([&AUTHORIZATION_GROUP]).map(|g| group(g)).collect();
+    let groups = GROUPS.iter().chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP]).map(|g| group(g)).collect();
     with_type(APIGroupList { groups }, "APIGroupList", "v1")
 }
 
 pub fn api_group(name: &str) -> Option<Value> {
-    (GROUPS.contains(&name) || name == AUTHORIZATION_GROUP).then(|| with_type(group(name), "APIGroup", "v1"))
+    (GROUPS.contains(&name) || name == AUTHORIZATION_GROUP || name == AUTHENTICATION_GROUP)
+        .then(|| with_type(group(name), "APIGroup", "v1"))
 }
 
 const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
@@ -95,6 +99,7 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
         "attach" => ("PodAttachOptions", None, None, &["create", "get"]),
         "portforward" => ("PodPortForwardOptions", None, None, &["create", "get"]),
         "log" => (rt.kind, None, None, &["get"]),
+        "token" => ("TokenRequest", Some(AUTHENTICATION_GROUP), Some("v1"), &["create"]),
         _ => (rt.kind, None, None, &["get", "patch", "update"]),
     };
     APIResource {
@@ -113,16 +118,21 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
 
 /// The `APIResourceList` of a group version ("" for core).
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    if group == AUTHORIZATION_GROUP && version == "v1" {
+    if (group == AUTHORIZATION_GROUP || group == AUTHENTICATION_GROUP) && version == "v1" {
         let review = |kind: &str| APIResource {
             name: format!("{}s", kind.to_lowercase()),
             singular_name: kind.to_lowercase(),
-            namespaced: false,
+            namespaced: kind == "LocalSubjectAccessReview",
             kind: kind.into(),
             verbs: strings(&["create"]),
             ..Default::default()
         };
-        let resources = ["SelfSubjectAccessReview", "SelfSubjectRulesReview", "SubjectAccessReview"].map(review);
+        let kinds: &[&str] = if group == AUTHORIZATION_GROUP {
+            &["LocalSubjectAccessReview", "SelfSubjectAccessReview", "SelfSubjectRulesReview", "SubjectAccessReview"]
+        } else {
+            &["SelfSubjectReview", "TokenReview"]
+        };
+        let resources: Vec<APIResource> = kinds.iter().map(|k| review(k)).collect();
         let list = APIResourceList { group_version: format!("{group}/{version}"), resources: resources.into() };
         return Some(with_type(list, "APIResourceList", "v1"));
     }

@@ -17,7 +17,7 @@ pub enum ProtobufError {
     #[error("malformed protobuf: {0}")]
     Malformed(&'static str),
     #[error(
-        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, the RBAC kinds, the access reviews and DeleteOptions, not {0}"
+        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, ServiceAccount, the RBAC kinds, the access and token reviews, TokenRequest and DeleteOptions, not {0}"
     )]
     Unsupported(String),
 }
@@ -152,6 +152,29 @@ const SUBJECT_ACCESS_REVIEW_SPEC: &[Field] = &[
     Field(6, "uid", Str, false),
 ];
 const RULES_REVIEW_SPEC: &[Field] = &[Field(1, "namespace", Str, false)];
+// ServiceAccounts and their tokens (`kubectl create serviceaccount|token`, TokenReview).
+const OBJECT_REFERENCE: &[Field] = &[
+    Field(1, "kind", Str, false),
+    Field(2, "namespace", Str, false),
+    Field(3, "name", Str, false),
+    Field(4, "uid", Str, false),
+    Field(5, "apiVersion", Str, false),
+    Field(6, "resourceVersion", Str, false),
+    Field(7, "fieldPath", Str, false),
+];
+const LOCAL_OBJECT_REFERENCE: &[Field] = &[Field(1, "name", Str, false)];
+const BOUND_OBJECT_REFERENCE: &[Field] = &[
+    Field(1, "kind", Str, false),
+    Field(2, "apiVersion", Str, false),
+    Field(3, "name", Str, false),
+    Field(4, "uid", Str, false),
+];
+const TOKEN_REQUEST_SPEC: &[Field] = &[
+    Field(1, "audiences", Str, true),
+    Field(3, "boundObjectRef", Msg(BOUND_OBJECT_REFERENCE), false),
+    Field(4, "expirationSeconds", Int, false),
+];
+const TOKEN_REVIEW_SPEC: &[Field] = &[Field(1, "token", Str, false), Field(2, "audiences", Str, true)];
 // rbac.authorization.k8s.io/v1 (`kubectl create role|clusterrole|rolebinding|clusterrolebinding`).
 const POLICY_RULE: &[Field] = &[
     Field(1, "verbs", Str, true),
@@ -178,6 +201,7 @@ const POINTERS: &[&str] = &[
     "immutable",
     "gracePeriodSeconds",
     "orphanDependents",
+    "automountServiceAccountToken",
 ];
 
 fn top_level(kind: &str) -> Option<&'static [Field]> {
@@ -201,7 +225,17 @@ fn top_level(kind: &str) -> Option<&'static [Field]> {
         "Deployment" => &[META, Field(2, "spec", Msg(DEPLOYMENT_SPEC), false)],
         "SelfSubjectAccessReview" => &[META, Field(2, "spec", Msg(ACCESS_REVIEW_SPEC), false)],
         "DeleteOptions" => DELETE_OPTIONS,
-        "SubjectAccessReview" => &[META, Field(2, "spec", Msg(SUBJECT_ACCESS_REVIEW_SPEC), false)],
+        "SubjectAccessReview" | "LocalSubjectAccessReview" => {
+            &[META, Field(2, "spec", Msg(SUBJECT_ACCESS_REVIEW_SPEC), false)]
+        }
+        "ServiceAccount" => &[
+            META,
+            Field(2, "secrets", Msg(OBJECT_REFERENCE), true),
+            Field(3, "imagePullSecrets", Msg(LOCAL_OBJECT_REFERENCE), true),
+            Field(4, "automountServiceAccountToken", Bool, false),
+        ],
+        "TokenRequest" => &[META, Field(2, "spec", Msg(TOKEN_REQUEST_SPEC), false)],
+        "TokenReview" => &[META, Field(2, "spec", Msg(TOKEN_REVIEW_SPEC), false)],
         "SelfSubjectRulesReview" => &[META, Field(2, "spec", Msg(RULES_REVIEW_SPEC), false)],
         "SelfSubjectReview" => &[META],
         "Role" | "ClusterRole" => &[META, Field(2, "rules", Msg(POLICY_RULE), true)],

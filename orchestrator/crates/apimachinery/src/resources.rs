@@ -151,7 +151,7 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["sa"],
         NONE,
-        NONE,
+        &["token"],
         NONE
     ),
     rt!("", "Event", core::Event, "events", "event", true, &["ev"], NONE, NONE, EVENT_FIELDS),

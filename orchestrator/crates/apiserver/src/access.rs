@@ -1,7 +1,7 @@
 //! Impersonation (`Impersonate-User`/`-Group` headers, authorized by the
 //! `impersonate` verb) and the access reviews answered from the RBAC
 //! rules: SelfSubjectAccessReview, SubjectAccessReview,
-//! SelfSubjectRulesReview and SelfSubjectReview (`kubectl auth whoami`).
+//! LocalSubjectAccessReview, SelfSubjectRulesReview and SelfSubjectReview (`kubectl auth whoami`).
 
 use http::HeaderMap;
 use serde_json::{Value, json};
@@ -11,7 +11,7 @@ use orchestrator_apimachinery::errors::ApiError;
 use crate::User;
 use crate::rbac::{AUTHENTICATED, Attributes, Rbac, strings};
 
-const SA_PREFIX: &str = "system:serviceaccount:";
+pub(crate) const SA_PREFIX: &str = "system:serviceaccount:";
 
 /// The groups every authenticated user has, added to `groups` (less
 /// empty ones: a certificate with an empty O).
@@ -27,7 +27,7 @@ pub fn authenticated(name: String, mut groups: Vec<String>) -> User {
     if name != "system:anonymous" && !groups.iter().any(|g| g == AUTHENTICATED) {
         groups.push(AUTHENTICATED.into());
     }
-    User { name, groups }
+    User { name, groups, ..Default::default() }
 }
 
 fn header_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
@@ -92,37 +92,90 @@ fn review_attributes(spec: &Value) -> Result<Attributes, ApiError> {
     ))
 }
 
-fn forbidden_create(user: &User, group: &str, resource: &str) -> ApiError {
+pub(crate) fn forbidden_create(user: &User, group: &str, resource: &str) -> ApiError {
+    forbidden_create_in(user, group, None, resource)
+}
+
+fn forbidden_create_in(user: &User, group: &str, ns: Option<&str>, resource: &str) -> ApiError {
+    let scope = match ns {
+        Some(ns) => format!("in the namespace {ns:?}"),
+        None => "at the cluster scope".into(),
+    };
     ApiError::forbidden(format!(
-        "{resource}.{group} is forbidden: User {:?} cannot create resource {resource:?} in API group {group:?} at the cluster scope",
+        "{resource}.{group} is forbidden: User {:?} cannot create resource {resource:?} in API group {group:?} {scope}",
         user.name
     ))
 }
 
-/// Answers `POST /apis/<group>/v1/<resource>` for the review kinds; `None`
-/// for other resources.
-pub fn review(rbac: &Rbac, user: &User, group: &str, resource: &str, body: &[u8]) -> Option<Result<Value, ApiError>> {
-    let kind = match (group, resource) {
-        ("authorization.k8s.io", "selfsubjectaccessreviews") => "SelfSubjectAccessReview",
-        ("authorization.k8s.io", "subjectaccessreviews") => "SubjectAccessReview",
-        ("authorization.k8s.io", "selfsubjectrulesreviews") => "SelfSubjectRulesReview",
-        ("authentication.k8s.io", "selfsubjectreviews") => "SelfSubjectReview",
+/// Answers `POST /apis/<group>/v1/[namespaces/<ns>/]<resource>` for the
+/// review kinds; `None` for other resources.
+pub fn review(
+    rbac: &Rbac,
+    user: &User,
+    group: &str,
+    ns: Option<&str>,
+    resource: &str,
+    body: &[u8],
+) -> Option<Result<Value, ApiError>> {
+    let kind = match (group, ns.is_some(), resource) {
+        ("authorization.k8s.io", false, "selfsubjectaccessreviews") => "SelfSubjectAccessReview",
+        ("authorization.k8s.io", false, "subjectaccessreviews") => "SubjectAccessReview",
+        ("authorization.k8s.io", true, "localsubjectaccessreviews") => "LocalSubjectAccessReview",
+        ("authorization.k8s.io", false, "selfsubjectrulesreviews") => "SelfSubjectRulesReview",
+        ("authentication.k8s.io", false, "selfsubjectreviews") => "SelfSubjectReview",
         _ => return None,
     };
-    Some(answer(rbac, user, group, resource, kind, body))
+    Some(answer(rbac, user, group, ns, resource, kind, body))
 }
 
-fn answer(rbac: &Rbac, user: &User, group: &str, resource: &str, kind: &str, body: &[u8]) -> Result<Value, ApiError> {
-    if !rbac.allows(user, &Attributes::resource("create", None, group, resource, None)) {
-        return Err(forbidden_create(user, group, resource));
+/// A LocalSubjectAccessReview asks about its own namespace only (upstream's
+/// REST check and validation, in that order).
+fn local_namespace(review: &mut Value, spec: &Value, ns: &str) -> Result<(), ApiError> {
+    let meta_ns = review.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+    if meta_ns.is_empty() {
+        review["metadata"]["namespace"] = ns.into();
+    } else if meta_ns != ns {
+        return Err(ApiError::bad_request(format!("spec.resourceAttributes.namespace must match namespace: {ns}")));
+    }
+    let invalid = |field: &str, value: &str, why: &str| {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("LocalSubjectAccessReview.authorization.k8s.io \"\" is invalid: {field}: Invalid value: {value}: {why}"),
+        )
+    };
+    if spec.get("nonResourceAttributes").is_some_and(Value::is_object) {
+        return Err(invalid("spec.nonResourceAttributes", "\"\"", "disallowed on this kind of request"));
+    }
+    let attr_ns = spec.pointer("/resourceAttributes/namespace").and_then(Value::as_str).unwrap_or_default();
+    if spec.get("resourceAttributes").is_some_and(Value::is_object) && attr_ns != ns {
+        return Err(invalid("spec.resourceAttributes.namespace", &format!("{attr_ns:?}"), "must match metadata.namespace"));
+    }
+    Ok(())
+}
+
+fn answer(
+    rbac: &Rbac,
+    user: &User,
+    group: &str,
+    ns: Option<&str>,
+    resource: &str,
+    kind: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    if !rbac.allows(user, &Attributes::resource("create", ns, group, resource, None)) {
+        return Err(forbidden_create_in(user, group, ns, resource));
     }
     let mut review: Value = if body.is_empty() { json!({}) } else { orchestrator_apimachinery::decode::json(body)? };
     review["kind"] = kind.into();
     review["apiVersion"] = format!("{group}/v1").into();
     let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
+    if let Some(ns) = ns {
+        local_namespace(&mut review, &spec, ns)?;
+    }
     review["status"] = match kind {
         "SelfSubjectAccessReview" => decision(rbac, user, &review_attributes(&spec)?),
-        "SubjectAccessReview" => {
+        "SubjectAccessReview" | "LocalSubjectAccessReview" => {
             let name = spec.get("user").and_then(Value::as_str).unwrap_or_default().to_string();
             let groups = strings(&spec, "groups");
             if name.is_empty() && groups.is_empty() {
@@ -132,7 +185,7 @@ fn answer(rbac: &Rbac, user: &User, group: &str, resource: &str, kind: &str, bod
                     "SubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.user: Invalid value: \"\": at least one of user or group must be specified",
                 ));
             }
-            decision(rbac, &User { name, groups }, &review_attributes(&spec)?)
+            decision(rbac, &User { name, groups, ..Default::default() }, &review_attributes(&spec)?)
         }
         "SelfSubjectRulesReview" => {
             let ns = spec.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
@@ -144,7 +197,16 @@ fn answer(rbac: &Rbac, user: &User, group: &str, resource: &str, kind: &str, bod
                 "incomplete": false,
             })
         }
-        _ => json!({"userInfo": {"username": user.name, "groups": user.groups}}),
+        _ => {
+            let mut info = json!({"username": user.name, "groups": user.groups});
+            if !user.uid.is_empty() {
+                info["uid"] = user.uid.clone().into();
+            }
+            if !user.extra.is_empty() {
+                info["extra"] = json!(user.extra);
+            }
+            json!({"userInfo": info})
+        }
     };
     Ok(review)
 }

@@ -1,5 +1,5 @@
 //! The HTTPS transport: TLS with client certificates (CN = user, O =
-//! groups), impersonation and RBAC authorization (`rbac`, `access`), and the translation of
+//! groups) or bearer tokens (`authn`, ServiceAccount tokens in `satoken`), impersonation and RBAC authorization (`rbac`, `access`), and the translation of
 //! Kubernetes REST requests into [`Registry`] calls. Watches stream
 //! newline-delimited JSON events from a task per watch.
 //!
@@ -10,9 +10,11 @@
 //! threads within depth and size bounds (`decode`).
 
 mod access;
+mod authn;
 mod connections;
 mod negotiate;
 pub mod rbac;
+pub mod satoken;
 mod streaming;
 
 use std::convert::Infallible;
@@ -66,6 +68,8 @@ pub enum ServerError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("bootstrap objects: {0}")]
     Bootstrap(ApiError),
+    #[error("ServiceAccount token key: {0}")]
+    TokenKey(#[from] satoken::KeyError),
 }
 
 /// History kept by compaction (as kine: the newest 1,000 revisions), and
@@ -101,10 +105,14 @@ fn spawn_compactor(registry: Arc<Registry>) {
 }
 
 /// An authenticated client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct User {
     pub name: String,
     pub groups: Vec<String>,
+    /// A ServiceAccount's uid (empty for certificate users).
+    pub uid: String,
+    /// What a token says beyond name and groups (the bound pod, the token id).
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 pub struct State {
@@ -114,6 +122,7 @@ pub struct State {
     pub kubelet_client: Arc<rustls::ClientConfig>,
     connections: Arc<connections::Budgets>,
     rbac: Arc<rbac::Rbac>,
+    sa_keys: Arc<satoken::Keys>,
 }
 
 /// A running server.
@@ -244,6 +253,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     let url = format!("https://{host}:{}", address.port());
     registry.bootstrap(&format!("{host}:{}", address.port())).map_err(ServerError::Bootstrap)?;
     let rbac = rbac::Rbac::start(registry.clone()).map_err(ServerError::Bootstrap)?;
+    let sa_keys = Arc::new(satoken::Keys::load_or_generate(&dir.join("sa.key"))?);
     let admin = pki::issue_client(&ca, "admin", ADMIN_GROUP)?;
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     pki::write_private(&admin_kubeconfig, &pki::kubeconfig(&url, &ca, &admin, "admin"))?;
@@ -257,6 +267,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         kubelet_client: Arc::new(kubelet_client(&ca)?),
         connections: Arc::default(),
         rbac,
+        sa_keys,
     });
     spawn_compactor(registry.clone());
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
@@ -344,6 +355,14 @@ fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Response<Body> {
+    // Without a client certificate, a bearer token (a bad one is a 401).
+    let user = match user {
+        Some(u) => Some(u),
+        None => match authn::request_user(&state, req.headers()) {
+            Ok(u) => u,
+            Err(e) => return error_response(&e),
+        },
+    };
     let path = req.uri().path();
     // Anonymous clients get the public paths and otherwise a 401, before
     // any body of theirs is read.
@@ -480,6 +499,16 @@ fn text(code: u16, s: &str) -> Response<Body> {
     r
 }
 
+/// The namespace (for LocalSubjectAccessReview) and resource of a review's
+/// path after `/apis/<group>/v1/`.
+fn review_target<'a>(rest: &[&'a str]) -> Option<(Option<&'a str>, &'a str)> {
+    match rest {
+        [resource] => Some((None, resource)),
+        ["namespaces", ns, resource] => Some((Some(ns), resource)),
+        _ => None,
+    }
+}
+
 /// A parsed resource request.
 struct Target<'a> {
     rt: &'static ResourceType,
@@ -600,7 +629,8 @@ async fn route(
         }
     }
     if method == Method::POST
-        && let ["apis", group, "v1", resource] = segs.as_slice()
+        && let ["apis", group @ ("authorization.k8s.io" | "authentication.k8s.io"), "v1", rest @ ..] = segs.as_slice()
+        && let Some((ns, resource)) = review_target(rest)
     {
         let review = if content_type(headers) == "application/vnd.kubernetes.protobuf" {
             let obj = orchestrator_apimachinery::protobuf::decode(&body)
@@ -609,7 +639,13 @@ async fn route(
         } else {
             body.clone()
         };
-        if let Some(r) = access::review(&state.rbac, user, group, resource, &review) {
+        if (*group, resource) == ("authentication.k8s.io", "tokenreviews") {
+            if !allowed(state, user, "create", None, group, resource, None) {
+                return Err(access::forbidden_create(user, group, resource));
+            }
+            return authn::token_review(state, &review).map(|v| respond(201, &v, &[]));
+        }
+        if let Some(r) = access::review(&state.rbac, user, group, ns, resource, &review) {
             return r.map(|v| respond(201, &v, &[]));
         }
     }
@@ -642,7 +678,7 @@ async fn route(
     // typed clients (helm's release storage) update Secrets and send
     // DeleteOptions in protobuf.
     let protobuf_body = match verb {
-        "create" | "update" => t.sub.is_none(),
+        "create" | "update" => t.sub.is_none() || t.sub == Some("token"),
         "delete" | "deletecollection" => !body.is_empty(),
         _ => false,
     };
@@ -696,6 +732,10 @@ async fn route(
             state.rbac.check_write(user, rt, ns, &o)?;
             let w = reg.create(rt, ns, o, &write_options(q)?)?;
             Ok(respond(201, &w.object, &w.warnings))
+        }
+        ("create", Some(name), Some("token")) => {
+            let r = satoken::token_request(&state.sa_keys, reg, ns.unwrap_or_default(), name, &body)?;
+            Ok(respond(201, &serde_json::to_value(r).unwrap_or_default(), &[]))
         }
         ("create", Some(name), Some("binding")) => {
             let b = parse_json(&body)?;

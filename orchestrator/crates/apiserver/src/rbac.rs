@@ -741,7 +741,7 @@ mod tests {
 
     #[test]
     fn service_account_subjects_default_to_the_binding_namespace() {
-        let user = User { name: "system:serviceaccount:ns:sa".into(), groups: vec![] };
+        let user = User { name: "system:serviceaccount:ns:sa".into(), ..Default::default() };
         let b = json!({"metadata": {"name": "b", "namespace": "ns"}, "subjects": [{"kind": "ServiceAccount", "name": "sa"}]});
         assert!(applies(&b, &user));
         let other = json!({"metadata": {"name": "b", "namespace": "x"}, "subjects": [{"kind": "ServiceAccount", "name": "sa"}]});

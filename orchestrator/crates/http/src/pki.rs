@@ -118,6 +118,24 @@ pub fn load_or_generate_ca(cert: &Path, key: &Path) -> Result<CertKey, PkiError>
     load_ca(cert, key)
 }
 
+/// Reads the ServiceAccount token signing key (an ECDSA P-256 key, PEM
+/// PKCS#8) from `path`, or generates one there (0600) if it does not exist.
+/// Returns the PKCS#8 DER.
+pub fn load_or_generate_signing_key(path: &Path) -> Result<Vec<u8>, PkiError> {
+    let bad = |reason: String| PkiError::Key { path: path.to_path_buf(), reason };
+    if !path.exists() {
+        let key = KeyPair::generate()?;
+        write_private(path, &key.serialize_pem())?;
+        return Ok(key.serialize_der());
+    }
+    let pem = std::fs::read_to_string(path).map_err(io("read", path))?;
+    let key = KeyPair::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+    if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(bad("not an ECDSA P-256 key (ServiceAccount tokens are signed ES256)".into()));
+    }
+    Ok(key.serialize_der())
+}
+
 /// Reads a CA's certificate and key (PEM).
 pub fn load_ca(cert: &Path, key: &Path) -> Result<CertKey, PkiError> {
     let cert_pem = std::fs::read_to_string(cert).map_err(io("read", cert))?;

@@ -1,0 +1,293 @@
+//! ServiceAccount tokens driven by a real kubectl: `kubectl create token`
+//! (durations, audiences, bound objects), bearer-token requests allowed
+//! and refused by RBAC, tokens refused once expired or once their
+//! ServiceAccount or bound pod is gone, TokenReview,
+//! LocalSubjectAccessReview and `kubectl auth can-i --as`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Server;
+use orchestrator_apiserver::satoken::{Claims, Keys, Private, Ref, issuer};
+use serde_json::Value;
+
+/// A kubeconfig that authenticates with `token` only (no client certificate).
+fn token_kubeconfig(s: &Server, name: &str, token: &str) -> PathBuf {
+    let path = s.dir.path().join(format!("{name}.kubeconfig"));
+    let ca = s.dir.path().join("ca.crt");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"https://{}\", certificate-authority: {}}}\n\
+         users:\n- name: u\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: default}}\n\
+         current-context: x\n",
+        s.address,
+        ca.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn kubectl(s: &Server, kc: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = s.cmd(kc, args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// `curl` to the API server with `token`: (HTTP code, body).
+fn curl(s: &Server, token: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    let ca = s.dir.path().join("ca.crt");
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {token}"), "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(format!("https://{}{path}", s.address))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn until_allowed(s: &Server, kc: &Path, args: &[&str]) -> String {
+    let start = Instant::now();
+    loop {
+        let (ok, out, err) = kubectl(s, kc, args);
+        if ok {
+            return out;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "kubectl {args:?} still refused: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const UNAUTHORIZED: &str =
+    r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
+
+fn assert_unauthorized(s: &Server, token: &str) {
+    let (code, body) = curl(s, token, "/api/v1/namespaces/default/pods", &[]);
+    assert_eq!(code, 401, "{body}");
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got, serde_json::from_str::<Value>(UNAUTHORIZED).unwrap());
+}
+
+fn json_of(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn tokens_authenticate_and_rbac_allows_and_refuses() {
+    let Some(s) = Server::start() else { return };
+    s.ok(&["create", "serviceaccount", "bot"]);
+    let token = s.ok(&["create", "token", "bot", "--duration=20m"]).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let kc = token_kubeconfig(&s, "bot", &token);
+
+    // Authenticated as the ServiceAccount, refused by RBAC until bound.
+    let (ok, _, err) = kubectl(&s, &kc, &["get", "pods"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "pods is forbidden: User \"system:serviceaccount:default:bot\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+        ),
+        "{err}"
+    );
+    let who = s.cmd(&kc, &["auth", "whoami", "-o", "json"]).output().unwrap();
+    let who = json_of(&String::from_utf8_lossy(&who.stdout));
+    assert_eq!(who["status"]["userInfo"]["username"], "system:serviceaccount:default:bot");
+    let groups = who["status"]["userInfo"]["groups"].to_string();
+    for g in ["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"] {
+        assert!(groups.contains(&format!("\"{g}\"")), "{groups}");
+    }
+    let sa_uid = s.ok(&["get", "sa", "bot", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(who["status"]["userInfo"]["uid"], sa_uid.as_str());
+
+    s.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: pod-reader, namespace: default}\n\
+         rules: [{apiGroups: [\"\"], resources: [pods], verbs: [get, list]}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bot-pods, namespace: default}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}\n\
+         subjects: [{kind: ServiceAccount, name: bot, namespace: default}]\n",
+        &[],
+    );
+    until_allowed(&s, &kc, &["get", "pods"]);
+    let (ok, _, err) = kubectl(&s, &kc, &["get", "secrets"]);
+    assert!(!ok && err.contains("cannot list resource \"secrets\""), "{err}");
+    let (code, body) = curl(&s, &token, "/api/v1/namespaces/default/secrets", &[]);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(json_of(&body)["reason"], "Forbidden");
+    let (ok, _, err) = kubectl(&s, &kc, &["get", "pods", "-n", "kube-system"]);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+
+    // The same rules answer `auth can-i --as`.
+    assert_eq!(s.ok(&["auth", "can-i", "list", "pods", "--as=system:serviceaccount:default:bot"]).trim(), "yes");
+    let out = s.run(&["auth", "can-i", "list", "secrets", "--as=system:serviceaccount:default:bot"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+
+    // A bad token is a 401 even beside nothing else; a client
+    // certificate wins over a bad token, as upstream.
+    assert_unauthorized(&s, "not-a-token");
+    assert_unauthorized(&s, &format!("{token}x"));
+    let cert = s.dir.path().join("admin.crt");
+    let key = s.dir.path().join("admin.key");
+    let ca = orchestrator_http::pki::load_ca(&s.dir.path().join("ca.crt"), &s.dir.path().join("ca.key")).unwrap();
+    let admin = orchestrator_http::pki::issue_client(&ca, "admin", "system:masters").unwrap();
+    std::fs::write(&cert, admin.cert_pem).unwrap();
+    std::fs::write(&key, admin.key_pem).unwrap();
+    let (code, body) = curl(&s, "not-a-token", "/api/v1/namespaces/default/secrets", &[
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 200, "{body}");
+
+    // A token for another audience does not reach the API.
+    let other = s.ok(&["create", "token", "bot", "--audience=vault"]).trim().to_string();
+    assert_unauthorized(&s, &other);
+
+    // TokenReview answers for the API's audiences, or the ones asked.
+    let review = |t: &str, audiences: &str| {
+        let f = s.dir.path().join("review.yaml");
+        std::fs::write(
+            &f,
+            format!(
+                "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: \"{t}\", audiences: {audiences}}}\n"
+            ),
+        )
+        .unwrap();
+        json_of(&s.ok(&["create", "-f", f.to_str().unwrap(), "-o", "json"]))
+    };
+    let r = review(&token, "[]");
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(r["status"]["user"]["username"], "system:serviceaccount:default:bot");
+    assert_eq!(r["status"]["user"]["uid"], sa_uid.as_str());
+    assert_eq!(r["status"]["audiences"], serde_json::json!([issuer()]));
+    assert_eq!(review(&other, "[]")["status"]["authenticated"], false);
+    let r = review(&other, "[vault]");
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(review("garbage", "[]")["status"]["authenticated"], false);
+
+    // Bad requests: too short a duration, a missing bound object, a missing ServiceAccount.
+    let err = s.fails(&["create", "token", "bot", "--duration=5m"]);
+    assert!(err.contains("spec.expirationSeconds: Invalid value: 300: may not specify a duration less than 10 minutes"), "{err}");
+    let err = s.fails(&["create", "token", "bot", "--bound-object-kind=Pod", "--bound-object-name=nope"]);
+    assert!(err.contains("pods \"nope\" not found"), "{err}");
+    let err = s.fails(&["create", "token", "ghost"]);
+    assert!(err.contains("serviceaccounts \"ghost\" not found"), "{err}");
+
+    // Deleting the ServiceAccount ends its tokens, a new one of the same
+    // name (another uid) does not revive them.
+    s.ok(&["delete", "serviceaccount", "bot"]);
+    assert_unauthorized(&s, &token);
+    s.ok(&["create", "serviceaccount", "bot"]);
+    assert_unauthorized(&s, &token);
+}
+
+#[test]
+fn bound_and_expired_tokens_are_refused() {
+    let Some(s) = Server::start() else { return };
+    s.ok(&["create", "serviceaccount", "runner"]);
+    s.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {serviceAccountName: runner, containers: [{name: c, image: busybox}]}\n",
+        &[],
+    );
+    let token = s
+        .ok(&["create", "token", "runner", "--bound-object-kind=Pod", "--bound-object-name=p"])
+        .trim()
+        .to_string();
+    let kc = token_kubeconfig(&s, "runner", &token);
+    let who = until_allowed(&s, &kc, &["auth", "whoami", "-o", "json"]);
+    let who = json_of(&who);
+    assert_eq!(who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"][0], "p");
+    // Only the pod's own ServiceAccount binds to it.
+    s.ok(&["create", "serviceaccount", "other"]);
+    let err = s.fails(&["create", "token", "other", "--bound-object-kind=Pod", "--bound-object-name=p"]);
+    assert!(err.contains("to pod running with different serviceaccount name"), "{err}");
+    s.ok(&["delete", "pod", "p", "--grace-period=0", "--force"]);
+    assert_unauthorized(&s, &token);
+
+    // A token signed with the cluster's key but past its expiry, beside
+    // the same claims still valid: only the expiry differs.
+    let keys = Keys::load_or_generate(&s.dir.path().join("sa.key")).unwrap();
+    let uid = s.ok(&["get", "sa", "runner", "-o", "jsonpath={.metadata.uid}"]);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = |exp: i64| Claims {
+        iss: issuer(),
+        sub: "system:serviceaccount:default:runner".into(),
+        aud: vec![issuer()],
+        exp,
+        iat: now - 7200,
+        nbf: now - 7200,
+        jti: "test".into(),
+        kubernetes: Private {
+            namespace: "default".into(),
+            serviceaccount: Ref { name: "runner".into(), uid: uid.clone() },
+            pod: None,
+            secret: None,
+        },
+    };
+    let (code, body) = curl(&s, &keys.sign(&claims(now + 600)), "/apis/authentication.k8s.io/v1/selfsubjectreviews", &[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+    ]);
+    assert_eq!(code, 201, "{body}");
+    assert_unauthorized(&s, &keys.sign(&claims(now - 1)));
+    // The same claims signed by another key are refused.
+    let stranger = Keys::load_or_generate(&s.dir.path().join("stranger.key")).unwrap();
+    assert_unauthorized(&s, &stranger.sign(&claims(now + 600)));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(s.dir.path().join("sa.key")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn local_subject_access_reviews_and_discovery() {
+    let Some(s) = Server::start() else { return };
+    s.ok(&["create", "namespace", "team"]);
+    s.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bot-view, namespace: team}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: ServiceAccount, name: bot, namespace: team}]\n",
+        &[],
+    );
+    let lsar = |ns: &str, attr_ns: &str, verb: &str| {
+        let f = s.dir.path().join("lsar.yaml");
+        std::fs::write(
+            &f,
+            format!(
+                "apiVersion: authorization.k8s.io/v1\nkind: LocalSubjectAccessReview\nmetadata: {{namespace: {ns}}}\n\
+                 spec: {{user: \"system:serviceaccount:team:bot\", groups: [system:serviceaccounts], resourceAttributes: {{namespace: {attr_ns}, verb: {verb}, resource: pods}}}}\n"
+            ),
+        )
+        .unwrap();
+        s.run(&["create", "-f", f.to_str().unwrap(), "-o", "json"])
+    };
+    let start = Instant::now();
+    loop {
+        let out = lsar("team", "team", "list");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["status"]["allowed"] == true {
+            assert_eq!(v["metadata"]["namespace"], "team");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{v} {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v: Value = serde_json::from_slice(&lsar("team", "team", "delete").stdout).unwrap();
+    assert_eq!(v["status"]["allowed"], false, "{v}");
+    let out = lsar("team", "default", "list");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.resourceAttributes.namespace: Invalid value: \"default\": must match metadata.namespace"), "{err}");
+
+    let resources = s.ok(&["api-resources", "--api-group=authentication.k8s.io", "-o", "name"]);
+    assert!(resources.contains("tokenreviews.authentication.k8s.io"), "{resources}");
+    let resources = s.ok(&["api-resources", "--api-group=authorization.k8s.io", "--namespaced=true", "-o", "name"]);
+    assert!(resources.contains("localsubjectaccessreviews.authorization.k8s.io"), "{resources}");
+    let sub = s.ok(&["get", "--raw", "/api/v1"]);
+    assert!(sub.contains(r#""name":"serviceaccounts/token""#), "{sub}");
+}
