@@ -62,8 +62,7 @@ fn until_allowed(s: &Server, kc: &Path, args: &[&str]) -> String {
     }
 }
 
-const UNAUTHORIZED: &str =
-    r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
+const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
 
 fn assert_unauthorized(s: &Server, token: &str) {
     let (code, body) = curl(s, token, "/api/v1/namespaces/default/pods", &[]);
@@ -135,12 +134,12 @@ fn tokens_authenticate_and_rbac_allows_and_refuses() {
     let admin = orchestrator_http::pki::issue_client(&ca, "admin", "system:masters").unwrap();
     std::fs::write(&cert, admin.cert_pem).unwrap();
     std::fs::write(&key, admin.key_pem).unwrap();
-    let (code, body) = curl(&s, "not-a-token", "/api/v1/namespaces/default/secrets", &[
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]);
+    let (code, body) = curl(
+        &s,
+        "not-a-token",
+        "/api/v1/namespaces/default/secrets",
+        &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
+    );
     assert_eq!(code, 200, "{body}");
 
     // A token for another audience does not reach the API.
@@ -171,7 +170,10 @@ fn tokens_authenticate_and_rbac_allows_and_refuses() {
 
     // Bad requests: too short a duration, a missing bound object, a missing ServiceAccount.
     let err = s.fails(&["create", "token", "bot", "--duration=5m"]);
-    assert!(err.contains("spec.expirationSeconds: Invalid value: 300: may not specify a duration less than 10 minutes"), "{err}");
+    assert!(
+        err.contains("spec.expirationSeconds: Invalid value: 300: may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
     let err = s.fails(&["create", "token", "bot", "--bound-object-kind=Pod", "--bound-object-name=nope"]);
     assert!(err.contains("pods \"nope\" not found"), "{err}");
     let err = s.fails(&["create", "token", "ghost"]);
@@ -193,10 +195,8 @@ fn bound_and_expired_tokens_are_refused() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {serviceAccountName: runner, containers: [{name: c, image: busybox}]}\n",
         &[],
     );
-    let token = s
-        .ok(&["create", "token", "runner", "--bound-object-kind=Pod", "--bound-object-name=p"])
-        .trim()
-        .to_string();
+    let token =
+        s.ok(&["create", "token", "runner", "--bound-object-kind=Pod", "--bound-object-name=p"]).trim().to_string();
     let kc = token_kubeconfig(&s, "runner", &token);
     let who = until_allowed(&s, &kc, &["auth", "whoami", "-o", "json"]);
     let who = json_of(&who);
@@ -228,20 +228,26 @@ fn bound_and_expired_tokens_are_refused() {
             secret: None,
         },
     };
-    let (code, body) = curl(&s, &keys.sign(&claims(now + 600)), "/apis/authentication.k8s.io/v1/selfsubjectreviews", &[
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
-    ]);
+    let (code, body) = curl(
+        &s,
+        &keys.sign(&claims(now + 600)),
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+        ],
+    );
     assert_eq!(code, 201, "{body}");
     assert_unauthorized(&s, &keys.sign(&claims(now - 1)));
     // The same claims signed by another key are refused.
     let stranger = Keys::load_or_generate(&s.dir.path().join("stranger.key")).unwrap();
     assert_unauthorized(&s, &stranger.sign(&claims(now + 600)));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(s.dir.path().join("sa.key")).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(s.dir.path().join("sa.key")).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -282,7 +288,10 @@ fn local_subject_access_reviews_and_discovery() {
     assert_eq!(v["status"]["allowed"], false, "{v}");
     let out = lsar("team", "default", "list");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("spec.resourceAttributes.namespace: Invalid value: \"default\": must match metadata.namespace"), "{err}");
+    assert!(
+        err.contains("spec.resourceAttributes.namespace: Invalid value: \"default\": must match metadata.namespace"),
+        "{err}"
+    );
 
     let resources = s.ok(&["api-resources", "--api-group=authentication.k8s.io", "-o", "name"]);
     assert!(resources.contains("tokenreviews.authentication.k8s.io"), "{resources}");
@@ -290,4 +299,87 @@ fn local_subject_access_reviews_and_discovery() {
     assert!(resources.contains("localsubjectaccessreviews.authorization.k8s.io"), "{resources}");
     let sub = s.ok(&["get", "--raw", "/api/v1"]);
     assert!(sub.contains(r#""name":"serviceaccounts/token""#), "{sub}");
+}
+
+fn pod_json(s: &Server, ns: &str, name: &str) -> Value {
+    json_of(&s.ok(&["get", "pod", name, "-n", ns, "-o", "json"]))
+}
+
+#[test]
+fn pods_get_the_token_volume_unless_opted_out() {
+    let Some(s) = Server::start() else { return };
+    s.ok(&["create", "namespace", "apps"]);
+    // The root CA is published in every namespace, and put back.
+    let ca = std::fs::read_to_string(s.dir.path().join("ca.crt")).unwrap();
+    let get_ca = ["get", "configmap", "kube-root-ca.crt", "-n", "apps", "-o", "jsonpath={.data.ca\\.crt}"];
+    s.wait_for(&get_ca, Duration::from_secs(20), |out| out == ca);
+    s.ok(&["delete", "configmap", "kube-root-ca.crt", "-n", "apps"]);
+    s.wait_for(&get_ca, Duration::from_secs(20), |out| out == ca);
+
+    // A pod made right after its namespace waits for the `default` ServiceAccount.
+    s.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: apps}\n\
+         spec: {initContainers: [{name: i, image: busybox}], containers: [{name: c, image: busybox}, {name: d, image: busybox}]}\n",
+        &[],
+    );
+    let p = pod_json(&s, "apps", "web");
+    assert_eq!(p["spec"]["serviceAccountName"], "default");
+    let volumes = p["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 1, "{volumes:?}");
+    let v = &volumes[0];
+    let name = v["name"].as_str().unwrap();
+    assert!(name.starts_with("kube-api-access-") && name.len() == "kube-api-access-".len() + 5, "{name}");
+    assert_eq!(
+        v["projected"],
+        serde_json::json!({"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}, "path": "namespace"}]}}]})
+    );
+    for list in ["initContainers", "containers"] {
+        for c in p["spec"][list].as_array().unwrap() {
+            assert_eq!(
+                c["volumeMounts"],
+                serde_json::json!([{"name": name, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]),
+                "{c}"
+            );
+        }
+    }
+
+    // Opting out on the ServiceAccount or on the pod; the ServiceAccount's
+    // imagePullSecrets are inherited.
+    s.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: quiet, namespace: apps}\nautomountServiceAccountToken: false\n\
+         imagePullSecrets: [{name: registry}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: q, namespace: apps}\nspec: {serviceAccountName: quiet, containers: [{name: c, image: busybox}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: optout, namespace: apps}\nspec: {automountServiceAccountToken: false, containers: [{name: c, image: busybox}]}\n",
+        &[],
+    );
+    for pod in ["q", "optout"] {
+        let p = pod_json(&s, "apps", pod);
+        assert!(p["spec"].get("volumes").is_none(), "{p}");
+        assert!(p["spec"]["containers"][0].get("volumeMounts").is_none(), "{p}");
+    }
+    let q = pod_json(&s, "apps", "q");
+    assert_eq!(q["spec"]["imagePullSecrets"], serde_json::json!([{"name": "registry"}]));
+
+    // A pod that mounts something at the token path keeps it.
+    s.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: own, namespace: apps}\nspec:\n  containers: [{name: c, image: busybox, \
+         volumeMounts: [{name: x, mountPath: /var/run/secrets/kubernetes.io/serviceaccount}]}]\n  volumes: [{name: x, emptyDir: {}}]\n",
+        &[],
+    );
+    let p = pod_json(&s, "apps", "own");
+    assert_eq!(p["spec"]["volumes"].as_array().unwrap().len(), 1, "{p}");
+
+    // A missing ServiceAccount is refused, as upstream words it.
+    let f = s.dir.path().join("ghost.yaml");
+    std::fs::write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: g, namespace: apps}\nspec: {serviceAccountName: ghost, containers: [{name: c, image: busybox}]}\n").unwrap();
+    let err = s.fails(&["create", "-f", f.to_str().unwrap()]);
+    assert!(
+        err.contains(
+            "pods \"g\" is forbidden: error looking up service account apps/ghost: serviceaccount \"ghost\" not found"
+        ),
+        "{err}"
+    );
 }

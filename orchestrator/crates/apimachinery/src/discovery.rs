@@ -133,7 +133,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             &["SelfSubjectReview", "TokenReview"]
         };
         let resources: Vec<APIResource> = kinds.iter().map(|k| review(k)).collect();
-        let list = APIResourceList { group_version: format!("{group}/{version}"), resources: resources.into() };
+        let list = APIResourceList { group_version: format!("{group}/{version}"), resources };
         return Some(with_type(list, "APIResourceList", "v1"));
     }
     let rts: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();

@@ -88,6 +88,20 @@ pub struct Registry {
     pub store: Arc<dyn Store>,
     /// Held while a Service's cluster IP or node ports are given out.
     service_ips: Mutex<()>,
+    /// What the API server adds: pod admission (ServiceAccounts and their
+    /// token volumes) and the TokenRequest issuer, so that the in-process
+    /// kubelet and controllers see the same as HTTPS clients.
+    hooks: std::sync::OnceLock<Hooks>,
+}
+
+/// Changes a pod about to be created (in the namespace given), or refuses it.
+pub type PodAdmission = Box<dyn Fn(&Registry, &str, &mut Value) -> Result<(), ApiError> + Send + Sync>;
+/// Answers `POST serviceaccounts/<name>/token` (namespace, name, body) with a TokenRequest.
+pub type TokenIssuer = Box<dyn Fn(&Registry, &str, &str, &[u8]) -> Result<Value, ApiError> + Send + Sync>;
+
+pub struct Hooks {
+    pub admit_pod: PodAdmission,
+    pub issue_token: TokenIssuer,
 }
 
 /// Now as upstream writes times: RFC 3339, seconds, UTC.
@@ -281,7 +295,20 @@ impl ObjectWatch {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>) -> Registry {
-        Registry { store, service_ips: Mutex::new(()) }
+        Registry { store, service_ips: Mutex::new(()), hooks: std::sync::OnceLock::new() }
+    }
+
+    /// Installs the API server's hooks (once; later calls are ignored).
+    pub fn set_hooks(&self, hooks: Hooks) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    /// A token for a ServiceAccount (the `serviceaccounts/token` subresource).
+    pub fn request_token(&self, ns: &str, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+        match self.hooks.get() {
+            Some(h) => (h.issue_token)(self, ns, name, body),
+            None => Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        }
     }
 
     pub fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
@@ -560,6 +587,11 @@ impl Registry {
         }
         let (mut obj, warnings) = self.admit(rt, obj, opts)?;
         self.check_namespace(rt, ns)?;
+        if rt.kind == "Pod"
+            && let Some(h) = self.hooks.get()
+        {
+            (h.admit_pod)(self, ns.unwrap_or_default(), &mut obj)?;
+        }
         let _ip_lock;
         if rt.kind == "Service" && obj.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName") {
             _ip_lock = self.service_ips.lock().unwrap_or_else(|e| e.into_inner());

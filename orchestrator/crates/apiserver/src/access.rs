@@ -141,7 +141,9 @@ fn local_namespace(review: &mut Value, spec: &Value, ns: &str) -> Result<(), Api
         ApiError::new(
             422,
             "Invalid",
-            format!("LocalSubjectAccessReview.authorization.k8s.io \"\" is invalid: {field}: Invalid value: {value}: {why}"),
+            format!(
+                "LocalSubjectAccessReview.authorization.k8s.io \"\" is invalid: {field}: Invalid value: {value}: {why}"
+            ),
         )
     };
     if spec.get("nonResourceAttributes").is_some_and(Value::is_object) {
@@ -149,7 +151,11 @@ fn local_namespace(review: &mut Value, spec: &Value, ns: &str) -> Result<(), Api
     }
     let attr_ns = spec.pointer("/resourceAttributes/namespace").and_then(Value::as_str).unwrap_or_default();
     if spec.get("resourceAttributes").is_some_and(Value::is_object) && attr_ns != ns {
-        return Err(invalid("spec.resourceAttributes.namespace", &format!("{attr_ns:?}"), "must match metadata.namespace"));
+        return Err(invalid(
+            "spec.resourceAttributes.namespace",
+            &format!("{attr_ns:?}"),
+            "must match metadata.namespace",
+        ));
     }
     Ok(())
 }

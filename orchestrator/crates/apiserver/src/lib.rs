@@ -14,6 +14,8 @@ mod authn;
 mod connections;
 mod negotiate;
 pub mod rbac;
+mod rootca;
+mod sa_admission;
 pub mod satoken;
 mod streaming;
 
@@ -254,6 +256,15 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     registry.bootstrap(&format!("{host}:{}", address.port())).map_err(ServerError::Bootstrap)?;
     let rbac = rbac::Rbac::start(registry.clone()).map_err(ServerError::Bootstrap)?;
     let sa_keys = Arc::new(satoken::Keys::load_or_generate(&dir.join("sa.key"))?);
+    let keys = sa_keys.clone();
+    registry.set_hooks(orchestrator_apimachinery::registry::Hooks {
+        admit_pod: Box::new(sa_admission::admit),
+        issue_token: Box::new(move |reg, ns, name, body| {
+            let r = satoken::token_request(&keys, reg, ns, name, body)?;
+            serde_json::to_value(r).map_err(|e| ApiError::internal(format!("TokenRequest: {e}")))
+        }),
+    });
+    rootca::spawn(registry.clone(), ca.cert_pem.clone());
     let admin = pki::issue_client(&ca, "admin", ADMIN_GROUP)?;
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     pki::write_private(&admin_kubeconfig, &pki::kubeconfig(&url, &ca, &admin, "admin"))?;
@@ -734,8 +745,7 @@ async fn route(
             Ok(respond(201, &w.object, &w.warnings))
         }
         ("create", Some(name), Some("token")) => {
-            let r = satoken::token_request(&state.sa_keys, reg, ns.unwrap_or_default(), name, &body)?;
-            Ok(respond(201, &serde_json::to_value(r).unwrap_or_default(), &[]))
+            Ok(respond(201, &reg.request_token(ns.unwrap_or_default(), name, &body)?, &[]))
         }
         ("create", Some(name), Some("binding")) => {
             let b = parse_json(&body)?;

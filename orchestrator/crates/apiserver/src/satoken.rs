@@ -85,7 +85,8 @@ impl Keys {
             return Err("a JWT not signed ES256");
         }
         let sig = B64.decode(sig).map_err(|_| "a signature that is not base64url")?;
-        let public = ring::signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.signing.public_key().as_ref());
+        let public =
+            ring::signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.signing.public_key().as_ref());
         let signed = &token[..header_len(token)];
         public.verify(signed.as_bytes(), &sig).map_err(|_| "a signature this server did not make")?;
         let payload = B64.decode(payload).map_err(|_| "claims that are not base64url")?;
@@ -213,10 +214,20 @@ pub fn token_request(keys: &Keys, reg: &Registry, ns: &str, name: &str, body: &[
     };
     let seconds = req.spec.expiration_seconds.unwrap_or(DEFAULT_SECONDS);
     if seconds < MIN_SECONDS {
-        return Err(invalid(name, "spec.expirationSeconds", &seconds.to_string(), "may not specify a duration less than 10 minutes"));
+        return Err(invalid(
+            name,
+            "spec.expirationSeconds",
+            &seconds.to_string(),
+            "may not specify a duration less than 10 minutes",
+        ));
     }
     if seconds > MAX_SECONDS {
-        return Err(invalid(name, "spec.expirationSeconds", &seconds.to_string(), "may not specify a duration larger than 2^32 seconds"));
+        return Err(invalid(
+            name,
+            "spec.expirationSeconds",
+            &seconds.to_string(),
+            "may not specify a duration larger than 2^32 seconds",
+        ));
     }
     let sa: ServiceAccount = typed(reg.get(by_kind("ServiceAccount").expect("served"), Some(ns), name)?)?;
     let sa_uid = sa.metadata.uid.clone().unwrap_or_default();

@@ -215,6 +215,25 @@ impl Api {
         }
     }
 
+    /// A token for a ServiceAccount (`serviceaccounts/<name>/token`, a TokenRequest in and out).
+    pub async fn request_token(&self, ns: &str, name: &str, request: Value) -> Result<Value, ApiError> {
+        match self {
+            Api::Local(reg) => {
+                let (reg, ns, name) = (reg.clone(), ns.to_string(), name.to_string());
+                let body = serde_json::to_vec(&request).unwrap_or_default();
+                blocking(move || reg.request_token(&ns, &name, &body)).await
+            }
+            Api::Remote(r) => {
+                r.call(
+                    Method::POST,
+                    &Remote::path("ServiceAccount", Some(ns), Some(name), Some("token")),
+                    Some(&request),
+                )
+                .await
+            }
+        }
+    }
+
     pub async fn create(&self, kind: &'static str, ns: Option<&str>, obj: Value) -> Result<Value, ApiError> {
         match self {
             Api::Local(reg) => {

@@ -21,8 +21,10 @@ pub mod node;
 pub mod pod;
 pub mod portforward;
 pub mod probe;
+pub mod projected;
 pub mod server;
 pub mod spdy;
+pub mod token;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -107,17 +109,33 @@ pub struct Kubelet {
     probes: Mutex<HashMap<String, probe::Results>>,
     /// The port of the HTTPS endpoint, once bound.
     port: std::sync::atomic::AtomicU16,
+    /// ServiceAccount tokens of projected volumes, until they are due.
+    tokens: token::Tokens,
 }
 
-/// The ConfigMaps and Secrets a pod refers to (env and volumes), fetched before a sync.
-struct Prefetched(HashMap<(&'static str, String), Option<Data>>);
+/// The ConfigMaps and Secrets a pod refers to (env and volumes), its
+/// ServiceAccount tokens by (audience, lifetime), and the API server's
+/// Service, fetched before a sync.
+struct Prefetched {
+    objects: HashMap<(&'static str, String), Option<Data>>,
+    tokens: HashMap<(String, i64), String>,
+    api_service: Option<(String, i32)>,
+}
 
 /// The decoded data of a ConfigMap or Secret.
 type Data = BTreeMap<String, Vec<u8>>;
 
 impl pod::Lookup for Prefetched {
     fn data(&self, kind: &str, _namespace: &str, name: &str) -> Option<Data> {
-        self.0.iter().find(|((k, n), _)| *k == kind && n == name).and_then(|(_, d)| d.clone())
+        self.objects.iter().find(|((k, n), _)| *k == kind && n == name).and_then(|(_, d)| d.clone())
+    }
+
+    fn token(&self, audience: &str, seconds: i64) -> Option<String> {
+        self.tokens.get(&(audience.to_string(), seconds)).cloned()
+    }
+
+    fn api_service(&self) -> Option<(String, i32)> {
+        self.api_service.clone()
     }
 }
 
@@ -146,6 +164,10 @@ fn references(p: &Value) -> Vec<(&'static str, String)> {
     for v in p.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
         add("ConfigMap", v.pointer("/configMap/name"));
         add("Secret", v.pointer("/secret/secretName"));
+        for s in v.pointer("/projected/sources").and_then(Value::as_array).into_iter().flatten() {
+            add("ConfigMap", s.pointer("/configMap/name"));
+            add("Secret", s.pointer("/secret/name"));
+        }
     }
     out
 }
@@ -209,6 +231,7 @@ pub async fn start(
         pods: Mutex::default(),
         probes: Mutex::default(),
         port: Default::default(),
+        tokens: token::Tokens::default(),
     });
     let bound = server::start(k.clone(), listen, identity).await?;
     k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
@@ -246,7 +269,39 @@ impl Kubelet {
             };
             out.insert((kind, name), data);
         }
-        Ok(Prefetched(out))
+        let typed: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(p.clone()).map_err(|e| ApiError::internal(format!("pod: {e}")))?;
+        let mut tokens = HashMap::new();
+        for v in typed.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            for t in v
+                .projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+                .filter_map(|s| s.service_account_token.as_ref())
+            {
+                let audience = t.audience.clone().unwrap_or_default();
+                let seconds = t.expiration_seconds.unwrap_or(3600);
+                // A refused request leaves the volume unprepared: FailedMount, retried.
+                match self.tokens.get(&self.api, &typed, &audience, seconds).await {
+                    Ok(token) => {
+                        tokens.insert((audience, seconds), token);
+                    }
+                    Err(e) => tracing::warn!(pod = str_at(p, "/metadata/name"), "ServiceAccount token: {e}"),
+                }
+            }
+        }
+        let api_service = match self.api.get("Service", Some("default"), "kubernetes").await {
+            Ok(s) => {
+                let s: k8s_openapi::api::core::v1::Service = serde_json::from_value(s)
+                    .map_err(|e| ApiError::internal(format!("Service default/kubernetes: {e}")))?;
+                let spec = s.spec.unwrap_or_default();
+                let port = spec.ports.iter().flatten().find(|p| p.name.as_deref() == Some("https")).map(|p| p.port);
+                spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None").zip(port)
+            }
+            Err(e) if e.code == 404 => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Prefetched { objects: out, tokens, api_service })
     }
 
     async fn run(self: Arc<Self>) {
@@ -528,6 +583,7 @@ impl Kubelet {
         for s in self.sandboxes_of(uid).await? {
             self.remove_sandbox(&s.id).await?;
         }
+        self.tokens.forget(uid);
         volumes::remove(&self.cfg.dir, uid).map_err(|e| KubeletError::Io {
             op: "remove volumes",
             path: volumes::pod_volumes_dir(&self.cfg.dir, uid),

@@ -187,6 +187,14 @@ pub fn sandbox_config(
 pub trait Lookup {
     /// A ConfigMap's or Secret's data, decoded (Secrets are base64 in the API).
     fn data(&self, kind: &str, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+    /// The pod's ServiceAccount token for `audience` ("" for the API server) and lifetime.
+    fn token(&self, _audience: &str, _seconds: i64) -> Option<String> {
+        None
+    }
+    /// The `kubernetes` Service's cluster IP and HTTPS port (for `KUBERNETES_SERVICE_HOST`).
+    fn api_service(&self) -> Option<(String, i32)> {
+        None
+    }
 }
 
 /// `data` (and `binaryData`) of a ConfigMap, `data` of a Secret, decoded.
@@ -336,6 +344,22 @@ pub fn environment(pod: &Value, container: &Value, lookup: &dyn Lookup) -> Resul
         env.retain(|(n, _)| *n != k);
         env.push((k, v));
     };
+    // The API server's Service, as upstream's kubelet gives every pod.
+    if let Some((ip, port)) = lookup.api_service() {
+        let addr = format!("tcp://{ip}:{port}");
+        for (k, v) in [
+            ("KUBERNETES_SERVICE_HOST", ip.clone()),
+            ("KUBERNETES_SERVICE_PORT", port.to_string()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+            ("KUBERNETES_PORT", addr.clone()),
+            (&format!("KUBERNETES_PORT_{port}_TCP"), addr),
+            (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+            (&format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
+            (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.clone()),
+        ] {
+            set(&mut env, k.to_string(), v);
+        }
+    }
     for from in arr(container, "/envFrom") {
         let prefix = str_at(from, "/prefix");
         for (field, kind) in [("configMapRef", "ConfigMap"), ("secretRef", "Secret")] {

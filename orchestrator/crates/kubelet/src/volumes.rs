@@ -1,11 +1,11 @@
 //! Pod volumes on the node: emptyDir (disk or tmpfs), hostPath, configMap,
-//! secret and downwardAPI (files written atomically and rewritten when the
-//! object changes), under `<kubelet-dir>/pods/<uid>/volumes/<name>`.
+//! secret, downwardAPI and projected (`projected`; files written atomically
+//! and rewritten when the object or the token changes), under `<kubelet-dir>/pods/<uid>/volumes/<name>`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::Value;
 
 use orchestrator_apimachinery::node_fields;
@@ -75,13 +75,6 @@ fn write_atomic(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> Res
         let _ = std::fs::remove_dir_all(dir.join(old));
     }
     Ok(())
-}
-
-fn projected_items(items: Option<&[KeyToPath]>, data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
-    match items {
-        Some(items) => items.iter().filter_map(|i| Some((i.path.clone(), data.get(&i.key)?.clone()))).collect(),
-        None => data,
-    }
 }
 
 /// A volume file name (a key, an item's path) that stays inside the volume.
@@ -174,7 +167,7 @@ pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<B
                     return Err(ConfigError(format!("{} {obj:?} not found", kind.to_lowercase())).into());
                 }
             };
-            let files = projected_items(items, data);
+            let files = crate::projected::items(items, data);
             for f in files.keys() {
                 file_name(name, f)?;
             }
@@ -190,6 +183,10 @@ pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<B
                 }
             }
             write_atomic(&dir, &files, mode(d.default_mode))?;
+            out.insert(name.to_string(), dir);
+        } else if let Some(p) = &v.projected {
+            let files = crate::projected::files(pod, name, p, lookup)?;
+            write_atomic(&dir, &files, mode(p.default_mode))?;
             out.insert(name.to_string(), dir);
         } else {
             return Err(ConfigError(format!("volume {name:?}: this kind of volume is not supported")).into());
