@@ -2,7 +2,8 @@
 //! shipped), measures its idle RSS, then drives it over HTTPS with client
 //! certificates from several keep-alive connections: creates/s, gets/s,
 //! merge patches/s with latency percentiles, list latency, and RSS with
-//! 1,000 pods (controllers running; no node, so they stay Pending).
+//! 1,000 pods (controllers running; no node, so they stay Pending); gets/s
+//! again with a ServiceAccount's bearer token instead of a certificate.
 //! `cargo bench -p orchestrator --bench api`
 
 use std::io::{BufRead as _, BufReader};
@@ -32,28 +33,40 @@ fn kubeconfig_field(text: &str, field: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(line).unwrap()
 }
 
-fn client_config(kubeconfig: &str) -> Arc<rustls::ClientConfig> {
+/// TLS to the server, with the kubeconfig's client certificate or (`with_cert` false) none.
+fn client_config(kubeconfig: &str, with_cert: bool) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(&kubeconfig_field(kubeconfig, "certificate-authority-data")).unwrap())
         .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    if !with_cert {
+        return Arc::new(builder.with_no_client_auth());
+    }
     let cert = CertificateDer::from_pem_slice(&kubeconfig_field(kubeconfig, "client-certificate-data")).unwrap();
     let key = PrivateKeyDer::from_pem_slice(&kubeconfig_field(kubeconfig, "client-key-data")).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![cert], key)
-            .unwrap(),
-    )
+    Arc::new(builder.with_client_auth_cert(vec![cert], key).unwrap())
 }
 
-/// One keep-alive HTTP/1.1 connection (responses carry Content-Length).
-struct Conn(TokioBufReader<TlsStream<tokio::net::TcpStream>>);
+/// One keep-alive HTTP/1.1 connection (responses carry Content-Length),
+/// and the `Authorization` header line it sends, if any.
+struct Conn {
+    io: TokioBufReader<TlsStream<tokio::net::TcpStream>>,
+    auth: String,
+}
 
 impl Conn {
+    /// A connection that sends `Authorization: Bearer <token>` with every request.
+    async fn open_with_token(addr: &str, cfg: Arc<rustls::ClientConfig>, token: &str) -> Conn {
+        let mut c = Conn::open(addr, cfg).await;
+        c.auth = format!("Authorization: Bearer {token}\r\n");
+        c
+    }
+
     async fn open(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Conn {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
@@ -61,25 +74,26 @@ impl Conn {
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
             .unwrap();
-        Conn(TokioBufReader::new(tls))
+        Conn { io: TokioBufReader::new(tls), auth: String::new() }
     }
 
     async fn call(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{}Accept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            self.auth,
             body.len()
         );
-        let s = self.0.get_mut();
+        let s = self.io.get_mut();
         s.write_all(head.as_bytes()).await.unwrap();
         s.write_all(body).await.unwrap();
         s.flush().await.unwrap();
         let mut line = String::new();
-        self.0.read_line(&mut line).await.unwrap();
+        self.io.read_line(&mut line).await.unwrap();
         let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let mut len = 0usize;
         loop {
             line.clear();
-            self.0.read_line(&mut line).await.unwrap();
+            self.io.read_line(&mut line).await.unwrap();
             if line == "\r\n" {
                 break;
             }
@@ -90,7 +104,7 @@ impl Conn {
             }
         }
         let mut buf = vec![0; len];
-        self.0.read_exact(&mut buf).await.unwrap();
+        self.io.read_exact(&mut buf).await.unwrap();
         (code, buf)
     }
 }
@@ -100,19 +114,19 @@ impl Conn {
     /// every event (one chunk each) until the connection closes.
     async fn watch(mut self, path: String, tx: tokio::sync::mpsc::UnboundedSender<Instant>) {
         let head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n");
-        self.0.get_mut().write_all(head.as_bytes()).await.unwrap();
-        self.0.get_mut().flush().await.unwrap();
+        self.io.get_mut().write_all(head.as_bytes()).await.unwrap();
+        self.io.get_mut().flush().await.unwrap();
         let mut line = String::new();
         loop {
             line.clear();
-            self.0.read_line(&mut line).await.unwrap();
+            self.io.read_line(&mut line).await.unwrap();
             if line == "\r\n" {
                 break;
             }
         }
         loop {
             line.clear();
-            if self.0.read_line(&mut line).await.unwrap_or(0) == 0 {
+            if self.io.read_line(&mut line).await.unwrap_or(0) == 0 {
                 return;
             }
             let size = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
@@ -120,7 +134,7 @@ impl Conn {
                 return;
             }
             let mut chunk = vec![0; size + 2];
-            if self.0.read_exact(&mut chunk).await.is_err() {
+            if self.io.read_exact(&mut chunk).await.is_err() {
                 return;
             }
             if tx.send(Instant::now()).is_err() {
@@ -185,7 +199,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let idle = rss_kib(pid);
     let kubeconfig = std::fs::read_to_string(dir.path().join("admin.kubeconfig")).unwrap();
-    let cfg = client_config(&kubeconfig);
+    let cfg = client_config(&kubeconfig, true);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let mut conns: Vec<Conn> = Vec::new();
@@ -200,8 +214,26 @@ fn main() {
         let (conns, rate, p50, p99) = run(conns, n, create).await;
         println!("create ConfigMap (512 B, fsync):  {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         let get = |i: usize| ("GET", format!("/api/v1/namespaces/default/configmaps/cm-{i}"), "application/json", Vec::new());
-        let (conns, rate, p50, p99) = run(conns, n, get).await;
+        let (mut conns, rate, p50, p99) = run(conns, n, get).await;
         println!("get ConfigMap:                   {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        // The same gets as a ServiceAccount bound to cluster-admin, by bearer token.
+        let admin = &mut conns[0];
+        let sa = br#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"bench"}}"#;
+        assert_eq!(admin.call("POST", "/api/v1/namespaces/default/serviceaccounts", "application/json", sa).await.0, 201);
+        let binding = br#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"bench"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"cluster-admin"},"subjects":[{"kind":"ServiceAccount","name":"bench","namespace":"default"}]}"#;
+        let path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings";
+        assert_eq!(admin.call("POST", path, "application/json", binding).await.0, 201);
+        let (code, answer) = admin.call("POST", "/api/v1/namespaces/default/serviceaccounts/bench/token", "application/json", b"{}").await;
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&answer));
+        let token = serde_json::from_slice::<serde_json::Value>(&answer).unwrap()["status"]["token"].as_str().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(500)).await; // the binding reaches the authorizer's index
+        let token_cfg = client_config(&kubeconfig, false);
+        let mut with_token = Vec::new();
+        for _ in 0..CONNECTIONS {
+            with_token.push(Conn::open_with_token(&addr, token_cfg.clone(), &token).await);
+        }
+        let (_, rate, p50, p99) = run(with_token, n, get).await;
+        println!("get ConfigMap (bearer token):    {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         let patch = |i: usize| {
             ("PATCH", format!("/api/v1/namespaces/default/configmaps/cm-{i}"), "application/merge-patch+json", br#"{"data":{"p":"1"}}"#.to_vec())
         };
