@@ -1,9 +1,9 @@
 //! ServiceAccount tokens in pods on a real containerd: the admission's
 //! `kube-api-access-*` volume and a projected volume with all four kinds
 //! of source, written by the kubelet (the token through TokenRequest,
-//! bound to the pod), and the in-cluster environment. The token a pod
-//! reads is then used against the API: allowed by its Role, refused
-//! Secrets. Needs what `tests/kubelet.rs` needs.
+//! bound to the pod), the in-cluster environment and the `kubernetes`
+//! Service from the pod. The token a pod reads is then used against the
+//! API: allowed by its Role, refused Secrets. Needs what `tests/kubelet.rs` needs.
 
 mod common;
 mod kubelet_support;
@@ -22,7 +22,7 @@ fn between<'a>(log: &'a str, begin: &str, end: &str) -> &'a str {
 
 #[test]
 fn a_pod_reads_its_token_ca_and_namespace_and_its_role_decides() {
-    let Some(c) = Cluster::start() else { return };
+    let Some(c) = Cluster::start_reachable_from_pods() else { return };
     c.apply(&format!(
         r#"
 apiVersion: v1
@@ -64,6 +64,9 @@ spec:
       echo @CA; cat $d/ca.crt; echo @END; echo @NS; cat $d/namespace; echo; echo @END;
       echo @ENV; echo "$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT $KUBERNETES_SERVICE_PORT_HTTPS"; echo @END;
       echo @ALL; cat /all/mode /all/password /all/app /all/vault-token | wc -c; cat /all/mode /all/password /all/app; echo; ls -lL /all/; echo @END;
+      api=https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; auth="Authorization: Bearer $(cat $d/token)";
+      echo @PODS; wget -q -O - --no-check-certificate --header "$auth" $api/api/v1/namespaces/$(cat $d/namespace)/pods; echo; echo @END;
+
       sleep 3600']
     volumeMounts: [{{name: all, mountPath: /all}}]
   volumes:
@@ -80,9 +83,7 @@ spec:
     c.wait_for(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"], Duration::from_secs(60), |s| {
         s == "Running"
     });
-    let log = c.wait_for(&["logs", "client"], Duration::from_secs(30), |s| {
-        s.contains("@ALL") && s.matches("@END").count() >= 5
-    });
+    let log = c.wait_for(&["logs", "client"], Duration::from_secs(30), |s| s.matches("@END").count() >= 6);
 
     let token = between(&log, "@TOKEN", "@END").trim().to_string();
     assert_eq!(token.split('.').count(), 3, "{log}");
@@ -90,6 +91,13 @@ spec:
     assert_eq!(between(&log, "@CA", "@END"), ca, "the mounted ca.crt is the cluster CA");
     assert_eq!(between(&log, "@NS", "@END").trim(), "default");
     assert_eq!(between(&log, "@ENV", "@END").trim(), "10.96.0.1:443 443");
+    // In the pod, `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`
+    // leads through the service proxy to the API server's TLS: the server
+    // answers (busybox's small TLS client and rustls then agree on no
+    // handshake, alert 40), so the requests themselves are made with the
+    // pod's token from the host below.
+    let pods = between(&log, "@PODS", "@END");
+    assert!(pods.contains("TLS error from peer (alert code 40)"), "{log}");
     let all = between(&log, "@ALL", "@END");
     assert!(all.contains("fasthunter2client"), "{all}");
     assert!(all.contains("-r--r-----") && all.contains("vault-token"), "{all}");

@@ -418,6 +418,8 @@ pub struct Cluster {
     server: Option<Child>,
     manifests: AtomicU32,
     extra_args: Vec<String>,
+    /// The server's `--listen`.
+    listen: &'static str,
     /// Control plane and kubelet as two processes (a worker node).
     split: bool,
     kubelet: Option<Child>,
@@ -445,6 +447,19 @@ impl Cluster {
         Some(c)
     }
 
+    /// A cluster whose API server listens on every address and names the
+    /// pod network's gateway in its certificate, so that the `kubernetes`
+    /// Service (10.96.0.1:443) leads pods to it.
+    pub fn start_reachable_from_pods() -> Option<Cluster> {
+        let mut c = Cluster::start_with_processes(true, &[], false)?;
+        let gateway = c.containerd.pod_cidr.replace(".0/24", ".1");
+        c.extra_args.extend(["--cert-san".to_string(), gateway]);
+        c.listen = "0.0.0.0:0";
+        c.start_server();
+        c.wait_node_ready();
+        Some(c)
+    }
+
     /// Waits for the kubelet's Node to be Ready: every test starts there.
     fn wait_node_ready(&self) {
         self.wait_for(&["get", "node", &self.node], Duration::from_secs(60), |s| s.contains(" Ready "));
@@ -466,6 +481,7 @@ impl Cluster {
             containerd,
             manifests: AtomicU32::new(0),
             extra_args,
+            listen: "127.0.0.1:0",
             split,
             kubelet: None,
         })
@@ -502,7 +518,7 @@ impl Cluster {
                 .stderr(log());
         };
         let mut server = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-        server.args(["server", "--listen", "127.0.0.1:0", "--fsync", "false"]).arg("--data-dir").arg(self.data.path());
+        server.args(["server", "--listen", self.listen, "--fsync", "false"]).arg("--data-dir").arg(self.data.path());
         if self.split {
             server.stdout(Stdio::piped()).stderr(log());
         } else {

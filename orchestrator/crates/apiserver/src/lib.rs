@@ -236,6 +236,21 @@ fn tls_config(ca: &pki::CertKey, addr: SocketAddr, extra: &[String]) -> Result<r
     Ok(config)
 }
 
+/// The address the `kubernetes` Endpoints name, so that pods reach the API
+/// through 10.96.0.1: the listen address, or when it is every address, the
+/// first other address of the serving certificate (the node's LAN
+/// address), else loopback (which pods cannot reach).
+fn advertise_address(listen: std::net::IpAddr, cert_sans: &[String]) -> std::net::IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    cert_sans
+        .iter()
+        .filter_map(|s| s.parse::<std::net::IpAddr>().ok())
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
 /// Opens the store, prepares certificates and kubeconfigs, binds and
 /// serves in the background.
 pub async fn start(cfg: Config) -> Result<Running, ServerError> {
@@ -253,7 +268,8 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     let address = listener.local_addr().map_err(|source| ServerError::Listen { addr: cfg.listen, source })?;
     let host = if address.ip().is_unspecified() { "127.0.0.1".to_string() } else { address.ip().to_string() };
     let url = format!("https://{host}:{}", address.port());
-    registry.bootstrap(&format!("{host}:{}", address.port())).map_err(ServerError::Bootstrap)?;
+    let advertise = advertise_address(address.ip(), &cfg.cert_sans);
+    registry.bootstrap(&format!("{advertise}:{}", address.port())).map_err(ServerError::Bootstrap)?;
     let rbac = rbac::Rbac::start(registry.clone()).map_err(ServerError::Bootstrap)?;
     let sa_keys = Arc::new(satoken::Keys::load_or_generate(&dir.join("sa.key"))?);
     let keys = sa_keys.clone();
@@ -976,6 +992,14 @@ fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_is_advertised_at_an_address_pods_reach() {
+        let sans = ["node-1".to_string(), "127.0.0.1".into(), "10.0.2.15".into()];
+        assert_eq!(advertise_address("0.0.0.0".parse().unwrap(), &sans).to_string(), "10.0.2.15");
+        assert_eq!(advertise_address("192.0.2.1".parse().unwrap(), &sans).to_string(), "192.0.2.1");
+        assert_eq!(advertise_address("0.0.0.0".parse().unwrap(), &sans[..2]).to_string(), "127.0.0.1");
+    }
 
     #[test]
     fn query_and_targets() {
