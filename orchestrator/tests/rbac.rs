@@ -28,15 +28,7 @@ fn as_user(s: &Server, kc: &Path, args: &[&str]) -> (bool, String, String) {
 
 /// Bindings reach the authorizer through its watch: waits until `args` succeed.
 fn until_allowed(s: &Server, kc: &Path, args: &[&str]) -> String {
-    let start = Instant::now();
-    loop {
-        let (ok, out, err) = as_user(s, kc, args);
-        if ok {
-            return out;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "kubectl {args:?} still refused: {err}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.until_ok(kc, args)
 }
 
 fn refused(s: &Server, kc: &Path, args: &[&str]) -> String {

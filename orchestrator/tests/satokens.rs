@@ -50,18 +50,6 @@ fn curl(s: &Server, token: &str, path: &str, extra: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-fn until_allowed(s: &Server, kc: &Path, args: &[&str]) -> String {
-    let start = Instant::now();
-    loop {
-        let (ok, out, err) = kubectl(s, kc, args);
-        if ok {
-            return out;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "kubectl {args:?} still refused: {err}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
 
 fn assert_unauthorized(s: &Server, token: &str) {
@@ -110,7 +98,7 @@ fn tokens_authenticate_and_rbac_allows_and_refuses() {
          subjects: [{kind: ServiceAccount, name: bot, namespace: default}]\n",
         &[],
     );
-    until_allowed(&s, &kc, &["get", "pods"]);
+    s.until_ok(&kc, &["get", "pods"]);
     let (ok, _, err) = kubectl(&s, &kc, &["get", "secrets"]);
     assert!(!ok && err.contains("cannot list resource \"secrets\""), "{err}");
     let (code, body) = curl(&s, &token, "/api/v1/namespaces/default/secrets", &[]);
@@ -198,7 +186,7 @@ fn bound_and_expired_tokens_are_refused() {
     let token =
         s.ok(&["create", "token", "runner", "--bound-object-kind=Pod", "--bound-object-name=p"]).trim().to_string();
     let kc = token_kubeconfig(&s, "runner", &token);
-    let who = until_allowed(&s, &kc, &["auth", "whoami", "-o", "json"]);
+    let who = s.until_ok(&kc, &["auth", "whoami", "-o", "json"]);
     let who = json_of(&who);
     assert_eq!(who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"][0], "p");
     // Only the pod's own ServiceAccount binds to it.

@@ -123,6 +123,21 @@ impl Server {
         c
     }
 
+    /// Runs kubectl with `kubeconfig` until it succeeds (RBAC bindings reach
+    /// the authorizer through its watch); returns stdout.
+    pub fn until_ok(&self, kubeconfig: &Path, args: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.cmd(kubeconfig, args).output().unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(start.elapsed() < Duration::from_secs(20), "kubectl {args:?} still refused: {err}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Runs kubectl as admin.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(&self.kubeconfig(), args).output().unwrap()
