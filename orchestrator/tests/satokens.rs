@@ -371,3 +371,76 @@ fn pods_get_the_token_volume_unless_opted_out() {
         "{err}"
     );
 }
+
+/// One request on a kept-alive TLS connection: the status code, or `None`
+/// when the server closed it.
+async fn status_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    conn: &mut tokio::io::BufReader<S>,
+    token: &str,
+) -> Option<u16> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let head = format!("GET /api HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+    conn.get_mut().write_all(head.as_bytes()).await.ok()?;
+    conn.get_mut().flush().await.ok()?;
+    let mut line = String::new();
+    if conn.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let code = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut len = 0;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.ok()?;
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).await.ok()?;
+    Some(code)
+}
+
+/// A connection authenticated by a token leaves the anonymous budget, as
+/// one with a certificate does: a flood of anonymous connections from
+/// its address closes the oldest anonymous ones, not it.
+#[test]
+fn token_connections_are_not_closed_to_make_room_for_anonymous_ones() {
+    use rustls::pki_types::pem::PemObject as _;
+    let Some(s) = Server::start() else { return };
+    s.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: steady}\n", &[]);
+    let token = s.ok(&["create", "token", "steady"]).trim().to_string();
+    let ca = std::fs::read(s.dir.path().join("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(&ca).unwrap()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(&s.address).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            tokio::io::BufReader::new(tls.connect(name, tcp).await.unwrap())
+        };
+        let mut with_token = connect().await;
+        assert_eq!(status_on(&mut with_token, &token).await, Some(200));
+        let mut anonymous = Vec::new();
+        for _ in 0..100 {
+            anonymous.push(connect().await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(status_on(&mut with_token, &token).await, Some(200), "the token's connection was closed");
+        // The flood did close the oldest anonymous connections.
+        let first = &mut anonymous[0];
+        assert_eq!(status_on(first, "").await, None);
+    });
+}

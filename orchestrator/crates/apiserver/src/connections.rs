@@ -2,8 +2,8 @@
 //! neither exhaust the process' files nor lock admins out.
 //!
 //! A connection is *anonymous* from its accept until its TLS handshake
-//! shows a client certificate of the cluster CA, and for its whole life
-//! if it shows none (it may then only read /version and /healthz). The
+//! shows a client certificate of the cluster CA or one of its requests a
+//! valid bearer token, and for its whole life if it shows neither (it may then only read /version and /healthz). The
 //! anonymous budget is per client address and in total, and a newcomer
 //! over it closes the *oldest* anonymous connection (of its address when
 //! that budget is the full one): stalled connections age out in favour of
@@ -79,6 +79,10 @@ impl Budgets {
 }
 
 impl Ticket {
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
     /// Moves the connection to the authenticated budget; false when that
     /// is full or the connection was already closed to make room.
     pub fn authenticate(&mut self) -> bool {

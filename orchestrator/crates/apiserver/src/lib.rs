@@ -339,10 +339,41 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
                 tracing::warn!(%peer, "closed: over the budget of authenticated connections");
                 return;
             }
+            let ticket = Arc::new(std::sync::Mutex::new(ticket));
+            let held = ticket.clone();
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let user = user.clone();
-                async move { Ok::<_, Infallible>(handle(state, user, req).await) }
+                let ticket = ticket.clone();
+                async move {
+                    // Without a certificate, a bearer token (a bad one is a
+                    // 401); a valid one moves the connection to the
+                    // authenticated budget, as a certificate does.
+                    let user = match user {
+                        Some(u) => Some(u),
+                        None => match authn::request_user(&state, req.headers()) {
+                            Ok(None) => None,
+                            Ok(Some(u)) => {
+                                let mut t = ticket.lock().unwrap_or_else(|e| e.into_inner());
+                                if !t.is_authenticated() && !t.authenticate() {
+                                    tracing::warn!(%peer, "closed: over the budget of authenticated connections");
+                                    let e = ApiError::new(
+                                        429,
+                                        "TooManyRequests",
+                                        "too many authenticated connections from this address",
+                                    );
+                                    let mut r = error_response(&e);
+                                    r.headers_mut()
+                                        .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                                    return Ok(r);
+                                }
+                                Some(u)
+                            }
+                            Err(e) => return Ok(error_response(&e)),
+                        },
+                    };
+                    Ok::<_, Infallible>(handle(state, user, req).await)
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -353,7 +384,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
             {
                 tracing::debug!(%peer, "connection: {e}");
             }
-            drop(ticket);
+            drop(held);
         };
         tokio::spawn(async move {
             tokio::select! {
@@ -381,15 +412,8 @@ fn error_response(e: &ApiError) -> Response<Body> {
     respond(e.code, &e.to_json(), &[])
 }
 
+/// Serves one request of `user` (authenticated by its certificate or bearer token, if at all).
 pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Response<Body> {
-    // Without a client certificate, a bearer token (a bad one is a 401).
-    let user = match user {
-        Some(u) => Some(u),
-        None => match authn::request_user(&state, req.headers()) {
-            Ok(u) => u,
-            Err(e) => return error_response(&e),
-        },
-    };
     let path = req.uri().path();
     // Anonymous clients get the public paths and otherwise a 401, before
     // any body of theirs is read.
