@@ -444,3 +444,35 @@ fn token_connections_are_not_closed_to_make_room_for_anonymous_ones() {
         assert_eq!(status_on(first, "").await, None);
     });
 }
+
+/// Legacy `kubernetes.io/service-account-token` Secrets are filled as
+/// upstream's token controller fills them; the token ends with the Secret.
+#[test]
+fn legacy_token_secrets_are_filled_and_end_with_their_secret() {
+    use base64::Engine as _;
+    let Some(s) = Server::start() else { return };
+    s.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: old-style}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: old-style-token, annotations: {kubernetes.io/service-account.name: old-style}}\n\
+         type: kubernetes.io/service-account-token\n",
+        &[],
+    );
+    let out = s.wait_for(&["get", "secret", "old-style-token", "-o", "json"], Duration::from_secs(20), |o| {
+        o.contains("\"token\"")
+    });
+    let secret = json_of(&out);
+    let field = |k: &str| {
+        let v = secret["data"][k].as_str().unwrap_or_else(|| panic!("no {k}: {secret}"));
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).unwrap()).unwrap()
+    };
+    assert_eq!(field("ca.crt"), std::fs::read_to_string(s.dir.path().join("ca.crt")).unwrap());
+    assert_eq!(field("namespace"), "default");
+    let sa_uid = s.ok(&["get", "sa", "old-style", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(secret["metadata"]["annotations"]["kubernetes.io/service-account.uid"], sa_uid.as_str());
+    let token = field("token");
+    let kc = token_kubeconfig(&s, "old-style", &token);
+    let who = json_of(&s.until_ok(&kc, &["auth", "whoami", "-o", "json"]));
+    assert_eq!(who["status"]["userInfo"]["username"], "system:serviceaccount:default:old-style");
+    s.ok(&["delete", "secret", "old-style-token"]);
+    assert_unauthorized(&s, &token);
+}

@@ -12,6 +12,7 @@
 mod access;
 mod authn;
 mod connections;
+mod legacy_tokens;
 mod negotiate;
 pub mod rbac;
 mod rootca;
@@ -85,6 +86,48 @@ const COMPACT_EVERY: Duration = Duration::from_secs(300);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(32);
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `pass` over the registry at start and after every change of the
+/// `watched` kinds (with their field selectors): a level-triggered
+/// controller the API server runs because it holds keys the controllers do not.
+fn spawn_reconciler(
+    reg: Arc<Registry>,
+    name: &'static str,
+    watched: Vec<(&'static str, FieldSelector)>,
+    pass: impl Fn(&Registry) -> Result<(), ApiError> + Send + Sync + 'static,
+) {
+    let pass = Arc::new(pass);
+    tokio::spawn(async move {
+        loop {
+            let from = reg.store.current_revision().unwrap_or(0);
+            let mut watches = Vec::new();
+            for (kind, fields) in &watched {
+                let rt = resources::by_kind(kind).expect("a served kind");
+                match reg.watch(rt, None, from, LabelSelector::default(), fields.clone()) {
+                    Ok(w) => watches.push(w),
+                    Err(e) => tracing::warn!("{name}: watching {kind}s: {e}"),
+                }
+            }
+            if watches.len() < watched.len() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            loop {
+                let (r, p) = (reg.clone(), pass.clone());
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || p(&r)).await
+                    && e.code != 409
+                    && e.code != 404
+                {
+                    tracing::warn!("{name}: {e}");
+                }
+                let next = futures_util::future::select_all(watches.iter_mut().map(|w| Box::pin(w.next())));
+                if next.await.0.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
 
 /// Compacts the store periodically; watches from before the kept window
 /// get 410 Gone and re-list.
@@ -280,7 +323,14 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
             serde_json::to_value(r).map_err(|e| ApiError::internal(format!("TokenRequest: {e}")))
         }),
     });
-    rootca::spawn(registry.clone(), ca.cert_pem.clone());
+    let pem = ca.cert_pem.clone();
+    spawn_reconciler(registry.clone(), "kube-root-ca.crt publisher", rootca::watched(), move |r| {
+        rootca::reconcile(r, &pem)
+    });
+    let (keys, pem) = (sa_keys.clone(), ca.cert_pem.clone());
+    spawn_reconciler(registry.clone(), "ServiceAccount token Secrets", legacy_tokens::watched(), move |r| {
+        legacy_tokens::reconcile(r, &keys, &pem)
+    });
     let admin = pki::issue_client(&ca, "admin", ADMIN_GROUP)?;
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     pki::write_private(&admin_kubeconfig, &pki::kubeconfig(&url, &ca, &admin, "admin"))?;

@@ -1,12 +1,10 @@
 //! Upstream's root-ca-cert-publisher: every active namespace has the
 //! ConfigMap `kube-root-ca.crt` with the cluster CA as `ca.crt` (what the
 //! projected token volume mounts). The API server runs it because it holds
-//! the CA; it follows Namespaces and that ConfigMap through watches and
-//! puts back what is missing or changed.
+//! the CA; it follows Namespaces and that ConfigMap through watches
+//! (`crate::spawn_reconciler`) and puts back what is missing or changed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -14,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{Part, Registry, WriteOptions};
 use orchestrator_apimachinery::resources::by_kind;
-use orchestrator_apimachinery::selector::{FieldSelector, LabelSelector};
+use orchestrator_apimachinery::selector::FieldSelector;
 use orchestrator_apimachinery::typed;
 
 use crate::sa_admission::ROOT_CA_CONFIGMAP;
@@ -70,41 +68,8 @@ pub fn reconcile(reg: &Registry, ca_pem: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Runs the publisher: a pass at start and after every change of a
-/// Namespace or of a `kube-root-ca.crt`.
-pub fn spawn(reg: Arc<Registry>, ca_pem: String) {
-    tokio::spawn(async move {
-        loop {
-            let from = reg.store.current_revision().unwrap_or(0);
-            let fields = FieldSelector::parse(&format!("metadata.name={ROOT_CA_CONFIGMAP}"), &[]).unwrap_or_default();
-            let ns = reg.watch(
-                by_kind("Namespace").expect("served"),
-                None,
-                from,
-                LabelSelector::default(),
-                Default::default(),
-            );
-            let cms = reg.watch(by_kind("ConfigMap").expect("served"), None, from, LabelSelector::default(), fields);
-            let (Ok(mut ns), Ok(mut cms)) = (ns, cms) else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            loop {
-                let (r, pem) = (reg.clone(), ca_pem.clone());
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reconcile(&r, &pem)).await
-                    && e.code != 409
-                    && e.code != 404
-                {
-                    tracing::warn!("kube-root-ca.crt publisher: {e}");
-                }
-                let ended = tokio::select! {
-                    e = ns.next() => e.is_err(),
-                    e = cms.next() => e.is_err(),
-                };
-                if ended {
-                    break;
-                }
-            }
-        }
-    });
+/// What the publisher follows: Namespaces and the `kube-root-ca.crt` ConfigMaps.
+pub fn watched() -> Vec<(&'static str, FieldSelector)> {
+    let name = FieldSelector::parse(&format!("metadata.name={ROOT_CA_CONFIGMAP}"), &[]).unwrap_or_default();
+    vec![("Namespace", FieldSelector::default()), ("ConfigMap", name)]
 }

@@ -195,6 +195,27 @@ pub fn authenticate(keys: &Keys, reg: &Registry, token: &str, audiences: &[Strin
     Some(user)
 }
 
+/// The claims of a token for the API server's audience, valid from now
+/// for `seconds`, bound to a pod or a secret if given.
+pub fn claims(ns: &str, sa: &str, sa_uid: &str, seconds: i64, pod: Option<Ref>, secret: Option<Ref>) -> Claims {
+    let now = unix_now();
+    Claims {
+        iss: issuer(),
+        sub: format!("{SA_PREFIX}{ns}:{sa}"),
+        aud: vec![issuer()],
+        exp: now + seconds,
+        iat: now,
+        nbf: now,
+        jti: new_uid(),
+        kubernetes: Private {
+            namespace: ns.to_string(),
+            serviceaccount: Ref { name: sa.to_string(), uid: sa_uid.to_string() },
+            pod,
+            secret,
+        },
+    }
+}
+
 fn invalid(name: &str, field: &str, value: &str, why: &str) -> ApiError {
     ApiError::new(
         422,
@@ -239,22 +260,8 @@ pub fn token_request(keys: &Keys, reg: &Registry, ns: &str, name: &str, body: &[
         req.spec.audiences = vec![issuer()];
     }
     req.spec.expiration_seconds = Some(seconds);
-    let now = unix_now();
-    let claims = Claims {
-        iss: issuer(),
-        sub: format!("{SA_PREFIX}{ns}:{name}"),
-        aud: req.spec.audiences.clone(),
-        exp: now + seconds,
-        iat: now,
-        nbf: now,
-        jti: new_uid(),
-        kubernetes: Private {
-            namespace: ns.to_string(),
-            serviceaccount: Ref { name: name.to_string(), uid: sa_uid },
-            pod,
-            secret,
-        },
-    };
+    let mut claims = claims(ns, name, &sa_uid, seconds, pod, secret);
+    claims.aud = req.spec.audiences.clone();
     let expires = time::OffsetDateTime::from_unix_timestamp(claims.exp)
         .map_err(|e| ApiError::internal(format!("token expiry {}: {e}", claims.exp)))?;
     req.metadata.name = Some(name.to_string());
