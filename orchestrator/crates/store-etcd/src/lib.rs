@@ -101,15 +101,26 @@ impl Bridge {
         Ok(Bridge { handle, _stop: stop })
     }
 
-    /// Runs `f` on the client's runtime and waits for it, for at most `timeout`.
-    fn run<T: Send + 'static>(
-        &self,
-        timeout: Duration,
-        f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T, Failure> {
+    /// Runs the request `make` builds on the client's runtime and waits
+    /// for it, for at most `timeout`. A request that never reached a member
+    /// (the balancer picked one that is down) is sent again, to another,
+    /// within the same deadline.
+    fn run<T, F>(&self, timeout: Duration, mut make: impl FnMut() -> F + Send + 'static) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
-            let r = tokio::time::timeout(timeout, f).await;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let r = loop {
+                match tokio::time::timeout_at(deadline, make()).await {
+                    Ok(Err(e)) if not_sent(&e) && deadline - tokio::time::Instant::now() > RESEND_AFTER => {
+                        tokio::time::sleep(RESEND_AFTER).await;
+                    }
+                    r => break r,
+                }
+            };
             let _ = tx.send(r);
         });
         let wait = move || rx.recv();
@@ -127,6 +138,19 @@ impl Bridge {
     }
 }
 
+/// The pause before a request that reached no member is sent again.
+const RESEND_AFTER: Duration = Duration::from_millis(50);
+
+/// Whether the request failed before any member received it (a refused
+/// connection): sending it again cannot apply it twice.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.code() == Code::Unavailable && s.message().contains("connect"),
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
 /// Why a request failed, before it becomes a [`StoreError`].
 #[derive(Debug)]
 enum Failure {
@@ -140,7 +164,7 @@ impl Failure {
         match self {
             Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => s.message().to_string(),
             Failure::Etcd(e) => e.to_string(),
-            Failure::Timeout(t) => format!("no answer within {t:?}"),
+            Failure::Timeout(t) => format!("no answer within {t:?} (a write may yet be applied)"),
             Failure::Stopped => "the etcd client stopped".into(),
         }
     }
@@ -211,11 +235,7 @@ fn event(e: &etcd_client::Event) -> Option<Event> {
         EventType::Put => Event { kind: EventKind::Put, kv: key_value(kv), prev },
         EventType::Delete => {
             let old = prev.clone().unwrap_or_else(|| key_value(kv));
-            Event {
-                kind: EventKind::Delete,
-                kv: KeyValue { mod_revision: kv.mod_revision(), ..old },
-                prev,
-            }
+            Event { kind: EventKind::Delete, kv: KeyValue { mod_revision: kv.mod_revision(), ..old }, prev }
         }
     })
 }
@@ -248,7 +268,8 @@ impl EtcdStore {
             .with_require_leader(true);
         if let Some(tls) = &cfg.tls {
             let read = |path: &PathBuf| {
-                std::fs::read(path).map_err(|e| unavailable("read the etcd client TLS files", format!("{}: {e}", path.display())))
+                std::fs::read(path)
+                    .map_err(|e| unavailable("read the etcd client TLS files", format!("{}: {e}", path.display())))
             };
             options = options.with_tls(
                 etcd_client::TlsOptions::new()
@@ -258,18 +279,19 @@ impl EtcdStore {
         }
         let urls = cfg.urls();
         let client = bridge
-            .run(cfg.timeout, async move { Client::connect(urls, Some(options)).await })
+            .run(cfg.timeout, move || Client::connect(urls.clone(), Some(options.clone())))
             .map_err(|f| unavailable("connect to etcd", f.message()))?;
         let store = EtcdStore { client, bridge, names, timeout: cfg.timeout };
         store.current_revision()?;
         Ok(store)
     }
 
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T, Failure> {
-        self.bridge.run(self.timeout, f)
+    fn run<T, F>(&self, make: impl FnMut() -> F + Send + 'static) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
+        self.bridge.run(self.timeout, make)
     }
 
     fn error(&self, op: &'static str, f: &Failure) -> StoreError {
@@ -284,15 +306,18 @@ impl EtcdStore {
     /// The revision etcd compacted at, read from a watch of the past (etcd
     /// tells a watch the compaction point; no other request does).
     fn compaction_point(&self, op: &'static str) -> Result<i64, StoreError> {
-        let mut client = self.client.clone();
-        self.run(async move {
-            let mut stream = client.watch(vec![0u8], Some(WatchOptions::new().with_start_revision(1))).await?;
-            while let Some(r) = stream.message().await? {
-                if r.compact_revision() > 0 || r.canceled() {
-                    return Ok(r.compact_revision());
+        let client = self.client.clone();
+        self.run(move || {
+            let mut client = client.clone();
+            async move {
+                let mut stream = client.watch(vec![0u8], Some(WatchOptions::new().with_start_revision(1))).await?;
+                while let Some(r) = stream.message().await? {
+                    if r.compact_revision() > 0 || r.canceled() {
+                        return Ok(r.compact_revision());
+                    }
                 }
+                Ok(0)
             }
-            Ok(0)
         })
         .map_err(|f| self.error(op, &f))
     }
@@ -319,9 +344,13 @@ impl EtcdStore {
         when: Vec<Compare>,
         then: TxnOp,
     ) -> Result<etcd_client::TxnResponse, StoreError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
+        let kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
         let txn = Txn::new().when(when).and_then(vec![then]).or_else(vec![TxnOp::get(key, None)]);
-        self.run(async move { kv.txn(txn).await }).map_err(|f| match &f {
+        self.run(move || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .map_err(|f| match &f {
             Failure::Etcd(_) if f.message().contains("request is too large") => {
                 StoreError::Remote { op, endpoints: self.names.clone(), reason: format!("{key}: {}", f.message()) }
             }
@@ -381,10 +410,8 @@ async fn forward(
         tracing::debug!(%prefix, last, "etcd watch interrupted ({reason}); resuming");
         let started = *stalled.get_or_insert_with(tokio::time::Instant::now);
         stream = loop {
-            let opts = WatchOptions::new()
-                .with_range(prefix_end(&prefix))
-                .with_start_revision(last + 1)
-                .with_prev_key();
+            let opts =
+                WatchOptions::new().with_range(prefix_end(&prefix)).with_start_revision(last + 1).with_prev_key();
             match tokio::time::timeout(patience, client.watch(prefix.clone(), Some(opts))).await {
                 Ok(Ok(s)) if started.elapsed() < patience => break s,
                 Ok(Err(e)) if started.elapsed() < patience => {
@@ -397,9 +424,7 @@ async fn forward(
                         Ok(Ok(_)) => format!("the watch failed for {patience:?} without an event: {reason}"),
                         Err(_) => format!("no member answered within {patience:?}"),
                     };
-                    let _ = tx
-                        .send(Err(StoreError::Unavailable { op: "watch", endpoints: names, reason: why }))
-                        .await;
+                    let _ = tx.send(Err(StoreError::Unavailable { op: "watch", endpoints: names, reason: why })).await;
                     return;
                 }
             }
@@ -409,8 +434,13 @@ async fn forward(
 
 impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let (mut kv, k) = (self.client.kv_client(), key.to_string());
-        let r = self.run(async move { kv.get(k, None).await }).map_err(|f| self.error("get", &f))?;
+        let (kv, k) = (self.client.kv_client(), key.to_string());
+        let r = self
+            .run(move || {
+                let (mut kv, k) = (kv.clone(), k.clone());
+                async move { kv.get(k, None).await }
+            })
+            .map_err(|f| self.error("get", &f))?;
         Ok(r.kvs().first().map(key_value))
     }
 
@@ -429,11 +459,16 @@ impl Store for EtcdStore {
             .with_range(prefix_end(prefix))
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .with_revision(revision.unwrap_or(0));
-        let mut kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
-        let r = self.run(async move { kv.get(start, Some(opts)).await }).map_err(|f| match revision {
-            Some(at) if f.compacted() => self.compacted("list", at),
-            _ => self.error("list", &f),
-        })?;
+        let kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
+        let r = self
+            .run(move || {
+                let (mut kv, start, opts) = (kv.clone(), start.clone(), opts.clone());
+                async move { kv.get(start, Some(opts)).await }
+            })
+            .map_err(|f| match revision {
+                Some(at) if f.compacted() => self.compacted("list", at),
+                _ => self.error("list", &f),
+            })?;
         Ok(ListPage {
             items: r.kvs().iter().map(key_value).collect(),
             revision: revision.unwrap_or_else(|| revision_of(&r)),
@@ -453,10 +488,8 @@ impl Store for EtcdStore {
 
     fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64, StoreError> {
         Self::too_large(key, value)?;
-        let when = vec![
-            Compare::version(key, CompareOp::Greater, 0),
-            Compare::mod_revision(key, CompareOp::Equal, expected),
-        ];
+        let when =
+            vec![Compare::version(key, CompareOp::Greater, 0), Compare::mod_revision(key, CompareOp::Equal, expected)];
         let r = self.txn("update", key, when, TxnOp::put(key, value, None))?;
         if !r.succeeded() {
             return Err(Self::refused(key, expected, read_back(&r)));
@@ -479,10 +512,14 @@ impl Store for EtcdStore {
     fn watch(&self, prefix: &str, from: i64) -> Result<Watch, StoreError> {
         // etcd says a watch's start is compacted only once it streams;
         // a read at that revision says it now, as SQLite's watch does.
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let probe = GetOptions::new().with_range(prefix_end(prefix)).with_revision(from + 1).with_count_only();
         let p = prefix.to_string();
-        match self.run(async move { kv.get(p, Some(probe)).await }) {
+        let probed = self.run(move || {
+            let (mut kv, p, probe) = (kv.clone(), p.clone(), probe.clone());
+            async move { kv.get(p, Some(probe)).await }
+        });
+        match probed {
             Ok(_) => {}
             Err(f) if f.future_revision() => {}
             Err(f) if f.compacted() => return Err(self.compacted("watch", from)),
@@ -491,8 +528,13 @@ impl Store for EtcdStore {
         let opts = WatchOptions::new().with_range(prefix_end(prefix)).with_start_revision(from + 1).with_prev_key();
         // A watch from the past may bring many events in one response.
         let client = self.client.watch_client().max_decoding_message_size(usize::MAX);
-        let (mut c, p) = (client.clone(), prefix.to_string());
-        let stream = self.run(async move { c.watch(p, Some(opts)).await }).map_err(|f| self.error("watch", &f))?;
+        let (c, p) = (client.clone(), prefix.to_string());
+        let stream = self
+            .run(move || {
+                let (mut c, p, opts) = (c.clone(), p.clone(), opts.clone());
+                async move { c.watch(p, Some(opts)).await }
+            })
+            .map_err(|f| self.error("watch", &f))?;
         // Bounded: a slow watcher slows its own stream (etcd holds the
         // rest), never the store or the other watchers.
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
@@ -502,9 +544,12 @@ impl Store for EtcdStore {
     }
 
     fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
-        let opts = etcd_client::CompactionOptions::new().with_physical();
-        match self.run(async move { kv.compact(revision, Some(opts)).await }) {
+        let kv = self.client.kv_client();
+        let compacted = self.run(move || {
+            let mut kv = kv.clone();
+            async move { kv.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical())).await }
+        });
+        match compacted {
             Ok(_) => Ok(()),
             // Already compacted at or past it: nothing to do, as SQLite's.
             Err(f) if f.compacted() => Ok(()),
@@ -513,9 +558,13 @@ impl Store for EtcdStore {
     }
 
     fn current_revision(&self) -> Result<i64, StoreError> {
-        let mut kv = self.client.kv_client();
-        let opts = GetOptions::new().with_count_only();
-        let r = self.run(async move { kv.get(vec![0u8], Some(opts)).await }).map_err(|f| self.error("read revision", &f))?;
+        let kv = self.client.kv_client();
+        let r = self
+            .run(move || {
+                let mut kv = kv.clone();
+                async move { kv.get(vec![0u8], Some(GetOptions::new().with_count_only())).await }
+            })
+            .map_err(|f| self.error("read revision", &f))?;
         Ok(revision_of(&r))
     }
 }

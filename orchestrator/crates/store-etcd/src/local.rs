@@ -86,6 +86,11 @@ impl LocalCluster {
     /// `members` members with their data under `dir` (kept after the drop).
     pub fn start_in(dir: &Path, members: usize) -> Result<LocalCluster, LocalError> {
         let binary = etcd_binary().ok_or(LocalError::NoEtcd)?;
+        std::fs::create_dir_all(dir).map_err(|source| LocalError::Io {
+            op: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let peer_ports = (0..members).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
         let initial_cluster = peer_ports
             .iter()
