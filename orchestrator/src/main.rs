@@ -251,11 +251,18 @@ fn main() -> anyhow::Result<()> {
                 if fsync { orchestrator_store::Durability::Full } else { orchestrator_store::Durability::Normal };
             let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
             let etcd = store.etcd()?;
+            let on_etcd = etcd.is_some();
             let cfg = orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans, etcd };
             rt.block_on(async {
                 let running = orchestrator_apiserver::start(cfg).await?;
                 tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");
-                if controllers {
+                if controllers && on_etcd {
+                    // Several API servers share the store: one runs the controllers.
+                    let host = nix::unistd::gethostname()
+                        .map_or_else(|_| "orchestrator".into(), |h| h.to_string_lossy().into_owned());
+                    let election = orchestrator_controllers::leader::Election::new(&host);
+                    orchestrator_controllers::leader::spawn_elected(running.registry.clone(), election);
+                } else if controllers {
                     orchestrator_controllers::spawn_all(running.registry.clone());
                 }
                 if let Some(k) = node {

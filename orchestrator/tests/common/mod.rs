@@ -93,15 +93,36 @@ impl Server {
     pub fn start_with_nofile(dir: tempfile::TempDir, kubectl: PathBuf, soft: u64) -> Server {
         let mut cmd = Command::new("prlimit");
         cmd.arg(format!("--nofile={soft}:")).arg("--").arg(env!("CARGO_BIN_EXE_orchestrator"));
-        Server::spawn_command(cmd, dir, kubectl, false)
+        Server::spawn_command(cmd, dir, kubectl, false, &[])
+    }
+
+    /// A server on the etcd cluster at `url` (`etcd://…`), with `extra`
+    /// arguments; it logs to DATA-DIR/server.log at the `PLINTH_LOG` level given.
+    pub fn start_on_etcd(dir: tempfile::TempDir, kubectl: PathBuf, url: &str, log: &str, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        let file = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        cmd.stderr(file).env("PLINTH_LOG", log);
+        let mut args = vec!["--store", url];
+        args.extend_from_slice(extra);
+        Server::spawn_command(cmd, dir, kubectl, false, &args)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     fn spawn(dir: tempfile::TempDir, kubectl: PathBuf, fsync: bool) -> Server {
-        Server::spawn_command(Command::new(env!("CARGO_BIN_EXE_orchestrator")), dir, kubectl, fsync)
+        Server::spawn_command(Command::new(env!("CARGO_BIN_EXE_orchestrator")), dir, kubectl, fsync, &[])
     }
 
-    fn spawn_command(mut cmd: Command, dir: tempfile::TempDir, kubectl: PathBuf, fsync: bool) -> Server {
-        let etcd = on_etcd().then(|| {
+    fn spawn_command(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        kubectl: PathBuf,
+        fsync: bool,
+        extra: &[&str],
+    ) -> Server {
+        let etcd = (on_etcd() && !extra.contains(&"--store")).then(|| {
             assert!(orchestrator_store_etcd::local::available(), "PLINTH_TEST_STORE=etcd needs etcd");
             orchestrator_store_etcd::local::LocalCluster::start_in(&dir.path().join("etcd"), 1).unwrap()
         });
@@ -114,6 +135,7 @@ impl Server {
         if let Some(e) = &etcd {
             cmd.args(["--store", &e.url()]);
         }
+        cmd.args(extra);
         let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
