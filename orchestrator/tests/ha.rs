@@ -99,3 +99,63 @@ fn a_lost_quorum_answers_503_and_the_api_recovers_by_itself() {
     s.wait_for(&["get", "configmap", "before", "-o", "name"], Duration::from_secs(60), |o| o.contains("before"));
     s.ok(&["create", "configmap", "after", "--from-literal=a=1"]);
 }
+
+/// etcd serving clients over TLS with client certificates required: the
+/// orchestrator connects with `--etcd-ca/--etcd-cert/--etcd-key` from the
+/// cluster CA and serves; with a client certificate from another CA it
+/// does not start, and says which endpoints refused it.
+#[test]
+fn client_tls_to_etcd_and_a_foreign_certificate_is_refused() {
+    use orchestrator_http::pki;
+    let Some(kubectl) = common::kubectl() else { return };
+    if !local::available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca = pki::generate_ca("etcd-ca").unwrap();
+    let serving = pki::issue_server(&ca, &["127.0.0.1".to_string()]).unwrap();
+    let client = pki::issue_client(&ca, "kube-apiserver-etcd-client", "etcd").unwrap();
+    let foreign = pki::issue_client(&pki::generate_ca("another-ca").unwrap(), "intruder", "etcd").unwrap();
+    let tls = local::ServerTls {
+        ca: file("ca.crt", &ca.cert_pem),
+        cert: file("server.crt", &serving.cert_pem),
+        key: file("server.key", &serving.key_pem),
+    };
+    let etcd = LocalCluster::start_with(&d.path().join("etcd"), 1, Some(tls.clone())).unwrap();
+    let (cert, key) = (file("client.crt", &client.cert_pem), file("client.key", &client.key_pem));
+    let args = |cert: &std::path::Path, key: &std::path::Path| {
+        [
+            "--etcd-ca",
+            tls.ca.to_str().unwrap(),
+            "--etcd-cert",
+            cert.to_str().unwrap(),
+            "--etcd-key",
+            key.to_str().unwrap(),
+        ]
+        .map(String::from)
+    };
+    let good = args(&cert, &key);
+    let mut extra: Vec<&str> = good.iter().map(String::as_str).collect();
+    extra.push("--controllers=false");
+    let s = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl, &etcd.url(), "warn", &extra);
+    s.ok(&["create", "configmap", "over-tls", "--from-literal=a=1"]);
+    assert!(s.ok(&["get", "configmaps", "-o", "name"]).contains("configmap/over-tls"));
+
+    let (fcert, fkey) = (file("foreign.crt", &foreign.cert_pem), file("foreign.key", &foreign.key_pem));
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .args(["--store", &etcd.url()])
+        .args(args(&fcert, &fkey))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a foreign certificate: {err}");
+    assert!(err.contains(&etcd.endpoints()[0]) && err.contains("unavailable"), "{err}");
+}

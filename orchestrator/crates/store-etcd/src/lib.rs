@@ -160,10 +160,22 @@ enum Failure {
 }
 
 impl Failure {
+    /// etcd's words, with the causes under them (a TLS alert under a
+    /// "transport error").
     fn message(&self) -> String {
+        let chain = |top: String, mut cause: Option<&(dyn std::error::Error + 'static)>| {
+            let mut m = top;
+            while let Some(c) = cause {
+                m = format!("{m}: {c}");
+                cause = c.source();
+            }
+            m
+        };
         match self {
-            Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => s.message().to_string(),
-            Failure::Etcd(e) => e.to_string(),
+            Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                chain(s.message().to_string(), std::error::Error::source(s))
+            }
+            Failure::Etcd(e) => chain(e.to_string(), std::error::Error::source(e)),
             Failure::Timeout(t) => format!("no answer within {t:?} (a write may yet be applied)"),
             Failure::Stopped => "the etcd client stopped".into(),
         }
@@ -174,7 +186,7 @@ impl Failure {
         match self {
             Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => {
                 matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
-                    || ["no leader", "timed out", "leader changed", "not capable", "unhealthy cluster"]
+                    || ["transport error", "no leader", "timed out", "leader changed", "not capable", "unhealthy cluster"]
                         .iter()
                         .any(|m| s.message().contains(m))
             }

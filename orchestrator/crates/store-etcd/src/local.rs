@@ -49,14 +49,27 @@ pub fn available() -> bool {
 struct Member {
     name: String,
     client_port: u16,
+    /// Plain HTTP `/health` and `/metrics`, with or without client TLS.
+    metrics_port: u16,
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
+/// Client TLS on the members: their serving certificate and key (for
+/// 127.0.0.1), and the CA that clients' certificates must chain to (PEM
+/// files). Peers talk plain HTTP on loopback.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A running local cluster.
 pub struct LocalCluster {
     binary: PathBuf,
+    tls: Option<ServerTls>,
     dir: PathBuf,
     /// Removed on drop, unless the cluster was started in a caller's directory.
     _temp: Option<tempfile::TempDir>,
@@ -85,6 +98,12 @@ impl LocalCluster {
 
     /// `members` members with their data under `dir` (kept after the drop).
     pub fn start_in(dir: &Path, members: usize) -> Result<LocalCluster, LocalError> {
+        LocalCluster::start_with(dir, members, None)
+    }
+
+    /// As [`LocalCluster::start_in`], serving clients over TLS with
+    /// client certificates required when `tls` is given.
+    pub fn start_with(dir: &Path, members: usize, tls: Option<ServerTls>) -> Result<LocalCluster, LocalError> {
         let binary = etcd_binary().ok_or(LocalError::NoEtcd)?;
         std::fs::create_dir_all(dir).map_err(|source| LocalError::Io {
             op: "create",
@@ -103,6 +122,7 @@ impl LocalCluster {
             members_v.push(Member {
                 name: format!("m{i}"),
                 client_port: free_port()?,
+                metrics_port: free_port()?,
                 data: dir.join(format!("m{i}")),
                 log: dir.join(format!("m{i}.log")),
                 child: None,
@@ -110,6 +130,7 @@ impl LocalCluster {
         }
         let mut c = LocalCluster {
             binary,
+            tls,
             dir: dir.to_path_buf(),
             _temp: None,
             initial_cluster,
@@ -133,15 +154,22 @@ impl LocalCluster {
             .open(&m.log)
             .map_err(|source| LocalError::Io { op: "open", path: m.log.clone(), source })?;
         let err = log.try_clone().map_err(|source| LocalError::Io { op: "open", path: m.log.clone(), source })?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file").arg(&t.cert).arg("--key-file").arg(&t.key);
+            cmd.arg("--trusted-ca-file").arg(&t.ca).arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", m.metrics_port)])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &format!("plinth-{}", self.peer_ports[0])])
             .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
@@ -163,7 +191,7 @@ impl LocalCluster {
         let waited = Duration::from_secs(30);
         let start = Instant::now();
         while start.elapsed() < waited {
-            if health(m.client_port) {
+            if health(m.metrics_port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -211,8 +239,8 @@ impl LocalCluster {
     }
 }
 
-/// Whether etcd's `/health` on `port` says the member serves (it has a
-/// leader and its store answers).
+/// Whether etcd's `/health` on its metrics `port` says the member serves
+/// (it has a leader and its store answers).
 fn health(port: u16) -> bool {
     use std::io::{Read as _, Write as _};
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
