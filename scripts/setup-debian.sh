@@ -29,9 +29,10 @@ if [ ${#need[@]} -gt 0 ]; then
   [ ${#rest[@]} -eq 0 ] || apt-get install -y -qq "${rest[@]}" >/dev/null
 fi
 # The kubelet's tests: containerd (CRI) with runc and the CNI plugins, and the
-# tools that build their busybox and pause images without a registry.
+# tools that build their busybox and pause images without a registry; etcd
+# for the store-on-etcd tests, and protoc, which the etcd client's build needs.
 kneed=()
-for p in containerd runc containernetworking-plugins iptables umoci skopeo busybox-static gcc libc6-dev docker-registry; do
+for p in containerd runc containernetworking-plugins iptables umoci skopeo busybox-static gcc libc6-dev docker-registry etcd-server protobuf-compiler; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || kneed+=("$p")
 done
 if [ ${#kneed[@]} -gt 0 ]; then

@@ -2,7 +2,8 @@
 # The test command: installs what the tests need (QEMU, OVMF, image tools,
 # the arm64 toolchain), builds the static binaries once (x86_64: the image's
 # and the host tools, which the end-to-end tests drive; arm64: the image's),
-# then runs every test in the workspace, and the unit tests of machinery and
+# then runs every test in the workspace (the kubectl and controllers suites
+# a second time on etcd), and the unit tests of machinery and
 # init for aarch64 under qemu-aarch64. Extra arguments go to the x86_64
 # `cargo test` (e.g. a test name filter). Prints each step's wall time.
 set -euo pipefail
@@ -26,4 +27,7 @@ fi
 step scripts/build-static.sh --arch "$arch"
 # --no-fail-fast: one run reports every failing test binary, not the first.
 step cargo test --workspace --no-fail-fast "$@"
+# The API server's kubectl and controllers suites again, on etcd (a
+# one-member cluster per server): the same assertions on both stores.
+step env PLINTH_TEST_STORE=etcd cargo test -p orchestrator --no-fail-fast --test kubectl --test controllers
 if [ "$arch" = all ]; then step scripts/test-arm64.sh; fi

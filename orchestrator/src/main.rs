@@ -43,6 +43,8 @@ enum Command {
         #[arg(long = "cert-san", value_name = "NAME")]
         cert_sans: Vec<String>,
         #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
         node: NodeArgs,
     },
     /// Whether NODE is back at work: exits 0 when its Node is Ready and the
@@ -81,6 +83,33 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// Keep objects in etcd (an HA control plane):
+    /// etcd://HOST:PORT[,HOST:PORT...]; default: SQLite in DATA-DIR.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Client TLS to etcd: the CA of its members' certificates (PEM).
+    #[arg(long, requires_all = ["store", "etcd_cert", "etcd_key"])]
+    etcd_ca: Option<PathBuf>,
+    /// This server's client certificate for etcd (PEM).
+    #[arg(long, requires = "etcd_ca")]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long, requires = "etcd_ca")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn etcd(self) -> anyhow::Result<Option<orchestrator_store_etcd::EtcdConfig>> {
+        let Some(url) = self.store else { return Ok(None) };
+        let tls = match (self.etcd_ca, self.etcd_cert, self.etcd_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(orchestrator_store_etcd::ClientTls { ca, cert, key }),
+            _ => None,
+        };
+        Ok(Some(orchestrator_store_etcd::EtcdConfig::from_url(&url, tls)?))
+    }
 }
 
 #[derive(Args)]
@@ -217,15 +246,23 @@ fn main() -> anyhow::Result<()> {
     raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match Cli::parse().command {
-        Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, cert_sans, node } => {
+        Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, cert_sans, store, node } => {
             let durability =
                 if fsync { orchestrator_store::Durability::Full } else { orchestrator_store::Durability::Normal };
             let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
-            let cfg = orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans };
+            let etcd = store.etcd()?;
+            let on_etcd = etcd.is_some();
+            let cfg = orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans, etcd };
             rt.block_on(async {
                 let running = orchestrator_apiserver::start(cfg).await?;
                 tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");
-                if controllers {
+                if controllers && on_etcd {
+                    // Several API servers share the store: one runs the controllers.
+                    let host = nix::unistd::gethostname()
+                        .map_or_else(|_| "orchestrator".into(), |h| h.to_string_lossy().into_owned());
+                    let election = orchestrator_controllers::leader::Election::new(&host);
+                    orchestrator_controllers::leader::spawn_elected(running.registry.clone(), election);
+                } else if controllers {
                     orchestrator_controllers::spawn_all(running.registry.clone());
                 }
                 if let Some(k) = node {

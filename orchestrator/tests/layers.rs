@@ -12,10 +12,14 @@ use std::path::{Path, PathBuf};
 /// backwards or sideways import. Keep in step with ARCHITECTURE.md.
 const LAYERS: &[(&str, &[&str])] = &[
     ("orchestrator-store", &[]),
+    ("orchestrator-store-etcd", &["orchestrator-store"]),
     ("orchestrator-apimachinery", &["orchestrator-store"]),
     ("orchestrator-http", &["orchestrator-apimachinery"]),
     ("orchestrator-controllers", &["orchestrator-apimachinery", "orchestrator-store"]),
-    ("orchestrator-apiserver", &["orchestrator-apimachinery", "orchestrator-http", "orchestrator-store"]),
+    (
+        "orchestrator-apiserver",
+        &["orchestrator-apimachinery", "orchestrator-http", "orchestrator-store", "orchestrator-store-etcd"],
+    ),
     ("orchestrator-client", &["orchestrator-apimachinery", "orchestrator-http"]),
     ("orchestrator-node-net", &["orchestrator-apimachinery", "orchestrator-client"]),
     (

@@ -46,13 +46,22 @@ pub fn venv_python(module: &str) -> Option<PathBuf> {
     Some(py)
 }
 
-/// The API server as a child process, killed on drop.
+/// Whether the suites run on etcd: `PLINTH_TEST_STORE=etcd` gives each
+/// server a one-member etcd (data in DATA-DIR/etcd) instead of SQLite, so
+/// the same assertions run on both stores (scripts/test.sh runs the kubectl
+/// and controllers suites both ways).
+pub fn on_etcd() -> bool {
+    std::env::var("PLINTH_TEST_STORE").is_ok_and(|v| v == "etcd")
+}
+
+/// The API server as a child process, killed on drop (then its etcd, if any).
 pub struct Server {
     pub child: Child,
     pub dir: tempfile::TempDir,
     pub address: String,
     pub kubectl: PathBuf,
     manifests: std::sync::atomic::AtomicUsize,
+    pub etcd: Option<orchestrator_store_etcd::local::LocalCluster>,
 }
 
 impl Drop for Server {
@@ -84,21 +93,50 @@ impl Server {
     pub fn start_with_nofile(dir: tempfile::TempDir, kubectl: PathBuf, soft: u64) -> Server {
         let mut cmd = Command::new("prlimit");
         cmd.arg(format!("--nofile={soft}:")).arg("--").arg(env!("CARGO_BIN_EXE_orchestrator"));
-        Server::spawn_command(cmd, dir, kubectl, false)
+        Server::spawn_command(cmd, dir, kubectl, false, &[])
+    }
+
+    /// A server on the etcd cluster at `url` (`etcd://…`), with `extra`
+    /// arguments; it logs to DATA-DIR/server.log at the `PLINTH_LOG` level given.
+    pub fn start_on_etcd(dir: tempfile::TempDir, kubectl: PathBuf, url: &str, log: &str, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        let file = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        cmd.stderr(file).env("PLINTH_LOG", log);
+        let mut args = vec!["--store", url];
+        args.extend_from_slice(extra);
+        Server::spawn_command(cmd, dir, kubectl, false, &args)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     fn spawn(dir: tempfile::TempDir, kubectl: PathBuf, fsync: bool) -> Server {
-        Server::spawn_command(Command::new(env!("CARGO_BIN_EXE_orchestrator")), dir, kubectl, fsync)
+        Server::spawn_command(Command::new(env!("CARGO_BIN_EXE_orchestrator")), dir, kubectl, fsync, &[])
     }
 
-    fn spawn_command(mut cmd: Command, dir: tempfile::TempDir, kubectl: PathBuf, fsync: bool) -> Server {
-        let mut child = cmd
-            .args(["server", "--data-dir"])
-            .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0", "--fsync", if fsync { "true" } else { "false" }])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+    fn spawn_command(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        kubectl: PathBuf,
+        fsync: bool,
+        extra: &[&str],
+    ) -> Server {
+        let etcd = (on_etcd() && !extra.contains(&"--store")).then(|| {
+            assert!(orchestrator_store_etcd::local::available(), "PLINTH_TEST_STORE=etcd needs etcd");
+            orchestrator_store_etcd::local::LocalCluster::start_in(&dir.path().join("etcd"), 1).unwrap()
+        });
+        cmd.args(["server", "--data-dir"]).arg(dir.path()).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--fsync",
+            if fsync { "true" } else { "false" },
+        ]);
+        if let Some(e) = &etcd {
+            cmd.args(["--store", &e.url()]);
+        }
+        cmd.args(extra);
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let address = line
@@ -106,7 +144,7 @@ impl Server {
             .find_map(|w| w.strip_prefix("https://"))
             .unwrap_or_else(|| panic!("the server did not start: {line:?}"))
             .to_string();
-        Server { child, dir, address, kubectl, manifests: Default::default() }
+        Server { child, dir, address, kubectl, manifests: Default::default(), etcd }
     }
 
     pub fn kubeconfig(&self) -> PathBuf {

@@ -148,6 +148,8 @@ impl ApiError {
             StoreError::Lagged(_) => ApiError::gone("the watch fell behind; re-list and watch again"),
             // What kubectl sees from upstream when etcd refuses a value.
             StoreError::TooLarge { .. } => ApiError::too_large("etcdserver: request is too large"),
+            // No quorum or no etcd member: the request may succeed later.
+            e @ StoreError::Unavailable { .. } => ApiError::new(503, "ServiceUnavailable", e.to_string()),
             e => ApiError::internal(e.to_string()),
         }
     }

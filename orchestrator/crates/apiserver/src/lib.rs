@@ -45,7 +45,8 @@ use orchestrator_apimachinery::selector::{FieldSelector, LabelSelector};
 use orchestrator_apimachinery::table::{self, IncludeObject};
 use orchestrator_http::pki::{self, ADMIN_GROUP, READ_ONLY_GROUP};
 use orchestrator_http::{Body, flag, param, parse_query, read_body};
-use orchestrator_store::{Durability, SqliteStore, StoreError};
+use orchestrator_store::{Durability, SqliteStore, Store, StoreError};
+use orchestrator_store_etcd::{EtcdConfig, EtcdStore};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,6 +58,8 @@ pub struct Config {
     /// More names and addresses for the serving certificate (the node's
     /// host name and LAN addresses, a load balancer's name).
     pub cert_sans: Vec<String>,
+    /// The store on etcd (an HA control plane); `None`: SQLite in `data_dir`.
+    pub etcd: Option<EtcdConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -303,8 +306,11 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         &cfg.ca_cert.clone().unwrap_or_else(|| dir.join("ca.crt")),
         &cfg.ca_key.clone().unwrap_or_else(|| dir.join("ca.key")),
     )?;
-    let store = SqliteStore::open(&dir.join("state.db"), cfg.durability)?;
-    let registry = Arc::new(Registry::new(Arc::new(store)));
+    let store: Arc<dyn Store> = match &cfg.etcd {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd)?),
+        None => Arc::new(SqliteStore::open(&dir.join("state.db"), cfg.durability)?),
+    };
+    let registry = Arc::new(Registry::new(store));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: cfg.listen, source })?;

@@ -10,6 +10,7 @@ mod deployment;
 mod endpoints;
 mod gc;
 mod indexed;
+pub mod leader;
 mod nodes;
 mod replicaset;
 mod scheduler;

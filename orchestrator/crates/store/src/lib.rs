@@ -13,7 +13,10 @@
 //! Values are at most [`MAX_VALUE_BYTES`] (etcd's default request limit).
 //! Durability: WAL with `synchronous=FULL` by default — an acknowledged
 //! write survives a power cut; `Durability::Normal` trades that for speed.
-//! The [`Store`] trait is what an etcd back-end implements later.
+//! The [`Store`] trait is also implemented over etcd (`orchestrator-store-etcd`);
+//! [`conformance`] holds the assertions both implementations pass.
+
+pub mod conformance;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -65,8 +68,19 @@ pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
 /// there are no more.
 pub type Pager = Box<dyn FnMut(i64) -> Result<Vec<Event>, StoreError> + Send>;
 
-/// A watch: the past, read in pages, then live events after it.
+/// A watch: the past, read in pages, then live events after it; or, for a
+/// store whose server keeps the order and the past itself (etcd), the
+/// events a task forwards from the server's watch stream.
 pub struct Watch {
+    source: Source,
+}
+
+enum Source {
+    Replay(Replay),
+    Feed(tokio::sync::mpsc::Receiver<Result<Event, StoreError>>),
+}
+
+struct Replay {
     page: VecDeque<Event>,
     pager: Pager,
     /// The last revision replayed so far.
@@ -81,24 +95,36 @@ impl Watch {
     /// A watch of `prefix` replaying the past after `from` up to
     /// `replayed_to` through `pager`, then following `live`.
     pub fn new(prefix: &str, from: i64, replayed_to: i64, pager: Pager, live: broadcast::Receiver<Event>) -> Watch {
-        Watch { page: VecDeque::new(), pager, cursor: from, live, replayed_to, prefix: prefix.to_string() }
+        let replay = Replay { page: VecDeque::new(), pager, cursor: from, live, replayed_to, prefix: prefix.to_string() };
+        Watch { source: Source::Replay(replay) }
+    }
+
+    /// A watch fed, in order and without gaps, by a task that owns the
+    /// server's watch stream; the task ends the watch by sending an error
+    /// (`Compacted`, `Unavailable`) or by dropping its sender (`Closed`).
+    pub fn feed(events: tokio::sync::mpsc::Receiver<Result<Event, StoreError>>) -> Watch {
+        Watch { source: Source::Feed(events) }
     }
 
     /// The next event for this watch's prefix; `Lagged` means the watcher
     /// fell behind (more than the live channel holds arrived while it
     /// replayed or read slowly) and must re-list (the API server answers 410).
     pub async fn next(&mut self) -> Result<Event, StoreError> {
-        while self.page.is_empty() && self.cursor < self.replayed_to {
-            let page = (self.pager)(self.cursor)?;
-            self.cursor = page.last().map_or(self.replayed_to, |e| e.kv.mod_revision);
-            self.page.extend(page);
+        let w = match &mut self.source {
+            Source::Feed(events) => return events.recv().await.unwrap_or(Err(StoreError::Closed)),
+            Source::Replay(w) => w,
+        };
+        while w.page.is_empty() && w.cursor < w.replayed_to {
+            let page = (w.pager)(w.cursor)?;
+            w.cursor = page.last().map_or(w.replayed_to, |e| e.kv.mod_revision);
+            w.page.extend(page);
         }
-        if let Some(e) = self.page.pop_front() {
+        if let Some(e) = w.page.pop_front() {
             return Ok(e);
         }
         loop {
-            match self.live.recv().await {
-                Ok(e) if e.kv.mod_revision > self.replayed_to && e.kv.key.starts_with(&self.prefix) => return Ok(e),
+            match w.live.recv().await {
+                Ok(e) if e.kv.mod_revision > w.replayed_to && e.kv.key.starts_with(&w.prefix) => return Ok(e),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => return Err(StoreError::Lagged(n)),
                 Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
@@ -125,6 +151,13 @@ pub enum StoreError {
     TooLarge { key: String, size: usize, limit: usize },
     #[error("{op} on {path}: {source}")]
     Sqlite { op: &'static str, path: PathBuf, source: rusqlite::Error },
+    /// A remote store cannot answer now (no quorum, no reachable member):
+    /// the API answers 503 and the caller may retry.
+    #[error("{op}: the store is unavailable ({endpoints}): {reason}")]
+    Unavailable { op: &'static str, endpoints: String, reason: String },
+    /// A remote store refused or failed a request for another reason.
+    #[error("{op} ({endpoints}): {reason}")]
+    Remote { op: &'static str, endpoints: String, reason: String },
 }
 
 /// A revisioned key/value store.
@@ -471,114 +504,45 @@ mod tests {
     #[test]
     fn create_get_update_conflict_delete() {
         let (_d, s) = store();
-        let r1 = s.create("/pods/a", b"1").unwrap();
-        assert!(matches!(s.create("/pods/a", b"x"), Err(StoreError::AlreadyExists { .. })));
-        let got = s.get("/pods/a").unwrap().unwrap();
-        assert_eq!((got.value.as_slice(), got.create_revision, got.mod_revision), (&b"1"[..], r1, r1));
-        let r2 = s.update("/pods/a", b"2", r1).unwrap();
-        assert!(r2 > r1);
-        assert!(
-            matches!(s.update("/pods/a", b"3", r1), Err(StoreError::Conflict { expected, found, .. }) if expected == r1 && found == r2)
-        );
-        assert!(matches!(s.delete("/pods/a", Some(r1)), Err(StoreError::Conflict { .. })));
-        let r3 = s.delete("/pods/a", Some(r2)).unwrap();
-        assert!(s.get("/pods/a").unwrap().is_none());
-        assert!(matches!(s.update("/pods/a", b"4", r3), Err(StoreError::NotFound { .. })));
-        // Re-created after a delete: a new create revision.
-        let r4 = s.create("/pods/a", b"5").unwrap();
-        assert_eq!(s.get("/pods/a").unwrap().unwrap().create_revision, r4);
-        assert_eq!(s.current_revision().unwrap(), r4);
+        conformance::create_get_update_conflict_delete(&s);
     }
 
     #[test]
     fn list_with_prefix_limit_continue_and_past_revision() {
         let (_d, s) = store();
-        for i in 0..5 {
-            s.create(&format!("/pods/ns/p{i}"), format!("{i}").as_bytes()).unwrap();
-        }
-        s.create("/services/ns/s", b"s").unwrap();
-        let page = s.list("/pods/", None, 2, None).unwrap();
-        assert_eq!(page.items.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), ["/pods/ns/p0", "/pods/ns/p1"]);
-        assert!(page.more);
-        let next = s.list("/pods/", Some("/pods/ns/p1"), 10, Some(page.revision)).unwrap();
-        assert_eq!(next.items.len(), 3);
-        assert!(!next.more);
-        let at = s.current_revision().unwrap();
-        let p0 = s.get("/pods/ns/p0").unwrap().unwrap();
-        s.update("/pods/ns/p0", b"changed", p0.mod_revision).unwrap();
-        s.delete("/pods/ns/p1", None).unwrap();
-        let old = s.list("/pods/", None, 0, Some(at)).unwrap();
-        assert_eq!(old.items.len(), 5);
-        assert_eq!(old.items[0].value, b"0");
-        let now = s.list("/pods/", None, 0, None).unwrap();
-        assert_eq!(now.items.len(), 4);
-        assert_eq!(now.items[0].value, b"changed");
+        conformance::list_with_prefix_limit_continue_and_past_revision(&s);
     }
 
     #[tokio::test]
     async fn watch_replays_the_past_then_follows_without_gaps() {
         let (_d, s) = store();
-        let r1 = s.create("/pods/a", b"1").unwrap();
-        s.create("/other/x", b"x").unwrap();
-        let r2 = s.update("/pods/a", b"2", r1).unwrap();
-        let mut w = s.watch("/pods/", 0).unwrap();
-        let e = w.next().await.unwrap();
-        assert_eq!((e.kind, e.kv.mod_revision), (EventKind::Put, r1));
-        let e = w.next().await.unwrap();
-        assert_eq!((e.kv.mod_revision, e.prev.unwrap().value), (r2, b"1".to_vec()));
-        let r3 = s.delete("/pods/a", None).unwrap();
-        let e = w.next().await.unwrap();
-        assert_eq!((e.kind, e.kv.mod_revision, e.kv.value.as_slice()), (EventKind::Delete, r3, &b"2"[..]));
-        // From now: only what follows.
-        let mut w2 = s.watch("/pods/", r3).unwrap();
-        let r4 = s.create("/pods/b", b"b").unwrap();
-        assert_eq!(w2.next().await.unwrap().kv.mod_revision, r4);
-    }
-
-    /// A watch from the start pages through a long past without the
-    /// writer lock: writes go on between its pages, and it sees every
-    /// event once, in order, the new ones after the old.
-    #[tokio::test]
-    async fn a_long_past_is_replayed_in_pages_while_writes_go_on() {
-        let (_d, s) = store();
-        let mut rev = s.create("/pods/a", &[b'x'; 8192]).unwrap();
-        for _ in 0..600 {
-            rev = s.update("/pods/a", &[b'y'; 8192], rev).unwrap();
-        }
-        let mut w = s.watch("/pods/", 0).unwrap();
-        let first = w.next().await.unwrap().kv.mod_revision;
-        let during = s.create("/pods/b", b"b").unwrap();
-        let mut seen = vec![first];
-        while seen.last() != Some(&during) {
-            seen.push(w.next().await.unwrap().kv.mod_revision);
-        }
-        assert_eq!(seen.len(), 602, "every write once");
-        assert!(seen.windows(2).all(|p| p[0] < p[1]), "in order");
+        conformance::watch_replays_the_past_then_follows_without_gaps(&s).await;
     }
 
     #[test]
     fn values_over_the_limit_are_refused() {
         let (_d, s) = store();
-        let big = vec![b'x'; MAX_VALUE_BYTES + 1];
-        assert!(matches!(s.create("/big", &big), Err(StoreError::TooLarge { .. })));
-        let r = s.create("/big", &big[..MAX_VALUE_BYTES]).unwrap();
-        assert!(matches!(s.update("/big", &big, r), Err(StoreError::TooLarge { .. })));
-        assert_eq!(s.current_revision().unwrap(), r, "nothing written");
+        conformance::values_over_the_limit_are_refused(&s);
     }
 
     #[tokio::test]
     async fn compaction_keeps_current_values_and_refuses_old_watches() {
         let (_d, s) = store();
-        let r1 = s.create("/k", b"1").unwrap();
-        let r2 = s.update("/k", b"2", r1).unwrap();
-        let r3 = s.create("/gone", b"g").unwrap();
-        s.delete("/gone", Some(r3)).unwrap();
-        s.compact(r2 + 2).unwrap();
-        assert_eq!(s.get("/k").unwrap().unwrap().value, b"2");
-        assert!(s.get("/gone").unwrap().is_none());
-        assert!(matches!(s.watch("/", r1), Err(StoreError::Compacted { .. })));
-        assert!(matches!(s.list("/", None, 0, Some(r1)), Err(StoreError::Compacted { .. })));
-        assert!(s.watch("/", r2 + 2).is_ok());
+        conformance::compaction_keeps_current_values_and_refuses_old_watches(&s).await;
+    }
+
+    #[test]
+    fn concurrent_writers_never_both_win() {
+        let (_d, s) = store();
+        conformance::concurrent_writers_never_both_win(std::sync::Arc::new(s));
+    }
+
+    /// A watch from the start pages through a long past without the
+    /// writer lock: writes go on between its pages.
+    #[tokio::test]
+    async fn a_long_past_is_replayed_in_pages_while_writes_go_on() {
+        let (_d, s) = store();
+        conformance::a_long_past_is_replayed_in_order_while_writes_go_on(&s).await;
     }
 
     #[test]
@@ -594,23 +558,6 @@ mod tests {
         assert_eq!(s.current_revision().unwrap(), rev);
         assert!(s.create("/c", b"3").unwrap() > rev);
         assert_eq!(s.get("/a").unwrap().unwrap().value, b"1");
-    }
-
-    #[test]
-    fn concurrent_writers_never_both_win() {
-        let (_d, s) = store();
-        let s = std::sync::Arc::new(s);
-        let r = s.create("/cas", b"0").unwrap();
-        let wins: usize = (0..8)
-            .map(|i| {
-                let s = s.clone();
-                std::thread::spawn(move || s.update("/cas", format!("{i}").as_bytes(), r).is_ok())
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap() as usize)
-            .sum();
-        assert_eq!(wins, 1);
     }
 
     /// A child process writes and prints each acknowledged revision, and is

@@ -1,0 +1,608 @@
+//! The orchestrator's [`Store`] over etcd's v3 API, for a highly available
+//! control plane: etcd's revision is the revision (`resourceVersion`),
+//! compare-and-swap writes are transactions on a key's `mod_revision`,
+//! watches start at a revision on the server (no gap, in order) and resume
+//! on another member when theirs dies, lists read at a revision with
+//! etcd's own paging, and compaction is etcd's.
+//!
+//! The trait is synchronous and the API server calls it from its async
+//! handlers, so the gRPC client runs on a runtime of its own, on its own
+//! thread: a call sends its future there and waits for the answer, inside
+//! `block_in_place` when the caller is a worker of a multi-thread runtime,
+//! so the API server's other tasks move to another worker meanwhile.
+//! Every request has a deadline; a store that cannot answer (no quorum, no
+//! member reachable) is [`StoreError::Unavailable`], which the API answers
+//! with 503.
+
+pub mod local;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use tonic::Code;
+
+use orchestrator_store::{Event, EventKind, KeyValue, ListPage, MAX_VALUE_BYTES, Store, StoreError, Watch};
+
+/// Client TLS to etcd: the CA that signed the members' serving
+/// certificates, and this client's certificate and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How to reach etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `host:port` of each member (the client URLs).
+    pub endpoints: Vec<String>,
+    pub tls: Option<ClientTls>,
+    /// The deadline of one request; past it the store is `Unavailable`.
+    pub timeout: Duration,
+}
+
+/// A request's deadline by default: over etcd's election timeout (1 s) and
+/// a leader change, under kubectl's patience.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--store {0:?}: expected etcd://HOST:PORT[,HOST:PORT...]")]
+    NotEtcd(String),
+    #[error("--store {url:?}: endpoint {endpoint:?} is not HOST:PORT")]
+    Endpoint { url: String, endpoint: String },
+}
+
+impl EtcdConfig {
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...]` (the `--store` option).
+    pub fn from_url(url: &str, tls: Option<ClientTls>) -> Result<EtcdConfig, ConfigError> {
+        let list = url.strip_prefix("etcd://").ok_or_else(|| ConfigError::NotEtcd(url.to_string()))?;
+        let endpoints: Vec<String> = list.split(',').map(str::trim).map(String::from).collect();
+        for e in &endpoints {
+            let port = e.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+                return Err(ConfigError::Endpoint { url: url.to_string(), endpoint: e.clone() });
+            }
+        }
+        Ok(EtcdConfig { endpoints, tls, timeout: DEFAULT_TIMEOUT })
+    }
+
+    fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        self.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect()
+    }
+}
+
+/// The runtime the gRPC client runs on, on a thread of its own; it stops
+/// when this is dropped (the runtime is dropped on its own thread, never
+/// inside the caller's).
+struct Bridge {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Bridge {
+    fn start() -> std::io::Result<Bridge> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("etcd-client")
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("etcd-client".into()).spawn(move || {
+            let _ = rt.block_on(stopped);
+        })?;
+        Ok(Bridge { handle, _stop: stop })
+    }
+
+    /// Runs the request `make` builds on the client's runtime and waits
+    /// for it, for at most `timeout`. A request that never reached a member
+    /// (the balancer picked one that is down) is sent again, to another,
+    /// within the same deadline.
+    fn run<T, F>(&self, timeout: Duration, mut make: impl FnMut() -> F + Send + 'static) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let r = loop {
+                match tokio::time::timeout_at(deadline, make()).await {
+                    Ok(Err(e)) if not_sent(&e) && deadline - tokio::time::Instant::now() > RESEND_AFTER => {
+                        tokio::time::sleep(RESEND_AFTER).await;
+                    }
+                    r => break r,
+                }
+            };
+            let _ = tx.send(r);
+        });
+        let wait = move || rx.recv();
+        let answer = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        match answer {
+            Ok(Ok(r)) => r.map_err(Failure::Etcd),
+            Ok(Err(_)) => Err(Failure::Timeout(timeout)),
+            Err(_) => Err(Failure::Stopped),
+        }
+    }
+}
+
+/// The pause before a request that reached no member is sent again.
+const RESEND_AFTER: Duration = Duration::from_millis(50);
+
+/// Whether the request failed before any member received it (a refused
+/// connection): sending it again cannot apply it twice.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.code() == Code::Unavailable && s.message().contains("connect"),
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Why a request failed, before it becomes a [`StoreError`].
+#[derive(Debug)]
+enum Failure {
+    Etcd(etcd_client::Error),
+    Timeout(Duration),
+    Stopped,
+}
+
+impl Failure {
+    /// etcd's words, with the causes under them (a TLS alert under a
+    /// "transport error").
+    fn message(&self) -> String {
+        let chain = |top: String, mut cause: Option<&(dyn std::error::Error + 'static)>| {
+            let mut m = top;
+            while let Some(c) = cause {
+                m = format!("{m}: {c}");
+                cause = c.source();
+            }
+            m
+        };
+        match self {
+            Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                chain(s.message().to_string(), std::error::Error::source(s))
+            }
+            Failure::Etcd(e) => chain(e.to_string(), std::error::Error::source(e)),
+            Failure::Timeout(t) => format!("no answer within {t:?} (a write may yet be applied)"),
+            Failure::Stopped => "the etcd client stopped".into(),
+        }
+    }
+
+    /// No quorum, no leader, no member reachable, or no answer in time.
+    fn unavailable(&self) -> bool {
+        match self {
+            Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
+                    || ["transport error", "no leader", "timed out", "leader changed", "not capable", "unhealthy cluster"]
+                        .iter()
+                        .any(|m| s.message().contains(m))
+            }
+            Failure::Etcd(etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)) => true,
+            Failure::Timeout(_) | Failure::Stopped => true,
+            Failure::Etcd(_) => false,
+        }
+    }
+
+    fn compacted(&self) -> bool {
+        self.message().contains("required revision has been compacted")
+    }
+
+    fn future_revision(&self) -> bool {
+        self.message().contains("required revision is a future revision")
+    }
+}
+
+/// The store on etcd. Keys and values are the registry's, byte for byte:
+/// an object reads the same from etcd as from SQLite.
+pub struct EtcdStore {
+    client: Client,
+    bridge: Bridge,
+    /// The endpoints, for errors.
+    names: String,
+    timeout: Duration,
+}
+
+/// The end of the key range of everything under `prefix` (etcd's
+/// `WithPrefix`): the prefix with its last byte below 0xff incremented;
+/// `\0` (every key) for an empty prefix.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn key_value(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+/// An etcd event as the store's: a delete carries the deleted value and
+/// its create revision at the tombstone's revision, as SQLite's does.
+fn event(e: &etcd_client::Event) -> Option<Event> {
+    let kv = e.kv()?;
+    let prev = e.prev_kv().map(key_value);
+    Some(match e.event_type() {
+        EventType::Put => Event { kind: EventKind::Put, kv: key_value(kv), prev },
+        EventType::Delete => {
+            let old = prev.clone().unwrap_or_else(|| key_value(kv));
+            Event { kind: EventKind::Delete, kv: KeyValue { mod_revision: kv.mod_revision(), ..old }, prev }
+        }
+    })
+}
+
+fn revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(0, etcd_client::ResponseHeader::revision)
+}
+
+/// The kv a transaction's `or_else` read, when its compare failed.
+fn read_back(r: &etcd_client::TxnResponse) -> Option<KeyValue> {
+    r.op_responses().iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().map(key_value),
+        _ => None,
+    })
+}
+
+impl EtcdStore {
+    /// Connects, and checks that the cluster answers.
+    pub fn connect(cfg: &EtcdConfig) -> Result<EtcdStore, StoreError> {
+        let names = cfg.endpoints.join(",");
+        let unavailable = |op, reason: String| StoreError::Unavailable { op, endpoints: names.clone(), reason };
+        let bridge = Bridge::start().map_err(|e| unavailable("start the etcd client", e.to_string()))?;
+        let mut options = ConnectOptions::new()
+            .with_timeout(cfg.timeout)
+            .with_connect_timeout(cfg.timeout)
+            .with_keep_alive(Duration::from_secs(2), cfg.timeout)
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the others fails requests and watches
+            // at once ("no leader"): the client retries on another.
+            .with_require_leader(true);
+        if let Some(tls) = &cfg.tls {
+            let read = |path: &PathBuf| {
+                std::fs::read(path)
+                    .map_err(|e| unavailable("read the etcd client TLS files", format!("{}: {e}", path.display())))
+            };
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
+                    .identity(etcd_client::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?)),
+            );
+        }
+        let urls = cfg.urls();
+        let client = bridge
+            .run(cfg.timeout, move || Client::connect(urls.clone(), Some(options.clone())))
+            .map_err(|f| unavailable("connect to etcd", f.message()))?;
+        let store = EtcdStore { client, bridge, names, timeout: cfg.timeout };
+        store.current_revision()?;
+        Ok(store)
+    }
+
+    fn run<T, F>(&self, make: impl FnMut() -> F + Send + 'static) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
+        self.bridge.run(self.timeout, make)
+    }
+
+    fn error(&self, op: &'static str, f: &Failure) -> StoreError {
+        let (endpoints, reason) = (self.names.clone(), f.message());
+        if f.unavailable() {
+            StoreError::Unavailable { op, endpoints, reason }
+        } else {
+            StoreError::Remote { op, endpoints, reason }
+        }
+    }
+
+    /// The revision etcd compacted at, read from a watch of the past (etcd
+    /// tells a watch the compaction point; no other request does).
+    fn compaction_point(&self, op: &'static str) -> Result<i64, StoreError> {
+        let client = self.client.clone();
+        self.run(move || {
+            let mut client = client.clone();
+            async move {
+                let mut stream = client.watch(vec![0u8], Some(WatchOptions::new().with_start_revision(1))).await?;
+                while let Some(r) = stream.message().await? {
+                    if r.compact_revision() > 0 || r.canceled() {
+                        return Ok(r.compact_revision());
+                    }
+                }
+                Ok(0)
+            }
+        })
+        .map_err(|f| self.error(op, &f))
+    }
+
+    fn compacted(&self, op: &'static str, requested: i64) -> StoreError {
+        match self.compaction_point(op) {
+            Ok(compacted) => StoreError::Compacted { requested, compacted },
+            Err(e) => e,
+        }
+    }
+
+    fn too_large(key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(StoreError::TooLarge { key: key.to_string(), size: value.len(), limit: MAX_VALUE_BYTES });
+        }
+        Ok(())
+    }
+
+    /// A transaction: `then` when every compare holds, else read the key.
+    fn txn(
+        &self,
+        op: &'static str,
+        key: &str,
+        when: Vec<Compare>,
+        then: TxnOp,
+    ) -> Result<etcd_client::TxnResponse, StoreError> {
+        let kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
+        let txn = Txn::new().when(when).and_then(vec![then]).or_else(vec![TxnOp::get(key, None)]);
+        self.run(move || {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .map_err(|f| match &f {
+            Failure::Etcd(_) if f.message().contains("request is too large") => {
+                StoreError::Remote { op, endpoints: self.names.clone(), reason: format!("{key}: {}", f.message()) }
+            }
+            _ => self.error(op, &f),
+        })
+    }
+
+    /// The answer to a failed compare: absent or at another revision.
+    fn refused(key: &str, expected: i64, found: Option<KeyValue>) -> StoreError {
+        match found {
+            None => StoreError::NotFound { key: key.to_string() },
+            Some(kv) => StoreError::Conflict { key: key.to_string(), expected, found: kv.mod_revision },
+        }
+    }
+}
+
+/// Forwards an etcd watch to a [`Watch`]'s channel, in order; when the
+/// member serving it dies or loses its leader, watches again from the
+/// revision after the last event sent, through another member, until
+/// `patience` passes without one answering.
+async fn forward(
+    mut client: etcd_client::WatchClient,
+    prefix: String,
+    mut last: i64,
+    mut stream: etcd_client::WatchStream,
+    tx: tokio::sync::mpsc::Sender<Result<Event, StoreError>>,
+    names: String,
+    patience: Duration,
+) {
+    // Since when the watch has been failing without delivering an event.
+    let mut stalled: Option<tokio::time::Instant> = None;
+    loop {
+        let reason = loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                () = tx.closed() => return,
+            };
+            let r = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => break "the watch stream ended".to_string(),
+                Err(e) => break e.to_string(),
+            };
+            if r.compact_revision() > 0 {
+                let _ = tx.send(Err(StoreError::Compacted { requested: last, compacted: r.compact_revision() })).await;
+                return;
+            }
+            for e in r.events().iter().filter_map(event) {
+                (last, stalled) = (e.kv.mod_revision, None);
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            if r.canceled() {
+                break format!("etcd cancelled the watch: {}", r.cancel_reason());
+            }
+        };
+        tracing::debug!(%prefix, last, "etcd watch interrupted ({reason}); resuming");
+        let started = *stalled.get_or_insert_with(tokio::time::Instant::now);
+        stream = loop {
+            let opts =
+                WatchOptions::new().with_range(prefix_end(&prefix)).with_start_revision(last + 1).with_prev_key();
+            match tokio::time::timeout(patience, client.watch(prefix.clone(), Some(opts))).await {
+                Ok(Ok(s)) if started.elapsed() < patience => break s,
+                Ok(Err(e)) if started.elapsed() < patience => {
+                    tracing::debug!(%prefix, "etcd watch: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(_)) => format!("the watch failed for {patience:?} without an event: {reason}"),
+                        Err(_) => format!("no member answered within {patience:?}"),
+                    };
+                    let _ = tx.send(Err(StoreError::Unavailable { op: "watch", endpoints: names, reason: why })).await;
+                    return;
+                }
+            }
+        };
+    }
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let (kv, k) = (self.client.kv_client(), key.to_string());
+        let r = self
+            .run(move || {
+                let (mut kv, k) = (kv.clone(), k.clone());
+                async move { kv.get(k, None).await }
+            })
+            .map_err(|f| self.error("get", &f))?;
+        Ok(r.kvs().first().map(key_value))
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: Option<i64>,
+    ) -> Result<ListPage, StoreError> {
+        let start = match start_after {
+            Some(after) if after >= prefix => format!("{after}\0"),
+            _ => prefix.to_string(),
+        };
+        let opts = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .with_revision(revision.unwrap_or(0));
+        let kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
+        let r = self
+            .run(move || {
+                let (mut kv, start, opts) = (kv.clone(), start.clone(), opts.clone());
+                async move { kv.get(start, Some(opts)).await }
+            })
+            .map_err(|f| match revision {
+                Some(at) if f.compacted() => self.compacted("list", at),
+                _ => self.error("list", &f),
+            })?;
+        Ok(ListPage {
+            items: r.kvs().iter().map(key_value).collect(),
+            revision: revision.unwrap_or_else(|| revision_of(&r)),
+            more: r.more(),
+        })
+    }
+
+    fn create(&self, key: &str, value: &[u8]) -> Result<i64, StoreError> {
+        Self::too_large(key, value)?;
+        let put = TxnOp::put(key, value, None);
+        let r = self.txn("create", key, vec![Compare::create_revision(key, CompareOp::Equal, 0)], put)?;
+        if !r.succeeded() {
+            return Err(StoreError::AlreadyExists { key: key.to_string() });
+        }
+        Ok(revision(r.header()))
+    }
+
+    fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64, StoreError> {
+        Self::too_large(key, value)?;
+        let when =
+            vec![Compare::version(key, CompareOp::Greater, 0), Compare::mod_revision(key, CompareOp::Equal, expected)];
+        let r = self.txn("update", key, when, TxnOp::put(key, value, None))?;
+        if !r.succeeded() {
+            return Err(Self::refused(key, expected, read_back(&r)));
+        }
+        Ok(revision(r.header()))
+    }
+
+    fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64, StoreError> {
+        let mut when = vec![Compare::version(key, CompareOp::Greater, 0)];
+        if let Some(e) = expected {
+            when.push(Compare::mod_revision(key, CompareOp::Equal, e));
+        }
+        let r = self.txn("delete", key, when, TxnOp::delete(key, None))?;
+        if !r.succeeded() {
+            return Err(Self::refused(key, expected.unwrap_or(0), read_back(&r)));
+        }
+        Ok(revision(r.header()))
+    }
+
+    fn watch(&self, prefix: &str, from: i64) -> Result<Watch, StoreError> {
+        // etcd says a watch's start is compacted only once it streams;
+        // a read at that revision says it now, as SQLite's watch does.
+        let kv = self.client.kv_client();
+        let probe = GetOptions::new().with_range(prefix_end(prefix)).with_revision(from + 1).with_count_only();
+        let p = prefix.to_string();
+        let probed = self.run(move || {
+            let (mut kv, p, probe) = (kv.clone(), p.clone(), probe.clone());
+            async move { kv.get(p, Some(probe)).await }
+        });
+        match probed {
+            Ok(_) => {}
+            Err(f) if f.future_revision() => {}
+            Err(f) if f.compacted() => return Err(self.compacted("watch", from)),
+            Err(f) => return Err(self.error("watch", &f)),
+        }
+        let opts = WatchOptions::new().with_range(prefix_end(prefix)).with_start_revision(from + 1).with_prev_key();
+        // A watch from the past may bring many events in one response.
+        let client = self.client.watch_client().max_decoding_message_size(usize::MAX);
+        let (c, p) = (client.clone(), prefix.to_string());
+        let stream = self
+            .run(move || {
+                let (mut c, p, opts) = (c.clone(), p.clone(), opts.clone());
+                async move { c.watch(p, Some(opts)).await }
+            })
+            .map_err(|f| self.error("watch", &f))?;
+        // Bounded: a slow watcher slows its own stream (etcd holds the
+        // rest), never the store or the other watchers.
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let task = forward(client, prefix.to_string(), from, stream, tx, self.names.clone(), self.timeout);
+        self.bridge.handle.spawn(task);
+        Ok(Watch::feed(rx))
+    }
+
+    fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        let kv = self.client.kv_client();
+        let compacted = self.run(move || {
+            let mut kv = kv.clone();
+            async move { kv.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical())).await }
+        });
+        match compacted {
+            Ok(_) => Ok(()),
+            // Already compacted at or past it: nothing to do, as SQLite's.
+            Err(f) if f.compacted() => Ok(()),
+            Err(f) => Err(self.error("compact", &f)),
+        }
+    }
+
+    fn current_revision(&self) -> Result<i64, StoreError> {
+        let kv = self.client.kv_client();
+        let r = self
+            .run(move || {
+                let mut kv = kv.clone();
+                async move { kv.get(vec![0u8], Some(GetOptions::new().with_count_only())).await }
+            })
+            .map_err(|f| self.error("read revision", &f))?;
+        Ok(revision_of(&r))
+    }
+}
+
+fn revision_of(r: &etcd_client::GetResponse) -> i64 {
+    revision(r.header())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end("/pods/"), b"/pods0");
+        assert_eq!(prefix_end(""), [0]);
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80");
+    }
+
+    #[test]
+    fn store_urls_parse_and_bad_ones_say_why() {
+        let c = EtcdConfig::from_url("etcd://10.0.0.1:2379,10.0.0.2:2379", None).unwrap();
+        assert_eq!(c.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(c.urls()[1], "http://10.0.0.2:2379");
+        assert_eq!(EtcdConfig::from_url("sqlite:///x", None), Err(ConfigError::NotEtcd("sqlite:///x".into())));
+        let e = EtcdConfig::from_url("etcd://10.0.0.1", None).unwrap_err();
+        assert_eq!(e.to_string(), r#"--store "etcd://10.0.0.1": endpoint "10.0.0.1" is not HOST:PORT"#);
+    }
+}

@@ -1,0 +1,161 @@
+//! A highly available control plane on loopback: orchestrator processes on
+//! one three-member etcd cluster (Debian's etcd, started by the test).
+//! One leader runs the controllers; when it and an etcd member are killed
+//! with SIGKILL, the other process takes the Lease over and its controllers
+//! act; two members down, the API answers 503 and recovers by itself.
+//! `cargo test -p orchestrator --test ha`
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use orchestrator_store_etcd::local::{self, LocalCluster};
+
+const LEADER_LOG: &str = "warn,orchestrator_controllers::leader=info";
+
+fn holder(s: &Server) -> String {
+    let args =
+        ["get", "lease", "-n", "kube-system", "plinth-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"];
+    s.wait_for(&args, Duration::from_secs(60), |out| !out.is_empty())
+}
+
+/// The identity a server's leader election logged as its own.
+fn identity(s: &Server) -> String {
+    let log = s.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("leader election: candidate"))
+        .unwrap_or_else(|| panic!("no candidate in:\n{log}"));
+    let at = line.find("identity=").expect("the identity field") + "identity=".len();
+    line[at..].split_whitespace().next().unwrap().to_string()
+}
+
+fn running_controllers(s: &Server) -> bool {
+    s.log().contains("running the controllers")
+}
+
+#[test]
+fn one_leader_runs_the_controllers_and_a_survivor_takes_over() {
+    let Some(kubectl) = common::kubectl() else { return };
+    if !local::available() {
+        return;
+    }
+    let mut etcd = LocalCluster::start(3).unwrap();
+    let a = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl.clone(), &etcd.url(), LEADER_LOG, &[]);
+    let (ca, key) = (a.dir.path().join("ca.crt"), a.dir.path().join("ca.key"));
+    let extra = ["--ca-cert", ca.to_str().unwrap(), "--ca-key", key.to_str().unwrap()];
+    let b = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl, &etcd.url(), LEADER_LOG, &extra);
+    let first = holder(&a);
+    let (id_a, id_b) = (identity(&a), identity(&b));
+    assert!(first == id_a || first == id_b, "the lease is held by {first}, neither {id_a} nor {id_b}");
+    let (mut leader, survivor) = if first == id_a { (a, b) } else { (b, a) };
+    // Both candidates have tried by now (they retry every 2 s): one runs the controllers.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(running_controllers(&leader), "{}", leader.log());
+    assert!(!running_controllers(&survivor), "both run the controllers:\n{}", survivor.log());
+    // The leader and one etcd member die at once.
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    etcd.kill(0);
+    let second = survivor.wait_for(
+        &["get", "lease", "-n", "kube-system", "plinth-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"],
+        Duration::from_secs(90),
+        |h| h == identity(&survivor),
+    );
+    assert_eq!(second, identity(&survivor));
+    assert!(running_controllers(&survivor), "{}", survivor.log());
+    let transitions = survivor.ok(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "plinth-controller-manager",
+        "-o",
+        "jsonpath={.spec.leaseTransitions}",
+    ]);
+    assert_eq!(transitions, "1");
+    // The survivor's controllers act: a Deployment gets its ReplicaSet.
+    survivor.apply(common::APP, &[]);
+    survivor.wait_for(&["get", "replicasets", "-o", "name"], Duration::from_secs(60), |o| o.contains("replicaset"));
+}
+
+#[test]
+fn a_lost_quorum_answers_503_and_the_api_recovers_by_itself() {
+    let Some(kubectl) = common::kubectl() else { return };
+    if !local::available() {
+        return;
+    }
+    let mut etcd = LocalCluster::start(3).unwrap();
+    let s = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl, &etcd.url(), "warn", &["--controllers=false"]);
+    s.ok(&["create", "configmap", "before", "--from-literal=a=1"]);
+    etcd.kill(1);
+    etcd.kill(2);
+    let err = s.fails(&["get", "configmap", "before"]);
+    assert!(err.contains("ServiceUnavailable") && err.contains("the store is unavailable"), "{err}");
+    let err = s.fails(&["create", "configmap", "during", "--from-literal=a=1"]);
+    assert!(err.contains("the store is unavailable"), "{err}");
+    etcd.restart(1).unwrap();
+    s.wait_for(&["get", "configmap", "before", "-o", "name"], Duration::from_secs(60), |o| o.contains("before"));
+    s.ok(&["create", "configmap", "after", "--from-literal=a=1"]);
+}
+
+/// etcd serving clients over TLS with client certificates required: the
+/// orchestrator connects with `--etcd-ca/--etcd-cert/--etcd-key` from the
+/// cluster CA and serves; with a client certificate from another CA it
+/// does not start, and says which endpoints refused it.
+#[test]
+fn client_tls_to_etcd_and_a_foreign_certificate_is_refused() {
+    use orchestrator_http::pki;
+    let Some(kubectl) = common::kubectl() else { return };
+    if !local::available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca = pki::generate_ca("etcd-ca").unwrap();
+    let serving = pki::issue_server(&ca, &["127.0.0.1".to_string()]).unwrap();
+    let client = pki::issue_client(&ca, "kube-apiserver-etcd-client", "etcd").unwrap();
+    let foreign = pki::issue_client(&pki::generate_ca("another-ca").unwrap(), "intruder", "etcd").unwrap();
+    let tls = local::ServerTls {
+        ca: file("ca.crt", &ca.cert_pem),
+        cert: file("server.crt", &serving.cert_pem),
+        key: file("server.key", &serving.key_pem),
+    };
+    let etcd = LocalCluster::start_with(&d.path().join("etcd"), 1, Some(tls.clone())).unwrap();
+    let (cert, key) = (file("client.crt", &client.cert_pem), file("client.key", &client.key_pem));
+    let args = |cert: &std::path::Path, key: &std::path::Path| {
+        [
+            "--etcd-ca",
+            tls.ca.to_str().unwrap(),
+            "--etcd-cert",
+            cert.to_str().unwrap(),
+            "--etcd-key",
+            key.to_str().unwrap(),
+        ]
+        .map(String::from)
+    };
+    let good = args(&cert, &key);
+    let mut extra: Vec<&str> = good.iter().map(String::as_str).collect();
+    extra.push("--controllers=false");
+    let s = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl, &etcd.url(), "warn", &extra);
+    s.ok(&["create", "configmap", "over-tls", "--from-literal=a=1"]);
+    assert!(s.ok(&["get", "configmaps", "-o", "name"]).contains("configmap/over-tls"));
+
+    let (fcert, fkey) = (file("foreign.crt", &foreign.cert_pem), file("foreign.key", &foreign.key_pem));
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .args(["--store", &etcd.url()])
+        .args(args(&fcert, &fkey))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a foreign certificate: {err}");
+    assert!(err.contains(&etcd.endpoints()[0]) && err.contains("unavailable"), "{err}");
+}
