@@ -14,6 +14,7 @@ mod nodes;
 mod replicaset;
 mod scheduler;
 mod serviceaccounts;
+mod statefulset;
 mod workloads;
 
 use std::collections::HashSet;
@@ -122,11 +123,16 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 11] = [
+    let passes: [(&str, bool, Reconciler); 12] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
         ("cronjob", c.periodic || c.any(&["cronjobs", "jobs"]), cronjob::reconcile),
+        (
+            "statefulset",
+            c.periodic || c.any(&["statefulsets", "pods", "controllerrevisions", "persistentvolumeclaims"]),
+            statefulset::reconcile,
+        ),
         ("daemonset", c.periodic || c.any(&["daemonsets", "pods", "nodes"]), workloads::reconcile_daemonsets),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),

@@ -14,29 +14,7 @@ use serde_json::json;
 
 use crate::{event, list_typed, modify_typed, reference, set_condition};
 
-/// A quantity ("100m", "1.5", "128Mi", "1G", "2e3") in base units.
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let m = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        _ => return None,
-    };
-    Some(n * m)
-}
+pub use orchestrator_apimachinery::stateful::parse_quantity;
 
 fn quantity(q: &Quantity) -> f64 {
     parse_quantity(&q.0).unwrap_or(0.0)
