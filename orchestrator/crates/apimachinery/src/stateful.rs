@@ -17,6 +17,10 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-defaul
 /// The built-in class and its provisioner (named as k3s names them).
 pub const LOCAL_PATH_CLASS: &str = "local-path";
 pub const LOCAL_PATH_PROVISIONER: &str = "rancher.io/local-path";
+/// Set on a Node by its kubelet: where local-path volumes live on it.
+pub const LOCAL_PATH_ROOT: &str = "storage.plinth.dev/local-path-root";
+/// Names the provisioner of a dynamically provisioned volume.
+pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
 const ACCESS_MODES: &[&str] = &["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
 const STS_MUTABLE: &[&str] = &[

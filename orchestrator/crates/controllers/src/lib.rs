@@ -11,6 +11,7 @@ mod endpoints;
 mod gc;
 mod indexed;
 mod nodes;
+mod persistentvolumes;
 mod replicaset;
 mod scheduler;
 mod serviceaccounts;
@@ -123,7 +124,7 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 12] = [
+    let passes: [(&str, bool, Reconciler); 13] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
@@ -134,6 +135,11 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
             statefulset::reconcile,
         ),
         ("daemonset", c.periodic || c.any(&["daemonsets", "pods", "nodes"]), workloads::reconcile_daemonsets),
+        (
+            "persistentvolume",
+            c.periodic || c.any(&["persistentvolumeclaims", "persistentvolumes", "storageclasses"]),
+            persistentvolumes::reconcile,
+        ),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
         ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),
