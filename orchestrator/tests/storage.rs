@@ -80,8 +80,11 @@ fn statefulset_order_scale_partition_history_and_undo() {
     };
     assert!(created("db-1") >= ready("db-0") && created("db-2") >= ready("db-1"));
     let labels = s.ok(&["get", "pod", "db-1", "-o", "jsonpath={.metadata.labels}"]);
-    for l in ["statefulset.kubernetes.io/pod-name\":\"db-1", "apps.kubernetes.io/pod-index\":\"1", "controller-revision-hash"]
-    {
+    for l in [
+        "statefulset.kubernetes.io/pod-name\":\"db-1",
+        "apps.kubernetes.io/pod-index\":\"1",
+        "controller-revision-hash",
+    ] {
         assert!(labels.contains(l), "{l} in {labels}");
     }
     let host = s.ok(&["get", "pod", "db-1", "-o", "jsonpath={.spec.hostname}.{.spec.subdomain}"]);
@@ -90,7 +93,12 @@ fn statefulset_order_scale_partition_history_and_undo() {
     assert!(pvcs.contains("data-db-2") && pvcs.contains("RWO") && pvcs.contains("1Gi"), "{pvcs}");
     let pv = s.ok(&["get", "pv", "--no-headers"]);
     assert!(pv.contains("Delete") && pv.contains("default/data-db-0") && pv.contains("local-path"), "{pv}");
-    let affinity = s.ok(&["get", "pv", "-o", "jsonpath={.items[0].spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}"]);
+    let affinity = s.ok(&[
+        "get",
+        "pv",
+        "-o",
+        "jsonpath={.items[0].spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}",
+    ]);
     assert_eq!(affinity, "hollow-1");
 
     // Partitioned rolling update: only ordinals >= 2 take the new template.
@@ -150,7 +158,9 @@ fn claims_default_wait_for_missing_classes_and_keep_their_spec() {
     let Some(s) = Server::start() else { return };
     let sc = s.ok(&["get", "storageclass"]);
     assert!(
-        sc.contains("local-path (default)") && sc.contains("rancher.io/local-path") && sc.contains("WaitForFirstConsumer"),
+        sc.contains("local-path (default)")
+            && sc.contains("rancher.io/local-path")
+            && sc.contains("WaitForFirstConsumer"),
         "{sc}"
     );
     s.apply(

@@ -33,8 +33,7 @@ const STS_MUTABLE: &[&str] = &[
     "minReadySeconds",
 ];
 const STS_FORBIDDEN: &str = "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden";
-const PVC_FORBIDDEN: &str =
-    "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims";
+const PVC_FORBIDDEN: &str = "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims";
 
 fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
     if !v.get(key).is_some_and(Value::is_object) {
@@ -126,11 +125,13 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
     let mut causes = Causes::new();
     match kind {
         "StatefulSet" => {
-            if let Some(p) = str_at(o, "/spec/podManagementPolicy").filter(|p| !["OrderedReady", "Parallel"].contains(p))
+            if let Some(p) =
+                str_at(o, "/spec/podManagementPolicy").filter(|p| !["OrderedReady", "Parallel"].contains(p))
             {
                 causes.push(("spec.podManagementPolicy".into(), unsupported(p, &["OrderedReady", "Parallel"])));
             }
-            if let Some(t) = str_at(o, "/spec/updateStrategy/type").filter(|t| !["RollingUpdate", "OnDelete"].contains(t))
+            if let Some(t) =
+                str_at(o, "/spec/updateStrategy/type").filter(|t| !["RollingUpdate", "OnDelete"].contains(t))
             {
                 causes.push(("spec.updateStrategy.type".into(), unsupported(t, &["OnDelete", "RollingUpdate"])));
             }
@@ -150,7 +151,10 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             for (i, t) in templates.into_iter().flatten().enumerate() {
                 let at = format!("spec.volumeClaimTemplates[{i}]");
                 if str_at(t, "/metadata/name").is_none_or(str::is_empty) {
-                    causes.push((format!("{at}.metadata.name"), "Required value: name or generateName is required".into()));
+                    causes.push((
+                        format!("{at}.metadata.name"),
+                        "Required value: name or generateName is required".into(),
+                    ));
                 }
                 check_claim_spec(t.get("spec"), &format!("{at}.spec"), &mut causes);
             }
@@ -173,7 +177,8 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             if let Some(p) = str_at(o, "/spec/hostPath/path").or(str_at(o, "/spec/local/path"))
                 && !p.starts_with('/')
             {
-                let field = if o.pointer("/spec/hostPath").is_some() { "spec.hostPath.path" } else { "spec.local.path" };
+                let field =
+                    if o.pointer("/spec/hostPath").is_some() { "spec.hostPath.path" } else { "spec.local.path" };
                 causes.push((field.into(), format!("Invalid value: \"{p}\": must be an absolute path")));
             }
             let policy = str_at(o, "/spec/persistentVolumeReclaimPolicy").unwrap_or_default();
@@ -272,7 +277,12 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
         "PersistentVolume" => {
             let sources = |o: &Value| {
                 let s = spec(o);
-                s.as_object().into_iter().flatten().filter(|(k, _)| is_source(k)).map(|(k, v)| (k.clone(), v.clone())).collect::<Map<_, _>>()
+                s.as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| is_source(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Map<_, _>>()
             };
             if sources(old) != sources(new) {
                 causes.push((
@@ -339,7 +349,9 @@ pub fn default_class(reg: &Registry, claim: &mut Value) -> Result<(), ApiError> 
     let classes = reg.list(sc, None, &Default::default())?.items;
     let default = classes
         .iter()
-        .filter(|c| str_at(c, &format!("/metadata/annotations/{}", DEFAULT_CLASS_ANNOTATION.replace('/', "~1"))) == Some("true"))
+        .filter(|c| {
+            str_at(c, &format!("/metadata/annotations/{}", DEFAULT_CLASS_ANNOTATION.replace('/', "~1"))) == Some("true")
+        })
         .max_by_key(|c| str_at(c, "/metadata/creationTimestamp").unwrap_or_default().to_string());
     if let Some(name) = default.and_then(|c| str_at(c, "/metadata/name")) {
         obj(claim, "spec").insert("storageClassName".into(), name.into());
@@ -432,10 +444,16 @@ mod tests {
         assert_eq!(validate("PersistentVolume", &bare)[0].1, "Required value: must specify a volume type");
         let mut sc = json!({"metadata": {"name": "x"}, "provisioner": "p"});
         apply_defaults("StorageClass", &mut sc);
-        assert_eq!((sc["reclaimPolicy"].as_str(), sc["volumeBindingMode"].as_str()), (Some("Delete"), Some("Immediate")));
+        assert_eq!(
+            (sc["reclaimPolicy"].as_str(), sc["volumeBindingMode"].as_str()),
+            (Some("Delete"), Some("Immediate"))
+        );
         assert!(validate("StorageClass", &sc).is_empty());
         let mut other = sc.clone();
         other["provisioner"] = "q".into();
-        assert_eq!(validate_update("StorageClass", &sc, &other)[0].1, "Forbidden: updates to provisioner are forbidden.");
+        assert_eq!(
+            validate_update("StorageClass", &sc, &other)[0].1,
+            "Forbidden: updates to provisioner are forbidden."
+        );
     }
 }

@@ -188,7 +188,9 @@ fn columns(kind: &str) -> Vec<Column> {
             ("Count", "string", 1, "The number of times this event has occurred."),
             ("Name", "string", 1, "Name of this event."),
         ],
-        "StatefulSet" => vec![name, ("Ready", "string", 0, "Number of the pod with ready state"), age, containers, images],
+        "StatefulSet" => {
+            vec![name, ("Ready", "string", 0, "Number of the pod with ready state"), age, containers, images]
+        }
         "ControllerRevision" => vec![
             name,
             ("Controller", "string", 0, "Controller of the object"),
@@ -200,13 +202,38 @@ fn columns(kind: &str) -> Vec<Column> {
             ("Capacity", "string", 0, "Capacity is the description of the persistent volume's resources and capacity."),
             ("Access Modes", "string", 0, "AccessModes contains all ways the volume can be mounted."),
             ("Reclaim Policy", "string", 0, "What happens to a persistent volume when released from its claim."),
-            ("Status", "string", 0, "Phase indicates if a volume is available, bound to a claim, or released by a claim."),
-            ("Claim", "string", 0, "ClaimRef is part of a bi-directional binding between PersistentVolume and PersistentVolumeClaim."),
-            ("StorageClass", "string", 0, "StorageClassName is the name of StorageClass to which this persistent volume belongs."),
-            ("VolumeAttributesClass", "string", 0, "VolumeAttributesClassName is the name of VolumeAttributesClass to which this persistent volume belongs."),
+            (
+                "Status",
+                "string",
+                0,
+                "Phase indicates if a volume is available, bound to a claim, or released by a claim.",
+            ),
+            (
+                "Claim",
+                "string",
+                0,
+                "ClaimRef is part of a bi-directional binding between PersistentVolume and PersistentVolumeClaim.",
+            ),
+            (
+                "StorageClass",
+                "string",
+                0,
+                "StorageClassName is the name of StorageClass to which this persistent volume belongs.",
+            ),
+            (
+                "VolumeAttributesClass",
+                "string",
+                0,
+                "VolumeAttributesClassName is the name of VolumeAttributesClass to which this persistent volume belongs.",
+            ),
             ("Reason", "string", 0, "Reason is a brief CamelCase string that describes any failure."),
             age,
-            ("VolumeMode", "string", 1, "Define if a volume is intended to be used with a formatted filesystem or to remain in raw block state."),
+            (
+                "VolumeMode",
+                "string",
+                1,
+                "Define if a volume is intended to be used with a formatted filesystem or to remain in raw block state.",
+            ),
         ],
         "PersistentVolumeClaim" => vec![
             name,
@@ -215,7 +242,12 @@ fn columns(kind: &str) -> Vec<Column> {
             ("Capacity", "string", 0, "Capacity represents the actual resources of the underlying volume."),
             ("Access Modes", "string", 0, "AccessModes contains the desired access modes the volume should have."),
             ("StorageClass", "string", 0, "StorageClassName is the name of the StorageClass required by the claim."),
-            ("VolumeAttributesClass", "string", 0, "VolumeAttributesClassName may be used to set the VolumeAttributesClass used by this claim."),
+            (
+                "VolumeAttributesClass",
+                "string",
+                0,
+                "VolumeAttributesClassName may be used to set the VolumeAttributesClass used by this claim.",
+            ),
             age,
             ("VolumeMode", "string", 1, "VolumeMode defines what type of volume is required by the claim."),
         ],
@@ -305,7 +337,8 @@ fn access_modes(modes: Option<&Value>) -> String {
         "ReadWriteOncePod" => "RWOP",
         _ => "",
     };
-    let list: Vec<&str> = modes.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(short).collect();
+    let list: Vec<&str> =
+        modes.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(short).collect();
     list.join(",")
 }
 
@@ -613,7 +646,12 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             vec![name, json!(ready), age, json!(c), json!(im)]
         }
         "ControllerRevision" => {
-            let owner = o.pointer("/metadata/ownerReferences").and_then(Value::as_array).into_iter().flatten().find(|r| r["controller"] == true);
+            let owner = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|r| r["controller"] == true);
             let controller = owner.map_or("<none>".to_string(), |r| {
                 let group = s(r, "/apiVersion").rsplit_once('/').map(|(g, _)| format!(".{g}")).unwrap_or_default();
                 format!("{}{group}/{}", s(r, "/kind").to_lowercase(), s(r, "/name"))
@@ -621,8 +659,12 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             vec![name, json!(controller), json!(i(o, "/revision")), age]
         }
         "PersistentVolume" => {
-            let claim = o.get("spec").and_then(|s| s.get("claimRef")).map_or(String::new(), |c| format!("{}/{}", s(c, "/namespace"), s(c, "/name")));
-            let status = if o.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { s(o, "/status/phase") };
+            let claim = o
+                .get("spec")
+                .and_then(|s| s.get("claimRef"))
+                .map_or(String::new(), |c| format!("{}/{}", s(c, "/namespace"), s(c, "/name")));
+            let status =
+                if o.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { s(o, "/status/phase") };
             vec![
                 name,
                 json!(s(o, "/spec/capacity/storage")),
@@ -639,7 +681,8 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
         }
         "PersistentVolumeClaim" => {
             let bound = !s(o, "/spec/volumeName").is_empty();
-            let status = if o.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { s(o, "/status/phase") };
+            let status =
+                if o.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { s(o, "/status/phase") };
             let (capacity, modes) = if bound {
                 (s(o, "/status/capacity/storage").to_string(), access_modes(o.pointer("/status/accessModes")))
             } else {
@@ -658,8 +701,14 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             ]
         }
         "StorageClass" => {
-            let default = o.pointer("/metadata/annotations").and_then(|a| a.get(crate::stateful::DEFAULT_CLASS_ANNOTATION)) == Some(&json!("true"));
-            let shown = if default { format!("{} (default)", s(o, "/metadata/name")) } else { s(o, "/metadata/name").to_string() };
+            let default =
+                o.pointer("/metadata/annotations").and_then(|a| a.get(crate::stateful::DEFAULT_CLASS_ANNOTATION))
+                    == Some(&json!("true"));
+            let shown = if default {
+                format!("{} (default)", s(o, "/metadata/name"))
+            } else {
+                s(o, "/metadata/name").to_string()
+            };
             vec![
                 json!(shown),
                 json!(s(o, "/provisioner")),

@@ -9,11 +9,13 @@
 //! since only it sees the disk). A claim for a class that does not exist
 //! stays Pending with a ProvisioningFailed event.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::Resource;
 use k8s_openapi::api::core::v1::{
-    HostPathVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference,
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus, PersistentVolumeSpec,
-    PersistentVolumeStatus, Pod, VolumeNodeAffinity,
+    HostPathVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference, PersistentVolume,
+    PersistentVolumeClaim, PersistentVolumeClaimStatus, PersistentVolumeSpec, PersistentVolumeStatus, Pod,
+    VolumeNodeAffinity,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -66,9 +68,10 @@ impl Volumes {
                 let pv = self.volumes.iter().find(|v| name(&v.metadata) == volume_name);
                 let affinity = pv.and_then(|v| v.spec.as_ref()).and_then(|s| s.node_affinity.clone());
                 out.push(ClaimState::Bound(affinity));
-            } else if class_of(claim).and_then(|c| self.classes.iter().find(|sc| name(&sc.metadata) == c)).is_some_and(
-                |sc| sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"),
-            ) {
+            } else if class_of(claim)
+                .and_then(|c| self.classes.iter().find(|sc| name(&sc.metadata) == c))
+                .is_some_and(|sc| sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"))
+            {
                 out.push(ClaimState::Delayed(claim.clone()));
             } else {
                 return Err("pod has unbound immediate PersistentVolumeClaims".into());
@@ -121,12 +124,21 @@ fn phase_of_claim(c: &PersistentVolumeClaim) -> &str {
     c.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
 }
 
-/// An event about a claim, recorded once per claim and reason (a claim
-/// waits many passes; its events should not pile up).
-fn claim_event(reg: &Registry, c: &PersistentVolumeClaim, ty: &str, reason: &str, message: &str) {
+/// The (claim uid, reason) pairs this process reported: a claim waits many
+/// passes, and each would otherwise try its event again.
+static REPORTED: std::sync::Mutex<BTreeSet<(String, &'static str)>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// An event about a claim, recorded once per claim and reason (named by
+/// both, so a restarted controller does not repeat it either).
+fn claim_event(reg: &Registry, c: &PersistentVolumeClaim, ty: &str, reason: &'static str, message: &str) {
+    let key = (uid(&c.metadata).to_string(), reason);
+    if !REPORTED.lock().unwrap_or_else(|e| e.into_inner()).insert(key) {
+        return;
+    }
+    let short_uid: String = uid(&c.metadata).chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect();
     let ev = k8s_openapi::api::core::v1::Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{}", name(&c.metadata), reason.to_lowercase())),
+            name: Some(format!("{}.{short_uid}.{}", name(&c.metadata), reason.to_lowercase())),
             namespace: c.metadata.namespace.clone(),
             ..Default::default()
         },
@@ -210,10 +222,8 @@ pub(crate) fn provision(
 ) -> Result<(), ApiError> {
     let node_name = name(&node.metadata);
     let class_name = class_of(claim).unwrap_or_default();
-    let class: StorageClass = orchestrator_apimachinery::typed::decode(
-        reg.get(rt(StorageClass::KIND), None, class_name)?,
-        "StorageClass",
-    )?;
+    let class: StorageClass =
+        orchestrator_apimachinery::typed::decode(reg.get(rt(StorageClass::KIND), None, class_name)?, "StorageClass")?;
     if class.provisioner != LOCAL_PATH_PROVISIONER {
         let m = format!(
             "Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.",
@@ -224,7 +234,9 @@ pub(crate) fn provision(
     }
     let root = node.metadata.annotations.as_ref().and_then(|a| a.get(LOCAL_PATH_ROOT));
     let Some(root) = root else {
-        let m = format!("failed to provision volume with StorageClass \"{class_name}\": node {node_name} reports no local-path directory ({LOCAL_PATH_ROOT})");
+        let m = format!(
+            "failed to provision volume with StorageClass \"{class_name}\": node {node_name} reports no local-path directory ({LOCAL_PATH_ROOT})"
+        );
         claim_event(reg, claim, "Warning", "ProvisioningFailed", &m);
         return Err(ApiError::new(409, "Conflict", m));
     };
@@ -243,9 +255,7 @@ pub(crate) fn provision(
     let pv = PersistentVolume {
         metadata: ObjectMeta {
             name: Some(pv_name.clone()),
-            annotations: Some(
-                [(PROVISIONED_BY.to_string(), LOCAL_PATH_PROVISIONER.to_string())].into_iter().collect(),
-            ),
+            annotations: Some([(PROVISIONED_BY.to_string(), LOCAL_PATH_PROVISIONER.to_string())].into_iter().collect()),
             ..Default::default()
         },
         spec: Some(PersistentVolumeSpec {
@@ -280,6 +290,12 @@ pub(crate) fn provision(
 
 pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
     let Volumes { claims, volumes, classes } = Volumes::read(reg)?;
+    {
+        // Only claims that still wait keep their memory.
+        let waiting: BTreeSet<&str> =
+            claims.iter().filter(|c| phase_of_claim(c) != "Bound").map(|c| uid(&c.metadata)).collect();
+        REPORTED.lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, _)| waiting.contains(u.as_str()));
+    }
     for c in claims.iter().filter(|c| !is_deleting(&c.metadata) && phase_of_claim(c) != "Bound") {
         let wanted = c.spec.as_ref().and_then(|s| s.volume_name.as_deref()).filter(|v| !v.is_empty());
         let class = class_of(c);
@@ -312,7 +328,9 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
                     Some(pv) => bind(reg, c, pv, None)?,
                     None if sc.is_some() => {
                         let p = sc.map(|s| s.provisioner.as_str()).unwrap_or_default();
-                        let m = format!("Waiting for a volume to be created either by the external provisioner '{p}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.");
+                        let m = format!(
+                            "Waiting for a volume to be created either by the external provisioner '{p}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered."
+                        );
                         claim_event(reg, c, "Normal", "ExternalProvisioning", &m);
                     }
                     None => {
@@ -401,8 +419,13 @@ mod tests {
     }
 
     fn node(reg: &Registry) -> k8s_openapi::api::core::v1::Node {
-        create(reg, "Node", None, json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"},
-            "annotations": {LOCAL_PATH_ROOT: "/var/lib/kubelet/storage"}}}));
+        create(
+            reg,
+            "Node",
+            None,
+            json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"},
+            "annotations": {LOCAL_PATH_ROOT: "/var/lib/kubelet/storage"}}}),
+        );
         orchestrator_apimachinery::typed::decode(reg.get(rt("Node"), None, "n1").unwrap(), "Node").unwrap()
     }
 
@@ -413,8 +436,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let reg = registry(&d);
         let n = node(&reg);
-        create(&reg, "PersistentVolumeClaim", Some("default"), json!({"metadata": {"name": "data"},
-            "spec": serde_json::from_str::<serde_json::Value>(SPEC).unwrap()}));
+        create(
+            &reg,
+            "PersistentVolumeClaim",
+            Some("default"),
+            json!({"metadata": {"name": "data"},
+            "spec": serde_json::from_str::<serde_json::Value>(SPEC).unwrap()}),
+        );
         reconcile(&reg).unwrap();
         let c = claim(&reg, "data");
         assert_eq!(class_of(&c), Some("local-path"), "the default class");
@@ -443,9 +471,14 @@ mod tests {
         let reg = registry(&d);
         for (name_, policy) in [("small", "Retain"), ("big", "Delete")] {
             let size = if name_ == "small" { "1Gi" } else { "5Gi" };
-            create(&reg, "PersistentVolume", None, json!({"metadata": {"name": name_}, "spec": {"capacity": {"storage": size},
+            create(
+                &reg,
+                "PersistentVolume",
+                None,
+                json!({"metadata": {"name": name_}, "spec": {"capacity": {"storage": size},
                 "accessModes": ["ReadWriteOnce"], "hostPath": {"path": format!("/srv/{name_}")}, "storageClassName": "",
-                "persistentVolumeReclaimPolicy": policy}}));
+                "persistentVolumeReclaimPolicy": policy}}),
+            );
         }
         let mut spec: serde_json::Value = serde_json::from_str(SPEC).unwrap();
         spec["resources"]["requests"]["storage"] = "2Gi".into();
@@ -460,7 +493,10 @@ mod tests {
         assert_eq!(phase_of_pv(&pv(&reg, "small").unwrap()), "Available");
         assert_eq!(phase_of_claim(&claim(&reg, "gold")), "Pending");
         let evs = events(&reg);
-        assert!(evs.contains(&"ProvisioningFailed: storageclass.storage.k8s.io \"gold\" not found".to_string()), "{evs:?}");
+        assert!(
+            evs.contains(&"ProvisioningFailed: storageclass.storage.k8s.io \"gold\" not found".to_string()),
+            "{evs:?}"
+        );
         reconcile(&reg).unwrap();
         assert_eq!(events(&reg).len(), evs.len(), "one event per claim and reason");
         reg.delete(rt(PersistentVolumeClaim::KIND), Some("default"), "static", &DeleteOptions::default()).unwrap();

@@ -140,7 +140,9 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
                 ClaimState::Bound(a) => persistentvolumes::affinity_allows(a.as_ref(), n),
                 ClaimState::Delayed(_) => true,
             });
-            match fit(pod, n, &on).and_then(|s| if volumes_fit { Ok(s) } else { Err("node(s) had volume node affinity conflict") }) {
+            match fit(pod, n, &on)
+                .and_then(|s| if volumes_fit { Ok(s) } else { Err("node(s) had volume node affinity conflict") })
+            {
                 Ok(score) if best.is_none_or(|(b, _)| score > b) => best = Some((score, name)),
                 Ok(_) => {}
                 Err(r) => *reasons.entry(r).or_default() += 1,

@@ -59,7 +59,11 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
 
 /// The ordinal of a pod of `set` named `<set>-<n>`.
 fn ordinal(set: &str, pod: &str) -> Option<i64> {
-    pod.strip_prefix(set)?.strip_prefix('-')?.parse().ok().filter(|n: &i64| n.to_string().len() == pod.len() - set.len() - 1)
+    pod.strip_prefix(set)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+        .filter(|n: &i64| n.to_string().len() == pod.len() - set.len() - 1)
 }
 
 fn running_and_ready(p: &Pod) -> bool {
@@ -125,7 +129,9 @@ fn update_revision(
             };
             let created = match create_typed(reg, ns, &rev) {
                 Ok(c) => c,
-                Err(e) if e.reason == "AlreadyExists" => return Err(ApiError::conflict(rt(ControllerRevision::KIND), &rev_name, "revision exists")),
+                Err(e) if e.reason == "AlreadyExists" => {
+                    return Err(ApiError::conflict(rt(ControllerRevision::KIND), &rev_name, "revision exists"));
+                }
                 Err(e) => return Err(e),
             };
             owned.push(created);
@@ -151,8 +157,7 @@ fn sync(reg: &Registry, set: &StatefulSet, world: &World) -> Result<(), ApiError
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
     let strategy = spec.update_strategy.as_ref();
     let rolling = strategy.and_then(|s| s.type_.as_deref()).unwrap_or("RollingUpdate") == "RollingUpdate";
-    let partition =
-        strategy.and_then(|s| s.rolling_update.as_ref()).and_then(|r| r.partition).map_or(0, i64::from);
+    let partition = strategy.and_then(|s| s.rolling_update.as_ref()).and_then(|r| r.partition).map_or(0, i64::from);
     let mut pods: BTreeMap<i64, &Pod> = BTreeMap::new();
     for p in world.pods.iter().filter(|p| mine(&p.metadata)) {
         if let Some(o) = ordinal(set_name, name(&p.metadata)) {
@@ -225,7 +230,8 @@ fn sync(reg: &Registry, set: &StatefulSet, world: &World) -> Result<(), ApiError
     }
 
     // Rolling update: one pod at a time, highest ordinal first, once all are Ready.
-    let all_ready = wanted.clone().all(|o| pods.get(&o).is_some_and(|p| running_and_ready(p) && !is_deleting(&p.metadata)));
+    let all_ready =
+        wanted.clone().all(|o| pods.get(&o).is_some_and(|p| running_and_ready(p) && !is_deleting(&p.metadata)));
     if rolling && all_ready {
         for o in wanted.clone().rev().filter(|o| *o >= partition) {
             let p = pods[&o];
@@ -537,8 +543,11 @@ mod tests {
     fn parallel_partitioned_update_and_rollback_revisions() {
         let d = tempfile::tempdir().unwrap();
         let reg = registry(&d);
-        create(&reg, json!({"podManagementPolicy": "Parallel", "updateStrategy": {"type": "RollingUpdate",
-            "rollingUpdate": {"partition": 1}}}));
+        create(
+            &reg,
+            json!({"podManagementPolicy": "Parallel", "updateStrategy": {"type": "RollingUpdate",
+            "rollingUpdate": {"partition": 1}}}),
+        );
         reconcile(&reg).unwrap();
         assert_eq!(names(&reg), ["db-0", "db-1", "db-2"], "Parallel starts every pod at once");
         make_ready(&reg);
@@ -586,6 +595,9 @@ mod tests {
         let revs: Vec<ControllerRevision> = list_typed(&reg).unwrap();
         assert_eq!(revs.iter().find(|r| name(&r.metadata) == first).unwrap().revision, 3);
         let st = get(&reg).status.unwrap();
-        assert_eq!((st.current_revision.as_deref(), st.update_revision.as_deref()), (Some(first.as_str()), Some(first.as_str())));
+        assert_eq!(
+            (st.current_revision.as_deref(), st.update_revision.as_deref()),
+            (Some(first.as_str()), Some(first.as_str()))
+        );
     }
 }

@@ -53,7 +53,11 @@ pub async fn resolve(k: &Kubelet, pod: &Pod) -> Result<BTreeMap<String, PathBuf>
         let path = match (&spec.host_path, &spec.local) {
             (Some(h), _) => PathBuf::from(&h.path),
             (None, Some(l)) => PathBuf::from(&l.path),
-            _ => return Err(format!("volume {volume_name}: only hostPath and local volumes can be mounted on this node")),
+            _ => {
+                return Err(format!(
+                    "volume {volume_name}: only hostPath and local volumes can be mounted on this node"
+                ));
+            }
         };
         if spec.host_path.as_ref().and_then(|h| h.type_.as_deref()) == Some("DirectoryOrCreate") {
             std::fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
@@ -124,7 +128,8 @@ pub async fn reclaim_forever(k: Arc<Kubelet>) {
                 }
                 _ => {}
             }
-            let (name, uid) = (pv.metadata.name.as_deref().unwrap_or_default(), pv.metadata.uid.as_deref().unwrap_or_default());
+            let (name, uid) =
+                (pv.metadata.name.as_deref().unwrap_or_default(), pv.metadata.uid.as_deref().unwrap_or_default());
             if let Err(e) = k.api.delete_now("PersistentVolume", None, name, uid).await {
                 tracing::warn!("reclaim: delete PersistentVolume {name}: {e}");
             }
@@ -138,11 +143,13 @@ mod tests {
     use serde_json::json;
 
     fn pv(path: &str, node: &str, phase: &str) -> PersistentVolume {
-        serde_json::from_value(json!({"metadata": {"name": "pvc-1", "annotations": {PROVISIONED_BY: LOCAL_PATH_PROVISIONER}},
+        serde_json::from_value(
+            json!({"metadata": {"name": "pvc-1", "annotations": {PROVISIONED_BY: LOCAL_PATH_PROVISIONER}},
             "spec": {"hostPath": {"path": path}, "persistentVolumeReclaimPolicy": "Delete",
                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}},
-            "status": {"phase": phase}}))
+            "status": {"phase": phase}}),
+        )
         .unwrap()
     }
 
