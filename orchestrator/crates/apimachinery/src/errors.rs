@@ -85,7 +85,13 @@ impl ApiError {
                 .into_iter()
                 .map(|(field, message)| StatusCause {
                     reason: Some(
-                        if message.starts_with("Required") { "FieldValueRequired" } else { "FieldValueInvalid" }.into(),
+                        match message.split(':').next() {
+                            Some("Required value") => "FieldValueRequired",
+                            Some("Forbidden") => "FieldValueForbidden",
+                            Some("Unsupported value") => "FieldValueNotSupported",
+                            _ => "FieldValueInvalid",
+                        }
+                        .into(),
                     ),
                     message: Some(message),
                     field: Some(field),

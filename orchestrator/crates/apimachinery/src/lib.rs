@@ -15,6 +15,7 @@ pub mod resources;
 pub mod schedule;
 pub mod selector;
 pub mod smp;
+pub mod stateful;
 pub mod table;
 pub mod typed;
 pub mod validation;

@@ -554,12 +554,16 @@ impl Registry {
             }
         }
         match rt.kind {
-            "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" => {
+            "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "StatefulSet" => {
                 obj.as_object_mut().expect("checked").remove("status");
             }
             "Pod" => obj["status"] = json!({}),
             "Namespace" => obj["status"] = json!({"phase": "Active"}),
+            "PersistentVolumeClaim" | "PersistentVolume" => obj["status"] = json!({"phase": "Pending"}),
             _ => {}
+        }
+        if rt.kind == "PersistentVolumeClaim" {
+            crate::stateful::default_class(self, &mut obj)?;
         }
         if rt.kind == "Job" {
             let uid = uid_of(&obj).to_string();
@@ -907,7 +911,7 @@ impl Registry {
                 r?;
             }
         }
-        Ok(())
+        crate::stateful::bootstrap(self)
     }
 }
 

@@ -2,6 +2,7 @@
 //! the k8s-openapi type each one decodes through, and its storage keys.
 
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::storage::v1 as storage;
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core, rbac::v1 as rbac,
 };
@@ -211,12 +212,75 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE,
         NONE
     ),
+    // StatefulSets and storage (issue 14 items 1 and 2).
+    rt!(
+        "apps",
+        "StatefulSet",
+        apps::StatefulSet,
+        "statefulsets",
+        "statefulset",
+        true,
+        &["sts"],
+        ALL,
+        &["status", "scale"],
+        NONE
+    ),
+    rt!(
+        "apps",
+        "ControllerRevision",
+        apps::ControllerRevision,
+        "controllerrevisions",
+        "controllerrevision",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!(
+        "",
+        "PersistentVolume",
+        core::PersistentVolume,
+        "persistentvolumes",
+        "persistentvolume",
+        false,
+        &["pv"],
+        NONE,
+        &["status"],
+        NONE
+    ),
+    rt!(
+        "",
+        "PersistentVolumeClaim",
+        core::PersistentVolumeClaim,
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        true,
+        &["pvc"],
+        NONE,
+        &["status"],
+        NONE
+    ),
+    rt!(
+        STORAGE_GROUP,
+        "StorageClass",
+        storage::StorageClass,
+        "storageclasses",
+        "storageclass",
+        false,
+        &["sc"],
+        NONE,
+        NONE,
+        NONE
+    ),
 ];
+
+pub const STORAGE_GROUP: &str = "storage.k8s.io";
 
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// The served API groups other than core, in discovery order.
-pub const GROUPS: &[&str] = &["apps", "batch", "discovery.k8s.io", "coordination.k8s.io", RBAC_GROUP];
+pub const GROUPS: &[&str] = &["apps", "batch", "discovery.k8s.io", "coordination.k8s.io", RBAC_GROUP, STORAGE_GROUP];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

@@ -188,6 +188,77 @@ fn columns(kind: &str) -> Vec<Column> {
             ("Count", "string", 1, "The number of times this event has occurred."),
             ("Name", "string", 1, "Name of this event."),
         ],
+        "StatefulSet" => {
+            vec![name, ("Ready", "string", 0, "Number of the pod with ready state"), age, containers, images]
+        }
+        "ControllerRevision" => vec![
+            name,
+            ("Controller", "string", 0, "Controller of the object"),
+            ("Revision", "string", 0, "Revision of the ControllerRevision"),
+            age,
+        ],
+        "PersistentVolume" => vec![
+            name,
+            ("Capacity", "string", 0, "Capacity is the description of the persistent volume's resources and capacity."),
+            ("Access Modes", "string", 0, "AccessModes contains all ways the volume can be mounted."),
+            ("Reclaim Policy", "string", 0, "What happens to a persistent volume when released from its claim."),
+            (
+                "Status",
+                "string",
+                0,
+                "Phase indicates if a volume is available, bound to a claim, or released by a claim.",
+            ),
+            (
+                "Claim",
+                "string",
+                0,
+                "ClaimRef is part of a bi-directional binding between PersistentVolume and PersistentVolumeClaim.",
+            ),
+            (
+                "StorageClass",
+                "string",
+                0,
+                "StorageClassName is the name of StorageClass to which this persistent volume belongs.",
+            ),
+            (
+                "VolumeAttributesClass",
+                "string",
+                0,
+                "VolumeAttributesClassName is the name of VolumeAttributesClass to which this persistent volume belongs.",
+            ),
+            ("Reason", "string", 0, "Reason is a brief CamelCase string that describes any failure."),
+            age,
+            (
+                "VolumeMode",
+                "string",
+                1,
+                "Define if a volume is intended to be used with a formatted filesystem or to remain in raw block state.",
+            ),
+        ],
+        "PersistentVolumeClaim" => vec![
+            name,
+            ("Status", "string", 0, "Phase represents the current phase of PersistentVolumeClaim."),
+            ("Volume", "string", 0, "VolumeName is the binding reference to the PersistentVolume backing this claim."),
+            ("Capacity", "string", 0, "Capacity represents the actual resources of the underlying volume."),
+            ("Access Modes", "string", 0, "AccessModes contains the desired access modes the volume should have."),
+            ("StorageClass", "string", 0, "StorageClassName is the name of the StorageClass required by the claim."),
+            (
+                "VolumeAttributesClass",
+                "string",
+                0,
+                "VolumeAttributesClassName may be used to set the VolumeAttributesClass used by this claim.",
+            ),
+            age,
+            ("VolumeMode", "string", 1, "VolumeMode defines what type of volume is required by the claim."),
+        ],
+        "StorageClass" => vec![
+            name,
+            ("Provisioner", "string", 0, "Indicates the type of the provisioner."),
+            ("ReclaimPolicy", "string", 0, "Indicates the type of the reclaim policy."),
+            ("VolumeBindingMode", "string", 0, "Indicates when volume binding and dynamic provisioning should occur."),
+            ("AllowVolumeExpansion", "string", 0, "Indicates whether the storage class allow volume expand"),
+            age,
+        ],
         _ => vec![
             name,
             (
@@ -251,6 +322,24 @@ fn template_columns(o: &Value) -> (String, String, String) {
         .map(|sel| crate::selector::LabelSelector::from_json(sel).to_string())
         .unwrap_or_default();
     (names.join(","), images.join(","), sel)
+}
+
+fn or_unset(v: &str) -> String {
+    if v.is_empty() { "<unset>".into() } else { v.into() }
+}
+
+/// Access modes as `kubectl get` abbreviates them.
+fn access_modes(modes: Option<&Value>) -> String {
+    let short = |m: &str| match m {
+        "ReadWriteOnce" => "RWO",
+        "ReadOnlyMany" => "ROX",
+        "ReadWriteMany" => "RWX",
+        "ReadWriteOncePod" => "RWOP",
+        _ => "",
+    };
+    let list: Vec<&str> =
+        modes.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(short).collect();
+    list.join(",")
 }
 
 fn or_none(v: String) -> String {
@@ -549,6 +638,84 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 json!(age_of(first, now)),
                 json!(o.get("count").and_then(Value::as_i64).unwrap_or(1)),
                 name,
+            ]
+        }
+        "StatefulSet" => {
+            let (c, im, _) = template_columns(o);
+            let ready = format!("{}/{}", i(o, "/status/readyReplicas"), i(o, "/spec/replicas"));
+            vec![name, json!(ready), age, json!(c), json!(im)]
+        }
+        "ControllerRevision" => {
+            let owner = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|r| r["controller"] == true);
+            let controller = owner.map_or("<none>".to_string(), |r| {
+                let group = s(r, "/apiVersion").rsplit_once('/').map(|(g, _)| format!(".{g}")).unwrap_or_default();
+                format!("{}{group}/{}", s(r, "/kind").to_lowercase(), s(r, "/name"))
+            });
+            vec![name, json!(controller), json!(i(o, "/revision")), age]
+        }
+        "PersistentVolume" => {
+            let claim = o
+                .get("spec")
+                .and_then(|s| s.get("claimRef"))
+                .map_or(String::new(), |c| format!("{}/{}", s(c, "/namespace"), s(c, "/name")));
+            let status =
+                if o.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { s(o, "/status/phase") };
+            vec![
+                name,
+                json!(s(o, "/spec/capacity/storage")),
+                json!(access_modes(o.pointer("/spec/accessModes"))),
+                json!(s(o, "/spec/persistentVolumeReclaimPolicy")),
+                json!(status),
+                json!(claim),
+                json!(s(o, "/spec/storageClassName")),
+                json!(or_unset(s(o, "/spec/volumeAttributesClassName"))),
+                json!(s(o, "/status/reason")),
+                age,
+                json!(or_unset(s(o, "/spec/volumeMode"))),
+            ]
+        }
+        "PersistentVolumeClaim" => {
+            let bound = !s(o, "/spec/volumeName").is_empty();
+            let status =
+                if o.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { s(o, "/status/phase") };
+            let (capacity, modes) = if bound {
+                (s(o, "/status/capacity/storage").to_string(), access_modes(o.pointer("/status/accessModes")))
+            } else {
+                (String::new(), String::new())
+            };
+            vec![
+                name,
+                json!(status),
+                json!(s(o, "/spec/volumeName")),
+                json!(capacity),
+                json!(modes),
+                json!(s(o, "/spec/storageClassName")),
+                json!(or_unset(s(o, "/spec/volumeAttributesClassName"))),
+                age,
+                json!(or_unset(s(o, "/spec/volumeMode"))),
+            ]
+        }
+        "StorageClass" => {
+            let default =
+                o.pointer("/metadata/annotations").and_then(|a| a.get(crate::stateful::DEFAULT_CLASS_ANNOTATION))
+                    == Some(&json!("true"));
+            let shown = if default {
+                format!("{} (default)", s(o, "/metadata/name"))
+            } else {
+                s(o, "/metadata/name").to_string()
+            };
+            vec![
+                json!(shown),
+                json!(s(o, "/provisioner")),
+                json!(s(o, "/reclaimPolicy")),
+                json!(s(o, "/volumeBindingMode")),
+                json!(o.get("allowVolumeExpansion") == Some(&json!(true))),
+                age,
             ]
         }
         _ => vec![name, o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)],

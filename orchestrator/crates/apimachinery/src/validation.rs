@@ -120,7 +120,7 @@ pub fn default_pod_spec(spec: &mut Value) {
     }
 }
 
-fn default_template(spec: &mut Value) {
+pub(crate) fn default_template(spec: &mut Value) {
     if let Some(t) = spec.get_mut("template") {
         if !t.get("spec").is_some_and(Value::is_object) {
             t["spec"] = json!({});
@@ -250,7 +250,7 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
         "Secret" => {
             default(o.as_object_mut().expect("objects are maps"), "type", "Opaque".into());
         }
-        _ => {}
+        _ => crate::stateful::apply_defaults(kind, o),
     }
 }
 
@@ -390,7 +390,11 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
                 }
             }
         }
-        _ => {}
+        "StatefulSet" => {
+            check_workload(o, &mut causes, true);
+            causes.extend(crate::stateful::validate(kind, o));
+        }
+        _ => causes.extend(crate::stateful::validate(kind, o)),
     }
     causes
 }
@@ -399,7 +403,7 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
 pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
     let mut causes = Causes::new();
     let immutable: &[&str] = match kind {
-        "Deployment" | "ReplicaSet" | "DaemonSet" => &["/spec/selector"],
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => &["/spec/selector"],
         "Service" => &["/spec/clusterIP"],
         "Job" => &["/spec/selector", "/spec/completions"],
         "Pod" => &["/spec/containers/0/name"],
@@ -411,6 +415,7 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
             causes.push((field, "Invalid value: field is immutable".into()));
         }
     }
+    causes.extend(crate::stateful::validate_update(kind, old, new));
     causes
 }
 

@@ -12,9 +12,11 @@ mod gc;
 mod indexed;
 pub mod leader;
 mod nodes;
+mod persistentvolumes;
 mod replicaset;
 mod scheduler;
 mod serviceaccounts;
+mod statefulset;
 mod workloads;
 
 use std::collections::HashSet;
@@ -123,12 +125,22 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 11] = [
+    let passes: [(&str, bool, Reconciler); 13] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
         ("cronjob", c.periodic || c.any(&["cronjobs", "jobs"]), cronjob::reconcile),
+        (
+            "statefulset",
+            c.periodic || c.any(&["statefulsets", "pods", "controllerrevisions", "persistentvolumeclaims"]),
+            statefulset::reconcile,
+        ),
         ("daemonset", c.periodic || c.any(&["daemonsets", "pods", "nodes"]), workloads::reconcile_daemonsets),
+        (
+            "persistentvolume",
+            c.periodic || c.any(&["persistentvolumeclaims", "persistentvolumes", "storageclasses"]),
+            persistentvolumes::reconcile,
+        ),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
         ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),

@@ -12,31 +12,10 @@ use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{Part, Registry};
 use serde_json::json;
 
+use crate::persistentvolumes::{self, ClaimState, Volumes};
 use crate::{event, list_typed, modify_typed, reference, set_condition};
 
-/// A quantity ("100m", "1.5", "128Mi", "1G", "2e3") in base units.
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let m = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        _ => return None,
-    };
-    Some(n * m)
-}
+pub use orchestrator_apimachinery::stateful::parse_quantity;
 
 fn quantity(q: &Quantity) -> f64 {
     parse_quantity(&q.0).unwrap_or(0.0)
@@ -137,6 +116,7 @@ fn node_name(p: &Pod) -> Option<&str> {
 pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
     let pods: Vec<Pod> = list_typed(reg)?;
     let nodes: Vec<Node> = list_typed(reg)?;
+    let mut volumes: Option<Volumes> = None;
     let mut assigned: Vec<(String, &Pod)> =
         pods.iter().filter(|p| active(p)).filter_map(|p| Some((node_name(p)?.to_string(), p))).collect();
     for pod in &pods {
@@ -144,12 +124,25 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         if node_name(pod).is_some() || !active(pod) || scheduler != "default-scheduler" {
             continue;
         }
+        let claims = match pod_claims(reg, pod, &mut volumes)? {
+            Ok(c) => c,
+            Err(why) => {
+                unschedulable(reg, pod, &format!("0/{} nodes are available: {why}.", nodes.len()))?;
+                continue;
+            }
+        };
         let mut best: Option<(f64, &str)> = None;
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
         for n in &nodes {
             let name = n.metadata.name.as_deref().unwrap_or_default();
             let on: Vec<&Pod> = assigned.iter().filter(|(nn, _)| nn == name).map(|(_, p)| *p).collect();
-            match fit(pod, n, &on) {
+            let volumes_fit = claims.iter().all(|c| match c {
+                ClaimState::Bound(a) => persistentvolumes::affinity_allows(a.as_ref(), n),
+                ClaimState::Delayed(_) => true,
+            });
+            match fit(pod, n, &on)
+                .and_then(|s| if volumes_fit { Ok(s) } else { Err("node(s) had volume node affinity conflict") })
+            {
                 Ok(score) if best.is_none_or(|(b, _)| score > b) => best = Some((score, name)),
                 Ok(_) => {}
                 Err(r) => *reasons.entry(r).or_default() += 1,
@@ -159,6 +152,16 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         match best {
             Some((_, node)) => {
+                // Claims waiting for their first consumer get a volume on this node first.
+                let chosen = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(node)).expect("a listed node");
+                let provisioned = claims.iter().try_for_each(|c| match c {
+                    ClaimState::Delayed(claim) => persistentvolumes::provision(reg, claim, chosen),
+                    ClaimState::Bound(_) => Ok(()),
+                });
+                if let Err(e) = provisioned {
+                    unschedulable(reg, pod, &format!("running PreBind plugin \"VolumeBinding\": {}", e.message))?;
+                    continue;
+                }
                 // `bind` takes a Binding as the subresource receives it: JSON.
                 orchestrator_apimachinery::patch::bind(
                     reg,
@@ -177,20 +180,42 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
                 } else {
                     format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", "))
                 };
-                let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-                let already =
-                    conditions.iter().any(|c| c.type_ == "PodScheduled" && c.message.as_deref() == Some(msg.as_str()));
-                if !already {
-                    modify_typed(reg, ns, name, Part::Status, |p: &mut Pod| {
-                        let conds = p.status.get_or_insert_default().conditions.get_or_insert_default();
-                        set_condition(conds, "PodScheduled", "False", "Unschedulable", &msg, false);
-                        true
-                    })?;
-                    event(reg, &reference(pod), "Warning", "FailedScheduling", &msg, "default-scheduler");
-                }
+                unschedulable(reg, pod, &msg)?;
             }
         }
     }
+    Ok(())
+}
+
+/// The claims of a pod that uses any (read once per pass), or why it must wait.
+fn pod_claims(
+    reg: &Registry,
+    pod: &Pod,
+    volumes: &mut Option<Volumes>,
+) -> Result<Result<Vec<ClaimState>, String>, ApiError> {
+    let uses = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some());
+    if !uses {
+        return Ok(Ok(Vec::new()));
+    }
+    if volumes.is_none() {
+        *volumes = Some(Volumes::read(reg)?);
+    }
+    Ok(volumes.as_ref().expect("just read").of_pod(pod))
+}
+
+/// Records why a pod cannot be scheduled (once per message).
+fn unschedulable(reg: &Registry, pod: &Pod, msg: &str) -> Result<(), ApiError> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    if conditions.iter().any(|c| c.type_ == "PodScheduled" && c.message.as_deref() == Some(msg)) {
+        return Ok(());
+    }
+    let (ns, name) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref().unwrap_or_default());
+    modify_typed(reg, ns, name, Part::Status, |p: &mut Pod| {
+        let conds = p.status.get_or_insert_default().conditions.get_or_insert_default();
+        set_condition(conds, "PodScheduled", "False", "Unschedulable", msg, false);
+        true
+    })?;
+    event(reg, &reference(pod), "Warning", "FailedScheduling", msg, "default-scheduler");
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! needs to decide is read back from the runtime (attempt numbers, exit
 //! times), so a restarted kubelet adopts running containers.
 
+pub mod claims;
 pub mod cni;
 pub mod credentials;
 pub mod cri;
@@ -238,6 +239,7 @@ pub async fn start(
     node::register(&k).await?;
     tokio::spawn(node::heartbeat(k.clone()));
     tokio::spawn(logs::rotate_forever(k.clone()));
+    tokio::spawn(claims::reclaim_forever(k.clone()));
     tokio::spawn(k.clone().run());
     Ok(k)
 }
@@ -805,7 +807,10 @@ impl Kubelet {
             .await
             .map_err(|e| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() })?;
         let env = pod::environment(p, c, &refs).map_err(config_err)?;
-        let mounts = volumes::mounts(c, vols).map_err(config_err)?;
+        let mut mounts = volumes::mounts(c, vols).map_err(config_err)?;
+        if let Ok(typed_pod) = typed::decode::<Pod>(p.clone(), "Pod") {
+            claims::read_only(&typed_pod, c, &mut mounts);
+        }
         let config = pod::container_config(p, c, sandbox_cfg, &image, attempt, &env, mounts).map_err(config_err)?;
         let mut rs = self.cri.runtime.clone();
         let create_err =
@@ -843,10 +848,25 @@ impl Kubelet {
             return Ok(());
         }
         let refs = self.prefetch(p).await?;
+        let typed_pod: Pod = typed::decode(p.clone(), "Pod")?;
+        let claimed = match claims::resolve(self, &typed_pod).await {
+            Ok(c) => c,
+            Err(why) => {
+                // As upstream: the pod waits for its claims, tried again shortly.
+                let message = format!("Unable to attach or mount volumes: {why}");
+                self.event_for(p, "Warning", "FailedMount", &message, true);
+                self.remember(&uid, |m| m.due = Some(Instant::now() + Duration::from_secs(2)));
+                let w = Waiting { reason: "ContainerCreating".into(), message };
+                return self.write_status(p, None, &HashMap::new(), &all_waiting(p, w)).await;
+            }
+        };
         let (pc, dir) = (p.clone(), self.cfg.dir.clone());
         let vols = blocking(move || volumes::prepare(&dir, &pc, &refs)).await;
         let vols = match vols {
-            Ok(v) => v,
+            Ok(mut v) => {
+                v.extend(claimed);
+                v
+            }
             Err(e) => {
                 let w =
                     Waiting { reason: "ContainerCreating".into(), message: format!("MountVolume.SetUp failed: {e}") };
@@ -860,7 +880,6 @@ impl Kubelet {
             .filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32)
             .max_by_key(|s| s.created_at);
         let log_dir = self.log_dir(p);
-        let typed_pod: Pod = typed::decode(p.clone(), "Pod")?;
         let sandbox_cfg = pod::sandbox_config(
             &typed_pod,
             &log_dir.to_string_lossy(),

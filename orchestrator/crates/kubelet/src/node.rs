@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
+use orchestrator_apimachinery::stateful::LOCAL_PATH_ROOT;
 use serde_json::{Value, json};
 
 use crate::cri::v1;
@@ -169,6 +170,7 @@ async fn conditions(k: &Kubelet, old: &[NodeCondition]) -> Vec<NodeCondition> {
 /// Creates the Node (or takes over an existing one) and posts its status.
 pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
     let name = k.cfg.node_name.clone();
+    let local_root = crate::claims::local_path_root(&k.cfg.dir).to_string_lossy().into_owned();
     let labels = [
         ("kubernetes.io/hostname", name.as_str()),
         ("kubernetes.io/os", "linux"),
@@ -180,6 +182,7 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             labels: Some(labels.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            annotations: Some([(LOCAL_PATH_ROOT.to_string(), local_root.clone())].into_iter().collect()),
             ..Default::default()
         },
         spec: Some(NodeSpec {
@@ -193,11 +196,14 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
         Ok(_) => {
             let cidr = k.cfg.pod_cidr.clone();
             k.api
-                // A change to two fields of a stored object: a patch on its JSON, which keeps the rest.
+                // A change to a few fields of a stored object: a patch on its JSON, which keeps the rest.
                 .modify("Node", None, &name, Part::Main, move |o| {
-                    let changed = o.pointer("/spec/podCIDR").and_then(Value::as_str) != Some(&cidr);
+                    let changed = o.pointer("/spec/podCIDR").and_then(Value::as_str) != Some(&cidr)
+                        || o.pointer("/metadata/annotations").and_then(|a| a.get(LOCAL_PATH_ROOT))
+                            != Some(&json!(local_root));
                     o["spec"]["podCIDR"] = cidr.clone().into();
                     o["spec"]["podCIDRs"] = json!([cidr]);
+                    o["metadata"]["annotations"][LOCAL_PATH_ROOT] = local_root.clone().into();
                     changed
                 })
                 .await?

@@ -173,6 +173,9 @@ pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<B
             }
             write_atomic(&dir, &files, mode(default_mode))?;
             out.insert(name.to_string(), dir);
+        } else if v.persistent_volume_claim.is_some() {
+            // Resolved through its PersistentVolume by `crate::claims`.
+            continue;
         } else if let Some(d) = &v.downward_api {
             let mut files = BTreeMap::new();
             for i in d.items.iter().flatten() {
