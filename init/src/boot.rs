@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use machinery::layout::{self, Slot};
+use machinery::verity::{self, RootVerity};
 use nix::mount::MsFlags;
 
 use crate::system::{SysError, System};
@@ -39,6 +40,15 @@ pub enum BootError {
     Format { label: String, dev: PathBuf, code: i32 },
     #[error("{label} ({}) does not mount, even after repair: {}", dev.display(), tried.join("; "))]
     Unmountable { label: String, dev: PathBuf, tried: Vec<String> },
+    #[error("the kernel command line: {0}")]
+    VerityWord(#[from] machinery::verity::VerityError),
+    #[error("{label} ({}): setting up dm-verity: {source}", dev.display())]
+    VeritySetup { label: String, dev: PathBuf, source: SysError },
+    #[error(
+        "{label} ({}) is refused by dm-verity ({source}): its bytes do not match the root hash on the signed kernel command line (a modified or corrupted root); it is not mounted",
+        dev.display()
+    )]
+    RootRefused { label: String, dev: PathBuf, source: SysError },
 }
 
 /// /proc, /sys, /dev (devtmpfs) and /run.
@@ -127,11 +137,35 @@ pub fn wait_partition(sys: &dyn System, label: &str, timeout: Duration) -> Resul
     }
 }
 
-/// Mounts the slot's read-only root image at [`SYSROOT`].
+/// Mounts the slot's read-only root image at [`SYSROOT`]: through a
+/// dm-verity device when the command line carries the root's hash
+/// (`machinery::verity`), so every block read is checked against it and a
+/// modified block fails to read; as it is on an image without one.
+/// Returns the root partition's device.
 pub fn mount_root(sys: &dyn System, slot: Slot, timeout: Duration) -> Result<PathBuf, BootError> {
-    let dev = wait_partition(sys, slot.root_label(), timeout)?;
+    let label = slot.root_label();
+    let verity = RootVerity::from_cmdline(&sys.read_to_string(Path::new("/proc/cmdline"))?)?;
+    let dev = wait_partition(sys, label, timeout)?;
     sys.mkdir_all(Path::new(SYSROOT))?;
-    sys.mount(&dev.to_string_lossy(), Path::new(SYSROOT), "squashfs", MsFlags::MS_RDONLY, "")?;
+    let mount =
+        |source: &Path| sys.mount(&source.to_string_lossy(), Path::new(SYSROOT), "squashfs", MsFlags::MS_RDONLY, "");
+    match verity {
+        Some(v) => {
+            let verified = sys
+                .dm_create(verity::DEVICE_NAME, v.sectors(), verity::TARGET, &v.table_params(&dev.to_string_lossy()))
+                .map_err(|source| BootError::VeritySetup { label: label.into(), dev: dev.clone(), source })?;
+            mount(&verified).map_err(|source| BootError::RootRefused {
+                label: label.into(),
+                dev: dev.clone(),
+                source,
+            })?;
+            tracing::info!("{label}: verified by dm-verity ({}), root hash {}", verified.display(), v.root_hash);
+        }
+        None => {
+            tracing::warn!("{label}: the command line carries no {}: the root is not verified", verity::CMDLINE_VERITY);
+            mount(&dev)?;
+        }
+    }
     Ok(dev)
 }
 
@@ -367,6 +401,47 @@ mod tests {
                 "switch_root /sysroot",
             ]
         );
+    }
+
+    fn verity_word() -> String {
+        machinery::verity::RootVerity { data_blocks: 1000, root_hash: "ab".repeat(32), salt: "cd".repeat(32) }.word()
+    }
+
+    #[test]
+    fn a_root_with_a_hash_on_the_command_line_is_mounted_through_dm_verity() {
+        let sys = Recorder::default();
+        disk(&sys);
+        sys.file("/proc/cmdline", format!("console=ttyS0 plinth.slot=b {}\n", verity_word()));
+        assert_eq!(mount_root(&sys, Slot::B, Duration::ZERO).unwrap(), Path::new("/dev/vda3"));
+        let table = format!("1 /dev/vda3 /dev/vda3 4096 4096 1000 1000 sha256 {} {}", "ab".repeat(32), "cd".repeat(32));
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /sysroot".to_string(),
+                format!("dm_create plinth-root 8000 verity {table}"),
+                "mount /dev/dm-0 /sysroot squashfs ro".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_root_dm_verity_refuses_is_not_mounted_and_the_error_names_it() {
+        let sys = Recorder::default();
+        disk(&sys);
+        sys.file("/proc/cmdline", format!("console=ttyS0 plinth.slot=a {}\n", verity_word()));
+        sys.outcome("mount /dev/dm-0 /sysroot squashfs ro", &[1]);
+        let e = mount_root(&sys, Slot::A, Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("ROOT-A (/dev/vda2) is refused by dm-verity"), "{e}");
+        assert!(e.contains("do not match the root hash"), "{e}");
+        assert!(!sys.calls().iter().any(|c| c.starts_with("mount /dev/vda2")), "never mounted unverified");
+
+        // A malformed word stops the boot before anything is mounted.
+        let sys = Recorder::default();
+        disk(&sys);
+        sys.file("/proc/cmdline", "plinth.slot=a plinth.verity=12:zz:-\n");
+        let e = mount_root(&sys, Slot::A, Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("plinth.verity=12:zz:-") && e.contains("64 hex"), "{e}");
+        assert!(sys.calls().is_empty(), "{:?}", sys.calls());
     }
 
     #[test]
