@@ -18,6 +18,7 @@ pub mod disk;
 pub mod kernel;
 pub mod oci;
 pub mod runtime;
+pub mod secureboot;
 pub mod tools;
 pub mod uki;
 pub mod userland;
@@ -98,6 +99,11 @@ pub struct BuildOptions {
     /// OCI image archives (files, or directories of `*.tar`) baked into the
     /// root and imported into containerd at boot: pods without a registry.
     pub preload_images: Vec<PathBuf>,
+    /// Sign systemd-boot and the UKI for UEFI Secure Boot with this key
+    /// (UEFI boards only). The UKI then names no slot on its command line
+    /// (a signature covers every byte, and one signed file serves both
+    /// slots): init asks systemd-boot which entry it started.
+    pub secure_boot: Option<secureboot::SecureBootKey>,
 }
 
 /// What was built, with the sha256 of every part. The root image carries
@@ -386,6 +392,17 @@ pub fn slot_cmdline(board: &Board, slot: Slot, verity: &machinery::verity::RootV
     format!("{} {}", board.cmdline_for(slot), verity.word())
 }
 
+/// The command line a UKI carries: slot A's, or on a signed one no slot at
+/// all (the same signed file boots either slot; init reads the slot from
+/// the entry systemd-boot started).
+pub fn uki_cmdline(board: &Board, verity: &machinery::verity::RootVerity, signed: bool) -> String {
+    let line = slot_cmdline(board, Slot::A, verity);
+    if !signed {
+        return line;
+    }
+    line.split_whitespace().filter(|w| !w.starts_with(layout::CMDLINE_SLOT)).collect::<Vec<_>>().join(" ")
+}
+
 /// The files of a Pi slot's boot partition with that slot's command line.
 fn rpi_slot_files(files: &[(String, Vec<u8>)], parts: &Parts, slot: Slot) -> Vec<(String, Vec<u8>)> {
     let cmdline = layout::RPI_CMDLINE_TXT.trim_start_matches('/');
@@ -488,6 +505,17 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
     }
     runtime::require(&userland)?;
     let preloads = preload_archives(&opts.preload_images)?;
+    tools::require("veritysetup", "cryptsetup-bin")?;
+    if let Some(k) = &opts.secure_boot {
+        if !uefi {
+            return Err(BuildError::Unsupported {
+                board: board.name,
+                what: "Secure Boot signed".into(),
+                why: "the board boots through the Raspberry Pi firmware, which has no UEFI Secure Boot (docs/security.md)",
+            });
+        }
+        k.check()?;
+    }
 
     progress.step(&format!("fetching {} {}", board.kernel.package, board.kernel.version));
     let k = kernel::fetch(&board.kernel, board.arch.debian(), &opts.cache_dir.join("kernel"))?;
@@ -506,6 +534,14 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
     // The Pi's boot files are gathered (and summed into the root's
     // manifest) before the root; the command line, which carries the
     // root's hash, and the UKI, which carries the command line, after it.
+    let sdboot = match (sdboot, &opts.secure_boot) {
+        (Some(unsigned), Some(k)) => {
+            let signed = w.join("systemd-bootx64.efi");
+            k.sign(&unsigned, &signed)?;
+            Some(signed)
+        }
+        (sdboot, _) => sdboot,
+    };
     let pi_files = match sdboot {
         Some(ref sdboot) => {
             sums.push(sum("systemd-bootx64.efi", sdboot)?);
@@ -593,7 +629,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
             let osrel = w.join("os-release");
             write(&osrel, uki_os_release().as_bytes())?;
             let cmdline = w.join("cmdline");
-            write(&cmdline, slot_cmdline(&board, Slot::A, &verity).as_bytes())?;
+            write(&cmdline, uki_cmdline(&board, &verity, opts.secure_boot.is_some()).as_bytes())?;
             let uki_file = w.join("uki.efi");
             let parts = uki::UkiParts {
                 stub: &stub,
@@ -603,6 +639,11 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
                 initrd: &initrd,
             };
             uki::build(&parts, &uki_file)?;
+            if let Some(k) = &opts.secure_boot {
+                let unsigned = w.join("uki.unsigned.efi");
+                std::fs::rename(&uki_file, &unsigned).map_err(|e| BuildError::io("rename", &uki_file, e))?;
+                k.sign(&unsigned, &uki_file)?;
+            }
             let uki_a = std::fs::read(&uki_file).map_err(|e| BuildError::io("read", &uki_file, e))?;
             manifest.parts.push(sum("uki", &uki_file)?);
             Boot::Uki { uki_a, sdboot }

@@ -112,6 +112,7 @@ fn every_layer_of_a_built_image_reads_back() {
         version: machinery::VERSION.to_string(),
         security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
+        secure_boot: None,
     };
     let built = image_builder::build(&opts).unwrap();
     let board = image_builder::load_board(&opts.board, &opts.board_dir).unwrap();
@@ -290,6 +291,7 @@ fn a_misspelt_module_or_a_bad_preload_archive_is_refused_before_anything_is_writ
         version: machinery::VERSION.to_string(),
         security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
+        secure_boot: None,
     };
     let e = image_builder::build(&opts).unwrap_err().to_string();
     assert_eq!(

@@ -26,11 +26,11 @@ pub enum BootError {
     )]
     NoPartition { label: String, waited: Duration },
     #[error(
-        "the kernel command line names no slot (expected {}a or {}b): {cmdline:?}",
+        "the kernel command line names no slot (expected {}a or {}b): {cmdline:?}, and systemd-boot's selected entry names none either: {entry}",
         layout::CMDLINE_SLOT,
         layout::CMDLINE_SLOT
     )]
-    NoSlot { cmdline: String },
+    NoSlot { cmdline: String, entry: String },
     #[error(
         "{label} ({}) holds {why}: it is not blank and not an ext4 filesystem, so it is not formatted (nothing on it is touched)",
         dev.display()
@@ -94,10 +94,33 @@ pub fn runtime_mounts(sys: &dyn System) -> Vec<SysError> {
     failed
 }
 
-/// The slot this boot belongs to, from `/proc/cmdline`.
+/// Where efivarfs is mounted, and the variable systemd-boot sets to the
+/// entry it starts (its Boot Loader Interface), UTF-16 after 4 bytes of
+/// attributes.
+pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
+pub const LOADER_ENTRY_SELECTED: &str = "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// The slot this boot belongs to: `plinth.slot=` on `/proc/cmdline`, or,
+/// from a Secure Boot signed UKI, which names none (one signed file serves
+/// both slots), the entry systemd-boot started (`plinth-2-a+2-1.efi`).
 pub fn slot(sys: &dyn System) -> Result<Slot, BootError> {
     let cmdline = sys.read_to_string(Path::new("/proc/cmdline"))?;
-    Slot::from_cmdline(&cmdline).ok_or(BootError::NoSlot { cmdline: cmdline.trim().to_string() })
+    if let Some(slot) = Slot::from_cmdline(&cmdline) {
+        return Ok(slot);
+    }
+    let no_slot = |entry: String| BootError::NoSlot { cmdline: cmdline.trim().to_string(), entry };
+    let dir = Path::new(EFIVARS);
+    if let Err(e) =
+        sys.mount("efivarfs", dir, "efivarfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, "")
+    {
+        // Already mounted is fine; anything else shows in the next read.
+        tracing::debug!("{e}");
+    }
+    let raw = sys.read_to_string(&dir.join(LOADER_ENTRY_SELECTED)).map_err(|e| no_slot(e.to_string()))?;
+    // Attributes (4 bytes), then UTF-16LE: ASCII file names read as their
+    // bytes with NULs between.
+    let name: String = raw.chars().skip(4).filter(|c| *c != '\0').collect();
+    machinery::slots::sdboot::parse_name(&name).map(|(slot, _)| slot).ok_or_else(|| no_slot(format!("{name:?}")))
 }
 
 /// Loads the modules listed in `<dir>/order`, in order. A module that fails
@@ -478,6 +501,27 @@ mod tests {
         assert!(slot(&sys).unwrap_err().to_string().contains("plinth.slot=a"));
         let e = mount_root(&sys, Slot::A, Duration::ZERO).unwrap_err();
         assert!(e.to_string().contains("ROOT-A"), "{e}");
+    }
+
+    #[test]
+    fn a_signed_uki_names_no_slot_and_the_entry_systemd_boot_started_does() {
+        let sys = Recorder::default();
+        sys.file("/proc/cmdline", "console=ttyS0 panic=10");
+        let var = format!("{EFIVARS}/{LOADER_ENTRY_SELECTED}");
+        let utf16 = |s: &str| -> Vec<u8> {
+            let mut v = vec![6, 0, 0, 0];
+            v.extend(s.encode_utf16().chain([0]).flat_map(u16::to_le_bytes));
+            v
+        };
+        sys.file(&var, utf16("plinth-2-b+2-1.efi"));
+        assert_eq!(slot(&sys).unwrap(), Slot::B);
+        assert_eq!(sys.calls(), ["mount efivarfs /sys/firmware/efi/efivars efivarfs"]);
+        sys.file(&var, utf16("plinth-1-a.efi"));
+        assert_eq!(slot(&sys).unwrap(), Slot::A);
+        // Another boot loader's entry: named in the error.
+        sys.file(&var, utf16("debian.conf"));
+        let e = slot(&sys).unwrap_err().to_string();
+        assert!(e.contains("\"debian.conf\"") && e.contains("plinth.slot=a"), "{e}");
     }
 
     /// An ext4 of 1 KiB blocks as mke2fs lays it out: the primary
