@@ -18,9 +18,11 @@ pub mod disk;
 pub mod kernel;
 pub mod oci;
 pub mod runtime;
+pub mod secureboot;
 pub mod tools;
 pub mod uki;
 pub mod userland;
+pub mod verity;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -97,6 +99,11 @@ pub struct BuildOptions {
     /// OCI image archives (files, or directories of `*.tar`) baked into the
     /// root and imported into containerd at boot: pods without a registry.
     pub preload_images: Vec<PathBuf>,
+    /// Sign systemd-boot and the UKI for UEFI Secure Boot with this key
+    /// (UEFI boards only). The UKI then names no slot on its command line
+    /// (a signature covers every byte, and one signed file serves both
+    /// slots): init asks systemd-boot which entry it started.
+    pub secure_boot: Option<secureboot::SecureBootKey>,
 }
 
 /// What was built, with the sha256 of every part. The root image carries
@@ -115,6 +122,11 @@ pub struct Manifest {
     #[serde(default)]
     pub security_version: u64,
     pub parts: Vec<PartSum>,
+    /// The root's dm-verity word on the kernel command line
+    /// (`machinery::verity`); only in the manifest next to the image (the
+    /// root cannot hold its own hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<disk::Placed>,
 }
@@ -334,7 +346,10 @@ struct Parts {
     board: Board,
     manifest: Manifest,
     boot: Boot,
+    /// The root partition's content: the squashfs, then its hash tree.
     root_img: PathBuf,
+    /// The root's dm-verity parameters, on every slot's command line.
+    verity: machinery::verity::RootVerity,
 }
 
 /// How a slot boots.
@@ -371,14 +386,31 @@ pub fn rpi_config_txt(board: &Board, version: &str) -> String {
     c
 }
 
+/// A slot's kernel command line: the board's, with the root's dm-verity
+/// parameters.
+pub fn slot_cmdline(board: &Board, slot: Slot, verity: &machinery::verity::RootVerity) -> String {
+    format!("{} {}", board.cmdline_for(slot), verity.word())
+}
+
+/// The command line a UKI carries: slot A's, or on a signed one no slot at
+/// all (the same signed file boots either slot; init reads the slot from
+/// the entry systemd-boot started).
+pub fn uki_cmdline(board: &Board, verity: &machinery::verity::RootVerity, signed: bool) -> String {
+    let line = slot_cmdline(board, Slot::A, verity);
+    if !signed {
+        return line;
+    }
+    line.split_whitespace().filter(|w| !w.starts_with(layout::CMDLINE_SLOT)).collect::<Vec<_>>().join(" ")
+}
+
 /// The files of a Pi slot's boot partition with that slot's command line.
-fn rpi_slot_files(files: &[(String, Vec<u8>)], board: &Board, slot: Slot) -> Vec<(String, Vec<u8>)> {
+fn rpi_slot_files(files: &[(String, Vec<u8>)], parts: &Parts, slot: Slot) -> Vec<(String, Vec<u8>)> {
     let cmdline = layout::RPI_CMDLINE_TXT.trim_start_matches('/');
     files
         .iter()
         .map(|(n, d)| {
             if n == cmdline {
-                (n.clone(), format!("{}\n", board.cmdline_for(slot)).into_bytes())
+                (n.clone(), format!("{}\n", slot_cmdline(&parts.board, slot, &parts.verity)).into_bytes())
             } else {
                 (n.clone(), d.clone())
             }
@@ -388,7 +420,7 @@ fn rpi_slot_files(files: &[(String, Vec<u8>)], board: &Board, slot: Slot) -> Vec
 
 /// A Pi slot's boot partition (FAT32), as bytes.
 fn rpi_boot_partition(parts: &Parts, files: &[(String, Vec<u8>)], slot: Slot) -> Result<Vec<u8>, BuildError> {
-    let files = rpi_slot_files(files, &parts.board, slot);
+    let files = rpi_slot_files(files, parts, slot);
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
     disk::fat_image(parts.board.partitions.efi, slot.boot_label(), disk::Fat::Fat32, &refs)
 }
@@ -473,6 +505,17 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
     }
     runtime::require(&userland)?;
     let preloads = preload_archives(&opts.preload_images)?;
+    tools::require("veritysetup", "cryptsetup-bin")?;
+    if let Some(k) = &opts.secure_boot {
+        if !uefi {
+            return Err(BuildError::Unsupported {
+                board: board.name,
+                what: "Secure Boot signed".into(),
+                why: "the board boots through the Raspberry Pi firmware, which has no UEFI Secure Boot (docs/security.md)",
+            });
+        }
+        k.check()?;
+    }
 
     progress.step(&format!("fetching {} {}", board.kernel.package, board.kernel.version));
     let k = kernel::fetch(&board.kernel, board.arch.debian(), &opts.cache_dir.join("kernel"))?;
@@ -488,28 +531,23 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
     let board_file = w.join("board.toml");
     write(&board_file, board_text.as_bytes())?;
     let mut sums = vec![sum("kernel.deb", &k.deb)?, sum("vmlinuz", &k.vmlinuz)?, sum("initramfs", &initrd)?];
-    let boot = match (stub, sdboot) {
-        (Some(stub), Some(sdboot)) => {
-            progress.step("building the unified kernel image");
-            let osrel = w.join("os-release");
-            write(&osrel, uki_os_release().as_bytes())?;
-            let cmdline = w.join("cmdline");
-            write(&cmdline, board.cmdline_for(Slot::A).as_bytes())?;
-            let uki_file = w.join("uki.efi");
-            let parts = uki::UkiParts {
-                stub: &stub,
-                os_release: &osrel,
-                cmdline: &cmdline,
-                linux: &k.vmlinuz,
-                initrd: &initrd,
-            };
-            uki::build(&parts, &uki_file)?;
-            let uki_a = std::fs::read(&uki_file).map_err(|e| BuildError::io("read", &uki_file, e))?;
-            sums.push(sum("uki", &uki_file)?);
-            sums.push(sum("systemd-bootx64.efi", &sdboot)?);
-            Boot::Uki { uki_a, sdboot }
+    // The Pi's boot files are gathered (and summed into the root's
+    // manifest) before the root; the command line, which carries the
+    // root's hash, and the UKI, which carries the command line, after it.
+    let sdboot = match (sdboot, &opts.secure_boot) {
+        (Some(unsigned), Some(k)) => {
+            let signed = w.join("systemd-bootx64.efi");
+            k.sign(&unsigned, &signed)?;
+            Some(signed)
         }
-        _ => {
+        (sdboot, _) => sdboot,
+    };
+    let pi_files = match sdboot {
+        Some(ref sdboot) => {
+            sums.push(sum("systemd-bootx64.efi", sdboot)?);
+            None
+        }
+        None => {
             progress.step("gathering the boot files (firmware, device trees, config.txt)");
             let read = |p: &Path| std::fs::read(p).map_err(|e| BuildError::io("read", p, e));
             let mut files = Vec::new();
@@ -533,11 +571,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
                 RPI_CONFIG_TXT.trim_start_matches('/').to_string(),
                 rpi_config_txt(&board, &opts.version).into_bytes(),
             ));
-            files.push((
-                layout::RPI_CMDLINE_TXT.trim_start_matches('/').to_string(),
-                format!("{}\n", board.cmdline_for(Slot::A)).into_bytes(),
-            ));
-            Boot::Pi { files }
+            Some(files)
         }
     };
 
@@ -549,6 +583,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
         kernel_version: board.kernel.version.clone(),
         security_version: opts.security_version,
         parts: sums,
+        verity: None,
         partitions: Vec::new(),
     };
     for (name, file) in [
@@ -566,11 +601,11 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
         manifest.parts.push(sum(&format!("preload/{name}"), a)?);
     }
 
-    progress.step("building the root image (squashfs, zstd)");
+    progress.step("building the root image (squashfs, zstd, dm-verity hash tree)");
     let stage = w.join("root");
     root_tree(opts, &board, &board_text, &manifest, &preloads, &userland, build_time(), &stage)?;
-    let root_img = w.join("root.squashfs");
-    tools::run(Command::new(mksquashfs).arg(&stage).arg(&root_img).args([
+    let squashfs = w.join("root.squashfs");
+    tools::run(Command::new(mksquashfs).arg(&stage).arg(&squashfs).args([
         "-comp",
         "zstd",
         // Level 6, not mksquashfs' 15: 2.8 s instead of 55 s wall for the
@@ -583,7 +618,46 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
         "-quiet",
         "-no-progress",
     ]))?;
-    Ok(Parts { board, manifest, boot, root_img })
+    manifest.parts.push(sum("root.squashfs", &squashfs)?);
+    let root_img = w.join("root.img");
+    let verity = verity::format(&squashfs, &root_img)?;
+    manifest.verity = Some(verity.word());
+
+    let boot = match (stub, sdboot, pi_files) {
+        (Some(stub), Some(sdboot), _) => {
+            progress.step("building the unified kernel image");
+            let osrel = w.join("os-release");
+            write(&osrel, uki_os_release().as_bytes())?;
+            let cmdline = w.join("cmdline");
+            write(&cmdline, uki_cmdline(&board, &verity, opts.secure_boot.is_some()).as_bytes())?;
+            let uki_file = w.join("uki.efi");
+            let parts = uki::UkiParts {
+                stub: &stub,
+                os_release: &osrel,
+                cmdline: &cmdline,
+                linux: &k.vmlinuz,
+                initrd: &initrd,
+            };
+            uki::build(&parts, &uki_file)?;
+            if let Some(k) = &opts.secure_boot {
+                let unsigned = w.join("uki.unsigned.efi");
+                std::fs::rename(&uki_file, &unsigned).map_err(|e| BuildError::io("rename", &uki_file, e))?;
+                k.sign(&unsigned, &uki_file)?;
+            }
+            let uki_a = std::fs::read(&uki_file).map_err(|e| BuildError::io("read", &uki_file, e))?;
+            manifest.parts.push(sum("uki", &uki_file)?);
+            Boot::Uki { uki_a, sdboot }
+        }
+        (_, _, files) => {
+            let mut files = files.unwrap_or_default();
+            files.push((
+                layout::RPI_CMDLINE_TXT.trim_start_matches('/').to_string(),
+                format!("{}\n", slot_cmdline(&board, Slot::A, &verity)).into_bytes(),
+            ));
+            Boot::Pi { files }
+        }
+    };
+    Ok(Parts { board, manifest, boot, root_img, verity })
 }
 
 /// The root image's zstd level (see IMAGE.md, "Build time").
@@ -721,7 +795,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     manifest.partitions = disk::write_gpt(&opts.out, &gpt)?;
 
     progress.step("writing the manifest");
-    manifest.parts.push(sum("root.squashfs", root_img)?);
+    manifest.parts.push(sum("root", root_img)?);
     for (name, file) in &fat_files {
         manifest.parts.push(sum(name, file)?);
     }

@@ -44,6 +44,15 @@ struct Common {
     /// Repeatable.
     #[arg(long = "preload-image", value_name = "ARCHIVE|DIR")]
     preload_images: Vec<PathBuf>,
+    /// Sign systemd-boot and the UKI for UEFI Secure Boot with this key
+    /// (PEM; `image-builder secure-boot-keys` makes one). Needs
+    /// --secure-boot-cert.
+    #[arg(long, requires = "secure_boot_cert")]
+    secure_boot_key: Option<PathBuf>,
+    /// The certificate of --secure-boot-key (PEM), enrolled in the
+    /// firmware's db.
+    #[arg(long, requires = "secure_boot_key")]
+    secure_boot_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +80,16 @@ enum Cmd {
         #[arg(long)]
         trust_key: Option<PathBuf>,
     },
+    /// Make a Secure Boot key pair (secureboot.key, secureboot.crt) and an
+    /// OVMF variable store with its certificate enrolled as PK, KEK and db
+    /// and Secure Boot on (OVMF_VARS_4M.secboot.fd), in DIR.
+    SecureBootKeys {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's common name.
+        #[arg(long, default_value = "Plinth Secure Boot")]
+        common_name: String,
+    },
 }
 
 fn options(c: Common, trust_key: PathBuf) -> anyhow::Result<image_builder::BuildOptions> {
@@ -88,6 +107,10 @@ fn options(c: Common, trust_key: PathBuf) -> anyhow::Result<image_builder::Build
         version: c.version,
         security_version: c.security_version,
         preload_images: c.preload_images,
+        secure_boot: c
+            .secure_boot_key
+            .zip(c.secure_boot_cert)
+            .map(|(key, cert)| image_builder::secureboot::SecureBootKey { key, cert }),
     })
 }
 
@@ -134,6 +157,18 @@ fn main() -> anyhow::Result<()> {
                 m.version,
                 m.board,
                 m.payload_size() >> 20
+            );
+        }
+        Cmd::SecureBootKeys { dir, common_name } => {
+            let k = image_builder::secureboot::generate(&dir, &common_name)
+                .map_err(|e| anyhow::anyhow!("image-builder: {e}"))?;
+            println!("{}", k.key.display());
+            println!("{}", k.cert.display());
+            println!("{}", dir.join(image_builder::secureboot::OVMF_VARS_FILE).display());
+            eprintln!(
+                "keep {} secret; build with --secure-boot-key/--secure-boot-cert; enroll {} in the firmware (PK, KEK, db)",
+                k.key.display(),
+                k.cert.display()
             );
         }
     }

@@ -19,11 +19,12 @@ fn on_path(tool: &str) -> bool {
 }
 
 fn missing() -> Option<String> {
-    let gone: Vec<&str> = ["objcopy", "mksquashfs", "unsquashfs", "zstd", "rustc", "apt-get", "dpkg-deb"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .chain([uki::STUB_X64].into_iter().filter(|f| !Path::new(f).exists()))
-        .collect();
+    let gone: Vec<&str> =
+        ["objcopy", "mksquashfs", "unsquashfs", "zstd", "rustc", "apt-get", "dpkg-deb", "veritysetup"]
+            .into_iter()
+            .filter(|t| !on_path(t))
+            .chain([uki::STUB_X64].into_iter().filter(|f| !Path::new(f).exists()))
+            .collect();
     (!gone.is_empty()).then(|| gone.join(", "))
 }
 
@@ -111,6 +112,7 @@ fn every_layer_of_a_built_image_reads_back() {
         version: machinery::VERSION.to_string(),
         security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
+        secure_boot: None,
     };
     let built = image_builder::build(&opts).unwrap();
     let board = image_builder::load_board(&opts.board, &opts.board_dir).unwrap();
@@ -147,6 +149,8 @@ fn every_layer_of_a_built_image_reads_back() {
     assert_eq!(conf, image_builder::LOADER_CONF);
     // A fresh image: A preferred, B its committed fallback.
     let fresh = machinery::slots::BootState::fresh();
+    let word = manifest.verity.clone().expect("the manifest names the root's verity parameters");
+    let verity = machinery::verity::RootVerity::from_cmdline(&word).unwrap().unwrap();
     for slot in [Slot::A, Slot::B] {
         let name = machinery::slots::sdboot::file_name(slot, fresh.get(slot)).unwrap();
         let path = format!("{}/{name}", layout::EFI_LINUX_DIR.trim_start_matches('/'));
@@ -157,7 +161,9 @@ fn every_layer_of_a_built_image_reads_back() {
         assert_eq!(sha256_hex(&expected), manifest.part("uki").unwrap().sha256, "{name}");
         let pe = machinery::pe::parse_pe(&uki_bytes).unwrap();
         let cmdline = String::from_utf8(pe.data(&uki_bytes, ".cmdline").unwrap().to_vec()).unwrap();
-        assert_eq!(cmdline, board.cmdline_for(slot));
+        // The root's hash is on the command line the UKI carries.
+        assert_eq!(cmdline, image_builder::slot_cmdline(&board, slot, &verity));
+        assert!(cmdline.contains(&word), "{cmdline}");
         assert!(String::from_utf8_lossy(pe.data(&uki_bytes, ".osrel").unwrap()).contains("ID=plinth"));
         // The initramfs: /init, /dev/console, the modules and their order.
         let initrd = pe.data(&uki_bytes, ".initrd").unwrap();
@@ -188,14 +194,23 @@ fn every_layer_of_a_built_image_reads_back() {
         assert_eq!(files, 1 + order.len() + 1, "init, the modules and order; nothing else");
     }
 
-    // Both root slots hold the same squashfs.
+    // Both root slots hold the same squashfs, then its dm-verity hash tree
+    // right after the padded data; the kernel's format (veritysetup
+    // verify) accepts it with the command line's parameters.
     let (a_off, a_len) = at(1);
     let (b_off, b_len) = at(2);
+    let part_size = manifest.part("root").unwrap().size;
     let root_size = manifest.part("root.squashfs").unwrap().size;
-    assert!(root_size <= a_len && root_size <= b_len);
-    let root_a = slice(&mut img, a_off, root_size);
+    assert!(part_size <= a_len && part_size <= b_len);
+    assert_eq!(verity.hash_offset(), root_size.div_ceil(4096) * 4096);
+    assert!(part_size > verity.hash_offset(), "the tree follows the data");
+    let part_a = slice(&mut img, a_off, part_size);
+    assert_eq!(part_a, slice(&mut img, b_off, part_size));
+    let part_file = w.join("root-a.img");
+    std::fs::write(&part_file, &part_a).unwrap();
+    assert!(image_builder::verity::verify(&part_file, &verity).unwrap());
+    let root_a = part_a[..root_size as usize].to_vec();
     assert_eq!(&root_a[..4], b"hsqs");
-    assert_eq!(root_a, slice(&mut img, b_off, root_size));
     let sq = w.join("root.squashfs");
     std::fs::write(&sq, &root_a).unwrap();
     let out = Command::new("unsquashfs").arg("-d").arg(w.join("root")).arg(&sq).output().unwrap();
@@ -234,6 +249,8 @@ fn every_layer_of_a_built_image_reads_back() {
     }
     assert_eq!(inner.part("plinth-init").unwrap().sha256, sha256_hex(&init_bytes));
     assert!(inner.part("kernel.deb").is_some() && inner.part("root.squashfs").is_none());
+    // The root cannot hold the hash of the UKI that carries the root's hash.
+    assert!(inner.part("uki").is_none() && inner.verity.is_none());
 
     // STATE and EPHEMERAL are left for init to format: zeroed but for the
     // fresh-install marker, which init formats.
@@ -274,6 +291,7 @@ fn a_misspelt_module_or_a_bad_preload_archive_is_refused_before_anything_is_writ
         version: machinery::VERSION.to_string(),
         security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
+        secure_boot: None,
     };
     let e = image_builder::build(&opts).unwrap_err().to_string();
     assert_eq!(

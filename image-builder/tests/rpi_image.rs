@@ -142,6 +142,7 @@ fn the_rpi4_image_and_bundle_follow_the_raspberry_pi_boot_rules() {
         version: machinery::VERSION.to_string(),
         security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
+        secure_boot: None,
     };
     let board = image_builder::load_board("rpi4", &opts.board_dir).unwrap();
     image_builder::build(&opts).unwrap();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use machinery::layout::{self, Slot};
+use machinery::verity::{self, RootVerity};
 use nix::mount::MsFlags;
 
 use crate::system::{SysError, System};
@@ -25,11 +26,11 @@ pub enum BootError {
     )]
     NoPartition { label: String, waited: Duration },
     #[error(
-        "the kernel command line names no slot (expected {}a or {}b): {cmdline:?}",
+        "the kernel command line names no slot (expected {}a or {}b): {cmdline:?}, and systemd-boot's selected entry names none either: {entry}",
         layout::CMDLINE_SLOT,
         layout::CMDLINE_SLOT
     )]
-    NoSlot { cmdline: String },
+    NoSlot { cmdline: String, entry: String },
     #[error(
         "{label} ({}) holds {why}: it is not blank and not an ext4 filesystem, so it is not formatted (nothing on it is touched)",
         dev.display()
@@ -39,6 +40,15 @@ pub enum BootError {
     Format { label: String, dev: PathBuf, code: i32 },
     #[error("{label} ({}) does not mount, even after repair: {}", dev.display(), tried.join("; "))]
     Unmountable { label: String, dev: PathBuf, tried: Vec<String> },
+    #[error("the kernel command line: {0}")]
+    VerityWord(#[from] machinery::verity::VerityError),
+    #[error("{label} ({}): setting up dm-verity: {source}", dev.display())]
+    VeritySetup { label: String, dev: PathBuf, source: SysError },
+    #[error(
+        "{label} ({}) is refused by dm-verity ({source}): its bytes do not match the root hash on the signed kernel command line (a modified or corrupted root); it is not mounted",
+        dev.display()
+    )]
+    RootRefused { label: String, dev: PathBuf, source: SysError },
 }
 
 /// /proc, /sys, /dev (devtmpfs) and /run.
@@ -84,10 +94,33 @@ pub fn runtime_mounts(sys: &dyn System) -> Vec<SysError> {
     failed
 }
 
-/// The slot this boot belongs to, from `/proc/cmdline`.
+/// Where efivarfs is mounted, and the variable systemd-boot sets to the
+/// entry it starts (its Boot Loader Interface), UTF-16 after 4 bytes of
+/// attributes.
+pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
+pub const LOADER_ENTRY_SELECTED: &str = "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// The slot this boot belongs to: `plinth.slot=` on `/proc/cmdline`, or,
+/// from a Secure Boot signed UKI, which names none (one signed file serves
+/// both slots), the entry systemd-boot started (`plinth-2-a+2-1.efi`).
 pub fn slot(sys: &dyn System) -> Result<Slot, BootError> {
     let cmdline = sys.read_to_string(Path::new("/proc/cmdline"))?;
-    Slot::from_cmdline(&cmdline).ok_or(BootError::NoSlot { cmdline: cmdline.trim().to_string() })
+    if let Some(slot) = Slot::from_cmdline(&cmdline) {
+        return Ok(slot);
+    }
+    let no_slot = |entry: String| BootError::NoSlot { cmdline: cmdline.trim().to_string(), entry };
+    let dir = Path::new(EFIVARS);
+    if let Err(e) =
+        sys.mount("efivarfs", dir, "efivarfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, "")
+    {
+        // Already mounted is fine; anything else shows in the next read.
+        tracing::debug!("{e}");
+    }
+    let raw = sys.read_to_string(&dir.join(LOADER_ENTRY_SELECTED)).map_err(|e| no_slot(e.to_string()))?;
+    // Attributes (4 bytes), then UTF-16LE: ASCII file names read as their
+    // bytes with NULs between.
+    let name: String = raw.chars().skip(4).filter(|c| *c != '\0').collect();
+    machinery::slots::sdboot::parse_name(&name).map(|(slot, _)| slot).ok_or_else(|| no_slot(format!("{name:?}")))
 }
 
 /// Loads the modules listed in `<dir>/order`, in order. A module that fails
@@ -127,11 +160,35 @@ pub fn wait_partition(sys: &dyn System, label: &str, timeout: Duration) -> Resul
     }
 }
 
-/// Mounts the slot's read-only root image at [`SYSROOT`].
+/// Mounts the slot's read-only root image at [`SYSROOT`]: through a
+/// dm-verity device when the command line carries the root's hash
+/// (`machinery::verity`), so every block read is checked against it and a
+/// modified block fails to read; as it is on an image without one.
+/// Returns the root partition's device.
 pub fn mount_root(sys: &dyn System, slot: Slot, timeout: Duration) -> Result<PathBuf, BootError> {
-    let dev = wait_partition(sys, slot.root_label(), timeout)?;
+    let label = slot.root_label();
+    let verity = RootVerity::from_cmdline(&sys.read_to_string(Path::new("/proc/cmdline"))?)?;
+    let dev = wait_partition(sys, label, timeout)?;
     sys.mkdir_all(Path::new(SYSROOT))?;
-    sys.mount(&dev.to_string_lossy(), Path::new(SYSROOT), "squashfs", MsFlags::MS_RDONLY, "")?;
+    let mount =
+        |source: &Path| sys.mount(&source.to_string_lossy(), Path::new(SYSROOT), "squashfs", MsFlags::MS_RDONLY, "");
+    match verity {
+        Some(v) => {
+            let verified = sys
+                .dm_create(verity::DEVICE_NAME, v.sectors(), verity::TARGET, &v.table_params(&dev.to_string_lossy()))
+                .map_err(|source| BootError::VeritySetup { label: label.into(), dev: dev.clone(), source })?;
+            mount(&verified).map_err(|source| BootError::RootRefused {
+                label: label.into(),
+                dev: dev.clone(),
+                source,
+            })?;
+            tracing::info!("{label}: verified by dm-verity ({}), root hash {}", verified.display(), v.root_hash);
+        }
+        None => {
+            tracing::warn!("{label}: the command line carries no {}: the root is not verified", verity::CMDLINE_VERITY);
+            mount(&dev)?;
+        }
+    }
     Ok(dev)
 }
 
@@ -369,6 +426,47 @@ mod tests {
         );
     }
 
+    fn verity_word() -> String {
+        machinery::verity::RootVerity { data_blocks: 1000, root_hash: "ab".repeat(32), salt: "cd".repeat(32) }.word()
+    }
+
+    #[test]
+    fn a_root_with_a_hash_on_the_command_line_is_mounted_through_dm_verity() {
+        let sys = Recorder::default();
+        disk(&sys);
+        sys.file("/proc/cmdline", format!("console=ttyS0 plinth.slot=b {}\n", verity_word()));
+        assert_eq!(mount_root(&sys, Slot::B, Duration::ZERO).unwrap(), Path::new("/dev/vda3"));
+        let table = format!("1 /dev/vda3 /dev/vda3 4096 4096 1000 1000 sha256 {} {}", "ab".repeat(32), "cd".repeat(32));
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /sysroot".to_string(),
+                format!("dm_create plinth-root 8000 verity {table}"),
+                "mount /dev/dm-0 /sysroot squashfs ro".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_root_dm_verity_refuses_is_not_mounted_and_the_error_names_it() {
+        let sys = Recorder::default();
+        disk(&sys);
+        sys.file("/proc/cmdline", format!("console=ttyS0 plinth.slot=a {}\n", verity_word()));
+        sys.outcome("mount /dev/dm-0 /sysroot squashfs ro", &[1]);
+        let e = mount_root(&sys, Slot::A, Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("ROOT-A (/dev/vda2) is refused by dm-verity"), "{e}");
+        assert!(e.contains("do not match the root hash"), "{e}");
+        assert!(!sys.calls().iter().any(|c| c.starts_with("mount /dev/vda2")), "never mounted unverified");
+
+        // A malformed word stops the boot before anything is mounted.
+        let sys = Recorder::default();
+        disk(&sys);
+        sys.file("/proc/cmdline", "plinth.slot=a plinth.verity=12:zz:-\n");
+        let e = mount_root(&sys, Slot::A, Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("plinth.verity=12:zz:-") && e.contains("64 hex"), "{e}");
+        assert!(sys.calls().is_empty(), "{:?}", sys.calls());
+    }
+
     #[test]
     fn a_failing_module_does_not_stop_the_others() {
         let sys = Recorder::default();
@@ -403,6 +501,27 @@ mod tests {
         assert!(slot(&sys).unwrap_err().to_string().contains("plinth.slot=a"));
         let e = mount_root(&sys, Slot::A, Duration::ZERO).unwrap_err();
         assert!(e.to_string().contains("ROOT-A"), "{e}");
+    }
+
+    #[test]
+    fn a_signed_uki_names_no_slot_and_the_entry_systemd_boot_started_does() {
+        let sys = Recorder::default();
+        sys.file("/proc/cmdline", "console=ttyS0 panic=10");
+        let var = format!("{EFIVARS}/{LOADER_ENTRY_SELECTED}");
+        let utf16 = |s: &str| -> Vec<u8> {
+            let mut v = vec![6, 0, 0, 0];
+            v.extend(s.encode_utf16().chain([0]).flat_map(u16::to_le_bytes));
+            v
+        };
+        sys.file(&var, utf16("plinth-2-b+2-1.efi"));
+        assert_eq!(slot(&sys).unwrap(), Slot::B);
+        assert_eq!(sys.calls(), ["mount efivarfs /sys/firmware/efi/efivars efivarfs"]);
+        sys.file(&var, utf16("plinth-1-a.efi"));
+        assert_eq!(slot(&sys).unwrap(), Slot::A);
+        // Another boot loader's entry: named in the error.
+        sys.file(&var, utf16("debian.conf"));
+        let e = slot(&sys).unwrap_err().to_string();
+        assert!(e.contains("\"debian.conf\"") && e.contains("plinth.slot=a"), "{e}");
     }
 
     /// An ext4 of 1 KiB blocks as mke2fs lays it out: the primary

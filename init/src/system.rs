@@ -50,6 +50,9 @@ pub trait System: Send + Sync {
     /// code; fails when it cannot be started or is killed by a signal.
     fn run(&self, program: &Path, args: &[&str]) -> SysResult<i32>;
     fn sync(&self);
+    /// Creates a read-only device-mapper device with one target
+    /// (`dmsetup create --readonly`); returns its node.
+    fn dm_create(&self, name: &str, sectors: u64, target: &str, params: &str) -> SysResult<PathBuf>;
 }
 
 /// The real thing.
@@ -142,6 +145,14 @@ impl System for Linux {
 
     fn sync(&self) {
         nix::unistd::sync();
+    }
+
+    fn dm_create(&self, name: &str, sectors: u64, target: &str, params: &str) -> SysResult<PathBuf> {
+        crate::dm::create(name, sectors, target, params).map_err(|(op, source)| SysError {
+            op,
+            path: Path::new("/dev/mapper").join(name),
+            source,
+        })
     }
 }
 
@@ -264,5 +275,10 @@ impl System for Recorder {
     }
     fn sync(&self) {
         self.calls.lock().unwrap().push("sync".into());
+    }
+    fn dm_create(&self, name: &str, sectors: u64, target: &str, params: &str) -> SysResult<PathBuf> {
+        let node = PathBuf::from("/dev/dm-0");
+        self.record(format!("dm_create {name} {sectors} {target} {params}"), &node)?;
+        Ok(node)
     }
 }

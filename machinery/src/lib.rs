@@ -12,6 +12,7 @@ pub mod pki;
 pub mod roles;
 pub mod signing;
 pub mod slots;
+pub mod verity;
 
 /// The machine API (`plinth.machine.v1`), generated from
 /// `proto/plinth/machine/v1/machine.proto` at build time.

@@ -82,6 +82,9 @@ pub fn parse_pe(image: &[u8]) -> Option<Pe> {
 /// Sets the slot a UKI boots (`plinth.slot=` in its `.cmdline` section), in
 /// place: an upgrade bundle carries one UKI and the node writes it to
 /// either slot. Both values are one byte, so the image keeps its layout.
+/// A UKI whose command line names no slot is left as it is: a Secure Boot
+/// signed one, whose signature covers every byte, boots either slot (init
+/// reads the slot from the boot loader's entry).
 pub fn set_uki_slot(image: &mut [u8], slot: Slot) -> Result<(), &'static str> {
     let pe = parse_pe(image).ok_or("not a PE image")?;
     let s = pe.section(".cmdline").ok_or("the UKI has no .cmdline section")?;
@@ -89,7 +92,7 @@ pub fn set_uki_slot(image: &mut [u8], slot: Slot) -> Result<(), &'static str> {
     let len = s.size.min(s.file_size) as usize;
     let cmdline = image.get_mut(start..start + len).ok_or("the .cmdline section lies outside the file")?;
     let key = CMDLINE_SLOT.as_bytes();
-    let at = cmdline.windows(key.len()).position(|w| w == key).ok_or("the UKI's command line names no slot")?;
+    let Some(at) = cmdline.windows(key.len()).position(|w| w == key) else { return Ok(()) };
     let value = cmdline.get_mut(at + key.len()).ok_or("the UKI's command line ends after plinth.slot=")?;
     if !matches!(*value, b'a' | b'b') {
         return Err("the UKI's command line names an unknown slot");
@@ -141,7 +144,9 @@ mod tests {
         assert_eq!(img.iter().zip(&before).filter(|(a, b)| a != b).count(), 1);
         assert_eq!(Slot::from_cmdline(std::str::from_utf8(pe.data(&img, ".cmdline").unwrap()).unwrap()), Some(Slot::B));
         let mut no_slot = tiny_pe(b"console=ttyS0");
-        assert!(set_uki_slot(&mut no_slot, Slot::B).is_err());
+        let before = no_slot.clone();
+        set_uki_slot(&mut no_slot, Slot::B).unwrap();
+        assert_eq!(no_slot, before, "a UKI naming no slot (signed) is left as it is");
         let mut odd = tiny_pe(b"plinth.slot=z");
         assert!(set_uki_slot(&mut odd, Slot::A).is_err());
         assert!(set_uki_slot(&mut [0u8; 10], Slot::A).is_err());

@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot (and SMM, which guards its variables).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 /// A Pi-layout VM's disk: a sparse raw copy of the image.
 pub const RAW_DISK: &str = "disk.raw";
 /// The device tree the Pi 4B's firmware picks (upstream name).
@@ -135,6 +137,9 @@ pub struct Vm {
     serial_mark: u64,
     /// The slot the harness booted last (Pi layout).
     pub booted_slot: Option<machinery::layout::Slot>,
+    /// UEFI Secure Boot on: OVMF's secboot build with SMM, and the VM's
+    /// variable store copied from one with the operator's keys enrolled.
+    secure_boot: Option<PathBuf>,
 }
 
 /// How the VM's disk is attached: virtio by default; the others stand in
@@ -207,18 +212,43 @@ impl Vm {
 
     /// [`Vm::start`] with the disk attached another way.
     pub fn start_with(opts: VmOptions, disk: Disk) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, disk, true)
+        Vm::start_inner(opts, disk, true, None)
+    }
+
+    /// [`Vm::start`] with UEFI Secure Boot on: OVMF's Secure Boot build,
+    /// its variables first copied from `vars`, a store with the keys
+    /// enrolled (`image-builder secure-boot-keys` makes one). UEFI images
+    /// only.
+    pub fn start_secure_boot(opts: VmOptions, vars: &Path) -> Result<Vm, VmError> {
+        Vm::start_inner(opts, Disk::Virtio, true, Some(vars.to_path_buf()))
     }
 
     /// Starts a VM that outlives this process (`qemu up`): on a Pi-layout
     /// image QEMU resets in place on a guest reboot and boots the same
     /// slot's files again, as no harness is left to play the firmware.
     pub fn start_standalone(opts: VmOptions, disk: Disk) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, disk, false)
+        Vm::start_inner(opts, disk, false, None)
     }
 
-    fn start_inner(mut opts: VmOptions, disk: Disk, supervised: bool) -> Result<Vm, VmError> {
+    fn start_inner(
+        mut opts: VmOptions,
+        disk: Disk,
+        supervised: bool,
+        secure_boot: Option<PathBuf>,
+    ) -> Result<Vm, VmError> {
         let machine = Machine::for_image(&opts.image);
+        if secure_boot.is_some() {
+            if machine.pi_layout() {
+                return Err(VmError::Command {
+                    what: "Secure Boot".into(),
+                    detail: format!(
+                        "{} boots the Raspberry Pi way: there is no UEFI to enforce it",
+                        opts.image.display()
+                    ),
+                });
+            }
+            require(OVMF_CODE_SECBOOT, "ovmf")?;
+        }
         if machine.pi_layout() {
             require("qemu-system-aarch64", "qemu-system-arm (from bookworm-backports)")?;
         } else {
@@ -283,7 +313,8 @@ impl Vm {
                     ],
                     "qemu-img create",
                 )?;
-                std::fs::copy(OVMF_VARS, &vars).map_err(io("copy firmware variables to", &vars))?;
+                let from = secure_boot.as_deref().unwrap_or(Path::new(OVMF_VARS));
+                std::fs::copy(from, &vars).map_err(io("copy firmware variables to", &vars))?;
             }
         }
         let mut vm = Vm {
@@ -300,6 +331,7 @@ impl Vm {
             tryboot: false,
             serial_mark: 0,
             booted_slot: None,
+            secure_boot,
         };
         vm.boot()?;
         Ok(vm)
@@ -373,13 +405,21 @@ impl Vm {
             }
         } else {
             cmd = Command::new("qemu-system-x86_64");
+            let (machine, code) = match self.secure_boot {
+                Some(_) => ("q35,smm=on", OVMF_CODE_SECBOOT),
+                None => ("q35", OVMF_CODE),
+            };
+            if self.secure_boot.is_some() {
+                // Only code running in SMM may write the variable store.
+                cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            }
             cmd.args([
                 "-name",
                 &self.name,
                 "-accel",
                 &accel,
                 "-machine",
-                "q35",
+                machine,
                 "-smp",
                 "2",
                 "-nodefaults",
@@ -389,7 +429,7 @@ impl Vm {
             .args(["-m", &format!("{}M", self.opts.memory_mib)])
             .arg("-serial")
             .arg(format!("file:{}", self.serial.display()))
-            .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
+            .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={code}")])
             .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
             .args(self.disk.args(&d.join("disk.qcow2")))
             .args(["-netdev", &net])

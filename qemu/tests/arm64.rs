@@ -74,6 +74,7 @@ fn build(dir: &Path, board: &str, bin_dir: PathBuf) -> PathBuf {
         version: machinery::VERSION.to_string(),
         security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
+        secure_boot: None,
     };
     image_builder::build(&opts).unwrap();
     opts.out

@@ -84,6 +84,7 @@ fn fixture_options(work: &Path, board: &str, image: &Path) -> image_builder::Bui
         version: machinery::VERSION.to_string(),
         security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
+        secure_boot: None,
     }
 }
 

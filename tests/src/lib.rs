@@ -396,6 +396,7 @@ pub fn build_options_for(
         version: version.to_string(),
         security_version: machinery::SECURITY_VERSION,
         preload_images: Vec::new(),
+        secure_boot: None,
     })
 }
 
