@@ -42,6 +42,9 @@ enum Command {
         /// Another name or address for the API's serving certificate (repeatable).
         #[arg(long = "cert-san", value_name = "NAME")]
         cert_sans: Vec<String>,
+        /// How long an Event is kept after its last write (as kube-apiserver's: `1h`, `1h0m0s`, `90s`).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        event_ttl: std::time::Duration,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -156,6 +159,13 @@ fn raise_open_file_limit() {
     }
 }
 
+/// A duration as Go writes one (`1h0m0s`) or a friendlier `1h 30m`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: jiff::SignedDuration =
+        s.parse().map_err(|e| format!("{s:?} is not a duration (e.g. 1h, 30m, 1h0m0s): {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("{s:?}: a duration cannot be negative"))
+}
+
 /// The tracing target of a boot step the crates reach (field `step`, e.g.
 /// the kubelet's first Ready status).
 const BOOT_STEP: &str = "boot_step";
@@ -217,11 +227,23 @@ fn main() -> anyhow::Result<()> {
     raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match Cli::parse().command {
-        Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, cert_sans, node } => {
+        Command::Server {
+            data_dir,
+            listen,
+            ca_cert,
+            ca_key,
+            fsync,
+            controllers,
+            kubelet,
+            cert_sans,
+            event_ttl,
+            node,
+        } => {
             let durability =
                 if fsync { orchestrator_store::Durability::Full } else { orchestrator_store::Durability::Normal };
             let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
-            let cfg = orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans };
+            let cfg =
+                orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans, event_ttl };
             rt.block_on(async {
                 let running = orchestrator_apiserver::start(cfg).await?;
                 tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");

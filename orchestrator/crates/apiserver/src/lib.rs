@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use orchestrator_apimachinery::decode;
 use orchestrator_apimachinery::discovery;
 use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::housekeeping;
 use orchestrator_apimachinery::patch;
 use orchestrator_apimachinery::registry::{
     DeleteOptions, FieldValidation, ListOptions, Part, Propagation, Registry, WriteOptions,
@@ -52,6 +53,8 @@ pub struct Config {
     /// More names and addresses for the serving certificate (the node's
     /// host name and LAN addresses, a load balancer's name).
     pub cert_sans: Vec<String>,
+    /// How long an Event lives after its last write (`--event-ttl`).
+    pub event_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +71,6 @@ pub enum ServerError {
     Bootstrap(ApiError),
 }
 
-/// History kept by compaction (as kine: the newest 1,000 revisions), and
-/// how often it runs.
-const KEEP_REVISIONS: i64 = 1000;
-const COMPACT_EVERY: Duration = Duration::from_secs(300);
-
 /// Deadlines, as upstream's: a TLS handshake (Go's `TLSHandshakeTimeout`,
 /// 10 s), a request's headers (kube-apiserver's `ReadHeaderTimeout`, 32 s)
 /// and its body (the 60 s `--request-timeout`).
@@ -80,21 +78,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(32);
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Compacts the store periodically; watches from before the kept window
-/// get 410 Gone and re-list.
-fn spawn_compactor(registry: Arc<Registry>) {
+/// Every five minutes: expire Events, compact, give the space back
+/// (`housekeeping`); watches from before the kept window get 410 Gone.
+fn spawn_housekeeping(registry: Arc<Registry>, event_ttl: Duration) {
+    let settings = housekeeping::Settings { event_ttl, ..Default::default() };
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(COMPACT_EVERY);
+        let mut tick = tokio::time::interval(housekeeping::EVERY);
         loop {
             tick.tick().await;
             let reg = registry.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                let target = reg.store.current_revision()? - KEEP_REVISIONS;
-                if target > 0 { reg.store.compact(target) } else { Ok(()) }
-            })
-            .await;
-            if let Ok(Err(e)) = done {
-                tracing::warn!("compaction: {e}");
+            let done =
+                tokio::task::spawn_blocking(move || housekeeping::run(&*reg.store, &settings, jiff::Timestamp::now()))
+                    .await;
+            match done {
+                Ok(Ok(report)) => tracing::debug!(?report, "housekeeping"),
+                Ok(Err(e)) => tracing::warn!("housekeeping (Event expiry, compaction, vacuum): {e}"),
+                Err(e) => tracing::warn!("housekeeping: {e}"),
             }
         }
     });
@@ -258,7 +257,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         connections: Arc::default(),
         rbac,
     });
-    spawn_compactor(registry.clone());
+    spawn_housekeeping(registry.clone(), cfg.event_ttl);
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
     Ok(Running { address, admin_kubeconfig, read_only_kubeconfig, registry, ca, task })
 }

@@ -18,6 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::cri::v1;
+use crate::disk;
 use crate::{Kubelet, KubeletError};
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::Part;
@@ -134,8 +135,14 @@ fn stored_conditions(node: &Node) -> &[NodeCondition] {
 async fn conditions(k: &Kubelet, old: &[NodeCondition]) -> Vec<NodeCondition> {
     let (ready, msg) = runtime_ready(k).await;
     let avail = meminfo_kib("MemAvailable");
-    let disk_low = nix::sys::statvfs::statvfs(&k.cfg.dir)
-        .is_ok_and(|s| s.blocks() > 0 && (s.blocks_available() as f64 / s.blocks() as f64) < 0.1);
+    let disk_low = match disk::Usage::of(&k.cfg.dir) {
+        Ok(u) => u.pressure(),
+        Err(e) => {
+            tracing::warn!("disk pressure: {e}");
+            false
+        }
+    };
+    let (disk_reason, disk_message) = disk::condition(disk_low);
     let t = Time(now_seconds());
     let cond = |kind: &str, status: bool, reason: &str, message: &str| {
         let s = if status { "True" } else { "False" };
@@ -160,7 +167,7 @@ async fn conditions(k: &Kubelet, old: &[NodeCondition]) -> Vec<NodeCondition> {
             "KubeletHasSufficientMemory",
             "kubelet has sufficient memory available",
         ),
-        cond("DiskPressure", disk_low, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        cond("DiskPressure", disk_low, disk_reason, disk_message),
         cond("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
         cond("Ready", ready, if ready { "KubeletReady" } else { "KubeletNotReady" }, &msg),
     ]
@@ -224,6 +231,9 @@ async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
     let old = stored_node(k).await?;
     let conds = conditions(k, stored_conditions(&old)).await;
     let ready = conds.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let status_of = |cs: &[NodeCondition], kind: &str| cs.iter().find(|c| c.type_ == kind).map(|c| c.status.clone());
+    let pressure = status_of(&conds, "DiskPressure").as_deref() == Some("True");
+    let disk_event = disk::transition(status_of(stored_conditions(&old), "DiskPressure").as_deref(), pressure);
     let address = |type_: &str, address: &str| NodeAddress { type_: type_.into(), address: address.into() };
     let status = NodeStatus {
         capacity: Some(capacity(k)),
@@ -269,7 +279,30 @@ async fn post_status(k: &Kubelet) -> Result<(), KubeletError> {
     if ready {
         boot_step(&READY, "node-ready");
     }
+    if let Some(reason) = disk_event {
+        node_event(k, reason).await;
+    }
     Ok(())
+}
+
+/// Records a change of the Node's state as the upstream kubelet does: an
+/// Event in `default` about the Node (its uid is its name there too).
+async fn node_event(k: &Kubelet, reason: &str) {
+    let name = &k.cfg.node_name;
+    let t = orchestrator_apimachinery::registry::now();
+    let suffix = &orchestrator_apimachinery::registry::new_uid().replace('-', "")[..16];
+    let e = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{name}.{suffix}"), "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": name, "uid": name},
+        "reason": reason, "message": format!("Node {name} status is now: {reason}"), "type": "Normal",
+        "source": {"component": "kubelet", "host": name},
+        "firstTimestamp": t, "lastTimestamp": t, "count": 1,
+        "reportingComponent": "kubelet", "reportingInstance": name,
+    });
+    if let Err(e) = k.api.create("Event", Some("default"), e).await {
+        tracing::warn!("record the node event {reason}: {e}");
+    }
 }
 
 /// Whether the posted conditions differ (ignoring heartbeat times) from what holds now.
