@@ -7,6 +7,7 @@ pub mod boot;
 pub mod clock;
 pub mod dhcp;
 pub mod disk;
+pub mod diskstats;
 pub mod journal;
 pub mod kmsg;
 pub mod loader;

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod backup;
+
 use clap::{Args, Parser, Subcommand};
 use orchestrator_client::Api;
 use orchestrator_kubelet::{self as kubelet, server::Identity};
@@ -67,6 +69,29 @@ enum Command {
         /// this time on (Unix seconds; the boot, after a reboot).
         #[arg(long)]
         since: Option<i64>,
+    },
+    /// Writes a consistent backup of the store of DATA-DIR (serving or not)
+    /// to OUT: a header (Plinth version, cluster CA's sha256, time, the
+    /// copy's sha256) and the database copy.
+    Backup {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The cluster CA certificate (default: DATA-DIR/ca.crt).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Brings back FROM (a backup, or an automatic snapshot under
+    /// DATA-DIR/snapshots) as the store of DATA-DIR; the server must be
+    /// stopped. A backup of another cluster, or a damaged one, is refused.
+    Restore {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The cluster CA certificate (default: DATA-DIR/ca.crt).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        from: PathBuf,
     },
     /// Runs the kubelet alone against a remote API server (a worker node).
     Kubelet {
@@ -242,10 +267,23 @@ fn main() -> anyhow::Result<()> {
             let durability =
                 if fsync { orchestrator_store::Durability::Full } else { orchestrator_store::Durability::Normal };
             let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
+            let dir = data_dir.clone();
             let cfg =
                 orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans, event_ttl };
             rt.block_on(async {
-                let running = orchestrator_apiserver::start(cfg).await?;
+                let running = match orchestrator_apiserver::start(cfg).await {
+                    Err(orchestrator_apiserver::ServerError::Store(
+                        e @ orchestrator_store::StoreError::Corrupt { .. },
+                    )) => {
+                        let offer = backup::corrupt_offer(&dir, &e);
+                        tracing::error!("{offer}");
+                        eprintln!("{offer}");
+                        // Restarting would find the same damage: wait for the operator.
+                        std::future::pending::<()>().await;
+                        unreachable!("pending never completes")
+                    }
+                    r => r?,
+                };
                 tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");
                 if controllers {
                     orchestrator_controllers::spawn_all(running.registry.clone());
@@ -285,6 +323,15 @@ fn main() -> anyhow::Result<()> {
             println!("{}", missing.join("; "));
             std::process::exit(1);
         }),
+        Command::Backup { data_dir, ca_cert, out } => {
+            let h = backup::backup(&data_dir, ca_cert.as_deref(), &out)?;
+            println!("{}: {} bytes, sha256 {}, cluster {}", out.display(), h.size, h.sha256, h.cluster);
+            Ok(())
+        }
+        Command::Restore { data_dir, ca_cert, from } => {
+            println!("{}", backup::restore(&data_dir, ca_cert.as_deref(), &from)?);
+            Ok(())
+        }
         Command::Kubelet { kubeconfig, server, ca_cert, ca_key, node } => rt.block_on(async {
             let cfg = node.config("/var/lib/plinth/kubelet".into());
             let kubeconfig = match (kubeconfig, server, ca_cert, ca_key) {

@@ -41,6 +41,7 @@ use orchestrator_apimachinery::selector::{FieldSelector, LabelSelector};
 use orchestrator_apimachinery::table::{self, IncludeObject};
 use orchestrator_http::pki::{self, ADMIN_GROUP, READ_ONLY_GROUP};
 use orchestrator_http::{Body, flag, param, parse_query, read_body};
+use orchestrator_store::backup::Snapshots;
 use orchestrator_store::{Durability, SqliteStore, StoreError};
 
 #[derive(Debug, Clone)]
@@ -79,20 +80,26 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(32);
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every five minutes: expire Events, compact, give the space back
-/// (`housekeeping`); watches from before the kept window get 410 Gone.
-fn spawn_housekeeping(registry: Arc<Registry>, event_ttl: Duration) {
+/// (`housekeeping`; watches from before the kept window get 410 Gone),
+/// and once a day an automatic snapshot of the database beside it.
+fn spawn_housekeeping(registry: Arc<Registry>, event_ttl: Duration, db: PathBuf) {
     let settings = housekeeping::Settings { event_ttl, ..Default::default() };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(housekeeping::EVERY);
         loop {
             tick.tick().await;
             let reg = registry.clone();
-            let done =
-                tokio::task::spawn_blocking(move || housekeeping::run(&*reg.store, &settings, jiff::Timestamp::now()))
-                    .await;
+            let db = db.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let report = housekeeping::run(&*reg.store, &settings, jiff::Timestamp::now())?;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let snapshot = Snapshots::beside(&db).take_if_due(&db, now)?;
+                Ok::<_, StoreError>((report, snapshot))
+            })
+            .await;
             match done {
-                Ok(Ok(report)) => tracing::debug!(?report, "housekeeping"),
-                Ok(Err(e)) => tracing::warn!("housekeeping (Event expiry, compaction, vacuum): {e}"),
+                Ok(Ok((report, snapshot))) => tracing::debug!(?report, ?snapshot, "housekeeping"),
+                Ok(Err(e)) => tracing::warn!("housekeeping (Event expiry, compaction, vacuum, snapshot): {e}"),
                 Err(e) => tracing::warn!("housekeeping: {e}"),
             }
         }
@@ -257,7 +264,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         connections: Arc::default(),
         rbac,
     });
-    spawn_housekeeping(registry.clone(), cfg.event_ttl);
+    spawn_housekeeping(registry.clone(), cfg.event_ttl, dir.join("state.db"));
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
     Ok(Running { address, admin_kubeconfig, read_only_kubeconfig, registry, ca, task })
 }
