@@ -8,6 +8,7 @@ pub mod clock;
 pub mod dhcp;
 pub mod disk;
 pub mod dm;
+pub mod diskstats;
 pub mod journal;
 pub mod kmsg;
 pub mod loader;

@@ -22,7 +22,7 @@ use crate::InitError;
 use crate::journal::Journal;
 use crate::kmsg::KernelLog;
 use crate::store::{ConfigStore, Signed, Slot, VerifyFailure};
-use crate::supervisor::{ServiceSpec, Supervisor, SupervisorError, event, proc_field, rss_kib};
+use crate::supervisor::{ServiceSpec, Supervisor, SupervisorError, event, proc_field, rss_kib, write_bytes};
 use crate::upgrade::{self, Slots};
 
 /// What the main loop does once the RPC has answered.
@@ -1019,6 +1019,8 @@ impl MachineService for InitApi {
             memory_total_kib: proc_field("/proc/meminfo", "MemTotal:"),
             memory_available_kib: proc_field("/proc/meminfo", "MemAvailable:"),
             init_rss_kib: rss_kib("/proc/self/status"),
+            init_write_bytes: write_bytes("/proc/self/io"),
+            disks: crate::diskstats::read(),
             slots: m.slots.as_ref().map(|s| s.infos()).unwrap_or_default(),
             boot_id: crate::steps::boot_id(),
             boot_steps: m.settings.boot_steps.as_ref().map_or_else(Vec::new, |steps| {

@@ -178,6 +178,7 @@ impl Supervisor {
                     uptime_seconds: st.started.map_or(0, |t| t.elapsed().as_secs()),
                     last_exit: st.last_exit.clone(),
                     rss_kib: if st.pid == 0 { 0 } else { rss_kib(&format!("/proc/{}/status", st.pid)) },
+                    write_bytes: if st.pid == 0 { 0 } else { write_bytes(&format!("/proc/{}/io", st.pid)) },
                 }
             })
             .collect()
@@ -245,6 +246,12 @@ fn reaper() -> Result<&'static Mutex<ExitWaiters>, SupervisorError> {
 /// `VmRSS` of a `/proc/<pid>/status` file, in KiB (0 when unreadable).
 pub fn rss_kib(status_path: &str) -> u64 {
     proc_field(status_path, "VmRSS:")
+}
+
+/// `write_bytes` of a `/proc/<pid>/io` file: what the process caused to be
+/// written to storage (0 when unreadable).
+pub fn write_bytes(io_path: &str) -> u64 {
+    proc_field(io_path, "write_bytes:")
 }
 
 /// A `Name:   123 kB` field of a /proc file.
@@ -447,6 +454,23 @@ async fn run_service(inner: Arc<Inner>, svc: Arc<Service>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file written and synced on a real disk counts in this process'
+    /// `write_bytes` (the write budget's per-process figure).
+    #[test]
+    fn write_bytes_counts_what_reaches_the_disk() {
+        use std::io::Write as _;
+        let before = write_bytes("/proc/self/io");
+        // Beside the test binary: on a disk (a tmpfs /tmp counts nothing).
+        let exe = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
+        let mut f = std::fs::File::create(dir.path().join("data")).unwrap();
+        f.write_all(&vec![7u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let after = write_bytes("/proc/self/io");
+        assert!(after >= before + (1 << 20), "write_bytes {before} → {after} after a synced MiB");
+        assert_eq!(write_bytes("/proc/self/no-such-file"), 0);
+    }
 
     #[test]
     fn services_inherit_a_raised_open_file_limit() {

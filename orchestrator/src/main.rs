@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod backup;
+
 use clap::{Args, Parser, Subcommand};
 use orchestrator_client::Api;
 use orchestrator_kubelet::{self as kubelet, server::Identity};
@@ -42,6 +44,9 @@ enum Command {
         /// Another name or address for the API's serving certificate (repeatable).
         #[arg(long = "cert-san", value_name = "NAME")]
         cert_sans: Vec<String>,
+        /// How long an Event is kept after its last write (as kube-apiserver's: `1h`, `1h0m0s`, `90s`).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        event_ttl: std::time::Duration,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -66,6 +71,29 @@ enum Command {
         /// this time on (Unix seconds; the boot, after a reboot).
         #[arg(long)]
         since: Option<i64>,
+    },
+    /// Writes a consistent backup of the store of DATA-DIR (serving or not)
+    /// to OUT: a header (Plinth version, cluster CA's sha256, time, the
+    /// copy's sha256) and the database copy.
+    Backup {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The cluster CA certificate (default: DATA-DIR/ca.crt).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Brings back FROM (a backup, or an automatic snapshot under
+    /// DATA-DIR/snapshots) as the store of DATA-DIR; the server must be
+    /// stopped. A backup of another cluster, or a damaged one, is refused.
+    Restore {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The cluster CA certificate (default: DATA-DIR/ca.crt).
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        from: PathBuf,
     },
     /// Runs the kubelet alone against a remote API server (a worker node).
     Kubelet {
@@ -185,6 +213,13 @@ fn raise_open_file_limit() {
     }
 }
 
+/// A duration as Go writes one (`1h0m0s`) or a friendlier `1h 30m`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: jiff::SignedDuration =
+        s.parse().map_err(|e| format!("{s:?} is not a duration (e.g. 1h, 30m, 1h0m0s): {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("{s:?}: a duration cannot be negative"))
+}
+
 /// The tracing target of a boot step the crates reach (field `step`, e.g.
 /// the kubelet's first Ready status).
 const BOOT_STEP: &str = "boot_step";
@@ -246,15 +281,49 @@ fn main() -> anyhow::Result<()> {
     raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match Cli::parse().command {
-        Command::Server { data_dir, listen, ca_cert, ca_key, fsync, controllers, kubelet, cert_sans, store, node } => {
+        Command::Server {
+            data_dir,
+            listen,
+            ca_cert,
+            ca_key,
+            fsync,
+            controllers,
+            kubelet,
+            cert_sans,
+            event_ttl,
+            store,
+            node,
+        } => {
             let durability =
                 if fsync { orchestrator_store::Durability::Full } else { orchestrator_store::Durability::Normal };
             let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
+            let dir = data_dir.clone();
             let etcd = store.etcd()?;
             let on_etcd = etcd.is_some();
-            let cfg = orchestrator_apiserver::Config { data_dir, listen, ca_cert, ca_key, durability, cert_sans, etcd };
+            let cfg = orchestrator_apiserver::Config {
+                data_dir,
+                listen,
+                ca_cert,
+                ca_key,
+                durability,
+                cert_sans,
+                event_ttl,
+                etcd,
+            };
             rt.block_on(async {
-                let running = orchestrator_apiserver::start(cfg).await?;
+                let running = match orchestrator_apiserver::start(cfg).await {
+                    Err(orchestrator_apiserver::ServerError::Store(
+                        e @ orchestrator_store::StoreError::Corrupt { .. },
+                    )) => {
+                        let offer = backup::corrupt_offer(&dir, &e);
+                        tracing::error!("{offer}");
+                        eprintln!("{offer}");
+                        // Restarting would find the same damage: wait for the operator.
+                        std::future::pending::<()>().await;
+                        unreachable!("pending never completes")
+                    }
+                    r => r?,
+                };
                 tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");
                 if controllers && on_etcd {
                     // Several API servers share the store: one runs the controllers.
@@ -300,6 +369,15 @@ fn main() -> anyhow::Result<()> {
             println!("{}", missing.join("; "));
             std::process::exit(1);
         }),
+        Command::Backup { data_dir, ca_cert, out } => {
+            let h = backup::backup(&data_dir, ca_cert.as_deref(), &out)?;
+            println!("{}: {} bytes, sha256 {}, cluster {}", out.display(), h.size, h.sha256, h.cluster);
+            Ok(())
+        }
+        Command::Restore { data_dir, ca_cert, from } => {
+            println!("{}", backup::restore(&data_dir, ca_cert.as_deref(), &from)?);
+            Ok(())
+        }
         Command::Kubelet { kubeconfig, server, ca_cert, ca_key, node } => rt.block_on(async {
             let cfg = node.config("/var/lib/plinth/kubelet".into());
             let kubeconfig = match (kubeconfig, server, ca_cert, ca_key) {

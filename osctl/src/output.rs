@@ -79,6 +79,10 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                         "memory_total_kib": v.memory_total_kib,
                         "memory_available_kib": v.memory_available_kib,
                         "init_rss_kib": v.init_rss_kib,
+                        "init_write_bytes": v.init_write_bytes,
+                        "disks": v.disks.iter().map(|d| serde_json::json!({
+                            "device": d.device, "written_bytes": d.written_bytes,
+                        })).collect::<Vec<_>>(),
                         "safe_reason": v.safe_reason,
                         "boot_id": v.boot_id,
                         "boot_steps": boot_steps_json(&v.boot_steps),
@@ -191,7 +195,7 @@ pub fn services(fmt: Format, results: &[(String, Vec<api::ServiceInfo>)]) {
                         serde_json::json!({
                             "node": node, "name": s.name, "state": state_name(s.state), "pid": s.pid,
                             "restarts": s.restarts, "uptime_seconds": s.uptime_seconds, "last_exit": s.last_exit,
-                            "rss_kib": s.rss_kib,
+                            "rss_kib": s.rss_kib, "write_bytes": s.write_bytes,
                         })
                     })
                 })

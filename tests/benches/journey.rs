@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use plinth_tests::cluster::{BOOT, ClusterNode};
 use plinth_tests::footprint::{self, mib};
-use plinth_tests::{Operator, boot, build_options_for, busybox_archive};
+use plinth_tests::{Operator, boot};
 
 fn print_footprint(node: &mut ClusterNode, when: &str) -> anyhow::Result<()> {
     // Let start-up work settle: the figure is the steady state.
@@ -41,11 +41,8 @@ fn main() -> anyhow::Result<()> {
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
-    let image = w.join("plinth.img");
-    let board = std::env::var("PLINTH_BENCH_BOARD").unwrap_or_else(|_| "qemu-x86_64".into());
-    let mut opts = build_options_for(&op, &image, machinery::VERSION, &board)?;
-    let arch = image_builder::load_board(&board, &opts.board_dir)?.arch;
-    opts.preload_images = vec![busybox_archive(w, arch)?];
+    let (board, opts) = plinth_tests::cluster::busybox_image_options(&op, w)?;
+    let image = opts.out.clone();
     println!("board {board}, guest memory {memory} MiB");
     let t = Instant::now();
     let manifest = image_builder::build(&opts)?;

@@ -69,6 +69,16 @@ pub fn journey_memory_mib() -> u32 {
     std::env::var("PLINTH_JOURNEY_MEMORY_MIB").ok().and_then(|m| m.parse().ok()).unwrap_or(512)
 }
 
+/// The bench board (`PLINTH_BENCH_BOARD`, default `qemu-x86_64`) and the
+/// build options of its image at `dir/plinth.img` with busybox preloaded.
+pub fn busybox_image_options(op: &Operator, dir: &Path) -> anyhow::Result<(String, image_builder::BuildOptions)> {
+    let board = std::env::var("PLINTH_BENCH_BOARD").unwrap_or_else(|_| "qemu-x86_64".into());
+    let mut opts = crate::build_options_for(op, &dir.join("plinth.img"), machinery::VERSION, &board)?;
+    let arch = image_builder::load_board(&board, &opts.board_dir)?.arch;
+    opts.preload_images = vec![crate::busybox_archive(dir, arch)?];
+    Ok((board, opts))
+}
+
 /// The end of a serial log, for failure messages.
 pub fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();

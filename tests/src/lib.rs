@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod cluster;
 pub mod footprint;
+pub mod writes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

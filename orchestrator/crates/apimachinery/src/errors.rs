@@ -132,7 +132,8 @@ impl ApiError {
             details: self.details.as_deref().cloned(),
             message: Some(self.message.clone()),
             metadata: ListMeta::default(),
-            reason: Some(self.reason.to_string()),
+            // An unknown reason (upstream's "") is left out, as upstream's JSON does.
+            reason: Some(self.reason.to_string()).filter(|r| !r.is_empty()),
             status: Some("Failure".into()),
         }
     }
@@ -156,6 +157,12 @@ impl ApiError {
             StoreError::TooLarge { .. } => ApiError::too_large("etcdserver: request is too large"),
             // No quorum or no etcd member: the request may succeed later.
             e @ StoreError::Unavailable { .. } => ApiError::new(503, "ServiceUnavailable", e.to_string()),
+            // Upstream's answer when etcd is out of space: a 500 with no
+            // reason (kubectl: "Error from server: etcdserver: mvcc:
+            // database space exceeded"), here followed by the cause.
+            e @ StoreError::NoSpace { .. } => {
+                ApiError::new(500, "", format!("etcdserver: mvcc: database space exceeded: {e}"))
+            }
             e => ApiError::internal(e.to_string()),
         }
     }
@@ -195,6 +202,20 @@ mod tests {
         assert_eq!(j["code"], 422);
         assert_eq!(j["message"], "Deployment.apps \"Bad\" is invalid: metadata.name: Invalid value: \"Bad\": no");
         assert_eq!(j["details"]["causes"][0]["field"], "metadata.name");
+        let nf = ApiError::not_found(by_kind("Pod").unwrap(), "p").to_json();
+        assert_eq!((nf["reason"].as_str(), nf["message"].as_str()), (Some("NotFound"), Some("pods \"p\" not found")));
+    }
+
+    #[test]
+    fn a_full_disk_is_upstreams_500_naming_the_cause() {
+        let full = StoreError::NoSpace { op: "commit", path: "/var/lib/plinth/orchestrator/state.db".into() };
+        let j = ApiError::from_store(by_kind("ConfigMap").unwrap(), "c", full).to_json();
+        assert_eq!(j["code"], 500);
+        assert!(j.get("reason").is_none(), "upstream's unknown reason: {j}");
+        assert_eq!(
+            j["message"],
+            "etcdserver: mvcc: database space exceeded: commit on /var/lib/plinth/orchestrator/state.db: no space left on device"
+        );
         let nf = ApiError::not_found(by_kind("Pod").unwrap(), "p").to_json();
         assert_eq!((nf["reason"].as_str(), nf["message"].as_str()), (Some("NotFound"), Some("pods \"p\" not found")));
     }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod decode;
 pub mod discovery;
 pub mod errors;
+pub mod housekeeping;
 pub mod node_fields;
 pub mod patch;
 pub mod protobuf;

@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 use orchestrator_apimachinery::decode;
 use orchestrator_apimachinery::discovery;
 use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::housekeeping;
 use orchestrator_apimachinery::patch;
 use orchestrator_apimachinery::registry::{
     DeleteOptions, FieldValidation, ListOptions, Part, Propagation, Registry, WriteOptions,
@@ -45,6 +46,7 @@ use orchestrator_apimachinery::selector::{FieldSelector, LabelSelector};
 use orchestrator_apimachinery::table::{self, IncludeObject};
 use orchestrator_http::pki::{self, ADMIN_GROUP, READ_ONLY_GROUP};
 use orchestrator_http::{Body, flag, param, parse_query, read_body};
+use orchestrator_store::backup::Snapshots;
 use orchestrator_store::{Durability, SqliteStore, Store, StoreError};
 use orchestrator_store_etcd::{EtcdConfig, EtcdStore};
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub cert_sans: Vec<String>,
     /// The store on etcd (an HA control plane); `None`: SQLite in `data_dir`.
     pub etcd: Option<EtcdConfig>,
+    /// How long an Event lives after its last write (`--event-ttl`).
+    pub event_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +81,6 @@ pub enum ServerError {
     #[error("ServiceAccount token key: {0}")]
     TokenKey(#[from] satoken::KeyError),
 }
-
-/// History kept by compaction (as kine: the newest 1,000 revisions), and
-/// how often it runs.
-const KEEP_REVISIONS: i64 = 1000;
-const COMPACT_EVERY: Duration = Duration::from_secs(300);
 
 /// Deadlines, as upstream's: a TLS handshake (Go's `TLSHandshakeTimeout`,
 /// 10 s), a request's headers (kube-apiserver's `ReadHeaderTimeout`, 32 s)
@@ -132,21 +131,32 @@ fn spawn_reconciler(
     });
 }
 
-/// Compacts the store periodically; watches from before the kept window
-/// get 410 Gone and re-list.
-fn spawn_compactor(registry: Arc<Registry>) {
+/// Every five minutes: expire Events, compact, give the space back
+/// (`housekeeping`; watches from before the kept window get 410 Gone),
+/// and once a day an automatic snapshot of the SQLite database beside it
+/// (`db`; `None` on etcd, whose snapshots are its own).
+fn spawn_housekeeping(registry: Arc<Registry>, event_ttl: Duration, db: Option<PathBuf>) {
+    let settings = housekeeping::Settings { event_ttl, ..Default::default() };
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(COMPACT_EVERY);
+        let mut tick = tokio::time::interval(housekeeping::EVERY);
         loop {
             tick.tick().await;
             let reg = registry.clone();
+            let db = db.clone();
             let done = tokio::task::spawn_blocking(move || {
-                let target = reg.store.current_revision()? - KEEP_REVISIONS;
-                if target > 0 { reg.store.compact(target) } else { Ok(()) }
+                let report = housekeeping::run(&*reg.store, &settings, jiff::Timestamp::now())?;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let snapshot = match &db {
+                    Some(db) => Snapshots::beside(db).take_if_due(db, now)?,
+                    None => None,
+                };
+                Ok::<_, StoreError>((report, snapshot))
             })
             .await;
-            if let Ok(Err(e)) = done {
-                tracing::warn!("compaction: {e}");
+            match done {
+                Ok(Ok((report, snapshot))) => tracing::debug!(?report, ?snapshot, "housekeeping"),
+                Ok(Err(e)) => tracing::warn!("housekeeping (Event expiry, compaction, vacuum, snapshot): {e}"),
+                Err(e) => tracing::warn!("housekeeping: {e}"),
             }
         }
     });
@@ -352,7 +362,8 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         rbac,
         sa_keys,
     });
-    spawn_compactor(registry.clone());
+    let db = cfg.etcd.is_none().then(|| dir.join("state.db"));
+    spawn_housekeeping(registry.clone(), cfg.event_ttl, db);
     let task = tokio::spawn(accept_loop(listener, acceptor, state));
     Ok(Running { address, admin_kubeconfig, read_only_kubeconfig, registry, ca, task })
 }

@@ -15,6 +15,7 @@ pub mod claims;
 pub mod cni;
 pub mod credentials;
 pub mod cri;
+pub mod disk;
 pub mod exec;
 pub mod images;
 pub mod logs;
