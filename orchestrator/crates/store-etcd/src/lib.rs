@@ -186,9 +186,16 @@ impl Failure {
         match self {
             Failure::Etcd(etcd_client::Error::GRpcStatus(s)) => {
                 matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
-                    || ["transport error", "no leader", "timed out", "leader changed", "not capable", "unhealthy cluster"]
-                        .iter()
-                        .any(|m| s.message().contains(m))
+                    || [
+                        "transport error",
+                        "no leader",
+                        "timed out",
+                        "leader changed",
+                        "not capable",
+                        "unhealthy cluster",
+                    ]
+                    .iter()
+                    .any(|m| s.message().contains(m))
             }
             Failure::Etcd(etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)) => true,
             Failure::Timeout(_) | Failure::Stopped => true,

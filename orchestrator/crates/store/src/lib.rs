@@ -97,7 +97,8 @@ impl Watch {
     /// A watch of `prefix` replaying the past after `from` up to
     /// `replayed_to` through `pager`, then following `live`.
     pub fn new(prefix: &str, from: i64, replayed_to: i64, pager: Pager, live: broadcast::Receiver<Event>) -> Watch {
-        let replay = Replay { page: VecDeque::new(), pager, cursor: from, live, replayed_to, prefix: prefix.to_string() };
+        let replay =
+            Replay { page: VecDeque::new(), pager, cursor: from, live, replayed_to, prefix: prefix.to_string() };
         Watch { source: Source::Replay(replay) }
     }
 
