@@ -72,6 +72,9 @@ impl System for Disk {
         Linux.run(program, args)
     }
     fn sync(&self) {}
+    fn dm_create(&self, name: &str, _: u64, _: &str, _: &str) -> SysResult<PathBuf> {
+        Err(missing("dm_create", Path::new(name)))
+    }
 }
 
 #[test]

@@ -30,14 +30,14 @@ pub struct RootVerity {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{}{word}: {why} (expected {}<data blocks>:<sha256 root hash>:<salt>)", CMDLINE_VERITY, CMDLINE_VERITY)]
+#[error("{key}{word}: {why} (expected {key}<data blocks>:<sha256 root hash>:<salt>)", key = CMDLINE_VERITY)]
 pub struct VerityError {
     pub word: String,
     pub why: &'static str,
 }
 
 fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl RootVerity {

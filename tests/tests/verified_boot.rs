@@ -2,9 +2,10 @@
 //! an image signed with the operator's own Secure Boot key boots under
 //! OVMF with Secure Boot on and its root verified by dm-verity; a UKI with
 //! one byte changed is refused by the firmware, and a root with one byte
-//! changed is refused by dm-verity. A configured node whose STATE
-//! superblock was zeroed between two boots comes back configured,
-//! answering authenticated osctl, without a reboot loop.
+//! changed is refused by dm-verity. A configured node whose stored config
+//! lost a bit, then whose STATE superblock was zeroed, between boots comes
+//! back configured each time, answering authenticated osctl, without a
+//! reboot.
 
 use std::time::Duration;
 
@@ -119,19 +120,32 @@ fn secure_boot_refuses_a_tampered_uki_and_dm_verity_a_tampered_root() -> anyhow:
     Ok(())
 }
 
+/// Runs a program to completion; its stdout.
+fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(program).args(args).output().with_context(|| program.to_string())?;
+    anyhow::ensure!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Fills `len` bytes at `offset` of a qcow2 disk (the VM's overlay) with `byte`.
+fn fill_qcow2(disk: &std::path::Path, offset: u64, len: u64, byte: u8) -> anyhow::Result<()> {
+    let disk = disk.to_str().context("utf-8")?;
+    run("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {byte} {offset} {len}"), disk]).map(drop)
+}
+
 #[test]
-fn a_configured_node_whose_state_superblock_was_zeroed_comes_back_configured() -> anyhow::Result<()> {
+fn a_flipped_bit_in_the_stored_config_or_a_zeroed_state_superblock_leaves_a_configured_node() -> anyhow::Result<()> {
     let _one = plinth_qemu::one_at_a_time();
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
     let image = w.join("plinth.img");
     let manifest = image_builder::build(&build_options(&op, &image, machinery::VERSION)?)?;
-    let (state_at, _) = manifest
+    let state_at = manifest
         .partitions
         .iter()
         .find(|p| p.label == machinery::layout::STATE)
-        .map(|p| (p.offset, p.size))
+        .map(|p| p.offset)
         .context("STATE partition")?;
     let mut vm = Vm::start(VmOptions { image, name: "state".into(), memory_mib: 256, dir: w.join("vm") })?;
     vm.wait_for_api(BOOT)?;
@@ -145,20 +159,48 @@ fn a_configured_node_whose_state_superblock_was_zeroed_comes_back_configured() -
     wait_for("the node configured", Duration::from_secs(60), configured)?;
     osctl(&c, &["-n", &addr, "shutdown"]).ok()?;
     vm.wait_exit(Duration::from_secs(120))?;
-
-    // Zeros over the primary ext4 superblock (1 KiB at byte 1024 of STATE),
-    // written into the VM's disk between two boots.
     let overlay = vm.dir.join("disk.qcow2");
-    let out = std::process::Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", &format!("write -P 0 {} 1024", state_at + 1024)])
-        .arg(&overlay)
-        .output()
-        .context("qemu-io (qemu-utils)")?;
-    anyhow::ensure!(out.status.success(), "qemu-io: {}", String::from_utf8_lossy(&out.stderr));
 
-    // The node repairs STATE from a backup superblock (never formats it),
-    // keeps its config and answers authenticated osctl; no reboot on the
-    // way (the serial log starts again with this boot).
+    // (1) One bit of config/config.signed flipped on the disk between two boots
+    // (found through a raw copy: debugfs maps the file to its block).
+    let raw = w.join("disk.raw");
+    run(
+        "qemu-img",
+        &["convert", "-f", "qcow2", "-O", "raw", overlay.to_str().context("utf-8")?, raw.to_str().context("utf-8")?],
+    )?;
+    let fs = format!("{}?offset={state_at}", raw.display());
+    let block: u64 = run("debugfs", &["-R", "bmap /config/config.signed 0", &fs])?.trim().parse()?;
+    let block_size: u64 = run("dumpe2fs", &["-h", &fs])?
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .context("dumpe2fs: block size")?
+        .trim()
+        .parse()?;
+    let at = state_at + block * block_size + 100;
+    let byte = {
+        use std::os::unix::fs::FileExt as _;
+        let mut b = [0u8; 1];
+        std::fs::File::open(&raw)?.read_exact_at(&mut b, at)?;
+        b[0]
+    };
+    std::fs::remove_file(&raw)?;
+    fill_qcow2(&overlay, at, 1, byte ^ 0x01)?;
+    vm.boot()?;
+    let v = wait_for("the node back, configured", BOOT, configured).with_context(|| tail(&vm.serial_log()))?;
+    assert_eq!(v[0]["hostname"], "snode", "{v}");
+    let events = osctl(&c, &["-n", &addr, "events"]).ok()?.stdout;
+    assert!(events.contains("the stored config cannot be used"), "{events}");
+    assert!(events.contains("running the last good config (version 1) instead"), "{events}");
+    let log = vm.serial_log();
+    assert_eq!(log.matches("Plinth 0.1.0 starting").count(), 1, "no reboot:\n{}", tail(&log));
+    osctl(&c, &["-n", &addr, "shutdown"]).ok()?;
+    vm.wait_exit(Duration::from_secs(120))?;
+
+    // (2) Zeros over the primary ext4 superblock (1 KiB at byte 1024 of
+    // STATE): repaired from a backup superblock (never formatted), the
+    // config kept, authenticated osctl answered; no reboot on the way (the
+    // serial log starts again with each QEMU run).
+    fill_qcow2(&overlay, state_at + 1024, 1024, 0)?;
     vm.boot()?;
     let v = wait_for("the node back, configured", BOOT, configured).with_context(|| tail(&vm.serial_log()))?;
     assert_eq!(v[0]["hostname"], "snode", "{v}");
