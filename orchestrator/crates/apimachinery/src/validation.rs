@@ -390,6 +390,7 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
                 }
             }
         }
+        "CertificateSigningRequest" => crate::certificates::validate(o, &mut causes),
         _ => {}
     }
     causes
@@ -410,6 +411,9 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
             let field = p.trim_start_matches('/').replace('/', ".");
             causes.push((field, "Invalid value: field is immutable".into()));
         }
+    }
+    if kind == "CertificateSigningRequest" {
+        crate::certificates::validate_update(old, new, &mut causes);
     }
     causes
 }

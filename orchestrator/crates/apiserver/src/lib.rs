@@ -10,7 +10,9 @@
 //! threads within depth and size bounds (`decode`).
 
 mod access;
+pub mod bootstrap;
 mod connections;
+mod csr;
 mod negotiate;
 pub mod rbac;
 mod streaming;
@@ -52,6 +54,8 @@ pub struct Config {
     /// More names and addresses for the serving certificate (the node's
     /// host name and LAN addresses, a load balancer's name).
     pub cert_sans: Vec<String>,
+    /// A bootstrap token stored at start (the control plane's machine config carries it).
+    pub bootstrap_token: Option<orchestrator_apimachinery::bootstrap_token::Token>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,48 +131,6 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Kubelet serving certificates are not verified (as upstream without
-/// `--kubelet-certificate-authority`): a worker's kubelet holds no CA key and
-/// serves a self-signed certificate. The kubelet verifies *us* (our client
-/// certificate against the cluster CA), which is what guards its API.
-#[derive(Debug)]
-struct AnyKubeletCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyKubeletCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The API server's client side towards kubelets: an admin client certificate from the cluster CA.
 fn kubelet_client(ca: &pki::CertKey) -> Result<rustls::ClientConfig, ServerError> {
     use rustls::pki_types::pem::PemObject as _;
@@ -182,7 +144,7 @@ fn kubelet_client(ca: &pki::CertKey) -> Result<rustls::ClientConfig, ServerError
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyKubeletCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(orchestrator_http::AnyServerCert(provider)))
         .with_client_auth_cert(chain, key)
         .map_err(|e| tls(&e))
 }
@@ -244,6 +206,10 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     let url = format!("https://{host}:{}", address.port());
     registry.bootstrap(&format!("{host}:{}", address.port())).map_err(ServerError::Bootstrap)?;
     let rbac = rbac::Rbac::start(registry.clone()).map_err(ServerError::Bootstrap)?;
+    bootstrap::publish_cluster_info(&registry, &url, &ca).map_err(ServerError::Bootstrap)?;
+    if let Some(t) = &cfg.bootstrap_token {
+        bootstrap::ensure_token(&registry, t).map_err(ServerError::Bootstrap)?;
+    }
     let admin = pki::issue_client(&ca, "admin", ADMIN_GROUP)?;
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     pki::write_private(&admin_kubeconfig, &pki::kubeconfig(&url, &ca, &admin, "admin"))?;
@@ -345,6 +311,12 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
+    // A client without a certificate may present a bearer token; anonymous
+    // ones read cluster-info.
+    let user = user.or_else(|| match bootstrap::bearer(req.headers()) {
+        Some(token) => bootstrap::authenticate(&state.registry, token),
+        None => bootstrap::anonymous(req.method(), path),
+    });
     // Anonymous clients get the public paths and otherwise a 401, before
     // any body of theirs is read.
     if user.is_none() && !is_public(path) {
@@ -642,7 +614,7 @@ async fn route(
     // typed clients (helm's release storage) update Secrets and send
     // DeleteOptions in protobuf.
     let protobuf_body = match verb {
-        "create" | "update" => t.sub.is_none(),
+        "create" | "update" => t.sub.is_none() || t.sub == Some("approval"),
         "delete" | "deletecollection" => !body.is_empty(),
         _ => false,
     };
@@ -692,7 +664,8 @@ async fn route(
         }
         ("watch", None, None) => watch(state, rt, ns, q, table, include),
         ("create", None, None) => {
-            let o = parse_json(&body)?;
+            let mut o = parse_json(&body)?;
+            csr::fill_requester(rt, user, &mut o);
             state.rbac.check_write(user, rt, ns, &o)?;
             let w = reg.create(rt, ns, o, &write_options(q)?)?;
             Ok(respond(201, &w.object, &w.warnings))
@@ -705,6 +678,10 @@ async fn route(
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 &[],
             ))
+        }
+        ("update", Some(name), Some("approval")) => {
+            let w = csr::update_approval(reg, rt, name, &parse_json(&body)?, &write_options(q)?)?;
+            Ok(respond(200, &w.object, &w.warnings))
         }
         ("update", Some(name), sub) => {
             let o = parse_json(&body)?;

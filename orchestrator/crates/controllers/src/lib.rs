@@ -5,6 +5,7 @@
 //! only differences (the registry skips no-op updates), so a pass whose
 //! writes cause another pass converges.
 
+pub mod certificates;
 mod cronjob;
 mod deployment;
 mod endpoints;
@@ -14,6 +15,7 @@ mod nodes;
 mod replicaset;
 mod scheduler;
 mod serviceaccounts;
+mod tokencleaner;
 mod workloads;
 
 use std::collections::HashSet;
