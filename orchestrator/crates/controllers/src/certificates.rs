@@ -205,15 +205,7 @@ pub fn reconcile(reg: &Registry, signer: &Signer) -> Result<(), ApiError> {
 pub fn spawn(reg: Arc<Registry>, signer: Signer) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let from = reg.store.current_revision().unwrap_or(0);
-            let mut watch = match reg.store.watch("/registry/", from) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!("certificates: watch: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
+            let mut watch = crate::watch_from_now(&reg, "certificates").await;
             loop {
                 let (r, s) = (reg.clone(), signer.clone());
                 let pass = move || crate::tokencleaner::reconcile(&r).and_then(|()| reconcile(&r, &s));
