@@ -8,7 +8,8 @@
 
 use serde_json::Value;
 
-use crate::validation::Causes;
+/// (field path, message), as `validation::Causes`.
+type Causes = Vec<(String, String)>;
 
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
@@ -132,28 +133,12 @@ pub fn condition<'a>(o: &'a Value, ty: &str) -> Option<&'a Value> {
     o.pointer("/status/conditions").and_then(Value::as_array)?.iter().find(|c| c["type"] == ty)
 }
 
-fn is_qualified_signer(s: &str) -> bool {
-    // `<domain>/<path>`: a DNS-1123 subdomain, then a path without empty segments.
-    match s.split_once('/') {
-        Some((domain, path)) => {
-            crate::validation::is_dns1123_subdomain(domain)
-                && !path.is_empty()
-                && path.split('/').all(|p| !p.is_empty())
-        }
-        None => false,
-    }
-}
-
-/// Validation of a CSR on create.
+/// Validation of a CSR on create (the form of a non-empty `signerName` is
+/// `validation`'s, which knows DNS names).
 pub fn validate(o: &Value, causes: &mut Causes) {
     let signer = o.pointer("/spec/signerName").and_then(Value::as_str).unwrap_or_default();
     if signer.is_empty() {
         causes.push(("spec.signerName".into(), "Required value".into()));
-    } else if !is_qualified_signer(signer) {
-        causes.push((
-            "spec.signerName".into(),
-            format!("Invalid value: {signer:?}: must be a fully qualified domain and path of the form 'example.com/signer-name'"),
-        ));
     }
     let usages = usages(o);
     if usages.is_empty() {
