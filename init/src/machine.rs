@@ -444,10 +444,13 @@ impl Machine {
         if self.supervises(ORCHESTRATOR) {
             return;
         }
-        // The config's CA issues the Kubernetes certificates too (a worker's
-        // client certificate), when the config carries its key.
+        // The config's CA is the cluster's CA on a control plane that
+        // carries its key; a worker's kubelet never gets the key (it joins
+        // by token).
         let mut ca_files = None;
-        if let Some(key) = &config.api.ca_key {
+        if let Some(key) = &config.api.ca_key
+            && config.cluster.role == config::Role::Controlplane
+        {
             let (cert_path, key_path) = (o.data_dir.join("ca.crt"), o.data_dir.join("ca.key"));
             // 0700: the CA key, the store and the admin kubeconfig live here.
             let written = crate::store::private_dir(&o.data_dir)
@@ -458,9 +461,22 @@ impl Machine {
                 Err(e) => event(&self.events, "service", format!("writing the cluster CA for the orchestrator: {e}")),
             }
         }
+        // The bootstrap token: a control plane stores it, a worker joins with it.
+        let token_file = config.cluster.token.as_ref().and_then(|t| {
+            let path = o.data_dir.join("bootstrap-token");
+            match crate::store::private_dir(&o.data_dir).and_then(|_| crate::store::write_private(&path, t.as_bytes()))
+            {
+                Ok(()) => Some(path),
+                Err(e) => {
+                    event(&self.events, "service", format!("writing the bootstrap token for the orchestrator: {e}"));
+                    None
+                }
+            }
+        });
+        let files = ClusterFiles { ca: ca_files, token: token_file };
         // containerd needs neither the network nor the API server: it starts
         // now, while the network comes up.
-        match cluster_services(&config, o, &[], ca_files.as_ref()) {
+        match cluster_services(&config, o, &[], &files) {
             Ok(specs) => {
                 for s in specs.into_iter().filter(|s| s.name == CONTAINERD && !self.supervises(CONTAINERD)) {
                     self.supervise(s);
@@ -477,7 +493,7 @@ impl Machine {
         // The API server's certificate names the addresses the node has.
         let _ = self.network_up.subscribe().wait_for(|up| *up).await;
         let names = kube_serving_names(&config, &self.settings);
-        match cluster_services(&config, o, &names, ca_files.as_ref()) {
+        match cluster_services(&config, o, &names, &files) {
             Ok(specs) => specs.into_iter().filter(|s| s.name != CONTAINERD).for_each(|s| self.supervise(s)),
             Err(why) => event(&self.events, "service", why),
         }
@@ -893,15 +909,23 @@ fn node_pod_cidr(cluster: &str, role: config::Role, hostname: &str) -> String {
     }
 }
 
+/// What init wrote for the orchestrator: the cluster CA (certificate, key)
+/// on a control plane, the bootstrap token file when the config has one.
+struct ClusterFiles {
+    ca: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    token: Option<std::path::PathBuf>,
+}
+
 /// The services a config asks for: containerd when the node has the
 /// kubelet, and the orchestrator (`server [--kubelet]` on a control plane,
-/// `kubelet --server` on a worker). `ca_files`: the cluster CA written for
-/// the orchestrator. The error says why a worker cannot join.
+/// with the config's token stored; `kubelet --server` on a worker, which
+/// joins with the token and pins the CA of `api.ca_cert`, and holds no CA
+/// key). The error says why a worker cannot join.
 fn cluster_services(
     c: &MachineConfig,
     o: &OrchestratorSettings,
     cert_sans: &[String],
-    ca_files: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    files: &ClusterFiles,
 ) -> Result<Vec<ServiceSpec>, String> {
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k == "PLINTH_LOG")
@@ -917,7 +941,10 @@ fn cluster_services(
             for n in cert_sans {
                 a.extend(["--cert-san".into(), n.clone()]);
             }
-            a.extend(ca_files.into_iter().flat_map(ca_args));
+            a.extend(files.ca.iter().flat_map(ca_args));
+            if let Some(t) = &files.token {
+                a.extend(["--bootstrap-token-file".into(), t.display().to_string()]);
+            }
             a
         }
         config::Role::Worker => {
@@ -925,12 +952,10 @@ fn cluster_services(
                 return Ok(Vec::new());
             }
             let endpoint = c.cluster.endpoint.clone().ok_or("a worker needs cluster.endpoint")?;
-            let ca = ca_files.ok_or(
-                "this worker cannot join: its config carries no api.ca_key to issue its client certificate \
-                 (joining by cluster.token is not built yet)",
-            )?;
-            let mut a = vec!["kubelet".into(), "--server".into(), endpoint];
-            a.extend(ca_args(ca));
+            let token = files.token.as_ref().ok_or("this worker cannot join: its config carries no cluster.token")?;
+            let pin = machinery::pki::ca_pin(&c.api.ca_cert).map_err(|e| format!("api.ca_cert: {e}"))?;
+            let mut a = vec!["kubelet".into(), "--server".into(), endpoint, "--ca-cert-hash".into(), pin];
+            a.extend(["--token-file".into(), token.display().to_string()]);
             a
         }
     };
@@ -1354,9 +1379,9 @@ mod tests {
 
     #[test]
     fn a_control_plane_runs_containerd_and_the_server_with_its_kubelet() {
-        let ca = ("/d/ca.crt".into(), "/d/ca.key".into());
+        let files = ClusterFiles { ca: Some(("/d/ca.crt".into(), "/d/ca.key".into())), token: Some("/d/t".into()) };
         let specs =
-            cluster_services(&config("controlplane", ""), &settings(true), &["10.0.2.15".into()], Some(&ca)).unwrap();
+            cluster_services(&config("controlplane", ""), &settings(true), &["10.0.2.15".into()], &files).unwrap();
         assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), [CONTAINERD, ORCHESTRATOR]);
         assert_eq!(specs[0].args, ["--config", layout::ROOT_CONTAINERD_CONFIG]);
         let a = &specs[1].args;
@@ -1364,31 +1389,37 @@ mod tests {
         assert!(a.contains(&"--kubelet".to_string()), "{a:?}");
         assert_eq!(arg(a, "--cert-san"), Some("10.0.2.15"));
         assert_eq!(arg(a, "--ca-key"), Some("/d/ca.key"));
+        assert_eq!(arg(a, "--bootstrap-token-file"), Some("/d/t"));
         assert_eq!(arg(a, "--node-name"), Some("n1"));
         assert_eq!(arg(a, "--pod-cidr"), Some("10.244.0.0/24"));
         assert_eq!(arg(a, "--cri-socket"), Some(layout::CONTAINERD_SOCKET));
         // Both find runc, the shim, the CNI plugins, iptables and ctr on PATH.
         assert!(specs.iter().all(|s| s.env.contains(&("PATH".into(), layout::SERVICE_PATH.into()))));
         // Without the runtime in the image (host mode): the control plane alone.
-        let specs = cluster_services(&config("controlplane", ""), &settings(false), &[], None).unwrap();
+        let none = ClusterFiles { ca: None, token: None };
+        let specs = cluster_services(&config("controlplane", ""), &settings(false), &[], &none).unwrap();
         assert_eq!(specs.len(), 1);
         assert!(!specs[0].args.contains(&"--kubelet".to_string()));
     }
 
     #[test]
     fn a_worker_runs_the_kubelet_alone_joined_to_the_endpoint() {
-        let endpoint = "endpoint = \"https://10.0.0.1:6443\"\ntoken = \"0123456789abcdef0123\"";
+        let endpoint = "endpoint = \"https://10.0.0.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"";
         let c = config("worker", endpoint);
-        let ca = ("/d/ca.crt".into(), "/d/ca.key".into());
-        let specs = cluster_services(&c, &settings(true), &[], Some(&ca)).unwrap();
+        // The CA key is not handed to a worker's orchestrator, even when the config has it.
+        let files = ClusterFiles { ca: None, token: Some("/d/bootstrap-token".into()) };
+        let specs = cluster_services(&c, &settings(true), &[], &files).unwrap();
         let a = &specs[1].args;
         assert_eq!((a[0].as_str(), arg(a, "--server")), ("kubelet", Some("https://10.0.0.1:6443")));
+        assert_eq!(arg(a, "--token-file"), Some("/d/bootstrap-token"));
+        assert_eq!(arg(a, "--ca-cert-hash"), Some(machinery::pki::ca_pin(&c.api.ca_cert).unwrap().as_str()));
+        assert!(!a.iter().any(|x| x.starts_with("--ca-key") || x.starts_with("--ca-cert=")), "{a:?}");
         assert!(!a.contains(&"--kubelet".to_string()) && !a.contains(&"--listen".to_string()));
         let cidr = arg(a, "--pod-cidr").unwrap();
         assert!(cidr.starts_with("10.244.") && cidr.ends_with(".0/24") && cidr != "10.244.0.0/24", "{cidr}");
-        // Without the CA key it cannot get a client certificate: said, nothing started.
-        let e = cluster_services(&c, &settings(true), &[], None).unwrap_err();
-        assert!(e.contains("api.ca_key"), "{e}");
+        // Without a token it cannot join: said, nothing started.
+        let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None }).unwrap_err();
+        assert!(e.contains("cluster.token"), "{e}");
     }
 
     #[test]

@@ -151,8 +151,9 @@ pub struct Cluster {
     /// Default: `10.96.0.0/12`.
     #[serde(default = "default_service_cidr")]
     pub service_cidr: String,
-    /// Shared secret a node presents to join; required on workers,
-    /// at least 16 characters.
+    /// The bootstrap token a worker joins with (`[a-z0-9]{6}.[a-z0-9]{16}`,
+    /// as kubeadm's); a control plane stores its own at start. Required on
+    /// workers, which pin the control plane's CA by `api.ca_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
@@ -325,11 +326,23 @@ pub fn cluster_id_of_ca(ca_cert_pem: &str) -> String {
     format!("c-{}", d[..12].iter().map(|x| format!("{x:02x}")).collect::<String>())
 }
 
-/// A new random join token: 32 hexadecimal characters.
+/// A new random bootstrap token in kubeadm's format, `[a-z0-9]{6}.[a-z0-9]{16}`.
 pub fn generate_token() -> Result<String, getrandom::Error> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut chars = String::new();
+    while chars.len() < 22 {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b)?;
+        // 252 = 7 × 36: bytes above it are dropped so every character is equally likely.
+        chars.extend(b.iter().filter(|x| **x < 252).map(|x| ALPHABET[usize::from(*x) % 36] as char));
+    }
+    Ok(format!("{}.{}", &chars[..6], &chars[6..22]))
+}
+
+/// Whether `t` is a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`).
+pub fn is_bootstrap_token(t: &str) -> bool {
+    let part = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    t.split_once('.').is_some_and(|(id, secret)| part(id, 6) && part(secret, 16))
 }
 
 /// Fields whose change needs a reboot to take effect.
@@ -643,17 +656,22 @@ impl Checker<'_> {
             }
             None => {}
         }
+        if let Some(t) = &cl.token
+            && !is_bootstrap_token(t)
+        {
+            self.error(
+                "cluster.token",
+                "is not a bootstrap token: [a-z0-9]{6}.[a-z0-9]{16}",
+                Some("`osctl gen config` makes one; `orchestrator token create` on the control plane another".into()),
+            );
+        }
         if cl.role == Role::Worker {
-            match &cl.token {
-                None => self.error(
+            if cl.token.is_none() {
+                self.error(
                     "cluster",
                     "a worker needs `token` to join the cluster",
                     Some("copy the token from the control plane's config".into()),
-                ),
-                Some(t) if t.len() < 16 => {
-                    self.error("cluster.token", "is too short: a join token has at least 16 characters", None)
-                }
-                Some(_) => {}
+                );
             }
             if cl.datastore == Datastore::Etcd {
                 self.error(
@@ -1106,6 +1124,16 @@ ca_key = """{key}"""
             if let Ok(text) = String::from_utf8(bytes) {
                 let _ = MachineConfig::parse("fuzz.toml", &text);
             }
+        }
+    }
+
+    #[test]
+    fn tokens_are_bootstrap_tokens() {
+        let t = generate_token().unwrap();
+        assert!(is_bootstrap_token(&t), "{t}");
+        assert_ne!(generate_token().unwrap(), t);
+        for bad in ["0123456789abcdef0123", "ABCDEF.0123456789abcdef", "abcdef.0123", "abcdef.0123456789abcdef."] {
+            assert!(!is_bootstrap_token(bad), "{bad}");
         }
     }
 }

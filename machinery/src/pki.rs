@@ -195,9 +195,29 @@ pub fn check_key_matches(cert_pem: &str, key_pem: &str) -> Result<(), PkiError> 
     Ok(())
 }
 
+/// The CA pin a worker's kubelet checks the control plane's CA against
+/// (kubeadm's `--discovery-token-ca-cert-hash`): `sha256:` and the hex
+/// SHA-256 of the certificate's SubjectPublicKeyInfo.
+pub fn ca_pin(cert_pem: &str) -> Result<String, PkiError> {
+    use sha2::Digest as _;
+    let der = pem_to_der(cert_pem)?;
+    let (_, c) = X509Certificate::from_der(&der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let digest = sha2::Sha256::digest(c.tbs_certificate.subject_pki.raw);
+    Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ca_pins_are_of_the_public_key() {
+        let ca = generate_ca("t").unwrap();
+        let pin = ca_pin(&ca.cert_pem).unwrap();
+        assert!(pin.starts_with("sha256:") && pin.len() == 71, "{pin}");
+        assert_ne!(pin, ca_pin(&generate_ca("t").unwrap().cert_pem).unwrap());
+        assert!(ca_pin("junk").is_err());
+    }
 
     #[test]
     fn ca_issues_client_with_role_and_server_with_names() {

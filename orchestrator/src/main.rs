@@ -1,7 +1,8 @@
 //! `orchestrator server --data-dir DIR [--kubelet]`: Plinth's control plane
 //! on a host, with the kubelet in the same process on a control-plane node;
 //! `orchestrator kubelet --kubeconfig F`: the kubelet alone, on a worker;
-//! `orchestrator health`: whether a node is back at work (upgrade health gate).
+//! `orchestrator health`: whether a node is back at work (upgrade health gate);
+//! `orchestrator token`: bootstrap tokens that let workers join.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,10 +48,24 @@ enum Command {
         /// How long an Event is kept after its last write (as kube-apiserver's: `1h`, `1h0m0s`, `90s`).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         event_ttl: std::time::Duration,
+        /// A file holding a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`) stored at start, without expiry.
+        #[arg(long)]
+        bootstrap_token_file: Option<PathBuf>,
+        /// How long the certificates the cluster CA signs for CSRs live (upstream's flag; e.g. 8760h, 30s).
+        #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+        cluster_signing_duration: std::time::Duration,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// Bootstrap tokens (Secrets `kube-system/bootstrap-token-<id>`), as `kubeadm token`.
+    Token {
+        /// An admin kubeconfig (embedded data).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Whether NODE is back at work: exits 0 when its Node is Ready and the
     /// pods of --expect are running and ready again, 1 (saying what is not)
@@ -100,17 +115,81 @@ enum Command {
         /// The API server and this node's client certificate (embedded data).
         #[arg(long, required_unless_present = "server")]
         kubeconfig: Option<PathBuf>,
-        /// Or the API server's URL, with the cluster CA that issues this
-        /// node's client certificate (`system:node:NAME`).
-        #[arg(long, conflicts_with = "kubeconfig", requires_all = ["ca_cert", "ca_key"])]
+        /// Or the API server's URL: the kubelet joins with a bootstrap
+        /// token, or reuses the certificate it got when it joined.
+        #[arg(long, conflicts_with = "kubeconfig", requires = "ca_cert_hash")]
         server: Option<String>,
+        /// The pin of the cluster CA: `sha256:<hex of its SubjectPublicKeyInfo>` (kubeadm's discovery-token-ca-cert-hash).
         #[arg(long)]
-        ca_cert: Option<PathBuf>,
+        ca_cert_hash: Option<String>,
+        /// A file holding the bootstrap token to join with (needed only until the node has its certificate).
         #[arg(long)]
-        ca_key: Option<PathBuf>,
+        token_file: Option<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Creates a token and prints it (with the CA pin workers need).
+    Create {
+        /// How long it authenticates (e.g. 24h; 0: forever).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Lists tokens: id, expiry, description.
+    List,
+    /// Deletes a token (by id or whole token): it joins nothing more.
+    Delete { token: String },
+}
+
+async fn token(kubeconfig: &std::path::Path, action: TokenAction) -> anyhow::Result<()> {
+    use orchestrator_apimachinery::bootstrap_token::{NAMESPACE, SECRET_TYPE, Stored, Token};
+    let remote = orchestrator_client::Remote::from_kubeconfig(kubeconfig)?;
+    let pin = orchestrator_http::pki::ca_pin(remote.ca_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+    let api = Api::Remote(remote);
+    match action {
+        TokenAction::Create { ttl, description } => {
+            let t = Token::generate();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let secret = t.to_secret(i64::try_from(now)?, (!ttl.is_zero()).then_some(ttl), &description);
+            api.create("Secret", Some(NAMESPACE), serde_json::to_value(&secret)?).await?;
+            println!("{}\n--ca-cert-hash {pin}", t.reveal());
+        }
+        TokenAction::List => {
+            println!("{:<8} {:<22} DESCRIPTION", "TOKEN", "EXPIRES");
+            for s in api.list("Secret", &format!("type={SECRET_TYPE}")).await? {
+                let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(s)?;
+                if secret.metadata.namespace.as_deref() != Some(NAMESPACE) {
+                    continue;
+                }
+                match Stored::from_secret(&secret) {
+                    Ok(t) => {
+                        let expires = t.expiration.map_or("<forever>".into(), |e| {
+                            orchestrator_apimachinery::registry::format_time(
+                                time::OffsetDateTime::from_unix_timestamp(e)
+                                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                            )
+                        });
+                        println!("{:<8} {expires:<22} {}", t.token.id, t.description);
+                    }
+                    Err(e) => eprintln!("{e}"),
+                }
+            }
+        }
+        TokenAction::Delete { token } => {
+            let id = token.split('.').next().unwrap_or_default().to_string();
+            let name = format!("bootstrap-token-{id}");
+            let s = api.get("Secret", Some(NAMESPACE), &name).await?;
+            let uid = s.pointer("/metadata/uid").and_then(serde_json::Value::as_str).unwrap_or_default();
+            api.delete_now("Secret", Some(NAMESPACE), &name, uid).await?;
+            println!("bootstrap token {id} deleted");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -292,8 +371,20 @@ fn main() -> anyhow::Result<()> {
             cert_sans,
             event_ttl,
             store,
+            bootstrap_token_file,
+            cluster_signing_duration,
             node,
         } => {
+            let bootstrap_token = match &bootstrap_token_file {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+                    let t = orchestrator_apimachinery::bootstrap_token::Token::try_from(text.trim())
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    Some(t)
+                }
+                None => None,
+            };
             let durability =
                 if fsync { orchestrator_store::Durability::Full } else { orchestrator_store::Durability::Normal };
             let node = kubelet.then(|| node.config(data_dir.join("kubelet")));
@@ -309,6 +400,7 @@ fn main() -> anyhow::Result<()> {
                 cert_sans,
                 event_ttl,
                 etcd,
+                bootstrap_token,
             };
             rt.block_on(async {
                 let running = match orchestrator_apiserver::start(cfg).await {
@@ -325,14 +417,24 @@ fn main() -> anyhow::Result<()> {
                     r => r?,
                 };
                 tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");
-                if controllers && on_etcd {
-                    // Several API servers share the store: one runs the controllers.
-                    let host = nix::unistd::gethostname()
-                        .map_or_else(|_| "orchestrator".into(), |h| h.to_string_lossy().into_owned());
-                    let election = orchestrator_controllers::leader::Election::new(&host);
-                    orchestrator_controllers::leader::spawn_elected(running.registry.clone(), election);
-                } else if controllers {
-                    orchestrator_controllers::spawn_all(running.registry.clone());
+                if controllers {
+                    if on_etcd {
+                        // Several API servers share the store: one runs the controllers.
+                        let host = nix::unistd::gethostname()
+                            .map_or_else(|_| "orchestrator".into(), |h| h.to_string_lossy().into_owned());
+                        let election = orchestrator_controllers::leader::Election::new(&host);
+                        orchestrator_controllers::leader::spawn_elected(running.registry.clone(), election);
+                    } else {
+                        orchestrator_controllers::spawn_all(running.registry.clone());
+                    }
+                    // CSRs are approved and signed by every control plane (a
+                    // second approval or signature of the same request is a 409).
+                    let signer = orchestrator_controllers::certificates::Signer {
+                        ca_cert_pem: running.ca.cert_pem.clone(),
+                        ca_key_pem: running.ca.key_pem.clone(),
+                        lifetime: cluster_signing_duration,
+                    };
+                    orchestrator_controllers::certificates::spawn(running.registry.clone(), signer);
                 }
                 if let Some(k) = node {
                     let identity = Identity::IssuedBy(running.ca.clone());
@@ -378,23 +480,34 @@ fn main() -> anyhow::Result<()> {
             println!("{}", backup::restore(&data_dir, ca_cert.as_deref(), &from)?);
             Ok(())
         }
-        Command::Kubelet { kubeconfig, server, ca_cert, ca_key, node } => rt.block_on(async {
+        Command::Token { kubeconfig, action } => rt.block_on(token(&kubeconfig, action)),
+        Command::Kubelet { kubeconfig, server, ca_cert_hash, token_file, node } => rt.block_on(async {
             let cfg = node.config("/var/lib/plinth/kubelet".into());
-            let kubeconfig = match (kubeconfig, server, ca_cert, ca_key) {
-                (Some(k), ..) => k,
-                (None, Some(server), Some(cert), Some(key)) => {
-                    // Workers act with the admin group until a Node authorizer exists.
-                    use orchestrator_http::pki;
-                    let ca = pki::load_ca(&cert, &key)?;
-                    let user = format!("system:node:{}", cfg.node_name);
-                    let client = pki::issue_client(&ca, &user, pki::ADMIN_GROUP)?;
-                    let path = cfg.dir.join("kubelet.kubeconfig");
-                    pki::write_private(&path, &pki::kubeconfig(&server, &ca, &client, &user))?;
-                    path
+            let remote = match (kubeconfig, server, ca_cert_hash) {
+                (Some(k), ..) => orchestrator_client::Remote::from_kubeconfig(&k)?,
+                (None, Some(server), Some(ca_pin)) => {
+                    let token = match &token_file {
+                        Some(p) => Some(
+                            std::fs::read_to_string(p)
+                                .map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()))?
+                                .trim()
+                                .to_string(),
+                        ),
+                        None => None,
+                    };
+                    let join = kubelet::bootstrap::Join {
+                        server,
+                        token,
+                        ca_pin,
+                        node_name: cfg.node_name.clone(),
+                        dir: cfg.dir.clone(),
+                    };
+                    let remote = kubelet::bootstrap::identity(&join).await?;
+                    tokio::spawn(kubelet::bootstrap::renew_forever(remote.clone(), join.dir, join.node_name));
+                    remote
                 }
-                _ => anyhow::bail!("give --kubeconfig, or --server with --ca-cert and --ca-key"),
+                _ => anyhow::bail!("give --kubeconfig, or --server with --ca-cert-hash (and --token-file to join)"),
             };
-            let remote = orchestrator_client::Remote::from_kubeconfig(&kubeconfig)?;
             let identity = Identity::SelfSigned { ca_pem: remote.ca_pem.clone() };
             let k = kubelet::start(cfg, Api::Remote(remote), identity).await?;
             println!("kubelet {} running", k.node_name());

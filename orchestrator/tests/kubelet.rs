@@ -879,7 +879,7 @@ spec:
     assert_eq!(c.ok(&["exec", "private", "--", "echo", "pulled with a password"]), "pulled with a password\n");
 }
 
-/// A worker: `orchestrator kubelet --server --ca-cert --ca-key` in its own process talks
+/// A worker: `orchestrator kubelet --server` joined by token in its own process talks
 /// to `orchestrator server` over HTTPS (lists, watches, status writes,
 /// lease), serves a self-signed endpoint the API server proxies logs and
 /// exec (with stdin) to, and cleans up deleted pods.

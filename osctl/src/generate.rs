@@ -63,7 +63,7 @@ pub enum GenCommand {
         /// The control plane's Kubernetes API URL (required for workers).
         #[arg(long)]
         endpoint: Option<String>,
-        /// Join token (default: a new random one).
+        /// Bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}` (default: a new random one).
         #[arg(long)]
         token: Option<String>,
         /// The cluster's identity (default: derived from the cluster CA,
@@ -195,6 +195,18 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                 Some(t) => t,
                 None => machinery::config::generate_token().map_err(other)?,
             };
+            // A worker gets no CA key: its kubelet joins with the token and
+            // pins the CA; apid serves a certificate issued here for its
+            // name and static address.
+            let (ca_key, cert, key) = match role {
+                NodeRole::Controlplane => (Some(ca.key_pem.clone()), None, None),
+                NodeRole::Worker => {
+                    let mut names = vec![hostname.clone()];
+                    names.extend(address.iter().filter_map(|a| a.split('/').next()).map(str::to_string));
+                    let serving = pki::issue_server(&ca, &hostname, &names).map_err(other)?;
+                    (None, Some(serving.cert_pem), Some(serving.key_pem))
+                }
+            };
             let mut network = Network::default();
             network.interfaces.push(Interface {
                 name: interface.clone(),
@@ -226,9 +238,9 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                 },
                 api: Api {
                     ca_cert: ca.cert_pem,
-                    ca_key: Some(ca.key_pem),
-                    cert: None,
-                    key: None,
+                    ca_key,
+                    cert,
+                    key,
                     cert_sans: vec![],
                     port: machinery::config::DEFAULT_API_PORT,
                 },
@@ -246,5 +258,44 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen_config(dir: &Path, role: &str, out: &Path) {
+        let config = GenCommand::Config {
+            cluster: "demo".into(),
+            role: parse_role(role).unwrap(),
+            hostname: format!("{role}-1"),
+            address: Some("10.0.0.7/24".into()),
+            gateway: None,
+            interface: "eth0".into(),
+            endpoint: Some("https://10.0.0.5:6443".into()),
+            token: None,
+            cluster_id: None,
+            secrets: dir.into(),
+            config_version: 1,
+            out: Some(out.into()),
+        };
+        run(config, Format::Table).unwrap();
+    }
+
+    #[test]
+    fn a_worker_config_joins_by_token_and_carries_no_ca_key() {
+        let d = tempfile::tempdir().unwrap();
+        run(GenCommand::Keys { out: d.path().into(), cluster: "demo".into(), force: false }, Format::Table).unwrap();
+        let (worker, cp) = (d.path().join("worker.toml"), d.path().join("cp.toml"));
+        gen_config(d.path(), "worker", &worker);
+        gen_config(d.path(), "controlplane", &cp);
+        let w = MachineConfig::parse("worker.toml", &std::fs::read_to_string(&worker).unwrap()).unwrap();
+        assert!(w.api.ca_key.is_none(), "no CA key on a worker");
+        assert!(machinery::config::is_bootstrap_token(w.cluster.token.as_deref().unwrap()));
+        let serving = pki::cert_info(w.api.cert.as_deref().unwrap()).unwrap();
+        assert_eq!(serving.common_name, "worker-1", "apid's serving certificate, issued here");
+        let c = MachineConfig::parse("cp.toml", &std::fs::read_to_string(&cp).unwrap()).unwrap();
+        assert!(c.api.ca_key.is_some(), "the control plane keeps the CA key");
     }
 }

@@ -186,7 +186,7 @@ impl Operator {
                 "--gateway",
                 "10.0.0.1",
                 "--token",
-                "0123456789abcdef0123",
+                "abcdef.0123456789abcdef",
                 "--secrets",
                 self.dir.path().to_str().context("utf-8")?,
                 "--config-version",

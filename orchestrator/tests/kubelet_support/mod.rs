@@ -422,6 +422,8 @@ pub struct Cluster {
     listen: &'static str,
     /// Control plane and kubelet as two processes (a worker node).
     split: bool,
+    /// More `orchestrator server` flags (split clusters).
+    server_args: Vec<String>,
     kubelet: Option<Child>,
 }
 
@@ -432,7 +434,13 @@ impl Cluster {
 
     /// `orchestrator server` and `orchestrator kubelet --server` as two processes (a worker node).
     pub fn start_split() -> Option<Cluster> {
+        Cluster::start_split_with(&[])
+    }
+
+    /// A split cluster whose `orchestrator server` gets `server_args` too.
+    pub fn start_split_with(server_args: &[&str]) -> Option<Cluster> {
         let mut c = Cluster::start_with_processes(true, &[], true)?;
+        c.server_args = server_args.iter().map(|a| a.to_string()).collect();
         c.start_server();
         c.wait_node_ready();
         Some(c)
@@ -483,6 +491,7 @@ impl Cluster {
             extra_args,
             listen: "127.0.0.1:0",
             split,
+            server_args: Vec::new(),
             kubelet: None,
         })
     }
@@ -520,7 +529,7 @@ impl Cluster {
         let mut server = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
         server.args(["server", "--listen", self.listen, "--fsync", "false"]).arg("--data-dir").arg(self.data.path());
         if self.split {
-            server.stdout(Stdio::piped()).stderr(log());
+            server.args(&self.server_args).stdout(Stdio::piped()).stderr(log());
         } else {
             server.arg("--kubelet");
             node_args(&mut server);
@@ -531,18 +540,24 @@ impl Cluster {
         self.server = Some(child);
         if self.split {
             let mut kubelet = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-            // As init starts a worker: the endpoint and the cluster CA, which
-            // issues the node's client certificate.
+            // As init starts a worker: the endpoint, a bootstrap token and
+            // the CA's pin; the kubelet joins (or reuses its certificate).
             let url = line.split_whitespace().find(|w| w.starts_with("https://")).expect("the server's URL");
-            kubelet.args(["kubelet", "--server", url]);
-            kubelet.arg("--ca-cert").arg(self.data.path().join("ca.crt"));
-            kubelet.arg("--ca-key").arg(self.data.path().join("ca.key"));
+            let (token, pin) = create_token(&self.data.path().join("admin.kubeconfig"), "1h");
+            let token_file = self.data.path().join("bootstrap-token");
+            std::fs::write(&token_file, token).unwrap();
+            kubelet.args(["kubelet", "--server", url, "--ca-cert-hash", &pin]).arg("--token-file").arg(&token_file);
             node_args(&mut kubelet);
             let mut child = kubelet.spawn().unwrap();
             let line = first_line(&mut child);
             assert!(line.contains("running"), "the kubelet did not start: {line:?} {}", self.server_log());
             self.kubelet = Some(child);
         }
+    }
+
+    /// `orchestrator kubelet`'s pid (split clusters).
+    pub fn kubelet_pid(&self) -> u32 {
+        self.kubelet.as_ref().map_or(0, Child::id)
     }
 
     pub fn server_pid(&self) -> u32 {
@@ -721,4 +736,16 @@ impl Drop for Cluster {
         self.containerd.remove_all_sandboxes();
         unmount_under(&self.data.path().to_string_lossy());
     }
+}
+
+/// `orchestrator token create`: a new bootstrap token and the CA pin.
+pub fn create_token(admin_kubeconfig: &Path, ttl: &str) -> (String, String) {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["token", "--kubeconfig"])
+        .arg(admin_kubeconfig)
+        .args(["create", "--ttl", ttl]));
+    let mut lines = out.lines();
+    let token = lines.next().expect("a token").to_string();
+    let pin = lines.next().and_then(|l| l.strip_prefix("--ca-cert-hash ")).expect("the CA pin").to_string();
+    (token, pin)
 }

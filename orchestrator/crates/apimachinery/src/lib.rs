@@ -3,6 +3,8 @@
 //! selectors, bounded request decoding, Status errors, the served kinds, discovery and Tables. Used by
 //! the API server, the controllers and, through the client, the kubelet.
 
+pub mod bootstrap_token;
+pub mod certificates;
 pub mod cluster;
 pub mod decode;
 pub mod discovery;

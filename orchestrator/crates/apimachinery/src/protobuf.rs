@@ -17,7 +17,7 @@ pub enum ProtobufError {
     #[error("malformed protobuf: {0}")]
     Malformed(&'static str),
     #[error(
-        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, ServiceAccount, the RBAC kinds, the access and token reviews, TokenRequest and DeleteOptions, not {0}"
+        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, ServiceAccount, the RBAC kinds, the access and token reviews, TokenRequest, CSR approvals and DeleteOptions, not {0}"
     )]
     Unsupported(String),
 }
@@ -192,6 +192,17 @@ const SUBJECT: &[Field] = &[
 const ROLE_REF: &[Field] =
     &[Field(1, "apiGroup", Str, false), Field(2, "kind", Str, false), Field(3, "name", Str, false)];
 
+// certificates.k8s.io/v1: `kubectl certificate approve|deny` PUTs the approval subresource.
+const CSR_CONDITION: &[Field] = &[
+    Field(1, "type", Str, false),
+    Field(6, "status", Str, false),
+    Field(2, "reason", Str, false),
+    Field(3, "message", Str, false),
+    Field(4, "lastUpdateTime", Time, false),
+    Field(5, "lastTransitionTime", Time, false),
+];
+const CSR_STATUS: &[Field] = &[Field(1, "conditions", Msg(CSR_CONDITION), true)];
+
 /// Pointer fields, where a zero value is meant.
 const POINTERS: &[&str] = &[
     "replicas",
@@ -239,6 +250,7 @@ fn top_level(kind: &str) -> Option<&'static [Field]> {
         "SelfSubjectRulesReview" => &[META, Field(2, "spec", Msg(RULES_REVIEW_SPEC), false)],
         "SelfSubjectReview" => &[META],
         "Role" | "ClusterRole" => &[META, Field(2, "rules", Msg(POLICY_RULE), true)],
+        "CertificateSigningRequest" => &[META, Field(3, "status", Msg(CSR_STATUS), false)],
         "RoleBinding" | "ClusterRoleBinding" => {
             &[META, Field(2, "subjects", Msg(SUBJECT), true), Field(3, "roleRef", Msg(ROLE_REF), false)]
         }

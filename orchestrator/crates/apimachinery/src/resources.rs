@@ -4,7 +4,8 @@
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::storage::v1 as storage;
 use k8s_openapi::api::{
-    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core, rbac::v1 as rbac,
+    apps::v1 as apps, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
+    core::v1 as core, rbac::v1 as rbac,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -197,6 +198,19 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE
     ),
     rt!("coordination.k8s.io", "Lease", coordination::Lease, "leases", "lease", true, NONE, NONE, NONE, NONE),
+    // Issue 15: nodes join by token and ask for their certificates.
+    rt!(
+        CERTIFICATES_GROUP,
+        "CertificateSigningRequest",
+        certificates::CertificateSigningRequest,
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        false,
+        &["csr"],
+        NONE,
+        &["status", "approval"],
+        &["spec.signerName"]
+    ),
     rt!(RBAC_GROUP, "Role", rbac::Role, "roles", "role", true, NONE, NONE, NONE, NONE),
     rt!(RBAC_GROUP, "ClusterRole", rbac::ClusterRole, "clusterroles", "clusterrole", false, NONE, NONE, NONE, NONE),
     rt!(RBAC_GROUP, "RoleBinding", rbac::RoleBinding, "rolebindings", "rolebinding", true, NONE, NONE, NONE, NONE),
@@ -278,9 +292,11 @@ pub static RESOURCES: &[ResourceType] = &[
 pub const STORAGE_GROUP: &str = "storage.k8s.io";
 
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+pub const CERTIFICATES_GROUP: &str = "certificates.k8s.io";
 
 /// The served API groups other than core, in discovery order.
-pub const GROUPS: &[&str] = &["apps", "batch", "discovery.k8s.io", "coordination.k8s.io", RBAC_GROUP, STORAGE_GROUP];
+pub const GROUPS: &[&str] =
+    &["apps", "batch", "discovery.k8s.io", "coordination.k8s.io", RBAC_GROUP, STORAGE_GROUP, CERTIFICATES_GROUP];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

@@ -176,6 +176,14 @@ fn columns(kind: &str) -> Vec<Column> {
             age,
         ],
         "Lease" => vec![name, ("Holder", "string", 0, "The holder of the lease"), age],
+        "CertificateSigningRequest" => vec![
+            name,
+            age,
+            ("SignerName", "string", 0, "Requested signer"),
+            ("Requestor", "string", 0, "Name of the user who created the request"),
+            ("RequestedDuration", "string", 0, "Requested duration of the issued certificate"),
+            ("Condition", "string", 0, "Conditions of the request: Pending, Approved, Denied, Failed, Issued"),
+        ],
         "Event" => vec![
             ("Last Seen", "string", 0, "Time since the event was last seen"),
             ("Type", "string", 0, "Type of this event (Normal, Warning), new types could be added in the future."),
@@ -623,6 +631,14 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             ]
         }
         "Lease" => vec![name, json!(s(o, "/spec/holderIdentity")), age],
+        "CertificateSigningRequest" => vec![
+            name,
+            age,
+            json!(s(o, "/spec/signerName")),
+            json!(s(o, "/spec/username")),
+            json!(o.pointer("/spec/expirationSeconds").and_then(Value::as_i64).map_or("<none>".into(), human_duration)),
+            json!(crate::certificates::condition_column(o)),
+        ],
         "Event" => {
             let last = o.get("lastTimestamp").and_then(Value::as_str).or(o.get("eventTime").and_then(Value::as_str));
             let first = o.get("firstTimestamp").and_then(Value::as_str).or(last);

@@ -394,6 +394,20 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             check_workload(o, &mut causes, true);
             causes.extend(crate::stateful::validate(kind, o));
         }
+        "CertificateSigningRequest" => {
+            // `<domain>/<path>`: a DNS-1123 subdomain, then a path without empty segments.
+            let signer = o.pointer("/spec/signerName").and_then(Value::as_str).unwrap_or_default();
+            let qualified = signer.split_once('/').is_some_and(|(domain, path)| {
+                is_dns1123_subdomain(domain) && !path.is_empty() && path.split('/').all(|p| !p.is_empty())
+            });
+            if !signer.is_empty() && !qualified {
+                causes.push((
+                    "spec.signerName".into(),
+                    format!("Invalid value: {signer:?}: must be a fully qualified domain and path of the form 'example.com/signer-name'"),
+                ));
+            }
+            crate::certificates::validate(o, &mut causes);
+        }
         _ => causes.extend(crate::stateful::validate(kind, o)),
     }
     causes
@@ -416,12 +430,31 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
         }
     }
     causes.extend(crate::stateful::validate_update(kind, old, new));
+    if kind == "CertificateSigningRequest" {
+        crate::certificates::validate_update(old, new, &mut causes);
+    }
     causes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csr_signer_names_are_domain_and_path() {
+        let csr = |signer: &str| json!({"metadata": {"name": "c"}, "spec": {"signerName": signer, "usages": ["client auth"]}});
+        let signer_causes = |signer: &str| {
+            validate("CertificateSigningRequest", &csr(signer))
+                .into_iter()
+                .filter(|(f, _)| f == "spec.signerName")
+                .count()
+        };
+        assert_eq!(signer_causes("example.com/edge"), 0);
+        assert_eq!(signer_causes("kubernetes.io/kube-apiserver-client-kubelet"), 0);
+        for bad in ["edge", "Example.com/edge", "example.com/", "example.com//x", ""] {
+            assert_eq!(signer_causes(bad), 1, "{bad:?}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -18,10 +18,15 @@ use crate::{State, User, satoken};
 pub type TokenAuthenticator = fn(&State, &str, &[String]) -> Option<User>;
 
 /// The chain, in order. Each kind of token adds its one entry here.
-pub const TOKEN_AUTHENTICATORS: &[TokenAuthenticator] = &[service_account];
+pub const TOKEN_AUTHENTICATORS: &[TokenAuthenticator] = &[service_account, bootstrap_token];
 
 fn service_account(state: &State, token: &str, audiences: &[String]) -> Option<User> {
     satoken::authenticate(&state.sa_keys, &state.registry, token, audiences)
+}
+
+/// A kubeadm bootstrap token (`bootstrap`): audiences do not apply.
+fn bootstrap_token(state: &State, token: &str, _audiences: &[String]) -> Option<User> {
+    crate::bootstrap::authenticate(&state.registry, token)
 }
 
 /// The audiences the API server accepts (upstream's `--api-audiences`,

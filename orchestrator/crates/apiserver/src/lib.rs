@@ -11,7 +11,9 @@
 
 mod access;
 mod authn;
+pub mod bootstrap;
 mod connections;
+mod csr;
 mod legacy_tokens;
 mod negotiate;
 pub mod rbac;
@@ -64,6 +66,8 @@ pub struct Config {
     pub etcd: Option<EtcdConfig>,
     /// How long an Event lives after its last write (`--event-ttl`).
     pub event_ttl: Duration,
+    /// A bootstrap token stored at start (the control plane's machine config carries it).
+    pub bootstrap_token: Option<orchestrator_apimachinery::bootstrap_token::Token>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,48 +198,6 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Kubelet serving certificates are not verified (as upstream without
-/// `--kubelet-certificate-authority`): a worker's kubelet holds no CA key and
-/// serves a self-signed certificate. The kubelet verifies *us* (our client
-/// certificate against the cluster CA), which is what guards its API.
-#[derive(Debug)]
-struct AnyKubeletCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyKubeletCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The API server's client side towards kubelets: an admin client certificate from the cluster CA.
 fn kubelet_client(ca: &pki::CertKey) -> Result<rustls::ClientConfig, ServerError> {
     use rustls::pki_types::pem::PemObject as _;
@@ -249,7 +211,7 @@ fn kubelet_client(ca: &pki::CertKey) -> Result<rustls::ClientConfig, ServerError
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyKubeletCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(orchestrator_http::AnyServerCert(provider)))
         .with_client_auth_cert(chain, key)
         .map_err(|e| tls(&e))
 }
@@ -347,6 +309,10 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     spawn_reconciler(registry.clone(), "ServiceAccount token Secrets", legacy_tokens::watched(), move |r| {
         legacy_tokens::reconcile(r, &keys, &pem)
     });
+    bootstrap::publish_cluster_info(&registry, &url, &ca).map_err(ServerError::Bootstrap)?;
+    if let Some(t) = &cfg.bootstrap_token {
+        bootstrap::ensure_token(&registry, t).map_err(ServerError::Bootstrap)?;
+    }
     let admin = pki::issue_client(&ca, "admin", ADMIN_GROUP)?;
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     pki::write_private(&admin_kubeconfig, &pki::kubeconfig(&url, &ca, &admin, "admin"))?;
@@ -482,6 +448,8 @@ fn error_response(e: &ApiError) -> Response<Body> {
 /// Serves one request of `user` (authenticated by its certificate or bearer token, if at all).
 pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
+    // Anonymous clients (no certificate, no token) may read cluster-info.
+    let user = user.or_else(|| bootstrap::anonymous(req.method(), path));
     // Anonymous clients get the public paths and otherwise a 401, before
     // any body of theirs is read.
     if user.is_none() && !is_public(path) {
@@ -796,7 +764,7 @@ async fn route(
     // typed clients (helm's release storage) update Secrets and send
     // DeleteOptions in protobuf.
     let protobuf_body = match verb {
-        "create" | "update" => t.sub.is_none() || t.sub == Some("token"),
+        "create" | "update" => t.sub.is_none() || matches!(t.sub, Some("token" | "approval")),
         "delete" | "deletecollection" => !body.is_empty(),
         _ => false,
     };
@@ -846,7 +814,8 @@ async fn route(
         }
         ("watch", None, None) => watch(state, rt, ns, q, table, include),
         ("create", None, None) => {
-            let o = parse_json(&body)?;
+            let mut o = parse_json(&body)?;
+            csr::fill_requester(rt, user, &mut o);
             state.rbac.check_write(user, rt, ns, &o)?;
             let w = reg.create(rt, ns, o, &write_options(q)?)?;
             Ok(respond(201, &w.object, &w.warnings))
@@ -862,6 +831,10 @@ async fn route(
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 &[],
             ))
+        }
+        ("update", Some(name), Some("approval")) => {
+            let w = csr::update_approval(reg, rt, name, &parse_json(&body)?, &write_options(q)?)?;
+            Ok(respond(200, &w.object, &w.warnings))
         }
         ("update", Some(name), sub) => {
             let o = parse_json(&body)?;

@@ -620,6 +620,22 @@ pub fn default_cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role(
+            "system:node-bootstrapper",
+            json!({}),
+            vec![rule(&["create", "get", "list", "watch"], &["certificates.k8s.io"], &["certificatesigningrequests"])],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            json!({}),
+            vec![rule(&["create"], &["certificates.k8s.io"], &["certificatesigningrequests/nodeclient"])],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!({}),
+            vec![rule(&["create"], &["certificates.k8s.io"], &["certificatesigningrequests/selfnodeclient"])],
+        ),
+        cluster_role("system:node", json!({}), node_rules()),
+        cluster_role(
             "system:public-info-viewer",
             json!({}),
             vec![urls(&["get"], &["/healthz", "/livez", "/readyz", "/version", "/version/"])],
@@ -647,6 +663,46 @@ pub fn default_cluster_role_bindings() -> Vec<Value> {
             &[AUTHENTICATED, "system:unauthenticated"],
         ),
         cluster_role_binding(READ_ONLY_GROUP, "view", &[READ_ONLY_GROUP]),
+        // Joining by token, as kubeadm binds it: bootstrappers may ask for a
+        // node client certificate; nodes may renew their own.
+        cluster_role_binding("kubeadm:kubelet-bootstrap", "system:node-bootstrapper", &[BOOTSTRAPPERS]),
+        cluster_role_binding(
+            "kubeadm:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[BOOTSTRAPPERS],
+        ),
+        cluster_role_binding(
+            "kubeadm:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[NODES],
+        ),
+        // Upstream before its Node authorizer: `system:node` bound to the nodes' group.
+        cluster_role_binding("system:node", "system:node", &[NODES]),
+    ]
+}
+
+const BOOTSTRAPPERS: &str = orchestrator_apimachinery::bootstrap_token::GROUP;
+const NODES: &str = orchestrator_apimachinery::certificates::NODES_GROUP;
+
+/// Upstream's `system:node` ClusterRole: what a kubelet (with its service
+/// proxy and cluster DNS) reads and writes.
+fn node_rules() -> Vec<Value> {
+    vec![
+        rule(&["create", "delete", "get", "list", "patch", "update", "watch"], &[""], &["nodes"]),
+        rule(&["patch", "update"], &[""], &["nodes/status"]),
+        rule(&["create", "patch", "update"], &["", "events.k8s.io"], &["events"]),
+        rule(&["create", "delete", "get", "list", "watch"], &[""], &["pods"]),
+        rule(&["patch", "update"], &[""], &["pods/status"]),
+        rule(&["create"], &[""], &["pods/eviction"]),
+        rule(&["get", "list", "watch"], &[""], &["configmaps", "secrets", "services", "endpoints", "namespaces"]),
+        rule(&["get"], &[""], &["persistentvolumeclaims", "persistentvolumes"]),
+        rule(&["update", "patch"], &[""], &["persistentvolumeclaims/status"]),
+        rule(&["create"], &[""], &["serviceaccounts/token"]),
+        rule(&["get", "list", "watch"], &["discovery.k8s.io"], &["endpointslices"]),
+        rule(&["create", "delete", "get", "patch", "update"], &["coordination.k8s.io"], &["leases"]),
+        rule(&["create", "get", "list", "watch"], &["certificates.k8s.io"], &["certificatesigningrequests"]),
+        rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+        rule(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews", "localsubjectaccessreviews"]),
     ]
 }
 

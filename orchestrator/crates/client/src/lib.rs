@@ -40,20 +40,78 @@ pub enum KubeconfigError {
 }
 
 /// An API server over HTTPS: its address, the TLS set-up from a kubeconfig.
+/// Each request opens its connection with the TLS set-up of that moment,
+/// so a renewed client certificate ([`Remote::set_client_cert`]) is used
+/// from the next request on, with no restart.
 #[derive(Clone)]
 pub struct Remote {
     host: String,
     port: u16,
-    tls: Arc<rustls::ClientConfig>,
+    tls: Arc<std::sync::RwLock<Arc<rustls::ClientConfig>>>,
+    /// A bearer token sent with every request (a bootstrap token while joining).
+    bearer: Option<String>,
     /// The cluster CA (PEM), which also signs the API server's client certificate towards kubelets.
     pub ca_pem: String,
+}
+
+/// How a [`Remote`] proves who it is.
+pub enum Credentials<'a> {
+    /// A client certificate and its key (PEM).
+    Certificate { cert_pem: &'a [u8], key_pem: &'a [u8] },
+    /// A bearer token, no certificate.
+    Bearer(&'a str),
+    /// Nobody: anonymous requests.
+    Anonymous,
+}
+
+/// How a [`Remote`] checks the server.
+pub enum Trust<'a> {
+    /// Its chain must lead to this CA (PEM).
+    Ca(&'a [u8]),
+    /// Any certificate: only to read `cluster-info`, whose CA is then checked against a pin.
+    Unverified,
+}
+
+fn host_port(server: &str) -> Result<(String, u16), String> {
+    let authority = server.strip_prefix("https://").ok_or("the server is not https://")?;
+    let authority = authority.trim_end_matches('/');
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Ok((h.trim_matches(['[', ']']).to_string(), p.parse().map_err(|_| "bad server port")?)),
+        None => Ok((authority.to_string(), 443)),
+    }
+}
+
+fn client_config(trust: &Trust<'_>, creds: &Credentials<'_>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|x| e(&x))?;
+    let builder = match trust {
+        Trust::Ca(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from_pem_slice(ca).map_err(|x| e(&x))?).map_err(|x| e(&x))?;
+            builder.with_root_certificates(roots)
+        }
+        Trust::Unverified => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(orchestrator_http::AnyServerCert(provider)))
+        }
+    };
+    match creds {
+        Credentials::Certificate { cert_pem, key_pem } => {
+            let chain = vec![CertificateDer::from_pem_slice(cert_pem).map_err(|x| e(&x))?];
+            let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|x| e(&x))?;
+            builder.with_client_auth_cert(chain, key).map_err(|x| e(&x))
+        }
+        Credentials::Bearer(_) | Credentials::Anonymous => Ok(builder.with_no_client_auth()),
+    }
 }
 
 impl Remote {
     /// Reads the first cluster and user of a kubeconfig (embedded certificate data).
     pub fn from_kubeconfig(path: &Path) -> Result<Remote, KubeconfigError> {
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let text =
             std::fs::read_to_string(path).map_err(|source| KubeconfigError::Read { path: path.into(), source })?;
         let bad = |what: &str| KubeconfigError::Invalid { path: path.into(), what: what.to_string() };
@@ -67,28 +125,42 @@ impl Remote {
                 .map_err(|_| bad(&format!("{ptr} is not base64")))
         };
         let server = field("/clusters/0/cluster/server")?;
-        let authority =
-            server.strip_prefix("https://").ok_or_else(|| bad("clusters[0].cluster.server is not https://"))?;
-        let authority = authority.trim_end_matches('/');
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h.trim_matches(['[', ']']).to_string(), p.parse().map_err(|_| bad("bad server port"))?),
-            None => (authority.to_string(), 443),
-        };
         let ca = decode("/clusters/0/cluster/certificate-authority-data")?;
         let cert = decode("/users/0/user/client-certificate-data")?;
         let key = decode("/users/0/user/client-key-data")?;
-        let tls_err = |e: &dyn std::fmt::Display| bad(&format!("certificates: {e}"));
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(&ca).map_err(|e| tls_err(&e))?).map_err(|e| tls_err(&e))?;
-        let chain = vec![CertificateDer::from_pem_slice(&cert).map_err(|e| tls_err(&e))?];
-        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| tls_err(&e))?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_err(&e))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| tls_err(&e))?;
-        Ok(Remote { host, port, tls: Arc::new(tls), ca_pem: String::from_utf8_lossy(&ca).into_owned() })
+        Remote::new(&server, Trust::Ca(&ca), Credentials::Certificate { cert_pem: &cert, key_pem: &key })
+            .map_err(|e| bad(&format!("clusters[0].cluster.server or certificates: {e}")))
+    }
+
+    /// An API server at `server` (`https://host:port`).
+    pub fn new(server: &str, trust: Trust<'_>, creds: Credentials<'_>) -> Result<Remote, String> {
+        let (host, port) = host_port(server)?;
+        let tls = client_config(&trust, &creds)?;
+        let ca_pem = match trust {
+            Trust::Ca(ca) => String::from_utf8_lossy(ca).into_owned(),
+            Trust::Unverified => String::new(),
+        };
+        let bearer = match creds {
+            Credentials::Bearer(t) => Some(t.to_string()),
+            _ => None,
+        };
+        Ok(Remote { host, port, tls: Arc::new(std::sync::RwLock::new(Arc::new(tls))), bearer, ca_pem })
+    }
+
+    /// `https://host:port`.
+    pub fn server(&self) -> String {
+        if self.host.contains(':') {
+            format!("https://[{}]:{}", self.host, self.port)
+        } else {
+            format!("https://{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Uses this client certificate from the next request on (a renewal).
+    pub fn set_client_cert(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
+        let tls = client_config(&Trust::Ca(self.ca_pem.as_bytes()), &Credentials::Certificate { cert_pem, key_pem })?;
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tls);
+        Ok(())
     }
 
     fn path(kind: &str, ns: Option<&str>, name: Option<&str>, sub: Option<&str>) -> String {
@@ -116,12 +188,17 @@ impl Remote {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| fail(&e))?;
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| fail(&e))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| fail(&e))?;
+        let config = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| fail(&e))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| fail(&e))?;
         tokio::spawn(conn);
         let body = body.map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default()));
-        let req = Request::builder()
+        let mut req = Request::builder();
+        if let Some(token) = &self.bearer {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
             .method(method.clone())
             .uri(uri)
             .header(header::HOST, format!("{}:{}", self.host, self.port))

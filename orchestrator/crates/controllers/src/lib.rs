@@ -5,6 +5,7 @@
 //! only differences (the registry skips no-op updates), so a pass whose
 //! writes cause another pass converges.
 
+pub mod certificates;
 mod cronjob;
 mod deployment;
 mod endpoints;
@@ -17,6 +18,7 @@ mod replicaset;
 mod scheduler;
 mod serviceaccounts;
 mod statefulset;
+mod tokencleaner;
 mod workloads;
 
 use std::collections::HashSet;
@@ -74,15 +76,7 @@ const PERIOD: Duration = Duration::from_secs(2);
 pub fn spawn_all(reg: Arc<Registry>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let from = reg.store.current_revision().unwrap_or(0);
-            let mut watch = match reg.store.watch("/registry/", from) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!("controllers: watch: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
+            let mut watch = watch_from_now(&reg, "controllers").await;
             let mut changes = Changes { all: true, ..Default::default() };
             let mut periods = 0u64;
             loop {
@@ -118,6 +112,21 @@ pub fn spawn_all(reg: Arc<Registry>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// A watch of every object from the current revision on; a store that
+/// cannot give one is asked again every second (`who` names the caller in the log).
+pub(crate) async fn watch_from_now(reg: &Registry, who: &str) -> orchestrator_store::Watch {
+    loop {
+        let from = reg.store.current_revision().unwrap_or(0);
+        match reg.store.watch("/registry/", from) {
+            Ok(w) => return w,
+            Err(e) => {
+                tracing::warn!("{who}: watch: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 type Reconciler = fn(&Registry) -> Result<(), ApiError>;

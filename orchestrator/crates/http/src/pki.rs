@@ -188,6 +188,35 @@ pub fn user_of_cert(der: &[u8]) -> Option<(String, Vec<String>)> {
     Some((cn, groups))
 }
 
+/// kubeadm's `--discovery-token-ca-cert-hash`: `sha256:` and the hex
+/// SHA-256 of a CA certificate's SubjectPublicKeyInfo (PEM in).
+pub fn ca_pin(cert_pem: &[u8]) -> Result<String, String> {
+    use sha2::Digest as _;
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let (_, block) = x509_parser::pem::parse_x509_pem(cert_pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let (_, c) = X509Certificate::from_der(&block.contents).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let digest = sha2::Sha256::digest(c.tbs_certificate.subject_pki.raw);
+    Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// A certificate's validity, Unix seconds (notBefore, notAfter).
+pub fn validity_of(cert_pem: &[u8]) -> Option<(i64, i64)> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let (_, block) = x509_parser::pem::parse_x509_pem(cert_pem).ok()?;
+    let (_, c) = X509Certificate::from_der(&block.contents).ok()?;
+    Some((c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
+}
+
+/// A new key and a PKCS#10 request for `user` in `group` (PEM: request, key),
+/// as a kubelet asks for its client certificate.
+pub fn client_request(user: &str, group: &str) -> Result<(String, String), PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(user, &[group]);
+    let key = KeyPair::generate()?;
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +239,19 @@ mod tests {
         let a = load_or_generate_ca(&c, &k).unwrap();
         let b = load_or_generate_ca(&c, &k).unwrap();
         assert_eq!(a.cert_pem, b.cert_pem);
+    }
+
+    #[test]
+    fn pins_and_requests() {
+        let ca = generate_ca("test").unwrap();
+        let pin = ca_pin(ca.cert_pem.as_bytes()).unwrap();
+        assert!(pin.starts_with("sha256:") && pin.len() == 7 + 64, "{pin}");
+        assert_eq!(ca_pin(ca.cert_pem.as_bytes()).unwrap(), pin);
+        assert_ne!(ca_pin(generate_ca("test").unwrap().cert_pem.as_bytes()).unwrap(), pin);
+        assert!(ca_pin(b"junk").is_err());
+        let (before, after) = validity_of(ca.cert_pem.as_bytes()).unwrap();
+        assert!(after - before > 9 * 365 * 24 * 3600);
+        let (csr, key) = client_request("system:node:n1", "system:nodes").unwrap();
+        assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----") && key.contains("PRIVATE KEY"));
     }
 }

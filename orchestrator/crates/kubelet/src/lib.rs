@@ -11,6 +11,7 @@
 //! needs to decide is read back from the runtime (attempt numbers, exit
 //! times), so a restarted kubelet adopts running containers.
 
+pub mod bootstrap;
 pub mod claims;
 pub mod cni;
 pub mod credentials;

@@ -1,0 +1,321 @@
+//! CertificateSigningRequests: the approver (upstream's csrapproving for
+//! kubelet client certificates) and the signer (csrsigning) with the
+//! cluster CA, in one task that the binary starts with the CA's key; the
+//! same task runs the bootstrap-token cleaner every 2 s (the shared
+//! controllers' periodic pass waits for a quiet store, which a busy
+//! cluster never has).
+//!
+//! Approved automatically, for `kubernetes.io/kube-apiserver-client-kubelet`
+//! only: a bootstrap-token user (`system:bootstrappers`) asking for
+//! `system:node:<name>` while no Ready Node of that name exists (a live
+//! Node's name is taken: the request is Denied, saying so), and a node
+//! (`system:nodes`) renewing its own certificate. Upstream asks RBAC
+//! whether the requester may create `certificatesigningrequests/nodeclient`
+//! or `/selfnodeclient`; the bootstrap policy binds exactly these groups
+//! to those roles, so the groups decide here. Anything else waits for
+//! `kubectl certificate approve`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestCondition};
+use k8s_openapi::api::core::v1::Node;
+
+use orchestrator_apimachinery::bootstrap_token::GROUP as BOOTSTRAPPERS;
+use orchestrator_apimachinery::certificates::{
+    CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, NODE_USER_PREFIX, NODES_GROUP, kubelet_client_problem, parse_request,
+};
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::{Part, Registry};
+
+use crate::{list_typed, modify_typed, name, time_now};
+
+/// The cluster CA and how long the certificates it signs live.
+#[derive(Clone)]
+pub struct Signer {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    /// Upstream's `--cluster-signing-duration` (a year by default).
+    pub lifetime: Duration,
+}
+
+/// Upstream backdates a certificate by five minutes (clock skew); a
+/// short test lifetime is backdated by a tenth of it, so that 70–90 % of
+/// the whole validity still falls after the issue.
+fn backdate(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(Duration::from_secs(300))
+}
+
+#[derive(Debug, PartialEq)]
+enum Decision {
+    Approve(&'static str),
+    Deny(String),
+    /// Not ours to decide: left for a person.
+    Leave,
+}
+
+fn spec(c: &CertificateSigningRequest) -> (&str, &[String]) {
+    (c.spec.username.as_deref().unwrap_or_default(), c.spec.groups.as_deref().unwrap_or_default())
+}
+
+fn has_condition(c: &CertificateSigningRequest, ty: &str) -> bool {
+    c.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|x| x.type_ == ty))
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn decide(c: &CertificateSigningRequest, nodes: &[Node]) -> Decision {
+    if c.spec.signer_name != KUBELET_CLIENT_SIGNER {
+        return Decision::Leave;
+    }
+    let Ok(request) = parse_request(&c.spec.request.0) else { return Decision::Leave };
+    if kubelet_client_problem(&request, &c.spec.usages.clone().unwrap_or_default()).is_some() {
+        return Decision::Leave;
+    }
+    let node = request.common_name.trim_start_matches(NODE_USER_PREFIX);
+    let (user, groups) = spec(c);
+    if user == request.common_name && groups.iter().any(|g| g == NODES_GROUP) {
+        return Decision::Approve("Auto approving self kubelet client certificate after SubjectAccessReview.");
+    }
+    if groups.iter().any(|g| g == BOOTSTRAPPERS) {
+        if nodes.iter().any(|n| name(&n.metadata) == node && node_ready(n)) {
+            return Decision::Deny(format!(
+                "node name {node:?} is taken: a Node of that name is Ready; delete it (kubectl delete node {node}) or join under another name"
+            ));
+        }
+        return Decision::Approve("Auto approving kubelet client certificate after SubjectAccessReview.");
+    }
+    Decision::Leave
+}
+
+fn condition(ty: &str, reason: &str, message: &str) -> CertificateSigningRequestCondition {
+    CertificateSigningRequestCondition {
+        type_: ty.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_update_time: Some(time_now()),
+        last_transition_time: Some(time_now()),
+    }
+}
+
+fn add_condition(reg: &Registry, csr: &str, c: CertificateSigningRequestCondition) -> Result<(), ApiError> {
+    modify_typed(reg, None, csr, Part::Status, |o: &mut CertificateSigningRequest| {
+        if has_condition(o, &c.type_) {
+            return false;
+        }
+        o.status.get_or_insert_default().conditions.get_or_insert_default().push(c.clone());
+        true
+    })
+}
+
+/// Issues the certificate of an approved request, from the CSR's public
+/// key and subject, with the usages it asked for.
+fn sign(signer: &Signer, c: &CertificateSigningRequest) -> Result<String, String> {
+    use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
+    let pem = String::from_utf8(c.spec.request.0.clone()).map_err(|_| "the request is not PEM text".to_string())?;
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(&pem).map_err(|e| e.to_string())?;
+    let mut lifetime = signer.lifetime;
+    if let Some(s) = c.spec.expiration_seconds.and_then(|s| u64::try_from(s).ok()) {
+        lifetime = lifetime.min(Duration::from_secs(s));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let p = &mut csr.params;
+    p.not_before = now - backdate(lifetime);
+    p.not_after = now + lifetime;
+    p.is_ca = rcgen::IsCa::ExplicitNoCa;
+    p.use_authority_key_identifier_extension = true;
+    p.subject_alt_names.clear();
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| e.to_string())?;
+    serial[0] &= 0x7f;
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    p.key_usages.clear();
+    p.extended_key_usages.clear();
+    for u in c.spec.usages.iter().flatten() {
+        match u.as_str() {
+            "digital signature" => p.key_usages.push(Ku::DigitalSignature),
+            "key encipherment" => p.key_usages.push(Ku::KeyEncipherment),
+            "client auth" => p.extended_key_usages.push(Eku::ClientAuth),
+            "server auth" => p.extended_key_usages.push(Eku::ServerAuth),
+            other => return Err(format!("usage {other:?} is not one this signer grants")),
+        }
+    }
+    let key = rcgen::KeyPair::from_pem(&signer.ca_key_pem).map_err(|e| format!("the CA key: {e}"))?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&signer.ca_cert_pem, key).map_err(|e| format!("the CA certificate: {e}"))?;
+    Ok(csr.signed_by(&issuer).map_err(|e| e.to_string())?.pem())
+}
+
+/// One pass: decide pending kubelet requests, sign approved ones.
+pub fn reconcile(reg: &Registry, signer: &Signer) -> Result<(), ApiError> {
+    let csrs: Vec<CertificateSigningRequest> = list_typed(reg)?;
+    if csrs.is_empty() {
+        return Ok(());
+    }
+    let nodes: Vec<Node> = list_typed(reg)?;
+    for c in &csrs {
+        let csr = name(&c.metadata);
+        let decided = has_condition(c, "Approved") || has_condition(c, "Denied");
+        if !decided {
+            match decide(c, &nodes) {
+                Decision::Approve(message) => {
+                    add_condition(reg, csr, condition("Approved", "AutoApproved", message))?;
+                    tracing::info!(csr, "approved");
+                }
+                Decision::Deny(message) => {
+                    tracing::warn!(csr, "denied: {message}");
+                    add_condition(reg, csr, condition("Denied", "NodeNameTaken", &message))?;
+                }
+                Decision::Leave => {}
+            }
+            continue;
+        }
+        let issued = c.status.as_ref().and_then(|s| s.certificate.as_ref()).is_some_and(|b| !b.0.is_empty());
+        let ours = c.spec.signer_name == KUBELET_CLIENT_SIGNER || c.spec.signer_name == CLIENT_SIGNER;
+        if !has_condition(c, "Approved") || has_condition(c, "Denied") || has_condition(c, "Failed") || issued || !ours
+        {
+            continue;
+        }
+        match sign(signer, c) {
+            Ok(cert) => modify_typed(reg, None, csr, Part::Status, |o: &mut CertificateSigningRequest| {
+                let s = o.status.get_or_insert_default();
+                if s.certificate.is_some() {
+                    return false;
+                }
+                s.certificate = Some(ByteString(cert.clone().into_bytes()));
+                true
+            })?,
+            Err(e) => {
+                tracing::warn!(csr, "signing failed: {e}");
+                add_condition(reg, csr, condition("Failed", "SignerValidationFailure", &e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the token cleaner and [`reconcile`] on every change to a CSR, and every 2 s.
+pub fn spawn(reg: Arc<Registry>, signer: Signer) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let mut watch = crate::watch_from_now(&reg, "certificates").await;
+            loop {
+                let (r, s) = (reg.clone(), signer.clone());
+                let pass = move || crate::tokencleaner::reconcile(&r).and_then(|()| reconcile(&r, &s));
+                match tokio::task::spawn_blocking(pass).await {
+                    Ok(Err(e)) if e.code != 409 && e.code != 404 => tracing::warn!("certificates: {e}"),
+                    Err(e) => tracing::warn!("certificates: pass panicked: {e}"),
+                    _ => {}
+                }
+                let change = async {
+                    loop {
+                        match watch.next().await {
+                            Ok(e) if e.kv.key.starts_with("/registry/certificatesigningrequests/") => return true,
+                            Ok(_) => {}
+                            Err(_) => return false, // lagged: watch again
+                        }
+                    }
+                };
+                tokio::select! {
+                    live = change => if !live { break },
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator_apimachinery::registry::WriteOptions;
+    use serde_json::json;
+
+    fn csr_pem(cn: &str) -> (String, rcgen::KeyPair) {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, cn);
+        dn.push(rcgen::DnType::OrganizationName, NODES_GROUP);
+        p.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        (p.serialize_request(&key).unwrap().pem().unwrap(), key)
+    }
+
+    fn create(reg: &Registry, name: &str, cn: &str, user: &str, groups: &[&str]) {
+        use base64::Engine as _;
+        let (pem, _) = csr_pem(cn);
+        let o = json!({"metadata": {"name": name}, "spec": {"signerName": KUBELET_CLIENT_SIGNER,
+            "usages": ["digital signature", "client auth"], "username": user, "groups": groups,
+            "request": base64::engine::general_purpose::STANDARD.encode(pem)}});
+        reg.create(crate::rt("CertificateSigningRequest"), None, o, &WriteOptions::default()).unwrap();
+    }
+
+    fn get(reg: &Registry, name: &str) -> CertificateSigningRequest {
+        orchestrator_apimachinery::typed::decode(
+            reg.get(crate::rt("CertificateSigningRequest"), None, name).unwrap(),
+            "csr",
+        )
+        .unwrap()
+    }
+
+    fn signer() -> Signer {
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = ca.self_signed(&key).unwrap();
+        Signer { ca_cert_pem: cert.pem(), ca_key_pem: key.serialize_pem(), lifetime: Duration::from_secs(60) }
+    }
+
+    #[test]
+    fn bootstrap_requests_are_approved_and_signed_unless_the_name_is_live() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = crate::test_registry(&d);
+        let s = signer();
+        create(&reg, "join", "system:node:n1", "system:bootstrap:abcdef", &[BOOTSTRAPPERS, "system:authenticated"]);
+        create(&reg, "renew", "system:node:n2", "system:node:n2", &[NODES_GROUP]);
+        create(&reg, "other", "system:node:n3", "system:node:n2", &[NODES_GROUP]);
+        create(&reg, "person", "system:node:n4", "alice", &["devs"]);
+        let live = json!({"metadata": {"name": "n5"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        reg.create(crate::rt("Node"), None, live, &WriteOptions::default()).unwrap();
+        create(&reg, "taken", "system:node:n5", "system:bootstrap:abcdef", &[BOOTSTRAPPERS]);
+        reconcile(&reg, &s).unwrap();
+        reconcile(&reg, &s).unwrap();
+        for issued in ["join", "renew"] {
+            let c = get(&reg, issued);
+            let pem = c.status.unwrap().certificate.unwrap().0;
+            let (_, block) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+            let cert = block.parse_x509().unwrap();
+            let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string();
+            assert!(cn.starts_with("system:node:n"), "{cn}");
+            let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+            assert_eq!(lifetime, 66, "60 s and a tenth of it backdated");
+        }
+        for pending in ["other", "person"] {
+            let c = get(&reg, pending);
+            assert!(c.status.is_none_or(|s| s.conditions.is_none() && s.certificate.is_none()), "{pending}");
+        }
+        let taken = get(&reg, "taken");
+        assert!(has_condition(&taken, "Denied"));
+        assert!(taken.status.unwrap().certificate.is_none());
+    }
+
+    #[test]
+    fn approved_by_hand_is_signed_and_a_bad_usage_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = crate::test_registry(&d);
+        create(&reg, "person", "system:node:n4", "alice", &["devs"]);
+        add_condition(&reg, "person", condition("Approved", "KubectlApprove", "by hand")).unwrap();
+        reconcile(&reg, &signer()).unwrap();
+        assert!(get(&reg, "person").status.unwrap().certificate.is_some());
+        let mut c = get(&reg, "person");
+        c.spec.usages = Some(vec!["code signing".into()]);
+        assert!(sign(&signer(), &c).unwrap_err().contains("code signing"));
+    }
+}
