@@ -2,9 +2,9 @@
 //! shipped), measures its idle RSS, then drives it over HTTPS with client
 //! certificates from several keep-alive connections: creates/s, gets/s,
 //! merge patches/s with latency percentiles, list latency, and RSS with
-//! 1,000 pods (controllers running; no node, so they stay Pending), then
-//! creates/s and RSS with 2,000 PersistentVolumeClaims and 2,000
-//! StatefulSets (0 replicas: their revisions and status, no pods).
+//! 2,000 PersistentVolumeClaims and 2,000 StatefulSets (0 replicas: their
+//! revisions and status, no pods) and with 1,000 pods (controllers
+//! running; no node, so they stay Pending).
 //! `cargo bench -p orchestrator --bench api`
 
 use std::io::{BufRead as _, BufReader};
@@ -227,6 +227,34 @@ fn main() {
         }
         let after_cms = rss_kib(pid);
 
+        // StatefulSets and claims (issue 14): 2,000 claims of the default
+        // class (Pending: no node), then 2,000 StatefulSets of 0 replicas
+        // (each gets its ControllerRevision and status from the controller).
+        let claim = |i: usize| {
+            let body = format!(r#"{{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{{"name":"claim-{i}"}},"spec":{{"accessModes":["ReadWriteOnce"],"resources":{{"requests":{{"storage":"1Gi"}}}}}}}}"#);
+            ("POST", "/api/v1/namespaces/default/persistentvolumeclaims".to_string(), "application/json", body.into_bytes())
+        };
+        let (conns, rate, p50, p99) = run(conns, 2000, claim).await;
+        println!("create PVC (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        let sts = |i: usize| {
+            let body = format!(r#"{{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{{"name":"sts-{i}"}},"spec":{{"replicas":0,"serviceName":"sts-{i}","selector":{{"matchLabels":{{"sts":"{i}"}}}},"template":{{"metadata":{{"labels":{{"sts":"{i}"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36"}}]}}}},"volumeClaimTemplates":[{{"metadata":{{"name":"data"}},"spec":{{"accessModes":["ReadWriteOnce"],"resources":{{"requests":{{"storage":"1Gi"}}}}}}}}]}}}}"#);
+            ("POST", "/apis/apps/v1/namespaces/default/statefulsets".to_string(), "application/json", body.into_bytes())
+        };
+        let (conns, rate, p50, p99) = run(conns, 2000, sts).await;
+        println!("create StatefulSet (fsync):      {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        let settled = Instant::now();
+        loop {
+            let (_, body) = c.call("GET", "/apis/apps/v1/namespaces/default/controllerrevisions", "application/json", &[]).await;
+            let n = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["items"].as_array().map_or(0, Vec::len);
+            if n >= 2000 || settled.elapsed() > Duration::from_secs(300) {
+                println!("controller: 2,000 revisions in     {:>7.1?} after the last create", settled.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let with_storage = rss_kib(pid);
+        println!("RSS + 2,000 PVCs + 2,000 sts:    {:>7.1} MiB (before them: {:.1} MiB)", with_storage as f64 / 1024.0, after_cms as f64 / 1024.0);
+
         // Watch latency: 1,000 watchers of the namespace's ConfigMaps, one
         // patch at a time, time from sending it to each watcher's event.
         const WATCHERS: usize = 1000;
@@ -257,42 +285,13 @@ fn main() {
             let body = format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"pod-{i}","labels":{{"app":"bench"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36","resources":{{"requests":{{"cpu":"10m","memory":"16Mi"}}}}}}]}}}}"#);
             ("POST", "/api/v1/namespaces/default/pods".to_string(), "application/json", body.into_bytes())
         };
-        let (conns, rate, p50, p99) = run(conns, 1000, pod).await;
+        let (_conns, rate, p50, p99) = run(conns, 1000, pod).await;
         println!("create Pod (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let with_pods = rss_kib(pid);
-
-        // StatefulSets and claims (issue 14): 2,000 claims of the default
-        // class (Pending: no node), then 2,000 StatefulSets of 0 replicas
-        // (each gets its ControllerRevision and status from the controller).
-        let claim = |i: usize| {
-            let body = format!(r#"{{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{{"name":"claim-{i}"}},"spec":{{"accessModes":["ReadWriteOnce"],"resources":{{"requests":{{"storage":"1Gi"}}}}}}}}"#);
-            ("POST", "/api/v1/namespaces/default/persistentvolumeclaims".to_string(), "application/json", body.into_bytes())
-        };
-        let (conns, rate, p50, p99) = run(conns, 2000, claim).await;
-        println!("create PVC (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
-        let sts = |i: usize| {
-            let body = format!(r#"{{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{{"name":"sts-{i}"}},"spec":{{"replicas":0,"serviceName":"sts-{i}","selector":{{"matchLabels":{{"sts":"{i}"}}}},"template":{{"metadata":{{"labels":{{"sts":"{i}"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36"}}]}}}},"volumeClaimTemplates":[{{"metadata":{{"name":"data"}},"spec":{{"accessModes":["ReadWriteOnce"],"resources":{{"requests":{{"storage":"1Gi"}}}}}}}}]}}}}"#);
-            ("POST", "/apis/apps/v1/namespaces/default/statefulsets".to_string(), "application/json", body.into_bytes())
-        };
-        let (_conns, rate, p50, p99) = run(conns, 2000, sts).await;
-        println!("create StatefulSet (fsync):      {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
-        let settled = Instant::now();
-        loop {
-            let (_, body) = c.call("GET", "/apis/apps/v1/namespaces/default/controllerrevisions", "application/json", &[]).await;
-            let n = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["items"].as_array().map_or(0, Vec::len);
-            if n >= 2000 || settled.elapsed() > Duration::from_secs(300) {
-                println!("controller: 2,000 revisions in     {:>7.1?} after the last create", settled.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
         tokio::time::sleep(Duration::from_secs(5)).await;
         println!("RSS idle:                        {:>7.1} MiB", idle as f64 / 1024.0);
         println!("RSS after 2,000 ConfigMaps:      {:>7.1} MiB", after_cms as f64 / 1024.0);
         println!("RSS with 1,000 open watches:     {:>7.1} MiB", with_watchers as f64 / 1024.0);
-        println!("RSS with 1,000 pods (settled):   {:>7.1} MiB", with_pods as f64 / 1024.0);
-        println!("RSS + 2,000 PVCs + 2,000 sts:    {:>7.1} MiB", rss_kib(pid) as f64 / 1024.0);
+        println!("RSS with 1,000 pods (settled):   {:>7.1} MiB", rss_kib(pid) as f64 / 1024.0);
     });
     let _ = child.kill();
     let _ = child.wait();
