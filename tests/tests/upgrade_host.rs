@@ -205,8 +205,13 @@ fn a_security_floor_refuses_older_bundles_and_rollbacks_whatever_the_client_asks
     // its security version is the node's floor from now on.
     upgrade(&fixed, &["--stage"]).ok()?;
     reboot_into_committed_b(&mut node, &c)?;
+    // init raises the floor right after it commits the slot, so `version`
+    // may show B committed a moment before the floor is written.
     let floor = node.state.path().join("security-floor");
-    assert_eq!(std::fs::read_to_string(&floor)?.trim(), fixed_sec.to_string());
+    wait_for("the security floor raised", Duration::from_secs(10), || {
+        (std::fs::read_to_string(&floor).ok()?.trim() == fixed_sec.to_string()).then_some(())
+    })
+    .with_context(|| node.log())?;
     assert_eq!(std::fs::metadata(&floor)?.permissions().mode() & 0o777, 0o600, "the floor is root's alone");
 
     // Slot A still holds the vulnerable release: no rollback into it.

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::errors::{ApiError, success};
 use crate::resources::{ResourceType, by_kind};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::validation;
+use crate::{stateful, validation};
 use orchestrator_store::{EventKind, Store, StoreError, Watch};
 
 /// What `fieldValidation` asks for unknown fields.
@@ -387,7 +387,9 @@ impl Registry {
         }
         let mut out = out;
         validation::apply_defaults(rt.kind, &mut out);
+        stateful::apply_defaults(rt.kind, &mut out);
         let mut causes = validation::validate(rt.kind, &out);
+        causes.extend(stateful::validate(rt.kind, &out));
         causes.extend(crate::node_fields::validate(rt.kind, &out));
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, &name, causes));
@@ -563,7 +565,8 @@ impl Registry {
             _ => {}
         }
         if rt.kind == "PersistentVolumeClaim" {
-            crate::stateful::default_class(self, &mut obj)?;
+            let classes = self.list(by_kind("StorageClass").expect("served"), None, &ListOptions::default())?.items;
+            stateful::default_class(&classes, &mut obj);
         }
         if rt.kind == "Job" {
             let uid = uid_of(&obj).to_string();
@@ -705,7 +708,8 @@ impl Registry {
             record_manager(&mut new, m, "Update", &rt.api_version(), &current);
         }
         let (mut new, warnings) = self.admit(rt, new, opts)?;
-        let causes = validation::validate_update(rt.kind, &current, &new);
+        let mut causes = validation::validate_update(rt.kind, &current, &new);
+        causes.extend(stateful::validate_update(rt.kind, &current, &new));
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, name, causes));
         }
@@ -911,7 +915,11 @@ impl Registry {
                 r?;
             }
         }
-        crate::stateful::bootstrap(self)
+        let sc = by_kind("StorageClass").expect("served");
+        match self.create(sc, None, stateful::local_path_class(), &WriteOptions::default()) {
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            r => r.map(|_| ()),
+        }
     }
 }
 

@@ -7,10 +7,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::errors::ApiError;
-use crate::registry::{Registry, WriteOptions};
-use crate::resources::by_kind;
-use crate::validation::Causes;
+use crate::validation::{Causes, default, obj};
 
 /// The annotation that makes a StorageClass the default.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
@@ -34,17 +31,6 @@ const STS_MUTABLE: &[&str] = &[
 ];
 const STS_FORBIDDEN: &str = "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden";
 const PVC_FORBIDDEN: &str = "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims";
-
-fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
-    if !v.get(key).is_some_and(Value::is_object) {
-        v[key] = json!({});
-    }
-    v[key].as_object_mut().expect("just made an object")
-}
-
-fn default(m: &mut Map<String, Value>, key: &str, value: Value) {
-    m.entry(key.to_string()).or_insert(value);
-}
 
 fn unsupported(got: &str, allowed: &[&str]) -> String {
     let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
@@ -339,36 +325,28 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
 }
 
 /// Upstream's DefaultStorageClass admission: a claim created without
-/// `storageClassName` gets the default class (the newest, if several say
-/// so); without a default class it keeps none.
-pub fn default_class(reg: &Registry, claim: &mut Value) -> Result<(), ApiError> {
+/// `storageClassName` gets the default class among `classes` (the newest,
+/// if several say so); without a default class it keeps none.
+pub fn default_class(classes: &[Value], claim: &mut Value) {
     if claim.pointer("/spec/storageClassName").is_some_and(|c| !c.is_null()) {
-        return Ok(());
+        return;
     }
-    let sc = by_kind("StorageClass").expect("storage classes are served");
-    let classes = reg.list(sc, None, &Default::default())?.items;
+    let is_default = |c: &&Value| {
+        c.pointer("/metadata/annotations").and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)) == Some(&json!("true"))
+    };
     let default = classes
         .iter()
-        .filter(|c| {
-            str_at(c, &format!("/metadata/annotations/{}", DEFAULT_CLASS_ANNOTATION.replace('/', "~1"))) == Some("true")
-        })
+        .filter(is_default)
         .max_by_key(|c| str_at(c, "/metadata/creationTimestamp").unwrap_or_default().to_string());
     if let Some(name) = default.and_then(|c| str_at(c, "/metadata/name")) {
         obj(claim, "spec").insert("storageClassName".into(), name.into());
     }
-    Ok(())
 }
 
-/// Creates the built-in `local-path` class (the default) unless a class
-/// of that name exists.
-pub fn bootstrap(reg: &Registry) -> Result<(), ApiError> {
-    let sc = by_kind("StorageClass").expect("storage classes are served");
-    let class = json!({"metadata": {"name": LOCAL_PATH_CLASS, "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
-        "provisioner": LOCAL_PATH_PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"});
-    match reg.create(sc, None, class, &WriteOptions::default()) {
-        Err(e) if e.reason == "AlreadyExists" => Ok(()),
-        r => r.map(|_| ()),
-    }
+/// The built-in `local-path` class (the default) every cluster starts with.
+pub fn local_path_class() -> Value {
+    json!({"metadata": {"name": LOCAL_PATH_CLASS, "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
+        "provisioner": LOCAL_PATH_PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"})
 }
 
 #[cfg(test)]

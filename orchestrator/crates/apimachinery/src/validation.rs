@@ -52,14 +52,14 @@ pub fn check_name(kind: &str, name: &str) -> Option<String> {
     (!ok).then(|| format!("Invalid value: \"{name}\": {msg}"))
 }
 
-fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+pub(crate) fn obj<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
     if !v.get(key).is_some_and(Value::is_object) {
         v[key] = json!({});
     }
     v[key].as_object_mut().expect("just made an object")
 }
 
-fn default(m: &mut Map<String, Value>, key: &str, value: Value) {
+pub(crate) fn default(m: &mut Map<String, Value>, key: &str, value: Value) {
     m.entry(key.to_string()).or_insert(value);
 }
 
@@ -250,7 +250,7 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
         "Secret" => {
             default(o.as_object_mut().expect("objects are maps"), "type", "Opaque".into());
         }
-        _ => crate::stateful::apply_defaults(kind, o),
+        _ => {}
     }
 }
 
@@ -390,10 +390,7 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
                 }
             }
         }
-        "StatefulSet" => {
-            check_workload(o, &mut causes, true);
-            causes.extend(crate::stateful::validate(kind, o));
-        }
+        "StatefulSet" => check_workload(o, &mut causes, true),
         "CertificateSigningRequest" => {
             // `<domain>/<path>`: a DNS-1123 subdomain, then a path without empty segments.
             let signer = o.pointer("/spec/signerName").and_then(Value::as_str).unwrap_or_default();
@@ -408,7 +405,7 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             }
             crate::certificates::validate(o, &mut causes);
         }
-        _ => causes.extend(crate::stateful::validate(kind, o)),
+        _ => {}
     }
     causes
 }
@@ -429,7 +426,6 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
             causes.push((field, "Invalid value: field is immutable".into()));
         }
     }
-    causes.extend(crate::stateful::validate_update(kind, old, new));
     if kind == "CertificateSigningRequest" {
         crate::certificates::validate_update(old, new, &mut causes);
     }

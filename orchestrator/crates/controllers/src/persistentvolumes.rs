@@ -34,7 +34,7 @@ pub(crate) enum ClaimState {
     /// Bound: the node must match the volume's affinity (none: any node).
     Bound(Option<VolumeNodeAffinity>),
     /// Waits for its first consumer: provisioned on the node the pod gets.
-    Delayed(PersistentVolumeClaim),
+    Delayed(Box<PersistentVolumeClaim>),
 }
 
 /// What the scheduler reads about claims, once per pass.
@@ -72,7 +72,7 @@ impl Volumes {
                 .and_then(|c| self.classes.iter().find(|sc| name(&sc.metadata) == c))
                 .is_some_and(|sc| sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"))
             {
-                out.push(ClaimState::Delayed(claim.clone()));
+                out.push(ClaimState::Delayed(Box::new(claim.clone())));
             } else {
                 return Err("pod has unbound immediate PersistentVolumeClaims".into());
             }

@@ -486,6 +486,16 @@ mod tests {
         }
     }
 
+    /// Enough passes, with pods Ready and deletions done, for a rollout to finish.
+    fn settle(reg: &Registry) {
+        for _ in 0..6 {
+            reconcile(reg).unwrap();
+            finish_deletes(reg);
+            reconcile(reg).unwrap();
+            make_ready(reg);
+        }
+    }
+
     fn get(reg: &Registry) -> StatefulSet {
         orchestrator_apimachinery::typed::decode(reg.get(rt(StatefulSet::KIND), Some("default"), "db").unwrap(), "sts")
             .unwrap()
@@ -558,12 +568,7 @@ mod tests {
             true
         })
         .unwrap();
-        for _ in 0..6 {
-            reconcile(&reg).unwrap();
-            finish_deletes(&reg);
-            reconcile(&reg).unwrap();
-            make_ready(&reg);
-        }
+        settle(&reg);
         let image = |p: &Pod| p.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
         let images: Vec<String> = pods(&reg).iter().map(image).collect();
         assert_eq!(images, ["busybox:1", "busybox:2", "busybox:2"], "ordinals below the partition keep the old one");
@@ -584,12 +589,7 @@ mod tests {
             true
         })
         .unwrap();
-        for _ in 0..6 {
-            reconcile(&reg).unwrap();
-            finish_deletes(&reg);
-            reconcile(&reg).unwrap();
-            make_ready(&reg);
-        }
+        settle(&reg);
         let images: Vec<String> = pods(&reg).iter().map(image).collect();
         assert_eq!(images, ["busybox:1", "busybox:1", "busybox:1"]);
         let revs: Vec<ControllerRevision> = list_typed(&reg).unwrap();
