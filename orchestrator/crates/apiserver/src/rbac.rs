@@ -695,7 +695,11 @@ fn node_rules() -> Vec<Value> {
         rule(&["patch", "update"], &[""], &["pods/status"]),
         rule(&["create"], &[""], &["pods/eviction"]),
         rule(&["get", "list", "watch"], &[""], &["configmaps", "secrets", "services", "endpoints", "namespaces"]),
-        rule(&["get"], &[""], &["persistentvolumeclaims", "persistentvolumes"]),
+        rule(&["get"], &[""], &["persistentvolumeclaims"]),
+        // Beyond upstream's role: a Plinth kubelet is also the local-path
+        // provisioner's deleter, so it lists volumes and deletes the
+        // Released ones whose directories it removed (`kubelet/src/claims.rs`).
+        rule(&["get", "list", "delete"], &[""], &["persistentvolumes"]),
         rule(&["update", "patch"], &[""], &["persistentvolumeclaims/status"]),
         rule(&["create"], &[""], &["serviceaccounts/token"]),
         rule(&["get", "list", "watch"], &["discovery.k8s.io"], &["endpointslices"]),
