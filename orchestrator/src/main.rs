@@ -46,7 +46,7 @@ enum Command {
         #[arg(long = "cert-san", value_name = "NAME")]
         cert_sans: Vec<String>,
         /// How long an Event is kept after its last write (as kube-apiserver's: `1h`, `1h0m0s`, `90s`).
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         event_ttl: std::time::Duration,
         /// A file holding a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`) stored at start, without expiry.
         #[arg(long)]
@@ -290,13 +290,6 @@ fn raise_open_file_limit() {
     {
         tracing::warn!("raising the open-file limit from {soft} to {hard}: {e}");
     }
-}
-
-/// A duration as Go writes one (`1h0m0s`) or a friendlier `1h 30m`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d: jiff::SignedDuration =
-        s.parse().map_err(|e| format!("{s:?} is not a duration (e.g. 1h, 30m, 1h0m0s): {e}"))?;
-    std::time::Duration::try_from(d).map_err(|_| format!("{s:?}: a duration cannot be negative"))
 }
 
 /// The tracing target of a boot step the crates reach (field `step`, e.g.
