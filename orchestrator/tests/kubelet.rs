@@ -7,7 +7,7 @@
 mod common;
 mod kubelet_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kubelet_support::{BUSYBOX, Cluster};
 
@@ -95,7 +95,7 @@ spec:
     assert_eq!(statuses, "Completed");
     // A finished pod's sandbox is stopped: its address and masquerade rule are released.
     let (uid, ip) = (c.pod_field("fetch", ".metadata.uid"), c.pod_field("fetch", ".status.podIP"));
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     while c.containerd.sandboxes().iter().any(|(_, u, ready)| *u == uid && *ready) {
         assert!(start.elapsed() < READY, "the finished pod's sandbox was not stopped");
         std::thread::sleep(Duration::from_millis(200));
@@ -136,11 +136,24 @@ fn two_pods_get_distinct_ips_and_reach_each_other() {
         let page = c.ok(&["exec", from, "--", "wget", "-q", "-O-", &format!("http://{ip}:8080/")]);
         assert_eq!(page, format!("{to}\n"), "{from} fetched from {to} at {ip}");
     }
-    // A raw TCP round trip as well: nc listens in one pod, the other connects to its pod IP.
-    c.ok(&["exec", "right", "--", "sh", "-c", "nc -l -p 9000 > /tmp/got 2>&1 < /dev/null & sleep 0.2"]);
-    let sent = c.run(&["exec", "left", "--", "sh", "-c", &format!("echo ping from left | nc -w 2 {right} 9000")]);
-    assert!(sent.status.success(), "{sent:?}");
-    c.wait_for(&["exec", "right", "--", "cat", "/tmp/got"], READY, |s| s == "ping from left\n");
+    // A raw TCP round trip as well: nc listens in one pod for as long as its
+    // exec session lasts (no background process to outlive it), the other
+    // connects to its pod IP, again until the listener is up.
+    std::thread::scope(|s| {
+        let listener = s.spawn(|| c.run(&["exec", "right", "--", "timeout", "60", "nc", "-l", "-p", "9000"]));
+        let start = Instant::now();
+        loop {
+            let send = format!("echo ping from left | nc -w 2 {right} 9000");
+            let sent = c.run(&["exec", "left", "--", "sh", "-c", &send]);
+            if sent.status.success() {
+                break;
+            }
+            assert!(start.elapsed() < READY, "left never reached right's listener: {sent:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let got = listener.join().unwrap();
+        assert_eq!(String::from_utf8_lossy(&got.stdout), "ping from left\n", "{got:?}");
+    });
 }
 
 /// Services, as kube-proxy routes them: a NodePort Service's cluster IP
