@@ -7,6 +7,7 @@
 mod common;
 mod kubelet_support;
 
+use std::io::Read as _;
 use std::time::{Duration, Instant};
 
 use kubelet_support::{BUSYBOX, Cluster};
@@ -137,23 +138,26 @@ fn two_pods_get_distinct_ips_and_reach_each_other() {
         assert_eq!(page, format!("{to}\n"), "{from} fetched from {to} at {ip}");
     }
     // A raw TCP round trip as well: nc listens in one pod for as long as its
-    // exec session lasts (no background process to outlive it), the other
-    // connects to its pod IP, again until the listener is up.
-    std::thread::scope(|s| {
-        let listener = s.spawn(|| c.run(&["exec", "right", "--", "timeout", "60", "nc", "-l", "-p", "9000"]));
-        let start = Instant::now();
-        loop {
-            let send = format!("echo ping from left | nc -w 2 {right} 9000");
-            let sent = c.run(&["exec", "left", "--", "sh", "-c", &send]);
-            if sent.status.success() {
-                break;
-            }
-            assert!(start.elapsed() < READY, "left never reached right's listener: {sent:?}");
-            std::thread::sleep(Duration::from_millis(200));
+    // exec session lasts, the other connects to its pod IP (again until the
+    // listener is up). The listener's stdin stays open until it is done: a
+    // busybox nc whose stdin ends closes its sending half at once, and a
+    // client that sees that before it has read its own stdin sends nothing.
+    let mut listener = c.spawn(&["exec", "-i", "right", "--", "timeout", "60", "nc", "-l", "-p", "9000"]);
+    let stdin = listener.stdin.take();
+    let start = Instant::now();
+    loop {
+        let sent = c.run(&["exec", "left", "--", "sh", "-c", &format!("echo ping from left | nc -w 2 {right} 9000")]);
+        if sent.status.success() {
+            break;
         }
-        let got = listener.join().unwrap();
-        assert_eq!(String::from_utf8_lossy(&got.stdout), "ping from left\n", "{got:?}");
-    });
+        assert!(start.elapsed() < READY, "left never reached right's listener: {sent:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut got = String::new();
+    listener.stdout.take().unwrap().read_to_string(&mut got).unwrap();
+    drop(stdin);
+    assert!(listener.wait().unwrap().success());
+    assert_eq!(got, "ping from left\n");
 }
 
 /// Services, as kube-proxy routes them: a NodePort Service's cluster IP

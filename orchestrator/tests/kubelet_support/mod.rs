@@ -585,6 +585,19 @@ impl Cluster {
             .unwrap()
     }
 
+    /// kubectl started with its standard input and output as pipes, for a
+    /// session the test holds open while it does something else.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new(&self.kubectl)
+            .args(args)
+            .env("KUBECONFIG", self.data.path().join("admin.kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// kubectl with `input` on its standard input (then closed).
     pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
         let mut child = Command::new(&self.kubectl)
