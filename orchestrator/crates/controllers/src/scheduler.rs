@@ -381,8 +381,10 @@ mod tests {
     }
 
     fn zoned(name: &str, zone: &str) -> Node {
-        typed(&json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}},
-            "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}}))
+        typed(
+            &json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}},
+            "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}}),
+        )
     }
 
     /// A pod labelled app=`app`, owned by ReplicaSet `app`, on `node` (None: pending), with `spec` merged in.
@@ -400,8 +402,13 @@ mod tests {
     }
 
     fn owners(apps: &[&str]) -> spread::Owners {
-        let rs = apps.iter().map(|a| typed(&json!({"metadata": {"name": a, "namespace": "default"},
-            "spec": {"selector": {"matchLabels": {"app": a}}, "template": {}}}))).collect();
+        let rs = apps
+            .iter()
+            .map(|a| {
+                typed(&json!({"metadata": {"name": a, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": a}}, "template": {}}}))
+            })
+            .collect();
         spread::Owners::new(Vec::new(), rs, Vec::new())
     }
 
@@ -513,7 +520,10 @@ mod tests {
         let zone = "topology.kubernetes.io/zone";
         let placed = [replica("w1", "web", Some("a"), json!({})), replica("w2", "web", Some("c"), json!({}))];
         // z1 has 1, z2 has 1: any node; then z1 has 2, z2 has 1: only z2 keeps the skew at 1.
-        assert!(place(&nodes, &placed, &replica("w3", "web", None, spread_by(zone, "DoNotSchedule", json!({}))), &[]).is_ok());
+        assert!(
+            place(&nodes, &placed, &replica("w3", "web", None, spread_by(zone, "DoNotSchedule", json!({}))), &[])
+                .is_ok()
+        );
         let placed = [
             replica("w1", "web", Some("a"), json!({})),
             replica("w2", "web", Some("b"), json!({})),
@@ -552,5 +562,43 @@ mod tests {
         picky["nodeSelector"] = json!({"topology.kubernetes.io/zone": "z1"});
         assert!(place(&nodes, &placed, &replica("w5", "web", None, picky), &[]).is_ok());
     }
-}
 
+    /// The throughput figure (not a timing assertion): 300 pods of one
+    /// Service bound in one pass over 3 and over 30 nodes, spread evenly.
+    /// `cargo test -p orchestrator-controllers --lib scheduler::tests::throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a figure for the report, run by hand"]
+    fn throughput() {
+        use orchestrator_apimachinery::registry::WriteOptions;
+        for nodes in [3usize, 30] {
+            let d = tempfile::tempdir().unwrap();
+            let reg = crate::test_registry(&d);
+            let create = |kind: &str, ns: Option<&str>, o: Value| {
+                reg.create(crate::rt(kind), ns, o, &WriteOptions::default()).unwrap();
+            };
+            let svc =
+                json!({"metadata": {"name": "bench"}, "spec": {"selector": {"app": "bench"}, "ports": [{"port": 80}]}});
+            create("Service", Some("default"), svc);
+            for i in 0..nodes {
+                let n = zoned(&format!("n{i}"), &format!("z{}", i % 3));
+                create("Node", None, serde_json::to_value(n).unwrap());
+            }
+            for i in 0..300 {
+                let p = json!({"metadata": {"name": format!("p{i}"), "labels": {"app": "bench"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+                create("Pod", Some("default"), p);
+            }
+            let start = std::time::Instant::now();
+            reconcile(&reg).unwrap();
+            let took = start.elapsed();
+            let pods: Vec<Pod> = list_typed(&reg).unwrap();
+            let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+            for p in &pods {
+                *per_node.entry(node_name(p).expect("bound").to_string()).or_default() += 1;
+            }
+            let (min, max) = (per_node.values().min().unwrap(), per_node.values().max().unwrap());
+            assert_eq!((per_node.len(), max - min), (nodes, 0), "{per_node:?}");
+            eprintln!("{nodes} nodes: 300 pods bound in {took:.2?} ({:.0} pods/s)", 300.0 / took.as_secs_f64());
+        }
+    }
+}

@@ -63,7 +63,12 @@ pub(super) fn node_preference(pod: &Pod, node: &Node) -> i64 {
     let spec = pod.spec.as_ref();
     let node_affinity = spec.and_then(|s| s.affinity.as_ref()).and_then(|a| a.node_affinity.as_ref());
     let preferred = node_affinity.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_deref());
-    preferred.unwrap_or_default().iter().filter(|t| term_matches(&t.preference, node)).map(|t| i64::from(t.weight)).sum()
+    preferred
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| term_matches(&t.preference, node))
+        .map(|t| i64::from(t.weight))
+        .sum()
 }
 
 /// The namespaces a pod affinity term looks in.

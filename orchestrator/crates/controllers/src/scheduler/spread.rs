@@ -130,7 +130,8 @@ pub(super) struct Spread {
 impl Spread {
     pub(super) fn new(pod: &Pod, cluster: &Cluster, owners: &Owners) -> Spread {
         let own = labels(pod);
-        let spec_constraints = pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.as_deref()).unwrap_or_default();
+        let spec_constraints =
+            pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.as_deref()).unwrap_or_default();
         let mut hard = Vec::new();
         let mut soft = Vec::new();
         for t in spec_constraints {
@@ -199,7 +200,8 @@ impl Spread {
         // Nodes without every key are left out, except under the defaults (a node without a zone still spreads by host).
         let keys: Vec<String> =
             if self.defaulted { Vec::new() } else { self.soft.iter().map(|c| c.key.clone()).collect() };
-        let ignored: Vec<bool> = feasible.iter().map(|&i| keys.iter().any(|k| value(&cluster.nodes[i], k).is_none())).collect();
+        let ignored: Vec<bool> =
+            feasible.iter().map(|&i| keys.iter().any(|k| value(&cluster.nodes[i], k).is_none())).collect();
         let considered: Vec<usize> = feasible.iter().zip(&ignored).filter(|(_, ig)| !**ig).map(|(i, _)| *i).collect();
         let mut raw = vec![0.0f64; feasible.len()];
         for c in &self.soft {
