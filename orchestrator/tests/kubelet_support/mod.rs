@@ -425,6 +425,8 @@ pub struct Cluster {
     /// More `orchestrator server` flags (split clusters).
     server_args: Vec<String>,
     kubelet: Option<Child>,
+    /// The server's URL, once started.
+    url: String,
 }
 
 impl Cluster {
@@ -493,6 +495,7 @@ impl Cluster {
             split,
             server_args: Vec::new(),
             kubelet: None,
+            url: String::new(),
         })
     }
 
@@ -526,11 +529,8 @@ impl Cluster {
                 .stdout(Stdio::piped())
                 .stderr(log());
         };
-        let mut server = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-        server.args(["server", "--listen", self.listen, "--fsync", "false"]).arg("--data-dir").arg(self.data.path());
-        if self.split {
-            server.args(&self.server_args).stdout(Stdio::piped()).stderr(log());
-        } else {
+        let mut server = self.server_command(self.listen);
+        if !self.split {
             server.arg("--kubelet");
             node_args(&mut server);
         }
@@ -538,11 +538,12 @@ impl Cluster {
         let line = first_line(&mut child);
         assert!(line.contains("listening on"), "the server did not start: {line:?} {}", self.server_log());
         self.server = Some(child);
+        let url = line.split_whitespace().find(|w| w.starts_with("https://")).expect("the server's URL");
+        self.url = url.to_string();
         if self.split {
             let mut kubelet = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
             // As init starts a worker: the endpoint, a bootstrap token and
             // the CA's pin; the kubelet joins (or reuses its certificate).
-            let url = line.split_whitespace().find(|w| w.starts_with("https://")).expect("the server's URL");
             let (token, pin) = create_token(&self.data.path().join("admin.kubeconfig"), "1h");
             let token_file = self.data.path().join("bootstrap-token");
             std::fs::write(&token_file, token).unwrap();
@@ -553,6 +554,38 @@ impl Cluster {
             assert!(line.contains("running"), "the kubelet did not start: {line:?} {}", self.server_log());
             self.kubelet = Some(child);
         }
+    }
+
+    /// `orchestrator server` on `listen` (stdout piped, stderr to server.log); split clusters add their flags.
+    fn server_command(&self, listen: &str) -> Command {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.path().join("server.log"));
+        let mut server = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        server.args(["server", "--listen", listen, "--fsync", "false"]).arg("--data-dir").arg(self.data.path());
+        server.stdout(Stdio::piped()).stderr(log.unwrap());
+        if self.split {
+            server.args(&self.server_args);
+        }
+        server
+    }
+
+    /// Kills `orchestrator server` of a split cluster: the control plane
+    /// goes away, the worker's kubelet stays.
+    pub fn stop_control_plane(&mut self) {
+        assert!(self.split, "a split cluster");
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts `orchestrator server` of a split cluster again, on the address it had.
+    pub fn start_control_plane(&mut self) {
+        let listen = self.url.trim_start_matches("https://").trim_end_matches('/').to_string();
+        let mut child = self.server_command(&listen).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "the server did not start again: {line:?} {}", self.server_log());
+        self.server = Some(child);
     }
 
     /// `orchestrator kubelet`'s pid (split clusters).

@@ -1,7 +1,12 @@
 //! Node lifecycle: a node whose Lease (kube-node-lease/<node>) was not
 //! renewed within its leaseDurationSeconds gets Ready=Unknown and the
 //! `node.kubernetes.io/unreachable` taints; a renewed lease with the
-//! kubelet reporting Ready lifts the taints.
+//! kubelet reporting Ready lifts the taints. As upstream, a lease is
+//! timed from no earlier than this controller's start: after the control
+//! plane was down, every node first gets its lease duration to renew,
+//! rather than being marked Unknown for the control plane's own outage.
+
+use std::sync::OnceLock;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Taint};
@@ -17,29 +22,39 @@ fn seconds(t: &Time) -> i64 {
     t.0.as_second()
 }
 
-fn lease_fresh(lease: Option<&Lease>, node: &Node, now: i64) -> bool {
+/// Whether the node's lease (or, before its first, its creation) is
+/// recent enough at `now`, counting nothing before `started`.
+fn lease_fresh(lease: Option<&Lease>, node: &Node, now: i64, started: i64) -> bool {
     let created = node.metadata.creation_timestamp.as_ref().map_or(now, seconds);
     match lease {
         Some(l) => {
             let spec = l.spec.as_ref();
             let duration = spec.and_then(|s| s.lease_duration_seconds).map_or(40, i64::from);
             let renewed = spec.and_then(|s| s.renew_time.as_ref()).map_or(0, |t| t.0.as_second());
-            now - renewed <= duration
+            now - renewed.max(started) <= duration
         }
         // A new node has the grace period to post its first lease.
-        None => now - created <= 40,
+        None => now - created.max(started) <= 40,
     }
 }
 
+/// When this process's controller first ran (unix seconds).
+static STARTED: OnceLock<i64> = OnceLock::new();
+
 pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    reconcile_at(reg, now, *STARTED.get_or_init(|| now))
+}
+
+fn reconcile_at(reg: &Registry, now_s: i64, started: i64) -> Result<(), ApiError> {
     let leases: Vec<Lease> = list_typed::<Lease>(reg)?
         .into_iter()
         .filter(|l| l.metadata.namespace.as_deref() == Some("kube-node-lease"))
         .collect();
-    let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
     for node in list_typed::<Node>(reg)? {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let fresh = lease_fresh(leases.iter().find(|l| l.metadata.name == node.metadata.name), &node, now_s);
+        let lease = leases.iter().find(|l| l.metadata.name == node.metadata.name);
+        let fresh = lease_fresh(lease, &node, now_s, started);
         let conds = node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
         let ready = conds.iter().find(|c| c.type_ == "Ready").map(|c| c.status.clone());
         let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
@@ -75,4 +90,41 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use orchestrator_apimachinery::registry::WriteOptions;
+    use serde_json::json;
+
+    use crate::rt;
+
+    fn ready(reg: &Registry) -> String {
+        let n: Node =
+            orchestrator_apimachinery::typed::decode(reg.get(rt("Node"), None, "n1").unwrap(), "Node").unwrap();
+        let conds = n.status.and_then(|s| s.conditions).unwrap_or_default();
+        conds.into_iter().find(|c| c.type_ == "Ready").map(|c| c.status).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_lease_that_lapsed_while_the_control_plane_was_down_gets_its_duration_again() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = crate::test_registry(&d);
+        let node = json!({"metadata": {"name": "n1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        reg.create(rt("Node"), None, node, &WriteOptions::default()).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // Renewed 10 minutes ago, with 60 s to run: the control plane was down since.
+        let renewed = k8s_openapi::jiff::Timestamp::from_second(now - 600).unwrap();
+        let lease = json!({"metadata": {"name": "n1", "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 60, "renewTime": renewed.to_string()}});
+        reg.create(rt("Lease"), Some("kube-node-lease"), lease, &WriteOptions::default()).unwrap();
+        // Back for 30 s: the kubelet still has time to renew.
+        reconcile_at(&reg, now, now - 30).unwrap();
+        assert_eq!(ready(&reg), "True");
+        // Back for 61 s and not renewed: the node is gone indeed.
+        reconcile_at(&reg, now, now - 61).unwrap();
+        assert_eq!(ready(&reg), "Unknown");
+    }
 }

@@ -21,6 +21,7 @@ pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod node;
+mod offline;
 pub mod pod;
 pub mod portforward;
 pub mod probe;
@@ -114,6 +115,8 @@ pub struct Kubelet {
     port: std::sync::atomic::AtomicU16,
     /// ServiceAccount tokens of projected volumes, until they are due.
     tokens: token::Tokens,
+    /// What the API server last said, to run on when it does not answer.
+    last_known: Mutex<offline::LastKnown>,
 }
 
 /// The ConfigMaps and Secrets a pod refers to (env and volumes), its
@@ -235,6 +238,7 @@ pub async fn start(
         probes: Mutex::default(),
         port: Default::default(),
         tokens: token::Tokens::default(),
+        last_known: Mutex::default(),
     });
     let bound = server::start(k.clone(), listen, identity).await?;
     k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
@@ -343,7 +347,7 @@ impl Kubelet {
 
     /// One relist: syncs the pods that changed or are due, removes orphans.
     async fn pass(self: &Arc<Self>) -> Result<(), KubeletError> {
-        let pods = self.api.list("Pod", &self.node_selector()).await?;
+        let pods = self.pods_or_last(self.api.list("Pod", &self.node_selector()).await)?;
         let (sandboxes, containers) = self.relist().await?;
         let mut digests: HashMap<&str, std::collections::hash_map::DefaultHasher> = HashMap::new();
         for s in &sandboxes {
@@ -805,10 +809,10 @@ impl Kubelet {
             Waiting { reason: "CreateContainerConfigError".into(), message: e.0 }
         };
         let refs = self
-            .prefetch(p)
+            .prefetch_or_last(p)
             .await
             .map_err(|e| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() })?;
-        let env = pod::environment(p, c, &refs).map_err(config_err)?;
+        let env = pod::environment(p, c, &*refs).map_err(config_err)?;
         let mut mounts = volumes::mounts(c, vols).map_err(config_err)?;
         if let Ok(typed_pod) = typed::decode::<Pod>(p.clone(), "Pod") {
             claims::read_only(&typed_pod, c, &mut mounts);
@@ -849,7 +853,7 @@ impl Kubelet {
             }
             return Ok(());
         }
-        let refs = self.prefetch(p).await?;
+        let refs = self.prefetch_or_last(p).await?;
         let typed_pod: Pod = typed::decode(p.clone(), "Pod")?;
         let claimed = match claims::resolve(self, &typed_pod).await {
             Ok(c) => c,
@@ -863,7 +867,7 @@ impl Kubelet {
             }
         };
         let (pc, dir) = (p.clone(), self.cfg.dir.clone());
-        let vols = blocking(move || volumes::prepare(&dir, &pc, &refs)).await;
+        let vols = blocking(move || volumes::prepare(&dir, &pc, &*refs)).await;
         let vols = match vols {
             Ok(mut v) => {
                 v.extend(claimed);

@@ -1,0 +1,80 @@
+//! Offline operation: when the API server does not answer, the kubelet
+//! keeps running what it was last told to run. A pass whose list of the
+//! node's pods fails works from the last list that succeeded, and a sync
+//! whose references (ConfigMaps, Secrets, tokens, the API's Service)
+//! cannot be fetched uses the ones its last sync fetched — so crashed
+//! containers are restarted per restartPolicy and probes keep running,
+//! and nothing is stopped because the API is gone. Status writes fail
+//! meanwhile and are retried (a failed sync is due again in 2 s); once the
+//! API answers they are sent, with no container restarted by the
+//! reconnection itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::str_at;
+use serde_json::Value;
+
+use crate::{Kubelet, KubeletError, Prefetched};
+
+/// What the kubelet last heard from the API server.
+#[derive(Default)]
+pub(crate) struct LastKnown {
+    /// The node's pods, as the last list that succeeded returned them.
+    pods: Option<Vec<Value>>,
+    /// Each pod's references as its last sync fetched them, by uid.
+    refs: HashMap<String, Arc<Prefetched>>,
+    /// Since when the API server has not answered (None: it answers).
+    since: Option<Instant>,
+}
+
+impl Kubelet {
+    /// The node's pods: as listed, or, when the list fails, as last listed.
+    pub(crate) fn pods_or_last(&self, listed: Result<Vec<Value>, ApiError>) -> Result<Vec<Value>, KubeletError> {
+        let mut last = self.last_known.lock().expect("not poisoned");
+        match listed {
+            Ok(pods) => {
+                if let Some(since) = last.since.take() {
+                    tracing::info!(
+                        "API server reachable again after {:.0?} on our own: reconciling the pod statuses",
+                        since.elapsed()
+                    );
+                }
+                let live: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
+                last.refs.retain(|uid, _| live.contains(uid.as_str()));
+                last.pods = Some(pods.clone());
+                Ok(pods)
+            }
+            Err(e) => {
+                let Some(pods) = last.pods.clone() else { return Err(e.into()) };
+                if last.since.is_none() {
+                    last.since = Some(Instant::now());
+                    tracing::warn!(
+                        "list this node's pods: {e}; running the {} pods last listed on our own",
+                        pods.len()
+                    );
+                }
+                Ok(pods)
+            }
+        }
+    }
+
+    /// A pod's references, fetched, or, when the API does not answer, as its last sync fetched them.
+    pub(crate) async fn prefetch_or_last(&self, p: &Value) -> Result<Arc<Prefetched>, KubeletError> {
+        let uid = str_at(p, "/metadata/uid").to_string();
+        match self.prefetch(p).await {
+            Ok(refs) => {
+                let refs = Arc::new(refs);
+                self.last_known.lock().expect("not poisoned").refs.insert(uid, refs.clone());
+                Ok(refs)
+            }
+            Err(KubeletError::Api(e)) => {
+                let last = self.last_known.lock().expect("not poisoned").refs.get(&uid).cloned();
+                last.ok_or(KubeletError::Api(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
