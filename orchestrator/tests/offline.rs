@@ -37,14 +37,10 @@ fn container_id(c: &Cluster, pod: &str) -> String {
     id.trim_start_matches("containerd://").to_string()
 }
 
-fn pod(name: &str, probe: bool) -> String {
-    let probe = if probe {
-        "\n    livenessProbe: {exec: {command: [test, -f, /tmp/alive]}, periodSeconds: 1, failureThreshold: 1}"
-    } else {
-        ""
-    };
+/// A pod of one busybox container; `extra` is added to the container, `volumes` to the pod spec.
+fn pod(name: &str, extra: &str, volumes: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    imagePullPolicy: Never\n    command: [sh, -c, 'touch /tmp/alive; exec sleep 3600']{probe}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n{volumes}  containers:\n  - name: c\n    image: {BUSYBOX}\n    imagePullPolicy: Never\n    command: [sh, -c, 'touch /tmp/alive; exec sleep 3600']\n{extra}---\n"
     )
 }
 
@@ -52,8 +48,19 @@ fn pod(name: &str, probe: bool) -> String {
 fn pods_run_on_while_the_control_plane_is_away_and_reconcile_without_restarts() {
     let Some(mut c) = Cluster::start_split() else { return };
     let names = ["steady-1", "steady-2", "killed", "probed"];
-    let manifest: String = names.iter().map(|n| pod(n, *n == "probed")).collect();
-    c.apply(&manifest);
+    // The killed pod's volume is a claim: read from the API at each sync, from memory while it is away.
+    let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 16Mi}}\n---\n";
+    let probe = "    livenessProbe: {exec: {command: [test, -f, /tmp/alive]}, periodSeconds: 1, failureThreshold: 1}\n";
+    let mount = "    volumeMounts: [{name: data, mountPath: /data}]\n";
+    let volume = "  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]\n";
+    let manifest = [
+        claim.to_string(),
+        pod("steady-1", "", ""),
+        pod("steady-2", "", ""),
+        pod("killed", mount, volume),
+        pod("probed", probe, ""),
+    ];
+    c.apply(&manifest.concat());
     for n in names {
         c.wait_for(&["get", "pod", n, "-o", "jsonpath={.status.containerStatuses[0].ready}"], READY, |s| s == "true");
     }

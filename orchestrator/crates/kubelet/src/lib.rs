@@ -855,7 +855,7 @@ impl Kubelet {
         }
         let refs = self.prefetch_or_last(p).await?;
         let typed_pod: Pod = typed::decode(p.clone(), "Pod")?;
-        let claimed = match claims::resolve(self, &typed_pod).await {
+        let claimed = match self.claims_or_last(&typed_pod).await {
             Ok(c) => c,
             Err(why) => {
                 // As upstream: the pod waits for its claims, tried again shortly.

@@ -1,23 +1,26 @@
 //! Offline operation: when the API server does not answer, the kubelet
 //! keeps running what it was last told to run. A pass whose list of the
 //! node's pods fails works from the last list that succeeded, and a sync
-//! whose references (ConfigMaps, Secrets, tokens, the API's Service)
-//! cannot be fetched uses the ones its last sync fetched — so crashed
+//! whose references (ConfigMaps, Secrets, tokens, the API's Service) or,
+//! while the pod list fails, claim volumes cannot be read uses the ones
+//! its last sync read — so crashed
 //! containers are restarted per restartPolicy and probes keep running,
 //! and nothing is stopped because the API is gone. Status writes fail
 //! meanwhile and are retried (a failed sync is due again in 2 s); once the
 //! API answers they are sent, with no container restarted by the
 //! reconnection itself.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::str_at;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
-use crate::{Kubelet, KubeletError, Prefetched};
+use crate::{Kubelet, KubeletError, Prefetched, claims};
 
 /// What the kubelet last heard from the API server.
 #[derive(Default)]
@@ -26,6 +29,8 @@ pub(crate) struct LastKnown {
     pods: Option<Vec<Value>>,
     /// Each pod's references as its last sync fetched them, by uid.
     refs: HashMap<String, Arc<Prefetched>>,
+    /// Each pod's claim volumes as its last sync resolved them, by uid.
+    claims: HashMap<String, BTreeMap<String, PathBuf>>,
     /// Since when the API server has not answered (None: it answers).
     since: Option<Instant>,
 }
@@ -44,6 +49,7 @@ impl Kubelet {
                 }
                 let live: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
                 last.refs.retain(|uid, _| live.contains(uid.as_str()));
+                last.claims.retain(|uid, _| live.contains(uid.as_str()));
                 last.pods = Some(pods.clone());
                 Ok(pods)
             }
@@ -75,6 +81,26 @@ impl Kubelet {
                 last.ok_or(KubeletError::Api(e))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A pod's claim volumes, resolved, or, while the pod list fails, as its
+    /// last sync resolved them (the reason to wait is a string: the list
+    /// tells an unreachable API from a claim that is not there).
+    pub(crate) async fn claims_or_last(&self, pod: &Pod) -> Result<BTreeMap<String, PathBuf>, String> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        match claims::resolve(self, pod).await {
+            Ok(c) => {
+                self.last_known.lock().expect("not poisoned").claims.insert(uid, c.clone());
+                Ok(c)
+            }
+            Err(why) => {
+                let last = self.last_known.lock().expect("not poisoned");
+                match last.claims.get(&uid) {
+                    Some(c) if last.since.is_some() => Ok(c.clone()),
+                    _ => Err(why),
+                }
+            }
         }
     }
 }
