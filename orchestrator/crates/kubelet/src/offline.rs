@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use k8s_openapi::api::core::v1::Pod;
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::str_at;
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 use crate::{Kubelet, KubeletError, Prefetched, claims};
