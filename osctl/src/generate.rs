@@ -18,30 +18,10 @@ use crate::output::{self, Format};
 pub enum GenCommand {
     /// Config-signing key pair, machine-API CA, admin client certificate,
     /// an osctlconfig that uses them, and the Kubernetes CA.
-    Keys {
-        /// Directory to write into.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        /// Name of the cluster (the CA's common name and the context name).
-        #[arg(long, default_value = "plinth")]
-        cluster: String,
-        /// Replace files that exist.
-        #[arg(long)]
-        force: bool,
-    },
+    Keys(KeysOut),
     /// The Kubernetes CA alone (kube-ca.crt, kube-ca.key): for secrets made
     /// before the machine API and Kubernetes had separate CAs.
-    KubeCa {
-        /// Directory to write into (the one `gen keys` wrote).
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        /// Name of the cluster (the CA's common name).
-        #[arg(long, default_value = "plinth")]
-        cluster: String,
-        /// Replace files that exist.
-        #[arg(long)]
-        force: bool,
-    },
+    KubeCa(KeysOut),
     /// A machine-API client certificate for another person or script.
     Cert {
         #[arg(long)]
@@ -98,6 +78,20 @@ pub enum GenCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Where `gen keys` and `gen kube-ca` write, and for which cluster.
+#[derive(clap::Args, Debug)]
+pub struct KeysOut {
+    /// Directory to write into.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// Name of the cluster (the CAs' common names and the context name).
+    #[arg(long, default_value = "plinth")]
+    pub cluster: String,
+    /// Replace files that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_role(s: &str) -> Result<NodeRole, String> {
@@ -161,7 +155,7 @@ fn write_kube_ca(out: &Path, cluster: &str, force: bool) -> Result<(), Failure> 
 
 pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
     match cmd {
-        GenCommand::Keys { out, cluster, force } => {
+        GenCommand::Keys(KeysOut { out, cluster, force }) => {
             std::fs::create_dir_all(&out).map_err(|e| other(format!("creating {}: {e}", out.display())))?;
             let signing_key = signing::generate_signing_key().map_err(other)?;
             let ca = pki::generate_ca(&cluster).map_err(other)?;
@@ -204,7 +198,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
             }
             Ok(())
         }
-        GenCommand::KubeCa { out, cluster, force } => {
+        GenCommand::KubeCa(KeysOut { out, cluster, force }) => {
             std::fs::create_dir_all(&out).map_err(|e| other(format!("creating {}: {e}", out.display())))?;
             write_kube_ca(&out, &cluster, force)?;
             println!("wrote kube-ca.crt kube-ca.key to {}: run `osctl gen config` again for each node", out.display());
@@ -315,6 +309,10 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
+    fn keys_out(dir: &Path) -> KeysOut {
+        KeysOut { out: dir.into(), cluster: "demo".into(), force: false }
+    }
+
     fn gen_config(dir: &Path, role: &str, out: &Path) {
         let config = GenCommand::Config {
             cluster: "demo".into(),
@@ -337,7 +335,7 @@ mod tests {
     #[test]
     fn a_worker_config_joins_by_token_and_carries_no_ca_key() {
         let d = tempfile::tempdir().unwrap();
-        run(GenCommand::Keys { out: d.path().into(), cluster: "demo".into(), force: false }, Format::Table).unwrap();
+        run(GenCommand::Keys(keys_out(d.path())), Format::Table).unwrap();
         let (worker, cp) = (d.path().join("worker.toml"), d.path().join("cp.toml"));
         gen_config(d.path(), "worker", &worker);
         gen_config(d.path(), "controlplane", &cp);
@@ -377,7 +375,7 @@ mod tests {
     #[test]
     fn secrets_made_before_the_kubernetes_ca_get_it_from_gen_kube_ca() {
         let d = tempfile::tempdir().unwrap();
-        run(GenCommand::Keys { out: d.path().into(), cluster: "demo".into(), force: false }, Format::Table).unwrap();
+        run(GenCommand::Keys(keys_out(d.path())), Format::Table).unwrap();
         std::fs::remove_file(d.path().join("kube-ca.crt")).unwrap();
         std::fs::remove_file(d.path().join("kube-ca.key")).unwrap();
         let cp = d.path().join("cp.toml");
@@ -398,9 +396,8 @@ mod tests {
         };
         let Err(Failure::Other(e)) = run(config(&cp), Format::Table) else { panic!("no kube-ca.crt, no config") };
         assert!(e.contains("kube-ca.crt") && e.contains("osctl gen kube-ca"), "{e}");
-        run(GenCommand::KubeCa { out: d.path().into(), cluster: "demo".into(), force: false }, Format::Table).unwrap();
-        let again =
-            run(GenCommand::KubeCa { out: d.path().into(), cluster: "demo".into(), force: false }, Format::Table);
+        run(GenCommand::KubeCa(keys_out(d.path())), Format::Table).unwrap();
+        let again = run(GenCommand::KubeCa(keys_out(d.path())), Format::Table);
         assert!(matches!(again, Err(Failure::Other(e)) if e.contains("--force")), "never replaced silently");
         run(config(&cp), Format::Table).unwrap();
         let c = MachineConfig::parse("cp.toml", &std::fs::read_to_string(&cp).unwrap()).unwrap();
