@@ -1544,6 +1544,17 @@ ca_key = """{key}"""
                 let _ = MachineConfig::parse("fuzz.toml", &text);
             }
         }
+
+        #[test]
+        fn parse_never_panics_on_a_mutated_config_of_the_next_minor(pos in 0usize..2000, byte in proptest::num::u8::ANY) {
+            // Unknown keys are dropped and the section decoded again.
+            let mut bytes = newer_text(Some(Release::this().next_minor())).into_bytes();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                let _ = MachineConfig::parse("fuzz.toml", &text);
+            }
+        }
     }
 
     #[test]
