@@ -17,6 +17,8 @@ bin=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release
 kubectl=${PLINTH_KUBECTL:-${HOME:-/root}/.cache/plinth/kubectl-venv/bin/kubectl}
 mkdir -p "$out"
 [ -f "$out/keys/ops.key" ] || "$bin/osctl" gen keys --out "$out/keys" --cluster demo
+# Keys made before the Kubernetes CA was split from the machine API's.
+[ -f "$out/keys/kube-ca.crt" ] || "$bin/osctl" gen kube-ca --out "$out/keys" --cluster demo
 preload=()
 IFS=: read -ra extra <<< "${PLINTH_PRELOAD:-}"
 for p in "${extra[@]}"; do [ -n "$p" ] && preload+=(--preload-image "$p"); done

@@ -416,6 +416,7 @@ impl Machine {
         let st = self.state.lock().await;
         if let (Some(clock), Some(active)) = (&self.clock, &st.active) {
             clock.raise_to_ca(&active.config.api.ca_cert);
+            clock.raise_to_ca(active.config.kube_ca().cert_pem);
         }
     }
 
@@ -444,18 +445,13 @@ impl Machine {
         if self.supervises(ORCHESTRATOR) {
             return;
         }
-        // The config's CA is the cluster's CA on a control plane that
-        // carries its key; a worker's kubelet never gets the key (it joins
-        // by token).
         let mut ca_files = None;
-        if let Some(key) = &config.api.ca_key
-            && config.cluster.role == config::Role::Controlplane
-        {
+        if let Some(ca) = orchestrator_ca(&config) {
             let (cert_path, key_path) = (o.data_dir.join("ca.crt"), o.data_dir.join("ca.key"));
             // 0700: the CA key, the store and the admin kubeconfig live here.
             let written = crate::store::private_dir(&o.data_dir)
-                .and_then(|_| crate::store::write_private(&cert_path, config.api.ca_cert.as_bytes()))
-                .and_then(|_| crate::store::write_private(&key_path, key.as_bytes()));
+                .and_then(|_| crate::store::write_private(&cert_path, ca.cert_pem.as_bytes()))
+                .and_then(|_| crate::store::write_private(&key_path, ca.key_pem.as_bytes()));
             match written {
                 Ok(()) => ca_files = Some((cert_path, key_path)),
                 Err(e) => event(&self.events, "service", format!("writing the cluster CA for the orchestrator: {e}")),
@@ -909,6 +905,20 @@ fn node_pod_cidr(cluster: &str, role: config::Role, hostname: &str) -> String {
     }
 }
 
+/// The CA init hands the orchestrator (`--ca-cert`, `--ca-key`): the
+/// Kubernetes CA, on a control plane whose config carries its key. Never
+/// the machine API's own (unless the config is of the one-CA form), and
+/// never to a worker, whose kubelet joins by token.
+fn orchestrator_ca(c: &MachineConfig) -> Option<machinery::pki::CertKey> {
+    let kube = c.kube_ca();
+    match (c.cluster.role, kube.key_pem) {
+        (config::Role::Controlplane, Some(key)) => {
+            Some(machinery::pki::CertKey { cert_pem: kube.cert_pem.to_string(), key_pem: key.to_string() })
+        }
+        _ => None,
+    }
+}
+
 /// What init wrote for the orchestrator: the cluster CA (certificate, key)
 /// on a control plane, the bootstrap token file when the config has one.
 struct ClusterFiles {
@@ -919,8 +929,8 @@ struct ClusterFiles {
 /// The services a config asks for: containerd when the node has the
 /// kubelet, and the orchestrator (`server [--kubelet]` on a control plane,
 /// with the config's token stored; `kubelet --server` on a worker, which
-/// joins with the token and pins the CA of `api.ca_cert`, and holds no CA
-/// key). The error says why a worker cannot join.
+/// joins with the token and pins the Kubernetes CA, and holds no CA key).
+/// The error says why a worker cannot join.
 fn cluster_services(
     c: &MachineConfig,
     o: &OrchestratorSettings,
@@ -953,7 +963,8 @@ fn cluster_services(
             }
             let endpoint = c.cluster.endpoint.clone().ok_or("a worker needs cluster.endpoint")?;
             let token = files.token.as_ref().ok_or("this worker cannot join: its config carries no cluster.token")?;
-            let pin = machinery::pki::ca_pin(&c.api.ca_cert).map_err(|e| format!("api.ca_cert: {e}"))?;
+            let kube = c.kube_ca();
+            let pin = machinery::pki::ca_pin(kube.cert_pem).map_err(|e| format!("{}: {e}", kube.field))?;
             let mut a = vec!["kubelet".into(), "--server".into(), endpoint, "--ca-cert-hash".into(), pin];
             a.extend(["--token-file".into(), token.display().to_string()]);
             a
@@ -1346,6 +1357,8 @@ impl api::init_service_server::InitService for InitApi {
 
 #[cfg(test)]
 mod tests {
+    use machinery::pki::CertKey;
+
     use super::*;
 
     fn settings(kubelet: bool) -> OrchestratorSettings {
@@ -1420,6 +1433,45 @@ mod tests {
         // Without a token it cannot join: said, nothing started.
         let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None }).unwrap_err();
         assert!(e.contains("cluster.token"), "{e}");
+    }
+
+    /// A config with separate roots: `[api]` the machine-API CA, `[cluster]`
+    /// the Kubernetes CA (its key on a control plane only).
+    fn split_config(role: &str, machine: &CertKey, kube: &CertKey) -> MachineConfig {
+        let (kube_key, join) = match role {
+            "controlplane" => (format!("ca_key = \"\"\"{}\"\"\"\n", kube.key_pem), ""),
+            _ => (String::new(), "endpoint = \"https://10.0.0.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"\n"),
+        };
+        let text = format!(
+            "version = 1\n[machine]\nhostname = \"n1\"\n[cluster]\nname = \"demo\"\nrole = \"{role}\"\n{join}\
+             ca_cert = \"\"\"{}\"\"\"\n{kube_key}[api]\nca_cert = \"\"\"{}\"\"\"\nca_key = \"\"\"{}\"\"\"\n",
+            kube.cert_pem, machine.cert_pem, machine.key_pem
+        );
+        MachineConfig::parse("node.toml", &text).unwrap()
+    }
+
+    #[test]
+    fn the_orchestrator_gets_the_kubernetes_ca_and_a_worker_pins_it() {
+        let (machine, kube) = (machinery::pki::generate_ca("m").unwrap(), machinery::pki::generate_ca("k").unwrap());
+        let cp = orchestrator_ca(&split_config("controlplane", &machine, &kube)).unwrap();
+        assert_eq!((cp.cert_pem.as_str(), cp.key_pem.as_str()), (kube.cert_pem.as_str(), kube.key_pem.as_str()));
+        let worker = split_config("worker", &machine, &kube);
+        assert!(orchestrator_ca(&worker).is_none(), "a worker's orchestrator gets no CA");
+        let files = ClusterFiles { ca: None, token: Some("/d/bootstrap-token".into()) };
+        let specs = cluster_services(&worker, &settings(true), &[], &files).unwrap();
+        let pin = arg(&specs[1].args, "--ca-cert-hash").unwrap().to_string();
+        assert_eq!(pin, machinery::pki::ca_pin(&kube.cert_pem).unwrap(), "the kubelet pins the Kubernetes CA");
+        assert_ne!(pin, machinery::pki::ca_pin(&machine.cert_pem).unwrap());
+        // A config of the one-CA form (a node running since before the
+        // split): its one CA stays the Kubernetes CA, nothing to redo.
+        let old = config("controlplane", "");
+        let ca = orchestrator_ca(&old).unwrap();
+        assert_eq!(
+            (ca.cert_pem.as_str(), Some(ca.key_pem.as_str())),
+            (old.api.ca_cert.as_str(), old.api.ca_key.as_deref())
+        );
+        let old_worker = config("worker", "endpoint = \"https://10.0.0.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"");
+        assert!(orchestrator_ca(&old_worker).is_none(), "not even from an old worker config with the key");
     }
 
     #[test]

@@ -131,8 +131,13 @@ impl ConfigStore {
     pub fn verify(&self, name: &str, bytes: &[u8], signature: &[u8]) -> Result<Signed, VerifyFailure> {
         signing::verify(Purpose::Config, &self.trusted, bytes, signature).map_err(VerifyFailure::Signature)?;
         let text = std::str::from_utf8(bytes).map_err(|e| VerifyFailure::NotUtf8(e.valid_up_to()))?;
-        let config = MachineConfig::parse(name, text).map_err(VerifyFailure::Invalid)?;
-        Ok(Signed { config, bytes: bytes.to_vec(), signature: signature.to_vec() })
+        let parsed = MachineConfig::parse_with_warnings(name, text).map_err(VerifyFailure::Invalid)?;
+        // Keys of the next minor release (a rolled-back node), one CA for
+        // the machine API and Kubernetes: logged, never a refusal.
+        for w in &parsed.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(Signed { config: parsed.config, bytes: bytes.to_vec(), signature: signature.to_vec() })
     }
 
     /// Loads and re-verifies a stored config; `None` when the slot is empty.

@@ -34,6 +34,13 @@ pub const SERVICE_CATALOGUE: &[&str] = &["apid"];
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
+    /// The Plinth release (`MAJOR.MINOR`) the config was written for
+    /// (`osctl gen config` writes its own). A node reads keys it does not
+    /// know as warnings, not errors, in a config written for the next minor
+    /// release of its own: a node rolled back reads what the newer slot's
+    /// tools wrote. Default: none (every unknown key is an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plinth: Option<String>,
     /// Monotonically increasing: a node refuses a config whose version is
     /// not greater than the one it has.
     pub version: u64,
@@ -153,9 +160,30 @@ pub struct Cluster {
     pub service_cidr: String,
     /// The bootstrap token a worker joins with (`[a-z0-9]{6}.[a-z0-9]{16}`,
     /// as kubeadm's); a control plane stores its own at start. Required on
-    /// workers, which pin the control plane's CA by `api.ca_cert`.
+    /// workers, which pin the Kubernetes CA ([`MachineConfig::kube_ca`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// PEM certificate of the Kubernetes CA: the API server's serving
+    /// certificate, kubelet and kubectl certificates and the CSR signer
+    /// chain to it, and workers pin it. Default: `api.ca_cert` (one CA for
+    /// both, the form before the roots were split; a warning says how to
+    /// split them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// PEM key of the Kubernetes CA: on control planes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
+}
+
+/// The Kubernetes CA of a config ([`MachineConfig::kube_ca`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubeCa<'a> {
+    pub cert_pem: &'a str,
+    /// The CA key, when the config carries it (a control plane).
+    pub key_pem: Option<&'a str>,
+    /// The field the certificate came from: `cluster.ca_cert`, or
+    /// `api.ca_cert` in a config of the one-CA form.
+    pub field: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,11 +284,75 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// A Plinth release as configs name it: `MAJOR.MINOR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Release {
+    pub major: u64,
+    pub minor: u64,
+}
+
+impl Release {
+    /// This build's release (from [`crate::VERSION`]).
+    pub fn this() -> Release {
+        Release::try_from(crate::VERSION).unwrap_or(Release { major: 0, minor: 0 })
+    }
+
+    /// The release whose configs this one reads with warnings for keys it
+    /// does not know: the next minor.
+    pub fn next_minor(self) -> Release {
+        Release { minor: self.minor + 1, ..self }
+    }
+}
+
+impl TryFrom<&str> for Release {
+    type Error = String;
+    /// `MAJOR.MINOR`, or a full `MAJOR.MINOR.PATCH` version.
+    fn try_from(s: &str) -> Result<Release, String> {
+        let bad = || format!("{s:?} is not a Plinth release (MAJOR.MINOR, e.g. \"0.1\")");
+        let parts: Vec<&str> = s.split('.').collect();
+        if !(2..=3).contains(&parts.len())
+            || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(bad());
+        }
+        Ok(Release { major: parts[0].parse().map_err(|_| bad())?, minor: parts[1].parse().map_err(|_| bad())? })
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A config that parsed, and what deserves a word without stopping it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub config: MachineConfig,
+    /// Keys of a newer release that were ignored, a Kubernetes CA that is
+    /// the machine API's: each located as an error would be.
+    pub warnings: Vec<Diagnostic>,
+}
+
 impl MachineConfig {
     /// Parses and validates `text`; `file` names it in diagnostics.
+    /// Warnings are dropped: [`MachineConfig::parse_with_warnings`] has them.
     pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
+        Self::parse_with_warnings(file, text).map(|p| p.config)
+    }
+
+    /// Parses and validates `text` as this release reads it.
+    pub fn parse_with_warnings(file: &str, text: &str) -> Result<Parsed, Diagnostics> {
+        Self::parse_as(Release::this(), file, text)
+    }
+
+    /// Parses and validates `text` as a node of release `reader` reads it:
+    /// keys unknown to it are warnings in a config written for
+    /// `reader.next_minor()`, errors otherwise.
+    pub fn parse_as(reader: Release, file: &str, text: &str) -> Result<Parsed, Diagnostics> {
         let (root, syntax) = DeTable::parse_recoverable(text);
-        let mut cx = Checker { file, text, root: root.get_ref(), diags: Vec::new() };
+        let mut cx =
+            Checker { file, text, root: root.get_ref(), reader, newer: None, diags: Vec::new(), warnings: Vec::new() };
         if !syntax.is_empty() {
             for e in syntax {
                 let at = e.span().map_or(0, |s| s.start);
@@ -273,7 +365,10 @@ impl MachineConfig {
             cx.check(doc);
         }
         match doc {
-            Some(doc) if cx.diags.is_empty() => Ok(doc),
+            Some(config) if cx.diags.is_empty() => {
+                cx.warnings.sort_by_key(|d| (d.line, d.column));
+                Ok(Parsed { config, warnings: cx.warnings })
+            }
             _ => {
                 cx.diags.sort_by_key(|d| (d.line, d.column));
                 Err(Diagnostics(cx.diags))
@@ -301,6 +396,15 @@ impl MachineConfig {
         })
     }
 
+    /// The Kubernetes CA: `cluster.ca_cert` and `ca_key`; in a config of
+    /// the one-CA form (no `cluster.ca_cert`), the machine API's.
+    pub fn kube_ca(&self) -> KubeCa<'_> {
+        match &self.cluster.ca_cert {
+            Some(cert) => KubeCa { cert_pem: cert, key_pem: self.cluster.ca_key.as_deref(), field: "cluster.ca_cert" },
+            None => KubeCa { cert_pem: &self.api.ca_cert, key_pem: self.api.ca_key.as_deref(), field: "api.ca_cert" },
+        }
+    }
+
     /// This config with every secret replaced by a short digest, so diffs
     /// and logs show that a secret changed without showing it.
     pub fn redacted(&self) -> MachineConfig {
@@ -313,6 +417,7 @@ impl MachineConfig {
         c.api.ca_key = c.api.ca_key.as_ref().map(hide);
         c.api.key = c.api.key.as_ref().map(hide);
         c.cluster.token = c.cluster.token.as_ref().map(hide);
+        c.cluster.ca_key = c.cluster.ca_key.as_ref().map(hide);
         c
     }
 }
@@ -360,6 +465,10 @@ pub fn reboot_required(old: &MachineConfig, new: &MachineConfig) -> Vec<&'static
     if old.cluster.service_cidr != new.cluster.service_cidr {
         v.push("cluster.service_cidr");
     }
+    // The orchestrator reads its CA when it starts.
+    if old.kube_ca() != new.kube_ca() {
+        v.push("cluster.ca_cert");
+    }
     // init configures the network at boot; live reconfiguration is not
     // there yet.
     if old.machine.network != new.machine.network {
@@ -383,7 +492,12 @@ struct Checker<'a> {
     file: &'a str,
     text: &'a str,
     root: &'a DeTable<'a>,
+    /// The release reading the config.
+    reader: Release,
+    /// The config's `plinth` release when it is newer than the reader's.
+    newer: Option<Release>,
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 enum Seg<'p> {
@@ -407,6 +521,16 @@ fn parse_path(path: &str) -> Vec<Seg<'_>> {
     out
 }
 
+/// Removes the key at `path` (below a section) from a decoded value.
+fn remove_at(v: &mut Spanned<DeValue<'_>>, path: &[Seg<'_>]) -> bool {
+    match (path, v.get_mut()) {
+        ([Seg::Key(k)], DeValue::Table(t)) => t.remove(*k).is_some(),
+        ([Seg::Key(k), rest @ ..], DeValue::Table(t)) => t.get_mut(*k).is_some_and(|c| remove_at(c, rest)),
+        ([Seg::Index(i), rest @ ..], DeValue::Array(a)) => a.get_mut(*i).is_some_and(|c| remove_at(c, rest)),
+        _ => false,
+    }
+}
+
 impl Checker<'_> {
     fn position(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
@@ -415,16 +539,19 @@ impl Checker<'_> {
         (line, col)
     }
 
-    fn push_at(&mut self, offset: usize, path: &str, message: String, hint: Option<String>) {
+    fn diagnostic(&self, offset: usize, path: &str, message: String, hint: Option<String>) -> Diagnostic {
         let (line, column) = self.position(offset);
-        self.diags.push(Diagnostic {
-            file: self.file.to_string(),
-            line,
-            column,
-            path: path.to_string(),
-            message,
-            hint,
-        });
+        Diagnostic { file: self.file.to_string(), line, column, path: path.to_string(), message, hint }
+    }
+
+    fn push_at(&mut self, offset: usize, path: &str, message: String, hint: Option<String>) {
+        let d = self.diagnostic(offset, path, message, hint);
+        self.diags.push(d);
+    }
+
+    fn warn(&mut self, path: &str, message: impl Into<String>, hint: Option<String>) {
+        let d = self.diagnostic(self.span_of(path).start, path, message.into(), hint);
+        self.warnings.push(d);
     }
 
     /// The source span of the value at `path`, or of its nearest ancestor
@@ -455,12 +582,20 @@ impl Checker<'_> {
     /// Decodes the document section by section so each section's first
     /// structural error is reported, not just the document's first.
     fn decode(&mut self, root: &DeTable<'_>) -> Option<MachineConfig> {
-        const TOP: &[&str] = &["version", "kind", "machine", "cluster", "api", "services"];
+        const TOP: &[&str] = &["plinth", "version", "kind", "machine", "cluster", "api", "services"];
+        let plinth: Option<String> = self.section(root, "plinth", false);
+        if let Some(p) = &plinth {
+            match Release::try_from(p.as_str()) {
+                Ok(written) if written > self.reader => self.newer = Some(written),
+                Ok(_) => {}
+                Err(e) => self.error("plinth", e, Some(format!("osctl gen config writes \"{}\"", Release::this()))),
+            }
+        }
         for (k, _) in root.iter() {
             if !TOP.contains(&k.get_ref().as_ref()) {
                 let name = k.get_ref().to_string();
                 let hint = suggest(&name, TOP);
-                self.push_at(k.span().start, &name, format!("unknown key `{name}`"), hint);
+                self.unknown_key(k.span().start, &name, format!("unknown key `{name}`"), hint);
             }
         }
         let version: Option<u64> = self.section(root, "version", true);
@@ -470,6 +605,7 @@ impl Checker<'_> {
         let api: Option<Api> = self.section(root, "api", true);
         let services: Option<Services> = self.section(root, "services", false);
         Some(MachineConfig {
+            plinth,
             version: version?,
             kind: kind.unwrap_or_else(default_kind),
             machine: machine?,
@@ -489,16 +625,60 @@ impl Checker<'_> {
         let mut owned = value.clone();
         owned.get_mut().make_owned();
         let span = owned.span();
-        match T::deserialize(owned.into_deserializer()) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let at = e.span().unwrap_or(span).start;
-                let (message, hint) = describe_serde_error(e.message());
-                let path = self.path_at(key, at);
-                self.push_at(at, &path, message, hint);
-                None
+        loop {
+            match T::deserialize(owned.clone().into_deserializer()) {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    let at = e.span().map_or(span.start, |s| s.start);
+                    let unknown = e.message().starts_with("unknown field `");
+                    let (message, hint) = describe_serde_error(e.message());
+                    let path = self.path_at(key, at);
+                    // A key of the next minor release: said, dropped, and
+                    // the section decoded again without it.
+                    if unknown && self.lenient() && remove_at(&mut owned, &parse_path(&path)[1..]) {
+                        self.unknown_key(at, &path, message, hint);
+                        continue;
+                    }
+                    self.unknown_key_hint(at, &path, message, hint, unknown);
+                    return None;
+                }
             }
         }
+    }
+
+    /// Whether keys this release does not know are warnings: the config
+    /// was written for the next minor release.
+    fn lenient(&self) -> bool {
+        self.newer == Some(self.reader.next_minor())
+    }
+
+    /// A key this release does not know: a warning in a config of the next
+    /// minor release, else an error.
+    fn unknown_key(&mut self, at: usize, path: &str, message: String, hint: Option<String>) {
+        if let (true, Some(newer)) = (self.lenient(), self.newer) {
+            let message = format!(
+                "{message} ignored: the config was written for Plinth {newer}, one minor release newer than this node's {}",
+                self.reader
+            );
+            let d = self.diagnostic(at, path, message, None);
+            self.warnings.push(d);
+        } else {
+            self.unknown_key_hint(at, path, message, hint, true);
+        }
+    }
+
+    /// An error; for an unknown key in a config of a release more than one
+    /// minor newer, the hint says why it is not just ignored.
+    fn unknown_key_hint(&mut self, at: usize, path: &str, message: String, hint: Option<String>, unknown: bool) {
+        let hint = match self.newer {
+            Some(newer) if unknown && hint.is_none() => Some(format!(
+                "the config was written for Plinth {newer}; this node runs {} and reads keys it does not know only from {}",
+                self.reader,
+                self.reader.next_minor()
+            )),
+            _ => hint,
+        };
+        self.push_at(at, path, message, hint);
     }
 
     /// Best field path for an error at `offset` inside section `key`: the
@@ -530,8 +710,31 @@ impl Checker<'_> {
                 _ => {}
             }
         }
+        /// The key whose own span holds `offset`, anywhere below `v` (the
+        /// span of a table made by a `[[header]]` does not hold its keys).
+        fn find_key(v: &Spanned<DeValue<'_>>, offset: usize, path: &mut String) -> bool {
+            let mut within = |seg: String, key_span: Option<Range<usize>>, child: &Spanned<DeValue<'_>>| {
+                let len = path.len();
+                path.push_str(&seg);
+                let found =
+                    key_span.is_some_and(|s| s.start <= offset && offset < s.end) || find_key(child, offset, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            };
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    t.iter().any(|(k, child)| within(format!(".{}", k.get_ref()), Some(k.span()), child))
+                }
+                DeValue::Array(a) => a.iter().enumerate().any(|(i, child)| within(format!("[{i}]"), None, child)),
+                _ => false,
+            }
+        }
         let mut path = key.to_string();
-        if let Some(v) = self.root.get(key) {
+        if let Some(v) = self.root.get(key)
+            && !find_key(v, offset, &mut path)
+        {
             walk(v, offset, &mut path);
         }
         path
@@ -681,6 +884,7 @@ impl Checker<'_> {
                 );
             }
         }
+        self.check_kube_ca(c);
         let pod = parse_cidr(&cl.pod_cidr, false).map_err(|(m, h)| self.error("cluster.pod_cidr", m, h)).ok();
         let svc = parse_cidr(&cl.service_cidr, false).map_err(|(m, h)| self.error("cluster.service_cidr", m, h)).ok();
         if let (Some(p), Some(s)) = (pod, svc)
@@ -715,23 +919,79 @@ impl Checker<'_> {
         }
     }
 
-    fn check_api(&mut self, api: &Api) {
-        if let Err(e) = crate::pki::check_ca_cert(&api.ca_cert) {
-            self.error("api.ca_cert", e.to_string(), None);
+    /// The Kubernetes CA: its own (`cluster.ca_cert`, with its key on a
+    /// control plane and never on a worker), or the machine API's.
+    fn check_kube_ca(&mut self, c: &MachineConfig) {
+        let cl = &c.cluster;
+        let Some(cert) = &cl.ca_cert else {
+            if let Some(key) = &cl.ca_key {
+                self.error(
+                    "cluster.ca_key",
+                    "is set without `ca_cert`",
+                    Some("give the Kubernetes CA's certificate with its key".into()),
+                );
+                self.check_ca_key("cluster", None, key);
+            } else {
+                self.warn(
+                    "cluster",
+                    "no `ca_cert`: the Kubernetes API trusts the machine API's CA (api.ca_cert), so a kubectl certificate is also an osctl certificate",
+                    Some("split the roots: `osctl gen kube-ca --out <secrets>`, then `osctl gen config` again (docs/trust.md)".into()),
+                );
+            }
+            return;
+        };
+        let cert_ok = self.check_ca_cert("cluster", cert);
+        match (&cl.ca_key, cl.role) {
+            (Some(_), Role::Worker) => self.error(
+                "cluster.ca_key",
+                "a worker holds no CA key: its kubelet joins with `token` and gets its certificate from the control plane",
+                Some("remove ca_key from a worker's config".into()),
+            ),
+            (Some(key), Role::Controlplane) => self.check_ca_key("cluster", cert_ok.then_some(cert.as_str()), key),
+            (None, Role::Controlplane) => self.error(
+                "cluster",
+                "a control plane needs the Kubernetes CA's `ca_key` with its `ca_cert`: it signs the kubelets' and kubectl's certificates",
+                Some("take kube-ca.key from the same `osctl gen keys` output".into()),
+            ),
+            (None, Role::Worker) => {}
         }
-        if let Some(k) = &api.ca_key {
-            match crate::pki::check_key(k) {
-                Err(e) => self.error("api.ca_key", e.to_string(), None),
-                Ok(()) => {
-                    if let Err(e @ crate::pki::PkiError::KeyMismatch) = crate::pki::check_key_matches(&api.ca_cert, k) {
-                        self.error(
-                            "api.ca_key",
-                            format!("{e} (api.ca_cert)"),
-                            Some("take ca_cert and ca_key from the same `osctl gen keys` output".into()),
-                        );
-                    }
+    }
+
+    /// Checks `<section>.ca_cert`; whether it is a CA certificate.
+    fn check_ca_cert(&mut self, section: &str, cert: &str) -> bool {
+        match crate::pki::check_ca_cert(cert) {
+            Ok(_) => true,
+            Err(e) => {
+                self.error(&format!("{section}.ca_cert"), e.to_string(), None);
+                false
+            }
+        }
+    }
+
+    /// Checks `<section>.ca_key`, and that it is the key of `cert` when that
+    /// is a valid certificate.
+    fn check_ca_key(&mut self, section: &str, cert: Option<&str>, key: &str) {
+        let path = format!("{section}.ca_key");
+        match crate::pki::check_key(key) {
+            Err(e) => self.error(&path, e.to_string(), None),
+            Ok(()) => {
+                if let Some(cert) = cert
+                    && let Err(e @ crate::pki::PkiError::KeyMismatch) = crate::pki::check_key_matches(cert, key)
+                {
+                    self.error(
+                        &path,
+                        format!("{e} ({section}.ca_cert)"),
+                        Some("take ca_cert and ca_key from the same `osctl gen keys` output".into()),
+                    );
                 }
             }
+        }
+    }
+
+    fn check_api(&mut self, api: &Api) {
+        let cert_ok = self.check_ca_cert("api", &api.ca_cert);
+        if let Some(k) = &api.ca_key {
+            self.check_ca_key("api", cert_ok.then_some(api.ca_cert.as_str()), k);
         }
         match (&api.cert, &api.key) {
             (Some(cert), Some(key)) => {
@@ -1033,6 +1293,163 @@ ca_key = """{key}"""
         assert!(e[0].message.contains("not the certificate's"), "{}", e[0]);
     }
 
+    /// `valid_text` with a Kubernetes CA of its own (`cluster.ca_cert`,
+    /// `ca_key` when given).
+    fn split_text(kube_cert: &str, kube_key: Option<&str>) -> String {
+        let key = kube_key.map(|k| format!("ca_key = \"\"\"{k}\"\"\"\n")).unwrap_or_default();
+        valid_text().replacen("[cluster]\n", &format!("[cluster]\nca_cert = \"\"\"{kube_cert}\"\"\"\n{key}"), 1)
+    }
+
+    #[test]
+    fn a_config_of_the_one_ca_form_uses_the_machine_api_ca_for_kubernetes_with_a_warning() {
+        let p = MachineConfig::parse_with_warnings("node.toml", &valid_text()).unwrap();
+        let kube = p.config.kube_ca();
+        assert_eq!(kube.cert_pem, p.config.api.ca_cert);
+        assert_eq!(kube.key_pem, p.config.api.ca_key.as_deref());
+        assert_eq!(kube.field, "api.ca_cert");
+        assert_eq!(p.warnings.len(), 1, "{:#?}", p.warnings);
+        assert_eq!((p.warnings[0].path.as_str(), p.warnings[0].line), ("cluster", 14));
+        assert!(
+            p.warnings[0].message.contains("a kubectl certificate is also an osctl certificate"),
+            "{}",
+            p.warnings[0]
+        );
+        assert!(p.warnings[0].hint.as_deref().unwrap().contains("osctl gen kube-ca"), "{}", p.warnings[0]);
+    }
+
+    #[test]
+    fn the_kubernetes_ca_is_its_own_and_each_ca_key_must_match_its_cert() {
+        let (kube_cert, kube_key) = ca();
+        let p = MachineConfig::parse_with_warnings("node.toml", &split_text(&kube_cert, Some(&kube_key))).unwrap();
+        assert_eq!(p.warnings, [], "no warning once the roots are split");
+        let kube = p.config.kube_ca();
+        assert_eq!(
+            (kube.cert_pem, kube.key_pem, kube.field),
+            (kube_cert.as_str(), Some(kube_key.as_str()), "cluster.ca_cert")
+        );
+        assert_ne!(kube.cert_pem, p.config.api.ca_cert);
+        let shown = p.config.redacted().to_toml();
+        assert!(!shown.contains("PRIVATE KEY") && shown.contains("(secret, sha256"), "{shown}");
+        assert_eq!(MachineConfig::parse("x", &p.config.to_toml()).unwrap(), p.config, "round trip");
+        let one_ca = MachineConfig::parse("node.toml", &valid_text()).unwrap();
+        assert_eq!(reboot_required(&one_ca, &p.config), ["cluster.ca_cert"], "the split needs a reboot");
+
+        let (_, other_key) = ca();
+        let e = errors(&split_text(&kube_cert, Some(&other_key)));
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].path, "cluster.ca_key");
+        assert!(
+            e[0].message.contains("not the certificate's") && e[0].message.contains("(cluster.ca_cert)"),
+            "{}",
+            e[0]
+        );
+
+        // A control plane signs with it; a worker never holds it.
+        let e = errors(&split_text(&kube_cert, None));
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "cluster"), "{e:#?}");
+        assert!(e[0].message.contains("needs the Kubernetes CA's `ca_key`"), "{}", e[0]);
+        let worker = |t: String| {
+            t.replace(
+                "role = \"controlplane\"",
+                "role = \"worker\"\nendpoint = \"https://10.0.0.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"",
+            )
+        };
+        let e = errors(&worker(split_text(&kube_cert, Some(&kube_key))));
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "cluster.ca_key"), "{e:#?}");
+        assert!(e[0].message.contains("a worker holds no CA key"), "{}", e[0]);
+        MachineConfig::parse("w.toml", &worker(split_text(&kube_cert, None))).unwrap();
+
+        let e =
+            errors(&valid_text().replacen("[cluster]\n", &format!("[cluster]\nca_key = \"\"\"{kube_key}\"\"\"\n"), 1));
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "cluster.ca_key"), "{e:#?}");
+        assert!(e[0].message.contains("without `ca_cert`"), "{}", e[0]);
+        let e = errors(&split_text("not a certificate", Some(&kube_key)));
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "cluster.ca_cert"), "{e:#?}");
+    }
+
+    /// `valid_text` written for `release`, with keys a newer release may
+    /// add: at the top, in a section, in an array's table.
+    fn newer_text(release: Option<Release>) -> String {
+        newer_text_of(&valid_text(), release)
+    }
+
+    fn newer_text_of(base: &str, release: Option<Release>) -> String {
+        let head = release.map(|r| format!("plinth = \"{r}\"\n")).unwrap_or_default();
+        let text = base
+            .replace("hostname = \"node-1\"", "hostname = \"node-1\"\nkernel_args = [\"quiet\"]")
+            .replace("name = \"eth0\"", "name = \"eth0\"\nvlan = 7")
+            .replace("[api]", "[firewall]\ndefault = \"deny\"\n\n[api]");
+        format!("{head}{text}")
+    }
+
+    #[test]
+    fn a_rolled_back_parser_reads_a_config_of_the_next_minor_with_warnings() {
+        let this = Release::this();
+        // The release before this one reads what this one's tools write.
+        let older = Release { major: this.major, minor: this.minor.saturating_sub(1) };
+        let reader = if older == this { Release { major: this.major, minor: 0 } } else { older };
+        let base = valid_text();
+        let p = MachineConfig::parse_as(reader, "node.toml", &newer_text_of(&base, Some(reader.next_minor()))).unwrap();
+        let warned: Vec<(&str, usize, usize)> =
+            p.warnings.iter().map(|d| (d.path.as_str(), d.line, d.column)).collect();
+        assert_eq!(
+            warned,
+            [
+                ("machine.kernel_args", 6, 1),
+                ("machine.network.interfaces[0].vlan", 10, 1),
+                ("cluster", 17, 1),
+                ("firewall", 21, 2)
+            ],
+            "{:#?}",
+            p.warnings
+        );
+        assert!(
+            p.warnings[0]
+                .message
+                .contains(&format!("ignored: the config was written for Plinth {}", reader.next_minor())),
+            "{}",
+            p.warnings[0]
+        );
+        let plain = MachineConfig::parse("node.toml", &base).unwrap();
+        assert_eq!(MachineConfig { plinth: None, ..p.config.clone() }, plain, "the known keys as they are");
+        assert_eq!(p.config.plinth, Some(reader.next_minor().to_string()));
+    }
+
+    #[test]
+    fn unknown_keys_stay_errors_unless_written_for_the_next_minor() {
+        let this = Release::this();
+        // A typo in a config of this release (or of no stated release).
+        for text in [newer_text(Some(this)), newer_text(None)] {
+            let e = errors(&text);
+            let paths: Vec<(&str, usize)> = e.iter().map(|d| (d.path.as_str(), d.line)).collect();
+            let top = if text.starts_with("plinth") { 1 } else { 0 };
+            assert_eq!(paths, [("machine.kernel_args", 5 + top), ("firewall", 20 + top)], "{e:#?}");
+        }
+        // Two minors (or a major) ahead: errors, with the reason.
+        for ahead in [Release { minor: this.minor + 2, ..this }, Release { major: this.major + 1, minor: 0 }] {
+            let e = errors(&newer_text(Some(ahead)));
+            assert_eq!(e.len(), 2, "{e:#?}");
+            assert!(e[1].hint.as_deref().unwrap().contains(&format!("written for Plinth {ahead}")), "{}", e[1]);
+        }
+        // Next minor, but a known key with a wrong value is still an error.
+        let text = newer_text(Some(this.next_minor())).replace("role = \"controlplane\"", "role = \"router\"");
+        let e = errors(&text);
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "cluster.role"), "{e:#?}");
+        let e = errors(&valid_text().replace("version = 3", "plinth = \"one\"\nversion = 3"));
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "plinth"), "{e:#?}");
+    }
+
+    #[test]
+    fn releases() {
+        assert_eq!(Release::try_from("0.1"), Ok(Release { major: 0, minor: 1 }));
+        assert_eq!(Release::try_from("1.12.3"), Ok(Release { major: 1, minor: 12 }));
+        for bad in ["", "1", "1.", ".1", "1.x", "1.2.3.4", "v1.2"] {
+            assert!(Release::try_from(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Release::this().to_string(), crate::VERSION.rsplit_once('.').unwrap().0);
+        assert!(Release::this().next_minor() > Release::this());
+    }
+
     #[test]
     fn cluster_ids_are_checked_and_derived_from_the_ca() {
         let (cert, _) = ca();
@@ -1107,7 +1524,9 @@ ca_key = """{key}"""
         assert!(d.contains("-version = 3") && d.contains("+version = 4"), "{d}");
         assert!(!d.contains("PRIVATE KEY"), "{d}");
         assert!(d.contains("(secret, sha256"), "{d}");
-        assert_eq!(reboot_required(&a, &b), vec!["cluster.pod_cidr"]);
+        // In a config of the one-CA form the machine API's CA key is the
+        // Kubernetes CA's too, which the orchestrator reads at start.
+        assert_eq!(reboot_required(&a, &b), vec!["cluster.pod_cidr", "cluster.ca_cert"]);
     }
 
     proptest::proptest! {
@@ -1119,6 +1538,17 @@ ca_key = """{key}"""
         #[test]
         fn parse_never_panics_on_mutated_valid_config(pos in 0usize..2000, byte in proptest::num::u8::ANY) {
             let mut bytes = valid_text().into_bytes();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                let _ = MachineConfig::parse("fuzz.toml", &text);
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_a_mutated_config_of_the_next_minor(pos in 0usize..2000, byte in proptest::num::u8::ANY) {
+            // Unknown keys are dropped and the section decoded again.
+            let mut bytes = newer_text(Some(Release::this().next_minor())).into_bytes();
             let i = pos % bytes.len();
             bytes[i] = byte;
             if let Ok(text) = String::from_utf8(bytes) {

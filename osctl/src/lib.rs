@@ -455,7 +455,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, Failure> {
 fn validate_file(path: &Path, bytes: &[u8]) -> Result<MachineConfig, Failure> {
     let name = path.display().to_string();
     let text = std::str::from_utf8(bytes).map_err(|e| Failure::Invalid(format!("{name}: not UTF-8 text: {e}")))?;
-    MachineConfig::parse(&name, text).map_err(|d| Failure::Invalid(d.to_string()))
+    let parsed = MachineConfig::parse_with_warnings(&name, text).map_err(|d| Failure::Invalid(d.to_string()))?;
+    for w in &parsed.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(parsed.config)
 }
 
 /// The config bytes and signature to send: an envelope as it is, a TOML

@@ -7,7 +7,7 @@ use std::time::Duration;
 use machinery::api::{self, ApplyMode};
 use machinery::signing::{self, Purpose};
 use osctl::connect::{self, Credentials, LocalChecks};
-use plinth_tests::{HostNode, Operator, apply, osctl, wait_for};
+use plinth_tests::{HostNode, Operator, apply, kubectl, osctl, wait_for};
 
 /// A node with config version 1 applied, and the operator who applied it.
 fn configured_node() -> anyhow::Result<(Operator, HostNode, std::path::PathBuf)> {
@@ -591,5 +591,119 @@ fn boot_steps_are_this_runs_and_apid_reports_serving() -> anyhow::Result<()> {
     })?;
     assert_eq!(again.len(), 1, "{again:?}");
     assert!(again[0].1 > first[0].1, "the step is the new run's: {again:?} after {first:?}");
+    Ok(())
+}
+
+/// kubectl against the API at `url` with a client certificate and the CA
+/// it trusts the server by, given as files (no kubeconfig).
+fn kubectl_with(url: &str, ca: &Path, crt: &Path, key: &Path) -> anyhow::Result<plinth_tests::Run> {
+    let flag = |name: &str, p: &Path| format!("--{name}={}", p.display());
+    kubectl(
+        Path::new("/dev/null"),
+        &[
+            &format!("--server={url}"),
+            &flag("certificate-authority", ca),
+            &flag("client-certificate", crt),
+            &flag("client-key", key),
+            "get",
+            "namespaces",
+        ],
+    )
+}
+
+/// A host-mode control plane running the orchestrator (API on the
+/// returned URL), with `config` applied through maintenance mode.
+fn control_plane(op: &Operator, config: &Path) -> anyhow::Result<(HostNode, String)> {
+    let mut node = HostNode::start(&op.path("ops.pub"))?;
+    node.stop()?;
+    let url = format!("https://127.0.0.1:{}", plinth_tests::free_port());
+    let orchestrator = plinth_tests::bin("orchestrator").display().to_string();
+    node.extra_args = vec!["--orchestrator".into(), orchestrator, "--kube-listen".into(), url[8..].to_string()];
+    node.boot()?;
+    apply(op, &node, config, &["--insecure"]).ok()?;
+    wait_configured(op, &node)?;
+    Ok((node, url))
+}
+
+/// Waits until the API takes the kubeconfig `osctl kubeconfig` hands out
+/// (`admin.kubeconfig`); writes its client certificate and key to
+/// `kubectl.crt`, `kubectl.key`.
+fn admin_kubeconfig(op: &Operator, node: &HostNode, url: &str) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let kubeconfig = op.path("admin.kubeconfig");
+    let (kc, addr) = (kubeconfig.to_str().unwrap(), node.addr());
+    wait_for("the admin kubeconfig to work", Duration::from_secs(60), || {
+        osctl(&op.osctlconfig(), &["-n", &addr, "kubeconfig", "--server", url, "--out", kc]).ok().ok()?;
+        kubectl(&kubeconfig, &["get", "namespaces"]).ok()?.ok().ok()
+    })
+    .map_err(|e| e.context(node.log()))?;
+    for (name, file) in [("client-certificate-data", "kubectl.crt"), ("client-key-data", "kubectl.key")] {
+        let path = format!("jsonpath={{.users[0].user.{name}}}");
+        let r = kubectl(&kubeconfig, &["config", "view", "--raw", "-o", &path])?.ok()?;
+        std::fs::write(op.path(file), base64::engine::general_purpose::STANDARD.decode(r.stdout.trim())?)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_machine_api_and_kubernetes_trust_separate_cas() -> anyhow::Result<()> {
+    let op = Operator::new()?;
+    let (node, url) = control_plane(&op, &op.gen_config("node.toml", 1)?)?;
+    let addr = node.addr();
+
+    // `osctl kubeconfig` hands out the control plane's admin kubeconfig:
+    // its certificate is the Kubernetes CA's, and the API takes it.
+    admin_kubeconfig(&op, &node, &url)?;
+    let (kube_crt, kube_key) = (op.path("kubectl.crt"), op.path("kubectl.key"));
+    let issuer = machinery::pki::cert_info(&std::fs::read_to_string(&kube_crt)?)?.issuer;
+    let kube_ca = machinery::pki::cert_info(&std::fs::read_to_string(op.path("kube-ca.crt"))?)?;
+    assert_eq!(issuer, kube_ca.subject, "kubectl's certificate is the Kubernetes CA's");
+    kubectl_with(&url, &op.path("kube-ca.crt"), &kube_crt, &kube_key)?.ok()?;
+
+    // The API server serves with the Kubernetes CA, not the machine API's…
+    let r = kubectl_with(&url, &op.path("ca.crt"), &kube_crt, &kube_key)?;
+    assert!(r.code != 0 && r.stderr.contains("certificate signed by unknown authority"), "{r:?}");
+    // …and refuses osctl's admin certificate (of the machine-API CA).
+    let r = kubectl_with(&url, &op.path("kube-ca.crt"), &op.path("admin.crt"), &op.path("admin.key"))?;
+    assert!(r.code != 0, "{r:?}");
+    assert!(r.stderr.contains("unknown certificate authority") || r.stderr.contains("Unauthorized"), "{r:?}");
+
+    // apid refuses kubectl's certificate: it is not of the machine-API CA.
+    let as_kubectl = op.path("as-kubectl.osctlconfig");
+    std::fs::write(
+        &as_kubectl,
+        format!(
+            "[contexts.k]\nca = \"{}\"\ncrt = \"{}\"\nkey = \"{}\"\n",
+            op.path("ca.crt").display(),
+            kube_crt.display(),
+            kube_key.display()
+        ),
+    )?;
+    let r = osctl(&as_kubectl, &["-n", &addr, "--context", "k", "version"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("does not trust your client certificate"), "{r:?}");
+    // The machine API's own admin still gets in.
+    osctl(&op.osctlconfig(), &["-n", &addr, "version"]).ok()?;
+    Ok(())
+}
+
+#[test]
+fn a_config_of_the_one_ca_form_keeps_its_one_ca_for_kubernetes() -> anyhow::Result<()> {
+    let op = Operator::new()?;
+    // What `gen config` wrote before the split: no Kubernetes CA of its own.
+    let split = std::fs::read_to_string(op.gen_config("split.toml", 1)?)?;
+    let mut old = machinery::config::MachineConfig::parse("split.toml", &split).unwrap();
+    (old.cluster.ca_cert, old.cluster.ca_key) = (None, None);
+    let cfg = op.path("node.toml");
+    std::fs::write(&cfg, old.to_toml())?;
+    let v = osctl(&op.osctlconfig(), &["validate", "-f", cfg.to_str().unwrap()]).ok()?;
+    assert!(v.stderr.contains("warning:") && v.stderr.contains("osctl gen kube-ca"), "{v:?}");
+
+    let (node, url) = control_plane(&op, &cfg)?;
+    admin_kubeconfig(&op, &node, &url)?;
+    let issuer = machinery::pki::cert_info(&std::fs::read_to_string(op.path("kubectl.crt"))?)?.issuer;
+    let machine_ca = machinery::pki::cert_info(&std::fs::read_to_string(op.path("ca.crt"))?)?;
+    assert_eq!(issuer, machine_ca.subject, "the one CA signs kubectl's certificate");
+    kubectl_with(&url, &op.path("ca.crt"), &op.path("kubectl.crt"), &op.path("kubectl.key"))?.ok()?;
     Ok(())
 }
