@@ -332,3 +332,50 @@ fn each_kubectl_discovers_a_new_crd() {
         s.ok(&["delete", "crd", "widgets.example.com"]);
     }
 }
+
+async fn kube_client(kubeconfig: &std::path::Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// kube-rs' dynamic API on custom objects, and content negotiation:
+/// protobuf asked first with a JSON fallback is answered in JSON; a
+/// protobuf body is a 415 (custom objects are JSON-only upstream).
+#[test]
+fn kube_rs_dynamic_objects_and_json_only_negotiation() {
+    use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+    let Some(s) = Server::start() else { return };
+    install(&s);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = kube_client(&s.kubeconfig()).await;
+        let gvk = kube::api::GroupVersionKind::gvk("example.com", "v1", "Widget");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "widgets");
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+        let mut w = DynamicObject::new("k", &ar);
+        w.data = serde_json::json!({"spec": {"size": "large"}});
+        let created = api.create(&PostParams::default(), &w).await.unwrap();
+        assert_eq!(created.data["spec"]["replicas"], 1, "defaulted");
+        let listed = api.list(&ListParams::default().fields("metadata.name=k")).await.unwrap();
+        assert_eq!(listed.items.len(), 1);
+        let req = http::Request::builder()
+            .uri("/apis/example.com/v1/namespaces/default/widgets/k")
+            .header("accept", "application/vnd.kubernetes.protobuf, application/json")
+            .body(Vec::new())
+            .unwrap();
+        let text = client.request_text(req).await.unwrap();
+        let o: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(o["kind"], "Widget");
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/apis/example.com/v1/namespaces/default/widgets")
+            .header("content-type", "application/vnd.kubernetes.protobuf")
+            .body(b"k8s\0\x0a\x00".to_vec())
+            .unwrap();
+        match client.request_text(req).await {
+            Err(kube::Error::Api(e)) => assert_eq!((e.code, e.reason.as_str()), (415, "UnsupportedMediaType"), "{e:?}"),
+            other => panic!("a protobuf custom object: {other:?}"),
+        }
+    });
+}

@@ -772,7 +772,9 @@ async fn route(
         "delete" | "deletecollection" => !body.is_empty(),
         _ => false,
     };
-    let body = if ct == "application/vnd.kubernetes.protobuf" && protobuf_body {
+    // Custom objects are JSON only, as upstream: a protobuf object is a 415.
+    let custom_object = rt.custom.is_some() && matches!(verb, "create" | "update");
+    let body = if ct == "application/vnd.kubernetes.protobuf" && protobuf_body && !custom_object {
         let obj = orchestrator_apimachinery::protobuf::decode(&body)
             .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
         Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
