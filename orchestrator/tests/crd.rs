@@ -263,6 +263,11 @@ fn deleting_the_crd_deletes_its_objects_and_stops_serving() {
     assert_eq!(next(), ("DELETED".to_string(), "a".to_string()));
     let _ = watch.kill();
     let _ = watch.wait();
+    // A namespace going takes its custom objects with it.
+    s.ok(&["create", "namespace", "gone"]);
+    s.apply(&WIDGET.replace("metadata: {", "metadata: {namespace: gone, "), &[]);
+    s.ok(&["delete", "namespace", "gone", "--timeout=20s"]);
+    assert!(s.ok(&["get", "wd", "-A", "-o", "name"]).lines().count() == 1, "only other/a is left");
     s.ok(&["delete", "crd", "widgets.example.com"]);
     let err = s.fails(&["get", "--raw", "/apis/example.com/v1/namespaces/other/widgets"]);
     assert!(err.contains("NotFound") || err.contains("not found"), "{err}");

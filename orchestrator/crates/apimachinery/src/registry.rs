@@ -842,8 +842,10 @@ impl Registry {
             _ip_lock = self.service_ips.lock().unwrap_or_else(|e| e.into_inner());
             self.assign_node_ports(rt, &mut new, Some(&current))?;
         }
+        // Without a status subresource a custom object's status is part of what it asks for.
+        let status_counts = rt.custom.is_some() && !rt.has_status() && current.get("status") != new.get("status");
         if let Some(g) = current.pointer("/metadata/generation").and_then(Value::as_i64)
-            && spec_part(&current) != spec_part(&new)
+            && (spec_part(&current) != spec_part(&new) || status_counts)
         {
             metadata(&mut new).insert("generation".into(), (g + 1).into());
         }
