@@ -316,14 +316,7 @@ fn rbac_rules_name_the_group_and_plural() {
 /// create a CRD, wait for it and list its objects with printer columns.
 #[test]
 fn each_kubectl_discovers_a_new_crd() {
-    let Some(main) = common::kubectl() else { return };
-    let mut builds = vec![main];
-    for minor in [27, 30, 33] {
-        let p = PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"));
-        if p.is_file() && !builds.contains(&p) {
-            builds.push(p);
-        }
-    }
+    let Some(builds) = common::kubectl_builds([27, 30, 33]) else { return };
     for kubectl in builds {
         let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl.clone());
         let which = kubectl.display().to_string();

@@ -221,6 +221,17 @@ fn type_matches(ty: &str, v: &Value) -> bool {
     }
 }
 
+/// `minItems`/`maxItems` (`what`: "items") or `minProperties`/`maxProperties`.
+fn count_bounds(n: usize, (min, max): (Option<i64>, Option<i64>), field: &str, what: &str, causes: &mut Causes) {
+    let n = n as i64;
+    if let Some(min) = min.filter(|m| n < *m) {
+        causes.push((field.into(), format!("Invalid value: {n}: {field} in body should have at least {min} {what}")));
+    }
+    if let Some(max) = max.filter(|m| n > *m) {
+        causes.push((field.into(), format!("Too many: {n}: must have at most {max} items")));
+    }
+}
+
 fn validate_node(s: &JSONSchemaProps, v: &Value, path: &str, causes: &mut Causes) {
     let field = if path.is_empty() { "<root>" } else { path };
     if v.is_null() {
@@ -303,20 +314,7 @@ fn validate_node(s: &JSONSchemaProps, v: &Value, path: &str, causes: &mut Causes
             }
         }
         Value::Array(a) => {
-            let n = a.len() as i64;
-            if let Some(min) = s.min_items
-                && n < min
-            {
-                causes.push((
-                    field.into(),
-                    format!("Invalid value: {n}: {field} in body should have at least {min} items"),
-                ));
-            }
-            if let Some(max) = s.max_items
-                && n > max
-            {
-                causes.push((field.into(), format!("Too many: {n}: must have at most {max} items")));
-            }
+            count_bounds(a.len(), (s.min_items, s.max_items), field, "items", causes);
             if let Some(i) = items(s) {
                 for (k, child) in a.iter().enumerate() {
                     validate_node(i, child, &format!("{path}[{k}]"), causes);
@@ -329,20 +327,7 @@ fn validate_node(s: &JSONSchemaProps, v: &Value, path: &str, causes: &mut Causes
                     causes.push((join(path, r), "Required value".into()));
                 }
             }
-            let n = m.len() as i64;
-            if let Some(min) = s.min_properties
-                && n < min
-            {
-                causes.push((
-                    field.into(),
-                    format!("Invalid value: {n}: {field} in body should have at least {min} properties"),
-                ));
-            }
-            if let Some(max) = s.max_properties
-                && n > max
-            {
-                causes.push((field.into(), format!("Too many: {n}: must have at most {max} items")));
-            }
+            count_bounds(m.len(), (s.min_properties, s.max_properties), field, "properties", causes);
             for (k, child) in m {
                 let p = s.properties.as_ref().and_then(|p| p.get(k)).or_else(|| additional(s));
                 if let Some(p) = p {
