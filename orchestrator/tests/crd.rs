@@ -100,6 +100,11 @@ fn custom_objects_through_every_verb() {
     assert_eq!(w["spec"]["color"], "blue");
     assert_eq!(w["spec"]["extra"]["any"]["thing"], 1);
     assert_eq!(w["metadata"]["generation"], 1);
+    // A default added to the schema later shows on objects already stored.
+    let mode = r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/mode","value":{"type":"string","default":"fast"}}]"#;
+    s.ok(&["patch", "crd", "widgets.example.com", "--type=json", "-p", mode]);
+    assert_eq!(json(&s, &["wd", "a"])["spec"]["mode"], "fast");
+    assert_eq!(json(&s, &["wd", "a"])["metadata"]["generation"], 1);
     // Printer columns and `get all`.
     let get = s.ok(&["get", "widgets"]);
     let header: Vec<&str> = get.lines().next().unwrap().split_whitespace().collect();

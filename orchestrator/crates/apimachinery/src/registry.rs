@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::errors::{ApiError, success};
-use crate::resources::{ResourceType, Served, by_kind};
+use crate::resources::{CustomVersion, ResourceType, Served, by_kind};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::{crd, schema, stateful, validation};
 use orchestrator_store::{EventKind, Store, StoreError, Watch};
@@ -268,9 +268,19 @@ pub struct ObjectWatch {
     inner: Watch,
     labels: LabelSelector,
     fields: FieldSelector,
-    /// The version a custom resource is read in (every served version
-    /// shares the objects; `conversion: None` rewrites only `apiVersion`).
-    api_version: Option<String>,
+    /// The version a custom resource is read in (see [`read_as`]).
+    custom: Option<(String, Arc<CustomVersion>)>,
+}
+
+/// A custom object as read through one served version of its CRD: every
+/// version shares the objects (`conversion: None` rewrites only
+/// `apiVersion`), and the version's defaults apply on read too, as
+/// upstream applies them to what it reads from storage.
+fn read_as(api_version: &str, c: &CustomVersion, o: &mut Value) {
+    o["apiVersion"] = api_version.into();
+    if let Some(s) = &c.schema {
+        schema::default(s, o);
+    }
 }
 
 impl ObjectWatch {
@@ -284,8 +294,8 @@ impl ObjectWatch {
         loop {
             let e = self.inner.next().await?;
             let mut object = decode(&e.kv.value, e.kv.mod_revision);
-            if let Some(v) = &self.api_version {
-                object["apiVersion"] = v.clone().into();
+            if let Some((v, c)) = &self.custom {
+                read_as(v, c, &mut object);
             }
             let now = self.matches(&object);
             let before = e.prev.as_ref().map(|p| self.matches(&decode(&p.value, p.mod_revision)));
@@ -354,11 +364,10 @@ impl Registry {
         }
     }
 
-    /// A custom object read in the version of `rt` (objects are shared by
-    /// every served version of their CRD).
+    /// An object as read through `rt` (a custom object: [`read_as`]).
     fn in_version(rt: &ResourceType, mut o: Value) -> Value {
-        if rt.custom.is_some() {
-            o["apiVersion"] = rt.api_version().into();
+        if let Some(c) = &rt.custom {
+            read_as(&rt.api_version(), c, &mut o);
         }
         o
     }
@@ -442,8 +451,8 @@ impl Registry {
         labels: LabelSelector,
         fields: FieldSelector,
     ) -> Result<ObjectWatch, StoreError> {
-        let api_version = rt.custom.is_some().then(|| rt.api_version());
-        Ok(ObjectWatch { inner: self.store.watch(&rt.prefix(ns), from)?, labels, fields, api_version })
+        let custom = rt.custom.clone().map(|c| (rt.api_version(), c));
+        Ok(ObjectWatch { inner: self.store.watch(&rt.prefix(ns), from)?, labels, fields, custom })
     }
 
     /// Decodes through the type, reports unknown fields, defaults and validates.
