@@ -238,6 +238,14 @@ spec:
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
     assert!(s.fails(&["get", "crd", "gadgets.example.org"]).contains("NotFound"));
+    // Required fields missing: 422 with their paths, not a decoding error.
+    let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: things.example.org}\n\
+               spec: {group: example.org, names: {plural: things}}\n";
+    std::fs::write(&f, crd).unwrap();
+    let err = s.fails(&["create", "-f", f.to_str().unwrap()]);
+    for want in ["spec.scope: Required value", "spec.names.kind: Required value", "spec.versions: Invalid value"] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
 }
 
 #[test]

@@ -146,14 +146,15 @@ fn check_version(v: &Value, path: &str, causes: &mut Causes) {
     }
     if let Some(scale) = v.pointer("/subresources/scale") {
         let sp = format!("{path}.subresources.scale");
-        for (f, under) in
-            [("specReplicasPath", ".spec."), ("statusReplicasPath", ".status."), ("labelSelectorPath", "")]
-        {
+        let under = |p: &str, roots: &[&str]| roots.iter().any(|r| p.starts_with(r) && p.len() > r.len());
+        for (f, roots) in [
+            ("specReplicasPath", &[".spec."][..]),
+            ("statusReplicasPath", &[".status."][..]),
+            ("labelSelectorPath", &[".spec.", ".status."][..]),
+        ] {
             match scale.get(f).and_then(Value::as_str) {
                 None if f != "labelSelectorPath" => causes.push((format!("{sp}.{f}"), "Required value".into())),
-                Some(p)
-                    if !p.starts_with(under) || p.len() <= under.len() && !under.is_empty() || !p.starts_with('.') =>
-                {
+                Some(p) if !under(p, roots) => {
                     let what = match f {
                         "specReplicasPath" => "should be a json path under .spec",
                         "statusReplicasPath" => "should be a json path under .status",

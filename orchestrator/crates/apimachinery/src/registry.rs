@@ -464,6 +464,16 @@ impl Registry {
                 rt.kind, rt.version, rt.kind
             ))
         };
+        // A CRD is checked before its type decodes it: a missing required
+        // field is upstream's 422 with its path, not a decoding error.
+        let mut obj = obj;
+        if rt.custom.is_none() && rt.kind == crd::KIND {
+            crd::apply_defaults(&mut obj);
+            let causes = crd::validate(&obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(rt, &name, causes));
+            }
+        }
         let mut out = (rt.roundtrip)(obj.clone()).map_err(cannot)?;
         let schema = rt.custom.as_ref().and_then(|c| c.schema.as_ref());
         if let Some(s) = schema {
@@ -488,17 +498,11 @@ impl Registry {
         if let Some(s) = schema {
             schema::default(s, &mut out);
         }
-        if kind == crd::KIND {
-            crd::apply_defaults(&mut out);
-        }
         let mut causes = validation::validate(kind, &out);
         causes.extend(stateful::validate(kind, &out));
         causes.extend(crate::node_fields::validate(kind, &out));
         if let Some(s) = schema {
             causes.extend(schema::validate(s, &out));
-        }
-        if kind == crd::KIND {
-            causes.extend(crd::validate(&out));
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, &name, causes));
