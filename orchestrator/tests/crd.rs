@@ -390,3 +390,34 @@ fn kube_rs_dynamic_objects_and_json_only_negotiation() {
         }
     });
 }
+
+/// Two API servers on one etcd: a CRD created through one is served by the
+/// other (it follows CRD writes through its watch), and stops being served
+/// there when deleted.
+#[test]
+fn a_crd_written_through_one_api_server_is_served_by_another() {
+    use orchestrator_store_etcd::local::{self, LocalCluster};
+    let Some(kubectl) = common::kubectl() else { return };
+    if !local::available() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI: etcd is missing (scripts/setup-debian.sh)");
+        eprintln!("SKIPPED: no etcd");
+        return;
+    }
+    let etcd = LocalCluster::start(1).unwrap();
+    let a = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl.clone(), &etcd.url(), "warn", &[]);
+    let (ca, key) = (a.dir.path().join("ca.crt"), a.dir.path().join("ca.key"));
+    let extra = ["--ca-cert", ca.to_str().unwrap(), "--ca-key", key.to_str().unwrap(), "--controllers=false"];
+    let b = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl, &etcd.url(), "warn", &extra);
+    install(&a);
+    b.wait_for(&["get", "--raw", "/apis/example.com/v1/widgets"], Duration::from_secs(20), |o| {
+        o.contains("WidgetList")
+    });
+    b.apply(WIDGET, &[]);
+    assert!(a.ok(&["get", "wd", "-o", "name"]).contains("widget.example.com/a"));
+    a.ok(&["delete", "crd", "widgets.example.com"]);
+    let start = std::time::Instant::now();
+    while b.run(&["get", "--raw", "/apis/example.com/v1/widgets"]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(20), "B still serves widgets");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
