@@ -4,20 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{APP, Server};
 
 #[test]
 fn apply_get_delete_with_each_kubectl() {
-    let Some(main) = common::kubectl() else { return };
-    let mut builds = vec![main];
-    for minor in 27..=33 {
-        let p = PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"));
-        if p.is_file() && !builds.contains(&p) {
-            builds.push(p);
-        }
-    }
+    let Some(builds) = common::kubectl_builds(27..=33) else { return };
     for kubectl in builds {
         let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl.clone());
         let which = kubectl.display().to_string();

@@ -30,6 +30,19 @@ pub fn kubectl() -> Option<PathBuf> {
     None
 }
 
+/// The kubectl of [`kubectl`] and the machine's pinned builds of the
+/// `minors` given that are present (`/usr/lib/google-cloud-sdk/bin/kubectl.1.N`).
+pub fn kubectl_builds(minors: impl IntoIterator<Item = u32>) -> Option<Vec<PathBuf>> {
+    let mut builds = vec![kubectl()?];
+    for minor in minors {
+        let p = PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"));
+        if p.is_file() && !builds.contains(&p) {
+            builds.push(p);
+        }
+    }
+    Some(builds)
+}
+
 /// The Python interpreter of the venv scripts/setup-debian.sh fills beside
 /// kubectl, when it has `module` (the `kubernetes` client, helm's SDK).
 /// Missing: the test fails under CI=true and is skipped elsewhere.

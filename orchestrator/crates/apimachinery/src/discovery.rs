@@ -8,6 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use crate::resources::{GROUPS, RESOURCES, ResourceType};
 
 /// The Kubernetes version the API server presents.
@@ -43,14 +45,35 @@ pub fn api_versions(server_address: &str) -> Value {
     j
 }
 
-fn group(name: &str) -> APIGroup {
-    let gv = GroupVersionForDiscovery { group_version: format!("{name}/v1"), version: "v1".into() };
+fn group(name: &str, versions: &[&str]) -> APIGroup {
+    let gvs: Vec<GroupVersionForDiscovery> = versions
+        .iter()
+        .map(|v| GroupVersionForDiscovery { group_version: format!("{name}/{v}"), version: v.to_string() })
+        .collect();
     APIGroup {
         name: name.into(),
-        preferred_version: Some(gv.clone()),
+        preferred_version: gvs.first().cloned(),
         server_address_by_client_cidrs: None,
-        versions: vec![gv],
+        versions: gvs,
     }
+}
+
+/// The groups of the served custom types with their versions, preferred
+/// (upstream's version priority) first.
+fn custom_groups(custom: &[Arc<ResourceType>]) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for rt in custom {
+        match groups.iter_mut().find(|(g, _)| *g == rt.group) {
+            Some((_, vs)) if !vs.contains(&rt.version) => vs.push(rt.version),
+            Some(_) => {}
+            None => groups.push((rt.group, vec![rt.version])),
+        }
+    }
+    for (_, vs) in &mut groups {
+        vs.sort_by_key(|v| crate::crd::version_priority(v));
+    }
+    groups.sort();
+    groups
 }
 
 /// The group of SelfSubjectAccessReview (`kubectl auth can-i`), answered
@@ -60,14 +83,20 @@ pub const AUTHORIZATION_GROUP: &str = "authorization.k8s.io";
 /// by the authenticators and never stored.
 pub const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
 
-pub fn api_group_list() -> Value {
-    let groups = GROUPS.iter().chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP]).map(|g| group(g)).collect();
+/// `/apis`: the built-in groups, then those of the served CRDs.
+pub fn api_group_list(custom: &[Arc<ResourceType>]) -> Value {
+    let mut groups: Vec<APIGroup> =
+        GROUPS.iter().chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP]).map(|g| group(g, &["v1"])).collect();
+    groups.extend(custom_groups(custom).into_iter().map(|(g, vs)| group(g, &vs)));
     with_type(APIGroupList { groups }, "APIGroupList", "v1")
 }
 
-pub fn api_group(name: &str) -> Option<Value> {
-    (GROUPS.contains(&name) || name == AUTHORIZATION_GROUP || name == AUTHENTICATION_GROUP)
-        .then(|| with_type(group(name), "APIGroup", "v1"))
+pub fn api_group(name: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
+    if GROUPS.contains(&name) || name == AUTHORIZATION_GROUP || name == AUTHENTICATION_GROUP {
+        return Some(with_type(group(name, &["v1"]), "APIGroup", "v1"));
+    }
+    let (g, vs) = custom_groups(custom).into_iter().find(|(g, _)| *g == name)?;
+    Some(with_type(group(g, &vs), "APIGroup", "v1"))
 }
 
 const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
@@ -116,8 +145,9 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
     }
 }
 
-/// The `APIResourceList` of a group version ("" for core).
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+/// The `APIResourceList` of a group version ("" for core), the served
+/// custom types included.
+pub fn resource_list(group: &str, version: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
     if (group == AUTHORIZATION_GROUP || group == AUTHENTICATION_GROUP) && version == "v1" {
         let review = |kind: &str| APIResource {
             name: format!("{}s", kind.to_lowercase()),
@@ -136,7 +166,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         let list = APIResourceList { group_version: format!("{group}/{version}"), resources };
         return Some(with_type(list, "APIResourceList", "v1"));
     }
-    let rts: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let rts = served(group, version, custom);
     if rts.is_empty() {
         return None;
     }
@@ -151,10 +181,19 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(with_type(APIResourceList { group_version: gv, resources }, "APIResourceList", "v1"))
 }
 
+/// The built-in and custom types of one group version.
+fn served<'a>(group: &str, version: &str, custom: &'a [Arc<ResourceType>]) -> Vec<&'a ResourceType> {
+    let builtin = RESOURCES.iter();
+    builtin.chain(custom.iter().map(|r| &**r)).filter(|r| r.group == group && r.version == version).collect()
+}
+
 /// The group versions that have OpenAPI v3 documents, as URL paths.
-fn openapi_paths() -> Vec<String> {
+fn openapi_paths(custom: &[Arc<ResourceType>]) -> Vec<String> {
     let mut v = vec!["api/v1".to_string()];
     v.extend(GROUPS.iter().map(|g| format!("apis/{g}/v1")));
+    for (g, vs) in custom_groups(custom) {
+        v.extend(vs.iter().map(|ver| format!("apis/{g}/{ver}")));
+    }
     v
 }
 
@@ -163,8 +202,8 @@ fn hash() -> String {
     format!("plinth{}{MINOR}", env!("CARGO_PKG_VERSION").replace('.', ""))
 }
 
-pub fn openapi_v3_index() -> Value {
-    let paths: serde_json::Map<String, Value> = openapi_paths()
+pub fn openapi_v3_index(custom: &[Arc<ResourceType>]) -> Value {
+    let paths: serde_json::Map<String, Value> = openapi_paths(custom)
         .into_iter()
         .map(|p| {
             let url = format!("/openapi/v3/{p}?hash={}", hash());
@@ -177,13 +216,13 @@ pub fn openapi_v3_index() -> Value {
 /// The OpenAPI v3 document of one group version (`api/v1`, `apis/apps/v1`):
 /// for each kind, its PATCH operation with the group-version-kind and the
 /// `fieldValidation` parameter, and a schema naming the kind.
-pub fn openapi_v3(path: &str) -> Option<Value> {
+pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
     let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
         ["api", v] => ("", *v),
         ["apis", g, v] => (*g, *v),
         _ => return None,
     };
-    let rts: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let rts = served(group, version, custom);
     if rts.is_empty() {
         return None;
     }
@@ -206,11 +245,16 @@ pub fn openapi_v3(path: &str) -> Option<Value> {
         paths.insert(url, json!({"patch": op("patch"), "put": op("put")}));
         let collection = format!("/{path}{scope}/{}", rt.plural);
         paths.insert(collection, json!({"post": op("post")}));
-        schemas.insert(
-            schema_name,
-            json!({"type": "object", "x-kubernetes-group-version-kind": gvk,
+        let schema = match rt.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+            Some(s) => {
+                let mut s = serde_json::to_value(s).unwrap_or_default();
+                s["x-kubernetes-group-version-kind"] = gvk.clone();
+                s
+            }
+            None => json!({"type": "object", "x-kubernetes-group-version-kind": gvk,
                 "description": format!("{} (schema served by the API server: fieldValidation=Strict)", rt.kind)}),
-        );
+        };
+        schemas.insert(schema_name, schema);
     }
     Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v{MAJOR}.{MINOR}.0")},
         "paths": paths, "components": {"schemas": schemas}}))
@@ -245,6 +289,11 @@ pub fn openapi_v2_protobuf() -> Vec<u8> {
 }
 
 fn schema_name(rt: &ResourceType) -> String {
+    if rt.custom.is_some() {
+        // Upstream names a CRD's schema by its reversed group: com.example.v1.Widget.
+        let group: Vec<&str> = rt.group.split('.').rev().collect();
+        return format!("{}.{}.{}", group.join("."), rt.version, rt.kind);
+    }
     let group = match rt.group {
         "" => "core",
         "discovery.k8s.io" => "discovery",
@@ -260,18 +309,18 @@ mod tests {
 
     #[test]
     fn discovery_lists_short_names_categories_and_scale() {
-        let apps = resource_list("apps", "v1").unwrap();
+        let apps = resource_list("apps", "v1", &[]).unwrap();
         let res = apps["resources"].as_array().unwrap();
         let dep = res.iter().find(|r| r["name"] == "deployments").unwrap();
         assert_eq!(dep["shortNames"], json!(["deploy"]));
         assert_eq!(dep["categories"], json!(["all"]));
         let scale = res.iter().find(|r| r["name"] == "deployments/scale").unwrap();
         assert_eq!((scale["group"].as_str(), scale["kind"].as_str()), (Some("autoscaling"), Some("Scale")));
-        let core = resource_list("", "v1").unwrap();
+        let core = resource_list("", "v1", &[]).unwrap();
         assert_eq!(core["groupVersion"], "v1");
         assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/binding"));
-        assert!(resource_list("nope", "v1").is_none());
-        assert_eq!(api_group_list()["groups"][0]["preferredVersion"]["groupVersion"], "apps/v1");
+        assert!(resource_list("nope", "v1", &[]).is_none());
+        assert_eq!(api_group_list(&[])["groups"][0]["preferredVersion"]["groupVersion"], "apps/v1");
     }
 
     #[test]
@@ -284,17 +333,17 @@ mod tests {
 
     #[test]
     fn openapi_v3_has_patch_with_field_validation() {
-        let idx = openapi_v3_index();
+        let idx = openapi_v3_index(&[]);
         assert!(
             idx["paths"]["apis/apps/v1"]["serverRelativeURL"]
                 .as_str()
                 .unwrap()
                 .starts_with("/openapi/v3/apis/apps/v1?hash=")
         );
-        let doc = openapi_v3("apis/apps/v1").unwrap();
+        let doc = openapi_v3("apis/apps/v1", &[]).unwrap();
         let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
-        assert!(openapi_v3("api/v1").unwrap()["paths"]["/api/v1/nodes/{name}"].is_object());
+        assert!(openapi_v3("api/v1", &[]).unwrap()["paths"]["/api/v1/nodes/{name}"].is_object());
     }
 }

@@ -89,6 +89,8 @@ impl ApiError {
                             Some("Required value") => "FieldValueRequired",
                             Some("Forbidden") => "FieldValueForbidden",
                             Some("Unsupported value") => "FieldValueNotSupported",
+                            Some("Too many") => "FieldValueTooMany",
+                            Some("Too long") => "FieldValueTooLong",
                             _ => "FieldValueInvalid",
                         }
                         .into(),

@@ -6,6 +6,7 @@
 pub mod bootstrap_token;
 pub mod certificates;
 pub mod cluster;
+pub mod crd;
 pub mod decode;
 pub mod discovery;
 pub mod errors;
@@ -16,6 +17,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod schedule;
+pub mod schema;
 pub mod selector;
 pub mod smp;
 pub mod stateful;

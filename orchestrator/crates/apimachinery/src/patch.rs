@@ -9,18 +9,63 @@ use crate::registry::{Part, Registry, WriteOptions, Written, fields_v1, now};
 use crate::resources::{ResourceType, by_kind};
 use crate::smp;
 
-/// The `autoscaling/v1` Scale of a deployment or replica set.
-pub fn scale_of(o: &Value) -> Value {
-    let selector = o
-        .pointer("/spec/selector")
-        .map(|s| crate::selector::LabelSelector::from_json(s).to_string())
-        .unwrap_or_default();
+/// A CRD's `.spec.replicas` as a JSON pointer.
+fn pointer(path: &str) -> String {
+    path.replace('.', "/")
+}
+
+/// Where the desired replicas are: `/spec/replicas`, or a CRD's `specReplicasPath`.
+fn spec_replicas(rt: &ResourceType) -> String {
+    match rt.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(s) => pointer(&s.spec_replicas_path),
+        None => "/spec/replicas".into(),
+    }
+}
+
+/// The `autoscaling/v1` Scale of a deployment, replica set, stateful set
+/// or custom object (through its CRD's scale paths).
+pub fn scale_of(rt: &ResourceType, o: &Value) -> Value {
+    let custom = rt.custom.as_ref().and_then(|c| c.scale.as_ref());
+    let (status, selector) = match custom {
+        Some(s) => (
+            pointer(&s.status_replicas_path),
+            s.label_selector_path
+                .as_deref()
+                .and_then(|p| o.pointer(&pointer(p)))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        None => (
+            "/status/replicas".to_string(),
+            o.pointer("/spec/selector")
+                .map(|s| crate::selector::LabelSelector::from_json(s).to_string())
+                .unwrap_or_default(),
+        ),
+    };
     let m = &o["metadata"];
     json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"], "resourceVersion": m["resourceVersion"],
             "creationTimestamp": m["creationTimestamp"]},
-        "spec": {"replicas": o.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {"replicas": o.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector}})
+        "spec": {"replicas": o.pointer(&spec_replicas(rt)).cloned().unwrap_or(json!(0))},
+        "status": {"replicas": o.pointer(&status).cloned().unwrap_or(json!(0)), "selector": selector}})
+}
+
+/// Sets the desired replicas at `pointer`, creating the objects on the way.
+fn set_at(o: &mut Value, pointer: &str, v: Value) {
+    let mut cur = o;
+    let parts: Vec<&str> = pointer.split('/').skip(1).collect();
+    for (n, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let m = cur.as_object_mut().expect("an object");
+        if n == parts.len() - 1 {
+            m.insert(p.to_string(), v);
+            return;
+        }
+        cur = m.entry(p.to_string()).or_insert_with(|| json!({}));
+    }
 }
 
 fn replicas_of_scale(scale: &Value) -> Result<i64, ApiError> {
@@ -52,10 +97,10 @@ pub fn update_scale(
         if let Some(rv) = &rv {
             o["metadata"]["resourceVersion"] = rv.clone().into();
         }
-        o["spec"]["replicas"] = replicas.into();
+        set_at(o, &spec_replicas(rt), replicas.into());
         Ok(true)
     })?;
-    w.object = scale_of(&w.object);
+    w.object = scale_of(rt, &w.object);
     Ok(w)
 }
 
@@ -182,18 +227,26 @@ pub fn patch(
     if content_type == "application/apply-patch+yaml" {
         return server_side_apply(reg, rt, ns, name, sub, body, opts, force);
     }
+    // Custom objects have no patch strategies to merge by, as upstream.
+    if rt.custom.is_some() && content_type == "application/strategic-merge-patch+json" {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
     match sub {
         Some("scale") => {
             let mut w = reg.modify(rt, ns, name, Part::Main, opts, |o| {
-                let mut scale = scale_of(o);
+                let mut scale = scale_of(rt, o);
                 apply_patch("Scale", content_type, &mut scale, body)?;
-                o["spec"]["replicas"] = replicas_of_scale(&scale)?.into();
+                set_at(o, &spec_replicas(rt), replicas_of_scale(&scale)?.into());
                 if let Some(rv) = scale.pointer("/metadata/resourceVersion").cloned() {
                     o["metadata"]["resourceVersion"] = rv;
                 }
                 Ok(true)
             })?;
-            w.object = scale_of(&w.object);
+            w.object = scale_of(rt, &w.object);
             Ok(w)
         }
         _ => {

@@ -4,15 +4,15 @@
 //! subresources, delete with finalizers, grace periods and propagation, and
 //! watch. No HTTP here: the API server and the controllers both call it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::errors::{ApiError, success};
-use crate::resources::{ResourceType, by_kind};
+use crate::resources::{CustomVersion, ResourceType, Served, by_kind};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::{stateful, validation};
+use crate::{crd, schema, stateful, validation};
 use orchestrator_store::{EventKind, Store, StoreError, Watch};
 
 /// What `fieldValidation` asks for unknown fields.
@@ -92,6 +92,9 @@ pub struct Registry {
     /// token volumes) and the TokenRequest issuer, so that the in-process
     /// kubelet and controllers see the same as HTTPS clients.
     hooks: std::sync::OnceLock<Hooks>,
+    /// The served versions of the established CustomResourceDefinitions,
+    /// rebuilt from the store after every CRD write ([`Registry::refresh_crds`]).
+    custom: RwLock<Vec<Arc<ResourceType>>>,
 }
 
 /// Changes a pod about to be created (in the namespace given), or refuses it.
@@ -265,6 +268,19 @@ pub struct ObjectWatch {
     inner: Watch,
     labels: LabelSelector,
     fields: FieldSelector,
+    /// The version a custom resource is read in (see [`read_as`]).
+    custom: Option<(String, Arc<CustomVersion>)>,
+}
+
+/// A custom object as read through one served version of its CRD: every
+/// version shares the objects (`conversion: None` rewrites only
+/// `apiVersion`), and the version's defaults apply on read too, as
+/// upstream applies them to what it reads from storage.
+fn read_as(api_version: &str, c: &CustomVersion, o: &mut Value) {
+    o["apiVersion"] = api_version.into();
+    if let Some(s) = &c.schema {
+        schema::default(s, o);
+    }
 }
 
 impl ObjectWatch {
@@ -277,7 +293,10 @@ impl ObjectWatch {
     pub async fn next(&mut self) -> Result<WatchEvent, StoreError> {
         loop {
             let e = self.inner.next().await?;
-            let object = decode(&e.kv.value, e.kv.mod_revision);
+            let mut object = decode(&e.kv.value, e.kv.mod_revision);
+            if let Some((v, c)) = &self.custom {
+                read_as(v, c, &mut object);
+            }
             let now = self.matches(&object);
             let before = e.prev.as_ref().map(|p| self.matches(&decode(&p.value, p.mod_revision)));
             let kind = match (e.kind, before, now) {
@@ -295,7 +314,77 @@ impl ObjectWatch {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>) -> Registry {
-        Registry { store, service_ips: Mutex::new(()), hooks: std::sync::OnceLock::new() }
+        let r = Registry {
+            store,
+            service_ips: Mutex::new(()),
+            hooks: std::sync::OnceLock::new(),
+            custom: RwLock::new(Vec::new()),
+        };
+        if let Err(e) = r.refresh_crds() {
+            tracing::warn!("reading CustomResourceDefinitions: {e}");
+        }
+        r
+    }
+
+    /// The resource type served at `/apis/<group>/<version>/<plural>`: a
+    /// built-in kind, else a served version of an established CRD.
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> Option<Served> {
+        if let Some(rt) = crate::resources::find(group, version, plural) {
+            return Some(Served::Builtin(rt));
+        }
+        let custom = self.custom.read().unwrap_or_else(|e| e.into_inner());
+        custom
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
+            .map(Served::Custom)
+    }
+
+    /// Every served version of every established CRD.
+    pub fn custom_types(&self) -> Vec<Arc<ResourceType>> {
+        self.custom.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Rebuilds the served custom types from the stored CRDs (after a CRD
+    /// write here, and on a CRD watch event from another API server).
+    pub fn refresh_crds(&self) -> Result<(), ApiError> {
+        let rt = by_kind(crd::KIND).expect("CRDs are served");
+        let types = self.list(rt, None, &ListOptions::default())?.items.iter().flat_map(crd::served_types).collect();
+        *self.custom.write().unwrap_or_else(|e| e.into_inner()) = types;
+        Ok(())
+    }
+
+    /// After a write of `rt`: a CRD changes what is served.
+    fn after_write(&self, rt: &ResourceType) {
+        if rt.custom.is_none()
+            && rt.kind == crd::KIND
+            && let Err(e) = self.refresh_crds()
+        {
+            tracing::warn!("reading CustomResourceDefinitions: {e}");
+        }
+    }
+
+    /// An object as read through `rt` (a custom object: [`read_as`]).
+    fn in_version(rt: &ResourceType, mut o: Value) -> Value {
+        if let Some(c) = &rt.custom {
+            read_as(&rt.api_version(), c, &mut o);
+        }
+        o
+    }
+
+    /// Deleting a CRD deletes its objects, in every namespace.
+    fn delete_custom_objects(&self, rt: &ResourceType, crd_object: &Value) -> Result<(), ApiError> {
+        let name = name_of(crd_object);
+        let (group, plural) = (str_at(crd_object, "/spec/group"), str_at(crd_object, "/spec/names/plural"));
+        let prefix = crate::resources::custom_prefix(group, plural);
+        let items = self.store.list(&prefix, None, 0, None).map_err(|e| ApiError::from_store(rt, name, e))?.items;
+        for kv in items {
+            match self.store.delete(&kv.key, None) {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(ApiError::from_store(rt, name, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Installs the API server's hooks (once; later calls are ignored).
@@ -313,7 +402,8 @@ impl Registry {
 
     pub fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         let kv = self.store.get(&rt.key(ns, name)).map_err(|e| ApiError::from_store(rt, name, e))?;
-        kv.map(|kv| decode(&kv.value, kv.mod_revision)).ok_or_else(|| ApiError::not_found(rt, name))
+        kv.map(|kv| Self::in_version(rt, decode(&kv.value, kv.mod_revision)))
+            .ok_or_else(|| ApiError::not_found(rt, name))
     }
 
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>, opts: &ListOptions) -> Result<ListResult, ApiError> {
@@ -336,7 +426,7 @@ impl Registry {
             })?;
             revision = Some(page.revision);
             for kv in &page.items {
-                let o = decode(&kv.value, kv.mod_revision);
+                let o = Self::in_version(rt, decode(&kv.value, kv.mod_revision));
                 if opts.labels.matches_object(&o) && opts.fields.matches(&o) {
                     items.push(o);
                     if opts.limit > 0 && items.len() == opts.limit {
@@ -361,7 +451,8 @@ impl Registry {
         labels: LabelSelector,
         fields: FieldSelector,
     ) -> Result<ObjectWatch, StoreError> {
-        Ok(ObjectWatch { inner: self.store.watch(&rt.prefix(ns), from)?, labels, fields })
+        let custom = rt.custom.clone().map(|c| (rt.api_version(), c));
+        Ok(ObjectWatch { inner: self.store.watch(&rt.prefix(ns), from)?, labels, fields, custom })
     }
 
     /// Decodes through the type, reports unknown fields, defaults and validates.
@@ -373,7 +464,21 @@ impl Registry {
                 rt.kind, rt.version, rt.kind
             ))
         };
-        let out = (rt.roundtrip)(obj.clone()).map_err(cannot)?;
+        // A CRD is checked before its type decodes it: a missing required
+        // field is upstream's 422 with its path, not a decoding error.
+        let mut obj = obj;
+        if rt.custom.is_none() && rt.kind == crd::KIND {
+            crd::apply_defaults(&mut obj);
+            let causes = crd::validate(&obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(rt, &name, causes));
+            }
+        }
+        let mut out = (rt.roundtrip)(obj.clone()).map_err(cannot)?;
+        let schema = rt.custom.as_ref().and_then(|c| c.schema.as_ref());
+        if let Some(s) = schema {
+            schema::prune(s, &mut out, "", &mut Vec::new());
+        }
         let mut unknown = Vec::new();
         unknown_fields(&obj, &out, "", &mut unknown);
         let mut warnings = Vec::new();
@@ -385,12 +490,20 @@ impl Registry {
             FieldValidation::Warn => warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\""))),
             _ => {}
         }
-        let mut out = out;
-        validation::apply_defaults(rt.kind, &mut out);
-        stateful::apply_defaults(rt.kind, &mut out);
-        let mut causes = validation::validate(rt.kind, &out);
-        causes.extend(stateful::validate(rt.kind, &out));
-        causes.extend(crate::node_fields::validate(rt.kind, &out));
+        // A custom kind may share a built-in kind's name: only built-ins
+        // get the built-in rules.
+        let kind = if rt.custom.is_some() { "" } else { rt.kind };
+        validation::apply_defaults(kind, &mut out);
+        stateful::apply_defaults(kind, &mut out);
+        if let Some(s) = schema {
+            schema::default(s, &mut out);
+        }
+        let mut causes = validation::validate(kind, &out);
+        causes.extend(stateful::validate(kind, &out));
+        causes.extend(crate::node_fields::validate(kind, &out));
+        if let Some(s) = schema {
+            causes.extend(schema::validate(s, &out));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, &name, causes));
         }
@@ -551,11 +664,17 @@ impl Registry {
             }
             m.insert("uid".into(), new_uid().into());
             m.insert("creationTimestamp".into(), now().into());
-            if rt.has_status() && rt.kind != "Namespace" && rt.kind != "Node" && rt.kind != "Service" {
+            if rt.custom.is_some()
+                || (rt.has_status() && rt.kind != "Namespace" && rt.kind != "Node" && rt.kind != "Service")
+            {
                 m.insert("generation".into(), 1.into());
             }
         }
-        match rt.kind {
+        let kind = if rt.custom.is_some() { "" } else { rt.kind };
+        if rt.custom.is_some() && rt.has_status() {
+            obj.as_object_mut().expect("checked").remove("status");
+        }
+        match kind {
             "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "StatefulSet" => {
                 obj.as_object_mut().expect("checked").remove("status");
             }
@@ -564,11 +683,11 @@ impl Registry {
             "PersistentVolumeClaim" | "PersistentVolume" => obj["status"] = json!({"phase": "Pending"}),
             _ => {}
         }
-        if rt.kind == "PersistentVolumeClaim" {
+        if kind == "PersistentVolumeClaim" {
             let classes = self.list(by_kind("StorageClass").expect("served"), None, &ListOptions::default())?.items;
             stateful::default_class(&classes, &mut obj);
         }
-        if rt.kind == "Job" {
+        if kind == "Job" {
             let uid = uid_of(&obj).to_string();
             let job = name_of(&obj).to_string();
             if obj.pointer("/spec/selector").is_none() {
@@ -594,13 +713,17 @@ impl Registry {
         }
         let (mut obj, warnings) = self.admit(rt, obj, opts)?;
         self.check_namespace(rt, ns)?;
-        if rt.kind == "Pod"
+        if kind == crd::KIND {
+            let others = self.list(rt, None, &ListOptions::default())?.items;
+            crd::set_status(&mut obj, &others, &json!({}), &now());
+        }
+        if kind == "Pod"
             && let Some(h) = self.hooks.get()
         {
             (h.admit_pod)(self, ns.unwrap_or_default(), &mut obj)?;
         }
         let _ip_lock;
-        if rt.kind == "Service" && obj.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName") {
+        if kind == "Service" && obj.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName") {
             _ip_lock = self.service_ips.lock().unwrap_or_else(|e| e.into_inner());
             if obj.pointer("/spec/clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
                 let ip = self.allocate_cluster_ip()?;
@@ -619,6 +742,7 @@ impl Registry {
             match self.store.create(&rt.key(ns, &name), &encode(&obj)) {
                 Ok(rev) => {
                     metadata(&mut obj).insert("resourceVersion".into(), rev.to_string().into());
+                    self.after_write(rt);
                     return Ok(Written { object: obj, warnings, created: true });
                 }
                 Err(StoreError::AlreadyExists { .. }) if generate.is_some() && attempt < 4 => {
@@ -708,13 +832,19 @@ impl Registry {
             record_manager(&mut new, m, "Update", &rt.api_version(), &current);
         }
         let (mut new, warnings) = self.admit(rt, new, opts)?;
-        let mut causes = validation::validate_update(rt.kind, &current, &new);
-        causes.extend(stateful::validate_update(rt.kind, &current, &new));
+        let kind = if rt.custom.is_some() { "" } else { rt.kind };
+        let mut causes = validation::validate_update(kind, &current, &new);
+        causes.extend(stateful::validate_update(kind, &current, &new));
+        if kind == crd::KIND {
+            causes.extend(crd::validate_update(&current, &new));
+            let others = self.list(rt, None, &ListOptions::default())?.items;
+            crd::set_status(&mut new, &others, &current, &now());
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, name, causes));
         }
         let _ip_lock;
-        if rt.kind == "Service" && part == Part::Main {
+        if kind == "Service" && part == Part::Main {
             if new.pointer("/spec/clusterIP").is_none() {
                 for f in ["clusterIP", "clusterIPs"] {
                     if let Some(v) = current.pointer(&format!("/spec/{f}")) {
@@ -725,8 +855,10 @@ impl Registry {
             _ip_lock = self.service_ips.lock().unwrap_or_else(|e| e.into_inner());
             self.assign_node_ports(rt, &mut new, Some(&current))?;
         }
+        // Without a status subresource a custom object's status is part of what it asks for.
+        let status_counts = rt.custom.is_some() && !rt.has_status() && current.get("status") != new.get("status");
         if let Some(g) = current.pointer("/metadata/generation").and_then(Value::as_i64)
-            && spec_part(&current) != spec_part(&new)
+            && (spec_part(&current) != spec_part(&new) || status_counts)
         {
             metadata(&mut new).insert("generation".into(), (g + 1).into());
         }
@@ -737,16 +869,19 @@ impl Registry {
             return Ok(Written { object: new, warnings, created: false });
         }
         let key = rt.key(ns, name);
-        if new.pointer("/metadata/deletionTimestamp").is_some()
-            && finalizers_of(&new).is_empty()
-            && rt.kind != "Namespace"
+        if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_of(&new).is_empty() && kind != "Namespace"
         {
+            if kind == crd::KIND {
+                self.delete_custom_objects(rt, &current)?;
+            }
             let rev = self.store.delete(&key, Some(cur_rev)).map_err(|e| ApiError::from_store(rt, name, e))?;
             metadata(&mut new).insert("resourceVersion".into(), rev.to_string().into());
+            self.after_write(rt);
             return Ok(Written { object: new, warnings, created: false });
         }
         let rev = self.store.update(&key, &encode(&new), cur_rev).map_err(|e| ApiError::from_store(rt, name, e))?;
         metadata(&mut new).insert("resourceVersion".into(), rev.to_string().into());
+        self.after_write(rt);
         Ok(Written { object: new, warnings, created: false })
     }
 
@@ -800,7 +935,8 @@ impl Registry {
         }
         let cur_rev: i64 = meta_str(&current, "resourceVersion").and_then(|r| r.parse().ok()).unwrap_or(0);
         // Pods on a node get a grace period: the kubelet deletes them.
-        let grace = if rt.kind == "Pod" {
+        let kind = if rt.custom.is_some() { "" } else { rt.kind };
+        let grace = if kind == "Pod" {
             let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
             let done = matches!(current.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
             let default = current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
@@ -818,7 +954,7 @@ impl Registry {
             }
             _ => {}
         }
-        let namespace_finalize = rt.kind == "Namespace";
+        let namespace_finalize = kind == "Namespace";
         if grace > 0 || !finalizers.is_empty() || namespace_finalize {
             if current.pointer("/metadata/deletionTimestamp").is_some()
                 && finalizers == finalizers_of(&current)
@@ -847,10 +983,15 @@ impl Registry {
                 .update(&rt.key(ns, name), &encode(&new), cur_rev)
                 .map_err(|e| ApiError::from_store(rt, name, e))?;
             metadata(&mut new).insert("resourceVersion".into(), rev.to_string().into());
+            self.after_write(rt);
             return Ok(new);
         }
         if !opts.dry_run {
+            if kind == crd::KIND {
+                self.delete_custom_objects(rt, &current)?;
+            }
             self.store.delete(&rt.key(ns, name), Some(cur_rev)).map_err(|e| ApiError::from_store(rt, name, e))?;
+            self.after_write(rt);
         }
         Ok(success(rt, name, &uid))
     }

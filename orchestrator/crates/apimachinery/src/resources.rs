@@ -7,8 +7,10 @@ use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
     core::v1 as core, rbac::v1 as rbac,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// One served resource.
 #[derive(Debug)]
@@ -28,6 +30,41 @@ pub struct ResourceType {
     /// Decodes through the typed struct and encodes back: checks types and
     /// drops what the type does not know.
     pub roundtrip: fn(Value) -> Result<Value, String>,
+    /// A served version of a CustomResourceDefinition (`None` for the
+    /// built-in kinds).
+    pub custom: Option<Arc<CustomVersion>>,
+}
+
+/// What a served version of a CustomResourceDefinition adds to its
+/// resource type: the schema objects are checked, pruned and defaulted
+/// against, the printer columns, the scale paths.
+#[derive(Debug)]
+pub struct CustomVersion {
+    /// `openAPIV3Schema` of this version.
+    pub schema: Option<apiextensions::JSONSchemaProps>,
+    pub columns: Vec<apiextensions::CustomResourceColumnDefinition>,
+    pub scale: Option<apiextensions::CustomResourceSubresourceScale>,
+    /// The CRD's name (`<plural>.<group>`).
+    pub crd: String,
+}
+
+/// A resource type as a lookup hands it out: a built-in kind from the
+/// static table, or a served version of an established CRD (shared with
+/// the registry's cache, so a CRD deleted meanwhile only stops being found).
+#[derive(Debug, Clone)]
+pub enum Served {
+    Builtin(&'static ResourceType),
+    Custom(Arc<ResourceType>),
+}
+
+impl std::ops::Deref for Served {
+    type Target = ResourceType;
+    fn deref(&self) -> &ResourceType {
+        match self {
+            Served::Builtin(r) => r,
+            Served::Custom(r) => r,
+        }
+    }
 }
 
 fn roundtrip<K: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {
@@ -51,23 +88,32 @@ impl ResourceType {
 
     /// The storage key of one object.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
-        match namespace.filter(|_| self.namespaced) {
-            Some(ns) => format!("/registry/{}/{ns}/{name}", self.plural),
-            None => format!("/registry/{}/{name}", self.plural),
-        }
+        format!("{}{name}", self.prefix(namespace))
     }
 
-    /// The key prefix of a collection (all namespaces when `None`).
+    /// The key prefix of a collection (all namespaces when `None`). Custom
+    /// resources are kept under their group, as upstream keeps them, so a
+    /// CRD's plural never meets a built-in one's; every served version of
+    /// a CRD shares its objects.
     pub fn prefix(&self, namespace: Option<&str>) -> String {
-        match namespace.filter(|_| self.namespaced) {
-            Some(ns) => format!("/registry/{}/{ns}/", self.plural),
+        let base = match self.custom {
+            Some(_) => custom_prefix(self.group, self.plural),
             None => format!("/registry/{}/", self.plural),
+        };
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!("{base}{ns}/"),
+            None => base,
         }
     }
 
     pub fn has_status(&self) -> bool {
         self.subresources.contains(&"status")
     }
+}
+
+/// Where a CRD's objects are stored (all namespaces).
+pub fn custom_prefix(group: &str, plural: &str) -> String {
+    format!("/registry/{group}/{plural}/")
 }
 
 const ALL: &[&str] = &["all"];
@@ -110,6 +156,7 @@ macro_rules! rt {
             subresources: $sub,
             fields: $fields,
             roundtrip: roundtrip::<$ty>,
+            custom: None,
         }
     };
 }
@@ -287,16 +334,38 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE,
         NONE
     ),
+    // Custom resources (issue 14 item 4).
+    rt!(
+        APIEXTENSIONS_GROUP,
+        "CustomResourceDefinition",
+        apiextensions::CustomResourceDefinition,
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        false,
+        &["crd", "crds"],
+        NONE,
+        &["status"],
+        NONE
+    ),
 ];
 
 pub const STORAGE_GROUP: &str = "storage.k8s.io";
 
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 pub const CERTIFICATES_GROUP: &str = "certificates.k8s.io";
+pub const APIEXTENSIONS_GROUP: &str = "apiextensions.k8s.io";
 
 /// The served API groups other than core, in discovery order.
-pub const GROUPS: &[&str] =
-    &["apps", "batch", "discovery.k8s.io", "coordination.k8s.io", RBAC_GROUP, STORAGE_GROUP, CERTIFICATES_GROUP];
+pub const GROUPS: &[&str] = &[
+    "apps",
+    "batch",
+    "discovery.k8s.io",
+    "coordination.k8s.io",
+    RBAC_GROUP,
+    STORAGE_GROUP,
+    CERTIFICATES_GROUP,
+    APIEXTENSIONS_GROUP,
+];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::registry::parse_time;
-use crate::resources::ResourceType;
+use crate::resources::{CustomVersion, ResourceType};
 
 /// (name, type, priority, description)
 type Column = (&'static str, &'static str, u8, &'static str);
@@ -754,7 +754,58 @@ fn row(rt: &ResourceType, o: &Value, include: IncludeObject, now: i64) -> Value 
             json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
         }
     };
-    json!({"cells": cells(rt.kind, o, now), "object": object})
+    let cells = match &rt.custom {
+        Some(c) => custom_cells(c, o, now),
+        None => cells(rt.kind, o, now),
+    };
+    json!({"cells": cells, "object": object})
+}
+
+const CREATION: &str = "CreationTimestamp is a timestamp representing the server time when this object was created.";
+
+/// A CRD version's columns as upstream's table converter has them: Name,
+/// then `additionalPrinterColumns`, or Age when it declares none.
+fn custom_columns(c: &CustomVersion) -> Vec<(String, String, i32, String, String)> {
+    let mut cols = vec![(
+        "Name".to_string(),
+        "string".to_string(),
+        0,
+        "Name must be unique within a namespace.".to_string(),
+        ".metadata.name".to_string(),
+    )];
+    if c.columns.is_empty() {
+        cols.push(("Age".into(), "date".into(), 0, CREATION.into(), ".metadata.creationTimestamp".into()));
+    }
+    for col in &c.columns {
+        cols.push((
+            col.name.clone(),
+            col.type_.clone(),
+            col.priority.unwrap_or(0),
+            col.description.clone().unwrap_or_default(),
+            col.json_path.clone(),
+        ));
+    }
+    cols
+}
+
+fn custom_cells(c: &CustomVersion, o: &Value, now: i64) -> Vec<Value> {
+    custom_columns(c)
+        .into_iter()
+        .map(|(_, ty, _, _, path)| {
+            let found = crate::crd::column_value(&path, o).unwrap_or_default();
+            match (ty.as_str(), found.as_slice()) {
+                (_, []) => Value::Null,
+                ("date", [v]) => age_of(v.as_str(), now).into(),
+                (_, [v]) => (*v).clone(),
+                (_, many) => many
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    .into(),
+            }
+        })
+        .collect()
 }
 
 fn now_secs() -> i64 {
@@ -762,6 +813,13 @@ fn now_secs() -> i64 {
 }
 
 fn column_definitions(rt: &ResourceType) -> Value {
+    if let Some(c) = &rt.custom {
+        let cols = custom_columns(c).into_iter().map(|(name, ty, priority, description, _)| {
+            let format = if name == "Name" { "name" } else { "" };
+            json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+        });
+        return Value::Array(cols.collect());
+    }
     let cols: Vec<Value> = columns(rt.kind)
         .into_iter()
         .map(|(name, ty, priority, description)| {

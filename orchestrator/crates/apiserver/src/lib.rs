@@ -43,7 +43,7 @@ use orchestrator_apimachinery::patch;
 use orchestrator_apimachinery::registry::{
     DeleteOptions, FieldValidation, ListOptions, Part, Propagation, Registry, WriteOptions,
 };
-use orchestrator_apimachinery::resources::{self, ResourceType};
+use orchestrator_apimachinery::resources::{self, ResourceType, Served};
 use orchestrator_apimachinery::selector::{FieldSelector, LabelSelector};
 use orchestrator_apimachinery::table::{self, IncludeObject};
 use orchestrator_http::pki::{self, ADMIN_GROUP, READ_ONLY_GROUP};
@@ -309,6 +309,9 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     spawn_reconciler(registry.clone(), "ServiceAccount token Secrets", legacy_tokens::watched(), move |r| {
         legacy_tokens::reconcile(r, &keys, &pem)
     });
+    // CRDs written through another API server (etcd) change what this one serves.
+    let crds = vec![(orchestrator_apimachinery::crd::KIND, FieldSelector::default())];
+    spawn_reconciler(registry.clone(), "CustomResourceDefinitions", crds, Registry::refresh_crds);
     bootstrap::publish_cluster_info(&registry, &url, &ca).map_err(ServerError::Bootstrap)?;
     if let Some(t) = &cfg.bootstrap_token {
         bootstrap::ensure_token(&registry, t).map_err(ServerError::Bootstrap)?;
@@ -560,12 +563,12 @@ async fn non_resource(state: &State, segs: &[&str]) -> Option<Result<Response<Bo
     };
     match segs {
         ["api"] => found(Some(discovery::api_versions(&state.address))),
-        ["apis"] => found(Some(discovery::api_group_list())),
-        ["apis", g] => found(discovery::api_group(g)),
-        ["api", v] => found(discovery::resource_list("", v)),
-        ["apis", g, v] => found(discovery::resource_list(g, v)),
-        ["openapi", "v3"] => found(Some(discovery::openapi_v3_index())),
-        ["openapi", "v3", rest @ ..] => found(discovery::openapi_v3(&rest.join("/"))),
+        ["apis"] => found(Some(discovery::api_group_list(&state.registry.custom_types()))),
+        ["apis", g] => found(discovery::api_group(g, &state.registry.custom_types())),
+        ["api", v] => found(discovery::resource_list("", v, &[])),
+        ["apis", g, v] => found(discovery::resource_list(g, v, &state.registry.custom_types())),
+        ["openapi", "v3"] => found(Some(discovery::openapi_v3_index(&state.registry.custom_types()))),
+        ["openapi", "v3", rest @ ..] => found(discovery::openapi_v3(&rest.join("/"), &state.registry.custom_types())),
         ["openapi", "v2"] => {
             let mut r = Response::new(Body::Full(Some(Bytes::from(discovery::openapi_v2_protobuf()))));
             r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
@@ -597,13 +600,14 @@ fn review_target<'a>(rest: &[&'a str]) -> Option<(Option<&'a str>, &'a str)> {
 
 /// A parsed resource request.
 struct Target<'a> {
-    rt: &'static ResourceType,
+    rt: Served,
     namespace: Option<&'a str>,
     name: Option<&'a str>,
     sub: Option<&'a str>,
 }
 
-fn parse_target<'a>(segs: &[&'a str]) -> Option<Target<'a>> {
+/// `find` looks a group, version and plural up (the registry's `resource`).
+fn parse_target<'a>(segs: &[&'a str], find: impl Fn(&str, &str, &str) -> Option<Served>) -> Option<Target<'a>> {
     let (group, version, rest) = match segs {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
@@ -614,7 +618,7 @@ fn parse_target<'a>(segs: &[&'a str]) -> Option<Target<'a>> {
     }
     if rest[0] == "namespaces"
         && rest.len() >= 3
-        && let Some(rt) = resources::find(group, version, rest[2]).filter(|r| r.namespaced)
+        && let Some(rt) = find(group, version, rest[2]).filter(|r| r.namespaced)
     {
         if rest.len() > 5 {
             return None;
@@ -624,7 +628,7 @@ fn parse_target<'a>(segs: &[&'a str]) -> Option<Target<'a>> {
     if rest.len() > 3 {
         return None;
     }
-    let rt = resources::find(group, version, rest[0])?;
+    let rt = find(group, version, rest[0])?;
     Some(Target { rt, namespace: None, name: rest.get(1).copied(), sub: rest.get(2).copied() })
 }
 
@@ -669,8 +673,8 @@ fn authorize(state: &State, user: &User, verb: &str, t: &Target<'_>) -> Result<(
         None => "at the cluster scope".into(),
     };
     let what = match t.name {
-        Some(n) => format!("{} \"{n}\"", orchestrator_apimachinery::errors::qualified(t.rt)),
-        None => orchestrator_apimachinery::errors::qualified(t.rt),
+        Some(n) => format!("{} \"{n}\"", orchestrator_apimachinery::errors::qualified(&t.rt)),
+        None => orchestrator_apimachinery::errors::qualified(&t.rt),
     };
     let mut e = ApiError::forbidden(format!(
         "{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
@@ -704,7 +708,7 @@ async fn route(
     let Some(user) = user else {
         return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
     };
-    let target = parse_target(&segs);
+    let target = parse_target(&segs, |g, v, p| state.registry.resource(g, v, p));
     if method == Method::GET && target.is_none() {
         let path = format!("/{}", segs.join("/"));
         if !state.rbac.allows(user, &rbac::Attributes::non_resource("get", &path)) {
@@ -743,7 +747,7 @@ async fn route(
         negotiate::check_accept(headers)?;
     }
     let reg = &state.registry;
-    let rt = t.rt;
+    let rt = &*t.rt;
     let ns = t.namespace;
     if rt.namespaced && ns.is_none() && t.name.is_some() {
         return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
@@ -768,7 +772,9 @@ async fn route(
         "delete" | "deletecollection" => !body.is_empty(),
         _ => false,
     };
-    let body = if ct == "application/vnd.kubernetes.protobuf" && protobuf_body {
+    // Custom objects are JSON only, as upstream: a protobuf object is a 415.
+    let custom_object = rt.custom.is_some() && matches!(verb, "create" | "update");
+    let body = if ct == "application/vnd.kubernetes.protobuf" && protobuf_body && !custom_object {
         let obj = orchestrator_apimachinery::protobuf::decode(&body)
             .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
         Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
@@ -791,7 +797,7 @@ async fn route(
         ("get", Some(name), sub) => {
             let o = reg.get(rt, ns, name)?;
             if sub == Some("scale") {
-                return Ok(respond(200, &patch::scale_of(&o), &[]));
+                return Ok(respond(200, &patch::scale_of(rt, &o), &[]));
             }
             if table && sub.is_none() {
                 let meta = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
@@ -812,7 +818,7 @@ async fn route(
             let list = json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": r.items});
             Ok(respond(200, &list, &[]))
         }
-        ("watch", None, None) => watch(state, rt, ns, q, table, include),
+        ("watch", None, None) => watch(state, t.rt.clone(), ns, q, table, include),
         ("create", None, None) => {
             let mut o = parse_json(&body)?;
             csr::fill_requester(rt, user, &mut o);
@@ -964,13 +970,13 @@ fn bookmark(rt: &ResourceType, rev: i64, initial_end: bool) -> Value {
 
 fn watch(
     state: &Arc<State>,
-    rt: &'static ResourceType,
+    rt: Served,
     ns: Option<&str>,
     q: &[(String, String)],
     as_table: bool,
     include: IncludeObject,
 ) -> Result<Response<Body>, ApiError> {
-    let opts = list_options(rt, q)?;
+    let opts = list_options(&rt, q)?;
     let rv = param(q, "resourceVersion").unwrap_or_default();
     let send_initial = flag(q, "sendInitialEvents");
     let bookmarks = flag(q, "allowWatchBookmarks");
@@ -980,12 +986,12 @@ fn watch(
     // "start at most recent" sends the current objects as ADDED first).
     let (initial, from) = if send_initial || rv.is_empty() || rv == "0" {
         let all = ListOptions { labels: opts.labels.clone(), fields: opts.fields.clone(), ..Default::default() };
-        let r = reg.list(rt, ns, &all)?;
+        let r = reg.list(&rt, ns, &all)?;
         (Some(r.items), r.revision)
     } else {
         (None, rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("resourceVersion {rv:?} is not a number")))?)
     };
-    let watch = reg.watch(rt, ns, from, opts.labels.clone(), opts.fields.clone());
+    let watch = reg.watch(&rt, ns, from, opts.labels.clone(), opts.fields.clone());
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let ns_owned = ns.map(str::to_string);
     tokio::spawn(async move {
@@ -994,7 +1000,7 @@ fn watch(
         let mut render = |o: &Value| -> Value {
             if as_table {
                 let meta = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
-                let t = table::table(rt, std::slice::from_ref(o), include, meta, first_table);
+                let t = table::table(&rt, std::slice::from_ref(o), include, meta, first_table);
                 first_table = false;
                 t
             } else {
@@ -1004,7 +1010,7 @@ fn watch(
         let mut watch = match watch {
             Ok(w) => w,
             Err(e) => {
-                let e = ApiError::from_store(rt, "", e);
+                let e = ApiError::from_store(&rt, "", e);
                 let _ = tx.send(event_line("ERROR", &e.to_json())).await;
                 return;
             }
@@ -1014,7 +1020,7 @@ fn watch(
                 return;
             }
         }
-        if send_initial && bookmarks && tx.send(event_line("BOOKMARK", &bookmark(rt, from, true))).await.is_err() {
+        if send_initial && bookmarks && tx.send(event_line("BOOKMARK", &bookmark(&rt, from, true))).await.is_err() {
             return;
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
@@ -1032,13 +1038,13 @@ fn watch(
                         }
                     }
                     Err(e) => {
-                        let e = ApiError::from_store(rt, "", e);
+                        let e = ApiError::from_store(&rt, "", e);
                         let _ = tx.send(event_line("ERROR", &e.to_json())).await;
                         return;
                     }
                 },
                 _ = tick.tick(), if bookmarks => {
-                    if tx.send(event_line("BOOKMARK", &bookmark(rt, last, false))).await.is_err() {
+                    if tx.send(event_line("BOOKMARK", &bookmark(&rt, last, false))).await.is_err() {
                         return;
                     }
                 }
@@ -1067,15 +1073,17 @@ mod tests {
 
     #[test]
     fn query_and_targets() {
+        let builtin = |g: &str, v: &str, p: &str| resources::find(g, v, p).map(Served::Builtin);
         let q = parse_query("labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch=1");
         assert_eq!(param(&q, "labelSelector"), Some("app=web,tier in (a)"));
         assert!(flag(&q, "watch"));
-        let t = parse_target(&["apis", "apps", "v1", "namespaces", "d", "deployments", "web", "scale"]).unwrap();
+        let t =
+            parse_target(&["apis", "apps", "v1", "namespaces", "d", "deployments", "web", "scale"], builtin).unwrap();
         assert_eq!((t.rt.kind, t.namespace, t.name, t.sub), ("Deployment", Some("d"), Some("web"), Some("scale")));
-        let t = parse_target(&["api", "v1", "namespaces", "d", "status"]).unwrap();
+        let t = parse_target(&["api", "v1", "namespaces", "d", "status"], builtin).unwrap();
         assert_eq!((t.rt.kind, t.namespace, t.name, t.sub), ("Namespace", None, Some("d"), Some("status")));
-        let t = parse_target(&["api", "v1", "pods"]).unwrap();
+        let t = parse_target(&["api", "v1", "pods"], builtin).unwrap();
         assert_eq!((t.rt.kind, t.namespace, t.name), ("Pod", None, None));
-        assert!(parse_target(&["api", "v1", "bogus"]).is_none());
+        assert!(parse_target(&["api", "v1", "bogus"], builtin).is_none());
     }
 }

@@ -137,7 +137,11 @@ pub fn reconcile_namespaces(reg: &Registry) -> Result<(), ApiError> {
         }
         let ns = name(&n.metadata);
         let mut remaining = 0;
-        for rt in RESOURCES.iter().filter(|r| r.namespaced) {
+        // Custom objects too: one served version per CRD (they share the objects).
+        let custom = reg.custom_types();
+        let mut seen = std::collections::BTreeSet::new();
+        let custom = custom.iter().filter(|r| seen.insert((r.group, r.plural))).map(|r| &**r);
+        for rt in RESOURCES.iter().chain(custom).filter(|r| r.namespaced) {
             for o in metadata_of(reg, rt, Some(ns), &ListOptions::default())? {
                 remaining += 1;
                 if !is_deleting(&o) {
