@@ -663,6 +663,18 @@ impl Cluster {
         self.ok(&["get", "events", "--sort-by=.metadata.creationTimestamp", "-o", &path])
     }
 
+    /// kubectl as the worker's kubelet (its client certificate; split clusters).
+    pub fn run_as_node(&self, args: &[&str]) -> Output {
+        let admin = std::fs::read_to_string(self.data.path().join("admin.kubeconfig")).unwrap();
+        let server = admin.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("the server's URL");
+        Command::new(&self.kubectl)
+            .args(args)
+            .env("KUBECONFIG", node_kubeconfig(server, &self.kubelet_dir()))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap()
+    }
+
     /// A pod's field by JSONPath.
     pub fn pod_field(&self, name: &str, path: &str) -> String {
         self.ok(&["get", "pod", name, "-o", &format!("jsonpath={{{path}}}")])
@@ -749,6 +761,27 @@ impl Drop for Cluster {
         self.containerd.remove_all_sandboxes();
         unmount_under(&self.data.path().to_string_lossy());
     }
+}
+
+/// A kubeconfig for `server` with a joined kubelet's certificate (the
+/// `pki/` files of its directory `dir`), written there.
+pub fn node_kubeconfig(server: &str, dir: &Path) -> PathBuf {
+    use base64::Engine as _;
+    let b64 =
+        |p: &str| base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("pki").join(p)).unwrap());
+    let both = b64("kubelet-client-current.pem");
+    let path = dir.join("node.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\n\
+             users:\n- name: u\n  user:\n    client-certificate-data: {both}\n    client-key-data: {both}\n\
+             contexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            b64("ca.crt")
+        ),
+    )
+    .unwrap();
+    path
 }
 
 /// `orchestrator token create`: a new bootstrap token and the CA pin.

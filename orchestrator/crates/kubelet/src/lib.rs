@@ -28,6 +28,7 @@ pub mod projected;
 pub mod server;
 pub mod spdy;
 pub mod token;
+pub mod watched;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -114,6 +115,8 @@ pub struct Kubelet {
     port: std::sync::atomic::AtomicU16,
     /// ServiceAccount tokens of projected volumes, until they are due.
     tokens: token::Tokens,
+    /// Watches of the ConfigMaps and Secrets the pods use.
+    watched: watched::Watched,
 }
 
 /// The ConfigMaps and Secrets a pod refers to (env and volumes), its
@@ -235,6 +238,7 @@ pub async fn start(
         probes: Mutex::default(),
         port: Default::default(),
         tokens: token::Tokens::default(),
+        watched: watched::Watched::default(),
     });
     let bound = server::start(k.clone(), listen, identity).await?;
     k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
@@ -255,11 +259,6 @@ impl Kubelet {
         format!("spec.nodeName={}", self.cfg.node_name)
     }
 
-    /// Watches from now: the node's pods, or all ConfigMaps or Secrets (their volumes are kept up to date).
-    async fn watch(&self, kind: &'static str) -> Option<orchestrator_client::Watch> {
-        let sel = if kind == "Pod" { self.node_selector() } else { String::new() };
-        self.api.watch(kind, &sel).await
-    }
 
     /// Fetches what a pod refers to (a missing object is recorded as missing).
     async fn prefetch(&self, p: &Value) -> Result<Prefetched, KubeletError> {
@@ -309,7 +308,7 @@ impl Kubelet {
     }
 
     async fn run(self: Arc<Self>) {
-        let (mut pods, mut config_maps, mut secrets) = (None, None, None);
+        let mut pods = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         async fn next(w: &mut Option<orchestrator_client::Watch>) -> Option<Value> {
@@ -321,18 +320,14 @@ impl Kubelet {
             r
         }
         loop {
-            for (w, kind) in [(&mut pods, "Pod"), (&mut config_maps, "ConfigMap"), (&mut secrets, "Secret")] {
-                if w.is_none() {
-                    *w = self.watch(kind).await;
-                }
+            if pods.is_none() {
+                pods = self.api.watch("Pod", &self.node_selector()).await;
             }
             tokio::select! {
                 _ = next(&mut pods), if pods.is_some() => {
                     // Let a burst of changes settle into one pass.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                o = next(&mut config_maps), if config_maps.is_some() => self.namespace_due(o),
-                o = next(&mut secrets), if secrets.is_some() => self.namespace_due(o),
                 _ = tick.tick() => {}
             }
             if let Err(e) = self.pass().await {
@@ -344,6 +339,11 @@ impl Kubelet {
     /// One relist: syncs the pods that changed or are due, removes orphans.
     async fn pass(self: &Arc<Self>) -> Result<(), KubeletError> {
         let pods = self.api.list("Pod", &self.node_selector()).await?;
+        let used = pods.iter().flat_map(|p| {
+            let ns = str_at(p, "/metadata/namespace").to_string();
+            references(p).into_iter().map(move |(kind, name)| (kind, ns.clone(), name))
+        });
+        self.watched.sync(self, used.collect());
         let (sandboxes, containers) = self.relist().await?;
         let mut digests: HashMap<&str, std::collections::hash_map::DefaultHasher> = HashMap::new();
         for s in &sandboxes {
