@@ -424,6 +424,8 @@ pub struct Cluster {
     split: bool,
     /// More `orchestrator server` flags (split clusters).
     server_args: Vec<String>,
+    /// The kubelet takes its pod range from its Node (no `--pod-cidr`).
+    ipam: bool,
     kubelet: Option<Child>,
 }
 
@@ -441,6 +443,19 @@ impl Cluster {
     pub fn start_split_with(server_args: &[&str]) -> Option<Cluster> {
         let mut c = Cluster::start_with_processes(true, &[], true)?;
         c.server_args = server_args.iter().map(|a| a.to_string()).collect();
+        c.start_server();
+        c.wait_node_ready();
+        Some(c)
+    }
+
+    /// A split cluster whose server hands out pod ranges (`--cluster-cidr`,
+    /// containerd's range cut into /26s) and whose kubelet takes its own
+    /// from its Node's `spec.podCIDR`.
+    pub fn start_split_ipam() -> Option<Cluster> {
+        let mut c = Cluster::start_with_processes(true, &[], true)?;
+        let cidr = c.containerd.pod_cidr.clone();
+        c.server_args = vec!["--cluster-cidr".into(), cidr, "--node-cidr-mask-size".into(), "26".into()];
+        c.ipam = true;
         c.start_server();
         c.wait_node_ready();
         Some(c)
@@ -492,6 +507,7 @@ impl Cluster {
             listen: "127.0.0.1:0",
             split,
             server_args: Vec::new(),
+            ipam: false,
             kubelet: None,
         })
     }
@@ -519,7 +535,8 @@ impl Cluster {
                 .arg(&ctd.socket)
                 .arg("--cni-conf-dir")
                 .arg(&ctd.cni_dir)
-                .args(["--pod-cidr", &ctd.pod_cidr, "--cni-bridge", &ctd.bridge])
+                .args(if self.ipam { vec![] } else { vec!["--pod-cidr", &ctd.pod_cidr] })
+                .args(["--cni-bridge", &ctd.bridge])
                 .args(["--node-ip", "127.0.0.1", "--kubelet-listen", "127.0.0.1:0"])
                 .args(&self.extra_args)
                 .env("PLINTH_LOG", "orchestrator=info")

@@ -58,6 +58,7 @@ pub struct Config {
     pub dir: PathBuf,
     /// Where the runtime reads CNI configs; the kubelet writes its own there.
     pub cni_conf_dir: PathBuf,
+    /// The node's pod range; empty: the Node's `spec.podCIDR`, assigned by the control plane's IPAM.
     pub pod_cidr: String,
     pub bridge: String,
     /// The node's address (default: the address of the default route).
@@ -206,11 +207,14 @@ fn start_cluster_dns(cfg: &Config) -> Option<orchestrator_node_net::proxy::Clust
 /// Starts the kubelet: connects to the runtime, writes the CNI config,
 /// registers the node and runs the sync loop, lease and node status in the background.
 pub async fn start(
-    cfg: Config,
+    mut cfg: Config,
     api: orchestrator_client::Api,
     identity: server::Identity,
 ) -> Result<Arc<Kubelet>, KubeletError> {
     let cri = Cri::connect(&cfg.cri_socket, Duration::from_secs(30)).await?;
+    if cfg.pod_cidr.is_empty() {
+        cfg.pod_cidr = node::assigned_pod_cidr(&api, &cfg).await;
+    }
     for d in [cfg.dir.join("pods"), cfg.dir.join("logs")] {
         std::fs::create_dir_all(&d).map_err(|source| KubeletError::Io { op: "create", path: d.clone(), source })?;
     }
