@@ -74,14 +74,18 @@ spec:
         stderr(&theirs)
     );
     let all = c.run_as_node(&["get", "secrets", "-A"]);
-    assert!(!all.status.success() && stderr(&all).contains("can only read namespaced object of this type"), "{}", stderr(&all));
-    // Another node's object is not its to change.
-    c.apply(
-        "apiVersion: v1\nkind: Node\nmetadata: {name: other, labels: {kubernetes.io/hostname: other}}\nspec: {}\n",
+    assert!(
+        !all.status.success() && stderr(&all).contains("can only read namespaced object of this type"),
+        "{}",
+        stderr(&all)
     );
+    // Another node's object is not its to change.
+    c.apply("apiVersion: v1\nkind: Node\nmetadata: {name: other, labels: {kubernetes.io/hostname: other}}\nspec: {}\n");
     let other = c.run_as_node(&["label", "node", "other", "example.com/x=1"]);
     assert!(
-        stderr(&other).contains(&format!("nodes \"other\" is forbidden: node \"{node}\" is not allowed to modify node \"other\"")),
+        stderr(&other).contains(&format!(
+            "nodes \"other\" is forbidden: node \"{node}\" is not allowed to modify node \"other\""
+        )),
         "{}",
         stderr(&other)
     );
@@ -101,14 +105,20 @@ spec:
         stderr(&role)
     );
     let role = c.run_as_node(&["label", "node", &node, "node-role.kubernetes.io/control-plane="]);
-    assert!(stderr(&role).contains("is not allowed to modify labels: node-role.kubernetes.io/control-plane"), "{}", stderr(&role));
+    assert!(
+        stderr(&role).contains("is not allowed to modify labels: node-role.kubernetes.io/control-plane"),
+        "{}",
+        stderr(&role)
+    );
     let free = c.run_as_node(&["label", "node", &node, "example.com/rack=r1"]);
     assert!(free.status.success(), "{}", stderr(&free));
     assert!(!c.ok(&["get", "node", &node, "--show-labels"]).contains("node-restriction"));
     // No pods of its own making (it runs no static pods).
     let made = c.run_as_node(&["run", "sneaky", "--image", BUSYBOX]);
     assert!(
-        stderr(&made).contains(&format!("pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods")),
+        stderr(&made).contains(&format!(
+            "pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods"
+        )),
         "{}",
         stderr(&made)
     );

@@ -40,7 +40,14 @@ fn nodes_get_distinct_pod_cidrs_freed_on_delete_and_exhaustion_is_an_event() {
     // None left: an event on the Node, not a crash.
     c.apply(&node("n5"));
     c.wait_for(
-        &["get", "events", "--field-selector", "involvedObject.name=n5", "-o", "jsonpath={.items[*].type} {.items[*].reason}"],
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=n5",
+            "-o",
+            "jsonpath={.items[*].type} {.items[*].reason}",
+        ],
         READY,
         |s| s == "Warning CIDRNotAvailable",
     );

@@ -152,7 +152,9 @@ fn pinned_to(pv: &Value, node: &str) -> bool {
         !terms.is_empty()
             && terms.iter().all(|t| {
                 t.match_expressions.iter().flatten().any(|e| {
-                    e.key == "kubernetes.io/hostname" && e.operator == "In" && e.values.as_deref() == Some(&[node.into()])
+                    e.key == "kubernetes.io/hostname"
+                        && e.operator == "In"
+                        && e.values.as_deref() == Some(&[node.into()])
                 })
             })
     })
@@ -442,7 +444,10 @@ mod tests {
             (a("delete", None, "", "persistentvolumes", Some("pv-other")), no(unrelated_msg())),
             (a("create", d, "", "serviceaccounts/token", Some("robot")), Decision::Allow),
             (a("create", d, "", "serviceaccounts/token", Some("default")), no(unrelated_msg())),
-            (a("get", d, "", "serviceaccounts", Some("robot")), no("can only create tokens for individual service accounts")),
+            (
+                a("get", d, "", "serviceaccounts", Some("robot")),
+                no("can only create tokens for individual service accounts"),
+            ),
             (a("update", Some("kube-node-lease"), "coordination.k8s.io", "leases", Some("w1")), Decision::Allow),
             (a("create", Some("kube-node-lease"), "coordination.k8s.io", "leases", None), Decision::Allow),
             (

@@ -66,7 +66,9 @@ pub(crate) fn admit(
                 refuse(format!("node {node:?} can only delete pods with spec.nodeName set to itself"))
             }
             "DELETE" => Ok(()),
-            _ => refuse(format!("unexpected operation {operation:?}, node {node:?} can only create and delete mirror pods")),
+            _ => refuse(format!(
+                "unexpected operation {operation:?}, node {node:?} can only create and delete mirror pods"
+            )),
         },
         ("", "pods", Some("status")) => match operation {
             "UPDATE" if bound_to(reg, rt, ns, &name)? != node => {
@@ -261,10 +263,20 @@ mod tests {
         let none = serde_json::json!({});
         assert_eq!(mirror_pod("w1", Some(&pod(mirror.clone(), "w1", none.clone()))), None);
         let cases = [
-            (pod(none.clone(), "w1", none.clone()), "pod does not have \"kubernetes.io/config.mirror\" annotation, node \"w1\" can only create mirror pods"),
-            (pod(mirror.clone(), "w2", none.clone()), "node \"w1\" can only create pods with spec.nodeName set to itself"),
             (
-                pod(mirror.clone(), "w1", serde_json::json!({"volumes": [{"name": "s", "secret": {"secretName": "x"}}]})),
+                pod(none.clone(), "w1", none.clone()),
+                "pod does not have \"kubernetes.io/config.mirror\" annotation, node \"w1\" can only create mirror pods",
+            ),
+            (
+                pod(mirror.clone(), "w2", none.clone()),
+                "node \"w1\" can only create pods with spec.nodeName set to itself",
+            ),
+            (
+                pod(
+                    mirror.clone(),
+                    "w1",
+                    serde_json::json!({"volumes": [{"name": "s", "secret": {"secretName": "x"}}]}),
+                ),
                 "node \"w1\" can not create pods that reference secrets",
             ),
             (

@@ -33,9 +33,7 @@ pub struct Pool {
 pub enum PoolError {
     #[error("--cluster-cidr {0:?}: not an IPv4 CIDR (e.g. 10.244.0.0/16)")]
     Cidr(String),
-    #[error(
-        "--node-cidr-mask-size {mask}: must be at least the --cluster-cidr prefix length {prefix} and at most 30"
-    )]
+    #[error("--node-cidr-mask-size {mask}: must be at least the --cluster-cidr prefix length {prefix} and at most 30")]
     Mask { mask: u8, prefix: u8 },
 }
 
@@ -153,8 +151,8 @@ mod tests {
     }
 
     fn cidr_of(reg: &Registry, name: &str) -> (Option<String>, Option<Vec<String>>) {
-        let n: Node = orchestrator_apimachinery::typed::decode(reg.get(crate::rt("Node"), None, name).unwrap(), "Node")
-            .unwrap();
+        let n: Node =
+            orchestrator_apimachinery::typed::decode(reg.get(crate::rt("Node"), None, name).unwrap(), "Node").unwrap();
         let spec = n.spec.unwrap_or_default();
         (spec.pod_cidr, spec.pod_cidrs)
     }
@@ -173,7 +171,8 @@ mod tests {
         assert_eq!(a, (Some("10.50.1.0/24".into()), Some(vec!["10.50.1.0/24".into()])));
         assert_eq!(cidr_of(&reg, "b").0, None, "the pool is exhausted");
         let events = list_typed::<Event>(&reg).unwrap();
-        let reasons: Vec<_> = events.iter().map(|e| (e.reason.clone(), e.type_.clone(), e.involved_object.name.clone())).collect();
+        let reasons: Vec<_> =
+            events.iter().map(|e| (e.reason.clone(), e.type_.clone(), e.involved_object.name.clone())).collect();
         assert_eq!(reasons, vec![(Some("CIDRNotAvailable".into()), Some("Warning".into()), Some("b".into()))]);
         assign(&reg, &ipam).unwrap();
         assert_eq!(list_typed::<Event>(&reg).unwrap().len(), 1, "told once");

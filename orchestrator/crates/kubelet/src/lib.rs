@@ -28,8 +28,8 @@ pub mod projected;
 pub mod server;
 pub mod spdy;
 pub mod token;
-pub mod watched;
 pub mod volumes;
+pub mod watched;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash as _, Hasher as _};
@@ -262,7 +262,6 @@ impl Kubelet {
     fn node_selector(&self) -> String {
         format!("spec.nodeName={}", self.cfg.node_name)
     }
-
 
     /// Fetches what a pod refers to (a missing object is recorded as missing).
     async fn prefetch(&self, p: &Value) -> Result<Prefetched, KubeletError> {
