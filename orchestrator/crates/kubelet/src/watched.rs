@@ -5,6 +5,7 @@
 //! missed change) makes the pods of that namespace due, so their volumes
 //! are refreshed.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -31,9 +32,9 @@ impl Watched {
             keep
         });
         for key in wanted {
-            if !tasks.contains_key(&key) {
-                let task = tokio::spawn(follow(Arc::downgrade(k), key.clone()));
-                tasks.insert(key, task);
+            if let Entry::Vacant(slot) = tasks.entry(key) {
+                let task = tokio::spawn(follow(Arc::downgrade(k), slot.key().clone()));
+                slot.insert(task);
             }
         }
     }
