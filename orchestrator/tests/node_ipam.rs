@@ -14,20 +14,33 @@ use kubelet_support::{BUSYBOX, Cluster};
 
 const READY: Duration = Duration::from_secs(60);
 
-#[test]
-fn nodes_get_distinct_pod_cidrs_freed_on_delete_and_exhaustion_is_an_event() {
-    let Some(c) = Cluster::start_split_ipam() else { return };
-    // containerd's /24 cut into four /26s: the kubelet's Node registered first.
+/// containerd's /24 cut into four /26s: the kubelet's Node, registered
+/// first, has the first, and its pods get addresses from it. Returns the
+/// /24's prefix ("10.x.y.").
+fn kubelet_range_from_its_node(c: &Cluster) -> String {
     let base = c.containerd.pod_cidr.trim_end_matches("0/24").to_string();
-    let cidr = |node: &str| c.ok(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR} {.spec.podCIDRs}"]);
-    assert_eq!(cidr(&c.node), format!("{base}0/26 [\"{base}0/26\"]"));
-    // Its pods get addresses from that range.
+    let cidr = c.ok(&["get", "node", &c.node, "-o", "jsonpath={.spec.podCIDR} {.spec.podCIDRs}"]);
+    assert_eq!(cidr, format!("{base}0/26 [\"{base}0/26\"]"));
     c.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    imagePullPolicy: Never\n    command: [sleep, '3600']\n"
     ));
     let ip = c.wait_for(&["get", "pod", "p", "-o", "jsonpath={.status.podIP}"], READY, |s| !s.is_empty());
     let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
     assert!(ip.starts_with(&base) && (1..63).contains(&last), "{ip} in {base}0/26");
+    base
+}
+
+#[test]
+fn the_control_planes_own_kubelet_takes_its_range_from_its_node() {
+    let Some(c) = Cluster::start_ipam(false) else { return };
+    kubelet_range_from_its_node(&c);
+}
+
+#[test]
+fn nodes_get_distinct_pod_cidrs_freed_on_delete_and_exhaustion_is_an_event() {
+    let Some(c) = Cluster::start_ipam(true) else { return };
+    let base = kubelet_range_from_its_node(&c);
+    let cidr = |node: &str| c.ok(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR} {.spec.podCIDRs}"]);
 
     // Nodes an admin creates (no kubelet behind them) get the next ranges.
     let node = |name: &str| format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n");

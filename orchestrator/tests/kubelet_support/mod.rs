@@ -448,13 +448,19 @@ impl Cluster {
         Some(c)
     }
 
-    /// A split cluster whose server hands out pod ranges (`--cluster-cidr`,
-    /// containerd's range cut into /26s) and whose kubelet takes its own
-    /// from its Node's `spec.podCIDR`.
-    pub fn start_split_ipam() -> Option<Cluster> {
-        let mut c = Cluster::start_with_processes(true, &[], true)?;
-        let cidr = c.containerd.pod_cidr.clone();
-        c.server_args = vec!["--cluster-cidr".into(), cidr, "--node-cidr-mask-size".into(), "26".into()];
+    /// A cluster whose server hands out pod ranges (`--cluster-cidr`,
+    /// containerd's range cut into /26s) and whose kubelet (a worker's when
+    /// `split`, else the control plane's own) takes its own from its
+    /// Node's `spec.podCIDR`.
+    pub fn start_ipam(split: bool) -> Option<Cluster> {
+        let mut c = Cluster::start_with_processes(true, &[], split)?;
+        let flags =
+            vec!["--cluster-cidr".into(), c.containerd.pod_cidr.clone(), "--node-cidr-mask-size".into(), "26".into()];
+        if split {
+            c.server_args = flags;
+        } else {
+            c.extra_args = flags;
+        }
         c.ipam = true;
         c.start_server();
         c.wait_node_ready();
