@@ -73,6 +73,11 @@ spec:
         "{}",
         stderr(&theirs)
     );
+    // `kubectl auth can-i` asks the same authorizers.
+    for (secret, want) in [("mine", "yes"), ("theirs", "no")] {
+        let can = c.run_as_node(&["auth", "can-i", "get", &format!("secret/{secret}")]);
+        assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), want, "{secret}: {}", stderr(&can));
+    }
     let all = c.run_as_node(&["get", "secrets", "-A"]);
     assert!(
         !all.status.success() && stderr(&all).contains("can only read namespaced object of this type"),

@@ -748,7 +748,11 @@ async fn route(
             }
             return authn::token_review(state, &review).map(|v| respond(201, &v, &[]));
         }
-        if let Some(r) = access::review(&state.rbac, user, group, ns, resource, &review) {
+        let authorize = |u: &User, a: &rbac::Attributes| match node_authz::authorize(&state.registry, u, a) {
+            node_authz::Decision::Allow => Some(""),
+            node_authz::Decision::NoOpinion(_) => state.rbac.allows(u, a).then_some("RBAC: allowed"),
+        };
+        if let Some(r) = access::review(&state.rbac, &authorize, user, group, ns, resource, &review) {
             return r.map(|v| respond(201, &v, &[]));
         }
     }
