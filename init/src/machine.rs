@@ -881,28 +881,11 @@ fn kube_serving_names(c: &MachineConfig, settings: &NodeSettings) -> Vec<String>
     names
 }
 
-/// This node's pod network: a /24 of the cluster's pod CIDR — the first
-/// on the control plane, on a worker one picked by its host name (until
-/// the control plane hands out node CIDRs).
-fn node_pod_cidr(cluster: &str, role: config::Role, hostname: &str) -> String {
-    match cluster.parse::<ipnet::Ipv4Net>() {
-        Ok(net) if net.prefix_len() <= 24 => {
-            let count = 1u64 << (24 - net.prefix_len());
-            let index = match role {
-                config::Role::Controlplane => 0,
-                // FNV-1a: stable across builds and architectures.
-                config::Role::Worker if count > 1 => {
-                    let h =
-                        hostname.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-                    1 + h % (count - 1)
-                }
-                config::Role::Worker => 0,
-            };
-            let base = u32::from(net.network()) as u64 + (index << 8);
-            format!("{}/24", std::net::Ipv4Addr::from(base as u32))
-        }
-        _ => cluster.to_string(),
-    }
+/// The size of each node's share of the cluster's pod CIDR, handed out
+/// by the control plane's node IPAM: a /24, or the whole range when it
+/// is narrower.
+fn node_cidr_mask_size(cluster: &str) -> u8 {
+    cluster.parse::<ipnet::Ipv4Net>().map_or(24, |n| n.prefix_len().max(24))
 }
 
 /// The CA init hands the orchestrator (`--ca-cert`, `--ca-key`): the
@@ -948,6 +931,8 @@ fn cluster_services(
         config::Role::Controlplane => {
             let mut a = vec!["server".into(), "--data-dir".into(), o.data_dir.display().to_string()];
             a.extend(["--listen".into(), o.listen.clone()]);
+            a.extend(["--cluster-cidr".into(), c.cluster.pod_cidr.clone()]);
+            a.extend(["--node-cidr-mask-size".into(), node_cidr_mask_size(&c.cluster.pod_cidr).to_string()]);
             for n in cert_sans {
                 a.extend(["--cert-san".into(), n.clone()]);
             }
@@ -990,8 +975,6 @@ fn cluster_services(
             k.cni_conf_dir.display().to_string(),
             "--image-dir".into(),
             k.image_dir.display().to_string(),
-            "--pod-cidr".into(),
-            node_pod_cidr(&c.cluster.pod_cidr, c.cluster.role, &c.machine.hostname),
         ]);
     }
     specs.push(ServiceSpec { name: ORCHESTRATOR.into(), program: o.program.clone(), args, env });
@@ -1404,7 +1387,10 @@ mod tests {
         assert_eq!(arg(a, "--ca-key"), Some("/d/ca.key"));
         assert_eq!(arg(a, "--bootstrap-token-file"), Some("/d/t"));
         assert_eq!(arg(a, "--node-name"), Some("n1"));
-        assert_eq!(arg(a, "--pod-cidr"), Some("10.244.0.0/24"));
+        // Its kubelet's range, as every node's, is assigned by the control plane's IPAM.
+        assert_eq!(arg(a, "--cluster-cidr"), Some("10.244.0.0/16"));
+        assert_eq!(arg(a, "--node-cidr-mask-size"), Some("24"));
+        assert_eq!(arg(a, "--pod-cidr"), None);
         assert_eq!(arg(a, "--cri-socket"), Some(layout::CONTAINERD_SOCKET));
         // Both find runc, the shim, the CNI plugins, iptables and ctr on PATH.
         assert!(specs.iter().all(|s| s.env.contains(&("PATH".into(), layout::SERVICE_PATH.into()))));
@@ -1428,8 +1414,8 @@ mod tests {
         assert_eq!(arg(a, "--ca-cert-hash"), Some(machinery::pki::ca_pin(&c.api.ca_cert).unwrap().as_str()));
         assert!(!a.iter().any(|x| x.starts_with("--ca-key") || x.starts_with("--ca-cert=")), "{a:?}");
         assert!(!a.contains(&"--kubelet".to_string()) && !a.contains(&"--listen".to_string()));
-        let cidr = arg(a, "--pod-cidr").unwrap();
-        assert!(cidr.starts_with("10.244.") && cidr.ends_with(".0/24") && cidr != "10.244.0.0/24", "{cidr}");
+        assert_eq!(arg(a, "--pod-cidr"), None, "its Node's spec.podCIDR, from the control plane");
+        assert_eq!(arg(a, "--cluster-cidr"), None);
         // Without a token it cannot join: said, nothing started.
         let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None }).unwrap_err();
         assert!(e.contains("cluster.token"), "{e}");
@@ -1475,11 +1461,9 @@ mod tests {
     }
 
     #[test]
-    fn node_pod_cidrs() {
-        assert_eq!(node_pod_cidr("10.244.0.0/16", config::Role::Controlplane, "a"), "10.244.0.0/24");
-        let w = node_pod_cidr("10.244.0.0/16", config::Role::Worker, "w1");
-        assert_eq!(w, node_pod_cidr("10.244.0.0/16", config::Role::Worker, "w1"), "stable");
-        assert_ne!(w, node_pod_cidr("10.244.0.0/16", config::Role::Worker, "w2"));
-        assert_eq!(node_pod_cidr("10.9.8.0/24", config::Role::Worker, "w1"), "10.9.8.0/24");
+    fn nodes_get_a_slash_24_of_the_pod_cidr_or_all_of_a_narrower_one() {
+        assert_eq!(node_cidr_mask_size("10.244.0.0/16"), 24);
+        assert_eq!(node_cidr_mask_size("10.9.8.0/24"), 24);
+        assert_eq!(node_cidr_mask_size("10.9.8.0/26"), 26);
     }
 }

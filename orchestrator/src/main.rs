@@ -21,6 +21,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of the server's variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serves the Kubernetes API over HTTPS; writes DATA-DIR/admin.kubeconfig.
     Server {
@@ -54,6 +56,13 @@ enum Command {
         /// How long the certificates the cluster CA signs for CSRs live (upstream's flag; e.g. 8760h, 30s).
         #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
         cluster_signing_duration: std::time::Duration,
+        /// The pods' addresses: each Node without `spec.podCIDR` gets a
+        /// subnet of it (kube-controller-manager's node IPAM; off when not given).
+        #[arg(long, value_name = "CIDR")]
+        cluster_cidr: Option<String>,
+        /// The prefix length of each Node's subnet of --cluster-cidr.
+        #[arg(long, default_value_t = 24)]
+        node_cidr_mask_size: u8,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -232,8 +241,10 @@ struct NodeArgs {
     /// Where containerd's CRI plugin reads CNI configs.
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
-    #[arg(long, default_value = "10.244.0.0/24")]
-    pod_cidr: String,
+    /// The node's pod range, overriding the Node's `spec.podCIDR` (for a
+    /// kubelet whose control plane runs no node IPAM: `server` without --cluster-cidr).
+    #[arg(long, value_name = "CIDR")]
+    pod_cidr: Option<String>,
     /// The CNI bridge's name.
     #[arg(long, default_value = "plinth0")]
     cni_bridge: String,
@@ -266,7 +277,7 @@ impl NodeArgs {
             cri_socket: self.cri_socket,
             dir: self.kubelet_dir.unwrap_or(default_dir),
             cni_conf_dir: self.cni_conf_dir,
-            pod_cidr: self.pod_cidr,
+            pod_cidr: self.pod_cidr.unwrap_or_default(),
             bridge: self.cni_bridge,
             node_ip: self.node_ip,
             listen: self.kubelet_listen,
@@ -366,8 +377,14 @@ fn main() -> anyhow::Result<()> {
             store,
             bootstrap_token_file,
             cluster_signing_duration,
+            cluster_cidr,
+            node_cidr_mask_size,
             node,
         } => {
+            if let Some(cidr) = &cluster_cidr {
+                let pool = orchestrator_controllers::ipam::Pool::new(cidr, node_cidr_mask_size)?;
+                orchestrator_controllers::ipam::configure(pool);
+            }
             let bootstrap_token = match &bootstrap_token_file {
                 Some(path) => {
                     let text =

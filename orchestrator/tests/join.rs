@@ -7,13 +7,13 @@
 mod common;
 mod kubelet_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::Server;
-use kubelet_support::{BUSYBOX, Cluster, create_token};
+use kubelet_support::{BUSYBOX, Cluster, create_token, node_kubeconfig};
 
 /// `orchestrator kubelet` joining `s` as `node` with `token` and `pin`; no
 /// containerd behind it, so after joining it stops at the runtime: the
@@ -42,26 +42,6 @@ fn join(s: &Server, node: &str, token: &str, pin: &str) -> (Output, PathBuf) {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The kubeconfig of a joined kubelet's certificate (its `pki/` files).
-fn node_kubeconfig(s: &Server, dir: &Path) -> PathBuf {
-    let b64 =
-        |p: &str| base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("pki").join(p)).unwrap());
-    let both = b64("kubelet-client-current.pem");
-    let path = dir.join("node.kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    certificate-authority-data: {}\n\
-             users:\n- name: u\n  user:\n    client-certificate-data: {both}\n    client-key-data: {both}\n\
-             contexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-            s.address,
-            b64("ca.crt")
-        ),
-    )
-    .unwrap();
-    path
 }
 
 fn csrs(s: &Server) -> String {
@@ -114,7 +94,7 @@ fn join_by_token_and_bad_joins_leave_nothing() {
     let rows = csrs(&s);
     assert!(rows.contains(&format!("kubernetes.io/kube-apiserver-client-kubelet   system:bootstrap:{id}")), "{rows}");
     assert!(rows.contains("Approved,Issued"), "{rows}");
-    let kc = node_kubeconfig(&s, &dir);
+    let kc = node_kubeconfig(&format!("https://{}", s.address), &dir);
     let mut who =
         s.cmd(&kc, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}"]);
     let who = String::from_utf8(who.output().unwrap().stdout).unwrap();

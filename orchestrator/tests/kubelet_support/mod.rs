@@ -424,6 +424,8 @@ pub struct Cluster {
     split: bool,
     /// More `orchestrator server` flags (split clusters).
     server_args: Vec<String>,
+    /// The kubelet takes its pod range from its Node (no `--pod-cidr`).
+    ipam: bool,
     kubelet: Option<Child>,
     /// The server's URL, once started.
     url: String,
@@ -443,6 +445,25 @@ impl Cluster {
     pub fn start_split_with(server_args: &[&str]) -> Option<Cluster> {
         let mut c = Cluster::start_with_processes(true, &[], true)?;
         c.server_args = server_args.iter().map(|a| a.to_string()).collect();
+        c.start_server();
+        c.wait_node_ready();
+        Some(c)
+    }
+
+    /// A cluster whose server hands out pod ranges (`--cluster-cidr`,
+    /// containerd's range cut into /26s) and whose kubelet (a worker's when
+    /// `split`, else the control plane's own) takes its own from its
+    /// Node's `spec.podCIDR`.
+    pub fn start_ipam(split: bool) -> Option<Cluster> {
+        let mut c = Cluster::start_with_processes(true, &[], split)?;
+        let flags =
+            vec!["--cluster-cidr".into(), c.containerd.pod_cidr.clone(), "--node-cidr-mask-size".into(), "26".into()];
+        if split {
+            c.server_args = flags;
+        } else {
+            c.extra_args = flags;
+        }
+        c.ipam = true;
         c.start_server();
         c.wait_node_ready();
         Some(c)
@@ -494,6 +515,7 @@ impl Cluster {
             listen: "127.0.0.1:0",
             split,
             server_args: Vec::new(),
+            ipam: false,
             kubelet: None,
             url: String::new(),
         })
@@ -522,7 +544,8 @@ impl Cluster {
                 .arg(&ctd.socket)
                 .arg("--cni-conf-dir")
                 .arg(&ctd.cni_dir)
-                .args(["--pod-cidr", &ctd.pod_cidr, "--cni-bridge", &ctd.bridge])
+                .args(if self.ipam { vec![] } else { vec!["--pod-cidr", &ctd.pod_cidr] })
+                .args(["--cni-bridge", &ctd.bridge])
                 .args(["--node-ip", "127.0.0.1", "--kubelet-listen", "127.0.0.1:0"])
                 .args(&self.extra_args)
                 .env("PLINTH_LOG", "orchestrator=info")
@@ -696,6 +719,18 @@ impl Cluster {
         self.ok(&["get", "events", "--sort-by=.metadata.creationTimestamp", "-o", &path])
     }
 
+    /// kubectl as the worker's kubelet (its client certificate; split clusters).
+    pub fn run_as_node(&self, args: &[&str]) -> Output {
+        let admin = std::fs::read_to_string(self.data.path().join("admin.kubeconfig")).unwrap();
+        let server = admin.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("the server's URL");
+        Command::new(&self.kubectl)
+            .args(args)
+            .env("KUBECONFIG", node_kubeconfig(server, &self.kubelet_dir()))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap()
+    }
+
     /// A pod's field by JSONPath.
     pub fn pod_field(&self, name: &str, path: &str) -> String {
         self.ok(&["get", "pod", name, "-o", &format!("jsonpath={{{path}}}")])
@@ -782,6 +817,27 @@ impl Drop for Cluster {
         self.containerd.remove_all_sandboxes();
         unmount_under(&self.data.path().to_string_lossy());
     }
+}
+
+/// A kubeconfig for `server` with a joined kubelet's certificate (the
+/// `pki/` files of its directory `dir`), written there.
+pub fn node_kubeconfig(server: &str, dir: &Path) -> PathBuf {
+    use base64::Engine as _;
+    let b64 =
+        |p: &str| base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("pki").join(p)).unwrap());
+    let both = b64("kubelet-client-current.pem");
+    let path = dir.join("node.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\n\
+             users:\n- name: u\n  user:\n    client-certificate-data: {both}\n    client-key-data: {both}\n\
+             contexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            b64("ca.crt")
+        ),
+    )
+    .unwrap();
+    path
 }
 
 /// `orchestrator token create`: a new bootstrap token and the CA pin.

@@ -107,10 +107,15 @@ fn forbidden_create_in(user: &User, group: &str, ns: Option<&str>, resource: &st
     ))
 }
 
+/// Whether the authorizers let a user do something, and their reason
+/// when they do (`None`: refused).
+pub(crate) type Authorize<'a> = &'a dyn Fn(&User, &Attributes) -> Option<&'static str>;
+
 /// Answers `POST /apis/<group>/v1/[namespaces/<ns>/]<resource>` for the
-/// review kinds; `None` for other resources.
-pub fn review(
+/// review kinds (access reviews asked of `authorize`); `None` for other resources.
+pub(crate) fn review(
     rbac: &Rbac,
+    authorize: Authorize<'_>,
     user: &User,
     group: &str,
     ns: Option<&str>,
@@ -125,7 +130,7 @@ pub fn review(
         ("authentication.k8s.io", false, "selfsubjectreviews") => "SelfSubjectReview",
         _ => return None,
     };
-    Some(answer(rbac, user, group, ns, resource, kind, body))
+    Some(answer(rbac, authorize, user, group, ns, resource, kind, body))
 }
 
 /// A LocalSubjectAccessReview asks about its own namespace only (upstream's
@@ -160,8 +165,10 @@ fn local_namespace(review: &mut Value, spec: &Value, ns: &str) -> Result<(), Api
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn answer(
     rbac: &Rbac,
+    authorize: Authorize<'_>,
     user: &User,
     group: &str,
     ns: Option<&str>,
@@ -180,7 +187,7 @@ fn answer(
         local_namespace(&mut review, &spec, ns)?;
     }
     review["status"] = match kind {
-        "SelfSubjectAccessReview" => decision(rbac, user, &review_attributes(&spec)?),
+        "SelfSubjectAccessReview" => decision(authorize, user, &review_attributes(&spec)?),
         "SubjectAccessReview" | "LocalSubjectAccessReview" => {
             let name = spec.get("user").and_then(Value::as_str).unwrap_or_default().to_string();
             let groups = strings(&spec, "groups");
@@ -191,7 +198,7 @@ fn answer(
                     "SubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.user: Invalid value: \"\": at least one of user or group must be specified",
                 ));
             }
-            decision(rbac, &User { name, groups, ..Default::default() }, &review_attributes(&spec)?)
+            decision(authorize, &User { name, groups, ..Default::default() }, &review_attributes(&spec)?)
         }
         "SelfSubjectRulesReview" => {
             let ns = spec.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
@@ -217,6 +224,10 @@ fn answer(
     Ok(review)
 }
 
-fn decision(rbac: &Rbac, user: &User, a: &Attributes) -> Value {
-    if rbac.allows(user, a) { json!({"allowed": true, "reason": "RBAC: allowed"}) } else { json!({"allowed": false}) }
+fn decision(authorize: Authorize<'_>, user: &User, a: &Attributes) -> Value {
+    match authorize(user, a) {
+        Some("") => json!({"allowed": true}),
+        Some(reason) => json!({"allowed": true, "reason": reason}),
+        None => json!({"allowed": false}),
+    }
 }

@@ -16,6 +16,8 @@ mod connections;
 mod csr;
 mod legacy_tokens;
 mod negotiate;
+mod node_authz;
+mod node_restriction;
 pub mod rbac;
 mod rootca;
 mod sa_admission;
@@ -657,17 +659,31 @@ pub(crate) fn allowed(
     resource: &str,
     name: Option<&str>,
 ) -> bool {
-    state.rbac.allows(user, &rbac::Attributes::resource(verb, ns, group, resource, name))
+    decide(state, user, &rbac::Attributes::resource(verb, ns, group, resource, name)).is_ok()
 }
 
-fn authorize(state: &State, user: &User, verb: &str, t: &Target<'_>) -> Result<(), ApiError> {
+/// The Node authorizer, then RBAC (`--authorization-mode=Node,RBAC`); a
+/// refusal carries the Node authorizer's reason (maybe empty).
+fn decide(state: &State, user: &User, a: &rbac::Attributes) -> Result<(), String> {
+    let reason = match node_authz::authorize(&state.registry, user, a) {
+        node_authz::Decision::Allow => return Ok(()),
+        node_authz::Decision::NoOpinion(reason) => reason,
+    };
+    if state.rbac.allows(user, a) { Ok(()) } else { Err(reason) }
+}
+
+fn authorize(state: &State, user: &User, verb: &str, t: &Target<'_>, q: &[(String, String)]) -> Result<(), ApiError> {
     let resource = match t.sub {
         Some(s) => format!("{}/{s}", t.rt.plural),
         None => t.rt.plural.to_string(),
     };
-    if allowed(state, user, verb, t.namespace, t.rt.group, &resource, t.name) {
-        return Ok(());
-    }
+    // As upstream's request info: a list or watch of one name (the
+    // `metadata.name` field selector) is authorized as that name.
+    let selected = param(q, "fieldSelector")
+        .and_then(|f| f.split(',').find_map(|t| t.trim().strip_prefix("metadata.name=")))
+        .filter(|_| t.name.is_none() && matches!(verb, "list" | "watch"));
+    let a = rbac::Attributes::resource(verb, t.namespace, t.rt.group, &resource, t.name.or(selected));
+    let Err(reason) = decide(state, user, &a) else { return Ok(()) };
     let scope = match t.namespace {
         Some(ns) => format!("in the namespace \"{ns}\""),
         None => "at the cluster scope".into(),
@@ -676,8 +692,9 @@ fn authorize(state: &State, user: &User, verb: &str, t: &Target<'_>) -> Result<(
         Some(n) => format!("{} \"{n}\"", orchestrator_apimachinery::errors::qualified(&t.rt)),
         None => orchestrator_apimachinery::errors::qualified(&t.rt),
     };
+    let reason = if reason.is_empty() { reason } else { format!(": {reason}") };
     let mut e = ApiError::forbidden(format!(
-        "{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
+        "{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}{reason}",
         user.name, t.rt.group
     ));
     e.details = Some(Box::new(k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails {
@@ -735,13 +752,17 @@ async fn route(
             }
             return authn::token_review(state, &review).map(|v| respond(201, &v, &[]));
         }
-        if let Some(r) = access::review(&state.rbac, user, group, ns, resource, &review) {
+        let authorize = |u: &User, a: &rbac::Attributes| match node_authz::authorize(&state.registry, u, a) {
+            node_authz::Decision::Allow => Some(""),
+            node_authz::Decision::NoOpinion(_) => state.rbac.allows(u, a).then_some("RBAC: allowed"),
+        };
+        if let Some(r) = access::review(&state.rbac, &authorize, user, group, ns, resource, &review) {
             return r.map(|v| respond(201, &v, &[]));
         }
     }
     let t = target.ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
     let verb = verb(method, &t, q);
-    authorize(state, user, verb, &t)?;
+    authorize(state, user, verb, &t, q)?;
     // pods/log answers text/plain whatever the request accepts, as upstream.
     if t.sub != Some("log") {
         negotiate::check_accept(headers)?;
@@ -791,6 +812,10 @@ async fn route(
             body
         }
     };
+    if matches!(verb, "create" | "update" | "delete") && node_authz::node_of(user).is_some() {
+        let new = if verb == "delete" { None } else { Some(parse_json(&body)?) };
+        node_restriction::admit(reg, user, verb, rt, ns, t.name, t.sub, new.as_ref())?;
+    }
     match (verb, t.name, t.sub) {
         ("get", Some(name), Some("log")) => streaming::pod_log(state, ns, name, q).await,
         (_, Some(_), Some("exec" | "attach" | "portforward")) => Err(ApiError::bad_request("Upgrade request required")),
@@ -858,10 +883,11 @@ async fn route(
             let p = if ct == "application/apply-patch+yaml" { parse_yaml(&body).await? } else { parse_json(&body)? };
             let opts = write_options(q)?;
             let force = flag(q, "force");
-            if rt.group == resources::RBAC_GROUP {
+            if rt.group == resources::RBAC_GROUP || node_authz::node_of(user).is_some() {
                 let dry = WriteOptions { dry_run: true, ..opts.clone() };
                 let after = patch::patch(reg, rt, ns, name, sub, &ct, &p, &dry, force)?;
                 state.rbac.check_write(user, rt, ns, &after.object)?;
+                node_restriction::admit(reg, user, verb, rt, ns, Some(name), sub, Some(&after.object))?;
             }
             let w = patch::patch(reg, rt, ns, name, sub, &ct, &p, &opts, force)?;
             Ok(respond(if w.created { 201 } else { 200 }, &w.object, &w.warnings))

@@ -676,8 +676,9 @@ pub fn default_cluster_role_bindings() -> Vec<Value> {
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
             &[NODES],
         ),
-        // Upstream before its Node authorizer: `system:node` bound to the nodes' group.
-        cluster_role_binding("system:node", "system:node", &[NODES]),
+        // As upstream since its Node authorizer: `system:node` bound to
+        // nobody (`node_authz` answers for kubelets).
+        cluster_role_binding("system:node", "system:node", &[]),
     ]
 }
 
@@ -686,7 +687,7 @@ const NODES: &str = orchestrator_apimachinery::certificates::NODES_GROUP;
 
 /// Upstream's `system:node` ClusterRole: what a kubelet (with its service
 /// proxy and cluster DNS) reads and writes.
-fn node_rules() -> Vec<Value> {
+pub(crate) fn node_rules() -> Vec<Value> {
     vec![
         rule(&["create", "delete", "get", "list", "patch", "update", "watch"], &[""], &["nodes"]),
         rule(&["patch", "update"], &[""], &["nodes/status"]),
@@ -738,6 +739,13 @@ fn reconcile_defaults(registry: &Registry) -> Result<(), ApiError> {
                                 list.push(item.clone());
                                 o[field] = Value::Array(list);
                             }
+                        }
+                    }
+                    if kind == "ClusterRoleBinding" && name_of(&want) == "system:node" {
+                        // A store from before the Node authorizer bound the nodes' group here.
+                        let legacy = cluster_role_binding("", "", &[NODES])["subjects"][0].clone();
+                        if let Some(list) = o["subjects"].as_array_mut() {
+                            list.retain(|s| *s != legacy);
                         }
                     }
                     for field in ["roleRef", "aggregationRule"] {

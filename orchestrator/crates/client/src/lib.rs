@@ -385,20 +385,25 @@ impl Api {
 
     /// Watches a kind (all namespaces) from now on, filtered by a field selector.
     pub async fn watch(&self, kind: &'static str, field_selector: &str) -> Option<Watch> {
+        self.watch_in(kind, None, field_selector).await
+    }
+
+    /// Watches a kind in `ns` (all namespaces when `None`) from now on, filtered by a field selector.
+    pub async fn watch_in(&self, kind: &'static str, ns: Option<&str>, field_selector: &str) -> Option<Watch> {
         match self {
             Api::Local(reg) => {
                 let fields = FieldSelector::parse(field_selector, rt(kind).fields).ok()?;
-                let reg = reg.clone();
+                let (reg, ns) = (reg.clone(), ns.map(str::to_string));
                 blocking(move || {
                     let rev = reg.store.current_revision().ok()?;
-                    reg.watch(rt(kind), None, rev, Default::default(), fields).ok()
+                    reg.watch(rt(kind), ns.as_deref(), rev, Default::default(), fields).ok()
                 })
                 .await
                 .map(Watch::Local)
             }
             Api::Remote(r) => {
                 // From the current revision: a list's resourceVersion, then the watch.
-                let path = Remote::path(kind, None, None, None);
+                let path = Remote::path(kind, ns, None, None);
                 let list = r
                     .call(Method::GET, &format!("{path}?limit=1&fieldSelector={}", query(field_selector)), None)
                     .await

@@ -11,6 +11,7 @@ mod deployment;
 mod endpoints;
 mod gc;
 mod indexed;
+pub mod ipam;
 pub mod leader;
 mod nodes;
 mod persistentvolumes;
@@ -134,7 +135,7 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 13] = [
+    let passes: [(&str, bool, Reconciler); 14] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
@@ -153,6 +154,7 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
         ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),
+        ("node-ipam", c.any(&["nodes"]), ipam::reconcile),
         ("serviceaccount", c.any(&["namespaces", "serviceaccounts"]), serviceaccounts::reconcile),
         ("namespace", c.all || c.deletion || c.any(&["namespaces"]), gc::reconcile_namespaces),
         ("garbage-collector", c.all || c.deletion, gc::reconcile),

@@ -30,6 +30,7 @@ pub mod server;
 pub mod spdy;
 pub mod token;
 pub mod volumes;
+pub mod watched;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash as _, Hasher as _};
@@ -58,6 +59,7 @@ pub struct Config {
     pub dir: PathBuf,
     /// Where the runtime reads CNI configs; the kubelet writes its own there.
     pub cni_conf_dir: PathBuf,
+    /// The node's pod range; empty: the Node's `spec.podCIDR`, assigned by the control plane's IPAM.
     pub pod_cidr: String,
     pub bridge: String,
     /// The node's address (default: the address of the default route).
@@ -117,6 +119,8 @@ pub struct Kubelet {
     tokens: token::Tokens,
     /// What the API server last said, to run on when it does not answer.
     last_known: Mutex<offline::LastKnown>,
+    /// Watches of the ConfigMaps and Secrets the pods use.
+    watched: watched::Watched,
 }
 
 /// The ConfigMaps and Secrets a pod refers to (env and volumes), its
@@ -206,11 +210,14 @@ fn start_cluster_dns(cfg: &Config) -> Option<orchestrator_node_net::proxy::Clust
 /// Starts the kubelet: connects to the runtime, writes the CNI config,
 /// registers the node and runs the sync loop, lease and node status in the background.
 pub async fn start(
-    cfg: Config,
+    mut cfg: Config,
     api: orchestrator_client::Api,
     identity: server::Identity,
 ) -> Result<Arc<Kubelet>, KubeletError> {
     let cri = Cri::connect(&cfg.cri_socket, Duration::from_secs(30)).await?;
+    if cfg.pod_cidr.is_empty() {
+        cfg.pod_cidr = node::assigned_pod_cidr(&api, &cfg).await;
+    }
     for d in [cfg.dir.join("pods"), cfg.dir.join("logs")] {
         std::fs::create_dir_all(&d).map_err(|source| KubeletError::Io { op: "create", path: d.clone(), source })?;
     }
@@ -239,6 +246,7 @@ pub async fn start(
         port: Default::default(),
         tokens: token::Tokens::default(),
         last_known: Mutex::default(),
+        watched: watched::Watched::default(),
     });
     let bound = server::start(k.clone(), listen, identity).await?;
     k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
@@ -257,12 +265,6 @@ impl Kubelet {
 
     fn node_selector(&self) -> String {
         format!("spec.nodeName={}", self.cfg.node_name)
-    }
-
-    /// Watches from now: the node's pods, or all ConfigMaps or Secrets (their volumes are kept up to date).
-    async fn watch(&self, kind: &'static str) -> Option<orchestrator_client::Watch> {
-        let sel = if kind == "Pod" { self.node_selector() } else { String::new() };
-        self.api.watch(kind, &sel).await
     }
 
     /// Fetches what a pod refers to (a missing object is recorded as missing).
@@ -313,7 +315,7 @@ impl Kubelet {
     }
 
     async fn run(self: Arc<Self>) {
-        let (mut pods, mut config_maps, mut secrets) = (None, None, None);
+        let mut pods = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         async fn next(w: &mut Option<orchestrator_client::Watch>) -> Option<Value> {
@@ -325,18 +327,14 @@ impl Kubelet {
             r
         }
         loop {
-            for (w, kind) in [(&mut pods, "Pod"), (&mut config_maps, "ConfigMap"), (&mut secrets, "Secret")] {
-                if w.is_none() {
-                    *w = self.watch(kind).await;
-                }
+            if pods.is_none() {
+                pods = self.api.watch("Pod", &self.node_selector()).await;
             }
             tokio::select! {
                 _ = next(&mut pods), if pods.is_some() => {
                     // Let a burst of changes settle into one pass.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                o = next(&mut config_maps), if config_maps.is_some() => self.namespace_due(o),
-                o = next(&mut secrets), if secrets.is_some() => self.namespace_due(o),
                 _ = tick.tick() => {}
             }
             if let Err(e) = self.pass().await {
@@ -348,6 +346,11 @@ impl Kubelet {
     /// One relist: syncs the pods that changed or are due, removes orphans.
     async fn pass(self: &Arc<Self>) -> Result<(), KubeletError> {
         let pods = self.pods_or_last(self.api.list("Pod", &self.node_selector()).await)?;
+        let used = pods.iter().flat_map(|p| {
+            let ns = str_at(p, "/metadata/namespace").to_string();
+            references(p).into_iter().map(move |(kind, name)| (kind, ns.clone(), name))
+        });
+        self.watched.sync(self, used.collect());
         let (sandboxes, containers) = self.relist().await?;
         let mut digests: HashMap<&str, std::collections::hash_map::DefaultHasher> = HashMap::new();
         for s in &sandboxes {

@@ -185,10 +185,10 @@ async fn conditions(k: &Kubelet, old: &[NodeCondition]) -> Vec<NodeCondition> {
     ]
 }
 
-/// Creates the Node (or takes over an existing one) and posts its status.
-pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
-    let name = k.cfg.node_name.clone();
-    let local_root = crate::claims::local_path_root(&k.cfg.dir).to_string_lossy().into_owned();
+/// The Node this kubelet registers (its pod CIDR when it has one).
+fn node_object(cfg: &crate::Config) -> Node {
+    let name = cfg.node_name.clone();
+    let local_root = crate::claims::local_path_root(&cfg.dir).to_string_lossy().into_owned();
     let labels = [
         ("kubernetes.io/hostname", name.as_str()),
         ("kubernetes.io/os", "linux"),
@@ -196,20 +196,57 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
         ("beta.kubernetes.io/os", "linux"),
         ("beta.kubernetes.io/arch", arch()),
     ];
-    let node = Node {
+    Node {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             labels: Some(labels.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-            annotations: Some([(LOCAL_PATH_ROOT.to_string(), local_root.clone())].into_iter().collect()),
+            annotations: Some([(LOCAL_PATH_ROOT.to_string(), local_root)].into_iter().collect()),
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            pod_cidr: Some(k.cfg.pod_cidr.clone()),
-            pod_cidrs: Some(vec![k.cfg.pod_cidr.clone()]),
+            pod_cidr: Some(cfg.pod_cidr.clone()).filter(|c| !c.is_empty()),
+            pod_cidrs: Some(vec![cfg.pod_cidr.clone()]).filter(|_| !cfg.pod_cidr.is_empty()),
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// The pod CIDR the control plane's IPAM assigned to this node
+/// (`spec.podCIDR`): registers the Node without one when it does not
+/// exist, then waits for it (the pod network cannot start before).
+pub async fn assigned_pod_cidr(api: &orchestrator_client::Api, cfg: &crate::Config) -> String {
+    let mut waiting = false;
+    loop {
+        match api.get("Node", None, &cfg.node_name).await {
+            Ok(o) => {
+                if let Some(c) = o.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()) {
+                    tracing::info!(node = cfg.node_name, "pod CIDR {c} (spec.podCIDR)");
+                    return c.to_string();
+                }
+                if !waiting {
+                    tracing::info!(node = cfg.node_name, "waiting for the control plane to assign spec.podCIDR");
+                    waiting = true;
+                }
+            }
+            Err(e) if e.code == 404 => match to_json(&node_object(cfg)) {
+                Ok(node) => match api.create("Node", None, node).await {
+                    Ok(_) => continue,
+                    Err(e) => tracing::warn!(node = cfg.node_name, "register the Node: {e}"),
+                },
+                Err(e) => tracing::warn!(node = cfg.node_name, "{e}"),
+            },
+            Err(e) => tracing::warn!(node = cfg.node_name, "read the Node for its pod CIDR: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Creates the Node (or takes over an existing one) and posts its status.
+pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
+    let name = k.cfg.node_name.clone();
+    let local_root = crate::claims::local_path_root(&k.cfg.dir).to_string_lossy().into_owned();
+    let node = node_object(&k.cfg);
     match k.api.get("Node", None, &name).await {
         Ok(_) => {
             let cidr = k.cfg.pod_cidr.clone();
