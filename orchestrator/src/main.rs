@@ -54,6 +54,9 @@ enum Command {
         /// How long the certificates the cluster CA signs for CSRs live (upstream's flag; e.g. 8760h, 30s).
         #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
         cluster_signing_duration: std::time::Duration,
+        /// How long the API server's serving certificate (and the in-process kubelet's) lives; renewed at 70–90 % of it.
+        #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+        serving_cert_lifetime: std::time::Duration,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -366,6 +369,7 @@ fn main() -> anyhow::Result<()> {
             store,
             bootstrap_token_file,
             cluster_signing_duration,
+            serving_cert_lifetime,
             node,
         } => {
             let bootstrap_token = match &bootstrap_token_file {
@@ -394,6 +398,7 @@ fn main() -> anyhow::Result<()> {
                 event_ttl,
                 etcd,
                 bootstrap_token,
+                serving_lifetime: serving_cert_lifetime,
             };
             rt.block_on(async {
                 let running = match orchestrator_apiserver::start(cfg).await {
@@ -428,9 +433,10 @@ fn main() -> anyhow::Result<()> {
                         lifetime: cluster_signing_duration,
                     };
                     orchestrator_controllers::certificates::spawn(running.registry.clone(), signer);
+                    orchestrator_controllers::ca_expiry::spawn(running.registry.clone(), running.ca.cert_pem.clone());
                 }
                 if let Some(k) = node {
-                    let identity = Identity::IssuedBy(running.ca.clone());
+                    let identity = Identity::IssuedBy { ca: running.ca.clone(), lifetime: serving_cert_lifetime };
                     kubelet::start(k, Api::Local(running.registry.clone()), identity).await?;
                 }
                 let kubeconfig = running.admin_kubeconfig.display();
@@ -501,7 +507,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => anyhow::bail!("give --kubeconfig, or --server with --ca-cert-hash (and --token-file to join)"),
             };
-            let identity = Identity::SelfSigned { ca_pem: remote.ca_pem.clone() };
+            let identity = Identity::Requested { ca_pem: remote.ca_pem.clone() };
             let k = kubelet::start(cfg, Api::Remote(remote), identity).await?;
             println!("kubelet {} running", k.node_name());
             std::future::pending::<()>().await;
