@@ -60,7 +60,7 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
-        node: NodeArgs,
+        node: Box<NodeArgs>,
     },
     /// Bootstrap tokens (Secrets `kube-system/bootstrap-token-<id>`), as `kubeadm token`.
     Token {

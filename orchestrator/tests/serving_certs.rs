@@ -119,6 +119,7 @@ fn serving_certificates_are_renewed_with_no_request_failing() {
     let n = follow.stdout.as_mut().unwrap().read(&mut buf).unwrap();
     assert!(n > 0, "kubectl logs -f still streams");
     let _ = follow.kill();
+    let _ = follow.wait();
     let followed = String::from_utf8_lossy(&buf[..n]).into_owned();
     let last: u64 = followed.lines().rev().find_map(|l| l.strip_prefix("tick ")?.trim().parse().ok()).unwrap_or(0);
     assert!(last > 0, "{followed}");
