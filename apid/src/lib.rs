@@ -7,7 +7,10 @@
 //! against the trusted key. Once configured it requires a client certificate that chains
 //! to the config's CA, reads the caller's role from it and forwards only the
 //! calls that role may make. apid holds no privileged logic and writes no
-//! disk: every call is init's to carry out.
+//! disk: every call is init's to carry out. Its serving certificate is
+//! renewed while it serves (`tls`).
+
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,8 +23,7 @@ use machinery::api::{
     machine_service_server::{MachineService, MachineServiceServer},
 };
 use machinery::roles::{Role, Rpc, role_from_cert_der};
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum ApidError {
     Init { path: PathBuf, source: tonic::transport::Error },
     #[error("asking init for TLS material: {0}")]
     Tls(Status),
+    #[error("TLS set-up: {0}")]
+    TlsConfig(String),
     #[error("listen address {0:?} from init is not host:port")]
     Listen(String),
     #[error("installing the SIGTERM handler: {0}")]
@@ -212,12 +216,10 @@ pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
         .map_err(ApidError::Tls)?
         .into_inner();
     let mode = NodeMode::try_from(tls.mode).unwrap_or(NodeMode::Maintenance);
-    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
     // Configured, and safe mode with the last configured boot's trust.
     let client_certs = mode != NodeMode::Maintenance && !tls.client_ca_pem.is_empty();
-    if client_certs {
-        tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
-    }
+    let (tls_config, served) =
+        tls::server_config(&tls, client_certs.then_some(tls.client_ca_pem.as_str())).map_err(ApidError::TlsConfig)?;
     let addr: std::net::SocketAddr =
         tls.listen_address.parse().map_err(|_| ApidError::Listen(tls.listen_address.clone()))?;
     let serve_err = |source| ApidError::Serve { addr: tls.listen_address.clone(), source };
@@ -231,14 +233,12 @@ pub async fn run(init_socket: &Path) -> Result<(), ApidError> {
     if let Err(e) = InitServiceClient::new(channel.clone()).apid_serving(api::ApidServingRequest {}).await {
         tracing::warn!("telling init that apid serves: {}", e.message());
     }
+    tokio::spawn(tls::renew_forever(channel.clone(), served));
     Server::builder()
-        .tcp_nodelay(true)
         .initial_stream_window_size(machinery::H2_STREAM_WINDOW)
         .initial_connection_window_size(machinery::H2_CONNECTION_WINDOW)
-        .tls_config(tls_config)
-        .map_err(serve_err)?
         .add_service(MachineServiceServer::new(Gateway::new(channel, mode, client_certs)))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls_config), async move {
             sigterm.recv().await;
             tracing::info!("SIGTERM: finishing in-flight calls");
         })

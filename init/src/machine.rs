@@ -42,6 +42,10 @@ pub struct NodeSettings {
     pub api_listen: Option<String>,
     /// Extra names for apid's serving certificate.
     pub extra_sans: Vec<String>,
+    /// The lifetime of apid's serving certificate when init issues it
+    /// (none: `machinery::pki::LEAF_LIFETIME`); apid asks for a new one at
+    /// 70–90 % of it.
+    pub apid_cert_lifetime: Option<std::time::Duration>,
     /// PID 1: keep the clock, with the image's build time here as its
     /// first floor (`layout::ROOT_BUILD_TIME`).
     pub clock_floor: Option<std::path::PathBuf>,
@@ -789,8 +793,9 @@ impl Machine {
             (Some(cert), Some(key), _) => machinery::pki::CertKey { cert_pem: cert.clone(), key_pem: key.clone() },
             (_, _, Some(ca_key)) => {
                 let ca = machinery::pki::CertKey { cert_pem: c.api.ca_cert.clone(), key_pem: ca_key.clone() };
-                machinery::pki::issue_server(&ca, &c.machine.hostname, &serving_names(c, &self.settings))
-                    .map_err(internal)?
+                let lifetime = self.settings.apid_cert_lifetime.unwrap_or(machinery::pki::LEAF_LIFETIME);
+                let names = serving_names(c, &self.settings);
+                machinery::pki::issue_server_lasting(&ca, &c.machine.hostname, &names, lifetime).map_err(internal)?
             }
             // Validation guarantees one of the two.
             _ => {

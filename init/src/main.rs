@@ -23,6 +23,9 @@ struct Args {
     /// Extra DNS name or IP for apid's certificate (repeatable).
     #[arg(long = "cert-san")]
     cert_sans: Vec<String>,
+    /// Lifetime of apid's serving certificate (e.g. 20s; default a year); apid renews it at 70–90 %.
+    #[arg(long)]
+    apid_cert_lifetime: Option<humantime::Duration>,
     /// A Plinth disk image standing in for the boot disk: enables A/B
     /// upgrades and rollback on it (init plays the boot loader at start).
     #[arg(long)]
@@ -87,6 +90,7 @@ async fn host() {
         settings: init::machine::NodeSettings {
             api_listen: args.api_listen,
             extra_sans: args.cert_sans,
+            apid_cert_lifetime: args.apid_cert_lifetime.map(Into::into),
             slots,
             orchestrator,
             // Host mode never sets the host's clock.

@@ -94,13 +94,23 @@ pub fn issue_client(ca: &CertKey, who: &str, role: Role, lifetime: Duration) -> 
     leaf(ca, params, lifetime)
 }
 
-/// A serving certificate for a node, valid for `names` (DNS names or IPs).
+/// A serving certificate for a node, valid for `names` (DNS names or IPs), for [`LEAF_LIFETIME`].
 pub fn issue_server(ca: &CertKey, hostname: &str, names: &[String]) -> Result<CertKey, PkiError> {
+    issue_server_lasting(ca, hostname, names, LEAF_LIFETIME)
+}
+
+/// [`issue_server`] valid for `lifetime` (apid's, renewed while it serves).
+pub fn issue_server_lasting(
+    ca: &CertKey,
+    hostname: &str,
+    names: &[String],
+    lifetime: Duration,
+) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::new(names.to_vec()).map_err(issue_err)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, hostname);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf(ca, params, LEAF_LIFETIME)
+    leaf(ca, params, lifetime)
 }
 
 /// The throw-away certificate a node in maintenance mode serves.

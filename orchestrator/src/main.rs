@@ -63,10 +63,13 @@ enum Command {
         /// The prefix length of each Node's subnet of --cluster-cidr.
         #[arg(long, default_value_t = 24)]
         node_cidr_mask_size: u8,
+        /// How long the API server's serving certificate (and the in-process kubelet's) lives; renewed at 70–90 % of it.
+        #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+        serving_cert_lifetime: std::time::Duration,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
-        node: NodeArgs,
+        node: Box<NodeArgs>,
     },
     /// Bootstrap tokens (Secrets `kube-system/bootstrap-token-<id>`), as `kubeadm token`.
     Token {
@@ -379,6 +382,7 @@ fn main() -> anyhow::Result<()> {
             cluster_signing_duration,
             cluster_cidr,
             node_cidr_mask_size,
+            serving_cert_lifetime,
             node,
         } => {
             if let Some(cidr) = &cluster_cidr {
@@ -411,6 +415,7 @@ fn main() -> anyhow::Result<()> {
                 event_ttl,
                 etcd,
                 bootstrap_token,
+                serving_lifetime: serving_cert_lifetime,
             };
             rt.block_on(async {
                 let running = match orchestrator_apiserver::start(cfg).await {
@@ -445,9 +450,10 @@ fn main() -> anyhow::Result<()> {
                         lifetime: cluster_signing_duration,
                     };
                     orchestrator_controllers::certificates::spawn(running.registry.clone(), signer);
+                    orchestrator_controllers::ca_expiry::spawn(running.registry.clone(), running.ca.cert_pem.clone());
                 }
                 if let Some(k) = node {
-                    let identity = Identity::IssuedBy(running.ca.clone());
+                    let identity = Identity::IssuedBy { ca: running.ca.clone(), lifetime: serving_cert_lifetime };
                     kubelet::start(k, Api::Local(running.registry.clone()), identity).await?;
                 }
                 let kubeconfig = running.admin_kubeconfig.display();
@@ -518,7 +524,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => anyhow::bail!("give --kubeconfig, or --server with --ca-cert-hash (and --token-file to join)"),
             };
-            let identity = Identity::SelfSigned { ca_pem: remote.ca_pem.clone() };
+            let identity = Identity::Requested { ca_pem: remote.ca_pem.clone() };
             let k = kubelet::start(cfg, Api::Remote(remote), identity).await?;
             println!("kubelet {} running", k.node_name());
             std::future::pending::<()>().await;

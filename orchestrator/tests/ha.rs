@@ -118,7 +118,7 @@ fn client_tls_to_etcd_and_a_foreign_certificate_is_refused() {
         p
     };
     let ca = pki::generate_ca("etcd-ca").unwrap();
-    let serving = pki::issue_server(&ca, &["127.0.0.1".to_string()]).unwrap();
+    let serving = pki::issue_server(&ca, &["127.0.0.1".to_string()], pki::LEAF_LIFETIME).unwrap();
     let client = pki::issue_client(&ca, "kube-apiserver-etcd-client", "etcd").unwrap();
     let foreign = pki::issue_client(&pki::generate_ca("another-ca").unwrap(), "intruder", "etcd").unwrap();
     let tls = local::ServerTls {

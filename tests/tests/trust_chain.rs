@@ -707,3 +707,53 @@ fn a_config_of_the_one_ca_form_keeps_its_one_ca_for_kubernetes() -> anyhow::Resu
     kubectl_with(&url, &op.path("ca.crt"), &op.path("kubectl.crt"), &op.path("kubectl.key"))?.ok()?;
     Ok(())
 }
+
+/// The certificate apid presents now (PEM), as openssl sees it with the admin's certificate.
+fn presented(op: &Operator, node: &HostNode) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &node.addr()])
+        .arg("-cert")
+        .arg(op.path("admin.crt"))
+        .arg("-key")
+        .arg(op.path("admin.key"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let begin = text.find("-----BEGIN CERTIFICATE-----").unwrap_or_else(|| panic!("no certificate: {text}"));
+    let end = text[begin..].find("-----END CERTIFICATE-----").unwrap() + begin;
+    text[begin..end].to_string()
+}
+
+#[test]
+fn apid_serving_certificate_is_renewed_with_no_call_failing() -> anyhow::Result<()> {
+    let (op, mut node, _) = configured_node()?;
+    node.stop()?;
+    node.extra_args = vec!["--apid-cert-lifetime".into(), "20s".into()];
+    node.boot()?;
+    wait_configured(&op, &node)?;
+    let pid = apid_pid(&op, &node);
+    let (addr, cfg) = (node.addr(), op.osctlconfig());
+    let mut seen = vec![presented(&op, &node)];
+    let first = machinery::pki::cert_info(&format!("{}-----END CERTIFICATE-----\n", seen[0]))?;
+    assert!(first.not_after - first.not_before < 400, "20 s, backdated at most 5 min: {first:?}");
+    let (mut calls, started) = (0, std::time::Instant::now());
+    // Past two lifetimes: the first certificate has expired by the end.
+    while started.elapsed() < Duration::from_secs(50) {
+        for args in [&["-n", &addr, "version"][..], &["-n", &addr, "services"][..]] {
+            let r = osctl(&cfg, args);
+            assert_eq!(r.code, 0, "osctl {args:?} after {:?}: {r:?}", started.elapsed());
+            calls += 1;
+        }
+        let now = presented(&op, &node);
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+    }
+    eprintln!("figure: {calls} osctl calls in {:?}; {} apid certificates seen", started.elapsed(), seen.len());
+    assert!(seen.len() >= 3, "renewed at least twice: {} certificates", seen.len());
+    assert_eq!(apid_pid(&op, &node), pid, "apid was not restarted");
+    assert!(!node.log().contains("renewing apid's serving certificate"), "no renewal failed: {}", node.log());
+    Ok(())
+}

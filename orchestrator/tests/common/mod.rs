@@ -120,6 +120,13 @@ impl Server {
         Server::spawn_command(cmd, dir, kubectl, false, &args)
     }
 
+    /// A server started with `extra` arguments; it logs to DATA-DIR/server.log (warnings).
+    pub fn start_with_args(dir: tempfile::TempDir, kubectl: PathBuf, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        cmd.stderr(std::fs::File::create(dir.path().join("server.log")).unwrap());
+        Server::spawn_command(cmd, dir, kubectl, false, extra)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }

@@ -3,6 +3,9 @@
 //! upstream's (`kubernetes.io/kube-apiserver-client-kubelet`: CN
 //! `system:node:<name>`, O exactly `system:nodes`, no subject alternative
 //! names, usages `digital signature` + `client auth`, optionally `key
+//! encipherment`; `kubernetes.io/kubelet-serving`: CN `system:node:<name>`,
+//! O exactly `system:nodes`, at least one DNS or IP name and no others,
+//! usages `digital signature` + `server auth`, optionally `key
 //! encipherment`), and the validation the registry runs on create and
 //! update. The approver and the signer (controllers) read the same rules.
 
@@ -12,6 +15,7 @@ use serde_json::Value;
 type Causes = Vec<(String, String)>;
 
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 pub const NODES_GROUP: &str = "system:nodes";
 pub const NODE_USER_PREFIX: &str = "system:node:";
@@ -48,9 +52,10 @@ const KNOWN_USAGES: &[&str] = &[
 pub struct Request {
     pub common_name: String,
     pub organizations: Vec<String>,
-    pub dns_names: usize,
+    pub dns_names: Vec<String>,
     pub emails: usize,
-    pub ips: usize,
+    /// IP addresses, as text (`10.0.0.5`, `fd00::5`).
+    pub ips: Vec<String>,
     pub uris: usize,
 }
 
@@ -74,9 +79,9 @@ pub fn parse_request(pem: &[u8]) -> Result<Request, String> {
         if let ParsedExtension::SubjectAlternativeName(san) = ext {
             for n in &san.general_names {
                 match n {
-                    GeneralName::DNSName(_) => r.dns_names += 1,
+                    GeneralName::DNSName(n) => r.dns_names.push(n.to_string()),
                     GeneralName::RFC822Name(_) => r.emails += 1,
-                    GeneralName::IPAddress(_) => r.ips += 1,
+                    GeneralName::IPAddress(ip) => r.ips.push(ip_text(ip)),
                     GeneralName::URI(_) => r.uris += 1,
                     _ => {}
                 }
@@ -86,24 +91,76 @@ pub fn parse_request(pem: &[u8]) -> Result<Request, String> {
     Ok(r)
 }
 
-/// Upstream's `ValidateKubeletClientCSR`: why `kubernetes.io/kube-apiserver-client-kubelet`
-/// would not sign this request, if it would not.
-pub fn kubelet_client_problem(r: &Request, usages: &[String]) -> Option<(&'static str, String)> {
+fn ip_text(b: &[u8]) -> String {
+    match <[u8; 4]>::try_from(b) {
+        Ok(v4) => std::net::Ipv4Addr::from(v4).to_string(),
+        Err(_) => {
+            <[u8; 16]>::try_from(b).map_or_else(|_| format!("{b:02x?}"), |v6| std::net::Ipv6Addr::from(v6).to_string())
+        }
+    }
+}
+
+/// Whether `usages` are `required`, optionally with `key encipherment` (upstream's RSA and non-RSA sets).
+fn usages_match(usages: &[String], required: [&str; 2]) -> bool {
+    let mut allowed = required.to_vec();
+    allowed.push("key encipherment");
+    required.iter().all(|u| usages.iter().any(|x| x == u)) && usages.iter().all(|u| allowed.contains(&u.as_str()))
+}
+
+fn node_subject_problem(r: &Request) -> Option<(&'static str, String)> {
     if r.organizations != [NODES_GROUP] {
         return Some(("spec.request", format!("subject organization is not {NODES_GROUP}")));
     }
-    for (n, what) in [(r.dns_names, "DNS"), (r.emails, "Email"), (r.ips, "IP"), (r.uris, "URI")] {
+    None
+}
+
+fn node_common_name_problem(r: &Request) -> Option<(&'static str, String)> {
+    if !r.common_name.starts_with(NODE_USER_PREFIX) || r.common_name.len() == NODE_USER_PREFIX.len() {
+        return Some(("spec.request", format!("subject common name does not begin with {NODE_USER_PREFIX}")));
+    }
+    None
+}
+
+/// Upstream's `ValidateKubeletServingCSR`: why `kubernetes.io/kubelet-serving`
+/// would not sign this request, if it would not.
+pub fn kubelet_serving_problem(r: &Request, usages: &[String]) -> Option<(&'static str, String)> {
+    if let Some(p) = node_subject_problem(r) {
+        return Some(p);
+    }
+    if r.dns_names.is_empty() && r.ips.is_empty() {
+        return Some(("spec.request", "DNS or IP subjectAltName is required".into()));
+    }
+    for (n, what) in [(r.emails, "Email"), (r.uris, "URI")] {
         if n > 0 {
             return Some(("spec.request", format!("{what} subjectAltNames are not allowed")));
         }
     }
-    if !r.common_name.starts_with(NODE_USER_PREFIX) || r.common_name.len() == NODE_USER_PREFIX.len() {
-        return Some(("spec.request", format!("subject common name does not begin with {NODE_USER_PREFIX}")));
+    if !usages_match(usages, ["digital signature", "server auth"]) {
+        return Some((
+            "spec.usages",
+            format!(
+                "usages did not match [\"digital signature\" \"server auth\"] (optionally \"key encipherment\"): {usages:?}"
+            ),
+        ));
     }
-    let required = ["digital signature", "client auth"];
-    let allowed = ["digital signature", "client auth", "key encipherment"];
-    if !required.iter().all(|u| usages.iter().any(|x| x == u)) || !usages.iter().all(|u| allowed.contains(&u.as_str()))
-    {
+    node_common_name_problem(r)
+}
+
+/// Upstream's `ValidateKubeletClientCSR`: why `kubernetes.io/kube-apiserver-client-kubelet`
+/// would not sign this request, if it would not.
+pub fn kubelet_client_problem(r: &Request, usages: &[String]) -> Option<(&'static str, String)> {
+    if let Some(p) = node_subject_problem(r) {
+        return Some(p);
+    }
+    for (n, what) in [(r.dns_names.len(), "DNS"), (r.emails, "Email"), (r.ips.len(), "IP"), (r.uris, "URI")] {
+        if n > 0 {
+            return Some(("spec.request", format!("{what} subjectAltNames are not allowed")));
+        }
+    }
+    if let Some(p) = node_common_name_problem(r) {
+        return Some(p);
+    }
+    if !usages_match(usages, ["digital signature", "client auth"]) {
         return Some((
             "spec.usages",
             format!(
@@ -172,10 +229,13 @@ pub fn validate(o: &Value, causes: &mut Causes) {
             }
         },
     };
-    if signer == KUBELET_CLIENT_SIGNER
-        && let Some((field, why)) = kubelet_client_problem(&request, &usages)
-    {
-        causes.push((field.into(), format!("Invalid value: {why} (signer {KUBELET_CLIENT_SIGNER})")));
+    let problem = match signer {
+        KUBELET_CLIENT_SIGNER => kubelet_client_problem(&request, &usages),
+        KUBELET_SERVING_SIGNER => kubelet_serving_problem(&request, &usages),
+        _ => None,
+    };
+    if let Some((field, why)) = problem {
+        causes.push((field.into(), format!("Invalid value: {why} (signer {signer})")));
     }
     check_conditions(o, causes);
 }
@@ -294,6 +354,29 @@ pub(crate) mod tests {
         }
         // Another signer's requests are not held to the kubelet's rules.
         assert!(check(&csr(&csr_pem("alice", &[], &[]), CLIENT_SIGNER, &["client auth"])).is_empty());
+    }
+
+    #[test]
+    fn kubelet_serving_rules_as_upstream() {
+        const SERVING: &[&str] = &["digital signature", "server auth"];
+        let good = csr_pem("system:node:n1", &[NODES_GROUP], &["n1", "10.0.0.5"]);
+        assert!(check(&csr(&good, KUBELET_SERVING_SIGNER, SERVING)).is_empty());
+        let r = parse_request(good.as_bytes()).unwrap();
+        assert_eq!((r.dns_names, r.ips), (vec!["n1".to_string()], vec!["10.0.0.5".to_string()]));
+        let cases: [(String, &[&str], &str); 4] = [
+            (csr_pem("system:node:n1", &[NODES_GROUP], &[]), SERVING, "DNS or IP subjectAltName is required"),
+            (
+                csr_pem("alice", &[NODES_GROUP], &["n1"]),
+                SERVING,
+                "subject common name does not begin with system:node:",
+            ),
+            (csr_pem("system:node:n1", &["devs"], &["n1"]), SERVING, "subject organization is not system:nodes"),
+            (good, NODE, "usages did not match [\"digital signature\" \"server auth\"]"),
+        ];
+        for (pem, usages, want) in cases {
+            let c = check(&csr(&pem, KUBELET_SERVING_SIGNER, usages));
+            assert!(c.iter().any(|(f, m)| f.starts_with("spec.") && m.contains(want)), "{want}: {c:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod authn;
 pub mod bootstrap;
 mod connections;
 mod csr;
+mod kubeconfigs;
 mod legacy_tokens;
 mod negotiate;
 mod node_authz;
@@ -49,6 +50,7 @@ use orchestrator_apimachinery::resources::{self, ResourceType, Served};
 use orchestrator_apimachinery::selector::{FieldSelector, LabelSelector};
 use orchestrator_apimachinery::table::{self, IncludeObject};
 use orchestrator_http::pki::{self, ADMIN_GROUP, READ_ONLY_GROUP};
+use orchestrator_http::reload::{self, RenewedCert};
 use orchestrator_http::{Body, flag, param, parse_query, read_body};
 use orchestrator_store::backup::Snapshots;
 use orchestrator_store::{Durability, SqliteStore, Store, StoreError};
@@ -70,6 +72,8 @@ pub struct Config {
     pub event_ttl: Duration,
     /// A bootstrap token stored at start (the control plane's machine config carries it).
     pub bootstrap_token: Option<orchestrator_apimachinery::bootstrap_token::Token>,
+    /// The serving certificate's lifetime; renewed at 70–90 % of it while serving.
+    pub serving_lifetime: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,28 +204,24 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// The API server's client side towards kubelets: an admin client certificate from the cluster CA.
+/// The API server's client side towards kubelets: an admin client
+/// certificate from the cluster CA, renewed at 70–90 % of its lifetime.
 fn kubelet_client(ca: &pki::CertKey) -> Result<rustls::ClientConfig, ServerError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
-    let cert = pki::issue_client(ca, "kube-apiserver-kubelet-client", ADMIN_GROUP)?;
-    let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).map_err(|e| tls(&e))?];
-    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let ca = ca.clone();
+    let issue = move || pki::issue_client(&ca, "kube-apiserver-kubelet-client", ADMIN_GROUP).map_err(|e| e.to_string());
+    let cert = reload::issued_here("the API server's kubelet client", issue).map_err(ServerError::Tls)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider.clone())
+    Ok(rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(orchestrator_http::AnyServerCert(provider)))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| tls(&e))
+        .with_client_cert_resolver(cert))
 }
 
-fn tls_config(ca: &pki::CertKey, addr: SocketAddr, extra: &[String]) -> Result<rustls::ServerConfig, ServerError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+/// The names and addresses of the API server's serving certificate.
+fn serving_names(addr: SocketAddr, extra: &[String]) -> Vec<String> {
     let mut names = vec![
         "localhost".to_string(),
         "kubernetes".into(),
@@ -236,7 +236,20 @@ fn tls_config(ca: &pki::CertKey, addr: SocketAddr, extra: &[String]) -> Result<r
     names.extend(extra.iter().cloned());
     names.sort();
     names.dedup();
-    let serving = pki::issue_server(ca, &names)?;
+    names
+}
+
+/// The serving certificate, issued now and renewed at 70–90 % of `lifetime` while serving.
+fn serving_cert(ca: &pki::CertKey, names: Vec<String>, lifetime: Duration) -> Result<Arc<RenewedCert>, ServerError> {
+    let ca = ca.clone();
+    let issue = move || pki::issue_server(&ca, &names, lifetime).map_err(|e| e.to_string());
+    reload::issued_here("the API server", issue).map_err(ServerError::Tls)
+}
+
+fn tls_config(ca: &pki::CertKey, served: Arc<RenewedCert>) -> Result<rustls::ServerConfig, ServerError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
@@ -244,14 +257,11 @@ fn tls_config(ca: &pki::CertKey, addr: SocketAddr, extra: &[String]) -> Result<r
         .allow_unauthenticated()
         .build()
         .map_err(|e| tls(&e))?;
-    let chain = vec![CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).map_err(|e| tls(&e))?];
-    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).map_err(|e| tls(&e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| tls(&e))?;
+        .with_cert_resolver(served);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -318,13 +328,12 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     if let Some(t) = &cfg.bootstrap_token {
         bootstrap::ensure_token(&registry, t).map_err(ServerError::Bootstrap)?;
     }
-    let admin = pki::issue_client(&ca, "admin", ADMIN_GROUP)?;
     let admin_kubeconfig = dir.join("admin.kubeconfig");
-    pki::write_private(&admin_kubeconfig, &pki::kubeconfig(&url, &ca, &admin, "admin"))?;
-    let viewer = pki::issue_client(&ca, "viewer", READ_ONLY_GROUP)?;
+    kubeconfigs::write_and_renew(admin_kubeconfig.clone(), url.clone(), ca.clone(), "admin", ADMIN_GROUP)?;
     let read_only_kubeconfig = dir.join("read-only.kubeconfig");
-    pki::write_private(&read_only_kubeconfig, &pki::kubeconfig(&url, &ca, &viewer, "viewer"))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ca, address, &cfg.cert_sans)?));
+    kubeconfigs::write_and_renew(read_only_kubeconfig.clone(), url, ca.clone(), "viewer", READ_ONLY_GROUP)?;
+    let served = serving_cert(&ca, serving_names(address, &cfg.cert_sans), cfg.serving_lifetime)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ca, served)?));
     let state = Arc::new(State {
         registry: registry.clone(),
         address: format!("{host}:{}", address.port()),

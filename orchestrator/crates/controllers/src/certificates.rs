@@ -12,7 +12,13 @@
 //! (`system:nodes`) renewing its own certificate. Upstream asks RBAC
 //! whether the requester may create `certificatesigningrequests/nodeclient`
 //! or `/selfnodeclient`; the bootstrap policy binds exactly these groups
-//! to those roles, so the groups decide here. Anything else waits for
+//! to those roles, so the groups decide here.
+//!
+//! Approved automatically for `kubernetes.io/kubelet-serving` (which
+//! upstream leaves to an external approver): a node (`system:node:<n>` in
+//! `system:nodes`) asking for a certificate for itself whose DNS names are
+//! its Node's name or DNS addresses and whose IPs are its Node's addresses.
+//! The certificate carries those names. Anything else waits for
 //! `kubectl certificate approve`.
 
 use std::sync::Arc;
@@ -24,7 +30,8 @@ use k8s_openapi::api::core::v1::Node;
 
 use orchestrator_apimachinery::bootstrap_token::GROUP as BOOTSTRAPPERS;
 use orchestrator_apimachinery::certificates::{
-    CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, NODE_USER_PREFIX, NODES_GROUP, kubelet_client_problem, parse_request,
+    CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, NODE_USER_PREFIX, NODES_GROUP, Request,
+    kubelet_client_problem, kubelet_serving_problem, parse_request,
 };
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{Part, Registry};
@@ -71,13 +78,42 @@ fn node_ready(n: &Node) -> bool {
 }
 
 fn decide(c: &CertificateSigningRequest, nodes: &[Node]) -> Decision {
-    if c.spec.signer_name != KUBELET_CLIENT_SIGNER {
-        return Decision::Leave;
-    }
     let Ok(request) = parse_request(&c.spec.request.0) else { return Decision::Leave };
-    if kubelet_client_problem(&request, &c.spec.usages.clone().unwrap_or_default()).is_some() {
+    let usages = c.spec.usages.clone().unwrap_or_default();
+    match c.spec.signer_name.as_str() {
+        KUBELET_CLIENT_SIGNER if kubelet_client_problem(&request, &usages).is_none() => {
+            decide_client(c, &request, nodes)
+        }
+        KUBELET_SERVING_SIGNER if kubelet_serving_problem(&request, &usages).is_none() => {
+            decide_serving(c, &request, nodes)
+        }
+        _ => Decision::Leave,
+    }
+}
+
+/// A node's own serving certificate: requested by that node, naming only
+/// its Node's name and addresses (left pending until its Node is there).
+fn decide_serving(c: &CertificateSigningRequest, request: &Request, nodes: &[Node]) -> Decision {
+    let (user, groups) = spec(c);
+    if user != request.common_name || !groups.iter().any(|g| g == NODES_GROUP) {
         return Decision::Leave;
     }
+    let node = request.common_name.trim_start_matches(NODE_USER_PREFIX);
+    let Some(n) = nodes.iter().find(|n| name(&n.metadata) == node) else { return Decision::Leave };
+    let addresses = n.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or_default();
+    let has =
+        |types: &[&str], value: &str| addresses.iter().any(|a| types.contains(&a.type_.as_str()) && a.address == value);
+    let own_dns = |d: &String| d == node || has(&["Hostname", "InternalDNS", "ExternalDNS"], d);
+    let own_ip = |ip: &String| has(&["InternalIP", "ExternalIP"], ip);
+    if request.dns_names.iter().all(own_dns) && request.ips.iter().all(own_ip) {
+        return Decision::Approve(
+            "Auto approving kubelet serving certificate: the node asks for its own names and addresses.",
+        );
+    }
+    Decision::Leave
+}
+
+fn decide_client(c: &CertificateSigningRequest, request: &Request, nodes: &[Node]) -> Decision {
     let node = request.common_name.trim_start_matches(NODE_USER_PREFIX);
     let (user, groups) = spec(c);
     if user == request.common_name && groups.iter().any(|g| g == NODES_GROUP) {
@@ -116,7 +152,8 @@ fn add_condition(reg: &Registry, csr: &str, c: CertificateSigningRequestConditio
 }
 
 /// Issues the certificate of an approved request, from the CSR's public
-/// key and subject, with the usages it asked for.
+/// key and subject, with the usages it asked for (and its names, for the
+/// kubelet-serving signer only).
 fn sign(signer: &Signer, c: &CertificateSigningRequest) -> Result<String, String> {
     use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
     let pem = String::from_utf8(c.spec.request.0.clone()).map_err(|_| "the request is not PEM text".to_string())?;
@@ -131,7 +168,9 @@ fn sign(signer: &Signer, c: &CertificateSigningRequest) -> Result<String, String
     p.not_after = now + lifetime;
     p.is_ca = rcgen::IsCa::ExplicitNoCa;
     p.use_authority_key_identifier_extension = true;
-    p.subject_alt_names.clear();
+    if c.spec.signer_name != KUBELET_SERVING_SIGNER {
+        p.subject_alt_names.clear();
+    }
     let mut serial = [0u8; 16];
     getrandom::fill(&mut serial).map_err(|e| e.to_string())?;
     serial[0] &= 0x7f;
@@ -178,7 +217,8 @@ pub fn reconcile(reg: &Registry, signer: &Signer) -> Result<(), ApiError> {
             continue;
         }
         let issued = c.status.as_ref().and_then(|s| s.certificate.as_ref()).is_some_and(|b| !b.0.is_empty());
-        let ours = c.spec.signer_name == KUBELET_CLIENT_SIGNER || c.spec.signer_name == CLIENT_SIGNER;
+        let ours =
+            [KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, CLIENT_SIGNER].contains(&c.spec.signer_name.as_str());
         if !has_condition(c, "Approved") || has_condition(c, "Denied") || has_condition(c, "Failed") || issued || !ours
         {
             continue;
@@ -238,8 +278,8 @@ mod tests {
     use orchestrator_apimachinery::registry::WriteOptions;
     use serde_json::json;
 
-    fn csr_pem(cn: &str) -> (String, rcgen::KeyPair) {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    fn csr_pem(cn: &str, sans: &[&str]) -> (String, rcgen::KeyPair) {
+        let mut p = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let mut dn = rcgen::DistinguishedName::new();
         dn.push(rcgen::DnType::CommonName, cn);
         dn.push(rcgen::DnType::OrganizationName, NODES_GROUP);
@@ -249,10 +289,22 @@ mod tests {
     }
 
     fn create(reg: &Registry, name: &str, cn: &str, user: &str, groups: &[&str]) {
+        create_for(reg, name, (KUBELET_CLIENT_SIGNER, &["digital signature", "client auth"]), cn, &[], user, groups);
+    }
+
+    fn create_for(
+        reg: &Registry,
+        name: &str,
+        (signer, usages): (&str, &[&str]),
+        cn: &str,
+        sans: &[&str],
+        user: &str,
+        groups: &[&str],
+    ) {
         use base64::Engine as _;
-        let (pem, _) = csr_pem(cn);
-        let o = json!({"metadata": {"name": name}, "spec": {"signerName": KUBELET_CLIENT_SIGNER,
-            "usages": ["digital signature", "client auth"], "username": user, "groups": groups,
+        let (pem, _) = csr_pem(cn, sans);
+        let o = json!({"metadata": {"name": name}, "spec": {"signerName": signer,
+            "usages": usages, "username": user, "groups": groups,
             "request": base64::engine::general_purpose::STANDARD.encode(pem)}});
         reg.create(crate::rt("CertificateSigningRequest"), None, o, &WriteOptions::default()).unwrap();
     }
@@ -304,6 +356,35 @@ mod tests {
         let taken = get(&reg, "taken");
         assert!(has_condition(&taken, "Denied"));
         assert!(taken.status.unwrap().certificate.is_none());
+    }
+
+    #[test]
+    fn a_node_gets_a_serving_certificate_for_its_own_names_only() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = crate::test_registry(&d);
+        let node = json!({"metadata": {"name": "n1"}, "status": {"addresses": [
+            {"type": "InternalIP", "address": "10.0.0.5"}, {"type": "Hostname", "address": "h1"}]}});
+        reg.create(crate::rt("Node"), None, node, &WriteOptions::default()).unwrap();
+        let serving = (KUBELET_SERVING_SIGNER, &["digital signature", "server auth"][..]);
+        let n1 = ("system:node:n1", &[NODES_GROUP, "system:authenticated"][..]);
+        create_for(&reg, "own", serving, "system:node:n1", &["n1", "h1", "10.0.0.5"], n1.0, n1.1);
+        create_for(&reg, "foreign-ip", serving, "system:node:n1", &["n1", "10.0.0.9"], n1.0, n1.1);
+        create_for(&reg, "foreign-name", serving, "system:node:n1", &["api.example"], n1.0, n1.1);
+        create_for(&reg, "for-another", serving, "system:node:n1", &["n1"], "system:node:n2", &[NODES_GROUP]);
+        create_for(&reg, "no-node-yet", serving, "system:node:n3", &["n3"], "system:node:n3", &[NODES_GROUP]);
+        reconcile(&reg, &signer()).unwrap();
+        reconcile(&reg, &signer()).unwrap();
+        let pem = get(&reg, "own").status.unwrap().certificate.unwrap().0;
+        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = block.parse_x509().unwrap();
+        let sans = cert.subject_alternative_name().unwrap().unwrap().value.general_names.len();
+        assert_eq!(sans, 3, "the names it asked for");
+        let server_auth = cert.extended_key_usage().unwrap().unwrap().value.server_auth;
+        assert!(server_auth);
+        for pending in ["foreign-ip", "foreign-name", "for-another", "no-node-yet"] {
+            let c = get(&reg, pending);
+            assert!(c.status.is_none_or(|s| s.conditions.is_none() && s.certificate.is_none()), "{pending}");
+        }
     }
 
     #[test]

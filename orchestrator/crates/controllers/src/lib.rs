@@ -5,6 +5,7 @@
 //! only differences (the registry skips no-op updates), so a pass whose
 //! writes cause another pass converges.
 
+pub mod ca_expiry;
 pub mod certificates;
 mod cronjob;
 mod deployment;

@@ -1,9 +1,11 @@
 //! HTTP plumbing shared by the API server and the kubelet, owned by
 //! neither: the response body, request bodies and queries, the WebSocket
 //! handshake, and the names of the streaming protocols both ends speak.
-//! `pki` holds the cluster's certificates and kubeconfigs.
+//! `pki` holds the cluster's certificates and kubeconfigs, `reload` the
+//! serving certificates renewed while serving.
 
 pub mod pki;
+pub mod reload;
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -19,8 +19,12 @@ pub const ADMIN_GROUP: &str = "system:masters";
 /// The group whose members may only get, list and watch.
 pub const READ_ONLY_GROUP: &str = "plinth:read-only";
 
-const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The cluster CA's lifetime when Plinth generates it (docs/trust.md).
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The lifetime of client certificates issued in process (kubeconfigs,
+/// the API server's kubelet client) and the default of serving
+/// certificates, which are renewed at 70–90 % of it.
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A certificate and its private key, both PEM.
 #[derive(Debug, Clone)]
@@ -52,56 +56,70 @@ fn dn(cn: &str, orgs: &[&str]) -> rcgen::DistinguishedName {
     d
 }
 
+/// Backdated by five minutes against clock skew (upstream's), or a tenth
+/// of a short lifetime, so that 70–90 % of the validity still lies ahead.
+pub fn backdate(lifetime: Duration) -> Duration {
+    (lifetime / 10).min(Duration::from_secs(300))
+}
+
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(5);
+    params.not_before = now - backdate(lifetime);
     params.not_after = now + lifetime;
 }
 
+/// A new self-signed CA valid for [`CA_LIFETIME`].
 pub fn generate_ca(name: &str) -> Result<CertKey, PkiError> {
+    generate_ca_lasting(name, CA_LIFETIME)
+}
+
+/// A new self-signed CA valid for `lifetime`.
+pub fn generate_ca_lasting(name: &str, lifetime: Duration) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(name, &[]);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, CA_LIFETIME);
+    validity(&mut params, lifetime);
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
-fn leaf(ca: &CertKey, mut params: CertificateParams) -> Result<CertKey, PkiError> {
+fn leaf(ca: &CertKey, mut params: CertificateParams, lifetime: Duration) -> Result<CertKey, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, LEAF_LIFETIME);
+    validity(&mut params, lifetime);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
-/// A client certificate for user `user` in `group` (rcgen writes one O).
+/// A client certificate for user `user` in `group` (rcgen writes one O),
+/// valid for [`LEAF_LIFETIME`].
 pub fn issue_client(ca: &CertKey, user: &str, group: &str) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(user, &[group]);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    leaf(ca, params)
+    leaf(ca, params, LEAF_LIFETIME)
 }
 
-/// The API server's serving certificate for `names` (DNS names or IPs).
-pub fn issue_server(ca: &CertKey, names: &[String]) -> Result<CertKey, PkiError> {
+/// The API server's serving certificate for `names` (DNS names or IPs), valid for `lifetime`.
+pub fn issue_server(ca: &CertKey, names: &[String], lifetime: Duration) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::new(names.to_vec())?;
     params.distinguished_name = dn("kube-apiserver", &[]);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf(ca, params)
+    leaf(ca, params, lifetime)
 }
 
-/// A self-signed serving certificate for `names` (a worker's kubelet, which holds no CA key).
-pub fn self_signed_server(names: &[String]) -> Result<CertKey, PkiError> {
+/// A self-signed serving certificate for `names`, valid for `lifetime`: a
+/// kubelet's until its CertificateSigningRequest is signed.
+pub fn self_signed_server(names: &[String], lifetime: Duration) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::new(names.to_vec())?;
     params.distinguished_name = dn("kubelet", &[]);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    validity(&mut params, LEAF_LIFETIME);
+    validity(&mut params, lifetime);
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
@@ -207,10 +225,18 @@ pub fn validity_of(cert_pem: &[u8]) -> Option<(i64, i64)> {
     Some((c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
 }
 
-/// A new key and a PKCS#10 request for `user` in `group` (PEM: request, key),
-/// as a kubelet asks for its client certificate.
-pub fn client_request(user: &str, group: &str) -> Result<(String, String), PkiError> {
-    let mut params = CertificateParams::default();
+/// Unix seconds as RFC 3339 (`2026-01-02T03:04:05Z`).
+pub fn format_unix(t: i64) -> String {
+    orchestrator_apimachinery::registry::format_time(
+        OffsetDateTime::from_unix_timestamp(t).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+    )
+}
+
+/// A new key and a PKCS#10 request for `user` in `group` naming `sans`
+/// (DNS names or IPs; PEM: request, key), as a kubelet asks for its client
+/// certificate (no names) or its serving certificate.
+pub fn request(user: &str, group: &str, sans: &[String]) -> Result<(String, String), PkiError> {
+    let mut params = CertificateParams::new(sans.to_vec())?;
     params.distinguished_name = dn(user, &[group]);
     let key = KeyPair::generate()?;
     let csr = params.serialize_request(&key)?;
@@ -251,7 +277,7 @@ mod tests {
         assert!(ca_pin(b"junk").is_err());
         let (before, after) = validity_of(ca.cert_pem.as_bytes()).unwrap();
         assert!(after - before > 9 * 365 * 24 * 3600);
-        let (csr, key) = client_request("system:node:n1", "system:nodes").unwrap();
+        let (csr, key) = request("system:node:n1", "system:nodes", &[]).unwrap();
         assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----") && key.contains("PRIVATE KEY"));
     }
 }

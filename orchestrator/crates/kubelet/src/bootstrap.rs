@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use orchestrator_apimachinery::bootstrap_token::Token;
 use orchestrator_apimachinery::certificates::{KUBELET_CLIENT_SIGNER, NODE_USER_PREFIX, NODES_GROUP, condition};
 use orchestrator_client::{Api, Credentials, Remote, Trust};
-use orchestrator_http::pki;
+use orchestrator_http::{pki, reload};
 
 /// How long a request may stay pending before the join gives up.
 const APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -90,10 +90,6 @@ fn ca_file(dir: &Path) -> PathBuf {
     pki_dir(dir).join("ca.crt")
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 fn check_pin(pin: &str) -> Result<(), JoinError> {
     let hex = pin.strip_prefix("sha256:").unwrap_or_default();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
@@ -111,13 +107,8 @@ fn stored(dir: &Path, pin: &str) -> Result<(String, String), String> {
         return Err(format!("{} is not the CA --ca-cert-hash pins", ca_file(dir).display()));
     }
     let (_, not_after) = pki::validity_of(both.as_bytes()).ok_or("no certificate in it")?;
-    if not_after <= now() {
-        return Err(format!(
-            "the certificate expired at {}",
-            orchestrator_apimachinery::registry::format_time(
-                time::OffsetDateTime::from_unix_timestamp(not_after).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-            )
-        ));
+    if not_after <= reload::now() {
+        return Err(format!("the certificate expired at {}", pki::format_unix(not_after)));
     }
     Ok((ca, both))
 }
@@ -155,18 +146,43 @@ async fn discover(server: &str, pin: &str) -> Result<String, JoinError> {
     Ok(String::from_utf8_lossy(&ca).into_owned())
 }
 
+/// What a kubelet asks the cluster to sign: its client certificate, or
+/// its serving certificate (module `serving`).
+pub(crate) struct Ask<'a> {
+    /// The request's `metadata.generateName` (upstream's).
+    pub prefix: &'a str,
+    pub signer: &'a str,
+    pub usages: &'a [&'a str],
+    /// Subject alternative names (DNS names or IPs).
+    pub sans: &'a [String],
+}
+
+/// The client certificate: upstream's kubelet asks for exactly these.
+const CLIENT: Ask<'static> = Ask {
+    prefix: "node-csr-",
+    signer: KUBELET_CLIENT_SIGNER,
+    usages: &["digital signature", "client auth"],
+    sans: &[],
+};
+
 /// Sends a request for `system:node:<node>` through `api` and waits for
 /// the certificate; returns (certificate PEM, key PEM).
-async fn request_certificate(api: &Api, server: &str, node: &str) -> Result<(String, String), RequestError> {
+pub(crate) async fn request_certificate(
+    api: &Api,
+    server: &str,
+    node: &str,
+    ask: &Ask<'_>,
+) -> Result<(String, String), RequestError> {
     let user = format!("{NODE_USER_PREFIX}{node}");
-    let (csr_pem, key_pem) = pki::client_request(&user, NODES_GROUP).map_err(|e| RequestError::Other(e.to_string()))?;
+    let (csr_pem, key_pem) =
+        pki::request(&user, NODES_GROUP, ask.sans).map_err(|e| RequestError::Other(e.to_string()))?;
     let body = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
-        "metadata": {"generateName": "node-csr-"},
-        "spec": {"signerName": KUBELET_CLIENT_SIGNER, "usages": ["digital signature", "client auth"],
+        "metadata": {"generateName": ask.prefix},
+        "spec": {"signerName": ask.signer, "usages": ask.usages,
             "request": base64::engine::general_purpose::STANDARD.encode(&csr_pem)}});
     let created = api.create("CertificateSigningRequest", None, body).await.map_err(RequestError::Api)?;
     let csr = created.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-    tracing::info!(csr, server, "sent a certificate signing request for {user}");
+    tracing::info!(csr, server, signer = ask.signer, "sent a certificate signing request for {user}");
     let deadline = tokio::time::Instant::now() + APPROVAL_TIMEOUT;
     loop {
         let o = api.get("CertificateSigningRequest", None, &csr).await.map_err(RequestError::Api)?;
@@ -190,10 +206,20 @@ async fn request_certificate(api: &Api, server: &str, node: &str) -> Result<(Str
     }
 }
 
-enum RequestError {
+pub(crate) enum RequestError {
     Api(orchestrator_apimachinery::errors::ApiError),
     Join(JoinError),
     Other(String),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Api(e) => f.write_str(&e.message),
+            RequestError::Join(e) => e.fmt(f),
+            RequestError::Other(e) => f.write_str(e),
+        }
+    }
 }
 
 /// The kubelet's API client: the stored certificate while valid, or a
@@ -222,7 +248,7 @@ pub async fn identity(join: &Join) -> Result<Remote, JoinError> {
     let api_error = |op: &str, reason: String| JoinError::Api { op: op.into(), server: join.server.clone(), reason };
     let bootstrap = Remote::new(&join.server, Trust::Ca(ca.as_bytes()), Credentials::Bearer(&token.reveal()))
         .map_err(|e| api_error("connect to", e))?;
-    let (cert, key) = match request_certificate(&Api::Remote(bootstrap), &join.server, &join.node_name).await {
+    let (cert, key) = match request_certificate(&Api::Remote(bootstrap), &join.server, &join.node_name, &CLIENT).await {
         Ok(issued) => issued,
         Err(RequestError::Api(e)) if e.code == 401 => {
             return Err(JoinError::TokenRefused { server: join.server.clone(), id: token.id, reason: e.message });
@@ -242,34 +268,19 @@ pub async fn identity(join: &Join) -> Result<Remote, JoinError> {
     .map_err(|e| api_error("connect to", e))
 }
 
-/// When to renew a certificate valid from `not_before` to `not_after`:
-/// at `fraction` (0.7–0.9, upstream's jitter) of its lifetime.
-pub fn renewal_at(not_before: i64, not_after: i64, fraction: f64) -> i64 {
-    let lifetime = (not_after - not_before).max(0) as f64;
-    not_before + (lifetime * fraction.clamp(0.7, 0.9)) as i64
-}
-
-fn jitter() -> f64 {
-    let mut b = [0u8; 2];
-    let _ = getrandom::fill(&mut b);
-    0.7 + 0.2 * f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
-}
-
 /// Renews the client certificate of `remote` before it expires, forever:
 /// a new key and request sent with the current certificate, the result
 /// written to `dir` and used from the next request on.
 pub async fn renew_forever(remote: Remote, dir: PathBuf, node: String) {
     loop {
         let current = std::fs::read_to_string(cert_file(&dir)).unwrap_or_default();
-        let Some((not_before, not_after)) = pki::validity_of(current.as_bytes()) else {
+        if pki::validity_of(current.as_bytes()).is_none() {
             tracing::error!("certificate renewal: no certificate in {}", cert_file(&dir).display());
             return;
-        };
-        let at = renewal_at(not_before, not_after, jitter());
-        let wait = u64::try_from(at - now()).unwrap_or(0);
-        tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+        tokio::time::sleep(reload::wait_before_renewal(&current)).await;
         loop {
-            match request_certificate(&Api::Remote(remote.clone()), &remote.server(), &node).await {
+            match request_certificate(&Api::Remote(remote.clone()), &remote.server(), &node, &CLIENT).await {
                 Ok((cert, key)) => {
                     let stored = write(&cert_file(&dir), &format!("{cert}{key}"));
                     match stored
@@ -279,7 +290,8 @@ pub async fn renew_forever(remote: Remote, dir: PathBuf, node: String) {
                         Ok(()) => {
                             let until = pki::validity_of(cert.as_bytes()).map_or(0, |(_, a)| a);
                             tracing::info!(
-                                "renewed the client certificate of {NODE_USER_PREFIX}{node}, valid until {until}"
+                                "renewed the client certificate of {NODE_USER_PREFIX}{node}, valid until {}",
+                                pki::format_unix(until)
                             );
                         }
                         Err(e) => tracing::error!("certificate renewal: {e}"),
@@ -287,15 +299,9 @@ pub async fn renew_forever(remote: Remote, dir: PathBuf, node: String) {
                     break;
                 }
                 Err(e) => {
-                    let e = match e {
-                        RequestError::Api(e) => e.message,
-                        RequestError::Join(e) => e.to_string(),
-                        RequestError::Other(e) => e,
-                    };
-                    let left = not_after - now();
+                    let left = pki::validity_of(current.as_bytes()).map_or(0, |(_, a)| a - reload::now());
                     tracing::warn!("certificate renewal ({left} s of validity left): {e}");
-                    let pause = u64::try_from((left / 10).clamp(1, 30)).unwrap_or(1);
-                    tokio::time::sleep(Duration::from_secs(pause)).await;
+                    tokio::time::sleep(reload::retry_pause(&current)).await;
                 }
             }
         }
@@ -305,17 +311,6 @@ pub async fn renew_forever(remote: Remote, dir: PathBuf, node: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn renewal_falls_between_70_and_90_percent() {
-        assert_eq!(renewal_at(1000, 2000, 0.7), 1700);
-        assert_eq!(renewal_at(1000, 2000, 0.9), 1900);
-        assert_eq!(renewal_at(1000, 2000, 0.1), 1700, "clamped");
-        for _ in 0..100 {
-            let j = jitter();
-            assert!((0.7..=0.9).contains(&j), "{j}");
-        }
-    }
 
     #[test]
     fn pins_are_checked_before_any_contact() {

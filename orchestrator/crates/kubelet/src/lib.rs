@@ -27,6 +27,7 @@ pub mod portforward;
 pub mod probe;
 pub mod projected;
 pub mod server;
+pub mod serving;
 pub mod spdy;
 pub mod token;
 pub mod volumes;

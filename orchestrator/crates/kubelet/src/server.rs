@@ -1,9 +1,10 @@
 //! The kubelet's HTTPS endpoint (10250): `GET /containerLogs/{ns}/{pod}/{container}`
 //! for the API server's `pods/log` proxy, and the WebSocket upgrades of
 //! `/exec/…` and `/attach/…` (module `exec`) and `/portForward/…` (module
-//! `portforward`) it pipes `pods/exec`, `pods/attach` and `pods/portforward` to. TLS with a serving certificate
-//! from the cluster CA; clients must present a certificate of that CA in the
-//! admin group (the API server's kubelet client).
+//! `portforward`) it pipes `pods/exec`, `pods/attach` and `pods/portforward` to. TLS with the
+//! serving certificate of module `serving` (renewed while serving); clients
+//! must present a certificate of the cluster CA in the admin group (the API
+//! server's kubelet client).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,40 +24,26 @@ use crate::logs::{self, Options};
 use crate::pod::{LABEL_CONTAINER_NAME, LABEL_POD_UID};
 use crate::{Kubelet, KubeletError};
 use orchestrator_http::Body;
-use orchestrator_http::pki::{self, ADMIN_GROUP, CertKey};
+use orchestrator_http::pki::{self, ADMIN_GROUP};
+use orchestrator_http::reload::RenewedCert;
 
-/// The kubelet's TLS identity: a serving certificate issued by the cluster
-/// CA (in the control plane's process, which holds the CA), or self-signed
-/// (a worker; the API server does not verify kubelet serving certificates,
-/// as upstream without `--kubelet-certificate-authority`). Clients are
-/// verified against the cluster CA either way.
-pub enum Identity {
-    IssuedBy(CertKey),
-    SelfSigned { ca_pem: String },
-}
+pub use crate::serving::Identity;
 
-fn tls_config(identity: &Identity, names: &[String]) -> Result<rustls::ServerConfig, String> {
+fn tls_config(served: Arc<RenewedCert>, client_ca: &str) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let s = |e: &dyn std::fmt::Display| e.to_string();
-    let (serving, ca_pem) = match identity {
-        Identity::IssuedBy(ca) => (pki::issue_server(ca, names).map_err(|e| s(&e))?, ca.cert_pem.as_str()),
-        Identity::SelfSigned { ca_pem } => (pki::self_signed_server(names).map_err(|e| s(&e))?, ca_pem.as_str()),
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| s(&e))?).map_err(|e| s(&e))?;
+    roots.add(CertificateDer::from_pem_slice(client_ca.as_bytes()).map_err(|e| s(&e))?).map_err(|e| s(&e))?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| s(&e))?;
-    let chain = vec![CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).map_err(|e| s(&e))?];
-    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).map_err(|e| s(&e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| s(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| s(&e))?;
+        .with_cert_resolver(served);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -65,9 +52,13 @@ fn tls_config(identity: &Identity, names: &[String]) -> Result<rustls::ServerCon
 pub async fn start(k: Arc<Kubelet>, listen: SocketAddr, identity: Identity) -> Result<SocketAddr, KubeletError> {
     let io =
         |source: std::io::Error| KubeletError::Io { op: "listen", path: PathBuf::from(listen.to_string()), source };
-    let mut names = vec![k.cfg.node_name.clone(), k.host_ip.clone(), "localhost".into(), "127.0.0.1".into()];
+    // The Node's name and address, as upstream's kubelet asks for.
+    let mut names = vec![k.cfg.node_name.clone(), k.host_ip.clone()];
     names.dedup();
-    let tls = tls_config(&identity, &names).map_err(|e| io(std::io::Error::other(e)))?;
+    let (dir, node) = (k.cfg.dir.clone(), k.cfg.node_name.clone());
+    let tls = crate::serving::start(k.api.clone(), dir, node, names, &identity)
+        .and_then(|served| tls_config(served, identity.client_ca()))
+        .map_err(|e| io(std::io::Error::other(e)))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(io)?;
     let addr = listener.local_addr().map_err(io)?;
