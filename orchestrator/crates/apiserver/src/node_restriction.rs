@@ -45,7 +45,7 @@ pub(crate) fn admit(
     reg: &Registry,
     user: &User,
     verb: &str,
-    rt: &'static ResourceType,
+    rt: &ResourceType,
     ns: Option<&str>,
     name: Option<&str>,
     sub: Option<&str>,
