@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use serde_json::{Value, json};
 
-use crate::resources::{GROUPS, RESOURCES, ResourceType};
+use crate::resources::{GROUPS, RESOURCES, ResourceType, group_version};
 
 /// The Kubernetes version the API server presents.
 pub const MAJOR: &str = "1";
@@ -44,7 +44,8 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 fn group(name: &str) -> APIGroup {
-    let gv = GroupVersionForDiscovery { group_version: format!("{name}/v1"), version: "v1".into() };
+    let v = group_version(name);
+    let gv = GroupVersionForDiscovery { group_version: format!("{name}/{v}"), version: v.into() };
     APIGroup {
         name: name.into(),
         preferred_version: Some(gv.clone()),
@@ -100,6 +101,8 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
         "portforward" => ("PodPortForwardOptions", None, None, &["create", "get"]),
         "log" => (rt.kind, None, None, &["get"]),
         "token" => ("TokenRequest", Some(AUTHENTICATION_GROUP), Some("v1"), &["create"]),
+        // What `kubectl drain` looks for to evict rather than delete.
+        "eviction" => ("Eviction", Some(crate::resources::POLICY_GROUP), Some("v1"), &["create"]),
         _ => (rt.kind, None, None, &["get", "patch", "update"]),
     };
     APIResource {
@@ -154,7 +157,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
 /// The group versions that have OpenAPI v3 documents, as URL paths.
 fn openapi_paths() -> Vec<String> {
     let mut v = vec!["api/v1".to_string()];
-    v.extend(GROUPS.iter().map(|g| format!("apis/{g}/v1")));
+    v.extend(GROUPS.iter().map(|g| format!("apis/{g}/{}", group_version(g))));
     v
 }
 
@@ -247,9 +250,8 @@ pub fn openapi_v2_protobuf() -> Vec<u8> {
 fn schema_name(rt: &ResourceType) -> String {
     let group = match rt.group {
         "" => "core",
-        "discovery.k8s.io" => "discovery",
-        "coordination.k8s.io" => "coordination",
-        g => g,
+        // Upstream's packages: the group's first label (`rbac`, `networking`…).
+        g => g.split('.').next().unwrap_or(g),
     };
     format!("io.k8s.api.{group}.{}.{}", rt.version, rt.kind)
 }

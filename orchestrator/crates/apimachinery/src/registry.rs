@@ -388,8 +388,10 @@ impl Registry {
         let mut out = out;
         validation::apply_defaults(rt.kind, &mut out);
         stateful::apply_defaults(rt.kind, &mut out);
+        crate::policy::apply_defaults(rt.kind, &mut out);
         let mut causes = validation::validate(rt.kind, &out);
         causes.extend(stateful::validate(rt.kind, &out));
+        causes.extend(crate::policy::validate(rt.kind, &out));
         causes.extend(crate::node_fields::validate(rt.kind, &out));
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, &name, causes));
@@ -710,6 +712,7 @@ impl Registry {
         let (mut new, warnings) = self.admit(rt, new, opts)?;
         let mut causes = validation::validate_update(rt.kind, &current, &new);
         causes.extend(stateful::validate_update(rt.kind, &current, &new));
+        causes.extend(crate::policy::validate_update(rt.kind, &current, &new));
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, name, causes));
         }

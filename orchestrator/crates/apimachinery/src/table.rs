@@ -8,7 +8,7 @@ use crate::registry::parse_time;
 use crate::resources::ResourceType;
 
 /// (name, type, priority, description)
-type Column = (&'static str, &'static str, u8, &'static str);
+pub(crate) type Column = (&'static str, &'static str, u8, &'static str);
 
 fn columns(kind: &str) -> Vec<Column> {
     let name: Column = ("Name", "string", 0, "Name must be unique within a namespace.");
@@ -267,15 +267,17 @@ fn columns(kind: &str) -> Vec<Column> {
             ("AllowVolumeExpansion", "string", 0, "Indicates whether the storage class allow volume expand"),
             age,
         ],
-        _ => vec![
-            name,
-            (
-                "Created At",
-                "date",
-                0,
-                "CreationTimestamp is a timestamp representing the server time when this object was created.",
-            ),
-        ],
+        _ => {
+            let rest = crate::policy::columns(kind).unwrap_or_else(|| {
+                vec![(
+                    "Created At",
+                    "date",
+                    0,
+                    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+                )]
+            });
+            std::iter::once(name).chain(rest).collect()
+        }
     }
 }
 
@@ -313,7 +315,7 @@ fn age_of(t: Option<&str>, now: i64) -> String {
     t.and_then(parse_time).map_or_else(|| "<unknown>".into(), |t| human_duration(now - t))
 }
 
-fn s<'a>(o: &'a Value, p: &str) -> &'a str {
+pub(crate) fn s<'a>(o: &'a Value, p: &str) -> &'a str {
     o.pointer(p).and_then(Value::as_str).unwrap_or_default()
 }
 
@@ -350,7 +352,7 @@ fn access_modes(modes: Option<&Value>) -> String {
     list.join(",")
 }
 
-fn or_none(v: String) -> String {
+pub(crate) fn or_none(v: String) -> String {
     if v.is_empty() { "<none>".into() } else { v }
 }
 
@@ -734,7 +736,12 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 age,
             ]
         }
-        _ => vec![name, o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)],
+        _ => {
+            let rest = crate::policy::cells(kind, o, age).unwrap_or_else(|| {
+                vec![o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)]
+            });
+            std::iter::once(name).chain(rest).collect()
+        }
     }
 }
 

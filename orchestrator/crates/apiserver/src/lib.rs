@@ -14,6 +14,7 @@ mod authn;
 pub mod bootstrap;
 mod connections;
 mod csr;
+mod eviction;
 mod legacy_tokens;
 mod negotiate;
 pub mod rbac;
@@ -764,7 +765,7 @@ async fn route(
     // typed clients (helm's release storage) update Secrets and send
     // DeleteOptions in protobuf.
     let protobuf_body = match verb {
-        "create" | "update" => t.sub.is_none() || matches!(t.sub, Some("token" | "approval")),
+        "create" | "update" => t.sub.is_none() || matches!(t.sub, Some("token" | "approval" | "eviction")),
         "delete" | "deletecollection" => !body.is_empty(),
         _ => false,
     };
@@ -822,6 +823,11 @@ async fn route(
         }
         ("create", Some(name), Some("token")) => {
             Ok(respond(201, &reg.request_token(ns.unwrap_or_default(), name, &body)?, &[]))
+        }
+        ("create", Some(name), Some("eviction")) => {
+            let options = eviction::parse(name, &parse_json(&body)?)?;
+            let opts = delete_options(&[], &serde_json::to_vec(&options).unwrap_or_default())?;
+            Ok(respond(201, &eviction::evict(reg, ns.unwrap_or_default(), name, opts)?, &[]))
         }
         ("create", Some(name), Some("binding")) => {
             let b = parse_json(&body)?;

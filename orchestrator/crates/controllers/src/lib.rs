@@ -8,6 +8,7 @@
 pub mod certificates;
 mod cronjob;
 mod deployment;
+mod disruption;
 mod endpoints;
 mod gc;
 mod indexed;
@@ -134,7 +135,7 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 13] = [
+    let passes: [(&str, bool, Reconciler); 14] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
@@ -149,6 +150,11 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
             "persistentvolume",
             c.periodic || c.any(&["persistentvolumeclaims", "persistentvolumes", "storageclasses"]),
             persistentvolumes::reconcile,
+        ),
+        (
+            "disruption",
+            c.periodic || c.any(&["poddisruptionbudgets", "pods", "replicasets", "deployments", "statefulsets"]),
+            disruption::reconcile,
         ),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
