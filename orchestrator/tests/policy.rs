@@ -126,3 +126,167 @@ fn eviction_honours_the_budget_and_drain_moves_pods() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     s.wait_for(&["get", "pod", &pod, "--ignore-not-found", "--no-headers"], T, |o| o.trim().is_empty());
 }
+
+fn pod(name: &str, extra: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{extra}  containers:\n  - name: c\n    image: busybox\n")
+}
+
+fn with_cpu_limit(name: &str, cpu: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {{limits: {{cpu: \"{cpu}\"}}}}\n"
+    )
+}
+
+/// Applies `yaml` expecting a refusal; returns kubectl's stderr.
+fn refused(s: &Server, yaml: &str) -> String {
+    let f = s.dir.path().join("refused.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    s.fails(&["apply", "-f", f.to_str().unwrap()])
+}
+
+#[test]
+fn limit_ranges_quotas_and_priority_classes_at_admission() {
+    let Some(s) = Server::start() else { return };
+    // LimitRange: defaults filled in, max enforced.
+    s.apply(
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {name: cpu}\nspec:\n  limits:\n  - type: Container\n    max: {cpu: \"1\"}\n    default: {cpu: 500m}\n    defaultRequest: {cpu: 200m}\n",
+        &[],
+    );
+    let lr = s.ok(&["get", "limits", "cpu", "-o", "jsonpath={.spec.limits[0].defaultRequest.cpu}"]);
+    assert_eq!(lr, "200m");
+    s.apply(&pod("plain", ""), &[]);
+    let res = s.ok(&["get", "pod", "plain", "-o", "jsonpath={.spec.containers[0].resources.limits.cpu} {.spec.containers[0].resources.requests.cpu} {.status.qosClass}"]);
+    assert_eq!(res, "500m 200m Burstable");
+    let err = refused(&s, &with_cpu_limit("big", "2"));
+    assert!(err.contains("pods \"big\" is forbidden: maximum cpu usage per Container is 1, but limit is 2"), "{err}");
+    assert!(s.fails(&["get", "pod", "big"]).contains("not found"));
+
+    // ResourceQuota: counted, refused over the limit with upstream's 403, given back on delete.
+    s.apply("apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute}\nspec:\n  hard: {pods: \"2\", requests.cpu: \"1\"}\n", &[]);
+    s.wait_for(&["get", "quota", "compute", "-o", "jsonpath={.status.used.pods}"], T, |o| o == "1");
+    s.apply(&pod("second", ""), &[]);
+    let row = s.ok(&["get", "quota", "compute", "--no-headers"]);
+    assert!(row.contains("pods: 2/2, requests.cpu: 400m/1"), "{row}");
+    let err = refused(&s, &pod("third", ""));
+    assert!(
+        err.contains("Error from server (Forbidden)")
+            && err.contains("pods \"third\" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"),
+        "{err}"
+    );
+    s.ok(&["delete", "pod", "second"]);
+    s.wait_for(&["get", "quota", "compute", "-o", "jsonpath={.status.used.pods}"], T, |o| o == "1");
+    s.apply(&pod("third", ""), &[]);
+
+    // PriorityClass: resolved into spec.priority; the built-in classes exist; an unknown class is refused.
+    s.ok(&["delete", "quota", "compute"]);
+    s.apply("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n", &[]);
+    s.apply(&pod("important", "  priorityClassName: high\n"), &[]);
+    let p = s.ok(&["get", "pod", "important", "-o", "jsonpath={.spec.priority} {.spec.preemptionPolicy}"]);
+    assert_eq!(p, "1000 PreemptLowerPriority");
+    s.apply(&pod("critical", "  priorityClassName: system-node-critical\n"), &[]);
+    assert_eq!(s.ok(&["get", "pod", "critical", "-o", "jsonpath={.spec.priority}"]), "2000001000");
+    let err = refused(&s, &pod("lost", "  priorityClassName: nope\n"));
+    assert!(err.contains("pods \"lost\" is forbidden: no PriorityClass with name nope was found"), "{err}");
+    let pcs = s.ok(&["get", "pc"]);
+    assert!(pcs.lines().next().unwrap().split_whitespace().eq(["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"]), "{pcs}");
+    assert!(pcs.contains("system-cluster-critical") && pcs.contains("2000000000"), "{pcs}");
+    let err = refused(&s, "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: system-mine}\nvalue: 1\n");
+    assert!(err.contains("metadata.name: Invalid value: \"system-mine\": priority class names with 'system-' prefix are reserved for system use only"), "{err}");
+}
+
+/// (manifest, the `get` header, an invalid manifest, the error it must carry)
+const KINDS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "pdb",
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: k}\nspec: {maxUnavailable: \"25%\", selector: {matchLabels: {app: k}}}\n",
+        "NAME MIN AVAILABLE MAX UNAVAILABLE ALLOWED DISRUPTIONS AGE",
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: bad}\nspec: {minAvailable: -1}\n",
+        "spec.minAvailable: Invalid value: -1: must be greater than or equal to 0",
+    ),
+    (
+        "hpa",
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: k}\nspec: {scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}, maxReplicas: 5}\n",
+        "NAME REFERENCE TARGETS MINPODS MAXPODS REPLICAS AGE",
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: bad}\nspec: {scaleTargetRef: {kind: Deployment, name: web}, minReplicas: 3, maxReplicas: 2}\n",
+        "spec.maxReplicas: Invalid value: 2: must be greater than or equal to `minReplicas`",
+    ),
+    (
+        "netpol",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: k}\nspec: {podSelector: {matchLabels: {app: k}}}\n",
+        "NAME POD-SELECTOR AGE",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad}\nspec: {podSelector: {}, policyTypes: [Sideways]}\n",
+        "spec.policyTypes[0]: Unsupported value: \"Sideways\"",
+    ),
+    (
+        "ing",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: k}\nspec:\n  rules:\n  - host: k.example.com\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}\n",
+        "NAME CLASS HOSTS ADDRESS PORTS AGE",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: bad}\nspec:\n  rules:\n  - http: {paths: [{path: /, backend: {service: {name: web, port: {number: 80}}}}]}\n",
+        "spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified",
+    ),
+    (
+        "ingressclass",
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: k}\nspec: {controller: example.com/ingress}\n",
+        "NAME CONTROLLER PARAMETERS AGE",
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: bad}\nspec: {controller: nope}\n",
+        "spec.controller: Invalid value: \"nope\"",
+    ),
+    (
+        "quota",
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: k}\nspec: {hard: {count/deployments.apps: \"3\"}}\n",
+        "NAME AGE REQUEST LIMIT",
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: bad}\nspec: {hard: {pods: \"-1\"}}\n",
+        "spec.hard[pods]: Invalid value: \"-1\": must be greater than or equal to 0",
+    ),
+    (
+        "limits",
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {name: k}\nspec: {limits: [{type: Container, max: {memory: 1Gi}}]}\n",
+        "NAME CREATED AT",
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {name: bad}\nspec: {limits: [{type: Container, max: {cpu: \"1\"}, min: {cpu: \"2\"}}]}\n",
+        "spec.limits[0].min[cpu]: Invalid value: \"2\": min value 2 is greater than max value 1",
+    ),
+    (
+        "validatingwebhookconfigurations",
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {name: k}\nwebhooks:\n- name: check.k.example.com\n  clientConfig: {url: \"https://k.example.com/check\"}\n  sideEffects: None\n  admissionReviewVersions: [v1]\n",
+        "NAME WEBHOOKS AGE",
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {name: bad}\nwebhooks:\n- name: check\n  clientConfig: {url: \"https://k.example.com/check\"}\n  admissionReviewVersions: [v1]\n",
+        "webhooks[0].sideEffects: Required value: must specify one of None, NoneOnDryRun",
+    ),
+    (
+        "mutatingwebhookconfigurations",
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata: {name: k}\nwebhooks:\n- name: fix.k.example.com\n  clientConfig: {service: {namespace: default, name: web}}\n  sideEffects: None\n  admissionReviewVersions: [v1]\n",
+        "NAME WEBHOOKS AGE",
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata: {name: bad}\nwebhooks:\n- name: fix.k.example.com\n  clientConfig: {}\n  sideEffects: None\n  admissionReviewVersions: [v1]\n",
+        "webhooks[0].clientConfig: Required value: exactly one of url or service is required",
+    ),
+];
+
+#[test]
+fn stored_kinds_validate_and_print_as_upstream() {
+    let Some(s) = Server::start() else { return };
+    for (short, good, header, bad, error) in KINDS {
+        s.apply(good, &[]);
+        let out = s.ok(&["get", short, "k"]);
+        let first = out.lines().next().unwrap_or_default();
+        assert!(first.split_whitespace().eq(header.split_whitespace()), "{short}: {out}");
+        let err = refused(&s, bad);
+        assert!(err.contains(error), "{short}: {err}");
+        let err = s.fails(&["get", short, "bad"]);
+        assert!(err.contains("not found"), "{short}: nothing stored: {err}");
+    }
+    let hpa = s.ok(&["get", "hpa", "k", "--no-headers"]);
+    assert!(hpa.split_whitespace().take(5).eq(["k", "Deployment/web", "cpu:", "<unknown>/80%", "1"]), "{hpa}");
+    let ing = s.ok(&["get", "ing", "k", "--no-headers"]);
+    assert!(ing.split_whitespace().take(4).eq(["k", "<none>", "k.example.com", "80"]), "{ing}");
+    let wh = s.ok(&["get", "mutatingwebhookconfigurations", "k", "-o", "jsonpath={.webhooks[0].clientConfig.service.port} {.webhooks[0].timeoutSeconds}"]);
+    assert_eq!(wh, "443 10", "upstream's defaults");
+    let pdb = s.wait_for(&["get", "pdb", "k", "-o", "jsonpath={.status.observedGeneration} {.status.expectedPods}"], T, |o| o.starts_with('1'));
+    assert_eq!(pdb, "1 0", "the controller saw the budget; it selects no pods");
+    // Discovery: the groups and their versions, as kubectl sees them.
+    let versions = s.ok(&["api-versions"]);
+    for gv in ["policy/v1", "autoscaling/v2", "networking.k8s.io/v1", "scheduling.k8s.io/v1", "admissionregistration.k8s.io/v1"] {
+        assert!(versions.lines().any(|l| l == gv), "{gv}: {versions}");
+    }
+    let resources = s.ok(&["api-resources", "--api-group=policy", "--no-headers"]);
+    assert!(resources.contains("poddisruptionbudgets") && resources.contains("pdb"), "{resources}");
+}

@@ -15,6 +15,7 @@ pub mod patch;
 pub mod policy;
 pub mod protobuf;
 pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod resources;
 pub mod schedule;

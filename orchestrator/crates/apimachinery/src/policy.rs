@@ -131,6 +131,25 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
                 }
             }
         }
+        "LimitRange" => {
+            // Upstream's `SetDefaults_LimitRangeItem`: a container's default
+            // limit from max, its default request from the default limit, else min.
+            for item in o.pointer_mut("/spec/limits").and_then(Value::as_array_mut).into_iter().flatten() {
+                if item.get("type").and_then(Value::as_str) != Some("Container") {
+                    continue;
+                }
+                for (from, to) in [("max", "default"), ("default", "defaultRequest"), ("min", "defaultRequest")] {
+                    let source = item.get(from).and_then(Value::as_object).cloned().unwrap_or_default();
+                    if source.is_empty() {
+                        continue;
+                    }
+                    let target = obj(item, to);
+                    for (r, q) in source {
+                        target.entry(r).or_insert(q);
+                    }
+                }
+            }
+        }
         "PriorityClass" => {
             default(o.as_object_mut().expect("objects are maps"), "preemptionPolicy", "PreemptLowerPriority".into());
         }
@@ -524,7 +543,7 @@ fn validate_webhooks(o: &Value, causes: &mut Causes) {
             _ => {}
         }
         match w.get("sideEffects").and_then(Value::as_str) {
-            None => causes.push((format!("{path}.sideEffects"), "Required value: must specify one of None, NoneOnDryRun".into())),
+            None | Some("") => causes.push((format!("{path}.sideEffects"), "Required value: must specify one of None, NoneOnDryRun".into())),
             Some(s) if !["None", "NoneOnDryRun"].contains(&s) => causes.push(unsupported(format!("{path}.sideEffects"), s, &["None", "NoneOnDryRun"])),
             Some(_) => {}
         }

@@ -99,8 +99,13 @@ pub type PodAdmission = Box<dyn Fn(&Registry, &str, &mut Value) -> Result<(), Ap
 /// Answers `POST serviceaccounts/<name>/token` (namespace, name, body) with a TokenRequest.
 pub type TokenIssuer = Box<dyn Fn(&Registry, &str, &str, &[u8]) -> Result<Value, ApiError> + Send + Sync>;
 
+/// Admits a namespaced object about to be created (kind, namespace, object,
+/// dry run) after every mutation: ResourceQuota charges it.
+pub type CreateAdmission = Box<dyn Fn(&Registry, &ResourceType, &str, &Value, bool) -> Result<(), ApiError> + Send + Sync>;
+
 pub struct Hooks {
     pub admit_pod: PodAdmission,
+    pub admit_create: CreateAdmission,
     pub issue_token: TokenIssuer,
 }
 
@@ -600,6 +605,9 @@ impl Registry {
             && let Some(h) = self.hooks.get()
         {
             (h.admit_pod)(self, ns.unwrap_or_default(), &mut obj)?;
+        }
+        if let (Some(h), Some(ns)) = (self.hooks.get(), ns) {
+            (h.admit_create)(self, rt, ns, &obj, opts.dry_run)?;
         }
         let _ip_lock;
         if rt.kind == "Service" && obj.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName") {

@@ -17,6 +17,8 @@ mod csr;
 mod eviction;
 mod legacy_tokens;
 mod negotiate;
+mod pod_policy;
+mod quota;
 pub mod rbac;
 mod rootca;
 mod sa_admission;
@@ -296,12 +298,17 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     let sa_keys = Arc::new(satoken::Keys::load_or_generate(&dir.join("sa.key"))?);
     let keys = sa_keys.clone();
     registry.set_hooks(orchestrator_apimachinery::registry::Hooks {
-        admit_pod: Box::new(sa_admission::admit),
+        admit_pod: Box::new(|reg, ns, pod| {
+            pod_policy::admit(reg, ns, pod)?;
+            sa_admission::admit(reg, ns, pod)
+        }),
+        admit_create: Box::new(quota::admit),
         issue_token: Box::new(move |reg, ns, name, body| {
             let r = satoken::token_request(&keys, reg, ns, name, body)?;
             serde_json::to_value(r).map_err(|e| ApiError::internal(format!("TokenRequest: {e}")))
         }),
     });
+    pod_policy::ensure_system_classes(&registry).map_err(ServerError::Bootstrap)?;
     let pem = ca.cert_pem.clone();
     spawn_reconciler(registry.clone(), "kube-root-ca.crt publisher", rootca::watched(), move |r| {
         rootca::reconcile(r, &pem)

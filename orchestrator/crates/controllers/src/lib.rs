@@ -15,6 +15,7 @@ mod indexed;
 pub mod leader;
 mod nodes;
 mod persistentvolumes;
+mod quota;
 mod replicaset;
 mod scheduler;
 mod serviceaccounts;
@@ -135,7 +136,7 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 14] = [
+    let passes: [(&str, bool, Reconciler); 15] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
@@ -156,6 +157,7 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
             c.periodic || c.any(&["poddisruptionbudgets", "pods", "replicasets", "deployments", "statefulsets"]),
             disruption::reconcile,
         ),
+        ("resourcequota", c.periodic || c.deletion || c.any(&["resourcequotas"]), quota::reconcile),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
         ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),
