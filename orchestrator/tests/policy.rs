@@ -83,7 +83,8 @@ fn eviction_honours_the_budget_and_drain_moves_pods() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("TooManyRequests") && err.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        err.contains("TooManyRequests")
+            && err.contains("Cannot evict pod as it would violate the pod's disruption budget."),
         "{err}"
     );
     assert_eq!(placement(&s, "web"), pods, "nothing was deleted");
@@ -128,7 +129,9 @@ fn eviction_honours_the_budget_and_drain_moves_pods() {
 }
 
 fn pod(name: &str, extra: &str) -> String {
-    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{extra}  containers:\n  - name: c\n    image: busybox\n")
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{extra}  containers:\n  - name: c\n    image: busybox\n"
+    )
 }
 
 fn with_cpu_limit(name: &str, cpu: &str) -> String {
@@ -170,7 +173,9 @@ fn limit_ranges_quotas_and_priority_classes_at_admission() {
     let err = refused(&s, &pod("third", ""));
     assert!(
         err.contains("Error from server (Forbidden)")
-            && err.contains("pods \"third\" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"),
+            && err.contains(
+                "pods \"third\" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"
+            ),
         "{err}"
     );
     s.ok(&["delete", "pod", "second"]);
@@ -188,9 +193,19 @@ fn limit_ranges_quotas_and_priority_classes_at_admission() {
     let err = refused(&s, &pod("lost", "  priorityClassName: nope\n"));
     assert!(err.contains("pods \"lost\" is forbidden: no PriorityClass with name nope was found"), "{err}");
     let pcs = s.ok(&["get", "pc"]);
-    assert!(pcs.lines().next().unwrap().split_whitespace().eq(["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"]), "{pcs}");
+    assert!(
+        pcs.lines().next().unwrap().split_whitespace().eq([
+            "NAME",
+            "VALUE",
+            "GLOBAL-DEFAULT",
+            "AGE",
+            "PREEMPTIONPOLICY"
+        ]),
+        "{pcs}"
+    );
     assert!(pcs.contains("system-cluster-critical") && pcs.contains("2000000000"), "{pcs}");
-    let err = refused(&s, "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: system-mine}\nvalue: 1\n");
+    let err =
+        refused(&s, "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: system-mine}\nvalue: 1\n");
     assert!(err.contains("metadata.name: Invalid value: \"system-mine\": priority class names with 'system-' prefix are reserved for system use only"), "{err}");
 }
 
@@ -278,15 +293,61 @@ fn stored_kinds_validate_and_print_as_upstream() {
     assert!(hpa.split_whitespace().take(5).eq(["k", "Deployment/web", "cpu:", "<unknown>/80%", "1"]), "{hpa}");
     let ing = s.ok(&["get", "ing", "k", "--no-headers"]);
     assert!(ing.split_whitespace().take(4).eq(["k", "<none>", "k.example.com", "80"]), "{ing}");
-    let wh = s.ok(&["get", "mutatingwebhookconfigurations", "k", "-o", "jsonpath={.webhooks[0].clientConfig.service.port} {.webhooks[0].timeoutSeconds}"]);
+    let wh = s.ok(&[
+        "get",
+        "mutatingwebhookconfigurations",
+        "k",
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.service.port} {.webhooks[0].timeoutSeconds}",
+    ]);
     assert_eq!(wh, "443 10", "upstream's defaults");
-    let pdb = s.wait_for(&["get", "pdb", "k", "-o", "jsonpath={.status.observedGeneration} {.status.expectedPods}"], T, |o| o.starts_with('1'));
+    let pdb = s.wait_for(
+        &["get", "pdb", "k", "-o", "jsonpath={.status.observedGeneration} {.status.expectedPods}"],
+        T,
+        |o| o.starts_with('1'),
+    );
     assert_eq!(pdb, "1 0", "the controller saw the budget; it selects no pods");
     // Discovery: the groups and their versions, as kubectl sees them.
     let versions = s.ok(&["api-versions"]);
-    for gv in ["policy/v1", "autoscaling/v2", "networking.k8s.io/v1", "scheduling.k8s.io/v1", "admissionregistration.k8s.io/v1"] {
+    for gv in [
+        "policy/v1",
+        "autoscaling/v2",
+        "networking.k8s.io/v1",
+        "scheduling.k8s.io/v1",
+        "admissionregistration.k8s.io/v1",
+    ] {
         assert!(versions.lines().any(|l| l == gv), "{gv}: {versions}");
     }
     let resources = s.ok(&["api-resources", "--api-group=policy", "--no-headers"]);
     assert!(resources.contains("poddisruptionbudgets") && resources.contains("pdb"), "{resources}");
+}
+
+/// `kubectl drain` with the newest kubectl and the oldest pinned one
+/// (1.27): refused while the budget blocks, done when it allows.
+#[test]
+fn drain_with_the_newest_and_oldest_kubectl() {
+    let Some(main) = common::kubectl() else { return };
+    let oldest = std::path::PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.27");
+    let builds: Vec<_> = std::iter::once(main).chain(oldest.is_file().then_some(oldest)).collect();
+    for kubectl in builds {
+        let which = kubectl.display().to_string();
+        let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl);
+        let _n = HollowNode::start(&s, "hollow-1", 40);
+        s.apply(APP, &[]);
+        s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+        s.apply(PDB, &[]);
+        s.wait_for(&["get", "pdb", "web", "-o", "jsonpath={.status.currentHealthy}"], T, |o| o == "2");
+        let out = s.run(&["drain", "hollow-1", "--timeout=7s"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("would violate the pod's disruption budget"), "{which}: {err}");
+        s.ok(&["patch", "pdb", "web", "--type=merge", "-p", r#"{"spec":{"minAvailable":0}}"#]);
+        s.wait_for(&["get", "pdb", "web", "-o", "jsonpath={.status.disruptionsAllowed}"], T, |o| o == "2");
+        let out = s.ok(&["drain", "hollow-1", "--timeout=60s"]);
+        assert!(out.contains("node/hollow-1 drained"), "{which}: {out}");
+        // The replacements wait: the only node is cordoned.
+        let pods = s.wait_for(&["get", "pods", "-l", "app=web", "--no-headers"], T, |o| {
+            o.lines().count() == 2 && o.lines().all(|l| l.contains("Pending"))
+        });
+        assert!(!pods.contains("Running"), "{which}: {pods}");
+    }
 }

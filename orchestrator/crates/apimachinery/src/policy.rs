@@ -11,15 +11,22 @@ use serde_json::{Value, json};
 
 use crate::quantity::Quantity;
 use crate::selector::LabelSelector;
-use crate::table::{Column, or_none, s};
 use crate::validation::{Causes, default, is_dns1123_subdomain, obj};
 
 /// Upstream's `HighestUserDefinablePriority`.
 pub const HIGHEST_USER_PRIORITY: i64 = 1_000_000_000;
 /// The built-in classes (upstream's `SystemPriorityClasses`).
 pub const SYSTEM_CLASSES: &[(&str, i64, &str)] = &[
-    ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
-    ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
 ];
 
 const PERCENT_MSG: &str = "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')";
@@ -34,7 +41,9 @@ pub enum IntOrPercent {
 impl IntOrPercent {
     pub fn parse(v: &Value) -> Result<IntOrPercent, String> {
         match v {
-            Value::Number(n) => n.as_i64().map(IntOrPercent::Int).ok_or_else(|| format!("Invalid value: {n}: must be an integer")),
+            Value::Number(n) => {
+                n.as_i64().map(IntOrPercent::Int).ok_or_else(|| format!("Invalid value: {n}: must be an integer"))
+            }
             Value::String(s) => s
                 .strip_suffix('%')
                 .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
@@ -82,15 +91,17 @@ fn check_selector(sel: Option<&Value>, field: &str, causes: &mut Causes) {
         let values = e.get("values").and_then(Value::as_array).map_or(0, Vec::len);
         let path = format!("{field}.matchExpressions[{i}]");
         match op {
-            "In" | "NotIn" if values == 0 => {
-                causes.push((format!("{path}.values"), "Required value: must be specified when `operator` is 'In' or 'NotIn'".into()))
-            }
+            "In" | "NotIn" if values == 0 => causes.push((
+                format!("{path}.values"),
+                "Required value: must be specified when `operator` is 'In' or 'NotIn'".into(),
+            )),
             "Exists" | "DoesNotExist" if values > 0 => causes.push((
                 format!("{path}.values"),
                 "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'".into(),
             )),
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-            other => causes.push((format!("{path}.operator"), format!("Invalid value: {other:?}: not a valid selector operator"))),
+            other => causes
+                .push((format!("{path}.operator"), format!("Invalid value: {other:?}: not a valid selector operator"))),
         }
     }
 }
@@ -185,9 +196,15 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
     let spec = o.get("spec").cloned().unwrap_or(json!({}));
     match kind {
         "PodDisruptionBudget" => {
-            let (min, max) = (spec.get("minAvailable").filter(|v| !v.is_null()), spec.get("maxUnavailable").filter(|v| !v.is_null()));
+            let (min, max) = (
+                spec.get("minAvailable").filter(|v| !v.is_null()),
+                spec.get("maxUnavailable").filter(|v| !v.is_null()),
+            );
             if min.is_some() && max.is_some() {
-                causes.push(("spec".into(), format!("Invalid value: {spec}: minAvailable and maxUnavailable cannot be both set")));
+                causes.push((
+                    "spec".into(),
+                    format!("Invalid value: {spec}: minAvailable and maxUnavailable cannot be both set"),
+                ));
             }
             check_int_or_percent(min, "spec.minAvailable", &mut causes);
             check_int_or_percent(max, "spec.maxUnavailable", &mut causes);
@@ -203,7 +220,10 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             let min = spec.get("minReplicas").and_then(Value::as_i64).unwrap_or(1);
             let max = spec.get("maxReplicas").and_then(Value::as_i64).unwrap_or(0);
             if min < 1 {
-                causes.push(("spec.minReplicas".into(), format!("Invalid value: {min}: must be greater than or equal to 1")));
+                causes.push((
+                    "spec.minReplicas".into(),
+                    format!("Invalid value: {min}: must be greater than or equal to 1"),
+                ));
             }
             if max < 1 {
                 causes.push(("spec.maxReplicas".into(), format!("Invalid value: {max}: must be greater than 0")));
@@ -222,7 +242,10 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             for (i, m) in spec.get("metrics").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
                 if ty.is_empty() {
-                    causes.push((format!("spec.metrics[{i}].type"), "Required value: must specify a metric source type".into()));
+                    causes.push((
+                        format!("spec.metrics[{i}].type"),
+                        "Required value: must specify a metric source type".into(),
+                    ));
                 } else if !types.contains(&ty) {
                     causes.push(unsupported(format!("spec.metrics[{i}].type"), ty, &types));
                 }
@@ -241,12 +264,19 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
                     for (j, p) in rule.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
                         let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
                         if !["TCP", "UDP", "SCTP"].contains(&proto) {
-                            causes.push(unsupported(format!("spec.{list}[{i}].ports[{j}].protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                            causes.push(unsupported(
+                                format!("spec.{list}[{i}].ports[{j}].protocol"),
+                                proto,
+                                &["SCTP", "TCP", "UDP"],
+                            ));
                         }
                     }
                     for (j, peer) in rule.get(peers).and_then(Value::as_array).into_iter().flatten().enumerate() {
                         let path = format!("spec.{list}[{i}].{peers}[{j}]");
-                        let set = ["podSelector", "namespaceSelector", "ipBlock"].iter().filter(|k| peer.get(**k).is_some_and(|v| !v.is_null())).count();
+                        let set = ["podSelector", "namespaceSelector", "ipBlock"]
+                            .iter()
+                            .filter(|k| peer.get(**k).is_some_and(|v| !v.is_null()))
+                            .count();
                         if set == 0 {
                             causes.push((path.clone(), "Required value: must specify a peer".into()));
                         }
@@ -265,7 +295,10 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             if c.is_empty() {
                 causes.push(("spec.controller".into(), "Required value".into()));
             } else if !c.split_once('/').is_some_and(|(d, p)| is_dns1123_subdomain(d) && !p.is_empty()) {
-                causes.push(("spec.controller".into(), format!("Invalid value: {c:?}: must be a domain-prefixed path (such as \"acme.io/foo\")")));
+                causes.push((
+                    "spec.controller".into(),
+                    format!("Invalid value: {c:?}: must be a domain-prefixed path (such as \"acme.io/foo\")"),
+                ));
             }
         }
         "PriorityClass" => {
@@ -300,7 +333,14 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             }
             for (i, s) in spec.get("scopes").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let s = s.as_str().unwrap_or_default();
-                let ok = ["BestEffort", "CrossNamespacePodAffinity", "NotBestEffort", "NotTerminating", "PriorityClass", "Terminating"];
+                let ok = [
+                    "BestEffort",
+                    "CrossNamespacePodAffinity",
+                    "NotBestEffort",
+                    "NotTerminating",
+                    "PriorityClass",
+                    "Terminating",
+                ];
                 if !ok.contains(&s) {
                     causes.push(unsupported(format!("spec.scopes[{i}]"), s, &ok));
                 }
@@ -342,7 +382,8 @@ fn is_cidr(s: &str) -> bool {
 fn validate_ingress(spec: &Value, causes: &mut Causes) {
     let rules = spec.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
     if rules.is_empty() && spec.get("defaultBackend").is_none_or(Value::is_null) {
-        causes.push(("spec".into(), "Invalid value: \"\": either `defaultBackend` or `rules` must be specified".into()));
+        causes
+            .push(("spec".into(), "Invalid value: \"\": either `defaultBackend` or `rules` must be specified".into()));
     }
     if let Some(b) = spec.get("defaultBackend").filter(|b| !b.is_null()) {
         check_backend(b, "spec.defaultBackend", causes);
@@ -351,19 +392,25 @@ fn validate_ingress(spec: &Value, causes: &mut Causes) {
         if let Some(h) = r.get("host").and_then(Value::as_str).filter(|h| !h.is_empty()) {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if !is_dns1123_subdomain(bare) || h.parse::<std::net::IpAddr>().is_ok() {
-                causes.push((format!("spec.rules[{i}].host"), format!("Invalid value: {h:?}: {}", crate::validation::SUBDOMAIN_MSG)));
+                causes.push((
+                    format!("spec.rules[{i}].host"),
+                    format!("Invalid value: {h:?}: {}", crate::validation::SUBDOMAIN_MSG),
+                ));
             }
         }
         for (j, p) in r.pointer("/http/paths").and_then(Value::as_array).into_iter().flatten().enumerate() {
             let path = format!("spec.rules[{i}].http.paths[{j}]");
             let types = ["Exact", "ImplementationSpecific", "Prefix"];
             match p.get("pathType").and_then(Value::as_str) {
-                None | Some("") => causes.push((format!("{path}.pathType"), "Required value: pathType must be specified".into())),
+                None | Some("") => {
+                    causes.push((format!("{path}.pathType"), "Required value: pathType must be specified".into()))
+                }
                 Some(t) if !types.contains(&t) => causes.push(unsupported(format!("{path}.pathType"), t, &types)),
                 Some(t) => {
                     let v = p.get("path").and_then(Value::as_str).unwrap_or_default();
                     if t != "ImplementationSpecific" && !v.starts_with('/') {
-                        causes.push((format!("{path}.path"), format!("Invalid value: {v:?}: must be an absolute path")));
+                        causes
+                            .push((format!("{path}.path"), format!("Invalid value: {v:?}: must be an absolute path")));
                     }
                 }
             }
@@ -380,7 +427,9 @@ fn check_backend(b: &Value, path: &str, causes: &mut Causes) {
         (Some(_), Some(_)) => {
             causes.push((path.into(), "Invalid value: \"\": cannot set both resource and service backends".into()))
         }
-        (None, None) => causes.push((path.into(), "Invalid value: \"\": resource or service backend is required".into())),
+        (None, None) => {
+            causes.push((path.into(), "Invalid value: \"\": resource or service backend is required".into()))
+        }
         (Some(s), None) => {
             let (name, number) = (s.pointer("/port/name"), s.pointer("/port/number"));
             match (name.and_then(Value::as_str).filter(|n| !n.is_empty()), number.and_then(Value::as_i64)) {
@@ -464,7 +513,8 @@ fn validate_limit_range(spec: &Value, causes: &mut Causes) {
         if !types.contains(&ty) {
             causes.push(unsupported(format!("{path}.type"), ty, &types));
         }
-        let get = |f: &str, r: &str| item.get(f).and_then(|m| m.get(r)).and_then(Value::as_str).and_then(Quantity::parse);
+        let get =
+            |f: &str, r: &str| item.get(f).and_then(|m| m.get(r)).and_then(Value::as_str).and_then(Quantity::parse);
         let mut resources: Vec<&String> = Vec::new();
         for f in ["max", "min", "default", "defaultRequest", "maxLimitRequestRatio"] {
             for (r, q) in item.get(f).and_then(Value::as_object).into_iter().flatten() {
@@ -473,42 +523,94 @@ fn validate_limit_range(spec: &Value, causes: &mut Causes) {
                     resources.push(r);
                 }
             }
-            if ty == "Pod" && matches!(f, "default" | "defaultRequest") && item.get(f).is_some_and(|m| m.as_object().is_some_and(|m| !m.is_empty())) {
+            if ty == "Pod"
+                && matches!(f, "default" | "defaultRequest")
+                && item.get(f).is_some_and(|m| m.as_object().is_some_and(|m| !m.is_empty()))
+            {
                 causes.push((format!("{path}.{f}"), "Forbidden: may not be specified when `type` is 'Pod'".into()));
             }
         }
         for r in resources {
             let (min, max, def, req) = (get("min", r), get("max", r), get("default", r), get("defaultRequest", r));
-            let text = |f: &str| item.get(f).and_then(|m| m.get(r)).and_then(Value::as_str).unwrap_or_default().to_string();
+            let text =
+                |f: &str| item.get(f).and_then(|m| m.get(r)).and_then(Value::as_str).unwrap_or_default().to_string();
             if let (Some(a), Some(b)) = (min, max)
                 && a > b
             {
-                causes.push((format!("{path}.min[{r}]"), format!("Invalid value: {:?}: min value {} is greater than max value {}", text("min"), text("min"), text("max"))));
+                causes.push((
+                    format!("{path}.min[{r}]"),
+                    format!(
+                        "Invalid value: {:?}: min value {} is greater than max value {}",
+                        text("min"),
+                        text("min"),
+                        text("max")
+                    ),
+                ));
             }
             if let (Some(a), Some(b)) = (req, max)
                 && a > b
             {
-                causes.push((format!("{path}.defaultRequest[{r}]"), format!("Invalid value: {:?}: default request value {} is greater than max value {}", text("defaultRequest"), text("defaultRequest"), text("max"))));
+                causes.push((
+                    format!("{path}.defaultRequest[{r}]"),
+                    format!(
+                        "Invalid value: {:?}: default request value {} is greater than max value {}",
+                        text("defaultRequest"),
+                        text("defaultRequest"),
+                        text("max")
+                    ),
+                ));
             }
             if let (Some(a), Some(b)) = (min, req)
                 && a > b
             {
-                causes.push((format!("{path}.defaultRequest[{r}]"), format!("Invalid value: {:?}: min value {} is greater than default request value {}", text("defaultRequest"), text("min"), text("defaultRequest"))));
+                causes.push((
+                    format!("{path}.defaultRequest[{r}]"),
+                    format!(
+                        "Invalid value: {:?}: min value {} is greater than default request value {}",
+                        text("defaultRequest"),
+                        text("min"),
+                        text("defaultRequest")
+                    ),
+                ));
             }
             if let (Some(a), Some(b)) = (req, def)
                 && a > b
             {
-                causes.push((format!("{path}.defaultRequest[{r}]"), format!("Invalid value: {:?}: default request value {} is greater than default limit value {}", text("defaultRequest"), text("defaultRequest"), text("default"))));
+                causes.push((
+                    format!("{path}.defaultRequest[{r}]"),
+                    format!(
+                        "Invalid value: {:?}: default request value {} is greater than default limit value {}",
+                        text("defaultRequest"),
+                        text("defaultRequest"),
+                        text("default")
+                    ),
+                ));
             }
             if let (Some(a), Some(b)) = (def, max)
                 && a > b
             {
-                causes.push((format!("{path}.default[{r}]"), format!("Invalid value: {:?}: default value {} is greater than max value {}", text("default"), text("default"), text("max"))));
+                causes.push((
+                    format!("{path}.default[{r}]"),
+                    format!(
+                        "Invalid value: {:?}: default value {} is greater than max value {}",
+                        text("default"),
+                        text("default"),
+                        text("max")
+                    ),
+                ));
             }
             if let (Some(a), Some(b)) = (min, def)
                 && a > b
             {
-                causes.push((format!("{path}.default[{r}]"), format!("Invalid value: {:?}: min value {} is greater than default value {}", text("default"), text("min"), text("default"))));
+                causes.push((
+                    format!("{path}.default[{r}]"),
+                    format!(
+                        "Invalid value: {:?}: min value {} is greater than default value {}",
+                        text("default"),
+                        text("min"),
+                        text("default")
+                    ),
+                ));
             }
         }
     }
@@ -522,34 +624,50 @@ fn validate_webhooks(o: &Value, causes: &mut Causes) {
         if name.is_empty() {
             causes.push((format!("{path}.name"), "Required value".into()));
         } else if !is_dns1123_subdomain(name) || name.split('.').count() < 3 {
-            causes.push((format!("{path}.name"), format!("Invalid value: {name:?}: should be a domain with at least three segments separated by dots")));
+            causes.push((
+                format!("{path}.name"),
+                format!("Invalid value: {name:?}: should be a domain with at least three segments separated by dots"),
+            ));
         } else if names.contains(&name) {
             causes.push((format!("{path}.name"), format!("Duplicate value: {name:?}")));
         }
         names.push(name);
         let cc = w.get("clientConfig").cloned().unwrap_or(json!({}));
         match (cc.get("url").and_then(Value::as_str), cc.get("service").filter(|s| !s.is_null())) {
-            (Some(_), Some(_)) | (None, None) => causes.push((format!("{path}.clientConfig"), "Required value: exactly one of url or service is required".into())),
-            (Some(u), None) if !u.starts_with("https://") => {
-                causes.push((format!("{path}.clientConfig.url"), "Unsupported value: \"http\": supported values: \"https\"".into()))
-            }
+            (Some(_), Some(_)) | (None, None) => causes.push((
+                format!("{path}.clientConfig"),
+                "Required value: exactly one of url or service is required".into(),
+            )),
+            (Some(u), None) if !u.starts_with("https://") => causes.push((
+                format!("{path}.clientConfig.url"),
+                "Unsupported value: \"http\": supported values: \"https\"".into(),
+            )),
             (None, Some(s)) => {
                 for f in ["namespace", "name"] {
                     if s.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
-                        causes.push((format!("{path}.clientConfig.service.{f}"), format!("Required value: service {f} is required")));
+                        causes.push((
+                            format!("{path}.clientConfig.service.{f}"),
+                            format!("Required value: service {f} is required"),
+                        ));
                     }
                 }
             }
             _ => {}
         }
         match w.get("sideEffects").and_then(Value::as_str) {
-            None | Some("") => causes.push((format!("{path}.sideEffects"), "Required value: must specify one of None, NoneOnDryRun".into())),
-            Some(s) if !["None", "NoneOnDryRun"].contains(&s) => causes.push(unsupported(format!("{path}.sideEffects"), s, &["None", "NoneOnDryRun"])),
+            None | Some("") => causes
+                .push((format!("{path}.sideEffects"), "Required value: must specify one of None, NoneOnDryRun".into())),
+            Some(s) if !["None", "NoneOnDryRun"].contains(&s) => {
+                causes.push(unsupported(format!("{path}.sideEffects"), s, &["None", "NoneOnDryRun"]))
+            }
             Some(_) => {}
         }
         let versions = w.get("admissionReviewVersions").and_then(Value::as_array).cloned().unwrap_or_default();
         if !versions.iter().any(|v| v == "v1" || v == "v1beta1") {
-            causes.push((format!("{path}.admissionReviewVersions"), "Required value: must specify one of v1, v1beta1".into()));
+            causes.push((
+                format!("{path}.admissionReviewVersions"),
+                "Required value: must specify one of v1, v1beta1".into(),
+            ));
         }
         let fp = w.get("failurePolicy").and_then(Value::as_str).unwrap_or_default();
         if !["Fail", "Ignore"].contains(&fp) {
@@ -558,30 +676,55 @@ fn validate_webhooks(o: &Value, causes: &mut Causes) {
         if let Some(t) = w.get("timeoutSeconds").and_then(Value::as_i64)
             && !(1..=30).contains(&t)
         {
-            causes.push((format!("{path}.timeoutSeconds"), format!("Invalid value: {t}: the timeout value must be between 1 and 30 seconds")));
+            causes.push((
+                format!("{path}.timeoutSeconds"),
+                format!("Invalid value: {t}: the timeout value must be between 1 and 30 seconds"),
+            ));
         }
     }
 }
 
 /// `kubectl get` columns of this module's kinds (after Name; Age where upstream has it).
-pub(crate) fn columns(kind: &str) -> Option<Vec<Column>> {
-    let age: Column = ("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
+pub(crate) fn columns(kind: &str) -> Option<Vec<(&'static str, &'static str, u8, &'static str)>> {
+    let age = (
+        "Age",
+        "string",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
     Some(match kind {
         "PodDisruptionBudget" => vec![
-            ("Min Available", "string", 0, "The minimum number of pods that must be available simultaneously. This can be either an integer or a string specifying a percentage, e.g. \"28%\"."),
-            ("Max Unavailable", "string", 0, "The maximum number of pods that may be unavailable simultaneously. This can be either an integer or a string specifying a percentage, e.g. \"28%\"."),
+            (
+                "Min Available",
+                "string",
+                0,
+                "The minimum number of pods that must be available simultaneously. This can be either an integer or a string specifying a percentage, e.g. \"28%\".",
+            ),
+            (
+                "Max Unavailable",
+                "string",
+                0,
+                "The maximum number of pods that may be unavailable simultaneously. This can be either an integer or a string specifying a percentage, e.g. \"28%\".",
+            ),
             ("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
             age,
         ],
         "HorizontalPodAutoscaler" => vec![
             ("Reference", "string", 0, "Reference to the scaled resource."),
             ("Targets", "string", 0, "Current and target metric values."),
-            ("MinPods", "string", 0, "Lower limit for the number of pods that can be set by the autoscaler, default 1."),
+            (
+                "MinPods",
+                "string",
+                0,
+                "Lower limit for the number of pods that can be set by the autoscaler, default 1.",
+            ),
             ("MaxPods", "integer", 0, "Upper limit for the number of pods that can be set by the autoscaler."),
             ("Replicas", "integer", 0, "Current number of replicas of pods managed by this autoscaler."),
             age,
         ],
-        "NetworkPolicy" => vec![("Pod-Selector", "string", 0, "Selects the pods to which this NetworkPolicy object applies."), age],
+        "NetworkPolicy" => {
+            vec![("Pod-Selector", "string", 0, "Selects the pods to which this NetworkPolicy object applies."), age]
+        }
         "Ingress" => vec![
             ("Class", "string", 0, "The name of the IngressClass resource that should be used for this Ingress."),
             ("Hosts", "string", 0, "Hosts that incoming requests are matched against before the ingress rule"),
@@ -595,22 +738,52 @@ pub(crate) fn columns(kind: &str) -> Option<Vec<Column>> {
             age,
         ],
         "PriorityClass" => vec![
-            ("Value", "integer", 0, "The value of this priority class. This is the actual priority that pods receive when they have the name of this class in their pod spec."),
-            ("Global-Default", "boolean", 0, "globalDefault specifies whether this PriorityClass should be considered as the default priority for pods that do not have any priority class."),
+            (
+                "Value",
+                "integer",
+                0,
+                "The value of this priority class. This is the actual priority that pods receive when they have the name of this class in their pod spec.",
+            ),
+            (
+                "Global-Default",
+                "boolean",
+                0,
+                "globalDefault specifies whether this PriorityClass should be considered as the default priority for pods that do not have any priority class.",
+            ),
             age,
-            ("PreemptionPolicy", "string", 0, "PreemptionPolicy is the Policy for preempting pods with lower priority."),
+            (
+                "PreemptionPolicy",
+                "string",
+                0,
+                "PreemptionPolicy is the Policy for preempting pods with lower priority.",
+            ),
         ],
         "ResourceQuota" => vec![
             age,
             ("Request", "string", 0, "Request represents a minimum amount of cpu/memory that a container may consume."),
-            ("Limit", "string", 0, "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node."),
+            (
+                "Limit",
+                "string",
+                0,
+                "Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node.",
+            ),
         ],
-        "LimitRange" => vec![("Created At", "date", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.")],
+        "LimitRange" => vec![(
+            "Created At",
+            "date",
+            0,
+            "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        )],
         "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" => {
             vec![("Webhooks", "integer", 0, "Webhooks indicates the number of webhooks in this configuration."), age]
         }
         _ => return None,
     })
+}
+
+/// The string at a JSON pointer, "" when absent.
+fn s<'a>(o: &'a Value, ptr: &str) -> &'a str {
+    o.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
 }
 
 fn int_or_string(v: Option<&Value>) -> String {
@@ -632,7 +805,8 @@ pub(crate) fn cells(kind: &str, o: &Value, age: Value) -> Option<Vec<Value>> {
         ],
         "HorizontalPodAutoscaler" => {
             let reference = format!("{}/{}", s(o, "/spec/scaleTargetRef/kind"), s(o, "/spec/scaleTargetRef/name"));
-            let min = o.pointer("/spec/minReplicas").and_then(Value::as_i64).map_or("<unset>".into(), |m| m.to_string());
+            let min =
+                o.pointer("/spec/minReplicas").and_then(Value::as_i64).map_or("<unset>".into(), |m| m.to_string());
             vec![
                 json!(reference),
                 json!(hpa_targets(o)),
@@ -643,11 +817,13 @@ pub(crate) fn cells(kind: &str, o: &Value, age: Value) -> Option<Vec<Value>> {
             ]
         }
         "NetworkPolicy" => {
-            let sel = o.pointer("/spec/podSelector").map(|s| LabelSelector::from_json(s).to_string()).unwrap_or_default();
-            vec![json!(or_none(sel)), age]
+            let sel =
+                o.pointer("/spec/podSelector").map(|s| LabelSelector::from_json(s).to_string()).unwrap_or_default();
+            vec![json!(if sel.is_empty() { "<none>".into() } else { sel }), age]
         }
         "Ingress" => {
-            let class = o.pointer("/spec/ingressClassName").and_then(Value::as_str).map_or("<none>".into(), str::to_string);
+            let class =
+                o.pointer("/spec/ingressClassName").and_then(Value::as_str).map_or("<none>".into(), str::to_string);
             let hosts: Vec<&str> = o
                 .pointer("/spec/rules")
                 .and_then(Value::as_array)
@@ -739,7 +915,11 @@ fn hpa_targets(o: &Value) -> String {
             "Resource" | "ContainerResource" => format!("{}: ", s(&src, "/name")),
             _ => String::new(),
         };
-        let avg = if ty != "Resource" && ty != "ContainerResource" && target.get("averageValue").is_some() { " (avg)" } else { "" };
+        let avg = if ty != "Resource" && ty != "ContainerResource" && target.get("averageValue").is_some() {
+            " (avg)"
+        } else {
+            ""
+        };
         list.push(format!("{prefix}{have}/{want}{avg}"));
     }
     if list.len() > 3 {
@@ -773,7 +953,13 @@ mod tests {
         assert_eq!(both[0].0, "spec");
         assert!(both[0].1.ends_with("minAvailable and maxUnavailable cannot be both set"));
         let neg = validate("PodDisruptionBudget", &pdb(json!({"minAvailable": -1})));
-        assert_eq!(neg, vec![("spec.minAvailable".to_string(), "Invalid value: -1: must be greater than or equal to 0".to_string())]);
+        assert_eq!(
+            neg,
+            vec![(
+                "spec.minAvailable".to_string(),
+                "Invalid value: -1: must be greater than or equal to 0".to_string()
+            )]
+        );
         let over = validate("PodDisruptionBudget", &pdb(json!({"maxUnavailable": "120%"})));
         assert_eq!(over[0].1, "Invalid value: \"120%\": must not be greater than 100%");
     }
@@ -803,9 +989,15 @@ mod tests {
     #[test]
     fn rows_as_kubectl_prints_them() {
         let pdb = json!({"spec": {"minAvailable": 2}, "status": {"disruptionsAllowed": 1}});
-        assert_eq!(cells("PodDisruptionBudget", &pdb, json!("1m")).unwrap(), vec![json!("2"), json!("N/A"), json!(1), json!("1m")]);
+        assert_eq!(
+            cells("PodDisruptionBudget", &pdb, json!("1m")).unwrap(),
+            vec![json!("2"), json!("N/A"), json!(1), json!("1m")]
+        );
         let q = json!({"spec": {"hard": {"limits.cpu": "2", "pods": "3"}}, "status": {"used": {"pods": "1"}}});
-        assert_eq!(cells("ResourceQuota", &q, json!("1m")).unwrap(), vec![json!("1m"), json!("pods: 1/3"), json!("limits.cpu: 0/2")]);
+        assert_eq!(
+            cells("ResourceQuota", &q, json!("1m")).unwrap(),
+            vec![json!("1m"), json!("pods: 1/3"), json!("limits.cpu: 0/2")]
+        );
         let hpa = json!({"spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 5,
             "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]}});
         let row = cells("HorizontalPodAutoscaler", &hpa, json!("1m")).unwrap();

@@ -80,12 +80,6 @@ impl Quantity {
         self.nanos == 0
     }
 
-    /// The sum; it keeps the form of `self` (or of `other` when `self` is zero).
-    pub fn add(self, other: Quantity) -> Quantity {
-        let binary = if self.nanos == 0 { other.binary } else { self.binary };
-        Quantity { nanos: self.nanos.saturating_add(other.nanos), binary }
-    }
-
     /// The product by a whole number.
     pub fn times(self, n: i128) -> Quantity {
         Quantity { nanos: self.nanos.saturating_mul(n), binary: self.binary }
@@ -94,6 +88,16 @@ impl Quantity {
     /// The value in thousandths, rounded up (upstream's `MilliValue`).
     pub fn milli(&self) -> i128 {
         (self.nanos + 999_999).div_euclid(1_000_000)
+    }
+}
+
+/// The sum keeps the form of the left side (of the right one when the left is zero).
+impl std::ops::Add for Quantity {
+    type Output = Quantity;
+
+    fn add(self, other: Quantity) -> Quantity {
+        let binary = if self.nanos == 0 { other.binary } else { self.binary };
+        Quantity { nanos: self.nanos.saturating_add(other.nanos), binary }
     }
 }
 
@@ -146,10 +150,10 @@ mod tests {
 
     #[test]
     fn sums_keep_the_form_of_their_first_term() {
-        assert_eq!(q("500m").add(q("250m")).to_string(), "750m");
-        assert_eq!(q("1").add(q("1")).to_string(), "2");
-        assert_eq!(q("64Mi").add(q("64Mi")).to_string(), "128Mi");
-        assert_eq!(Quantity::ZERO.add(q("1Gi")).to_string(), "1Gi");
+        assert_eq!((q("500m") + q("250m")).to_string(), "750m");
+        assert_eq!((q("1") + q("1")).to_string(), "2");
+        assert_eq!((q("64Mi") + q("64Mi")).to_string(), "128Mi");
+        assert_eq!((Quantity::ZERO + q("1Gi")).to_string(), "1Gi");
         assert_eq!(q("1000").to_string(), "1k");
         assert_eq!(q("100Mi").times(3).to_string(), "300Mi");
         assert_eq!(q("1500Mi").to_string(), "1500Mi");

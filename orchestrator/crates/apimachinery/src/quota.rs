@@ -43,7 +43,7 @@ fn container_sum(spec: &Value, part: &str, resource: &str) -> Quantity {
         .into_iter()
         .flatten()
         .filter_map(get)
-        .fold(Quantity::ZERO, Quantity::add);
+        .fold(Quantity::ZERO, |a, b| a + b);
     // An init container runs alone: the pod needs the larger of it and the sum.
     spec.get("initContainers")
         .and_then(Value::as_array)
@@ -139,7 +139,7 @@ pub fn charge(quota: &str, hard: &Usage, used: &Usage, delta: &Usage) -> Result<
     for (r, limit) in hard {
         let Some(d) = delta.get(r).filter(|d| !d.is_zero()) else { continue };
         let before = used.get(r).copied().unwrap_or(Quantity::ZERO);
-        let after = before.add(*d);
+        let after = before + *d;
         if after > *limit {
             requested.insert(r.clone(), *d);
             was.insert(r.clone(), before);

@@ -101,7 +101,8 @@ pub type TokenIssuer = Box<dyn Fn(&Registry, &str, &str, &[u8]) -> Result<Value,
 
 /// Admits a namespaced object about to be created (kind, namespace, object,
 /// dry run) after every mutation: ResourceQuota charges it.
-pub type CreateAdmission = Box<dyn Fn(&Registry, &ResourceType, &str, &Value, bool) -> Result<(), ApiError> + Send + Sync>;
+pub type CreateAdmission =
+    Box<dyn Fn(&Registry, &ResourceType, &str, &Value, bool) -> Result<(), ApiError> + Send + Sync>;
 
 pub struct Hooks {
     pub admit_pod: PodAdmission,

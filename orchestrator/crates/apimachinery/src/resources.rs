@@ -333,7 +333,18 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE,
         NONE
     ),
-    rt!(NETWORKING_GROUP, "Ingress", networking::Ingress, "ingresses", "ingress", true, &["ing"], NONE, &["status"], NONE),
+    rt!(
+        NETWORKING_GROUP,
+        "Ingress",
+        networking::Ingress,
+        "ingresses",
+        "ingress",
+        true,
+        &["ing"],
+        NONE,
+        &["status"],
+        NONE
+    ),
     rt!(
         NETWORKING_GROUP,
         "IngressClass",

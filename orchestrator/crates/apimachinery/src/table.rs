@@ -8,7 +8,7 @@ use crate::registry::parse_time;
 use crate::resources::ResourceType;
 
 /// (name, type, priority, description)
-pub(crate) type Column = (&'static str, &'static str, u8, &'static str);
+type Column = (&'static str, &'static str, u8, &'static str);
 
 fn columns(kind: &str) -> Vec<Column> {
     let name: Column = ("Name", "string", 0, "Name must be unique within a namespace.");
@@ -315,7 +315,7 @@ fn age_of(t: Option<&str>, now: i64) -> String {
     t.and_then(parse_time).map_or_else(|| "<unknown>".into(), |t| human_duration(now - t))
 }
 
-pub(crate) fn s<'a>(o: &'a Value, p: &str) -> &'a str {
+fn s<'a>(o: &'a Value, p: &str) -> &'a str {
     o.pointer(p).and_then(Value::as_str).unwrap_or_default()
 }
 
@@ -352,7 +352,7 @@ fn access_modes(modes: Option<&Value>) -> String {
     list.join(",")
 }
 
-pub(crate) fn or_none(v: String) -> String {
+fn or_none(v: String) -> String {
     if v.is_empty() { "<none>".into() } else { v }
 }
 
@@ -737,9 +737,8 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             ]
         }
         _ => {
-            let rest = crate::policy::cells(kind, o, age).unwrap_or_else(|| {
-                vec![o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)]
-            });
+            let rest = crate::policy::cells(kind, o, age)
+                .unwrap_or_else(|| vec![o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)]);
             std::iter::once(name).chain(rest).collect()
         }
     }

@@ -59,7 +59,12 @@ pub fn parse(name: &str, body: &Value) -> Result<Value, ApiError> {
 }
 
 fn pod_ready(p: &Pod) -> bool {
-    p.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Upstream's `canIgnorePDB`: the pod is no disruption (any more).
@@ -76,7 +81,10 @@ fn budgets(reg: &Registry, ns: &str, pod: &Pod) -> Result<Vec<PodDisruptionBudge
         .into_iter()
         .filter(|b| {
             // A nil selector selects nothing; an empty one, every pod (policy/v1).
-            b.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| LabelSelector::from_typed(s).matches(&labels))
+            b.spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_some_and(|s| LabelSelector::from_typed(s).matches(&labels))
         })
         .collect())
 }
@@ -142,12 +150,14 @@ pub fn evict(reg: &Registry, ns: &str, name: &str, mut opts: DeleteOptions) -> R
             ));
         }
         if let Some(pdb) = found.pop() {
-            let policy = pdb.spec.as_ref().and_then(|s| s.unhealthy_pod_eviction_policy.as_deref()).unwrap_or("IfHealthyBudget");
+            let policy =
+                pdb.spec.as_ref().and_then(|s| s.unhealthy_pod_eviction_policy.as_deref()).unwrap_or("IfHealthyBudget");
             let status = pdb.status.clone().unwrap_or_default();
             // An unready pod is no healthy pod to lose: it goes without a decrement
             // when the policy says so, or while the budget is met.
             let unhealthy_goes = !pod_ready(&pod)
-                && (policy == "AlwaysAllow" || (status.current_healthy >= status.desired_healthy && status.desired_healthy > 0));
+                && (policy == "AlwaysAllow"
+                    || (status.current_healthy >= status.desired_healthy && status.desired_healthy > 0));
             if !unhealthy_goes {
                 decrement(reg, ns, pdb.metadata.name.as_deref().unwrap_or_default(), name, opts.dry_run)?;
             }
@@ -173,16 +183,32 @@ mod tests {
 
     #[test]
     fn a_decrement_takes_one_and_records_the_pod() {
-        let mut st = PodDisruptionBudgetStatus { disruptions_allowed: 1, desired_healthy: 2, current_healthy: 3,
-            expected_pods: 3, observed_generation: Some(1), ..Default::default() };
+        let mut st = PodDisruptionBudgetStatus {
+            disruptions_allowed: 1,
+            desired_healthy: 2,
+            current_healthy: 3,
+            expected_pods: 3,
+            observed_generation: Some(1),
+            ..Default::default()
+        };
         take_one(&mut st, 1, "web", "web-1").unwrap();
         assert_eq!(st.disruptions_allowed, 0);
         assert!(st.disrupted_pods.as_ref().unwrap().contains_key("web-1"));
         let e = take_one(&mut st, 1, "web", "web-2").unwrap_err();
         assert_eq!(e.code, 429);
-        assert_eq!(e.details.unwrap().causes.unwrap()[0].message.as_deref(), Some("The disruption budget web needs 2 healthy pods and has 3 currently"));
-        let stale = take_one(&mut PodDisruptionBudgetStatus { disruptions_allowed: 5, ..Default::default() }, 2, "web", "p");
-        assert!(stale.unwrap_err().details.unwrap().causes.unwrap()[0].message.as_deref().unwrap().contains("still being processed"));
+        assert_eq!(
+            e.details.unwrap().causes.unwrap()[0].message.as_deref(),
+            Some("The disruption budget web needs 2 healthy pods and has 3 currently")
+        );
+        let stale =
+            take_one(&mut PodDisruptionBudgetStatus { disruptions_allowed: 5, ..Default::default() }, 2, "web", "p");
+        assert!(
+            stale.unwrap_err().details.unwrap().causes.unwrap()[0]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("still being processed")
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn limit_ranges(reg: &Registry, ns: &str, pod: &mut Value) -> Result<(), ApiErro
                             let mut all = true;
                             for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
                                 match quantity_at(c, &format!("/resources/{part}/{r}")) {
-                                    Some(q) => sum = sum.add(q),
+                                    Some(q) => sum = sum + q,
                                     None => all = false,
                                 }
                             }
@@ -237,7 +237,10 @@ mod tests {
         check(&item, &big, "Container", &mut errors);
         assert_eq!(
             errors,
-            ["minimum cpu usage per Container is 100m, but request is 50m", "maximum cpu usage per Container is 1, but limit is 2"]
+            [
+                "minimum cpu usage per Container is 100m, but request is 50m",
+                "maximum cpu usage per Container is 1, but limit is 2"
+            ]
         );
     }
 }

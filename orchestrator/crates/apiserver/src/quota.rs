@@ -40,8 +40,11 @@ pub fn admit(reg: &Registry, rt: &ResourceType, ns: &str, o: &Value, dry_run: bo
             let hard = parse_list(cur.pointer("/spec/hard"));
             let used = parse_list(cur.pointer("/status/used"));
             let after = charge(&quota, &hard, &used, &delta).map_err(|why| forbidden(rt, &name, &why))?;
-            let used: serde_json::Map<String, Value> =
-                after.iter().filter(|(k, _)| hard.contains_key(*k)).map(|(k, v)| (k.clone(), v.to_string().into())).collect();
+            let used: serde_json::Map<String, Value> = after
+                .iter()
+                .filter(|(k, _)| hard.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.to_string().into()))
+                .collect();
             cur["status"]["hard"] = cur.pointer("/spec/hard").cloned().unwrap_or_default();
             cur["status"]["used"] = Value::Object(used);
             Ok(true)

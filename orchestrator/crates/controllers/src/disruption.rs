@@ -49,8 +49,15 @@ fn expected_scale(w: &Workloads, ns: &str, pods: &[&Pod]) -> Result<i64, String>
         let (uid, replicas) = match owner.kind.as_str() {
             "ReplicaSet" => {
                 let rs = w.replica_sets.iter().find(|r| in_ns(&r.metadata)).ok_or("the pod's ReplicaSet is gone")?;
-                let deploy = rs.metadata.owner_references.iter().flatten().find(|r| r.controller == Some(true) && r.kind == "Deployment");
-                match deploy.and_then(|d| w.deployments.iter().find(|x| x.metadata.uid.as_deref() == Some(d.uid.as_str()))) {
+                let deploy = rs
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|r| r.controller == Some(true) && r.kind == "Deployment");
+                match deploy
+                    .and_then(|d| w.deployments.iter().find(|x| x.metadata.uid.as_deref() == Some(d.uid.as_str())))
+                {
                     Some(d) => (d.metadata.uid.clone(), d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)),
                     None => (rs.metadata.uid.clone(), rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)),
                 }
@@ -193,7 +200,14 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         let mut o = typed::encode(pdb, "PodDisruptionBudget")?;
         o["status"] = typed::encode(&status, "PodDisruptionBudget status")?;
         let m = &pdb.metadata;
-        match reg.update(rt("PodDisruptionBudget"), m.namespace.as_deref(), name(m), o, Part::Status, &WriteOptions::default()) {
+        match reg.update(
+            rt("PodDisruptionBudget"),
+            m.namespace.as_deref(),
+            name(m),
+            o,
+            Part::Status,
+            &WriteOptions::default(),
+        ) {
             Err(e) if e.code == 409 => {}
             r => {
                 r?;
@@ -246,13 +260,15 @@ mod tests {
         let now = 1_000_000;
         let mut pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "d", "generation": 1},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}})).unwrap();
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}}))
+        .unwrap();
         let st = status_of(&pdb, &w, now);
         assert_eq!((st.expected_pods, st.desired_healthy, st.current_healthy, st.disruptions_allowed), (3, 2, 2, 0));
         assert_eq!(st.conditions.as_ref().unwrap()[0].reason, "InsufficientPods");
         // An eviction of `a` recorded a moment ago: `a` is not counted; an old one is forgotten.
         pdb.spec.as_mut().unwrap().max_unavailable = None;
-        pdb.spec.as_mut().unwrap().min_available = Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
+        pdb.spec.as_mut().unwrap().min_available =
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
         let at = |s| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
         pdb.status = Some(PodDisruptionBudgetStatus {
             disrupted_pods: Some(BTreeMap::from([("a".into(), at(now - 5)), ("b".into(), at(now - 500))])),
@@ -262,10 +278,14 @@ mod tests {
         assert_eq!((st.expected_pods, st.desired_healthy, st.current_healthy, st.disruptions_allowed), (3, 1, 1, 0));
         assert_eq!(st.disrupted_pods.unwrap().keys().collect::<Vec<_>>(), ["a"]);
         // A pod without a controller fails a maxUnavailable budget safe.
-        let lone: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "x", "namespace": "d", "labels": {"app": "web"}}})).unwrap();
+        let lone: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "x", "namespace": "d", "labels": {"app": "web"}}}),
+        )
+        .unwrap();
         let w = Workloads { pods: vec![lone], replica_sets: vec![], deployments: vec![], stateful_sets: vec![] };
         pdb.spec.as_mut().unwrap().min_available = None;
-        pdb.spec.as_mut().unwrap().max_unavailable = Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
+        pdb.spec.as_mut().unwrap().max_unavailable =
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
         let st = status_of(&pdb, &w, now);
         assert_eq!(st.disruptions_allowed, 0);
         assert_eq!(st.conditions.unwrap()[0].reason, "SyncFailed");

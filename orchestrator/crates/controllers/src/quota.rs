@@ -19,7 +19,13 @@ fn used_in(reg: &Registry, ns: &str, hard: &Usage) -> Result<Usage, ApiError> {
     let mut used: Usage = hard.keys().map(|k| (k.clone(), Quantity::ZERO)).collect();
     let relevant = |rt: &ResourceType| {
         let sample = usage(rt, &json!({"spec": {"type": "LoadBalancer"}}));
-        rt.namespaced && (sample.keys().any(|k| hard.contains_key(k)) || (rt.kind == "Pod" && hard.keys().any(|k| k.contains("cpu") || k.contains("memory") || k.contains("ephemeral-storage"))) || (rt.kind == "PersistentVolumeClaim" && hard.contains_key("requests.storage")))
+        rt.namespaced
+            && (sample.keys().any(|k| hard.contains_key(k))
+                || (rt.kind == "Pod"
+                    && hard
+                        .keys()
+                        .any(|k| k.contains("cpu") || k.contains("memory") || k.contains("ephemeral-storage")))
+                || (rt.kind == "PersistentVolumeClaim" && hard.contains_key("requests.storage")))
     };
     for rt in RESOURCES.iter().filter(|r| relevant(r)) {
         for o in reg.list(rt, Some(ns), &ListOptions::default())?.items {
@@ -28,7 +34,7 @@ fn used_in(reg: &Registry, ns: &str, hard: &Usage) -> Result<Usage, ApiError> {
             }
             for (k, q) in usage(rt, &o) {
                 if let Some(sum) = used.get_mut(&k) {
-                    *sum = sum.add(q);
+                    *sum = *sum + q;
                 }
             }
         }
