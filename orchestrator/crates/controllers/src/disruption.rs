@@ -12,10 +12,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::{is_deleting, list_typed, name, pod_ready, rt, selector_of, time_now};
+use crate::{is_deleting, list_typed, name, pod_ready, rt, selector_of, time_now, write_status_as_read};
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::policy::IntOrPercent;
-use orchestrator_apimachinery::registry::{Part, Registry, WriteOptions};
+use orchestrator_apimachinery::registry::Registry;
 use orchestrator_apimachinery::typed;
 
 /// Upstream's `DeletionTimeout`: an eviction not followed by a deletion is forgotten.
@@ -195,24 +195,11 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         if pdb.status.as_ref() == Some(&status) {
             continue;
         }
-        // Written over the version read: an eviction that took a disruption
-        // meanwhile makes this a conflict, and the next pass counts it.
+        // An eviction that took a disruption meanwhile makes this a conflict.
         let mut o = typed::encode(pdb, "PodDisruptionBudget")?;
         o["status"] = typed::encode(&status, "PodDisruptionBudget status")?;
         let m = &pdb.metadata;
-        match reg.update(
-            rt("PodDisruptionBudget"),
-            m.namespace.as_deref(),
-            name(m),
-            o,
-            Part::Status,
-            &WriteOptions::default(),
-        ) {
-            Err(e) if e.code == 409 => {}
-            r => {
-                r?;
-            }
-        }
+        write_status_as_read(reg, rt("PodDisruptionBudget"), m.namespace.as_deref(), name(m), o)?;
     }
     Ok(())
 }

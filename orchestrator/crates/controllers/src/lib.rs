@@ -240,6 +240,22 @@ where
     })
 }
 
+/// Writes the status of `o` over the version it was read at: a conflict
+/// means someone (an eviction, an admission) wrote meanwhile, and the next
+/// pass recomputes from that.
+pub(crate) fn write_status_as_read(
+    reg: &Registry,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    o: serde_json::Value,
+) -> Result<(), ApiError> {
+    match reg.update(rt, ns, name, o, Part::Status, &WriteOptions::default()) {
+        Err(e) if e.code == 409 => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 /// Creates a typed object; returns it as stored.
 pub(crate) fn create_typed<K: Resource + DeserializeOwned + Serialize>(
     reg: &Registry,

@@ -9,10 +9,10 @@ use serde_json::{Map, Value, json};
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::quantity::Quantity;
 use orchestrator_apimachinery::quota::{Usage, parse_list, pod_counts, usage};
-use orchestrator_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, name_of, namespace_of};
+use orchestrator_apimachinery::registry::{ListOptions, Registry, name_of, namespace_of};
 use orchestrator_apimachinery::resources::{RESOURCES, ResourceType};
 
-use crate::rt;
+use crate::{rt, write_status_as_read};
 
 /// What the objects of `ns` use of the resources `hard` limits.
 fn used_in(reg: &Registry, ns: &str, hard: &Usage) -> Result<Usage, ApiError> {
@@ -56,15 +56,10 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
         if q.get("status") == Some(&status) {
             continue;
         }
-        // Over the version read: an admission that charged meanwhile is a conflict; the next pass recounts.
+        // An admission that charged meanwhile makes this a conflict.
         let mut new = q.clone();
         new["status"] = status;
-        match reg.update(quotas_rt, Some(&ns), &name, new, Part::Status, &WriteOptions::default()) {
-            Err(e) if e.code == 409 => {}
-            r => {
-                r?;
-            }
-        }
+        write_status_as_read(reg, quotas_rt, Some(&ns), &name, new)?;
     }
     Ok(())
 }
@@ -72,6 +67,7 @@ pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orchestrator_apimachinery::registry::WriteOptions;
     use orchestrator_apimachinery::resources::by_kind;
 
     #[test]
