@@ -182,6 +182,19 @@ fn limit_ranges_quotas_and_priority_classes_at_admission() {
     s.wait_for(&["get", "quota", "compute", "-o", "jsonpath={.status.used.pods}"], T, |o| o == "1");
     s.apply(&pod("third", ""), &[]);
 
+    // Object counts: the namespace already holds kube-root-ca.crt.
+    s.apply(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: objects}\nspec:\n  hard: {count/configmaps: \"1\"}\n",
+        &[],
+    );
+    s.wait_for(&["get", "quota", "objects", "-o", "jsonpath={.status.used.count/configmaps}"], T, |o| o == "1");
+    let err = s.fails(&["create", "configmap", "more", "--from-literal=a=b"]);
+    assert!(
+        err.contains("configmaps \"more\" is forbidden: exceeded quota: objects, requested: count/configmaps=1, used: count/configmaps=1, limited: count/configmaps=1"),
+        "{err}"
+    );
+    s.ok(&["delete", "quota", "objects"]);
+
     // PriorityClass: resolved into spec.priority; the built-in classes exist; an unknown class is refused.
     s.ok(&["delete", "quota", "compute"]);
     s.apply("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n", &[]);

@@ -3,7 +3,10 @@
 //! quota's `status.used` is raised in the same compare-and-swap as the
 //! check, so concurrent creates cannot both take the last unit. The quota
 //! controller (`controllers/src/quota.rs`) recounts `used` from what is
-//! stored, which gives back what deleted objects held.
+//! stored, which gives back what deleted objects held. As upstream, the
+//! limits are the quota's `status.hard` (the controller copies them from
+//! `spec.hard`), and a limited resource without a `used` figure is refused
+//! as "status unknown".
 
 use serde_json::Value;
 
@@ -27,7 +30,7 @@ pub fn admit(reg: &Registry, rt: &ResourceType, ns: &str, o: &Value, dry_run: bo
     let delta = usage(rt, o);
     for q in &quotas {
         let quota = name_of(q).to_string();
-        let hard = parse_list(q.pointer("/spec/hard"));
+        let hard = parse_list(q.pointer("/status/hard"));
         if !hard.keys().any(|k| delta.contains_key(k)) {
             continue;
         }
@@ -37,15 +40,20 @@ pub fn admit(reg: &Registry, rt: &ResourceType, ns: &str, o: &Value, dry_run: bo
         }
         let opts = WriteOptions { dry_run, ..Default::default() };
         reg.modify(quotas_rt, Some(ns), &quota, Part::Status, &opts, |cur| {
-            let hard = parse_list(cur.pointer("/spec/hard"));
+            let hard = parse_list(cur.pointer("/status/hard"));
             let used = parse_list(cur.pointer("/status/used"));
+            let unknown: Vec<&str> =
+                hard.keys().filter(|k| delta.contains_key(*k) && !used.contains_key(*k)).map(String::as_str).collect();
+            if !unknown.is_empty() {
+                let why = format!("status unknown for quota: {quota}, resources: {}", unknown.join(","));
+                return Err(forbidden(rt, &name, &why));
+            }
             let after = charge(&quota, &hard, &used, &delta).map_err(|why| forbidden(rt, &name, &why))?;
             let used: serde_json::Map<String, Value> = after
                 .iter()
                 .filter(|(k, _)| hard.contains_key(*k))
                 .map(|(k, v)| (k.clone(), v.to_string().into()))
                 .collect();
-            cur["status"]["hard"] = cur.pointer("/spec/hard").cloned().unwrap_or_default();
             cur["status"]["used"] = Value::Object(used);
             Ok(true)
         })?;
