@@ -224,6 +224,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_global_default_class_applies_and_a_given_priority_must_agree() {
+        let d = tempfile::tempdir().unwrap();
+        let store =
+            orchestrator_store::SqliteStore::open(&d.path().join("s.db"), orchestrator_store::Durability::Normal);
+        let reg = Registry::new(std::sync::Arc::new(store.unwrap()));
+        ensure_system_classes(&reg).unwrap();
+        ensure_system_classes(&reg).unwrap();
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": []}});
+        priority(&reg, &mut pod).unwrap();
+        assert_eq!((&pod["spec"]["priority"], pod["spec"].get("priorityClassName")), (&json!(0), None));
+        let pc = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "normal"},
+            "value": 100, "globalDefault": true, "preemptionPolicy": "Never"});
+        reg.create(by_kind("PriorityClass").unwrap(), None, pc, &WriteOptions::default()).unwrap();
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": []}});
+        priority(&reg, &mut pod).unwrap();
+        assert_eq!(pod["spec"]["priorityClassName"], "normal");
+        assert_eq!((&pod["spec"]["priority"], &pod["spec"]["preemptionPolicy"]), (&json!(100), &json!("Never")));
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"priority": 5, "containers": []}});
+        let e = priority(&reg, &mut pod).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert!(e.message.contains("the integer value of priority (5) must not be provided in pod spec"), "{e}");
+    }
+
+    #[test]
     fn containers_get_defaults_and_are_held_to_min_and_max() {
         let item = json!({"type": "Container", "max": {"cpu": "1"}, "min": {"cpu": "100m"},
             "default": {"cpu": "500m", "memory": "128Mi"}, "defaultRequest": {"cpu": "200m"}});
