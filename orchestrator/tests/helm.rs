@@ -1,5 +1,6 @@
 //! helm against the API server: `helm create`'s chart installed, upgraded,
-//! rolled back and uninstalled with Helm's own Go SDK (PyPI
+//! rolled back, upgraded with its HorizontalPodAutoscaler and Ingress
+//! enabled, and uninstalled with Helm's own Go SDK (PyPI
 //! `helm-python-sdk`, the library the helm CLI is built on, in the venv
 //! scripts/setup-debian.sh fills). Its release storage is client-go's typed
 //! Secrets client, which writes protobuf bodies (Secret updates,

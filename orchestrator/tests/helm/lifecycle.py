@@ -42,7 +42,15 @@ assert replicas() == 1
 history = sorted((h["revision"], h["status"]) for h in cfg.history("demo"))
 assert history == [(1, "superseded"), (2, "superseded"), (3, "deployed")], history
 
+# The chart's optional HorizontalPodAutoscaler (autoscaling/v2) and Ingress.
+r = cfg.upgrade(chart, "demo", dict(image, ingress={"enabled": True}, autoscaling={"enabled": True}))
+assert r["revision"] == 4 and r["status"] == "deployed", r
+hpa = k("get", "hpa", "demo", "-o", "jsonpath={.spec.scaleTargetRef.name} {.spec.maxReplicas}")
+assert hpa == "demo 100", hpa
+host = k("get", "ingress", "demo", "-o", "jsonpath={.spec.rules[0].host}")
+assert host == "chart-example.local", host
+
 cfg.uninstall("demo")
 assert release_secrets() == [], release_secrets()
-assert k("get", "deployments,services,serviceaccounts", "-l", "app.kubernetes.io/instance=demo", "-o", "name") == ""
+assert k("get", "deployments,services,serviceaccounts,hpa,ingresses", "-l", "app.kubernetes.io/instance=demo", "-o", "name") == ""
 print("helm: ok")

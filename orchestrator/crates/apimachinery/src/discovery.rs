@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use std::sync::Arc;
 
-use crate::resources::{GROUPS, RESOURCES, ResourceType};
+use crate::resources::{GROUPS, RESOURCES, ResourceType, group_version};
 
 /// The Kubernetes version the API server presents.
 pub const MAJOR: &str = "1";
@@ -86,14 +86,14 @@ pub const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
 /// `/apis`: the built-in groups, then those of the served CRDs.
 pub fn api_group_list(custom: &[Arc<ResourceType>]) -> Value {
     let mut groups: Vec<APIGroup> =
-        GROUPS.iter().chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP]).map(|g| group(g, &["v1"])).collect();
+        GROUPS.iter().chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP]).map(|g| group(g, &[group_version(g)])).collect();
     groups.extend(custom_groups(custom).into_iter().map(|(g, vs)| group(g, &vs)));
     with_type(APIGroupList { groups }, "APIGroupList", "v1")
 }
 
 pub fn api_group(name: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
     if GROUPS.contains(&name) || name == AUTHORIZATION_GROUP || name == AUTHENTICATION_GROUP {
-        return Some(with_type(group(name, &["v1"]), "APIGroup", "v1"));
+        return Some(with_type(group(name, &[group_version(name)]), "APIGroup", "v1"));
     }
     let (g, vs) = custom_groups(custom).into_iter().find(|(g, _)| *g == name)?;
     Some(with_type(group(g, &vs), "APIGroup", "v1"))
@@ -129,6 +129,8 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
         "portforward" => ("PodPortForwardOptions", None, None, &["create", "get"]),
         "log" => (rt.kind, None, None, &["get"]),
         "token" => ("TokenRequest", Some(AUTHENTICATION_GROUP), Some("v1"), &["create"]),
+        // What `kubectl drain` looks for to evict rather than delete.
+        "eviction" => ("Eviction", Some(crate::resources::POLICY_GROUP), Some("v1"), &["create"]),
         _ => (rt.kind, None, None, &["get", "patch", "update"]),
     };
     APIResource {
@@ -190,7 +192,7 @@ fn served<'a>(group: &str, version: &str, custom: &'a [Arc<ResourceType>]) -> Ve
 /// The group versions that have OpenAPI v3 documents, as URL paths.
 fn openapi_paths(custom: &[Arc<ResourceType>]) -> Vec<String> {
     let mut v = vec!["api/v1".to_string()];
-    v.extend(GROUPS.iter().map(|g| format!("apis/{g}/v1")));
+    v.extend(GROUPS.iter().map(|g| format!("apis/{g}/{}", group_version(g))));
     for (g, vs) in custom_groups(custom) {
         v.extend(vs.iter().map(|ver| format!("apis/{g}/{ver}")));
     }
@@ -296,9 +298,8 @@ fn schema_name(rt: &ResourceType) -> String {
     }
     let group = match rt.group {
         "" => "core",
-        "discovery.k8s.io" => "discovery",
-        "coordination.k8s.io" => "coordination",
-        g => g,
+        // Upstream's packages: the group's first label (`rbac`, `networking`…).
+        g => g.split('.').next().unwrap_or(g),
     };
     format!("io.k8s.api.{group}.{}.{}", rt.version, rt.kind)
 }

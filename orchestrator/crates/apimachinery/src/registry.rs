@@ -102,8 +102,14 @@ pub type PodAdmission = Box<dyn Fn(&Registry, &str, &mut Value) -> Result<(), Ap
 /// Answers `POST serviceaccounts/<name>/token` (namespace, name, body) with a TokenRequest.
 pub type TokenIssuer = Box<dyn Fn(&Registry, &str, &str, &[u8]) -> Result<Value, ApiError> + Send + Sync>;
 
+/// Admits a namespaced object about to be created (kind, namespace, object,
+/// dry run) after every mutation: ResourceQuota charges it.
+pub type CreateAdmission =
+    Box<dyn Fn(&Registry, &ResourceType, &str, &Value, bool) -> Result<(), ApiError> + Send + Sync>;
+
 pub struct Hooks {
     pub admit_pod: PodAdmission,
+    pub admit_create: CreateAdmission,
     pub issue_token: TokenIssuer,
 }
 
@@ -495,11 +501,13 @@ impl Registry {
         let kind = if rt.custom.is_some() { "" } else { rt.kind };
         validation::apply_defaults(kind, &mut out);
         stateful::apply_defaults(kind, &mut out);
+        crate::policy::apply_defaults(kind, &mut out);
         if let Some(s) = schema {
             schema::default(s, &mut out);
         }
         let mut causes = validation::validate(kind, &out);
         causes.extend(stateful::validate(kind, &out));
+        causes.extend(crate::policy::validate(kind, &out));
         causes.extend(crate::node_fields::validate(kind, &out));
         if let Some(s) = schema {
             causes.extend(schema::validate(s, &out));
@@ -722,6 +730,9 @@ impl Registry {
         {
             (h.admit_pod)(self, ns.unwrap_or_default(), &mut obj)?;
         }
+        if let (Some(h), Some(ns)) = (self.hooks.get(), ns) {
+            (h.admit_create)(self, rt, ns, &obj, opts.dry_run)?;
+        }
         let _ip_lock;
         if kind == "Service" && obj.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName") {
             _ip_lock = self.service_ips.lock().unwrap_or_else(|e| e.into_inner());
@@ -835,6 +846,7 @@ impl Registry {
         let kind = if rt.custom.is_some() { "" } else { rt.kind };
         let mut causes = validation::validate_update(kind, &current, &new);
         causes.extend(stateful::validate_update(kind, &current, &new));
+        causes.extend(crate::policy::validate_update(kind, &current, &new));
         if kind == crd::KIND {
             causes.extend(crd::validate_update(&current, &new));
             let others = self.list(rt, None, &ListOptions::default())?.items;

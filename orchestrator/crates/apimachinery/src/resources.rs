@@ -1,7 +1,12 @@
 //! The resource types the API server serves: names and discovery facts,
 //! the k8s-openapi type each one decodes through, and its storage keys.
 
+use k8s_openapi::api::admissionregistration::v1 as admission;
+use k8s_openapi::api::autoscaling::v2 as autoscaling;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use k8s_openapi::api::policy::v1 as policy;
+use k8s_openapi::api::scheduling::v1 as scheduling;
 use k8s_openapi::api::storage::v1 as storage;
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
@@ -143,10 +148,10 @@ const EVENT_FIELDS: &[&str] = &[
 ];
 
 macro_rules! rt {
-    ($group:expr, $kind:literal, $ty:ty, $plural:literal, $singular:literal, $ns:expr, $short:expr, $cat:expr, $sub:expr, $fields:expr) => {
+    (@ $group:expr, $version:literal, $kind:literal, $ty:ty, $plural:literal, $singular:literal, $ns:expr, $short:expr, $cat:expr, $sub:expr, $fields:expr) => {
         ResourceType {
             group: $group,
-            version: "v1",
+            version: $version,
             kind: $kind,
             plural: $plural,
             singular: $singular,
@@ -158,6 +163,9 @@ macro_rules! rt {
             roundtrip: roundtrip::<$ty>,
             custom: None,
         }
+    };
+    ($group:expr, $kind:literal, $($rest:tt)*) => {
+        rt!(@ $group, "v1", $kind, $($rest)*)
     };
 }
 
@@ -183,7 +191,7 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["po"],
         ALL,
-        &["status", "binding", "log", "exec", "attach", "portforward"],
+        &["status", "binding", "eviction", "log", "exec", "attach", "portforward"],
         POD_FIELDS
     ),
     rt!("", "Node", core::Node, "nodes", "node", false, &["no"], NONE, &["status"], &["spec.unschedulable"]),
@@ -347,6 +355,117 @@ pub static RESOURCES: &[ResourceType] = &[
         &["status"],
         NONE
     ),
+    // What charts create alongside workloads (issue 14 item 5; `policy.rs`).
+    rt!(
+        POLICY_GROUP,
+        "PodDisruptionBudget",
+        policy::PodDisruptionBudget,
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        true,
+        &["pdb"],
+        NONE,
+        &["status"],
+        NONE
+    ),
+    rt!(
+        @ AUTOSCALING_GROUP,
+        "v2",
+        "HorizontalPodAutoscaler",
+        autoscaling::HorizontalPodAutoscaler,
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        true,
+        &["hpa"],
+        ALL,
+        &["status"],
+        NONE
+    ),
+    rt!(
+        NETWORKING_GROUP,
+        "NetworkPolicy",
+        networking::NetworkPolicy,
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        &["netpol"],
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!(
+        NETWORKING_GROUP,
+        "Ingress",
+        networking::Ingress,
+        "ingresses",
+        "ingress",
+        true,
+        &["ing"],
+        NONE,
+        &["status"],
+        NONE
+    ),
+    rt!(
+        NETWORKING_GROUP,
+        "IngressClass",
+        networking::IngressClass,
+        "ingressclasses",
+        "ingressclass",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!(
+        SCHEDULING_GROUP,
+        "PriorityClass",
+        scheduling::PriorityClass,
+        "priorityclasses",
+        "priorityclass",
+        false,
+        &["pc"],
+        NONE,
+        NONE,
+        NONE
+    ),
+    rt!("", "LimitRange", core::LimitRange, "limitranges", "limitrange", true, &["limits"], NONE, NONE, NONE),
+    rt!(
+        "",
+        "ResourceQuota",
+        core::ResourceQuota,
+        "resourcequotas",
+        "resourcequota",
+        true,
+        &["quota"],
+        NONE,
+        &["status"],
+        NONE
+    ),
+    rt!(
+        ADMISSION_GROUP,
+        "ValidatingWebhookConfiguration",
+        admission::ValidatingWebhookConfiguration,
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        false,
+        NONE,
+        &["api-extensions"],
+        NONE,
+        NONE
+    ),
+    rt!(
+        ADMISSION_GROUP,
+        "MutatingWebhookConfiguration",
+        admission::MutatingWebhookConfiguration,
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        false,
+        NONE,
+        &["api-extensions"],
+        NONE,
+        NONE
+    ),
 ];
 
 pub const STORAGE_GROUP: &str = "storage.k8s.io";
@@ -354,6 +473,11 @@ pub const STORAGE_GROUP: &str = "storage.k8s.io";
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 pub const CERTIFICATES_GROUP: &str = "certificates.k8s.io";
 pub const APIEXTENSIONS_GROUP: &str = "apiextensions.k8s.io";
+pub const POLICY_GROUP: &str = "policy";
+pub const AUTOSCALING_GROUP: &str = "autoscaling";
+pub const NETWORKING_GROUP: &str = "networking.k8s.io";
+pub const SCHEDULING_GROUP: &str = "scheduling.k8s.io";
+pub const ADMISSION_GROUP: &str = "admissionregistration.k8s.io";
 
 /// The served API groups other than core, in discovery order.
 pub const GROUPS: &[&str] = &[
@@ -365,7 +489,17 @@ pub const GROUPS: &[&str] = &[
     STORAGE_GROUP,
     CERTIFICATES_GROUP,
     APIEXTENSIONS_GROUP,
+    POLICY_GROUP,
+    AUTOSCALING_GROUP,
+    NETWORKING_GROUP,
+    SCHEDULING_GROUP,
+    ADMISSION_GROUP,
 ];
+
+/// The served version of a group ("v1" but for autoscaling's v2).
+pub fn group_version(group: &str) -> &'static str {
+    RESOURCES.iter().find(|r| r.group == group).map_or("v1", |r| r.version)
+}
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

@@ -267,15 +267,17 @@ fn columns(kind: &str) -> Vec<Column> {
             ("AllowVolumeExpansion", "string", 0, "Indicates whether the storage class allow volume expand"),
             age,
         ],
-        _ => vec![
-            name,
-            (
-                "Created At",
-                "date",
-                0,
-                "CreationTimestamp is a timestamp representing the server time when this object was created.",
-            ),
-        ],
+        _ => {
+            let rest = crate::policy::columns(kind).unwrap_or_else(|| {
+                vec![(
+                    "Created At",
+                    "date",
+                    0,
+                    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+                )]
+            });
+            std::iter::once(name).chain(rest).collect()
+        }
     }
 }
 
@@ -734,7 +736,11 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 age,
             ]
         }
-        _ => vec![name, o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)],
+        _ => {
+            let rest = crate::policy::cells(kind, o, age)
+                .unwrap_or_else(|| vec![o.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null)]);
+            std::iter::once(name).chain(rest).collect()
+        }
     }
 }
 

@@ -14,11 +14,14 @@ mod authn;
 pub mod bootstrap;
 mod connections;
 mod csr;
+mod eviction;
 mod kubeconfigs;
 mod legacy_tokens;
 mod negotiate;
 mod node_authz;
 mod node_restriction;
+mod pod_policy;
+mod quota;
 pub mod rbac;
 mod rootca;
 mod sa_admission;
@@ -307,12 +310,17 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     let sa_keys = Arc::new(satoken::Keys::load_or_generate(&dir.join("sa.key"))?);
     let keys = sa_keys.clone();
     registry.set_hooks(orchestrator_apimachinery::registry::Hooks {
-        admit_pod: Box::new(sa_admission::admit),
+        admit_pod: Box::new(|reg, ns, pod| {
+            pod_policy::admit(reg, ns, pod)?;
+            sa_admission::admit(reg, ns, pod)
+        }),
+        admit_create: Box::new(quota::admit),
         issue_token: Box::new(move |reg, ns, name, body| {
             let r = satoken::token_request(&keys, reg, ns, name, body)?;
             serde_json::to_value(r).map_err(|e| ApiError::internal(format!("TokenRequest: {e}")))
         }),
     });
+    pod_policy::ensure_system_classes(&registry).map_err(ServerError::Bootstrap)?;
     let pem = ca.cert_pem.clone();
     spawn_reconciler(registry.clone(), "kube-root-ca.crt publisher", rootca::watched(), move |r| {
         rootca::reconcile(r, &pem)
@@ -798,7 +806,7 @@ async fn route(
     // typed clients (helm's release storage) update Secrets and send
     // DeleteOptions in protobuf.
     let protobuf_body = match verb {
-        "create" | "update" => t.sub.is_none() || matches!(t.sub, Some("token" | "approval")),
+        "create" | "update" => t.sub.is_none() || matches!(t.sub, Some("token" | "approval" | "eviction")),
         "delete" | "deletecollection" => !body.is_empty(),
         _ => false,
     };
@@ -862,6 +870,11 @@ async fn route(
         }
         ("create", Some(name), Some("token")) => {
             Ok(respond(201, &reg.request_token(ns.unwrap_or_default(), name, &body)?, &[]))
+        }
+        ("create", Some(name), Some("eviction")) => {
+            let options = eviction::parse(name, &parse_json(&body)?)?;
+            let opts = delete_options(&[], &serde_json::to_vec(&options).unwrap_or_default())?;
+            Ok(respond(201, &eviction::evict(reg, ns.unwrap_or_default(), name, opts)?, &[]))
         }
         ("create", Some(name), Some("binding")) => {
             let b = parse_json(&body)?;

@@ -9,6 +9,7 @@ pub mod ca_expiry;
 pub mod certificates;
 mod cronjob;
 mod deployment;
+mod disruption;
 mod endpoints;
 mod gc;
 mod indexed;
@@ -16,6 +17,7 @@ pub mod ipam;
 pub mod leader;
 mod nodes;
 mod persistentvolumes;
+mod quota;
 mod replicaset;
 mod scheduler;
 mod serviceaccounts;
@@ -136,7 +138,7 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 14] = [
+    let passes: [(&str, bool, Reconciler); 16] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
@@ -152,6 +154,12 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
             c.periodic || c.any(&["persistentvolumeclaims", "persistentvolumes", "storageclasses"]),
             persistentvolumes::reconcile,
         ),
+        (
+            "disruption",
+            c.periodic || c.any(&["poddisruptionbudgets", "pods", "replicasets", "deployments", "statefulsets"]),
+            disruption::reconcile,
+        ),
+        ("resourcequota", c.periodic || c.deletion || c.any(&["resourcequotas"]), quota::reconcile),
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
         ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),
@@ -233,6 +241,22 @@ where
         *field(k) = Some(status.clone());
         true
     })
+}
+
+/// Writes the status of `o` over the version it was read at: a conflict
+/// means someone (an eviction, an admission) wrote meanwhile, and the next
+/// pass recomputes from that.
+pub(crate) fn write_status_as_read(
+    reg: &Registry,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    o: serde_json::Value,
+) -> Result<(), ApiError> {
+    match reg.update(rt, ns, name, o, Part::Status, &WriteOptions::default()) {
+        Err(e) if e.code == 409 => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 /// Creates a typed object; returns it as stored.

@@ -451,13 +451,17 @@ impl Store for SqliteStore {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT k.name, k.id, k.create_revision, k.value FROM kine k
-                 JOIN (SELECT name, MAX(id) AS id FROM kine WHERE id <= ?1 AND name >= ?2 AND name > ?3 GROUP BY name) m ON k.id = m.id
+                 JOIN (SELECT name, MAX(id) AS id FROM kine WHERE id <= ?1 AND name >= ?2 AND name > ?3 AND name < ?6 GROUP BY name) m ON k.id = m.id
                  WHERE k.deleted = 0 AND substr(k.name, 1, ?4) = ?2 ORDER BY k.name LIMIT ?5",
             )
             .map_err(self.sql("list"))?;
         let fetch = if limit == 0 { -1 } else { limit as i64 + 1 };
+        // Above every key under the prefix: the scan stops at the prefix's
+        // end instead of reading every later key (a list of an empty kind
+        // cost a scan of the rest of the table).
+        let end = format!("{prefix}\u{10FFFF}");
         let mut items: Vec<KeyValue> = stmt
-            .query_map(params![at, prefix, start_after.unwrap_or(""), prefix.chars().count() as i64, fetch], |r| {
+            .query_map(params![at, prefix, start_after.unwrap_or(""), prefix.chars().count() as i64, fetch, end], |r| {
                 Ok(KeyValue {
                     key: r.get(0)?,
                     mod_revision: r.get(1)?,
