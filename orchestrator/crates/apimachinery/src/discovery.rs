@@ -85,8 +85,11 @@ pub const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
 
 /// `/apis`: the built-in groups, then those of the served CRDs.
 pub fn api_group_list(custom: &[Arc<ResourceType>]) -> Value {
-    let mut groups: Vec<APIGroup> =
-        GROUPS.iter().chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP]).map(|g| group(g, &[group_version(g)])).collect();
+    let mut groups: Vec<APIGroup> = GROUPS
+        .iter()
+        .chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP])
+        .map(|g| group(g, &[group_version(g)]))
+        .collect();
     groups.extend(custom_groups(custom).into_iter().map(|(g, vs)| group(g, &vs)));
     with_type(APIGroupList { groups }, "APIGroupList", "v1")
 }
