@@ -60,21 +60,30 @@ impl hyper::body::Body for Body {
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes, growing with what
-/// arrives (not with what is announced); 413 as soon as it passes the
-/// limit. A body announced as larger is still read up to the limit, as
-/// upstream does: clients such as kubectl report a closed connection, not
-/// the 413, when the answer comes before they have sent their body.
+/// arrives (not with what is announced); 413 once it passes the limit.
+/// A body announced as larger is still read, as upstream does: clients
+/// such as kubectl report a closed connection, not the 413, when the
+/// answer comes before they have sent their body. What passes the limit
+/// is discarded (memory stays at the limit), and after another
+/// [`MAX_BODY`] bytes the 413 goes out whatever the client is still sending.
 pub async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     use hyper::body::Body as _;
     let mut buf = Vec::new();
+    let mut discarded = 0usize;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > MAX_BODY {
-                return Err(orchestrator_apimachinery::decode::body_too_large());
+        let Ok(data) = frame.into_data() else { continue };
+        if discarded > 0 || buf.len() + data.len() > MAX_BODY {
+            discarded += data.len();
+            if discarded > MAX_BODY {
+                break;
             }
+        } else {
+            buf.extend_from_slice(&data);
         }
+    }
+    if discarded > 0 {
+        return Err(orchestrator_apimachinery::decode::body_too_large());
     }
     Ok(Bytes::from(buf))
 }
