@@ -795,7 +795,7 @@ impl Machine {
                 let ca = machinery::pki::CertKey { cert_pem: c.api.ca_cert.clone(), key_pem: ca_key.clone() };
                 let lifetime = self.settings.apid_cert_lifetime.unwrap_or(machinery::pki::LEAF_LIFETIME);
                 let names = serving_names(c, &self.settings);
-                machinery::pki::issue_server_lasting(&ca, &c.machine.hostname, &names, lifetime).map_err(internal)?
+                machinery::pki::issue_server(&ca, &c.machine.hostname, &names, lifetime).map_err(internal)?
             }
             // Validation guarantees one of the two.
             _ => {

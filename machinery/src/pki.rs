@@ -94,18 +94,8 @@ pub fn issue_client(ca: &CertKey, who: &str, role: Role, lifetime: Duration) -> 
     leaf(ca, params, lifetime)
 }
 
-/// A serving certificate for a node, valid for `names` (DNS names or IPs), for [`LEAF_LIFETIME`].
-pub fn issue_server(ca: &CertKey, hostname: &str, names: &[String]) -> Result<CertKey, PkiError> {
-    issue_server_lasting(ca, hostname, names, LEAF_LIFETIME)
-}
-
-/// [`issue_server`] valid for `lifetime` (apid's, renewed while it serves).
-pub fn issue_server_lasting(
-    ca: &CertKey,
-    hostname: &str,
-    names: &[String],
-    lifetime: Duration,
-) -> Result<CertKey, PkiError> {
+/// A serving certificate for a node, valid for `names` (DNS names or IPs) and `lifetime` ([`LEAF_LIFETIME`] unless it is renewed while it serves, as apid's).
+pub fn issue_server(ca: &CertKey, hostname: &str, names: &[String], lifetime: Duration) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::new(names.to_vec()).map_err(issue_err)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, hostname);
@@ -240,7 +230,7 @@ mod tests {
         assert_eq!(info.issuer, ca_info.subject);
         assert_eq!(crate::roles::role_from_cert_der(&pem_to_der(&c.cert_pem).unwrap()).unwrap(), Role::Reader);
         assert!(matches!(check_ca_cert(&c.cert_pem), Err(PkiError::NotCa)));
-        let s = issue_server(&ca, "n1", &["127.0.0.1".into(), "n1.lan".into()]).unwrap();
+        let s = issue_server(&ca, "n1", &["127.0.0.1".into(), "n1.lan".into()], LEAF_LIFETIME).unwrap();
         check_key(&s.key_pem).unwrap();
         assert!(!cert_info(&s.cert_pem).unwrap().is_ca);
         // Leaves start when their CA does (a clockless node's floor).
@@ -255,7 +245,7 @@ mod tests {
         let other = generate_ca("other").unwrap();
         check_key_matches(&ca.cert_pem, &ca.key_pem).unwrap();
         assert!(matches!(check_key_matches(&ca.cert_pem, &other.key_pem), Err(PkiError::KeyMismatch)));
-        let s = issue_server(&ca, "n1", &[]).unwrap();
+        let s = issue_server(&ca, "n1", &[], LEAF_LIFETIME).unwrap();
         check_key_matches(&s.cert_pem, &s.key_pem).unwrap();
         assert!(matches!(check_key_matches(&s.cert_pem, &ca.key_pem), Err(PkiError::KeyMismatch)));
     }

@@ -244,7 +244,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                     let mut names = vec![hostname.clone()];
                     names.extend(address.iter().filter_map(|a| a.split('/').next()).map(str::to_string));
                     names.extend(cert_sans.iter().cloned());
-                    let serving = pki::issue_server(&ca, &hostname, &names).map_err(other)?;
+                    let serving = pki::issue_server(&ca, &hostname, &names, pki::LEAF_LIFETIME).map_err(other)?;
                     (None, None, Some(serving.cert_pem), Some(serving.key_pem))
                 }
             };
