@@ -65,7 +65,7 @@ spec:
       echo @ENV; echo "$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT $KUBERNETES_SERVICE_PORT_HTTPS"; echo @END;
       echo @ALL; cat /all/mode /all/password /all/app /all/vault-token | wc -c; cat /all/mode /all/password /all/app; echo; ls -lL /all/; echo @END;
       api=https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; auth="Authorization: Bearer $(cat $d/token)";
-      echo @PODS; wget -q -O - --no-check-certificate --header "$auth" $api/api/v1/namespaces/$(cat $d/namespace)/pods; echo; echo @END;
+      echo @PODS; wget -q -O - --no-check-certificate --header "$auth" $api/api/v1/namespaces/$(cat $d/namespace)/pods 2>&1; echo; echo @END;
 
       sleep 3600']
     volumeMounts: [{{name: all, mountPath: /all}}]
