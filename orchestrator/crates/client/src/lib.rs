@@ -4,15 +4,16 @@
 //! kubelet makes: get, list by field selector, create, read-modify-write
 //! with conflict retries, delete, and watch.
 
+mod failover;
 pub mod health;
+mod resume;
 
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+use http::{Method, Request, header};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -39,14 +40,16 @@ pub enum KubeconfigError {
     Invalid { path: std::path::PathBuf, what: String },
 }
 
-/// An API server over HTTPS: its address, the TLS set-up from a kubeconfig.
-/// Each request opens its connection with the TLS set-up of that moment,
-/// so a renewed client certificate ([`Remote::set_client_cert`]) is used
-/// from the next request on, with no restart.
+/// API servers over HTTPS: their addresses (one, or every control plane's),
+/// the TLS set-up from a kubeconfig. Each request opens its connection
+/// with the TLS set-up of that moment, so a renewed client certificate
+/// ([`Remote::set_client_cert`]) is used from the next request on, with no
+/// restart. A request goes to the endpoint in use; when that one does not
+/// answer (refused, reset, timed out) or answers 503, the client moves to
+/// the next and stays there (module `failover`).
 #[derive(Clone)]
 pub struct Remote {
-    host: String,
-    port: u16,
+    endpoints: failover::Endpoints,
     tls: Arc<std::sync::RwLock<Arc<rustls::ClientConfig>>>,
     /// A bearer token sent with every request (a bootstrap token while joining).
     bearer: Option<String>,
@@ -70,15 +73,6 @@ pub enum Trust<'a> {
     Ca(&'a [u8]),
     /// Any certificate: only to read `cluster-info`, whose CA is then checked against a pin.
     Unverified,
-}
-
-fn host_port(server: &str) -> Result<(String, u16), String> {
-    let authority = server.strip_prefix("https://").ok_or("the server is not https://")?;
-    let authority = authority.trim_end_matches('/');
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Ok((h.trim_matches(['[', ']']).to_string(), p.parse().map_err(|_| "bad server port")?)),
-        None => Ok((authority.to_string(), 443)),
-    }
 }
 
 fn client_config(trust: &Trust<'_>, creds: &Credentials<'_>) -> Result<rustls::ClientConfig, String> {
@@ -132,9 +126,11 @@ impl Remote {
             .map_err(|e| bad(&format!("clusters[0].cluster.server or certificates: {e}")))
     }
 
-    /// An API server at `server` (`https://host:port`).
+    /// The API server at `server` (`https://host:port`), or the first of
+    /// several (`https://a:6443,https://b:6443`: every control plane's),
+    /// the others taken over when it stops answering.
     pub fn new(server: &str, trust: Trust<'_>, creds: Credentials<'_>) -> Result<Remote, String> {
-        let (host, port) = host_port(server)?;
+        let endpoints = failover::Endpoints::parse(server)?;
         let tls = client_config(&trust, &creds)?;
         let ca_pem = match trust {
             Trust::Ca(ca) => String::from_utf8_lossy(ca).into_owned(),
@@ -144,16 +140,12 @@ impl Remote {
             Credentials::Bearer(t) => Some(t.to_string()),
             _ => None,
         };
-        Ok(Remote { host, port, tls: Arc::new(std::sync::RwLock::new(Arc::new(tls))), bearer, ca_pem })
+        Ok(Remote { endpoints, tls: Arc::new(std::sync::RwLock::new(Arc::new(tls))), bearer, ca_pem })
     }
 
-    /// `https://host:port`.
+    /// `https://host:port` of the endpoint in use.
     pub fn server(&self) -> String {
-        if self.host.contains(':') {
-            format!("https://[{}]:{}", self.host, self.port)
-        } else {
-            format!("https://{}:{}", self.host, self.port)
-        }
+        self.endpoints.current().url()
     }
 
     /// Uses this client certificate from the next request on (a renewal).
@@ -176,24 +168,43 @@ impl Remote {
         p
     }
 
+    /// Sends to the endpoint in use, moving on to the others as module
+    /// `failover` says; a watch (`watch`: no time limit on the answer).
     async fn send(
         &self,
         method: Method,
         uri: &str,
         body: Option<&Value>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
-        let fail = |e: &dyn std::fmt::Display| {
-            ApiError::new(503, "ServiceUnavailable", format!("{method} https://{}:{}{uri}: {e}", self.host, self.port))
-        };
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| fail(&e))?;
-        let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| fail(&e))?;
-        let config = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| fail(&e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| fail(&e))?;
-        tokio::spawn(conn);
         let body = body.map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default()));
+        self.endpoints.send(&method, |ep| self.send_to(ep, method.clone(), uri, body.clone())).await
+    }
+
+    async fn send_to(
+        &self,
+        ep: failover::Endpoint,
+        method: Method,
+        uri: &str,
+        body: Option<Bytes>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, failover::Failure> {
+        use failover::Failure;
+        let fail = |e: &dyn std::fmt::Display| format!("{method} {}{uri}: {e}", ep.url());
+        let tcp = tokio::time::timeout(failover::CONNECT_TIMEOUT, tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)))
+            .await
+            .map_err(|e| Failure::Unreached(fail(&e)))?
+            .map_err(|e| Failure::Unreached(fail(&e)))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(ep.host.clone()).map_err(|e| Failure::Unreached(fail(&e)))?;
+        let config = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let connect = async {
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| fail(&e))?;
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| fail(&e))
+        };
+        let (mut sender, conn) = tokio::time::timeout(failover::CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|e| Failure::Unreached(fail(&e)))?
+            .map_err(Failure::Unreached)?;
+        tokio::spawn(conn);
         let mut req = Request::builder();
         if let Some(token) = &self.bearer {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -201,12 +212,17 @@ impl Remote {
         let req = req
             .method(method.clone())
             .uri(uri)
-            .header(header::HOST, format!("{}:{}", self.host, self.port))
+            .header(header::HOST, ep.authority())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .body(Body::Full(body))
-            .map_err(|e| fail(&e))?;
-        sender.send_request(req).await.map_err(|e| fail(&e))
+            .map_err(|e| Failure::Unreached(fail(&e)))?;
+        match tokio::time::timeout(failover::RESPONSE_TIMEOUT, sender.send_request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_canceled() => Err(Failure::Unreached(fail(&e))),
+            Ok(Err(e)) => Err(Failure::Lost(fail(&e))),
+            Err(e) => Err(Failure::Lost(fail(&e))),
+        }
     }
 
     async fn call(&self, method: Method, uri: &str, body: Option<&Value>) -> Result<Value, ApiError> {
@@ -243,7 +259,11 @@ pub enum Api {
     Remote(Remote),
 }
 
-/// A watch's events (objects; the kind of event does not matter to the kubelet: it relists).
+/// A watch's events (objects; the kind of event does not matter to the
+/// kubelet: it relists). A remote watch whose API server goes away is
+/// resumed from its last resourceVersion (module `resume`), on another
+/// endpoint if need be: it ends only when that revision is compacted or
+/// the server refuses it.
 pub enum Watch {
     Local(ObjectWatch),
     Remote(mpsc::Receiver<Value>),
@@ -409,28 +429,10 @@ impl Api {
                     .await
                     .ok()?;
                 let rv = list.pointer("/metadata/resourceVersion").and_then(Value::as_str)?.to_string();
-                let uri = format!("{path}?watch=1&resourceVersion={rv}&fieldSelector={}", query(field_selector));
-                let resp = r.send(Method::GET, &uri, None).await.ok()?;
-                if resp.status() != StatusCode::OK {
-                    return None;
-                }
-                let mut body = resp.into_body();
+                let resumed = resume::Resumed::new(r.clone(), path, query(field_selector), rv);
+                let first = resumed.open().await?;
                 let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(async move {
-                    use hyper::body::Body as _;
-                    let mut buf = Vec::new();
-                    while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                        let Ok(data) = frame.into_data() else { continue };
-                        buf.extend_from_slice(&data);
-                        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = buf.drain(..=i).collect();
-                            let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
-                            if ev["type"] == "ERROR" || tx.send(ev["object"].clone()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(resumed.follow(first, tx));
                 Some(Watch::Remote(rx))
             }
         }
