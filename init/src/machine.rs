@@ -951,7 +951,12 @@ fn cluster_services(
             if o.kubelet.is_none() {
                 return Ok(Vec::new());
             }
-            let endpoint = c.cluster.endpoint.clone().ok_or("a worker needs cluster.endpoint")?;
+            // Every control plane's: the kubelet moves to another when one stops answering.
+            let endpoints = c.kube_endpoints();
+            if endpoints.is_empty() {
+                return Err("a worker needs cluster.endpoint or cluster.endpoints".into());
+            }
+            let endpoint = endpoints.join(",");
             let token = files.token.as_ref().ok_or("this worker cannot join: its config carries no cluster.token")?;
             let kube = c.kube_ca();
             let pin = machinery::pki::ca_pin(kube.cert_pem).map_err(|e| format!("{}: {e}", kube.field))?;
@@ -1424,6 +1429,10 @@ mod tests {
         // Without a token it cannot join: said, nothing started.
         let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None }).unwrap_err();
         assert!(e.contains("cluster.token"), "{e}");
+        // An HA control plane: the kubelet is given every endpoint, `endpoint` first.
+        let ha = config("worker", &format!("{endpoint}\nendpoints = [\"https://10.0.0.2:6443\", \"https://10.0.0.1:6443\"]"));
+        let specs = cluster_services(&ha, &settings(true), &[], &files).unwrap();
+        assert_eq!(arg(&specs[1].args, "--server"), Some("https://10.0.0.1:6443,https://10.0.0.2:6443"));
     }
 
     /// A config with separate roots: `[api]` the machine-API CA, `[cluster]`

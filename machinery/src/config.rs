@@ -149,6 +149,11 @@ pub struct Cluster {
     /// on a control-plane node it defaults to its own first address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Every control plane's `https://host:6443` (an HA control plane): a
+    /// worker's kubelet uses the first that answers and moves to another
+    /// when it stops answering. With `endpoint`, that one comes first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
     /// Default: `sqlite`.
     #[serde(default)]
     pub datastore: Datastore,
@@ -394,6 +399,22 @@ impl MachineConfig {
                 .find_map(|a| a.parse::<IpNet>().ok())?;
             Some(format!("https://{}:{KUBE_API_PORT}", first.addr()))
         })
+    }
+
+    /// Every Kubernetes API endpoint a client may use, in order:
+    /// `cluster.endpoint` (or this control plane's own), then
+    /// `cluster.endpoints` without repeats.
+    pub fn kube_endpoints(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.cluster.endpoint.iter().cloned().collect();
+        if all.is_empty() && self.cluster.endpoints.is_empty() {
+            all.extend(self.kube_endpoint());
+        }
+        for ep in &self.cluster.endpoints {
+            if !all.contains(ep) {
+                all.push(ep.clone());
+            }
+        }
+        all
     }
 
     /// The Kubernetes CA: `cluster.ca_cert` and `ca_key`; in a config of
@@ -850,14 +871,22 @@ impl Checker<'_> {
                     self.error("cluster.endpoint", msg, hint);
                 }
             }
-            None if cl.role == Role::Worker => {
+            None if cl.role == Role::Worker && cl.endpoints.is_empty() => {
                 self.error(
                     "cluster",
-                    "a worker needs `endpoint`, the control plane it joins",
+                    "a worker needs `endpoint` (or `endpoints`), the control plane it joins",
                     Some("add endpoint = \"https://<control-plane address>:6443\"".into()),
                 );
             }
             None => {}
+        }
+        for (i, ep) in cl.endpoints.iter().enumerate() {
+            let path = format!("cluster.endpoints[{i}]");
+            if let Err((msg, hint)) = check_endpoint(ep) {
+                self.error(&path, msg, hint);
+            } else if cl.endpoints[..i].contains(ep) {
+                self.error(&path, format!("{ep:?} is listed twice"), Some("list each control plane once".into()));
+            }
         }
         if let Some(t) = &cl.token
             && !is_bootstrap_token(t)
@@ -1230,6 +1259,38 @@ ca_key = """{key}"""
         assert_eq!(own.ntp_servers(), ["10.0.0.1"]);
         // What gen config writes parses back to the same config.
         assert_eq!(MachineConfig::parse("x", &c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn endpoints_list_every_control_plane_and_bad_ones_are_named_by_index() {
+        let worker = |eps: &str| {
+            valid_text().replace(
+                "role = \"controlplane\"",
+                &format!("role = \"worker\"\ntoken = \"abcdef.0123456789abcdef\"\nendpoints = [{eps}]"),
+            )
+        };
+        let c = MachineConfig::parse("node.toml", &worker("\"https://10.0.0.1:6443\", \"https://10.0.0.2:6443\""))
+            .unwrap();
+        assert_eq!(c.kube_endpoints(), ["https://10.0.0.1:6443", "https://10.0.0.2:6443"]);
+        assert_eq!(MachineConfig::parse("x", &c.to_toml()).unwrap(), c);
+        // `endpoint` still valid, and first; a repeat is dropped.
+        let both = worker("\"https://10.0.0.2:6443\", \"https://10.0.0.3:6443\"")
+            .replace("role = \"worker\"", "role = \"worker\"\nendpoint = \"https://10.0.0.3:6443\"");
+        let c = MachineConfig::parse("node.toml", &both).unwrap();
+        assert_eq!(c.kube_endpoints(), ["https://10.0.0.3:6443", "https://10.0.0.2:6443"]);
+        // A control plane without either: its own address.
+        let own = MachineConfig::parse("node.toml", &valid_text()).unwrap();
+        assert_eq!(own.kube_endpoints(), ["https://10.0.0.5:6443"]);
+        let e = errors(&worker("\"https://10.0.0.1:6443\", \"10.0.0.2\", \"https://10.0.0.1:6443\""));
+        let got: Vec<(&str, &str)> = e.iter().map(|d| (d.path.as_str(), d.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("cluster.endpoints[1]", "\"10.0.0.2\" is not a URL"),
+                ("cluster.endpoints[2]", "\"https://10.0.0.1:6443\" is listed twice"),
+            ]
+        );
+        assert_eq!(e[0].hint.as_deref(), Some("did you mean \"https://10.0.0.2:6443\"?"));
     }
 
     #[test]

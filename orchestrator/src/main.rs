@@ -127,8 +127,11 @@ enum Command {
         /// The API server and this node's client certificate (embedded data).
         #[arg(long, required_unless_present = "server")]
         kubeconfig: Option<PathBuf>,
-        /// Or the API server's URL: the kubelet joins with a bootstrap
-        /// token, or reuses the certificate it got when it joined.
+        /// Or the API server's URL, or every control plane's joined by
+        /// commas (`https://a:6443,https://b:6443`: the kubelet moves to
+        /// another when the one it uses stops answering); the kubelet
+        /// joins with a bootstrap token, or reuses the certificate it got
+        /// when it joined.
         #[arg(long, conflicts_with = "kubeconfig", requires = "ca_cert_hash")]
         server: Option<String>,
         /// The pin of the cluster CA: `sha256:<hex of its SubjectPublicKeyInfo>` (kubeadm's discovery-token-ca-cert-hash).

@@ -273,6 +273,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                     id: Some(cluster_id.unwrap_or_else(|| machinery::config::cluster_id_of_ca(&ca.cert_pem))),
                     role,
                     endpoint,
+                    endpoints: Vec::new(),
                     datastore: Datastore::default(),
                     pod_cidr: "10.244.0.0/16".into(),
                     service_cidr: "10.96.0.0/12".into(),
