@@ -20,6 +20,8 @@ pub mod conformance;
 
 pub mod backup;
 
+pub mod migrate;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -172,6 +174,9 @@ pub enum StoreError {
     Remote { op: &'static str, endpoints: String, reason: String },
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    /// Another process has the database open (an orchestrator serving it).
+    #[error("{path} is in use by another process (an orchestrator serving it, {lock} is locked): stop it first")]
+    InUse { path: PathBuf, lock: PathBuf },
 }
 
 impl StoreError {
@@ -256,6 +261,9 @@ pub struct SqliteStore {
     /// Reads, and the pages of watches replaying the past.
     reader: Arc<Mutex<Connection>>,
     events: broadcast::Sender<Event>,
+    /// An exclusive `flock` on `<database>.lock` while open: one process
+    /// serves a database (`orchestrator migrate` refuses one being served).
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// The newest row of a key at or below a revision: (id, deleted, create_revision, value).
@@ -334,6 +342,15 @@ impl SqliteStore {
             .map_err(err("set pragmas"))?;
             Ok(c)
         };
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::Io { op: "open", path: lock_path.clone(), source })?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::InUse { path: path.to_path_buf(), lock: lock_path.clone() })?;
         let writer = open()?;
         Self::quick_check(&writer, path)?;
         // Only a new database takes this (an old one is converted by its first `reclaim`).
@@ -346,6 +363,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             reader: Arc::new(Mutex::new(reader)),
             events,
+            _lock: lock,
         })
     }
 
