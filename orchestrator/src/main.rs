@@ -2,12 +2,14 @@
 //! on a host, with the kubelet in the same process on a control-plane node;
 //! `orchestrator kubelet --kubeconfig F`: the kubelet alone, on a worker;
 //! `orchestrator health`: whether a node is back at work (upgrade health gate);
-//! `orchestrator token`: bootstrap tokens that let workers join.
+//! `orchestrator token`: bootstrap tokens that let workers join;
+//! `orchestrator migrate`: a SQLite store copied into etcd (one node to HA).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 mod backup;
+mod migrate;
 
 use clap::{Args, Parser, Subcommand};
 use orchestrator_client::Api;
@@ -121,6 +123,19 @@ enum Command {
         #[arg(long)]
         ca_cert: Option<PathBuf>,
         from: PathBuf,
+    },
+    /// Copies every object of DATA-DIR's SQLite store into etcd (--store
+    /// etcd://…): a single node becomes the first member of an HA control
+    /// plane. The server must be stopped, etcd empty (unless --force);
+    /// then start `orchestrator server --data-dir DATA-DIR --store etcd://…`.
+    Migrate {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Write over the keys etcd holds already.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Runs the kubelet alone against a remote API server (a worker node).
     Kubelet {
@@ -497,6 +512,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Restore { data_dir, ca_cert, from } => {
             println!("{}", backup::restore(&data_dir, ca_cert.as_deref(), &from)?);
+            Ok(())
+        }
+        Command::Migrate { data_dir, force, store } => {
+            let url = store.store.clone().unwrap_or_default();
+            let etcd = store.etcd()?.ok_or_else(|| anyhow::anyhow!("give --store etcd://HOST:PORT[,HOST:PORT...]"))?;
+            println!("{}", migrate::migrate(&data_dir, &url, &etcd, force)?);
             Ok(())
         }
         Command::Token { kubeconfig, action } => rt.block_on(token(&kubeconfig, action)),

@@ -14,6 +14,8 @@ use crate::{Store, StoreError};
 
 /// Keys read from the source per request.
 const PAGE: usize = 500;
+/// Every object's key starts so (etcd refuses an empty range key).
+const ALL: &str = "/";
 
 /// What was copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +42,8 @@ pub enum MigrateError {
         "the target store is not empty ({first} and more, {count} key(s) in the first page): give --force to write the copy over it"
     )]
     NotEmpty { count: usize, first: String },
-    #[error("{op} {key}: {source}")]
+    /// `key`: the key written or read, empty for the whole store.
+    #[error("{op}{}{key}: {source}", if key.is_empty() { "" } else { " " })]
     Store { op: &'static str, key: String, source: StoreError },
 }
 
@@ -63,7 +66,7 @@ pub fn copy(from: &dyn Store, to: &dyn Store, force: bool) -> Result<Copied, Mig
         let key = key.to_string();
         move |source| MigrateError::Store { op, key, source }
     }
-    let present = to.list("", None, PAGE, None).map_err(err("list the target", ""))?;
+    let present = to.list(ALL, None, PAGE, None).map_err(err("list the target", ""))?;
     if !force && let Some(first) = present.items.first() {
         return Err(MigrateError::NotEmpty { count: present.items.len(), first: first.key.clone() });
     }
@@ -71,7 +74,7 @@ pub fn copy(from: &dyn Store, to: &dyn Store, force: bool) -> Result<Copied, Mig
     let mut copied = Copied { source_revision, target_revision: 0, by_collection: BTreeMap::new(), replaced: 0 };
     let mut after: Option<String> = None;
     loop {
-        let page = from.list("", after.as_deref(), PAGE, Some(source_revision)).map_err(err("list the source", ""))?;
+        let page = from.list(ALL, after.as_deref(), PAGE, Some(source_revision)).map_err(err("list the source", ""))?;
         for kv in &page.items {
             let written = match to.create(&kv.key, &kv.value) {
                 Err(StoreError::AlreadyExists { .. }) if force => {
