@@ -9,6 +9,7 @@ pub mod clientconfig;
 pub mod connect;
 pub mod flash;
 mod generate;
+mod kubeconfig;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -143,7 +144,10 @@ pub enum Command {
     /// Boot the other (committed) slot again.
     Rollback,
     /// An admin kubeconfig for the node's Kubernetes API (printed, or
-    /// written to --out).
+    /// written to --out). Given several control planes (`-n a -n b`), one
+    /// kubeconfig with a context per control plane (the first current);
+    /// with --server (a virtual IP or load balancer in front of them all),
+    /// that one server.
     Kubeconfig {
         /// The API server URL in the kubeconfig (default: https://NODE:6443).
         #[arg(long)]
@@ -656,11 +660,31 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let results = session
                 .each(|_, mut c| async move { c.kubeconfig(api::KubeconfigRequest {}).await.map(|r| r.into_inner()) })
                 .await?;
-            for (node, r) in results {
-                let host = node.rsplit_once(':').map_or(node.as_str(), |(h, _)| h);
-                let url =
-                    server.clone().unwrap_or_else(|| format!("https://{host}:{}", machinery::layout::KUBE_API_PORT));
-                let text = with_server(&String::from_utf8_lossy(&r.kubeconfig), &url);
+            let each: Vec<(String, String, String)> = results
+                .into_iter()
+                .map(|(node, r)| {
+                    let host = node.rsplit_once(':').map_or(node.as_str(), |(h, _)| h).to_string();
+                    let url = format!("https://{host}:{}", machinery::layout::KUBE_API_PORT);
+                    (host, url, String::from_utf8_lossy(&r.kubeconfig).into_owned())
+                })
+                .collect();
+            // Several control planes and no --server (a VIP or load balancer):
+            // one kubeconfig, a context per control plane (kubectl has no failover).
+            let merged = match (&server, each.len()) {
+                (None, 2..) => Some(kubeconfig::per_control_plane(&each).map_err(Failure::Other)?),
+                _ => None,
+            };
+            let documents = match merged {
+                Some(text) => vec![(each.iter().map(|e| e.0.as_str()).collect::<Vec<_>>().join(", "), "each control plane".to_string(), text)],
+                None => each
+                    .iter()
+                    .map(|(host, url, text)| {
+                        let url = server.clone().unwrap_or_else(|| url.clone());
+                        (host.clone(), url.clone(), with_server(text, &url))
+                    })
+                    .collect(),
+            };
+            for (node, url, text) in documents {
                 match &out {
                     Some(path) => {
                         write_private(path, text.as_bytes())
