@@ -1430,7 +1430,10 @@ mod tests {
         let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None }).unwrap_err();
         assert!(e.contains("cluster.token"), "{e}");
         // An HA control plane: the kubelet is given every endpoint, `endpoint` first.
-        let ha = config("worker", &format!("{endpoint}\nendpoints = [\"https://10.0.0.2:6443\", \"https://10.0.0.1:6443\"]"));
+        let ha = config(
+            "worker",
+            &format!("{endpoint}\nendpoints = [\"https://10.0.0.2:6443\", \"https://10.0.0.1:6443\"]"),
+        );
         let specs = cluster_services(&ha, &settings(true), &[], &files).unwrap();
         assert_eq!(arg(&specs[1].args, "--server"), Some("https://10.0.0.1:6443,https://10.0.0.2:6443"));
     }

@@ -1269,8 +1269,8 @@ ca_key = """{key}"""
                 &format!("role = \"worker\"\ntoken = \"abcdef.0123456789abcdef\"\nendpoints = [{eps}]"),
             )
         };
-        let c = MachineConfig::parse("node.toml", &worker("\"https://10.0.0.1:6443\", \"https://10.0.0.2:6443\""))
-            .unwrap();
+        let c =
+            MachineConfig::parse("node.toml", &worker("\"https://10.0.0.1:6443\", \"https://10.0.0.2:6443\"")).unwrap();
         assert_eq!(c.kube_endpoints(), ["https://10.0.0.1:6443", "https://10.0.0.2:6443"]);
         assert_eq!(MachineConfig::parse("x", &c.to_toml()).unwrap(), c);
         // `endpoint` still valid, and first; a repeat is dropped.

@@ -18,7 +18,8 @@ pub fn migrate(data_dir: &Path, url: &str, etcd: &EtcdConfig, force: bool) -> an
     // Refused (InUse) while an orchestrator serves it: a copy would miss its later writes.
     let from = SqliteStore::open(&db, Durability::Full)?;
     let to = EtcdStore::connect(etcd)?;
-    let copied = migrate::copy(&from, &to, force).map_err(|e| anyhow::anyhow!("migrate {} to {url}: {e}", db.display()))?;
+    let copied =
+        migrate::copy(&from, &to, force).map_err(|e| anyhow::anyhow!("migrate {} to {url}: {e}", db.display()))?;
     let mut out = format!(
         "copied {} objects from {} (revision {}) to {url} (revision {}{})\n",
         copied.total(),

@@ -104,9 +104,8 @@ fn a_kubelet_given_two_api_servers_moves_to_the_survivor_and_keeps_its_pods() {
 
     // A pod created through the survivor starts on the node.
     b.apply(&pod("after"), &[]);
-    b.wait_for(&["get", "pod", "after", "-o", "jsonpath={.status.phase}"], Duration::from_secs(90), |o| {
-        o == "Running"
-    });
+    b.wait_for(&["get", "pod", "after", "-o", "jsonpath={.status.phase}"], Duration::from_secs(90), |o| o == "Running");
+    eprintln!("figure: API server killed → a pod created through the survivor Running in {:?}", died.elapsed());
     // Its heartbeats reach the survivor: the Lease is renewed after the
     // kill, and the Node stays Ready past a whole lease duration (40 s).
     let renewed = ["get", "lease", "-n", "kube-node-lease", NODE, "-o", "jsonpath={.spec.renewTime}"];

@@ -73,7 +73,8 @@ fn snapshot(s: &Server) -> Vec<String> {
         }
         // A CRD's status (its conditions' times) is rewritten by its controller: its spec is what moved.
         let line = s.ok(&args);
-        let line = if kind.starts_with("crd/") { line.split(" {\"acceptedNames\"").next().unwrap().to_string() } else { line };
+        let line =
+            if kind.starts_with("crd/") { line.split(" {\"acceptedNames\"").next().unwrap().to_string() } else { line };
         out.push(format!("{kind}: {line}"));
     }
     out
@@ -103,16 +104,34 @@ fn a_sqlite_node_moves_to_etcd_with_every_object() {
     let url = etcd.url();
     let mut sqlite = Server::start_with_args(tempfile::tempdir().unwrap(), kubectl.clone(), &["--controllers=false"]);
     sqlite.apply(OBJECTS, &[]);
-    sqlite.wait_for(&["get", "crd", "widgets.example.com", "-o", "jsonpath={.status.acceptedNames.kind}"], Duration::from_secs(20), |k| k == "Widget");
+    sqlite.wait_for(
+        &["get", "crd", "widgets.example.com", "-o", "jsonpath={.status.acceptedNames.kind}"],
+        Duration::from_secs(20),
+        |k| k == "Widget",
+    );
     sqlite.apply(WIDGET, &[]);
-    sqlite.ok(&["patch", "widget", "w1", "-n", "shop", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Ready"}}"#]);
+    sqlite.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "-n",
+        "shop",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Ready"}}"#,
+    ]);
     let before = snapshot(&sqlite);
     assert!(before.iter().any(|l| l.contains("{\"phase\":\"Ready\"}")), "{before:#?}");
 
     // Served: refused, nothing copied.
     let served = migrate(sqlite.dir.path(), &url, &[]);
     assert!(!served.status.success());
-    assert!(text(&served).contains("is in use by another process") && text(&served).contains("stop it first"), "{}", text(&served));
+    assert!(
+        text(&served).contains("is in use by another process") && text(&served).contains("stop it first"),
+        "{}",
+        text(&served)
+    );
 
     sqlite.child.kill().unwrap();
     sqlite.child.wait().unwrap();
@@ -120,13 +139,19 @@ fn a_sqlite_node_moves_to_etcd_with_every_object() {
     let out = migrate(dir.path(), &url, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let report = text(&out);
-    for line in ["configmaps", "secrets", "deployments", "namespaces", "customresourcedefinitions", "example.com/widgets"] {
+    for line in
+        ["configmaps", "secrets", "deployments", "namespaces", "customresourcedefinitions", "example.com/widgets"]
+    {
         assert!(report.contains(line), "{line} missing from:\n{report}");
     }
     assert!(report.starts_with("copied "), "{report}");
     // A second run finds etcd holding the copy: refused without --force.
     let again = migrate(dir.path(), &url, &[]);
-    assert!(!again.status.success() && text(&again).contains("not empty") && text(&again).contains("--force"), "{}", text(&again));
+    assert!(
+        !again.status.success() && text(&again).contains("not empty") && text(&again).contains("--force"),
+        "{}",
+        text(&again)
+    );
 
     // The same data directory served from etcd: the same objects.
     let on_etcd = Server::start_on_etcd(dir, kubectl, &url, "warn", &["--controllers=false"]);
@@ -135,7 +160,11 @@ fn a_sqlite_node_moves_to_etcd_with_every_object() {
     // Watches run from the new revisions; one from before the copy is told 410.
     let rv = on_etcd.ok(&["get", "configmaps", "-n", "shop", "-o", "jsonpath={.metadata.resourceVersion}"]);
     let watch = Command::new(&on_etcd.kubectl)
-        .args(["get", "--raw", &format!("/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=4")])
+        .args([
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=4"),
+        ])
         .env("KUBECONFIG", on_etcd.kubeconfig())
         .stdout(Stdio::piped())
         .spawn()
@@ -144,6 +173,7 @@ fn a_sqlite_node_moves_to_etcd_with_every_object() {
     on_etcd.ok(&["create", "configmap", "after", "-n", "shop", "--from-literal=a=1"]);
     let events = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
     assert!(events.contains("\"type\":\"ADDED\"") && events.contains("\"name\":\"after\""), "{events}");
-    let old = on_etcd.ok(&["get", "--raw", "/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion=2&timeoutSeconds=2"]);
+    let old =
+        on_etcd.ok(&["get", "--raw", "/api/v1/namespaces/shop/configmaps?watch=1&resourceVersion=2&timeoutSeconds=2"]);
     assert!(old.contains("\"code\":410"), "{old}");
 }

@@ -52,7 +52,12 @@ mod tests {
         let out = super::per_control_plane(&each).unwrap();
         assert!(out.contains("- name: plinth-10.0.0.2\n  cluster:\n    server: https://10.0.0.2:6443\n    certificate-authority-data: CA\n"), "{out}");
         assert!(out.contains("client-certificate-data: CERT2\n    client-key-data: KEY2\n"), "{out}");
-        assert!(out.contains("- name: admin@10.0.0.1\n  context:\n    cluster: plinth-10.0.0.1\n    user: admin-10.0.0.1\n"), "{out}");
+        assert!(
+            out.contains(
+                "- name: admin@10.0.0.1\n  context:\n    cluster: plinth-10.0.0.1\n    user: admin-10.0.0.1\n"
+            ),
+            "{out}"
+        );
         assert!(out.contains("current-context: admin@10.0.0.1\n"), "{out}");
         let bad = [("cp".to_string(), "https://cp:6443".to_string(), "apiVersion: v1\n".to_string())];
         assert_eq!(super::per_control_plane(&bad).unwrap_err(), "cp: its kubeconfig has no certificate-authority-data");

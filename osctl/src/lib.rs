@@ -675,7 +675,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 _ => None,
             };
             let documents = match merged {
-                Some(text) => vec![(each.iter().map(|e| e.0.as_str()).collect::<Vec<_>>().join(", "), "each control plane".to_string(), text)],
+                Some(text) => vec![(
+                    each.iter().map(|e| e.0.as_str()).collect::<Vec<_>>().join(", "),
+                    "each control plane".to_string(),
+                    text,
+                )],
                 None => each
                     .iter()
                     .map(|(host, url, text)| {

@@ -206,7 +206,8 @@ mod tests {
     #[test]
     fn an_unreached_endpoint_is_left_for_the_next_and_the_client_stays_there() {
         let eps = Endpoints::parse("https://a:1,https://b:2,https://c:3").unwrap();
-        let (r, tried) = run(&eps, Method::POST, |p| if p == 1 { Err(Failure::Unreached("refused".into())) } else { Ok(201) });
+        let (r, tried) =
+            run(&eps, Method::POST, |p| if p == 1 { Err(Failure::Unreached("refused".into())) } else { Ok(201) });
         assert_eq!((r.unwrap(), tried), (201, vec![1, 2]));
         assert_eq!(eps.current().port, 2);
         // The next request starts there.

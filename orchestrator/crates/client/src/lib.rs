@@ -189,12 +189,16 @@ impl Remote {
     ) -> Result<hyper::Response<hyper::body::Incoming>, failover::Failure> {
         use failover::Failure;
         let fail = |e: &dyn std::fmt::Display| format!("{method} {}{uri}: {e}", ep.url());
-        let tcp = tokio::time::timeout(failover::CONNECT_TIMEOUT, tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)))
-            .await
-            .map_err(|e| Failure::Unreached(fail(&e)))?
-            .map_err(|e| Failure::Unreached(fail(&e)))?;
+        let tcp = tokio::time::timeout(
+            failover::CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)),
+        )
+        .await
+        .map_err(|e| Failure::Unreached(fail(&e)))?
+        .map_err(|e| Failure::Unreached(fail(&e)))?;
         let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(ep.host.clone()).map_err(|e| Failure::Unreached(fail(&e)))?;
+        let name =
+            rustls::pki_types::ServerName::try_from(ep.host.clone()).map_err(|e| Failure::Unreached(fail(&e)))?;
         let config = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
         let connect = async {
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| fail(&e))?;

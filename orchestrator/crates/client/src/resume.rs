@@ -44,7 +44,10 @@ impl Resumed {
     }
 
     fn uri(&self) -> String {
-        format!("{}?watch=1&allowWatchBookmarks=true&resourceVersion={}&fieldSelector={}", self.path, self.rv, self.selector)
+        format!(
+            "{}?watch=1&allowWatchBookmarks=true&resourceVersion={}&fieldSelector={}",
+            self.path, self.rv, self.selector
+        )
     }
 
     /// The watch from the last revision: `None` when the server refused it.
@@ -62,8 +65,9 @@ impl Resumed {
                 Some(b) => b,
                 None => {
                     tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
+                        biased;
                         () = tx.closed() => return,
+                        () = tokio::time::sleep(pause) => {}
                     }
                     match self.remote.send(Method::GET, &self.uri(), None).await {
                         Ok(resp) if resp.status() == StatusCode::OK => {
@@ -97,7 +101,12 @@ impl Resumed {
         let mut buf = Vec::new();
         loop {
             let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
-            let frame = match tokio::time::timeout(WATCH_IDLE, frame).await {
+            let frame = tokio::select! {
+                f = tokio::time::timeout(WATCH_IDLE, frame) => f,
+                // The consumer dropped the watch: close it now, not at the next event.
+                () = tx.closed() => return End::Over,
+            };
+            let frame = match frame {
                 Err(_) => return End::Dropped(format!("nothing for {WATCH_IDLE:?}")),
                 Ok(None) => return End::Dropped("closed".into()),
                 Ok(Some(Err(e))) => return End::Dropped(e.to_string()),

@@ -44,7 +44,7 @@ pub enum MigrateError {
     NotEmpty { count: usize, first: String },
     /// `key`: the key written or read, empty for the whole store.
     #[error("{op}{}{key}: {source}", if key.is_empty() { "" } else { " " })]
-    Store { op: &'static str, key: String, source: StoreError },
+    Store { op: &'static str, key: String, source: Box<StoreError> },
 }
 
 /// The collection of a key: `/registry/pods/ns/name` → `pods`; a custom
@@ -64,7 +64,7 @@ pub fn collection(key: &str) -> String {
 pub fn copy(from: &dyn Store, to: &dyn Store, force: bool) -> Result<Copied, MigrateError> {
     fn err(op: &'static str, key: &str) -> impl FnOnce(StoreError) -> MigrateError {
         let key = key.to_string();
-        move |source| MigrateError::Store { op, key, source }
+        move |source| MigrateError::Store { op, key, source: Box::new(source) }
     }
     let present = to.list(ALL, None, PAGE, None).map_err(err("list the target", ""))?;
     if !force && let Some(first) = present.items.first() {
@@ -137,7 +137,12 @@ mod tests {
         assert!(matches!(to.watch("/registry/", 1), Err(StoreError::Compacted { .. })), "old revisions are gone");
 
         // Not empty now: refused, nothing written; forced, written over.
-        from.update("/registry/pods/default/web", b"{\"uid\":\"u2\"}", from.get("/registry/pods/default/web").unwrap().unwrap().mod_revision).unwrap();
+        from.update(
+            "/registry/pods/default/web",
+            b"{\"uid\":\"u2\"}",
+            from.get("/registry/pods/default/web").unwrap().unwrap().mod_revision,
+        )
+        .unwrap();
         let before = to.current_revision().unwrap();
         let e = copy(&from, &to, false).unwrap_err();
         assert!(e.to_string().contains("not empty") && e.to_string().contains("--force"), "{e}");
