@@ -131,6 +131,7 @@ const POD_FIELDS: &[&str] = &[
     "spec.hostNetwork",
     "status.phase",
     "status.podIP",
+    "status.podIPs",
     "status.nominatedNodeName",
 ];
 const EVENT_FIELDS: &[&str] = &[
