@@ -683,7 +683,7 @@ impl Registry {
             obj.as_object_mut().expect("checked").remove("status");
         }
         match kind {
-            "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "StatefulSet" => {
+            "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" | "Job" | "StatefulSet" => {
                 obj.as_object_mut().expect("checked").remove("status");
             }
             "Pod" => obj["status"] = json!({}),

@@ -237,6 +237,19 @@ pub static RESOURCES: &[ResourceType] = &[
         &["status", "scale"],
         &["status.replicas"]
     ),
+    // The v1 ReplicationController (issue 14 item 6), kept by the ReplicaSet logic.
+    rt!(
+        "",
+        "ReplicationController",
+        core::ReplicationController,
+        "replicationcontrollers",
+        "replicationcontroller",
+        true,
+        &["rc"],
+        ALL,
+        &["status", "scale"],
+        &["status.replicas"]
+    ),
     rt!("apps", "DaemonSet", apps::DaemonSet, "daemonsets", "daemonset", true, &["ds"], ALL, &["status"], NONE),
     rt!("batch", "Job", batch::Job, "jobs", "job", true, NONE, ALL, &["status"], &["status.successful"]),
     // Workloads (issue 14 item 1).

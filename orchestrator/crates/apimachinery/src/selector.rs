@@ -112,6 +112,16 @@ impl LabelSelector {
     }
 
     /// From a `metav1.LabelSelector` (matchLabels + matchExpressions).
+    /// A workload's `spec.selector`: a `LabelSelector`, but for a
+    /// ReplicationController's plain map of labels.
+    pub fn of_workload(kind: &str, sel: &Value) -> LabelSelector {
+        if kind == "ReplicationController" {
+            LabelSelector::from_json(&serde_json::json!({ "matchLabels": sel }))
+        } else {
+            LabelSelector::from_json(sel)
+        }
+    }
+
     pub fn from_json(sel: &Value) -> LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
