@@ -773,6 +773,8 @@ fn row(rt: &ResourceType, o: &Value, include: IncludeObject, now: i64) -> Value 
     };
     let cells = match &rt.custom {
         Some(c) => custom_cells(c, o, now),
+        // events.k8s.io/v1 Events print as the core Events they are stored as.
+        None if crate::events::serves(rt) => cells(rt.kind, &crate::events::to_core(o.clone()), now),
         None => cells(rt.kind, o, now),
     };
     json!({"cells": cells, "object": object})
