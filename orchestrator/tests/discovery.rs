@@ -110,12 +110,6 @@ fn kubectl_discovers_everything_from_the_aggregated_documents() {
     }
 }
 
-async fn kube_client(server: &Server) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
-
 /// A GET of `path` with `accept`, and `if_none_match` if given: status,
 /// Content-Type, ETag and body.
 async fn get(
@@ -152,7 +146,7 @@ fn kube_rs_aggregated_discovery_and_negotiation_on_the_wire() {
     install_crd(&s);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let client = kube_client(&s).await;
+        let client = common::kube_client(&s).await;
         let d = Discovery::new(client.clone()).run_aggregated().await.unwrap();
         let (pod, caps) = d.get("").unwrap().recommended_kind("Pod").unwrap();
         assert_eq!(pod.plural, "pods");

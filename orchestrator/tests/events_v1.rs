@@ -31,18 +31,12 @@ note: no reporter
 type: Normal
 "#;
 
-async fn kube_client(server: &Server) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
-
 #[test]
 fn events_v1_and_core_events_are_one_object() {
     let Some(s) = Server::start() else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let client = kube_client(&s).await;
+        let client = common::kube_client(&s).await;
         let events: Api<Event> = Api::namespaced(client, "default");
         let wp = WatchParams::default().timeout(20);
         let mut watch = Box::pin(events.watch(&wp, "0").await.unwrap());

@@ -53,21 +53,20 @@ fn columns(kind: &str) -> Vec<Column> {
             images,
             selector,
         ],
-        "ReplicationController" => vec![
+        "ReplicaSet" | "ReplicationController" => vec![
             name,
             ("Desired", "integer", 0, "Replicas is the number of desired replicas."),
             ("Current", "integer", 0, "Replicas is the most recently observed number of replicas."),
-            ("Ready", "integer", 0, "The number of ready replicas for this replication controller."),
-            age,
-            containers,
-            images,
-            selector,
-        ],
-        "ReplicaSet" => vec![
-            name,
-            ("Desired", "integer", 0, "Replicas is the number of desired replicas."),
-            ("Current", "integer", 0, "Replicas is the most recently observed number of replicas."),
-            ("Ready", "integer", 0, "The number of ready replicas for this replica set."),
+            (
+                "Ready",
+                "integer",
+                0,
+                if kind == "ReplicaSet" {
+                    "The number of ready replicas for this replica set."
+                } else {
+                    "The number of ready replicas for this replication controller."
+                },
+            ),
             age,
             containers,
             images,
