@@ -59,6 +59,13 @@ pub fn venv_python(module: &str) -> Option<PathBuf> {
     Some(py)
 }
 
+/// A kube-rs client from `server`'s admin kubeconfig.
+pub async fn kube_client(server: &Server) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
 /// Whether the suites run on etcd: `PLINTH_TEST_STORE=etcd` gives each
 /// server a one-member etcd (data in DATA-DIR/etcd) instead of SQLite, so
 /// the same assertions run on both stores (scripts/test.sh runs the kubectl

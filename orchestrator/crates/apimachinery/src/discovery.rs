@@ -1,10 +1,15 @@
 //! Discovery documents (`/version`, `/api`, `/apis`, group-version resource
-//! lists) and the minimal OpenAPI v3 documents kubectl needs to leave
+//! lists, and `/api` and `/apis` aggregated as `apidiscovery.k8s.io`
+//! `APIGroupDiscoveryList`s, built from the same resource lists) and the minimal OpenAPI v3 documents kubectl needs to leave
 //! validation to the server (`fieldValidation=Strict`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery,
+    APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery, ObjectMeta,
     ServerAddressByClientCIDR,
+};
+use kube_core::discovery::v2::{
+    APIGroupDiscovery, APIGroupDiscoveryList, APIResourceDiscovery, APISubresourceDiscovery, APIVersionDiscovery,
+    GroupVersionKind,
 };
 use serde_json::{Value, json};
 
@@ -150,9 +155,10 @@ fn subresource(rt: &ResourceType, sub: &str) -> APIResource {
     }
 }
 
-/// The `APIResourceList` of a group version ("" for core), the served
-/// custom types included.
-pub fn resource_list(group: &str, version: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
+/// The resources of a group version ("" for core) as `APIResourceList`
+/// entries, subresources right after their resource; `None` for a group
+/// version not served.
+fn resources(group: &str, version: &str, custom: &[Arc<ResourceType>]) -> Option<Vec<APIResource>> {
     if (group == AUTHORIZATION_GROUP || group == AUTHENTICATION_GROUP) && version == "v1" {
         let review = |kind: &str| APIResource {
             name: format!("{}s", kind.to_lowercase()),
@@ -167,9 +173,7 @@ pub fn resource_list(group: &str, version: &str, custom: &[Arc<ResourceType>]) -
         } else {
             &["SelfSubjectReview", "TokenReview"]
         };
-        let resources: Vec<APIResource> = kinds.iter().map(|k| review(k)).collect();
-        let list = APIResourceList { group_version: format!("{group}/{version}"), resources };
-        return Some(with_type(list, "APIResourceList", "v1"));
+        return Some(kinds.iter().map(|k| review(k)).collect());
     }
     let rts = served(group, version, custom);
     if rts.is_empty() {
@@ -182,8 +186,83 @@ pub fn resource_list(group: &str, version: &str, custom: &[Arc<ResourceType>]) -
             resources.push(subresource(rt, sub));
         }
     }
+    Some(resources)
+}
+
+/// The `APIResourceList` of a group version ("" for core), the served
+/// custom types included.
+pub fn resource_list(group: &str, version: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
+    let resources = resources(group, version, custom)?;
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     Some(with_type(APIResourceList { group_version: gv, resources }, "APIResourceList", "v1"))
+}
+
+/// The versions of `apidiscovery.k8s.io` served, newest first: kubectl
+/// ≥1.30 asks for v2, 1.26–1.29 for v2beta1 (the same shape).
+pub const AGGREGATED_VERSIONS: &[&str] = &["v2", "v2beta1"];
+
+/// One group version's resources in aggregated discovery's shape: each
+/// resource with its response kind, scope and subresources folded in.
+fn discovery_version(group: &str, version: &str, list: Vec<APIResource>) -> APIVersionDiscovery {
+    let gvk = |g: Option<String>, v: Option<String>, kind: String| GroupVersionKind {
+        group: Some(g.unwrap_or_else(|| group.to_string())),
+        version: Some(v.unwrap_or_else(|| version.to_string())),
+        kind: Some(kind),
+    };
+    let mut resources: Vec<APIResourceDiscovery> = Vec::new();
+    for r in list {
+        let response_kind = Some(gvk(r.group, r.version, r.kind));
+        match r.name.split_once('/') {
+            None => resources.push(APIResourceDiscovery {
+                resource: Some(r.name),
+                response_kind,
+                scope: Some(if r.namespaced { "Namespaced" } else { "Cluster" }.into()),
+                singular_resource: Some(r.singular_name),
+                verbs: r.verbs,
+                short_names: r.short_names.unwrap_or_default(),
+                categories: r.categories.unwrap_or_default(),
+                subresources: Vec::new(),
+            }),
+            Some((parent, sub)) => {
+                if let Some(p) = resources.iter_mut().find(|p| p.resource.as_deref() == Some(parent)) {
+                    p.subresources.push(APISubresourceDiscovery {
+                        subresource: Some(sub.to_string()),
+                        response_kind,
+                        accepted_types: Vec::new(),
+                        verbs: r.verbs,
+                    });
+                }
+            }
+        }
+    }
+    APIVersionDiscovery { version: Some(version.into()), resources, freshness: Some("Current".into()) }
+}
+
+/// `/api` (`core`) or `/apis` as one `APIGroupDiscoveryList` of
+/// `apidiscovery.k8s.io/<version>`: every group with its versions,
+/// preferred first, and every resource of each, the served versions of
+/// established CRDs included.
+pub fn aggregated(core: bool, version: &str, custom: &[Arc<ResourceType>]) -> Value {
+    let groups: Vec<(&str, Vec<&str>)> = if core {
+        vec![("", vec!["v1"])]
+    } else {
+        let builtin = GROUPS.iter().chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP]);
+        let mut g: Vec<(&str, Vec<&str>)> = builtin.map(|g| (*g, vec![group_version(g)])).collect();
+        g.extend(custom_groups(custom));
+        g
+    };
+    let items = groups
+        .into_iter()
+        .map(|(g, versions)| APIGroupDiscovery {
+            metadata: Some(ObjectMeta { name: (!g.is_empty()).then(|| g.to_string()), ..Default::default() }),
+            versions: versions
+                .into_iter()
+                .filter_map(|v| Some(discovery_version(g, v, resources(g, v, custom)?)))
+                .collect(),
+        })
+        .collect();
+    let list = APIGroupDiscoveryList { metadata: Some(Default::default()), items };
+    with_type(list, "APIGroupDiscoveryList", &format!("apidiscovery.k8s.io/{version}"))
 }
 
 /// The built-in and custom types of one group version.
@@ -325,6 +404,55 @@ mod tests {
         assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/binding"));
         assert!(resource_list("nope", "v1", &[]).is_none());
         assert_eq!(api_group_list(&[])["groups"][0]["preferredVersion"]["groupVersion"], "apps/v1");
+    }
+
+    #[test]
+    fn aggregated_discovery_folds_subresources_into_their_resource() {
+        let core = aggregated(true, "v2", &[]);
+        assert_eq!(
+            (core["kind"].as_str(), core["apiVersion"].as_str()),
+            (Some("APIGroupDiscoveryList"), Some("apidiscovery.k8s.io/v2"))
+        );
+        let items = core["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1);
+        assert!(items[0]["metadata"].get("name").is_none());
+        let v1 = &items[0]["versions"][0];
+        assert_eq!((v1["version"].as_str(), v1["freshness"].as_str()), (Some("v1"), Some("Current")));
+        let pods = v1["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "pods").unwrap();
+        assert_eq!(pods["responseKind"], json!({"group": "", "version": "v1", "kind": "Pod"}));
+        assert_eq!((pods["scope"].as_str(), pods["singularResource"].as_str()), (Some("Namespaced"), Some("pod")));
+        assert_eq!((&pods["shortNames"], &pods["categories"]), (&json!(["po"]), &json!(["all"])));
+        let subs: Vec<&str> =
+            pods["subresources"].as_array().unwrap().iter().map(|s| s["subresource"].as_str().unwrap()).collect();
+        assert_eq!(subs, ["status", "binding", "eviction", "log", "exec", "attach", "portforward"]);
+        let eviction = &pods["subresources"][2];
+        assert_eq!(eviction["responseKind"], json!({"group": "policy", "version": "v1", "kind": "Eviction"}));
+        assert_eq!(eviction["verbs"], json!(["create"]));
+        assert!(!v1["resources"].as_array().unwrap().iter().any(|r| r["resource"].as_str().unwrap().contains('/')));
+
+        let apis = aggregated(false, "v2beta1", &[]);
+        assert_eq!(apis["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+        let apps = apis["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "apps").unwrap();
+        let deploy = apps["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "deployments")
+            .unwrap();
+        let scale = deploy["subresources"].as_array().unwrap().iter().find(|s| s["subresource"] == "scale").unwrap();
+        assert_eq!(scale["responseKind"], json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}));
+        let nodes = aggregated(true, "v2", &[]);
+        let node = nodes["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "nodes")
+            .unwrap()
+            .clone();
+        assert_eq!(node["scope"], "Cluster");
+        let authz =
+            apis["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == AUTHORIZATION_GROUP).unwrap();
+        assert_eq!(authz["versions"][0]["resources"].as_array().unwrap().len(), 4);
     }
 
     #[test]

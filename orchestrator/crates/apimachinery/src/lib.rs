@@ -10,6 +10,7 @@ pub mod crd;
 pub mod decode;
 pub mod discovery;
 pub mod errors;
+pub mod events;
 pub mod housekeeping;
 pub mod node_fields;
 pub mod patch;

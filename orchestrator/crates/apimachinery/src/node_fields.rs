@@ -334,7 +334,7 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
         "Service" => validate_service(o),
         "Endpoints" => validate_endpoints(o),
         "Pod" => o.get("spec").map(|s| validate_pod_volumes(s, "spec")).unwrap_or_default(),
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "StatefulSet" => {
+        "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" | "Job" | "StatefulSet" => {
             o.pointer("/spec/template/spec").map(|s| validate_pod_volumes(s, "spec.template.spec")).unwrap_or_default()
         }
         "ConfigMap" | "Secret" => {

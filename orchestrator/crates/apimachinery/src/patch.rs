@@ -22,8 +22,8 @@ fn spec_replicas(rt: &ResourceType) -> String {
     }
 }
 
-/// The `autoscaling/v1` Scale of a deployment, replica set, stateful set
-/// or custom object (through its CRD's scale paths).
+/// The `autoscaling/v1` Scale of a deployment, replica set, replication
+/// controller, stateful set or custom object (through its CRD's scale paths).
 pub fn scale_of(rt: &ResourceType, o: &Value) -> Value {
     let custom = rt.custom.as_ref().and_then(|c| c.scale.as_ref());
     let (status, selector) = match custom {
@@ -39,7 +39,7 @@ pub fn scale_of(rt: &ResourceType, o: &Value) -> Value {
         None => (
             "/status/replicas".to_string(),
             o.pointer("/spec/selector")
-                .map(|s| crate::selector::LabelSelector::from_json(s).to_string())
+                .map(|s| crate::selector::LabelSelector::of_workload(rt.kind, s).to_string())
                 .unwrap_or_default(),
         ),
     };

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::errors::{ApiError, success};
 use crate::resources::{CustomVersion, ResourceType, Served, by_kind};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::{crd, schema, stateful, validation};
+use crate::{crd, events, schema, stateful, validation};
 use orchestrator_store::{EventKind, Store, StoreError, Watch};
 
 /// What `fieldValidation` asks for unknown fields.
@@ -276,6 +276,8 @@ pub struct ObjectWatch {
     fields: FieldSelector,
     /// The version a custom resource is read in (see [`read_as`]).
     custom: Option<(String, Arc<CustomVersion>)>,
+    /// Core Events read as events.k8s.io/v1 ones.
+    events_v1: bool,
 }
 
 /// A custom object as read through one served version of its CRD: every
@@ -302,6 +304,9 @@ impl ObjectWatch {
             let mut object = decode(&e.kv.value, e.kv.mod_revision);
             if let Some((v, c)) = &self.custom {
                 read_as(v, c, &mut object);
+            }
+            if self.events_v1 {
+                object = events::from_core(object);
             }
             let now = self.matches(&object);
             let before = e.prev.as_ref().map(|p| self.matches(&decode(&p.value, p.mod_revision)));
@@ -375,7 +380,30 @@ impl Registry {
         if let Some(c) = &rt.custom {
             read_as(&rt.api_version(), c, &mut o);
         }
+        if events::serves(rt) {
+            return events::from_core(o);
+        }
         o
+    }
+
+    /// A write through events.k8s.io/v1: checked in that API's terms, then
+    /// written as the core Event it is stored as (`write`), and answered
+    /// in events.k8s.io/v1 again.
+    fn write_event_v1(
+        rt: &ResourceType,
+        mut obj: Value,
+        creating: bool,
+        write: impl FnOnce(&ResourceType, Value) -> Result<Written, ApiError>,
+    ) -> Result<Written, ApiError> {
+        Self::set_type_meta(rt, &mut obj)?;
+        let causes = if creating { events::validate_create(&obj) } else { Vec::new() };
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(rt, name_of(&obj), causes));
+        }
+        let core = by_kind("Event").expect("core Events are served");
+        let mut w = write(core, events::to_core(obj))?;
+        w.object = events::from_core(w.object);
+        Ok(w)
     }
 
     /// Deleting a CRD deletes its objects, in every namespace.
@@ -458,7 +486,8 @@ impl Registry {
         fields: FieldSelector,
     ) -> Result<ObjectWatch, StoreError> {
         let custom = rt.custom.clone().map(|c| (rt.api_version(), c));
-        Ok(ObjectWatch { inner: self.store.watch(&rt.prefix(ns), from)?, labels, fields, custom })
+        let events_v1 = events::serves(rt);
+        Ok(ObjectWatch { inner: self.store.watch(&rt.prefix(ns), from)?, labels, fields, custom, events_v1 })
     }
 
     /// Decodes through the type, reports unknown fields, defaults and validates.
@@ -650,6 +679,9 @@ impl Registry {
         mut obj: Value,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
+        if events::serves(rt) {
+            return Self::write_event_v1(rt, obj, true, |core, o| self.create(core, ns, o, opts));
+        }
         Self::set_type_meta(rt, &mut obj)?;
         let ns = ns.filter(|_| rt.namespaced);
         {
@@ -683,7 +715,7 @@ impl Registry {
             obj.as_object_mut().expect("checked").remove("status");
         }
         match kind {
-            "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "StatefulSet" => {
+            "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" | "Job" | "StatefulSet" => {
                 obj.as_object_mut().expect("checked").remove("status");
             }
             "Pod" => obj["status"] = json!({}),
@@ -777,6 +809,9 @@ impl Registry {
         part: Part,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
+        if events::serves(rt) {
+            return Self::write_event_v1(rt, obj, false, |core, o| self.update(core, ns, name, o, part, opts));
+        }
         Self::set_type_meta(rt, &mut obj)?;
         let body_name = name_of(&obj);
         if !body_name.is_empty() && body_name != name {

@@ -4,6 +4,7 @@
 use k8s_openapi::api::admissionregistration::v1 as admission;
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::events::v1 as events;
 use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::api::policy::v1 as policy;
 use k8s_openapi::api::scheduling::v1 as scheduling;
@@ -131,6 +132,7 @@ const POD_FIELDS: &[&str] = &[
     "spec.hostNetwork",
     "status.phase",
     "status.podIP",
+    "status.podIPs",
     "status.nominatedNodeName",
 ];
 const EVENT_FIELDS: &[&str] = &[
@@ -212,6 +214,8 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE
     ),
     rt!("", "Event", core::Event, "events", "event", true, &["ev"], NONE, NONE, EVENT_FIELDS),
+    // The same objects through events.k8s.io/v1 (`events.rs`; issue 14 item 6).
+    rt!(EVENTS_GROUP, "Event", events::Event, "events", "event", true, &["ev"], NONE, NONE, NONE),
     rt!(
         "apps",
         "Deployment",
@@ -232,6 +236,19 @@ pub static RESOURCES: &[ResourceType] = &[
         "replicaset",
         true,
         &["rs"],
+        ALL,
+        &["status", "scale"],
+        &["status.replicas"]
+    ),
+    // The v1 ReplicationController (issue 14 item 6), kept by the ReplicaSet logic.
+    rt!(
+        "",
+        "ReplicationController",
+        core::ReplicationController,
+        "replicationcontrollers",
+        "replicationcontroller",
+        true,
+        &["rc"],
         ALL,
         &["status", "scale"],
         &["status.replicas"]
@@ -469,6 +486,7 @@ pub static RESOURCES: &[ResourceType] = &[
 ];
 
 pub const STORAGE_GROUP: &str = "storage.k8s.io";
+pub const EVENTS_GROUP: &str = "events.k8s.io";
 
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 pub const CERTIFICATES_GROUP: &str = "certificates.k8s.io";
@@ -494,6 +512,7 @@ pub const GROUPS: &[&str] = &[
     NETWORKING_GROUP,
     SCHEDULING_GROUP,
     ADMISSION_GROUP,
+    EVENTS_GROUP,
 ];
 
 /// The served version of a group ("v1" but for autoscaling's v2).

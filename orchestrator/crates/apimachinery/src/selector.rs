@@ -112,6 +112,16 @@ impl LabelSelector {
     }
 
     /// From a `metav1.LabelSelector` (matchLabels + matchExpressions).
+    /// A workload's `spec.selector`: a `LabelSelector`, but for a
+    /// ReplicationController's plain map of labels.
+    pub fn of_workload(kind: &str, sel: &Value) -> LabelSelector {
+        if kind == "ReplicationController" {
+            LabelSelector::from_json(&serde_json::json!({ "matchLabels": sel }))
+        } else {
+            LabelSelector::from_json(sel)
+        }
+    }
+
     pub fn from_json(sel: &Value) -> LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
@@ -187,7 +197,10 @@ pub struct FieldSelector(pub Vec<(String, bool, String)>);
 
 impl FieldSelector {
     /// Parses and checks each field against `supported` (plus
-    /// `metadata.name` and `metadata.namespace`, always allowed).
+    /// `metadata.name` and `metadata.namespace`, always allowed). An
+    /// unsupported field is refused with upstream's words: a kind with
+    /// fields of its own says `field label not supported`, one with only
+    /// the metadata fields names those two.
     pub fn parse(s: &str, supported: &[&str]) -> Result<FieldSelector, SelectorError> {
         let mut out = Vec::new();
         for t in terms(s) {
@@ -200,7 +213,11 @@ impl FieldSelector {
             };
             let field = field.trim();
             if !(field == "metadata.name" || field == "metadata.namespace" || supported.contains(&field)) {
-                return Err(SelectorError(format!("field label not supported: {field}")));
+                return Err(SelectorError(if supported.is_empty() {
+                    format!("{field:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")
+                } else {
+                    format!("field label not supported: {field}")
+                }));
             }
             out.push((field.to_string(), eq, value.trim().to_string()));
         }
@@ -217,11 +234,31 @@ impl FieldSelector {
 
 /// Boolean fields upstream's field sets format with `strconv.FormatBool`:
 /// absent (Go's zero value) reads "false".
-const BOOL_FIELDS: &[&str] = &["spec.unschedulable"];
+const BOOL_FIELDS: &[&str] = &["spec.unschedulable", "spec.hostNetwork"];
 
-/// The string form of a dotted field in an object ("" when absent, or
-/// "false" for a boolean field).
+/// The string form of a field as upstream's field sets (`GetAttrs`) give
+/// it: a dotted path in the object ("" when absent, "false" for an absent
+/// boolean), but for the fields upstream computes — a Job's
+/// `status.successful` is its `status.succeeded` and a replica count is
+/// "0" when absent (`strconv.Itoa` of Go's zero value); an Event's
+/// `source` is `source.component`, else its reporting controller; a pod's
+/// `status.podIPs` (and `status.podIP`) its first IP.
 pub fn field_value(obj: &Value, field: &str) -> String {
+    let string = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let count = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or(0).to_string();
+    match field {
+        "status.successful" => return count("/status/succeeded"),
+        "status.replicas" => return count("/status/replicas"),
+        "source" => {
+            let component = string("/source/component");
+            return if component.is_empty() { string("/reportingComponent") } else { component };
+        }
+        "status.podIP" | "status.podIPs" => {
+            let first = string("/status/podIPs/0/ip");
+            return if first.is_empty() { string("/status/podIP") } else { first };
+        }
+        _ => {}
+    }
     let mut v = obj;
     for part in field.split('.') {
         match v.get(part) {
@@ -242,6 +279,25 @@ pub fn field_value(obj: &Value, field: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn computed_fields_read_as_upstream_formats_them() {
+        let job = json!({"status": {"succeeded": 2}});
+        assert_eq!(field_value(&job, "status.successful"), "2");
+        assert_eq!(field_value(&json!({}), "status.successful"), "0");
+        assert_eq!(field_value(&json!({"spec": {"replicas": 3}}), "status.replicas"), "0");
+        assert_eq!(
+            field_value(&json!({"source": {"component": "kubelet"}, "reportingComponent": "x"}), "source"),
+            "kubelet"
+        );
+        assert_eq!(field_value(&json!({"reportingComponent": "ctl"}), "source"), "ctl");
+        assert_eq!(field_value(&json!({"spec": {}}), "spec.hostNetwork"), "false");
+        let pod = json!({"status": {"podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}});
+        assert_eq!(
+            (field_value(&pod, "status.podIP"), field_value(&pod, "status.podIPs")),
+            ("10.0.0.1".into(), "10.0.0.1".into())
+        );
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -289,8 +345,14 @@ mod tests {
         assert!(schedulable("spec.unschedulable=true", &node(json!({"unschedulable": true}))));
         assert!(!schedulable("spec.unschedulable=false", &node(json!({"unschedulable": true}))));
         assert_eq!(
-            FieldSelector::parse("spec.bogus=1", &[]).unwrap_err(),
+            FieldSelector::parse("spec.bogus=1", &["spec.unschedulable"]).unwrap_err(),
             SelectorError("field label not supported: spec.bogus".into())
+        );
+        assert_eq!(
+            FieldSelector::parse("foo.bar=baz", &[]).unwrap_err(),
+            SelectorError(
+                r#""foo.bar" is not a known field selector: only "metadata.name", "metadata.namespace""#.into()
+            )
         );
     }
 }

@@ -53,11 +53,20 @@ fn columns(kind: &str) -> Vec<Column> {
             images,
             selector,
         ],
-        "ReplicaSet" => vec![
+        "ReplicaSet" | "ReplicationController" => vec![
             name,
             ("Desired", "integer", 0, "Replicas is the number of desired replicas."),
             ("Current", "integer", 0, "Replicas is the most recently observed number of replicas."),
-            ("Ready", "integer", 0, "The number of ready replicas for this replica set."),
+            (
+                "Ready",
+                "integer",
+                0,
+                if kind == "ReplicaSet" {
+                    "The number of ready replicas for this replica set."
+                } else {
+                    "The number of ready replicas for this replication controller."
+                },
+            ),
             age,
             containers,
             images,
@@ -327,9 +336,10 @@ fn template_columns(o: &Value) -> (String, String, String) {
     let cs = o.pointer("/spec/template/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
     let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();
     let images: Vec<&str> = cs.iter().map(|c| s(c, "/image")).collect();
+    let kind = s(o, "/kind");
     let sel = o
         .pointer("/spec/selector")
-        .map(|sel| crate::selector::LabelSelector::from_json(sel).to_string())
+        .map(|sel| crate::selector::LabelSelector::of_workload(kind, sel).to_string())
         .unwrap_or_default();
     (names.join(","), images.join(","), sel)
 }
@@ -408,7 +418,7 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
                 json!(sel),
             ]
         }
-        "ReplicaSet" => {
+        "ReplicaSet" | "ReplicationController" => {
             let (c, im, sel) = template_columns(o);
             vec![
                 name,
@@ -762,6 +772,8 @@ fn row(rt: &ResourceType, o: &Value, include: IncludeObject, now: i64) -> Value 
     };
     let cells = match &rt.custom {
         Some(c) => custom_cells(c, o, now),
+        // events.k8s.io/v1 Events print as the core Events they are stored as.
+        None if crate::events::serves(rt) => cells(rt.kind, &crate::events::to_core(o.clone()), now),
         None => cells(rt.kind, o, now),
     };
     json!({"cells": cells, "object": object})

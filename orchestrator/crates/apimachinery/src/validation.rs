@@ -190,6 +190,21 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
             default(obj(o, "spec"), "replicas", 1.into());
             default_template(&mut o["spec"]);
         }
+        "ReplicationController" => {
+            // An empty selector (and labels) default to the template's labels, as upstream.
+            let template_labels = o.pointer("/spec/template/metadata/labels").cloned();
+            let spec = obj(o, "spec");
+            default(spec, "replicas", 1.into());
+            if let Some(l) = template_labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
+                if spec.get("selector").and_then(Value::as_object).is_none_or(|m| m.is_empty()) {
+                    spec.insert("selector".into(), l.clone());
+                }
+                if o.pointer("/metadata/labels").and_then(Value::as_object).is_none_or(|m| m.is_empty()) {
+                    obj(o, "metadata").insert("labels".into(), l);
+                }
+            }
+            default_template(&mut o["spec"]);
+        }
         "DaemonSet" => {
             let spec = obj(o, "spec");
             default(spec, "revisionHistoryLimit", 10.into());
@@ -288,6 +303,36 @@ fn check_containers(spec: &Value, path: &str, causes: &mut Causes) {
     }
 }
 
+/// A ReplicationController after defaulting: a selector (a plain map)
+/// that the template's labels match, a template with containers, replicas
+/// not negative — upstream's `ValidateReplicationControllerSpec`.
+fn check_replication_controller(o: &Value, causes: &mut Causes) {
+    let selector = o.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+    let s = LabelSelector::of_workload("ReplicationController", &selector);
+    if s.is_empty() {
+        causes.push(("spec.selector".into(), "Required value".into()));
+    }
+    match o.pointer("/spec/template") {
+        None => causes.push(("spec.template".into(), "Required value".into())),
+        Some(t) => {
+            let labels = t.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            if !s.is_empty() && !s.matches_object(&json!({"metadata": {"labels": labels}})) {
+                causes.push((
+                    "spec.template.metadata.labels".into(),
+                    format!("Invalid value: {labels}: `selector` does not match template `labels`"),
+                ));
+            }
+            match t.get("spec") {
+                Some(spec) => check_containers(spec, "spec.template.spec", causes),
+                None => causes.push(("spec.template.spec.containers".into(), "Required value".into())),
+            }
+        }
+    }
+    if o.pointer("/spec/replicas").and_then(Value::as_i64).is_some_and(|r| r < 0) {
+        causes.push(("spec.replicas".into(), "Invalid value: must be greater than or equal to 0".into()));
+    }
+}
+
 fn check_workload(o: &Value, causes: &mut Causes, needs_selector: bool) {
     let selector = o.pointer("/spec/selector");
     let labels = o.pointer("/spec/template/metadata/labels").cloned().unwrap_or(json!({}));
@@ -347,6 +392,7 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             None => causes.push(("spec.containers".into(), "Required value".into())),
         },
         "Deployment" | "ReplicaSet" | "DaemonSet" => check_workload(o, &mut causes, true),
+        "ReplicationController" => check_replication_controller(o, &mut causes),
         "Job" => {
             check_workload(o, &mut causes, false);
             let rp = o.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str).unwrap_or_default();

@@ -10,6 +10,7 @@
 //! threads within depth and size bounds (`decode`).
 
 mod access;
+mod aggregated;
 mod authn;
 pub mod bootstrap;
 mod connections;
@@ -573,7 +574,7 @@ fn write_options(q: &[(String, String)]) -> Result<WriteOptions, ApiError> {
 }
 
 /// The non-resource paths every authenticated user may read.
-async fn non_resource(state: &State, segs: &[&str]) -> Option<Result<Response<Body>, ApiError>> {
+async fn non_resource(state: &State, headers: &HeaderMap, segs: &[&str]) -> Option<Result<Response<Body>, ApiError>> {
     let found = |v: Option<Value>| {
         Some(
             v.map(|v| respond(200, &v, &[]))
@@ -581,8 +582,9 @@ async fn non_resource(state: &State, segs: &[&str]) -> Option<Result<Response<Bo
         )
     };
     match segs {
-        ["api"] => found(Some(discovery::api_versions(&state.address))),
-        ["apis"] => found(Some(discovery::api_group_list(&state.registry.custom_types()))),
+        [root @ ("api" | "apis")] => {
+            Some(aggregated::serve(headers, *root == "api", &state.address, &state.registry.custom_types()))
+        }
         ["apis", g] => found(discovery::api_group(g, &state.registry.custom_types())),
         ["api", v] => found(discovery::resource_list("", v, &[])),
         ["apis", g, v] => found(discovery::resource_list(g, v, &state.registry.custom_types())),
@@ -748,7 +750,7 @@ async fn route(
         if !state.rbac.allows(user, &rbac::Attributes::non_resource("get", &path)) {
             return Err(ApiError::forbidden(format!("forbidden: User {:?} cannot get path {path:?}", user.name)));
         }
-        if let Some(r) = non_resource(state, &segs).await {
+        if let Some(r) = non_resource(state, headers, &segs).await {
             return r;
         }
     }

@@ -5,7 +5,8 @@
 //! NotAcceptable`. Resource responses are JSON (plain, or
 //! `as=Table`), so a client that lists protobuf first and JSON as its
 //! fallback — client-go's default, as helm and kubectl ≥1.32 send — gets
-//! JSON, and one that accepts only protobuf or YAML gets the 406.
+//! JSON, and one that accepts only protobuf or YAML gets the 406. `/api`
+//! and `/apis` also offer aggregated discovery (`discovery`).
 
 use http::{HeaderMap, header};
 use orchestrator_apimachinery::errors::ApiError;
@@ -50,17 +51,72 @@ fn json_satisfies(r: &Range<'_>) -> bool {
     r.params.iter().all(|(k, v)| !k.eq_ignore_ascii_case("as") || *v == "Table")
 }
 
+fn accept_header(headers: &HeaderMap) -> String {
+    let values: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    values.join(",")
+}
+
 /// Checks that the request accepts what the server produces; `Ok` means
 /// answer JSON.
 pub fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
-    let values: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
-    let accept = values.join(",");
+    let accept = accept_header(headers);
     if accept.trim().is_empty() {
         return Ok(());
     }
     let acceptable = ranges(&accept).iter().any(|r| r.q > 0.0 && json_satisfies(r));
     if acceptable {
         return Ok(());
+    }
+    Err(ApiError::new(406, "NotAcceptable", format!("only the following media types are accepted: {PRODUCED}")))
+}
+
+/// What `/api` and `/apis` answer a request with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// `APIVersions` / `APIGroupList`, as `application/json`.
+    Plain,
+    /// An `APIGroupDiscoveryList` of `apidiscovery.k8s.io` in this version.
+    Aggregated(&'static str),
+}
+
+impl Discovery {
+    /// The `Content-Type` naming what was served.
+    pub fn content_type(self) -> String {
+        match self {
+            Discovery::Plain => "application/json".into(),
+            Discovery::Aggregated(v) => {
+                format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList")
+            }
+        }
+    }
+}
+
+/// Chooses between aggregated and plain discovery as upstream does: the
+/// acceptable range of highest weight wins, ties in the client's order;
+/// an aggregated range names group `apidiscovery.k8s.io`, a served
+/// version and `as=APIGroupDiscoveryList`; plain JSON is the fallback
+/// kubectl lists last. Nothing acceptable is upstream's 406.
+pub fn discovery(headers: &HeaderMap, versions: &[&'static str]) -> Result<Discovery, ApiError> {
+    let accept = accept_header(headers);
+    if accept.trim().is_empty() {
+        return Ok(Discovery::Plain);
+    }
+    let mut ranges = ranges(&accept);
+    ranges.sort_by(|a, b| b.q.total_cmp(&a.q));
+    for r in ranges.iter().filter(|r| r.q > 0.0) {
+        let param = |name: &str| r.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
+        match param("as") {
+            Some("APIGroupDiscoveryList") => {
+                let json = r.kind.eq_ignore_ascii_case("application/json");
+                if let (true, Some("apidiscovery.k8s.io"), Some(v)) = (json, param("g"), param("v"))
+                    && let Some(v) = versions.iter().find(|s| **s == v)
+                {
+                    return Ok(Discovery::Aggregated(v));
+                }
+            }
+            None if json_satisfies(r) => return Ok(Discovery::Plain),
+            _ => {}
+        }
     }
     Err(ApiError::new(406, "NotAcceptable", format!("only the following media types are accepted: {PRODUCED}")))
 }
@@ -86,5 +142,37 @@ mod tests {
         assert_eq!(accept("application/json;q=0, application/vnd.kubernetes.protobuf"), Err(406));
         assert_eq!(accept("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"), Err(406));
         assert_eq!(accept(""), Ok(()));
+    }
+
+    fn discovery_for(v: &str) -> Result<Discovery, u16> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, v.parse().unwrap());
+        discovery(&h, &["v2", "v2beta1"]).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn discovery_prefers_aggregated_then_falls_back_to_plain() {
+        const V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+        const V2BETA1: &str = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+        assert_eq!(discovery_for(&format!("{V2},{V2BETA1},application/json")), Ok(Discovery::Aggregated("v2")));
+        assert_eq!(discovery_for(&format!("{V2BETA1},application/json")), Ok(Discovery::Aggregated("v2beta1")));
+        assert_eq!(discovery_for(&format!("{V2};q=0.5,application/json")), Ok(Discovery::Plain));
+        assert_eq!(
+            discovery_for("application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList,application/json"),
+            Ok(Discovery::Plain)
+        );
+        assert_eq!(
+            discovery_for(
+                "application/vnd.kubernetes.protobuf;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+            ),
+            Ok(Discovery::Plain)
+        );
+        assert_eq!(discovery_for("application/json, */*"), Ok(Discovery::Plain));
+        assert_eq!(discovery_for("application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList"), Err(406));
+        assert_eq!(discovery_for("application/yaml"), Err(406));
+        assert_eq!(
+            Discovery::Aggregated("v2").content_type(),
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        );
     }
 }

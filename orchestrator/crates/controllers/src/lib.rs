@@ -19,6 +19,7 @@ mod nodes;
 mod persistentvolumes;
 mod quota;
 mod replicaset;
+mod replicationcontroller;
 mod scheduler;
 mod serviceaccounts;
 mod statefulset;
@@ -138,9 +139,14 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 16] = [
+    let passes: [(&str, bool, Reconciler); 17] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
+        (
+            "replicationcontroller",
+            c.periodic || c.any(&["replicationcontrollers", "pods"]),
+            replicationcontroller::reconcile,
+        ),
         ("job", c.periodic || c.any(&["jobs", "pods"]), workloads::reconcile_jobs),
         ("cronjob", c.periodic || c.any(&["cronjobs", "jobs"]), cronjob::reconcile),
         (

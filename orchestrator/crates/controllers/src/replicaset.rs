@@ -1,5 +1,7 @@
 //! ReplicaSet: keeps `spec.replicas` active pods from the template, owned by
 //! the set, and reports replicas / ready / available in its status.
+//! `keep_replicas` is that logic over either replica kind; the
+//! ReplicationController controller calls it too.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,7 @@ use crate::{
 };
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{DeleteOptions, Registry};
+use orchestrator_apimachinery::selector::LabelSelector;
 
 /// A pod from a template, owned by `owner`.
 pub(crate) fn pod_from_template<K: Resource + Metadata<Ty = ObjectMeta>>(
@@ -59,51 +62,91 @@ fn deletion_rank(p: &Pod) -> (bool, bool, std::cmp::Reverse<i64>) {
     (scheduled, pod_ready(p), std::cmp::Reverse(created))
 }
 
-pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
-    let pods: Vec<Pod> = list_typed(reg)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    for rs in list_typed::<ReplicaSet>(reg)? {
-        let ns = rs.metadata.namespace.as_deref();
-        let spec = rs.spec.as_ref();
-        let selector = selector_of(spec.map(|s| &s.selector));
-        let owned: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == ns && owned_by(&p.metadata, uid(&rs.metadata)))
-            .filter(|p| selector.matches(labels(&p.metadata)))
-            .collect();
-        let active: Vec<&Pod> = owned.iter().copied().filter(|p| pod_active(p)).collect();
-        let want = spec.and_then(|s| s.replicas).map_or(0, i64::from);
-        let template = spec.and_then(|s| s.template.as_ref());
-        if !is_deleting(&rs.metadata) {
-            let diff = want - active.len() as i64;
-            if diff > 0 {
-                for _ in 0..diff.min(100) {
-                    create_typed(reg, ns, &pod_from_template(&rs, template))?;
-                }
-            } else if diff < 0 {
-                let mut victims = active.clone();
-                victims.sort_by_key(|p| deletion_rank(p));
-                for p in victims.into_iter().take((-diff) as usize) {
-                    match reg.delete(rt(Pod::KIND), ns, name(&p.metadata), &DeleteOptions::default()) {
-                        Err(e) if e.code == 404 => {}
-                        r => {
-                            r?;
-                        }
+/// What a replica controller (ReplicaSet, ReplicationController) has
+/// found of its pods, for its status.
+pub(crate) struct Replicas {
+    pub replicas: i32,
+    pub fully_labeled: Option<i32>,
+    pub ready: Option<i32>,
+    pub available: Option<i32>,
+}
+
+/// What one replica controller asks for: `replicas` pods from `template`
+/// that `selector` matches, available after `min_ready` seconds.
+pub(crate) struct ReplicaSpec<'a> {
+    pub selector: LabelSelector,
+    pub replicas: i64,
+    pub template: Option<&'a PodTemplateSpec>,
+    pub min_ready: i64,
+}
+
+/// The shared logic of both replica controllers over `owner` (either
+/// kind): creates or deletes pods towards the wanted count (none while
+/// the owner is being deleted) and counts what its status reports.
+pub(crate) fn keep_replicas<K: Resource + Metadata<Ty = ObjectMeta>>(
+    reg: &Registry,
+    pods: &[Pod],
+    owner: &K,
+    spec: &ReplicaSpec<'_>,
+    now: i64,
+) -> Result<Replicas, ApiError> {
+    let meta = owner.metadata();
+    let ns = meta.namespace.as_deref();
+    let owned: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == ns && owned_by(&p.metadata, uid(meta)))
+        .filter(|p| spec.selector.matches(labels(&p.metadata)))
+        .collect();
+    let active: Vec<&Pod> = owned.iter().copied().filter(|p| pod_active(p)).collect();
+    if !is_deleting(meta) {
+        let diff = spec.replicas - active.len() as i64;
+        if diff > 0 {
+            for _ in 0..diff.min(100) {
+                create_typed(reg, ns, &pod_from_template(owner, spec.template))?;
+            }
+        } else if diff < 0 {
+            let mut victims = active.clone();
+            victims.sort_by_key(|p| deletion_rank(p));
+            for p in victims.into_iter().take((-diff) as usize) {
+                match reg.delete(rt(Pod::KIND), ns, name(&p.metadata), &DeleteOptions::default()) {
+                    Err(e) if e.code == 404 => {}
+                    r => {
+                        r?;
                     }
                 }
             }
         }
-        let min_ready = spec.and_then(|s| s.min_ready_seconds).map_or(0, i64::from);
-        let template_labels = template.and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.as_ref());
-        let labels_match = active
-            .iter()
-            .filter(|p| template_labels.is_none_or(|l| l.iter().all(|(k, v)| labels(&p.metadata).get(k) == Some(v))));
-        let count = |f: &dyn Fn(&Pod) -> bool| nonzero(active.iter().filter(|p| f(p)).count() as i64);
+    }
+    let template_labels = spec.template.and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.as_ref());
+    let labels_match = active
+        .iter()
+        .filter(|p| template_labels.is_none_or(|l| l.iter().all(|(k, v)| labels(&p.metadata).get(k) == Some(v))));
+    let count = |f: &dyn Fn(&Pod) -> bool| nonzero(active.iter().filter(|p| f(p)).count() as i64);
+    Ok(Replicas {
+        replicas: active.len() as i32,
+        fully_labeled: nonzero(labels_match.count() as i64),
+        ready: count(&pod_ready),
+        available: count(&|p| pod_available(p, spec.min_ready, now)),
+    })
+}
+
+pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
+    let pods: Vec<Pod> = list_typed(reg)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for rs in list_typed::<ReplicaSet>(reg)? {
+        let spec = rs.spec.as_ref();
+        let want = ReplicaSpec {
+            selector: selector_of(spec.map(|s| &s.selector)),
+            replicas: spec.and_then(|s| s.replicas).map_or(0, i64::from),
+            template: spec.and_then(|s| s.template.as_ref()),
+            min_ready: spec.and_then(|s| s.min_ready_seconds).map_or(0, i64::from),
+        };
+        let got = keep_replicas(reg, &pods, &rs, &want, now)?;
         let status = ReplicaSetStatus {
-            replicas: active.len() as i32,
-            fully_labeled_replicas: nonzero(labels_match.count() as i64),
-            ready_replicas: count(&pod_ready),
-            available_replicas: count(&|p| pod_available(p, min_ready, now)),
+            replicas: got.replicas,
+            fully_labeled_replicas: got.fully_labeled,
+            ready_replicas: got.ready,
+            available_replicas: got.available,
             observed_generation: rs.metadata.generation.filter(|g| *g != 0),
             ..Default::default()
         };

@@ -1,0 +1,59 @@
+//! `/api` and `/apis` as the `Accept` header asks (`negotiate::discovery`):
+//! aggregated discovery — one `apidiscovery.k8s.io` `APIGroupDiscoveryList`
+//! with every resource, what kubectl ≥1.26 and client libraries ask for
+//! first — or the plain `APIVersions` / `APIGroupList`. The `Content-Type`
+//! names what was served; `Vary: Accept`, and an ETag (the document's
+//! SHA-256) answered with 304 when `If-None-Match` carries it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+
+use orchestrator_apimachinery::discovery;
+use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::resources::ResourceType;
+use orchestrator_http::Body;
+
+use crate::negotiate::{self, Discovery};
+
+/// The discovery document of `/api` (`core`) or `/apis`.
+pub fn serve(
+    headers: &HeaderMap,
+    core: bool,
+    address: &str,
+    custom: &[Arc<ResourceType>],
+) -> Result<Response<Body>, ApiError> {
+    let format = negotiate::discovery(headers, discovery::AGGREGATED_VERSIONS)?;
+    let doc = match format {
+        Discovery::Plain if core => discovery::api_versions(address),
+        Discovery::Plain => discovery::api_group_list(custom),
+        Discovery::Aggregated(v) => discovery::aggregated(core, v, custom),
+    };
+    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let etag: String = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    let etag = format!("\"{etag}\"");
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == etag || t.trim() == "*");
+    let mut r = if matches {
+        let mut r = Response::new(Body::Full(None));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        Response::new(Body::Full(Some(Bytes::from(bytes))))
+    };
+    let h = r.headers_mut();
+    if let Ok(ct) = HeaderValue::from_str(&format.content_type()) {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Ok(tag) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, tag);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    Ok(r)
+}

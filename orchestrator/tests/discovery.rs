@@ -1,0 +1,187 @@
+//! Aggregated discovery (`apidiscovery.k8s.io` v2 and v2beta1) driven by
+//! real clients: kubectl ≥1.30 and 1.27 discover every resource, a CRD's
+//! kind included, from `/api` and `/apis` alone and list what the plain
+//! per-group-version documents list; kube-rs' `Discovery::run_aggregated`;
+//! the Accept fallbacks, Content-Type, ETag and 304 on the wire.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::Server;
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.org
+spec:
+  group: example.org
+  scope: Cluster
+  names: {plural: gadgets, singular: gadget, kind: Gadget, shortNames: [gd], categories: [all]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+/// The paths kubectl's `-v=6` log says it requested (both log formats:
+/// `GET https://…` up to 1.29, `url="https://…"` since).
+fn requested_paths(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| {
+            let start = l.find("https://")?;
+            let url = &l[start + "https://".len()..];
+            let path = &url[url.find('/')?..];
+            let end = path.find(['?', '"', ' ']).unwrap_or(path.len());
+            Some(path[..end].to_string())
+        })
+        .collect()
+}
+
+/// (name, kind) of every resource `kubectl api-resources` prints.
+fn api_resources(s: &Server, cache: &std::path::Path) -> (BTreeSet<(String, String)>, Vec<String>) {
+    let out = s.run(&["api-resources", "-v=6", "--no-headers", "--cache-dir", cache.to_str().unwrap()]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "api-resources failed: {stderr}");
+    let rows = stdout
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            Some((words.first()?.to_string(), words.last()?.to_string()))
+        })
+        .collect();
+    (rows, requested_paths(&stderr))
+}
+
+/// What the plain documents list (`/api/v1`, each `/apis/<group>/<version>`),
+/// subresources left out, as `kubectl api-resources` printed before
+/// aggregated discovery.
+fn plain_resources(s: &Server) -> BTreeSet<(String, String)> {
+    let raw = |p: &str| -> serde_json::Value { serde_json::from_str(&s.ok(&["get", "--raw", p])).unwrap() };
+    let mut gvs = vec!["/api/v1".to_string()];
+    for g in raw("/apis")["groups"].as_array().unwrap() {
+        gvs.extend(
+            g["versions"].as_array().unwrap().iter().map(|v| format!("/apis/{}", v["groupVersion"].as_str().unwrap())),
+        );
+    }
+    let mut set = BTreeSet::new();
+    for gv in gvs {
+        for r in raw(&gv)["resources"].as_array().unwrap() {
+            let name = r["name"].as_str().unwrap();
+            if !name.contains('/') {
+                set.insert((name.to_string(), r["kind"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    set
+}
+
+fn install_crd(s: &Server) {
+    s.apply(CRD, &[]);
+    s.ok(&["wait", "--for=condition=Established", "crd/gadgets.example.org", "--timeout=20s"]);
+}
+
+/// kubectl ≥1.30 (the PyPI build and the pinned 1.30 and 1.33) and 1.27
+/// (which asks for v2beta1) read `/api` and `/apis` only — no legacy
+/// per-group-version request — and list the same resources as the plain
+/// documents, the CRD's kind among them; `get` by a CRD's short name works.
+#[test]
+fn kubectl_discovers_everything_from_the_aggregated_documents() {
+    let Some(builds) = common::kubectl_builds([27, 30, 33]) else { return };
+    for kubectl in builds {
+        let which = kubectl.display().to_string();
+        let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl);
+        install_crd(&s);
+        let cache = s.dir.path().join("discovery-cache");
+        let (listed, paths) = api_resources(&s, &cache);
+        let legacy: Vec<&String> = paths.iter().filter(|p| p.starts_with("/api/") || p.starts_with("/apis/")).collect();
+        assert!(legacy.is_empty(), "{which}: legacy discovery requests {legacy:?}");
+        assert!(paths.iter().any(|p| p == "/apis") && paths.iter().any(|p| p == "/api"), "{which}: {paths:?}");
+        assert!(listed.contains(&("gadgets".into(), "Gadget".into())), "{which}: {listed:?}");
+        assert!(listed.contains(&("deployments".into(), "Deployment".into())), "{which}: {listed:?}");
+        assert_eq!(listed, plain_resources(&s), "{which}: aggregated and plain discovery differ");
+        s.apply("apiVersion: example.org/v1\nkind: Gadget\nmetadata: {name: g1}\n", &[]);
+        let get = s.ok(&["get", "gd", "--cache-dir", cache.to_str().unwrap()]);
+        assert!(get.contains("g1"), "{which}: {get}");
+    }
+}
+
+/// A GET of `path` with `accept`, and `if_none_match` if given: status,
+/// Content-Type, ETag and body.
+async fn get(
+    client: &kube::Client,
+    path: &str,
+    accept: &str,
+    if_none_match: Option<&str>,
+) -> (u16, String, String, serde_json::Value) {
+    let mut req = http::Request::get(path).header(http::header::ACCEPT, accept);
+    if let Some(tag) = if_none_match {
+        req = req.header(http::header::IF_NONE_MATCH, tag);
+    }
+    let resp = client.send(req.body(kube::client::Body::empty()).unwrap()).await.unwrap();
+    let header = |h: http::header::HeaderName| {
+        resp.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    };
+    let (status, ct, etag) = (resp.status().as_u16(), header(http::header::CONTENT_TYPE), header(http::header::ETAG));
+    let bytes = resp.into_body().collect_bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, ct, etag, body)
+}
+
+const V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+const V2BETA1: &str = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+
+/// kube-rs' aggregated discovery finds built-in kinds, subresources and
+/// the CRD's kind; on the wire the Accept list decides (v2, v2beta1, the
+/// plain fallback, 406), the Content-Type names what was served, and the
+/// ETag comes back as a 304.
+#[test]
+fn kube_rs_aggregated_discovery_and_negotiation_on_the_wire() {
+    use kube::discovery::{Discovery, verbs};
+    let Some(s) = Server::start() else { return };
+    install_crd(&s);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = common::kube_client(&s).await;
+        let d = Discovery::new(client.clone()).run_aggregated().await.unwrap();
+        let (pod, caps) = d.get("").unwrap().recommended_kind("Pod").unwrap();
+        assert_eq!(pod.plural, "pods");
+        assert!(caps.supports_operation(verbs::WATCH));
+        let subs: Vec<&str> = caps.subresources.iter().map(|(r, _)| r.plural.as_str()).collect();
+        assert!(subs.contains(&"log") && subs.contains(&"eviction") && subs.contains(&"status"), "{subs:?}");
+        let (gadget, caps) = d.get("example.org").expect("the CRD's group").recommended_kind("Gadget").unwrap();
+        assert_eq!((gadget.plural.as_str(), caps.scope.clone()), ("gadgets", kube::discovery::Scope::Cluster));
+        assert!(d.get("apps").unwrap().recommended_kind("Deployment").is_some());
+
+        let (code, ct, etag, body) = get(&client, "/apis", &format!("{V2},{V2BETA1},application/json"), None).await;
+        assert_eq!((code, ct.as_str()), (200, V2));
+        assert_eq!(body["kind"], "APIGroupDiscoveryList");
+        assert!(!etag.is_empty());
+        let (code, _, again, _) = get(&client, "/apis", V2, Some(&etag)).await;
+        assert_eq!((code, again.as_str()), (304, etag.as_str()));
+
+        let (code, ct, _, body) = get(&client, "/api", &format!("{V2BETA1},application/json"), None).await;
+        assert_eq!(
+            (code, ct.as_str(), body["apiVersion"].as_str()),
+            (200, V2BETA1, Some("apidiscovery.k8s.io/v2beta1"))
+        );
+        let (code, ct, _, body) = get(&client, "/api", "application/json", None).await;
+        assert_eq!((code, ct.as_str(), body["kind"].as_str()), (200, "application/json", Some("APIVersions")));
+        let unknown = "application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList";
+        let (code, ct, _, body) = get(&client, "/apis", &format!("{unknown},application/json"), None).await;
+        assert_eq!((code, ct.as_str(), body["kind"].as_str()), (200, "application/json", Some("APIGroupList")));
+        let (code, _, _, body) = get(&client, "/apis", unknown, None).await;
+        assert_eq!((code, body["reason"].as_str()), (406, Some("NotAcceptable")));
+    });
+    // The CRD's group goes from the document once the CRD is deleted.
+    s.ok(&["delete", "crd", "gadgets.example.org"]);
+    let apis =
+        s.wait_for(&["api-resources", "--api-group=example.org", "--no-headers"], Duration::from_secs(10), |o| {
+            o.trim().is_empty()
+        });
+    assert!(apis.trim().is_empty(), "{apis}");
+}
