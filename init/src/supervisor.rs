@@ -196,14 +196,31 @@ impl Supervisor {
     pub async fn stop_all(&self) {
         let services: Vec<_> = lock(&self.inner.services).iter().rev().cloned().collect();
         for svc in services {
-            let mut rx = svc.desired.subscribe();
-            svc.desired.send_modify(|d| d.running = false);
-            // The service task reports Stopped once its process is gone.
-            let stopped = || lock(&svc.status).state == ServiceState::Stopped;
-            while !stopped() {
-                let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
-            }
+            stop_and_wait(&svc).await;
         }
+    }
+
+    /// Stops one service and waits until its process has exited; it stays
+    /// stopped until [`Supervisor::resume`].
+    pub async fn stop(&self, name: &str) -> Result<(), SupervisorError> {
+        stop_and_wait(&*self.find(name)?).await;
+        Ok(())
+    }
+
+    /// Starts a service [`Supervisor::stop`] stopped.
+    pub fn resume(&self, name: &str) -> Result<(), SupervisorError> {
+        self.find(name)?.desired.send_modify(|d| d.running = true);
+        Ok(())
+    }
+}
+
+async fn stop_and_wait(svc: &Service) {
+    let mut rx = svc.desired.subscribe();
+    svc.desired.send_modify(|d| d.running = false);
+    // The service task reports Stopped once its process is gone.
+    let stopped = || lock(&svc.status).state == ServiceState::Stopped;
+    while !stopped() {
+        let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
     }
 }
 
