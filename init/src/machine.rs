@@ -530,15 +530,13 @@ impl Machine {
             Some(a) if a.config.cluster.role == config::Role::Controlplane => a.config.machine.hostname.clone(),
             _ => return Ok(String::new()),
         };
-        let out = tokio::process::Command::new(&o.program)
-            .arg("health")
+        let mut cmd = std::process::Command::new(&o.program);
+        cmd.arg("health")
             .arg("--kubeconfig")
             .arg(o.data_dir.join("admin.kubeconfig"))
             .args(["--node", &node])
-            .args(args)
-            .output()
-            .await
-            .map_err(|e| format!("{}: {e}", o.program.display()))?;
+            .args(args);
+        let out = crate::supervisor::output(cmd).await.map_err(|e| format!("{}: {e}", o.program.display()))?;
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let said = said.trim().to_string();
         if out.status.success() { Ok(said) } else { Err(said) }

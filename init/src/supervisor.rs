@@ -351,6 +351,39 @@ fn spawn(svc: &Arc<Service>) -> std::io::Result<(u32, oneshot::Receiver<WaitStat
     Ok((pid, rx))
 }
 
+/// Runs a one-off command (not a service) to its end and returns its
+/// output. Its exit comes from the reaper, which reaps every child of init:
+/// `Child::wait` (and tokio's `Command::output`) would find it gone (ECHILD).
+pub async fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::ExitStatusExt as _;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (mut child, exit) = {
+        let mut waiters = lock(reaper().map_err(|e| std::io::Error::other(e.to_string()))?);
+        let child = cmd.spawn()?;
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(child.id() as i32, tx);
+        (child, rx)
+    };
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = match exit.await.map_err(|_| std::io::Error::other("the reaper is gone"))? {
+        WaitStatus::Exited(_, code) => std::process::ExitStatus::from_raw(code << 8),
+        WaitStatus::Signaled(_, sig, _) => std::process::ExitStatus::from_raw(sig as i32),
+        other => return Err(std::io::Error::other(format!("unexpected wait status {other:?}"))),
+    };
+    let joined = |r: Result<Vec<u8>, tokio::task::JoinError>| r.map_err(std::io::Error::other);
+    Ok(std::process::Output { status, stdout: joined(stdout.await)?, stderr: joined(stderr.await)? })
+}
+
 /// Reads a child's output line by line into its journal (and log file).
 fn capture(svc: Arc<Service>, stream: &'static str, pipe: impl Read + Send + 'static) {
     std::thread::spawn(move || {

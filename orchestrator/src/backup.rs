@@ -49,8 +49,8 @@ fn cluster(ca: &Path) -> anyhow::Result<Option<String>> {
 }
 
 /// Checks `from` as [`restore`] would, changing nothing; says what it holds.
-pub fn check(data_dir: &Path, ca: Option<&Path>, from: &Path) -> anyhow::Result<String> {
-    if is_backup(from)? {
+pub fn check(data_dir: &Path, ca: Option<&Path>, from: &Path, backup_only: bool) -> anyhow::Result<String> {
+    if backup_only || is_backup(from)? {
         let (h, _) = backup::read_backup(from, cluster(&ca_cert(data_dir, ca))?.as_deref())?;
         Ok(format!(
             "{}: a backup of cluster {} taken at {} by Plinth {} ({} bytes, sha256 {})",
@@ -67,15 +67,15 @@ pub fn check(data_dir: &Path, ca: Option<&Path>, from: &Path) -> anyhow::Result<
     }
 }
 
-/// Brings back `from` (a backup file, or an automatic snapshot) as
-/// `data_dir`'s store, with the server stopped; a backup of another
-/// cluster (another CA) is refused. Returns what it says of the result.
-pub fn restore(data_dir: &Path, ca: Option<&Path>, from: &Path) -> anyhow::Result<String> {
+/// Brings back `from` (a backup file, or unless `backup_only` an automatic
+/// snapshot) as `data_dir`'s store, with the server stopped; a backup of
+/// another cluster (another CA) is refused. Returns what it says of the result.
+pub fn restore(data_dir: &Path, ca: Option<&Path>, from: &Path, backup_only: bool) -> anyhow::Result<String> {
     let db = database(data_dir);
     let ca = ca_cert(data_dir, ca);
     // A fresh node may have no CA yet: it takes the backup's cluster.
     let cluster = cluster(&ca)?;
-    let kept = if is_backup(from)? {
+    let kept = if backup_only || is_backup(from)? {
         backup::restore_backup(from, &db, cluster.as_deref(), now_unix())?.1
     } else {
         backup::restore(from, &db, now_unix())?

@@ -127,6 +127,9 @@ enum Command {
         /// Only check FROM as a restore would; change nothing.
         #[arg(long)]
         check: bool,
+        /// FROM must be a backup file (not a snapshot).
+        #[arg(long)]
+        backup: bool,
         from: PathBuf,
     },
     /// Prints, as JSON, the certificates this node's orchestrator presents
@@ -514,12 +517,12 @@ fn main() -> anyhow::Result<()> {
             println!("{}: {} bytes, sha256 {}, cluster {}", out.display(), h.size, h.sha256, h.cluster);
             Ok(())
         }
-        Command::Restore { data_dir, ca_cert, check: true, from } => {
-            println!("{}", backup::check(&data_dir, ca_cert.as_deref(), &from)?);
+        Command::Restore { data_dir, ca_cert, check: true, backup, from } => {
+            println!("{}", backup::check(&data_dir, ca_cert.as_deref(), &from, backup)?);
             Ok(())
         }
-        Command::Restore { data_dir, ca_cert, check: false, from } => {
-            println!("{}", backup::restore(&data_dir, ca_cert.as_deref(), &from)?);
+        Command::Restore { data_dir, ca_cert, check: false, backup, from } => {
+            println!("{}", backup::restore(&data_dir, ca_cert.as_deref(), &from, backup)?);
             Ok(())
         }
         Command::Certs { data_dir, api, kubelet } => {

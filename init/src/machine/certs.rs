@@ -69,7 +69,7 @@ impl Machine {
         let Some(o) = self.settings.orchestrator.as_ref().filter(|_| self.supervises(ORCHESTRATOR)) else {
             return rows;
         };
-        let mut cmd = tokio::process::Command::new(&o.program);
+        let mut cmd = std::process::Command::new(&o.program);
         cmd.arg("certs").arg("--data-dir").arg(&o.data_dir);
         if c.cluster.role == config::Role::Controlplane {
             cmd.args(["--api", &o.listen]);
@@ -77,7 +77,7 @@ impl Machine {
         if o.kubelet.is_some() {
             cmd.args(["--kubelet", KUBELET_LISTEN]);
         }
-        let found: Result<Vec<Found>, String> = match cmd.output().await {
+        let found: Result<Vec<Found>, String> = match crate::supervisor::output(cmd).await {
             Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout)
                 .map_err(|e| format!("{} certs printed no list: {e}", o.program.display())),
             Ok(out) => Err(format!("{} certs: {}", o.program.display(), String::from_utf8_lossy(&out.stderr).trim())),

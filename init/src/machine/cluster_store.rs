@@ -107,13 +107,10 @@ fn snapshot_path(data_dir: &Path, name: &str) -> Result<PathBuf, Status> {
 
 /// Runs `orchestrator ARGS --data-dir D`: its output, or its error as a Status.
 async fn orchestrator(o: &OrchestratorSettings, args: &[&std::ffi::OsStr]) -> Result<String, Status> {
-    let out = tokio::process::Command::new(&o.program)
-        .args(args)
-        .arg("--data-dir")
-        .arg(&o.data_dir)
-        .output()
-        .await
-        .map_err(|e| Status::internal(format!("{}: {e}", o.program.display())))?;
+    let mut cmd = std::process::Command::new(&o.program);
+    cmd.args(args).arg("--data-dir").arg(&o.data_dir);
+    let out =
+        crate::supervisor::output(cmd).await.map_err(|e| Status::internal(format!("{}: {e}", o.program.display())))?;
     let said = |b: &[u8]| String::from_utf8_lossy(b).trim().trim_start_matches("Error: ").to_string();
     if out.status.success() { Ok(said(&out.stdout)) } else { Err(Status::failed_precondition(said(&out.stderr))) }
 }
@@ -188,8 +185,18 @@ impl Machine {
         } else {
             snapshot_path(&o.data_dir, &opts.snapshot)?
         };
-        let result = self.restore_from(o, &from).await;
+        let uploaded = opts.snapshot.is_empty();
+        let result = self.restore_from(o, &from, uploaded).await;
         let _ = std::fs::remove_file(&upload);
+        // The operator knows the file by its own name, not the node's copy.
+        let result = result
+            .map(|mut r| {
+                r.summary = r.summary.replace(&upload.display().to_string(), "the uploaded file");
+                r
+            })
+            .map_err(|e| {
+                Status::new(e.code(), e.message().replace(&upload.display().to_string(), "the uploaded file"))
+            });
         match &result {
             Ok(r) => event(&self.events, "store", r.summary.clone()),
             Err(e) => event(&self.events, "store", format!("restore refused: {}", e.message())),
@@ -197,21 +204,34 @@ impl Machine {
         result
     }
 
-    async fn restore_from(&self, o: &OrchestratorSettings, from: &Path) -> Result<api::RestoreResponse, Status> {
+    async fn restore_from(
+        &self,
+        o: &OrchestratorSettings,
+        from: &Path,
+        uploaded: bool,
+    ) -> Result<api::RestoreResponse, Status> {
+        // An upload must be a backup file; a snapshot is named instead.
+        let args = |check: bool| {
+            let mut a: Vec<&std::ffi::OsStr> = vec!["restore".as_ref()];
+            a.extend(check.then_some(std::ffi::OsStr::new("--check")));
+            a.extend(uploaded.then_some(std::ffi::OsStr::new("--backup")));
+            a.push(from.as_os_str());
+            a
+        };
         // Checked while the store still serves: a bad file changes nothing.
-        let what = orchestrator(o, &["restore".as_ref(), "--check".as_ref(), from.as_os_str()]).await?;
+        let what = orchestrator(o, &args(true)).await?;
         // No start of the cluster services meanwhile.
         let _one = self.cluster_starting.lock().await;
         let running = self.supervises(ORCHESTRATOR);
         if running {
             self.supervisor.stop(ORCHESTRATOR).await?;
         }
-        let restored = orchestrator(o, &["restore".as_ref(), from.as_os_str()]).await;
+        let restored = orchestrator(o, &args(false)).await;
         if running {
             self.supervisor.resume(ORCHESTRATOR)?;
         }
         let done = restored?;
-        let what = what.replace(&from.display().to_string(), "the file").replacen("the file: a", "a", 1);
+        let what = what.replacen(&format!("{}: ", from.display()), "", 1);
         let again = if running { "; the orchestrator started again" } else { "" };
         Ok(api::RestoreResponse { summary: format!("{done} — {what}{again}") })
     }
