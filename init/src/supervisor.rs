@@ -553,6 +553,23 @@ mod tests {
         panic!("{name} never reached the expected state: {:?}", sup.list());
     }
 
+    /// A one-off command's exit is the reaper's to collect: waiting on it
+    /// as a plain child found it reaped already (ECHILD, "No child processes").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_one_off_command_gives_its_output_and_exit_beside_the_reaper() {
+        let _sup = Supervisor::start(Arc::new(Journal::new(100)), None).unwrap();
+        for _ in 0..20 {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+            let out = output(cmd).await.unwrap();
+            assert_eq!((out.status.code(), &out.stdout[..], &out.stderr[..]), (Some(3), &b"out\n"[..], &b"err\n"[..]));
+        }
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "kill -9 $$"]);
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(output(cmd).await.unwrap().status.signal(), Some(9));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restarts_a_crashed_service_and_captures_logs() {
         let sup = Supervisor::start(Arc::new(Journal::new(100)), None).unwrap();
