@@ -201,6 +201,26 @@ impl MachineService for Gateway {
     async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
         forward!(self, req, Rpc::Rollback, rollback)
     }
+    async fn certificates(
+        &self,
+        req: Request<api::CertificatesRequest>,
+    ) -> Result<Response<api::CertificatesResponse>, Status> {
+        forward!(self, req, Rpc::Certificates, certificates)
+    }
+    type BackupStream = Streaming<api::BackupChunk>;
+    async fn backup(&self, req: Request<api::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        forward!(self, req, Rpc::Backup, backup)
+    }
+    async fn restore(
+        &self,
+        req: Request<Streaming<api::RestoreChunk>>,
+    ) -> Result<Response<api::RestoreResponse>, Status> {
+        self.authorize(&req, Rpc::Restore)?;
+        // As an upgrade's: a broken upload ends the stream early, and init
+        // refuses the truncated file (its size and checksum).
+        let chunks = tokio_stream::StreamExt::map_while(req.into_inner(), Result::ok);
+        self.init.clone().restore(Request::new(chunks)).await
+    }
     type EventsStream = Streaming<api::Event>;
     async fn events(&self, req: Request<api::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         forward!(self, req, Rpc::Events, events)

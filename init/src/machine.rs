@@ -5,6 +5,9 @@
 //! validate, check the version, compute the diff and whether a reboot is
 //! needed) and only then written, in one atomic rename.
 
+mod certs;
+mod cluster_store;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,8 +150,11 @@ pub struct Machine {
     clock: Option<Arc<crate::clock::Keeper>>,
     /// Whether the network is up (or there is none to bring up).
     network_up: watch::Sender<bool>,
-    /// Held while the cluster services are being started: one caller at a time.
+    /// Held while the cluster services are being started (or the store
+    /// restored): one caller at a time.
     cluster_starting: Mutex<()>,
+    /// The serving certificate init last gave apid (PEM), for `Certificates`.
+    apid_cert: Mutex<Option<String>>,
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -377,6 +383,7 @@ impl Machine {
             clock,
             network_up: watch::Sender::new(false),
             cluster_starting: Mutex::new(()),
+            apid_cert: Mutex::new(None),
         }))
     }
 
@@ -497,6 +504,9 @@ impl Machine {
             Ok(specs) => specs.into_iter().filter(|s| s.name != CONTAINERD).for_each(|s| self.supervise(s)),
             Err(why) => event(&self.events, "service", why),
         }
+        if config.cluster.role == config::Role::Controlplane {
+            cluster_store::watch_damage(self.events.clone(), o.data_dir.clone());
+        }
     }
 
     /// Where the pods running before an upgrade are recorded, when this
@@ -520,15 +530,13 @@ impl Machine {
             Some(a) if a.config.cluster.role == config::Role::Controlplane => a.config.machine.hostname.clone(),
             _ => return Ok(String::new()),
         };
-        let out = tokio::process::Command::new(&o.program)
-            .arg("health")
+        let mut cmd = std::process::Command::new(&o.program);
+        cmd.arg("health")
             .arg("--kubeconfig")
             .arg(o.data_dir.join("admin.kubeconfig"))
             .args(["--node", &node])
-            .args(args)
-            .output()
-            .await
-            .map_err(|e| format!("{}: {e}", o.program.display()))?;
+            .args(args);
+        let out = crate::supervisor::output(cmd).await.map_err(|e| format!("{}: {e}", o.program.display()))?;
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let said = said.trim().to_string();
         if out.status.success() { Ok(said) } else { Err(said) }
@@ -1052,6 +1060,12 @@ impl MachineService for InitApi {
             disks: crate::diskstats::read(),
             slots: m.slots.as_ref().map(|s| s.infos()).unwrap_or_default(),
             boot_id: crate::steps::boot_id(),
+            store_problem: m
+                .settings
+                .orchestrator
+                .as_ref()
+                .and_then(|o| cluster_store::damaged_report(&o.data_dir))
+                .unwrap_or_default(),
             boot_steps: m.settings.boot_steps.as_ref().map_or_else(Vec::new, |steps| {
                 // Version answers in every mode: a damaged record is logged, not fatal.
                 steps.read().unwrap_or_else(|e| {
@@ -1182,6 +1196,25 @@ impl MachineService for InitApi {
         let req = req.into_inner();
         let (backlog, rx) = self.0.events.tail_and_follow(req.tail_events as usize);
         Ok(Response::new(follow(backlog, req.follow.then_some(rx))))
+    }
+
+    async fn certificates(
+        &self,
+        _: Request<api::CertificatesRequest>,
+    ) -> Result<Response<api::CertificatesResponse>, Status> {
+        Ok(Response::new(api::CertificatesResponse { certificates: self.0.certificates().await }))
+    }
+
+    type BackupStream = Stream_<api::BackupChunk>;
+    async fn backup(&self, _: Request<api::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        self.0.backup().await.map(Response::new)
+    }
+
+    async fn restore(
+        &self,
+        req: Request<tonic::Streaming<api::RestoreChunk>>,
+    ) -> Result<Response<api::RestoreResponse>, Status> {
+        self.0.restore(req.into_inner()).await.map(Response::new)
     }
 }
 
@@ -1334,7 +1367,9 @@ impl Machine {
 #[tonic::async_trait]
 impl api::init_service_server::InitService for InitApi {
     async fn apid_tls(&self, _: Request<api::ApidTlsRequest>) -> Result<Response<api::ApidTlsResponse>, Status> {
-        self.0.apid_tls().await.map(Response::new)
+        let tls = self.0.apid_tls().await?;
+        *self.0.apid_cert.lock().await = Some(tls.cert_pem.clone());
+        Ok(Response::new(tls))
     }
 
     async fn apid_serving(

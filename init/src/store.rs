@@ -214,7 +214,7 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// A new file only root may read (0600, whatever the umask). A leftover
 /// temporary file from a crash is removed first: it would keep its mode.
-fn create_private(path: &Path) -> std::io::Result<File> {
+pub fn create_private(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

@@ -196,14 +196,31 @@ impl Supervisor {
     pub async fn stop_all(&self) {
         let services: Vec<_> = lock(&self.inner.services).iter().rev().cloned().collect();
         for svc in services {
-            let mut rx = svc.desired.subscribe();
-            svc.desired.send_modify(|d| d.running = false);
-            // The service task reports Stopped once its process is gone.
-            let stopped = || lock(&svc.status).state == ServiceState::Stopped;
-            while !stopped() {
-                let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
-            }
+            stop_and_wait(&svc).await;
         }
+    }
+
+    /// Stops one service and waits until its process has exited; it stays
+    /// stopped until [`Supervisor::resume`].
+    pub async fn stop(&self, name: &str) -> Result<(), SupervisorError> {
+        stop_and_wait(&*self.find(name)?).await;
+        Ok(())
+    }
+
+    /// Starts a service [`Supervisor::stop`] stopped.
+    pub fn resume(&self, name: &str) -> Result<(), SupervisorError> {
+        self.find(name)?.desired.send_modify(|d| d.running = true);
+        Ok(())
+    }
+}
+
+async fn stop_and_wait(svc: &Service) {
+    let mut rx = svc.desired.subscribe();
+    svc.desired.send_modify(|d| d.running = false);
+    // The service task reports Stopped once its process is gone.
+    let stopped = || lock(&svc.status).state == ServiceState::Stopped;
+    while !stopped() {
+        let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
     }
 }
 
@@ -332,6 +349,39 @@ fn spawn(svc: &Arc<Service>) -> std::io::Result<(u32, oneshot::Receiver<WaitStat
         capture(svc.clone(), "stderr", err);
     }
     Ok((pid, rx))
+}
+
+/// Runs a one-off command (not a service) to its end and returns its
+/// output. Its exit comes from the reaper, which reaps every child of init:
+/// `Child::wait` (and tokio's `Command::output`) would find it gone (ECHILD).
+pub async fn output(mut cmd: Command) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::ExitStatusExt as _;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (mut child, exit) = {
+        let mut waiters = lock(reaper().map_err(|e| std::io::Error::other(e.to_string()))?);
+        let child = cmd.spawn()?;
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(child.id() as i32, tx);
+        (child, rx)
+    };
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = match exit.await.map_err(|_| std::io::Error::other("the reaper is gone"))? {
+        WaitStatus::Exited(_, code) => std::process::ExitStatus::from_raw(code << 8),
+        WaitStatus::Signaled(_, sig, _) => std::process::ExitStatus::from_raw(sig as i32),
+        other => return Err(std::io::Error::other(format!("unexpected wait status {other:?}"))),
+    };
+    let joined = |r: Result<Vec<u8>, tokio::task::JoinError>| r.map_err(std::io::Error::other);
+    Ok(std::process::Output { status, stdout: joined(stdout.await)?, stderr: joined(stderr.await)? })
 }
 
 /// Reads a child's output line by line into its journal (and log file).
@@ -501,6 +551,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("{name} never reached the expected state: {:?}", sup.list());
+    }
+
+    /// A one-off command's exit is the reaper's to collect: waiting on it
+    /// as a plain child found it reaped already (ECHILD, "No child processes").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_one_off_command_gives_its_output_and_exit_beside_the_reaper() {
+        let _sup = Supervisor::start(Arc::new(Journal::new(100)), None).unwrap();
+        for _ in 0..20 {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+            let out = output(cmd).await.unwrap();
+            assert_eq!((out.status.code(), &out.stdout[..], &out.stderr[..]), (Some(3), &b"out\n"[..], &b"err\n"[..]));
+        }
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "kill -9 $$"]);
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(output(cmd).await.unwrap().status.signal(), Some(9));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

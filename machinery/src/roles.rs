@@ -17,8 +17,12 @@
 //! | Reboot         | no     | yes      | yes   |
 //! | ApplyConfig    | no     | no       | yes   |
 //! | Shutdown       | no     | no       | yes   |
+//! | Certificates   | yes    | yes      | yes   |
+//! | Backup         | no     | no       | yes   |
+//! | Restore        | no     | no       | yes   |
 //!
 //! GetConfig is not a reader's: the config holds the CA key and join token.
+//! Nor is Backup: the store holds every Secret.
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,10 +91,13 @@ pub enum Rpc {
     UpgradeResume,
     Rollback,
     Kubeconfig,
+    Certificates,
+    Backup,
+    Restore,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 14] = [
+    pub const ALL: [Rpc; 17] = [
         Rpc::Version,
         Rpc::ApplyConfig,
         Rpc::GetConfig,
@@ -105,15 +112,23 @@ impl Rpc {
         Rpc::UpgradeResume,
         Rpc::Rollback,
         Rpc::Kubeconfig,
+        Rpc::Certificates,
+        Rpc::Backup,
+        Rpc::Restore,
     ];
 
     pub fn minimum_role(self) -> Role {
         match self {
-            Rpc::Version | Rpc::ServiceList | Rpc::Logs | Rpc::Dmesg | Rpc::Events => Role::Reader,
+            Rpc::Version | Rpc::ServiceList | Rpc::Logs | Rpc::Dmesg | Rpc::Events | Rpc::Certificates => Role::Reader,
             Rpc::GetConfig | Rpc::ServiceRestart | Rpc::Reboot => Role::Operator,
-            Rpc::ApplyConfig | Rpc::Shutdown | Rpc::Upgrade | Rpc::UpgradeResume | Rpc::Rollback | Rpc::Kubeconfig => {
-                Role::Admin
-            }
+            Rpc::ApplyConfig
+            | Rpc::Shutdown
+            | Rpc::Upgrade
+            | Rpc::UpgradeResume
+            | Rpc::Rollback
+            | Rpc::Kubeconfig
+            | Rpc::Backup
+            | Rpc::Restore => Role::Admin,
         }
     }
 
@@ -133,6 +148,9 @@ impl Rpc {
             Rpc::UpgradeResume => "UpgradeResume",
             Rpc::Rollback => "Rollback",
             Rpc::Kubeconfig => "Kubeconfig",
+            Rpc::Certificates => "Certificates",
+            Rpc::Backup => "Backup",
+            Rpc::Restore => "Restore",
         }
     }
 

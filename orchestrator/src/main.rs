@@ -3,12 +3,16 @@
 //! `orchestrator kubelet --kubeconfig F`: the kubelet alone, on a worker;
 //! `orchestrator health`: whether a node is back at work (upgrade health gate);
 //! `orchestrator token`: bootstrap tokens that let workers join;
-//! `orchestrator migrate`: a SQLite store copied into etcd (one node to HA).
+//! `orchestrator migrate`: a SQLite store copied into etcd (one node to HA);
+//! `orchestrator backup`/`restore`: the store's backups (what init runs for
+//! `osctl backup`/`restore`); `orchestrator certs`: the certificates it
+//! presents and hands out (for `osctl certs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 mod backup;
+mod certs;
 mod migrate;
 
 use clap::{Args, Parser, Subcommand};
@@ -122,6 +126,12 @@ enum Command {
         /// The cluster CA certificate (default: DATA-DIR/ca.crt).
         #[arg(long)]
         ca_cert: Option<PathBuf>,
+        /// Only check FROM as a restore would; change nothing.
+        #[arg(long)]
+        check: bool,
+        /// FROM must be a backup file (not a snapshot).
+        #[arg(long)]
+        backup: bool,
         from: PathBuf,
     },
     /// Copies every object of DATA-DIR's SQLite store into etcd (--store
@@ -136,6 +146,19 @@ enum Command {
         force: bool,
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Prints, as JSON, the certificates this node's orchestrator presents
+    /// and hands out (PEM): the API server's serving certificate and the
+    /// admin kubeconfig's (with --api), the kubelet's (with --kubelet).
+    Certs {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The API server's listen address.
+        #[arg(long)]
+        api: Option<String>,
+        /// The kubelet's listen address.
+        #[arg(long)]
+        kubelet: Option<String>,
     },
     /// Runs the kubelet alone against a remote API server (a worker node).
     Kubelet {
@@ -441,6 +464,7 @@ fn main() -> anyhow::Result<()> {
                         e @ orchestrator_store::StoreError::Corrupt { .. },
                     )) => {
                         let offer = backup::corrupt_offer(&dir, &e);
+                        backup::report_damaged(&dir, &e);
                         tracing::error!("{offer}");
                         eprintln!("{offer}");
                         // Restarting would find the same damage: wait for the operator.
@@ -449,6 +473,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     r => r?,
                 };
+                backup::clear_damaged(&dir);
                 tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");
                 if controllers {
                     if on_etcd {
@@ -510,8 +535,17 @@ fn main() -> anyhow::Result<()> {
             println!("{}: {} bytes, sha256 {}, cluster {}", out.display(), h.size, h.sha256, h.cluster);
             Ok(())
         }
-        Command::Restore { data_dir, ca_cert, from } => {
-            println!("{}", backup::restore(&data_dir, ca_cert.as_deref(), &from)?);
+        Command::Restore { data_dir, ca_cert, check: true, backup, from } => {
+            println!("{}", backup::check(&data_dir, ca_cert.as_deref(), &from, backup)?);
+            Ok(())
+        }
+        Command::Restore { data_dir, ca_cert, check: false, backup, from } => {
+            println!("{}", backup::restore(&data_dir, ca_cert.as_deref(), &from, backup)?);
+            Ok(())
+        }
+        Command::Certs { data_dir, api, kubelet } => {
+            let found = rt.block_on(certs::list(&data_dir, api.as_deref(), kubelet.as_deref()));
+            println!("{}", serde_json::to_string(&found)?);
             Ok(())
         }
         Command::Migrate { data_dir, force, store } => {

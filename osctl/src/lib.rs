@@ -11,6 +11,7 @@ pub mod flash;
 mod generate;
 mod kubeconfig;
 mod output;
+mod store_transfer;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -155,6 +156,27 @@ pub enum Command {
         /// Write it to this file (mode 0600) instead of printing it.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Every certificate Plinth issues on the node, its expiry, and whether
+    /// the node renews it; warns of one that ends within 30 days unrenewed.
+    Certs,
+    /// Write a consistent backup of the cluster store (a control plane) to
+    /// FILE: Plinth version, cluster identity and checksum in its header.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup (or, with --snapshot, one of the node's automatic
+    /// snapshots) in place of the cluster store: the node checks it, stops
+    /// the orchestrator, restores and starts it again.
+    Restore {
+        /// A file written by `osctl backup`.
+        #[arg(required_unless_present = "snapshot", conflicts_with = "snapshot")]
+        file: Option<PathBuf>,
+        /// An automatic snapshot on the node, by file name (as `osctl
+        /// version` names it when the store is damaged).
+        #[arg(long)]
+        snapshot: Option<String>,
     },
     /// Reboot the node.
     Reboot,
@@ -343,7 +365,7 @@ fn from_status(node: &str, s: tonic::Status) -> Failure {
 }
 
 /// What a command runs against: the resolved context and targets.
-struct Session {
+pub(crate) struct Session {
     global: Global,
     context: Context,
 }
@@ -700,6 +722,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Certs => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| async move {
+                    c.certificates(api::CertificatesRequest {}).await.map(|r| r.into_inner().certificates)
+                })
+                .await?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            output::certificates(fmt, &results, now as i64);
+            Ok(())
+        }
+        Command::Backup { out } => store_transfer::backup(cli.global, &out).await,
+        Command::Restore { file, snapshot } => store_transfer::restore(cli.global, file.as_deref(), snapshot).await,
         Command::Reboot => power(cli.global, true).await,
         Command::Shutdown => power(cli.global, false).await,
         Command::Image(ImageCommand::Flash(args)) => image_flash(cli.global, &args),
@@ -948,8 +983,13 @@ fn with_server(kubeconfig: &str, url: &str) -> String {
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
+    create_private(path)?.write_all(data)
+}
+
+/// A file only its owner reads (0600), emptied if it exists.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?.write_all(data)
+    std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)
 }
 
 #[cfg(test)]

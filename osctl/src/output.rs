@@ -84,6 +84,7 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
                             "device": d.device, "written_bytes": d.written_bytes,
                         })).collect::<Vec<_>>(),
                         "safe_reason": v.safe_reason,
+                        "store_problem": v.store_problem,
                         "boot_id": v.boot_id,
                         "boot_steps": boot_steps_json(&v.boot_steps),
                         "slots": v.slots.iter().map(|s| serde_json::json!({
@@ -117,6 +118,9 @@ pub fn version(fmt: Format, results: &[(String, api::VersionResponse)]) {
             t.print();
             for (node, v) in results.iter().filter(|(_, v)| !v.safe_reason.is_empty()) {
                 eprintln!("{node} is in safe mode: {}", v.safe_reason);
+            }
+            for (node, v) in results.iter().filter(|(_, v)| !v.store_problem.is_empty()) {
+                eprintln!("{node}: {}", v.store_problem);
             }
             slots(results);
         }
@@ -319,6 +323,91 @@ fn size(bytes: u64) -> String {
     }
 }
 
+/// Warned about in `osctl certs`: a certificate that ends within this
+/// and is not renewed by the node.
+const CERT_WARN_SECS: i64 = 30 * 86400;
+
+/// Why a certificate needs the operator, if it does: it ends within 30
+/// days (or has ended) and the node will not renew it.
+fn cert_warning(c: &api::Certificate, now: i64) -> Option<String> {
+    if !c.error.is_empty() || c.renewed || c.not_after - now > CERT_WARN_SECS {
+        return None;
+    }
+    Some(if c.not_after <= now {
+        format!("{} has expired and is not renewed automatically", c.name)
+    } else {
+        format!(
+            "{} ends in {} and is not renewed automatically: replace it before then",
+            c.name,
+            duration((c.not_after - now) as u64)
+        )
+    })
+}
+
+fn unix_rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Every certificate of each node and its expiry; warnings after the table.
+pub fn certificates(fmt: Format, results: &[(String, Vec<api::Certificate>)], now: i64) {
+    match fmt {
+        Format::Json => json(&serde_json::Value::Array(
+            results
+                .iter()
+                .flat_map(|(node, list)| {
+                    list.iter().map(move |c| {
+                        serde_json::json!({
+                            "node": node, "name": c.name, "subject": c.subject, "issuer": c.issuer,
+                            "not_before": c.not_before, "not_after": c.not_after,
+                            "seconds_left": c.not_after - now, "renewed": c.renewed,
+                            "error": c.error, "warning": cert_warning(c, now),
+                        })
+                    })
+                })
+                .collect(),
+        )),
+        Format::Table => {
+            let mut t = Table::new(&["NODE", "CERTIFICATE", "SUBJECT", "ISSUER", "NOT AFTER", "LEFT", "RENEWED"]);
+            for (node, list) in results {
+                for c in list {
+                    let renewed = if c.renewed { "yes" } else { "no" }.to_string();
+                    if !c.error.is_empty() {
+                        t.row(vec![
+                            node.clone(),
+                            c.name.clone(),
+                            format!("({})", c.error),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            renewed,
+                        ]);
+                        continue;
+                    }
+                    let left = if c.not_after <= now { "expired".into() } else { duration((c.not_after - now) as u64) };
+                    t.row(vec![
+                        node.clone(),
+                        c.name.clone(),
+                        c.subject.clone(),
+                        c.issuer.clone(),
+                        unix_rfc3339(c.not_after),
+                        left,
+                        renewed,
+                    ]);
+                }
+            }
+            t.print();
+            for (node, list) in results {
+                for w in list.iter().filter_map(|c| cert_warning(c, now)) {
+                    eprintln!("warning: {node}: {w}");
+                }
+            }
+        }
+    }
+}
+
 pub fn progress(total: u64, msg: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal as _;
     if !std::io::stderr().is_terminal() {
@@ -334,6 +423,29 @@ pub fn progress(total: u64, msg: &str) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_is_warned_about_only_when_it_ends_soon_and_is_not_renewed() {
+        let now = 1_000_000_000;
+        let cert = |left: i64, renewed: bool| api::Certificate {
+            name: "machine API CA".into(),
+            not_after: now + left,
+            renewed,
+            ..Default::default()
+        };
+        assert_eq!(cert_warning(&cert(31 * 86400, false), now), None);
+        assert_eq!(cert_warning(&cert(86400, true), now), None, "the node renews it");
+        assert_eq!(
+            cert_warning(&cert(29 * 86400, false), now).unwrap(),
+            "machine API CA ends in 29d0h and is not renewed automatically: replace it before then"
+        );
+        assert_eq!(
+            cert_warning(&cert(-1, false), now).unwrap(),
+            "machine API CA has expired and is not renewed automatically"
+        );
+        let unread = api::Certificate { error: "gone".into(), ..cert(0, false) };
+        assert_eq!(cert_warning(&unread, now), None);
+    }
 
     #[test]
     fn durations_read_like_kubectl() {

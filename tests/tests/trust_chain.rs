@@ -757,3 +757,255 @@ fn apid_serving_certificate_is_renewed_with_no_call_failing() -> anyhow::Result<
     assert!(!node.log().contains("renewing apid's serving certificate"), "no renewal failed: {}", node.log());
     Ok(())
 }
+
+/// The admin kubeconfig's kubectl, with the answer's stdout.
+fn kubectl_ok(op: &Operator, args: &[&str]) -> anyhow::Result<String> {
+    Ok(kubectl(&op.path("admin.kubeconfig"), args)?.ok()?.stdout)
+}
+
+/// The configmaps of `default`, sorted.
+fn configmaps(op: &Operator) -> anyhow::Result<Vec<String>> {
+    let out = kubectl_ok(op, &["get", "configmaps", "-n", "default", "-o", "name"])?;
+    let mut names: Vec<String> = out.lines().filter(|l| !l.contains("kube-root-ca")).map(str::to_string).collect();
+    names.sort();
+    Ok(names)
+}
+
+fn node_events(op: &Operator, node: &HostNode) -> String {
+    osctl(&op.osctlconfig(), &["-n", &node.addr(), "events"]).stdout
+}
+
+#[test]
+fn backup_over_the_machine_api_then_wipe_and_restore_gives_back_every_object() -> anyhow::Result<()> {
+    let op = Operator::new()?;
+    let (mut node, url) = control_plane(&op, &op.gen_config("node.toml", 1)?)?;
+    admin_kubeconfig(&op, &node, &url)?;
+    for i in 0..10 {
+        kubectl_ok(&op, &["create", "configmap", &format!("cm-{i}"), &format!("--from-literal=k=v{i}")])?;
+    }
+    kubectl_ok(&op, &["create", "secret", "generic", "s1", "--from-literal=password=hunter2"])?;
+    let before = configmaps(&op)?;
+    assert_eq!(before.len(), 10, "{before:?}");
+    let (cfg, addr) = (op.osctlconfig(), node.addr());
+    let file = op.path("cluster.backup");
+    let r = osctl(&cfg, &["-n", &addr, "backup", "--out", file.to_str().unwrap()]).ok()?;
+    assert!(r.stdout.contains("cluster store backed up to"), "{r:?}");
+    let bytes = std::fs::read(&file)?;
+    assert!(bytes.starts_with(b"plinth-store-backup/v1\n"), "the store's backup format");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600, "it holds every Secret");
+    }
+    kubectl_ok(&op, &["create", "configmap", "after-the-backup"])?;
+
+    // Refused with the reason, the store untouched: not a backup, a
+    // damaged one, one of another cluster.
+    let not_a_backup = op.path("notes.txt");
+    std::fs::write(&not_a_backup, "hello")?;
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    let damaged_file = op.path("damaged.backup");
+    std::fs::write(&damaged_file, &damaged)?;
+    let other_ca = machinery::pki::generate_ca("another cluster")?;
+    std::fs::write(op.path("other-ca.crt"), &other_ca.cert_pem)?;
+    let other = op.path("other.backup");
+    let data_dir = node.state.path().join("orchestrator");
+    let o = std::process::Command::new(plinth_tests::bin("orchestrator"))
+        .arg("backup")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--ca-cert")
+        .arg(op.path("other-ca.crt"))
+        .arg("--out")
+        .arg(&other)
+        .output()?;
+    assert!(o.status.success(), "{o:?}");
+    for (bad, why) in [
+        (&not_a_backup, "not a Plinth store backup"),
+        (&damaged_file, "the checksum does not match"),
+        (&other, "is a backup of another cluster"),
+    ] {
+        let r = osctl(&cfg, &["-n", &addr, "restore", bad.to_str().unwrap()]);
+        assert_eq!(r.code, 4, "refused: {r:?}");
+        assert!(r.stderr.contains(why), "{why}: {r:?}");
+        assert!(!r.stderr.contains("Error:"), "the orchestrator's wording only: {r:?}");
+    }
+    let services = osctl(&cfg, &["-n", &addr, "-o", "json", "services"]).json()?;
+    let orchestrator = services.as_array().unwrap().iter().find(|s| s["name"] == "orchestrator").unwrap().clone();
+    assert_eq!(orchestrator["restarts"], 0, "a refused file does not stop the orchestrator: {orchestrator}");
+    assert!(configmaps(&op)?.contains(&"configmap/after-the-backup".to_string()), "nothing changed");
+
+    // Wiped: a fresh store.
+    node.stop()?;
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
+    node.boot()?;
+    wait_configured(&op, &node)?;
+    admin_kubeconfig(&op, &node, &url)?;
+    assert_eq!(configmaps(&op)?, Vec::<String>::new(), "the store was wiped");
+
+    let r = osctl(&cfg, &["-n", &addr, "restore", file.to_str().unwrap()]).ok()?;
+    assert!(r.stdout.contains("restored") && r.stdout.contains("the orchestrator started again"), "{r:?}");
+    let back = wait_for("the API to serve the restored store", Duration::from_secs(60), || {
+        configmaps(&op).ok().filter(|c| !c.is_empty())
+    })
+    .map_err(|e| e.context(node.log()))?;
+    assert_eq!(back, before, "every object of the backup, and nothing after it");
+    let secret = kubectl_ok(&op, &["get", "secret", "s1", "-o", "jsonpath={.data.password}"])?;
+    assert_eq!(secret, "aHVudGVyMg==");
+    assert!(node_events(&op, &node).contains("restored"), "{}", node_events(&op, &node));
+    Ok(())
+}
+
+#[test]
+fn a_worker_has_no_store_to_back_up() -> anyhow::Result<()> {
+    let op = Operator::new()?;
+    let mut node = HostNode::start(&op.path("ops.pub"))?;
+    node.stop()?;
+    let orchestrator = plinth_tests::bin("orchestrator").display().to_string();
+    node.extra_args = vec!["--orchestrator".into(), orchestrator];
+    node.boot()?;
+    let worker = op.path("worker.toml");
+    let secrets = op.dir.path().to_str().unwrap();
+    osctl(
+        &op.osctlconfig(),
+        &[
+            "gen",
+            "config",
+            "--cluster",
+            "demo",
+            "--role",
+            "worker",
+            "--hostname",
+            "w1",
+            "--endpoint",
+            "https://127.0.0.1:1",
+            "--token",
+            "abcdef.0123456789abcdef",
+            "--cert-san",
+            "127.0.0.1",
+            "--secrets",
+            secrets,
+            "--out",
+            worker.to_str().unwrap(),
+        ],
+    )
+    .ok()?;
+    apply(&op, &node, &worker, &["--insecure"]).ok()?;
+    wait_configured(&op, &node)?;
+    let out = op.path("w.backup");
+    let r = osctl(&op.osctlconfig(), &["-n", &node.addr(), "backup", "--out", out.to_str().unwrap()]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("this node is a worker: it holds no cluster store"), "{r:?}");
+    assert!(!out.exists() && !op.path("w.partial").exists(), "no file written");
+    Ok(())
+}
+
+#[test]
+fn a_damaged_store_at_boot_is_reported_with_the_snapshot_to_restore() -> anyhow::Result<()> {
+    let op = Operator::new()?;
+    let (mut node, url) = control_plane(&op, &op.gen_config("node.toml", 1)?)?;
+    admin_kubeconfig(&op, &node, &url)?;
+    let data_dir = node.state.path().join("orchestrator");
+    // The API server takes its first automatic snapshot as it starts.
+    wait_for("the first automatic snapshot", Duration::from_secs(30), || {
+        std::fs::read_dir(data_dir.join("snapshots")).ok()?.flatten().next().map(|_| ())
+    })?;
+    node.stop()?;
+    let db = data_dir.join("state.db");
+    let mut bytes = std::fs::read(&db)?;
+    bytes[..100].fill(0x5a);
+    std::fs::write(&db, &bytes)?;
+    node.boot()?;
+    wait_configured(&op, &node)?;
+    let (cfg, addr) = (op.osctlconfig(), node.addr());
+    let problem = wait_for("osctl version to report the damaged store", Duration::from_secs(30), || {
+        let v = osctl(&cfg, &["-n", &addr, "-o", "json", "version"]).json().ok()?;
+        v[0]["store_problem"].as_str().filter(|p| !p.is_empty()).map(str::to_string)
+    })
+    .map_err(|e| e.context(node.log()))?;
+    assert!(problem.starts_with("the cluster store is damaged: "), "{problem}");
+    assert!(problem.contains(&format!("{} is corrupt", db.display())), "names the file: {problem}");
+    let snapshot = problem
+        .split("osctl restore --snapshot ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("the command to restore the snapshot: {problem}"))
+        .to_string();
+    let table = osctl(&cfg, &["-n", &addr, "version"]);
+    assert!(table.stderr.contains("osctl restore --snapshot"), "{table:?}");
+    plinth_tests::wait_event(|| osctl(&cfg, &["-n", &addr, "events"]), "the cluster store is damaged")?;
+    let logs = osctl(&cfg, &["-n", &addr, "logs", "orchestrator"]).stdout;
+    assert!(logs.contains("is corrupt") && logs.contains("snapshot"), "{logs}");
+    // Waiting, not crash-looping.
+    std::thread::sleep(Duration::from_secs(3));
+    let services = osctl(&cfg, &["-n", &addr, "-o", "json", "services"]).json()?;
+    let o = services.as_array().unwrap().iter().find(|s| s["name"] == "orchestrator").unwrap().clone();
+    assert_eq!((o["state"].as_str(), o["restarts"].as_u64()), (Some("running"), Some(0)), "{o}");
+
+    let r = osctl(&cfg, &["-n", &addr, "restore", "--snapshot", &snapshot]).ok()?;
+    assert!(r.stdout.contains("an intact store snapshot"), "{r:?}");
+    wait_for("the API to serve the snapshot", Duration::from_secs(60), || {
+        kubectl_ok(&op, &["get", "namespace", "kube-system"]).ok()
+    })
+    .map_err(|e| e.context(node.log()))?;
+    let v = osctl(&cfg, &["-n", &addr, "-o", "json", "version"]).json()?;
+    assert_eq!(v[0]["store_problem"], "", "{v}");
+    plinth_tests::wait_event(|| osctl(&cfg, &["-n", &addr, "events"]), "the cluster store opens again")?;
+    Ok(())
+}
+
+#[test]
+fn osctl_certs_lists_every_certificate_with_its_expiry() -> anyhow::Result<()> {
+    let op = Operator::new()?;
+    let (mut node, url) = control_plane(&op, &op.gen_config("node.toml", 1)?)?;
+    node.stop()?;
+    node.extra_args.extend(["--apid-cert-lifetime".into(), "20m".into()]);
+    node.boot()?;
+    wait_configured(&op, &node)?;
+    admin_kubeconfig(&op, &node, &url)?;
+    let (cfg, addr) = (op.osctlconfig(), node.addr());
+    let v = osctl(&cfg, &["-n", &addr, "-o", "json", "certs"]).json()?;
+    let rows = v.as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {v}")).clone();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "machine API CA",
+            "apid (serving)",
+            "Kubernetes CA",
+            "kubernetes API server (serving)",
+            "admin kubeconfig (osctl kubeconfig)"
+        ]
+    );
+    let pem_info = |file: &str| machinery::pki::cert_info(&std::fs::read_to_string(op.path(file)).unwrap()).unwrap();
+    for (name, file, renewed) in [("machine API CA", "ca.crt", false), ("Kubernetes CA", "kube-ca.crt", false)] {
+        let (r, info) = (row(name), pem_info(file));
+        assert_eq!((r["not_after"].as_i64(), r["subject"].as_str()), (Some(info.not_after), Some(&*info.subject)));
+        assert_eq!(r["renewed"], renewed);
+    }
+    // apid's: the 20 minutes asked for, and the very certificate apid presents.
+    let apid = row("apid (serving)");
+    let presented = machinery::pki::cert_info(&format!("{}-----END CERTIFICATE-----\n", presented(&op, &node)))?;
+    assert_eq!(apid["not_after"].as_i64(), Some(presented.not_after), "{apid}");
+    let left = apid["seconds_left"].as_i64().unwrap();
+    assert!((1100..=1200).contains(&left), "20 minutes: {apid}");
+    assert_eq!(apid["renewed"], true);
+    // The API server's (a year by default) and the admin kubeconfig's, of the Kubernetes CA.
+    let kube_ca = pem_info("kube-ca.crt").subject;
+    let api = row("kubernetes API server (serving)");
+    assert_eq!(api["issuer"], kube_ca.as_str());
+    assert!(api["seconds_left"].as_i64().unwrap() > 300 * 86400, "{api}");
+    let admin = row("admin kubeconfig (osctl kubeconfig)");
+    let handed_out = pem_info("kubectl.crt");
+    assert_eq!(admin["not_after"].as_i64(), Some(handed_out.not_after), "what osctl kubeconfig handed out: {admin}");
+    assert_eq!((admin["issuer"].as_str(), admin["renewed"].as_bool()), (Some(&*kube_ca), Some(true)));
+    // Ten-year CAs, renewed leaves: nothing to warn about.
+    let table = osctl(&cfg, &["-n", &addr, "certs"]).ok()?;
+    assert!(table.stdout.contains("apid (serving)") && table.stdout.contains("RENEWED"), "{table:?}");
+    assert!(!table.stderr.contains("warning"), "{table:?}");
+    Ok(())
+}
