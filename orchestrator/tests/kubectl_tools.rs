@@ -279,3 +279,89 @@ fn kubectl_top_reads_the_kubelets_stats() {
     assert!(err.contains("cannot list resource \"pods\" in API group \"metrics.k8s.io\""), "{err}");
     c.ok(&["delete", "pod", "busy", "--grace-period=1"]);
 }
+
+/// `kubectl cp` both ways (busybox's tar in the pod), `kubectl wait
+/// --for=condition=Ready` and `--for=delete`, `kubectl run --rm -i` (the
+/// output, then the pod gone), `kubectl events --for`.
+#[test]
+fn kubectl_cp_wait_run_rm_and_events() {
+    let Some(c) = Cluster::start() else { return };
+    let image = ["--image", BUSYBOX, "--image-pull-policy=Never"];
+    c.ok(&[&["run", "box", "--restart=Never"][..], &image, &["--", "sleep", "3600"]].concat());
+    let out = c.ok(&["wait", "--for=condition=Ready", "pod/box", "--timeout=60s"]);
+    assert_eq!(out.trim(), "pod/box condition met");
+    // cp into the pod and back, a file and a directory.
+    let local = c.data.path().join("cp-in");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    std::fs::write(local.join("a.txt"), "alpha\n").unwrap();
+    std::fs::write(local.join("sub/b.txt"), "beta\n").unwrap();
+    c.ok(&["cp", local.join("a.txt").to_str().unwrap(), "box:/tmp/a.txt"]);
+    assert_eq!(c.ok(&["exec", "box", "--", "cat", "/tmp/a.txt"]), "alpha\n");
+    c.ok(&["cp", local.to_str().unwrap(), "box:/tmp/tree"]);
+    assert_eq!(c.ok(&["exec", "box", "--", "cat", "/tmp/tree/sub/b.txt"]), "beta\n");
+    c.ok(&["exec", "box", "--", "sh", "-c", "echo made-in-the-pod > /tmp/out.txt"]);
+    let back = c.data.path().join("cp-out.txt");
+    c.ok(&["cp", "box:/tmp/out.txt", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "made-in-the-pod\n");
+    // events about the pod, in kubectl's own table.
+    let events = c.ok(&["events", "--for", "pod/box"]);
+    assert!(events.contains("Started") && events.contains("Pod/box"), "{events}");
+    // --for=delete waits for the pod to be gone.
+    c.ok(&["delete", "pod", "box", "--wait=false", "--grace-period=1"]);
+    let out = c.ok(&["wait", "--for=delete", "pod/box", "--timeout=60s"]);
+    assert!(out.contains("pod/box condition met"), "{out}");
+    assert!(!c.ok(&["get", "pods", "-o", "name"]).contains("pod/box"));
+    // run --rm -i: the container's output, then the pod is deleted.
+    let out = c.run_with_stdin(
+        &[&["run", "once", "--rm", "-i", "--restart=Never"][..], &image, &["--", "sh", "-c", "read x; echo got $x"]]
+            .concat(),
+        b"hello\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("got hello"), "{stdout}");
+    assert!(stdout.contains("pod \"once\" deleted"), "{stdout}");
+    c.wait_for(&["get", "pods", "-o", "name"], READY, |s| !s.contains("pod/once"));
+}
+
+/// `kubectl diff` (a server-side dry run: exit 1 with the change, 0 when
+/// none, nothing stored) and `kubectl apply -k` (a kustomization with a
+/// name prefix, labels and a ConfigMap generator).
+#[test]
+fn kubectl_diff_and_apply_kustomization() {
+    let Some(s) = common::Server::start() else { return };
+    let dir = s.dir.path().join("kz");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cm = |v: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {{mode: {v}}}\n");
+    std::fs::write(dir.join("cm.yaml"), cm("one")).unwrap();
+    let file = dir.join("cm.yaml");
+    let file = file.to_str().unwrap();
+    let new = s.run(&["diff", "-f", file]);
+    assert_eq!(new.status.code(), Some(1), "a new object is a difference: {new:?}");
+    s.ok(&["apply", "-f", file]);
+    let same = s.run(&["diff", "-f", file]);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    std::fs::write(dir.join("cm.yaml"), cm("two")).unwrap();
+    let changed = s.run(&["diff", "-f", file]);
+    let text = String::from_utf8_lossy(&changed.stdout);
+    assert_eq!(changed.status.code(), Some(1), "{changed:?}");
+    assert!(text.contains("-  mode: one") && text.contains("+  mode: two"), "{text}");
+    assert_eq!(s.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]), "one", "diff stores nothing");
+    // apply -k
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        "namePrefix: kz-\nlabels:\n- pairs: {app: kz}\n  includeSelectors: true\nresources: [cm.yaml]\n\
+         configMapGenerator:\n- name: generated\n  literals: [colour=blue]\n",
+    )
+    .unwrap();
+    s.ok(&["apply", "-k", dir.to_str().unwrap()]);
+    let names = s.ok(&["get", "cm", "-l", "app=kz", "-o", "jsonpath={.items[*].metadata.name}"]);
+    let names: Vec<&str> = names.split_whitespace().collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"kz-settings"), "{names:?}");
+    let generated = names.iter().find(|n| n.starts_with("kz-generated-")).expect("the generated ConfigMap, hashed");
+    assert_eq!(s.ok(&["get", "cm", generated, "-o", "jsonpath={.data.colour}"]), "blue");
+    assert_eq!(s.ok(&["get", "cm", "kz-settings", "-o", "jsonpath={.data.mode}"]), "two");
+    // diff -k against what apply -k stored: nothing to show.
+    assert_eq!(s.run(&["diff", "-k", dir.to_str().unwrap()]).status.code(), Some(0));
+}
