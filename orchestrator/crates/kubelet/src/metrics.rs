@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use crate::KubeletError;
 use crate::cri::{CriError, v1};
 use crate::pod::{LABEL_CONTAINER_NAME, LABEL_MANAGED, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
 
@@ -82,23 +83,10 @@ pub fn render(node: Option<(f64, u64)>, now_ms: i64, containers: &[ContainerSamp
 
 impl crate::Kubelet {
     /// The running containers' samples from CRI.
-    pub(crate) async fn container_samples(&self) -> Result<Vec<ContainerSample>, CriError> {
+    pub(crate) async fn container_samples(&self) -> Result<Vec<ContainerSample>, KubeletError> {
         let managed = HashMap::from([(LABEL_MANAGED.to_string(), "true".to_string())]);
-        let running = self
-            .cri
-            .runtime
-            .clone()
-            .list_containers(v1::ListContainersRequest {
-                filter: Some(v1::ContainerFilter {
-                    state: Some(v1::ContainerStateValue { state: v1::ContainerState::ContainerRunning as i32 }),
-                    label_selector: managed.clone(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(CriError::call("ListContainers"))?
-            .into_inner()
-            .containers;
+        let all = self.list_containers(managed.clone()).await?;
+        let running = all.into_iter().filter(|c| c.state == v1::ContainerState::ContainerRunning as i32);
         let stats = self
             .cri
             .runtime
@@ -129,7 +117,7 @@ impl crate::Kubelet {
     }
 
     /// The `/metrics/resource` document.
-    pub(crate) async fn resource_metrics(&self) -> Result<String, CriError> {
+    pub(crate) async fn resource_metrics(&self) -> Result<String, KubeletError> {
         let containers = self.container_samples().await?;
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         let node = node_cpu_seconds(&read("/proc/stat")).zip(node_working_set(&read("/proc/meminfo")));
