@@ -202,7 +202,7 @@ fn ephemeral_containers_subresource_validates_and_copy_to_works() {
     };
     let copy = Command::new(kubectl)
         .env("KUBECONFIG", c.data.path().join("admin.kubeconfig"))
-        .args(&[
+        .args([
             "debug",
             "app",
             "--copy-to=app-copy",
