@@ -428,7 +428,7 @@ pub struct Cluster {
     ipam: bool,
     kubelet: Option<Child>,
     /// The server's URL, once started.
-    url: String,
+    pub url: String,
 }
 
 impl Cluster {

@@ -87,6 +87,9 @@ pub const AUTHORIZATION_GROUP: &str = "authorization.k8s.io";
 /// The group of TokenReview, TokenRequest and SelfSubjectReview, answered
 /// by the authenticators and never stored.
 pub const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
+/// NodeMetrics and PodMetrics, read from the kubelets and never stored.
+pub const METRICS_GROUP: &str = "metrics.k8s.io";
+pub const METRICS_VERSION: &str = "v1beta1";
 
 /// `/apis`: the built-in groups, then those of the served CRDs.
 pub fn api_group_list(custom: &[Arc<ResourceType>]) -> Value {
@@ -95,6 +98,7 @@ pub fn api_group_list(custom: &[Arc<ResourceType>]) -> Value {
         .chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP])
         .map(|g| group(g, &[group_version(g)]))
         .collect();
+    groups.push(group(METRICS_GROUP, &[METRICS_VERSION]));
     groups.extend(custom_groups(custom).into_iter().map(|(g, vs)| group(g, &vs)));
     with_type(APIGroupList { groups }, "APIGroupList", "v1")
 }
@@ -102,6 +106,9 @@ pub fn api_group_list(custom: &[Arc<ResourceType>]) -> Value {
 pub fn api_group(name: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
     if GROUPS.contains(&name) || name == AUTHORIZATION_GROUP || name == AUTHENTICATION_GROUP {
         return Some(with_type(group(name, &[group_version(name)]), "APIGroup", "v1"));
+    }
+    if name == METRICS_GROUP {
+        return Some(with_type(group(name, &[METRICS_VERSION]), "APIGroup", "v1"));
     }
     let (g, vs) = custom_groups(custom).into_iter().find(|(g, _)| *g == name)?;
     Some(with_type(group(g, &vs), "APIGroup", "v1"))
@@ -174,6 +181,18 @@ fn resources(group: &str, version: &str, custom: &[Arc<ResourceType>]) -> Option
             &["SelfSubjectReview", "TokenReview"]
         };
         return Some(kinds.iter().map(|k| review(k)).collect());
+    }
+    if (group, version) == (METRICS_GROUP, METRICS_VERSION) {
+        let metrics = |kind: &str, name: &str, namespaced| APIResource {
+            name: name.into(),
+            namespaced,
+            kind: kind.into(),
+            verbs: strings(&["get", "list"]),
+            ..Default::default()
+        };
+        let resources = vec![metrics("NodeMetrics", "nodes", false), metrics("PodMetrics", "pods", true)];
+        let list = APIResourceList { group_version: format!("{group}/{version}"), resources };
+        return Some(with_type(list, "APIResourceList", "v1"));
     }
     let rts = served(group, version, custom);
     if rts.is_empty() {

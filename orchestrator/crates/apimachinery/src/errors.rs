@@ -91,6 +91,8 @@ impl ApiError {
                             Some("Unsupported value") => "FieldValueNotSupported",
                             Some("Too many") => "FieldValueTooMany",
                             Some("Too long") => "FieldValueTooLong",
+                            Some("Duplicate value") => "FieldValueDuplicate",
+                            Some("Not found") => "FieldValueNotFound",
                             _ => "FieldValueInvalid",
                         }
                         .into(),

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod crd;
 pub mod decode;
 pub mod discovery;
+pub mod ephemeral;
 pub mod errors;
 pub mod events;
 pub mod housekeeping;

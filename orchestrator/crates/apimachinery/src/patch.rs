@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::decode::MAX_REQUEST_BYTES;
+use crate::ephemeral;
 use crate::errors::ApiError;
 use crate::registry::{Part, Registry, WriteOptions, Written, fields_v1, now};
 use crate::resources::{ResourceType, by_kind};
@@ -211,7 +212,27 @@ fn apply_patch(kind: &str, content_type: &str, target: &mut Value, patch: &Value
     }
 }
 
-/// PATCH on an object or its `status`/`scale`.
+/// `PUT pods/{name}/ephemeralcontainers`: `body` is the whole Pod, of which
+/// only the ephemeral containers are taken; its resourceVersion, when
+/// given, must be the stored one.
+pub fn update_ephemeral(
+    reg: &Registry,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    body: &Value,
+    opts: &WriteOptions,
+) -> Result<Written, ApiError> {
+    let want = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|r| !r.is_empty());
+    reg.modify(rt, ns, name, Part::Main, opts, |cur| {
+        if want.is_some_and(|w| Some(w) != cur.pointer("/metadata/resourceVersion").and_then(Value::as_str)) {
+            return Err(ApiError::modified(rt, name));
+        }
+        ephemeral::take(rt, name, cur, body)
+    })
+}
+
+/// PATCH on an object or its `status`/`scale`/`ephemeralcontainers`.
 #[allow(clippy::too_many_arguments)]
 pub fn patch(
     reg: &Registry,
@@ -249,6 +270,12 @@ pub fn patch(
             w.object = scale_of(rt, &w.object);
             Ok(w)
         }
+        // Applied to the whole pod, of which only the ephemeral containers are kept.
+        Some("ephemeralcontainers") => reg.modify(rt, ns, name, Part::Main, opts, |cur| {
+            let mut patched = cur.clone();
+            apply_patch(rt.kind, content_type, &mut patched, body)?;
+            ephemeral::take(rt, name, cur, &patched)
+        }),
         _ => {
             let part = if sub == Some("status") { Part::Status } else { Part::Main };
             reg.modify(rt, ns, name, part, opts, |o| {

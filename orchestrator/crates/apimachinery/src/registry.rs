@@ -718,7 +718,14 @@ impl Registry {
             "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" | "Job" | "StatefulSet" => {
                 obj.as_object_mut().expect("checked").remove("status");
             }
-            "Pod" => obj["status"] = json!({}),
+            "Pod" => {
+                let mut causes = Vec::new();
+                crate::ephemeral::check_create(&obj, &mut causes);
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid(rt, name_of(&obj), causes));
+                }
+                obj["status"] = json!({})
+            }
             "Namespace" => obj["status"] = json!({"phase": "Active"}),
             "PersistentVolumeClaim" | "PersistentVolume" => obj["status"] = json!({"phase": "Pending"}),
             _ => {}

@@ -193,7 +193,7 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["po"],
         ALL,
-        &["status", "binding", "eviction", "log", "exec", "attach", "portforward"],
+        &["status", "binding", "eviction", "ephemeralcontainers", "log", "exec", "attach", "portforward"],
         POD_FIELDS
     ),
     rt!("", "Node", core::Node, "nodes", "node", false, &["no"], NONE, &["status"], &["spec.unschedulable"]),

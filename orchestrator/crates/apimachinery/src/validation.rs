@@ -98,7 +98,7 @@ pub fn default_pod_spec(spec: &mut Value) {
     default(m, "serviceAccountName", "default".into());
     let sa = m["serviceAccountName"].clone();
     default(m, "serviceAccount", sa);
-    for list in ["containers", "initContainers"] {
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
         for c in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
             let Some(c) = c.as_object_mut() else { continue };
             let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();

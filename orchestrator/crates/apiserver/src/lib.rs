@@ -18,6 +18,7 @@ mod csr;
 mod eviction;
 mod kubeconfigs;
 mod legacy_tokens;
+mod metrics;
 mod negotiate;
 mod node_authz;
 mod node_restriction;
@@ -195,6 +196,7 @@ pub struct State {
     connections: Arc<connections::Budgets>,
     rbac: Arc<rbac::Rbac>,
     sa_keys: Arc<satoken::Keys>,
+    metrics: metrics::Samples,
 }
 
 /// A running server.
@@ -350,6 +352,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         connections: Arc::default(),
         rbac,
         sa_keys,
+        metrics: metrics::Samples::default(),
     });
     let db = cfg.etcd.is_none().then(|| dir.join("state.db"));
     spawn_housekeeping(registry.clone(), cfg.event_ttl, db);
@@ -744,6 +747,12 @@ async fn route(
     let Some(user) = user else {
         return Err(ApiError::new(401, "Unauthorized", "Unauthorized"));
     };
+    if method == Method::GET
+        && let ["apis", discovery::METRICS_GROUP, discovery::METRICS_VERSION, rest @ ..] = segs.as_slice()
+        && !rest.is_empty()
+    {
+        return metrics::serve(state, &state.metrics, user, rest, q).await;
+    }
     let target = parse_target(&segs, |g, v, p| state.registry.resource(g, v, p));
     if method == Method::GET && target.is_none() {
         let path = format!("/{}", segs.join("/"));
@@ -898,6 +907,7 @@ async fn route(
             let w = match sub {
                 Some("scale") => patch::update_scale(reg, rt, ns, name, &o, &opts)?,
                 Some("status") => reg.update(rt, ns, name, o, Part::Status, &opts)?,
+                Some("ephemeralcontainers") => patch::update_ephemeral(reg, rt, ns, name, &o, &opts)?,
                 _ => reg.update(rt, ns, name, o, Part::Main, &opts)?,
             };
             Ok(respond(200, &w.object, &w.warnings))

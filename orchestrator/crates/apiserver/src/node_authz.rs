@@ -460,6 +460,8 @@ mod tests {
             ),
             (a("watch", None, "", "pods", None), Decision::Allow),
             (a("patch", d, "", "pods/status", Some("db")), Decision::Allow),
+            // A node adds no ephemeral containers, even to its own pods.
+            (a("patch", d, "", "pods/ephemeralcontainers", Some("db")), no("")),
             (a("get", None, "", "nodes", Some("w2")), Decision::Allow),
             (a("list", None, "", "services", None), Decision::Allow),
             (a("create", d, "", "events", None), Decision::Allow),

@@ -479,6 +479,12 @@ pub fn default_cluster_roles() -> Vec<Value> {
         aggregated("admin", json!({})),
         aggregated("edit", json!({format!("{AGG}admin"): "true"})),
         aggregated("view", json!({format!("{AGG}edit"): "true"})),
+        // What metrics-server installs; `metrics.k8s.io` is served here.
+        cluster_role(
+            "system:aggregated-metrics-reader",
+            json!({format!("{AGG}view"): "true", format!("{AGG}edit"): "true", format!("{AGG}admin"): "true"}),
+            vec![rule(READ, &["metrics.k8s.io"], &["nodes", "pods"])],
+        ),
         cluster_role(
             "system:aggregate-to-admin",
             json!({format!("{AGG}admin"): "true"}),

@@ -46,7 +46,13 @@ fn target(state: &State, ns: &str, name: &str, container: Option<&str>) -> Resul
             .collect()
     };
     let container = match container.filter(|c| !c.is_empty()) {
-        Some(c) if names(&["/spec/initContainers", "/spec/containers"]).iter().any(|n| n == c) => c.to_string(),
+        Some(c)
+            if names(&["/spec/initContainers", "/spec/containers", "/spec/ephemeralContainers"])
+                .iter()
+                .any(|n| n == c) =>
+        {
+            c.to_string()
+        }
         Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
         None => match names(&["/spec/containers"]).as_slice() {
             [one] => one.clone(),
@@ -74,6 +80,11 @@ fn kubelet_of(state: &State, pod: &Value, name: &str) -> Result<(String, u16), A
         return Err(ApiError::bad_request(format!("pod \"{name}\" is not scheduled to a node yet")));
     }
     let node = state.registry.get(resources::by_kind("Node").expect("served"), None, node_name)?;
+    Ok(node_kubelet(&node))
+}
+
+/// A Node's kubelet address: its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`.
+fn node_kubelet(node: &Value) -> (String, u16) {
     let ip = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -84,7 +95,14 @@ fn kubelet_of(state: &State, pod: &Value, name: &str) -> Result<(String, u16), A
         .unwrap_or_default()
         .to_string();
     let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
-    Ok((ip, port as u16))
+    (ip, port as u16)
+}
+
+/// The body of `GET uri` from a Node's kubelet (`metrics.k8s.io` reads `/metrics/resource`).
+pub(crate) async fn kubelet_get(state: &State, node: &Value, uri: &str) -> Result<Bytes, ApiError> {
+    let (ip, port) = node_kubelet(node);
+    let t = Target { ip, port, container: String::new() };
+    read_body(kubelet_request(state, &t, "GET", uri).await?).await
 }
 
 /// Sends one request to a kubelet over HTTPS (the connection allows an upgrade).

@@ -17,9 +17,11 @@ pub mod cni;
 pub mod credentials;
 pub mod cri;
 pub mod disk;
+pub mod ephemeral;
 pub mod exec;
 pub mod images;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 mod offline;
 pub mod pod;
@@ -789,7 +791,9 @@ impl Kubelet {
         credentials::for_image(image, &secrets)
     }
 
-    /// Pull, create and start one attempt of a container.
+    /// Pull, create and start one attempt of a container; `target`: the
+    /// container whose PID namespace it joins (an ephemeral container's target).
+    #[allow(clippy::too_many_arguments)]
     async fn start_container(
         &self,
         p: &Value,
@@ -798,6 +802,7 @@ impl Kubelet {
         sandbox_cfg: &v1::PodSandboxConfig,
         attempt: u32,
         vols: &BTreeMap<String, PathBuf>,
+        target: Option<&str>,
     ) -> Result<(), Waiting> {
         let image = match self.ensure_image(p, c).await {
             Ok(i) => i,
@@ -821,7 +826,10 @@ impl Kubelet {
         if let Ok(typed_pod) = typed::decode::<Pod>(p.clone(), "Pod") {
             claims::read_only(&typed_pod, c, &mut mounts);
         }
-        let config = pod::container_config(p, c, sandbox_cfg, &image, attempt, &env, mounts).map_err(config_err)?;
+        let mut config = pod::container_config(p, c, sandbox_cfg, &image, attempt, &env, mounts).map_err(config_err)?;
+        if let Some(id) = target {
+            ephemeral::share_pid(&mut config, id);
+        }
         let mut rs = self.cri.runtime.clone();
         let create_err =
             |s: tonic::Status| Waiting { reason: "CreateContainerError".into(), message: s.message().to_string() };
@@ -1004,7 +1012,7 @@ impl Kubelet {
                 Some(_) => None,
             };
             if let Some(attempt) = start_attempt
-                && let Err(w) = self.start_container(p, c, &sandbox_id, &sandbox_cfg, attempt, &vols).await
+                && let Err(w) = self.start_container(p, c, &sandbox_id, &sandbox_cfg, attempt, &vols, None).await
             {
                 if w.reason != "ImagePullBackOff" && w.reason != "ErrImagePull" {
                     due = Some(due.map_or(Duration::from_secs(2), |x| x.min(Duration::from_secs(2))));
@@ -1022,6 +1030,7 @@ impl Kubelet {
                 init_done &= done;
             }
         }
+        self.start_ephemeral(p, &sandbox_id, &sandbox_cfg, &observed, &vols, &mut waiting).await;
         if let Some(d) = due {
             self.remember(&uid, |m| m.due = Some(Instant::now() + d));
         }
@@ -1079,6 +1088,7 @@ impl Kubelet {
         };
         let init = statuses("initContainers");
         let apps = statuses("containers");
+        let debug = ephemeral::statuses(statuses("ephemeralContainers"));
         let init_done = init.iter().all(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0));
         let policy = str_at(p, "/spec/restartPolicy");
         let init_failed = policy == "Never"
@@ -1133,6 +1143,9 @@ impl Kubelet {
                 }
                 if !init.is_empty() {
                     s["initContainerStatuses"] = json!(init);
+                }
+                if !debug.is_empty() {
+                    s["ephemeralContainerStatuses"] = json!(debug);
                 }
                 if s == old {
                     return false;

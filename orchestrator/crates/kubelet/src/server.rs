@@ -110,6 +110,10 @@ async fn handle(k: Arc<Kubelet>, admin: bool, req: Request<Incoming>) -> Respons
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),
+        ["metrics", "resource"] => match k.resource_metrics().await {
+            Ok(doc) => text(StatusCode::OK, doc),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
         ["containerLogs", ns, pod, container] => container_logs(k, ns, pod, container, Options::from_query(&q)).await,
         [kind @ ("exec" | "attach"), ns, pod, container] => {
             let opts = crate::exec::Options::from_query(*kind == "attach", &q);
