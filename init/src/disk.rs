@@ -13,6 +13,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use machinery::layout::{self, Slot};
+use partition_window::Window as PartitionWindow;
 use machinery::slots::{BootState, sdboot};
 use sha2::{Digest as _, Sha256};
 
@@ -154,13 +155,13 @@ impl Disk {
     /// Partition `label` as a stream of its own bytes (for fatfs).
     pub fn window(&self, label: &str) -> Result<Window<'_>, DiskError> {
         let p = self.partition(label)?;
-        Ok(Window { file: &self.file, start: p.offset, len: p.size, pos: 0, read_at: None })
+        Ok(PartitionWindow::new(&self.file, p.offset, p.size))
     }
 
     /// The EFI partition's file system.
     pub fn efi(&self) -> Result<Efi<'_>, DiskError> {
         let p = self.partition(layout::EFI)?.clone();
-        let window = Window { file: &self.file, start: p.offset, len: p.size, pos: 0, read_at: None };
+        let window = PartitionWindow::new(&self.file, p.offset, p.size);
         let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new()).map_err(|source| DiskError::Fat {
             path: self.path.clone(),
             op: "open".into(),
@@ -190,7 +191,11 @@ impl Disk {
         read_at: Option<&'a Cell<u64>>,
     ) -> Result<fatfs::FileSystem<Window<'a>>, DiskError> {
         let p = self.partition(label)?;
-        let window = Window { file: &self.file, start: p.offset, len: p.size, pos: 0, read_at };
+        let window = PartitionWindow::new(&self.file, p.offset, p.size);
+        let window = match read_at {
+            Some(at) => window.reporting_reads_to(at),
+            None => window,
+        };
         fatfs::FileSystem::new(window, fatfs::FsOptions::new()).map_err(self.part_fat_err(label, "open FAT".into()))
     }
 
@@ -289,55 +294,8 @@ impl Disk {
     }
 }
 
-/// A partition as a stream of its own bytes (positioned reads and writes).
-pub struct Window<'a> {
-    file: &'a File,
-    start: u64,
-    len: u64,
-    pos: u64,
-    /// When set, where on the disk the last read started.
-    read_at: Option<&'a Cell<u64>>,
-}
-
-impl Read for Window<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(at) = self.read_at {
-            at.set(self.start + self.pos);
-        }
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for Window<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
-        }
-        let n = self.file.write_at(&buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for Window<'_> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        Ok(self.pos)
-    }
-}
+/// A partition of the disk as a stream of its own bytes (for fatfs).
+pub type Window<'a> = PartitionWindow<'a, &'a File>;
 
 /// The EFI system partition: systemd-boot's entries, one UKI per slot.
 pub struct Efi<'a> {

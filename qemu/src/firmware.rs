@@ -13,11 +13,12 @@
 //! message), `config.txt` keys other than the four read here, and device
 //! tree overlays.
 
-use std::io::{Read as _, SeekFrom};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use machinery::layout::{self, Slot};
 use machinery::slots;
+use partition_window::Window;
 
 /// The kernel's console message for `reboot(2)` with an argument; the
 /// tryboot argument makes the next boot the `[tryboot]` partition's.
@@ -42,45 +43,6 @@ pub struct BootFiles {
     pub cmdline: String,
 }
 
-/// A partition of the disk image as a stream of its own bytes.
-struct Window {
-    file: std::fs::File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl std::io::Read for Window {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt as _;
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl std::io::Write for Window {
-    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl std::io::Seek for Window {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        Ok(self.pos)
-    }
-}
-
 /// Reads a whole file from FAT partition `number` (1-based) of `disk`.
 fn read_fat_file(disk: &Path, number: u32, name: &str) -> Result<Vec<u8>, FirmwareError> {
     let bad = |what: String| FirmwareError::Disk { path: disk.to_path_buf(), what };
@@ -90,7 +52,7 @@ fn read_fat_file(disk: &Path, number: u32, name: &str) -> Result<Vec<u8>, Firmwa
     let (start, len) = (p.bytes_start(lb).unwrap_or(0), p.bytes_len(lb).unwrap_or(0));
     let file =
         std::fs::File::open(disk).map_err(|source| FirmwareError::Io { op: "open", path: disk.into(), source })?;
-    let fs = fatfs::FileSystem::new(Window { file, start, len, pos: 0 }, fatfs::FsOptions::new())
+    let fs = fatfs::FileSystem::new(Window::new(file, start, len), fatfs::FsOptions::new())
         .map_err(|e| bad(format!("partition {number} ({}): not FAT: {e}", p.name)))?;
     let mut data = Vec::new();
     fs.root_dir()

@@ -5,11 +5,11 @@
 //! beyond opening the device.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt as _;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use machinery::layout;
+use partition_window::Window;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
@@ -58,7 +58,7 @@ pub fn write(path: &Path, device: &File, envelope: &[u8]) -> Result<FatPartition
         let (path, label, op) = (path.to_path_buf(), part.label.clone(), op.to_string());
         move |source| SeedError::Fat { path, label, op, source }
     };
-    let window = Window { file: device, start: part.offset, len: part.size, pos: 0 };
+    let window = Window::new(device, part.offset, part.size);
     let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new()).map_err(fat("open the FAT filesystem"))?;
     {
         let (dir_name, file_name) = split(layout::SEED_CONFIG);
@@ -87,7 +87,7 @@ pub fn write(path: &Path, device: &File, envelope: &[u8]) -> Result<FatPartition
 
 /// The seed on a FAT partition, if there is one.
 pub fn read(device: &File, part: &FatPartition) -> std::io::Result<Option<Vec<u8>>> {
-    let window = Window { file: device, start: part.offset, len: part.size, pos: 0 };
+    let window = Window::new(device, part.offset, part.size);
     let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new())?;
     let mut out = Vec::new();
     match fs.root_dir().open_file(layout::SEED_CONFIG.trim_start_matches('/')) {
@@ -101,49 +101,4 @@ pub fn read(device: &File, part: &FatPartition) -> std::io::Result<Option<Vec<u8
 /// `/plinth/config.signed` → (`plinth`, `config.signed`).
 fn split(path: &str) -> (&str, &str) {
     path.trim_start_matches('/').rsplit_once('/').unwrap_or(("", path))
-}
-
-/// A partition as a stream of its own bytes (positioned reads and writes).
-struct Window<'a> {
-    file: &'a File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for Window<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for Window<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
-        }
-        let n = self.file.write_at(&buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for Window<'_> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        Ok(self.pos)
-    }
 }

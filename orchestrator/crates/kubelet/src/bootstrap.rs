@@ -129,9 +129,11 @@ async fn discover(server: &str, pin: &str) -> Result<String, JoinError> {
         .get("ConfigMap", Some("kube-public"), "cluster-info")
         .await
         .map_err(|e| discovery(e.message))?;
+    // cluster-info is read anonymously before any trust: only these two strings are used, typed or not.
     let kubeconfig =
         cm.pointer("/data/kubeconfig").and_then(Value::as_str).ok_or_else(|| discovery("no data.kubeconfig".into()))?;
     let doc: Value = serde_norway::from_str(kubeconfig).map_err(|e| discovery(format!("data.kubeconfig: {e}")))?;
+    // A kubeconfig document, not an API object: k8s-openapi has no type for it.
     let ca_b64 = doc
         .pointer("/clusters/0/cluster/certificate-authority-data")
         .and_then(Value::as_str)
@@ -181,6 +183,7 @@ pub(crate) async fn request_certificate(
         "spec": {"signerName": ask.signer, "usages": ask.usages,
             "request": base64::engine::general_purpose::STANDARD.encode(&csr_pem)}});
     let created = api.create("CertificateSigningRequest", None, body).await.map_err(RequestError::Api)?;
+    // The CSR is read as JSON here because `certificates::condition` (shared with the API server) reads JSON.
     let csr = created.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
     tracing::info!(csr, server, signer = ask.signer, "sent a certificate signing request for {user}");
     let deadline = tokio::time::Instant::now() + APPROVAL_TIMEOUT;

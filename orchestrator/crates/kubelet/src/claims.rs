@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Container, PersistentVolume, PersistentVolumeClaim, Pod};
 use orchestrator_apimachinery::stateful::{LOCAL_PATH_PROVISIONER, PROVISIONED_BY};
 use orchestrator_apimachinery::typed;
 
@@ -72,7 +72,7 @@ pub async fn resolve(k: &Kubelet, pod: &Pod) -> Result<BTreeMap<String, PathBuf>
 
 /// Marks read-only the mounts (in `volumeMounts` order) of claim volumes
 /// the pod declares `readOnly`.
-pub fn read_only(pod: &Pod, container: &serde_json::Value, mounts: &mut [v1::Mount]) {
+pub fn read_only(pod: &Pod, container: &Container, mounts: &mut [v1::Mount]) {
     let ro: Vec<&str> = pod
         .spec
         .iter()
@@ -80,9 +80,8 @@ pub fn read_only(pod: &Pod, container: &serde_json::Value, mounts: &mut [v1::Mou
         .filter(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only == Some(true)))
         .map(|v| v.name.as_str())
         .collect();
-    let names = container.get("volumeMounts").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
-    for (m, n) in mounts.iter_mut().zip(&names) {
-        if n.get("name").and_then(serde_json::Value::as_str).is_some_and(|n| ro.contains(&n)) {
+    for (m, n) in mounts.iter_mut().zip(container.volume_mounts.iter().flatten()) {
+        if ro.contains(&n.name.as_str()) {
             m.readonly = true;
         }
     }
@@ -173,7 +172,9 @@ mod tests {
             {"name": "ro", "persistentVolumeClaim": {"claimName": "a", "readOnly": true}},
             {"name": "rw", "persistentVolumeClaim": {"claimName": "b"}}]}}))
         .unwrap();
-        let c = json!({"volumeMounts": [{"name": "rw", "mountPath": "/rw"}, {"name": "ro", "mountPath": "/ro"}]});
+        let c: Container =
+            serde_json::from_value(json!({"volumeMounts": [{"name": "rw", "mountPath": "/rw"}, {"name": "ro", "mountPath": "/ro"}]}))
+                .unwrap();
         let mut mounts = vec![v1::Mount::default(), v1::Mount::default()];
         read_only(&pod, &c, &mut mounts);
         assert_eq!((mounts[0].readonly, mounts[1].readonly), (false, true));

@@ -9,15 +9,45 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, EphemeralContainer, Pod};
 
 use crate::cri::v1;
-use crate::pod::{Observed, Waiting};
-use orchestrator_apimachinery::registry::str_at;
+use crate::pod::{self, Observed, Waiting};
 
-/// The ephemeral containers of a pod's spec.
-pub fn specs(p: &Value) -> &[Value] {
-    p.pointer("/spec/ephemeralContainers").and_then(Value::as_array).map_or(&[], Vec::as_slice)
+/// The container an ephemeral container runs: the same fields, without
+/// the target (which is not a container's field).
+fn as_container(e: &EphemeralContainer) -> Container {
+    Container {
+        args: e.args.clone(),
+        command: e.command.clone(),
+        env: e.env.clone(),
+        env_from: e.env_from.clone(),
+        image: e.image.clone(),
+        image_pull_policy: e.image_pull_policy.clone(),
+        lifecycle: e.lifecycle.clone(),
+        name: e.name.clone(),
+        security_context: e.security_context.clone(),
+        stdin: e.stdin,
+        stdin_once: e.stdin_once,
+        termination_message_path: e.termination_message_path.clone(),
+        termination_message_policy: e.termination_message_policy.clone(),
+        tty: e.tty,
+        volume_devices: e.volume_devices.clone(),
+        volume_mounts: e.volume_mounts.clone(),
+        working_dir: e.working_dir.clone(),
+        // Ports, probes, resources and restart policies are refused on
+        // ephemeral containers by the API server's validation.
+        ..Default::default()
+    }
+}
+
+fn ephemeral(p: &Pod) -> impl Iterator<Item = &EphemeralContainer> {
+    p.spec.iter().flat_map(|s| s.ephemeral_containers.iter().flatten())
+}
+
+/// The ephemeral containers of a pod's spec, as the containers they run.
+pub fn containers(p: &Pod) -> Vec<Container> {
+    ephemeral(p).map(as_container).collect()
 }
 
 /// Joins the PID namespace of the container `target_id` (CRI `NamespaceMode::TARGET`).
@@ -29,11 +59,11 @@ pub fn share_pid(config: &mut v1::ContainerConfig, target_id: &str) {
 }
 
 /// The running attempt of the container an ephemeral container targets, when it names one.
-pub fn target_of<'a>(c: &Value, observed: &'a HashMap<String, Vec<Observed>>) -> Result<Option<&'a str>, Waiting> {
-    let target = str_at(c, "/targetContainerName");
-    if target.is_empty() {
-        return Ok(None);
-    }
+pub fn target_of<'a>(
+    target: Option<&str>,
+    observed: &'a HashMap<String, Vec<Observed>>,
+) -> Result<Option<&'a str>, Waiting> {
+    let Some(target) = target.filter(|t| !t.is_empty()) else { return Ok(None) };
     let running =
         observed.get(target).and_then(|h| h.first()).filter(|o| o.state == v1::ContainerState::ContainerRunning);
     match running {
@@ -46,9 +76,9 @@ pub fn target_of<'a>(c: &Value, observed: &'a HashMap<String, Vec<Observed>>) ->
 }
 
 /// The statuses of a pod's ephemeral containers from their `container_status`es: never ready.
-pub fn statuses(mut all: Vec<Value>) -> Vec<Value> {
+pub fn statuses(mut all: Vec<ContainerStatus>) -> Vec<ContainerStatus> {
     for s in &mut all {
-        s["ready"] = false.into();
+        s.ready = false;
     }
     all
 }
@@ -58,27 +88,26 @@ impl crate::Kubelet {
     /// `sandbox_id` (one attempt each); why one could not start goes to `waiting`.
     pub(crate) async fn start_ephemeral(
         &self,
-        p: &Value,
+        p: &Pod,
         sandbox_id: &str,
         sandbox_cfg: &v1::PodSandboxConfig,
         observed: &HashMap<String, Vec<Observed>>,
         vols: &BTreeMap<String, PathBuf>,
         waiting: &mut HashMap<String, Waiting>,
     ) {
-        for c in specs(p) {
-            let name = str_at(c, "/name");
-            if observed.contains_key(name) {
+        for e in ephemeral(p) {
+            if observed.contains_key(&e.name) {
                 continue;
             }
-            let started = match target_of(c, observed) {
-                Ok(target) => self.start_container(p, c, sandbox_id, sandbox_cfg, 0, vols, target).await,
+            let started = match target_of(e.target_container_name.as_deref(), observed) {
+                Ok(target) => self.start_container(p, &as_container(e), sandbox_id, sandbox_cfg, 0, vols, target).await,
                 Err(w) => Err(w),
             };
             if let Err(w) = started {
                 // Tried again shortly (a pull back-off keeps its own, later, time).
                 let soon = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-                self.remember(str_at(p, "/metadata/uid"), |m| m.due = Some(m.due.map_or(soon, |d| d.max(soon))));
-                waiting.insert(name.to_string(), w);
+                self.remember(pod::ids(p).2, |m| m.due = Some(m.due.map_or(soon, |d| d.max(soon))));
+                waiting.insert(e.name.clone(), w);
             }
         }
     }
@@ -87,7 +116,6 @@ impl crate::Kubelet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn observed(state: v1::ContainerState) -> HashMap<String, Vec<Observed>> {
         let o = Observed {
@@ -108,16 +136,16 @@ mod tests {
 
     #[test]
     fn a_target_shares_its_pid_namespace_once_running() {
-        let c = json!({"name": "debugger", "image": "busybox", "targetContainerName": "app"});
         let running = observed(v1::ContainerState::ContainerRunning);
-        assert_eq!(target_of(&c, &running), Ok(Some("abc")));
+        assert_eq!(target_of(Some("app"), &running), Ok(Some("abc")));
         let exited = observed(v1::ContainerState::ContainerExited);
-        assert_eq!(target_of(&c, &exited).unwrap_err().message, "target container \"app\" is not running");
-        assert_eq!(target_of(&json!({"name": "d"}), &exited), Ok(None));
+        assert_eq!(target_of(Some("app"), &exited).unwrap_err().message, "target container \"app\" is not running");
+        assert_eq!(target_of(None, &exited), Ok(None));
         let mut cfg = v1::ContainerConfig::default();
         share_pid(&mut cfg, "abc");
         let ns = cfg.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
         assert_eq!((ns.pid, ns.target_id.as_str()), (v1::NamespaceMode::Target as i32, "abc"));
-        assert_eq!(statuses(vec![json!({"ready": true})]), vec![json!({"ready": false})]);
+        let ready = ContainerStatus { name: "debugger".into(), ready: true, ..Default::default() };
+        assert_eq!(statuses(vec![ready]), vec![ContainerStatus { name: "debugger".into(), ..Default::default() }]);
     }
 }

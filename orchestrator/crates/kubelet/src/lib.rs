@@ -42,7 +42,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, HostIP, Pod, PodIP, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -153,36 +155,43 @@ impl pod::Lookup for Prefetched {
 }
 
 /// The names of the ConfigMaps and Secrets a pod refers to.
-fn references(p: &Value) -> Vec<(&'static str, String)> {
+fn references(p: &Pod) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    let mut add = |kind: &'static str, v: Option<&Value>| {
-        if let Some(n) = v.and_then(Value::as_str).filter(|n| !n.is_empty())
+    let mut add = |kind: &'static str, name: Option<&str>| {
+        if let Some(n) = name.filter(|n| !n.is_empty())
             && !out.iter().any(|(k, x)| *k == kind && x == n)
         {
             out.push((kind, n.to_string()));
         }
     };
-    for field in ["/spec/initContainers", "/spec/containers"] {
-        for c in p.pointer(field).and_then(Value::as_array).into_iter().flatten() {
-            for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
-                add("ConfigMap", e.pointer("/valueFrom/configMapKeyRef/name"));
-                add("Secret", e.pointer("/valueFrom/secretKeyRef/name"));
-            }
-            for e in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
-                add("ConfigMap", e.pointer("/configMapRef/name"));
-                add("Secret", e.pointer("/secretRef/name"));
-            }
+    let spec = p.spec.as_ref();
+    for c in spec.into_iter().flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers)) {
+        for e in c.env.iter().flatten() {
+            let from = e.value_from.as_ref();
+            add("ConfigMap", from.and_then(|f| f.config_map_key_ref.as_ref()).map(|r| r.name.as_str()));
+            add("Secret", from.and_then(|f| f.secret_key_ref.as_ref()).map(|r| r.name.as_str()));
+        }
+        for e in c.env_from.iter().flatten() {
+            add("ConfigMap", e.config_map_ref.as_ref().map(|r| r.name.as_str()));
+            add("Secret", e.secret_ref.as_ref().map(|r| r.name.as_str()));
         }
     }
-    for v in p.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
-        add("ConfigMap", v.pointer("/configMap/name"));
-        add("Secret", v.pointer("/secret/secretName"));
-        for s in v.pointer("/projected/sources").and_then(Value::as_array).into_iter().flatten() {
-            add("ConfigMap", s.pointer("/configMap/name"));
-            add("Secret", s.pointer("/secret/name"));
+    for v in spec.into_iter().flat_map(|s| s.volumes.iter().flatten()) {
+        add("ConfigMap", v.config_map.as_ref().map(|c| c.name.as_str()));
+        add("Secret", v.secret.as_ref().and_then(|s| s.secret_name.as_deref()));
+        for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            add("ConfigMap", s.config_map.as_ref().map(|c| c.name.as_str()));
+            add("Secret", s.secret.as_ref().map(|c| c.name.as_str()));
         }
     }
     out
+}
+
+/// What one sync task works on: a pod of this node, or the sandboxes of
+/// a pod (by uid) that is gone.
+enum Work {
+    Pod(Box<Pod>),
+    Orphan(String),
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -271,8 +280,8 @@ impl Kubelet {
     }
 
     /// Fetches what a pod refers to (a missing object is recorded as missing).
-    async fn prefetch(&self, p: &Value) -> Result<Prefetched, KubeletError> {
-        let ns = str_at(p, "/metadata/namespace");
+    async fn prefetch(&self, p: &Pod) -> Result<Prefetched, KubeletError> {
+        let (ns, name, _) = pod::ids(p);
         let mut out = HashMap::new();
         for (kind, name) in references(p) {
             let data = match self.api.get(kind, Some(ns), &name).await {
@@ -282,10 +291,8 @@ impl Kubelet {
             };
             out.insert((kind, name), data);
         }
-        let typed: k8s_openapi::api::core::v1::Pod =
-            serde_json::from_value(p.clone()).map_err(|e| ApiError::internal(format!("pod: {e}")))?;
         let mut tokens = HashMap::new();
-        for v in typed.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        for v in p.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             for t in v
                 .projected
                 .iter()
@@ -295,11 +302,11 @@ impl Kubelet {
                 let audience = t.audience.clone().unwrap_or_default();
                 let seconds = t.expiration_seconds.unwrap_or(3600);
                 // A refused request leaves the volume unprepared: FailedMount, retried.
-                match self.tokens.get(&self.api, &typed, &audience, seconds).await {
+                match self.tokens.get(&self.api, p, &audience, seconds).await {
                     Ok(token) => {
                         tokens.insert((audience, seconds), token);
                     }
-                    Err(e) => tracing::warn!(pod = str_at(p, "/metadata/name"), "ServiceAccount token: {e}"),
+                    Err(e) => tracing::warn!(pod = name, "ServiceAccount token: {e}"),
                 }
             }
         }
@@ -350,7 +357,7 @@ impl Kubelet {
     async fn pass(self: &Arc<Self>) -> Result<(), KubeletError> {
         let pods = self.pods_or_last(self.api.list("Pod", &self.node_selector()).await)?;
         let used = pods.iter().flat_map(|p| {
-            let ns = str_at(p, "/metadata/namespace").to_string();
+            let ns = pod::ids(p).0.to_string();
             references(p).into_iter().map(move |(kind, name)| (kind, ns.clone(), name))
         });
         self.watched.sync(self, used.collect());
@@ -371,7 +378,7 @@ impl Kubelet {
             .collect();
         let exited: HashSet<&str> =
             containers.iter().filter(|c| !running.contains(c.id.as_str())).map(|c| c.id.as_str()).collect();
-        let live_uids: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
+        let live_uids: HashSet<&str> = pods.iter().map(|p| pod::ids(p).2).collect();
         self.probes
             .lock()
             .expect("not poisoned")
@@ -380,50 +387,50 @@ impl Kubelet {
         let mut to_sync = Vec::new();
         {
             let mut mem = self.pods.lock().expect("not poisoned");
-            let live: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
-            mem.retain(|uid, m| live.contains(uid.as_str()) || m.in_flight);
+            mem.retain(|uid, m| live_uids.contains(uid.as_str()) || m.in_flight);
             for p in &pods {
-                let uid = str_at(p, "/metadata/uid");
+                let (ns, _, uid) = pod::ids(p);
                 let digest = digests.get(uid).map_or(0, |h| h.finish());
-                let seen = (str_at(p, "/metadata/resourceVersion").to_string(), digest);
+                let seen = (p.metadata.resource_version.clone().unwrap_or_default(), digest);
                 let m = mem.entry(uid.to_string()).or_default();
-                m.namespace = str_at(p, "/metadata/namespace").to_string();
+                m.namespace = ns.to_string();
                 let due = m.due.is_some_and(|d| d <= now);
-                let generation = p.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                let generation = p.metadata.generation.unwrap_or(0);
                 let held = m.sandbox_failures.1.is_some_and(|(until, g)| {
-                    now < until && g == generation && p.pointer("/metadata/deletionTimestamp").is_none()
+                    now < until && g == generation && p.metadata.deletion_timestamp.is_none()
                 });
                 if !m.in_flight && !held && (m.seen.as_ref() != Some(&seen) || due) {
                     m.seen = Some(seen);
                     m.in_flight = true;
                     m.due = None;
-                    to_sync.push(p.clone());
+                    to_sync.push(Work::Pod(Box::new(p.clone())));
                 }
             }
             for s in &sandboxes {
                 let uid = s.labels.get(pod::LABEL_POD_UID).cloned().unwrap_or_default();
-                if !live.contains(uid.as_str()) && !mem.get(&uid).is_some_and(|m| m.in_flight) {
+                if !live_uids.contains(uid.as_str()) && !mem.get(&uid).is_some_and(|m| m.in_flight) {
                     mem.entry(uid.clone()).or_default().in_flight = true;
-                    to_sync.push(json!({"metadata": {"uid": uid, "orphan": true}}));
+                    to_sync.push(Work::Orphan(uid));
                 }
             }
         }
-        for p in to_sync {
+        for work in to_sync {
             let k = self.clone();
             tokio::spawn(async move {
-                let uid = str_at(&p, "/metadata/uid").to_string();
-                let span = tracing::debug_span!("sync pod", pod = %str_at(&p, "/metadata/name"), %uid);
+                let (name, uid) = match &work {
+                    Work::Pod(p) => (pod::ids(p).1.to_string(), pod::ids(p).2.to_string()),
+                    Work::Orphan(uid) => (String::new(), uid.clone()),
+                };
+                let span = tracing::debug_span!("sync pod", pod = %name, %uid);
                 let _e = span.enter();
-                let result = if p.pointer("/metadata/orphan").is_some() {
-                    k.remove_pod(&uid).await
-                } else if p.pointer("/metadata/deletionTimestamp").is_some() {
-                    k.terminate(&p).await
-                } else {
-                    k.sync_pod(&p).await
+                let result = match &work {
+                    Work::Orphan(uid) => k.remove_pod(uid).await,
+                    Work::Pod(p) if p.metadata.deletion_timestamp.is_some() => k.terminate(p).await,
+                    Work::Pod(p) => k.sync_pod(p).await,
                 };
                 let failed = result.is_err();
                 if let Err(e) = result {
-                    tracing::warn!(pod = %str_at(&p, "/metadata/name"), "sync: {e}");
+                    tracing::warn!(pod = %name, "sync: {e}");
                 }
                 let mut mem = k.pods.lock().expect("not poisoned");
                 if let Some(m) = mem.get_mut(&uid) {
@@ -485,6 +492,7 @@ impl Kubelet {
 
     /// A ConfigMap or Secret changed: the pods of its namespace sync again (volumes, as upstream, follow it).
     fn namespace_due(&self, changed: Option<Value>) {
+        // One field of a ConfigMap or a Secret, whichever changed: read as it is stored.
         let Some(ns) = changed.as_ref().map(|o| str_at(o, "/metadata/namespace")) else { return };
         let now = Instant::now();
         for m in self.pods.lock().expect("not poisoned").values_mut().filter(|m| m.namespace == ns) {
@@ -514,8 +522,8 @@ impl Kubelet {
     }
 
     /// An Event about `p`; with `once`, only the first time this pod sees the same reason and message.
-    fn event_for(&self, p: &Value, ty: &str, reason: &str, message: &str, once: bool) {
-        let uid = str_at(p, "/metadata/uid");
+    fn event_for(&self, p: &Pod, ty: &str, reason: &str, message: &str, once: bool) {
+        let (ns, name, uid) = pod::ids(p);
         if once {
             let key = format!("{reason}\n{message}");
             let mut pods = self.pods.lock().expect("not poisoned");
@@ -523,7 +531,7 @@ impl Kubelet {
                 return;
             }
         }
-        self.event(str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"), uid, ty, reason, message);
+        self.event(ns, name, uid, ty, reason, message);
     }
 
     pub fn probe_results(&self, container_id: &str) -> probe::Results {
@@ -545,15 +553,9 @@ impl Kubelet {
     }
 
     /// Starts the probe tasks of a running container once.
-    fn ensure_probes(self: &Arc<Self>, p: &Value, c: &Value, container_id: &str, ip: &str) {
-        let c: k8s_openapi::api::core::v1::Container = match serde_json::from_value(c.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(container = %container_id, "probes: the container spec does not decode: {e}");
-                return;
-            }
-        };
-        let kinds = probe::kinds(&c);
+    fn ensure_probes(self: &Arc<Self>, p: &Pod, c: &Container, container_id: &str, ip: &str) {
+        let (ns, name, uid) = pod::ids(p);
+        let kinds = probe::kinds(c);
         {
             let mut probes = self.probes.lock().expect("not poisoned");
             let r = probes.entry(container_id.to_string()).or_default();
@@ -561,18 +563,17 @@ impl Kubelet {
                 return;
             }
             r.running = true;
-            r.uid = str_at(p, "/metadata/uid").to_string();
+            r.uid = uid.to_string();
             // Without a startup probe the container counts as started, without readiness as ready.
             r.started = !kinds.iter().any(|(k, _)| *k == probe::Kind::Startup);
             r.ready = !kinds.iter().any(|(k, _)| *k == probe::Kind::Readiness);
         }
-        let uid = str_at(p, "/metadata/uid").to_string();
         let grace = pod::grace_period(p, None);
         for (kind, spec) in kinds {
             let target = probe::Probe {
-                namespace: str_at(p, "/metadata/namespace").to_string(),
-                pod: str_at(p, "/metadata/name").to_string(),
-                uid: uid.clone(),
+                namespace: ns.to_string(),
+                pod: name.to_string(),
+                uid: uid.to_string(),
                 container_id: container_id.to_string(),
                 kind,
                 container: c.clone(),
@@ -588,7 +589,7 @@ impl Kubelet {
         f(self.pods.lock().expect("not poisoned").entry(uid.to_string()).or_default());
     }
 
-    fn log_dir(&self, p: &Value) -> PathBuf {
+    fn log_dir(&self, p: &Pod) -> PathBuf {
         self.cfg.dir.join("logs").join(pod::pod_dir_name(p))
     }
 
@@ -626,8 +627,9 @@ impl Kubelet {
 
     /// A pod being deleted: SIGTERM its containers, SIGKILL after the grace
     /// period, remove the sandbox, then delete the object for good.
-    async fn terminate(&self, p: &Value) -> Result<(), KubeletError> {
-        let uid = str_at(p, "/metadata/uid").to_string();
+    async fn terminate(&self, p: &Pod) -> Result<(), KubeletError> {
+        let (ns, name, uid) = pod::ids(p);
+        let uid = uid.to_string();
         let grace = pod::grace_period(p, Some(()));
         let labels = HashMap::from([(pod::LABEL_POD_UID.to_string(), uid.clone())]);
         let mut stops = tokio::task::JoinSet::new();
@@ -647,7 +649,6 @@ impl Kubelet {
             }
         }
         self.remove_pod(&uid).await?;
-        let (ns, name) = (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"));
         match self.api.delete_now("Pod", Some(ns), name, &uid).await {
             Err(e) if e.code != 404 && e.code != 409 => Err(e.into()),
             _ => Ok(()),
@@ -686,10 +687,10 @@ impl Kubelet {
     }
 
     /// Makes sure the image is present under the container's pull policy; returns its reference.
-    async fn ensure_image(&self, p: &Value, c: &Value) -> Result<String, Waiting> {
-        let uid = str_at(p, "/metadata/uid");
-        let image = str_at(c, "/image").to_string();
-        let name = str_at(c, "/name").to_string();
+    async fn ensure_image(&self, p: &Pod, c: &Container) -> Result<String, Waiting> {
+        let uid = pod::ids(p).2;
+        let image = c.image.clone().unwrap_or_default();
+        let name = c.name.clone();
         let spec = v1::ImageSpec { image: image.clone(), ..Default::default() };
         let mut is = self.cri.images.clone();
         let present = is
@@ -769,11 +770,11 @@ impl Kubelet {
 
     /// The credentials of the pod's imagePullSecrets for `image`; a Secret that
     /// cannot be read is reported and skipped (as upstream).
-    async fn pull_credentials(&self, p: &Value, image: &str) -> Vec<v1::AuthConfig> {
-        let ns = str_at(p, "/metadata/namespace");
+    async fn pull_credentials(&self, p: &Pod, image: &str) -> Vec<v1::AuthConfig> {
+        let ns = pod::ids(p).0;
         let mut secrets = Vec::new();
-        for s in p.pointer("/spec/imagePullSecrets").and_then(Value::as_array).into_iter().flatten() {
-            let Some(name) = s.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else { continue };
+        let names = p.spec.iter().flat_map(|s| s.image_pull_secrets.iter().flatten()).map(|s| s.name.as_str());
+        for name in names.filter(|n| !n.is_empty()) {
             match self.api.get("Secret", Some(ns), name).await {
                 Ok(o) => secrets.push(pod::object_data("Secret", &o)),
                 Err(e) => self.event_for(
@@ -796,8 +797,8 @@ impl Kubelet {
     #[allow(clippy::too_many_arguments)]
     async fn start_container(
         &self,
-        p: &Value,
-        c: &Value,
+        p: &Pod,
+        c: &Container,
         sandbox_id: &str,
         sandbox_cfg: &v1::PodSandboxConfig,
         attempt: u32,
@@ -823,9 +824,7 @@ impl Kubelet {
             .map_err(|e| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() })?;
         let env = pod::environment(p, c, &*refs).map_err(config_err)?;
         let mut mounts = volumes::mounts(c, vols).map_err(config_err)?;
-        if let Ok(typed_pod) = typed::decode::<Pod>(p.clone(), "Pod") {
-            claims::read_only(&typed_pod, c, &mut mounts);
-        }
+        claims::read_only(p, c, &mut mounts);
         let mut config = pod::container_config(p, c, sandbox_cfg, &image, attempt, &env, mounts).map_err(config_err)?;
         if let Some(id) = target {
             ephemeral::share_pid(&mut config, id);
@@ -843,7 +842,7 @@ impl Kubelet {
             .map_err(create_err)?
             .into_inner()
             .container_id;
-        let name = str_at(c, "/name");
+        let name = &c.name;
         self.event_for(p, "Normal", "Created", &format!("Created container {name}"), false);
         match rs.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
             Ok(_) => self.event_for(p, "Normal", "Started", &format!("Started container {name}"), false),
@@ -853,9 +852,9 @@ impl Kubelet {
         Ok(())
     }
 
-    async fn sync_pod(self: &Arc<Self>, p: &Value) -> Result<(), KubeletError> {
-        let uid = str_at(p, "/metadata/uid").to_string();
-        let phase = str_at(p, "/status/phase");
+    async fn sync_pod(self: &Arc<Self>, p: &Pod) -> Result<(), KubeletError> {
+        let uid = pod::ids(p).2.to_string();
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
         let sandboxes = self.sandboxes_of(&uid).await?;
         if phase == "Succeeded" || phase == "Failed" {
             for s in sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32) {
@@ -866,8 +865,7 @@ impl Kubelet {
             return Ok(());
         }
         let refs = self.prefetch_or_last(p).await?;
-        let typed_pod: Pod = typed::decode(p.clone(), "Pod")?;
-        let claimed = match self.claims_or_last(&typed_pod).await {
+        let claimed = match self.claims_or_last(p).await {
             Ok(c) => c,
             Err(why) => {
                 // As upstream: the pod waits for its claims, tried again shortly.
@@ -899,10 +897,10 @@ impl Kubelet {
             .max_by_key(|s| s.created_at);
         let log_dir = self.log_dir(p);
         let sandbox_cfg = pod::sandbox_config(
-            &typed_pod,
+            p,
             &log_dir.to_string_lossy(),
             ready.and_then(|s| s.metadata.as_ref()).map_or(attempt, |m| m.attempt),
-            pod::dns_config(&typed_pod, self.cluster_dns, || {
+            pod::dns_config(p, self.cluster_dns, || {
                 std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
             }),
         );
@@ -937,7 +935,7 @@ impl Kubelet {
                             message: format!("failed to create pod sandbox: {}", s.message()),
                         };
                         self.event_for(p, "Warning", "FailedCreatePodSandBox", &w.message, true);
-                        let generation = p.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                        let generation = p.metadata.generation.unwrap_or(0);
                         self.remember(&uid, |m| {
                             m.sandbox_failures.0 += 1;
                             let until = Instant::now() + pod::sandbox_backoff(m.sandbox_failures.0);
@@ -950,7 +948,8 @@ impl Kubelet {
             }
         };
         let observed = self.observe(&sandbox_id).await?;
-        let policy = match str_at(p, "/spec/restartPolicy") {
+        let spec = p.spec.clone().unwrap_or_default();
+        let policy = match spec.restart_policy.as_deref().unwrap_or_default() {
             "" => "Always",
             r => r,
         };
@@ -958,14 +957,12 @@ impl Kubelet {
         let now_ns = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
         let mut due: Option<Duration> = None;
         let mut init_done = true;
-        let init: Vec<&Value> =
-            p.pointer("/spec/initContainers").and_then(Value::as_array).into_iter().flatten().collect();
-        let apps: Vec<&Value> = p.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().collect();
-        for (is_init, c) in init.iter().map(|c| (true, *c)).chain(apps.iter().map(|c| (false, *c))) {
+        let init = spec.init_containers.as_deref().unwrap_or_default();
+        for (is_init, c) in init.iter().map(|c| (true, c)).chain(spec.containers.iter().map(|c| (false, c))) {
             if !is_init && !init_done {
                 break;
             }
-            let name = str_at(c, "/name").to_string();
+            let name = c.name.clone();
             let history = observed.get(&name).map(Vec::as_slice).unwrap_or_default();
             let latest = history.first();
             let start_attempt = match latest {
@@ -985,8 +982,8 @@ impl Kubelet {
                             let msg = format!(
                                 "back-off {}s restarting failed container={name} pod={}_{}({uid})",
                                 wait / 1_000_000_000,
-                                str_at(p, "/metadata/name"),
-                                str_at(p, "/metadata/namespace")
+                                pod::ids(p).1,
+                                pod::ids(p).0
                             );
                             let text = format!("Back-off restarting failed container {name} (restart {})", o.attempt);
                             self.event_for(p, "Warning", "BackOff", &text, true);
@@ -1046,14 +1043,14 @@ impl Kubelet {
             .into_inner()
             .status;
         let ip = status.and_then(|s| s.network).map(|n| n.ip).filter(|ip| !ip.is_empty());
-        let ip = if p.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+        let ip = if spec.host_network == Some(true) {
             Some(self.host_ip.clone())
         } else {
             ip
         };
         if let Some(ip) = &ip {
-            for c in &apps {
-                let latest = observed.get(str_at(c, "/name")).and_then(|h| h.first());
+            for c in &spec.containers {
+                let latest = observed.get(&c.name).and_then(|h| h.first());
                 if let Some(o) = latest.filter(|o| o.state == v1::ContainerState::ContainerRunning) {
                     self.ensure_probes(p, c, &o.id, ip);
                 }
@@ -1065,18 +1062,17 @@ impl Kubelet {
     /// Computes the pod's status and writes it when it differs.
     async fn write_status(
         &self,
-        p: &Value,
+        p: &Pod,
         ip: Option<String>,
         observed: &HashMap<String, Vec<Observed>>,
         waiting: &HashMap<String, Waiting>,
     ) -> Result<(), KubeletError> {
-        let statuses = |field: &str| -> Vec<Value> {
-            p.pointer(&format!("/spec/{field}"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+        let spec = p.spec.clone().unwrap_or_default();
+        let statuses = |containers: &[Container]| -> Vec<ContainerStatus> {
+            containers
+                .iter()
                 .map(|c| {
-                    let name = str_at(c, "/name");
+                    let name = c.name.as_str();
                     let h = observed.get(name).map(Vec::as_slice).unwrap_or_default();
                     let running = h.first().filter(|o| o.state == v1::ContainerState::ContainerRunning);
                     let probes = running.map(|o| self.probe_results(&o.id)).unwrap_or_default();
@@ -1086,72 +1082,71 @@ impl Kubelet {
                 })
                 .collect()
         };
-        let init = statuses("initContainers");
-        let apps = statuses("containers");
-        let debug = ephemeral::statuses(statuses("ephemeralContainers"));
-        let init_done = init.iter().all(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0));
-        let policy = str_at(p, "/spec/restartPolicy");
-        let init_failed = policy == "Never"
-            && init
-                .iter()
-                .any(|s| s.pointer("/state/terminated/exitCode").and_then(Value::as_i64).is_some_and(|c| c != 0));
-        let apps: Vec<Value> = if init_done {
+        let init = statuses(spec.init_containers.as_deref().unwrap_or_default());
+        let apps = statuses(&spec.containers);
+        let debug = ephemeral::statuses(statuses(&ephemeral::containers(p)));
+        let init_done = init.iter().all(|s| pod::exit_code(s) == Some(0));
+        let init_failed = spec.restart_policy.as_deref() == Some("Never")
+            && init.iter().any(|s| pod::exit_code(s).is_some_and(|c| c != 0));
+        let apps: Vec<ContainerStatus> = if init_done {
             apps
         } else {
             apps.into_iter()
                 .map(|mut s| {
-                    if s.get("containerID").is_none() {
-                        s["state"] = json!({"waiting": {"reason": "PodInitializing"}});
+                    if s.container_id.is_none() {
+                        s.state = Some(pod::pod_initializing());
                     }
                     s
                 })
                 .collect()
         };
         let phase = if init_failed { "Failed" } else { pod::phase(p, &apps, init_done) };
-        let all_ready = !apps.is_empty() && apps.iter().all(|s| s["ready"] == true);
-        let now = orchestrator_apimachinery::registry::now();
-        let conditions = json!([
+        let all_ready = !apps.is_empty() && apps.iter().all(|s| s.ready);
+        // API times are whole seconds.
+        let now = Timestamp::now();
+        let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
+        let conditions = vec![
             pod::condition(p, "PodReadyToStartContainers", ip.is_some(), None, &now),
             pod::condition(p, "Initialized", init_done, Some("ContainersNotInitialized"), &now),
             pod::condition(p, "Ready", all_ready, Some("ContainersNotReady"), &now),
             pod::condition(p, "ContainersReady", all_ready, Some("ContainersNotReady"), &now),
             pod::condition(p, "PodScheduled", true, None, &now),
-        ]);
-        let host_ip = self.host_ip.clone();
-        let qos = pod::qos_class(p);
-        let (ns, name) = (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"));
-        let uid = str_at(p, "/metadata/uid").to_string();
+        ];
+        let status = PodStatus {
+            phase: Some(phase.to_string()),
+            conditions: Some(conditions),
+            host_ip: Some(self.host_ip.clone()),
+            host_ips: Some(vec![HostIP { ip: self.host_ip.clone() }]),
+            qos_class: Some(pod::qos_class(p).to_string()),
+            container_statuses: Some(apps),
+            init_container_statuses: Some(init).filter(|i| !i.is_empty()),
+            ephemeral_container_statuses: Some(debug).filter(|d| !d.is_empty()),
+            pod_ips: ip.clone().map(|ip| vec![PodIP { ip }]),
+            pod_ip: ip,
+            ..Default::default()
+        };
+        let (ns, name, uid) = pod::ids(p);
+        let uid = uid.to_string();
         let r = self
             .api
             .modify("Pod", Some(ns), name, Part::Status, move |o| {
-                if str_at(o, "/metadata/uid") != uid || o.pointer("/metadata/deletionTimestamp").is_some() {
-                    return false;
-                }
-                let old = o.get("status").cloned().unwrap_or(json!({}));
-                let mut s = json!({
-                    "phase": phase,
-                    "conditions": conditions,
-                    "hostIP": host_ip,
-                    "hostIPs": [{"ip": host_ip}],
-                    "startTime": old.get("startTime").cloned().unwrap_or_else(|| now.clone().into()),
-                    "qosClass": qos,
-                    "containerStatuses": apps,
+                let changed = typed::change_as(o, "Pod", |stored: &mut Pod| {
+                    // Another pod of the same name, or one being deleted, is left alone.
+                    if stored.metadata.uid.as_deref() != Some(uid.as_str()) || stored.metadata.deletion_timestamp.is_some()
+                    {
+                        return false;
+                    }
+                    let old = stored.status.take();
+                    let start_time = old.as_ref().and_then(|s| s.start_time.clone()).unwrap_or_else(|| now.clone());
+                    let new = PodStatus { start_time: Some(start_time), ..status.clone() };
+                    let differs = old.as_ref() != Some(&new);
+                    stored.status = Some(new);
+                    differs
                 });
-                if let Some(ip) = &ip {
-                    s["podIP"] = ip.clone().into();
-                    s["podIPs"] = json!([{"ip": ip}]);
-                }
-                if !init.is_empty() {
-                    s["initContainerStatuses"] = json!(init);
-                }
-                if !debug.is_empty() {
-                    s["ephemeralContainerStatuses"] = json!(debug);
-                }
-                if s == old {
-                    return false;
-                }
-                o["status"] = s;
-                true
+                changed.unwrap_or_else(|e| {
+                    tracing::warn!("pod status: {e}");
+                    false
+                })
             })
             .await;
         if r.is_ok() && phase == "Running" {
@@ -1164,12 +1159,9 @@ impl Kubelet {
     }
 }
 
-fn all_waiting(p: &Value, w: Waiting) -> HashMap<String, Waiting> {
-    ["/spec/initContainers", "/spec/containers"]
-        .iter()
-        .flat_map(|f| p.pointer(f).and_then(Value::as_array).cloned().unwrap_or_default())
-        .map(|c| (str_at(&c, "/name").to_string(), w.clone()))
-        .collect()
+fn all_waiting(p: &Pod, w: Waiting) -> HashMap<String, Waiting> {
+    let spec = p.spec.iter();
+    spec.flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers)).map(|c| (c.name.clone(), w.clone())).collect()
 }
 
 /// The log directory of a pod by uid (`<ns>_<name>_<uid>`).

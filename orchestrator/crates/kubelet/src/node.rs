@@ -25,6 +25,7 @@ use crate::disk;
 use crate::{Kubelet, KubeletError};
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::Part;
+use orchestrator_apimachinery::typed;
 
 /// Upstream's kubelet holds a 40 s Lease and renews it every 10 s (30 s
 /// of slack, six writes a minute). Here a 60 s Lease renewed every 20 s:
@@ -220,7 +221,15 @@ pub async fn assigned_pod_cidr(api: &orchestrator_client::Api, cfg: &crate::Conf
     loop {
         match api.get("Node", None, &cfg.node_name).await {
             Ok(o) => {
-                if let Some(c) = o.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()) {
+                let node: Node = match typed::decode(o, "Node") {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(node = cfg.node_name, "read the Node for its pod CIDR: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Some(c) = node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
                     tracing::info!(node = cfg.node_name, "pod CIDR {c} (spec.podCIDR)");
                     return c.to_string();
                 }
@@ -251,15 +260,22 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
         Ok(_) => {
             let cidr = k.cfg.pod_cidr.clone();
             k.api
-                // A change to a few fields of a stored object: a patch on its JSON, which keeps the rest.
+                // A typed change writes only the fields it sets: the rest of the stored Node stays.
                 .modify("Node", None, &name, Part::Main, move |o| {
-                    let changed = o.pointer("/spec/podCIDR").and_then(Value::as_str) != Some(&cidr)
-                        || o.pointer("/metadata/annotations").and_then(|a| a.get(LOCAL_PATH_ROOT))
-                            != Some(&json!(local_root));
-                    o["spec"]["podCIDR"] = cidr.clone().into();
-                    o["spec"]["podCIDRs"] = json!([cidr]);
-                    o["metadata"]["annotations"][LOCAL_PATH_ROOT] = local_root.clone().into();
-                    changed
+                    let changed = typed::change_as(o, "Node", |n: &mut Node| {
+                        let spec = n.spec.get_or_insert_with(Default::default);
+                        let notes = n.metadata.annotations.get_or_insert_with(Default::default);
+                        let changed = spec.pod_cidr.as_ref() != Some(&cidr)
+                            || notes.get(LOCAL_PATH_ROOT) != Some(&local_root);
+                        spec.pod_cidr = Some(cidr.clone());
+                        spec.pod_cidrs = Some(vec![cidr.clone()]);
+                        notes.insert(LOCAL_PATH_ROOT.to_string(), local_root.clone());
+                        changed
+                    });
+                    changed.unwrap_or_else(|e| {
+                        tracing::warn!("register the Node: {e}");
+                        false
+                    })
                 })
                 .await?
         }

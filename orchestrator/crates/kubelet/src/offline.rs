@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::str_at;
+use orchestrator_apimachinery::typed;
 use serde_json::Value;
 
 use crate::{Kubelet, KubeletError, Prefetched, claims};
@@ -26,7 +26,7 @@ use crate::{Kubelet, KubeletError, Prefetched, claims};
 #[derive(Default)]
 pub(crate) struct LastKnown {
     /// The node's pods, as the last list that succeeded returned them.
-    pods: Option<Vec<Value>>,
+    pods: Option<Vec<Pod>>,
     /// Each pod's references as its last sync fetched them, by uid.
     refs: HashMap<String, Arc<Prefetched>>,
     /// Each pod's claim volumes as its last sync resolved them, by uid.
@@ -36,18 +36,20 @@ pub(crate) struct LastKnown {
 }
 
 impl Kubelet {
-    /// The node's pods: as listed, or, when the list fails, as last listed.
-    pub(crate) fn pods_or_last(&self, listed: Result<Vec<Value>, ApiError>) -> Result<Vec<Value>, KubeletError> {
+    /// The node's pods, decoded once for the whole pass: as listed, or,
+    /// when the list fails, as last listed.
+    pub(crate) fn pods_or_last(&self, listed: Result<Vec<Value>, ApiError>) -> Result<Vec<Pod>, KubeletError> {
         let mut last = self.last_known.lock().expect("not poisoned");
         match listed {
             Ok(pods) => {
+                let pods: Vec<Pod> = pods.into_iter().map(|p| typed::decode(p, "Pod")).collect::<Result<_, _>>()?;
                 if let Some(since) = last.since.take() {
                     tracing::info!(
                         "API server reachable again after {:.0?} on our own: reconciling the pod statuses",
                         since.elapsed()
                     );
                 }
-                let live: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
+                let live: HashSet<&str> = pods.iter().map(|p| crate::pod::ids(p).2).collect();
                 last.refs.retain(|uid, _| live.contains(uid.as_str()));
                 last.claims.retain(|uid, _| live.contains(uid.as_str()));
                 last.pods = Some(pods.clone());
@@ -68,8 +70,8 @@ impl Kubelet {
     }
 
     /// A pod's references, fetched, or, when the API does not answer, as its last sync fetched them.
-    pub(crate) async fn prefetch_or_last(&self, p: &Value) -> Result<Arc<Prefetched>, KubeletError> {
-        let uid = str_at(p, "/metadata/uid").to_string();
+    pub(crate) async fn prefetch_or_last(&self, p: &Pod) -> Result<Arc<Prefetched>, KubeletError> {
+        let uid = crate::pod::ids(p).2.to_string();
         match self.prefetch(p).await {
             Ok(refs) => {
                 let refs = Arc::new(refs);

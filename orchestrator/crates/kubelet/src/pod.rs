@@ -1,17 +1,18 @@
-//! Pure translations between a Pod and the CRI (the sandbox config and DNS
-//! settings from the typed `Pod`; the rest still from the JSON the registry
-//! holds): sandbox and container configs, environment resolution, restart
-//! decisions and the pod status computed from what the runtime reports. No
-//! I/O here; `mod.rs` does the calls.
+//! Pure translations between a typed `Pod` (decoded once per sync) and the
+//! CRI: sandbox and container configs, DNS settings, environment
+//! resolution, restart decisions and the pod status computed from what the
+//! runtime reports. No I/O here; `lib.rs` does the calls.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
-use serde_json::{Value, json};
-
-use orchestrator_apimachinery::registry::str_at;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    EnvVarSource, Pod, PodCondition, PodSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::Value;
 
 use crate::cri::v1;
 
@@ -23,17 +24,16 @@ pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// Marks objects this kubelet manages (other clients of the runtime are left alone).
 pub const LABEL_MANAGED: &str = "io.plinth.kubelet";
 
-fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
-    v.pointer(ptr).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
-}
-
-fn strings(v: &Value, ptr: &str) -> Vec<String> {
-    arr(v, ptr).iter().filter_map(Value::as_str).map(str::to_string).collect()
+/// A pod's namespace, name and uid ("" where unset).
+pub fn ids(pod: &Pod) -> (&str, &str, &str) {
+    let m = &pod.metadata;
+    (or_empty(&m.namespace), or_empty(&m.name), or_empty(&m.uid))
 }
 
 /// The directory name of a pod's files and logs: `<ns>_<name>_<uid>`.
-pub fn pod_dir_name(pod: &Value) -> String {
-    format!("{}_{}_{}", str_at(pod, "/metadata/namespace"), str_at(pod, "/metadata/name"), str_at(pod, "/metadata/uid"))
+pub fn pod_dir_name(pod: &Pod) -> String {
+    let (ns, name, uid) = ids(pod);
+    format!("{ns}_{name}_{uid}")
 }
 
 fn base_labels(name: &str, namespace: &str, uid: &str) -> HashMap<String, String> {
@@ -231,46 +231,54 @@ pub fn object_data(kind: &str, o: &Value) -> BTreeMap<String, Vec<u8>> {
 pub struct ConfigError(pub String);
 
 /// The value of a `fieldRef` (downward API), as upstream supports them.
-pub fn field_ref(pod: &Value, path: &str) -> Result<String, ConfigError> {
+pub fn field_ref(pod: &Pod, path: &str) -> Result<String, ConfigError> {
+    let (meta, spec, status) = (&pod.metadata, spec_of(pod), pod.status.as_ref());
     let bracket = |prefix: &str| {
-        path.strip_prefix(prefix)
-            .and_then(|r| r.strip_prefix("['"))
-            .and_then(|r| r.strip_suffix("']"))
-            .map(str::to_string)
+        path.strip_prefix(prefix).and_then(|r| r.strip_prefix("['")).and_then(|r| r.strip_suffix("']"))
     };
-    if let Some(k) = bracket("metadata.labels") {
-        return Ok(str_at(pod, &format!("/metadata/labels/{}", k.replace('~', "~0").replace('/', "~1"))).to_string());
-    }
-    if let Some(k) = bracket("metadata.annotations") {
-        let ptr = format!("/metadata/annotations/{}", k.replace('~', "~0").replace('/', "~1"));
-        return Ok(str_at(pod, &ptr).to_string());
-    }
-    let ptr = match path {
-        "metadata.name" => "/metadata/name",
-        "metadata.namespace" => "/metadata/namespace",
-        "metadata.uid" => "/metadata/uid",
-        "spec.nodeName" => "/spec/nodeName",
-        "spec.serviceAccountName" => "/spec/serviceAccountName",
-        "status.podIP" => "/status/podIP",
-        "status.hostIP" => "/status/hostIP",
-        "metadata.labels" | "metadata.annotations" => {
-            let m = pod.pointer(&format!("/{}", path.replace('.', "/"))).and_then(Value::as_object);
-            let lines: Vec<String> = m
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", Value::String(v.as_str().unwrap_or_default().into())))
-                .collect();
-            return Ok(lines.join("\n"));
+    let one = |m: &Option<BTreeMap<String, String>>, k: &str| m.as_ref().and_then(|m| m.get(k)).cloned();
+    // `key="value"` lines, sorted by key, the value quoted as JSON (as upstream).
+    let all = |m: &Option<BTreeMap<String, String>>| {
+        let lines: Vec<String> =
+            m.iter().flatten().map(|(k, v)| format!("{k}={}", Value::String(v.clone()))).collect();
+        Some(lines.join("\n"))
+    };
+    let value = if let Some(k) = bracket("metadata.labels") {
+        one(&meta.labels, k)
+    } else if let Some(k) = bracket("metadata.annotations") {
+        one(&meta.annotations, k)
+    } else {
+        match path {
+            "metadata.name" => meta.name.clone(),
+            "metadata.namespace" => meta.namespace.clone(),
+            "metadata.uid" => meta.uid.clone(),
+            "spec.nodeName" => spec.node_name.clone(),
+            "spec.serviceAccountName" => spec.service_account_name.clone(),
+            "status.podIP" => status.and_then(|s| s.pod_ip.clone()),
+            "status.hostIP" => status.and_then(|s| s.host_ip.clone()),
+            "metadata.labels" => all(&meta.labels),
+            "metadata.annotations" => all(&meta.annotations),
+            _ => return Err(ConfigError(format!("unsupported fieldRef fieldPath {path:?}"))),
         }
-        _ => return Err(ConfigError(format!("unsupported fieldRef fieldPath {path:?}"))),
     };
-    Ok(str_at(pod, ptr).to_string())
+    Ok(value.unwrap_or_default())
+}
+
+/// A container's request (`limits` false) or limit of `resource` as
+/// written, "" when it has none.
+fn quantity<'a>(container: &'a Container, limits: bool, resource: &str) -> &'a str {
+    let r = container.resources.as_ref();
+    let list = r.and_then(|r| if limits { r.limits.as_ref() } else { r.requests.as_ref() });
+    list.and_then(|l| l.get(resource)).map_or("", |q| q.0.as_str())
 }
 
 /// The value of a `resourceFieldRef` (limits/requests of a container), in the divisor's units (default 1).
-fn resource_ref(container: &Value, resource: &str) -> Result<String, ConfigError> {
-    let ptr = format!("/resources/{}", resource.replacen('.', "/", 1));
-    let q = str_at(container, &ptr);
+fn resource_ref(container: &Container, resource: &str) -> Result<String, ConfigError> {
+    let q = match resource.split_once('.') {
+        Some(("limits", r)) => quantity(container, true, r),
+        Some(("requests", r)) => quantity(container, false, r),
+        _ => "",
+    };
     if resource.ends_with("cpu") {
         // Whole cores, rounded up, as upstream's default divisor of 1.
         let m = if q.is_empty() { 0 } else { parse_cpu_millis(q)? };
@@ -280,30 +288,30 @@ fn resource_ref(container: &Value, resource: &str) -> Result<String, ConfigError
 }
 
 fn env_source(
-    pod: &Value,
-    container: &Value,
-    source: &Value,
+    pod: &Pod,
+    container: &Container,
+    source: &EnvVarSource,
     lookup: &dyn Lookup,
 ) -> Result<Option<String>, ConfigError> {
-    let ns = str_at(pod, "/metadata/namespace");
-    for (field, kind) in [("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")] {
-        if let Some(r) = source.get(field) {
-            let (name, key) = (str_at(r, "/name"), str_at(r, "/key"));
-            let optional = r.get("optional").and_then(Value::as_bool).unwrap_or(false);
-            let value = lookup.data(kind, ns, name).map(|d| d.get(key).cloned());
-            return match value {
-                Some(Some(v)) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
-                _ if optional => Ok(None),
-                None => Err(ConfigError(format!("{} {name:?} not found", kind.to_lowercase()))),
-                Some(None) => Err(ConfigError(format!("couldn't find key {key} in {kind} {ns}/{name}"))),
-            };
-        }
+    let ns = or_empty(&pod.metadata.namespace);
+    let keys = [
+        source.config_map_key_ref.as_ref().map(|r| ("ConfigMap", &r.name, &r.key, r.optional)),
+        source.secret_key_ref.as_ref().map(|r| ("Secret", &r.name, &r.key, r.optional)),
+    ];
+    if let Some((kind, name, key, optional)) = keys.into_iter().flatten().next() {
+        let value = lookup.data(kind, ns, name).map(|d| d.get(key).cloned());
+        return match value {
+            Some(Some(v)) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            _ if optional.unwrap_or(false) => Ok(None),
+            None => Err(ConfigError(format!("{} {name:?} not found", kind.to_lowercase()))),
+            Some(None) => Err(ConfigError(format!("couldn't find key {key} in {kind} {ns}/{name}"))),
+        };
     }
-    if let Some(r) = source.get("fieldRef") {
-        return field_ref(pod, str_at(r, "/fieldPath")).map(Some);
+    if let Some(r) = &source.field_ref {
+        return field_ref(pod, &r.field_path).map(Some);
     }
-    if let Some(r) = source.get("resourceFieldRef") {
-        return resource_ref(container, str_at(r, "/resource")).map(Some);
+    if let Some(r) = &source.resource_field_ref {
+        return resource_ref(container, &r.resource).map(Some);
     }
     Ok(None)
 }
@@ -337,8 +345,8 @@ pub fn expand(s: &str, env: &[(String, String)]) -> String {
 }
 
 /// A container's environment: `envFrom` first, then `env` (later wins), with `$(VAR)` expansion.
-pub fn environment(pod: &Value, container: &Value, lookup: &dyn Lookup) -> Result<Vec<(String, String)>, ConfigError> {
-    let ns = str_at(pod, "/metadata/namespace");
+pub fn environment(pod: &Pod, container: &Container, lookup: &dyn Lookup) -> Result<Vec<(String, String)>, ConfigError> {
+    let ns = or_empty(&pod.metadata.namespace);
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(n, _)| *n != k);
@@ -360,32 +368,33 @@ pub fn environment(pod: &Value, container: &Value, lookup: &dyn Lookup) -> Resul
             set(&mut env, k.to_string(), v);
         }
     }
-    for from in arr(container, "/envFrom") {
-        let prefix = str_at(from, "/prefix");
-        for (field, kind) in [("configMapRef", "ConfigMap"), ("secretRef", "Secret")] {
-            let Some(r) = from.get(field) else { continue };
-            let name = str_at(r, "/name");
+    for from in container.env_from.iter().flatten() {
+        let prefix = or_empty(&from.prefix);
+        let sources = [
+            from.config_map_ref.as_ref().map(|r| ("ConfigMap", &r.name, r.optional)),
+            from.secret_ref.as_ref().map(|r| ("Secret", &r.name, r.optional)),
+        ];
+        for (kind, name, optional) in sources.into_iter().flatten() {
             match lookup.data(kind, ns, name) {
                 Some(d) => {
                     for (k, v) in d {
                         set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
                     }
                 }
-                None if r.get("optional").and_then(Value::as_bool).unwrap_or(false) => {}
+                None if optional.unwrap_or(false) => {}
                 None => return Err(ConfigError(format!("{} {name:?} not found", kind.to_lowercase()))),
             }
         }
     }
-    for e in arr(container, "/env") {
-        let name = str_at(e, "/name").to_string();
-        let value = match e.get("valueFrom") {
+    for e in container.env.iter().flatten() {
+        let value = match &e.value_from {
             Some(src) => match env_source(pod, container, src, lookup)? {
                 Some(v) => v,
                 None => continue,
             },
-            None => expand(str_at(e, "/value"), &env),
+            None => expand(or_empty(&e.value), &env),
         };
-        set(&mut env, name, value);
+        set(&mut env, e.name.clone(), value);
     }
     Ok(env)
 }
@@ -432,11 +441,11 @@ pub fn parse_bytes(q: &str) -> Result<u64, ConfigError> {
 }
 
 /// Requests and limits as cgroup settings (cgroupfs: shares, CFS quota, memory limit).
-pub fn linux_resources(container: &Value) -> Result<v1::LinuxContainerResources, ConfigError> {
-    let get = |p: &str| Some(str_at(container, p)).filter(|s| !s.is_empty());
-    let limit_cpu = get("/resources/limits/cpu").map(parse_cpu_millis).transpose()?;
-    let req_cpu = get("/resources/requests/cpu").map(parse_cpu_millis).transpose()?.or(limit_cpu);
-    let limit_mem = get("/resources/limits/memory").map(parse_bytes).transpose()?;
+pub fn linux_resources(container: &Container) -> Result<v1::LinuxContainerResources, ConfigError> {
+    let get = |limits: bool, r: &str| Some(quantity(container, limits, r)).filter(|s| !s.is_empty());
+    let limit_cpu = get(true, "cpu").map(parse_cpu_millis).transpose()?;
+    let req_cpu = get(false, "cpu").map(parse_cpu_millis).transpose()?.or(limit_cpu);
+    let limit_mem = get(true, "memory").map(parse_bytes).transpose()?;
     // Upstream: shares = millis * 1024 / 1000, at least 2.
     let shares = req_cpu.map_or(2, |m| (m * 1024 / 1000).max(2)) as i64;
     let period = 100_000i64;
@@ -450,13 +459,12 @@ pub fn linux_resources(container: &Value) -> Result<v1::LinuxContainerResources,
 }
 
 /// The pod's QoS class, as upstream computes it.
-pub fn qos_class(pod: &Value) -> &'static str {
-    let containers = arr(pod, "/spec/containers").iter().chain(arr(pod, "/spec/initContainers"));
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let spec = spec_of(pod);
     let (mut any, mut guaranteed) = (false, true);
-    for c in containers {
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
         for r in ["cpu", "memory"] {
-            let req = str_at(c, &format!("/resources/requests/{r}"));
-            let lim = str_at(c, &format!("/resources/limits/{r}"));
+            let (req, lim) = (quantity(c, false, r), quantity(c, true, r));
             any |= !req.is_empty() || !lim.is_empty();
             guaranteed &= !lim.is_empty() && (req.is_empty() || req == lim);
         }
@@ -472,33 +480,28 @@ pub fn qos_class(pod: &Value) -> &'static str {
 
 /// `namespaces` are the sandbox's: a container joins its pod's namespaces.
 fn security_context(
-    pod: &Value,
-    container: &Value,
+    pod: &Pod,
+    container: &Container,
     namespaces: Option<v1::NamespaceOption>,
 ) -> v1::LinuxContainerSecurityContext {
-    let sc = |f: &str| {
-        container.pointer(&format!("/securityContext/{f}")).or(pod.pointer(&format!("/spec/securityContext/{f}")))
-    };
-    let int = |f: &str| sc(f).and_then(Value::as_i64).map(|value| v1::Int64Value { value });
-    let caps = |f: &str| strings(container, &format!("/securityContext/capabilities/{f}"));
-    let (add, drop) = (caps("add"), caps("drop"));
+    let spec = spec_of(pod);
+    let (own, of_pod) = (container.security_context.clone().unwrap_or_default(), spec.security_context.as_ref());
+    // The container's setting, else the pod's.
+    let int = |own: Option<i64>, of_pod: Option<i64>| own.or(of_pod).map(|value| v1::Int64Value { value });
+    let caps = own.capabilities.unwrap_or_default();
+    let (add, drop) = (caps.add.unwrap_or_default(), caps.drop.unwrap_or_default());
+    let cap_names = |v: &[String]| v.iter().map(|c| format!("CAP_{}", c.trim_start_matches("CAP_"))).collect();
     v1::LinuxContainerSecurityContext {
-        privileged: container.pointer("/securityContext/privileged").and_then(Value::as_bool).unwrap_or(false),
-        run_as_user: int("runAsUser"),
-        run_as_group: int("runAsGroup"),
-        readonly_rootfs: container
-            .pointer("/securityContext/readOnlyRootFilesystem")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        privileged: own.privileged.unwrap_or(false),
+        run_as_user: int(own.run_as_user, of_pod.and_then(|s| s.run_as_user)),
+        run_as_group: int(own.run_as_group, of_pod.and_then(|s| s.run_as_group)),
+        readonly_rootfs: own.read_only_root_filesystem.unwrap_or(false),
         capabilities: (!add.is_empty() || !drop.is_empty()).then(|| v1::Capability {
-            add_capabilities: add.iter().map(|c| format!("CAP_{}", c.trim_start_matches("CAP_"))).collect(),
-            drop_capabilities: drop.iter().map(|c| format!("CAP_{}", c.trim_start_matches("CAP_"))).collect(),
+            add_capabilities: cap_names(&add),
+            drop_capabilities: cap_names(&drop),
             ..Default::default()
         }),
-        supplemental_groups: arr(pod, "/spec/securityContext/supplementalGroups")
-            .iter()
-            .filter_map(Value::as_i64)
-            .collect(),
+        supplemental_groups: of_pod.and_then(|s| s.supplemental_groups.clone()).unwrap_or_default(),
         namespace_options: namespaces,
         ..Default::default()
     }
@@ -506,37 +509,36 @@ fn security_context(
 
 /// The config of one container attempt. `image` is the resolved image reference.
 pub fn container_config(
-    pod: &Value,
-    container: &Value,
+    pod: &Pod,
+    container: &Container,
     sandbox: &v1::PodSandboxConfig,
     image: &str,
     attempt: u32,
     env: &[(String, String)],
     mounts: Vec<v1::Mount>,
 ) -> Result<v1::ContainerConfig, ConfigError> {
-    let name = str_at(container, "/name");
-    let mut labels =
-        base_labels(str_at(pod, "/metadata/name"), str_at(pod, "/metadata/namespace"), str_at(pod, "/metadata/uid"));
+    let (name, meta) = (container.name.as_str(), &pod.metadata);
+    let mut labels = base_labels(or_empty(&meta.name), or_empty(&meta.namespace), or_empty(&meta.uid));
     labels.insert(LABEL_CONTAINER_NAME.into(), name.to_string());
     let annotations = HashMap::from([
         ("io.kubernetes.container.restartCount".to_string(), attempt.to_string()),
         ("io.kubernetes.pod.terminationGracePeriod".to_string(), grace_period(pod, None).to_string()),
     ]);
-    let exp = |v: Vec<String>| v.iter().map(|s| expand(s, env)).collect();
+    let exp = |v: &Option<Vec<String>>| v.iter().flatten().map(|s| expand(s, env)).collect();
     Ok(v1::ContainerConfig {
         metadata: Some(v1::ContainerMetadata { name: name.to_string(), attempt }),
         image: Some(v1::ImageSpec { image: image.to_string(), ..Default::default() }),
-        command: exp(strings(container, "/command")),
-        args: exp(strings(container, "/args")),
-        working_dir: str_at(container, "/workingDir").to_string(),
+        command: exp(&container.command),
+        args: exp(&container.args),
+        working_dir: or_empty(&container.working_dir).to_string(),
         envs: env.iter().map(|(key, value)| v1::KeyValue { key: key.clone(), value: value.clone() }).collect(),
         mounts,
         labels,
         annotations,
         log_path: format!("{name}/{attempt}.log"),
-        stdin: container.get("stdin").and_then(Value::as_bool).unwrap_or(false),
-        stdin_once: container.get("stdinOnce").and_then(Value::as_bool).unwrap_or(false),
-        tty: container.get("tty").and_then(Value::as_bool).unwrap_or(false),
+        stdin: container.stdin.unwrap_or(false),
+        stdin_once: container.stdin_once.unwrap_or(false),
+        tty: container.tty.unwrap_or(false),
         linux: Some(v1::LinuxContainerConfig {
             resources: Some(linux_resources(container)?),
             security_context: Some(security_context(pod, container, sandbox_namespaces(sandbox))),
@@ -546,19 +548,19 @@ pub fn container_config(
 }
 
 /// The grace period of a pod's termination: the deletion's, else the spec's, else 30 s.
-pub fn grace_period(pod: &Value, deleting: Option<()>) -> i64 {
-    let spec = pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+pub fn grace_period(pod: &Pod, deleting: Option<()>) -> i64 {
+    let spec = spec_of(pod).termination_grace_period_seconds.unwrap_or(30);
     match deleting {
-        Some(()) => pod.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(spec),
+        Some(()) => pod.metadata.deletion_grace_period_seconds.unwrap_or(spec),
         None => spec,
     }
 }
 
 /// `imagePullPolicy`, defaulted as upstream (Always for `:latest` or no tag).
-pub fn pull_policy(container: &Value) -> &str {
-    match str_at(container, "/imagePullPolicy") {
+pub fn pull_policy(container: &Container) -> &str {
+    match or_empty(&container.image_pull_policy) {
         "" => {
-            let image = str_at(container, "/image");
+            let image = or_empty(&container.image);
             let last = image.rsplit('/').next().unwrap_or(image);
             if image.contains('@') || last.contains(':') && !last.ends_with(":latest") {
                 "IfNotPresent"
@@ -625,35 +627,47 @@ impl Observed {
     }
 }
 
-pub fn time_of_nanos(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .map(orchestrator_apimachinery::registry::format_time)
-        .unwrap_or_default()
+/// A CRI time (nanoseconds since the epoch) as an API time.
+fn time_of_nanos(ns: i64) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(ns)).ok().map(Time)
 }
 
-fn state_json(o: &Observed) -> Value {
+fn waiting_state(reason: &str, message: Option<&str>) -> ContainerState {
+    let waiting =
+        ContainerStateWaiting { reason: Some(reason.to_string()), message: message.map(str::to_string) };
+    ContainerState { waiting: Some(waiting), ..Default::default() }
+}
+
+fn state_of(o: &Observed) -> ContainerState {
     match o.state {
-        v1::ContainerState::ContainerRunning => json!({"running": {"startedAt": time_of_nanos(o.started_at)}}),
+        v1::ContainerState::ContainerRunning => ContainerState {
+            running: Some(ContainerStateRunning { started_at: time_of_nanos(o.started_at) }),
+            ..Default::default()
+        },
         v1::ContainerState::ContainerExited => {
             let reason = match o.reason.as_str() {
                 "" if o.exit_code == 0 => "Completed",
                 "" => "Error",
                 r => r,
             };
-            let mut t = json!({
-                "exitCode": o.exit_code,
-                "reason": reason,
-                "startedAt": time_of_nanos(o.started_at),
-                "finishedAt": time_of_nanos(o.finished_at),
-                "containerID": format!("containerd://{}", o.id),
-            });
-            if !o.message.is_empty() {
-                t["message"] = o.message.clone().into();
-            }
-            json!({"terminated": t})
+            let t = ContainerStateTerminated {
+                exit_code: o.exit_code,
+                reason: Some(reason.to_string()),
+                started_at: time_of_nanos(o.started_at),
+                finished_at: time_of_nanos(o.finished_at),
+                container_id: Some(format!("containerd://{}", o.id)),
+                message: Some(o.message.clone()).filter(|m| !m.is_empty()),
+                ..Default::default()
+            };
+            ContainerState { terminated: Some(t), ..Default::default() }
         }
-        _ => json!({"waiting": {"reason": "ContainerCreating"}}),
+        _ => waiting_state("ContainerCreating", None),
     }
+}
+
+/// The state of a container that waits for its init containers.
+pub fn pod_initializing() -> ContainerState {
+    waiting_state("PodInitializing", None)
 }
 
 /// Why a container is not running, when the kubelet knows (pull errors, back-off, config errors).
@@ -665,54 +679,61 @@ pub struct Waiting {
 
 /// The status of one container: its newest attempt, the one before, and the kubelet's waiting reason.
 pub fn container_status(
-    spec: &Value,
+    spec: &Container,
     latest: Option<&Observed>,
     previous: Option<&Observed>,
     waiting: Option<&Waiting>,
     ready: bool,
     started: bool,
-) -> Value {
-    let name = str_at(spec, "/name");
-    let mut s = json!({
-        "name": name,
-        "image": str_at(spec, "/image"),
-        "imageID": latest.map(|o| o.image_ref.clone()).unwrap_or_default(),
-        "restartCount": latest.map_or(0, |o| o.attempt),
-        "ready": ready,
-        "started": started,
-        "lastState": previous.map_or(json!({}), state_json),
-    });
-    if let Some(o) = latest {
-        s["containerID"] = format!("containerd://{}", o.id).into();
-    }
-    s["state"] = match (waiting, latest) {
+) -> ContainerStatus {
+    let mut last_state = previous.map_or_else(ContainerState::default, state_of);
+    let state = match (waiting, latest) {
         (Some(w), _) => {
             // A container waiting for its restart shows the last run as lastState.
             if let Some(o) = latest.filter(|o| o.state == v1::ContainerState::ContainerExited) {
-                s["lastState"] = state_json(o);
+                last_state = state_of(o);
             }
-            json!({"waiting": {"reason": w.reason, "message": w.message}})
+            waiting_state(&w.reason, Some(&w.message))
         }
-        (None, Some(o)) => state_json(o),
-        (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
+        (None, Some(o)) => state_of(o),
+        (None, None) => waiting_state("ContainerCreating", None),
     };
-    s
+    ContainerStatus {
+        name: spec.name.clone(),
+        image: or_empty(&spec.image).to_string(),
+        image_id: latest.map(|o| o.image_ref.clone()).unwrap_or_default(),
+        restart_count: latest.map_or(0, |o| o.attempt as i32),
+        ready,
+        started: Some(started),
+        last_state: Some(last_state),
+        container_id: latest.map(|o| format!("containerd://{}", o.id)),
+        state: Some(state),
+        ..Default::default()
+    }
+}
+
+/// The exit code of a container status that shows a finished run.
+pub fn exit_code(s: &ContainerStatus) -> Option<i32> {
+    s.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code)
 }
 
 /// The pod phase from its containers' statuses (upstream's `getPhase`).
-pub fn phase(pod: &Value, statuses: &[Value], init_done: bool) -> &'static str {
+pub fn phase(pod: &Pod, statuses: &[ContainerStatus], init_done: bool) -> &'static str {
     if !init_done {
         return "Pending";
     }
-    let policy = str_at(pod, "/spec/restartPolicy");
+    let spec = spec_of(pod);
+    let policy = or_empty(&spec.restart_policy);
     let (mut running, mut waiting, mut succeeded, mut failed, mut unknown) = (0, 0, 0, 0, 0);
     for s in statuses {
-        if s.pointer("/state/running").is_some() {
+        let state = s.state.clone().unwrap_or_default();
+        let last_terminated = s.last_state.as_ref().is_some_and(|l| l.terminated.is_some());
+        if state.running.is_some() {
             running += 1;
-        } else if let Some(t) = s.pointer("/state/terminated") {
-            if t["exitCode"].as_i64() == Some(0) { succeeded += 1 } else { failed += 1 }
-        } else if s.pointer("/state/waiting").is_some() {
-            if s.pointer("/lastState/terminated").is_some() { running += 1 } else { waiting += 1 }
+        } else if let Some(t) = state.terminated {
+            if t.exit_code == 0 { succeeded += 1 } else { failed += 1 }
+        } else if state.waiting.is_some() {
+            if last_terminated { running += 1 } else { waiting += 1 }
         } else {
             unknown += 1;
         }
@@ -735,24 +756,27 @@ pub fn phase(pod: &Value, statuses: &[Value], init_done: bool) -> &'static str {
     "Pending"
 }
 
-/// Keeps a condition's lastTransitionTime while its status stays the same.
-pub fn condition(old: &Value, kind: &str, ok: bool, reason: Option<&str>, now: &str) -> Value {
+/// Keeps a condition's lastTransitionTime (from the pod as it was) while its status stays the same.
+pub fn condition(old: &Pod, kind: &str, ok: bool, reason: Option<&str>, now: &Time) -> PodCondition {
     let status = if ok { "True" } else { "False" };
-    let prev = arr(old, "/status/conditions").iter().find(|c| c["type"] == kind);
-    let since = match prev {
-        Some(p) if p["status"] == status => p.get("lastTransitionTime").cloned().unwrap_or(Value::Null),
-        _ => now.into(),
+    let conditions = old.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let since = match conditions.iter().find(|c| c.type_ == kind) {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Some(now.clone()),
     };
-    let mut c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
-    if let Some(r) = reason.filter(|_| !ok) {
-        c["reason"] = r.into();
+    PodCondition {
+        type_: kind.to_string(),
+        status: status.to_string(),
+        last_transition_time: since,
+        reason: reason.filter(|_| !ok).map(str::to_string),
+        ..Default::default()
     }
-    c
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     struct Objects(Vec<(String, String, Value)>);
 
@@ -762,16 +786,16 @@ mod tests {
         }
     }
 
-    fn typed(pod: Value) -> Pod {
-        serde_json::from_value(pod).unwrap()
+    fn typed<K: serde::de::DeserializeOwned>(o: Value) -> K {
+        serde_json::from_value(o).unwrap()
     }
 
-    fn pod() -> Value {
-        json!({
+    fn pod() -> Pod {
+        typed(json!({
             "metadata": {"name": "web-1", "namespace": "default", "uid": "u-1", "labels": {"app": "web"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox:1", "ports": [{"containerPort": 80, "hostPort": 8080}]}]},
             "status": {"podIP": "10.0.0.5"}
-        })
+        }))
     }
 
     #[test]
@@ -780,7 +804,7 @@ mod tests {
             ("ConfigMap".into(), "cm".into(), json!({"data": {"A": "from-cm", "B": "b"}})),
             ("Secret".into(), "s".into(), json!({"data": {"pw": "aHVudGVyMg=="}})),
         ]);
-        let c = json!({
+        let c = typed(json!({
             "name": "c",
             "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
             "env": [
@@ -792,7 +816,7 @@ mod tests {
                 {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                 {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k", "optional": true}}},
             ]
-        });
+        }));
         let env = environment(&pod(), &c, &objects).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("CM_A"), Some("from-cm"));
@@ -802,8 +826,9 @@ mod tests {
         assert_eq!(get("APP"), Some("web"));
         assert_eq!(get("IP"), Some("10.0.0.5"));
         assert_eq!(get("OPT"), None);
-        let missing =
-            json!({"name": "c", "env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "zz"}}}]});
+        let missing = typed(
+            json!({"name": "c", "env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "zz"}}}]}),
+        );
         assert_eq!(
             environment(&pod(), &missing, &objects).unwrap_err().0,
             "couldn't find key zz in ConfigMap default/cm"
@@ -818,26 +843,26 @@ mod tests {
         assert_eq!(parse_bytes("1G").unwrap(), 1_000_000_000);
         assert_eq!(parse_bytes("129e6").unwrap(), 129_000_000);
         assert!(parse_bytes("lots").is_err());
-        let c = json!({"resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "500m", "memory": "32Mi"}}});
+        let c = typed(json!({"resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "500m", "memory": "32Mi"}}}));
         let r = linux_resources(&c).unwrap();
         assert_eq!(
             (r.cpu_shares, r.cpu_quota, r.cpu_period, r.memory_limit_in_bytes),
             (256, 50_000, 100_000, 32 << 20)
         );
-        let r = linux_resources(&json!({})).unwrap();
+        let r = linux_resources(&typed(json!({}))).unwrap();
         assert_eq!((r.cpu_shares, r.cpu_quota, r.memory_limit_in_bytes), (2, 0, 0));
         assert_eq!(qos_class(&pod()), "BestEffort");
         let g = json!({"spec": {"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
-        assert_eq!(qos_class(&g), "Guaranteed");
+        assert_eq!(qos_class(&typed(g)), "Guaranteed");
         let b = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}});
-        assert_eq!(qos_class(&b), "Burstable");
+        assert_eq!(qos_class(&typed(b)), "Burstable");
     }
 
     #[test]
     fn dns_follows_the_pod_dns_policy() {
         let dns = Some(std::net::Ipv4Addr::new(10, 96, 0, 10));
         let node = || "nameserver 192.0.2.53\nsearch lan\noptions edns0\n".to_string();
-        let pod = |spec: Value| typed(json!({"metadata": {"namespace": "shop"}, "spec": spec}));
+        let pod = |spec: Value| -> Pod { typed(json!({"metadata": {"namespace": "shop"}, "spec": spec})) };
         let c = dns_config(&pod(json!({})), dns, node).unwrap();
         assert_eq!(c.servers, ["10.96.0.10"]);
         assert_eq!(c.searches, ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
@@ -867,15 +892,15 @@ mod tests {
     #[test]
     fn sandbox_and_container_configs() {
         let p = pod();
-        let s = sandbox_config(&typed(p.clone()), "/var/log/pods/x", 1, None);
+        let s = sandbox_config(&p, "/var/log/pods/x", 1, None);
         assert_eq!(s.metadata.as_ref().unwrap().uid, "u-1");
         assert_eq!(s.labels[LABEL_POD_UID], "u-1");
         assert_eq!(s.labels["app"], "web");
         assert_eq!(s.port_mappings[0].host_port, 8080);
         let ns = sandbox_namespaces(&s).unwrap();
         assert_eq!(ns.network, v1::NamespaceMode::Pod as i32);
-        let c = json!({"name": "c", "command": ["sh", "-c"], "args": ["echo $(A)"], "workingDir": "/w",
-                       "securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_ADMIN"]}}});
+        let c = typed(json!({"name": "c", "command": ["sh", "-c"], "args": ["echo $(A)"], "workingDir": "/w",
+                       "securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_ADMIN"]}}}));
         let cfg = container_config(&p, &c, &s, "sha256:abc", 2, &[("A".into(), "1".into())], vec![]).unwrap();
         assert_eq!(cfg.args, vec!["echo 1"]);
         assert_eq!(cfg.log_path, "c/2.log");
@@ -888,11 +913,12 @@ mod tests {
 
     #[test]
     fn policies() {
-        assert_eq!(pull_policy(&json!({"image": "busybox"})), "Always");
-        assert_eq!(pull_policy(&json!({"image": "busybox:latest"})), "Always");
-        assert_eq!(pull_policy(&json!({"image": "localhost:5000/busybox"})), "Always");
-        assert_eq!(pull_policy(&json!({"image": "busybox:1.36"})), "IfNotPresent");
-        assert_eq!(pull_policy(&json!({"image": "b:1", "imagePullPolicy": "Never"})), "Never");
+        let policy = |c: Value| pull_policy(&typed(c)).to_string();
+        assert_eq!(policy(json!({"image": "busybox"})), "Always");
+        assert_eq!(policy(json!({"image": "busybox:latest"})), "Always");
+        assert_eq!(policy(json!({"image": "localhost:5000/busybox"})), "Always");
+        assert_eq!(policy(json!({"image": "busybox:1.36"})), "IfNotPresent");
+        assert_eq!(policy(json!({"image": "b:1", "imagePullPolicy": "Never"})), "Never");
         assert_eq!([1, 2, 3, 6, 9].map(backoff_seconds), [10, 20, 40, 160, 160].map(|s: u64| s.min(300)));
         let secs = |n: u32| sandbox_backoff(n).as_secs();
         assert_eq!([0, 1, 2, 3, 8, 9, 10, 40].map(secs), [1, 1, 2, 4, 128, 256, 300, 300]);
@@ -902,13 +928,15 @@ mod tests {
 
     #[test]
     fn phases() {
-        let running = json!({"state": {"running": {}}});
-        let done = json!({"state": {"terminated": {"exitCode": 0}}});
-        let failed = json!({"state": {"terminated": {"exitCode": 1}}});
-        let crash =
-            json!({"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1}}});
-        let creating = json!({"state": {"waiting": {"reason": "ContainerCreating"}}});
-        let p = |policy: &str| json!({"spec": {"restartPolicy": policy}});
+        let status = |s: Value| -> ContainerStatus { typed(s) };
+        let running = status(json!({"state": {"running": {}}}));
+        let done = status(json!({"state": {"terminated": {"exitCode": 0}}}));
+        let failed = status(json!({"state": {"terminated": {"exitCode": 1}}}));
+        let crash = status(
+            json!({"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1}}}),
+        );
+        let creating = status(json!({"state": {"waiting": {"reason": "ContainerCreating"}}}));
+        let p = |policy: &str| -> Pod { typed(json!({"spec": {"restartPolicy": policy}})) };
         assert_eq!(phase(&p("Always"), std::slice::from_ref(&running), true), "Running");
         assert_eq!(phase(&p("Always"), &[crash], true), "Running");
         assert_eq!(phase(&p("Always"), &[creating], true), "Pending");

@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{KeyToPath, ProjectedVolumeSource};
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{KeyToPath, Pod, ProjectedVolumeSource};
 
 use orchestrator_apimachinery::node_fields;
 
@@ -21,12 +20,12 @@ pub fn items(items: Option<&[KeyToPath]>, data: BTreeMap<String, Vec<u8>>) -> BT
 
 /// The files of a projected volume `volume` of `pod`, each path checked to stay inside it.
 pub fn files(
-    pod: &Value,
+    pod: &Pod,
     volume: &str,
     p: &ProjectedVolumeSource,
     lookup: &dyn Lookup,
 ) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
-    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+    let ns = crate::pod::ids(pod).0;
     let mut out = BTreeMap::new();
     for s in p.sources.iter().flatten() {
         let objects = [
@@ -90,7 +89,7 @@ mod tests {
 
     #[test]
     fn all_four_sources_together() {
-        let pod = json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"}});
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"}})).unwrap();
         let p: ProjectedVolumeSource = serde_json::from_value(json!({"sources": [
             {"configMap": {"name": "cm", "items": [{"key": "b", "path": "conf/b"}]}},
             {"secret": {"name": "s"}},

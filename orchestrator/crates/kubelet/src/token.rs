@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::Pod;
-use serde_json::Value;
 
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::parse_time;
+use orchestrator_apimachinery::typed;
 
 /// At most this long before a token is requested again.
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -67,12 +66,12 @@ impl Tokens {
             ..Default::default()
         };
         let body = serde_json::to_value(&req).map_err(|e| ApiError::internal(format!("TokenRequest: {e}")))?;
-        let answer = api.request_token(&ns, &sa, body).await?;
-        let token = answer.pointer("/status/token").and_then(Value::as_str).unwrap_or_default().to_string();
-        let expires = answer.pointer("/status/expirationTimestamp").and_then(Value::as_str).and_then(parse_time);
-        let now = orchestrator_apimachinery::registry::parse_time(&orchestrator_apimachinery::registry::now());
-        let life = match (expires, now) {
-            (Some(e), Some(n)) if e > n => Duration::from_secs((e - n) as u64),
+        let answer: TokenRequest = typed::decode(api.request_token(&ns, &sa, body).await?, "TokenRequest")?;
+        let (token, expires) =
+            answer.status.map_or_else(Default::default, |s| (s.token, Some(s.expiration_timestamp.0.as_second())));
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let life = match expires {
+            Some(e) if e > now => Duration::from_secs((e - now) as u64),
             _ => Duration::from_secs(seconds.max(0) as u64),
         };
         let due = Instant::now() + refresh_after(life);

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use serde_json::Value;
 
 use orchestrator_apimachinery::node_fields;
 use orchestrator_apimachinery::validation::is_dns1123_label;
@@ -85,13 +84,11 @@ fn file_name(volume: &str, name: &str) -> Result<(), ConfigError> {
 /// Prepares (or refreshes) every volume of a pod; returns the host path of each by name.
 /// Names and file paths are checked again here (as at admission), so an
 /// object stored some other way still writes nothing outside the pod's volume directory.
-pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
-    let typed: Pod = serde_json::from_value(pod.clone()).map_err(|e| ConfigError(format!("pod: {e}")))?;
-    let uid = typed.metadata.uid.as_deref().unwrap_or_default();
-    let ns = typed.metadata.namespace.as_deref().unwrap_or_default();
+pub fn prepare(kubelet_dir: &Path, pod: &Pod, lookup: &dyn Lookup) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
+    let (ns, _, uid) = crate::pod::ids(pod);
     let base = pod_volumes_dir(kubelet_dir, uid);
     let mut out = BTreeMap::new();
-    for v in typed.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let name = v.name.as_str();
         if !is_dns1123_label(name) {
             return Err(ConfigError(format!("volume name {name:?} is not a DNS label")).into());
@@ -199,10 +196,9 @@ pub fn prepare(kubelet_dir: &Path, pod: &Value, lookup: &dyn Lookup) -> Result<B
 }
 
 /// The CRI mounts of a container's `volumeMounts`.
-pub fn mounts(container: &Value, volumes: &BTreeMap<String, PathBuf>) -> Result<Vec<v1::Mount>, ConfigError> {
-    let c: Container = serde_json::from_value(container.clone()).map_err(|e| ConfigError(format!("container: {e}")))?;
+pub fn mounts(container: &Container, volumes: &BTreeMap<String, PathBuf>) -> Result<Vec<v1::Mount>, ConfigError> {
     let mut out = Vec::new();
-    for m in c.volume_mounts.iter().flatten() {
+    for m in container.volume_mounts.iter().flatten() {
         let name = &m.name;
         let host = volumes.get(name).ok_or_else(|| ConfigError(format!("unable to find volume {name:?}")))?;
         let sub = m.sub_path.as_deref().unwrap_or_default();
@@ -244,7 +240,7 @@ pub fn remove(kubelet_dir: &Path, uid: &str) -> Result<(), VolumeError> {
 mod tests {
     use super::*;
     use crate::pod::object_data;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     struct One(Value);
     impl Lookup for One {
@@ -258,7 +254,10 @@ mod tests {
     #[test]
     fn paths_out_of_the_volume_are_refused_and_nothing_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let pod = |volume: Value| json!({"metadata": {"uid": "u", "namespace": "d"}, "spec": {"volumes": [volume]}});
+        let pod = |volume: Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"uid": "u", "namespace": "d"}, "spec": {"volumes": [volume]}}))
+                .unwrap()
+        };
         let cases = [
             (
                 json!({"name": "c", "configMap": {"name": "cm", "items": [{"key": "k", "path": "../../etc/x"}]}}),
@@ -299,12 +298,13 @@ mod tests {
     #[test]
     fn config_map_volumes_are_written_and_updated_atomically() {
         let dir = tempfile::tempdir().unwrap();
-        let pod = json!({"metadata": {"uid": "u", "namespace": "d", "name": "p", "labels": {"a": "b"}}, "spec": {"volumes": [
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"uid": "u", "namespace": "d", "name": "p", "labels": {"a": "b"}}, "spec": {"volumes": [
             {"name": "cfg", "configMap": {"name": "cm"}},
             {"name": "some", "configMap": {"name": "cm", "items": [{"key": "k2", "path": "sub/two"}]}},
             {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
             {"name": "scratch", "emptyDir": {}},
-        ]}});
+        ]}}))
+        .unwrap();
         let v = prepare(dir.path(), &pod, &One(json!({"data": {"k1": "v1", "k2": "v2"}}))).unwrap();
         assert_eq!(std::fs::read_to_string(v["cfg"].join("k1")).unwrap(), "v1");
         assert_eq!(std::fs::read_to_string(v["some"].join("sub/two")).unwrap(), "v2");
@@ -319,13 +319,16 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with("..1"))
             .count();
         assert_eq!(stamps, 1, "the old generation is removed");
-        let c = json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true}, {"name": "scratch", "mountPath": "/s", "subPath": "x"}]});
+        let container = |c: Value| -> Container { serde_json::from_value(c).unwrap() };
+        let c = container(json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true}, {"name": "scratch", "mountPath": "/s", "subPath": "x"}]}));
         let m = mounts(&c, &v).unwrap();
         assert!(m[0].readonly && m[1].host_path.ends_with("scratch/x"));
         assert!(
-            mounts(&json!({"volumeMounts": [{"name": "cfg", "mountPath": "/x", "subPath": "../../etc"}]}), &v).is_err()
+            mounts(&container(json!({"volumeMounts": [{"name": "cfg", "mountPath": "/x", "subPath": "../../etc"}]})), &v)
+                .is_err()
         );
-        let missing = json!({"metadata": {"uid": "u2", "namespace": "d"}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}});
+        let missing: Pod = serde_json::from_value(json!({"metadata": {"uid": "u2", "namespace": "d"}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}}))
+            .unwrap();
         assert!(prepare(dir.path(), &missing, &One(json!({}))).is_err());
         remove(dir.path(), "u").unwrap();
         assert!(!dir.path().join("pods/u").exists());
