@@ -268,7 +268,12 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                 mtu: None,
             });
             if let Some(a) = cluster_address {
-                network.interfaces.push(Interface { name: cluster_interface, dhcp: false, addresses: vec![a], mtu: None });
+                network.interfaces.push(Interface {
+                    name: cluster_interface,
+                    dhcp: false,
+                    addresses: vec![a],
+                    mtu: None,
+                });
             }
             if let Some(gw) = gateway {
                 network.routes.push(Route {
@@ -375,7 +380,10 @@ mod tests {
         assert_eq!(w.api.cert_sans, ["w1.example"]);
         // Its address on the cluster network, on a second interface.
         let eth1 = &w.machine.network.interfaces[1];
-        assert_eq!((eth1.name.as_str(), eth1.dhcp, &eth1.addresses[..]), ("eth1", false, &["10.5.0.7/24".to_string()][..]));
+        assert_eq!(
+            (eth1.name.as_str(), eth1.dhcp, &eth1.addresses[..]),
+            ("eth1", false, &["10.5.0.7/24".to_string()][..])
+        );
         // The worker pins the Kubernetes CA, not the machine API's.
         let kube_ca = std::fs::read_to_string(d.path().join("kube-ca.crt")).unwrap();
         assert_eq!((w.kube_ca().cert_pem, w.kube_ca().field), (kube_ca.as_str(), "cluster.ca_cert"));

@@ -517,14 +517,7 @@ impl Vm {
             .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
             .args(self.disk.args(&d.join("disk.qcow2")))
             .args(["-netdev", &net])
-            .args([
-                "-device",
-                "virtio-net-pci,netdev=n0",
-                "-device",
-                "virtio-rng-pci",
-                "-device",
-                "i6300esb",
-            ])
+            .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci", "-device", "i6300esb"])
             .args(self.cluster_net.iter().flat_map(|n| n.args(&self.name)));
         }
         cmd.stdin(Stdio::null())

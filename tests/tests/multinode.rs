@@ -150,8 +150,9 @@ fn a_worker_joins_by_token_and_pods_reach_each_other_across_nodes() -> anyhow::R
     wait_for("node cp Ready", BOOT, || ready("cp")).with_context(|| tail(&cp.serial_log()))?;
 
     let worker = boot(&op, &image, w, "w1", net, &worker_toml)?;
-    wait_for("node w1 Ready", BOOT, || ready("w1"))
-        .with_context(|| format!("worker: {}\ncontrol plane: {}", tail(&worker.serial_log()), tail(&cp.serial_log())))?;
+    wait_for("node w1 Ready", BOOT, || ready("w1")).with_context(|| {
+        format!("worker: {}\ncontrol plane: {}", tail(&worker.serial_log()), tail(&cp.serial_log()))
+    })?;
 
     // Both Ready, distinct pod CIDRs, their cluster-network addresses as InternalIP.
     let nodes = kubectl(&kubeconfig, &["get", "nodes", "-o", "json"])?.ok()?.json()?;
@@ -194,7 +195,9 @@ fn a_worker_joins_by_token_and_pods_reach_each_other_across_nodes() -> anyhow::R
     // By pod IP, across nodes; the server sees the client's own pod IP.
     let url = format!("http://{server_ip}:8080/cgi-bin/ip");
     let seen_as = wait_for(&format!("{url} from the worker's pod"), Duration::from_secs(120), || fetch(&url))
-        .with_context(|| format!("worker: {}\ncontrol plane: {}", tail(&worker.serial_log()), tail(&cp.serial_log())))?;
+        .with_context(|| {
+            format!("worker: {}\ncontrol plane: {}", tail(&worker.serial_log()), tail(&cp.serial_log()))
+        })?;
     assert_eq!(seen_as, client_ip, "pod-to-pod traffic across nodes keeps its source address");
     // Through the Service's cluster IP.
     let cluster_ip =

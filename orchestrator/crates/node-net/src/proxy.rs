@@ -60,7 +60,7 @@ impl Chains {
     }
 
     /// The chain exempting pod-to-pod traffic across nodes from the CNI
-    /// bridge's masquerade ([`crate::routes`]): outside `PL-<id>-`, so a
+    /// bridge's masquerade (the pod routes): outside `PL-<id>-`, so a
     /// proxy sync neither flushes nor deletes it.
     pub fn pod_network(&self) -> String {
         format!("PLP-{}-PODNET", self.id)

@@ -94,10 +94,7 @@ pub fn wanted(nodes: &[Node], me: &str, local: &[IpAddr]) -> BTreeMap<Ipv4Net, I
 fn local_addresses() -> Vec<IpAddr> {
     nix::ifaddrs::getifaddrs()
         .map(|addrs| {
-            addrs
-                .filter_map(|a| a.address)
-                .filter_map(|sa| sa.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
-                .collect()
+            addrs.filter_map(|a| a.address).filter_map(|sa| sa.as_sockaddr_in().map(|s| IpAddr::V4(s.ip()))).collect()
         })
         .unwrap_or_default()
 }
@@ -251,7 +248,8 @@ pub async fn cleanup(chains: &Chains) -> Result<(), RoutesError> {
     let chain = chains.pod_network();
     let saved = run("iptables-save", &["-t", "nat"], None).await?;
     if saved.lines().any(|l| l.split_whitespace().next() == Some(&format!(":{chain}"))) {
-        run("iptables-restore", &["-w", "--noflush"], Some(&restore_text([chain.clone()].iter(), "", &[&chain]))).await?;
+        run("iptables-restore", &["-w", "--noflush"], Some(&restore_text([chain.clone()].iter(), "", &[&chain])))
+            .await?;
     }
     Ok(())
 }
@@ -316,6 +314,68 @@ mod tests {
         let mut theirs = msg.clone();
         theirs.header.protocol = RouteProtocol::Static;
         assert_eq!(ours(&theirs), None, "a route we did not make is left alone");
+    }
+
+    fn sh(program: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(program).args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The real thing, in a network namespace of the test's own (root):
+    /// routes are added, their gateway replaced, the routes of Nodes gone
+    /// removed, a route someone else made left alone, and the exemption
+    /// chain jumped to first from POSTROUTING.
+    #[test]
+    #[allow(unsafe_code)]
+    fn routes_and_the_exemption_follow_the_nodes_in_a_network_namespace() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) with CLONE_NEWNET moves only this thread
+            // (and the processes it starts) into a new network namespace;
+            // it touches no memory.
+            let r = unsafe { nix::libc::unshare(nix::libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare(CLONE_NEWNET) needs root: {}", std::io::Error::last_os_error());
+            sh("ip", &["link", "set", "lo", "up"]);
+            sh("ip", &["link", "add", "eth1", "type", "veth", "peer", "name", "peer1"]);
+            sh("ip", &["addr", "add", "10.5.0.1/24", "dev", "eth1"]);
+            sh("ip", &["link", "set", "eth1", "up"]);
+            sh("ip", &["link", "set", "peer1", "up"]);
+            sh("ip", &["route", "add", "10.99.0.0/24", "via", "10.5.0.9"]);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let h = netlink().unwrap();
+                let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+                let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+                let first =
+                    BTreeMap::from([(net("10.244.1.0/24"), ip("10.5.0.2")), (net("10.244.2.0/24"), ip("10.5.0.3"))]);
+                apply_routes(&h, &first).await.unwrap();
+                let read = current(&h).await.unwrap();
+                assert_eq!(read, first.iter().map(|(c, v)| (*c, Some(*v))).collect());
+                // w1 moved to another address, w2 was deleted.
+                let second = BTreeMap::from([(net("10.244.1.0/24"), ip("10.5.0.4"))]);
+                apply_routes(&h, &second).await.unwrap();
+                let shown = sh("ip", &["-4", "route", "show", "proto", "212"]);
+                assert_eq!(shown.trim(), "10.244.1.0/24 via 10.5.0.4 dev eth1", "{shown}");
+                let all = sh("ip", &["-4", "route"]);
+                assert!(all.contains("10.99.0.0/24 via 10.5.0.9"), "someone else's route stays: {all}");
+
+                let chains = Chains::new("plinth-test0");
+                apply_exemption(&chains, net("10.244.0.0/24"), &second).await.unwrap();
+                apply_exemption(&chains, net("10.244.0.0/24"), &second).await.unwrap();
+                let saved = sh("iptables-save", &["-t", "nat"]);
+                let post: Vec<&str> = saved.lines().filter(|l| l.starts_with("-A POSTROUTING")).collect();
+                assert_eq!(post.len(), 1, "one jump, however often synced: {saved}");
+                assert!(post[0].ends_with(&format!("-j {}", chains.pod_network())), "{saved}");
+                assert!(saved.contains("-s 10.244.0.0/24 -d 10.244.1.0/24"), "{saved}");
+
+                cleanup(&chains).await.unwrap();
+                assert_eq!(sh("ip", &["-4", "route", "show", "proto", "212"]).trim(), "");
+                let saved = sh("iptables-save", &["-t", "nat"]);
+                assert!(!saved.contains(&chains.pod_network()), "{saved}");
+            });
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
