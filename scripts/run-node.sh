@@ -76,7 +76,9 @@ Stop the VM with: qemu down --name n1
 MSG
   exit 0
 fi
-"$bin/osctl" -n "$api" --insecure apply-config -f "$config"
+mode=()
+[ "$workers" -gt 0 ] && mode=(--mode reboot)
+"$bin/osctl" -n "$api" --insecure apply-config "${mode[@]}" -f "$config"
 echo "waiting for the control plane and the node to be Ready (a minute or two under TCG)…"
 for _ in $(seq 1 120); do
   "$bin/osctl" -n "$api" kubeconfig --server "$kube" --out "$out/kubeconfig" >/dev/null 2>&1 && break
@@ -100,7 +102,8 @@ for i in $(seq 1 "$workers"); do
   wapi=$(echo "$wup" | sed -n 's/.*its API is at \(.*\)$/\1/p')
   "$bin/osctl" gen config --cluster demo --role worker --hostname "$name" --cluster-address "10.5.0.$((i + 1))/24" \
     --endpoint https://10.5.0.1:6443 --token "$token" --cert-san 127.0.0.1 --secrets "$out/keys" --out "$out/$name.toml"
-  "$bin/osctl" -n "$wapi" --insecure apply-config -f "$out/$name.toml"
+  # Its static eth1 address comes up at the next boot (maintenance mode ran DHCP).
+  "$bin/osctl" -n "$wapi" --insecure apply-config --mode reboot -f "$out/$name.toml"
   echo "waiting for $name to join…"
   ready "$name"
   worker_lines="$worker_lines

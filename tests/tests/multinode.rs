@@ -82,7 +82,9 @@ fn boot(op: &Operator, image: &Path, dir: &Path, name: &str, net: ClusterNet, co
     vm.wait_for_api(BOOT)?;
     let addr = vm.api_addr();
     let cfg = config.to_str().context("utf-8")?;
-    osctl(&op.osctlconfig(), &["-n", &addr, "--insecure", "apply-config", "-f", cfg]).ok()?;
+    // Booted in maintenance mode (DHCP on every interface), the node takes
+    // its static eth1 address at the next boot: apply with a reboot.
+    osctl(&op.osctlconfig(), &["-n", &addr, "--insecure", "apply-config", "--mode", "reboot", "-f", cfg]).ok()?;
     wait_for(&format!("{name} to serve its config"), Duration::from_secs(120), || {
         vm.supervise().ok()?;
         let v = osctl(&op.osctlconfig(), &["-n", &addr, "-o", "json", "version"]).json().ok()?;
