@@ -95,7 +95,7 @@ fn boot(op: &Operator, image: &Path, dir: &Path, name: &str, net: ClusterNet, co
 }
 
 #[test]
-fn a_worker_joins_by_token_and_pods_reach_each_other_across_nodes() -> anyhow::Result<()> {
+fn a_worker_joins_by_token_over_the_cluster_network() -> anyhow::Result<()> {
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
