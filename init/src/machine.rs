@@ -915,6 +915,27 @@ fn orchestrator_ca(c: &MachineConfig) -> Option<machinery::pki::CertKey> {
     }
 }
 
+/// The node's address toward the other nodes (its Node InternalIP): the
+/// config's static address on the same network as the cluster endpoint's
+/// host (on a control plane, the endpoint is its own first static
+/// address). `None` (the kubelet takes the default route's address) when
+/// the endpoint is a name or on no network of the config's: with QEMU's
+/// user network on eth0, every guest's default-route address is the same
+/// 10.0.2.15, so nodes on a cluster network need this.
+fn node_ip(c: &MachineConfig) -> Option<std::net::IpAddr> {
+    let endpoint = c.kube_endpoint()?;
+    let host = endpoint.strip_prefix("https://")?.rsplit_once(':').map_or(endpoint.as_str(), |(h, _)| h);
+    let host: std::net::IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    c.machine
+        .network
+        .interfaces
+        .iter()
+        .flat_map(|i| &i.addresses)
+        .filter_map(|a| a.parse::<ipnet::IpNet>().ok())
+        .find(|net| net.contains(&host))
+        .map(|net| net.addr())
+}
+
 /// What init wrote for the orchestrator: the cluster CA (certificate, key)
 /// on a control plane, the bootstrap token file when the config has one.
 struct ClusterFiles {
@@ -994,6 +1015,9 @@ fn cluster_services(
             "--image-dir".into(),
             k.image_dir.display().to_string(),
         ]);
+        if let Some(ip) = node_ip(c) {
+            args.extend(["--node-ip".into(), ip.to_string()]);
+        }
     }
     specs.push(ServiceSpec { name: ORCHESTRATOR.into(), program: o.program.clone(), args, env });
     Ok(specs)
@@ -1461,6 +1485,7 @@ mod tests {
         assert!(!a.contains(&"--kubelet".to_string()) && !a.contains(&"--listen".to_string()));
         assert_eq!(arg(a, "--pod-cidr"), None, "its Node's spec.podCIDR, from the control plane");
         assert_eq!(arg(a, "--cluster-cidr"), None);
+        assert_eq!(arg(a, "--node-ip"), None, "no static address: the default route's");
         // Without a token it cannot join: said, nothing started.
         let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None }).unwrap_err();
         assert!(e.contains("cluster.token"), "{e}");
@@ -1471,6 +1496,37 @@ mod tests {
         );
         let specs = cluster_services(&ha, &settings(true), &[], &files).unwrap();
         assert_eq!(arg(&specs[1].args, "--server"), Some("https://10.0.0.1:6443,https://10.0.0.2:6443"));
+    }
+
+    /// Nodes on a cluster network (DHCP on eth0, a static address on eth1):
+    /// each kubelet's Node InternalIP is its eth1 address, the one on the
+    /// endpoint's network.
+    #[test]
+    fn the_node_address_is_the_one_on_the_endpoints_network() {
+        let net = |addr: &str| {
+            format!(
+                "[[machine.network.interfaces]]\nname = \"eth0\"\ndhcp = true\n\
+                 [[machine.network.interfaces]]\nname = \"eth1\"\naddresses = [\"{addr}\"]\n"
+            )
+        };
+        let with_net = |role: &str, addr: &str, cluster: &str| {
+            let c = config(role, cluster);
+            let text = c.to_toml().replacen("[cluster]", &format!("{}\n[cluster]", net(addr)), 1);
+            MachineConfig::parse("node.toml", &text).unwrap()
+        };
+        let files = ClusterFiles { ca: None, token: Some("/d/t".into()) };
+        let ip = |c: &MachineConfig| {
+            let specs = cluster_services(c, &settings(true), &[], &files).unwrap();
+            arg(&specs[1].args, "--node-ip").map(str::to_string)
+        };
+        let cp = with_net("controlplane", "10.5.0.1/24", "");
+        assert_eq!(ip(&cp).as_deref(), Some("10.5.0.1"), "its own endpoint's address");
+        let join = "endpoint = \"https://10.5.0.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"";
+        assert_eq!(ip(&with_net("worker", "10.5.0.2/24", join)).as_deref(), Some("10.5.0.2"));
+        let elsewhere = "endpoint = \"https://192.168.9.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"";
+        assert_eq!(ip(&with_net("worker", "10.5.0.2/24", elsewhere)), None, "endpoint on no network of ours");
+        let by_name = "endpoint = \"https://cp.example:6443\"\ntoken = \"abcdef.0123456789abcdef\"";
+        assert_eq!(ip(&with_net("worker", "10.5.0.2/24", by_name)), None);
     }
 
     /// A config with separate roots: `[api]` the machine-API CA, `[cluster]`

@@ -55,6 +55,14 @@ pub enum GenCommand {
         gateway: Option<String>,
         #[arg(long, default_value = "eth0")]
         interface: String,
+        /// A static address in CIDR form on a second interface, the
+        /// network the nodes reach each other on (their Node InternalIP;
+        /// a worker's --endpoint is on it).
+        #[arg(long, value_name = "CIDR")]
+        cluster_address: Option<String>,
+        /// The interface of --cluster-address.
+        #[arg(long, default_value = "eth1")]
+        cluster_interface: String,
         /// The control plane's Kubernetes API URL (required for workers).
         #[arg(long)]
         endpoint: Option<String>,
@@ -219,6 +227,8 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
             address,
             gateway,
             interface,
+            cluster_address,
+            cluster_interface,
             endpoint,
             token,
             cluster_id,
@@ -242,7 +252,9 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                 }
                 NodeRole::Worker => {
                     let mut names = vec![hostname.clone()];
-                    names.extend(address.iter().filter_map(|a| a.split('/').next()).map(str::to_string));
+                    names.extend(
+                        address.iter().chain(&cluster_address).filter_map(|a| a.split('/').next()).map(str::to_string),
+                    );
                     names.extend(cert_sans.iter().cloned());
                     let serving = pki::issue_server(&ca, &hostname, &names, pki::LEAF_LIFETIME).map_err(other)?;
                     (None, None, Some(serving.cert_pem), Some(serving.key_pem))
@@ -255,6 +267,14 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                 addresses: address.into_iter().collect(),
                 mtu: None,
             });
+            if let Some(a) = cluster_address {
+                network.interfaces.push(Interface {
+                    name: cluster_interface,
+                    dhcp: false,
+                    addresses: vec![a],
+                    mtu: None,
+                });
+            }
             if let Some(gw) = gateway {
                 network.routes.push(Route {
                     to: "0.0.0.0/0".into(),
@@ -322,6 +342,8 @@ mod tests {
             address: Some("10.0.0.7/24".into()),
             gateway: None,
             interface: "eth0".into(),
+            cluster_address: Some("10.5.0.7/24".into()),
+            cluster_interface: "eth1".into(),
             endpoint: Some("https://10.0.0.5:6443".into()),
             token: None,
             cluster_id: None,
@@ -357,6 +379,12 @@ mod tests {
         let machine_ca = std::fs::read_to_string(d.path().join("ca.crt")).unwrap();
         assert_eq!(serving.issuer, pki::cert_info(&machine_ca).unwrap().subject, "by the machine-API CA");
         assert_eq!(w.api.cert_sans, ["w1.example"]);
+        // Its address on the cluster network, on a second interface.
+        let eth1 = &w.machine.network.interfaces[1];
+        assert_eq!(
+            (eth1.name.as_str(), eth1.dhcp, &eth1.addresses[..]),
+            ("eth1", false, &["10.5.0.7/24".to_string()][..])
+        );
         // The worker pins the Kubernetes CA, not the machine API's.
         let kube_ca = std::fs::read_to_string(d.path().join("kube-ca.crt")).unwrap();
         assert_eq!((w.kube_ca().cert_pem, w.kube_ca().field), (kube_ca.as_str(), "cluster.ca_cert"));
@@ -387,6 +415,8 @@ mod tests {
             address: None,
             gateway: None,
             interface: "eth0".into(),
+            cluster_address: None,
+            cluster_interface: "eth1".into(),
             endpoint: None,
             token: None,
             cluster_id: None,

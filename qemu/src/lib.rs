@@ -66,6 +66,69 @@ pub struct VmOptions {
     pub dir: PathBuf,
 }
 
+/// A guest-to-guest network: a second virtio NIC (the guest's `eth1`) on a
+/// QEMU socket netdev that sends its Ethernet frames to a UDP multicast
+/// group on the host's loopback (`-netdev socket,mcast=…,localaddr=127.0.0.1`),
+/// so every VM given the same group shares one layer-2 segment and nothing
+/// leaves the host. Works in QEMU 7.2 and 10, needs no root, no bridge and
+/// no tap device. The first NIC stays QEMU's user network with the port
+/// forwards to 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterNet {
+    /// The multicast group and UDP port: pick one per cluster
+    /// ([`ClusterNet::new`]); two clusters on one host must not share it.
+    pub group: std::net::SocketAddrV4,
+}
+
+impl std::str::FromStr for ClusterNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ClusterNet, String> {
+        let group: std::net::SocketAddrV4 =
+            s.parse().map_err(|_| format!("{s:?}: the cluster network is GROUP:PORT, e.g. 239.192.0.1:40000"))?;
+        if !group.ip().is_multicast() {
+            return Err(format!("{s:?}: {} is not a multicast address (224.0.0.0/4)", group.ip()));
+        }
+        Ok(ClusterNet { group })
+    }
+}
+
+impl std::fmt::Display for ClusterNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.group.fmt(f)
+    }
+}
+
+impl ClusterNet {
+    /// A network of its own: group 239.192.x.y (organisation-local scope)
+    /// and a free UDP port on 127.0.0.1.
+    pub fn new() -> Result<ClusterNet, VmError> {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io("bind", Path::new("127.0.0.1:0")))?;
+        let port = sock.local_addr().map_err(io("bind", Path::new("127.0.0.1:0")))?.port();
+        let [hi, lo] = port.to_be_bytes();
+        Ok(ClusterNet { group: std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(239, 192, hi, lo), port) })
+    }
+
+    /// The second NIC's MAC for VM `name`: locally administered, from the
+    /// name (QEMU gives every NIC 52:54:00:12:34:56 otherwise, and guests
+    /// with one MAC on one segment do not reach each other).
+    pub fn mac(name: &str) -> String {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        let b = h.finish().to_be_bytes();
+        format!("52:54:01:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+    }
+
+    fn args(&self, name: &str) -> [String; 4] {
+        [
+            "-netdev".into(),
+            format!("socket,id=n1,mcast={},localaddr=127.0.0.1", self.group),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n1,mac={}", ClusterNet::mac(name)),
+        ]
+    }
+}
+
 /// What `qemu up` records (`<state dir>/<name>/vm.json`) so `qemu down`
 /// can find the VM, and a person its files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +145,9 @@ pub struct Record {
     pub dir: PathBuf,
     #[serde(default)]
     pub image: PathBuf,
+    /// The guest-to-guest network of its second NIC (`GROUP:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_net: Option<String>,
 }
 
 /// The QEMU machine an image boots on, from its manifest's board.
@@ -140,6 +206,8 @@ pub struct Vm {
     /// UEFI Secure Boot on: OVMF's secboot build with SMM, and the VM's
     /// variable store copied from one with the operator's keys enrolled.
     secure_boot: Option<PathBuf>,
+    /// The guest-to-guest network of its second NIC.
+    pub cluster_net: Option<ClusterNet>,
 }
 
 /// How the VM's disk is attached: virtio by default; the others stand in
@@ -212,7 +280,12 @@ impl Vm {
 
     /// [`Vm::start`] with the disk attached another way.
     pub fn start_with(opts: VmOptions, disk: Disk) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, disk, true, None)
+        Vm::start_inner(opts, disk, true, None, None)
+    }
+
+    /// [`Vm::start`] with a second NIC on `net`, shared with other VMs.
+    pub fn start_on(opts: VmOptions, net: ClusterNet) -> Result<Vm, VmError> {
+        Vm::start_inner(opts, Disk::Virtio, true, None, Some(net))
     }
 
     /// [`Vm::start`] with UEFI Secure Boot on: OVMF's Secure Boot build,
@@ -220,14 +293,15 @@ impl Vm {
     /// enrolled (`image-builder secure-boot-keys` makes one). UEFI images
     /// only.
     pub fn start_secure_boot(opts: VmOptions, vars: &Path) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, Disk::Virtio, true, Some(vars.to_path_buf()))
+        Vm::start_inner(opts, Disk::Virtio, true, Some(vars.to_path_buf()), None)
     }
 
     /// Starts a VM that outlives this process (`qemu up`): on a Pi-layout
     /// image QEMU resets in place on a guest reboot and boots the same
     /// slot's files again, as no harness is left to play the firmware.
-    pub fn start_standalone(opts: VmOptions, disk: Disk) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, disk, false, None)
+    /// With `net`, a second NIC on that guest-to-guest network.
+    pub fn start_standalone(opts: VmOptions, disk: Disk, net: Option<ClusterNet>) -> Result<Vm, VmError> {
+        Vm::start_inner(opts, disk, false, None, net)
     }
 
     fn start_inner(
@@ -235,6 +309,7 @@ impl Vm {
         disk: Disk,
         supervised: bool,
         secure_boot: Option<PathBuf>,
+        cluster_net: Option<ClusterNet>,
     ) -> Result<Vm, VmError> {
         let machine = Machine::for_image(&opts.image);
         if secure_boot.is_some() {
@@ -248,6 +323,12 @@ impl Vm {
                 });
             }
             require(OVMF_CODE_SECBOOT, "ovmf")?;
+        }
+        if machine == Machine::Raspi4b && cluster_net.is_some() {
+            return Err(VmError::Command {
+                what: "a cluster network".into(),
+                detail: format!("{} boots on -M raspi4b, which has no PCI bus for a second NIC", opts.image.display()),
+            });
         }
         if machine.pi_layout() {
             require("qemu-system-aarch64", "qemu-system-arm (from bookworm-backports)")?;
@@ -332,6 +413,7 @@ impl Vm {
             serial_mark: 0,
             booted_slot: None,
             secure_boot,
+            cluster_net,
         };
         vm.boot()?;
         Ok(vm)
@@ -385,6 +467,7 @@ impl Vm {
                     // serial0 is the PL011 (Bluetooth on a Pi), serial1 the
                     // mini UART the board's console is on; QEMU's mini UART
                     // cannot carry it (firmware::RASPI4B_CONSOLE).
+                    // QEMU's raspi4b has no PCI: no second NIC.
                     cmd.args(["-M", "raspi4b", "-serial", "chardev:ser0", "-serial", "null"])
                         .args(["-drive", &drive("sd")])
                         .args(["-netdev", &net, "-device", "usb-net,netdev=n0"]);
@@ -400,7 +483,8 @@ impl Vm {
                             "virtio-rng-pci",
                             "-device",
                             "i6300esb",
-                        ]);
+                        ])
+                        .args(self.cluster_net.iter().flat_map(|n| n.args(&self.name)));
                 }
             }
         } else {
@@ -433,14 +517,8 @@ impl Vm {
             .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
             .args(self.disk.args(&d.join("disk.qcow2")))
             .args(["-netdev", &net])
-            .args([
-                "-device",
-                "virtio-net-pci,netdev=n0",
-                "-device",
-                "virtio-rng-pci",
-                "-device",
-                "i6300esb",
-            ]);
+            .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci", "-device", "i6300esb"])
+            .args(self.cluster_net.iter().flat_map(|n| n.args(&self.name)));
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -646,6 +724,7 @@ impl Vm {
             serial: self.serial.clone(),
             dir: self.dir.clone(),
             image: self.opts.image.clone(),
+            cluster_net: self.cluster_net.map(|n| n.to_string()),
         }
     }
 }
@@ -733,6 +812,20 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_network_is_a_multicast_group_with_a_nic_per_vm() {
+        let net: ClusterNet = "239.192.1.2:40000".parse().unwrap();
+        assert!("10.0.0.1:40000".parse::<ClusterNet>().unwrap_err().contains("not a multicast address"));
+        assert!("239.192.1.2".parse::<ClusterNet>().unwrap_err().contains("GROUP:PORT"));
+        let a = net.args("cp").join(" ");
+        assert_eq!(a.split(' ').next(), Some("-netdev"));
+        assert!(a.contains("socket,id=n1,mcast=239.192.1.2:40000,localaddr=127.0.0.1"), "{a}");
+        assert!(a.contains(&format!("virtio-net-pci,netdev=n1,mac={}", ClusterNet::mac("cp"))), "{a}");
+        assert_ne!(ClusterNet::mac("cp"), ClusterNet::mac("w1"), "one MAC per guest");
+        let fresh = ClusterNet::new().unwrap();
+        assert!(fresh.group.ip().is_multicast() && fresh.group.port() != 0, "{fresh}");
+    }
+
+    #[test]
     fn records_round_trip_and_list() {
         let d = tempfile::tempdir().unwrap();
         let r = Record {
@@ -743,6 +836,7 @@ mod tests {
             serial: d.path().join("n1/serial.log"),
             dir: d.path().join("n1"),
             image: "plinth.img".into(),
+            cluster_net: None,
         };
         std::fs::create_dir_all(&r.dir).unwrap();
         save_record(&r.dir, &r).unwrap();

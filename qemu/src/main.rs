@@ -30,7 +30,14 @@ enum Cmd {
         /// How the disk is attached: virtio, nvme, ahci or usb.
         #[arg(long, default_value = "virtio")]
         disk: plinth_qemu::Disk,
+        /// A second NIC (the guest's eth1) on this guest-to-guest network,
+        /// `GROUP:PORT` from `qemu cluster-net`: VMs given the same one
+        /// share a layer-2 segment on the host's loopback.
+        #[arg(long, value_name = "GROUP:PORT")]
+        cluster_net: Option<plinth_qemu::ClusterNet>,
     },
+    /// Print a fresh guest-to-guest network (`GROUP:PORT`) for `up --cluster-net`.
+    ClusterNet,
     /// Stop a VM and delete its overlay.
     Down {
         #[arg(long, default_value = "n1")]
@@ -55,13 +62,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let state = cli.state_dir.unwrap_or_else(plinth_qemu::default_state_dir);
     match cli.command {
-        Cmd::Up { image, name, memory, disk } => {
+        Cmd::Up { image, name, memory, disk, cluster_net } => {
             let dir = state.join(&name);
             if dir.join("vm.json").exists() {
                 anyhow::bail!("a VM named {name} exists: `qemu down --name {name}` first");
             }
             let opts = plinth_qemu::VmOptions { image, name: name.clone(), memory_mib: memory, dir: dir.clone() };
-            let mut vm = plinth_qemu::Vm::start_standalone(opts, disk)?;
+            let mut vm = plinth_qemu::Vm::start_standalone(opts, disk, cluster_net)?;
             eprintln!("booting {name} (serial log: {})…", vm.serial.display());
             vm.wait_for_api(Duration::from_secs(180))?;
             let record = vm.detach();
@@ -74,9 +81,13 @@ fn main() -> anyhow::Result<()> {
                 println!("  osctl -n {} kubeconfig --server https://127.0.0.1:{kube} --out kubeconfig", record.api);
                 println!("  kubectl --kubeconfig kubeconfig get nodes,namespaces");
             }
+            if let Some(net) = &record.cluster_net {
+                println!("its eth1 is on the cluster network {net}");
+            }
             println!("QEMU pid {}, serial log {}, files in {}", record.pid, record.serial.display(), dir.display());
             println!("stop it with: qemu down --name {name}");
         }
+        Cmd::ClusterNet => println!("{}", plinth_qemu::ClusterNet::new()?),
         Cmd::Down { name } => {
             plinth_qemu::down(&state, &name)?;
             println!("{name} stopped");

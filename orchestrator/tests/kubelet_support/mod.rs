@@ -811,6 +811,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_server();
         let chains = orchestrator_node_net::proxy::Chains::new(&self.containerd.bridge);
+        if let Err(e) = rt().block_on(orchestrator_node_net::routes::cleanup(&chains)) {
+            eprintln!("remove the pod routes' rules: {e}");
+        }
         if let Err(e) = rt().block_on(orchestrator_node_net::proxy::cleanup(&chains)) {
             eprintln!("remove the service proxy's rules: {e}");
         }

@@ -219,6 +219,17 @@ fn start_cluster_dns(cfg: &Config) -> Option<orchestrator_node_net::proxy::Clust
     }
 }
 
+/// Routes the other nodes' pod CIDRs via their addresses (`orchestrator_node_net::routes`).
+fn start_pod_routes(cfg: &Config, api: &orchestrator_client::Api, chains: orchestrator_node_net::proxy::Chains) {
+    match cfg.pod_cidr.parse::<ipnet::Ipv4Net>() {
+        Ok(own) => {
+            let routes = orchestrator_node_net::routes::run_forever(api.clone(), cfg.node_name.clone(), chains, own);
+            tokio::spawn(routes);
+        }
+        Err(e) => tracing::warn!("pod routes: the pod CIDR {:?}: {e}; no routes to other nodes' pods", cfg.pod_cidr),
+    }
+}
+
 /// Starts the kubelet: connects to the runtime, writes the CNI config,
 /// registers the node and runs the sync loop, lease and node status in the background.
 pub async fn start(
@@ -243,7 +254,8 @@ pub async fn start(
     let cluster_dns = if cfg.service_proxy { start_cluster_dns(&cfg) } else { None };
     if cfg.service_proxy {
         let chains = orchestrator_node_net::proxy::Chains::new(&cfg.bridge);
-        tokio::spawn(orchestrator_node_net::proxy::run_forever(api.clone(), chains, cluster_dns.clone()));
+        tokio::spawn(orchestrator_node_net::proxy::run_forever(api.clone(), chains.clone(), cluster_dns.clone()));
+        start_pod_routes(&cfg, &api, chains);
     }
     let host_ip = cfg.node_ip.unwrap_or_else(node::default_ip).to_string();
     let listen = cfg.listen;

@@ -1,6 +1,8 @@
-//! A node's Service networking, run by the kubelet: the service proxy
-//! (kube-proxy's iptables mode) and the cluster DNS. Both follow Services
-//! and Endpoints through the API client.
+//! A node's networking, run by the kubelet: the service proxy
+//! (kube-proxy's iptables mode) and the cluster DNS, which follow Services
+//! and Endpoints, and the routes to other nodes' pods, which follow Nodes —
+//! all through the API client.
 
 pub mod dns;
 pub mod proxy;
+pub mod routes;

@@ -59,6 +59,13 @@ impl Chains {
         format!("PL-{}-", self.id)
     }
 
+    /// The chain exempting pod-to-pod traffic across nodes from the CNI
+    /// bridge's masquerade (the pod routes): outside `PL-<id>-`, so a
+    /// proxy sync neither flushes nor deletes it.
+    pub fn pod_network(&self) -> String {
+        format!("PLP-{}-PODNET", self.id)
+    }
+
     /// Cluster IPs and, last, the jump to node ports.
     pub fn services(&self) -> String {
         format!("{}SERVICES", self.prefix())
@@ -293,7 +300,7 @@ fn restore_input(chains: &Chains, portals: &[Portal], existing: &BTreeSet<String
 /// An `iptables-restore --noflush` input for the nat table: `declared`
 /// chains created or flushed (declaring does both), then `rules`, then the
 /// `deleted` chains removed (flushed first, so nothing refers to them).
-fn restore_text<'a>(declared: impl Iterator<Item = &'a String>, rules: &str, deleted: &[&String]) -> String {
+pub(crate) fn restore_text<'a>(declared: impl Iterator<Item = &'a String>, rules: &str, deleted: &[&String]) -> String {
     let mut out = String::from("*nat\n");
     for c in declared {
         let _ = writeln!(out, ":{c} - [0:0]");
@@ -316,7 +323,7 @@ pub enum ProxyError {
     Api(#[from] orchestrator_apimachinery::errors::ApiError),
 }
 
-async fn run(program: &'static str, args: &[&str], input: Option<&str>) -> Result<String, ProxyError> {
+pub(crate) async fn run(program: &'static str, args: &[&str], input: Option<&str>) -> Result<String, ProxyError> {
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
