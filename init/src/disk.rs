@@ -13,8 +13,8 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use machinery::layout::{self, Slot};
-use partition_window::Window as PartitionWindow;
 use machinery::slots::{BootState, sdboot};
+use partition_window::Window as PartitionWindow;
 use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]

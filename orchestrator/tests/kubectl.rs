@@ -354,3 +354,66 @@ fn hostile_service_endpoints_and_volume_fields_are_refused() {
         assert!(err.contains("not found"), "{object} was stored: {err}");
     }
 }
+
+#[test]
+fn a_pods_spec_changes_only_where_upstream_lets_it() {
+    let Some(s) = Server::start() else { return };
+    s.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: fixed}
+spec:
+  containers: [{name: c, image: "busybox:1"}]
+  tolerations: [{key: a, operator: Exists}]
+"#,
+        &[],
+    );
+    // The image, added tolerations and a deadline change.
+    s.ok(&["set", "image", "pod/fixed", "c=busybox:2"]);
+    s.ok(&["patch", "pod", "fixed", "-p", r#"{"spec":{"activeDeadlineSeconds":60}}"#]);
+    s.ok(&[
+        "patch",
+        "pod",
+        "fixed",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/tolerations/-","value":{"key":"b","operator":"Exists"}}]"#,
+    ]);
+    let got = s.ok(&[
+        "get",
+        "pod",
+        "fixed",
+        "-o",
+        "jsonpath={.spec.containers[0].image} {.spec.activeDeadlineSeconds}|{.spec.tolerations[*].key}",
+    ]);
+    let (fields, tolerations) = got.split_once('|').unwrap();
+    assert_eq!(fields, "busybox:2 60");
+    assert!(tolerations.starts_with("a ") && tolerations.ends_with(" b"), "{tolerations}");
+    // Who the pod runs as, where and with what volumes does not.
+    for patch in [
+        r#"{"spec":{"serviceAccountName":"admin"}}"#,
+        r#"{"spec":{"nodeName":"elsewhere"}}"#,
+        r#"{"spec":{"volumes":[{"name":"root","hostPath":{"path":"/"}}]}}"#,
+        r#"{"spec":{"ephemeralContainers":[{"name":"d","image":"busybox"}]}}"#,
+    ] {
+        let err = s.fails(&["patch", "pod", "fixed", "-p", patch]);
+        assert!(err.contains("spec: Forbidden: pod updates may not change fields other than"), "{patch}: {err}");
+    }
+    let err = s.fails(&["patch", "pod", "fixed", "-p", r#"{"spec":{"activeDeadlineSeconds":120}}"#]);
+    assert!(
+        err.contains("spec.activeDeadlineSeconds: Invalid value: 120: must be less than or equal to previous value"),
+        "{err}"
+    );
+    let got = s.ok(&[
+        "get",
+        "pod",
+        "fixed",
+        "-o",
+        "jsonpath={.spec.serviceAccountName}|{.spec.nodeName}|{.spec.volumes}|{.spec.ephemeralContainers}",
+    ]);
+    assert!(
+        !got.contains("admin") && !got.contains("elsewhere") && !got.contains("hostPath") && !got.contains("busybox"),
+        "{got}"
+    );
+}

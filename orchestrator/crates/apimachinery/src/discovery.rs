@@ -190,9 +190,7 @@ fn resources(group: &str, version: &str, custom: &[Arc<ResourceType>]) -> Option
             verbs: strings(&["get", "list"]),
             ..Default::default()
         };
-        let resources = vec![metrics("NodeMetrics", "nodes", false), metrics("PodMetrics", "pods", true)];
-        let list = APIResourceList { group_version: format!("{group}/{version}"), resources };
-        return Some(with_type(list, "APIResourceList", "v1"));
+        return Some(vec![metrics("NodeMetrics", "nodes", false), metrics("PodMetrics", "pods", true)]);
     }
     let rts = served(group, version, custom);
     if rts.is_empty() {
@@ -267,6 +265,7 @@ pub fn aggregated(core: bool, version: &str, custom: &[Arc<ResourceType>]) -> Va
     } else {
         let builtin = GROUPS.iter().chain([&AUTHENTICATION_GROUP, &AUTHORIZATION_GROUP]);
         let mut g: Vec<(&str, Vec<&str>)> = builtin.map(|g| (*g, vec![group_version(g)])).collect();
+        g.push((METRICS_GROUP, vec![METRICS_VERSION]));
         g.extend(custom_groups(custom));
         g
     };
@@ -443,7 +442,10 @@ mod tests {
         assert_eq!((&pods["shortNames"], &pods["categories"]), (&json!(["po"]), &json!(["all"])));
         let subs: Vec<&str> =
             pods["subresources"].as_array().unwrap().iter().map(|s| s["subresource"].as_str().unwrap()).collect();
-        assert_eq!(subs, ["status", "binding", "eviction", "log", "exec", "attach", "portforward"]);
+        assert_eq!(
+            subs,
+            ["status", "binding", "eviction", "ephemeralcontainers", "log", "exec", "attach", "portforward"]
+        );
         let eviction = &pods["subresources"][2];
         assert_eq!(eviction["responseKind"], json!({"group": "policy", "version": "v1", "kind": "Eviction"}));
         assert_eq!(eviction["verbs"], json!(["create"]));

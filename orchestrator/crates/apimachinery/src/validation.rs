@@ -463,7 +463,6 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
         "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => &["/spec/selector"],
         "Service" => &["/spec/clusterIP"],
         "Job" => &["/spec/selector", "/spec/completions"],
-        "Pod" => &["/spec/containers/0/name"],
         _ => &[],
     };
     for p in immutable {
@@ -475,12 +474,192 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
     if kind == "CertificateSigningRequest" {
         crate::certificates::validate_update(old, new, &mut causes);
     }
+    if kind == "Pod" {
+        pod_spec_update(old, new, &mut causes);
+    }
     causes
+}
+
+/// Upstream's rule for a pod's spec on update: only the containers' and
+/// init containers' images, `activeDeadlineSeconds` (set, or lowered),
+/// `tolerations` (additions), `terminationGracePeriodSeconds` (to 1 from a
+/// negative value) and `schedulingGates` (removals) change. Everything
+/// else — the service account, volumes, nodeName, security contexts,
+/// ephemeral containers (their own subresource adds them) — is fixed at
+/// creation, which the Node authorizer and the kubelet rely on. Empty and
+/// absent fields compare equal, as upstream's semantic equality.
+fn pod_spec_update(old: &Value, new: &Value, causes: &mut Causes) {
+    let (Some(old), Some(new)) = (old.get("spec"), new.get("spec")) else { return };
+    for list in ["containers", "initContainers"] {
+        let count = |s: &Value| s.get(list).and_then(Value::as_array).map_or(0, Vec::len);
+        if count(old) != count(new) {
+            causes.push((format!("spec.{list}"), "Forbidden: pod updates may not add or remove containers".into()));
+            return;
+        }
+    }
+    let mut munged = new.clone();
+    let set = |m: &mut Value, field: &str, to: Option<&Value>| match (m.as_object_mut(), to) {
+        (Some(o), Some(v)) => {
+            o.insert(field.into(), v.clone());
+        }
+        (Some(o), None) => {
+            o.remove(field);
+        }
+        _ => {}
+    };
+    for list in ["containers", "initContainers"] {
+        let olds = old.get(list).and_then(Value::as_array).cloned().unwrap_or_default();
+        if let Some(news) = munged.get_mut(list).and_then(Value::as_array_mut) {
+            for (o, n) in olds.iter().zip(news) {
+                set(n, "image", o.get("image"));
+            }
+        }
+    }
+    let deadline = |s: &Value| s.get("activeDeadlineSeconds").and_then(Value::as_i64);
+    match (deadline(old), deadline(new)) {
+        (Some(_), None) => causes.push((
+            "spec.activeDeadlineSeconds".into(),
+            "Invalid value: \"null\": must not update from a positive integer to nil value".into(),
+        )),
+        (Some(o), Some(n)) if n > o => causes.push((
+            "spec.activeDeadlineSeconds".into(),
+            format!("Invalid value: {n}: must be less than or equal to previous value"),
+        )),
+        _ => {}
+    }
+    set(&mut munged, "activeDeadlineSeconds", old.get("activeDeadlineSeconds"));
+    let items = |s: &Value, f: &str| s.get(f).and_then(Value::as_array).cloned().unwrap_or_default();
+    let (old_tol, new_tol) = (items(old, "tolerations"), items(new, "tolerations"));
+    if old_tol.iter().all(|t| new_tol.contains(t)) {
+        set(&mut munged, "tolerations", old.get("tolerations"));
+    } else {
+        causes.push((
+            "spec.tolerations".into(),
+            "Forbidden: existing toleration can not be modified except its tolerationSeconds".into(),
+        ));
+    }
+    let grace = |s: &Value| s.get("terminationGracePeriodSeconds").and_then(Value::as_i64);
+    if grace(old).is_some_and(|g| g < 0) && grace(new) == Some(1) {
+        set(&mut munged, "terminationGracePeriodSeconds", old.get("terminationGracePeriodSeconds"));
+    }
+    let (old_gates, new_gates) = (items(old, "schedulingGates"), items(new, "schedulingGates"));
+    match new_gates.iter().find(|g| !old_gates.contains(g)) {
+        Some(g) => causes.push((
+            "spec.schedulingGates".into(),
+            format!(
+                "Forbidden: only deletion is allowed, but found new scheduling gate '{}'",
+                g.get("name").and_then(Value::as_str).unwrap_or_default()
+            ),
+        )),
+        None => set(&mut munged, "schedulingGates", old.get("schedulingGates")),
+    }
+    if !causes.is_empty() {
+        return;
+    }
+    let (old_fields, new_fields) = (semantic(old), semantic(&munged));
+    if old_fields != new_fields {
+        let mut changed: Vec<&String> = old_fields
+            .as_object()
+            .into_iter()
+            .chain(new_fields.as_object())
+            .flat_map(|o| o.keys())
+            .filter(|k| old_fields.get(k.as_str()) != new_fields.get(k.as_str()))
+            .collect();
+        changed.sort();
+        changed.dedup();
+        let changed: Vec<String> = changed.iter().map(|k| format!("spec.{k}")).collect();
+        causes.push((
+            "spec".into(),
+            format!(
+                "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,\
+                 `spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions \
+                 to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was \
+                 previously negative) (changed: {})",
+                changed.join(", ")
+            ),
+        ));
+    }
+}
+
+/// `v` without nulls, empty lists and empty maps, so that a field sent
+/// empty and one left out compare equal.
+fn semantic(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), semantic(v))).filter(|(_, v)| !is_empty(v)).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(semantic).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_spec_changes_only_where_upstream_lets_it() {
+        let pod = json!({"spec": {
+            "serviceAccountName": "default",
+            "containers": [{"name": "c", "image": "busybox:1"}],
+            "tolerations": [{"key": "a", "operator": "Exists"}],
+            "activeDeadlineSeconds": 60,
+            "schedulingGates": [{"name": "g"}],
+            "volumes": [],
+        }});
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut p = pod.clone();
+            f(&mut p);
+            validate_update("Pod", &pod, &p)
+        };
+        // What may change.
+        assert!(with(&|p| p["spec"]["containers"][0]["image"] = json!("busybox:2")).is_empty());
+        assert!(with(&|p| p["spec"]["tolerations"].as_array_mut().unwrap().push(json!({"key": "b"}))).is_empty());
+        assert!(with(&|p| p["spec"]["activeDeadlineSeconds"] = json!(30)).is_empty());
+        assert!(with(&|p| p["spec"]["schedulingGates"] = json!([])).is_empty());
+        assert!(
+            with(&|p| {
+                p["spec"].as_object_mut().unwrap().remove("volumes");
+            })
+            .is_empty()
+        );
+        // What may not.
+        let fields = |c: Causes| c.into_iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join("\n");
+        let sa = fields(with(&|p| p["spec"]["serviceAccountName"] = json!("admin")));
+        assert!(sa.starts_with("spec: Forbidden: pod updates may not change fields other than"), "{sa}");
+        assert!(sa.contains("spec.serviceAccountName"), "{sa}");
+        let node = fields(with(&|p| p["spec"]["nodeName"] = json!("n2")));
+        assert!(node.contains("spec.nodeName"), "{node}");
+        let eph = fields(with(&|p| p["spec"]["ephemeralContainers"] = json!([{"name": "d", "image": "busybox"}])));
+        assert!(eph.contains("spec.ephemeralContainers"), "{eph}");
+        let vol = fields(with(&|p| p["spec"]["volumes"] = json!([{"name": "h", "hostPath": {"path": "/"}}])));
+        assert!(vol.contains("spec.volumes"), "{vol}");
+        let more = fields(with(&|p| p["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "d"}))));
+        assert_eq!(more, "spec.containers: Forbidden: pod updates may not add or remove containers");
+        let name = fields(with(&|p| p["spec"]["containers"][0]["name"] = json!("x")));
+        assert!(name.contains("spec.containers"), "{name}");
+        let longer = fields(with(&|p| p["spec"]["activeDeadlineSeconds"] = json!(90)));
+        assert_eq!(
+            longer,
+            "spec.activeDeadlineSeconds: Invalid value: 90: must be less than or equal to previous value"
+        );
+        let dropped = fields(with(&|p| p["spec"]["tolerations"] = json!([])));
+        assert!(dropped.starts_with("spec.tolerations: Forbidden"), "{dropped}");
+        let gate = fields(with(&|p| p["spec"]["schedulingGates"] = json!([{"name": "g"}, {"name": "h"}])));
+        assert_eq!(
+            gate,
+            "spec.schedulingGates: Forbidden: only deletion is allowed, but found new scheduling gate 'h'"
+        );
+    }
 
     #[test]
     fn csr_signer_names_are_domain_and_path() {

@@ -172,9 +172,10 @@ mod tests {
             {"name": "ro", "persistentVolumeClaim": {"claimName": "a", "readOnly": true}},
             {"name": "rw", "persistentVolumeClaim": {"claimName": "b"}}]}}))
         .unwrap();
-        let c: Container =
-            serde_json::from_value(json!({"volumeMounts": [{"name": "rw", "mountPath": "/rw"}, {"name": "ro", "mountPath": "/ro"}]}))
-                .unwrap();
+        let c: Container = serde_json::from_value(
+            json!({"volumeMounts": [{"name": "rw", "mountPath": "/rw"}, {"name": "ro", "mountPath": "/ro"}]}),
+        )
+        .unwrap();
         let mut mounts = vec![v1::Mount::default(), v1::Mount::default()];
         read_only(&pod, &c, &mut mounts);
         assert_eq!((mounts[0].readonly, mounts[1].readonly), (false, true));

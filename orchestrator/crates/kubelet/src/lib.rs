@@ -912,9 +912,7 @@ impl Kubelet {
             p,
             &log_dir.to_string_lossy(),
             ready.and_then(|s| s.metadata.as_ref()).map_or(attempt, |m| m.attempt),
-            pod::dns_config(p, self.cluster_dns, || {
-                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-            }),
+            pod::dns_config(p, self.cluster_dns, || std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
         );
         let sandbox_id = match ready {
             Some(s) => s.id.clone(),
@@ -1055,11 +1053,7 @@ impl Kubelet {
             .into_inner()
             .status;
         let ip = status.and_then(|s| s.network).map(|n| n.ip).filter(|ip| !ip.is_empty());
-        let ip = if spec.host_network == Some(true) {
-            Some(self.host_ip.clone())
-        } else {
-            ip
-        };
+        let ip = if spec.host_network == Some(true) { Some(self.host_ip.clone()) } else { ip };
         if let Some(ip) = &ip {
             for c in &spec.containers {
                 let latest = observed.get(&c.name).and_then(|h| h.first());
@@ -1144,7 +1138,8 @@ impl Kubelet {
             .modify("Pod", Some(ns), name, Part::Status, move |o| {
                 let changed = typed::change_as(o, "Pod", |stored: &mut Pod| {
                     // Another pod of the same name, or one being deleted, is left alone.
-                    if stored.metadata.uid.as_deref() != Some(uid.as_str()) || stored.metadata.deletion_timestamp.is_some()
+                    if stored.metadata.uid.as_deref() != Some(uid.as_str())
+                        || stored.metadata.deletion_timestamp.is_some()
                     {
                         return false;
                     }
@@ -1173,7 +1168,9 @@ impl Kubelet {
 
 fn all_waiting(p: &Pod, w: Waiting) -> HashMap<String, Waiting> {
     let spec = p.spec.iter();
-    spec.flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers)).map(|c| (c.name.clone(), w.clone())).collect()
+    spec.flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+        .map(|c| (c.name.clone(), w.clone()))
+        .collect()
 }
 
 /// The log directory of a pod by uid (`<ns>_<name>_<uid>`).

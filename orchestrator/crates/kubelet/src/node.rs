@@ -265,8 +265,8 @@ pub async fn register(k: &Arc<Kubelet>) -> Result<(), KubeletError> {
                     let changed = typed::change_as(o, "Node", |n: &mut Node| {
                         let spec = n.spec.get_or_insert_with(Default::default);
                         let notes = n.metadata.annotations.get_or_insert_with(Default::default);
-                        let changed = spec.pod_cidr.as_ref() != Some(&cidr)
-                            || notes.get(LOCAL_PATH_ROOT) != Some(&local_root);
+                        let changed =
+                            spec.pod_cidr.as_ref() != Some(&cidr) || notes.get(LOCAL_PATH_ROOT) != Some(&local_root);
                         spec.pod_cidr = Some(cidr.clone());
                         spec.pod_cidrs = Some(vec![cidr.clone()]);
                         notes.insert(LOCAL_PATH_ROOT.to_string(), local_root.clone());

@@ -233,14 +233,12 @@ pub struct ConfigError(pub String);
 /// The value of a `fieldRef` (downward API), as upstream supports them.
 pub fn field_ref(pod: &Pod, path: &str) -> Result<String, ConfigError> {
     let (meta, spec, status) = (&pod.metadata, spec_of(pod), pod.status.as_ref());
-    let bracket = |prefix: &str| {
-        path.strip_prefix(prefix).and_then(|r| r.strip_prefix("['")).and_then(|r| r.strip_suffix("']"))
-    };
+    let bracket =
+        |prefix: &str| path.strip_prefix(prefix).and_then(|r| r.strip_prefix("['")).and_then(|r| r.strip_suffix("']"));
     let one = |m: &Option<BTreeMap<String, String>>, k: &str| m.as_ref().and_then(|m| m.get(k)).cloned();
     // `key="value"` lines, sorted by key, the value quoted as JSON (as upstream).
     let all = |m: &Option<BTreeMap<String, String>>| {
-        let lines: Vec<String> =
-            m.iter().flatten().map(|(k, v)| format!("{k}={}", Value::String(v.clone()))).collect();
+        let lines: Vec<String> = m.iter().flatten().map(|(k, v)| format!("{k}={}", Value::String(v.clone()))).collect();
         Some(lines.join("\n"))
     };
     let value = if let Some(k) = bracket("metadata.labels") {
@@ -345,7 +343,11 @@ pub fn expand(s: &str, env: &[(String, String)]) -> String {
 }
 
 /// A container's environment: `envFrom` first, then `env` (later wins), with `$(VAR)` expansion.
-pub fn environment(pod: &Pod, container: &Container, lookup: &dyn Lookup) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn environment(
+    pod: &Pod,
+    container: &Container,
+    lookup: &dyn Lookup,
+) -> Result<Vec<(String, String)>, ConfigError> {
     let ns = or_empty(&pod.metadata.namespace);
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
@@ -633,8 +635,7 @@ fn time_of_nanos(ns: i64) -> Option<Time> {
 }
 
 fn waiting_state(reason: &str, message: Option<&str>) -> ContainerState {
-    let waiting =
-        ContainerStateWaiting { reason: Some(reason.to_string()), message: message.map(str::to_string) };
+    let waiting = ContainerStateWaiting { reason: Some(reason.to_string()), message: message.map(str::to_string) };
     ContainerState { waiting: Some(waiting), ..Default::default() }
 }
 

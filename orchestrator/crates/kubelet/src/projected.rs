@@ -89,7 +89,8 @@ mod tests {
 
     #[test]
     fn all_four_sources_together() {
-        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"}})).unwrap();
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"}})).unwrap();
         let p: ProjectedVolumeSource = serde_json::from_value(json!({"sources": [
             {"configMap": {"name": "cm", "items": [{"key": "b", "path": "conf/b"}]}},
             {"secret": {"name": "s"}},

@@ -320,12 +320,17 @@ mod tests {
             .count();
         assert_eq!(stamps, 1, "the old generation is removed");
         let container = |c: Value| -> Container { serde_json::from_value(c).unwrap() };
-        let c = container(json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true}, {"name": "scratch", "mountPath": "/s", "subPath": "x"}]}));
+        let c = container(
+            json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true}, {"name": "scratch", "mountPath": "/s", "subPath": "x"}]}),
+        );
         let m = mounts(&c, &v).unwrap();
         assert!(m[0].readonly && m[1].host_path.ends_with("scratch/x"));
         assert!(
-            mounts(&container(json!({"volumeMounts": [{"name": "cfg", "mountPath": "/x", "subPath": "../../etc"}]})), &v)
-                .is_err()
+            mounts(
+                &container(json!({"volumeMounts": [{"name": "cfg", "mountPath": "/x", "subPath": "../../etc"}]})),
+                &v
+            )
+            .is_err()
         );
         let missing: Pod = serde_json::from_value(json!({"metadata": {"uid": "u2", "namespace": "d"}, "spec": {"volumes": [{"name": "x", "configMap": {"name": "nope"}}]}}))
             .unwrap();
