@@ -112,7 +112,8 @@ pub fn bind(reg: &Registry, ns: Option<&str>, name: &str, binding: &Value) -> Re
     if node.is_empty() {
         return Err(ApiError::invalid(pods, name, vec![("target.name".into(), "Required value".into())]));
     }
-    reg.modify(pods, ns, name, Part::Main, &WriteOptions::default(), |o| {
+    let binding_write = WriteOptions { subresource: true, ..Default::default() };
+    reg.modify(pods, ns, name, Part::Main, &binding_write, |o| {
         match o.pointer("/spec/nodeName").and_then(Value::as_str) {
             Some(n) if !n.is_empty() => {
                 return Err(ApiError::conflict(pods, name, &format!("pod {name} is already assigned to node \"{n}\"")));
@@ -224,7 +225,8 @@ pub fn update_ephemeral(
     opts: &WriteOptions,
 ) -> Result<Written, ApiError> {
     let want = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|r| !r.is_empty());
-    reg.modify(rt, ns, name, Part::Main, opts, |cur| {
+    let opts = WriteOptions { subresource: true, ..opts.clone() };
+    reg.modify(rt, ns, name, Part::Main, &opts, |cur| {
         if want.is_some_and(|w| Some(w) != cur.pointer("/metadata/resourceVersion").and_then(Value::as_str)) {
             return Err(ApiError::modified(rt, name));
         }
@@ -271,11 +273,13 @@ pub fn patch(
             Ok(w)
         }
         // Applied to the whole pod, of which only the ephemeral containers are kept.
-        Some("ephemeralcontainers") => reg.modify(rt, ns, name, Part::Main, opts, |cur| {
-            let mut patched = cur.clone();
-            apply_patch(rt.kind, content_type, &mut patched, body)?;
-            ephemeral::take(rt, name, cur, &patched)
-        }),
+        Some("ephemeralcontainers") => {
+            reg.modify(rt, ns, name, Part::Main, &WriteOptions { subresource: true, ..opts.clone() }, |cur| {
+                let mut patched = cur.clone();
+                apply_patch(rt.kind, content_type, &mut patched, body)?;
+                ephemeral::take(rt, name, cur, &patched)
+            })
+        }
         _ => {
             let part = if sub == Some("status") { Part::Status } else { Part::Main };
             reg.modify(rt, ns, name, part, opts, |o| {
@@ -530,7 +534,12 @@ mod tests {
     }
 
     fn opts(manager: &str) -> WriteOptions {
-        WriteOptions { field_manager: Some(manager.into()), validation: FieldValidation::Strict, dry_run: false }
+        WriteOptions {
+            field_manager: Some(manager.into()),
+            validation: FieldValidation::Strict,
+            dry_run: false,
+            subresource: false,
+        }
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct WriteOptions {
     pub dry_run: bool,
     pub validation: FieldValidation,
     pub field_manager: Option<String>,
+    /// A subresource's write of the object's main part (a pod's binding or
+    /// ephemeral containers): the subresource checks what it changes, and
+    /// the rule for updates of the whole object (a pod's fixed spec) does
+    /// not apply.
+    pub subresource: bool,
 }
 
 /// Which part of an object an update replaces.
@@ -887,6 +892,9 @@ impl Registry {
         let (mut new, warnings) = self.admit(rt, new, opts)?;
         let kind = if rt.custom.is_some() { "" } else { rt.kind };
         let mut causes = validation::validate_update(kind, &current, &new);
+        if kind == "Pod" && part == Part::Main && !opts.subresource {
+            validation::pod_spec_update(&current, &new, &mut causes);
+        }
         causes.extend(stateful::validate_update(kind, &current, &new));
         causes.extend(crate::policy::validate_update(kind, &current, &new));
         if kind == crd::KIND {

@@ -474,9 +474,6 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
     if kind == "CertificateSigningRequest" {
         crate::certificates::validate_update(old, new, &mut causes);
     }
-    if kind == "Pod" {
-        pod_spec_update(old, new, &mut causes);
-    }
     causes
 }
 
@@ -487,9 +484,14 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
 /// else — the service account, volumes, nodeName, security contexts,
 /// ephemeral containers (their own subresource adds them) — is fixed at
 /// creation, which the Node authorizer and the kubelet rely on. Empty and
-/// absent fields compare equal, as upstream's semantic equality.
-fn pod_spec_update(old: &Value, new: &Value, causes: &mut Causes) {
-    let (Some(old), Some(new)) = (old.get("spec"), new.get("spec")) else { return };
+/// absent fields compare equal, as upstream's semantic equality, and the
+/// stored pod is compared with its defaults applied (a pod stored before a
+/// default existed keeps its updates). For updates of the pod itself, not
+/// of its subresources.
+pub fn pod_spec_update(old: &Value, new: &Value, causes: &mut Causes) {
+    let mut defaulted = old.clone();
+    apply_defaults("Pod", &mut defaulted);
+    let (Some(old), Some(new)) = (defaulted.get("spec"), new.get("spec")) else { return };
     for list in ["containers", "initContainers"] {
         let count = |s: &Value| s.get(list).and_then(Value::as_array).map_or(0, Vec::len);
         if count(old) != count(new) {
@@ -619,7 +621,10 @@ mod tests {
         let with = |f: &dyn Fn(&mut Value)| {
             let mut p = pod.clone();
             f(&mut p);
-            validate_update("Pod", &pod, &p)
+            apply_defaults("Pod", &mut p);
+            let mut causes = Causes::new();
+            pod_spec_update(&pod, &p, &mut causes);
+            causes
         };
         // What may change.
         assert!(with(&|p| p["spec"]["containers"][0]["image"] = json!("busybox:2")).is_empty());

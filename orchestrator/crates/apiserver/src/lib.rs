@@ -573,6 +573,7 @@ fn write_options(q: &[(String, String)]) -> Result<WriteOptions, ApiError> {
         dry_run: param(q, "dryRun") == Some("All"),
         validation,
         field_manager: param(q, "fieldManager").filter(|m| !m.is_empty()).map(str::to_string),
+        subresource: false,
     })
 }
 
