@@ -458,11 +458,10 @@ mod tests {
     /// What the scheduler and kubelet would do: every pod bound, Running and Ready.
     fn make_ready(reg: &Registry) {
         for p in pods(reg) {
-            modify_typed(reg, Some("default"), name(&p.metadata), Part::Main, |p: &mut Pod| {
-                p.spec.as_mut().unwrap().node_name = Some("n1".into());
-                true
-            })
-            .unwrap();
+            if p.spec.as_ref().unwrap().node_name.is_none() {
+                let binding = serde_json::json!({"target": {"kind": "Node", "name": "n1"}});
+                orchestrator_apimachinery::patch::bind(reg, Some("default"), name(&p.metadata), &binding).unwrap();
+            }
             modify_typed(reg, Some("default"), name(&p.metadata), Part::Status, |p: &mut Pod| {
                 let s = p.status.get_or_insert_default();
                 s.phase = Some("Running".into());
