@@ -909,9 +909,11 @@ fn a_damaged_store_at_boot_is_reported_with_the_snapshot_to_restore() -> anyhow:
     let (mut node, url) = control_plane(&op, &op.gen_config("node.toml", 1)?)?;
     admin_kubeconfig(&op, &node, &url)?;
     let data_dir = node.state.path().join("orchestrator");
-    // The API server takes its first automatic snapshot as it starts.
-    wait_for("the first automatic snapshot", Duration::from_secs(30), || {
-        std::fs::read_dir(data_dir.join("snapshots")).ok()?.flatten().next().map(|_| ())
+    // The API server takes its first automatic snapshot as it starts
+    // (written as `.tmp`, then renamed into place: only a `.db` is one).
+    wait_for("the first automatic snapshot", Duration::from_secs(60), || {
+        let mut entries = std::fs::read_dir(data_dir.join("snapshots")).ok()?.flatten();
+        entries.find(|e| e.path().extension().is_some_and(|x| x == "db")).map(|_| ())
     })?;
     node.stop()?;
     let db = data_dir.join("state.db");
