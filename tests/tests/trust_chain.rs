@@ -909,6 +909,8 @@ fn a_damaged_store_at_boot_is_reported_with_the_snapshot_to_restore() -> anyhow:
     let (mut node, url) = control_plane(&op, &op.gen_config("node.toml", 1)?)?;
     admin_kubeconfig(&op, &node, &url)?;
     let data_dir = node.state.path().join("orchestrator");
+    wait_for("the API", Duration::from_secs(60), || kubectl_ok(&op, &["get", "namespace", "kube-system"]).ok())
+        .map_err(|e| e.context(node.log()))?;
     // The API server takes its first automatic snapshot as it starts
     // (written as `.tmp`, then renamed into place: only a `.db` is one).
     wait_for("the first automatic snapshot", Duration::from_secs(60), || {
