@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::decode::MAX_REQUEST_BYTES;
 use crate::ephemeral;
 use crate::errors::ApiError;
-use crate::registry::{Part, Registry, WriteOptions, Written, fields_v1, now};
+use crate::registry::{Part, Registry, WriteOptions, Written, fields_v1, meta_str, now};
 use crate::resources::{ResourceType, by_kind};
 use crate::smp;
 
@@ -224,10 +224,10 @@ pub fn update_ephemeral(
     body: &Value,
     opts: &WriteOptions,
 ) -> Result<Written, ApiError> {
-    let want = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|r| !r.is_empty());
+    let want = meta_str(body, "resourceVersion").filter(|r| !r.is_empty());
     let opts = WriteOptions { subresource: true, ..opts.clone() };
     reg.modify(rt, ns, name, Part::Main, &opts, |cur| {
-        if want.is_some_and(|w| Some(w) != cur.pointer("/metadata/resourceVersion").and_then(Value::as_str)) {
+        if want.is_some_and(|w| Some(w) != meta_str(cur, "resourceVersion")) {
             return Err(ApiError::modified(rt, name));
         }
         ephemeral::take(rt, name, cur, body)

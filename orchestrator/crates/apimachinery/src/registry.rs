@@ -153,7 +153,7 @@ pub fn random_suffix(n: usize) -> String {
     random_bytes::<16>().iter().take(n).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }
 
-fn meta_str<'a>(o: &'a Value, field: &str) -> Option<&'a str> {
+pub(crate) fn meta_str<'a>(o: &'a Value, field: &str) -> Option<&'a str> {
     o.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
 }
 
