@@ -984,10 +984,13 @@ fn list_options(rt: &ResourceType, q: &[(String, String)]) -> Result<ListOptions
 }
 
 fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, ApiError> {
-    let b: k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions = if body.is_empty() {
-        Default::default()
-    } else {
-        serde_json::from_value(parse_json(body)?).map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?
+    // No body, or `null` (an Eviction without deleteOptions): the defaults.
+    let b: k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions = match body {
+        [] => Default::default(),
+        body => match parse_json(body)? {
+            Value::Null => Default::default(),
+            o => serde_json::from_value(o).map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?,
+        },
     };
     let policy = b.propagation_policy.as_deref().or(param(q, "propagationPolicy"));
     let propagation = match policy {
