@@ -34,9 +34,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The kubelet's tests: containerd (CRI) with runc and the CNI plugins, and the
 # tools that build their busybox and pause images without a registry; etcd
-# for the store-on-etcd tests, and protoc, which the etcd client's build needs.
+# for the store-on-etcd tests, and protoc with the well-known types
+# (libprotobuf-dev: only recommended, so --no-install-recommends left it out),
+# which the etcd client's build needs.
 kneed=()
-for p in containerd runc containernetworking-plugins iptables umoci skopeo busybox-static gcc libc6-dev docker-registry etcd-server protobuf-compiler; do
+for p in containerd runc containernetworking-plugins iptables umoci skopeo busybox-static gcc libc6-dev docker-registry etcd-server protobuf-compiler libprotobuf-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || kneed+=("$p")
 done
 if [ ${#kneed[@]} -gt 0 ]; then

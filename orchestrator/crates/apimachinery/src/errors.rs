@@ -27,6 +27,11 @@ pub fn qualified(rt: &ResourceType) -> String {
     if rt.group.is_empty() { rt.plural.to_string() } else { format!("{}.{}", rt.plural, rt.group) }
 }
 
+/// Upstream's 400 for a request body its kind's type cannot hold.
+pub fn cannot_handle(rt: &ResourceType, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", rt.kind, rt.version, rt.kind))
+}
+
 fn details(rt: &ResourceType, name: &str) -> Option<Box<StatusDetails>> {
     Some(Box::new(StatusDetails {
         name: Some(name.to_string()),

@@ -12,6 +12,9 @@ use crate::resources::ResourceType;
 
 pub type Usage = BTreeMap<String, Quantity>;
 
+/// k8s-openapi's `ResourceList`: resource name → quantity as written.
+pub type ResourceList = BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
+
 /// Object counts that quotas name without `count/` (upstream's legacy names).
 const LEGACY_COUNTS: &[(&str, &str)] = &[
     ("pods", "pods"),
@@ -127,6 +130,18 @@ pub fn parse_list(v: Option<&Value>) -> Usage {
         .collect()
 }
 
+/// A typed `ResourceList` (a quota's `spec.hard`, `status.hard`,
+/// `status.used`) in exact quantities; an entry that does not parse is
+/// left out, as [`parse_list`] leaves it.
+pub fn from_resource_list(list: Option<&ResourceList>) -> Usage {
+    list.into_iter().flatten().filter_map(|(k, q)| Some((k.clone(), Quantity::parse(&q.0)?))).collect()
+}
+
+/// `u` as a typed `ResourceList`, each quantity in upstream's canonical form.
+pub fn to_resource_list(u: &Usage) -> ResourceList {
+    u.iter().map(|(k, v)| (k.clone(), k8s_openapi::apimachinery::pkg::api::resource::Quantity(v.to_string()))).collect()
+}
+
 fn pretty(u: &Usage) -> String {
     u.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
@@ -193,6 +208,17 @@ mod tests {
         let after = charge("compute", &hard, &used, &delta).unwrap();
         assert_eq!((after["pods"].to_string(), after["requests.cpu"].to_string()), ("2".into(), "1".into()));
         assert!(!after.contains_key("count/pods"), "only what the quota limits");
+        let typed: ResourceList =
+            serde_json::from_value(json!({"pods": "2", "requests.cpu": "1000m", "bad": "x"})).unwrap();
+        assert_eq!(
+            from_resource_list(Some(&typed)),
+            hard,
+            "the typed list parses as the JSON one; a bad entry is left out"
+        );
+        assert_eq!(
+            to_resource_list(&hard),
+            serde_json::from_value::<ResourceList>(json!({"pods": "2", "requests.cpu": "1"})).unwrap()
+        );
         let e = charge("compute", &hard, &after, &delta).unwrap_err();
         assert_eq!(
             e,

@@ -171,6 +171,11 @@ pub fn namespace_of(o: &Value) -> Option<&str> {
     meta_str(o, "namespace")
 }
 
+/// An object's or a list's `metadata.resourceVersion`.
+pub fn resource_version_of(o: &Value) -> Option<&str> {
+    meta_str(o, "resourceVersion")
+}
+
 pub fn uid_of(o: &Value) -> &str {
     meta_str(o, "uid").unwrap_or_default()
 }
@@ -498,12 +503,7 @@ impl Registry {
     /// Decodes through the type, reports unknown fields, defaults and validates.
     fn admit(&self, rt: &ResourceType, obj: Value, opts: &WriteOptions) -> Result<(Value, Vec<String>), ApiError> {
         let name = name_of(&obj).to_string();
-        let cannot = |e: String| {
-            ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: {e}",
-                rt.kind, rt.version, rt.kind
-            ))
-        };
+        let cannot = |e: String| crate::errors::cannot_handle(rt, e);
         // A CRD is checked before its type decodes it: a missing required
         // field is upstream's 422 with its path, not a decoding error.
         let mut obj = obj;

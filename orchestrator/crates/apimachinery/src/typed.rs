@@ -41,6 +41,23 @@ pub fn list<K: DeserializeOwned + Metadata<Ty = ObjectMeta>>(
     }
 }
 
+/// One stored object decoded as `K`, as [`Registry::get`] reads it
+/// (resourceVersion set); a missing object is the registry's 404.
+pub fn get<K: DeserializeOwned>(
+    reg: &Registry,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<K, ApiError> {
+    decode(reg.get(rt, ns, name)?, &format!("{} {name}", rt.kind))
+}
+
+/// A request's object (of `rt`) decoded as `K`, refused as the registry
+/// refuses a body its type cannot hold: upstream decodes before admission.
+pub fn from_body<K: DeserializeOwned>(rt: &ResourceType, o: &Value) -> Result<K, ApiError> {
+    <K as serde::Deserialize>::deserialize(o).map_err(|e| crate::errors::cannot_handle(rt, e))
+}
+
 /// Decodes stored JSON as `K`; `what` names the object in the error.
 pub fn decode<K: DeserializeOwned>(o: Value, what: &str) -> Result<K, ApiError> {
     serde_json::from_value(o).map_err(|e| ApiError::internal(format!("decoding the stored {what}: {e}")))

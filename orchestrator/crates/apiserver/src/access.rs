@@ -4,12 +4,15 @@
 //! LocalSubjectAccessReview, SelfSubjectRulesReview and SelfSubjectReview (`kubectl auth whoami`).
 
 use http::HeaderMap;
+use k8s_openapi::api::authorization::v1::{SelfSubjectRulesReviewSpec, SubjectAccessReviewSpec};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::registry::namespace_of;
 
 use crate::User;
-use crate::rbac::{AUTHENTICATED, Attributes, Rbac, strings};
+use crate::rbac::{AUTHENTICATED, Attributes, Rbac};
 
 pub(crate) const SA_PREFIX: &str = "system:serviceaccount:";
 
@@ -71,25 +74,35 @@ pub fn impersonate(rbac: &Rbac, user: Option<User>, headers: &HeaderMap) -> Resu
     Ok(Some(authenticated(name.to_string(), groups.iter().map(|g| g.to_string()).collect())))
 }
 
-/// The attributes a review's spec asks about.
-fn review_attributes(spec: &Value) -> Result<Attributes, ApiError> {
-    let s = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).unwrap_or_default().to_string();
-    if let Some(r) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
-        let resource = match s(r, "subresource").as_str() {
-            "" => s(r, "resource"),
-            sub => format!("{}/{sub}", s(r, "resource")),
+/// The attributes a review's spec asks about (a SelfSubjectAccessReview's
+/// spec is a SubjectAccessReview's without the user).
+fn review_attributes(spec: &SubjectAccessReviewSpec) -> Result<Attributes, ApiError> {
+    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    if let Some(r) = &spec.resource_attributes {
+        let resource = match s(&r.subresource).as_str() {
+            "" => s(&r.resource),
+            sub => format!("{}/{sub}", s(&r.resource)),
         };
-        let (ns, name) = (s(r, "namespace"), s(r, "name"));
-        return Ok(Attributes::resource(&s(r, "verb"), Some(&ns), &s(r, "group"), &resource, Some(&name)));
+        let (ns, name) = (s(&r.namespace), s(&r.name));
+        return Ok(Attributes::resource(&s(&r.verb), Some(&ns), &s(&r.group), &resource, Some(&name)));
     }
-    if let Some(n) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
-        return Ok(Attributes::non_resource(&s(n, "verb"), &s(n, "path")));
+    if let Some(n) = &spec.non_resource_attributes {
+        return Ok(Attributes::non_resource(&s(&n.verb), &s(&n.path)));
     }
     Err(ApiError::new(
         422,
         "Invalid",
         "spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
     ))
+}
+
+/// A review's `spec`, typed (none: the default).
+fn spec_as<T: DeserializeOwned + Default>(kind: &str, review: &Value) -> Result<T, ApiError> {
+    match review.get("spec").filter(|s| !s.is_null()) {
+        Some(spec) => <T as serde::Deserialize>::deserialize(spec)
+            .map_err(|e| ApiError::bad_request(format!("{kind}: spec: {e}"))),
+        None => Ok(T::default()),
+    }
 }
 
 pub(crate) fn forbidden_create(user: &User, group: &str, resource: &str) -> ApiError {
@@ -135,8 +148,8 @@ pub(crate) fn review(
 
 /// A LocalSubjectAccessReview asks about its own namespace only (upstream's
 /// REST check and validation, in that order).
-fn local_namespace(review: &mut Value, spec: &Value, ns: &str) -> Result<(), ApiError> {
-    let meta_ns = review.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+fn local_namespace(review: &mut Value, spec: &SubjectAccessReviewSpec, ns: &str) -> Result<(), ApiError> {
+    let meta_ns = namespace_of(review).unwrap_or_default().to_string();
     if meta_ns.is_empty() {
         review["metadata"]["namespace"] = ns.into();
     } else if meta_ns != ns {
@@ -151,11 +164,12 @@ fn local_namespace(review: &mut Value, spec: &Value, ns: &str) -> Result<(), Api
             ),
         )
     };
-    if spec.get("nonResourceAttributes").is_some_and(Value::is_object) {
+    if spec.non_resource_attributes.is_some() {
         return Err(invalid("spec.nonResourceAttributes", "\"\"", "disallowed on this kind of request"));
     }
-    let attr_ns = spec.pointer("/resourceAttributes/namespace").and_then(Value::as_str).unwrap_or_default();
-    if spec.get("resourceAttributes").is_some_and(Value::is_object) && attr_ns != ns {
+    let attributes = spec.resource_attributes.as_ref();
+    let attr_ns = attributes.and_then(|r| r.namespace.as_deref()).unwrap_or_default();
+    if attributes.is_some() && attr_ns != ns {
         return Err(invalid(
             "spec.resourceAttributes.namespace",
             &format!("{attr_ns:?}"),
@@ -179,18 +193,21 @@ fn answer(
     if !rbac.allows(user, &Attributes::resource("create", ns, group, resource, None)) {
         return Err(forbidden_create_in(user, group, ns, resource));
     }
+    // The body goes back as sent, with its status: kept as JSON, its spec read typed.
     let mut review: Value = if body.is_empty() { json!({}) } else { orchestrator_apimachinery::decode::json(body)? };
     review["kind"] = kind.into();
     review["apiVersion"] = format!("{group}/v1").into();
-    let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let access = |review: &Value| spec_as::<SubjectAccessReviewSpec>(kind, review);
     if let Some(ns) = ns {
+        let spec = access(&review)?;
         local_namespace(&mut review, &spec, ns)?;
     }
     review["status"] = match kind {
-        "SelfSubjectAccessReview" => decision(authorize, user, &review_attributes(&spec)?),
+        "SelfSubjectAccessReview" => decision(authorize, user, &review_attributes(&access(&review)?)?),
         "SubjectAccessReview" | "LocalSubjectAccessReview" => {
-            let name = spec.get("user").and_then(Value::as_str).unwrap_or_default().to_string();
-            let groups = strings(&spec, "groups");
+            let spec = access(&review)?;
+            let name = spec.user.clone().unwrap_or_default();
+            let groups = spec.groups.clone().unwrap_or_default();
             if name.is_empty() && groups.is_empty() {
                 return Err(ApiError::new(
                     422,
@@ -201,7 +218,8 @@ fn answer(
             decision(authorize, &User { name, groups, ..Default::default() }, &review_attributes(&spec)?)
         }
         "SelfSubjectRulesReview" => {
-            let ns = spec.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty());
+            let spec: SelfSubjectRulesReviewSpec = spec_as(kind, &review)?;
+            let ns = spec.namespace.as_deref().filter(|n| !n.is_empty());
             let rules = rbac.rules_for(user, ns);
             let (urls, resources): (Vec<_>, Vec<_>) = rules.iter().partition(|r| !r.non_resource_urls.is_empty());
             json!({

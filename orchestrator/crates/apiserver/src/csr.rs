@@ -4,11 +4,15 @@
 //! `approval` subresource, which changes only the Approved and Denied
 //! conditions (`kubectl certificate approve|deny`).
 
+use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{Part, Registry, WriteOptions, Written};
 use orchestrator_apimachinery::resources::ResourceType;
+use orchestrator_apimachinery::typed;
 
 use crate::User;
 
@@ -31,12 +35,8 @@ pub fn fill_requester(rt: &ResourceType, user: &User, o: &mut Value) {
     }
 }
 
-fn decisions(o: &Value) -> impl Iterator<Item = &Value> {
-    o.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|c| c["type"].as_str().is_some_and(|t| DECISIONS.contains(&t)))
+fn is_decision(c: &CertificateSigningRequestCondition) -> bool {
+    DECISIONS.contains(&c.type_.as_str())
 }
 
 /// `PUT …/certificatesigningrequests/NAME/approval`: the body's Approved
@@ -48,36 +48,32 @@ pub fn update_approval(
     body: &Value,
     opts: &WriteOptions,
 ) -> Result<Written, ApiError> {
-    let current = reg.get(rt, None, name)?;
-    let mut new = current.clone();
-    if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|r| !r.is_empty()) {
-        new["metadata"]["resourceVersion"] = rv.into();
-    }
-    let now = orchestrator_apimachinery::registry::now();
-    let mut conditions: Vec<Value> = current
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|c| !c["type"].as_str().is_some_and(|t| DECISIONS.contains(&t)))
-        .cloned()
-        .collect();
-    for c in decisions(body) {
-        let mut c = c.clone();
-        for t in ["lastUpdateTime", "lastTransitionTime"] {
-            if c.get(t).is_none_or(Value::is_null) {
-                c[t] = now.clone().into();
+    let body: CertificateSigningRequest = typed::from_body(rt, body)?;
+    let now = Time(Timestamp::from_second(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or_default());
+    let decided =
+        body.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().filter(is_decision).map(|mut c| {
+            c.last_update_time.get_or_insert_with(|| now.clone());
+            c.last_transition_time.get_or_insert_with(|| now.clone());
+            if c.status.is_empty() {
+                c.status = "True".into();
             }
+            c
+        });
+    let decided: Vec<_> = decided.collect();
+    let rv = body.metadata.resource_version.filter(|r| !r.is_empty());
+    // The stored object, changed as its type: fields the type does not know stay.
+    let mut new = reg.get(rt, None, name)?;
+    typed::change_as(&mut new, &format!("{KIND} {name}"), |csr: &mut CertificateSigningRequest| {
+        if rv.is_some() {
+            csr.metadata.resource_version = rv;
         }
-        if c.get("status").is_none_or(Value::is_null) {
-            c["status"] = "True".into();
-        }
-        conditions.push(c);
-    }
-    if !new.get("status").is_some_and(Value::is_object) {
-        new["status"] = serde_json::json!({});
-    }
-    new["status"]["conditions"] = conditions.into();
+        let status = csr.status.get_or_insert_default();
+        let mut conditions: Vec<_> = status.conditions.take().unwrap_or_default();
+        conditions.retain(|c| !is_decision(c));
+        conditions.extend(decided);
+        status.conditions = Some(conditions);
+        true
+    })?;
     reg.update(rt, None, name, new, Part::Status, opts)
 }
 

@@ -52,6 +52,7 @@ pub fn parse(name: &str, body: &Value) -> Result<Value, ApiError> {
             "the body is a {api_version}, Kind={kind}, not a policy/v1 Eviction"
         )));
     }
+    // The raw body, not decoded: k8s-openapi's Eviction is policy/v1 only, and v1beta1 is accepted here.
     if body.pointer("/metadata/name").and_then(Value::as_str).is_some_and(|n| n != name) {
         return Err(ApiError::bad_request("name in URL does not match name in Eviction object"));
     }
@@ -94,10 +95,10 @@ fn decrement(reg: &Registry, ns: &str, name: &str, pod: &str, dry_run: bool) -> 
     let rt = by_kind("PodDisruptionBudget").expect("served");
     let opts = WriteOptions { dry_run, ..Default::default() };
     reg.modify(rt, Some(ns), name, Part::Status, &opts, |o| {
-        let generation = o.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
         let mut refused = None;
         let what = format!("PodDisruptionBudget {ns}/{name}");
         let changed = typed::change_as(o, &what, |pdb: &mut PodDisruptionBudget| {
+            let generation = pdb.metadata.generation.unwrap_or(0);
             let taken = take_one(pdb.status.get_or_insert_default(), generation, name, pod);
             taken.map_err(|e| refused = Some(e)).is_ok()
         })?;

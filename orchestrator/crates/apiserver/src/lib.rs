@@ -984,8 +984,15 @@ fn list_options(rt: &ResourceType, q: &[(String, String)]) -> Result<ListOptions
 }
 
 fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, ApiError> {
-    let b: Value = if body.is_empty() { json!({}) } else { parse_json(body)? };
-    let policy = b.get("propagationPolicy").and_then(Value::as_str).or(param(q, "propagationPolicy"));
+    // No body, or `null` (an Eviction without deleteOptions): the defaults.
+    let b: k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions = match body {
+        [] => Default::default(),
+        body => match parse_json(body)? {
+            Value::Null => Default::default(),
+            o => serde_json::from_value(o).map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?,
+        },
+    };
+    let policy = b.propagation_policy.as_deref().or(param(q, "propagationPolicy"));
     let propagation = match policy {
         None | Some("") => None,
         Some("Background") => Some(Propagation::Background),
@@ -997,21 +1004,18 @@ fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, 
             )));
         }
     };
-    let propagation = propagation.or(match b.get("orphanDependents").and_then(Value::as_bool) {
+    let propagation = propagation.or(match b.orphan_dependents {
         Some(true) => Some(Propagation::Orphan),
         _ => None,
     });
-    let grace = b
-        .get("gracePeriodSeconds")
-        .and_then(Value::as_i64)
-        .or(param(q, "gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let grace = b.grace_period_seconds.or(param(q, "gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let preconditions = b.preconditions.unwrap_or_default();
     Ok(DeleteOptions {
         propagation,
         grace_period: grace,
-        precondition_uid: b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-        precondition_rv: b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
-        dry_run: b.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"))
-            || param(q, "dryRun") == Some("All"),
+        precondition_uid: preconditions.uid,
+        precondition_rv: preconditions.resource_version,
+        dry_run: b.dry_run.is_some_and(|a| a.iter().any(|v| v == "All")) || param(q, "dryRun") == Some("All"),
     })
 }
 

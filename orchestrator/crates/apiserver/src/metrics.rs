@@ -13,13 +13,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use http::Response;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use orchestrator_apimachinery::discovery::{METRICS_GROUP, METRICS_VERSION};
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{ListOptions, format_time, name_of, namespace_of};
-use orchestrator_apimachinery::resources;
+use orchestrator_apimachinery::registry::format_time;
 use orchestrator_apimachinery::selector::LabelSelector;
+use orchestrator_apimachinery::{resources, typed};
 use orchestrator_http::{Body, param};
 
 use crate::{State, User, allowed, respond, streaming};
@@ -119,8 +121,8 @@ fn usage(nanocores: u64, bytes: u64) -> Value {
 }
 
 /// Two reads of a node, the older first: the kept one when fresh enough, else a second read.
-async fn two_reads(state: &State, samples: &Samples, node: &Value) -> Result<(Scrape, Scrape), ApiError> {
-    let name = name_of(node).to_string();
+async fn two_reads(state: &State, samples: &Samples, node: &Node) -> Result<(Scrape, Scrape), ApiError> {
+    let name = node.metadata.name.clone().unwrap_or_default();
     let read = || async {
         let body = streaming::kubelet_get(state, node, "/metrics/resource").await?;
         Ok::<_, ApiError>(parse(&String::from_utf8_lossy(&body)))
@@ -139,13 +141,47 @@ async fn two_reads(state: &State, samples: &Samples, node: &Value) -> Result<(Sc
     Ok((before, after))
 }
 
-fn metadata(o: &Value) -> Value {
-    let mut m = json!({"name": name_of(o), "creationTimestamp": time_of(now_ms())});
-    if let Some(ns) = namespace_of(o) {
-        m["namespace"] = ns.into();
+/// What a metrics request is about: the Nodes, or the Pods (typed, as stored).
+enum Subject {
+    Node(Node),
+    Pod(Pod),
+}
+
+impl Subject {
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Subject::Node(n) => &n.metadata,
+            Subject::Pod(p) => &p.metadata,
+        }
     }
-    if let Some(l) = o.pointer("/metadata/labels") {
-        m["labels"] = l.clone();
+
+    fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// The node whose kubelet has its samples: the Node itself, or the pod's.
+    fn node_name(&self) -> &str {
+        match self {
+            Subject::Node(_) => self.name(),
+            Subject::Pod(p) => p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default(),
+        }
+    }
+
+    fn metrics(&self, before: &Scrape, after: &Scrape) -> Option<Value> {
+        match self {
+            Subject::Node(n) => node_metrics(n, before, after),
+            Subject::Pod(p) => pod_metrics(p, before, after),
+        }
+    }
+}
+
+fn metadata(o: &ObjectMeta) -> Value {
+    let mut m = json!({"name": o.name.as_deref().unwrap_or_default(), "creationTimestamp": time_of(now_ms())});
+    if let Some(ns) = &o.namespace {
+        m["namespace"] = ns.as_str().into();
+    }
+    if let Some(l) = &o.labels {
+        m["labels"] = json!(l);
     }
     m
 }
@@ -154,23 +190,23 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn node_metrics(node: &Value, before: &Scrape, after: &Scrape) -> Option<Value> {
+fn node_metrics(node: &Node, before: &Scrape, after: &Scrape) -> Option<Value> {
     let (cpu, ms) = rate(before.node_cpu?, after.node_cpu?)?;
     Some(json!({
-        "metadata": metadata(node),
+        "metadata": metadata(&node.metadata),
         "timestamp": time_of(after.node_cpu?.1),
         "window": window(ms),
         "usage": usage(cpu, after.node_memory?),
     }))
 }
 
-fn pod_metrics(pod: &Value, before: &Scrape, after: &Scrape) -> Option<Value> {
-    let (ns, name) = (namespace_of(pod).unwrap_or_default(), name_of(pod));
+fn pod_metrics(pod: &Pod, before: &Scrape, after: &Scrape) -> Option<Value> {
+    let meta = &pod.metadata;
+    let (ns, name) = (meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
     let mut containers = Vec::new();
     let (mut at, mut span) = (0, 0);
-    let specs = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten();
-    for c in specs {
-        let cname = c["name"].as_str().unwrap_or_default();
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        let cname = c.name.as_str();
         let key = (ns.to_string(), name.to_string(), cname.to_string());
         let (Some((old, _)), Some((new, memory))) = (before.containers.get(&key), after.containers.get(&key)) else {
             continue;
@@ -180,7 +216,7 @@ fn pod_metrics(pod: &Value, before: &Scrape, after: &Scrape) -> Option<Value> {
         containers.push(json!({"name": cname, "usage": usage(cpu, *memory)}));
     }
     (!containers.is_empty()).then(|| {
-        json!({"metadata": metadata(pod), "timestamp": time_of(at), "window": window(span), "containers": containers})
+        json!({"metadata": metadata(meta), "timestamp": time_of(at), "window": window(span), "containers": containers})
     })
 }
 
@@ -219,28 +255,28 @@ pub async fn serve(
     let selector = LabelSelector::parse(param(q, "labelSelector").unwrap_or_default())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let reg = &state.registry;
-    let node_rt = resources::by_kind("Node").expect("served");
-    let nodes = reg.list(node_rt, None, &ListOptions::default())?.items;
+    let nodes: Vec<Node> = typed::list(reg, resources::by_kind("Node").expect("served"), None)?;
     let (kind, singular) =
         if resource == "nodes" { ("NodeMetrics", "nodemetrics") } else { ("PodMetrics", "podmetrics") };
-    let objects: Vec<Value> = if resource == "nodes" {
-        nodes.iter().filter(|n| name.is_none_or(|x| x == name_of(n))).cloned().collect()
+    let subjects: Vec<Subject> = if resource == "nodes" {
+        nodes.iter().cloned().map(Subject::Node).collect()
     } else {
-        let pod_rt = resources::by_kind("Pod").expect("served");
-        let opts = ListOptions { labels: selector.clone(), ..Default::default() };
-        let pods = reg.list(pod_rt, ns, &opts)?.items;
-        pods.into_iter().filter(|p| name.is_none_or(|x| x == name_of(p))).collect()
+        let pods: Vec<Pod> = typed::list(reg, resources::by_kind("Pod").expect("served"), ns)?;
+        pods.into_iter().map(Subject::Pod).collect()
     };
-    let objects: Vec<Value> = objects.into_iter().filter(|o| selector.matches_object(o)).collect();
+    let subjects: Vec<Subject> = subjects
+        .into_iter()
+        .filter(|s| name.is_none_or(|x| x == s.name()))
+        .filter(|s| selector.matches(s.meta().labels.as_ref().unwrap_or(&Default::default())))
+        .collect();
     // Each node read once, for the nodes themselves or the pods on them.
     let mut reads: HashMap<String, (Scrape, Scrape)> = HashMap::new();
-    for o in &objects {
-        let node_name =
-            if resource == "nodes" { name_of(o) } else { o["spec"]["nodeName"].as_str().unwrap_or_default() };
+    for s in &subjects {
+        let node_name = s.node_name();
         if node_name.is_empty() || reads.contains_key(node_name) {
             continue;
         }
-        let Some(node) = nodes.iter().find(|n| name_of(n) == node_name) else { continue };
+        let Some(node) = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(node_name)) else { continue };
         match two_reads(state, samples, node).await {
             Ok(r) => {
                 reads.insert(node_name.to_string(), r);
@@ -248,12 +284,11 @@ pub async fn serve(
             Err(e) => tracing::debug!(node = node_name, "metrics: {}", e.message),
         }
     }
-    let items: Vec<Value> = objects
+    let items: Vec<Value> = subjects
         .iter()
-        .filter_map(|o| {
-            let node_name = if resource == "nodes" { name_of(o) } else { o["spec"]["nodeName"].as_str()? };
-            let (before, after) = reads.get(node_name)?;
-            if resource == "nodes" { node_metrics(o, before, after) } else { pod_metrics(o, before, after) }
+        .filter_map(|s| {
+            let (before, after) = reads.get(s.node_name())?;
+            s.metrics(before, after)
         })
         .map(|mut m| {
             m["kind"] = kind.into();

@@ -7,12 +7,17 @@
 //! other API object, and ServiceAccount tokens bound to its pods.
 //! Upstream's wording, a 403 that changes nothing.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use orchestrator_apimachinery::errors::{ApiError, qualified};
 use orchestrator_apimachinery::registry::{Registry, name_of};
 use orchestrator_apimachinery::resources::{ResourceType, by_kind};
-use orchestrator_apimachinery::selector::labels_of;
 use orchestrator_apimachinery::typed;
 
 use crate::User;
@@ -61,7 +66,7 @@ pub(crate) fn admit(
     };
     match (rt.group, rt.plural, sub) {
         ("", "pods", None) => match operation {
-            "CREATE" => mirror_pod(node, new).map_or(Ok(()), refuse),
+            "CREATE" => mirror_pod(rt, node, new)?.map_or(Ok(()), refuse),
             "DELETE" if bound_to(reg, rt, ns, &name)? != node => {
                 refuse(format!("node {node:?} can only delete pods with spec.nodeName set to itself"))
             }
@@ -86,18 +91,20 @@ pub(crate) fn admit(
             }
             match (operation, sub, new) {
                 ("CREATE", _, Some(o)) => {
-                    let set: Vec<String> = labels_of(o).into_keys().collect();
+                    let set: Vec<String> = labels(&typed::from_body::<Node>(rt, o)?.metadata).into_keys().collect();
                     match forbidden_labels(&set) {
                         Some(l) => refuse(format!("is not allowed to set the following labels: {l}")),
                         None => Ok(()),
                     }
                 }
                 ("UPDATE", None, Some(o)) => {
-                    let old = reg.get(rt, None, &name)?;
-                    if old.pointer("/spec/taints") != o.pointer("/spec/taints") {
+                    let old: Node = typed::get(reg, rt, None, &name)?;
+                    let new: Node = typed::from_body(rt, o)?;
+                    let taints = |n: &Node| n.spec.as_ref().and_then(|s| s.taints.clone());
+                    if taints(&old) != taints(&new) {
                         return refuse(format!("node {node:?} is not allowed to modify taints"));
                     }
-                    let (before, after) = (labels_of(&old), labels_of(o));
+                    let (before, after) = (labels(&old.metadata), labels(&new.metadata));
                     let mut changed: Vec<String> =
                         after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect();
                     changed.extend(before.keys().filter(|k| !after.contains_key(*k)).cloned());
@@ -118,7 +125,7 @@ pub(crate) fn admit(
             }
             Ok(())
         }
-        ("", "serviceaccounts", Some("token")) => token_request(reg, node, ns, new).map_or(Ok(()), refuse),
+        ("", "serviceaccounts", Some("token")) => token_request(reg, node, ns, new)?.map_or(Ok(()), refuse),
         _ => Ok(()),
     }
 }
@@ -136,33 +143,35 @@ fn forbidden(rt: &ResourceType, name: &str, why: String) -> ApiError {
     e
 }
 
+fn labels(m: &ObjectMeta) -> BTreeMap<String, String> {
+    m.labels.clone().unwrap_or_default()
+}
+
+fn node_name(pod: &Pod) -> &str {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default()
+}
+
 /// The node a stored pod is bound to ("" when unbound).
 fn bound_to(reg: &Registry, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<String, ApiError> {
-    let pod = reg.get(by_kind("Pod").unwrap_or(rt), ns, name)?;
-    Ok(pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().to_string())
+    let pod: Pod = typed::get(reg, by_kind("Pod").unwrap_or(rt), ns, name)?;
+    Ok(node_name(&pod).to_string())
 }
 
 /// Why a node may not create this pod (`None`: a mirror pod of its own).
-fn mirror_pod(node: &str, new: Option<&Value>) -> Option<String> {
-    let o = new?;
-    if o.pointer(&format!("/metadata/annotations/{}", MIRROR.replace('/', "~1"))).is_none() {
-        return Some(format!("pod does not have {MIRROR:?} annotation, node {node:?} can only create mirror pods"));
+fn mirror_pod(rt: &ResourceType, node: &str, new: Option<&Value>) -> Result<Option<String>, ApiError> {
+    let Some(o) = new else { return Ok(None) };
+    let pod: Pod = typed::from_body(rt, o)?;
+    let m = &pod.metadata;
+    if !m.annotations.as_ref().is_some_and(|a| a.contains_key(MIRROR)) {
+        return Ok(Some(format!("pod does not have {MIRROR:?} annotation, node {node:?} can only create mirror pods")));
     }
-    if o.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
-        return Some(format!("node {node:?} can only create pods with spec.nodeName set to itself"));
+    if node_name(&pod) != node {
+        return Ok(Some(format!("node {node:?} can only create pods with spec.nodeName set to itself")));
     }
-    let owners = o.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
-    if owners.len() > 1
-        || owners.first().is_some_and(|r| {
-            r.get("kind").and_then(Value::as_str) != Some("Node") || r.get("name").and_then(Value::as_str) != Some(node)
-        })
-    {
-        return Some(format!("node {node:?} can only create pods with an owner reference set to itself"));
+    let owners = m.owner_references.as_deref().unwrap_or_default();
+    if owners.len() > 1 || owners.first().is_some_and(|r| r.kind != "Node" || r.name != node) {
+        return Ok(Some(format!("node {node:?} can only create pods with an owner reference set to itself")));
     }
-    let pod = match typed::decode::<k8s_openapi::api::core::v1::Pod>(o.clone(), "Pod") {
-        Ok(p) => p,
-        Err(e) => return Some(e.message),
-    };
     let refs = references(&pod);
     let what = if refs.service_account.is_some() {
         "a service account"
@@ -173,30 +182,35 @@ fn mirror_pod(node: &str, new: Option<&Value>) -> Option<String> {
     } else if !refs.claims.is_empty() {
         "persistentvolumeclaims"
     } else {
-        return None;
+        return Ok(None);
     };
-    Some(format!("node {node:?} can not create pods that reference {what}"))
+    Ok(Some(format!("node {node:?} can not create pods that reference {what}")))
 }
 
 /// Why a node may not request this token (`None`: bound to a pod of its own).
-fn token_request(reg: &Registry, node: &str, ns: Option<&str>, new: Option<&Value>) -> Option<String> {
-    let bound = new.and_then(|r| r.pointer("/spec/boundObjectRef"));
-    if bound.and_then(|b| b.get("kind")).and_then(Value::as_str) != Some("Pod") {
-        return Some("node requested token not bound to a pod".into());
-    }
-    let field = |f: &str| bound.and_then(|b| b.get(f)).and_then(Value::as_str).unwrap_or_default();
-    let Ok(pod) = reg.get(by_kind("Pod")?, ns, field("name")) else {
-        return Some("node requested token bound to a pod that does not exist".into());
+fn token_request(
+    reg: &Registry,
+    node: &str,
+    ns: Option<&str>,
+    new: Option<&Value>,
+) -> Result<Option<String>, ApiError> {
+    // As `satoken::token_request` refuses a body that is no TokenRequest.
+    let decode =
+        |o: &Value| TokenRequest::deserialize(o).map_err(|e| ApiError::bad_request(format!("TokenRequest: {e}")));
+    let request = new.map(decode).transpose()?;
+    let Some(bound) = request.and_then(|r| r.spec.bound_object_ref).filter(|b| b.kind.as_deref() == Some("Pod")) else {
+        return Ok(Some("node requested token not bound to a pod".into()));
     };
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
-    if !field("uid").is_empty() && field("uid") != uid {
-        return Some(format!(
-            "the UID in the bound object reference ({}) does not match the UID in record. The object might have been deleted and then recreated",
-            field("uid")
-        ));
+    let (name, uid) = (bound.name.unwrap_or_default(), bound.uid.unwrap_or_default());
+    let Some(Ok(pod)) = by_kind("Pod").map(|pods| typed::get::<Pod>(reg, pods, ns, &name)) else {
+        return Ok(Some("node requested token bound to a pod that does not exist".into()));
+    };
+    if !uid.is_empty() && Some(&uid) != pod.metadata.uid.as_ref() {
+        return Ok(Some(format!(
+            "the UID in the bound object reference ({uid}) does not match the UID in record. The object might have been deleted and then recreated"
+        )));
     }
-    (pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node))
-        .then(|| "node requested token bound to a pod scheduled on a different node".into())
+    Ok((node_name(&pod) != node).then(|| "node requested token bound to a pod scheduled on a different node".into()))
 }
 
 /// The labels a kubelet may not set or change, sorted and joined
@@ -261,7 +275,8 @@ mod tests {
         };
         let mirror = serde_json::json!({MIRROR: "hash"});
         let none = serde_json::json!({});
-        assert_eq!(mirror_pod("w1", Some(&pod(mirror.clone(), "w1", none.clone()))), None);
+        let pods = by_kind("Pod").unwrap();
+        assert_eq!(mirror_pod(pods, "w1", Some(&pod(mirror.clone(), "w1", none.clone()))).unwrap(), None);
         let cases = [
             (
                 pod(none.clone(), "w1", none.clone()),
@@ -285,7 +300,7 @@ mod tests {
             ),
         ];
         for (p, want) in cases {
-            assert_eq!(mirror_pod("w1", Some(&p)).as_deref(), Some(want));
+            assert_eq!(mirror_pod(pods, "w1", Some(&p)).unwrap().as_deref(), Some(want));
         }
     }
 }

@@ -5,13 +5,19 @@
 //! built-in `system-node-critical` and `system-cluster-critical` classes
 //! are created at start.
 
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{LimitRange, LimitRangeItem, Pod, ResourceRequirements};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as Written;
+use serde_json::{Value, json};
 
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::policy::SYSTEM_CLASSES;
 use orchestrator_apimachinery::quantity::Quantity;
-use orchestrator_apimachinery::registry::{ListOptions, Registry, WriteOptions, name_of};
+use orchestrator_apimachinery::registry::{Registry, WriteOptions, name_of};
 use orchestrator_apimachinery::resources::by_kind;
+use orchestrator_apimachinery::typed;
 use orchestrator_apimachinery::validation::qos_class;
 
 /// Creates the built-in PriorityClasses that are missing.
@@ -32,136 +38,138 @@ fn forbidden(pod: &str, why: &str) -> ApiError {
     ApiError::forbidden(format!("pods \"{pod}\" is forbidden: {why}"))
 }
 
-/// Both admissions, in upstream's order.
+/// Both admissions, in upstream's order. The pod has decoded through its
+/// type before this hook (the registry's `admit`), so it is changed as a
+/// typed `Pod`; only what changed is written back.
 pub fn admit(reg: &Registry, ns: &str, pod: &mut Value) -> Result<(), ApiError> {
-    limit_ranges(reg, ns, pod)?;
-    priority(reg, pod)
-}
-
-fn quantity_at(o: &Value, ptr: &str) -> Option<Quantity> {
-    o.pointer(ptr).and_then(Value::as_str).and_then(Quantity::parse)
-}
-
-fn limit_ranges(reg: &Registry, ns: &str, pod: &mut Value) -> Result<(), ApiError> {
-    let rt = by_kind("LimitRange").expect("served");
-    let ranges = reg.list(rt, Some(ns), &ListOptions::default())?.items;
-    if ranges.is_empty() {
-        return Ok(());
-    }
     let name = name_of(pod).to_string();
-    let mut errors = Vec::new();
-    for lr in &ranges {
-        for item in lr.pointer("/spec/limits").and_then(Value::as_array).into_iter().flatten() {
-            match item.get("type").and_then(Value::as_str) {
-                Some("Container") => {
-                    for list in ["containers", "initContainers"] {
-                        let Some(cs) = pod.pointer_mut(&format!("/spec/{list}")).and_then(Value::as_array_mut) else {
-                            continue;
-                        };
-                        for c in cs.iter_mut() {
-                            default_container(item, c);
-                            check(item, c, "Container", &mut errors);
-                        }
-                    }
-                }
-                Some("Pod") => {
-                    let mut sums = json!({"resources": {"requests": {}, "limits": {}}});
-                    for part in ["requests", "limits"] {
-                        let mut totals: Map<String, Value> = Map::new();
-                        for r in ["cpu", "memory", "ephemeral-storage"] {
-                            let mut sum = Quantity::ZERO;
-                            let mut all = true;
-                            for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
-                                match quantity_at(c, &format!("/resources/{part}/{r}")) {
-                                    Some(q) => sum = sum + q,
-                                    None => all = false,
-                                }
-                            }
-                            if all {
-                                totals.insert(r.into(), sum.to_string().into());
-                            }
-                        }
-                        sums["resources"][part] = Value::Object(totals);
-                    }
-                    check(item, &sums, "Pod", &mut errors);
-                }
-                _ => {}
-            }
-        }
-    }
-    match errors.len() {
-        0 => {}
-        1 => return Err(forbidden(&name, &errors[0])),
-        _ => return Err(forbidden(&name, &format!("[{}]", errors.join(", ")))),
-    }
-    let qos = qos_class(&pod["spec"]);
-    if pod.get("status").is_some_and(Value::is_object) {
+    let mut outcome = Ok(false);
+    typed::change_as(pod, &format!("Pod {name}"), |p: &mut Pod| {
+        outcome = limit_ranges(reg, ns, &name, p).and_then(|ranged| priority(reg, &name, p).map(|()| ranged));
+        outcome.is_ok()
+    })?;
+    // A namespace with LimitRanges may have changed the requests: the QoS
+    // class again, from the JSON spec (`validation::qos_class` reads it so
+    // for the registry's defaults too).
+    if outcome? && pod.get("status").is_some_and(Value::is_object) {
+        let qos = qos_class(&pod["spec"]);
         pod["status"]["qosClass"] = qos.into();
     }
     Ok(())
 }
 
+/// A quantity of a resource list, parsed.
+fn quantity_in(list: Option<&BTreeMap<String, Written>>, r: &str) -> Option<Quantity> {
+    list.and_then(|l| l.get(r)).and_then(|q| Quantity::parse(&q.0))
+}
+
+/// LimitRanger; `Ok(false)` when the namespace has no LimitRange.
+fn limit_ranges(reg: &Registry, ns: &str, name: &str, pod: &mut Pod) -> Result<bool, ApiError> {
+    let ranges: Vec<LimitRange> = typed::list(reg, by_kind("LimitRange").expect("served"), Some(ns))?;
+    if ranges.is_empty() {
+        return Ok(false);
+    }
+    let mut errors = Vec::new();
+    let Some(spec) = pod.spec.as_mut() else { return Ok(true) };
+    for item in ranges.iter().flat_map(|lr| lr.spec.iter().flat_map(|s| &s.limits)) {
+        match item.type_.as_str() {
+            "Container" => {
+                for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+                    default_container(item, &mut c.resources);
+                    check(item, c.resources.as_ref(), "Container", &mut errors);
+                }
+            }
+            "Pod" => {
+                let mut sums = ResourceRequirements::default();
+                for (part, limits) in [(&mut sums.requests, false), (&mut sums.limits, true)] {
+                    let mut totals = BTreeMap::new();
+                    for r in ["cpu", "memory", "ephemeral-storage"] {
+                        let mut sum = Quantity::ZERO;
+                        let mut all = true;
+                        for c in &spec.containers {
+                            let res = c.resources.as_ref();
+                            let list = if limits {
+                                res.and_then(|r| r.limits.as_ref())
+                            } else {
+                                res.and_then(|r| r.requests.as_ref())
+                            };
+                            match quantity_in(list, r) {
+                                Some(q) => sum = sum + q,
+                                None => all = false,
+                            }
+                        }
+                        if all {
+                            totals.insert(r.to_string(), Written(sum.to_string()));
+                        }
+                    }
+                    *part = Some(totals);
+                }
+                check(item, Some(&sums), "Pod", &mut errors);
+            }
+            _ => {}
+        }
+    }
+    match errors.len() {
+        0 => Ok(true),
+        1 => Err(forbidden(name, &errors[0])),
+        _ => Err(forbidden(name, &format!("[{}]", errors.join(", ")))),
+    }
+}
+
 /// Upstream's `mergeContainerResources`: missing limits and requests from the defaults.
-fn default_container(item: &Value, c: &mut Value) {
-    for (from, part) in [("default", "limits"), ("defaultRequest", "requests")] {
-        for (r, q) in item.get(from).and_then(Value::as_object).into_iter().flatten() {
-            if !c.get("resources").is_some_and(Value::is_object) {
-                c["resources"] = json!({});
-            }
-            if !c["resources"].get(part).is_some_and(Value::is_object) {
-                c["resources"][part] = json!({});
-            }
-            if c["resources"][part].get(r).is_none() {
-                c["resources"][part][r] = q.clone();
-            }
+fn default_container(item: &LimitRangeItem, resources: &mut Option<ResourceRequirements>) {
+    for (from, limits) in [(&item.default, true), (&item.default_request, false)] {
+        for (r, q) in from.iter().flatten() {
+            let res = resources.get_or_insert_default();
+            let part = if limits { &mut res.limits } else { &mut res.requests };
+            part.get_or_insert_default().entry(r.clone()).or_insert_with(|| q.clone());
         }
     }
 }
 
 /// Upstream's `minConstraint`, `maxConstraint` and `limitRequestRatioConstraint`.
-fn check(item: &Value, c: &Value, what: &str, errors: &mut Vec<String>) {
-    let text = |p: &str| c.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
-    for (r, min) in item.get("min").and_then(Value::as_object).into_iter().flatten() {
-        let min_s = min.as_str().unwrap_or_default();
+fn check(item: &LimitRangeItem, res: Option<&ResourceRequirements>, what: &str, errors: &mut Vec<String>) {
+    let (requests, limits) = (res.and_then(|r| r.requests.as_ref()), res.and_then(|r| r.limits.as_ref()));
+    let text = |list: Option<&BTreeMap<String, Written>>, r: &str| {
+        list.and_then(|l| l.get(r)).map(|q| q.0.clone()).unwrap_or_default()
+    };
+    for (r, min) in item.min.iter().flatten() {
+        let min_s = min.0.as_str();
         let Some(min_q) = Quantity::parse(min_s) else { continue };
-        let (req, lim) = (format!("/resources/requests/{r}"), format!("/resources/limits/{r}"));
-        match quantity_at(c, &req) {
+        match quantity_in(requests, r) {
             None => errors.push(format!("minimum {r} usage per {what} is {min_s}.  No request is specified")),
             Some(q) if q < min_q => {
-                errors.push(format!("minimum {r} usage per {what} is {min_s}, but request is {}", text(&req)))
+                errors.push(format!("minimum {r} usage per {what} is {min_s}, but request is {}", text(requests, r)))
             }
             _ => {}
         }
-        if let Some(q) = quantity_at(c, &lim)
+        if let Some(q) = quantity_in(limits, r)
             && q < min_q
         {
-            errors.push(format!("minimum {r} usage per {what} is {min_s}, but limit is {}", text(&lim)));
+            errors.push(format!("minimum {r} usage per {what} is {min_s}, but limit is {}", text(limits, r)));
         }
     }
-    for (r, max) in item.get("max").and_then(Value::as_object).into_iter().flatten() {
-        let max_s = max.as_str().unwrap_or_default();
+    for (r, max) in item.max.iter().flatten() {
+        let max_s = max.0.as_str();
         let Some(max_q) = Quantity::parse(max_s) else { continue };
-        let (req, lim) = (format!("/resources/requests/{r}"), format!("/resources/limits/{r}"));
-        match quantity_at(c, &lim) {
+        match quantity_in(limits, r) {
             None => errors.push(format!("maximum {r} usage per {what} is {max_s}.  No limit is specified")),
             Some(q) if q > max_q => {
-                errors.push(format!("maximum {r} usage per {what} is {max_s}, but limit is {}", text(&lim)))
+                errors.push(format!("maximum {r} usage per {what} is {max_s}, but limit is {}", text(limits, r)))
             }
             _ => {}
         }
-        if let Some(q) = quantity_at(c, &req)
+        if let Some(q) = quantity_in(requests, r)
             && q > max_q
         {
-            errors.push(format!("maximum {r} usage per {what} is {max_s}, but request is {}", text(&req)));
+            errors.push(format!("maximum {r} usage per {what} is {max_s}, but request is {}", text(requests, r)));
         }
     }
-    for (r, ratio) in item.get("maxLimitRequestRatio").and_then(Value::as_object).into_iter().flatten() {
-        let ratio_s = ratio.as_str().unwrap_or_default();
-        let (Some(ratio_q), Some(req), Some(lim)) = (
-            Quantity::parse(ratio_s),
-            quantity_at(c, &format!("/resources/requests/{r}")),
-            quantity_at(c, &format!("/resources/limits/{r}")),
-        ) else {
+    for (r, ratio) in item.max_limit_request_ratio.iter().flatten() {
+        let ratio_s = ratio.0.as_str();
+        let (Some(ratio_q), Some(req), Some(lim)) =
+            (Quantity::parse(ratio_s), quantity_in(requests, r), quantity_in(limits, r))
+        else {
             continue;
         };
         // limit/request > ratio, in thousandths to stay exact.
@@ -174,48 +182,42 @@ fn check(item: &Value, c: &Value, what: &str, errors: &mut Vec<String>) {
     }
 }
 
-fn priority(reg: &Registry, pod: &mut Value) -> Result<(), ApiError> {
+fn priority(reg: &Registry, name: &str, pod: &mut Pod) -> Result<(), ApiError> {
     let rt = by_kind("PriorityClass").expect("served");
-    let name = name_of(pod).to_string();
-    let wanted = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).filter(|n| !n.is_empty());
-    let class = match wanted {
-        Some(class) => match reg.get(rt, None, class) {
+    let wanted = pod.spec.as_ref().and_then(|s| s.priority_class_name.clone()).filter(|n| !n.is_empty());
+    let class: Option<PriorityClass> = match wanted {
+        Some(class) => match typed::get(reg, rt, None, &class) {
             Ok(pc) => Some(pc),
             Err(e) if e.code == 404 => {
-                return Err(forbidden(&name, &format!("no PriorityClass with name {class} was found")));
+                return Err(forbidden(name, &format!("no PriorityClass with name {class} was found")));
             }
             Err(e) => return Err(e),
         },
         None => {
-            let all = reg.list(rt, None, &ListOptions::default())?.items;
-            all.into_iter()
-                .filter(|pc| pc.get("globalDefault").and_then(Value::as_bool) == Some(true))
-                .min_by_key(|pc| pc.get("value").and_then(Value::as_i64).unwrap_or(0))
+            let all: Vec<PriorityClass> = typed::list(reg, rt, None)?;
+            all.into_iter().filter(|pc| pc.global_default == Some(true)).min_by_key(|pc| pc.value)
         }
     };
     let (value, policy) = match &class {
-        Some(pc) => (
-            pc.get("value").and_then(Value::as_i64).unwrap_or(0),
-            pc.get("preemptionPolicy").and_then(Value::as_str).unwrap_or("PreemptLowerPriority").to_string(),
-        ),
+        Some(pc) => (pc.value, pc.preemption_policy.clone().unwrap_or_else(|| "PreemptLowerPriority".into())),
         None => (0, "PreemptLowerPriority".to_string()),
     };
-    if let Some(given) = pod.pointer("/spec/priority").and_then(Value::as_i64)
+    let Some(spec) = pod.spec.as_mut() else { return Ok(()) };
+    if let Some(given) = spec.priority
         && given != value
     {
         return Err(forbidden(
-            &name,
+            name,
             &format!(
                 "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
             ),
         ));
     }
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
     if let Some(pc) = &class {
-        spec.insert("priorityClassName".into(), name_of(pc).into());
+        spec.priority_class_name = pc.metadata.name.clone();
     }
-    spec.insert("priority".into(), value.into());
-    spec.entry("preemptionPolicy").or_insert(policy.into());
+    spec.priority = Some(value);
+    spec.preemption_policy.get_or_insert(policy);
     Ok(())
 }
 
@@ -232,33 +234,37 @@ mod tests {
         ensure_system_classes(&reg).unwrap();
         ensure_system_classes(&reg).unwrap();
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": []}});
-        priority(&reg, &mut pod).unwrap();
+        admit(&reg, "default", &mut pod).unwrap();
         assert_eq!((&pod["spec"]["priority"], pod["spec"].get("priorityClassName")), (&json!(0), None));
         let pc = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "normal"},
             "value": 100, "globalDefault": true, "preemptionPolicy": "Never"});
         reg.create(by_kind("PriorityClass").unwrap(), None, pc, &WriteOptions::default()).unwrap();
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": []}});
-        priority(&reg, &mut pod).unwrap();
+        admit(&reg, "default", &mut pod).unwrap();
         assert_eq!(pod["spec"]["priorityClassName"], "normal");
         assert_eq!((&pod["spec"]["priority"], &pod["spec"]["preemptionPolicy"]), (&json!(100), &json!("Never")));
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"priority": 5, "containers": []}});
-        let e = priority(&reg, &mut pod).unwrap_err();
+        let e = admit(&reg, "default", &mut pod).unwrap_err();
         assert_eq!(e.code, 403);
         assert!(e.message.contains("the integer value of priority (5) must not be provided in pod spec"), "{e}");
     }
 
     #[test]
     fn containers_get_defaults_and_are_held_to_min_and_max() {
-        let item = json!({"type": "Container", "max": {"cpu": "1"}, "min": {"cpu": "100m"},
-            "default": {"cpu": "500m", "memory": "128Mi"}, "defaultRequest": {"cpu": "200m"}});
-        let mut c = json!({"name": "c", "resources": {"limits": {"memory": "64Mi"}}});
+        let item: LimitRangeItem = serde_json::from_value(json!({"type": "Container", "max": {"cpu": "1"},
+            "min": {"cpu": "100m"}, "default": {"cpu": "500m", "memory": "128Mi"}, "defaultRequest": {"cpu": "200m"}}))
+        .unwrap();
+        let mut c = serde_json::from_value(json!({"limits": {"memory": "64Mi"}})).unwrap();
         default_container(&item, &mut c);
-        assert_eq!(c["resources"], json!({"limits": {"cpu": "500m", "memory": "64Mi"}, "requests": {"cpu": "200m"}}));
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({"limits": {"cpu": "500m", "memory": "64Mi"}, "requests": {"cpu": "200m"}})
+        );
         let mut errors = Vec::new();
-        check(&item, &c, "Container", &mut errors);
+        check(&item, c.as_ref(), "Container", &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
-        let big = json!({"resources": {"limits": {"cpu": "2"}, "requests": {"cpu": "50m"}}});
-        check(&item, &big, "Container", &mut errors);
+        let big = serde_json::from_value(json!({"limits": {"cpu": "2"}, "requests": {"cpu": "50m"}})).unwrap();
+        check(&item, Some(&big), "Container", &mut errors);
         assert_eq!(
             errors,
             [

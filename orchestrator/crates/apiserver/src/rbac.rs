@@ -8,12 +8,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject as RbacSubject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, name_of, namespace_of};
 use orchestrator_apimachinery::resources::{ResourceType, by_kind};
-use orchestrator_apimachinery::selector::{LabelSelector, labels_of};
+use orchestrator_apimachinery::selector::LabelSelector;
+use orchestrator_apimachinery::typed;
 use orchestrator_http::pki::{ADMIN_GROUP, READ_ONLY_GROUP};
 
 use crate::User;
@@ -93,6 +98,17 @@ impl Rule {
             resources: strings(v, "resources"),
             resource_names: strings(v, "resourceNames"),
             non_resource_urls: strings(v, "nonResourceURLs"),
+        }
+    }
+
+    pub fn from_typed(r: &PolicyRule) -> Rule {
+        let list = |l: &Option<Vec<String>>| l.clone().unwrap_or_default();
+        Rule {
+            verbs: r.verbs.clone(),
+            api_groups: list(&r.api_groups),
+            resources: list(&r.resources),
+            resource_names: list(&r.resource_names),
+            non_resource_urls: list(&r.non_resource_urls),
         }
     }
 
@@ -209,67 +225,102 @@ impl Rule {
     }
 }
 
-fn rules_of(o: &Value) -> Vec<Rule> {
-    o.get("rules").and_then(Value::as_array).map(|a| a.iter().map(Rule::from_json).collect()).unwrap_or_default()
+fn rules_of(rules: Option<&Vec<PolicyRule>>) -> Vec<Rule> {
+    rules.into_iter().flatten().map(Rule::from_typed).collect()
 }
 
 /// Whether a binding's subject is this user.
-fn subject_applies(s: &Value, binding_ns: Option<&str>, user: &User) -> bool {
-    let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
-    match s.get("kind").and_then(Value::as_str).unwrap_or_default() {
-        "User" => user.name == name,
-        "Group" => user.groups.iter().any(|g| g == name),
+fn subject_applies(s: &RbacSubject, binding_ns: Option<&str>, user: &User) -> bool {
+    match s.kind.as_str() {
+        "User" => user.name == s.name,
+        "Group" => user.groups.iter().any(|g| *g == s.name),
         "ServiceAccount" => {
-            let ns = s.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).or(binding_ns);
-            ns.is_some_and(|ns| user.name == format!("system:serviceaccount:{ns}:{name}"))
+            let ns = s.namespace.as_deref().filter(|n| !n.is_empty()).or(binding_ns);
+            ns.is_some_and(|ns| user.name == format!("system:serviceaccount:{ns}:{}", s.name))
         }
         _ => false,
     }
 }
 
-fn applies(binding: &Value, user: &User) -> bool {
-    let ns = namespace_of(binding);
-    binding.get("subjects").and_then(Value::as_array).is_some_and(|s| s.iter().any(|s| subject_applies(s, ns, user)))
+/// A RoleBinding or ClusterRoleBinding, as the index keeps it (both kinds have this shape).
+struct Binding {
+    namespace: Option<String>,
+    role_ref: RoleRef,
+    subjects: Vec<RbacSubject>,
 }
 
-/// The index: every RBAC object, by kind and `namespace/name`.
+impl Binding {
+    fn applies(&self, user: &User) -> bool {
+        self.subjects.iter().any(|s| subject_applies(s, self.namespace.as_deref(), user))
+    }
+}
+
+/// The index: every RBAC object, typed, by `namespace/name`.
 #[derive(Default)]
 struct Snapshot {
-    objects: HashMap<&'static str, HashMap<String, Value>>,
-}
-
-fn index_key(o: &Value) -> String {
-    format!("{}/{}", namespace_of(o).unwrap_or_default(), name_of(o))
+    roles: HashMap<String, Role>,
+    cluster_roles: HashMap<String, ClusterRole>,
+    role_bindings: HashMap<String, Binding>,
+    cluster_role_bindings: HashMap<String, Binding>,
 }
 
 impl Snapshot {
-    fn get(&self, kind: &str, ns: Option<&str>, name: &str) -> Option<&Value> {
-        self.objects.get(kind)?.get(&format!("{}/{name}", ns.unwrap_or_default()))
-    }
-
-    fn all(&self, kind: &str) -> impl Iterator<Item = &Value> {
-        self.objects.get(kind).into_iter().flat_map(HashMap::values)
-    }
-
-    /// The rules a binding grants (none when its role is missing).
-    fn granted(&self, binding: &Value) -> Vec<Rule> {
-        let role = binding.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or_default();
-        match binding.pointer("/roleRef/kind").and_then(Value::as_str) {
-            Some("ClusterRole") => self.get("ClusterRole", None, role).map(rules_of).unwrap_or_default(),
-            Some("Role") => self.get("Role", namespace_of(binding), role).map(rules_of).unwrap_or_default(),
-            _ => Vec::new(),
+    /// Sets (or with `deleted`, removes) one stored object of `kind`.
+    fn apply(&mut self, kind: &str, o: Value, deleted: bool) -> Result<(), ApiError> {
+        fn put<K>(map: &mut HashMap<String, K>, key: String, o: Option<K>) {
+            match o {
+                Some(o) => map.insert(key, o),
+                None => map.remove(&key),
+            };
         }
+        let key = format!("{}/{}", namespace_of(&o).unwrap_or_default(), name_of(&o));
+        let binding = |b: Option<(ObjectMeta, RoleRef, Option<Vec<RbacSubject>>)>| {
+            b.map(|(m, role_ref, subjects)| Binding {
+                namespace: m.namespace,
+                role_ref,
+                subjects: subjects.unwrap_or_default(),
+            })
+        };
+        let what = format!("{kind} {key}");
+        match kind {
+            "Role" => put(&mut self.roles, key, (!deleted).then(|| typed::decode(o, &what)).transpose()?),
+            "ClusterRole" => {
+                put(&mut self.cluster_roles, key, (!deleted).then(|| typed::decode(o, &what)).transpose()?)
+            }
+            "RoleBinding" => {
+                let b: Option<RoleBinding> = (!deleted).then(|| typed::decode(o, &what)).transpose()?;
+                put(&mut self.role_bindings, key, binding(b.map(|b| (b.metadata, b.role_ref, b.subjects))))
+            }
+            _ => {
+                let b: Option<ClusterRoleBinding> = (!deleted).then(|| typed::decode(o, &what)).transpose()?;
+                put(&mut self.cluster_role_bindings, key, binding(b.map(|b| (b.metadata, b.role_ref, b.subjects))))
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules a binding in `ns` grants through `role_ref` (none when its role is missing).
+    fn granted(&self, role_ref: &RoleRef, ns: Option<&str>) -> Vec<Rule> {
+        let name = &role_ref.name;
+        match role_ref.kind.as_str() {
+            "ClusterRole" => self.cluster_roles.get(&format!("/{name}")).map(|r| rules_of(r.rules.as_ref())),
+            "Role" => self.roles.get(&format!("{}/{name}", ns.unwrap_or_default())).map(|r| rules_of(r.rules.as_ref())),
+            _ => None,
+        }
+        .unwrap_or_default()
     }
 
     /// Every rule that applies to `user` in `ns` (cluster-wide ones always).
     fn rules_for(&self, user: &User, ns: Option<&str>) -> Vec<Rule> {
+        let granted = |b: &Binding| self.granted(&b.role_ref, b.namespace.as_deref());
         let mut rules: Vec<Rule> =
-            self.all("ClusterRoleBinding").filter(|b| applies(b, user)).flat_map(|b| self.granted(b)).collect();
+            self.cluster_role_bindings.values().filter(|b| b.applies(user)).flat_map(granted).collect();
         if let Some(ns) = ns {
             rules.extend(
-                self.all("RoleBinding")
-                    .filter(|b| namespace_of(b) == Some(ns) && applies(b, user))
-                    .flat_map(|b| self.granted(b)),
+                self.role_bindings
+                    .values()
+                    .filter(|b| b.namespace.as_deref() == Some(ns) && b.applies(user))
+                    .flat_map(granted),
             );
         }
         rules
@@ -297,7 +348,12 @@ impl Rbac {
             for kind in KINDS {
                 let list = registry.list(rt(kind), None, &ListOptions::default())?;
                 from = from.min(list.revision);
-                snap.objects.insert(kind, list.items.iter().map(|o| (index_key(o), o.clone())).collect());
+                for o in list.items {
+                    // The registry decodes every write through its type, so a stored object decodes.
+                    if let Err(e) = snap.apply(kind, o, false) {
+                        tracing::error!("the RBAC index: {}", e.message);
+                    }
+                }
             }
         }
         aggregate(&registry, &rbac);
@@ -318,12 +374,8 @@ impl Rbac {
                     let Some(rbac) = rbac.upgrade() else { return };
                     {
                         let mut snap = rbac.snapshot.write().unwrap_or_else(|e| e.into_inner());
-                        let map = snap.objects.entry(kind).or_default();
-                        let key = index_key(&event.object);
-                        if event.kind == "DELETED" {
-                            map.remove(&key);
-                        } else {
-                            map.insert(key, event.object);
+                        if let Err(e) = snap.apply(kind, event.object, event.kind == "DELETED") {
+                            tracing::error!("the RBAC index: {}", e.message);
                         }
                     }
                     if kind == "ClusterRole" {
@@ -365,18 +417,22 @@ impl Rbac {
     /// (upstream's `ConfirmNoEscalation` and the `escalate`/`bind` verbs).
     pub fn check_write(&self, user: &User, rt: &ResourceType, ns: Option<&str>, obj: &Value) -> Result<(), ApiError> {
         let name = name_of(obj);
+        // `obj` is the request's object; one its type cannot hold is refused as the registry refuses it.
         let (granted, role_kind, role_name) = match rt.kind {
-            "Role" | "ClusterRole" => (rules_of(obj), rt.kind, name.to_string()),
+            "Role" => (rules_of(typed::from_body::<Role>(rt, obj)?.rules.as_ref()), rt.kind, name.to_string()),
+            "ClusterRole" => {
+                (rules_of(typed::from_body::<ClusterRole>(rt, obj)?.rules.as_ref()), rt.kind, name.to_string())
+            }
             "RoleBinding" | "ClusterRoleBinding" => {
-                let kind = obj.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or_default();
-                let role = obj.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or_default();
+                let role_ref = if rt.kind == "RoleBinding" {
+                    typed::from_body::<RoleBinding>(rt, obj)?.role_ref
+                } else {
+                    typed::from_body::<ClusterRoleBinding>(rt, obj)?.role_ref
+                };
                 let snap = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
-                let mut b = obj.clone();
-                if let Some(ns) = ns {
-                    b["metadata"]["namespace"] = ns.into();
-                }
-                let kind = if kind == "ClusterRole" { "ClusterRole" } else { "Role" };
-                (snap.granted(&b), kind, role.to_string())
+                let b_ns = ns.map(str::to_string).or_else(|| namespace_of(obj).map(str::to_string));
+                let kind = if role_ref.kind == "ClusterRole" { "ClusterRole" } else { "Role" };
+                (snap.granted(&role_ref, b_ns.as_deref()), kind, role_ref.name.clone())
             }
             _ => return Ok(()),
         };
@@ -409,19 +465,21 @@ impl Rbac {
 /// The aggregation controller: an aggregated ClusterRole's rules are the
 /// union of the rules of the ClusterRoles its selectors pick.
 fn aggregate(registry: &Registry, rbac: &Rbac) {
-    let wanted: Vec<(String, Vec<Value>)> = {
+    let wanted: Vec<(String, Vec<PolicyRule>)> = {
         let snap = rbac.snapshot.read().unwrap_or_else(|e| e.into_inner());
-        let mut names: Vec<&Value> = snap.all("ClusterRole").collect();
-        names.sort_by_key(|o| name_of(o).to_string());
-        names
+        let mut roles: Vec<&ClusterRole> = snap.cluster_roles.values().collect();
+        let name = |r: &ClusterRole| r.metadata.name.clone().unwrap_or_default();
+        roles.sort_by_key(|r| name(r));
+        roles
             .iter()
             .filter_map(|role| {
-                let selectors = role.pointer("/aggregationRule/clusterRoleSelectors")?.as_array()?;
-                let mut rules: Vec<Value> = Vec::new();
-                for sel in selectors.iter().map(LabelSelector::from_json).filter(|s| !s.is_empty()) {
-                    for other in &names {
-                        if name_of(other) != name_of(role) && sel.matches(&labels_of(other)) {
-                            for r in other.get("rules").and_then(Value::as_array).into_iter().flatten() {
+                let selectors = role.aggregation_rule.as_ref()?.cluster_role_selectors.as_ref()?;
+                let mut rules: Vec<PolicyRule> = Vec::new();
+                for sel in selectors.iter().map(LabelSelector::from_typed).filter(|s| !s.is_empty()) {
+                    for other in &roles {
+                        let labels = other.metadata.labels.clone().unwrap_or_default();
+                        if name(other) != name(role) && sel.matches(&labels) {
+                            for r in other.rules.iter().flatten() {
                                 if !rules.contains(r) {
                                     rules.push(r.clone());
                                 }
@@ -429,15 +487,18 @@ fn aggregate(registry: &Registry, rbac: &Rbac) {
                         }
                     }
                 }
-                let current = role.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
-                (current != rules).then(|| (name_of(role).to_string(), rules))
+                let current = role.rules.clone().unwrap_or_default();
+                (current != rules).then(|| (name(role), rules))
             })
             .collect()
     };
     for (name, rules) in wanted {
+        let what = format!("ClusterRole {name}");
         let set = registry.modify(rt("ClusterRole"), None, &name, Part::Main, &WriteOptions::default(), |o| {
-            o["rules"] = Value::Array(rules.clone());
-            Ok(true)
+            typed::change_as(o, &what, |r: &mut ClusterRole| {
+                r.rules = Some(rules.clone());
+                true
+            })
         });
         if let Err(e) = set {
             tracing::warn!("aggregating the rules of ClusterRole {name:?}: {}", e.message);
@@ -729,6 +790,8 @@ fn reconcile_defaults(registry: &Registry) -> Result<(), ApiError> {
         let rt = rt(kind);
         match registry.create(rt, None, want.clone(), &WriteOptions::default()) {
             Err(e) if e.reason == "AlreadyExists" => {
+                // The bootstrap policy is JSON merged into the stored object item by item
+                // (upstream's reconciliation), for two kinds alike: it stays JSON.
                 registry.modify(rt, None, name_of(&want), Part::Main, &WriteOptions::default(), |o| {
                     if o.pointer(&format!("/metadata/annotations/{}", AUTOUPDATE.replace('/', "~1")))
                         .and_then(Value::as_str)
@@ -816,6 +879,11 @@ mod tests {
     #[test]
     fn service_account_subjects_default_to_the_binding_namespace() {
         let user = User { name: "system:serviceaccount:ns:sa".into(), ..Default::default() };
+        let applies = |b: &Value, user: &User| {
+            let rb: RoleBinding = serde_json::from_value(b.clone()).unwrap();
+            let subjects = rb.subjects.unwrap_or_default();
+            Binding { namespace: rb.metadata.namespace, role_ref: rb.role_ref, subjects }.applies(user)
+        };
         let b = json!({"metadata": {"name": "b", "namespace": "ns"}, "subjects": [{"kind": "ServiceAccount", "name": "sa"}]});
         assert!(applies(&b, &user));
         let other = json!({"metadata": {"name": "b", "namespace": "x"}, "subjects": [{"kind": "ServiceAccount", "name": "sa"}]});

@@ -15,11 +15,11 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio::sync::mpsc;
 
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::resources;
+use orchestrator_apimachinery::{resources, typed};
 use orchestrator_http::{
     Body, EXEC_PROTOCOLS, PORT_FORWARD_PROTOCOL, flag, is_websocket, offered_subprotocols, param, parse_query,
     read_body, switching_protocols, websocket_accept,
@@ -35,26 +35,19 @@ struct Target {
 }
 
 fn target(state: &State, ns: &str, name: &str, container: Option<&str>) -> Result<Target, ApiError> {
-    let reg = &state.registry;
-    let pod = reg.get(resources::by_kind("Pod").expect("served"), Some(ns), name)?;
-    let names = |fields: &[&str]| -> Vec<String> {
-        fields
-            .iter()
-            .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
-            .flatten()
-            .filter_map(|c| c["name"].as_str().map(str::to_string))
-            .collect()
-    };
+    let pod: Pod = typed::get(&state.registry, resources::by_kind("Pod").expect("served"), Some(ns), name)?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let apps: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
     let container = match container.filter(|c| !c.is_empty()) {
         Some(c)
-            if names(&["/spec/initContainers", "/spec/containers", "/spec/ephemeralContainers"])
-                .iter()
-                .any(|n| n == c) =>
+            if spec.init_containers.iter().flatten().any(|i| i.name == c)
+                || apps.iter().any(|n| n == c)
+                || spec.ephemeral_containers.iter().flatten().any(|e| e.name == c) =>
         {
             c.to_string()
         }
         Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
-        None => match names(&["/spec/containers"]).as_slice() {
+        None => match apps.as_slice() {
             [one] => one.clone(),
             apps => {
                 return Err(ApiError::bad_request(format!(
@@ -64,7 +57,7 @@ fn target(state: &State, ns: &str, name: &str, container: Option<&str>) -> Resul
             }
         },
     };
-    if pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().is_empty() {
+    if spec.node_name.as_deref().unwrap_or_default().is_empty() {
         return Err(ApiError::bad_request(format!(
             "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled"
         )));
@@ -74,32 +67,34 @@ fn target(state: &State, ns: &str, name: &str, container: Option<&str>) -> Resul
 }
 
 /// The address of the kubelet of a pod's node (its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`).
-fn kubelet_of(state: &State, pod: &Value, name: &str) -> Result<(String, u16), ApiError> {
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+fn kubelet_of(state: &State, pod: &Pod, name: &str) -> Result<(String, u16), ApiError> {
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default();
     if node_name.is_empty() {
         return Err(ApiError::bad_request(format!("pod \"{name}\" is not scheduled to a node yet")));
     }
-    let node = state.registry.get(resources::by_kind("Node").expect("served"), None, node_name)?;
+    let node: Node = typed::get(&state.registry, resources::by_kind("Node").expect("served"), None, node_name)?;
     Ok(node_kubelet(&node))
 }
 
 /// A Node's kubelet address: its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`.
-fn node_kubelet(node: &Value) -> (String, u16) {
-    let ip = node
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
+fn node_kubelet(node: &Node) -> (String, u16) {
+    let status = node.status.as_ref();
+    let ip = status
+        .and_then(|s| s.addresses.as_ref())
         .into_iter()
         .flatten()
-        .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+        .unwrap_or_default();
+    let port = status
+        .and_then(|s| s.daemon_endpoints.as_ref())
+        .and_then(|d| d.kubelet_endpoint.as_ref())
+        .map_or(10250, |e| e.port);
     (ip, port as u16)
 }
 
 /// The body of `GET uri` from a Node's kubelet (`metrics.k8s.io` reads `/metrics/resource`).
-pub(crate) async fn kubelet_get(state: &State, node: &Value, uri: &str) -> Result<Bytes, ApiError> {
+pub(crate) async fn kubelet_get(state: &State, node: &Node, uri: &str) -> Result<Bytes, ApiError> {
     let (ip, port) = node_kubelet(node);
     let t = Target { ip, port, container: String::new() };
     read_body(kubelet_request(state, &t, "GET", uri).await?).await
@@ -310,7 +305,7 @@ pub async fn port_forward(
             "port-forward needs a WebSocket with subprotocol {WEBSOCKET_PORT_FORWARD_PROTOCOL} (kubectl 1.31 or newer; SPDY is not served)"
         )));
     }
-    let pod = state.registry.get(resources::by_kind("Pod").expect("served"), Some(&ns), &name)?;
+    let pod: Pod = typed::get(&state.registry, resources::by_kind("Pod").expect("served"), Some(&ns), &name)?;
     let (ip, port) = kubelet_of(&state, &pod, &name)?;
     let t = Target { ip, port, container: String::new() };
     let up = Request::builder()

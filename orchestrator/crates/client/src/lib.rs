@@ -19,7 +19,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{DeleteOptions, ListOptions, ObjectWatch, Part, Registry, WriteOptions};
+use orchestrator_apimachinery::registry::{
+    DeleteOptions, ListOptions, ObjectWatch, Part, Registry, WriteOptions, resource_version_of,
+};
 use orchestrator_apimachinery::resources::{ResourceType, by_kind};
 use orchestrator_apimachinery::selector::FieldSelector;
 use orchestrator_http::Body;
@@ -110,6 +112,7 @@ impl Remote {
             std::fs::read_to_string(path).map_err(|source| KubeconfigError::Read { path: path.into(), source })?;
         let bad = |what: &str| KubeconfigError::Invalid { path: path.into(), what: what.to_string() };
         let doc: Value = serde_norway::from_str(&text).map_err(|e| bad(&format!("not YAML: {e}")))?;
+        // A kubeconfig document, not an API object: k8s-openapi has no type for it.
         let field = |ptr: &str| -> Result<String, KubeconfigError> {
             doc.pointer(ptr).and_then(Value::as_str).map(str::to_string).ok_or_else(|| bad(&format!("missing {ptr}")))
         };
@@ -316,6 +319,26 @@ impl Api {
         }
     }
 
+    /// [`Api::get`], decoded as `K`.
+    pub async fn get_as<K: serde::de::DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<K, ApiError> {
+        orchestrator_apimachinery::typed::decode(self.get(kind, ns, name).await?, kind)
+    }
+
+    /// [`Api::list`], each object decoded as `K`.
+    pub async fn list_as<K: serde::de::DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        field_selector: &str,
+    ) -> Result<Vec<K>, ApiError> {
+        let items = self.list(kind, field_selector).await?;
+        items.into_iter().map(|o| orchestrator_apimachinery::typed::decode(o, kind)).collect()
+    }
+
     /// A token for a ServiceAccount (`serviceaccounts/<name>/token`, a TokenRequest in and out).
     pub async fn request_token(&self, ns: &str, name: &str, request: Value) -> Result<Value, ApiError> {
         match self {
@@ -432,7 +455,7 @@ impl Api {
                     .call(Method::GET, &format!("{path}?limit=1&fieldSelector={}", query(field_selector)), None)
                     .await
                     .ok()?;
-                let rv = list.pointer("/metadata/resourceVersion").and_then(Value::as_str)?.to_string();
+                let rv = resource_version_of(&list)?.to_string();
                 let resumed = resume::Resumed::new(r.clone(), path, query(field_selector), rv);
                 let first = resumed.open().await?;
                 let (tx, rx) = mpsc::channel(64);

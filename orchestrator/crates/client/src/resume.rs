@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::WatchEvent;
+use orchestrator_apimachinery::registry::resource_version_of;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -116,17 +118,20 @@ impl Resumed {
             buf.extend_from_slice(&data);
             while let Some(i) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=i).collect();
-                let Ok(mut ev) = serde_json::from_slice::<Value>(&line) else { continue };
-                if ev["type"] == "ERROR" {
-                    return End::Over;
-                }
-                if let Some(rv) = ev.pointer("/object/metadata/resourceVersion").and_then(Value::as_str) {
+                // The object stays JSON: the watch is of any kind.
+                let Ok(ev) = serde_json::from_slice::<WatchEvent<Value>>(&line) else { continue };
+                let object = match ev {
+                    WatchEvent::ErrorStatus(_) | WatchEvent::ErrorOther(_) => return End::Over,
+                    WatchEvent::Bookmark { resource_version, .. } => {
+                        self.rv = resource_version;
+                        continue;
+                    }
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o,
+                };
+                if let Some(rv) = resource_version_of(&object) {
                     self.rv = rv.to_string();
                 }
-                if ev["type"] == "BOOKMARK" {
-                    continue;
-                }
-                if tx.send(ev["object"].take()).await.is_err() {
+                if tx.send(object).await.is_err() {
                     return End::Over;
                 }
             }

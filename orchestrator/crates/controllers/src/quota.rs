@@ -4,15 +4,17 @@
 //! objects held; admission (`apiserver/src/quota.rs`) raises `used` as it
 //! admits.
 
-use serde_json::{Map, Value, json};
+use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaStatus};
+use serde_json::json;
 
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::quantity::Quantity;
-use orchestrator_apimachinery::quota::{Usage, parse_list, pod_counts, usage};
-use orchestrator_apimachinery::registry::{ListOptions, Registry, name_of, namespace_of};
+use orchestrator_apimachinery::quota::{Usage, from_resource_list, pod_counts, to_resource_list, usage};
+use orchestrator_apimachinery::registry::{ListOptions, Registry};
 use orchestrator_apimachinery::resources::{RESOURCES, ResourceType};
+use orchestrator_apimachinery::typed;
 
-use crate::{rt, write_status_as_read};
+use crate::{list_typed, name, rt, write_status_as_read};
 
 /// What the objects of `ns` use of the resources `hard` limits.
 fn used_in(reg: &Registry, ns: &str, hard: &Usage) -> Result<Usage, ApiError> {
@@ -42,24 +44,20 @@ fn used_in(reg: &Registry, ns: &str, hard: &Usage) -> Result<Usage, ApiError> {
     Ok(used)
 }
 
-fn list_json(u: &Usage) -> Value {
-    Value::Object(u.iter().map(|(k, v)| (k.clone(), v.to_string().into())).collect::<Map<_, _>>())
-}
-
 pub fn reconcile(reg: &Registry) -> Result<(), ApiError> {
     let quotas_rt = rt("ResourceQuota");
-    for q in reg.list(quotas_rt, None, &ListOptions::default())?.items {
-        let (ns, name) = (namespace_of(&q).unwrap_or_default().to_string(), name_of(&q).to_string());
-        let hard = parse_list(q.pointer("/spec/hard"));
-        let used = used_in(reg, &ns, &hard)?;
-        let status = json!({"hard": q.pointer("/spec/hard").cloned().unwrap_or(json!({})), "used": list_json(&used)});
-        if q.get("status") == Some(&status) {
+    for q in list_typed::<ResourceQuota>(reg)? {
+        let ns = q.metadata.namespace.as_deref().unwrap_or_default();
+        let spec_hard = q.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
+        let used = used_in(reg, ns, &from_resource_list(Some(&spec_hard)))?;
+        let status = ResourceQuotaStatus { hard: Some(spec_hard), used: Some(to_resource_list(&used)) };
+        if q.status.as_ref() == Some(&status) {
             continue;
         }
         // An admission that charged meanwhile makes this a conflict.
-        let mut new = q.clone();
-        new["status"] = status;
-        write_status_as_read(reg, quotas_rt, Some(&ns), &name, new)?;
+        let mut new = typed::encode(&q, "ResourceQuota")?;
+        new["status"] = typed::encode(&status, "ResourceQuota status")?;
+        write_status_as_read(reg, quotas_rt, Some(ns), name(&q.metadata), new)?;
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use serde::Deserialize as _;
 use serde_json::json;
 
 use crate::deployment::template_hash;
@@ -81,10 +82,20 @@ fn revision_data(template: &PodTemplateSpec) -> serde_json::Value {
     json!({"spec": {"template": t}})
 }
 
+/// A revision's data as [`revision_data`] writes it: the typed template
+/// (its `$patch` directive is no field of the type and is left out).
+#[derive(serde::Deserialize)]
+struct RevisionData {
+    spec: RevisionSpec,
+}
+
+#[derive(serde::Deserialize)]
+struct RevisionSpec {
+    template: PodTemplateSpec,
+}
+
 fn template_of(rev: &ControllerRevision) -> Option<PodTemplateSpec> {
-    let mut t = rev.data.as_ref()?.0.pointer("/spec/template")?.clone();
-    t.as_object_mut()?.remove("$patch");
-    serde_json::from_value(t).ok()
+    RevisionData::deserialize(&rev.data.as_ref()?.0).ok().map(|d| d.spec.template)
 }
 
 fn claim_name(template: &str, set: &str, ordinal: i64) -> String {
