@@ -429,6 +429,8 @@ pub struct Cluster {
     kubelet: Option<Child>,
     /// The server's URL, once started.
     pub url: String,
+    /// The server's (and kubelet's) `PLINTH_LOG` filter.
+    log: String,
 }
 
 impl Cluster {
@@ -491,6 +493,16 @@ impl Cluster {
         Some(c)
     }
 
+    /// A cluster whose processes log with the `PLINTH_LOG` filter `log`
+    /// (e.g. the kubelet's per-pod step timings for the benchmark).
+    pub fn start_logging(log: &str) -> Option<Cluster> {
+        let mut c = Cluster::start_with_processes(true, &[], false)?;
+        c.log = log.to_string();
+        c.start_server();
+        c.wait_node_ready();
+        Some(c)
+    }
+
     /// Waits for the kubelet's Node to be Ready: every test starts there.
     fn wait_node_ready(&self) {
         self.wait_for(&["get", "node", &self.node], Duration::from_secs(60), |s| s.contains(" Ready "));
@@ -518,6 +530,7 @@ impl Cluster {
             ipam: false,
             kubelet: None,
             url: String::new(),
+            log: "orchestrator=info".into(),
         })
     }
 
@@ -548,7 +561,7 @@ impl Cluster {
                 .args(["--cni-bridge", &ctd.bridge])
                 .args(["--node-ip", "127.0.0.1", "--kubelet-listen", "127.0.0.1:0"])
                 .args(&self.extra_args)
-                .env("PLINTH_LOG", "orchestrator=info")
+                .env("PLINTH_LOG", &self.log)
                 .stdout(Stdio::piped())
                 .stderr(log());
         };

@@ -31,6 +31,7 @@ pub mod projected;
 pub mod server;
 pub mod serving;
 pub mod spdy;
+pub mod timing;
 pub mod token;
 pub mod volumes;
 pub mod watched;
@@ -126,6 +127,39 @@ pub struct Kubelet {
     last_known: Mutex<offline::LastKnown>,
     /// Watches of the ConfigMaps and Secrets the pods use.
     watched: watched::Watched,
+    /// Turns to create sandboxes, and to create and start containers (module `timing`'s figures: why).
+    turns: Turns,
+}
+
+/// How many sandboxes (RunPodSandbox: its CNI ADD, the pause container) and
+/// how many container creations and starts run at once. The runtime's work
+/// is CPU- and lock-bound (runc, shims, CNI plugins, containerd's database):
+/// thirty at once all finish together, late; a few at a time, in turn
+/// (first come, first served), finish one after another at the same
+/// throughput, so most pods run far sooner. Image pulls and everything else
+/// are outside the turns; a turn not given within [`TURN_WAIT`] is not
+/// waited for (a runtime call that hangs holds up others only that long).
+struct Turns {
+    sandboxes: Arc<tokio::sync::Semaphore>,
+    containers: Arc<tokio::sync::Semaphore>,
+}
+
+const SANDBOXES_AT_ONCE: usize = 3;
+const CONTAINERS_AT_ONCE: usize = 3;
+const TURN_WAIT: Duration = Duration::from_secs(10);
+
+impl Turns {
+    fn new() -> Turns {
+        Turns {
+            sandboxes: Arc::new(tokio::sync::Semaphore::new(SANDBOXES_AT_ONCE)),
+            containers: Arc::new(tokio::sync::Semaphore::new(CONTAINERS_AT_ONCE)),
+        }
+    }
+
+    /// Waits for a turn of `of` (at most [`TURN_WAIT`]); the turn ends when the permit drops.
+    async fn take(of: &Arc<tokio::sync::Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(TURN_WAIT, of.clone().acquire_owned()).await.ok().and_then(Result::ok)
+    }
 }
 
 /// The ConfigMaps and Secrets a pod refers to (env and volumes), its
@@ -271,6 +305,7 @@ pub async fn start(
         tokens: token::Tokens::default(),
         last_known: Mutex::default(),
         watched: watched::Watched::default(),
+        turns: Turns::new(),
     });
     let bound = server::start(k.clone(), listen, identity).await?;
     k.port.store(bound.port(), std::sync::atomic::Ordering::Relaxed);
@@ -428,17 +463,18 @@ impl Kubelet {
         }
         for work in to_sync {
             let k = self.clone();
-            tokio::spawn(async move {
-                let (name, uid) = match &work {
-                    Work::Pod(p) => (pod::ids(p).1.to_string(), pod::ids(p).2.to_string()),
-                    Work::Orphan(uid) => (String::new(), uid.clone()),
-                };
-                let span = tracing::debug_span!("sync pod", pod = %name, %uid);
-                let _e = span.enter();
+            let queued = std::time::Instant::now();
+            let (name, uid) = match &work {
+                Work::Pod(p) => (pod::ids(p).1.to_string(), pod::ids(p).2.to_string()),
+                Work::Orphan(uid) => (String::new(), uid.clone()),
+            };
+            // A span per sync, entered only while the task runs (instrument, not enter, across awaits).
+            let span = tracing::debug_span!("sync pod", pod = %name, %uid);
+            let sync = async move {
                 let result = match &work {
                     Work::Orphan(uid) => k.remove_pod(uid).await,
                     Work::Pod(p) if p.metadata.deletion_timestamp.is_some() => k.terminate(p).await,
-                    Work::Pod(p) => k.sync_pod(p).await,
+                    Work::Pod(p) => timing::scope(&name, queued.elapsed(), k.sync_pod(p)).await,
                 };
                 let failed = result.is_err();
                 if let Err(e) = result {
@@ -451,7 +487,8 @@ impl Kubelet {
                         m.due = Some(Instant::now() + Duration::from_secs(2));
                     }
                 }
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(sync, span));
         }
         Ok(())
     }
@@ -817,7 +854,9 @@ impl Kubelet {
         vols: &BTreeMap<String, PathBuf>,
         target: Option<&str>,
     ) -> Result<(), Waiting> {
-        let image = match self.ensure_image(p, c).await {
+        let image = self.ensure_image(p, c).await;
+        timing::mark("image");
+        let image = match image {
             Ok(i) => i,
             Err(w) => {
                 if w.reason == "ErrImageNeverPull" {
@@ -834,6 +873,7 @@ impl Kubelet {
             .prefetch_or_last(p)
             .await
             .map_err(|e| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() })?;
+        timing::mark("lookups");
         let env = pod::environment(p, c, &*refs).map_err(config_err)?;
         let mut mounts = volumes::mounts(c, vols).map_err(config_err)?;
         claims::read_only(p, c, &mut mounts);
@@ -844,6 +884,8 @@ impl Kubelet {
         let mut rs = self.cri.runtime.clone();
         let create_err =
             |s: tonic::Status| Waiting { reason: "CreateContainerError".into(), message: s.message().to_string() };
+        let turn = Turns::take(&self.turns.containers).await;
+        timing::mark("container-turn");
         let id = rs
             .create_container(v1::CreateContainerRequest {
                 pod_sandbox_id: sandbox_id.to_string(),
@@ -851,12 +893,16 @@ impl Kubelet {
                 sandbox_config: Some(sandbox_cfg.clone()),
             })
             .await
-            .map_err(create_err)?
-            .into_inner()
-            .container_id;
+            .map_err(create_err);
+        timing::mark("CreateContainer");
+        let id = id?.into_inner().container_id;
         let name = &c.name;
         self.event_for(p, "Normal", "Created", &format!("Created container {name}"), false);
-        match rs.start_container(v1::StartContainerRequest { container_id: id.clone() }).await {
+        let started = rs.start_container(v1::StartContainerRequest { container_id: id.clone() }).await;
+        drop(turn);
+        timing::mark("StartContainer");
+        timing::worked();
+        match started {
             Ok(_) => self.event_for(p, "Normal", "Started", &format!("Started container {name}"), false),
             // A container that cannot start (bad command…) is reported as exited by the runtime; keep it.
             Err(s) => self.event_for(p, "Warning", "Failed", &format!("Error: {}", s.message()), false),
@@ -868,6 +914,7 @@ impl Kubelet {
         let uid = pod::ids(p).2.to_string();
         let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
         let sandboxes = self.sandboxes_of(&uid).await?;
+        timing::mark("ListPodSandbox");
         if phase == "Succeeded" || phase == "Failed" {
             for s in sandboxes.iter().filter(|s| s.state == v1::PodSandboxState::SandboxReady as i32) {
                 let mut rs = self.cri.runtime.clone();
@@ -877,7 +924,9 @@ impl Kubelet {
             return Ok(());
         }
         let refs = self.prefetch_or_last(p).await?;
-        let claimed = match self.claims_or_last(p).await {
+        let claimed = self.claims_or_last(p).await;
+        timing::mark("lookups");
+        let claimed = match claimed {
             Ok(c) => c,
             Err(why) => {
                 // As upstream: the pod waits for its claims, tried again shortly.
@@ -890,6 +939,7 @@ impl Kubelet {
         };
         let (pc, dir) = (p.clone(), self.cfg.dir.clone());
         let vols = blocking(move || volumes::prepare(&dir, &pc, &*refs)).await;
+        timing::mark("volumes");
         let vols = match vols {
             Ok(mut v) => {
                 v.extend(claimed);
@@ -925,6 +975,8 @@ impl Kubelet {
                     path: log_dir.clone(),
                     source,
                 })?;
+                let turn = Turns::take(&self.turns.sandboxes).await;
+                timing::mark("sandbox-turn");
                 let r = self
                     .cri
                     .runtime
@@ -934,6 +986,9 @@ impl Kubelet {
                         runtime_handler: String::new(),
                     })
                     .await;
+                drop(turn);
+                timing::mark("RunPodSandbox");
+                timing::worked();
                 match r {
                     Ok(r) => {
                         self.remember(&uid, |m| m.sandbox_failures = (0, None));
@@ -958,6 +1013,7 @@ impl Kubelet {
             }
         };
         let observed = self.observe(&sandbox_id).await?;
+        timing::mark("observe");
         let spec = p.spec.clone().unwrap_or_default();
         let policy = match spec.restart_policy.as_deref().unwrap_or_default() {
             "" => "Always",
@@ -1041,6 +1097,7 @@ impl Kubelet {
         if let Some(d) = due {
             self.remember(&uid, |m| m.due = Some(Instant::now() + d));
         }
+        timing::mark("ephemeral");
         // Read back what the starts did, for the status.
         let observed = self.observe(&sandbox_id).await?;
         let status = self
@@ -1052,6 +1109,7 @@ impl Kubelet {
             .map_err(CriError::call("PodSandboxStatus"))?
             .into_inner()
             .status;
+        timing::mark("read-back");
         let ip = status.and_then(|s| s.network).map(|n| n.ip).filter(|ip| !ip.is_empty());
         let ip = if spec.host_network == Some(true) { Some(self.host_ip.clone()) } else { ip };
         if let Some(ip) = &ip {
@@ -1156,6 +1214,7 @@ impl Kubelet {
                 })
             })
             .await;
+        timing::mark("status");
         if r.is_ok() && phase == "Running" {
             node::boot_step(&node::FIRST_POD_RUNNING, "first-pod-running");
         }
