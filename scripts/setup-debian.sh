@@ -19,8 +19,9 @@ need=()
 # Verified boot: veritysetup (dm-verity hash trees), sbsign (Secure Boot),
 # virt-fw-vars (an OVMF variable store with the operator's keys; from
 # bookworm-backports, the only suite that has it), openssl (the key pair).
+# curl times the API's answers on a throttled disk (tests/src/sdcard.rs).
 for p in qemu-system-x86 qemu-system-arm ovmf systemd-boot-efi binutils squashfs-tools zstd dosfstools mtools e2fsprogs python3-venv device-tree-compiler \
-    cryptsetup-bin sbsigntool python3-virt-firmware openssl; do
+    cryptsetup-bin sbsigntool python3-virt-firmware openssl curl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

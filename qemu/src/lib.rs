@@ -208,6 +208,8 @@ pub struct Vm {
     secure_boot: Option<PathBuf>,
     /// The guest-to-guest network of its second NIC.
     pub cluster_net: Option<ClusterNet>,
+    /// The disk's I/O limits (an SD card's), if any.
+    pub throttle: Option<Throttle>,
 }
 
 /// How the VM's disk is attached: virtio by default; the others stand in
@@ -237,8 +239,9 @@ impl std::str::FromStr for Disk {
 }
 
 impl Disk {
-    fn args(self, file: &Path) -> Vec<String> {
-        let drive = |iface: &str| format!("file={},format=qcow2,if={iface}", file.display());
+    fn args(self, file: &Path, throttle: Option<Throttle>) -> Vec<String> {
+        let limits = throttle.map(|t| t.drive_options()).unwrap_or_default();
+        let drive = |iface: &str| format!("file={},format=qcow2,if={iface}{limits}", file.display());
         let none = format!("{},id=d0", drive("none"));
         match self {
             Disk::Virtio => vec!["-drive".into(), drive("virtio")],
@@ -253,6 +256,48 @@ impl Disk {
                 "usb-storage,drive=d0,bus=xhci.0,removable=on".into(),
             ],
         }
+    }
+}
+
+/// A disk throttled like an SD card: QEMU's block throttling
+/// (`throttling.iops-total`, `throttling.bps-total` on the drive) caps the
+/// I/O operations and bytes per second, reads and writes together, with no
+/// burst. QEMU has no option to make a flush itself slow (its throttling
+/// counts reads and writes, not flushes; `blkdebug` injects errors, not
+/// delays), so a long fsync here is the queue of throttled writes it waits
+/// for: the ext4 journal's blocks and commit record are throttled I/Os too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// I/O operations per second.
+    pub iops: u32,
+    /// Bytes per second.
+    pub bps: u64,
+}
+
+impl Throttle {
+    /// A slow SD card: 200 I/Os and 4 MiB per second (cheap cards manage
+    /// 100–500 random 4 KiB writes per second and a few MB/s sustained;
+    /// an A1 card promises 500 write IOPS).
+    pub const SD_CARD: Throttle = Throttle { iops: 200, bps: 4 << 20 };
+
+    /// The `-drive` options that apply it.
+    pub fn drive_options(&self) -> String {
+        format!(",throttling.iops-total={},throttling.bps-total={}", self.iops, self.bps)
+    }
+}
+
+impl std::str::FromStr for Throttle {
+    type Err = String;
+    /// `IOPS,BYTES_PER_SECOND`, e.g. `200,4194304`.
+    fn from_str(s: &str) -> Result<Throttle, String> {
+        let bad = || format!("{s:?}: a throttle is IOPS,BYTES_PER_SECOND, e.g. 200,4194304 (both above 0)");
+        let (iops, bps) = s.split_once(',').ok_or_else(bad)?;
+        let iops: u32 = iops.trim().parse().map_err(|_| bad())?;
+        let bps: u64 = bps.trim().parse().map_err(|_| bad())?;
+        if iops == 0 || bps == 0 {
+            return Err(bad());
+        }
+        Ok(Throttle { iops, bps })
     }
 }
 
@@ -280,12 +325,17 @@ impl Vm {
 
     /// [`Vm::start`] with the disk attached another way.
     pub fn start_with(opts: VmOptions, disk: Disk) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, disk, true, None, None)
+        Vm::start_inner(opts, disk, true, None, None, None)
+    }
+
+    /// [`Vm::start`] on a disk as slow as `throttle` (e.g. [`Throttle::SD_CARD`]).
+    pub fn start_throttled(opts: VmOptions, throttle: Throttle) -> Result<Vm, VmError> {
+        Vm::start_inner(opts, Disk::Virtio, true, None, None, Some(throttle))
     }
 
     /// [`Vm::start`] with a second NIC on `net`, shared with other VMs.
     pub fn start_on(opts: VmOptions, net: ClusterNet) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, Disk::Virtio, true, None, Some(net))
+        Vm::start_inner(opts, Disk::Virtio, true, None, Some(net), None)
     }
 
     /// [`Vm::start`] with UEFI Secure Boot on: OVMF's Secure Boot build,
@@ -293,15 +343,21 @@ impl Vm {
     /// enrolled (`image-builder secure-boot-keys` makes one). UEFI images
     /// only.
     pub fn start_secure_boot(opts: VmOptions, vars: &Path) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, Disk::Virtio, true, Some(vars.to_path_buf()), None)
+        Vm::start_inner(opts, Disk::Virtio, true, Some(vars.to_path_buf()), None, None)
     }
 
     /// Starts a VM that outlives this process (`qemu up`): on a Pi-layout
     /// image QEMU resets in place on a guest reboot and boots the same
     /// slot's files again, as no harness is left to play the firmware.
-    /// With `net`, a second NIC on that guest-to-guest network.
-    pub fn start_standalone(opts: VmOptions, disk: Disk, net: Option<ClusterNet>) -> Result<Vm, VmError> {
-        Vm::start_inner(opts, disk, false, None, net)
+    /// With `net`, a second NIC on that guest-to-guest network; with
+    /// `throttle`, a disk that slow.
+    pub fn start_standalone(
+        opts: VmOptions,
+        disk: Disk,
+        net: Option<ClusterNet>,
+        throttle: Option<Throttle>,
+    ) -> Result<Vm, VmError> {
+        Vm::start_inner(opts, disk, false, None, net, throttle)
     }
 
     fn start_inner(
@@ -310,6 +366,7 @@ impl Vm {
         supervised: bool,
         secure_boot: Option<PathBuf>,
         cluster_net: Option<ClusterNet>,
+        throttle: Option<Throttle>,
     ) -> Result<Vm, VmError> {
         let machine = Machine::for_image(&opts.image);
         if secure_boot.is_some() {
@@ -414,6 +471,7 @@ impl Vm {
             booted_slot: None,
             secure_boot,
             cluster_net,
+            throttle,
         };
         vm.boot()?;
         Ok(vm)
@@ -461,7 +519,8 @@ impl Vm {
                 })?;
                 cmd.arg("-dtb").arg(dtb);
             }
-            let drive = |iface: &str| format!("file={},format=raw,if={iface}", raw.display());
+            let limits = self.throttle.map(|t| t.drive_options()).unwrap_or_default();
+            let drive = |iface: &str| format!("file={},format=raw,if={iface}{limits}", raw.display());
             match self.machine {
                 Machine::Raspi4b => {
                     // serial0 is the PL011 (Bluetooth on a Pi), serial1 the
@@ -515,7 +574,7 @@ impl Vm {
             .arg(format!("file:{}", self.serial.display()))
             .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={code}")])
             .args(["-drive", &format!("if=pflash,format=raw,file={}", d.join("OVMF_VARS.fd").display())])
-            .args(self.disk.args(&d.join("disk.qcow2")))
+            .args(self.disk.args(&d.join("disk.qcow2"), self.throttle))
             .args(["-netdev", &net])
             .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci", "-device", "i6300esb"])
             .args(self.cluster_net.iter().flat_map(|n| n.args(&self.name)));
@@ -806,9 +865,27 @@ mod tests {
         assert_eq!("sata".parse::<Disk>(), Ok(Disk::Ahci));
         assert!("floppy".parse::<Disk>().unwrap_err().contains("virtio, nvme, ahci or usb"));
         let f = Path::new("/vm/disk.qcow2");
-        assert_eq!(Disk::Virtio.args(f), ["-drive", "file=/vm/disk.qcow2,format=qcow2,if=virtio"]);
-        let usb = Disk::Usb.args(f).join(" ");
+        assert_eq!(Disk::Virtio.args(f, None), ["-drive", "file=/vm/disk.qcow2,format=qcow2,if=virtio"]);
+        let usb = Disk::Usb.args(f, None).join(" ");
         assert!(usb.contains("if=none,id=d0") && usb.contains("usb-storage,drive=d0"), "{usb}");
+    }
+
+    #[test]
+    fn a_throttled_disk_carries_qemus_limits_on_its_drive() {
+        let f = Path::new("/vm/disk.qcow2");
+        assert_eq!(
+            Disk::Virtio.args(f, Some(Throttle::SD_CARD)),
+            [
+                "-drive",
+                "file=/vm/disk.qcow2,format=qcow2,if=virtio,throttling.iops-total=200,throttling.bps-total=4194304"
+            ]
+        );
+        let nvme = Disk::Nvme.args(f, Some(Throttle { iops: 50, bps: 1000 })).join(" ");
+        assert!(nvme.contains("if=none,throttling.iops-total=50,throttling.bps-total=1000,id=d0"), "{nvme}");
+        assert_eq!("300, 5000000".parse::<Throttle>(), Ok(Throttle { iops: 300, bps: 5_000_000 }));
+        for bad in ["300", "0,5000", "a,b", "300,"] {
+            assert!(bad.parse::<Throttle>().unwrap_err().contains("IOPS,BYTES_PER_SECOND"), "{bad}");
+        }
     }
 
     #[test]

@@ -35,6 +35,13 @@ enum Cmd {
         /// share a layer-2 segment on the host's loopback.
         #[arg(long, value_name = "GROUP:PORT")]
         cluster_net: Option<plinth_qemu::ClusterNet>,
+        /// Throttle the disk like a slow SD card (200 I/Os and 4 MiB per
+        /// second, QEMU's `throttling.*` drive options).
+        #[arg(long, conflicts_with = "disk_throttle")]
+        sd_card: bool,
+        /// Throttle the disk to `IOPS,BYTES_PER_SECOND`, e.g. 300,8388608.
+        #[arg(long, value_name = "IOPS,BPS")]
+        disk_throttle: Option<plinth_qemu::Throttle>,
     },
     /// Print a fresh guest-to-guest network (`GROUP:PORT`) for `up --cluster-net`.
     ClusterNet,
@@ -62,13 +69,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let state = cli.state_dir.unwrap_or_else(plinth_qemu::default_state_dir);
     match cli.command {
-        Cmd::Up { image, name, memory, disk, cluster_net } => {
+        Cmd::Up { image, name, memory, disk, cluster_net, sd_card, disk_throttle } => {
             let dir = state.join(&name);
             if dir.join("vm.json").exists() {
                 anyhow::bail!("a VM named {name} exists: `qemu down --name {name}` first");
             }
             let opts = plinth_qemu::VmOptions { image, name: name.clone(), memory_mib: memory, dir: dir.clone() };
-            let mut vm = plinth_qemu::Vm::start_standalone(opts, disk, cluster_net)?;
+            let throttle = disk_throttle.or(sd_card.then_some(plinth_qemu::Throttle::SD_CARD));
+            let mut vm = plinth_qemu::Vm::start_standalone(opts, disk, cluster_net, throttle)?;
             eprintln!("booting {name} (serial log: {})…", vm.serial.display());
             vm.wait_for_api(Duration::from_secs(180))?;
             let record = vm.detach();
@@ -80,6 +88,9 @@ fn main() -> anyhow::Result<()> {
                 println!("then, once configured as a control plane, point kubectl at it:");
                 println!("  osctl -n {} kubeconfig --server https://127.0.0.1:{kube} --out kubeconfig", record.api);
                 println!("  kubectl --kubeconfig kubeconfig get nodes,namespaces");
+            }
+            if let Some(t) = throttle {
+                println!("its disk is throttled to {} I/Os and {} bytes per second", t.iops, t.bps);
             }
             if let Some(net) = &record.cluster_net {
                 println!("its eth1 is on the cluster network {net}");

@@ -13,34 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use plinth_tests::Operator;
 use plinth_tests::cluster::{ClusterNode, ROLLOUT, tail};
-use plinth_tests::writes::{Snapshot, budget};
-
-/// Ten busybox web servers probed as upstream's defaults probe (every 10 s).
-const TEN_PODS: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: probed
-spec:
-  replicas: 10
-  selector:
-    matchLabels: {app: probed}
-  template:
-    metadata:
-      labels: {app: probed}
-    spec:
-      containers:
-      - name: web
-        image: docker.io/library/busybox:plinth
-        imagePullPolicy: IfNotPresent
-        command: ["sh", "-c", "mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
-        readinessProbe:
-          httpGet: {path: /index.html, port: 8080}
-          periodSeconds: 10
-        livenessProbe:
-          tcpSocket: {port: 8080}
-          periodSeconds: 10
-"#;
+use plinth_tests::writes::{Snapshot, TEN_PODS, budget};
 
 fn snapshot(node: &mut ClusterNode) -> anyhow::Result<Snapshot> {
     let version = node.version().context("no answer from the node")?;
@@ -49,12 +22,13 @@ fn snapshot(node: &mut ClusterNode) -> anyhow::Result<Snapshot> {
 }
 
 fn measure(node: &mut ClusterNode, what: &str, window: Duration) -> anyhow::Result<()> {
+    let pi_layout = node.vm.machine.pi_layout();
     // Start-up work settles first: the figure is the steady state.
     std::thread::sleep(Duration::from_secs(60));
     let before = snapshot(node)?;
     std::thread::sleep(window);
     let after = snapshot(node)?;
-    println!("{what}:\n{}", budget(&before, &after)?);
+    println!("{what}:\n{}", budget(&before, &after, pi_layout)?);
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use plinth_qemu::{Vm, VmOptions};
+use plinth_qemu::{Throttle, Vm, VmOptions};
 
 use crate::{Operator, kubectl, osctl, wait_for};
 
@@ -104,8 +104,24 @@ impl ClusterNode {
     /// Boots `image`, applies a signed DHCP config for `hostname` with
     /// osctl, fetches the kubeconfig with osctl and waits for the Node Ready.
     pub fn boot(op: &Operator, image: PathBuf, dir: &Path, hostname: &str, memory_mib: u32) -> anyhow::Result<Self> {
+        ClusterNode::boot_throttled(op, image, dir, hostname, memory_mib, None)
+    }
+
+    /// [`ClusterNode::boot`] on a disk as slow as `throttle` (an SD card's).
+    pub fn boot_throttled(
+        op: &Operator,
+        image: PathBuf,
+        dir: &Path,
+        hostname: &str,
+        memory_mib: u32,
+        throttle: Option<Throttle>,
+    ) -> anyhow::Result<Self> {
         let powered_on = Instant::now();
-        let mut vm = Vm::start(VmOptions { image, name: hostname.into(), memory_mib, dir: dir.join("vm") })?;
+        let opts = VmOptions { image, name: hostname.into(), memory_mib, dir: dir.join("vm") };
+        let mut vm = match throttle {
+            Some(t) => Vm::start_throttled(opts, t)?,
+            None => Vm::start(opts)?,
+        };
         vm.wait_for_api(BOOT)?;
         let to_api = powered_on.elapsed();
         let addr = vm.api_addr();

@@ -10,6 +10,33 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+/// Ten busybox web servers probed as upstream's defaults probe (every 10 s).
+pub const TEN_PODS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: probed
+spec:
+  replicas: 10
+  selector:
+    matchLabels: {app: probed}
+  template:
+    metadata:
+      labels: {app: probed}
+    spec:
+      containers:
+      - name: web
+        image: docker.io/library/busybox:plinth
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+        readinessProbe:
+          httpGet: {path: /index.html, port: 8080}
+          periodSeconds: 10
+        livenessProbe:
+          tcpSocket: {port: 8080}
+          periodSeconds: 10
+"#;
+
 /// What the node had written at one moment.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -64,9 +91,31 @@ pub struct Budget {
     pub disks: Vec<(String, f64)>,
     pub writers: Vec<(String, f64)>,
     pub unaccounted: f64,
+    /// The disk has the Raspberry Pi layout (for [`partition_label`]).
+    pub pi_layout: bool,
 }
 
-pub fn budget(before: &Snapshot, after: &Snapshot) -> anyhow::Result<Budget> {
+/// The label of partition `device` (`vda5`, `mmcblk0p7`, `nvme0n1p4`) in
+/// the image's layout (`machinery::layout`): EFI, ROOT-A, ROOT-B, STATE,
+/// EPHEMERAL; on the Pi layout BOOT, BOOT-A, BOOT-B first.
+pub fn partition_label(device: &str, pi_layout: bool) -> Option<&'static str> {
+    use machinery::layout::*;
+    let digits = device.len() - device.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (disk, n) = device.split_at(device.len() - digits);
+    let is_partition = if disk.starts_with("mmcblk") || disk.starts_with("nvme") { disk.ends_with('p') } else { true };
+    let n: usize = n.parse().ok()?;
+    let labels: &[&'static str] = if pi_layout {
+        &[RPI_AUTOBOOT, BOOT_A, BOOT_B, ROOT_A, ROOT_B, STATE, EPHEMERAL]
+    } else {
+        &[EFI, ROOT_A, ROOT_B, STATE, EPHEMERAL]
+    };
+    if !is_partition || n == 0 {
+        return None;
+    }
+    labels.get(n - 1).copied()
+}
+
+pub fn budget(before: &Snapshot, after: &Snapshot, pi_layout: bool) -> anyhow::Result<Budget> {
     let window = after.at.duration_since(before.at);
     if window.is_zero() {
         bail!("the two snapshots were taken at the same moment");
@@ -86,7 +135,7 @@ pub fn budget(before: &Snapshot, after: &Snapshot) -> anyhow::Result<Budget> {
     // The whole disk (the device with the most written) minus every writer.
     let busiest = disks.iter().map(|(_, b)| *b).fold(0.0, f64::max);
     let unaccounted = (busiest - writers.iter().map(|(_, b)| b).sum::<f64>()).max(0.0);
-    Ok(Budget { window, disks, writers, unaccounted })
+    Ok(Budget { window, disks, writers, unaccounted, pi_layout })
 }
 
 impl std::fmt::Display for Budget {
@@ -94,12 +143,25 @@ impl std::fmt::Display for Budget {
         let mib = |b: f64| b / 1048576.0;
         writeln!(f, "  (measured over {:.0} s, scaled to an hour)", self.window.as_secs_f64())?;
         for (name, b) in &self.disks {
-            writeln!(f, "  disk {name}: {:.2} MiB/h", mib(*b))?;
+            match partition_label(name, self.pi_layout) {
+                Some(label) => writeln!(f, "  disk {name} ({label}): {:.2} MiB/h", mib(*b))?,
+                None => writeln!(f, "  disk {name}: {:.2} MiB/h", mib(*b))?,
+            }
         }
         for (name, b) in &self.writers {
-            writeln!(f, "  writer {name}: {:.2} MiB/h", mib(*b))?;
+            let what = match name.as_str() {
+                "init" => " (init's state on STATE; service logs stay in its RAM journal)",
+                "orchestrator" => " (the store's SQLite and its WAL, the kubelet's files)",
+                "containerd" => " (its metadata db, images, snapshots)",
+                _ => "",
+            };
+            writeln!(f, "  writer {name}{what}: {:.2} MiB/h", mib(*b))?;
         }
-        write!(f, "  kernel (ext4 journal, metadata) and non-service processes: {:.2} MiB/h", mib(self.unaccounted))
+        write!(
+            f,
+            "  the rest of the busiest disk: the kernel (ext4 journal, metadata) and non-service processes (shims writing container logs, runc, containers): {:.2} MiB/h",
+            mib(self.unaccounted)
+        )
     }
 }
 
@@ -119,13 +181,27 @@ mod tests {
     #[test]
     fn bytes_per_hour_by_disk_and_writer() {
         let t = Instant::now();
-        let b = budget(&snapshot(t, 1000, 100, 10), &snapshot(t + Duration::from_secs(360), 11000, 5100, 10)).unwrap();
+        let b = budget(&snapshot(t, 1000, 100, 10), &snapshot(t + Duration::from_secs(360), 11000, 5100, 10), false)
+            .unwrap();
         assert_eq!(b.disks, [("vda".to_string(), 100000.0)]);
         assert_eq!(b.writers, [("init".to_string(), 0.0), ("orchestrator".to_string(), 50000.0)]);
         assert_eq!(b.unaccounted, 50000.0);
         // A restarted writer: its new counter counts.
-        let b = budget(&snapshot(t, 1000, 5000, 10), &snapshot(t + Duration::from_secs(3600), 2000, 300, 10)).unwrap();
+        let b = budget(&snapshot(t, 1000, 5000, 10), &snapshot(t + Duration::from_secs(3600), 2000, 300, 10), false)
+            .unwrap();
         assert_eq!(b.writers[1], ("orchestrator".to_string(), 300.0));
+    }
+
+    #[test]
+    fn partitions_are_named_by_the_layout() {
+        assert_eq!(partition_label("vda5", false), Some("EPHEMERAL"));
+        assert_eq!(partition_label("vda4", false), Some("STATE"));
+        assert_eq!(partition_label("vda", false), None);
+        assert_eq!(partition_label("mmcblk0p7", true), Some("EPHEMERAL"));
+        assert_eq!(partition_label("mmcblk0", true), None);
+        assert_eq!(partition_label("nvme0n1p1", false), Some("EFI"));
+        assert_eq!(partition_label("nvme0n1", false), None);
+        assert_eq!(partition_label("vda9", false), None);
     }
 
     #[test]
