@@ -174,6 +174,48 @@ fn containers(kubeconfig: &Path) -> anyhow::Result<Vec<(String, String, String, 
     Ok(out)
 }
 
+/// What a failed cross-node step needs to be understood: each node's
+/// addresses, routes, forwarding and reverse-path settings and nat rules
+/// (from a privileged hostNetwork pod chrooted into the node), and its
+/// orchestrator's log lines about routes and the proxy.
+fn diagnose(op: &Operator, kubeconfig: &Path, dir: &Path, vms: &[&Vm]) -> String {
+    let script = "ip -4 addr; ip -4 route; ip neigh; echo forward $(cat /proc/sys/net/ipv4/ip_forward); \
+        for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo $f $(cat $f); done; \
+        echo bridge-nf $(cat /proc/sys/net/bridge/bridge-nf-call-iptables); \
+        chroot /host /usr/sbin/iptables-save; chroot /host /usr/sbin/iptables -L FORWARD -n -v; sleep 3600";
+    let mut out = String::new();
+    for vm in vms {
+        let name = format!("diag-{}", vm.name);
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {}\n  hostNetwork: true\n  containers:\n  - name: diag\n    image: docker.io/library/busybox:plinth\n    imagePullPolicy: IfNotPresent\n    securityContext: {{privileged: true}}\n    command: [\"sh\", \"-c\", {}]\n    volumeMounts: [{{name: host, mountPath: /host}}]\n  volumes: [{{name: host, hostPath: {{path: /}}}}]\n",
+            vm.name,
+            serde_json::to_string(script).unwrap_or_default()
+        );
+        let file = dir.join(format!("{name}.yaml"));
+        let _ = std::fs::write(&file, yaml);
+        let _ = kubectl(kubeconfig, &["apply", "-f", &file.to_string_lossy()]);
+    }
+    for vm in vms {
+        let name = format!("diag-{}", vm.name);
+        let _ = kubectl(kubeconfig, &["wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=120s"]);
+        std::thread::sleep(Duration::from_secs(3));
+        let logs =
+            kubectl(kubeconfig, &["logs", &name]).map(|r| r.stdout + &r.stderr).unwrap_or_else(|e| e.to_string());
+        let orch = osctl(&op.osctlconfig(), &["-n", &vm.api_addr(), "logs", "orchestrator"]);
+        let lines: Vec<&str> = orch
+            .stdout
+            .lines()
+            .filter(|l| l.contains("pod routes") || l.contains("proxy") || l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        out += &format!(
+            "=== {} ===\n{logs}\n--- orchestrator log (routes, proxy, warnings) ---\n{}\n",
+            vm.name,
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    out
+}
+
 fn figure(name: &str, value: impl std::fmt::Display) {
     eprintln!("figure: {name} {value}");
 }
@@ -329,24 +371,30 @@ fn a_control_plane_and_two_workers_serve_across_nodes_and_ride_out_the_control_p
     let cluster_ip =
         kubectl(&kubeconfig, &["get", "service", "server", "-o", "jsonpath={.spec.clusterIP}"])?.ok()?.stdout;
 
-    step("the worker's pod reaches the control plane's by pod IP, with its own address as the source");
     let fetch =
         |url: &str, what: &str| exec_ok(&kubeconfig, "client", &["wget", "-q", "-O", "-", "-T", "5", url], what);
-    let seen_from = fetch(&format!("http://{server_ip}:8080/cgi-bin/ip"), "client (w1) → server (cp) by pod IP")
-        .with_context(|| logs(&workers, &cp))?;
-    assert_eq!(seen_from.trim(), client_ip, "pod-to-pod across nodes is not masqueraded");
-    step("… and the other worker's pod by pod IP");
-    let page = fetch(&format!("http://{}:8080/", web_ip("w2")), "client (w1) → web (w2) by pod IP")?;
-    assert!(page.starts_with("web-"), "{page}");
-    step("… through the Service's cluster IP and by its DNS name");
-    let page = fetch(&format!("http://{cluster_ip}/"), "client (w1) → server by cluster IP")?;
-    assert_eq!(page.trim(), "hello from the control plane");
-    let page = fetch("http://server.default.svc.cluster.local/", "client (w1) → server by DNS name")?;
-    assert_eq!(page.trim(), "hello from the control plane");
-    step("the node port answers on every node's address");
-    for addr in ADDRS {
-        let page = fetch(&format!("http://{addr}:30080/"), &format!("node port 30080 on {addr}"))?;
-        assert_eq!(page.trim(), "hello from the control plane", "node port on {addr}");
+    let across = || -> anyhow::Result<()> {
+        step("the worker's pod reaches the control plane's by pod IP, with its own address as the source");
+        let seen_from = fetch(&format!("http://{server_ip}:8080/cgi-bin/ip"), "client (w1) → server (cp) by pod IP")?;
+        anyhow::ensure!(seen_from.trim() == client_ip, "pod-to-pod across nodes is masqueraded: {seen_from}");
+        step("… and the other worker's pod by pod IP");
+        let page = fetch(&format!("http://{}:8080/", web_ip("w2")), "client (w1) → web (w2) by pod IP")?;
+        anyhow::ensure!(page.starts_with("web-"), "w2's web pod answered {page:?}");
+        step("… through the Service's cluster IP and by its DNS name");
+        let page = fetch(&format!("http://{cluster_ip}/"), "client (w1) → server by cluster IP")?;
+        anyhow::ensure!(page.trim() == "hello from the control plane", "by cluster IP: {page:?}");
+        let page = fetch("http://server.default.svc.cluster.local/", "client (w1) → server by DNS name")?;
+        anyhow::ensure!(page.trim() == "hello from the control plane", "by DNS name: {page:?}");
+        step("the node port answers on every node's address");
+        for addr in ADDRS {
+            let page = fetch(&format!("http://{addr}:30080/"), &format!("node port 30080 on {addr}"))?;
+            anyhow::ensure!(page.trim() == "hello from the control plane", "node port on {addr}: {page:?}");
+        }
+        Ok(())
+    };
+    if let Err(e) = across() {
+        let all: Vec<&Vm> = std::iter::once(&cp).chain(&workers).collect();
+        return Err(e.context(diagnose(&op, &kubeconfig, w, &all)));
     }
 
     step("figures: pod-to-pod round trip within a node and across nodes; worker memory");
