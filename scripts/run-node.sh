@@ -89,7 +89,8 @@ ready() {
     [ "$("$kubectl" --kubeconfig "$out/kubeconfig" get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] && return
     sleep 2
   done
-  echo "node $1 is not Ready yet: see its serial log (qemu list)" >&2
+  echo "node $1 is not Ready after 5 minutes: see its serial log (qemu list) and osctl -n API logs orchestrator" >&2
+  exit 1
 }
 ready n1
 # Workers: the same image, a worker config with the control plane's token
