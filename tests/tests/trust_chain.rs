@@ -1051,7 +1051,10 @@ fn reset_is_an_admins_and_wipes_the_node_back_into_maintenance_mode() -> anyhow:
     let r = osctl(&op.osctlconfig(), &["-n", &addr, "reset", "--yes"]).ok()?;
     assert!(r.stdout.contains("comes back in maintenance mode"), "{r:?}");
     wait_mode(&op, &node, "maintenance", true)?;
-    assert!(!state.join("config").exists(), "the config and the trust record are gone");
+    // (init made its config directory again, empty.)
+    for gone in ["config/config.signed", "config/last-good.signed", "config/trust.json"] {
+        assert!(!state.join(gone).exists(), "{gone} is gone");
+    }
     assert!(!state.join("orchestrator").exists());
     assert_eq!(std::fs::read_to_string(state.join("security-floor"))?, "7\n");
 
