@@ -201,6 +201,9 @@ impl MachineService for Gateway {
     async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
         forward!(self, req, Rpc::Rollback, rollback)
     }
+    async fn reset(&self, req: Request<api::ResetRequest>) -> Result<Response<api::ResetResponse>, Status> {
+        forward!(self, req, Rpc::Reset, reset)
+    }
     async fn certificates(
         &self,
         req: Request<api::CertificatesRequest>,

@@ -203,7 +203,7 @@ pub fn switch_into_root(sys: &dyn System) -> Result<(), BootError> {
 
 /// The ext2/3/4 superblock's magic 0xEF53, at +56 of a superblock.
 const EXT4_MAGIC: [u8; 2] = [0x53, 0xEF];
-const EXT4_MAGIC_AT: u64 = 56;
+pub(crate) const EXT4_MAGIC_AT: u64 = 56;
 /// The primary superblock's offset in the partition.
 const PRIMARY_SUPERBLOCK: u64 = 1024;
 /// The region that must be all zeros for a partition without the

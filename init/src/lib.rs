@@ -16,6 +16,7 @@ pub mod machine;
 pub mod net;
 pub mod pid1;
 pub mod power;
+pub mod reset;
 pub mod seed;
 pub mod sntp;
 pub mod steps;
@@ -253,6 +254,18 @@ async fn serve(core: Core, bring: Bring) -> Result<(PowerAction, Arc<Journal<mac
     event(&events, "power", format!("{action:?}: stopping services"));
     supervisor.stop_all().await;
     let _ = std::fs::remove_file(&socket);
+    if machine.reset_requested() {
+        // STATE (host mode: the whole state directory) loses everything
+        // but the slots' records; PID 1 wipes EPHEMERAL once unmounted.
+        match reset::wipe_dir(&core.state_dir) {
+            Ok(gone) => tracing::warn!("reset: removed {} from {}", gone.join(", "), core.state_dir.display()),
+            Err(e) => tracing::error!("reset: {e}"),
+        }
+        // The trust's copy outside STATE (PID 1: on EPHEMERAL, wiped too).
+        if let Some(copy) = &core.settings.storage.trust_copy {
+            let _ = std::fs::remove_file(copy);
+        }
+    }
     if let Some(Err(e)) = clock.as_ref().map(|c| c.save()) {
         event(&events, "clock", e.to_string());
     }

@@ -61,6 +61,10 @@ pub struct NodeSettings {
     /// Where this boot's steps are recorded (its services get the path in
     /// `machinery::boot_steps::ENV`).
     pub boot_steps: Option<crate::steps::StepLog>,
+    /// PID 1: the file that tells the last step of the reboot to wipe
+    /// EPHEMERAL (`reset::RESET_REQUESTED`); host mode has none (its state
+    /// directory holds everything).
+    pub reset_marker: Option<std::path::PathBuf>,
 }
 
 /// What PID 1 found of STATE and EPHEMERAL, and where the copy of the
@@ -112,6 +116,13 @@ pub struct KubeletSettings {
 pub const ORCHESTRATOR: &str = "orchestrator";
 /// The service name of the container runtime.
 pub const CONTAINERD: &str = "containerd";
+/// A worker's kubelet directory (`orchestrator kubelet`'s default, on
+/// EPHEMERAL): its `pki/` holds the node's own certificate.
+const WORKER_KUBELET_DIR: &str = "/var/lib/plinth/kubelet";
+/// In the orchestrator's data directory: an upgrade drained this node.
+const DRAINED_FOR_UPGRADE: &str = "drained-for-upgrade";
+/// How long a drain may take by default (an upgrade's, a reset's).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct TryState {
     id: u64,
@@ -155,6 +166,8 @@ pub struct Machine {
     cluster_starting: Mutex<()>,
     /// The serving certificate init last gave apid (PEM), for `Certificates`.
     apid_cert: Mutex<Option<String>>,
+    /// `Reset` was asked: STATE is wiped once the services have stopped.
+    reset_requested: std::sync::atomic::AtomicBool,
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -384,6 +397,7 @@ impl Machine {
             network_up: watch::Sender::new(false),
             cluster_starting: Mutex::new(()),
             apid_cert: Mutex::new(None),
+            reset_requested: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -540,6 +554,149 @@ impl Machine {
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let said = said.trim().to_string();
         if out.status.success() { Ok(said) } else { Err(said) }
+    }
+
+    /// How `orchestrator drain`/`uncordon` reach the API as this node, and
+    /// its Node's name: a control plane with its admin kubeconfig, a worker
+    /// with its kubelet's own certificate. `None` when the node runs no
+    /// kubelet (no pods to move) or has no config.
+    async fn node_api(&self) -> Option<(Vec<String>, String)> {
+        let o = self.settings.orchestrator.as_ref().filter(|o| o.kubelet.is_some())?;
+        let st = self.state.lock().await;
+        let c = &st.active.as_ref()?.config;
+        let args = match c.cluster.role {
+            config::Role::Controlplane => {
+                vec!["--kubeconfig".into(), o.data_dir.join("admin.kubeconfig").display().to_string()]
+            }
+            config::Role::Worker => {
+                let endpoints = c.kube_endpoints();
+                if endpoints.is_empty() {
+                    return None;
+                }
+                vec!["--server".into(), endpoints.join(","), "--kubelet-dir".into(), WORKER_KUBELET_DIR.into()]
+            }
+        };
+        Some((args, c.machine.hostname.clone()))
+    }
+
+    /// Runs `orchestrator <command> --node NAME` as this node with `extra`
+    /// arguments: Ok with what it said, Err with why not. Ok("") when the
+    /// node runs no kubelet.
+    async fn node_tool(&self, command: &str, extra: &[String]) -> Result<String, String> {
+        let Some(o) = self.settings.orchestrator.as_ref() else { return Ok(String::new()) };
+        let Some((api, node)) = self.node_api().await else { return Ok(String::new()) };
+        let mut cmd = std::process::Command::new(&o.program);
+        cmd.arg(command).args(&api).args(["--node", &node]).args(extra);
+        let out = crate::supervisor::output(cmd).await.map_err(|e| format!("{}: {e}", o.program.display()))?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let said = said.trim().to_string();
+        if out.status.success() { Ok(said) } else { Err(said) }
+    }
+
+    /// Where an upgrade's drain is recorded until the node is uncordoned
+    /// (on EPHEMERAL, beside the orchestrator's data: it survives the
+    /// reboot, and goes with a reset).
+    fn drained_marker(&self) -> Option<std::path::PathBuf> {
+        self.settings.orchestrator.as_ref().map(|o| o.data_dir.join(DRAINED_FOR_UPGRADE))
+    }
+
+    /// Before an upgrade's reboot: cordons the node and evicts its pods
+    /// (none when no other node can take them), recording that it did.
+    async fn drain_for_upgrade(&self, timeout: Duration) -> Result<String, String> {
+        let args = ["--timeout".to_string(), format!("{}s", timeout.as_secs()), "--only-if-others".into()];
+        // Recorded before the node is cordoned: whatever happens next, the
+        // node is made schedulable again (a failed drain, the next boot).
+        if self.node_api().await.is_some()
+            && let Some(marker) = self.drained_marker()
+            && let Err(e) = std::fs::write(&marker, b"")
+        {
+            return Err(format!("write {}: {e}", marker.display()));
+        }
+        self.node_tool("drain", &args).await
+    }
+
+    /// Once the slot the node runs is committed (after an upgrade's trial,
+    /// or back on the old slot after a failed one): makes the node
+    /// schedulable again if an upgrade drained it. Done by init, not by
+    /// osctl, so it happens whether or not the client is still there;
+    /// tried every 5 s until the API answers (the kubelet and, on a
+    /// control plane, the API server are starting too).
+    pub fn uncordon_if_drained(self: &Arc<Self>) {
+        let Some(marker) = self.drained_marker().filter(|m| m.exists()) else { return };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            for _ in 0..180 {
+                match me.node_tool("uncordon", &[]).await {
+                    Ok(said) => {
+                        let _ = std::fs::remove_file(&marker);
+                        if !said.is_empty() {
+                            event(&me.events, "upgrade", said);
+                        }
+                        return;
+                    }
+                    Err(why) => last = why,
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            event(&me.events, "upgrade", format!("cannot uncordon this node after its upgrade: {last}"));
+        });
+    }
+
+    /// `Reset`: leaves the cluster (drain, delete the Node) unless not
+    /// graceful, then asks for the reboot that wipes STATE and EPHEMERAL.
+    async fn reset(&self, req: api::ResetRequest) -> Result<api::ResetResponse, Status> {
+        let configured = {
+            let st = self.state.lock().await;
+            if st.active.is_none() && st.safe.is_none() {
+                return Err(Status::failed_precondition(
+                    "this node is in maintenance mode: it has no config and no cluster state, nothing to reset",
+                ));
+            }
+            st.active.is_some()
+        };
+        let mut done = Vec::new();
+        if req.graceful && configured {
+            let timeout = match req.drain_timeout_seconds {
+                0 => DRAIN_TIMEOUT,
+                s => Duration::from_secs(u64::from(s)),
+            };
+            let args = ["--timeout".to_string(), format!("{}s", timeout.as_secs()), "--delete".into()];
+            match self.node_tool("drain", &args).await {
+                Ok(said) if said.is_empty() => {}
+                Ok(said) => done.push(said.replace('\n', "; ")),
+                Err(why) => {
+                    let msg = format!(
+                        "reset refused: leaving the cluster failed, nothing was wiped: {why} (run it again, or with \
+                         --graceful=false when the cluster is gone)"
+                    );
+                    event(&self.events, "reset", msg.clone());
+                    return Err(Status::failed_precondition(msg));
+                }
+            }
+        } else if !req.graceful {
+            done.push("not graceful: the cluster was not told".into());
+        }
+        if let Some(marker) = &self.settings.reset_marker {
+            let written =
+                marker.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| std::fs::write(marker, b""));
+            written.map_err(|e| Status::internal(format!("write {}: {e}", marker.display())))?;
+        }
+        self.reset_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+        done.push(
+            "STATE and EPHEMERAL are wiped as the node reboots (the slots and the security floor are kept); it comes \
+             back in maintenance mode"
+                .into(),
+        );
+        let summary = done.join("; ");
+        event(&self.events, "reset", summary.clone());
+        self.power.send(PowerAction::Reboot).await.map_err(internal)?;
+        Ok(api::ResetResponse { summary })
+    }
+
+    /// Whether `Reset` was asked (the wipe happens once services stopped).
+    pub fn reset_requested(&self) -> bool {
+        self.reset_requested.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Before an upgrade's reboot: records the pods running now, which the
@@ -1172,12 +1329,65 @@ impl MachineService for InitApi {
         req: Request<tonic::Streaming<api::UpgradeChunk>>,
     ) -> Result<Response<api::UpgradeResponse>, Status> {
         let slots = self.0.slots()?;
-        let result = slots.upgrade(req.into_inner()).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut chunks = req.into_inner();
+        // The options ride on the first message; the stream is handed on
+        // with that message put back in front.
+        let first = tokio_stream::StreamExt::next(&mut chunks).await;
+        let (no_drain, drain_timeout) =
+            match first.as_ref().and_then(|r| r.as_ref().ok()).and_then(|c| c.chunk.as_ref()) {
+                Some(api::upgrade_chunk::Chunk::Options(o)) => (
+                    o.no_drain,
+                    match o.drain_timeout_seconds {
+                        0 => DRAIN_TIMEOUT,
+                        s => Duration::from_secs(u64::from(s)),
+                    },
+                ),
+                _ => (false, DRAIN_TIMEOUT),
+            };
+        let stream = tokio_stream::StreamExt::chain(tokio_stream::iter(first), chunks);
+        let result = slots.upgrade(Box::pin(stream)).await;
         match result {
-            Ok((resp, reboot)) => {
+            Ok((mut resp, reboot)) => {
                 if reboot {
-                    self.0.record_pods().await;
-                    self.0.power.send(PowerAction::Reboot).await.map_err(internal)?;
+                    // Drained and rebooted by a task of its own: a client
+                    // that goes away does not stop the node half-way.
+                    let m = self.0.clone();
+                    tokio::spawn(async move {
+                        let outcome = async {
+                            if !no_drain {
+                                match m.drain_for_upgrade(drain_timeout).await {
+                                    Ok(said) if !said.is_empty() => {
+                                        event(&m.events, "upgrade", said.clone());
+                                        Ok(Some(said))
+                                    }
+                                    Ok(_) => Ok(None),
+                                    Err(why) => {
+                                        let msg = format!(
+                                            "not rebooting: the drain failed: {why}; the new slot stays armed and \
+                                             boots at the next reboot (osctl reboot, or upgrade again with --no-drain)"
+                                        );
+                                        event(&m.events, "upgrade", msg.clone());
+                                        m.uncordon_if_drained();
+                                        return Err(Status::failed_precondition(msg));
+                                    }
+                                }
+                            } else {
+                                Ok(None)
+                            }
+                        }
+                        .await;
+                        if outcome.is_ok() {
+                            m.record_pods().await;
+                            let _ = m.power.send(PowerAction::Reboot).await;
+                        }
+                        let _ = tx.send(outcome);
+                    });
+                    match rx.await.map_err(internal)? {
+                        Ok(Some(drained)) => resp.summary = format!("{}; {drained}", resp.summary),
+                        Ok(None) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok(Response::new(resp))
             }
@@ -1204,6 +1414,10 @@ impl MachineService for InitApi {
         _: Request<api::KubeconfigRequest>,
     ) -> Result<Response<api::KubeconfigResponse>, Status> {
         Ok(Response::new(api::KubeconfigResponse { kubeconfig: self.0.kubeconfig().await? }))
+    }
+
+    async fn reset(&self, req: Request<api::ResetRequest>) -> Result<Response<api::ResetResponse>, Status> {
+        self.0.reset(req.into_inner()).await.map(Response::new)
     }
 
     async fn rollback(&self, _: Request<api::RollbackRequest>) -> Result<Response<api::RollbackResponse>, Status> {
@@ -1310,6 +1524,9 @@ impl Machine {
             );
         }
         if this == View::Committed {
+            // Back on a committed slot after an upgrade's drain (a trial
+            // that failed, or one never launched): schedulable again.
+            self.uncordon_if_drained();
             match tokio::task::block_in_place(|| slots.raise_floor()) {
                 Ok(Some(floor)) => event(&self.events, "upgrade", format!("security floor raised to {floor}")),
                 Ok(None) => {}
@@ -1369,7 +1586,10 @@ impl Machine {
                     }
                     let how = if cluster.is_empty() { String::new() } else { format!(" ({cluster})") };
                     match tokio::task::block_in_place(|| slots.commit()) {
-                        Ok(()) => event(&me.events, "upgrade", format!("slot {booted} is healthy{how}: committed")),
+                        Ok(()) => {
+                            event(&me.events, "upgrade", format!("slot {booted} is healthy{how}: committed"));
+                            me.uncordon_if_drained();
+                        }
                         Err(e) => event(&me.events, "upgrade", format!("cannot commit slot {booted}: {e}")),
                     }
                     return;

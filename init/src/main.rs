@@ -97,6 +97,8 @@ async fn host() {
             clock_floor: None,
             storage: init::machine::Storage { trust_copy: args.trust_copy, ..Default::default() },
             boot_steps: Some(boot_steps),
+            // The state directory stands for EPHEMERAL too: a reset wipes it whole.
+            reset_marker: None,
         },
     };
     if let Err(e) = init::run_host(opts).await {

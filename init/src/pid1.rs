@@ -105,6 +105,16 @@ fn finish(sys: &dyn System, action: PowerAction) -> ! {
         tracing::warn!("{e}");
     }
     sys.sync();
+    // `osctl reset`: EPHEMERAL, unmounted now, is formatted at the next boot.
+    if Path::new(crate::reset::RESET_REQUESTED).exists() {
+        match boot::find_partition(sys, layout::EPHEMERAL) {
+            Some(dev) => match crate::reset::wipe_partition(sys, &dev, layout::EPHEMERAL) {
+                Ok(()) => tracing::warn!("reset: {} ({}) wiped", dev.display(), layout::EPHEMERAL),
+                Err(e) => tracing::error!("reset: wiping {}: {e}", dev.display()),
+            },
+            None => tracing::error!("reset: no {} partition to wipe", layout::EPHEMERAL),
+        }
+    }
     let mode = match action {
         PowerAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
         PowerAction::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
@@ -230,6 +240,7 @@ pub fn run() -> ! {
             clock_floor: Some(PathBuf::from(layout::ROOT_BUILD_TIME)),
             storage,
             boot_steps: Some(steps),
+            reset_marker: Some(PathBuf::from(crate::reset::RESET_REQUESTED)),
             ..NodeSettings::default()
         },
     };

@@ -20,6 +20,7 @@
 //! | Certificates   | yes    | yes      | yes   |
 //! | Backup         | no     | no       | yes   |
 //! | Restore        | no     | no       | yes   |
+//! | Reset          | no     | no       | yes   |
 //!
 //! GetConfig is not a reader's: the config holds the CA key and join token.
 //! Nor is Backup: the store holds every Secret.
@@ -94,10 +95,11 @@ pub enum Rpc {
     Certificates,
     Backup,
     Restore,
+    Reset,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 18] = [
         Rpc::Version,
         Rpc::ApplyConfig,
         Rpc::GetConfig,
@@ -115,6 +117,7 @@ impl Rpc {
         Rpc::Certificates,
         Rpc::Backup,
         Rpc::Restore,
+        Rpc::Reset,
     ];
 
     pub fn minimum_role(self) -> Role {
@@ -128,7 +131,8 @@ impl Rpc {
             | Rpc::Rollback
             | Rpc::Kubeconfig
             | Rpc::Backup
-            | Rpc::Restore => Role::Admin,
+            | Rpc::Restore
+            | Rpc::Reset => Role::Admin,
         }
     }
 
@@ -151,6 +155,7 @@ impl Rpc {
             Rpc::Certificates => "Certificates",
             Rpc::Backup => "Backup",
             Rpc::Restore => "Restore",
+            Rpc::Reset => "Reset",
         }
     }
 

@@ -2,6 +2,8 @@
 //! on a host, with the kubelet in the same process on a control-plane node;
 //! `orchestrator kubelet --kubeconfig F`: the kubelet alone, on a worker;
 //! `orchestrator health`: whether a node is back at work (upgrade health gate);
+//! `orchestrator drain`/`uncordon`: a node's pods evicted before an upgrade
+//! or a reset, and the node schedulable again;
 //! `orchestrator token`: bootstrap tokens that let workers join;
 //! `orchestrator migrate`: a SQLite store copied into etcd (one node to HA);
 //! `orchestrator backup`/`restore`: the store's backups (what init runs for
@@ -104,6 +106,32 @@ enum Command {
         /// this time on (Unix seconds; the boot, after a reboot).
         #[arg(long)]
         since: Option<i64>,
+    },
+    /// Cordons NODE and evicts its pods through the eviction subresource
+    /// (PodDisruptionBudgets honoured; DaemonSet and mirror pods left), as
+    /// init does before an upgrade's reboot; exits 1 saying which pods did
+    /// not go within --timeout.
+    Drain {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Leave the node as it is when no other node is Ready and
+        /// schedulable (a single node: its pods would have nowhere to go).
+        #[arg(long)]
+        only_if_others: bool,
+        /// Then delete the Node (leaving the cluster: its pod CIDR is freed, its name free to join again).
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Makes NODE schedulable again (after an upgrade's drain).
+    Uncordon {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        node: String,
     },
     /// Writes a consistent backup of the store of DATA-DIR (serving or not)
     /// to OUT: a header (Plinth version, cluster CA's sha256, time, the
@@ -243,6 +271,35 @@ async fn token(kubeconfig: &std::path::Path, action: TokenAction) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// How a node tool reaches the API: a control plane's admin kubeconfig,
+/// or a worker's own kubelet certificate.
+#[derive(Args)]
+struct ApiArgs {
+    /// An admin kubeconfig (embedded data).
+    #[arg(long, required_unless_present = "server")]
+    kubeconfig: Option<PathBuf>,
+    /// Or the API server (or every control plane's, comma-separated) with
+    /// the node's own certificate, from the kubelet directory's `pki/`.
+    #[arg(long, conflicts_with = "kubeconfig", requires = "kubelet_dir")]
+    server: Option<String>,
+    /// The kubelet directory of a joined worker.
+    #[arg(long, requires = "server")]
+    kubelet_dir: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn api(self) -> anyhow::Result<Api> {
+        let remote = match (self.kubeconfig, self.server, self.kubelet_dir) {
+            (Some(k), ..) => orchestrator_client::Remote::from_kubeconfig(&k)?,
+            (None, Some(server), Some(dir)) => {
+                kubelet::bootstrap::node_client(&server, &dir).map_err(anyhow::Error::msg)?
+            }
+            _ => anyhow::bail!("give --kubeconfig, or --server with --kubelet-dir"),
+        };
+        Ok(Api::Remote(remote))
+    }
 }
 
 #[derive(Args)]
@@ -529,6 +586,34 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", missing.join("; "));
             std::process::exit(1);
+        }),
+        Command::Drain { api, node, timeout, only_if_others, delete } => rt.block_on(async {
+            use orchestrator_client::drain;
+            let api = api.api()?;
+            match drain::drain(&api, &node, timeout, only_if_others && !delete).await {
+                Ok(done) => println!("node {node}: {done}"),
+                // Leaving: a Node already gone is what was asked.
+                Err(drain::DrainError::NoNode { .. }) if delete => {}
+                Err(e) => return Err(e.into()),
+            }
+            if delete {
+                match api.get("Node", None, &node).await {
+                    Ok(n) => {
+                        let n: k8s_openapi::api::core::v1::Node = orchestrator_apimachinery::typed::decode(n, "Node")?;
+                        api.delete_now("Node", None, &node, n.metadata.uid.as_deref().unwrap_or_default()).await?;
+                        println!("node {node}: Node deleted");
+                    }
+                    Err(e) if e.code == 404 => println!("node {node}: no Node to delete"),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        }),
+        Command::Uncordon { api, node } => rt.block_on(async {
+            let api = api.api()?;
+            let changed = orchestrator_client::drain::cordon(&api, &node, false).await?;
+            println!("node {node}: {}", if changed { "uncordoned" } else { "already schedulable" });
+            Ok(())
         }),
         Command::Backup { data_dir, ca_cert, out } => {
             let h = backup::backup(&data_dir, ca_cert.as_deref(), &out)?;

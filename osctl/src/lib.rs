@@ -141,9 +141,33 @@ pub enum Command {
         /// Install a bundle older than the running version.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Don't cordon and drain the node before its reboot (by default
+        /// its pods are evicted to other nodes, PodDisruptionBudgets
+        /// honoured, and it is uncordoned once the new slot is committed).
+        #[arg(long)]
+        no_drain: bool,
+        /// How long the drain may take before the node gives up rebooting.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
     },
     /// Boot the other (committed) slot again.
     Rollback,
+    /// Leave the cluster and wipe the node, as `talosctl reset`: drain it,
+    /// delete its Node, wipe STATE and EPHEMERAL (the boot slots and the
+    /// security floor are kept) and reboot into maintenance mode, ready
+    /// for `apply-config` with another cluster's config.
+    Reset {
+        /// Leave the cluster first (drain, delete the Node); false for a
+        /// node whose cluster is gone: only wipe and reboot.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        graceful: bool,
+        /// How long the drain may take.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
+        /// Don't ask (needed when the input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
     /// An admin kubeconfig for the node's Kubernetes API (printed, or
     /// written to --out). Given several control planes (`-n a -n b`), one
     /// kubeconfig with a context per control plane (the first current);
@@ -659,8 +683,29 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Upgrade { bundle, stage, allow_downgrade } => {
-            upgrade(cli.global, &bundle, stage, allow_downgrade).await
+        Command::Upgrade { bundle, stage, allow_downgrade, no_drain, drain_timeout } => {
+            let drain = (!no_drain).then_some(drain_timeout);
+            upgrade(cli.global, &bundle, stage, allow_downgrade, drain).await
+        }
+        Command::Reset { graceful, drain_timeout, yes } => {
+            let session = Session::open(cli.global)?;
+            let targets: Vec<String> = session.targets()?.into_iter().map(|(n, _)| n).collect();
+            if !yes {
+                confirm_reset(&targets)?;
+            }
+            let drain_timeout_seconds = u32::try_from(drain_timeout.as_secs()).unwrap_or(u32::MAX);
+            let results = session
+                .each(|_, mut c| async move {
+                    c.reset(api::ResetRequest { graceful, drain_timeout_seconds }).await.map(|r| r.into_inner())
+                })
+                .await?;
+            for (node, r) in results {
+                match fmt {
+                    Format::Json => output::json(&serde_json::json!({"node": node, "summary": r.summary})),
+                    Format::Table => println!("{node}: {}", r.summary),
+                }
+            }
+            Ok(())
         }
         Command::Rollback => {
             let session = Session::open(cli.global)?;
@@ -834,6 +879,23 @@ fn confirm(plan: &flash::Plan) -> Result<(), Failure> {
     }
 }
 
+/// Asks before a reset (on a terminal; elsewhere --yes is needed).
+fn confirm_reset(nodes: &[String]) -> Result<(), Failure> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let which = nodes.join(", ");
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Usage(format!("not asking on a non-interactive input: pass --yes to reset {which}")));
+    }
+    eprint!("Reset {which}? It leaves its cluster and loses its config, keys and data. [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    match answer.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err(Failure::Other("not confirmed: nothing was reset".into())),
+    }
+}
+
 async fn power(global: Global, reboot: bool) -> Result<(), Failure> {
     let session = Session::open(global)?;
     let results = session
@@ -886,7 +948,13 @@ fn upload_ranges(
 /// Streams a bundle to each node with a progress bar (rate and ETA),
 /// sending only the parts the node's running slot does not hold and
 /// resuming where an interrupted upload of the same bundle stopped.
-async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bool) -> Result<(), Failure> {
+async fn upgrade(
+    global: Global,
+    bundle: &Path,
+    stage: bool,
+    allow_downgrade: bool,
+    drain: Option<std::time::Duration>,
+) -> Result<(), Failure> {
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     let fmt = global.output;
     let session = Session::open(global)?;
@@ -924,8 +992,15 @@ async fn upgrade(global: Global, bundle: &Path, stage: bool, allow_downgrade: bo
         let mut file = tokio::fs::File::open(bundle).await.map_err(read_err)?;
         let bar = output::progress(sent, &format!("{node}: uploading"));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let opts =
-            api::UpgradeOptions { stage, allow_downgrade, size, resume_offset: offset, local_parts: local.clone() };
+        let opts = api::UpgradeOptions {
+            stage,
+            allow_downgrade,
+            size,
+            resume_offset: offset,
+            local_parts: local.clone(),
+            no_drain: drain.is_none(),
+            drain_timeout_seconds: drain.map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+        };
         let _ = tx.send(api::UpgradeChunk { chunk: Some(api::upgrade_chunk::Chunk::Options(opts)) }).await;
         let reader_bar = bar.clone();
         let reader = tokio::spawn(async move {

@@ -1013,3 +1013,61 @@ fn osctl_certs_lists_every_certificate_with_its_expiry() -> anyhow::Result<()> {
     assert!(!table.stderr.contains("warning"), "{table:?}");
     Ok(())
 }
+
+/// An osctlconfig whose client certificate carries `role`.
+fn role_config(op: &Operator, name: &str, role: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = op.dir.path().to_str().unwrap();
+    osctl(Path::new("/nonexistent"), &["gen", "cert", "--name", name, "--role", role, "--ca-dir", dir, "--out", dir])
+        .ok()?;
+    let cfg = op.path(&format!("{name}.osctlconfig"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[contexts.r]\nca = \"ca.crt\"\ncrt = \"{name}.crt\"\nkey = \"{name}.key\"\nsigning_key = \"ops.key\"\n"
+        ),
+    )?;
+    Ok(cfg)
+}
+
+#[test]
+fn reset_is_an_admins_and_wipes_the_node_back_into_maintenance_mode() -> anyhow::Result<()> {
+    let (op, node, cfg) = configured_node()?;
+    let addr = node.addr();
+    let state = node.state.path().to_path_buf();
+    // Readers and operators may not reset a node.
+    for (name, role) in [("rita", "reader"), ("otto", "operator")] {
+        let r = osctl(&role_config(&op, name, role)?, &["-n", &addr, "reset", "--yes"]);
+        assert_eq!(r.code, 4, "{r:?}");
+        assert!(r.stderr.contains(&format!("role {role} may not call Reset")), "{r:?}");
+    }
+    // Not on a terminal and without --yes: nothing is asked, nothing done.
+    let r = osctl(&op.osctlconfig(), &["-n", &addr, "reset"]);
+    assert!(r.code != 0 && r.stderr.contains("pass --yes"), "{r:?}");
+    wait_configured(&op, &node)?;
+
+    // What describes the disk's slots stays: the security floor never falls.
+    std::fs::write(state.join("security-floor"), "7\n")?;
+    assert!(state.join("config/config.signed").exists());
+    let r = osctl(&op.osctlconfig(), &["-n", &addr, "reset", "--yes"]).ok()?;
+    assert!(r.stdout.contains("comes back in maintenance mode"), "{r:?}");
+    wait_mode(&op, &node, "maintenance", true)?;
+    // (init made its config directory again, empty.)
+    for gone in ["config/config.signed", "config/last-good.signed", "config/trust.json"] {
+        assert!(!state.join(gone).exists(), "{gone} is gone");
+    }
+    assert!(!state.join("orchestrator").exists());
+    assert_eq!(std::fs::read_to_string(state.join("security-floor"))?, "7\n");
+
+    // Nothing left to reset: maintenance mode says so.
+    let r = osctl(&op.osctlconfig(), &["--insecure", "-n", &addr, "reset", "--yes"]);
+    assert!(r.code != 0 && r.stderr.contains("maintenance mode"), "{r:?}");
+
+    // It joins another cluster: a config of another cluster.id is taken.
+    let text = std::fs::read_to_string(&cfg)?;
+    let ours = machinery::config::MachineConfig::parse("node.toml", &text)?.cluster.id.expect("gen config sets it");
+    let other = op.path("other-cluster.toml");
+    std::fs::write(&other, text.replace(&ours, "c-0123456789abcdef01234567"))?;
+    apply(&op, &node, &other, &["--insecure"]).ok()?;
+    wait_configured(&op, &node)?;
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! kubelet makes: get, list by field selector, create, read-modify-write
 //! with conflict retries, delete, and watch.
 
+pub mod drain;
 mod failover;
 pub mod health;
 mod resume;
@@ -426,6 +427,27 @@ impl Api {
             Api::Remote(r) => {
                 let body = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
                 r.call(Method::DELETE, &Remote::path(kind, ns, Some(name), None), Some(&body)).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Asks to evict a pod (`pods/<name>/eviction`, policy/v1): the API
+    /// server deletes it unless a PodDisruptionBudget forbids (429). Only
+    /// over HTTPS: the eviction subresource is the API server's, not the
+    /// registry's.
+    pub async fn evict(&self, ns: &str, name: &str) -> Result<(), ApiError> {
+        match self {
+            Api::Local(_) => Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "evictions are served by the API server: use a client over HTTPS".to_string(),
+            )),
+            Api::Remote(r) => {
+                let body = serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                    "metadata": {"name": name, "namespace": ns}});
+                r.call(Method::POST, &Remote::path("Pod", Some(ns), Some(name), Some("eviction")), Some(&body))
+                    .await
+                    .map(|_| ())
             }
         }
     }

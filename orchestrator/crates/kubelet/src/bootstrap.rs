@@ -225,6 +225,20 @@ impl std::fmt::Display for RequestError {
     }
 }
 
+/// A client acting as the joined node, with the certificate its kubelet
+/// keeps under `dir` (for the node's own tools: the drain before an
+/// upgrade, leaving the cluster at a reset).
+pub fn node_client(server: &str, dir: &Path) -> Result<Remote, String> {
+    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()));
+    let (ca, both) = (read(ca_file(dir))?, read(cert_file(dir))?);
+    Remote::new(
+        server,
+        Trust::Ca(ca.as_bytes()),
+        Credentials::Certificate { cert_pem: both.as_bytes(), key_pem: both.as_bytes() },
+    )
+    .map_err(|e| format!("{}: {e}", cert_file(dir).display()))
+}
+
 /// The kubelet's API client: the stored certificate while valid, or a
 /// new one got by joining with the token.
 pub async fn identity(join: &Join) -> Result<Remote, JoinError> {
