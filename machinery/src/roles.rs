@@ -20,9 +20,12 @@
 //! | Certificates   | yes    | yes      | yes   |
 //! | Backup         | no     | no       | yes   |
 //! | Restore        | no     | no       | yes   |
+//! | EtcdMembers    | yes    | yes      | yes   |
+//! | EtcdSnapshot   | no     | no       | yes   |
+//! | EtcdRemoveMember | no   | no       | yes   |
 //!
 //! GetConfig is not a reader's: the config holds the CA key and join token.
-//! Nor is Backup: the store holds every Secret.
+//! Nor is Backup (or EtcdSnapshot): the store holds every Secret.
 
 use std::fmt;
 use std::str::FromStr;
@@ -94,10 +97,13 @@ pub enum Rpc {
     Certificates,
     Backup,
     Restore,
+    EtcdMembers,
+    EtcdSnapshot,
+    EtcdRemoveMember,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 20] = [
         Rpc::Version,
         Rpc::ApplyConfig,
         Rpc::GetConfig,
@@ -115,11 +121,20 @@ impl Rpc {
         Rpc::Certificates,
         Rpc::Backup,
         Rpc::Restore,
+        Rpc::EtcdMembers,
+        Rpc::EtcdSnapshot,
+        Rpc::EtcdRemoveMember,
     ];
 
     pub fn minimum_role(self) -> Role {
         match self {
-            Rpc::Version | Rpc::ServiceList | Rpc::Logs | Rpc::Dmesg | Rpc::Events | Rpc::Certificates => Role::Reader,
+            Rpc::Version
+            | Rpc::ServiceList
+            | Rpc::Logs
+            | Rpc::Dmesg
+            | Rpc::Events
+            | Rpc::Certificates
+            | Rpc::EtcdMembers => Role::Reader,
             Rpc::GetConfig | Rpc::ServiceRestart | Rpc::Reboot => Role::Operator,
             Rpc::ApplyConfig
             | Rpc::Shutdown
@@ -128,7 +143,9 @@ impl Rpc {
             | Rpc::Rollback
             | Rpc::Kubeconfig
             | Rpc::Backup
-            | Rpc::Restore => Role::Admin,
+            | Rpc::Restore
+            | Rpc::EtcdSnapshot
+            | Rpc::EtcdRemoveMember => Role::Admin,
         }
     }
 
@@ -151,6 +168,9 @@ impl Rpc {
             Rpc::Certificates => "Certificates",
             Rpc::Backup => "Backup",
             Rpc::Restore => "Restore",
+            Rpc::EtcdMembers => "EtcdMembers",
+            Rpc::EtcdSnapshot => "EtcdSnapshot",
+            Rpc::EtcdRemoveMember => "EtcdRemoveMember",
         }
     }
 
@@ -193,6 +213,9 @@ mod tests {
         assert!(Role::Operator.may_call(Rpc::Reboot));
         assert!(!Role::Operator.may_call(Rpc::ApplyConfig));
         assert!(!Role::Operator.may_call(Rpc::Shutdown));
+        assert!(Role::Reader.may_call(Rpc::EtcdMembers));
+        assert!(!Role::Operator.may_call(Rpc::EtcdSnapshot), "a snapshot holds every Secret");
+        assert!(!Role::Operator.may_call(Rpc::EtcdRemoveMember));
         for rpc in Rpc::ALL {
             assert!(Role::Admin.may_call(rpc));
             assert_eq!(Rpc::from_path(&format!("/plinth.machine.v1.MachineService/{}", rpc.name())), Some(rpc));
