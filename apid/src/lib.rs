@@ -224,6 +224,25 @@ impl MachineService for Gateway {
         let chunks = tokio_stream::StreamExt::map_while(req.into_inner(), Result::ok);
         self.init.clone().restore(Request::new(chunks)).await
     }
+    async fn etcd_members(
+        &self,
+        req: Request<api::EtcdMembersRequest>,
+    ) -> Result<Response<api::EtcdMembersResponse>, Status> {
+        forward!(self, req, Rpc::EtcdMembers, etcd_members)
+    }
+    type EtcdSnapshotStream = Streaming<api::BackupChunk>;
+    async fn etcd_snapshot(
+        &self,
+        req: Request<api::EtcdSnapshotRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotStream>, Status> {
+        forward!(self, req, Rpc::EtcdSnapshot, etcd_snapshot)
+    }
+    async fn etcd_remove_member(
+        &self,
+        req: Request<api::EtcdRemoveMemberRequest>,
+    ) -> Result<Response<api::EtcdRemoveMemberResponse>, Status> {
+        forward!(self, req, Rpc::EtcdRemoveMember, etcd_remove_member)
+    }
     type EventsStream = Streaming<api::Event>;
     async fn events(&self, req: Request<api::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         forward!(self, req, Rpc::Events, events)

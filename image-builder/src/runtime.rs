@@ -2,7 +2,8 @@
 //! runc shim, and `ctr`, which the kubelet imports image archives with),
 //! runc, the CNI plugins of the kubelet's network, iptables (nftables
 //! backend) with its extensions for the plugins' NAT rules, the shared
-//! libraries all of them link — nothing else — and containerd's config.
+//! libraries all of them link — nothing else — and containerd's config;
+//! and Debian's etcd server, for control planes of an HA cluster.
 //! Copied from the build host's packages for an image of the host's
 //! architecture; for another architecture, from the same Debian packages
 //! for it ([`crate::userland`]).
@@ -26,6 +27,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("/usr/lib/cni/loopback", "containernetworking-plugins"),
     ("/usr/lib/cni/portmap", "containernetworking-plugins"),
     (IPTABLES, "iptables"),
+    // An HA control plane's store (cluster.datastore = "etcd"); init runs
+    // it only then. The server alone: no etcdctl (osctl etcd … instead).
+    (layout::ROOT_ETCD, "etcd-server"),
 ];
 
 /// iptables' multi-call program, and the names the CNI plugins call it by.

@@ -7,6 +7,7 @@
 
 mod certs;
 mod cluster_store;
+pub mod etcd;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -98,6 +99,8 @@ pub struct OrchestratorSettings {
     pub listen: String,
     /// The kubelet and its container runtime, where the node has them.
     pub kubelet: Option<KubeletSettings>,
+    /// etcd, where the image carries it (an HA control plane's store).
+    pub etcd: Option<etcd::EtcdSettings>,
 }
 
 /// The container runtime init runs for the kubelet, and where the kubelet
@@ -494,7 +497,7 @@ impl Machine {
                 }
             }
         });
-        let files = ClusterFiles { ca: ca_files, token: token_file };
+        let mut files = ClusterFiles { ca: ca_files, token: token_file, store: Vec::new() };
         // containerd needs neither the network nor the API server: it starts
         // now, while the network comes up.
         match cluster_services(&config, o, &[], &files) {
@@ -513,6 +516,15 @@ impl Machine {
         }
         // The API server's certificate names the addresses the node has.
         let _ = self.network_up.subscribe().wait_for(|up| *up).await;
+        if let Some(member) = etcd::plan(&config) {
+            match self.start_etcd(&config, o, &member).await {
+                Ok(store) => files.store = store,
+                Err(why) => {
+                    event(&self.events, "service", why);
+                    return;
+                }
+            }
+        }
         let names = kube_serving_names(&config, &self.settings);
         match cluster_services(&config, o, &names, &files) {
             Ok(specs) => specs.into_iter().filter(|s| s.name != CONTAINERD).for_each(|s| self.supervise(s)),
@@ -521,6 +533,34 @@ impl Machine {
         if config.cluster.role == config::Role::Controlplane {
             cluster_store::watch_damage(self.events.clone(), o.data_dir.clone());
         }
+    }
+
+    /// Starts this control plane's etcd member (joined to the others, or
+    /// forming the cluster) and returns the orchestrator's store options.
+    async fn start_etcd(
+        &self,
+        config: &MachineConfig,
+        o: &OrchestratorSettings,
+        member: &etcd::Member,
+    ) -> Result<Vec<String>, String> {
+        let settings = o.etcd.as_ref().ok_or(
+            "cluster.datastore is \"etcd\" but this image carries no etcd (image-builder copies Debian's etcd-server)",
+        )?;
+        let ca = orchestrator_ca(config).ok_or("an etcd member needs the Kubernetes CA's key (cluster.ca_key)")?;
+        let files = etcd::Files::under(&settings.dir);
+        etcd::write_certs(member, &ca, &files)?;
+        if !self.supervises(etcd::ETCD) {
+            let events = self.events.clone();
+            let start = etcd::prepare(member, &files, &o.program, |m| event(&events, etcd::ETCD, m)).await;
+            event(&self.events, etcd::ETCD, format!("etcd member {} starts ({start:?})", member.name));
+            self.supervise(ServiceSpec {
+                name: etcd::ETCD.into(),
+                program: settings.program.clone(),
+                args: etcd::args(member, &files, &start),
+                env: vec![("PATH".into(), layout::SERVICE_PATH.into())],
+            });
+        }
+        Ok(etcd::store_args(member, &files))
     }
 
     /// Where the pods running before an upgrade are recorded, when this
@@ -1098,6 +1138,9 @@ fn node_ip(c: &MachineConfig) -> Option<std::net::IpAddr> {
 struct ClusterFiles {
     ca: Option<(std::path::PathBuf, std::path::PathBuf)>,
     token: Option<std::path::PathBuf>,
+    /// The store options (`--store etcd://…` and its client TLS) on an
+    /// etcd control plane; empty on SQLite.
+    store: Vec<String>,
 }
 
 /// The services a config asks for: containerd when the node has the
@@ -1131,6 +1174,7 @@ fn cluster_services(
             if let Some(t) = &files.token {
                 a.extend(["--bootstrap-token-file".into(), t.display().to_string()]);
             }
+            a.extend(files.store.iter().cloned());
             a
         }
         config::Role::Worker => {
@@ -1454,6 +1498,25 @@ impl MachineService for InitApi {
     ) -> Result<Response<api::RestoreResponse>, Status> {
         self.0.restore(req.into_inner()).await.map(Response::new)
     }
+    async fn etcd_members(
+        &self,
+        _: Request<api::EtcdMembersRequest>,
+    ) -> Result<Response<api::EtcdMembersResponse>, Status> {
+        self.0.etcd_members().await.map(Response::new)
+    }
+    type EtcdSnapshotStream = Stream_<api::BackupChunk>;
+    async fn etcd_snapshot(
+        &self,
+        _: Request<api::EtcdSnapshotRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotStream>, Status> {
+        self.0.etcd_snapshot().await.map(Response::new)
+    }
+    async fn etcd_remove_member(
+        &self,
+        req: Request<api::EtcdRemoveMemberRequest>,
+    ) -> Result<Response<api::EtcdRemoveMemberResponse>, Status> {
+        self.0.etcd_remove_member(&req.into_inner().name).await.map(Response::new)
+    }
 }
 
 impl Machine {
@@ -1645,6 +1708,7 @@ mod tests {
                 cni_conf_dir: layout::CNI_CONF_DIR.into(),
                 image_dir: layout::ROOT_IMAGES.into(),
             }),
+            etcd: None,
         }
     }
 
@@ -1664,7 +1728,11 @@ mod tests {
 
     #[test]
     fn a_control_plane_runs_containerd_and_the_server_with_its_kubelet() {
-        let files = ClusterFiles { ca: Some(("/d/ca.crt".into(), "/d/ca.key".into())), token: Some("/d/t".into()) };
+        let files = ClusterFiles {
+            ca: Some(("/d/ca.crt".into(), "/d/ca.key".into())),
+            token: Some("/d/t".into()),
+            store: Vec::new(),
+        };
         let specs =
             cluster_services(&config("controlplane", ""), &settings(true), &["10.0.2.15".into()], &files).unwrap();
         assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), [CONTAINERD, ORCHESTRATOR]);
@@ -1684,7 +1752,7 @@ mod tests {
         // Both find runc, the shim, the CNI plugins, iptables and ctr on PATH.
         assert!(specs.iter().all(|s| s.env.contains(&("PATH".into(), layout::SERVICE_PATH.into()))));
         // Without the runtime in the image (host mode): the control plane alone.
-        let none = ClusterFiles { ca: None, token: None };
+        let none = ClusterFiles { ca: None, token: None, store: Vec::new() };
         let specs = cluster_services(&config("controlplane", ""), &settings(false), &[], &none).unwrap();
         assert_eq!(specs.len(), 1);
         assert!(!specs[0].args.contains(&"--kubelet".to_string()));
@@ -1695,7 +1763,7 @@ mod tests {
         let endpoint = "endpoint = \"https://10.0.0.1:6443\"\ntoken = \"abcdef.0123456789abcdef\"";
         let c = config("worker", endpoint);
         // The CA key is not handed to a worker's orchestrator, even when the config has it.
-        let files = ClusterFiles { ca: None, token: Some("/d/bootstrap-token".into()) };
+        let files = ClusterFiles { ca: None, token: Some("/d/bootstrap-token".into()), store: Vec::new() };
         let specs = cluster_services(&c, &settings(true), &[], &files).unwrap();
         let a = &specs[1].args;
         assert_eq!((a[0].as_str(), arg(a, "--server")), ("kubelet", Some("https://10.0.0.1:6443")));
@@ -1707,7 +1775,8 @@ mod tests {
         assert_eq!(arg(a, "--cluster-cidr"), None);
         assert_eq!(arg(a, "--node-ip"), None, "no static address: the default route's");
         // Without a token it cannot join: said, nothing started.
-        let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None }).unwrap_err();
+        let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None, store: Vec::new() })
+            .unwrap_err();
         assert!(e.contains("cluster.token"), "{e}");
         // An HA control plane: the kubelet is given every endpoint, `endpoint` first.
         let ha = config(
@@ -1734,7 +1803,7 @@ mod tests {
             let text = c.to_toml().replacen("[cluster]", &format!("{}\n[cluster]", net(addr)), 1);
             MachineConfig::parse("node.toml", &text).unwrap()
         };
-        let files = ClusterFiles { ca: None, token: Some("/d/t".into()) };
+        let files = ClusterFiles { ca: None, token: Some("/d/t".into()), store: Vec::new() };
         let ip = |c: &MachineConfig| {
             let specs = cluster_services(c, &settings(true), &[], &files).unwrap();
             arg(&specs[1].args, "--node-ip").map(str::to_string)
@@ -1771,7 +1840,7 @@ mod tests {
         assert_eq!((cp.cert_pem.as_str(), cp.key_pem.as_str()), (kube.cert_pem.as_str(), kube.key_pem.as_str()));
         let worker = split_config("worker", &machine, &kube);
         assert!(orchestrator_ca(&worker).is_none(), "a worker's orchestrator gets no CA");
-        let files = ClusterFiles { ca: None, token: Some("/d/bootstrap-token".into()) };
+        let files = ClusterFiles { ca: None, token: Some("/d/bootstrap-token".into()), store: Vec::new() };
         let specs = cluster_services(&worker, &settings(true), &[], &files).unwrap();
         let pin = arg(&specs[1].args, "--ca-cert-hash").unwrap().to_string();
         assert_eq!(pin, machinery::pki::ca_pin(&kube.cert_pem).unwrap(), "the kubelet pins the Kubernetes CA");

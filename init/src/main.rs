@@ -37,6 +37,10 @@ struct Args {
     /// cluster.role is controlplane (data under STATE-DIR/orchestrator).
     #[arg(long)]
     orchestrator: Option<PathBuf>,
+    /// The etcd binary: run as the cluster's store on a control plane whose
+    /// config says `datastore = "etcd"` (data under STATE-DIR/etcd).
+    #[arg(long, requires = "orchestrator")]
+    etcd: Option<PathBuf>,
     /// Where the Kubernetes API listens.
     #[arg(long, default_value = "127.0.0.1:6443")]
     kube_listen: String,
@@ -81,6 +85,7 @@ async fn host() {
         data_dir: args.state_dir.join("orchestrator"),
         listen: args.kube_listen,
         kubelet: None,
+        etcd: args.etcd.map(|program| init::machine::etcd::EtcdSettings { program, dir: args.state_dir.join("etcd") }),
     });
     let boot_steps = init::steps::StepLog::new(args.state_dir.join(init::BOOT_STEPS));
     let opts = init::HostOptions {

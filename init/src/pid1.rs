@@ -236,6 +236,10 @@ pub fn run() -> ! {
                     cni_conf_dir: PathBuf::from(layout::CNI_CONF_DIR),
                     image_dir: PathBuf::from(layout::ROOT_IMAGES),
                 }),
+                etcd: Path::new(layout::ROOT_ETCD).exists().then(|| crate::machine::etcd::EtcdSettings {
+                    program: PathBuf::from(layout::ROOT_ETCD),
+                    dir: PathBuf::from(layout::ETCD_DIR),
+                }),
             }),
             clock_floor: Some(PathBuf::from(layout::ROOT_BUILD_TIME)),
             storage,

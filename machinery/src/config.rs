@@ -154,9 +154,16 @@ pub struct Cluster {
     /// when it stops answering. With `endpoint`, that one comes first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
-    /// Default: `sqlite`.
+    /// Default: `sqlite`. `etcd` (an HA control plane): init runs an etcd
+    /// member on this node, its peers being the control planes of
+    /// `endpoints`, and the orchestrator keeps its objects there.
     #[serde(default)]
     pub datastore: Datastore,
+    /// With `datastore = "etcd"`: this control plane forms a new etcd
+    /// cluster (k3s' `--cluster-init`) when it has no etcd data yet; the
+    /// others join it through a running member. Set on exactly one node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub etcd_bootstrap: bool,
     /// Default: `10.244.0.0/16`.
     #[serde(default = "default_pod_cidr")]
     pub pod_cidr: String,
@@ -399,6 +406,42 @@ impl MachineConfig {
                 .find_map(|a| a.parse::<IpNet>().ok())?;
             Some(format!("https://{}:{KUBE_API_PORT}", first.addr()))
         })
+    }
+
+    /// The addresses of the control planes' etcd members: the IP hosts of
+    /// [`MachineConfig::kube_endpoints`], in order, without repeats (a name
+    /// is skipped: etcd's peer certificates are issued for addresses).
+    pub fn etcd_peers(&self) -> Vec<std::net::IpAddr> {
+        let mut peers = Vec::new();
+        for ep in self.kube_endpoints() {
+            let rest = ep.split_once("://").map_or(ep.as_str(), |(_, r)| r);
+            let host = rest.split('/').next().unwrap_or("");
+            let host = if host.starts_with('[') {
+                host.split(']').next().unwrap_or("").trim_start_matches('[')
+            } else {
+                host.rsplit_once(':').map_or(host, |(h, _)| h)
+            };
+            if let Ok(ip) = host.parse::<std::net::IpAddr>()
+                && !peers.contains(&ip)
+            {
+                peers.push(ip);
+            }
+        }
+        peers
+    }
+
+    /// This node's etcd address: its static address that is one of
+    /// [`MachineConfig::etcd_peers`].
+    pub fn etcd_address(&self) -> Option<std::net::IpAddr> {
+        let peers = self.etcd_peers();
+        self.machine
+            .network
+            .interfaces
+            .iter()
+            .flat_map(|i| &i.addresses)
+            .filter_map(|a| a.parse::<IpNet>().ok())
+            .map(|n| n.addr())
+            .find(|a| peers.contains(a))
     }
 
     /// Every Kubernetes API endpoint a client may use, in order:
@@ -913,6 +956,7 @@ impl Checker<'_> {
                 );
             }
         }
+        self.check_etcd(c);
         self.check_kube_ca(c);
         let pod = parse_cidr(&cl.pod_cidr, false).map_err(|(m, h)| self.error("cluster.pod_cidr", m, h)).ok();
         let svc = parse_cidr(&cl.service_cidr, false).map_err(|(m, h)| self.error("cluster.service_cidr", m, h)).ok();
@@ -945,6 +989,46 @@ impl Checker<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// An etcd control plane: its member's peers are the control planes of
+    /// `cluster.endpoints` (by address), its certificates are issued from
+    /// the Kubernetes CA, and its address is the one on their network.
+    fn check_etcd(&mut self, c: &MachineConfig) {
+        let cl = &c.cluster;
+        if cl.datastore != Datastore::Etcd {
+            if cl.etcd_bootstrap {
+                self.error(
+                    "cluster.etcd_bootstrap",
+                    "only a control plane with datastore = \"etcd\" forms an etcd cluster",
+                    Some("set datastore = \"etcd\", or remove etcd_bootstrap".into()),
+                );
+            }
+            return;
+        }
+        if cl.role != Role::Controlplane {
+            return; // refused above
+        }
+        if c.kube_ca().key_pem.is_none() {
+            self.error(
+                "cluster.datastore",
+                "an etcd member needs the Kubernetes CA's key to issue its certificates",
+                Some("add cluster.ca_key (osctl gen config --role controlplane writes it)".into()),
+            );
+        }
+        if c.etcd_peers().is_empty() {
+            self.error(
+                "cluster.endpoints",
+                "an etcd control plane needs the control planes' addresses",
+                Some("list every control plane as endpoints = [\"https://10.0.0.1:6443\", ...] (IP addresses)".into()),
+            );
+        } else if c.etcd_address().is_none() {
+            self.error(
+                "machine.network.interfaces",
+                "an etcd control plane needs a static address on the network of its cluster.endpoints",
+                Some("give the interface on the control planes' network an address, e.g. 10.0.0.1/24".into()),
+            );
         }
     }
 
@@ -1291,6 +1375,32 @@ ca_key = """{key}"""
             ]
         );
         assert_eq!(e[0].hint.as_deref(), Some("did you mean \"https://10.0.0.2:6443\"?"));
+    }
+
+    #[test]
+    fn an_etcd_control_plane_finds_its_peers_and_its_own_address() {
+        let ha = |extra: &str| {
+            valid_text().replace(
+                "role = \"controlplane\"",
+                &format!(
+                    "role = \"controlplane\"\ndatastore = \"etcd\"\nendpoints = [\"https://10.0.0.5:6443\", \"https://10.0.0.6:6443\", \"https://10.0.0.6:7443\"]{extra}"
+                ),
+            )
+        };
+        let c = MachineConfig::parse("node.toml", &ha("\netcd_bootstrap = true")).unwrap();
+        assert!(c.cluster.etcd_bootstrap);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(c.etcd_peers(), [ip("10.0.0.5"), ip("10.0.0.6")]);
+        assert_eq!(c.etcd_address(), Some(ip("10.0.0.5")));
+        assert_eq!(MachineConfig::parse("x", &c.to_toml()).unwrap(), c);
+        // A node whose address is none of the peers cannot be a member.
+        let e = errors(&ha("").replace("10.0.0.5/24", "10.0.0.9/24"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "machine.network.interfaces");
+        // etcd_bootstrap without etcd is refused, naming the field.
+        let e =
+            errors(&valid_text().replace("role = \"controlplane\"", "role = \"controlplane\"\netcd_bootstrap = true"));
+        assert_eq!(e.iter().map(|d| d.path.as_str()).collect::<Vec<_>>(), ["cluster.etcd_bootstrap"]);
     }
 
     #[test]

@@ -132,6 +132,14 @@ pub const PAUSE_BINARY: &str = "plinth-pause";
 /// The container runtime in the root image (Debian's containerd, runc and
 /// CNI plugins, with the shared libraries they link).
 pub const ROOT_CONTAINERD: &str = "/usr/bin/containerd";
+/// Debian's etcd server, which init runs on a control plane of an HA
+/// cluster (`cluster.datastore = "etcd"`).
+pub const ROOT_ETCD: &str = "/usr/bin/etcd";
+/// etcd's data and its member's certificates (on EPHEMERAL).
+pub const ETCD_DIR: &str = "/var/lib/etcd";
+/// etcd's client and peer ports (its registered ones).
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
 /// containerd's config, written by image-builder: CRI with runc and the
 /// cgroupfs driver, state under /run, images and snapshots on EPHEMERAL.
 pub const ROOT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";

@@ -103,6 +103,18 @@ pub fn issue_server(ca: &CertKey, hostname: &str, names: &[String], lifetime: Du
     leaf(ca, params, lifetime)
 }
 
+/// An etcd member's certificate, valid for `names` (its addresses): it
+/// serves clients and peers and is the client of its peers and of the
+/// orchestrator's requests, so it carries both purposes.
+pub fn issue_etcd_member(ca: &CertKey, name: &str, names: &[String], lifetime: Duration) -> Result<CertKey, PkiError> {
+    let mut params = CertificateParams::new(names.to_vec()).map_err(issue_err)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name.push(DnType::OrganizationName, "plinth:etcd");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    leaf(ca, params, lifetime)
+}
+
 /// The throw-away certificate a node in maintenance mode serves.
 pub fn self_signed_server(names: &[String]) -> Result<CertKey, PkiError> {
     let mut params = CertificateParams::new(names.to_vec()).map_err(issue_err)?;

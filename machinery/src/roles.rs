@@ -21,9 +21,12 @@
 //! | Backup         | no     | no       | yes   |
 //! | Restore        | no     | no       | yes   |
 //! | Reset          | no     | no       | yes   |
+//! | EtcdMembers    | yes    | yes      | yes   |
+//! | EtcdSnapshot   | no     | no       | yes   |
+//! | EtcdRemoveMember | no   | no       | yes   |
 //!
 //! GetConfig is not a reader's: the config holds the CA key and join token.
-//! Nor is Backup: the store holds every Secret.
+//! Nor is Backup (or EtcdSnapshot): the store holds every Secret.
 
 use std::fmt;
 use std::str::FromStr;
@@ -96,10 +99,13 @@ pub enum Rpc {
     Backup,
     Restore,
     Reset,
+    EtcdMembers,
+    EtcdSnapshot,
+    EtcdRemoveMember,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 18] = [
+    pub const ALL: [Rpc; 21] = [
         Rpc::Version,
         Rpc::ApplyConfig,
         Rpc::GetConfig,
@@ -118,11 +124,20 @@ impl Rpc {
         Rpc::Backup,
         Rpc::Restore,
         Rpc::Reset,
+        Rpc::EtcdMembers,
+        Rpc::EtcdSnapshot,
+        Rpc::EtcdRemoveMember,
     ];
 
     pub fn minimum_role(self) -> Role {
         match self {
-            Rpc::Version | Rpc::ServiceList | Rpc::Logs | Rpc::Dmesg | Rpc::Events | Rpc::Certificates => Role::Reader,
+            Rpc::Version
+            | Rpc::ServiceList
+            | Rpc::Logs
+            | Rpc::Dmesg
+            | Rpc::Events
+            | Rpc::Certificates
+            | Rpc::EtcdMembers => Role::Reader,
             Rpc::GetConfig | Rpc::ServiceRestart | Rpc::Reboot => Role::Operator,
             Rpc::ApplyConfig
             | Rpc::Shutdown
@@ -132,7 +147,9 @@ impl Rpc {
             | Rpc::Kubeconfig
             | Rpc::Backup
             | Rpc::Restore
-            | Rpc::Reset => Role::Admin,
+            | Rpc::Reset
+            | Rpc::EtcdSnapshot
+            | Rpc::EtcdRemoveMember => Role::Admin,
         }
     }
 
@@ -156,6 +173,9 @@ impl Rpc {
             Rpc::Backup => "Backup",
             Rpc::Restore => "Restore",
             Rpc::Reset => "Reset",
+            Rpc::EtcdMembers => "EtcdMembers",
+            Rpc::EtcdSnapshot => "EtcdSnapshot",
+            Rpc::EtcdRemoveMember => "EtcdRemoveMember",
         }
     }
 
@@ -198,6 +218,9 @@ mod tests {
         assert!(Role::Operator.may_call(Rpc::Reboot));
         assert!(!Role::Operator.may_call(Rpc::ApplyConfig));
         assert!(!Role::Operator.may_call(Rpc::Shutdown));
+        assert!(Role::Reader.may_call(Rpc::EtcdMembers));
+        assert!(!Role::Operator.may_call(Rpc::EtcdSnapshot), "a snapshot holds every Secret");
+        assert!(!Role::Operator.may_call(Rpc::EtcdRemoveMember));
         for rpc in Rpc::ALL {
             assert!(Role::Admin.may_call(rpc));
             assert_eq!(Rpc::from_path(&format!("/plinth.machine.v1.MachineService/{}", rpc.name())), Some(rpc));

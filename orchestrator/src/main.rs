@@ -175,6 +175,15 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Administers the etcd cluster of an HA control plane (init runs
+    /// these): its members, a member added before it starts, a member
+    /// removed, a consistent snapshot.
+    Etcd {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: EtcdAction,
+    },
     /// Prints, as JSON, the certificates this node's orchestrator presents
     /// and hands out (PEM): the API server's serving certificate and the
     /// admin kubeconfig's (with --api), the kubelet's (with --kubelet).
@@ -300,6 +309,27 @@ impl ApiArgs {
         };
         Ok(Api::Remote(remote))
     }
+}
+
+#[derive(Subcommand)]
+enum EtcdAction {
+    /// The members, as JSON.
+    Members,
+    /// Adds the member NAME serving its peers at PEER-URL (unless it is
+    /// listed already) and prints its `--initial-cluster`.
+    MemberAdd {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        peer_url: String,
+    },
+    /// Removes the member NAME.
+    MemberRemove { name: String },
+    /// Writes a consistent snapshot to OUT (checked before it is renamed into place).
+    Snapshot {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -631,6 +661,23 @@ fn main() -> anyhow::Result<()> {
         Command::Certs { data_dir, api, kubelet } => {
             let found = rt.block_on(certs::list(&data_dir, api.as_deref(), kubelet.as_deref()));
             println!("{}", serde_json::to_string(&found)?);
+            Ok(())
+        }
+        Command::Etcd { store, action } => {
+            use orchestrator_store_etcd::admin;
+            let etcd = store.etcd()?.ok_or_else(|| anyhow::anyhow!("give --store etcd://HOST:PORT[,HOST:PORT...]"))?;
+            match action {
+                EtcdAction::Members => println!("{}", serde_json::to_string(&admin::members(&etcd)?)?),
+                EtcdAction::MemberAdd { name, peer_url } => println!("{}", admin::member_add(&etcd, &name, &peer_url)?),
+                EtcdAction::MemberRemove { name } => {
+                    let m = admin::member_remove(&etcd, &name)?;
+                    println!("member {} ({}) removed", m.name, m.id);
+                }
+                EtcdAction::Snapshot { out } => {
+                    let size = admin::snapshot(&etcd, &out)?;
+                    println!("{size}");
+                }
+            }
             Ok(())
         }
         Command::Migrate { data_dir, force, store } => {

@@ -295,6 +295,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                     endpoint,
                     endpoints: Vec::new(),
                     datastore: Datastore::default(),
+                    etcd_bootstrap: false,
                     pod_cidr: "10.244.0.0/16".into(),
                     service_cidr: "10.96.0.0/12".into(),
                     token: Some(token),

@@ -209,6 +209,24 @@ pub enum Command {
     /// Work with disk images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The etcd cluster of an HA control plane (cluster.datastore = "etcd").
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EtcdCommand {
+    /// The members of the etcd cluster, as each node's member sees them.
+    Members,
+    /// Write a consistent snapshot of etcd (its maintenance API, checked on
+    /// the node) to FILE.
+    Snapshot {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Remove the member NAME (a control plane's hostname) from the etcd
+    /// cluster: a control plane that is gone for good.
+    RemoveMember { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -783,6 +801,37 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Reboot => power(cli.global, true).await,
         Command::Shutdown => power(cli.global, false).await,
         Command::Image(ImageCommand::Flash(args)) => image_flash(cli.global, &args),
+        Command::Etcd(EtcdCommand::Members) => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| async move {
+                    c.etcd_members(api::EtcdMembersRequest {}).await.map(|r| r.into_inner().members)
+                })
+                .await?;
+            output::etcd_members(fmt, &results);
+            Ok(())
+        }
+        Command::Etcd(EtcdCommand::Snapshot { out }) => store_transfer::etcd_snapshot(cli.global, &out).await,
+        Command::Etcd(EtcdCommand::RemoveMember { name }) => {
+            let session = Session::open(cli.global)?;
+            let results = session
+                .each(|_, mut c| {
+                    let name = name.clone();
+                    async move {
+                        c.etcd_remove_member(api::EtcdRemoveMemberRequest { name })
+                            .await
+                            .map(|r| r.into_inner().summary)
+                    }
+                })
+                .await?;
+            for (node, summary) in results {
+                match fmt {
+                    output::Format::Json => output::json(&serde_json::json!({"node": node, "summary": summary})),
+                    output::Format::Table => println!("{node}: {summary}"),
+                }
+            }
+            Ok(())
+        }
     }
 }
 

@@ -352,6 +352,41 @@ fn unix_rfc3339(t: i64) -> String {
 }
 
 /// Every certificate of each node and its expiry; warnings after the table.
+/// `osctl etcd members`: one row per member per node asked.
+pub fn etcd_members(fmt: Format, results: &[(String, Vec<api::EtcdMember>)]) {
+    match fmt {
+        Format::Json => json(&serde_json::Value::Array(
+            results
+                .iter()
+                .flat_map(|(node, list)| {
+                    list.iter().map(move |m| {
+                        serde_json::json!({
+                            "node": node, "id": m.id, "name": m.name, "peer_urls": m.peer_urls,
+                            "client_urls": m.client_urls, "learner": m.learner,
+                        })
+                    })
+                })
+                .collect(),
+        )),
+        Format::Table => {
+            let mut t = Table::new(&["NODE", "ID", "NAME", "PEER URLS", "CLIENT URLS", "LEARNER"]);
+            for (node, list) in results {
+                for m in list {
+                    t.row(vec![
+                        node.clone(),
+                        m.id.clone(),
+                        if m.name.is_empty() { "(not started)".into() } else { m.name.clone() },
+                        m.peer_urls.join(","),
+                        m.client_urls.join(","),
+                        if m.learner { "yes" } else { "no" }.into(),
+                    ]);
+                }
+            }
+            t.print();
+        }
+    }
+}
+
 pub fn certificates(fmt: Format, results: &[(String, Vec<api::Certificate>)], now: i64) {
     match fmt {
         Format::Json => json(&serde_json::Value::Array(

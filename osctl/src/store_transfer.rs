@@ -26,23 +26,47 @@ fn one_target(session: &Session, what: &str) -> Result<(String, String), Failure
 /// Streams the node's backup into `out` (0600; through `out.partial`, so
 /// a broken transfer leaves no file that looks whole).
 pub async fn backup(global: Global, out: &Path) -> Result<(), Failure> {
+    download(global, out, Download::Backup).await
+}
+
+/// Streams a consistent etcd snapshot of the node's member into `out`, as
+/// [`backup`] does.
+pub async fn etcd_snapshot(global: Global, out: &Path) -> Result<(), Failure> {
+    download(global, out, Download::EtcdSnapshot).await
+}
+
+#[derive(Clone, Copy)]
+enum Download {
+    Backup,
+    EtcdSnapshot,
+}
+
+async fn download(global: Global, out: &Path, what: Download) -> Result<(), Failure> {
     let fmt = global.output;
     let session = Session::open(global)?;
-    let (node, addr) = one_target(&session, "backup")?;
+    let (name, doing, done) = match what {
+        Download::Backup => ("backup", "backing up", "cluster store backed up"),
+        Download::EtcdSnapshot => ("etcd snapshot", "taking an etcd snapshot", "etcd snapshot written"),
+    };
+    let (node, addr) = one_target(&session, name)?;
     let mut c = session.client(&addr).await?;
-    let mut stream = match c.backup(api::BackupRequest {}).await {
+    let started = match what {
+        Download::Backup => c.backup(api::BackupRequest {}).await,
+        Download::EtcdSnapshot => c.etcd_snapshot(api::EtcdSnapshotRequest {}).await,
+    };
+    let mut stream = match started {
         Ok(r) => r.into_inner(),
         Err(s) => return Err(session.failure(&node, &addr, s).await),
     };
     let size = match stream.next().await {
         Some(Ok(api::BackupChunk { chunk: Some(api::backup_chunk::Chunk::Size(n)) })) => n,
         Some(Err(s)) => return Err(from_status(&node, s)),
-        _ => return Err(Failure::Other(format!("{node}: the backup did not start with its size"))),
+        _ => return Err(Failure::Other(format!("{node}: the {name} did not start with its size"))),
     };
     let partial = out.with_extension("partial");
     let write_err = |e: std::io::Error| Failure::Other(format!("writing {}: {e}", partial.display()));
     let mut file = crate::create_private(&partial).map_err(write_err)?;
-    let bar = output::progress(size, &format!("{node}: backing up"));
+    let bar = output::progress(size, &format!("{node}: {doing}"));
     let mut got = 0u64;
     while let Some(item) = stream.next().await {
         let data = match item {
@@ -61,13 +85,13 @@ pub async fn backup(global: Global, out: &Path) -> Result<(), Failure> {
     bar.finish_and_clear();
     if got != size {
         let _ = std::fs::remove_file(&partial);
-        return Err(Failure::Other(format!("{node}: the backup ended after {got} of {size} bytes: nothing written")));
+        return Err(Failure::Other(format!("{node}: the {name} ended after {got} of {size} bytes: nothing written")));
     }
     file.sync_all().map_err(write_err)?;
     std::fs::rename(&partial, out).map_err(|e| Failure::Other(format!("writing {}: {e}", out.display())))?;
     match fmt {
         Format::Json => output::json(&serde_json::json!({"node": node, "file": out, "bytes": size})),
-        Format::Table => println!("{node}: cluster store backed up to {} ({size} bytes)", out.display()),
+        Format::Table => println!("{node}: {done} to {} ({size} bytes)", out.display()),
     }
     Ok(())
 }

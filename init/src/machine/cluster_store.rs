@@ -136,36 +136,9 @@ impl Machine {
         let o = self.store_node().await?;
         let file = o.data_dir.join(format!("backup-{}.tmp", std::process::id()));
         let written = orchestrator(o, &["backup".as_ref(), "--out".as_ref(), file.as_os_str()]).await;
-        let opened = match written {
-            Ok(_) => {
-                tokio::fs::File::open(&file).await.map_err(|e| Status::internal(format!("{}: {e}", file.display())))
-            }
-            Err(e) => Err(e),
-        };
-        // Open or not, the copy leaves the disk now (an open file is read on).
-        let _ = std::fs::remove_file(&file);
-        let mut f = opened?;
-        let size = f.metadata().await.map_err(|e| Status::internal(format!("{}: {e}", file.display())))?.len();
+        let (size, stream) = stream_file(written, &file).await?;
         event(&self.events, "store", format!("backup of the cluster store taken ({size} bytes)"));
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let chunk = |c| Ok(api::BackupChunk { chunk: Some(c) });
-            if tx.send(chunk(api::backup_chunk::Chunk::Size(size))).await.is_err() {
-                return;
-            }
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let item = match f.read(&mut buf).await {
-                    Ok(0) => return,
-                    Ok(n) => chunk(api::backup_chunk::Chunk::Data(buf[..n].to_vec())),
-                    Err(e) => Err(Status::internal(format!("reading the backup: {e}"))),
-                };
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(stream)
     }
 
     /// Restores the store from an uploaded backup or a snapshot on the node.
@@ -261,6 +234,42 @@ async fn receive(
         )));
     }
     Ok(())
+}
+
+/// Streams a file the node wrote for the caller (`written` says whether it
+/// was): its size first, then its bytes. The file leaves the disk once
+/// open (an open file is read on).
+pub(super) async fn stream_file(
+    written: Result<String, Status>,
+    file: &Path,
+) -> Result<(u64, Stream_<api::BackupChunk>), Status> {
+    let opened = match written {
+        Ok(_) => tokio::fs::File::open(file).await.map_err(|e| Status::internal(format!("{}: {e}", file.display()))),
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(file);
+    let mut f = opened?;
+    let size = f.metadata().await.map_err(|e| Status::internal(format!("{}: {e}", file.display())))?.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let path = file.to_path_buf();
+    tokio::spawn(async move {
+        let chunk = |c| Ok(api::BackupChunk { chunk: Some(c) });
+        if tx.send(chunk(api::backup_chunk::Chunk::Size(size))).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let item = match f.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => chunk(api::backup_chunk::Chunk::Data(buf[..n].to_vec())),
+                Err(e) => Err(Status::internal(format!("reading {}: {e}", path.display()))),
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((size, Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! member reachable) is [`StoreError::Unavailable`], which the API answers
 //! with 503.
 
+pub mod admin;
 pub mod local;
 
 use std::future::Future;

@@ -1,0 +1,197 @@
+//! The etcd cluster's administration, for init (through `orchestrator
+//! etcd …`) and tests: the member list, adding a member before it starts
+//! (etcd's runtime reconfiguration: the new member is in the list, so the
+//! cluster expects it, before its first start with
+//! `--initial-cluster-state existing`), removing one, and a consistent
+//! snapshot through the maintenance API.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use etcd_client::{Client, ConnectOptions};
+use sha2::Digest as _;
+
+use crate::EtcdConfig;
+
+/// One member, as etcd lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// etcd's member ID in hexadecimal, as etcdctl prints it.
+    pub id: String,
+    /// Empty for a member added that has not started yet.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("read the etcd client TLS files: {path}: {source}")]
+    Tls { path: String, source: std::io::Error },
+    #[error("etcd at {endpoints}: {op}: {reason}")]
+    Etcd { op: &'static str, endpoints: String, reason: String },
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: String, source: std::io::Error },
+    #[error("the snapshot from {endpoints} is damaged: {reason}")]
+    Damaged { endpoints: String, reason: String },
+    #[error("no member named {name:?} (members: {have})")]
+    NoMember { name: String, have: String },
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime")
+}
+
+fn message(e: &etcd_client::Error) -> String {
+    let mut m = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        m = format!("{m}: {c}");
+        cause = c.source();
+    }
+    m
+}
+
+async fn client(cfg: &EtcdConfig) -> Result<Client, AdminError> {
+    let mut options = ConnectOptions::new().with_timeout(cfg.timeout).with_connect_timeout(cfg.timeout);
+    if let Some(tls) = &cfg.tls {
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|source| AdminError::Tls { path: p.display().to_string(), source });
+        options = options.with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
+                .identity(etcd_client::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?)),
+        );
+    }
+    Client::connect(cfg.urls(), Some(options)).await.map_err(|e| etcd_error(cfg, "connect", &e))
+}
+
+fn etcd_error(cfg: &EtcdConfig, op: &'static str, e: &etcd_client::Error) -> AdminError {
+    AdminError::Etcd { op, endpoints: cfg.endpoints.join(","), reason: message(e) }
+}
+
+fn member(m: &etcd_client::Member) -> Member {
+    Member {
+        id: format!("{:x}", m.id()),
+        name: m.name().to_string(),
+        peer_urls: m.peer_urls().to_vec(),
+        client_urls: m.client_urls().to_vec(),
+        learner: m.is_learner(),
+    }
+}
+
+/// The members, as the cluster lists them.
+pub fn members(cfg: &EtcdConfig) -> Result<Vec<Member>, AdminError> {
+    runtime().block_on(async {
+        let mut c = client(cfg).await?;
+        let r = c.member_list().await.map_err(|e| etcd_error(cfg, "list the members", &e))?;
+        Ok(r.members().iter().map(member).collect())
+    })
+}
+
+/// Adds a member that will serve its peers at `peer_url`, unless a member
+/// with that peer URL is in the list already (a join that was cut short,
+/// tried again). Returns etcd's `--initial-cluster` for the new member's
+/// first start: every member's `name=peer-url`, the new one as `name`.
+pub fn member_add(cfg: &EtcdConfig, name: &str, peer_url: &str) -> Result<String, AdminError> {
+    runtime().block_on(async {
+        let mut c = client(cfg).await?;
+        let listed = c.member_list().await.map_err(|e| etcd_error(cfg, "list the members", &e))?;
+        let mut all: Vec<Member> = listed.members().iter().map(member).collect();
+        if !all.iter().any(|m| m.peer_urls.iter().any(|u| u == peer_url)) {
+            let r = c.member_add([peer_url], None).await.map_err(|e| etcd_error(cfg, "add the member", &e))?;
+            all = r.member_list().iter().map(member).collect();
+        }
+        Ok(initial_cluster(&all, name, peer_url))
+    })
+}
+
+/// etcd's `--initial-cluster` for a member `name` joining at `peer_url`:
+/// the members that have started by their names, the new one (nameless
+/// until it starts) as `name`.
+pub fn initial_cluster(members: &[Member], name: &str, peer_url: &str) -> String {
+    let mut parts = Vec::new();
+    for m in members {
+        let own = m.peer_urls.iter().any(|u| u == peer_url);
+        let n = if own { name } else { m.name.as_str() };
+        if n.is_empty() {
+            continue; // another member added that has not started: it is not needed to start this one
+        }
+        for u in &m.peer_urls {
+            parts.push(format!("{n}={u}"));
+        }
+    }
+    parts.join(",")
+}
+
+/// Removes the member named `name` (a node's hostname).
+pub fn member_remove(cfg: &EtcdConfig, name: &str) -> Result<Member, AdminError> {
+    runtime().block_on(async {
+        let mut c = client(cfg).await?;
+        let listed = c.member_list().await.map_err(|e| etcd_error(cfg, "list the members", &e))?;
+        let all: Vec<Member> = listed.members().iter().map(member).collect();
+        let Some(m) = all.iter().find(|m| m.name == name).cloned() else {
+            let have = all.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(AdminError::NoMember { name: name.to_string(), have });
+        };
+        let id = u64::from_str_radix(&m.id, 16).unwrap_or_default();
+        c.member_remove(id).await.map_err(|e| etcd_error(cfg, "remove the member", &e))?;
+        Ok(m)
+    })
+}
+
+/// Writes a consistent snapshot of the member's database to `out` (through
+/// a temporary file renamed into place) and checks the sha256 etcd appends
+/// to it. Returns its size in bytes.
+pub fn snapshot(cfg: &EtcdConfig, out: &Path) -> Result<u64, AdminError> {
+    let io = |op, source| AdminError::Io { op, path: out.display().to_string(), source };
+    let tmp = out.with_extension("part");
+    let written = runtime().block_on(async {
+        let mut c = client(cfg).await?;
+        let mut stream = c.snapshot().await.map_err(|e| etcd_error(cfg, "take a snapshot", &e))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
+        let mut size = 0u64;
+        while let Some(chunk) = stream.message().await.map_err(|e| etcd_error(cfg, "receive the snapshot", &e))? {
+            f.write_all(chunk.blob()).map_err(|e| io("write", e))?;
+            size += chunk.blob().len() as u64;
+        }
+        f.sync_all().map_err(|e| io("sync", e))?;
+        Ok::<u64, AdminError>(size)
+    });
+    let checked = written.and_then(|size| {
+        verify_snapshot(&tmp).map_err(|reason| AdminError::Damaged { endpoints: cfg.endpoints.join(","), reason })?;
+        Ok(size)
+    });
+    match checked {
+        Ok(size) => {
+            std::fs::rename(&tmp, out).map_err(|e| io("rename into place", e))?;
+            Ok(size)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Checks a snapshot file as etcd's restore does: the sha256 of the
+/// database is its last 32 bytes, and the database is a bbolt file
+/// (its first page's magic).
+pub fn verify_snapshot(path: &Path) -> Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if data.len() < 4096 + 32 {
+        return Err(format!("{} bytes: too short for an etcd snapshot", data.len()));
+    }
+    let (db, sum) = data.split_at(data.len() - 32);
+    if sha2::Sha256::digest(db).as_slice() != sum {
+        return Err("its sha256 does not match the one etcd appended (truncated or altered)".into());
+    }
+    // bbolt's first meta page: a 16-byte page header, then the magic
+    // 0xED0CDAED (a native-endian u32; little-endian on our targets).
+    const MAGIC: u32 = 0xED0C_DAED;
+    if u32::from_le_bytes([db[16], db[17], db[18], db[19]]) != MAGIC {
+        return Err("not a bbolt database (etcd's backend)".into());
+    }
+    Ok(())
+}
