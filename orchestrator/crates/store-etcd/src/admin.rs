@@ -195,3 +195,52 @@ pub fn verify_snapshot(path: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, name: &str, peer: &str) -> Member {
+        Member { id: id.into(), name: name.into(), peer_urls: vec![peer.into()], client_urls: vec![], learner: false }
+    }
+
+    #[test]
+    fn the_initial_cluster_names_the_started_members_and_the_new_one() {
+        let list = [
+            m("1", "cp1", "https://10.0.0.1:2380"),
+            m("2", "", "https://10.0.0.2:2380"),
+            m("3", "", "https://10.0.0.3:2380"),
+        ];
+        assert_eq!(
+            initial_cluster(&list, "cp2", "https://10.0.0.2:2380"),
+            "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380",
+            "another added member that has not started is left out"
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut db = vec![0u8; 8192];
+        db[16..20].copy_from_slice(&0xED0C_DAEDu32.to_le_bytes());
+        let mut whole = db.clone();
+        whole.extend_from_slice(&sha2::Sha256::digest(&db));
+        std::fs::write(&path, &whole).unwrap();
+        verify_snapshot(&path).unwrap();
+        let mut flipped = whole.clone();
+        flipped[5000] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(verify_snapshot(&path).unwrap_err().contains("sha256 does not match"));
+        std::fs::write(&path, &whole[..whole.len() - 100]).unwrap();
+        assert!(verify_snapshot(&path).unwrap_err().contains("sha256"), "a truncated one");
+        let mut not_bolt = vec![0u8; 8192];
+        not_bolt[0] = 1;
+        let mut f = not_bolt.clone();
+        f.extend_from_slice(&sha2::Sha256::digest(&not_bolt));
+        std::fs::write(&path, &f).unwrap();
+        assert!(verify_snapshot(&path).unwrap_err().contains("bbolt"));
+        std::fs::write(&path, b"plinth-store-backup/v1\n").unwrap();
+        assert!(verify_snapshot(&path).unwrap_err().contains("too short"));
+    }
+}
