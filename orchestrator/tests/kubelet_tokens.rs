@@ -142,7 +142,8 @@ spec:
 /// Role allows and is refused Secrets with a 403. No registry: the pod is
 /// the busybox image with the host's interpreter and the venv that
 /// scripts/setup-debian.sh fills mounted read-only by hostPath volumes
-/// (the interpreter's libraries through `/usr`, `/lib` and `/lib64`).
+/// (the interpreter's libraries through `/usr`, `/lib` and `/lib64`; its
+/// own `lib` first, as the container has no `ld.so.cache`).
 #[test]
 fn the_python_client_in_a_pod_uses_its_service_account() {
     let Some(py) = common::venv_python("kubernetes") else { return };
@@ -205,11 +206,12 @@ spec:
     image: {BUSYBOX}
     imagePullPolicy: Never
     command: [{py:?}, -c, "{script}"]
-    env: [{{name: LD_LIBRARY_PATH, value: /usr/lib/x86_64-linux-gnu}}]
+    env: [{{name: LD_LIBRARY_PATH, value: "{prefix}/lib:/usr/lib/x86_64-linux-gnu"}}]
     volumeMounts: [{volume_mounts}]
   volumes: [{volumes}]
 "#,
         py = py.display().to_string(),
+        prefix = prefix.display(),
     ));
     let phase =
         c.wait_for(&["get", "pod", "py-client", "-o", "jsonpath={.status.phase}"], Duration::from_secs(90), |s| {
