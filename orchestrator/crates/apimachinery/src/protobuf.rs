@@ -1,725 +1,498 @@
-//! Kubernetes' protobuf encoding (`k8s\0` + a `runtime.Unknown` envelope)
-//! for every built-in kind, in both directions: request bodies (kubectl
-//! ≥1.32 creates with protobuf bodies and does not retry JSON on 415;
-//! client-go's typed clients — helm's release storage among them — send
-//! updates and DeleteOptions in protobuf) and responses for clients that
-//! prefer protobuf. Transcoded by descriptor: the upstream `generated.proto`
-//! files of the served group versions are vendored under `proto/`
-//! (`proto/vendor.py`) and compiled by `build.rs`; their field names are
-//! the JSON names, so one walk maps any message to the JSON object the
-//! registry decodes through k8s-openapi, and back. The types whose Go JSON
-//! differs from their message (times, IntOrString, Quantity, raw JSON,
-//! the `JSONSchemaProps…Or…` unions and JSONSchemaProps' `$ref` and
-//! `x-kubernetes-*` names) are mapped by hand.
-//!
-//! Go writes every non-pointer field, so a zero on the wire may mean
-//! "unset": the zero of a field upstream marks `+optional` (Go's
-//! `omitempty`) is dropped unless the field is a pointer whose zero means
-//! something (`POINTERS`); an empty string is dropped but for the pointers
-//! where `""` is a value (`STRING_POINTERS`). Custom objects have no
-//! protobuf form, as upstream.
-
-use std::{collections::HashMap, sync::LazyLock};
+//! Request bodies in Kubernetes' protobuf encoding (`k8s\0` + a
+//! `runtime.Unknown` envelope), as kubectl ≥1.32 sends for `kubectl create
+//! deployment|service|configmap|secret|namespace` without retrying JSON on
+//! 415, and client-go's typed clients (helm's release storage) send for
+//! Secret updates and DeleteOptions. Decoded to JSON with field tables for
+//! the fields those commands set (from the upstream `generated.proto`
+//! files); fields not in a table are dropped, as the JSON decoder drops
+//! unknown fields.
 
 use base64::Engine as _;
-use prost::Message as _;
-use prost_reflect::ReflectMessage as _;
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value as PValue,
-};
 use serde_json::{Map, Value, json};
-
-include!(concat!(env!("OUT_DIR"), "/optional.rs"));
-
-/// The media type of protobuf bodies.
-pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
-const MAGIC: &[u8] = b"k8s\0";
-
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/k8s.fds"))[..])
-        .expect("build.rs compiled the vendored Kubernetes protos")
-});
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtobufError {
     #[error("not a Kubernetes protobuf body (no k8s\\0 prefix)")]
     NoMagic,
     #[error("malformed protobuf: {0}")]
-    Malformed(String),
-    #[error("no protobuf encoding for {0} (custom resources and unserved kinds are JSON only)")]
+    Malformed(&'static str),
+    #[error(
+        "protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, ServiceAccount, the RBAC kinds, the access and token reviews, TokenRequest, CSR approvals and DeleteOptions, not {0}"
+    )]
     Unsupported(String),
-    #[error("{path}: {message}")]
-    Field { path: String, message: String },
 }
 
-const TIME: &str = "apimachinery.pkg.apis.meta.v1.Time";
-const MICRO_TIME: &str = "apimachinery.pkg.apis.meta.v1.MicroTime";
-const DURATION: &str = "apimachinery.pkg.apis.meta.v1.Duration";
-const FIELDS_V1: &str = "apimachinery.pkg.apis.meta.v1.FieldsV1";
-const INT_OR_STRING: &str = "apimachinery.pkg.util.intstr.IntOrString";
-const QUANTITY: &str = "apimachinery.pkg.api.resource.Quantity";
-const RAW_EXTENSION: &str = "apimachinery.pkg.runtime.RawExtension";
-const UNKNOWN: &str = "apimachinery.pkg.runtime.Unknown";
-const APIEXT: &str = "apiextensions_apiserver.pkg.apis.apiextensions.v1";
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+    Msg(&'static [Field]),
+    MapStr,
+    MapBytes,
+    MapQuantity,
+    /// metav1.Time: seconds, nanos → RFC 3339 (zero → absent).
+    Time,
+    IntOrString,
+}
 
-/// Embedded structs (Go's `json:",inline"`): a field of the message, its
-/// fields in the parent's JSON object.
-const INLINE: &[&str] = &[
-    "api.core.v1.Volume.volumeSource",
-    "api.core.v1.PersistentVolumeSpec.persistentVolumeSource",
-    "api.core.v1.Probe.handler",
-    "api.core.v1.EphemeralContainer.ephemeralContainerCommon",
-    "api.core.v1.ConfigMapEnvSource.localObjectReference",
-    "api.core.v1.ConfigMapKeySelector.localObjectReference",
-    "api.core.v1.ConfigMapProjection.localObjectReference",
-    "api.core.v1.ConfigMapVolumeSource.localObjectReference",
-    "api.core.v1.SecretEnvSource.localObjectReference",
-    "api.core.v1.SecretKeySelector.localObjectReference",
-    "api.core.v1.SecretProjection.localObjectReference",
-    "api.networking.v1.IngressRule.ingressRuleValue",
-    "api.admissionregistration.v1.NamedRuleWithOperations.ruleWithOperations",
-    "api.admissionregistration.v1.RuleWithOperations.rule",
+#[derive(Clone, Copy)]
+struct Field(u64, &'static str, Kind, bool);
+
+use Kind::*;
+
+const OBJECT_META: &[Field] = &[
+    Field(1, "name", Str, false),
+    Field(2, "generateName", Str, false),
+    Field(3, "namespace", Str, false),
+    Field(5, "uid", Str, false),
+    Field(6, "resourceVersion", Str, false),
+    Field(7, "generation", Int, false),
+    Field(8, "creationTimestamp", Time, false),
+    Field(11, "labels", MapStr, false),
+    Field(12, "annotations", MapStr, false),
+    Field(14, "finalizers", Str, true),
 ];
+const LABEL_SELECTOR_REQ: &[Field] =
+    &[Field(1, "key", Str, false), Field(2, "operator", Str, false), Field(3, "values", Str, true)];
+const LABEL_SELECTOR: &[Field] =
+    &[Field(1, "matchLabels", MapStr, false), Field(2, "matchExpressions", Msg(LABEL_SELECTOR_REQ), true)];
+const CONTAINER_PORT: &[Field] = &[
+    Field(1, "name", Str, false),
+    Field(2, "hostPort", Int, false),
+    Field(3, "containerPort", Int, false),
+    Field(4, "protocol", Str, false),
+    Field(5, "hostIP", Str, false),
+];
+const ENV_VAR: &[Field] = &[Field(1, "name", Str, false), Field(2, "value", Str, false)];
+const RESOURCES: &[Field] = &[Field(1, "limits", MapQuantity, false), Field(2, "requests", MapQuantity, false)];
+const CONTAINER: &[Field] = &[
+    Field(1, "name", Str, false),
+    Field(2, "image", Str, false),
+    Field(3, "command", Str, true),
+    Field(4, "args", Str, true),
+    Field(5, "workingDir", Str, false),
+    Field(6, "ports", Msg(CONTAINER_PORT), true),
+    Field(7, "env", Msg(ENV_VAR), true),
+    Field(8, "resources", Msg(RESOURCES), false),
+    Field(13, "terminationMessagePath", Str, false),
+    Field(14, "imagePullPolicy", Str, false),
+    Field(20, "terminationMessagePolicy", Str, false),
+];
+const POD_SPEC: &[Field] = &[
+    Field(2, "containers", Msg(CONTAINER), true),
+    Field(3, "restartPolicy", Str, false),
+    Field(4, "terminationGracePeriodSeconds", Int, false),
+    Field(6, "dnsPolicy", Str, false),
+    Field(7, "nodeSelector", MapStr, false),
+    Field(8, "serviceAccountName", Str, false),
+    Field(10, "nodeName", Str, false),
+    Field(11, "hostNetwork", Bool, false),
+];
+const POD_TEMPLATE: &[Field] = &[Field(1, "metadata", Msg(OBJECT_META), false), Field(2, "spec", Msg(POD_SPEC), false)];
+const ROLLING_UPDATE: &[Field] =
+    &[Field(1, "maxUnavailable", IntOrString, false), Field(2, "maxSurge", IntOrString, false)];
+const STRATEGY: &[Field] = &[Field(1, "type", Str, false), Field(2, "rollingUpdate", Msg(ROLLING_UPDATE), false)];
+const DEPLOYMENT_SPEC: &[Field] = &[
+    Field(1, "replicas", Int, false),
+    Field(2, "selector", Msg(LABEL_SELECTOR), false),
+    Field(3, "template", Msg(POD_TEMPLATE), false),
+    Field(4, "strategy", Msg(STRATEGY), false),
+    Field(5, "minReadySeconds", Int, false),
+    Field(6, "revisionHistoryLimit", Int, false),
+    Field(7, "paused", Bool, false),
+    Field(9, "progressDeadlineSeconds", Int, false),
+];
+const SERVICE_PORT: &[Field] = &[
+    Field(1, "name", Str, false),
+    Field(2, "protocol", Str, false),
+    Field(3, "port", Int, false),
+    Field(4, "targetPort", IntOrString, false),
+    Field(5, "nodePort", Int, false),
+];
+const SERVICE_SPEC: &[Field] = &[
+    Field(1, "ports", Msg(SERVICE_PORT), true),
+    Field(2, "selector", MapStr, false),
+    Field(3, "clusterIP", Str, false),
+    Field(4, "type", Str, false),
+    Field(5, "externalIPs", Str, true),
+    Field(10, "externalName", Str, false),
+];
+const NAMESPACE_SPEC: &[Field] = &[Field(1, "finalizers", Str, true)];
+const RESOURCE_ATTRIBUTES: &[Field] = &[
+    Field(1, "namespace", Str, false),
+    Field(2, "verb", Str, false),
+    Field(3, "group", Str, false),
+    Field(4, "version", Str, false),
+    Field(5, "resource", Str, false),
+    Field(6, "subresource", Str, false),
+    Field(7, "name", Str, false),
+];
+const NON_RESOURCE_ATTRIBUTES: &[Field] = &[Field(1, "path", Str, false), Field(2, "verb", Str, false)];
+/// metav1.Preconditions and metav1.DeleteOptions: client-go's typed
+/// clients (helm's release storage among them) send delete bodies in
+/// protobuf.
+const PRECONDITIONS: &[Field] = &[Field(1, "uid", Str, false), Field(2, "resourceVersion", Str, false)];
+const DELETE_OPTIONS: &[Field] = &[
+    Field(1, "gracePeriodSeconds", Int, false),
+    Field(2, "preconditions", Msg(PRECONDITIONS), false),
+    Field(3, "orphanDependents", Bool, false),
+    Field(4, "propagationPolicy", Str, false),
+    Field(5, "dryRun", Str, true),
+];
+const ACCESS_REVIEW_SPEC: &[Field] = &[
+    Field(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
+    Field(2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES), false),
+];
+const SUBJECT_ACCESS_REVIEW_SPEC: &[Field] = &[
+    Field(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES), false),
+    Field(2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES), false),
+    Field(3, "user", Str, false),
+    Field(4, "groups", Str, true),
+    Field(6, "uid", Str, false),
+];
+const RULES_REVIEW_SPEC: &[Field] = &[Field(1, "namespace", Str, false)];
+// ServiceAccounts and their tokens (`kubectl create serviceaccount|token`, TokenReview).
+const OBJECT_REFERENCE: &[Field] = &[
+    Field(1, "kind", Str, false),
+    Field(2, "namespace", Str, false),
+    Field(3, "name", Str, false),
+    Field(4, "uid", Str, false),
+    Field(5, "apiVersion", Str, false),
+    Field(6, "resourceVersion", Str, false),
+    Field(7, "fieldPath", Str, false),
+];
+const LOCAL_OBJECT_REFERENCE: &[Field] = &[Field(1, "name", Str, false)];
+const BOUND_OBJECT_REFERENCE: &[Field] = &[
+    Field(1, "kind", Str, false),
+    Field(2, "apiVersion", Str, false),
+    Field(3, "name", Str, false),
+    Field(4, "uid", Str, false),
+];
+const TOKEN_REQUEST_SPEC: &[Field] = &[
+    Field(1, "audiences", Str, true),
+    Field(3, "boundObjectRef", Msg(BOUND_OBJECT_REFERENCE), false),
+    Field(4, "expirationSeconds", Int, false),
+];
+const TOKEN_REVIEW_SPEC: &[Field] = &[Field(1, "token", Str, false), Field(2, "audiences", Str, true)];
+// rbac.authorization.k8s.io/v1 (`kubectl create role|clusterrole|rolebinding|clusterrolebinding`).
+const POLICY_RULE: &[Field] = &[
+    Field(1, "verbs", Str, true),
+    Field(2, "apiGroups", Str, true),
+    Field(3, "resources", Str, true),
+    Field(4, "resourceNames", Str, true),
+    Field(5, "nonResourceURLs", Str, true),
+];
+const SUBJECT: &[Field] = &[
+    Field(1, "kind", Str, false),
+    Field(2, "apiGroup", Str, false),
+    Field(3, "name", Str, false),
+    Field(4, "namespace", Str, false),
+];
+const ROLE_REF: &[Field] =
+    &[Field(1, "apiGroup", Str, false), Field(2, "kind", Str, false), Field(3, "name", Str, false)];
 
-/// Pointer fields whose zero is a value, not "unset".
+// certificates.k8s.io/v1: `kubectl certificate approve|deny` PUTs the approval subresource.
+const CSR_CONDITION: &[Field] = &[
+    Field(1, "type", Str, false),
+    Field(6, "status", Str, false),
+    Field(2, "reason", Str, false),
+    Field(3, "message", Str, false),
+    Field(4, "lastUpdateTime", Time, false),
+    Field(5, "lastTransitionTime", Time, false),
+];
+const CSR_STATUS: &[Field] = &[Field(1, "conditions", Msg(CSR_CONDITION), true)];
+
+/// Pointer fields, where a zero value is meant.
 const POINTERS: &[&str] = &[
     "replicas",
-    "minReplicas",
-    "parallelism",
-    "completions",
-    "backoffLimit",
-    "backoffLimitPerIndex",
-    "maxFailedIndexes",
-    "activeDeadlineSeconds",
-    "ttlSecondsAfterFinished",
-    "startingDeadlineSeconds",
-    "successfulJobsHistoryLimit",
-    "failedJobsHistoryLimit",
-    "suspend",
-    "partition",
     "revisionHistoryLimit",
     "progressDeadlineSeconds",
     "terminationGracePeriodSeconds",
-    "gracePeriodSeconds",
-    "deletionGracePeriodSeconds",
-    "orphanDependents",
-    "runAsUser",
-    "runAsGroup",
-    "runAsNonRoot",
-    "fsGroup",
-    "privileged",
-    "allowPrivilegeEscalation",
-    "readOnlyRootFilesystem",
-    "automountServiceAccountToken",
-    "enableServiceLinks",
-    "shareProcessNamespace",
-    "hostUsers",
-    "setHostnameAsFQDN",
     "immutable",
-    "optional",
-    "defaultMode",
-    "mode",
-    "expirationSeconds",
-    "allocateLoadBalancerNodePorts",
-    "stabilizationWindowSeconds",
-    "selectPolicy",
-    "timeoutSeconds",
-    "priority",
-    "value",
-    "limit",
-    "continue",
-    "remainingItemCount",
-    "externalTrafficPolicy",
-    "ready",
-    "serving",
-    "terminating",
-    "holderIdentity",
-    "leaseDurationSeconds",
-    "leaseTransitions",
-    "unhealthyPodEvictionPolicy",
-    "storageClassName",
-    "volumeMode",
-    "timeZone",
-    "runtimeClassName",
+    "gracePeriodSeconds",
+    "orphanDependents",
+    "automountServiceAccountToken",
 ];
-/// Pointer strings whose `""` is a value (a claim of no class).
-const STRING_POINTERS: &[&str] = &["storageClassName"];
 
-/// The message of `kind` in `api_version` (`v1`, `apps/v1`, …; the
-/// `meta.k8s.io` kinds such as DeleteOptions and Status under any).
-pub fn descriptor(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let package = match group {
-        "" => format!("api.core.{version}"),
-        "apiextensions.k8s.io" => format!("apiextensions_apiserver.pkg.apis.apiextensions.{version}"),
-        "meta.k8s.io" => format!("apimachinery.pkg.apis.meta.{version}"),
-        g => format!("api.{}.{version}", g.split('.').next().unwrap_or(g)),
-    };
-    POOL.get_message_by_name(&format!("{package}.{kind}"))
-        .or_else(|| POOL.get_message_by_name(&format!("apimachinery.pkg.apis.meta.v1.{kind}")))
+fn top_level(kind: &str) -> Option<&'static [Field]> {
+    const META: Field = Field(1, "metadata", Msg(OBJECT_META), false);
+    Some(match kind {
+        "Namespace" => &[META, Field(2, "spec", Msg(NAMESPACE_SPEC), false)],
+        "ConfigMap" => &[
+            META,
+            Field(2, "data", MapStr, false),
+            Field(3, "binaryData", MapBytes, false),
+            Field(4, "immutable", Bool, false),
+        ],
+        "Secret" => &[
+            META,
+            Field(2, "data", MapBytes, false),
+            Field(3, "type", Str, false),
+            Field(4, "stringData", MapStr, false),
+            Field(5, "immutable", Bool, false),
+        ],
+        "Service" => &[META, Field(2, "spec", Msg(SERVICE_SPEC), false)],
+        "Deployment" => &[META, Field(2, "spec", Msg(DEPLOYMENT_SPEC), false)],
+        "SelfSubjectAccessReview" => &[META, Field(2, "spec", Msg(ACCESS_REVIEW_SPEC), false)],
+        "DeleteOptions" => DELETE_OPTIONS,
+        "SubjectAccessReview" | "LocalSubjectAccessReview" => {
+            &[META, Field(2, "spec", Msg(SUBJECT_ACCESS_REVIEW_SPEC), false)]
+        }
+        "ServiceAccount" => &[
+            META,
+            Field(2, "secrets", Msg(OBJECT_REFERENCE), true),
+            Field(3, "imagePullSecrets", Msg(LOCAL_OBJECT_REFERENCE), true),
+            Field(4, "automountServiceAccountToken", Bool, false),
+        ],
+        "TokenRequest" => &[META, Field(2, "spec", Msg(TOKEN_REQUEST_SPEC), false)],
+        "TokenReview" => &[META, Field(2, "spec", Msg(TOKEN_REVIEW_SPEC), false)],
+        "SelfSubjectRulesReview" => &[META, Field(2, "spec", Msg(RULES_REVIEW_SPEC), false)],
+        "SelfSubjectReview" => &[META],
+        "Role" | "ClusterRole" => &[META, Field(2, "rules", Msg(POLICY_RULE), true)],
+        "CertificateSigningRequest" => &[META, Field(3, "status", Msg(CSR_STATUS), false)],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            &[META, Field(2, "subjects", Msg(SUBJECT), true), Field(3, "roleRef", Msg(ROLE_REF), false)]
+        }
+        _ => return None,
+    })
+}
+
+/// One field of the wire format: (number, value).
+enum Wire<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Other,
+}
+
+fn varint(b: &[u8], pos: &mut usize) -> Result<u64, ProtobufError> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos).ok_or(ProtobufError::Malformed("truncated varint"))?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(ProtobufError::Malformed("varint too long"))
+}
+
+fn fields(b: &[u8]) -> Result<Vec<(u64, Wire<'_>)>, ProtobufError> {
+    let (mut pos, mut out) = (0, Vec::new());
+    while pos < b.len() {
+        let key = varint(b, &mut pos)?;
+        let value = match key & 7 {
+            0 => Wire::Varint(varint(b, &mut pos)?),
+            2 => {
+                let len = varint(b, &mut pos)? as usize;
+                let end = pos
+                    .checked_add(len)
+                    .filter(|e| *e <= b.len())
+                    .ok_or(ProtobufError::Malformed("length past the end"))?;
+                let s = &b[pos..end];
+                pos = end;
+                Wire::Bytes(s)
+            }
+            1 => {
+                pos += 8;
+                Wire::Other
+            }
+            5 => {
+                pos += 4;
+                Wire::Other
+            }
+            _ => return Err(ProtobufError::Malformed("unsupported wire type")),
+        };
+        if pos > b.len() {
+            return Err(ProtobufError::Malformed("truncated field"));
+        }
+        out.push((key >> 3, value));
+    }
+    Ok(out)
+}
+
+fn string(b: &[u8]) -> Value {
+    Value::String(String::from_utf8_lossy(b).into_owned())
+}
+
+fn map_entry(b: &[u8], value: impl Fn(&[u8]) -> Value) -> Result<(String, Value), ProtobufError> {
+    let (mut k, mut v) = (String::new(), value(&[]));
+    for (n, w) in fields(b)? {
+        match (n, w) {
+            (1, Wire::Bytes(s)) => k = String::from_utf8_lossy(s).into_owned(),
+            (2, Wire::Bytes(s)) => v = value(s),
+            _ => {}
+        }
+    }
+    Ok((k, v))
+}
+
+fn decode_value(kind: Kind, w: &Wire<'_>) -> Result<Option<Value>, ProtobufError> {
+    Ok(match (kind, w) {
+        (Str, Wire::Bytes(s)) => Some(string(s)),
+        (Int, Wire::Varint(v)) => Some(json!(*v as i64)),
+        (Bool, Wire::Varint(v)) => Some(json!(*v != 0)),
+        (Msg(schema), Wire::Bytes(s)) => Some(message(schema, s)?),
+        (Time, Wire::Bytes(s)) => {
+            let mut secs = 0i64;
+            for (n, w) in fields(s)? {
+                if let (1, Wire::Varint(v)) = (n, w) {
+                    secs = v as i64;
+                }
+            }
+            (secs != 0).then(|| {
+                let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                json!(crate::registry::format_time(t))
+            })
+        }
+        (IntOrString, Wire::Bytes(s)) => {
+            let (mut ty, mut i, mut st) = (0, 0i64, String::new());
+            for (n, w) in fields(s)? {
+                match (n, w) {
+                    (1, Wire::Varint(v)) => ty = v,
+                    (2, Wire::Varint(v)) => i = v as i64,
+                    (3, Wire::Bytes(b)) => st = String::from_utf8_lossy(b).into_owned(),
+                    _ => {}
+                }
+            }
+            Some(if ty == 1 { json!(st) } else { json!(i) })
+        }
+        _ => None,
+    })
+}
+
+fn message(schema: &[Field], b: &[u8]) -> Result<Value, ProtobufError> {
+    let mut out = Map::new();
+    for (n, w) in fields(b)? {
+        let Some(&Field(_, name, kind, repeated)) = schema.iter().find(|f| f.0 == n) else { continue };
+        match (kind, &w) {
+            (MapStr | MapBytes | MapQuantity, Wire::Bytes(s)) => {
+                let (k, v) = match kind {
+                    MapStr => map_entry(s, string)?,
+                    MapBytes => map_entry(s, |b| json!(base64::engine::general_purpose::STANDARD.encode(b)))?,
+                    _ => map_entry(s, |b| {
+                        // resource.Quantity { string = 1 }
+                        fields(b)
+                            .ok()
+                            .and_then(|f| {
+                                f.into_iter().find_map(|(n, w)| match (n, w) {
+                                    (1, Wire::Bytes(s)) => Some(string(s)),
+                                    _ => None,
+                                })
+                            })
+                            .unwrap_or(json!("0"))
+                    })?,
+                };
+                if let Some(m) = out.entry(name.to_string()).or_insert_with(|| json!({})).as_object_mut() {
+                    m.insert(k, v);
+                }
+            }
+            _ => {
+                let Some(v) = decode_value(kind, &w)? else { continue };
+                // Go's encoder writes every non-pointer field; zero means unset.
+                let zero = v == json!("") || v == json!(0) || v == json!(false);
+                if zero && !repeated && !POINTERS.contains(&name) {
+                    continue;
+                }
+                if repeated {
+                    if let Some(a) = out.entry(name.to_string()).or_insert_with(|| json!([])).as_array_mut() {
+                        a.push(v);
+                    }
+                } else {
+                    out.insert(name.to_string(), v);
+                }
+            }
+        }
+    }
+    Ok(Value::Object(out))
 }
 
 /// Decodes a `k8s\0`-prefixed body into the JSON object it encodes.
 pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
-    let rest = body.strip_prefix(MAGIC).ok_or(ProtobufError::NoMagic)?;
-    let unknown = POOL.get_message_by_name(UNKNOWN).expect("runtime.Unknown is vendored");
-    let env = DynamicMessage::decode(unknown, rest).map_err(|e| ProtobufError::Malformed(e.to_string()))?;
-    let type_meta = env.get_field_by_name("typeMeta").and_then(|v| v.as_message().cloned());
-    let text = |name: &str| {
-        type_meta
-            .as_ref()
-            .and_then(|t| t.get_field_by_name(name))
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
-    };
-    let (api_version, kind) = (text("apiVersion"), text("kind"));
-    let raw = env.get_field_by_name("raw").and_then(|v| v.as_bytes().cloned()).unwrap_or_default();
-    let desc = descriptor(&api_version, &kind)
-        .ok_or_else(|| ProtobufError::Unsupported(format!("{api_version:?} kind {kind:?}")))?;
-    let msg = DynamicMessage::decode(desc, &raw[..]).map_err(|e| ProtobufError::Malformed(e.to_string()))?;
-    let mut obj = to_json(&msg);
-    if let Some(o) = obj.as_object_mut() {
-        o.insert("apiVersion".into(), api_version.into());
-        o.insert("kind".into(), kind.into());
+    let rest = body.strip_prefix(b"k8s\0").ok_or(ProtobufError::NoMagic)?;
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    for (n, w) in fields(rest)? {
+        match (n, w) {
+            (1, Wire::Bytes(tm)) => {
+                for (n, w) in fields(tm)? {
+                    match (n, w) {
+                        (1, Wire::Bytes(s)) => api_version = String::from_utf8_lossy(s).into_owned(),
+                        (2, Wire::Bytes(s)) => kind = String::from_utf8_lossy(s).into_owned(),
+                        _ => {}
+                    }
+                }
+            }
+            (2, Wire::Bytes(r)) => raw = r,
+            _ => {}
+        }
     }
+    let schema = top_level(&kind).ok_or_else(|| ProtobufError::Unsupported(kind.clone()))?;
+    let mut obj = message(schema, raw)?;
+    obj["apiVersion"] = api_version.into();
+    obj["kind"] = kind.into();
     Ok(obj)
-}
-
-/// Encodes a JSON object with `apiVersion` and `kind` as a `k8s\0` body.
-pub fn encode(obj: &Value) -> Result<Vec<u8>, ProtobufError> {
-    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-    let kind = obj["kind"].as_str().unwrap_or_default();
-    let desc = descriptor(api_version, kind)
-        .ok_or_else(|| ProtobufError::Unsupported(format!("{api_version:?} kind {kind:?}")))?;
-    let msg = from_json(&desc, obj, "")?;
-    let unknown = POOL.get_message_by_name(UNKNOWN).expect("runtime.Unknown is vendored");
-    let mut env = DynamicMessage::new(unknown.clone());
-    let tm_field = unknown.get_field_by_name("typeMeta").expect("Unknown.typeMeta");
-    let Kind::Message(tm_desc) = tm_field.kind() else { unreachable!("typeMeta is a message") };
-    let mut tm = DynamicMessage::new(tm_desc);
-    tm.set_field_by_name("apiVersion", PValue::String(api_version.into()));
-    tm.set_field_by_name("kind", PValue::String(kind.into()));
-    env.set_field(&tm_field, PValue::Message(tm));
-    env.set_field_by_name("raw", PValue::Bytes(msg.encode_to_vec().into()));
-    env.set_field_by_name("contentEncoding", PValue::String(String::new()));
-    env.set_field_by_name("contentType", PValue::String(String::new()));
-    let mut out = MAGIC.to_vec();
-    out.extend(env.encode_to_vec());
-    Ok(out)
-}
-
-fn format_time(seconds: i64, nanos: i32, micro: bool) -> Value {
-    if seconds == 0 && nanos == 0 {
-        return Value::Null;
-    }
-    let t = time::OffsetDateTime::from_unix_timestamp(seconds).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let s = crate::registry::format_time(t);
-    if micro {
-        let micros = nanos / 1000;
-        return json!(format!("{}.{micros:06}Z", s.trim_end_matches('Z')));
-    }
-    json!(s)
-}
-
-/// Go's `time.Duration.String` for whole and fractional seconds.
-fn format_duration(nanos: i64) -> String {
-    if nanos == 0 {
-        return "0s".into();
-    }
-    let sign = if nanos < 0 { "-" } else { "" };
-    let n = nanos.unsigned_abs();
-    if n < 1_000_000_000 {
-        let (unit, div) = if n < 1_000 {
-            ("ns", 1)
-        } else if n < 1_000_000 {
-            ("µs", 1_000)
-        } else {
-            ("ms", 1_000_000)
-        };
-        return format!("{sign}{}{unit}", trim_fraction(n, div));
-    }
-    let (h, rest) = (n / 3_600_000_000_000, n % 3_600_000_000_000);
-    let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
-    let s = trim_fraction(rest, 1_000_000_000);
-    match (h, m) {
-        (0, 0) => format!("{sign}{s}s"),
-        (0, m) => format!("{sign}{m}m{s}s"),
-        (h, m) => format!("{sign}{h}h{m}m{s}s"),
-    }
-}
-
-fn trim_fraction(n: u64, div: u64) -> String {
-    let (whole, frac) = (n / div, n % div);
-    if frac == 0 {
-        return whole.to_string();
-    }
-    let width = div.to_string().len() - 1;
-    format!("{whole}.{}", format!("{frac:0width$}").trim_end_matches('0'))
-}
-
-fn parse_duration(s: &str) -> Option<i64> {
-    let (neg, mut rest) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    if rest == "0" {
-        return Some(0);
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..end].parse().ok()?;
-        rest = &rest[end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += n * scale;
-        rest = &rest[unit_end..];
-    }
-    Some(if neg { -total as i64 } else { total as i64 })
-}
-
-fn raw_json(msg: &DynamicMessage, name: &str) -> Value {
-    let raw = msg.get_field_by_name(name).and_then(|v| v.as_bytes().cloned()).unwrap_or_default();
-    if raw.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&raw).unwrap_or_else(|_| json!(base64::engine::general_purpose::STANDARD.encode(&raw)))
-}
-
-fn int_field(msg: &DynamicMessage, name: &str) -> i64 {
-    msg.get_field_by_name(name).and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from))).unwrap_or(0)
-}
-
-fn str_field(msg: &DynamicMessage, name: &str) -> String {
-    msg.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-fn present(msg: &DynamicMessage, name: &str) -> Option<Value> {
-    let desc = msg.descriptor().get_field_by_name(name)?;
-    msg.has_field(&desc).then(|| field_json(&desc, &msg.get_field(&desc)))
-}
-
-/// JSONSchemaProps' JSON names that are not its field names.
-fn schema_json_name(field: &str) -> String {
-    match field {
-        "ref" => "$ref".into(),
-        "schema" => "$schema".into(),
-        f if f.starts_with("xKubernetes") => {
-            let mut out = String::from("x");
-            for c in f[1..].chars() {
-                if c.is_ascii_uppercase() {
-                    out.push('-');
-                    out.push(c.to_ascii_lowercase());
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        }
-        f => f.into(),
-    }
-}
-
-fn schema_field_name(json: &str) -> String {
-    match json {
-        "$ref" => "ref".into(),
-        "$schema" => "schema".into(),
-        j if j.starts_with("x-kubernetes-") => {
-            let mut out = String::new();
-            let mut upper = false;
-            for c in j.chars() {
-                if c == '-' {
-                    upper = true;
-                } else if upper {
-                    out.push(c.to_ascii_uppercase());
-                    upper = false;
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        }
-        j => j.into(),
-    }
-}
-
-/// The JSON object (or value, for the hand-mapped types) of a message.
-fn to_json(msg: &DynamicMessage) -> Value {
-    let desc = msg.descriptor();
-    let name = desc.full_name();
-    match name {
-        TIME => return format_time(int_field(msg, "seconds"), int_field(msg, "nanos") as i32, false),
-        MICRO_TIME => return format_time(int_field(msg, "seconds"), int_field(msg, "nanos") as i32, true),
-        DURATION => return json!(format_duration(int_field(msg, "duration"))),
-        INT_OR_STRING => {
-            return if int_field(msg, "type") == 1 {
-                json!(str_field(msg, "strVal"))
-            } else {
-                json!(int_field(msg, "intVal"))
-            };
-        }
-        QUANTITY => return json!(str_field(msg, "string")),
-        RAW_EXTENSION => return raw_json(msg, "raw"),
-        FIELDS_V1 => return raw_json(msg, "Raw"),
-        _ => {}
-    }
-    if let Some(local) = name.strip_prefix(APIEXT).and_then(|n| n.strip_prefix('.')) {
-        match local {
-            "JSON" => return raw_json(msg, "raw"),
-            "JSONSchemaPropsOrArray" => {
-                return present(msg, "schema").or_else(|| present(msg, "jSONSchemas")).unwrap_or(Value::Null);
-            }
-            "JSONSchemaPropsOrBool" => {
-                return present(msg, "schema").unwrap_or_else(|| json!(bool_field(msg, "allows")));
-            }
-            "JSONSchemaPropsOrStringArray" => {
-                return present(msg, "schema").or_else(|| present(msg, "property")).unwrap_or(Value::Null);
-            }
-            _ => {}
-        }
-    }
-    let schema_props = name == format!("{APIEXT}.JSONSchemaProps");
-    let mut out = Map::new();
-    for field in desc.fields() {
-        let optional = schema_props || OPTIONAL.binary_search(&field.full_name()).is_ok();
-        let key = if schema_props { schema_json_name(field.name()) } else { field.name().to_string() };
-        if !msg.has_field(&field) {
-            // Absent, or an empty list or map: Go's JSON omits those too.
-            continue;
-        }
-        let v = field_json(&field, &msg.get_field(&field));
-        // A zero status (Go writes the struct whatever it holds) is no
-        // status: a TokenRequest's would lack its required expiration.
-        if v.is_null() || (field.name() == "status" && v.as_object().is_some_and(Map::is_empty)) {
-            continue;
-        }
-        if INLINE.contains(&field.full_name()) {
-            if let Value::Object(inner) = v {
-                out.extend(inner);
-            }
-            continue;
-        }
-        let scalar = !field.is_list() && !field.is_map() && !matches!(field.kind(), Kind::Message(_));
-        if scalar {
-            let keep = match &v {
-                Value::String(s) if s.is_empty() => STRING_POINTERS.contains(&field.name()),
-                Value::Bool(false) => !optional || POINTERS.contains(&field.name()),
-                Value::Number(n) if n.as_f64() == Some(0.0) => !optional || POINTERS.contains(&field.name()),
-                _ => true,
-            };
-            if !keep {
-                continue;
-            }
-        }
-        out.insert(key, v);
-    }
-    Value::Object(out)
-}
-
-fn bool_field(msg: &DynamicMessage, name: &str) -> bool {
-    msg.get_field_by_name(name).and_then(|v| v.as_bool()).unwrap_or(false)
-}
-
-fn field_json(field: &FieldDescriptor, v: &PValue) -> Value {
-    match v {
-        PValue::List(items) => Value::Array(items.iter().map(scalar_json).collect()),
-        PValue::Map(m) => {
-            let mut out = Map::new();
-            for (k, v) in m {
-                let key = match k {
-                    MapKey::String(s) => s.clone(),
-                    MapKey::Bool(b) => b.to_string(),
-                    MapKey::I32(n) => n.to_string(),
-                    MapKey::I64(n) => n.to_string(),
-                    MapKey::U32(n) => n.to_string(),
-                    MapKey::U64(n) => n.to_string(),
-                };
-                out.insert(key, scalar_json(v));
-            }
-            let _ = field;
-            Value::Object(out)
-        }
-        v => scalar_json(v),
-    }
-}
-
-fn scalar_json(v: &PValue) -> Value {
-    match v {
-        PValue::Bool(b) => json!(b),
-        PValue::I32(n) => json!(n),
-        PValue::I64(n) => json!(n),
-        PValue::U32(n) => json!(n),
-        PValue::U64(n) => json!(n),
-        PValue::F32(n) => json!(n),
-        PValue::F64(n) => json!(n),
-        PValue::String(s) => json!(s),
-        PValue::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
-        PValue::EnumNumber(n) => json!(n),
-        PValue::Message(m) => to_json(m),
-        PValue::List(_) | PValue::Map(_) => Value::Null,
-    }
-}
-
-fn wrong(path: &str, want: &str, got: &Value) -> ProtobufError {
-    ProtobufError::Field {
-        path: path.trim_start_matches('.').to_string(),
-        message: format!("expected {want}, got {got}"),
-    }
-}
-
-fn parse_time(s: &str) -> Option<(i64, i32)> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    Some((t.unix_timestamp(), t.nanosecond() as i32))
-}
-
-/// The message of `desc` that a JSON value encodes.
-fn from_json(desc: &MessageDescriptor, v: &Value, path: &str) -> Result<DynamicMessage, ProtobufError> {
-    let mut msg = DynamicMessage::new(desc.clone());
-    let name = desc.full_name();
-    let set = |msg: &mut DynamicMessage, field: &str, value: PValue| msg.set_field_by_name(field, value);
-    match name {
-        TIME | MICRO_TIME => {
-            let s = v.as_str().ok_or_else(|| wrong(path, "an RFC 3339 time", v))?;
-            let (secs, nanos) = parse_time(s).ok_or_else(|| wrong(path, "an RFC 3339 time", v))?;
-            set(&mut msg, "seconds", PValue::I64(secs));
-            set(&mut msg, "nanos", PValue::I32(if name == MICRO_TIME { nanos } else { 0 }));
-            return Ok(msg);
-        }
-        DURATION => {
-            let d = v.as_str().and_then(parse_duration).ok_or_else(|| wrong(path, "a duration", v))?;
-            set(&mut msg, "duration", PValue::I64(d));
-            return Ok(msg);
-        }
-        INT_OR_STRING => {
-            match v {
-                Value::String(s) => {
-                    set(&mut msg, "type", PValue::I64(1));
-                    set(&mut msg, "intVal", PValue::I32(0));
-                    set(&mut msg, "strVal", PValue::String(s.clone()));
-                }
-                Value::Number(n) => {
-                    set(&mut msg, "type", PValue::I64(0));
-                    set(&mut msg, "intVal", PValue::I32(n.as_i64().unwrap_or(0) as i32));
-                    set(&mut msg, "strVal", PValue::String(String::new()));
-                }
-                _ => return Err(wrong(path, "an integer or a string", v)),
-            }
-            return Ok(msg);
-        }
-        QUANTITY => {
-            let s = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return Err(wrong(path, "a quantity", v)),
-            };
-            set(&mut msg, "string", PValue::String(s));
-            return Ok(msg);
-        }
-        RAW_EXTENSION | FIELDS_V1 => {
-            let field = if name == FIELDS_V1 { "Raw" } else { "raw" };
-            set(&mut msg, field, PValue::Bytes(serde_json::to_vec(v).unwrap_or_default().into()));
-            return Ok(msg);
-        }
-        _ => {}
-    }
-    if let Some(local) = name.strip_prefix(APIEXT).and_then(|n| n.strip_prefix('.')) {
-        let schema = || POOL.get_message_by_name(&format!("{APIEXT}.JSONSchemaProps")).expect("JSONSchemaProps");
-        match (local, v) {
-            ("JSON", v) => {
-                set(&mut msg, "raw", PValue::Bytes(serde_json::to_vec(v).unwrap_or_default().into()));
-                return Ok(msg);
-            }
-            ("JSONSchemaPropsOrArray" | "JSONSchemaPropsOrStringArray" | "JSONSchemaPropsOrBool", Value::Object(_)) => {
-                set(&mut msg, "schema", PValue::Message(from_json(&schema(), v, path)?));
-                if local == "JSONSchemaPropsOrBool" {
-                    set(&mut msg, "allows", PValue::Bool(true));
-                }
-                return Ok(msg);
-            }
-            ("JSONSchemaPropsOrArray", Value::Array(items)) => {
-                let list = items.iter().map(|i| from_json(&schema(), i, path).map(PValue::Message));
-                set(&mut msg, "jSONSchemas", PValue::List(list.collect::<Result<_, _>>()?));
-                return Ok(msg);
-            }
-            ("JSONSchemaPropsOrStringArray", Value::Array(items)) => {
-                let list = items.iter().map(|i| PValue::String(i.as_str().unwrap_or_default().into()));
-                set(&mut msg, "property", PValue::List(list.collect()));
-                return Ok(msg);
-            }
-            ("JSONSchemaPropsOrBool", Value::Bool(b)) => {
-                set(&mut msg, "allows", PValue::Bool(*b));
-                return Ok(msg);
-            }
-            ("JSONSchemaPropsOrArray" | "JSONSchemaPropsOrStringArray" | "JSONSchemaPropsOrBool", _) => {
-                return Err(wrong(path, "a schema", v));
-            }
-            _ => {}
-        }
-    }
-    let obj = v.as_object().ok_or_else(|| wrong(path, "an object", v))?;
-    for field in desc.fields().filter(|f| INLINE.contains(&f.full_name())) {
-        if let Kind::Message(inner) = field.kind() {
-            let m = from_json(&inner, v, path)?;
-            if m.fields().next().is_some() {
-                msg.set_field(&field, PValue::Message(m));
-            }
-        }
-    }
-    let schema_props = name == format!("{APIEXT}.JSONSchemaProps");
-    for (key, value) in obj {
-        if value.is_null() {
-            continue;
-        }
-        let fname = if schema_props { schema_field_name(key) } else { key.clone() };
-        let Some(field) = desc.get_field_by_name(&fname) else { continue };
-        let fpath = format!("{path}.{key}");
-        let pv = if field.is_map() {
-            let Kind::Message(entry) = field.kind() else { continue };
-            let vkind = entry.map_entry_value_field().kind();
-            let m = value.as_object().ok_or_else(|| wrong(&fpath, "an object", value))?;
-            let mut out = HashMap::new();
-            for (k, v) in m {
-                out.insert(MapKey::String(k.clone()), scalar_from_json(&vkind, v, &format!("{fpath}.{k}"))?);
-            }
-            PValue::Map(out)
-        } else if field.is_list() {
-            let items = value.as_array().ok_or_else(|| wrong(&fpath, "a list", value))?;
-            let kind = field.kind();
-            let list = items.iter().enumerate().map(|(i, v)| scalar_from_json(&kind, v, &format!("{fpath}[{i}]")));
-            PValue::List(list.collect::<Result<_, _>>()?)
-        } else {
-            scalar_from_json(&field.kind(), value, &fpath)?
-        };
-        msg.set_field(&field, pv);
-    }
-    Ok(msg)
-}
-
-fn scalar_from_json(kind: &Kind, v: &Value, path: &str) -> Result<PValue, ProtobufError> {
-    let int = || v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)).ok_or_else(|| wrong(path, "an integer", v));
-    Ok(match kind {
-        Kind::String => match v {
-            Value::String(s) => PValue::String(s.clone()),
-            Value::Number(_) | Value::Bool(_) => PValue::String(v.to_string()),
-            _ => return Err(wrong(path, "a string", v)),
-        },
-        Kind::Bytes => {
-            let s = v.as_str().ok_or_else(|| wrong(path, "base64 data", v))?;
-            let b = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| wrong(path, "base64 data", v))?;
-            PValue::Bytes(b.into())
-        }
-        Kind::Bool => PValue::Bool(v.as_bool().ok_or_else(|| wrong(path, "a boolean", v))?),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => PValue::I32(int()? as i32),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => PValue::I64(int()?),
-        Kind::Uint32 | Kind::Fixed32 => PValue::U32(int()? as u32),
-        Kind::Uint64 | Kind::Fixed64 => PValue::U64(int()? as u64),
-        Kind::Double => PValue::F64(v.as_f64().ok_or_else(|| wrong(path, "a number", v))?),
-        Kind::Float => PValue::F32(v.as_f64().ok_or_else(|| wrong(path, "a number", v))? as f32),
-        Kind::Enum(_) => PValue::EnumNumber(int()? as i32),
-        Kind::Message(m) => PValue::Message(from_json(m, v, path)?),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every served built-in kind has a message.
-    #[test]
-    fn every_built_in_kind_has_a_message() {
-        for rt in crate::resources::RESOURCES {
-            assert!(descriptor(&rt.api_version(), rt.kind).is_some(), "{} {}", rt.api_version(), rt.kind);
-        }
-        assert!(descriptor("v1", "DeleteOptions").is_some());
-        assert!(descriptor("meta.k8s.io/v1", "DeleteOptions").is_some());
-        assert!(descriptor("stable.example.com/v1", "CronTab").is_none());
+    fn field(out: &mut Vec<u8>, n: u64, bytes: &[u8]) {
+        out.push((n << 3 | 2) as u8);
+        out.push(bytes.len() as u8);
+        out.extend_from_slice(bytes);
     }
 
-    fn roundtrip(obj: Value) {
-        let body = encode(&obj).unwrap();
-        assert!(body.starts_with(MAGIC));
-        assert_eq!(decode(&body).unwrap(), obj);
-    }
-
-    #[test]
-    fn round_trips_the_kinds_charts_create() {
-        roundtrip(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "labels": {"a": "b"}},
-                         "data": {"k": "v"}, "binaryData": {"b": "AAE="}}));
-        roundtrip(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": "db", "namespace": "default", "creationTimestamp": "2026-12-03T18:00:00Z"},
-            "spec": {"replicas": 0, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
-                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [
-                    {"name": "c", "image": "busybox", "resources": {"limits": {"cpu": "100m"}},
-                     "securityContext": {"runAsUser": 0}}]}},
-                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0, "maxUnavailable": "50%"}},
-                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
-                    "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}}]}}));
-        roundtrip(json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
-            "spec": {"schedule": "0 3 * * *", "timeZone": "Europe/Paris", "suspend": false,
-                "jobTemplate": {"spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
-                    "containers": [{"name": "c", "image": "busybox", "command": ["true"]}]}}}}}}));
-        roundtrip(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "r"}, "rules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}],
-            "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"x": "y"}}]}}));
-        roundtrip(json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"},
-            "eventTime": "2026-12-03T18:00:00.123456Z", "reportingController": "c", "reportingInstance": "i",
-            "action": "A", "reason": "R", "type": "Normal", "regarding": {"kind": "Pod", "name": "p"}}));
-        roundtrip(json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "crontabs.stable.example.com"},
-            "spec": {"group": "stable.example.com", "scope": "Namespaced",
-                "names": {"plural": "crontabs", "kind": "CronTab", "shortNames": ["ct"]},
-                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
-                    "type": "object", "x-kubernetes-preserve-unknown-fields": true,
-                    "properties": {"spec": {"type": "object", "required": ["cron"],
-                        "properties": {"cron": {"type": "string", "default": "* * * * *"},
-                                       "n": {"type": "integer", "maximum": 10.5}}},
-                        "tags": {"type": "array", "items": {"type": "string"}},
-                        "extra": {"type": "object", "additionalProperties": false}}}}}]}}));
-        roundtrip(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
-            "containers": [{"name": "c", "image": "i", "readinessProbe": {"httpGet": {"path": "/", "port": "http"}},
-                "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}],
-            "volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "configMap": {"name": "cm", "defaultMode": 420}}]}}));
-        roundtrip(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "web"},
-            "spec": {"rules": [{"host": "web.example", "http": {"paths": [{"path": "/", "pathType": "Prefix",
-                "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}));
-        roundtrip(json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-            "preconditions": {"uid": "u-1"}, "propagationPolicy": "Foreground", "dryRun": ["All"]}));
+    /// A `k8s\0` + runtime.Unknown body of a v1 kind.
+    fn envelope(kind: &[u8], raw: &[u8]) -> Vec<u8> {
+        let mut tm = Vec::new();
+        field(&mut tm, 1, b"v1");
+        field(&mut tm, 2, kind);
+        let mut body = b"k8s\0".to_vec();
+        field(&mut body, 1, &tm);
+        field(&mut body, 2, raw);
+        body
     }
 
     #[test]
-    fn drops_go_zero_values_of_optional_fields_only() {
-        // A Go encoder writes non-pointer zeros: hostNetwork false, a
-        // container's empty workingDir; dropped. `replicas: 0` is a pointer.
-        let body =
-            encode(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": ""},
-            "spec": {"replicas": 0, "template": {"spec": {"hostNetwork": false,
-                "containers": [{"name": "c", "image": "i", "workingDir": ""}]}}}}))
-            .unwrap();
+    fn decodes_a_configmap_envelope() {
+        let mut meta = Vec::new();
+        field(&mut meta, 1, b"cm");
+        let mut entry = Vec::new();
+        field(&mut entry, 1, b"k");
+        field(&mut entry, 2, b"v");
+        let mut raw = Vec::new();
+        field(&mut raw, 1, &meta);
+        field(&mut raw, 2, &entry);
+        let body = envelope(b"ConfigMap", &raw);
         assert_eq!(
             decode(&body).unwrap(),
-            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-                "spec": {"replicas": 0, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"k": "v"}})
         );
+        assert_eq!(decode(b"{}"), Err(ProtobufError::NoMagic));
+        assert!(decode(b"k8s\0\x0a\xff").is_err());
+    }
+
+    fn varint_field(out: &mut Vec<u8>, n: u64, v: u8) {
+        out.push((n << 3) as u8);
+        out.push(v);
     }
 
     #[test]
-    fn refuses_what_it_cannot_read() {
-        assert_eq!(decode(b"{}"), Err(ProtobufError::NoMagic));
-        assert!(matches!(decode(b"k8s\0\x0a\xff"), Err(ProtobufError::Malformed(_))));
-        let custom = encode(&json!({"apiVersion": "stable.example.com/v1", "kind": "CronTab"}));
-        assert!(matches!(custom, Err(ProtobufError::Unsupported(_))), "{custom:?}");
-        let bad =
-            encode(&json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": 1, "ports": "x"}]}}));
-        assert_eq!(bad.unwrap_err().to_string(), "spec.containers[0].ports: expected a list, got \"x\"");
-        assert_eq!(format_duration(90_500_000_000), "1m30.5s");
-        assert_eq!(parse_duration("1h2m3.5s"), Some(3_723_500_000_000));
+    fn decodes_delete_options_with_a_zero_grace_period() {
+        let mut pre = Vec::new();
+        field(&mut pre, 1, b"u-1");
+        let mut raw = Vec::new();
+        varint_field(&mut raw, 1, 0);
+        field(&mut raw, 2, &pre);
+        field(&mut raw, 4, b"Foreground");
+        field(&mut raw, 5, b"All");
+        let body = envelope(b"DeleteOptions", &raw);
+        assert_eq!(
+            decode(&body).unwrap(),
+            json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                   "preconditions": {"uid": "u-1"}, "propagationPolicy": "Foreground", "dryRun": ["All"]})
+        );
     }
 }

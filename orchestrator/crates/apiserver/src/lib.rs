@@ -510,46 +510,12 @@ pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming
             return error_response(&e);
         }
     };
-    let response = match route(&state, user.as_ref(), &parts.method, &parts.headers, &path, &query, body).await {
+    match route(&state, user.as_ref(), &parts.method, &parts.headers, &path, &query, body).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(code = e.code, "{}", e.message);
             error_response(&e)
         }
-    };
-    match negotiate::response_format(&parts.headers) {
-        negotiate::Format::Json => response,
-        negotiate::Format::Protobuf => to_protobuf(response, negotiate::json_acceptable(&parts.headers)),
-    }
-}
-
-/// A JSON response rewritten in protobuf for a client that prefers it:
-/// objects, lists and Status of the built-in kinds. Streams (watch, logs)
-/// and what has no protobuf form (Tables, custom objects) stay JSON where
-/// the client accepts JSON, else are upstream's 406.
-fn to_protobuf(response: Response<Body>, json_acceptable: bool) -> Response<Body> {
-    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json");
-    let (mut parts, body) = response.into_parts();
-    let encoded = match (&body, is_json) {
-        (Body::Full(Some(bytes)), true) => serde_json::from_slice::<Value>(bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|v| orchestrator_apimachinery::protobuf::encode(&v).map_err(|e| e.to_string())),
-        _ => Err("a stream".into()),
-    };
-    match encoded {
-        Ok(bytes) => {
-            parts.headers.insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(orchestrator_apimachinery::protobuf::MEDIA_TYPE),
-            );
-            Response::from_parts(parts, Body::Full(Some(Bytes::from(bytes))))
-        }
-        Err(_) if json_acceptable => Response::from_parts(parts, body),
-        Err(e) => error_response(&ApiError::new(
-            406,
-            "NotAcceptable",
-            format!("only the following media types are accepted: application/json ({e})"),
-        )),
     }
 }
 
@@ -802,7 +768,7 @@ async fn route(
         && let ["apis", group @ ("authorization.k8s.io" | "authentication.k8s.io"), "v1", rest @ ..] = segs.as_slice()
         && let Some((ns, resource)) = review_target(rest)
     {
-        let review = if content_type(headers) == orchestrator_apimachinery::protobuf::MEDIA_TYPE {
+        let review = if content_type(headers) == "application/vnd.kubernetes.protobuf" {
             let obj = orchestrator_apimachinery::protobuf::decode(&body)
                 .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
             Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
@@ -858,7 +824,7 @@ async fn route(
     };
     // Custom objects are JSON only, as upstream: a protobuf object is a 415.
     let custom_object = rt.custom.is_some() && matches!(verb, "create" | "update");
-    let body = if ct == orchestrator_apimachinery::protobuf::MEDIA_TYPE && protobuf_body && !custom_object {
+    let body = if ct == "application/vnd.kubernetes.protobuf" && protobuf_body && !custom_object {
         let obj = orchestrator_apimachinery::protobuf::decode(&body)
             .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
         Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())

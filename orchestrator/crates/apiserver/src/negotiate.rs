@@ -2,22 +2,17 @@
 //! apimachinery does it: the `Accept` media ranges with their q-values; a
 //! range of weight 0 is refused; a range the server can produce is
 //! answered, and when none is the answer is upstream's `406
-//! NotAcceptable`. Responses are JSON (plain, or `as=Table`) or, for a
-//! client that weighs protobuf above JSON or accepts only protobuf,
-//! Kubernetes' protobuf (`response_format`; built-in kinds, transcoded by
-//! `orchestrator_apimachinery::protobuf`). Where protobuf and JSON weigh
-//! the same — client-go's default `application/vnd.kubernetes.protobuf,
-//! application/json`, as helm and kubectl ≥1.32 send — the answer is JSON:
-//! HTTP leaves the choice among equals to the server, every kind and
-//! stream has a JSON form, and client-go decodes by the response's
-//! `Content-Type` (upstream would take the client's order). YAML only is
-//! the 406. `/api` and `/apis` also offer aggregated discovery (`discovery`).
+//! NotAcceptable`. Resource responses are JSON (plain, or
+//! `as=Table`), so a client that lists protobuf first and JSON as its
+//! fallback — client-go's default, as helm and kubectl ≥1.32 send — gets
+//! JSON, and one that accepts only protobuf or YAML gets the 406. `/api`
+//! and `/apis` also offer aggregated discovery (`discovery`).
 
 use http::{HeaderMap, header};
 use orchestrator_apimachinery::errors::ApiError;
 
 /// The media types the server produces for resources, as the 406 names them.
-const PRODUCED: &str = "application/json, application/vnd.kubernetes.protobuf";
+const PRODUCED: &str = "application/json";
 
 /// One media range of an `Accept` header.
 struct Range<'a> {
@@ -56,49 +51,19 @@ fn json_satisfies(r: &Range<'_>) -> bool {
     r.params.iter().all(|(k, v)| !k.eq_ignore_ascii_case("as") || *v == "Table")
 }
 
-/// Whether a protobuf response satisfies one media range (no `as=`
-/// conversion: Tables and metadata-only reads are JSON).
-fn protobuf_satisfies(r: &Range<'_>) -> bool {
-    r.kind.eq_ignore_ascii_case(orchestrator_apimachinery::protobuf::MEDIA_TYPE)
-        && r.params.iter().all(|(k, _)| !k.eq_ignore_ascii_case("as"))
-}
-
-/// What a response is written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Protobuf,
-}
-
-/// The format of a response: protobuf when the client weighs it above
-/// every JSON range (or accepts no JSON), else JSON.
-pub fn response_format(headers: &HeaderMap) -> Format {
-    let accept = accept_header(headers);
-    let ranges = ranges(&accept);
-    let best = |f: fn(&Range<'_>) -> bool| ranges.iter().filter(|r| r.q > 0.0 && f(r)).map(|r| r.q).fold(0.0, f32::max);
-    let (protobuf, json) = (best(protobuf_satisfies), best(json_satisfies));
-    if protobuf > json { Format::Protobuf } else { Format::Json }
-}
-
-/// Whether a JSON response is acceptable at all.
-pub fn json_acceptable(headers: &HeaderMap) -> bool {
-    let accept = accept_header(headers);
-    accept.trim().is_empty() || ranges(&accept).iter().any(|r| r.q > 0.0 && json_satisfies(r))
-}
-
 fn accept_header(headers: &HeaderMap) -> String {
     let values: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
     values.join(",")
 }
 
-/// Checks that the request accepts what the server produces (JSON or
-/// protobuf; `response_format` picks which).
+/// Checks that the request accepts what the server produces; `Ok` means
+/// answer JSON.
 pub fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
     let accept = accept_header(headers);
     if accept.trim().is_empty() {
         return Ok(());
     }
-    let acceptable = ranges(&accept).iter().any(|r| r.q > 0.0 && (json_satisfies(r) || protobuf_satisfies(r)));
+    let acceptable = ranges(&accept).iter().any(|r| r.q > 0.0 && json_satisfies(r));
     if acceptable {
         return Ok(());
     }
@@ -172,31 +137,11 @@ mod tests {
         assert_eq!(accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"), Ok(()));
         assert_eq!(accept("*/*"), Ok(()));
         assert_eq!(accept("application/*;q=0.5, text/plain"), Ok(()));
-        assert_eq!(accept("application/vnd.kubernetes.protobuf"), Ok(()));
+        assert_eq!(accept("application/vnd.kubernetes.protobuf"), Err(406));
         assert_eq!(accept("application/yaml"), Err(406));
-        assert_eq!(accept("application/json;q=0, application/vnd.kubernetes.protobuf"), Ok(()));
-        assert_eq!(accept("application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io"), Err(406));
+        assert_eq!(accept("application/json;q=0, application/vnd.kubernetes.protobuf"), Err(406));
         assert_eq!(accept("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"), Err(406));
         assert_eq!(accept(""), Ok(()));
-    }
-
-    #[test]
-    fn protobuf_when_weighed_above_json() {
-        let format = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::ACCEPT, v.parse().unwrap());
-            response_format(&h)
-        };
-        assert_eq!(format("application/vnd.kubernetes.protobuf"), Format::Protobuf);
-        assert_eq!(format("application/vnd.kubernetes.protobuf, application/json;q=0.9"), Format::Protobuf);
-        assert_eq!(format("application/json;q=0, application/vnd.kubernetes.protobuf"), Format::Protobuf);
-        assert_eq!(format("application/vnd.kubernetes.protobuf, application/json"), Format::Json);
-        assert_eq!(format("application/json"), Format::Json);
-        assert_eq!(
-            format("application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io, application/json"),
-            Format::Json
-        );
-        assert_eq!(format(""), Format::Json);
     }
 
     fn discovery_for(v: &str) -> Result<Discovery, u16> {
