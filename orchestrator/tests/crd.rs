@@ -421,3 +421,30 @@ fn a_crd_written_through_one_api_server_is_served_by_another() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `kubectl explain` of a custom kind reads its CRD's schema from
+/// `/openapi/v3`: the kind, a field's type and the fields under it
+/// (kubectl 1.28, 1.33 and the newest).
+#[test]
+fn kubectl_explain_reads_the_crds_schema() {
+    let Some(builds) = common::kubectl_builds([28, 33]) else { return };
+    for kubectl in builds {
+        explain_with(&Server::start_in(tempfile::tempdir().unwrap(), kubectl));
+    }
+}
+
+fn explain_with(s: &Server) {
+    install(s);
+    let kind = s.ok(&["explain", "widgets"]);
+    assert!(kind.contains("KIND:") && kind.contains("Widget") && kind.contains("example.com"), "{kind}");
+    assert!(kind.contains("spec") && kind.contains("status"), "{kind}");
+    let spec = s.ok(&["explain", "widgets.spec"]);
+    for field in ["size", "replicas", "color", "port", "extra"] {
+        assert!(spec.contains(field), "{field}: {spec}");
+    }
+    assert!(spec.contains("-required-"), "{spec}");
+    let replicas = s.ok(&["explain", "widget.spec.replicas"]);
+    assert!(replicas.contains("FIELD: replicas <integer>"), "{replicas}");
+    let recursive = s.ok(&["explain", "wd.status", "--recursive"]);
+    assert!(recursive.contains("conditions") && recursive.contains("type"), "{recursive}");
+}

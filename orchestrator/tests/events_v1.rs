@@ -2,7 +2,7 @@
 //! by kube-rs through events.k8s.io (as controller runtimes write them)
 //! and seen by its watch, read back through core v1 by kubectl (`get`,
 //! `kubectl events`), a core Event read through events.k8s.io, and
-//! upstream's create validation.
+//! upstream's create and update validation.
 
 mod common;
 
@@ -110,4 +110,16 @@ fn events_v1_and_core_events_are_one_object() {
     }
     assert!(err.contains(r#"The Event "incomplete" is invalid"#), "{err}");
     assert!(s.fails(&["get", "events", "incomplete"]).contains("NotFound"));
+
+    // Updates through events.k8s.io change the series; the rest is immutable.
+    let ev = "events.v1.events.k8s.io/scaled";
+    let series = r#"{"series": {"count": 3, "lastObservedTime": "2026-01-01T00:00:09.000000Z"}}"#;
+    s.ok(&["patch", ev, "--type=merge", "-p", series]);
+    assert_eq!(s.ok(&["get", ev, "-o", "jsonpath={.series.count}"]), "3");
+    let err = s.fails(&["patch", ev, "--type=merge", "-p", r#"{"note": "rewritten", "action": "Other"}"#]);
+    assert!(err.contains("message: Invalid value: field is immutable"), "{err}");
+    assert!(err.contains("action: Invalid value: field is immutable"), "{err}");
+    assert_eq!(s.ok(&["get", ev, "-o", "jsonpath={.note}"]), "Scaled up to 3");
+    let err = s.fails(&["patch", ev, "--type=merge", "-p", r#"{"series": {"count": 1}}"#]);
+    assert!(err.contains("series.count"), "{err}");
 }

@@ -134,3 +134,91 @@ spec:
     let (code, body) = curl("/api/v1/namespaces/default/pods");
     assert_eq!(code, "401", "{body}");
 }
+
+/// The Python `kubernetes` client in a pod, with its in-cluster
+/// configuration (`config.load_incluster_config()`: the projected token
+/// and CA, `KUBERNETES_SERVICE_HOST`, certificate checked against the
+/// `kubernetes` Service's address): it lists pods as its ServiceAccount's
+/// Role allows and is refused Secrets with a 403. No registry: the pod is
+/// the busybox image with the host's interpreter and the venv that
+/// scripts/setup-debian.sh fills mounted read-only by hostPath volumes
+/// (the interpreter's libraries through `/usr`, `/lib` and `/lib64`; its
+/// own `lib` first, as the container has no `ld.so.cache`).
+#[test]
+fn the_python_client_in_a_pod_uses_its_service_account() {
+    let Some(py) = common::venv_python("kubernetes") else { return };
+    let Some(c) = Cluster::start_reachable_from_pods() else { return };
+    let venv = py.parent().and_then(|b| b.parent()).unwrap().to_path_buf();
+    // The interpreter the venv runs (pyenv's, or /usr/bin's), and its prefix.
+    let real = std::fs::canonicalize(&py).unwrap();
+    let prefix = real.parent().and_then(|b| b.parent()).unwrap().to_path_buf();
+    let mut mounts = vec![("usr", "/usr".to_string(), "/usr".to_string()), ("lib", "/usr/lib".into(), "/lib".into())];
+    if std::path::Path::new("/usr/lib64").is_dir() {
+        mounts.push(("lib64", "/usr/lib64".into(), "/lib64".into()));
+    }
+    if !prefix.starts_with("/usr") {
+        mounts.push(("prefix", prefix.display().to_string(), prefix.display().to_string()));
+    }
+    mounts.push(("venv", venv.display().to_string(), venv.display().to_string()));
+    let volume_mounts: String =
+        mounts.iter().map(|(n, _, at)| format!("{{name: {n}, mountPath: {at:?}, readOnly: true}},")).collect();
+    let volumes: String = mounts
+        .iter()
+        .map(|(n, from, _)| format!("{{name: {n}, hostPath: {{path: {from:?}, type: Directory}}}},"))
+        .collect();
+    let script = "from kubernetes import client, config\\n\
+        from kubernetes.client.rest import ApiException\\n\
+        config.load_incluster_config()\\n\
+        v1 = client.CoreV1Api()\\n\
+        print('PODS', ' '.join(sorted(p.metadata.name for p in v1.list_namespaced_pod('default').items)))\\n\
+        try:\\n    v1.list_namespaced_secret('default'); print('SECRETS listed')\\n\
+        except ApiException as e:\\n    print('SECRETS', e.status, e.reason)\\n";
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: lister}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-lister}}
+rules: [{{apiGroups: [""], resources: [pods], verbs: [list]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: lister-pods}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-lister}}
+subjects: [{{kind: ServiceAccount, name: lister, namespace: default}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{password: hunter2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: py-client}}
+spec:
+  serviceAccountName: lister
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [{py:?}, -c, "{script}"]
+    env: [{{name: LD_LIBRARY_PATH, value: "{prefix}/lib:/usr/lib/x86_64-linux-gnu"}}]
+    volumeMounts: [{volume_mounts}]
+  volumes: [{volumes}]
+"#,
+        py = py.display().to_string(),
+        prefix = prefix.display(),
+    ));
+    let phase =
+        c.wait_for(&["get", "pod", "py-client", "-o", "jsonpath={.status.phase}"], Duration::from_secs(90), |s| {
+            s == "Succeeded" || s == "Failed"
+        });
+    let log = c.ok(&["logs", "py-client"]);
+    assert_eq!(phase, "Succeeded", "{log}");
+    assert!(log.contains("PODS py-client\n"), "{log}");
+    assert!(log.contains("SECRETS 403 Forbidden"), "{log}");
+}

@@ -7,8 +7,10 @@
 //! `deprecatedFirstTimestamp`, `deprecatedLastTimestamp` ↔ `count`,
 //! `firstTimestamp`, `lastTimestamp`; `series`, `eventTime`,
 //! `reportingInstance`, `action`, `reason`, `type` and `related` are the
-//! same in both — and validated on create as upstream's events.k8s.io
-//! strategy does.
+//! same in both — and validated on create and update as upstream's
+//! events.k8s.io strategy does (an update may change only the series,
+//! the note's… nothing but `series` and metadata: the rest is immutable,
+//! with upstream's core field paths).
 
 use serde_json::{Value, json};
 
@@ -102,6 +104,76 @@ pub fn validate_create(o: &Value) -> Vec<(String, String)> {
     causes
 }
 
+/// Whether two values of one field are the same, absent = null = zero.
+fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
+    let norm = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::String(s)) if s.is_empty() => Value::Null,
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Value::Null,
+        Some(Value::Object(o)) if o.values().all(|v| v.is_null() || v == "") => Value::Null,
+        Some(v) => v.clone(),
+    };
+    norm(a) == norm(b)
+}
+
+/// `eventTime` compared to the microsecond, as upstream tolerates clients
+/// that truncate it.
+fn same_micros(a: Option<&Value>, b: Option<&Value>) -> bool {
+    let micros = |v: Option<&Value>| {
+        let s = v.and_then(Value::as_str)?;
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+        Some(t.unix_timestamp_nanos() / 1000)
+    };
+    same(a, b) || micros(a).is_some_and(|m| Some(m) == micros(b))
+}
+
+/// What upstream's events.k8s.io/v1 update validation refuses: every
+/// field but `series` (checked again when it changes) and metadata is
+/// immutable. Both Events in their stored core form; the field paths are
+/// upstream's (core names).
+pub fn validate_update(new: &Value, old: &Value) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    if !same(new.get("series"), old.get("series"))
+        && let Some(series) = new.get("series").filter(|s| !s.is_null())
+    {
+        if series.get("count").and_then(Value::as_i64).unwrap_or(0) < 2 {
+            causes.push(("series.count".into(), "Invalid value: should be at least 2".into()));
+        }
+        if text(series, "lastObservedTime").is_empty() {
+            causes.push(("series.lastObservedTime".into(), "Required value".into()));
+        }
+    }
+    let fields = [
+        ("involvedObject", "involvedObject"),
+        ("reason", "reason"),
+        ("message", "message"),
+        ("source", "source"),
+        ("firstTimestamp", "firstTimestamp"),
+        ("lastTimestamp", "lastTimestamp"),
+        ("count", "count"),
+        ("type", "type"),
+        ("eventTime", "eventTime"),
+        ("action", "action"),
+        ("related", "related"),
+        ("reportingComponent", "reportingController"),
+        ("reportingInstance", "reportingInstance"),
+    ];
+    for (field, path) in fields {
+        let (a, b) = (new.get(field), old.get(field));
+        let unchanged = match field {
+            "eventTime" => same_micros(a, b),
+            // An Event a core client wrote names its reporter only in
+            // `source`: events.k8s.io reads it from there (`from_core`).
+            "reportingComponent" => same(a, b) || same(b, None),
+            _ => same(a, b),
+        };
+        if !unchanged {
+            causes.push((path.to_string(), "Invalid value: field is immutable".to_string()));
+        }
+    }
+    causes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +201,20 @@ mod tests {
         assert!(validate_create(&v1).is_empty());
         let fields: Vec<String> = validate_create(&json!({"type": "Normal"})).into_iter().map(|(f, _)| f).collect();
         assert_eq!(fields, ["eventTime", "reportingController", "reportingInstance", "action", "reason"]);
+
+        // Updates: only the series (and metadata) may change.
+        let stored = to_core(v1.clone());
+        let mut next = v1.clone();
+        next["series"] = json!({"count": 3, "lastObservedTime": "2026-01-01T00:00:02.000000Z"});
+        next["metadata"]["labels"] = json!({"a": "b"});
+        next["eventTime"] = json!("2026-01-01T00:00:00.000000400Z");
+        assert!(validate_update(&to_core(next.clone()), &stored).is_empty());
+        next["note"] = json!("changed");
+        next["regarding"]["name"] = json!("q");
+        next["series"]["count"] = json!(1);
+        let causes = validate_update(&to_core(next), &stored);
+        let fields: Vec<&str> = causes.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["series.count", "involvedObject", "message"]);
+        assert_eq!(causes[1].1, "Invalid value: field is immutable");
     }
 }

@@ -402,11 +402,14 @@ impl Registry {
     fn write_event_v1(
         rt: &ResourceType,
         mut obj: Value,
-        creating: bool,
+        old: Option<Value>,
         write: impl FnOnce(&ResourceType, Value) -> Result<Written, ApiError>,
     ) -> Result<Written, ApiError> {
         Self::set_type_meta(rt, &mut obj)?;
-        let causes = if creating { events::validate_create(&obj) } else { Vec::new() };
+        let causes = match &old {
+            None => events::validate_create(&obj),
+            Some(old) => events::validate_update(&events::to_core(obj.clone()), old),
+        };
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt, name_of(&obj), causes));
         }
@@ -685,7 +688,7 @@ impl Registry {
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
         if events::serves(rt) {
-            return Self::write_event_v1(rt, obj, true, |core, o| self.create(core, ns, o, opts));
+            return Self::write_event_v1(rt, obj, None, |core, o| self.create(core, ns, o, opts));
         }
         Self::set_type_meta(rt, &mut obj)?;
         let ns = ns.filter(|_| rt.namespaced);
@@ -822,7 +825,9 @@ impl Registry {
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
         if events::serves(rt) {
-            return Self::write_event_v1(rt, obj, false, |core, o| self.update(core, ns, name, o, part, opts));
+            let core = by_kind("Event").expect("core Events are served");
+            let old = self.get(core, ns, name)?;
+            return Self::write_event_v1(rt, obj, Some(old), |core, o| self.update(core, ns, name, o, part, opts));
         }
         Self::set_type_meta(rt, &mut obj)?;
         let body_name = name_of(&obj);
