@@ -92,7 +92,9 @@ pub struct Hold {
     pub longest_gap: Duration,
     /// The Lease's own `leaseDurationSeconds`.
     pub lease_duration: Duration,
-    /// Each service's restart count at the end (`osctl services`).
+    /// Each service's restarts during the hold (`osctl services`' counts
+    /// at the end less those at the start: apid restarts once by design
+    /// when the config is applied, before the hold).
     pub restarts: BTreeMap<String, u64>,
 }
 
@@ -167,6 +169,7 @@ pub fn hold(node: &ClusterNode, api: &Api, length: Duration) -> anyhow::Result<H
     let mut last_renew: Option<String> = None;
     let mut last_change = start;
     let mut services_at = start;
+    let before = restart_counts(node)?;
     loop {
         let at = start.elapsed().as_secs_f64();
         match api.get(&node_path) {
@@ -203,11 +206,9 @@ pub fn hold(node: &ClusterNode, api: &Api, length: Duration) -> anyhow::Result<H
         }
         let done = start.elapsed() >= length;
         if done || services_at.elapsed() >= Duration::from_secs(30) {
-            let services = node.osctl(&["-o", "json", "services"]).ok()?.json()?;
-            for s in services.as_array().context("osctl services is not a list")? {
-                let svc = s["name"].as_str().with_context(|| format!("a service without a name: {s}"))?;
-                let n = s["restarts"].as_u64().with_context(|| format!("service {svc} reports no restarts"))?;
-                h.restarts.insert(svc.to_string(), n);
+            for (svc, n) in restart_counts(node)? {
+                let since = n.saturating_sub(before.get(&svc).copied().unwrap_or(0));
+                h.restarts.insert(svc, since);
             }
             services_at = Instant::now();
         }
@@ -219,6 +220,18 @@ pub fn hold(node: &ClusterNode, api: &Api, length: Duration) -> anyhow::Result<H
     h.longest_gap = h.longest_gap.max(last_change.elapsed());
     h.length = start.elapsed();
     Ok(h)
+}
+
+/// Each service's restart count, from `osctl services`.
+fn restart_counts(node: &ClusterNode) -> anyhow::Result<BTreeMap<String, u64>> {
+    let services = node.osctl(&["-o", "json", "services"]).ok()?.json()?;
+    let mut counts = BTreeMap::new();
+    for s in services.as_array().context("osctl services is not a list")? {
+        let svc = s["name"].as_str().with_context(|| format!("a service without a name: {s}"))?;
+        let n = s["restarts"].as_u64().with_context(|| format!("service {svc} reports no restarts"))?;
+        counts.insert(svc.to_string(), n);
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]
