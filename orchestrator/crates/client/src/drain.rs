@@ -24,6 +24,7 @@ use orchestrator_apimachinery::registry::Part;
 use orchestrator_apimachinery::typed;
 
 use crate::Api;
+use crate::health::node_ready;
 
 /// How often an eviction refused by a disruption budget is asked again
 /// (kubectl drain's 5 s).
@@ -94,26 +95,17 @@ pub fn stays(p: &Pod) -> Option<&'static str> {
     }
 }
 
-fn ready(n: &Node) -> bool {
-    let conditions = n.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 fn unschedulable(n: &Node) -> bool {
     n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
 }
 
 /// Whether a node other than `node` can take its pods: Ready and not cordoned.
 pub fn others_can_take(nodes: &[Node], node: &str) -> bool {
-    nodes.iter().any(|n| n.metadata.name.as_deref() != Some(node) && ready(n) && !unschedulable(n))
-}
-
-fn decoded<T: serde::de::DeserializeOwned>(items: Vec<serde_json::Value>, what: &str) -> Result<Vec<T>, ApiError> {
-    items.into_iter().map(|v| typed::decode(v, what)).collect()
+    nodes.iter().any(|n| n.metadata.name.as_deref() != Some(node) && node_ready(n, None) && !unschedulable(n))
 }
 
 async fn pods_on(api: &Api, node: &str) -> Result<Vec<Pod>, ApiError> {
-    decoded(api.list("Pod", &format!("spec.nodeName={node}")).await?, "Pod")
+    api.list_as("Pod", &format!("spec.nodeName={node}")).await
 }
 
 /// Sets the Node's `spec.unschedulable` (cordon: true, uncordon: false);
@@ -141,7 +133,7 @@ pub async fn cordon(api: &Api, node: &str, on: bool) -> Result<bool, ApiError> {
 /// waiting at most `timeout` for them to be gone. With `only_if_others`,
 /// a node no other can stand in for is left as it is (`alone`).
 pub async fn drain(api: &Api, node: &str, timeout: Duration, only_if_others: bool) -> Result<Drained, DrainError> {
-    let nodes: Vec<Node> = decoded(api.list("Node", "").await?, "Node")?;
+    let nodes: Vec<Node> = api.list_as("Node", "").await?;
     if !nodes.iter().any(|n| n.metadata.name.as_deref() == Some(node)) {
         return Err(DrainError::NoNode { node: node.to_string() });
     }
