@@ -6,7 +6,12 @@
 //! Writes go through one connection under a mutex, in `BEGIN IMMEDIATE`
 //! transactions, and publish their event on a broadcast channel before the
 //! lock is released: watchers see every change, in order, with no gaps and
-//! no polling. A watch from the past replays rows from the table first, a
+//! no polling. Writes that arrive while a transaction is being committed
+//! wait in a queue and go together into the next one (group commit): one
+//! fsync and one copy of the shared B-tree pages for all of them, and each
+//! is acknowledged only once its transaction is durable. A batch that fails
+//! as a whole (a full disk, an I/O error) is retried one write per
+//! transaction, so each write gets its own answer. A watch from the past replays rows from the table first, a
 //! page at a time through the reader connection: the writer lock is held
 //! only to subscribe and read the current revision, and a watch holds one
 //! page in memory however old its start.
@@ -24,7 +29,8 @@ pub mod migrate;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use tokio::sync::broadcast;
@@ -258,6 +264,13 @@ DROP INDEX IF EXISTS kine_id_deleted_index;
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// Writes waiting for a transaction, and whether one is being
+    /// committed: the next leader commits the whole queue at once.
+    group: Mutex<Group>,
+    /// Signalled when a leader has answered its batch and stepped down.
+    turn: Condvar,
+    /// Write transactions committed since open.
+    commits: AtomicU64,
     /// Reads, and the pages of watches replaying the past.
     reader: Arc<Mutex<Connection>>,
     events: broadcast::Sender<Event>,
@@ -268,6 +281,48 @@ pub struct SqliteStore {
 
 /// The newest row of a key at or below a revision: (id, deleted, create_revision, value).
 type Row = (i64, bool, i64, Vec<u8>);
+
+/// What a write expects of its key's current row.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// A create: no live row.
+    Absent,
+    /// An update: a live row at this revision.
+    Revision(i64),
+    /// A delete: a live row, at this revision if one is given.
+    Present(Option<i64>),
+}
+
+impl Expect {
+    fn check(self, key: &str, current: Option<&Row>) -> Result<(), StoreError> {
+        match (self, current) {
+            (Expect::Absent, Some(_)) => Err(StoreError::AlreadyExists { key: key.to_string() }),
+            (Expect::Absent, None) => Ok(()),
+            (Expect::Revision(_) | Expect::Present(_), None) => Err(StoreError::NotFound { key: key.to_string() }),
+            (Expect::Revision(expected) | Expect::Present(Some(expected)), Some(r)) if r.0 != expected => {
+                Err(StoreError::Conflict { key: key.to_string(), expected, found: r.0 })
+            }
+            (_, Some(_)) => Ok(()),
+        }
+    }
+}
+
+/// The group-commit queue.
+#[derive(Default)]
+struct Group {
+    queue: Vec<Arc<Pending>>,
+    /// A writer is committing a batch (it holds or waits for `writer`).
+    leading: bool,
+}
+
+/// One write waiting in the group-commit queue, and its answer once its
+/// transaction has committed (or failed).
+struct Pending {
+    key: String,
+    value: Option<Vec<u8>>,
+    expect: Expect,
+    answer: Mutex<Option<Result<i64, StoreError>>>,
+}
 
 fn latest(conn: &Connection, key: &str, at: i64) -> rusqlite::Result<Option<Row>> {
     conn.query_row(
@@ -361,6 +416,9 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
+            group: Mutex::new(Group::default()),
+            turn: Condvar::new(),
+            commits: AtomicU64::new(0),
             reader: Arc::new(Mutex::new(reader)),
             events,
             _lock: lock,
@@ -397,29 +455,107 @@ impl SqliteStore {
             .unwrap_or(0))
     }
 
-    /// Appends one row for `key` after checking `check` against its current
-    /// row; publishes the event while still holding the writer.
-    fn write(
-        &self,
-        key: &str,
-        value: Option<&[u8]>,
-        check: impl FnOnce(Option<&Row>) -> Result<(), StoreError>,
-    ) -> Result<i64, StoreError> {
+    /// Write transactions committed since the store was opened: fewer than
+    /// the writes when concurrent writes were grouped.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Appends one row for `key` once `expect` holds for its current row,
+    /// and answers when that row is durable. The write joins the queue;
+    /// when no batch is being committed, the writer becomes the leader and
+    /// commits the whole queue at once; otherwise it waits for a leader to
+    /// answer it (or to step down, leaving the next batch to it).
+    fn write(&self, key: &str, value: Option<&[u8]>, expect: Expect) -> Result<i64, StoreError> {
         if let Some(v) = value.filter(|v| v.len() > MAX_VALUE_BYTES) {
             return Err(StoreError::TooLarge { key: key.to_string(), size: v.len(), limit: MAX_VALUE_BYTES });
         }
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = Arc::new(Pending {
+            key: key.to_string(),
+            value: value.map(<[u8]>::to_vec),
+            expect,
+            answer: Mutex::new(None),
+        });
+        let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        group.queue.push(mine.clone());
+        loop {
+            if let Some(answer) = mine.answer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return answer;
+            }
+            if group.leading {
+                group = self.turn.wait(group).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            group.leading = true;
+            let batch = std::mem::take(&mut group.queue);
+            drop(group);
+            {
+                let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                self.commit_batch(&mut conn, &batch);
+            }
+            group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+            group.leading = false;
+            self.turn.notify_all();
+        }
+    }
+
+    /// Commits `batch` in one transaction and answers each write; when the
+    /// transaction fails as a whole, each write is tried again alone. Events
+    /// are published in revision order, before the writer is released.
+    fn commit_batch(&self, conn: &mut Connection, batch: &[Arc<Pending>]) {
+        let outcomes = match self.transaction(conn, batch) {
+            Ok(outcomes) => outcomes,
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(_) => batch
+                .iter()
+                .map(|p| self.transaction(conn, std::slice::from_ref(p)).and_then(|mut one| one.remove(0)))
+                .collect(),
+        };
+        for (pending, outcome) in batch.iter().zip(outcomes) {
+            let answer = outcome.map(|event| {
+                let rev = event.kv.mod_revision;
+                let _ = self.events.send(event);
+                rev
+            });
+            *pending.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+        }
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction holding every write of `batch`
+    /// whose expectation holds (the others are answered with their refusal
+    /// and write nothing). `Err` when the transaction itself failed: then
+    /// nothing of it was written.
+    fn transaction(
+        &self,
+        conn: &mut Connection,
+        batch: &[Arc<Pending>],
+    ) -> Result<Vec<Result<Event, StoreError>>, StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.sql("begin"))?;
-        let current = latest(&tx, key, i64::MAX).map_err(self.sql("read"))?.filter(|r| !r.1);
-        check(current.as_ref())?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for p in batch {
+            let current = latest(&tx, &p.key, i64::MAX).map_err(self.sql("read"))?.filter(|r| !r.1);
+            match p.expect.check(&p.key, current.as_ref()) {
+                Ok(()) => outcomes.push(Ok(self.append(&tx, p, current)?)),
+                Err(refused) => outcomes.push(Err(refused)),
+            }
+        }
+        tx.commit().map_err(self.sql("commit"))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(outcomes)
+    }
+
+    /// Inserts the row of one write inside `tx`; returns its event.
+    fn append(&self, tx: &rusqlite::Transaction<'_>, p: &Pending, current: Option<Row>) -> Result<Event, StoreError> {
+        let key = p.key.as_str();
         let (created, create_rev, prev_rev, old) = match &current {
             Some(r) => (0, r.2, r.0, Some(r.3.clone())),
-            None => (1, 0, latest(&tx, key, i64::MAX).map_err(self.sql("read"))?.map_or(0, |r| r.0), None),
+            None => (1, 0, latest(tx, key, i64::MAX).map_err(self.sql("read"))?.map_or(0, |r| r.0), None),
         };
-        let deleted = value.is_none();
+        let deleted = p.value.is_none();
+        let stored = p.value.clone().or(old.clone());
         tx.execute(
             "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, value, old_value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![key, created, deleted as i64, create_rev, prev_rev, value.map(<[u8]>::to_vec).or(old.clone()), old],
+            params![key, created, deleted as i64, create_rev, prev_rev, stored, old],
         )
         .map_err(self.sql("insert"))?;
         let rev = tx.last_insert_rowid();
@@ -427,21 +563,17 @@ impl SqliteStore {
             tx.execute("UPDATE kine SET create_revision = ?1 WHERE id = ?1", params![rev])
                 .map_err(self.sql("update"))?;
         }
-        tx.commit().map_err(self.sql("commit"))?;
         let create_revision = if created == 1 { rev } else { create_rev };
-        let prev = current.as_ref().map(|r| kv(key, r));
-        let event = Event {
+        Ok(Event {
             kind: if deleted { EventKind::Delete } else { EventKind::Put },
             kv: KeyValue {
                 key: key.to_string(),
-                value: value.map(<[u8]>::to_vec).or(old).unwrap_or_default(),
+                value: stored.unwrap_or_default(),
                 create_revision,
                 mod_revision: rev,
             },
-            prev,
-        };
-        let _ = self.events.send(event);
-        Ok(rev)
+            prev: current.as_ref().map(|r| kv(key, r)),
+        })
     }
 }
 
@@ -496,28 +628,15 @@ impl Store for SqliteStore {
     }
 
     fn create(&self, key: &str, value: &[u8]) -> Result<i64, StoreError> {
-        self.write(key, Some(value), |cur| match cur {
-            Some(_) => Err(StoreError::AlreadyExists { key: key.to_string() }),
-            None => Ok(()),
-        })
+        self.write(key, Some(value), Expect::Absent)
     }
 
     fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64, StoreError> {
-        self.write(key, Some(value), |cur| match cur {
-            None => Err(StoreError::NotFound { key: key.to_string() }),
-            Some(r) if r.0 != expected => Err(StoreError::Conflict { key: key.to_string(), expected, found: r.0 }),
-            Some(_) => Ok(()),
-        })
+        self.write(key, Some(value), Expect::Revision(expected))
     }
 
     fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64, StoreError> {
-        self.write(key, None, |cur| match (cur, expected) {
-            (None, _) => Err(StoreError::NotFound { key: key.to_string() }),
-            (Some(r), Some(e)) if r.0 != e => {
-                Err(StoreError::Conflict { key: key.to_string(), expected: e, found: r.0 })
-            }
-            _ => Ok(()),
-        })
+        self.write(key, None, Expect::Present(expected))
     }
 
     fn watch(&self, prefix: &str, from: i64) -> Result<Watch, StoreError> {
@@ -700,6 +819,50 @@ mod tests {
         }
         let per_update = file_size(&dir.path().join("state.db-wal")) / 100;
         assert!(per_update < 24 * 1024, "{per_update} WAL bytes per update");
+    }
+
+    /// Writes that queue while a transaction is being committed go
+    /// together into the next one: one commit for all of them, each
+    /// answered with its own revision (or its own refusal), the events in
+    /// revision order.
+    #[test]
+    fn writes_queued_behind_a_commit_share_one_transaction() {
+        let (_d, s) = store();
+        let s = Arc::new(s);
+        let taken = s.create("/registry/x/taken", b"v").unwrap();
+        let mut events = s.events.subscribe();
+        let before = s.commits();
+        let wait_until = |done: &dyn Fn(&Group) -> bool| {
+            while !done(&s.group.lock().unwrap()) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        // The first write leads a batch of one and waits for the writer…
+        let held = s.writer.lock().unwrap();
+        let spawn = |i: usize| {
+            let s = s.clone();
+            std::thread::spawn(move || match i {
+                // A refused write in a batch refuses only itself.
+                1 => s.create("/registry/x/taken", b"again"),
+                _ => s.create(&format!("/registry/x/{i}"), b"v"),
+            })
+        };
+        let first = spawn(0);
+        wait_until(&|g| g.leading && g.queue.is_empty());
+        // …while seven more queue behind it.
+        let rest: Vec<_> = (1..8).map(spawn).collect();
+        wait_until(&|g| g.queue.len() == 7);
+        drop(held);
+        let answers: Vec<_> = std::iter::once(first).chain(rest).map(|w| w.join().unwrap()).collect();
+        assert_eq!(s.commits() - before, 2, "a batch of one, then one of seven: {answers:?}");
+        assert!(matches!(answers[1], Err(StoreError::AlreadyExists { .. })), "{:?}", answers[1]);
+        let mut revs: Vec<i64> =
+            answers.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, a)| *a.as_ref().unwrap()).collect();
+        revs.sort();
+        assert_eq!(revs, ((taken + 1)..=(taken + 7)).collect::<Vec<_>>());
+        let seen: Vec<i64> = (0..7).map(|_| events.try_recv().unwrap().kv.mod_revision).collect();
+        assert_eq!(seen, revs, "events in revision order");
+        assert_eq!(s.get("/registry/x/taken").unwrap().unwrap().value, b"v");
     }
 
     #[test]
