@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 
 const PYTHON_TEST: &str = r#"
@@ -191,25 +192,65 @@ fn yaml_bodies_are_accepted_and_malformed_ones_refused() {
 }
 
 /// `Accept` as upstream negotiates it: client-go's "protobuf, else JSON"
-/// is answered in JSON; a list with nothing the server produces gets a
-/// 406 NotAcceptable Status.
+/// is answered in protobuf (read back here with k8s-pb's prost types, a
+/// Go-less protobuf client), JSON listed first is answered in JSON, and a
+/// list with nothing the server produces gets a 406 NotAcceptable Status.
 #[test]
-fn accept_lists_fall_back_to_json_or_get_406() {
+fn accept_lists_pick_protobuf_or_json_or_get_406() {
+    use k8s_pb::apimachinery::pkg::runtime::Unknown;
+    use prost::Message as _;
     let Some(server) = common::Server::start() else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = kube_client(&server).await;
-        let get = |accept: &str| {
-            http::Request::builder()
-                .uri("/api/v1/namespaces/default/configmaps")
-                .header("accept", accept)
-                .body(Vec::new())
-                .unwrap()
+        let get = |path: &str, accept: &str| {
+            http::Request::builder().uri(path).header("accept", accept).body(Vec::new()).unwrap()
         };
-        let list = client.request_text(get("application/vnd.kubernetes.protobuf, application/json")).await.unwrap();
+        let cms = Api::<ConfigMap>::namespaced(client.clone(), "default");
+        let cm = ConfigMap {
+            metadata: ObjectMeta { name: Some("pb".into()), ..Default::default() },
+            data: Some([("k".to_string(), "v".to_string())].into()),
+            ..Default::default()
+        };
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+        for (path, kind) in [
+            ("/api/v1/namespaces/default/configmaps", "ConfigMapList"),
+            ("/api/v1/namespaces/default/configmaps/pb", "ConfigMap"),
+        ] {
+            for accept in
+                ["application/vnd.kubernetes.protobuf, application/json", "application/vnd.kubernetes.protobuf"]
+            {
+                let req = get(path, accept).map(kube::client::Body::from);
+                let resp = client.send(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf", "{accept}");
+                let bytes = resp.into_body().collect_bytes().await.unwrap();
+                let unknown = Unknown::decode(bytes.strip_prefix(b"k8s\0").expect("k8s\\0 magic")).unwrap();
+                assert_eq!(unknown.type_meta.and_then(|t| t.kind).as_deref(), Some(kind));
+                let raw = unknown.raw.unwrap_or_default();
+                let data = if kind == "ConfigMap" {
+                    k8s_pb::api::core::v1::ConfigMap::decode(raw.as_slice()).unwrap().data
+                } else {
+                    let list = k8s_pb::api::core::v1::ConfigMapList::decode(raw.as_slice()).unwrap();
+                    let pb = list
+                        .items
+                        .into_iter()
+                        .find(|c| c.metadata.as_ref().and_then(|m| m.name.as_deref()) == Some("pb"));
+                    pb.expect("the ConfigMap in the list").data
+                };
+                assert_eq!(data.get("k").map(String::as_str), Some("v"));
+            }
+        }
+        let list = client
+            .request_text(get(
+                "/api/v1/namespaces/default/configmaps",
+                "application/json, application/vnd.kubernetes.protobuf",
+            ))
+            .await
+            .unwrap();
         assert!(list.contains("\"kind\":\"ConfigMapList\""), "{list}");
-        for refused in ["application/vnd.kubernetes.protobuf", "application/json;q=0, application/yaml"] {
-            match client.request_text(get(refused)).await {
+        for refused in ["application/yaml", "application/json;q=0, application/yaml"] {
+            match client.request_text(get("/api/v1/namespaces/default/configmaps", refused)).await {
                 Err(kube::Error::Api(e)) => {
                     assert_eq!((e.code, e.reason.as_str()), (406, "NotAcceptable"), "{e:?}");
                     assert!(e.message.starts_with("only the following media types are accepted"), "{e:?}");
