@@ -181,9 +181,24 @@ impl Wire<'_> {
     }
 }
 
-/// Where the decoder is: the message path, for errors.
+/// Where the decoder is: the message path and its fields, for errors.
 struct Path<'p> {
     text: &'p str,
+    fields: &'static [F],
+}
+
+impl Path<'_> {
+    fn of(text: &str) -> Path<'_> {
+        Path { text, fields: &[] }
+    }
+
+    /// The path of field `n` (`Pod.spec`), or the message's where unnamed.
+    fn field(&self, n: u64) -> String {
+        match self.fields.iter().find(|f| u64::from(f.tag) == n) {
+            Some(f) => format!("{}.{}", self.text, f.json),
+            None => self.text.to_string(),
+        }
+    }
 }
 
 fn malformed(path: &str, field: u64, reason: impl Into<String>) -> ProtobufError {
@@ -214,7 +229,7 @@ fn fields<'a>(b: &'a [u8], path: &Path<'_>) -> Result<Vec<(u64, Wire<'a>)>, Prot
             return Err(malformed(path.text, 0, "field number 0"));
         }
         last = n;
-        let truncated = |what: &str| malformed(path.text, n, format!("truncated {what}"));
+        let truncated = |what: &str| malformed(&path.field(n), n, format!("truncated {what}"));
         let value = match key & 7 {
             0 => Wire::Varint(varint(b, &mut pos).ok_or_else(|| truncated("varint"))?),
             1 => {
@@ -226,7 +241,7 @@ fn fields<'a>(b: &'a [u8], path: &Path<'_>) -> Result<Vec<(u64, Wire<'a>)>, Prot
                 let len = varint(b, &mut pos).ok_or_else(|| truncated("length"))?;
                 let end =
                     usize::try_from(len).ok().and_then(|l| pos.checked_add(l)).filter(|e| *e <= b.len()).ok_or_else(
-                        || malformed(path.text, n, format!("length {len} runs past the end of the message")),
+                        || malformed(&path.field(n), n, format!("length {len} runs past the end of the message")),
                     )?;
                 let s = &b[pos..end];
                 pos = end;
@@ -237,7 +252,7 @@ fn fields<'a>(b: &'a [u8], path: &Path<'_>) -> Result<Vec<(u64, Wire<'a>)>, Prot
                 pos += 4;
                 Wire::Fixed32
             }
-            t => return Err(malformed(path.text, n, format!("unsupported wire type {t}"))),
+            t => return Err(malformed(&path.field(n), n, format!("unsupported wire type {t}"))),
         };
         out.push((n, value));
     }
@@ -339,12 +354,12 @@ fn parse_duration(s: &str) -> Option<i64> {
 /// Decodes a `k8s\0`-prefixed body into the JSON object it encodes.
 pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     let rest = body.strip_prefix(MAGIC).ok_or(ProtobufError::NoMagic)?;
-    let envelope = Path { text: "Unknown" };
+    let envelope = Path::of("Unknown");
     let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
     for (n, w) in fields(rest, &envelope)? {
         match (n, w) {
             (1, Wire::Bytes(tm)) => {
-                let type_meta = Path { text: "Unknown.typeMeta" };
+                let type_meta = Path::of("Unknown.typeMeta");
                 for (n, w) in fields(tm, &type_meta)? {
                     match (n, w) {
                         (1, Wire::Bytes(s)) => api_version = utf8(s, type_meta.text, n)?,
@@ -393,7 +408,7 @@ fn is_zero(v: &Value) -> bool {
 fn message(idx: usize, b: &[u8], path: &str) -> Result<Value, ProtobufError> {
     let msg = &MESSAGES[idx];
     let mut out = Map::new();
-    for (n, w) in fields(b, &Path { text: path })? {
+    for (n, w) in fields(b, &Path { text: path, fields: msg.fields })? {
         let Some(f) = msg.fields.iter().find(|f| u64::from(f.tag) == n) else { continue };
         let here = format!("{path}.{}", f.json);
         match f.card {
@@ -402,7 +417,7 @@ fn message(idx: usize, b: &[u8], path: &str) -> Result<Value, ProtobufError> {
                     return Err(malformed(path, n, format!("{} for a map entry", w.name())));
                 };
                 let (mut key, mut value) = (String::new(), None);
-                for (en, ew) in fields(entry, &Path { text: &here })? {
+                for (en, ew) in fields(entry, &Path::of(&here))? {
                     match (en, ew) {
                         (1, Wire::Bytes(k)) => key = utf8(k, &here, 1)?,
                         (2, ew) => value = scalar(f.ty, &ew, &format!("{here}[{key:?}]"), 2)?,
@@ -487,7 +502,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         Ty::Msg(i) => message(i, expect(w, "a message", path, n)?, path)?,
         Ty::Time | Ty::MicroTime => {
             let (mut secs, mut nanos) = (0i64, 0i64);
-            for (tn, tw) in fields(expect(w, "a time", path, n)?, &Path { text: path })? {
+            for (tn, tw) in fields(expect(w, "a time", path, n)?, &Path::of(path))? {
                 match (tn, tw) {
                     (1, Wire::Varint(v)) => secs = v as i64,
                     (2, Wire::Varint(v)) => nanos = i64::from(v as i64 as i32),
@@ -503,7 +518,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         }
         Ty::Duration => {
             let mut d = 0i64;
-            for (dn, dw) in fields(expect(w, "a duration", path, n)?, &Path { text: path })? {
+            for (dn, dw) in fields(expect(w, "a duration", path, n)?, &Path::of(path))? {
                 if let (1, Wire::Varint(v)) = (dn, dw) {
                     d = v as i64;
                 }
@@ -512,7 +527,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         }
         Ty::Raw => {
             let mut raw = &[][..];
-            for (rn, rw) in fields(expect(w, "raw JSON", path, n)?, &Path { text: path })? {
+            for (rn, rw) in fields(expect(w, "raw JSON", path, n)?, &Path::of(path))? {
                 if let (1, Wire::Bytes(b)) = (rn, rw) {
                     raw = b;
                 }
@@ -528,7 +543,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         }
         Ty::StrList => {
             let mut items = Vec::new();
-            for (ln, lw) in fields(expect(w, "a string list", path, n)?, &Path { text: path })? {
+            for (ln, lw) in fields(expect(w, "a string list", path, n)?, &Path::of(path))? {
                 if let (1, Wire::Bytes(b)) = (ln, lw) {
                     items.push(Value::String(utf8(b, path, 1)?));
                 }
@@ -537,7 +552,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         }
         Ty::Quantity => {
             let mut q = String::from("0");
-            for (qn, qw) in fields(expect(w, "a quantity", path, n)?, &Path { text: path })? {
+            for (qn, qw) in fields(expect(w, "a quantity", path, n)?, &Path::of(path))? {
                 if let (1, Wire::Bytes(b)) = (qn, qw) {
                     q = utf8(b, path, 1)?;
                 }
@@ -546,7 +561,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         }
         Ty::IntOrString => {
             let (mut t, mut i, mut s) = (0, 0i64, String::new());
-            for (xn, xw) in fields(expect(w, "an int-or-string", path, n)?, &Path { text: path })? {
+            for (xn, xw) in fields(expect(w, "an int-or-string", path, n)?, &Path::of(path))? {
                 match (xn, xw) {
                     (1, Wire::Varint(v)) => t = v,
                     (2, Wire::Varint(v)) => i = i64::from(v as i64 as i32),
@@ -558,7 +573,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         }
         Ty::SchemaOrArray(schema) => {
             let (mut one, mut many) = (None, Vec::new());
-            for (sn, sw) in fields(expect(w, "a schema or array", path, n)?, &Path { text: path })? {
+            for (sn, sw) in fields(expect(w, "a schema or array", path, n)?, &Path::of(path))? {
                 match (sn, sw) {
                     (1, Wire::Bytes(b)) => one = Some(message(schema, b, path)?),
                     (2, Wire::Bytes(b)) => many.push(message(schema, b, path)?),
@@ -569,7 +584,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         }
         Ty::SchemaOrBool(schema) => {
             let (mut allows, mut one) = (false, None);
-            for (sn, sw) in fields(expect(w, "a schema or bool", path, n)?, &Path { text: path })? {
+            for (sn, sw) in fields(expect(w, "a schema or bool", path, n)?, &Path::of(path))? {
                 match (sn, sw) {
                     (1, Wire::Varint(v)) => allows = v != 0,
                     (2, Wire::Bytes(b)) => one = Some(message(schema, b, path)?),
@@ -580,7 +595,7 @@ fn scalar(ty: Ty, w: &Wire<'_>, path: &str, n: u64) -> Result<Option<Value>, Pro
         }
         Ty::SchemaOrStringArray(schema) => {
             let (mut one, mut many) = (None, Vec::new());
-            for (sn, sw) in fields(expect(w, "a schema or string array", path, n)?, &Path { text: path })? {
+            for (sn, sw) in fields(expect(w, "a schema or string array", path, n)?, &Path::of(path))? {
                 match (sn, sw) {
                     (1, Wire::Bytes(b)) => one = Some(message(schema, b, path)?),
                     (2, Wire::Bytes(b)) => many.push(Value::String(utf8(b, path, 2)?)),
@@ -895,7 +910,7 @@ mod tests {
         assert_eq!(
             err,
             ProtobufError::Malformed {
-                path: "Pod.spec.containers[0]".into(),
+                path: "Pod.spec.containers[0].image".into(),
                 field: 2,
                 reason: "length 9 runs past the end of the message".into()
             }
