@@ -971,6 +971,11 @@ mod tests {
         ] {
             assert!(has_table(v, k), "{v} {k}");
         }
+        for rt in crate::resources::RESOURCES {
+            let v = rt.api_version();
+            assert!(has_table(&v, rt.kind), "{v} {}", rt.kind);
+            assert!(has_table(&v, &format!("{}List", rt.kind)), "{v} {}List", rt.kind);
+        }
         assert!(!has_table("v1", "Table"));
         assert!(!has_table("example.com/v1", "Widget"));
     }
