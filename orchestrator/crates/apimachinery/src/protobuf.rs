@@ -386,6 +386,12 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         .ok_or_else(|| ProtobufError::Unsupported { api_version: api_version.clone(), kind: kind.clone() })?;
     let mut obj = message(idx, raw, &kind)?;
     if let Value::Object(m) = &mut obj {
+        // Go writes a non-pointer `status` even when empty; as JSON `{}` it
+        // would miss fields k8s-openapi requires (TokenRequest's
+        // expirationTimestamp), and a request's empty status says nothing.
+        if m.get("status").is_some_and(|s| s.as_object().is_some_and(Map::is_empty)) {
+            m.remove("status");
+        }
         // apiVersion and kind first, as a JSON body has them.
         let mut out = Map::new();
         out.insert("apiVersion".into(), api_version.into());
@@ -945,6 +951,28 @@ mod tests {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
                          "spec": {"externalIPs": ["1.1.1.1"], "ports": [{"port": 80, "targetPort": 8080}], "clusterIPs": ["10.0.0.1"]}});
         assert_eq!(decode(&encode(&svc).unwrap()).unwrap(), svc);
+    }
+
+    #[test]
+    fn an_empty_status_as_go_writes_it_is_dropped() {
+        // kubectl create token: spec set, status {} (Go's non-pointer struct).
+        let mut spec = Vec::new();
+        field(&mut spec, 1, b"api");
+        let mut raw = Vec::new();
+        field(&mut raw, 1, b"");
+        field(&mut raw, 2, &spec);
+        field(&mut raw, 3, b"");
+        let mut tm = Vec::new();
+        field(&mut tm, 1, b"authentication.k8s.io/v1");
+        field(&mut tm, 2, b"TokenRequest");
+        let mut body = MAGIC.to_vec();
+        field(&mut body, 1, &tm);
+        field(&mut body, 2, &raw);
+        assert_eq!(
+            decode(&body).unwrap(),
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {},
+                   "spec": {"audiences": ["api"]}})
+        );
     }
 
     #[test]
