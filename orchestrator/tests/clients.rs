@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 
 const PYTHON_TEST: &str = r#"
@@ -191,25 +192,65 @@ fn yaml_bodies_are_accepted_and_malformed_ones_refused() {
 }
 
 /// `Accept` as upstream negotiates it: client-go's "protobuf, else JSON"
-/// is answered in JSON; a list with nothing the server produces gets a
-/// 406 NotAcceptable Status.
+/// is answered in protobuf (read back here with k8s-pb's prost types, a
+/// Go-less protobuf client), JSON listed first is answered in JSON, and a
+/// list with nothing the server produces gets a 406 NotAcceptable Status.
 #[test]
-fn accept_lists_fall_back_to_json_or_get_406() {
+fn accept_lists_pick_protobuf_or_json_or_get_406() {
+    use k8s_pb::apimachinery::pkg::runtime::Unknown;
+    use prost::Message as _;
     let Some(server) = common::Server::start() else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = kube_client(&server).await;
-        let get = |accept: &str| {
-            http::Request::builder()
-                .uri("/api/v1/namespaces/default/configmaps")
-                .header("accept", accept)
-                .body(Vec::new())
-                .unwrap()
+        let get = |path: &str, accept: &str| {
+            http::Request::builder().uri(path).header("accept", accept).body(Vec::new()).unwrap()
         };
-        let list = client.request_text(get("application/vnd.kubernetes.protobuf, application/json")).await.unwrap();
+        let cms = Api::<ConfigMap>::namespaced(client.clone(), "default");
+        let cm = ConfigMap {
+            metadata: ObjectMeta { name: Some("pb".into()), ..Default::default() },
+            data: Some([("k".to_string(), "v".to_string())].into()),
+            ..Default::default()
+        };
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+        for (path, kind) in [
+            ("/api/v1/namespaces/default/configmaps", "ConfigMapList"),
+            ("/api/v1/namespaces/default/configmaps/pb", "ConfigMap"),
+        ] {
+            for accept in
+                ["application/vnd.kubernetes.protobuf, application/json", "application/vnd.kubernetes.protobuf"]
+            {
+                let req = get(path, accept).map(kube::client::Body::from);
+                let resp = client.send(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf", "{accept}");
+                let bytes = resp.into_body().collect_bytes().await.unwrap();
+                let unknown = Unknown::decode(bytes.strip_prefix(b"k8s\0").expect("k8s\\0 magic")).unwrap();
+                assert_eq!(unknown.type_meta.and_then(|t| t.kind).as_deref(), Some(kind));
+                let raw = unknown.raw.unwrap_or_default();
+                let data = if kind == "ConfigMap" {
+                    k8s_pb::api::core::v1::ConfigMap::decode(raw.as_slice()).unwrap().data
+                } else {
+                    let list = k8s_pb::api::core::v1::ConfigMapList::decode(raw.as_slice()).unwrap();
+                    let pb = list
+                        .items
+                        .into_iter()
+                        .find(|c| c.metadata.as_ref().and_then(|m| m.name.as_deref()) == Some("pb"));
+                    pb.expect("the ConfigMap in the list").data
+                };
+                assert_eq!(data.get("k").map(String::as_str), Some("v"));
+            }
+        }
+        let list = client
+            .request_text(get(
+                "/api/v1/namespaces/default/configmaps",
+                "application/json, application/vnd.kubernetes.protobuf",
+            ))
+            .await
+            .unwrap();
         assert!(list.contains("\"kind\":\"ConfigMapList\""), "{list}");
-        for refused in ["application/vnd.kubernetes.protobuf", "application/json;q=0, application/yaml"] {
-            match client.request_text(get(refused)).await {
+        for refused in ["application/yaml", "application/json;q=0, application/yaml"] {
+            match client.request_text(get("/api/v1/namespaces/default/configmaps", refused)).await {
                 Err(kube::Error::Api(e)) => {
                     assert_eq!((e.code, e.reason.as_str()), (406, "NotAcceptable"), "{e:?}");
                     assert!(e.message.starts_with("only the following media types are accepted"), "{e:?}");
@@ -217,5 +258,80 @@ fn accept_lists_fall_back_to_json_or_get_406() {
                 other => panic!("Accept {refused:?}: {other:?}"),
             }
         }
+    });
+}
+
+/// A truncated protobuf body is a 400 naming the message path and field
+/// number, and stores nothing; a protobuf watch streams upstream's
+/// length-prefixed WatchEvent frames, read here with k8s-pb's types.
+#[test]
+fn protobuf_bodies_errors_and_watch_frames() {
+    use k8s_pb::api::core::v1 as pb;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
+    use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+    use prost::Message as _;
+    let Some(server) = common::Server::start() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = kube_client(&server).await;
+        let envelope = |kind: &str, raw: Vec<u8>| {
+            let u = Unknown {
+                type_meta: Some(TypeMeta { api_version: Some("v1".into()), kind: Some(kind.into()) }),
+                raw: Some(raw),
+                content_encoding: Some(String::new()),
+                content_type: Some(String::new()),
+            };
+            let mut body = b"k8s\0".to_vec();
+            u.encode(&mut body).unwrap();
+            body
+        };
+        let pod = pb::Pod {
+            metadata: Some(pb_meta::ObjectMeta { name: Some("cut".into()), ..Default::default() }),
+            spec: Some(pb::PodSpec {
+                containers: vec![pb::Container {
+                    name: Some("c".into()),
+                    image: Some("busybox".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut raw = pod.encode_to_vec();
+        raw.truncate(raw.len() - 3);
+        let post = |body: Vec<u8>| {
+            http::Request::builder()
+                .method("POST")
+                .uri("/api/v1/namespaces/default/pods")
+                .header("content-type", "application/vnd.kubernetes.protobuf")
+                .header("accept", "application/json")
+                .body(kube::client::Body::from(body))
+                .unwrap()
+        };
+        let resp = client.send(post(envelope("Pod", raw))).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let text = String::from_utf8_lossy(&resp.into_body().collect_bytes().await.unwrap()).into_owned();
+        assert!(text.contains("malformed protobuf at Pod.spec (field 2)"), "{text}");
+        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "default");
+        assert!(pods.get_opt("cut").await.unwrap().is_none(), "nothing stored");
+
+        // The whole body creates the pod; a protobuf watch sees it.
+        let resp = client.send(post(envelope("Pod", pod.encode_to_vec()))).await.unwrap();
+        assert_eq!(resp.status(), 201);
+        let watch = http::Request::builder()
+            .uri("/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=2")
+            .header("accept", "application/vnd.kubernetes.protobuf;stream=watch")
+            .body(kube::client::Body::from(Vec::new()))
+            .unwrap();
+        let resp = client.send(watch).await.unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf;stream=watch");
+        let bytes = resp.into_body().collect_bytes().await.unwrap();
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let event = pb_meta::WatchEvent::decode(&bytes[4..4 + len]).unwrap();
+        assert_eq!(event.r#type.as_deref(), Some("ADDED"));
+        let inner = event.object.and_then(|o| o.raw).unwrap();
+        let unknown = Unknown::decode(inner.strip_prefix(b"k8s\0").expect("magic")).unwrap();
+        let got = pb::Pod::decode(unknown.raw.unwrap_or_default().as_slice()).unwrap();
+        assert_eq!(got.metadata.and_then(|m| m.name).as_deref(), Some("cut"));
     });
 }

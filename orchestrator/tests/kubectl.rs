@@ -234,6 +234,46 @@ fn imperative_create_commands() {
         "jsonpath={.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.app}",
     ]);
     assert_eq!(svc, "80 8080 d1");
+
+    // Kinds the hand-written tables lacked (kubectl ≥1.32: protobuf bodies).
+    s.ok(&["create", "cronjob", "nightly", "--image=busybox", "--schedule=0 3 * * *", "-n", "team", "--", "true"]);
+    s.ok(&["create", "job", "now", "--from=cronjob/nightly", "-n", "team"]);
+    let job = s.ok(&[
+        "get",
+        "job",
+        "now",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name} {.spec.template.spec.containers[0].image} {.spec.template.spec.restartPolicy}",
+    ]);
+    assert_eq!(job, "CronJob/nightly busybox OnFailure");
+    s.ok(&[
+        "run",
+        "p1",
+        "--image=busybox",
+        "--labels=run=p1",
+        "--env=A=1",
+        "--port=8080",
+        "-n",
+        "team",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    let pod = s.ok(&[
+        "get",
+        "pod",
+        "p1",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.spec.containers[0].image} {.spec.containers[0].env[0].value} {.spec.containers[0].ports[0].containerPort} {.spec.containers[0].args}",
+    ]);
+    assert_eq!(pod, r#"busybox 1 8080 ["sleep","1"]"#);
+    s.ok(&["delete", "deployment", "d1", "-n", "team"]);
+    let gone = s.run(&["get", "deployment", "d1", "-n", "team"]);
+    assert!(!gone.status.success(), "the deployment is deleted");
 }
 
 #[test]

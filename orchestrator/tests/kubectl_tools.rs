@@ -191,32 +191,19 @@ fn ephemeral_containers_subresource_validates_and_copy_to_works() {
     assert!(!refused.status.success());
     assert!(err.contains("cannot patch resource \"pods/ephemeralcontainers\""), "{err}");
     // --copy-to: a copy of the pod with the debug container beside the
-    // original. kubectl ≥1.32 creates the copy with a protobuf Pod, which
-    // the server does not decode yet: the newest pinned kubectl before that.
-    let Some(builds) = common::kubectl_builds(27..=31) else { return };
-    let before_protobuf = builds.iter().rfind(|b| b.to_string_lossy().contains("kubectl.1."));
-    let Some(kubectl) = before_protobuf else {
-        assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "CI: no kubectl before 1.32 for --copy-to");
-        eprintln!("SKIPPED: kubectl debug --copy-to needs a kubectl before 1.32");
-        return;
-    };
-    let copy = Command::new(kubectl)
-        .env("KUBECONFIG", c.data.path().join("admin.kubeconfig"))
-        .args([
-            "debug",
-            "app",
-            "--copy-to=app-copy",
-            "--container=debugger",
-            "--image",
-            BUSYBOX,
-            "--image-pull-policy=Never",
-            "--",
-            "sleep",
-            "3600",
-        ])
-        .output()
-        .unwrap();
-    assert!(copy.status.success(), "{copy:?}");
+    // original (kubectl ≥1.32 creates the copy with a protobuf Pod).
+    c.ok(&[
+        "debug",
+        "app",
+        "--copy-to=app-copy",
+        "--container=debugger",
+        "--image",
+        BUSYBOX,
+        "--image-pull-policy=Never",
+        "--",
+        "sleep",
+        "3600",
+    ]);
     c.wait_for(&["get", "pod", "app-copy", "-o", "jsonpath={.status.containerStatuses[*].ready}"], READY, |s| {
         s == "true true"
     });

@@ -510,10 +510,60 @@ pub async fn handle(state: Arc<State>, user: Option<User>, req: Request<Incoming
             return error_response(&e);
         }
     };
-    match route(&state, user.as_ref(), &parts.method, &parts.headers, &path, &query, body).await {
+    let response = match route(&state, user.as_ref(), &parts.method, &parts.headers, &path, &query, body).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(code = e.code, "{}", e.message);
+            error_response(&e)
+        }
+    };
+    match negotiate::format(&parts.headers) {
+        Ok(negotiate::Format::Protobuf { json_fallback }) if is_resource_path(&path) => {
+            to_protobuf(response, json_fallback)
+        }
+        _ => response,
+    }
+}
+
+/// `/api/v1/<resource>…` and `/apis/<group>/<version>/<resource>…` (not discovery).
+fn is_resource_path(path: &str) -> bool {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    matches!((segs.first(), segs.len()), (Some(&"api"), 3..) | (Some(&"apis"), 4..))
+}
+
+/// Re-encodes a JSON resource response (objects, lists, Status errors)
+/// in protobuf when content negotiation chose it. Kinds without an
+/// encoding (custom objects, Tables) stay JSON when the client accepts
+/// JSON, else they are upstream's 406. Streams (watch, logs) are not
+/// touched: the watch encodes its own frames.
+fn to_protobuf(response: Response<Body>, json_fallback: bool) -> Response<Body> {
+    let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/json");
+    let (mut parts, body) = response.into_parts();
+    let Body::Full(Some(bytes)) = body else {
+        return Response::from_parts(parts, body);
+    };
+    let value = if is_json { serde_json::from_slice::<Value>(&bytes).ok() } else { None };
+    let Some(value) = value else {
+        return Response::from_parts(parts, Body::Full(Some(bytes)));
+    };
+    match orchestrator_apimachinery::protobuf::encode(&value) {
+        Ok(pb) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(orchestrator_apimachinery::protobuf::MEDIA_TYPE),
+            );
+            Response::from_parts(parts, Body::Full(Some(Bytes::from(pb))))
+        }
+        Err(_) if json_fallback => Response::from_parts(parts, Body::Full(Some(bytes))),
+        Err(e) => {
+            let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let e = ApiError::new(
+                406,
+                "NotAcceptable",
+                format!(
+                    "{kind} has no protobuf encoding ({e}); only the following media types are accepted: application/json"
+                ),
+            );
             error_response(&e)
         }
     }
@@ -535,6 +585,16 @@ fn content_type(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
         .unwrap_or_default()
+}
+
+/// A protobuf request body as JSON: a malformed body is a 400 naming the
+/// message path and field number; a kind without an encoding is a 415.
+fn decode_protobuf(body: &[u8]) -> Result<Value, ApiError> {
+    use orchestrator_apimachinery::protobuf::{ProtobufError, decode};
+    decode(body).map_err(|e| match e {
+        ProtobufError::Unsupported { .. } => ApiError::new(415, "UnsupportedMediaType", e.to_string()),
+        _ => ApiError::bad_request(e.to_string()),
+    })
 }
 
 fn unsupported_media(ct: &str) -> ApiError {
@@ -769,9 +829,7 @@ async fn route(
         && let Some((ns, resource)) = review_target(rest)
     {
         let review = if content_type(headers) == "application/vnd.kubernetes.protobuf" {
-            let obj = orchestrator_apimachinery::protobuf::decode(&body)
-                .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
-            Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+            Bytes::from(serde_json::to_vec(&decode_protobuf(&body)?).unwrap_or_default())
         } else {
             body.clone()
         };
@@ -818,16 +876,14 @@ async fn route(
     // typed clients (helm's release storage) update Secrets and send
     // DeleteOptions in protobuf.
     let protobuf_body = match verb {
-        "create" | "update" => t.sub.is_none() || matches!(t.sub, Some("token" | "approval" | "eviction")),
+        "create" | "update" => true,
         "delete" | "deletecollection" => !body.is_empty(),
         _ => false,
     };
     // Custom objects are JSON only, as upstream: a protobuf object is a 415.
     let custom_object = rt.custom.is_some() && matches!(verb, "create" | "update");
     let body = if ct == "application/vnd.kubernetes.protobuf" && protobuf_body && !custom_object {
-        let obj = orchestrator_apimachinery::protobuf::decode(&body)
-            .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()))?;
-        Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+        Bytes::from(serde_json::to_vec(&decode_protobuf(&body)?).unwrap_or_default())
     } else {
         if !body.is_empty() && matches!(verb, "create" | "update") && ct == "application/yaml" {
             Bytes::from(serde_json::to_vec(&parse_yaml(&body).await?).unwrap_or_default())
@@ -872,7 +928,23 @@ async fn route(
             let list = json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": r.items});
             Ok(respond(200, &list, &[]))
         }
-        ("watch", None, None) => watch(state, t.rt.clone(), ns, q, table, include),
+        ("watch", None, None) => {
+            let protobuf = match negotiate::format(headers)? {
+                negotiate::Format::Protobuf { json_fallback } if !table => {
+                    let encoded = orchestrator_apimachinery::protobuf::has_table(&rt.api_version(), rt.kind);
+                    if !encoded && !json_fallback {
+                        return Err(ApiError::new(
+                            406,
+                            "NotAcceptable",
+                            format!("{} has no protobuf encoding", rt.kind),
+                        ));
+                    }
+                    encoded
+                }
+                _ => false,
+            };
+            watch(state, t.rt.clone(), ns, q, table, include, protobuf)
+        }
         ("create", None, None) => {
             let mut o = parse_json(&body)?;
             csr::fill_requester(rt, user, &mut o);
@@ -1040,7 +1112,18 @@ fn watch(
     q: &[(String, String)],
     as_table: bool,
     include: IncludeObject,
+    protobuf: bool,
 ) -> Result<Response<Body>, ApiError> {
+    // Protobuf watches are upstream's length-prefixed WatchEvent frames.
+    let event_line = move |kind: &str, object: &Value| -> Bytes {
+        if protobuf {
+            match orchestrator_apimachinery::protobuf::encode_watch_frame(kind, object) {
+                Ok(frame) => return Bytes::from(frame),
+                Err(e) => tracing::warn!("watch event not encodable as protobuf: {e}"),
+            }
+        }
+        event_line(kind, object)
+    };
     let opts = list_options(&rt, q)?;
     let rv = param(q, "resourceVersion").unwrap_or_default();
     let send_initial = flag(q, "sendInitialEvents");
@@ -1119,7 +1202,8 @@ fn watch(
         }
     });
     let mut r = Response::new(Body::Stream(rx));
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let ct = if protobuf { "application/vnd.kubernetes.protobuf;stream=watch" } else { "application/json" };
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
     r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache, private"));
     Ok(r)
 }

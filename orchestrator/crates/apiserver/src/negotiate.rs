@@ -2,17 +2,18 @@
 //! apimachinery does it: the `Accept` media ranges with their q-values; a
 //! range of weight 0 is refused; a range the server can produce is
 //! answered, and when none is the answer is upstream's `406
-//! NotAcceptable`. Resource responses are JSON (plain, or
-//! `as=Table`), so a client that lists protobuf first and JSON as its
-//! fallback — client-go's default, as helm and kubectl ≥1.32 send — gets
-//! JSON, and one that accepts only protobuf or YAML gets the 406. `/api`
-//! and `/apis` also offer aggregated discovery (`discovery`).
+//! NotAcceptable`. Resource responses are JSON (plain, or `as=Table`) or
+//! Kubernetes protobuf (`application/vnd.kubernetes.protobuf`, built-in
+//! kinds only): the acceptable range of highest weight wins, ties in the
+//! client's order, so client-go's "protobuf, else JSON" gets protobuf and
+//! a custom object falls back to JSON. YAML alone is a 406. `/api` and
+//! `/apis` also offer aggregated discovery (`discovery`).
 
 use http::{HeaderMap, header};
 use orchestrator_apimachinery::errors::ApiError;
 
 /// The media types the server produces for resources, as the 406 names them.
-const PRODUCED: &str = "application/json";
+const PRODUCED: &str = "application/json, application/vnd.kubernetes.protobuf";
 
 /// One media range of an `Accept` header.
 struct Range<'a> {
@@ -51,23 +52,54 @@ fn json_satisfies(r: &Range<'_>) -> bool {
     r.params.iter().all(|(k, v)| !k.eq_ignore_ascii_case("as") || *v == "Table")
 }
 
+/// Whether a protobuf response satisfies one media range (no `as=`
+/// conversion: Tables and metadata-only reads are JSON here).
+fn protobuf_satisfies(r: &Range<'_>) -> bool {
+    r.kind.eq_ignore_ascii_case(orchestrator_apimachinery::protobuf::MEDIA_TYPE)
+        && r.params.iter().all(|(k, _)| !k.eq_ignore_ascii_case("as"))
+}
+
+/// How a resource response is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    /// Protobuf where the kind has an encoding; `json_fallback` when the
+    /// client also accepts JSON (for kinds without one: custom objects).
+    Protobuf {
+        json_fallback: bool,
+    },
+}
+
+/// Chooses the response encoding: the acceptable range of highest
+/// weight, ties in the client's order; no `Accept` is JSON.
+pub fn format(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let accept = accept_header(headers);
+    if accept.trim().is_empty() {
+        return Ok(Format::Json);
+    }
+    let mut ranges = ranges(&accept);
+    ranges.retain(|r| r.q > 0.0);
+    ranges.sort_by(|a, b| b.q.total_cmp(&a.q));
+    let json_ok = ranges.iter().any(json_satisfies);
+    for r in &ranges {
+        if protobuf_satisfies(r) {
+            return Ok(Format::Protobuf { json_fallback: json_ok });
+        }
+        if json_satisfies(r) {
+            return Ok(Format::Json);
+        }
+    }
+    Err(ApiError::new(406, "NotAcceptable", format!("only the following media types are accepted: {PRODUCED}")))
+}
+
 fn accept_header(headers: &HeaderMap) -> String {
     let values: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
     values.join(",")
 }
 
-/// Checks that the request accepts what the server produces; `Ok` means
-/// answer JSON.
+/// Checks that the request accepts what the server produces (`format`).
 pub fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
-    let accept = accept_header(headers);
-    if accept.trim().is_empty() {
-        return Ok(());
-    }
-    let acceptable = ranges(&accept).iter().any(|r| r.q > 0.0 && json_satisfies(r));
-    if acceptable {
-        return Ok(());
-    }
-    Err(ApiError::new(406, "NotAcceptable", format!("only the following media types are accepted: {PRODUCED}")))
+    format(headers).map(|_| ())
 }
 
 /// What `/api` and `/apis` answer a request with.
@@ -137,11 +169,31 @@ mod tests {
         assert_eq!(accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"), Ok(()));
         assert_eq!(accept("*/*"), Ok(()));
         assert_eq!(accept("application/*;q=0.5, text/plain"), Ok(()));
-        assert_eq!(accept("application/vnd.kubernetes.protobuf"), Err(406));
         assert_eq!(accept("application/yaml"), Err(406));
-        assert_eq!(accept("application/json;q=0, application/vnd.kubernetes.protobuf"), Err(406));
+        assert_eq!(accept("application/json;q=0, application/yaml"), Err(406));
         assert_eq!(accept("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"), Err(406));
         assert_eq!(accept(""), Ok(()));
+    }
+
+    fn format_for(v: &str) -> Result<Format, u16> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, v.parse().unwrap());
+        format(&h).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn protobuf_is_chosen_by_weight_then_order() {
+        const PB: &str = "application/vnd.kubernetes.protobuf";
+        assert_eq!(format_for(&format!("{PB}, application/json")), Ok(Format::Protobuf { json_fallback: true }));
+        assert_eq!(format_for(PB), Ok(Format::Protobuf { json_fallback: false }));
+        assert_eq!(format_for(&format!("application/json;q=0, {PB}")), Ok(Format::Protobuf { json_fallback: false }));
+        assert_eq!(format_for(&format!("application/json, {PB}")), Ok(Format::Json));
+        assert_eq!(format_for(&format!("{PB};q=0.5, application/json")), Ok(Format::Json));
+        assert_eq!(
+            format_for(&format!("{PB};as=Table;v=v1;g=meta.k8s.io, application/json;as=Table;v=v1;g=meta.k8s.io")),
+            Ok(Format::Json)
+        );
+        assert_eq!(format_for(&format!("{PB};q=0, application/yaml")), Err(406));
     }
 
     fn discovery_for(v: &str) -> Result<Discovery, u16> {
