@@ -100,6 +100,45 @@ fn a_lost_quorum_answers_503_and_the_api_recovers_by_itself() {
     s.ok(&["create", "configmap", "after", "--from-literal=a=1"]);
 }
 
+/// `kubectl delete node` of a control plane whose machine is gone takes
+/// its etcd member (named as the Node) out of the list, so that a machine
+/// replacing it can join again; a Node that is no member changes nothing.
+#[test]
+fn a_deleted_node_takes_its_etcd_member_out_of_the_list() {
+    use orchestrator_store_etcd::{EtcdConfig, admin};
+    let Some(kubectl) = common::kubectl() else { return };
+    if !local::available() {
+        return;
+    }
+    let mut etcd = LocalCluster::start(3).unwrap();
+    let cfg = EtcdConfig::from_url(&etcd.url(), None).unwrap();
+    let names = || {
+        let mut n: Vec<String> = admin::members(&cfg).unwrap().into_iter().map(|m| m.name).collect();
+        n.sort();
+        n
+    };
+    let s = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl, &etcd.url(), "warn", &["--controllers=false"]);
+    s.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: m2}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: w1}\n",
+        &[],
+    );
+    // m2's machine is gone for good.
+    etcd.kill(2);
+    s.ok(&["delete", "node", "w1"]);
+    s.ok(&["delete", "node", "m2"]);
+    let start = std::time::Instant::now();
+    while names() != ["m0", "m1"] {
+        assert!(start.elapsed() < Duration::from_secs(60), "the members are still {:?}", names());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = s.wait_for(&["get", "events", "-o", "jsonpath={.items[*].reason}"], Duration::from_secs(30), |o| {
+        o.contains("EtcdMemberRemoved")
+    });
+    assert!(!events.contains("EtcdMemberNotRemoved"), "{events}");
+    // The two left still write.
+    s.ok(&["create", "configmap", "after", "--from-literal=a=1"]);
+}
+
 /// etcd serving clients over TLS with client certificates required: the
 /// orchestrator connects with `--etcd-ca/--etcd-cert/--etcd-key` from the
 /// cluster CA and serves; with a client certificate from another CA it
