@@ -319,7 +319,7 @@ impl orchestrator_controllers::etcd_members::Members for EtcdMembers {
     fn leave(&self, name: &str) -> Result<Option<String>, String> {
         use orchestrator_store_etcd::admin::{self, Left};
         match admin::leave(&self.0, name, false, false) {
-            Ok(Left::NotAMember) => Ok(None),
+            Ok(Left::NotAMember(_)) => Ok(None),
             Ok(left) => Ok(Some(left.to_string())),
             Err(e) => Err(e.to_string()),
         }

@@ -138,7 +138,16 @@ pub async fn restore(global: Global, file: Option<&Path>, snapshot: Option<Strin
     reader.await.map_err(|e| Failure::Other(e.to_string()))??;
     let r = match result {
         Ok(r) => r.into_inner(),
-        Err(s) => return Err(session.failure(&node, &addr, s).await),
+        Err(s) => {
+            // The node knows the file only as "the uploaded file": name it.
+            let s = match file {
+                Some(p) => {
+                    tonic::Status::new(s.code(), s.message().replace("the uploaded file", &p.display().to_string()))
+                }
+                None => s,
+            };
+            return Err(session.failure(&node, &addr, s).await);
+        }
     };
     match fmt {
         Format::Json => output::json(&serde_json::json!({"node": node, "summary": r.summary})),

@@ -235,3 +235,51 @@ fn a_reset_control_plane_leaves_etcd_and_quorum_or_the_last_member_refuse_it() -
     assert!(r.stdout.contains("kept (forced)") && r.stdout.contains("maintenance mode"), "{r:?}");
     Ok(())
 }
+
+/// `osctl etcd restore` onto a control plane listed alone: a damaged file
+/// is refused naming it and what is wrong, and the running cluster keeps
+/// what it has; the snapshot restored, the member is a new cluster of one
+/// holding the objects of the snapshot (and not those written after it),
+/// and takes new writes.
+#[test]
+fn a_snapshot_restored_onto_a_lone_control_plane_brings_its_objects_back() -> anyhow::Result<()> {
+    let Some(etcd) = etcd() else { return Ok(()) };
+    let op = Operator::new()?;
+    let addr = "127.0.0.6";
+    let kube = format!("{addr}:{}", plinth_tests::free_port());
+    let cp = control_plane(&op, &config_among(&op, "cp1", addr, &[addr], true)?, &etcd, &kube)?;
+    wait_members(&op, &cp, &["cp1"])?;
+    let url = format!("https://{kube}");
+    wait_for("the API", Duration::from_secs(60), || kubectl_at(&op, &cp, &url, &["get", "namespaces"]).ok()?.ok().ok())
+        .map_err(|e| e.context(cp.log()))?;
+    kubectl_at(&op, &cp, &url, &["create", "configmap", "kept", "--from-literal=k=v"])?.ok()?;
+    let file = op.path("etcd.snapshot");
+    osctl(&op.osctlconfig(), &["-n", &cp.addr(), "etcd", "snapshot", "--out", file.to_str().unwrap()]).ok()?;
+    kubectl_at(&op, &cp, &url, &["create", "configmap", "later", "--from-literal=k=v"])?.ok()?;
+
+    // A damaged copy: refused, naming the file and what is wrong; nothing changes.
+    let bad = op.path("damaged.snapshot");
+    let mut bytes = std::fs::read(&file)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&bad, &bytes)?;
+    let r = osctl(&op.osctlconfig(), &["-n", &cp.addr(), "etcd", "restore", bad.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains(bad.to_str().unwrap()) && r.stderr.contains("sha256 does not match"), "{r:?}");
+    let names = || -> anyhow::Result<String> {
+        Ok(kubectl_at(&op, &cp, &url, &["get", "configmaps", "-o", "jsonpath={.items[*].metadata.name}"])?.ok()?.stdout)
+    };
+    let before = names()?;
+    assert!(before.contains("kept") && before.contains("later"), "{before}");
+
+    let r = osctl(&op.osctlconfig(), &["-n", &cp.addr(), "etcd", "restore", file.to_str().unwrap()]).ok()?;
+    assert!(r.stdout.contains("etcd restored") && r.stdout.contains("a new cluster of cp1 alone"), "{r:?}");
+    let after = wait_for("the API after the restore", Duration::from_secs(60), || names().ok())?;
+    assert!(after.contains("kept") && !after.contains("later"), "the snapshot's objects, not later ones: {after}");
+    wait_members(&op, &cp, &["cp1"])?;
+    kubectl_at(&op, &cp, &url, &["create", "configmap", "new", "--from-literal=k=v"])?.ok()?;
+    let got = kubectl_at(&op, &cp, &url, &["get", "configmap", "new", "-o", "jsonpath={.data.k}"])?.ok()?;
+    assert_eq!(got.stdout, "v");
+
+    Ok(())
+}

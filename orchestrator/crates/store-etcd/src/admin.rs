@@ -158,7 +158,7 @@ pub enum Left {
     Removed(Member),
     /// No member has that name (removed already: by the Node's deletion,
     /// or a reset tried again).
-    NotAMember,
+    NotAMember(String),
     /// The check alone (`check_only`): removing it keeps the quorum.
     WouldRemove(Member),
     /// Forced: the member was left in the list (the last one, or no
@@ -170,7 +170,7 @@ impl std::fmt::Display for Left {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Left::Removed(m) => write!(f, "etcd member {} ({}) removed", m.name, m.id),
-            Left::NotAMember => write!(f, "not an etcd member (any more)"),
+            Left::NotAMember(name) => write!(f, "etcd member {name} removed already (not listed)"),
             Left::WouldRemove(m) => write!(f, "etcd member {} ({}) can leave: the others keep a quorum", m.name, m.id),
             Left::Kept(why) => write!(f, "etcd member kept (forced): {why}"),
         }
@@ -196,6 +196,36 @@ async fn answers(cfg: &EtcdConfig, m: &Member) -> bool {
     matches!(tokio::time::timeout(timeout, asked).await, Ok(Some(_)))
 }
 
+/// The name of the member that leads the cluster now, as the first member
+/// that answers says (`None` without a leader).
+pub fn leader(cfg: &EtcdConfig) -> Result<Option<String>, AdminError> {
+    runtime().block_on(async {
+        let mut c = client(cfg).await?;
+        let status = c.status().await.map_err(|e| etcd_error(cfg, "ask the status", &e))?;
+        let listed = c.member_list().await.map_err(|e| etcd_error(cfg, "list the members", &e))?;
+        Ok(listed.members().iter().find(|m| m.id() == status.leader()).map(|m| m.name().to_string()))
+    })
+}
+
+/// The member list from the first of `cfg`'s endpoints that answers, in
+/// their order (the others before the node's own, for a reset), and a
+/// configuration of that endpoint alone for what follows.
+fn first_answering(cfg: &EtcdConfig) -> Result<(Vec<Member>, EtcdConfig), AdminError> {
+    let mut last = None;
+    for e in &cfg.endpoints {
+        let one = EtcdConfig { endpoints: vec![e.clone()], tls: cfg.tls.clone(), timeout: cfg.timeout };
+        match members(&one) {
+            Ok(all) => return Ok((all, one)),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| AdminError::Etcd {
+        op: "list the members",
+        endpoints: String::new(),
+        reason: "no endpoint".into(),
+    }))
+}
+
 /// Which members must answer for a cluster of `left` voting members to
 /// have a quorum: a majority.
 pub fn quorum(left: usize) -> usize {
@@ -208,9 +238,14 @@ pub fn quorum(left: usize) -> usize {
 /// last member — then refused, unless `force`, which keeps it in the list
 /// and says why. With `check_only`, nothing changes.
 pub fn leave(cfg: &EtcdConfig, name: &str, force: bool, check_only: bool) -> Result<Left, AdminError> {
-    let all = members(cfg)?;
+    let (all, via) = match first_answering(cfg) {
+        Ok(found) => found,
+        Err(e) if force => return Ok(Left::Kept(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let cfg = &via;
     let Some(me) = all.iter().find(|m| m.name == name).cloned() else {
-        return Ok(Left::NotAMember);
+        return Ok(Left::NotAMember(name.to_string()));
     };
     let stay: Vec<&Member> = all.iter().filter(|m| m.id != me.id && !m.learner).collect();
     if stay.is_empty() {
@@ -243,7 +278,7 @@ pub fn leave(cfg: &EtcdConfig, name: &str, force: bool, check_only: bool) -> Res
     }
     match member_remove(cfg, name) {
         Ok(m) => Ok(Left::Removed(m)),
-        Err(AdminError::NoMember { .. }) => Ok(Left::NotAMember),
+        Err(AdminError::NoMember { .. }) => Ok(Left::NotAMember(name.to_string())),
         Err(e) if force => Ok(Left::Kept(e.to_string())),
         Err(e) => Err(e),
     }
@@ -324,6 +359,12 @@ mod tests {
             "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380",
             "another added member that has not started is left out"
         );
+    }
+
+    #[test]
+    fn the_members_that_stay_need_a_majority() {
+        // Two left of three: both must answer; one left: itself.
+        assert_eq!([1, 2, 3, 4].map(quorum), [1, 2, 2, 3]);
     }
 
     #[test]
