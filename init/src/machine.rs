@@ -696,7 +696,20 @@ impl Machine {
             st.active.is_some()
         };
         let mut done = Vec::new();
+        let refuse = |events: &Journal<api::Event>, why: String| {
+            let msg = format!(
+                "reset refused: leaving the cluster failed, nothing was wiped: {why} (run it again, or with \
+                 --graceful=false when the cluster is gone)"
+            );
+            event(events, "reset", msg.clone());
+            Status::failed_precondition(msg)
+        };
         if req.graceful && configured {
+            // A control plane's etcd member must be able to leave before
+            // anything changes: the others keep their quorum, it is not the last.
+            if let Err(why) = self.etcd_leave(req.force, true).await {
+                return Err(refuse(&self.events, why));
+            }
             let timeout = match req.drain_timeout_seconds {
                 0 => DRAIN_TIMEOUT,
                 s => Duration::from_secs(u64::from(s)),
@@ -705,14 +718,13 @@ impl Machine {
             match self.node_tool("drain", &args).await {
                 Ok(said) if said.is_empty() => {}
                 Ok(said) => done.push(said.replace('\n', "; ")),
-                Err(why) => {
-                    let msg = format!(
-                        "reset refused: leaving the cluster failed, nothing was wiped: {why} (run it again, or with \
-                         --graceful=false when the cluster is gone)"
-                    );
-                    event(&self.events, "reset", msg.clone());
-                    return Err(Status::failed_precondition(msg));
-                }
+                Err(why) => return Err(refuse(&self.events, why)),
+            }
+            // Then it leaves etcd's member list, through the members that stay.
+            match self.etcd_leave(req.force, false).await {
+                Ok(Some(said)) => done.push(said),
+                Ok(None) => {}
+                Err(why) => return Err(refuse(&self.events, why)),
             }
         } else if !req.graceful {
             done.push("not graceful: the cluster was not told".into());

@@ -59,6 +59,8 @@ struct Status {
 
 struct Service {
     spec: ServiceSpec,
+    /// Arguments that replace the spec's from the next start on (`set_args`).
+    args: Mutex<Option<Vec<String>>>,
     status: Mutex<Status>,
     desired: watch::Sender<Desired>,
     logs: Journal<LogLine>,
@@ -131,6 +133,7 @@ impl Supervisor {
         let (desired, _) = watch::channel(Desired { running: true, restart_generation: 0 });
         let svc = Arc::new(Service {
             spec,
+            args: Mutex::new(None),
             status: Mutex::new(Status {
                 state: ServiceState::Starting,
                 pid: 0,
@@ -152,6 +155,14 @@ impl Supervisor {
             .find(|s| s.spec.name == name)
             .cloned()
             .ok_or_else(|| SupervisorError::Unknown(name.to_string()))
+    }
+
+    /// Starts the service with `args` from its next start on (a stopped
+    /// service resumed, or a restart): etcd after a restore, whose first
+    /// start forms a new cluster where the next ones restart on its data.
+    pub fn set_args(&self, name: &str, args: Vec<String>) -> Result<(), SupervisorError> {
+        *lock(&self.find(name)?.args) = Some(args);
+        Ok(())
     }
 
     /// Restarts a service now, without back-off; returns once the request is
@@ -328,8 +339,9 @@ fn set(svc: &Service, f: impl FnOnce(&mut Status)) {
 fn spawn(svc: &Arc<Service>) -> std::io::Result<(u32, oneshot::Receiver<WaitStatus>)> {
     use std::os::unix::process::CommandExt as _;
     let spec = &svc.spec;
+    let args = lock(&svc.args).clone().unwrap_or_else(|| spec.args.clone());
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
+    cmd.args(&args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

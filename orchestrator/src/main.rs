@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 mod backup;
 mod certs;
@@ -311,6 +312,20 @@ impl ApiArgs {
     }
 }
 
+/// The etcd member list for the controller that removes a deleted Node's member.
+struct EtcdMembers(orchestrator_store_etcd::EtcdConfig);
+
+impl orchestrator_controllers::etcd_members::Members for EtcdMembers {
+    fn leave(&self, name: &str) -> Result<Option<String>, String> {
+        use orchestrator_store_etcd::admin::{self, Left};
+        match admin::leave(&self.0, name, false, false) {
+            Ok(Left::NotAMember(_)) => Ok(None),
+            Ok(left) => Ok(Some(left.to_string())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum EtcdAction {
     /// The members, as JSON.
@@ -325,6 +340,31 @@ enum EtcdAction {
     },
     /// Removes the member NAME.
     MemberRemove { name: String },
+    /// The member NAME leaves the cluster (a reset node): removed through
+    /// the others, refused when it is the last member or too few of the
+    /// others answer to keep a quorum, unless --force (then kept, saying
+    /// why). A name not listed is not an error (removed already).
+    Leave {
+        #[arg(long)]
+        name: String,
+        /// Go ahead without a quorum or as the last member.
+        #[arg(long)]
+        force: bool,
+        /// Only check that it may leave; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Checks the snapshot FILE (with --check) or writes it as the data of
+    /// a new one-member cluster under DATA-DIR (etcd's --data-dir, which
+    /// must hold no member): its etcd then starts with
+    /// `--initial-cluster-state new` and only itself in `--initial-cluster`.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        check: bool,
+        #[arg(long, required_unless_present = "check")]
+        data_dir: Option<PathBuf>,
+    },
     /// Writes a consistent snapshot to OUT (checked before it is renamed into place).
     Snapshot {
         #[arg(long)]
@@ -533,6 +573,7 @@ fn main() -> anyhow::Result<()> {
             let dir = data_dir.clone();
             let etcd = store.etcd()?;
             let on_etcd = etcd.is_some();
+            let members = etcd.clone().map(|e| Arc::new(EtcdMembers(e)));
             let cfg = orchestrator_apiserver::Config {
                 data_dir,
                 listen,
@@ -561,6 +602,9 @@ fn main() -> anyhow::Result<()> {
                     r => r?,
                 };
                 backup::clear_damaged(&dir);
+                if let Some(m) = members {
+                    orchestrator_controllers::etcd_members::spawn(running.registry.clone(), m);
+                }
                 tracing::info!(target: BOOT_STEP, step = "apiserver", "the API server is serving");
                 if controllers {
                     if on_etcd {
@@ -663,6 +707,14 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&found)?);
             Ok(())
         }
+        Command::Etcd { action: EtcdAction::Restore { file, check, data_dir }, .. } => {
+            use orchestrator_store_etcd::restore;
+            match data_dir.filter(|_| !check) {
+                None => println!("{}: {}", file.display(), restore::check(&file)?),
+                Some(dir) => println!("restored {} into {}", restore::restore(&file, &dir)?, dir.display()),
+            }
+            Ok(())
+        }
         Command::Etcd { store, action } => {
             use orchestrator_store_etcd::admin;
             let etcd = store.etcd()?.ok_or_else(|| anyhow::anyhow!("give --store etcd://HOST:PORT[,HOST:PORT...]"))?;
@@ -673,10 +725,12 @@ fn main() -> anyhow::Result<()> {
                     let m = admin::member_remove(&etcd, &name)?;
                     println!("member {} ({}) removed", m.name, m.id);
                 }
+                EtcdAction::Leave { name, force, check } => println!("{}", admin::leave(&etcd, &name, force, check)?),
                 EtcdAction::Snapshot { out } => {
                     let size = admin::snapshot(&etcd, &out)?;
                     println!("{size}");
                 }
+                EtcdAction::Restore { .. } => anyhow::bail!("etcd restore needs no --store (handled above)"),
             }
             Ok(())
         }

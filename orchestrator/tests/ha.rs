@@ -100,6 +100,107 @@ fn a_lost_quorum_answers_503_and_the_api_recovers_by_itself() {
     s.ok(&["create", "configmap", "after", "--from-literal=a=1"]);
 }
 
+/// Three control planes on loopback, each an API server on its own etcd
+/// member first (as init orders a control plane's store endpoints): one
+/// fails (its API server and its member killed with SIGKILL), writes and
+/// reads through the other two go on; it comes back, its member catches
+/// up on its own (it alone serves what was written while it was down) and
+/// its API server serves everything again.
+#[test]
+fn three_control_planes_any_one_may_fail_and_it_catches_up() {
+    use orchestrator_store::Store as _;
+    use orchestrator_store_etcd::{EtcdConfig, EtcdStore};
+    let Some(kubectl) = common::kubectl() else { return };
+    if !local::available() {
+        return;
+    }
+    let mut etcd = LocalCluster::start(3).unwrap();
+    let eps = etcd.endpoints();
+    let url = |i: usize| format!("etcd://{}", (0..3).map(|k| eps[(i + k) % 3].clone()).collect::<Vec<_>>().join(","));
+    let first =
+        Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl.clone(), &url(0), "warn", &["--controllers=false"]);
+    let (ca, key) = (first.dir.path().join("ca.crt"), first.dir.path().join("ca.key"));
+    let start = |i: usize| {
+        let extra = ["--controllers=false", "--ca-cert", ca.to_str().unwrap(), "--ca-key", key.to_str().unwrap()];
+        Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl.clone(), &url(i), "warn", &extra)
+    };
+    let mut cps = vec![first, start(1), start(2)];
+    for (i, s) in cps.iter().enumerate() {
+        s.ok(&["create", "configmap", &format!("cm-{i}"), "--from-literal=a=1"]);
+    }
+    let names = |s: &Server| s.ok(&["get", "configmaps", "-o", "jsonpath={.items[*].metadata.name}"]);
+    for s in &cps {
+        assert!(["cm-0", "cm-1", "cm-2"].iter().all(|n| names(s).contains(n)), "{}", names(s));
+    }
+
+    // Control plane 0 fails.
+    cps[0].child.kill().unwrap();
+    cps[0].child.wait().unwrap();
+    etcd.kill(0);
+    for round in 0..5 {
+        for (i, s) in cps.iter().enumerate().skip(1) {
+            s.ok(&["create", "configmap", &format!("during-{i}-{round}"), "--from-literal=a=1"]);
+        }
+    }
+    for s in &cps[1..] {
+        let got = names(s);
+        assert_eq!(got.matches("during-").count(), 10, "{got}");
+    }
+
+    // It comes back: its member alone serves the writes it missed.
+    etcd.restart(0).unwrap();
+    let alone = EtcdStore::connect(&EtcdConfig::from_url(&format!("etcd://{}", eps[0]), None).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    while alone.get("/registry/configmaps/default/during-2-4").ok().flatten().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "member 0 did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cps[0] = start(0);
+    let got = names(&cps[0]);
+    assert_eq!(got.matches("during-").count(), 10, "{got}");
+    cps[0].ok(&["create", "configmap", "back", "--from-literal=a=1"]);
+    assert!(names(&cps[2]).contains("back"));
+}
+
+/// `kubectl delete node` of a control plane whose machine is gone takes
+/// its etcd member (named as the Node) out of the list, so that a machine
+/// replacing it can join again; a Node that is no member changes nothing.
+#[test]
+fn a_deleted_node_takes_its_etcd_member_out_of_the_list() {
+    use orchestrator_store_etcd::{EtcdConfig, admin};
+    let Some(kubectl) = common::kubectl() else { return };
+    if !local::available() {
+        return;
+    }
+    let mut etcd = LocalCluster::start(3).unwrap();
+    let cfg = EtcdConfig::from_url(&etcd.url(), None).unwrap();
+    let names = || {
+        let mut n: Vec<String> = admin::members(&cfg).unwrap().into_iter().map(|m| m.name).collect();
+        n.sort();
+        n
+    };
+    let s = Server::start_on_etcd(tempfile::tempdir().unwrap(), kubectl, &etcd.url(), "warn", &["--controllers=false"]);
+    s.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: m2}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: w1}\n",
+        &[],
+    );
+    // m2's machine is gone for good.
+    etcd.kill(2);
+    s.ok(&["delete", "node", "w1"]);
+    s.ok(&["delete", "node", "m2"]);
+    let start = std::time::Instant::now();
+    while names() != ["m0", "m1"] {
+        assert!(start.elapsed() < Duration::from_secs(60), "the members are still {:?}", names());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = s.wait_for(&["get", "events", "-o", "jsonpath={.items[*].reason}"], Duration::from_secs(30), |o| {
+        o.contains("EtcdMemberRemoved")
+    });
+    assert!(!events.contains("EtcdMemberNotRemoved"), "{events}");
+    // The two left still write.
+    s.ok(&["create", "configmap", "after", "--from-literal=a=1"]);
+}
+
 /// etcd serving clients over TLS with client certificates required: the
 /// orchestrator connects with `--etcd-ca/--etcd-cert/--etcd-key` from the
 /// cluster CA and serves; with a client certificate from another CA it

@@ -153,7 +153,9 @@ pub enum Command {
     /// Boot the other (committed) slot again.
     Rollback,
     /// Leave the cluster and wipe the node, as `talosctl reset`: drain it,
-    /// delete its Node, wipe STATE and EPHEMERAL (the boot slots and the
+    /// delete its Node, remove a control plane's etcd member (refused
+    /// before anything changes when the other members would lose their
+    /// quorum or it is the last one, unless --force), wipe STATE and EPHEMERAL (the boot slots and the
     /// security floor are kept) and reboot into maintenance mode, ready
     /// for `apply-config` with another cluster's config.
     Reset {
@@ -167,6 +169,10 @@ pub enum Command {
         /// Don't ask (needed when the input is not a terminal).
         #[arg(long)]
         yes: bool,
+        /// Reset a control plane even when its etcd member cannot leave
+        /// (the others would lose their quorum, or it is the last member).
+        #[arg(long)]
+        force: bool,
     },
     /// An admin kubeconfig for the node's Kubernetes API (printed, or
     /// written to --out). Given several control planes (`-n a -n b`), one
@@ -227,6 +233,13 @@ pub enum EtcdCommand {
     /// Remove the member NAME (a control plane's hostname) from the etcd
     /// cluster: a control plane that is gone for good.
     RemoveMember { name: String },
+    /// Restore a snapshot (`osctl etcd snapshot`'s file) onto a control
+    /// plane listed alone in its cluster.endpoints: its etcd member starts
+    /// on it as a new cluster of one member, with every object of the
+    /// snapshot (the member's previous data is kept aside on the node). A
+    /// damaged file is refused and changes nothing. The other control
+    /// planes join afterwards, after a reset.
+    Restore { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -705,7 +718,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let drain = (!no_drain).then_some(drain_timeout);
             upgrade(cli.global, &bundle, stage, allow_downgrade, drain).await
         }
-        Command::Reset { graceful, drain_timeout, yes } => {
+        Command::Reset { graceful, drain_timeout, yes, force } => {
             let session = Session::open(cli.global)?;
             let targets: Vec<String> = session.targets()?.into_iter().map(|(n, _)| n).collect();
             if !yes {
@@ -714,7 +727,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let drain_timeout_seconds = u32::try_from(drain_timeout.as_secs()).unwrap_or(u32::MAX);
             let results = session
                 .each(|_, mut c| async move {
-                    c.reset(api::ResetRequest { graceful, drain_timeout_seconds }).await.map(|r| r.into_inner())
+                    c.reset(api::ResetRequest { graceful, drain_timeout_seconds, force }).await.map(|r| r.into_inner())
                 })
                 .await?;
             for (node, r) in results {
@@ -797,7 +810,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Backup { out } => store_transfer::backup(cli.global, &out).await,
-        Command::Restore { file, snapshot } => store_transfer::restore(cli.global, file.as_deref(), snapshot).await,
+        Command::Restore { file, snapshot } => {
+            store_transfer::restore(cli.global, file.as_deref(), snapshot, false).await
+        }
+        Command::Etcd(EtcdCommand::Restore { file }) => {
+            store_transfer::restore(cli.global, Some(&file), None, true).await
+        }
         Command::Reboot => power(cli.global, true).await,
         Command::Shutdown => power(cli.global, false).await,
         Command::Image(ImageCommand::Flash(args)) => image_flash(cli.global, &args),

@@ -96,8 +96,9 @@ async fn download(global: Global, out: &Path, what: Download) -> Result<(), Fail
     Ok(())
 }
 
-/// Sends `file` (or names a snapshot on the node) to restore the store.
-pub async fn restore(global: Global, file: Option<&Path>, snapshot: Option<String>) -> Result<(), Failure> {
+/// Sends `file` (or names a snapshot on the node) to restore the store;
+/// with `etcd`, `file` is an etcd snapshot for the node's etcd member.
+pub async fn restore(global: Global, file: Option<&Path>, snapshot: Option<String>, etcd: bool) -> Result<(), Failure> {
     let fmt = global.output;
     let session = Session::open(global)?;
     let (node, addr) = one_target(&session, "restore")?;
@@ -111,7 +112,7 @@ pub async fn restore(global: Global, file: Option<&Path>, snapshot: Option<Strin
         None => None,
     };
     let size = opened.as_ref().map_or(0, |o| o.2);
-    let options = api::RestoreOptions { size, snapshot: snapshot.unwrap_or_default() };
+    let options = api::RestoreOptions { size, snapshot: snapshot.unwrap_or_default(), etcd };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let _ = tx.send(api::RestoreChunk { chunk: Some(api::restore_chunk::Chunk::Options(options)) }).await;
     let bar = output::progress(size, &format!("{node}: uploading"));
@@ -137,7 +138,16 @@ pub async fn restore(global: Global, file: Option<&Path>, snapshot: Option<Strin
     reader.await.map_err(|e| Failure::Other(e.to_string()))??;
     let r = match result {
         Ok(r) => r.into_inner(),
-        Err(s) => return Err(session.failure(&node, &addr, s).await),
+        Err(s) => {
+            // The node knows the file only as "the uploaded file": name it.
+            let s = match file {
+                Some(p) => {
+                    tonic::Status::new(s.code(), s.message().replace("the uploaded file", &p.display().to_string()))
+                }
+                None => s,
+            };
+            return Err(session.failure(&node, &addr, s).await);
+        }
     };
     match fmt {
         Format::Json => output::json(&serde_json::json!({"node": node, "summary": r.summary})),

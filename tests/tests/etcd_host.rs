@@ -29,8 +29,14 @@ fn etcd() -> Option<PathBuf> {
 }
 
 /// A control plane's config: `osctl gen config`'s, on loopback address
-/// `addr`, on etcd with both control planes as endpoints.
+/// `addr`, on etcd with both control planes of the first test as endpoints.
 fn config(op: &Operator, name: &str, addr: &str, bootstrap: bool) -> anyhow::Result<PathBuf> {
+    config_among(op, name, addr, &["127.0.0.2", "127.0.0.3"], bootstrap)
+}
+
+/// As [`config`], the control planes at `all` (each test its own
+/// addresses: etcd's ports are fixed, the tests run at once).
+fn config_among(op: &Operator, name: &str, addr: &str, all: &[&str], bootstrap: bool) -> anyhow::Result<PathBuf> {
     let base = std::fs::read_to_string(op.gen_config(&format!("{name}.base.toml"), 1)?)?;
     let mut text = base
         .replace("hostname = \"n1\"", &format!("hostname = \"{name}\""))
@@ -43,8 +49,10 @@ fn config(op: &Operator, name: &str, addr: &str, bootstrap: bool) -> anyhow::Res
     if let Some(r) = routes {
         text.replace_range(r, "");
     }
+    let endpoints: Vec<String> = all.iter().map(|a| format!("\"https://{a}:6443\"")).collect();
     let etcd = format!(
-        "datastore = \"etcd\"\nendpoints = [\"https://127.0.0.2:6443\", \"https://127.0.0.3:6443\"]\n{}",
+        "datastore = \"etcd\"\nendpoints = [{}]\n{}",
+        endpoints.join(", "),
         if bootstrap { "etcd_bootstrap = true\n" } else { "" }
     );
     anyhow::ensure!(text.contains("datastore = \"sqlite\"\n"), "gen config's datastore line: {text}");
@@ -174,5 +182,104 @@ fn two_control_planes_form_an_etcd_cluster_share_objects_and_snapshot_it() -> an
     drop(cp2);
     // The store still writes with one member left of one.
     kubectl_at(&op, &cp1, &url1, &["create", "configmap", "after"])?.ok()?;
+    Ok(())
+}
+
+/// `osctl reset` of a control plane takes its etcd member out of the list
+/// (through the other member), so that the others' quorum no longer counts
+/// it; it refuses, before anything changes, when the members that stay
+/// would have no quorum (one of them down) or it is the last member, unless
+/// `--force`.
+#[test]
+fn a_reset_control_plane_leaves_etcd_and_quorum_or_the_last_member_refuse_it() -> anyhow::Result<()> {
+    let Some(etcd) = etcd() else { return Ok(()) };
+    let op = Operator::new()?;
+    let all = ["127.0.0.4", "127.0.0.5"];
+    let kube = |a: &str| format!("{a}:{}", plinth_tests::free_port());
+    let (cfg1, cfg2) = (config_among(&op, "cp1", all[0], &all, true)?, config_among(&op, "cp2", all[1], &all, false)?);
+    let cp1 = control_plane(&op, &cfg1, &etcd, &kube(all[0]))?;
+    wait_members(&op, &cp1, &["cp1"])?;
+    let mut cp2 = control_plane(&op, &cfg2, &etcd, &kube(all[1]))?;
+    wait_members(&op, &cp2, &["cp1", "cp2"])?;
+
+    // cp2 is down: cp1 leaving would leave cp2 alone and silent. Refused
+    // before the drain, naming the member that is down; nothing changes.
+    cp2.stop()?;
+    let r = osctl(&op.osctlconfig(), &["-n", &cp1.addr(), "reset", "--yes"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("would lose etcd's quorum") && r.stderr.contains("down: cp2"), "{r:?}");
+    assert!(r.stderr.contains("nothing was wiped"), "{r:?}");
+    cp2.boot()?;
+    wait_members(&op, &cp1, &["cp1", "cp2"])?;
+    wait_members(&op, &cp2, &["cp1", "cp2"])?;
+
+    // cp2 is reset: its member leaves through cp1. (etcd refuses a change
+    // for 5 s after a member (re)joins, "unhealthy cluster": tried again.)
+    let mut last = None;
+    let said = wait_for("cp2 reset", Duration::from_secs(60), || {
+        let r = osctl(&op.osctlconfig(), &["-n", &cp2.addr(), "reset", "--yes"]);
+        let done = (r.code == 0).then(|| r.stdout.clone());
+        last = Some(r);
+        done
+    })
+    .map_err(|e| e.context(format!("{last:?}")))?;
+    assert!(said.contains("etcd member cp2") && said.contains("removed"), "{said}");
+    wait_members(&op, &cp1, &["cp1"])?;
+
+    // cp1 is the last member: its reset would end the cluster.
+    let r = osctl(&op.osctlconfig(), &["-n", &cp1.addr(), "reset", "--yes"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("cp1 is the cluster's last etcd member") && r.stderr.contains("--force"), "{r:?}");
+    assert_eq!(members(&op, &cp1.addr()).as_deref(), Some(&["cp1".to_string()][..]), "still serving");
+    let r = osctl(&op.osctlconfig(), &["-n", &cp1.addr(), "reset", "--yes", "--force"]).ok()?;
+    assert!(r.stdout.contains("kept (forced)") && r.stdout.contains("maintenance mode"), "{r:?}");
+    Ok(())
+}
+
+/// `osctl etcd restore` onto a control plane listed alone: a damaged file
+/// is refused naming it and what is wrong, and the running cluster keeps
+/// what it has; the snapshot restored, the member is a new cluster of one
+/// holding the objects of the snapshot (and not those written after it),
+/// and takes new writes.
+#[test]
+fn a_snapshot_restored_onto_a_lone_control_plane_brings_its_objects_back() -> anyhow::Result<()> {
+    let Some(etcd) = etcd() else { return Ok(()) };
+    let op = Operator::new()?;
+    let addr = "127.0.0.6";
+    let kube = format!("{addr}:{}", plinth_tests::free_port());
+    let cp = control_plane(&op, &config_among(&op, "cp1", addr, &[addr], true)?, &etcd, &kube)?;
+    wait_members(&op, &cp, &["cp1"])?;
+    let url = format!("https://{kube}");
+    wait_for("the API", Duration::from_secs(60), || kubectl_at(&op, &cp, &url, &["get", "namespaces"]).ok()?.ok().ok())
+        .map_err(|e| e.context(cp.log()))?;
+    kubectl_at(&op, &cp, &url, &["create", "configmap", "kept", "--from-literal=k=v"])?.ok()?;
+    let file = op.path("etcd.snapshot");
+    osctl(&op.osctlconfig(), &["-n", &cp.addr(), "etcd", "snapshot", "--out", file.to_str().unwrap()]).ok()?;
+    kubectl_at(&op, &cp, &url, &["create", "configmap", "later", "--from-literal=k=v"])?.ok()?;
+
+    // A damaged copy: refused, naming the file and what is wrong; nothing changes.
+    let bad = op.path("damaged.snapshot");
+    let mut bytes = std::fs::read(&file)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&bad, &bytes)?;
+    let r = osctl(&op.osctlconfig(), &["-n", &cp.addr(), "etcd", "restore", bad.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains(bad.to_str().unwrap()) && r.stderr.contains("sha256 does not match"), "{r:?}");
+    let names = || -> anyhow::Result<String> {
+        Ok(kubectl_at(&op, &cp, &url, &["get", "configmaps", "-o", "jsonpath={.items[*].metadata.name}"])?.ok()?.stdout)
+    };
+    let before = names()?;
+    assert!(before.contains("kept") && before.contains("later"), "{before}");
+
+    let r = osctl(&op.osctlconfig(), &["-n", &cp.addr(), "etcd", "restore", file.to_str().unwrap()]).ok()?;
+    assert!(r.stdout.contains("etcd restored") && r.stdout.contains("a new cluster of cp1 alone"), "{r:?}");
+    let after = wait_for("the API after the restore", Duration::from_secs(60), || names().ok())?;
+    assert!(after.contains("kept") && !after.contains("later"), "the snapshot's objects, not later ones: {after}");
+    wait_members(&op, &cp, &["cp1"])?;
+    kubectl_at(&op, &cp, &url, &["create", "configmap", "new", "--from-literal=k=v"])?.ok()?;
+    let got = kubectl_at(&op, &cp, &url, &["get", "configmap", "new", "-o", "jsonpath={.data.k}"])?.ok()?;
+    assert_eq!(got.stdout, "v");
+
     Ok(())
 }

@@ -159,7 +159,11 @@ impl Machine {
             snapshot_path(&o.data_dir, &opts.snapshot)?
         };
         let uploaded = opts.snapshot.is_empty();
-        let result = self.restore_from(o, &from, uploaded).await;
+        let result = if opts.etcd && uploaded {
+            self.etcd_restore(&from).await
+        } else {
+            self.restore_from(o, &from, uploaded).await
+        };
         let _ = std::fs::remove_file(&upload);
         // The operator knows the file by its own name, not the node's copy.
         let result = result

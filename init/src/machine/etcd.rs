@@ -101,9 +101,15 @@ impl Files {
         }
     }
 
-    /// Whether the member has started before (etcd's `member/` directory).
+    /// Whether the member has started before (etcd's write-ahead log): a
+    /// restored snapshot (`member/snap/db` alone) starts a new cluster.
     pub fn has_data(&self) -> bool {
-        self.data.join("member").is_dir()
+        self.data.join("member").join("wal").is_dir()
+    }
+
+    /// Where a restore keeps the member's previous data.
+    pub fn before_restore(&self) -> PathBuf {
+        self.data.with_file_name("data.before-restore")
     }
 }
 
@@ -307,6 +313,108 @@ impl super::Machine {
         let (size, stream) = super::cluster_store::stream_file(written, &file).await?;
         crate::supervisor::event(&self.events, ETCD, format!("etcd snapshot taken ({size} bytes)"));
         Ok(stream)
+    }
+
+    /// A reset control plane's member leaves (`orchestrator etcd leave`
+    /// through the other members first): `None` on a node with no member;
+    /// with `check`, only whether it may (the others keep a quorum, it is
+    /// not the last), so that a reset refuses before it drains anything.
+    pub(super) async fn etcd_leave(&self, force: bool, check: bool) -> Result<Option<String>, String> {
+        let config = self.state.lock().await.active.as_ref().map(|a| a.config.clone());
+        let Some(member) = config.as_ref().and_then(plan) else { return Ok(None) };
+        let o = self.settings.orchestrator.as_ref();
+        let Some((o, e)) = o.and_then(|o| o.etcd.as_ref().map(|e| (o, e))) else { return Ok(None) };
+        let files = Files::under(&e.dir);
+        if !files.has_data() {
+            return Ok(None); // its etcd never started: not a member
+        }
+        let endpoints: Vec<String> =
+            member.others.iter().chain(std::iter::once(&member.address)).map(client_endpoint).collect();
+        let store = store_options(&endpoints, &files);
+        let mut args: Vec<&std::ffi::OsStr> = vec!["leave".as_ref(), "--name".as_ref(), member.name.as_ref()];
+        if force {
+            args.push("--force".as_ref());
+        }
+        if check {
+            args.push("--check".as_ref());
+        }
+        match orchestrator_etcd(&o.program, &store, &args).await {
+            Ok(said) => Ok(Some(said)),
+            Err(status) => Err(status.message().to_string()),
+        }
+    }
+
+    /// `osctl etcd restore`: the uploaded snapshot `from` becomes this
+    /// member's data, a new cluster of this member alone. Checked while
+    /// everything runs (a damaged file changes nothing); then the
+    /// orchestrator and etcd stop, the member's data is moved aside
+    /// (`data.before-restore`, put back if the restore fails), the snapshot
+    /// is written, and etcd starts as a new cluster, then the orchestrator.
+    pub(super) async fn etcd_restore(&self, from: &Path) -> Result<machinery::api::RestoreResponse, tonic::Status> {
+        use tonic::Status;
+        let config = self.state.lock().await.active.as_ref().map(|a| a.config.clone());
+        let Some(member) = config.as_ref().and_then(plan) else {
+            return Err(Status::failed_precondition(
+                "this node runs no etcd member: it is a worker, or its cluster.datastore is not \"etcd\"",
+            ));
+        };
+        if !member.others.is_empty() {
+            let others: Vec<String> = member.others.iter().map(ToString::to_string).collect();
+            return Err(Status::failed_precondition(format!(
+                "a restore makes a new etcd cluster of this member alone, but cluster.endpoints lists other control \
+                 planes too ({}): apply a config listing this control plane alone, restore, then join the others \
+                 (reset first)",
+                others.join(", ")
+            )));
+        }
+        let o = self.settings.orchestrator.as_ref();
+        let Some((o, e)) = o.and_then(|o| o.etcd.as_ref().map(|e| (o, e))) else {
+            return Err(Status::failed_precondition("this node's image carries no etcd"));
+        };
+        let files = Files::under(&e.dir);
+        let run = async |args: &[&std::ffi::OsStr]| {
+            orchestrator_etcd(&o.program, &[], args).await.map_err(|s| Status::failed_precondition(s.message()))
+        };
+        let what = run(&["restore".as_ref(), "--check".as_ref(), from.as_os_str()]).await?;
+        let what = what.rsplit(": ").next().unwrap_or_default().to_string();
+        let _one = self.cluster_starting.lock().await;
+        let services = [crate::machine::ORCHESTRATOR, ETCD];
+        let running: Vec<&str> = services.into_iter().filter(|s| self.supervises(s)).collect();
+        for s in &running {
+            self.supervisor.stop(s).await.map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let aside = files.before_restore();
+        let moved = files.data.exists();
+        let prepared = (|| {
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside)?;
+            }
+            if moved {
+                std::fs::rename(&files.data, &aside)?;
+            }
+            Ok::<(), std::io::Error>(())
+        })()
+        .map_err(|err| Status::internal(format!("moving {} aside: {err}", files.data.display())));
+        let restored = match prepared {
+            Ok(()) => run(&["restore".as_ref(), from.as_os_str(), "--data-dir".as_ref(), files.data.as_os_str()]).await,
+            Err(e) => Err(e),
+        };
+        if restored.is_err() && moved && aside.exists() {
+            let _ = std::fs::remove_dir_all(&files.data);
+            let _ = std::fs::rename(&aside, &files.data);
+        } else if restored.is_ok() {
+            // Its first start forms the new cluster; later ones restart on the data.
+            let _ = self.supervisor.set_args(ETCD, args(&member, &files, &Start::New));
+        }
+        for s in running.iter().rev() {
+            let _ = self.supervisor.resume(s);
+        }
+        restored?;
+        let kept = if moved { format!("; its previous data is kept in {}", aside.display()) } else { String::new() };
+        crate::supervisor::event(&self.events, ETCD, format!("etcd restored from a snapshot ({what})"));
+        Ok(machinery::api::RestoreResponse {
+            summary: format!("etcd restored: {what}, a new cluster of {} alone{kept}", member.name),
+        })
     }
 
     pub(super) async fn etcd_remove_member(

@@ -11,6 +11,7 @@ mod cronjob;
 mod deployment;
 mod disruption;
 mod endpoints;
+pub mod etcd_members;
 mod gc;
 mod indexed;
 pub mod ipam;

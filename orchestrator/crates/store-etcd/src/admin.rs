@@ -37,6 +37,16 @@ pub enum AdminError {
     Damaged { endpoints: String, reason: String },
     #[error("no member named {name:?} (members: {have})")]
     NoMember { name: String, have: String },
+    #[error(
+        "{name} is the cluster's last etcd member: removing it ends the cluster and every object in it (take a \
+         snapshot first; --force to go ahead)"
+    )]
+    LastMember { name: String },
+    #[error(
+        "removing {name} would lose etcd's quorum: of the {left} members left, {healthy} answer ({answering}) and \
+         {needed} are needed; down: {down} (bring them back, or remove them first; --force to go ahead)"
+    )]
+    Quorum { name: String, left: usize, healthy: usize, needed: usize, answering: String, down: String },
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -141,6 +151,139 @@ pub fn member_remove(cfg: &EtcdConfig, name: &str) -> Result<Member, AdminError>
     })
 }
 
+/// What leaving the cluster did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Left {
+    /// The member was removed (through the members that stay).
+    Removed(Member),
+    /// No member has that name (removed already: by the Node's deletion,
+    /// or a reset tried again).
+    NotAMember(String),
+    /// The check alone (`check_only`): removing it keeps the quorum.
+    WouldRemove(Member),
+    /// Forced: the member was left in the list (the last one, or no
+    /// quorum to change the list); why, in words.
+    Kept(String),
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Left::Removed(m) => write!(f, "etcd member {} ({}) removed", m.name, m.id),
+            Left::NotAMember(name) => write!(f, "etcd member {name} removed already (not listed)"),
+            Left::WouldRemove(m) => write!(f, "etcd member {} ({}) can leave: the others keep a quorum", m.name, m.id),
+            Left::Kept(why) => write!(f, "etcd member kept (forced): {why}"),
+        }
+    }
+}
+
+/// Whether the member answers a status request on one of its client URLs.
+async fn answers(cfg: &EtcdConfig, m: &Member) -> bool {
+    let endpoints: Vec<String> = m
+        .client_urls
+        .iter()
+        .map(|u| u.trim_start_matches("https://").trim_start_matches("http://").to_string())
+        .collect();
+    if endpoints.is_empty() {
+        return false; // added, never started
+    }
+    let timeout = cfg.timeout.min(std::time::Duration::from_secs(2));
+    let one = EtcdConfig { endpoints, tls: cfg.tls.clone(), timeout };
+    let asked = async {
+        let mut c = client(&one).await.ok()?;
+        c.status().await.ok()
+    };
+    matches!(tokio::time::timeout(timeout, asked).await, Ok(Some(_)))
+}
+
+/// The name of the member that leads the cluster now, as the first member
+/// that answers says (`None` without a leader).
+pub fn leader(cfg: &EtcdConfig) -> Result<Option<String>, AdminError> {
+    runtime().block_on(async {
+        let mut c = client(cfg).await?;
+        let status = c.status().await.map_err(|e| etcd_error(cfg, "ask the status", &e))?;
+        let listed = c.member_list().await.map_err(|e| etcd_error(cfg, "list the members", &e))?;
+        Ok(listed.members().iter().find(|m| m.id() == status.leader()).map(|m| m.name().to_string()))
+    })
+}
+
+/// The member list from the first of `cfg`'s endpoints that answers, in
+/// their order (the others before the node's own, for a reset), and a
+/// configuration of that endpoint alone for what follows.
+fn first_answering(cfg: &EtcdConfig) -> Result<(Vec<Member>, EtcdConfig), AdminError> {
+    let mut last = None;
+    for e in &cfg.endpoints {
+        let one = EtcdConfig { endpoints: vec![e.clone()], tls: cfg.tls.clone(), timeout: cfg.timeout };
+        match members(&one) {
+            Ok(all) => return Ok((all, one)),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| AdminError::Etcd {
+        op: "list the members",
+        endpoints: String::new(),
+        reason: "no endpoint".into(),
+    }))
+}
+
+/// Which members must answer for a cluster of `left` voting members to
+/// have a quorum: a majority.
+pub fn quorum(left: usize) -> usize {
+    left / 2 + 1
+}
+
+/// The member `name` leaves the cluster (a node reset, or its Node
+/// deleted): removed through the others, unless that would lose the
+/// quorum of the members that stay (too few of them answer) or it is the
+/// last member — then refused, unless `force`, which keeps it in the list
+/// and says why. With `check_only`, nothing changes.
+pub fn leave(cfg: &EtcdConfig, name: &str, force: bool, check_only: bool) -> Result<Left, AdminError> {
+    let (all, via) = match first_answering(cfg) {
+        Ok(found) => found,
+        Err(e) if force => return Ok(Left::Kept(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let cfg = &via;
+    let Some(me) = all.iter().find(|m| m.name == name).cloned() else {
+        return Ok(Left::NotAMember(name.to_string()));
+    };
+    let stay: Vec<&Member> = all.iter().filter(|m| m.id != me.id && !m.learner).collect();
+    if stay.is_empty() {
+        let e = AdminError::LastMember { name: name.to_string() };
+        return if force { Ok(Left::Kept(e.to_string())) } else { Err(e) };
+    }
+    let up = runtime().block_on(async {
+        let mut up = Vec::new();
+        for m in &stay {
+            up.push(answers(cfg, m).await);
+        }
+        up
+    });
+    let label = |m: &Member| if m.name.is_empty() { m.id.clone() } else { m.name.clone() };
+    let answering: Vec<String> = stay.iter().zip(&up).filter(|(_, u)| **u).map(|(m, _)| label(m)).collect();
+    let down: Vec<String> = stay.iter().zip(&up).filter(|(_, u)| !**u).map(|(m, _)| label(m)).collect();
+    if answering.len() < quorum(stay.len()) {
+        let e = AdminError::Quorum {
+            name: name.to_string(),
+            left: stay.len(),
+            healthy: answering.len(),
+            needed: quorum(stay.len()),
+            answering: answering.join(", "),
+            down: down.join(", "),
+        };
+        return if force { Ok(Left::Kept(e.to_string())) } else { Err(e) };
+    }
+    if check_only {
+        return Ok(Left::WouldRemove(me));
+    }
+    match member_remove(cfg, name) {
+        Ok(m) => Ok(Left::Removed(m)),
+        Err(AdminError::NoMember { .. }) => Ok(Left::NotAMember(name.to_string())),
+        Err(e) if force => Ok(Left::Kept(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes a consistent snapshot of the member's database to `out` (through
 /// a temporary file renamed into place) and checks the sha256 etcd appends
 /// to it. Returns its size in bytes.
@@ -216,6 +359,12 @@ mod tests {
             "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380",
             "another added member that has not started is left out"
         );
+    }
+
+    #[test]
+    fn the_members_that_stay_need_a_majority() {
+        // Two left of three: both must answer; one left: itself.
+        assert_eq!([1, 2, 3, 4].map(quorum), [1, 2, 2, 3]);
     }
 
     #[test]

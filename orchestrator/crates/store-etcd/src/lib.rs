@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod local;
+pub mod restore;
 
 use std::future::Future;
 use std::path::PathBuf;
