@@ -367,8 +367,7 @@ async fn response(s: &mut Tls) -> std::io::Result<String> {
 /// for 40 s after a request — past kube-apiserver's 32 s
 /// `ReadHeaderTimeout`, within its 90 s `IdleTimeout`, which client-go's
 /// pool matches — still serves its next request (before the fix hyper's
-/// header deadline, running while idle, cut it at 32 s without TLS
-/// close_notify), while a connection that sent half a head, and one that
+/// header deadline, running while idle, cut it at 32 s), while a connection that sent half a head, and one that
 /// sent nothing after its handshake, are closed by then.
 #[test]
 fn idle_keep_alive_connections_outlive_the_header_deadline() {

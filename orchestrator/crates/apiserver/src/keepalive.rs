@@ -8,9 +8,9 @@
 //!   client-go's and Go's default transport keep idle connections).
 //!
 //! hyper's own `header_read_timeout` runs whenever it waits for a head, so
-//! it closed idle keep-alive connections after 32 s, and by an error, so
-//! without TLS close_notify: a client that reused one after half a minute
-//! found it cut. It is off; [`Timed`] wraps the TLS stream instead and,
+//! it closed idle keep-alive connections after 32 s (as an error of the
+//! connection): a client that reused one after half a minute found it
+//! cut. It is off; [`Timed`] wraps the TLS stream instead and,
 //! when a deadline passes between requests, ends the read side (EOF), on
 //! which hyper closes the connection cleanly (TLS close_notify). While a
 //! request is open (its response, a watch's stream, not yet done) or after
