@@ -22,6 +22,24 @@ use tokio_rustls::client::TlsStream;
 
 const CONNECTIONS: usize = 8;
 
+/// The figures, printed only once every step has succeeded: a failed run
+/// panics (exit status 101) and prints none.
+static REPORT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+macro_rules! report {
+    ($($t:tt)*) => { REPORT.lock().unwrap().push(format!($($t)*)) };
+}
+
+/// The server process, killed when the bench ends, panics included.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -56,11 +74,22 @@ fn client_config(kubeconfig: &str, with_cert: bool) -> Arc<rustls::ClientConfig>
 }
 
 /// One keep-alive HTTP/1.1 connection (responses carry Content-Length),
-/// and the `Authorization` header line it sends, if any.
+/// and the `Authorization` header line it sends, if any. Like client-go's
+/// pool, it does not reuse a connection idle for [`IDLE_REUSE`] (the
+/// server closes idle ones after 90 s, as kube-apiserver does) but opens
+/// a new one; any other failure — a connection closed under load, a
+/// truncated answer — panics, so that no figure is printed from it.
 struct Conn {
     io: TokioBufReader<TlsStream<tokio::net::TcpStream>>,
     auth: String,
+    addr: String,
+    cfg: Arc<rustls::ClientConfig>,
+    from: Option<std::net::Ipv4Addr>,
+    used: Instant,
 }
+
+/// Reopen rather than reuse a connection idle this long.
+const IDLE_REUSE: Duration = Duration::from_secs(60);
 
 impl Conn {
     /// A connection that sends `Authorization: Bearer <token>` with every request.
@@ -78,6 +107,15 @@ impl Conn {
     /// than 127.0.0.1: the API server admits at most 256 authenticated
     /// connections per client address).
     async fn open_from(addr: &str, cfg: Arc<rustls::ClientConfig>, from: Option<std::net::Ipv4Addr>) -> Conn {
+        let io = Conn::connect(addr, cfg.clone(), from).await;
+        Conn { io, auth: String::new(), addr: addr.to_string(), cfg, from, used: Instant::now() }
+    }
+
+    async fn connect(
+        addr: &str,
+        cfg: Arc<rustls::ClientConfig>,
+        from: Option<std::net::Ipv4Addr>,
+    ) -> TokioBufReader<TlsStream<tokio::net::TcpStream>> {
         let tcp = match from {
             None => tokio::net::TcpStream::connect(addr).await.unwrap(),
             Some(ip) => {
@@ -90,39 +128,61 @@ impl Conn {
         let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
-            .unwrap();
-        Conn { io: TokioBufReader::new(tls), auth: String::new() }
+            .expect("TLS handshake with the API server");
+        TokioBufReader::new(tls)
     }
 
     async fn call(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        if self.used.elapsed() > IDLE_REUSE {
+            self.io = Conn::connect(&self.addr, self.cfg.clone(), self.from).await;
+        }
+        let answer = self.exchange(method, path, content_type, body).await;
+        self.used = Instant::now();
+        answer.unwrap_or_else(|e| {
+            panic!("{method} {path}: {e} (the connection was idle {:?} before it)", self.used.elapsed())
+        })
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{}Accept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             self.auth,
             body.len()
         );
         let s = self.io.get_mut();
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
-        s.flush().await.unwrap();
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body).await?;
+        s.flush().await?;
         let mut line = String::new();
-        self.io.read_line(&mut line).await.unwrap();
+        if self.io.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let mut len = 0usize;
+        let mut len = None;
         loop {
             line.clear();
-            self.io.read_line(&mut line).await.unwrap();
+            if self.io.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             if line == "\r\n" {
                 break;
             }
             if let Some((k, v)) = line.split_once(':')
                 && k.eq_ignore_ascii_case("content-length")
             {
-                len = v.trim().parse().unwrap();
+                len = v.trim().parse().ok();
             }
         }
+        let len = len.ok_or_else(|| std::io::Error::other(format!("HTTP {code} without a Content-Length")))?;
         let mut buf = vec![0; len];
-        self.io.read_exact(&mut buf).await.unwrap();
-        (code, buf)
+        self.io.read_exact(&mut buf).await?;
+        Ok((code, buf))
     }
 }
 
@@ -202,16 +262,18 @@ async fn run(conns: Vec<Conn>, total: usize, req: Req) -> (Vec<Conn>, f64, Durat
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["server", "--data-dir"])
-        .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["server", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.split_whitespace().find_map(|w| w.strip_prefix("https://")).unwrap().to_string();
     std::thread::sleep(Duration::from_secs(2));
     let idle = rss_kib(pid);
@@ -229,10 +291,10 @@ fn main() {
             ("POST", "/api/v1/namespaces/default/configmaps".to_string(), "application/json", body.into_bytes())
         };
         let (conns, rate, p50, p99) = run(conns, n, create).await;
-        println!("create ConfigMap (512 B, fsync):  {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        report!("create ConfigMap (512 B, fsync):  {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         let get = |i: usize| ("GET", format!("/api/v1/namespaces/default/configmaps/cm-{i}"), "application/json", Vec::new());
         let (mut conns, rate, p50, p99) = run(conns, n, get).await;
-        println!("get ConfigMap:                   {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        report!("get ConfigMap:                   {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         // The same gets as a ServiceAccount bound to cluster-admin, by bearer token.
         let admin = &mut conns[0];
         let sa = br#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"bench"}}"#;
@@ -250,12 +312,12 @@ fn main() {
             with_token.push(Conn::open_with_token(&addr, token_cfg.clone(), &token).await);
         }
         let (_, rate, p50, p99) = run(with_token, n, get).await;
-        println!("get ConfigMap (bearer token):    {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        report!("get ConfigMap (bearer token):    {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         let patch = |i: usize| {
             ("PATCH", format!("/api/v1/namespaces/default/configmaps/cm-{i}"), "application/merge-patch+json", br#"{"data":{"p":"1"}}"#.to_vec())
         };
         let (conns, rate, p50, p99) = run(conns, n, patch).await;
-        println!("merge-patch ConfigMap (fsync):   {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        report!("merge-patch ConfigMap (fsync):   {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         let mut c = Conn::open(&addr, cfg.clone()).await;
         for (label, path) in [
             ("list 2,000 ConfigMaps", "/api/v1/namespaces/default/configmaps"),
@@ -270,7 +332,7 @@ fn main() {
                 lat.push(t.elapsed());
             }
             lat.sort();
-            println!("{label:<32} p50 {:>9.2?}   p99 {:>9.2?}", percentile(&lat, 0.5), percentile(&lat, 0.99));
+            report!("{label:<32} p50 {:>9.2?}   p99 {:>9.2?}", percentile(&lat, 0.5), percentile(&lat, 0.99));
         }
         let after_cms = rss_kib(pid);
 
@@ -282,25 +344,91 @@ fn main() {
             ("POST", "/api/v1/namespaces/default/persistentvolumeclaims".to_string(), "application/json", body.into_bytes())
         };
         let (conns, rate, p50, p99) = run(conns, 2000, claim).await;
-        println!("create PVC (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        report!("create PVC (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         let sts = |i: usize| {
             let body = format!(r#"{{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{{"name":"sts-{i}"}},"spec":{{"replicas":0,"serviceName":"sts-{i}","selector":{{"matchLabels":{{"sts":"{i}"}}}},"template":{{"metadata":{{"labels":{{"sts":"{i}"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36"}}]}}}},"volumeClaimTemplates":[{{"metadata":{{"name":"data"}},"spec":{{"accessModes":["ReadWriteOnce"],"resources":{{"requests":{{"storage":"1Gi"}}}}}}}}]}}}}"#);
             ("POST", "/apis/apps/v1/namespaces/default/statefulsets".to_string(), "application/json", body.into_bytes())
         };
         let (conns, rate, p50, p99) = run(conns, 2000, sts).await;
-        println!("create StatefulSet (fsync):      {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        report!("create StatefulSet (fsync):      {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         let settled = Instant::now();
         loop {
             let (_, body) = c.call("GET", "/apis/apps/v1/namespaces/default/controllerrevisions", "application/json", &[]).await;
             let n = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["items"].as_array().map_or(0, Vec::len);
-            if n >= 2000 || settled.elapsed() > Duration::from_secs(300) {
-                println!("controller: 2,000 revisions in     {:>7.1?} after the last create", settled.elapsed());
+            if n >= 2000 {
+                report!("controller: 2,000 revisions in     {:>7.1?} after the last create", settled.elapsed());
                 break;
             }
+            assert!(settled.elapsed() < Duration::from_secs(300), "only {n} of 2,000 ControllerRevisions after 300 s");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let with_storage = rss_kib(pid);
-        println!("RSS + 2,000 PVCs + 2,000 sts:    {:>7.1} MiB (before them: {:.1} MiB)", with_storage as f64 / 1024.0, after_cms as f64 / 1024.0);
+        report!("RSS + 2,000 PVCs + 2,000 sts:    {:>7.1} MiB (before them: {:.1} MiB)", with_storage as f64 / 1024.0, after_cms as f64 / 1024.0);
+
+        // The other kinds of issue 14, 2,000 each, created by a
+        // ServiceAccount that only a namespaced Role allows (RBAC enforced,
+        // escalation checks included): CronJobs (a schedule that does not
+        // fire during the run), Roles, RoleBindings and a CRD's objects.
+        let admin = &mut conns.into_iter().next().unwrap();
+        let crd = br#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition","metadata":{"name":"widgets.bench.example.com"},"spec":{"group":"bench.example.com","scope":"Namespaced","names":{"plural":"widgets","singular":"widget","kind":"Widget"},"versions":[{"name":"v1","served":true,"storage":true,"schema":{"openAPIV3Schema":{"type":"object","properties":{"spec":{"type":"object","properties":{"size":{"type":"integer"}}}}}}}]}}"#;
+        let (code, answer) = admin.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "application/json", crd).await;
+        assert_eq!(code, 201, "CRD: {}", String::from_utf8_lossy(&answer));
+        let writer = br#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"writer"}}"#;
+        assert_eq!(admin.call("POST", "/api/v1/namespaces/default/serviceaccounts", "application/json", writer).await.0, 201);
+        let role = br#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{"name":"writer"},"rules":[{"apiGroups":["batch"],"resources":["cronjobs"],"verbs":["create"]},{"apiGroups":["rbac.authorization.k8s.io"],"resources":["roles","rolebindings"],"verbs":["create"]},{"apiGroups":["bench.example.com"],"resources":["widgets"],"verbs":["create"]},{"apiGroups":[""],"resources":["configmaps"],"verbs":["get"]}]}"#;
+        let (code, answer) = admin.call("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles", "application/json", role).await;
+        assert_eq!(code, 201, "Role: {}", String::from_utf8_lossy(&answer));
+        let binding = br#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{"name":"writer"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"writer"},"subjects":[{"kind":"ServiceAccount","name":"writer","namespace":"default"}]}"#;
+        let (code, answer) = admin.call("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings", "application/json", binding).await;
+        assert_eq!(code, 201, "RoleBinding: {}", String::from_utf8_lossy(&answer));
+        let (code, answer) = admin.call("POST", "/api/v1/namespaces/default/serviceaccounts/writer/token", "application/json", b"{}").await;
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&answer));
+        let token = serde_json::from_slice::<serde_json::Value>(&answer).unwrap()["status"]["token"].as_str().unwrap().to_string();
+        let established = Instant::now();
+        loop {
+            let (code, _) = admin.call("GET", "/apis/bench.example.com/v1/namespaces/default/widgets?limit=1", "application/json", &[]).await;
+            if code == 200 {
+                break;
+            }
+            assert!(established.elapsed() < Duration::from_secs(30), "the CRD's widgets are not served after 30 s: {code}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // the binding reaches the authorizer's index
+        let mut writers = Vec::new();
+        for _ in 0..CONNECTIONS {
+            writers.push(Conn::open_with_token(&addr, token_cfg.clone(), &token).await);
+        }
+        let cronjob = |i: usize| {
+            let body = format!(r#"{{"apiVersion":"batch/v1","kind":"CronJob","metadata":{{"name":"cj-{i}"}},"spec":{{"schedule":"0 0 1 1 *","jobTemplate":{{"spec":{{"template":{{"spec":{{"restartPolicy":"Never","containers":[{{"name":"c","image":"busybox:1.36"}}]}}}}}}}}}}}}"#);
+            ("POST", "/apis/batch/v1/namespaces/default/cronjobs".to_string(), "application/json", body.into_bytes())
+        };
+        let (writers, rate, p50, p99) = run(writers, 2000, cronjob).await;
+        report!("create CronJob (RBAC, fsync):    {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        let role = |i: usize| {
+            let body = format!(r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{{"name":"role-{i}"}},"rules":[{{"apiGroups":[""],"resources":["configmaps"],"resourceNames":["cm-{i}"],"verbs":["get"]}}]}}"#);
+            ("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles".to_string(), "application/json", body.into_bytes())
+        };
+        let (writers, rate, p50, p99) = run(writers, 2000, role).await;
+        report!("create Role (RBAC, fsync):       {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        let role_binding = |i: usize| {
+            let body = format!(r#"{{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{{"name":"rb-{i}"}},"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"role-{i}"}},"subjects":[{{"kind":"User","name":"user-{i}"}}]}}"#);
+            ("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings".to_string(), "application/json", body.into_bytes())
+        };
+        let (writers, rate, p50, p99) = run(writers, 2000, role_binding).await;
+        report!("create RoleBinding (RBAC, fsync):{rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        let widget = |i: usize| {
+            let body = format!(r#"{{"apiVersion":"bench.example.com/v1","kind":"Widget","metadata":{{"name":"w-{i}"}},"spec":{{"size":{i}}}}}"#);
+            ("POST", "/apis/bench.example.com/v1/namespaces/default/widgets".to_string(), "application/json", body.into_bytes())
+        };
+        let (_, rate, p50, p99) = run(writers, 2000, widget).await;
+        report!("create CRD object (RBAC, fsync): {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let with_issue14 = rss_kib(pid);
+        report!("RSS + 2,000 each CronJob/Role/RoleBinding/Widget: {:>7.1} MiB", with_issue14 as f64 / 1024.0);
+        let mut conns = Vec::new();
+        for _ in 0..CONNECTIONS {
+            conns.push(Conn::open(&addr, cfg.clone()).await);
+        }
 
         // Watch latency: 1,000 watchers of the namespace's ConfigMaps, one
         // patch at a time, time from sending it to each watcher's event.
@@ -329,19 +457,21 @@ fn main() {
             }
         }
         lat.sort();
-        println!("watch latency, {WATCHERS} watchers:     p50 {:>9.2?}   p99 {:>9.2?}   (patch sent → event read)", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        report!("watch latency, {WATCHERS} watchers:     p50 {:>9.2?}   p99 {:>9.2?}   (patch sent → event read)", percentile(&lat, 0.5), percentile(&lat, 0.99));
         let pod = |i: usize| {
             let body = format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"pod-{i}","labels":{{"app":"bench"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox:1.36","resources":{{"requests":{{"cpu":"10m","memory":"16Mi"}}}}}}]}}}}"#);
             ("POST", "/api/v1/namespaces/default/pods".to_string(), "application/json", body.into_bytes())
         };
         let (_conns, rate, p50, p99) = run(conns, 1000, pod).await;
-        println!("create Pod (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
+        report!("create Pod (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         tokio::time::sleep(Duration::from_secs(5)).await;
-        println!("RSS idle:                        {:>7.1} MiB", idle as f64 / 1024.0);
-        println!("RSS after 2,000 ConfigMaps:      {:>7.1} MiB", after_cms as f64 / 1024.0);
-        println!("RSS with 1,000 open watches:     {:>7.1} MiB", with_watchers as f64 / 1024.0);
-        println!("RSS with 1,000 pods (settled):   {:>7.1} MiB", rss_kib(pid) as f64 / 1024.0);
+        report!("RSS idle:                        {:>7.1} MiB", idle as f64 / 1024.0);
+        report!("RSS after 2,000 ConfigMaps:      {:>7.1} MiB", after_cms as f64 / 1024.0);
+        report!("RSS with 1,000 open watches:     {:>7.1} MiB", with_watchers as f64 / 1024.0);
+        report!("RSS with 1,000 pods (settled):   {:>7.1} MiB", rss_kib(pid) as f64 / 1024.0);
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
+    for line in REPORT.lock().unwrap().iter() {
+        println!("{line}");
+    }
 }

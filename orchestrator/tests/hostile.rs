@@ -342,3 +342,60 @@ fn read_only_users_list_pods_but_not_secrets() {
         }
     });
 }
+
+/// One response on a keep-alive connection: its status line, after its
+/// head and its Content-Length body are read.
+async fn response(s: &mut Tls) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        if s.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .map_or(0, |(_, v)| v.trim().parse().unwrap());
+    s.read_exact(&mut vec![0; len]).await?;
+    Ok(head.lines().next().unwrap_or_default().to_string())
+}
+
+/// Issue 13 (the API benchmark died of it): a keep-alive connection idle
+/// for 40 s after a request — past kube-apiserver's 32 s
+/// `ReadHeaderTimeout`, within its 90 s `IdleTimeout`, which client-go's
+/// pool matches — still serves its next request (before the fix hyper's
+/// header deadline, running while idle, cut it at 32 s), while a connection that sent half a head, and one that
+/// sent nothing after its handshake, are closed by then.
+#[test]
+fn idle_keep_alive_connections_outlive_the_header_deadline() {
+    let Some(kubectl) = common::kubectl() else { return };
+    let server = common::Server::start_in(tempfile::tempdir().unwrap(), kubectl);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let admin = tls(&server, Some(&server.kubeconfig()));
+        let get = b"GET /version HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let mut idle = connect(&server, &admin).await.unwrap();
+        idle.write_all(get).await.unwrap();
+        let first = response(&mut idle).await.unwrap();
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let mut half = connect(&server, &admin).await.unwrap();
+        half.write_all(b"GET /version HTTP/1.1\r\nHost: loc").await.unwrap();
+        let silent = connect(&server, &admin).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let _ = idle.write_all(get).await;
+        let second = response(&mut idle).await;
+        assert!(
+            matches!(&second, Ok(s) if s.starts_with("HTTP/1.1 200")),
+            "the keep-alive connection after 40 s idle: {second:?}"
+        );
+        for (what, mut s) in [("half a head", half), ("nothing", silent)] {
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+            assert!(closed.is_ok(), "a connection that sent {what} is still open after 40 s");
+            assert!(!String::from_utf8_lossy(&rest).contains(" 200 "), "{what} got an answer");
+        }
+    });
+}

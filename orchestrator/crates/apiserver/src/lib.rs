@@ -16,6 +16,7 @@ pub mod bootstrap;
 mod connections;
 mod csr;
 mod eviction;
+mod keepalive;
 mod kubeconfigs;
 mod legacy_tokens;
 mod metrics;
@@ -98,10 +99,9 @@ pub enum ServerError {
 }
 
 /// Deadlines, as upstream's: a TLS handshake (Go's `TLSHandshakeTimeout`,
-/// 10 s), a request's headers (kube-apiserver's `ReadHeaderTimeout`, 32 s)
-/// and its body (the 60 s `--request-timeout`).
+/// 10 s) and a request's body (the 60 s `--request-timeout`); a request's
+/// head and an idle keep-alive connection have theirs in [`keepalive`].
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(32);
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `pass` over the registry at start and after every change of the
@@ -400,11 +400,15 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
             }
             let ticket = Arc::new(std::sync::Mutex::new(ticket));
             let held = ticket.clone();
+            let activity = keepalive::Activity::new(keepalive::HEADER_TIMEOUT, keepalive::IDLE_TIMEOUT);
+            let tls = keepalive::Timed::new(tls, activity.clone());
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let user = user.clone();
                 let ticket = ticket.clone();
-                async move {
+                let activity = activity.clone();
+                let open = activity.request();
+                let response = async move {
                     // Without a certificate, a bearer token (a bad one is a
                     // 401); a valid one moves the connection to the
                     // authenticated budget, as a certificate does.
@@ -432,11 +436,20 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
                         },
                     };
                     Ok::<_, Infallible>(handle(state, user, req).await)
+                };
+                async move {
+                    let r = response.await?;
+                    if r.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        activity.upgraded();
+                    }
+                    Ok::<_, Infallible>(r.map(|body| keepalive::Tracked { body, _open: open }))
                 }
             });
+            // hyper's header deadline would also cut idle keep-alive
+            // connections (see `keepalive`): off, `Timed` keeps both.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(None)
                 .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades()
                 .await
