@@ -177,10 +177,24 @@ fn main() -> anyhow::Result<()> {
     })
     .with_context(|| tail(&vms[2].serial_log()))?;
     figure("w2_power_on_to_ready_s", on.elapsed().as_secs_f64());
-    wait_for("w2's old web pod gone", BOOT, || {
+    let gone = wait_for("w2's old web pod gone", Duration::from_secs(180), || {
         std::thread::sleep(Duration::from_millis(500));
         (!web_pods(&kubeconfig).ok()?.iter().any(|p| p.0 == on_w2)).then_some(())
-    })?;
+    });
+    if let Err(e) = gone {
+        // What the returning node's kubelet made of the pod deleted while it was off.
+        let pod = kubectl(&kubeconfig, &["get", "pod", &on_w2, "-o", "yaml"]).map(|r| r.stdout + &r.stderr);
+        let log = osctl(&op.osctlconfig(), &["-n", &vms[2].api_addr(), "logs", "orchestrator"]).stdout;
+        let lines: Vec<&str> =
+            log.lines().filter(|l| l.contains(&on_w2) || l.contains("WARN") || l.contains("ERROR")).collect();
+        for vm in &mut vms {
+            vm.stop(Duration::from_secs(10));
+        }
+        return Err(e.context(format!(
+            "{pod:?}\n--- w2's orchestrator log (the pod, warnings, errors) ---\n{}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        )));
+    }
     figure("w2_power_on_to_old_pod_gone_s", on.elapsed().as_secs_f64());
     let after = web_pods(&kubeconfig)?;
     println!("web pods after: {after:?}");
