@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod cluster;
 pub mod footprint;
+pub mod multinode;
 pub mod sdcard;
 pub mod writes;
 

@@ -20,6 +20,14 @@
 //! its Node's name or DNS addresses and whose IPs are its Node's addresses.
 //! The certificate carries those names. Anything else waits for
 //! `kubectl certificate approve`.
+//!
+//! A kubelet request (either signer) for `system:node:<name>` is owned by
+//! the Node `<name>` once that Node exists (an ownerReference to it), so
+//! the garbage collector deletes a node's requests with its Node: a node
+//! that leaves the cluster (`osctl reset` deletes its Node) leaves no
+//! request behind, and a node joining again under the name starts clean.
+//! A request whose Node is not there yet (a join in progress) keeps no
+//! owner and stays.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +35,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestCondition};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use orchestrator_apimachinery::bootstrap_token::GROUP as BOOTSTRAPPERS;
 use orchestrator_apimachinery::certificates::{
@@ -36,7 +45,7 @@ use orchestrator_apimachinery::certificates::{
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_apimachinery::registry::{Part, Registry};
 
-use crate::{list_typed, modify_typed, name, time_now};
+use crate::{list_typed, modify_typed, name, time_now, uid};
 
 /// The cluster CA and how long the certificates it signs live.
 #[derive(Clone)]
@@ -192,13 +201,55 @@ fn sign(signer: &Signer, c: &CertificateSigningRequest) -> Result<String, String
     Ok(csr.signed_by(&issuer).map_err(|e| e.to_string())?.pem())
 }
 
-/// One pass: decide pending kubelet requests, sign approved ones.
+/// The Node a kubelet request (client or serving) is for, when that Node
+/// exists: the name in `system:node:<name>`, the request's subject.
+fn node_of<'a>(c: &CertificateSigningRequest, nodes: &'a [Node]) -> Option<&'a Node> {
+    if ![KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER].contains(&c.spec.signer_name.as_str()) {
+        return None;
+    }
+    let request = parse_request(&c.spec.request.0).ok()?;
+    let node = request.common_name.strip_prefix(NODE_USER_PREFIX)?;
+    nodes.iter().find(|n| name(&n.metadata) == node && !uid(&n.metadata).is_empty())
+}
+
+/// Makes each kubelet request a dependent of its Node (see the module's
+/// documentation), once.
+fn own_by_nodes(reg: &Registry, csrs: &[CertificateSigningRequest], nodes: &[Node]) -> Result<(), ApiError> {
+    for c in csrs {
+        let Some(n) = node_of(c, nodes) else { continue };
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: name(&n.metadata).to_string(),
+            uid: uid(&n.metadata).to_string(),
+            ..Default::default()
+        };
+        let owned =
+            |c: &CertificateSigningRequest| c.metadata.owner_references.iter().flatten().any(|r| r.uid == owner.uid);
+        if owned(c) {
+            continue;
+        }
+        modify_typed(reg, None, name(&c.metadata), Part::Main, |o: &mut CertificateSigningRequest| {
+            if owned(o) {
+                return false;
+            }
+            o.metadata.owner_references.get_or_insert_default().push(owner.clone());
+            true
+        })?;
+        tracing::info!(csr = name(&c.metadata), node = owner.name, "owned by its Node");
+    }
+    Ok(())
+}
+
+/// One pass: decide pending kubelet requests, sign approved ones, and
+/// make kubelet requests dependents of their Nodes.
 pub fn reconcile(reg: &Registry, signer: &Signer) -> Result<(), ApiError> {
     let csrs: Vec<CertificateSigningRequest> = list_typed(reg)?;
     if csrs.is_empty() {
         return Ok(());
     }
     let nodes: Vec<Node> = list_typed(reg)?;
+    own_by_nodes(reg, &csrs, &nodes)?;
     for c in &csrs {
         let csr = name(&c.metadata);
         let decided = has_condition(c, "Approved") || has_condition(c, "Denied");
@@ -385,6 +436,58 @@ mod tests {
             let c = get(&reg, pending);
             assert!(c.status.is_none_or(|s| s.conditions.is_none() && s.certificate.is_none()), "{pending}");
         }
+    }
+
+    #[test]
+    fn a_nodes_requests_go_with_its_node_and_a_join_in_progress_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = crate::test_registry(&d);
+        let s = signer();
+        let bootstrappers = ("system:bootstrap:abcdef", &[BOOTSTRAPPERS, "system:authenticated"][..]);
+        create(&reg, "join-w1", "system:node:w1", bootstrappers.0, bootstrappers.1);
+        create(&reg, "join-w2", "system:node:w2", bootstrappers.0, bootstrappers.1);
+        let serving = (KUBELET_SERVING_SIGNER, &["digital signature", "server auth"][..]);
+        create_for(&reg, "serve-w1", serving, "system:node:w1", &["w1"], "system:node:w1", &[NODES_GROUP]);
+        create(&reg, "person", "system:node:w1", "alice", &["devs"]);
+        // Someone else's request, for a client certificate of another signer.
+        use base64::Engine as _;
+        let (pem, _) = csr_pem("system:node:w1", &[]);
+        let other = json!({"metadata": {"name": "other-signer"}, "spec": {"signerName": CLIENT_SIGNER,
+            "usages": ["client auth"], "username": "alice", "groups": ["devs"],
+            "request": base64::engine::general_purpose::STANDARD.encode(pem)}});
+        reg.create(crate::rt("CertificateSigningRequest"), None, other, &WriteOptions::default()).unwrap();
+        reconcile(&reg, &s).unwrap();
+        // The kubelet registers its Node once it has its certificate.
+        let node = json!({"metadata": {"name": "w1"}, "status": {"addresses": [{"type": "InternalIP", "address": "10.5.0.2"}]}});
+        reg.create(crate::rt("Node"), None, node, &WriteOptions::default()).unwrap();
+        reconcile(&reg, &s).unwrap();
+        let w1: Node =
+            orchestrator_apimachinery::typed::decode(reg.get(crate::rt("Node"), None, "w1").unwrap(), "node").unwrap();
+        for owned in ["join-w1", "serve-w1", "person"] {
+            let refs = get(&reg, owned).metadata.owner_references.unwrap_or_default();
+            assert_eq!(refs.len(), 1, "{owned}: {refs:?}");
+            assert_eq!(
+                (refs[0].kind.as_str(), refs[0].name.as_str(), refs[0].uid.as_str()),
+                ("Node", "w1", uid(&w1.metadata))
+            );
+        }
+        for free in ["join-w2", "other-signer"] {
+            assert!(get(&reg, free).metadata.owner_references.is_none(), "{free}");
+        }
+        // Owned once: another pass changes nothing.
+        let before = get(&reg, "join-w1").metadata.resource_version;
+        reconcile(&reg, &s).unwrap();
+        assert_eq!(get(&reg, "join-w1").metadata.resource_version, before);
+
+        // The node leaves: its Node is deleted, the collector takes its requests.
+        reg.delete(crate::rt("Node"), None, "w1", &Default::default()).unwrap();
+        crate::gc::reconcile(&reg).unwrap();
+        let left: Vec<String> = list_typed::<CertificateSigningRequest>(&reg)
+            .unwrap()
+            .iter()
+            .map(|c| name(&c.metadata).to_string())
+            .collect();
+        assert_eq!(left, ["join-w2", "other-signer"]);
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod replicationcontroller;
 mod scheduler;
 mod serviceaccounts;
 mod statefulset;
+mod taints;
 mod tokencleaner;
 mod workloads;
 
@@ -140,7 +141,7 @@ type Reconciler = fn(&Registry) -> Result<(), ApiError>;
 /// One pass of the reconcilers that `changes` concern.
 pub fn reconcile_all(reg: &Registry, changes: &Changes) {
     let c = changes;
-    let passes: [(&str, bool, Reconciler); 17] = [
+    let passes: [(&str, bool, Reconciler); 18] = [
         ("deployment", c.periodic || c.any(&["deployments", "replicasets"]), deployment::reconcile),
         ("replicaset", c.periodic || c.any(&["replicasets", "pods"]), replicaset::reconcile),
         (
@@ -170,6 +171,7 @@ pub fn reconcile_all(reg: &Registry, changes: &Changes) {
         ("scheduler", c.periodic || c.any(&["pods", "nodes"]), scheduler::reconcile),
         ("endpoints", c.any(&["services", "pods"]), endpoints::reconcile),
         ("node-lifecycle", c.periodic || c.any(&["nodes", "leases"]), nodes::reconcile),
+        ("taint-eviction", c.periodic || c.any(&["nodes", "leases", "pods"]), taints::reconcile),
         ("node-ipam", c.any(&["nodes"]), ipam::reconcile),
         ("serviceaccount", c.any(&["namespaces", "serviceaccounts"]), serviceaccounts::reconcile),
         ("namespace", c.all || c.deletion || c.any(&["namespaces"]), gc::reconcile_namespaces),

@@ -52,16 +52,19 @@ pub(crate) fn repels(tolerations: &[Toleration], taint: &Taint) -> bool {
 }
 
 fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| {
-        let exists = t.operator.as_deref() == Some("Exists");
-        let key_ok = match t.key.as_deref() {
-            None | Some("") => exists,
-            Some(k) => taint.key == k,
-        };
-        let value_ok = exists || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
-        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || taint.effect == e);
-        key_ok && value_ok && effect_ok
-    })
+    tolerations.iter().any(|t| toleration_matches(t, taint))
+}
+
+/// Whether toleration `t` tolerates `taint` (key, value by operator, effect).
+pub(crate) fn toleration_matches(t: &Toleration, taint: &Taint) -> bool {
+    let exists = t.operator.as_deref() == Some("Exists");
+    let key_ok = match t.key.as_deref() {
+        None | Some("") => exists,
+        Some(k) => taint.key == k,
+    };
+    let value_ok = exists || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
+    let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || taint.effect == e);
+    key_ok && value_ok && effect_ok
 }
 
 /// Whether a node carries every label of a node selector.

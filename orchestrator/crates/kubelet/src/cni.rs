@@ -53,8 +53,61 @@ pub fn write_config(cfg: &Config) -> Result<(), (PathBuf, std::io::Error)> {
     std::fs::rename(&tmp, &path).map_err(|e| (path.clone(), e))
 }
 
+/// Where libcni (in containerd) caches each attachment's ADD result, as
+/// `<network>-<sandbox id>-<interface>`; a DEL reads it first.
+pub const RESULTS_DIR: &str = "/var/lib/cni/results";
+
+/// Whether a StopPodSandbox failure is libcni failing to read a cached result.
+pub fn is_unreadable_cached_result(message: &str) -> bool {
+    message.contains("cached result")
+}
+
+/// Removes the cached results of sandbox `id` in `dir` that are not JSON
+/// (a power cut can leave one empty: every CNI DEL of that sandbox then
+/// fails, and the pod can never be stopped); returns the files removed.
+/// Results that parse are kept.
+pub fn drop_unreadable_results(dir: &std::path::Path, id: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if id.is_empty() || !name.contains(&format!("-{id}-")) {
+            continue;
+        }
+        let path = e.path();
+        let readable = std::fs::read(&path).is_ok_and(|b| serde_json::from_slice::<Value>(&b).is_ok());
+        if !readable && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cached_result_cut_short_is_dropped_and_a_good_one_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(d.path().join(name), text).unwrap();
+        write("plinth-plinth0-abc123-eth0", "");
+        write("plinth-plinth0-abc123-eth1", "{\"cniVersion\": \"1.0.0\"");
+        write("plinth-plinth0-def456-eth0", "");
+        write("plinth-plinth0-abc1234-eth0", "");
+        write("plinth-plinth0-abc123-net1", "{\"cniVersion\": \"1.0.0\"}");
+        let mut gone: Vec<String> = super::drop_unreadable_results(d.path(), "abc123")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        gone.sort();
+        assert_eq!(gone, ["plinth-plinth0-abc123-eth0", "plinth-plinth0-abc123-eth1"]);
+        for kept in ["plinth-plinth0-def456-eth0", "plinth-plinth0-abc1234-eth0", "plinth-plinth0-abc123-net1"] {
+            assert!(d.path().join(kept).exists(), "{kept}");
+        }
+        assert!(super::drop_unreadable_results(&d.path().join("none"), "abc123").is_empty());
+        let seen = "failed to destroy network for sandbox \"abc\": failed to get network \"plinth-plinth0\" cached result: decoding version from network config: unexpected end of JSON input";
+        assert!(super::is_unreadable_cached_result(seen));
+    }
+
     #[test]
     fn the_gateway_is_the_first_address() {
         assert_eq!(super::gateway("10.244.3.0/24"), Some("10.244.3.1".parse().unwrap()));

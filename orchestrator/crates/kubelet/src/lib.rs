@@ -661,7 +661,23 @@ impl Kubelet {
 
     async fn remove_sandbox(&self, id: &str) -> Result<(), KubeletError> {
         let mut rs = self.cri.runtime.clone();
-        let r = rs.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await;
+        let mut r = rs.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await;
+        // A power cut can leave libcni's cached result of this sandbox cut
+        // short; every network teardown then fails on it. Drop what does
+        // not parse and stop again (the plugins' DEL needs only the config).
+        if let Err(s) = &r
+            && cni::is_unreadable_cached_result(s.message())
+        {
+            let dropped = cni::drop_unreadable_results(std::path::Path::new(cni::RESULTS_DIR), id);
+            if !dropped.is_empty() {
+                tracing::warn!(
+                    sandbox = id,
+                    ?dropped,
+                    "removed unreadable CNI cached results; stopping the sandbox again"
+                );
+                r = rs.stop_pod_sandbox(v1::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await;
+            }
+        }
         if let Err(s) = r.map_err(CriError::call("StopPodSandbox"))
             && !s.is_not_found()
         {

@@ -140,7 +140,12 @@ pub fn sandbox_config(
     let (name, namespace, uid) = (or_empty(&meta.name), or_empty(&meta.namespace), or_empty(&meta.uid));
     let mut labels: HashMap<String, String> = meta.labels.clone().unwrap_or_default().into_iter().collect();
     labels.extend(base_labels(name, namespace, uid));
+    // A pod on the host's network shares the node's UTS namespace too
+    // (containerd), and runc refuses to set a hostname there ("unable to
+    // set hostname without a private UTS namespace"): as upstream's
+    // kubelet, such a pod's sandbox names no hostname (it has the node's).
     let hostname = match or_empty(&spec.hostname) {
+        _ if spec.host_network == Some(true) => "",
         "" => name,
         h => h,
     };
@@ -900,6 +905,13 @@ mod tests {
         assert_eq!(s.port_mappings[0].host_port, 8080);
         let ns = sandbox_namespaces(&s).unwrap();
         assert_eq!(ns.network, v1::NamespaceMode::Pod as i32);
+        assert_eq!(s.hostname, or_empty(&p.metadata.name), "a pod's own hostname is its name");
+        let mut on_host = p.clone();
+        on_host.spec.as_mut().unwrap().host_network = Some(true);
+        on_host.spec.as_mut().unwrap().hostname = Some("h".into());
+        let s_host = sandbox_config(&on_host, "/var/log/pods/x", 1, None);
+        assert_eq!(sandbox_namespaces(&s_host).unwrap().network, v1::NamespaceMode::Node as i32);
+        assert_eq!(s_host.hostname, "", "on the host's network: the node's hostname, none set");
         let c = typed(json!({"name": "c", "command": ["sh", "-c"], "args": ["echo $(A)"], "workingDir": "/w",
                        "securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_ADMIN"]}}}));
         let cfg = container_config(&p, &c, &s, "sha256:abc", 2, &[("A".into(), "1".into())], vec![]).unwrap();

@@ -1,0 +1,205 @@
+//! Benchmark (not a test): three nodes in QEMU (TCG) on one cluster
+//! network, a control plane and two workers joining by token, and one
+//! worker powered off and on again. Prints the figures as `figure: NAME
+//! VALUE` lines: power-on → control plane Ready, each worker's config
+//! applied → Ready (both joining at once), then, with a 3-replica
+//! Deployment spread over the nodes, w2 powered off (QEMU killed, no
+//! shutdown) → its Node not Ready → its pod replaced on the other nodes
+//! (Ready again with 3 replicas) and w2 powered on → Ready again → its
+//! old pod gone. The Deployment's pods tolerate the unreachable taint for
+//! `PLINTH_CLUSTER_TOLERATION_S` seconds (default 30; upstream's default,
+//! which pods without their own get, is 300). Run with `bench/cluster.sh`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use plinth_qemu::{ClusterNet, Vm};
+use plinth_tests::cluster::{BOOT, ROLLOUT, busybox_image_options, tail};
+use plinth_tests::multinode::{apply, cluster_addr, gen_config, node_ready, power_on, wait_configured};
+use plinth_tests::{Operator, kubectl, osctl, wait_for};
+
+fn figure(name: &str, value: f64) {
+    println!("figure: {name} {value:.1}");
+}
+
+fn web(toleration_s: u64) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      tolerations:
+      - {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: {toleration_s}}}
+      - {{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: {toleration_s}}}
+      containers:
+      - name: web
+        image: docker.io/library/busybox:plinth
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "mkdir -p /tmp/www; hostname > /tmp/www/index.html; exec httpd -f -p 8080 -h /tmp/www"]
+        readinessProbe:
+          tcpSocket: {{port: 8080}}
+          periodSeconds: 2
+"#
+    )
+}
+
+/// The web pods as (name, node, ready, being deleted).
+fn web_pods(kubeconfig: &Path) -> anyhow::Result<Vec<(String, String, bool, bool)>> {
+    let pods = kubectl(kubeconfig, &["get", "pods", "-l", "app=web", "-o", "json"])?.ok()?.json()?;
+    let mut out = Vec::new();
+    for p in pods["items"].as_array().context("items")? {
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        out.push((
+            p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
+            ready,
+            !p["metadata"]["deletionTimestamp"].is_null(),
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn main() -> anyhow::Result<()> {
+    let toleration_s: u64 =
+        std::env::var("PLINTH_CLUSTER_TOLERATION_S").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let op = Operator::new()?;
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let (_, opts) = busybox_image_options(&op, w)?;
+    image_builder::build(&opts)?;
+    let image = opts.out.clone();
+
+    let names = ["cp", "w1", "w2"];
+    let endpoint = format!("https://{}:6443", cluster_addr(0));
+    let mut tomls = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let toml = w.join(format!("{name}.toml"));
+        let addr = format!("{}/24", cluster_addr(i));
+        let mut args = vec!["--hostname", name, "--cluster-address", &addr];
+        if i == 0 {
+            args.extend(["--role", "controlplane"]);
+        } else {
+            args.extend(["--role", "worker", "--endpoint", &endpoint]);
+        }
+        gen_config(&op, &toml, &args)?;
+        tomls.push(toml);
+    }
+
+    let net = ClusterNet::new()?;
+    let powered_on = Instant::now();
+    let mut vms: Vec<Vm> = Vec::new();
+    for name in names {
+        vms.push(power_on(&image, w, name, net)?);
+    }
+    apply(&op, &mut vms[0], &tomls[0])?;
+    wait_configured(&op, &mut vms[0])?;
+    let kubeconfig = w.join("kubeconfig");
+    let kc = kubeconfig.to_str().context("utf-8")?.to_string();
+    let (cp_api, cp_url) = (vms[0].api_addr(), vms[0].kube_url());
+    wait_for("the kubeconfig", BOOT, || {
+        osctl(&op.osctlconfig(), &["-n", &cp_api, "kubeconfig", "--server", &cp_url, "--out", &kc]).ok().ok()
+    })
+    .with_context(|| tail(&vms[0].serial_log()))?;
+    wait_for("node cp Ready", BOOT, || node_ready(&kubeconfig, "cp")).with_context(|| tail(&vms[0].serial_log()))?;
+    figure("cp_power_on_to_ready_s", powered_on.elapsed().as_secs_f64());
+
+    // Both workers join at once.
+    let applied = Instant::now();
+    for i in [1, 2] {
+        apply(&op, &mut vms[i], &tomls[i])?;
+    }
+    for i in [1, 2] {
+        wait_configured(&op, &mut vms[i])?;
+    }
+    let mut joined = [false, false];
+    wait_for("both workers Ready", BOOT, || {
+        for (j, name) in ["w1", "w2"].iter().enumerate() {
+            if !joined[j] && node_ready(&kubeconfig, name).is_some() {
+                joined[j] = true;
+                figure(&format!("{name}_config_applied_to_ready_s"), applied.elapsed().as_secs_f64());
+            }
+        }
+        (joined == [true, true]).then_some(())
+    })
+    .with_context(|| format!("w1: {}\nw2: {}", tail(&vms[1].serial_log()), tail(&vms[2].serial_log())))?;
+
+    let manifest = w.join("web.yaml");
+    std::fs::write(&manifest, web(toleration_s))?;
+    kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().context("utf-8")?])?.ok()?;
+    kubectl(&kubeconfig, &["rollout", "status", "deployment/web", ROLLOUT])?.ok()?;
+    let before = web_pods(&kubeconfig)?;
+    println!("web pods before: {before:?}");
+    let Some(on_w2) = before.iter().find(|p| p.1 == "w2").map(|p| p.0.clone()) else {
+        anyhow::bail!("no web pod on w2 to fail over: {before:?}");
+    };
+
+    // Pull w2's plug.
+    let off = Instant::now();
+    vms[2].kill();
+    wait_for("node w2 not Ready", Duration::from_secs(300), || {
+        std::thread::sleep(Duration::from_millis(500));
+        node_ready(&kubeconfig, "w2").is_none().then_some(())
+    })?;
+    figure("w2_power_off_to_not_ready_s", off.elapsed().as_secs_f64());
+    let mut now = Vec::new();
+    wait_for("3 web pods Ready off w2", Duration::from_secs(300 + toleration_s), || {
+        std::thread::sleep(Duration::from_millis(500));
+        now = web_pods(&kubeconfig).ok()?;
+        let serving = now.iter().filter(|p| p.1 != "w2" && p.2 && !p.3).count();
+        (serving == 3).then_some(())
+    })
+    .with_context(|| format!("web pods: {now:?}"))?;
+    figure("w2_power_off_to_pods_replaced_s", off.elapsed().as_secs_f64());
+    println!("web pods with w2 off: {now:?}");
+
+    // And back on.
+    let on = Instant::now();
+    vms[2].boot()?;
+    wait_for("node w2 Ready again", BOOT, || {
+        std::thread::sleep(Duration::from_millis(500));
+        node_ready(&kubeconfig, "w2")
+    })
+    .with_context(|| tail(&vms[2].serial_log()))?;
+    figure("w2_power_on_to_ready_s", on.elapsed().as_secs_f64());
+    let gone = wait_for("w2's old web pod gone", Duration::from_secs(180), || {
+        std::thread::sleep(Duration::from_millis(500));
+        (!web_pods(&kubeconfig).ok()?.iter().any(|p| p.0 == on_w2)).then_some(())
+    });
+    if let Err(e) = gone {
+        // What the returning node's kubelet made of the pod deleted while it was off.
+        let pod = kubectl(&kubeconfig, &["get", "pod", &on_w2, "-o", "yaml"]).map(|r| r.stdout + &r.stderr);
+        let log = osctl(&op.osctlconfig(), &["-n", &vms[2].api_addr(), "logs", "orchestrator"]).stdout;
+        let lines: Vec<&str> =
+            log.lines().filter(|l| l.contains(&on_w2) || l.contains("WARN") || l.contains("ERROR")).collect();
+        for vm in &mut vms {
+            vm.stop(Duration::from_secs(10));
+        }
+        return Err(e.context(format!(
+            "{pod:?}\n--- w2's orchestrator log (the pod, warnings, errors) ---\n{}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        )));
+    }
+    figure("w2_power_on_to_old_pod_gone_s", on.elapsed().as_secs_f64());
+    let after = web_pods(&kubeconfig)?;
+    println!("web pods after: {after:?}");
+    for vm in &mut vms {
+        vm.stop(Duration::from_secs(10));
+    }
+    Ok(())
+}
