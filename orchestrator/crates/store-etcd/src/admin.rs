@@ -63,7 +63,39 @@ fn message(e: &etcd_client::Error) -> String {
     m
 }
 
+/// A client of the first of `cfg`'s endpoints that answers, in their
+/// order: a client over all of them would send a request to a dead
+/// member's endpoint as readily as to a live one (a member list with one
+/// control plane down failed about half the time).
 async fn client(cfg: &EtcdConfig) -> Result<Client, AdminError> {
+    if cfg.endpoints.len() < 2 {
+        return connect(cfg).await;
+    }
+    let mut last = None;
+    for e in &cfg.endpoints {
+        let one = EtcdConfig { endpoints: vec![e.clone()], tls: cfg.tls.clone(), timeout: cfg.timeout };
+        let mut c = match connect(&one).await {
+            Ok(c) => c,
+            Err(err) => {
+                last = Some(err);
+                continue;
+            }
+        };
+        match c.status().await {
+            Ok(_) => return Ok(c),
+            Err(err) => last = Some(etcd_error(&one, "ask the status", &err)),
+        }
+    }
+    Err(match last {
+        Some(AdminError::Etcd { op, reason, .. }) => {
+            AdminError::Etcd { op, endpoints: cfg.endpoints.join(","), reason }
+        }
+        Some(other) => other,
+        None => AdminError::Etcd { op: "connect", endpoints: String::new(), reason: "no endpoint".into() },
+    })
+}
+
+async fn connect(cfg: &EtcdConfig) -> Result<Client, AdminError> {
     let mut options = ConnectOptions::new().with_timeout(cfg.timeout).with_connect_timeout(cfg.timeout);
     if let Some(tls) = &cfg.tls {
         let read =

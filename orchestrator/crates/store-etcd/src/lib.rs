@@ -143,11 +143,21 @@ impl Bridge {
 /// The pause before a request that reached no member is sent again.
 const RESEND_AFTER: Duration = Duration::from_millis(50);
 
-/// Whether the request failed before any member received it (a refused
-/// connection): sending it again cannot apply it twice.
+/// Whether the request failed before anything was applied, so that
+/// sending it again cannot apply it twice: a refused connection, or an
+/// election under way — "no leader" is refused before any proposal, and
+/// "leader changed" ends only a linearizable read (etcd's write path says
+/// "request timed out" instead, and is not resent). Without this, every
+/// read during the second or so of an election after a leader died was a
+/// 503.
 fn not_sent(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(s) => s.code() == Code::Unavailable && s.message().contains("connect"),
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == Code::Unavailable
+                && (s.message().contains("connect")
+                    || s.message() == "etcdserver: no leader"
+                    || s.message() == "etcdserver: leader changed")
+        }
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     }
