@@ -30,31 +30,38 @@ use plinth_tests::{Operator, kubectl, osctl, wait_for};
 const CP_ADDR: &str = "10.5.0.1";
 const WORKER_ADDR: &str = "10.5.0.2";
 
-/// A web server on each node (`server` on the control plane, `client` on
-/// the worker; each also serves `/cgi-bin/ip`, the address its request came
-/// from, and each is the other's client), a NodePort Service in front of
-/// the control plane's and a ClusterIP Service in front of the worker's.
-const PODS: &str = r#"
-apiVersion: v1
+/// A web server pod named `name` (label `app: name`) on `node`, answering
+/// `greeting` at `/` and, at `/cgi-bin/ip`, the address its request came
+/// from.
+fn web_pod(name: &str, node: &str, greeting: &str) -> String {
+    format!(
+        r#"apiVersion: v1
 kind: Pod
 metadata:
-  name: server
-  labels: {app: server}
+  name: {name}
+  labels: {{app: {name}}}
 spec:
-  nodeName: cp
+  nodeName: {node}
   terminationGracePeriodSeconds: 2
   containers:
   - name: web
     image: docker.io/library/busybox:plinth
     imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "mkdir -p /tmp/www/cgi-bin; echo hello from the control plane > /tmp/www/index.html; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho \"$REMOTE_ADDR\"\\n' > /tmp/www/cgi-bin/ip; chmod +x /tmp/www/cgi-bin/ip; exec httpd -f -p 8080 -h /tmp/www"]
+    command: ["sh", "-c", "mkdir -p /tmp/www/cgi-bin; echo {greeting} > /tmp/www/index.html; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho \"$REMOTE_ADDR\"\\n' > /tmp/www/cgi-bin/ip; chmod +x /tmp/www/cgi-bin/ip; exec httpd -f -p 8080 -h /tmp/www"]
     ports:
     - containerPort: 8080
     readinessProbe:
-      tcpSocket: {port: 8080}
+      tcpSocket: {{port: 8080}}
       periodSeconds: 2
----
-apiVersion: v1
+"#
+    )
+}
+
+/// A web server on each node (`server` on the control plane, `client` on
+/// the worker; each is the other's client), a NodePort Service in front of
+/// the control plane's and a ClusterIP Service in front of the worker's.
+fn pods() -> String {
+    let node_port = r#"apiVersion: v1
 kind: Service
 metadata:
   name: server
@@ -63,27 +70,8 @@ spec:
   selector: {app: server}
   ports:
   - {port: 80, targetPort: 8080, nodePort: 30080}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: client
-  labels: {app: client}
-spec:
-  nodeName: w1
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: web
-    image: docker.io/library/busybox:plinth
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "mkdir -p /tmp/www/cgi-bin; echo hello from the worker > /tmp/www/index.html; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho \"$REMOTE_ADDR\"\\n' > /tmp/www/cgi-bin/ip; chmod +x /tmp/www/cgi-bin/ip; exec httpd -f -p 8080 -h /tmp/www"]
-    ports:
-    - containerPort: 8080
-    readinessProbe:
-      tcpSocket: {port: 8080}
-      periodSeconds: 2
----
-apiVersion: v1
+"#;
+    let cluster_ip = r#"apiVersion: v1
 kind: Service
 metadata:
   name: worker
@@ -92,6 +80,14 @@ spec:
   ports:
   - {port: 80, targetPort: 8080}
 "#;
+    [
+        web_pod("server", "cp", "hello from the control plane"),
+        node_port.to_string(),
+        web_pod("client", "w1", "hello from the worker"),
+        cluster_ip.to_string(),
+    ]
+    .join("---\n")
+}
 
 /// Prints a step with the time since the test began.
 fn step(text: &str) {
@@ -189,7 +185,7 @@ fn a_worker_joins_by_token_and_pods_services_dns_and_node_ports_work_across_node
     assert!(!seen[0].1.is_empty() && seen[0].1 != seen[1].1, "distinct pod CIDRs: {seen:?}");
 
     let manifest = w.join("pods.yaml");
-    std::fs::write(&manifest, PODS)?;
+    std::fs::write(&manifest, pods())?;
     kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().context("utf-8")?])?.ok()?;
     for pod in ["pod/server", "pod/client"] {
         kubectl(&kubeconfig, &["wait", "--for=condition=Ready", pod, ROLLOUT])?.ok().with_context(|| {

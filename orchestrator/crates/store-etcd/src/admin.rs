@@ -239,25 +239,6 @@ pub fn leader(cfg: &EtcdConfig) -> Result<Option<String>, AdminError> {
     })
 }
 
-/// The member list from the first of `cfg`'s endpoints that answers, in
-/// their order (the others before the node's own, for a reset), and a
-/// configuration of that endpoint alone for what follows.
-fn first_answering(cfg: &EtcdConfig) -> Result<(Vec<Member>, EtcdConfig), AdminError> {
-    let mut last = None;
-    for e in &cfg.endpoints {
-        let one = EtcdConfig { endpoints: vec![e.clone()], tls: cfg.tls.clone(), timeout: cfg.timeout };
-        match members(&one) {
-            Ok(all) => return Ok((all, one)),
-            Err(err) => last = Some(err),
-        }
-    }
-    Err(last.unwrap_or_else(|| AdminError::Etcd {
-        op: "list the members",
-        endpoints: String::new(),
-        reason: "no endpoint".into(),
-    }))
-}
-
 /// Which members must answer for a cluster of `left` voting members to
 /// have a quorum: a majority.
 pub fn quorum(left: usize) -> usize {
@@ -270,12 +251,13 @@ pub fn quorum(left: usize) -> usize {
 /// last member — then refused, unless `force`, which keeps it in the list
 /// and says why. With `check_only`, nothing changes.
 pub fn leave(cfg: &EtcdConfig, name: &str, force: bool, check_only: bool) -> Result<Left, AdminError> {
-    let (all, via) = match first_answering(cfg) {
-        Ok(found) => found,
+    // Through the first of `cfg`'s endpoints that answers, in their order
+    // (the others before the node's own, for a reset): see `client`.
+    let all = match members(cfg) {
+        Ok(all) => all,
         Err(e) if force => return Ok(Left::Kept(e.to_string())),
         Err(e) => return Err(e),
     };
-    let cfg = &via;
     let Some(me) = all.iter().find(|m| m.name == name).cloned() else {
         return Ok(Left::NotAMember(name.to_string()));
     };
