@@ -71,7 +71,11 @@ fn failover(mut cluster: LocalCluster, value: &[u8]) {
         std::thread::sleep(Duration::from_secs(5));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let acked = writer.join().expect("writer");
-        let first = acked.iter().find(|(t, _)| *t > killed).map(|(t, _)| *t - killed);
+        let Some(first) = acked.iter().find(|(t, _)| *t > killed).map(|(t, _)| *t - killed) else {
+            panic!(
+                "etcd failover, {role} ({name}) killed: no write acknowledged in the 5 s after the kill, no failover to measure"
+            );
+        };
         let before = acked.iter().filter(|(t, _)| *t <= killed).count();
         let after = acked.len() - before;
         // The writer's longest wait between two acknowledged writes.
@@ -88,7 +92,7 @@ fn failover(mut cluster: LocalCluster, value: &[u8]) {
         println!(
             "etcd failover, {role} ({name}) killed: first write acknowledged {:.0} ms after the kill, longest pause \
              {:.0} ms; {before} writes in the 2 s before, {after} in the 5 s after; restarted, caught up in {:.0} ms",
-            first.map_or(f64::NAN, ms),
+            ms(first),
             ms(pause),
             ms(back.elapsed())
         );
