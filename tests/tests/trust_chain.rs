@@ -299,13 +299,18 @@ fn config_survives_an_init_restart_and_a_reboot() -> anyhow::Result<()> {
     assert_eq!(stored_config(&op, &node), expected);
 
     // Reboot: init stops its services and starts afresh over the same state.
+    // The node booted moments ago, so its uptime cannot tell the boots
+    // apart: the apid answering must be another process than before.
     let pid = node.init_pid();
+    let apid_before = apid_pid(&op, &node);
     osctl(&op.osctlconfig(), &["-n", &node.addr(), "reboot"]).ok()?;
-    wait_for("the node to come back", Duration::from_secs(20), || {
-        let r = osctl(&op.osctlconfig(), &["-n", &node.addr(), "-o", "json", "version"]);
+    wait_for("the node to come back with a new apid", Duration::from_secs(20), || {
+        let r = osctl(&op.osctlconfig(), &["-n", &node.addr(), "-o", "json", "services"]);
         let v = r.json().ok()?;
-        (v[0]["uptime_seconds"].as_u64()? < 5 && v[0]["mode"] == "configured").then_some(())
+        let apid = v.as_array()?.iter().find(|s| s["name"] == "apid")?.clone();
+        (apid["state"] == "running" && apid["pid"].as_u64()? != apid_before).then_some(())
     })?;
+    wait_configured(&op, &node)?;
     assert_eq!(node.init_pid(), pid, "a host-mode reboot re-executes init in place");
     assert_eq!(stored_config(&op, &node), expected);
     let events = osctl(&op.osctlconfig(), &["-n", &node.addr(), "events"]).ok()?.stdout;
