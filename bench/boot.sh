@@ -12,5 +12,4 @@ case "$board" in
   arm64-virt) scripts/build-static.sh --arch all ;;
   *) echo "bench/boot.sh: --board is qemu-x86_64 or arm64-virt, not $board" >&2; exit 2 ;;
 esac
-cargo build --release --workspace --bins
 PLINTH_BENCH_BOARD="$board" cargo bench -p plinth-tests --bench boot

@@ -24,7 +24,6 @@ case "$board" in
 esac
 scripts/setup-debian.sh
 scripts/build-static.sh --arch "$arch"
-cargo build --release --workspace --bins
 export PLINTH_KUBECTL="${PLINTH_KUBECTL:-${HOME:-/root}/.cache/plinth/kubectl-venv/bin/kubectl}"
 PLINTH_BENCH_BOARD="$board" cargo bench -p plinth-tests --bench journey
 if [ -n "$min_memory" ]; then

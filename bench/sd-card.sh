@@ -9,6 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
 scripts/build-static.sh
-cargo build --release --workspace --bins
 export PLINTH_KUBECTL="${PLINTH_KUBECTL:-${HOME:-/root}/.cache/plinth/kubectl-venv/bin/kubectl}"
 cargo bench -p plinth-tests --bench sd_card

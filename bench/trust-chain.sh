@@ -3,5 +3,6 @@
 # with release builds of the real binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --workspace --bins
+# The binaries the harness runs are the static ones (tests/src: bin_dir).
+scripts/build-static.sh --arch x86_64
 cargo bench -p plinth-tests --bench trust_chain

@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
 scripts/build-static.sh
-cargo build --release --workspace --bins
 # Reproducible bundles, as a release build makes them: the same inputs give
 # the same root and UKI.
 SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
