@@ -111,7 +111,10 @@ impl Bridge {
     /// refused the connection, or the member has no leader) is sent again
     /// within the same deadline, at once to another endpoint when one is
     /// not known to be down; the endpoint that failed is left until its
-    /// probe sees it answer again.
+    /// probe sees it answer again. When a majority of the members refuse
+    /// connections the answer is at once [`Failure::NoQuorum`]; when the
+    /// deadline passes, the members are asked (for at most
+    /// [`EXPLAIN_WITHIN`] more) whether it is for want of a quorum.
     fn run<T, F>(
         &self,
         eps: &Arc<Endpoints>,
@@ -125,14 +128,25 @@ impl Bridge {
         let eps = eps.clone();
         let answer = self.wait(async move {
             let deadline = tokio::time::Instant::now() + timeout;
+            // Why each endpoint did not take this request, when it did not.
+            let mut said: Vec<Option<Said>> = vec![None; eps.names.len()];
             let mut attempt = 0;
-            let r = loop {
+            loop {
                 let i = eps.pick(attempt);
                 eps.sent[i].fetch_add(1, Ordering::Relaxed);
                 match tokio::time::timeout_at(deadline, make(i, eps.clients[i].clone())).await {
-                    Ok(Err(e)) if not_sent(&e) && deadline - tokio::time::Instant::now() > RESEND_AFTER => {
-                        if unreachable(&e) {
-                            eps.failed(i, &Failure::Etcd(e).message());
+                    Ok(Err(e)) if not_sent(&e) => {
+                        let (mark, no_leader) = (unreachable(&e), said_no_leader(&e));
+                        let why = Failure::Etcd(e).message();
+                        if mark {
+                            eps.failed(i, &why);
+                        }
+                        said[i] = Some(if no_leader { Said::NoLeader(why) } else { Said::Down(why) });
+                        if eps.majority_down(&said) {
+                            return Err(Failure::NoQuorum(eps.summary(&said)));
+                        }
+                        if deadline - tokio::time::Instant::now() <= RESEND_AFTER {
+                            return Err(eps.explain(said, Failure::Timeout(timeout)).await);
                         }
                         attempt += 1;
                         // Nowhere else to go (every endpoint is down, or the
@@ -141,20 +155,17 @@ impl Bridge {
                             tokio::time::sleep(RESEND_AFTER).await;
                         }
                     }
-                    Err(elapsed) => {
+                    Ok(r) => return r.map_err(Failure::Etcd),
+                    Err(_) => {
                         eps.failed(i, &format!("no answer within {timeout:?}"));
-                        break Err(elapsed);
+                        said[i] =
+                            Some(Said::Down(format!("no answer within {timeout:?} (a write may yet be applied)")));
+                        return Err(eps.explain(said, Failure::Timeout(timeout)).await);
                     }
-                    r => break r,
                 }
-            };
-            r
+            }
         });
-        match answer {
-            Ok(Ok(r)) => r.map_err(Failure::Etcd),
-            Ok(Err(_)) => Err(Failure::Timeout(timeout)),
-            Err(()) => Err(Failure::Stopped),
-        }
+        answer.unwrap_or(Err(Failure::Stopped))
     }
 
     /// Runs `fut` on the client's runtime and waits for its output; `Err`
@@ -177,6 +188,21 @@ impl Bridge {
 /// The pause before a request that reached no member is sent again, when
 /// no other endpoint is there to take it.
 const RESEND_AFTER: Duration = Duration::from_millis(50);
+
+/// How long a request that failed for want of a member waits for the
+/// members to say whether they have a quorum (past its own deadline).
+const EXPLAIN_WITHIN: Duration = Duration::from_millis(500);
+
+/// What an endpoint said to a request it did not take, or to a question.
+#[derive(Debug, Clone)]
+enum Said {
+    /// It answered, with a leader.
+    Leader,
+    /// It answered that it has no leader.
+    NoLeader(String),
+    /// It refused the connection or did not answer.
+    Down(String),
+}
 
 /// How often an endpoint that failed is asked whether it answers again.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -218,6 +244,59 @@ impl Endpoints {
 
     fn all_down(&self) -> bool {
         self.down.iter().all(|d| d.load(Ordering::Relaxed))
+    }
+
+    /// Whether so many endpoints refused a request that no majority of
+    /// the members is left to take it (three endpoints or more: with one,
+    /// a member restarting is waited for until the deadline).
+    fn majority_down(&self, said: &[Option<Said>]) -> bool {
+        let down = said.iter().filter(|s| matches!(s, Some(Said::Down(_)))).count();
+        self.names.len() >= 3 && down >= quorum(self.names.len())
+    }
+
+    /// Each endpoint with what it said: `host:port: why`, `; `-separated,
+    /// and how many of the members have a leader against the majority needed.
+    fn summary(&self, said: &[Option<Said>]) -> String {
+        let leading = said.iter().filter(|s| matches!(s, Some(Said::Leader))).count();
+        let each: Vec<String> = self
+            .names
+            .iter()
+            .zip(said)
+            .map(|(n, s)| match s {
+                Some(Said::Leader) => format!("{n}: has a leader"),
+                Some(Said::NoLeader(why) | Said::Down(why)) => format!("{n}: {why}"),
+                None => format!("{n}: not asked"),
+            })
+            .collect();
+        let n = self.names.len();
+        format!(
+            "no quorum: {leading} of the {n} etcd members answer with a leader, {} needed ({})",
+            quorum(n),
+            each.join("; ")
+        )
+    }
+
+    /// Why a request failed that found no member to take it: the members
+    /// not heard from yet are asked, at once, whether they have a leader.
+    /// Fewer than a majority with one: [`Failure::NoQuorum`]; else `other`
+    /// (a member too slow, not the cluster down).
+    async fn explain(&self, mut said: Vec<Option<Said>>, other: Failure) -> Failure {
+        let ask = GetOptions::new().with_count_only().with_serializable();
+        let mut asked = tokio::task::JoinSet::new();
+        for (i, c) in self.clients.iter().enumerate().filter(|(i, _)| said[*i].is_none()) {
+            let (mut kv, ask) = (c.kv_client(), ask.clone());
+            asked.spawn(async move { (i, tokio::time::timeout(EXPLAIN_WITHIN, kv.get(vec![0u8], Some(ask))).await) });
+        }
+        while let Some(Ok((i, answer))) = asked.join_next().await {
+            said[i] = Some(match answer {
+                Ok(Ok(_)) => Said::Leader,
+                Ok(Err(e)) if said_no_leader(&e) => Said::NoLeader(Failure::Etcd(e).message()),
+                Ok(Err(e)) => Said::Down(Failure::Etcd(e).message()),
+                Err(_) => Said::Down(format!("no answer within {EXPLAIN_WITHIN:?}")),
+            });
+        }
+        let leading = said.iter().filter(|s| matches!(s, Some(Said::Leader))).count();
+        if leading < quorum(self.names.len()) { Failure::NoQuorum(self.summary(&said)) } else { other }
     }
 
     /// Endpoint `i` did not answer: marked down (once), probed until it does.
@@ -267,6 +346,17 @@ fn not_sent(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// A majority of `members`, which etcd needs to elect a leader and commit.
+fn quorum(members: usize) -> usize {
+    members / 2 + 1
+}
+
+/// Whether the member answered that it has no leader (a minority cut off
+/// from the others, or an election under way).
+fn said_no_leader(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message() == "etcdserver: no leader")
+}
+
 /// Whether a request that was not sent failed because of its endpoint
 /// (unreachable, or a member cut off from its leader), not because the
 /// whole cluster is electing: then another endpoint should take it.
@@ -279,6 +369,8 @@ fn unreachable(e: &etcd_client::Error) -> bool {
 enum Failure {
     Etcd(etcd_client::Error),
     Timeout(Duration),
+    /// Fewer than a majority of the members answer with a leader: why.
+    NoQuorum(String),
     Stopped,
 }
 
@@ -289,7 +381,11 @@ impl Failure {
         let chain = |top: String, mut cause: Option<&(dyn std::error::Error + 'static)>| {
             let mut m = top;
             while let Some(c) = cause {
-                m = format!("{m}: {c}");
+                // tonic repeats a cause in the words of the error above it.
+                let c_text = c.to_string();
+                if !m.contains(&c_text) {
+                    m = format!("{m}: {c_text}");
+                }
                 cause = c.source();
             }
             m
@@ -300,6 +396,8 @@ impl Failure {
             }
             Failure::Etcd(e) => chain(e.to_string(), std::error::Error::source(e)),
             Failure::Timeout(t) => format!("no answer within {t:?} (a write may yet be applied)"),
+            // A write that timed out on the way here may yet be applied, too.
+            Failure::NoQuorum(why) => why.clone(),
             Failure::Stopped => "the etcd client stopped".into(),
         }
     }
@@ -321,7 +419,7 @@ impl Failure {
                     .any(|m| s.message().contains(m))
             }
             Failure::Etcd(etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)) => true,
-            Failure::Timeout(_) | Failure::Stopped => true,
+            Failure::Timeout(_) | Failure::NoQuorum(_) | Failure::Stopped => true,
             Failure::Etcd(_) => false,
         }
     }
@@ -400,8 +498,11 @@ impl EtcdStore {
         let names = cfg.endpoints.join(",");
         let unavailable = |op, reason: String| StoreError::Unavailable { op, endpoints: names.clone(), reason };
         let bridge = Bridge::start().map_err(|e| unavailable("start the etcd client", e.to_string()))?;
+        // No per-request timeout in the client: every request runs under
+        // the store's own deadline (`Bridge::run`), which then asks the
+        // members why; tonic's, firing at the same moment, said only
+        // "Timeout expired".
         let mut options = ConnectOptions::new()
-            .with_timeout(cfg.timeout)
             .with_connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
             .with_keep_alive(Duration::from_secs(2), cfg.timeout)
             .with_keep_alive_while_idle(true)

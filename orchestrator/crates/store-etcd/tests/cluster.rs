@@ -94,11 +94,20 @@ fn a_lost_quorum_is_unavailable_and_recovers_by_itself() {
     let rev = s.create("/q/before", b"1").unwrap();
     c.kill(1);
     c.kill(2);
+    let asked = Instant::now();
     let err = s.create("/q/during", b"2").unwrap_err();
+    // Not a hang: the request's own deadline, and a moment to ask the members why.
+    assert!(asked.elapsed() < 2 * orchestrator_store_etcd::DEFAULT_TIMEOUT, "answered after {:?}", asked.elapsed());
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     let message = err.to_string();
+    eprintln!("quorum lost: answered in {:?}: {message}", asked.elapsed());
     assert!(message.contains(&c.endpoints()[0]) && message.contains("unavailable"), "{message}");
-    assert!(matches!(s.get("/q/before"), Err(StoreError::Unavailable { .. })), "no stale read without quorum");
+    assert!(message.contains("no quorum: ") && message.contains("2 needed"), "{message}");
+    let asked = Instant::now();
+    let read = s.get("/q/before");
+    assert!(matches!(read, Err(StoreError::Unavailable { .. })), "no stale read without quorum: {read:?}");
+    assert!(asked.elapsed() < 2 * orchestrator_store_etcd::DEFAULT_TIMEOUT, "answered after {:?}", asked.elapsed());
+    assert!(read.unwrap_err().to_string().contains("no quorum: "));
     c.restart(1).unwrap();
     let start = Instant::now();
     let after = loop {
