@@ -134,7 +134,7 @@ impl Bridge {
             loop {
                 let i = eps.pick(attempt);
                 eps.sent[i].fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout_at(deadline, make(i, eps.clients[i].clone())).await {
+                match tokio::time::timeout_at(deadline, make(i, eps.client(i))).await {
                     Ok(Err(e)) if not_sent(&e) => {
                         let (mark, no_leader) = (unreachable(&e), said_no_leader(&e));
                         let why = Failure::Etcd(e).message();
@@ -226,7 +226,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// answers, so requests return to it.
 struct Endpoints {
     names: Vec<String>,
-    clients: Vec<Client>,
+    /// Made again when the client TLS files change ([`reload_tls`]).
+    clients: std::sync::RwLock<Vec<Client>>,
     down: Vec<AtomicBool>,
     /// Requests (attempts) sent through each endpoint; probes not counted.
     sent: Vec<AtomicU64>,
@@ -236,6 +237,10 @@ struct Endpoints {
 }
 
 impl Endpoints {
+    fn client(&self, i: usize) -> Client {
+        self.clients.read().unwrap_or_else(std::sync::PoisonError::into_inner)[i].clone()
+    }
+
     /// The first endpoint not known to be down; when all are, each in
     /// turn, by `attempt` (one of them may be back before its probe says so).
     fn pick(&self, attempt: usize) -> usize {
@@ -283,7 +288,8 @@ impl Endpoints {
     async fn explain(&self, mut said: Vec<Option<Said>>, other: Failure) -> Failure {
         let ask = GetOptions::new().with_count_only().with_serializable();
         let mut asked = tokio::task::JoinSet::new();
-        for (i, c) in self.clients.iter().enumerate().filter(|(i, _)| said[*i].is_none()) {
+        let clients = self.clients.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for (i, c) in clients.iter().enumerate().filter(|(i, _)| said[*i].is_none()) {
             let (mut kv, ask) = (c.kv_client(), ask.clone());
             asked.spawn(async move { (i, tokio::time::timeout(EXPLAIN_WITHIN, kv.get(vec![0u8], Some(ask))).await) });
         }
@@ -315,7 +321,7 @@ impl Endpoints {
         let ask = GetOptions::new().with_count_only().with_serializable();
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            let mut kv = self.clients[i].kv_client();
+            let mut kv = self.client(i).kv_client();
             let answer = tokio::time::timeout(self.timeout, kv.get(vec![0u8], Some(ask.clone()))).await;
             if matches!(answer, Ok(Ok(_))) {
                 self.down[i].store(false, Ordering::SeqCst);
@@ -443,6 +449,83 @@ pub struct EtcdStore {
     timeout: Duration,
 }
 
+/// Why the clients could not be made.
+struct ClientsError {
+    op: &'static str,
+    reason: String,
+}
+
+/// A client of each of `cfg`'s endpoints (each connects when first used),
+/// with the TLS files as they are now.
+async fn clients(cfg: EtcdConfig) -> Result<Vec<Client>, ClientsError> {
+    // No per-request timeout in the client: every request runs under
+    // the store's own deadline (`Bridge::run`), which then asks the
+    // members why; tonic's, firing at the same moment, said only
+    // "Timeout expired".
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
+        .with_keep_alive(Duration::from_secs(2), cfg.timeout)
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the others fails requests and watches
+        // at once ("no leader"): the client retries on another.
+        .with_require_leader(true);
+    if let Some(tls) = &cfg.tls {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| ClientsError {
+                op: "read the etcd client TLS files",
+                reason: format!("{}: {e}", path.display()),
+            })
+        };
+        options = options.with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
+                .identity(etcd_client::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?)),
+        );
+    }
+    let mut clients = Vec::new();
+    for url in cfg.urls() {
+        let c = Client::connect([url], Some(options.clone())).await;
+        clients.push(c.map_err(|e| ClientsError { op: "connect to etcd", reason: Failure::Etcd(e).message() })?);
+    }
+    Ok(clients)
+}
+
+/// How often the client TLS files are looked at for a renewed certificate.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// The TLS files' modification times (`None`: unreadable).
+fn modified(tls: &ClientTls) -> Vec<Option<std::time::SystemTime>> {
+    [&tls.ca, &tls.cert, &tls.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+}
+
+/// Makes the clients again when the TLS files change (init renews the
+/// member's certificate, which is also the orchestrator's client
+/// certificate, before it expires): the certificate a client presents is
+/// the one read when it was made, and a connection made after its expiry
+/// would be refused. Connections of the old clients stay up until their
+/// requests end. Stops with the store.
+async fn reload_tls(eps: std::sync::Weak<Endpoints>, cfg: EtcdConfig, mut seen: Vec<Option<std::time::SystemTime>>) {
+    let Some(tls) = cfg.tls.clone() else { return };
+    loop {
+        tokio::time::sleep(TLS_RELOAD_EVERY).await;
+        let now = modified(&tls);
+        if now == seen {
+            continue;
+        }
+        // A renewal writes three files: let it finish.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(eps) = eps.upgrade() else { return };
+        match clients(cfg.clone()).await {
+            Ok(fresh) => {
+                *eps.clients.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                seen = modified(&tls);
+                tracing::warn!("etcd client certificate reloaded from {}", tls.cert.display());
+            }
+            Err(e) => tracing::warn!("etcd client TLS files changed, kept the old ones: {}: {}", e.op, e.reason),
+        }
+    }
+}
+
 /// The end of the key range of everything under `prefix` (etcd's
 /// `WithPrefix`): the prefix with its last byte below 0xff incremented;
 /// `\0` (every key) for an empty prefix.
@@ -498,43 +581,21 @@ impl EtcdStore {
         let names = cfg.endpoints.join(",");
         let unavailable = |op, reason: String| StoreError::Unavailable { op, endpoints: names.clone(), reason };
         let bridge = Bridge::start().map_err(|e| unavailable("start the etcd client", e.to_string()))?;
-        // No per-request timeout in the client: every request runs under
-        // the store's own deadline (`Bridge::run`), which then asks the
-        // members why; tonic's, firing at the same moment, said only
-        // "Timeout expired".
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
-            .with_keep_alive(Duration::from_secs(2), cfg.timeout)
-            .with_keep_alive_while_idle(true)
-            // A member cut off from the others fails requests and watches
-            // at once ("no leader"): the client retries on another.
-            .with_require_leader(true);
-        if let Some(tls) = &cfg.tls {
-            let read = |path: &PathBuf| {
-                std::fs::read(path)
-                    .map_err(|e| unavailable("read the etcd client TLS files", format!("{}: {e}", path.display())))
-            };
-            options = options.with_tls(
-                etcd_client::TlsOptions::new()
-                    .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
-                    .identity(etcd_client::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?)),
-            );
-        }
-        // One client per endpoint (each connects when first used).
-        let mut clients = Vec::new();
-        for url in cfg.urls() {
-            let connect = Client::connect([url], Some(options.clone()));
-            let c = bridge.wait(connect).map_err(|()| unavailable("connect to etcd", Failure::Stopped.message()))?;
-            clients.push(c.map_err(|e| unavailable("connect to etcd", Failure::Etcd(e).message()))?);
-        }
+        let clients = bridge
+            .wait(clients(cfg.clone()))
+            .map_err(|()| unavailable("connect to etcd", Failure::Stopped.message()))?
+            .map_err(|e| unavailable(e.op, e.reason))?;
         let eps = Arc::new(Endpoints {
             names: cfg.endpoints.clone(),
             down: clients.iter().map(|_| AtomicBool::new(false)).collect(),
             sent: clients.iter().map(|_| AtomicU64::new(0)).collect(),
-            clients,
+            clients: std::sync::RwLock::new(clients),
             handle: bridge.handle.clone(),
             timeout: cfg.timeout,
         });
+        if let Some(tls) = &cfg.tls {
+            bridge.handle.spawn(reload_tls(Arc::downgrade(&eps), cfg.clone(), modified(tls)));
+        }
         let store = EtcdStore { eps, bridge, names, timeout: cfg.timeout };
         store.current_revision()?;
         Ok(store)
@@ -673,7 +734,7 @@ async fn forward(
             let opts =
                 WatchOptions::new().with_range(prefix_end(&prefix)).with_start_revision(last + 1).with_prev_key();
             at = eps.pick(attempt);
-            let mut client = eps.clients[at].watch_client().max_decoding_message_size(usize::MAX);
+            let mut client = eps.client(at).watch_client().max_decoding_message_size(usize::MAX);
             match tokio::time::timeout(patience, client.watch(prefix.clone(), Some(opts))).await {
                 Ok(Ok(s)) if started.elapsed() < patience => break s,
                 Ok(Err(e)) if started.elapsed() < patience => {
