@@ -512,13 +512,18 @@ async fn reload_tls(eps: std::sync::Weak<Endpoints>, cfg: EtcdConfig, mut seen: 
         if now == seen {
             continue;
         }
-        // A renewal writes three files: let it finish.
+        // A renewal writes three files: read them once they stay as they
+        // are (a key read with the previous certificate would not be
+        // noticed again).
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if modified(&tls) != now {
+            continue;
+        }
         let Some(eps) = eps.upgrade() else { return };
         match clients(cfg.clone()).await {
             Ok(fresh) => {
                 *eps.clients.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-                seen = modified(&tls);
+                seen = now;
                 tracing::warn!("etcd client certificate reloaded from {}", tls.cert.display());
             }
             Err(e) => tracing::warn!("etcd client TLS files changed, kept the old ones: {}: {}", e.op, e.reason),
