@@ -107,10 +107,14 @@ async fn write_for(
 
 /// An etcd follower killed with SIGKILL under a writer, the member an API
 /// server (given all three endpoints) names first and so uses: no write
-/// fails but the one under way at the kill (503), none waits as long as the store's own deadline, the writer goes
-/// on at no less than half its rate before the kill, and the server said
-/// which endpoint it left. (Before the store chose its endpoint itself,
-/// etcd-client's balancer kept sending requests to the dead member.)
+/// fails but the one under way at the kill (503), none waits as long as
+/// the store's own deadline, the writer goes on at no less than a quarter
+/// of its rate before the kill (each commit now waits for both members
+/// left, and the tests around load the disk: a loose bound, where the
+/// dead endpoint still tried cut the rate by ten), and the server said
+/// once which endpoint it left. (Before the store chose its endpoint
+/// itself, etcd-client's balancer kept sending requests to the dead
+/// member: 803 creates in 4 s before the kill, 62 after.)
 #[test]
 fn a_dead_follower_member_costs_the_api_no_write() {
     use orchestrator_store_etcd::{EtcdConfig, admin};
@@ -139,9 +143,9 @@ fn a_dead_follower_member_costs_the_api_no_write() {
     });
     eprintln!("m{follower} killed: {before} writes in {window:?} before, {after} after; longest write {longest:?}");
     assert!(longest < orchestrator_store_etcd::DEFAULT_TIMEOUT, "a write waited {longest:?}");
-    assert!(after * 2 >= before, "{before} writes in {window:?} before the kill, {after} after");
+    assert!(after * 4 >= before, "{before} writes in {window:?} before the kill, {after} after");
     let log = s.log();
-    assert!(log.contains(&format!("etcd endpoint {} does not answer", eps[0])), "{log}");
+    assert_eq!(log.matches(&format!("etcd endpoint {} does not answer", eps[0])).count(), 1, "{log}");
 }
 
 #[test]

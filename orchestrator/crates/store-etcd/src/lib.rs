@@ -112,9 +112,11 @@ impl Bridge {
     /// within the same deadline, at once to another endpoint when one is
     /// not known to be down; the endpoint that failed is left until its
     /// probe sees it answer again. When a majority of the members refuse
-    /// connections the answer is at once [`Failure::NoQuorum`]; when the
-    /// deadline passes, the members are asked (for at most
-    /// [`EXPLAIN_WITHIN`] more) whether it is for want of a quorum.
+    /// connections the answer is at once [`Failure::NoQuorum`], and after
+    /// [`QUORUM_CHECK_AFTER`] waiting for one member when the others say
+    /// no majority is left; when the deadline passes, the members are
+    /// asked (for at most [`EXPLAIN_WITHIN`] more) whether it is for want
+    /// of a quorum.
     fn run<T, F>(
         &self,
         eps: &Arc<Endpoints>,
@@ -134,7 +136,15 @@ impl Bridge {
             loop {
                 let i = eps.pick(attempt);
                 eps.sent[i].fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout_at(deadline, make(i, eps.client(i))).await {
+                let mut sent = std::pin::pin!(tokio::time::timeout_at(deadline, make(i, eps.client(i))));
+                let answer = match tokio::time::timeout(QUORUM_CHECK_AFTER, &mut sent).await {
+                    Ok(answer) => answer,
+                    Err(_) => match eps.no_quorum_without(i, &said).await {
+                        Some(no_quorum) => return Err(no_quorum),
+                        None => sent.await,
+                    },
+                };
+                match answer {
                     Ok(Err(e)) if not_sent(&e) => {
                         let (mark, no_leader) = (unreachable(&e), said_no_leader(&e));
                         let why = Failure::Etcd(e).message();
@@ -155,7 +165,16 @@ impl Bridge {
                             tokio::time::sleep(RESEND_AFTER).await;
                         }
                     }
-                    Ok(r) => return r.map_err(Failure::Etcd),
+                    Ok(Err(e)) => {
+                        // Perhaps applied, so not sent again; but its
+                        // connection is gone: the next request goes elsewhere.
+                        let (lost, failure) = (connection_lost(&e), Failure::Etcd(e));
+                        if lost {
+                            eps.failed(i, &failure.message());
+                        }
+                        return Err(failure);
+                    }
+                    Ok(Ok(r)) => return Ok(r),
                     Err(_) => {
                         eps.failed(i, &format!("no answer within {timeout:?}"));
                         said[i] =
@@ -203,6 +222,10 @@ enum Said {
     /// It refused the connection or did not answer.
     Down(String),
 }
+
+/// How long a request waits for its member before the others are asked
+/// whether a quorum is left at all.
+const QUORUM_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// How often an endpoint that failed is asked whether it answers again.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -286,6 +309,30 @@ impl Endpoints {
     /// Fewer than a majority with one: [`Failure::NoQuorum`]; else `other`
     /// (a member too slow, not the cluster down).
     async fn explain(&self, mut said: Vec<Option<Said>>, other: Failure) -> Failure {
+        self.ask(&mut said).await;
+        let leading = said.iter().filter(|s| matches!(s, Some(Said::Leader))).count();
+        if leading < quorum(self.names.len()) { Failure::NoQuorum(self.summary(&said)) } else { other }
+    }
+
+    /// A request to endpoint `i` has waited [`QUORUM_CHECK_AFTER`]: when
+    /// the others say that even with `i` no majority has a leader (two of
+    /// three members down: the survivor, a leader that has not noticed
+    /// yet, holds the request until the deadline), the answer need not
+    /// wait for it.
+    async fn no_quorum_without(&self, i: usize, said: &[Option<Said>]) -> Option<Failure> {
+        if self.names.len() < 3 {
+            return None;
+        }
+        let mut said = said.to_vec();
+        said[i] = Some(Said::Down(format!("no answer within {QUORUM_CHECK_AFTER:?} (a write may yet be applied)")));
+        self.ask(&mut said).await;
+        let leading = said.iter().filter(|s| matches!(s, Some(Said::Leader))).count();
+        (leading + 1 < quorum(self.names.len())).then(|| Failure::NoQuorum(self.summary(&said)))
+    }
+
+    /// Asks each endpoint not heard from in `said`, at once, whether it
+    /// answers with a leader.
+    async fn ask(&self, said: &mut [Option<Said>]) {
         let ask = GetOptions::new().with_count_only().with_serializable();
         let mut asked = tokio::task::JoinSet::new();
         let clients = self.clients.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -301,8 +348,6 @@ impl Endpoints {
                 Err(_) => Said::Down(format!("no answer within {EXPLAIN_WITHIN:?}")),
             });
         }
-        let leading = said.iter().filter(|s| matches!(s, Some(Said::Leader))).count();
-        if leading < quorum(self.names.len()) { Failure::NoQuorum(self.summary(&said)) } else { other }
     }
 
     /// Endpoint `i` did not answer: marked down (once), probed until it does.
@@ -348,6 +393,16 @@ fn not_sent(e: &etcd_client::Error) -> bool {
                     || s.message() == "etcdserver: leader changed")
         }
         etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a request failed because its connection broke under it (the
+/// member died with the request sent, or about to be).
+fn connection_lost(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.code() == Code::Unavailable && s.message().contains("transport error"),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
 }
