@@ -315,10 +315,12 @@ impl Endpoints {
     }
 
     /// A request to endpoint `i` has waited [`QUORUM_CHECK_AFTER`]: when
-    /// the others say that even with `i` no majority has a leader (two of
-    /// three members down: the survivor, a leader that has not noticed
-    /// yet, holds the request until the deadline), the answer need not
-    /// wait for it.
+    /// so many of the others do not answer at all that even with `i` no
+    /// majority is left (two of three members down: the survivor, a
+    /// leader that has not noticed yet, holds the request until the
+    /// deadline), the answer need not wait for it. Members that answer
+    /// without a leader count as there: an election after a leader died
+    /// is waited for.
     async fn no_quorum_without(&self, i: usize, said: &[Option<Said>]) -> Option<Failure> {
         if self.names.len() < 3 {
             return None;
@@ -326,8 +328,8 @@ impl Endpoints {
         let mut said = said.to_vec();
         said[i] = Some(Said::Down(format!("no answer within {QUORUM_CHECK_AFTER:?} (a write may yet be applied)")));
         self.ask(&mut said).await;
-        let leading = said.iter().filter(|s| matches!(s, Some(Said::Leader))).count();
-        (leading + 1 < quorum(self.names.len())).then(|| Failure::NoQuorum(self.summary(&said)))
+        let there = said.iter().filter(|s| matches!(s, Some(Said::Leader | Said::NoLeader(_)))).count();
+        (there + 1 < quorum(self.names.len())).then(|| Failure::NoQuorum(self.summary(&said)))
     }
 
     /// Asks each endpoint not heard from in `said`, at once, whether it
@@ -401,7 +403,19 @@ fn not_sent(e: &etcd_client::Error) -> bool {
 /// member died with the request sent, or about to be).
 fn connection_lost(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(s) => s.code() == Code::Unavailable && s.message().contains("transport error"),
+        // tonic's words vary with the moment the connection broke:
+        // "transport error: connection error: stream closed because of a
+        // broken pipe", "… connection reset", "operation was canceled:
+        // transport error: connection closed".
+        etcd_client::Error::GRpcStatus(s) => {
+            let mut words = s.message().to_string();
+            let mut cause = std::error::Error::source(s);
+            while let Some(c) = cause {
+                words.push_str(&c.to_string());
+                cause = c.source();
+            }
+            words.contains("transport error")
+        }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
