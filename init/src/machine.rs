@@ -466,7 +466,7 @@ impl Machine {
     /// yet: containerd and the orchestrator — on a `controlplane` node the
     /// control plane with the kubelet in the same process, on a `worker`
     /// the kubelet alone, joined to the cluster endpoint.
-    pub async fn start_cluster_services(&self) {
+    pub async fn start_cluster_services(self: &Arc<Self>) {
         let Some(o) = &self.settings.orchestrator else { return };
         let Some(config) = self.state.lock().await.active.as_ref().map(|a| a.config.clone()) else { return };
         let _one = self.cluster_starting.lock().await;
@@ -538,7 +538,7 @@ impl Machine {
     /// Starts this control plane's etcd member (joined to the others, or
     /// forming the cluster) and returns the orchestrator's store options.
     async fn start_etcd(
-        &self,
+        self: &Arc<Self>,
         config: &MachineConfig,
         o: &OrchestratorSettings,
         member: &etcd::Member,
@@ -548,8 +548,10 @@ impl Machine {
         )?;
         let ca = orchestrator_ca(config).ok_or("an etcd member needs the Kubernetes CA's key (cluster.ca_key)")?;
         let files = etcd::Files::under(&settings.dir);
-        etcd::write_certs(member, &ca, &files)?;
+        let lifetime = settings.cert_lifetime.unwrap_or(machinery::pki::LEAF_LIFETIME);
+        etcd::write_certs(member, &ca, &files, lifetime)?;
         if !self.supervises(etcd::ETCD) {
+            self.renew_etcd_certs(files.clone(), lifetime);
             let events = self.events.clone();
             let start = etcd::prepare(member, &files, &o.program, |m| event(&events, etcd::ETCD, m)).await;
             event(&self.events, etcd::ETCD, format!("etcd member {} starts ({start:?})", member.name));
@@ -561,6 +563,34 @@ impl Machine {
             });
         }
         Ok(etcd::store_args(member, &files))
+    }
+
+    /// Renews the etcd member's certificate at [`etcd::renew_after`] its
+    /// lifetime, for as long as init runs, from the config applied then
+    /// (its CA, the node's name and address). etcd and the orchestrator
+    /// take the new files without a restart. Started once, with etcd.
+    fn renew_etcd_certs(self: &Arc<Self>, files: etcd::Files, lifetime: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(etcd::renew_after(lifetime)).await;
+                let config = me.state.lock().await.active.as_ref().map(|a| a.config.clone());
+                let planned = config.as_ref().and_then(|c| Some((etcd::plan(c)?, orchestrator_ca(c)?)));
+                let Some((member, ca)) = planned else {
+                    event(
+                        &me.events,
+                        etcd::ETCD,
+                        "etcd's certificate not renewed: the node is no etcd member now".into(),
+                    );
+                    return;
+                };
+                let line = match etcd::write_certs(&member, &ca, &files, lifetime) {
+                    Ok(()) => format!("etcd member {}'s certificate renewed (valid for {lifetime:?})", member.name),
+                    Err(why) => format!("etcd's certificate not renewed: {why}"),
+                };
+                event(&me.events, etcd::ETCD, line);
+            }
+        });
     }
 
     /// Where the pods running before an upgrade are recorded, when this

@@ -26,6 +26,9 @@ struct Args {
     /// Lifetime of apid's serving certificate (e.g. 20s; default a year); apid renews it at 70–90 %.
     #[arg(long)]
     apid_cert_lifetime: Option<humantime::Duration>,
+    /// Lifetime of the etcd member's certificate (e.g. 30s; default a year); init renews it at 80 %.
+    #[arg(long)]
+    etcd_cert_lifetime: Option<humantime::Duration>,
     /// A Plinth disk image standing in for the boot disk: enables A/B
     /// upgrades and rollback on it (init plays the boot loader at start).
     #[arg(long)]
@@ -85,7 +88,11 @@ async fn host() {
         data_dir: args.state_dir.join("orchestrator"),
         listen: args.kube_listen,
         kubelet: None,
-        etcd: args.etcd.map(|program| init::machine::etcd::EtcdSettings { program, dir: args.state_dir.join("etcd") }),
+        etcd: args.etcd.map(|program| init::machine::etcd::EtcdSettings {
+            program,
+            dir: args.state_dir.join("etcd"),
+            cert_lifetime: args.etcd_cert_lifetime.map(Into::into),
+        }),
     });
     let boot_steps = init::steps::StepLog::new(args.state_dir.join(init::BOOT_STEPS));
     let opts = init::HostOptions {

@@ -239,6 +239,7 @@ pub fn run() -> ! {
                 etcd: Path::new(layout::ROOT_ETCD).exists().then(|| crate::machine::etcd::EtcdSettings {
                     program: PathBuf::from(layout::ROOT_ETCD),
                     dir: PathBuf::from(layout::ETCD_DIR),
+                    cert_lifetime: None,
                 }),
             }),
             clock_floor: Some(PathBuf::from(layout::ROOT_BUILD_TIME)),

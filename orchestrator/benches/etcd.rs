@@ -53,29 +53,38 @@ fn failover(mut cluster: LocalCluster, value: &[u8]) {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s, v, halt) = (store.clone(), value.to_vec(), stop.clone());
         let writer = std::thread::spawn(move || {
-            // Each acknowledged write's time; failed ones are retried.
-            let mut acked = Vec::new();
+            // Each acknowledged write's time, and the failed ones' errors.
+            // A failed write is not retried under the same key: one whose
+            // answer was lost with its member may have been applied, and
+            // would then be "already exists" for ever.
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
             let mut n = 0u64;
             while !halt.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = format!("/registry/configmaps/failover/{role}-{n:06}");
-                if s.create(&key, &v).is_ok() {
-                    acked.push((Instant::now(), key));
-                    n += 1;
+                match s.create(&key, &v) {
+                    Ok(_) => acked.push((Instant::now(), key)),
+                    Err(e) => failed.push(e.to_string()),
                 }
+                n += 1;
             }
-            acked
+            (acked, failed)
         });
         std::thread::sleep(Duration::from_secs(2));
         let killed = Instant::now();
         cluster.kill(i);
         std::thread::sleep(Duration::from_secs(5));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let acked = writer.join().expect("writer");
+        let (acked, failed) = writer.join().expect("writer");
         let Some(first) = acked.iter().find(|(t, _)| *t > killed).map(|(t, _)| *t - killed) else {
             panic!(
-                "etcd failover, {role} ({name}) killed: no write acknowledged in the 5 s after the kill, no failover to measure"
+                "etcd failover, {role} ({name}) killed: no write acknowledged in the 5 s after the kill, no failover \
+                 to measure; {} failed: {failed:#?}",
+                failed.len()
             );
         };
+        for e in failed.iter().take(3) {
+            println!("etcd failover, {role} ({name}) killed: a write failed: {e}");
+        }
         let before = acked.iter().filter(|(t, _)| *t <= killed).count();
         let after = acked.len() - before;
         // The writer's longest wait between two acknowledged writes.
@@ -91,9 +100,13 @@ fn failover(mut cluster: LocalCluster, value: &[u8]) {
         }
         println!(
             "etcd failover, {role} ({name}) killed: first write acknowledged {:.0} ms after the kill, longest pause \
-             {:.0} ms; {before} writes in the 2 s before, {after} in the 5 s after; restarted, caught up in {:.0} ms",
+             {:.0} ms; {before} writes in the 2 s before, {after} in the 5 s after ({:.0} and {:.0} writes/s), {} \
+             failed; restarted, caught up in {:.0} ms",
             ms(first),
             ms(pause),
+            before as f64 / 2.0,
+            after as f64 / 5.0,
+            failed.len(),
             ms(back.elapsed())
         );
     }

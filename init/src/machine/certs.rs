@@ -4,7 +4,8 @@
 //! orchestrator's — the API server's and the kubelet's serving
 //! certificates, the admin kubeconfig `osctl kubeconfig` hands out, a
 //! joined kubelet's client certificate — come from `orchestrator certs`,
-//! which reads the serving ones from a TLS handshake (they live in memory).
+//! which reads the serving ones from a TLS handshake (they live in memory);
+//! an etcd member's comes from its file (init issues and renews it).
 
 use machinery::api;
 use machinery::config::{self, MachineConfig};
@@ -66,6 +67,14 @@ impl Machine {
             return vec![row("apid (serving)", apid.as_deref().ok_or_else(|| "no config".into()), false)];
         };
         let mut rows = own(&c, apid.as_deref());
+        // The etcd member's (peer, client, and the orchestrator's etcd
+        // client certificate), which init renews (`renew_etcd_certs`).
+        let etcd = self.settings.orchestrator.as_ref().and_then(|o| o.etcd.as_ref());
+        if let Some(e) = etcd.filter(|_| super::etcd::plan(&c).is_some() && self.supervises(super::etcd::ETCD)) {
+            let path = super::etcd::Files::under(&e.dir).cert;
+            let pem = std::fs::read_to_string(&path).map_err(|err| format!("{}: {err}", path.display()));
+            rows.push(row("etcd member (peer, client)", pem.as_deref().map_err(Clone::clone), true));
+        }
         let Some(o) = self.settings.orchestrator.as_ref().filter(|_| self.supervises(ORCHESTRATOR)) else {
             return rows;
         };

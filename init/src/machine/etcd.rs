@@ -34,6 +34,18 @@ pub struct EtcdSettings {
     pub program: PathBuf,
     /// The member's data (`data/`) and certificates (`pki/`), on EPHEMERAL.
     pub dir: PathBuf,
+    /// The member certificate's lifetime (none: `machinery::pki::LEAF_LIFETIME`);
+    /// init renews it at [`renew_after`].
+    pub cert_lifetime: Option<std::time::Duration>,
+}
+
+/// When a member certificate of `lifetime` is renewed: at 80 % of it (as
+/// apid's, at 70–90 %), so that a node that runs for a year without
+/// restarting its etcd never presents an expired one. etcd reads its
+/// certificate files at each TLS handshake, and the orchestrator's store
+/// reads them again when they change: neither restarts.
+pub(super) fn renew_after(lifetime: std::time::Duration) -> std::time::Duration {
+    lifetime * 4 / 5
 }
 
 /// This node's member, from its config.
@@ -113,18 +125,24 @@ impl Files {
     }
 }
 
-/// Issues the member's certificate from the Kubernetes CA and writes it
-/// with the CA (0600 files in a 0700 directory). A new one each start:
-/// the address may have changed, and nothing pins it.
-pub(super) fn write_certs(m: &Member, ca: &machinery::pki::CertKey, files: &Files) -> Result<(), String> {
+/// Issues the member's certificate from the Kubernetes CA, valid for
+/// `lifetime`, and writes it with the CA (0600 files in a 0700 directory,
+/// each replaced through a rename). A new one each start, and each
+/// renewal: the address may have changed, and nothing pins it.
+pub(super) fn write_certs(
+    m: &Member,
+    ca: &machinery::pki::CertKey,
+    files: &Files,
+    lifetime: std::time::Duration,
+) -> Result<(), String> {
     let names = vec![m.address.to_string(), "127.0.0.1".to_string(), "localhost".to_string()];
-    let cert = machinery::pki::issue_etcd_member(ca, &m.name, &names, machinery::pki::LEAF_LIFETIME)
+    let cert = machinery::pki::issue_etcd_member(ca, &m.name, &names, lifetime)
         .map_err(|e| format!("issuing etcd's certificate: {e}"))?;
     let dir = files.ca.parent().unwrap_or(Path::new("/"));
     crate::store::private_dir(dir)
         .and_then(|_| crate::store::write_private(&files.ca, ca.cert_pem.as_bytes()))
-        .and_then(|_| crate::store::write_private(&files.cert, cert.cert_pem.as_bytes()))
         .and_then(|_| crate::store::write_private(&files.key, cert.key_pem.as_bytes()))
+        .and_then(|_| crate::store::write_private(&files.cert, cert.cert_pem.as_bytes()))
         .map_err(|e| format!("writing etcd's certificates under {}: {e}", dir.display()))
 }
 
@@ -478,12 +496,33 @@ mod tests {
     }
 
     #[test]
+    fn the_member_certificate_is_renewed_in_place_before_it_expires() {
+        use std::time::Duration;
+        assert_eq!(renew_after(Duration::from_secs(30)), Duration::from_secs(24));
+        assert!(renew_after(machinery::pki::LEAF_LIFETIME) < machinery::pki::LEAF_LIFETIME);
+        let ca = machinery::pki::generate_ca("t").unwrap();
+        let m = plan(&config("cp1", "10.0.0.1", "etcd_bootstrap = true")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::under(dir.path());
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        write_certs(&m, &ca, &files, Duration::from_secs(30)).unwrap();
+        let (first, first_key) = (read(&files.cert), read(&files.key));
+        let short = machinery::pki::cert_info(&first).unwrap();
+        assert!(short.not_after - short.not_before <= 30 + 5 * 60, "{short:?}");
+        write_certs(&m, &ca, &files, machinery::pki::LEAF_LIFETIME).unwrap();
+        let renewed = machinery::pki::cert_info(&read(&files.cert)).unwrap();
+        assert!(renewed.not_after > short.not_after + 3600);
+        assert_ne!(read(&files.key), first_key, "a new key with the new certificate");
+        assert_eq!(renewed.common_name, "cp1");
+    }
+
+    #[test]
     fn the_member_certificate_names_its_address_and_serves_both_ways() {
         let ca = machinery::pki::generate_ca("t").unwrap();
         let m = plan(&config("cp1", "10.0.0.1", "etcd_bootstrap = true")).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let files = Files::under(dir.path());
-        write_certs(&m, &ca, &files).unwrap();
+        write_certs(&m, &ca, &files, machinery::pki::LEAF_LIFETIME).unwrap();
         let info = machinery::pki::cert_info(&std::fs::read_to_string(&files.cert).unwrap()).unwrap();
         assert_eq!(info.common_name, "cp1");
         assert_eq!(info.issuer, machinery::pki::cert_info(&ca.cert_pem).unwrap().subject);

@@ -20,6 +20,8 @@ pub mod restore;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -103,45 +105,279 @@ impl Bridge {
         Ok(Bridge { handle, _stop: stop })
     }
 
-    /// Runs the request `make` builds on the client's runtime and waits
-    /// for it, for at most `timeout`. A request that never reached a member
-    /// (the balancer picked one that is down) is sent again, to another,
-    /// within the same deadline.
-    fn run<T, F>(&self, timeout: Duration, mut make: impl FnMut() -> F + Send + 'static) -> Result<T, Failure>
+    /// Runs the request `make` builds on the client's runtime, through
+    /// the endpoint [`Endpoints::pick`] chooses, and waits for it, for at
+    /// most `timeout`. A request that never reached a member (its endpoint
+    /// refused the connection, or the member has no leader) is sent again
+    /// within the same deadline, at once to another endpoint when one is
+    /// not known to be down; the endpoint that failed is left until its
+    /// probe sees it answer again. When a majority of the members refuse
+    /// connections the answer is at once [`Failure::NoQuorum`], and after
+    /// [`QUORUM_CHECK_AFTER`] waiting for one member when the others say
+    /// no majority is left; when the deadline passes, the members are
+    /// asked (for at most [`EXPLAIN_WITHIN`] more) whether it is for want
+    /// of a quorum.
+    fn run<T, F>(
+        &self,
+        eps: &Arc<Endpoints>,
+        timeout: Duration,
+        mut make: impl FnMut(usize, Client) -> F + Send + 'static,
+    ) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, etcd_client::Error>> + Send,
     {
+        let eps = eps.clone();
+        let answer = self.wait(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            // Why each endpoint did not take this request, when it did not.
+            let mut said: Vec<Option<Said>> = vec![None; eps.names.len()];
+            let mut attempt = 0;
+            loop {
+                let i = eps.pick(attempt);
+                eps.sent[i].fetch_add(1, Ordering::Relaxed);
+                let mut sent = std::pin::pin!(tokio::time::timeout_at(deadline, make(i, eps.client(i))));
+                let answer = match tokio::time::timeout(QUORUM_CHECK_AFTER, &mut sent).await {
+                    Ok(answer) => answer,
+                    Err(_) => match eps.no_quorum_without(i, &said).await {
+                        Some(no_quorum) => return Err(no_quorum),
+                        None => sent.await,
+                    },
+                };
+                match answer {
+                    Ok(Err(e)) if not_sent(&e) => {
+                        let (mark, no_leader) = (unreachable(&e), said_no_leader(&e));
+                        let why = Failure::Etcd(e).message();
+                        if mark {
+                            eps.failed(i, &why);
+                        }
+                        said[i] = Some(if no_leader { Said::NoLeader(why) } else { Said::Down(why) });
+                        if eps.majority_down(&said) {
+                            return Err(Failure::NoQuorum(eps.summary(&said)));
+                        }
+                        if deadline - tokio::time::Instant::now() <= RESEND_AFTER {
+                            return Err(eps.explain(said, Failure::Timeout(timeout)).await);
+                        }
+                        attempt += 1;
+                        // Nowhere else to go (every endpoint is down, or the
+                        // cluster is electing a leader): a pause first.
+                        if eps.all_down() || !eps.down[i].load(Ordering::Relaxed) {
+                            tokio::time::sleep(RESEND_AFTER).await;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        // Perhaps applied, so not sent again; but its
+                        // connection is gone: the next request goes elsewhere.
+                        let (lost, failure) = (connection_lost(&e), Failure::Etcd(e));
+                        if lost {
+                            eps.failed(i, &failure.message());
+                        }
+                        return Err(failure);
+                    }
+                    Ok(Ok(r)) => return Ok(r),
+                    Err(_) => {
+                        eps.failed(i, &format!("no answer within {timeout:?}"));
+                        said[i] =
+                            Some(Said::Down(format!("no answer within {timeout:?} (a write may yet be applied)")));
+                        return Err(eps.explain(said, Failure::Timeout(timeout)).await);
+                    }
+                }
+            }
+        });
+        answer.unwrap_or(Err(Failure::Stopped))
+    }
+
+    /// Runs `fut` on the client's runtime and waits for its output; `Err`
+    /// when the runtime stopped first.
+    fn wait<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Result<T, ()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
-            let r = loop {
-                match tokio::time::timeout_at(deadline, make()).await {
-                    Ok(Err(e)) if not_sent(&e) && deadline - tokio::time::Instant::now() > RESEND_AFTER => {
-                        tokio::time::sleep(RESEND_AFTER).await;
-                    }
-                    r => break r,
-                }
-            };
-            let _ = tx.send(r);
+            let _ = tx.send(fut.await);
         });
-        let wait = move || rx.recv();
-        let answer = match tokio::runtime::Handle::try_current() {
+        let wait = move || rx.recv().map_err(|_| ());
+        match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(wait)
             }
             _ => wait(),
-        };
-        match answer {
-            Ok(Ok(r)) => r.map_err(Failure::Etcd),
-            Ok(Err(_)) => Err(Failure::Timeout(timeout)),
-            Err(_) => Err(Failure::Stopped),
         }
     }
 }
 
-/// The pause before a request that reached no member is sent again.
+/// The pause before a request that reached no member is sent again, when
+/// no other endpoint is there to take it.
 const RESEND_AFTER: Duration = Duration::from_millis(50);
+
+/// How long a request that failed for want of a member waits for the
+/// members to say whether they have a quorum (past its own deadline).
+const EXPLAIN_WITHIN: Duration = Duration::from_millis(500);
+
+/// What an endpoint said to a request it did not take, or to a question.
+#[derive(Debug, Clone)]
+enum Said {
+    /// It answered, with a leader.
+    Leader,
+    /// It answered that it has no leader.
+    NoLeader(String),
+    /// It refused the connection or did not answer.
+    Down(String),
+}
+
+/// How long a request waits for its member before the others are asked
+/// whether a quorum is left at all.
+const QUORUM_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// How often an endpoint that failed is asked whether it answers again.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// A member's connection attempt past this is a failure (a powered-off
+/// machine answers no SYN): the request goes to another endpoint well
+/// within its deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The members' endpoints, a client of each, and which of them are down.
+///
+/// Requests go to the first endpoint in the configured order that is not
+/// known to be down (init lists a control plane's own member first), not
+/// through etcd-client's balancer over all of them: tonic's balancer keeps
+/// offering a dead member's endpoint as ready, so after a follower was
+/// killed about one request in two went there first and was refused (a
+/// writer fell from ~500 to ~40 writes/s). A request that cannot reach an
+/// endpoint marks it down and goes to the next at once; a probe task then
+/// asks the marked endpoint every [`PROBE_EVERY`] (a serializable read
+/// that needs the member to have a leader) and clears the mark when it
+/// answers, so requests return to it.
+struct Endpoints {
+    names: Vec<String>,
+    /// Made again when the client TLS files change ([`reload_tls`]).
+    clients: std::sync::RwLock<Vec<Client>>,
+    down: Vec<AtomicBool>,
+    /// Requests (attempts) sent through each endpoint; probes not counted.
+    sent: Vec<AtomicU64>,
+    /// The client's runtime, for the probes.
+    handle: tokio::runtime::Handle,
+    timeout: Duration,
+}
+
+impl Endpoints {
+    fn client(&self, i: usize) -> Client {
+        self.clients.read().unwrap_or_else(std::sync::PoisonError::into_inner)[i].clone()
+    }
+
+    /// The first endpoint not known to be down; when all are, each in
+    /// turn, by `attempt` (one of them may be back before its probe says so).
+    fn pick(&self, attempt: usize) -> usize {
+        self.down.iter().position(|d| !d.load(Ordering::Relaxed)).unwrap_or(attempt % self.names.len())
+    }
+
+    fn all_down(&self) -> bool {
+        self.down.iter().all(|d| d.load(Ordering::Relaxed))
+    }
+
+    /// Whether so many endpoints refused a request that no majority of
+    /// the members is left to take it (three endpoints or more: with one,
+    /// a member restarting is waited for until the deadline).
+    fn majority_down(&self, said: &[Option<Said>]) -> bool {
+        let down = said.iter().filter(|s| matches!(s, Some(Said::Down(_)))).count();
+        self.names.len() >= 3 && down >= quorum(self.names.len())
+    }
+
+    /// Each endpoint with what it said: `host:port: why`, `; `-separated,
+    /// and how many of the members have a leader against the majority needed.
+    fn summary(&self, said: &[Option<Said>]) -> String {
+        let leading = said.iter().filter(|s| matches!(s, Some(Said::Leader))).count();
+        let each: Vec<String> = self
+            .names
+            .iter()
+            .zip(said)
+            .map(|(n, s)| match s {
+                Some(Said::Leader) => format!("{n}: has a leader"),
+                Some(Said::NoLeader(why) | Said::Down(why)) => format!("{n}: {why}"),
+                None => format!("{n}: not asked"),
+            })
+            .collect();
+        let n = self.names.len();
+        format!(
+            "no quorum: {leading} of the {n} etcd members answer with a leader, {} needed ({})",
+            quorum(n),
+            each.join("; ")
+        )
+    }
+
+    /// Why a request failed that found no member to take it: the members
+    /// not heard from yet are asked, at once, whether they have a leader.
+    /// Fewer than a majority with one: [`Failure::NoQuorum`]; else `other`
+    /// (a member too slow, not the cluster down).
+    async fn explain(&self, mut said: Vec<Option<Said>>, other: Failure) -> Failure {
+        self.ask(&mut said).await;
+        let leading = said.iter().filter(|s| matches!(s, Some(Said::Leader))).count();
+        if leading < quorum(self.names.len()) { Failure::NoQuorum(self.summary(&said)) } else { other }
+    }
+
+    /// A request to endpoint `i` has waited [`QUORUM_CHECK_AFTER`]: when
+    /// so many of the others do not answer at all that even with `i` no
+    /// majority is left (two of three members down: the survivor, a
+    /// leader that has not noticed yet, holds the request until the
+    /// deadline), the answer need not wait for it. Members that answer
+    /// without a leader count as there: an election after a leader died
+    /// is waited for.
+    async fn no_quorum_without(&self, i: usize, said: &[Option<Said>]) -> Option<Failure> {
+        if self.names.len() < 3 {
+            return None;
+        }
+        let mut said = said.to_vec();
+        said[i] = Some(Said::Down(format!("no answer within {QUORUM_CHECK_AFTER:?} (a write may yet be applied)")));
+        self.ask(&mut said).await;
+        let there = said.iter().filter(|s| matches!(s, Some(Said::Leader | Said::NoLeader(_)))).count();
+        (there + 1 < quorum(self.names.len())).then(|| Failure::NoQuorum(self.summary(&said)))
+    }
+
+    /// Asks each endpoint not heard from in `said`, at once, whether it
+    /// answers with a leader.
+    async fn ask(&self, said: &mut [Option<Said>]) {
+        let ask = GetOptions::new().with_count_only().with_serializable();
+        let mut asked = tokio::task::JoinSet::new();
+        let clients = self.clients.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for (i, c) in clients.iter().enumerate().filter(|(i, _)| said[*i].is_none()) {
+            let (mut kv, ask) = (c.kv_client(), ask.clone());
+            asked.spawn(async move { (i, tokio::time::timeout(EXPLAIN_WITHIN, kv.get(vec![0u8], Some(ask))).await) });
+        }
+        while let Some(Ok((i, answer))) = asked.join_next().await {
+            said[i] = Some(match answer {
+                Ok(Ok(_)) => Said::Leader,
+                Ok(Err(e)) if said_no_leader(&e) => Said::NoLeader(Failure::Etcd(e).message()),
+                Ok(Err(e)) => Said::Down(Failure::Etcd(e).message()),
+                Err(_) => Said::Down(format!("no answer within {EXPLAIN_WITHIN:?}")),
+            });
+        }
+    }
+
+    /// Endpoint `i` did not answer: marked down (once), probed until it does.
+    fn failed(self: &Arc<Self>, i: usize, reason: &str) {
+        if self.names.len() < 2 || self.down[i].swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let next = self.down.iter().position(|d| !d.load(Ordering::Relaxed));
+        let next = next.map_or("none answers".to_string(), |n| format!("using {}", self.names[n]));
+        tracing::warn!("etcd endpoint {} does not answer ({reason}): {next} until it does", self.names[i]);
+        let eps = self.clone();
+        self.handle.spawn(async move { eps.probe(i).await });
+    }
+
+    async fn probe(self: Arc<Self>, i: usize) {
+        let ask = GetOptions::new().with_count_only().with_serializable();
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let mut kv = self.client(i).kv_client();
+            let answer = tokio::time::timeout(self.timeout, kv.get(vec![0u8], Some(ask.clone()))).await;
+            if matches!(answer, Ok(Ok(_))) {
+                self.down[i].store(false, Ordering::SeqCst);
+                tracing::warn!("etcd endpoint {} answers again", self.names[i]);
+                return;
+            }
+        }
+    }
+}
 
 /// Whether the request failed before anything was applied, so that
 /// sending it again cannot apply it twice: a refused connection, or an
@@ -163,11 +399,53 @@ fn not_sent(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Whether a request failed because its connection broke under it (the
+/// member died with the request sent, or about to be).
+fn connection_lost(e: &etcd_client::Error) -> bool {
+    match e {
+        // tonic's words vary with the moment the connection broke:
+        // "transport error: connection error: stream closed because of a
+        // broken pipe", "… connection reset", "operation was canceled:
+        // transport error: connection closed".
+        etcd_client::Error::GRpcStatus(s) => {
+            let mut words = s.message().to_string();
+            let mut cause = std::error::Error::source(s);
+            while let Some(c) = cause {
+                words.push_str(&c.to_string());
+                cause = c.source();
+            }
+            words.contains("transport error")
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// A majority of `members`, which etcd needs to elect a leader and commit.
+fn quorum(members: usize) -> usize {
+    members / 2 + 1
+}
+
+/// Whether the member answered that it has no leader (a minority cut off
+/// from the others, or an election under way).
+fn said_no_leader(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message() == "etcdserver: no leader")
+}
+
+/// Whether a request that was not sent failed because of its endpoint
+/// (unreachable, or a member cut off from its leader), not because the
+/// whole cluster is electing: then another endpoint should take it.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    !matches!(e, etcd_client::Error::GRpcStatus(s) if s.message() == "etcdserver: leader changed")
+}
+
 /// Why a request failed, before it becomes a [`StoreError`].
 #[derive(Debug)]
 enum Failure {
     Etcd(etcd_client::Error),
     Timeout(Duration),
+    /// Fewer than a majority of the members answer with a leader: why.
+    NoQuorum(String),
     Stopped,
 }
 
@@ -178,7 +456,11 @@ impl Failure {
         let chain = |top: String, mut cause: Option<&(dyn std::error::Error + 'static)>| {
             let mut m = top;
             while let Some(c) = cause {
-                m = format!("{m}: {c}");
+                // tonic repeats a cause in the words of the error above it.
+                let c_text = c.to_string();
+                if !m.contains(&c_text) {
+                    m = format!("{m}: {c_text}");
+                }
                 cause = c.source();
             }
             m
@@ -189,6 +471,8 @@ impl Failure {
             }
             Failure::Etcd(e) => chain(e.to_string(), std::error::Error::source(e)),
             Failure::Timeout(t) => format!("no answer within {t:?} (a write may yet be applied)"),
+            // A write that timed out on the way here may yet be applied, too.
+            Failure::NoQuorum(why) => why.clone(),
             Failure::Stopped => "the etcd client stopped".into(),
         }
     }
@@ -210,7 +494,7 @@ impl Failure {
                     .any(|m| s.message().contains(m))
             }
             Failure::Etcd(etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)) => true,
-            Failure::Timeout(_) | Failure::Stopped => true,
+            Failure::Timeout(_) | Failure::NoQuorum(_) | Failure::Stopped => true,
             Failure::Etcd(_) => false,
         }
     }
@@ -227,11 +511,93 @@ impl Failure {
 /// The store on etcd. Keys and values are the registry's, byte for byte:
 /// an object reads the same from etcd as from SQLite.
 pub struct EtcdStore {
-    client: Client,
+    eps: Arc<Endpoints>,
     bridge: Bridge,
     /// The endpoints, for errors.
     names: String,
     timeout: Duration,
+}
+
+/// Why the clients could not be made.
+struct ClientsError {
+    op: &'static str,
+    reason: String,
+}
+
+/// A client of each of `cfg`'s endpoints (each connects when first used),
+/// with the TLS files as they are now.
+async fn clients(cfg: EtcdConfig) -> Result<Vec<Client>, ClientsError> {
+    // No per-request timeout in the client: every request runs under
+    // the store's own deadline (`Bridge::run`), which then asks the
+    // members why; tonic's, firing at the same moment, said only
+    // "Timeout expired".
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
+        .with_keep_alive(Duration::from_secs(2), cfg.timeout)
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the others fails requests and watches
+        // at once ("no leader"): the client retries on another.
+        .with_require_leader(true);
+    if let Some(tls) = &cfg.tls {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| ClientsError {
+                op: "read the etcd client TLS files",
+                reason: format!("{}: {e}", path.display()),
+            })
+        };
+        options = options.with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
+                .identity(etcd_client::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?)),
+        );
+    }
+    let mut clients = Vec::new();
+    for url in cfg.urls() {
+        let c = Client::connect([url], Some(options.clone())).await;
+        clients.push(c.map_err(|e| ClientsError { op: "connect to etcd", reason: Failure::Etcd(e).message() })?);
+    }
+    Ok(clients)
+}
+
+/// How often the client TLS files are looked at for a renewed certificate.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// The TLS files' modification times (`None`: unreadable).
+fn modified(tls: &ClientTls) -> Vec<Option<std::time::SystemTime>> {
+    [&tls.ca, &tls.cert, &tls.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+}
+
+/// Makes the clients again when the TLS files change (init renews the
+/// member's certificate, which is also the orchestrator's client
+/// certificate, before it expires): the certificate a client presents is
+/// the one read when it was made, and a connection made after its expiry
+/// would be refused. Connections of the old clients stay up until their
+/// requests end. Stops with the store.
+async fn reload_tls(eps: std::sync::Weak<Endpoints>, cfg: EtcdConfig, mut seen: Vec<Option<std::time::SystemTime>>) {
+    let Some(tls) = cfg.tls.clone() else { return };
+    loop {
+        tokio::time::sleep(TLS_RELOAD_EVERY).await;
+        let now = modified(&tls);
+        if now == seen {
+            continue;
+        }
+        // A renewal writes three files: read them once they stay as they
+        // are (a key read with the previous certificate would not be
+        // noticed again).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if modified(&tls) != now {
+            continue;
+        }
+        let Some(eps) = eps.upgrade() else { return };
+        match clients(cfg.clone()).await {
+            Ok(fresh) => {
+                *eps.clients.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                seen = now;
+                tracing::warn!("etcd client certificate reloaded from {}", tls.cert.display());
+            }
+            Err(e) => tracing::warn!("etcd client TLS files changed, kept the old ones: {}: {}", e.op, e.reason),
+        }
+    }
 }
 
 /// The end of the key range of everything under `prefix` (etcd's
@@ -289,40 +655,38 @@ impl EtcdStore {
         let names = cfg.endpoints.join(",");
         let unavailable = |op, reason: String| StoreError::Unavailable { op, endpoints: names.clone(), reason };
         let bridge = Bridge::start().map_err(|e| unavailable("start the etcd client", e.to_string()))?;
-        let mut options = ConnectOptions::new()
-            .with_timeout(cfg.timeout)
-            .with_connect_timeout(cfg.timeout)
-            .with_keep_alive(Duration::from_secs(2), cfg.timeout)
-            .with_keep_alive_while_idle(true)
-            // A member cut off from the others fails requests and watches
-            // at once ("no leader"): the client retries on another.
-            .with_require_leader(true);
+        let clients = bridge
+            .wait(clients(cfg.clone()))
+            .map_err(|()| unavailable("connect to etcd", Failure::Stopped.message()))?
+            .map_err(|e| unavailable(e.op, e.reason))?;
+        let eps = Arc::new(Endpoints {
+            names: cfg.endpoints.clone(),
+            down: clients.iter().map(|_| AtomicBool::new(false)).collect(),
+            sent: clients.iter().map(|_| AtomicU64::new(0)).collect(),
+            clients: std::sync::RwLock::new(clients),
+            handle: bridge.handle.clone(),
+            timeout: cfg.timeout,
+        });
         if let Some(tls) = &cfg.tls {
-            let read = |path: &PathBuf| {
-                std::fs::read(path)
-                    .map_err(|e| unavailable("read the etcd client TLS files", format!("{}: {e}", path.display())))
-            };
-            options = options.with_tls(
-                etcd_client::TlsOptions::new()
-                    .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?))
-                    .identity(etcd_client::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?)),
-            );
+            bridge.handle.spawn(reload_tls(Arc::downgrade(&eps), cfg.clone(), modified(tls)));
         }
-        let urls = cfg.urls();
-        let client = bridge
-            .run(cfg.timeout, move || Client::connect(urls.clone(), Some(options.clone())))
-            .map_err(|f| unavailable("connect to etcd", f.message()))?;
-        let store = EtcdStore { client, bridge, names, timeout: cfg.timeout };
+        let store = EtcdStore { eps, bridge, names, timeout: cfg.timeout };
         store.current_revision()?;
         Ok(store)
     }
 
-    fn run<T, F>(&self, make: impl FnMut() -> F + Send + 'static) -> Result<T, Failure>
+    /// How many requests were sent through each endpoint (the configured
+    /// `host:port`), retries included: which members a store uses.
+    pub fn requests_sent(&self) -> Vec<(String, u64)> {
+        self.eps.names.iter().zip(&self.eps.sent).map(|(n, c)| (n.clone(), c.load(Ordering::Relaxed))).collect()
+    }
+
+    fn run<T, F>(&self, make: impl FnMut(usize, Client) -> F + Send + 'static) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, etcd_client::Error>> + Send,
     {
-        self.bridge.run(self.timeout, make)
+        self.bridge.run(&self.eps, self.timeout, make)
     }
 
     fn error(&self, op: &'static str, f: &Failure) -> StoreError {
@@ -337,18 +701,14 @@ impl EtcdStore {
     /// The revision etcd compacted at, read from a watch of the past (etcd
     /// tells a watch the compaction point; no other request does).
     fn compaction_point(&self, op: &'static str) -> Result<i64, StoreError> {
-        let client = self.client.clone();
-        self.run(move || {
-            let mut client = client.clone();
-            async move {
-                let mut stream = client.watch(vec![0u8], Some(WatchOptions::new().with_start_revision(1))).await?;
-                while let Some(r) = stream.message().await? {
-                    if r.compact_revision() > 0 || r.canceled() {
-                        return Ok(r.compact_revision());
-                    }
+        self.run(move |_, mut client| async move {
+            let mut stream = client.watch(vec![0u8], Some(WatchOptions::new().with_start_revision(1))).await?;
+            while let Some(r) = stream.message().await? {
+                if r.compact_revision() > 0 || r.canceled() {
+                    return Ok(r.compact_revision());
                 }
-                Ok(0)
             }
+            Ok(0)
         })
         .map_err(|f| self.error(op, &f))
     }
@@ -375,10 +735,9 @@ impl EtcdStore {
         when: Vec<Compare>,
         then: TxnOp,
     ) -> Result<etcd_client::TxnResponse, StoreError> {
-        let kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
         let txn = Txn::new().when(when).and_then(vec![then]).or_else(vec![TxnOp::get(key, None)]);
-        self.run(move || {
-            let (mut kv, txn) = (kv.clone(), txn.clone());
+        self.run(move |_, c| {
+            let (mut kv, txn) = (c.kv_client().max_decoding_message_size(usize::MAX), txn.clone());
             async move { kv.txn(txn).await }
         })
         .map_err(|f| match &f {
@@ -398,12 +757,15 @@ impl EtcdStore {
     }
 }
 
-/// Forwards an etcd watch to a [`Watch`]'s channel, in order; when the
-/// member serving it dies or loses its leader, watches again from the
+/// Forwards an etcd watch, served through endpoint `at`, to a [`Watch`]'s
+/// channel, in order; when the member serving it dies or loses its leader,
+/// its endpoint is marked down and the watch starts again from the
 /// revision after the last event sent, through another member, until
 /// `patience` passes without one answering.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
-    mut client: etcd_client::WatchClient,
+    eps: Arc<Endpoints>,
+    mut at: usize,
     prefix: String,
     mut last: i64,
     mut stream: etcd_client::WatchStream,
@@ -439,15 +801,25 @@ async fn forward(
             }
         };
         tracing::debug!(%prefix, last, "etcd watch interrupted ({reason}); resuming");
+        eps.failed(at, &reason);
         let started = *stalled.get_or_insert_with(tokio::time::Instant::now);
+        let mut attempt = 0;
         stream = loop {
             let opts =
                 WatchOptions::new().with_range(prefix_end(&prefix)).with_start_revision(last + 1).with_prev_key();
+            at = eps.pick(attempt);
+            let mut client = eps.client(at).watch_client().max_decoding_message_size(usize::MAX);
             match tokio::time::timeout(patience, client.watch(prefix.clone(), Some(opts))).await {
                 Ok(Ok(s)) if started.elapsed() < patience => break s,
                 Ok(Err(e)) if started.elapsed() < patience => {
                     tracing::debug!(%prefix, "etcd watch: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if not_sent(&e) && unreachable(&e) {
+                        eps.failed(at, &Failure::Etcd(e).message());
+                    }
+                    attempt += 1;
+                    if eps.all_down() || !eps.down[at].load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
                 failed => {
                     let why = match failed {
@@ -465,10 +837,10 @@ async fn forward(
 
 impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let (kv, k) = (self.client.kv_client(), key.to_string());
+        let k = key.to_string();
         let r = self
-            .run(move || {
-                let (mut kv, k) = (kv.clone(), k.clone());
+            .run(move |_, c| {
+                let (mut kv, k) = (c.kv_client(), k.clone());
                 async move { kv.get(k, None).await }
             })
             .map_err(|f| self.error("get", &f))?;
@@ -490,10 +862,10 @@ impl Store for EtcdStore {
             .with_range(prefix_end(prefix))
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .with_revision(revision.unwrap_or(0));
-        let kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
         let r = self
-            .run(move || {
-                let (mut kv, start, opts) = (kv.clone(), start.clone(), opts.clone());
+            .run(move |_, c| {
+                let mut kv = c.kv_client().max_decoding_message_size(usize::MAX);
+                let (start, opts) = (start.clone(), opts.clone());
                 async move { kv.get(start, Some(opts)).await }
             })
             .map_err(|f| match revision {
@@ -543,11 +915,10 @@ impl Store for EtcdStore {
     fn watch(&self, prefix: &str, from: i64) -> Result<Watch, StoreError> {
         // etcd says a watch's start is compacted only once it streams;
         // a read at that revision says it now, as SQLite's watch does.
-        let kv = self.client.kv_client();
         let probe = GetOptions::new().with_range(prefix_end(prefix)).with_revision(from + 1).with_count_only();
         let p = prefix.to_string();
-        let probed = self.run(move || {
-            let (mut kv, p, probe) = (kv.clone(), p.clone(), probe.clone());
+        let probed = self.run(move |_, c| {
+            let (mut kv, p, probe) = (c.kv_client(), p.clone(), probe.clone());
             async move { kv.get(p, Some(probe)).await }
         });
         match probed {
@@ -558,26 +929,26 @@ impl Store for EtcdStore {
         }
         let opts = WatchOptions::new().with_range(prefix_end(prefix)).with_start_revision(from + 1).with_prev_key();
         // A watch from the past may bring many events in one response.
-        let client = self.client.watch_client().max_decoding_message_size(usize::MAX);
-        let (c, p) = (client.clone(), prefix.to_string());
-        let stream = self
-            .run(move || {
-                let (mut c, p, opts) = (c.clone(), p.clone(), opts.clone());
-                async move { c.watch(p, Some(opts)).await }
+        let p = prefix.to_string();
+        let (at, stream) = self
+            .run(move |i, c| {
+                let (mut c, p, opts) =
+                    (c.watch_client().max_decoding_message_size(usize::MAX), p.clone(), opts.clone());
+                async move { c.watch(p, Some(opts)).await.map(|s| (i, s)) }
             })
             .map_err(|f| self.error("watch", &f))?;
         // Bounded: a slow watcher slows its own stream (etcd holds the
         // rest), never the store or the other watchers.
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let task = forward(client, prefix.to_string(), from, stream, tx, self.names.clone(), self.timeout);
+        let task =
+            forward(self.eps.clone(), at, prefix.to_string(), from, stream, tx, self.names.clone(), self.timeout);
         self.bridge.handle.spawn(task);
         Ok(Watch::feed(rx))
     }
 
     fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        let kv = self.client.kv_client();
-        let compacted = self.run(move || {
-            let mut kv = kv.clone();
+        let compacted = self.run(move |_, c| {
+            let mut kv = c.kv_client();
             async move { kv.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical())).await }
         });
         match compacted {
@@ -589,10 +960,9 @@ impl Store for EtcdStore {
     }
 
     fn current_revision(&self) -> Result<i64, StoreError> {
-        let kv = self.client.kv_client();
         let r = self
-            .run(move || {
-                let mut kv = kv.clone();
+            .run(move |_, c| {
+                let mut kv = c.kv_client();
                 async move { kv.get(vec![0u8], Some(GetOptions::new().with_count_only())).await }
             })
             .map_err(|f| self.error("read revision", &f))?;

@@ -102,8 +102,26 @@ impl LocalCluster {
     }
 
     /// As [`LocalCluster::start_in`], serving clients over TLS with
-    /// client certificates required when `tls` is given.
+    /// client certificates required when `tls` is given. A free port
+    /// taken by another process before etcd bound it (the port is chosen
+    /// by binding and closing it) starts the cluster again on others, up
+    /// to three times.
     pub fn start_with(dir: &Path, members: usize, tls: Option<ServerTls>) -> Result<LocalCluster, LocalError> {
+        let mut tries = 0;
+        loop {
+            match LocalCluster::try_start(dir, members, tls.clone()) {
+                Err(LocalError::NotServing { tail, .. }) if tail.contains("address already in use") && tries < 2 => {
+                    tries += 1;
+                    for i in 0..members {
+                        let _ = std::fs::remove_dir_all(dir.join(format!("m{i}")));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn try_start(dir: &Path, members: usize, tls: Option<ServerTls>) -> Result<LocalCluster, LocalError> {
         let binary = etcd_binary().ok_or(LocalError::NoEtcd)?;
         std::fs::create_dir_all(dir).map_err(|source| LocalError::Io {
             op: "create",
@@ -185,23 +203,27 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Waits until member `i` answers its health endpoint.
-    fn wait_serving(&self, i: usize) -> Result<(), LocalError> {
-        let m = &self.members[i];
+    /// Waits until member `i` answers its health endpoint (not once it
+    /// has exited).
+    fn wait_serving(&mut self, i: usize) -> Result<(), LocalError> {
         let waited = Duration::from_secs(30);
         let start = Instant::now();
         while start.elapsed() < waited {
-            if health(m.metrics_port) {
+            if health(self.members[i].metrics_port) {
                 return Ok(());
+            }
+            if self.members[i].child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let m = &self.members[i];
         let tail = std::fs::read_to_string(&m.log).unwrap_or_default();
         let tail = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         Err(LocalError::NotServing {
             name: m.name.clone(),
             endpoint: format!("127.0.0.1:{}", m.client_port),
-            waited,
+            waited: start.elapsed(),
             log: m.log.clone(),
             tail,
         })
