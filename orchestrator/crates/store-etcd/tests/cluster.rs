@@ -191,3 +191,117 @@ fn a_dead_follower_is_left_at_once_and_used_again_when_back() {
         write_for(&s, &format!("back{round}"), Duration::from_millis(100));
     }
 }
+
+/// Unmounts the tmpfs standing in for a member's small data disk.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=700"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount a tmpfs on {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` with `name` until a write is
+/// refused (ENOSPC); returns the file.
+fn fill(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        match f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => return path,
+            Err(e) => panic!("fill {}: {e}", path.display()),
+        }
+    }
+}
+
+/// One member's data disk fills up (a tmpfs filled to ENOSPC): that member
+/// stops, saying so in its log, the other two go on and every write is
+/// acknowledged; with space back and the member started again, it serves
+/// every acknowledged write on its own.
+#[test]
+fn a_member_whose_disk_fills_stops_alone_and_catches_up_when_space_returns() {
+    if !local::available() {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI: mounting a tmpfs needs root");
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // etcd preallocates 64 MiB WAL segments, the one in use and the next:
+    // room for both, then filled to the last byte once it is serving.
+    let disk = Tmpfs::mount(&dir.path().join("m2"), "200m");
+    let mut c = LocalCluster::start_in(dir.path(), 3).unwrap();
+    let full = fill(&disk.0, "filler");
+    let s = EtcdStore::connect(&EtcdConfig::from_url(&c.url(), None).unwrap()).unwrap();
+    let value = vec![b'x'; 16 << 10];
+    let mut acked = Vec::new();
+    for i in 0..400 {
+        let key = format!("/full/{i:04}");
+        for _ in 0..50 {
+            match s.create(&key, &value) {
+                Ok(rev) => {
+                    acked.push((key.clone(), rev));
+                    break;
+                }
+                // A write under way when the member stopped may have landed.
+                Err(StoreError::AlreadyExists { .. }) => break,
+                Err(StoreError::Unavailable { .. }) => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => panic!("create {key}: {e}"),
+            }
+        }
+    }
+    assert!(acked.len() >= 399, "only {} of 400 writes acknowledged", acked.len());
+    let log = std::fs::read_to_string(dir.path().join("m2.log")).unwrap();
+    assert!(log.contains("no space left on device"), "m2's log does not say its disk is full:\n{log}");
+    let m2_endpoint = format!("etcd://{}", c.endpoints()[2]);
+    let alone = || EtcdStore::connect(&EtcdConfig::from_url(&m2_endpoint, None).unwrap());
+    assert!(alone().and_then(|m2| m2.get("/full/0399")).is_err(), "m2 still answers on a full disk");
+
+    std::fs::remove_file(&full).unwrap();
+    c.kill(2);
+    c.restart(2).unwrap();
+    let start = Instant::now();
+    let m2 = loop {
+        match alone() {
+            Ok(m2) => break m2,
+            Err(e) if start.elapsed() < Duration::from_secs(60) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("m2 back on its disk does not answer: {e}"),
+        }
+    };
+    for (key, rev) in &acked {
+        loop {
+            match m2.get(key) {
+                Ok(Some(kv)) => {
+                    assert_eq!(kv.mod_revision, *rev, "{key}");
+                    break;
+                }
+                r if start.elapsed() < Duration::from_secs(60) => {
+                    let _ = r;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                r => panic!("m2 back on its disk does not serve {key}: {r:?}"),
+            }
+        }
+    }
+}
