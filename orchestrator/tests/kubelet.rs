@@ -398,6 +398,45 @@ spec:
     assert_eq!(c.pod_field("big", ".spec.nodeName"), "", "still waiting for a node that fits");
 }
 
+/// A pod whose sandbox is slow to come up (its CNI ADD waits) holds up no
+/// other pod: pods created after it get their sandboxes and run while it
+/// waits, and it runs once its network is there.
+#[test]
+fn a_slow_sandbox_holds_up_no_other_pod() {
+    let Some(c) = Cluster::start() else { return };
+    let dir = c.containerd.dir.path();
+    let (entered, release) = (dir.join("slow-add-entered"), dir.join("slow-add-release"));
+    c.containerd.swap_cni_plugin(
+        "bridge",
+        Some(&format!(
+            r#"if [ "$CNI_COMMAND" = ADD ]; then case "$CNI_ARGS" in *"K8S_POD_NAME=slow;"*)
+  touch {entered}; i=0; while [ ! -e {release} ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done;; esac; fi
+exec /usr/lib/cni/bridge"#,
+            entered = entered.display(),
+            release = release.display()
+        )),
+    );
+    let run = |name: &str| c.ok(&["run", name, "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sleep", "3600"]);
+    run("slow");
+    let start = Instant::now();
+    while !entered.exists() {
+        assert!(start.elapsed() < READY, "the slow pod's CNI ADD never ran: {}", c.server_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let quick: Vec<String> = (0..4).map(|i| format!("quick{i}")).collect();
+    for q in &quick {
+        run(q);
+    }
+    for q in &quick {
+        c.wait_for(&["get", "pod", q, "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    }
+    assert!(!release.exists());
+    assert_eq!(c.pod_field("slow", ".status.phase"), "Pending", "still waiting for its network");
+    std::fs::write(&release, "").unwrap();
+    c.wait_for(&["get", "pod", "slow", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    c.containerd.swap_cni_plugin("bridge", None);
+}
+
 /// A failing exec liveness probe restarts the container; an httpGet
 /// readiness probe holds Ready back until it answers; a tcpSocket liveness
 /// probe that keeps succeeding restarts nothing.

@@ -379,12 +379,26 @@ impl Api {
         part: Part,
         f: impl FnMut(&mut Value) -> bool + Send + 'static,
     ) -> Result<(), ApiError> {
+        self.modify_read(kind, ns, name, part, f).await.map(|_| ())
+    }
+
+    /// [`Api::modify`], returning the object as stored afterwards (as read
+    /// when `f` changed nothing): its resourceVersion is the write's.
+    pub async fn modify_read(
+        &self,
+        kind: &'static str,
+        ns: Option<&str>,
+        name: &str,
+        part: Part,
+        f: impl FnMut(&mut Value) -> bool + Send + 'static,
+    ) -> Result<Value, ApiError> {
         match self {
             Api::Local(reg) => {
                 let (reg, ns, name) = (reg.clone(), ns.map(str::to_string), name.to_string());
                 let mut f = f;
                 blocking(move || {
-                    reg.modify(rt(kind), ns.as_deref(), &name, part, &WriteOptions::default(), |o| Ok(f(o))).map(|_| ())
+                    reg.modify(rt(kind), ns.as_deref(), &name, part, &WriteOptions::default(), |o| Ok(f(o)))
+                        .map(|w| w.object)
                 })
                 .await
             }
@@ -394,11 +408,11 @@ impl Api {
                 for _ in 0..8 {
                     let mut o = r.call(Method::GET, &Remote::path(kind, ns, Some(name), None), None).await?;
                     if !f(&mut o) {
-                        return Ok(());
+                        return Ok(o);
                     }
                     match r.call(Method::PUT, &Remote::path(kind, ns, Some(name), sub), Some(&o)).await {
                         Err(e) if e.code == 409 => continue,
-                        r => return r.map(|_| ()),
+                        r => return r,
                     }
                 }
                 Err(ApiError::new(409, "Conflict", format!("{kind} {name}: too many conflicting writes")))

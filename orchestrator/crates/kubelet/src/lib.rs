@@ -43,6 +43,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, HostIP, Pod, PodIP, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -221,6 +222,29 @@ fn references(p: &Pod) -> Vec<(&'static str, String)> {
     out
 }
 
+/// Per pod uid, a digest of its sandboxes' and containers' ids and states.
+/// The runtime lists them in no fixed order (containerd walks a map): the
+/// digest does not depend on it, so an unchanged pod keeps its digest.
+fn runtime_digests<'a>(sandboxes: &'a [v1::PodSandbox], containers: &'a [v1::Container]) -> HashMap<&'a str, u64> {
+    let mut items: HashMap<&str, Vec<(&str, i32)>> = HashMap::new();
+    let uid = |labels: &'a HashMap<String, String>| labels.get(pod::LABEL_POD_UID).map_or("", String::as_str);
+    for s in sandboxes {
+        items.entry(uid(&s.labels)).or_default().push((&s.id, s.state));
+    }
+    for c in containers {
+        items.entry(uid(&c.labels)).or_default().push((&c.id, c.state));
+    }
+    items
+        .into_iter()
+        .map(|(uid, mut v)| {
+            v.sort_unstable();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v.hash(&mut h);
+            (uid, h.finish())
+        })
+        .collect()
+}
+
 /// What one sync task works on: a pod of this node, or the sandboxes of
 /// a pod (by uid) that is gone.
 enum Work {
@@ -389,8 +413,15 @@ impl Kubelet {
             }
             tokio::select! {
                 _ = next(&mut pods), if pods.is_some() => {
-                    // Let a burst of changes settle into one pass.
+                    // Let a burst of changes settle into one pass: the pass
+                    // relists everything, so the events that queued up
+                    // meanwhile (a burst of binds, the status writes) are
+                    // taken now rather than each costing a pass of its own.
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                    let mut taken = 0;
+                    while taken < 10_000 && pods.is_some() && next(&mut pods).now_or_never().is_some() {
+                        taken += 1;
+                    }
                 }
                 _ = tick.tick() => {}
             }
@@ -409,15 +440,7 @@ impl Kubelet {
         });
         self.watched.sync(self, used.collect());
         let (sandboxes, containers) = self.relist().await?;
-        let mut digests: HashMap<&str, std::collections::hash_map::DefaultHasher> = HashMap::new();
-        for s in &sandboxes {
-            let h = digests.entry(s.labels.get(pod::LABEL_POD_UID).map_or("", String::as_str)).or_default();
-            (&s.id, s.state).hash(h);
-        }
-        for c in &containers {
-            let h = digests.entry(c.labels.get(pod::LABEL_POD_UID).map_or("", String::as_str)).or_default();
-            (&c.id, c.state).hash(h);
-        }
+        let digests = runtime_digests(&sandboxes, &containers);
         let running: HashSet<&str> = containers
             .iter()
             .filter(|c| c.state == v1::ContainerState::ContainerRunning as i32)
@@ -437,7 +460,7 @@ impl Kubelet {
             mem.retain(|uid, m| live_uids.contains(uid.as_str()) || m.in_flight);
             for p in &pods {
                 let (ns, _, uid) = pod::ids(p);
-                let digest = digests.get(uid).map_or(0, |h| h.finish());
+                let digest = digests.get(uid).copied().unwrap_or(0);
                 let seen = (p.metadata.resource_version.clone().unwrap_or_default(), digest);
                 let m = mem.entry(uid.to_string()).or_default();
                 m.namespace = ns.to_string();
@@ -1114,6 +1137,10 @@ impl Kubelet {
             self.remember(&uid, |m| m.due = Some(Instant::now() + d));
         }
         timing::mark("ephemeral");
+        // The runtime's state as this sync leaves it, taken before the
+        // read-back the status is made of: what changes after it differs
+        // from it, and the pod syncs again.
+        let left = self.runtime_digest(&uid).await;
         // Read back what the starts did, for the status.
         let observed = self.observe(&sandbox_id).await?;
         let status = self
@@ -1136,7 +1163,33 @@ impl Kubelet {
                 }
             }
         }
-        self.write_status(p, ip, &observed, &waiting).await
+        let settled = waiting.is_empty();
+        let stored = self.write_status_read(p, ip, &observed, &waiting).await?;
+        // A pod this sync left Running with every container running (read
+        // back after `left`: none can have exited before it) and nothing
+        // waiting: its own status
+        // write (and the starts) would make the next pass sync it again for
+        // nothing, so remember the pod as written and the runtime as left —
+        // unless someone else changed the pod meanwhile. Anything else
+        // (a wait, a back-off shown on the next sync, a finished pod whose
+        // sandbox the next sync stops) syncs again as before.
+        if let (Some(stored), Some(left)) = (stored, left)
+            && settled
+            && all_running(&stored)
+            && same_but_status(p, &stored)
+        {
+            let rv = stored.metadata.resource_version.clone().unwrap_or_default();
+            self.remember(&uid, |m| m.seen = Some((rv, left)));
+        }
+        Ok(())
+    }
+
+    /// The digest of one pod's sandboxes and containers (as [`runtime_digests`]); `None` when the runtime does not answer.
+    async fn runtime_digest(&self, uid: &str) -> Option<u64> {
+        let labels = HashMap::from([(pod::LABEL_POD_UID.to_string(), uid.to_string())]);
+        let sandboxes = self.sandboxes_of(uid).await.ok()?;
+        let containers = self.list_containers(labels).await.ok()?;
+        Some(runtime_digests(&sandboxes, &containers).get(uid).copied().unwrap_or(0))
     }
 
     /// Computes the pod's status and writes it when it differs.
@@ -1147,6 +1200,17 @@ impl Kubelet {
         observed: &HashMap<String, Vec<Observed>>,
         waiting: &HashMap<String, Waiting>,
     ) -> Result<(), KubeletError> {
+        self.write_status_read(p, ip, observed, waiting).await.map(|_| ())
+    }
+
+    /// [`Kubelet::write_status`], returning the pod as stored afterwards (`None`: gone, or not readable).
+    async fn write_status_read(
+        &self,
+        p: &Pod,
+        ip: Option<String>,
+        observed: &HashMap<String, Vec<Observed>>,
+        waiting: &HashMap<String, Waiting>,
+    ) -> Result<Option<Pod>, KubeletError> {
         let spec = p.spec.clone().unwrap_or_default();
         let statuses = |containers: &[Container]| -> Vec<ContainerStatus> {
             containers
@@ -1209,7 +1273,7 @@ impl Kubelet {
         let uid = uid.to_string();
         let r = self
             .api
-            .modify("Pod", Some(ns), name, Part::Status, move |o| {
+            .modify_read("Pod", Some(ns), name, Part::Status, move |o| {
                 let changed = typed::change_as(o, "Pod", |stored: &mut Pod| {
                     // Another pod of the same name, or one being deleted, is left alone.
                     if stored.metadata.uid.as_deref() != Some(uid.as_str())
@@ -1236,9 +1300,31 @@ impl Kubelet {
         }
         match r {
             Err(e) if e.code != 404 => Err(e.into()),
-            _ => Ok(()),
+            Err(_) => Ok(None),
+            Ok(o) => Ok(typed::decode::<Pod>(o, "Pod").ok()),
         }
     }
+}
+
+/// Whether the pod is Running with every (app) container running.
+fn all_running(p: &Pod) -> bool {
+    let status = p.status.as_ref();
+    let containers = status.and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && !containers.is_empty()
+        && containers.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
+/// Whether `after` is `before` with only its status (and so its
+/// resourceVersion and managed fields) changed: the kubelet's own write.
+fn same_but_status(before: &Pod, after: &Pod) -> bool {
+    let meta = |p: &Pod| {
+        let mut m = p.metadata.clone();
+        m.resource_version = None;
+        m.managed_fields = None;
+        m
+    };
+    before.spec == after.spec && meta(before) == meta(after)
 }
 
 fn all_waiting(p: &Pod, w: Waiting) -> HashMap<String, Waiting> {
@@ -1255,4 +1341,82 @@ fn pod_log_dir_of(logs: &std::path::Path, uid: &str) -> Option<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.to_string_lossy().ends_with(&format!("_{uid}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(id: &str, uid: &str, state: v1::PodSandboxState) -> v1::PodSandbox {
+        v1::PodSandbox {
+            id: id.into(),
+            state: state as i32,
+            labels: HashMap::from([(pod::LABEL_POD_UID.to_string(), uid.to_string())]),
+            ..Default::default()
+        }
+    }
+
+    fn container(id: &str, uid: &str, state: v1::ContainerState) -> v1::Container {
+        v1::Container {
+            id: id.into(),
+            state: state as i32,
+            labels: HashMap::from([(pod::LABEL_POD_UID.to_string(), uid.to_string())]),
+            ..Default::default()
+        }
+    }
+
+    /// containerd lists in no fixed order: a pod whose sandboxes and
+    /// containers did not change keeps its digest (else every relist would
+    /// sync a pod of several containers again), and a changed state changes it.
+    #[test]
+    fn runtime_digests_do_not_depend_on_the_listing_order() {
+        use v1::ContainerState::{ContainerExited, ContainerRunning};
+        let sandboxes = vec![
+            sandbox("s1", "a", v1::PodSandboxState::SandboxReady),
+            sandbox("s2", "b", v1::PodSandboxState::SandboxReady),
+        ];
+        let mut containers = vec![
+            container("c1", "a", ContainerRunning),
+            container("c2", "a", ContainerRunning),
+            container("c3", "a", ContainerExited),
+            container("c4", "b", ContainerRunning),
+        ];
+        let first: HashMap<String, u64> =
+            runtime_digests(&sandboxes, &containers).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        containers.reverse();
+        let mut sandboxes_reversed = sandboxes.clone();
+        sandboxes_reversed.reverse();
+        let second: HashMap<String, u64> =
+            runtime_digests(&sandboxes_reversed, &containers).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(first, second);
+        assert_ne!(first["a"], first["b"]);
+        containers[0].state = ContainerExited as i32; // c4, pod b
+        let third = runtime_digests(&sandboxes, &containers);
+        assert_eq!(third["a"], first["a"]);
+        assert_ne!(third["b"], first["b"]);
+    }
+
+    /// The kubelet's own status write is not a change to sync again for;
+    /// a label, a deletion or a spec change made meanwhile is.
+    #[test]
+    fn only_a_status_change_is_the_kubelets_own_write() {
+        let before: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1", "resourceVersion": "10"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        }))
+        .unwrap();
+        let mut after = before.clone();
+        after.metadata.resource_version = Some("11".into());
+        after.status = Some(PodStatus { phase: Some("Running".into()), ..Default::default() });
+        assert!(same_but_status(&before, &after));
+        let mut labelled = after.clone();
+        labelled.metadata.labels = Some(BTreeMap::from([("x".to_string(), "y".to_string())]));
+        assert!(!same_but_status(&before, &labelled));
+        let mut deleted = after.clone();
+        deleted.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert!(!same_but_status(&before, &deleted));
+        let mut respecced = after;
+        respecced.spec.as_mut().unwrap().containers[0].image = Some("busybox:2".into());
+        assert!(!same_but_status(&before, &respecced));
+    }
 }
