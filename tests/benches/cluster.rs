@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use plinth_qemu::{ClusterNet, Vm};
-use plinth_tests::cluster::{BOOT, ROLLOUT, busybox_image_options, tail};
+use plinth_tests::cluster::{BOOT, ROLLOUT, build_busybox_image, tail};
 use plinth_tests::multinode::{apply, cluster_addr, gen_config, node_ready, power_on, wait_configured};
 use plinth_tests::{Operator, kubectl, osctl, wait_for};
 
@@ -81,9 +81,7 @@ fn main() -> anyhow::Result<()> {
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
-    let (_, opts) = busybox_image_options(&op, w)?;
-    image_builder::build(&opts)?;
-    let image = opts.out.clone();
+    let image = build_busybox_image(&op, w)?;
 
     let names = ["cp", "w1", "w2"];
     let endpoint = format!("https://{}:6443", cluster_addr(0));

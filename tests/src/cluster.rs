@@ -79,6 +79,13 @@ pub fn busybox_image_options(op: &Operator, dir: &Path) -> anyhow::Result<(Strin
     Ok((board, opts))
 }
 
+/// Builds [`busybox_image_options`]'s image and returns its path.
+pub fn build_busybox_image(op: &Operator, dir: &Path) -> anyhow::Result<PathBuf> {
+    let (_, opts) = busybox_image_options(op, dir)?;
+    image_builder::build(&opts)?;
+    Ok(opts.out)
+}
+
 /// The end of a serial log, for failure messages.
 pub fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();

@@ -230,6 +230,26 @@ pub fn configured_node_on(op: &Operator, disk: Option<&Path>) -> anyhow::Result<
     Ok((node, cfg))
 }
 
+/// A control plane in host mode running the orchestrator on `etcd` (the
+/// etcd binary), its API server on `kube`, with `config` applied.
+pub fn etcd_control_plane(op: &Operator, config: &Path, etcd: &Path, kube: &str) -> anyhow::Result<HostNode> {
+    let mut node = HostNode::start(&op.path("ops.pub"))?;
+    node.stop()?;
+    let orchestrator = bin("orchestrator").display().to_string();
+    node.extra_args = vec![
+        "--orchestrator".into(),
+        orchestrator,
+        "--etcd".into(),
+        etcd.display().to_string(),
+        "--kube-listen".into(),
+        kube.into(),
+    ];
+    node.boot()?;
+    let r = apply(op, &node, config, &["--insecure"]);
+    anyhow::ensure!(r.code == 0, "apply-config: {r:?}\n{}", node.log());
+    Ok(node)
+}
+
 impl Operator {
     /// Writes a DHCP node config (what a VM on QEMU's user network needs).
     pub fn gen_dhcp_config(&self, name: &str, hostname: &str) -> anyhow::Result<PathBuf> {

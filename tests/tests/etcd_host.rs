@@ -8,10 +8,10 @@
 //! machine API. Needs `etcd` (scripts/setup-debian.sh installs
 //! etcd-server); under CI=true a missing etcd fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use plinth_tests::{HostNode, Operator, Run, apply, kubectl, osctl, wait_for};
+use plinth_tests::{HostNode, Operator, Run, etcd_control_plane, kubectl, osctl, wait_for};
 
 fn etcd() -> Option<PathBuf> {
     let p = PathBuf::from(std::env::var_os("PLINTH_ETCD").unwrap_or_else(|| "/usr/bin/etcd".into()));
@@ -62,24 +62,6 @@ fn config_among(op: &Operator, name: &str, addr: &str, all: &[&str], bootstrap: 
     Ok(path)
 }
 
-fn control_plane(op: &Operator, config: &Path, etcd: &Path, kube: &str) -> anyhow::Result<HostNode> {
-    let mut node = HostNode::start(&op.path("ops.pub"))?;
-    node.stop()?;
-    let orchestrator = plinth_tests::bin("orchestrator").display().to_string();
-    node.extra_args = vec![
-        "--orchestrator".into(),
-        orchestrator,
-        "--etcd".into(),
-        etcd.display().to_string(),
-        "--kube-listen".into(),
-        kube.into(),
-    ];
-    node.boot()?;
-    let r = apply(op, &node, config, &["--insecure"]);
-    anyhow::ensure!(r.code == 0, "apply-config: {r:?}\n{}", node.log());
-    Ok(node)
-}
-
 /// The member names node `addr`'s member lists (`None` until it answers).
 fn members(op: &Operator, addr: &str) -> Option<Vec<String>> {
     let r = osctl(&op.osctlconfig(), &["-n", addr, "-o", "json", "etcd", "members"]);
@@ -123,11 +105,11 @@ fn two_control_planes_form_an_etcd_cluster_share_objects_and_snapshot_it() -> an
     let op = Operator::new()?;
     let (kube1, kube2) =
         (format!("127.0.0.2:{}", plinth_tests::free_port()), format!("127.0.0.3:{}", plinth_tests::free_port()));
-    let cp1 = control_plane(&op, &config(&op, "cp1", "127.0.0.2", true)?, &etcd, &kube1)?;
+    let cp1 = etcd_control_plane(&op, &config(&op, "cp1", "127.0.0.2", true)?, &etcd, &kube1)?;
     wait_members(&op, &cp1, &["cp1"])?;
 
     // The second adds itself through the first before its etcd starts.
-    let cp2 = control_plane(&op, &config(&op, "cp2", "127.0.0.3", false)?, &etcd, &kube2)?;
+    let cp2 = etcd_control_plane(&op, &config(&op, "cp2", "127.0.0.3", false)?, &etcd, &kube2)?;
     wait_members(&op, &cp2, &["cp1", "cp2"])?;
     assert_eq!(members(&op, &cp1.addr()).unwrap(), ["cp1", "cp2"], "both members see both");
     let events = osctl(&op.osctlconfig(), &["-n", &cp2.addr(), "events"]).stdout;
@@ -197,9 +179,9 @@ fn a_reset_control_plane_leaves_etcd_and_quorum_or_the_last_member_refuse_it() -
     let all = ["127.0.0.4", "127.0.0.5"];
     let kube = |a: &str| format!("{a}:{}", plinth_tests::free_port());
     let (cfg1, cfg2) = (config_among(&op, "cp1", all[0], &all, true)?, config_among(&op, "cp2", all[1], &all, false)?);
-    let cp1 = control_plane(&op, &cfg1, &etcd, &kube(all[0]))?;
+    let cp1 = etcd_control_plane(&op, &cfg1, &etcd, &kube(all[0]))?;
     wait_members(&op, &cp1, &["cp1"])?;
-    let mut cp2 = control_plane(&op, &cfg2, &etcd, &kube(all[1]))?;
+    let mut cp2 = etcd_control_plane(&op, &cfg2, &etcd, &kube(all[1]))?;
     wait_members(&op, &cp2, &["cp1", "cp2"])?;
 
     // cp2 is down: cp1 leaving would leave cp2 alone and silent. Refused
@@ -247,7 +229,7 @@ fn a_snapshot_restored_onto_a_lone_control_plane_brings_its_objects_back() -> an
     let op = Operator::new()?;
     let addr = "127.0.0.6";
     let kube = format!("{addr}:{}", plinth_tests::free_port());
-    let cp = control_plane(&op, &config_among(&op, "cp1", addr, &[addr], true)?, &etcd, &kube)?;
+    let cp = etcd_control_plane(&op, &config_among(&op, "cp1", addr, &[addr], true)?, &etcd, &kube)?;
     wait_members(&op, &cp, &["cp1"])?;
     let url = format!("https://{kube}");
     wait_for("the API", Duration::from_secs(60), || kubectl_at(&op, &cp, &url, &["get", "namespaces"]).ok()?.ok().ok())

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use machinery::config::MachineConfig;
 use plinth_qemu::{ClusterNet, Vm};
-use plinth_tests::cluster::{BOOT, ROLLOUT, busybox_image_options, tail};
+use plinth_tests::cluster::{BOOT, ROLLOUT, build_busybox_image, tail};
 use plinth_tests::multinode::{apply, cluster_addr, gen_config, node_ready, power_on, wait_configured};
 use plinth_tests::{HostNode, Operator, kubectl, osctl, wait_for};
 
@@ -204,20 +204,7 @@ fn lone_control_plane(op: &Operator, etcd: &Path) -> anyhow::Result<(HostNode, P
     std::fs::write(&cfg, text)?;
 
     let kube = format!("{RESTORE_ADDR}:{}", plinth_tests::free_port());
-    let mut node = HostNode::start(&op.path("ops.pub"))?;
-    node.stop()?;
-    let orchestrator = plinth_tests::bin("orchestrator").display().to_string();
-    node.extra_args = vec![
-        "--orchestrator".into(),
-        orchestrator,
-        "--etcd".into(),
-        etcd.display().to_string(),
-        "--kube-listen".into(),
-        kube.clone(),
-    ];
-    node.boot()?;
-    let r = plinth_tests::apply(op, &node, &cfg, &["--insecure"]);
-    anyhow::ensure!(r.code == 0, "apply-config: {r:?}\n{}", node.log());
+    let node = plinth_tests::etcd_control_plane(op, &cfg, etcd, &kube)?;
     wait_for("the restored node's member", Duration::from_secs(90), || {
         (members(op, &node.addr())? == ["restored"]).then_some(())
     })
@@ -244,9 +231,7 @@ fn three_control_planes_on_etcd_survive_one_powered_off_rejoin_it_and_a_snapshot
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
-    let (_, opts) = busybox_image_options(&op, w)?;
-    image_builder::build(&opts)?;
-    let image = opts.out.clone();
+    let image = build_busybox_image(&op, w)?;
 
     let mut tomls = Vec::new();
     for i in 0..CPS.len() {

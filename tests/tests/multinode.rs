@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use plinth_qemu::ClusterNet;
-use plinth_tests::cluster::{BOOT, ROLLOUT, busybox_image_options, tail};
+use plinth_tests::cluster::{BOOT, ROLLOUT, build_busybox_image, tail};
 use plinth_tests::multinode::{
     TOKEN, apply, diagnose, exec_ok, fetch, gen_config, node_ready, power_on, wait_configured,
 };
@@ -102,9 +102,7 @@ fn a_worker_joins_by_token_and_pods_services_dns_and_node_ports_work_across_node
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
-    let (_, opts) = busybox_image_options(&op, w)?;
-    image_builder::build(&opts)?;
-    let image = opts.out.clone();
+    let image = build_busybox_image(&op, w)?;
 
     let cp_toml = w.join("cp.toml");
     let cp_cfg = gen_config(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use plinth_qemu::Throttle;
 use plinth_tests::Operator;
-use plinth_tests::cluster::{ClusterNode, busybox_image_options, journey_memory_mib, tail};
+use plinth_tests::cluster::{ClusterNode, build_busybox_image, journey_memory_mib, tail};
 use plinth_tests::sdcard::{Api, hold};
 
 /// The CI-sized hold: three Lease durations (60 s each) and more than
@@ -22,9 +22,7 @@ fn a_node_on_a_throttled_sd_card_holds_three_minutes_ready_with_no_restart_and_n
     let op = Operator::new()?;
     let work = tempfile::tempdir()?;
     let w = work.path();
-    let (_, opts) = busybox_image_options(&op, w)?;
-    let image = opts.out.clone();
-    image_builder::build(&opts)?;
+    let image = build_busybox_image(&op, w)?;
 
     let _one = plinth_qemu::one_at_a_time();
     let node = ClusterNode::boot_throttled(&op, image, w, "sdnode", journey_memory_mib(), Some(Throttle::SD_CARD))?;
