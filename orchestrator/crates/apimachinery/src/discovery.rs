@@ -1,7 +1,8 @@
 //! Discovery documents (`/version`, `/api`, `/apis`, group-version resource
 //! lists, and `/api` and `/apis` aggregated as `apidiscovery.k8s.io`
-//! `APIGroupDiscoveryList`s, built from the same resource lists) and the minimal OpenAPI v3 documents kubectl needs to leave
-//! validation to the server (`fieldValidation=Strict`).
+//! `APIGroupDiscoveryList`s, built from the same resource lists) and the OpenAPI v3 documents: the schemas
+//! `kubectl explain` shows, and what kubectl needs to leave validation to
+//! the server (`fieldValidation=Strict`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery, ObjectMeta,
@@ -299,9 +300,10 @@ fn openapi_paths(custom: &[Arc<ResourceType>]) -> Vec<String> {
     v
 }
 
-/// A stable tag for this build's documents (clients cache by it).
+/// A stable tag for this build's documents (clients cache by it: kubectl
+/// keeps them on disk), changing with the built-in schemas.
 fn hash() -> String {
-    format!("plinth{}{MINOR}", env!("CARGO_PKG_VERSION").replace('.', ""))
+    format!("plinth{}{MINOR}-{:016x}", env!("CARGO_PKG_VERSION").replace('.', ""), crate::openapi::digest())
 }
 
 pub fn openapi_v3_index(custom: &[Arc<ResourceType>]) -> Value {
@@ -317,7 +319,8 @@ pub fn openapi_v3_index(custom: &[Arc<ResourceType>]) -> Value {
 
 /// The OpenAPI v3 document of one group version (`api/v1`, `apis/apps/v1`):
 /// for each kind, its PATCH operation with the group-version-kind and the
-/// `fieldValidation` parameter, and a schema naming the kind.
+/// `fieldValidation` parameter, and its schema: a built-in kind's full one
+/// (`openapi`) with every schema it references, a CRD's from its version.
 pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
     let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
         ["api", v] => ("", *v),
@@ -329,7 +332,8 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
         return None;
     }
     let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
+    // The built-in kinds' full schemas and every schema they reference.
+    let mut schemas = crate::openapi::closure(rts.iter().filter_map(|rt| builtin_schema(rt)));
     for rt in rts {
         let gvk = json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]);
         let scope = if rt.namespaced { "/namespaces/{namespace}" } else { "" };
@@ -353,6 +357,8 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
                 s["x-kubernetes-group-version-kind"] = gvk.clone();
                 s
             }
+            None if schemas.contains_key(&schema_name) => continue,
+            // A kind k8s-openapi does not carry (metrics.k8s.io).
             None => json!({"type": "object", "x-kubernetes-group-version-kind": gvk,
                 "description": format!("{} (schema served by the API server: fieldValidation=Strict)", rt.kind)}),
         };
@@ -390,7 +396,18 @@ pub fn openapi_v2_protobuf() -> Vec<u8> {
     doc
 }
 
+/// A built-in kind's generated schema (`openapi`), if k8s-openapi has it.
+fn builtin_schema(rt: &ResourceType) -> Option<&'static str> {
+    if rt.custom.is_some() {
+        return None;
+    }
+    crate::openapi::kind_schema(rt.group, rt.version, rt.kind)
+}
+
 fn schema_name(rt: &ResourceType) -> String {
+    if let Some(name) = builtin_schema(rt) {
+        return name.to_string();
+    }
     if rt.custom.is_some() {
         // Upstream names a CRD's schema by its reversed group: com.example.v1.Widget.
         let group: Vec<&str> = rt.group.split('.').rev().collect();
