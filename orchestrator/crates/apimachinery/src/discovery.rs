@@ -317,11 +317,11 @@ pub fn openapi_v3_index(custom: &[Arc<ResourceType>]) -> Value {
     json!({"paths": paths})
 }
 
-/// The OpenAPI v3 document of one group version (`api/v1`, `apis/apps/v1`):
+/// The OpenAPI v3 document of one group version (`api/v1`, `apis/apps/v1`), as JSON text:
 /// for each kind, its PATCH operation with the group-version-kind and the
 /// `fieldValidation` parameter, and its schema: a built-in kind's full one
 /// (`openapi`) with every schema it references, a CRD's from its version.
-pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
+pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<String> {
     let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
         ["api", v] => ("", *v),
         ["apis", g, v] => (*g, *v),
@@ -332,9 +332,8 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
         return None;
     }
     let mut paths = serde_json::Map::new();
-    // The built-in kinds' full schemas and every schema they reference.
-    let mut schemas = crate::openapi::closure(rts.iter().filter_map(|rt| builtin_schema(rt)));
-    for rt in rts {
+    let mut schemas = serde_json::Map::new();
+    for &rt in &rts {
         let gvk = json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]);
         let scope = if rt.namespaced { "/namespaces/{namespace}" } else { "" };
         let url = format!("/{path}{scope}/{}/{{name}}", rt.plural);
@@ -357,15 +356,26 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
                 s["x-kubernetes-group-version-kind"] = gvk.clone();
                 s
             }
-            None if schemas.contains_key(&schema_name) => continue,
+            None if builtin_schema(rt).is_some() => continue,
             // A kind k8s-openapi does not carry (metrics.k8s.io).
             None => json!({"type": "object", "x-kubernetes-group-version-kind": gvk,
                 "description": format!("{} (schema served by the API server: fieldValidation=Strict)", rt.kind)}),
         };
         schemas.insert(schema_name, schema);
     }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v{MAJOR}.{MINOR}.0")},
-        "paths": paths, "components": {"schemas": schemas}}))
+    // The built-in kinds' schemas and every schema they reference, as the
+    // generated JSON texts (`openapi`), then the others.
+    let builtin = crate::openapi::closure(rts.iter().filter_map(|rt| builtin_schema(rt)));
+    let info = json!({"title": "Kubernetes", "version": format!("v{MAJOR}.{MINOR}.0")});
+    let mut out =
+        format!(r#"{{"openapi":"3.0.0","info":{info},"paths":{},"components":{{"schemas":{{"#, Value::Object(paths));
+    crate::openapi::write_members(&mut out, &builtin);
+    for (i, (name, schema)) in schemas.iter().enumerate() {
+        let sep = if i == 0 && builtin.is_empty() { "" } else { "," };
+        out.push_str(&format!("{sep}{}:{schema}", Value::from(name.as_str())));
+    }
+    out.push_str("}}}");
+    Some(out)
 }
 
 /// Appends a length-delimited protobuf field.
@@ -510,10 +520,17 @@ mod tests {
                 .unwrap()
                 .starts_with("/openapi/v3/apis/apps/v1?hash=")
         );
-        let doc = openapi_v3("apis/apps/v1", &[]).unwrap();
+        let doc: Value = serde_json::from_str(&openapi_v3("apis/apps/v1", &[]).unwrap()).unwrap();
+        let deployment = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(deployment["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        assert!(doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"].is_object());
         let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
-        assert!(openapi_v3("api/v1", &[]).unwrap()["paths"]["/api/v1/nodes/{name}"].is_object());
+        let core: Value = serde_json::from_str(&openapi_v3("api/v1", &[]).unwrap()).unwrap();
+        assert!(core["paths"]["/api/v1/nodes/{name}"].is_object());
+        // Every built-in kind served has its full schema.
+        let missing: Vec<&str> = RESOURCES.iter().filter(|rt| builtin_schema(rt).is_none()).map(|rt| rt.kind).collect();
+        assert!(missing.is_empty(), "no schema for {missing:?}");
     }
 }

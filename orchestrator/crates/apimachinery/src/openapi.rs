@@ -3,126 +3,85 @@
 //! time from k8s-openapi's sources (`build_openapi.rs`: upstream's
 //! descriptions, types, formats, `required`, `$ref`s to
 //! `#/components/schemas/<name>`, a field's description beside its
-//! reference in `allOf`, `x-kubernetes-group-version-kind` on each kind),
-//! embedded as one JSON document (about 1 MB) and parsed once on first use.
-//! Here the lists that merge in a strategic merge patch get upstream's
-//! `x-kubernetes-patch-merge-key`/`x-kubernetes-patch-strategy`, from the
-//! same table the server merges with (`smp::list_strategy`), so that
-//! kubectl's client-side apply computes the patches the server applies.
+//! reference in `allOf`, `x-kubernetes-group-version-kind` on each kind,
+//! and upstream's `x-kubernetes-patch-merge-key`/`-strategy` on the lists
+//! the server's strategic merge patch merges (`smp::list_strategy`; the
+//! tests check both agree), so that kubectl's client-side apply computes
+//! the patches the server applies). Each schema is embedded as JSON text
+//! (about 1 MB in all) with the schemas it references: a document is
+//! written from the texts, never parsed (parsed values would cost the
+//! server ~9 MB of RSS on the first `kubectl apply`).
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use serde_json::{Map, Value, json};
+/// One generated schema.
+pub struct Def {
+    pub name: &'static str,
+    /// The schema, as JSON.
+    pub json: &'static str,
+    /// The indexes in `DEFS` of the schemas it references.
+    refs: &'static [usize],
+    /// The kinds it is the schema of: (group, version, kind).
+    gvk: &'static [(&'static str, &'static str, &'static str)],
+}
 
-static SCHEMAS: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi_schemas.json"));
+include!(concat!(env!("OUT_DIR"), "/openapi_schemas.rs"));
 
-/// Every built-in schema by its upstream name (`io.k8s.api.core.v1.Pod`).
-pub fn definitions() -> &'static Map<String, Value> {
-    static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
-    DEFS.get_or_init(|| {
-        let mut defs: Map<String, Value> = serde_json::from_str(SCHEMAS).expect("the generated OpenAPI schemas");
-        for (def, field, strategy, key) in PATCH_STRATEGIES {
-            if let Some(p) = defs.get_mut(*def).and_then(|d| d.pointer_mut(&format!("/properties/{field}"))) {
-                p["x-kubernetes-patch-strategy"] = json!(strategy);
-                if let Some(k) = key {
-                    p["x-kubernetes-patch-merge-key"] = json!(k);
-                }
-            }
+/// Every built-in schema, by name.
+pub fn definitions() -> &'static [Def] {
+    DEFS
+}
+
+/// The schema name of a built-in kind (`apps`, `v1`, `Deployment`).
+pub fn kind_schema(group: &str, version: &str, kind: &str) -> Option<&'static str> {
+    DEFS.iter().find(|d| d.gvk.iter().any(|g| *g == (group, version, kind))).map(|d| d.name)
+}
+
+/// The named schemas and every schema they reference, directly or not, in name order.
+pub fn closure<'a>(roots: impl IntoIterator<Item = &'a str>) -> Vec<&'static Def> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<usize> =
+        roots.into_iter().filter_map(|r| DEFS.binary_search_by(|d| d.name.cmp(r)).ok()).collect();
+    while let Some(i) = todo.pop() {
+        if seen.insert(i) {
+            todo.extend(DEFS[i].refs);
         }
-        // Every `conditions` list merges by `type` (smp::list_strategy).
-        for d in defs.values_mut() {
-            if let Some(c) = d.pointer_mut("/properties/conditions").filter(|c| c["type"] == "array") {
-                c["x-kubernetes-patch-strategy"] = json!("merge");
-                c["x-kubernetes-patch-merge-key"] = json!("type");
-            }
-        }
-        defs
-    })
+    }
+    seen.into_iter().map(|i| &DEFS[i]).collect()
+}
+
+/// Appends `"name":schema` for each schema, comma-separated, to a JSON object being written.
+pub fn write_members(out: &mut String, defs: &[&Def]) {
+    for (i, d) in defs.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}{}:{}", serde_json::Value::from(d.name), d.json);
+    }
 }
 
 /// FNV-1a of the embedded schemas: part of the documents' `hash`.
 pub fn digest() -> u64 {
     static DIGEST: OnceLock<u64> = OnceLock::new();
     *DIGEST.get_or_init(|| {
-        SCHEMAS.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        let bytes = DEFS.iter().flat_map(|d| d.name.bytes().chain(d.json.bytes()));
+        bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
     })
-}
-
-/// Upstream's patch strategies of the lists that `smp::list_strategy`
-/// merges: (schema, field, strategy, merge key).
-const PATCH_STRATEGIES: &[(&str, &str, &str, Option<&str>)] = &[
-    ("io.k8s.api.core.v1.PodSpec", "containers", "merge", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "initContainers", "merge", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "merge", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", "merge", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", Some("ip")),
-    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", "merge", Some("topologyKey")),
-    ("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", Some("ip")),
-    ("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", Some("ip")),
-    ("io.k8s.api.core.v1.Container", "env", "merge", Some("name")),
-    ("io.k8s.api.core.v1.Container", "ports", "merge", Some("containerPort")),
-    ("io.k8s.api.core.v1.Container", "volumeMounts", "merge", Some("mountPath")),
-    ("io.k8s.api.core.v1.Container", "volumeDevices", "merge", Some("devicePath")),
-    ("io.k8s.api.core.v1.EphemeralContainer", "env", "merge", Some("name")),
-    ("io.k8s.api.core.v1.EphemeralContainer", "ports", "merge", Some("containerPort")),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", "merge", Some("mountPath")),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", "merge", Some("devicePath")),
-    ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", Some("port")),
-    ("io.k8s.api.core.v1.NodeStatus", "addresses", "merge", Some("type")),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", Some("uid")),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", None),
-    ("io.k8s.api.apps.v1.DeploymentSpec", "strategy", "retainKeys", None),
-];
-
-/// The schema name of a built-in kind (`apps`, `v1`, `Deployment`).
-pub fn kind_schema(group: &str, version: &str, kind: &str) -> Option<&'static str> {
-    let want = json!({"group": group, "version": version, "kind": kind});
-    definitions()
-        .iter()
-        .find(|(_, d)| d["x-kubernetes-group-version-kind"].as_array().is_some_and(|g| g.contains(&want)))
-        .map(|(n, _)| n.as_str())
-}
-
-/// The named schemas and every schema they reference, directly or not.
-pub fn closure<'a>(roots: impl IntoIterator<Item = &'a str>) -> Map<String, Value> {
-    let defs = definitions();
-    let mut seen = BTreeSet::new();
-    let mut todo: Vec<String> = roots.into_iter().map(str::to_string).collect();
-    while let Some(name) = todo.pop() {
-        let Some(d) = defs.get(&name) else { continue };
-        if !seen.insert(name) {
-            continue;
-        }
-        refs(d, &mut todo);
-    }
-    seen.into_iter().filter_map(|n| defs.get(&n).map(|d| (n, d.clone()))).collect()
-}
-
-fn refs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                match (k.as_str(), v.as_str().and_then(|r| r.strip_prefix("#/components/schemas/"))) {
-                    ("$ref", Some(name)) => out.push(name.to_string()),
-                    _ => refs(v, out),
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
-        _ => {}
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::smp::{ListStrategy, list_strategy};
+    use serde_json::{Value, json};
+
+    fn parsed() -> serde_json::Map<String, Value> {
+        definitions().iter().map(|d| (d.name.to_string(), serde_json::from_str(d.json).unwrap())).collect()
+    }
 
     /// The schema at a field path of a kind, through `$ref`, `allOf` and `items`.
     fn at(kind: &str, path: &[&str]) -> Value {
-        let defs = definitions();
+        let defs = &parsed();
         let mut cur = defs[kind].clone();
         let deref = |mut v: Value| loop {
             let r = v["$ref"].as_str().or_else(|| v["allOf"][0]["$ref"].as_str()).map(str::to_string);
@@ -143,6 +102,7 @@ mod tests {
         assert_eq!(kind_schema("apps", "v1", "Deployment"), Some("io.k8s.api.apps.v1.Deployment"));
         assert_eq!(kind_schema("", "v1", "Pod"), Some("io.k8s.api.core.v1.Pod"));
         assert_eq!(kind_schema("nope", "v1", "Pod"), None);
+        let schemas = parsed();
         let probe = at("io.k8s.api.core.v1.Pod", &["spec", "containers", "livenessProbe"]);
         assert!(probe["description"].as_str().unwrap().contains("Periodic probe of container liveness"));
         assert_eq!(probe["allOf"][0]["$ref"], "#/components/schemas/io.k8s.api.core.v1.Probe");
@@ -150,14 +110,19 @@ mod tests {
         assert_eq!((period["type"].as_str(), period["format"].as_str()), (Some("integer"), Some("int32")));
         let tz = at("io.k8s.api.batch.v1.CronJob", &["spec", "timeZone"]);
         assert!(tz["description"].as_str().unwrap().contains("time zone name"), "{tz}");
-        let spec = &definitions()["io.k8s.api.batch.v1.CronJobSpec"];
+        let spec = &schemas["io.k8s.api.batch.v1.CronJobSpec"];
         assert_eq!(spec["required"], json!(["jobTemplate", "schedule"]));
-        assert!(definitions()["io.k8s.api.batch.v1.CronJob"].get("required").is_none());
-        let deployment = closure(["io.k8s.api.apps.v1.Deployment"]);
+        assert!(schemas["io.k8s.api.batch.v1.CronJob"].get("required").is_none());
+        let deployment: Vec<&str> = closure(["io.k8s.api.apps.v1.Deployment"]).iter().map(|d| d.name).collect();
         for name in ["io.k8s.api.core.v1.PodSpec", "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"] {
-            assert!(deployment.contains_key(name), "{name}");
+            assert!(deployment.contains(&name), "{name}");
         }
-        assert!(!deployment.contains_key("io.k8s.api.batch.v1.CronJob"));
+        assert!(!deployment.contains(&"io.k8s.api.batch.v1.CronJob"));
+        let mut written = String::from("{");
+        write_members(&mut written, &closure(["io.k8s.api.core.v1.Probe"]));
+        written.push('}');
+        let members: serde_json::Map<String, Value> = serde_json::from_str(&written).unwrap();
+        assert!(members.contains_key("io.k8s.api.core.v1.HTTPGetAction") && members.len() > 3, "{written}");
     }
 
     #[test]

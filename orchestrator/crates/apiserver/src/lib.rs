@@ -666,7 +666,15 @@ async fn non_resource(state: &State, headers: &HeaderMap, segs: &[&str]) -> Opti
         ["api", v] => found(discovery::resource_list("", v, &[])),
         ["apis", g, v] => found(discovery::resource_list(g, v, &state.registry.custom_types())),
         ["openapi", "v3"] => found(Some(discovery::openapi_v3_index(&state.registry.custom_types()))),
-        ["openapi", "v3", rest @ ..] => found(discovery::openapi_v3(&rest.join("/"), &state.registry.custom_types())),
+        ["openapi", "v3", rest @ ..] => Some(
+            discovery::openapi_v3(&rest.join("/"), &state.registry.custom_types())
+                .map(|doc| {
+                    let mut r = Response::new(Body::Full(Some(Bytes::from(doc))));
+                    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                    r
+                })
+                .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        ),
         ["openapi", "v2"] => {
             let mut r = Response::new(Body::Full(Some(Bytes::from(discovery::openapi_v2_protobuf()))));
             r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
