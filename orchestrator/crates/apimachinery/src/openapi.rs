@@ -36,7 +36,7 @@ pub fn definitions() -> &'static [Def] {
 
 /// The schema name of a built-in kind (`apps`, `v1`, `Deployment`).
 pub fn kind_schema(group: &str, version: &str, kind: &str) -> Option<&'static str> {
-    DEFS.iter().find(|d| d.gvk.iter().any(|g| *g == (group, version, kind))).map(|d| d.name)
+    DEFS.iter().find(|d| d.gvk.contains(&(group, version, kind))).map(|d| d.name)
 }
 
 /// The named schemas and every schema they reference, directly or not, in name order.
