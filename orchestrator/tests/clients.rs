@@ -1,7 +1,8 @@
 //! The API server driven by the clients people write programs with: the
 //! Python `kubernetes` client (PyPI) and kube-rs — create, list with a
 //! selector, watch, merge / strategic-merge / server-side-apply patches,
-//! and errors as those clients see them.
+//! and errors as those clients see them; metadata-only reads
+//! (`PartialObjectMetadata`) in protobuf and JSON.
 
 mod common;
 
@@ -333,5 +334,101 @@ fn protobuf_bodies_errors_and_watch_frames() {
         let unknown = Unknown::decode(inner.strip_prefix(b"k8s\0").expect("magic")).unwrap();
         let got = pb::Pod::decode(unknown.raw.unwrap_or_default().as_slice()).unwrap();
         assert_eq!(got.metadata.and_then(|m| m.name).as_deref(), Some("cut"));
+    });
+}
+
+/// Metadata-only reads (`as=PartialObjectMetadata[List]`), as client-go's
+/// metadata informers and garbage collectors make them: a get, a list and
+/// a watch with client-go's Accept list answered in protobuf (read back
+/// with k8s-pb's types), and kube-rs' `get_metadata`/`list_metadata` in
+/// JSON; the objects' data never included.
+#[test]
+fn metadata_only_reads_in_protobuf_and_json() {
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
+    use k8s_pb::apimachinery::pkg::runtime::Unknown;
+    use prost::Message as _;
+    let Some(server) = common::Server::start() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = kube_client(&server).await;
+        let cms = Api::<ConfigMap>::namespaced(client.clone(), "default");
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("meta".into()),
+                labels: Some([("app".to_string(), "m".to_string())].into()),
+                ..Default::default()
+            },
+            data: Some([("secret-ish".to_string(), "payload".to_string())].into()),
+            ..Default::default()
+        };
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+        // client-go's metadata client: protobuf, then JSON, of the conversion.
+        let accept = |as_kind: &str| {
+            format!(
+                "application/vnd.kubernetes.protobuf;as={as_kind};g=meta.k8s.io;v=v1,application/json;as={as_kind};g=meta.k8s.io;v=v1,application/json"
+            )
+        };
+        let get = |path: &str, accept: String| {
+            http::Request::builder().uri(path).header("accept", accept).body(Vec::new()).unwrap()
+        };
+        let get_body = |path: &str, accept: String| get(path, accept).map(kube::client::Body::from);
+        let open = |bytes: &[u8], kind: &str| {
+            let unknown = Unknown::decode(bytes.strip_prefix(b"k8s\0").expect("k8s\\0 magic")).unwrap();
+            let tm = unknown.type_meta.unwrap_or_default();
+            assert_eq!((tm.api_version.as_deref(), tm.kind.as_deref()), (Some("meta.k8s.io/v1"), Some(kind)));
+            unknown.raw.unwrap_or_default()
+        };
+        let resp = client
+            .send(get_body("/api/v1/namespaces/default/configmaps/meta", accept("PartialObjectMetadata")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf");
+        let bytes = resp.into_body().collect_bytes().await.unwrap();
+        assert!(!bytes.windows(7).any(|w| w == b"payload"), "the data travelled");
+        let one = pb_meta::PartialObjectMetadata::decode(open(&bytes, "PartialObjectMetadata").as_slice()).unwrap();
+        let meta = one.metadata.unwrap();
+        assert_eq!((meta.name.as_deref(), meta.labels.get("app").map(String::as_str)), (Some("meta"), Some("m")));
+        assert!(meta.resource_version.is_some_and(|v| !v.is_empty()));
+
+        let resp = client
+            .send(get_body("/api/v1/namespaces/default/configmaps?labelSelector=app%3Dm", accept("PartialObjectMetadataList")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let bytes = resp.into_body().collect_bytes().await.unwrap();
+        let list = pb_meta::PartialObjectMetadataList::decode(open(&bytes, "PartialObjectMetadataList").as_slice())
+            .unwrap();
+        let names: Vec<_> = list.items.iter().filter_map(|i| i.metadata.as_ref()?.name.clone()).collect();
+        assert_eq!(names, ["meta"]);
+        assert!(list.metadata.and_then(|m| m.resource_version).is_some_and(|v| !v.is_empty()));
+
+        let resp = client
+            .send(get_body(
+                "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=2&labelSelector=app%3Dm",
+                accept("PartialObjectMetadata"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf;stream=watch");
+        let bytes = resp.into_body().collect_bytes().await.unwrap();
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let event = pb_meta::WatchEvent::decode(&bytes[4..4 + len]).unwrap();
+        assert_eq!(event.r#type.as_deref(), Some("ADDED"));
+        let inner = event.object.and_then(|o| o.raw).unwrap();
+        let got = pb_meta::PartialObjectMetadata::decode(open(&inner, "PartialObjectMetadata").as_slice()).unwrap();
+        assert_eq!(got.metadata.and_then(|m| m.name).as_deref(), Some("meta"));
+
+        // kube-rs asks for JSON only.
+        let m = cms.get_metadata("meta").await.unwrap();
+        assert_eq!(m.types.as_ref().map(|t| t.kind.as_str()), Some("PartialObjectMetadata"));
+        assert_eq!(m.metadata.labels.unwrap_or_default().get("app").map(String::as_str), Some("m"));
+        let all = cms.list_metadata(&ListParams::default().labels("app=m")).await.unwrap();
+        assert_eq!(all.items.iter().filter_map(|i| i.metadata.name.as_deref()).collect::<Vec<_>>(), ["meta"]);
+        let text = client
+            .request_text(get("/api/v1/namespaces/default/configmaps/meta", accept("PartialObjectMetadata").replace("application/vnd.kubernetes.protobuf;", "application/x-nothing;")))
+            .await
+            .unwrap();
+        assert!(text.contains("\"kind\":\"PartialObjectMetadata\"") && !text.contains("payload"), "{text}");
     });
 }

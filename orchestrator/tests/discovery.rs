@@ -2,7 +2,8 @@
 //! real clients: kubectl ≥1.30 and 1.27 discover every resource, a CRD's
 //! kind included, from `/api` and `/apis` alone and list what the plain
 //! per-group-version documents list; kube-rs' `Discovery::run_aggregated`;
-//! the Accept fallbacks, Content-Type, ETag and 304 on the wire.
+//! the Accept fallbacks, Content-Type, ETag and 304 on the wire. OpenAPI v3:
+//! `kubectl explain` of built-in kinds, strict validation of a misspelt field.
 
 mod common;
 
@@ -184,4 +185,70 @@ fn kube_rs_aggregated_discovery_and_negotiation_on_the_wire() {
             o.trim().is_empty()
         });
     assert!(apis.trim().is_empty(), "{apis}");
+}
+
+/// `kubectl explain` of built-in kinds reads their full schemas from
+/// `/openapi/v3` (upstream's descriptions, types, `-required-`, nested
+/// references) with kubectl 1.27, 1.28, 1.33 and the newest.
+#[test]
+fn kubectl_explain_shows_builtin_schemas() {
+    let Some(builds) = common::kubectl_builds([27, 28, 33]) else { return };
+    for kubectl in builds {
+        let which = kubectl.display().to_string();
+        let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl);
+        let probe = s.ok(&["explain", "pod.spec.containers.livenessProbe"]);
+        for want in [
+            "FIELD: livenessProbe <Probe>",
+            "Periodic probe of container liveness",
+            "periodSeconds\t<integer>",
+            "How often (in seconds) to perform the probe",
+            "httpGet\t<HTTPGetAction>",
+        ] {
+            assert!(probe.contains(want), "{which}: {want:?} in\n{probe}");
+        }
+        let strategy = s.ok(&["explain", "deployment.spec.strategy", "--recursive"]);
+        for want in [
+            "GROUP:      apps",
+            "FIELD: strategy <DeploymentStrategy>",
+            "rollingUpdate\t<RollingUpdateDeployment>",
+            "maxSurge\t<IntOrString>",
+            "type\t<string>",
+        ] {
+            assert!(strategy.contains(want), "{which}: {want:?} in\n{strategy}");
+        }
+        let tz = s.ok(&["explain", "cronjob.spec.timeZone"]);
+        assert!(
+            tz.contains("FIELD: timeZone <string>") && tz.contains("The time zone name for the given schedule"),
+            "{which}: {tz}"
+        );
+        let spec = s.ok(&["explain", "cj.spec"]);
+        assert!(spec.contains("schedule\t<string> -required-"), "{which}: {spec}");
+        // A kind of a group with several (rbac), and a cluster-scoped one.
+        let role = s.ok(&["explain", "clusterrole.rules.verbs"]);
+        assert!(
+            role.contains("FIELD: verbs <[]string>") && role.contains("Verbs is a list of Verbs"),
+            "{which}: {role}"
+        );
+    }
+}
+
+/// `kubectl apply --validate=strict` of a built-in kind with a misspelt
+/// field is refused naming the field, and nothing is stored.
+#[test]
+fn strict_validation_names_a_misspelt_field() {
+    let Some(builds) = common::kubectl_builds([27, 28, 33]) else { return };
+    for kubectl in builds {
+        let which = kubectl.display().to_string();
+        let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl);
+        let f = s.dir.path().join("typo.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: typo}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: t}}\n  template:\n    metadata: {labels: {app: t}}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        imagePullPolcy: Never\n",
+        )
+        .unwrap();
+        let err = s.fails(&["apply", "--validate=strict", "-f", f.to_str().unwrap()]);
+        assert!(err.contains("imagePullPolcy"), "{which}: {err}");
+        let get = s.run(&["get", "deployment", "typo"]);
+        assert!(!get.status.success(), "{which}: stored after a refused apply");
+    }
 }

@@ -10,9 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+#[path = "build_openapi.rs"]
+mod build_openapi;
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build_openapi.rs");
     let (pb, openapi) = locate();
+    build_openapi::generate(&openapi.join("src"), Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")));
     let names = openapi_names(&openapi.join("src"));
     let mut messages = Vec::new();
     walk(&pb.join("src"), &pb.join("src"), &mut |rel, text| parse_module(rel, text, &mut messages));

@@ -1,7 +1,8 @@
 //! Discovery documents (`/version`, `/api`, `/apis`, group-version resource
 //! lists, and `/api` and `/apis` aggregated as `apidiscovery.k8s.io`
-//! `APIGroupDiscoveryList`s, built from the same resource lists) and the minimal OpenAPI v3 documents kubectl needs to leave
-//! validation to the server (`fieldValidation=Strict`).
+//! `APIGroupDiscoveryList`s, built from the same resource lists) and the OpenAPI v3 documents: the schemas
+//! `kubectl explain` shows, and what kubectl needs to leave validation to
+//! the server (`fieldValidation=Strict`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery, ObjectMeta,
@@ -299,9 +300,10 @@ fn openapi_paths(custom: &[Arc<ResourceType>]) -> Vec<String> {
     v
 }
 
-/// A stable tag for this build's documents (clients cache by it).
+/// A stable tag for this build's documents (clients cache by it: kubectl
+/// keeps them on disk), changing with the built-in schemas.
 fn hash() -> String {
-    format!("plinth{}{MINOR}", env!("CARGO_PKG_VERSION").replace('.', ""))
+    format!("plinth{}{MINOR}-{:016x}", env!("CARGO_PKG_VERSION").replace('.', ""), crate::openapi::digest())
 }
 
 pub fn openapi_v3_index(custom: &[Arc<ResourceType>]) -> Value {
@@ -315,10 +317,11 @@ pub fn openapi_v3_index(custom: &[Arc<ResourceType>]) -> Value {
     json!({"paths": paths})
 }
 
-/// The OpenAPI v3 document of one group version (`api/v1`, `apis/apps/v1`):
+/// The OpenAPI v3 document of one group version (`api/v1`, `apis/apps/v1`), as JSON text:
 /// for each kind, its PATCH operation with the group-version-kind and the
-/// `fieldValidation` parameter, and a schema naming the kind.
-pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
+/// `fieldValidation` parameter, and its schema: a built-in kind's full one
+/// (`openapi`) with every schema it references, a CRD's from its version.
+pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<String> {
     let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
         ["api", v] => ("", *v),
         ["apis", g, v] => (*g, *v),
@@ -330,7 +333,7 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
     }
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
-    for rt in rts {
+    for &rt in &rts {
         let gvk = json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]);
         let scope = if rt.namespaced { "/namespaces/{namespace}" } else { "" };
         let url = format!("/{path}{scope}/{}/{{name}}", rt.plural);
@@ -353,13 +356,26 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<Value> {
                 s["x-kubernetes-group-version-kind"] = gvk.clone();
                 s
             }
+            None if builtin_schema(rt).is_some() => continue,
+            // A kind k8s-openapi does not carry (metrics.k8s.io).
             None => json!({"type": "object", "x-kubernetes-group-version-kind": gvk,
                 "description": format!("{} (schema served by the API server: fieldValidation=Strict)", rt.kind)}),
         };
         schemas.insert(schema_name, schema);
     }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v{MAJOR}.{MINOR}.0")},
-        "paths": paths, "components": {"schemas": schemas}}))
+    // The built-in kinds' schemas and every schema they reference, as the
+    // generated JSON texts (`openapi`), then the others.
+    let builtin = crate::openapi::closure(rts.iter().filter_map(|rt| builtin_schema(rt)));
+    let info = json!({"title": "Kubernetes", "version": format!("v{MAJOR}.{MINOR}.0")});
+    let mut out =
+        format!(r#"{{"openapi":"3.0.0","info":{info},"paths":{},"components":{{"schemas":{{"#, Value::Object(paths));
+    crate::openapi::write_members(&mut out, &builtin);
+    for (i, (name, schema)) in schemas.iter().enumerate() {
+        let sep = if i == 0 && builtin.is_empty() { "" } else { "," };
+        out.push_str(&format!("{sep}{}:{schema}", Value::from(name.as_str())));
+    }
+    out.push_str("}}}");
+    Some(out)
 }
 
 /// Appends a length-delimited protobuf field.
@@ -390,7 +406,18 @@ pub fn openapi_v2_protobuf() -> Vec<u8> {
     doc
 }
 
+/// A built-in kind's generated schema (`openapi`), if k8s-openapi has it.
+fn builtin_schema(rt: &ResourceType) -> Option<&'static str> {
+    if rt.custom.is_some() {
+        return None;
+    }
+    crate::openapi::kind_schema(rt.group, rt.version, rt.kind)
+}
+
 fn schema_name(rt: &ResourceType) -> String {
+    if let Some(name) = builtin_schema(rt) {
+        return name.to_string();
+    }
     if rt.custom.is_some() {
         // Upstream names a CRD's schema by its reversed group: com.example.v1.Widget.
         let group: Vec<&str> = rt.group.split('.').rev().collect();
@@ -493,10 +520,17 @@ mod tests {
                 .unwrap()
                 .starts_with("/openapi/v3/apis/apps/v1?hash=")
         );
-        let doc = openapi_v3("apis/apps/v1", &[]).unwrap();
+        let doc: Value = serde_json::from_str(&openapi_v3("apis/apps/v1", &[]).unwrap()).unwrap();
+        let deployment = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(deployment["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        assert!(doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"].is_object());
         let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
-        assert!(openapi_v3("api/v1", &[]).unwrap()["paths"]["/api/v1/nodes/{name}"].is_object());
+        let core: Value = serde_json::from_str(&openapi_v3("api/v1", &[]).unwrap()).unwrap();
+        assert!(core["paths"]["/api/v1/nodes/{name}"].is_object());
+        // Every built-in kind served has its full schema.
+        let missing: Vec<&str> = RESOURCES.iter().filter(|rt| builtin_schema(rt).is_none()).map(|rt| rt.kind).collect();
+        assert!(missing.is_empty(), "no schema for {missing:?}");
     }
 }

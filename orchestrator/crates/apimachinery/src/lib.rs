@@ -1,6 +1,6 @@
 //! Kubernetes object semantics over the store: the registry (decode,
 //! defaulting, validation, versions, finalizers, watches), patches,
-//! selectors, bounded request decoding, Status errors, the served kinds, discovery and Tables. Used by
+//! selectors, bounded request decoding, Status errors, the served kinds, discovery, OpenAPI schemas and Tables. Used by
 //! the API server, the controllers and, through the client, the kubelet.
 
 pub mod bootstrap_token;
@@ -14,6 +14,7 @@ pub mod errors;
 pub mod events;
 pub mod housekeeping;
 pub mod node_fields;
+pub mod openapi;
 pub mod patch;
 pub mod policy;
 pub mod protobuf;

@@ -666,7 +666,15 @@ async fn non_resource(state: &State, headers: &HeaderMap, segs: &[&str]) -> Opti
         ["api", v] => found(discovery::resource_list("", v, &[])),
         ["apis", g, v] => found(discovery::resource_list(g, v, &state.registry.custom_types())),
         ["openapi", "v3"] => found(Some(discovery::openapi_v3_index(&state.registry.custom_types()))),
-        ["openapi", "v3", rest @ ..] => found(discovery::openapi_v3(&rest.join("/"), &state.registry.custom_types())),
+        ["openapi", "v3", rest @ ..] => Some(
+            discovery::openapi_v3(&rest.join("/"), &state.registry.custom_types())
+                .map(|doc| {
+                    let mut r = Response::new(Body::Full(Some(Bytes::from(doc))));
+                    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                    r
+                })
+                .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        ),
         ["openapi", "v2"] => {
             let mut r = Response::new(Body::Full(Some(Bytes::from(discovery::openapi_v2_protobuf()))));
             r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
@@ -879,6 +887,9 @@ async fn route(
         return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
     }
     let table = wants_table(headers);
+    // Metadata only (`as=PartialObjectMetadata[List]`): informers' and
+    // garbage collectors' reads, of any kind, custom ones included.
+    let metadata = !table && negotiate::wants_metadata(headers);
     let include = match param(q, "includeObject") {
         Some("None") => IncludeObject::None,
         Some("Object") => IncludeObject::Object,
@@ -926,6 +937,9 @@ async fn route(
                 let meta = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
                 return Ok(respond(200, &table::table(rt, &[o], include, meta, true), &[]));
             }
+            if metadata && sub.is_none() {
+                return Ok(respond(200, &partial_metadata(&o), &[]));
+            }
             Ok(respond(200, &o, &[]))
         }
         ("list", None, None) => {
@@ -938,13 +952,23 @@ async fn route(
             if table {
                 return Ok(respond(200, &table::table(rt, &r.items, include, meta, true), &[]));
             }
+            if metadata {
+                let items: Vec<Value> = r.items.iter().map(partial_metadata).collect();
+                let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
+                return Ok(respond(200, &list, &[]));
+            }
             let list = json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": r.items});
             Ok(respond(200, &list, &[]))
         }
         ("watch", None, None) => {
             let protobuf = match negotiate::format(headers)? {
                 negotiate::Format::Protobuf { json_fallback } if !table => {
-                    let encoded = orchestrator_apimachinery::protobuf::has_table(&rt.api_version(), rt.kind);
+                    let encoded = match metadata {
+                        true => {
+                            orchestrator_apimachinery::protobuf::has_table("meta.k8s.io/v1", "PartialObjectMetadata")
+                        }
+                        false => orchestrator_apimachinery::protobuf::has_table(&rt.api_version(), rt.kind),
+                    };
                     if !encoded && !json_fallback {
                         return Err(ApiError::new(
                             406,
@@ -956,7 +980,12 @@ async fn route(
                 }
                 _ => false,
             };
-            watch(state, t.rt.clone(), ns, q, table, include, protobuf)
+            let shape = match (table, metadata) {
+                (true, _) => Shape::Table(include),
+                (false, true) => Shape::Metadata,
+                (false, false) => Shape::Object,
+            };
+            watch(state, t.rt.clone(), ns, q, shape, protobuf)
         }
         ("create", None, None) => {
             let mut o = parse_json(&body)?;
@@ -1118,13 +1147,27 @@ fn bookmark(rt: &ResourceType, rev: i64, initial_end: bool) -> Value {
     json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta})
 }
 
+/// `meta.k8s.io/v1` `PartialObjectMetadata`: an object's metadata only.
+fn partial_metadata(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
+/// What each watch event carries.
+#[derive(Clone, Copy)]
+enum Shape {
+    Object,
+    /// One-row Tables (the first with its columns).
+    Table(IncludeObject),
+    /// `PartialObjectMetadata`, bookmarks included (as upstream converts every event).
+    Metadata,
+}
+
 fn watch(
     state: &Arc<State>,
     rt: Served,
     ns: Option<&str>,
     q: &[(String, String)],
-    as_table: bool,
-    include: IncludeObject,
+    shape: Shape,
     protobuf: bool,
 ) -> Result<Response<Body>, ApiError> {
     // Protobuf watches are upstream's length-prefixed WatchEvent frames.
@@ -1159,15 +1202,18 @@ fn watch(
         let _ns = ns_owned;
         let mut first_table = true;
         let mut render = |o: &Value| -> Value {
-            if as_table {
-                let meta = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
-                let t = table::table(&rt, std::slice::from_ref(o), include, meta, first_table);
-                first_table = false;
-                t
-            } else {
-                o.clone()
+            match shape {
+                Shape::Table(include) => {
+                    let meta = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
+                    let t = table::table(&rt, std::slice::from_ref(o), include, meta, first_table);
+                    first_table = false;
+                    t
+                }
+                Shape::Metadata => partial_metadata(o),
+                Shape::Object => o.clone(),
             }
         };
+        let mark = |o: Value| if matches!(shape, Shape::Metadata) { partial_metadata(&o) } else { o };
         let mut watch = match watch {
             Ok(w) => w,
             Err(e) => {
@@ -1181,7 +1227,8 @@ fn watch(
                 return;
             }
         }
-        if send_initial && bookmarks && tx.send(event_line("BOOKMARK", &bookmark(&rt, from, true))).await.is_err() {
+        if send_initial && bookmarks && tx.send(event_line("BOOKMARK", &mark(bookmark(&rt, from, true)))).await.is_err()
+        {
             return;
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
@@ -1205,7 +1252,7 @@ fn watch(
                     }
                 },
                 _ = tick.tick(), if bookmarks => {
-                    if tx.send(event_line("BOOKMARK", &bookmark(&rt, last, false))).await.is_err() {
+                    if tx.send(event_line("BOOKMARK", &mark(bookmark(&rt, last, false)))).await.is_err() {
                         return;
                     }
                 }

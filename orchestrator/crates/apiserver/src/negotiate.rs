@@ -2,9 +2,10 @@
 //! apimachinery does it: the `Accept` media ranges with their q-values; a
 //! range of weight 0 is refused; a range the server can produce is
 //! answered, and when none is the answer is upstream's `406
-//! NotAcceptable`. Resource responses are JSON (plain, or `as=Table`) or
-//! Kubernetes protobuf (`application/vnd.kubernetes.protobuf`, built-in
-//! kinds only): the acceptable range of highest weight wins, ties in the
+//! NotAcceptable`. Resource responses are JSON (plain, `as=Table`, or
+//! metadata only: `as=PartialObjectMetadata[List]`) or Kubernetes protobuf
+//! (`application/vnd.kubernetes.protobuf`, built-in kinds, and any kind's
+//! metadata only): the acceptable range of highest weight wins, ties in the
 //! client's order, so client-go's "protobuf, else JSON" gets protobuf and
 //! a custom object falls back to JSON. YAML alone is a 406. `/api` and
 //! `/apis` also offer aggregated discovery (`discovery`).
@@ -48,15 +49,32 @@ fn json_satisfies(r: &Range<'_>) -> bool {
     if !matches!(kind.as_str(), "application/json" | "application/*" | "*/*") {
         return false;
     }
-    // `as=Table` (meta.k8s.io) is produced; other conversions are not.
-    r.params.iter().all(|(k, v)| !k.eq_ignore_ascii_case("as") || *v == "Table")
+    // `as=Table` and the metadata-only conversions (meta.k8s.io) are produced.
+    r.params.iter().all(|(k, v)| !k.eq_ignore_ascii_case("as") || *v == "Table" || is_metadata(v))
 }
 
-/// Whether a protobuf response satisfies one media range (no `as=`
-/// conversion: Tables and metadata-only reads are JSON here).
+/// `PartialObjectMetadata` (a get, each watch event) or
+/// `PartialObjectMetadataList` (a list): what client-go's metadata client
+/// and informers, and kube-rs' `*_metadata` calls, ask for.
+fn is_metadata(conversion: &str) -> bool {
+    matches!(conversion, "PartialObjectMetadata" | "PartialObjectMetadataList")
+}
+
+/// Whether a protobuf response satisfies one media range: no conversion,
+/// or a metadata-only one (Tables are JSON only, as upstream).
 fn protobuf_satisfies(r: &Range<'_>) -> bool {
     r.kind.eq_ignore_ascii_case(orchestrator_apimachinery::protobuf::MEDIA_TYPE)
-        && r.params.iter().all(|(k, _)| !k.eq_ignore_ascii_case("as"))
+        && r.params.iter().all(|(k, v)| !k.eq_ignore_ascii_case("as") || is_metadata(v))
+}
+
+/// Whether the request asks for metadata only (`as=PartialObjectMetadata`
+/// or `…List` of group `meta.k8s.io` in an acceptable range).
+pub fn wants_metadata(headers: &HeaderMap) -> bool {
+    ranges(&accept_header(headers)).iter().any(|r| {
+        r.q > 0.0
+            && r.params.iter().any(|(k, v)| k.eq_ignore_ascii_case("as") && is_metadata(v))
+            && r.params.iter().all(|(k, v)| !k.eq_ignore_ascii_case("g") || *v == "meta.k8s.io")
+    })
 }
 
 /// How a resource response is encoded.
@@ -171,7 +189,8 @@ mod tests {
         assert_eq!(accept("application/*;q=0.5, text/plain"), Ok(()));
         assert_eq!(accept("application/yaml"), Err(406));
         assert_eq!(accept("application/json;q=0, application/yaml"), Err(406));
-        assert_eq!(accept("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"), Err(406));
+        assert_eq!(accept("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"), Ok(()));
+        assert_eq!(accept("application/json;as=APIGroupDiscoveryList;g=apidiscovery.k8s.io;v=v2"), Err(406));
         assert_eq!(accept(""), Ok(()));
     }
 
@@ -194,6 +213,30 @@ mod tests {
             Ok(Format::Json)
         );
         assert_eq!(format_for(&format!("{PB};q=0, application/yaml")), Err(406));
+    }
+
+    #[test]
+    fn metadata_only_in_protobuf_or_json() {
+        const PB: &str = "application/vnd.kubernetes.protobuf";
+        let headers = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, v.parse().unwrap());
+            h
+        };
+        // client-go's metadata client.
+        let client_go = format!(
+            "{PB};as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+        );
+        assert_eq!(format_for(&client_go), Ok(Format::Protobuf { json_fallback: true }));
+        assert!(wants_metadata(&headers(&client_go)));
+        let kube_rs = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+        assert_eq!(format_for(kube_rs), Ok(Format::Json));
+        assert!(wants_metadata(&headers(kube_rs)));
+        assert!(!wants_metadata(&headers("application/json;as=Table;v=v1;g=meta.k8s.io")));
+        assert!(!wants_metadata(&headers(
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;q=0, application/json"
+        )));
+        assert!(!wants_metadata(&headers(&format!("{PB}, application/json"))));
     }
 
     fn discovery_for(v: &str) -> Result<Discovery, u16> {
