@@ -82,6 +82,21 @@ async fn kube_client(server: &common::Server) -> kube::Client {
     kube::Client::try_from(cfg).unwrap()
 }
 
+/// What a protobuf response (or a watch event's object) carries: the
+/// `k8s\0` magic, then a `runtime.Unknown` with the type and the raw object.
+fn unknown(bytes: &[u8]) -> k8s_pb::apimachinery::pkg::runtime::Unknown {
+    use prost::Message as _;
+    k8s_pb::apimachinery::pkg::runtime::Unknown::decode(bytes.strip_prefix(b"k8s\0").expect("k8s\\0 magic")).unwrap()
+}
+
+/// The first `WatchEvent` of a protobuf watch stream (frames of a 4-byte
+/// big-endian length and the event).
+fn first_watch_event(bytes: &[u8]) -> k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent {
+    use prost::Message as _;
+    let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+    k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent::decode(&bytes[4..4 + len]).unwrap()
+}
+
 #[test]
 fn kube_rs_creates_watches_patches_and_applies() {
     let Some(server) = common::Server::start() else { return };
@@ -198,7 +213,6 @@ fn yaml_bodies_are_accepted_and_malformed_ones_refused() {
 /// list with nothing the server produces gets a 406 NotAcceptable Status.
 #[test]
 fn accept_lists_pick_protobuf_or_json_or_get_406() {
-    use k8s_pb::apimachinery::pkg::runtime::Unknown;
     use prost::Message as _;
     let Some(server) = common::Server::start() else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -226,7 +240,7 @@ fn accept_lists_pick_protobuf_or_json_or_get_406() {
                 assert_eq!(resp.status(), 200);
                 assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf", "{accept}");
                 let bytes = resp.into_body().collect_bytes().await.unwrap();
-                let unknown = Unknown::decode(bytes.strip_prefix(b"k8s\0").expect("k8s\\0 magic")).unwrap();
+                let unknown = unknown(&bytes);
                 assert_eq!(unknown.type_meta.and_then(|t| t.kind).as_deref(), Some(kind));
                 let raw = unknown.raw.unwrap_or_default();
                 let data = if kind == "ConfigMap" {
@@ -327,12 +341,10 @@ fn protobuf_bodies_errors_and_watch_frames() {
         let resp = client.send(watch).await.unwrap();
         assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf;stream=watch");
         let bytes = resp.into_body().collect_bytes().await.unwrap();
-        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
-        let event = pb_meta::WatchEvent::decode(&bytes[4..4 + len]).unwrap();
+        let event = first_watch_event(&bytes);
         assert_eq!(event.r#type.as_deref(), Some("ADDED"));
         let inner = event.object.and_then(|o| o.raw).unwrap();
-        let unknown = Unknown::decode(inner.strip_prefix(b"k8s\0").expect("magic")).unwrap();
-        let got = pb::Pod::decode(unknown.raw.unwrap_or_default().as_slice()).unwrap();
+        let got = pb::Pod::decode(unknown(&inner).raw.unwrap_or_default().as_slice()).unwrap();
         assert_eq!(got.metadata.and_then(|m| m.name).as_deref(), Some("cut"));
     });
 }
@@ -345,7 +357,6 @@ fn protobuf_bodies_errors_and_watch_frames() {
 #[test]
 fn metadata_only_reads_in_protobuf_and_json() {
     use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
-    use k8s_pb::apimachinery::pkg::runtime::Unknown;
     use prost::Message as _;
     let Some(server) = common::Server::start() else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -373,7 +384,7 @@ fn metadata_only_reads_in_protobuf_and_json() {
         };
         let get_body = |path: &str, accept: String| get(path, accept).map(kube::client::Body::from);
         let open = |bytes: &[u8], kind: &str| {
-            let unknown = Unknown::decode(bytes.strip_prefix(b"k8s\0").expect("k8s\\0 magic")).unwrap();
+            let unknown = unknown(bytes);
             let tm = unknown.type_meta.unwrap_or_default();
             assert_eq!((tm.api_version.as_deref(), tm.kind.as_deref()), (Some("meta.k8s.io/v1"), Some(kind)));
             unknown.raw.unwrap_or_default()
@@ -412,8 +423,7 @@ fn metadata_only_reads_in_protobuf_and_json() {
             .unwrap();
         assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf;stream=watch");
         let bytes = resp.into_body().collect_bytes().await.unwrap();
-        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
-        let event = pb_meta::WatchEvent::decode(&bytes[4..4 + len]).unwrap();
+        let event = first_watch_event(&bytes);
         assert_eq!(event.r#type.as_deref(), Some("ADDED"));
         let inner = event.object.and_then(|o| o.raw).unwrap();
         let got = pb_meta::PartialObjectMetadata::decode(open(&inner, "PartialObjectMetadata").as_slice()).unwrap();

@@ -963,12 +963,12 @@ async fn route(
         ("watch", None, None) => {
             let protobuf = match negotiate::format(headers)? {
                 negotiate::Format::Protobuf { json_fallback } if !table => {
-                    let encoded = match metadata {
-                        true => {
-                            orchestrator_apimachinery::protobuf::has_table("meta.k8s.io/v1", "PartialObjectMetadata")
-                        }
-                        false => orchestrator_apimachinery::protobuf::has_table(&rt.api_version(), rt.kind),
+                    let (api_version, kind) = if metadata {
+                        ("meta.k8s.io/v1".into(), "PartialObjectMetadata")
+                    } else {
+                        (rt.api_version(), rt.kind)
                     };
+                    let encoded = orchestrator_apimachinery::protobuf::has_table(&api_version, kind);
                     if !encoded && !json_fallback {
                         return Err(ApiError::new(
                             406,

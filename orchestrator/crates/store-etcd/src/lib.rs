@@ -235,6 +235,20 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// within its deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Asks one member, within `within`, a question only a member with a
+/// leader answers (a serializable count of one key): a probe's and
+/// [`Endpoints::ask`]'s.
+fn ask_leader(
+    c: &Client,
+    within: Duration,
+) -> impl Future<Output = Result<Result<etcd_client::GetResponse, etcd_client::Error>, tokio::time::error::Elapsed>>
++ Send
++ 'static {
+    let mut kv = c.kv_client();
+    let question = GetOptions::new().with_count_only().with_serializable();
+    async move { tokio::time::timeout(within, kv.get(vec![0u8], Some(question))).await }
+}
+
 /// The members' endpoints, a client of each, and which of them are down.
 ///
 /// Requests go to the first endpoint in the configured order that is not
@@ -335,12 +349,11 @@ impl Endpoints {
     /// Asks each endpoint not heard from in `said`, at once, whether it
     /// answers with a leader.
     async fn ask(&self, said: &mut [Option<Said>]) {
-        let ask = GetOptions::new().with_count_only().with_serializable();
         let mut asked = tokio::task::JoinSet::new();
         let clients = self.clients.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         for (i, c) in clients.iter().enumerate().filter(|(i, _)| said[*i].is_none()) {
-            let (mut kv, ask) = (c.kv_client(), ask.clone());
-            asked.spawn(async move { (i, tokio::time::timeout(EXPLAIN_WITHIN, kv.get(vec![0u8], Some(ask))).await) });
+            let answer = ask_leader(c, EXPLAIN_WITHIN);
+            asked.spawn(async move { (i, answer.await) });
         }
         while let Some(Ok((i, answer))) = asked.join_next().await {
             said[i] = Some(match answer {
@@ -365,12 +378,9 @@ impl Endpoints {
     }
 
     async fn probe(self: Arc<Self>, i: usize) {
-        let ask = GetOptions::new().with_count_only().with_serializable();
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            let mut kv = self.client(i).kv_client();
-            let answer = tokio::time::timeout(self.timeout, kv.get(vec![0u8], Some(ask.clone()))).await;
-            if matches!(answer, Ok(Ok(_))) {
+            if matches!(ask_leader(&self.client(i), self.timeout).await, Ok(Ok(_))) {
                 self.down[i].store(false, Ordering::SeqCst);
                 tracing::warn!("etcd endpoint {} answers again", self.names[i]);
                 return;
