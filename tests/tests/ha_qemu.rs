@@ -126,6 +126,24 @@ fn members(op: &Operator, api: &str) -> Option<Vec<String>> {
     Some(names)
 }
 
+/// Each control plane's last etcd log lines and init's lines about etcd
+/// (the member's join), for a failure's context.
+fn etcd_logs(op: &Operator, vms: &[Vm]) -> String {
+    let mut out = String::new();
+    for vm in vms {
+        let r = osctl(&op.osctlconfig(), &["-n", &vm.api_addr(), "logs", "etcd", "--tail", "40"]);
+        let etcd = format!("{}{}", r.stdout, r.stderr);
+        let serial = vm.serial_log();
+        let init: Vec<&str> = serial.lines().filter(|l| l.contains("etcd")).collect();
+        let init = init[init.len().saturating_sub(20)..].join("\n");
+        out.push_str(&format!(
+            "=== {}: osctl logs etcd ===\n{etcd}\n=== {}: serial lines about etcd ===\n{init}\n",
+            vm.name, vm.name
+        ));
+    }
+    out
+}
+
 /// The ConfigMap names `kubeconfig`'s API server lists in `default`.
 fn configmaps(kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
     let out = kubectl(kubeconfig, &["get", "configmaps", "-o", "jsonpath={.items[*].metadata.name}"])?.ok()?.stdout;
@@ -286,11 +304,14 @@ fn three_control_planes_on_etcd_survive_one_powered_off_rejoin_it_and_a_snapshot
     let want_members: Vec<String> = CPS.iter().map(|s| s.to_string()).collect();
     for vm in &vms[..CPS.len()] {
         let mut last = None;
-        wait_for(&format!("{}'s member to list all three", vm.name), Duration::from_secs(60), || {
+        // A joining member is listed nameless until its etcd has caught up
+        // and published itself: under TCG on a slow machine that can come
+        // minutes after its Node is Ready (its API server uses the others).
+        wait_for(&format!("{}'s member to list all three", vm.name), BOOT, || {
             last = members(&op, &vm.api_addr());
             (last.as_ref() == Some(&want_members)).then_some(())
         })
-        .with_context(|| format!("last: {last:?}"))?;
+        .with_context(|| format!("last: {last:?}\n{}", etcd_logs(&op, &vms[..CPS.len()])))?;
     }
 
     step("a pod on the worker");

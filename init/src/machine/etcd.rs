@@ -253,9 +253,15 @@ pub(super) async fn prepare(m: &Member, files: &Files, orchestrator: &Path, mut 
             Err(e) => report(format!("running {}: {e}", orchestrator.display())),
         }
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(std::time::Duration::from_secs(15));
+        // Short: control planes configured at once join one at a time (etcd
+        // refuses an add while another added member has not started), so
+        // each waits for the one before it to start, not for a failure.
+        wait = (wait * 2).min(JOIN_RETRY_MAX);
     }
 }
+
+/// The longest pause between two tries to join the etcd cluster.
+const JOIN_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs `orchestrator etcd STORE-OPTIONS ARGS`: its output, or its error.
 async fn orchestrator_etcd(
