@@ -25,8 +25,20 @@ pub struct Extracted {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String, BuildError> {
-    let data = std::fs::read(path).map_err(|e| BuildError::io("read", path, e))?;
-    Ok(hex(&Sha256::digest(&data)))
+    use std::io::Read as _;
+    // Streamed: a whole image (hundreds of MiB, mostly zeros) is never
+    // held in memory.
+    let mut file = std::fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| BuildError::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 pub use machinery::bundle::hex;
