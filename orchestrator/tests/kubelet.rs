@@ -72,7 +72,12 @@ spec:
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&page.stdout), "hello from a configMap\nby plinth on node-1\n", "from {ip}");
     }
-    assert!(kubelet_support::nat_rules(&c.containerd.bridge).contains(&format!("{}/32", ips[0])));
+    // Their traffic leaving the node is masqueraded by one rule for the pod CIDR, none per pod.
+    let masq = orchestrator_node_net::proxy::Chains::new(&c.containerd.bridge).pod_masquerade();
+    let out = std::process::Command::new("iptables").args(["-t", "nat", "-S", &masq]).output().unwrap();
+    let rules = String::from_utf8_lossy(&out.stdout);
+    assert!(rules.contains(&format!("-s {} ", c.containerd.pod_cidr)) && rules.contains("-j MASQUERADE"), "{rules}");
+    assert_eq!(kubelet_support::nat_rules(&c.containerd.bridge), "");
     let mut unique = ips.clone();
     unique.sort();
     unique.dedup();
@@ -94,7 +99,7 @@ spec:
     c.wait_for(&["get", "pod", "fetch", "-o", "jsonpath={.status.phase}"], READY, |s| s == "Succeeded");
     let statuses = c.pod_field("fetch", ".status.containerStatuses[0].state.terminated.reason");
     assert_eq!(statuses, "Completed");
-    // A finished pod's sandbox is stopped: its address and masquerade rule are released.
+    // A finished pod's sandbox is stopped: its address is released.
     let (uid, ip) = (c.pod_field("fetch", ".metadata.uid"), c.pod_field("fetch", ".status.podIP"));
     let start = Instant::now();
     while c.containerd.sandboxes().iter().any(|(_, u, ready)| *u == uid && *ready) {
@@ -158,6 +163,79 @@ fn two_pods_get_distinct_ips_and_reach_each_other() {
     drop(stdin);
     assert!(listener.wait().unwrap().success());
     assert_eq!(got, "ping from left\n");
+}
+
+/// A pod's traffic leaving the node is masqueraded with the node's
+/// address (one rule for the pod CIDR; the CNI bridge makes no rule per
+/// pod): a server in a network namespace that has no route to the pod
+/// CIDR, behind a veth from the host, answers the pod and sees the
+/// host's end of the veth as the client. Pod to pod on the node stays
+/// unmasqueraded (`two_pods_get_distinct_ips_and_reach_each_other`).
+#[test]
+fn a_pods_traffic_leaving_the_node_is_masqueraded() {
+    let Some(c) = Cluster::start() else { return };
+    let tag = format!("{}", std::process::id() % 100_000);
+    let outside = Outside::new(&tag);
+    let url = format!("http://{}:8080/cgi-bin/ip", outside.server);
+    let fetch = format!("wget -q -O- {url} 2>&1; exec sleep 3600");
+    c.ok(&["run", "out", "--image", BUSYBOX, "--image-pull-policy=Never", "--", "sh", "-c", &fetch]);
+    let seen = c.wait_for(&["logs", "out"], READY, |s| !s.trim().is_empty());
+    let pod_ip = c.pod_field("out", ".status.podIP");
+    assert_eq!(seen.trim(), outside.host, "the server saw the host's address, not the pod's ({pod_ip})");
+    // While the pod runs: no rule of the CNI network in POSTROUTING (the plugin's ipMasq made one per pod).
+    assert_eq!(kubelet_support::nat_rules(&c.containerd.bridge), "", "no nat rule per pod");
+}
+
+/// A network namespace reached through a veth from the host, serving the
+/// client's address over HTTP (busybox httpd, a CGI script printing
+/// `REMOTE_ADDR`); it routes nothing but the veth's /30.
+struct Outside {
+    ns: String,
+    host: String,
+    server: String,
+    httpd: std::process::Child,
+    _www: tempfile::TempDir,
+}
+
+impl Outside {
+    fn new(tag: &str) -> Outside {
+        let n: u32 = tag.parse::<u32>().unwrap_or(0) % 250;
+        let (ns, veth) = (format!("plout{tag}"), format!("plo{tag}"));
+        let (host, server) = (format!("10.253.{n}.1"), format!("10.253.{n}.2"));
+        let sh = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(&["netns", "add", &ns]);
+        sh(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        sh(&["addr", "add", &format!("{host}/30"), "dev", &veth]);
+        sh(&["link", "set", &veth, "up"]);
+        sh(&["-n", &ns, "addr", "add", &format!("{server}/30"), "dev", "eth0"]);
+        sh(&["-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&["-n", &ns, "link", "set", "lo", "up"]);
+        let www = tempfile::tempdir().unwrap();
+        let cgi = www.path().join("cgi-bin");
+        std::fs::create_dir_all(&cgi).unwrap();
+        let script = cgi.join("ip");
+        std::fs::write(&script, "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n")
+            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let httpd = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "/bin/busybox", "httpd", "-f", "-p", &format!("{server}:8080"), "-h"])
+            .arg(www.path())
+            .spawn()
+            .unwrap();
+        Outside { ns, host, server, httpd, _www: www }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.httpd.kill();
+        let _ = self.httpd.wait();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
 }
 
 /// Services, as kube-proxy routes them: a NodePort Service's cluster IP

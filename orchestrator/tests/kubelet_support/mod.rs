@@ -830,6 +830,9 @@ impl Drop for Cluster {
         if let Err(e) = rt().block_on(orchestrator_node_net::proxy::cleanup(&chains)) {
             eprintln!("remove the service proxy's rules: {e}");
         }
+        if let Err(e) = rt().block_on(orchestrator_node_net::masquerade::cleanup(&chains)) {
+            eprintln!("remove the pod masquerade: {e}");
+        }
         self.containerd.remove_all_sandboxes();
         unmount_under(&self.data.path().to_string_lossy());
     }

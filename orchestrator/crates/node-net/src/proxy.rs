@@ -66,6 +66,12 @@ impl Chains {
         format!("PLP-{}-PODNET", self.id)
     }
 
+    /// The chain masquerading this node's pods' traffic leaving the pod
+    /// CIDR (`masquerade`): outside `PL-<id>-`, as the pod-network chain.
+    pub fn pod_masquerade(&self) -> String {
+        format!("PLM-{}-MASQ", self.id)
+    }
+
     /// Cluster IPs and, last, the jump to node ports.
     pub fn services(&self) -> String {
         format!("{}SERVICES", self.prefix())
