@@ -4,5 +4,6 @@
 //! all through the API client.
 
 pub mod dns;
+pub mod overlay;
 pub mod proxy;
 pub mod routes;
