@@ -10,7 +10,10 @@
 //! `bench/pod-network.sh`). Prints `figure: NAME VALUE` lines; fails (no
 //! figure) when a path does not carry traffic or a figure is not finite.
 //! `PLINTH_BENCH_RTT_N` round trips per path (default 5000),
-//! `PLINTH_BENCH_BYTES` bytes per throughput run (default 256 MiB).
+//! `PLINTH_BENCH_BYTES` bytes per throughput run (default 1 GiB),
+//! `PLINTH_BENCH_RUNS` runs per path (default 3; the medians are printed).
+//! Each run also checks which way the bytes went: through node a's vxlan
+//! device exactly on the VXLAN paths.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -73,6 +76,13 @@ fn servers(ns: &str) {
     rx.recv().unwrap();
 }
 
+/// The bytes node a's vxlan device has sent.
+fn vxlan_tx_bytes(lab: &Lab) -> u64 {
+    let out = lab.on(&A, "ip", &["-s", "-j", "link", "show", orchestrator_node_net::overlay::DEVICE]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
+    v[0]["stats64"]["tx"]["bytes"].as_u64().unwrap_or_else(|| panic!("no tx bytes in {out}"))
+}
+
 struct Figures {
     rtt_p50_us: f64,
     rtt_p99_us: f64,
@@ -128,16 +138,41 @@ fn measure(ns: &str, to: std::net::Ipv4Addr, n: usize, bytes: u64) -> Result<Fig
 fn main() {
     // `cargo bench` passes --bench; a filter argument is not supported.
     let n = env("PLINTH_BENCH_RTT_N", 5000) as usize;
-    let bytes = env("PLINTH_BENCH_BYTES", 256 << 20);
-    assert!(n >= 100 && bytes > 0, "PLINTH_BENCH_RTT_N ≥ 100 and PLINTH_BENCH_BYTES > 0");
+    let bytes = env("PLINTH_BENCH_BYTES", 1 << 30);
+    let runs = env("PLINTH_BENCH_RUNS", 3) as usize;
+    assert!(
+        n >= 100 && bytes > 0 && runs > 0,
+        "PLINTH_BENCH_RTT_N ≥ 100, PLINTH_BENCH_BYTES > 0, PLINTH_BENCH_RUNS > 0"
+    );
     let lab = Lab::new("b");
     let all = || vec![node(&A), node(&B), node(&C)];
     for p in ["pa2", "pb", "pc"] {
         servers(&lab.ns(p));
     }
     let mut rows: Vec<(&str, Figures)> = Vec::new();
-    let mut run = |name: &'static str, to: std::net::Ipv4Addr| {
-        let f = measure(&lab.ns("pa"), to, n, bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut run = |name: &'static str, to: std::net::Ipv4Addr, encapsulated: bool| {
+        let mut all = Vec::new();
+        for _ in 0..runs {
+            let before = vxlan_tx_bytes(&lab);
+            let f = measure(&lab.ns("pa"), to, n, bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let through = vxlan_tx_bytes(&lab) - before;
+            if encapsulated {
+                assert!(through >= bytes, "{name}: only {through} bytes went out of node a's vxlan device");
+            } else {
+                assert!(through < bytes / 100, "{name}: {through} bytes went out of node a's vxlan device");
+            }
+            all.push(f);
+        }
+        let median = |get: fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = all.iter().map(get).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let f = Figures {
+            rtt_p50_us: median(|f| f.rtt_p50_us),
+            rtt_p99_us: median(|f| f.rtt_p99_us),
+            gbit_s: median(|f| f.gbit_s),
+        };
         for (what, v) in [("rtt_p50_us", f.rtt_p50_us), ("rtt_p99_us", f.rtt_p99_us), ("gbit_s", f.gbit_s)] {
             assert!(v.is_finite() && v > 0.0, "{name} {what} = {v}: not a figure");
             println!("figure: pod_network.{name}.{what} {v:.2}");
@@ -150,15 +185,19 @@ fn main() {
     assert_eq!(plan.values().filter(|h| matches!(h, Hop::Vxlan(_))).count(), 1, "{plan:?}");
     lab.program(&B, all(), Mode::Auto);
     lab.program(&C, all(), Mode::Auto);
-    run("same_node", pod_ip(&A, 3));
-    run("host_gw_lan", pod_ip(&C, 2));
-    run("vxlan_routed", pod_ip(&B, 2));
+    run("same_node", pod_ip(&A, 3), false);
+    run("host_gw_lan", pod_ip(&C, 2), false);
+    run("vxlan_routed", pod_ip(&B, 2), true);
     // vxlan forced between a and c: the same LAN, encapsulated.
-    lab.program(&A, all(), Mode::Vxlan);
+    let plan = lab.program(&A, all(), Mode::Vxlan);
+    assert!(plan.values().all(|h| matches!(h, Hop::Vxlan(_))), "{plan:?}");
     lab.program(&C, all(), Mode::Vxlan);
-    run("vxlan_lan", pod_ip(&C, 2));
+    run("vxlan_lan", pod_ip(&C, 2), true);
 
-    println!("\npod to pod from node a's pod ({n} round trips of 64 B, {} MiB one way):", bytes >> 20);
+    println!(
+        "\npod to pod from node a's pod (medians of {runs} runs of {n} round trips of 64 B and {} MiB one way):",
+        bytes >> 20
+    );
     println!("  {:<14} {:>10} {:>10} {:>10}", "path", "RTT p50 µs", "p99 µs", "Gbit/s");
     for (name, f) in &rows {
         println!("  {name:<14} {:>10.1} {:>10.1} {:>10.2}", f.rtt_p50_us, f.rtt_p99_us, f.gbit_s);
