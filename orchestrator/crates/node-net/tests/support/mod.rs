@@ -195,9 +195,13 @@ pub fn whoami_server(ns: &str, port: u16) {
 /// From the pod `ns`: connects to `to`, returns what the server said (the
 /// address it saw) or the error.
 pub fn whoami(ns: &str, to: SocketAddr) -> Result<String, String> {
+    whoami_within(ns, to, Duration::from_secs(3))
+}
+
+/// [`whoami`] giving up on the connection after `patience`.
+pub fn whoami_within(ns: &str, to: SocketAddr, patience: Duration) -> Result<String, String> {
     in_ns(ns, move || {
-        let mut s =
-            TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| format!("connect {to}: {e}"))?;
+        let mut s = TcpStream::connect_timeout(&to, patience).map_err(|e| format!("connect {to}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| format!("read from {to}: {e}"))?;
