@@ -37,9 +37,10 @@ fi
 # tools that build their busybox and pause images without a registry; etcd
 # for the store-on-etcd tests, and protoc with the well-known types
 # (libprotobuf-dev: only recommended, so --no-install-recommends left it out),
-# which the etcd client's build needs.
+# which the etcd client's build needs; iproute2 (ip, bridge) for node-net's
+# network-namespace tests and pod-network bench.
 kneed=()
-for p in containerd runc containernetworking-plugins iptables umoci skopeo busybox-static gcc libc6-dev docker-registry etcd-server protobuf-compiler libprotobuf-dev; do
+for p in containerd runc containernetworking-plugins iptables iproute2 umoci skopeo busybox-static gcc libc6-dev docker-registry etcd-server protobuf-compiler libprotobuf-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || kneed+=("$p")
 done
 if [ ${#kneed[@]} -gt 0 ]; then

@@ -1261,6 +1261,7 @@ fn cluster_services(
         if let Some(ip) = node_ip(c) {
             args.extend(["--node-ip".into(), ip.to_string()]);
         }
+        args.extend(["--pod-network".into(), c.cluster.pod_network.as_str().into()]);
     }
     specs.push(ServiceSpec { name: ORCHESTRATOR.into(), program: o.program.clone(), args, env });
     Ok(specs)
@@ -1816,6 +1817,11 @@ mod tests {
         assert_eq!(arg(a, "--pod-cidr"), None, "its Node's spec.podCIDR, from the control plane");
         assert_eq!(arg(a, "--cluster-cidr"), None);
         assert_eq!(arg(a, "--node-ip"), None, "no static address: the default route's");
+        assert_eq!(arg(a, "--pod-network"), Some("auto"), "the default: direct where it can, VXLAN elsewhere");
+        let mut forced = c.clone();
+        forced.cluster.pod_network = machinery::config::PodNetwork::Vxlan;
+        let specs = cluster_services(&forced, &settings(true), &[], &files).unwrap();
+        assert_eq!(arg(&specs[1].args, "--pod-network"), Some("vxlan"));
         // Without a token it cannot join: said, nothing started.
         let e = cluster_services(&c, &settings(true), &[], &ClusterFiles { ca: None, token: None, store: Vec::new() })
             .unwrap_err();

@@ -133,6 +133,33 @@ pub enum Datastore {
     Etcd,
 }
 
+/// How a node reaches the other nodes' pods (`cluster.pod_network`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodNetwork {
+    /// A direct route to a node on a network this node is directly
+    /// connected to, the VXLAN overlay to any other (Flannel's vxlan with
+    /// `DirectRouting`).
+    #[default]
+    Auto,
+    /// Direct routes via the other nodes' addresses only (Flannel's
+    /// host-gw): every node on one layer-2 network.
+    HostGw,
+    /// The VXLAN overlay to every node (Flannel's vxlan).
+    Vxlan,
+}
+
+impl PodNetwork {
+    /// As the config and the orchestrator's `--pod-network` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodNetwork::Auto => "auto",
+            PodNetwork::HostGw => "host-gw",
+            PodNetwork::Vxlan => "vxlan",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
@@ -170,6 +197,10 @@ pub struct Cluster {
     /// Default: `10.96.0.0/12`.
     #[serde(default = "default_service_cidr")]
     pub service_cidr: String,
+    /// Default: `auto`. How this node reaches the other nodes' pods:
+    /// `host-gw`, `vxlan` or `auto` ([`PodNetwork`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pod_network: PodNetwork,
     /// The bootstrap token a worker joins with (`[a-z0-9]{6}.[a-z0-9]{16}`,
     /// as kubeadm's); a control plane stores its own at start. Required on
     /// workers, which pin the Kubernetes CA ([`MachineConfig::kube_ca`]).
@@ -234,6 +265,9 @@ impl Default for Services {
     }
 }
 
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
 fn default_kind() -> String {
     KIND.to_string()
 }
@@ -528,6 +562,9 @@ pub fn reboot_required(old: &MachineConfig, new: &MachineConfig) -> Vec<&'static
     }
     if old.cluster.service_cidr != new.cluster.service_cidr {
         v.push("cluster.service_cidr");
+    }
+    if old.cluster.pod_network != new.cluster.pod_network {
+        v.push("cluster.pod_network");
     }
     // The orchestrator reads its CA when it starts.
     if old.kube_ca() != new.kube_ca() {
@@ -1417,6 +1454,31 @@ ca_key = """{key}"""
     }
 
     #[test]
+    fn the_pod_network_is_chosen_by_name_and_a_wrong_one_is_located() {
+        assert_eq!(MachineConfig::parse("node.toml", &valid_text()).unwrap().cluster.pod_network, PodNetwork::Auto);
+        for (name, want) in [("auto", PodNetwork::Auto), ("host-gw", PodNetwork::HostGw), ("vxlan", PodNetwork::Vxlan)]
+        {
+            let text = valid_text()
+                .replace("role = \"controlplane\"", &format!("role = \"controlplane\"\npod_network = \"{name}\""));
+            let c = MachineConfig::parse("node.toml", &text).unwrap();
+            assert_eq!((c.cluster.pod_network, c.cluster.pod_network.as_str()), (want, name));
+            // Written back as read; the default not at all (older readers).
+            assert_eq!(c.to_toml().contains("pod_network"), want != PodNetwork::Auto, "{}", c.to_toml());
+            assert_eq!(MachineConfig::parse("node.toml", &c.to_toml()).unwrap(), c);
+        }
+        let text =
+            valid_text().replace("role = \"controlplane\"", "role = \"controlplane\"\npod_network = \"host_gw\"");
+        let line = text.lines().position(|l| l.starts_with("pod_network")).unwrap() + 1;
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!((e[0].path.as_str(), e[0].line), ("cluster.pod_network", line));
+        assert_eq!(e[0].message, "unknown value `host_gw`");
+        assert_eq!(e[0].hint.as_deref(), Some("did you mean `host-gw`?"));
+        let e = errors(&valid_text().replace("role = \"controlplane\"", "role = \"controlplane\"\npod_network = 4"));
+        assert_eq!((e.len(), e[0].path.as_str()), (1, "cluster.pod_network"), "{e:#?}");
+    }
+
+    #[test]
     fn reports_every_structural_error_at_once() {
         let text = valid_text()
             .replace("hostname = \"node-1\"", "hostnme = \"node-1\"")
@@ -1690,6 +1752,7 @@ ca_key = """{key}"""
         let mut b = a.clone();
         b.version = 4;
         b.cluster.pod_cidr = "10.200.0.0/16".into();
+        b.cluster.pod_network = PodNetwork::Vxlan;
         b.api.ca_key = Some("other".into());
         let d = diff(Some(&a), &b);
         assert!(d.contains("-version = 3") && d.contains("+version = 4"), "{d}");
@@ -1697,7 +1760,7 @@ ca_key = """{key}"""
         assert!(d.contains("(secret, sha256"), "{d}");
         // In a config of the one-CA form the machine API's CA key is the
         // Kubernetes CA's too, which the orchestrator reads at start.
-        assert_eq!(reboot_required(&a, &b), vec!["cluster.pod_cidr", "cluster.ca_cert"]);
+        assert_eq!(reboot_required(&a, &b), vec!["cluster.pod_cidr", "cluster.pod_network", "cluster.ca_cert"]);
     }
 
     proptest::proptest! {

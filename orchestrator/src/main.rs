@@ -431,6 +431,9 @@ struct NodeArgs {
     /// Don't route Services' cluster IPs and node ports to their endpoints (iptables rules, as kube-proxy).
     #[arg(long)]
     disable_service_proxy: bool,
+    /// How other nodes' pods are reached: `host-gw` (direct routes), `vxlan` (the overlay), or `auto` (direct on a shared network, else VXLAN).
+    #[arg(long, default_value = "auto")]
+    pod_network: orchestrator_node_net::routes::Mode,
     /// A container's log file is rotated once over this many bytes (upstream's `--container-log-max-size`, 10Mi).
     #[arg(long, default_value_t = kubelet::logs::MAX_LOG_SIZE)]
     container_log_max_size: u64,
@@ -454,6 +457,7 @@ impl NodeArgs {
             listen: self.kubelet_listen,
             image_dir: self.image_dir,
             service_proxy: !self.disable_service_proxy,
+            pod_network: self.pod_network,
             log_rotation: kubelet::logs::Rotation {
                 max_size: self.container_log_max_size,
                 max_files: usize::try_from(self.container_log_max_files).unwrap_or(usize::MAX),

@@ -298,6 +298,7 @@ pub fn run(cmd: GenCommand, fmt: Format) -> Result<(), Failure> {
                     etcd_bootstrap: false,
                     pod_cidr: "10.244.0.0/16".into(),
                     service_cidr: "10.96.0.0/12".into(),
+                    pod_network: Default::default(),
                     token: Some(token),
                     ca_cert: Some(kube_ca_cert),
                     ca_key: kube_ca_key,

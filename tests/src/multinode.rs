@@ -28,7 +28,14 @@ pub fn gen_config(op: &Operator, out: &Path, extra: &[&str]) -> anyhow::Result<M
     args.extend_from_slice(extra);
     args.extend(["--cert-san", "127.0.0.1", "--out", out.to_str().context("utf-8")?]);
     osctl(&op.osctlconfig(), &args).ok()?;
-    Ok(MachineConfig::parse(&out.display().to_string(), &std::fs::read_to_string(out)?)?)
+    let mut text = std::fs::read_to_string(out)?;
+    // PLINTH_TEST_POD_NETWORK=vxlan (or host-gw): every node's
+    // `cluster.pod_network` (default `auto`, direct routes on this one LAN).
+    if let Ok(mode) = std::env::var("PLINTH_TEST_POD_NETWORK") {
+        text = text.replacen("[cluster]\n", &format!("[cluster]\npod_network = {mode:?}\n"), 1);
+        std::fs::write(out, &text)?;
+    }
+    Ok(MachineConfig::parse(&out.display().to_string(), &text)?)
 }
 
 /// Powers on a VM on `net` (it boots into maintenance mode).

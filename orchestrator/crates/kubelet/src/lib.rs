@@ -79,6 +79,8 @@ pub struct Config {
     pub log_rotation: logs::Rotation,
     /// Routes Services' cluster IPs and node ports to their endpoints (`orchestrator_node_net::proxy`).
     pub service_proxy: bool,
+    /// How the other nodes' pods are reached: direct routes, VXLAN, or each as fits (`orchestrator_node_net::routes::Mode`).
+    pub pod_network: orchestrator_node_net::routes::Mode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +286,15 @@ fn start_cluster_dns(cfg: &Config) -> Option<orchestrator_node_net::proxy::Clust
 fn start_pod_routes(cfg: &Config, api: &orchestrator_client::Api, chains: orchestrator_node_net::proxy::Chains) {
     match cfg.pod_cidr.parse::<ipnet::Ipv4Net>() {
         Ok(own) => {
-            let routes = orchestrator_node_net::routes::run_forever(api.clone(), cfg.node_name.clone(), chains, own);
+            let local = match cfg.node_ip.unwrap_or_else(node::default_ip) {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(a) => {
+                    tracing::warn!("pod routes: the node address {a} is not IPv4; no routes to other nodes' pods");
+                    return;
+                }
+            };
+            let (me, mode) = (cfg.node_name.clone(), cfg.pod_network);
+            let routes = orchestrator_node_net::routes::run_forever(api.clone(), me, chains, own, mode, local);
             tokio::spawn(routes);
         }
         Err(e) => tracing::warn!("pod routes: the pod CIDR {:?}: {e}; no routes to other nodes' pods", cfg.pod_cidr),

@@ -5,5 +5,6 @@
 
 pub mod dns;
 pub mod masquerade;
+pub mod overlay;
 pub mod proxy;
 pub mod routes;

@@ -1,21 +1,28 @@
-//! Routes to the other nodes' pods (Flannel's host-gw mode): every other
-//! Node's `spec.podCIDR` is routed via that Node's InternalIP, the nodes
-//! sharing a layer-2 network. Routes are written over rtnetlink in the main
-//! table with their own protocol number ([`ROUTE_PROTOCOL`],
+//! Routes to the other nodes' pods. Every other Node's `spec.podCIDR` is
+//! routed either via that Node's InternalIP when the two share a layer-2
+//! network (Flannel's host-gw), or through the VXLAN overlay
+//! ([`crate::overlay`], Flannel's vxlan) — chosen by the machine config's
+//! `cluster.pod_network` ([`Mode`]); the default, `auto`, does what
+//! Flannel's vxlan with `DirectRouting` does: a direct route when the other
+//! node's InternalIP is on a network directly connected to this node, the
+//! overlay otherwise. Routes are written over rtnetlink in the main table
+//! with their own protocol number ([`ROUTE_PROTOCOL`],
 //! `ip route show proto 212`): a sync replaces the ones that differ and
 //! deletes those of Nodes gone, and never touches a route it did not make.
 //!
-//! Pod-to-pod traffic across nodes keeps its pod source address: the CNI
-//! bridge's `ipMasq` masquerades whatever leaves the node's pod CIDR, so a
-//! nat chain of ours (`PLP-<id>-PODNET`, jumped to first from POSTROUTING)
-//! accepts packets from this node's pods to other nodes' pod CIDRs before
-//! that rule sees them.
+//! Pod-to-pod traffic across nodes keeps its pod source address: the
+//! node's masquerade ([`crate::masquerade`], jumped to last from
+//! POSTROUTING) rewrites whatever leaves the node's pod CIDR, so a nat
+//! chain of ours (`PLP-<id>-PODNET`, jumped to first) accepts packets from
+//! this node's pods to other nodes' pod CIDRs before that rule sees them (over the overlay too: the inner packet leaves by
+//! the vxlan device through the same POSTROUTING).
 //!
 //! A Node whose InternalIP is an address of this host (several kubelets on
 //! one host, as host-mode tests run) gets no route: its bridge is here.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::TryStreamExt as _;
@@ -24,6 +31,7 @@ use k8s_openapi::api::core::v1::Node;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
+use crate::overlay::{self, Device, OverlayError, Remote};
 use crate::proxy::{Chains, ProxyError, restore_text, run};
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_client::{Api, Watch};
@@ -47,6 +55,8 @@ pub enum RoutesError {
     List(rtnetlink::Error),
     #[error("{op} the route to {cidr} via {via}: {source}")]
     Route { op: &'static str, cidr: Ipv4Net, via: Ipv4Addr, source: rtnetlink::Error },
+    #[error("pod overlay: {0}")]
+    Overlay(#[from] OverlayError),
     #[error(transparent)]
     Iptables(#[from] ProxyError),
     #[error(transparent)]
@@ -90,13 +100,113 @@ pub fn wanted(nodes: &[Node], me: &str, local: &[IpAddr]) -> BTreeMap<Ipv4Net, I
     out
 }
 
-/// The addresses of this host's interfaces.
-fn local_addresses() -> Vec<IpAddr> {
-    nix::ifaddrs::getifaddrs()
-        .map(|addrs| {
-            addrs.filter_map(|a| a.address).filter_map(|sa| sa.as_sockaddr_in().map(|s| IpAddr::V4(s.ip()))).collect()
-        })
-        .unwrap_or_default()
+/// How this node reaches the other nodes' pods: the machine config's
+/// `cluster.pod_network`, the orchestrator's `--pod-network`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// A direct route to a node on a directly connected network, the VXLAN
+    /// overlay to any other (Flannel's vxlan with `DirectRouting`).
+    #[default]
+    Auto,
+    /// Direct routes only (Flannel's host-gw): a node on no directly
+    /// connected network is left unrouted, with a warning.
+    HostGw,
+    /// The VXLAN overlay to every node (Flannel's vxlan).
+    Vxlan,
+}
+
+impl Mode {
+    /// The names, as the config and the command line spell them.
+    pub const NAMES: [&'static str; 3] = ["auto", "host-gw", "vxlan"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::HostGw => "host-gw",
+            Mode::Vxlan => "vxlan",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "host-gw" => Ok(Mode::HostGw),
+            "vxlan" => Ok(Mode::Vxlan),
+            _ => Err(format!("{s:?} is not a pod network mode: one of {}", Mode::NAMES.join(", "))),
+        }
+    }
+}
+
+/// How one other node's pod CIDR is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Via its InternalIP, on a network this node shares with it.
+    Direct(Ipv4Addr),
+    /// Through the vxlan device to its InternalIP.
+    Vxlan(Ipv4Addr),
+}
+
+/// This host's view of its own networks.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    /// Every address of its interfaces.
+    pub addresses: Vec<IpAddr>,
+    /// The IPv4 networks directly connected to it (not loopback, not the
+    /// overlay's own /32).
+    pub subnets: Vec<Ipv4Net>,
+}
+
+impl Host {
+    pub fn read() -> Host {
+        let mut host = Host::default();
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return host };
+        for a in addrs {
+            let Some(ip) = a.address.as_ref().and_then(|sa| sa.as_sockaddr_in()).map(|s| s.ip()) else { continue };
+            host.addresses.push(IpAddr::V4(ip));
+            let mask = a.netmask.as_ref().and_then(|sa| sa.as_sockaddr_in()).map(|s| s.ip());
+            let prefix = mask.map_or(32, |m| u32::from(m).leading_ones() as u8);
+            if ip.is_loopback() || a.interface_name == overlay::DEVICE || prefix >= 32 {
+                continue;
+            }
+            if let Ok(net) = Ipv4Net::new(ip, prefix) {
+                host.subnets.push(net.trunc());
+            }
+        }
+        host
+    }
+}
+
+/// How each other node's pods are reached (`want` from [`wanted`]): the
+/// decision of `mode` given this host's directly connected `subnets`.
+pub fn plan(want: &BTreeMap<Ipv4Net, Ipv4Addr>, mode: Mode, subnets: &[Ipv4Net]) -> BTreeMap<Ipv4Net, Hop> {
+    let mut out = BTreeMap::new();
+    for (cidr, node) in want {
+        let on_link = subnets.iter().any(|s| s.contains(node));
+        let hop = match mode {
+            Mode::Vxlan => Hop::Vxlan(*node),
+            Mode::Auto if on_link => Hop::Direct(*node),
+            Mode::Auto => Hop::Vxlan(*node),
+            Mode::HostGw if on_link => Hop::Direct(*node),
+            Mode::HostGw => {
+                tracing::warn!(
+                    "pod routes: the node at {node} (pods {cidr}) is on no network of this node: not routed in \
+                     host-gw mode (cluster.pod_network = \"auto\" or \"vxlan\" reaches it over VXLAN)"
+                );
+                continue;
+            }
+        };
+        out.insert(*cidr, hop);
+    }
+    out
 }
 
 /// One of our routes as read back: destination → gateway.
@@ -115,6 +225,11 @@ fn ours(msg: &RouteMessage) -> Option<(Ipv4Net, Option<Ipv4Addr>)> {
     Some((Ipv4Net::new(dst?, msg.header.destination_prefix_length).ok()?, via))
 }
 
+/// The output interface of a route.
+fn oif(msg: &RouteMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })
+}
+
 fn route(cidr: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
     RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(cidr.addr(), cidr.prefix_len())
@@ -123,18 +238,50 @@ fn route(cidr: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
         .build()
 }
 
-/// Our routes in the main table now.
-async fn current(h: &Handle) -> Result<BTreeMap<Ipv4Net, Option<Ipv4Addr>>, RoutesError> {
-    let all = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let msgs: Vec<RouteMessage> = h.route().get(all).execute().try_collect().await.map_err(RoutesError::List)?;
-    Ok(msgs.iter().filter_map(ours).collect())
+/// The route through the overlay: via the node's VXLAN gateway, onlink on
+/// the device `vx`.
+fn overlay_route(cidr: Ipv4Net, vx: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(cidr.addr(), cidr.prefix_len())
+        .gateway(overlay::gateway(cidr))
+        .output_interface(vx)
+        .onlink()
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .build()
 }
 
-/// Makes our routes say exactly `want`.
-async fn apply_routes(h: &Handle, want: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<(), RoutesError> {
-    let have = current(h).await?;
-    for (cidr, via) in &have {
-        if want.get(cidr) != via.as_ref() {
+/// A route as read back: gateway and output interface.
+type Seen = (Option<Ipv4Addr>, Option<u32>);
+
+/// Our routes in the main table now, with their output interfaces.
+async fn current_routes(h: &Handle) -> Result<BTreeMap<Ipv4Net, Seen>, RoutesError> {
+    let all = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let msgs: Vec<RouteMessage> = h.route().get(all).execute().try_collect().await.map_err(RoutesError::List)?;
+    Ok(msgs.iter().filter_map(|m| ours(m).map(|(c, v)| (c, (v, oif(m))))).collect())
+}
+
+/// Our routes in the main table now.
+#[cfg(test)]
+async fn current(h: &Handle) -> Result<BTreeMap<Ipv4Net, Option<Ipv4Addr>>, RoutesError> {
+    Ok(current_routes(h).await?.into_iter().map(|(c, (v, _))| (c, v)).collect())
+}
+
+/// Whether the route read back is the one `hop` wants (`vx`: the
+/// overlay device's index, when it exists).
+fn matches(cidr: Ipv4Net, hop: &Hop, seen: &Seen, vx: Option<u32>) -> bool {
+    match hop {
+        Hop::Direct(via) => seen.0 == Some(*via) && (vx.is_none() || seen.1 != vx),
+        Hop::Vxlan(_) => seen.0 == Some(overlay::gateway(cidr)) && vx.is_some() && seen.1 == vx,
+    }
+}
+
+/// Makes our routes say exactly `want`; `vx` is the overlay device's index
+/// (needed when a hop is [`Hop::Vxlan`]).
+async fn apply_routes(h: &Handle, want: &BTreeMap<Ipv4Net, Hop>, vx: Option<u32>) -> Result<(), RoutesError> {
+    let have = current_routes(h).await?;
+    for (cidr, seen) in &have {
+        if !want.get(cidr).is_some_and(|hop| matches(*cidr, hop, seen, vx)) {
+            let via = seen.0;
             let gw = via.unwrap_or(Ipv4Addr::UNSPECIFIED);
             let mut msg = route(*cidr, gw);
             if via.is_none() {
@@ -148,18 +295,65 @@ async fn apply_routes(h: &Handle, want: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<
             }
         }
     }
-    for (cidr, via) in want {
-        if have.get(cidr) != Some(&Some(*via)) {
-            h.route().add(route(*cidr, *via)).replace().execute().await.map_err(|source| RoutesError::Route {
-                op: "add",
-                cidr: *cidr,
-                via: *via,
-                source,
-            })?;
-            tracing::info!("pod routes: {cidr} via {via}");
+    for (cidr, hop) in want {
+        if have.get(cidr).is_some_and(|seen| matches(*cidr, hop, seen, vx)) {
+            continue;
         }
+        let (msg, via, how) = match (hop, vx) {
+            (Hop::Direct(via), _) => (route(*cidr, *via), *via, "directly"),
+            (Hop::Vxlan(_), Some(vx)) => (overlay_route(*cidr, vx), overlay::gateway(*cidr), "over VXLAN"),
+            (Hop::Vxlan(node), None) => {
+                tracing::warn!("pod routes: {cidr} (the node at {node}): no overlay device");
+                continue;
+            }
+        };
+        h.route().add(msg).replace().execute().await.map_err(|source| RoutesError::Route {
+            op: "add",
+            cidr: *cidr,
+            via,
+            source,
+        })?;
+        tracing::info!("pod routes: {cidr} via {via} {how}");
     }
     Ok(())
+}
+
+/// Makes the dataplane say `plan`: the overlay device (created when a hop
+/// needs it; `device` says what it is), its FDB and neighbour entries, and
+/// the routes. Entries of Nodes gone are removed after their routes.
+pub async fn apply(h: &Handle, plan: &BTreeMap<Ipv4Net, Hop>, device: Device) -> Result<(), RoutesError> {
+    let remotes: Vec<Remote> = plan
+        .iter()
+        .filter_map(|(cidr, hop)| match hop {
+            Hop::Vxlan(node) => Some(Remote { cidr: *cidr, node: *node }),
+            Hop::Direct(_) => None,
+        })
+        .collect();
+    let vx = if remotes.is_empty() { overlay::index(h).await? } else { Some(overlay::ensure(h, device).await?) };
+    if let Some(vx) = vx {
+        overlay::add_entries(h, vx, &remotes).await?;
+    }
+    apply_routes(h, plan, vx).await?;
+    if let Some(vx) = vx {
+        overlay::remove_stale(h, vx, &remotes).await?;
+    }
+    Ok(())
+}
+
+/// One sync of the dataplane from `nodes`, in this thread's network
+/// namespace: what [`run_forever`] does on each change, without the API
+/// and the nat exemption. Returns the plan it applied.
+pub async fn program(
+    nodes: &[Node],
+    me: &str,
+    mode: Mode,
+    device: Device,
+) -> Result<BTreeMap<Ipv4Net, Hop>, RoutesError> {
+    let h = netlink()?;
+    let host = Host::read();
+    let plan = plan(&wanted(nodes, me, &host.addresses), mode, &host.subnets);
+    apply(&h, &plan, device).await?;
+    Ok(plan)
 }
 
 /// The jump into the pod-network chain (first in POSTROUTING).
@@ -182,8 +376,14 @@ fn exemption_input(chains: &Chains, own: Ipv4Net, peers: impl Iterator<Item = Ip
     restore_text([chain.clone()].iter(), &rules, &[])
 }
 
-async fn apply_exemption(chains: &Chains, own: Ipv4Net, want: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<(), ProxyError> {
-    run("iptables-restore", &["-w", "--noflush"], Some(&exemption_input(chains, own, want.keys().copied()))).await?;
+/// Keeps this node's pods' traffic to the `peers`' pod CIDRs from the
+/// masquerade (the chain and its jump).
+pub async fn apply_exemption(
+    chains: &Chains,
+    own: Ipv4Net,
+    peers: impl Iterator<Item = Ipv4Net>,
+) -> Result<(), ProxyError> {
+    run("iptables-restore", &["-w", "--noflush"], Some(&exemption_input(chains, own, peers))).await?;
     let rule = jump(chains);
     let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
     if run("iptables", &[&["-w", "-t", "nat", "-C", "POSTROUTING"][..], &rule].concat(), None).await.is_err() {
@@ -192,14 +392,17 @@ async fn apply_exemption(chains: &Chains, own: Ipv4Net, want: &BTreeMap<Ipv4Net,
     Ok(())
 }
 
-async fn sync(h: &Handle, api: &Api, me: &str, chains: &Chains, own: Ipv4Net) -> Result<(), RoutesError> {
+async fn sync(h: &Handle, api: &Api, me: &str, chains: &Chains, mode: Mode, device: Device) -> Result<(), RoutesError> {
     let nodes: Vec<Node> = crate::proxy::typed("Node", api.list("Node", "").await?);
-    let want = wanted(&nodes, me, &local_addresses());
-    apply_exemption(chains, own, &want).await?;
-    apply_routes(h, &want).await
+    let host = Host::read();
+    let plan = plan(&wanted(&nodes, me, &host.addresses), mode, &host.subnets);
+    apply_exemption(chains, device.own, plan.keys().copied()).await?;
+    apply(h, &plan, device).await
 }
 
-fn netlink() -> Result<Handle, RoutesError> {
+/// A netlink socket in this thread's network namespace (its connection
+/// runs on the current tokio runtime).
+pub fn netlink() -> Result<Handle, RoutesError> {
     let (conn, h, _) = rtnetlink::new_connection().map_err(RoutesError::Socket)?;
     tokio::spawn(conn);
     Ok(h)
@@ -207,8 +410,10 @@ fn netlink() -> Result<Handle, RoutesError> {
 
 /// Keeps this node's routes to the other nodes' pods in step with the
 /// cluster's Nodes, for ever: after every Node change and every 30 s. A
-/// failure is logged and retried. `own` is this node's pod CIDR.
-pub async fn run_forever(api: Api, me: String, chains: Chains, own: Ipv4Net) {
+/// failure is logged and retried. `own` is this node's pod CIDR, `local`
+/// its InternalIP (the overlay's local address).
+pub async fn run_forever(api: Api, me: String, chains: Chains, own: Ipv4Net, mode: Mode, local: Ipv4Addr) {
+    let device = Device { local, own };
     let h = match netlink() {
         Ok(h) => h,
         Err(e) => {
@@ -223,7 +428,7 @@ pub async fn run_forever(api: Api, me: String, chains: Chains, own: Ipv4Net) {
         if nodes.is_none() {
             nodes = api.watch("Node", "").await;
         }
-        if let Err(e) = sync(&h, &api, &me, &chains, own).await {
+        if let Err(e) = sync(&h, &api, &me, &chains, mode, device).await {
             tracing::warn!("pod routes: {e}");
         }
         tokio::select! {
@@ -238,10 +443,12 @@ pub async fn run_forever(api: Api, me: String, chains: Chains, own: Ipv4Net) {
     }
 }
 
-/// Removes this node's routes and its pod-network chain (a node taken
-/// down, a test torn down).
+/// Removes this node's routes, its overlay device and its pod-network
+/// chain (a node taken down, a test torn down).
 pub async fn cleanup(chains: &Chains) -> Result<(), RoutesError> {
-    apply_routes(&netlink()?, &BTreeMap::new()).await?;
+    let h = netlink()?;
+    apply_routes(&h, &BTreeMap::new(), None).await?;
+    overlay::remove(&h).await?;
     let rule = jump(chains);
     let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
     while run("iptables", &[&["-w", "-t", "nat", "-D", "POSTROUTING"][..], &rule].concat(), None).await.is_ok() {}
@@ -306,6 +513,65 @@ mod tests {
     }
 
     #[test]
+    fn auto_routes_directly_on_a_connected_network_and_over_vxlan_otherwise() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let want = BTreeMap::from([
+            (net("10.244.1.0/24"), ip("10.5.0.2")),
+            (net("10.244.2.0/24"), ip("192.168.7.3")),
+            (net("10.244.3.0/24"), ip("10.5.1.9")),
+        ]);
+        // This node: 10.5.0.0/24 and 10.5.1.0/28 (.0–.15) connected.
+        let subnets = [net("10.5.0.0/24"), net("10.5.1.0/28")];
+        assert_eq!(
+            plan(&want, Mode::Auto, &subnets),
+            BTreeMap::from([
+                (net("10.244.1.0/24"), Hop::Direct(ip("10.5.0.2"))),
+                (net("10.244.2.0/24"), Hop::Vxlan(ip("192.168.7.3"))),
+                (net("10.244.3.0/24"), Hop::Direct(ip("10.5.1.9"))),
+            ])
+        );
+        // A /29 that stops before .9: routed, so VXLAN.
+        let narrow = [net("10.5.0.0/24"), net("10.5.1.0/29")];
+        assert_eq!(plan(&want, Mode::Auto, &narrow)[&net("10.244.3.0/24")], Hop::Vxlan(ip("10.5.1.9")));
+        // host-gw leaves the unreachable node out; vxlan takes every node.
+        let hg = plan(&want, Mode::HostGw, &subnets);
+        assert_eq!(hg.len(), 2, "{hg:?}");
+        assert!(!hg.contains_key(&net("10.244.2.0/24")));
+        assert!(plan(&want, Mode::Vxlan, &subnets).values().all(|h| matches!(h, Hop::Vxlan(_))));
+        // No networks known (no addresses): auto falls back to the overlay.
+        assert!(plan(&want, Mode::Auto, &[]).values().all(|h| matches!(h, Hop::Vxlan(_))));
+    }
+
+    #[test]
+    fn modes_are_spelled_as_the_config_spells_them() {
+        for name in Mode::NAMES {
+            assert_eq!(name.parse::<Mode>().unwrap().as_str(), name);
+        }
+        assert_eq!(Mode::default(), Mode::Auto);
+        let e = "hostgw".parse::<Mode>().unwrap_err();
+        assert_eq!(e, "\"hostgw\" is not a pod network mode: one of auto, host-gw, vxlan");
+    }
+
+    #[test]
+    fn a_route_matches_its_hop_by_gateway_and_device() {
+        let cidr: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let node: Ipv4Addr = "10.5.0.2".parse().unwrap();
+        let over = overlay_route(cidr, 7);
+        assert_eq!(oif(&over), Some(7));
+        assert!(over.header.flags.contains(rtnetlink::packet_route::route::RouteFlags::Onlink));
+        let seen = (ours(&over).unwrap().1, oif(&over));
+        assert_eq!(seen.0, Some("10.244.2.0".parse().unwrap()), "via the node's VXLAN gateway");
+        assert!(matches(cidr, &Hop::Vxlan(node), &seen, Some(7)));
+        assert!(!matches(cidr, &Hop::Vxlan(node), &seen, Some(8)), "a re-created device: replaced");
+        assert!(!matches(cidr, &Hop::Direct(node), &seen, Some(7)));
+        let direct = (Some(node), Some(2));
+        assert!(matches(cidr, &Hop::Direct(node), &direct, Some(7)));
+        assert!(matches(cidr, &Hop::Direct(node), &direct, None));
+        assert!(!matches(cidr, &Hop::Vxlan(node), &direct, Some(7)));
+    }
+
+    #[test]
     fn routes_carry_our_protocol_and_only_ours_are_read_back() {
         let msg = route("10.244.1.0/24".parse().unwrap(), "10.5.0.2".parse().unwrap());
         assert_eq!(msg.header.protocol, RouteProtocol::Other(ROUTE_PROTOCOL));
@@ -348,20 +614,21 @@ mod tests {
                 let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
                 let first =
                     BTreeMap::from([(net("10.244.1.0/24"), ip("10.5.0.2")), (net("10.244.2.0/24"), ip("10.5.0.3"))]);
-                apply_routes(&h, &first).await.unwrap();
+                let direct = |m: &BTreeMap<Ipv4Net, Ipv4Addr>| m.iter().map(|(c, v)| (*c, Hop::Direct(*v))).collect();
+                apply_routes(&h, &direct(&first), None).await.unwrap();
                 let read = current(&h).await.unwrap();
                 assert_eq!(read, first.iter().map(|(c, v)| (*c, Some(*v))).collect());
                 // w1 moved to another address, w2 was deleted.
                 let second = BTreeMap::from([(net("10.244.1.0/24"), ip("10.5.0.4"))]);
-                apply_routes(&h, &second).await.unwrap();
+                apply_routes(&h, &direct(&second), None).await.unwrap();
                 let shown = sh("ip", &["-4", "route", "show", "proto", "212"]);
                 assert_eq!(shown.trim(), "10.244.1.0/24 via 10.5.0.4 dev eth1", "{shown}");
                 let all = sh("ip", &["-4", "route"]);
                 assert!(all.contains("10.99.0.0/24 via 10.5.0.9"), "someone else's route stays: {all}");
 
                 let chains = Chains::new("plinth-test0");
-                apply_exemption(&chains, net("10.244.0.0/24"), &second).await.unwrap();
-                apply_exemption(&chains, net("10.244.0.0/24"), &second).await.unwrap();
+                apply_exemption(&chains, net("10.244.0.0/24"), second.keys().copied()).await.unwrap();
+                apply_exemption(&chains, net("10.244.0.0/24"), second.keys().copied()).await.unwrap();
                 let saved = sh("iptables-save", &["-t", "nat"]);
                 let post: Vec<&str> = saved.lines().filter(|l| l.starts_with("-A POSTROUTING")).collect();
                 assert_eq!(post.len(), 1, "one jump, however often synced: {saved}");
