@@ -21,6 +21,10 @@ pub struct Def {
     pub name: &'static str,
     /// The schema, as JSON.
     pub json: &'static str,
+    /// Its v2 form (`gnostic::to_v2`): a byte range of `V2_JSON`.
+    v2: (usize, usize),
+    /// Its gnostic `NamedSchema` entry: a byte range of `V2_PB`.
+    pb: (usize, usize),
     /// The indexes in `DEFS` of the schemas it references.
     refs: &'static [usize],
     /// The kinds it is the schema of: (group, version, kind).
@@ -28,6 +32,20 @@ pub struct Def {
 }
 
 include!(concat!(env!("OUT_DIR"), "/openapi_schemas.rs"));
+static V2_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi_v2.json"));
+static V2_PB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi_v2.pb"));
+
+impl Def {
+    /// The schema in `/openapi/v2`'s form, as JSON.
+    pub fn v2_json(&self) -> &'static str {
+        &V2_JSON[self.v2.0..self.v2.1]
+    }
+
+    /// The schema's entry in gnostic's `Definitions` message.
+    pub fn v2_protobuf(&self) -> &'static [u8] {
+        &V2_PB[self.pb.0..self.pb.1]
+    }
+}
 
 /// Every built-in schema, by name.
 pub fn definitions() -> &'static [Def] {
@@ -57,6 +75,14 @@ pub fn write_members(out: &mut String, defs: &[&Def]) {
     for (i, d) in defs.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
         let _ = write!(out, "{sep}{}:{}", serde_json::Value::from(d.name), d.json);
+    }
+}
+
+/// As `write_members`, with the schemas' v2 forms.
+pub fn write_v2_members(out: &mut String, defs: &[Def]) {
+    for (i, d) in defs.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}{}:{}", serde_json::Value::from(d.name), d.v2_json());
     }
 }
 
