@@ -72,6 +72,20 @@ pub fn generate(openapi_src: &Path, pb_src: &Path, out: &Path) {
                 )
             })
             .collect();
+        // The fields a strategic merge patch needs: each one's patch
+        // strategy and merge key, and the schema it leads to (smp walks them).
+        let mut fields = Vec::new();
+        for (field, p) in schema["properties"].as_object().into_iter().flatten() {
+            let target = [&p["$ref"], &p["allOf"][0]["$ref"], &p["items"]["$ref"], &p["items"]["allOf"][0]["$ref"]]
+                .into_iter()
+                .find_map(|r| r.as_str()?.strip_prefix("#/components/schemas/"))
+                .and_then(|n| index.get(n).copied());
+            let strategy = p["x-kubernetes-patch-strategy"].as_str().unwrap_or_default();
+            let key = p["x-kubernetes-patch-merge-key"].as_str().unwrap_or_default();
+            if target.is_some() || !strategy.is_empty() {
+                fields.push(format!("({field:?}, {}, {strategy:?}, {key:?})", target.unwrap_or(usize::MAX)));
+            }
+        }
         let json = serde_json::to_string(schema).expect("json");
         let mut v2 = schema.clone();
         if name == "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSON" {
@@ -88,8 +102,9 @@ pub fn generate(openapi_src: &Path, pb_src: &Path, out: &Path) {
             v2_pb.len()
         });
         rs.push_str(&format!(
-            "    Def {{ name: {name:?}, json: {json:?}, v2: {text:?}, pb: {pb:?}, refs: &{refs:?}, gvk: &[{}] }},\n",
-            gvk.join(", ")
+            "    Def {{ name: {name:?}, json: {json:?}, v2: {text:?}, pb: {pb:?}, refs: &{refs:?}, gvk: &[{}], fields: &[{}] }},\n",
+            gvk.join(", "),
+            fields.join(", ")
         ));
     }
     rs.push_str("];\n");

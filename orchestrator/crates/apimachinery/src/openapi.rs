@@ -29,6 +29,9 @@ pub struct Def {
     refs: &'static [usize],
     /// The kinds it is the schema of: (group, version, kind).
     gvk: &'static [(&'static str, &'static str, &'static str)],
+    /// Its fields that lead to another schema or carry a patch strategy:
+    /// (field, index in `DEFS` or `usize::MAX`, patch strategy, merge key).
+    fields: &'static [(&'static str, usize, &'static str, &'static str)],
 }
 
 include!(concat!(env!("OUT_DIR"), "/openapi_schemas.rs"));
@@ -55,6 +58,28 @@ pub fn definitions() -> &'static [Def] {
 /// The schema name of a built-in kind (`apps`, `v1`, `Deployment`).
 pub fn kind_schema(group: &str, version: &str, kind: &str) -> Option<&'static str> {
     DEFS.iter().find(|d| d.gvk.contains(&(group, version, kind))).map(|d| d.name)
+}
+
+/// Upstream's patch strategy and merge key (`x-kubernetes-patch-strategy`,
+/// `-merge-key`; empty where it has none) of the field at `path` (field
+/// names from the object's root) in a built-in kind's schema; `None` for a
+/// kind k8s-openapi does not carry. A kind served in several groups or
+/// versions (Event, HorizontalPodAutoscaler) takes its first schema: their
+/// strategies agree.
+pub fn patch_strategy(kind: &str, path: &[&str]) -> Option<(&'static str, &'static str)> {
+    let mut def = DEFS.iter().find(|d| d.gvk.iter().any(|g| g.2 == kind))?;
+    let none = Some(("", ""));
+    for (i, seg) in path.iter().enumerate() {
+        let Some(&(_, child, strategy, key)) = def.fields.iter().find(|f| f.0 == *seg) else { return none };
+        if i + 1 == path.len() {
+            return Some((strategy, key));
+        }
+        match DEFS.get(child) {
+            Some(d) => def = d,
+            None => return none,
+        }
+    }
+    none
 }
 
 /// The named schemas and every schema they reference, directly or not, in name order.
@@ -152,37 +177,59 @@ mod tests {
     }
 
     #[test]
-    fn patch_strategies_match_the_servers_merge() {
-        for (kind, schema, path) in [
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers"][..]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "volumes"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "env"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "ports"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "initContainers", "volumeMounts"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["status", "conditions"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["status", "podIPs"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["metadata", "ownerReferences"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "tolerations"]),
-            ("Deployment", "io.k8s.api.apps.v1.Deployment", &["spec", "template", "spec", "containers"]),
-            ("Deployment", "io.k8s.api.apps.v1.Deployment", &["status", "conditions"]),
-            ("Service", "io.k8s.api.core.v1.Service", &["spec", "ports"]),
-            ("Node", "io.k8s.api.core.v1.Node", &["status", "addresses"]),
-            ("Job", "io.k8s.api.batch.v1.Job", &["spec", "template", "spec", "topologySpreadConstraints"]),
+    fn upstream_markers_drive_the_servers_merge() {
+        // (kind, schema, path, upstream's merge key: None = the list is replaced)
+        for (kind, schema, path, want) in [
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers"][..], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "volumes"], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "env"], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "ports"], Some("containerPort")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "initContainers", "volumeMounts"], Some("mountPath")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "ephemeralContainers", "env"], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "schedulingGates"], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["status", "conditions"], Some("type")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["status", "podIPs"], Some("ip")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["metadata", "ownerReferences"], Some("uid")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "tolerations"], None),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "args"], None),
+            ("Deployment", "io.k8s.api.apps.v1.Deployment", &["spec", "template", "spec", "containers"], Some("name")),
+            ("Deployment", "io.k8s.api.apps.v1.Deployment", &["status", "conditions"], Some("type")),
+            ("Service", "io.k8s.api.core.v1.Service", &["spec", "ports"], Some("port")),
+            ("Node", "io.k8s.api.core.v1.Node", &["status", "addresses"], Some("type")),
+            ("ServiceAccount", "io.k8s.api.core.v1.ServiceAccount", &["secrets"], Some("name")),
+            (
+                "Job",
+                "io.k8s.api.batch.v1.Job",
+                &["spec", "template", "spec", "topologySpreadConstraints"],
+                Some("topologyKey"),
+            ),
+            (
+                "CertificateSigningRequest",
+                "io.k8s.api.certificates.v1.CertificateSigningRequest",
+                &["status", "conditions"],
+                None,
+            ),
         ] {
             let s = at(schema, path);
-            let key = s["x-kubernetes-patch-merge-key"].as_str();
-            // list_strategy sees the path within the pod template's spec too.
-            let tail: Vec<&str> = match path.iter().position(|p| *p == "template") {
-                Some(i) => path[i + 1..].to_vec(),
-                None => path.to_vec(),
-            };
-            match list_strategy(kind, &tail) {
-                ListStrategy::MergeKey(k) => assert_eq!(key, Some(k), "{kind} {path:?}"),
-                other => assert_eq!((key, other), (None, ListStrategy::Replace), "{kind} {path:?}"),
+            assert_eq!(s["x-kubernetes-patch-merge-key"].as_str(), want, "{kind} {path:?}: {s}");
+            match want {
+                Some(k) => assert_eq!(list_strategy(kind, path), ListStrategy::MergeKey(k), "{kind} {path:?}"),
+                None => assert_eq!(list_strategy(kind, path), ListStrategy::Replace, "{kind} {path:?}"),
             }
         }
         let finalizers = at("io.k8s.api.core.v1.Pod", &["metadata", "finalizers"]);
         assert_eq!(finalizers["x-kubernetes-patch-strategy"], "merge");
         assert_eq!(list_strategy("Pod", &["metadata", "finalizers"]), ListStrategy::Set);
+        // A kind k8s-openapi lacks keeps the name-based rules.
+        assert_eq!(list_strategy("Widget", &["status", "conditions"]), ListStrategy::MergeKey("type"));
+        // Server-side apply's markers.
+        let ports = at("io.k8s.api.core.v1.Pod", &["spec", "containers", "ports"]);
+        assert_eq!(
+            (ports["x-kubernetes-list-type"].as_str(), &ports["x-kubernetes-list-map-keys"]),
+            (Some("map"), &json!(["containerPort", "protocol"]))
+        );
+        assert_eq!(at("io.k8s.api.core.v1.Pod", &["spec", "tolerations"])["x-kubernetes-list-type"], "atomic");
+        assert_eq!(at("io.k8s.api.core.v1.Pod", &["metadata", "finalizers"])["x-kubernetes-list-type"], "set");
+        assert_eq!(parsed()["io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"]["x-kubernetes-map-type"], "atomic");
     }
 }

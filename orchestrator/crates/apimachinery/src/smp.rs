@@ -24,6 +24,14 @@ pub enum ListStrategy {
 
 /// The strategy for the list at `path` (field names only) in an object of `kind`.
 pub fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
+    // A built-in kind: upstream's markers in its schema (`openapi`).
+    if let Some((strategy, key)) = crate::openapi::patch_strategy(kind, path) {
+        return match (strategy.split(',').any(|s| s == "merge"), key) {
+            (false, _) => ListStrategy::Replace,
+            (true, "") => ListStrategy::Set,
+            (true, k) => ListStrategy::MergeKey(k),
+        };
+    }
     let Some((last, parent)) = path.split_last() else { return ListStrategy::Replace };
     let in_container =
         parent.last().is_some_and(|p| matches!(*p, "containers" | "initContainers" | "ephemeralContainers"));
