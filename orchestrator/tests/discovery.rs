@@ -232,6 +232,21 @@ fn kubectl_explain_shows_builtin_schemas() {
     }
 }
 
+/// `kubectl explain` lists upstream's enum values of a field whose Go type
+/// is an enum (`/openapi/v3`'s `enum`), with kubectl 1.33 and the newest.
+#[test]
+fn kubectl_explain_lists_enum_values() {
+    let Some(builds) = common::kubectl_builds([33]) else { return };
+    for kubectl in builds {
+        let which = kubectl.display().to_string();
+        let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl);
+        let pull = s.ok(&["explain", "pod.spec.containers.imagePullPolicy"]);
+        assert!(pull.contains("ENUM:\n    Always\n    IfNotPresent\n    Never\n"), "{which}: {pull}");
+        let policy = s.ok(&["explain", "cronjob.spec.concurrencyPolicy"]);
+        assert!(policy.contains("ENUM:\n    Allow\n    Forbid\n    Replace\n"), "{which}: {policy}");
+    }
+}
+
 /// `kubectl apply --validate=strict` of a built-in kind with a misspelt
 /// field is refused naming the field, and nothing is stored.
 #[test]
@@ -378,6 +393,8 @@ fn openapi_v2_negotiation_etag_and_definitions_on_the_wire() {
     let volumes = &defs["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"];
     assert_eq!(volumes["x-kubernetes-patch-strategy"], "merge,retainKeys");
     assert_eq!(defs["io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"]["x-kubernetes-map-type"], "atomic");
+    let pull = &defs["io.k8s.api.core.v1.Container"]["properties"]["imagePullPolicy"];
+    assert_eq!(pull["enum"], serde_json::json!(["Always", "IfNotPresent", "Never"]));
 
     install_crd_with_schema(&s);
     assert_eq!(raw("application/json", Some(&json_tag)).0, 200, "a new CRD must change the document");
