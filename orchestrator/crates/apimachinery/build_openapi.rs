@@ -6,17 +6,21 @@
 //! field is another type. Each becomes a definition named by its
 //! `schema_name()` with `$ref: #/components/schemas/<name>` for those
 //! calls; a type implementing `crate::Resource` gets
-//! `x-kubernetes-group-version-kind`, a list that merges in a strategic
-//! merge patch its `x-kubernetes-patch-merge-key`/`-strategy`. Only the
-//! enabled version's directory (`DEP_K8S_OPENAPI_*_VERSION`) is read.
+//! `x-kubernetes-group-version-kind`; fields and types get upstream's
+//! list, map and patch markers from k8s-pb's doc comments (`markers`) and
+//! enum values from `ENUMS`. Each schema is also written in v2's form, as
+//! JSON and as a gnostic protobuf entry (`gnostic`), for `/openapi/v2`.
+//! Only the enabled version's directory (`DEP_K8S_OPENAPI_*_VERSION`) is read.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
-/// Writes `openapi_schemas.rs` to `out`: `DEFS`, each schema's name, its
-/// JSON text, the indexes of the schemas it references and its kinds.
+/// Writes `openapi_schemas.rs` to `out` — `DEFS`: each schema's name, its
+/// JSON text, the byte ranges of its v2 forms, the indexes of the schemas
+/// it references, its kinds and the fields smp walks — and the v2 forms,
+/// `openapi_v2.json` and `openapi_v2.pb`.
 pub fn generate(openapi_src: &Path, pb_src: &Path, out: &Path) {
     let version = enabled_version();
     let dir = openapi_src.join(format!("v1_{version}"));
