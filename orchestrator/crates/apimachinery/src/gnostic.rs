@@ -205,21 +205,22 @@ pub fn definition(name: &str, v2: &Value) -> Vec<u8> {
 /// gnostic's `Document`: `info`, the `paths` of a v2 document (JSON) and
 /// the definitions' entries (`definition`), already encoded.
 pub fn document(title: &str, version: &str, paths: &Map<String, Value>, definitions: &[&[u8]]) -> Vec<u8> {
-    let mut doc = Pb::default();
+    let len: usize = definitions.iter().map(|d| d.len()).sum();
+    let mut encoded_paths = Pb::default();
+    for (name, item) in paths {
+        encoded_paths.msg(2, |n| {
+            n.str(1, name);
+            n.msg(2, |pi| path_item(pi, item));
+        });
+    }
+    // One allocation of the final size (the document is ~1 MB).
+    let mut doc = Pb(Vec::with_capacity(len + encoded_paths.0.len() + title.len() + version.len() + 64));
     doc.str(1, "2.0");
     doc.msg(2, |i| {
         i.str(1, title);
         i.str(2, version);
     });
-    doc.msg(8, |p| {
-        for (name, item) in paths {
-            p.msg(2, |n| {
-                n.str(1, name);
-                n.msg(2, |pi| path_item(pi, item));
-            });
-        }
-    });
-    let len: usize = definitions.iter().map(|d| d.len()).sum();
+    doc.bytes(8, &encoded_paths.0);
     doc.varint(9 << 3 | 2);
     doc.varint(len as u64);
     definitions.iter().for_each(|d| doc.0.extend_from_slice(d));
