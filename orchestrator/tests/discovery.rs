@@ -276,7 +276,8 @@ const TYPO: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: typo
 /// of a misspelt field is refused naming it — by kubectl's own validation
 /// against the v2 schemas (1.20) or through the `fieldValidation`
 /// parameter the v2 paths advertise (1.26) — and nothing is stored, while
-/// the same object spelt right (an integer CPU, a port list) is accepted.
+/// the same object spelt right (an integer CPU, a port list) is accepted;
+/// a second client-side apply merges a container's env and ports by key.
 #[test]
 fn old_kubectl_explains_and_validates_from_openapi_v2() {
     let Some(builds) = common::old_kubectls() else { return };
@@ -304,6 +305,20 @@ fn old_kubectl_explains_and_validates_from_openapi_v2() {
         assert!(!s.run(&["get", "deployment", "typo"]).status.success(), "{which}: stored after a refused apply");
         std::fs::write(&f, TYPO.replace("imagePullPolcy", "imagePullPolicy")).unwrap();
         s.ok(&["apply", "--validate=true", "-f", f.to_str().unwrap()]);
+
+        // Client-side apply with the v2 patch metadata: env merges by name
+        // (a variable another writer added survives), ports by containerPort.
+        let web = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        env: [{name: A, value: '1'}, {name: B, value: '2'}]\n        ports: [{containerPort: 80}, {containerPort: 81}]\n";
+        let f = s.dir.path().join("web.yaml");
+        std::fs::write(&f, web).unwrap();
+        s.ok(&["apply", "-f", f.to_str().unwrap()]);
+        let other =
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","env":[{"name":"X","value":"kept"}]}]}}}}"#;
+        s.ok(&["patch", "deployment", "web", "--type=strategic", "-p", other]);
+        std::fs::write(&f, web.replace("{name: B, value: '2'}", "{name: C, value: '3'}").replace("81", "82")).unwrap();
+        s.ok(&["apply", "-f", f.to_str().unwrap()]);
+        let c = s.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env[*].name} {.spec.template.spec.containers[0].ports[*].containerPort}"]);
+        assert_eq!(c.trim(), "A C X 80 82", "{which}");
 
         install_crd_with_schema(&s);
         let gadget = s.ok(&["explain", "gizmo.spec"]);
