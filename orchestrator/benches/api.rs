@@ -86,6 +86,7 @@ struct Conn {
     cfg: Arc<rustls::ClientConfig>,
     from: Option<std::net::Ipv4Addr>,
     used: Instant,
+    accept: &'static str,
 }
 
 /// Reopen rather than reuse a connection idle this long.
@@ -108,7 +109,15 @@ impl Conn {
     /// connections per client address).
     async fn open_from(addr: &str, cfg: Arc<rustls::ClientConfig>, from: Option<std::net::Ipv4Addr>) -> Conn {
         let io = Conn::connect(addr, cfg.clone(), from).await;
-        Conn { io, auth: String::new(), addr: addr.to_string(), cfg, from, used: Instant::now() }
+        Conn {
+            io,
+            auth: String::new(),
+            addr: addr.to_string(),
+            cfg,
+            from,
+            used: Instant::now(),
+            accept: "application/json",
+        }
     }
 
     async fn connect(
@@ -151,8 +160,9 @@ impl Conn {
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{}Accept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{}Accept: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             self.auth,
+            self.accept,
             body.len()
         );
         let s = self.io.get_mut();
@@ -285,6 +295,17 @@ fn main() {
         for _ in 0..CONNECTIONS {
             conns.push(Conn::open(&addr, cfg.clone()).await);
         }
+        // What kubectl ≤1.27 fetches first: `/openapi/v2` in protobuf,
+        // then JSON (the documents are written per request, never kept).
+        let mut c = Conn::open(&addr, cfg.clone()).await;
+        let mut sizes = Vec::new();
+        for accept in ["application/com.github.proto-openapi.spec.v2@v1.0+protobuf", "application/json"] {
+            c.accept = accept;
+            let (code, body) = c.call("GET", "/openapi/v2", "application/json", &[]).await;
+            assert_eq!(code, 200, "/openapi/v2 as {accept}");
+            sizes.push(body.len());
+        }
+        let after_v2 = rss_kib(pid);
         let n = 2000;
         let create = |i: usize| {
             let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i}","labels":{{"bench":"yes"}}}},"data":{{"k":"{}"}}}}"#, "x".repeat(512));
@@ -466,6 +487,7 @@ fn main() {
         report!("create Pod (fsync):              {rate:>7.0}/s   p50 {p50:>9.2?}   p99 {p99:>9.2?}");
         tokio::time::sleep(Duration::from_secs(5)).await;
         report!("RSS idle:                        {:>7.1} MiB", idle as f64 / 1024.0);
+        report!("RSS after /openapi/v2 (pb+JSON): {:>7.1} MiB ({} + {} bytes)", after_v2 as f64 / 1024.0, sizes[0], sizes[1]);
         report!("RSS after 2,000 ConfigMaps:      {:>7.1} MiB", after_cms as f64 / 1024.0);
         report!("RSS with 1,000 open watches:     {:>7.1} MiB", with_watchers as f64 / 1024.0);
         report!("RSS with 1,000 pods (settled):   {:>7.1} MiB", rss_kib(pid) as f64 / 1024.0);

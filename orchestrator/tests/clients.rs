@@ -442,3 +442,110 @@ fn metadata_only_reads_in_protobuf_and_json() {
         assert!(text.contains("\"kind\":\"PartialObjectMetadata\"") && !text.contains("payload"), "{text}");
     });
 }
+
+const WIDGETS_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, properties: {secret: {type: string}}}
+"#;
+
+/// Metadata-only reads of custom objects, as a garbage collector or a
+/// metadata informer of a CRD's kind makes them: kube-rs'
+/// `get_metadata`/`list_metadata`/`watch_metadata` on a `DynamicObject`
+/// API (JSON), and client-go's Accept list (protobuf first) for a get, a
+/// list and a watch, read back with k8s-pb's types; the spec never travels.
+#[test]
+fn metadata_only_reads_of_custom_objects() {
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use prost::Message as _;
+    let Some(server) = common::Server::start() else { return };
+    server.apply(WIDGETS_CRD, &[]);
+    server.ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=20s"]);
+    // Created, not applied: the last-applied annotation would carry the spec.
+    let f = server.dir.path().join("w1.yaml");
+    std::fs::write(&f, "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1, labels: {tier: front}}\nspec: {secret: payload}\n").unwrap();
+    server.ok(&["create", "-f", f.to_str().unwrap()]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = kube_client(&server).await;
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget"));
+        let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+        let m = widgets.get_metadata("w1").await.unwrap();
+        assert_eq!(m.types.as_ref().map(|t| (t.api_version.as_str(), t.kind.as_str())), Some(("meta.k8s.io/v1", "PartialObjectMetadata")));
+        assert_eq!(m.metadata.labels.unwrap_or_default().get("tier").map(String::as_str), Some("front"));
+        let list = widgets.list_metadata(&ListParams::default().labels("tier=front")).await.unwrap();
+        assert_eq!(list.items.iter().filter_map(|i| i.metadata.name.as_deref()).collect::<Vec<_>>(), ["w1"]);
+        assert!(widgets.list_metadata(&ListParams::default().labels("tier=back")).await.unwrap().items.is_empty());
+        // A metadata watch (what kube-rs' metadata reflectors run) sees the object.
+        let stream = widgets.watch_metadata(&WatchParams::default().labels("tier=front").timeout(2), "0").await.unwrap();
+        let mut stream = std::pin::pin!(stream);
+        let seen = tokio::time::timeout(Duration::from_secs(20), async {
+            use futures_util::StreamExt as _;
+            while let Some(ev) = stream.next().await {
+                if let Ok(WatchEvent::Added(m)) = ev {
+                    return m.metadata.name;
+                }
+            }
+            None
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen.as_deref(), Some("w1"));
+
+        let accept = |as_kind: &str| {
+            format!(
+                "application/vnd.kubernetes.protobuf;as={as_kind};g=meta.k8s.io;v=v1,application/json;as={as_kind};g=meta.k8s.io;v=v1,application/json"
+            )
+        };
+        let get = |path: &str, accept: String| {
+            http::Request::builder().uri(path).header("accept", accept).body(kube::client::Body::from(Vec::new())).unwrap()
+        };
+        let open = |bytes: &[u8], kind: &str| {
+            assert!(!bytes.windows(7).any(|w| w == b"payload"), "the spec travelled");
+            let unknown = unknown(bytes);
+            let tm = unknown.type_meta.unwrap_or_default();
+            assert_eq!((tm.api_version.as_deref(), tm.kind.as_deref()), (Some("meta.k8s.io/v1"), Some(kind)));
+            unknown.raw.unwrap_or_default()
+        };
+        let base = "/apis/example.com/v1/namespaces/default/widgets";
+        let resp = client.send(get(&format!("{base}/w1"), accept("PartialObjectMetadata"))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf");
+        let bytes = resp.into_body().collect_bytes().await.unwrap();
+        let one = pb_meta::PartialObjectMetadata::decode(open(&bytes, "PartialObjectMetadata").as_slice()).unwrap();
+        assert_eq!(one.metadata.and_then(|m| m.name).as_deref(), Some("w1"));
+        let resp =
+            client.send(get(&format!("{base}?labelSelector=tier%3Dfront"), accept("PartialObjectMetadataList"))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let bytes = resp.into_body().collect_bytes().await.unwrap();
+        let list =
+            pb_meta::PartialObjectMetadataList::decode(open(&bytes, "PartialObjectMetadataList").as_slice()).unwrap();
+        let names: Vec<_> = list.items.iter().filter_map(|i| i.metadata.as_ref()?.name.clone()).collect();
+        assert_eq!(names, ["w1"]);
+        let resp = client
+            .send(get(&format!("{base}?watch=1&timeoutSeconds=2&labelSelector=tier%3Dfront"), accept("PartialObjectMetadata")))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf;stream=watch");
+        let bytes = resp.into_body().collect_bytes().await.unwrap();
+        let event = first_watch_event(&bytes);
+        assert_eq!(event.r#type.as_deref(), Some("ADDED"));
+        let inner = event.object.and_then(|o| o.raw).unwrap();
+        let got = pb_meta::PartialObjectMetadata::decode(open(&inner, "PartialObjectMetadata").as_slice()).unwrap();
+        assert_eq!(got.metadata.and_then(|m| m.name).as_deref(), Some("w1"));
+    });
+}

@@ -232,6 +232,21 @@ fn kubectl_explain_shows_builtin_schemas() {
     }
 }
 
+/// `kubectl explain` lists upstream's enum values of a field whose Go type
+/// is an enum (`/openapi/v3`'s `enum`), with kubectl 1.33 and the newest.
+#[test]
+fn kubectl_explain_lists_enum_values() {
+    let Some(builds) = common::kubectl_builds([33]) else { return };
+    for kubectl in builds {
+        let which = kubectl.display().to_string();
+        let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl);
+        let pull = s.ok(&["explain", "pod.spec.containers.imagePullPolicy"]);
+        assert!(pull.contains("ENUM:\n    Always\n    IfNotPresent\n    Never\n"), "{which}: {pull}");
+        let policy = s.ok(&["explain", "cronjob.spec.concurrencyPolicy"]);
+        assert!(policy.contains("ENUM:\n    Allow\n    Forbid\n    Replace\n"), "{which}: {policy}");
+    }
+}
+
 /// `kubectl apply --validate=strict` of a built-in kind with a misspelt
 /// field is refused naming the field, and nothing is stored.
 #[test]
@@ -251,4 +266,162 @@ fn strict_validation_names_a_misspelt_field() {
         let get = s.run(&["get", "deployment", "typo"]);
         assert!(!get.status.success(), "{which}: stored after a refused apply");
     }
+}
+
+const TYPO: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: typo}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: t}}\n  template:\n    metadata: {labels: {app: t}}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        imagePullPolcy: Never\n        resources: {limits: {cpu: 1, memory: 10Mi}}\n        ports: [{containerPort: 80, protocol: TCP}]\n";
+
+/// kubectl 1.20 and 1.26 read `/openapi/v2` in gnostic's protobuf:
+/// `explain` of built-in kinds (upstream's descriptions, types, nested
+/// references, `-required-`) and of a CRD's kind; `apply --validate=true`
+/// of a misspelt field is refused naming it — by kubectl's own validation
+/// against the v2 schemas (1.20) or through the `fieldValidation`
+/// parameter the v2 paths advertise (1.26) — and nothing is stored, while
+/// the same object spelt right (an integer CPU, a port list) is accepted;
+/// a second client-side apply merges a container's env and ports by key.
+#[test]
+fn old_kubectl_explains_and_validates_from_openapi_v2() {
+    let Some(builds) = common::old_kubectls() else { return };
+    for kubectl in builds {
+        let which = kubectl.display().to_string();
+        let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl);
+        let probe = s.ok(&["explain", "pod.spec.containers.livenessProbe"]);
+        for want in
+            ["RESOURCE: livenessProbe <Object>", "Periodic probe of container liveness", "periodSeconds\t<integer>"]
+        {
+            assert!(probe.contains(want), "{which}: {want:?} in\n{probe}");
+        }
+        let strategy = s.ok(&["explain", "deployment.spec.strategy", "--recursive"]);
+        assert!(
+            strategy.contains("VERSION:  apps/v1") && strategy.contains("maxSurge\t<string>"),
+            "{which}: {strategy}"
+        );
+        let spec = s.ok(&["explain", "cj.spec"]);
+        assert!(spec.contains("schedule\t<string> -required-"), "{which}: {spec}");
+
+        let f = s.dir.path().join("typo.yaml");
+        std::fs::write(&f, TYPO).unwrap();
+        let err = s.fails(&["apply", "--validate=true", "-f", f.to_str().unwrap()]);
+        assert!(err.contains("imagePullPolcy"), "{which}: {err}");
+        assert!(!s.run(&["get", "deployment", "typo"]).status.success(), "{which}: stored after a refused apply");
+        std::fs::write(&f, TYPO.replace("imagePullPolcy", "imagePullPolicy")).unwrap();
+        s.ok(&["apply", "--validate=true", "-f", f.to_str().unwrap()]);
+
+        // Client-side apply with the v2 patch metadata: env merges by name
+        // (a variable another writer added survives), ports by containerPort.
+        let web = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        env: [{name: A, value: '1'}, {name: B, value: '2'}]\n        ports: [{containerPort: 80}, {containerPort: 81}]\n";
+        let f = s.dir.path().join("web.yaml");
+        std::fs::write(&f, web).unwrap();
+        s.ok(&["apply", "-f", f.to_str().unwrap()]);
+        let other =
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","env":[{"name":"X","value":"kept"}]}]}}}}"#;
+        s.ok(&["patch", "deployment", "web", "--type=strategic", "-p", other]);
+        std::fs::write(&f, web.replace("{name: B, value: '2'}", "{name: C, value: '3'}").replace("81", "82")).unwrap();
+        s.ok(&["apply", "-f", f.to_str().unwrap()]);
+        let c = s.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].env[*].name} {.spec.template.spec.containers[0].ports[*].containerPort}"]);
+        assert_eq!(c.trim(), "A C X 80 82", "{which}");
+
+        install_crd_with_schema(&s);
+        let gadget = s.ok(&["explain", "gizmo.spec"]);
+        assert!(
+            gadget.contains("size\t<string> -required-") && gadget.contains("replicas\t<integer>"),
+            "{which}: {gadget}"
+        );
+        let f = s.dir.path().join("gizmo.yaml");
+        std::fs::write(&f, "apiVersion: example.org/v1\nkind: Gizmo\nmetadata: {name: g}\nspec: {size: small, port: 80, colour: red}\n").unwrap();
+        let err = s.fails(&["apply", "--validate=true", "-f", f.to_str().unwrap()]);
+        assert!(err.contains("colour"), "{which}: {err}");
+        std::fs::write(&f, "apiVersion: example.org/v1\nkind: Gizmo\nmetadata: {name: g, labels: {a: b}}\nspec: {size: small, port: http, extra: {any: 1}}\n").unwrap();
+        s.ok(&["apply", "--validate=true", "-f", f.to_str().unwrap()]);
+    }
+}
+
+const GIZMO_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gizmos.example.org
+spec:
+  group: example.org
+  scope: Namespaced
+  names: {plural: gizmos, singular: gizmo, kind: Gizmo}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: string, enum: [small, large]}
+              replicas: {type: integer, nullable: true}
+              port: {x-kubernetes-int-or-string: true}
+              extra: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+fn install_crd_with_schema(s: &Server) {
+    s.apply(GIZMO_CRD, &[]);
+    s.ok(&["wait", "--for=condition=Established", "crd/gizmos.example.org", "--timeout=20s"]);
+}
+
+/// `/openapi/v2` on the wire: gnostic's protobuf when the Accept header
+/// names it, JSON otherwise; each with its own ETag, answered with 304;
+/// every built-in definition and the CRD's, upstream's list and patch
+/// markers on them, and a new CRD changes the document.
+#[test]
+fn openapi_v2_negotiation_etag_and_definitions_on_the_wire() {
+    let Some(s) = Server::start() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = rt.block_on(common::kube_client(&s));
+    let raw = |accept: &str, tag: Option<&str>| {
+        rt.block_on(async {
+            let mut req = http::Request::get("/openapi/v2").header(http::header::ACCEPT, accept);
+            if let Some(tag) = tag {
+                req = req.header(http::header::IF_NONE_MATCH, tag);
+            }
+            let resp = client.send(req.body(kube::client::Body::empty()).unwrap()).await.unwrap();
+            let h = |n: http::header::HeaderName| {
+                resp.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+            };
+            let (code, ct, etag) = (resp.status().as_u16(), h(http::header::CONTENT_TYPE), h(http::header::ETAG));
+            (code, ct, etag, resp.into_body().collect_bytes().await.unwrap().to_vec())
+        })
+    };
+    const PB: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let (code, ct, pb_tag, pb) = raw(PB, None);
+    assert_eq!((code, ct.as_str()), (200, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"));
+    assert_eq!(&pb[..5], b"\x0a\x032.0", "a gnostic Document starts with swagger: 2.0");
+    let (code, ct, json_tag, body) = raw("application/json", None);
+    assert_eq!((code, ct.as_str()), (200, "application/json"));
+    assert_ne!(pb_tag, json_tag);
+    assert_eq!(raw(PB, Some(&pb_tag)).0, 304);
+    assert_eq!(raw("application/json", Some(&json_tag)).0, 304);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let defs = doc["definitions"].as_object().unwrap();
+    assert!(defs.len() > 600, "{}", defs.len());
+    let ports = &defs["io.k8s.api.core.v1.Container"]["properties"]["ports"];
+    assert_eq!(ports["x-kubernetes-list-type"], "map");
+    assert_eq!(ports["x-kubernetes-list-map-keys"], serde_json::json!(["containerPort", "protocol"]));
+    assert_eq!(ports["x-kubernetes-patch-merge-key"], "containerPort");
+    let volumes = &defs["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"];
+    assert_eq!(volumes["x-kubernetes-patch-strategy"], "merge,retainKeys");
+    assert_eq!(defs["io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"]["x-kubernetes-map-type"], "atomic");
+    let pull = &defs["io.k8s.api.core.v1.Container"]["properties"]["imagePullPolicy"];
+    assert_eq!(pull["enum"], serde_json::json!(["Always", "IfNotPresent", "Never"]));
+
+    install_crd_with_schema(&s);
+    assert_eq!(raw("application/json", Some(&json_tag)).0, 200, "a new CRD must change the document");
+    let (_, _, _, body) = raw("application/json", None);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let gizmo = &doc["definitions"]["org.example.v1.Gizmo"];
+    assert_eq!(gizmo["x-kubernetes-group-version-kind"][0]["kind"], "Gizmo");
+    assert_eq!(gizmo["properties"]["spec"]["properties"]["port"]["format"], "int-or-string");
+    assert_eq!(
+        gizmo["properties"]["metadata"]["$ref"],
+        "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    );
+    let patch = &doc["paths"]["/apis/example.org/v1/namespaces/{namespace}/gizmos/{name}"]["patch"];
+    assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Gizmo");
 }

@@ -1,6 +1,7 @@
 //! apply / get / delete with every kubectl build this machine has: the
-//! PyPI one (1.37, required under CI) and the pinned 1.27–1.33 builds
-//! where present (they need /openapi/v2 in protobuf, ≥1.28 /openapi/v3).
+//! PyPI one (1.37, required under CI), the pinned 1.27–1.33 builds where
+//! present (they need /openapi/v2 in protobuf, ≥1.28 /openapi/v3), and
+//! 1.20 and 1.26 (validating client-side against /openapi/v2).
 
 mod common;
 
@@ -8,7 +9,8 @@ use common::{APP, Server};
 
 #[test]
 fn apply_get_delete_with_each_kubectl() {
-    let Some(builds) = common::kubectl_builds(27..=33) else { return };
+    let Some(mut builds) = common::kubectl_builds(27..=33) else { return };
+    builds.extend(common::old_kubectls().unwrap_or_default());
     for kubectl in builds {
         let s = Server::start_in(tempfile::tempdir().unwrap(), kubectl.clone());
         let which = kubectl.display().to_string();

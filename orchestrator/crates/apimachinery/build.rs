@@ -12,12 +12,18 @@ use std::path::{Path, PathBuf};
 
 #[path = "build_openapi.rs"]
 mod build_openapi;
+// The v2 form and gnostic protobuf of the built-in schemas (build_openapi).
+#[allow(dead_code)]
+#[path = "src/gnostic.rs"]
+mod gnostic;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build_openapi.rs");
+    println!("cargo:rerun-if-changed=src/gnostic.rs");
     let (pb, openapi) = locate();
-    build_openapi::generate(&openapi.join("src"), Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")));
+    let out = std::env::var("OUT_DIR").expect("OUT_DIR");
+    build_openapi::generate(&openapi.join("src"), &pb.join("src"), Path::new(&out));
     let names = openapi_names(&openapi.join("src"));
     let mut messages = Vec::new();
     walk(&pb.join("src"), &pb.join("src"), &mut |rel, text| parse_module(rel, text, &mut messages));

@@ -13,6 +13,7 @@ use kube_core::discovery::v2::{
     GroupVersionKind,
 };
 use serde_json::{Value, json};
+use std::fmt::Write as _;
 
 use std::sync::Arc;
 
@@ -378,32 +379,96 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<String> {
     Some(out)
 }
 
-/// Appends a length-delimited protobuf field.
-fn pb_field(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
-    let mut varint = |mut v: u64| {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    };
-    varint(u64::from(tag) << 3 | 2);
-    varint(bytes.len() as u64);
-    out.extend_from_slice(bytes);
+/// `/openapi/v2`'s forms: JSON, or gnostic's protobuf (what kubectl ≤1.27 asks for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenApiV2 {
+    Json,
+    Protobuf,
 }
 
-/// `/openapi/v2` as kubectl ≤1.28 reads it (gnostic's OpenAPIv2 Document
-/// in protobuf): swagger, info and empty paths. With no schemas, kubectl's
-/// client-side apply falls back to its built-in patch metadata.
-pub fn openapi_v2_protobuf() -> Vec<u8> {
-    let mut info = Vec::new();
-    pb_field(&mut info, 1, b"Kubernetes");
-    pb_field(&mut info, 2, format!("v{MAJOR}.{MINOR}.0").as_bytes());
-    let mut doc = Vec::new();
-    pb_field(&mut doc, 1, b"2.0");
-    pb_field(&mut doc, 2, &info);
-    pb_field(&mut doc, 8, &[]);
-    doc
+/// `/openapi/v2` as upstream serves it (what kubectl ≤1.27 reads for
+/// `explain`, client-side validation and the patch metadata of client-side
+/// apply): every built-in schema (`openapi`, converted at build time),
+/// each CRD version's schema and a placeholder for the kinds k8s-openapi
+/// lacks, each kind's `x-kubernetes-group-version-kind`; and paths with
+/// each kind's put/patch/post operations carrying the group-version-kind
+/// and the `dryRun`/`fieldManager`/`fieldValidation` query parameters
+/// (kubectl 1.25–1.27 look for `fieldValidation` there before leaving
+/// validation to the server). Written from the embedded texts and entries,
+/// never parsed; nothing is kept between requests.
+pub fn openapi_v2(custom: &[Arc<ResourceType>], format: OpenApiV2) -> Vec<u8> {
+    let mut paths = serde_json::Map::new();
+    let mut extra: Vec<(String, Value)> = Vec::new();
+    for rt in RESOURCES.iter().chain(custom.iter().map(|r| &**r)) {
+        let gv = if rt.group.is_empty() {
+            format!("api/{}", rt.version)
+        } else {
+            format!("apis/{}/{}", rt.group, rt.version)
+        };
+        let gvk = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+        let scope = if rt.namespaced { "/namespaces/{namespace}" } else { "" };
+        let schema_name = schema_name(rt);
+        let op = |verb: &str| {
+            json!({"operationId": format!("{verb}{}", rt.kind), "x-kubernetes-action": verb,
+                "x-kubernetes-group-version-kind": gvk,
+                "consumes": ["application/json", "application/merge-patch+json",
+                    "application/strategic-merge-patch+json", "application/apply-patch+yaml"],
+                "produces": ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
+                "parameters": [
+                    {"name": "dryRun", "in": "query", "type": "string", "uniqueItems": true},
+                    {"name": "fieldManager", "in": "query", "type": "string", "uniqueItems": true},
+                    {"name": "fieldValidation", "in": "query", "type": "string", "uniqueItems": true}],
+                "responses": {"200": {"description": "OK", "schema": {"$ref": format!("#/definitions/{schema_name}")}}}})
+        };
+        paths.insert(format!("/{gv}{scope}/{}/{{name}}", rt.plural), json!({"patch": op("patch"), "put": op("put")}));
+        paths.insert(format!("/{gv}{scope}/{}", rt.plural), json!({"post": op("post")}));
+        let mut schema = match rt.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+            Some(s) => {
+                let mut s = serde_json::to_value(s).unwrap_or_default();
+                // Upstream adds what every object has to a CRD's schema, so
+                // that kubectl's validation knows them.
+                if let Some(Value::Object(props)) = s.get_mut("properties") {
+                    props.insert("apiVersion".into(), json!({"type": "string"}));
+                    props.insert("kind".into(), json!({"type": "string"}));
+                    props.insert(
+                        "metadata".into(),
+                        json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}),
+                    );
+                }
+                s
+            }
+            None if builtin_schema(rt).is_some() => continue,
+            None => json!({"type": "object", "description": format!("{} (schema served by the API server)", rt.kind)}),
+        };
+        schema["x-kubernetes-group-version-kind"] = json!([gvk]);
+        crate::gnostic::to_v2(&mut schema);
+        extra.push((schema_name, schema));
+    }
+    let defs = crate::openapi::definitions();
+    let (title, version) = ("Kubernetes", format!("v{MAJOR}.{MINOR}.0"));
+    match format {
+        OpenApiV2::Protobuf => {
+            let entries: Vec<Vec<u8>> = extra.iter().map(|(n, s)| crate::gnostic::definition(n, s)).collect();
+            let all: Vec<&[u8]> =
+                defs.iter().map(|d| d.v2_protobuf()).chain(entries.iter().map(Vec::as_slice)).collect();
+            crate::gnostic::document(title, &version, &paths, &all)
+        }
+        OpenApiV2::Json => {
+            let info = json!({"title": title, "version": version});
+            let head = format!(r#"{{"swagger":"2.0","info":{info},"paths":{},"definitions":{{"#, Value::Object(paths));
+            // One allocation of the final size (the document is ~1 MB).
+            let defs_len: usize = defs.iter().map(|d| d.v2_json().len() + d.name.len() + 4).sum();
+            let extra_len: usize = extra.iter().map(|(n, s)| n.len() + 4 + s.to_string().len()).sum();
+            let mut out = String::with_capacity(head.len() + defs_len + extra_len + 2);
+            out.push_str(&head);
+            crate::openapi::write_v2_members(&mut out, defs);
+            for (name, schema) in &extra {
+                let _ = write!(out, ",{}:{schema}", Value::from(name.as_str()));
+            }
+            out.push_str("}}");
+            out.into_bytes()
+        }
+    }
 }
 
 /// A built-in kind's generated schema (`openapi`), if k8s-openapi has it.
@@ -504,11 +569,24 @@ mod tests {
     }
 
     #[test]
-    fn openapi_v2_protobuf_is_a_gnostic_document() {
-        let pb = openapi_v2_protobuf();
+    fn openapi_v2_carries_every_definition_and_kinds_operations() {
+        let doc: Value = serde_json::from_slice(&openapi_v2(&[], OpenApiV2::Json)).unwrap();
+        assert_eq!(doc["swagger"], "2.0");
+        let defs = doc["definitions"].as_object().unwrap();
+        assert!(defs.len() >= crate::openapi::definitions().len(), "{}", defs.len());
+        let probe = &defs["io.k8s.api.core.v1.Container"]["properties"]["livenessProbe"];
+        assert_eq!(probe["$ref"], "#/definitions/io.k8s.api.core.v1.Probe");
+        assert!(probe["description"].as_str().unwrap().contains("Periodic probe"));
+        assert_eq!(defs["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        // Nothing of v3's form is left.
+        let text = doc.to_string();
+        assert!(!text.contains("\"$ref\":\"#/components/") && !text.contains("\"allOf\":["));
+        let pb = openapi_v2(&[], OpenApiV2::Protobuf);
         assert_eq!(&pb[..5], b"\x0a\x032.0");
-        assert_eq!(pb[5], 0x12);
-        assert_eq!(&pb[pb.len() - 2..], &[0x42, 0x00]);
+        assert!(pb.len() > 500_000, "{}", pb.len());
     }
 
     #[test]

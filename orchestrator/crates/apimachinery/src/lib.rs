@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod ephemeral;
 pub mod errors;
 pub mod events;
+pub mod gnostic;
 pub mod housekeeping;
 pub mod node_fields;
 pub mod openapi;

@@ -21,13 +21,34 @@ pub struct Def {
     pub name: &'static str,
     /// The schema, as JSON.
     pub json: &'static str,
+    /// Its v2 form (`gnostic::to_v2`): a byte range of `V2_JSON`.
+    v2: (usize, usize),
+    /// Its gnostic `NamedSchema` entry: a byte range of `V2_PB`.
+    pb: (usize, usize),
     /// The indexes in `DEFS` of the schemas it references.
     refs: &'static [usize],
     /// The kinds it is the schema of: (group, version, kind).
     gvk: &'static [(&'static str, &'static str, &'static str)],
+    /// Its fields that lead to another schema or carry a patch strategy:
+    /// (field, index in `DEFS` or `usize::MAX`, patch strategy, merge key).
+    fields: &'static [(&'static str, usize, &'static str, &'static str)],
 }
 
 include!(concat!(env!("OUT_DIR"), "/openapi_schemas.rs"));
+static V2_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi_v2.json"));
+static V2_PB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi_v2.pb"));
+
+impl Def {
+    /// The schema in `/openapi/v2`'s form, as JSON.
+    pub fn v2_json(&self) -> &'static str {
+        &V2_JSON[self.v2.0..self.v2.1]
+    }
+
+    /// The schema's entry in gnostic's `Definitions` message.
+    pub fn v2_protobuf(&self) -> &'static [u8] {
+        &V2_PB[self.pb.0..self.pb.1]
+    }
+}
 
 /// Every built-in schema, by name.
 pub fn definitions() -> &'static [Def] {
@@ -37,6 +58,28 @@ pub fn definitions() -> &'static [Def] {
 /// The schema name of a built-in kind (`apps`, `v1`, `Deployment`).
 pub fn kind_schema(group: &str, version: &str, kind: &str) -> Option<&'static str> {
     DEFS.iter().find(|d| d.gvk.contains(&(group, version, kind))).map(|d| d.name)
+}
+
+/// Upstream's patch strategy and merge key (`x-kubernetes-patch-strategy`,
+/// `-merge-key`; empty where it has none) of the field at `path` (field
+/// names from the object's root) in a built-in kind's schema; `None` for a
+/// kind k8s-openapi does not carry. A kind served in several groups or
+/// versions (Event, HorizontalPodAutoscaler) takes its first schema: their
+/// strategies agree.
+pub fn patch_strategy(kind: &str, path: &[&str]) -> Option<(&'static str, &'static str)> {
+    let mut def = DEFS.iter().find(|d| d.gvk.iter().any(|g| g.2 == kind))?;
+    let none = Some(("", ""));
+    for (i, seg) in path.iter().enumerate() {
+        let Some(&(_, child, strategy, key)) = def.fields.iter().find(|f| f.0 == *seg) else { return none };
+        if i + 1 == path.len() {
+            return Some((strategy, key));
+        }
+        match DEFS.get(child) {
+            Some(d) => def = d,
+            None => return none,
+        }
+    }
+    none
 }
 
 /// The named schemas and every schema they reference, directly or not, in name order.
@@ -60,6 +103,14 @@ pub fn write_members(out: &mut String, defs: &[&Def]) {
     }
 }
 
+/// As `write_members`, with the schemas' v2 forms.
+pub fn write_v2_members(out: &mut String, defs: &[Def]) {
+    for (i, d) in defs.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}{}:{}", serde_json::Value::from(d.name), d.v2_json());
+    }
+}
+
 /// FNV-1a of the embedded schemas: part of the documents' `hash`.
 pub fn digest() -> u64 {
     static DIGEST: OnceLock<u64> = OnceLock::new();
@@ -72,7 +123,6 @@ pub fn digest() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smp::{ListStrategy, list_strategy};
     use serde_json::{Value, json};
 
     fn parsed() -> serde_json::Map<String, Value> {
@@ -126,37 +176,56 @@ mod tests {
     }
 
     #[test]
-    fn patch_strategies_match_the_servers_merge() {
-        for (kind, schema, path) in [
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers"][..]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "volumes"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "env"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "ports"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "initContainers", "volumeMounts"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["status", "conditions"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["status", "podIPs"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["metadata", "ownerReferences"]),
-            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "tolerations"]),
-            ("Deployment", "io.k8s.api.apps.v1.Deployment", &["spec", "template", "spec", "containers"]),
-            ("Deployment", "io.k8s.api.apps.v1.Deployment", &["status", "conditions"]),
-            ("Service", "io.k8s.api.core.v1.Service", &["spec", "ports"]),
-            ("Node", "io.k8s.api.core.v1.Node", &["status", "addresses"]),
-            ("Job", "io.k8s.api.batch.v1.Job", &["spec", "template", "spec", "topologySpreadConstraints"]),
+    fn upstream_list_and_patch_markers() {
+        // (kind, schema, path, upstream's merge key: None = the list is replaced)
+        for (kind, schema, path, want) in [
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers"][..], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "volumes"], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "env"], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "ports"], Some("containerPort")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "initContainers", "volumeMounts"], Some("mountPath")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "ephemeralContainers", "env"], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "schedulingGates"], Some("name")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["status", "conditions"], Some("type")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["status", "podIPs"], Some("ip")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["metadata", "ownerReferences"], Some("uid")),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "tolerations"], None),
+            ("Pod", "io.k8s.api.core.v1.Pod", &["spec", "containers", "args"], None),
+            ("Deployment", "io.k8s.api.apps.v1.Deployment", &["spec", "template", "spec", "containers"], Some("name")),
+            ("Deployment", "io.k8s.api.apps.v1.Deployment", &["status", "conditions"], Some("type")),
+            ("Service", "io.k8s.api.core.v1.Service", &["spec", "ports"], Some("port")),
+            ("Node", "io.k8s.api.core.v1.Node", &["status", "addresses"], Some("type")),
+            ("ServiceAccount", "io.k8s.api.core.v1.ServiceAccount", &["secrets"], Some("name")),
+            (
+                "Job",
+                "io.k8s.api.batch.v1.Job",
+                &["spec", "template", "spec", "topologySpreadConstraints"],
+                Some("topologyKey"),
+            ),
+            (
+                "CertificateSigningRequest",
+                "io.k8s.api.certificates.v1.CertificateSigningRequest",
+                &["status", "conditions"],
+                None,
+            ),
         ] {
             let s = at(schema, path);
-            let key = s["x-kubernetes-patch-merge-key"].as_str();
-            // list_strategy sees the path within the pod template's spec too.
-            let tail: Vec<&str> = match path.iter().position(|p| *p == "template") {
-                Some(i) => path[i + 1..].to_vec(),
-                None => path.to_vec(),
-            };
-            match list_strategy(kind, &tail) {
-                ListStrategy::MergeKey(k) => assert_eq!(key, Some(k), "{kind} {path:?}"),
-                other => assert_eq!((key, other), (None, ListStrategy::Replace), "{kind} {path:?}"),
-            }
+            assert_eq!(s["x-kubernetes-patch-merge-key"].as_str(), want, "{kind} {path:?}: {s}");
+            // What smp walks to find it (`smp`'s tests check the merge itself).
+            assert_eq!(patch_strategy(kind, path).map(|p| p.1).filter(|k| !k.is_empty()), want, "{kind} {path:?}");
         }
         let finalizers = at("io.k8s.api.core.v1.Pod", &["metadata", "finalizers"]);
         assert_eq!(finalizers["x-kubernetes-patch-strategy"], "merge");
-        assert_eq!(list_strategy("Pod", &["metadata", "finalizers"]), ListStrategy::Set);
+        assert_eq!(patch_strategy("Pod", &["metadata", "finalizers"]), Some(("merge", "")));
+        assert_eq!(patch_strategy("Widget", &["status", "conditions"]), None);
+        // Server-side apply's markers.
+        let ports = at("io.k8s.api.core.v1.Pod", &["spec", "containers", "ports"]);
+        assert_eq!(
+            (ports["x-kubernetes-list-type"].as_str(), &ports["x-kubernetes-list-map-keys"]),
+            (Some("map"), &json!(["containerPort", "protocol"]))
+        );
+        assert_eq!(at("io.k8s.api.core.v1.Pod", &["spec", "tolerations"])["x-kubernetes-list-type"], "atomic");
+        assert_eq!(at("io.k8s.api.core.v1.Pod", &["metadata", "finalizers"])["x-kubernetes-list-type"], "set");
+        assert_eq!(parsed()["io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"]["x-kubernetes-map-type"], "atomic");
     }
 }

@@ -1,7 +1,9 @@
 //! Strategic merge patch over `serde_json::Value`, with upstream's merge
-//! keys for the built-in kinds (KUBERNETES-API.md lists them): lists of
-//! objects merge by a key, `finalizers` merge as a set, every other list is
-//! replaced. Directives: `$patch` (delete/replace/merge), `$setElementOrder/`,
+//! keys for the built-in kinds: their schemas' `x-kubernetes-patch-*`
+//! markers (`openapi::patch_strategy`, the same the OpenAPI documents give
+//! kubectl); for other kinds, name rules (KUBERNETES-API.md lists them).
+//! Lists of objects merge by a key, primitive lists marked `merge`
+//! (`finalizers`) merge as a set, every other list is replaced. Directives: `$patch` (delete/replace/merge), `$setElementOrder/`,
 //! `$retainKeys`, `$deleteFromPrimitiveList/`; `null` deletes a field.
 
 use serde_json::{Map, Value};
@@ -24,6 +26,14 @@ pub enum ListStrategy {
 
 /// The strategy for the list at `path` (field names only) in an object of `kind`.
 pub fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
+    // A built-in kind: upstream's markers in its schema (`openapi`).
+    if let Some((strategy, key)) = crate::openapi::patch_strategy(kind, path) {
+        return match (strategy.split(',').any(|s| s == "merge"), key) {
+            (false, _) => ListStrategy::Replace,
+            (true, "") => ListStrategy::Set,
+            (true, k) => ListStrategy::MergeKey(k),
+        };
+    }
     let Some((last, parent)) = path.split_last() else { return ListStrategy::Replace };
     let in_container =
         parent.last().is_some_and(|p| matches!(*p, "containers" | "initContainers" | "ephemeralContainers"));
@@ -302,5 +312,30 @@ mod tests {
         assert_eq!(out["status"]["conditions"][0]["status"], "True");
         assert_eq!(out["status"]["conditions"].as_array().unwrap().len(), 2);
         assert_eq!(out["status"]["addresses"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn built_in_kinds_merge_by_their_schemas_markers() {
+        for (kind, path, want) in [
+            ("Pod", &["spec", "schedulingGates"][..], ListStrategy::MergeKey("name")),
+            ("Pod", &["spec", "ephemeralContainers", "env"], ListStrategy::MergeKey("name")),
+            ("Pod", &["spec", "tolerations"], ListStrategy::Replace),
+            ("Pod", &["metadata", "finalizers"], ListStrategy::Set),
+            (
+                "Deployment",
+                &["spec", "template", "spec", "containers", "ports"],
+                ListStrategy::MergeKey("containerPort"),
+            ),
+            ("ServiceAccount", &["secrets"], ListStrategy::MergeKey("name")),
+            ("Node", &["spec", "podCIDRs"], ListStrategy::Set),
+            ("CertificateSigningRequest", &["status", "conditions"], ListStrategy::Replace),
+            // A kind k8s-openapi lacks keeps the name rules.
+            ("Widget", &["status", "conditions"], ListStrategy::MergeKey("type")),
+        ] {
+            assert_eq!(list_strategy(kind, path), want, "{kind} {path:?}");
+        }
+        let pod = json!({"spec": {"schedulingGates": [{"name": "a"}, {"name": "b"}]}});
+        let out = apply("Pod", &pod, &json!({"spec": {"schedulingGates": [{"name": "c"}]}})).unwrap();
+        assert_eq!(out["spec"]["schedulingGates"].as_array().unwrap().len(), 3);
     }
 }

@@ -31,6 +31,12 @@ pub fn serve(
         Discovery::Aggregated(v) => discovery::aggregated(core, v, custom),
     };
     let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    Ok(cached(headers, bytes, &format.content_type()))
+}
+
+/// A document with its ETag (the SHA-256 of `bytes`), `Vary: Accept`, and
+/// 304 with no body when `If-None-Match` carries the tag.
+pub fn cached(headers: &HeaderMap, bytes: Vec<u8>, content_type: &str) -> Response<Body> {
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     let etag: String = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
     let etag = format!("\"{etag}\"");
@@ -48,12 +54,12 @@ pub fn serve(
         Response::new(Body::Full(Some(Bytes::from(bytes))))
     };
     let h = r.headers_mut();
-    if let Ok(ct) = HeaderValue::from_str(&format.content_type()) {
+    if let Ok(ct) = HeaderValue::from_str(content_type) {
         h.insert(header::CONTENT_TYPE, ct);
     }
     if let Ok(tag) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, tag);
     }
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
-    Ok(r)
+    r
 }

@@ -676,12 +676,19 @@ async fn non_resource(state: &State, headers: &HeaderMap, segs: &[&str]) -> Opti
                 .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource")),
         ),
         ["openapi", "v2"] => {
-            let mut r = Response::new(Body::Full(Some(Bytes::from(discovery::openapi_v2_protobuf()))));
-            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
-            Some(Ok(r))
+            // gnostic's protobuf when asked for (kubectl ≤1.27), else JSON.
+            let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+            let pb = accept.iter().any(|a| a.contains("com.github.proto-openapi.spec.v2"));
+            let (format, content_type) = if pb {
+                (discovery::OpenApiV2::Protobuf, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+            } else {
+                (discovery::OpenApiV2::Json, "application/json")
+            };
+            let doc = discovery::openapi_v2(&state.registry.custom_types(), format);
+            Some(Ok(aggregated::cached(headers, doc, content_type)))
         }
         [] => found(Some(
-            json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v3", "/readyz", "/version"]}),
+            json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v2", "/openapi/v3", "/readyz", "/version"]}),
         )),
         _ => None,
     }
