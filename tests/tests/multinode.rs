@@ -320,6 +320,14 @@ fn three_nodes_join_by_token_serve_across_nodes_run_on_without_the_control_plane
         identities.insert(p.clone(), identity(&kubeconfig, p)?);
     }
 
+    // The workers' Leases as last renewed: a renewal after the outage shows
+    // their kubelets back in touch.
+    let lease = |node: &str| -> anyhow::Result<String> {
+        let args = ["-n", "kube-node-lease", "get", "lease", node, "-o", "jsonpath={.spec.renewTime}"];
+        Ok(kubectl(&kubeconfig, &args)?.ok()?.stdout)
+    };
+    let renewed_before = [lease("w1")?, lease("w2")?];
+
     step("the control plane powered off (QEMU killed): the workers' pods run on and answer");
     let off = Instant::now();
     vms[0].kill();
@@ -334,6 +342,12 @@ fn three_nodes_join_by_token_serve_across_nodes_run_on_without_the_control_plane
     vms[0].boot()?;
     wait_for("the Kubernetes API back", BOOT, || kubectl(&kubeconfig, &["get", "--raw", "/readyz"]).ok()?.ok().ok())
         .with_context(|| tail(&vms[0].serial_log()))?;
+    for (i, node) in ["w1", "w2"].into_iter().enumerate() {
+        wait_for(&format!("{node}'s Lease renewed after the outage"), BOOT, || {
+            (lease(node).ok()? != renewed_before[i]).then_some(())
+        })
+        .with_context(|| tail(&vms[i + 1].serial_log()))?;
+    }
     for node in NODES {
         wait_for(&format!("node {node} Ready again"), BOOT, || node_ready(&kubeconfig, node))
             .with_context(|| tail(&vms[0].serial_log()))?;
