@@ -1,8 +1,8 @@
 //! Several nodes in QEMU on one guest-to-guest network (`ClusterNet`),
 //! configured as a user does it: `osctl gen config` with a bootstrap token,
 //! `apply-config` in maintenance mode, a reboot into the config. Shared by
-//! `tests/multinode.rs` (two nodes, in CI) and `benches/cluster.rs` (three
-//! nodes, a worker powered off and on).
+//! `tests/multinode.rs` (three nodes, in CI: issue 15's proof) and
+//! `benches/cluster.rs` (three nodes, a worker powered off and on).
 
 use std::path::Path;
 use std::time::Duration;
@@ -148,4 +148,53 @@ pub fn node_ready(kubeconfig: &Path, node: &str) -> Option<()> {
     let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
     let r = kubectl(kubeconfig, &["get", "node", node, "-o", jsonpath]).ok()?;
     (r.stdout == "True").then_some(())
+}
+
+/// A bare pod on `node` that fetches `url` every second (each try cut off
+/// after 5 s by busybox's `timeout`) and prints `probe SEQ UNIXTIME ok` or
+/// `… fail` per try: read back with [`probe_log`] once the API answers,
+/// its lines cover any time the control plane was away.
+pub fn prober_pod(name: &str, node: &str, url: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: probe}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: probe
+    image: docker.io/library/busybox:plinth
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "n=0; while true; do n=$((n+1)); if timeout 5 wget -q -O /dev/null {url}; then r=ok; else r=fail; fi; echo \"probe $n $(date +%s) $r\"; sleep 1; done"]
+"#
+    )
+}
+
+/// One line of a [`prober_pod`]'s log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub seq: u64,
+    /// Seconds since the epoch, by the node's clock.
+    pub time: i64,
+    pub ok: bool,
+}
+
+/// A [`prober_pod`]'s probes so far, in order.
+pub fn probe_log(kubeconfig: &Path, pod: &str) -> anyhow::Result<Vec<Probe>> {
+    let out = kubectl(kubeconfig, &["logs", pod])?.ok()?.stdout;
+    let mut probes = Vec::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let parsed = match f.as_slice() {
+            ["probe", seq, time, r] => {
+                seq.parse().ok().zip(time.parse().ok()).map(|(seq, time)| Probe { seq, time, ok: *r == "ok" })
+            }
+            _ => None,
+        };
+        probes.push(parsed.with_context(|| format!("{pod}: not a probe line: {line:?}"))?);
+    }
+    Ok(probes)
 }
