@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use crate::proxy::{Chains, ProxyError, restore_text, run};
+use crate::proxy::{Chains, ProxyError, remove_postrouting_chain, restore_text, run};
 
 /// How often the rules are written again (repairs a flushed table).
 const RESYNC: Duration = Duration::from_secs(30);
@@ -67,16 +67,7 @@ pub async fn run_forever(chains: Chains, own: Ipv4Net) {
 
 /// Removes the jump and the chain (a node taken down, a test torn down).
 pub async fn cleanup(chains: &Chains) -> Result<(), ProxyError> {
-    let rule = jump(chains);
-    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-    while run("iptables", &[&["-w", "-t", "nat", "-D", "POSTROUTING"][..], &rule].concat(), None).await.is_ok() {}
-    let chain = chains.pod_masquerade();
-    let saved = run("iptables-save", &["-t", "nat"], None).await?;
-    if saved.lines().any(|l| l.split_whitespace().next() == Some(&format!(":{chain}"))) {
-        run("iptables-restore", &["-w", "--noflush"], Some(&restore_text([chain.clone()].iter(), "", &[&chain])))
-            .await?;
-    }
-    Ok(())
+    remove_postrouting_chain(&jump(chains), &chains.pod_masquerade()).await
 }
 
 #[cfg(test)]

@@ -329,6 +329,19 @@ pub enum ProxyError {
     Api(#[from] orchestrator_apimachinery::errors::ApiError),
 }
 
+/// Removes every jump `rule` from POSTROUTING and then the nat chain
+/// `chain`, if it is there (a node's chain taken down with it).
+pub(crate) async fn remove_postrouting_chain(rule: &[String], chain: &String) -> Result<(), ProxyError> {
+    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+    while run("iptables", &[&["-w", "-t", "nat", "-D", "POSTROUTING"][..], &rule].concat(), None).await.is_ok() {}
+    let saved = run("iptables-save", &["-t", "nat"], None).await?;
+    if saved.lines().any(|l| l.split_whitespace().next() == Some(&format!(":{chain}"))) {
+        run("iptables-restore", &["-w", "--noflush"], Some(&restore_text([chain.clone()].iter(), "", &[chain])))
+            .await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(program: &'static str, args: &[&str], input: Option<&str>) -> Result<String, ProxyError> {
     let mut child = tokio::process::Command::new(program)
         .args(args)

@@ -32,7 +32,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage,
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::overlay::{self, Device, OverlayError, Remote};
-use crate::proxy::{Chains, ProxyError, restore_text, run};
+use crate::proxy::{Chains, ProxyError, remove_postrouting_chain, restore_text, run};
 use orchestrator_apimachinery::errors::ApiError;
 use orchestrator_client::{Api, Watch};
 
@@ -449,15 +449,7 @@ pub async fn cleanup(chains: &Chains) -> Result<(), RoutesError> {
     let h = netlink()?;
     apply_routes(&h, &BTreeMap::new(), None).await?;
     overlay::remove(&h).await?;
-    let rule = jump(chains);
-    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-    while run("iptables", &[&["-w", "-t", "nat", "-D", "POSTROUTING"][..], &rule].concat(), None).await.is_ok() {}
-    let chain = chains.pod_network();
-    let saved = run("iptables-save", &["-t", "nat"], None).await?;
-    if saved.lines().any(|l| l.split_whitespace().next() == Some(&format!(":{chain}"))) {
-        run("iptables-restore", &["-w", "--noflush"], Some(&restore_text([chain.clone()].iter(), "", &[&chain])))
-            .await?;
-    }
+    remove_postrouting_chain(&jump(chains), &chains.pod_network()).await?;
     Ok(())
 }
 
