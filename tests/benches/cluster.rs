@@ -10,13 +10,13 @@
 //! `PLINTH_CLUSTER_TOLERATION_S` seconds (default 30; upstream's default,
 //! which pods without their own get, is 300). Run with `bench/cluster.sh`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use plinth_qemu::{ClusterNet, Vm};
 use plinth_tests::cluster::{BOOT, ROLLOUT, build_busybox_image, tail};
-use plinth_tests::multinode::{apply, cluster_addr, gen_config, node_ready, power_on, wait_configured};
+use plinth_tests::multinode::{apply, cluster_configs, node_ready, power_on, wait_configured};
 use plinth_tests::{Operator, kubectl, osctl, wait_for};
 
 fn figure(name: &str, value: f64) {
@@ -84,20 +84,7 @@ fn main() -> anyhow::Result<()> {
     let image = build_busybox_image(&op, w)?;
 
     let names = ["cp", "w1", "w2"];
-    let endpoint = format!("https://{}:6443", cluster_addr(0));
-    let mut tomls = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let toml = w.join(format!("{name}.toml"));
-        let addr = format!("{}/24", cluster_addr(i));
-        let mut args = vec!["--hostname", name, "--cluster-address", &addr];
-        if i == 0 {
-            args.extend(["--role", "controlplane"]);
-        } else {
-            args.extend(["--role", "worker", "--endpoint", &endpoint]);
-        }
-        gen_config(&op, &toml, &args)?;
-        tomls.push(toml);
-    }
+    let tomls: Vec<PathBuf> = cluster_configs(&op, w, &names)?.into_iter().map(|(toml, _)| toml).collect();
 
     let net = ClusterNet::new()?;
     let powered_on = Instant::now();

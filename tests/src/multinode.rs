@@ -4,7 +4,7 @@
 //! `tests/multinode.rs` (three nodes, in CI: issue 15's proof) and
 //! `benches/cluster.rs` (three nodes, a worker powered off and on).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -36,6 +36,27 @@ pub fn gen_config(op: &Operator, out: &Path, extra: &[&str]) -> anyhow::Result<M
         std::fs::write(out, &text)?;
     }
     Ok(MachineConfig::parse(&out.display().to_string(), &text)?)
+}
+
+/// The configs of a cluster on the cluster network: `names[0]` the
+/// control plane, the others workers joining it by token, each at
+/// [`cluster_addr`] of its place; each file with its parsed config.
+pub fn cluster_configs(op: &Operator, dir: &Path, names: &[&str]) -> anyhow::Result<Vec<(PathBuf, MachineConfig)>> {
+    let endpoint = format!("https://{}:6443", cluster_addr(0));
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let toml = dir.join(format!("{name}.toml"));
+        let addr = format!("{}/24", cluster_addr(i));
+        let mut args = vec!["--hostname", name, "--cluster-address", &addr];
+        if i == 0 {
+            args.extend(["--role", "controlplane"]);
+        } else {
+            args.extend(["--role", "worker", "--endpoint", &endpoint]);
+        }
+        let cfg = gen_config(op, &toml, &args)?;
+        out.push((toml, cfg));
+    }
+    Ok(out)
 }
 
 /// Powers on a VM on `net` (it boots into maintenance mode).

@@ -40,7 +40,7 @@ use anyhow::Context as _;
 use plinth_qemu::ClusterNet;
 use plinth_tests::cluster::{BOOT, ROLLOUT, build_busybox_image, busybox_image_options, tail};
 use plinth_tests::multinode::{
-    TOKEN, apply, cluster_addr, diagnose, exec_ok, fetch, gen_config, node_ready, power_on, probe_log, prober_pod,
+    TOKEN, apply, cluster_addr, cluster_configs, diagnose, exec_ok, fetch, node_ready, power_on, probe_log, prober_pod,
     wait_configured,
 };
 use plinth_tests::{Operator, bundle_with, kubectl, osctl, slot, wait_for};
@@ -140,16 +140,8 @@ fn three_nodes_join_by_token_serve_across_nodes_run_on_without_the_control_plane
 
     let endpoint = format!("https://{}:6443", cluster_addr(0));
     let mut tomls = Vec::new();
-    for (i, name) in NODES.iter().enumerate() {
-        let toml = w.join(format!("{name}.toml"));
-        let addr = format!("{}/24", cluster_addr(i));
-        let mut args = vec!["--hostname", name, "--cluster-address", &addr];
-        if i == 0 {
-            args.extend(["--role", "controlplane"]);
-        } else {
-            args.extend(["--role", "worker", "--endpoint", &endpoint]);
-        }
-        let cfg = gen_config(&op, &toml, &args)?;
+    for (i, (toml, cfg)) in cluster_configs(&op, w, &NODES)?.into_iter().enumerate() {
+        let name = NODES[i];
         if i == 0 {
             assert_eq!(cfg.kube_endpoint().as_deref(), Some(&*endpoint));
         } else {
