@@ -484,10 +484,12 @@ fn a_slow_sandbox_holds_up_no_other_pod() {
     let Some(c) = Cluster::start() else { return };
     let dir = c.containerd.dir.path();
     let (entered, release) = (dir.join("slow-add-entered"), dir.join("slow-add-release"));
+    // containerd passes the pod's labels in CNI_ARGS in a random order
+    // (a Go map), so the name is matched between separators on both sides.
     c.containerd.swap_cni_plugin(
         "bridge",
         Some(&format!(
-            r#"if [ "$CNI_COMMAND" = ADD ]; then case "$CNI_ARGS" in *"K8S_POD_NAME=slow;"*)
+            r#"if [ "$CNI_COMMAND" = ADD ]; then case ";$CNI_ARGS;" in *";K8S_POD_NAME=slow;"*)
   touch {entered}; i=0; while [ ! -e {release} ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done;; esac; fi
 exec /usr/lib/cni/bridge"#,
             entered = entered.display(),

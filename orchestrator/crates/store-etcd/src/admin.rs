@@ -150,16 +150,22 @@ pub fn member_add(cfg: &EtcdConfig, name: &str, peer_url: &str) -> Result<String
 }
 
 /// etcd's `--initial-cluster` for a member `name` joining at `peer_url`:
-/// the members that have started by their names, the new one (nameless
-/// until it starts) as `name`.
+/// every member of the list, the new one as `name`. etcd checks it
+/// against the cluster's member list by peer URLs and exits ("member
+/// count is unequal") when one is missing, so a member that has joined
+/// but not yet published its name (etcd accepts the next add once it has
+/// been connected for a few seconds, which on a slow machine can come
+/// first) is listed too, under its ID: the name of another member is not
+/// checked.
 pub fn initial_cluster(members: &[Member], name: &str, peer_url: &str) -> String {
     let mut parts = Vec::new();
     for m in members {
         let own = m.peer_urls.iter().any(|u| u == peer_url);
-        let n = if own { name } else { m.name.as_str() };
-        if n.is_empty() {
-            continue; // another member added that has not started: it is not needed to start this one
-        }
+        let n = match () {
+            _ if own => name,
+            _ if m.name.is_empty() => m.id.as_str(),
+            _ => m.name.as_str(),
+        };
         for u in &m.peer_urls {
             parts.push(format!("{n}={u}"));
         }
@@ -362,16 +368,16 @@ mod tests {
     }
 
     #[test]
-    fn the_initial_cluster_names_the_started_members_and_the_new_one() {
+    fn the_initial_cluster_lists_every_member_the_new_one_by_its_name() {
         let list = [
             m("1", "cp1", "https://10.0.0.1:2380"),
             m("2", "", "https://10.0.0.2:2380"),
-            m("3", "", "https://10.0.0.3:2380"),
+            m("3e", "", "https://10.0.0.3:2380"),
         ];
         assert_eq!(
             initial_cluster(&list, "cp2", "https://10.0.0.2:2380"),
-            "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380",
-            "another added member that has not started is left out"
+            "cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380,3e=https://10.0.0.3:2380",
+            "another member that has not published its name yet is listed under its ID"
         );
     }
 
