@@ -6,7 +6,11 @@
 //! Deployment spread over the nodes, w2 powered off (QEMU killed, no
 //! shutdown) → its Node not Ready → its pod replaced on the other nodes
 //! (Ready again with 3 replicas) and w2 powered on → Ready again → its
-//! old pod gone. The Deployment's pods tolerate the unreachable taint for
+//! old pod gone. Before the power-off, with the Deployment up: the round
+//! trip and HTTP throughput from a pod on w1 to a pod on the same node,
+//! to one on w2 and to w2 itself, and the control plane's and w1's memory
+//! (guest RAM, each process' RSS). `PLINTH_TEST_POD_NETWORK=vxlan` (or
+//! `host-gw`) sets every node's `cluster.pod_network`. The Deployment's pods tolerate the unreachable taint for
 //! `PLINTH_CLUSTER_TOLERATION_S` seconds (default 30; upstream's default,
 //! which pods without their own get, is 300). Run with `bench/cluster.sh`.
 
@@ -17,10 +21,99 @@ use anyhow::Context as _;
 use plinth_qemu::{ClusterNet, Vm};
 use plinth_tests::cluster::{BOOT, ROLLOUT, build_busybox_image, tail};
 use plinth_tests::multinode::{apply, cluster_configs, node_ready, power_on, wait_configured};
-use plinth_tests::{Operator, kubectl, osctl, wait_for};
+use plinth_tests::{Operator, footprint, kubectl, osctl, wait_for};
 
 fn figure(name: &str, value: f64) {
-    println!("figure: {name} {value:.1}");
+    println!("figure: {name} {value:.2}");
+}
+
+/// The size of the file fetched for the throughput figures.
+const BIG_MIB: u32 = 16;
+
+/// A pod that stays on `node`, for the network figures.
+fn probe(node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: probe}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: probe
+    image: docker.io/library/busybox:plinth
+    imagePullPolicy: IfNotPresent
+    command: ["sleep", "3600"]
+"#
+    )
+}
+
+/// `sh -c SCRIPT` in `pod`: what it printed.
+fn exec(kubeconfig: &Path, pod: &str, script: &str) -> anyhow::Result<String> {
+    Ok(kubectl(kubeconfig, &["exec", pod, "--", "sh", "-c", script])?.ok()?.stdout)
+}
+
+/// The average of ten pings from `pod` to `ip`, in ms (busybox's
+/// `round-trip min/avg/max = …` line).
+fn rtt_ms(kubeconfig: &Path, pod: &str, ip: &str) -> anyhow::Result<f64> {
+    let out = exec(kubeconfig, pod, &format!("ping -q -c 10 {ip}"))?;
+    let line = out.lines().find(|l| l.contains("min/avg/max")).with_context(|| format!("ping {ip}: {out}"))?;
+    let avg = line.split('=').nth(1).and_then(|v| v.trim().split('/').nth(1));
+    avg.and_then(|a| a.parse().ok()).with_context(|| format!("ping {ip}: no average in {line:?}"))
+}
+
+/// MB/s of fetching [`BIG_MIB`] MiB over HTTP from `ip` in `pod`, timed
+/// by the guest's own clock (`/proc/uptime`, 10 ms steps).
+fn throughput_mb_s(kubeconfig: &Path, pod: &str, ip: &str) -> anyhow::Result<f64> {
+    let script = format!(
+        "read a _ </proc/uptime; wget -q -O /dev/null http://{ip}:8080/big || exit 1; read b _ </proc/uptime; echo $a $b"
+    );
+    let out = exec(kubeconfig, pod, &script)?;
+    let t: Vec<f64> = out.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let [a, b] = t[..] else { anyhow::bail!("fetching from {ip}: no two uptimes in {out:?}") };
+    if b - a < 0.05 {
+        anyhow::bail!("fetching {BIG_MIB} MiB from {ip} took {:.2} s: too short to time with /proc/uptime", b - a);
+    }
+    Ok(f64::from(BIG_MIB) * 1.048576 / (b - a))
+}
+
+/// Round trip and throughput from a pod on w1 to a pod on the same node
+/// and to one on w2 (and to w2 itself, the network under the pods).
+fn network_figures(kubeconfig: &Path, dir: &Path, pods: &[(String, String, bool, bool)]) -> anyhow::Result<()> {
+    let manifest = dir.join("probe.yaml");
+    std::fs::write(&manifest, probe("w1"))?;
+    kubectl(kubeconfig, &["apply", "-f", manifest.to_str().context("utf-8")?])?.ok()?;
+    kubectl(kubeconfig, &["wait", "--for=condition=Ready", "pod/probe", "--timeout=300s"])?.ok()?;
+    let on = |node: &str| -> anyhow::Result<(String, String)> {
+        let pod = pods.iter().find(|p| p.1 == node).with_context(|| format!("no web pod on {node}: {pods:?}"))?;
+        let ip = kubectl(kubeconfig, &["get", "pod", &pod.0, "-o", "jsonpath={.status.podIP}"])?.ok()?.stdout;
+        exec(kubeconfig, &pod.0, &format!("dd if=/dev/zero of=/tmp/www/big bs=1M count={BIG_MIB} 2>/dev/null"))?;
+        Ok((pod.0.clone(), ip))
+    };
+    let (near, far) = (on("w1")?, on("w2")?);
+    let internal = r#"jsonpath={.status.addresses[?(@.type=="InternalIP")].address}"#;
+    let w2 = kubectl(kubeconfig, &["get", "node", "w2", "-o", internal])?.ok()?.stdout;
+    let mtu = exec(kubeconfig, "probe", "cat /sys/class/net/eth0/mtu")?;
+    println!("the probe pod's eth0 MTU: {}", mtu.trim());
+    figure("pod_rtt_same_node_ms", rtt_ms(kubeconfig, "probe", &near.1)?);
+    figure("pod_rtt_across_nodes_ms", rtt_ms(kubeconfig, "probe", &far.1)?);
+    figure("pod_to_other_node_rtt_ms", rtt_ms(kubeconfig, "probe", &w2)?);
+    figure("pod_http_same_node_mb_s", throughput_mb_s(kubeconfig, "probe", &near.1)?);
+    figure("pod_http_across_nodes_mb_s", throughput_mb_s(kubeconfig, "probe", &far.1)?);
+    kubectl(kubeconfig, &["delete", "pod", "probe", "--wait=false"])?.ok()?;
+    Ok(())
+}
+
+/// A node's memory (its `osctl version` and `services`).
+fn print_footprint(op: &Operator, vm: &Vm, when: &str) -> anyhow::Result<()> {
+    let addr = vm.api_addr();
+    let at = |args: &[&str]| {
+        let mut all = vec!["-n", addr.as_str(), "-o", "json"];
+        all.extend_from_slice(args);
+        osctl(&op.osctlconfig(), &all).ok()?.json()
+    };
+    footprint::print(when, &at(&["version"])?, &at(&["services"])?)
 }
 
 fn web(toleration_s: u64) -> String {
@@ -82,6 +175,8 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let w = work.path();
     let image = build_busybox_image(&op, w)?;
+    let network = std::env::var("PLINTH_TEST_POD_NETWORK").unwrap_or_else(|_| "auto".into());
+    println!("cluster.pod_network = {network}");
 
     let names = ["cp", "w1", "w2"];
     let tomls: Vec<PathBuf> = cluster_configs(&op, w, &names)?.into_iter().map(|(toml, _)| toml).collect();
@@ -130,6 +225,11 @@ fn main() -> anyhow::Result<()> {
     kubectl(&kubeconfig, &["rollout", "status", "deployment/web", ROLLOUT])?.ok()?;
     let before = web_pods(&kubeconfig)?;
     println!("web pods before: {before:?}");
+    network_figures(&kubeconfig, w, &before)?;
+    // Start-up work settled: the figures are the steady state.
+    std::thread::sleep(Duration::from_secs(15));
+    print_footprint(&op, &vms[0], "cp (control plane and kubelet, one web pod)")?;
+    print_footprint(&op, &vms[1], "w1 (worker, one web pod)")?;
     let Some(on_w2) = before.iter().find(|p| p.1 == "w2").map(|p| p.0.clone()) else {
         anyhow::bail!("no web pod on w2 to fail over: {before:?}");
     };

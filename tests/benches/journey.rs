@@ -13,27 +13,15 @@
 use std::time::{Duration, Instant};
 
 use plinth_tests::cluster::{BOOT, ClusterNode};
-use plinth_tests::footprint::{self, mib};
+use plinth_tests::footprint;
 use plinth_tests::{Operator, boot};
 
 fn print_footprint(node: &mut ClusterNode, when: &str) -> anyhow::Result<()> {
     // Let start-up work settle: the figure is the steady state.
     std::thread::sleep(Duration::from_secs(15));
     let v = node.version().ok_or_else(|| anyhow::anyhow!("no answer from the node"))?;
-    let (used, total) = footprint::guest_ram(&v)?;
-    println!("{when}: guest RAM in use {:.1} MiB of {:.1} MiB", mib(used), mib(total));
     let services = node.osctl(&["-o", "json", "services"]).ok()?.json()?;
-    let mut ours = mib(footprint::init_rss(&v)?);
-    println!("  init RSS {ours:.1} MiB");
-    for (name, rss) in footprint::service_rss(&services)? {
-        let rss = mib(rss);
-        println!("  {name} RSS {rss:.1} MiB");
-        if name != "containerd" {
-            ours += rss;
-        }
-    }
-    println!("  Plinth's own processes (init, apid, orchestrator) together: {ours:.1} MiB RSS");
-    Ok(())
+    footprint::print(when, &v, &services)
 }
 
 fn main() -> anyhow::Result<()> {

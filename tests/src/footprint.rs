@@ -65,6 +65,25 @@ pub fn service_rss(services: &serde_json::Value) -> anyhow::Result<Vec<(String, 
         .collect()
 }
 
+/// Prints a node's memory: guest RAM in use, init's and each service's
+/// resident set, and Plinth's own processes together (all but
+/// containerd), from its `osctl version` and `osctl services` as JSON.
+pub fn print(when: &str, version: &serde_json::Value, services: &serde_json::Value) -> anyhow::Result<()> {
+    let (used, total) = guest_ram(version)?;
+    println!("{when}: guest RAM in use {:.1} MiB of {:.1} MiB", mib(used), mib(total));
+    let mut ours = mib(init_rss(version)?);
+    println!("  init RSS {ours:.1} MiB");
+    for (name, rss) in service_rss(services)? {
+        let rss = mib(rss);
+        println!("  {name} RSS {rss:.1} MiB");
+        if name != "containerd" {
+            ours += rss;
+        }
+    }
+    println!("  Plinth's own processes (init, apid, orchestrator) together: {ours:.1} MiB RSS");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

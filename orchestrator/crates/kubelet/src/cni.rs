@@ -12,8 +12,10 @@ use crate::Config;
 
 pub const CONFIG_FILE: &str = "10-plinth.conflist";
 
-pub fn config(cfg: &Config) -> Value {
-    json!({
+/// The network's config; `mtu` is the pods' (the bridge's and each
+/// veth's), none for the plugin's default.
+pub fn config(cfg: &Config, mtu: Option<u32>) -> Value {
+    let mut c = json!({
         "cniVersion": "1.0.0",
         "name": format!("plinth-{}", cfg.bridge),
         "plugins": [
@@ -32,7 +34,11 @@ pub fn config(cfg: &Config) -> Value {
             },
             {"type": "portmap", "capabilities": {"portMappings": true}}
         ]
-    })
+    });
+    if let Some(mtu) = mtu {
+        c["plugins"][0]["mtu"] = mtu.into();
+    }
+    c
 }
 
 /// The pod network's gateway (the bridge's address): host-local gives it
@@ -43,12 +49,12 @@ pub fn gateway(pod_cidr: &str) -> Option<std::net::Ipv4Addr> {
 }
 
 /// Writes the config (atomically: the runtime watches the directory).
-pub fn write_config(cfg: &Config) -> Result<(), (PathBuf, std::io::Error)> {
+pub fn write_config(cfg: &Config, mtu: Option<u32>) -> Result<(), (PathBuf, std::io::Error)> {
     let dir = &cfg.cni_conf_dir;
     std::fs::create_dir_all(dir).map_err(|e| (dir.clone(), e))?;
     let path = dir.join(CONFIG_FILE);
     let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
-    let text = serde_json::to_vec_pretty(&config(cfg)).unwrap_or_default();
+    let text = serde_json::to_vec_pretty(&config(cfg, mtu)).unwrap_or_default();
     if std::fs::read(&path).is_ok_and(|old| old == text) {
         return Ok(());
     }
@@ -109,6 +115,28 @@ mod tests {
         assert!(super::drop_unreadable_results(&d.path().join("none"), "abc123").is_empty());
         let seen = "failed to destroy network for sandbox \"abc\": failed to get network \"plinth-plinth0\" cached result: decoding version from network config: unexpected end of JSON input";
         assert!(super::is_unreadable_cached_result(seen));
+    }
+
+    #[test]
+    fn the_bridge_carries_the_pod_mtu_when_there_is_one() {
+        let cfg = crate::Config {
+            node_name: "n".into(),
+            cri_socket: "/run/containerd.sock".into(),
+            dir: "/var/lib/kubelet".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            pod_cidr: "10.244.3.0/24".into(),
+            bridge: "plinth0".into(),
+            node_ip: None,
+            listen: "127.0.0.1:10250".parse().unwrap(),
+            image_dir: None,
+            log_rotation: Default::default(),
+            service_proxy: true,
+            pod_network: Default::default(),
+        };
+        let bridge = |mtu| super::config(&cfg, mtu)["plugins"][0].clone();
+        assert_eq!(bridge(Some(1450))["mtu"], 1450);
+        assert_eq!(bridge(Some(1450))["type"], "bridge");
+        assert!(bridge(None).get("mtu").is_none());
     }
 
     #[test]

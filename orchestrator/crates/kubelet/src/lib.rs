@@ -301,6 +301,29 @@ fn start_pod_routes(cfg: &Config, api: &orchestrator_client::Api, chains: orches
     }
 }
 
+/// The pods' MTU for the node's pod network mode (`Mode::pod_mtu`) over
+/// the interface holding the node's address; none (the CNI plugin's
+/// default) for a loopback address (a node alone, or a test: loopback's
+/// 65,536 is no link's) or when the MTU cannot be read, with a warning.
+async fn pod_mtu(cfg: &Config) -> Option<u32> {
+    use orchestrator_node_net::{overlay, routes};
+    let local = match cfg.node_ip.unwrap_or_else(node::default_ip) {
+        IpAddr::V4(a) if !a.is_loopback() => a,
+        _ => return None,
+    };
+    let underlay = match routes::netlink() {
+        Ok(h) => overlay::underlay_mtu(&h, local).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match underlay {
+        Ok(u) => Some(cfg.pod_network.pod_mtu(u)),
+        Err(e) => {
+            tracing::warn!("pod MTU: {e}; the CNI plugin's default");
+            None
+        }
+    }
+}
+
 /// Masquerades the pods' traffic leaving the pod CIDR (the CNI bridge's
 /// `ipMasq` is off: `cni.rs`), before any sandbox starts, and keeps the
 /// rule in place. A failure is logged: pods still reach each other and
@@ -335,7 +358,11 @@ pub async fn start(
     for d in [cfg.dir.join("pods"), cfg.dir.join("logs")] {
         std::fs::create_dir_all(&d).map_err(|source| KubeletError::Io { op: "create", path: d.clone(), source })?;
     }
-    cni::write_config(&cfg).map_err(|(path, source)| KubeletError::Io { op: "write", path, source })?;
+    cni::write_config(&cfg, pod_mtu(&cfg).await).map_err(|(path, source)| KubeletError::Io {
+        op: "write",
+        path,
+        source,
+    })?;
     start_pod_masquerade(&cfg).await;
     // A bad archive is reported and skipped: the node still runs what it can.
     if let Some(dir) = &cfg.image_dir

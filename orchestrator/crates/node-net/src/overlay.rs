@@ -99,6 +99,11 @@ pub async fn index(h: &Handle) -> Result<Option<u32>, OverlayError> {
     Ok(link_by_name(h, DEVICE).await?.map(|l| l.header.index))
 }
 
+/// The MTU of the interface holding the node address `addr`.
+pub async fn underlay_mtu(h: &Handle, addr: Ipv4Addr) -> Result<u32, OverlayError> {
+    Ok(underlay(h, addr).await?.1)
+}
+
 /// The interface holding `addr`: (index, MTU).
 async fn underlay(h: &Handle, addr: Ipv4Addr) -> Result<(u32, u32), OverlayError> {
     let addrs: Vec<_> = h.address().get().execute().try_collect().await.map_err(nl("list", "addresses"))?;

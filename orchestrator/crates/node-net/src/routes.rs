@@ -119,6 +119,19 @@ impl Mode {
     /// The names, as the config and the command line spell them.
     pub const NAMES: [&'static str; 3] = ["auto", "host-gw", "vxlan"];
 
+    /// The pods' MTU over an underlay of `underlay` bytes: the VXLAN
+    /// device's when every path to another node's pods is the overlay,
+    /// else the underlay's. In `auto` most paths are direct routes at the
+    /// underlay's MTU, and a full-size packet into the overlay gets
+    /// "fragmentation needed" from the pod's own node (path MTU
+    /// discovery); Flannel instead gives every pod the overlay's MTU.
+    pub fn pod_mtu(self, underlay: u32) -> u32 {
+        match self {
+            Mode::Auto | Mode::HostGw => underlay,
+            Mode::Vxlan => underlay.saturating_sub(crate::overlay::OVERHEAD),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Auto => "auto",
@@ -457,6 +470,12 @@ pub async fn cleanup(chains: &Chains) -> Result<(), RoutesError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pods_get_the_overlays_mtu_when_every_path_is_the_overlay() {
+        assert_eq!([Mode::Auto, Mode::HostGw, Mode::Vxlan].map(|m| m.pod_mtu(1500)), [1500, 1500, 1450]);
+        assert_eq!(Mode::Vxlan.pod_mtu(9000), 8950);
+    }
 
     fn node(name: &str, cidr: Option<&str>, ip: Option<&str>) -> Node {
         let mut n = json!({"metadata": {"name": name}, "spec": {}, "status": {"addresses": [{"type": "Hostname", "address": name}]}});
