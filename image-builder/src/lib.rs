@@ -638,7 +638,7 @@ fn build_parts(opts: &BuildOptions, w: &Path, progress: &mut Progress) -> Result
                 linux: &k.vmlinuz,
                 initrd: &initrd,
             };
-            uki::build(&parts, &uki_file)?;
+            uki::build(&parts, &uki_file, build_time())?;
             if let Some(k) = &opts.secure_boot {
                 let unsigned = w.join("uki.unsigned.efi");
                 std::fs::rename(&uki_file, &unsigned).map_err(|e| BuildError::io("rename", &uki_file, e))?;

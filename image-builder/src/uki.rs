@@ -30,11 +30,14 @@ fn align(v: u64) -> u64 {
     v.div_ceil(ALIGN) * ALIGN
 }
 
-/// Builds a UKI at `out`. The added sections are laid out one after the
-/// other past the stub's own image, page aligned, so none overlaps another
-/// whatever their sizes (the fixed addresses in older recipes break once a
-/// kernel or initramfs outgrows its gap).
-pub fn build(parts: &UkiParts<'_>, out: &Path) -> Result<(), BuildError> {
+/// Builds a UKI at `out`, stamped with `time` (Unix seconds: the build's
+/// [`crate::build_time`], so that the same inputs give the same bytes and
+/// an upgrade does not send an unchanged UKI again). The added sections
+/// are laid out one after the other past the stub's own image, page
+/// aligned, so none overlaps another whatever their sizes (the fixed
+/// addresses in older recipes break once a kernel or initramfs outgrows
+/// its gap).
+pub fn build(parts: &UkiParts<'_>, out: &Path, time: u64) -> Result<(), BuildError> {
     let objcopy = tools::require("objcopy", "binutils")?;
     let stub = std::fs::read(parts.stub).map_err(|e| BuildError::io("read", parts.stub, e))?;
     let pe = parse_pe(&stub).ok_or_else(|| BuildError::Tool {
@@ -54,7 +57,12 @@ pub fn build(parts: &UkiParts<'_>, out: &Path) -> Result<(), BuildError> {
         at = align(at + len.max(1));
     }
     cmd.arg(parts.stub).arg(out);
-    tools::run(&mut cmd)
+    tools::run(&mut cmd)?;
+    let mut image = std::fs::read(out).map_err(|e| BuildError::io("read", out, e))?;
+    machinery::pe::set_timestamp(&mut image, u32::try_from(time).unwrap_or(u32::MAX)).ok_or_else(|| {
+        BuildError::Tool { what: format!("stamping {}", out.display()), detail: "objcopy wrote no PE image".into() }
+    })?;
+    std::fs::write(out, image).map_err(|e| BuildError::io("write", out, e))
 }
 
 #[cfg(test)]
@@ -89,8 +97,14 @@ mod tests {
             linux: &linux,
             initrd: &initrd,
         };
-        build(&parts, &out).unwrap();
+        build(&parts, &out, 1_700_000_000).unwrap();
         let image = std::fs::read(&out).unwrap();
+        // objcopy stamps the time it runs: a second build a second later
+        // is the same file all the same.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let again = d.path().join("again.efi");
+        build(&parts, &again, 1_700_000_000).unwrap();
+        assert!(std::fs::read(&again).unwrap() == image, "two builds of the same inputs differ");
         let pe = parse_pe(&image).unwrap();
         let names: Vec<&str> = pe.sections.iter().map(|s| s.name.as_str()).collect();
         let added = &names[names.len() - 4..];

@@ -47,6 +47,46 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// Sets a PE image's COFF TimeDateStamp to `time` and recomputes its
+/// optional header's CheckSum (which covers it); `None` if it is not a PE
+/// image. objcopy (binutils 2.40) stamps what it writes with the time it
+/// ran, whatever `SOURCE_DATE_EPOCH` says, so two builds of one UKI
+/// differed in these eight bytes alone.
+pub fn set_timestamp(image: &mut [u8], time: u32) -> Option<()> {
+    if image.get(..2)? != b"MZ" {
+        return None;
+    }
+    let pe = u32_at(image, 0x3c)? as usize;
+    if image.get(pe..pe + 4)? != b"PE\0\0" {
+        return None;
+    }
+    let stamp = pe + 8;
+    image.get_mut(stamp..stamp + 4)?.copy_from_slice(&time.to_le_bytes());
+    // CheckSum is at the same offset in PE32 and PE32+.
+    let sum_at = pe + 24 + 64;
+    image.get_mut(sum_at..sum_at + 4)?.copy_from_slice(&[0; 4]);
+    let sum = checksum(image, sum_at);
+    image[sum_at..sum_at + 4].copy_from_slice(&sum.to_le_bytes());
+    Some(())
+}
+
+/// The PE checksum: the image's 16-bit little-endian words added with
+/// end-around carry (the CheckSum field at `sum_at` counted as zero), plus
+/// the image's length.
+fn checksum(image: &[u8], sum_at: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, w) in image.chunks(2).enumerate() {
+        let at = i * 2;
+        if at >= sum_at && at < sum_at + 4 {
+            continue;
+        }
+        sum += u64::from(u16::from_le_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32).wrapping_add(image.len() as u32)
+}
+
 /// Reads the section table of a PE image; `None` if it is not one.
 pub fn parse_pe(image: &[u8]) -> Option<Pe> {
     if image.get(..2)? != b"MZ" {
@@ -103,6 +143,28 @@ pub fn set_uki_slot(image: &mut [u8], slot: Slot) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_timestamp_set_twice_gives_the_same_bytes_and_a_valid_checksum() {
+        // A minimal PE: MZ, e_lfanew = 0x40, "PE\0\0", a COFF header and
+        // an optional header long enough to hold CheckSum.
+        let mut image = vec![0u8; 0x40 + 4 + 20 + 96 + 3];
+        image[..2].copy_from_slice(b"MZ");
+        image[0x3c] = 0x40;
+        image[0x40..0x44].copy_from_slice(b"PE\0\0");
+        image[0x48..0x4c].copy_from_slice(&0x6000_0000u32.to_le_bytes());
+        let mut other = image.clone();
+        other[0x48..0x4c].copy_from_slice(&0x6000_0042u32.to_le_bytes());
+        super::set_timestamp(&mut image, 1_700_000_000).unwrap();
+        super::set_timestamp(&mut other, 1_700_000_000).unwrap();
+        assert_eq!(image, other, "only the stamp differed");
+        assert_eq!(super::u32_at(&image, 0x48), Some(1_700_000_000));
+        let sum_at = 0x40 + 24 + 64;
+        let stored = super::u32_at(&image, sum_at).unwrap();
+        assert_eq!(stored, super::checksum(&image, sum_at), "the stored sum is the image's");
+        assert_ne!(stored, 0);
+        assert!(super::set_timestamp(&mut b"not a PE image".to_vec(), 1).is_none());
+    }
+
     use super::*;
 
     #[test]

@@ -476,6 +476,44 @@ spec:
     assert_eq!(c.pod_field("big", ".spec.nodeName"), "", "still waiting for a node that fits");
 }
 
+/// A privileged container runs (its sandbox is privileged too, which
+/// containerd requires) with the administrative capabilities; an
+/// unprivileged pod beside it keeps the default set.
+#[test]
+fn a_privileged_container_runs_with_the_admin_capabilities() {
+    let Some(c) = Cluster::start() else { return };
+    for (name, privileged) in [("privileged", true), ("plain", false)] {
+        c.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+    securityContext: {{privileged: {privileged}}}
+"#
+        ));
+    }
+    for name in ["privileged", "plain"] {
+        c.wait_for(&["get", "pod", name, "-o", "jsonpath={.status.phase}"], READY, |s| s == "Running");
+    }
+    // The effective set, from "CapEff:\t000001ffffffffff".
+    let caps = |pod: &str| {
+        let line = c.ok(&["exec", pod, "--", "grep", "CapEff", "/proc/self/status"]);
+        let hex = line.split(':').nth(1).unwrap_or_default().trim().to_string();
+        u64::from_str_radix(&hex, 16).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    let (all, plain) = (caps("privileged"), caps("plain"));
+    assert_eq!(all & (CAP_SYS_ADMIN | CAP_NET_ADMIN), CAP_SYS_ADMIN | CAP_NET_ADMIN, "{all:#x}");
+    assert_eq!(plain & (CAP_SYS_ADMIN | CAP_NET_ADMIN), 0, "the plain pod keeps the default set: {plain:#x}");
+}
+
 /// A pod whose sandbox is slow to come up (its CNI ADD waits) holds up no
 /// other pod: pods created after it get their sandboxes and run while it
 /// waits, and it runs once its network is there.

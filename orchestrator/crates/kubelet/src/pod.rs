@@ -180,12 +180,24 @@ pub fn sandbox_config(
         linux: Some(v1::LinuxPodSandboxConfig {
             security_context: Some(v1::LinuxSandboxSecurityContext {
                 namespace_options: Some(namespace_options(&spec)),
+                privileged: has_privileged_container(&spec),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// Whether a container of the pod (init and ephemeral ones included) is
+/// privileged: its sandbox must be too, as upstream's kubelet makes it
+/// (containerd refuses a privileged container in an unprivileged sandbox:
+/// "no privileged container allowed in sandbox").
+fn has_privileged_container(spec: &PodSpec) -> bool {
+    let privileged =
+        |s: Option<&k8s_openapi::api::core::v1::SecurityContext>| s.and_then(|s| s.privileged) == Some(true);
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| privileged(c.security_context.as_ref()))
+        || spec.ephemeral_containers.iter().flatten().any(|c| privileged(c.security_context.as_ref()))
 }
 
 /// Objects the environment and volumes refer to, fetched by the caller.
@@ -893,6 +905,23 @@ mod tests {
         assert_eq!(dns_config(&pod(added), dns, node).unwrap().options, ["ndots:1"], "replaces ndots:5");
         let on_node = json!({"dnsPolicy": "Default", "dnsConfig": {"searches": ["b.example"]}});
         assert_eq!(dns_config(&pod(on_node), dns, node).unwrap().searches, ["lan", "b.example"]);
+    }
+
+    #[test]
+    fn a_privileged_container_of_any_kind_makes_the_sandbox_privileged() {
+        let privileged = |p: &Pod| {
+            let s = sandbox_config(p, "/var/log/pods/x", 1, None);
+            s.linux.unwrap().security_context.unwrap().privileged
+        };
+        assert!(!privileged(&pod()));
+        for field in ["containers", "initContainers", "ephemeralContainers"] {
+            let mut v = serde_json::to_value(pod()).unwrap();
+            v["spec"][field] = json!([{"name": "p", "image": "busybox:1", "securityContext": {"privileged": true}}]);
+            if field != "containers" {
+                v["spec"]["containers"][0]["securityContext"] = json!({"privileged": false});
+            }
+            assert!(privileged(&typed(v)), "{field}");
+        }
     }
 
     #[test]
