@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use plinth_qemu::{Vm, VmOptions};
+use plinth_tests::cluster::tail;
 use plinth_tests::{Operator, build_bundle, build_image, build_options, bundle_with, osctl, wait_for};
 
 /// A staged upgrade: its osctl JSON answer, and the wall time.
@@ -96,7 +97,7 @@ fn main() -> anyhow::Result<()> {
     // staged into slot a: only what slot b does not hold is sent.
     let rebuild = work.path().join("plinth-0.2.0-rebuild.osb");
     build_bundle(&op, &rebuild, "0.2.0")?;
-    let (r, s) = staged(&c, &addr, &rebuild)?;
+    let (r, s) = staged(&c, &addr, &rebuild).with_context(|| tail(&vm.serial_log()))?;
     report("same-version rebuild", &r, s)?;
     let mut opts = build_options(&op, &work.path().join("plinth-0.2.1.osb"), "0.2.1")?;
     let bins = work.path().join("bins");
@@ -110,7 +111,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&apid, changed)?;
     opts.bin_dir = bins;
     bundle_with(&opts, &op)?;
-    let (r, s) = staged(&c, &addr, &opts.out)?;
+    let (r, s) = staged(&c, &addr, &opts.out).with_context(|| tail(&vm.serial_log()))?;
     report("one binary changed (apid)", &r, s)?;
     vm.stop(Duration::from_secs(10));
     Ok(())
