@@ -44,10 +44,10 @@ pub enum VmError {
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
-    #[error("VM {name}: {what} did not happen within {timeout:?}; serial log: {serial}")]
-    Timeout { name: String, what: String, timeout: Duration, serial: PathBuf },
-    #[error("VM {name} exited ({status}); serial log: {serial}")]
-    Exited { name: String, status: String, serial: PathBuf },
+    #[error("VM {name}: {what} did not happen within {timeout:?}; serial log: {serial}, ending:\n{last}")]
+    Timeout { name: String, what: String, timeout: Duration, serial: PathBuf, last: String },
+    #[error("VM {name} exited ({status}); serial log: {serial}, ending:\n{last}")]
+    Exited { name: String, status: String, serial: PathBuf, last: String },
     #[error("no VM named {0} is recorded")]
     Unknown(String),
 }
@@ -605,6 +605,14 @@ impl Vm {
     }
 
     /// The serial console so far.
+    /// The serial log's last 30 lines, for an error: the log itself is
+    /// often in a test's temporary directory, gone when the error is read.
+    fn serial_tail(&self) -> String {
+        let log = self.serial_log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
     pub fn serial_log(&self) -> String {
         std::fs::read(&self.serial).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
@@ -650,6 +658,7 @@ impl Vm {
                 name: self.name.clone(),
                 status: status.to_string(),
                 serial: self.serial.clone(),
+                last: self.serial_tail(),
             });
         }
         Ok(())
@@ -681,6 +690,7 @@ impl Vm {
                     what: format!("{needle:?} on the console"),
                     timeout,
                     serial: self.serial.clone(),
+                    last: self.serial_tail(),
                 });
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -717,6 +727,7 @@ impl Vm {
                     what: "the API to answer".into(),
                     timeout,
                     serial: self.serial.clone(),
+                    last: self.serial_tail(),
                 });
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -766,6 +777,7 @@ impl Vm {
                     what: "power-off".into(),
                     timeout,
                     serial: self.serial.clone(),
+                    last: self.serial_tail(),
                 });
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -69,7 +69,18 @@ pub fn power_on(image: &Path, dir: &Path, name: &str, net: ClusterNet) -> anyhow
 /// maintenance mode (DHCP on every interface), the node takes its static
 /// eth1 address at the next boot.
 pub fn apply(op: &Operator, vm: &mut Vm, config: &Path) -> anyhow::Result<()> {
-    vm.wait_for_api(BOOT)?;
+    if let Err(e) = vm.wait_for_api(BOOT) {
+        // A guest that never started PID 1 stalled in the firmware or the
+        // kernel under emulation (four TCG guests on two cores): powered
+        // on once more, loudly. One that reached Plinth's init is failed.
+        if vm.serial_log().contains("Run /init") {
+            return Err(e.into());
+        }
+        eprintln!("{}: never reached PID 1 ({e}); powering it on again", vm.name);
+        vm.kill();
+        vm.boot()?;
+        vm.wait_for_api(BOOT)?;
+    }
     let cfg = config.to_str().context("utf-8")?;
     osctl(&op.osctlconfig(), &["-n", &vm.api_addr(), "--insecure", "apply-config", "--mode", "reboot", "-f", cfg])
         .ok()?;
