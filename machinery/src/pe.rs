@@ -47,19 +47,23 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// Where a PE image's `PE\0\0` signature is (the DOS header's
+/// `e_lfanew`); `None` if it is not a PE image.
+fn pe_signature(image: &[u8]) -> Option<usize> {
+    if image.get(..2)? != b"MZ" {
+        return None;
+    }
+    let pe = u32_at(image, 0x3c)? as usize;
+    (image.get(pe..pe + 4)? == b"PE\0\0").then_some(pe)
+}
+
 /// Sets a PE image's COFF TimeDateStamp to `time` and recomputes its
 /// optional header's CheckSum (which covers it); `None` if it is not a PE
 /// image. objcopy (binutils 2.40) stamps what it writes with the time it
 /// ran, whatever `SOURCE_DATE_EPOCH` says, so two builds of one UKI
 /// differed in these eight bytes alone.
 pub fn set_timestamp(image: &mut [u8], time: u32) -> Option<()> {
-    if image.get(..2)? != b"MZ" {
-        return None;
-    }
-    let pe = u32_at(image, 0x3c)? as usize;
-    if image.get(pe..pe + 4)? != b"PE\0\0" {
-        return None;
-    }
+    let pe = pe_signature(image)?;
     let stamp = pe + 8;
     image.get_mut(stamp..stamp + 4)?.copy_from_slice(&time.to_le_bytes());
     // CheckSum is at the same offset in PE32 and PE32+.
@@ -89,13 +93,7 @@ fn checksum(image: &[u8], sum_at: usize) -> u32 {
 
 /// Reads the section table of a PE image; `None` if it is not one.
 pub fn parse_pe(image: &[u8]) -> Option<Pe> {
-    if image.get(..2)? != b"MZ" {
-        return None;
-    }
-    let pe = u32_at(image, 0x3c)? as usize;
-    if image.get(pe..pe + 4)? != b"PE\0\0" {
-        return None;
-    }
+    let pe = pe_signature(image)?;
     let coff = pe + 4;
     let nsections = u16_at(image, coff + 2)? as usize;
     let opt_size = u16_at(image, coff + 16)? as usize;
