@@ -585,7 +585,6 @@ impl Vm {
             // Not in the terminal's process group: ^C on a test or CLI does
             // not reach the VM; `qemu down` or Drop stops it.
             .process_group(0);
-        close_inherited_fds(&mut cmd);
         let child = cmd.spawn().map_err(io("start", Path::new(cmd.get_program())))?;
         self.child = Some(child);
         Ok(())
@@ -866,24 +865,6 @@ pub fn down(state_dir: &Path, name: &str) -> Result<(), VmError> {
     }
     let dir = state_dir.join(name);
     std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
-}
-
-/// Closes, in QEMU's process, every descriptor beyond stdio that it
-/// would inherit: a detached QEMU outlives `qemu up` and must not keep
-/// what that was given (`flock LOCK qemu up …` left the lock held by the
-/// VM until `qemu down`). QEMU opens all it needs by path.
-#[allow(unsafe_code)]
-fn close_inherited_fds(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // makes the close_range syscall, which is async-signal-safe, touches no
-    // memory of the parent and cannot fail for these arguments on Linux
-    // ≥ 5.9 (older kernels return ENOSYS, reported as a spawn error).
-    unsafe {
-        cmd.pre_exec(|| {
-            if nix::libc::close_range(3, u32::MAX, 0) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-        });
-    }
 }
 
 #[cfg(test)]
