@@ -141,6 +141,8 @@ pub fn set_uki_slot(image: &mut [u8], slot: Slot) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_timestamp_set_twice_gives_the_same_bytes_and_a_valid_checksum() {
         // A minimal PE: MZ, e_lfanew = 0x40, "PE\0\0", a COFF header and
@@ -152,18 +154,16 @@ mod tests {
         image[0x48..0x4c].copy_from_slice(&0x6000_0000u32.to_le_bytes());
         let mut other = image.clone();
         other[0x48..0x4c].copy_from_slice(&0x6000_0042u32.to_le_bytes());
-        super::set_timestamp(&mut image, 1_700_000_000).unwrap();
-        super::set_timestamp(&mut other, 1_700_000_000).unwrap();
+        set_timestamp(&mut image, 1_700_000_000).unwrap();
+        set_timestamp(&mut other, 1_700_000_000).unwrap();
         assert_eq!(image, other, "only the stamp differed");
-        assert_eq!(super::u32_at(&image, 0x48), Some(1_700_000_000));
+        assert_eq!(u32_at(&image, 0x48), Some(1_700_000_000));
         let sum_at = 0x40 + 24 + 64;
-        let stored = super::u32_at(&image, sum_at).unwrap();
-        assert_eq!(stored, super::checksum(&image, sum_at), "the stored sum is the image's");
+        let stored = u32_at(&image, sum_at).unwrap();
+        assert_eq!(stored, checksum(&image, sum_at), "the stored sum is the image's");
         assert_ne!(stored, 0);
-        assert!(super::set_timestamp(&mut b"not a PE image".to_vec(), 1).is_none());
+        assert!(set_timestamp(&mut b"not a PE image".to_vec(), 1).is_none());
     }
-
-    use super::*;
 
     #[test]
     fn parse_pe_refuses_what_is_not_pe() {

@@ -603,15 +603,13 @@ impl Vm {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The serial console so far.
     /// The serial log's last 30 lines, for an error: the log itself is
     /// often in a test's temporary directory, gone when the error is read.
     fn serial_tail(&self) -> String {
-        let log = self.serial_log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        last_lines(&self.serial_log(), 30)
     }
 
+    /// The serial console so far.
     pub fn serial_log(&self) -> String {
         std::fs::read(&self.serial).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
@@ -865,6 +863,12 @@ pub fn down(state_dir: &Path, name: &str) -> Result<(), VmError> {
     }
     let dir = state_dir.join(name);
     std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
+}
+
+/// The last `n` lines of a log.
+pub fn last_lines(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

@@ -88,8 +88,7 @@ pub fn build_busybox_image(op: &Operator, dir: &Path) -> anyhow::Result<PathBuf>
 
 /// The end of a serial log, for failure messages.
 pub fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    format!("serial console, last lines:\n{}", lines[lines.len().saturating_sub(60)..].join("\n"))
+    format!("serial console, last lines:\n{}", plinth_qemu::last_lines(log, 60))
 }
 
 /// A configured control-plane node in QEMU, with its kubeconfig.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
-    EnvVarSource, Pod, PodCondition, PodSpec,
+    EnvVarSource, Pod, PodCondition, PodSpec, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
@@ -194,8 +194,7 @@ pub fn sandbox_config(
 /// (containerd refuses a privileged container in an unprivileged sandbox:
 /// "no privileged container allowed in sandbox").
 fn has_privileged_container(spec: &PodSpec) -> bool {
-    let privileged =
-        |s: Option<&k8s_openapi::api::core::v1::SecurityContext>| s.and_then(|s| s.privileged) == Some(true);
+    let privileged = |s: Option<&SecurityContext>| s.and_then(|s| s.privileged) == Some(true);
     spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| privileged(c.security_context.as_ref()))
         || spec.ephemeral_containers.iter().flatten().any(|c| privileged(c.security_context.as_ref()))
 }

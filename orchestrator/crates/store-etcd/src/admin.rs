@@ -161,10 +161,12 @@ pub fn initial_cluster(members: &[Member], name: &str, peer_url: &str) -> String
     let mut parts = Vec::new();
     for m in members {
         let own = m.peer_urls.iter().any(|u| u == peer_url);
-        let n = match () {
-            _ if own => name,
-            _ if m.name.is_empty() => m.id.as_str(),
-            _ => m.name.as_str(),
+        let n = if own {
+            name
+        } else if m.name.is_empty() {
+            m.id.as_str()
+        } else {
+            m.name.as_str()
         };
         for u in &m.peer_urls {
             parts.push(format!("{n}={u}"));
