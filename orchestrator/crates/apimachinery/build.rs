@@ -3,7 +3,7 @@
 //! come from `#[prost(..., tag = "N")]`; the JSON name of each field comes
 //! from k8s-openapi's serde names for the same struct (prost's snake_case
 //! cannot be turned back into `hostIP` or `$ref` reliably). Both crates'
-//! sources are found with `cargo metadata --offline`; k8s-pb is a
+//! sources are found with `cargo metadata`; k8s-pb is a
 //! build-dependency only so that Cargo downloads it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,11 +39,21 @@ fn locate() -> (PathBuf, PathBuf) {
     let manifest = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     // Only the host's packages: the others need not be downloaded.
     let host = std::env::var("HOST").expect("HOST");
-    let out = std::process::Command::new(&cargo)
-        .args(["metadata", "--offline", "--format-version", "1", "--filter-platform", &host, "--manifest-path"])
-        .arg(&manifest)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cargo} metadata: {e}"));
+    let metadata = |offline: bool| {
+        let mut cmd = std::process::Command::new(&cargo);
+        cmd.args(["metadata", "--format-version", "1", "--filter-platform", &host, "--manifest-path"]).arg(&manifest);
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.output().unwrap_or_else(|e| panic!("running {cargo} metadata: {e}"))
+    };
+    // Offline first. On a fresh machine the build has downloaded only the
+    // packages it compiles, and the metadata also wants the workspace's
+    // dev-dependencies: then cargo fetches them, as `cargo fetch` would.
+    let mut out = metadata(true);
+    if !out.status.success() {
+        out = metadata(false);
+    }
     assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let find = |krate: &str| {
@@ -316,6 +326,9 @@ fn generate(messages: &[MessageDef], names: &Names) -> String {
             package_version.insert(&m.module, v);
         }
     }
+    // Aggregated discovery's lists, which k8s-pb gives no Resource impl.
+    package_version.insert("api/apidiscovery/v2", "apidiscovery.k8s.io/v2");
+    package_version.insert("api/apidiscovery/v2beta1", "apidiscovery.k8s.io/v2beta1");
     // Every JSON name of k8s-openapi by its normalized form, where that is
     // unambiguous (types of versions k8s-openapi does not carry: v1beta1 …).
     let mut global: HashMap<String, Option<String>> = HashMap::new();
