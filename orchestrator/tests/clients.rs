@@ -1,7 +1,7 @@
 //! The API server driven by the clients people write programs with: the
 //! Python `kubernetes` client (PyPI) and kube-rs — create, list with a
 //! selector, watch, merge / strategic-merge / server-side-apply patches,
-//! and errors as those clients see them; metadata-only reads
+//! typed deletes, and errors as those clients see them (a Status's bytes); metadata-only reads
 //! (`PartialObjectMetadata`) in protobuf and JSON.
 
 mod common;
@@ -60,6 +60,33 @@ try:
     raise SystemExit("read after delete succeeded")
 except ApiException as e:
     assert e.status == 404 and "NotFound" in e.body, (e.status, e.body)
+
+# The kinds whose DELETE answers with the deleted object (upstream's
+# OpenAPI says V1Service, V1Pod): the client decodes into that type.
+svc = client.V1Service(metadata=client.V1ObjectMeta(name="py-svc"),
+                       spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)]))
+v1.create_namespaced_service(ns, svc)
+gone = v1.delete_namespaced_service("py-svc", ns)
+assert isinstance(gone, client.V1Service) and gone.metadata.name == "py-svc", gone
+pod = client.V1Pod(metadata=client.V1ObjectMeta(name="py-pod"),
+                   spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox")]))
+v1.create_namespaced_pod(ns, pod)
+gone = v1.delete_namespaced_pod("py-pod", ns)
+assert isinstance(gone, client.V1Pod) and gone.metadata.name == "py-pod", gone
+
+# An error's body as the client prints it (create_from_yaml's
+# FailToCreateError): upstream's Status, byte for byte.
+from kubernetes import utils
+doc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "py-twice"}, "spec": {"ports": [{"port": 99}]}}
+utils.create_from_dict(client.ApiClient(), doc, namespace=ns)
+try:
+    utils.create_from_dict(client.ApiClient(), doc, namespace=ns)
+    raise SystemExit("a second create succeeded")
+except utils.FailToCreateError as e:
+    want = ('Error from server (Conflict): {"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+            '"message":"services \\"py-twice\\" already exists","reason":"AlreadyExists",'
+            '"details":{"name":"py-twice","kind":"services"},"code":409}\n')
+    assert str(e) == want, str(e)
 print("python client: ok")
 "#;
 

@@ -438,6 +438,12 @@ fn explain_with(s: &Server) {
     let kind = s.ok(&["explain", "widgets"]);
     assert!(kind.contains("KIND:") && kind.contains("Widget") && kind.contains("example.com"), "{kind}");
     assert!(kind.contains("spec") && kind.contains("status"), "{kind}");
+    // What every object has, added to the CRD's own schema as upstream does.
+    for field in ["apiVersion\t<string>", "kind\t<string>", "metadata\t<ObjectMeta>"] {
+        assert!(kind.contains(field), "{field}: {kind}");
+    }
+    let labels = s.ok(&["explain", "widgets.metadata.labels"]);
+    assert!(labels.contains("FIELD: labels <map[string]string>"), "{labels}");
     let spec = s.ok(&["explain", "widgets.spec"]);
     for field in ["size", "replicas", "color", "port", "extra"] {
         assert!(spec.contains(field), "{field}: {spec}");

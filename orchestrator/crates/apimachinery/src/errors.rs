@@ -197,10 +197,91 @@ pub fn success(rt: &ResourceType, name: &str, uid: &str) -> serde_json::Value {
     })
 }
 
+/// A `Status` (a JSON object of kind Status) written as upstream's Go
+/// encoder writes it: its fields in the Go struct's order, not sorted,
+/// and a newline at the end. Clients print an error's body as it came
+/// (the Python client's `FailToCreateError`), and some compare it.
+pub fn status_bytes(status: &serde_json::Value) -> Vec<u8> {
+    const STATUS: &[&str] = &["kind", "apiVersion", "metadata", "status", "message", "reason", "details", "code"];
+    const DETAILS: &[&str] = &["name", "group", "kind", "uid", "causes", "retryAfterSeconds"];
+    const CAUSE: &[&str] = &["reason", "message", "field"];
+    fn write(
+        out: &mut String,
+        v: &serde_json::Value,
+        order: &[&str],
+        nested: &dyn Fn(&str, &serde_json::Value, &mut String),
+    ) {
+        let serde_json::Value::Object(m) = v else {
+            out.push_str(&v.to_string());
+            return;
+        };
+        out.push('{');
+        let known = order.iter().filter_map(|k| m.get_key_value(*k));
+        let rest = m.iter().filter(|(k, _)| !order.contains(&k.as_str()));
+        for (i, (k, v)) in known.chain(rest).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::Value::from(k.as_str()).to_string());
+            out.push(':');
+            nested(k, v, out);
+        }
+        out.push('}');
+    }
+    let cause = |_: &str, v: &serde_json::Value, out: &mut String| out.push_str(&v.to_string());
+    let details = |k: &str, v: &serde_json::Value, out: &mut String| match (k, v) {
+        ("causes", serde_json::Value::Array(items)) => {
+            out.push('[');
+            for (i, c) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write(out, c, CAUSE, &cause);
+            }
+            out.push(']');
+        }
+        _ => out.push_str(&v.to_string()),
+    };
+    let top = |k: &str, v: &serde_json::Value, out: &mut String| match k {
+        "details" => write(out, v, DETAILS, &details),
+        _ => out.push_str(&v.to_string()),
+    };
+    let mut out = String::new();
+    write(&mut out, status, STATUS, &top);
+    out.push('\n');
+    out.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::resources::by_kind;
+
+    #[test]
+    fn a_status_is_written_in_upstreams_field_order() {
+        let svc = by_kind("Service").unwrap();
+        let exists = String::from_utf8(status_bytes(&ApiError::already_exists(svc, "mock-2").to_json())).unwrap();
+        assert_eq!(
+            exists,
+            concat!(
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","#,
+                r#""message":"services \"mock-2\" already exists","reason":"AlreadyExists","#,
+                r#""details":{"name":"mock-2","kind":"services"},"code":409}"#,
+                "\n"
+            )
+        );
+        let e = ApiError::invalid(
+            by_kind("Deployment").unwrap(),
+            "d",
+            vec![("spec.replicas".into(), "Invalid value: -1: no".into())],
+        );
+        let invalid = String::from_utf8(status_bytes(&e.to_json())).unwrap();
+        assert!(
+            invalid.contains(r#""details":{"name":"d","group":"apps","kind":"Deployment","causes":[{"reason":"FieldValueInvalid","message":"Invalid value: -1: no","field":"spec.replicas"}]},"code":422}"#),
+            "{invalid}"
+        );
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&invalid).unwrap(), e.to_json());
+    }
 
     #[test]
     fn invalid_has_causes_and_upstream_message() {

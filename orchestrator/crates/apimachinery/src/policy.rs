@@ -1,11 +1,14 @@
 //! The kinds charts create alongside workloads (issue 14 item 5):
 //! PodDisruptionBudget, HorizontalPodAutoscaler, NetworkPolicy, Ingress,
-//! IngressClass, PriorityClass, LimitRange, ResourceQuota and the webhook
-//! configurations — upstream's defaults, validation (field paths and
+//! IngressClass, PriorityClass, LimitRange, ResourceQuota, the webhook
+//! configurations and APIService — upstream's defaults, validation (field paths and
 //! wording from `pkg/apis/*/validation`) and `kubectl get` columns (from
 //! `pkg/printers/internalversion/printers.go`). What enforces them lives
 //! elsewhere: eviction and the disruption controller (PDB), pod admission
 //! (LimitRange, ResourceQuota, PriorityClass); the rest is stored only.
+//! An APIService is stored with its `Available` condition: `Local` for one
+//! with no service; one naming a service is never proxied to (this API
+//! server aggregates nothing) and says so, and it stays out of discovery.
 
 use serde_json::{Value, json};
 
@@ -106,9 +109,45 @@ fn check_selector(sel: Option<&Value>, field: &str, causes: &mut Causes) {
     }
 }
 
+/// An APIService's `Available` condition: what upstream's availability
+/// controller would say of a local one, and why one naming a service is
+/// not available here.
+fn api_service_available(o: &Value) -> Value {
+    let (status, reason, message) = match o.pointer("/spec/service").filter(|s| !s.is_null()) {
+        None => ("True", "Local", "Local APIServices are always available".to_string()),
+        Some(svc) => (
+            "False",
+            "FailedDiscoveryCheck",
+            format!(
+                "this API server does not proxy to aggregated API servers: service {}/{} is not called",
+                s(svc, "/namespace"),
+                s(svc, "/name")
+            ),
+        ),
+    };
+    json!({"type": "Available", "status": status, "reason": reason, "message": message,
+        "lastTransitionTime": crate::registry::now()})
+}
+
 /// Upstream's defaults for the kinds of this module.
 pub fn apply_defaults(kind: &str, o: &mut Value) {
     match kind {
+        "APIService" => {
+            if let Some(svc) = o.pointer_mut("/spec/service").and_then(Value::as_object_mut) {
+                default(svc, "port", 443.into());
+            }
+            let want = api_service_available(o);
+            let status = obj(o, "status");
+            let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+            if let Value::Array(list) = conditions {
+                match list.iter_mut().find(|c| c["type"] == "Available") {
+                    // The transition time moves only when the status does.
+                    Some(c) if c["status"] == want["status"] && c["reason"] == want["reason"] => {}
+                    Some(c) => *c = want,
+                    None => list.push(want),
+                }
+            }
+        }
         "PodDisruptionBudget" => {
             obj(o, "spec");
         }
@@ -290,6 +329,7 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             }
         }
         "Ingress" => validate_ingress(&spec, &mut causes),
+        "APIService" => validate_api_service(o, &spec, &mut causes),
         "IngressClass" => {
             let c = spec.get("controller").and_then(Value::as_str).unwrap_or_default();
             if c.is_empty() {
@@ -368,6 +408,76 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
         _ => {}
     }
     causes
+}
+
+/// Upstream's APIService validation (kube-aggregator): the name is
+/// `<version>.<group>`, priorities in range, a service named in full.
+fn validate_api_service(o: &Value, spec: &Value, causes: &mut Causes) {
+    let (group, version) = (s(spec, "/group"), s(spec, "/version"));
+    let want = format!("{version}.{group}");
+    let name = s(o, "/metadata/name");
+    if !name.is_empty() && name != want {
+        causes.push((
+            "metadata.name".into(),
+            format!("Invalid value: {name:?}: must be `spec.version+\".\"+spec.group`: {want:?}"),
+        ));
+    }
+    if group.is_empty() && version != "v1" {
+        causes.push((
+            "spec.group".into(),
+            "Required value: only v1 may have an empty group and it better be legacy kube".into(),
+        ));
+    } else if !group.is_empty() && !is_dns1123_subdomain(group) {
+        causes.push(("spec.group".into(), format!("Invalid value: {group:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")));
+    }
+    let dns1035 = version.len() <= 63
+        && version.starts_with(|c: char| c.is_ascii_lowercase())
+        && !version.ends_with('-')
+        && version.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !dns1035 {
+        causes.push(("spec.version".into(), format!("Invalid value: {version:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character")));
+    }
+    for (field, max) in [("groupPriorityMinimum", 20_000), ("versionPriority", 1_000)] {
+        let v = spec.get(field).and_then(Value::as_i64).unwrap_or(0);
+        if v <= 0 || v > max {
+            causes.push((format!("spec.{field}"), format!("Invalid value: {v}: must be positive and less than {max}")));
+        }
+    }
+    let ca = spec.get("caBundle").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+    let insecure = spec.get("insecureSkipTLSVerify").and_then(Value::as_bool).unwrap_or(false);
+    let Some(svc) = spec.get("service").filter(|s| !s.is_null()) else {
+        if ca {
+            causes.push((
+                "spec.caBundle".into(),
+                "Invalid value: \"(bytes)\": local APIServices may not have a caBundle".into(),
+            ));
+        }
+        if insecure {
+            causes.push((
+                "spec.insecureSkipTLSVerify".into(),
+                "Invalid value: true: local APIServices may not have insecureSkipTLSVerify".into(),
+            ));
+        }
+        return;
+    };
+    for field in ["namespace", "name"] {
+        if s(svc, &format!("/{field}")).is_empty() {
+            causes.push((format!("spec.service.{field}"), "Required value".into()));
+        }
+    }
+    let port = svc.get("port").and_then(Value::as_i64).unwrap_or(443);
+    if !(1..=65_535).contains(&port) {
+        causes.push((
+            "spec.service.port".into(),
+            format!("Invalid value: {port}: port is not valid: must be between 1 and 65535, inclusive"),
+        ));
+    }
+    if insecure && ca {
+        causes.push((
+            "spec.insecureSkipTLSVerify".into(),
+            "Invalid value: true: may not be true if caBundle is present".into(),
+        ));
+    }
 }
 
 fn is_cidr(s: &str) -> bool {
@@ -732,6 +842,11 @@ pub(crate) fn columns(kind: &str) -> Option<Vec<(&'static str, &'static str, u8,
             ("Ports", "string", 0, "Ports of TLS configurations that open"),
             age,
         ],
+        "APIService" => vec![
+            ("Service", "string", 0, "The reference to the service that hosts this API endpoint."),
+            ("Available", "string", 0, "Whether this service is available."),
+            age,
+        ],
         "IngressClass" => vec![
             ("Controller", "string", 0, "Controller that is responsible for handling this class"),
             ("Parameters", "string", 0, "A reference to a resource with additional parameters"),
@@ -846,6 +961,21 @@ pub(crate) fn cells(kind: &str, o: &Value, age: Value) -> Option<Vec<Value>> {
                 .collect();
             let tls = o.pointer("/spec/tls").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
             vec![json!(class), json!(hosts), json!(address.join(",")), json!(if tls { "80, 443" } else { "80" }), age]
+        }
+        "APIService" => {
+            let service = match o.pointer("/spec/service").filter(|v| !v.is_null()) {
+                None => "Local".to_string(),
+                Some(svc) => format!("{}/{}", s(svc, "/namespace"), s(svc, "/name")),
+            };
+            let available = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.iter().find(|c| c["type"] == "Available"))
+                .map_or("Unknown".to_string(), |c| match c["status"].as_str() {
+                    Some("True") => "True".to_string(),
+                    other => format!("{} ({})", other.unwrap_or("Unknown"), s(c, "/reason")),
+                });
+            vec![json!(service), json!(available), age]
         }
         "IngressClass" => {
             let params = match o.pointer("/spec/parameters").filter(|p| !p.is_null()) {
@@ -975,6 +1105,58 @@ mod tests {
         assert!(pc("system-node-critical", 2_000_001_000).is_empty());
         assert!(pc("system-mine", 1)[0].1.contains("reserved for system use only"));
         assert_eq!(pc("huge", 2_000_000_000)[0].0, "value");
+    }
+
+    #[test]
+    fn api_services_are_validated_and_say_whether_they_are_available() {
+        let svc = |name: &str, spec: Value| {
+            let mut o = json!({"metadata": {"name": name}, "spec": spec});
+            apply_defaults("APIService", &mut o);
+            (validate("APIService", &o), o)
+        };
+        let wardle = json!({"group": "wardle.k8s.io", "version": "v1alpha1", "groupPriorityMinimum": 1000,
+            "versionPriority": 15, "service": {"namespace": "wardle", "name": "api"}, "insecureSkipTLSVerify": true});
+        let (causes, o) = svc("v1alpha1.wardle.k8s.io", wardle.clone());
+        assert!(causes.is_empty(), "{causes:?}");
+        assert_eq!(o.pointer("/spec/service/port"), Some(&json!(443)));
+        let available = &o["status"]["conditions"][0];
+        assert_eq!((available["type"].as_str(), available["status"].as_str()), (Some("Available"), Some("False")));
+        assert!(available["message"].as_str().unwrap().contains("service wardle/api"), "{available}");
+        let row = cells("APIService", &o, json!("1s")).unwrap();
+        assert_eq!(row, vec![json!("wardle/api"), json!("False (FailedDiscoveryCheck)"), json!("1s")]);
+
+        let (causes, o) = svc(
+            "v1.example.com",
+            json!({"group": "example.com", "version": "v1",
+            "groupPriorityMinimum": 100, "versionPriority": 1}),
+        );
+        assert!(causes.is_empty(), "{causes:?}");
+        assert_eq!(o["status"]["conditions"][0]["reason"], "Local");
+        assert_eq!(cells("APIService", &o, json!("1s")).unwrap()[..2], [json!("Local"), json!("True")]);
+
+        let (causes, _) = svc(
+            "wrong",
+            json!({"group": "example.com", "version": "V1", "groupPriorityMinimum": 0,
+            "versionPriority": 1001, "service": {"port": 70000}, "caBundle": "Zm9v", "insecureSkipTLSVerify": true}),
+        );
+        let fields: Vec<&str> = causes.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "spec.version",
+                "spec.groupPriorityMinimum",
+                "spec.versionPriority",
+                "spec.service.namespace",
+                "spec.service.name",
+                "spec.service.port",
+                "spec.insecureSkipTLSVerify"
+            ]
+        );
+        assert_eq!(
+            causes[0].1,
+            "Invalid value: \"wrong\": must be `spec.version+\".\"+spec.group`: \"V1.example.com\""
+        );
     }
 
     #[test]

@@ -1060,6 +1060,9 @@ impl Registry {
             self.store.delete(&rt.key(ns, name), Some(cur_rev)).map_err(|e| ApiError::from_store(rt, name, e))?;
             self.after_write(rt);
         }
+        if rt.returns_deleted_object() {
+            return Ok(current);
+        }
         Ok(success(rt, name, &uid))
     }
 

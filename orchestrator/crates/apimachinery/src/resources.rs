@@ -14,6 +14,7 @@ use k8s_openapi::api::{
     core::v1 as core, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apiregistration;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use std::sync::Arc;
@@ -79,6 +80,30 @@ fn roundtrip<K: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String>
 }
 
 impl ResourceType {
+    /// Whether an immediate delete answers with the object as it was, not
+    /// a success Status: upstream's `ReturnDeletedObject`, as its OpenAPI
+    /// DELETE responses say (typed clients decode into that type: the
+    /// Python client's `delete_namespaced_pod` fails on a Status).
+    pub fn returns_deleted_object(&self) -> bool {
+        self.custom.is_none()
+            && matches!(
+                (self.group, self.kind),
+                (
+                    "",
+                    "Pod"
+                        | "Service"
+                        | "PersistentVolume"
+                        | "PersistentVolumeClaim"
+                        | "PodTemplate"
+                        | "ResourceQuota"
+                        | "ServiceAccount"
+                ) | (
+                    "storage.k8s.io",
+                    "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment" | "VolumeAttributesClass"
+                ) | ("resource.k8s.io", _)
+            )
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
@@ -483,6 +508,18 @@ pub static RESOURCES: &[ResourceType] = &[
         NONE,
         NONE
     ),
+    rt!(
+        APIREGISTRATION_GROUP,
+        "APIService",
+        apiregistration::APIService,
+        "apiservices",
+        "apiservice",
+        false,
+        NONE,
+        &["api-extensions"],
+        &["status"],
+        NONE
+    ),
 ];
 
 pub const STORAGE_GROUP: &str = "storage.k8s.io";
@@ -496,6 +533,7 @@ pub const AUTOSCALING_GROUP: &str = "autoscaling";
 pub const NETWORKING_GROUP: &str = "networking.k8s.io";
 pub const SCHEDULING_GROUP: &str = "scheduling.k8s.io";
 pub const ADMISSION_GROUP: &str = "admissionregistration.k8s.io";
+pub const APIREGISTRATION_GROUP: &str = "apiregistration.k8s.io";
 
 /// The served API groups other than core, in discovery order.
 pub const GROUPS: &[&str] = &[
@@ -512,6 +550,7 @@ pub const GROUPS: &[&str] = &[
     NETWORKING_GROUP,
     SCHEDULING_GROUP,
     ADMISSION_GROUP,
+    APIREGISTRATION_GROUP,
     EVENTS_GROUP,
 ];
 

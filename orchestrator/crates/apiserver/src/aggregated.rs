@@ -1,7 +1,8 @@
 //! `/api` and `/apis` as the `Accept` header asks (`negotiate::discovery`):
 //! aggregated discovery — one `apidiscovery.k8s.io` `APIGroupDiscoveryList`
 //! with every resource, what kubectl ≥1.26 and client libraries ask for
-//! first — or the plain `APIVersions` / `APIGroupList`. The `Content-Type`
+//! first — or the plain `APIVersions` / `APIGroupList`, each in JSON or in
+//! Kubernetes protobuf. The `Content-Type`
 //! names what was served; `Vary: Accept`, and an ETag (the document's
 //! SHA-256) answered with 304 when `If-None-Match` carries it.
 
@@ -12,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use orchestrator_apimachinery::discovery;
 use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::protobuf;
 use orchestrator_apimachinery::resources::ResourceType;
 use orchestrator_http::Body;
 
@@ -25,12 +27,16 @@ pub fn serve(
     custom: &[Arc<ResourceType>],
 ) -> Result<Response<Body>, ApiError> {
     let format = negotiate::discovery(headers, discovery::AGGREGATED_VERSIONS)?;
-    let doc = match format {
-        Discovery::Plain if core => discovery::api_versions(address),
-        Discovery::Plain => discovery::api_group_list(custom),
-        Discovery::Aggregated(v) => discovery::aggregated(core, v, custom),
+    let (doc, protobuf) = match format {
+        Discovery::Plain { protobuf } if core => (discovery::api_versions(address), protobuf),
+        Discovery::Plain { protobuf } => (discovery::api_group_list(custom), protobuf),
+        Discovery::Aggregated { version, protobuf } => (discovery::aggregated(core, version, custom), protobuf),
     };
-    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    let bytes = if protobuf {
+        protobuf::encode(&doc).map_err(|e| ApiError::internal(format!("encoding {}: {e}", doc["kind"])))?
+    } else {
+        serde_json::to_vec(&doc).unwrap_or_default()
+    };
     Ok(cached(headers, bytes, &format.content_type()))
 }
 

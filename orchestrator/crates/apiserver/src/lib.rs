@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 
 use orchestrator_apimachinery::decode;
 use orchestrator_apimachinery::discovery;
-use orchestrator_apimachinery::errors::ApiError;
+use orchestrator_apimachinery::errors::{self, ApiError};
 use orchestrator_apimachinery::housekeeping;
 use orchestrator_apimachinery::patch;
 use orchestrator_apimachinery::registry::{
@@ -468,7 +468,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
 }
 
 fn respond(code: u16, body: &Value, warnings: &[String]) -> Response<Body> {
-    let mut r = Response::new(Body::Full(Some(Bytes::from(serde_json::to_vec(body).unwrap_or_default()))));
+    let bytes = if body["kind"] == "Status" {
+        errors::status_bytes(body)
+    } else {
+        serde_json::to_vec(body).unwrap_or_default()
+    };
+    let mut r = Response::new(Body::Full(Some(Bytes::from(bytes))));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     for w in warnings {
@@ -800,8 +805,8 @@ fn authorize(state: &State, user: &User, verb: &str, t: &Target<'_>, q: &[(Strin
         None => "at the cluster scope".into(),
     };
     let what = match t.name {
-        Some(n) => format!("{} \"{n}\"", orchestrator_apimachinery::errors::qualified(&t.rt)),
-        None => orchestrator_apimachinery::errors::qualified(&t.rt),
+        Some(n) => format!("{} \"{n}\"", errors::qualified(&t.rt)),
+        None => errors::qualified(&t.rt),
     };
     let reason = if reason.is_empty() { reason } else { format!(": {reason}") };
     let mut e = ApiError::forbidden(format!(

@@ -8,7 +8,7 @@
 //! metadata only): the acceptable range of highest weight wins, ties in the
 //! client's order, so client-go's "protobuf, else JSON" gets protobuf and
 //! a custom object falls back to JSON. YAML alone is a 406. `/api` and
-//! `/apis` also offer aggregated discovery (`discovery`).
+//! `/apis` also offer aggregated discovery, in JSON or protobuf (`discovery`).
 
 use http::{HeaderMap, header};
 use orchestrator_apimachinery::errors::ApiError;
@@ -120,51 +120,57 @@ pub fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
     format(headers).map(|_| ())
 }
 
-/// What `/api` and `/apis` answer a request with.
+/// What `/api` and `/apis` answer a request with, and in which encoding
+/// (`protobuf`: Kubernetes protobuf, else JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Discovery {
-    /// `APIVersions` / `APIGroupList`, as `application/json`.
-    Plain,
+    /// `APIVersions` / `APIGroupList`.
+    Plain { protobuf: bool },
     /// An `APIGroupDiscoveryList` of `apidiscovery.k8s.io` in this version.
-    Aggregated(&'static str),
+    Aggregated { version: &'static str, protobuf: bool },
 }
 
 impl Discovery {
     /// The `Content-Type` naming what was served.
     pub fn content_type(self) -> String {
+        let media =
+            |protobuf| if protobuf { orchestrator_apimachinery::protobuf::MEDIA_TYPE } else { "application/json" };
         match self {
-            Discovery::Plain => "application/json".into(),
-            Discovery::Aggregated(v) => {
-                format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList")
+            Discovery::Plain { protobuf } => media(protobuf).into(),
+            Discovery::Aggregated { version, protobuf } => {
+                format!("{};g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList", media(protobuf))
             }
         }
     }
 }
 
-/// Chooses between aggregated and plain discovery as upstream does: the
-/// acceptable range of highest weight wins, ties in the client's order;
-/// an aggregated range names group `apidiscovery.k8s.io`, a served
-/// version and `as=APIGroupDiscoveryList`; plain JSON is the fallback
-/// kubectl lists last. Nothing acceptable is upstream's 406.
+/// Chooses between aggregated and plain discovery, in JSON or protobuf, as
+/// upstream does: the acceptable range of highest weight wins, ties in
+/// the client's order; an aggregated range names group
+/// `apidiscovery.k8s.io`, a served version and `as=APIGroupDiscoveryList`;
+/// plain JSON is the fallback kubectl lists last. Nothing acceptable is
+/// upstream's 406.
 pub fn discovery(headers: &HeaderMap, versions: &[&'static str]) -> Result<Discovery, ApiError> {
     let accept = accept_header(headers);
     if accept.trim().is_empty() {
-        return Ok(Discovery::Plain);
+        return Ok(Discovery::Plain { protobuf: false });
     }
     let mut ranges = ranges(&accept);
     ranges.sort_by(|a, b| b.q.total_cmp(&a.q));
     for r in ranges.iter().filter(|r| r.q > 0.0) {
         let param = |name: &str| r.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
+        let protobuf = r.kind.eq_ignore_ascii_case(orchestrator_apimachinery::protobuf::MEDIA_TYPE);
         match param("as") {
             Some("APIGroupDiscoveryList") => {
-                let json = r.kind.eq_ignore_ascii_case("application/json");
-                if let (true, Some("apidiscovery.k8s.io"), Some(v)) = (json, param("g"), param("v"))
-                    && let Some(v) = versions.iter().find(|s| **s == v)
+                let known = protobuf || r.kind.eq_ignore_ascii_case("application/json");
+                if let (true, Some("apidiscovery.k8s.io"), Some(v)) = (known, param("g"), param("v"))
+                    && let Some(version) = versions.iter().find(|s| **s == v)
                 {
-                    return Ok(Discovery::Aggregated(v));
+                    return Ok(Discovery::Aggregated { version, protobuf });
                 }
             }
-            None if json_satisfies(r) => return Ok(Discovery::Plain),
+            None if protobuf => return Ok(Discovery::Plain { protobuf: true }),
+            None if json_satisfies(r) => return Ok(Discovery::Plain { protobuf: false }),
             _ => {}
         }
     }
@@ -249,25 +255,38 @@ mod tests {
     fn discovery_prefers_aggregated_then_falls_back_to_plain() {
         const V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
         const V2BETA1: &str = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
-        assert_eq!(discovery_for(&format!("{V2},{V2BETA1},application/json")), Ok(Discovery::Aggregated("v2")));
-        assert_eq!(discovery_for(&format!("{V2BETA1},application/json")), Ok(Discovery::Aggregated("v2beta1")));
-        assert_eq!(discovery_for(&format!("{V2};q=0.5,application/json")), Ok(Discovery::Plain));
+        const PLAIN: Discovery = Discovery::Plain { protobuf: false };
+        let v2 = Discovery::Aggregated { version: "v2", protobuf: false };
+        assert_eq!(discovery_for(&format!("{V2},{V2BETA1},application/json")), Ok(v2));
+        assert_eq!(
+            discovery_for(&format!("{V2BETA1},application/json")),
+            Ok(Discovery::Aggregated { version: "v2beta1", protobuf: false })
+        );
+        assert_eq!(discovery_for(&format!("{V2};q=0.5,application/json")), Ok(PLAIN));
         assert_eq!(
             discovery_for("application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList,application/json"),
-            Ok(Discovery::Plain)
+            Ok(PLAIN)
         );
+        // client-go's `profile=nopeer` asks for the same document.
+        assert_eq!(discovery_for(&format!("{V2};profile=nopeer,application/json")), Ok(v2));
+        let v2_pb = Discovery::Aggregated { version: "v2", protobuf: true };
         assert_eq!(
             discovery_for(
                 "application/vnd.kubernetes.protobuf;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
             ),
-            Ok(Discovery::Plain)
+            Ok(v2_pb)
         );
-        assert_eq!(discovery_for("application/json, */*"), Ok(Discovery::Plain));
+        assert_eq!(
+            discovery_for("application/vnd.kubernetes.protobuf, application/json"),
+            Ok(Discovery::Plain { protobuf: true })
+        );
+        assert_eq!(discovery_for("application/json, */*"), Ok(PLAIN));
         assert_eq!(discovery_for("application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList"), Err(406));
         assert_eq!(discovery_for("application/yaml"), Err(406));
+        assert_eq!(v2.content_type(), "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
         assert_eq!(
-            Discovery::Aggregated("v2").content_type(),
-            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+            v2_pb.content_type(),
+            "application/vnd.kubernetes.protobuf;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
         );
     }
 }
