@@ -20,6 +20,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: scripts/build-static.sh [--arch x86_64|arm64|all]" >&2; exit 2 ;;
   esac
 done
+# scripts/test-arm64.sh tests with these packages too (to reuse this build).
 image_pkgs=(-p plinth-init -p apid -p orchestrator -p plinth-pause)
 tool_pkgs=(-p osctl -p image-builder -p qemu)
 

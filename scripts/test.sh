@@ -3,10 +3,10 @@
 # the arm64 toolchain), builds the static binaries once (x86_64: the image's
 # and the host tools, which the end-to-end tests drive; arm64: the image's),
 # then runs every test in the workspace with cargo-nextest when it is there
-# (the kubectl and controllers suites
-# a second time on etcd), and the unit tests of machinery and
-# init for aarch64 under qemu-aarch64. Extra arguments go to the x86_64
-# `cargo test` (e.g. a test name filter). Prints each step's wall time.
+# (the kubectl and controllers suites twice: on SQLite and, as the
+# `*_etcd` test binaries, on etcd), and the unit tests of machinery, init
+# and apid for aarch64 under qemu-aarch64. Extra arguments go to the
+# x86_64 test run (e.g. a test name filter). Prints each step's wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 times=()
@@ -27,7 +27,7 @@ if [ "${CI:-}" != true ] && ! (. scripts/arm64-env.sh); then
 fi
 step scripts/build-static.sh --arch "$arch"
 # cargo-nextest (.config/nextest.toml) runs the tests of every binary from
-# one queue, two at a time, longest first, and prints each test's duration;
+# one queue, the QEMU guests first, and prints each test's duration;
 # without it, `cargo test` runs them binary after binary. Both keep going
 # past a failure, so one run reports every failing test.
 if cargo nextest --version >/dev/null 2>&1; then
@@ -37,7 +37,4 @@ else
   run_tests() { cargo test --no-fail-fast "$@"; }
 fi
 step run_tests --workspace "$@"
-# The API server's kubectl and controllers suites again, on etcd (a
-# one-member cluster per server): the same assertions on both stores.
-step env PLINTH_TEST_STORE=etcd cargo test -p orchestrator --no-fail-fast --test kubectl --test controllers
 if [ "$arch" = all ]; then step scripts/test-arm64.sh; fi

@@ -86,12 +86,13 @@ pub async fn kube_client(server: &Server) -> kube::Client {
     kube::Client::try_from(cfg).unwrap()
 }
 
-/// Whether the suites run on etcd: `PLINTH_TEST_STORE=etcd` gives each
-/// server a one-member etcd (data in DATA-DIR/etcd) instead of SQLite, so
-/// the same assertions run on both stores (scripts/test.sh runs the kubectl
-/// and controllers suites both ways).
+/// Whether the suites run on etcd, which gives each server a one-member
+/// etcd (data in DATA-DIR/etcd) instead of SQLite, so the same assertions
+/// run on both stores: in the test binaries named `*_etcd` (the kubectl and
+/// controllers suites again, `tests/kubectl_etcd.rs`), or in any with
+/// `PLINTH_TEST_STORE=etcd`.
 pub fn on_etcd() -> bool {
-    std::env::var("PLINTH_TEST_STORE").is_ok_and(|v| v == "etcd")
+    env!("CARGO_CRATE_NAME").ends_with("_etcd") || std::env::var("PLINTH_TEST_STORE").is_ok_and(|v| v == "etcd")
 }
 
 /// The API server as a child process, killed on drop (then its etcd, if any).

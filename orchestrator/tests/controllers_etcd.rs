@@ -1,0 +1,6 @@
+//! The controllers suite (`tests/controllers.rs`) again, with every server
+//! on a one-member etcd cluster instead of SQLite (`common::on_etcd`): the
+//! same assertions on both stores, in the same nextest queue as the rest.
+
+#[path = "controllers.rs"]
+mod suite;
