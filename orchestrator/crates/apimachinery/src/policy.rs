@@ -125,8 +125,12 @@ fn api_service_available(o: &Value) -> Value {
             ),
         ),
     };
+    // RFC 3339 in seconds, as `registry::now` writes it (the registry
+    // imports this module, not the other way round).
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now).format(&time::format_description::well_known::Rfc3339);
     json!({"type": "Available", "status": status, "reason": reason, "message": message,
-        "lastTransitionTime": crate::registry::now()})
+        "lastTransitionTime": now.unwrap_or_default()})
 }
 
 /// Upstream's defaults for the kinds of this module.
