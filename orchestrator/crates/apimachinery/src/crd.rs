@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::resources::{CustomVersion, ResourceType};
 use crate::schema::{self, Causes};
+use crate::validation::is_dns1035_label;
 
 pub const KIND: &str = "CustomResourceDefinition";
 
@@ -72,14 +73,6 @@ pub fn apply_defaults(o: &mut Value) {
         }
     }
     spec.entry("conversion").or_insert_with(|| json!({"strategy": "None"}));
-}
-
-fn is_dns1035_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn is_dns1123_label(s: &str) -> bool {

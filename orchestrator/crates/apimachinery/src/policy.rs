@@ -10,11 +10,13 @@
 //! with no service; one naming a service is never proxied to (this API
 //! server aggregates nothing) and says so, and it stays out of discovery.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{APIService, APIServiceCondition, APIServiceSpec};
 use serde_json::{Value, json};
 
 use crate::quantity::Quantity;
 use crate::selector::LabelSelector;
-use crate::validation::{Causes, default, is_dns1123_subdomain, obj};
+use crate::validation::{Causes, default, is_dns1035_label, is_dns1123_subdomain, obj};
 
 /// Upstream's `HighestUserDefinablePriority`.
 pub const HIGHEST_USER_PRIORITY: i64 = 1_000_000_000;
@@ -112,44 +114,53 @@ fn check_selector(sel: Option<&Value>, field: &str, causes: &mut Causes) {
 /// An APIService's `Available` condition: what upstream's availability
 /// controller would say of a local one, and why one naming a service is
 /// not available here.
-fn api_service_available(o: &Value) -> Value {
-    let (status, reason, message) = match o.pointer("/spec/service").filter(|s| !s.is_null()) {
+fn api_service_available(spec: &APIServiceSpec) -> APIServiceCondition {
+    let (status, reason, message) = match &spec.service {
         None => ("True", "Local", "Local APIServices are always available".to_string()),
         Some(svc) => (
             "False",
             "FailedDiscoveryCheck",
             format!(
                 "this API server does not proxy to aggregated API servers: service {}/{} is not called",
-                s(svc, "/namespace"),
-                s(svc, "/name")
+                svc.namespace.as_deref().unwrap_or_default(),
+                svc.name.as_deref().unwrap_or_default()
             ),
         ),
     };
-    // RFC 3339 in seconds, as `registry::now` writes it (the registry
-    // imports this module, not the other way round).
-    let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_nanosecond(0).unwrap_or(now).format(&time::format_description::well_known::Rfc3339);
-    json!({"type": "Available", "status": status, "reason": reason, "message": message,
-        "lastTransitionTime": now.unwrap_or_default()})
+    APIServiceCondition {
+        type_: "Available".into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        last_transition_time: Some(Time(jiff::Timestamp::now())),
+    }
+}
+
+/// The typed APIService of an admitted object (the registry's round trip
+/// has already decoded it once, so this does not fail on one).
+fn api_service(o: &Value) -> Option<APIService> {
+    serde_json::from_value(o.clone()).ok()
 }
 
 /// Upstream's defaults for the kinds of this module.
 pub fn apply_defaults(kind: &str, o: &mut Value) {
     match kind {
         "APIService" => {
-            if let Some(svc) = o.pointer_mut("/spec/service").and_then(Value::as_object_mut) {
-                default(svc, "port", 443.into());
+            let Some(mut a) = api_service(o) else { return };
+            let spec = a.spec.get_or_insert_default();
+            if let Some(svc) = spec.service.as_mut() {
+                svc.port.get_or_insert(443);
             }
-            let want = api_service_available(o);
-            let status = obj(o, "status");
-            let conditions = status.entry("conditions").or_insert_with(|| json!([]));
-            if let Value::Array(list) = conditions {
-                match list.iter_mut().find(|c| c["type"] == "Available") {
-                    // The transition time moves only when the status does.
-                    Some(c) if c["status"] == want["status"] && c["reason"] == want["reason"] => {}
-                    Some(c) => *c = want,
-                    None => list.push(want),
-                }
+            let want = api_service_available(spec);
+            let conditions = a.status.get_or_insert_default().conditions.get_or_insert_default();
+            match conditions.iter_mut().find(|c| c.type_ == "Available") {
+                // The transition time moves only when the status does.
+                Some(c) if c.status == want.status && c.reason == want.reason => {}
+                Some(c) => *c = want,
+                None => conditions.push(want),
+            }
+            if let Ok(v) = serde_json::to_value(a) {
+                *o = v;
             }
         }
         "PodDisruptionBudget" => {
@@ -333,7 +344,11 @@ pub fn validate(kind: &str, o: &Value) -> Causes {
             }
         }
         "Ingress" => validate_ingress(&spec, &mut causes),
-        "APIService" => validate_api_service(o, &spec, &mut causes),
+        "APIService" => {
+            if let Some(a) = api_service(o) {
+                validate_api_service(&a, &mut causes)
+            }
+        }
         "IngressClass" => {
             let c = spec.get("controller").and_then(Value::as_str).unwrap_or_default();
             if c.is_empty() {
@@ -416,10 +431,11 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
 
 /// Upstream's APIService validation (kube-aggregator): the name is
 /// `<version>.<group>`, priorities in range, a service named in full.
-fn validate_api_service(o: &Value, spec: &Value, causes: &mut Causes) {
-    let (group, version) = (s(spec, "/group"), s(spec, "/version"));
+fn validate_api_service(a: &APIService, causes: &mut Causes) {
+    let spec = a.spec.clone().unwrap_or_default();
+    let (group, version) = (spec.group.as_deref().unwrap_or_default(), spec.version.as_deref().unwrap_or_default());
     let want = format!("{version}.{group}");
-    let name = s(o, "/metadata/name");
+    let name = a.metadata.name.as_deref().unwrap_or_default();
     if !name.is_empty() && name != want {
         causes.push((
             "metadata.name".into(),
@@ -434,22 +450,20 @@ fn validate_api_service(o: &Value, spec: &Value, causes: &mut Causes) {
     } else if !group.is_empty() && !is_dns1123_subdomain(group) {
         causes.push(("spec.group".into(), format!("Invalid value: {group:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")));
     }
-    let dns1035 = version.len() <= 63
-        && version.starts_with(|c: char| c.is_ascii_lowercase())
-        && !version.ends_with('-')
-        && version.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !dns1035 {
+    if !is_dns1035_label(version) {
         causes.push(("spec.version".into(), format!("Invalid value: {version:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character")));
     }
-    for (field, max) in [("groupPriorityMinimum", 20_000), ("versionPriority", 1_000)] {
-        let v = spec.get(field).and_then(Value::as_i64).unwrap_or(0);
+    for (field, v, max) in [
+        ("groupPriorityMinimum", spec.group_priority_minimum, 20_000),
+        ("versionPriority", spec.version_priority, 1_000),
+    ] {
         if v <= 0 || v > max {
             causes.push((format!("spec.{field}"), format!("Invalid value: {v}: must be positive and less than {max}")));
         }
     }
-    let ca = spec.get("caBundle").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
-    let insecure = spec.get("insecureSkipTLSVerify").and_then(Value::as_bool).unwrap_or(false);
-    let Some(svc) = spec.get("service").filter(|s| !s.is_null()) else {
+    let ca = spec.ca_bundle.as_ref().is_some_and(|c| !c.0.is_empty());
+    let insecure = spec.insecure_skip_tls_verify.unwrap_or(false);
+    let Some(svc) = &spec.service else {
         if ca {
             causes.push((
                 "spec.caBundle".into(),
@@ -464,12 +478,12 @@ fn validate_api_service(o: &Value, spec: &Value, causes: &mut Causes) {
         }
         return;
     };
-    for field in ["namespace", "name"] {
-        if s(svc, &format!("/{field}")).is_empty() {
+    for (field, value) in [("namespace", &svc.namespace), ("name", &svc.name)] {
+        if value.as_deref().unwrap_or_default().is_empty() {
             causes.push((format!("spec.service.{field}"), "Required value".into()));
         }
     }
-    let port = svc.get("port").and_then(Value::as_i64).unwrap_or(443);
+    let port = svc.port.unwrap_or(443);
     if !(1..=65_535).contains(&port) {
         causes.push((
             "spec.service.port".into(),
@@ -967,17 +981,18 @@ pub(crate) fn cells(kind: &str, o: &Value, age: Value) -> Option<Vec<Value>> {
             vec![json!(class), json!(hosts), json!(address.join(",")), json!(if tls { "80, 443" } else { "80" }), age]
         }
         "APIService" => {
-            let service = match o.pointer("/spec/service").filter(|v| !v.is_null()) {
+            let a = api_service(o).unwrap_or_default();
+            let service = match a.spec.and_then(|s| s.service) {
                 None => "Local".to_string(),
-                Some(svc) => format!("{}/{}", s(svc, "/namespace"), s(svc, "/name")),
+                Some(svc) => format!("{}/{}", svc.namespace.unwrap_or_default(), svc.name.unwrap_or_default()),
             };
-            let available = o
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .and_then(|c| c.iter().find(|c| c["type"] == "Available"))
-                .map_or("Unknown".to_string(), |c| match c["status"].as_str() {
-                    Some("True") => "True".to_string(),
-                    other => format!("{} ({})", other.unwrap_or("Unknown"), s(c, "/reason")),
+            let conditions = a.status.and_then(|s| s.conditions).unwrap_or_default();
+            let available =
+                conditions.iter().find(|c| c.type_ == "Available").map_or("Unknown".to_string(), |c| {
+                    match c.status.as_str() {
+                        "True" => "True".to_string(),
+                        other => format!("{other} ({})", c.reason.as_deref().unwrap_or_default()),
+                    }
                 });
             vec![json!(service), json!(available), age]
         }
