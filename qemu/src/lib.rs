@@ -66,6 +66,20 @@ pub struct VmOptions {
     pub dir: PathBuf,
 }
 
+/// QEMU's `-accel` for a guest: `PLINTH_QEMU_ACCEL` when set, TCG
+/// otherwise. A guest on a cluster network shares the host's cores with
+/// the other guests of its cluster: under TCG it runs its two vCPUs
+/// round-robin on one thread (`thread=single`). With one thread per vCPU,
+/// four guests on two cores starved a halted vCPU's timer for 20 s at a
+/// time (RCU stalls, a control plane missing its 300 s boot in CI).
+fn accel(env: Option<String>, on_cluster_net: bool) -> String {
+    match env {
+        Some(a) => a,
+        None if on_cluster_net => "tcg,thread=single".into(),
+        None => "tcg".into(),
+    }
+}
+
 /// A guest-to-guest network: a second virtio NIC (the guest's `eth1`) on a
 /// QEMU socket netdev that sends its Ethernet frames to a UDP multicast
 /// group on the host's loopback (`-netdev socket,mcast=…,localaddr=127.0.0.1`),
@@ -481,7 +495,7 @@ impl Vm {
     /// a Pi-layout image, a guest reboot).
     pub fn boot(&mut self) -> Result<(), VmError> {
         use std::os::unix::process::CommandExt as _;
-        let accel = std::env::var("PLINTH_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let accel = accel(std::env::var("PLINTH_QEMU_ACCEL").ok(), self.cluster_net.is_some());
         let d = self.dir.clone();
         let net = format!(
             "user,id=n0,hostfwd=tcp:127.0.0.1:{}-:{DEFAULT_API_PORT},hostfwd=tcp:127.0.0.1:{}-:{KUBE_API_PORT}",
@@ -916,6 +930,13 @@ mod tests {
         assert_ne!(ClusterNet::mac("cp"), ClusterNet::mac("w1"), "one MAC per guest");
         let fresh = ClusterNet::new().unwrap();
         assert!(fresh.group.ip().is_multicast() && fresh.group.port() != 0, "{fresh}");
+    }
+
+    #[test]
+    fn cluster_guests_run_single_threaded_tcg_unless_told() {
+        assert_eq!(accel(None, false), "tcg");
+        assert_eq!(accel(None, true), "tcg,thread=single");
+        assert_eq!(accel(Some("kvm".into()), true), "kvm");
     }
 
     #[test]

@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use orchestrator_apimachinery::errors::ApiError;
-use orchestrator_apimachinery::registry::{ListOptions, Part, Registry, WriteOptions, name_of, namespace_of};
+use orchestrator_apimachinery::registry::{
+    ListOptions, Part, Registry, WriteOptions, name_of, namespace_of, resource_version_of,
+};
 use orchestrator_apimachinery::resources::{ResourceType, by_kind};
 use orchestrator_apimachinery::selector::LabelSelector;
 use orchestrator_apimachinery::typed;
@@ -262,10 +264,16 @@ struct Snapshot {
     cluster_roles: HashMap<String, ClusterRole>,
     role_bindings: HashMap<String, Binding>,
     cluster_role_bindings: HashMap<String, Binding>,
+    /// The resourceVersion each `kind namespace/name` was last set (or
+    /// removed) at: the watches replay from the oldest listed revision and
+    /// the aggregation controller sets its writes at once, so an object can
+    /// arrive older than the one held, and is then ignored.
+    revisions: HashMap<String, i64>,
 }
 
 impl Snapshot {
-    /// Sets (or with `deleted`, removes) one stored object of `kind`.
+    /// Sets (or with `deleted`, removes) one stored object of `kind`,
+    /// unless the index holds it at a later resourceVersion.
     fn apply(&mut self, kind: &str, o: Value, deleted: bool) -> Result<(), ApiError> {
         fn put<K>(map: &mut HashMap<String, K>, key: String, o: Option<K>) {
             match o {
@@ -274,6 +282,14 @@ impl Snapshot {
             };
         }
         let key = format!("{}/{}", namespace_of(&o).unwrap_or_default(), name_of(&o));
+        let revision = resource_version_of(&o).and_then(|v| v.parse().ok());
+        if let Some(revision) = revision {
+            let held = self.revisions.entry(format!("{kind} {key}")).or_insert(revision);
+            if *held > revision {
+                return Ok(());
+            }
+            *held = revision;
+        }
         let binding = |b: Option<(ObjectMeta, RoleRef, Option<Vec<RbacSubject>>)>| {
             b.map(|(m, role_ref, subjects)| Binding {
                 namespace: m.namespace,
@@ -500,7 +516,12 @@ fn aggregate(registry: &Registry, rbac: &Rbac) {
                 true
             })
         });
-        if let Err(e) = set {
+        // In force at once, not when the watch brings the write back: at
+        // start the read-only group's `view` is granted only this way.
+        let applied = set.and_then(|w| {
+            rbac.snapshot.write().unwrap_or_else(|e| e.into_inner()).apply("ClusterRole", w.object, false)
+        });
+        if let Err(e) = applied {
             tracing::warn!("aggregating the rules of ClusterRole {name:?}: {}", e.message);
         }
     }
@@ -888,5 +909,36 @@ mod tests {
         assert!(applies(&b, &user));
         let other = json!({"metadata": {"name": "b", "namespace": "x"}, "subjects": [{"kind": "ServiceAccount", "name": "sa"}]});
         assert!(!applies(&other, &user));
+    }
+    /// The read-only group is bound to `view`, an aggregated ClusterRole
+    /// whose rules the aggregation controller writes at start: the
+    /// authorizer must hold them when `start` returns, before any watch
+    /// event has been delivered (a current-thread runtime runs no spawned
+    /// task until the test yields), or the first request is refused.
+    #[tokio::test]
+    async fn aggregated_roles_are_in_force_when_start_returns() {
+        use orchestrator_store::{Durability, SqliteStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), Durability::Normal).unwrap();
+        let registry = Arc::new(Registry::new(Arc::new(store)));
+        let rbac = Rbac::start(registry).unwrap();
+        let viewer = User { name: "viewer".into(), groups: vec![READ_ONLY_GROUP.into()], ..Default::default() };
+        assert!(rbac.allows(&viewer, &Attributes::resource("list", None, "", "namespaces", None)));
+        assert!(rbac.allows(&viewer, &Attributes::resource("get", Some("default"), "apps", "deployments", Some("d"))));
+        assert!(!rbac.allows(&viewer, &Attributes::resource("delete", Some("default"), "", "configmaps", Some("c"))));
+    }
+    #[test]
+    fn the_index_ignores_an_object_older_than_the_one_it_holds() {
+        let role = |rv: &str, verb: &str| json!({"metadata": {"name": "r", "resourceVersion": rv}, "rules": [{"verbs": [verb], "apiGroups": [""], "resources": ["pods"]}]});
+        let verbs = |s: &Snapshot| s.cluster_roles["/r"].rules.as_ref().unwrap()[0].verbs.clone();
+        let mut snap = Snapshot::default();
+        snap.apply("ClusterRole", role("7", "get"), false).unwrap();
+        snap.apply("ClusterRole", role("5", "list"), false).unwrap();
+        assert_eq!(verbs(&snap), ["get"]);
+        snap.apply("ClusterRole", role("9", "watch"), false).unwrap();
+        assert_eq!(verbs(&snap), ["watch"]);
+        snap.apply("ClusterRole", role("10", "watch"), true).unwrap();
+        snap.apply("ClusterRole", role("8", "get"), false).unwrap();
+        assert!(snap.cluster_roles.is_empty(), "a replayed write does not bring back a deleted role");
     }
 }
