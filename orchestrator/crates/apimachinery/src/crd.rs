@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::resources::{CustomVersion, ResourceType};
 use crate::schema::{self, Causes};
-use crate::validation::is_dns1035_label;
+use crate::validation::{LABEL_MSG, is_dns1035_label, is_dns1123_label};
 
 pub const KIND: &str = "CustomResourceDefinition";
 
@@ -74,16 +74,6 @@ pub fn apply_defaults(o: &mut Value) {
     }
     spec.entry("conversion").or_insert_with(|| json!({"strategy": "None"}));
 }
-
-fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 
 fn check_names(names: &Value, path: &str, causes: &mut Causes) {
     for f in ["plural", "singular"] {

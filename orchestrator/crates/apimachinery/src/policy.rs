@@ -432,7 +432,8 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Causes {
 /// Upstream's APIService validation (kube-aggregator): the name is
 /// `<version>.<group>`, priorities in range, a service named in full.
 fn validate_api_service(a: &APIService, causes: &mut Causes) {
-    let spec = a.spec.clone().unwrap_or_default();
+    let unset = APIServiceSpec::default();
+    let spec = a.spec.as_ref().unwrap_or(&unset);
     let (group, version) = (spec.group.as_deref().unwrap_or_default(), spec.version.as_deref().unwrap_or_default());
     let want = format!("{version}.{group}");
     let name = a.metadata.name.as_deref().unwrap_or_default();

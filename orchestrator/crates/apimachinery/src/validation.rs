@@ -28,11 +28,7 @@ pub fn is_dns1123_label(s: &str) -> bool {
 
 /// A DNS-1035 label: a DNS-1123 label that starts with a letter.
 pub fn is_dns1035_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    label_ok(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
 pub fn is_dns1123_subdomain(s: &str) -> bool {

@@ -910,6 +910,7 @@ mod tests {
         let other = json!({"metadata": {"name": "b", "namespace": "x"}, "subjects": [{"kind": "ServiceAccount", "name": "sa"}]});
         assert!(!applies(&other, &user));
     }
+
     /// The read-only group is bound to `view`, an aggregated ClusterRole
     /// whose rules the aggregation controller writes at start: the
     /// authorizer must hold them when `start` returns, before any watch
@@ -927,6 +928,7 @@ mod tests {
         assert!(rbac.allows(&viewer, &Attributes::resource("get", Some("default"), "apps", "deployments", Some("d"))));
         assert!(!rbac.allows(&viewer, &Attributes::resource("delete", Some("default"), "", "configmaps", Some("c"))));
     }
+
     #[test]
     fn the_index_ignores_an_object_older_than_the_one_it_holds() {
         let role = |rv: &str, verb: &str| json!({"metadata": {"name": "r", "resourceVersion": rv}, "rules": [{"verbs": [verb], "apiGroups": [""], "resources": ["pods"]}]});
